@@ -1,0 +1,1 @@
+"""pacekeeper: send thousands of LLM API requests as fast as the provider's limits allow."""
