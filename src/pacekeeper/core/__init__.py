@@ -1,0 +1,1 @@
+"""pacekeeper's core: pure pacing, classification and accounting logic, with no I/O."""
