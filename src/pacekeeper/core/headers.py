@@ -1,0 +1,419 @@
+"""Reading what a provider's response headers say about its limits and when to come back.
+
+Providers describe their limits in headers on every response, not only on 429s:
+
+* OpenAI (and Azure OpenAI, and most OpenAI-compatible gateways) send
+  ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``. The resets are Go durations
+  (``"6m0s"``, ``"120ms"``) as OpenAI writes them, or plain seconds (``"33"``) as Azure does.
+* Anthropic sends ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
+  {limit,remaining,reset}`` whose resets are RFC 3339 timestamps.
+* Anyone may send ``retry-after`` (seconds or an HTTP date, RFC 9110) and the OpenAI/Anthropic
+  extension ``retry-after-ms``; the SDKs prefer the latter because it is more precise.
+
+:func:`parse_rate_limit_headers` runs on every response, so it makes one pass over the headers,
+lower-cases each name once and looks it up in a dict of the names it cares about; only the
+handful of matching values get parsed. Everything here is forgiving: a value that cannot be read
+is treated as not sent (None), never as an exception, because a gateway's odd header must not
+turn a good answer into a crash.
+
+All times are seconds. Absolute times (HTTP dates, RFC 3339 timestamps) are turned into "seconds
+from now" against a ``now_wall_s`` the caller passes (a :func:`time.time` value), which keeps
+these functions pure and testable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+__all__ = [
+    "RateLimitSnapshot",
+    "parse_duration_s",
+    "parse_rate_limit_headers",
+    "parse_retry_after_s",
+    "retry_hint_s",
+]
+
+# Go's time.ParseDuration units as (multiplier, divisor): dividing by 1000 rather than
+# multiplying by 1e-3 keeps "120ms" exactly 0.12. Go accepts both the micro sign (U+00B5) and
+# the Greek mu (U+03BC) for microseconds.
+_UNIT_S: dict[str, tuple[float, float]] = {
+    "ns": (1.0, 1e9),
+    "us": (1.0, 1e6),
+    "\u00b5s": (1.0, 1e6),
+    "\u03bcs": (1.0, 1e6),
+    "ms": (1.0, 1e3),
+    "s": (1.0, 1.0),
+    "m": (60.0, 1.0),
+    "h": (3600.0, 1.0),
+}
+_NUMBER_CHARS = frozenset("0123456789.")
+
+# A bare number this large in a *reset* header is an epoch timestamp (some gateways send one),
+# not a wait: 1e9 seconds is 31 years, 1e9 as a timestamp is September 2001.
+_EPOCH_THRESHOLD_S = 1e9
+
+
+def _non_negative_float(text: str) -> float | None:
+    """``float(text)`` if it is a finite number >= 0, else None (never raises)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return number + 0.0  # folds -0.0 into 0.0
+
+
+def _is_plain_number(text: str) -> bool:
+    """Digits with at most one dot (ASCII only: ``float`` also reads other scripts' digits)."""
+    digits = text.replace(".", "", 1)
+    return digits.isascii() and digits.isdigit()
+
+
+def parse_duration_s(value: str) -> float | None:
+    """Seconds in a Go-style duration (as OpenAI sends resets) or a plain number of seconds.
+
+    Returns None for anything unparseable or negative; never raises.
+
+    >>> parse_duration_s("6m0s")
+    360.0
+    >>> parse_duration_s("120ms")
+    0.12
+    >>> parse_duration_s("2h3m4.5s")
+    7384.5
+    >>> parse_duration_s("33")  # Azure and gateways send plain seconds
+    33.0
+    >>> parse_duration_s("500\u00b5s")
+    0.0005
+    >>> parse_duration_s("-1s") is None, parse_duration_s("soon") is None
+    (True, True)
+    """
+    text = value.strip()
+    if not text:
+        return None
+    last = text[-1]
+    if "0" <= last <= "9" or last == ".":
+        # No unit: plain seconds (Go itself writes only "0" this way).
+        return _non_negative_float(text)
+    # Fast paths for the two shapes OpenAI sends most ("1.5s", "120ms"); the general loop
+    # below handles the rest ("6m0s", "1h2m3.5s", "500us").
+    if last == "s":
+        millis = text[-2:-1] == "m"
+        head = text[:-2] if millis else text[:-1]
+        if _is_plain_number(head):
+            seconds = _non_negative_float(head)
+            if seconds is None or not millis:
+                return seconds
+            return seconds / 1000.0
+    if text[0] == "+":  # Go accepts a sign; a "-" falls through to the unit check and fails.
+        text = text[1:]
+    total = 0.0
+    i, n = 0, len(text)
+    if n == 0:
+        return None
+    while i < n:
+        j = i
+        while j < n and text[j] in _NUMBER_CHARS:
+            j += 1
+        k = j
+        while k < n and text[k] not in _NUMBER_CHARS:
+            k += 1
+        unit = _UNIT_S.get(text[j:k])
+        if unit is None or j == i:
+            return None
+        number = _non_negative_float(text[i:j])  # "." and "1.2.3" fail here
+        if number is None:
+            return None
+        total += number * unit[0] / unit[1]
+        i = k
+    return total if math.isfinite(total) else None
+
+
+def _http_date_delay_s(text: str, now_wall_s: float) -> float | None:
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no claim about the local zone
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        return max(0.0, when.timestamp() - now_wall_s)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _retry_after_s(ms: str | None, plain: str | None, now_wall_s: float) -> float | None:
+    if ms is not None:
+        millis = _non_negative_float(ms.strip())
+        if millis is not None:
+            return millis / 1000.0
+    if plain is not None:
+        text = plain.strip()
+        seconds = _non_negative_float(text)
+        if seconds is not None:
+            return seconds
+        if text and not ("0" <= text[0] <= "9" or text[0] in "+-."):
+            return _http_date_delay_s(text, now_wall_s)
+    return None
+
+
+def parse_retry_after_s(headers: Mapping[str, str], *, now_wall_s: float) -> float | None:
+    """The server's ``retry-after-ms`` or ``retry-after`` as seconds from ``now_wall_s``.
+
+    ``retry-after-ms`` wins when it is readable; ``retry-after`` may be seconds (int or float)
+    or an HTTP date, which is measured from ``now_wall_s`` and clamped at 0.
+
+    >>> parse_retry_after_s({"retry-after-ms": "360000", "retry-after": "360"}, now_wall_s=0)
+    360.0
+    >>> parse_retry_after_s({"Retry-After": "Thu, 01 Jan 1970 00:01:00 GMT"}, now_wall_s=30)
+    30.0
+    >>> parse_retry_after_s({"retry-after": "whenever"}, now_wall_s=0) is None
+    True
+    """
+    found = _scan(headers)
+    if found is None:
+        return None
+    return _retry_after_s(found.get(_S_RETRY_AFTER_MS), found.get(_S_RETRY_AFTER), now_wall_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitSnapshot:
+    """What one response's rate-limit headers said; None wherever a value was not sent.
+
+    ``limit_*`` is the budget per window, ``remaining_*`` what is left of it (negative values
+    are read as 0) and ``reset_*_s`` the seconds until it is refilled, counted from the
+    response. OpenAI and Azure fill the requests and tokens fields; Anthropic fills requests,
+    tokens (its ``anthropic-ratelimit-tokens-*``, the stricter of input and output) and the
+    input/output token fields.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens_s: float | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no field could be read (the headers were there but unreadable)."""
+        return all(getattr(self, name) is None for name in _FIELD_NAMES)
+
+    def exhausted_reset_s(self) -> float | None:
+        """Seconds until the longest-waiting exhausted budget (remaining 0) refills, if any.
+
+        >>> RateLimitSnapshot(remaining_requests=0, reset_requests_s=0.12,
+        ...                   remaining_tokens=5, reset_tokens_s=9.0).exhausted_reset_s()
+        0.12
+        """
+        longest: float | None = None
+        for remaining, reset in (
+            (self.remaining_requests, self.reset_requests_s),
+            (self.remaining_tokens, self.reset_tokens_s),
+            (self.remaining_input_tokens, self.reset_input_tokens_s),
+            (self.remaining_output_tokens, self.reset_output_tokens_s),
+        ):
+            if remaining is not None and remaining <= 0 and reset is not None:
+                longest = reset if longest is None else max(longest, reset)
+        return longest
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(RateLimitSnapshot.__dataclass_fields__)
+
+# One slot per interesting header. Slots 0..11 are the x-ratelimit-* values and 12..23 the
+# anthropic-ratelimit-* ones, each as (limit, remaining, reset) for requests, tokens, input
+# tokens and output tokens: the order of RateLimitSnapshot's fields. Then the retry headers.
+_N_RATE_FIELDS = 12
+_ANTHROPIC = 12
+_S_RETRY_AFTER_MS = 24
+_S_RETRY_AFTER = 25
+_S_SHOULD_RETRY = 26
+
+_SLOT_OF: dict[str, int] = {
+    "retry-after-ms": _S_RETRY_AFTER_MS,
+    "retry-after": _S_RETRY_AFTER,
+    "x-should-retry": _S_SHOULD_RETRY,
+}
+for _i, _budget in enumerate(("requests", "tokens", "input-tokens", "output-tokens")):
+    for _j, _what in enumerate(("limit", "remaining", "reset")):
+        _SLOT_OF[f"x-ratelimit-{_what}-{_budget}"] = _i * 3 + _j
+        _SLOT_OF[f"anthropic-ratelimit-{_budget}-{_what}"] = _ANTHROPIC + _i * 3 + _j
+del _i, _j, _budget, _what
+
+
+def _scan(headers: Mapping[str, str]) -> dict[int, str] | None:
+    """One pass over the headers: the interesting values by slot, or None if there are none."""
+    found: dict[int, str] | None = None
+    slot_of = _SLOT_OF
+    for key, value in headers.items():
+        slot = slot_of.get(key.lower())
+        if slot is None:
+            continue
+        if found is None:
+            found = {}
+        found[slot] = value if isinstance(value, str) else str(value)
+    return found
+
+
+def _read_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        number = _non_negative_float(text.strip())
+        if number is None or not number.is_integer():
+            return None
+        return int(number)
+
+
+def _rfc3339_delay_s(text: str, now_wall_s: float) -> float | None:
+    text = text.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        # Python 3.10 reads only 3 or 6 fraction digits; providers send 0 to 9.
+        when_or_none = _fromisoformat_lenient(text)
+        if when_or_none is None:
+            return None
+        when = when_or_none
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        return max(0.0, when.timestamp() - now_wall_s)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _fromisoformat_lenient(text: str) -> datetime | None:
+    dot = text.find(".", text.find("T") + 1)
+    if dot < 0:
+        return None
+    end = dot + 1
+    while end < len(text) and "0" <= text[end] <= "9":
+        end += 1
+    fraction = text[dot + 1 : end][:6].ljust(6, "0")
+    try:
+        return datetime.fromisoformat(f"{text[:dot]}.{fraction}{text[end:]}")
+    except ValueError:
+        return None
+
+
+def _read_reset_s(text: str, now_wall_s: float, *, timestamp: bool) -> float | None:
+    """A reset header: a duration or seconds (OpenAI, Azure), an RFC 3339 time (Anthropic)."""
+    if timestamp and ("T" in text or "t" in text):
+        return _rfc3339_delay_s(text, now_wall_s)
+    seconds = parse_duration_s(text)
+    if seconds is not None and seconds >= _EPOCH_THRESHOLD_S:
+        return max(0.0, seconds - now_wall_s)  # an epoch timestamp, not a wait
+    if seconds is None and ("T" in text or "t" in text):
+        return _rfc3339_delay_s(text, now_wall_s)
+    return seconds
+
+
+def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
+    fields: dict[str, Any] = {}
+    for slot, text in found.items():
+        if slot >= _S_RETRY_AFTER_MS:
+            continue
+        anthropic = slot >= _ANTHROPIC
+        field = slot - _ANTHROPIC if anthropic else slot
+        if anthropic and field in found:
+            continue  # OpenAI-style names win when a gateway sends both
+        name = _FIELD_NAMES[field]
+        what = field % 3
+        if what == 2:
+            fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
+            continue
+        number = _read_int(text)
+        if number is not None and number < 0:
+            # A negative remaining means over budget: as good as none left. A negative limit
+            # means nothing.
+            number = 0 if what == 1 else None
+        fields[name] = number
+    if not fields:
+        return None
+    return RateLimitSnapshot(**fields)
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str], *, now_wall_s: float
+) -> RateLimitSnapshot | None:
+    """Everything the ``x-ratelimit-*`` or ``anthropic-ratelimit-*`` headers said.
+
+    None when no rate-limit header is present at all; a snapshot whose :attr:`is_empty` is
+    true when some were present but none could be read.
+
+    >>> snap = parse_rate_limit_headers(
+    ...     {"X-RateLimit-Limit-Requests": "500", "x-ratelimit-remaining-requests": "0",
+    ...      "x-ratelimit-reset-requests": "120ms"}, now_wall_s=0)
+    >>> snap.limit_requests, snap.remaining_requests, snap.reset_requests_s
+    (500, 0, 0.12)
+    >>> parse_rate_limit_headers({"content-type": "application/json"}, now_wall_s=0) is None
+    True
+    """
+    found = _scan(headers)
+    if found is None:
+        return None
+    return _snapshot(found, now_wall_s)
+
+
+def _retry_hint_from(
+    found: dict[int, str], snapshot: RateLimitSnapshot | None, now_wall_s: float
+) -> float | None:
+    hint = _retry_after_s(found.get(_S_RETRY_AFTER_MS), found.get(_S_RETRY_AFTER), now_wall_s)
+    if hint is not None:
+        return hint
+    if snapshot is None:
+        return None
+    return snapshot.exhausted_reset_s()
+
+
+def retry_hint_s(
+    headers: Mapping[str, str],
+    *,
+    now_wall_s: float,
+    snapshot: RateLimitSnapshot | None = None,
+) -> float | None:
+    """The server's hint for when to come back, in seconds; None if it gave none.
+
+    ``retry-after-ms``/``retry-after`` first; else the reset of an exhausted budget
+    (remaining 0), the longest if several are exhausted. Pass ``snapshot`` when the headers
+    were already parsed, to skip parsing them again.
+
+    >>> retry_hint_s({"x-ratelimit-remaining-requests": "0",
+    ...               "x-ratelimit-reset-requests": "120ms",
+    ...               "x-ratelimit-remaining-tokens": "29000",
+    ...               "x-ratelimit-reset-tokens": "2s"}, now_wall_s=0)
+    0.12
+    """
+    found = _scan(headers)
+    if found is None:
+        return snapshot.exhausted_reset_s() if snapshot is not None else None
+    if snapshot is None:
+        snapshot = _snapshot(found, now_wall_s)
+    return _retry_hint_from(found, snapshot, now_wall_s)
+
+
+def _should_retry(found: dict[int, str]) -> bool | None:
+    """The ``x-should-retry`` header as a bool, or None when absent or neither true nor false."""
+    text = found.get(_S_SHOULD_RETRY)
+    if text is None:
+        return None
+    text = text.strip().lower()
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    return None

@@ -1,0 +1,373 @@
+"""Tests for pacekeeper.core.headers: durations, retry-after, rate-limit snapshots, hints."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pacekeeper.core.headers import (
+    RateLimitSnapshot,
+    parse_duration_s,
+    parse_rate_limit_headers,
+    parse_retry_after_s,
+    retry_hint_s,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "provider-429s.json"
+RESPONSES: list[dict[str, Any]] = json.loads(FIXTURES.read_text())["responses"]
+BY_NAME = {r["name"]: r for r in RESPONSES}
+# The fixtures' Anthropic resets and HTTP date are in late November 2026; measure from a fixed
+# point just before them.
+NOW = datetime(2026, 11, 26, 3, 50, 0, tzinfo=timezone.utc).timestamp()
+
+
+# --- parse_duration_s ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("6m0s", 360.0),
+        ("1s", 1.0),
+        ("120ms", 0.12),
+        ("20ms", 0.02),
+        ("11ms", 0.011),
+        ("1.5s", 1.5),
+        ("2h3m4.5s", 7384.5),
+        ("500us", 0.0005),
+        ("500\u00b5s", 0.0005),  # micro sign
+        ("500\u03bcs", 0.0005),  # Greek mu
+        ("250ns", 2.5e-7),
+        ("0s", 0.0),
+        ("0", 0.0),
+        ("33", 33.0),
+        ("1.5", 1.5),
+        (" 7s ", 7.0),
+        ("+5s", 5.0),
+        ("1m30ms", 60.03),
+        ("1h0m0s", 3600.0),
+        (".5s", 0.5),
+    ],
+)
+def test_parse_duration_examples(text: str, expected: float) -> None:
+    result = parse_duration_s(text)
+    assert result is not None
+    assert result == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_parse_duration_exact_for_common_openai_values() -> None:
+    # The governor compares these; "120ms" must be 0.12 exactly, not 0.12000000000000001.
+    assert parse_duration_s("120ms") == 0.12
+    assert parse_duration_s("11ms") == 0.011
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "s",
+        "ms",
+        ".s",
+        "-1s",
+        "-1",
+        "-0.5",
+        "1x",
+        "1.2.3s",
+        "abc",
+        "1 minute",
+        "nan",
+        "inf",
+        "infs",
+        "NaNs",
+        "1e400",
+        "5m-3s",
+        "1_0s",
+        "\u0661s",  # Arabic-Indic digit one: float() reads it, Go does not
+        "Thu, 26 Nov 2026 03:51:00 GMT",
+    ],
+)
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    assert parse_duration_s(text) is None
+
+
+def go_duration(ns: int) -> str:
+    """time.Duration.String() from Go's standard library, for non-negative durations."""
+
+    def frac(value: int, precision: int) -> str:
+        whole, part = divmod(value, 10**precision)
+        digits = f"{part:0{precision}d}".rstrip("0")
+        return f"{whole}.{digits}" if digits else str(whole)
+
+    if ns == 0:
+        return "0s"
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return frac(ns, 3) + "\u00b5s"
+    if ns < 1_000_000_000:
+        return frac(ns, 6) + "ms"
+    text = frac(ns % 60_000_000_000, 9) + "s"
+    minutes = ns // 60_000_000_000
+    if minutes:
+        text = f"{minutes % 60}m" + text
+        if minutes >= 60:
+            text = f"{minutes // 60}h" + text
+    return text
+
+
+def test_go_duration_matches_go() -> None:
+    # Spot checks of the reference formatter against strings Go prints.
+    assert go_duration(360 * 10**9) == "6m0s"
+    assert go_duration(120 * 10**6) == "120ms"
+    assert go_duration(1_500_000_000) == "1.5s"
+    assert go_duration(7_384_500_000_000) == "2h3m4.5s"
+    assert go_duration(500_000) == "500\u00b5s"
+    assert go_duration(3_600 * 10**9) == "1h0m0s"
+
+
+@given(st.integers(min_value=0, max_value=10**9 * 3600 * 24 * 400))
+def test_parse_duration_round_trips_go_format(ns: int) -> None:
+    parsed = parse_duration_s(go_duration(ns))
+    assert parsed is not None
+    assert parsed == pytest.approx(ns / 1e9, rel=1e-12, abs=1e-12)
+
+
+@given(st.text(max_size=30))
+def test_parse_duration_never_raises(text: str) -> None:
+    result = parse_duration_s(text)
+    assert result is None or (math.isfinite(result) and result >= 0)
+
+
+@given(st.floats(min_value=0, max_value=1e8, allow_nan=False))
+def test_parse_duration_reads_plain_seconds(seconds: float) -> None:
+    assert parse_duration_s(repr(seconds)) == seconds
+
+
+# --- parse_retry_after_s -------------------------------------------------------------------
+
+
+def test_retry_after_ms_wins() -> None:
+    headers = {"retry-after-ms": "1500", "retry-after": "360"}
+    assert parse_retry_after_s(headers, now_wall_s=NOW) == 1.5
+
+
+def test_retry_after_ms_garbage_falls_back_to_retry_after() -> None:
+    headers = {"retry-after-ms": "soon", "retry-after": "7"}
+    assert parse_retry_after_s(headers, now_wall_s=NOW) == 7.0
+
+
+@pytest.mark.parametrize(("value", "expected"), [("33", 33.0), ("1.25", 1.25), (" 0 ", 0.0)])
+def test_retry_after_seconds(value: str, expected: float) -> None:
+    assert parse_retry_after_s({"Retry-After": value}, now_wall_s=NOW) == expected
+
+
+def test_retry_after_http_date() -> None:
+    when = datetime(2026, 11, 26, 3, 51, 0, tzinfo=timezone.utc)
+    headers = {"retry-after": format_datetime(when, usegmt=True)}
+    assert headers["retry-after"] == "Thu, 26 Nov 2026 03:51:00 GMT"
+    assert parse_retry_after_s(headers, now_wall_s=NOW) == 60.0
+    # A date in the past means "now", never a negative wait.
+    assert parse_retry_after_s(headers, now_wall_s=NOW + 3600) == 0.0
+
+
+@pytest.mark.parametrize(
+    "value", ["", "soon", "-5", "nan", "inf", "Thu, 99 Foo 2026 99:99:99 GMT", "\x00"]
+)
+def test_retry_after_garbage_is_none(value: str) -> None:
+    assert parse_retry_after_s({"retry-after": value}, now_wall_s=NOW) is None
+
+
+def test_retry_after_absent_is_none() -> None:
+    assert parse_retry_after_s({}, now_wall_s=NOW) is None
+    assert parse_retry_after_s({"content-type": "text/plain"}, now_wall_s=NOW) is None
+
+
+def test_retry_after_with_httpx_headers() -> None:
+    headers = httpx2.Headers({"Retry-After-Ms": "250"})
+    assert parse_retry_after_s(headers, now_wall_s=NOW) == 0.25
+
+
+# --- parse_rate_limit_headers --------------------------------------------------------------
+
+
+def test_openai_snapshot() -> None:
+    snap = parse_rate_limit_headers(BY_NAME["openai_tpm_429"]["headers"], now_wall_s=NOW)
+    assert snap == RateLimitSnapshot(
+        limit_requests=10000,
+        remaining_requests=9998,
+        reset_requests_s=0.011,
+        limit_tokens=200000,
+        remaining_tokens=0,
+        reset_tokens_s=360.0,
+    )
+    assert not snap.is_empty
+
+
+def test_azure_snapshot_plain_seconds() -> None:
+    snap = parse_rate_limit_headers(
+        BY_NAME["azure_openai_429_integer_seconds"]["headers"], now_wall_s=NOW
+    )
+    assert snap is not None
+    assert snap.remaining_requests == 0
+    assert snap.remaining_tokens == 0
+    assert snap.reset_tokens_s == 33.0
+    assert snap.reset_requests_s is None
+
+
+def test_anthropic_snapshot_timestamps_from_now() -> None:
+    snap = parse_rate_limit_headers(BY_NAME["anthropic_rate_limit"]["headers"], now_wall_s=NOW)
+    assert snap == RateLimitSnapshot(
+        limit_requests=50,
+        remaining_requests=0,
+        reset_requests_s=12.0,
+        limit_input_tokens=50000,
+        remaining_input_tokens=0,
+        reset_input_tokens_s=12.0,
+        limit_output_tokens=10000,
+        remaining_output_tokens=9000,
+        reset_output_tokens_s=1.0,
+    )
+
+
+def test_anthropic_tokens_map_onto_tokens_fields() -> None:
+    headers = {
+        "anthropic-ratelimit-tokens-limit": "80000",
+        "anthropic-ratelimit-tokens-remaining": "100",
+        "anthropic-ratelimit-tokens-reset": "2026-11-26T03:50:30.5Z",
+    }
+    snap = parse_rate_limit_headers(headers, now_wall_s=NOW)
+    assert snap is not None
+    assert (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s) == (80000, 100, 30.5)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-26T03:50:12Z", 12.0),
+        ("2026-11-26T03:50:12.25Z", 12.25),
+        ("2026-11-26T03:50:12.123456789Z", 12.123456),  # nanoseconds, cut to micro
+        ("2026-11-26T04:50:12+01:00", 12.0),
+        ("2026-11-26T03:50:12", 12.0),  # no zone: UTC
+        ("2026-11-26T03:40:00Z", 0.0),  # already past
+    ],
+)
+def test_anthropic_reset_formats(stamp: str, expected: float) -> None:
+    snap = parse_rate_limit_headers({"anthropic-ratelimit-requests-reset": stamp}, now_wall_s=NOW)
+    assert snap is not None
+    assert snap.reset_requests_s == pytest.approx(expected, abs=1e-6)
+
+
+def test_epoch_reset_from_a_gateway_is_a_time_not_a_wait() -> None:
+    snap = parse_rate_limit_headers(
+        {"x-ratelimit-reset-requests": str(int(NOW) + 20)}, now_wall_s=NOW
+    )
+    assert snap is not None
+    assert snap.reset_requests_s == pytest.approx(20.0, abs=1.0)
+
+
+def test_absent_is_none_and_garbage_is_empty() -> None:
+    assert parse_rate_limit_headers({"content-type": "application/json"}, now_wall_s=NOW) is None
+    assert parse_rate_limit_headers({"retry-after": "3"}, now_wall_s=NOW) is None
+    snap = parse_rate_limit_headers(
+        {"x-ratelimit-limit-requests": "lots", "x-ratelimit-reset-tokens": "later"},
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert snap.is_empty
+    assert RateLimitSnapshot().is_empty
+
+
+def test_negative_remaining_is_zero_and_negative_limit_is_none() -> None:
+    snap = parse_rate_limit_headers(
+        {"x-ratelimit-remaining-tokens": "-120", "x-ratelimit-limit-tokens": "-1"}, now_wall_s=NOW
+    )
+    assert snap is not None
+    assert snap.remaining_tokens == 0
+    assert snap.limit_tokens is None
+
+
+def test_header_names_are_case_insensitive_and_httpx_headers_work() -> None:
+    plain = {"X-RateLimit-Limit-Requests": "500", "X-RATELIMIT-REMAINING-REQUESTS": "7"}
+    for headers in (plain, httpx2.Headers(plain)):
+        snap = parse_rate_limit_headers(headers, now_wall_s=NOW)
+        assert snap is not None
+        assert (snap.limit_requests, snap.remaining_requests) == (500, 7)
+
+
+def test_openai_names_win_over_anthropic_when_both_sent() -> None:
+    headers = {"anthropic-ratelimit-requests-limit": "50", "x-ratelimit-limit-requests": "500"}
+    snap = parse_rate_limit_headers(headers, now_wall_s=NOW)
+    assert snap is not None
+    assert snap.limit_requests == 500
+
+
+_NAMES = st.sampled_from(
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "x-ratelimit-reset-requests",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        "content-type",
+    ]
+)
+
+
+@given(st.dictionaries(_NAMES | st.text(max_size=10), st.text(max_size=40), max_size=12))
+def test_parsers_never_raise(headers: dict[str, str]) -> None:
+    snap = parse_rate_limit_headers(headers, now_wall_s=NOW)
+    hint = retry_hint_s(headers, now_wall_s=NOW, snapshot=snap)
+    after = parse_retry_after_s(headers, now_wall_s=NOW)
+    for value in (hint, after):
+        assert value is None or (math.isfinite(value) and value >= 0)
+
+
+# --- retry_hint_s --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response", RESPONSES, ids=[r["name"] for r in RESPONSES])
+def test_retry_hint_matches_fixture(response: dict[str, Any]) -> None:
+    hint = retry_hint_s(response["headers"], now_wall_s=NOW)
+    expected = response["expect"].get("wait_s")
+    if expected is not None:
+        assert hint == pytest.approx(expected)
+    elif response["name"] == "http_date_retry_after":
+        assert hint == 60.0  # Thu, 26 Nov 2026 03:51:00 GMT, one minute after NOW
+    else:
+        assert hint is None
+
+
+def test_retry_hint_takes_the_longest_exhausted_reset() -> None:
+    headers = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    assert retry_hint_s(headers, now_wall_s=NOW) == 360.0
+
+
+def test_retry_hint_ignores_budgets_that_are_not_exhausted() -> None:
+    headers = {"x-ratelimit-remaining-tokens": "10", "x-ratelimit-reset-tokens": "6m0s"}
+    assert retry_hint_s(headers, now_wall_s=NOW) is None
+
+
+def test_retry_hint_uses_a_given_snapshot() -> None:
+    snap = RateLimitSnapshot(remaining_output_tokens=0, reset_output_tokens_s=4.0)
+    assert retry_hint_s({}, now_wall_s=NOW, snapshot=snap) == 4.0
+    assert retry_hint_s({"retry-after": "2"}, now_wall_s=NOW, snapshot=snap) == 2.0
