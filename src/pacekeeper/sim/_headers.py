@@ -1,0 +1,193 @@
+"""Rate-limit headers and rate-limit/error bodies, in the providers' formats.
+
+Three header modes:
+
+* "openai": x-ratelimit-{limit,remaining,reset}-{requests,tokens} on every response of a limited
+  model, resets as Go durations ("6m0s", "1.5s", "20ms"); a rate 429 adds retry-after-ms and
+  retry-after and OpenAI's rate_limit_exceeded body.
+* "anthropic": anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,
+  reset}, resets as RFC 3339 UTC timestamps; a rate 429 adds retry-after (seconds) and
+  Anthropic's rate_limit_error body. The sim has a single token bucket, so the input-tokens and
+  output-tokens headers mirror it.
+* "none": no hint headers at all and a bare `Too Many Requests` 429 (like many gateways).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from ._limits import ModelLimiter, Rejection, TokenBucket
+
+__all__ = [
+    "Headers",
+    "error_body",
+    "go_duration",
+    "rate_limit_headers",
+    "rejection_response",
+    "rfc3339",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+
+
+def go_duration(seconds: float) -> str:
+    """Format a duration the way Go's time.Duration prints it, at millisecond resolution.
+
+    Rounded up so that waiting the printed time is always enough:
+    0 -> "0s", 0.02 -> "20ms", 1.5 -> "1.5s", 360 -> "6m0s", 3723.5 -> "1h2m3.5s".
+    """
+    # The epsilon keeps float noise (0.12 * 1000 = 120.00000000000001) from adding a whole ms.
+    ms = math.ceil(seconds * 1000.0 - 1e-6)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, frac_ms = divmod(rest, 1000)
+    sec_text = f"{secs}.{frac_ms:03d}".rstrip("0") if frac_ms else str(secs)
+    if hours:
+        return f"{hours}h{minutes}m{sec_text}s"
+    if minutes:
+        return f"{minutes}m{sec_text}s"
+    return f"{sec_text}s"
+
+
+def rfc3339(wall_s: float) -> str:
+    """A Unix time as an RFC 3339 UTC timestamp with whole seconds, rounded up."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(wall_s)))
+
+
+def _per_minute(value: float) -> int:
+    return round(value)
+
+
+def _remaining(limit: int, bucket: TokenBucket) -> int:
+    # The bucket holds burst_s seconds of the budget; scale its level to the per-minute limit.
+    remaining = math.floor(limit * bucket.level / bucket.capacity)
+    return remaining if remaining > 0 else 0
+
+
+def _bucket_headers(
+    out: Headers,
+    mode: str,
+    names: tuple[str, ...],
+    per_minute: float,
+    bucket: TokenBucket,
+    *,
+    now: float,
+    wall: float,
+) -> None:
+    limit = _per_minute(per_minute)
+    remaining = str(_remaining(limit, bucket)).encode()
+    full_in_s = bucket.full_in_s(now)
+    if mode == "openai":
+        reset = go_duration(full_in_s).encode()
+        for name in names:
+            out.append((b"x-ratelimit-limit-" + name.encode(), str(limit).encode()))
+            out.append((b"x-ratelimit-remaining-" + name.encode(), remaining))
+            out.append((b"x-ratelimit-reset-" + name.encode(), reset))
+    else:
+        reset = rfc3339(wall + full_in_s).encode()
+        for name in names:
+            prefix = b"anthropic-ratelimit-" + name.encode()
+            out.append((prefix + b"-limit", str(limit).encode()))
+            out.append((prefix + b"-remaining", remaining))
+            out.append((prefix + b"-reset", reset))
+
+
+_OPENAI_TOKEN_NAMES = ("tokens",)
+_ANTHROPIC_TOKEN_NAMES = ("tokens", "input-tokens", "output-tokens")
+
+
+def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float) -> Headers:
+    """The informational rate-limit headers of `limiter` at `now` (wall: Unix time of `now`)."""
+    out: Headers = []
+    if mode == "none":
+        return out
+    if limiter.requests is not None and limiter.rpm is not None:
+        _bucket_headers(out, mode, ("requests",), limiter.rpm, limiter.requests, now=now, wall=wall)
+    if limiter.tokens is not None and limiter.tpm is not None:
+        names = _OPENAI_TOKEN_NAMES if mode == "openai" else _ANTHROPIC_TOKEN_NAMES
+        _bucket_headers(out, mode, names, limiter.tpm, limiter.tokens, now=now, wall=wall)
+    return out
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    """An OpenAI-shaped error body."""
+    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def anthropic_error_body(type_: str, message: str) -> bytes:
+    """An Anthropic-shaped error body."""
+    return _dumps({"type": "error", "error": {"type": type_, "message": message}})
+
+
+def _openai_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> str:
+    if rejection.kind == "concurrency":
+        return (
+            f"Too many concurrent requests for {limiter.model}: limit {limiter.max_in_flight} "
+            "in flight. Please retry after a request in flight completes."
+        )
+    if rejection.kind == "requests":
+        bucket, per_minute, label = limiter.requests, limiter.rpm, "requests per min (RPM)"
+    else:
+        bucket, per_minute, label = limiter.tokens, limiter.tpm, "tokens per min (TPM)"
+    assert bucket is not None
+    assert per_minute is not None
+    limit = _per_minute(per_minute)
+    used = limit - _remaining(limit, bucket)
+    return (
+        f"Rate limit reached for {limiter.model} on {label}: Limit {limit}, Used {used}, "
+        f"Requested {rejection.requested:g}. Please try again in {go_duration(rejection.wait_s)}."
+    )
+
+
+def _anthropic_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> str:
+    if rejection.kind == "concurrency":
+        return "Number of concurrent connections has exceeded your rate limit."
+    if rejection.kind == "requests":
+        what = f"{_per_minute(limiter.rpm or 0):,} requests per minute"
+    else:
+        what = f"{_per_minute(limiter.tpm or 0):,} tokens per minute"
+    return f"This request would exceed the rate limit for your organization of {what}."
+
+
+def rejection_response(
+    mode: str, limiter: ModelLimiter, rejection: Rejection, now: float, wall: float
+) -> tuple[Headers, bytes]:
+    """Headers (content type included) and body of a 429 for `rejection` in header `mode`."""
+    if mode == "none":
+        return [TEXT_CONTENT_TYPE], b"Too Many Requests"
+    headers = rate_limit_headers(mode, limiter, now, wall)
+    headers.append(JSON_CONTENT_TYPE)
+    timed = rejection.kind != "concurrency"
+    if mode == "openai":
+        if timed:
+            wait_ms = max(1, math.ceil(rejection.wait_s * 1000.0 - 1e-6))
+            headers.append((b"retry-after-ms", str(wait_ms).encode()))
+            headers.append((b"retry-after", str(max(1, math.ceil(wait_ms / 1000))).encode()))
+        body = error_body(
+            _openai_rejection_message(limiter, rejection),
+            "requests" if rejection.kind != "tokens" else "tokens",
+            "rate_limit_exceeded",
+        )
+    else:
+        if timed:
+            wait_s = max(1, math.ceil(rejection.wait_s - 1e-9))
+            headers.append((b"retry-after", str(wait_s).encode()))
+        body = anthropic_error_body(
+            "rate_limit_error", _anthropic_rejection_message(limiter, rejection)
+        )
+    return headers, body

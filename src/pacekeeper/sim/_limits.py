@@ -1,0 +1,255 @@
+"""Admission control: continuously refilling buckets and the per-model limiter built on them.
+
+Everything here is pure: time comes in as a `now` argument (seconds on a monotonic clock), so
+the exactness of the limits can be property-tested with an injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._scenario import CapacityChange, ModelLimits, Scenario
+
+__all__ = ["LimiterRegistry", "ModelLimiter", "Rejection", "TokenBucket"]
+
+
+class TokenBucket:
+    """A bucket holding up to `capacity` units, refilling continuously at `rate_per_s`.
+
+    Admission rule (the providers' rule): a cost that fits in the capacity is admitted when the
+    level is >= the cost; a cost larger than the capacity is admitted when the bucket is full,
+    and the level goes negative (debt) so such a request never starves. Over any interval of T
+    seconds the admitted cost is therefore at most capacity + rate_per_s * T (plus, with debt,
+    the excess of the largest oversize cost over the capacity).
+    """
+
+    __slots__ = ("capacity", "level", "rate_per_s", "updated_at")
+
+    def __init__(self, capacity: float, rate_per_s: float, now: float) -> None:
+        self.capacity = capacity
+        self.rate_per_s = rate_per_s
+        self.level = capacity
+        self.updated_at = now
+
+    def refill(self, now: float) -> None:
+        """Bring the level up to date at time `now` (a clock going backwards refills nothing)."""
+        elapsed_s = now - self.updated_at
+        if elapsed_s > 0:
+            level = self.level + elapsed_s * self.rate_per_s
+            self.level = self.capacity if level > self.capacity else level
+            self.updated_at = now
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds from `now` until `cost` would be admitted; 0.0 means admit now."""
+        self.refill(now)
+        need = cost if cost <= self.capacity else self.capacity
+        if self.level >= need:
+            return 0.0
+        return (need - self.level) / self.rate_per_s
+
+    def take(self, cost: float) -> None:
+        """Spend `cost` (call right after `wait_s` returned 0.0 for the same `now`)."""
+        self.level -= cost
+
+    def full_in_s(self, now: float) -> float:
+        """Seconds from `now` until the bucket is full again."""
+        self.refill(now)
+        missing = self.capacity - self.level
+        return missing / self.rate_per_s if missing > 0 else 0.0
+
+    def reconfigure(self, capacity: float, rate_per_s: float, now: float) -> None:
+        """Switch to a new capacity and rate at `now`; time before `now` refills at the old rate.
+
+        A shrinking bucket loses the level above its new capacity; a growing one keeps its level
+        and refills towards the new capacity.
+        """
+        self.refill(now)
+        self.capacity = capacity
+        self.rate_per_s = rate_per_s
+        self.level = min(self.level, capacity)
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenBucket(level={self.level:.3f}, capacity={self.capacity:g}, "
+            f"rate_per_s={self.rate_per_s:g}, updated_at={self.updated_at:.3f})"
+        )
+
+
+class Rejection:
+    """Why a request was not admitted and when it would be.
+
+    kind is "requests" or "tokens" (the bucket that needs the longest wait) or "concurrency"
+    (max_in_flight reached; wait_s is then 0.0 because no time bound is known).
+    """
+
+    __slots__ = ("kind", "requested", "wait_s")
+
+    def __init__(self, kind: str, wait_s: float, requested: float) -> None:
+        self.kind = kind
+        self.wait_s = wait_s
+        self.requested = requested
+
+    def __repr__(self) -> str:
+        return (
+            f"Rejection(kind={self.kind!r}, wait_s={self.wait_s:.3f}, requested={self.requested:g})"
+        )
+
+
+class ModelLimiter:
+    """The limits of one model: a request bucket, a token bucket and an in-flight cap.
+
+    `rpm`, `tpm` and `max_in_flight` are the current (capacity-change adjusted) values; the
+    buckets hold `burst_s` seconds of the per-minute budgets.
+    """
+
+    __slots__ = (
+        "_base",
+        "_changes",
+        "_factor",
+        "_next_change",
+        "in_flight",
+        "max_in_flight",
+        "model",
+        "requests",
+        "rpm",
+        "tokens",
+        "tpm",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        limits: ModelLimits,
+        now: float,
+        changes: Iterable[tuple[float, float]] = (),
+    ) -> None:
+        """`changes` are (monotonic time, factor) pairs, applied lazily when time passes them."""
+        self.model = model
+        self._base = limits
+        self._factor = 1.0
+        self._changes = sorted(changes)
+        self._next_change = 0
+        self.rpm = limits.rpm
+        self.tpm = limits.tpm
+        self.max_in_flight = limits.max_in_flight
+        self.in_flight = 0
+        burst_s = limits.burst_s
+        self.requests = (
+            None
+            if limits.rpm is None
+            else TokenBucket(limits.rpm / 60.0 * burst_s, limits.rpm / 60.0, now)
+        )
+        self.tokens = (
+            None
+            if limits.tpm is None
+            else TokenBucket(limits.tpm / 60.0 * burst_s, limits.tpm / 60.0, now)
+        )
+
+    def _apply_due_changes(self, now: float) -> None:
+        changes = self._changes
+        while self._next_change < len(changes) and changes[self._next_change][0] <= now:
+            at, factor = changes[self._next_change]
+            self._next_change += 1
+            self._factor *= factor
+            base = self._base
+            # Recompute from the base values so that rounding never compounds.
+            if base.rpm is not None and self.requests is not None:
+                self.rpm = base.rpm * self._factor
+                self.requests.reconfigure(self.rpm / 60.0 * base.burst_s, self.rpm / 60.0, at)
+            if base.tpm is not None and self.tokens is not None:
+                self.tpm = base.tpm * self._factor
+                self.tokens.reconfigure(self.tpm / 60.0 * base.burst_s, self.tpm / 60.0, at)
+            if base.max_in_flight is not None:
+                self.max_in_flight = max(1, round(base.max_in_flight * self._factor))
+
+    def admit(self, token_cost: float, now: float) -> Rejection | None:
+        """Admit one request costing `token_cost` tokens at `now`, or say why not.
+
+        On admission both buckets are charged and `in_flight` is incremented (the caller calls
+        `release` when the request is done). A rejected request spends nothing.
+        """
+        if self._next_change < len(self._changes):
+            self._apply_due_changes(now)
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            return Rejection("concurrency", 0.0, 1)
+        requests, tokens = self.requests, self.tokens
+        wait_requests_s = 0.0 if requests is None else requests.wait_s(1, now)
+        wait_tokens_s = 0.0 if tokens is None else tokens.wait_s(token_cost, now)
+        if wait_requests_s > 0.0 or wait_tokens_s > 0.0:
+            # Name the bucket that binds longest: that is when the request would fit.
+            if wait_tokens_s > wait_requests_s:
+                return Rejection("tokens", wait_tokens_s, token_cost)
+            return Rejection("requests", wait_requests_s, 1)
+        if requests is not None:
+            requests.take(1)
+        if tokens is not None:
+            tokens.take(token_cost)
+        self.in_flight += 1
+        return None
+
+    def release(self) -> None:
+        """One admitted request finished (whatever its outcome)."""
+        self.in_flight -= 1
+
+    def refresh(self, now: float) -> None:
+        """Apply due capacity changes and refill, e.g. before reporting headers or stats."""
+        if self._next_change < len(self._changes):
+            self._apply_due_changes(now)
+        if self.requests is not None:
+            self.requests.refill(now)
+        if self.tokens is not None:
+            self.tokens.refill(now)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelLimiter(model={self.model!r}, rpm={self.rpm}, tpm={self.tpm}, "
+            f"in_flight={self.in_flight}/{self.max_in_flight}, requests={self.requests!r}, "
+            f"tokens={self.tokens!r})"
+        )
+
+
+class LimiterRegistry:
+    """One ModelLimiter per model name, created on first use from the scenario.
+
+    Models without any limit get None (the request path then skips limiting entirely). The
+    number of distinct limiters is capped so that clients inventing model names cannot grow
+    memory without bound; beyond the cap, unknown models share one limiter.
+    """
+
+    __slots__ = ("_changes", "_limiters", "_max_models", "_scenario", "_started_at")
+
+    OVERFLOW_MODEL = "(other models)"
+
+    def __init__(self, scenario: Scenario, started_at: float, max_models: int = 10_000) -> None:
+        """`started_at` is the monotonic time capacity changes count from."""
+        self._scenario = scenario
+        self._started_at = started_at
+        self._limiters: dict[str, ModelLimiter | None] = {}
+        self._changes: tuple[CapacityChange, ...] = scenario.capacity_changes
+        self._max_models = max_models
+
+    def get(self, model: str, now: float) -> ModelLimiter | None:
+        """The limiter for `model`, or None if it is unlimited."""
+        try:
+            return self._limiters[model]
+        except KeyError:
+            pass
+        if len(self._limiters) >= self._max_models and model not in self._scenario.models:
+            model = self.OVERFLOW_MODEL
+            if model in self._limiters:
+                return self._limiters[model]
+        limits = self._scenario.limits_for(model)
+        limiter = None
+        if not limits.unlimited:
+            changes = [
+                (self._started_at + c.at_s, c.factor)
+                for c in self._changes
+                if c.model is None or c.model == model
+            ]
+            limiter = ModelLimiter(model, limits, now, changes)
+        self._limiters[model] = limiter
+        return limiter
+
+    def limiters(self) -> list[ModelLimiter]:
+        """The limiters created so far."""
+        return [lim for lim in self._limiters.values() if lim is not None]
