@@ -1,1 +1,91 @@
-"""pacekeeper: send thousands of LLM API requests as fast as the provider's limits allow."""
+"""pacekeeper: send thousands of LLM API requests as fast as the provider's limits allow.
+
+Every surface goes through one :class:`Governor`: admission (cooldown gate, even rpm/tpm pacing,
+a fixed or adaptive concurrency limit), then the call, then the outcome (classify, wait, spend
+from a retry budget, record)::
+
+    import openai, pacekeeper
+
+    client = pacekeeper.wrap(openai.AsyncOpenAI())       # governed, SDK retries off
+    gov = pacekeeper.Governor(limits=pacekeeper.Limits(rpm=500, tpm=200_000))
+    client = pacekeeper.wrap(openai.AsyncOpenAI(), gov)  # or with known limits
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from pacekeeper.core.classify import OutcomeKind, Verdict
+from pacekeeper.core.concurrency import Signal
+from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
+from pacekeeper.core.errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    NonRetryableError,
+    PacekeeperError,
+    RequestFailed,
+    RequestTooLarge,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+    RetryWaitTooLong,
+)
+from pacekeeper.core.governor import Call, Decision, Governor
+from pacekeeper.core.ordered import amap
+from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
+from pacekeeper.core.stats import StatsSnapshot
+from pacekeeper.core.testing import is_testing, set_testing
+from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
+from pacekeeper.transports import RECORD_EXTENSION, SyncTransport, Transport, wrap
+
+if TYPE_CHECKING:
+    from pacekeeper.transports import HttpxSyncTransport, HttpxTransport
+
+try:
+    __version__ = version("pacekeeper")
+except PackageNotFoundError:  # pragma: no cover (running from a source tree)
+    __version__ = "0+unknown"
+
+__all__ = [
+    "RECORD_EXTENSION",
+    "AdaptiveConcurrency",
+    "AttemptRecord",
+    "Call",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "Decision",
+    "Governor",
+    "HttpxSyncTransport",
+    "HttpxTransport",
+    "Limits",
+    "NonRetryableError",
+    "OutcomeKind",
+    "PacekeeperError",
+    "RecordHook",
+    "RequestFailed",
+    "RequestRecord",
+    "RequestTooLarge",
+    "RetriesExhausted",
+    "RetryBudgetExhausted",
+    "RetryPolicy",
+    "RetryWaitTooLong",
+    "Signal",
+    "StatsSnapshot",
+    "SyncTransport",
+    "TokenEstimate",
+    "Transport",
+    "Verdict",
+    "amap",
+    "estimate_request_tokens",
+    "is_testing",
+    "set_testing",
+    "wrap",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("HttpxTransport", "HttpxSyncTransport"):
+        from pacekeeper import transports
+
+        return getattr(transports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,673 @@
+"""The governor: admission before each attempt, a decision after each outcome.
+
+::
+
+    Call.admit()  ->  cooldown gate  ->  rpm/tpm buckets  ->  concurrency slot  ->  Permit
+    (the caller sends the request)
+    Call.settle(permit, verdict)
+        learn the limits the headers state; close the gate on a hinted 429;
+        reconcile tokens with usage; release the slot with its signal (AIMD);
+        decide: done, or retry after a delay (hint + jitter, or capped full-jitter backoff),
+        within max_attempts, the deadline, max_hint_s and the retry budget;
+        record the attempt (and the request when final) to stats, hooks and the log.
+
+Nothing here does network I/O or knows HTTP libraries: transports (and ``Governor.run``) turn
+their outcomes into a :class:`~pacekeeper.core.classify.Verdict` and act on the
+:class:`Decision`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pacekeeper.core.classify import OutcomeKind, Verdict, verdict_for_failure
+from pacekeeper.core.concurrency import Signal
+from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.errors import (
+    DeadlineExceeded,
+    NonRetryableError,
+    RequestFailed,
+    RequestTooLarge,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+    RetryWaitTooLong,
+)
+from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
+from pacekeeper.core.ordered import amap
+from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
+from pacekeeper.core.testing import is_testing
+
+if TYPE_CHECKING:
+    from pacekeeper.core.stats import StatsSnapshot
+    from pacekeeper.core.tokens import TokenEstimate
+
+__all__ = ["Call", "Decision", "Governor"]
+
+logger = logging.getLogger("pacekeeper")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do after an attempt: retry after ``delay_s``, or stop (``error`` None: success)."""
+
+    retry: bool
+    delay_s: float = 0.0
+    error: RequestFailed | None = None
+    record: RequestRecord | None = None
+    """The final record, when this decision ends the request."""
+
+
+class Governor:
+    """Decides when each request may leave, and what happens after each outcome.
+
+    State is kept per (route, model) in a :class:`~pacekeeper.core.lane.Lane`. ``limits`` apply
+    to every model unless ``models`` names the model; unset rpm/tpm are learned from responses.
+
+    >>> gov = Governor(limits=Limits(rpm=600, concurrency=4))
+    >>> gov
+    <Governor lanes=0 limits rpm=600 tpm=None concurrency=4>
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        models: Mapping[str, Limits] | None = None,
+        retry: RetryPolicy | None = None,
+        hooks: Iterable[RecordHook] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.models: dict[str, Limits] = dict(models or {})
+        self.retry = retry or RetryPolicy()
+        self.hooks: list[RecordHook] = list(hooks)
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._rng = random.Random(seed)
+        self._lanes: dict[LaneKey, Lane] = {}
+        self._lanes_lock = threading.Lock()
+        self._concurrency_ceiling: int | None = None
+
+    # -- lanes ----------------------------------------------------------------------------
+
+    def limits_for(self, model: str | None) -> Limits:
+        if model is not None and model in self.models:
+            return self.models[model]
+        return self.limits
+
+    def lane(self, route: str, model: str | None) -> Lane:
+        """The lane of (route, model), created on first use."""
+        key = (route, model)
+        lane = self._lanes.get(key)
+        if lane is None:
+            with self._lanes_lock:
+                lane = self._lanes.get(key)
+                if lane is None:
+                    lane = Lane(
+                        key, limits=self.limits_for(model), retry=self.retry, clock=self.clock
+                    )
+                    if self._concurrency_ceiling is not None:
+                        lane.slots.cap(self._concurrency_ceiling)
+                    self._lanes[key] = lane
+        return lane
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return list(self._lanes.values())
+
+    def cap_concurrency(self, ceiling: int) -> None:
+        """Never admit more than ``ceiling`` at once per lane (e.g. the connection pool's size,
+        so that the pool never becomes the queue)."""
+        with self._lanes_lock:
+            self._concurrency_ceiling = (
+                ceiling
+                if self._concurrency_ceiling is None
+                else min(ceiling, self._concurrency_ceiling)
+            )
+            for lane in self._lanes.values():
+                lane.slots.cap(ceiling)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def call(
+        self,
+        *,
+        route: str,
+        model: str | None,
+        estimate: TokenEstimate | None = None,
+        tokens: int | None = None,
+    ) -> Call:
+        """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost)."""
+        lane = self.lane(route, model)
+        reserve = lane.limits.default_completion_tokens
+        if estimate is not None:
+            prompt = estimate.prompt_tokens
+            completion = (
+                estimate.max_completion_tokens
+                if estimate.max_completion_tokens is not None
+                else reserve
+            )
+        else:
+            prompt, completion = (tokens or 0), 0
+        return Call(self, lane, prompt_tokens=prompt, completion_tokens=completion)
+
+    def delay_for(self, verdict: Verdict, attempt: int) -> float:
+        """The wait before retrying after ``verdict`` on attempt number ``attempt``."""
+        policy = self.retry
+        if verdict.hint_s is not None:
+            hint = verdict.hint_s
+            return hint + self._rng.uniform(0.0, policy.hint_jitter_s + 0.05 * hint)
+        ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** (attempt - 1))
+        return self._rng.uniform(0.0, ceiling)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def stats(self) -> list[StatsSnapshot]:
+        """Aggregates per (route, model), as plain data."""
+        return [lane.snapshot() for lane in self.lanes]
+
+    def __repr__(self) -> str:
+        lim = self.limits
+        return (
+            f"<Governor lanes={len(self._lanes)} limits rpm={lim.rpm} tpm={lim.tpm} "
+            f"concurrency={lim.concurrency}>"
+        )
+
+    # -- for code that does not use an HTTP transport -------------------------------------
+
+    async def run(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        route: str = "/",
+        model: str | None = None,
+        tokens: int | None = None,
+        estimate: TokenEstimate | None = None,
+    ) -> T:
+        """Run ``fn`` under the governor, retrying what can succeed on retry.
+
+        Failures are read from the exception ``fn`` raises: anything with a ``status_code``
+        (and optionally ``response.headers``/``body``), as the openai and anthropic SDKs raise,
+        is classified like an HTTP answer; timeouts and connection errors are retried; other
+        exceptions propagate at once. Cancellation always propagates and frees the slot.
+        """
+        call = self.call(route=route, model=model, tokens=tokens, estimate=estimate)
+        while True:
+            permit = await call.admit()
+            try:
+                result = await fn()
+            except asyncio.CancelledError:
+                call.cancelled(permit)
+                raise
+            except Exception as exc:
+                verdict = _verdict_for_exception(exc, self.wall_clock())
+                if verdict is None:
+                    call.settle(
+                        permit, verdict_for_failure(OutcomeKind.OTHER, _describe(exc)), final=True
+                    )
+                    raise
+                decision = call.settle(permit, verdict)
+                if decision.retry:
+                    await call.pause(decision)
+                    continue
+                assert decision.error is not None
+                raise decision.error from exc
+            usage = getattr(result, "usage", None)
+            call.settle(
+                permit,
+                _OK,
+                prompt_tokens=_int_attr(usage, "prompt_tokens", "input_tokens"),
+                completion_tokens=_int_attr(usage, "completion_tokens", "output_tokens"),
+            )
+            return result
+
+    def amap(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        items: Iterable[T],
+        *,
+        route: str = "/",
+        model: str | None = None,
+        tokens: Callable[[T], int] | None = None,
+        window: int = 1000,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[R | BaseException]:
+        """Yield ``fn(item)`` for every item, each call governed by :meth:`run`, in input
+        order, with at most ``window`` items started and not yet yielded."""
+
+        async def governed(item: T) -> R:
+            return await self.run(
+                lambda: fn(item),
+                route=route,
+                model=model,
+                tokens=tokens(item) if tokens is not None else None,
+            )
+
+        return amap(governed, items, window=window, return_exceptions=return_exceptions)
+
+
+_OK = Verdict(
+    kind=OutcomeKind.OK,
+    retryable=False,
+    reason="ok",
+    hint_s=None,
+    limits=None,
+    error_code=None,
+    status=None,
+)
+
+
+class Call:
+    """One logical request: its attempts, waits and records.
+
+    Use :meth:`admit` (or :meth:`admit_sync`) before each attempt and :meth:`settle` after it;
+    act on the returned :class:`Decision`.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_gov",
+        "_queued_total",
+        "_started_mono",
+        "_started_wall",
+        "attempt",
+        "completion_tokens",
+        "done",
+        "lane",
+        "prompt_tokens",
+    )
+
+    def __init__(
+        self, gov: Governor, lane: Lane, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self._gov = gov
+        self.lane = lane
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.attempt = 0
+        self.done = False
+        self._started_mono = gov.clock()
+        self._started_wall = gov.wall_clock()
+        self._queued_total = 0.0
+        deadline_s = gov.retry.deadline_s
+        self._deadline = self._started_mono + deadline_s if deadline_s is not None else None
+
+    @property
+    def route(self) -> str:
+        return self.lane.key[0]
+
+    @property
+    def model(self) -> str | None:
+        return self.lane.key[1]
+
+    @property
+    def cost(self) -> int:
+        """Tokens charged at admission (prompt, corrected by learned scale, plus reserve)."""
+        return self.lane.cost_of(self.prompt_tokens, self.completion_tokens)
+
+    def _where(self) -> str:
+        return f"{self.route} model={self.model}"
+
+    def _before_admit(self) -> int:
+        cost = self.cost
+        tpm = self.lane.tpm
+        if tpm is not None and cost > tpm:
+            raise RequestTooLarge(
+                f"{self._where()}: this request needs about {cost} tokens (prompt "
+                f"{self.prompt_tokens} + {self.completion_tokens} reserved for the answer), more "
+                f"than the whole limit of {tpm:g} tokens per minute, so it can never be admitted. "
+                "Lower max_tokens or split the input.",
+                route=self.route,
+                model=self.model,
+                tokens=cost,
+            )
+        if self.attempt == 0:
+            self.lane.budget.deposit()
+        self.attempt += 1
+        return cost
+
+    def _queue_timeout(self, exc: QueueTimeout) -> DeadlineExceeded:
+        deadline_s = self._gov.retry.deadline_s
+        return self._final_failure(
+            DeadlineExceeded,
+            f"{self._where()}: gave up after {self._gov.clock() - self._started_mono:.1f}s in "
+            f"the queue waiting for {exc.reason} (about {exc.wait_s:.1f}s more), beyond the "
+            f"{deadline_s:g}s deadline. Raise RetryPolicy.deadline_s or the limits.",
+            outcome="deadline_exceeded",
+        )
+
+    async def admit(self) -> Permit:
+        """Wait until this attempt may leave; retries go to the front of the queue."""
+        cost = self._before_admit()
+        try:
+            permit = await self.lane.acquire(cost, front=self.attempt > 1, deadline=self._deadline)
+        except QueueTimeout as exc:
+            raise self._queue_timeout(exc) from None
+        self._queued_total += permit.queued_s
+        return permit
+
+    def admit_sync(self) -> Permit:
+        """The blocking twin of :meth:`admit`."""
+        cost = self._before_admit()
+        try:
+            permit = self.lane.acquire_sync(cost, front=self.attempt > 1, deadline=self._deadline)
+        except QueueTimeout as exc:
+            raise self._queue_timeout(exc) from None
+        self._queued_total += permit.queued_s
+        return permit
+
+    async def pause(self, decision: Decision) -> None:
+        """Sleep the decision's delay (instant under :func:`~pacekeeper.set_testing`)."""
+        if decision.delay_s > 0 and not is_testing():
+            await asyncio.sleep(decision.delay_s)
+
+    def pause_sync(self, decision: Decision) -> None:
+        if decision.delay_s > 0 and not is_testing():
+            time.sleep(decision.delay_s)
+
+    def settle(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        request_id: str | None = None,
+        hold: bool = False,
+        final: bool = False,
+    ) -> Decision:
+        """Take an attempt's outcome; release its slot (unless ``hold``: a stream keeps it
+        until closed) and decide what comes next. ``final`` forbids a retry (e.g. bytes of a
+        stream already reached the caller)."""
+        gov, lane = self._gov, self.lane
+        now = gov.clock()
+        latency_s = now - permit.sent_at
+        kind = verdict.kind
+        if verdict.limits is not None:
+            lane.learn(verdict.limits)
+        if kind is OutcomeKind.RATE_LIMITED and verdict.hint_s is not None and not is_testing():
+            lane.close_gate(min(verdict.hint_s, gov.retry.max_hint_s))
+        if kind is OutcomeKind.OK and prompt_tokens is not None:
+            lane.reconcile(
+                prompt_estimated=self.prompt_tokens,
+                prompt_actual=prompt_tokens,
+                completion_reserved=self.completion_tokens,
+                completion_actual=completion_tokens,
+            )
+        signal = (
+            Signal.SUCCESS
+            if kind is OutcomeKind.OK
+            else Signal.BACKPRESSURE
+            if verdict.is_backpressure
+            else Signal.NEUTRAL
+        )
+        if not hold:
+            permit.release(signal)
+
+        error: RequestFailed | None = None
+        delay_s = 0.0
+        retry = False
+        if kind is not OutcomeKind.OK:
+            retry, delay_s, error = self._decide(verdict, now, final)
+
+        rate_limited = kind is OutcomeKind.RATE_LIMITED
+        with lane._lock:
+            lane.stats.on_attempt(
+                status=verdict.status,
+                rate_limited=rate_limited,
+                latency_s=latency_s,
+                retry=self.attempt > 1,
+                at=now,
+            )
+        attempt_record = AttemptRecord(
+            route=self.route,
+            model=self.model,
+            attempt=self.attempt,
+            outcome=kind.value,
+            status=verdict.status,
+            started_at=gov.wall_clock() - latency_s,
+            queued_s=permit.queued_s,
+            latency_s=latency_s,
+            tokens_estimated=permit.tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            retry_in_s=delay_s if retry else None,
+            error=None if kind is OutcomeKind.OK else verdict.reason,
+            request_id=request_id,
+        )
+        for hook in gov.hooks:
+            hook.on_attempt(attempt_record)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("attempt %s", _kv(attempt_record.as_dict()))
+        if retry:
+            return Decision(retry=True, delay_s=delay_s)
+
+        record = self._finish(
+            ok=kind is OutcomeKind.OK,
+            outcome=kind.value,
+            status=verdict.status,
+            latency_s=latency_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=error,
+            request_id=request_id,
+        )
+        if error is not None:
+            error.record = record
+        return Decision(retry=False, error=error, record=record)
+
+    def _decide(
+        self, verdict: Verdict, now: float, final: bool
+    ) -> tuple[bool, float, RequestFailed | None]:
+        policy = self._gov.retry
+        where = self._where()
+        if not verdict.retryable:
+            return (
+                False,
+                0.0,
+                NonRetryableError(
+                    f"{where}: {verdict.reason} (not retried: a retry cannot change this answer)"
+                ),
+            )
+        if final:
+            return (
+                False,
+                0.0,
+                RetriesExhausted(
+                    f"{where}: {verdict.reason} (not retried: part of the answer had already "
+                    "reached the caller)"
+                ),
+            )
+        if self.attempt >= policy.max_attempts:
+            return (
+                False,
+                0.0,
+                RetriesExhausted(
+                    f"{where}: {verdict.reason} (gave up after {self.attempt} attempts; raise "
+                    "RetryPolicy.max_attempts if the provider is expected to recover)"
+                ),
+            )
+        if verdict.hint_s is not None and verdict.hint_s > policy.max_hint_s:
+            return (
+                False,
+                0.0,
+                RetryWaitTooLong(
+                    f"{where}: {verdict.reason} (the server asks to wait {verdict.hint_s:g}s, "
+                    f"longer than RetryPolicy.max_hint_s={policy.max_hint_s:g}s; failing now "
+                    "instead of sleeping)"
+                ),
+            )
+        delay_s = self._gov.delay_for(verdict, self.attempt)
+        if self._deadline is not None and now + delay_s > self._deadline:
+            return (
+                False,
+                0.0,
+                DeadlineExceeded(
+                    f"{where}: {verdict.reason} (a retry would wait {delay_s:.1f}s, past the "
+                    f"request's {policy.deadline_s:g}s deadline)"
+                ),
+            )
+        # 429s are slowed by pacing, the cooldown gate and AIMD; the budget guards against
+        # storms of retries of failures (5xx, timeouts, dropped connections).
+        if verdict.kind is not OutcomeKind.RATE_LIMITED and not self.lane.budget.try_spend():
+            return (
+                False,
+                0.0,
+                RetryBudgetExhausted(
+                    f"{where}: {verdict.reason} (not retried: retries already use their "
+                    f"{policy.retry_budget_ratio:.0%} share of traffic on this route and model; "
+                    "the upstream looks degraded)"
+                ),
+            )
+        return True, delay_s, None
+
+    def cancelled(self, permit: Permit | None) -> None:
+        """The caller's task was cancelled: free the slot and record it (never retried)."""
+        if permit is not None:
+            permit.release(Signal.NEUTRAL)
+        if not self.done:
+            self._finish(
+                ok=False,
+                outcome="cancelled",
+                status=None,
+                latency_s=self._gov.clock() - permit.sent_at if permit else 0.0,
+                prompt_tokens=None,
+                completion_tokens=None,
+                error=None,
+                request_id=None,
+                error_type="CancelledError",
+            )
+
+    def _final_failure(
+        self, cls: type[DeadlineExceeded], message: str, *, outcome: str
+    ) -> DeadlineExceeded:
+        error = cls(message)
+        error.record = self._finish(
+            ok=False,
+            outcome=outcome,
+            status=None,
+            latency_s=0.0,
+            prompt_tokens=None,
+            completion_tokens=None,
+            error=error,
+            request_id=None,
+        )
+        return error
+
+    def _finish(
+        self,
+        *,
+        ok: bool,
+        outcome: str,
+        status: int | None,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        error: RequestFailed | None,
+        request_id: str | None,
+        error_type: str | None = None,
+    ) -> RequestRecord:
+        self.done = True
+        gov, lane = self._gov, self.lane
+        now = gov.clock()
+        total_s = now - self._started_mono
+        record = RequestRecord(
+            route=self.route,
+            model=self.model,
+            outcome=outcome,
+            status=status,
+            ok=ok,
+            attempts=self.attempt,
+            started_at=self._started_wall,
+            total_s=total_s,
+            queued_s=self._queued_total,
+            latency_s=latency_s,
+            tokens_estimated=self.cost,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=str(error) if error is not None else None,
+            error_type=type(error).__name__ if error is not None else error_type,
+            request_id=request_id,
+        )
+        with lane._lock:
+            lane.stats.on_request(
+                ok=ok,
+                outcome=outcome,
+                total_s=total_s,
+                queued_s=self._queued_total,
+                tokens_estimated=record.tokens_estimated,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                at=now,
+            )
+        for hook in gov.hooks:
+            hook.on_request(record)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
+        return record
+
+
+def _kv(fields: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in fields.items():
+        if value is None or key == "type":
+            continue
+        if isinstance(value, float):
+            text = f"{value:.3f}"
+        elif isinstance(value, str) and (" " in value or not value):
+            text = repr(value)
+        else:
+            text = str(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _int_attr(obj: object, *names: str) -> int | None:
+    for name in names:
+        value = getattr(obj, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+_TIMEOUT_NAMES = frozenset({"TimeoutError", "TimeoutException", "APITimeoutError"})
+_CONNECTION_NAMES = frozenset(
+    {"ConnectionError", "APIConnectionError", "TransportError", "NetworkError", "ConnectError"}
+)
+
+
+def _verdict_for_exception(exc: BaseException, now_wall_s: float) -> Verdict | None:
+    """Read an SDK's exception as an outcome; None when it is not something to classify."""
+    from pacekeeper.core.classify import classify_response
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        body = getattr(response, "content", None)
+        if not isinstance(body, bytes):
+            body = None
+        return classify_response(status, headers, body, now_wall_s=now_wall_s)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _TIMEOUT_NAMES or isinstance(exc, asyncio.TimeoutError):
+        return verdict_for_failure(OutcomeKind.TIMEOUT, _describe(exc))
+    if names & _CONNECTION_NAMES:
+        return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, _describe(exc))
+    return None

@@ -1,0 +1,459 @@
+"""One lane per (route, model): its limits, its state, and the queue of requests waiting for it.
+
+Admission is all-or-nothing at one instant: a request leaves when the cooldown gate is open,
+the request and token buckets both have room, and a concurrency slot is free. Only then are the
+buckets charged and the slot taken, so a request that waits for a slot does not hold budget.
+
+Waiting is first come, first served. Only the head of the queue evaluates the state; the rest
+sleep until they become the head. So a release wakes one waiter, not ten thousand, and pacing
+is exact because nobody races the head. Retries join at the front: they are the oldest work.
+
+The lane is thread-safe (one lock around the pure state), and its waiters may be asyncio
+tasks on any event loop or plain threads: a wake from another thread goes through
+``call_soon_threadsafe``. That is what lets the async and sync transports share one governor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from pacekeeper.core.bucket import TokenBucket
+from pacekeeper.core.budget import RetryBudget
+from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
+from pacekeeper.core.cooldown import CooldownGate
+from pacekeeper.core.stats import KeyStats, StatsSnapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pacekeeper.core.config import Limits, RetryPolicy
+    from pacekeeper.core.headers import RateLimitSnapshot
+
+__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
+
+LaneKey = tuple[str, "str | None"]
+"""(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
+
+_SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
+_SCALE_MIN, _SCALE_MAX = 0.5, 3.0
+
+
+class QueueTimeout(Exception):
+    """The waiter's deadline would pass before admission; ``wait_s`` says how long it would be."""
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+        self.reason = reason
+
+
+class _Waiter(Protocol):
+    cancelled: bool
+
+    def wake(self) -> None: ...
+
+
+class _AsyncWaiter:
+    __slots__ = ("_fut", "_loop", "_thread", "cancelled")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._fut: asyncio.Future[None] | None = None
+        self.cancelled = False
+
+    def arm(self) -> asyncio.Future[None]:
+        self._fut = fut = self._loop.create_future()
+        return fut
+
+    def wake(self) -> None:
+        fut = self._fut
+        if fut is None or fut.done():
+            return
+        if threading.get_ident() == self._thread:
+            fut.set_result(None)
+        else:
+            self._loop.call_soon_threadsafe(_resolve, fut)
+
+
+class _ThreadWaiter:
+    __slots__ = ("_event", "cancelled")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.cancelled = False
+
+    def arm(self) -> threading.Event:
+        self._event.clear()
+        return self._event
+
+    def wake(self) -> None:
+        self._event.set()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Permit:
+    """An admitted attempt: holds one concurrency slot until released.
+
+    Release it exactly once with the outcome's :class:`Signal`; further releases are ignored,
+    so a ``finally`` can always release without double-counting.
+    """
+
+    __slots__ = ("_lane", "in_flight_at_send", "queued_s", "released", "sent_at", "tokens")
+
+    def __init__(
+        self, lane: Lane, *, sent_at: float, in_flight_at_send: int, tokens: int, queued_s: float
+    ) -> None:
+        self._lane = lane
+        self.sent_at = sent_at
+        self.in_flight_at_send = in_flight_at_send
+        self.tokens = tokens
+        self.queued_s = queued_s
+        self.released = False
+
+    def release(self, signal: Signal = Signal.NEUTRAL) -> None:
+        if not self.released:
+            self.released = True
+            self._lane.release(self, signal)
+
+    def __del__(self) -> None:
+        # A permit dropped without release (an abandoned stream nobody closed) must not hold
+        # its slot forever.
+        if not getattr(self, "released", True):
+            self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Permit {state} tokens={self.tokens} queued={self.queued_s:.3f}s>"
+
+
+class Lane:
+    """The admission state and waiting queue of one (route, model)."""
+
+    __slots__ = (
+        "_cancelled_waiting",
+        "_clock",
+        "_configured",
+        "_lock",
+        "_queue",
+        "budget",
+        "cooldown",
+        "key",
+        "learned_rpm",
+        "learned_tpm",
+        "prompt_scale",
+        "requests",
+        "slots",
+        "stats",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        key: LaneKey,
+        *,
+        limits: Limits,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self.key = key
+        self._configured = limits
+        self._clock = clock
+        # Re-entrant: a Permit dropped without release is released from __del__, which the garbage
+        # collector may run while this thread already holds the lock.
+        self._lock = threading.RLock()
+        self._queue: deque[_AsyncWaiter | _ThreadWaiter] = deque()
+        self._cancelled_waiting = 0
+        self.cooldown = CooldownGate()
+        self.requests: TokenBucket | None = None
+        self.tokens: TokenBucket | None = None
+        self.learned_rpm: float | None = None
+        self.learned_tpm: float | None = None
+        self.prompt_scale = 1.0
+        adaptive = limits.adaptive
+        self.slots: FixedLimit = (
+            AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
+        )
+        self.budget = RetryBudget(
+            ratio=retry.retry_budget_ratio,
+            initial=retry.retry_budget_initial,
+            maximum=retry.retry_budget_max,
+        )
+        self.stats = KeyStats(route=key[0], model=key[1])
+        self._apply_rates(now=clock())
+
+    # -- limits ---------------------------------------------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        return self._configured
+
+    @property
+    def rpm(self) -> float | None:
+        """The requests-per-minute limit in force (configured, learned, or the lower of both)."""
+        return _lower(self._configured.rpm, self.learned_rpm)
+
+    @property
+    def tpm(self) -> float | None:
+        return _lower(self._configured.tpm, self.learned_tpm)
+
+    def _apply_rates(self, *, now: float) -> None:
+        share = self._configured.utilisation
+        burst_s = self._configured.burst_s
+        rpm, tpm = self.rpm, self.tpm
+        if rpm is not None:
+            rate = rpm * share / 60.0
+            burst = max(1.0, rate * burst_s)
+            if self.requests is None:
+                self.requests = TokenBucket(rate_per_s=rate, burst=burst)
+            elif rate != self.requests.rate_per_s:
+                self.requests.set_rate(rate_per_s=rate, burst=burst, now=now)
+        if tpm is not None:
+            rate = tpm * share / 60.0
+            burst = max(1.0, rate * burst_s)
+            if self.tokens is None:
+                self.tokens = TokenBucket(rate_per_s=rate, burst=burst)
+            elif rate != self.tokens.rate_per_s:
+                self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
+
+    def learn(self, snapshot: RateLimitSnapshot) -> None:
+        """Adopt the limits a response's headers state (when learning is on)."""
+        if not self._configured.learn_from_headers:
+            return
+        rpm = snapshot.limit_requests
+        # Anthropic states input and output token limits separately; without a combined one,
+        # pace the whole cost against the input limit (the stricter reading).
+        tpm = snapshot.limit_tokens or snapshot.limit_input_tokens
+        changed = False
+        with self._lock:
+            if rpm and rpm > 0 and rpm != self.learned_rpm:
+                self.learned_rpm = float(rpm)
+                changed = True
+            if tpm and tpm > 0 and tpm != self.learned_tpm:
+                self.learned_tpm = float(tpm)
+                changed = True
+            if changed:
+                self._apply_rates(now=self._clock())
+                self._wake_head()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The token cost charged at admission: the prompt estimate corrected by what usage
+        has shown about our estimates on this lane, plus the answer's reserve."""
+        return math.ceil(prompt_tokens * self.prompt_scale) + completion_tokens
+
+    def _try_admit(self, now: float, tokens: int) -> float:
+        """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot)."""
+        wait = self.cooldown.remaining_s(now=now)
+        if self.requests is not None:
+            wait = max(wait, self.requests.wait_s(now=now, cost=1))
+        if self.tokens is not None and tokens:
+            wait = max(wait, self.tokens.wait_s(now=now, cost=tokens))
+        if wait > 0.0:
+            return wait
+        if not self.slots.has_room():
+            return math.inf
+        if self.requests is not None:
+            self.requests.spend(now=now, cost=1)
+        if self.tokens is not None and tokens:
+            self.tokens.spend(now=now, cost=tokens)
+        return 0.0
+
+    def _pop_head(self) -> None:
+        self._queue.popleft()
+        while self._queue and self._queue[0].cancelled:
+            self._queue.popleft()
+            self._cancelled_waiting -= 1
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            self._queue[0].wake()
+
+    def _grant(self, now: float, tokens: int, asked_at: float) -> Permit:
+        in_flight = self.slots.acquire(now=now)
+        return Permit(
+            self, sent_at=now, in_flight_at_send=in_flight, tokens=tokens, queued_s=now - asked_at
+        )
+
+    def _leave(self, waiter: _AsyncWaiter | _ThreadWaiter) -> None:
+        """A waiter gives up (cancelled, deadline): forget it, and hand the head on."""
+        with self._lock:
+            if self._queue and self._queue[0] is waiter:
+                self._pop_head()
+                self._wake_head()
+            elif not waiter.cancelled:
+                waiter.cancelled = True
+                self._cancelled_waiting += 1
+
+    def _bounded_by_deadline(self, now: float, wait_s: float, deadline: float) -> float:
+        """Fail now when the known wait passes the deadline; never sleep past it."""
+        if wait_s == math.inf:
+            if now >= deadline:
+                raise QueueTimeout(now - deadline, self._waiting_for(now))
+            return deadline - now
+        if now + wait_s > deadline:
+            raise QueueTimeout(wait_s, self._waiting_for(now))
+        return wait_s
+
+    def _waiting_for(self, now: float) -> str:
+        if self.cooldown.remaining_s(now=now) > 0:
+            return "the cooldown after a 429"
+        if not self.slots.has_room():
+            return f"a free slot ({self.slots.in_flight} in flight, limit {self.slots.limit})"
+        return "pacing to the rpm/tpm limits"
+
+    async def acquire(
+        self, tokens: int, *, front: bool = False, deadline: float | None = None
+    ) -> Permit:
+        """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit."""
+        asked_at = now = self._clock()
+        with self._lock:
+            if not self._queue and self._try_admit(now, tokens) == 0.0:
+                return self._grant(now, tokens, asked_at)
+            waiter = _AsyncWaiter()
+            if front:
+                self._queue.appendleft(waiter)
+            else:
+                self._queue.append(waiter)
+        loop = waiter._loop
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    if self._queue and self._queue[0] is waiter:
+                        wait = self._try_admit(now, tokens)
+                        if wait == 0.0:
+                            self._pop_head()
+                            self._wake_head()
+                            return self._grant(now, tokens, asked_at)
+                    else:
+                        wait = math.inf
+                    if deadline is not None:
+                        wait = self._bounded_by_deadline(now, wait, deadline)
+                    fut = waiter.arm()
+                timer = loop.call_later(wait, _resolve, fut) if wait != math.inf else None
+                try:
+                    await fut
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+        except BaseException:
+            self._leave(waiter)
+            raise
+
+    def acquire_sync(
+        self, tokens: int, *, front: bool = False, deadline: float | None = None
+    ) -> Permit:
+        """The blocking twin of :meth:`acquire`, for threads."""
+        asked_at = now = self._clock()
+        with self._lock:
+            if not self._queue and self._try_admit(now, tokens) == 0.0:
+                return self._grant(now, tokens, asked_at)
+            waiter = _ThreadWaiter()
+            if front:
+                self._queue.appendleft(waiter)
+            else:
+                self._queue.append(waiter)
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    if self._queue and self._queue[0] is waiter:
+                        wait = self._try_admit(now, tokens)
+                        if wait == 0.0:
+                            self._pop_head()
+                            self._wake_head()
+                            return self._grant(now, tokens, asked_at)
+                    else:
+                        wait = math.inf
+                    if deadline is not None:
+                        wait = self._bounded_by_deadline(now, wait, deadline)
+                    event = waiter.arm()
+                event.wait(None if wait == math.inf else wait)
+        except BaseException:
+            self._leave(waiter)
+            raise
+
+    def release(self, permit: Permit, signal: Signal) -> None:
+        with self._lock:
+            self.slots.release(
+                now=self._clock(),
+                sent_at=permit.sent_at,
+                in_flight_at_send=permit.in_flight_at_send,
+                signal=signal,
+            )
+            self._wake_head()
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def close_gate(self, wait_s: float) -> None:
+        """After a 429 with a hint: nobody on this lane goes before the hinted time."""
+        with self._lock:
+            self.cooldown.close_until(self._clock() + wait_s)
+
+    def reconcile(
+        self,
+        *,
+        prompt_estimated: int,
+        prompt_actual: int | None,
+        completion_reserved: int,
+        completion_actual: int | None,
+    ) -> None:
+        """Correct the token bucket once the response's usage says what was really spent,
+        and learn how our prompt estimates compare with the provider's counts."""
+        if prompt_actual is None:
+            return
+        with self._lock:
+            now = self._clock()
+            charged_prompt = math.ceil(prompt_estimated * self.prompt_scale)
+            if prompt_estimated > 0:
+                ratio = min(_SCALE_MAX, max(_SCALE_MIN, prompt_actual / prompt_estimated))
+                self.prompt_scale += _SCALE_ALPHA * (ratio - self.prompt_scale)
+            if self.tokens is None:
+                return
+            delta = float(prompt_actual - charged_prompt)
+            if self._configured.refund_unused_completion and completion_actual is not None:
+                delta += min(0, completion_actual - completion_reserved)
+            if delta:
+                self.tokens.adjust(now=now, delta=delta)
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission."""
+        return len(self._queue) - self._cancelled_waiting
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            return self.stats.snapshot(
+                concurrency_limit=self.slots.limit,
+                peak_in_flight=self.slots.peak_in_flight,
+                rpm_limit=self.rpm,
+                tpm_limit=self.tpm,
+                cooldowns=self.cooldown.times_closed,
+            )
+
+    def __repr__(self) -> str:
+        route, model = self.key
+        return (
+            f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
+            f"rpm={self.rpm} tpm={self.tpm} {self.cooldown!r}>"
+        )
+
+
+def _lower(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

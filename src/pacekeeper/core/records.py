@@ -1,0 +1,87 @@
+"""Records of what happened: one per attempt, one per request, handed to hooks.
+
+They are frozen, slotted dataclasses of plain values, so a hook can keep them, serialise them
+with :func:`dataclasses.asdict`, or send them elsewhere. They carry no headers, no body and no
+API key: only what is needed to say what happened and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["AttemptRecord", "RecordHook", "RequestRecord"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One attempt of a request: admitted, sent, answered (or not).
+
+    Times are wall-clock seconds since the epoch (``started_at``) and durations in seconds.
+    """
+
+    route: str
+    model: str | None
+    attempt: int
+    """1 for the first attempt."""
+    outcome: str
+    """The :class:`~pacekeeper.core.classify.OutcomeKind` value: ``"ok"``, ``"rate_limited"``..."""
+    status: int | None
+    """HTTP status, or None when no response came (timeout, dropped connection)."""
+    started_at: float
+    queued_s: float
+    """Time from asking for admission to being admitted (cooldown, pacing, concurrency)."""
+    latency_s: float
+    """Time from sending to the answer (for streams: to the response headers)."""
+    tokens_estimated: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    retry_in_s: float | None = None
+    """When this attempt will be retried: the wait before the next one; None if final."""
+    error: str | None = None
+    """One line: why this attempt did not succeed."""
+    request_id: str | None = None
+    """The provider's request id (x-request-id), for support tickets."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form, for JSON lines."""
+        return {"type": "attempt", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRecord:
+    """The final outcome of one request, after all its attempts."""
+
+    route: str
+    model: str | None
+    outcome: str
+    status: int | None
+    ok: bool
+    attempts: int
+    started_at: float
+    total_s: float
+    """From the first request for admission to the final answer."""
+    queued_s: float
+    """Summed over attempts."""
+    latency_s: float
+    """Of the last attempt."""
+    tokens_estimated: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    """The pacekeeper exception's class name when the request failed."""
+    request_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form, for JSON lines."""
+        return {"type": "request", **dataclasses.asdict(self)}
+
+
+class RecordHook(Protocol):
+    """Receives every record as it is made. Hooks run inline: keep them quick and non-blocking."""
+
+    def on_attempt(self, record: AttemptRecord) -> None: ...
+
+    def on_request(self, record: RequestRecord) -> None: ...

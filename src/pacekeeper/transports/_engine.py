@@ -1,0 +1,237 @@
+"""What the httpx and httpx2 transports share: reading requests and answers for the governor.
+
+httpx2 (the HTTP layer of the current openai and anthropic SDKs) and httpx (older SDKs, other
+libraries) have the same transport interface but distinct classes, so everything here works
+through a :class:`Flavour`, one per library, and the two transports differ only in the base
+class they declare.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pacekeeper.core.classify import OutcomeKind, Verdict, classify_response, verdict_for_failure
+from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pacekeeper.core.governor import Call
+
+__all__ = ["Flavour", "RequestFacts", "flavour_of", "read_request", "usage_from_json"]
+
+_EMPTY_ESTIMATE = TokenEstimate(prompt_tokens=0, max_completion_tokens=0, method="none")
+_USAGE_NUMBER = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Flavour:
+    """The classes of one HTTP library (httpx or httpx2) that the transports need."""
+
+    name: str
+    module: ModuleType
+    timeout_errors: tuple[type[BaseException], ...]
+    transport_errors: tuple[type[BaseException], ...]
+
+    def response(
+        self, status: int, *, headers: Any, raw: bytes, request: Any, extensions: Any
+    ) -> Any:
+        """A response carrying ``raw`` (still encoded: the client decodes it as usual)."""
+        return self.module.Response(
+            status,
+            headers=headers,
+            stream=self.module.ByteStream(raw),
+            request=request,
+            extensions=extensions,
+        )
+
+    def decode(self, raw: bytes, headers: Mapping[str, str]) -> bytes:
+        """The body as the caller will see it (gzip/br/zstd undone), for reading usage."""
+        encoding = headers.get("content-encoding")
+        if not encoding or encoding == "identity":
+            return raw
+        tmp = self.module.Response(200, headers={"content-encoding": encoding}, content=raw)
+        return bytes(tmp.read())
+
+    def verdict_for_exception(self, exc: BaseException) -> Verdict | None:
+        if isinstance(exc, self.timeout_errors):
+            return verdict_for_failure(OutcomeKind.TIMEOUT, _describe(exc))
+        if isinstance(exc, self.transport_errors):
+            return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, _describe(exc))
+        return None
+
+
+@cache
+def flavour_of(module: ModuleType) -> Flavour:
+    return Flavour(
+        name=module.__name__,
+        module=module,
+        timeout_errors=(module.TimeoutException,),
+        transport_errors=(module.TransportError,),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the governor needs to know of a request before it leaves."""
+
+    route: str
+    model: str | None
+    estimate: TokenEstimate
+    streaming: bool
+
+
+def read_request(request: Any) -> RequestFacts:
+    """Route (the URL path), model and token estimate of an httpx/httpx2 request.
+
+    Only JSON bodies are parsed; anything else (a file upload, a GET) costs no tokens and goes
+    on the lane of (route, None).
+    """
+    route = request.url.path
+    if request.method != "POST":
+        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+    try:
+        content = request.content
+    except Exception:  # a streaming upload that was not read: nothing to estimate
+        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+    if not content or content[:1] not in (b"{", b" ", b"\n"):
+        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+    if not isinstance(body, dict):
+        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+    model = body.get("model")
+    model = model if isinstance(model, str) else None
+    return RequestFacts(
+        route,
+        model,
+        estimate_request_tokens(body, model=model),
+        streaming=body.get("stream") is True,
+    )
+
+
+def usage_from_json(body: bytes) -> tuple[int | None, int | None, bool]:
+    """(prompt tokens, completion tokens, body is valid JSON) of a JSON answer."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, None, False
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None, None, True
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+        True,
+    )
+
+
+class UsageScanner:
+    """Picks the token counts out of a server-sent event stream as it passes.
+
+    OpenAI sends usage in the last chunk (with ``stream_options.include_usage``), Anthropic in
+    ``message_start`` (input) and ``message_delta`` (output). Only chunks that mention
+    ``"usage"`` are searched, so the cost per chunk is one substring test.
+    """
+
+    __slots__ = ("completion_tokens", "prompt_tokens")
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if b'"usage"' not in chunk:
+            return
+        for name, value in _USAGE_NUMBER.findall(chunk):
+            if name in (b"prompt_tokens", b"input_tokens"):
+                self.prompt_tokens = int(value)
+            else:
+                self.completion_tokens = int(value)
+
+
+def is_json(headers: Mapping[str, str]) -> bool:
+    return "json" in headers.get("content-type", "")
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").startswith("text/event-stream")
+
+
+def request_id(headers: Mapping[str, str]) -> str | None:
+    return headers.get("x-request-id") or headers.get("request-id")
+
+
+def verdict_for_answer(
+    status: int, headers: Mapping[str, str], body: bytes | None, *, expect_json: bool
+) -> Verdict:
+    """Classify a complete answer; a 2xx whose JSON does not parse is MALFORMED."""
+    if status < 300 and expect_json and body is not None:
+        _, _, valid = usage_from_json(body)
+        if not valid:
+            return verdict_for_failure(
+                OutcomeKind.MALFORMED,
+                f"{status} with a body that is not valid JSON ({len(body)} bytes)",
+            )
+    return classify_response(status, headers, body, now_wall_s=time.time())
+
+
+def bounded_timeout(extensions: dict[str, Any], attempt_timeout_s: float | None) -> None:
+    """Apply the policy's per-attempt timeout on top of the client's own timeouts."""
+    if attempt_timeout_s is None:
+        return
+    current = extensions.get("timeout") or {}
+    extensions["timeout"] = {
+        phase: attempt_timeout_s
+        if current.get(phase) is None
+        else min(current[phase], attempt_timeout_s)
+        for phase in ("connect", "read", "write", "pool")
+    }
+
+
+def settle_stream(
+    call: Call,
+    permit: Any,
+    *,
+    scanner: UsageScanner,
+    ok: Verdict,
+    error: BaseException | None,
+    request_id: str | None,
+    abandoned: bool = False,
+) -> None:
+    """A streamed answer ended (closed, broken or abandoned): record it and free the slot."""
+    if error is not None:
+        verdict = verdict_for_failure(
+            OutcomeKind.CONNECTION_ERROR, f"stream broke after the answer began: {_describe(error)}"
+        )
+    elif abandoned:
+        verdict = verdict_for_failure(
+            OutcomeKind.OTHER, "stream abandoned by the caller without being closed"
+        )
+    else:
+        verdict = ok
+    call.settle(
+        permit,
+        verdict,
+        prompt_tokens=scanner.prompt_tokens,
+        completion_tokens=scanner.completion_tokens,
+        request_id=request_id,
+        final=True,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

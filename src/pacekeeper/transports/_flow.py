@@ -1,0 +1,362 @@
+"""One governed request through an inner transport: the attempt loop, async and sync twins.
+
+A request is admitted, sent, and its answer read whole (so that a dropped connection or a
+malformed body is caught here, where it can still be retried) unless it is a server-sent event
+stream: that is handed to the caller at once, keeps its concurrency slot until it is closed,
+and is never retried once bytes reached the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from pacekeeper.core.classify import OutcomeKind, verdict_for_failure
+from pacekeeper.transports._engine import (
+    Flavour,
+    UsageScanner,
+    bounded_timeout,
+    is_event_stream,
+    is_json,
+    read_request,
+    request_id,
+    settle_stream,
+    usage_from_json,
+    verdict_for_answer,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from pacekeeper.core.classify import Verdict
+    from pacekeeper.core.governor import Call, Governor
+    from pacekeeper.core.lane import Permit
+
+__all__ = [
+    "AsyncGovernedTransport",
+    "SyncGovernedTransport",
+    "handle_async",
+    "handle_sync",
+    "pool_size",
+    "unbounded_pool",
+]
+
+RECORD_EXTENSION = "pacekeeper.record"
+"""The response extension that carries the request's final :class:`RequestRecord`."""
+
+
+async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
+    facts = read_request(request)
+    call = gov.call(route=facts.route, model=facts.model, estimate=facts.estimate)
+    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    while True:
+        permit = await call.admit()
+        try:
+            response = await inner.handle_async_request(request)
+        except asyncio.CancelledError:
+            call.cancelled(permit)
+            raise
+        except Exception as exc:
+            if not await _after_exception_async(call, permit, flavour, exc):
+                raise
+            continue
+        headers = response.headers
+        status = response.status_code
+        if status < 300 and is_event_stream(headers):
+            return _stream_response(call, permit, flavour, request, response, sync=False)
+        try:
+            raw = b"".join([chunk async for chunk in response.stream])
+        except asyncio.CancelledError:
+            call.cancelled(permit)
+            await response.stream.aclose()
+            raise
+        except Exception as exc:
+            await response.stream.aclose()
+            if not await _after_exception_async(call, permit, flavour, exc):
+                raise
+            continue
+        await response.stream.aclose()
+        decision_retry, result = _after_answer(call, permit, flavour, request, response, raw=raw)
+        if decision_retry is None:
+            return result
+        await call.pause(decision_retry)
+
+
+def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
+    facts = read_request(request)
+    call = gov.call(route=facts.route, model=facts.model, estimate=facts.estimate)
+    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    while True:
+        permit = call.admit_sync()
+        try:
+            response = inner.handle_request(request)
+        except Exception as exc:
+            if not _after_exception_sync(call, permit, flavour, exc):
+                raise
+            continue
+        except BaseException:  # KeyboardInterrupt: free the slot, never retry
+            call.cancelled(permit)
+            raise
+        headers = response.headers
+        status = response.status_code
+        if status < 300 and is_event_stream(headers):
+            return _stream_response(call, permit, flavour, request, response, sync=True)
+        try:
+            raw = b"".join(list(response.stream))
+        except Exception as exc:
+            response.stream.close()
+            if not _after_exception_sync(call, permit, flavour, exc):
+                raise
+            continue
+        except BaseException:
+            call.cancelled(permit)
+            response.stream.close()
+            raise
+        response.stream.close()
+        decision_retry, result = _after_answer(call, permit, flavour, request, response, raw=raw)
+        if decision_retry is None:
+            return result
+        call.pause_sync(decision_retry)
+
+
+async def _after_exception_async(
+    call: Call, permit: Permit, flavour: Flavour, exc: Exception
+) -> bool:
+    """Settle a failed attempt; True when it is retried (after the pause)."""
+    decision = _settle_exception(call, permit, flavour, exc)
+    if decision is None:
+        return False
+    await call.pause(decision)
+    return True
+
+
+def _after_exception_sync(call: Call, permit: Permit, flavour: Flavour, exc: Exception) -> bool:
+    decision = _settle_exception(call, permit, flavour, exc)
+    if decision is None:
+        return False
+    call.pause_sync(decision)
+    return True
+
+
+def _settle_exception(call: Call, permit: Permit, flavour: Flavour, exc: Exception) -> Any:
+    verdict = flavour.verdict_for_exception(exc)
+    if verdict is None:
+        call.settle(permit, verdict_for_failure(OutcomeKind.OTHER, repr(exc)[:200]), final=True)
+        return None
+    decision = call.settle(permit, verdict)
+    if decision.retry:
+        return decision
+    if decision.error is not None and hasattr(exc, "add_note"):
+        exc.add_note(f"pacekeeper: {decision.error}")
+    return None
+
+
+def _after_answer(
+    call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, raw: bytes
+) -> tuple[Any, Any]:
+    """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
+    headers = response.headers
+    status = response.status_code
+    expect_json = is_json(headers)
+    body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
+    verdict: Verdict = verdict_for_answer(status, headers, body, expect_json=expect_json)
+    prompt = completion = None
+    if verdict.kind is OutcomeKind.OK and body is not None:
+        prompt, completion, _ = usage_from_json(body)
+    decision = call.settle(
+        permit,
+        verdict,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        request_id=request_id(headers),
+    )
+    if decision.retry:
+        return decision, None
+    extensions = dict(response.extensions)
+    extensions[RECORD_EXTENSION] = decision.record
+    return None, flavour.response(
+        status, headers=headers, raw=raw, request=request, extensions=extensions
+    )
+
+
+def _stream_response(
+    call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, sync: bool
+) -> Any:
+    headers = response.headers
+    ok = verdict_for_answer(response.status_code, headers, None, expect_json=False)
+    if ok.limits is not None:
+        call.lane.learn(ok.limits)
+    state = _StreamState(call, permit, ok, request_id(headers))
+    cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
+    stream = cls(response.stream, state, flavour)
+    return flavour.module.Response(
+        response.status_code,
+        headers=headers,
+        stream=stream,
+        request=request,
+        extensions=response.extensions,
+    )
+
+
+class _StreamState:
+    __slots__ = ("call", "done", "ok", "permit", "request_id", "scanner")
+
+    def __init__(self, call: Call, permit: Permit, ok: Verdict, rid: str | None) -> None:
+        self.call = call
+        self.permit = permit
+        self.ok = ok
+        self.request_id = rid
+        self.scanner = UsageScanner()
+        self.done = False
+
+    def finish(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        settle_stream(
+            self.call,
+            self.permit,
+            scanner=self.scanner,
+            ok=self.ok,
+            error=error,
+            request_id=self.request_id,
+            abandoned=abandoned,
+        )
+
+
+class _GovernedAsyncStream:
+    """Passes a streamed answer through chunk by chunk; frees the slot when it ends."""
+
+    def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
+        self._inner = inner
+        self._state = state
+        self._flavour = flavour
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        feed = self._state.scanner.feed
+        try:
+            async for chunk in self._inner:
+                feed(chunk)
+                yield chunk
+        except asyncio.CancelledError:
+            self._state.finish(abandoned=True)
+            raise
+        except Exception as exc:
+            self._state.finish(exc)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._state.finish()
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state is not None and not state.done:
+            state.finish(abandoned=True)
+
+
+class _GovernedSyncStream:
+    def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
+        self._inner = inner
+        self._state = state
+        self._flavour = flavour
+
+    def __iter__(self) -> Iterator[bytes]:
+        feed = self._state.scanner.feed
+        try:
+            for chunk in self._inner:
+                feed(chunk)
+                yield chunk
+        except Exception as exc:
+            self._state.finish(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._state.finish()
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state is not None and not state.done:
+            state.finish(abandoned=True)
+
+
+@cache
+def _async_stream_class(flavour: Flavour) -> Any:
+    # The library checks isinstance(stream, AsyncByteStream) of its own module.
+    return type("GovernedAsyncStream", (_GovernedAsyncStream, flavour.module.AsyncByteStream), {})
+
+
+@cache
+def _sync_stream_class(flavour: Flavour) -> Any:
+    return type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
+
+
+class AsyncGovernedTransport:
+    """The library-agnostic body of the async transports; subclasses name the library."""
+
+    _flavour: Flavour
+
+    def __init__(self, governor: Governor | None = None, *, transport: Any = None) -> None:
+        from pacekeeper.core.governor import Governor
+
+        self.governor = governor if governor is not None else Governor()
+        module = self._flavour.module
+        self._inner = transport or module.AsyncHTTPTransport(limits=unbounded_pool(module))
+        ceiling = pool_size(self._inner)
+        if ceiling is not None:
+            self.governor.cap_concurrency(ceiling)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return await handle_async(self.governor, self._inner, self._flavour, request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
+
+
+class SyncGovernedTransport:
+    """The library-agnostic body of the sync transports."""
+
+    _flavour: Flavour
+
+    def __init__(self, governor: Governor | None = None, *, transport: Any = None) -> None:
+        from pacekeeper.core.governor import Governor
+
+        self.governor = governor if governor is not None else Governor()
+        module = self._flavour.module
+        self._inner = transport or module.HTTPTransport(limits=unbounded_pool(module))
+        ceiling = pool_size(self._inner)
+        if ceiling is not None:
+            self.governor.cap_concurrency(ceiling)
+
+    def handle_request(self, request: Any) -> Any:
+        return handle_sync(self.governor, self._inner, self._flavour, request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
+
+
+def unbounded_pool(module: Any) -> Any:
+    """Connection limits that never queue: concurrency is the governor's job, not the pool's
+    (a pool that queues turns a burst into PoolTimeouts instead of paced requests)."""
+    return module.Limits(max_connections=None, max_keepalive_connections=256)
+
+
+def pool_size(transport: object) -> int | None:
+    """The connection pool's size, when the transport has a bounded httpcore pool."""
+    pool = getattr(transport, "_pool", None)
+    size = getattr(pool, "_max_connections", None)
+    if isinstance(size, int) and size < 1 << 30:
+        return size
+    return None
