@@ -1,0 +1,317 @@
+"""What an outcome means: is it a success, backpressure, a permanent error, worth a retry?
+
+Every attempt ends in a :class:`Verdict`. Transports build one from an HTTP answer with
+:func:`classify_response`, or from an exception with :func:`verdict_for_failure` after mapping
+their exception classes to an :class:`OutcomeKind`. The governor acts on the verdict alone, so
+this is the one place that knows the providers' error shapes.
+
+Why the distinctions matter:
+
+* ``RATE_LIMITED`` and ``OVERLOADED`` are *backpressure*: the provider is telling us to slow down,
+  so they lower an adaptive concurrency limit and (with a hint) close the gate for a while.
+* ``QUOTA_EXHAUSTED`` also arrives as a 429 (OpenAI ``insufficient_quota``, Anthropic
+  ``enforced_spend_limit_reached``), but no amount of waiting fixes a billing limit within a
+  run: retrying it only burns time, so it is never retryable.
+* Other 4xx answers are about the request itself and would fail the same way again; 408 and 409
+  are the exceptions the SDKs also retry (a timed-out or conflicting request may succeed later).
+* ``x-should-retry: true|false`` overrides all of that in either direction, exactly as the
+  OpenAI and Anthropic SDKs honour it: the server knows better than any status table.
+
+Error bodies are read defensively: only for status >= 400, only the first 64 KiB, as JSON in the
+OpenAI, Anthropic or Azure shape when they parse, else as text (HTML tags dropped). A body that is
+empty, truncated, binary or nonsense gives a verdict all the same; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pacekeeper.core.headers import (
+    RateLimitSnapshot,
+    _retry_hint_from,
+    _scan,
+    _should_retry,
+    _snapshot,
+)
+
+__all__ = ["OutcomeKind", "Verdict", "classify_response", "verdict_for_failure"]
+
+
+class OutcomeKind(enum.Enum):
+    """The kind of an attempt's outcome; ``.value`` is a short lowercase name for records."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    """A 429 about rate (requests or tokens per window): wait and retry."""
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    """A 429 (or 402) about billing or a spend limit: retrying cannot help."""
+    OVERLOADED = "overloaded"
+    """503 or 529: the provider is short of capacity."""
+    SERVER_ERROR = "server_error"
+    """500, 502, 504 and other 5xx."""
+    REQUEST_TIMEOUT = "request_timeout"
+    """408 from the server."""
+    CONFLICT = "conflict"
+    """409 (e.g. a lock or an idempotency clash)."""
+    CLIENT_ERROR = "client_error"
+    """Any other 4xx: the request itself is wrong (bad input, auth, not found, too large)."""
+    TIMEOUT = "timeout"
+    """Our own timeout fired before an answer came."""
+    CONNECTION_ERROR = "connection_error"
+    """Connect refused or reset, dropped mid-response, protocol error."""
+    MALFORMED = "malformed"
+    """A 2xx whose body was not the JSON it should have been."""
+    OTHER = "other"
+    """Anything else: 1xx/3xx answers, unknown statuses, unrecognised exceptions."""
+
+
+# Whether a kind is worth another attempt when nothing (status, x-should-retry) says otherwise.
+_RETRYABLE: dict[OutcomeKind, bool] = {
+    OutcomeKind.OK: False,
+    OutcomeKind.RATE_LIMITED: True,
+    OutcomeKind.QUOTA_EXHAUSTED: False,
+    OutcomeKind.OVERLOADED: True,
+    OutcomeKind.SERVER_ERROR: True,
+    OutcomeKind.REQUEST_TIMEOUT: True,
+    OutcomeKind.CONFLICT: True,
+    OutcomeKind.CLIENT_ERROR: False,
+    OutcomeKind.TIMEOUT: True,
+    OutcomeKind.CONNECTION_ERROR: True,
+    OutcomeKind.MALFORMED: True,
+    OutcomeKind.OTHER: False,
+}
+
+# 5xx answers that describe the server's permanent configuration, not a passing fault.
+_PERMANENT_5XX = frozenset({501, 505})
+
+# Error codes that mean money or a spend cap, not rate. Matched exactly (case-insensitively)
+# against the code-like fields of the error object, never against free text: Gemini, for one,
+# says "You exceeded your current quota" for ordinary per-minute limits.
+_BILLING_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "enforced_spend_limit_reached",
+    }
+)
+# Keys whose values can carry an error code, at any depth of the error object.
+_CODE_KEYS = frozenset({"code", "type", "error_code", "reason", "status"})
+
+_BODY_LIMIT = 64 * 1024
+_MESSAGE_LIMIT = 200
+_TAG = re.compile(r"<[^>]{0,500}>")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one attempt's outcome means, and what the server said about it.
+
+    ``reason`` is one human line (status, provider error code, the provider's message cut to
+    about 200 characters, and the server's wait hint); it never repeats other header values.
+    ``hint_s`` is the server's wait hint (``retry-after-ms``, ``retry-after`` or the reset of an
+    exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
+    provider's error code or type, ``status`` the HTTP status (None without a response).
+    """
+
+    kind: OutcomeKind
+    retryable: bool
+    reason: str
+    hint_s: float | None = None
+    limits: RateLimitSnapshot | None = None
+    error_code: str | None = None
+    status: int | None = None
+
+    @property
+    def is_backpressure(self) -> bool:
+        """True when the provider asks us to slow down (lowers an adaptive concurrency limit)."""
+        return self.kind is OutcomeKind.RATE_LIMITED or self.kind is OutcomeKind.OVERLOADED
+
+
+def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    line = " ".join(text.split())
+    if len(line) > limit:
+        line = line[: limit - 1].rstrip() + "\u2026"
+    return line
+
+
+def verdict_for_failure(kind: OutcomeKind, reason: str) -> Verdict:
+    """A verdict for an attempt that got no usable answer (timeout, dropped connection, bad body).
+
+    Transports map their exception classes to a kind and call this. TIMEOUT, CONNECTION_ERROR
+    and MALFORMED are retryable; any other kind gets its usual retryability.
+
+    >>> v = verdict_for_failure(OutcomeKind.TIMEOUT, "ReadTimeout: no answer after 60s")
+    >>> v.retryable, v.kind.value, v.status
+    (True, 'timeout', None)
+    """
+    return Verdict(kind=kind, retryable=_RETRYABLE[kind], reason=_one_line(reason))
+
+
+def _code_text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _find_billing_code(node: object, depth: int = 0) -> str | None:
+    """A billing code among the code-like fields of an error object, nested up to 3 deep."""
+    if depth > 3:
+        return None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if key in _CODE_KEYS and value.strip().lower() in _BILLING_CODES:
+                    return value.strip().lower()
+            elif isinstance(value, (dict, list)):
+                found = _find_billing_code(value, depth + 1)
+                if found is not None:
+                    return found
+    elif isinstance(node, list):
+        for item in node[:8]:
+            found = _find_billing_code(item, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _ErrorInfo:
+    code: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    billing_code: str | None = None
+
+
+_NO_INFO = _ErrorInfo()
+
+
+def _text_message(raw: bytes) -> str | None:
+    text = raw.decode("utf-8", errors="replace")
+    if "<" in text and ">" in text:  # HTML error pages from gateways and load balancers
+        text = _TAG.sub(" ", text)
+    line = _one_line(text)
+    return line or None
+
+
+def _error_info(body: bytes | None) -> _ErrorInfo:
+    """The provider's error code, type and message from an error body, whatever its shape."""
+    if not body:
+        return _NO_INFO
+    raw = body[:_BODY_LIMIT]
+    try:
+        doc: Any = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return _ErrorInfo(message=_text_message(raw))
+    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
+        doc = doc[0]  # Gemini-style: a list holding one error document
+    if not isinstance(doc, dict):
+        return _ErrorInfo(message=_text_message(raw))
+    error = doc.get("error")
+    if isinstance(error, dict):
+        # OpenAI/Azure {"error": {...}}, Anthropic {"type": "error", "error": {...}}
+        obj: dict[str, Any] = error
+    else:
+        # {"error": "text"}, {"message": ..., "code": ...}, FastAPI {"detail": ...}
+        obj = doc
+    message = obj.get("message")
+    if not isinstance(message, str):
+        message = error if isinstance(error, str) else doc.get("detail")
+    if not isinstance(message, str):
+        message = None
+    error_type = obj.get("type")
+    return _ErrorInfo(
+        code=_code_text(obj.get("code")),
+        error_type=_code_text(error_type) if error_type != "error" else None,
+        message=_one_line(message) if message else None,
+        billing_code=_find_billing_code(obj),
+    )
+
+
+def _kind_for(status: int, info: _ErrorInfo) -> tuple[OutcomeKind, bool]:
+    if status == 429:
+        if info.billing_code is not None:
+            return OutcomeKind.QUOTA_EXHAUSTED, False
+        return OutcomeKind.RATE_LIMITED, True
+    if status == 408:
+        return OutcomeKind.REQUEST_TIMEOUT, True
+    if status == 409:
+        return OutcomeKind.CONFLICT, True
+    if 400 <= status < 500:
+        if status == 402 or info.billing_code is not None:  # 402: OpenRouter's "no credits"
+            return OutcomeKind.QUOTA_EXHAUSTED, False
+        return OutcomeKind.CLIENT_ERROR, False
+    if status in (503, 529) or (500 <= status < 600 and info.error_type == "overloaded_error"):
+        return OutcomeKind.OVERLOADED, True
+    if 500 <= status < 600:
+        return OutcomeKind.SERVER_ERROR, status not in _PERMANENT_5XX
+    return OutcomeKind.OTHER, False
+
+
+def classify_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    *,
+    now_wall_s: float,
+) -> Verdict:
+    """Classify an HTTP answer. Never raises, whatever the headers and body hold.
+
+    ``now_wall_s`` (a :func:`time.time` value) anchors absolute times in the headers. A 2xx is
+    OK without looking at the body: checking that a 2xx body is valid JSON is the caller's job
+    (see :data:`OutcomeKind.MALFORMED`). The rate-limit headers are read on every answer.
+
+    >>> v = classify_response(429, {"retry-after": "12"},
+    ...     b'{"type":"error","error":{"type":"rate_limit_error","message":"Slow down."}}',
+    ...     now_wall_s=0)
+    >>> v.kind.value, v.retryable, v.hint_s, v.error_code
+    ('rate_limited', True, 12.0, 'rate_limit_error')
+    >>> v.reason
+    'HTTP 429 rate_limit_error: Slow down. (server hint: retry in 12s)'
+    >>> classify_response(429, {}, b'{"error":{"code":"insufficient_quota"}}', now_wall_s=0).kind
+    <OutcomeKind.QUOTA_EXHAUSTED: 'quota_exhausted'>
+    """
+    found = _scan(headers)
+    limits = _snapshot(found, now_wall_s) if found is not None else None
+    if 200 <= status < 300:
+        return Verdict(
+            kind=OutcomeKind.OK,
+            retryable=False,
+            reason=f"HTTP {status}",
+            limits=limits,
+            status=status,
+        )
+
+    info = _error_info(body) if status >= 400 else _NO_INFO
+    kind, retryable = _kind_for(status, info)
+    hint = _retry_hint_from(found, limits, now_wall_s) if found is not None else None
+    override = _should_retry(found) if found is not None else None
+    if override is not None:
+        retryable = override
+
+    error_code = info.billing_code or info.code or info.error_type
+    reason = f"HTTP {status}"
+    if error_code:
+        reason += f" {_one_line(error_code, 60)}"
+    if info.message:
+        reason += f": {info.message}"
+    if hint is not None:
+        reason += f" (server hint: retry in {hint:g}s)"
+    if override is not None and override != _RETRYABLE[kind]:
+        reason += " (server asks to retry)" if override else " (server asks not to retry)"
+    return Verdict(
+        kind=kind,
+        retryable=retryable,
+        reason=reason,
+        hint_s=hint,
+        limits=limits,
+        error_code=error_code,
+        status=status,
+    )
