@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pacekeeper.sim import Scenario, Simulator
 
-StartSim = Callable[..., Simulator]
+from .helpers import StartSim
 
 
 @pytest.fixture

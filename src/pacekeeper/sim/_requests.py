@@ -165,9 +165,9 @@ def _text_tokens(param: str, item: object) -> int:
     )
 
 
-def _items(param: str, value: object) -> list[object]:
+def _items(param: str, value: object, *, allow_empty_string: bool) -> list[object]:
     """A prompt/input field as a list of items (a string or one token-id list is one item)."""
-    if isinstance(value, str):
+    if isinstance(value, str) and (value or allow_empty_string):
         return [value]
     if isinstance(value, list) and value:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
@@ -266,7 +266,7 @@ def _parse_fields(call: Call, body: dict[str, Any]) -> Call:
     elif kind == "completion":
         if "prompt" not in body:
             raise _missing("prompt")
-        prompts = _items("prompt", body["prompt"])
+        prompts = _items("prompt", body["prompt"], allow_empty_string=True)
         _common(call, body)
         call.prompt_tokens = sum(_text_tokens("prompt", p) for p in prompts)
         call.identity_hash = digest64(prefix + _canonical(body["prompt"]))
@@ -275,7 +275,8 @@ def _parse_fields(call: Call, body: dict[str, Any]) -> Call:
     else:
         if "input" not in body:
             raise _missing("input")
-        inputs = _items("input", body["input"])
+        # Embedding an empty string is an error at OpenAI; completing one is not.
+        inputs = _items("input", body["input"], allow_empty_string=False)
         call.prompt_tokens = sum(_text_tokens("input", p) for p in inputs)
         dimensions = _positive_int(body, "dimensions", MAX_DIMENSIONS)
         if dimensions is not None:

@@ -1,0 +1,1 @@
+"""Tests of pacekeeper.sim (a package: helpers import relatively, module names stay unique)."""
