@@ -94,6 +94,15 @@ class TokenBucket:
         if self._tat < now:
             self._tat = -math.inf
 
+    def drain_to(self, *, now: float, level: float) -> None:
+        """Lower the level to ``level`` units if it is higher; never raise it.
+
+        Used when the provider's headers say its bucket is emptier than ours (another client on
+        the same key spends from it too): we then wait as it would make us wait.
+        """
+        if self.level(now) > level:
+            self._tat = now + (self._burst - level) * self._interval_s
+
     def __repr__(self) -> str:
         full = f"full at t={self._tat:.3f}" if math.isfinite(self._tat) else "full"
         return f"<TokenBucket {self._rate_per_s:g}/s burst={self._burst:g} {full}>"

@@ -225,15 +225,20 @@ class Lane:
                 self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
 
     def learn(self, snapshot: RateLimitSnapshot) -> None:
-        """Adopt the limits a response's headers state (when learning is on)."""
+        """Adopt the limits a response's headers state (when learning is on), and drain our
+        buckets to the provider's reported level when it is lower than ours."""
         if not self._configured.learn_from_headers:
             return
         rpm = snapshot.limit_requests
         # Anthropic states input and output token limits separately; without a combined one,
         # pace the whole cost against the input limit (the stricter reading).
         tpm = snapshot.limit_tokens or snapshot.limit_input_tokens
-        changed = False
+        remaining_tokens = (
+            snapshot.remaining_tokens if snapshot.limit_tokens else snapshot.remaining_input_tokens
+        )
         with self._lock:
+            now = self._clock()
+            changed = False
             if rpm and rpm > 0 and rpm != self.learned_rpm:
                 self.learned_rpm = float(rpm)
                 changed = True
@@ -241,8 +246,10 @@ class Lane:
                 self.learned_tpm = float(tpm)
                 changed = True
             if changed:
-                self._apply_rates(now=self._clock())
+                self._apply_rates(now=now)
                 self._wake_head()
+            _sync_level(self.requests, now, snapshot.remaining_requests, rpm)
+            _sync_level(self.tokens, now, remaining_tokens, tpm)
 
     # -- admission ------------------------------------------------------------------------
 
@@ -449,6 +456,15 @@ class Lane:
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
             f"rpm={self.rpm} tpm={self.tpm} {self.cooldown!r}>"
         )
+
+
+def _sync_level(
+    bucket: TokenBucket | None, now: float, remaining: int | None, limit: int | None
+) -> None:
+    # The provider's remaining/limit is the fill of its own bucket; ours is smaller (a shorter
+    # burst), so we apply the same fraction to it.
+    if bucket is not None and remaining is not None and limit:
+        bucket.drain_to(now=now, level=bucket.burst * max(0.0, min(1.0, remaining / limit)))
 
 
 def _lower(a: float | None, b: float | None) -> float | None:

@@ -1,0 +1,327 @@
+"""Outcome decisions of the governor, without HTTP: verdicts in, decisions and records out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+import pacekeeper
+from pacekeeper import (
+    AttemptRecord,
+    Governor,
+    Limits,
+    NonRetryableError,
+    RequestRecord,
+    RequestTooLarge,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+    RetryPolicy,
+    RetryWaitTooLong,
+)
+from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
+from pacekeeper.core.errors import DeadlineExceeded
+
+
+def verdict(status: int, headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
+    return classify_response(status, headers or {}, body, now_wall_s=time.time())
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.attempts: list[AttemptRecord] = []
+        self.requests: list[RequestRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+
+async def test_a_non_retryable_answer_ends_the_request_after_one_attempt() -> None:
+    hooks = Collect()
+    gov = Governor(hooks=[hooks])
+    call = gov.call(route="/v1/chat/completions", model="m", tokens=10)
+    permit = await call.admit()
+    body = b'{"error": {"message": "bad max_tokens", "type": "invalid_request_error"}}'
+    decision = call.settle(permit, verdict(400, body=body))
+    assert not decision.retry
+    assert isinstance(decision.error, NonRetryableError)
+    assert "bad max_tokens" in str(decision.error)
+    assert decision.record is not None
+    assert decision.record.attempts == 1
+    assert [r.status for r in hooks.attempts] == [400]
+    assert hooks.requests[0].error_type == "NonRetryableError"
+
+
+async def test_insufficient_quota_is_not_retried() -> None:
+    gov = Governor()
+    call = gov.call(route="/v1/chat/completions", model="m", tokens=10)
+    permit = await call.admit()
+    body = (
+        b'{"error": {"code": "insufficient_quota", "type": "insufficient_quota", "message": "q"}}'
+    )
+    decision = call.settle(permit, verdict(429, body=body))
+    assert not decision.retry
+    assert isinstance(decision.error, NonRetryableError)
+    assert gov.lane("/v1/chat/completions", "m").cooldown.times_closed == 0
+
+
+async def test_a_hinted_429_waits_the_hint_and_closes_the_gate() -> None:
+    gov = Governor(seed=1)
+    call = gov.call(route="/v1/chat/completions", model="m", tokens=10)
+    permit = await call.admit()
+    decision = call.settle(permit, verdict(429, {"retry-after-ms": "1500"}))
+    assert decision.retry
+    assert 1.5 <= decision.delay_s <= 1.5 + 0.05 + 0.075
+    lane = gov.lane("/v1/chat/completions", "m")
+    assert lane.cooldown.remaining_s(now=time.monotonic()) == pytest.approx(1.5, abs=0.05)
+
+
+async def test_a_hint_beyond_the_ceiling_fails_at_once_naming_the_wait() -> None:
+    gov = Governor(retry=RetryPolicy(max_hint_s=60))
+    call = gov.call(route="/v1/chat/completions", model="m", tokens=10)
+    permit = await call.admit()
+    decision = call.settle(permit, verdict(429, {"retry-after": "360"}))
+    assert isinstance(decision.error, RetryWaitTooLong)
+    assert "360" in str(decision.error)
+
+
+async def test_backoff_is_capped_full_jitter() -> None:
+    gov = Governor(retry=RetryPolicy(backoff_base_s=1, backoff_cap_s=4), seed=3)
+    delays = [gov.delay_for(verdict(503), attempt) for attempt in range(1, 12) for _ in range(20)]
+    assert all(0 <= d <= 4 for d in delays)
+    assert max(delays) > 3  # the cap is reached, not a constant
+
+
+async def test_retries_stop_at_max_attempts() -> None:
+    pacekeeper.set_testing(True)
+    try:
+        gov = Governor(retry=RetryPolicy(max_attempts=3))
+        call = gov.call(route="/r", model=None, tokens=0)
+        decisions = []
+        while True:
+            permit = await call.admit()
+            decision = call.settle(permit, verdict(502))
+            decisions.append(decision)
+            if not decision.retry:
+                break
+            await call.pause(decision)
+        assert len(decisions) == 3
+        assert isinstance(decisions[-1].error, RetriesExhausted)
+        assert "3 attempts" in str(decisions[-1].error)
+    finally:
+        pacekeeper.set_testing(False)
+
+
+async def test_the_retry_budget_stops_a_storm() -> None:
+    gov = Governor(
+        retry=RetryPolicy(max_attempts=10, retry_budget_ratio=0.1, retry_budget_initial=5)
+    )
+    requests, retries, budget_failures = 200, 0, 0
+    for _ in range(requests):
+        call = gov.call(route="/r", model=None, tokens=0)
+        while True:
+            permit = await call.admit()
+            decision = call.settle(permit, verdict(503))
+            if not decision.retry:
+                if isinstance(decision.error, RetryBudgetExhausted):
+                    budget_failures += 1
+                break
+            retries += 1
+    # every request fails (the upstream is down), but retries stay near 10% of requests
+    assert retries <= 5 + 0.1 * requests + 1
+    assert budget_failures > 150
+    snapshot = gov.stats()[0]
+    assert snapshot.retries == retries
+    assert snapshot.failed == requests
+
+
+async def test_429s_do_not_spend_the_retry_budget() -> None:
+    pacekeeper.set_testing(True)
+    try:
+        gov = Governor(retry=RetryPolicy(retry_budget_initial=0, retry_budget_ratio=0))
+        call = gov.call(route="/r", model=None, tokens=0)
+        permit = await call.admit()
+        assert call.settle(permit, verdict(429)).retry
+        permit = await call.admit()
+        assert not call.settle(permit, verdict(500)).retry
+    finally:
+        pacekeeper.set_testing(False)
+
+
+async def test_a_retry_past_the_deadline_fails_at_once() -> None:
+    gov = Governor(retry=RetryPolicy(deadline_s=1.0))
+    call = gov.call(route="/r", model=None, tokens=0)
+    permit = await call.admit()
+    decision = call.settle(permit, verdict(503, {"retry-after": "5"}))
+    assert isinstance(decision.error, DeadlineExceeded)
+
+
+async def test_a_request_larger_than_the_whole_minute_fails_at_once() -> None:
+    gov = Governor(limits=Limits(tpm=1000))
+    call = gov.call(route="/r", model="m", tokens=5000)
+    with pytest.raises(RequestTooLarge, match="5000 tokens"):
+        await call.admit()
+
+
+async def test_usage_reconciles_the_estimate() -> None:
+    gov = Governor(limits=Limits(tpm=600_000))
+    for _ in range(30):
+        call = gov.call(route="/r", model="m", tokens=100)
+        permit = await call.admit()
+        call.settle(permit, verdict(200), prompt_tokens=200, completion_tokens=5)
+    lane = gov.lane("/r", "m")
+    assert lane.prompt_scale > 1.5  # learned that our estimates run low
+    assert lane.cost_of(100, 0) > 150
+
+
+async def test_learned_limits_come_from_headers() -> None:
+    gov = Governor()
+    call = gov.call(route="/r", model="m", tokens=10)
+    permit = await call.admit()
+    headers = {
+        "x-ratelimit-limit-requests": "1200",
+        "x-ratelimit-remaining-requests": "1199",
+        "x-ratelimit-reset-requests": "50ms",
+        "x-ratelimit-limit-tokens": "90000",
+        "x-ratelimit-remaining-tokens": "89000",
+        "x-ratelimit-reset-tokens": "1s",
+    }
+    call.settle(permit, verdict(200, headers))
+    lane = gov.lane("/r", "m")
+    assert lane.rpm == 1200
+    assert lane.tpm == 90000
+    assert lane.requests is not None
+    assert lane.requests.rate_per_s == pytest.approx(20)
+
+
+async def test_configured_limits_are_not_raised_by_headers() -> None:
+    gov = Governor(limits=Limits(rpm=100))
+    call = gov.call(route="/r", model="m", tokens=10)
+    permit = await call.admit()
+    call.settle(permit, verdict(200, {"x-ratelimit-limit-requests": "10000"}))
+    assert gov.lane("/r", "m").rpm == 100
+
+
+async def test_per_model_limits() -> None:
+    gov = Governor(limits=Limits(rpm=100), models={"big": Limits(rpm=10, concurrency=2)})
+    assert gov.lane("/r", "big").rpm == 10
+    assert gov.lane("/r", "big").slots.limit == 2
+    assert gov.lane("/r", "small").rpm == 100
+
+
+class StatusError(Exception):
+    def __init__(self, status_code: int, body: bytes = b"") -> None:
+        super().__init__(f"status {status_code}")
+        self.status_code = status_code
+        self.response = type("R", (), {"headers": {}, "content": body})()
+
+
+async def test_run_retries_sdk_style_exceptions_and_returns_the_result() -> None:
+    pacekeeper.set_testing(True)
+    try:
+        gov = Governor()
+        calls = 0
+
+        async def flaky() -> str:
+            nonlocal calls
+            calls += 1
+            if calls < 3:
+                raise StatusError(503)
+            return "done"
+
+        assert await gov.run(flaky, route="/r", model="m") == "done"
+        assert calls == 3
+
+        async def bad() -> str:
+            raise StatusError(400, b'{"error": {"message": "no"}}')
+
+        with pytest.raises(NonRetryableError):
+            await gov.run(bad, route="/r", model="m")
+
+        async def bug() -> str:
+            raise KeyError("x")
+
+        with pytest.raises(KeyError):
+            await gov.run(bug, route="/r", model="m")
+        assert gov.lane("/r", "m").slots.in_flight == 0
+    finally:
+        pacekeeper.set_testing(False)
+
+
+async def test_cancellation_is_never_retried_and_frees_the_slot() -> None:
+    gov = Governor(limits=Limits(concurrency=1))
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(gov.run(slow, route="/r", model="m"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    lane = gov.lane("/r", "m")
+    assert lane.slots.in_flight == 0
+    assert lane.snapshot().by_outcome == {"cancelled": 1}
+    assert lane.snapshot().retries == 0
+
+
+async def test_amap_keeps_input_order_with_a_bounded_window() -> None:
+    gov = Governor(limits=Limits(concurrency=8))
+    running = peak = 0
+
+    async def work(i: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001 * (i % 3))
+        running -= 1
+        return i * i
+
+    results = [r async for r in gov.amap(work, range(100), window=10)]
+    assert results == [i * i for i in range(100)]
+    assert peak <= 8
+
+
+async def test_amap_can_return_exceptions_in_place() -> None:
+    async def work(i: int) -> int:
+        if i == 2:
+            raise ValueError("two")
+        return i
+
+    out = [r async for r in pacekeeper.amap(work, range(4), return_exceptions=True)]
+    assert out[:2] == [0, 1]
+    assert isinstance(out[2], ValueError)
+    assert out[3] == 3
+
+
+async def test_final_outcomes_are_logged_at_info_and_attempts_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gov = Governor()
+    with caplog.at_level(logging.DEBUG, logger="pacekeeper"):
+        call = gov.call(route="/v1/chat/completions", model="m", tokens=3)
+        permit = await call.admit()
+        call.settle(permit, verdict_for_failure(OutcomeKind.TIMEOUT, "ReadTimeout"))
+        permit = await call.admit()
+        call.settle(permit, verdict(200), request_id="req_1")
+    levels = [(r.levelname, r.getMessage().split()[0]) for r in caplog.records]
+    assert levels == [("DEBUG", "attempt"), ("DEBUG", "attempt"), ("INFO", "request")]
+    assert "outcome=ok" in caplog.records[-1].getMessage()
+    assert "attempts=2" in caplog.records[-1].getMessage()
+
+
+def test_the_governor_is_usable_from_threads() -> None:
+    gov = Governor(limits=Limits(concurrency=2))
+    call = gov.call(route="/r", model=None, tokens=0)
+    permit = call.admit_sync()
+    decision = call.settle(permit, verdict(200))
+    assert decision.record is not None
+    assert decision.record.ok

@@ -1,0 +1,206 @@
+"""Invariants of the pure limiters, checked over arbitrary sequences (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacekeeper.core.bucket import TokenBucket
+from pacekeeper.core.budget import RetryBudget
+from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
+from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
+from pacekeeper.core.cooldown import CooldownGate
+from pacekeeper.core.errors import ConfigurationError
+
+rates = st.floats(min_value=0.1, max_value=1000.0)
+bursts = st.floats(min_value=1.0, max_value=100.0)
+gaps = st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=200)
+costs = st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=200)
+
+
+@given(rate=rates, burst=bursts, gaps=gaps, costs=costs)
+def test_bucket_never_admits_more_than_burst_plus_rate_times_elapsed(
+    rate: float, burst: float, gaps: list[float], costs: list[int]
+) -> None:
+    """Spending only when wait_s says 0, total spent within [0, t] <= burst + rate*t + one
+    oversize spend (allowed from a full bucket)."""
+    bucket = TokenBucket(rate_per_s=rate, burst=burst)
+    now, spent, biggest = 0.0, 0.0, 0.0
+    for gap, cost in zip(gaps, costs, strict=False):
+        now += gap
+        wait = bucket.wait_s(now=now, cost=cost)
+        assert wait >= 0.0
+        now += wait  # the caller sleeps exactly the wait it was given, then spends
+        assert bucket.wait_s(now=now, cost=cost) == pytest.approx(0.0, abs=1e-9)
+        bucket.spend(now=now, cost=cost)
+        spent += cost
+        biggest = max(biggest, cost)
+        assert spent <= max(burst, biggest) + rate * now + 1e-6 * max(1.0, spent)
+
+
+@given(rate=rates, burst=bursts, cost=st.integers(min_value=1, max_value=10_000))
+def test_an_oversize_spend_never_waits_forever(rate: float, burst: float, cost: int) -> None:
+    bucket = TokenBucket(rate_per_s=rate, burst=burst)
+    bucket.spend(now=0.0, cost=burst)  # empty it
+    wait = bucket.wait_s(now=0.0, cost=cost)
+    assert math.isfinite(wait)
+    assert wait <= burst / rate + 1e-6  # at most the time to refill completely
+
+
+def test_oversize_spend_is_admitted_from_a_full_bucket_and_repaid() -> None:
+    bucket = TokenBucket(rate_per_s=10.0, burst=5.0)
+    assert bucket.wait_s(now=0.0, cost=50) == 0.0
+    bucket.spend(now=0.0, cost=50)
+    # 50 units at 10/s: the next unit fits once the debt is back within the burst
+    assert bucket.wait_s(now=0.0, cost=1) == pytest.approx(4.6)
+
+
+def test_bucket_rate_change_keeps_the_debt_in_units() -> None:
+    bucket = TokenBucket(rate_per_s=10.0, burst=10.0)
+    bucket.spend(now=0.0, cost=20)  # debt 20 units
+    bucket.set_rate(rate_per_s=20.0, burst=10.0, now=0.0)
+    assert bucket.debt(0.0) == pytest.approx(20.0)
+    assert bucket.wait_s(now=0.0, cost=1) == pytest.approx(11 / 20)
+
+
+def test_adjust_gives_back_but_never_beyond_full() -> None:
+    bucket = TokenBucket(rate_per_s=1.0, burst=10.0)
+    bucket.spend(now=0.0, cost=5)
+    bucket.adjust(now=0.0, delta=-100)
+    assert bucket.level(0.0) == pytest.approx(10.0)
+
+
+def test_drain_to_lowers_but_never_raises() -> None:
+    bucket = TokenBucket(rate_per_s=1.0, burst=10.0)
+    bucket.drain_to(now=0.0, level=2.0)
+    assert bucket.level(0.0) == pytest.approx(2.0)
+    bucket.drain_to(now=0.0, level=8.0)
+    assert bucket.level(0.0) == pytest.approx(2.0)
+
+
+@given(
+    closes=st.lists(
+        st.tuples(st.floats(0, 100), st.floats(0, 100)),
+        max_size=50,
+    ),
+    probe=st.floats(0, 300),
+)
+def test_nothing_passes_the_gate_before_the_latest_hint(
+    closes: list[tuple[float, float]], probe: float
+) -> None:
+    gate = CooldownGate()
+    latest = 0.0
+    for at, hint in closes:
+        gate.close_until(at + hint)
+        latest = max(latest, at + hint)
+    remaining = gate.remaining_s(now=probe)
+    assert remaining == pytest.approx(max(0.0, latest - probe))
+
+
+events = st.lists(st.sampled_from(["acquire", "success", "backpressure", "neutral"]), max_size=300)
+
+
+@given(
+    events=events,
+    initial=st.integers(1, 20),
+    low=st.integers(1, 5),
+    high=st.integers(20, 64),
+)
+@settings(max_examples=200)
+def test_aimd_stays_within_bounds_and_never_admits_past_its_limit(
+    events: list[str], initial: int, low: int, high: int
+) -> None:
+    low = min(low, initial)
+    settings_ = AdaptiveConcurrency(initial=max(initial, low), min=low, max=max(high, initial))
+    aimd = AimdLimit(settings_)
+    in_flight: list[tuple[float, int]] = []
+    now = 0.0
+    for event in events:
+        now += 0.01
+        if event == "acquire":
+            if aimd.has_room():
+                in_flight.append((now, aimd.acquire(now=now)))
+        elif in_flight:
+            sent_at, at_send = in_flight.pop(0)
+            signal = {
+                "success": Signal.SUCCESS,
+                "backpressure": Signal.BACKPRESSURE,
+                "neutral": Signal.NEUTRAL,
+            }[event]
+            aimd.release(now=now, sent_at=sent_at, in_flight_at_send=at_send, signal=signal)
+        assert settings_.min <= aimd.limit <= settings_.max
+        assert aimd.in_flight == len(in_flight)
+        assert aimd.peak_in_flight <= settings_.max
+
+
+def test_aimd_cuts_at_most_once_per_round_trip() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=20))
+    sends = [aimd.acquire(now=0.0) for _ in range(10)]
+    for at_send in sends:  # ten 429s for requests all sent before the first cut
+        aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)
+    assert aimd.decreases == 1
+    assert aimd.limit == 14
+    # a request sent after the cut may cut again
+    at_send = aimd.acquire(now=1.5)
+    aimd.release(now=2.0, sent_at=1.5, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)
+    assert aimd.decreases == 2
+
+
+def test_aimd_does_not_grow_when_the_limit_is_not_used() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=10))
+    for _ in range(100):
+        at_send = aimd.acquire(now=0.0)  # only ever one in flight
+        aimd.release(now=0.1, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.SUCCESS)
+    assert aimd.limit == 10
+
+
+def test_fixed_limit_cap() -> None:
+    slots = FixedLimit(50)
+    slots.cap(8)
+    assert slots.limit == 8
+
+
+@given(
+    ops=st.lists(st.sampled_from(["deposit", "spend"]), max_size=500),
+    ratio=st.floats(0, 1),
+    initial=st.floats(0, 20),
+)
+def test_retry_budget_never_goes_below_zero_and_never_exceeds_its_share(
+    ops: list[str], ratio: float, initial: float
+) -> None:
+    budget = RetryBudget(ratio=ratio, initial=initial, maximum=max(initial, 50.0))
+    deposits = 0
+    for op in ops:
+        if op == "deposit":
+            budget.deposit()
+            deposits += 1
+        else:
+            budget.try_spend()
+        assert budget.balance >= 0.0
+        assert budget.spent <= initial + ratio * deposits + 1e-9
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rpm": -1},
+        {"tpm": 0},
+        {"concurrency": 0},
+        {"concurrency": "lots"},
+        {"burst_s": 0},
+        {"utilisation": 1.5},
+    ],
+)
+def test_bad_limits_fail_where_they_are_written(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_retry_policy_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ConfigurationError, match="retry_budget_ratio"):
+        RetryPolicy(retry_budget_ratio=2)
