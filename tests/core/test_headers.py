@@ -100,6 +100,14 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
     assert parse_duration_s(text) is None
 
 
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_parse_duration_huge_numbers_are_none_not_errors(digits: int) -> None:
+    huge = "9" * digits
+    for text in (f"{huge}h0m0s", f"{huge}m1s", f"{huge}s", f"{huge}ms", f"{huge}us", huge):
+        assert parse_duration_s(text) is None
+    assert parse_rate_limit_headers({"x-ratelimit-limit-requests": huge}, now_wall_s=0) is not None
+
+
 def go_duration(ns: int) -> str:
     """time.Duration.String() from Go's standard library, for non-negative durations."""
 

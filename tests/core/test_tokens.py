@@ -330,6 +330,8 @@ def test_heuristic_on_a_lone_surrogate() -> None:
         ("OpenAI/GPT-4o", "bpe:o200k_base"),
         ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "bpe:o200k_base"),
         ("openai.gpt-oss-20b-1:0", "bpe:o200k_base"),
+        ("gpt-realtime", "bpe:o200k_base"),
+        ("codex-mini-latest", "bpe:o200k_base"),
         ("gpt-4", "bpe:cl100k_base"),
         ("gpt-4-turbo", "bpe:cl100k_base"),
         ("gpt-4-0613", "bpe:cl100k_base"),
@@ -630,6 +632,11 @@ def test_unknown_shape_counts_content_not_parameters() -> None:
     assert estimate.prompt_tokens >= heuristic(compact) > 8
     bigger = estimate_request_tokens({**body, "temperature": 0.123456789, "seed": 12345})
     assert bigger.prompt_tokens == estimate.prompt_tokens
+    tools = [{"name": "lookup", "description": "Look something up."}]
+    with_tools = estimate_request_tokens({**body, "tools": tools}).prompt_tokens
+    assert with_tools == estimate.prompt_tokens + heuristic(
+        json.dumps(tools, separators=(",", ":"))
+    )
 
 
 _json = st.recursive(

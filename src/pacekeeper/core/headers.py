@@ -71,8 +71,11 @@ def _non_negative_float(text: str) -> float | None:
 
 def _is_plain_number(text: str) -> bool:
     """Digits with at most one dot (ASCII only: ``float`` also reads other scripts' digits)."""
-    digits = text.replace(".", "", 1)
-    return digits.isascii() and digits.isdigit()
+    return _is_digits(text.replace(".", "", 1))
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def parse_duration_s(value: str) -> float | None:
@@ -100,16 +103,27 @@ def parse_duration_s(value: str) -> float | None:
     if "0" <= last <= "9" or last == ".":
         # No unit: plain seconds (Go itself writes only "0" this way).
         return _non_negative_float(text)
-    # Fast paths for the two shapes OpenAI sends most ("1.5s", "120ms"); the general loop
-    # below handles the rest ("6m0s", "1h2m3.5s", "500us").
+    # Fast paths for what Go's Duration.String() writes ("120ms", "1.5s", "6m0s", "1h2m3.5s");
+    # the general loop below handles the rest ("500us", "1m30ms", "+5s").
     if last == "s":
-        millis = text[-2:-1] == "m"
-        head = text[:-2] if millis else text[:-1]
-        if _is_plain_number(head):
-            seconds = _non_negative_float(head)
-            if seconds is None or not millis:
-                return seconds
-            return seconds / 1000.0
+        if text[-2:-1] == "m":
+            head = text[:-2]
+            if _is_plain_number(head):
+                millis = _non_negative_float(head)
+                return None if millis is None else millis / 1000.0
+        else:
+            head = text[:-1]
+            hours = minutes = "0"
+            if "h" in head:
+                hours, _, head = head.partition("h")
+            if "m" in head:
+                minutes, _, head = head.partition("m")
+            if _is_plain_number(head) and _is_digits(hours) and _is_digits(minutes):
+                seconds = _non_negative_float(head)
+                if seconds is not None:
+                    # float, not int: a 5,000-digit hour count must not raise
+                    total = float(hours) * 3600.0 + float(minutes) * 60.0 + seconds
+                    return total if math.isfinite(total) else None
     if text[0] == "+":  # Go accepts a sign; a "-" falls through to the unit check and fails.
         text = text[1:]
     total = 0.0
@@ -245,6 +259,13 @@ _SLOT_OF: dict[str, int] = {
     "retry-after": _S_RETRY_AFTER,
     "x-should-retry": _S_SHOULD_RETRY,
 }
+_LIMIT, _REMAINING, _RESET = 0, 1, 2
+# Per rate slot: (RateLimitSnapshot field, which value, whether it is an Anthropic header).
+_SLOT_META: list[tuple[str, int, bool]] = [
+    (_FIELD_NAMES[field], field % 3, anthropic)
+    for anthropic in (False, True)
+    for field in range(_N_RATE_FIELDS)
+]
 for _i, _budget in enumerate(("requests", "tokens", "input-tokens", "output-tokens")):
     for _j, _what in enumerate(("limit", "remaining", "reset")):
         _SLOT_OF[f"x-ratelimit-{_what}-{_budget}"] = _i * 3 + _j
@@ -327,20 +348,17 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
     for slot, text in found.items():
         if slot >= _S_RETRY_AFTER_MS:
             continue
-        anthropic = slot >= _ANTHROPIC
-        field = slot - _ANTHROPIC if anthropic else slot
-        if anthropic and field in found:
+        name, what, anthropic = _SLOT_META[slot]
+        if anthropic and slot - _ANTHROPIC in found:
             continue  # OpenAI-style names win when a gateway sends both
-        name = _FIELD_NAMES[field]
-        what = field % 3
-        if what == 2:
+        if what == _RESET:
             fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
             continue
         number = _read_int(text)
         if number is not None and number < 0:
             # A negative remaining means over budget: as good as none left. A negative limit
             # means nothing.
-            number = 0 if what == 1 else None
+            number = 0 if what == _REMAINING else None
         fields[name] = number
     if not fields:
         return None

@@ -10,7 +10,8 @@ little longer than needed until the real usage from the response settles the acc
 offline BPE tokenizer bundling cl100k_base and o200k_base; it is imported on first use and each
 encoding is loaded once (about 50 ms) and cached. tiktoken is avoided on purpose: it downloads its
 files on first use and fails offline. Model names map to encodings by family (``gpt-4o*``,
-``gpt-4.1*``, ``gpt-5*``, ``o1``/``o3``/``o4*``, ``gpt-oss*`` use o200k_base; ``gpt-4*``,
+``gpt-4.1*``, ``gpt-5*``, ``o1``/``o3``/``o4*``, ``gpt-oss*``, ``gpt-realtime*`` and kin use
+o200k_base; ``gpt-4*``,
 ``gpt-3.5*``/``gpt-35*``, ``text-embedding-3*``/``-ada-002`` use cl100k_base), after dropping
 provider prefixes such as ``openai/`` (OpenRouter) and ``ft:``. The chat framing follows OpenAI's
 cookbook: 3 tokens per message, 1 more for a ``name``, 3 to prime the reply.
@@ -252,7 +253,19 @@ def _bpe_count(encode: _Encoder, text: str) -> int:
         return _heuristic_tokens(text)
 
 
-_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "gpt-oss")
+_O200K_PREFIXES = (
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "chatgpt-4o",
+    "gpt-oss",
+    # Later members of the same families.
+    "gpt-realtime",
+    "gpt-audio",
+    "codex-mini",
+    "computer-use-preview",
+)
 _O200K_SERIES = ("o1", "o3", "o4")  # "o1", "o1-mini", "o3-pro", "o4-mini": dash or nothing
 _CL100K_PREFIXES = (
     "gpt-4",
@@ -521,12 +534,15 @@ def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int
     total = 0
     prompts = 1
     known = False
+    counted = set(_PARAMETER_KEYS)
     for key in ("tools", "functions", "response_format"):
         if body.get(key) is not None:
             total += counter.json(body[key])
+            counted.add(key)
     text_format = body.get("text")  # Responses API: {"format": {"type": "json_schema", ...}}
     if isinstance(text_format, Mapping):
         total += counter.json(text_format)
+        counted.add("text")
     if "system" in body:  # Anthropic: a string or a list of text blocks
         total += counter.content(body["system"])
         known = True
@@ -551,9 +567,20 @@ def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int
                 prompts = count if "max_output_tokens" not in body else 1
         known = True
     if not known:
-        rest = {key: value for key, value in body.items() if key not in _PARAMETER_KEYS}
+        rest = {key: value for key, value in body.items() if key not in counted}
         total += counter.json(rest)
     return total, prompts
+
+
+def _any_text(value: object) -> str:
+    """Some text for a value that defeated the shape readers: its JSON, else its repr."""
+    try:
+        return json.dumps(value, default=str, skipkeys=True)
+    except Exception:  # e.g. nested deeper than the recursion limit
+        try:
+            return repr(value)
+        except Exception:
+            return ""
 
 
 def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None) -> TokenEstimate:
@@ -576,9 +603,5 @@ def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None
         prompt_tokens, prompts = _prompt_tokens(body, counter)
         completion = _completion_budget(body, prompts)
     except Exception:  # a shape nobody foresaw must not fail the request
-        try:
-            text = json.dumps(body, default=str, skipkeys=True)
-        except Exception:
-            text = repr(body)
-        return TokenEstimate(_heuristic_tokens(text), None, HEURISTIC)
+        return TokenEstimate(_heuristic_tokens(_any_text(body)), None, HEURISTIC)
     return TokenEstimate(prompt_tokens, completion, method)
