@@ -8,13 +8,14 @@ little longer than needed until the real usage from the response settles the acc
 
 **Exact counts for OpenAI models.** ``bpe_openai`` (the optional ``tokenizer`` extra) is an
 offline BPE tokenizer bundling cl100k_base and o200k_base; it is imported on first use and each
-encoding is loaded once (about 50 ms) and cached. tiktoken is avoided on purpose: it downloads its
-files on first use and fails offline. Model names map to encodings by family (``gpt-4o*``,
-``gpt-4.1*``, ``gpt-5*``, ``o1``/``o3``/``o4*``, ``gpt-oss*``, ``gpt-realtime*`` and kin use
-o200k_base; ``gpt-4*``,
-``gpt-3.5*``/``gpt-35*``, ``text-embedding-3*``/``-ada-002`` use cl100k_base), after dropping
-provider prefixes such as ``openai/`` (OpenRouter) and ``ft:``. The chat framing follows OpenAI's
-cookbook: 3 tokens per message, 1 more for a ``name``, 3 to prime the reply.
+encoding is loaded once (a few tens of ms) and cached. tiktoken is avoided on purpose: it
+downloads its files on first use and fails offline. Model names map to encodings by family:
+``gpt-4o*``, ``gpt-4.1*``, ``gpt-4.5*``, ``gpt-5*``, ``o1``/``o3``/``o4*``, ``gpt-oss*`` and
+their kin (``gpt-realtime*``, ``codex-mini*``) use o200k_base; ``gpt-4*``, ``gpt-3.5*``
+(Azure's ``gpt-35*``), ``text-embedding-3*`` and ``text-embedding-ada-002`` use cl100k_base;
+provider prefixes such as ``openai/`` (OpenRouter) and ``ft:`` are dropped first. The chat
+framing follows OpenAI's cookbook: 3 tokens per message, 1 more for a ``name``, 3 to prime the
+reply (which reproduces the cookbook's 129 and 124 prompt tokens for gpt-4 and gpt-4o).
 
 **A conservative heuristic for everything else** (Claude, Llama, Mistral, Gemini, Qwen, unknown
 models, or when bpe_openai is not installed). ``len(text) / 4`` is right for English prose and
