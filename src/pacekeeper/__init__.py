@@ -20,6 +20,7 @@ from pacekeeper.core.classify import OutcomeKind, Verdict
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
 from pacekeeper.core.errors import (
+    AdmissionClosed,
     ConfigurationError,
     DeadlineExceeded,
     NonRetryableError,
@@ -36,7 +37,7 @@ from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.stats import StatsSnapshot
 from pacekeeper.core.testing import is_testing, set_testing
 from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
-from pacekeeper.transports import RECORD_EXTENSION, SyncTransport, Transport, wrap
+from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, SyncTransport, Transport, wrap
 
 if TYPE_CHECKING:
     from pacekeeper.transports import HttpxSyncTransport, HttpxTransport
@@ -47,7 +48,9 @@ except PackageNotFoundError:  # pragma: no cover (running from a source tree)
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdmissionClosed",
     "RECORD_EXTENSION",
+    "TAG_EXTENSION",
     "AdaptiveConcurrency",
     "AttemptRecord",
     "Call",

@@ -137,7 +137,7 @@ def test_aimd_stays_within_bounds_and_never_admits_past_its_limit(
 
 
 def test_aimd_cuts_at_most_once_per_round_trip() -> None:
-    aimd = AimdLimit(AdaptiveConcurrency(initial=20))
+    aimd = AimdLimit(AdaptiveConcurrency(initial=20, max=64))
     sends = [aimd.acquire(now=0.0) for _ in range(10)]
     for at_send in sends:  # ten 429s for requests all sent before the first cut
         aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)

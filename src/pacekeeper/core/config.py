@@ -39,7 +39,7 @@ class AdaptiveConcurrency:
     would raise the limit exactly when it should fall, and LLM latency swings with output length.
     """
 
-    initial: int = 8
+    initial: int = 4
     min: int = 1
     max: int = 512
     decrease_factor: float = 0.7

@@ -5,6 +5,7 @@
     PacekeeperError
     ├── ConfigurationError          a limit, policy or flag that cannot work
     ├── RequestTooLarge             one request costs more tokens than a whole minute allows
+    ├── AdmissionClosed             the governor is shutting down: queued requests were not sent
     └── RequestFailed               a governed request ended without success (``.record``)
         ├── NonRetryableError       the provider's answer is one a retry cannot change
         ├── RetriesExhausted        every attempt ``RetryPolicy.max_attempts`` allows failed
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.records import RequestRecord
 
 __all__ = [
+    "AdmissionClosed",
     "ConfigurationError",
     "DeadlineExceeded",
     "NonRetryableError",
@@ -57,6 +59,14 @@ class RequestTooLarge(PacekeeperError):
         self.route = route
         self.model = model
         self.tokens = tokens
+
+
+class AdmissionClosed(PacekeeperError):
+    """The governor stopped admitting (``Governor.close()``): this request was never sent.
+
+    Raised to requests still queued when a batch is interrupted or a proxy shuts down, so
+    that they can be resumed or refused cleanly while the ones in flight finish.
+    """
 
 
 class RequestFailed(PacekeeperError):

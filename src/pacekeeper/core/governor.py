@@ -99,6 +99,7 @@ class Governor:
         self._lanes: dict[LaneKey, Lane] = {}
         self._lanes_lock = threading.Lock()
         self._concurrency_ceiling: int | None = None
+        self._closed = False
 
     # -- lanes ----------------------------------------------------------------------------
 
@@ -120,8 +121,18 @@ class Governor:
                     )
                     if self._concurrency_ceiling is not None:
                         lane.slots.cap(self._concurrency_ceiling)
+                    if self._closed:
+                        lane.close()
                     self._lanes[key] = lane
         return lane
+
+    def close(self) -> None:
+        """Stop admitting on every lane, now and for lanes made later: queued requests fail
+        with :class:`~pacekeeper.AdmissionClosed` (never sent); those in flight finish."""
+        with self._lanes_lock:
+            self._closed = True
+            for lane in self._lanes.values():
+                lane.close()
 
     @property
     def lanes(self) -> list[Lane]:
@@ -148,8 +159,10 @@ class Governor:
         model: str | None,
         estimate: TokenEstimate | None = None,
         tokens: int | None = None,
+        tag: str | None = None,
     ) -> Call:
-        """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost)."""
+        """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
+        ``tag`` is copied into its records (e.g. a batch line's custom_id)."""
         lane = self.lane(route, model)
         reserve = lane.limits.default_completion_tokens
         if estimate is not None:
@@ -161,7 +174,7 @@ class Governor:
             )
         else:
             prompt, completion = (tokens or 0), 0
-        return Call(self, lane, prompt_tokens=prompt, completion_tokens=completion)
+        return Call(self, lane, prompt_tokens=prompt, completion_tokens=completion, tag=tag)
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:
         """The wait before retrying after ``verdict`` on attempt number ``attempt``."""
@@ -287,12 +300,20 @@ class Call:
         "done",
         "lane",
         "prompt_tokens",
+        "tag",
     )
 
     def __init__(
-        self, gov: Governor, lane: Lane, *, prompt_tokens: int, completion_tokens: int
+        self,
+        gov: Governor,
+        lane: Lane,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        tag: str | None = None,
     ) -> None:
         self._gov = gov
+        self.tag = tag
         self.lane = lane
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
@@ -446,6 +467,7 @@ class Call:
             retry_in_s=delay_s if retry else None,
             error=None if kind is OutcomeKind.OK else verdict.reason,
             request_id=request_id,
+            tag=self.tag,
         )
         for hook in gov.hooks:
             hook.on_attempt(attempt_record)
@@ -600,6 +622,7 @@ class Call:
             error=str(error) if error is not None else None,
             error_type=type(error).__name__ if error is not None else error_type,
             request_id=request_id,
+            tag=self.tag,
         )
         with lane._lock:
             lane.stats.on_request(

@@ -25,6 +25,7 @@ from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.cooldown import CooldownGate
+from pacekeeper.core.errors import AdmissionClosed
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class Lane:
         "_lock",
         "_queue",
         "budget",
+        "closed",
         "cooldown",
         "key",
         "learned_rpm",
@@ -172,6 +174,7 @@ class Lane:
         self._lock = threading.RLock()
         self._queue: deque[_AsyncWaiter | _ThreadWaiter] = deque()
         self._cancelled_waiting = 0
+        self.closed = False
         self.cooldown = CooldownGate()
         self.requests: TokenBucket | None = None
         self.tokens: TokenBucket | None = None
@@ -324,6 +327,8 @@ class Lane:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit."""
         asked_at = now = self._clock()
         with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
             if not self._queue and self._try_admit(now, tokens) == 0.0:
                 return self._grant(now, tokens, asked_at)
             waiter = _AsyncWaiter()
@@ -335,6 +340,8 @@ class Lane:
         try:
             while True:
                 with self._lock:
+                    if self.closed:
+                        raise AdmissionClosed(self._closed_message())
                     now = self._clock()
                     if self._queue and self._queue[0] is waiter:
                         wait = self._try_admit(now, tokens)
@@ -363,6 +370,8 @@ class Lane:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = now = self._clock()
         with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
             if not self._queue and self._try_admit(now, tokens) == 0.0:
                 return self._grant(now, tokens, asked_at)
             waiter = _ThreadWaiter()
@@ -373,6 +382,8 @@ class Lane:
         try:
             while True:
                 with self._lock:
+                    if self.closed:
+                        raise AdmissionClosed(self._closed_message())
                     now = self._clock()
                     if self._queue and self._queue[0] is waiter:
                         wait = self._try_admit(now, tokens)
@@ -389,6 +400,18 @@ class Lane:
         except BaseException:
             self._leave(waiter)
             raise
+
+    def close(self) -> None:
+        """Stop admitting: every queued request fails with AdmissionClosed (it was not sent);
+        requests in flight are not touched."""
+        with self._lock:
+            self.closed = True
+            for waiter in self._queue:
+                waiter.wake()
+
+    def _closed_message(self) -> str:
+        route, model = self.key
+        return f"{route} model={model}: the governor was closed; this request was not sent"
 
     def release(self, permit: Permit, signal: Signal) -> None:
         with self._lock:

@@ -43,6 +43,8 @@ class AttemptRecord:
     """One line: why this attempt did not succeed."""
     request_id: str | None = None
     """The provider's request id (x-request-id), for support tickets."""
+    tag: str | None = None
+    """The caller's label for the request (the batch runner's custom_id)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
@@ -73,6 +75,7 @@ class RequestRecord:
     error_type: str | None = None
     """The pacekeeper exception's class name when the request failed."""
     request_id: str | None = None
+    tag: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pacekeeper.transports._flow import RECORD_EXTENSION
+from pacekeeper.transports._flow import RECORD_EXTENSION, TAG_EXTENSION
 from pacekeeper.transports._httpx2 import SyncTransport, Transport
 from pacekeeper.transports._wrap import wrap
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECORD_EXTENSION",
+    "TAG_EXTENSION",
     "HttpxSyncTransport",
     "HttpxTransport",
     "SyncTransport",

@@ -44,11 +44,18 @@ __all__ = [
 
 RECORD_EXTENSION = "pacekeeper.record"
 """The response extension that carries the request's final :class:`RequestRecord`."""
+TAG_EXTENSION = "pacekeeper.tag"
+"""A request extension whose value (a str) is copied into the request's records."""
 
 
 async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
     facts = read_request(request)
-    call = gov.call(route=facts.route, model=facts.model, estimate=facts.estimate)
+    call = gov.call(
+        route=facts.route,
+        model=facts.model,
+        estimate=facts.estimate,
+        tag=request.extensions.get(TAG_EXTENSION),
+    )
     bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
     while True:
         permit = await call.admit()
@@ -85,7 +92,12 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
 
 def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
     facts = read_request(request)
-    call = gov.call(route=facts.route, model=facts.model, estimate=facts.estimate)
+    call = gov.call(
+        route=facts.route,
+        model=facts.model,
+        estimate=facts.estimate,
+        tag=request.extensions.get(TAG_EXTENSION),
+    )
     bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
     while True:
         permit = call.admit_sync()

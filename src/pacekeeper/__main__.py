@@ -1,0 +1,5 @@
+import sys
+
+from pacekeeper.cli import main
+
+sys.exit(main())
