@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -247,3 +248,12 @@ def test_reset_restarts_attempt_numbering(start_sim: StartSim) -> None:
     first = run_outcomes(sim, [chat("same")] * 10)
     sim.reset_stats()
     assert run_outcomes(sim, [chat("same")] * 10) == first
+
+
+def test_faults_and_lifecycle_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    scenario = Scenario(faults=Faults(drop=0.3, hang=0.2, malformed=0.2, http_500=0.2, hang_s=0.05))
+    with Simulator(scenario) as sim, httpx2.Client(base_url=sim.base_url, timeout=2) as http:
+        for i in range(20):
+            outcome(http, chat(f"q{i}", stream=i % 2 == 0))
+    assert [r for r in caplog.records if r.name.startswith("uvicorn")] == []

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
+import logging
 import socket
 import threading
 from types import TracebackType
@@ -20,6 +21,28 @@ __all__ = ["Simulator", "base_url_for"]
 
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
+_THREAD_PREFIX = "pacekeeper-sim:"
+
+
+class _QuietSimThreads(logging.Filter):
+    """Drops uvicorn's info chatter ("Started server process", "Shutting down") when it comes
+    from a simulator thread; warnings and errors pass, as do other servers' records.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = record.threadName or ""
+        return record.levelno >= logging.WARNING or not thread.startswith(_THREAD_PREFIX)
+
+
+_QUIET = _QuietSimThreads()
+
+
+def _quiet_uvicorn_logs() -> None:
+    # A filter on the named logger, not a level: it must not silence other uvicorn servers
+    # (e.g. pacekeeper's proxy) running in the same process.
+    logger = logging.getLogger("uvicorn.error")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
 
 
 def _http_protocol() -> str:
@@ -112,8 +135,12 @@ class Simulator:
         started = threading.Event()
         self._server = _Server(uvicorn_config(self._app, self.host, self._port), started)
         self._loop = _new_event_loop()
+        _quiet_uvicorn_logs()
         self._thread = threading.Thread(
-            target=self._run, args=(sock, started), name=f"pacekeeper-sim:{self._port}", daemon=True
+            target=self._run,
+            args=(sock, started),
+            name=f"{_THREAD_PREFIX}{self._port}",
+            daemon=True,
         )
         self._thread.start()
         if not started.wait(_START_TIMEOUT_S) or self._error is not None:
