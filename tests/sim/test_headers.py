@@ -12,7 +12,8 @@ import httpx2
 import pytest
 
 from pacekeeper.sim import Faults, ModelLimits, Scenario
-from pacekeeper.sim._headers import go_duration, rfc3339
+from pacekeeper.sim._headers import go_duration, rejection_response, rfc3339
+from pacekeeper.sim._limits import ModelLimiter
 
 from .helpers import StartSim, chat
 
@@ -171,3 +172,16 @@ def test_unlimited_models_get_no_rate_limit_headers(start_sim: StartSim) -> None
     assert not any(h.startswith("x-ratelimit-") for h in free.headers)
     assert "x-ratelimit-limit-requests" in capped.headers
     assert "x-ratelimit-limit-tokens" not in capped.headers  # no tpm configured
+
+
+def test_large_numbers_are_printed_whole() -> None:
+    limiter = ModelLimiter("big", ModelLimits(tpm=60_000_000), now=0.0)  # 1,000,000 capacity
+    assert limiter.admit(900_000, 0.0) is None
+    rejection = limiter.admit(234_567, 0.0)
+    assert rejection is not None
+    headers, body = rejection_response("openai", limiter, rejection, now=0.0, wall=0.0)
+    message = json.loads(body)["error"]["message"]
+    assert "Limit 60000000, Used 54000000, Requested 234567. Please try again in 135ms." in message
+    assert (b"retry-after-ms", b"135") in headers  # 134.567 ms, rounded up
+    _, anthropic = rejection_response("anthropic", limiter, rejection, now=0.0, wall=0.0)
+    assert "60,000,000 tokens per minute" in json.loads(anthropic)["error"]["message"]

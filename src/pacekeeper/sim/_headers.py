@@ -64,7 +64,8 @@ def rfc3339(wall_s: float) -> str:
 
 
 def _per_minute(value: float) -> int:
-    return round(value)
+    # Headers carry integers; a fractional budget below 1/min still shows as a limit of 1.
+    return max(1, round(value))
 
 
 def _remaining(limit: int, bucket: TokenBucket) -> int:
@@ -150,7 +151,8 @@ def _openai_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> st
     used = limit - _remaining(limit, bucket)
     return (
         f"Rate limit reached for {limiter.model} on {label}: Limit {limit}, Used {used}, "
-        f"Requested {rejection.requested:g}. Please try again in {go_duration(rejection.wait_s)}."
+        f"Requested {round(rejection.requested)}. "
+        f"Please try again in {go_duration(rejection.wait_s)}."
     )
 
 
