@@ -74,10 +74,42 @@ def _remaining(limit: int, bucket: TokenBucket) -> int:
     return remaining if remaining > 0 else 0
 
 
+# (limit, remaining, reset) header names per bucket, encoded once rather than per response.
+_NameSet = tuple[tuple[bytes, bytes, bytes], ...]
+
+
+def _names(mode: str, buckets: tuple[str, ...]) -> _NameSet:
+    if mode == "openai":
+        return tuple(
+            (
+                f"x-ratelimit-limit-{b}".encode(),
+                f"x-ratelimit-remaining-{b}".encode(),
+                f"x-ratelimit-reset-{b}".encode(),
+            )
+            for b in buckets
+        )
+    return tuple(
+        (
+            f"anthropic-ratelimit-{b}-limit".encode(),
+            f"anthropic-ratelimit-{b}-remaining".encode(),
+            f"anthropic-ratelimit-{b}-reset".encode(),
+        )
+        for b in buckets
+    )
+
+
+_REQUEST_NAMES = {mode: _names(mode, ("requests",)) for mode in ("openai", "anthropic")}
+# The sim has one token bucket; Anthropic's input/output token headers mirror it.
+_TOKEN_NAMES = {
+    "openai": _names("openai", ("tokens",)),
+    "anthropic": _names("anthropic", ("tokens", "input-tokens", "output-tokens")),
+}
+
+
 def _bucket_headers(
     out: Headers,
     mode: str,
-    names: tuple[str, ...],
+    names: _NameSet,
     per_minute: float,
     bucket: TokenBucket,
     *,
@@ -85,25 +117,17 @@ def _bucket_headers(
     wall: float,
 ) -> None:
     limit = _per_minute(per_minute)
+    limit_value = str(limit).encode()
     remaining = str(_remaining(limit, bucket)).encode()
     full_in_s = bucket.full_in_s(now)
     if mode == "openai":
         reset = go_duration(full_in_s).encode()
-        for name in names:
-            out.append((b"x-ratelimit-limit-" + name.encode(), str(limit).encode()))
-            out.append((b"x-ratelimit-remaining-" + name.encode(), remaining))
-            out.append((b"x-ratelimit-reset-" + name.encode(), reset))
     else:
         reset = rfc3339(wall + full_in_s).encode()
-        for name in names:
-            prefix = b"anthropic-ratelimit-" + name.encode()
-            out.append((prefix + b"-limit", str(limit).encode()))
-            out.append((prefix + b"-remaining", remaining))
-            out.append((prefix + b"-reset", reset))
-
-
-_OPENAI_TOKEN_NAMES = ("tokens",)
-_ANTHROPIC_TOKEN_NAMES = ("tokens", "input-tokens", "output-tokens")
+    for limit_name, remaining_name, reset_name in names:
+        out.append((limit_name, limit_value))
+        out.append((remaining_name, remaining))
+        out.append((reset_name, reset))
 
 
 def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float) -> Headers:
@@ -112,10 +136,13 @@ def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float
     if mode == "none":
         return out
     if limiter.requests is not None and limiter.rpm is not None:
-        _bucket_headers(out, mode, ("requests",), limiter.rpm, limiter.requests, now=now, wall=wall)
+        _bucket_headers(
+            out, mode, _REQUEST_NAMES[mode], limiter.rpm, limiter.requests, now=now, wall=wall
+        )
     if limiter.tokens is not None and limiter.tpm is not None:
-        names = _OPENAI_TOKEN_NAMES if mode == "openai" else _ANTHROPIC_TOKEN_NAMES
-        _bucket_headers(out, mode, names, limiter.tpm, limiter.tokens, now=now, wall=wall)
+        _bucket_headers(
+            out, mode, _TOKEN_NAMES[mode], limiter.tpm, limiter.tokens, now=now, wall=wall
+        )
     return out
 
 
