@@ -4,7 +4,7 @@ HTTP client libraries cost more CPU per request than the simulator does, so they
 themselves; this speaks just enough HTTP/1.1 (Content-Length bodies, keep-alive) to keep the
 server busy from one core. Run:
 
-    python tests/sim/loadgen.py [--seconds 5] [--connections 64] [--stream]
+    python tests/sim/loadgen.py [--seconds 5] [--connections 64] [--stream] [-- SIM_ARGS...]
 
 It starts `python -m pacekeeper.sim` in a subprocess (its own core), floods it with chat
 completions at zero latency and prints requests/s plus the server's CPU use.
@@ -134,10 +134,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("sim_args", nargs="*", help="arguments for the simulator, after --")
     args = parser.parse_args()
     if uvloop is not None:
         uvloop.install()
-    with SimulatorProcess([]) as sim:
+    with SimulatorProcess(args.sim_args) as sim:
         asyncio.run(
             run_load("127.0.0.1", sim.port, seconds=args.warmup_s, connections=args.connections)
         )
@@ -155,7 +156,8 @@ def main() -> int:
         received = sim.stats()["requests_received"]
     print(
         f"{result.requests} requests in {result.seconds:.2f}s = {result.per_s:,.0f} req/s "
-        f"({args.connections} connections, stream={args.stream}); statuses {result.statuses}; "
+        f"({args.connections} connections, stream={args.stream}, sim {args.sim_args}); "
+        f"statuses {result.statuses}; "
         f"server CPU {cpu_s:.2f}s = {cpu_s / result.seconds:.0%} of one core, "
         f"{result.requests / cpu_s:,.0f} req per server CPU-second; server saw {received}"
     )
