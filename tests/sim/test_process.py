@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,12 @@ def test_loadgen_smoke() -> None:
         result = asyncio.run(run_load("127.0.0.1", sim.port, seconds=0.3, connections=4))
     assert result.requests > 0
     assert set(result.statuses) == {200}
+
+
+def test_cli_port_in_use_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err

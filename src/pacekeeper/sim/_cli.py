@@ -150,14 +150,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--headers",
         choices=HEADER_MODES,
-        help="rate-limit header style (default openai)",
+        help="rate-limit header style (default openai; none = bare 429s)",
     )
 
     latency = parser.add_argument_group("latency")
-    latency.add_argument("--ttft-s", type=_number(), metavar="S", help="time to first token")
-    latency.add_argument("--per-token-s", type=_number(), metavar="S", help="time per token")
     latency.add_argument(
-        "--spread", type=_number(maximum=5.0), help="lognormal spread of latency (0 = none)"
+        "--ttft-s", type=_number(), metavar="S", help="time to first token, seconds (default 0)"
+    )
+    latency.add_argument(
+        "--per-token-s",
+        type=_number(),
+        metavar="S",
+        help="time per completion token, seconds (default 0)",
+    )
+    latency.add_argument(
+        "--spread",
+        type=_number(maximum=5.0),
+        metavar="X",
+        help="lognormal spread of latency (0 = none; 0.3 = typical)",
     )
 
     faults = parser.add_argument_group("faults (rates in [0, 1])")
@@ -170,7 +180,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
             help=f"rate of {field} faults",
         )
     faults.add_argument(
-        "--hang-s", type=_number(positive=True), metavar="S", help="how long a hang lasts (3600)"
+        "--hang-s",
+        type=_number(positive=True),
+        metavar="S",
+        help="seconds a hang lasts before a 504 (default 3600)",
     )
 
 
