@@ -72,6 +72,8 @@ class Governor:
 
     State is kept per (route, model) in a :class:`~pacekeeper.core.lane.Lane`. ``limits`` apply
     to every model unless ``models`` names the model; unset rpm/tpm are learned from responses.
+    A streamed answer holds its slot until closed, or until it sat ``stream_idle_timeout_s``
+    unread and unclosed (a caller that walked away).
 
     >>> gov = Governor(limits=Limits(rpm=600, concurrency=4))
     >>> gov
@@ -88,11 +90,13 @@ class Governor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         seed: int | None = None,
+        stream_idle_timeout_s: float = 60.0,
     ) -> None:
         self.limits = limits or Limits()
         self.models: dict[str, Limits] = dict(models or {})
         self.retry = retry or RetryPolicy()
         self.hooks: list[RecordHook] = list(hooks)
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self.clock = clock
         self.wall_clock = wall_clock
         self._rng = random.Random(seed)
@@ -326,6 +330,11 @@ class Call:
         self._deadline = self._started_mono + deadline_s if deadline_s is not None else None
 
     @property
+    def idle_timeout_s(self) -> float:
+        """How long a streamed answer may sit unread and unclosed before its slot is freed."""
+        return self._gov.stream_idle_timeout_s
+
+    @property
     def route(self) -> str:
         return self.lane.key[0]
 
@@ -376,6 +385,9 @@ class Call:
             permit = await self.lane.acquire(cost, front=self.attempt > 1, deadline=self._deadline)
         except QueueTimeout as exc:
             raise self._queue_timeout(exc) from None
+        except asyncio.CancelledError:
+            self.cancelled(None)
+            raise
         self._queued_total += permit.queued_s
         return permit
 

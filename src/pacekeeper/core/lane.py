@@ -40,7 +40,9 @@ LaneKey = tuple[str, "str | None"]
 """(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
 
 _SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
-_SCALE_MIN, _SCALE_MAX = 0.5, 3.0
+# The heuristic counts English at about 2x its real tokens (it must never undercount other
+# scripts), so the learned scale may go well below 1.
+_SCALE_MIN, _SCALE_MAX = 0.3, 3.0
 
 
 class QueueTimeout(Exception):

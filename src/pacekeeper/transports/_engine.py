@@ -218,7 +218,7 @@ def settle_stream(
         )
     elif abandoned:
         verdict = verdict_for_failure(
-            OutcomeKind.OTHER, "stream abandoned by the caller without being closed"
+            OutcomeKind.OTHER, "stream abandoned: the caller stopped reading without closing it"
         )
     else:
         verdict = ok

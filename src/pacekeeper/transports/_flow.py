@@ -9,6 +9,7 @@ and is never retried once bytes reached the caller.
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,6 @@ from pacekeeper.transports._engine import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
-
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Call, Governor
     from pacekeeper.core.lane import Permit
@@ -238,25 +237,59 @@ class _StreamState:
 
 
 class _GovernedAsyncStream:
-    """Passes a streamed answer through chunk by chunk; frees the slot when it ends."""
+    """Passes a streamed answer through chunk by chunk; frees the slot when it ends.
+
+    It is an iterator object, not an async generator, on purpose: an abandoned async generator
+    is closed by the event loop's finalizer in no particular order with the generators around
+    it, and can stay suspended (holding its slot) when one of those closes fails. A plain
+    object is simply collected, and ``__del__`` frees the slot.
+    """
 
     def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
         self._inner = inner
         self._state = state
         self._flavour = flavour
+        self._chunks: Any = None
+        self._reading = False
+        self._idle_since = time.monotonic()
+        # A caller that walks away without closing may leave the stream in a reference
+        # cycle that is never collected; the slot must come back anyway.
+        self._idle_limit_s = state.call.idle_timeout_s
+        asyncio.get_running_loop().call_later(self._idle_limit_s, self._check_idle)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        feed = self._state.scanner.feed
+    def _check_idle(self) -> None:
+        if self._state.done:
+            return
+        idle_s = time.monotonic() - self._idle_since
+        if not self._reading and idle_s >= self._idle_limit_s:
+            self._state.finish(abandoned=True)
+            return
+        asyncio.get_running_loop().call_later(
+            max(0.05, self._idle_limit_s - idle_s), self._check_idle
+        )
+
+    def __aiter__(self) -> _GovernedAsyncStream:
+        if self._chunks is None:
+            self._chunks = self._inner.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._reading = True
         try:
-            async for chunk in self._inner:
-                feed(chunk)
-                yield chunk
+            chunk: bytes = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise
         except asyncio.CancelledError:
             self._state.finish(abandoned=True)
             raise
         except Exception as exc:
             self._state.finish(exc)
             raise
+        finally:
+            self._reading = False
+            self._idle_since = time.monotonic()
+        self._state.scanner.feed(chunk)
+        return chunk
 
     async def aclose(self) -> None:
         try:
@@ -271,20 +304,29 @@ class _GovernedAsyncStream:
 
 
 class _GovernedSyncStream:
+    """The blocking twin of :class:`_GovernedAsyncStream`."""
+
     def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
         self._inner = inner
         self._state = state
         self._flavour = flavour
+        self._chunks: Any = None
 
-    def __iter__(self) -> Iterator[bytes]:
-        feed = self._state.scanner.feed
+    def __iter__(self) -> _GovernedSyncStream:
+        if self._chunks is None:
+            self._chunks = iter(self._inner)
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            for chunk in self._inner:
-                feed(chunk)
-                yield chunk
+            chunk: bytes = next(self._chunks)
+        except StopIteration:
+            raise
         except Exception as exc:
             self._state.finish(exc)
             raise
+        self._state.scanner.feed(chunk)
+        return chunk
 
     def close(self) -> None:
         try:
