@@ -480,6 +480,10 @@ class Call:
             error=None if kind is OutcomeKind.OK else verdict.reason,
             request_id=request_id,
             tag=self.tag,
+            in_flight=permit.in_flight_at_send,
+            concurrency_limit=lane.slots.limit,
+            rpm_limit=lane.rpm,
+            tpm_limit=lane.tpm,
         )
         for hook in gov.hooks:
             hook.on_attempt(attempt_record)

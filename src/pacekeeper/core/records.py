@@ -45,6 +45,13 @@ class AttemptRecord:
     """The provider's request id (x-request-id), for support tickets."""
     tag: str | None = None
     """The caller's label for the request (the batch runner's custom_id)."""
+    in_flight: int | None = None
+    """Requests in flight on this route and model when this one was sent (itself included)."""
+    concurrency_limit: int | None = None
+    """The concurrency limit in force when this attempt ended (adaptive limits move)."""
+    rpm_limit: float | None = None
+    """The requests-per-minute limit in force (configured or learned), if any."""
+    tpm_limit: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
