@@ -1,0 +1,791 @@
+"""The proxy as a raw ASGI 3 application (no framework: every request pays for the path).
+
+For each request to ``{base_path}/...``, in this order:
+
+1. draining? a 503 refusal; the client token (when one is set)? else a 401;
+2. the body, read up to ``max_body_bytes`` (413 above it) while the bodies held by all
+   requests stay under ``max_buffered_bytes`` (else a 429 refusal); a body declared JSON must
+   parse (else a 400);
+3. its lane's queue: full, or a known wait past ``queue_timeout_s``? a 429 refusal, at once;
+4. forwarded through the governed transport (queueing, pacing, retries), with hop-by-hop
+   headers dropped and, when the proxy holds the key, the client's Authorization replaced;
+   still not sent after ``queue_timeout_s``? a 429 refusal;
+5. the answer passed back as the upstream sent it, chunk by chunk (raw: still compressed when
+   it was), or a 502/504 naming the cause when the upstream could not be reached.
+
+A client that disconnects cancels its request wherever it is (queued, sent, streaming), so the
+upstream is not asked for answers nobody will read. Refusals carry ``retry-after``,
+``x-pacekeeper-refused: proxy`` and an OpenAI-shaped JSON body; every answer the proxy makes
+itself carries ``x-pacekeeper-error: CODE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from pacekeeper.core.errors import (
+    AdmissionClosed,
+    DeadlineExceeded,
+    PacekeeperError,
+    RequestTooLarge,
+)
+from pacekeeper.core.governor import Governor
+from pacekeeper.core.lane import Lane
+from pacekeeper.proxy._config import ProxyConfig
+from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
+from pacekeeper.transports import RECORD_EXTENSION, Transport
+
+__all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+logger = logging.getLogger("pacekeeper.proxy")
+
+REFUSED_HEADER = "x-pacekeeper-refused"
+"""On the proxy's own refusals (429, 503): ``proxy``, so the upstream is not blamed."""
+ERROR_HEADER = "x-pacekeeper-error"
+TOKEN_HEADER = "x-pacekeeper-token"  # noqa: S105 - a header name, not a secret
+"""Where clients may present the proxy's client token (also Authorization when the proxy
+holds the upstream key)."""
+
+_SENT_EXTENSION = "pacekeeper.proxy.sent"
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Also not forwarded: the host (the upstream's is set), the length (recomputed from the body
+# read), expect (answered by the server here) and the proxy's own token.
+_REQUEST_DROP = _HOP_BY_HOP | {b"host", b"content-length", b"expect", TOKEN_HEADER.encode()}
+_JSON = (b"content-type", b"application/json")
+_REFUSED = (REFUSED_HEADER.encode(), b"proxy")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_JSON_START = (b"{", b" ", b"\n")  # as the transport reads a model: the same lane
+
+
+def _error_body(message: str, error_type: str, code: str) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    ).encode()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _notes(exc: BaseException) -> str:
+    notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str)]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _transport_of(send: Send) -> Any:
+    # ASGI cannot abort a connection; under uvicorn `send` is a bound method of the request
+    # cycle, which holds the transport. Used only to cut a stream that broke midway.
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if callable(getattr(transport, "close", None)) else None
+
+
+class _SentSignal(httpx2.AsyncBaseTransport):
+    """Below the governor: tells the proxy when a request left the queue (was admitted)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        signal = request.extensions.pop(_SENT_EXTENSION, None)
+        if signal is not None:
+            signal()
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Exchange:
+    """One forwarded request's state, shared with its timer and its disconnect watcher."""
+
+    __slots__ = ("answered", "cancelled_by", "sent", "task", "timer")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.sent = False
+        self.answered = False  # the response's last byte is on its way: nothing to cancel
+        self.cancelled_by: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_sent(self) -> None:
+        self.sent = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def on_queue_timeout(self) -> None:
+        if not self.sent and self.cancelled_by is None:
+            self.cancelled_by = "queue_timeout"
+            self.task.cancel()
+
+    def on_disconnect(self) -> None:
+        if not self.answered and self.cancelled_by is None:
+            self.cancelled_by = "disconnect"
+            self.task.cancel()
+
+    def uncancel(self) -> None:
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+
+
+async def _watch(receive: Receive, exchange: _Exchange) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    exchange.on_disconnect()
+
+
+class ProxyApp:
+    """The proxy's ASGI application: forwards through ``governor`` to ``config.upstream``.
+
+    ``transport`` is what really sends (default: an httpx2 transport whose pool never
+    queues); the governor's transport goes on top of it. Call :meth:`aclose` on the serving
+    loop when done, :meth:`begin_drain` when shutting down.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        governor: Governor,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.governor = governor
+        self.counters = ProxyCounters()
+        self.draining = False
+        self._clock = clock
+        inner = transport or httpx2.AsyncHTTPTransport(
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=512)
+        )
+        self._transport = Transport(governor, transport=_SentSignal(inner))
+        self._prefix = config.upstream
+        upstream = urlsplit(config.upstream)
+        self._upstream_origin = f"{upstream.scheme}://{upstream.netloc}"
+        self._base = config.base_path.encode()
+        self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
+        self._token = config.client_token.encode() if config.client_token else None
+        self._timeout = {
+            "connect": config.connect_timeout_s,
+            "read": config.read_timeout_s,
+            "write": config.read_timeout_s,
+            "pool": None,
+        }
+        # Recent answer times per lane: the observed rate, for honest retry-after values.
+        self._answered: dict[tuple[str, str | None], deque[float]] = {}
+        self.metrics = build_metrics(governor, self.counters)
+        """The Prometheus registry behind GET /metrics (None without prometheus_client)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """Shutting down: refuse new requests (503), fail the queued ones (the governor is
+        closed: they get a 503 refusal); requests in flight go on."""
+        self.draining = True
+        self.counters.draining = True
+        self.governor.close()
+
+    async def aclose(self) -> None:
+        """Close the upstream connections and stop feeding the governor's metrics."""
+        if self.metrics is not None:
+            self.metrics.detach()
+        await self._transport.aclose()
+
+    # -- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        base = self._base
+        if method == "GET" and path == "/metrics":
+            await self._metrics(scope, send)
+        elif method == "GET" and path == "/healthz":
+            await self._healthz(send)
+        elif raw_path.startswith(base) and (
+            len(raw_path) == len(base) or raw_path[len(base)] == 0x2F  # "/"
+        ):
+            await self._forward(scope, receive, send, method, raw_path[len(base) :])
+        else:
+            await self._error(
+                send,
+                404,
+                "unknown_url",
+                f"pacekeeper proxy: {path} is not under {self.config.base_path or '/'}, where "
+                f"the upstream is served: set your client's base_url to "
+                f"http://HOST:PORT{self.config.base_path}",
+            )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the proxy's own answers ----------------------------------------------------------
+
+    async def _respond(self, send: Send, status: int, headers: Headers, body: bytes) -> None:
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.counters.responded(status)
+
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        extra: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """An error the proxy makes itself: OpenAI's shape, a code saying what happened."""
+        if status == 429:
+            error_type = "rate_limit_error"
+        elif status >= 500:
+            error_type = "server_error"
+        else:
+            error_type = "invalid_request_error"
+        headers: Headers = [_JSON, (ERROR_HEADER.encode(), code.encode()), *extra]
+        if retry_after_s is not None:
+            headers.append(_REFUSED)
+            seconds = max(1, min(3600, math.ceil(retry_after_s)))
+            headers.append((b"retry-after", str(seconds).encode()))
+            headers.append((b"retry-after-ms", str(max(1, round(retry_after_s * 1000))).encode()))
+            self.counters.refuse(code)
+        await self._respond(send, status, headers, _error_body(message, error_type, code))
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        if self.metrics is None:
+            await self._error(
+                send,
+                501,
+                "metrics_unavailable",
+                "pacekeeper proxy: /metrics needs prometheus_client: "
+                "pip install 'pacekeeper[prometheus]'",
+            )
+            return
+        accept = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1")
+        body, content_type = self.metrics.render(accept)
+        await self._respond(send, 200, [(b"content-type", content_type.encode())], body)
+
+    async def _healthz(self, send: Send) -> None:
+        lanes = self.governor.lanes
+        doc = {
+            "status": "draining" if self.draining else "ok",
+            "in_flight": sum(lane.slots.in_flight for lane in lanes),
+            "queued": sum(max(0, lane.queued) for lane in lanes),
+            "in_progress": self.counters.in_progress,
+        }
+        await self._respond(send, 503 if self.draining else 200, [_JSON], json.dumps(doc).encode())
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    def _authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        expected = self._token
+        if expected is None:
+            return True
+        presented = bearer = None
+        for name, value in headers:
+            if name == b"x-pacekeeper-token":
+                presented = value.strip()
+            elif name == b"authorization" and self._api_key is not None:
+                scheme, _, credentials = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    bearer = credentials.strip()
+        candidate = presented if presented is not None else bearer
+        # Constant time in the token's content (the length of a wrong guess may show).
+        return candidate is not None and hmac.compare_digest(candidate, expected)
+
+    def _upstream_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+        out: Headers = []
+        listed: set[bytes] = set()
+        for name, value in headers:
+            if name == b"connection":
+                listed.update(t.strip().lower() for t in value.split(b","))
+            elif name in _REQUEST_DROP or (name == b"authorization" and self._api_key):
+                continue
+            else:
+                out.append((name, value))
+        if listed - {b"close", b"keep-alive"}:
+            out = [(n, v) for n, v in out if n not in listed]
+        if self._api_key is not None:
+            out.append((b"authorization", self._api_key))
+        return out
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[bytes, int] | None:
+        """The whole body and the bytes reserved for it; None when already answered (413,
+        429) or the client left."""
+        limit = self.config.max_body_bytes
+        declared = -1
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+        if declared > limit:
+            await self._too_large(send, declared)
+            return None
+        counters = self.counters
+        reserved = max(0, declared)
+        if counters.buffered_bytes + reserved > self.config.max_buffered_bytes:
+            await self._buffer_full(send)
+            return None
+        counters.buffered_bytes += reserved
+        try:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            body: bytes = message.get("body", b"")
+            if message.get("more_body", False):
+                parts = [body]
+                size = len(body)
+                while message.get("more_body", False):
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    part = message.get("body", b"")
+                    size += len(part)
+                    if size > limit:
+                        raise _TooLarge(size)
+                    parts.append(part)
+                body = b"".join(parts)
+            if len(body) > limit:
+                raise _TooLarge(len(body))
+            extra = len(body) - reserved
+            if extra > 0:
+                if counters.buffered_bytes + extra > self.config.max_buffered_bytes:
+                    raise _BufferFull
+                counters.buffered_bytes += extra
+                reserved += extra
+        except _ClientGone:
+            counters.buffered_bytes -= reserved
+            return None
+        except _TooLarge as exc:
+            counters.buffered_bytes -= reserved
+            await self._too_large(send, exc.size)
+            return None
+        except _BufferFull:
+            counters.buffered_bytes -= reserved
+            await self._buffer_full(send)
+            return None
+        except BaseException:
+            counters.buffered_bytes -= reserved
+            raise
+        return body, reserved
+
+    async def _too_large(self, send: Send, size: int) -> None:
+        limit = self.config.max_body_bytes
+        self.counters.refuse("request_too_large")
+        await self._error(
+            send,
+            413,
+            "request_too_large",
+            f"pacekeeper proxy: the request body has {size if size >= 0 else 'more than'} "
+            f"bytes, more than the {limit} bytes this proxy accepts (--max-body-mb)",
+            extra=[(b"connection", b"close")],
+        )
+
+    async def _buffer_full(self, send: Send) -> None:
+        await self._error(
+            send,
+            429,
+            "proxy_buffer_full",
+            "pacekeeper proxy: the request bodies held by this proxy already reach its limit "
+            "(--max-buffered-mb); retry shortly",
+            retry_after_s=1.0,
+        )
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, method: str, rest: bytes
+    ) -> None:
+        if self.draining:
+            await self._error(
+                send,
+                503,
+                "proxy_shutting_down",
+                "pacekeeper proxy: shutting down; this request was not sent",
+                retry_after_s=1.0,
+            )
+            return
+        headers = scope["headers"]
+        if not self._authorized(headers):
+            self.counters.refuse("invalid_proxy_token")
+            await self._error(
+                send,
+                401,
+                "invalid_proxy_token",
+                "pacekeeper proxy: missing or wrong client token: send it as "
+                f"'{TOKEN_HEADER}: TOKEN'"
+                + (" or as the API key (Authorization: Bearer TOKEN)" if self._api_key else ""),
+                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"')],
+            )
+            return
+        if b"/." in rest and any(segment in (".", "..") for segment in scope["path"].split("/")):
+            self.counters.refuse("invalid_path")
+            await self._error(
+                send,
+                400,
+                "invalid_path",
+                "pacekeeper proxy: '.' and '..' path segments are refused",
+            )
+            return
+        read = await self._read_body(scope, receive, send)
+        if read is None:
+            return
+        body, reserved = read
+        try:
+            await self._forward_body(scope, receive, send, method=method, rest=rest, body=body)
+        finally:
+            self.counters.buffered_bytes -= reserved
+
+    async def _forward_body(
+        self, scope: Scope, receive: Receive, send: Send, *, method: str, rest: bytes, body: bytes
+    ) -> None:
+        content_type = b""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+        model: str | None = None
+        declared_json = b"json" in content_type
+        if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
+            try:
+                doc = json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                if declared_json and method in _BODY_METHODS:
+                    self.counters.refuse("invalid_json")
+                    await self._error(
+                        send,
+                        400,
+                        "invalid_json",
+                        f"pacekeeper proxy: the request body is not valid JSON ({_describe(exc)})",
+                    )
+                    return
+                doc = None
+            if method == "POST" and isinstance(doc, dict) and body[:1] in _JSON_START:
+                name = doc.get("model")
+                model = name if isinstance(name, str) else None
+
+        query: bytes = scope.get("query_string", b"")
+        url = self._prefix + rest.decode("latin-1")
+        if query:
+            url += "?" + query.decode("latin-1")
+        task = asyncio.current_task()
+        assert task is not None
+        exchange = _Exchange(task)
+        try:
+            request = httpx2.Request(
+                method,
+                url,
+                headers=self._upstream_headers(scope["headers"]),
+                content=body,
+                extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
+            )
+        except (httpx2.InvalidURL, ValueError) as exc:
+            self.counters.refuse("invalid_url")
+            await self._error(
+                send, 400, "invalid_url", f"pacekeeper proxy: bad request URL ({_describe(exc)})"
+            )
+            return
+        lane = self.governor.lane(request.url.path, model)
+        refusal = self._refusal(lane)
+        if refusal is not None:
+            code, message, retry_after_s = refusal
+            await self._error(send, 429, code, message, retry_after_s=retry_after_s)
+            return
+
+        counters = self.counters
+        counters.in_progress += 1
+        loop = asyncio.get_running_loop()
+        exchange.timer = loop.call_later(self.config.queue_timeout_s, exchange.on_queue_timeout)
+        watcher = loop.create_task(_watch(receive, exchange))
+        try:
+            await self._exchange(send, request, lane, exchange)
+        finally:
+            counters.in_progress -= 1
+            exchange.timer.cancel()
+            watcher.cancel()
+
+    def _refusal(self, lane: Lane) -> tuple[str, str, float] | None:
+        """Refuse now when the lane's queue is full, or its known wait passes the deadline."""
+        queued = lane.queued
+        config = self.config
+        if queued >= config.max_queue:
+            return (
+                "proxy_queue_full",
+                f"pacekeeper proxy: {queued} requests already wait for "
+                f"{lane.key[0]} model={lane.key[1]} (the limit is {config.max_queue}, "
+                "--max-queue); retry after the time given in retry-after",
+                self._drain_time(lane, queued),
+            )
+        paced = lane.rpm
+        if paced is not None and queued:
+            rate = paced * lane.limits.utilisation / 60.0
+            cooldown = lane.cooldown.remaining_s(now=self.governor.clock())
+            wait = cooldown + (queued + 1) / rate
+            if wait > config.queue_timeout_s:
+                return (
+                    "proxy_queue_timeout",
+                    f"pacekeeper proxy: {queued} requests wait for {lane.key[0]} "
+                    f"model={lane.key[1]}, about {wait:.0f}s at the {paced:g} requests per "
+                    f"minute limit, longer than this proxy waits ({config.queue_timeout_s:g}s, "
+                    "--queue-timeout)",
+                    wait - config.queue_timeout_s,
+                )
+        return None
+
+    def _drain_time(self, lane: Lane, queued: int) -> float:
+        """Seconds for ``queued`` requests to leave the lane at its observed (or paced) rate."""
+        now = self._clock()
+        wait = lane.cooldown.remaining_s(now=self.governor.clock())
+        rates = []
+        if lane.rpm is not None:
+            rates.append(lane.rpm * lane.limits.utilisation / 60.0)
+        times = self._answered.get(lane.key)
+        if times is not None and len(times) >= 2 and now - times[0] < 60.0:
+            span = times[-1] - times[0]
+            if span > 0:
+                rates.append((len(times) - 1) / span)
+        if rates:
+            return wait + queued / min(rates)
+        return wait + 1.0
+
+    async def _exchange(
+        self, send: Send, request: httpx2.Request, lane: Lane, exchange: _Exchange
+    ) -> None:
+        started = self._clock()
+        try:
+            response = await self._transport.handle_async_request(request)
+        except asyncio.CancelledError:
+            if exchange.cancelled_by is None:
+                if self.draining:
+                    exchange.uncancel()
+                    await self._error(
+                        send,
+                        503,
+                        "proxy_shutting_down",
+                        "pacekeeper proxy: shut down before this request could be answered",
+                        retry_after_s=1.0,
+                    )
+                    return
+                raise
+            exchange.uncancel()
+            if exchange.cancelled_by == "queue_timeout":
+                await self._queue_timeout(send, lane)
+            else:
+                self.counters.disconnected += 1
+            return
+        except DeadlineExceeded as exc:
+            await self._error(
+                send,
+                429,
+                "proxy_queue_timeout",
+                f"pacekeeper proxy: {exc}",
+                retry_after_s=self._drain_time(lane, max(1, lane.queued)),
+            )
+            return
+        except AdmissionClosed:
+            await self._error(
+                send,
+                503,
+                "proxy_shutting_down",
+                "pacekeeper proxy: shutting down; this request was not sent",
+                retry_after_s=1.0,
+            )
+            return
+        except RequestTooLarge as exc:
+            self.counters.refuse("tokens_exceed_limit")
+            await self._error(send, 413, "tokens_exceed_limit", f"pacekeeper proxy: {exc}")
+            return
+        except httpx2.TimeoutException as exc:
+            self.counters.upstream_error("timeout")
+            await self._error(
+                send,
+                504,
+                "upstream_timeout",
+                f"pacekeeper proxy: the upstream {self._upstream_origin} did not answer in time: "
+                f"{_describe(exc)}{_notes(exc)}",
+            )
+            return
+        except httpx2.TransportError as exc:
+            self.counters.upstream_error("unreachable")
+            await self._error(
+                send,
+                502,
+                "upstream_unreachable",
+                f"pacekeeper proxy: could not get an answer from the upstream "
+                f"{self._upstream_origin}: {_describe(exc)}{_notes(exc)}",
+            )
+            return
+        except PacekeeperError as exc:
+            await self._error(send, 502, "proxy_error", f"pacekeeper proxy: {exc}")
+            return
+        await self._relay(send, response, lane, exchange, started=started, method=request.method)
+
+    async def _queue_timeout(self, send: Send, lane: Lane) -> None:
+        queued = max(1, lane.queued)
+        await self._error(
+            send,
+            429,
+            "proxy_queue_timeout",
+            f"pacekeeper proxy: not sent after waiting {self.config.queue_timeout_s:g}s for "
+            f"{lane.key[0]} model={lane.key[1]} (--queue-timeout); {queued} requests wait",
+            retry_after_s=self._drain_time(lane, queued),
+        )
+
+    async def _relay(
+        self,
+        send: Send,
+        response: httpx2.Response,
+        lane: Lane,
+        exchange: _Exchange,
+        *,
+        started: float,
+        method: str,
+    ) -> None:
+        """Pass the answer on as it comes; close it (freeing its slot) whatever happens."""
+        status = response.status_code
+        headers: Headers = []
+        listed: set[bytes] = set()
+        for name, value in response.headers.raw:
+            lower = name.lower()
+            if lower == b"connection":
+                listed.update(t.strip().lower() for t in value.split(b","))
+            elif lower not in _HOP_BY_HOP:
+                headers.append((lower, value))
+        if listed - {b"close", b"keep-alive"}:
+            headers = [(n, v) for n, v in headers if n not in listed]
+        stream = response.stream
+        sent_bytes = 0
+        try:
+            if isinstance(stream, httpx2.ByteStream):  # already read whole by the governor
+                body = b"".join([chunk async for chunk in stream])
+                exchange.answered = True
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            else:
+                assert isinstance(stream, httpx2.AsyncByteStream)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                async for chunk in stream:
+                    if chunk:
+                        sent_bytes += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                exchange.answered = True
+                await send({"type": "http.response.body", "body": b""})
+        except asyncio.CancelledError:
+            if exchange.cancelled_by is None and not self.draining:
+                raise
+            exchange.uncancel()
+            if exchange.cancelled_by is None:  # the drain deadline passed
+                logger.warning(
+                    "%s model=%s: answer cut at the drain deadline after %d bytes",
+                    lane.key[0],
+                    lane.key[1],
+                    sent_bytes,
+                )
+                self.counters.upstream_error("cut_at_drain_deadline")
+                self._abort(send)
+            else:
+                self.counters.disconnected += 1
+            return
+        except Exception as exc:
+            # The upstream broke off after the answer began: the status is gone, so the
+            # client's connection is cut to show it an incomplete answer, never a clean end.
+            self.counters.upstream_error("broken_stream")
+            logger.warning(
+                "%s model=%s: the upstream's answer broke off after %d bytes (%s); "
+                "the client's connection was closed",
+                lane.key[0],
+                lane.key[1],
+                sent_bytes,
+                type(exc).__name__,
+            )
+            self._abort(send)
+            return
+        finally:
+            await response.aclose()
+        self.counters.responded(status)
+        now = self._clock()
+        times = self._answered.get(lane.key)
+        if times is None:
+            times = self._answered[lane.key] = deque(maxlen=64)
+        times.append(now)
+        if logger.isEnabledFor(logging.INFO):
+            record = response.extensions.get(RECORD_EXTENSION)
+            attempts = getattr(record, "attempts", None)
+            queued_s = getattr(record, "queued_s", None)
+            logger.info(
+                "%s %s -> %d model=%s attempts=%s queued=%s total=%.3fs",
+                method,
+                lane.key[0],
+                status,
+                lane.key[1],
+                attempts if attempts is not None else "-",
+                f"{queued_s:.3f}s" if queued_s is not None else "-",
+                now - started,
+            )
+
+    def _abort(self, send: Send) -> None:
+        transport = _transport_of(send)
+        if transport is not None:
+            transport.close()
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _BufferFull(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size

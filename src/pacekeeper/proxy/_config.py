@@ -1,0 +1,109 @@
+"""What the proxy is told: where the upstream is, how it is reached, its bounds."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pacekeeper.core.errors import ConfigurationError
+
+__all__ = ["DEFAULT_PORT", "ProxyConfig", "is_loopback"]
+
+DEFAULT_PORT = 8787
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("localhost")
+    (True, True, True)
+    >>> is_loopback("0.0.0.0"), is_loopback("192.168.1.5"), is_loopback("example.com")
+    (False, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    """The proxy's settings (the limits and retries are the :class:`~pacekeeper.Governor`'s).
+
+    Secrets are held as values here (the CLI reads them from the environment); they are left
+    out of ``repr`` and never logged.
+
+    >>> ProxyConfig(upstream="https://api.example.com/v1/", api_key="sk-secret")
+    ... # doctest: +ELLIPSIS
+    ProxyConfig(upstream='https://api.example.com/v1', host='127.0.0.1', port=8787, ...)
+    """
+
+    upstream: str
+    """The upstream's base URL, e.g. ``https://api.openai.com/v1``: ``{base_path}/X`` is
+    forwarded to ``{upstream}/X``."""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    base_path: str = "/v1"
+    """The path the proxy serves the upstream's base URL under (clients set their base_url to
+    ``http://HOST:PORT{base_path}``); ``"/"`` forwards every path."""
+    api_key: str | None = field(default=None, repr=False)
+    """When set, the proxy holds the upstream's key: it replaces the client's Authorization."""
+    client_token: str | None = field(default=None, repr=False)
+    """When set, clients must present it (``Authorization: Bearer`` when the proxy holds the
+    key, or ``x-pacekeeper-token``), compared in constant time."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Larger request bodies get a 413 (OpenAI accepts about 20-30 MB with base64 images)."""
+    max_buffered_bytes: int = 512 * 1024 * 1024
+    """Bodies held at once over all requests (waiting or in flight); beyond, a 429."""
+    max_queue: int = 1000
+    """Requests waiting for admission per (route, model) lane; beyond, a 429 at once."""
+    queue_timeout_s: float = 30.0
+    """The longest a request waits for admission; then a 429 from the proxy."""
+    drain_timeout_s: float = 30.0
+    """On shutdown, how long requests in flight get to finish before they are cut."""
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float | None = 600.0
+    """Upstream read timeout per attempt (for streams: between chunks); None: no limit."""
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.upstream)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(
+                f"upstream must be an http(s) URL such as https://api.openai.com/v1, "
+                f"got {self.upstream!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigurationError(
+                f"upstream must not have a query or fragment: {self.upstream!r}"
+            )
+        object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+        base = self.base_path
+        if not base.startswith("/"):
+            raise ConfigurationError(f"base_path must start with '/', got {base!r}")
+        object.__setattr__(self, "base_path", base.rstrip("/"))
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_body_bytes", "max_buffered_bytes", "max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigurationError("max_buffered_bytes must be at least max_body_bytes")
+        for name in ("queue_timeout_s", "drain_timeout_s", "connect_timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if value is None and name == "read_timeout_s":
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        for name in ("api_key", "client_token"):
+            value = getattr(self, name)
+            if value is not None and (not value.strip() or "\n" in value or "\r" in value):
+                raise ConfigurationError(f"{name} must be a non-empty single line")
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)
