@@ -45,6 +45,7 @@ from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
 
 if TYPE_CHECKING:
+    from pacekeeper.core.backend import Backend
     from pacekeeper.core.stats import StatsSnapshot
     from pacekeeper.core.tokens import TokenEstimate
 
@@ -91,12 +92,14 @@ class Governor:
         wall_clock: Callable[[], float] = time.time,
         seed: int | None = None,
         stream_idle_timeout_s: float = 60.0,
+        backend: Backend | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.models: dict[str, Limits] = dict(models or {})
         self.retry = retry or RetryPolicy()
         self.hooks: list[RecordHook] = list(hooks)
         self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.backend = backend
         self.clock = clock
         self.wall_clock = wall_clock
         self._rng = random.Random(seed)
@@ -120,7 +123,8 @@ class Governor:
             with self._lanes_lock:
                 lane = self._lanes.get(key)
                 if lane is None:
-                    lane = Lane(
+                    make = self.backend.make_lane if self.backend is not None else Lane
+                    lane = make(
                         key, limits=self.limits_for(model), retry=self.retry, clock=self.clock
                     )
                     if self._concurrency_ceiling is not None:

@@ -110,12 +110,29 @@ class Permit:
     so a ``finally`` can always release without double-counting.
     """
 
-    __slots__ = ("_lane", "in_flight_at_send", "queued_s", "released", "sent_at", "tokens")
+    __slots__ = (
+        "_lane",
+        "in_flight_at_send",
+        "lease",
+        "queued_s",
+        "released",
+        "sent_at",
+        "tokens",
+    )
 
     def __init__(
-        self, lane: Lane, *, sent_at: float, in_flight_at_send: int, tokens: int, queued_s: float
+        self,
+        lane: Lane,
+        *,
+        sent_at: float,
+        in_flight_at_send: int,
+        tokens: int,
+        queued_s: float,
+        lease: object = None,
     ) -> None:
         self._lane = lane
+        self.lease = lease
+        """A shared backend's handle on the slot (None for local slots)."""
         self.sent_at = sent_at
         self.in_flight_at_send = in_flight_at_send
         self.tokens = tokens
@@ -153,6 +170,7 @@ class Lane:
         "key",
         "learned_rpm",
         "learned_tpm",
+        "local_share",
         "prompt_scale",
         "requests",
         "slots",
@@ -183,6 +201,9 @@ class Lane:
         self.learned_rpm: float | None = None
         self.learned_tpm: float | None = None
         self.prompt_scale = 1.0
+        self.local_share = 1.0
+        """The share of the limits this process may use on its own (a shared backend that
+        lost its store gives each of N live processes 1/N)."""
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
             AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
@@ -211,7 +232,7 @@ class Lane:
         return _lower(self._configured.tpm, self.learned_tpm)
 
     def _apply_rates(self, *, now: float) -> None:
-        share = self._configured.utilisation
+        share = self._configured.utilisation * self.local_share
         burst_s = self._configured.burst_s
         rpm, tpm = self.rpm, self.tpm
         if rpm is not None:

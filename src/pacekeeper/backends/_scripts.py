@@ -1,0 +1,193 @@
+"""The Lua scripts that make shared admission atomic in Redis.
+
+Every decision is taken inside Redis, on the Redis server's clock (``TIME``), in one script
+call: clients whose clocks disagree cannot disagree about the limits, and no read-modify-write
+can lose an update under contention. Floats cross the Lua boundary as strings, because Redis
+truncates Lua numbers to integers.
+
+Per lane there are two keys: a hash (cooldown, GCRA times, learned limits, the adaptive
+window, the retry budget) and a sorted set of slot leases scored by their expiry time.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ADMIT", "BUDGET", "GATE", "HEARTBEAT", "LEARN", "RELEASE", "RENEW"]
+
+_PRELUDE = """
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil then return default end
+  return n
+end
+local function fmt(x) return string.format('%.6f', x) end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function effective(configured, learned)
+  if configured > 0 and learned > 0 then return math.min(configured, learned) end
+  if configured > 0 then return configured end
+  return learned
+end
+"""
+
+ADMIT = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry)
+-- ARGV: tokens, cfg_rpm, cfg_tpm, burst_s, utilisation, fixed_limit (0: adaptive),
+--       initial, min, max, lease_id, lease_ttl_s, key_ttl_s
+-- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now}
+local tokens = num(ARGV[1], 0)
+local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
+local fixed, initial = num(ARGV[6], 0), num(ARGV[7], 4)
+local lo, hi = num(ARGV[8], 1), num(ARGV[9], 512)
+local now = clock()
+local h = redis.call('HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw')
+local rpm = effective(num(ARGV[2], 0), num(h[4], 0))
+local tpm = effective(num(ARGV[3], 0), num(h[5], 0))
+local wait = 0
+local cd = num(h[1], 0)
+if cd > now then wait = cd - now end
+local tr = math.max(num(h[2], 0), now)
+local tt = math.max(num(h[3], 0), now)
+local rint, tint = 0, 0
+if rpm > 0 then
+  local rate = rpm * util / 60
+  rint = 1 / rate
+  local burst = math.max(1, rate * burst_s)
+  local ready = tr + (1 - burst) * rint
+  if ready - now > wait then wait = ready - now end
+end
+if tpm > 0 and tokens > 0 then
+  local rate = tpm * util / 60
+  tint = 1 / rate
+  local burst = math.max(1, rate * burst_s)
+  local ready
+  if tokens > burst then ready = tt else ready = tt + (tokens - burst) * tint end
+  if ready - now > wait then wait = ready - now end
+end
+local limit
+if fixed > 0 then
+  limit = fixed
+else
+  limit = math.max(lo, math.min(hi, math.floor(num(h[6], initial))))
+end
+if wait > 0 then return {0, fmt(wait), '0', tostring(limit), fmt(now)} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+local in_flight = redis.call('ZCARD', KEYS[2])
+if in_flight >= limit then return {0, '-1', tostring(in_flight), tostring(limit), fmt(now)} end
+if rint > 0 then redis.call('HSET', KEYS[1], 'tr', fmt(tr + rint)) end
+if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
+redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
+local key_ttl = math.floor(num(ARGV[12], 3600))
+redis.call('EXPIRE', KEYS[1], key_ttl)
+redis.call('EXPIRE', KEYS[2], key_ttl)
+return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now)}
+"""
+)
+
+RELEASE = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash, KEYS[2] slot leases
+-- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure), sent_at (server time),
+--       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
+--       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation
+local removed = redis.call('ZREM', KEYS[2], ARGV[1])
+local now = clock()
+local signal = num(ARGV[2], 0)
+if num(ARGV[5], 0) == 0 and signal > 0 then
+  local initial, lo, hi = num(ARGV[6], 4), num(ARGV[7], 1), num(ARGV[8], 512)
+  local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld')
+  local cw, ss, ld = num(h[1], initial), num(h[2], 1e18), num(h[3], 0)
+  if signal == 2 then
+    -- at most once per round trip: answers to requests sent before the last cut don't cut
+    if num(ARGV[3], 0) >= ld then
+      cw = math.max(lo, cw * num(ARGV[9], 0.7))
+      redis.call('HSET', KEYS[1], 'cw', fmt(cw), 'ss', fmt(cw), 'ld', fmt(now))
+    end
+  else
+    local limit = math.max(lo, math.floor(cw))
+    if num(ARGV[4], 0) >= num(ARGV[10], 0.8) * limit then
+      if cw < ss then cw = cw + 1 else cw = cw + 1 / cw end
+      redis.call('HSET', KEYS[1], 'cw', fmt(math.min(hi, cw)))
+    end
+  end
+end
+local delta = num(ARGV[11], 0)
+if delta ~= 0 then
+  local tpm = effective(num(ARGV[12], 0), num(redis.call('HGET', KEYS[1], 'lt'), 0))
+  if tpm > 0 then
+    local tint = 60 / (tpm * num(ARGV[13], 1))
+    local tt = math.max(num(redis.call('HGET', KEYS[1], 'tt'), 0), now) + delta * tint
+    if tt < now then tt = now end
+    redis.call('HSET', KEYS[1], 'tt', fmt(tt))
+  end
+end
+return removed
+"""
+)
+
+GATE = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash; ARGV: wait_s, key_ttl_s. Never shortens a longer cooldown.
+local now = clock()
+local until_ = now + num(ARGV[1], 0)
+if until_ > num(redis.call('HGET', KEYS[1], 'cd'), 0) then
+  redis.call('HSET', KEYS[1], 'cd', fmt(until_))
+end
+redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[2], 3600)))
+return fmt(until_)
+"""
+)
+
+LEARN = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash; ARGV: learned rpm (0: unknown), learned tpm, key_ttl_s
+if num(ARGV[1], 0) > 0 then redis.call('HSET', KEYS[1], 'lr', ARGV[1]) end
+if num(ARGV[2], 0) > 0 then redis.call('HSET', KEYS[1], 'lt', ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[3], 3600)))
+return 1
+"""
+)
+
+RENEW = (
+    _PRELUDE
+    + """
+-- KEYS[1] slot leases; ARGV: lease_ttl_s, lease ids... Only leases still present are renewed
+-- (XX): a lease that expired meanwhile was given back and must not come back to life.
+local expiry = fmt(clock() + num(ARGV[1], 15))
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
+end
+return renewed
+"""
+)
+
+BUDGET = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash; ARGV: delta (deposits x ratio - retries spent), initial, maximum, key_ttl
+local balance = num(redis.call('HGET', KEYS[1], 'rb'), num(ARGV[2], 10)) + num(ARGV[1], 0)
+balance = math.max(0, math.min(num(ARGV[3], 100), balance))
+redis.call('HSET', KEYS[1], 'rb', fmt(balance))
+redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[4], 3600)))
+return fmt(balance)
+"""
+)
+
+HEARTBEAT = (
+    _PRELUDE
+    + """
+-- KEYS[1] live processes (zset: process id -> expiry); ARGV: process id, ttl_s
+local now = clock()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
+redis.call('ZADD', KEYS[1], fmt(now + num(ARGV[2], 5)), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[2], 5)) + 1)
+return redis.call('ZCARD', KEYS[1])
+"""
+)

@@ -1,0 +1,31 @@
+"""Where a governor's state lives: the seam between the core and the backends.
+
+The core's :class:`~pacekeeper.core.lane.Lane` keeps everything in this process (the default).
+A backend that shares limits across processes (``pacekeeper.backends.RedisBackend``) supplies
+lanes of its own, subclasses of ``Lane`` that admit through the shared store and fall back to
+the local machinery when it is unreachable. The core never imports a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pacekeeper.core.config import Limits, RetryPolicy
+    from pacekeeper.core.lane import Lane, LaneKey
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """Makes the lanes of a :class:`~pacekeeper.Governor`."""
+
+    def make_lane(
+        self,
+        key: LaneKey,
+        *,
+        limits: Limits,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+    ) -> Lane: ...

@@ -1,0 +1,370 @@
+"""Shared limits through a real redis-server: correctness under contention, across processes,
+and through a Redis outage. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pacekeeper
+from pacekeeper import Governor, Limits, RetryPolicy
+from pacekeeper.backends import RedisBackend, SharedLane
+from pacekeeper.core.concurrency import Signal
+from pacekeeper.core.lane import QueueTimeout
+from pacekeeper.sim import Latency, ModelLimits, Scenario, Simulator
+
+from .redis_server import RedisServer
+
+CHAT = "/v1/chat/completions"
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def shared_gov(server: RedisServer, namespace: str, **kwargs: object) -> Governor:
+    backend = RedisBackend(server.url, namespace=namespace, lease_ttl_s=2.0, heartbeat_s=0.3)
+    return Governor(backend=backend, **kwargs)  # type: ignore[arg-type]
+
+
+def close(*govs: Governor) -> None:
+    for gov in govs:
+        if isinstance(gov.backend, RedisBackend):
+            gov.backend.close()
+
+
+async def test_two_governors_share_one_request_rate(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Two 'processes' (governors) pacing to 600 rpm together, not 600 each."""
+    a = shared_gov(redis_server, namespace, limits=Limits(rpm=600, burst_s=0.1))
+    b = shared_gov(redis_server, namespace, limits=Limits(rpm=600, burst_s=0.1))
+    sent_at: list[float] = []
+
+    async def one(gov: Governor) -> None:
+        permit = await gov.lane(CHAT, "m").acquire(0)
+        sent_at.append(permit.sent_at)  # the Redis server's clock
+        permit.release(Signal.SUCCESS)
+
+    await asyncio.gather(*(one(a if i % 2 else b) for i in range(31)))
+    close(a, b)
+    elapsed = max(sent_at) - min(sent_at)
+    assert 60 * 30 / elapsed == pytest.approx(600, rel=0.05)
+
+
+@given(
+    rpm=st.sampled_from([600, 1200, 3000]),
+    burst_s=st.sampled_from([0.05, 0.2, 0.5]),
+    tasks=st.integers(5, 40),
+)
+@settings(max_examples=8, deadline=None)
+def test_admissions_never_exceed_burst_plus_rate_under_concurrent_callers(
+    redis_server: RedisServer, rpm: int, burst_s: float, tasks: int
+) -> None:
+    namespace = f"prop-{rpm}-{burst_s}-{tasks}-{time.monotonic_ns()}"
+
+    async def main() -> list[float]:
+        govs = [
+            shared_gov(redis_server, namespace, limits=Limits(rpm=rpm, burst_s=burst_s))
+            for _ in range(3)
+        ]
+        times: list[float] = []
+
+        async def one(i: int) -> None:
+            permit = await govs[i % 3].lane(CHAT, "m").acquire(0)
+            times.append(permit.sent_at)
+            permit.release(Signal.SUCCESS)
+
+        await asyncio.gather(*(one(i) for i in range(tasks)))
+        close(*govs)
+        return sorted(times)
+
+    times = asyncio.run(main())
+    rate = rpm / 60
+    burst = max(1.0, rate * burst_s)
+    start = times[0]
+    for n, t in enumerate(
+        times, start=1
+    ):  # GCRA: n admissions by t need t - start >= (n - burst)/rate
+        assert n <= burst + rate * (t - start) + 1e-3
+
+
+async def test_the_concurrency_limit_holds_across_processes(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    govs = [shared_gov(redis_server, namespace, limits=Limits(concurrency=3)) for _ in range(3)]
+    in_flight = peak = 0
+
+    async def one(i: int) -> None:
+        nonlocal in_flight, peak
+        permit = await govs[i % 3].lane(CHAT, "m").acquire(0)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        permit.release(Signal.SUCCESS)
+
+    await asyncio.gather(*(one(i) for i in range(30)))
+    close(*govs)
+    assert peak == 3
+
+
+async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace: str) -> None:
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    a.lane(CHAT, "m").close_gate(1.0)
+    await asyncio.sleep(0.2)  # the maintenance thread writes the gate
+    started = time.monotonic()
+    permit = await b.lane(CHAT, "m").acquire(0)
+    permit.release()
+    assert time.monotonic() - started >= 0.6
+    close(a, b)
+
+
+async def test_learned_limits_are_shared(redis_server: RedisServer, namespace: str) -> None:
+    from pacekeeper.core.headers import RateLimitSnapshot
+
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    a.lane(CHAT, "m").learn(RateLimitSnapshot(limit_requests=120))  # 2/s
+    await asyncio.sleep(0.2)
+    lane = b.lane(CHAT, "m")  # never saw a header
+    times = []
+    for _ in range(4):
+        permit = await lane.acquire(0)
+        times.append(permit.sent_at)
+        permit.release()
+    assert times[-1] - times[0] >= 1.0  # paced at 2/s with a burst of 1
+    close(a, b)
+
+
+async def test_tokens_are_charged_at_admission_not_after_success(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    a = shared_gov(redis_server, namespace, limits=Limits(tpm=60_000, burst_s=0.5))  # 1000/s
+    b = shared_gov(redis_server, namespace, limits=Limits(tpm=60_000, burst_s=0.5))
+    held = [await (a if i % 2 else b).lane(CHAT, "m").acquire(250) for i in range(2)]
+    # 500 tokens in flight, none finished: a third 250-token request must wait for the bucket
+    started = time.monotonic()
+    third = await a.lane(CHAT, "m").acquire(250)
+    assert time.monotonic() - started >= 0.2
+    for permit in [*held, third]:
+        permit.release()
+    close(a, b)
+
+
+async def test_a_request_rejected_locally_spends_no_quota(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    gov = shared_gov(redis_server, namespace, limits=Limits(rpm=60, burst_s=1.0))
+    lane = gov.lane(CHAT, "m")
+    first = await lane.acquire(0)
+    first.release()
+    client = redis_server.client()
+    before = client.hget(f"{namespace}:lane:{CHAT}|m", "tr")
+    with pytest.raises(QueueTimeout):
+        await lane.acquire(0, deadline=time.monotonic() + 0.1)  # would wait ~1 s
+    assert client.hget(f"{namespace}:lane:{CHAT}|m", "tr") == before
+    close(gov)
+
+
+async def test_a_cancelled_task_gives_its_shared_slot_back_at_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with Simulator(Scenario(latency=Latency(ttft_s=5))) as sim:
+        gov = shared_gov(redis_server, namespace, limits=Limits(concurrency=1))
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), gov)
+        task = asyncio.create_task(
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        other = shared_gov(redis_server, namespace, limits=Limits(concurrency=1))
+        permit = await asyncio.wait_for(other.lane(CHAT, "m").acquire(0), timeout=1.0)
+        permit.release()
+        close(gov, other)
+
+
+def test_slots_of_a_killed_process_come_back_within_the_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            str(WORKER),
+            "hold",
+            "--redis",
+            redis_server.url,
+            "--namespace",
+            namespace,
+            "--slots",
+            "2",
+            "--lease-ttl",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().startswith("holding")
+        gov = shared_gov(redis_server, namespace, limits=Limits(concurrency=2))
+
+        async def probe() -> None:
+            with pytest.raises(QueueTimeout):  # both slots are held and renewed
+                await gov.lane(CHAT, "m").acquire(0, deadline=time.monotonic() + 2.5)
+
+        asyncio.run(probe())
+        holder.kill()  # kill -9: no release, no goodbye
+        holder.wait()
+        killed_at = time.monotonic()
+
+        async def reacquire() -> float:
+            lane = gov.lane(CHAT, "m")
+            permits = [await lane.acquire(0) for _ in range(2)]
+            waited = time.monotonic() - killed_at
+            for p in permits:
+                p.release()
+            return waited
+
+        waited = asyncio.run(reacquire())
+        assert waited <= 2.0 + 0.5
+        close(gov)
+    finally:
+        holder.kill()
+
+
+@pytest.mark.slow
+def test_four_processes_share_one_simulator_limit(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    rpm, per_process = 2400, 100  # 40/s for all four together: 400 requests take ~10 s
+    with Simulator(
+        Scenario(models={"m": ModelLimits(rpm=rpm)}, latency=Latency(ttft_s=0.05))
+    ) as sim:
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(WORKER),
+                    "send",
+                    "--redis",
+                    redis_server.url,
+                    "--namespace",
+                    namespace,
+                    "--base-url",
+                    sim.base_url,
+                    "--count",
+                    str(per_process),
+                    "--tag",
+                    f"p{k}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(4)
+        ]
+        for w in workers:
+            assert w.stdout is not None
+            assert w.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        results = []
+        for w in workers:
+            out, _ = w.communicate(timeout=60)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        elapsed = time.monotonic() - started
+        stats = sim.stats()
+    total = 4 * per_process
+    assert sum(r["ok"] for r in results) == total
+    assert stats["duplicates"] == {}
+    throttled = stats["by_status"].get("429", 0)
+    assert throttled <= 0.01 * total
+    # the aggregate accepted rate, all processes together, between the 10th and the 90th
+    # percentile of send times (so that the start-up burst does not count), within 5%
+    times = sorted(t for r in results for t in r["sent_at"])
+    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+    achieved_rpm = 60 * (len(times) * 8 // 10) / (high - low)
+    assert elapsed < 30
+    assert achieved_rpm == pytest.approx(rpm, rel=0.05)
+
+
+async def test_a_redis_outage_mid_run_loses_nothing(
+    own_redis: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Simulator(
+        Scenario(models={"m": ModelLimits(rpm=6000)}, latency=Latency(ttft_s=0.02))
+    ) as sim:
+        backend = RedisBackend(
+            own_redis.url, namespace=namespace, heartbeat_s=0.2, socket_timeout_s=0.3
+        )
+        gov = Governor(backend=backend, limits=Limits(rpm=3000), retry=RetryPolicy(max_attempts=3))
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), gov)
+
+        async def one(i: int) -> None:
+            await client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": f"outage {i}"}],
+                extra_headers={"x-client-request-id": f"o-{i}"},
+            )
+
+        with caplog.at_level(logging.WARNING, logger="pacekeeper.redis"):
+            run = asyncio.gather(*(one(i) for i in range(300)))
+            await asyncio.sleep(1.0)
+            own_redis.stop()
+            await asyncio.sleep(1.5)
+            lane = gov.lane(CHAT, "m")
+            assert isinstance(lane, SharedLane)
+            assert lane.fallback
+            own_redis.start()
+            await run
+            await asyncio.sleep(0.6)  # a heartbeat notices the return
+            assert backend.healthy
+        stats = sim.stats()
+        backend.close()
+    assert stats["by_status"].get("200") == 300
+    assert stats["duplicates"] == {}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in warnings) == 1  # one warning, not one per request
+    assert any("restored" in m for m in warnings)
+
+
+async def test_keys_are_namespaced_expire_and_hold_no_secrets(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    secret = "sk-THE-SECRET-KEY-123"
+    with Simulator(Scenario()) as sim:
+        gov = shared_gov(redis_server, namespace)
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key=secret), gov)
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "PROMPT-TEXT-XYZ"}]
+        )
+        await asyncio.sleep(0.5)
+        close(gov)
+    redis = redis_server.client()
+    keys = [k.decode() if isinstance(k, bytes) else k for k in redis.keys(f"{namespace}*")]
+    assert keys
+    assert all(k.startswith(f"{namespace}:") for k in keys)
+    for key in keys:
+        assert redis.ttl(key) > 0
+        kind_raw = redis.type(key)
+        kind = kind_raw.decode() if isinstance(kind_raw, bytes) else kind_raw
+        dump = (
+            repr(redis.hgetall(key))
+            if kind == "hash"
+            else repr(redis.zrange(key, 0, -1, withscores=True))
+        )
+        assert secret not in dump
+        assert "PROMPT-TEXT" not in dump

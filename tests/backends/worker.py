@@ -1,0 +1,87 @@
+"""A separate process sharing limits through Redis (run by the tests as a script).
+
+    python worker.py send  --redis URL --namespace NS --base-url URL --count N [--tag T]
+    python worker.py hold  --redis URL --namespace NS --slots K --lease-ttl S
+
+``send`` sends N chat requests through a governed client and prints one JSON line of counts;
+``hold`` takes K slots, prints "holding", and waits forever (to be killed with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import openai
+
+import pacekeeper
+from pacekeeper.backends import RedisBackend
+
+
+class SendTimes:
+    """Keeps when each attempt was sent (wall clock), to measure the aggregate rate."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+
+    def on_attempt(self, record: pacekeeper.AttemptRecord) -> None:
+        if record.status == 200:
+            self.started.append(record.started_at)
+
+    def on_request(self, record: pacekeeper.RequestRecord) -> None:
+        pass
+
+
+async def send(args: argparse.Namespace) -> None:
+    backend = RedisBackend(args.redis, namespace=args.namespace)
+    times = SendTimes()
+    gov = pacekeeper.Governor(backend=backend, hooks=[times])
+    client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=args.base_url, api_key="x"), gov)
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together
+
+    async def one(i: int) -> None:
+        await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": f"{args.tag} {i}"}],
+            extra_headers={"x-client-request-id": f"{args.tag}-{i}"},
+        )
+
+    await asyncio.gather(*(one(i) for i in range(args.count)))
+    stats = gov.stats()[0]
+    report = {
+        "ok": stats.ok,
+        "rate_limited": stats.rate_limited,
+        "sent_at": times.started,
+    }
+    print(json.dumps(report), flush=True)
+    backend.close()
+
+
+async def hold(args: argparse.Namespace) -> None:
+    backend = RedisBackend(args.redis, namespace=args.namespace, lease_ttl_s=args.lease_ttl)
+    gov = pacekeeper.Governor(limits=pacekeeper.Limits(concurrency=args.slots), backend=backend)
+    lane = gov.lane("/v1/chat/completions", "m")
+    permits = [await lane.acquire(0) for _ in range(args.slots)]
+    print("holding", len(permits), flush=True)
+    await asyncio.sleep(3600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("send", "hold"))
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--base-url")
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--tag", default="w")
+    parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--lease-ttl", type=float, default=2.0)
+    args = parser.parse_args()
+    asyncio.run(send(args) if args.mode == "send" else hold(args))
+
+
+if __name__ == "__main__":
+    main()
