@@ -61,7 +61,7 @@ class ProxyConfig:
     """Bodies held at once over all requests (waiting or in flight); beyond, a 429."""
     max_queue: int = 1000
     """Requests waiting for admission per (route, model) lane; beyond, a 429 at once."""
-    queue_timeout_s: float = 30.0
+    queue_timeout_s: float = 60.0
     """The longest a request waits for admission; then a 429 from the proxy."""
     drain_timeout_s: float = 30.0
     """On shutdown, how long requests in flight get to finish before they are cut."""

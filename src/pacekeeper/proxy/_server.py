@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import socket
 import threading
 from types import TracebackType
@@ -127,7 +128,7 @@ class Proxy:
                 server_header=False,
                 date_header=False,  # the upstream's date passes through
                 proxy_headers=False,
-                timeout_graceful_shutdown=max(1, round(config.drain_timeout_s)),
+                timeout_graceful_shutdown=max(1, math.ceil(config.drain_timeout_s)),
                 # Longer than clients' idle pools keep connections (httpx: 5 s), so a client
                 # never sends on a connection the server is closing.
                 timeout_keep_alive=65,

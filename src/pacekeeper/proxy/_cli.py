@@ -1,0 +1,364 @@
+"""``pacekeeper proxy`` (and ``python -m pacekeeper.proxy``): the proxy from the command line.
+
+``configure_parser`` and ``run`` are reusable so the main CLI mounts the same options. Flags
+override pacekeeper.toml (the same file as ``pacekeeper run``: limits, [models.NAME], retries,
+``base_url`` as the upstream, ``api_key_env``, ``redis``).
+
+Exit codes: 0 after a clean shutdown (SIGTERM or Ctrl-C, in-flight requests drained); 1 the
+server could not listen or stopped unexpectedly; 2 bad usage (a flag, the config file, a
+missing environment variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.errors import ConfigurationError
+from pacekeeper.core.governor import Governor
+from pacekeeper.proxy._config import DEFAULT_PORT, ProxyConfig
+from pacekeeper.proxy._server import Proxy
+from pacekeeper.settings import Settings, load_settings, parse_concurrency
+
+__all__ = ["LISTENING_PREFIX", "build_governor", "configure_parser", "main", "run"]
+
+PROG = "pacekeeper proxy"
+LISTENING_PREFIX = "pacekeeper proxy listening on "
+"""The line printed on stdout once connections are accepted, followed by the base URL."""
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_MB = 1024 * 1024
+
+
+def _number(*, integer: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {text!r}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the proxy's options to ``parser``."""
+    parser.description = (
+        "A local OpenAI-compatible gateway: every program on the machine sends through one "
+        "governor (queueing, pacing, retries, metrics). Clients change only their base_url."
+    )
+    serve = parser.add_argument_group("serving")
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="the upstream's base URL, e.g. https://api.openai.com/v1 (default: base_url "
+        "from the config file)",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
+    )
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)"
+    )
+    serve.add_argument(
+        "--base-path",
+        default="/v1",
+        metavar="PATH",
+        help="path the upstream's base URL is served under (default /v1)",
+    )
+    serve.add_argument(
+        "--config", type=Path, help="a pacekeeper.toml (default: ./pacekeeper.toml if present)"
+    )
+
+    keys = parser.add_argument_group("keys (default: each client's own Authorization is forwarded)")
+    keys.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="hold the upstream key from this environment variable and send it on every request",
+    )
+    keys.add_argument(
+        "--client-token-env",
+        metavar="NAME",
+        help="clients must present the token in this environment variable (x-pacekeeper-token, "
+        "or as their API key when the proxy holds the upstream key)",
+    )
+
+    limits = parser.add_argument_group("limits (flags override the config file)")
+    limits.add_argument("--rpm", type=_number(), help="requests per minute (default: learned)")
+    limits.add_argument("--tpm", type=_number(), help="tokens per minute (default: learned)")
+    limits.add_argument(
+        "--concurrency", metavar="N|auto", help="requests in flight per model: N or auto (default)"
+    )
+    limits.add_argument(
+        "--max-attempts",
+        type=_number(integer=True),
+        metavar="N",
+        help="attempts per request (default 6)",
+    )
+    limits.add_argument(
+        "--timeout",
+        type=_number(),
+        metavar="S",
+        help="seconds per attempt to wait for the upstream (streams: between chunks; default 600)",
+    )
+
+    bounds = parser.add_argument_group("back-pressure and shutdown")
+    bounds.add_argument(
+        "--max-queue",
+        type=_number(integer=True),
+        metavar="N",
+        default=1000,
+        help="requests waiting per route and model; beyond, a 429 at once (default 1000)",
+    )
+    bounds.add_argument(
+        "--queue-timeout",
+        type=_number(),
+        metavar="S",
+        default=60.0,
+        help="longest wait for admission; then a 429 from the proxy (default 60)",
+    )
+    bounds.add_argument(
+        "--max-body-mb",
+        type=_number(),
+        metavar="MB",
+        default=32.0,
+        help="largest request body; above, a 413 (default 32)",
+    )
+    bounds.add_argument(
+        "--max-buffered-mb",
+        type=_number(),
+        metavar="MB",
+        default=512.0,
+        help="request bodies held at once in all; beyond, a 429 (default 512)",
+    )
+    bounds.add_argument(
+        "--drain-timeout",
+        type=_number(),
+        metavar="S",
+        default=30.0,
+        help="on SIGTERM, time given to requests in flight to finish (default 30)",
+    )
+    bounds.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share one quota between several proxies through Redis (not available yet)",
+    )
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return EXIT_USAGE
+
+
+def _secret_from_env(name: str, flag: str) -> str:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        raise ConfigurationError(f"{flag} {name}: the environment variable {name} is not set")
+    return value.strip()
+
+
+def _limit_fields(limits: Limits) -> dict[str, Any]:
+    return {f.name: getattr(limits, f.name) for f in fields(limits)}
+
+
+def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
+    """The governor every request goes through: the config file's limits, then the flags.
+
+    This is where shared state will plug in: with ``--redis URL`` (or ``redis`` in the config
+    file) several proxies are to share one quota through lanes kept in Redis. Until that
+    backend exists, asking for it is a ConfigurationError rather than a silent local quota.
+    """
+    redis_url = getattr(args, "redis", None) or settings.redis
+    if redis_url:
+        raise ConfigurationError(
+            "--redis: shared quotas between proxies are not available yet; run one proxy per "
+            "key, or give each proxy its share of the limits (utilisation in pacekeeper.toml)"
+        )
+    overrides: dict[str, Any] = {}
+    if args.rpm is not None:
+        overrides["rpm"] = args.rpm
+    if args.tpm is not None:
+        overrides["tpm"] = args.tpm
+    if args.concurrency is not None:
+        overrides["concurrency"] = parse_concurrency(args.concurrency, where="--concurrency")
+    retry_fields = {f.name: getattr(settings.retry, f.name) for f in fields(settings.retry)}
+    if args.max_attempts is not None:
+        retry_fields["max_attempts"] = int(args.max_attempts)
+    if args.timeout is not None:
+        retry_fields["attempt_timeout_s"] = args.timeout
+    try:
+        limits = Limits(**{**_limit_fields(settings.limits), **overrides})
+        models = {
+            name: Limits(**{**_limit_fields(m), **overrides}) for name, m in settings.models.items()
+        }
+        retry = RetryPolicy(**retry_fields)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"bad limit: {exc}") from None
+    return Governor(limits=limits, models=models, retry=retry)
+
+
+def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
+    """The proxy's settings from the flags and the config file (reads the secrets' variables)."""
+    upstream = args.upstream or settings.base_url
+    if not upstream:
+        raise ConfigurationError(
+            "no upstream: pass --upstream URL (e.g. https://api.openai.com/v1) or set base_url "
+            "in pacekeeper.toml"
+        )
+    key_env = args.api_key_env or settings.api_key_env
+    flag = "--api-key-env" if args.api_key_env else "api_key_env"
+    api_key = _secret_from_env(key_env, flag) if key_env else None
+    token = (
+        _secret_from_env(args.client_token_env, "--client-token-env")
+        if args.client_token_env
+        else None
+    )
+    timeout = args.timeout or settings.retry.attempt_timeout_s or 600.0
+    max_body = int(args.max_body_mb * _MB)
+    return ProxyConfig(
+        upstream=upstream,
+        host=args.host,
+        port=args.port,
+        base_path=args.base_path,
+        api_key=api_key,
+        client_token=token,
+        max_body_bytes=max_body,
+        max_buffered_bytes=max(max_body, int(args.max_buffered_mb * _MB)),
+        max_queue=int(args.max_queue),
+        queue_timeout_s=args.queue_timeout,
+        drain_timeout_s=args.drain_timeout,
+        read_timeout_s=timeout,
+    )
+
+
+def _describe_keys(config: ProxyConfig) -> str:
+    if config.api_key:
+        how = "the proxy holds the upstream key"
+    else:
+        how = "each client's own Authorization is forwarded"
+    token = "clients must present the client token" if config.client_token else "no client token"
+    return f"{how}; {token}"
+
+
+def _warn_exposure(config: ProxyConfig) -> None:
+    if config.loopback_only or config.client_token:
+        return
+    bar = "!" * 78
+    what = (
+        "anyone who can reach it spends YOUR upstream key"
+        if config.api_key
+        else "anyone who can reach it can use it (and its quota) as a relay"
+    )
+    sys.stderr.write(
+        f"{bar}\n{PROG}: WARNING: listening on {config.host}:{config.port}, reachable from other "
+        f"machines, WITHOUT a client token:\n  {what}.\n  Bind to 127.0.0.1 or pass "
+        f"--client-token-env NAME.\n{bar}\n"
+    )
+    logging.getLogger("pacekeeper.proxy").warning(
+        "listening on %s:%s without a client token", config.host, config.port
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or Ctrl-C, then drain; returns the exit code."""
+    try:
+        settings = load_settings(args.config)
+        governor = build_governor(settings, args)
+        config = build_config(settings, args)
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    proxy = Proxy(config, governor)
+    try:
+        proxy.start()
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc}\n")
+        return EXIT_FAILED
+    _warn_exposure(config)
+    stop = threading.Event()
+    interrupts = 0
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        print(f"{LISTENING_PREFIX}{proxy.base_url}", flush=True)
+        sys.stderr.write(f"{PROG}: forwarding to {config.upstream}; {_describe_keys(config)}\n")
+        # Wake up now and then: a signal handler only runs when this thread runs bytecode.
+        while not stop.wait(0.2):
+            if not proxy.running:
+                sys.stderr.write(f"{PROG}: error: the server stopped unexpectedly\n")
+                return EXIT_FAILED
+        app = proxy.app
+        sys.stderr.write(
+            f"{PROG}: shutting down: {app.counters.in_progress} requests in progress get up to "
+            f"{config.drain_timeout_s:g}s to finish (signal again to stop now)\n"
+        )
+        proxy.begin_stop()
+        seen = interrupts
+        while not proxy.wait(0.2):
+            if interrupts > seen:
+                sys.stderr.write(f"{PROG}: stopping now: cutting requests in flight\n")
+                proxy.force_stop()
+                seen = interrupts
+        proxy.stop()
+    except KeyboardInterrupt:  # signals not ours to handle (not the main thread)
+        proxy.stop()
+    finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
+    sys.stderr.write(f"{PROG}: stopped\n")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags give one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m pacekeeper.proxy``."""
+    parser = _Parser(prog=PROG)
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log requests (-v) or attempts (-vv)"
+    )
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+    return run(args)

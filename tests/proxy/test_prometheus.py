@@ -1,0 +1,204 @@
+"""The Prometheus exporter: scraped with generate_latest, read back with the official parser.
+
+Traffic is real (a wrapped openai client against the simulator); every number on the scrape is
+checked against what the simulator saw or the governor recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import openai
+import prometheus_client
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import pacekeeper
+from pacekeeper import Governor, Limits, RetryPolicy
+from pacekeeper.report.prometheus import DURATION_BUCKETS, GovernorCollector
+from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario
+
+from .conftest import StartSim
+
+CHAT = "/v1/chat/completions"
+MODEL = "gpt-4o-mini"
+FAST_RETRIES = RetryPolicy(backoff_base_s=0.01, backoff_cap_s=0.02, hint_jitter_s=0.0)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """Every sample of a scrape: (name, labels) -> value."""
+    text = generate_latest(registry).decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def client_for(base_url: str, gov: Governor) -> openai.AsyncOpenAI:
+    return pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="sk-test"), gov)
+
+
+async def chat(client: openai.AsyncOpenAI, i: int, **kwargs: Any) -> Any:
+    return await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": f"question {i}"}], **kwargs
+    )
+
+
+async def test_counters_histograms_and_gauges_match_the_traffic(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(faults=Faults(http_500=0.3), seed=7))
+    gov = Governor(limits=Limits(concurrency=4), retry=FAST_RETRIES)
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov))
+    client = client_for(sim.base_url, gov)
+    replies = await asyncio.gather(*(chat(client, i) for i in range(30)))
+
+    samples = scrape(registry)
+    lane = {"route": CHAT, "model": MODEL}
+    seen = sim.stats()
+    assert value(samples, "pacekeeper_requests_total", **lane, status="200", outcome="ok") == 30
+    assert value(samples, "pacekeeper_attempts_total", **lane) == seen["requests_received"]
+    assert value(samples, "pacekeeper_attempts_total", **lane, status="500") == seen[
+        "by_status"
+    ].get("500", 0)
+    assert value(samples, "pacekeeper_retries_total", **lane) == seen["by_status"].get("500", 0)
+    assert value(samples, "pacekeeper_retries_total", **lane) > 0
+    prompt = sum(r.usage.prompt_tokens for r in replies)
+    completion = sum(r.usage.completion_tokens for r in replies)
+    assert value(samples, "pacekeeper_tokens_total", **lane, type="prompt") == prompt
+    assert value(samples, "pacekeeper_tokens_total", **lane, type="completion") == completion
+
+    # Histograms: one observation per request, cumulative buckets ending at +Inf == count.
+    for name in ("pacekeeper_request_duration_seconds", "pacekeeper_queue_wait_seconds"):
+        assert value(samples, f"{name}_count", **lane) == 30
+        assert value(samples, f"{name}_bucket", **lane, le="+Inf") == 30
+        assert value(samples, f"{name}_sum", **lane) >= 0
+    assert (
+        value(samples, "pacekeeper_attempt_duration_seconds_count", **lane)
+        == seen["requests_received"]
+    )
+    buckets = [
+        value(samples, "pacekeeper_request_duration_seconds_bucket", **lane, le=repr(b))
+        for b in DURATION_BUCKETS
+    ]
+    assert buckets == sorted(buckets)
+
+    # Gauges read the live lane.
+    assert value(samples, "pacekeeper_queue_depth", **lane) == 0
+    assert value(samples, "pacekeeper_in_flight", **lane) == 0
+    assert value(samples, "pacekeeper_concurrency_limit", **lane) == 4
+    assert value(samples, "pacekeeper_cooldown_remaining_seconds", **lane) == 0
+
+
+async def test_upstream_429s_and_learned_limits_are_exported(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(default=ModelLimits(rpm=600, tpm=1_000_000, burst_s=0.5)))
+    gov = Governor(limits=Limits(concurrency=20), retry=FAST_RETRIES)
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov))
+    client = client_for(sim.base_url, gov)
+    # 20 at once against a bucket of 5: the first answers teach the limit, the rest 429 first.
+    await asyncio.gather(*(chat(client, i) for i in range(20)))
+
+    samples = scrape(registry)
+    lane = {"route": CHAT, "model": MODEL}
+    rejected = sim.stats()["by_status"].get("429", 0)
+    assert rejected > 0
+    assert value(samples, "pacekeeper_rate_limited_total", **lane) == rejected
+    assert value(samples, "pacekeeper_attempts_total", **lane, outcome="rate_limited") == rejected
+    assert value(samples, "pacekeeper_requests_total", **lane, outcome="ok") == 20
+    assert value(samples, "pacekeeper_limit_requests_per_minute", **lane) == 600
+    assert value(samples, "pacekeeper_limit_tokens_per_minute", **lane) == 1_000_000
+
+
+async def test_gauges_show_the_queue_while_it_is_there(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.3)))
+    gov = Governor(limits=Limits(concurrency=1))
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov))
+    client = client_for(sim.base_url, gov)
+    tasks = [asyncio.create_task(chat(client, i)) for i in range(4)]
+    await asyncio.sleep(0.15)
+    samples = scrape(registry)
+    lane = {"route": CHAT, "model": MODEL}
+    assert value(samples, "pacekeeper_in_flight", **lane) == 1
+    assert value(samples, "pacekeeper_queue_depth", **lane) == 3
+    assert "pacekeeper_limit_requests_per_minute" not in names(samples)  # not known yet
+    await asyncio.gather(*tasks)
+    samples = scrape(registry)
+    assert value(samples, "pacekeeper_queue_depth", **lane) == 0
+    assert value(samples, "pacekeeper_queue_wait_seconds_sum", **lane) > 0.3
+
+
+async def test_cancelled_requests_and_streams_are_counted(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.02, per_token_s=0.001)))
+    gov = Governor(limits=Limits(concurrency=1))
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov))
+    client = client_for(sim.base_url, gov)
+    stream = await chat(client, 0, stream=True, stream_options={"include_usage": True})
+    usage = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    slow = asyncio.create_task(chat(client, 1))
+    queued = asyncio.create_task(chat(client, 2))
+    await asyncio.sleep(0.005)
+    queued.cancel()
+    await slow
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+
+    samples = scrape(registry)
+    lane = {"route": CHAT, "model": MODEL}
+    assert value(samples, "pacekeeper_requests_total", **lane, outcome="ok") == 2
+    assert value(samples, "pacekeeper_requests_total", **lane, status="none", outcome="cancelled")
+    assert value(samples, "pacekeeper_tokens_total", **lane, type="completion") >= (
+        usage[0].completion_tokens
+    )
+
+
+def test_register_on_the_global_registry_and_detach() -> None:
+    gov = Governor()
+    collector = GovernorCollector(gov, namespace="pktest")
+    assert collector in gov.hooks
+    prometheus_client.REGISTRY.register(collector)
+    try:
+        gov.lane(CHAT, None)
+        text = generate_latest(prometheus_client.REGISTRY).decode()
+        assert f'pktest_concurrency_limit{{model="",route="{CHAT}"}}' in text
+        # A second collector under the same names is refused, as Prometheus requires...
+        with pytest.raises(ValueError, match="Duplicated"):
+            prometheus_client.REGISTRY.register(GovernorCollector(gov, namespace="pktest"))
+    finally:
+        prometheus_client.REGISTRY.unregister(collector)
+    collector.detach()
+    assert collector not in gov.hooks
+    assert GovernorCollector(gov, attach=False) not in gov.hooks
+
+
+def test_bad_buckets_are_refused() -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        GovernorCollector(Governor(), duration_buckets=(1.0, 0.5))
+    with pytest.raises(ValueError, match="finite"):
+        GovernorCollector(Governor(), queue_buckets=(1.0, float("inf")))
+
+
+def test_missing_prometheus_client_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "prometheus_client" or name.startswith("prometheus_client."):
+            monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"pip install 'pacekeeper\[prometheus\]'"):
+        GovernorCollector(Governor())
