@@ -470,7 +470,8 @@ class LaneTotals:
     by_group: Counter[str] = field(default_factory=Counter)
     """Failed attempts by :func:`error_group`."""
     retried_after: Counter[str] = field(default_factory=Counter)
-    """Retries by the error group of the attempt they repeated."""
+    """Retries by the error group of the attempt they repeated (the outcome itself for the
+    "other" group, e.g. "malformed")."""
     rate_limited_unknown: int = 0
     """429s to attempts sent before any rpm or tpm limit was known (configured or learned:
     the 429 that teaches a limit carries it in its record, but was sent without it)."""
@@ -497,6 +498,8 @@ class LaneTotals:
     total_s: float = 0.0
     first_at: float = math.inf
     last_at: float = -math.inf
+    last_sent_at: float = -math.inf
+    """When the last attempt was sent (answers may come later)."""
     concurrency_limits: Counter[int] = field(default_factory=Counter)
     last_rpm_limit: float | None = None
     last_tpm_limit: float | None = None
@@ -559,6 +562,8 @@ class LaneSeries:
     """Retries sent per bin (counts)."""
     sent_count: list[float]
     """Attempts sent per bin (counts)."""
+    tokens_charged_count: list[float]
+    """Tokens charged per bin (sums)."""
     rate_limited_unknown: list[float]
     """429s per bin received while no limit was known (counts)."""
 
@@ -650,6 +655,7 @@ class RunAggregator:
         self._end = max(self._end, end)
         totals.first_at = min(totals.first_at, asked)
         totals.last_at = max(totals.last_at, end)
+        totals.last_sent_at = max(totals.last_sent_at, sent)
         k_sent, k_end = math.floor(sent), math.floor(end)
 
         totals.attempts += 1
@@ -716,7 +722,8 @@ class RunAggregator:
                     lane.rl_unknown[k_end] += 1
         if record.retry_in_s is not None:
             totals.retry_wait_s += record.retry_in_s
-            totals.retried_after[group or "other"] += 1
+            cause = record.outcome if group == "other" else group
+            totals.retried_after[cause or "other"] += 1
             lane.retry_waiting.add(end, end + record.retry_in_s)
             self._end = max(self._end, end + record.retry_in_s)
 
@@ -955,6 +962,7 @@ class RunData:
             errors={group: counts(acc.errors.get(group, {})) for group in ERROR_GROUPS},
             retries=counts(acc.retries),
             sent_count=counts(acc.sent),
+            tokens_charged_count=counts(acc.tokens_charged),
             rate_limited_unknown=counts(_merged(acc.rl_unknown, acc.early_429s())),
         )
 

@@ -56,6 +56,16 @@ _BOUND_LABELS = {
     "demand": "nothing waiting (answers or callers)",
     "idle": "idle",
 }
+_SHORT_LABELS = {
+    "rpm": "rpm limit",
+    "tpm": "tpm limit",
+    "concurrency": "concurrency",
+    "429": "429 cooldowns",
+    "upstream": "upstream retries",
+    "other": "unexplained wait",
+    "demand": "nothing waiting",
+    "idle": "idle",
+}
 
 FULL = 0.75
 """A limit counts as binding when at least this fraction of it is used."""
@@ -63,9 +73,9 @@ BACKLOG = 0.25
 """Average requests waiting for admission (or for a retry) that count as a backlog."""
 
 
-def bound_label(kind: str) -> str:
-    """A few words for a :data:`BOUND_KINDS` value."""
-    return _BOUND_LABELS.get(kind, kind)
+def bound_label(kind: str, *, short: bool = False) -> str:
+    """A few words for a :data:`BOUND_KINDS` value (one or two with ``short``)."""
+    return (_SHORT_LABELS if short else _BOUND_LABELS).get(kind, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +141,18 @@ def binding(run: RunData, lane: LaneTotals, *, width: int | None = None) -> Bind
     starts = run.bin_starts(width)
     kinds: list[str] = []
     utilisation: list[float | None] = []
+    sending_s: list[float] = []
     n = len(covered)
     for i in range(n):
-        kind, use = _classify(s, i)
+        # rates over the part of the window the lane was sending in, so that a lane that
+        # starts or finishes mid-window is not read as slack
+        begin = run.start + starts[i]
+        low = max(run.start, begin, lane.first_at)
+        high = min(run.end, begin + width, max(lane.last_sent_at, low))
+        sending = max(0.0, high - low)
+        active = sending if begin < lane.last_at else 0.0
+        kind, use = _classify(s, i, active)
+        sending_s.append(active)
         kinds.append(kind)
         utilisation.append(use)
     duration = run.duration_s or 1.0
@@ -144,7 +163,7 @@ def binding(run: RunData, lane: LaneTotals, *, width: int | None = None) -> Bind
     for i, kind in enumerate(kinds):
         shares[kind] = shares.get(kind, 0.0) + covered[i] / duration
         sent[kind] = sent.get(kind, 0.0) + s.sent_count[i]
-        seconds[kind] = seconds.get(kind, 0.0) + covered[i]
+        seconds[kind] = seconds.get(kind, 0.0) + sending_s[i]
         limit = s.concurrency_limit[i]
         if limit is not None:
             limits.setdefault(kind, []).append(limit)
@@ -161,13 +180,16 @@ def binding(run: RunData, lane: LaneTotals, *, width: int | None = None) -> Bind
     )
 
 
-def _classify(s: LaneSeries, i: int) -> tuple[str, float | None]:
+def _classify(s: LaneSeries, i: int, active_s: float) -> tuple[str, float | None]:
+    if active_s <= 0 and not (s.in_flight[i] > 0.01 or s.retry_waiting[i] > 0.01):
+        return "idle", None
     rpm, tpm = s.rpm_limit[i], s.tpm_limit[i]
     # What got through: 429s spent no budget at the provider.
     sent = s.sent_count[i]
     through = max(0.0, sent - s.errors["429"][i]) / sent if sent else 0.0
-    use_r = s.sent[i] * through / rpm if rpm else None
-    use_t = s.tokens_charged[i] * through / tpm if tpm else None
+    per_min = 60.0 / max(active_s, 1.0)
+    use_r = sent * through * per_min / rpm if rpm else None
+    use_t = s.tokens_charged_count[i] * through * per_min / tpm if tpm else None
     uses = [u for u in (use_r, use_t) if u is not None]
     use = max(uses) if uses else None
     backlog = s.queued[i] >= BACKLOG
@@ -559,7 +581,8 @@ def _upstream_finding(run: RunData) -> Finding | None:
     text = "Upstream errors: " + ", ".join(parts)
     if retries:
         causes = ", ".join(
-            f"{n} after {_CAUSE.get(cause, cause)}" for cause, n in retried.most_common()
+            f"{n} after {_CAUSE.get(cause, cause.replace('_', ' ') + 's')}"
+            for cause, n in retried.most_common()
         )
         text += (
             f"; retries cost {_pct(extra)} extra requests ({_num(retries)} retries for "
@@ -602,6 +625,7 @@ _CAUSE = {
     "timeout": "timeouts",
     "connection": "dropped connections",
     "other": "other errors",
+    "malformed": "malformed answers",
 }
 _UPSTREAM_OUTCOMES = frozenset(
     {"server_error", "overloaded", "timeout", "request_timeout", "connection_error", "malformed"}
