@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -51,8 +52,22 @@ def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
 
 
-def client_for(base_url: str, gov: Governor) -> openai.AsyncOpenAI:
-    return pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="sk-test"), gov)
+ClientFor = Callable[[str, Governor], openai.AsyncOpenAI]
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFor]:
+    """Wrapped openai clients, closed at the end of the test."""
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(base_url: str, gov: Governor) -> openai.AsyncOpenAI:
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="sk-test"), gov)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
 
 
 async def chat(client: openai.AsyncOpenAI, i: int, **kwargs: Any) -> Any:
@@ -61,7 +76,9 @@ async def chat(client: openai.AsyncOpenAI, i: int, **kwargs: Any) -> Any:
     )
 
 
-async def test_counters_histograms_and_gauges_match_the_traffic(start_sim: StartSim) -> None:
+async def test_counters_histograms_and_gauges_match_the_traffic(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
     sim = start_sim(Scenario(faults=Faults(http_500=0.3), seed=7))
     gov = Governor(limits=Limits(concurrency=4), retry=FAST_RETRIES)
     registry = CollectorRegistry()
@@ -106,7 +123,9 @@ async def test_counters_histograms_and_gauges_match_the_traffic(start_sim: Start
     assert value(samples, "pacekeeper_cooldown_remaining_seconds", **lane) == 0
 
 
-async def test_upstream_429s_and_learned_limits_are_exported(start_sim: StartSim) -> None:
+async def test_upstream_429s_and_learned_limits_are_exported(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
     sim = start_sim(Scenario(default=ModelLimits(rpm=600, tpm=1_000_000, burst_s=0.5)))
     gov = Governor(limits=Limits(concurrency=20), retry=FAST_RETRIES)
     registry = CollectorRegistry()
@@ -126,7 +145,9 @@ async def test_upstream_429s_and_learned_limits_are_exported(start_sim: StartSim
     assert value(samples, "pacekeeper_limit_tokens_per_minute", **lane) == 1_000_000
 
 
-async def test_gauges_show_the_queue_while_it_is_there(start_sim: StartSim) -> None:
+async def test_gauges_show_the_queue_while_it_is_there(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
     sim = start_sim(Scenario(latency=Latency(ttft_s=0.3)))
     gov = Governor(limits=Limits(concurrency=1))
     registry = CollectorRegistry()
@@ -145,7 +166,9 @@ async def test_gauges_show_the_queue_while_it_is_there(start_sim: StartSim) -> N
     assert value(samples, "pacekeeper_queue_wait_seconds_sum", **lane) > 0.3
 
 
-async def test_cancelled_requests_and_streams_are_counted(start_sim: StartSim) -> None:
+async def test_cancelled_requests_and_streams_are_counted(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
     sim = start_sim(Scenario(latency=Latency(ttft_s=0.02, per_token_s=0.001)))
     gov = Governor(limits=Limits(concurrency=1))
     registry = CollectorRegistry()

@@ -22,6 +22,7 @@ itself carries ``x-pacekeeper-error: CODE``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -128,7 +129,7 @@ class _SentSignal(httpx2.AsyncBaseTransport):
 class _Exchange:
     """One forwarded request's state, shared with its timer and its disconnect watcher."""
 
-    __slots__ = ("answered", "cancelled_by", "sent", "task", "timer")
+    __slots__ = ("answered", "cancelled_by", "sent", "task", "timer", "watcher")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
@@ -136,6 +137,7 @@ class _Exchange:
         self.answered = False  # the response's last byte is on its way: nothing to cancel
         self.cancelled_by: str | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
 
     def on_sent(self) -> None:
         self.sent = True
@@ -544,7 +546,7 @@ class ProxyApp:
         counters.in_progress += 1
         loop = asyncio.get_running_loop()
         exchange.timer = loop.call_later(self.config.queue_timeout_s, exchange.on_queue_timeout)
-        watcher = loop.create_task(_watch(receive, exchange))
+        exchange.watcher = watcher = loop.create_task(_watch(receive, exchange))
         try:
             await self._exchange(send, request, lane, exchange)
         finally:
@@ -730,7 +732,7 @@ class ProxyApp:
                     sent_bytes,
                 )
                 self.counters.upstream_error("cut_at_drain_deadline")
-                self._abort(send)
+                await self._abort(send, exchange)
             else:
                 self.counters.disconnected += 1
             return
@@ -746,7 +748,7 @@ class ProxyApp:
                 sent_bytes,
                 type(exc).__name__,
             )
-            self._abort(send)
+            await self._abort(send, exchange)
             return
         finally:
             await response.aclose()
@@ -771,10 +773,18 @@ class ProxyApp:
                 now - started,
             )
 
-    def _abort(self, send: Send) -> None:
+    async def _abort(self, send: Send, exchange: _Exchange) -> None:
+        """Cut the client's connection (what was sent is flushed first) and wait until the
+        server saw it go, so it does not take the response for one left unfinished."""
         transport = _transport_of(send)
-        if transport is not None:
-            transport.close()
+        if transport is None:
+            return
+        exchange.answered = True  # the watcher must not cancel this task when it sees the end
+        transport.close()
+        watcher = exchange.watcher
+        if watcher is not None and not watcher.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(watcher), 2.0)
 
 
 class _ClientGone(Exception):

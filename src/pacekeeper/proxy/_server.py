@@ -43,6 +43,15 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _warm_up_tokenizer() -> None:
+    """Load the token estimator's encodings now: loaded on the first request instead, they
+    would stall every request on the event loop for most of a second."""
+    from pacekeeper.core.tokens import estimate_request_tokens
+
+    for model in ("gpt-4o", "gpt-4"):  # o200k_base and cl100k_base
+        estimate_request_tokens({"messages": [{"role": "user", "content": "hi"}]}, model=model)
+
+
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -109,6 +118,7 @@ class Proxy:
         if self._thread is not None:
             raise RuntimeError("Proxy already started")
         config = self.config
+        _warm_up_tokenizer()
         sock = _bind(config.host, config.port)
         self._port = sock.getsockname()[1]
         self._loop = _new_event_loop()
