@@ -161,10 +161,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="on SIGTERM, time given to requests in flight to finish (default 30)",
     )
-    bounds.add_argument(
+    shared = parser.add_argument_group("shared quota (several proxies, one key)")
+    shared.add_argument(
         "--redis",
         metavar="URL",
-        help="share one quota between several proxies through Redis (not available yet)",
+        help="share the limits with every process using the same Redis and namespace, "
+        "e.g. redis://localhost:6379/0 (needs pacekeeper[redis])",
+    )
+    shared.add_argument(
+        "--redis-namespace",
+        metavar="NAME",
+        default="pacekeeper",
+        help="one quota per namespace: give each upstream key its own (default pacekeeper)",
     )
 
 
@@ -187,16 +195,11 @@ def _limit_fields(limits: Limits) -> dict[str, Any]:
 def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
     """The governor every request goes through: the config file's limits, then the flags.
 
-    This is where shared state will plug in: with ``--redis URL`` (or ``redis`` in the config
-    file) several proxies are to share one quota through lanes kept in Redis. Until that
-    backend exists, asking for it is a ConfigurationError rather than a silent local quota.
+    With ``--redis URL`` (or ``redis`` in the config file) its lanes live in Redis, so every
+    proxy (or batch run) using the same namespace shares one quota; close the backend
+    (``governor.backend.close()``) when done.
     """
-    redis_url = getattr(args, "redis", None) or settings.redis
-    if redis_url:
-        raise ConfigurationError(
-            "--redis: shared quotas between proxies are not available yet; run one proxy per "
-            "key, or give each proxy its share of the limits (utilisation in pacekeeper.toml)"
-        )
+    redis_url = args.redis or settings.redis
     overrides: dict[str, Any] = {}
     if args.rpm is not None:
         overrides["rpm"] = args.rpm
@@ -217,7 +220,12 @@ def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
         retry = RetryPolicy(**retry_fields)
     except ConfigurationError as exc:
         raise ConfigurationError(f"bad limit: {exc}") from None
-    return Governor(limits=limits, models=models, retry=retry)
+    backend = None
+    if redis_url:
+        from pacekeeper.backends import RedisBackend
+
+        backend = RedisBackend(redis_url, namespace=args.redis_namespace)
+    return Governor(limits=limits, models=models, retry=retry, backend=backend)
 
 
 def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
@@ -286,10 +294,20 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C, then drain; returns the exit code."""
     try:
         settings = load_settings(args.config)
-        governor = build_governor(settings, args)
         config = build_config(settings, args)
+        governor = build_governor(settings, args)
     except ConfigurationError as exc:
         return _fail(str(exc))
+    try:
+        return _serve(config, governor)
+    finally:
+        backend = governor.backend
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+
+
+def _serve(config: ProxyConfig, governor: Governor) -> int:
     proxy = Proxy(config, governor)
     try:
         proxy.start()
@@ -311,7 +329,10 @@ def run(args: argparse.Namespace) -> int:
             previous[signum] = signal.signal(signum, on_signal)
     try:
         print(f"{LISTENING_PREFIX}{proxy.base_url}", flush=True)
-        sys.stderr.write(f"{PROG}: forwarding to {config.upstream}; {_describe_keys(config)}\n")
+        shared = f"; limits shared through {governor.backend!r}" if governor.backend else ""
+        sys.stderr.write(
+            f"{PROG}: forwarding to {config.upstream}; {_describe_keys(config)}{shared}\n"
+        )
         # Wake up now and then: a signal handler only runs when this thread runs bytecode.
         while not stop.wait(0.2):
             if not proxy.running:
