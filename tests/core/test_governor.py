@@ -325,3 +325,14 @@ def test_the_governor_is_usable_from_threads() -> None:
     decision = call.settle(permit, verdict(200))
     assert decision.record is not None
     assert decision.record.ok
+
+
+async def test_a_concurrency_429_does_not_teach_a_rate() -> None:
+    gov = Governor()
+    call = gov.call(route="/r", model="m", tokens=0)
+    permit = await call.admit()
+    body = b'{"error": {"message": "Too many concurrent requests", "code": "rate_limit_exceeded"}}'
+    call.settle(permit, verdict(429, body=body))
+    lane = gov.lane("/r", "m")
+    assert lane.discovered_rpm is None
+    assert lane.slots.limit < 4  # the adaptive concurrency took the cut instead

@@ -216,3 +216,24 @@ def test_repr_shows_live_state() -> None:
     assert "queued=0" in text
     assert "FixedLimit 0/3" in text
     assert "rpm=60" in text
+
+
+def test_a_hintless_429_teaches_a_rate_that_then_grows_while_used() -> None:
+    lane = make_lane()
+    assert lane.rpm is None
+    for i in range(50):  # 10 successes per second for 5 s
+        lane.note_success(i * 0.1)
+    lane.throttled_without_hint(sent_at=4.9, now=5.0)
+    assert lane.rpm == pytest.approx(0.9 * 600, rel=0.05)
+    first = lane.rpm
+    lane.throttled_without_hint(sent_at=4.95, now=5.05)  # sent before the cut: no second cut
+    assert lane.rpm == first
+    lane.throttled_without_hint(sent_at=5.5, now=6.0)
+    assert lane.rpm == pytest.approx(0.85 * first)
+
+
+def test_a_known_rate_is_not_replaced_by_a_discovered_one() -> None:
+    lane = make_lane(rpm=600)
+    lane.throttled_without_hint(sent_at=0.0, now=1.0)
+    assert lane.rpm == 600
+    assert lane.discovered_rpm is None

@@ -204,3 +204,22 @@ def test_bad_retry_policy_is_rejected() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigurationError, match="retry_budget_ratio"):
         RetryPolicy(retry_budget_ratio=2)
+
+
+def test_aimd_probes_slowly_past_the_window_of_the_last_loss() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=10, max=100))
+    at_send = aimd.acquire(now=0.0)
+    aimd.release(now=0.1, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)
+    assert aimd.window == pytest.approx(7.0)  # cut from 10, the window of the loss
+
+    def round_trip() -> None:  # one round trip's worth of successes at full use
+        for _ in range(aimd.limit):
+            aimd.release(now=1.0, sent_at=1.0, in_flight_at_send=aimd.limit, signal=Signal.SUCCESS)
+            aimd.in_flight += 1  # keep the count balanced: these slots were never taken
+
+    round_trip()
+    round_trip()
+    assert aimd.window == pytest.approx(9.0, abs=0.3)  # +1 per round trip below the loss
+    for _ in range(4):
+        round_trip()
+    assert aimd.window < 10.0  # then a slow probe: not +4 in four round trips

@@ -201,7 +201,7 @@ class SharedLane(Lane):
             fixed = min(fixed, ceiling)
         return [
             tokens,
-            limits.rpm or 0,
+            limits.rpm or self.discovered_rpm or 0,
             limits.tpm or 0,
             limits.burst_s,
             limits.utilisation,
@@ -229,13 +229,15 @@ class SharedLane(Lane):
             self.slots.acquire(now=self._clock())  # counts this process's in-flight requests
             self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
             self._held.add(lease)
+        now = self._clock()
         return Permit(
             self,
-            sent_at=admission.now,  # the server's clock: the shared AIMD compares these
+            sent_at=now,
             in_flight_at_send=admission.in_flight,
             tokens=tokens,
-            queued_s=self._clock() - asked_at,
-            lease=lease,
+            queued_s=now - asked_at,
+            # the server's clock at admission: the shared AIMD compares these, never ours
+            lease=(lease, admission.now),
         )
 
     def _enter_fallback(self, exc: BaseException) -> None:
@@ -384,10 +386,10 @@ class SharedLane(Lane):
     # -- outcomes -------------------------------------------------------------------------
 
     def release(self, permit: Permit, signal: Signal) -> None:
-        lease = permit.lease
-        if not isinstance(lease, str):  # admitted locally, during a fallback
+        if not isinstance(permit.lease, tuple):  # admitted locally, during a fallback
             super().release(permit, signal)
             return
+        lease, server_sent_at = permit.lease
         with self._lock:
             self.slots.in_flight -= 1
             self._held.discard(lease)
@@ -401,7 +403,7 @@ class SharedLane(Lane):
             [
                 lease,
                 _SIGNAL_CODES[signal],
-                permit.sent_at,
+                server_sent_at,
                 permit.in_flight_at_send,
                 0 if limits.adaptive is not None else 1,
                 adaptive.initial,

@@ -99,18 +99,21 @@ local now = clock()
 local signal = num(ARGV[2], 0)
 if num(ARGV[5], 0) == 0 and signal > 0 then
   local initial, lo, hi = num(ARGV[6], 4), num(ARGV[7], 1), num(ARGV[8], 512)
-  local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld')
-  local cw, ss, ld = num(h[1], initial), num(h[2], 1e18), num(h[3], 0)
+  local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld', 'wm')
+  local cw, ss, ld, wm = num(h[1], initial), num(h[2], 1e18), num(h[3], 0), num(h[4], 1e18)
   if signal == 2 then
     -- at most once per round trip: answers to requests sent before the last cut don't cut
     if num(ARGV[3], 0) >= ld then
-      cw = math.max(lo, cw * num(ARGV[9], 0.7))
-      redis.call('HSET', KEYS[1], 'cw', fmt(cw), 'ss', fmt(cw), 'ld', fmt(now))
+      local cut = math.max(lo, cw * num(ARGV[9], 0.7))
+      redis.call('HSET', KEYS[1], 'cw', fmt(cut), 'ss', fmt(cut), 'ld', fmt(now), 'wm', fmt(cw))
     end
   else
     local limit = math.max(lo, math.floor(cw))
     if num(ARGV[4], 0) >= num(ARGV[10], 0.8) * limit then
-      if cw < ss then cw = cw + 1 else cw = cw + 1 / cw end
+      -- slow start, then +1 per round trip up to the last loss, then probe slowly beyond it
+      if cw < ss then cw = cw + 1
+      elseif cw + 1 < wm then cw = cw + 1 / cw
+      else cw = cw + 0.125 / cw end
       redis.call('HSET', KEYS[1], 'cw', fmt(math.min(hi, cw)))
     end
   end

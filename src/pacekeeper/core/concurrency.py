@@ -15,6 +15,10 @@ from pacekeeper.core.config import AdaptiveConcurrency
 __all__ = ["AimdLimit", "FixedLimit", "Signal", "SlotLimit"]
 
 
+_PROBE = 0.125
+"""Growth near the last loss: one slot per eight round trips."""
+
+
 class Signal(enum.Enum):
     SUCCESS = "success"
     BACKPRESSURE = "backpressure"
@@ -78,13 +82,21 @@ class AimdLimit(FixedLimit):
     <AimdLimit 2/3 in flight (3.50, decreases 1)>
     """
 
-    __slots__ = ("_last_decrease_at", "_settings", "_ssthresh", "_window", "decreases")
+    __slots__ = (
+        "_last_decrease_at",
+        "_loss_window",
+        "_settings",
+        "_ssthresh",
+        "_window",
+        "decreases",
+    )
 
     def __init__(self, settings: AdaptiveConcurrency) -> None:
         super().__init__(settings.initial)
         self._settings = settings
         self._window = float(settings.initial)
         self._ssthresh = math.inf
+        self._loss_window = math.inf
         self._last_decrease_at = -math.inf
         self.decreases = 0
 
@@ -102,13 +114,21 @@ class AimdLimit(FixedLimit):
             # Once per round trip: an answer to a request sent before the last cut describes the
             # load as it was before that cut, so it must not cut again.
             if sent_at >= self._last_decrease_at:
+                self._loss_window = self._window
                 self._window = max(float(s.min), self._window * s.decrease_factor)
                 self._ssthresh = self._window
                 self._last_decrease_at = now
                 self.decreases += 1
         elif signal is Signal.SUCCESS and in_flight_at_send >= s.utilisation_to_grow * self._limit:
             # Slow start (one slot per success) until the first cut, then one per round trip.
-            step = 1.0 if self._window < self._ssthresh else 1.0 / self._window
+            # Then, like CUBIC's plateau, approach the window of the last loss quickly and
+            # probe beyond it slowly: each probe past a real ceiling costs one 429.
+            if self._window < self._ssthresh:
+                step = 1.0
+            elif self._window + 1.0 < self._loss_window:
+                step = 1.0 / self._window
+            else:
+                step = _PROBE / self._window
             self._window = min(float(s.max), self._window + step)
         self._limit = max(s.min, int(self._window))
 

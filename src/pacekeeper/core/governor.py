@@ -434,8 +434,16 @@ class Call:
         kind = verdict.kind
         if verdict.limits is not None:
             lane.learn(verdict.limits)
-        if kind is OutcomeKind.RATE_LIMITED and verdict.hint_s is not None and not is_testing():
-            lane.close_gate(min(verdict.hint_s, gov.retry.max_hint_s))
+        if kind is OutcomeKind.RATE_LIMITED:
+            # A 429 for too many requests in flight is the concurrency limit's business (AIMD
+            # cuts it below); only a hintless 429 about the rate teaches a rate.
+            if verdict.hint_s is not None:
+                if not is_testing():
+                    lane.close_gate(min(verdict.hint_s, gov.retry.max_hint_s))
+            elif "concurren" not in verdict.reason.lower():
+                lane.throttled_without_hint(sent_at=permit.sent_at, now=now)
+        elif kind is OutcomeKind.OK:
+            lane.note_success(now)
         if kind is OutcomeKind.OK and prompt_tokens is not None:
             lane.reconcile(
                 prompt_estimated=self.prompt_tokens,

@@ -43,6 +43,9 @@ _SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
 # The heuristic counts English at about 2x its real tokens (it must never undercount other
 # scripts), so the learned scale may go well below 1.
 _SCALE_MIN, _SCALE_MAX = 0.3, 3.0
+_RATE_WINDOW_S = 5.0  # successes counted for the accepted rate
+_DISCOVERY_GROWTH_RPM = 1.2  # per success: +2% of the rate per second at any rate
+_MIN_DISCOVERED_RPM = 6.0
 
 
 class QueueTimeout(Exception):
@@ -164,9 +167,12 @@ class Lane:
         "_configured",
         "_lock",
         "_queue",
+        "_discovery_cut_at",
+        "_successes",
         "budget",
         "closed",
         "cooldown",
+        "discovered_rpm",
         "key",
         "learned_rpm",
         "learned_tpm",
@@ -201,6 +207,9 @@ class Lane:
         self.learned_rpm: float | None = None
         self.learned_tpm: float | None = None
         self.prompt_scale = 1.0
+        self.discovered_rpm: float | None = None
+        self._discovery_cut_at = -math.inf
+        self._successes: deque[float] = deque()
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
@@ -224,8 +233,10 @@ class Lane:
 
     @property
     def rpm(self) -> float | None:
-        """The requests-per-minute limit in force (configured, learned, or the lower of both)."""
-        return _lower(self._configured.rpm, self.learned_rpm)
+        """The requests-per-minute limit in force: configured, learned from headers (the lower
+        of both), else discovered from 429s that came without any hint."""
+        known = _lower(self._configured.rpm, self.learned_rpm)
+        return known if known is not None else self.discovered_rpm
 
     @property
     def tpm(self) -> float | None:
@@ -249,6 +260,40 @@ class Lane:
                 self.tokens = TokenBucket(rate_per_s=rate, burst=burst)
             elif rate != self.tokens.rate_per_s:
                 self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
+
+    def note_success(self, now: float) -> None:
+        """A success: counted for the accepted rate; a discovered rate grows by 2% per second
+        of successes while requests are queued behind it (the limit is really used)."""
+        with self._lock:
+            successes = self._successes
+            successes.append(now)
+            while successes and now - successes[0] > _RATE_WINDOW_S:
+                successes.popleft()
+            if self.discovered_rpm is not None and self._queue:
+                self.discovered_rpm += _DISCOVERY_GROWTH_RPM
+                self._apply_rates(now=now)
+
+    def throttled_without_hint(self, *, sent_at: float, now: float) -> None:
+        """A 429 that says nothing (no limit, no reset, no retry-after), as many gateways send.
+
+        With no known rate, the lane discovers one: the first time, 90% of the rate accepted
+        over the last seconds (what the server was letting through); after that, a cut to 85%
+        at most once per round trip (answers to requests sent before the last cut say nothing
+        new). Successes raise it again slowly (:meth:`note_success`).
+        """
+        with self._lock:
+            if _lower(self._configured.rpm, self.learned_rpm) is not None:
+                return  # a known limit: pacing is right, the cooldown and backoff handle it
+            if self.discovered_rpm is None:
+                span = now - self._successes[0] if self._successes else 0.0
+                accepted_per_s = len(self._successes) / max(span, 1.0)
+                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.9 * 60.0 * accepted_per_s)
+            elif sent_at >= self._discovery_cut_at:
+                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.85 * self.discovered_rpm)
+            else:
+                return
+            self._discovery_cut_at = now
+            self._apply_rates(now=now)
 
     def learn(self, snapshot: RateLimitSnapshot) -> None:
         """Adopt the limits a response's headers state (when learning is on), and drain our
