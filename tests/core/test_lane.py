@@ -226,6 +226,7 @@ def test_a_hintless_429_teaches_a_rate_that_then_grows_while_used() -> None:
     lane.throttled_without_hint(sent_at=4.9, now=5.0)
     assert lane.rpm == pytest.approx(0.9 * 600, rel=0.05)
     first = lane.rpm
+    assert first is not None
     lane.throttled_without_hint(sent_at=4.95, now=5.05)  # sent before the cut: no second cut
     assert lane.rpm == first
     lane.throttled_without_hint(sent_at=5.5, now=6.0)
