@@ -220,7 +220,7 @@ def test_repr_shows_live_state() -> None:
 
 def test_a_hintless_429_teaches_a_rate_that_then_grows_while_used() -> None:
     lane = make_lane()
-    assert lane.rpm is None
+    assert lane.discovered_rpm is None
     for i in range(50):  # 10 successes per second for 5 s
         lane.note_success(i * 0.1)
     lane.throttled_without_hint(sent_at=4.9, now=5.0)
