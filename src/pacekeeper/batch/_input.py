@@ -2,30 +2,50 @@
 
 Accepted, per line of a JSON-lines file:
 
-- the OpenAI Batch API line: ``{"custom_id": ..., "method": "POST", "url": ..., "body": {...}}``;
-- a bare request body (an object with a ``model``, ``messages``, ``input`` or ``prompt`` field
-  that is not a prompt-only object): its custom_id is ``line-N`` (N counts from 1);
+- the OpenAI Batch API line: ``{"custom_id": ..., "method": "POST", "url": ..., "body": {...}}``
+  (any object with a ``custom_id``, ``method``, ``url`` or ``body`` that is not a prompt
+  object is read as one, so a missing field is reported, never guessed);
+- a bare request body (an object with a ``messages``, ``input`` or ``prompt`` field): its
+  custom_id is ``line-N`` (N counts from 1) and its route is ``--url``;
 - ``{"prompt": "..."}`` (optionally with ``custom_id``): one user message, with ``--model``.
 
-With ``--format text`` every non-empty line is one prompt. A line of a JSON-lines file that is
-not valid JSON is a bad line (never silently taken as a prompt): it becomes an error record
-naming its line number, and the run goes on.
+With ``--format text`` every non-blank line is one prompt. Blank lines are not requests and are
+skipped in both formats (line numbers still count them). A line of a JSON-lines file that is not
+valid JSON is a bad line (never silently taken as a prompt): it becomes an error record naming
+its line number, and the run goes on. Reading never raises for any content of a line.
+
+custom_id rules: a non-empty string of at most 512 characters. Lines without one get
+``line-N``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["BadLine", "BatchLine", "InputFormat", "count_lines", "read_lines"]
+__all__ = [
+    "MAX_CUSTOM_ID",
+    "BadLine",
+    "BatchLine",
+    "InputFormat",
+    "check_route",
+    "count_lines",
+    "read_lines",
+]
 
 InputFormat = Literal["jsonl", "text"]
 
+MAX_CUSTOM_ID = 512
 _BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
-_MAX_CUSTOM_ID = 512
+_REQUEST_KEYS = frozenset({"messages", "input", "prompt"})
+_BOM = b"\xef\xbb\xbf"
+_ROUTE = re.compile(r"/[\x21-\x7e]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NO_STREAM = 'a batch cannot stream its answers; remove "stream": true from the body'
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +56,16 @@ class BatchLine:
     custom_id: str
     url: str
     body: dict[str, Any]
+    size: int = 0
+    """Bytes of the input line (what holding it in memory roughly costs)."""
 
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
-    """A line that cannot be sent; ``code`` is machine-readable, ``message`` names the line."""
+    """A line that cannot be sent; ``code`` is machine-readable, ``message`` names the line.
+
+    ``custom_id`` is the line's own when it had a valid one, else ``line-N``.
+    """
 
     line_no: int
     custom_id: str
@@ -49,16 +74,20 @@ class BadLine:
 
 
 def count_lines(path: Path) -> int:
-    """Non-empty lines, counted in 1 MiB blocks (fast, constant memory)."""
+    """The lines :func:`read_lines` yields (non-blank lines), in constant memory."""
     count = 0
-    last = b"\n"
     with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            count += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        count += 1
+        for raw in f:
+            if raw.strip():
+                count += 1
     return count
+
+
+def check_route(url: object) -> str | None:
+    """Why ``url`` is not a usable route (a path such as /v1/chat/completions), or None."""
+    if not isinstance(url, str) or not _ROUTE.fullmatch(url):
+        return f"url must be a path such as /v1/chat/completions, got {_short(url)}"
+    return None
 
 
 def read_lines(
@@ -68,95 +97,149 @@ def read_lines(
     model: str | None = None,
     url: str = "/v1/chat/completions",
 ) -> Iterator[BatchLine | BadLine]:
-    """Yield each line as a :class:`BatchLine` or a :class:`BadLine`, reading lazily.
+    """Yield each non-blank line as a :class:`BatchLine` or a :class:`BadLine`, lazily.
 
     ``model`` overrides (or fills) the body's model; ``url`` is the route for bare bodies and
-    prompts. Blank lines are skipped (they are not requests).
+    prompts.
     """
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            stripped = raw.strip()
+            stripped = (raw[len(_BOM) :] if line_no == 1 and raw.startswith(_BOM) else raw).strip()
             if not stripped:
                 continue
-            try:
-                text = stripped.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield BadLine(
-                    line_no,
-                    f"line-{line_no}",
-                    "invalid_encoding",
-                    f"line {line_no}: not UTF-8 ({exc.reason} at byte {exc.start})",
-                )
-                continue
-            if fmt == "text":
-                yield _prompt_line(line_no, f"line-{line_no}", text, model=model, url=url)
-            else:
-                yield _json_line(line_no, text, model=model, url=url)
+            yield parse_line(line_no, stripped, fmt=fmt, model=model, url=url)
 
 
-def _json_line(line_no: int, text: str, *, model: str | None, url: str) -> BatchLine | BadLine:
+def parse_line(
+    line_no: int,
+    raw: bytes,
+    *,
+    fmt: InputFormat = "jsonl",
+    model: str | None = None,
+    url: str = "/v1/chat/completions",
+) -> BatchLine | BadLine:
+    """One line (without its newline) as a request or a bad line; never raises."""
     fallback_id = f"line-{line_no}"
     try:
-        obj = json.loads(text)
-    except ValueError as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         return BadLine(
-            line_no, fallback_id, "invalid_json", f"line {line_no}: not valid JSON ({exc})"
+            line_no,
+            fallback_id,
+            "invalid_encoding",
+            f"line {line_no}: not UTF-8 ({exc.reason} at byte {exc.start})",
+        )
+    if fmt == "text":
+        return _prompt_line(line_no, fallback_id, text, model=model, url=url, size=len(raw))
+    return _json_line(line_no, text, model=model, url=url, size=len(raw))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_line(
+    line_no: int, text: str, *, model: str | None, url: str, size: int
+) -> BatchLine | BadLine:
+    fallback_id = f"line-{line_no}"
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return BadLine(
+            line_no, fallback_id, "invalid_json", f"line {line_no}: not valid JSON ({reason})"
+        )
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(obj):
+        return BadLine(
+            line_no,
+            fallback_id,
+            "invalid_json",
+            f"line {line_no}: not valid JSON (an unpaired UTF-16 surrogate escape: the text "
+            "cannot be sent as UTF-8)",
         )
     if not isinstance(obj, dict):
         return BadLine(
             line_no,
             fallback_id,
             "invalid_line",
-            f"line {line_no}: expected a JSON object, got {type(obj).__name__}",
+            f"line {line_no}: expected a JSON object, got {_json_type(obj)}",
         )
-    if "body" in obj or ("custom_id" in obj and ("url" in obj or "method" in obj)):
-        return _batch_api_line(line_no, obj, model=model)
-    if set(obj) <= {"prompt", "custom_id"} and "prompt" in obj:
-        custom_id = obj.get("custom_id", fallback_id)
-        if not isinstance(custom_id, str) or not custom_id:
-            return BadLine(
-                line_no, fallback_id, "invalid_custom_id", _bad_id_message(line_no, custom_id)
-            )
-        prompt = obj["prompt"]
-        if not isinstance(prompt, str):
-            return BadLine(
-                line_no,
-                custom_id,
-                "invalid_prompt",
-                f"line {line_no}: 'prompt' must be a string, got {type(prompt).__name__}",
-            )
-        return _prompt_line(line_no, custom_id, prompt, model=model, url=url)
+    keys = set(obj)
+    if "prompt" in keys and keys <= {"prompt", "custom_id"}:
+        return _prompt_object(line_no, obj, model=model, url=url, size=size)
+    if keys & _BATCH_KEYS:
+        return _batch_api_line(line_no, obj, model=model, size=size)
+    if not keys & _REQUEST_KEYS:
+        return BadLine(
+            line_no,
+            fallback_id,
+            "unrecognized_line",
+            f"line {line_no}: not a request: expected a Batch API line (custom_id, method, url, "
+            'body), a request body (with messages, input or prompt) or {"prompt": ...}',
+        )
     # a bare request body
     body = dict(obj)
     if model is not None:
         body["model"] = model
-    if not isinstance(body.get("model"), str):
+    if not _is_model(body.get("model")):
         return BadLine(
             line_no,
             fallback_id,
             "missing_model",
             f"line {line_no}: the request body names no model; add one or pass --model",
         )
-    return BatchLine(line_no, fallback_id, url, body)
+    if body.get("stream") is True:
+        return BadLine(line_no, fallback_id, "invalid_body", f"line {line_no}: {_NO_STREAM}")
+    return BatchLine(line_no, fallback_id, url, body, size)
 
 
-def _batch_api_line(line_no: int, obj: dict[str, Any], *, model: str | None) -> BatchLine | BadLine:
+def _prompt_object(
+    line_no: int, obj: dict[str, Any], *, model: str | None, url: str, size: int
+) -> BatchLine | BadLine:
     fallback_id = f"line-{line_no}"
-    custom_id = obj.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > _MAX_CUSTOM_ID:
+    if "custom_id" in obj:
+        problem = _custom_id_problem(obj["custom_id"])
+        if problem is not None:
+            return BadLine(line_no, fallback_id, "invalid_custom_id", f"line {line_no}: {problem}")
+        custom_id: str = obj["custom_id"]
+    else:
+        custom_id = fallback_id
+    prompt = obj["prompt"]
+    if not isinstance(prompt, str):
+        return BadLine(
+            line_no,
+            custom_id,
+            "invalid_prompt",
+            f"line {line_no}: 'prompt' must be a string, got {_json_type(prompt)}",
+        )
+    return _prompt_line(line_no, custom_id, prompt, model=model, url=url, size=size)
+
+
+def _batch_api_line(
+    line_no: int, obj: dict[str, Any], *, model: str | None, size: int
+) -> BatchLine | BadLine:
+    fallback_id = f"line-{line_no}"
+    if "custom_id" not in obj:
         return BadLine(
             line_no,
             fallback_id,
-            "invalid_custom_id" if "custom_id" in obj else "missing_custom_id",
-            _bad_id_message(line_no, custom_id),
+            "missing_custom_id",
+            f"line {line_no}: custom_id is missing (a Batch API line needs custom_id, method, "
+            "url and body)",
         )
+    problem = _custom_id_problem(obj["custom_id"])
+    if problem is not None:
+        return BadLine(line_no, fallback_id, "invalid_custom_id", f"line {line_no}: {problem}")
+    custom_id: str = obj["custom_id"]
+    where = f"line {line_no} ({_short(custom_id)})"
     missing = sorted(_BATCH_KEYS - set(obj))
     if missing:
         return BadLine(
             line_no,
             custom_id,
             "missing_field",
-            f"line {line_no} ({custom_id}): missing {', '.join(missing)}",
+            f"{where}: missing {', '.join(missing)} (a Batch API line needs custom_id, method, "
+            "url and body)",
         )
     method, url, body = obj["method"], obj["url"], obj["body"]
     if method != "POST":
@@ -164,37 +247,34 @@ def _batch_api_line(line_no: int, obj: dict[str, Any], *, model: str | None) -> 
             line_no,
             custom_id,
             "invalid_method",
-            f"line {line_no} ({custom_id}): method must be POST, got {method!r}",
+            f"{where}: method must be POST, got {_short(method)}",
         )
-    if not isinstance(url, str) or not url.startswith("/"):
-        return BadLine(
-            line_no,
-            custom_id,
-            "invalid_url",
-            f"line {line_no} ({custom_id}): url must be a path such as /v1/chat/completions, "
-            f"got {url!r}",
-        )
+    route_problem = check_route(url)
+    if route_problem is not None:
+        return BadLine(line_no, custom_id, "invalid_url", f"{where}: {route_problem}")
     if not isinstance(body, dict):
         return BadLine(
             line_no,
             custom_id,
             "invalid_body",
-            f"line {line_no} ({custom_id}): body must be a JSON object",
+            f"{where}: body must be a JSON object, got {_json_type(body)}",
         )
     if model is not None:
         body["model"] = model
-    if not isinstance(body.get("model"), str):
+    if not _is_model(body.get("model")):
         return BadLine(
             line_no,
             custom_id,
             "missing_model",
-            f"line {line_no} ({custom_id}): the body names no model; add one or pass --model",
+            f"{where}: the body names no model; add one or pass --model",
         )
-    return BatchLine(line_no, custom_id, url, body)
+    if body.get("stream") is True:
+        return BadLine(line_no, custom_id, "invalid_body", f"{where}: {_NO_STREAM}")
+    return BatchLine(line_no, custom_id, url, body, size)
 
 
 def _prompt_line(
-    line_no: int, custom_id: str, prompt: str, *, model: str | None, url: str
+    line_no: int, custom_id: str, prompt: str, *, model: str | None, url: str, size: int
 ) -> BatchLine | BadLine:
     if model is None:
         return BadLine(
@@ -204,12 +284,46 @@ def _prompt_line(
             f"line {line_no}: a prompt line needs --model to say which model answers it",
         )
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
-    return BatchLine(line_no, custom_id, url, body)
+    return BatchLine(line_no, custom_id, url, body, size)
 
 
-def _bad_id_message(line_no: int, custom_id: object) -> str:
-    if custom_id is None:
-        return f"line {line_no}: custom_id is missing"
-    if isinstance(custom_id, str) and len(custom_id) > _MAX_CUSTOM_ID:
-        return f"line {line_no}: custom_id is longer than {_MAX_CUSTOM_ID} characters"
-    return f"line {line_no}: custom_id must be a non-empty string, got {custom_id!r}"[:300]
+def _custom_id_problem(custom_id: object) -> str | None:
+    if not isinstance(custom_id, str) or not custom_id:
+        return f"custom_id must be a non-empty string, got {_short(custom_id)}"
+    if len(custom_id) > MAX_CUSTOM_ID:
+        return f"custom_id is longer than {MAX_CUSTOM_ID} characters ({len(custom_id)})"
+    return None
+
+
+def _is_model(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (ValueError, RecursionError):  # pragma: no cover (parsed JSON always dumps)
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
