@@ -1,37 +1,84 @@
 """The result file: appended one whole line at a time, recovered on the next run.
 
-Exactly once rests on two rules. Each result is written with a single ``os.write`` of one
-complete line, so a crash (even ``kill -9``) leaves every earlier line intact and at worst one
-torn last line. On the next run the file is scanned: the custom_ids it holds are done and are
-skipped, and a torn last line is cut off (its request runs again). A result is therefore never
-lost once written and never written twice.
+Exactly once rests on three rules. Each result is written with a single ``os.write`` of one
+complete line (``O_APPEND``), so a crash (even ``kill -9``) leaves every earlier line intact and
+at worst one torn last line. On the next run the file is scanned: the custom_ids it holds are
+done and are skipped, and a torn last line is cut off (its request runs again). And only one
+run writes a given file at a time (an exclusive ``flock``, released by the kernel however the
+process ends), so two runs of the same command cannot both send a line. A result is therefore
+never lost once written and never written twice.
+
+A result line is an object with ``custom_id``, ``response`` and ``error``. Anything else that
+is not the torn last line (a line that does not parse, a JSON value of another shape, a blank
+line) means the file was not written by pacekeeper alone: :class:`OutputDamaged`, and nothing
+is guessed or cut.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DoneSet", "OutputDamaged", "ResultFile", "record_key"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: no advisory locks, one run at a time)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "DoneSet",
+    "OutputBusy",
+    "OutputDamaged",
+    "ResultFile",
+    "is_bad_line_record",
+    "record_key",
+    "scan",
+]
 
 _FSYNC_EVERY_S = 1.0
+_REDACTED = "[redacted]"
+_MIN_SECRET_LEN = 8
 
 
 class OutputDamaged(Exception):
     """The output file holds a line that pacekeeper did not write whole (not the last one)."""
 
 
+class OutputBusy(Exception):
+    """Another process is writing the same output file."""
+
+
 def record_key(custom_id: str, line_no: int | None = None) -> int:
-    """The resume key of a result: its custom_id, or (custom_id, line) for a duplicate's error
-    record, which shares the custom_id of the line it duplicates. 8 bytes of BLAKE2b, so a
-    million keys take tens of MB, not the ids' full text."""
+    """The resume key of a result: its custom_id, or (custom_id, line) for the error record of
+    a bad input line (a duplicate shares the custom_id of the line it duplicates). 8 bytes of
+    BLAKE2b, so a million keys take tens of MB, not the ids' full text."""
     text = custom_id if line_no is None else f"{custom_id}\x00{line_no}"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
+
+
+def is_bad_line_record(record: dict[str, Any]) -> bool:
+    """An error record for an input line that was never sent (it names its line)."""
+    error = record.get("error")
+    return (
+        record.get("response") is None
+        and isinstance(error, dict)
+        and isinstance(error.get("line"), int)
+        and not isinstance(error.get("line"), bool)
+    )
+
+
+def _key_of(record: dict[str, Any]) -> int:
+    if is_bad_line_record(record):
+        return record_key(record["custom_id"], record["error"]["line"])
+    return record_key(record["custom_id"])
 
 
 @dataclass(slots=True)
@@ -39,8 +86,12 @@ class DoneSet:
     """What an earlier run already finished."""
 
     keys: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    """Keys of the error records among ``keys``."""
     torn_bytes: int = 0
-    """Bytes of a torn last line that were cut off."""
+    """Bytes of a torn last line (cut off when the file is opened for writing)."""
+    good_end: int = 0
+    """Length of the file without its torn last line."""
 
     def __contains__(self, key: int) -> bool:
         return key in self.keys
@@ -49,81 +100,149 @@ class DoneSet:
         return len(self.keys)
 
 
+def _is_result(obj: object) -> bool:
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("custom_id"), str)
+        and "response" in obj
+        and "error" in obj
+    )
+
+
+def scan(path: Path) -> DoneSet:
+    """Read an existing output without changing it: done keys, and a torn last line if any.
+
+    Raises :class:`OutputDamaged` for a line that is not a result and is not a torn last line.
+    """
+    done = DoneSet()
+    if not path.exists():
+        return done
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):  # the last line, without its newline: torn
+                done.torn_bytes = len(raw)
+                break
+            try:
+                obj = json.loads(raw)
+            except (ValueError, RecursionError):
+                obj = None
+            if not _is_result(obj):
+                raise OutputDamaged(
+                    f"{path}: line {line_no} is not a result line ({_describe(raw)}). A run that "
+                    "is interrupted can only leave a torn last line without a newline, so this "
+                    "file was changed by something else; pacekeeper will not guess which "
+                    "results it holds. Move it aside, fix that line, or choose another --output."
+                )
+            assert isinstance(obj, dict)
+            key = _key_of(obj)
+            done.keys.add(key)
+            if obj.get("error") is not None:
+                done.failed.add(key)
+            done.good_end += len(raw)
+    return done
+
+
+def _describe(raw: bytes) -> str:
+    if not raw.strip():
+        return "a blank line"
+    head = raw[:60].decode("utf-8", "replace").rstrip("\n")
+    return f"it starts {head!r}"
+
+
 class ResultFile:
-    """An append-only JSON-lines file of results."""
+    """An append-only JSON-lines file of results, held by one process at a time."""
 
-    __slots__ = ("_fd", "_last_sync", "_unsynced", "lines_written", "path")
+    __slots__ = ("_fd", "_last_sync", "_secrets", "_unsynced", "lines_written", "path")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, redact: Iterable[str | None] = ()) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = -1
+                raise OutputBusy(
+                    f"{path} is being written by another pacekeeper run; wait for it to "
+                    "finish (or stop it) before running this command again"
+                ) from None
+        self._secrets = redaction_list(redact)
         self._last_sync = time.monotonic()
         self._unsynced = 0
         self.lines_written = 0
 
+    @classmethod
+    def open(cls, path: Path, *, redact: Iterable[str | None] = ()) -> tuple[ResultFile, DoneSet]:
+        """Lock ``path``, recover what it holds and cut a torn last line off."""
+        out = cls(path, redact=redact)
+        try:
+            done = scan(path)
+            if done.torn_bytes:
+                os.ftruncate(out._fd, done.good_end)
+        except BaseException:
+            out.close()
+            raise
+        return out, done
+
     @staticmethod
     def recover(path: Path) -> DoneSet:
-        """Scan an existing output: collect done keys; cut a torn last line off.
-
-        Raises :class:`OutputDamaged` for a broken line that is not the last one: that file
-        was not written by an interrupted run, and guessing would risk losing results.
-        """
-        done = DoneSet()
-        if not path.exists():
-            return done
-        good_end = 0
-        with path.open("rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                complete = raw.endswith(b"\n")
-                try:
-                    obj = json.loads(raw) if complete else None
-                except ValueError:
-                    obj = None
-                if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
-                    rest = f.read(1)
-                    if rest or (complete and obj is not None):
-                        raise OutputDamaged(
-                            f"{path}: line {line_no} is not a complete result line, and it is "
-                            "not the last line. This file was not left by an interrupted "
-                            "pacekeeper run; move it aside or choose another --output."
-                        )
-                    done.torn_bytes = len(raw)
-                    break
-                done.keys.add(_key_of(obj))
-                good_end += len(raw)
-        if done.torn_bytes:
-            os.truncate(path, good_end)
+        """Scan ``path`` and cut a torn last line off (without holding it open)."""
+        out, done = ResultFile.open(path)
+        out.close()
         return done
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = line.encode()
+        data = encode_line(record, self._secrets)
         # One write per line: O_APPEND makes it land whole at the end.
         written = os.write(self._fd, data)
         while written < len(data):  # pragma: no cover (short writes only on full disks)
             written += os.write(self._fd, data[written:])
         self.lines_written += 1
         self._unsynced += 1
-        now = time.monotonic()
-        if now - self._last_sync >= _FSYNC_EVERY_S:
+        if time.monotonic() - self._last_sync >= _FSYNC_EVERY_S:
             self.sync()
 
     def sync(self) -> None:
-        if self._unsynced:
+        if self._unsynced and self._fd >= 0:
             os.fsync(self._fd)
             self._unsynced = 0
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                self.sync()
+            os.close(self._fd)  # releases the lock
             self._fd = -1
 
 
-def _key_of(obj: dict[str, Any]) -> int:
-    error = obj.get("error")
-    if isinstance(error, dict) and error.get("code") == "duplicate_custom_id":
-        line = error.get("line")
-        return record_key(obj["custom_id"], line if isinstance(line, int) else None)
-    return record_key(obj["custom_id"])
+def redaction_list(secrets: Iterable[str | None]) -> tuple[str, ...]:
+    """The forms in which each secret would appear in a JSON line (long enough ones only)."""
+    forms: list[str] = []
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            forms.append(secret)
+            escaped = json.dumps(secret)[1:-1]
+            if escaped != secret:
+                forms.append(escaped)
+    return tuple(forms)
+
+
+def redact_text(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def encode_line(record: dict[str, Any], secrets: tuple[str, ...] = ()) -> bytes:
+    """One JSON line, UTF-8; falls back to ASCII escapes for text UTF-8 cannot carry (an
+    unpaired surrogate in an answer), so that writing a result never fails."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    text = redact_text(text, secrets)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        text = redact_text(json.dumps(record, ensure_ascii=True, separators=(",", ":")), secrets)
+        return (text + "\n").encode("ascii")
