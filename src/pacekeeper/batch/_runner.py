@@ -1,8 +1,13 @@
 """The batch runner: a JSONL file of requests in, a JSONL file of results out, exactly once.
 
-Lines are read lazily and at most ``window`` of them are in progress at once (queued in the
-governor, in flight, or waiting to be written in order), so memory stays flat however long
-the input. Every request goes through the same governed transport the library offers.
+Lines are read lazily. At most ``window`` lines, and at most ``max_buffer_bytes`` of input,
+are in progress at once (queued in the governor, in flight, or waiting to be written in order),
+so memory stays flat however long the input. Every request goes through the same governed
+transport the library offers.
+
+Each input line gets exactly one result line: a response, an error record for a request that
+failed, or an error record for a bad input line (which names its line). A result is written
+the moment it is known; what is not written when the run stops is sent by the next run.
 """
 
 from __future__ import annotations
@@ -22,15 +27,24 @@ from typing import Any
 import httpx2
 
 from pacekeeper.batch._input import BadLine, BatchLine, InputFormat, count_lines, read_lines
-from pacekeeper.batch._output import DoneSet, ResultFile, record_key
+from pacekeeper.batch._output import (
+    DoneSet,
+    ResultFile,
+    record_key,
+    redact_text,
+    redaction_list,
+)
 from pacekeeper.core.errors import AdmissionClosed, PacekeeperError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.records import AttemptRecord, RequestRecord
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
 
-__all__ = ["BatchJob", "BatchResult", "run_batch"]
+__all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
 
 _SAFE_HEADER = re.compile(r"^[\x21-\x7e]{1,128}$")
+_YIELD_EVERY = 256
+"""Lines read between two turns of the event loop when nothing else awaits (skipping done
+lines on resume), so that signals and the progress display are served."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +60,9 @@ class BatchJob:
     url: str = "/v1/chat/completions"
     ordered: bool = False
     window: int = 4096
+    """Lines in progress at most (queued, in flight, or waiting to be written in order)."""
+    max_buffer_bytes: int = 64 << 20
+    """Bytes of input lines in progress at most (at least one line is always admitted)."""
     timeout_s: float = 600.0
     log_path: Path | None = None
     shard: tuple[int, int] | None = None
@@ -55,8 +72,12 @@ class BatchJob:
 @dataclass(slots=True)
 class BatchResult:
     total_lines: int = 0
+    """Non-blank lines of the input."""
+    lines_read: int = 0
     skipped_done: int = 0
     """Lines an earlier run had finished (resume)."""
+    skipped_failed: int = 0
+    """Of ``skipped_done``, those whose result is an error record."""
     skipped_shard: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -64,7 +85,10 @@ class BatchResult:
     bad_lines: int = 0
     """Malformed, duplicate or incomplete input lines (error records too)."""
     not_sent: int = 0
-    """Lines left for the next run (interrupted)."""
+    """Requests that were read but not sent, or not answered, when the run stopped: the next
+    run sends them."""
+    not_reached: int = 0
+    """Lines not read when the run stopped (some may be done already or another shard's)."""
     torn_bytes: int = 0
     interrupted: bool = False
     elapsed_s: float = 0.0
@@ -75,18 +99,31 @@ class BatchResult:
         return self.succeeded + self.failed + self.bad_lines
 
     @property
+    def settled(self) -> int:
+        """Lines that need nothing more: written now, done before, or another shard's."""
+        return self.written + self.skipped_done + self.skipped_shard
+
+    @property
     def all_succeeded(self) -> bool:
-        return self.failed == 0 and self.bad_lines == 0 and not self.interrupted
+        """Every line of the input (this shard) has a successful result."""
+        return (
+            self.failed == 0
+            and self.bad_lines == 0
+            and self.skipped_failed == 0
+            and not self.interrupted
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "total_lines": self.total_lines,
             "skipped_done": self.skipped_done,
+            "skipped_failed": self.skipped_failed,
             "skipped_shard": self.skipped_shard,
             "succeeded": self.succeeded,
             "failed": self.failed,
             "bad_lines": self.bad_lines,
             "not_sent": self.not_sent,
+            "not_reached": self.not_reached,
             "torn_bytes_recovered": self.torn_bytes,
             "interrupted": self.interrupted,
             "elapsed_s": self.elapsed_s,
@@ -95,19 +132,83 @@ class BatchResult:
 
 
 class _LogHook:
-    """Writes every attempt and request record as a JSON line (``--log FILE``)."""
+    """Writes every attempt and request record as a JSON line (``--log FILE``).
 
-    def __init__(self, path: Path) -> None:
-        self._file = path.open("a", encoding="utf-8")
+    Line-buffered, so a crash loses at most the line being written; a torn last line left by
+    a crash is ended before appending, so that every later line stays valid JSON."""
+
+    def __init__(self, path: Path, secrets: tuple[str, ...]) -> None:
+        needs_newline = False
+        with contextlib.suppress(OSError), path.open("rb") as f:
+            f.seek(0, 2)
+            if f.tell() > 0:
+                f.seek(-1, 2)
+                needs_newline = f.read(1) != b"\n"
+        self._file = path.open("a", encoding="utf-8", buffering=1)
+        if needs_newline:
+            self._file.write("\n")
+        self._secrets = secrets
+
+    def _write(self, data: dict[str, Any]) -> None:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+        self._file.write(redact_text(text, self._secrets) + "\n")
 
     def on_attempt(self, record: AttemptRecord) -> None:
-        self._file.write(json.dumps(record.as_dict(), separators=(",", ":")) + "\n")
+        self._write(record.as_dict())
 
     def on_request(self, record: RequestRecord) -> None:
-        self._file.write(json.dumps(record.as_dict(), separators=(",", ":")) + "\n")
+        self._write(record.as_dict())
 
     def close(self) -> None:
         self._file.close()
+
+
+class _Pauses:
+    """Knows which requests are sleeping before a retry, so that a stop does not wait for them:
+    a request in its retry pause is not in flight, and its wait may be long (a backoff, a
+    server's retry-after). After a stop, such a request is cancelled (it is sent next run)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.tasks: dict[str, asyncio.Future[_Outcome | None]] = {}
+        self._until: dict[str, float] = {}
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        tag = record.tag
+        if tag is None:
+            return
+        if record.retry_in_s is None:
+            self._until.pop(tag, None)
+            return
+        self._until[tag] = time.monotonic() + record.retry_in_s
+        if self._stop.is_set():
+            self._cancel(tag)
+
+    def on_request(self, record: RequestRecord) -> None:
+        if record.tag is not None:
+            self._until.pop(record.tag, None)
+
+    def track(self, tag: str, task: asyncio.Future[_Outcome | None]) -> None:
+        self.tasks[tag] = task
+        task.add_done_callback(lambda _: self._forget(tag))
+
+    def _forget(self, tag: str) -> None:
+        self.tasks.pop(tag, None)
+        self._until.pop(tag, None)
+
+    def cancel_pausing(self) -> None:
+        now = time.monotonic()
+        for tag, until in list(self._until.items()):
+            if until > now:
+                self._cancel(tag)
+
+    def _cancel(self, tag: str) -> None:
+        self._until.pop(tag, None)
+        task = self.tasks.get(tag)
+        if task is not None and not task.done():
+            # The attempt is over and the task is about to sleep (or sleeping): no bytes of
+            # an answer are lost. It is cancelled at its next await, the retry pause.
+            task.cancel()
 
 
 def join_url(base_url: str, route: str) -> str:
@@ -137,138 +238,199 @@ async def run_batch(
     stop: asyncio.Event | None = None,
     on_progress: Callable[[BatchResult], None] | None = None,
 ) -> BatchResult:
-    """Run ``job`` through ``gov``. Setting ``stop`` stops admitting: queued requests are left
-    for the next run, those in flight finish and are written."""
+    """Run ``job`` through ``gov``. Setting ``stop`` stops admitting: queued requests (and
+    requests waiting to retry) are left for the next run; those in flight finish and are
+    written.
+
+    Raises :class:`~pacekeeper.batch.OutputDamaged` when the output holds a line that is not
+    a result, and :class:`~pacekeeper.batch.OutputBusy` when another run is writing it.
+    """
     result = BatchResult()
     started = time.monotonic()
-    done: DoneSet = ResultFile.recover(job.output)
-    result.torn_bytes = done.torn_bytes
+    secrets = redaction_list([job.api_key])
     result.total_lines = count_lines(job.input)
-    out = ResultFile(job.output)
-    log_hook = _LogHook(job.log_path) if job.log_path else None
-    if log_hook is not None:
-        gov.hooks.append(log_hook)
-    headers = {"user-agent": "pacekeeper-run"}
-    if job.api_key:
-        headers["authorization"] = f"Bearer {job.api_key}"
-    client = httpx2.AsyncClient(
-        transport=Transport(gov),
-        headers=headers,
-        timeout=httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
-    )
+    out, done = ResultFile.open(job.output, redact=secrets)
+    result.torn_bytes = done.torn_bytes
     stop = stop or asyncio.Event()
-    seen: set[int] = set()
+    pauses = _Pauses(stop)
+    log_hook: _LogHook | None = None
+    client: httpx2.AsyncClient | None = None
     # Results are written the moment they can be: as they finish, or (ordered) as soon as
-    # everything before them has finished. ``in_progress`` holds what is not written yet.
-    in_progress: deque[asyncio.Future[_Outcome | None]] = deque()
+    # everything before them has finished. These hold what is not written yet.
+    ordered_queue: deque[asyncio.Future[_Outcome | None]] = deque()
+    pending: set[asyncio.Future[_Outcome | None]] = set()
+    sizes: dict[asyncio.Future[_Outcome | None], int] = {}
+    buffered = [0]  # bytes of input held by pending lines
     room = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        if job.log_path is not None:
+            log_hook = _LogHook(job.log_path, secrets)
+            gov.hooks.append(log_hook)
+        gov.hooks.append(pauses)
+        headers = {"user-agent": "pacekeeper-run"}
+        if job.api_key:
+            headers["authorization"] = f"Bearer {job.api_key}"
+        client = httpx2.AsyncClient(
+            transport=Transport(gov),
+            headers=headers,
+            timeout=httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
+        )
 
-    def write(fut: asyncio.Future[_Outcome | None]) -> None:
-        outcome = None if fut.cancelled() else fut.result()
-        if outcome is None:  # not sent (closed or cancelled): left for the next run
-            result.not_sent += 1
-            return
-        out.write(outcome.record)
-        if outcome.kind == "ok":
-            result.succeeded += 1
-        else:
-            if outcome.kind == "bad":
-                result.bad_lines += 1
+        def write(fut: asyncio.Future[_Outcome | None]) -> None:
+            # _process turns every error into a record, so a result is an outcome or None.
+            outcome = None if fut.cancelled() else fut.result()
+            if outcome is None:  # not sent (closed or cancelled): left for the next run
+                result.not_sent += 1
+                return
+            out.write(outcome.record)
+            if outcome.kind == "ok":
+                result.succeeded += 1
             else:
-                result.failed += 1
-            error = outcome.record.get("error") or {}
-            result.errors_by_code[str(error.get("code", "unknown"))] += 1
-        if on_progress is not None:
-            on_progress(result)
+                if outcome.kind == "bad":
+                    result.bad_lines += 1
+                else:
+                    result.failed += 1
+                error = outcome.record.get("error") or {}
+                result.errors_by_code[str(error.get("code", "unknown"))] += 1
 
-    def on_done(fut: asyncio.Future[_Outcome | None]) -> None:
-        if job.ordered:
-            while in_progress and in_progress[0].done():
-                write(in_progress.popleft())
-        else:
-            in_progress.remove(fut)
+        def settle(fut: asyncio.Future[_Outcome | None]) -> None:
+            pending.discard(fut)
+            buffered[0] -= sizes.pop(fut, 0)
             write(fut)
-        if len(in_progress) < job.window:
+
+        def on_done(fut: asyncio.Future[_Outcome | None]) -> None:
+            try:
+                if job.ordered:
+                    while ordered_queue and ordered_queue[0].done():
+                        settle(ordered_queue.popleft())
+                else:
+                    settle(fut)
+            finally:
+                room.set()
+            if on_progress is not None:
+                on_progress(result)
+
+        def has_room(limit: int) -> bool:
+            if not pending:
+                return True
+            return len(pending) <= limit and buffered[0] < job.max_buffer_bytes
+
+        async def wait_for_room(limit: int) -> None:
+            while not has_room(limit):
+                room.clear()
+                await room.wait()
+
+        def enqueue(fut: asyncio.Future[_Outcome | None], size: int) -> None:
+            pending.add(fut)
+            sizes[fut] = size
+            buffered[0] += size
+            if job.ordered:
+                ordered_queue.append(fut)
+            fut.add_done_callback(on_done)
+
+        def enqueue_done(outcome: _Outcome) -> None:
+            fut: asyncio.Future[_Outcome | None] = asyncio.get_running_loop().create_future()
+            enqueue(fut, 0)
+            fut.set_result(outcome)  # its callback runs on the next loop turn
+
+        async def close_on_stop() -> None:
+            await stop.wait()
+            gov.close()  # queued requests fail with AdmissionClosed: not sent, left for next run
+            pauses.cancel_pausing()
             room.set()
 
-    async def wait_for_room(limit: int) -> None:
-        while len(in_progress) > limit:
-            room.clear()
-            await room.wait()
-
-    def enqueue(fut: asyncio.Future[_Outcome | None]) -> None:
-        in_progress.append(fut)
-        fut.add_done_callback(on_done)
-
-    def enqueue_done(outcome: _Outcome) -> None:
-        fut: asyncio.Future[_Outcome | None] = asyncio.get_running_loop().create_future()
-        enqueue(fut)
-        fut.set_result(outcome)  # its callback runs on the next loop turn
-
-    async def close_on_stop() -> None:
-        await stop.wait()
-        gov.close()  # queued requests fail with AdmissionClosed: not sent, left for next run
-        room.set()
-
-    watcher = asyncio.create_task(close_on_stop())
-    last_line = 0
-    try:
+        watcher = asyncio.create_task(close_on_stop())
+        seen: set[int] = set()
         for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
+            if result.lines_read % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+                if on_progress is not None and result.lines_read:
+                    on_progress(result)
             if stop.is_set():
                 break
-            last_line = item.line_no
+            result.lines_read += 1
             if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
                 result.skipped_shard += 1
                 continue
-            key = record_key(item.custom_id)
-            if key in seen:
-                if record_key(item.custom_id, item.line_no) in done:
-                    result.skipped_done += 1
+            id_key = record_key(item.custom_id)
+            if isinstance(item, BadLine) or id_key in seen:
+                # A bad line, or a duplicate: an error record keyed by its line too.
+                key = record_key(item.custom_id, item.line_no)
+                seen.add(id_key)
+                if _skip_done(key, done, result):
                     continue
-                duplicate = BadLine(
-                    item.line_no,
-                    item.custom_id,
-                    "duplicate_custom_id",
-                    f"line {item.line_no}: custom_id {item.custom_id!r} was already used by an "
-                    "earlier line; this line was not sent",
-                )
-                enqueue_done(_Outcome(_bad_record(duplicate), "bad"))
+                bad = item if isinstance(item, BadLine) else _duplicate(item)
+                enqueue_done(_Outcome(_bad_record(bad), "bad"))
             else:
-                seen.add(key)
-                if key in done:
-                    result.skipped_done += 1
+                seen.add(id_key)
+                if _skip_done(id_key, done, result):
                     continue
-                if isinstance(item, BadLine):
-                    enqueue_done(_Outcome(_bad_record(item), "bad"))
-                else:
-                    enqueue(asyncio.ensure_future(_process(client, job, item)))
+                task = asyncio.ensure_future(_process(client, job, item, secrets))
+                pauses.track(item.custom_id, task)
+                enqueue(task, item.size)
             await wait_for_room(job.window - 1)
         await wait_for_room(0)
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         result.interrupted = stop.is_set()
-        if result.interrupted:
-            result.not_sent += max(0, result.total_lines - last_line)
-        for fut in list(in_progress):
+        for fut in list(pending):
             fut.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*in_progress, return_exceptions=True)
-        await asyncio.sleep(0)  # let the last done-callbacks run
-        await client.aclose()
+        if pending:
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.sleep(0)  # let the last done-callbacks run
+        result.not_reached = max(0, result.total_lines - result.lines_read)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
         out.close()
+        for hook in (pauses, log_hook):
+            if hook is not None and hook in gov.hooks:
+                gov.hooks.remove(hook)
         if log_hook is not None:
-            gov.hooks.remove(log_hook)
             log_hook.close()
         result.elapsed_s = time.monotonic() - started
+        if on_progress is not None:
+            on_progress(result)
     return result
 
 
-async def _process(client: httpx2.AsyncClient, job: BatchJob, line: BatchLine) -> _Outcome | None:
+def _skip_done(key: int, done: DoneSet, result: BatchResult) -> bool:
+    if key not in done:
+        return False
+    result.skipped_done += 1
+    if key in done.failed:
+        result.skipped_failed += 1
+    return True
+
+
+def _duplicate(line: BatchLine) -> BadLine:
+    return BadLine(
+        line.line_no,
+        line.custom_id,
+        "duplicate_custom_id",
+        f"line {line.line_no}: custom_id {json.dumps(line.custom_id)[:200]} was already used by "
+        "an earlier line; this line was not sent",
+    )
+
+
+async def _process(
+    client: httpx2.AsyncClient, job: BatchJob, line: BatchLine, secrets: tuple[str, ...]
+) -> _Outcome | None:
     try:
         record, ok = await _send(client, job, line)
     except AdmissionClosed:
         return None
+    except Exception as exc:  # never lose a line to an unexpected error: record it
+        message = redact_text(_message(exc), secrets)
+        record, ok = _error_record(line.custom_id, "client_error", message), False
     return _Outcome(record, "ok" if ok else "failed")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _send(
@@ -287,36 +449,37 @@ async def _send(
     except (PacekeeperError, httpx2.HTTPError) as exc:
         if isinstance(exc, AdmissionClosed):
             raise
-        return _error_record(line.custom_id, None, _exception_code(exc), _message(exc)), False
+        return _error_record(line.custom_id, _exception_code(exc), _message(exc)), False
     record = response.extensions.get(RECORD_EXTENSION)
+    body: Any
     try:
-        body: Any = response.json()
-    except ValueError:
+        body = json.loads(response.content, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         body = response.text[:2000]
-    if 200 <= response.status_code < 300 and isinstance(body, dict):
-        return {
-            "id": _new_id(),
-            "custom_id": line.custom_id,
-            "response": {
-                "status_code": response.status_code,
-                "request_id": response.headers.get("x-request-id"),
-                "body": body,
-            },
-            "error": None,
-        }, True
-    code, message = _api_error(response.status_code, body)
-    if record is not None and record.error:
-        message = record.error
-    elif 200 <= response.status_code < 300:
+    answer = {
+        "status_code": response.status_code,
+        "request_id": response.headers.get("x-request-id"),
+        "body": body,
+    }
+    if 200 <= response.status_code < 300:
+        if isinstance(body, dict):
+            return {
+                "id": _new_id(),
+                "custom_id": line.custom_id,
+                "response": answer,
+                "error": None,
+            }, True
         code, message = "malformed_response", "the answer was not a JSON object"
+        if record is not None and record.error:
+            message = f"{message}: {record.error}"
+    else:
+        code, message = _api_error(response.status_code, body)
+        if record is not None and record.error:
+            message = record.error[:1000]
     return {
         "id": _new_id(),
         "custom_id": line.custom_id,
-        "response": {
-            "status_code": response.status_code,
-            "request_id": response.headers.get("x-request-id"),
-            "body": body,
-        },
+        "response": answer,
         "error": {"code": code, "message": message},
     }, False
 
@@ -326,7 +489,7 @@ def _api_error(status: int, body: Any) -> tuple[str, str]:
     if isinstance(error, dict):
         code = error.get("code") or error.get("type") or f"http_{status}"
         return str(code), str(error.get("message") or f"HTTP {status}")[:1000]
-    return f"http_{status}", (body if isinstance(body, str) else f"HTTP {status}")[:1000]
+    return f"http_{status}", (body if isinstance(body, str) and body else f"HTTP {status}")[:1000]
 
 
 def _bad_record(bad: BadLine) -> dict[str, Any]:
@@ -338,7 +501,7 @@ def _bad_record(bad: BadLine) -> dict[str, Any]:
     }
 
 
-def _error_record(custom_id: str, status: int | None, code: str, message: str) -> dict[str, Any]:
+def _error_record(custom_id: str, code: str, message: str) -> dict[str, Any]:
     return {
         "id": _new_id(),
         "custom_id": custom_id,
