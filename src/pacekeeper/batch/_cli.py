@@ -1,15 +1,26 @@
 """``pacekeeper run``: the command line of the batch runner.
 
-Exit codes: 0 every line succeeded; 1 some lines failed (their error records are in the
-output); 2 bad usage (a flag, the config file, an unreadable input); 3 interrupted (nothing is
-lost: run the same command again to resume); 4 the output file is damaged.
+Exit codes:
+
+- 0: every line of the input (of this shard) has a successful result in the output;
+- 1: some lines failed: their error records are in the output (API errors, exhausted retries,
+  bad input lines; also error records a previous run wrote). With ``--dry-run``: some lines
+  are bad;
+- 2: bad usage: a flag, the config file, the API key's variable, an unreadable input or an
+  unwritable output, or another run writing the same output; nothing was sent;
+- 3: interrupted (Ctrl-C or SIGTERM, once or twice): nothing is lost, run the same command
+  again to resume;
+- 4: the output file is damaged (a line in it is not a result and is not a torn last line);
+  nothing was sent.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -21,10 +32,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pacekeeper.batch._input import BadLine, read_lines
-from pacekeeper.batch._output import OutputDamaged
+from pacekeeper.batch._input import BadLine, check_route, read_lines
+from pacekeeper.batch._output import OutputBusy, OutputDamaged, record_key, scan
 from pacekeeper.batch._progress import BatchProgress
-from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
+from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch, shard_of
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
@@ -36,17 +47,30 @@ __all__ = [
     "EXIT_DAMAGED",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_OK",
     "EXIT_USAGE",
     "configure_parser",
     "run",
 ]
 
+EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 EXIT_DAMAGED = 4
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_EPILOG = """\
+exit codes:
+  0  every line succeeded
+  1  some lines failed (their error records are in the output)
+  2  bad usage (flag, config file, key variable, input or output); nothing was sent
+  3  interrupted (Ctrl-C or SIGTERM): run the same command again to resume
+  4  the output file is damaged; nothing was sent
+
+Ctrl-C once stops admitting new requests and lets those in flight finish; twice exits at
+once. Either way every finished result is in the output, and the same command resumes.
+"""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +80,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "per input line. Exactly once and resumable: run the same command again after a "
         "crash or Ctrl-C."
     )
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("input", type=Path, help="the requests, one per line")
     parser.add_argument(
         "-o", "--output", type=Path, help="the results (default: INPUT with .results.jsonl)"
@@ -109,16 +135,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     sys.stderr.write(f"pacekeeper run: error: {message}\n")
-    return EXIT_USAGE
+    return code
 
 
 def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     settings = load_settings(args.config)
     if not args.input.is_file():
         raise ConfigurationError(f"input file {args.input} does not exist or is not a file")
-    limits = settings.limits
+    if not os.access(args.input, os.R_OK):
+        raise ConfigurationError(f"input file {args.input} is not readable")
     overrides: dict[str, Any] = {}
     if args.rpm is not None:
         overrides["rpm"] = args.rpm
@@ -127,31 +154,46 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     if args.concurrency is not None:
         overrides["concurrency"] = parse_concurrency(args.concurrency, where="--concurrency")
     try:
-        limits = Limits(**{**_limit_fields(limits), **overrides})
+        limits = Limits(**{**_fields(settings.limits), **overrides})
         models = {
-            name: Limits(**{**_limit_fields(m), **overrides}) for name, m in settings.models.items()
+            name: Limits(**{**_fields(m), **overrides}) for name, m in settings.models.items()
         }
-        retry_fields = _retry_fields(settings.retry)
+        retry_fields = _fields(settings.retry)
         if args.max_attempts is not None:
             retry_fields["max_attempts"] = args.max_attempts
         if args.timeout is not None:
             retry_fields["attempt_timeout_s"] = args.timeout
         retry = RetryPolicy(**retry_fields)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"bad limit: {exc}") from None
+        flag = _flag_of(str(exc))
+        raise ConfigurationError(f"{flag}: {exc}" if flag else f"bad limit: {exc}") from None
+    if args.format == "text" and not args.model:
+        raise ConfigurationError("--format text needs --model (the model that answers)")
+    if args.model is not None and not args.model:
+        raise ConfigurationError("--model must not be empty")
+    route_problem = check_route(args.url)
+    if route_problem is not None:
+        raise ConfigurationError(f"--url: {route_problem}")
     shard = _parse_shard(args.shard) if args.shard else None
     key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
+    api_key = _api_key(key_env)
     base_url = (
         args.base_url or settings.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
     )
+    if not base_url.startswith(("http://", "https://")) or len(base_url) <= len("https://"):
+        raise ConfigurationError(
+            f"the base URL must start with http:// or https://, got {base_url[:80]!r}"
+        )
     output = args.output or args.input.with_name(args.input.stem + ".results.jsonl")
     if output.resolve() == args.input.resolve():
         raise ConfigurationError("--output must not be the input file")
+    if output.is_dir():
+        raise ConfigurationError(f"--output {output} is a directory")
     job = BatchJob(
         input=args.input,
         output=output,
         base_url=base_url,
-        api_key=os.environ.get(key_env),
+        api_key=api_key,
         fmt=args.format,
         model=args.model,
         url=args.url,
@@ -163,12 +205,36 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     return job, settings, Governor(limits=limits, models=models, retry=retry)
 
 
-def _limit_fields(limits: Limits) -> dict[str, Any]:
-    return {name: getattr(limits, name) for name in limits.__dataclass_fields__}
+def _flag_of(message: str) -> str | None:
+    for name, flag in (
+        ("rpm", "--rpm"),
+        ("tpm", "--tpm"),
+        ("max_attempts", "--max-attempts"),
+        ("attempt_timeout_s", "--timeout"),
+    ):
+        if message.startswith(name + " "):
+            return flag
+    return None
 
 
-def _retry_fields(retry: RetryPolicy) -> dict[str, Any]:
-    return {name: getattr(retry, name) for name in retry.__dataclass_fields__}
+def _api_key(key_env: str) -> str | None:
+    """The key from the environment, stripped; it never appears in any message."""
+    raw = os.environ.get(key_env)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key:
+        return None
+    if not all("\x21" <= ch <= "\x7e" for ch in key):
+        raise ConfigurationError(
+            f"the API key in ${key_env} holds characters that cannot be sent in an HTTP header "
+            "(spaces, control characters or non-ASCII letters); check how it was set"
+        )
+    return key
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -184,19 +250,31 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        job, _settings, gov = _resolve(args)
+        return _run(args)
+    except KeyboardInterrupt:  # a Ctrl-C outside the event loop (start-up, the summary)
+        sys.stderr.write("\npacekeeper run: interrupted; run the same command to resume\n")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        job, settings, gov = _resolve(args)
     except ConfigurationError as exc:
         return _fail(str(exc))
     if args.dry_run:
         return _dry_run(job, gov)
     if not job.api_key and "api.openai.com" in job.base_url:
-        key_env = args.api_key_env or "OPENAI_API_KEY"
+        key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
         return _fail(f"no API key: set {key_env} (or pass --api-key-env NAME)")
     try:
         result = asyncio.run(_run_with_signals(job, gov, progress=args.progress))
     except OutputDamaged as exc:
-        sys.stderr.write(f"pacekeeper run: error: {exc}\n")
-        return EXIT_DAMAGED
+        return _fail(str(exc), EXIT_DAMAGED)
+    except OutputBusy as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
     console = Console()
     console.print(summary_table(gov.stats(), title=f"pacekeeper run: {job.output}"))
     _print_outcome(job, result)
@@ -207,10 +285,24 @@ def run(args: argparse.Namespace) -> int:
             **result.as_dict(),
             "models": [s.as_dict() for s in gov.stats()],
         }
-        args.metrics.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        try:
+            _write_atomically(args.metrics, json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:
+            sys.stderr.write(f"pacekeeper run: could not write --metrics: {exc.strerror}\n")
     if result.interrupted:
         return EXIT_INTERRUPTED
-    return 0 if result.all_succeeded else EXIT_FAILED
+    return EXIT_OK if result.all_succeeded else EXIT_FAILED
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resume_command() -> str:
+    """The command that resumes this run: the same command line."""
+    return shlex.join(["pacekeeper", *sys.argv[1:]])
 
 
 def _print_outcome(job: BatchJob, result: BatchResult) -> None:
@@ -218,7 +310,10 @@ def _print_outcome(job: BatchJob, result: BatchResult) -> None:
     if result.bad_lines:
         parts.append(f"{result.bad_lines} bad input lines")
     if result.skipped_done:
-        parts.append(f"{result.skipped_done} already done")
+        errors = f" ({result.skipped_failed} of them errors)" if result.skipped_failed else ""
+        parts.append(f"{result.skipped_done} already done{errors}")
+    if result.skipped_shard:
+        parts.append(f"{result.skipped_shard} in other shards")
     if result.torn_bytes:
         parts.append(f"a torn last line ({result.torn_bytes} bytes) recovered")
     sys.stderr.write(f"pacekeeper run: {', '.join(parts)} in {result.elapsed_s:.1f}s\n")
@@ -226,10 +321,12 @@ def _print_outcome(job: BatchJob, result: BatchResult) -> None:
         codes = ", ".join(f"{code}: {n}" for code, n in result.errors_by_code.most_common())
         sys.stderr.write(f"pacekeeper run: errors by code: {codes}\n")
     if result.interrupted:
-        resume = shlex.join(["pacekeeper", *sys.argv[1:]])
+        left = [f"{result.not_sent} requests not sent or not answered"]
+        if result.not_reached:
+            left.append(f"{result.not_reached} lines not read yet")
         sys.stderr.write(
-            f"pacekeeper run: interrupted; {result.not_sent} lines not sent yet. "
-            f"Resume with:\n  {resume}\n"
+            f"pacekeeper run: interrupted; {' and '.join(left)}. Every finished result is in "
+            f"{job.output}. Resume with:\n  {resume_command()}\n"
         )
 
 
@@ -237,6 +334,7 @@ async def _run_with_signals(job: BatchJob, gov: Governor, *, progress: str) -> B
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     interrupts = 0
+    display: BatchProgress | None = None
 
     def on_signal() -> None:
         nonlocal interrupts
@@ -247,38 +345,85 @@ async def _run_with_signals(job: BatchJob, gov: Governor, *, progress: str) -> B
                 f"\npacekeeper run: stopping: finishing {in_flight} requests in flight "
                 "(Ctrl-C again to exit now; the run stays resumable)\n"
             )
+            sys.stderr.flush()
             stop.set()
         else:
-            sys.stderr.write("\npacekeeper run: exiting now; run the same command to resume\n")
+            if display is not None:
+                display.abort()
+            sys.stderr.write(
+                "\npacekeeper run: exiting now; every finished result is in the output. "
+                f"Resume with:\n  {resume_command()}\n"
+            )
             sys.stderr.flush()
-            os._exit(130)  # every written line is whole: the output stays resumable
+            # Every written line is whole (one write each): the output stays resumable.
+            os._exit(EXIT_INTERRUPTED)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    try:
+        if progress == "none":
+            return await run_batch(job, gov, stop=stop)
+        live = {"auto": None, "live": True, "plain": False}[progress]
+        display = BatchProgress(gov, total=_lines_of(job), live=live)
+        with display:
+            ticker = asyncio.create_task(display.ticker())
+            try:
+                return await run_batch(job, gov, stop=stop, on_progress=display.update)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _lines_of(job: BatchJob) -> int:
     from pacekeeper.batch._input import count_lines
 
-    total = count_lines(job.input)
-    live = {"auto": None, "live": True, "plain": False}.get(progress)
-    if progress == "none":
-        return await run_batch(job, gov, stop=stop)
-    with BatchProgress(gov, total=total, live=live) as display:
-        return await run_batch(job, gov, stop=stop, on_progress=display.update)
+    return count_lines(job.input)
 
 
 def _dry_run(job: BatchJob, gov: Governor) -> int:
+    """Validate every line, estimate tokens and time; read the output (if any) without
+    changing it, to leave out what is done; send nothing."""
+    try:
+        done = scan(job.output)
+    except OutputDamaged as exc:
+        return _fail(str(exc), EXIT_DAMAGED)
     per_model: dict[str, dict[str, float]] = defaultdict(
         lambda: {"requests": 0, "prompt": 0, "reserve": 0}
     )
     bad: list[BadLine] = []
-    seen: set[str] = set()
+    seen: set[int] = set()
+    skipped_done = skipped_shard = 0
     for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
-        if isinstance(item, BadLine):
-            bad.append(item)
+        if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
+            skipped_shard += 1
             continue
-        if item.custom_id in seen:
-            bad.append(BadLine(item.line_no, item.custom_id, "duplicate_custom_id", "duplicate"))
+        id_key = record_key(item.custom_id)
+        if isinstance(item, BadLine) or id_key in seen:
+            seen.add(id_key)
+            if record_key(item.custom_id, item.line_no) in done:
+                skipped_done += 1
+                continue
+            if isinstance(item, BadLine):
+                bad.append(item)
+            else:
+                bad.append(
+                    BadLine(
+                        item.line_no,
+                        item.custom_id,
+                        "duplicate_custom_id",
+                        f"line {item.line_no}: custom_id {json.dumps(item.custom_id)[:200]} was "
+                        "already used by an earlier line",
+                    )
+                )
             continue
-        seen.add(item.custom_id)
+        seen.add(id_key)
+        if id_key in done:
+            skipped_done += 1
+            continue
         model = str(item.body.get("model"))
         estimate = estimate_request_tokens(item.body, model=model)
         lane_limits = gov.limits_for(model)
@@ -293,18 +438,25 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
     table = Table(title=f"dry run: {job.input}", title_justify="left", header_style="bold")
     for name in ("model", "requests", "prompt tokens", "tokens charged", "rpm", "tpm", "time"):
         table.add_column(name, justify="left" if name == "model" else "right")
+    longest: float | None = 0.0
     for model, row in sorted(per_model.items()):
         limits = gov.limits_for(model)
         charged = row["prompt"] + row["reserve"]
         minutes = [
             value
             for value in (
-                row["requests"] / limits.rpm if limits.rpm else None,
-                charged / limits.tpm if limits.tpm else None,
+                row["requests"] / (limits.rpm * limits.utilisation) if limits.rpm else None,
+                charged / (limits.tpm * limits.utilisation) if limits.tpm else None,
             )
             if value is not None
         ]
-        duration = f"{max(minutes):.1f} min" if minutes else "unknown (limits are learned)"
+        if minutes:
+            duration = _minutes(max(minutes))
+            if longest is not None:
+                longest = max(longest, *minutes)
+        else:
+            duration = "unknown (limits are learned)"
+            longest = None
         table.add_row(
             model,
             f"{row['requests']:.0f}",
@@ -320,7 +472,25 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
     if len(bad) > 20:
         sys.stderr.write(f"pacekeeper run: ... and {len(bad) - 20} more bad lines\n")
     total = sum(int(r["requests"]) for r in per_model.values())
+    extra = ""
+    if skipped_done:
+        extra += f", {skipped_done} already done in {job.output}"
+    if skipped_shard:
+        extra += f", {skipped_shard} in other shards"
+    if per_model:
+        extra += (
+            f"; about {_minutes(longest)} at these limits"
+            if longest is not None
+            else "; duration unknown until the limits are learned (pass --rpm/--tpm)"
+        )
     sys.stderr.write(
-        f"pacekeeper run: dry run: {total} requests valid, {len(bad)} bad lines; nothing sent\n"
+        f"pacekeeper run: dry run: {total} requests valid, {len(bad)} bad lines{extra}; "
+        "nothing sent\n"
     )
-    return 0 if not bad else EXIT_FAILED
+    return EXIT_OK if not bad else EXIT_FAILED
+
+
+def _minutes(value: float) -> str:
+    if value < 1:
+        return f"{math.ceil(value * 60)} s"
+    return f"{value:.1f} min"
