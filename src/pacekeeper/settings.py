@@ -9,17 +9,24 @@
     max_attempts = 6
     timeout = 120             # seconds per attempt
     deadline = 900            # seconds per request, queueing and retries included
+    backoff_base = 0.5        # seconds: the first retry waits up to this (doubling, with jitter)
+    backoff_cap = 30          # seconds: no backoff longer than this
 
-    [models."gpt-4o-mini"]    # per-model limits (providers limit per model)
-    rpm = 5000
+    [models."gpt-4o-mini"]    # per-model limits (providers limit per model); keys not set here
+    rpm = 5000                # come from the defaults above
     tpm = 2000000
 
-Command-line flags override the file's defaults. Errors name the file, the key and the problem.
+Command-line flags override the file (its defaults and its per-model sections). Errors name
+the file, the key and the problem: ``pacekeeper.toml: models."gpt-4o".rpm: must be a positive
+number, got -5``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +43,80 @@ __all__ = ["DEFAULT_CONFIG_NAME", "Settings", "load_settings", "parse_concurrenc
 
 DEFAULT_CONFIG_NAME = "pacekeeper.toml"
 
-_LIMIT_KEYS = {"rpm", "tpm", "concurrency", "burst_s", "utilisation", "default_completion_tokens"}
-_RETRY_KEYS = {"max_attempts", "timeout", "deadline", "max_hint_s", "retry_budget_ratio"}
-_OTHER_KEYS = {"base_url", "api_key_env", "redis"}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _positive(value: object) -> tuple[Any, str | None]:
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        return None, f"must be a positive number, got {_show(value)}"
+    return value, None
+
+
+def _fraction(*, zero_ok: bool) -> Callable[[object], tuple[Any, str | None]]:
+    def check(value: object) -> tuple[Any, str | None]:
+        number = _number(value)
+        low_ok = number is not None and (number >= 0 if zero_ok else number > 0)
+        if number is None or not low_ok or number > 1:
+            interval = "[0, 1]" if zero_ok else "(0, 1]"
+            return None, f"must be a number in {interval}, got {_show(value)}"
+        return value, None
+
+    return check
+
+
+def _whole(minimum: int) -> Callable[[object], tuple[Any, str | None]]:
+    def check(value: object) -> tuple[Any, str | None]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            what = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+            return None, f"must be {what}, got {_show(value)}"
+        return value, None
+
+    return check
+
+
+def _concurrency(value: object) -> tuple[Any, str | None]:
+    try:
+        return parse_concurrency(value, where=""), None
+    except ConfigurationError:
+        return None, f'must be "auto" or a positive whole number, got {_show(value)}'
+
+
+def _string(value: object) -> tuple[Any, str | None]:
+    if not isinstance(value, str) or not value:
+        return None, f"must be a non-empty string, got {_show(value)}"
+    return value, None
+
+
+# TOML key -> (field name, check)
+_LIMIT_KEYS: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]] = {
+    "rpm": ("rpm", _positive),
+    "tpm": ("tpm", _positive),
+    "concurrency": ("concurrency", _concurrency),
+    "burst_s": ("burst_s", _positive),
+    "utilisation": ("utilisation", _fraction(zero_ok=False)),
+    "default_completion_tokens": ("default_completion_tokens", _whole(0)),
+}
+_RETRY_KEYS: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]] = {
+    "max_attempts": ("max_attempts", _whole(1)),
+    "timeout": ("attempt_timeout_s", _positive),
+    "deadline": ("deadline_s", _positive),
+    "max_hint_s": ("max_hint_s", _positive),
+    "retry_budget_ratio": ("retry_budget_ratio", _fraction(zero_ok=True)),
+    "backoff_base": ("backoff_base_s", _positive),
+    "backoff_cap": ("backoff_cap_s", _positive),
+}
+_OTHER_KEYS: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]] = {
+    "base_url": ("base_url", _string),
+    "api_key_env": ("api_key_env", _string),
+    "redis": ("redis", _string),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,26 +134,36 @@ def parse_concurrency(value: object, *, where: str) -> int | str:
     """``"auto"`` or a positive integer, from a flag or a file."""
     if value == "auto":
         return "auto"
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise ConfigurationError(f"{where}: concurrency must be 'auto' or a positive integer")
+    raise ConfigurationError(
+        f"{where}: concurrency must be 'auto' or a positive integer, got {_show(value)}"
+    )
 
 
-def _limits(table: dict[str, Any], *, where: str, base: Limits | None = None) -> Limits:
+def _key_path(*parts: str) -> str:
+    return ".".join(p if _BARE_KEY.fullmatch(p) else _show(p) for p in parts)
+
+
+def _read(
+    table: dict[str, Any],
+    keys: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]],
+    *,
+    file: str,
+    prefix: tuple[str, ...] = (),
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        if key == "concurrency":
-            kwargs[key] = parse_concurrency(value, where=f"{where}.{key}")
-        elif key in _LIMIT_KEYS:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigurationError(f"{where}.{key}: expected a number, got {value!r}")
-            kwargs[key] = value
-    try:
-        return replace(base, **kwargs) if base is not None else Limits(**kwargs)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{where}: {exc}") from None
+        if key not in keys:
+            continue
+        name, check = keys[key]
+        checked, problem = check(value)
+        if problem is not None:
+            raise ConfigurationError(f"{file}: {_key_path(*prefix, key)}: {problem}")
+        kwargs[name] = checked
+    return kwargs
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -85,51 +173,77 @@ def load_settings(path: Path | None) -> Settings:
         if not default.exists():
             return Settings()
         path = default
+    file = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigurationError(f"{path}: no such config file") from None
+        raise ConfigurationError(f"{file}: no such config file") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{file}: not valid TOML (the file is not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigurationError(f"{file}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{path}: not valid TOML ({exc})") from None
-    where = str(path)
+        raise ConfigurationError(f"{file}: not valid TOML ({exc})") from None
     models_table = data.pop("models", {})
-    unknown = set(data) - _LIMIT_KEYS - _RETRY_KEYS - _OTHER_KEYS
+    known = {**_LIMIT_KEYS, **_RETRY_KEYS, **_OTHER_KEYS}
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-            f"{', '.join(sorted(_LIMIT_KEYS | _RETRY_KEYS | _OTHER_KEYS))}, [models.NAME]"
+            f"{file}: unknown key(s) {', '.join(_key_path(k) for k in unknown)}; known: "
+            f"{', '.join(sorted(known))}, [models.NAME]"
         )
-    limits = _limits(data, where=where)
+    limit_fields = _read(data, _LIMIT_KEYS, file=file)
+    try:
+        limits = Limits(**limit_fields)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{file}: {exc}") from None
     if not isinstance(models_table, dict):
-        raise ConfigurationError(f"{where}: [models] must be a table of model names")
+        raise ConfigurationError(
+            f'{file}: models: must be a table of model names ([models."NAME"]), '
+            f"got {_show(models_table)}"
+        )
     models = {}
     for name, table in models_table.items():
+        where = _key_path("models", name)
         if not isinstance(table, dict):
-            raise ConfigurationError(f"{where}: models.{name} must be a table")
-        bad = set(table) - _LIMIT_KEYS
+            raise ConfigurationError(f"{file}: {where}: must be a table, got {_show(table)}")
+        bad = sorted(set(table) - set(_LIMIT_KEYS))
         if bad:
             raise ConfigurationError(
-                f"{where}: models.{name}: unknown key(s) {', '.join(sorted(bad))}; "
+                f"{file}: {where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; "
                 f"known: {', '.join(sorted(_LIMIT_KEYS))}"
             )
-        models[name] = _limits(table, where=f"{where}: models.{name}", base=limits)
-    retry_kwargs: dict[str, Any] = {}
-    renames = {"timeout": "attempt_timeout_s", "deadline": "deadline_s"}
-    for key in _RETRY_KEYS & set(data):
-        retry_kwargs[renames.get(key, key)] = data[key]
+        model_fields = _read(table, _LIMIT_KEYS, file=file, prefix=("models", name))
+        try:
+            models[name] = replace(limits, **model_fields)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{file}: {where}: {exc}") from None
+    retry_fields = _read(data, _RETRY_KEYS, file=file)
     try:
-        retry = RetryPolicy(**retry_kwargs)
-    except (ConfigurationError, TypeError) as exc:
-        raise ConfigurationError(f"{where}: {exc}") from None
-    for key in ("base_url", "api_key_env", "redis"):
-        if key in data and not isinstance(data[key], str):
-            raise ConfigurationError(f"{where}.{key}: expected a string")
+        retry = RetryPolicy(**retry_fields)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{file}: {exc}") from None
+    other = _read(data, _OTHER_KEYS, file=file)
     return Settings(
         limits=limits,
         models=models,
         retry=retry,
-        base_url=data.get("base_url"),
-        api_key_env=data.get("api_key_env"),
-        redis=data.get("redis"),
+        base_url=other.get("base_url"),
+        api_key_env=other.get("api_key_env"),
+        redis=other.get("redis"),
         source=path,
     )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "an array"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
