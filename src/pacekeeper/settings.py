@@ -17,7 +17,7 @@
     tpm = 2000000
 
 Command-line flags override the file (its defaults and its per-model sections). Errors name
-the file, the key and the problem: ``pacekeeper.toml: models."gpt-4o".rpm: must be a positive
+the file, the key and the problem: ``pacekeeper.toml.models."gpt-4o".rpm: must be a positive
 number, got -5``.
 """
 
@@ -54,7 +54,9 @@ def _number(value: object) -> float | None:
 
 def _positive(value: object) -> tuple[Any, str | None]:
     number = _number(value)
-    if number is None or not math.isfinite(number) or number <= 0:
+    if number is None:
+        return None, f"expected a number, got {_show(value)}"
+    if not math.isfinite(number) or number <= 0:
         return None, f"must be a positive number, got {_show(value)}"
     return value, None
 
@@ -62,8 +64,10 @@ def _positive(value: object) -> tuple[Any, str | None]:
 def _fraction(*, zero_ok: bool) -> Callable[[object], tuple[Any, str | None]]:
     def check(value: object) -> tuple[Any, str | None]:
         number = _number(value)
-        low_ok = number is not None and (number >= 0 if zero_ok else number > 0)
-        if number is None or not low_ok or number > 1:
+        if number is None:
+            return None, f"expected a number, got {_show(value)}"
+        low_ok = number >= 0 if zero_ok else number > 0
+        if not low_ok or number > 1:
             interval = "[0, 1]" if zero_ok else "(0, 1]"
             return None, f"must be a number in {interval}, got {_show(value)}"
         return value, None
@@ -73,7 +77,9 @@ def _fraction(*, zero_ok: bool) -> Callable[[object], tuple[Any, str | None]]:
 
 def _whole(minimum: int) -> Callable[[object], tuple[Any, str | None]]:
     def check(value: object) -> tuple[Any, str | None]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"expected a whole number, got {_show(value)}"
+        if value < minimum:
             what = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
             return None, f"must be {what}, got {_show(value)}"
         return value, None
@@ -89,8 +95,10 @@ def _concurrency(value: object) -> tuple[Any, str | None]:
 
 
 def _string(value: object) -> tuple[Any, str | None]:
-    if not isinstance(value, str) or not value:
-        return None, f"must be a non-empty string, got {_show(value)}"
+    if not isinstance(value, str):
+        return None, f"expected a string, got {_show(value)}"
+    if not value:
+        return None, "must not be empty"
     return value, None
 
 
@@ -161,7 +169,7 @@ def _read(
         name, check = keys[key]
         checked, problem = check(value)
         if problem is not None:
-            raise ConfigurationError(f"{file}: {_key_path(*prefix, key)}: {problem}")
+            raise ConfigurationError(f"{file}.{_key_path(*prefix, key)}: {problem}")
         kwargs[name] = checked
     return kwargs
 
@@ -199,25 +207,25 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigurationError(f"{file}: {exc}") from None
     if not isinstance(models_table, dict):
         raise ConfigurationError(
-            f'{file}: models: must be a table of model names ([models."NAME"]), '
+            f'{file}.models: expected a table of model names ([models."NAME"]), '
             f"got {_show(models_table)}"
         )
     models = {}
     for name, table in models_table.items():
         where = _key_path("models", name)
         if not isinstance(table, dict):
-            raise ConfigurationError(f"{file}: {where}: must be a table, got {_show(table)}")
+            raise ConfigurationError(f"{file}.{where}: expected a table, got {_show(table)}")
         bad = sorted(set(table) - set(_LIMIT_KEYS))
         if bad:
             raise ConfigurationError(
-                f"{file}: {where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; "
+                f"{file}.{where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; "
                 f"known: {', '.join(sorted(_LIMIT_KEYS))}"
             )
         model_fields = _read(table, _LIMIT_KEYS, file=file, prefix=("models", name))
         try:
             models[name] = replace(limits, **model_fields)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{file}: {where}: {exc}") from None
+            raise ConfigurationError(f"{file}.{where}: {exc}") from None
     retry_fields = _read(data, _RETRY_KEYS, file=file)
     try:
         retry = RetryPolicy(**retry_fields)
