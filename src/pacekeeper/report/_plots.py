@@ -284,76 +284,109 @@ class _Ctx:
         )
 
 
+_PANEL_IN, _PANEL_TITLE_IN, _SUPTITLE_IN = 1.45, 0.34, 0.42
+
+
+def _panels(
+    ctx: _Ctx, title: str, ylabel: str, styles: Sequence[tuple[str, dict[str, Any]]]
+) -> tuple[Figure, list[tuple[tuple[str, str | None], LaneSeries, str, Axes]]]:
+    """One panel per model, stacked, sharing the time axis, each with its own y scale (a
+    model limited to 150k tokens/min stays readable next to one allowed 10M). ``styles`` are
+    the legend's (label, line style) pairs, drawn once for all panels. Callers draw, then set
+    the y axis's bottom to 0 (setting it before drawing would freeze the top)."""
+    from matplotlib.lines import Line2D
+
+    lanes = list(ctx.series.items())
+    n = max(1, len(lanes))
+    height = _SUPTITLE_IN + n * (_PANEL_TITLE_IN + _PANEL_IN) + _BOTTOM_IN
+    fig = _figure(height)
+    left, right = _LEFT_IN / WIDTH_IN, 1 - _RIGHT_IN / WIDTH_IN
+    out = []
+    first: Axes | None = None
+    for j, (key, series) in enumerate(lanes):
+        top_in = height - _SUPTITLE_IN - j * (_PANEL_TITLE_IN + _PANEL_IN) - _PANEL_TITLE_IN
+        ax = fig.add_axes((left, (top_in - _PANEL_IN) / height, right - left, _PANEL_IN / height))
+        if first is None:
+            first = ax
+        else:
+            ax.sharex(first)
+        color = ctx.colors[key]
+        ax.set_title(ctx.names[key], loc="left", fontsize=10, color=color, pad=4)
+        last = j == len(lanes) - 1
+        ax.tick_params(labelbottom=last)
+        if last:
+            _time_xaxis(ax, ctx.axis)
+        out.append((key, series, color, ax))
+    fig.text(left, 1 - 0.1 / height, title, ha="left", va="top", fontsize=12, fontweight="bold")
+    fig.text(0.012, 0.5, ylabel, rotation=90, ha="left", va="center")
+    handles = [Line2D([], [], color="#444444", **style) for _, style in styles]
+    fig.legend(
+        handles,
+        [label for label, _ in styles],
+        loc="upper left",
+        bbox_to_anchor=(right + 0.01, 1 - (_SUPTITLE_IN + _PANEL_TITLE_IN) / height),
+    )
+    return fig, out
+
+
+_SOLID: dict[str, Any] = {"lw": 1.6}
+_DASHED: dict[str, Any] = {"lw": 1.2, "ls": "--"}
+_DOTTED: dict[str, Any] = {"lw": 1.2, "ls": ":"}
+
+
 def _throughput(ctx: _Ctx) -> Chart:
-    fig = _figure(3.3)
-    ax = fig.add_subplot()
+    title = "Requests per minute, against the rpm limit"
+    fig, panels = _panels(ctx, title, "requests / min", [("sent", _SOLID), ("rpm limit", _DASHED)])
     parts = []
-    for key, s in ctx.series.items():
-        color, name = ctx.colors[key], ctx.names[key]
-        ax.plot(ctx.axis.centres, s.sent, color=color, lw=1.6, label=f"{name}: sent")
-        _steps(ax, ctx.axis, s.rpm_limit, color=color, lw=1.2, ls="--", label=f"{name}: rpm limit")
+    for key, s, color, ax in panels:
+        ax.plot(ctx.axis.centres, s.sent, color=color, **_SOLID)
+        _steps(ax, ctx.axis, s.rpm_limit, color=color, **_DASHED)
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(_si)
         limit = _last(s.rpm_limit)
         parts.append(
-            f"{name} peaked at {_fmt(max(s.sent, default=0))} requests/min"
+            f"{ctx.names[key]} peaked at {_fmt(max(s.sent, default=0))} requests/min"
             + (f" against a limit of {_fmt(limit)} rpm" if limit else " (no rpm limit known)")
         )
-    title = "Requests per minute, against the rpm limit"
-    ax.set_title(title)
-    ax.set_ylabel("requests / min")
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(_si)
-    _time_xaxis(ax, ctx.axis)
-    _legend_outside(ax)
     return ctx.chart(
         fig,
         "throughput",
         title,
-        "Solid: attempts sent per minute (what a provider's rpm limit counts), per model. "
-        "Dashed: the rpm limit in force (configured, or learned from the response headers). "
-        "A solid line flat against its dashed one means the rpm limit set the pace.",
-        f"Line chart over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
+        "One panel per model, each on its own scale. Solid: attempts sent per minute (what a "
+        "provider's rpm limit counts). Dashed: the rpm limit in force (configured, or learned "
+        "from the response headers). Solid flat against dashed: the rpm limit set the pace.",
+        f"Line charts over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
     )
 
 
 def _concurrency(ctx: _Ctx) -> Chart:
-    fig = _figure(3.3)
-    ax = fig.add_subplot()
+    title = "Requests in flight, against the concurrency limit"
+    fig, panels = _panels(
+        ctx, title, "requests in flight", [("in flight", _SOLID), ("concurrency limit", _DASHED)]
+    )
     parts = []
-    for key, s in ctx.series.items():
-        color, name = ctx.colors[key], ctx.names[key]
-        ax.plot(ctx.axis.centres, s.in_flight, color=color, lw=1.6, label=f"{name}: in flight")
-        _steps(
-            ax,
-            ctx.axis,
-            s.concurrency_limit,
-            color=color,
-            lw=1.2,
-            ls="--",
-            label=f"{name}: concurrency limit",
-        )
+    for key, s, color, ax in panels:
+        ax.plot(ctx.axis.centres, s.in_flight, color=color, **_SOLID)
+        _steps(ax, ctx.axis, s.concurrency_limit, color=color, **_DASHED)
+        ax.set_ylim(bottom=0)
         limits = [v for v in s.concurrency_limit if v is not None]
         parts.append(
-            f"{name} averaged {max(s.in_flight, default=0):.1f} in flight at most"
+            f"{ctx.names[key]} averaged {max(s.in_flight, default=0):.1f} in flight at most"
             + (
                 f", with a concurrency limit between {min(limits):.0f} and {max(limits):.0f}"
                 if limits
                 else ""
             )
         )
-    title = "Requests in flight, against the concurrency limit"
-    ax.set_title(title)
-    ax.set_ylabel("requests in flight")
-    ax.set_ylim(bottom=0)
-    _time_xaxis(ax, ctx.axis)
-    _legend_outside(ax)
     return ctx.chart(
         fig,
         "concurrency",
         title,
-        "Solid: requests sent and not yet answered (averaged over each interval), per model. "
-        "Dashed: the concurrency limit (an adaptive limit grows while answers come back fine "
-        "and shrinks on 429 and overload answers). Solid against dashed: slots were the bound.",
-        f"Line chart over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
+        "One panel per model. Solid: requests sent and not yet answered (averaged over each "
+        "interval). Dashed: the concurrency limit (an adaptive limit grows while answers come "
+        "back fine and shrinks on 429 and overload answers). Solid against dashed: slots were "
+        "the bound.",
+        f"Line charts over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
     )
 
 
@@ -432,44 +465,36 @@ def _errors(ctx: _Ctx) -> Chart:
 
 
 def _tokens(ctx: _Ctx) -> Chart:
-    fig = _figure(3.3)
-    ax = fig.add_subplot()
+    title = "Tokens per minute, against the tpm limit"
+    fig, panels = _panels(
+        ctx,
+        title,
+        "tokens / min",
+        [("charged", _SOLID), ("used", _DOTTED), ("tpm limit", _DASHED)],
+    )
     parts = []
-    for key, s in ctx.series.items():
-        color, name = ctx.colors[key], ctx.names[key]
-        ax.plot(ctx.axis.centres, s.tokens_charged, color=color, lw=1.6, label=f"{name}: charged")
+    for key, s, color, ax in panels:
+        ax.plot(ctx.axis.centres, s.tokens_charged, color=color, **_SOLID)
         if any(s.tokens_used):
-            ax.plot(
-                ctx.axis.centres,
-                s.tokens_used,
-                color=color,
-                lw=1.2,
-                ls=":",
-                label=f"{name}: used",
-            )
-        _steps(ax, ctx.axis, s.tpm_limit, color=color, lw=1.2, ls="--", label=f"{name}: tpm limit")
+            ax.plot(ctx.axis.centres, s.tokens_used, color=color, **_DOTTED)
+        _steps(ax, ctx.axis, s.tpm_limit, color=color, **_DASHED)
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(_si)
         limit = _last(s.tpm_limit)
         parts.append(
-            f"{name} peaked at {_fmt(max(s.tokens_charged, default=0))} tokens/min charged and "
-            f"{_fmt(max(s.tokens_used, default=0))} used"
+            f"{ctx.names[key]} peaked at {_fmt(max(s.tokens_charged, default=0))} tokens/min "
+            f"charged and {_fmt(max(s.tokens_used, default=0))} used"
             + (f", against a limit of {_fmt(limit)} tpm" if limit else " (no tpm limit known)")
         )
-    title = "Tokens per minute, against the tpm limit"
-    ax.set_title(title)
-    ax.set_ylabel("tokens / min")
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(_si)
-    _time_xaxis(ax, ctx.axis)
-    _legend_outside(ax)
     return ctx.chart(
         fig,
         "tokens",
         title,
-        "Solid: tokens charged per minute as requests were sent (the prompt plus max_tokens, "
-        "which is what OpenAI counts against the limit). Dotted: tokens the answers reported "
-        "using (prompt + reply). Dashed: the tpm limit. A wide gap between solid and dotted "
-        "means max_tokens reserves far more than replies use.",
-        f"Line chart over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
+        "One panel per model. Solid: tokens charged per minute as requests were sent (the "
+        "prompt plus max_tokens, which is what OpenAI counts against the limit). Dotted: "
+        "tokens the answers reported using (prompt + reply). Dashed: the tpm limit. A wide "
+        "gap between solid and dotted means max_tokens reserves far more than replies use.",
+        f"Line charts over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
     )
 
 
@@ -495,8 +520,7 @@ def _latency(ctx: _Ctx) -> Chart:
                 edges,
                 color=ctx.colors[lane.key],
                 lw=1.6,
-                label=f"{name[:LEGEND_CHARS]}\np50 {_s(p50)} \u00b7 p95 {_s(p95)} \u00b7 "
-                f"p99 {_s(p99)}",
+                label=f"{name[:LEGEND_CHARS]}\np50 {_s(p50)} \u00b7 p95 {_s(p95)}\np99 {_s(p99)}",
             )
             ax.axvline(p50, color=ctx.colors[lane.key], lw=0.8, ls="--")
             parts.append(
