@@ -12,6 +12,7 @@ missing environment variable).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
@@ -315,6 +316,10 @@ def _serve(config: ProxyConfig, governor: Governor) -> int:
         sys.stderr.write(f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc}\n")
         return EXIT_FAILED
     _warn_exposure(config)
+    # This process is the proxy's alone: move what start-up made out of the collector's way,
+    # so full collections (about 20 ms over every module's objects) stop stalling requests.
+    gc.collect()
+    gc.freeze()
     stop = threading.Event()
     interrupts = 0
 
