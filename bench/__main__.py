@@ -1,0 +1,124 @@
+"""``python -m bench`` (``make bench``): run every scenario and the overhead measures, write
+bench/results/latest.{md,json} and a dated copy.
+
+``--quick`` is a smoke run of a few seconds per scenario (written to quick.{md,json});
+``--only NAME`` runs one scenario or ``overhead`` (written to only-NAME.{md,json}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench.contenders import CONTENDERS
+from bench.overhead import measure_overhead
+from bench.report import write_results
+from bench.runner import log, run_scenario, warm_up
+from bench.scenarios import scenarios
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        # Others change src/ while benchmarks run: say when the code measured is not the commit.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev} + uncommitted changes in src/" if dirty else rev
+
+
+def _meta(mode: str) -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": mode,
+        "git": _git_revision(),
+        "cpus": os.cpu_count(),
+        "load_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "openai": version("openai"),
+        "httpx2": version("httpx2"),
+        "pacekeeper": version("pacekeeper"),
+        "duration_s": 0.0,
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    names = [s.name for s in scenarios()]
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
+    parser.add_argument(
+        "--only", choices=[*names, "overhead"], help="run one scenario, or only the overhead"
+    )
+    parser.add_argument(
+        "--contenders",
+        help="comma-separated contender keys (default all: "
+        + ",".join(c.key for c in CONTENDERS)
+        + ")",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    contenders = list(CONTENDERS)
+    if args.contenders:
+        wanted = args.contenders.split(",")
+        unknown = set(wanted) - {c.key for c in CONTENDERS}
+        if unknown:
+            log(f"unknown contenders: {', '.join(sorted(unknown))}")
+            return 2
+        contenders = [c for c in CONTENDERS if c.key in wanted]
+    mode = "quick" if args.quick else "full"
+    full_run = not args.quick and not args.only and not args.contenders
+    stem = "latest" if full_run else "quick" if args.quick else "partial"
+    if args.only:
+        stem = f"{'quick-' if args.quick else ''}only-{args.only}"
+    started = time.monotonic()
+    dated = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M") if full_run else None
+    results: dict[str, Any] = {"meta": _meta(mode), "scenarios": [], "overhead": {}}
+
+    def save() -> Path:
+        results["meta"]["duration_s"] = time.monotonic() - started
+        return write_results(results, args.out, stem, dated)
+
+    with tempfile.TemporaryDirectory(prefix="pacekeeper-bench-") as tmp:
+        workdir = Path(tmp)
+        warm_up()
+        for scenario in scenarios(quick=args.quick):
+            if args.only and args.only != scenario.name:
+                continue
+            results["scenarios"].append(run_scenario(scenario, contenders, workdir))
+            save()  # a crash later still leaves every finished scenario on disk
+        if args.only in (None, "overhead"):
+            results["overhead"] = measure_overhead(quick=args.quick, workdir=workdir)
+    path = save()
+    log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""The contenders: pacekeeper (auto, configured, `pacekeeper run`), a reference pacer, and the
+recipes people write today. Each sends the scenario's workload to ``ctx.base_url`` and reports
+what its caller saw (:class:`~bench.outcome.Outcome`).
+
+Every client uses the scenario's per-attempt timeout, sends ``x-client-request-id`` on every
+attempt, and starts all requests at once (``asyncio.gather`` style): the recipes differ only in
+what stands between the tasks and the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import tenacity
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+
+import pacekeeper
+from bench.outcome import Outcome, Result, failure
+from bench.scenarios import BenchScenario
+from bench.workload import Workload
+
+__all__ = ["CONTENDERS", "Contender", "RunContext", "pacekeeper_command"]
+
+_SAMPLE_EVERY_S = 0.25
+
+SendFn = Callable[[int], Awaitable[object]]
+"""Sends logical request i (all its attempts) and returns what the client returned."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    base_url: str
+    scenario: BenchScenario
+    sim_started_at: float
+    """Wall-clock time the simulator started: capacity changes count from it."""
+    workdir: Path
+    cap_s: float
+    """Requests with no answer after this long are cancelled and counted as lost."""
+
+    @property
+    def change_wall(self) -> float | None:
+        at_s = self.scenario.truth.change_at_s
+        return None if at_s is None else self.sim_started_at + at_s
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    key: str
+    label: str
+    run: Callable[[RunContext], Outcome]
+
+
+# -- shared driver for the SDK-based contenders ----------------------------------------------
+
+
+def _messages(wl: Workload, i: int) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": wl.prompt(i)}]
+
+
+def _sdk_call(client: openai.AsyncOpenAI, wl: Workload) -> SendFn:
+    async def call(i: int) -> object:
+        return await client.chat.completions.create(
+            model=wl.model,
+            messages=_messages(wl, i),
+            max_tokens=wl.max_tokens,
+            extra_headers={"x-client-request-id": wl.request_id(i)},
+        )
+
+    return call
+
+
+def _judge(reply: object) -> Result:
+    """A returned value counts as a success only if it is a real completion: a client that
+    hands back garbage without raising has lost the request."""
+    if isinstance(reply, ChatCompletion) and reply.choices:
+        content = reply.choices[0].message.content
+        if isinstance(content, str) and content:
+            return Result("ok")
+    return Result("lost", f"returned {type(reply).__name__} without a completion or an error")
+
+
+async def _drive(n: int, call: SendFn, cap_s: float) -> Outcome:
+    """Start all ``n`` calls at once and wait for every one (or the cap)."""
+
+    async def one(i: int) -> Result:
+        try:
+            reply = await call(i)
+        except Exception as exc:
+            return failure(exc)
+        return _judge(reply)
+
+    started_at = time.time()
+    t0 = time.monotonic()
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    done, pending = await asyncio.wait(tasks, timeout=cap_s)
+    outcome = Outcome(started_at=started_at, wall_s=time.monotonic() - t0)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if task in done:
+            outcome.add(task.result())
+        else:
+            outcome.add(Result("lost", f"no answer after {cap_s:.0f} s (cancelled by the bench)"))
+    return outcome
+
+
+def _sdk_client(
+    ctx: RunContext, outcome_answers: list[tuple[float, int | None]], *, max_retries: int
+) -> openai.AsyncOpenAI:
+    """An AsyncOpenAI whose every HTTP answer (SDK retries included) is timestamped."""
+
+    async def on_response(response: httpx2.Response) -> None:
+        outcome_answers.append((time.time(), response.status_code))
+
+    http = openai.DefaultAsyncHttpx2Client(event_hooks={"response": [on_response]})
+    return openai.AsyncOpenAI(
+        base_url=ctx.base_url,
+        api_key="x",
+        timeout=ctx.scenario.timeout_s,
+        max_retries=max_retries,
+        http_client=http,
+    )
+
+
+def _run_sdk_recipe(
+    ctx: RunContext,
+    *,
+    max_retries: int,
+    wrap_call: Callable[[SendFn], SendFn],
+) -> Outcome:
+    answers: list[tuple[float, int | None]] = []
+
+    async def main() -> Outcome:
+        client = _sdk_client(ctx, answers, max_retries=max_retries)
+        try:
+            return await _drive(
+                ctx.scenario.workload.n,
+                wrap_call(_sdk_call(client, ctx.scenario.workload)),
+                ctx.cap_s,
+            )
+        finally:
+            await client.close()
+
+    outcome = asyncio.run(main())
+    outcome.answers = answers
+    return outcome
+
+
+# -- 4. the recipes people write today -------------------------------------------------------
+
+
+def _semaphore(limit: int) -> Callable[[SendFn], SendFn]:
+    def wrap_call(call: SendFn) -> SendFn:
+        sem: asyncio.Semaphore | None = None
+
+        async def bounded(i: int) -> object:
+            nonlocal sem
+            sem = sem or asyncio.Semaphore(limit)  # made inside the running loop
+            async with sem:
+                return await call(i)
+
+        return bounded
+
+    return wrap_call
+
+
+def _unbounded(call: SendFn) -> SendFn:
+    return call
+
+
+def _tenacity16(call: SendFn) -> SendFn:
+    # The OpenAI cookbook's recipe: retry everything with random exponential backoff, inside a
+    # semaphore (a task backing off keeps its slot, as the usual `async with sem:` code does).
+    @tenacity.retry(
+        wait=tenacity.wait_random_exponential(min=1, max=60), stop=tenacity.stop_after_attempt(6)
+    )
+    async def with_backoff(i: int) -> object:
+        return await call(i)
+
+    return _semaphore(16)(with_backoff)
+
+
+def run_semaphore5(ctx: RunContext) -> Outcome:
+    return _run_sdk_recipe(ctx, max_retries=2, wrap_call=_semaphore(5))
+
+
+def run_unbounded(ctx: RunContext) -> Outcome:
+    return _run_sdk_recipe(ctx, max_retries=2, wrap_call=_unbounded)
+
+
+def run_tenacity16(ctx: RunContext) -> Outcome:
+    return _run_sdk_recipe(ctx, max_retries=0, wrap_call=_tenacity16)
+
+
+# -- 1, 2. pacekeeper.wrap -------------------------------------------------------------------
+
+
+class _Recorder:
+    """A pacekeeper RecordHook that timestamps every attempt's answer."""
+
+    def __init__(self, answers: list[tuple[float, int | None]]) -> None:
+        self.answers = answers
+
+    def on_attempt(self, record: pacekeeper.AttemptRecord) -> None:
+        self.answers.append((record.started_at + record.latency_s, record.status))
+
+    def on_request(self, record: pacekeeper.RequestRecord) -> None:
+        pass
+
+
+async def _sample_lanes(gov: pacekeeper.Governor, t0: float, out: list[dict[str, Any]]) -> None:
+    """Every quarter second: what the governor believes (for diagnosing misses)."""
+    while True:
+        out.extend(
+            {
+                "t": round(time.monotonic() - t0, 3),
+                "limit": lane.slots.limit,
+                "in_flight": lane.slots.in_flight,
+                "queued": lane.queued,
+                "rpm": lane.rpm,
+                "tpm": lane.tpm,
+                "cooldown_s": round(lane.cooldown.remaining_s(now=time.monotonic()), 3),
+            }
+            for lane in gov.lanes
+        )
+        await asyncio.sleep(_SAMPLE_EVERY_S)
+
+
+def _run_pacekeeper(ctx: RunContext, limits: pacekeeper.Limits | None) -> Outcome:
+    answers: list[tuple[float, int | None]] = []
+    samples: list[dict[str, Any]] = []
+    gov = pacekeeper.Governor(limits=limits, hooks=[_Recorder(answers)])
+
+    async def main() -> Outcome:
+        client = pacekeeper.wrap(
+            openai.AsyncOpenAI(base_url=ctx.base_url, api_key="x", timeout=ctx.scenario.timeout_s),
+            gov,
+        )
+        sampler = asyncio.create_task(_sample_lanes(gov, time.monotonic(), samples))
+        try:
+            return await _drive(
+                ctx.scenario.workload.n, _sdk_call(client, ctx.scenario.workload), ctx.cap_s
+            )
+        finally:
+            sampler.cancel()
+            await client.close()
+
+    outcome = asyncio.run(main())
+    outcome.answers = answers
+    outcome.diagnostics = {
+        "lanes": [repr(lane) for lane in gov.lanes],
+        "learned": [
+            {
+                "rpm": lane.rpm,
+                "tpm": lane.tpm,
+                "concurrency_limit": lane.slots.limit,
+                "peak_in_flight": lane.slots.peak_in_flight,
+                "cooldowns": lane.cooldown.times_closed,
+                "prompt_scale": round(lane.prompt_scale, 3),
+            }
+            for lane in gov.lanes
+        ],
+        "stats": [s.as_dict() for s in gov.stats()],
+        "lane_samples": samples,
+    }
+    return outcome
+
+
+def run_auto(ctx: RunContext) -> Outcome:
+    return _run_pacekeeper(ctx, None)
+
+
+def run_configured(ctx: RunContext) -> Outcome:
+    truth = ctx.scenario.truth
+    limits = pacekeeper.Limits(
+        rpm=truth.rpm,
+        tpm=truth.tpm,
+        concurrency=truth.max_in_flight if truth.max_in_flight is not None else "auto",
+    )
+    return _run_pacekeeper(ctx, limits)
+
+
+# -- 3. the reference pacer ------------------------------------------------------------------
+
+
+def run_reference(ctx: RunContext) -> Outcome:
+    """Told the true limits (and when they change), it starts each request exactly when the
+    limits allow, on an absolute schedule, with raw httpx2 and no retries: the practical
+    ceiling of this machine that auto mode should match."""
+    wl = ctx.scenario.workload
+    truth = ctx.scenario.truth
+    change_wall = ctx.change_wall
+    answers: list[tuple[float, int | None]] = []
+    url = ctx.base_url.rstrip("/") + "/chat/completions"
+
+    async def send(client: httpx2.AsyncClient, i: int, slots: asyncio.Semaphore | None) -> Result:
+        try:
+            response = await client.post(
+                url, json=wl.body(i), headers={"x-client-request-id": wl.request_id(i)}
+            )
+        except httpx2.HTTPError as exc:
+            answers.append((time.time(), None))
+            return failure(exc)
+        finally:
+            if slots is not None:
+                slots.release()
+        answers.append((time.time(), response.status_code))
+        if response.status_code != 200:
+            return Result("failed", f"HTTP {response.status_code}", response.text[:200])
+        try:
+            data = response.json()
+        except ValueError:
+            return Result("failed", "malformed body", response.text[:200])
+        if isinstance(data, dict) and data.get("choices"):
+            return Result("ok")
+        return Result("failed", "no choices", response.text[:200])
+
+    def gap_s(i: int, now_wall: float) -> float:
+        factor = truth.change_factor if change_wall is not None and now_wall >= change_wall else 1
+        gaps = [0.0]
+        if truth.rpm is not None:
+            gaps.append(60.0 / (truth.rpm * factor))
+        if truth.tpm is not None:
+            gaps.append(wl.sim_charge(i) * 60.0 / (truth.tpm * factor))
+        return max(gaps)
+
+    async def main() -> Outcome:
+        client = httpx2.AsyncClient(
+            timeout=ctx.scenario.timeout_s,
+            headers={"authorization": "Bearer x"},
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        slots = asyncio.Semaphore(truth.max_in_flight) if truth.max_in_flight else None
+        started_at = time.time()
+        t0 = next_at = time.monotonic()
+        tasks: list[asyncio.Task[Result]] = []
+        try:
+            for i in range(wl.n):
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if slots is not None:
+                    await slots.acquire()
+                tasks.append(asyncio.create_task(send(client, i, slots)))
+                next_at += gap_s(i, time.time())
+            done, pending = await asyncio.wait(
+                tasks, timeout=max(1.0, ctx.cap_s - (time.monotonic() - t0))
+            )
+            outcome = Outcome(started_at=started_at, wall_s=time.monotonic() - t0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await client.aclose()
+        for task in tasks:
+            if task in done:
+                outcome.add(task.result())
+            else:
+                outcome.add(
+                    Result("lost", f"no answer after {ctx.cap_s:.0f} s (cancelled by the bench)")
+                )
+        return outcome
+
+    outcome = asyncio.run(main())
+    outcome.answers = answers
+    return outcome
+
+
+# -- 5. pacekeeper run -----------------------------------------------------------------------
+
+
+def pacekeeper_command() -> list[str]:
+    script = Path(sys.executable).with_name("pacekeeper")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pacekeeper"]
+
+
+def run_batch(ctx: RunContext) -> Outcome:
+    """`pacekeeper run` as a user runs it: a JSONL file in, a JSONL file out, nothing
+    configured but the per-attempt timeout. Its output must hold every custom_id once."""
+    wl = ctx.scenario.workload
+    work = ctx.workdir
+    src, out, log, metrics = (work / n for n in ("in.jsonl", "out.jsonl", "log.jsonl", "m.json"))
+    for path in (out, log, metrics):
+        path.unlink(missing_ok=True)
+    src.write_text("".join(wl.batch_line(i) + "\n" for i in range(wl.n)), encoding="utf-8")
+    command = [
+        *pacekeeper_command(),
+        "run",
+        str(src),
+        "-o",
+        str(out),
+        "--base-url",
+        ctx.base_url,
+        "--progress",
+        "none",
+        "--timeout",
+        f"{ctx.scenario.timeout_s:g}",
+        "--log",
+        str(log),
+        "--metrics",
+        str(metrics),
+    ]
+    env = {**os.environ, "OPENAI_API_KEY": "x"}
+    started_at = time.time()
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=ctx.cap_s, check=False
+        )
+        returncode: int | None = proc.returncode
+        stderr = proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode, stderr = None, str(exc.stderr or "")
+    outcome = Outcome(started_at=started_at, wall_s=time.monotonic() - t0)
+    _tally_batch_output(outcome, out, wl)
+    outcome.answers = _attempt_answers(log)
+    outcome.diagnostics.update(
+        exit_code=returncode,
+        stderr_tail=stderr.strip().splitlines()[-3:],
+        models=json.loads(metrics.read_text())["models"] if metrics.exists() else None,
+    )
+    return outcome
+
+
+def _tally_batch_output(outcome: Outcome, out: Path, wl: Workload) -> None:
+    """Every custom_id exactly once: an id written twice is counted in ``output_duplicates``,
+    an id never written is lost."""
+    expected = {wl.request_id(i) for i in range(wl.n)}
+    seen: set[str] = set()
+    duplicates = unexpected = 0
+    lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+    for line in lines:
+        record = json.loads(line)
+        custom_id = record.get("custom_id")
+        if custom_id not in expected:
+            unexpected += 1
+            continue
+        if custom_id in seen:
+            duplicates += 1
+            continue
+        seen.add(custom_id)
+        error = record.get("error")
+        response = record.get("response") or {}
+        if error is None and response.get("status_code") == 200:
+            outcome.add(Result("ok"))
+        else:
+            error = error or {}
+            outcome.add(
+                Result("failed", str(error.get("code") or "?"), str(error.get("message") or ""))
+            )
+    for _ in expected - seen:
+        outcome.add(Result("lost", "custom_id missing from the output"))
+    outcome.diagnostics["output_duplicates"] = duplicates
+    outcome.diagnostics["output_unexpected"] = unexpected
+
+
+def _attempt_answers(log: Path) -> list[tuple[float, int | None]]:
+    answers: list[tuple[float, int | None]] = []
+    if not log.exists():
+        return answers
+    with log.open(encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record.get("type") == "attempt":
+                answers.append((record["started_at"] + record["latency_s"], record["status"]))
+    return answers
+
+
+CONTENDERS: tuple[Contender, ...] = (
+    Contender("auto", "pacekeeper auto (nothing configured)", run_auto),
+    Contender("configured", "pacekeeper, true limits configured", run_configured),
+    Contender("reference", "reference pacer (true limits, no retries)", run_reference),
+    Contender("sem5", "Semaphore(5) + SDK retries (2)", run_semaphore5),
+    Contender("unbounded", "gather, unbounded + SDK retries (2)", run_unbounded),
+    Contender("tenacity16", "Semaphore(16) + tenacity (6 attempts)", run_tenacity16),
+    Contender("run", "pacekeeper run (JSONL batch)", run_batch),
+)

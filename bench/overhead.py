@@ -1,0 +1,324 @@
+"""What pacekeeper costs: CPU per request, the simulator's own rate, peak memory.
+
+CPU is measured as this process's CPU time (time.process_time) while the same client code
+sends the same requests; only the transport differs (bare, or pacekeeper.Transport over the
+same transport). Twice:
+
+- over the network to a zero-latency, unlimited simulator in another process (the target's
+  definition; includes the HTTP stack, so it is noisy);
+- in process, over a transport that answers at once with a canned completion and OpenAI-style
+  rate-limit headers: no sockets, so the difference is pacekeeper's own work, far less noisy.
+
+Runs alternate so that drifting background load hits both alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+import pacekeeper
+from bench.contenders import pacekeeper_command
+from bench.loadgen import flood, process_cpu_s
+from bench.rss import batch_rss, queued_rss
+from bench.runner import log
+from bench.workload import Workload
+from pacekeeper.sim import Scenario, SimulatorProcess
+
+__all__ = ["measure_overhead"]
+
+_CONCURRENCY = 32
+_CPU_TARGET_US = 100.0
+_RSS_TARGET_MB = 150.0
+
+
+_CANNED_BODY = json.dumps(
+    {
+        "id": "chatcmpl-canned",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "word " * 80},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 90, "completion_tokens": 100, "total_tokens": 190},
+    }
+).encode()
+_CANNED_HEADERS = [
+    ("content-type", "application/json"),
+    ("x-request-id", "req_canned"),
+    # Limits far above what is sent: pacekeeper reads and learns them, but never waits.
+    ("x-ratelimit-limit-requests", "100000000"),
+    ("x-ratelimit-remaining-requests", "99999999"),
+    ("x-ratelimit-reset-requests", "1ms"),
+    ("x-ratelimit-limit-tokens", "10000000000"),
+    ("x-ratelimit-remaining-tokens", "9999999999"),
+    ("x-ratelimit-reset-tokens", "1ms"),
+]
+
+
+class _Canned(httpx2.AsyncBaseTransport):
+    """Answers every request at once with the same completion (one loop turn, no socket)."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(0)
+        return httpx2.Response(
+            200,
+            headers=_CANNED_HEADERS,
+            stream=httpx2.ByteStream(_CANNED_BODY),
+            request=request,
+        )
+
+
+def _transport(kind: str) -> httpx2.AsyncBaseTransport:
+    # A bounded pool larger than the client's concurrency: the pool never queues, and
+    # pacekeeper caps its concurrency at the pool's size, as wrap() does with the SDK's pool.
+    inner = httpx2.AsyncHTTPTransport(
+        limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64)
+    )
+    if kind == "bare":
+        return inner
+    return pacekeeper.Transport(pacekeeper.Governor(), transport=inner)
+
+
+def _canned(kind: str) -> httpx2.AsyncBaseTransport:
+    if kind == "bare":
+        return _Canned()
+    return pacekeeper.Transport(pacekeeper.Governor(), transport=_Canned())
+
+
+async def _send_all(
+    base_url: str,
+    kind: str,
+    n: int,
+    offset: int,
+    make: Callable[[str], httpx2.AsyncBaseTransport] = _transport,
+) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of ``n`` requests from ``_CONCURRENCY`` workers."""
+    wl = Workload(n=n)
+    bodies = [wl.body(i) for i in range(n)]  # built before the clock starts: not measured
+    client = httpx2.AsyncClient(
+        transport=make(kind), headers={"authorization": "Bearer x"}, timeout=30
+    )
+    url = base_url.rstrip("/") + "/chat/completions"
+    indices = iter(range(n))
+
+    async def worker() -> None:
+        for i in indices:
+            response = await client.post(
+                url, json=bodies[i], headers={"x-client-request-id": f"cpu-{offset + i}"}
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"unexpected {response.status_code}")
+
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(_CONCURRENCY)))
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    await client.aclose()
+    return cpu, wall
+
+
+def _alternate(
+    base_url: str, n: int, rounds: int, make: Callable[[str], httpx2.AsyncBaseTransport]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], float]:
+    """µs of CPU per request and req/s of each kind, per run, and the total wall time."""
+    per_request: dict[str, list[float]] = {"bare": [], "pacekeeper": []}
+    rates: dict[str, list[float]] = {"bare": [], "pacekeeper": []}
+    for kind in per_request:  # warm-up: imports, the tokenizer, connections
+        asyncio.run(_send_all(base_url, kind, 200, offset=10_000_000, make=make))
+    wall_total = 0.0
+    for r in range(rounds):
+        order = ["bare", "pacekeeper"] if r % 2 == 0 else ["pacekeeper", "bare"]
+        for kind in order:
+            cpu, wall = asyncio.run(_send_all(base_url, kind, n, offset=r * 2 * n, make=make))
+            per_request[kind].append(cpu / n * 1e6)
+            rates[kind].append(n / wall)
+            wall_total += wall
+    return per_request, rates, wall_total
+
+
+def _cpu_overhead(quick: bool) -> dict[str, Any]:
+    n, rounds = (500, 2) if quick else (5000, 4)
+    with SimulatorProcess(Scenario()) as sim:
+        sim_cpu0 = process_cpu_s(sim.pid)
+        per_request, rates, wall_total = _alternate(sim.base_url, n, rounds, _transport)
+        sim_cpu_share = (process_cpu_s(sim.pid) - sim_cpu0) / wall_total
+    canned, _, _ = _alternate("http://canned/v1", n, rounds, _canned)
+    for kind in per_request:
+        log(
+            f"[overhead] {kind}: µs CPU/request over the network "
+            + ", ".join(f"{x:.0f}" for x in per_request[kind])
+            + "; in process "
+            + ", ".join(f"{x:.0f}" for x in canned[kind])
+        )
+    bare = statistics.median(per_request["bare"])
+    governed = statistics.median(per_request["pacekeeper"])
+    canned_bare = statistics.median(canned["bare"])
+    canned_governed = statistics.median(canned["pacekeeper"])
+    return {
+        "canned_us_per_request": canned,
+        "canned_bare_us": canned_bare,
+        "canned_pacekeeper_us": canned_governed,
+        "canned_added_us": canned_governed - canned_bare,
+        "requests_per_run": n,
+        "rounds": rounds,
+        "concurrency": _CONCURRENCY,
+        "us_per_request": per_request,
+        "req_per_s": rates,
+        "bare_us": bare,
+        "pacekeeper_us": governed,
+        "added_us": governed - bare,
+        "ratio": governed / bare,
+        "sim_cpu_share_during_runs": sim_cpu_share,
+    }
+
+
+def _sim_rate(quick: bool) -> dict[str, Any]:
+    with SimulatorProcess(Scenario()) as sim:
+        asyncio.run(flood("127.0.0.1", sim.port, seconds=0.5))
+        cpu0 = process_cpu_s(sim.pid)
+        seconds = 1.0 if quick else 3.0
+        per_s = asyncio.run(flood("127.0.0.1", sim.port, seconds=seconds))
+        cpu_share = (process_cpu_s(sim.pid) - cpu0) / seconds
+    return {"req_per_s": per_s, "sim_cpu_share": cpu_share}
+
+
+def measure_overhead(*, quick: bool, workdir: Path) -> dict[str, Any]:
+    """Every overhead measure, with the lines and target verdicts the report shows."""
+    log("[overhead] CPU per request: bare httpx2 vs pacekeeper.Transport ...")
+    cpu = _cpu_overhead(quick)
+    log("[overhead] simulator's zero-latency rate ...")
+    sim = _sim_rate(quick)
+    n_queued = 5_000 if quick else 100_000
+    log(f"[overhead] peak RSS with {n_queued:,} requests queued ...")
+    with SimulatorProcess(Scenario()) as s:
+        queued = queued_rss(s.base_url, n_queued, "pacekeeper")
+        # The floor is linear in the count (one task and request per call): a fifth of the
+        # calls says as much per request in a fifth of the time.
+        floor = queued_rss(s.base_url, n_queued // 5, "floor")
+    batch: list[dict[str, Any]] = []
+    for lines in (10, 1_000, 4_000) if quick else (10, 50_000, 200_000):
+        log(f"[overhead] peak RSS of pacekeeper run on {lines:,} lines ...")
+        with SimulatorProcess(Scenario()) as s:
+            batch.append(batch_rss(s.base_url, lines, workdir, pacekeeper_command()))
+        log(f"[overhead] pacekeeper run {lines:,} lines: {batch[-1]}")
+    return {
+        "cpu": cpu,
+        "sim": sim,
+        "queued": queued,
+        "queued_floor": floor,
+        "batch": batch,
+        **_summary(cpu, sim, queued, floor, batch),
+    }
+
+
+def _summary(
+    cpu: dict[str, Any],
+    sim: dict[str, Any],
+    queued: dict[str, Any],
+    floor: dict[str, Any],
+    batch: list[dict[str, Any]],
+) -> dict[str, Any]:
+    client_rate = max(max(v) for v in cpu["req_per_s"].values())
+    lines = [
+        {
+            "measure": "CPU per request, bare httpx2 (median of runs)",
+            "value": f"{cpu['bare_us']:.0f} µs ({cpu['rounds']} runs x {cpu['requests_per_run']})",
+        },
+        {
+            "measure": "CPU per request, pacekeeper.Transport over the same httpx2 transport",
+            "value": f"{cpu['pacekeeper_us']:.0f} µs",
+        },
+        {
+            "measure": "added by pacekeeper",
+            "value": f"{cpu['added_us']:.0f} µs per request (x{cpu['ratio']:.2f})",
+        },
+        {
+            "measure": "in process, canned answers (no sockets): bare → pacekeeper.Transport",
+            "value": f"{cpu['canned_bare_us']:.0f} → {cpu['canned_pacekeeper_us']:.0f} µs: "
+            f"pacekeeper's own work {cpu['canned_added_us']:.0f} µs per request",
+        },
+        {
+            "measure": "simulator's zero-latency rate (raw HTTP/1.1 flood, 64 connections)",
+            "value": f"{sim['req_per_s']:,.0f} req/s at {sim['sim_cpu_share']:.0%} of a core; "
+            f"the fastest client run above reached {client_rate:,.0f} req/s",
+        },
+    ]
+    targets = [
+        {
+            "target": f"CPU added per request <= {_CPU_TARGET_US:g} µs",
+            "measured": f"{cpu['added_us']:.0f} µs",
+            "met": cpu["added_us"] <= _CPU_TARGET_US,
+        }
+    ]
+    if "growth_mb" in queued:
+        lines.append(
+            {
+                "measure": f"peak RSS growth, {queued['requests']:,} SDK calls queued in "
+                "pacekeeper",
+                "value": f"{queued['growth_mb']:.0f} MB ({queued['per_request_kb']:.2f} kB each; "
+                f"all queued after {queued['seconds_to_queue']:.0f} s; process peak "
+                f"{queued['peak_mb']:.0f} MB)",
+            }
+        )
+        if "growth_mb" in floor:
+            lines.append(
+                {
+                    "measure": f"floor: {floor['requests']:,} plain SDK calls stalled at a "
+                    "transport that never answers",
+                    "value": f"{floor['growth_mb']:.0f} MB ({floor['per_request_kb']:.2f} kB "
+                    f"each): pacekeeper adds "
+                    f"{queued['per_request_kb'] - floor['per_request_kb']:.2f} kB per request",
+                }
+            )
+            lines.append(
+                {
+                    "measure": "first request in a fresh process (lazy imports, connection, "
+                    "tokenizer): plain SDK → through pacekeeper",
+                    "value": f"{floor['first_request_s']:.2f} → {queued['first_request_s']:.2f} s; "
+                    f"RSS after it {floor['baseline_mb']:.0f} → {queued['baseline_mb']:.0f} MB",
+                }
+            )
+        targets.append(
+            {
+                "target": f"peak RSS growth with {queued['requests']:,} queued <= "
+                f"{_RSS_TARGET_MB:g} MB",
+                "measured": f"{queued['growth_mb']:.0f} MB",
+                "met": queued["growth_mb"] <= _RSS_TARGET_MB,
+            }
+        )
+    else:
+        lines.append({"measure": "queued RSS", "value": f"error: {queued.get('error')}"})
+    lines.extend(
+        {
+            "measure": f"pacekeeper run, {item['lines']:,} lines, zero-latency sim",
+            "value": f"peak RSS {item['peak_rss_mb']:.0f} MB; {item['wall_s']:.0f} s "
+            f"({item['lines_per_s']:,} lines/s, {item['cpu_s']:.0f} s CPU); every custom_id "
+            f"once: {'yes' if item['exactly_once'] else 'NO'}",
+        }
+        for item in batch
+    )
+    largest = max(batch, key=lambda item: item["lines"])
+    targets.append(
+        {
+            "target": f"pacekeeper run peak RSS on {largest['lines']:,} lines <= "
+            f"{_RSS_TARGET_MB:g} MB",
+            "measured": f"{largest['peak_rss_mb']:.0f} MB (10 lines: "
+            f"{batch[0]['peak_rss_mb']:.0f} MB)",
+            "met": largest["peak_rss_mb"] <= _RSS_TARGET_MB,
+        }
+    )
+    return {"lines": lines, "targets": targets}
