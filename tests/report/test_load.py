@@ -247,3 +247,11 @@ def test_only_the_first_bad_lines_are_kept_but_all_are_counted() -> None:
     run = agg.finish()
     assert run.bad_line_count == 1000
     assert len(run.bad_lines) == 50
+
+
+def test_the_reader_knows_every_field_of_the_records() -> None:
+    """A field added to the records must be read too (or it silently vanishes from logs)."""
+    from pacekeeper.report._load import _ATTEMPT_SPEC, _REQUEST_SPEC
+
+    assert {name for name, _, _ in _ATTEMPT_SPEC} == set(AttemptRecord.__dataclass_fields__)
+    assert {name for name, _, _ in _REQUEST_SPEC} == set(RequestRecord.__dataclass_fields__)

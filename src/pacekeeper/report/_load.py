@@ -110,36 +110,80 @@ class _Bad(Exception):
 
 _MISSING = object()
 
+# (name, type, optional) per record type: checked in one loop with exact-type fast paths,
+# since reading a large log is mostly this.
+_Spec = tuple[tuple[str, type, bool], ...]
+_ATTEMPT_SPEC: _Spec = (
+    ("route", str, False),
+    ("model", str, True),
+    ("attempt", int, False),
+    ("outcome", str, False),
+    ("status", int, True),
+    ("started_at", float, False),
+    ("queued_s", float, False),
+    ("latency_s", float, False),
+    ("tokens_estimated", int, False),
+    ("prompt_tokens", int, True),
+    ("completion_tokens", int, True),
+    ("retry_in_s", float, True),
+    ("error", str, True),
+    ("request_id", str, True),
+    ("tag", str, True),
+    ("in_flight", int, True),
+    ("concurrency_limit", int, True),
+    ("rpm_limit", float, True),
+    ("tpm_limit", float, True),
+)
+_REQUEST_SPEC: _Spec = (
+    ("route", str, False),
+    ("model", str, True),
+    ("outcome", str, False),
+    ("status", int, True),
+    ("ok", bool, False),
+    ("attempts", int, False),
+    ("started_at", float, False),
+    ("total_s", float, False),
+    ("queued_s", float, False),
+    ("latency_s", float, False),
+    ("tokens_estimated", int, False),
+    ("prompt_tokens", int, True),
+    ("completion_tokens", int, True),
+    ("error", str, True),
+    ("error_type", str, True),
+    ("request_id", str, True),
+    ("tag", str, True),
+)
 
-def _get(obj: Mapping[str, Any], name: str, kind: str) -> Any:
-    """One field, checked. ``kind`` is str, int, float or bool; a trailing ``?`` allows None
-    (and a missing field)."""
-    optional = kind.endswith("?")
-    base = kind.rstrip("?")
-    value = obj.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        if optional:
-            return None
-        raise _Bad(f'missing field "{name}"')
-    if base == "str":
-        if not isinstance(value, str):
-            raise _Bad(f'"{name}" should be a string, got {_short(value)}')
-        return value
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise _Bad(f'"{name}" should be true or false, got {_short(value)}')
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f'"{name}" should be a number, got {_short(value)}')
-    if not math.isfinite(value):
-        raise _Bad(f'"{name}" should be a finite number, got {value}')
-    if base == "int":
-        if isinstance(value, float):
+
+def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, kind, optional in spec:
+        value = obj.get(name)
+        if value is None:
+            if optional:
+                out[name] = None
+                continue
+            raise _Bad(f'missing field "{name}"')
+        t = type(value)
+        if t is kind:
+            if t is float and not math.isfinite(value):
+                raise _Bad(f'"{name}" should be a finite number, got {value}')
+        elif kind is float and t is int:
+            value = float(value)
+        elif kind is int and t is float:
+            if not math.isfinite(value):
+                raise _Bad(f'"{name}" should be a finite number, got {value}')
             if not value.is_integer():
                 raise _Bad(f'"{name}" should be a whole number, got {value}')
             value = int(value)
-        return value
-    return float(value)
+        elif kind is str:
+            raise _Bad(f'"{name}" should be a string, got {_short(value)}')
+        elif kind is bool:
+            raise _Bad(f'"{name}" should be true or false, got {_short(value)}')
+        else:
+            raise _Bad(f'"{name}" should be a number, got {_short(value)}')
+        out[name] = value
+    return out
 
 
 def _short(value: Any) -> str:
@@ -169,52 +213,14 @@ def _parse(obj: Any) -> Record:
     if kind is None:
         raise _Bad('no "type" field: not a pacekeeper record (is this the --log file?)')
     if kind == "attempt":
-        record = AttemptRecord(
-            route=_get(obj, "route", "str"),
-            model=_get(obj, "model", "str?"),
-            attempt=_get(obj, "attempt", "int"),
-            outcome=_get(obj, "outcome", "str"),
-            status=_get(obj, "status", "int?"),
-            started_at=_get(obj, "started_at", "float"),
-            queued_s=_get(obj, "queued_s", "float"),
-            latency_s=_get(obj, "latency_s", "float"),
-            tokens_estimated=_get(obj, "tokens_estimated", "int"),
-            prompt_tokens=_get(obj, "prompt_tokens", "int?"),
-            completion_tokens=_get(obj, "completion_tokens", "int?"),
-            retry_in_s=_get(obj, "retry_in_s", "float?"),
-            error=_get(obj, "error", "str?"),
-            request_id=_get(obj, "request_id", "str?"),
-            tag=_get(obj, "tag", "str?"),
-            in_flight=_get(obj, "in_flight", "int?"),
-            concurrency_limit=_get(obj, "concurrency_limit", "int?"),
-            rpm_limit=_get(obj, "rpm_limit", "float?"),
-            tpm_limit=_get(obj, "tpm_limit", "float?"),
-        )
+        record = AttemptRecord(**_fields(obj, _ATTEMPT_SPEC))
         if record.attempt < 1:
             raise _Bad(f'"attempt" should be 1 or more, got {record.attempt}')
         for name in ("queued_s", "latency_s", "retry_in_s", "tokens_estimated"):
             _non_negative(name, getattr(record, name))
         return record
     if kind == "request":
-        request = RequestRecord(
-            route=_get(obj, "route", "str"),
-            model=_get(obj, "model", "str?"),
-            outcome=_get(obj, "outcome", "str"),
-            status=_get(obj, "status", "int?"),
-            ok=_get(obj, "ok", "bool"),
-            attempts=_get(obj, "attempts", "int"),
-            started_at=_get(obj, "started_at", "float"),
-            total_s=_get(obj, "total_s", "float"),
-            queued_s=_get(obj, "queued_s", "float"),
-            latency_s=_get(obj, "latency_s", "float"),
-            tokens_estimated=_get(obj, "tokens_estimated", "int"),
-            prompt_tokens=_get(obj, "prompt_tokens", "int?"),
-            completion_tokens=_get(obj, "completion_tokens", "int?"),
-            error=_get(obj, "error", "str?"),
-            error_type=_get(obj, "error_type", "str?"),
-            request_id=_get(obj, "request_id", "str?"),
-            tag=_get(obj, "tag", "str?"),
-        )
+        request = RequestRecord(**_fields(obj, _REQUEST_SPEC))
         for name in ("total_s", "queued_s", "latency_s", "tokens_estimated", "attempts"):
             _non_negative(name, getattr(request, name))
         return request

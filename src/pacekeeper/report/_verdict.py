@@ -565,7 +565,7 @@ def _upstream_finding(run: RunData) -> Finding | None:
     rate = upstream / attempts
     parts = []
     if groups["5xx"]:
-        detail = ", ".join(f"{n}\u00d7{s}" for s, n in sorted(statuses.items()))
+        detail = ", ".join(f"{_num(n)}\u00d7{s}" for s, n in sorted(statuses.items()))
         parts.append(
             f"5xx rate {_pct(groups['5xx'] / attempts)} ({_num(groups['5xx'])} of "
             f"{_num(attempts)} attempts: {detail})"
@@ -581,7 +581,7 @@ def _upstream_finding(run: RunData) -> Finding | None:
     text = "Upstream errors: " + ", ".join(parts)
     if retries:
         causes = ", ".join(
-            f"{n} after {_CAUSE.get(cause, cause.replace('_', ' ') + 's')}"
+            f"{_num(n)} after {_CAUSE.get(cause, cause.replace('_', ' ') + 's')}"
             for cause, n in retried.most_common()
         )
         text += (
