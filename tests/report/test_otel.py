@@ -84,8 +84,8 @@ def flaky(i: int, attempt: int) -> tuple[str, int | None, str] | None:
 def test_one_span_per_request_with_genai_attributes_and_the_attempts(otel: Otel) -> None:
     records = simulate(Run(requests=12, model="gpt-4o-mini", fault=flaky, concurrency=3))
     feed(otel.hook(server_address="https://api.openai.com/v1", provider_name="openai"), records)
-    spans = {s.attributes["pacekeeper.tag"]: s for s in otel.finished() if s.attributes}
-    requests = {r.tag: r for r in records if isinstance(r, RequestRecord)}
+    spans = {str(s.attributes["pacekeeper.tag"]): s for s in otel.finished() if s.attributes}
+    requests = {str(r.tag): r for r in records if isinstance(r, RequestRecord)}
     assert spans.keys() == requests.keys()
     for tag, span in spans.items():
         request = requests[tag]
