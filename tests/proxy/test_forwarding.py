@@ -127,7 +127,7 @@ async def test_streamed_chunks_arrive_as_the_upstream_sends_them(
     gaps = [b - a for a, b in itertools.pairwise(proxied) if b - a > 0.02]
     assert len(gaps) >= 8
     # Time to first byte close to the upstream's.
-    assert proxied[0] - direct[0] < 0.05
+    assert proxied[0] - direct[0] < 0.1
 
 
 def test_a_stream_that_breaks_upstream_breaks_for_the_client(

@@ -606,17 +606,27 @@ class ProxyApp:
             response = await self._transport.handle_async_request(request)
         except asyncio.CancelledError:
             if exchange.cancelled_by is None:
-                if self.draining:
-                    exchange.uncancel()
+                if not self.draining:
+                    raise
+                exchange.uncancel()  # the drain deadline passed before the answer came
+                if exchange.sent:  # not a refusal: the upstream may have done the work
+                    self.counters.upstream_error("cut_at_drain_deadline")
                     await self._error(
                         send,
                         503,
                         "proxy_shutting_down",
-                        "pacekeeper proxy: shut down before this request could be answered",
+                        "pacekeeper proxy: shut down before the upstream answered; the upstream "
+                        "may have processed this request",
+                    )
+                else:
+                    await self._error(
+                        send,
+                        503,
+                        "proxy_shutting_down",
+                        "pacekeeper proxy: shut down; this request was not sent",
                         retry_after_s=1.0,
                     )
-                    return
-                raise
+                return
             exchange.uncancel()
             if exchange.cancelled_by == "queue_timeout":
                 await self._queue_timeout(send, lane)
