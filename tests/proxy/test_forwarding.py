@@ -11,10 +11,12 @@ import asyncio
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
+from typing import Any
 
 import httpx2
 import openai
@@ -23,7 +25,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacekeeper import Governor, RetryPolicy
-from pacekeeper.proxy import REFUSED_HEADER, TOKEN_HEADER
+from pacekeeper.proxy import REFUSED_HEADER, TOKEN_HEADER, ProxyApp, ProxyConfig
 from pacekeeper.sim import Faults, Latency, Scenario, Simulator
 
 from .conftest import StartProxy, StartSim
@@ -409,3 +411,26 @@ def test_requests_run_concurrently_from_many_threads(
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+async def test_metrics_without_prometheus_client_say_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(sys.modules):
+        if name == "prometheus_client" or name.startswith("prometheus_client."):
+            monkeypatch.setitem(sys.modules, name, None)
+    app = ProxyApp(ProxyConfig(upstream="http://127.0.0.1:9/v1"), Governor())
+    assert app.metrics is None
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": []}
+    await app(scope, receive, send)
+    await app.aclose()
+    assert sent[0]["status"] == 501
+    assert b"pacekeeper[prometheus]" in sent[1]["body"]
