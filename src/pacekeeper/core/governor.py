@@ -476,31 +476,33 @@ class Call:
                 retry=self.attempt > 1,
                 at=now,
             )
-        attempt_record = AttemptRecord(
-            route=self.route,
-            model=self.model,
-            attempt=self.attempt,
-            outcome=kind.value,
-            status=verdict.status,
-            started_at=gov.wall_clock() - latency_s,
-            queued_s=permit.queued_s,
-            latency_s=latency_s,
-            tokens_estimated=permit.tokens,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            retry_in_s=delay_s if retry else None,
-            error=None if kind is OutcomeKind.OK else verdict.reason,
-            request_id=request_id,
-            tag=self.tag,
-            in_flight=permit.in_flight_at_send,
-            concurrency_limit=lane.slots.limit,
-            rpm_limit=lane.rpm,
-            tpm_limit=lane.tpm,
-        )
-        for hook in gov.hooks:
-            hook.on_attempt(attempt_record)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("attempt %s", _kv(attempt_record.as_dict()))
+        # Built only when someone reads it: this runs once per attempt on the hot path.
+        if gov.hooks or logger.isEnabledFor(logging.DEBUG):
+            attempt_record = AttemptRecord(
+                route=self.route,
+                model=self.model,
+                attempt=self.attempt,
+                outcome=kind.value,
+                status=verdict.status,
+                started_at=gov.wall_clock() - latency_s,
+                queued_s=permit.queued_s,
+                latency_s=latency_s,
+                tokens_estimated=permit.tokens,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                retry_in_s=delay_s if retry else None,
+                error=None if kind is OutcomeKind.OK else verdict.reason,
+                request_id=request_id,
+                tag=self.tag,
+                in_flight=permit.in_flight_at_send,
+                concurrency_limit=lane.slots.limit,
+                rpm_limit=lane.rpm,
+                tpm_limit=lane.tpm,
+            )
+            for hook in gov.hooks:
+                hook.on_attempt(attempt_record)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("attempt %s", _kv(attempt_record.as_dict()))
         if retry:
             return Decision(retry=True, delay_s=delay_s)
 

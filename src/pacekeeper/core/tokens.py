@@ -483,6 +483,8 @@ class _Counter:
             for key, item in message.items():
                 if key == "content":
                     total += self.content(item)
+                elif key == "role" and isinstance(item, str) and len(item) <= 16:
+                    total += 1  # system/user/assistant/tool: one token each in both encodings
                 elif key == "name":
                     total += self.json(item) + _PER_NAME
                 else:  # role, tool_calls, function_call, tool_call_id, audio, ...

@@ -175,17 +175,21 @@ def request_id(headers: Mapping[str, str]) -> str | None:
 
 
 def verdict_for_answer(
-    status: int, headers: Mapping[str, str], body: bytes | None, *, expect_json: bool
+    status: int, headers: Mapping[str, str], body: bytes | None, *, json_valid: bool = True
 ) -> Verdict:
     """Classify a complete answer; a 2xx whose JSON does not parse is MALFORMED."""
-    if status < 300 and expect_json and body is not None:
-        _, _, valid = usage_from_json(body)
-        if not valid:
-            return verdict_for_failure(
-                OutcomeKind.MALFORMED,
-                f"{status} with a body that is not valid JSON ({len(body)} bytes)",
-            )
+    if status < 300 and not json_valid and body is not None:
+        return verdict_for_failure(
+            OutcomeKind.MALFORMED,
+            f"{status} with a body that is not valid JSON ({len(body)} bytes)",
+        )
     return classify_response(status, headers, body, now_wall_s=time.time())
+
+
+def plain_headers(headers: Any) -> dict[str, str]:
+    """The headers as a plain dict with lower-case names, read once: httpx's Headers.get is
+    a scan of the list, and an answer's headers are read several times."""
+    return dict(headers.multi_items())
 
 
 def bounded_timeout(extensions: dict[str, Any], attempt_timeout_s: float | None) -> None:

@@ -20,6 +20,7 @@ from pacekeeper.transports._engine import (
     bounded_timeout,
     is_event_stream,
     is_json,
+    plain_headers,
     read_request,
     request_id,
     settle_stream,
@@ -167,14 +168,15 @@ def _after_answer(
     call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, raw: bytes
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
-    headers = response.headers
+    headers = plain_headers(response.headers)
     status = response.status_code
     expect_json = is_json(headers)
     body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
-    verdict: Verdict = verdict_for_answer(status, headers, body, expect_json=expect_json)
     prompt = completion = None
-    if verdict.kind is OutcomeKind.OK and body is not None:
-        prompt, completion, _ = usage_from_json(body)
+    valid = True
+    if status < 300 and expect_json and body is not None:
+        prompt, completion, valid = usage_from_json(body)
+    verdict: Verdict = verdict_for_answer(status, headers, body, json_valid=valid)
     decision = call.settle(
         permit,
         verdict,
@@ -187,15 +189,15 @@ def _after_answer(
     extensions = dict(response.extensions)
     extensions[RECORD_EXTENSION] = decision.record
     return None, flavour.response(
-        status, headers=headers, raw=raw, request=request, extensions=extensions
+        status, headers=response.headers, raw=raw, request=request, extensions=extensions
     )
 
 
 def _stream_response(
     call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, sync: bool
 ) -> Any:
-    headers = response.headers
-    ok = verdict_for_answer(response.status_code, headers, None, expect_json=False)
+    headers = plain_headers(response.headers)
+    ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
     state = _StreamState(call, permit, ok, request_id(headers))
