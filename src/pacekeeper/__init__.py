@@ -31,7 +31,7 @@ from pacekeeper.core.errors import (
     RetryBudgetExhausted,
     RetryWaitTooLong,
 )
-from pacekeeper.core.governor import Call, Decision, Governor
+from pacekeeper.core.governor import Admission, Call, Decision, Governor
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.stats import StatsSnapshot
@@ -48,6 +48,7 @@ except PackageNotFoundError:  # pragma: no cover (running from a source tree)
     __version__ = "0+unknown"
 
 __all__ = [
+    "Admission",
     "AdmissionClosed",
     "RECORD_EXTENSION",
     "TAG_EXTENSION",

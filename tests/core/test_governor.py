@@ -336,3 +336,48 @@ async def test_a_concurrency_429_does_not_teach_a_rate() -> None:
     lane = gov.lane("/r", "m")
     assert lane.discovered_rpm is None
     assert lane.slots.limit < 4  # the adaptive concurrency took the cut instead
+
+
+async def test_admit_reports_an_outcome_for_code_without_httpx() -> None:
+    hooks = Collect()
+    gov = Governor(limits=Limits(concurrency=1), hooks=[hooks])
+    async with gov.admit(route="/v1/chat/completions", model="m", tokens=100) as attempt:
+        assert gov.lane("/v1/chat/completions", "m").slots.in_flight == 1
+        decision = attempt.report(
+            status=200,
+            headers={"x-ratelimit-limit-requests": "600"},
+            prompt_tokens=90,
+            completion_tokens=10,
+        )
+    assert decision.record is not None
+    assert decision.record.ok
+    lane = gov.lane("/v1/chat/completions", "m")
+    assert lane.slots.in_flight == 0
+    assert lane.rpm == 600  # learned from the reported headers
+    assert hooks.requests[0].prompt_tokens == 90
+
+
+async def test_admit_records_an_escaping_exception_and_frees_the_slot() -> None:
+    gov = Governor(limits=Limits(concurrency=1))
+    with pytest.raises(KeyError):
+        async with gov.admit(route="/r", model="m"):
+            raise KeyError("boom")
+    lane = gov.lane("/r", "m")
+    assert lane.slots.in_flight == 0
+    assert lane.snapshot().failed == 1
+
+
+async def test_admit_reports_a_429_and_closes_the_gate() -> None:
+    gov = Governor()
+    async with gov.admit(route="/r", model="m") as attempt:
+        decision = attempt.report(status=429, headers={"retry-after": "2"})
+    assert not decision.retry  # one attempt; use gov.run for retries
+    assert "single admission" in str(decision.error)
+    assert gov.lane("/r", "m").cooldown.remaining_s(now=time.monotonic()) > 1.5
+
+
+def test_admit_works_in_threads() -> None:
+    gov = Governor()
+    with gov.admit(route="/r", model=None) as attempt:
+        attempt.report(status=200)
+    assert gov.stats()[0].ok == 1

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.stats import StatsSnapshot
     from pacekeeper.core.tokens import TokenEstimate
 
-__all__ = ["Call", "Decision", "Governor"]
+__all__ = ["Admission", "Call", "Decision", "Governor"]
 
 logger = logging.getLogger("pacekeeper")
 
@@ -254,6 +254,28 @@ class Governor:
             )
             return result
 
+    def admit(
+        self,
+        *,
+        route: str = "/",
+        model: str | None = None,
+        tokens: int | None = None,
+        estimate: TokenEstimate | None = None,
+    ) -> Admission:
+        """One governed attempt for code that makes its own calls::
+
+            async with gov.admit(route="/v1/chat/completions", model="gpt-4o", tokens=900) as a:
+                response = await my_http_call()
+                a.report(status=response.status, headers=response.headers, body=response.body)
+
+        Admission waits for the cooldown, pacing and a slot; leaving the block frees the slot.
+        ``report`` feeds the outcome back (limits learned, 429 cooldowns, AIMD, records) and
+        returns the :class:`Decision`; an exception that escapes the block is recorded too
+        (a cancellation frees the slot and is never taken for a failure). There is no retry
+        here: use :meth:`run` for that. ``with gov.admit(...)`` works in threads.
+        """
+        return Admission(self.call(route=route, model=model, tokens=tokens, estimate=estimate))
+
     def amap(
         self,
         fn: Callable[[T], Awaitable[R]],
@@ -277,6 +299,9 @@ class Governor:
             )
 
         return amap(governed, items, window=window, return_exceptions=return_exceptions)
+
+
+_BYTES_REACHED_CALLER = "part of the answer had already reached the caller"
 
 
 _OK = Verdict(
@@ -423,11 +448,11 @@ class Call:
         completion_tokens: int | None = None,
         request_id: str | None = None,
         hold: bool = False,
-        final: bool = False,
+        final: bool | str = False,
     ) -> Decision:
         """Take an attempt's outcome; release its slot (unless ``hold``: a stream keeps it
         until closed) and decide what comes next. ``final`` forbids a retry (e.g. bytes of a
-        stream already reached the caller)."""
+        stream already reached the caller); a string says why, for the error message."""
         gov, lane = self._gov, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
@@ -521,7 +546,7 @@ class Call:
         return Decision(retry=False, error=error, record=record)
 
     def _decide(
-        self, verdict: Verdict, now: float, final: bool
+        self, verdict: Verdict, now: float, final: bool | str
     ) -> tuple[bool, float, RequestFailed | None]:
         policy = self._gov.retry
         where = self._where()
@@ -538,8 +563,8 @@ class Call:
                 False,
                 0.0,
                 RetriesExhausted(
-                    f"{where}: {verdict.reason} (not retried: part of the answer had already "
-                    "reached the caller)"
+                    f"{where}: {verdict.reason} (not retried: "
+                    f"{final if isinstance(final, str) else _BYTES_REACHED_CALLER})"
                 ),
             )
         if self.attempt >= policy.max_attempts:
@@ -670,6 +695,79 @@ class Call:
         if logger.isEnabledFor(logging.INFO):
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
         return record
+
+
+class Admission:
+    """One attempt admitted by :meth:`Governor.admit`; report what happened with :meth:`report`."""
+
+    __slots__ = ("_call", "_permit", "decision")
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._permit: Permit | None = None
+        self.decision: Decision | None = None
+
+    @property
+    def call(self) -> Call:
+        return self._call
+
+    def report(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        request_id: str | None = None,
+    ) -> Decision:
+        """The answer's status, headers and (for errors) body; usage when known."""
+        from pacekeeper.core.classify import classify_response
+
+        verdict = classify_response(
+            status, headers or {}, body, now_wall_s=self._call._gov.wall_clock()
+        )
+        return self._settle(
+            verdict,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            request_id=request_id,
+        )
+
+    def _settle(self, verdict: Verdict, **usage: Any) -> Decision:
+        if self._permit is None:
+            raise RuntimeError("report() belongs inside the `async with gov.admit(...)` block")
+        if self.decision is not None:
+            raise RuntimeError("this attempt's outcome was already reported")
+        self.decision = self._call.settle(
+            self._permit, verdict, final="a single admission does not retry", **usage
+        )
+        return self.decision
+
+    def _exit(self, exc: BaseException | None) -> None:
+        if self.decision is not None or self._permit is None:
+            return
+        if exc is None:
+            self._settle(_OK)
+        elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            self._call.cancelled(self._permit)
+        else:
+            verdict = _verdict_for_exception(exc, self._call._gov.wall_clock())
+            self._settle(verdict or verdict_for_failure(OutcomeKind.OTHER, _describe(exc)))
+
+    async def __aenter__(self) -> Admission:
+        self._permit = await self._call.admit()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
+
+    def __enter__(self) -> Admission:
+        self._permit = self._call.admit_sync()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
 
 
 def _kv(fields: Mapping[str, Any]) -> str:
