@@ -21,6 +21,7 @@ from pacekeeper.report import (
     ReportError,
     ReportRecorder,
     render_report,
+    require_matplotlib,
     write_report_from_records,
 )
 from pacekeeper.report._cli import default_output, main
@@ -282,6 +283,8 @@ def test_a_missing_matplotlib_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_model_records: list[Any]
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingExtraError, match=r"pacekeeper\[report\]"):
+        require_matplotlib()  # what `run --report` checks before a long run starts
     log = write_log(tmp_path / "a.jsonl", two_model_records[:10])
     with pytest.raises(MissingExtraError, match=r"pip install 'pacekeeper\[report\]'"):
         render_report(log, tmp_path / "r.html")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacekeeper.report._extras import MissingExtraError
 from pacekeeper.report._load import BadLine, RunData, iter_records, load_run
+from pacekeeper.report._plots import require_matplotlib
 from pacekeeper.report._render import (
     ReportError,
     ReportRecorder,
@@ -36,6 +37,7 @@ __all__ = [
     "iter_records",
     "load_run",
     "render_report",
+    "require_matplotlib",
     "summary_rows",
     "summary_table",
     "write_report_from_records",

@@ -176,7 +176,7 @@ def _tiles(run: RunData) -> str:
     tiles = [
         ("Duration", _duration(run.duration_s), ""),
         ("Requests", f"{requests:,}", f"{ok:,} ok, {failed:,} failed"),
-        ("Throughput", f"{per_min:,.0f}/min", "successful, over the whole run"),
+        ("Throughput", f"{per_min:,.0f}/min", "successful requests"),
         ("Attempts", f"{attempts:,}", f"{retries:,} retries"),
         ("429s", f"{limited:,}", f"{limited / attempts:.1%} of attempts" if attempts else ""),
     ]
