@@ -1,4 +1,4 @@
-"""The ``pacekeeper`` command: run, demo, sim (and their --help)."""
+"""The ``pacekeeper`` command: run, demo, sim, report (and their --help)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.configure_parser(
         commands.add_parser("sim", help="serve a rate-limited OpenAI-compatible simulator")
     )
+
+    from pacekeeper.report import _cli as report_cli
+
+    report_cli.configure_parser(
+        commands.add_parser("report", help="an HTML report of a run's records (the --log file)")
+    )
     return parser
 
 
@@ -61,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pacekeeper import demo
 
         return demo.run(args)
+    if args.command == "report":
+        from pacekeeper.report import _cli as report_cli
+
+        return report_cli.run(args)
     from pacekeeper.sim import _cli as sim_cli
 
     return sim_cli.run(args)

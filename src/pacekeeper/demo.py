@@ -21,6 +21,7 @@ from rich.console import Console
 from pacekeeper.batch._progress import BatchProgress
 from pacekeeper.batch._runner import BatchJob, run_batch
 from pacekeeper.core.governor import Governor
+from pacekeeper.report import MissingExtraError, ReportRecorder, require_matplotlib
 from pacekeeper.report.summary import summary_table
 from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
 
@@ -83,12 +84,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", type=Path, help="keep the input and results here (default: a temporary dir)"
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write an HTML report of the run (charts and a verdict); needs pacekeeper[report]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.requests < 1:
         sys.stderr.write("pacekeeper demo: error: --requests must be at least 1\n")
         return 2
+    if args.report is not None:
+        try:
+            require_matplotlib()
+        except MissingExtraError as exc:
+            sys.stderr.write(f"pacekeeper demo: error: {exc}\n")
+            return 2
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
         return _run_in(args.dir, args)
@@ -108,8 +121,9 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
         "and gpt-4o at 300 rpm / 40k tpm (per second, as providers do), with ~2.5% faults. "
         "pacekeeper is told nothing: it learns the limits from the response headers."
     )
+    recorder = ReportRecorder() if args.report is not None else None
     with Simulator(scenario) as sim:
-        gov = Governor()
+        gov = Governor(hooks=[recorder] if recorder is not None else [])
         job = BatchJob(input=batch, output=results, base_url=sim.base_url, api_key="demo")
 
         async def go() -> object:
@@ -127,5 +141,10 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
         f"{len(server.get('duplicates', {}))} successful duplicates; statuses {by_status}"
     )
     console.print(f"results: {results if args.dir else '(temporary directory)'}")
+    if recorder is not None:
+        summary = recorder.write(args.report, title="pacekeeper demo")
+        for finding in summary.findings:
+            console.print(f"  - {finding.text}")
+        console.print(f"report: {summary.output_path}")
     ok = getattr(result, "all_succeeded", False)
     return 0 if ok else 1

@@ -595,7 +595,7 @@ def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None
     >>> body = {"model": "claude-haiku-4-5", "max_tokens": 256, "n": 2,
     ...         "messages": [{"role": "user", "content": "Hi!"}]}
     >>> estimate_request_tokens(body)
-    TokenEstimate(prompt_tokens=12, max_completion_tokens=512, method='heuristic')
+    TokenEstimate(prompt_tokens=10, max_completion_tokens=512, method='heuristic')
     """
     if model is None:
         body_model = body.get("model") if isinstance(body, Mapping) else None
