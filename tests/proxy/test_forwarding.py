@@ -434,3 +434,19 @@ async def test_metrics_without_prometheus_client_say_how_to_get_it(
     await app.aclose()
     assert sent[0]["status"] == 501
     assert b"pacekeeper[prometheus]" in sent[1]["body"]
+
+
+def test_object_ids_share_one_lane_but_reach_the_upstream(start_proxy: StartProxy) -> None:
+    upstream = Recorder()
+    gov = Governor()
+    proxy = start_proxy("https://api.example.com/v1", gov, transport=upstream.transport)
+    ids = ["file-AbC123dEf456GhI789", "file-ZyX987wVu654TsR321"]
+    for file_id in ids:
+        assert httpx2.get(f"{proxy.base_url}/files/{file_id}/content?x=1").status_code == 200
+    assert [str(r.url) for r in upstream.requests] == [
+        f"https://api.example.com/v1/files/{file_id}/content?x=1" for file_id in ids
+    ]
+    assert [lane.key for lane in gov.lanes] == [("/v1/files/{id}/content", None)]
+    metrics = httpx2.get(proxy.url + "/metrics").text
+    assert 'route="/v1/files/{id}/content"' in metrics
+    assert "AbC123" not in metrics
