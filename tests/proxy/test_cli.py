@@ -118,12 +118,12 @@ def test_the_config_file_then_the_flags(in_tmp: Path, monkeypatch: pytest.Monkey
 
 
 def test_exposed_without_a_token_is_said_loudly(capsys: pytest.CaptureFixture[str]) -> None:
-    _warn_exposure(ProxyConfig(upstream="http://x/v1", host="0.0.0.0", api_key="sk"))
+    _warn_exposure(ProxyConfig(upstream="http://x/v1", host="0.0.0.0", api_key="sk-s3cret"))
     err = capsys.readouterr().err
     assert "WARNING" in err
     assert "WITHOUT a client token" in err
     assert "YOUR upstream key" in err
-    assert "sk" not in err.replace("sk-", "").split()  # the key itself never
+    assert "s3cret" not in err  # the key itself never
     _warn_exposure(ProxyConfig(upstream="http://x/v1", host="0.0.0.0", client_token="t"))
     _warn_exposure(ProxyConfig(upstream="http://x/v1", host="127.0.0.1"))
     _warn_exposure(ProxyConfig(upstream="http://x/v1", host="::1"))
