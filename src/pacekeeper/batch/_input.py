@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -96,7 +96,7 @@ def read_lines(
     fmt: InputFormat = "jsonl",
     model: str | None = None,
     url: str = "/v1/chat/completions",
-) -> Iterator[BatchLine | BadLine]:
+) -> Generator[BatchLine | BadLine, None, None]:
     """Yield each non-blank line as a :class:`BatchLine` or a :class:`BadLine`, lazily.
 
     ``model`` overrides (or fills) the body's model; ``url`` is the route for bare bodies and
