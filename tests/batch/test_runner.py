@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from pacekeeper import Governor, Limits, RetryPolicy, set_testing
-from pacekeeper.batch import BatchJob, BatchResult, run_batch
+from pacekeeper.batch import BatchJob, BatchResult, join_url, run_batch
 from pacekeeper.sim import Faults, Latency, Scenario, Simulator
 
 from .conftest import StartSim
@@ -291,3 +292,70 @@ async def test_log_records_every_attempt(start_sim: StartSim, tmp_path: Path) ->
     assert len(attempts) == sim.stats()["requests_received"] > 30
     assert sorted(r["tag"] for r in requests) == sorted(ids)
     assert {r["status"] for r in attempts} == {200, 500}
+
+
+async def test_memory_stays_flat_however_long_the_input(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    """250 lines of 48 kB (12 MB) through a 256 kB in-progress buffer: the peak of everything
+    allocated (the simulator's thread included) stays far below the input's size."""
+    sim = start_sim(Scenario())
+    source = tmp_path / "long.jsonl"
+    padding = "lorem ipsum " * 4000
+    with source.open("w") as f:
+        for i in range(250):
+            f.write(json.dumps(batch_line(f"m-{i:04d}", f"{i} {padding}")) + "\n")
+    size = source.stat().st_size
+    assert size > 12_000_000
+    job = job_for(sim, tmp_path, source, max_buffer_bytes=256 * 1024)
+    # Warm up first: the tokenizer's tables (tens of MB, once per process) are not the run's.
+    warm_up = write_batch(tmp_path / "warm.jsonl", 2)
+    await run(job_for(sim, tmp_path, tmp_path / "warm.jsonl", output=tmp_path / "warm.out"))
+    assert len(read_results(tmp_path / "warm.out")) == len(warm_up)
+    tracemalloc.start()
+    try:
+        result = await run(job, Governor(limits=Limits(concurrency=8)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.succeeded == 250
+    assert peak < size / 4, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB input"
+
+
+async def test_hung_requests_time_out_into_error_records(
+    start_sim: StartSim, tmp_path: Path, instant_retries: None
+) -> None:
+    sim = start_sim(Scenario(faults=Faults(hang=1.0, hang_s=30)))
+    ids = write_batch(tmp_path / "in.jsonl", 3)
+    job = job_for(sim, tmp_path, tmp_path / "in.jsonl", timeout_s=0.3)
+    gov = Governor(retry=RetryPolicy(max_attempts=2, attempt_timeout_s=0.3))
+    result = await asyncio.wait_for(run(job, gov), timeout=20)
+    records = read_results(job.output)
+    assert_exactly_once(records, ids)
+    assert {r["error"]["code"] for r in records} == {"timeout"}
+    assert all("gave up after 2 attempts" in r["error"]["message"] for r in records)
+    assert result.failed == 3
+    assert sim.stats()["requests_received"] == 6
+
+
+async def test_an_empty_input_is_a_successful_run(plain_sim: Simulator, tmp_path: Path) -> None:
+    source = tmp_path / "empty.jsonl"
+    source.write_text("\n\n")
+    job = job_for(plain_sim, tmp_path, source)
+    result = await run(job)
+    assert (result.total_lines, result.written, result.all_succeeded) == (0, 0, True)
+    assert job.output.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("base", "route", "url"),
+    [
+        ("http://h:1/v1", "/v1/chat/completions", "http://h:1/v1/chat/completions"),
+        ("http://h:1/v1/", "/v1/embeddings", "http://h:1/v1/embeddings"),
+        ("http://h:1", "/v1/chat/completions", "http://h:1/v1/chat/completions"),
+        ("https://h/openai/v1", "/v1/responses", "https://h/openai/v1/responses"),
+        ("https://h/api", "/v1/chat/completions", "https://h/api/v1/chat/completions"),
+    ],
+)
+def test_join_url(base: str, route: str, url: str) -> None:
+    assert join_url(base, route) == url
