@@ -97,6 +97,8 @@ USAGE_ERRORS: list[tuple[str, list[str], dict[str, str], str]] = [
     ("missing config", ["--config", "none.toml"], {}, "none.toml: no such config file"),
     ("key with a space", [], {"OPENAI_API_KEY": "sk-abc def-9f8e7d6c5b"}, "$OPENAI_API_KEY"),
     ("key env", ["--api-key-env", "MY_KEY"], {"MY_KEY": "sk-é-unicode-key"}, "$MY_KEY"),
+    ("key env unset", ["--api-key-env", "UNSET_KEY"], {}, "names $UNSET_KEY, which is not set"),
+    ("output dir missing", ["-o", "no/such/dir/out.jsonl"], {}, "No such file or directory"),
 ]
 
 

@@ -71,6 +71,26 @@ def test_prompt_objects_are_one_user_message() -> None:
     assert (named.custom_id, named.url) == ("q1", "/v1/x")
 
 
+def test_prompt_objects_follow_the_route() -> None:
+    own_model = parse('{"prompt": "hi", "model": "gpt-4o"}')
+    assert isinstance(own_model, BatchLine)
+    assert own_model.body == {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    overridden = parse('{"prompt": "hi", "model": "gpt-4o"}', model="gpt-4o-mini")
+    assert isinstance(overridden, BatchLine)
+    assert overridden.body["model"] == "gpt-4o-mini"
+    completions = parse(
+        '{"custom_id": "c", "prompt": "Once upon"}', model="m", url="/v1/completions"
+    )
+    assert isinstance(completions, BatchLine)
+    assert (completions.custom_id, completions.body) == ("c", {"model": "m", "prompt": "Once upon"})
+    tokens = parse('{"prompt": [1, 2, 3], "model": "m"}', url="/v1/completions")
+    assert isinstance(tokens, BatchLine)
+    assert tokens.body == {"model": "m", "prompt": [1, 2, 3]}
+    no_model = parse('{"prompt": "x"}', url="/v1/completions")
+    assert isinstance(no_model, BadLine)
+    assert no_model.code == "missing_model"
+
+
 def test_text_format_one_prompt_per_line(tmp_path: Path) -> None:
     path = tmp_path / "prompts.txt"
     path.write_bytes(b'first prompt\n\n   \n{"not": "parsed"}\r\nlast without newline')
@@ -176,6 +196,7 @@ BAD_LINES: list[tuple[str, str | bytes, str, str]] = [
     ("prompt not a string", '{"prompt": 5}', "invalid_prompt", "must be a string"),
     ("prompt with bad custom_id", '{"prompt": "x", "custom_id": 3}', "invalid_custom_id", "got 3"),
     ("prompt without --model", '{"prompt": "x"}', "missing_model", "needs --model"),
+    ("prompt with a bad model", '{"prompt": "x", "model": 5}', "missing_model", "got 5"),
 ]
 
 

@@ -177,6 +177,9 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     shard = _parse_shard(args.shard) if args.shard else None
     key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
     api_key = _api_key(key_env)
+    if api_key is None and (args.api_key_env or settings.api_key_env):
+        how = "--api-key-env" if args.api_key_env else f"api_key_env in {settings.source}"
+        raise ConfigurationError(f"{how} names ${key_env}, which is not set or is empty")
     base_url = (
         args.base_url or settings.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
     )

@@ -7,7 +7,9 @@ Accepted, per line of a JSON-lines file:
   object is read as one, so a missing field is reported, never guessed);
 - a bare request body (an object with a ``messages``, ``input`` or ``prompt`` field): its
   custom_id is ``line-N`` (N counts from 1) and its route is ``--url``;
-- ``{"prompt": "..."}`` (optionally with ``custom_id``): one user message, with ``--model``.
+- ``{"prompt": "..."}`` (optionally with ``custom_id`` and ``model``): on a chat route, one user
+  message to ``--model`` (or the line's model); on another route (``/v1/completions``, images)
+  the body ``{"model", "prompt"}``.
 
 With ``--format text`` every non-blank line is one prompt. Blank lines are not requests and are
 skipped in both formats (line numbers still count them). A line of a JSON-lines file that is not
@@ -41,6 +43,7 @@ InputFormat = Literal["jsonl", "text"]
 
 MAX_CUSTOM_ID = 512
 _BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
+_PROMPT_KEYS = frozenset({"prompt", "custom_id", "model"})
 _REQUEST_KEYS = frozenset({"messages", "input", "prompt"})
 _BOM = b"\xef\xbb\xbf"
 _ROUTE = re.compile(r"/[\x21-\x7e]*")
@@ -165,7 +168,7 @@ def _json_line(
             f"line {line_no}: expected a JSON object, got {_json_type(obj)}",
         )
     keys = set(obj)
-    if "prompt" in keys and keys <= {"prompt", "custom_id"}:
+    if "prompt" in keys and keys <= _PROMPT_KEYS:
         return _prompt_object(line_no, obj, model=model, url=url, size=size)
     if keys & _BATCH_KEYS:
         return _batch_api_line(line_no, obj, model=model, size=size)
@@ -204,7 +207,26 @@ def _prompt_object(
         custom_id: str = obj["custom_id"]
     else:
         custom_id = fallback_id
+    if model is None and "model" in obj:
+        if not _is_model(obj["model"]):
+            return BadLine(
+                line_no,
+                custom_id,
+                "missing_model",
+                f"line {line_no}: 'model' must be a non-empty string, got {_short(obj['model'])}",
+            )
+        model = obj["model"]
     prompt = obj["prompt"]
+    if not is_chat_route(url):
+        # Another route (completions, images...) takes the prompt as it is, in a body.
+        if model is None:
+            return BadLine(
+                line_no,
+                custom_id,
+                "missing_model",
+                f"line {line_no}: the line names no model; add one or pass --model",
+            )
+        return BatchLine(line_no, custom_id, url, {"model": model, "prompt": prompt}, size)
     if not isinstance(prompt, str):
         return BadLine(
             line_no,
@@ -213,6 +235,11 @@ def _prompt_object(
             f"line {line_no}: 'prompt' must be a string, got {_json_type(prompt)}",
         )
     return _prompt_line(line_no, custom_id, prompt, model=model, url=url, size=size)
+
+
+def is_chat_route(url: str) -> bool:
+    """Whether prompts on this route become chat messages."""
+    return url.split("?", 1)[0].rstrip("/").endswith("/chat/completions")
 
 
 def _batch_api_line(
