@@ -1,7 +1,10 @@
 """What the proxy costs: added latency per request and the most requests per second it passes.
 
 Runs the simulator (zero latency, no limits) and ``python -m pacekeeper.proxy`` in their own
-processes, the proxy pinned to one core when the machine has more than one, and measures with
+processes (the proxy is one event-loop thread: it never uses more than one core, and its CPU
+share is reported; ``--pin-cpu N`` pins it to core N, which only helps on an otherwise idle
+machine: pinned to a core another process keeps busy, its tail latency is that process's time
+slices), and measures with
 a minimal keep-alive HTTP/1.1 client (HTTP client libraries cost more CPU per request than the
 servers do, so they would measure themselves):
 
@@ -167,6 +170,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests each")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each flood")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--pin-cpu", type=int, help="pin the proxy to this CPU")
     parser.add_argument(
         "proxy_args", nargs="*", help="extra arguments for the proxy, after -- (e.g. --rpm 1e9)"
     )
@@ -178,9 +182,9 @@ def main() -> int:
     except ImportError:  # pragma: no cover
         pass
     cpus = sorted(os.sched_getaffinity(0))
-    proxy_cpu = cpus[-1] if len(cpus) > 1 else None
-    if proxy_cpu is not None:  # this process and the simulator keep the other cores
-        os.sched_setaffinity(0, set(cpus[:-1]))
+    proxy_cpu = args.pin_cpu
+    if proxy_cpu is not None and len(cpus) > 1:  # this process and the simulator: the others
+        os.sched_setaffinity(0, set(cpus) - {proxy_cpu})
     with SimulatorProcess() as sim:
         proc, port = start_proxy(sim.base_url, args.proxy_args, proxy_cpu)
         try:
@@ -201,7 +205,9 @@ def main() -> int:
     d50, d99 = quantile(lat["direct"], 0.5), quantile(lat["direct"], 0.99)
     p50, p99 = quantile(lat["proxy"], 0.5), quantile(lat["proxy"], 0.99)
     mean_d, mean_p = statistics.mean(lat["direct"]), statistics.mean(lat["proxy"])
-    print(f"machine: {len(cpus)} CPUs; proxy pinned to CPU {proxy_cpu}; python {sys.version[:6]}")
+    pinned = f"pinned to CPU {proxy_cpu}" if proxy_cpu is not None else "not pinned"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {len(cpus)} CPUs, load {load}; proxy {pinned}; python {sys.version[:6]}")
     print(f"latency, {args.requests} sequential requests each, one keep-alive connection:")
     print(
         f"  direct  p50 {d50 * 1e3:7.3f} ms   p99 {d99 * 1e3:7.3f} ms   mean {mean_d * 1e3:.3f} ms"
