@@ -272,9 +272,10 @@ def _describe_keys(config: ProxyConfig) -> str:
     return f"{how}; {token}"
 
 
-def _warn_exposure(config: ProxyConfig) -> None:
+def _warn_exposure(config: ProxyConfig, port: int | None = None) -> None:
     if config.loopback_only or config.client_token:
         return
+    where = f"{config.host}:{port if port is not None else config.port}"
     bar = "!" * 78
     what = (
         "anyone who can reach it spends YOUR upstream key"
@@ -282,13 +283,11 @@ def _warn_exposure(config: ProxyConfig) -> None:
         else "anyone who can reach it can use it (and its quota) as a relay"
     )
     sys.stderr.write(
-        f"{bar}\n{PROG}: WARNING: listening on {config.host}:{config.port}, reachable from other "
+        f"{bar}\n{PROG}: WARNING: listening on {where}, reachable from other "
         f"machines, WITHOUT a client token:\n  {what}.\n  Bind to 127.0.0.1 or pass "
         f"--client-token-env NAME.\n{bar}\n"
     )
-    logging.getLogger("pacekeeper.proxy").warning(
-        "listening on %s:%s without a client token", config.host, config.port
-    )
+    logging.getLogger("pacekeeper.proxy").warning("listening on %s without a client token", where)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -315,7 +314,7 @@ def _serve(config: ProxyConfig, governor: Governor) -> int:
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc}\n")
         return EXIT_FAILED
-    _warn_exposure(config)
+    _warn_exposure(config, proxy.port)
     # This process is the proxy's alone: move what start-up made out of the collector's way,
     # so full collections (about 20 ms over every module's objects) stop stalling requests.
     gc.collect()
