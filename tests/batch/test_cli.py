@@ -99,6 +99,7 @@ USAGE_ERRORS: list[tuple[str, list[str], dict[str, str], str]] = [
     ("key env", ["--api-key-env", "MY_KEY"], {"MY_KEY": "sk-é-unicode-key"}, "$MY_KEY"),
     ("key env unset", ["--api-key-env", "UNSET_KEY"], {}, "names $UNSET_KEY, which is not set"),
     ("output dir missing", ["-o", "no/such/dir/out.jsonl"], {}, "No such file or directory"),
+    ("output not a file", ["-o", "/dev/null"], {}, "is not a regular file"),
 ]
 
 

@@ -8,19 +8,29 @@ import json
 import random
 import shlex
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pacekeeper.batch._cli import EXIT_DAMAGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from pacekeeper.batch._cli import (
+    EXIT_DAMAGED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from pacekeeper.sim import Faults, Latency, Scenario
 
 from .conftest import StartSim
 from .helpers import (
     FAKE_KEY,
+    PACEKEEPER,
     Done,
     Running,
     assert_exactly_once,
+    base_env,
     batch_line,
     line_count,
     read_results,
@@ -291,3 +301,45 @@ def test_a_stop_does_not_wait_for_retry_backoffs(start_sim: StartSim, tmp_path: 
     assert all(r["error"] is not None for r in records)  # only exhausted retry budgets
     assert {r["custom_id"] for r in records} <= set(ids)
     assert "Resume with:" in done.stderr
+
+
+def test_a_write_error_stops_the_run_cleanly_and_the_next_run_completes(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    """A full disk, played by a file size limit (RLIMIT_FSIZE): the run stops at the first
+    failed write, cuts the half-written line back, says so (exit 2), and the same command
+    then completes exactly once."""
+    sim = start_sim(Scenario())
+    ids = write_batch(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    args = ["run", "in.jsonl", "-o", "out.jsonl", "--base-url", sim.base_url, "--log", "log.jsonl"]
+    limit = 5000
+    wrapper = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", wrapper, *PACEKEEPER, *args]
+    if not Path(command[3]).is_absolute():  # pragma: no cover (PACEKEEPER is a path)
+        raise AssertionError(command)
+    proc = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "cannot write the results: File too large (out.jsonl)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = out.read_bytes()
+    assert len(data) <= limit
+    first = read_results(out)  # whole lines only: the failed write was cut back
+    assert 0 < len(first) < 40
+
+    resumed = run_cli(args, cwd=tmp_path)
+    assert resumed.code == EXIT_OK, resumed.stderr
+    assert f"{len(first)} already done" in resumed.stderr
+    assert_exactly_once(read_results(out), ids)

@@ -192,6 +192,10 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
         raise ConfigurationError("--output must not be the input file")
     if output.is_dir():
         raise ConfigurationError(f"--output {output} is a directory")
+    if output.exists() and not output.is_file():
+        raise ConfigurationError(
+            f"--output {output} is not a regular file (resuming needs one to read back)"
+        )
     job = BatchJob(
         input=args.input,
         output=output,
@@ -320,6 +324,8 @@ def _print_outcome(job: BatchJob, result: BatchResult) -> None:
     if result.torn_bytes:
         parts.append(f"a torn last line ({result.torn_bytes} bytes) recovered")
     sys.stderr.write(f"pacekeeper run: {', '.join(parts)} in {result.elapsed_s:.1f}s\n")
+    for warning in result.warnings:
+        sys.stderr.write(f"pacekeeper run: warning: {warning}\n")
     if result.errors_by_code:
         codes = ", ".join(f"{code}: {n}" for code, n in result.errors_by_code.most_common())
         sys.stderr.write(f"pacekeeper run: errors by code: {codes}\n")

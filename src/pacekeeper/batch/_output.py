@@ -152,7 +152,7 @@ def _describe(raw: bytes) -> str:
 class ResultFile:
     """An append-only JSON-lines file of results, held by one process at a time."""
 
-    __slots__ = ("_fd", "_last_sync", "_secrets", "_unsynced", "lines_written", "path")
+    __slots__ = ("_fd", "_last_sync", "_secrets", "_size", "_unsynced", "lines_written", "path")
 
     def __init__(self, path: Path, *, redact: Iterable[str | None] = ()) -> None:
         self.path = path
@@ -168,6 +168,7 @@ class ResultFile:
                     "finish (or stop it) before running this command again"
                 ) from None
         self._secrets = redaction_list(redact)
+        self._size = os.fstat(self._fd).st_size
         self._last_sync = time.monotonic()
         self._unsynced = 0
         self.lines_written = 0
@@ -180,6 +181,7 @@ class ResultFile:
             done = scan(path)
             if done.torn_bytes:
                 os.ftruncate(out._fd, done.good_end)
+                out._size = done.good_end
         except BaseException:
             out.close()
             raise
@@ -193,11 +195,20 @@ class ResultFile:
         return done
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one result line. On an error (a full disk, a file size limit) the file is cut
+        back to its last whole line before the error is raised, so that nothing written later
+        can bury a torn line in the middle."""
         data = encode_line(record, self._secrets)
-        # One write per line: O_APPEND makes it land whole at the end.
-        written = os.write(self._fd, data)
-        while written < len(data):  # pragma: no cover (short writes only on full disks)
-            written += os.write(self._fd, data[written:])
+        try:
+            # One write per line: O_APPEND makes it land whole at the end.
+            written = os.write(self._fd, data)
+            while written < len(data):  # short writes only when the disk is full
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
         self.lines_written += 1
         self._unsynced += 1
         if time.monotonic() - self._last_sync >= _FSYNC_EVERY_S:

@@ -93,6 +93,7 @@ class BatchResult:
     interrupted: bool = False
     elapsed_s: float = 0.0
     errors_by_code: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> int:
@@ -138,6 +139,8 @@ class _LogHook:
     a crash is ended before appending, so that every later line stays valid JSON."""
 
     def __init__(self, path: Path, secrets: tuple[str, ...]) -> None:
+        self.path = path
+        self.failed: OSError | None = None
         needs_newline = False
         with contextlib.suppress(OSError), path.open("rb") as f:
             f.seek(0, 2)
@@ -150,8 +153,13 @@ class _LogHook:
         self._secrets = secrets
 
     def _write(self, data: dict[str, Any]) -> None:
+        if self.failed is not None:
+            return
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
-        self._file.write(redact_text(text, self._secrets) + "\n")
+        try:
+            self._file.write(redact_text(text, self._secrets) + "\n")
+        except OSError as exc:  # the log is not worth failing requests for: stop logging
+            self.failed = exc
 
     def on_attempt(self, record: AttemptRecord) -> None:
         self._write(record.as_dict())
@@ -160,7 +168,8 @@ class _LogHook:
         self._write(record.as_dict())
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 class _Pauses:
@@ -262,6 +271,7 @@ async def run_batch(
     sizes: dict[asyncio.Future[_Outcome | None], int] = {}
     buffered = [0]  # bytes of input held by pending lines
     room = asyncio.Event()
+    write_error: list[OSError] = []
     watcher: asyncio.Task[None] | None = None
     try:
         if job.log_path is not None:
@@ -280,10 +290,17 @@ async def run_batch(
         def write(fut: asyncio.Future[_Outcome | None]) -> None:
             # _process turns every error into a record, so a result is an outcome or None.
             outcome = None if fut.cancelled() else fut.result()
-            if outcome is None:  # not sent (closed or cancelled): left for the next run
+            if outcome is None or write_error:  # left for the next run
                 result.not_sent += 1
                 return
-            out.write(outcome.record)
+            try:
+                out.write(outcome.record)
+            except OSError as exc:
+                # Cannot write (a full disk...): stop; what is not written is sent next run.
+                write_error.append(exc)
+                result.not_sent += 1
+                stop.set()
+                return
             if outcome.kind == "ok":
                 result.succeeded += 1
             else:
@@ -391,9 +408,16 @@ async def run_batch(
                 gov.hooks.remove(hook)
         if log_hook is not None:
             log_hook.close()
+            if log_hook.failed is not None:
+                result.warnings.append(
+                    f"the log {log_hook.path} stopped at an error: {log_hook.failed.strerror}"
+                )
         result.elapsed_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(result)
+    if write_error:
+        exc = write_error[0]
+        raise OSError(exc.errno, f"cannot write the results: {exc.strerror}", str(job.output))
     return result
 
 
