@@ -7,7 +7,9 @@ Exit codes:
   bad input lines; also error records a previous run wrote). With ``--dry-run``: some lines
   are bad;
 - 2: bad usage: a flag, the config file, the API key's variable, an unreadable input or an
-  unwritable output, or another run writing the same output; nothing was sent;
+  unwritable output, or another run writing the same output; nothing was sent. Also when the
+  output cannot be written during the run (a full disk): the run stopped, every line written
+  is whole, and the same command resumes once there is room;
 - 3: interrupted (Ctrl-C or SIGTERM, once or twice): nothing is lost, run the same command
   again to resume;
 - 4: the output file is damaged (a line in it is not a result and is not a torn last line);
@@ -65,6 +67,7 @@ exit codes:
   0  every line succeeded
   1  some lines failed (their error records are in the output)
   2  bad usage (flag, config file, key variable, input or output); nothing was sent
+     (or the output could not be written during the run: free space, then resume)
   3  interrupted (Ctrl-C or SIGTERM): run the same command again to resume
   4  the output file is damaged; nothing was sent
 
