@@ -1,4 +1,4 @@
-"""The ``pacekeeper`` command: run, demo, sim, report (and their --help)."""
+"""The ``pacekeeper`` command: run, demo, sim, proxy, report (and their --help)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("sim", help="serve a rate-limited OpenAI-compatible simulator")
     )
 
+    from pacekeeper.proxy import _cli as proxy_cli
+
+    proxy_cli.configure_parser(
+        commands.add_parser("proxy", help="a local OpenAI-compatible gateway for every program")
+    )
+
     from pacekeeper.report import _cli as report_cli
 
     report_cli.configure_parser(
@@ -67,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pacekeeper import demo
 
         return demo.run(args)
+    if args.command == "proxy":
+        from pacekeeper.proxy import _cli as proxy_cli
+
+        return proxy_cli.run(args)
     if args.command == "report":
         from pacekeeper.report import _cli as report_cli
 

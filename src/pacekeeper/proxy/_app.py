@@ -27,7 +27,6 @@ import hmac
 import json
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -47,6 +46,7 @@ from pacekeeper.core.lane import Lane
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
+from pacekeeper.transports._engine import route_of
 
 __all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
 
@@ -66,16 +66,10 @@ TOKEN_HEADER = "x-pacekeeper-token"  # noqa: S105 - a header name, not a secret
 holds the upstream key)."""
 
 _SENT_EXTENSION = "pacekeeper.proxy.sent"
-_REAL_URL_EXTENSION = "pacekeeper.proxy.url"
 # Path segments that are ids of objects, not parts of a route: OpenAI-style prefixed ids
 # (file-..., batch_..., resp_..., thread_..., chatcmpl-...: an alphanumeric tail of 16 or more
 # with a digit), UUIDs, long hex or decimal numbers. Model and deployment names (dashes, short
 # tails) are left alone.
-_ID_SEGMENT = re.compile(
-    r"[a-z]{2,12}[-_](?=[A-Za-z]*\d)[A-Za-z0-9]{16,}"
-    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|[0-9a-fA-F]{24,}|\d{6,}"
-)
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -114,31 +108,6 @@ def _notes(exc: BaseException) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def route_of(path: str) -> str:
-    """The governor's route for a URL path: ids of objects replaced by ``{id}``, so that
-    ``/v1/files/file-abc...`` and its kin share one lane (and one set of metric labels)
-    instead of making one per object.
-
-    >>> route_of("/v1/files/file-AbC123dEf456GhI789/content")
-    '/v1/files/{id}/content'
-    >>> route_of("/v1/responses/resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b")
-    '/v1/responses/{id}'
-    >>> route_of("/v1/models/gpt-4o-2024-08-06"), route_of("/v1/chat/completions")
-    ('/v1/models/gpt-4o-2024-08-06', '/v1/chat/completions')
-    >>> route_of("/openai/deployments/text-embedding-3-small/embeddings")
-    '/openai/deployments/text-embedding-3-small/embeddings'
-    """
-    if not any(c.isdigit() for c in path):
-        return path
-    segments = path.split("/")
-    changed = False
-    for i, segment in enumerate(segments):
-        if len(segment) >= 6 and _ID_SEGMENT.fullmatch(segment):
-            segments[i] = "{id}"
-            changed = True
-    return "/".join(segments) if changed else path
-
-
 def _transport_of(send: Send) -> Any:
     # ASGI cannot abort a connection; under uvicorn `send` is a bound method of the request
     # cycle, which holds the transport. Used only to cut a stream that broke midway.
@@ -147,8 +116,7 @@ def _transport_of(send: Send) -> Any:
 
 
 class _SentSignal(httpx2.AsyncBaseTransport):
-    """Below the governor: tells the proxy when a request left the queue (was admitted), and
-    puts back the real URL of a request whose ids the governor did not see (:func:`route_of`)."""
+    """Below the governor: tells the proxy when a request left the queue (was admitted)."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self._inner = inner
@@ -157,9 +125,6 @@ class _SentSignal(httpx2.AsyncBaseTransport):
         signal = request.extensions.pop(_SENT_EXTENSION, None)
         if signal is not None:
             signal()
-        real_url = request.extensions.pop(_REAL_URL_EXTENSION, None)
-        if real_url is not None:  # the governor saw the route; the upstream gets the URL
-            request.url = real_url
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -575,11 +540,7 @@ class ProxyApp:
                 send, 400, "invalid_url", f"pacekeeper proxy: bad request URL ({_describe(exc)})"
             )
             return
-        path = request.url.path
-        route = route_of(path)
-        if route != path:
-            request.extensions[_REAL_URL_EXTENSION] = request.url
-            request.url = request.url.copy_with(path=route)
+        route = route_of(request.url.path)  # the lane the governed transport will use
         lane = self.governor.lane(route, model)
         refusal = self._refusal(lane)
         if refusal is not None:

@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     from pacekeeper.core.governor import Call
 
-__all__ = ["Flavour", "RequestFacts", "flavour_of", "read_request", "usage_from_json"]
+__all__ = [
+    "Flavour",
+    "RequestFacts",
+    "flavour_of",
+    "read_request",
+    "route_of",
+    "usage_from_json",
+]
 
 _EMPTY_ESTIMATE = TokenEstimate(prompt_tokens=0, max_completion_tokens=0, method="none")
 _USAGE_NUMBER = re.compile(
@@ -79,6 +86,38 @@ def flavour_of(module: ModuleType) -> Flavour:
     )
 
 
+_ID_SEGMENT = re.compile(
+    r"[a-z]{2,12}[-_](?=[A-Za-z]*\d)[A-Za-z0-9]{16,}"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{24,}|\d{6,}"
+)
+
+
+def route_of(path: str) -> str:
+    """The governor's route for a URL path: ids of objects replaced by ``{id}``, so that
+    ``/v1/files/file-abc...`` and its kin share one lane (and one set of metric labels)
+    instead of making one per object.
+
+    >>> route_of("/v1/files/file-AbC123dEf456GhI789/content")
+    '/v1/files/{id}/content'
+    >>> route_of("/v1/responses/resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b")
+    '/v1/responses/{id}'
+    >>> route_of("/v1/models/gpt-4o-2024-08-06"), route_of("/v1/chat/completions")
+    ('/v1/models/gpt-4o-2024-08-06', '/v1/chat/completions')
+    >>> route_of("/openai/deployments/text-embedding-3-small/embeddings")
+    '/openai/deployments/text-embedding-3-small/embeddings'
+    """
+    if not any(c.isdigit() for c in path):
+        return path
+    segments = path.split("/")
+    changed = False
+    for i, segment in enumerate(segments):
+        if len(segment) >= 6 and _ID_SEGMENT.fullmatch(segment):
+            segments[i] = "{id}"
+            changed = True
+    return "/".join(segments) if changed else path
+
+
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     """What the governor needs to know of a request before it leaves."""
@@ -90,12 +129,12 @@ class RequestFacts:
 
 
 def read_request(request: Any) -> RequestFacts:
-    """Route (the URL path), model and token estimate of an httpx/httpx2 request.
+    """Route (the URL path, object ids folded), model and token estimate of a request.
 
     Only JSON bodies are parsed; anything else (a file upload, a GET) costs no tokens and goes
     on the lane of (route, None).
     """
-    route = request.url.path
+    route = route_of(request.url.path)
     if request.method != "POST":
         return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
     try:
