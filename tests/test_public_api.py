@@ -25,6 +25,7 @@ PUBLIC = {
     "OutcomeKind",
     "PacekeeperError",
     "RecordHook",
+    "RedisBackend",
     "RequestFailed",
     "RequestRecord",
     "RequestTooLarge",

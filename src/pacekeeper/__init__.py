@@ -40,6 +40,7 @@ from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, SyncTransport, Transport, wrap
 
 if TYPE_CHECKING:
+    from pacekeeper.backends import RedisBackend
     from pacekeeper.transports import HttpxSyncTransport, HttpxTransport
 
 try:
@@ -66,6 +67,7 @@ __all__ = [
     "OutcomeKind",
     "PacekeeperError",
     "RecordHook",
+    "RedisBackend",
     "RequestFailed",
     "RequestRecord",
     "RequestTooLarge",
@@ -88,6 +90,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    # Imported on first use: httpx and redis-py are optional extras.
+    if name == "RedisBackend":
+        from pacekeeper.backends import RedisBackend
+
+        return RedisBackend
     if name in ("HttpxTransport", "HttpxSyncTransport"):
         from pacekeeper import transports
 
