@@ -131,6 +131,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shard", metavar="K/N", help="take only shard K of N (by custom_id)")
     parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the limits with every process using the same Redis and namespace",
+    )
+    parser.add_argument(
+        "--redis-namespace",
+        metavar="NAME",
+        default="pacekeeper",
+        help="the shared quota's name in Redis, one per API key (default pacekeeper)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write an HTML report of the run (charts and a verdict); needs pacekeeper[report]",
+    )
+    parser.add_argument(
         "--progress",
         choices=("auto", "live", "plain", "none"),
         default="auto",
@@ -212,7 +229,13 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
         log_path=args.log,
         shard=shard,
     )
-    return job, settings, Governor(limits=limits, models=models, retry=retry)
+    backend = None
+    redis_url = args.redis or settings.redis
+    if redis_url:
+        from pacekeeper.backends import RedisBackend
+
+        backend = RedisBackend(redis_url, namespace=args.redis_namespace)
+    return job, settings, Governor(limits=limits, models=models, retry=retry, backend=backend)
 
 
 def _flag_of(message: str) -> str | None:
@@ -276,6 +299,16 @@ def _run(args: argparse.Namespace) -> int:
     if not job.api_key and "api.openai.com" in job.base_url:
         key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
         return _fail(f"no API key: set {key_env} (or pass --api-key-env NAME)")
+    recorder = None
+    if args.report is not None:
+        from pacekeeper.report import MissingExtraError, ReportRecorder, require_matplotlib
+
+        try:  # before the run, not after an hour of it
+            require_matplotlib()
+        except MissingExtraError as exc:
+            return _fail(str(exc))
+        recorder = ReportRecorder()
+        gov.hooks.append(recorder)
     try:
         result = asyncio.run(_run_with_signals(job, gov, progress=args.progress))
     except OutputDamaged as exc:
@@ -285,9 +318,15 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}")
+    finally:
+        backend = gov.backend
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
     console = Console()
     console.print(summary_table(gov.stats(), title=f"pacekeeper run: {job.output}"))
     _print_outcome(job, result)
+    if recorder is not None:
+        _write_report(recorder, args.report, job)
     if args.metrics:
         payload = {
             "input": str(job.input),
@@ -302,6 +341,20 @@ def _run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.all_succeeded else EXIT_FAILED
+
+
+def _write_report(recorder: Any, path: Path, job: BatchJob) -> None:
+    """The HTML report; a report that cannot be made never changes the run's exit code."""
+    from pacekeeper.report import ReportError
+
+    try:
+        summary = recorder.write(path, title=f"pacekeeper run: {job.input.name}")
+    except ReportError:
+        sys.stderr.write("pacekeeper run: no report: no requests were sent\n")
+    except OSError as exc:
+        sys.stderr.write(f"pacekeeper run: could not write --report: {exc.strerror}\n")
+    else:
+        sys.stderr.write(f"pacekeeper run: report: {summary.output_path}\n")
 
 
 def _write_atomically(path: Path, text: str) -> None:
