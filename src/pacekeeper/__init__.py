@@ -13,9 +13,9 @@ from a retry budget, record)::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from pacekeeper._version import __version__ as __version__
 from pacekeeper.core.classify import OutcomeKind, Verdict
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
     from pacekeeper.backends import RedisBackend
     from pacekeeper.transports import HttpxSyncTransport, HttpxTransport
 
-try:
-    __version__ = version("pacekeeper")
-except PackageNotFoundError:  # pragma: no cover (running from a source tree)
-    __version__ = "0+unknown"
 
 __all__ = [
     "Admission",

@@ -16,14 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
+from typing import TYPE_CHECKING
 
-from pacekeeper.batch._progress import BatchProgress
-from pacekeeper.batch._runner import BatchJob, run_batch
-from pacekeeper.core.governor import Governor
-from pacekeeper.report import MissingExtraError, ReportRecorder, require_matplotlib
-from pacekeeper.report.summary import summary_table
-from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
+if TYPE_CHECKING:
+    from pacekeeper.sim import Scenario
 
 __all__ = ["configure_parser", "demo_scenario", "run", "write_demo_batch"]
 
@@ -41,6 +37,8 @@ _TOPICS = (
 
 def demo_scenario(*, seed: int = 7) -> Scenario:
     """Two models with per-minute limits enforced per second, latency, and some faults."""
+    from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario
+
     return Scenario(
         models={
             "gpt-4o-mini": ModelLimits(rpm=1200, tpm=200_000),
@@ -97,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("pacekeeper demo: error: --requests must be at least 1\n")
         return 2
     if args.report is not None:
+        from pacekeeper.report import MissingExtraError, require_matplotlib
+
         try:
             require_matplotlib()
         except MissingExtraError as exc:
@@ -110,6 +110,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_in(folder: Path, args: argparse.Namespace) -> int:
+    # Imported here: building the CLI's parser must not load the simulator and uvicorn.
+    from rich.console import Console
+
+    from pacekeeper.batch._progress import BatchProgress
+    from pacekeeper.batch._runner import BatchJob, run_batch
+    from pacekeeper.core.governor import Governor
+    from pacekeeper.report import ReportRecorder
+    from pacekeeper.report.summary import summary_table
+    from pacekeeper.sim import Simulator
+
     console = Console()
     batch = folder / "demo-batch.jsonl"
     results = folder / "demo-batch.results.jsonl"
