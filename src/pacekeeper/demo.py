@@ -15,7 +15,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
