@@ -158,7 +158,16 @@ class _Exchange:
         self.fault: str | None = None
 
 
+_request_ids = itertools.count(1)
+
+
+def _request_id() -> tuple[bytes, bytes]:
+    """Every answer carries an id, as OpenAI's x-request-id does (support tickets cite it)."""
+    return (b"x-request-id", b"req_sim%012d" % next(_request_ids))
+
+
 async def _send(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    headers.append(_request_id())
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -437,6 +446,7 @@ class SimApp:
         headers.append(JSON_CONTENT_TYPE)
         if ex.fault == "drop":
             headers.append((b"content-length", str(len(body)).encode()))
+            headers.append(_request_id())
             await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
             half = body[: len(body) // 2]
             await ex.send({"type": "http.response.body", "body": half, "more_body": True})
@@ -487,6 +497,7 @@ class SimApp:
         send = ex.send
         steps = self._stream_steps(ex.call, choices)
         ex.headers.extend(_SSE_HEADERS)
+        ex.headers.append(_request_id())
         await send({"type": "http.response.start", "status": 200, "headers": ex.headers})
         if ex.fault == "drop":
             cut = b"".join(steps[: max(1, len(steps) // 2)])
