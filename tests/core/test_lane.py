@@ -238,3 +238,16 @@ def test_a_known_rate_is_not_replaced_by_a_discovered_one() -> None:
     lane.throttled_without_hint(sent_at=0.0, now=1.0)
     assert lane.rpm == 600
     assert lane.discovered_rpm is None
+
+
+async def test_closing_cuts_a_retry_wait_short() -> None:
+    from pacekeeper.core.errors import AdmissionClosed
+
+    lane = make_lane()
+    sleeper = asyncio.create_task(lane.sleep(30.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    lane.close()
+    with pytest.raises(AdmissionClosed):
+        await sleeper
+    assert time.monotonic() - started < 0.5

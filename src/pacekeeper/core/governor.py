@@ -433,11 +433,11 @@ class Call:
     async def pause(self, decision: Decision) -> None:
         """Sleep the decision's delay (instant under :func:`~pacekeeper.set_testing`)."""
         if decision.delay_s > 0 and not is_testing():
-            await asyncio.sleep(decision.delay_s)
+            await self.lane.sleep(decision.delay_s)
 
     def pause_sync(self, decision: Decision) -> None:
         if decision.delay_s > 0 and not is_testing():
-            time.sleep(decision.delay_s)
+            self.lane.sleep_sync(decision.delay_s)
 
     def settle(
         self,

@@ -168,6 +168,7 @@ class Lane:
         "_discovery_cut_at",
         "_lock",
         "_queue",
+        "_sleepers",
         "_successes",
         "budget",
         "closed",
@@ -200,6 +201,7 @@ class Lane:
         self._lock = threading.RLock()
         self._queue: deque[_AsyncWaiter | _ThreadWaiter] = deque()
         self._cancelled_waiting = 0
+        self._sleepers: set[_AsyncWaiter | _ThreadWaiter] = set()
         self.closed = False
         self.cooldown = CooldownGate()
         self.requests: TokenBucket | None = None
@@ -474,8 +476,43 @@ class Lane:
         requests in flight are not touched."""
         with self._lock:
             self.closed = True
-            for waiter in self._queue:
+            for waiter in [*self._queue, *self._sleepers]:
                 waiter.wake()
+
+    async def sleep(self, delay_s: float) -> None:
+        """Wait before a retry; :meth:`close` cuts the wait short with AdmissionClosed, so a
+        request waiting to retry does not hold up a shutdown."""
+        waiter = _AsyncWaiter()
+        with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
+            fut = waiter.arm()
+            self._sleepers.add(waiter)
+        timer = waiter._loop.call_later(delay_s, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._sleepers.discard(waiter)
+        if self.closed:
+            raise AdmissionClosed(self._closed_message())
+
+    def sleep_sync(self, delay_s: float) -> None:
+        """The blocking twin of :meth:`sleep`."""
+        waiter = _ThreadWaiter()
+        with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
+            event = waiter.arm()
+            self._sleepers.add(waiter)
+        try:
+            event.wait(delay_s)
+        finally:
+            with self._lock:
+                self._sleepers.discard(waiter)
+        if self.closed:
+            raise AdmissionClosed(self._closed_message())
 
     def _closed_message(self) -> str:
         route, model = self.key
