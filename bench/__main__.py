@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> Path:
         results["meta"]["duration_s"] = time.monotonic() - started
+        results["meta"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         return write_results(results, args.out, stem, dated)
 
     with tempfile.TemporaryDirectory(prefix="pacekeeper-bench-") as tmp:

@@ -426,10 +426,13 @@ def run_batch(ctx: RunContext) -> Outcome:
     outcome = Outcome(started_at=started_at, wall_s=time.monotonic() - t0)
     _tally_batch_output(outcome, out, wl)
     outcome.answers = _attempt_answers(log)
+    summary = json.loads(metrics.read_text()) if metrics.exists() else {}
     outcome.diagnostics.update(
         exit_code=returncode,
+        # Its own clock: wall_s above also counts the interpreter's start-up.
+        elapsed_s_inside=summary.get("elapsed_s"),
         stderr_tail=stderr.strip().splitlines()[-3:],
-        models=json.loads(metrics.read_text())["models"] if metrics.exists() else None,
+        models=summary.get("models"),
     )
     return outcome
 

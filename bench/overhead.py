@@ -82,21 +82,30 @@ class _Canned(httpx2.AsyncBaseTransport):
         )
 
 
+_KINDS = ("bare", "pacekeeper", "pacekeeper-fixed")
+"""bare: the transport alone; pacekeeper: pacekeeper.Transport(Governor()) over it (auto);
+pacekeeper-fixed: the same with a fixed concurrency of 64, which takes the adaptive limit's
+ramp-up out of the comparison (fewer requests in flight cost more CPU each: less batching)."""
+
+
+def _governed(inner: httpx2.AsyncBaseTransport, kind: str) -> httpx2.AsyncBaseTransport:
+    if kind == "bare":
+        return inner
+    limits = pacekeeper.Limits(concurrency=64) if kind == "pacekeeper-fixed" else None
+    return pacekeeper.Transport(pacekeeper.Governor(limits=limits), transport=inner)
+
+
 def _transport(kind: str) -> httpx2.AsyncBaseTransport:
     # A bounded pool larger than the client's concurrency: the pool never queues, and
     # pacekeeper caps its concurrency at the pool's size, as wrap() does with the SDK's pool.
     inner = httpx2.AsyncHTTPTransport(
         limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64)
     )
-    if kind == "bare":
-        return inner
-    return pacekeeper.Transport(pacekeeper.Governor(), transport=inner)
+    return _governed(inner, kind)
 
 
 def _canned(kind: str) -> httpx2.AsyncBaseTransport:
-    if kind == "bare":
-        return _Canned()
-    return pacekeeper.Transport(pacekeeper.Governor(), transport=_Canned())
+    return _governed(_Canned(), kind)
 
 
 async def _send_all(
@@ -105,12 +114,14 @@ async def _send_all(
     n: int,
     offset: int,
     make: Callable[[str], httpx2.AsyncBaseTransport] = _transport,
-) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of ``n`` requests from ``_CONCURRENCY`` workers."""
+) -> tuple[float, float, str]:
+    """(CPU seconds, wall seconds, final lane state) of ``n`` requests from
+    ``_CONCURRENCY`` workers."""
     wl = Workload(n=n)
     bodies = [wl.body(i) for i in range(n)]  # built before the clock starts: not measured
+    transport = make(kind)
     client = httpx2.AsyncClient(
-        transport=make(kind), headers={"authorization": "Bearer x"}, timeout=30
+        transport=transport, headers={"authorization": "Bearer x"}, timeout=30
     )
     url = base_url.rstrip("/") + "/chat/completions"
     indices = iter(range(n))
@@ -128,60 +139,68 @@ async def _send_all(
     await asyncio.gather(*(worker() for _ in range(_CONCURRENCY)))
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     await client.aclose()
-    return cpu, wall
+    gov = getattr(transport, "governor", None)
+    lanes = repr(gov.lanes) if isinstance(gov, pacekeeper.Governor) else ""
+    return cpu, wall, lanes
 
 
 def _alternate(
     base_url: str, n: int, rounds: int, make: Callable[[str], httpx2.AsyncBaseTransport]
-) -> tuple[dict[str, list[float]], dict[str, list[float]], float]:
-    """µs of CPU per request and req/s of each kind, per run, and the total wall time."""
-    per_request: dict[str, list[float]] = {"bare": [], "pacekeeper": []}
-    rates: dict[str, list[float]] = {"bare": [], "pacekeeper": []}
-    for kind in per_request:  # warm-up: imports, the tokenizer, connections
+) -> dict[str, Any]:
+    """µs of CPU per request and req/s of each kind, per run; the total wall time; the
+    governors' final lane states."""
+    per_request: dict[str, list[float]] = {kind: [] for kind in _KINDS}
+    rates: dict[str, list[float]] = {kind: [] for kind in _KINDS}
+    lanes: dict[str, list[str]] = {kind: [] for kind in _KINDS}
+    for kind in _KINDS:  # warm-up: imports, the tokenizer, connections
         asyncio.run(_send_all(base_url, kind, 200, offset=10_000_000, make=make))
     wall_total = 0.0
+    offset = 0
     for r in range(rounds):
-        order = ["bare", "pacekeeper"] if r % 2 == 0 else ["pacekeeper", "bare"]
+        # Rotate the order so that no kind always runs first (or after the same one).
+        order = _KINDS[r % len(_KINDS) :] + _KINDS[: r % len(_KINDS)]
         for kind in order:
-            cpu, wall = asyncio.run(_send_all(base_url, kind, n, offset=r * 2 * n, make=make))
+            cpu, wall, lane = asyncio.run(_send_all(base_url, kind, n, offset, make=make))
+            offset += n
             per_request[kind].append(cpu / n * 1e6)
             rates[kind].append(n / wall)
+            lanes[kind].append(lane)
             wall_total += wall
-    return per_request, rates, wall_total
+    return {"us": per_request, "req_per_s": rates, "wall_s": wall_total, "lanes": lanes}
 
 
 def _cpu_overhead(quick: bool) -> dict[str, Any]:
-    n, rounds = (500, 2) if quick else (5000, 4)
+    n, rounds = (500, 2) if quick else (5000, 3)
     with SimulatorProcess(Scenario()) as sim:
         sim_cpu0 = process_cpu_s(sim.pid)
-        per_request, rates, wall_total = _alternate(sim.base_url, n, rounds, _transport)
-        sim_cpu_share = (process_cpu_s(sim.pid) - sim_cpu0) / wall_total
-    canned, _, _ = _alternate("http://canned/v1", n, rounds, _canned)
-    for kind in per_request:
+        network = _alternate(sim.base_url, n, rounds, _transport)
+        sim_cpu_share = (process_cpu_s(sim.pid) - sim_cpu0) / network["wall_s"]
+    canned = _alternate("http://canned/v1", n, rounds, _canned)
+    for kind in _KINDS:
         log(
             f"[overhead] {kind}: µs CPU/request over the network "
-            + ", ".join(f"{x:.0f}" for x in per_request[kind])
+            + ", ".join(f"{x:.0f}" for x in network["us"][kind])
             + "; in process "
-            + ", ".join(f"{x:.0f}" for x in canned[kind])
+            + ", ".join(f"{x:.0f}" for x in canned["us"][kind])
         )
-    bare = statistics.median(per_request["bare"])
-    governed = statistics.median(per_request["pacekeeper"])
-    canned_bare = statistics.median(canned["bare"])
-    canned_governed = statistics.median(canned["pacekeeper"])
+    net = {kind: statistics.median(v) for kind, v in network["us"].items()}
+    local = {kind: statistics.median(v) for kind, v in canned["us"].items()}
     return {
-        "canned_us_per_request": canned,
-        "canned_bare_us": canned_bare,
-        "canned_pacekeeper_us": canned_governed,
-        "canned_added_us": canned_governed - canned_bare,
         "requests_per_run": n,
         "rounds": rounds,
         "concurrency": _CONCURRENCY,
-        "us_per_request": per_request,
-        "req_per_s": rates,
-        "bare_us": bare,
-        "pacekeeper_us": governed,
-        "added_us": governed - bare,
-        "ratio": governed / bare,
+        "network": network,
+        "in_process": canned,
+        "median_us": net,
+        "median_us_in_process": local,
+        "bare_us": net["bare"],
+        "pacekeeper_us": net["pacekeeper"],
+        "added_us": net["pacekeeper"] - net["bare"],
+        "added_fixed_us": net["pacekeeper-fixed"] - net["bare"],
+        "ratio": net["pacekeeper"] / net["bare"],
+        "canned_bare_us": local["bare"],
+        "canned_pacekeeper_us": local["pacekeeper"],
+        "canned_added_us": local["pacekeeper"] - local["bare"],
         "sim_cpu_share_during_runs": sim_cpu_share,
     }
 
@@ -202,7 +221,7 @@ def measure_overhead(*, quick: bool, workdir: Path) -> dict[str, Any]:
     cpu = _cpu_overhead(quick)
     log("[overhead] simulator's zero-latency rate ...")
     sim = _sim_rate(quick)
-    n_queued = 5_000 if quick else 100_000
+    n_queued = 2_000 if quick else 100_000
     log(f"[overhead] peak RSS with {n_queued:,} requests queued ...")
     with SimulatorProcess(Scenario()) as s:
         queued = queued_rss(s.base_url, n_queued, "pacekeeper")
@@ -210,7 +229,7 @@ def measure_overhead(*, quick: bool, workdir: Path) -> dict[str, Any]:
         # calls says as much per request in a fifth of the time.
         floor = queued_rss(s.base_url, n_queued // 5, "floor")
     batch: list[dict[str, Any]] = []
-    for lines in (10, 1_000, 4_000) if quick else (10, 50_000, 200_000):
+    for lines in (10, 500, 2_000) if quick else (10, 50_000, 200_000):
         log(f"[overhead] peak RSS of pacekeeper run on {lines:,} lines ...")
         with SimulatorProcess(Scenario()) as s:
             batch.append(batch_rss(s.base_url, lines, workdir, pacekeeper_command()))
@@ -232,7 +251,7 @@ def _summary(
     floor: dict[str, Any],
     batch: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    client_rate = max(max(v) for v in cpu["req_per_s"].values())
+    client_rate = max(max(v) for v in cpu["network"]["req_per_s"].values())
     lines = [
         {
             "measure": "CPU per request, bare httpx2 (median of runs)",
@@ -244,7 +263,8 @@ def _summary(
         },
         {
             "measure": "added by pacekeeper",
-            "value": f"{cpu['added_us']:.0f} µs per request (x{cpu['ratio']:.2f})",
+            "value": f"{cpu['added_us']:.0f} µs per request (x{cpu['ratio']:.2f}); with a fixed "
+            f"concurrency of 64 instead of the adaptive limit: {cpu['added_fixed_us']:.0f} µs",
         },
         {
             "measure": "in process, canned answers (no sockets): bare → pacekeeper.Transport",

@@ -50,9 +50,17 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
                     text = f"{measured:.3f}"
                 else:
                     text = str(measured)
-                rows.append([section["name"], verdict["target"], text, _met(verdict["met"])])
+                rows.append(
+                    [
+                        section["name"],
+                        row["label"],
+                        verdict["target"],
+                        text,
+                        _met(verdict["met"]),
+                    ]
+                )
     rows.extend(
-        ["overhead", item["target"], item["measured"], _met(item["met"])]
+        ["overhead", "pacekeeper", item["target"], item["measured"], _met(item["met"])]
         for item in results.get("overhead", {}).get("targets", [])
     )
     if not rows:
@@ -60,9 +68,7 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
     return [
         "## Targets",
         "",
-        "Checked on pacekeeper in auto mode (nothing configured) unless the row says otherwise.",
-        "",
-        *_table(["scenario", "target", "measured", ""], rows),
+        *_table(["scenario", "checked on", "target", "measured", ""], rows),
         "",
     ]
 
@@ -173,7 +179,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# pacekeeper benchmark",
         "",
         f"{meta['date']} · {meta['mode']} run · {meta['duration_s']:.0f} s · git {meta['git']} · "
-        f"{meta['cpus']} CPUs (load average at start {meta['load_at_start']}) · "
+        f"{meta['cpus']} CPUs (load average {meta['load_at_start']} at start, "
+        f"{meta.get('load_at_end', '?')} at end) · "
         f"Python {meta['python']} · openai {meta['openai']} · httpx2 {meta['httpx2']}",
         "",
         "Every contender ran against the same simulator scenario, each with a fresh simulator "
@@ -181,6 +188,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         "forces); 429s are the simulator's rate-limit answers. Timings are noisy on a shared "
         "2-core machine: compare contenders within one table. See bench/README.md.",
         "",
+    ]
+    if meta["mode"] == "quick":
+        lines += [
+            "**Quick run**: sizes are far too small for the numbers or the targets to mean "
+            "anything; it only shows that every part of the benchmark runs.",
+            "",
+        ]
+    lines += [
         *_targets_section(results),
         "## Scenarios",
         "",

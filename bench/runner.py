@@ -115,7 +115,7 @@ def run_scenario(
         row = row_for(scenario, outcome, stats, ideal=ideal, change_wall=ctx.change_wall)
         row = {"contender": contender.key, "label": contender.label, **row}
         row["diagnostics"] = outcome.diagnostics
-        if contender.key == "auto":
+        if contender.key in scenario.checked_on:
             row["targets"] = verdicts(scenario, row)
         rows.append(row)
         log(

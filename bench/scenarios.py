@@ -1,7 +1,9 @@
 """The simulator scenarios, the truth about their limits, and the targets each must meet.
 
-Sizes are chosen so that the full benchmark takes about 15 minutes on a 2-core machine while
-each run is long enough (15-30 s of ideal time) for start-up and tail effects to be small.
+Sizes are chosen so that the full benchmark (with the overhead measures, about 8 minutes of
+it) takes about 20 minutes on a 2-core machine, while each run is long enough (12-30 s of
+ideal time) for start-up and tail effects to be small; the headline steady scenario is the
+longest.
 ``quick`` scales everything down to a smoke test of a few seconds per scenario.
 """
 
@@ -15,7 +17,8 @@ from pacekeeper.sim import CapacityChange, Faults, Latency, ModelLimits, Scenari
 
 __all__ = ["BenchScenario", "Target", "Truth", "scenarios"]
 
-SEED = 7
+# Its draws include every fault kind in the faults scenario (seed 7 drew no invalid_request).
+SEED = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +63,9 @@ class BenchScenario:
     timeout_s: float
     """Per-attempt timeout every contender uses (hangs must not stall a run forever)."""
     targets: tuple[Target, ...] = ()
-    """Targets for pacekeeper in auto mode (nothing configured)."""
+    checked_on: tuple[str, ...] = ("auto",)
+    """The contenders the targets are checked on: pacekeeper in auto mode (nothing configured),
+    and for the faults also `pacekeeper run`, whose promise is exactly-once output."""
 
 
 def _latency(quick: bool) -> Latency:
@@ -81,7 +86,7 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
     # Per-second enforcement: burst_s 1.0 means the bucket holds one second of the budget,
     # as at OpenAI; tpm is set (and sent in headers) but far from binding.
     steady = ModelLimits(rpm=1200, tpm=10_000_000, burst_s=1.0)
-    change_at = 1.0 if quick else 6.0
+    change_at = 1.0 if quick else 5.0
     rpm_faults = Faults(
         http_500=0.02,
         http_502=0.01,
@@ -110,7 +115,7 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
         BenchScenario(
             name="tpm",
             title="tpm-bound: 150k tpm (rpm 3000 not binding)",
-            workload=_sized(quick, 200, 25),
+            workload=_sized(quick, 160, 25),
             sim=Scenario(
                 default=ModelLimits(rpm=3000, tpm=150_000, burst_s=1.0),
                 latency=latency,
@@ -123,7 +128,7 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
         BenchScenario(
             name="inflight",
             title="in-flight-capped: at most 8 concurrent, no rate limit",
-            workload=_sized(quick, 180, 25),
+            workload=_sized(quick, 150, 25),
             sim=Scenario(default=ModelLimits(max_in_flight=8), latency=latency, seed=SEED),
             truth=Truth(max_in_flight=8),
             timeout_s=timeout_s,
@@ -134,7 +139,7 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
         BenchScenario(
             name="capacity",
             title=f"capacity halved: 1200 rpm, then 600 from {change_at:g} s",
-            workload=_sized(quick, 240, 30),
+            workload=_sized(quick, 200, 30),
             sim=Scenario(
                 default=steady,
                 latency=latency,
@@ -155,7 +160,7 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
         BenchScenario(
             name="faults",
             title="faults: 5xx, 529, drops, hangs, malformed, quota, invalid (1-2% each), 1200 rpm",
-            workload=_sized(quick, 300, 30),
+            workload=_sized(quick, 240, 30),
             sim=Scenario(default=steady, latency=latency, faults=rpm_faults, seed=SEED),
             truth=Truth(rpm=1200, tpm=10_000_000),
             timeout_s=timeout_s,
@@ -175,11 +180,12 @@ def scenarios(*, quick: bool = False) -> list[BenchScenario]:
                     label="every failure reported with its reason",
                 ),
             ),
+            checked_on=("auto", "run"),
         ),
         BenchScenario(
             name="nohint",
             title="bare 429s: 1200 rpm, no rate-limit headers, no retry-after",
-            workload=_sized(quick, 300, 30),
+            workload=_sized(quick, 240, 30),
             sim=Scenario(
                 default=ModelLimits(rpm=1200, burst_s=1.0),
                 latency=latency,
