@@ -223,3 +223,13 @@ def test_aimd_probes_slowly_past_the_window_of_the_last_loss() -> None:
     for _ in range(4):
         round_trip()
     assert aimd.window < 10.0  # then a slow probe: not +4 in four round trips
+
+
+def test_aimd_opens_to_what_a_known_rate_needs_only_before_any_loss() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=64))
+    aimd.open_to(20)
+    assert aimd.limit == 20
+    at_send = aimd.acquire(now=0.0)
+    aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)
+    aimd.open_to(40)  # after a loss, only AIMD moves the limit
+    assert aimd.limit == 14

@@ -132,6 +132,16 @@ class AimdLimit(FixedLimit):
             self._window = min(float(s.max), self._window + step)
         self._limit = max(s.min, int(self._window))
 
+    def open_to(self, limit: float) -> None:
+        """Raise the window to ``limit`` while no loss has been seen (still in slow start).
+
+        When a rate limit is known, the slots a paced stream needs are rate x latency; growing
+        to that one success at a time would leave the first round trips below the rate.
+        """
+        if self._ssthresh == math.inf and limit > self._window:
+            self._window = min(float(self._settings.max), limit)
+            self._limit = max(self._settings.min, int(self._window))
+
     def cap(self, ceiling: int) -> None:
         self._settings = AdaptiveConcurrency(
             initial=min(self._settings.initial, ceiling),

@@ -468,7 +468,7 @@ class Call:
             elif "concurren" not in verdict.reason.lower():
                 lane.throttled_without_hint(sent_at=permit.sent_at, now=now)
         elif kind is OutcomeKind.OK:
-            lane.note_success(now)
+            lane.note_success(now, latency_s)
         if kind is OutcomeKind.OK and prompt_tokens is not None:
             lane.reconcile(
                 prompt_estimated=self.prompt_tokens,

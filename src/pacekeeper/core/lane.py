@@ -263,10 +263,17 @@ class Lane:
             elif rate != self.tokens.rate_per_s:
                 self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
 
-    def note_success(self, now: float) -> None:
+    def note_success(self, now: float, latency_s: float = 0.0) -> None:
         """A success: counted for the accepted rate; a discovered rate grows by 2% per second
-        of successes while requests are queued behind it (the limit is really used)."""
+        of successes while requests are queued behind it (the limit is really used); and with
+        a known rate, an adaptive limit still in slow start opens to what the rate needs
+        (rate x latency, with half again for the spread of latencies)."""
         with self._lock:
+            rpm = self.rpm
+            if rpm is not None and isinstance(self.slots, AimdLimit):
+                self.slots.open_to(
+                    math.ceil(rpm * self._configured.utilisation / 60.0 * latency_s * 1.5)
+                )
             successes = self._successes
             successes.append(now)
             while successes and now - successes[0] > _RATE_WINDOW_S:
