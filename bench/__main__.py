@@ -2,12 +2,15 @@
 bench/results/latest.{md,json} and a dated copy.
 
 ``--quick`` is a smoke run of a few seconds per scenario (written to quick.{md,json});
-``--only NAME`` runs one scenario or ``overhead`` (written to only-NAME.{md,json}).
+``--only NAME`` runs one scenario or ``overhead`` (written to only-NAME.{md,json});
+``--render FILE.json`` rewrites FILE.md from stored results (after a change to the report's
+presentation or to a target's wording), measuring nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.contenders import CONTENDERS
-from bench.overhead import measure_overhead
-from bench.report import write_results
+from bench.measures import verdicts
+from bench.overhead import measure_overhead, summarise
+from bench.report import render_markdown, write_results
 from bench.runner import log, run_scenario, warm_up
 from bench.scenarios import scenarios
 
@@ -79,11 +83,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         + ")",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument(
+        "--render", type=Path, metavar="FILE.json", help="rewrite FILE.md from FILE.json"
+    )
     return parser.parse_args(argv)
+
+
+def _render(path: Path) -> int:
+    """Recompute verdicts and report lines from the stored measurements; write both files."""
+    results = json.loads(path.read_text(encoding="utf-8"))
+    by_name = {s.name: s for s in scenarios(quick=results["meta"]["mode"] == "quick")}
+    for section in results["scenarios"]:
+        scenario = by_name[section["name"]]
+        for row in section["rows"]:
+            row.pop("targets", None)
+            if row["contender"] in scenario.checked_on:
+                row["targets"] = verdicts(scenario, row)
+    if results.get("overhead"):
+        results["overhead"].update(summarise(results["overhead"]))
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(render_markdown(results), encoding="utf-8")
+    log(f"rendered {path.with_suffix('.md')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render:
+        return _render(args.render)
     contenders = list(CONTENDERS)
     if args.contenders:
         wanted = args.contenders.split(",")
