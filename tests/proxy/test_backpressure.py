@@ -155,7 +155,9 @@ async def test_buffered_bodies_are_bounded(start_sim: StartSim, start_proxy: Sta
     big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 3000}]}
     async with httpx2.AsyncClient(timeout=10) as client:
         first = asyncio.create_task(client.post(url, json=big))
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 5  # until the first body is held (a loaded machine is slow)
+        while proxy.app.counters.buffered_bytes == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         refused = await client.post(url, json={**big, "n": 2})
         assert (await first).status_code == 200
     assert refused.status_code == 429
