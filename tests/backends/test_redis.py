@@ -34,6 +34,15 @@ def shared_gov(server: RedisServer, namespace: str, **kwargs: object) -> Governo
     return Governor(backend=backend, **kwargs)  # type: ignore[arg-type]
 
 
+async def written(server: RedisServer, key: str, field: str) -> None:
+    """Wait until the maintenance thread has written ``field`` (at most 10 s)."""
+    client = server.client()
+    deadline = time.monotonic() + 10
+    while client.hget(key, field) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    client.close()
+
+
 def close(*govs: Governor) -> None:
     for gov in govs:
         if isinstance(gov.backend, RedisBackend):
@@ -120,7 +129,7 @@ async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace
     a = shared_gov(redis_server, namespace)
     b = shared_gov(redis_server, namespace)
     a.lane(CHAT, "m").close_gate(1.0)
-    await asyncio.sleep(0.2)  # the maintenance thread writes the gate
+    await written(redis_server, f"{namespace}:lane:{CHAT}|m", "cd")  # by the maintenance thread
     started = time.monotonic()
     permit = await b.lane(CHAT, "m").acquire(0)
     permit.release()
@@ -134,7 +143,7 @@ async def test_learned_limits_are_shared(redis_server: RedisServer, namespace: s
     a = shared_gov(redis_server, namespace)
     b = shared_gov(redis_server, namespace)
     a.lane(CHAT, "m").learn(RateLimitSnapshot(limit_requests=120))  # 2/s
-    await asyncio.sleep(0.2)
+    await written(redis_server, f"{namespace}:lane:{CHAT}|m", "lr")
     lane = b.lane(CHAT, "m")  # never saw a header
     times = []
     for _ in range(4):
@@ -330,7 +339,9 @@ async def test_a_redis_outage_mid_run_loses_nothing(
             assert lane.fallback
             own_redis.start()
             await run
-            await asyncio.sleep(0.6)  # a heartbeat notices the return
+            deadline = time.monotonic() + 10
+            while not backend.healthy and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # a heartbeat notices the return
             assert backend.healthy
         stats = sim.stats()
         backend.close()

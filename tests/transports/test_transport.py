@@ -160,8 +160,10 @@ async def test_cancelling_callers_frees_their_slots_and_queue_places(sim: Simula
         asyncio.create_task(client.chat.completions.create(model="m", messages=messages(i)))
         for i in range(6)
     ]
-    await asyncio.sleep(0.3)
     lane = gov.lane(CHAT, "m")
+    deadline = time.monotonic() + 10
+    while lane.queued < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     assert lane.slots.in_flight == 2
     assert lane.queued == 4
     for task in tasks:
