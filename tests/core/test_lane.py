@@ -221,10 +221,10 @@ def test_repr_shows_live_state() -> None:
 def test_a_hintless_429_teaches_a_rate_that_then_grows_while_used() -> None:
     lane = make_lane()
     assert lane.discovered_rpm is None
-    for i in range(50):  # 10 successes per second for 5 s
-        lane.note_success(i * 0.1)
+    for i in range(40):  # 8 successes per second for 5 s (times exact in binary)
+        lane.note_success(i * 0.125)
     lane.throttled_without_hint(sent_at=4.9, now=5.0)
-    assert lane.rpm == pytest.approx(0.9 * 600, rel=0.05)
+    assert lane.rpm == pytest.approx(0.9 * 480, rel=0.05)
     first = lane.rpm
     assert first is not None
     lane.throttled_without_hint(sent_at=4.95, now=5.05)  # sent before the cut: no second cut

@@ -391,6 +391,7 @@ class SharedLane(Lane):
             return
         lease, server_sent_at = permit.lease
         with self._lock:
+            backlog = bool(self._queue)
             self.slots.in_flight -= 1
             self._held.discard(lease)
             delta, self._token_delta = self._token_delta, 0.0
@@ -414,6 +415,7 @@ class SharedLane(Lane):
                 delta,
                 limits.tpm or 0,
                 limits.utilisation,
+                1 if backlog else 0,
             ],
         )
 

@@ -93,7 +93,8 @@ RELEASE = (
 -- KEYS[1] lane hash, KEYS[2] slot leases
 -- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure), sent_at (server time),
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
---       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation
+--       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
+--       backlog (1: requests were queued for a slot here)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock()
 local signal = num(ARGV[2], 0)
@@ -109,7 +110,7 @@ if num(ARGV[5], 0) == 0 and signal > 0 then
     end
   else
     local limit = math.max(lo, math.floor(cw))
-    if num(ARGV[4], 0) >= num(ARGV[10], 0.8) * limit then
+    if num(ARGV[14], 0) == 1 or num(ARGV[4], 0) >= num(ARGV[10], 0.8) * limit then
       -- slow start, then +1 per round trip up to the last loss, then probe slowly beyond it
       if cw < ss then cw = cw + 1
       elseif cw + 1 < wm then cw = cw + 1 / cw

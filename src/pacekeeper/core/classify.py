@@ -261,8 +261,12 @@ def classify_response(
     body: bytes | None,
     *,
     now_wall_s: float,
+    read_limits: bool = True,
 ) -> Verdict:
     """Classify an HTTP answer. Never raises, whatever the headers and body hold.
+
+    ``read_limits=False`` skips the rate-limit headers of a 2xx (a busy lane need not read
+    them on every answer); an error's headers are always read.
 
     ``now_wall_s`` (a :func:`time.time` value) anchors absolute times in the headers. A 2xx is
     OK without looking at the body: checking that a 2xx body is valid JSON is the caller's job
@@ -278,6 +282,8 @@ def classify_response(
     >>> classify_response(429, {}, b'{"error":{"code":"insufficient_quota"}}', now_wall_s=0).kind
     <OutcomeKind.QUOTA_EXHAUSTED: 'quota_exhausted'>
     """
+    if not read_limits and 200 <= status < 300:
+        return Verdict(kind=OutcomeKind.OK, retryable=False, reason=f"HTTP {status}", status=status)
     found = _scan(headers)
     limits = _snapshot(found, now_wall_s) if found is not None else None
     if 200 <= status < 300:

@@ -57,7 +57,13 @@ class FixedLimit:
         return self.in_flight
 
     def release(
-        self, *, now: float, sent_at: float, in_flight_at_send: int, signal: Signal
+        self,
+        *,
+        now: float,
+        sent_at: float,
+        in_flight_at_send: int,
+        signal: Signal,
+        backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
 
@@ -106,7 +112,13 @@ class AimdLimit(FixedLimit):
         return self._window
 
     def release(
-        self, *, now: float, sent_at: float, in_flight_at_send: int, signal: Signal
+        self,
+        *,
+        now: float,
+        sent_at: float,
+        in_flight_at_send: int,
+        signal: Signal,
+        backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
         s = self._settings
@@ -119,7 +131,9 @@ class AimdLimit(FixedLimit):
                 self._ssthresh = self._window
                 self._last_decrease_at = now
                 self.decreases += 1
-        elif signal is Signal.SUCCESS and in_flight_at_send >= s.utilisation_to_grow * self._limit:
+        elif signal is Signal.SUCCESS and (
+            backlog or in_flight_at_send >= s.utilisation_to_grow * self._limit
+        ):
             # Slow start (one slot per success) until the first cut, then one per round trip.
             # Then, like CUBIC's plateau, approach the window of the last loss quickly and
             # probe beyond it slowly: each probe past a real ceiling costs one 429.

@@ -43,8 +43,10 @@ _SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
 # The heuristic counts English at about 2x its real tokens (it must never undercount other
 # scripts), so the learned scale may go well below 1.
 _SCALE_MIN, _SCALE_MAX = 0.3, 3.0
+_LIMITS_READ_EVERY_S = 0.1
 _RATE_WINDOW_S = 5.0  # successes counted for the accepted rate
 _DISCOVERY_GROWTH_RPM = 1.2  # per success: +2% of the rate per second at any rate
+_DISCOVERY_RECOVERY_RPM = 6.0  # per success: +10% per second, back towards the last 429
 _MIN_DISCOVERED_RPM = 6.0
 
 
@@ -167,7 +169,9 @@ class Lane:
         "_configured",
         "_discovery_cut_at",
         "_lock",
+        "_next_limits_read",
         "_queue",
+        "_rpm_at_loss",
         "_sleepers",
         "_successes",
         "budget",
@@ -202,6 +206,7 @@ class Lane:
         self._queue: deque[_AsyncWaiter | _ThreadWaiter] = deque()
         self._cancelled_waiting = 0
         self._sleepers: set[_AsyncWaiter | _ThreadWaiter] = set()
+        self._next_limits_read = -math.inf
         self.closed = False
         self.cooldown = CooldownGate()
         self.requests: TokenBucket | None = None
@@ -211,6 +216,7 @@ class Lane:
         self.prompt_scale = 1.0
         self.discovered_rpm: float | None = None
         self._discovery_cut_at = -math.inf
+        self._rpm_at_loss = math.inf
         self._successes: deque[float] = deque()
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
@@ -263,6 +269,15 @@ class Lane:
             elif rate != self.tokens.rate_per_s:
                 self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
 
+    def limits_due(self, now: float) -> bool:
+        """Whether a successful answer's rate-limit headers should be read now: at most every
+        0.1 s per lane, because parsing them on every answer of a busy lane costs more than
+        the little they change in between."""
+        if now >= self._next_limits_read:
+            self._next_limits_read = now + _LIMITS_READ_EVERY_S
+            return True
+        return False
+
     def note_success(self, now: float, latency_s: float = 0.0) -> None:
         """A success: counted for the accepted rate; a discovered rate grows by 2% per second
         of successes while requests are queued behind it (the limit is really used); and with
@@ -279,25 +294,28 @@ class Lane:
             while successes and now - successes[0] > _RATE_WINDOW_S:
                 successes.popleft()
             if self.discovered_rpm is not None and self._queue:
-                self.discovered_rpm += _DISCOVERY_GROWTH_RPM
+                # Back quickly to just under the rate of the last 429, then probe slowly.
+                fast = self.discovered_rpm < 0.95 * self._rpm_at_loss
+                self.discovered_rpm += _DISCOVERY_RECOVERY_RPM if fast else _DISCOVERY_GROWTH_RPM
                 self._apply_rates(now=now)
 
     def throttled_without_hint(self, *, sent_at: float, now: float) -> None:
         """A 429 that says nothing (no limit, no reset, no retry-after), as many gateways send.
 
-        With no known rate, the lane discovers one: the first time, 90% of the rate accepted
-        over the last seconds (what the server was letting through); after that, a cut to 85%
-        at most once per round trip (answers to requests sent before the last cut say nothing
-        new). Successes raise it again slowly (:meth:`note_success`).
+        With no known rate, the lane discovers one: the first time, 90% of the highest rate
+        accepted over one second lately (what the server was letting through just before it
+        refused); after that, a cut to 85% at most once per round trip (answers to requests
+        sent before the last cut say nothing new). Successes raise it again: quickly (+10% a
+        second) back to just under the rate of the last 429, slowly (+2%) beyond it.
         """
         with self._lock:
             if _lower(self._configured.rpm, self.learned_rpm) is not None:
                 return  # a known limit: pacing is right, the cooldown and backoff handle it
             if self.discovered_rpm is None:
-                span = now - self._successes[0] if self._successes else 0.0
-                accepted_per_s = len(self._successes) / max(span, 1.0)
-                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.9 * 60.0 * accepted_per_s)
+                self._rpm_at_loss = 60.0 * _peak_per_second(self._successes)
+                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.9 * self._rpm_at_loss)
             elif sent_at >= self._discovery_cut_at:
+                self._rpm_at_loss = self.discovered_rpm
                 self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.85 * self.discovered_rpm)
             else:
                 return
@@ -354,6 +372,16 @@ class Lane:
         if self.tokens is not None and tokens:
             self.tokens.spend(now=now, cost=tokens)
         return 0.0
+
+    def _waiting_for_slot(self) -> bool:
+        """Whether the head of the queue is held back by the concurrency limit alone (not by
+        the cooldown or pacing): only then is the limit really in use."""
+        if not self._queue or self.slots.has_room():
+            return False
+        now = self._clock()
+        if self.cooldown.remaining_s(now=now) > 0:
+            return False
+        return self.requests is None or self.requests.wait_s(now=now, cost=1) == 0.0
 
     def _pop_head(self) -> None:
         self._queue.popleft()
@@ -532,6 +560,7 @@ class Lane:
                 sent_at=permit.sent_at,
                 in_flight_at_send=permit.in_flight_at_send,
                 signal=signal,
+                backlog=self._waiting_for_slot(),
             )
             self._wake_head()
 
@@ -591,6 +620,17 @@ class Lane:
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
             f"rpm={self.rpm} tpm={self.tpm} {self.cooldown!r}>"
         )
+
+
+def _peak_per_second(times: deque[float]) -> float:
+    """The most events in any one-second window of ``times`` (sorted), per second."""
+    ts = list(times)  # a deque indexes in O(n)
+    peak, start = 0, 0
+    for end, t in enumerate(ts):
+        while t - ts[start] >= 1.0:  # the window [t - 1 s, t], half-open at the old end
+            start += 1
+        peak = max(peak, end - start + 1)
+    return float(peak)
 
 
 def _sync_level(
