@@ -363,3 +363,18 @@ async def test_the_readme_example_runs_as_written(sim: Simulator) -> None:
     started = time.monotonic()
     assert gov.stats()[0].ok == 1
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("sim", [Scenario(faults=Faults(malformed=1.0))], indirect=True)
+async def test_a_malformed_answer_that_never_heals_fails_with_its_reason(sim: Simulator) -> None:
+    pacekeeper.set_testing(True)
+    try:
+        gov = Governor(retry=RetryPolicy(max_attempts=3))
+        async with httpx2.AsyncClient(transport=pacekeeper.Transport(gov)) as client:
+            with pytest.raises(pacekeeper.RetriesExhausted, match="not valid JSON"):
+                await client.post(
+                    f"{sim.base_url}/chat/completions", json={"model": "m", "messages": messages(0)}
+                )
+        assert sim.stats()["requests_received"] == 3
+    finally:
+        pacekeeper.set_testing(False)

@@ -176,7 +176,13 @@ def _after_answer(
     valid = True
     if status < 300 and expect_json and body is not None:
         prompt, completion, valid = usage_from_json(body)
-    verdict: Verdict = verdict_for_answer(status, headers, body, json_valid=valid)
+    verdict: Verdict = verdict_for_answer(
+        status,
+        headers,
+        body,
+        json_valid=valid,
+        read_limits=status >= 300 or call.lane.limits_due(time.monotonic()),
+    )
     decision = call.settle(
         permit,
         verdict,
@@ -186,6 +192,10 @@ def _after_answer(
     )
     if decision.retry:
         return decision, None
+    if verdict.kind is OutcomeKind.MALFORMED and decision.error is not None:
+        # Handing the unreadable 200 over would make the SDK fail on a bare JSONDecodeError
+        # and lose why; the error says what happened and how often it was tried.
+        raise decision.error
     extensions = dict(response.extensions)
     extensions[RECORD_EXTENSION] = decision.record
     return None, flavour.response(
