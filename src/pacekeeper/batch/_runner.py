@@ -535,6 +535,9 @@ def _error_record(custom_id: str, code: str, message: str) -> dict[str, Any]:
 
 
 def _exception_code(exc: BaseException) -> str:
+    record = getattr(exc, "record", None)
+    if getattr(record, "outcome", None) == "malformed":
+        return "malformed_response"  # 200s whose body never parsed, retries spent
     if isinstance(exc, httpx2.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx2.TransportError):
