@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pacekeeper.batch._input import BadLine, check_route, read_lines
+from pacekeeper.batch._keys import KeySet
 from pacekeeper.batch._output import OutputBusy, OutputDamaged, record_key, scan
 from pacekeeper.batch._progress import BatchProgress
 from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch, shard_of
@@ -460,7 +461,7 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
         lambda: {"requests": 0, "prompt": 0, "reserve": 0}
     )
     bad: list[BadLine] = []
-    seen: set[int] = set()
+    seen = KeySet()
     skipped_done = skipped_shard = 0
     for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
         if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacekeeper.batch._keys import KeySet
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover (Windows: no advisory locks, one run at a time)
@@ -85,7 +87,7 @@ def _key_of(record: dict[str, Any]) -> int:
 class DoneSet:
     """What an earlier run already finished."""
 
-    keys: set[int] = field(default_factory=set)
+    keys: KeySet = field(default_factory=KeySet)
     failed: set[int] = field(default_factory=set)
     """Keys of the error records among ``keys``."""
     torn_bytes: int = 0

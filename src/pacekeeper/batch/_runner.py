@@ -27,6 +27,7 @@ from typing import Any
 import httpx2
 
 from pacekeeper.batch._input import BadLine, BatchLine, InputFormat, count_lines, read_lines
+from pacekeeper.batch._keys import KeySet
 from pacekeeper.batch._output import (
     DoneSet,
     ResultFile,
@@ -358,7 +359,7 @@ async def run_batch(
             room.set()
 
         watcher = asyncio.create_task(close_on_stop())
-        seen: set[int] = set()
+        seen = KeySet()
         for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
             if result.lines_read % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
