@@ -696,3 +696,14 @@ if __name__ == "__main__":
     print(f"{'corpus':16} {'chars':>7} {'heur':>7} {'cl100k':>7} {'o200k':>7}  h/cl   h/o2")
     for name, chars, heur, cl, o2 in calibration():
         print(f"{name:16} {chars:7} {heur:7} {cl:7} {o2:7}  {heur / cl:.2f}  {heur / o2:.2f}")
+
+
+def test_the_bpe_tokenizer_can_be_switched_off() -> None:
+    from pacekeeper.core.tokens import use_bpe
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+    try:
+        use_bpe(False)
+        assert estimate_request_tokens(body).method == "heuristic"
+    finally:
+        use_bpe(True)

@@ -143,6 +143,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="the shared quota's name in Redis, one per API key (default pacekeeper)",
     )
     parser.add_argument(
+        "--tokenizer",
+        choices=("auto", "heuristic"),
+        default=None,
+        help="count prompt tokens with the offline BPE tokenizer where it applies (auto), or "
+        "with the conservative heuristic that usage then calibrates (uses ~130 MB less memory)",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="FILE",
@@ -295,6 +302,10 @@ def _run(args: argparse.Namespace) -> int:
         job, settings, gov = _resolve(args)
     except ConfigurationError as exc:
         return _fail(str(exc))
+    if args.tokenizer is not None:
+        from pacekeeper.core.tokens import use_bpe
+
+        use_bpe(args.tokenizer == "auto")
     if args.dry_run:
         return _dry_run(job, gov)
     if not job.api_key and "api.openai.com" in job.base_url:

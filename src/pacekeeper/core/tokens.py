@@ -59,12 +59,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 __all__ = [
+    "use_bpe",
     "IMAGE_TOKENS",
     "LOW_DETAIL_IMAGE_TOKENS",
     "TokenEstimate",
@@ -303,8 +305,20 @@ def _encoding_for(model: str | None) -> str | None:
     return None
 
 
+_use_bpe = os.environ.get("PACEKEEPER_TOKENIZER", "auto").strip().lower() != "heuristic"
+
+
+def use_bpe(enabled: bool) -> None:
+    """Count with the BPE tokenizer where it applies (the default), or always with the
+    heuristic: bpe_openai costs about 130 MB of memory and half a second to load, and usage
+    reconciliation corrects the heuristic's estimates after the first answers anyway.
+    The environment variable ``PACEKEEPER_TOKENIZER=heuristic`` sets the same."""
+    global _use_bpe
+    _use_bpe = enabled
+
+
 def _counter(model: str | None) -> tuple[Callable[[str], int], str]:
-    encoding = _encoding_for(model)
+    encoding = _encoding_for(model) if _use_bpe else None
     if encoding is not None:
         encode = _encoder(encoding)
         if encode is not None:
