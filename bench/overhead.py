@@ -234,6 +234,19 @@ def measure_overhead(*, quick: bool, workdir: Path) -> dict[str, Any]:
         with SimulatorProcess(Scenario()) as s:
             batch.append(batch_rss(s.base_url, lines, workdir, pacekeeper_command()))
         log(f"[overhead] pacekeeper run {lines:,} lines: {batch[-1]}")
+    # The same largest input without the BPE tokenizer (about 130 MB of the peak above).
+    largest_lines = batch[-1]["lines"]
+    log(f"[overhead] peak RSS of pacekeeper run --tokenizer heuristic on {largest_lines:,} lines")
+    with SimulatorProcess(Scenario()) as s:
+        batch.append(
+            batch_rss(
+                s.base_url,
+                largest_lines,
+                workdir,
+                pacekeeper_command(),
+                extra_args=("--tokenizer", "heuristic"),
+            )
+        )
     return {
         "cpu": cpu,
         "sim": sim,
@@ -346,21 +359,27 @@ def _summary(
         lines.append({"measure": "queued RSS", "value": f"error: {queued.get('error')}"})
     lines.extend(
         {
-            "measure": f"pacekeeper run, {item['lines']:,} lines, zero-latency sim",
+            "measure": " ".join(
+                ["pacekeeper run", item.get("args", "")] if item.get("args") else ["pacekeeper run"]
+            )
+            + f", {item['lines']:,} lines, zero-latency sim",
             "value": f"peak RSS {item['peak_rss_mb']:.0f} MB; {item['wall_s']:.0f} s "
             f"({item['lines_per_s']:,} lines/s, {item['cpu_s']:.0f} s CPU); every custom_id "
             f"once: {'yes' if item['exactly_once'] else 'NO'}",
         }
         for item in batch
     )
-    largest = max(batch, key=lambda item: item["lines"])
+    default = [b for b in batch if not b.get("args")]
+    heuristic = [b for b in batch if b.get("args")]
+    largest = max(default, key=lambda item: item["lines"])
+    others = ", ".join(f"{b['lines']:,} lines: {b['peak_rss_mb']:.0f} MB" for b in default[:-1])
+    if heuristic:
+        others += f"; with --tokenizer heuristic: {heuristic[-1]['peak_rss_mb']:.0f} MB"
     targets.append(
         {
             "target": f"pacekeeper run peak RSS on {largest['lines']:,} lines <= "
             f"{_RSS_TARGET_MB:g} MB",
-            "measured": f"{largest['peak_rss_mb']:.0f} MB ("
-            + ", ".join(f"{b['lines']:,} lines: {b['peak_rss_mb']:.0f} MB" for b in batch[:-1])
-            + ")",
+            "measured": f"{largest['peak_rss_mb']:.0f} MB ({others})",
             "met": largest["peak_rss_mb"] <= _RSS_TARGET_MB,
         }
     )

@@ -168,7 +168,13 @@ def queued_rss(base_url: str, n: int, mode: str) -> dict[str, Any]:
     return result
 
 
-def batch_rss(base_url: str, lines: int, workdir: Path, command: list[str]) -> dict[str, Any]:
+def batch_rss(
+    base_url: str,
+    lines: int,
+    workdir: Path,
+    command: list[str],
+    extra_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Peak RSS of `pacekeeper run` on a ``lines``-line input (the child's own ru_maxrss,
     from wait4), and whether its output holds every custom_id exactly once."""
     from bench.workload import Workload
@@ -180,7 +186,7 @@ def batch_rss(base_url: str, lines: int, workdir: Path, command: list[str]) -> d
         for i in range(lines):
             fh.write(wl.batch_line(i) + "\n")
     argv = [*command, "run", str(src), "-o", str(out), "--base-url", base_url]
-    argv += ["--progress", "none"]
+    argv += ["--progress", "none", *extra_args]
     wrapper = subprocess.run(
         [sys.executable, "-m", "bench.rss", "batch", "--", *argv],
         env={**os.environ, "OPENAI_API_KEY": "x"},
@@ -199,6 +205,7 @@ def batch_rss(base_url: str, lines: int, workdir: Path, command: list[str]) -> d
     out.unlink()
     return {
         "lines": lines,
+        "args": " ".join(extra_args),
         "exit_code": usage["exit_code"],
         "peak_rss_mb": usage["peak_rss_mb"],
         "wall_s": usage["wall_s"],

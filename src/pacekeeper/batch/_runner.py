@@ -60,8 +60,10 @@ class BatchJob:
     model: str | None = None
     url: str = "/v1/chat/completions"
     ordered: bool = False
-    window: int = 4096
-    """Lines in progress at most (queued, in flight, or waiting to be written in order)."""
+    window: int = 1024
+    """Lines in progress at most (queued, in flight, or waiting to be written in order): twice
+    the largest adaptive concurrency limit, so the limit is never starved, while each line in
+    progress (its task and request, about 15 kB) stays bounded."""
     max_buffer_bytes: int = 64 << 20
     """Bytes of input lines in progress at most (at least one line is always admitted)."""
     timeout_s: float = 600.0
