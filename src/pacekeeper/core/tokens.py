@@ -535,15 +535,19 @@ def _positive_int(value: object) -> int | None:
 
 
 def _completion_budget(body: Mapping[str, Any], prompts: int) -> int | None:
-    budgets = [
-        number
-        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens")
-        if (number := _positive_int(body.get(key))) is not None
-    ]
-    if not budgets:
+    budget = None
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if value is not None and (number := _positive_int(value)) is not None:
+            budget = number if budget is None else max(budget, number)
+    if budget is None:
         return None
-    copies = max(_positive_int(body.get("n")) or 1, _positive_int(body.get("best_of")) or 1, 1)
-    return max(budgets) * copies * prompts
+    copies = 1
+    for key in ("n", "best_of"):
+        value = body.get(key)
+        if value is not None:
+            copies = max(copies, _positive_int(value) or 1)
+    return budget * copies * prompts
 
 
 def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int]:

@@ -107,6 +107,19 @@ def route_of(path: str) -> str:
     >>> route_of("/openai/deployments/text-embedding-3-small/embeddings")
     '/openai/deployments/text-embedding-3-small/embeddings'
     """
+    folded = _ROUTES.get(path)
+    if folded is None:
+        folded = _fold_ids(path)
+        if len(_ROUTES) < _ROUTES_CACHED:  # paths repeat: remember a bounded number
+            _ROUTES[path] = folded
+    return folded
+
+
+_ROUTES: dict[str, str] = {}
+_ROUTES_CACHED = 4096
+
+
+def _fold_ids(path: str) -> str:
     if not any(c.isdigit() for c in path):
         return path
     segments = path.split("/")
@@ -214,7 +227,12 @@ def request_id(headers: Mapping[str, str]) -> str | None:
 
 
 def verdict_for_answer(
-    status: int, headers: Mapping[str, str], body: bytes | None, *, json_valid: bool = True
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    *,
+    json_valid: bool = True,
+    read_limits: bool = True,
 ) -> Verdict:
     """Classify a complete answer; a 2xx whose JSON does not parse is MALFORMED."""
     if status < 300 and not json_valid and body is not None:
@@ -222,7 +240,7 @@ def verdict_for_answer(
             OutcomeKind.MALFORMED,
             f"{status} with a body that is not valid JSON ({len(body)} bytes)",
         )
-    return classify_response(status, headers, body, now_wall_s=time.time())
+    return classify_response(status, headers, body, now_wall_s=time.time(), read_limits=read_limits)
 
 
 def plain_headers(headers: Any) -> dict[str, str]:

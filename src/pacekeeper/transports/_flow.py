@@ -68,10 +68,12 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
             if not await _after_exception_async(call, permit, flavour, exc):
                 raise
             continue
-        headers = response.headers
+        headers = plain_headers(response.headers)  # read once: httpx's Headers.get scans
         status = response.status_code
         if status < 300 and is_event_stream(headers):
-            return _stream_response(call, permit, flavour, request, response, sync=False)
+            return _stream_response(
+                call, permit, flavour, request, response, headers=headers, sync=False
+            )
         try:
             raw = b"".join([chunk async for chunk in response.stream])
         except asyncio.CancelledError:
@@ -84,7 +86,9 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
                 raise
             continue
         await response.stream.aclose()
-        decision_retry, result = _after_answer(call, permit, flavour, request, response, raw=raw)
+        decision_retry, result = _after_answer(
+            call, permit, flavour, request, response, headers=headers, raw=raw
+        )
         if decision_retry is None:
             return result
         await call.pause(decision_retry)
@@ -110,10 +114,12 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
         except BaseException:  # KeyboardInterrupt: free the slot, never retry
             call.cancelled(permit)
             raise
-        headers = response.headers
+        headers = plain_headers(response.headers)
         status = response.status_code
         if status < 300 and is_event_stream(headers):
-            return _stream_response(call, permit, flavour, request, response, sync=True)
+            return _stream_response(
+                call, permit, flavour, request, response, headers=headers, sync=True
+            )
         try:
             raw = b"".join(list(response.stream))
         except Exception as exc:
@@ -126,7 +132,9 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
             response.stream.close()
             raise
         response.stream.close()
-        decision_retry, result = _after_answer(call, permit, flavour, request, response, raw=raw)
+        decision_retry, result = _after_answer(
+            call, permit, flavour, request, response, headers=headers, raw=raw
+        )
         if decision_retry is None:
             return result
         call.pause_sync(decision_retry)
@@ -165,10 +173,16 @@ def _settle_exception(call: Call, permit: Permit, flavour: Flavour, exc: Excepti
 
 
 def _after_answer(
-    call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, raw: bytes
+    call: Call,
+    permit: Permit,
+    flavour: Flavour,
+    request: Any,
+    response: Any,
+    *,
+    headers: dict[str, str],
+    raw: bytes,
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
-    headers = plain_headers(response.headers)
     status = response.status_code
     expect_json = is_json(headers)
     body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
@@ -204,9 +218,15 @@ def _after_answer(
 
 
 def _stream_response(
-    call: Call, permit: Permit, flavour: Flavour, request: Any, response: Any, *, sync: bool
+    call: Call,
+    permit: Permit,
+    flavour: Flavour,
+    request: Any,
+    response: Any,
+    *,
+    headers: dict[str, str],
+    sync: bool,
 ) -> Any:
-    headers = plain_headers(response.headers)
     ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
