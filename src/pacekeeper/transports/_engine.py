@@ -243,6 +243,21 @@ def verdict_for_answer(
     return classify_response(status, headers, body, now_wall_s=time.time(), read_limits=read_limits)
 
 
+_ESSENTIAL = frozenset({b"content-type", b"content-encoding", b"x-request-id", b"request-id"})
+
+
+def essential_headers(headers: Any) -> dict[str, str]:
+    """Only the headers a successful answer needs when its rate-limit headers are not read
+    this time (see ``Lane.limits_due``): decoding the other fifteen costs more than the rest
+    of the answer's handling."""
+    found: dict[str, str] = {}
+    for name, value in headers.raw:
+        lowered = name.lower()
+        if lowered in _ESSENTIAL:
+            found[lowered.decode("ascii")] = value.decode("latin-1")
+    return found
+
+
 def plain_headers(headers: Any) -> dict[str, str]:
     """The headers as a plain dict with lower-case names, read once: httpx's Headers.get is
     a scan of the list, and an answer's headers are read several times."""

@@ -18,6 +18,7 @@ from pacekeeper.transports._engine import (
     Flavour,
     UsageScanner,
     bounded_timeout,
+    essential_headers,
     is_event_stream,
     is_json,
     plain_headers,
@@ -68,8 +69,10 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
             if not await _after_exception_async(call, permit, flavour, exc):
                 raise
             continue
-        headers = plain_headers(response.headers)  # read once: httpx's Headers.get scans
         status = response.status_code
+        read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
+        # read once, into a dict: httpx's Headers.get scans the list every time
+        headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
                 call, permit, flavour, request, response, headers=headers, sync=False
@@ -87,7 +90,14 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
             continue
         await response.stream.aclose()
         decision_retry, result = _after_answer(
-            call, permit, flavour, request, response, headers=headers, raw=raw
+            call,
+            permit,
+            flavour,
+            request,
+            response,
+            headers=headers,
+            raw=raw,
+            read_limits=read_limits,
         )
         if decision_retry is None:
             return result
@@ -114,8 +124,9 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
         except BaseException:  # KeyboardInterrupt: free the slot, never retry
             call.cancelled(permit)
             raise
-        headers = plain_headers(response.headers)
         status = response.status_code
+        read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
+        headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
                 call, permit, flavour, request, response, headers=headers, sync=True
@@ -133,7 +144,14 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
             raise
         response.stream.close()
         decision_retry, result = _after_answer(
-            call, permit, flavour, request, response, headers=headers, raw=raw
+            call,
+            permit,
+            flavour,
+            request,
+            response,
+            headers=headers,
+            raw=raw,
+            read_limits=read_limits,
         )
         if decision_retry is None:
             return result
@@ -181,6 +199,7 @@ def _after_answer(
     *,
     headers: dict[str, str],
     raw: bytes,
+    read_limits: bool,
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
     status = response.status_code
@@ -195,7 +214,7 @@ def _after_answer(
         headers,
         body,
         json_valid=valid,
-        read_limits=status >= 300 or call.lane.limits_due(time.monotonic()),
+        read_limits=read_limits,
     )
     decision = call.settle(
         permit,
@@ -210,11 +229,11 @@ def _after_answer(
         # Handing the unreadable 200 over would make the SDK fail on a bare JSONDecodeError
         # and lose why; the error says what happened and how often it was tried.
         raise decision.error
-    extensions = dict(response.extensions)
-    extensions[RECORD_EXTENSION] = decision.record
-    return None, flavour.response(
-        status, headers=response.headers, raw=raw, request=request, extensions=extensions
-    )
+    # The inner transport's response goes back up with its body, read here, as a byte stream:
+    # building a new Response would normalise every header again, on every request.
+    response.stream = flavour.module.ByteStream(raw)
+    response.extensions[RECORD_EXTENSION] = decision.record
+    return None, response
 
 
 def _stream_response(
@@ -227,6 +246,7 @@ def _stream_response(
     headers: dict[str, str],
     sync: bool,
 ) -> Any:
+    headers = plain_headers(response.headers)  # a stream's limits are always learned
     ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
