@@ -28,6 +28,7 @@ from bench.overhead import measure_overhead, summarise
 from bench.report import render_markdown, write_results
 from bench.runner import log, run_scenario, warm_up
 from bench.scenarios import scenarios
+from bench.sharing import measure_sharing
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -74,7 +75,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
-        "--only", choices=[*names, "overhead"], help="run one scenario, or only the overhead"
+        "--only",
+        choices=[*names, "overhead", "sharing"],
+        help="run one scenario, or only the overhead, or only the Redis sharing measures",
     )
     parser.add_argument(
         "--contenders",
@@ -143,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             save()  # a crash later still leaves every finished scenario on disk
         if args.only in (None, "overhead"):
             results["overhead"] = measure_overhead(quick=args.quick, workdir=workdir)
+            save()
+        if args.only in (None, "sharing"):
+            results["sharing"] = measure_sharing(quick=args.quick)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
     return 0

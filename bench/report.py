@@ -203,6 +203,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     for section in results.get("scenarios", []):
         lines += _scenario_section(section)
     lines += _overhead_section(results.get("overhead", {}))
+    from bench.sharing import sharing_lines
+
+    lines += sharing_lines(results.get("sharing", {}))
     return "\n".join(lines).rstrip() + "\n"
 
 
