@@ -43,7 +43,6 @@ from pacekeeper.core.lane import (
     LaneKey,
     Permit,
     _AsyncWaiter,
-    _resolve,
     _ThreadWaiter,
 )
 
@@ -264,6 +263,61 @@ class SharedLane(Lane):
 
     # -- admission ------------------------------------------------------------------------
 
+    def _enqueue(self, waiter: _AsyncWaiter | _ThreadWaiter, *, front: bool) -> None:
+        with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
+            if front:
+                self._queue.appendleft(waiter)
+            else:
+                self._queue.append(waiter)
+
+    def _is_head(self, waiter: _AsyncWaiter | _ThreadWaiter) -> bool:
+        """Only the head asks Redis; the others are armed to sleep until they become it."""
+        with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
+            if self._queue and self._queue[0] is waiter:
+                return True
+            waiter.arm()
+            return False
+
+    def _after_admit(
+        self,
+        raw: list[Any],
+        waiter: _AsyncWaiter | _ThreadWaiter,
+        *,
+        tokens: int,
+        lease: str,
+        asked_at: float,
+        deadline: float | None,
+    ) -> Permit | float:
+        """Redis's answer: the permit, or how long to sleep (the waiter is armed) before
+        asking again. With every slot taken, ask again soon: other processes' releases
+        cannot wake this one."""
+        admission = self._parse(raw)
+        if admission.admitted:
+            with self._lock:
+                self._pop_head()
+                self._wake_head()
+            return self._granted(admission, tokens, lease, asked_at)
+        self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
+        no_slot = admission.wait_s < 0
+        with self._lock:
+            wait = _SLOT_POLL_S if no_slot else admission.wait_s
+            if deadline is not None:
+                bounded = self._bounded_by_deadline(
+                    self._clock(), math.inf if no_slot else wait, deadline
+                )
+                wait = min(wait, bounded)
+            waiter.arm()
+        return wait
+
+    def _fall_back(self, exc: BaseException, waiter: _AsyncWaiter | _ThreadWaiter) -> None:
+        self._enter_fallback(exc)
+        self._leave(waiter)
+        self._sync_mode()
+
     async def acquire(
         self, tokens: int, *, front: bool = False, deadline: float | None = None
     ) -> Permit:
@@ -272,25 +326,12 @@ class SharedLane(Lane):
             return await super().acquire(tokens, front=front, deadline=deadline)
         asked_at = self._clock()
         waiter = _AsyncWaiter()
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
-        loop = asyncio.get_running_loop()
+        self._enqueue(waiter, front=front)
         client = self._backend.async_client()
         try:
             while True:
-                with self._lock:
-                    if self.closed:
-                        raise AdmissionClosed(self._closed_message())
-                    is_head = bool(self._queue) and self._queue[0] is waiter
-                    if not is_head:
-                        fut = waiter.arm()
-                if not is_head:
-                    await fut
+                if not self._is_head(waiter):
+                    await waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
                 try:
@@ -298,31 +339,14 @@ class SharedLane(Lane):
                         keys=[self._hash_key, self._slot_key], args=self._admit_args(tokens, lease)
                     )
                 except _redis_errors() as exc:
-                    self._enter_fallback(exc)
-                    self._leave(waiter)
-                    self._sync_mode()
+                    self._fall_back(exc, waiter)
                     return await super().acquire(tokens, front=front, deadline=deadline)
-                admission = self._parse(raw)
-                if admission.admitted:
-                    with self._lock:
-                        self._pop_head()
-                        self._wake_head()
-                    return self._granted(admission, tokens, lease, asked_at)
-                wait = _SLOT_POLL_S if admission.wait_s < 0 else admission.wait_s
-                self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
-                with self._lock:
-                    now = self._clock()
-                    if deadline is not None:
-                        wait = self._bounded_by_deadline(
-                            now, math.inf if admission.wait_s < 0 else wait, deadline
-                        )
-                        wait = min(wait, _SLOT_POLL_S) if admission.wait_s < 0 else wait
-                    fut = waiter.arm()
-                timer = loop.call_later(wait, _resolve, fut)
-                try:
-                    await fut
-                finally:
-                    timer.cancel()
+                turn = self._after_admit(
+                    raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
+                )
+                if isinstance(turn, Permit):
+                    return turn
+                await waiter.sleep(turn)
         except BaseException:
             self._leave(waiter)
             raise
@@ -335,23 +359,12 @@ class SharedLane(Lane):
             return super().acquire_sync(tokens, front=front, deadline=deadline)
         asked_at = self._clock()
         waiter = _ThreadWaiter()
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
+        self._enqueue(waiter, front=front)
         client = self._backend.sync_client()
         try:
             while True:
-                with self._lock:
-                    if self.closed:
-                        raise AdmissionClosed(self._closed_message())
-                    is_head = bool(self._queue) and self._queue[0] is waiter
-                    event = waiter.arm()
-                if not is_head:
-                    event.wait()
+                if not self._is_head(waiter):
+                    waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
                 try:
@@ -359,26 +372,14 @@ class SharedLane(Lane):
                         keys=[self._hash_key, self._slot_key], args=self._admit_args(tokens, lease)
                     )
                 except _redis_errors() as exc:
-                    self._enter_fallback(exc)
-                    self._leave(waiter)
-                    self._sync_mode()
+                    self._fall_back(exc, waiter)
                     return super().acquire_sync(tokens, front=front, deadline=deadline)
-                admission = self._parse(raw)
-                if admission.admitted:
-                    with self._lock:
-                        self._pop_head()
-                        self._wake_head()
-                    return self._granted(admission, tokens, lease, asked_at)
-                wait = _SLOT_POLL_S if admission.wait_s < 0 else admission.wait_s
-                self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
-                if deadline is not None:
-                    with self._lock:
-                        now = self._clock()
-                        bounded = self._bounded_by_deadline(
-                            now, math.inf if admission.wait_s < 0 else wait, deadline
-                        )
-                    wait = min(bounded, wait)
-                event.wait(wait)
+                turn = self._after_admit(
+                    raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
+                )
+                if isinstance(turn, Permit):
+                    return turn
+                waiter.sleep(turn)
         except BaseException:
             self._leave(waiter)
             raise

@@ -78,6 +78,17 @@ class _AsyncWaiter:
         self._fut = fut = self._loop.create_future()
         return fut
 
+    async def sleep(self, wait_s: float) -> None:
+        """Until woken, or ``wait_s`` passed (inf: until woken). Call after :meth:`arm`."""
+        fut = self._fut
+        assert fut is not None
+        timer = self._loop.call_later(wait_s, _resolve, fut) if wait_s != math.inf else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     def wake(self) -> None:
         fut = self._fut
         if fut is None or fut.done():
@@ -98,6 +109,9 @@ class _ThreadWaiter:
     def arm(self) -> threading.Event:
         self._event.clear()
         return self._event
+
+    def sleep(self, wait_s: float) -> None:
+        self._event.wait(None if wait_s == math.inf else wait_s)
 
     def wake(self) -> None:
         self._event.set()
@@ -426,45 +440,64 @@ class Lane:
             return f"a free slot ({self.slots.in_flight} in flight, limit {self.slots.limit})"
         return "pacing to the rpm/tpm limits"
 
-    async def acquire(
-        self, tokens: int, *, front: bool = False, deadline: float | None = None
-    ) -> Permit:
-        """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit."""
-        asked_at = now = self._clock()
+    def _join(
+        self, tokens: int, *, front: bool, waiter: _AsyncWaiter | _ThreadWaiter
+    ) -> Permit | None:
+        """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
+        now = self._clock()
         with self._lock:
             if self.closed:
                 raise AdmissionClosed(self._closed_message())
             if not self._queue and self._try_admit(now, tokens) == 0.0:
-                return self._grant(now, tokens, asked_at)
-            waiter = _AsyncWaiter()
+                return self._grant(now, tokens, now)
             if front:
                 self._queue.appendleft(waiter)
             else:
                 self._queue.append(waiter)
-        loop = waiter._loop
+        return None
+
+    def _turn(
+        self,
+        waiter: _AsyncWaiter | _ThreadWaiter,
+        tokens: int,
+        deadline: float | None,
+        asked_at: float,
+    ) -> Permit | float:
+        """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
+        until woken). The waiter is armed before the lock is released, so a wake between
+        this look and the sleep is not lost."""
+        with self._lock:
+            if self.closed:
+                raise AdmissionClosed(self._closed_message())
+            now = self._clock()
+            if self._queue and self._queue[0] is waiter:
+                wait = self._try_admit(now, tokens)
+                if wait == 0.0:
+                    self._pop_head()
+                    self._wake_head()
+                    return self._grant(now, tokens, asked_at)
+            else:
+                wait = math.inf
+            if deadline is not None:
+                wait = self._bounded_by_deadline(now, wait, deadline)
+            waiter.arm()
+        return wait
+
+    async def acquire(
+        self, tokens: int, *, front: bool = False, deadline: float | None = None
+    ) -> Permit:
+        """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit."""
+        asked_at = self._clock()
+        waiter = _AsyncWaiter()
+        permit = self._join(tokens, front=front, waiter=waiter)
+        if permit is not None:
+            return permit
         try:
             while True:
-                with self._lock:
-                    if self.closed:
-                        raise AdmissionClosed(self._closed_message())
-                    now = self._clock()
-                    if self._queue and self._queue[0] is waiter:
-                        wait = self._try_admit(now, tokens)
-                        if wait == 0.0:
-                            self._pop_head()
-                            self._wake_head()
-                            return self._grant(now, tokens, asked_at)
-                    else:
-                        wait = math.inf
-                    if deadline is not None:
-                        wait = self._bounded_by_deadline(now, wait, deadline)
-                    fut = waiter.arm()
-                timer = loop.call_later(wait, _resolve, fut) if wait != math.inf else None
-                try:
-                    await fut
-                finally:
-                    if timer is not None:
-                        timer.cancel()
+                turn = self._turn(waiter, tokens, deadline, asked_at)
+                if isinstance(turn, Permit):
+                    return turn
+                await waiter.sleep(turn)
         except BaseException:
             self._leave(waiter)
             raise
@@ -473,35 +506,17 @@ class Lane:
         self, tokens: int, *, front: bool = False, deadline: float | None = None
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
-        asked_at = now = self._clock()
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if not self._queue and self._try_admit(now, tokens) == 0.0:
-                return self._grant(now, tokens, asked_at)
-            waiter = _ThreadWaiter()
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
+        asked_at = self._clock()
+        waiter = _ThreadWaiter()
+        permit = self._join(tokens, front=front, waiter=waiter)
+        if permit is not None:
+            return permit
         try:
             while True:
-                with self._lock:
-                    if self.closed:
-                        raise AdmissionClosed(self._closed_message())
-                    now = self._clock()
-                    if self._queue and self._queue[0] is waiter:
-                        wait = self._try_admit(now, tokens)
-                        if wait == 0.0:
-                            self._pop_head()
-                            self._wake_head()
-                            return self._grant(now, tokens, asked_at)
-                    else:
-                        wait = math.inf
-                    if deadline is not None:
-                        wait = self._bounded_by_deadline(now, wait, deadline)
-                    event = waiter.arm()
-                event.wait(None if wait == math.inf else wait)
+                turn = self._turn(waiter, tokens, deadline, asked_at)
+                if isinstance(turn, Permit):
+                    return turn
+                waiter.sleep(turn)
         except BaseException:
             self._leave(waiter)
             raise
