@@ -379,3 +379,21 @@ async def test_keys_are_namespaced_expire_and_hold_no_secrets(
         )
         assert secret not in dump
         assert "PROMPT-TEXT" not in dump
+
+
+async def test_an_abandoned_stream_gives_its_shared_slot_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    backend = RedisBackend(redis_server.url, namespace=namespace, lease_ttl_s=30.0)
+    with Simulator(Scenario(latency=Latency(per_token_s=0.01))) as sim:
+        gov = Governor(limits=Limits(concurrency=1), backend=backend, stream_idle_timeout_s=0.5)
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), gov)
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True, max_tokens=200
+        )
+        async for _chunk in stream:
+            break  # walked away without closing: the lease (30 s) must not be what frees it
+        other = shared_gov(redis_server, namespace, limits=Limits(concurrency=1))
+        permit = await asyncio.wait_for(other.lane(CHAT, "m").acquire(0), timeout=5.0)
+        permit.release()
+        close(gov, other)
