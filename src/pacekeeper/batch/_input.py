@@ -80,7 +80,9 @@ def count_lines(path: Path) -> int:
     """The lines :func:`read_lines` yields (non-blank lines), in constant memory."""
     count = 0
     with path.open("rb") as f:
-        for raw in f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]  # noqa: PLW2901 (as read_lines does)
             if raw.strip():
                 count += 1
     return count
