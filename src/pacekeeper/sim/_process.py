@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -16,9 +15,9 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
+from ._lifecycle import StartStop
 from ._scenario import Scenario
 
 __all__ = ["LISTENING_PREFIX", "SimulatorProcess"]
@@ -30,7 +29,7 @@ LISTENING_PREFIX = "pacekeeper sim listening on "
 _SRC_DIR = str(Path(os.path.abspath(__file__)).parents[2])
 
 
-class SimulatorProcess:
+class SimulatorProcess(StartStop):
     """Runs `python -m pacekeeper.sim` in a subprocess; the same interface as Simulator.
 
     `scenario_or_args` is a Scenario (passed through a temporary TOML file) or a list of CLI
@@ -168,29 +167,6 @@ class SimulatorProcess:
     def running(self) -> bool:
         """True while the process runs."""
         return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> SimulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> SimulatorProcess:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # --- access -----------------------------------------------------------------------------
 

@@ -9,12 +9,12 @@ import importlib.util
 import logging
 import socket
 import threading
-from types import TracebackType
 from typing import Any
 
 import uvicorn
 
 from ._app import SimApp
+from ._lifecycle import StartStop
 from ._scenario import Scenario
 
 __all__ = ["Simulator", "base_url_for"]
@@ -104,7 +104,7 @@ class _Server(uvicorn.Server):
         self._started_event.set()
 
 
-class Simulator:
+class Simulator(StartStop):
     """The simulator served in a background thread with its own event loop.
 
     Usable as `with Simulator(scenario) as sim:` or `async with Simulator(scenario) as sim:`
@@ -193,29 +193,6 @@ class Simulator:
     def running(self) -> bool:
         """True while the server thread is serving."""
         return self._thread is not None and self._thread.is_alive()
-
-    def __enter__(self) -> Simulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Simulator:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # --- access -----------------------------------------------------------------------------
 
