@@ -113,7 +113,7 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pacekeeper.batch._progress import BatchProgress
-    from pacekeeper.batch._runner import BatchJob, run_batch
+    from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
     from pacekeeper.core.governor import Governor
     from pacekeeper.report import ReportRecorder
     from pacekeeper.report.summary import summary_table
@@ -135,7 +135,7 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
         gov = Governor(hooks=[recorder] if recorder is not None else [])
         job = BatchJob(input=batch, output=results, base_url=sim.base_url, api_key="demo")
 
-        async def go() -> object:
+        async def go() -> BatchResult:
             with BatchProgress(gov, total=args.requests) as display:
                 return await run_batch(job, gov, on_progress=display.update)
 
@@ -155,5 +155,4 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
         for finding in summary.findings:
             console.print(f"  - {finding.text}")
         console.print(f"report: {summary.output_path}")
-    ok = getattr(result, "all_succeeded", False)
-    return 0 if ok else 1
+    return 0 if result.all_succeeded else 1

@@ -435,28 +435,9 @@ class SharedLane(Lane):
                 [learned[0] or 0, learned[1] or 0, self._backend.key_ttl_s],
             )
 
-    def reconcile(
-        self,
-        *,
-        prompt_estimated: int,
-        prompt_actual: int | None,
-        completion_reserved: int,
-        completion_actual: int | None,
-    ) -> None:
-        if prompt_actual is None:
-            return
-        charged = math.ceil(prompt_estimated * self.prompt_scale)
-        delta = float(prompt_actual - charged)
-        if self._configured.refund_unused_completion and completion_actual is not None:
-            delta += min(0, completion_actual - completion_reserved)
-        super().reconcile(
-            prompt_estimated=prompt_estimated,
-            prompt_actual=prompt_actual,
-            completion_reserved=completion_reserved,
-            completion_actual=completion_actual,
-        )
-        with self._lock:
-            self._token_delta += delta  # sent with the next release
+    def _charge_tokens(self, delta: float) -> None:
+        super()._charge_tokens(delta)
+        self._token_delta += delta  # sent to the shared bucket with the next release
 
     def held_leases(self) -> list[str]:
         with self._lock:

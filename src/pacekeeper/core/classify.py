@@ -39,7 +39,13 @@ from pacekeeper.core.headers import (
     _snapshot,
 )
 
-__all__ = ["OutcomeKind", "Verdict", "classify_response", "verdict_for_failure"]
+__all__ = [
+    "OutcomeKind",
+    "Verdict",
+    "classify_response",
+    "describe_exception",
+    "verdict_for_failure",
+]
 
 
 class OutcomeKind(enum.Enum):
@@ -138,6 +144,16 @@ def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     if len(line) > limit:
         line = line[: limit - 1].rstrip() + "\u2026"
     return line
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception in a reason or an error body: its type and first line.
+
+    >>> describe_exception(TimeoutError("read timed out\\nmore"))
+    'TimeoutError: read timed out'
+    """
+    text = str(exc).splitlines()[0][:_MESSAGE_LIMIT] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def verdict_for_failure(kind: OutcomeKind, reason: str) -> Verdict:

@@ -27,7 +27,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pacekeeper.core.classify import OutcomeKind, Verdict, verdict_for_failure
+from pacekeeper.core.classify import (
+    OutcomeKind,
+    Verdict,
+    classify_response,
+    describe_exception,
+    verdict_for_failure,
+)
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import (
@@ -236,7 +242,9 @@ class Governor:
                 verdict = _verdict_for_exception(exc, self.wall_clock())
                 if verdict is None:
                     call.settle(
-                        permit, verdict_for_failure(OutcomeKind.OTHER, _describe(exc)), final=True
+                        permit,
+                        verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)),
+                        final=True,
                     )
                     raise
                 decision = call.settle(permit, verdict)
@@ -722,8 +730,6 @@ class Admission:
         request_id: str | None = None,
     ) -> Decision:
         """The answer's status, headers and (for errors) body; usage when known."""
-        from pacekeeper.core.classify import classify_response
-
         verdict = classify_response(
             status, headers or {}, body, now_wall_s=self._call._gov.wall_clock()
         )
@@ -753,7 +759,7 @@ class Admission:
             self._call.cancelled(self._permit)
         else:
             verdict = _verdict_for_exception(exc, self._call._gov.wall_clock())
-            self._settle(verdict or verdict_for_failure(OutcomeKind.OTHER, _describe(exc)))
+            self._settle(verdict or verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)))
 
     async def __aenter__(self) -> Admission:
         self._permit = await self._call.admit()
@@ -785,11 +791,6 @@ def _kv(fields: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 def _int_attr(obj: object, *names: str) -> int | None:
     for name in names:
         value = getattr(obj, name, None)
@@ -806,8 +807,6 @@ _CONNECTION_NAMES = frozenset(
 
 def _verdict_for_exception(exc: BaseException, now_wall_s: float) -> Verdict | None:
     """Read an SDK's exception as an outcome; None when it is not something to classify."""
-    from pacekeeper.core.classify import classify_response
-
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         response = getattr(exc, "response", None)
@@ -818,7 +817,7 @@ def _verdict_for_exception(exc: BaseException, now_wall_s: float) -> Verdict | N
         return classify_response(status, headers, body, now_wall_s=now_wall_s)
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & _TIMEOUT_NAMES or isinstance(exc, asyncio.TimeoutError):
-        return verdict_for_failure(OutcomeKind.TIMEOUT, _describe(exc))
+        return verdict_for_failure(OutcomeKind.TIMEOUT, describe_exception(exc))
     if names & _CONNECTION_NAMES:
-        return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, _describe(exc))
+        return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, describe_exception(exc))
     return None

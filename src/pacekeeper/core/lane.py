@@ -19,7 +19,7 @@ import asyncio
 import math
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
@@ -57,12 +57,6 @@ class QueueTimeout(Exception):
         super().__init__(reason)
         self.wait_s = wait_s
         self.reason = reason
-
-
-class _Waiter(Protocol):
-    cancelled: bool
-
-    def wake(self) -> None: ...
 
 
 class _AsyncWaiter:
@@ -599,18 +593,21 @@ class Lane:
         if prompt_actual is None:
             return
         with self._lock:
-            now = self._clock()
             charged_prompt = math.ceil(prompt_estimated * self.prompt_scale)
             if prompt_estimated > 0:
                 ratio = min(_SCALE_MAX, max(_SCALE_MIN, prompt_actual / prompt_estimated))
                 self.prompt_scale += _SCALE_ALPHA * (ratio - self.prompt_scale)
-            if self.tokens is None:
-                return
             delta = float(prompt_actual - charged_prompt)
             if self._configured.refund_unused_completion and completion_actual is not None:
                 delta += min(0, completion_actual - completion_reserved)
             if delta:
-                self.tokens.adjust(now=now, delta=delta)
+                self._charge_tokens(delta)
+
+    def _charge_tokens(self, delta: float) -> None:
+        """Charge (or give back) tokens after the fact; called with the lock held. A shared
+        lane also sends the correction to the shared bucket."""
+        if self.tokens is not None:
+            self.tokens.adjust(now=self._clock(), delta=delta)
 
     # -- reading --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from pacekeeper.core.classify import describe_exception
 from pacekeeper.core.errors import (
     AdmissionClosed,
     DeadlineExceeded,
@@ -96,11 +97,6 @@ def _error_body(message: str, error_type: str, code: str) -> bytes:
     return json.dumps(
         {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     ).encode()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _notes(exc: BaseException) -> str:
@@ -511,7 +507,8 @@ class ProxyApp:
                         send,
                         400,
                         "invalid_json",
-                        f"pacekeeper proxy: the request body is not valid JSON ({_describe(exc)})",
+                        "pacekeeper proxy: the request body is not valid JSON "
+                        f"({describe_exception(exc)})",
                     )
                     return
                 doc = None
@@ -537,7 +534,10 @@ class ProxyApp:
         except (httpx2.InvalidURL, ValueError) as exc:
             self.counters.refuse("invalid_url")
             await self._error(
-                send, 400, "invalid_url", f"pacekeeper proxy: bad request URL ({_describe(exc)})"
+                send,
+                400,
+                "invalid_url",
+                f"pacekeeper proxy: bad request URL ({describe_exception(exc)})",
             )
             return
         route = route_of(request.url.path)  # the lane the governed transport will use
@@ -668,7 +668,7 @@ class ProxyApp:
                 504,
                 "upstream_timeout",
                 f"pacekeeper proxy: the upstream {self._upstream_origin} did not answer in time: "
-                f"{_describe(exc)}{_notes(exc)}",
+                f"{describe_exception(exc)}{_notes(exc)}",
             )
             return
         except httpx2.TransportError as exc:
@@ -678,7 +678,7 @@ class ProxyApp:
                 502,
                 "upstream_unreachable",
                 f"pacekeeper proxy: could not get an answer from the upstream "
-                f"{self._upstream_origin}: {_describe(exc)}{_notes(exc)}",
+                f"{self._upstream_origin}: {describe_exception(exc)}{_notes(exc)}",
             )
             return
         except PacekeeperError as exc:

@@ -16,7 +16,13 @@ from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pacekeeper.core.classify import OutcomeKind, Verdict, classify_response, verdict_for_failure
+from pacekeeper.core.classify import (
+    OutcomeKind,
+    Verdict,
+    classify_response,
+    describe_exception,
+    verdict_for_failure,
+)
 from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
 
 if TYPE_CHECKING:
@@ -48,18 +54,6 @@ class Flavour:
     timeout_errors: tuple[type[BaseException], ...]
     transport_errors: tuple[type[BaseException], ...]
 
-    def response(
-        self, status: int, *, headers: Any, raw: bytes, request: Any, extensions: Any
-    ) -> Any:
-        """A response carrying ``raw`` (still encoded: the client decodes it as usual)."""
-        return self.module.Response(
-            status,
-            headers=headers,
-            stream=self.module.ByteStream(raw),
-            request=request,
-            extensions=extensions,
-        )
-
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> bytes:
         """The body as the caller will see it (gzip/br/zstd undone), for reading usage."""
         encoding = headers.get("content-encoding")
@@ -70,9 +64,9 @@ class Flavour:
 
     def verdict_for_exception(self, exc: BaseException) -> Verdict | None:
         if isinstance(exc, self.timeout_errors):
-            return verdict_for_failure(OutcomeKind.TIMEOUT, _describe(exc))
+            return verdict_for_failure(OutcomeKind.TIMEOUT, describe_exception(exc))
         if isinstance(exc, self.transport_errors):
-            return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, _describe(exc))
+            return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, describe_exception(exc))
         return None
 
 
@@ -290,7 +284,8 @@ def settle_stream(
     """A streamed answer ended (closed, broken or abandoned): record it and free the slot."""
     if error is not None:
         verdict = verdict_for_failure(
-            OutcomeKind.CONNECTION_ERROR, f"stream broke after the answer began: {_describe(error)}"
+            OutcomeKind.CONNECTION_ERROR,
+            f"stream broke after the answer began: {describe_exception(error)}",
         )
     elif abandoned:
         verdict = verdict_for_failure(
@@ -306,8 +301,3 @@ def settle_stream(
         request_id=request_id,
         final=True,
     )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

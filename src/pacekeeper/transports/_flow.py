@@ -252,7 +252,7 @@ def _stream_response(
         call.lane.learn(ok.limits)
     state = _StreamState(call, permit, ok, request_id(headers))
     cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
-    stream = cls(response.stream, state, flavour)
+    stream = cls(response.stream, state)
     return flavour.module.Response(
         response.status_code,
         headers=headers,
@@ -297,10 +297,9 @@ class _GovernedAsyncStream:
     object is simply collected, and ``__del__`` frees the slot.
     """
 
-    def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
+    def __init__(self, inner: Any, state: _StreamState) -> None:
         self._inner = inner
         self._state = state
-        self._flavour = flavour
         self._chunks: Any = None
         self._reading = False
         self._idle_since = time.monotonic()
@@ -358,10 +357,9 @@ class _GovernedAsyncStream:
 class _GovernedSyncStream:
     """The blocking twin of :class:`_GovernedAsyncStream`."""
 
-    def __init__(self, inner: Any, state: _StreamState, flavour: Flavour) -> None:
+    def __init__(self, inner: Any, state: _StreamState) -> None:
         self._inner = inner
         self._state = state
-        self._flavour = flavour
         self._chunks: Any = None
 
     def __iter__(self) -> _GovernedSyncStream:
