@@ -6,10 +6,49 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pacekeeper import __version__
 
 __all__ = ["main"]
+
+
+_VERBOSE_HELP = "log one line per request (-v), or per attempt and the server's own (-vv)"
+
+
+def add_global_flags(parser: argparse.ArgumentParser, *, dest: str) -> None:
+    """The flags every command takes, before or after its name (``-v``, ``--verbose``).
+
+    The top-level parser and each subcommand count into different ``dest``s, since a
+    subcommand's defaults would overwrite the top-level's value; :func:`verbosity` adds them.
+    """
+    parser.add_argument("-v", "--verbose", dest=dest, action="count", default=0, help=_VERBOSE_HELP)
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """How many -v were given, before and after the subcommand."""
+    return int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "sub_verbose", 0) or 0)
+
+
+def configure_logging(level: int) -> None:
+    """-v: pacekeeper's INFO lines (one per request); -vv: DEBUG (per attempt), and the HTTP
+    server's own lines (uvicorn's start-up and access lines), off below -vv."""
+    if level <= 0:
+        return
+    logging.basicConfig(
+        level=logging.DEBUG if level > 1 else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    server_level = logging.INFO if level > 1 else logging.WARNING
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(server_level)
+
+
+def _sub(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(name, **kwargs)
+    add_global_flags(sub, dest="sub_verbose")
+    return sub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,39 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
         "limits allow: pacing, adaptive concurrency, honest retries, exactly-once batches.",
     )
     parser.add_argument("--version", action="version", version=f"pacekeeper {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log outcomes (-v) or attempts (-vv)"
-    )
+    add_global_flags(parser, dest="verbose")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from pacekeeper.batch import _cli as run_cli
 
     run_cli.configure_parser(
-        commands.add_parser("run", help="run a JSONL batch through any compatible endpoint")
+        _sub(commands, "run", help="run a JSONL batch through any compatible endpoint")
     )
 
     from pacekeeper import demo
 
     demo.configure_parser(
-        commands.add_parser("demo", help="a batch against the built-in simulator (no key)")
+        _sub(commands, "demo", help="a batch against the built-in simulator (no key)")
     )
 
     from pacekeeper.sim import _cli as sim_cli
 
     sim_cli.configure_parser(
-        commands.add_parser("sim", help="serve a rate-limited OpenAI-compatible simulator")
+        _sub(commands, "sim", help="serve a rate-limited OpenAI-compatible simulator")
     )
 
     from pacekeeper.proxy import _cli as proxy_cli
 
     proxy_cli.configure_parser(
-        commands.add_parser("proxy", help="a local OpenAI-compatible gateway for every program")
+        _sub(commands, "proxy", help="a local OpenAI-compatible gateway for every program")
     )
 
     from pacekeeper.report import _cli as report_cli
 
     report_cli.configure_parser(
-        commands.add_parser("report", help="an HTML report of a run's records (the --log file)")
+        _sub(commands, "report", help="an HTML report of a run's records (the --log file)")
     )
     return parser
 
@@ -59,12 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
+    args.verbose = verbosity(args)
+    configure_logging(args.verbose)
     if args.command == "run":
         from pacekeeper.batch import _cli as run_cli
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import json
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -67,6 +69,10 @@ TOKEN_HEADER = "x-pacekeeper-token"  # noqa: S105 - a header name, not a secret
 holds the upstream key)."""
 
 _SENT_EXTENSION = "pacekeeper.proxy.sent"
+# The request being answered (method, path, arrival), for the proxy's own answers' log line.
+_CURRENT: contextvars.ContextVar[tuple[str, str, float] | None] = contextvars.ContextVar(
+    "pacekeeper_proxy_request", default=None
+)
 # Path segments that are ids of objects, not parts of a route: OpenAI-style prefixed ids
 # (file-..., batch_..., resp_..., thread_..., chatcmpl-...: an alphanumeric tail of 16 or more
 # with a digit), UUIDs, long hex or decimal numbers. Model and deployment names (dashes, short
@@ -109,6 +115,23 @@ def _transport_of(send: Send) -> Any:
     # cycle, which holds the transport. Used only to cut a stream that broke midway.
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     return transport if callable(getattr(transport, "close", None)) else None
+
+
+class _OneLinePerRequest(logging.Filter):
+    """At -v the proxy logs one line per request (its own, which also covers the requests
+    it refused): the governor's per-request line, logged on the proxy's thread, is dropped
+    (it stays at DEBUG level and for every other governor in the process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and record.thread == self.thread
+            and hasattr(record, "pacekeeper")
+        )
 
 
 class _SentSignal(httpx2.AsyncBaseTransport):
@@ -208,6 +231,8 @@ class ProxyApp:
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
         self.metrics = build_metrics(governor, self.counters)
         """The Prometheus registry behind GET /metrics (None without prometheus_client)."""
+        self._log_filter = _OneLinePerRequest()
+        logging.getLogger("pacekeeper").addFilter(self._log_filter)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -222,18 +247,22 @@ class ProxyApp:
         """Close the upstream connections and stop feeding the governor's metrics."""
         if self.metrics is not None:
             self.metrics.detach()
+        logging.getLogger("pacekeeper").removeFilter(self._log_filter)
         await self._transport.aclose()
 
     # -- ASGI -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if self._log_filter.thread is None:
+            self._log_filter.thread = threading.get_ident()
         if kind != "http":
             if kind == "lifespan":
                 await self._lifespan(receive, send)
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        _CURRENT.set((method, path, self._clock()))
         raw_path: bytes = scope.get("raw_path") or path.encode()
         base = self._base
         if method == "GET" and path == "/metrics":
@@ -297,6 +326,18 @@ class ProxyApp:
             headers.append((b"retry-after-ms", str(max(1, round(retry_after_s * 1000))).encode()))
             self.counters.refuse(code)
         await self._respond(send, status, headers, _error_body(message, error_type, code))
+        if logger.isEnabledFor(logging.INFO):
+            current = _CURRENT.get()
+            if current is not None:
+                method, path, started = current
+                logger.info(
+                    "%s %s -> %d %s (answered by the proxy) total=%.3fs",
+                    method,
+                    route_of(path),
+                    status,
+                    code,
+                    self._clock() - started,
+                )
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
         if self.metrics is None:

@@ -374,16 +374,11 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pacekeeper.proxy``."""
+    from pacekeeper.cli import add_global_flags, configure_logging
+
     parser = _Parser(prog=PROG)
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log requests (-v) or attempts (-vv)"
-    )
+    add_global_flags(parser, dest="verbose")
     configure_parser(parser)
     args = parser.parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
+    configure_logging(args.verbose)
     return run(args)
