@@ -359,3 +359,34 @@ async def test_an_empty_input_is_a_successful_run(plain_sim: Simulator, tmp_path
 )
 def test_join_url(base: str, route: str, url: str) -> None:
     assert join_url(base, route) == url
+
+
+async def test_an_api_error_keeps_the_providers_code_and_type_apart(
+    plain_sim: Simulator, tmp_path: Path
+) -> None:
+    # The simulator answers an unknown URL as OpenAI does: a 404 whose error has a type
+    # (invalid_request_error) and no code. The type is not a code.
+    line = batch_line("lost", model="gpt-4o")
+    line["url"] = "/v1/no-such-endpoint"
+    source = write_lines(tmp_path / "in.jsonl", [line, batch_line("fine", model="gpt-4o")])
+    job = job_for(plain_sim, tmp_path, source)
+    result = await run(job)
+    by_id = {r["custom_id"]: r for r in read_results(job.output)}
+    error = by_id["lost"]["error"]
+    assert error["status"] == 404
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "http_404"  # the provider gave none
+    assert "Invalid URL" in error["message"]
+    assert by_id["fine"]["error"] is None
+    assert result.errors_by_code == {"http_404": 1}
+
+
+async def test_an_api_error_with_a_code_keeps_it(start_sim: StartSim, tmp_path: Path) -> None:
+    sim = start_sim(Scenario(faults=Faults(insufficient_quota=1.0)))
+    write_batch(tmp_path / "in.jsonl", 1)
+    job = job_for(sim, tmp_path, tmp_path / "in.jsonl")
+    await run(job)
+    (record,) = read_results(job.output)
+    assert record["error"]["code"] == "insufficient_quota"
+    assert record["error"]["type"] == "insufficient_quota"
+    assert record["error"]["status"] == 429

@@ -496,27 +496,42 @@ async def _send(
                 "response": answer,
                 "error": None,
             }, True
-        code, message = "malformed_response", "the answer was not a JSON object"
+        error: dict[str, Any] = {
+            "code": "malformed_response",
+            "type": None,
+            "status": response.status_code,
+            "message": "the answer was not a JSON object",
+        }
         if record is not None and record.error:
-            message = f"{message}: {record.error}"
+            error["message"] = f"{error['message']}: {record.error}"
     else:
-        code, message = _api_error(response.status_code, body)
+        error = _api_error(response.status_code, body)
         if record is not None and record.error:
-            message = record.error[:1000]
+            error["message"] = record.error[:1000]
     return {
         "id": _new_id(),
         "custom_id": line.custom_id,
         "response": answer,
-        "error": {"code": code, "message": message},
+        "error": error,
     }, False
 
 
-def _api_error(status: int, body: Any) -> tuple[str, str]:
+def _api_error(status: int, body: Any) -> dict[str, Any]:
+    """The provider's error: its ``code`` (``http_STATUS`` when it gave none), its ``type``
+    (None when it gave none) kept apart, and the HTTP ``status`` beside them."""
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
-        code = error.get("code") or error.get("type") or f"http_{status}"
-        return str(code), str(error.get("message") or f"HTTP {status}")[:1000]
-    return f"http_{status}", (body if isinstance(body, str) and body else f"HTTP {status}")[:1000]
+        code, kind = error.get("code"), error.get("type")
+        message = str(error.get("message") or f"HTTP {status}")[:1000]
+    else:
+        code = kind = None
+        message = (body if isinstance(body, str) and body else f"HTTP {status}")[:1000]
+    return {
+        "code": str(code) if code not in (None, "") else f"http_{status}",
+        "type": str(kind) if kind not in (None, "") else None,
+        "status": status,
+        "message": message,
+    }
 
 
 def _bad_record(bad: BadLine) -> dict[str, Any]:
