@@ -327,15 +327,38 @@ def test_the_governor_is_usable_from_threads() -> None:
     assert decision.record.ok
 
 
-async def test_a_concurrency_429_does_not_teach_a_rate() -> None:
+async def test_an_in_flight_429_is_told_by_its_headers_not_its_words() -> None:
     gov = Governor()
-    call = gov.call(route="/r", model="m", tokens=0)
-    permit = await call.admit()
-    body = b'{"error": {"message": "Too many concurrent requests", "code": "rate_limit_exceeded"}}'
-    call.settle(permit, verdict(429, body=body))
     lane = gov.lane("/r", "m")
+    calls = [gov.call(route="/r", model="m", tokens=0) for _ in range(3)]
+    permits = [await call.admit() for call in calls]
+    # The message names no limit in any word we could match; the headers say the rate
+    # window had room, so the refusal was about requests in flight.
+    body = b'{"error": {"message": "Rate limit reached: too many requests in flight (limit 2)"}}'
+    headers = {"x-ratelimit-remaining-requests": "57", "retry-after": "1"}
+    calls[2].settle(permits[2], verdict(429, headers, body))
+    assert lane.discovered_rpm is None  # no rate was taught
+    assert lane.cooldown.remaining_s(now=time.monotonic()) == 0  # nobody else waits
+    assert isinstance(lane.slots, pacekeeper.core.concurrency.AimdLimit)
+    assert lane.slots.learned_cap == 2  # one fewer than were in flight at the refusal
+    for call, permit in zip(calls[:2], permits[:2], strict=True):
+        call.settle(permit, verdict(200))
+
+
+async def test_a_bare_429_at_a_new_peak_in_flight_teaches_a_cap_not_a_rate() -> None:
+    gov = Governor()
+    lane = gov.lane("/r", "m")
+    first = gov.call(route="/r", model="m", tokens=0)
+    first.settle(await first.admit(), verdict(200))  # a success with one in flight
+    calls = [gov.call(route="/r", model="m", tokens=0) for _ in range(3)]
+    permits = [await call.admit() for call in calls]
+    calls[2].settle(permits[2], verdict(429, body=b'{"error": {"message": "busy"}}'))
     assert lane.discovered_rpm is None
-    assert lane.slots.limit < 4  # the adaptive concurrency took the cut instead
+    assert lane.slots.limit == 2
+    # a bare 429 at no more in flight than has succeeded is about the rate
+    calls[0].settle(permits[0], verdict(429))
+    assert gov.lane("/r", "m").discovered_rpm is not None  # (a new expression for mypy)
+    calls[1].settle(permits[1], verdict(200))
 
 
 async def test_admit_reports_an_outcome_for_code_without_httpx() -> None:

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacekeeper.core.concurrency import Signal
+from pacekeeper.core.classify import Verdict, classify_response
+from pacekeeper.core.concurrency import AimdLimit, Signal
 from pacekeeper.core.config import Limits, RetryPolicy
-from pacekeeper.core.lane import Lane, QueueTimeout
+from pacekeeper.core.lane import Lane, QueueTimeout, _ThreadWaiter
 
 
 def make_lane(**limits: object) -> Lane:
@@ -218,26 +219,118 @@ def test_repr_shows_live_state() -> None:
     assert "rpm=60" in text
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _settled(lane: Lane, clock: _Clock, status: int, *, at: float, latency_s: float = 0.1) -> None:
+    """One attempt admitted at ``at - latency_s`` and answered with ``status`` at ``at``."""
+    clock.now = at - latency_s
+    permit = lane._grant(clock.now, 0, clock.now)
+    clock.now = at
+    lane.settle(permit, _verdict(status), now=at, max_hint_s=600.0, retry=False)
+
+
+def _verdict(status: int, headers: dict[str, str] | None = None) -> Verdict:
+    return classify_response(status, headers or {}, None, now_wall_s=0.0)
+
+
+def _clocked_lane(**limits: object) -> tuple[Lane, _Clock]:
+    clock = _Clock()
+    lane = Lane(
+        ("/v1/chat/completions", "m"),
+        limits=Limits(**limits),  # type: ignore[arg-type]
+        retry=RetryPolicy(),
+        clock=clock,
+    )
+    return lane, clock
+
+
 def test_a_hintless_429_teaches_a_rate_that_then_grows_while_used() -> None:
-    lane = make_lane()
+    lane, clock = _clocked_lane()
     assert lane.discovered_rpm is None
     for i in range(40):  # 8 successes per second for 5 s (times exact in binary)
-        lane.note_success(i * 0.125)
-    lane.throttled_without_hint(sent_at=4.9, now=5.0)
+        _settled(lane, clock, 200, at=i * 0.125 + 0.125, latency_s=0.125)
+    _settled(lane, clock, 429, at=5.0, latency_s=0.1)
     assert lane.rpm == pytest.approx(0.9 * 480, rel=0.05)
     first = lane.rpm
     assert first is not None
-    lane.throttled_without_hint(sent_at=4.95, now=5.05)  # sent before the cut: no second cut
+    _settled(lane, clock, 429, at=5.05, latency_s=0.1)  # sent before the cut: no second cut
     assert lane.rpm == first
-    lane.throttled_without_hint(sent_at=5.5, now=6.0)
+    _settled(lane, clock, 429, at=6.0, latency_s=0.5)
     assert lane.rpm == pytest.approx(0.85 * first)
 
 
-def test_a_known_rate_is_not_replaced_by_a_discovered_one() -> None:
-    lane = make_lane(rpm=600)
-    lane.throttled_without_hint(sent_at=0.0, now=1.0)
-    assert lane.rpm == 600
+def test_a_stated_limit_is_cut_by_429s_and_recovers_to_it_within_seconds() -> None:
+    lane, clock = _clocked_lane(rpm=600)
+    _settled(lane, clock, 429, at=1.0)
+    assert lane.rpm == pytest.approx(510)
     assert lane.discovered_rpm is None
+    lane._queue.append(_ThreadWaiter())  # a backlog: the limit is really wanted
+    t = 1.0
+    while lane.rpm is not None and lane.rpm < 600 and t < 10:
+        t += 0.1
+        _settled(lane, clock, 200, at=t)
+    assert lane.rpm == 600
+    assert t < 5.0
+
+
+def test_remaining_of_a_short_window_does_not_hold_pacing_below_the_stated_limit() -> None:
+    # A gateway that states 1200/min but counts remaining in one-second windows: 12 of 20 left
+    # is plenty of room, not "1% of the minute left".
+    lane, clock = _clocked_lane()
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "12"}
+    clock.now = 1.0
+    permit = lane._grant(1.0, 0, 1.0)
+    lane.settle(permit, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.rpm == 1200
+    assert lane.requests is not None
+    assert lane.requests.wait_s(now=1.2, cost=1) == 0.0
+
+
+def test_remaining_minus_what_was_sent_since_drains_the_bucket() -> None:
+    lane, clock = _clocked_lane(rpm=1200)
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    later = [lane._grant(1.0, 0, 1.0) for _ in range(3)]  # sent after the first
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "3"}
+    lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.wait_s(now=1.0, cost=1) > 0  # 3 left, 3 sent since: none now
+    for permit in later:
+        permit.release()
+
+
+def test_random_overload_answers_do_not_cut_the_window_but_a_surge_does() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    rng = random.Random(7)
+    t = 0.0
+    for _ in range(400):  # 8% random 503s
+        t += 0.05
+        _settled(lane, clock, 503 if rng.random() < 0.08 else 200, at=t)
+    assert lane.slots.decreases == 0
+    for _ in range(12):  # then the upstream really is overloaded
+        t += 0.05
+        _settled(lane, clock, 503, at=t)
+    assert lane.slots.decreases >= 1
+
+
+def test_a_hung_slot_stops_blocking_the_lane() -> None:
+    lane, clock = _clocked_lane()
+    for i in range(40):
+        _settled(lane, clock, 200, at=0.2 * i + 0.2, latency_s=0.2)
+    limit = lane.slots.limit
+    clock.now = 10.0
+    hung = [lane._grant(10.0, 0, 10.0) for _ in range(limit)]
+    assert lane._try_admit(10.1, 0) > 0  # every slot taken by requests just sent
+    assert lane._try_admit(10.0 + 2.5, 0) == 0.0  # they outlived the lane's latency
+    for permit in hung:
+        permit.release()
 
 
 async def test_closing_cuts_a_retry_wait_short() -> None:

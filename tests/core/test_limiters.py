@@ -225,11 +225,47 @@ def test_aimd_probes_slowly_past_the_window_of_the_last_loss() -> None:
     assert aimd.window < 10.0  # then a slow probe: not +4 in four round trips
 
 
-def test_aimd_opens_to_what_a_known_rate_needs_only_before_any_loss() -> None:
-    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=64))
-    aimd.open_to(20)
-    assert aimd.limit == 20
+def test_the_floor_a_rate_needs_survives_cuts() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(200)  # 20/s at 10 s per answer
+    assert aimd.limit == 200
     at_send = aimd.acquire(now=0.0)
     aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=at_send, signal=Signal.BACKPRESSURE)
-    aimd.open_to(40)  # after a loss, only AIMD moves the limit
-    assert aimd.limit == 14
+    assert aimd.limit == 200
+
+
+def test_a_learned_cap_bounds_the_floor_and_is_probed_ever_less_often() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(20)
+    aimd.learn_cap(in_flight_at_send=9, now=0.0)
+    assert aimd.limit == 8
+    # a backlog at the cap: after a while, one more slot is tried
+    t = 0.0
+    while aimd.limit == 8 and t < 60:
+        t += 0.5
+        aimd.in_flight += 1
+        aimd.release(
+            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
+        )
+    first_probe = t
+    assert aimd.limit == 9
+    aimd.learn_cap(in_flight_at_send=9, now=t)  # refused: the cap was right
+    assert aimd.limit == 8
+    while aimd.limit == 8 and t < 120:
+        t += 0.5
+        aimd.in_flight += 1
+        aimd.release(
+            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
+        )
+    assert t - first_probe >= 2 * first_probe - 1
+
+
+def test_before_any_answer_silence_doubles_the_window() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    for _ in range(4):
+        aimd.acquire(now=0.0)
+    assert aimd.waiting_for_slot(0.0) == pytest.approx(1.0)
+    aimd.waiting_for_slot(1.0)
+    assert aimd.limit == 8
+    aimd.release(now=1.5, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
+    assert aimd.waiting_for_slot(5.0) == math.inf  # an answer came: only outcomes move it now

@@ -424,8 +424,8 @@ class SharedLane(Lane):
         super().close_gate(wait_s)
         self._backend.submit("gate", [self._hash_key], [wait_s, self._backend.key_ttl_s])
 
-    def learn(self, snapshot: RateLimitSnapshot) -> None:
-        super().learn(snapshot)
+    def learn(self, snapshot: RateLimitSnapshot, permit: Permit | None = None) -> None:
+        super().learn(snapshot, permit)
         learned = (self.learned_rpm, self.learned_tpm)
         if learned != self._pushed_limits and self._configured.learn_from_headers:
             self._pushed_limits = learned

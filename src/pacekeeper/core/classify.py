@@ -1,9 +1,11 @@
 """What an outcome means: is it a success, backpressure, a permanent error, worth a retry?
 
-Every attempt ends in a :class:`Verdict`. Transports build one from an HTTP answer with
-:func:`classify_response`, or from an exception with :func:`verdict_for_failure` after mapping
-their exception classes to an :class:`OutcomeKind`. The governor acts on the verdict alone, so
-this is the one place that knows the providers' error shapes.
+Every attempt ends in a :class:`Verdict`. Surfaces build one from an HTTP answer with
+:func:`classify_response`, from any exception with :func:`verdict_for_exception` (httpx, httpx2,
+aiohttp, the openai and anthropic SDKs, asyncio: read by the names in the exception's class
+hierarchy, so the core imports none of them), or with :func:`verdict_for_failure` for a
+failure they found themselves (a malformed body). The governor acts on the verdict alone, so
+this is the one place that knows the providers' error shapes and the libraries' exceptions.
 
 Why the distinctions matter:
 
@@ -44,6 +46,7 @@ __all__ = [
     "Verdict",
     "classify_response",
     "describe_exception",
+    "verdict_for_exception",
     "verdict_for_failure",
 ]
 
@@ -106,6 +109,20 @@ _BILLING_CODES = frozenset(
         "enforced_spend_limit_reached",
     }
 )
+# Codes that say which limit refused a 429, matched exactly against the code and type fields.
+# OpenAI's type names the budget ("requests", "tokens"); a few gateways name an in-flight cap.
+# Anything else (OpenAI's generic "rate_limit_exceeded" among them, which gateways also send for
+# in-flight caps) says nothing: the lane reads the scope from the answer's structure instead.
+_RATE_SCOPE_CODES = frozenset({"requests", "tokens", "input_tokens", "output_tokens"})
+_CONCURRENCY_SCOPE_CODES = frozenset(
+    {
+        "concurrency_limit_exceeded",
+        "concurrent_requests_limit_exceeded",
+        "too_many_concurrent_requests",
+        "max_concurrency_exceeded",
+        "too_many_requests_in_flight",
+    }
+)
 # Keys whose values can carry an error code, at any depth of the error object.
 _CODE_KEYS = frozenset({"code", "type", "error_code", "reason", "status"})
 
@@ -123,6 +140,8 @@ class Verdict:
     ``hint_s`` is the server's wait hint (``retry-after-ms``, ``retry-after`` or the reset of an
     exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
     provider's error code or type, ``status`` the HTTP status (None without a response).
+    ``limit_scope`` is which limit refused a 429 when its code says so: ``"rate"`` or
+    ``"concurrency"`` (None: the code does not say; never guessed from the message's words).
     """
 
     kind: OutcomeKind
@@ -132,6 +151,7 @@ class Verdict:
     limits: RateLimitSnapshot | None = None
     error_code: str | None = None
     status: int | None = None
+    limit_scope: str | None = None
 
     @property
     def is_backpressure(self) -> bool:
@@ -336,4 +356,78 @@ def classify_response(
         limits=limits,
         error_code=error_code,
         status=status,
+        limit_scope=_limit_scope(info) if kind is OutcomeKind.RATE_LIMITED else None,
     )
+
+
+def _limit_scope(info: _ErrorInfo) -> str | None:
+    """Which limit a 429's code names, if any.
+
+    >>> _limit_scope(_ErrorInfo(code="rate_limit_exceeded", error_type="tokens"))
+    'rate'
+    >>> _limit_scope(_ErrorInfo(code="concurrency_limit_exceeded")) , _limit_scope(_NO_INFO)
+    ('concurrency', None)
+    """
+    for value in (info.code, info.error_type):
+        if value is None:
+            continue
+        code = value.strip().lower()
+        if code in _CONCURRENCY_SCOPE_CODES:
+            return "concurrency"
+        if code in _RATE_SCOPE_CODES:
+            return "rate"
+    return None
+
+
+# Exception classes by name, anywhere in the class hierarchy: httpx and httpx2
+# (TimeoutException < TransportError), openai and anthropic (APITimeoutError <
+# APIConnectionError), aiohttp (ServerTimeoutError, ClientConnectionError, ClientPayloadError),
+# the standard library (TimeoutError, ConnectionError). Timeouts are looked for first: in every
+# one of these libraries a timeout is also a connection error.
+_TIMEOUT_NAMES = frozenset(
+    {"TimeoutError", "TimeoutException", "APITimeoutError", "ServerTimeoutError"}
+)
+_CONNECTION_NAMES = frozenset(
+    {
+        "ConnectionError",
+        "APIConnectionError",
+        "TransportError",
+        "NetworkError",
+        "ConnectError",
+        "RemoteProtocolError",
+        "ClientConnectionError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+    }
+)
+
+
+def verdict_for_exception(exc: BaseException, *, now_wall_s: float) -> Verdict | None:
+    """What an exception says about an attempt; None when it is not an outcome to classify
+    (a bug in the caller's code, say), which the caller should let propagate.
+
+    An exception that carries an HTTP status (``status_code``, as the SDKs' API errors do, with
+    ``response.headers`` and ``response.content`` when they have them) is classified like the
+    answer itself; timeouts and connection errors by their class names.
+
+    >>> verdict_for_exception(TimeoutError("read timed out"), now_wall_s=0).kind.value
+    'timeout'
+    >>> verdict_for_exception(ConnectionResetError("reset"), now_wall_s=0).kind.value
+    'connection_error'
+    >>> verdict_for_exception(KeyError("x"), now_wall_s=0) is None
+    True
+    """
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        body = getattr(response, "content", None)
+        return classify_response(
+            status, headers, body if isinstance(body, bytes) else None, now_wall_s=now_wall_s
+        )
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _TIMEOUT_NAMES:
+        return verdict_for_failure(OutcomeKind.TIMEOUT, describe_exception(exc))
+    if names & _CONNECTION_NAMES:
+        return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, describe_exception(exc))
+    return None

@@ -1,8 +1,8 @@
 """How many requests may be in flight: a fixed number, or an AIMD limit that finds it.
 
 Both kinds count slots the same way; they differ only in what an outcome does to the limit.
-Outcomes are reported as a :class:`Signal`: a success, back-pressure (429, 503, 529) or
-neutral (an error that says nothing about load, or a cancellation).
+Outcomes are reported as a :class:`Signal`: a success, back-pressure (evidence of load, as the
+lane judges it) or neutral (an error that says nothing about load, or a cancellation).
 """
 
 from __future__ import annotations
@@ -76,7 +76,25 @@ class FixedLimit:
 
 
 class AimdLimit(FixedLimit):
-    """An adaptive, loss-based limit (additive increase, multiplicative decrease).
+    """An adaptive limit: slow start, then AIMD on evidence of load, under a learned cap.
+
+    Four things move it, each on its own evidence:
+
+    * **growth**: slow start (one slot per success while requests wait for a slot, so it
+      doubles every round trip) until the first sign of load, then one slot per round trip,
+      approaching the window of the last cut quickly and probing beyond it slowly (CUBIC's
+      plateau). Before any answer has come back, it also doubles every ``silence_double_s``
+      of silence: no answer yet is no evidence of load, and with 10 s answers, one slot per
+      success would take minutes to reach the hundreds a rate needs. A rejection comes back
+      fast, so an in-flight cap still shows up before the window runs far past it;
+    * **a cut** (:attr:`Signal.BACKPRESSURE`, x ``decrease_factor``, at most once per round
+      trip): the caller decides what is evidence of load (a rise in overload answers above
+      their baseline, answers that swell with queueing), never a single 503;
+    * **a floor** (:meth:`set_floor`): what a known rate needs in flight (rate x latency), so
+      that noise can never cut the limit below what pacing already keeps safe;
+    * **a cap** (:meth:`learn_cap`): a server's in-flight limit, learned from the number in
+      flight at a structural in-flight rejection. It is probed (+1) after ``probe_after_s``
+      spent at it with a backlog; each probe that is refused doubles the time to the next.
 
     >>> aimd = AimdLimit(AdaptiveConcurrency(initial=4))
     >>> sent = [aimd.acquire(now=0.0) for _ in range(4)]
@@ -86,16 +104,31 @@ class AimdLimit(FixedLimit):
     >>> aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=4, signal=Signal.BACKPRESSURE)
     >>> aimd  # cut to 70%
     <AimdLimit 2/3 in flight (3.50, decreases 1)>
+    >>> aimd.learn_cap(in_flight_at_send=3, now=1.0)
+    >>> aimd.limit, aimd.learned_cap
+    (2, 2)
     """
 
     __slots__ = (
+        "_answered",
+        "_cap_since",
         "_last_decrease_at",
         "_loss_window",
+        "_probe_after_s",
+        "_probing",
         "_settings",
+        "_silence_since",
         "_ssthresh",
         "_window",
+        "ceiling",
         "decreases",
+        "floor",
+        "learned_cap",
     )
+
+    silence_double_s = 1.0
+    """Before any answer, the window doubles every this many seconds of silence."""
+    first_probe_after_s = 10.0
 
     def __init__(self, settings: AdaptiveConcurrency) -> None:
         super().__init__(settings.initial)
@@ -104,11 +137,22 @@ class AimdLimit(FixedLimit):
         self._ssthresh = math.inf
         self._loss_window = math.inf
         self._last_decrease_at = -math.inf
+        self._answered = False
+        self._silence_since: float | None = None
         self.decreases = 0
+        self.floor = 0
+        """Slots a known rate needs (rate x mean latency); cuts never go below it."""
+        self.learned_cap: int | None = None
+        """The server's in-flight limit, as learned from its rejections (None: none seen)."""
+        self.ceiling: int | None = None
+        """A hard ceiling from outside (the HTTP client's connection pool)."""
+        self._cap_since = math.inf
+        self._probe_after_s = self.first_probe_after_s
+        self._probing = False
 
     @property
     def window(self) -> float:
-        """The exact (fractional) limit; ``limit`` is its integer part."""
+        """The exact (fractional) window; ``limit`` also honours the floor and the cap."""
         return self._window
 
     def release(
@@ -121,6 +165,7 @@ class AimdLimit(FixedLimit):
         backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
+        self._answered = True
         s = self._settings
         if signal is Signal.BACKPRESSURE:
             # Once per round trip: an answer to a request sent before the last cut describes the
@@ -134,43 +179,99 @@ class AimdLimit(FixedLimit):
         elif signal is Signal.SUCCESS and (
             backlog or in_flight_at_send >= s.utilisation_to_grow * self._limit
         ):
-            # Slow start (one slot per success) until the first cut, then one per round trip.
-            # Then, like CUBIC's plateau, approach the window of the last loss quickly and
-            # probe beyond it slowly: each probe past a real ceiling costs one 429.
-            if self._window < self._ssthresh:
-                step = 1.0
-            elif self._window + 1.0 < self._loss_window:
-                step = 1.0 / self._window
-            else:
-                step = _PROBE / self._window
-            self._window = min(float(s.max), self._window + step)
-        self._limit = max(s.min, int(self._window))
+            self._grow()
+            if backlog:
+                self._probe_cap(now)
+        self._update()
 
-    def open_to(self, limit: float) -> None:
-        """Raise the window to ``limit`` while no loss has been seen (still in slow start).
+    def _grow(self) -> None:
+        s = self._settings
+        # Slow start (one slot per success) until the first cut, then one per round trip.
+        # Then, like CUBIC's plateau, approach the window of the last loss quickly and
+        # probe beyond it slowly: each probe past a real ceiling costs one 429.
+        if self._window < self._ssthresh:
+            step = 1.0
+        elif self._window + 1.0 < self._loss_window:
+            step = 1.0 / self._window
+        else:
+            step = _PROBE / self._window
+        # Growing a window the cap or the floor already overrides only inflates it.
+        top = float(s.max)
+        if self.learned_cap is not None:
+            top = min(top, self.learned_cap + 1.0)
+        self._window = min(top, self._window + step)
 
-        When a rate limit is known, the slots a paced stream needs are rate x latency; growing
-        to that one success at a time would leave the first round trips below the rate.
-        """
-        if self._ssthresh == math.inf and limit > self._window:
-            self._window = min(float(self._settings.max), limit)
-            self._limit = max(self._settings.min, int(self._window))
+    def waiting_for_slot(self, now: float) -> float:
+        """The head of the queue waits for a slot: before any answer, silence grows the window.
+
+        Returns seconds until the next growth (inf: none due); call again then."""
+        if self._answered or self._ssthresh != math.inf:
+            self._silence_since = None
+            return math.inf
+        if self._silence_since is None:
+            self._silence_since = now
+        due = self._silence_since + self.silence_double_s
+        if now < due:
+            return due - now
+        self._silence_since = now
+        self._window = min(float(self._settings.max), self._window * 2.0)
+        self._update()
+        return self.silence_double_s
+
+    def set_floor(self, slots: int) -> None:
+        """What a known rate needs in flight: the limit stays at least this (below the cap)."""
+        self.floor = slots
+        self._update()
+
+    def learn_cap(self, *, in_flight_at_send: int, now: float) -> None:
+        """A structural in-flight rejection of a request sent with ``in_flight_at_send`` in
+        flight (ours, this one included, which is never fewer than the server counts: it
+        freed every slot we still hold): at most one fewer fit."""
+        cap = max(self._settings.min, in_flight_at_send - 1)
+        if self._probing and self.learned_cap is not None and cap >= self.learned_cap - 1:
+            self._probe_after_s *= 2.0  # the probe found the real cap: probe less often
+        self._probing = False
+        if self.learned_cap is None or cap < self.learned_cap:
+            self.learned_cap = cap
+        self._ssthresh = min(self._ssthresh, float(self.learned_cap))
+        self._window = min(self._window, float(self.learned_cap))
+        self._cap_since = now
+        self._update()
+
+    def _probe_cap(self, now: float) -> None:
+        cap = self.learned_cap
+        if cap is None or self._limit < cap:
+            return
+        if self._cap_since == math.inf:
+            self._cap_since = now
+        elif now - self._cap_since >= self._probe_after_s:
+            self.learned_cap = cap + 1
+            self._probing = True
+            self._cap_since = now
+
+    def _update(self) -> None:
+        s = self._settings
+        limit = max(int(self._window), self.floor)
+        if self.learned_cap is not None:
+            limit = min(limit, self.learned_cap)
+        if self.ceiling is not None:
+            limit = min(limit, self.ceiling)
+        self._limit = max(min(s.min, self.ceiling or s.min), min(limit, s.max))
 
     def cap(self, ceiling: int) -> None:
-        self._settings = AdaptiveConcurrency(
-            initial=min(self._settings.initial, ceiling),
-            min=min(self._settings.min, ceiling),
-            max=min(self._settings.max, ceiling),
-            decrease_factor=self._settings.decrease_factor,
-            utilisation_to_grow=self._settings.utilisation_to_grow,
-        )
+        self.ceiling = ceiling if self.ceiling is None else min(ceiling, self.ceiling)
         self._window = min(self._window, float(ceiling))
-        self._limit = max(self._settings.min, int(self._window))
+        self._update()
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.floor:
+            extra += f", floor {self.floor}"
+        if self.learned_cap is not None:
+            extra += f", cap {self.learned_cap}"
         return (
             f"<AimdLimit {self.in_flight}/{self._limit} in flight "
-            f"({self._window:.2f}, decreases {self.decreases})>"
+            f"({self._window:.2f}, decreases {self.decreases}{extra})>"
         )
 
 

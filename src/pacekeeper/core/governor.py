@@ -32,6 +32,7 @@ from pacekeeper.core.classify import (
     Verdict,
     classify_response,
     describe_exception,
+    verdict_for_exception,
     verdict_for_failure,
 )
 from pacekeeper.core.concurrency import Signal
@@ -49,6 +50,7 @@ from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
+from pacekeeper.core.tokens import route_generates
 
 if TYPE_CHECKING:
     from pacekeeper.core.backend import Backend
@@ -178,7 +180,9 @@ class Governor:
         """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
         ``tag`` is copied into its records (e.g. a batch line's custom_id)."""
         lane = self.lane(route, model)
-        reserve = lane.limits.default_completion_tokens
+        # Only routes that generate reserve an answer; embeddings, moderations and the like
+        # cost their input alone.
+        reserve = lane.limits.default_completion_tokens if route_generates(route) else 0
         if estimate is not None:
             prompt = estimate.prompt_tokens
             completion = (
@@ -239,7 +243,7 @@ class Governor:
                 call.cancelled(permit)
                 raise
             except Exception as exc:
-                verdict = _verdict_for_exception(exc, self.wall_clock())
+                verdict = verdict_for_exception(exc, now_wall_s=self.wall_clock())
                 if verdict is None:
                     call.settle(
                         permit,
@@ -391,9 +395,10 @@ class Call:
         cost = self.cost
         tpm = self.lane.tpm
         if tpm is not None and cost > tpm:
+            prompt = cost - self.completion_tokens  # as charged: the learned scale applied
             raise RequestTooLarge(
                 f"{self._where()}: this request needs about {cost} tokens (prompt "
-                f"{self.prompt_tokens} + {self.completion_tokens} reserved for the answer), more "
+                f"{prompt} + {self.completion_tokens} reserved for the answer), more "
                 f"than the whole limit of {tpm:g} tokens per minute, so it can never be admitted. "
                 "Lower max_tokens or split the input.",
                 route=self.route,
@@ -465,18 +470,15 @@ class Call:
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
-        if verdict.limits is not None:
-            lane.learn(verdict.limits)
-        if kind is OutcomeKind.RATE_LIMITED:
-            # A 429 for too many requests in flight is the concurrency limit's business (AIMD
-            # cuts it below); only a hintless 429 about the rate teaches a rate.
-            if verdict.hint_s is not None:
-                if not is_testing():
-                    lane.close_gate(min(verdict.hint_s, gov.retry.max_hint_s))
-            elif "concurren" not in verdict.reason.lower():
-                lane.throttled_without_hint(sent_at=permit.sent_at, now=now)
-        elif kind is OutcomeKind.OK:
-            lane.note_success(now, latency_s)
+        lane.settle(
+            permit,
+            verdict,
+            now=now,
+            max_hint_s=gov.retry.max_hint_s,
+            retry=self.attempt > 1,
+            hold=hold,
+            gate=not is_testing(),
+        )
         if kind is OutcomeKind.OK and prompt_tokens is not None:
             lane.reconcile(
                 prompt_estimated=self.prompt_tokens,
@@ -484,15 +486,6 @@ class Call:
                 completion_reserved=self.completion_tokens,
                 completion_actual=completion_tokens,
             )
-        signal = (
-            Signal.SUCCESS
-            if kind is OutcomeKind.OK
-            else Signal.BACKPRESSURE
-            if verdict.is_backpressure
-            else Signal.NEUTRAL
-        )
-        if not hold:
-            permit.release(signal)
 
         error: RequestFailed | None = None
         delay_s = 0.0
@@ -500,15 +493,6 @@ class Call:
         if kind is not OutcomeKind.OK:
             retry, delay_s, error = self._decide(verdict, now, final)
 
-        rate_limited = kind is OutcomeKind.RATE_LIMITED
-        with lane._lock:
-            lane.stats.on_attempt(
-                status=verdict.status,
-                rate_limited=rate_limited,
-                latency_s=latency_s,
-                retry=self.attempt > 1,
-                at=now,
-            )
         # Built only when someone reads it: this runs once per attempt on the hot path.
         if gov.hooks or logger.isEnabledFor(logging.DEBUG):
             attempt_record = AttemptRecord(
@@ -758,7 +742,7 @@ class Admission:
         elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
             self._call.cancelled(self._permit)
         else:
-            verdict = _verdict_for_exception(exc, self._call._gov.wall_clock())
+            verdict = verdict_for_exception(exc, now_wall_s=self._call._gov.wall_clock())
             self._settle(verdict or verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)))
 
     async def __aenter__(self) -> Admission:
@@ -796,28 +780,4 @@ def _int_attr(obj: object, *names: str) -> int | None:
         value = getattr(obj, name, None)
         if isinstance(value, int):
             return value
-    return None
-
-
-_TIMEOUT_NAMES = frozenset({"TimeoutError", "TimeoutException", "APITimeoutError"})
-_CONNECTION_NAMES = frozenset(
-    {"ConnectionError", "APIConnectionError", "TransportError", "NetworkError", "ConnectError"}
-)
-
-
-def _verdict_for_exception(exc: BaseException, now_wall_s: float) -> Verdict | None:
-    """Read an SDK's exception as an outcome; None when it is not something to classify."""
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None) or {}
-        body = getattr(response, "content", None)
-        if not isinstance(body, bytes):
-            body = None
-        return classify_response(status, headers, body, now_wall_s=now_wall_s)
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & _TIMEOUT_NAMES or isinstance(exc, asyncio.TimeoutError):
-        return verdict_for_failure(OutcomeKind.TIMEOUT, describe_exception(exc))
-    if names & _CONNECTION_NAMES:
-        return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, describe_exception(exc))
     return None

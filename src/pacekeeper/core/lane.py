@@ -11,6 +11,23 @@ is exact because nobody races the head. Retries join at the front: they are the 
 The lane is thread-safe (one lock around the pure state), and its waiters may be asyncio
 tasks on any event loop or plain threads: a wake from another thread goes through
 ``call_soon_threadsafe``. That is what lets the async and sync transports share one governor.
+
+What the lane learns from outcomes (:meth:`Lane.settle`, one lock per attempt) is evidence, each
+kind moving one thing:
+
+* a stated limit (configured, ``x-ratelimit-limit-*``) is the ceiling of the pacing rate
+  (:mod:`~pacekeeper.core.rate`); a 429 about the rate cuts below it, successes recover;
+* ``remaining`` is the provider's headroom when it counted our request, in a window of whatever
+  length it uses (a minute at OpenAI, a second at some gateways, 10 s at Azure). Less what we
+  sent since and plus what refilled since, it is the headroom now; the request bucket is drained
+  to it when it is lower. Never read as a fraction of a minute;
+* a 429 about requests in flight (told apart by structure: the answer's own remaining says the
+  window had room, or it came at a new peak of requests in flight) teaches the concurrency cap;
+* overload answers (503, 529, timeouts) cut the concurrency window only when their recent share
+  rises above this upstream's baseline (:mod:`~pacekeeper.core.congestion`); answers that swell
+  as requests queue cut it too (:mod:`~pacekeeper.core.latency`), which is all a self-hosted
+  server that never answers 429 says;
+* a slot held far past the lane's normal latency (a hung request) stops blocking the others.
 """
 
 from __future__ import annotations
@@ -23,14 +40,19 @@ from typing import TYPE_CHECKING
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
+from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
+from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
 from pacekeeper.core.errors import AdmissionClosed
+from pacekeeper.core.latency import LatencyTracker
+from pacekeeper.core.rate import PacedRate
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
     from pacekeeper.core.headers import RateLimitSnapshot
 
@@ -44,10 +66,11 @@ _SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
 # scripts), so the learned scale may go well below 1.
 _SCALE_MIN, _SCALE_MAX = 0.3, 3.0
 _LIMITS_READ_EVERY_S = 0.1
-_RATE_WINDOW_S = 5.0  # successes counted for the accepted rate
-_DISCOVERY_GROWTH_RPM = 1.2  # per success: +2% of the rate per second at any rate
-_DISCOVERY_RECOVERY_RPM = 6.0  # per success: +10% per second, back towards the last 429
-_MIN_DISCOVERED_RPM = 6.0
+_FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a quarter more
+_SWOLLEN = 1.5  # answers this much slower than unloaded: the upstream queues our requests
+_STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
+_STALE_MIN_S = 2.0
+_OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
 class QueueTimeout(Exception):
@@ -125,11 +148,13 @@ class Permit:
 
     __slots__ = (
         "_lane",
+        "charged_before",
         "in_flight_at_send",
         "lease",
         "queued_s",
         "released",
         "sent_at",
+        "seq",
         "tokens",
     )
 
@@ -142,8 +167,14 @@ class Permit:
         tokens: int,
         queued_s: float,
         lease: object = None,
+        seq: int = 0,
+        charged_before: float = 0.0,
     ) -> None:
         self._lane = lane
+        self.seq = seq
+        """The lane's admission count with this one: later ones were sent after it."""
+        self.charged_before = charged_before
+        """Tokens the lane had charged before this one (what was sent after it, in tokens)."""
         self.lease = lease
         """A shared backend's handle on the slot (None for local slots)."""
         self.sent_at = sent_at
@@ -172,28 +203,32 @@ class Lane:
     """The admission state and waiting queue of one (route, model)."""
 
     __slots__ = (
+        "_admitted",
         "_cancelled_waiting",
+        "_charged",
         "_clock",
         "_configured",
-        "_discovery_cut_at",
         "_lock",
         "_next_limits_read",
+        "_outstanding",
         "_queue",
-        "_rpm_at_loss",
         "_sleepers",
-        "_successes",
+        "_success_peak_in_flight",
         "budget",
         "closed",
+        "congestion",
         "cooldown",
-        "discovered_rpm",
         "key",
+        "latency",
         "learned_rpm",
         "learned_tpm",
         "local_share",
         "prompt_scale",
+        "request_rate",
         "requests",
         "slots",
         "stats",
+        "token_rate",
         "tokens",
     )
 
@@ -220,15 +255,22 @@ class Lane:
         self.requests: TokenBucket | None = None
         self.tokens: TokenBucket | None = None
         self.learned_rpm: float | None = None
+        """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
+        self.request_rate = PacedRate()
+        self.token_rate = PacedRate()
+        self.congestion = CongestionDetector()
+        self.latency = LatencyTracker()
         self.prompt_scale = 1.0
-        self.discovered_rpm: float | None = None
-        self._discovery_cut_at = -math.inf
-        self._rpm_at_loss = math.inf
-        self._successes: deque[float] = deque()
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
+        self._admitted = 0
+        self._charged = 0.0
+        # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
+        # the permits: a permit dropped without release must still be collected (and release).
+        self._outstanding: dict[int, float] = {}
+        self._success_peak_in_flight = 0
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
             AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
@@ -239,7 +281,7 @@ class Lane:
             maximum=retry.retry_budget_max,
         )
         self.stats = KeyStats(route=key[0], model=key[1])
-        self._apply_rates(now=clock())
+        self._state_ceilings(now=clock())
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -249,14 +291,23 @@ class Lane:
 
     @property
     def rpm(self) -> float | None:
-        """The requests-per-minute limit in force: configured, learned from headers (the lower
-        of both), else discovered from 429s that came without any hint."""
-        known = _lower(self._configured.rpm, self.learned_rpm)
-        return known if known is not None else self.discovered_rpm
+        """The requests-per-minute rate in force: the stated limit (configured or from headers,
+        the lower of both) lowered by 429s, or one discovered from 429s that stated nothing."""
+        return self.request_rate.rpm
 
     @property
     def tpm(self) -> float | None:
-        return _lower(self._configured.tpm, self.learned_tpm)
+        return self.token_rate.rpm
+
+    @property
+    def discovered_rpm(self) -> float | None:
+        """The rate found from hintless 429s when no limit was ever stated (else None)."""
+        return self.request_rate.rpm if self.request_rate.discovered else None
+
+    def _state_ceilings(self, *, now: float) -> None:
+        self.request_rate.state_ceiling(_lower(self._configured.rpm, self.learned_rpm))
+        self.token_rate.state_ceiling(_lower(self._configured.tpm, self.learned_tpm))
+        self._apply_rates(now=now)
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
@@ -286,53 +337,13 @@ class Lane:
             return True
         return False
 
-    def note_success(self, now: float, latency_s: float = 0.0) -> None:
-        """A success: counted for the accepted rate; a discovered rate grows by 2% per second
-        of successes while requests are queued behind it (the limit is really used); and with
-        a known rate, an adaptive limit still in slow start opens to what the rate needs
-        (rate x latency, with half again for the spread of latencies)."""
-        with self._lock:
-            rpm = self.rpm
-            if rpm is not None and isinstance(self.slots, AimdLimit):
-                self.slots.open_to(
-                    math.ceil(rpm * self._configured.utilisation / 60.0 * latency_s * 1.5)
-                )
-            successes = self._successes
-            successes.append(now)
-            while successes and now - successes[0] > _RATE_WINDOW_S:
-                successes.popleft()
-            if self.discovered_rpm is not None and self._queue:
-                # Back quickly to just under the rate of the last 429, then probe slowly.
-                fast = self.discovered_rpm < 0.95 * self._rpm_at_loss
-                self.discovered_rpm += _DISCOVERY_RECOVERY_RPM if fast else _DISCOVERY_GROWTH_RPM
-                self._apply_rates(now=now)
-
-    def throttled_without_hint(self, *, sent_at: float, now: float) -> None:
-        """A 429 that says nothing (no limit, no reset, no retry-after), as many gateways send.
-
-        With no known rate, the lane discovers one: the first time, 90% of the highest rate
-        accepted over one second lately (what the server was letting through just before it
-        refused); after that, a cut to 85% at most once per round trip (answers to requests
-        sent before the last cut say nothing new). Successes raise it again: quickly (+10% a
-        second) back to just under the rate of the last 429, slowly (+2%) beyond it.
-        """
-        with self._lock:
-            if _lower(self._configured.rpm, self.learned_rpm) is not None:
-                return  # a known limit: pacing is right, the cooldown and backoff handle it
-            if self.discovered_rpm is None:
-                self._rpm_at_loss = 60.0 * _peak_per_second(self._successes)
-                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.9 * self._rpm_at_loss)
-            elif sent_at >= self._discovery_cut_at:
-                self._rpm_at_loss = self.discovered_rpm
-                self.discovered_rpm = max(_MIN_DISCOVERED_RPM, 0.85 * self.discovered_rpm)
-            else:
-                return
-            self._discovery_cut_at = now
-            self._apply_rates(now=now)
-
-    def learn(self, snapshot: RateLimitSnapshot) -> None:
+    def learn(self, snapshot: RateLimitSnapshot, permit: Permit | None = None) -> None:
         """Adopt the limits a response's headers state (when learning is on), and drain our
-        buckets to the provider's reported level when it is lower than ours."""
+        buckets to the provider's headroom when it is lower than ours.
+
+        ``remaining`` is what was left when the provider counted ``permit``'s request, in a
+        window of its own choosing; less what this lane sent after it, plus what the stated
+        rate refilled since, it is the headroom now (see the module docstring)."""
         if not self._configured.learn_from_headers:
             return
         rpm = snapshot.limit_requests
@@ -352,10 +363,25 @@ class Lane:
                 self.learned_tpm = float(tpm)
                 changed = True
             if changed:
-                self._apply_rates(now=now)
+                self._state_ceilings(now=now)
                 self._wake_head()
-            _sync_level(self.requests, now, snapshot.remaining_requests, rpm)
-            _sync_level(self.tokens, now, remaining_tokens, tpm)
+            if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
+                return
+            elapsed_s = max(0.0, now - permit.sent_at)
+            if snapshot.remaining_requests is not None and self.requests is not None:
+                sent_since = self._admitted - permit.seq
+                self.requests.drain_to(
+                    now=now,
+                    level=snapshot.remaining_requests
+                    - sent_since
+                    + self.requests.rate_per_s * elapsed_s,
+                )
+            if remaining_tokens is not None and self.tokens is not None:
+                charged_since = self._charged - permit.charged_before - permit.tokens
+                self.tokens.drain_to(
+                    now=now,
+                    level=remaining_tokens - charged_since + self.tokens.rate_per_s * elapsed_s,
+                )
 
     # -- admission ------------------------------------------------------------------------
 
@@ -373,13 +399,45 @@ class Lane:
             wait = max(wait, self.tokens.wait_s(now=now, cost=tokens))
         if wait > 0.0:
             return wait
-        if not self.slots.has_room():
-            return math.inf
+        slot_wait = self._slot_wait(now)
+        if slot_wait > 0.0:
+            return slot_wait
         if self.requests is not None:
             self.requests.spend(now=now, cost=1)
         if self.tokens is not None and tokens:
             self.tokens.spend(now=now, cost=tokens)
         return 0.0
+
+    def _slot_wait(self, now: float) -> float:
+        """0.0 when a slot is free; else how long until one may be (inf: until a release).
+
+        Slots held far past the lane's normal latency (hung requests) stop counting against
+        an adaptive limit, and before any answer the adaptive window grows with silence."""
+        slots = self.slots
+        if slots.in_flight < slots.limit:
+            return 0.0
+        if not isinstance(slots, AimdLimit):
+            return math.inf
+        wait = slots.waiting_for_slot(now)
+        if slots.in_flight < slots.limit:
+            return 0.0
+        stale_after_s = self._stale_after_s()
+        if stale_after_s is not None and self._outstanding:
+            stale = 0
+            for sent_at in self._outstanding.values():
+                age = now - sent_at
+                if age < stale_after_s:
+                    wait = min(wait, stale_after_s - age)
+                    break
+                stale += 1
+            if slots.in_flight - stale < slots.limit:
+                return 0.0
+        return wait
+
+    def _stale_after_s(self) -> float | None:
+        if not self.latency.known:
+            return None
+        return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
 
     def _waiting_for_slot(self) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
@@ -403,9 +461,20 @@ class Lane:
 
     def _grant(self, now: float, tokens: int, asked_at: float) -> Permit:
         in_flight = self.slots.acquire(now=now)
-        return Permit(
-            self, sent_at=now, in_flight_at_send=in_flight, tokens=tokens, queued_s=now - asked_at
+        self._admitted += 1
+        charged_before = self._charged
+        self._charged += tokens
+        permit = Permit(
+            self,
+            sent_at=now,
+            in_flight_at_send=in_flight,
+            tokens=tokens,
+            queued_s=now - asked_at,
+            seq=self._admitted,
+            charged_before=charged_before,
         )
+        self._outstanding[id(permit)] = now
+        return permit
 
     def _leave(self, waiter: _AsyncWaiter | _ThreadWaiter) -> None:
         """A waiter gives up (cancelled, deadline): forget it, and hand the head on."""
@@ -564,6 +633,7 @@ class Lane:
 
     def release(self, permit: Permit, signal: Signal) -> None:
         with self._lock:
+            self._outstanding.pop(id(permit), None)
             self.slots.release(
                 now=self._clock(),
                 sent_at=permit.sent_at,
@@ -574,6 +644,112 @@ class Lane:
             self._wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
+
+    def settle(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        *,
+        now: float,
+        max_hint_s: float,
+        retry: bool,
+        hold: bool = False,
+        gate: bool = True,
+    ) -> None:
+        """Everything an attempt's outcome teaches the lane, under one lock: the limits its
+        headers state, the rate (a 429 about the rate) or the in-flight cap (a 429 about
+        requests in flight), the evidence of load, the latency; then the slot is released
+        (unless ``hold``: a stream keeps it until closed) and the attempt counted.
+
+        ``gate`` False keeps a hinted 429 from closing the cooldown gate (tests that make
+        retries instant)."""
+        kind = verdict.kind
+        latency_s = now - permit.sent_at
+        with self._lock:
+            if verdict.limits is not None:
+                self.learn(verdict.limits, permit)
+            signal = Signal.NEUTRAL
+            if kind is OutcomeKind.OK:
+                signal = self._succeeded(permit, now, latency_s)
+            elif kind is OutcomeKind.RATE_LIMITED:
+                self._throttled(permit, verdict, now, max_hint_s=max_hint_s, gate=gate)
+            elif kind in _OVERLOAD_KINDS:
+                if self.congestion.observe(overload=True):
+                    signal = Signal.BACKPRESSURE
+            else:
+                self.congestion.observe(overload=False)
+            if hold:
+                # A stream answered: it is no longer a candidate for a hung request.
+                self._outstanding.pop(id(permit), None)
+            else:
+                permit.release(signal)
+            self.stats.on_attempt(
+                status=verdict.status,
+                rate_limited=kind is OutcomeKind.RATE_LIMITED,
+                latency_s=latency_s,
+                retry=retry,
+                at=now,
+            )
+
+    def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
+        self.congestion.observe(overload=False)
+        self.latency.observe(latency_s)
+        self._success_peak_in_flight = max(self._success_peak_in_flight, permit.in_flight_at_send)
+        backlog = bool(self._queue)
+        moved = self.request_rate.succeeded(now=now, backlog=backlog)
+        moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
+        if moved:
+            self._apply_rates(now=now)
+        slots = self.slots
+        if not isinstance(slots, AimdLimit):
+            return Signal.SUCCESS
+        rpm = self.rpm
+        if rpm is not None:
+            share = self._configured.utilisation * self.local_share
+            slots.set_floor(math.ceil(rpm * share / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
+        # Answers that swell as more are in flight: the upstream queues them (all a server
+        # that never answers 429 says about its capacity).
+        return Signal.BACKPRESSURE if self.latency.swollen(_SWOLLEN) else Signal.SUCCESS
+
+    def _throttled(
+        self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
+    ) -> None:
+        self.congestion.observe(overload=False)
+        if self._is_in_flight_rejection(permit, verdict):
+            # Only this request waits: its hint is about a slot, not about the rate.
+            if isinstance(self.slots, AimdLimit):
+                self.slots.learn_cap(in_flight_at_send=permit.in_flight_at_send, now=now)
+            return
+        if verdict.hint_s is not None and gate:
+            self.cooldown.close_until(now + min(verdict.hint_s, max_hint_s))
+        limits = verdict.limits
+        tokens_out = (
+            limits is not None
+            and self.token_rate.rpm is not None
+            and limits.remaining_tokens is not None
+            and limits.remaining_tokens < permit.tokens
+        )
+        rate = self.token_rate if tokens_out else self.request_rate
+        if rate.throttled(sent_at=permit.sent_at, now=now):
+            self._apply_rates(now=now)
+
+    def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
+        """Whether a 429 is about requests in flight rather than the rate, read from structure,
+        never from the message's words: the code says so, or the answer's own rate-limit
+        headers show room for this request, or (with no headers) it came at a new peak of
+        requests in flight, more than any that succeeded."""
+        if verdict.limit_scope is not None:
+            return verdict.limit_scope == "concurrency"
+        limits = verdict.limits
+        if limits is not None and (
+            limits.remaining_requests is not None or limits.remaining_tokens is not None
+        ):
+            requests_room = limits.remaining_requests is None or limits.remaining_requests >= 1
+            tokens_room = (
+                limits.remaining_tokens is None or limits.remaining_tokens >= permit.tokens
+            )
+            return requests_room and tokens_room
+        return permit.in_flight_at_send > max(1, self._success_peak_in_flight)
 
     def close_gate(self, wait_s: float) -> None:
         """After a 429 with a hint: nobody on this lane goes before the hinted time."""
@@ -630,28 +806,12 @@ class Lane:
         route, model = self.key
         return (
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
-            f"rpm={self.rpm} tpm={self.tpm} {self.cooldown!r}>"
+            f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}>"
         )
 
 
-def _peak_per_second(times: deque[float]) -> float:
-    """The most events in any one-second window of ``times`` (sorted), per second."""
-    ts = list(times)  # a deque indexes in O(n)
-    peak, start = 0, 0
-    for end, t in enumerate(ts):
-        while t - ts[start] >= 1.0:  # the window [t - 1 s, t], half-open at the old end
-            start += 1
-        peak = max(peak, end - start + 1)
-    return float(peak)
-
-
-def _sync_level(
-    bucket: TokenBucket | None, now: float, remaining: int | None, limit: int | None
-) -> None:
-    # The provider's remaining/limit is the fill of its own bucket; ours is smaller (a shorter
-    # burst), so we apply the same fraction to it.
-    if bucket is not None and remaining is not None and limit:
-        bucket.drain_to(now=now, level=bucket.burst * max(0.0, min(1.0, remaining / limit)))
+def _number(value: float | None) -> str:
+    return "None" if value is None else f"{value:.6g}"
 
 
 def _lower(a: float | None, b: float | None) -> float | None:

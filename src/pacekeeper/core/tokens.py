@@ -72,6 +72,7 @@ __all__ = [
     "TokenEstimate",
     "count_text_tokens",
     "estimate_request_tokens",
+    "route_generates",
 ]
 
 IMAGE_TOKENS = 1_600
@@ -602,6 +603,34 @@ def _any_text(value: object) -> str:
             return repr(value)
         except Exception:
             return ""
+
+
+_GENERATING_SUFFIXES = (
+    "/chat/completions",
+    "/completions",
+    "/responses",
+    "/messages",
+    ":generateContent",
+    ":streamGenerateContent",
+    "/generate",
+    "/generate_stream",
+    "/api/chat",
+    "/api/generate",
+)
+
+
+def route_generates(route: str) -> bool:
+    """Whether a route's answer is generated text that costs completion tokens (chat,
+    completions, responses, messages, and the self-hosted servers' generate routes), as
+    opposed to embeddings, moderations, files and the like, which cost their input alone.
+    An unnamed route (``"/"``, as :meth:`Governor.run` defaults to) may generate.
+
+    >>> route_generates("/v1/chat/completions"), route_generates("/v1/embeddings")
+    (True, False)
+    >>> route_generates("/openai/deployments/{id}/chat/completions"), route_generates("/")
+    (True, True)
+    """
+    return route == "/" or route.endswith(_GENERATING_SUFFIXES)
 
 
 def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None) -> TokenEstimate:

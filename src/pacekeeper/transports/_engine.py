@@ -21,6 +21,7 @@ from pacekeeper.core.classify import (
     Verdict,
     classify_response,
     describe_exception,
+    verdict_for_exception,
     verdict_for_failure,
 )
 from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
@@ -51,8 +52,6 @@ class Flavour:
 
     name: str
     module: ModuleType
-    timeout_errors: tuple[type[BaseException], ...]
-    transport_errors: tuple[type[BaseException], ...]
 
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> bytes:
         """The body as the caller will see it (gzip/br/zstd undone), for reading usage."""
@@ -63,11 +62,7 @@ class Flavour:
         return bytes(tmp.read())
 
     def verdict_for_exception(self, exc: BaseException) -> Verdict | None:
-        if isinstance(exc, self.timeout_errors):
-            return verdict_for_failure(OutcomeKind.TIMEOUT, describe_exception(exc))
-        if isinstance(exc, self.transport_errors):
-            return verdict_for_failure(OutcomeKind.CONNECTION_ERROR, describe_exception(exc))
-        return None
+        return verdict_for_exception(exc, now_wall_s=time.time())
 
 
 @cache
@@ -75,8 +70,6 @@ def flavour_of(module: ModuleType) -> Flavour:
     return Flavour(
         name=module.__name__,
         module=module,
-        timeout_errors=(module.TimeoutException,),
-        transport_errors=(module.TransportError,),
     )
 
 

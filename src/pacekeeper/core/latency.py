@@ -1,0 +1,74 @@
+"""What a lane's answers take: the mean (for how many slots a rate needs) and whether they swell.
+
+Two questions, two numbers:
+
+* **How many requests must be in flight to keep a rate?** Little's law: rate x mean latency.
+  :attr:`LatencyTracker.mean_s` is an exponentially weighted mean of successful answers.
+* **Is the upstream queueing our requests?** A self-hosted server (vLLM, TGI, Ollama) never
+  answers 429: past its capacity, requests wait in its queue and every answer takes longer.
+  :attr:`LatencyTracker.base_s` is the lowest median of a window of answers seen so far (the
+  latency of an unloaded server) and :meth:`LatencyTracker.swollen` says whether the latest
+  window's median is well above it. Medians of windows, not single answers: an LLM's latency
+  swings with the length of each answer, and the minimum of single answers would be far below
+  what any window of real traffic shows.
+
+>>> tracker = LatencyTracker()
+>>> for _ in range(64):
+...     tracker.observe(1.0)
+>>> tracker.mean_s, tracker.base_s, tracker.swollen(1.5)
+(1.0, 1.0, False)
+>>> for _ in range(32):
+...     tracker.observe(2.0)
+>>> tracker.swollen(1.5)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["LatencyTracker"]
+
+_MEAN_ALPHA = 0.05
+_JUDGE_EVERY = 8  # recompute the window's median every this many answers
+
+
+class LatencyTracker:
+    """Mean latency of successful answers, and the median of a recent window against its lowest."""
+
+    __slots__ = ("_n", "_recent", "base_s", "mean_s", "median_s")
+
+    def __init__(self, *, window: int = 32) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._n = 0
+        self.mean_s = 0.0
+        self.median_s = math.nan
+        """The median of the last window (NaN until a window is full)."""
+        self.base_s = math.inf
+        """The lowest window median seen: the latency of the unloaded upstream."""
+
+    def observe(self, latency_s: float) -> None:
+        self._n += 1
+        self.mean_s += max(_MEAN_ALPHA, 1.0 / self._n) * (latency_s - self.mean_s)
+        recent = self._recent
+        recent.append(latency_s)
+        if len(recent) == recent.maxlen and self._n % _JUDGE_EVERY == 0:
+            ordered = sorted(recent)
+            self.median_s = ordered[len(ordered) // 2]
+            self.base_s = min(self.base_s, self.median_s)
+
+    @property
+    def known(self) -> bool:
+        """Whether at least one window of answers has been judged."""
+        return self.base_s != math.inf
+
+    def swollen(self, tolerance: float) -> bool:
+        """Whether the recent median exceeds ``tolerance`` times the unloaded latency."""
+        return self.known and self.median_s > tolerance * self.base_s
+
+    def __repr__(self) -> str:
+        return (
+            f"<LatencyTracker mean {self.mean_s:.3f}s median {self.median_s:.3f}s "
+            f"base {self.base_s:.3f}s>"
+        )

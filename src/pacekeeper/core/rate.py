@@ -1,0 +1,133 @@
+"""The rate a lane paces at: a stated limit is the ceiling, 429s are the evidence below it.
+
+A stated limit (configured, or ``x-ratelimit-limit-*`` / ``anthropic-ratelimit-*-limit``) is the
+ceiling to aim at, and with a backlog and no 429 the lane paces right at it. A 429 about the rate
+is evidence that the ceiling is not what the server enforces just now (it halved, another client
+shares the key, the statement was wrong): the rate is cut to 85%, at most once per round trip
+(answers to requests sent before the cut say nothing new). Successes while requests wait bring it
+back: quickly (+10% of the ceiling per second) to just under the rate of the last 429, slowly
+(+2% per second) beyond it, never above the ceiling. So a single stray 429 costs about two
+seconds at a little less than the limit, and a halved limit settles just under its new value.
+
+With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
+*discovered*: first 90% of the highest rate accepted over one second lately (what the server let
+through just before it refused), then the same cuts and recovery, with no ceiling.
+
+All methods take ``now`` and are pure arithmetic on it.
+
+>>> rate = PacedRate()
+>>> rate.state_ceiling(1200.0)
+>>> rate.rpm
+1200.0
+>>> rate.throttled(sent_at=0.0, now=1.0)
+True
+>>> rate.rpm
+1020.0
+>>> rate.throttled(sent_at=0.5, now=1.1)  # sent before the cut: nothing new
+False
+>>> for i in range(40):  # four seconds of successes with a backlog
+...     _ = rate.succeeded(now=1.1 + 0.1 * i, backlog=True)
+>>> rate.rpm
+1200.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["PacedRate"]
+
+_CUT = 0.85
+_DISCOVERY_SEED = 0.9
+_FAST_PER_S = 0.10  # share of the reference rate regained per second, up to the last loss
+_SLOW_PER_S = 0.02  # share of the current rate gained per second beyond it
+_NEAR_LOSS = 0.95
+_MIN_RPM = 6.0
+_ACCEPTED_WINDOW_S = 5.0
+_MAX_STEP_S = 1.0  # a pause in successes is not time the rate was proven at
+
+
+class PacedRate:
+    """The requests (or tokens) per minute a lane paces at; None while nothing is known."""
+
+    __slots__ = ("_accepted", "_at_loss", "_cut_at", "_last_success_at", "ceiling", "rpm")
+
+    def __init__(self) -> None:
+        self.ceiling: float | None = None
+        """The stated limit: configured or from headers (None: not stated)."""
+        self.rpm: float | None = None
+        """The rate in force (per minute): at most the ceiling; None: no pacing."""
+        self._at_loss = math.inf
+        self._cut_at = -math.inf
+        self._last_success_at: float | None = None
+        self._accepted: deque[float] = deque()
+
+    @property
+    def discovered(self) -> bool:
+        """Whether the rate was found from 429s alone (no ceiling was ever stated)."""
+        return self.ceiling is None and self.rpm is not None
+
+    def state_ceiling(self, ceiling: float | None) -> None:
+        """A (new) stated limit; None forgets it. A raised ceiling is reached at once: the
+        statement is newer than the 429s that lowered the rate."""
+        old = self.ceiling
+        self.ceiling = ceiling
+        if ceiling is None:
+            return
+        if self.rpm is None or old is None or ceiling > old or self.rpm > ceiling:
+            self.rpm = ceiling
+            self._at_loss = math.inf
+
+    def throttled(self, *, sent_at: float, now: float) -> bool:
+        """A 429 about the rate: cut (once per round trip). True when the rate changed."""
+        if sent_at < self._cut_at:
+            return False
+        if self.rpm is None:
+            peak = 60.0 * _peak_per_second(self._accepted)
+            self._at_loss = peak
+            self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
+        else:
+            self._at_loss = self.rpm
+            self.rpm = max(_MIN_RPM, _CUT * self.rpm)
+        self._cut_at = now
+        return True
+
+    def succeeded(self, *, now: float, backlog: bool) -> bool:
+        """An accepted request. While requests wait, a cut rate recovers; True when it moved."""
+        accepted = self._accepted
+        accepted.append(now)
+        while now - accepted[0] > _ACCEPTED_WINDOW_S:
+            accepted.popleft()
+        last, self._last_success_at = self._last_success_at, now
+        rpm = self.rpm
+        if rpm is None or last is None or not backlog:
+            return False
+        top = self.ceiling if self.ceiling is not None else math.inf
+        if rpm >= top:
+            return False
+        step_s = min(_MAX_STEP_S, max(0.0, now - last))
+        if rpm < _NEAR_LOSS * self._at_loss:
+            reference = self.ceiling if self.ceiling is not None else self._at_loss
+            rpm += _FAST_PER_S * reference * step_s
+            rpm = min(rpm, _NEAR_LOSS * self._at_loss) if rpm < top else rpm
+        else:
+            rpm += _SLOW_PER_S * rpm * step_s
+        self.rpm = min(top, rpm)
+        return True
+
+    def __repr__(self) -> str:
+        rpm = "none" if self.rpm is None else f"{self.rpm:.0f}"
+        ceiling = "none" if self.ceiling is None else f"{self.ceiling:.0f}"
+        return f"<PacedRate {rpm}/min ceiling {ceiling}>"
+
+
+def _peak_per_second(times: deque[float]) -> float:
+    """The most events in any one-second window of ``times`` (sorted), per second."""
+    ts = list(times)  # a deque indexes in O(n)
+    peak, start = 0, 0
+    for end, t in enumerate(ts):
+        while t - ts[start] >= 1.0:  # the window [t - 1 s, t], half-open at the old end
+            start += 1
+        peak = max(peak, end - start + 1)
+    return float(peak)
