@@ -47,6 +47,7 @@ from pacekeeper.core.errors import (
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.lane import Lane
 from pacekeeper.proxy._config import ProxyConfig
+from pacekeeper.proxy._guard import ConnectionGuard
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import route_of
@@ -208,7 +209,7 @@ class ProxyApp:
     ) -> None:
         self.config = config
         self.governor = governor
-        self.counters = ProxyCounters()
+        self.counters = ProxyCounters(clock)
         self.draining = False
         self._clock = clock
         inner = transport or httpx2.AsyncHTTPTransport(
@@ -231,8 +232,21 @@ class ProxyApp:
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
         self.metrics = build_metrics(governor, self.counters)
         """The Prometheus registry behind GET /metrics (None without prometheus_client)."""
+        self.guard = ConnectionGuard(
+            header_timeout_s=config.header_timeout_s,
+            body_timeout_s=config.body_timeout_s,
+            max_unfinished=config.max_unfinished,
+            clock=clock,
+            on_refused=self._refused_connection,
+        )
+        """The connections whose request has not fully arrived (see _guard)."""
         self._log_filter = _OneLinePerRequest()
         logging.getLogger("pacekeeper").addFilter(self._log_filter)
+
+    def _refused_connection(self, reason: str, before_headers: bool) -> None:
+        if before_headers:  # the application never saw this request
+            self.counters.recent.received()
+        self.counters.refuse(reason)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -260,6 +274,29 @@ class ProxyApp:
             if kind == "lifespan":
                 await self._lifespan(receive, send)
             return
+        guard = self.guard
+        conn = guard.find(_transport_of(send))
+        if conn is None:  # not served by the Proxy (another ASGI server)
+            await self._http(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
+        scope[_READING] = reading
+        for name, value in scope["headers"]:
+            if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
+                name == b"transfer-encoding"
+            ):
+                guard.headers_done(conn, reading.on_timeout)
+                break
+        else:  # no body to wait for: the request is whole
+            guard.body_done(conn)
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            guard.body_done(conn)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         _CURRENT.set((method, path, self._clock()))
@@ -356,15 +393,48 @@ class ProxyApp:
         body, content_type = self.metrics.render(accept)
         await self._respond(send, 200, [(b"content-type", content_type.encode())], body)
 
-    async def _healthz(self, send: Send) -> None:
+    health_window_s = 10
+    """/healthz says degraded when, over this many seconds, the proxy refused (for
+    back-pressure) at least half of the requests it received."""
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What GET /healthz answers: (HTTP status, document)."""
         lanes = self.governor.lanes
-        doc = {
-            "status": "draining" if self.draining else "ok",
+        guard = self.guard
+        received, refused = self.counters.recent.totals(self.health_window_s)
+        reasons = []
+        if refused and refused * 2 >= received:
+            reasons.append(
+                f"refused {refused} of {received} requests in the last {self.health_window_s}s"
+            )
+        if guard.full:
+            reasons.append(
+                f"{guard.unfinished} connections have not sent their whole request "
+                f"(the limit, --max-unfinished)"
+            )
+        if self.counters.buffered_bytes >= self.config.max_buffered_bytes:
+            reasons.append("the request bodies held reach --max-buffered-mb")
+        status = "draining" if self.draining else "degraded" if reasons else "ok"
+        doc: dict[str, Any] = {
+            "status": status,
+            "reasons": reasons,
             "in_flight": sum(lane.slots.in_flight for lane in lanes),
             "queued": sum(max(0, lane.queued) for lane in lanes),
             "in_progress": self.counters.in_progress,
+            "window_s": self.health_window_s,
+            "received_recently": received,
+            "refused_recently": refused,
+            "unfinished_connections": guard.unfinished,
+            "stalled_connections": guard.stalled(1.0),
+            "timed_out_connections": guard.timed_out,
+            "evicted_connections": guard.evicted,
+            "buffered_bytes": self.counters.buffered_bytes,
         }
-        await self._respond(send, 503 if self.draining else 200, [_JSON], json.dumps(doc).encode())
+        return (200 if status == "ok" else 503), doc
+
+    async def _healthz(self, send: Send) -> None:
+        status, doc = self.health()
+        await self._respond(send, status, [_JSON], json.dumps(doc).encode())
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -403,8 +473,12 @@ class ProxyApp:
     async def _read_body(
         self, scope: Scope, receive: Receive, send: Send
     ) -> tuple[bytes, int] | None:
-        """The whole body and the bytes reserved for it; None when already answered (413,
-        429) or the client left."""
+        """The whole body and the bytes it holds in the buffer count; None when already
+        answered (408, 413, 429) or the client left.
+
+        Bytes are counted against ``max_buffered_bytes`` as they arrive (a declared length
+        reserves nothing: a client announcing 32 MiB and sending nothing holds nothing), and
+        the body must arrive within ``body_timeout_s`` (the guard's timer answers 408)."""
         limit = self.config.max_body_bytes
         declared = -1
         for name, value in scope["headers"]:
@@ -416,53 +490,62 @@ class ProxyApp:
         if declared > limit:
             await self._too_large(send, declared)
             return None
+        reading: _Reading | None = scope.get(_READING)
         counters = self.counters
-        reserved = max(0, declared)
-        if counters.buffered_bytes + reserved > self.config.max_buffered_bytes:
-            await self._buffer_full(send)
-            return None
-        counters.buffered_bytes += reserved
+        cap = self.config.max_buffered_bytes
+        held = 0
+        parts: list[bytes] = []
+        if reading is not None:
+            reading.active = True
         try:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            body: bytes = message.get("body", b"")
-            if message.get("more_body", False):
-                parts = [body]
-                size = len(body)
-                while message.get("more_body", False):
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    part = message.get("body", b"")
-                    size += len(part)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                part: bytes = message.get("body", b"")
+                if part:
+                    size = held + len(part)
                     if size > limit:
                         raise _TooLarge(size)
+                    if counters.buffered_bytes + len(part) > cap:
+                        raise _BufferFull
+                    counters.buffered_bytes += len(part)
+                    held = size
                     parts.append(part)
-                body = b"".join(parts)
-            if len(body) > limit:
-                raise _TooLarge(len(body))
-            extra = len(body) - reserved
-            if extra > 0:
-                if counters.buffered_bytes + extra > self.config.max_buffered_bytes:
-                    raise _BufferFull
-                counters.buffered_bytes += extra
-                reserved += extra
+                if not message.get("more_body", False):
+                    break
         except _ClientGone:
-            counters.buffered_bytes -= reserved
+            counters.buffered_bytes -= held
             return None
         except _TooLarge as exc:
-            counters.buffered_bytes -= reserved
+            counters.buffered_bytes -= held
             await self._too_large(send, exc.size)
             return None
         except _BufferFull:
-            counters.buffered_bytes -= reserved
+            counters.buffered_bytes -= held
             await self._buffer_full(send)
             return None
+        except asyncio.CancelledError:
+            counters.buffered_bytes -= held
+            if reading is None or reading.expired is None:
+                raise
+            reading.uncancel()
+            await self._respond(
+                send,
+                408,
+                [_JSON, (ERROR_HEADER.encode(), b"request_timeout"), (b"connection", b"close")],
+                _error_body(reading.expired, "invalid_request_error", "request_timeout"),
+            )
+            return None
         except BaseException:
-            counters.buffered_bytes -= reserved
+            counters.buffered_bytes -= held
             raise
-        return body, reserved
+        finally:
+            if reading is not None:
+                reading.active = False
+                reading.done()
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return body, held
 
     async def _too_large(self, send: Send, size: int) -> None:
         limit = self.config.max_body_bytes
@@ -484,11 +567,13 @@ class ProxyApp:
             "pacekeeper proxy: the request bodies held by this proxy already reach its limit "
             "(--max-buffered-mb); retry shortly",
             retry_after_s=1.0,
+            extra=[(b"connection", b"close")],  # the rest of this body is not read
         )
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, method: str, rest: bytes
     ) -> None:
+        self.counters.recent.received()
         if self.draining:
             await self._error(
                 send,
@@ -842,6 +927,34 @@ class ProxyApp:
         if watcher is not None and not watcher.done():
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(watcher), 2.0)
+
+
+_READING = "pacekeeper.reading"
+
+
+class _Reading:
+    """A request whose body is being read: the guard's timer ends it with a 408."""
+
+    __slots__ = ("active", "done", "expired", "task", "transport")
+
+    def __init__(self, task: asyncio.Task[Any], transport: Any, done: Callable[[], None]) -> None:
+        self.task = task
+        self.transport = transport
+        self.done = done
+        self.active = False
+        self.expired: str | None = None
+
+    def on_timeout(self, message: str) -> None:
+        if self.active:
+            self.expired = message
+            self.task.cancel()
+        else:  # not reading (answering without reading the body): just close
+            self.transport.close()
+
+    def uncancel(self) -> None:
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
 
 
 class _ClientGone(Exception):

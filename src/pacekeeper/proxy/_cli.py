@@ -156,6 +156,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="request bodies held at once in all; beyond, a 429 (default 512)",
     )
     bounds.add_argument(
+        "--header-timeout",
+        type=_number(),
+        metavar="S",
+        default=10.0,
+        help="a request's headers must arrive within S seconds; else a 408 (default 10)",
+    )
+    bounds.add_argument(
+        "--body-timeout",
+        type=_number(),
+        metavar="S",
+        default=60.0,
+        help="a request's whole body must arrive within S seconds after its headers; else a "
+        "408 (default 60)",
+    )
+    bounds.add_argument(
+        "--max-unfinished",
+        type=_number(integer=True),
+        metavar="N",
+        default=256,
+        help="connections whose request has not fully arrived, at once; one more closes the "
+        "oldest stalled one (default 256)",
+    )
+    bounds.add_argument(
         "--drain-timeout",
         type=_number(),
         metavar="S",
@@ -260,6 +283,9 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
         queue_timeout_s=args.queue_timeout,
         drain_timeout_s=args.drain_timeout,
         read_timeout_s=timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_unfinished=int(args.max_unfinished),
     )
 
 

@@ -63,6 +63,15 @@ class ProxyConfig:
     """Requests waiting for admission per (route, model) lane; beyond, a 429 at once."""
     queue_timeout_s: float = 60.0
     """The longest a request waits for admission; then a 429 from the proxy."""
+    header_timeout_s: float = 10.0
+    """A request's headers must arrive within this many seconds (else a 408, and the
+    connection is closed)."""
+    body_timeout_s: float = 60.0
+    """A request's whole body must arrive within this many seconds after its headers (else a
+    408, and the connection is closed)."""
+    max_unfinished: int = 256
+    """Connections whose request has not fully arrived, at once over all clients; one more
+    closes the one unfinished the longest (a 408)."""
     drain_timeout_s: float = 30.0
     """On shutdown, how long requests in flight get to finish before they are cut."""
     connect_timeout_s: float = 10.0
@@ -87,13 +96,20 @@ class ProxyConfig:
         object.__setattr__(self, "base_path", base.rstrip("/"))
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("max_body_bytes", "max_buffered_bytes", "max_queue"):
+        for name in ("max_body_bytes", "max_buffered_bytes", "max_queue", "max_unfinished"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ConfigurationError("max_buffered_bytes must be at least max_body_bytes")
-        for name in ("queue_timeout_s", "drain_timeout_s", "connect_timeout_s", "read_timeout_s"):
+        for name in (
+            "queue_timeout_s",
+            "drain_timeout_s",
+            "connect_timeout_s",
+            "read_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+        ):
             value = getattr(self, name)
             if value is None and name == "read_timeout_s":
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,57 @@ __all__ = ["Metrics", "ProxyCounters", "build_metrics"]
 logger = logging.getLogger("pacekeeper.proxy")
 
 
+BACK_PRESSURE = frozenset(
+    {
+        "proxy_queue_full",
+        "proxy_queue_timeout",
+        "proxy_buffer_full",
+        "proxy_shutting_down",
+        "request_timeout",
+        "request_evicted",
+    }
+)
+"""Refusals that mean the proxy is turning work away (not a client's mistake)."""
+
+
+class RecentCounts:
+    """Requests received and refused (for back-pressure) per second, over the last
+    ``window_s`` seconds: what /healthz judges the proxy's health by."""
+
+    __slots__ = ("_clock", "_received", "_refused", "_seconds", "window_s")
+
+    def __init__(self, window_s: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._seconds = [-1] * window_s
+        self._received = [0] * window_s
+        self._refused = [0] * window_s
+
+    def _slot(self) -> int:
+        second = int(self._clock())
+        i = second % self.window_s
+        if self._seconds[i] != second:
+            self._seconds[i] = second
+            self._received[i] = self._refused[i] = 0
+        return i
+
+    def received(self) -> None:
+        self._received[self._slot()] += 1
+
+    def refused(self) -> None:
+        self._refused[self._slot()] += 1
+
+    def totals(self, last_s: int) -> tuple[int, int]:
+        """(received, refused) over the last ``last_s`` whole seconds and this one."""
+        now = int(self._clock())
+        received = refused = 0
+        for i, second in enumerate(self._seconds):
+            if 0 <= now - second <= last_s:
+                received += self._received[i]
+                refused += self._refused[i]
+        return received, refused
+
+
 class ProxyCounters:
     """Counts kept on the proxy's event loop (plain ints: read from any thread)."""
 
@@ -24,12 +76,15 @@ class ProxyCounters:
         "disconnected",
         "draining",
         "in_progress",
+        "recent",
         "refused",
         "responses",
         "upstream_errors",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.recent = RecentCounts(clock=clock)
+        """Requests received and refused lately (for /healthz)."""
         self.responses: dict[int, int] = {}
         """Responses sent to clients, by status (the upstream's and the proxy's own)."""
         self.refused: dict[str, int] = {}
@@ -48,6 +103,8 @@ class ProxyCounters:
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+        if reason in BACK_PRESSURE:
+            self.recent.refused()
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1

@@ -20,6 +20,7 @@ import uvicorn
 from pacekeeper.core.governor import Governor
 from pacekeeper.proxy._app import ProxyApp
 from pacekeeper.proxy._config import ProxyConfig
+from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol
 
 __all__ = ["Proxy"]
 
@@ -30,8 +31,19 @@ _THREAD_PREFIX = "pacekeeper-proxy:"
 _STOP_MARGIN_S = 10.0
 
 
-def _http_protocol() -> str:
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+def _http_protocol(guard: ConnectionGuard) -> type[asyncio.Protocol]:
+    """uvicorn's fastest HTTP protocol, reporting to ``guard`` (slow and stalled clients)."""
+    base: type[asyncio.Protocol]
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+    protocol: type[asyncio.Protocol] = guarded_protocol(base, guard)
+    return protocol
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -129,7 +141,7 @@ class Proxy:
                 self._app,
                 host=config.host,
                 port=self._port,
-                http=_http_protocol(),
+                http=_http_protocol(self._app.guard),
                 ws="none",
                 lifespan="off",
                 # Leave the process's logging alone (no dictConfig).

@@ -1,0 +1,249 @@
+"""Slow and stalled clients: connections whose request has not fully arrived.
+
+A connection is **unfinished** from the moment its request begins (the connection opens, or
+the first byte of the next request on a kept-alive connection) until its body has arrived
+whole (or the proxy answered it). Unfinished connections are bounded two ways:
+
+- **in time**: the headers must arrive within ``header_timeout_s`` (else a 408 written by the
+  server, then the connection is closed), the body within ``body_timeout_s`` after them (the
+  application answers 408, then the connection is closed);
+- **in number**: at most ``max_unfinished`` at once over all clients (on loopback every local
+  program shares one address, so the bound is not per address). One more arriving evicts the
+  one unfinished the longest (a 408, then closed) if it has been unfinished for more than a
+  second: stalled sockets can never lock the proxy, a client that sends its request at once is
+  never the oldest, and a burst of new connections evicts nobody.
+
+The guard is fed by :func:`guarded_protocol`, a subclass of uvicorn's HTTP protocol (httptools
+or h11) that reports when a connection opens, receives bytes and closes; the application
+reports when it received a request's headers (it is called) and its whole body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Connection", "ConnectionGuard", "guarded_protocol"]
+
+logger = logging.getLogger("pacekeeper.proxy")
+
+_HEADERS, _BODY, _DONE = 0, 1, 2
+
+
+def _timeout_response(message: str) -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_timeout",
+            }
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"x-pacekeeper-error: request_timeout\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+class Connection:
+    """One client connection as the guard sees it."""
+
+    __slots__ = ("on_timeout", "phase", "protocol", "since", "timer", "transport")
+
+    def __init__(self, protocol: Any, transport: asyncio.Transport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.phase = _DONE
+        self.since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.on_timeout: Callable[[str], None] | None = None
+        """Set by the application while it reads the body: answers the 408 itself."""
+
+
+class ConnectionGuard:
+    """Tracks the unfinished connections of one server (all on its event loop)."""
+
+    def __init__(
+        self,
+        *,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        max_unfinished: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_unfinished = max_unfinished
+        self.grace_s = min(1.0, header_timeout_s / 2)
+        """Only connections unfinished for longer than this are evicted."""
+        self._clock = clock
+        self._on_refused = on_refused
+        self._unfinished: dict[Connection, None] = {}  # oldest first
+        self._by_transport: dict[int, Connection] = {}
+        self.timed_out = 0
+        """Connections answered 408 because their headers or body came too slowly."""
+        self.evicted = 0
+        """Connections cut (408) to make room under ``max_unfinished``."""
+
+    # -- what the protocol reports --------------------------------------------------------
+
+    def opened(self, protocol: Any, transport: asyncio.Transport) -> Connection:
+        conn = Connection(protocol, transport)
+        self._by_transport[id(transport)] = conn
+        self._begin(conn)
+        return conn
+
+    def received(self, conn: Connection) -> None:
+        if conn.phase == _DONE:  # the first bytes of the next request
+            self._begin(conn)
+
+    def closed(self, conn: Connection) -> None:
+        self._by_transport.pop(id(conn.transport), None)
+        self._finish(conn)
+
+    # -- what the application reports ----------------------------------------------------
+
+    def find(self, transport: Any) -> Connection | None:
+        return self._by_transport.get(id(transport)) if transport is not None else None
+
+    def headers_done(self, conn: Connection, on_timeout: Callable[[str], None]) -> None:
+        """The request's headers are in; its body now has ``body_timeout_s`` to arrive."""
+        if conn.phase == _DONE:
+            return
+        self._cancel_timer(conn)
+        if conn not in self._unfinished:  # pipelined: its bytes came with the previous one
+            return
+        conn.phase = _BODY
+        conn.on_timeout = on_timeout
+        loop = asyncio.get_running_loop()
+        conn.timer = loop.call_later(self.body_timeout_s, self._expire, conn)
+
+    def body_done(self, conn: Connection) -> None:
+        self._finish(conn)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
+
+    def stalled(self, older_than_s: float = 1.0) -> int:
+        """Unfinished connections whose request began more than ``older_than_s`` ago."""
+        cutoff = self._clock() - older_than_s
+        count = 0
+        for conn in self._unfinished:  # oldest first
+            if conn.since > cutoff:
+                break
+            count += 1
+        return count
+
+    @property
+    def full(self) -> bool:
+        return len(self._unfinished) >= self.max_unfinished
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _begin(self, conn: Connection) -> None:
+        conn.phase = _HEADERS
+        conn.since = self._clock()
+        conn.on_timeout = None
+        self._unfinished[conn] = None
+        loop = asyncio.get_running_loop()
+        conn.timer = loop.call_later(self.header_timeout_s, self._expire, conn)
+        while len(self._unfinished) > self.max_unfinished:
+            oldest = next(iter(self._unfinished))
+            if conn.since - oldest.since < self.grace_s:
+                break  # a burst of new connections, not stalled ones: the timeouts bound them
+            self.evicted += 1
+            self._cut(
+                oldest,
+                "request_evicted",
+                f"pacekeeper proxy: this request had not fully arrived after "
+                f"{self._clock() - oldest.since:.1f}s while {self.max_unfinished} connections "
+                "were unfinished (--max-unfinished); the oldest is closed to make room. Send "
+                "the request at once, or raise --max-unfinished",
+            )
+
+    def _expire(self, conn: Connection) -> None:
+        conn.timer = None
+        if conn.phase == _HEADERS:
+            what, limit, flag = "headers", self.header_timeout_s, "--header-timeout"
+        elif conn.phase == _BODY:
+            what, limit, flag = "body", self.body_timeout_s, "--body-timeout"
+        else:
+            return
+        self.timed_out += 1
+        self._cut(
+            conn,
+            "request_timeout",
+            f"pacekeeper proxy: the request's {what} did not arrive within {limit:g}s "
+            f"({flag}); the connection is closed. Send the whole request at once",
+        )
+
+    def _cut(self, conn: Connection, reason: str, message: str) -> None:
+        """Answer 408 and close: by the application when it is reading the body, else
+        written here (no response has begun on this connection)."""
+        on_timeout = conn.on_timeout if conn.phase == _BODY else None
+        phase = conn.phase
+        self._finish(conn)
+        if self._on_refused is not None:
+            self._on_refused(reason, phase == _HEADERS)
+        logger.info("closed a slow connection (%s): %s", reason, message)
+        if on_timeout is not None:
+            on_timeout(message)
+            return
+        transport = conn.transport
+        if transport.is_closing():
+            return
+        cycle = getattr(conn.protocol, "cycle", None)
+        started = phase == _BODY and cycle is not None and getattr(cycle, "response_started", False)
+        if not started:
+            transport.write(_timeout_response(message))
+        transport.close()
+
+    def _finish(self, conn: Connection) -> None:
+        self._cancel_timer(conn)
+        conn.phase = _DONE
+        conn.on_timeout = None
+        self._unfinished.pop(conn, None)
+
+    @staticmethod
+    def _cancel_timer(conn: Connection) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+
+
+def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type[Any]:
+    """``base`` (uvicorn's HttpToolsProtocol or H11Protocol) reporting to ``guard``."""
+    base_any: Any = base
+
+    class Guarded(base_any):  # type: ignore[misc]
+        _pk_conn: Connection | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self._pk_conn = guard.opened(self, transport)
+
+        def data_received(self, data: bytes) -> None:
+            conn = self._pk_conn
+            if conn is not None:
+                guard.received(conn)
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            conn = self._pk_conn
+            if conn is not None:
+                guard.closed(conn)
+            super().connection_lost(exc)
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
