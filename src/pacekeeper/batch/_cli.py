@@ -43,7 +43,7 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.tokens import estimate_request_tokens
-from pacekeeper.report.summary import summary_table
+from pacekeeper.report.summary import summary_lines, summary_table
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
 
 __all__ = [
@@ -335,7 +335,11 @@ def _run(args: argparse.Namespace) -> int:
         if backend is not None and hasattr(backend, "close"):
             backend.close()
     console = Console()
-    console.print(summary_table(gov.stats(), title=f"pacekeeper run: {job.output}"))
+    if console.is_terminal:
+        console.print(summary_table(gov.stats(), title=f"pacekeeper run: {job.output}"))
+    else:  # logs and CI: full width, one key=value line per model
+        for line in summary_lines(gov.stats()):
+            print(f"pacekeeper run: {line}", flush=True)
     _print_outcome(job, result)
     if recorder is not None:
         _write_report(recorder, args.report, job)

@@ -9,7 +9,10 @@ from rich.table import Table
 
 from pacekeeper.core.stats import StatsSnapshot
 
-__all__ = ["summary_rows", "summary_table"]
+__all__ = ["summary_lines", "summary_rows", "summary_table", "use_of_limit"]
+
+DEFAULT_BURST_S = 0.5
+"""The burst allowance assumed for providers (as :class:`~pacekeeper.Limits`' ``burst_s``)."""
 
 _COLUMNS = (
     ("model", "left"),
@@ -31,13 +34,29 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}s"
 
 
-def summary_rows(stats: Iterable[StatsSnapshot]) -> list[dict[str, str]]:
+def use_of_limit(snapshot: StatsSnapshot, *, burst_s: float = DEFAULT_BURST_S) -> float | None:
+    """Successful requests against what the rpm limit allowed over the same interval: its
+    rate times the time the key was active, plus the burst a provider accepts at once (at
+    least the first request). Above 1 only when the provider really accepted more. None
+    without a limit."""
+    limit = snapshot.rpm_limit
+    if not limit:
+        return None
+    per_s = limit / 60.0
+    allowed = per_s * snapshot.elapsed_s + max(1.0, per_s * burst_s)
+    return snapshot.ok / allowed
+
+
+def summary_rows(
+    stats: Iterable[StatsSnapshot], *, burst_s: float = DEFAULT_BURST_S
+) -> list[dict[str, str]]:
     """One row of display strings per (route, model), in a stable order."""
     rows = []
     for s in sorted(stats, key=lambda s: (s.model or "", s.route)):
         if s.requests == 0 and s.attempts == 0:
             continue
         limit = s.rpm_limit
+        use = use_of_limit(s, burst_s=burst_s)
         rows.append(
             {
                 "model": s.model or "-",
@@ -51,16 +70,26 @@ def summary_rows(stats: Iterable[StatsSnapshot]) -> list[dict[str, str]]:
                 "p95": _seconds(s.latency_p95_s),
                 "rpm": f"{s.throughput_rpm:.0f}",
                 "limit": f"{limit:.0f}" if limit else "-",
-                "use": f"{s.throughput_rpm / limit:.0%}" if limit else "-",
+                "use": f"{use:.0%}" if use is not None else "-",
             }
         )
     return rows
 
 
+def summary_lines(stats: Iterable[StatsSnapshot], *, burst_s: float = DEFAULT_BURST_S) -> list[str]:
+    """The summary as plain ``key=value`` lines, one per (route, model), never cut: for logs
+    and CI, where a table would be cut to 80 columns."""
+    return [
+        " ".join(f"{name}={row[name]}" for name, _ in _COLUMNS)
+        for row in summary_rows(stats, burst_s=burst_s)
+    ]
+
+
 def summary_table(stats: Iterable[StatsSnapshot], *, title: str = "per model") -> Table:
     """A rich table: requests, ok, failed, retries, 429s seen, attempt latency p50/p95, and
     the achieved requests per minute against the limit (configured or learned) and its use
-    (rpm / limit, over the time the model was active). The route
+    (successful requests against what the limit allowed over the time the model was active,
+    its burst included: see :func:`use_of_limit`). The route
     column is shown only when more than one route was used."""
     rows = summary_rows(stats)
     columns = [
