@@ -237,3 +237,18 @@ async def test_healthz_is_degraded_503_while_the_proxy_refuses_most_work(
     assert "refused" in doc["reasons"][0]
     proxy.app.health_window_s = 0  # the refusals are now in the past
     wait_for(lambda: healthz(proxy).status_code == 200, timeout_s=5)
+
+
+def test_a_refusal_before_the_body_is_read_closes_the_connection(
+    start_sim: StartSim, start_proxy: StartProxy, sockets: Callable[[Proxy], socket.socket]
+) -> None:
+    # A 401 answered before the body was read: the rest of the body must not stay on a
+    # kept-alive connection (where it would be taken for the next, never finished, request).
+    sim = start_sim()
+    proxy = start_proxy(sim, client_token="t0ken-secret", header_timeout_s=0.3)
+    sock = sockets(proxy)
+    sock.sendall(head(proxy, "Content-Length: 1000"))
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+    assert b"t0ken-secret" not in answer
+    assert proxy.app.guard.timed_out == 0

@@ -288,6 +288,7 @@ class ProxyApp:
                 name == b"transfer-encoding"
             ):
                 guard.headers_done(conn, reading.on_timeout)
+                scope[_HAS_BODY] = True
                 break
         else:  # no body to wait for: the request is whole
             guard.body_done(conn)
@@ -574,6 +575,9 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, send: Send, method: str, rest: bytes
     ) -> None:
         self.counters.recent.received()
+        # Answered without reading the body: close the connection, or the rest of the body
+        # would sit on it (and count as the next request, never finished).
+        unread: Headers = [(b"connection", b"close")] if scope.get(_HAS_BODY) else []
         if self.draining:
             await self._error(
                 send,
@@ -581,6 +585,7 @@ class ProxyApp:
                 "proxy_shutting_down",
                 "pacekeeper proxy: shutting down; this request was not sent",
                 retry_after_s=1.0,
+                extra=unread,
             )
             return
         headers = scope["headers"]
@@ -593,7 +598,7 @@ class ProxyApp:
                 "pacekeeper proxy: missing or wrong client token: send it as "
                 f"'{TOKEN_HEADER}: TOKEN'"
                 + (" or as the API key (Authorization: Bearer TOKEN)" if self._api_key else ""),
-                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"')],
+                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *unread],
             )
             return
         if b"/." in rest and any(segment in (".", "..") for segment in scope["path"].split("/")):
@@ -603,6 +608,7 @@ class ProxyApp:
                 400,
                 "invalid_path",
                 "pacekeeper proxy: '.' and '..' path segments are refused",
+                extra=unread,
             )
             return
         read = await self._read_body(scope, receive, send)
@@ -930,6 +936,7 @@ class ProxyApp:
 
 
 _READING = "pacekeeper.reading"
+_HAS_BODY = "pacekeeper.has_body"
 
 
 class _Reading:
