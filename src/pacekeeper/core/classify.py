@@ -110,10 +110,15 @@ _BILLING_CODES = frozenset(
     }
 )
 # Codes that say which limit refused a 429, matched exactly against the code and type fields.
-# OpenAI's type names the budget ("requests", "tokens"); a few gateways name an in-flight cap.
-# Anything else (OpenAI's generic "rate_limit_exceeded" among them, which gateways also send for
-# in-flight caps) says nothing: the lane reads the scope from the answer's structure instead.
-_RATE_SCOPE_CODES = frozenset({"requests", "tokens", "input_tokens", "output_tokens"})
+# OpenAI's type "tokens" names the token budget; a few gateways name an in-flight cap. Anything
+# else says nothing: OpenAI's generic "rate_limit_exceeded" and its type "requests" come with
+# in-flight refusals too (requests are what is limited, per minute or at once), so the lane
+# reads the scope from the answer's structure instead.
+_SCOPE_CODES = {
+    "tokens": "tokens",
+    "input_tokens": "tokens",
+    "output_tokens": "tokens",
+}
 _CONCURRENCY_SCOPE_CODES = frozenset(
     {
         "concurrency_limit_exceeded",
@@ -140,8 +145,9 @@ class Verdict:
     ``hint_s`` is the server's wait hint (``retry-after-ms``, ``retry-after`` or the reset of an
     exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
     provider's error code or type, ``status`` the HTTP status (None without a response).
-    ``limit_scope`` is which limit refused a 429 when its code says so: ``"rate"`` or
-    ``"concurrency"`` (None: the code does not say; never guessed from the message's words).
+    ``limit_scope`` is which limit refused a 429 when its code says so: ``"tokens"`` or
+    ``"concurrency"`` (None: the code does not say; never guessed from the
+    message's words).
     """
 
     kind: OutcomeKind
@@ -364,7 +370,7 @@ def _limit_scope(info: _ErrorInfo) -> str | None:
     """Which limit a 429's code names, if any.
 
     >>> _limit_scope(_ErrorInfo(code="rate_limit_exceeded", error_type="tokens"))
-    'rate'
+    'tokens'
     >>> _limit_scope(_ErrorInfo(code="concurrency_limit_exceeded")) , _limit_scope(_NO_INFO)
     ('concurrency', None)
     """
@@ -374,8 +380,9 @@ def _limit_scope(info: _ErrorInfo) -> str | None:
         code = value.strip().lower()
         if code in _CONCURRENCY_SCOPE_CODES:
             return "concurrency"
-        if code in _RATE_SCOPE_CODES:
-            return "rate"
+        scope = _SCOPE_CODES.get(code)
+        if scope is not None:
+            return scope
     return None
 
 

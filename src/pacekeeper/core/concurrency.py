@@ -238,6 +238,18 @@ class AimdLimit(FixedLimit):
         self._cap_since = now
         self._update()
 
+    @property
+    def probing(self) -> bool:
+        """Whether the cap was just raised by one to probe it (a refusal there is expected)."""
+        return self._probing
+
+    def forget_cap(self) -> None:
+        """The learned cap was wrong (refusals came below it): limit by the window again."""
+        self.learned_cap = None
+        self._probing = False
+        self._cap_since = math.inf
+        self._update()
+
     def _probe_cap(self, now: float) -> None:
         cap = self.learned_cap
         if cap is None or self._limit < cap:

@@ -70,6 +70,8 @@ _FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a q
 _SWOLLEN = 1.5  # answers this much slower than unloaded: the upstream queues our requests
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
+_PEAK_FADES_S = 2.0
+_PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
@@ -149,6 +151,7 @@ class Permit:
     __slots__ = (
         "_lane",
         "charged_before",
+        "filled_window",
         "in_flight_at_send",
         "lease",
         "queued_s",
@@ -169,8 +172,11 @@ class Permit:
         lease: object = None,
         seq: int = 0,
         charged_before: float = 0.0,
+        filled_window: bool = False,
     ) -> None:
         self._lane = lane
+        self.filled_window = filled_window
+        """Whether this request took the last slot of the concurrency window."""
         self.seq = seq
         """The lane's admission count with this one: later ones were sent after it."""
         self.charged_before = charged_before
@@ -213,6 +219,8 @@ class Lane:
         "_outstanding",
         "_queue",
         "_sleepers",
+        "_cap_refuted",
+        "_success_peak_at",
         "_success_peak_in_flight",
         "budget",
         "closed",
@@ -271,6 +279,8 @@ class Lane:
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
         self._success_peak_in_flight = 0
+        self._success_peak_at = -math.inf
+        self._cap_refuted = False
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
             AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
@@ -472,6 +482,7 @@ class Lane:
             queued_s=now - asked_at,
             seq=self._admitted,
             charged_before=charged_before,
+            filled_window=in_flight >= self.slots.limit,
         )
         self._outstanding[id(permit)] = now
         return permit
@@ -694,7 +705,13 @@ class Lane:
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self.congestion.observe(overload=False)
         self.latency.observe(latency_s)
-        self._success_peak_in_flight = max(self._success_peak_in_flight, permit.in_flight_at_send)
+        # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
+        if (
+            permit.in_flight_at_send >= self._success_peak_in_flight
+            or now - self._success_peak_at > _PEAK_FADES_S
+        ):
+            self._success_peak_in_flight = permit.in_flight_at_send
+            self._success_peak_at = now
         backlog = bool(self._queue)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
@@ -722,13 +739,15 @@ class Lane:
             return
         if verdict.hint_s is not None and gate:
             self.cooldown.close_until(now + min(verdict.hint_s, max_hint_s))
+        tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
-        tokens_out = (
-            limits is not None
-            and self.token_rate.rpm is not None
-            and limits.remaining_tokens is not None
-            and limits.remaining_tokens < permit.tokens
-        )
+        if verdict.limit_scope is None and limits is not None:
+            tokens_out = (
+                limits.remaining_tokens is not None
+                and limits.remaining_tokens < permit.tokens
+                and (limits.remaining_requests is None or limits.remaining_requests >= 1)
+            )
+        tokens_out = tokens_out and self.token_rate.rpm is not None
         rate = self.token_rate if tokens_out else self.request_rate
         if rate.throttled(sent_at=permit.sent_at, now=now):
             self._apply_rates(now=now)
@@ -736,8 +755,8 @@ class Lane:
     def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
         """Whether a 429 is about requests in flight rather than the rate, read from structure,
         never from the message's words: the code says so, or the answer's own rate-limit
-        headers show room for this request, or (with no headers) it came at a new peak of
-        requests in flight, more than any that succeeded."""
+        headers show room for this request, or (with no headers) it was sent at a peak of
+        requests in flight that has not succeeded lately, taking the window's last slot."""
         if verdict.limit_scope is not None:
             return verdict.limit_scope == "concurrency"
         limits = verdict.limits
@@ -749,7 +768,22 @@ class Lane:
                 limits.remaining_tokens is None or limits.remaining_tokens >= permit.tokens
             )
             return requests_room and tokens_room
-        return permit.in_flight_at_send > max(1, self._success_peak_in_flight)
+        # No word from the answer. Requests succeed lately with as many in flight, or more: the
+        # rate ran out. At (or past) that peak, with the request taking the last slot of the
+        # window, the number in flight is what the server refused, until a refusal at no more
+        # in flight than the cap it taught refutes that: then it was the rate all along.
+        slots = self.slots
+        if not isinstance(slots, AimdLimit) or self._cap_refuted:
+            return False
+        in_flight = permit.in_flight_at_send
+        cap = slots.learned_cap
+        if cap is not None and in_flight <= cap and not (slots.probing and in_flight == cap):
+            self._cap_refuted = True
+            slots.forget_cap()
+            return False
+        if in_flight + _PEAK_MARGIN <= self._success_peak_in_flight:
+            return False
+        return permit.filled_window or in_flight > self._success_peak_in_flight
 
     def close_gate(self, wait_s: float) -> None:
         """After a 429 with a hint: nobody on this lane goes before the hinted time."""

@@ -6,7 +6,7 @@ is evidence that the ceiling is not what the server enforces just now (it halved
 shares the key, the statement was wrong): the rate is cut to 85%, at most once per round trip
 (answers to requests sent before the cut say nothing new). Successes while requests wait bring it
 back: quickly (+10% of the ceiling per second) to just under the rate of the last 429, slowly
-(+2% per second) beyond it, never above the ceiling. So a single stray 429 costs about two
+beyond it (+2% per second at first, faster the longer no 429 comes), never above the ceiling. So a single stray 429 costs about two
 seconds at a little less than the limit, and a halved limit settles just under its new value.
 
 With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
@@ -43,6 +43,7 @@ _DISCOVERY_SEED = 0.9
 _FAST_PER_S = 0.10  # share of the reference rate regained per second, up to the last loss
 _SLOW_PER_S = 0.02  # share of the current rate gained per second beyond it
 _NEAR_LOSS = 0.95
+_PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s every this long
 _MIN_RPM = 6.0
 _ACCEPTED_WINDOW_S = 5.0
 _MAX_STEP_S = 1.0  # a pause in successes is not time the rate was proven at
@@ -112,7 +113,10 @@ class PacedRate:
             rpm += _FAST_PER_S * reference * step_s
             rpm = min(rpm, _NEAR_LOSS * self._at_loss) if rpm < top else rpm
         else:
-            rpm += _SLOW_PER_S * rpm * step_s
+            # Beyond the last loss, probe gently at first, then faster the longer no 429 says
+            # no (CUBIC's convex probe): a rate seeded low, during a ramp-up, is not stuck.
+            quiet_s = max(0.0, now - self._cut_at)
+            rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
         self.rpm = min(top, rpm)
         return True
 
