@@ -3,6 +3,9 @@ bench/results/latest.{md,json} and a dated copy.
 
 ``--quick`` is a smoke run of a few seconds per scenario (written to quick.{md,json});
 ``--only NAME`` runs one scenario or ``overhead`` (written to only-NAME.{md,json});
+``--only robustness`` runs every contender on every simulator profile with several seeds and
+reports the worst case (written to robustness.{md,json}; ``--profiles`` and ``--seeds`` narrow
+it);
 ``--render FILE.json`` rewrites FILE.md from stored results (after a change to the report's
 presentation or to a target's wording), measuring nothing.
 """
@@ -24,11 +27,14 @@ from typing import Any
 
 from bench.contenders import CONTENDERS
 from bench.measures import verdicts
-from bench.overhead import measure_overhead, summarise
+from bench.overhead import measure_overhead
+from bench.overhead import summarise as summarise_overhead
 from bench.report import render_markdown, write_results
+from bench.robustness import DEFAULT_CONTENDERS, console_table, run_robustness, summarise
 from bench.runner import log, run_scenario, warm_up
 from bench.scenarios import scenarios
 from bench.sharing import measure_sharing
+from pacekeeper.sim import PROFILES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -76,8 +82,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
         "--only",
-        choices=[*names, "overhead", "sharing"],
-        help="run one scenario, or only the overhead, or only the Redis sharing measures",
+        choices=[*names, "overhead", "sharing", "robustness"],
+        help="run one scenario, or only the overhead, the Redis sharing measures or the "
+        "robustness runs (every profile x seed)",
+    )
+    parser.add_argument(
+        "--profiles",
+        help="robustness: comma-separated simulator profiles (default all: "
+        + ",".join(PROFILES)
+        + ")",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="robustness: seeds 1..N per profile (default 3)"
     )
     parser.add_argument(
         "--contenders",
@@ -103,7 +119,9 @@ def _render(path: Path) -> int:
             if row["contender"] in scenario.checked_on:
                 row["targets"] = verdicts(scenario, row)
     if results.get("overhead"):
-        results["overhead"].update(summarise(results["overhead"]))
+        results["overhead"].update(summarise_overhead(results["overhead"]))
+    if results.get("robustness"):
+        results["robustness"]["summary"] = summarise(results["robustness"]["runs"])
     path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(render_markdown(results), encoding="utf-8")
     log(f"rendered {path.with_suffix('.md')}")
@@ -115,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         return _render(args.render)
     contenders = list(CONTENDERS)
+    robustness_contenders = [c for c in CONTENDERS if c.key in DEFAULT_CONTENDERS]
+    profiles = args.profiles.split(",") if args.profiles else None
+    unknown_profiles = set(profiles or ()) - set(PROFILES)
+    if unknown_profiles:
+        known = ", ".join(PROFILES)
+        log(f"unknown profiles: {', '.join(sorted(unknown_profiles))} (known: {known})")
+        return 2
     if args.contenders:
         wanted = args.contenders.split(",")
         unknown = set(wanted) - {c.key for c in CONTENDERS}
@@ -122,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"unknown contenders: {', '.join(sorted(unknown))}")
             return 2
         contenders = [c for c in CONTENDERS if c.key in wanted]
+        robustness_contenders = contenders
     mode = "quick" if args.quick else "full"
     full_run = not args.quick and not args.only and not args.contenders
     stem = "latest" if full_run else "quick" if args.quick else "partial"
     if args.only:
         stem = f"{'quick-' if args.quick else ''}only-{args.only}"
+    if args.only == "robustness":
+        stem = "quick-robustness" if args.quick else "robustness"
     started = time.monotonic()
     dated = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M") if full_run else None
     results: dict[str, Any] = {"meta": _meta(mode), "scenarios": [], "overhead": {}}
@@ -149,6 +177,22 @@ def main(argv: list[str] | None = None) -> int:
             save()
         if args.only in (None, "sharing"):
             results["sharing"] = measure_sharing(quick=args.quick)
+            save()
+        if args.only in (None, "robustness"):
+
+            def save_robustness(section: dict[str, Any]) -> None:
+                results["robustness"] = section
+                save()
+
+            run_robustness(
+                quick=args.quick,
+                contenders=robustness_contenders,
+                workdir=workdir,
+                profiles=profiles,
+                seeds=args.seeds,
+                save=save_robustness,
+            )
+            print(console_table(results.get("robustness", {})), flush=True)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
     return 0

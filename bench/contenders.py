@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 import pacekeeper
 from bench.outcome import Outcome, Result, failure
-from bench.scenarios import BenchScenario
+from bench.scenarios import BenchScenario, Truth
 from bench.workload import Workload
 
 __all__ = ["CONTENDERS", "Contender", "RunContext", "pacekeeper_command"]
@@ -47,6 +48,8 @@ class RunContext:
     workdir: Path
     cap_s: float
     """Requests with no answer after this long are cancelled and counted as lost."""
+    completion_tokens: tuple[int, ...] = ()
+    """Each request's completion length, when the reference pacer must pace output tokens."""
 
     @property
     def change_wall(self) -> float | None:
@@ -71,7 +74,7 @@ def _messages(wl: Workload, i: int) -> list[ChatCompletionMessageParam]:
 def _sdk_call(client: openai.AsyncOpenAI, wl: Workload) -> SendFn:
     async def call(i: int) -> object:
         return await client.chat.completions.create(
-            model=wl.model,
+            model=wl.model_for(i),
             messages=_messages(wl, i),
             max_tokens=wl.max_tokens,
             extra_headers={"x-client-request-id": wl.request_id(i)},
@@ -294,47 +297,104 @@ def run_configured(ctx: RunContext) -> Outcome:
 
 # -- 3. the reference pacer ------------------------------------------------------------------
 
+# Fixed windows count arrivals, and arrival times jitter by a few ms: an exactly even schedule
+# would now and then put one request too many into a window. A margin this small costs 3%.
+_WINDOW_MARGIN = 1.03
+_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+
 
 def run_reference(ctx: RunContext) -> Outcome:
-    """Told the true limits (and when they change), it starts each request exactly when the
-    limits allow, on an absolute schedule, with raw httpx2 and no retries: the practical
-    ceiling of this machine that auto mode should match."""
+    """Told the true limits (and when they change), it starts each request exactly when they
+    allow, on an absolute schedule per model, with raw httpx2: the practical ceiling of this
+    machine that auto mode should match. It retries only what an honest client must (a
+    transient error, a dropped connection, a timeout), in the next free slot of the schedule;
+    with the true limits it never meets a 429 unless the clock jitters."""
     wl = ctx.scenario.workload
     truth = ctx.scenario.truth
     change_wall = ctx.change_wall
     answers: list[tuple[float, int | None]] = []
     url = ctx.base_url.rstrip("/") + "/chat/completions"
+    results: dict[int, Result] = {}
 
-    async def send(client: httpx2.AsyncClient, i: int, slots: asyncio.Semaphore | None) -> Result:
+    async def send(client: httpx2.AsyncClient, i: int) -> Result:
         try:
             response = await client.post(
                 url, json=wl.body(i), headers={"x-client-request-id": wl.request_id(i)}
             )
         except httpx2.HTTPError as exc:
             answers.append((time.time(), None))
-            return failure(exc)
-        finally:
-            if slots is not None:
-                slots.release()
+            return Result("lost", "retry", str(exc)) if _transient(exc) else failure(exc)
         answers.append((time.time(), response.status_code))
+        if response.status_code in _RETRYABLE_STATUSES:
+            return Result("lost", "retry", f"HTTP {response.status_code}")
         if response.status_code != 200:
             return Result("failed", f"HTTP {response.status_code}", response.text[:200])
         try:
             data = response.json()
         except ValueError:
-            return Result("failed", "malformed body", response.text[:200])
+            return Result("lost", "retry", "malformed body")
         if isinstance(data, dict) and data.get("choices"):
             return Result("ok")
         return Result("failed", "no choices", response.text[:200])
 
-    def gap_s(i: int, now_wall: float) -> float:
-        factor = truth.change_factor if change_wall is not None and now_wall >= change_wall else 1
+    def gap_s(model_truth: Truth, i: int, now_wall: float) -> float:
+        changed = change_wall is not None and now_wall >= change_wall
+        factor = model_truth.change_factor if changed else 1.0
+        margin = _WINDOW_MARGIN if model_truth.window_s is not None else 1.0
         gaps = [0.0]
-        if truth.rpm is not None:
-            gaps.append(60.0 / (truth.rpm * factor))
-        if truth.tpm is not None:
-            gaps.append(wl.sim_charge(i) * 60.0 / (truth.tpm * factor))
-        return max(gaps)
+        if model_truth.rpm is not None:
+            gaps.append(60.0 / (model_truth.rpm * factor))
+        if model_truth.tpm is not None:
+            gaps.append(wl.sim_charge(i) * 60.0 / (model_truth.tpm * factor))
+        if model_truth.input_tpm is not None:
+            gaps.append(wl.prompt_tokens(i) * 60.0 / (model_truth.input_tpm * factor))
+        if model_truth.output_tpm is not None and ctx.completion_tokens:
+            gaps.append(ctx.completion_tokens[i] * 60.0 / (model_truth.output_tpm * factor))
+        return max(gaps) * margin
+
+    async def pace(client: httpx2.AsyncClient, model: str, indices: list[int]) -> None:
+        model_truth = truth.for_model(model)
+        cap = model_truth.max_in_flight
+        slots = asyncio.Semaphore(cap) if cap else None
+        todo: deque[int] = deque(indices)
+        unfinished = len(indices)
+        tasks: set[asyncio.Task[None]] = set()
+        next_at = time.monotonic()
+
+        async def attempt(i: int) -> None:
+            nonlocal unfinished
+            try:
+                result = await send(client, i)
+            finally:
+                if slots is not None:
+                    slots.release()
+            if result.kind == "lost" and result.reason == "retry":
+                todo.appendleft(i)  # the next free slot of the schedule
+                return
+            results[i] = result
+            unfinished -= 1
+
+        while unfinished > 0:
+            if not todo:
+                # Only retries can still come: wait for one, then go on from now (a pause
+                # refills the provider's buckets; no catching up in a burst).
+                await asyncio.sleep(0.005)
+                next_at = max(next_at, time.monotonic())
+                continue
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots is not None:
+                await slots.acquire()
+            if not todo:  # a slot wait let others finish; re-check
+                if slots is not None:
+                    slots.release()
+                continue
+            i = todo.popleft()
+            task = asyncio.create_task(attempt(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            next_at += gap_s(model_truth, i, time.time())
 
     async def main() -> Outcome:
         client = httpx2.AsyncClient(
@@ -342,40 +402,36 @@ def run_reference(ctx: RunContext) -> Outcome:
             headers={"authorization": "Bearer x"},
             limits=httpx2.Limits(max_connections=None, max_keepalive_connections=256),
         )
-        slots = asyncio.Semaphore(truth.max_in_flight) if truth.max_in_flight else None
+        by_model: dict[str, list[int]] = {}
+        for i in range(wl.n):
+            by_model.setdefault(wl.model_for(i), []).append(i)
         started_at = time.time()
-        t0 = next_at = time.monotonic()
-        tasks: list[asyncio.Task[Result]] = []
+        t0 = time.monotonic()
+        pacers = [asyncio.create_task(pace(client, m, ids)) for m, ids in by_model.items()]
         try:
-            for i in range(wl.n):
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if slots is not None:
-                    await slots.acquire()
-                tasks.append(asyncio.create_task(send(client, i, slots)))
-                next_at += gap_s(i, time.time())
-            done, pending = await asyncio.wait(
-                tasks, timeout=max(1.0, ctx.cap_s - (time.monotonic() - t0))
-            )
+            await asyncio.wait(pacers, timeout=max(1.0, ctx.cap_s))
             outcome = Outcome(started_at=started_at, wall_s=time.monotonic() - t0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            for pacer in pacers:
+                pacer.cancel()
+            await asyncio.gather(*pacers, return_exceptions=True)
         finally:
             await client.aclose()
-        for task in tasks:
-            if task in done:
-                outcome.add(task.result())
-            else:
-                outcome.add(
-                    Result("lost", f"no answer after {ctx.cap_s:.0f} s (cancelled by the bench)")
+        for i in range(wl.n):
+            outcome.add(
+                results.get(
+                    i, Result("lost", f"no answer after {ctx.cap_s:.0f} s (cancelled by the bench)")
                 )
+            )
         return outcome
 
     outcome = asyncio.run(main())
     outcome.answers = answers
     return outcome
+
+
+def _transient(exc: httpx2.HTTPError) -> bool:
+    """A timeout or a broken connection: the request may be sent again."""
+    return isinstance(exc, (httpx2.TimeoutException, httpx2.TransportError))
 
 
 # -- 5. pacekeeper run -----------------------------------------------------------------------

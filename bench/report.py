@@ -195,13 +195,14 @@ def render_markdown(results: dict[str, Any]) -> str:
             "anything; it only shows that every part of the benchmark runs.",
             "",
         ]
-    lines += [
-        *_targets_section(results),
-        "## Scenarios",
-        "",
-    ]
+    lines += _targets_section(results)
+    if results.get("scenarios"):
+        lines += ["## Scenarios", ""]
     for section in results.get("scenarios", []):
         lines += _scenario_section(section)
+    from bench.robustness import robustness_lines
+
+    lines += robustness_lines(results.get("robustness", {}))
     lines += _overhead_section(results.get("overhead", {}))
     from bench.sharing import sharing_lines
 

@@ -29,9 +29,24 @@ class Truth:
     rpm: float | None = None
     tpm: float | None = None
     max_in_flight: int | None = None
+    """The in-flight cap, or for a queueing server (no 429s) its best concurrency."""
     change_at_s: float | None = None
     """Seconds after the simulator started at which every limit is multiplied by change_factor."""
     change_factor: float = 1.0
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+    window_s: float | None = None
+    """Set when rpm/tpm are enforced in fixed windows of this length (not a bucket)."""
+    models: tuple[tuple[str, Truth], ...] = ()
+    """Per-model truths when models have limits of their own (the fields above then are the
+    first model's)."""
+
+    def for_model(self, model: str) -> Truth:
+        """The truth of ``model`` (this one when no per-model truths are given)."""
+        for name, truth in self.models:
+            if name == model:
+                return truth
+        return self
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -59,7 +59,7 @@ def test_dataclasses_are_frozen_and_keyword_only() -> None:
         (lambda: Faults(hang_s=0), "hang_s"),
         (lambda: CapacityChange(at_s=-1, factor=0.5), "at_s"),
         (lambda: CapacityChange(at_s=1, factor=0), "factor"),
-        (lambda: Scenario(rate_limit_headers="azure"), "rate_limit_headers"),  # type: ignore[arg-type]
+        (lambda: Scenario(rate_limit_headers="gemini"), "rate_limit_headers"),  # type: ignore[arg-type]
         (lambda: Scenario(seed=2**64), "seed"),
     ],
 )
@@ -159,7 +159,10 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         ("[faults]\nfoo = 0.1", "[faults]: unknown key 'foo'"),
         ("[[capacity_changes]]\nfactor = 0.5", "[capacity_changes[0]]: missing required key"),
         ("capacity_changes = 3", "capacity_changes: must be an array of tables"),
-        ('rate_limit_headers = "x"', "rate_limit_headers: must be one of openai, anthropic, none"),
+        (
+            'rate_limit_headers = "x"',
+            "rate_limit_headers: must be one of openai, window, azure, anthropic, none",
+        ),
         ("seed = 1.5", "seed: must be a 64-bit integer"),
         ("this is = not toml", "invalid TOML"),
     ],

@@ -17,13 +17,16 @@ See docs/SIMULATOR.md.
 """
 
 from ._process import SimulatorProcess
-from ._requests import DEFAULT_MAX_TOKENS
+from ._profiles import PROFILES, ProfileDraw, TrueLimits, draw_profile
+from ._requests import DEFAULT_MAX_TOKENS, count_text_tokens
 from ._scenario import (
     CapacityChange,
     Faults,
     HeaderMode,
+    InFlightReply,
     Latency,
     ModelLimits,
+    Queueing,
     Scenario,
     ScenarioError,
 )
@@ -31,13 +34,20 @@ from ._server import Simulator
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "PROFILES",
     "CapacityChange",
     "Faults",
     "HeaderMode",
+    "InFlightReply",
     "Latency",
     "ModelLimits",
+    "ProfileDraw",
+    "Queueing",
     "Scenario",
     "ScenarioError",
     "Simulator",
     "SimulatorProcess",
+    "TrueLimits",
+    "count_text_tokens",
+    "draw_profile",
 ]

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -42,7 +43,7 @@ from ._replies import (
     usage_chunk,
 )
 from ._requests import Call, InvalidRequest, parse_call
-from ._scenario import Scenario
+from ._scenario import Queueing, Scenario
 from ._stats import IdRecord, ModelCounts, Stats
 
 __all__ = ["SimApp"]
@@ -120,6 +121,54 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+class _ProcessingQueue:
+    """A self-hosted server's batch: at most `capacity` requests processed at once, the
+    others waiting in FIFO order (see Queueing)."""
+
+    __slots__ = ("capacity", "processing", "slowdown", "waiting")
+
+    def __init__(self, queueing: Queueing) -> None:
+        self.capacity = queueing.capacity
+        self.slowdown = queueing.slowdown
+        self.processing = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    async def enter(self) -> float:
+        """Wait for a processing slot; returns the latency factor the request runs at."""
+        if self.processing < self.capacity and not self.waiting:
+            self.processing += 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(turn)
+            try:
+                await turn  # `leave` hands its slot over by resolving the future
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self.leave()  # the slot was ours already: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self.waiting.remove(turn)
+                raise
+        return 1.0 + self.slowdown * min(1.0, len(self.waiting) / self.capacity)
+
+    def leave(self) -> None:
+        """A processing request finished: its slot goes to the longest-waiting request."""
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.processing -= 1
+
+    def release_all(self) -> None:
+        """Shutdown: let every waiting request through (each then aborts at once)."""
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                self.processing += 1
+                turn.set_result(None)
+
+
 class _Exchange:
     """One admitted API call on its way to an answer."""
 
@@ -130,9 +179,11 @@ class _Exchange:
         "fault",
         "headers",
         "identity",
+        "limiter",
         "receive",
         "record",
         "send",
+        "slowdown",
     )
 
     def __init__(
@@ -146,8 +197,11 @@ class _Exchange:
         record: IdRecord,
         receive: Receive,
         send: Send,
+        limiter: ModelLimiter | None,
     ) -> None:
         self.call = call
+        self.limiter = limiter
+        self.slowdown = 1.0
         self.identity = identity
         self.attempt = attempt  # how many earlier arrivals of this identity were admitted
         self.headers = headers
@@ -187,6 +241,7 @@ class SimApp:
         "_latency",
         "_limits",
         "_mode",
+        "_queue",
         "_require_key",
         "_seed",
         "_seq",
@@ -217,6 +272,7 @@ class SimApp:
         self._limits = LimiterRegistry(scenario, self._started_mono)
         self._faults = FaultPlan(scenario.faults, scenario.seed)
         self._latency = scenario.latency
+        self._queue = None if scenario.queueing is None else _ProcessingQueue(scenario.queueing)
         self._seq = itertools.count(1)
         self._closing = False
         self._waiters: set[asyncio.Future[str]] = set()
@@ -227,6 +283,8 @@ class SimApp:
     def begin_close(self) -> None:
         """Server shutdown: hung and sleeping requests abort their connections right away."""
         self._closing = True
+        if self._queue is not None:
+            self._queue.release_all()
         for waiter in list(self._waiters):
             _settle(waiter, "closing")
 
@@ -357,9 +415,16 @@ class SimApp:
         headers: Headers = []
         if limiter is not None:
             wall = self._wall() if self._mode == "anthropic" else 0.0
-            rejection = limiter.admit(call.token_cost, now)
+            rejection = limiter.admit(call.token_cost, now, call.prompt_tokens)
             if rejection is not None:
-                headers, body = rejection_response(self._mode, limiter, rejection, now, wall)
+                headers, body = rejection_response(
+                    self._mode,
+                    limiter,
+                    rejection,
+                    now,
+                    wall,
+                    in_flight_reply=self.scenario.in_flight_reply,
+                )
                 stats.rejected(in_flight_cap=rejection.kind == "concurrency")
                 await _send(send, 429, headers, body)
                 stats.answered(counts, record, 429)
@@ -376,11 +441,20 @@ class SimApp:
             record=record,
             receive=receive,
             send=send,
+            limiter=limiter,
         )
         record.admitted += 1
         stats.admitted(counts, call.token_cost)
+        queue = self._queue
         try:
-            await self._process(ex)
+            if queue is None:
+                await self._process(ex)
+            else:
+                ex.slowdown = await queue.enter()
+                try:
+                    await self._process(ex)
+                finally:
+                    queue.leave()
         finally:
             stats.left()
             if limiter is not None:
@@ -403,10 +477,10 @@ class SimApp:
                     return
 
         latency = self._latency
-        factor = 1.0
+        factor = ex.slowdown
         if latency.spread > 0:
             z = unit_normal(self._seed, "latency", ex.identity, ex.attempt)
-            factor = math.exp(latency.spread * z)
+            factor *= math.exp(latency.spread * z)
         ttft_s = latency.ttft_s * factor
         per_token_s = latency.per_token_s * factor
 
@@ -421,6 +495,7 @@ class SimApp:
         choices = choices_for(call)
         if call.stream:
             if await self._stream(ex, choices, ttft_s, per_token_s):
+                self._charge_output(ex, choices)
                 self.stats.answered(ex.counts, ex.record, 200, success=True)
             return
         response_id, created = self._response_id(call), int(self._wall())
@@ -434,7 +509,14 @@ class SimApp:
             if await self._pause(delay_s):
                 await self._abort(ex)
                 return
+        self._charge_output(ex, choices)
         await self._reply(ex, body)
+
+    def _charge_output(self, ex: _Exchange, choices: list[Choice]) -> None:
+        """Output tokens count against an output-token limit once they are generated."""
+        limiter = ex.limiter
+        if limiter is not None and limiter.output_tokens is not None:
+            limiter.charge_output(sum(c.tokens for c in choices), self._clock())
 
     def _response_id(self, call: Call) -> str:
         prefix = "chatcmpl-sim" if call.kind == "chat" else "cmpl-sim"

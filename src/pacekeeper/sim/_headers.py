@@ -1,15 +1,23 @@
 """Rate-limit headers and rate-limit/error bodies, in the providers' formats.
 
-Three header modes:
+Header modes:
 
 * "openai": x-ratelimit-{limit,remaining,reset}-{requests,tokens} on every response of a limited
-  model, resets as Go durations ("6m0s", "1.5s", "20ms"); a rate 429 adds retry-after-ms and
-  retry-after and OpenAI's rate_limit_exceeded body.
+  model, remaining scaled to the per-minute limit, resets as Go durations ("6m0s", "1.5s",
+  "20ms"); a rate 429 adds retry-after-ms and retry-after and OpenAI's rate_limit_exceeded body.
+* "window": the same names, but remaining counts what is left in the current short window (or
+  bucket), unscaled, and reset is the time to the end of that window, while limit still states
+  the per-minute figure (as observed on a server enforcing 1200 rpm per second).
+* "azure": only x-ratelimit-remaining-{requests,tokens} (what is left in the current window); no
+  limit and no reset headers; a rate 429 adds retry-after in whole seconds and Azure's body.
 * "anthropic": anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,
   reset}, resets as RFC 3339 UTC timestamps; a rate 429 adds retry-after (seconds) and
-  Anthropic's rate_limit_error body. The sim has a single token bucket, so the input-tokens and
-  output-tokens headers mirror it.
+  Anthropic's rate_limit_error body. With input_tpm/output_tpm the input- and output-token
+  headers describe those meters; without them they mirror the single token meter.
 * "none": no hint headers at all and a bare `Too Many Requests` 429 (like many gateways).
+
+A 429 for the in-flight cap is shaped by the scenario's InFlightReply (message, code,
+retry-after, with or without the rate-limit headers) in every mode.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import json
 import math
 import time
 
-from ._limits import ModelLimiter, Rejection, TokenBucket
+from ._limits import Meter, ModelLimiter, Rejection
+from ._scenario import DEFAULT_IN_FLIGHT_MESSAGE, InFlightReply
 
 __all__ = [
     "Headers",
@@ -68,18 +77,24 @@ def _per_minute(value: float) -> int:
     return max(1, round(value))
 
 
-def _remaining(limit: int, bucket: TokenBucket) -> int:
-    # The bucket holds burst_s seconds of the budget; scale its level to the per-minute limit.
-    remaining = math.floor(limit * bucket.level / bucket.capacity)
+def _remaining(limit: int, meter: Meter) -> int:
+    # The meter holds a few seconds of the budget; scale its level to the per-minute limit.
+    remaining = math.floor(limit * meter.level / meter.capacity)
     return remaining if remaining > 0 else 0
 
 
-# (limit, remaining, reset) header names per bucket, encoded once rather than per response.
+def _left(meter: Meter) -> int:
+    # What is left in the current window (or bucket), unscaled.
+    left = math.floor(meter.level + 1e-9)
+    return left if left > 0 else 0
+
+
+# (limit, remaining, reset) header names per meter, encoded once rather than per response.
 _NameSet = tuple[tuple[bytes, bytes, bytes], ...]
 
 
-def _names(mode: str, buckets: tuple[str, ...]) -> _NameSet:
-    if mode == "openai":
+def _names(prefix_style: str, buckets: tuple[str, ...]) -> _NameSet:
+    if prefix_style == "x-ratelimit":
         return tuple(
             (
                 f"x-ratelimit-limit-{b}".encode(),
@@ -98,31 +113,41 @@ def _names(mode: str, buckets: tuple[str, ...]) -> _NameSet:
     )
 
 
-_REQUEST_NAMES = {mode: _names(mode, ("requests",)) for mode in ("openai", "anthropic")}
-# The sim has one token bucket; Anthropic's input/output token headers mirror it.
-_TOKEN_NAMES = {
-    "openai": _names("openai", ("tokens",)),
-    "anthropic": _names("anthropic", ("tokens", "input-tokens", "output-tokens")),
-}
+_X_REQUESTS = _names("x-ratelimit", ("requests",))
+_X_TOKENS = _names("x-ratelimit", ("tokens",))
+_A_REQUESTS = _names("anthropic", ("requests",))
+_A_TOKENS = _names("anthropic", ("tokens",))
+_A_INPUT = _names("anthropic", ("input-tokens",))
+_A_OUTPUT = _names("anthropic", ("output-tokens",))
+_A_ALL_TOKENS = _A_TOKENS + _A_INPUT + _A_OUTPUT
 
 
-def _bucket_headers(
+def _meter_headers(
     out: Headers,
     mode: str,
     names: _NameSet,
     per_minute: float,
-    bucket: TokenBucket,
+    meter: Meter,
     *,
     now: float,
     wall: float,
 ) -> None:
     limit = _per_minute(per_minute)
+    if mode == "azure":
+        # Azure: what is left in the current window, and nothing else.
+        for _, remaining_name, _ in names:
+            out.append((remaining_name, str(_left(meter)).encode()))
+        return
     limit_value = str(limit).encode()
-    remaining = str(_remaining(limit, bucket)).encode()
-    full_in_s = bucket.full_in_s(now)
+    full_in_s = meter.full_in_s(now)
     if mode == "openai":
+        remaining = str(_remaining(limit, meter)).encode()
+        reset = go_duration(full_in_s).encode()
+    elif mode == "window":
+        remaining = str(_left(meter)).encode()
         reset = go_duration(full_in_s).encode()
     else:
+        remaining = str(_remaining(limit, meter)).encode()
         reset = rfc3339(wall + full_in_s).encode()
     for limit_name, remaining_name, reset_name in names:
         out.append((limit_name, limit_value))
@@ -130,19 +155,42 @@ def _bucket_headers(
         out.append((reset_name, reset))
 
 
+def _anthropic_token_headers(
+    out: Headers, limiter: ModelLimiter, *, now: float, wall: float
+) -> None:
+    token_meters = [
+        (names, per_minute, meter)
+        for names, per_minute, meter in (
+            (_A_INPUT, limiter.input_tpm, limiter.input_tokens),
+            (_A_OUTPUT, limiter.output_tpm, limiter.output_tokens),
+        )
+        if meter is not None and per_minute is not None
+    ]
+    if limiter.tokens is not None and limiter.tpm is not None:
+        # tokens-* is the combined limit; input/output headers mirror it when not set apart.
+        names = _A_TOKENS if token_meters else _A_ALL_TOKENS
+        _meter_headers(out, "anthropic", names, limiter.tpm, limiter.tokens, now=now, wall=wall)
+    elif token_meters:
+        # Anthropic: tokens-* reports the most restrictive of the token limits in effect.
+        _, per_minute, meter = min(token_meters, key=lambda m: m[2].level / m[2].capacity)
+        _meter_headers(out, "anthropic", _A_TOKENS, per_minute, meter, now=now, wall=wall)
+    for names, per_minute, meter in token_meters:
+        _meter_headers(out, "anthropic", names, per_minute, meter, now=now, wall=wall)
+
+
 def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float) -> Headers:
     """The informational rate-limit headers of `limiter` at `now` (wall: Unix time of `now`)."""
     out: Headers = []
     if mode == "none":
         return out
+    anthropic = mode == "anthropic"
     if limiter.requests is not None and limiter.rpm is not None:
-        _bucket_headers(
-            out, mode, _REQUEST_NAMES[mode], limiter.rpm, limiter.requests, now=now, wall=wall
-        )
-    if limiter.tokens is not None and limiter.tpm is not None:
-        _bucket_headers(
-            out, mode, _TOKEN_NAMES[mode], limiter.tpm, limiter.tokens, now=now, wall=wall
-        )
+        names = _A_REQUESTS if anthropic else _X_REQUESTS
+        _meter_headers(out, mode, names, limiter.rpm, limiter.requests, now=now, wall=wall)
+    if anthropic:
+        _anthropic_token_headers(out, limiter, now=now, wall=wall)
+    elif limiter.tokens is not None and limiter.tpm is not None:
+        _meter_headers(out, mode, _X_TOKENS, limiter.tpm, limiter.tokens, now=now, wall=wall)
     return out
 
 
@@ -162,20 +210,22 @@ def anthropic_error_body(type_: str, message: str) -> bytes:
     return _dumps({"type": "error", "error": {"type": type_, "message": message}})
 
 
+def _meter_of(limiter: ModelLimiter, kind: str) -> tuple[Meter | None, float | None, str]:
+    if kind == "requests":
+        return limiter.requests, limiter.rpm, "requests per min (RPM)"
+    if kind == "input_tokens":
+        return limiter.input_tokens, limiter.input_tpm, "input tokens per min (ITPM)"
+    if kind == "output_tokens":
+        return limiter.output_tokens, limiter.output_tpm, "output tokens per min (OTPM)"
+    return limiter.tokens, limiter.tpm, "tokens per min (TPM)"
+
+
 def _openai_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> str:
-    if rejection.kind == "concurrency":
-        return (
-            f"Too many concurrent requests for {limiter.model}: limit {limiter.max_in_flight} "
-            "in flight. Please retry after a request in flight completes."
-        )
-    if rejection.kind == "requests":
-        bucket, per_minute, label = limiter.requests, limiter.rpm, "requests per min (RPM)"
-    else:
-        bucket, per_minute, label = limiter.tokens, limiter.tpm, "tokens per min (TPM)"
-    assert bucket is not None
+    meter, per_minute, label = _meter_of(limiter, rejection.kind)
+    assert meter is not None
     assert per_minute is not None
     limit = _per_minute(per_minute)
-    used = limit - _remaining(limit, bucket)
+    used = limit - _remaining(limit, meter)
     return (
         f"Rate limit reached for {limiter.model} on {label}: Limit {limit}, Used {used}, "
         f"Requested {round(rejection.requested)}. "
@@ -184,38 +234,89 @@ def _openai_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> st
 
 
 def _anthropic_rejection_message(limiter: ModelLimiter, rejection: Rejection) -> str:
-    if rejection.kind == "concurrency":
-        return "Number of concurrent connections has exceeded your rate limit."
-    if rejection.kind == "requests":
-        what = f"{_per_minute(limiter.rpm or 0):,} requests per minute"
-    else:
-        what = f"{_per_minute(limiter.tpm or 0):,} tokens per minute"
+    _, per_minute, _ = _meter_of(limiter, rejection.kind)
+    unit = {
+        "requests": "requests",
+        "tokens": "tokens",
+        "input_tokens": "input tokens",
+        "output_tokens": "output tokens",
+    }[rejection.kind]
+    what = f"{_per_minute(per_minute or 0):,} {unit} per minute"
     return f"This request would exceed the rate limit for your organization of {what}."
 
 
+def _azure_rejection_message(rejection: Rejection, wait_s: int) -> str:
+    what = "call rate limit" if rejection.kind == "requests" else "token rate limit"
+    return (
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+        f"2024-10-21 have exceeded {what} of your current OpenAI S0 pricing tier. "
+        f"Please retry after {wait_s} seconds."
+    )
+
+
+def _in_flight_response(
+    mode: str,
+    limiter: ModelLimiter,
+    reply: InFlightReply,
+    now: float,
+    wall: float,
+) -> tuple[Headers, bytes]:
+    headers: Headers = []
+    if reply.rate_limit_headers:
+        headers = rate_limit_headers(mode, limiter, now, wall)
+    headers.append(JSON_CONTENT_TYPE)
+    if reply.retry_after_s is not None:
+        seconds = max(0, math.ceil(reply.retry_after_s - 1e-9))
+        headers.append((b"retry-after", str(seconds).encode()))
+    if mode == "anthropic":
+        message = reply.message
+        if message == DEFAULT_IN_FLIGHT_MESSAGE:
+            message = "Number of concurrent connections has exceeded your rate limit."
+        body = anthropic_error_body(
+            "rate_limit_error", message.format(model=limiter.model, limit=limiter.max_in_flight)
+        )
+    else:
+        message = reply.message.format(model=limiter.model, limit=limiter.max_in_flight)
+        body = error_body(message, "requests", reply.code)
+    return headers, body
+
+
 def rejection_response(
-    mode: str, limiter: ModelLimiter, rejection: Rejection, now: float, wall: float
+    mode: str,
+    limiter: ModelLimiter,
+    rejection: Rejection,
+    now: float,
+    wall: float,
+    *,
+    in_flight_reply: InFlightReply | None = None,
 ) -> tuple[Headers, bytes]:
     """Headers (content type included) and body of a 429 for `rejection` in header `mode`."""
+    if rejection.kind == "concurrency":
+        reply = in_flight_reply if in_flight_reply is not None else InFlightReply()
+        return _in_flight_response(mode, limiter, reply, now, wall)
     if mode == "none":
         return [TEXT_CONTENT_TYPE], b"Too Many Requests"
     headers = rate_limit_headers(mode, limiter, now, wall)
     headers.append(JSON_CONTENT_TYPE)
-    timed = rejection.kind != "concurrency"
-    if mode == "openai":
-        if timed:
-            wait_ms = max(1, math.ceil(rejection.wait_s * 1000.0 - 1e-6))
-            headers.append((b"retry-after-ms", str(wait_ms).encode()))
-            headers.append((b"retry-after", str(max(1, math.ceil(wait_ms / 1000))).encode()))
+    if mode in ("openai", "window"):
+        wait_ms = max(1, math.ceil(rejection.wait_s * 1000.0 - 1e-6))
+        headers.append((b"retry-after-ms", str(wait_ms).encode()))
+        headers.append((b"retry-after", str(max(1, math.ceil(wait_ms / 1000))).encode()))
         body = error_body(
             _openai_rejection_message(limiter, rejection),
-            "requests" if rejection.kind != "tokens" else "tokens",
+            "requests" if rejection.kind == "requests" else "tokens",
             "rate_limit_exceeded",
         )
+    elif mode == "azure":
+        # Whole seconds only: Azure sends no finer hint.
+        wait_s = max(1, math.ceil(rejection.wait_s - 1e-9))
+        headers.append((b"retry-after", str(wait_s).encode()))
+        body = _dumps(
+            {"error": {"code": "429", "message": _azure_rejection_message(rejection, wait_s)}}
+        )
     else:
-        if timed:
-            wait_s = max(1, math.ceil(rejection.wait_s - 1e-9))
-            headers.append((b"retry-after", str(wait_s).encode()))
+        wait_s = max(1, math.ceil(rejection.wait_s - 1e-9))
+        headers.append((b"retry-after", str(wait_s).encode()))
         body = anthropic_error_body(
             "rate_limit_error", _anthropic_rejection_message(limiter, rejection)
         )

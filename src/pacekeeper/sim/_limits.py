@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from ._scenario import CapacityChange, ModelLimits, Scenario
 
-__all__ = ["LimiterRegistry", "ModelLimiter", "Rejection", "TokenBucket"]
+__all__ = ["FixedWindow", "LimiterRegistry", "Meter", "ModelLimiter", "Rejection", "TokenBucket"]
 
 
 class TokenBucket:
@@ -75,11 +75,92 @@ class TokenBucket:
         )
 
 
+class FixedWindow:
+    """A budget of `capacity` units per fixed window of `window_s` seconds.
+
+    Windows are aligned to `origin` (server start): [origin + k * window_s, origin + (k+1) *
+    window_s). The count starts over at each window boundary, so a client may spend a whole
+    window's budget at once and then must wait for the next window. `level` is what is left
+    in the current window. A cost larger than the whole budget is admitted at the start of a
+    window (level full) and leaves the window in debt, so it never starves.
+
+    It offers the same methods as TokenBucket, so ModelLimiter and the headers treat both alike;
+    `full_in_s` is the time to the end of the current window (when the count resets).
+    """
+
+    __slots__ = ("capacity", "level", "origin", "rate_per_s", "window_s", "window_start")
+
+    def __init__(self, capacity: float, rate_per_s: float, now: float, window_s: float) -> None:
+        self.capacity = capacity
+        self.rate_per_s = rate_per_s
+        self.window_s = window_s
+        self.origin = now
+        self.window_start = now
+        self.level = capacity
+
+    def refill(self, now: float) -> None:
+        """Start a new window (full budget) if `now` is past the current one."""
+        if now >= self.window_start + self.window_s:
+            elapsed_windows = (now - self.origin) // self.window_s
+            self.window_start = self.origin + elapsed_windows * self.window_s
+            self.level = self.capacity
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds from `now` until `cost` would be admitted: 0.0, or the end of the window."""
+        self.refill(now)
+        need = cost if cost <= self.capacity else self.capacity
+        if self.level >= need:
+            return 0.0
+        return self.window_start + self.window_s - now
+
+    def take(self, cost: float) -> None:
+        """Spend `cost` in the current window."""
+        self.level -= cost
+
+    def full_in_s(self, now: float) -> float:
+        """Seconds from `now` until the count resets (the end of the current window)."""
+        self.refill(now)
+        if self.level >= self.capacity:
+            return 0.0
+        return self.window_start + self.window_s - now
+
+    def reconfigure(self, capacity: float, rate_per_s: float, now: float) -> None:
+        """Switch to a new budget at `now`: what was used in this window stays used."""
+        self.refill(now)
+        used = self.capacity - self.level
+        self.capacity = capacity
+        self.rate_per_s = rate_per_s
+        self.level = capacity - used
+
+    def __repr__(self) -> str:
+        return (
+            f"FixedWindow(level={self.level:.3f}, capacity={self.capacity:g}, "
+            f"window_s={self.window_s:g}, window_start={self.window_start:.3f})"
+        )
+
+
+Meter = TokenBucket | FixedWindow
+
+
+def _meter(per_minute: float | None, limits: ModelLimits, now: float) -> Meter | None:
+    if per_minute is None:
+        return None
+    rate_per_s = per_minute / 60.0
+    if limits.window_s is not None:
+        return FixedWindow(rate_per_s * limits.window_s, rate_per_s, now, limits.window_s)
+    return TokenBucket(rate_per_s * limits.burst_s, rate_per_s, now)
+
+
+def _window_of(limits: ModelLimits) -> float:
+    return limits.window_s if limits.window_s is not None else limits.burst_s
+
+
 class Rejection:
     """Why a request was not admitted and when it would be.
 
-    kind is "requests" or "tokens" (the bucket that needs the longest wait) or "concurrency"
-    (max_in_flight reached; wait_s is then 0.0 because no time bound is known).
+    kind is "requests", "tokens", "input_tokens" or "output_tokens" (the meter that needs the
+    longest wait) or "concurrency" (max_in_flight reached; wait_s is then 0.0 because no time
+    bound is known).
     """
 
     __slots__ = ("kind", "requested", "wait_s")
@@ -98,8 +179,9 @@ class Rejection:
 class ModelLimiter:
     """The limits of one model: a request bucket, a token bucket and an in-flight cap.
 
-    `rpm`, `tpm` and `max_in_flight` are the current (capacity-change adjusted) values; the
-    buckets hold `burst_s` seconds of the per-minute budgets.
+    `rpm`, `tpm`, `input_tpm`, `output_tpm` and `max_in_flight` are the current
+    (capacity-change adjusted) values; the meters hold `burst_s` seconds of the per-minute
+    budgets (buckets), or `window_s` seconds of them (fixed windows).
     """
 
     __slots__ = (
@@ -108,8 +190,12 @@ class ModelLimiter:
         "_factor",
         "_next_change",
         "in_flight",
+        "input_tokens",
+        "input_tpm",
         "max_in_flight",
         "model",
+        "output_tokens",
+        "output_tpm",
         "requests",
         "rpm",
         "tokens",
@@ -131,19 +217,14 @@ class ModelLimiter:
         self._next_change = 0
         self.rpm = limits.rpm
         self.tpm = limits.tpm
+        self.input_tpm = limits.input_tpm
+        self.output_tpm = limits.output_tpm
         self.max_in_flight = limits.max_in_flight
         self.in_flight = 0
-        burst_s = limits.burst_s
-        self.requests = (
-            None
-            if limits.rpm is None
-            else TokenBucket(limits.rpm / 60.0 * burst_s, limits.rpm / 60.0, now)
-        )
-        self.tokens = (
-            None
-            if limits.tpm is None
-            else TokenBucket(limits.tpm / 60.0 * burst_s, limits.tpm / 60.0, now)
-        )
+        self.requests = _meter(limits.rpm, limits, now)
+        self.tokens = _meter(limits.tpm, limits, now)
+        self.input_tokens = _meter(limits.input_tpm, limits, now)
+        self.output_tokens = _meter(limits.output_tpm, limits, now)
 
     def _apply_due_changes(self, now: float) -> None:
         changes = self._changes
@@ -152,21 +233,32 @@ class ModelLimiter:
             self._next_change += 1
             self._factor *= factor
             base = self._base
+            span_s = _window_of(base)
             # Recompute from the base values so that rounding never compounds.
             if base.rpm is not None and self.requests is not None:
                 self.rpm = base.rpm * self._factor
-                self.requests.reconfigure(self.rpm / 60.0 * base.burst_s, self.rpm / 60.0, at)
+                self.requests.reconfigure(self.rpm / 60.0 * span_s, self.rpm / 60.0, at)
             if base.tpm is not None and self.tokens is not None:
                 self.tpm = base.tpm * self._factor
-                self.tokens.reconfigure(self.tpm / 60.0 * base.burst_s, self.tpm / 60.0, at)
+                self.tokens.reconfigure(self.tpm / 60.0 * span_s, self.tpm / 60.0, at)
+            if base.input_tpm is not None and self.input_tokens is not None:
+                self.input_tpm = base.input_tpm * self._factor
+                rate = self.input_tpm / 60.0
+                self.input_tokens.reconfigure(rate * span_s, rate, at)
+            if base.output_tpm is not None and self.output_tokens is not None:
+                self.output_tpm = base.output_tpm * self._factor
+                rate = self.output_tpm / 60.0
+                self.output_tokens.reconfigure(rate * span_s, rate, at)
             if base.max_in_flight is not None:
                 self.max_in_flight = max(1, round(base.max_in_flight * self._factor))
 
-    def admit(self, token_cost: float, now: float) -> Rejection | None:
-        """Admit one request costing `token_cost` tokens at `now`, or say why not.
+    def admit(self, token_cost: float, now: float, input_cost: float = 0.0) -> Rejection | None:
+        """Admit one request costing `token_cost` tokens (and `input_cost` input tokens) at
+        `now`, or say why not.
 
-        On admission both buckets are charged and `in_flight` is incremented (the caller calls
-        `release` when the request is done). A rejected request spends nothing.
+        On admission the meters are charged and `in_flight` is incremented (the caller calls
+        `release` when the request is done, and `charge_output` when output is generated). A
+        rejected request spends nothing.
         """
         if self._next_change < len(self._changes):
             self._apply_due_changes(now)
@@ -175,17 +267,36 @@ class ModelLimiter:
         requests, tokens = self.requests, self.tokens
         wait_requests_s = 0.0 if requests is None else requests.wait_s(1, now)
         wait_tokens_s = 0.0 if tokens is None else tokens.wait_s(token_cost, now)
-        if wait_requests_s > 0.0 or wait_tokens_s > 0.0:
-            # Name the bucket that binds longest: that is when the request would fit.
-            if wait_tokens_s > wait_requests_s:
-                return Rejection("tokens", wait_tokens_s, token_cost)
-            return Rejection("requests", wait_requests_s, 1)
+        worst = Rejection("requests", wait_requests_s, 1)
+        if wait_tokens_s > worst.wait_s:
+            worst = Rejection("tokens", wait_tokens_s, token_cost)
+        input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        if input_tokens is not None:
+            wait_s = input_tokens.wait_s(input_cost, now)
+            if wait_s > worst.wait_s:
+                worst = Rejection("input_tokens", wait_s, input_cost)
+        if output_tokens is not None:
+            # Output is charged as it is generated: admit while the meter is not in debt.
+            wait_s = output_tokens.wait_s(min(1.0, output_tokens.capacity), now)
+            if wait_s > worst.wait_s:
+                worst = Rejection("output_tokens", wait_s, 1)
+        if worst.wait_s > 0.0:
+            # Name the meter that binds longest: that is when the request would fit.
+            return worst
         if requests is not None:
             requests.take(1)
         if tokens is not None:
             tokens.take(token_cost)
+        if input_tokens is not None:
+            input_tokens.take(input_cost)
         self.in_flight += 1
         return None
+
+    def charge_output(self, tokens: float, now: float) -> None:
+        """Output tokens were generated (only the output-token meter counts them)."""
+        if self.output_tokens is not None:
+            self.output_tokens.refill(now)
+            self.output_tokens.take(tokens)
 
     def release(self) -> None:
         """One admitted request finished (whatever its outcome)."""
@@ -197,8 +308,9 @@ class ModelLimiter:
             self._apply_due_changes(now)
         if self.requests is not None:
             self.requests.refill(now)
-        if self.tokens is not None:
-            self.tokens.refill(now)
+        for meter in (self.tokens, self.input_tokens, self.output_tokens):
+            if meter is not None:
+                meter.refill(now)
 
     def __repr__(self) -> str:
         return (

@@ -3,10 +3,14 @@
 Token estimate (documented in docs/SIMULATOR.md, and deliberately simple so a client can
 reproduce it):
 
-* chat: 3 tokens of reply priming + for each message 4 tokens of overhead + ceil(chars / 4),
-  chars being the message's text (string content, the `text` of content parts, and `name`);
+* text counts like a BPE tokenizer roughly would (`count_text_tokens`): plain prose
+  ceil(chars / 4); symbol-dense text (code, JSON: more than 10% of its characters are ASCII
+  punctuation) ceil(chars / 3); each CJK character (and kana, hangul, full-width forms) 1
+  token; any other non-ASCII character half a token. chars/4 undercounts the latter kinds.
+* chat: 3 tokens of reply priming + for each message 4 tokens of overhead + the tokens of the
+  message's text (string content, the `text` of content parts, and `name`, counted together);
   every non-text content part (image, audio, ...) counts 85 tokens.
-* completions / embeddings: a string counts ceil(chars / 4); a list of token ids counts its
+* completions / embeddings: a string counts its text tokens; a list of token ids counts its
   length; a list of prompts/inputs counts the sum of its items.
 
 Tokens charged at admission: prompt estimate + max_tokens (max_completion_tokens wins when
@@ -17,6 +21,7 @@ the prompt estimate only.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ._draws import digest64
@@ -25,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "Call",
     "InvalidRequest",
+    "count_text_tokens",
     "parse_call",
 ]
 
@@ -35,6 +41,30 @@ NON_TEXT_PART_TOKENS = 85
 MAX_N = 128
 MAX_DIMENSIONS = 4096
 DEFAULT_DIMENSIONS = 64
+
+
+# CJK ideographs and their punctuation, kana, hangul, full-width forms: about a token each in
+# the common BPE vocabularies (often more), where chars/4 would count a quarter.
+_WIDE = re.compile(
+    "[\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
+    "\U00020000-\U0003ffff]"
+)
+_ASCII_SYMBOL = re.compile(r"[!-/:-@\[-`{-~]")
+#: Above this share of ASCII punctuation, text is code or JSON: about 3 characters per token.
+SYMBOL_DENSE_SHARE = 0.10
+
+
+def count_text_tokens(text: str) -> int:
+    """The simulator's token count of `text` (see the module docstring)."""
+    if text.isascii():
+        n = len(text)
+        if n and len(_ASCII_SYMBOL.findall(text)) > SYMBOL_DENSE_SHARE * n:
+            return (n + 2) // 3
+        return (n + 3) // 4
+    wide = len(_WIDE.findall(text))
+    ascii_text = text.encode("ascii", "ignore").decode("ascii")
+    other = len(text) - wide - len(ascii_text)
+    return wide + (other + 1) // 2 + count_text_tokens(ascii_text)
 
 
 class InvalidRequest(Exception):
@@ -133,28 +163,29 @@ def _message_tokens(index: int, message: object) -> int:
     role = message.get("role")
     if not isinstance(role, str):
         raise _missing(f"messages[{index}].role")
-    chars = 0
+    texts: list[str] = []
     extra = 0
     content = message.get("content")
     if isinstance(content, str):
-        chars = len(content)
+        texts.append(content)
     elif isinstance(content, list):
         for part in content:
             text = part.get("text") if isinstance(part, dict) else None
             if isinstance(text, str):
-                chars += len(text)
+                texts.append(text)
             else:
                 extra += NON_TEXT_PART_TOKENS
     name = message.get("name")
     if isinstance(name, str):
-        chars += len(name)
-    return MESSAGE_OVERHEAD_TOKENS + (chars + 3) // 4 + extra
+        texts.append(name)
+    text = texts[0] if len(texts) == 1 else "".join(texts)
+    return MESSAGE_OVERHEAD_TOKENS + count_text_tokens(text) + extra
 
 
 def _text_tokens(param: str, item: object) -> int:
     """Tokens of one prompt/input item: a string, or a list of token ids."""
     if isinstance(item, str):
-        return (len(item) + 3) // 4
+        return count_text_tokens(item)
     if isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
         return len(item)
     raise InvalidRequest(

@@ -20,8 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-HeaderMode = Literal["openai", "anthropic", "none"]
-HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "anthropic", "none")
+HeaderMode = Literal["openai", "window", "azure", "anthropic", "none"]
+HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "none")
 
 #: Fault kinds that depend on the attempt number: a retry may fare differently.
 TRANSIENT_FAULTS: tuple[str, ...] = (
@@ -77,16 +77,29 @@ class ModelLimits:
 
     rpm/tpm are per-minute budgets enforced by continuously refilling buckets whose capacity is
     `burst_s` seconds worth of the budget (rpm 1200, burst_s 1.0 -> 20 requests, refilling 20/s).
+    With `window_s` set they are enforced in fixed windows instead: each window of `window_s`
+    seconds (counted from server start) admits `window_s` seconds worth of the budget, and the
+    count starts over when the next window begins (Azure's 1 s / 10 s windows).
+
+    `input_tpm` and `output_tpm` are Anthropic's separate limits: input tokens (the prompt
+    estimate) are charged at admission; output tokens are charged when they are generated, and
+    a request is admitted only while the output bucket is not in debt.
     """
 
     rpm: float | None = None
     tpm: float | None = None
     max_in_flight: int | None = None
     burst_s: float = 1.0
+    window_s: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
 
     def __post_init__(self) -> None:
         _check_number("rpm", self.rpm, positive=True, optional=True)
         _check_number("tpm", self.tpm, positive=True, optional=True)
+        _check_number("window_s", self.window_s, positive=True, optional=True)
+        _check_number("input_tpm", self.input_tpm, positive=True, optional=True)
+        _check_number("output_tpm", self.output_tpm, positive=True, optional=True)
         if self.max_in_flight is not None and (
             not isinstance(self.max_in_flight, int)
             or isinstance(self.max_in_flight, bool)
@@ -100,7 +113,13 @@ class ModelLimits:
     @property
     def unlimited(self) -> bool:
         """True when no limit at all applies (the request path then skips the limiter)."""
-        return self.rpm is None and self.tpm is None and self.max_in_flight is None
+        return (
+            self.rpm is None
+            and self.tpm is None
+            and self.max_in_flight is None
+            and self.input_tpm is None
+            and self.output_tpm is None
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,6 +202,63 @@ class CapacityChange:
             raise ValueError(f"model: must be a non-empty string (or omitted), got {self.model!r}")
 
 
+DEFAULT_IN_FLIGHT_MESSAGE = (
+    "Too many concurrent requests for {model}: limit {limit} in flight. "
+    "Please retry after a request in flight completes."
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InFlightReply:
+    """How a request beyond `max_in_flight` is answered: providers and gateways differ.
+
+    `message` may use `{model}` and `{limit}`. `code` is the error code in the body (OpenAI
+    shape; in anthropic mode the body is Anthropic's and `code` is its error type).
+    `retry_after_s` None sends no retry-after; `rate_limit_headers` False leaves out the
+    informational rate-limit headers on these 429s.
+    """
+
+    message: str = DEFAULT_IN_FLIGHT_MESSAGE
+    code: str = "rate_limit_exceeded"
+    retry_after_s: float | None = None
+    rate_limit_headers: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("message", "code"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}: must be a non-empty string, got {value!r}")
+        _check_number("retry_after_s", self.retry_after_s, optional=True)
+        if not isinstance(self.rate_limit_headers, bool):
+            raise TypeError(
+                f"rate_limit_headers: must be true or false, got {self.rate_limit_headers!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Queueing:
+    """A self-hosted server (vLLM-like): never a 429, but at most `capacity` requests are
+    processed at once; the others wait in a FIFO queue (their latency grows with it).
+
+    `slowdown` > 0 also makes the server less efficient while requests queue, as batching
+    servers are under memory pressure: a request that starts processing while `q` others wait
+    takes (1 + slowdown * min(1, q / capacity)) times its nominal latency, so throughput falls
+    by up to 1 / (1 + slowdown) past capacity.
+    """
+
+    capacity: int
+    slowdown: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.capacity, int)
+            or isinstance(self.capacity, bool)
+            or self.capacity < 1
+        ):
+            raise ValueError(f"capacity: must be an integer >= 1, got {self.capacity!r}")
+        _check_number("slowdown", self.slowdown)
+
+
 def _default_models() -> dict[str, ModelLimits]:
     return {}
 
@@ -203,6 +279,8 @@ class Scenario:
     capacity_changes: tuple[CapacityChange, ...] = ()
     seed: int = 0
     require_api_key: bool = False
+    in_flight_reply: InFlightReply = field(default_factory=InFlightReply)
+    queueing: Queueing | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.models, Mapping):
@@ -218,9 +296,12 @@ class Scenario:
             ("default", self.default, ModelLimits),
             ("latency", self.latency, Latency),
             ("faults", self.faults, Faults),
+            ("in_flight_reply", self.in_flight_reply, InFlightReply),
         ):
             if not isinstance(value, kind):
                 raise TypeError(f"{name}: must be a {kind.__name__}, got {value!r}")
+        if self.queueing is not None and not isinstance(self.queueing, Queueing):
+            raise TypeError(f"queueing: must be a Queueing (or None), got {self.queueing!r}")
         if self.rate_limit_headers not in HEADER_MODES:
             raise ValueError(
                 f"rate_limit_headers: must be one of {', '.join(HEADER_MODES)}, "
@@ -277,7 +358,15 @@ class Scenario:
 # --- TOML mapping -------------------------------------------------------------------------
 
 _TOP_LEVEL_SCALARS = ("seed", "rate_limit_headers", "require_api_key")
-_TOP_LEVEL_TABLES = ("default", "models", "latency", "faults", "capacity_changes")
+_TOP_LEVEL_TABLES = (
+    "default",
+    "models",
+    "latency",
+    "faults",
+    "capacity_changes",
+    "in_flight_reply",
+    "queueing",
+)
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
@@ -314,6 +403,12 @@ def _scenario_from_mapping(data: Mapping[str, Any], source: str) -> Scenario:
         kwargs["latency"] = _build(Latency, data["latency"], "latency", source)
     if "faults" in data:
         kwargs["faults"] = _build(Faults, data["faults"], "faults", source)
+    if "in_flight_reply" in data:
+        kwargs["in_flight_reply"] = _build(
+            InFlightReply, data["in_flight_reply"], "in_flight_reply", source
+        )
+    if "queueing" in data:
+        kwargs["queueing"] = _build(Queueing, data["queueing"], "queueing", source)
     if "models" in data:
         models = data["models"]
         if not isinstance(models, Mapping):
@@ -367,6 +462,11 @@ def _scenario_to_toml(sc: Scenario) -> str:
     lines += _toml_table("default", sc.default, ModelLimits())
     lines += _toml_table("latency", sc.latency, Latency())
     lines += _toml_table("faults", sc.faults, Faults())
+    lines += _toml_table("in_flight_reply", sc.in_flight_reply, InFlightReply())
+    if sc.queueing is not None:
+        # capacity has no default, so it is always written.
+        lines += ["[queueing]", f"capacity = {sc.queueing.capacity}"]
+        lines += [f"slowdown = {_toml_value(sc.queueing.slowdown)}", ""]
     for name, limits in sc.models.items():
         header = f"models.{json.dumps(name)}"
         # An all-default model still needs its (empty) table so it round-trips.
