@@ -42,7 +42,7 @@ from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch, shard_of
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
-from pacekeeper.core.tokens import estimate_request_tokens
+from pacekeeper.core.tokens import estimate_request_tokens, route_generates
 from pacekeeper.report.summary import summary_lines, summary_table
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
 
@@ -515,6 +515,8 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
             estimate.max_completion_tokens
             if estimate.max_completion_tokens is not None
             else lane_limits.default_completion_tokens
+            if route_generates(item.url)
+            else 0  # embeddings and the like: no answer to reserve for
         )
     table = Table(title=f"dry run: {job.input}", title_justify="left", header_style="bold")
     for name in ("model", "requests", "prompt tokens", "tokens charged", "rpm", "tpm", "time"):

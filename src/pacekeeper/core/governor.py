@@ -513,8 +513,8 @@ class Call:
                 tag=self.tag,
                 in_flight=permit.in_flight_at_send,
                 concurrency_limit=lane.slots.limit,
-                rpm_limit=lane.rpm,
-                tpm_limit=lane.tpm,
+                rpm_limit=lane.rpm_limit,
+                tpm_limit=lane.tpm_limit,
             )
             for hook in gov.hooks:
                 hook.on_attempt(attempt_record)

@@ -211,6 +211,7 @@ class Lane:
     __slots__ = (
         "_admitted",
         "_cancelled_waiting",
+        "_cap_refuted",
         "_charged",
         "_clock",
         "_configured",
@@ -219,7 +220,6 @@ class Lane:
         "_outstanding",
         "_queue",
         "_sleepers",
-        "_cap_refuted",
         "_success_peak_at",
         "_success_peak_in_flight",
         "budget",
@@ -308,6 +308,18 @@ class Lane:
     @property
     def tpm(self) -> float | None:
         return self.token_rate.rpm
+
+    @property
+    def rpm_limit(self) -> float | None:
+        """The requests-per-minute limit as known: stated (configured or from headers), else
+        discovered from 429s. :attr:`rpm` is what pacing uses, which 429s may hold below it."""
+        rate = self.request_rate
+        return rate.ceiling if rate.ceiling is not None else rate.rpm
+
+    @property
+    def tpm_limit(self) -> float | None:
+        rate = self.token_rate
+        return rate.ceiling if rate.ceiling is not None else rate.rpm
 
     @property
     def discovered_rpm(self) -> float | None:
@@ -831,8 +843,8 @@ class Lane:
             return self.stats.snapshot(
                 concurrency_limit=self.slots.limit,
                 peak_in_flight=self.slots.peak_in_flight,
-                rpm_limit=self.rpm,
-                tpm_limit=self.tpm,
+                rpm_limit=self.rpm_limit,
+                tpm_limit=self.tpm_limit,
                 cooldowns=self.cooldown.times_closed,
             )
 

@@ -369,10 +369,10 @@ class GovernorCollector:
                 depth.add_metric(labels, max(0, lane.queued))
                 in_flight.add_metric(labels, lane.slots.in_flight)
                 limit.add_metric(labels, lane.slots.limit)
-                if lane.rpm is not None:
-                    rpm.add_metric(labels, lane.rpm)
-                if lane.tpm is not None:
-                    tpm.add_metric(labels, lane.tpm)
+                if lane.rpm_limit is not None:
+                    rpm.add_metric(labels, lane.rpm_limit)
+                if lane.tpm_limit is not None:
+                    tpm.add_metric(labels, lane.tpm_limit)
                 cooldown.add_metric(labels, lane.cooldown.remaining_s(now=now))
         yield from (
             requests,
