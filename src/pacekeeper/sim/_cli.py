@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ._process import LISTENING_PREFIX
+from ._profiles import PROFILES, draw_profile
 from ._scenario import (
     HEADER_MODES,
     CapacityChange,
     Faults,
     Latency,
     ModelLimits,
+    Queueing,
     Scenario,
     ScenarioError,
 )
@@ -117,7 +119,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--scenario", metavar="FILE.toml", help="load a scenario file; flags below override it"
     )
-    serve.add_argument("--seed", type=_seed, help="seed of every fault and latency draw")
+    serve.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        help="start from a provider profile drawn with --seed (flags below override it): "
+        + "; ".join(f"{name}: {p.summary}" for name, p in PROFILES.items()),
+    )
+    serve.add_argument(
+        "--seed", type=_seed, help="seed of every fault and latency draw (and of --profile)"
+    )
     serve.add_argument(
         "--require-api-key",
         action="store_true",
@@ -133,6 +143,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--tpm", type=_number(positive=True), help="tokens per minute")
     limits.add_argument(
         "--max-in-flight", type=_positive_int, metavar="N", help="concurrent requests cap"
+    )
+    limits.add_argument(
+        "--input-tpm", type=_number(positive=True), help="input tokens per minute (Anthropic)"
+    )
+    limits.add_argument(
+        "--output-tpm",
+        type=_number(positive=True),
+        help="output tokens per minute, charged when generated (Anthropic)",
+    )
+    limits.add_argument(
+        "--window-s",
+        type=_number(positive=True),
+        metavar="S",
+        help="enforce rpm/tpm in fixed windows of S seconds instead of buckets",
     )
     limits.add_argument(
         "--burst-s",
@@ -151,6 +175,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--headers",
         choices=HEADER_MODES,
         help="rate-limit header style (default openai; none = bare 429s)",
+    )
+
+    limits.add_argument(
+        "--queue-capacity",
+        type=_positive_int,
+        metavar="N",
+        help="a queueing server (no 429s): process N requests at once, queue the rest",
+    )
+    limits.add_argument(
+        "--queue-slowdown",
+        type=_number(),
+        metavar="X",
+        help="with --queue-capacity: up to (1 + X) times slower while requests queue",
     )
 
     latency = parser.add_argument_group("latency")
@@ -194,13 +231,21 @@ def _replace(obj: Any, **changes: Any) -> Any:
 
 def build_scenario(args: argparse.Namespace) -> Scenario:
     """The Scenario described by parsed arguments (raises ScenarioError if it is invalid)."""
-    scenario = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
+    if args.profile and args.scenario:
+        raise ScenarioError("--profile and --scenario are exclusive: choose one starting point")
+    if args.profile:
+        scenario = draw_profile(args.profile, args.seed or 0).scenario
+    else:
+        scenario = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
     try:
         limit_flags = {
             "rpm": args.rpm,
             "tpm": args.tpm,
             "max_in_flight": args.max_in_flight,
             "burst_s": args.burst_s,
+            "window_s": args.window_s,
+            "input_tpm": args.input_tpm,
+            "output_tpm": args.output_tpm,
         }
         models = dict(scenario.models)
         default = scenario.default
@@ -220,8 +265,23 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             CapacityChange(at_s=at_s, factor=factor, model=args.model or None)
             for at_s, factor in args.capacity_change or ()
         )
+        queueing = scenario.queueing
+        if args.queue_capacity is not None:
+            queueing = Queueing(
+                capacity=args.queue_capacity,
+                slowdown=(
+                    args.queue_slowdown
+                    if args.queue_slowdown is not None
+                    else (queueing.slowdown if queueing else 0.0)
+                ),
+            )
+        elif args.queue_slowdown is not None:
+            if queueing is None:
+                raise ValueError("--queue-slowdown needs --queue-capacity")
+            queueing = Queueing(capacity=queueing.capacity, slowdown=args.queue_slowdown)
         result: Scenario = _replace(
             scenario,
+            queueing=queueing,
             models=models,
             default=default,
             latency=latency,
@@ -247,6 +307,12 @@ def run(args: argparse.Namespace) -> int:
         scenario = build_scenario(args)
     except ScenarioError as exc:
         return _error(str(exc))
+    if args.profile:
+        draw = draw_profile(args.profile, args.seed or 0)
+        print(
+            f"{PROG}: profile {args.profile} (seed {args.seed or 0}): {draw.summary}",
+            file=sys.stderr,
+        )
     simulator = Simulator(scenario, host=args.host, port=args.port)
     try:
         simulator.start()

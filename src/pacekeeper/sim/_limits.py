@@ -90,13 +90,21 @@ class FixedWindow:
 
     __slots__ = ("capacity", "level", "origin", "rate_per_s", "window_s", "window_start")
 
-    def __init__(self, capacity: float, rate_per_s: float, now: float, window_s: float) -> None:
+    def __init__(
+        self,
+        capacity: float,
+        rate_per_s: float,
+        now: float,
+        window_s: float,
+        origin: float | None = None,
+    ) -> None:
         self.capacity = capacity
         self.rate_per_s = rate_per_s
         self.window_s = window_s
-        self.origin = now
-        self.window_start = now
+        self.origin = now if origin is None else origin
+        self.window_start = self.origin
         self.level = capacity
+        self.refill(now)
 
     def refill(self, now: float) -> None:
         """Start a new window (full budget) if `now` is past the current one."""
@@ -142,12 +150,16 @@ class FixedWindow:
 Meter = TokenBucket | FixedWindow
 
 
-def _meter(per_minute: float | None, limits: ModelLimits, now: float) -> Meter | None:
+def _meter(
+    per_minute: float | None, limits: ModelLimits, now: float, origin: float | None
+) -> Meter | None:
     if per_minute is None:
         return None
     rate_per_s = per_minute / 60.0
     if limits.window_s is not None:
-        return FixedWindow(rate_per_s * limits.window_s, rate_per_s, now, limits.window_s)
+        return FixedWindow(
+            rate_per_s * limits.window_s, rate_per_s, now, limits.window_s, origin=origin
+        )
     return TokenBucket(rate_per_s * limits.burst_s, rate_per_s, now)
 
 
@@ -208,8 +220,10 @@ class ModelLimiter:
         limits: ModelLimits,
         now: float,
         changes: Iterable[tuple[float, float]] = (),
+        origin: float | None = None,
     ) -> None:
-        """`changes` are (monotonic time, factor) pairs, applied lazily when time passes them."""
+        """`changes` are (monotonic time, factor) pairs, applied lazily when time passes them;
+        fixed windows are aligned to `origin` (server start; default `now`)."""
         self.model = model
         self._base = limits
         self._factor = 1.0
@@ -221,10 +235,10 @@ class ModelLimiter:
         self.output_tpm = limits.output_tpm
         self.max_in_flight = limits.max_in_flight
         self.in_flight = 0
-        self.requests = _meter(limits.rpm, limits, now)
-        self.tokens = _meter(limits.tpm, limits, now)
-        self.input_tokens = _meter(limits.input_tpm, limits, now)
-        self.output_tokens = _meter(limits.output_tpm, limits, now)
+        self.requests = _meter(limits.rpm, limits, now, origin)
+        self.tokens = _meter(limits.tpm, limits, now, origin)
+        self.input_tokens = _meter(limits.input_tpm, limits, now, origin)
+        self.output_tokens = _meter(limits.output_tpm, limits, now, origin)
 
     def _apply_due_changes(self, now: float) -> None:
         changes = self._changes
@@ -358,7 +372,7 @@ class LimiterRegistry:
                 for c in self._changes
                 if c.model is None or c.model == model
             ]
-            limiter = ModelLimiter(model, limits, now, changes)
+            limiter = ModelLimiter(model, limits, now, changes, origin=self._started_at)
         self._limiters[model] = limiter
         return limiter
 
