@@ -105,6 +105,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--render", type=Path, metavar="FILE.json", help="rewrite FILE.md from FILE.json"
     )
+    parser.add_argument(
+        "--into",
+        type=Path,
+        metavar="FILE.json",
+        help="also put the robustness section measured now into FILE.json (e.g. "
+        "bench/results/latest.json) and re-render FILE.md",
+    )
     return parser.parse_args(argv)
 
 
@@ -181,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "robustness"):
 
             def save_robustness(section: dict[str, Any]) -> None:
+                section["measured"] = {
+                    key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
+                }
                 results["robustness"] = section
                 save()
 
@@ -195,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             print(console_table(results.get("robustness", {})), flush=True)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
+    if args.into and results.get("robustness"):
+        target = json.loads(args.into.read_text(encoding="utf-8"))
+        target["robustness"] = results["robustness"]
+        args.into.write_text(json.dumps(target, indent=1, default=str) + "\n", encoding="utf-8")
+        return _render(args.into)
     return 0
 
 
