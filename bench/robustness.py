@@ -100,12 +100,23 @@ def _time_for(units: float, rate_per_s: float, change_s: float | None, factor: f
     return before + (units - rate_per_s * before) / (rate_per_s * factor)
 
 
+def _window_time(units: float, budget: float, window_s: float, offset_s: float) -> float:
+    """Fixed windows: a client that spends each window's budget as it opens sends its last
+    request at the start of the last window it needs (the first ends ``window_s - offset``
+    after the client starts, ``offset`` being its start within the windows)."""
+    windows = math.ceil(units / budget - 1e-9)
+    if windows <= 1:
+        return 0.0
+    return window_s - offset_s % window_s + (windows - 2) * window_s
+
+
 def ideal_s(
     draw: ProfileDraw,
     wl: Workload,
     completions: Sequence[float],
     *,
     offset_s: float = 0.0,
+    fixed_windows: bool = True,
 ) -> float:
     """What the true limits alone force (models run side by side: the slowest one sets it).
 
@@ -115,7 +126,9 @@ def ideal_s(
     in-flight cap (or best concurrency), a capacity change counted from the simulator's start
     (``offset_s``: when the client started, relative to it). ``completions`` has each
     request's completion length (or an estimate). The initial burst a bucket allows is not
-    subtracted: a perfect client may score slightly above 1."""
+    subtracted: a perfect client may score slightly above 1. With fixed windows (unless
+    ``fixed_windows`` is False: the per-minute rate alone) each window's budget can be spent
+    as it opens (see ``_window_time``)."""
     latency = draw.scenario.latency
     spread_factor = math.exp(latency.spread**2 / 2)
     mean_completion = sum(completions) / len(completions) if completions else 0.0
@@ -127,19 +140,26 @@ def ideal_s(
             continue
         change_s = None if truth.change_at_s is None else truth.change_at_s - offset_s
         factor = truth.change_factor
+        window_s = truth.window_s if fixed_windows else None
+        # (units, per-minute limit, whole units per window) per rate limit
+        spends: list[tuple[float, float, bool]] = []
+        if truth.rpm is not None:
+            spends.append((len(ids), truth.rpm, True))
+        if truth.tpm is not None:
+            spends.append((sum(wl.sim_charge(i) for i in ids), truth.tpm, False))
+        if truth.input_tpm is not None:
+            spends.append((sum(wl.prompt_tokens(i) for i in ids), truth.input_tpm, False))
+        if truth.output_tpm is not None:
+            spends.append((sum(completions[i] for i in ids), truth.output_tpm, False))
         bounds = [0.0]
         rate_bounds: list[float] = []
-        if truth.rpm is not None:
-            rate_bounds.append(_time_for(len(ids), truth.rpm / 60, change_s, factor))
-        if truth.tpm is not None:
-            charged = sum(wl.sim_charge(i) for i in ids)
-            rate_bounds.append(_time_for(charged, truth.tpm / 60, change_s, factor))
-        if truth.input_tpm is not None:
-            prompts = sum(wl.prompt_tokens(i) for i in ids)
-            rate_bounds.append(_time_for(prompts, truth.input_tpm / 60, change_s, factor))
-        if truth.output_tpm is not None:
-            generated = sum(completions[i] for i in ids)
-            rate_bounds.append(_time_for(generated, truth.output_tpm / 60, change_s, factor))
+        for units, per_minute, whole in spends:
+            if window_s is None:
+                rate_bounds.append(_time_for(units, per_minute / 60, change_s, factor))
+                continue
+            budget = per_minute / 60 * window_s
+            budget = math.floor(budget + 1e-9) if whole else budget
+            rate_bounds.append(_window_time(units, budget, window_s, offset_s))
         if truth.max_in_flight is not None:
             busy_s = sum(
                 (latency.ttft_s + latency.per_token_s * completions[i]) * spread_factor for i in ids
@@ -160,8 +180,10 @@ def _workload(draw: ProfileDraw, run_s: float) -> Workload:
         model=draw.models[0],
     )
     estimate = [_mean_completion(draw.max_tokens)] * probe.n
-    per_request_s = ideal_s(draw, probe, estimate) / probe.n
-    n = max(10, min(MAX_REQUESTS, round(run_s / per_request_s)))
+    per_request_s = ideal_s(draw, probe, estimate, fixed_windows=False) / probe.n
+    # Fixed windows: span a few of them, or a client could send everything in the first.
+    longest_window_s = max((t.window_s or 0.0) for t in draw.truth.values())
+    n = max(10, min(MAX_REQUESTS, round(max(run_s, 2.5 * longest_window_s) / per_request_s)))
     return Workload(
         n=n,
         max_tokens=probe.max_tokens,
