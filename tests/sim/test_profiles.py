@@ -287,3 +287,19 @@ def test_prompt_tokens_reported_for_cjk_prompts(plain_sim: object) -> None:
     with httpx2.Client(base_url=plain_sim.base_url) as http:
         reply = http.post("/chat/completions", json=chat("季度收入" * 50)).json()
     assert reply["usage"]["prompt_tokens"] == 3 + 4 + 200
+
+
+def test_a_scenario_file_can_start_from_a_profile(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.toml"
+    path.write_text(
+        'profile = "inflight"\nseed = 2\n[default]\nmax_in_flight = 3\n', encoding="utf-8"
+    )
+    drawn = draw_profile("inflight", 2).scenario
+    scenario = Scenario.from_toml(path)
+    assert scenario.default.max_in_flight == 3  # the file's key overrides the draw
+    assert scenario.default.rpm == drawn.default.rpm  # the rest of the table is the draw's
+    assert scenario.in_flight_reply == drawn.in_flight_reply
+    assert scenario.latency == drawn.latency
+    path.write_text('profile = "nope"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"scenario\.toml: profile: unknown profile 'nope'"):
+        Scenario.from_toml(path)

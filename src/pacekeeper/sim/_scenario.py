@@ -357,7 +357,7 @@ class Scenario:
 
 # --- TOML mapping -------------------------------------------------------------------------
 
-_TOP_LEVEL_SCALARS = ("seed", "rate_limit_headers", "require_api_key")
+_TOP_LEVEL_SCALARS = ("profile", "seed", "rate_limit_headers", "require_api_key")
 _TOP_LEVEL_TABLES = (
     "default",
     "models",
@@ -373,7 +373,10 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-def _build(cls: type[Any], table: object, where: str, source: str) -> Any:
+def _build(
+    cls: type[Any], table: object, where: str, source: str, base: object | None = None
+) -> Any:
+    """`cls` from a TOML table; with `base` (a profile's value) the table's keys override it."""
     if not isinstance(table, Mapping):
         raise ScenarioError(f"{source}: [{where}]: must be a table, got {table!r}")
     known = _field_names(cls)
@@ -382,6 +385,8 @@ def _build(cls: type[Any], table: object, where: str, source: str) -> Any:
             raise ScenarioError(
                 f"{source}: [{where}]: unknown key {key!r} (known keys: {', '.join(known)})"
             )
+    if base is not None:
+        table = {**{name: getattr(base, name) for name in known}, **table}
     try:
         return cls(**table)
     except ValueError as exc:
@@ -396,26 +401,51 @@ def _scenario_from_mapping(data: Mapping[str, Any], source: str) -> Scenario:
         if key not in _TOP_LEVEL_SCALARS + _TOP_LEVEL_TABLES:
             known = ", ".join(_TOP_LEVEL_SCALARS + _TOP_LEVEL_TABLES)
             raise ScenarioError(f"{source}: unknown top-level key {key!r} (known keys: {known})")
-    kwargs: dict[str, Any] = {key: data[key] for key in _TOP_LEVEL_SCALARS if key in data}
-    if "default" in data:
-        kwargs["default"] = _build(ModelLimits, data["default"], "default", source)
-    if "latency" in data:
-        kwargs["latency"] = _build(Latency, data["latency"], "latency", source)
-    if "faults" in data:
-        kwargs["faults"] = _build(Faults, data["faults"], "faults", source)
-    if "in_flight_reply" in data:
-        kwargs["in_flight_reply"] = _build(
-            InFlightReply, data["in_flight_reply"], "in_flight_reply", source
-        )
-    if "queueing" in data:
-        kwargs["queueing"] = _build(Queueing, data["queueing"], "queueing", source)
+    kwargs: dict[str, Any] = {
+        key: data[key] for key in _TOP_LEVEL_SCALARS if key in data and key != "profile"
+    }
+    base: Scenario | None = None
+    if "profile" in data:
+        # A profile drawn with the file's seed is the starting point; the file's keys
+        # override it, table by table and key by key.
+        from ._profiles import draw_profile  # the profiles build on this module
+
+        seed = data.get("seed", 0)
+        try:
+            base = draw_profile(data["profile"], seed if isinstance(seed, int) else 0).scenario
+        except (KeyError, TypeError) as exc:
+            raise ScenarioError(f"{source}: profile: {exc.args[0] if exc.args else exc}") from None
+        kwargs = {
+            **{f.name: getattr(base, f.name) for f in fields(Scenario)},
+            **kwargs,
+        }
+    for key, cls in (
+        ("default", ModelLimits),
+        ("latency", Latency),
+        ("faults", Faults),
+        ("in_flight_reply", InFlightReply),
+        ("queueing", Queueing),
+    ):
+        if key in data:
+            kwargs[key] = _build(
+                cls, data[key], key, source, None if base is None else getattr(base, key)
+            )
     if "models" in data:
         models = data["models"]
         if not isinstance(models, Mapping):
             raise ScenarioError(f"{source}: [models]: must be a table of tables, got {models!r}")
         kwargs["models"] = {
-            name: _build(ModelLimits, table, f"models.{json.dumps(name)}", source)
-            for name, table in models.items()
+            **(base.models if base is not None else {}),
+            **{
+                name: _build(
+                    ModelLimits,
+                    table,
+                    f"models.{json.dumps(name)}",
+                    source,
+                    None if base is None else base.models.get(name),
+                )
+                for name, table in models.items()
+            },
         }
     if "capacity_changes" in data:
         changes = data["capacity_changes"]
