@@ -345,8 +345,8 @@ async def test_an_in_flight_429_is_told_by_its_headers_not_its_words() -> None:
         call.settle(permit, verdict(200))
 
 
-async def test_a_bare_429_at_a_new_peak_in_flight_teaches_a_cap_not_a_rate() -> None:
-    gov = Governor()
+async def test_a_bare_429_that_filled_the_window_teaches_a_cap_not_a_rate() -> None:
+    gov = Governor(limits=Limits(concurrency=pacekeeper.AdaptiveConcurrency(initial=3)))
     lane = gov.lane("/r", "m")
     first = gov.call(route="/r", model="m", tokens=0)
     first.settle(await first.admit(), verdict(200))  # a success with one in flight

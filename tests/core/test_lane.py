@@ -297,10 +297,11 @@ def test_remaining_minus_what_was_sent_since_drains_the_bucket() -> None:
     clock.now = 1.0
     first = lane._grant(1.0, 0, 1.0)
     later = [lane._grant(1.0, 0, 1.0) for _ in range(3)]  # sent after the first
-    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "3"}
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "2"}
     lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
-    assert lane.requests.wait_s(now=1.0, cost=1) > 0  # 3 left, 3 sent since: none now
+    # 2 left, 3 sent since, one of slack: none now
+    assert lane.requests.wait_s(now=1.0, cost=1) > 0
     for permit in later:
         permit.release()
 

@@ -128,6 +128,9 @@ class AimdLimit(FixedLimit):
 
     silence_double_s = 1.0
     """Before any answer, the window doubles every this many seconds of silence."""
+    silence_max = 128
+    """Silence alone grows the window this far at most: more in flight before a single answer
+    is a bet on a server we know nothing about yet."""
     first_probe_after_s = 10.0
 
     def __init__(self, settings: AdaptiveConcurrency) -> None:
@@ -214,13 +217,17 @@ class AimdLimit(FixedLimit):
         if now < due:
             return due - now
         self._silence_since = now
-        self._window = min(float(self._settings.max), self._window * 2.0)
+        top = min(self._settings.max, self.silence_max)
+        self._window = max(self._window, min(float(top), self._window * 2.0))
         self._update()
         return self.silence_double_s
 
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""
         self.floor = slots
+        # The window rises with the floor, so that growth past it starts from there.
+        top = self._settings.max if self.learned_cap is None else self.learned_cap
+        self._window = max(self._window, float(min(slots, top)))
         self._update()
 
     def learn_cap(self, *, in_flight_at_send: int, now: float) -> None:

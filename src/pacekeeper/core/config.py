@@ -27,21 +27,23 @@ def _positive(name: str, value: float | None, *, allow_none: bool = True) -> Non
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdaptiveConcurrency:
-    """A loss-based (AIMD) concurrency limit.
+    """An adaptive concurrency limit.
 
     It starts at ``initial`` and, like TCP, grows fast at first (one more slot per success, so
-    it doubles every round trip) until the first sign of overload, then by one slot per round
-    trip. A 429 or an overload answer (503, 529) cuts it by ``decrease_factor``, at most once per
-    round trip: answers to requests sent before the last cut do not cut again. It only grows
-    while the limit is really used, so a run held back by pacing does not inflate it.
-
-    It deliberately ignores latency: a 429 comes back fast, so reading fast answers as health
-    would raise the limit exactly when it should fall, and LLM latency swings with output length.
+    it doubles every round trip; before any answer, it doubles every second of silence, up to
+    128) until the first sign of load, then by one slot per round trip. It is cut by
+    ``decrease_factor``, at most once per round trip, on evidence of load: overload answers
+    (503, 529, timeouts) whose recent share rises above the upstream's baseline, or answers that
+    swell as more are in flight (a server queueing our requests). A single 503 does not cut it,
+    and 429s move the pacing rate or the learned in-flight cap instead. It only grows while the
+    limit is really used, never falls below what a known rate needs in flight (rate x mean
+    latency), and never rises above ``max`` (2048: 6000 requests a minute at 15 s an answer
+    need 1500).
     """
 
     initial: int = 4
     min: int = 1
-    max: int = 512
+    max: int = 2048
     decrease_factor: float = 0.7
     utilisation_to_grow: float = 0.8
     """Grow only when at least this fraction of the limit was in flight at send time."""

@@ -392,17 +392,31 @@ class Lane:
             elapsed_s = max(0.0, now - permit.sent_at)
             if snapshot.remaining_requests is not None and self.requests is not None:
                 sent_since = self._admitted - permit.seq
+                # One request of slack: the provider's refill and its count of our requests
+                # are a moment apart from ours, and draining a refill in progress costs the
+                # time it took.
+                # Never below empty: what was refused since took nothing from the provider.
                 self.requests.drain_to(
                     now=now,
-                    level=snapshot.remaining_requests
-                    - sent_since
-                    + self.requests.rate_per_s * elapsed_s,
+                    level=max(
+                        0.0,
+                        snapshot.remaining_requests
+                        - sent_since
+                        + self.requests.rate_per_s * elapsed_s
+                        + 1,
+                    ),
                 )
             if remaining_tokens is not None and self.tokens is not None:
                 charged_since = self._charged - permit.charged_before - permit.tokens
                 self.tokens.drain_to(
                     now=now,
-                    level=remaining_tokens - charged_since + self.tokens.rate_per_s * elapsed_s,
+                    level=max(
+                        0.0,
+                        remaining_tokens
+                        - charged_since
+                        + self.tokens.rate_per_s * elapsed_s
+                        + permit.tokens,
+                    ),
                 )
 
     # -- admission ------------------------------------------------------------------------
@@ -761,7 +775,7 @@ class Lane:
             )
         tokens_out = tokens_out and self.token_rate.rpm is not None
         rate = self.token_rate if tokens_out else self.request_rate
-        if rate.throttled(sent_at=permit.sent_at, now=now):
+        if rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None):
             self._apply_rates(now=now)
 
     def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
@@ -795,7 +809,7 @@ class Lane:
             return False
         if in_flight + _PEAK_MARGIN <= self._success_peak_in_flight:
             return False
-        return permit.filled_window or in_flight > self._success_peak_in_flight
+        return permit.filled_window
 
     def close_gate(self, wait_s: float) -> None:
         """After a 429 with a hint: nobody on this lane goes before the hinted time."""

@@ -4,7 +4,9 @@ A stated limit (configured, or ``x-ratelimit-limit-*`` / ``anthropic-ratelimit-*
 ceiling to aim at, and with a backlog and no 429 the lane paces right at it. A 429 about the rate
 is evidence that the ceiling is not what the server enforces just now (it halved, another client
 shares the key, the statement was wrong): the rate is cut to 85%, at most once per round trip
-(answers to requests sent before the cut say nothing new). Successes while requests wait bring it
+(answers to requests sent before the cut say nothing new) and per second. A 429 that says when
+to come back is waited out by the cooldown gate; under a stated ceiling it cuts only when it
+repeats (a fixed window that ran dry at its end is no evidence against the ceiling). Successes while requests wait bring it
 back: quickly (+10% of the ceiling per second) to just under the rate of the last 429, slowly
 beyond it (+2% per second at first, faster the longer no 429 comes), never above the ceiling. So a single stray 429 costs about two
 seconds at a little less than the limit, and a halved limit settles just under its new value.
@@ -24,6 +26,8 @@ True
 >>> rate.rpm
 1020.0
 >>> rate.throttled(sent_at=0.5, now=1.1)  # sent before the cut: nothing new
+False
+>>> rate.throttled(sent_at=1.2, now=1.3, hinted=True)  # one hinted 429: the gate waits it out
 False
 >>> for i in range(40):  # four seconds of successes with a backlog
 ...     _ = rate.succeeded(now=1.1 + 0.1 * i, backlog=True)
@@ -46,13 +50,23 @@ _NEAR_LOSS = 0.95
 _PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s every this long
 _MIN_RPM = 6.0
 _ACCEPTED_WINDOW_S = 5.0
-_MAX_STEP_S = 1.0  # a pause in successes is not time the rate was proven at
+_MAX_STEP_S = 1.0
+_MIN_CUT_SPACING_S = 1.0
+_REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 
 
 class PacedRate:
     """The requests (or tokens) per minute a lane paces at; None while nothing is known."""
 
-    __slots__ = ("_accepted", "_at_loss", "_cut_at", "_last_success_at", "ceiling", "rpm")
+    __slots__ = (
+        "_accepted",
+        "_at_loss",
+        "_cut_at",
+        "_hinted_at",
+        "_last_success_at",
+        "ceiling",
+        "rpm",
+    )
 
     def __init__(self) -> None:
         self.ceiling: float | None = None
@@ -61,6 +75,7 @@ class PacedRate:
         """The rate in force (per minute): at most the ceiling; None: no pacing."""
         self._at_loss = math.inf
         self._cut_at = -math.inf
+        self._hinted_at = -math.inf
         self._last_success_at: float | None = None
         self._accepted: deque[float] = deque()
 
@@ -80,9 +95,19 @@ class PacedRate:
             self.rpm = ceiling
             self._at_loss = math.inf
 
-    def throttled(self, *, sent_at: float, now: float) -> bool:
-        """A 429 about the rate: cut (once per round trip). True when the rate changed."""
-        if sent_at < self._cut_at:
+    def throttled(self, *, sent_at: float, now: float, hinted: bool = False) -> bool:
+        """A 429 about the rate: cut, at most once per round trip and per second (a window
+        that ran dry refuses everything until it refills, however much we slow down).
+
+        A ``hinted`` 429 under a stated ceiling cuts only when it repeats: the cooldown gate
+        already waits out the hint, and one refusal at a window's end (fixed windows, a burst)
+        says nothing against the ceiling. One sent after an earlier hinted 429 came back does.
+        True when the rate changed."""
+        if hinted and self.ceiling is not None:
+            earlier, self._hinted_at = self._hinted_at, now
+            if not (sent_at > earlier and now - earlier < _REPEAT_S):
+                return False
+        if sent_at < self._cut_at or now - self._cut_at < _MIN_CUT_SPACING_S:
             return False
         if self.rpm is None:
             peak = 60.0 * _peak_per_second(self._accepted)
