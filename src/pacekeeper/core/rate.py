@@ -4,12 +4,13 @@ A stated limit (configured, or ``x-ratelimit-limit-*`` / ``anthropic-ratelimit-*
 ceiling to aim at, and with a backlog and no 429 the lane paces right at it. A 429 about the rate
 is evidence that the ceiling is not what the server enforces just now (it halved, another client
 shares the key, the statement was wrong): the rate is cut to 85%, at most once per round trip
-(answers to requests sent before the cut say nothing new) and per second. A 429 that says when
-to come back is waited out by the cooldown gate; under a stated ceiling it cuts only when it
-repeats (a fixed window that ran dry at its end is no evidence against the ceiling). Successes while requests wait bring it
-back: quickly (+10% of the ceiling per second) to just under the rate of the last 429, slowly
-beyond it (+2% per second at first, faster the longer no 429 comes), never above the ceiling. So a single stray 429 costs about two
-seconds at a little less than the limit, and a halved limit settles just under its new value.
+(answers to requests sent before the cut say nothing new) and per second. A 429 that says when to
+come back is waited out by the cooldown gate; under a stated ceiling it cuts only when it repeats
+(a fixed window that ran dry at its end is no evidence against the ceiling). Successes while
+requests wait bring it back: quickly (+10% of the ceiling per second) to just under the rate of
+the last 429, slowly beyond it (+2% per second at first, faster the longer no 429 comes), never
+above the ceiling. So a single stray 429 costs about two seconds at a little less than the limit,
+and a halved limit settles just under its new value.
 
 With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
 *discovered*: first 90% of the highest rate accepted over one second lately (what the server let
