@@ -299,6 +299,10 @@ def run_configured(ctx: RunContext) -> Outcome:
 # -- 3. the reference pacer ------------------------------------------------------------------
 
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+# A burst of requests reaches the provider over a few ms, later than one request alone: a
+# bucket drained to exactly zero would refuse the next request on schedule. Keep a fifth of
+# the bucket as slack for that jitter.
+_BURST_USED = 0.8
 # Arrival times jitter by a few ms: near a window's boundary a request could land in the next
 # window. Sending nothing this close to a boundary costs under 4% of a 1 s window.
 _WINDOW_GUARD_S = 0.02
@@ -379,19 +383,20 @@ def run_reference(ctx: RunContext) -> Outcome:
             return Result("ok")
         return Result("failed", "no choices", response.text[:200])
 
-    def gap_s(model_truth: Truth, i: int, now_wall: float) -> float:
+    def intervals_s(model_truth: Truth, i: int, now_wall: float) -> dict[str, float]:
+        """Per limit, the time request ``i``'s cost takes to refill at the true rate."""
         changed = change_wall is not None and now_wall >= change_wall
         factor = model_truth.change_factor if changed else 1.0
-        gaps = [0.0]
+        out: dict[str, float] = {}
         if model_truth.rpm is not None:
-            gaps.append(60.0 / (model_truth.rpm * factor))
+            out["rpm"] = 60.0 / (model_truth.rpm * factor)
         if model_truth.tpm is not None:
-            gaps.append(wl.sim_charge(i) * 60.0 / (model_truth.tpm * factor))
+            out["tpm"] = wl.sim_charge(i) * 60.0 / (model_truth.tpm * factor)
         if model_truth.input_tpm is not None:
-            gaps.append(wl.prompt_tokens(i) * 60.0 / (model_truth.input_tpm * factor))
+            out["itpm"] = wl.prompt_tokens(i) * 60.0 / (model_truth.input_tpm * factor)
         if model_truth.output_tpm is not None and ctx.completion_tokens:
-            gaps.append(ctx.completion_tokens[i] * 60.0 / (model_truth.output_tpm * factor))
-        return max(gaps)
+            out["otpm"] = ctx.completion_tokens[i] * 60.0 / (model_truth.output_tpm * factor)
+        return out
 
     async def pace(client: httpx2.AsyncClient, model: str, indices: list[int]) -> None:
         model_truth = truth.for_model(model)
@@ -400,7 +405,12 @@ def run_reference(ctx: RunContext) -> Outcome:
         todo: deque[int] = deque(indices)
         unfinished = len(indices)
         tasks: set[asyncio.Task[None]] = set()
-        next_at = time.monotonic()
+        # GCRA per limit (tat: when the bucket would be full again, were nothing else sent): a
+        # request costing T seconds of refill may go once tat + T - burst_s <= now, i.e. the
+        # provider's bucket (burst_s deep) holds its cost; a cost deeper than the bucket goes
+        # when it is full (tat <= now). With burst_s 0 this is the plain even schedule.
+        tats: dict[str, float] = {}
+        started = time.monotonic()
         windows = None
         if model_truth.window_s is not None:
             origin = time.monotonic() - (time.time() - ctx.sim_started_at)
@@ -425,7 +435,6 @@ def run_reference(ctx: RunContext) -> Outcome:
                 # Only retries can still come: wait for one, then go on from now (a pause
                 # refills the provider's buckets; no catching up in a burst).
                 await asyncio.sleep(0.005)
-                next_at = max(next_at, time.monotonic())
                 continue
             if windows is not None:
                 delay = windows.wait_s(todo[0], time.monotonic())
@@ -433,9 +442,19 @@ def run_reference(ctx: RunContext) -> Outcome:
                     await asyncio.sleep(delay)
                     continue  # a retry may have come first meanwhile
             else:
+                burst_s = model_truth.burst_s * _BURST_USED
+                costs_s = intervals_s(model_truth, todo[0], time.time())
+                next_at = max(
+                    (
+                        tats.get(limit, started) + min(cost_s, burst_s) - burst_s
+                        for limit, cost_s in costs_s.items()
+                    ),
+                    default=started,
+                )
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    continue  # a retry may have come first meanwhile
             if slots is not None:
                 await slots.acquire()
             if not todo:  # a slot wait let others finish; re-check
@@ -446,7 +465,9 @@ def run_reference(ctx: RunContext) -> Outcome:
             task = asyncio.create_task(attempt(i))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            next_at += gap_s(model_truth, i, time.time())
+            now = time.monotonic()
+            for limit, interval_s in intervals_s(model_truth, i, time.time()).items():
+                tats[limit] = max(tats.get(limit, started), now) + interval_s
 
     async def main() -> Outcome:
         client = httpx2.AsyncClient(

@@ -10,7 +10,7 @@ changes) and sets the bar: auto mode, with nothing configured, should reach 0.9 
 efficiency on every profile and seed, with at most 1% 429s, at most 2% extra requests, and
 nothing lost or duplicated.
 
-Every run is sized to ``run_s`` seconds of ideal time (8 s; 3 s with ``--quick``).
+Every run is sized to ``run_s`` seconds of ideal time (5 s; 3 s with ``--quick``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 DEFAULT_CONTENDERS = ("auto", "reference", "tenacity16")
-RUN_S = 8.0
-"""13 profiles x 3 seeds x 3 contenders x (8 s + latency + start-up) is about 15 minutes."""
+RUN_S = 5.0
+"""13 profiles x 3 seeds x 3 contenders x (5 s + latency + start-up + the slow recipes' tails)
+should stay near 15 minutes on 2 cores."""
 QUICK_RUN_S = 3.0
 MAX_REQUESTS = 3000
 """No run sends more (the slow profile at 1500 rpm would want 375 requests in flight)."""
@@ -88,6 +89,7 @@ def _bench_truth(truth: TrueLimits) -> Truth:
         output_tpm=truth.output_tpm,
         max_in_flight=truth.max_in_flight,
         window_s=truth.window_s,
+        burst_s=truth.burst_s,
         change_at_s=truth.change_at_s,
         change_factor=truth.change_factor,
     )
@@ -125,8 +127,8 @@ def ideal_s(
     long after it is sent, which matters with 5-15 s answers), the sum of mean latencies / the
     in-flight cap (or best concurrency), a capacity change counted from the simulator's start
     (``offset_s``: when the client started, relative to it). ``completions`` has each
-    request's completion length (or an estimate). The initial burst a bucket allows is not
-    subtracted: a perfect client may score slightly above 1. With fixed windows (unless
+    request's completion length (or an estimate). A bucket's depth (burst_s of the rate) may
+    go at once at the start. With fixed windows (unless
     ``fixed_windows`` is False: the per-minute rate alone) each window's budget can be spent
     as it opens (see ``_window_time``)."""
     latency = draw.scenario.latency
@@ -155,7 +157,9 @@ def ideal_s(
         rate_bounds: list[float] = []
         for units, per_minute, whole in spends:
             if window_s is None:
-                rate_bounds.append(_time_for(units, per_minute / 60, change_s, factor))
+                # A full bucket lets its depth go at once.
+                after_burst = max(0.0, units - per_minute / 60 * truth.burst_s)
+                rate_bounds.append(_time_for(after_burst, per_minute / 60, change_s, factor))
                 continue
             budget = per_minute / 60 * window_s
             budget = math.floor(budget + 1e-9) if whole else budget
@@ -181,9 +185,9 @@ def _workload(draw: ProfileDraw, run_s: float) -> Workload:
     )
     estimate = [_mean_completion(draw.max_tokens)] * probe.n
     per_request_s = ideal_s(draw, probe, estimate, fixed_windows=False) / probe.n
-    # Fixed windows: span a few of them, or a client could send everything in the first.
+    # Fixed windows: span more than one, or a client could send everything in the first.
     longest_window_s = max((t.window_s or 0.0) for t in draw.truth.values())
-    n = max(10, min(MAX_REQUESTS, round(max(run_s, 2.5 * longest_window_s) / per_request_s)))
+    n = max(10, min(MAX_REQUESTS, round(max(run_s, 1.5 * longest_window_s) / per_request_s)))
     return Workload(
         n=n,
         max_tokens=probe.max_tokens,
@@ -253,6 +257,7 @@ def _run_draw(
             change_at_s=truth.change_at_s,
             change_factor=truth.change_factor,
             window_s=truth.window_s,
+            burst_s=truth.burst_s,
             input_tpm=truth.input_tpm,
             output_tpm=truth.output_tpm,
             models=models,
@@ -268,7 +273,7 @@ def _run_draw(
     nominal = ideal_s(draw, wl, completions)
     # A contender still busy after this is cut off (its unfinished requests count as lost):
     # a recipe backing off for minutes must not hold up the whole run.
-    cap_s = 4 * nominal + 2 * draw.timeout_s + 20
+    cap_s = 3 * nominal + draw.timeout_s + 10
     rows: list[dict[str, Any]] = []
     for contender in contenders:
         with SimulatorProcess(draw.scenario) as sim:

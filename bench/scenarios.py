@@ -37,6 +37,10 @@ class Truth:
     output_tpm: float | None = None
     window_s: float | None = None
     """Set when rpm/tpm are enforced in fixed windows of this length (not a bucket)."""
+    burst_s: float = 0.0
+    """The depth of the provider's buckets, in seconds of the rate, that the reference pacer
+    may spend at once. 0: it paces evenly from the first request (the scenarios' ideal
+    ignores the initial burst, so their reference does not use it either)."""
     models: tuple[tuple[str, Truth], ...] = ()
     """Per-model truths when models have limits of their own (the fields above then are the
     first model's)."""

@@ -58,6 +58,8 @@ class TrueLimits:
     output_tpm: float | None = None
     max_in_flight: int | None = None
     window_s: float | None = None
+    burst_s: float = 1.0
+    """With buckets (no window_s): their depth in seconds of the rate, spendable at once."""
     change_at_s: float | None = None
     change_factor: float = 1.0
 
@@ -135,6 +137,7 @@ def _rpm_profile(
         rpm=rpm,
         tpm=_NON_BINDING_TPM,
         window_s=window_s,
+        burst_s=burst_s,
         change_at_s=None if change is None else change.at_s,
         change_factor=1.0 if change is None else change.factor,
     )
@@ -253,7 +256,11 @@ def _anthropic(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
             rate_limit_headers="anthropic",
             seed=seed,
         ),
-        truth={DEFAULT_MODEL: TrueLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm)},
+        truth={
+            DEFAULT_MODEL: TrueLimits(
+                rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, burst_s=burst_s
+            )
+        },
         timeout_s=_timeout_s(latency, 100),
         summary=(
             f"{rpm:.0f} rpm, {input_tpm:,.0f} input tpm, {output_tpm:,.0f} output tpm "
