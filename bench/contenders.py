@@ -303,6 +303,7 @@ _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 # bucket drained to exactly zero would refuse the next request on schedule. Keep a fifth of
 # the bucket as slack for that jitter.
 _BURST_USED = 0.8
+_MAX_ATTEMPTS = 8
 # Arrival times jitter by a few ms: near a window's boundary a request could land in the next
 # window. Sending nothing this close to a boundary costs under 4% of a 1 s window.
 _WINDOW_GUARD_S = 0.02
@@ -371,7 +372,9 @@ def run_reference(ctx: RunContext) -> Outcome:
             answers.append((time.time(), None))
             return Result("lost", "retry", str(exc)) if _transient(exc) else failure(exc)
         answers.append((time.time(), response.status_code))
-        if response.status_code in _RETRYABLE_STATUSES:
+        # insufficient_quota is a 429 that waiting does not cure.
+        permanent = "insufficient_quota" in response.text
+        if response.status_code in _RETRYABLE_STATUSES and not permanent:
             return Result("lost", "retry", f"HTTP {response.status_code}")
         if response.status_code != 200:
             return Result("failed", f"HTTP {response.status_code}", response.text[:200])
@@ -405,6 +408,7 @@ def run_reference(ctx: RunContext) -> Outcome:
         todo: deque[int] = deque(indices)
         unfinished = len(indices)
         tasks: set[asyncio.Task[None]] = set()
+        attempts: dict[int, int] = {}
         # GCRA per limit (tat: when the bucket would be full again, were nothing else sent): a
         # request costing T seconds of refill may go once tat + T - burst_s <= now, i.e. the
         # provider's bucket (burst_s deep) holds its cost; a cost deeper than the bucket goes
@@ -424,9 +428,12 @@ def run_reference(ctx: RunContext) -> Outcome:
             finally:
                 if slots is not None:
                     slots.release()
+            attempts[i] = attempts.get(i, 0) + 1
             if result.kind == "lost" and result.reason == "retry":
-                todo.appendleft(i)  # the next free slot of the schedule
-                return
+                if attempts[i] < _MAX_ATTEMPTS:
+                    todo.appendleft(i)  # the next free slot of the schedule
+                    return
+                result = Result("failed", f"gave up after {_MAX_ATTEMPTS} attempts", result.message)
             results[i] = result
             unfinished -= 1
 
