@@ -264,8 +264,9 @@ def test_before_any_answer_silence_doubles_the_window() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
     for _ in range(4):
         aimd.acquire(now=0.0)
-    assert aimd.waiting_for_slot(0.0) == pytest.approx(1.0)
-    aimd.waiting_for_slot(1.0)
+    assert aimd.waiting_for_slot(0.0) == pytest.approx(2.0)
+    aimd.waiting_for_slot(2.0)
     assert aimd.limit == 8
-    aimd.release(now=1.5, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
+    assert aimd.waiting_for_slot(2.5) == pytest.approx(0.5)
+    aimd.release(now=2.6, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
     assert aimd.waiting_for_slot(5.0) == math.inf  # an answer came: only outcomes move it now

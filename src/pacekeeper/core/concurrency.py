@@ -84,7 +84,7 @@ class AimdLimit(FixedLimit):
       doubles every round trip) until the first sign of load, then one slot per round trip,
       approaching the window of the last cut quickly and probing beyond it slowly (CUBIC's
       plateau). Before any answer has come back, it also doubles every ``silence_double_s``
-      of silence: no answer yet is no evidence of load, and with 10 s answers, one slot per
+      of silence (the first after ``silence_first_s``): no answer yet is no evidence of load, and with 10 s answers, one slot per
       success would take minutes to reach the hundreds a rate needs. A rejection comes back
       fast, so an in-flight cap still shows up before the window runs far past it;
     * **a cut** (:attr:`Signal.BACKPRESSURE`, x ``decrease_factor``, at most once per round
@@ -127,6 +127,8 @@ class AimdLimit(FixedLimit):
     )
 
     silence_double_s = 1.0
+    silence_first_s = 2.0
+    """The first doubling comes after this much silence, the next every ``silence_double_s``."""
     """Before any answer, the window doubles every this many seconds of silence."""
     silence_max = 128
     """Silence alone grows the window this far at most: more in flight before a single answer
@@ -212,7 +214,9 @@ class AimdLimit(FixedLimit):
             self._silence_since = None
             return math.inf
         if self._silence_since is None:
-            self._silence_since = now
+            # The first doubling waits longer: most answers come within it, and then the
+            # answers, not the silence, say how far to go.
+            self._silence_since = now + self.silence_first_s - self.silence_double_s
         due = self._silence_since + self.silence_double_s
         if now < due:
             return due - now

@@ -777,6 +777,11 @@ class Lane:
         rate = self.token_rate if tokens_out else self.request_rate
         if rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None):
             self._apply_rates(now=now)
+        # The provider's window is empty right now: so is ours (a bucket just made for a
+        # discovered rate starts full, and would send its burst into the refusal).
+        bucket = self.tokens if tokens_out else self.requests
+        if bucket is not None:
+            bucket.drain_to(now=now, level=0.0)
 
     def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
         """Whether a 429 is about requests in flight rather than the rate, read from structure,

@@ -9,8 +9,10 @@ come back is waited out by the cooldown gate; under a stated ceiling it cuts onl
 (a fixed window that ran dry at its end is no evidence against the ceiling). Successes while
 requests wait bring it back: quickly (+10% of the ceiling per second) to just under the rate of
 the last 429, slowly beyond it (+2% per second at first, faster the longer no 429 comes), never
-above the ceiling. So a single stray 429 costs about two seconds at a little less than the limit,
-and a halved limit settles just under its new value.
+above the ceiling, and 2% below it for every cut in the last minute (10% at most): pacing exactly
+at the provider's rate keeps its bucket as empty as a burst left it, and every jitter in our
+estimates is then a 429. So a stray 429 costs about two seconds at a little less than the
+limit, and a halved limit settles just under its new value.
 
 With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
 *discovered*: first 90% of the highest rate accepted over one second lately (what the server let
@@ -32,8 +34,8 @@ False
 False
 >>> for i in range(40):  # four seconds of successes with a backlog
 ...     _ = rate.succeeded(now=1.1 + 0.1 * i, backlog=True)
->>> rate.rpm
-1200.0
+>>> rate.rpm  # 2% below the ceiling for a minute after a cut
+1176.0
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ _MIN_RPM = 6.0
 _ACCEPTED_WINDOW_S = 5.0
 _MAX_STEP_S = 1.0
 _MIN_CUT_SPACING_S = 1.0
+_CUT_MEMORY_S = 60.0
+_MARGIN_PER_CUT = 0.02
+_MAX_MARGIN = 0.1
 _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 
 
@@ -63,6 +68,7 @@ class PacedRate:
         "_accepted",
         "_at_loss",
         "_cut_at",
+        "_cuts",
         "_hinted_at",
         "_last_success_at",
         "ceiling",
@@ -77,6 +83,7 @@ class PacedRate:
         self._at_loss = math.inf
         self._cut_at = -math.inf
         self._hinted_at = -math.inf
+        self._cuts: deque[float] = deque()
         self._last_success_at: float | None = None
         self._accepted: deque[float] = deque()
 
@@ -118,7 +125,19 @@ class PacedRate:
             self._at_loss = self.rpm
             self.rpm = max(_MIN_RPM, _CUT * self.rpm)
         self._cut_at = now
+        self._cuts.append(now)
         return True
+
+    def _top(self, now: float) -> float:
+        """How close to the ceiling the rate recovers: each cut within the last minute keeps it
+        2% further below (10% at most). Pacing exactly at a bucket's rate keeps the bucket at
+        whatever level it fell to; if that is empty, every jitter in our estimates is a 429."""
+        if self.ceiling is None:
+            return math.inf
+        cuts = self._cuts
+        while cuts and now - cuts[0] > _CUT_MEMORY_S:
+            cuts.popleft()
+        return self.ceiling * (1.0 - min(_MAX_MARGIN, _MARGIN_PER_CUT * len(cuts)))
 
     def succeeded(self, *, now: float, backlog: bool) -> bool:
         """An accepted request. While requests wait, a cut rate recovers; True when it moved."""
@@ -130,7 +149,7 @@ class PacedRate:
         rpm = self.rpm
         if rpm is None or last is None or not backlog:
             return False
-        top = self.ceiling if self.ceiling is not None else math.inf
+        top = self._top(now)
         if rpm >= top:
             return False
         step_s = min(_MAX_STEP_S, max(0.0, now - last))
