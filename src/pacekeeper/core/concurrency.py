@@ -84,9 +84,10 @@ class AimdLimit(FixedLimit):
       doubles every round trip) until the first sign of load, then one slot per round trip,
       approaching the window of the last cut quickly and probing beyond it slowly (CUBIC's
       plateau). Before any answer has come back, it also doubles every ``silence_double_s``
-      of silence (the first after ``silence_first_s``): no answer yet is no evidence of load, and with 10 s answers, one slot per
-      success would take minutes to reach the hundreds a rate needs. A rejection comes back
-      fast, so an in-flight cap still shows up before the window runs far past it;
+      of silence (the first after ``silence_first_s``, up to ``silence_max``): no answer yet
+      is no evidence of load, and with 10 s answers, one slot per success would take minutes
+      to reach the hundreds a rate needs. A rejection comes back fast, so an in-flight cap
+      still shows up before the window runs far past it;
     * **a cut** (:attr:`Signal.BACKPRESSURE`, x ``decrease_factor``, at most once per round
       trip): the caller decides what is evidence of load (a rise in overload answers above
       their baseline, answers that swell with queueing), never a single 503;
