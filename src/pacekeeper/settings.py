@@ -2,6 +2,8 @@
 
 ::
 
+    provider = "openai"       # openai, azure, anthropic, gemini, openrouter, mistral, groq,
+                              # together, vllm or compatible: base URL, auth, key variable
     # defaults for every model
     rpm = 500                 # requests per minute (omit to learn from the provider's headers)
     tpm = 200000              # tokens per minute
@@ -94,6 +96,16 @@ def _concurrency(value: object) -> tuple[Any, str | None]:
         return None, f'must be "auto" or a positive whole number, got {_show(value)}'
 
 
+def _provider(value: object) -> tuple[Any, str | None]:
+    from pacekeeper.providers import PROVIDERS
+
+    if not isinstance(value, str):
+        return None, f"expected a string, got {_show(value)}"
+    if value.strip().lower() not in PROVIDERS:
+        return None, f"unknown provider {_show(value)}; known: {', '.join(PROVIDERS)}"
+    return value.strip().lower(), None
+
+
 def _string(value: object) -> tuple[Any, str | None]:
     if not isinstance(value, str):
         return None, f"expected a string, got {_show(value)}"
@@ -124,6 +136,8 @@ _OTHER_KEYS: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]] =
     "base_url": ("base_url", _string),
     "api_key_env": ("api_key_env", _string),
     "redis": ("redis", _string),
+    "provider": ("provider", _provider),
+    "api_version": ("api_version", _string),
 }
 
 
@@ -135,6 +149,11 @@ class Settings:
     base_url: str | None = None
     api_key_env: str | None = None
     redis: str | None = None
+    provider: str | None = None
+    """A name from :data:`pacekeeper.providers.PROVIDERS` (its base URL, auth and key variable
+    are the defaults; ``base_url`` and ``api_key_env`` override them)."""
+    api_version: str | None = None
+    """Azure OpenAI's ``api-version`` on deployment routes."""
     source: Path | None = None
 
 
@@ -239,6 +258,8 @@ def load_settings(path: Path | None) -> Settings:
         base_url=other.get("base_url"),
         api_key_env=other.get("api_key_env"),
         redis=other.get("redis"),
+        provider=other.get("provider"),
+        api_version=other.get("api_version"),
         source=path,
     )
 

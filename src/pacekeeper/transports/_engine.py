@@ -35,14 +35,18 @@ __all__ = [
     "Flavour",
     "RequestFacts",
     "flavour_of",
+    "model_of_path",
     "read_request",
     "route_of",
     "usage_from_json",
+    "usage_of",
 ]
 
 _EMPTY_ESTIMATE = TokenEstimate(prompt_tokens=0, max_completion_tokens=0, method="none")
 _USAGE_NUMBER = re.compile(
-    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens'
+    rb"|cache_creation_input_tokens|cache_read_input_tokens|promptTokenCount"
+    rb'|candidatesTokenCount|thoughtsTokenCount|toolUsePromptTokenCount)"\s*:\s*(\d+)'
 )
 
 
@@ -126,79 +130,300 @@ class RequestFacts:
     model: str | None
     estimate: TokenEstimate
     streaming: bool
+    body: dict[str, Any] | None = None
+    """The parsed JSON body (None for anything else)."""
+
+
+_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+_PATH_MODEL = re.compile(r"/models/([^/:]+):")
+
+
+def model_of_path(path: str) -> str | None:
+    """The model a path names: an Azure deployment (the lane key of a deployment route) or a
+    Gemini model (``/v1beta/models/gemini-2.0-flash:generateContent``).
+
+    >>> model_of_path("/openai/deployments/gpt4o-prod/chat/completions")
+    'gpt4o-prod'
+    >>> model_of_path("/v1beta/models/gemini-2.0-flash:streamGenerateContent")
+    'gemini-2.0-flash'
+    >>> model_of_path("/v1/chat/completions") is None
+    True
+    """
+    if "/deployments/" in path:
+        found = _DEPLOYMENT.search(path)
+        if found:
+            return found.group(1)
+    if ":" in path:
+        found = _PATH_MODEL.search(path)
+        if found:
+            return found.group(1)
+    return None
 
 
 def read_request(request: Any) -> RequestFacts:
     """Route (the URL path, object ids folded), model and token estimate of a request.
 
     Only JSON bodies are parsed; anything else (a file upload, a GET) costs no tokens and goes
-    on the lane of (route, None).
+    on the lane of (route, None). On an Azure deployment route the model is the deployment
+    (its own quota), whatever the body says.
     """
-    route = route_of(request.url.path)
+    path = request.url.path
+    route = route_of(path)
+    path_model = model_of_path(path)
     if request.method != "POST":
-        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     try:
         content = request.content
     except Exception:  # a streaming upload that was not read: nothing to estimate
-        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     if not content or content[:1] not in (b"{", b" ", b"\n"):
-        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     try:
         body = json.loads(content)
     except ValueError:
-        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     if not isinstance(body, dict):
-        return RequestFacts(route, None, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     model = body.get("model")
-    model = model if isinstance(model, str) else None
+    model = path_model or (model if isinstance(model, str) else None)
     return RequestFacts(
         route,
         model,
         estimate_request_tokens(body, model=model),
-        streaming=body.get("stream") is True,
+        streaming=body.get("stream") is True or route.endswith(":streamGenerateContent"),
+        body=body,
     )
 
 
-def usage_from_json(body: bytes) -> tuple[int | None, int | None, bool]:
-    """(prompt tokens, completion tokens, body is valid JSON) of a JSON answer."""
+_USAGE_OPTION_ROUTES = ("/chat/completions", "/completions")
+
+
+def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> Any | None:
+    """A copy of a streamed chat/completions request that asks for usage in the stream
+    (``stream_options.include_usage``), or None when it already does, or does not apply
+    (the Responses API and Anthropic always report usage in their streams)."""
+    body = facts.body
+    if body is None or body.get("stream") is not True:
+        return None
+    if not facts.route.endswith(_USAGE_OPTION_ROUTES):
+        return None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and "include_usage" in options:
+        return None  # the client chose, either way
+    if options is not None and not isinstance(options, dict):
+        return None
+    new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+    content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    headers = [
+        (name, value)
+        for name, value in request.headers.raw
+        if name.lower() not in (b"content-length", b"transfer-encoding")
+    ]
+    return module.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        content=content,
+        extensions=request.extensions,
+    )
+
+
+class UsageChunkFilter:
+    """Removes, from an OpenAI event stream, the usage-only chunk (``"choices": []`` with
+    ``"usage"``) that ``include_usage`` added for a client that did not ask for it.
+
+    Events are cut at their blank line; a partial event waits for the rest of it (a few
+    hundred bytes at most), every other byte passes unchanged and in order.
+    """
+
+    __slots__ = ("_pending", "removed")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.removed = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk
+        out: list[bytes] = []
+        start = 0
+        while True:
+            end, sep = _event_end(data, start)
+            if end < 0:
+                break
+            event = data[start : end + sep]
+            if not self._is_usage_only(event):
+                out.append(event)
+            else:
+                self.removed += 1
+            start = end + sep
+        self._pending = data[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return b"" if self._is_usage_only(rest) else rest
+
+    @staticmethod
+    def _is_usage_only(event: bytes) -> bool:
+        if b'"usage"' not in event or b'"choices"' not in event:
+            return False
+        for line in event.splitlines():
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                data = json.loads(line[5:])
+            except ValueError:
+                return False
+            return (
+                isinstance(data, dict)
+                and data.get("choices") == []
+                and isinstance(data.get("usage"), dict)
+            )
+        return False
+
+
+def _event_end(data: bytes, start: int) -> tuple[int, int]:
+    """The end of the next whole event in ``data`` and the length of its blank line."""
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\r\n\r\n", start)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, 4
+    return lf, 2 if lf >= 0 else 0
+
+
+def usage_from_json(
+    body: bytes, *, cache_reads_count: bool = True
+) -> tuple[int | None, int | None, bool]:
+    """(input tokens counted, output tokens, body is valid JSON) of a JSON answer."""
     try:
         data = json.loads(body)
     except ValueError:
         return None, None, False
-    usage = data.get("usage") if isinstance(data, dict) else None
+    prompt, completion = usage_of(data, cache_reads_count=cache_reads_count)
+    return prompt, completion, True
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def usage_of(data: object, *, cache_reads_count: bool = True) -> tuple[int | None, int | None]:
+    """(input tokens counted toward the input limit, output tokens) of any dialect's answer.
+
+    * OpenAI chat, completions and embeddings: ``usage.prompt_tokens`` (which includes cached
+      tokens, ``prompt_tokens_details.cached_tokens``) and ``usage.completion_tokens`` (which
+      includes reasoning tokens).
+    * OpenAI Responses: ``usage.input_tokens`` (cached tokens included, in
+      ``input_tokens_details.cached_tokens``) and ``usage.output_tokens`` (reasoning
+      included); a streamed ``response.completed`` event carries it under ``response``.
+    * Anthropic Messages: ``input_tokens`` leaves cache reads and writes out; the input
+      counted is ``input_tokens + cache_creation_input_tokens``, never
+      ``cache_read_input_tokens`` (Anthropic does not count cache reads toward ITPM).
+    * Gemini: ``usageMetadata.promptTokenCount`` (+ ``toolUsePromptTokenCount``) and
+      ``candidatesTokenCount + thoughtsTokenCount``.
+
+    ``cache_reads_count=False`` (providers that do not count cached prompt tokens, such as
+    Groq) takes ``cached_tokens`` out of OpenAI-style input counts.
+
+    >>> usage_of({"usage": {"input_tokens": 10, "cache_creation_input_tokens": 200,
+    ...                     "cache_read_input_tokens": 5000, "output_tokens": 7}})
+    (210, 7)
+    >>> usage_of({"usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3,
+    ...                             "thoughtsTokenCount": 40}})
+    (12, 43)
+    """
+    if not isinstance(data, dict):
+        return None, None
+    usage = data.get("usage")
     if not isinstance(usage, dict):
-        return None, None, True
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (
-        prompt if isinstance(prompt, int) else None,
-        completion if isinstance(completion, int) else None,
-        True,
+        inner = data.get("response")  # Responses API stream events, response.completed
+        if isinstance(inner, dict) and isinstance(inner.get("usage"), dict):
+            usage = inner["usage"]
+        else:
+            meta = data.get("usageMetadata")
+            if isinstance(meta, dict):
+                return _gemini_usage(meta)
+            return None, None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt = _count(usage.get("prompt_tokens"))
+        details = usage.get("prompt_tokens_details")
+        if prompt is not None and not cache_reads_count and isinstance(details, dict):
+            prompt = max(0, prompt - (_count(details.get("cached_tokens")) or 0))
+        return prompt, _count(usage.get("completion_tokens"))
+    prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("output_tokens"))
+    if "cache_creation_input_tokens" in usage or "cache_read_input_tokens" in usage:
+        writes = _count(usage.get("cache_creation_input_tokens")) or 0
+        if prompt is not None:
+            prompt += writes
+        return prompt, completion
+    details = usage.get("input_tokens_details")
+    if prompt is not None and not cache_reads_count and isinstance(details, dict):
+        prompt = max(0, prompt - (_count(details.get("cached_tokens")) or 0))
+    return prompt, completion
+
+
+def _gemini_usage(meta: dict[str, Any]) -> tuple[int | None, int | None]:
+    prompt = _count(meta.get("promptTokenCount"))
+    if prompt is not None:
+        prompt += _count(meta.get("toolUsePromptTokenCount")) or 0
+    candidates = _count(meta.get("candidatesTokenCount"))
+    thoughts = _count(meta.get("thoughtsTokenCount"))
+    completion = (
+        None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
     )
+    return prompt, completion
+
+
+_SCAN_TAIL = 512
 
 
 class UsageScanner:
     """Picks the token counts out of a server-sent event stream as it passes.
 
-    OpenAI sends usage in the last chunk (with ``stream_options.include_usage``), Anthropic in
-    ``message_start`` (input) and ``message_delta`` (output). Only chunks that mention
-    ``"usage"`` are searched, so the cost per chunk is one substring test.
+    OpenAI sends usage in the last chunk (with ``stream_options.include_usage``), the Responses
+    API in ``response.completed``, Anthropic in ``message_start`` (input, cache writes and
+    reads) and ``message_delta`` (output), Gemini in every chunk's ``usageMetadata``. Only
+    chunks that name a count are searched, and the end of the previous chunk is searched with
+    each one, so a count split between two chunks is still found. The last value of each count
+    wins; the counted input follows :func:`usage_of`.
     """
 
-    __slots__ = ("completion_tokens", "prompt_tokens")
+    __slots__ = ("_counts", "_tail", "cache_reads_count")
 
-    def __init__(self) -> None:
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
+    def __init__(self, *, cache_reads_count: bool = True) -> None:
+        self._counts: dict[bytes, int] = {}
+        self._tail = b""
+        self.cache_reads_count = cache_reads_count
 
     def feed(self, chunk: bytes) -> None:
-        if b'"usage"' not in chunk:
+        window = self._tail + chunk
+        self._tail = window[-_SCAN_TAIL:]
+        if b"_tokens" not in window and b"TokenCount" not in window:
             return
-        for name, value in _USAGE_NUMBER.findall(chunk):
-            if name in (b"prompt_tokens", b"input_tokens"):
-                self.prompt_tokens = int(value)
-            else:
-                self.completion_tokens = int(value)
+        for name, value in _USAGE_NUMBER.findall(window):
+            self._counts[name] = int(value)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        counts = self._counts
+        if b"promptTokenCount" in counts:
+            return counts[b"promptTokenCount"] + counts.get(b"toolUsePromptTokenCount", 0)
+        prompt = counts.get(b"prompt_tokens", counts.get(b"input_tokens"))
+        if prompt is None:
+            return None
+        if b"cache_creation_input_tokens" in counts or b"cache_read_input_tokens" in counts:
+            return prompt + counts.get(b"cache_creation_input_tokens", 0)
+        if not self.cache_reads_count:
+            prompt = max(0, prompt - counts.get(b"cached_tokens", 0))
+        return prompt
+
+    @property
+    def completion_tokens(self) -> int | None:
+        counts = self._counts
+        if b"candidatesTokenCount" in counts or b"thoughtsTokenCount" in counts:
+            return counts.get(b"candidatesTokenCount", 0) + counts.get(b"thoughtsTokenCount", 0)
+        return counts.get(b"completion_tokens", counts.get(b"output_tokens"))
 
 
 def is_json(headers: Mapping[str, str]) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.classify import OutcomeKind, verdict_for_failure
 from pacekeeper.transports._engine import (
     Flavour,
+    UsageChunkFilter,
     UsageScanner,
     bounded_timeout,
     essential_headers,
@@ -27,14 +29,18 @@ from pacekeeper.transports._engine import (
     settle_stream,
     usage_from_json,
     verdict_for_answer,
+    with_stream_usage,
 )
 
 if TYPE_CHECKING:
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Call, Governor
     from pacekeeper.core.lane import Permit
+    from pacekeeper.providers import Provider
+    from pacekeeper.transports._engine import RequestFacts
 
 __all__ = [
+    "UsageOptions",
     "AsyncGovernedTransport",
     "SyncGovernedTransport",
     "handle_async",
@@ -49,8 +55,44 @@ TAG_EXTENSION = "pacekeeper.tag"
 """A request extension whose value (a str) is copied into the request's records."""
 
 
-async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class UsageOptions:
+    """How a transport reads usage.
+
+    ``include_usage``: a streamed chat/completions request that did not ask for usage is sent
+    with ``stream_options.include_usage``, so that it is reconciled with real usage like any
+    other; the extra usage-only chunk is removed before the caller sees it.
+    ``cache_reads_count``: False for providers that do not count cached prompt tokens toward
+    their input limit (OpenAI-style ``cached_tokens`` are then not charged).
+    """
+
+    include_usage: bool = False
+    cache_reads_count: bool = True
+
+
+_DEFAULT_OPTIONS = UsageOptions()
+
+
+def _prepare(
+    request: Any, flavour: Flavour, options: UsageOptions
+) -> tuple[Any, RequestFacts, bool]:
+    """(request to send, its facts, whether an added usage chunk must be removed)."""
     facts = read_request(request)
+    if options.include_usage and facts.streaming:
+        rewritten = with_stream_usage(request, facts, flavour.module)
+        if rewritten is not None:
+            return rewritten, facts, True
+    return request, facts, False
+
+
+async def handle_async(
+    gov: Governor,
+    inner: Any,
+    flavour: Flavour,
+    request: Any,
+    options: UsageOptions = _DEFAULT_OPTIONS,
+) -> Any:
+    request, facts, strip = _prepare(request, flavour, options)
     call = gov.call(
         route=facts.route,
         model=facts.model,
@@ -75,7 +117,15 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
-                call, permit, flavour, request, response, headers=headers, sync=False
+                call,
+                permit,
+                flavour,
+                request,
+                response,
+                headers=headers,
+                sync=False,
+                strip_usage=strip,
+                options=options,
             )
         try:
             raw = b"".join([chunk async for chunk in response.stream])
@@ -98,14 +148,21 @@ async def handle_async(gov: Governor, inner: Any, flavour: Flavour, request: Any
             headers=headers,
             raw=raw,
             read_limits=read_limits,
+            options=options,
         )
         if decision_retry is None:
             return result
         await call.pause(decision_retry)
 
 
-def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> Any:
-    facts = read_request(request)
+def handle_sync(
+    gov: Governor,
+    inner: Any,
+    flavour: Flavour,
+    request: Any,
+    options: UsageOptions = _DEFAULT_OPTIONS,
+) -> Any:
+    request, facts, strip = _prepare(request, flavour, options)
     call = gov.call(
         route=facts.route,
         model=facts.model,
@@ -129,7 +186,15 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
-                call, permit, flavour, request, response, headers=headers, sync=True
+                call,
+                permit,
+                flavour,
+                request,
+                response,
+                headers=headers,
+                sync=True,
+                strip_usage=strip,
+                options=options,
             )
         try:
             raw = b"".join(list(response.stream))
@@ -152,6 +217,7 @@ def handle_sync(gov: Governor, inner: Any, flavour: Flavour, request: Any) -> An
             headers=headers,
             raw=raw,
             read_limits=read_limits,
+            options=options,
         )
         if decision_retry is None:
             return result
@@ -200,6 +266,7 @@ def _after_answer(
     headers: dict[str, str],
     raw: bytes,
     read_limits: bool,
+    options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
     status = response.status_code
@@ -208,7 +275,9 @@ def _after_answer(
     prompt = completion = None
     valid = True
     if status < 300 and expect_json and body is not None:
-        prompt, completion, valid = usage_from_json(body)
+        prompt, completion, valid = usage_from_json(
+            body, cache_reads_count=options.cache_reads_count
+        )
     verdict: Verdict = verdict_for_answer(
         status,
         headers,
@@ -245,12 +314,17 @@ def _stream_response(
     *,
     headers: dict[str, str],
     sync: bool,
+    strip_usage: bool = False,
+    options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
     headers = plain_headers(response.headers)  # a stream's limits are always learned
     ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
     state = _StreamState(call, permit, ok, request_id(headers))
+    state.scanner.cache_reads_count = options.cache_reads_count
+    if strip_usage and headers.get("content-encoding", "identity") == "identity":
+        state.filter = UsageChunkFilter()
     cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
     stream = cls(response.stream, state)
     return flavour.module.Response(
@@ -263,7 +337,7 @@ def _stream_response(
 
 
 class _StreamState:
-    __slots__ = ("call", "done", "ok", "permit", "request_id", "scanner")
+    __slots__ = ("call", "done", "ended", "filter", "ok", "permit", "request_id", "scanner")
 
     def __init__(self, call: Call, permit: Permit, ok: Verdict, rid: str | None) -> None:
         self.call = call
@@ -271,7 +345,23 @@ class _StreamState:
         self.ok = ok
         self.request_id = rid
         self.scanner = UsageScanner()
+        self.filter: UsageChunkFilter | None = None
+        self.ended = False
         self.done = False
+
+    def passed(self, chunk: bytes) -> bytes:
+        """Read a chunk's usage; what of it reaches the caller (b"": wait for more)."""
+        self.scanner.feed(chunk)
+        if self.filter is None:
+            return chunk
+        return self.filter.feed(chunk)
+
+    def rest(self) -> bytes:
+        """At the end of the stream: what the filter still holds (once)."""
+        if self.filter is None or self.ended:
+            return b""
+        self.ended = True
+        return self.filter.flush()
 
     def finish(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
         if self.done:
@@ -325,22 +415,27 @@ class _GovernedAsyncStream:
         return self
 
     async def __anext__(self) -> bytes:
-        self._reading = True
-        try:
-            chunk: bytes = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            raise
-        except asyncio.CancelledError:
-            self._state.finish(abandoned=True)
-            raise
-        except Exception as exc:
-            self._state.finish(exc)
-            raise
-        finally:
-            self._reading = False
-            self._idle_since = time.monotonic()
-        self._state.scanner.feed(chunk)
-        return chunk
+        while True:
+            self._reading = True
+            try:
+                chunk: bytes = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                rest = self._state.rest()
+                if rest:
+                    return rest
+                raise
+            except asyncio.CancelledError:
+                self._state.finish(abandoned=True)
+                raise
+            except Exception as exc:
+                self._state.finish(exc)
+                raise
+            finally:
+                self._reading = False
+                self._idle_since = time.monotonic()
+            passed = self._state.passed(chunk)
+            if passed or not chunk:
+                return passed
 
     async def aclose(self) -> None:
         try:
@@ -368,15 +463,20 @@ class _GovernedSyncStream:
         return self
 
     def __next__(self) -> bytes:
-        try:
-            chunk: bytes = next(self._chunks)
-        except StopIteration:
-            raise
-        except Exception as exc:
-            self._state.finish(exc)
-            raise
-        self._state.scanner.feed(chunk)
-        return chunk
+        while True:
+            try:
+                chunk: bytes = next(self._chunks)
+            except StopIteration:
+                rest = self._state.rest()
+                if rest:
+                    return rest
+                raise
+            except Exception as exc:
+                self._state.finish(exc)
+                raise
+            passed = self._state.passed(chunk)
+            if passed or not chunk:
+                return passed
 
     def close(self) -> None:
         try:
@@ -406,10 +506,18 @@ class AsyncGovernedTransport:
 
     _flavour: Flavour
 
-    def __init__(self, governor: Governor | None = None, *, transport: Any = None) -> None:
+    def __init__(
+        self,
+        governor: Governor | None = None,
+        *,
+        transport: Any = None,
+        include_usage: bool = False,
+        provider: str | Provider | None = None,
+    ) -> None:
         from pacekeeper.core.governor import Governor
 
         self.governor = governor if governor is not None else Governor()
+        self.usage = usage_options(include_usage=include_usage, provider=provider)
         module = self._flavour.module
         self._inner = transport or module.AsyncHTTPTransport(limits=unbounded_pool(module))
         ceiling = pool_size(self._inner)
@@ -417,7 +525,7 @@ class AsyncGovernedTransport:
             self.governor.cap_concurrency(ceiling)
 
     async def handle_async_request(self, request: Any) -> Any:
-        return await handle_async(self.governor, self._inner, self._flavour, request)
+        return await handle_async(self.governor, self._inner, self._flavour, request, self.usage)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -431,10 +539,18 @@ class SyncGovernedTransport:
 
     _flavour: Flavour
 
-    def __init__(self, governor: Governor | None = None, *, transport: Any = None) -> None:
+    def __init__(
+        self,
+        governor: Governor | None = None,
+        *,
+        transport: Any = None,
+        include_usage: bool = False,
+        provider: str | Provider | None = None,
+    ) -> None:
         from pacekeeper.core.governor import Governor
 
         self.governor = governor if governor is not None else Governor()
+        self.usage = usage_options(include_usage=include_usage, provider=provider)
         module = self._flavour.module
         self._inner = transport or module.HTTPTransport(limits=unbounded_pool(module))
         ceiling = pool_size(self._inner)
@@ -442,13 +558,25 @@ class SyncGovernedTransport:
             self.governor.cap_concurrency(ceiling)
 
     def handle_request(self, request: Any) -> Any:
-        return handle_sync(self.governor, self._inner, self._flavour, request)
+        return handle_sync(self.governor, self._inner, self._flavour, request, self.usage)
 
     def close(self) -> None:
         self._inner.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
+
+
+def usage_options(*, include_usage: bool, provider: str | Provider | None) -> UsageOptions:
+    """The usage options of a transport: ``provider`` says whether cached tokens count."""
+    if provider is None:
+        return UsageOptions(include_usage=include_usage)
+    from pacekeeper.providers import get_provider
+
+    return UsageOptions(
+        include_usage=include_usage,
+        cache_reads_count=get_provider(provider).cache_reads_count,
+    )
 
 
 def unbounded_pool(module: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
+from pacekeeper.providers import Provider
 from pacekeeper.transports._flow import AsyncGovernedTransport, SyncGovernedTransport
 
 __all__ = ["wrap"]
@@ -14,7 +15,13 @@ __all__ = ["wrap"]
 C = TypeVar("C")
 
 
-def wrap(client: C, governor: Governor | None = None) -> C:
+def wrap(
+    client: C,
+    governor: Governor | None = None,
+    *,
+    include_usage: bool = False,
+    provider: str | Provider | None = None,
+) -> C:
     """Send everything ``client`` sends through ``governor`` (a new one if not given).
 
     ``client`` is an openai or anthropic client (sync or async), or an httpx2/httpx client. It
@@ -24,6 +31,11 @@ def wrap(client: C, governor: Governor | None = None) -> C:
 
     The client's connection pool is kept; the governor never admits more requests at once than
     the pool holds, so the pool never becomes the queue.
+
+    ``include_usage=True`` asks every streamed chat/completions request that did not ask for
+    it for its usage (``stream_options.include_usage``), so streams are reconciled with real
+    usage; the extra usage chunk is removed before the client sees it. ``provider`` (a name
+    from :mod:`pacekeeper.providers`) says how the provider counts cached tokens.
     """
     http: Any = getattr(client, "_client", client)
     library = _library_of(http)
@@ -40,12 +52,13 @@ def wrap(client: C, governor: Governor | None = None) -> C:
         raise ConfigurationError(f"{type(client).__name__} is already governed by pacekeeper")
     gov = governor if governor is not None else Governor()
     cls = _transport_class(library, is_async=is_async)
-    http._transport = cls(gov, transport=current)
+    options: dict[str, Any] = {"include_usage": include_usage, "provider": provider}
+    http._transport = cls(gov, transport=current, **options)
     mounts = getattr(http, "_mounts", None)
     if isinstance(mounts, dict):
         for pattern, transport in list(mounts.items()):
             if transport is not None:
-                mounts[pattern] = cls(gov, transport=transport)
+                mounts[pattern] = cls(gov, transport=transport, **options)
     if hasattr(client, "max_retries"):
         client.max_retries = 0
     return client

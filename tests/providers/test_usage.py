@@ -1,0 +1,264 @@
+"""Usage per dialect, read the way each provider counts it: unit tests of the parsers, then
+the unmodified openai and anthropic SDKs (sync and async) through ``wrap()`` against a real
+server on loopback speaking each dialect."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import pacekeeper
+from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper.transports._engine import UsageChunkFilter, UsageScanner, usage_of
+
+from .conftest import StartUpstream
+from .upstream import KEY, USAGE_ANTHROPIC, USAGE_OPENAI, USAGE_RESPONSES
+
+
+class Records:
+    def __init__(self) -> None:
+        self.attempts: list[AttemptRecord] = []
+        self.requests: list[RequestRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+
+def governed() -> tuple[Governor, Records]:
+    records = Records()
+    return Governor(hooks=[records]), records
+
+
+ANTHROPIC_COUNTED = USAGE_ANTHROPIC["input_tokens"] + USAGE_ANTHROPIC["cache_creation_input_tokens"]
+
+
+# --- the parsers ----------------------------------------------------------------------------
+
+
+def test_openai_usage_counts_cached_tokens_unless_the_provider_does_not() -> None:
+    body = {"usage": USAGE_OPENAI}
+    assert usage_of(body) == (120, 30)  # reasoning is inside completion_tokens already
+    assert usage_of(body, cache_reads_count=False) == (20, 30)  # Groq: cached tokens are free
+
+
+def test_anthropic_usage_charges_cache_writes_not_cache_reads() -> None:
+    assert usage_of({"usage": USAGE_ANTHROPIC}) == (211, 42)
+    assert usage_of({"usage": {"input_tokens": 5, "output_tokens": 2}}) == (5, 2)
+
+
+def test_responses_usage_top_level_and_in_the_completed_event() -> None:
+    assert usage_of({"usage": USAGE_RESPONSES}) == (77, 33)
+    event = {"type": "response.completed", "response": {"usage": USAGE_RESPONSES}}
+    assert usage_of(event) == (77, 33)
+
+
+def test_embeddings_and_gemini_usage() -> None:
+    assert usage_of({"usage": {"prompt_tokens": 9, "total_tokens": 9}}) == (9, None)
+    meta = {"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 7}
+    assert usage_of({"usageMetadata": meta}) == (10, 12)
+
+
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 33, 64, 200])
+def test_the_scanner_finds_counts_split_between_chunks(cut: int) -> None:
+    stream = (
+        b"event: message_start\n"
+        + _sse(
+            [
+                {
+                    "type": "message_start",
+                    "message": {"usage": {**USAGE_ANTHROPIC, "output_tokens": 1}},
+                }
+            ]
+        )
+        + _sse([{"type": "message_delta", "usage": {"output_tokens": 42}}])
+    )
+    scanner = UsageScanner()
+    for i in range(0, len(stream), cut):
+        scanner.feed(stream[i : i + cut])
+    assert (scanner.prompt_tokens, scanner.completion_tokens) == (211, 42)
+
+
+def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() -> None:
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "hi"}}]},
+        {"choices": [], "usage": USAGE_OPENAI},
+    ]
+    stream = _sse(events) + b"data: [DONE]\n\n"
+    expected = _sse(events[:1]) + b"data: [DONE]\n\n"
+    for cut in (1, 5, 50, len(stream)):
+        flt = UsageChunkFilter()
+        out = b"".join(flt.feed(stream[i : i + cut]) for i in range(0, len(stream), cut))
+        assert out + flt.flush() == expected
+        assert flt.removed == 1
+
+
+# --- the SDKs through wrap() ----------------------------------------------------------------
+
+
+async def test_async_openai_stream_is_reconciled_and_the_client_sees_no_extra_chunk(
+    start_upstream: StartUpstream,
+) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(
+        openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY), gov, include_usage=True
+    )
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert [c.choices[0].delta.content for c in chunks if c.choices] == ["Hello", " there", None]
+    assert all(c.choices for c in chunks), "the usage chunk the client did not ask for leaked"
+    assert server.seen[-1].body["stream_options"] == {"include_usage": True}
+    (record,) = records.requests
+    assert (record.prompt_tokens, record.completion_tokens) == (120, 30)
+
+
+def test_sync_openai_stream_keeps_the_usage_chunk_when_the_client_asked(
+    start_upstream: StartUpstream,
+) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(
+        openai.OpenAI(base_url=server.base + "/v1", api_key=KEY), gov, include_usage=True
+    )
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 30
+    (record,) = records.requests
+    assert (record.prompt_tokens, record.completion_tokens) == (120, 30)
+
+
+def test_without_the_option_a_stream_is_sent_unchanged(start_upstream: StartUpstream) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(openai.OpenAI(base_url=server.base + "/v1", api_key=KEY), gov)
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert "stream_options" not in server.seen[-1].body
+    assert records.requests[0].completion_tokens is None
+
+
+async def test_responses_api_plain_and_streamed_are_reconciled(
+    start_upstream: StartUpstream,
+) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY), gov)
+    await client.responses.create(model="gpt-4.1-mini", input="hi", max_output_tokens=64)
+    stream = await client.responses.create(model="gpt-4.1-mini", input="hi", stream=True)
+    async for _ in stream:
+        pass
+    assert [(r.route, r.prompt_tokens, r.completion_tokens) for r in records.requests] == [
+        ("/v1/responses", 77, 33),
+        ("/v1/responses", 77, 33),
+    ]
+    # the estimate counted max_output_tokens as the reserve
+    assert records.requests[0].tokens_estimated >= 64
+
+
+def test_embeddings_of_token_arrays_are_estimated_and_reconciled(
+    start_upstream: StartUpstream,
+) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(openai.OpenAI(base_url=server.base + "/v1", api_key=KEY), gov)
+    client.embeddings.create(model="text-embedding-3-small", input=[[1, 2, 3], [4, 5]])
+    (record,) = records.requests
+    assert 5 <= record.tokens_estimated < 10  # token arrays count as their length; no reserve
+    assert record.prompt_tokens == 9
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_async_anthropic_messages_charge_cache_writes_not_reads(
+    start_upstream: StartUpstream, stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = start_upstream(auth="anthropic")
+    gov, records = governed()
+    client = pacekeeper.wrap(anthropic.AsyncAnthropic(base_url=server.base, api_key=KEY), gov)
+    kwargs: dict[str, Any] = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 500,
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    if stream:
+        async with client.messages.stream(**kwargs) as events:
+            async for _ in events:
+                pass
+    else:
+        message = await client.messages.create(**kwargs)
+        assert message.usage.output_tokens == 42
+    (record,) = records.requests
+    assert record.ok
+    assert record.route == "/v1/messages"
+    assert (record.prompt_tokens, record.completion_tokens) == (ANTHROPIC_COUNTED, 42)
+    assert record.tokens_estimated >= 500  # max_tokens reserved at admission
+    assert KEY not in caplog.text
+    assert all(KEY not in json.dumps(r.as_dict()) for r in records.attempts + records.requests)
+
+
+def test_sync_anthropic_stream_is_reconciled(start_upstream: StartUpstream) -> None:
+    server = start_upstream(auth="anthropic")
+    gov, records = governed()
+    client = pacekeeper.wrap(anthropic.Anthropic(base_url=server.base, api_key=KEY), gov)
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as events:
+        assert events.get_final_text() == "Hello there"
+    (record,) = records.requests
+    assert (record.prompt_tokens, record.completion_tokens) == (ANTHROPIC_COUNTED, 42)
+
+
+def test_azure_deployment_route_is_its_own_lane_and_sends_api_key(
+    start_upstream: StartUpstream,
+) -> None:
+    server = start_upstream(auth="api-key")
+    gov, records = governed()
+    client = pacekeeper.wrap(
+        openai.AzureOpenAI(azure_endpoint=server.base, api_key=KEY, api_version="2024-10-21"),
+        gov,
+    )
+    client.chat.completions.create(model="prod-gpt4o", messages=[{"role": "user", "content": "x"}])
+    seen = server.seen[-1]
+    assert seen.path == "/openai/deployments/prod-gpt4o/chat/completions"
+    assert seen.query == "api-version=2024-10-21"
+    (record,) = records.requests
+    assert record.model == "prod-gpt4o"
+    assert record.route == "/openai/deployments/prod-gpt4o/chat/completions"
+    assert (record.prompt_tokens, record.completion_tokens) == (120, 30)
+    assert [lane.key for lane in gov.lanes] == [
+        ("/openai/deployments/prod-gpt4o/chat/completions", "prod-gpt4o")
+    ]
+
+
+def test_groq_provider_leaves_cached_tokens_out(start_upstream: StartUpstream) -> None:
+    server = start_upstream()
+    gov, records = governed()
+    client = pacekeeper.wrap(
+        openai.OpenAI(base_url=server.base + "/openai/v1", api_key=KEY), gov, provider="groq"
+    )
+    client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}])
+    assert records.requests[0].prompt_tokens == 20
