@@ -624,11 +624,11 @@ def test_responses_api_shape() -> None:
 def test_unknown_shape_counts_content_not_parameters() -> None:
     body = {
         "model": "gemini-2.5-pro",
-        "contents": [{"role": "user", "parts": [{"text": "Tell me a story about a dragon."}]}],
+        "dialogue": [{"role": "user", "parts": [{"text": "Tell me a story about a dragon."}]}],
         "temperature": 0.2,
     }
     estimate = estimate_request_tokens(body)
-    compact = json.dumps(body["contents"], separators=(",", ":"))
+    compact = json.dumps(body["dialogue"], separators=(",", ":"))
     assert estimate.prompt_tokens >= heuristic(compact) > 8
     bigger = estimate_request_tokens({**body, "temperature": 0.123456789, "seed": 12345})
     assert bigger.prompt_tokens == estimate.prompt_tokens
@@ -707,3 +707,72 @@ def test_the_bpe_tokenizer_can_be_switched_off() -> None:
         assert estimate_request_tokens(body).method == "heuristic"
     finally:
         use_bpe(True)
+
+
+def test_gemini_contents_system_instruction_and_output_budget_are_read() -> None:
+    from pacekeeper.core.tokens import IMAGE_TOKENS, estimate_request_tokens
+
+    body = {
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Describe this picture."}]},
+            {
+                "role": "user",
+                "parts": [{"inlineData": {"mimeType": "image/png", "data": "x" * 5000}}],
+            },
+        ],
+        "generationConfig": {"maxOutputTokens": 300, "candidateCount": 2},
+    }
+    estimate = estimate_request_tokens(body, model="gemini-2.0-flash")
+    assert estimate.max_completion_tokens == 600
+    assert IMAGE_TOKENS < estimate.prompt_tokens < IMAGE_TOKENS + 40
+
+
+def test_anthropic_system_blocks_tools_and_images_all_count() -> None:
+    from pacekeeper.core.tokens import IMAGE_TOKENS, estimate_request_tokens
+
+    base = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    bare = estimate_request_tokens(base).prompt_tokens
+    system = estimate_request_tokens(
+        {**base, "system": [{"type": "text", "text": "You answer in French. " * 20}]}
+    ).prompt_tokens
+    tools = estimate_request_tokens(
+        {
+            **base,
+            "tools": [
+                {
+                    "name": "get_weather",
+                    "description": "The weather in a city " * 10,
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                }
+            ],
+        }
+    ).prompt_tokens
+    image = estimate_request_tokens(
+        {
+            **base,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/png",
+                                "data": "A" * 4000,
+                            },
+                        },
+                        {"type": "text", "text": "hi"},
+                    ],
+                }
+            ],
+        }
+    ).prompt_tokens
+    assert system > bare + 80
+    assert tools > bare + 40
+    assert image >= bare + IMAGE_TOKENS

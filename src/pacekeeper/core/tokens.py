@@ -385,6 +385,8 @@ _PARAMETER_KEYS = frozenset(
         "thinking",
         "tool_choice",
         "timeout",
+        "generationConfig",
+        "safetySettings",
     }
 )
 _BLOB_MIN_CHARS = 1024
@@ -506,6 +508,25 @@ class _Counter:
                     total += self.json(item)
         return total
 
+    def gemini(self, value: object) -> int:
+        """Gemini's ``contents`` (a list of ``{role, parts}``) or ``systemInstruction``."""
+        items = value if isinstance(value, list) else [value]
+        total = 0
+        for item in items:
+            parts = item.get("parts") if isinstance(item, Mapping) else None
+            if not isinstance(parts, list):
+                total += self.json(item)
+                continue
+            total += _PER_MESSAGE
+            for part in parts:
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    total += self.text(part["text"])
+                elif isinstance(part, Mapping) and ("inlineData" in part or "fileData" in part):
+                    total += IMAGE_TOKENS
+                else:
+                    total += self.json(part)
+        return total
+
     def prompt(self, value: object) -> tuple[int, int]:
         """Completions' ``prompt`` or embeddings' ``input``: (tokens, number of prompts)."""
         if isinstance(value, str):
@@ -537,6 +558,13 @@ def _positive_int(value: object) -> int | None:
 
 def _completion_budget(body: Mapping[str, Any], prompts: int) -> int | None:
     budget = None
+    config = body.get("generationConfig")  # Gemini
+    if isinstance(config, Mapping):
+        body = {
+            "max_tokens": config.get("maxOutputTokens"),
+            "n": config.get("candidateCount"),
+            **body,
+        }
     for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
         if value is not None and (number := _positive_int(value)) is not None:
@@ -574,6 +602,10 @@ def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int
     if "messages" in body:  # OpenAI chat, Anthropic messages
         total += counter.messages(body["messages"])
         known = True
+    for key in ("contents", "systemInstruction", "system_instruction"):  # Gemini
+        if key in body:
+            total += counter.gemini(body[key])
+            known = True
     if "prompt" in body:  # completions
         tokens, prompts = counter.prompt(body["prompt"])
         total += tokens + counter.json(body.get("suffix"))
@@ -634,7 +666,8 @@ def route_generates(route: str) -> bool:
 
 
 def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None) -> TokenEstimate:
-    """Estimate a request body's token cost: chat, completions, embeddings, Anthropic messages.
+    """Estimate a request body's token cost: chat, completions, embeddings, responses,
+    Anthropic messages (system, content blocks, tools, images), Gemini ``contents``.
 
     ``model`` overrides the body's ``"model"`` for choosing the tokenizer. Never raises, even on
     bodies of unknown shape (counted as the compact JSON of their non-parameter fields).
