@@ -485,6 +485,7 @@ class Call:
                 prompt_actual=prompt_tokens,
                 completion_reserved=self.completion_tokens,
                 completion_actual=completion_tokens,
+                prompt_charged=permit.tokens - self.completion_tokens,
             )
 
         error: RequestFailed | None = None

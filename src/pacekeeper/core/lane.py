@@ -61,7 +61,7 @@ __all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
 LaneKey = tuple[str, "str | None"]
 """(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
 
-_SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio
+_SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio (a plain mean at first)
 # The heuristic counts English at about 2x its real tokens (it must never undercount other
 # scripts), so the learned scale may go well below 1.
 _SCALE_MIN, _SCALE_MAX = 0.3, 3.0
@@ -70,6 +70,8 @@ _FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a q
 _SWOLLEN = 1.5  # answers this much slower than unloaded: the upstream queues our requests
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
+_MIN_BURST_SCALE = 1 / 16
+_BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
@@ -210,6 +212,8 @@ class Lane:
 
     __slots__ = (
         "_admitted",
+        "_burst_cut_at",
+        "_burst_scale",
         "_cancelled_waiting",
         "_cap_refuted",
         "_charged",
@@ -219,6 +223,8 @@ class Lane:
         "_next_limits_read",
         "_outstanding",
         "_queue",
+        "_scale_samples",
+        "_scale_variance",
         "_sleepers",
         "_success_peak_at",
         "_success_peak_in_flight",
@@ -270,11 +276,15 @@ class Lane:
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
         self.prompt_scale = 1.0
+        self._scale_samples = 0
+        self._scale_variance = 0.0
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
         self._admitted = 0
         self._charged = 0.0
+        self._burst_scale = 1.0
+        self._burst_cut_at = -math.inf
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
@@ -333,22 +343,22 @@ class Lane:
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
-        burst_s = self._configured.burst_s
-        rpm, tpm = self.rpm, self.tpm
-        if rpm is not None:
+        burst_s = self._configured.burst_s * self._burst_scale
+        for rpm, attr in ((self.rpm, "requests"), (self.tpm, "tokens")):
+            if rpm is None:
+                continue
             rate = rpm * share / 60.0
             burst = max(1.0, rate * burst_s)
-            if self.requests is None:
-                self.requests = TokenBucket(rate_per_s=rate, burst=burst)
-            elif rate != self.requests.rate_per_s:
-                self.requests.set_rate(rate_per_s=rate, burst=burst, now=now)
-        if tpm is not None:
-            rate = tpm * share / 60.0
-            burst = max(1.0, rate * burst_s)
-            if self.tokens is None:
-                self.tokens = TokenBucket(rate_per_s=rate, burst=burst)
-            elif rate != self.tokens.rate_per_s:
-                self.tokens.set_rate(rate_per_s=rate, burst=burst, now=now)
+            bucket: TokenBucket | None = getattr(self, attr)
+            if bucket is None:
+                bucket = TokenBucket(rate_per_s=rate, burst=burst)
+                if self._admitted:
+                    # Learned from an answer: what was sent before it already counts in the
+                    # provider's window, so the new bucket starts empty, not with a burst.
+                    bucket.drain_to(now=now, level=0.0)
+                setattr(self, attr, bucket)
+            elif rate != bucket.rate_per_s or burst != bucket.burst:
+                bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
 
     def limits_due(self, now: float) -> bool:
         """Whether a successful answer's rate-limit headers should be read now: at most every
@@ -372,9 +382,12 @@ class Lane:
         # Anthropic states input and output token limits separately; without a combined one,
         # pace the whole cost against the input limit (the stricter reading).
         tpm = snapshot.limit_tokens or snapshot.limit_input_tokens
-        remaining_tokens = (
-            snapshot.remaining_tokens if snapshot.limit_tokens else snapshot.remaining_input_tokens
-        )
+        if snapshot.limit_tokens:
+            remaining_tokens = snapshot.remaining_tokens
+            reset_tokens_s = snapshot.reset_tokens_s
+        else:
+            remaining_tokens = snapshot.remaining_input_tokens
+            reset_tokens_s = snapshot.reset_input_tokens_s
         with self._lock:
             now = self._clock()
             changed = False
@@ -390,41 +403,40 @@ class Lane:
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
-            if snapshot.remaining_requests is not None and self.requests is not None:
-                sent_since = self._admitted - permit.seq
-                # One request of slack: the provider's refill and its count of our requests
-                # are a moment apart from ours, and draining a refill in progress costs the
-                # time it took.
-                # Never below empty: what was refused since took nothing from the provider.
-                self.requests.drain_to(
+            if snapshot.remaining_requests is not None:
+                _drain_to_headroom(
+                    self.requests,
                     now=now,
-                    level=max(
-                        0.0,
-                        snapshot.remaining_requests
-                        - sent_since
-                        + self.requests.rate_per_s * elapsed_s
-                        + 1,
-                    ),
+                    remaining=snapshot.remaining_requests,
+                    reset_s=snapshot.reset_requests_s,
+                    elapsed_s=elapsed_s,
+                    used_since=self._admitted - permit.seq,
+                    slack=1.0,
                 )
-            if remaining_tokens is not None and self.tokens is not None:
-                charged_since = self._charged - permit.charged_before - permit.tokens
-                self.tokens.drain_to(
+            if remaining_tokens is not None:
+                _drain_to_headroom(
+                    self.tokens,
                     now=now,
-                    level=max(
-                        0.0,
-                        remaining_tokens
-                        - charged_since
-                        + self.tokens.rate_per_s * elapsed_s
-                        + permit.tokens,
-                    ),
+                    remaining=remaining_tokens,
+                    reset_s=reset_tokens_s,
+                    elapsed_s=elapsed_s,
+                    used_since=self._charged - permit.charged_before - permit.tokens,
+                    slack=float(permit.tokens),
                 )
 
     # -- admission ------------------------------------------------------------------------
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
-        has shown about our estimates on this lane, plus the answer's reserve."""
-        return math.ceil(prompt_tokens * self.prompt_scale) + completion_tokens
+        has shown about our estimates on this lane, plus the answer's reserve.
+
+        The correction is the mean ratio of the provider's counts to our estimates plus 1.5
+        times its spread: estimates that swing with the text (code, CJK, JSON) are charged at
+        what most requests turn out to cost, and the difference comes back when usage
+        arrives. A provider counts at admission; charging the mean would overfill its window
+        with every run of expensive prompts."""
+        scale = min(_SCALE_MAX, self.prompt_scale + 1.5 * math.sqrt(self._scale_variance))
+        return math.ceil(prompt_tokens * scale) + completion_tokens
 
     def _try_admit(self, now: float, tokens: int) -> float:
         """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot)."""
@@ -741,6 +753,10 @@ class Lane:
         backlog = bool(self._queue)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
+        if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
+            self._burst_scale = min(1.0, self._burst_scale * 2.0)
+            self._burst_cut_at = now
+            moved = True
         if moved:
             self._apply_rates(now=now)
         slots = self.slots
@@ -775,7 +791,15 @@ class Lane:
             )
         tokens_out = tokens_out and self.token_rate.rpm is not None
         rate = self.token_rate if tokens_out else self.request_rate
-        if rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None):
+        moved = rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None)
+        if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
+            # Refused at or under the stated rate: the provider counts in windows that our
+            # burst can overfill (fixed windows, a shorter window than ours). Halve the burst;
+            # a quiet half-minute doubles it back.
+            self._burst_scale = max(_MIN_BURST_SCALE, self._burst_scale / 2.0)
+            self._burst_cut_at = now
+            moved = True
+        if moved:
             self._apply_rates(now=now)
         # The provider's window is empty right now: so is ours (a bucket just made for a
         # discovered rate starts full, and would send its burst into the refusal).
@@ -828,17 +852,26 @@ class Lane:
         prompt_actual: int | None,
         completion_reserved: int,
         completion_actual: int | None,
+        prompt_charged: int | None = None,
     ) -> None:
-        """Correct the token bucket once the response's usage says what was really spent,
-        and learn how our prompt estimates compare with the provider's counts."""
+        """Correct the token bucket once the response's usage says what was really spent
+        (``prompt_charged``: what admission charged for the prompt), and learn how our prompt
+        estimates compare with the provider's counts: their mean and their spread."""
         if prompt_actual is None:
             return
         with self._lock:
-            charged_prompt = math.ceil(prompt_estimated * self.prompt_scale)
+            if prompt_charged is None:
+                prompt_charged = math.ceil(prompt_estimated * self.prompt_scale)
             if prompt_estimated > 0:
                 ratio = min(_SCALE_MAX, max(_SCALE_MIN, prompt_actual / prompt_estimated))
-                self.prompt_scale += _SCALE_ALPHA * (ratio - self.prompt_scale)
-            delta = float(prompt_actual - charged_prompt)
+                # A plain mean of the first ten, so the first answers set the scale at once
+                # instead of the first dozen requests being undercharged.
+                self._scale_samples += 1
+                weight = max(_SCALE_ALPHA, 1.0 / self._scale_samples)
+                error = ratio - self.prompt_scale
+                self.prompt_scale += weight * error
+                self._scale_variance = (1.0 - weight) * (self._scale_variance + weight * error**2)
+            delta = float(prompt_actual - prompt_charged)
             if self._configured.refund_unused_completion and completion_actual is not None:
                 delta += min(0, completion_actual - completion_reserved)
             if delta:
@@ -873,6 +906,37 @@ class Lane:
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
             f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}>"
         )
+
+
+def _drain_to_headroom(
+    bucket: TokenBucket | None,
+    *,
+    now: float,
+    remaining: int,
+    reset_s: float | None,
+    elapsed_s: float,
+    used_since: float,
+    slack: float,
+) -> None:
+    """Drain ``bucket`` to the provider's headroom now, when that is lower than its level.
+
+    ``remaining`` was left when the provider counted a request sent ``elapsed_s`` ago; what
+    this lane sent after it (``used_since``) has been counted since. What refilled since depends
+    on the window, whose length we never assume: with a ``reset_s`` the window is the same
+    until then and nothing is assumed refilled (exact for fixed windows, a little cautious for
+    a continuous bucket); once ``reset_s`` has passed, the snapshot describes a window that is
+    gone and says nothing. Without a reset (Azure sends none), the stated rate refills
+    continuously. ``slack`` (one request) absorbs the moment between the provider's clock and
+    ours; the level never goes below empty, since what was refused took nothing."""
+    if bucket is None:
+        return
+    if reset_s is not None:
+        if elapsed_s >= reset_s:
+            return
+        refilled = 0.0
+    else:
+        refilled = bucket.rate_per_s * elapsed_s
+    bucket.drain_to(now=now, level=max(0.0, remaining - used_since + refilled + slack))
 
 
 def _number(value: float | None) -> str:
