@@ -91,7 +91,7 @@ def test_the_scanner_finds_counts_split_between_chunks(cut: int) -> None:
 
 
 def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() -> None:
-    events = [
+    events: list[dict[str, Any]] = [
         {"choices": [{"index": 0, "delta": {"content": "hi"}}]},
         {"choices": [], "usage": USAGE_OPENAI},
     ]

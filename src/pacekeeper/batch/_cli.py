@@ -27,6 +27,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.tokens import estimate_request_tokens, route_generates
+from pacekeeper.providers import AZURE_API_VERSION, PROVIDERS, get_provider
 from pacekeeper.report.summary import summary_lines, summary_table
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
 
@@ -62,7 +64,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 EXIT_DAMAGED = 4
 
-_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _EPILOG = """\
 exit codes:
   0  every line succeeded
@@ -96,19 +97,45 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default="jsonl",
         help="jsonl (default; formats told apart per line) or text (one prompt per line)",
     )
-    parser.add_argument("--model", help="model for prompts; overrides the body's model")
     parser.add_argument(
-        "--url",
-        default="/v1/chat/completions",
-        help="route for bare bodies and prompts (default /v1/chat/completions)",
+        "--provider",
+        choices=list(PROVIDERS),
+        help="the provider: its base URL, how the key is sent, its key variable (default "
+        "openai; compatible: any OpenAI-compatible server at --base-url)",
+    )
+    parser.add_argument("--model", help="the model of every line (overrides the lines' own)")
+    parser.add_argument(
+        "--default-model", help="the model of lines that name none (a line's own model wins)"
     )
     parser.add_argument(
-        "--base-url", help="the API's base URL (default: $OPENAI_BASE_URL, else OpenAI's)"
+        "--url",
+        default=None,
+        help="route for bare bodies and prompts (default /v1/chat/completions; "
+        "/v1/messages for anthropic)",
+    )
+    parser.add_argument(
+        "--base-url",
+        help="the API's base URL (default: the provider's, or its variable such as "
+        "$OPENAI_BASE_URL or $AZURE_OPENAI_ENDPOINT)",
     )
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="environment variable holding the API key (default OPENAI_API_KEY)",
+        help="environment variable holding the API key (default: the provider's, such as "
+        "OPENAI_API_KEY or ANTHROPIC_API_KEY)",
+    )
+    parser.add_argument(
+        "--api-version",
+        help=f"Azure OpenAI api-version on deployment routes (default {AZURE_API_VERSION})",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        metavar="SECONDS",
+        default=3600.0,
+        help="when the provider refuses until a reset further away than the retries wait "
+        "(a daily limit), park the run up to this long; beyond, stop (exit 3, resumable). "
+        "Default 3600",
     )
     parser.add_argument("--rpm", type=float, help="requests per minute (default: learned)")
     parser.add_argument("--tpm", type=float, help="tokens per minute (default: learned)")
@@ -195,22 +222,45 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     except ConfigurationError as exc:
         flag = _flag_of(str(exc))
         raise ConfigurationError(f"{flag}: {exc}" if flag else f"bad limit: {exc}") from None
-    if args.format == "text" and not args.model:
-        raise ConfigurationError("--format text needs --model (the model that answers)")
-    if args.model is not None and not args.model:
-        raise ConfigurationError("--model must not be empty")
-    route_problem = check_route(args.url)
+    if args.format == "text" and not (args.model or args.default_model):
+        raise ConfigurationError(
+            "--format text needs --model or --default-model (the model that answers)"
+        )
+    for flag, value in (("--model", args.model), ("--default-model", args.default_model)):
+        if value is not None and not value:
+            raise ConfigurationError(f"{flag} must not be empty")
+    if not args.max_wait >= 0:
+        raise ConfigurationError(
+            f"--max-wait must be a number of seconds >= 0, got {args.max_wait}"
+        )
+    provider = get_provider(args.provider or settings.provider)
+    url = args.url or provider.chat_route
+    route_problem = check_route(url)
     if route_problem is not None:
         raise ConfigurationError(f"--url: {route_problem}")
     shard = _parse_shard(args.shard) if args.shard else None
-    key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
+    key_env = args.api_key_env or settings.api_key_env or provider.key_env
     api_key = _api_key(key_env)
     if api_key is None and (args.api_key_env or settings.api_key_env):
         how = "--api-key-env" if args.api_key_env else f"api_key_env in {settings.source}"
         raise ConfigurationError(f"{how} names ${key_env}, which is not set or is empty")
     base_url = (
-        args.base_url or settings.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
+        args.base_url
+        or settings.base_url
+        or (os.environ.get(provider.base_url_env) if provider.base_url_env else None)
+        or provider.base_url
     )
+    if base_url is None:
+        variable = f" (or set ${provider.base_url_env})" if provider.base_url_env else ""
+        example = (
+            "https://RESOURCE.openai.azure.com"
+            if provider.name == "azure"
+            else "http://HOST:PORT/v1"
+        )
+        raise ConfigurationError(
+            f"--provider {provider.name} has no default base URL: pass --base-url {example}"
+            f"{variable}"
+        )
     if not base_url.startswith(("http://", "https://")) or len(base_url) <= len("https://"):
         raise ConfigurationError(
             f"the base URL must start with http:// or https://, got {base_url[:80]!r}"
@@ -231,7 +281,11 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
         api_key=api_key,
         fmt=args.format,
         model=args.model,
-        url=args.url,
+        default_model=args.default_model,
+        url=url,
+        provider=provider,
+        api_version=args.api_version or settings.api_version,
+        max_wait_s=args.max_wait,
         ordered=args.ordered,
         timeout_s=retry.attempt_timeout_s or 600.0,
         log_path=args.log,
@@ -244,6 +298,25 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
 
         backend = RedisBackend(redis_url, namespace=args.redis_namespace)
     return job, settings, Governor(limits=limits, models=models, retry=retry, backend=backend)
+
+
+def _needs_key(job: BatchJob) -> bool:
+    """A hosted provider's own URL needs a key; a local server or a gateway may not."""
+    from urllib.parse import urlsplit
+
+    from pacekeeper.proxy._config import is_loopback
+
+    if not job.provider.key_required or job.provider.name == "compatible":
+        return False
+    host = urlsplit(job.base_url).hostname or ""
+    return not is_loopback(host)
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _flag_of(message: str) -> str | None:
@@ -308,9 +381,12 @@ def _run(args: argparse.Namespace) -> int:
         use_bpe(args.tokenizer == "auto")
     if args.dry_run:
         return _dry_run(job, gov)
-    if not job.api_key and "api.openai.com" in job.base_url:
-        key_env = args.api_key_env or settings.api_key_env or "OPENAI_API_KEY"
-        return _fail(f"no API key: set {key_env} (or pass --api-key-env NAME)")
+    if not job.api_key and _needs_key(job):
+        key_env = args.api_key_env or settings.api_key_env or job.provider.key_env
+        return _fail(
+            f"no API key: set {key_env} (or pass --api-key-env NAME); {job.provider.name} at "
+            f"{_origin(job.base_url)} needs one"
+        )
     recorder = None
     if args.report is not None:
         from pacekeeper.report import MissingExtraError, ReportRecorder, require_matplotlib
@@ -401,6 +477,16 @@ def _print_outcome(job: BatchJob, result: BatchResult) -> None:
     if result.errors_by_code:
         codes = ", ".join(f"{code}: {n}" for code, n in result.errors_by_code.most_common())
         sys.stderr.write(f"pacekeeper run: errors by code: {codes}\n")
+    if result.stopped_for_wait_s is not None:
+        resets = time.strftime(
+            "%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + result.stopped_for_wait_s)
+        )
+        sys.stderr.write(
+            f"pacekeeper run: stopped: the provider refuses until {resets} "
+            f"(in {_hours(result.stopped_for_wait_s)}), longer than --max-wait "
+            f"{_hours(job.max_wait_s)} ({result.parked_reason or 'a limit is exhausted'}). "
+            "Nothing is lost; run the same command after the reset (or raise --max-wait).\n"
+        )
     if result.interrupted:
         left = [f"{result.not_sent} requests not sent or not answered"]
         if result.not_reached:
@@ -478,7 +564,9 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
     bad: list[BadLine] = []
     seen = KeySet()
     skipped_done = skipped_shard = 0
-    for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
+    for item in read_lines(
+        job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
+    ):
         if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
             skipped_shard += 1
             continue
@@ -571,6 +659,14 @@ def _dry_run(job: BatchJob, gov: Governor) -> int:
         "nothing sent\n"
     )
     return EXIT_OK if not bad else EXIT_FAILED
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _minutes(value: float) -> str:

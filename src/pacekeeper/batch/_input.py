@@ -9,7 +9,13 @@ Accepted, per line of a JSON-lines file:
   custom_id is ``line-N`` (N counts from 1) and its route is ``--url``;
 - ``{"prompt": "..."}`` (optionally with ``custom_id`` and ``model``): on a chat route, one user
   message to ``--model`` (or the line's model); on another route (``/v1/completions``, images)
-  the body ``{"model", "prompt"}``.
+  the body ``{"model", "prompt"}``. On Anthropic's ``/v1/messages`` the body also gets
+  ``max_tokens`` (:data:`DEFAULT_MESSAGES_MAX_TOKENS`), which Anthropic requires;
+- the Anthropic Message Batches line: ``{"custom_id": ..., "params": {...}}``, sent to
+  ``/v1/messages``; its result is written in the Message Batches results format.
+
+``model`` (``--model``) overrides every line's model; ``default_model`` (``--default-model``)
+fills it in only where a line names none.
 
 With ``--format text`` every non-blank line is one prompt. Blank lines are not requests and are
 skipped in both formats (line numbers still count them). A line of a JSON-lines file that is not
@@ -30,7 +36,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_MESSAGES_MAX_TOKENS",
     "MAX_CUSTOM_ID",
+    "Dialect",
     "BadLine",
     "BatchLine",
     "InputFormat",
@@ -40,7 +48,12 @@ __all__ = [
 ]
 
 InputFormat = Literal["jsonl", "text"]
+Dialect = Literal["openai", "anthropic"]
+"""The format of a line, and of its result: OpenAI Batch, or Anthropic Message Batches."""
 
+DEFAULT_MESSAGES_MAX_TOKENS = 1024
+"""``max_tokens`` of a prompt sent to Anthropic's Messages API, which requires one."""
+MESSAGES_ROUTE = "/v1/messages"
 MAX_CUSTOM_ID = 512
 _BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _PROMPT_KEYS = frozenset({"prompt", "custom_id", "model"})
@@ -61,6 +74,7 @@ class BatchLine:
     body: dict[str, Any]
     size: int = 0
     """Bytes of the input line (what holding it in memory roughly costs)."""
+    dialect: Dialect = "openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,7 @@ class BadLine:
     custom_id: str
     code: str
     message: str
+    dialect: Dialect = "openai"
 
 
 def count_lines(path: Path) -> int:
@@ -101,6 +116,7 @@ def read_lines(
     fmt: InputFormat = "jsonl",
     model: str | None = None,
     url: str = "/v1/chat/completions",
+    default_model: str | None = None,
 ) -> Generator[BatchLine | BadLine, None, None]:
     """Yield each non-blank line as a :class:`BatchLine` or a :class:`BadLine`, lazily.
 
@@ -112,7 +128,9 @@ def read_lines(
             stripped = (raw[len(_BOM) :] if line_no == 1 and raw.startswith(_BOM) else raw).strip()
             if not stripped:
                 continue
-            yield parse_line(line_no, stripped, fmt=fmt, model=model, url=url)
+            yield parse_line(
+                line_no, stripped, fmt=fmt, model=model, url=url, default_model=default_model
+            )
 
 
 def parse_line(
@@ -122,6 +140,7 @@ def parse_line(
     fmt: InputFormat = "jsonl",
     model: str | None = None,
     url: str = "/v1/chat/completions",
+    default_model: str | None = None,
 ) -> BatchLine | BadLine:
     """One line (without its newline) as a request or a bad line; never raises."""
     fallback_id = f"line-{line_no}"
@@ -135,8 +154,12 @@ def parse_line(
             f"line {line_no}: not UTF-8 ({exc.reason} at byte {exc.start})",
         )
     if fmt == "text":
-        return _prompt_line(line_no, fallback_id, text, model=model, url=url, size=len(raw))
-    return _json_line(line_no, text, model=model, url=url, size=len(raw))
+        return _prompt_line(
+            line_no, fallback_id, text, model=model or default_model, url=url, size=len(raw)
+        )
+    return _json_line(
+        line_no, text, model=model, url=url, size=len(raw), default_model=default_model
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -144,7 +167,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _json_line(
-    line_no: int, text: str, *, model: str | None, url: str, size: int
+    line_no: int, text: str, *, model: str | None, url: str, size: int, default_model: str | None
 ) -> BatchLine | BadLine:
     fallback_id = f"line-{line_no}"
     try:
@@ -171,9 +194,13 @@ def _json_line(
         )
     keys = set(obj)
     if "prompt" in keys and keys <= _PROMPT_KEYS:
-        return _prompt_object(line_no, obj, model=model, url=url, size=size)
+        return _prompt_object(
+            line_no, obj, model=model, url=url, size=size, default_model=default_model
+        )
+    if "params" in keys and not keys & {"method", "url", "body"}:
+        return _message_batch_line(line_no, obj, model=model, size=size, default=default_model)
     if keys & _BATCH_KEYS:
-        return _batch_api_line(line_no, obj, model=model, size=size)
+        return _batch_api_line(line_no, obj, model=model, size=size, default=default_model)
     if not keys & _REQUEST_KEYS:
         return BadLine(
             line_no,
@@ -184,22 +211,35 @@ def _json_line(
         )
     # a bare request body
     body = dict(obj)
-    if model is not None:
-        body["model"] = model
+    _set_model(body, model, default_model)
     if not _is_model(body.get("model")):
         return BadLine(
             line_no,
             fallback_id,
             "missing_model",
-            f"line {line_no}: the request body names no model; add one or pass --model",
+            f"line {line_no}: the request body names no model; add one or pass --default-model",
         )
     if body.get("stream") is True:
         return BadLine(line_no, fallback_id, "invalid_body", f"line {line_no}: {_NO_STREAM}")
     return BatchLine(line_no, fallback_id, url, body, size)
 
 
+def _set_model(body: dict[str, Any], model: str | None, default_model: str | None) -> None:
+    """--model overrides the body's model; --default-model fills in a missing one."""
+    if model is not None:
+        body["model"] = model
+    elif default_model is not None and "model" not in body:
+        body["model"] = default_model
+
+
 def _prompt_object(
-    line_no: int, obj: dict[str, Any], *, model: str | None, url: str, size: int
+    line_no: int,
+    obj: dict[str, Any],
+    *,
+    model: str | None,
+    url: str,
+    size: int,
+    default_model: str | None,
 ) -> BatchLine | BadLine:
     fallback_id = f"line-{line_no}"
     if "custom_id" in obj:
@@ -218,6 +258,8 @@ def _prompt_object(
                 f"line {line_no}: 'model' must be a non-empty string, got {_short(obj['model'])}",
             )
         model = obj["model"]
+    if model is None:
+        model = default_model
     prompt = obj["prompt"]
     if not is_chat_route(url):
         # Another route (completions, images...) takes the prompt as it is, in a body.
@@ -226,7 +268,7 @@ def _prompt_object(
                 line_no,
                 custom_id,
                 "missing_model",
-                f"line {line_no}: the line names no model; add one or pass --model",
+                f"line {line_no}: the line names no model; add one or pass --default-model",
             )
         return BatchLine(line_no, custom_id, url, {"model": model, "prompt": prompt}, size)
     if not isinstance(prompt, str):
@@ -240,12 +282,66 @@ def _prompt_object(
 
 
 def is_chat_route(url: str) -> bool:
-    """Whether prompts on this route become chat messages."""
-    return url.split("?", 1)[0].rstrip("/").endswith("/chat/completions")
+    """Whether prompts on this route become chat messages (OpenAI chat, Anthropic messages)."""
+    return url.split("?", 1)[0].rstrip("/").endswith(("/chat/completions", "/messages"))
+
+
+def _message_batch_line(
+    line_no: int, obj: dict[str, Any], *, model: str | None, size: int, default: str | None
+) -> BatchLine | BadLine:
+    """An Anthropic Message Batches line: ``{"custom_id": ..., "params": {...}}``."""
+    fallback_id = f"line-{line_no}"
+    if "custom_id" not in obj:
+        return BadLine(
+            line_no,
+            fallback_id,
+            "missing_custom_id",
+            f"line {line_no}: custom_id is missing (a Message Batches line needs custom_id and "
+            "params)",
+            "anthropic",
+        )
+    problem = _custom_id_problem(obj["custom_id"])
+    if problem is not None:
+        return BadLine(
+            line_no, fallback_id, "invalid_custom_id", f"line {line_no}: {problem}", "anthropic"
+        )
+    custom_id: str = obj["custom_id"]
+    where = f"line {line_no} ({_short(custom_id)})"
+    extra = sorted(set(obj) - {"custom_id", "params"})
+    params = obj["params"]
+    if not isinstance(params, dict):
+        return BadLine(
+            line_no,
+            custom_id,
+            "invalid_body",
+            f"{where}: params must be a JSON object, got {_json_type(params)}",
+            "anthropic",
+        )
+    if extra:
+        return BadLine(
+            line_no,
+            custom_id,
+            "unrecognized_line",
+            f"{where}: a Message Batches line has custom_id and params only; also got "
+            f"{', '.join(extra)[:200]}",
+            "anthropic",
+        )
+    _set_model(params, model, default)
+    if not _is_model(params.get("model")):
+        return BadLine(
+            line_no,
+            custom_id,
+            "missing_model",
+            f"{where}: params names no model; add one or pass --default-model",
+            "anthropic",
+        )
+    if params.get("stream") is True:
+        return BadLine(line_no, custom_id, "invalid_body", f"{where}: {_NO_STREAM}", "anthropic")
+    return BatchLine(line_no, custom_id, MESSAGES_ROUTE, params, size, "anthropic")
 
 
 def _batch_api_line(
-    line_no: int, obj: dict[str, Any], *, model: str | None, size: int
+    line_no: int, obj: dict[str, Any], *, model: str | None, size: int, default: str | None
 ) -> BatchLine | BadLine:
     fallback_id = f"line-{line_no}"
     if "custom_id" not in obj:
@@ -288,14 +384,13 @@ def _batch_api_line(
             "invalid_body",
             f"{where}: body must be a JSON object, got {_json_type(body)}",
         )
-    if model is not None:
-        body["model"] = model
+    _set_model(body, model, default)
     if not _is_model(body.get("model")):
         return BadLine(
             line_no,
             custom_id,
             "missing_model",
-            f"{where}: the body names no model; add one or pass --model",
+            f"{where}: the body names no model; add one or pass --default-model",
         )
     if body.get("stream") is True:
         return BadLine(line_no, custom_id, "invalid_body", f"{where}: {_NO_STREAM}")
@@ -310,9 +405,12 @@ def _prompt_line(
             line_no,
             custom_id,
             "missing_model",
-            f"line {line_no}: a prompt line needs --model to say which model answers it",
+            f"line {line_no}: a prompt line needs --model or --default-model to say which "
+            "model answers it",
         )
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    if url.split("?", 1)[0].rstrip("/").endswith("/messages"):
+        body["max_tokens"] = DEFAULT_MESSAGES_MAX_TOKENS
     return BatchLine(line_no, custom_id, url, body, size)
 
 

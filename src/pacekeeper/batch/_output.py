@@ -8,7 +8,9 @@ run writes a given file at a time (an exclusive ``flock``, released by the kerne
 process ends), so two runs of the same command cannot both send a line. A result is therefore
 never lost once written and never written twice.
 
-A result line is an object with ``custom_id``, ``response`` and ``error``. Anything else that
+A result line is an object with ``custom_id``, ``response`` and ``error`` (OpenAI's Batch output
+format), or with ``custom_id`` and ``result`` (Anthropic's Message Batches results format, for
+lines given in that format). Anything else that
 is not the torn last line (a line that does not parse, a JSON value of another shape, a blank
 line) means the file was not written by pacekeeper alone: :class:`OutputDamaged`, and nothing
 is guessed or cut.
@@ -38,6 +40,7 @@ __all__ = [
     "OutputBusy",
     "OutputDamaged",
     "ResultFile",
+    "anthropic_record",
     "is_bad_line_record",
     "record_key",
     "scan",
@@ -68,6 +71,10 @@ def record_key(custom_id: str, line_no: int | None = None) -> int:
 
 def is_bad_line_record(record: dict[str, Any]) -> bool:
     """An error record for an input line that was never sent (it names its line)."""
+    result = record.get("result")
+    if isinstance(result, dict):
+        line = result.get("line")
+        return isinstance(line, int) and not isinstance(line, bool)
     error = record.get("error")
     return (
         record.get("response") is None
@@ -79,8 +86,73 @@ def is_bad_line_record(record: dict[str, Any]) -> bool:
 
 def _key_of(record: dict[str, Any]) -> int:
     if is_bad_line_record(record):
-        return record_key(record["custom_id"], record["error"]["line"])
+        result = record.get("result")
+        line = result["line"] if isinstance(result, dict) else record["error"]["line"]
+        return record_key(record["custom_id"], line)
     return record_key(record["custom_id"])
+
+
+def _is_failed(record: dict[str, Any]) -> bool:
+    result = record.get("result")
+    if isinstance(result, dict):
+        return result.get("type") != "succeeded"
+    return record.get("error") is not None
+
+
+def anthropic_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-format result in Anthropic's Message Batches results format.
+
+    Succeeded: ``{"custom_id", "result": {"type": "succeeded", "message": ...}}``. Errored:
+    ``{"custom_id", "result": {"type": "errored", "error": {"type": "error", "error":
+    {"type", "message"}}, ...}}`` with the API's own error body when it sent one; pacekeeper
+    adds ``code``, ``status`` and ``message`` (why it stopped) beside it, and ``line`` for
+    a bad input line.
+    """
+    custom_id = record["custom_id"]
+    error = record.get("error")
+    response = record.get("response")
+    if error is None and isinstance(response, dict):
+        return {
+            "custom_id": custom_id,
+            "result": {"type": "succeeded", "message": response["body"]},
+        }
+    error = error if isinstance(error, dict) else {}
+    body = response.get("body") if isinstance(response, dict) else None
+    if (
+        isinstance(body, dict)
+        and body.get("type") == "error"
+        and isinstance(body.get("error"), dict)
+    ):
+        api_error = body
+    else:
+        api_error = {
+            "type": "error",
+            "error": {
+                "type": error.get("type") or _anthropic_error_type(error),
+                "message": str(error.get("message", "")),
+            },
+        }
+    result: dict[str, Any] = {
+        "type": "errored",
+        "error": api_error,
+        "code": error.get("code"),
+        "status": error.get("status"),
+        "message": error.get("message"),
+    }
+    if "line" in error:
+        result["line"] = error["line"]
+    return {"custom_id": custom_id, "result": result}
+
+
+def _anthropic_error_type(error: dict[str, Any]) -> str:
+    status = error.get("status")
+    if status == 429:
+        return "rate_limit_error"
+    if isinstance(status, int) and status >= 500:
+        return "api_error"
+    if "line" in error or (isinstance(status, int) and 400 <= status < 500):
+        return "invalid_request_error"
+    return "api_error"
 
 
 @dataclass(slots=True)
@@ -103,12 +175,12 @@ class DoneSet:
 
 
 def _is_result(obj: object) -> bool:
-    return (
-        isinstance(obj, dict)
-        and isinstance(obj.get("custom_id"), str)
-        and "response" in obj
-        and "error" in obj
-    )
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        return False
+    if "response" in obj and "error" in obj:
+        return True
+    result = obj.get("result")
+    return isinstance(result, dict) and isinstance(result.get("type"), str)
 
 
 def scan(path: Path) -> DoneSet:
@@ -138,7 +210,7 @@ def scan(path: Path) -> DoneSet:
             assert isinstance(obj, dict)
             key = _key_of(obj)
             done.keys.add(key)
-            if obj.get("error") is not None:
+            if _is_failed(obj):
                 done.failed.add(key)
             done.good_end += len(raw)
     return done

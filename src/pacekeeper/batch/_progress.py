@@ -138,7 +138,14 @@ class BatchProgress:
         else:
             eta = "-"
         failed = (result.failed + result.bad_lines) if result else 0
+        figures: dict[str, str] = {}
+        parked = result.parked_until_wall_s if result else None
+        if parked is not None and parked > time.time():
+            # A long refusal (a daily limit): say so, never a silent wait.
+            figures["parked until"] = time.strftime("%H:%M:%S UTC", time.gmtime(parked))
+            eta = f"after {_duration(parked - time.time())} parked"
         return {
+            **figures,
             "done": f"{settled}/{self._total}",
             "rate": f"{rate_per_min:.0f}/min",
             "limit": f"{sum(rpm_limits):.0f}/min" if rpm_limits else "-",
@@ -157,6 +164,12 @@ class BatchProgress:
         width = 30
         filled = min(width, int(width * settled / self._total)) if self._total else width
         text = Text()
+        if "parked until" in f:
+            text.append(
+                f"parked until {f['parked until']}: the provider's limit is exhausted until "
+                "then (Ctrl-C stops, resumable)\n",
+                style="yellow",
+            )
         text.append("[" + "#" * filled + "-" * (width - filled) + "] ", style="cyan")
         text.append(
             f"{f['done']}  rate {f['rate']} (limit {f['limit']})  in flight {f['in flight']} "

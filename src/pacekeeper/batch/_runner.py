@@ -31,13 +31,16 @@ from pacekeeper.batch._keys import KeySet
 from pacekeeper.batch._output import (
     DoneSet,
     ResultFile,
+    anthropic_record,
     record_key,
     redact_text,
     redaction_list,
 )
 from pacekeeper.core.errors import AdmissionClosed, PacekeeperError
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.headers import retry_hint_s
 from pacekeeper.core.records import AttemptRecord, RequestRecord
+from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
 
 __all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
@@ -70,6 +73,15 @@ class BatchJob:
     log_path: Path | None = None
     shard: tuple[int, int] | None = None
     """(K, N): take only the lines whose custom_id hashes to shard K of N (1-based K)."""
+    provider: Provider = PROVIDERS["openai"]
+    """How the key is sent and how routes are built (Azure deployments)."""
+    api_version: str | None = None
+    """Azure's ``api-version`` on deployment routes (default: the provider's)."""
+    default_model: str | None = None
+    """The model of lines that name none (``model`` overrides every line's)."""
+    max_wait_s: float = 3600.0
+    """How long the run may park when the provider refuses for longer than the governor's
+    ``max_hint_s`` (a daily limit); a longer wait stops the run (resumable)."""
 
 
 @dataclass(slots=True)
@@ -97,6 +109,11 @@ class BatchResult:
     elapsed_s: float = 0.0
     errors_by_code: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    parked_until_wall_s: float | None = None
+    """While the run is parked (a limit that resets in a long time): when it resumes sending."""
+    parked_reason: str | None = None
+    stopped_for_wait_s: float | None = None
+    """The wait that stopped the run (longer than ``max_wait_s``); None if it did not."""
 
     @property
     def written(self) -> int:
@@ -132,6 +149,7 @@ class BatchResult:
             "interrupted": self.interrupted,
             "elapsed_s": self.elapsed_s,
             "errors_by_code": dict(self.errors_by_code),
+            "stopped_for_wait_s": self.stopped_for_wait_s,
         }
 
 
@@ -223,6 +241,52 @@ class _Pauses:
             task.cancel()
 
 
+class _Parked(Exception):
+    """The provider refused with a wait longer than the governor retries (a daily limit)."""
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+        self.reason = reason
+
+
+class _Park:
+    """The whole run waits, once, until a long refusal's reset: every request checks it before
+    it is sent. One timer per waiting request, woken early by a stop; never a busy loop."""
+
+    def __init__(self, result: BatchResult, stop: asyncio.Event, max_wait_s: float) -> None:
+        self._result = result
+        self._stop = stop
+        self._max_wait_s = max_wait_s
+        self._until = 0.0  # monotonic
+
+    def hold(self, parked: _Parked) -> bool:
+        """Park until the reset (True), or stop the run when it is too far (False)."""
+        if parked.wait_s > self._max_wait_s:
+            if self._result.stopped_for_wait_s is None:
+                self._result.stopped_for_wait_s = parked.wait_s
+                self._result.parked_reason = parked.reason
+            self._stop.set()
+            return False
+        until = time.monotonic() + parked.wait_s
+        if until > self._until:
+            self._until = until
+            self._result.parked_until_wall_s = time.time() + parked.wait_s
+            self._result.parked_reason = parked.reason
+        return True
+
+    async def wait_open(self) -> bool:
+        """Wait out a parking; False when the run stops meanwhile."""
+        while not self._stop.is_set():
+            left = self._until - time.monotonic()
+            if left <= 0:
+                self._result.parked_until_wall_s = None
+                return True
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError before 3.11
+                await asyncio.wait_for(self._stop.wait(), left)
+        return False
+
+
 def join_url(base_url: str, route: str) -> str:
     """base_url ``https://host/v1`` + route ``/v1/chat/completions`` without doubling /v1."""
     base = base_url.rstrip("/")
@@ -241,6 +305,17 @@ class _Outcome:
     record: dict[str, Any]
     kind: str
     """"ok", "failed" (an error record for a request) or "bad" (an input line)."""
+    code: str | None = None
+    """The error's code (for the summary), whatever the record's format."""
+
+
+def _outcome(record: dict[str, Any], kind: str, dialect: str) -> _Outcome:
+    """The outcome of an OpenAI-format ``record``, written in the line's own format."""
+    error = record.get("error")
+    code = str(error.get("code", "unknown")) if isinstance(error, dict) else None
+    if dialect == "anthropic":
+        record = anthropic_record(record)
+    return _Outcome(record, kind, code)
 
 
 async def run_batch(
@@ -281,11 +356,10 @@ async def run_batch(
             log_hook = _LogHook(job.log_path, secrets)
             gov.hooks.append(log_hook)
         gov.hooks.append(pauses)
-        headers = {"user-agent": "pacekeeper-run"}
-        if job.api_key:
-            headers["authorization"] = f"Bearer {job.api_key}"
+        headers = {"user-agent": "pacekeeper-run", **job.provider.auth_headers(job.api_key)}
+        park = _Park(result, stop, job.max_wait_s)
         client = httpx2.AsyncClient(
-            transport=Transport(gov),
+            transport=Transport(gov, provider=job.provider),
             headers=headers,
             timeout=httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
         )
@@ -311,8 +385,7 @@ async def run_batch(
                     result.bad_lines += 1
                 else:
                     result.failed += 1
-                error = outcome.record.get("error") or {}
-                result.errors_by_code[str(error.get("code", "unknown"))] += 1
+                result.errors_by_code[outcome.code or "unknown"] += 1
 
         def settle(fut: asyncio.Future[_Outcome | None]) -> None:
             pending.discard(fut)
@@ -362,7 +435,9 @@ async def run_batch(
 
         watcher = asyncio.create_task(close_on_stop())
         seen = KeySet()
-        for item in read_lines(job.input, fmt=job.fmt, model=job.model, url=job.url):
+        for item in read_lines(
+            job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
+        ):
             if result.lines_read % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
                 if on_progress is not None and result.lines_read:
@@ -381,12 +456,12 @@ async def run_batch(
                 if _skip_done(key, done, result):
                     continue
                 bad = item if isinstance(item, BadLine) else _duplicate(item)
-                enqueue_done(_Outcome(_bad_record(bad), "bad"))
+                enqueue_done(_outcome(_bad_record(bad), "bad", bad.dialect))
             else:
                 seen.add(id_key)
                 if _skip_done(id_key, done, result):
                     continue
-                task = asyncio.ensure_future(_process(client, job, item, secrets))
+                task = asyncio.ensure_future(_process(client, job, item, secrets, park))
                 pauses.track(item.custom_id, task)
                 enqueue(task, item.size)
             await wait_for_room(job.window - 1)
@@ -444,16 +519,27 @@ def _duplicate(line: BatchLine) -> BadLine:
 
 
 async def _process(
-    client: httpx2.AsyncClient, job: BatchJob, line: BatchLine, secrets: tuple[str, ...]
+    client: httpx2.AsyncClient,
+    job: BatchJob,
+    line: BatchLine,
+    secrets: tuple[str, ...],
+    park: _Park,
 ) -> _Outcome | None:
-    try:
-        record, ok = await _send(client, job, line)
-    except AdmissionClosed:
-        return None
-    except Exception as exc:  # never lose a line to an unexpected error: record it
-        message = redact_text(_message(exc), secrets)
-        record, ok = _error_record(line.custom_id, "client_error", message), False
-    return _Outcome(record, "ok" if ok else "failed")
+    while True:
+        if not await park.wait_open():
+            return None  # stopped while parked: sent next run
+        try:
+            record, ok = await _send(client, job, line)
+        except AdmissionClosed:
+            return None
+        except _Parked as parked:
+            if not park.hold(parked):
+                return None  # the wait is longer than --max-wait: the run stops, resumable
+            continue
+        except Exception as exc:  # never lose a line to an unexpected error: record it
+            message = redact_text(_message(exc), secrets)
+            record, ok = _error_record(line.custom_id, "client_error", message), False
+        return _outcome(record, "ok" if ok else "failed", line.dialect)
 
 
 def _reject_constant(name: str) -> Any:
@@ -467,8 +553,14 @@ async def _send(
     if _SAFE_HEADER.match(line.custom_id):
         headers["x-client-request-id"] = line.custom_id
     try:
+        model = line.body.get("model")
         response = await client.post(
-            join_url(job.base_url, line.url),
+            job.provider.route_url(
+                job.base_url,
+                line.url,
+                model=model if isinstance(model, str) else None,
+                api_version=job.api_version,
+            ),
             json=line.body,
             headers=headers,
             extensions={TAG_EXTENSION: line.custom_id},
@@ -478,6 +570,10 @@ async def _send(
             raise
         return _error_record(line.custom_id, _exception_code(exc), _message(exc)), False
     record = response.extensions.get(RECORD_EXTENSION)
+    if response.status_code == 429 and getattr(record, "error_type", None) == "RetryWaitTooLong":
+        wait_s = retry_hint_s(response.headers, now_wall_s=time.time())
+        if wait_s is not None:
+            raise _Parked(wait_s, _api_error(429, _json_or_text(response))["message"])
     body: Any
     try:
         body = json.loads(response.content, parse_constant=_reject_constant)
@@ -514,6 +610,13 @@ async def _send(
         "response": answer,
         "error": error,
     }, False
+
+
+def _json_or_text(response: httpx2.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError):
+        return response.text[:2000]
 
 
 def _api_error(status: int, body: Any) -> dict[str, Any]:
