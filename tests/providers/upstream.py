@@ -63,8 +63,8 @@ class Upstream:
     """Which key it expects, how; and what it has seen."""
 
     auth: str = "bearer"
-    """bearer | api-key (Azure) | x-api-key (Anthropic, strictly: x-api-key and
-    anthropic-version 2023-06-01, no Authorization) | anthropic (either key header, as the
+    """bearer | api-key (Azure) | x-api-key (Anthropic, strictly: x-api-key and an
+    anthropic-version, no Authorization) | anthropic (either key header, as the
     anthropic SDK may send a Bearer key, with any anthropic-version) | none."""
     key: str = KEY
     refuse_first: int = 0
@@ -151,7 +151,7 @@ class Upstream:
             )
         return (
             headers.get("x-api-key") == self.key
-            and headers.get("anthropic-version") == "2023-06-01"
+            and "anthropic-version" in headers
             and "authorization" not in headers
         )
 

@@ -46,6 +46,7 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.lane import Lane
+from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import ConnectionGuard
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
@@ -98,6 +99,10 @@ _JSON = (b"content-type", b"application/json")
 _REFUSED = (REFUSED_HEADER.encode(), b"proxy")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_START = (b"{", b" ", b"\n")  # as the transport reads a model: the same lane
+
+
+_KEY_HEADERS = frozenset({b"api-key", b"x-api-key", b"x-goog-api-key"})
+"""Headers other than Authorization that carry a client's key (Azure, Anthropic, Gemini)."""
 
 
 def _error_body(message: str, error_type: str, code: str) -> bytes:
@@ -215,12 +220,23 @@ class ProxyApp:
         inner = transport or httpx2.AsyncHTTPTransport(
             limits=httpx2.Limits(max_connections=None, max_keepalive_connections=512)
         )
-        self._transport = Transport(governor, transport=_SentSignal(inner))
+        self._provider = get_provider(config.provider)
+        self._transport = Transport(
+            governor,
+            transport=_SentSignal(inner),
+            include_usage=config.include_usage,
+            provider=self._provider,
+        )
         self._prefix = config.upstream
         upstream = urlsplit(config.upstream)
         self._upstream_origin = f"{upstream.scheme}://{upstream.netloc}"
         self._base = config.base_path.encode()
         self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
+        # The held key, sent the provider's way (Bearer, api-key, x-api-key + version).
+        self._key_headers: Headers = [
+            (name.encode(), value.encode())
+            for name, value in self._provider.auth_headers(config.api_key).items()
+        ]
         self._token = config.client_token.encode() if config.client_token else None
         self._timeout = {
             "connect": config.connect_timeout_s,
@@ -451,6 +467,8 @@ class ProxyApp:
                 scheme, _, credentials = value.strip().partition(b" ")
                 if scheme.lower() == b"bearer":
                     bearer = credentials.strip()
+            elif name in _KEY_HEADERS and self._api_key is not None and bearer is None:
+                bearer = value.strip()  # an SDK's own key header (Azure, Anthropic)
         candidate = presented if presented is not None else bearer
         # Constant time in the token's content (the length of a wrong guess may show).
         return candidate is not None and hmac.compare_digest(candidate, expected)
@@ -461,14 +479,17 @@ class ProxyApp:
         for name, value in headers:
             if name == b"connection":
                 listed.update(t.strip().lower() for t in value.split(b","))
-            elif name in _REQUEST_DROP or (name == b"authorization" and self._api_key):
+            elif name in _REQUEST_DROP or (
+                self._api_key is not None and (name == b"authorization" or name in _KEY_HEADERS)
+            ):
                 continue
             else:
                 out.append((name, value))
         if listed - {b"close", b"keep-alive"}:
             out = [(n, v) for n, v in out if n not in listed]
         if self._api_key is not None:
-            out.append((b"authorization", self._api_key))
+            present = {name for name, _ in out}
+            out.extend((n, v) for n, v in self._key_headers if n not in present)
         return out
 
     async def _read_body(

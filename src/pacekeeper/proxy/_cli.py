@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
+from pacekeeper.providers import PROVIDERS, Provider, get_provider
 from pacekeeper.proxy._config import DEFAULT_PORT, ProxyConfig
 from pacekeeper.proxy._server import Proxy
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
@@ -73,10 +74,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     serve = parser.add_argument_group("serving")
     serve.add_argument(
+        "--provider",
+        choices=list(PROVIDERS),
+        help="the upstream's provider: its default URL, how a held key is sent (Bearer, "
+        "Azure's api-key, Anthropic's x-api-key), how it counts cached tokens (default openai)",
+    )
+    serve.add_argument(
         "--upstream",
         metavar="URL",
         help="the upstream's base URL, e.g. https://api.openai.com/v1 (default: base_url "
-        "from the config file)",
+        "from the config file, else the provider's)",
     )
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
@@ -86,9 +93,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--base-path",
-        default="/v1",
+        default=None,
         metavar="PATH",
-        help="path the upstream's base URL is served under (default /v1)",
+        help="path the upstream's base URL is served under (default /v1; / for azure, whose "
+        "clients send /openai/... paths)",
+    )
+    serve.add_argument(
+        "--no-stream-usage",
+        dest="stream_usage",
+        action="store_false",
+        help="do not add stream_options.include_usage to streamed requests (by default it is "
+        "added so every stream is reconciled with real usage, and the extra chunk removed)",
     )
     serve.add_argument(
         "--config", type=Path, help="a pacekeeper.toml (default: ./pacekeeper.toml if present)"
@@ -254,12 +269,19 @@ def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
 
 def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
     """The proxy's settings from the flags and the config file (reads the secrets' variables)."""
-    upstream = args.upstream or settings.base_url
+    named = getattr(args, "provider", None) or settings.provider
+    provider = get_provider(named)
+    # Without a provider named, the proxy must be told its upstream (no silent default).
+    upstream = (
+        args.upstream or settings.base_url or (_provider_upstream(provider) if named else None)
+    )
     if not upstream:
         raise ConfigurationError(
-            "no upstream: pass --upstream URL (e.g. https://api.openai.com/v1) or set base_url "
-            "in pacekeeper.toml"
+            f"no upstream: pass --upstream URL (e.g. {_example_upstream(provider)}) or set "
+            "base_url in pacekeeper.toml"
+            + (f" (or ${provider.base_url_env})" if provider.base_url_env else "")
         )
+    base_path = args.base_path or ("/" if provider.name == "azure" else "/v1")
     key_env = args.api_key_env or settings.api_key_env
     flag = "--api-key-env" if args.api_key_env else "api_key_env"
     api_key = _secret_from_env(key_env, flag) if key_env else None
@@ -274,7 +296,7 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
         upstream=upstream,
         host=args.host,
         port=args.port,
-        base_path=args.base_path,
+        base_path=base_path,
         api_key=api_key,
         client_token=token,
         max_body_bytes=max_body,
@@ -286,12 +308,31 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         max_unfinished=int(args.max_unfinished),
+        provider=provider.name,
+        include_usage=getattr(args, "stream_usage", True),
     )
+
+
+def _provider_upstream(provider: Provider) -> str | None:
+    """The provider's URL served under /v1: Anthropic's base has no /v1 of its own."""
+    env = os.environ.get(provider.base_url_env) if provider.base_url_env else None
+    base = env or provider.base_url
+    if base is None:
+        return None
+    if provider.name == "anthropic" and not base.rstrip("/").endswith("/v1"):
+        return base.rstrip("/") + "/v1"
+    return base
+
+
+def _example_upstream(provider: Provider) -> str:
+    if provider.name == "azure":
+        return "https://RESOURCE.openai.azure.com"
+    return provider.base_url or "http://HOST:PORT/v1"
 
 
 def _describe_keys(config: ProxyConfig) -> str:
     if config.api_key:
-        how = "the proxy holds the upstream key"
+        how = f"the proxy holds the upstream key (sent as {config.provider} expects)"
     else:
         how = "each client's own Authorization is forwarded"
     token = "clients must present the client token" if config.client_token else "no client token"

@@ -77,8 +77,19 @@ class ProxyConfig:
     connect_timeout_s: float = 10.0
     read_timeout_s: float | None = 600.0
     """Upstream read timeout per attempt (for streams: between chunks); None: no limit."""
+    provider: str = "openai"
+    """The upstream's provider (:mod:`pacekeeper.providers`): how the held key is sent
+    (``Authorization: Bearer``, Azure's ``api-key``, Anthropic's ``x-api-key`` with
+    ``anthropic-version``) and how it counts cached tokens."""
+    include_usage: bool = True
+    """Ask every streamed chat/completions request for its usage (``stream_options``), so that
+    streams are reconciled with real usage; the added usage chunk is removed before it reaches
+    a client that did not ask for it."""
 
     def __post_init__(self) -> None:
+        from pacekeeper.providers import get_provider
+
+        object.__setattr__(self, "provider", get_provider(self.provider).name)
         parts = urlsplit(self.upstream)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigurationError(
