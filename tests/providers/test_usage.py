@@ -262,3 +262,59 @@ def test_groq_provider_leaves_cached_tokens_out(start_upstream: StartUpstream) -
     )
     client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}])
     assert records.requests[0].prompt_tokens == 20
+
+
+@pytest.mark.parametrize(
+    ("auth", "path", "expected_rpm", "expected_tpm"),
+    [
+        ("bearer", "/v1/chat/completions", 5000, 800_000),  # x-ratelimit-*
+        ("anthropic", "/v1/messages", 4000, 400_000),  # anthropic-ratelimit-* (input tokens)
+    ],
+)
+def test_limits_are_learned_from_each_dialects_headers(
+    start_upstream: StartUpstream, auth: str, path: str, expected_rpm: int, expected_tpm: int
+) -> None:
+    server = start_upstream(auth=auth)
+    gov, _ = governed()
+    if auth == "anthropic":
+        anthropic_client = pacekeeper.wrap(
+            anthropic.Anthropic(base_url=server.base, api_key=KEY), gov
+        )
+        anthropic_client.messages.create(
+            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
+    else:
+        openai_client = pacekeeper.wrap(
+            openai.OpenAI(base_url=server.base + "/v1", api_key=KEY), gov
+        )
+        openai_client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    (lane,) = gov.lanes
+    assert lane.key[0] == path
+    assert lane.learned_rpm == expected_rpm
+    assert lane.learned_tpm == expected_tpm
+
+
+def test_route_urls_per_provider() -> None:
+    from pacekeeper.providers import get_provider
+
+    azure = get_provider("azure")
+    assert (
+        azure.route_url("https://r.openai.azure.com/", "/v1/embeddings", model="emb 3")
+        == "https://r.openai.azure.com/openai/deployments/emb%203/embeddings?api-version=2024-10-21"
+    )
+    assert (
+        azure.route_url("https://r.openai.azure.com/openai/v1", "/v1/chat/completions", model="d")
+        == "https://r.openai.azure.com/openai/v1/chat/completions"
+    )
+    assert (
+        get_provider("gemini").route_url(
+            "https://generativelanguage.googleapis.com/v1beta/openai", "/v1/chat/completions"
+        )
+        == "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"
+    )
+    assert (
+        get_provider("anthropic").route_url("https://api.anthropic.com", "/v1/messages")
+        == "https://api.anthropic.com/v1/messages"
+    )
