@@ -257,3 +257,24 @@ def test_the_progress_line_says_when_the_run_is_parked() -> None:
         "%H:%M:%S UTC", time.gmtime(result.parked_until_wall_s)
     )
     assert figures["eta"].startswith("after 2.0h")
+
+
+@pytest.mark.parametrize(("name", "auth"), [("azure", "api-key"), ("anthropic", "x-api-key")])
+def test_a_key_echoed_back_in_an_error_is_redacted(
+    start_upstream: StartUpstream, tmp_path: Path, name: str, auth: str
+) -> None:
+    server = start_upstream(auth=auth, key="the-key-the-server-wants")
+    write_lines(tmp_path / "in.jsonl", [{"prompt": "p", "custom_id": "only"}])
+    env = base_env(AZURE_OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
+    done = run_cli(
+        ["run", "in.jsonl", "--provider", name, "--base-url", server.base, "--model", "m",
+         "--log", "log.jsonl", "--progress", "plain"],
+        cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+    assert done.code == 1, done.stderr
+    (seen,) = server.seen
+    assert seen.headers[auth] == KEY  # it was sent, in the provider's header
+    output = (tmp_path / "in.results.jsonl").read_text()
+    assert "[redacted]" in output
+    assert_no_key(output, (tmp_path / "log.jsonl").read_text(), done.stdout, done.stderr)

@@ -107,7 +107,11 @@ class Upstream:
             Seen(scope["method"], path, scope["query_string"].decode(), headers, parsed)
         )
         if not self._authorized(headers):
-            await _send_json(send, 401, {"error": {"message": "bad key", "type": "auth"}}, {})
+            # Echo what was presented, as some gateways do: it must be redacted downstream.
+            presented = headers.get("api-key") or headers.get("x-api-key") or ""
+            presented = presented or headers.get("authorization", "")
+            message = f"bad key {presented!r}"
+            await _send_json(send, 401, {"error": {"message": message, "type": "auth"}}, {})
             return
         if self._refused < self.refuse_first:
             self._refused += 1
