@@ -375,7 +375,10 @@ def _gemini_usage(meta: dict[str, Any]) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
-_SCAN_TAIL = 512
+_SCAN_TAIL = 64
+"""Bytes of the previous chunk searched again with the next one: more than the longest
+count as it is written (`"cache_creation_input_tokens": ` and ten digits), so a count cut
+between two chunks is found whole in the second search."""
 
 
 class UsageScanner:
