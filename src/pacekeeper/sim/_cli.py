@@ -123,7 +123,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--profile",
         choices=tuple(PROFILES),
         help="start from a provider profile drawn with --seed (flags below override it): "
-        + "; ".join(f"{name}: {p.summary}" for name, p in PROFILES.items()),
+        + "; ".join(f"{name}: {p.summary}" for name, p in PROFILES.items()).replace("%", "%%"),
     )
     serve.add_argument(
         "--seed", type=_seed, help="seed of every fault and latency draw (and of --profile)"
