@@ -303,3 +303,10 @@ def test_a_scenario_file_can_start_from_a_profile(tmp_path: Path) -> None:
     path.write_text('profile = "nope"\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"scenario\.toml: profile: unknown profile 'nope'"):
         Scenario.from_toml(path)
+
+
+def test_cli_help_lists_every_profile() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    text = parser.format_help()  # the summaries' percent signs must not break it
+    assert all(name in text for name in PROFILES)
