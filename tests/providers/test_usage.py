@@ -318,3 +318,28 @@ def test_route_urls_per_provider() -> None:
         get_provider("anthropic").route_url("https://api.anthropic.com", "/v1/messages")
         == "https://api.anthropic.com/v1/messages"
     )
+
+
+async def test_httpx_transport_asks_for_stream_usage_too(start_upstream: StartUpstream) -> None:
+    import httpx
+
+    server = start_upstream()
+    gov, records = governed()
+    transport = pacekeeper.HttpxTransport(gov, include_usage=True)
+    async with httpx.AsyncClient(transport=transport) as client:
+        body = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        async with client.stream(
+            "POST",
+            server.base + "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {KEY}"},
+        ) as response:
+            text = (await response.aread()).decode()
+    assert '"usage"' not in text
+    assert text.endswith("data: [DONE]\n\n")
+    assert server.seen[-1].body["stream_options"] == {"include_usage": True}
+    assert records.requests[0].completion_tokens == 30
