@@ -222,6 +222,9 @@ def test_a_limit_that_resets_later_parks_the_run_and_says_so(
     assert done.code == 0, done.stderr
     assert len([r for r in read_results(tmp_path / "in.results.jsonl") if r["error"] is None]) == 3
     assert len(server.seen) == 4  # the refused one was sent again once, after the reset
+    # said once, not a silent wait
+    assert done.stderr.count("pacekeeper run: parked until ") == 1
+    assert "daily request limit reached" in done.stderr
 
 
 def test_a_limit_beyond_max_wait_stops_the_run_resumably(

@@ -529,13 +529,15 @@ async def _run_with_signals(job: BatchJob, gov: Governor, *, progress: str) -> B
         loop.add_signal_handler(sig, on_signal)
     try:
         if progress == "none":
-            return await run_batch(job, gov, stop=stop)
+            return await run_batch(job, gov, stop=stop, on_notice=_notice)
         live = {"auto": None, "live": True, "plain": False}[progress]
         display = BatchProgress(gov, total=_lines_of(job), live=live)
         with display:
             ticker = asyncio.create_task(display.ticker())
             try:
-                return await run_batch(job, gov, stop=stop, on_progress=display.update)
+                return await run_batch(
+                    job, gov, stop=stop, on_progress=display.update, on_notice=display.notice
+                )
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -543,6 +545,11 @@ async def _run_with_signals(job: BatchJob, gov: Governor, *, progress: str) -> B
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _notice(text: str) -> None:
+    sys.stderr.write(f"pacekeeper run: {text}\n")
+    sys.stderr.flush()
 
 
 def _lines_of(job: BatchJob) -> int:

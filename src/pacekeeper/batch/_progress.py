@@ -102,6 +102,14 @@ class BatchProgress:
             await asyncio.sleep(every)
             self.tick()
 
+    def notice(self, text: str) -> None:
+        """A line that must be seen (above the live display, or among the plain lines)."""
+        if self._live is not None:
+            self._live.console.print(f"pacekeeper run: {text}", style="yellow", highlight=False)
+        else:
+            self._stream.write(f"pacekeeper run: {text}\n")
+            self._stream.flush()
+
     def abort(self) -> None:
         """The process is about to exit at once: give the terminal its cursor back."""
         if self._live is not None:

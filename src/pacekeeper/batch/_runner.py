@@ -254,10 +254,17 @@ class _Park:
     """The whole run waits, once, until a long refusal's reset: every request checks it before
     it is sent. One timer per waiting request, woken early by a stop; never a busy loop."""
 
-    def __init__(self, result: BatchResult, stop: asyncio.Event, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        result: BatchResult,
+        stop: asyncio.Event,
+        max_wait_s: float,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> None:
         self._result = result
         self._stop = stop
         self._max_wait_s = max_wait_s
+        self._on_notice = on_notice
         self._until = 0.0  # monotonic
 
     def hold(self, parked: _Parked) -> bool:
@@ -270,9 +277,17 @@ class _Park:
             return False
         until = time.monotonic() + parked.wait_s
         if until > self._until:
+            parking_anew = self._until < time.monotonic()
             self._until = until
             self._result.parked_until_wall_s = time.time() + parked.wait_s
             self._result.parked_reason = parked.reason
+            if parking_anew and self._on_notice is not None:
+                resumes = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + parked.wait_s))
+                self._on_notice(
+                    f"parked until {resumes} (in {parked.wait_s:.0f} s): the provider refuses "
+                    f"until then ({parked.reason[:200]}); nothing is sent meanwhile. Ctrl-C "
+                    "stops, and the same command resumes."
+                )
         return True
 
     async def wait_open(self) -> bool:
@@ -324,10 +339,12 @@ async def run_batch(
     *,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[BatchResult], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> BatchResult:
     """Run ``job`` through ``gov``. Setting ``stop`` stops admitting: queued requests (and
     requests waiting to retry) are left for the next run; those in flight finish and are
-    written.
+    written. ``on_notice`` is told, once each time, when the run parks until a provider's
+    limit resets (see ``BatchJob.max_wait_s``).
 
     Raises :class:`~pacekeeper.batch.OutputDamaged` when the output holds a line that is not
     a result, and :class:`~pacekeeper.batch.OutputBusy` when another run is writing it.
@@ -357,7 +374,7 @@ async def run_batch(
             gov.hooks.append(log_hook)
         gov.hooks.append(pauses)
         headers = {"user-agent": "pacekeeper-run", **job.provider.auth_headers(job.api_key)}
-        park = _Park(result, stop, job.max_wait_s)
+        park = _Park(result, stop, job.max_wait_s, on_notice)
         client = httpx2.AsyncClient(
             transport=Transport(gov, provider=job.provider),
             headers=headers,
