@@ -281,3 +281,21 @@ def test_a_key_echoed_back_in_an_error_is_redacted(
     output = (tmp_path / "in.results.jsonl").read_text()
     assert "[redacted]" in output
     assert_no_key(output, (tmp_path / "log.jsonl").read_text(), done.stdout, done.stderr)
+
+
+def test_a_gemini_refusal_with_its_wait_in_the_body_parks_the_run(
+    start_upstream: StartUpstream, tmp_path: Path
+) -> None:
+    server = start_upstream(refuse_first=1, refuse_retry_after_s=2, refuse_like_google=True)
+    (tmp_path / "pacekeeper.toml").write_text("max_hint_s = 1\nmax_attempts = 1\n")
+    write_lines(tmp_path / "in.jsonl", [{"prompt": "p", "custom_id": "only"}])
+    done = run_cli(
+        ["run", "in.jsonl", "--provider", "gemini", "--base-url", server.base + "/v1beta/openai",
+         "--model", "gemini-2.0-flash", "--progress", "none"],
+        cwd=tmp_path,
+        env=base_env(GEMINI_API_KEY=KEY),
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert "parked until" in done.stderr
+    assert "Quota exceeded" in done.stderr
+    assert [s.path for s in server.seen] == ["/v1beta/openai/chat/completions"] * 2

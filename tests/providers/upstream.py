@@ -70,6 +70,8 @@ class Upstream:
     refuse_first: int = 0
     """Answer the first N requests with a daily-limit 429."""
     refuse_retry_after_s: float = 3600.0
+    refuse_like_google: bool = False
+    """Refuse as Gemini does: no retry-after header, the wait in the body's RetryInfo."""
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _server: uvicorn.Server | None = None
@@ -112,6 +114,21 @@ class Upstream:
             presented = presented or headers.get("authorization", "")
             message = f"bad key {presented!r}"
             await _send_json(send, 401, {"error": {"message": message, "type": "auth"}}, {})
+            return
+        if self._refused < self.refuse_first and self.refuse_like_google:
+            self._refused += 1
+            google = {
+                "code": 429,
+                "message": "Quota exceeded for metric: generate_content_free_tier_requests",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": f"{self.refuse_retry_after_s:g}s",
+                    }
+                ],
+            }
+            await _send_json(send, 429, [{"error": google}], {})
             return
         if self._refused < self.refuse_first:
             self._refused += 1

@@ -266,6 +266,8 @@ class _Park:
         self._max_wait_s = max_wait_s
         self._on_notice = on_notice
         self._until = 0.0  # monotonic
+        self.max_hint_s = float("inf")
+        """The governor's longest retry wait: a refusal asking for more parks the run."""
 
     def hold(self, parked: _Parked) -> bool:
         """Park until the reset (True), or stop the run when it is too far (False)."""
@@ -375,6 +377,7 @@ async def run_batch(
         gov.hooks.append(pauses)
         headers = {"user-agent": "pacekeeper-run", **job.provider.auth_headers(job.api_key)}
         park = _Park(result, stop, job.max_wait_s, on_notice)
+        park.max_hint_s = gov.retry.max_hint_s
         client = httpx2.AsyncClient(
             transport=Transport(gov, provider=job.provider),
             headers=headers,
@@ -546,7 +549,7 @@ async def _process(
         if not await park.wait_open():
             return None  # stopped while parked: sent next run
         try:
-            record, ok = await _send(client, job, line)
+            record, ok = await _send(client, job, line, park.max_hint_s)
         except AdmissionClosed:
             return None
         except _Parked as parked:
@@ -564,7 +567,7 @@ def _reject_constant(name: str) -> Any:
 
 
 async def _send(
-    client: httpx2.AsyncClient, job: BatchJob, line: BatchLine
+    client: httpx2.AsyncClient, job: BatchJob, line: BatchLine, max_hint_s: float
 ) -> tuple[dict[str, Any], bool]:
     headers = {}
     if _SAFE_HEADER.match(line.custom_id):
@@ -587,10 +590,8 @@ async def _send(
             raise
         return _error_record(line.custom_id, _exception_code(exc), _message(exc)), False
     record = response.extensions.get(RECORD_EXTENSION)
-    if response.status_code == 429 and getattr(record, "error_type", None) == "RetryWaitTooLong":
-        wait_s = retry_hint_s(response.headers, now_wall_s=time.time())
-        if wait_s is not None:
-            raise _Parked(wait_s, _api_error(429, _json_or_text(response))["message"])
+    if response.status_code == 429:
+        _park_if_long(response, record, max_hint_s)
     body: Any
     try:
         body = json.loads(response.content, parse_constant=_reject_constant)
@@ -629,6 +630,47 @@ async def _send(
     }, False
 
 
+def _park_if_long(response: httpx2.Response, record: Any, max_hint_s: float) -> None:
+    """Raise :class:`_Parked` for a final 429 whose wait is longer than the governor retries:
+    one the governor gave up on (``RetryWaitTooLong``, a hint in the headers), or one whose
+    only hint is in the body (Gemini's ``RetryInfo.retryDelay``, which the retries did not
+    see)."""
+    error_type = getattr(record, "error_type", None)
+    if error_type == "RetryWaitTooLong":
+        wait_s = retry_hint_s(response.headers, now_wall_s=time.time())
+    else:
+        wait_s = _body_retry_delay_s(_json_or_text(response))
+        if wait_s is not None and wait_s <= max_hint_s:
+            return
+    if wait_s is not None:
+        raise _Parked(wait_s, _api_error(429, _json_or_text(response))["message"])
+
+
+def _body_retry_delay_s(body: Any) -> float | None:
+    """Google's ``error.details[] {"@type": ".../google.rpc.RetryInfo", "retryDelay": "37s"}``.
+
+    >>> _body_retry_delay_s({"error": {"details": [
+    ...     {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3600s"}]}})
+    3600.0
+    """
+    body = _unwrap_list(body)
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(details, list):
+        return None
+    for detail in details:
+        if not isinstance(detail, dict) or not str(detail.get("@type", "")).endswith("RetryInfo"):
+            continue
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                return None
+            return seconds if seconds >= 0 else None
+    return None
+
+
 def _json_or_text(response: httpx2.Response) -> Any:
     try:
         return json.loads(response.content)
@@ -636,9 +678,17 @@ def _json_or_text(response: httpx2.Response) -> Any:
         return response.text[:2000]
 
 
+def _unwrap_list(body: Any) -> Any:
+    """Gemini's OpenAI-compatible endpoint answers errors as a one-element list."""
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        return body[0]
+    return body
+
+
 def _api_error(status: int, body: Any) -> dict[str, Any]:
     """The provider's error: its ``code`` (``http_STATUS`` when it gave none), its ``type``
     (None when it gave none) kept apart, and the HTTP ``status`` beside them."""
+    body = _unwrap_list(body)
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         code, kind = error.get("code"), error.get("type")
