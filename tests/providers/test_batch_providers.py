@@ -5,18 +5,30 @@ real server on loopback speaking that dialect; Anthropic Message Batches lines; 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pacekeeper import Governor
+from pacekeeper import AttemptRecord, Governor, RequestRecord
 from pacekeeper.batch import BatchJob, run_batch
 from pacekeeper.providers import PROVIDERS, get_provider
 
 from .cli import base_env, read_results, run_cli, write_lines
 from .conftest import StartUpstream
 from .upstream import KEY, USAGE_ANTHROPIC
+
+
+class Records:
+    def __init__(self) -> None:
+        self.requests: list[RequestRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        pass
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
 
 
 def read_any(path: Path) -> list[dict[str, Any]]:
@@ -154,8 +166,13 @@ def test_azure_without_an_endpoint_says_what_to_pass(tmp_path: Path) -> None:
     ],
 )
 async def test_bearer_providers_send_their_key_and_join_their_routes(
-    start_upstream: StartUpstream, tmp_path: Path, name: str, mount: str
+    start_upstream: StartUpstream,
+    tmp_path: Path,
+    name: str,
+    mount: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     server = start_upstream()
     provider = get_provider(name)
     write_lines(tmp_path / "in.jsonl", [{"prompt": "hello", "custom_id": "q"}])
@@ -167,12 +184,20 @@ async def test_bearer_providers_send_their_key_and_join_their_routes(
         provider=provider,
         model="some-model",
     )
-    result = await run_batch(job, Governor())
+    records = Records()
+    gov = Governor(hooks=[records])
+    result = await run_batch(job, gov)
     assert result.succeeded == 1
     (seen,) = server.seen
     assert seen.path == mount + "/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {KEY}"
-    assert_no_key((tmp_path / "out.jsonl").read_text())
+    (record,) = records.requests
+    assert record.tokens_estimated > 0  # estimated at admission
+    counted = 120 if provider.cache_reads_count else 20  # 100 of the 120 were cached
+    assert (record.prompt_tokens, record.completion_tokens) == (counted, 30)  # settled
+    (lane,) = gov.lanes
+    assert (lane.learned_rpm, lane.learned_tpm) == (5000, 800_000)  # learned from headers
+    assert_no_key((tmp_path / "out.jsonl").read_text(), caplog.text)
 
 
 def test_every_provider_has_a_key_variable_and_a_known_auth() -> None:
