@@ -302,14 +302,18 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
 
 def _needs_key(job: BatchJob) -> bool:
     """A hosted provider's own URL needs a key; a local server or a gateway may not."""
+    import ipaddress
     from urllib.parse import urlsplit
-
-    from pacekeeper.proxy._config import is_loopback
 
     if not job.provider.key_required or job.provider.name == "compatible":
         return False
     host = urlsplit(job.base_url).hostname or ""
-    return not is_loopback(host)
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: a hosted API
+        return True
 
 
 def _origin(url: str) -> str:
