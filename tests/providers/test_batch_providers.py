@@ -324,3 +324,15 @@ def test_a_gemini_refusal_with_its_wait_in_the_body_parks_the_run(
     assert "parked until" in done.stderr
     assert "Quota exceeded" in done.stderr
     assert [s.path for s in server.seen] == ["/v1beta/openai/chat/completions"] * 2
+
+
+def test_a_hosted_provider_without_its_key_stops_before_sending(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [{"prompt": "p"}])
+    done = run_cli(
+        ["run", "in.jsonl", "--provider", "anthropic", "--model", "claude-haiku-4-5"],
+        cwd=tmp_path,
+        env=base_env(),  # OPENAI_API_KEY is set; ANTHROPIC_API_KEY is not
+    )
+    assert done.code == 2
+    assert "no API key: set ANTHROPIC_API_KEY" in done.stderr
+    assert "anthropic at https://api.anthropic.com needs one" in done.stderr
