@@ -118,6 +118,7 @@ class AimdLimit(FixedLimit):
         "_probe_after_s",
         "_probing",
         "_settings",
+        "_silence_base",
         "_silence_since",
         "_ssthresh",
         "_window",
@@ -145,6 +146,7 @@ class AimdLimit(FixedLimit):
         self._last_decrease_at = -math.inf
         self._answered = False
         self._silence_since: float | None = None
+        self._silence_base = float(settings.initial)
         self.decreases = 0
         self.floor = 0
         """Slots a known rate needs (rate x mean latency); cuts never go below it."""
@@ -210,22 +212,32 @@ class AimdLimit(FixedLimit):
     def waiting_for_slot(self, now: float) -> float:
         """The head of the queue waits for a slot: before any answer, silence grows the window.
 
-        Returns seconds until the next growth (inf: none due); call again then."""
+        The growth is smooth (x2 every ``silence_double_s``, one slot at a time), not a jump:
+        a jump would send its new slots' requests all at once, and a rate limit's refusals
+        would then come back for all of them before the first could slow anything down.
+        Returns seconds until the next slot opens (inf: none will); call again then."""
         if self._answered or self._ssthresh != math.inf:
             self._silence_since = None
             return math.inf
+        top = float(min(self._settings.max, self.silence_max))
+        if self._window >= top:
+            return math.inf
         if self._silence_since is None:
-            # The first doubling waits longer: most answers come within it, and then the
-            # answers, not the silence, say how far to go.
+            # Growth starts once the first silence_first_s is mostly over: most answers come
+            # within it, and then the answers, not the silence, say how far to go.
             self._silence_since = now + self.silence_first_s - self.silence_double_s
-        due = self._silence_since + self.silence_double_s
-        if now < due:
-            return due - now
-        self._silence_since = now
-        top = min(self._settings.max, self.silence_max)
-        self._window = max(self._window, min(float(top), self._window * 2.0))
-        self._update()
-        return self.silence_double_s
+            self._silence_base = self._window
+        elapsed_s = now - self._silence_since
+        if elapsed_s > 0:
+            grown = self._silence_base * 2.0 ** (elapsed_s / self.silence_double_s)
+            if grown >= self._window + 1.0 or grown >= top:
+                self._window = min(top, grown)
+                self._update()
+        next_slot = math.floor(self._window) + 1.0
+        due = self._silence_since + self.silence_double_s * math.log2(
+            next_slot / self._silence_base
+        )
+        return max(1e-3, due - now)
 
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""

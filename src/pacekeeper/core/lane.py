@@ -70,6 +70,9 @@ _FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a q
 _SWOLLEN = 1.5  # answers this much slower than unloaded: the upstream queues our requests
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
+_FLOOR_EVERY_S = 0.25
+_NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
+_SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
@@ -219,7 +222,9 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_floor_due",
         "_lock",
+        "_new_territory_at",
         "_next_limits_read",
         "_outstanding",
         "_queue",
@@ -228,6 +233,7 @@ class Lane:
         "_sleepers",
         "_success_peak_at",
         "_success_peak_in_flight",
+        "_successes",
         "budget",
         "closed",
         "congestion",
@@ -285,12 +291,15 @@ class Lane:
         self._charged = 0.0
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
+        self._floor_due = -math.inf
+        self._new_territory_at = -math.inf
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
+        self._successes = 0
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
             AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
@@ -462,10 +471,16 @@ class Lane:
         Slots held far past the lane's normal latency (hung requests) stop counting against
         an adaptive limit, and before any answer the adaptive window grows with silence."""
         slots = self.slots
-        if slots.in_flight < slots.limit:
-            return 0.0
         if not isinstance(slots, AimdLimit):
-            return math.inf
+            return 0.0 if slots.in_flight < slots.limit else math.inf
+        if slots.in_flight < slots.limit:
+            # Past the most in flight that ever succeeded, one more at a time: an in-flight cap
+            # answers the first request past it at once, before a burst could follow it.
+            if slots.in_flight >= self._success_peak_in_flight:
+                wait = self._new_territory_at + _NEW_TERRITORY_SPACING_S - now
+                if wait > 0.0:
+                    return wait
+            return 0.0
         wait = slots.waiting_for_slot(now)
         if slots.in_flight < slots.limit:
             return 0.0
@@ -508,6 +523,8 @@ class Lane:
             self._queue[0].wake()
 
     def _grant(self, now: float, tokens: int, asked_at: float) -> Permit:
+        if self.slots.in_flight >= self._success_peak_in_flight:
+            self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
         self._admitted += 1
         charged_before = self._charged
@@ -741,6 +758,7 @@ class Lane:
             )
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
+        self._successes += 1
         self.congestion.observe(overload=False)
         self.latency.observe(latency_s)
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
@@ -763,9 +781,15 @@ class Lane:
         if not isinstance(slots, AimdLimit):
             return Signal.SUCCESS
         rpm = self.rpm
-        if rpm is not None:
+        if rpm is not None and now >= self._floor_due:
+            # What the rate needs in flight, but never more than 4x what was achieved: a
+            # stated limit far above what this lane reaches (gateways state 100,000 a minute)
+            # must not open the window to thousands. x4 per round trip, the floor still
+            # follows a long-latency lane up to its rate within a few round trips.
+            self._floor_due = now + _FLOOR_EVERY_S
             share = self._configured.utilisation * self.local_share
-            slots.set_floor(math.ceil(rpm * share / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
+            reachable = min(rpm * share, 4.0 * self.request_rate.accepted_peak_rpm())
+            slots.set_floor(math.ceil(reachable / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity).
         return Signal.BACKPRESSURE if self.latency.swollen(_SWOLLEN) else Signal.SUCCESS
@@ -810,19 +834,27 @@ class Lane:
     def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
         """Whether a 429 is about requests in flight rather than the rate, read from structure,
         never from the message's words: the code says so, or the answer's own rate-limit
-        headers show room for this request, or (with no headers) it was sent at a peak of
-        requests in flight that has not succeeded lately, taking the window's last slot."""
+        headers show room for this request, or the lane was accepted at under half the stated
+        rate, or (with nothing else to go by) it was sent well past the most in flight that
+        ever succeeded, or at that peak taking the window's last slot. The answer's own headers
+        showing a budget run out make it the rate."""
         if verdict.limit_scope is not None:
             return verdict.limit_scope == "concurrency"
         limits = verdict.limits
-        if limits is not None and (
-            limits.remaining_requests is not None or limits.remaining_tokens is not None
+        if limits is not None:
+            if _window_exhausted(limits, permit.tokens):
+                return False  # its own headers say a budget ran out: the rate
+            if _windows_have_room(limits, permit.tokens):
+                return True
+        ceiling = self.request_rate.ceiling
+        if (
+            ceiling is not None
+            and self._successes >= _SUCCESSES_TO_JUDGE
+            and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
         ):
-            requests_room = limits.remaining_requests is None or limits.remaining_requests >= 1
-            tokens_room = (
-                limits.remaining_tokens is None or limits.remaining_tokens >= permit.tokens
-            )
-            return requests_room and tokens_room
+            # Refused while accepted at under half the stated rate: not the rate. Requests in
+            # flight are what this server counts.
+            return True
         # No word from the answer. Requests succeed lately with as many in flight, or more: the
         # rate ran out. At (or past) that peak, with the request taking the last slot of the
         # window, the number in flight is what the server refused, until a refusal at no more
@@ -838,6 +870,8 @@ class Lane:
             return False
         if in_flight + _PEAK_MARGIN <= self._success_peak_in_flight:
             return False
+        if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
+            return True  # well past the most in flight that ever succeeded
         return permit.filled_window
 
     def close_gate(self, wait_s: float) -> None:
@@ -906,6 +940,33 @@ class Lane:
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
             f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}>"
         )
+
+
+def _window_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
+    """Whether a 429's own headers show a budget too low for this request."""
+    requests = limits.remaining_requests
+    if requests is not None and requests < 1:
+        return True
+    remaining_tokens = limits.remaining_tokens
+    return remaining_tokens is not None and remaining_tokens < tokens
+
+
+def _windows_have_room(limits: RateLimitSnapshot, tokens: int) -> bool:
+    """Whether a 429's own rate-limit headers show room in both budgets: remaining at least
+    this request and (where the limit is stated) at least half of it. Half, because a provider
+    that reports a minute's budget but enforces it per second (OpenAI) refuses with some of the
+    minute left; a refusal with half of it left is not about the rate."""
+    if limits.remaining_requests is None and limits.remaining_tokens is None:
+        return False
+    for remaining, limit, need in (
+        (limits.remaining_requests, limits.limit_requests, 1),
+        (limits.remaining_tokens, limits.limit_tokens, tokens),
+    ):
+        if remaining is None:
+            continue
+        if remaining < need or (limit is not None and remaining < 0.5 * limit):
+            return False
+    return True
 
 
 def _drain_to_headroom(

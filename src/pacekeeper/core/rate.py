@@ -118,7 +118,7 @@ class PacedRate:
         if sent_at < self._cut_at or now - self._cut_at < _MIN_CUT_SPACING_S:
             return False
         if self.rpm is None:
-            peak = 60.0 * _peak_per_second(self._accepted)
+            peak = self.accepted_peak_rpm()
             self._at_loss = peak
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
@@ -164,6 +164,10 @@ class PacedRate:
             rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
         self.rpm = min(top, rpm)
         return True
+
+    def accepted_peak_rpm(self) -> float:
+        """The highest rate (per minute) accepted over one second in the last five."""
+        return 60.0 * _peak_per_second(self._accepted)
 
     def __repr__(self) -> str:
         rpm = "none" if self.rpm is None else f"{self.rpm:.0f}"
