@@ -319,11 +319,18 @@ class SharedLane(Lane):
         self._sync_mode()
 
     async def acquire(
-        self, tokens: int, *, front: bool = False, deadline: float | None = None
+        self,
+        tokens: int,
+        *,
+        front: bool = False,
+        deadline: float | None = None,
+        output_tokens: int = 0,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
-            return await super().acquire(tokens, front=front, deadline=deadline)
+            return await super().acquire(
+                tokens, front=front, deadline=deadline, output_tokens=output_tokens
+            )
         asked_at = self._clock()
         waiter = _AsyncWaiter()
         self._enqueue(waiter, front=front)
@@ -340,7 +347,9 @@ class SharedLane(Lane):
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
-                    return await super().acquire(tokens, front=front, deadline=deadline)
+                    return await super().acquire(
+                        tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                    )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
                 )
@@ -352,11 +361,18 @@ class SharedLane(Lane):
             raise
 
     def acquire_sync(
-        self, tokens: int, *, front: bool = False, deadline: float | None = None
+        self,
+        tokens: int,
+        *,
+        front: bool = False,
+        deadline: float | None = None,
+        output_tokens: int = 0,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
-            return super().acquire_sync(tokens, front=front, deadline=deadline)
+            return super().acquire_sync(
+                tokens, front=front, deadline=deadline, output_tokens=output_tokens
+            )
         asked_at = self._clock()
         waiter = _ThreadWaiter()
         self._enqueue(waiter, front=front)
@@ -373,7 +389,9 @@ class SharedLane(Lane):
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
-                    return super().acquire_sync(tokens, front=front, deadline=deadline)
+                    return super().acquire_sync(
+                        tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                    )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
                 )
