@@ -38,8 +38,12 @@ from ._replies import (
     completion_body,
     completion_chunk,
     embedding_body,
+    message_body,
+    message_stream_steps,
     model_object,
     models_body,
+    response_body,
+    response_stream_steps,
     usage_chunk,
 )
 from ._requests import Call, InvalidRequest, parse_call
@@ -47,6 +51,11 @@ from ._scenario import Queueing, Scenario
 from ._stats import IdRecord, ModelCounts, Stats
 
 __all__ = ["SimApp"]
+
+
+def _json_bytes(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,7 +66,19 @@ _ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
     "/v1/embeddings": "embedding",
+    "/v1/messages": "messages",
+    "/v1/responses": "responses",
 }
+# Azure OpenAI: /openai/deployments/{name}/<op>?api-version=... and the /openai/v1/ routes.
+_AZURE_OPS = {"chat/completions": "chat", "completions": "completion", "embeddings": "embedding"}
+_AZURE_V1 = {
+    "/openai/v1/chat/completions": "chat",
+    "/openai/v1/completions": "completion",
+    "/openai/v1/embeddings": "embedding",
+    "/openai/v1/responses": "responses",
+}
+_DEPLOYMENTS = "/openai/deployments/"
+_CACHE_ENTRIES = 100_000
 _DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
 _MAX_CLIENT_ID_CHARS = 200
 _SSE_HEADERS: Headers = [
@@ -88,6 +109,38 @@ _SERVER_FAULTS: dict[str, tuple[int, bytes]] = {
     ),
     "http_529": (529, anthropic_error_body("overloaded_error", "Overloaded")),
 }
+_A_SERVER_FAULTS: dict[str, tuple[int, bytes]] = {
+    "http_500": (500, anthropic_error_body("api_error", "Internal server error")),
+    "http_502": (502, anthropic_error_body("api_error", "Bad gateway")),
+    "http_503": (503, anthropic_error_body("api_error", "Service unavailable")),
+    "http_529": _SERVER_FAULTS["http_529"],
+}
+_A_UNAUTHORIZED = anthropic_error_body("authentication_error", "x-api-key header is required")
+_A_NO_VERSION = anthropic_error_body(
+    "invalid_request_error", "anthropic-version: header is required"
+)
+_A_BILLING = anthropic_error_body(
+    "billing_error", "Your credit balance is too low to access the Anthropic API."
+)
+_AZ_UNAUTHORIZED = _json_bytes(
+    {
+        "error": {
+            "code": "401",
+            "message": "Access denied due to invalid subscription key or wrong API endpoint. "
+            "Make sure to provide a valid key for an active subscription and use a correct "
+            "regional API endpoint for your resource.",
+        }
+    }
+)
+_AZ_NO_VERSION = _json_bytes(
+    {
+        "error": {
+            "code": "BadRequest",
+            "message": "Missing required query parameter 'api-version' "
+            "(e.g. api-version=2024-10-21).",
+        }
+    }
+)
 _INSUFFICIENT_QUOTA = error_body(
     "You exceeded your current quota, please check your plan and billing details.",
     "insufficient_quota",
@@ -102,6 +155,33 @@ _INJECTED_INVALID = error_body(
 _GATEWAY_TIMEOUT = error_body(
     "Gateway timeout: the request hung for hang_s seconds (injected hang fault).", "server_error"
 )
+
+
+class _Route:
+    """Where an API call came in: its kind, dialect ("openai", "anthropic", "azure") and the
+    deployment named in an Azure path (the model key)."""
+
+    __slots__ = ("deployment", "dialect", "kind")
+
+    def __init__(self, kind: str, dialect: str, deployment: str | None = None) -> None:
+        self.kind = kind
+        self.dialect = dialect
+        self.deployment = deployment
+
+
+def _route_of(path: str) -> _Route | None:
+    kind = _ROUTES.get(path)
+    if kind is not None:
+        return _Route(kind, "anthropic" if kind == "messages" else "openai")
+    kind = _AZURE_V1.get(path)
+    if kind is not None:
+        return _Route(kind, "azure")
+    if path.startswith(_DEPLOYMENTS):
+        name, _, op = path[len(_DEPLOYMENTS) :].partition("/")
+        kind = _AZURE_OPS.get(op)
+        if kind is not None and name:
+            return _Route(kind, "azure", name)
+    return None
 
 
 def _settle(future: asyncio.Future[str], outcome: str) -> None:
@@ -235,6 +315,7 @@ class SimApp:
     """
 
     __slots__ = (
+        "_cache",
         "_clock",
         "_closing",
         "_faults",
@@ -269,7 +350,11 @@ class SimApp:
         self._mode = scenario.rate_limit_headers
         self._require_key = scenario.require_api_key
         self._seed = scenario.seed
-        self._limits = LimiterRegistry(scenario, self._started_mono)
+        self._limits = LimiterRegistry(
+            scenario, self._started_mono, started_wall=self._started_wall
+        )
+        # Prompt prefixes seen (the provider's prompt cache), oldest first, bounded.
+        self._cache: dict[int, None] = {}
         self._faults = FaultPlan(scenario.faults, scenario.seed)
         self._latency = scenario.latency
         self._queue = None if scenario.queueing is None else _ProcessingQueue(scenario.queueing)
@@ -311,9 +396,9 @@ class SimApp:
             return
         path = scope["path"]
         method = scope["method"]
-        kind = _ROUTES.get(path)
-        if kind is not None and method == "POST":
-            await self._api_call(kind, scope, receive, send)
+        route = _route_of(path) if method == "POST" else None
+        if route is not None:
+            await self._api_call(route, scope, receive, send)
         elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self._models(path, scope, send)
         elif method == "GET" and path == "/_stats":
@@ -356,7 +441,7 @@ class SimApp:
 
     # --- API calls --------------------------------------------------------------------------
 
-    async def _api_call(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _api_call(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         raw: bytes = message.get("body", b"")
         if message.get("more_body", False):
@@ -372,15 +457,30 @@ class SimApp:
 
         client_id: bytes | None = None
         authorized = not self._require_key
+        dialect = route.dialect
+        # Presence only: the key itself is never kept. Each dialect has its own key header
+        # (Azure also takes a Bearer token from Entra ID).
+        key_headers = {
+            "openai": (b"authorization",),
+            "anthropic": (b"x-api-key",),
+            "azure": (b"api-key", b"authorization"),
+        }[dialect]
+        version = dialect == "openai"
         for name, value in scope["headers"]:
             if name == b"x-client-request-id":
                 client_id = value
-            elif name == b"authorization" and value.strip():
-                authorized = True  # presence only: the key itself is never kept
+            elif name in key_headers and value.strip():
+                authorized = True
+            elif name == b"anthropic-version" and value.strip():
+                version = True
+        if route.deployment is not None:
+            version = b"api-version=" in scope.get("query_string", b"")
+        elif dialect == "azure":
+            version = True  # the v1 routes need no api-version
 
         call: Call | None
         try:
-            call = parse_call(kind, raw)
+            call = parse_call(route.kind, raw, route.deployment)
             invalid = None
         except InvalidRequest as exc:
             call, invalid = None, exc
@@ -400,25 +500,56 @@ class SimApp:
         model = call.model if call is not None else (invalid and invalid.model) or "(invalid)"
         counts, record = stats.received(model, identity)
         if not authorized:
-            await _send(send, 401, [JSON_CONTENT_TYPE], _UNAUTHORIZED)
+            body = {"openai": _UNAUTHORIZED, "anthropic": _A_UNAUTHORIZED}.get(
+                dialect, _AZ_UNAUTHORIZED
+            )
+            await _send(send, 401, [JSON_CONTENT_TYPE], body)
             stats.answered(counts, record, 401)
+            return
+        if not version:
+            body = _A_NO_VERSION if dialect == "anthropic" else _AZ_NO_VERSION
+            await _send(send, 400, [JSON_CONTENT_TYPE], body)
+            stats.answered(counts, record, 400, nonretryable=True)
             return
         if call is None:
             assert invalid is not None
-            body = error_body(invalid.message, "invalid_request_error", invalid.code, invalid.param)
+            if dialect == "anthropic":
+                body = anthropic_error_body("invalid_request_error", invalid.message)
+            else:
+                body = error_body(
+                    invalid.message, "invalid_request_error", invalid.code, invalid.param
+                )
             await _send(send, 400, [JSON_CONTENT_TYPE], body)
             stats.answered(counts, record, 400, nonretryable=True)
             return
 
+        # The prompt cache decides what this prompt reads, and so what it costs.
+        hit = False
+        if call.cache_key:
+            hit = call.cache_key in self._cache
+            if hit:
+                call.cache_read = call.cache_tokens
+            elif call.kind == "messages":
+                call.cache_write = call.cache_tokens
+        input_cost = call.prompt_tokens
+        token_cost = call.token_cost
+        if call.kind == "messages" or not self.scenario.charge_cached_tokens:
+            # Anthropic never counts cache reads toward ITPM; others may not count them.
+            input_cost -= call.cache_read
+            token_cost -= call.cache_read
+
+        mode = self._mode
+        if dialect == "anthropic" and mode != "none":
+            mode = "anthropic"  # the Messages route speaks Anthropic's headers
         now = self._clock()
         limiter = self._limits.get(call.model, now)
         headers: Headers = []
         if limiter is not None:
-            wall = self._wall() if self._mode == "anthropic" else 0.0
-            rejection = limiter.admit(call.token_cost, now, call.prompt_tokens)
+            wall = self._wall() if mode == "anthropic" else 0.0
+            rejection = limiter.admit(token_cost, now, input_cost)
             if rejection is not None:
                 headers, body = rejection_response(
-                    self._mode,
+                    mode,
                     limiter,
                     rejection,
                     now,
@@ -429,8 +560,13 @@ class SimApp:
                 await _send(send, 429, headers, body)
                 stats.answered(counts, record, 429)
                 return
-            if self._mode != "none":
-                headers = rate_limit_headers(self._mode, limiter, now, wall)
+            if mode != "none":
+                headers = rate_limit_headers(mode, limiter, now, wall)
+        if call.cache_key and not hit:
+            cache = self._cache
+            if len(cache) >= _CACHE_ENTRIES:
+                del cache[next(iter(cache))]
+            cache[call.cache_key] = None
 
         ex = _Exchange(
             call=call,
@@ -444,7 +580,7 @@ class SimApp:
             limiter=limiter,
         )
         record.admitted += 1
-        stats.admitted(counts, call.token_cost)
+        stats.admitted(counts, token_cost)
         queue = self._queue
         try:
             if queue is None:
@@ -493,6 +629,9 @@ class SimApp:
             return
 
         choices = choices_for(call)
+        if call.kind in ("messages", "responses"):
+            await self._single(ex, choices[0], ttft_s, per_token_s)
+            return
         if call.stream:
             if await self._stream(ex, choices, ttft_s, per_token_s):
                 self._charge_output(ex, choices)
@@ -510,6 +649,34 @@ class SimApp:
                 await self._abort(ex)
                 return
         self._charge_output(ex, choices)
+        await self._reply(ex, body)
+
+    async def _single(
+        self, ex: _Exchange, choice: Choice, ttft_s: float, per_token_s: float
+    ) -> None:
+        """Answer a Messages or Responses call (one choice), plain or streamed."""
+        call = ex.call
+        seq = next(self._seq)
+        created = int(self._wall())
+        if call.kind == "messages":
+            rid = f"msg_sim{seq:012x}"
+            steps = message_stream_steps(call, rid, choice) if call.stream else []
+            body = b"" if call.stream else message_body(call, rid, choice)
+        else:
+            rid = f"resp_sim{seq:012x}"
+            steps = response_stream_steps(call, rid, created, choice) if call.stream else []
+            body = b"" if call.stream else response_body(call, rid, created, choice)
+        if call.stream:
+            if await self._stream(ex, [choice], ttft_s, per_token_s, steps):
+                self._charge_output(ex, [choice])
+                self.stats.answered(ex.counts, ex.record, 200, success=True)
+            return
+        if (ttft_s > 0 or per_token_s > 0) and await self._pause(
+            ttft_s + per_token_s * choice.tokens
+        ):
+            await self._abort(ex)
+            return
+        self._charge_output(ex, [choice])
         await self._reply(ex, body)
 
     def _charge_output(self, ex: _Exchange, choices: list[Choice]) -> None:
@@ -560,6 +727,15 @@ class SimApp:
                 await self._abort(ex)
             return
         ex.headers.append(JSON_CONTENT_TYPE)
+        if ex.call.kind == "messages" and fault != "invalid_request":
+            if fault == "insufficient_quota":
+                await _send(ex.send, 402, ex.headers, _A_BILLING)
+                stats.answered(ex.counts, ex.record, 402, nonretryable=True)
+            else:
+                status, body = _A_SERVER_FAULTS[str(fault)]
+                await _send(ex.send, status, ex.headers, body)
+                stats.answered(ex.counts, ex.record, status)
+            return
         if fault == "insufficient_quota":
             # No retry-after: there is nothing to wait for.
             await _send(ex.send, 429, ex.headers, _INSUFFICIENT_QUOTA)
@@ -573,11 +749,17 @@ class SimApp:
             stats.answered(ex.counts, ex.record, status)
 
     async def _stream(
-        self, ex: _Exchange, choices: list[Choice], ttft_s: float, per_token_s: float
+        self,
+        ex: _Exchange,
+        choices: list[Choice],
+        ttft_s: float,
+        per_token_s: float,
+        steps: list[bytes] | None = None,
     ) -> bool:
         """Send an SSE stream, chunks paced by per_token_s; False if it was cut short."""
         send = ex.send
-        steps = self._stream_steps(ex.call, choices)
+        if steps is None:
+            steps = self._stream_steps(ex.call, choices)
         ex.headers.extend(_SSE_HEADERS)
         ex.headers.append(_request_id())
         await send({"type": "http.response.start", "status": 200, "headers": ex.headers})

@@ -217,6 +217,10 @@ def _meter_of(limiter: ModelLimiter, kind: str) -> tuple[Meter | None, float | N
         return limiter.input_tokens, limiter.input_tpm, "input tokens per min (ITPM)"
     if kind == "output_tokens":
         return limiter.output_tokens, limiter.output_tpm, "output tokens per min (OTPM)"
+    if kind == "requests_day":
+        return limiter.requests_day, limiter.rpd, "requests per day (RPD)"
+    if kind == "tokens_day":
+        return limiter.tokens_day, limiter.tpd, "tokens per day (TPD)"
     return limiter.tokens, limiter.tpm, "tokens per min (TPM)"
 
 
@@ -240,13 +244,16 @@ def _anthropic_rejection_message(limiter: ModelLimiter, rejection: Rejection) ->
         "tokens": "tokens",
         "input_tokens": "input tokens",
         "output_tokens": "output tokens",
+        "requests_day": "requests",
+        "tokens_day": "tokens",
     }[rejection.kind]
-    what = f"{_per_minute(per_minute or 0):,} {unit} per minute"
+    period = "day" if rejection.kind.endswith("_day") else "minute"
+    what = f"{_per_minute(per_minute or 0):,} {unit} per {period}"
     return f"This request would exceed the rate limit for your organization of {what}."
 
 
 def _azure_rejection_message(rejection: Rejection, wait_s: int) -> str:
-    what = "call rate limit" if rejection.kind == "requests" else "token rate limit"
+    what = "call rate limit" if rejection.kind.startswith("requests") else "token rate limit"
     return (
         "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
         f"2024-10-21 have exceeded {what} of your current OpenAI S0 pricing tier. "
@@ -304,7 +311,7 @@ def rejection_response(
         headers.append((b"retry-after", str(max(1, math.ceil(wait_ms / 1000))).encode()))
         body = error_body(
             _openai_rejection_message(limiter, rejection),
-            "requests" if rejection.kind == "requests" else "tokens",
+            "requests" if rejection.kind.startswith("requests") else "tokens",
             "rate_limit_exceeded",
         )
     elif mode == "azure":

@@ -163,6 +163,14 @@ def _meter(
     return TokenBucket(rate_per_s * limits.burst_s, rate_per_s, now)
 
 
+def _day_meter(
+    per_day: float | None, day_s: float, now: float, day_origin: float | None
+) -> FixedWindow | None:
+    if per_day is None:
+        return None
+    return FixedWindow(per_day, per_day / day_s, now, day_s, origin=day_origin)
+
+
 def _window_of(limits: ModelLimits) -> float:
     return limits.window_s if limits.window_s is not None else limits.burst_s
 
@@ -170,9 +178,9 @@ def _window_of(limits: ModelLimits) -> float:
 class Rejection:
     """Why a request was not admitted and when it would be.
 
-    kind is "requests", "tokens", "input_tokens" or "output_tokens" (the meter that needs the
-    longest wait) or "concurrency" (max_in_flight reached; wait_s is then 0.0 because no time
-    bound is known).
+    kind is "requests", "tokens", "input_tokens", "output_tokens", "requests_day" or
+    "tokens_day" (the meter that needs the longest wait) or "concurrency" (max_in_flight
+    reached; wait_s is then 0.0 because no time bound is known).
     """
 
     __slots__ = ("kind", "requested", "wait_s")
@@ -209,8 +217,12 @@ class ModelLimiter:
         "output_tokens",
         "output_tpm",
         "requests",
+        "requests_day",
+        "rpd",
         "rpm",
         "tokens",
+        "tokens_day",
+        "tpd",
         "tpm",
     )
 
@@ -220,10 +232,13 @@ class ModelLimiter:
         limits: ModelLimits,
         now: float,
         changes: Iterable[tuple[float, float]] = (),
+        *,
         origin: float | None = None,
+        day_origin: float | None = None,
     ) -> None:
         """`changes` are (monotonic time, factor) pairs, applied lazily when time passes them;
-        fixed windows are aligned to `origin` (server start; default `now`)."""
+        fixed windows are aligned to `origin` (server start; default `now`), days to
+        `day_origin` (the monotonic time a day began; default `origin`)."""
         self.model = model
         self._base = limits
         self._factor = 1.0
@@ -239,6 +254,12 @@ class ModelLimiter:
         self.tokens = _meter(limits.tpm, limits, now, origin)
         self.input_tokens = _meter(limits.input_tpm, limits, now, origin)
         self.output_tokens = _meter(limits.output_tpm, limits, now, origin)
+        # Daily budgets: fixed days, never changed by capacity changes.
+        self.rpd = limits.rpd
+        self.tpd = limits.tpd
+        day_start = day_origin if day_origin is not None else origin
+        self.requests_day = _day_meter(limits.rpd, limits.day_s, now, day_start)
+        self.tokens_day = _day_meter(limits.tpd, limits.day_s, now, day_start)
 
     def _apply_due_changes(self, now: float) -> None:
         changes = self._changes
@@ -294,6 +315,15 @@ class ModelLimiter:
             wait_s = output_tokens.wait_s(min(1.0, output_tokens.capacity), now)
             if wait_s > worst.wait_s:
                 worst = Rejection("output_tokens", wait_s, 1)
+        requests_day, tokens_day = self.requests_day, self.tokens_day
+        if requests_day is not None:
+            wait_s = requests_day.wait_s(1, now)
+            if wait_s > worst.wait_s:
+                worst = Rejection("requests_day", wait_s, 1)
+        if tokens_day is not None:
+            wait_s = tokens_day.wait_s(token_cost, now)
+            if wait_s > worst.wait_s:
+                worst = Rejection("tokens_day", wait_s, token_cost)
         if worst.wait_s > 0.0:
             # Name the meter that binds longest: that is when the request would fit.
             return worst
@@ -303,6 +333,10 @@ class ModelLimiter:
             tokens.take(token_cost)
         if input_tokens is not None:
             input_tokens.take(input_cost)
+        if requests_day is not None:
+            requests_day.take(1)
+        if tokens_day is not None:
+            tokens_day.take(token_cost)
         self.in_flight += 1
         return None
 
@@ -322,7 +356,13 @@ class ModelLimiter:
             self._apply_due_changes(now)
         if self.requests is not None:
             self.requests.refill(now)
-        for meter in (self.tokens, self.input_tokens, self.output_tokens):
+        for meter in (
+            self.tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.requests_day,
+            self.tokens_day,
+        ):
             if meter is not None:
                 meter.refill(now)
 
@@ -342,14 +382,30 @@ class LimiterRegistry:
     memory without bound; beyond the cap, unknown models share one limiter.
     """
 
-    __slots__ = ("_changes", "_limiters", "_max_models", "_scenario", "_started_at")
+    __slots__ = (
+        "_changes",
+        "_limiters",
+        "_max_models",
+        "_scenario",
+        "_started_at",
+        "_started_wall",
+    )
 
     OVERFLOW_MODEL = "(other models)"
 
-    def __init__(self, scenario: Scenario, started_at: float, max_models: int = 10_000) -> None:
-        """`started_at` is the monotonic time capacity changes count from."""
+    def __init__(
+        self,
+        scenario: Scenario,
+        started_at: float,
+        max_models: int = 10_000,
+        started_wall: float | None = None,
+    ) -> None:
+        """`started_at` is the monotonic time capacity changes count from; `started_wall`,
+        the Unix time of that instant, aligns days to Unix time (None: days start at
+        `started_at`)."""
         self._scenario = scenario
         self._started_at = started_at
+        self._started_wall = started_wall
         self._limiters: dict[str, ModelLimiter | None] = {}
         self._changes: tuple[CapacityChange, ...] = scenario.capacity_changes
         self._max_models = max_models
@@ -372,7 +428,12 @@ class LimiterRegistry:
                 for c in self._changes
                 if c.model is None or c.model == model
             ]
-            limiter = ModelLimiter(model, limits, now, changes, origin=self._started_at)
+            day_origin = self._started_at
+            if self._started_wall is not None:
+                day_origin -= self._started_wall % limits.day_s
+            limiter = ModelLimiter(
+                model, limits, now, changes, origin=self._started_at, day_origin=day_origin
+            )
         self._limiters[model] = limiter
         return limiter
 

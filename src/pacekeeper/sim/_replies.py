@@ -27,9 +27,13 @@ __all__ = [
     "completion_body",
     "completion_chunk",
     "embedding_body",
+    "message_body",
+    "message_stream_steps",
     "model_object",
     "models_body",
     "reply_for",
+    "response_body",
+    "response_stream_steps",
     "usage_chunk",
 ]
 
@@ -110,6 +114,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _chat_usage(call: Call, completion_tokens: int) -> dict[str, Any]:
+    usage: dict[str, Any] = _usage(call.prompt_tokens, completion_tokens)
+    usage["prompt_tokens_details"] = {"cached_tokens": call.cache_read, "audio_tokens": 0}
+    usage["completion_tokens_details"] = {"reasoning_tokens": 0, "audio_tokens": 0}
+    return usage
+
+
 def _dumps(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -131,7 +142,7 @@ def chat_body(call: Call, response_id: str, created: int, choices: list[Choice])
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(call.prompt_tokens, sum(c.tokens for c in choices)),
+            "usage": _chat_usage(call, sum(c.tokens for c in choices)),
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
     )
@@ -197,7 +208,11 @@ def usage_chunk(call: Call, response_id: str, created: int, choices: list[Choice
             "model": call.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [],
-            "usage": _usage(call.prompt_tokens, sum(c.tokens for c in choices)),
+            "usage": (
+                _chat_usage(call, sum(c.tokens for c in choices))
+                if call.kind == "chat"
+                else _usage(call.prompt_tokens, sum(c.tokens for c in choices))
+            ),
         }
     )
 
@@ -259,3 +274,196 @@ def model_object(model: str, created: int) -> dict[str, Any]:
 def models_body(models: list[str], created: int) -> bytes:
     """The `list` answer of GET /v1/models."""
     return _dumps({"object": "list", "data": [model_object(m, created) for m in models]})
+
+
+# --- Anthropic Messages -----------------------------------------------------------------------
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+
+
+def _anthropic_usage(call: Call, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": call.prompt_tokens - call.cache_read - call.cache_write,
+        "cache_creation_input_tokens": call.cache_write,
+        "cache_read_input_tokens": call.cache_read,
+        "output_tokens": output_tokens,
+    }
+
+
+def message_body(call: Call, message_id: str, choice: Choice) -> bytes:
+    """An Anthropic `message` JSON body."""
+    return _dumps(
+        {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": choice.text}],
+            "model": call.model,
+            "stop_reason": _STOP_REASONS[choice.finish_reason],
+            "stop_sequence": None,
+            "usage": _anthropic_usage(call, choice.tokens),
+        }
+    )
+
+
+def _named_event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+
+
+def message_stream_steps(call: Call, message_id: str, choice: Choice) -> list[bytes]:
+    """A streamed Anthropic message as paced steps: message_start and the block's start with
+    the first text delta, one delta per TOKENS_PER_CHUNK tokens, then the closing events."""
+    start: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": call.model,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _anthropic_usage(call, 1),
+    }
+    piece_chars = TOKENS_PER_CHUNK * CHARS_PER_TOKEN
+    text = choice.text
+    deltas = [
+        _named_event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text[i : i + piece_chars]},
+            },
+        )
+        for i in range(0, len(text), piece_chars)
+    ]
+    opening = _named_event("message_start", {"type": "message_start", "message": start})
+    opening += _named_event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    opening += _named_event("ping", {"type": "ping"})
+    steps = [opening + deltas[0], *deltas[1:]]
+    closing = _named_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    closing += _named_event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": _STOP_REASONS[choice.finish_reason], "stop_sequence": None},
+            "usage": {"output_tokens": choice.tokens},
+        },
+    )
+    closing += _named_event("message_stop", {"type": "message_stop"})
+    steps.append(closing)
+    return steps
+
+
+# --- OpenAI Responses -------------------------------------------------------------------------
+
+
+def _response_object(
+    call: Call, response_id: str, created: int, choice: Choice | None
+) -> dict[str, Any]:
+    done = choice is not None
+    incomplete = choice is not None and choice.finish_reason == "length"
+    output: list[dict[str, Any]] = []
+    if choice is not None:
+        output.append(_output_message(response_id, choice.text, "completed"))
+    usage = None
+    if choice is not None:
+        usage = {
+            "input_tokens": call.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": call.cache_read},
+            "output_tokens": choice.tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": call.prompt_tokens + choice.tokens,
+        }
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": ("incomplete" if incomplete else "completed") if done else "in_progress",
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": None,
+        "max_output_tokens": call.max_tokens,
+        "model": call.model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "usage": usage,
+    }
+
+
+def _output_message(response_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": "msg_" + response_id[len("resp_") :],
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def response_body(call: Call, response_id: str, created: int, choice: Choice) -> bytes:
+    """A Responses API `response` JSON body."""
+    return _dumps(_response_object(call, response_id, created, choice))
+
+
+def response_stream_steps(
+    call: Call, response_id: str, created: int, choice: Choice
+) -> list[bytes]:
+    """A streamed response as paced steps, ending with `response.completed` and its usage."""
+    seq = iter(range(1_000_000))
+
+    def event(name: str, **data: Any) -> bytes:
+        return _named_event(name, {"type": name, "sequence_number": next(seq), **data})
+
+    item_id = "msg_" + response_id[len("resp_") :]
+    piece_chars = TOKENS_PER_CHUNK * CHARS_PER_TOKEN
+    text = choice.text
+    opening = event("response.created", response=_response_object(call, response_id, created, None))
+    opening += event(
+        "response.in_progress", response=_response_object(call, response_id, created, None)
+    )
+    opening += event(
+        "response.output_item.added",
+        output_index=0,
+        item={**_output_message(response_id, "", "in_progress"), "content": []},
+    )
+    opening += event(
+        "response.content_part.added",
+        item_id=item_id,
+        output_index=0,
+        content_index=0,
+        part={"type": "output_text", "text": "", "annotations": []},
+    )
+    deltas = [
+        event(
+            "response.output_text.delta",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            delta=text[i : i + piece_chars],
+        )
+        for i in range(0, len(text), piece_chars)
+    ]
+    steps = [opening + deltas[0], *deltas[1:]]
+    final = _response_object(call, response_id, created, choice)
+    closing = event(
+        "response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text
+    )
+    closing += event(
+        "response.content_part.done",
+        item_id=item_id,
+        output_index=0,
+        content_index=0,
+        part={"type": "output_text", "text": text, "annotations": []},
+    )
+    closing += event("response.output_item.done", output_index=0, item=final["output"][0])
+    name = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+    closing += event(name, response=final)
+    steps.append(closing)
+    return steps

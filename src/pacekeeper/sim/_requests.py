@@ -13,9 +13,18 @@ reproduce it):
 * completions / embeddings: a string counts its text tokens; a list of token ids counts its
   length; a list of prompts/inputs counts the sum of its items.
 
+* messages (Anthropic): 3 tokens of priming + the `system` text + for each message 4 tokens of
+  overhead + each content block's text (85 for a non-text block), block by block.
+* responses: `instructions` + `input` (a string: its text; a list: counted like chat messages).
+
 Tokens charged at admission: prompt estimate + max_tokens (max_completion_tokens wins when
 both are given; DEFAULT_MAX_TOKENS when neither is) x n x number of prompts. Embeddings charge
 the prompt estimate only.
+
+Prompt caching: a chat or responses prompt of at least CACHE_MIN_TOKENS whose leading messages
+(all but the last) the server has seen before reads them from the cache, in steps of
+CACHE_STEP_TOKENS (OpenAI's rule). An Anthropic request caches the prefix up to its last
+content block marked with `cache_control`: written the first time, read afterwards.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ NON_TEXT_PART_TOKENS = 85
 MAX_N = 128
 MAX_DIMENSIONS = 4096
 DEFAULT_DIMENSIONS = 64
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP_TOKENS = 128
 
 
 # CJK ideographs and their punctuation, kana, hangul, full-width forms: about a token each in
@@ -89,6 +100,10 @@ class Call:
     """
 
     __slots__ = (
+        "cache_key",
+        "cache_read",
+        "cache_tokens",
+        "cache_write",
         "dimensions",
         "encoding_format",
         "hashes",
@@ -116,6 +131,12 @@ class Call:
         self.identity_hash = 0
         self.dimensions = DEFAULT_DIMENSIONS
         self.encoding_format = "float"
+        #: The cacheable prefix: its hash (0: nothing cacheable) and its tokens.
+        self.cache_key = 0
+        self.cache_tokens = 0
+        #: Decided at admission by the server's cache: prompt tokens read from / written to it.
+        self.cache_read = 0
+        self.cache_write = 0
 
 
 def _canonical(value: object) -> bytes:
@@ -182,6 +203,91 @@ def _message_tokens(index: int, message: object) -> int:
     return MESSAGE_OVERHEAD_TOKENS + count_text_tokens(text) + extra
 
 
+def _block_tokens(param: str, blocks: object) -> list[tuple[int, bool]]:
+    """Anthropic content (a string or a list of blocks) as (tokens, marked for caching) per
+    block."""
+    if isinstance(blocks, str):
+        return [(count_text_tokens(blocks), False)]
+    if not isinstance(blocks, list):
+        raise InvalidRequest(
+            f"{param}: Input should be a valid string or list of content blocks",
+            param,
+            "invalid_type",
+        )
+    out: list[tuple[int, bool]] = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise InvalidRequest(
+                f"{param}.{i}: Input should be a content block object with a type",
+                f"{param}.{i}",
+                "invalid_type",
+            )
+        text = block.get("text")
+        tokens = count_text_tokens(text) if isinstance(text, str) else NON_TEXT_PART_TOKENS
+        out.append((tokens, block.get("cache_control") is not None))
+    return out
+
+
+def _anthropic_prompt(call: Call, body: dict[str, Any]) -> None:
+    """Prompt tokens of a Messages request, and its cacheable prefix (up to the last block
+    marked with cache_control)."""
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("messages: Field required", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: at least one message is required", "messages")
+    parts: list[tuple[int, bool]] = [(REPLY_PRIMING_TOKENS, False)]
+    system = body.get("system")
+    if system is not None:
+        parts += _block_tokens("system", system)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise InvalidRequest(
+                f"messages.{i}.role: Input should be 'user' or 'assistant'", f"messages.{i}.role"
+            )
+        if "content" not in message:
+            raise InvalidRequest(f"messages.{i}.content: Field required", f"messages.{i}.content")
+        parts.append((MESSAGE_OVERHEAD_TOKENS, False))
+        parts += _block_tokens(f"messages.{i}.content", message["content"])
+    call.prompt_tokens = sum(t for t, _ in parts)
+    marked = [i for i, (_, cached) in enumerate(parts) if cached]
+    if marked:
+        call.cache_tokens = sum(t for t, _ in parts[: marked[-1] + 1])
+        # The prefix's identity: the model and the content up to the last mark.
+        call.cache_key = digest64(
+            call.model.encode() + b"\x00cache\x00" + _canonical(_prefix_of(body, marked[-1]))
+        )
+
+
+def _prefix_of(body: dict[str, Any], last_part: int) -> list[object]:
+    """The request's content up to part number `last_part` (in _anthropic_prompt's order)."""
+    out: list[object] = []
+    index = 1  # part 0 is the priming
+    system = body.get("system")
+    pieces: list[object] = []
+    if system is not None:
+        pieces += [system] if isinstance(system, str) else list(system)
+    for message in body["messages"]:
+        pieces.append(message.get("role"))
+        content = message["content"]
+        pieces += [content] if isinstance(content, str) else list(content)
+    for piece in pieces:
+        if index > last_part:
+            break
+        out.append(piece)
+        index += 1
+    return out
+
+
+def _openai_cache(call: Call, prefix_tokens: int, prefix: object) -> None:
+    """OpenAI's automatic prefix caching: prompts of CACHE_MIN_TOKENS or more cache their
+    leading messages in steps of CACHE_STEP_TOKENS."""
+    cacheable = prefix_tokens // CACHE_STEP_TOKENS * CACHE_STEP_TOKENS
+    if call.prompt_tokens >= CACHE_MIN_TOKENS and cacheable >= CACHE_MIN_TOKENS:
+        call.cache_tokens = cacheable
+        call.cache_key = digest64(call.model.encode() + b"\x00cache\x00" + _canonical(prefix))
+
+
 def _text_tokens(param: str, item: object) -> int:
     """Tokens of one prompt/input item: a string, or a list of token ids."""
     if isinstance(item, str):
@@ -210,6 +316,18 @@ def _items(param: str, value: object, *, allow_empty_string: bool) -> list[objec
         param,
         "invalid_value",
     )
+
+
+def _common_stream(call: Call, body: dict[str, Any]) -> None:
+    stream = body.get("stream")
+    if stream is not None:
+        if not isinstance(stream, bool):
+            raise InvalidRequest(
+                f"Invalid type for 'stream': expected a boolean, but got {_type_name(stream)}.",
+                "stream",
+                "invalid_type",
+            )
+        call.stream = stream
 
 
 def _common(call: Call, body: dict[str, Any]) -> None:
@@ -242,10 +360,11 @@ def _common(call: Call, body: dict[str, Any]) -> None:
         call.max_tokens = max_tokens
 
 
-def parse_call(kind: str, raw: bytes) -> Call:
-    """Parse and validate the body of a `kind` call ("chat", "completion" or "embedding").
+def parse_call(kind: str, raw: bytes, model: str | None = None) -> Call:
+    """Parse and validate the body of a `kind` call ("chat", "completion", "embedding",
+    "messages" or "responses"); `model` (an Azure deployment) stands for the body's model.
 
-    Raises InvalidRequest with an OpenAI-style message naming what is wrong.
+    Raises InvalidRequest with a message naming what is wrong.
     """
     try:
         body = json.loads(raw)
@@ -258,7 +377,8 @@ def parse_call(kind: str, raw: bytes) -> Call:
         raise InvalidRequest(
             f"Invalid request body: expected a JSON object, got {_type_name(body)}."
         )
-    model = body.get("model")
+    if model is None:
+        model = body.get("model")
     if model is None:
         raise _missing("model")
     if not isinstance(model, str) or not model:
@@ -277,6 +397,45 @@ def parse_call(kind: str, raw: bytes) -> Call:
 def _parse_fields(call: Call, body: dict[str, Any]) -> Call:
     kind = call.kind
     prefix = call.model.encode() + b"\x00"
+    if kind == "messages":
+        if "max_tokens" not in body:
+            raise InvalidRequest("max_tokens: Field required", "max_tokens")
+        max_tokens = _positive_int(body, "max_tokens")
+        assert max_tokens is not None
+        call.max_tokens = max_tokens
+        _anthropic_prompt(call, body)
+        _common_stream(call, body)
+        call.identity_hash = digest64(prefix + _canonical([body.get("system"), body["messages"]]))
+        call.hashes = [call.identity_hash]
+        call.token_cost = call.prompt_tokens + call.max_tokens
+        return call
+    if kind == "responses":
+        if "input" not in body:
+            raise _missing("input")
+        items = body["input"]
+        instructions = body.get("instructions")
+        base = count_text_tokens(instructions) if isinstance(instructions, str) else 0
+        if isinstance(items, str):
+            call.prompt_tokens = base + count_text_tokens(items)
+        elif isinstance(items, list) and items:
+            tokens = [_message_tokens(i, m) for i, m in enumerate(items)]
+            call.prompt_tokens = base + REPLY_PRIMING_TOKENS + sum(tokens)
+            if len(items) > 1:
+                _openai_cache(call, base + REPLY_PRIMING_TOKENS + sum(tokens[:-1]), items[:-1])
+        else:
+            raise InvalidRequest(
+                "Invalid value for 'input': expected a non-empty string or array of items.",
+                "input",
+                "invalid_value",
+            )
+        _common_stream(call, body)
+        max_tokens = _positive_int(body, "max_output_tokens")
+        if max_tokens is not None:
+            call.max_tokens = max_tokens
+        call.identity_hash = digest64(prefix + _canonical([instructions, items]))
+        call.hashes = [call.identity_hash]
+        call.token_cost = call.prompt_tokens + call.max_tokens
+        return call
     if kind == "chat":
         messages = body.get("messages")
         if messages is None:
@@ -288,9 +447,10 @@ def _parse_fields(call: Call, body: dict[str, Any]) -> Call:
                 "invalid_value",
             )
         _common(call, body)
-        call.prompt_tokens = REPLY_PRIMING_TOKENS + sum(
-            _message_tokens(i, m) for i, m in enumerate(messages)
-        )
+        tokens = [_message_tokens(i, m) for i, m in enumerate(messages)]
+        call.prompt_tokens = REPLY_PRIMING_TOKENS + sum(tokens)
+        if len(messages) > 1:
+            _openai_cache(call, REPLY_PRIMING_TOKENS + sum(tokens[:-1]), messages[:-1])
         call.identity_hash = digest64(prefix + _canonical(messages))
         call.hashes = [call.identity_hash]
         call.token_cost = call.prompt_tokens + call.max_tokens * call.n

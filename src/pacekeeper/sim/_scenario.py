@@ -84,6 +84,10 @@ class ModelLimits:
     `input_tpm` and `output_tpm` are Anthropic's separate limits: input tokens (the prompt
     estimate) are charged at admission; output tokens are charged when they are generated, and
     a request is admitted only while the output bucket is not in debt.
+
+    `rpd` and `tpd` are daily budgets (requests and tokens per day), counted in fixed days of
+    `day_s` seconds (86400 by default; shorter in tests) aligned to Unix time, so a real day
+    ends at midnight UTC. A daily 429's retry-after is the time to the day's end.
     """
 
     rpm: float | None = None
@@ -93,9 +97,15 @@ class ModelLimits:
     window_s: float | None = None
     input_tpm: float | None = None
     output_tpm: float | None = None
+    rpd: float | None = None
+    tpd: float | None = None
+    day_s: float = 86400.0
 
     def __post_init__(self) -> None:
         _check_number("rpm", self.rpm, positive=True, optional=True)
+        _check_number("rpd", self.rpd, positive=True, optional=True)
+        _check_number("tpd", self.tpd, positive=True, optional=True)
+        _check_number("day_s", self.day_s, positive=True)
         _check_number("tpm", self.tpm, positive=True, optional=True)
         _check_number("window_s", self.window_s, positive=True, optional=True)
         _check_number("input_tpm", self.input_tpm, positive=True, optional=True)
@@ -119,6 +129,8 @@ class ModelLimits:
             and self.max_in_flight is None
             and self.input_tpm is None
             and self.output_tpm is None
+            and self.rpd is None
+            and self.tpd is None
         )
 
 
@@ -281,6 +293,9 @@ class Scenario:
     require_api_key: bool = False
     in_flight_reply: InFlightReply = field(default_factory=InFlightReply)
     queueing: Queueing | None = None
+    #: Whether cached prompt tokens (`prompt_tokens_details.cached_tokens`) count against tpm:
+    #: True at OpenAI, False at providers such as Groq.
+    charge_cached_tokens: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.models, Mapping):
@@ -323,6 +338,10 @@ class Scenario:
             raise ValueError(f"seed: must be a 64-bit integer, got {self.seed!r}")
         if not isinstance(self.require_api_key, bool):
             raise TypeError(f"require_api_key: must be true or false, got {self.require_api_key!r}")
+        if not isinstance(self.charge_cached_tokens, bool):
+            raise TypeError(
+                f"charge_cached_tokens: must be true or false, got {self.charge_cached_tokens!r}"
+            )
 
     def limits_for(self, model: str) -> ModelLimits:
         """The limits that apply to `model` (its own entry, else `default`)."""
@@ -357,7 +376,13 @@ class Scenario:
 
 # --- TOML mapping -------------------------------------------------------------------------
 
-_TOP_LEVEL_SCALARS = ("profile", "seed", "rate_limit_headers", "require_api_key")
+_TOP_LEVEL_SCALARS = (
+    "profile",
+    "seed",
+    "rate_limit_headers",
+    "require_api_key",
+    "charge_cached_tokens",
+)
 _TOP_LEVEL_TABLES = (
     "default",
     "models",
@@ -487,6 +512,7 @@ def _scenario_to_toml(sc: Scenario) -> str:
         f"seed = {sc.seed}",
         f"rate_limit_headers = {_toml_value(sc.rate_limit_headers)}",
         f"require_api_key = {_toml_value(sc.require_api_key)}",
+        f"charge_cached_tokens = {_toml_value(sc.charge_cached_tokens)}",
         "",
     ]
     lines += _toml_table("default", sc.default, ModelLimits())
