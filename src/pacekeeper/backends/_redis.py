@@ -29,13 +29,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pacekeeper.backends import _scripts
 from pacekeeper.core.budget import RetryBudget
-from pacekeeper.core.concurrency import FixedLimit, Signal
+from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
 from pacekeeper.core.errors import AdmissionClosed, ConfigurationError
 from pacekeeper.core.lane import (
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from pacekeeper.core.classify import Verdict
     from pacekeeper.core.headers import RateLimitSnapshot
 
 __all__ = ["RedisBackend", "SharedLane"]
@@ -60,12 +62,64 @@ _SLOT_POLL_S = 0.02
 """How often the head of a lane's queue asks again when every shared slot is taken (other
 processes' releases cannot wake it)."""
 _SIGNAL_CODES = {Signal.NEUTRAL: 0, Signal.SUCCESS: 1, Signal.BACKPRESSURE: 2}
+_PUSH_EVERY_S = 0.1
+"""A controller that speeds up (recovery moves the rate on every success) is shared at most
+this often; one that slows down is shared at once."""
+_SHARE_WINDOW_S = 5.0
+"""Our share of the fleet's admissions is measured over this long."""
+_MIN_SHARE = 0.02
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+_Op = tuple[str, list[str], list[Any], "SharedLane | None"]
+"""A job for the maintenance thread: a script's name, keys and args; or a lane to exchange
+its controller's state with the fleet ("control")."""
+
+
+class _SyncScript(Protocol):
+    """A script registered on a sync client (redis-py's ``Script``)."""
+
+    def __call__(
+        self, keys: Sequence[str] | None = None, args: Iterable[Any] | None = None
+    ) -> Any: ...
+
+
+class _AsyncScript(Protocol):
+    """A script registered on an asyncio client (redis-py's ``AsyncScript``)."""
+
+    def __call__(
+        self, keys: Sequence[str] | None = None, args: Iterable[Any] | None = None
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncScripts:
+    admit: _SyncScript
+    release: _SyncScript
+    gate: _SyncScript
+    learn: _SyncScript
+    control: _SyncScript
+    renew: _SyncScript
+    budget: _SyncScript
+    heartbeat: _SyncScript
+
+    @classmethod
+    def register(cls, client: redis.Redis) -> _SyncScripts:
+        return cls(
+            admit=client.register_script(_scripts.ADMIT),
+            release=client.register_script(_scripts.RELEASE),
+            gate=client.register_script(_scripts.GATE),
+            learn=client.register_script(_scripts.LEARN),
+            control=client.register_script(_scripts.CONTROL),
+            renew=client.register_script(_scripts.RENEW),
+            budget=client.register_script(_scripts.BUDGET),
+            heartbeat=client.register_script(_scripts.HEARTBEAT),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +131,22 @@ class _Admission:
     limit: int
     now: float
     """The Redis server's clock at the decision."""
+    admissions: int
+    """The fleet's admissions on this lane so far, this one included (0: not admitted)."""
 
 
-class _SharedSlots(FixedLimit):
-    """Counts this process's requests in flight; reports the shared limit while Redis is
-    reachable, and limits locally (to 1/N of it) while it is not."""
+@dataclass(frozen=True, slots=True)
+class _Control:
+    """What a lane's controller decided, as shared: the paces and the in-flight cap."""
+
+    rpm: float | None
+    tpm: float | None
+    cap: int | None
+
+
+class _SharedFixed(FixedLimit):
+    """A fixed limit shared by the fleet: counts this process's requests in flight, reports
+    the shared limit while Redis is reachable, and limits locally (to 1/N of it) while not."""
 
     __slots__ = ("ceiling", "shared_limit", "shared_mode")
 
@@ -95,6 +160,9 @@ class _SharedSlots(FixedLimit):
     def limit(self) -> int:
         return self.shared_limit if self.shared_mode else self._limit
 
+    def has_room(self) -> bool:
+        return self.in_flight < self.limit
+
     def set_local_limit(self, limit: int) -> None:
         self._limit = max(1, limit if self.ceiling is None else min(limit, self.ceiling))
 
@@ -105,6 +173,42 @@ class _SharedSlots(FixedLimit):
     def __repr__(self) -> str:
         where = "shared" if self.shared_mode else "local fallback"
         return f"<SharedSlots {self.in_flight} here, limit {self.limit} ({where})>"
+
+
+class _SharedAdaptive(AimdLimit):
+    """An adaptive limit shared by the fleet. The shared window lives in Redis; this object
+    is the lane's learner (the lane's ``settle`` and every release feed it, as they feed a
+    local lane's limit): its learned in-flight cap and its floor bound the shared limit.
+    It counts this process's requests in flight and reports the shared limit while Redis is
+    reachable; while not, it limits locally, to at most 1/N of the last shared limit."""
+
+    __slots__ = ("local_limit", "shared_limit", "shared_mode")
+
+    def __init__(self, settings: AdaptiveConcurrency) -> None:
+        super().__init__(settings)
+        self.shared_limit = settings.initial
+        self.shared_mode = True
+        self.local_limit = settings.max
+
+    @property
+    def limit(self) -> int:
+        if self.shared_mode:
+            return self.shared_limit
+        return max(1, min(self._limit, self.local_limit))
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.limit
+
+    def set_local_limit(self, limit: int) -> None:
+        self.local_limit = max(1, limit)
+
+    def __repr__(self) -> str:
+        where = "shared" if self.shared_mode else "local fallback"
+        learned = f"cap {self.learned_cap}, floor {self.floor}"
+        return f"<SharedSlots {self.in_flight} here, limit {self.limit} ({where}; {learned})>"
+
+
+_SharedSlots = _SharedFixed | _SharedAdaptive
 
 
 class _SharedBudget(RetryBudget):
@@ -148,17 +252,28 @@ class _SharedBudget(RetryBudget):
 
 
 class SharedLane(Lane):
-    """A lane that admits through Redis (see the module docstring)."""
+    """A lane that admits through Redis (see the module docstring).
+
+    The lane's controller runs here as in a local lane (``settle`` cuts and recovers the
+    pacing rates, the slots' learner finds an in-flight cap and a floor); what it decides is
+    what the shared admission uses, and is shared with the fleet through the lane hash
+    (CONTROL): a rate discovered or cut by one process paces all of them."""
 
     __slots__ = (
         "__weakref__",
         "_backend",
-        "_hash_key",
+        "_control_queued",
+        "_fleet_marks",
         "_held",
+        "_pushed",
+        "_pushed_at",
+        "_pushed_floor",
         "_pushed_limits",
-        "_slot_key",
+        "_shared_slots",
         "_token_delta",
         "fallback",
+        "hash_key",
+        "slot_key",
     )
 
     def __init__(
@@ -172,8 +287,14 @@ class SharedLane(Lane):
     ) -> None:
         super().__init__(key, limits=limits, retry=retry, clock=clock)
         adaptive = limits.adaptive
-        initial = adaptive.initial if adaptive is not None else int(limits.concurrency)  # type: ignore[arg-type]
-        self.slots = _SharedSlots(initial)
+        shared: _SharedSlots
+        if adaptive is not None:
+            shared = _SharedAdaptive(adaptive)
+        else:
+            concurrency = limits.concurrency
+            shared = _SharedFixed(concurrency if isinstance(concurrency, int) else 1)
+        self._shared_slots = shared
+        self.slots = shared
         self.budget = _SharedBudget(
             ratio=retry.retry_budget_ratio,
             initial=retry.retry_budget_initial,
@@ -181,27 +302,167 @@ class SharedLane(Lane):
         )
         self._backend = backend
         lane_id = f"{key[0]}|{key[1] or '-'}"
-        self._hash_key = f"{backend.namespace}:lane:{lane_id}"
-        self._slot_key = f"{backend.namespace}:slots:{lane_id}"
+        self.hash_key = f"{backend.namespace}:lane:{lane_id}"
+        self.slot_key = f"{backend.namespace}:slots:{lane_id}"
         self._held: set[str] = set()
         self._pushed_limits: tuple[float | None, float | None] = (None, None)
         self._token_delta = 0.0
         self.fallback = False
+        self._pushed = _Control(rpm=None, tpm=None, cap=None)
+        self._pushed_at = -math.inf
+        self._pushed_floor = 0
+        self._control_queued = False
+        # (our clock, the fleet's admission count) at each of our admissions lately: our share
+        # of the fleet's traffic, which scales a rate discovered from our own acceptances.
+        self._fleet_marks: deque[tuple[float, int]] = deque()
+        # What the fleet learned before this process started: start from it.
+        with contextlib.suppress(*_redis_errors()):
+            self.exchange_control(backend.sync_scripts().control, push=False)
+
+    # -- what the controller learned, shared ----------------------------------------------
+
+    @property
+    def learner(self) -> AimdLimit | None:
+        """The adaptive slots' learner (its learned cap and floor bound the shared limit);
+        None for a fixed limit."""
+        shared = self._shared_slots
+        return shared if isinstance(shared, _SharedAdaptive) else None
+
+    def _control_now(self) -> _Control:
+        learner = self.learner
+        return _Control(
+            rpm=self.rpm, tpm=self.tpm, cap=None if learner is None else learner.learned_cap
+        )
+
+    def _fleet_share(self, now: float) -> float:
+        """This process's share of the fleet's admissions over the last few seconds."""
+        marks = self._fleet_marks
+        if len(marks) < 2:
+            return 1.0
+        fleet = marks[-1][1] - marks[0][1] + 1
+        return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
+
+    def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
+        """Push what changed in this lane's controller since the last exchange, read what the
+        fleet stored, and adopt it (called by the maintenance thread, and once at creation).
+
+        Rates: the last writer wins. A rate discovered here from our own acceptances is
+        scaled up by our share of the fleet's traffic (the fleet was accepted at that rate
+        divided by the share). The cap: the lowest wins, except that a probing learner may
+        raise it by one; a cap forgotten (refuted) here is forgotten by all. ``push`` False
+        only reads (a lane just made: its configured limits must not overwrite what the
+        fleet learned)."""
+        with self._lock:
+            self._control_queued = False
+            now = self._clock()
+            current, pushed = self._control_now(), self._pushed
+            learner = self.learner
+            probing = learner is not None and learner.probing
+            floor = 0 if learner is None else learner.floor
+            args: list[Any] = ["", "", "", 1 if probing else 0, "", self._backend.key_ttl_s]
+            if not push:
+                current = pushed
+            if current.rpm != pushed.rpm:
+                rpm = current.rpm
+                if rpm is not None and pushed.rpm is None and self.request_rate.discovered:
+                    rpm /= self._fleet_share(now)
+                args[0] = _wire(rpm)
+            if current.tpm != pushed.tpm:
+                args[1] = _wire(current.tpm)
+            if current.cap != pushed.cap:
+                args[2] = current.cap or 0
+            if push and floor != self._pushed_floor:
+                args[4] = floor
+                self._pushed_floor = floor
+            self._pushed_at = now
+        stored = script(keys=[self.hash_key], args=args)
+        self._adopt(stored)
+
+    def _adopt(self, stored: list[Any]) -> None:
+        """Make what the fleet stored this lane's own state (rates and cap)."""
+        rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
+        with self._lock:
+            now = self._clock()
+            moved = False
+            for rate, value in ((self.request_rate, rpm), (self.token_rate, tpm)):
+                if value is None:
+                    continue
+                target = value if rate.ceiling is None else min(value, rate.ceiling)
+                if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
+                    rate.rpm = target  # PacedRate has no method to adopt a rate
+                    moved = True
+            if moved:
+                self._apply_rates(now=now)
+            learner = self.learner
+            if learner is not None:
+                known = learner.learned_cap
+                if cap is not None:
+                    fleet_cap = int(cap)
+                    if known is None or fleet_cap < known:
+                        learner.learn_cap(in_flight_at_send=fleet_cap + 1, now=now)
+                    elif fleet_cap > known:
+                        learner.learned_cap = fleet_cap  # another process's probe held
+                elif known is not None and known == self._pushed.cap:
+                    learner.forget_cap()  # another process found it wrong
+            self._pushed = self._control_now()
+            self._wake_head()
+
+    def _control_changed(self, now: float) -> None:
+        """After an outcome: hand the exchange to the maintenance thread when the controller
+        moved: at once when it slowed down (a cut, a cap, a rate discovered), else at most
+        every ``_PUSH_EVERY_S`` (recovery moves the rate on every success); the heartbeat
+        exchanges what is left."""
+        with self._lock:
+            if self._control_queued:
+                return
+            current, pushed = self._control_now(), self._pushed
+            if current == pushed:
+                return
+            slower = (
+                _lowered(pushed.rpm, current.rpm)
+                or _lowered(pushed.tpm, current.tpm)
+                or _lowered(pushed.cap, current.cap)
+            )
+            if not slower and now - self._pushed_at < _PUSH_EVERY_S:
+                return
+            self._control_queued = True
+        self._backend.submit_control(self)
+
+    def settle(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        *,
+        now: float,
+        max_hint_s: float,
+        retry: bool,
+        hold: bool = False,
+        gate: bool = True,
+    ) -> None:
+        super().settle(
+            permit, verdict, now=now, max_hint_s=max_hint_s, retry=retry, hold=hold, gate=gate
+        )
+        self._control_changed(now)
 
     # -- the shared decision ----------------------------------------------------------------
 
     def _admit_args(self, tokens: int, lease: str) -> list[Any]:
-        limits = self._configured
+        limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
-        fixed = 0 if limits.adaptive is not None else int(limits.concurrency)  # type: ignore[arg-type]
-        ceiling = self.slots.ceiling  # type: ignore[attr-defined]
+        shared = self._shared_slots
+        ceiling = shared.ceiling
         hi = adaptive.max if ceiling is None else min(adaptive.max, ceiling)
-        if fixed and ceiling is not None:
-            fixed = min(fixed, ceiling)
+        fixed = 0
+        if isinstance(shared, _SharedFixed):
+            concurrency = limits.concurrency
+            fixed = concurrency if isinstance(concurrency, int) else 1
+            if ceiling is not None:
+                fixed = min(fixed, ceiling)
+        learner = self.learner
         return [
             tokens,
-            limits.rpm or self.discovered_rpm or 0,
-            limits.tpm or 0,
+            self.rpm or 0,
+            self.tpm or 0,
             limits.burst_s,
             limits.utilisation,
             fixed,
@@ -211,6 +472,8 @@ class SharedLane(Lane):
             lease,
             self._backend.lease_ttl_s,
             self._backend.key_ttl_s,
+            0 if learner is None else learner.learned_cap or 0,
+            0 if learner is None else learner.floor,
         ]
 
     @staticmethod
@@ -221,14 +484,19 @@ class SharedLane(Lane):
             in_flight=int(raw[2]),
             limit=int(raw[3]),
             now=float(raw[4]),
+            admissions=int(raw[5]),
         )
 
     def _granted(self, admission: _Admission, tokens: int, lease: str, asked_at: float) -> Permit:
         with self._lock:
-            self.slots.acquire(now=self._clock())  # counts this process's in-flight requests
-            self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
+            now = self._clock()
+            self.slots.acquire(now=now)  # counts this process's in-flight requests
+            self._shared_slots.shared_limit = admission.limit
             self._held.add(lease)
-        now = self._clock()
+            marks = self._fleet_marks
+            marks.append((now, admission.admissions))
+            while now - marks[0][0] > _SHARE_WINDOW_S:
+                marks.popleft()
         return Permit(
             self,
             sent_at=now,
@@ -237,6 +505,7 @@ class SharedLane(Lane):
             queued_s=now - asked_at,
             # the server's clock at admission: the shared AIMD compares these, never ours
             lease=(lease, admission.now),
+            filled_window=admission.in_flight >= admission.limit,
         )
 
     def _enter_fallback(self, exc: BaseException) -> None:
@@ -249,13 +518,12 @@ class SharedLane(Lane):
             return
         with self._lock:
             self.fallback = not healthy
-            self.slots.shared_mode = healthy  # type: ignore[attr-defined]
+            shared = self._shared_slots
+            shared.shared_mode = healthy
             if not healthy:
                 share = 1.0 / max(1, self._backend.live_processes)
                 self.local_share = share
-                self.slots.set_local_limit(  # type: ignore[attr-defined]
-                    math.floor(self.slots.shared_limit * share)  # type: ignore[attr-defined]
-                )
+                shared.set_local_limit(math.floor(shared.shared_limit * share))
             else:
                 self.local_share = 1.0
             self._apply_rates(now=self._clock())
@@ -301,7 +569,7 @@ class SharedLane(Lane):
                 self._pop_head()
                 self._wake_head()
             return self._granted(admission, tokens, lease, asked_at)
-        self.slots.shared_limit = admission.limit  # type: ignore[attr-defined]
+        self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
         with self._lock:
             wait = _SLOT_POLL_S if no_slot else admission.wait_s
@@ -334,7 +602,7 @@ class SharedLane(Lane):
         asked_at = self._clock()
         waiter = _AsyncWaiter()
         self._enqueue(waiter, front=front)
-        client = self._backend.async_client()
+        admit = self._backend.async_admit()
         try:
             while True:
                 if not self._is_head(waiter):
@@ -342,8 +610,8 @@ class SharedLane(Lane):
                     continue
                 lease = uuid.uuid4().hex
                 try:
-                    raw = await client.evalsha_admit(  # type: ignore[attr-defined]
-                        keys=[self._hash_key, self._slot_key], args=self._admit_args(tokens, lease)
+                    raw = await admit(
+                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
@@ -376,7 +644,7 @@ class SharedLane(Lane):
         asked_at = self._clock()
         waiter = _ThreadWaiter()
         self._enqueue(waiter, front=front)
-        client = self._backend.sync_client()
+        admit = self._backend.sync_scripts().admit
         try:
             while True:
                 if not self._is_head(waiter):
@@ -384,8 +652,8 @@ class SharedLane(Lane):
                     continue
                 lease = uuid.uuid4().hex
                 try:
-                    raw = client.evalsha_admit(  # type: ignore[attr-defined]
-                        keys=[self._hash_key, self._slot_key], args=self._admit_args(tokens, lease)
+                    raw = admit(
+                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
@@ -411,15 +679,22 @@ class SharedLane(Lane):
         lease, server_sent_at = permit.lease
         with self._lock:
             backlog = bool(self._queue)
-            self.slots.in_flight -= 1
+            # the learner hears every release, as a local lane's limit does
+            self.slots.release(
+                now=self._clock(),
+                sent_at=permit.sent_at,
+                in_flight_at_send=permit.in_flight_at_send,
+                signal=signal,
+                backlog=backlog,
+            )
             self._held.discard(lease)
             delta, self._token_delta = self._token_delta, 0.0
             self._wake_head()
-        limits = self._configured
+        limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         self._backend.submit(
             "release",
-            [self._hash_key, self._slot_key],
+            [self.hash_key, self.slot_key],
             [
                 lease,
                 _SIGNAL_CODES[signal],
@@ -440,16 +715,16 @@ class SharedLane(Lane):
 
     def close_gate(self, wait_s: float) -> None:
         super().close_gate(wait_s)
-        self._backend.submit("gate", [self._hash_key], [wait_s, self._backend.key_ttl_s])
+        self._backend.submit("gate", [self.hash_key], [wait_s, self._backend.key_ttl_s])
 
     def learn(self, snapshot: RateLimitSnapshot, permit: Permit | None = None) -> None:
         super().learn(snapshot, permit)
         learned = (self.learned_rpm, self.learned_tpm)
-        if learned != self._pushed_limits and self._configured.learn_from_headers:
+        if learned != self._pushed_limits and self.limits.learn_from_headers:
             self._pushed_limits = learned
             self._backend.submit(
                 "learn",
-                [self._hash_key],
+                [self.hash_key],
                 [learned[0] or 0, learned[1] or 0, self._backend.key_ttl_s],
             )
 
@@ -502,16 +777,16 @@ class RedisBackend:
         self.key_ttl_s = key_ttl_s
         self._socket_timeout_s = socket_timeout_s
         self._process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._sync = self._configure(
-            redis.Redis.from_url(
-                url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-            )
+        self._sync: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
+        self._scripts = _SyncScripts.register(self._sync)
+        # per event loop: its client, and the admission script registered on it
         self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, redis.asyncio.Redis
+            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _AsyncScript]
         ] = weakref.WeakKeyDictionary()
         self._lanes: weakref.WeakSet[SharedLane] = weakref.WeakSet()
-        self._ops: queue.SimpleQueue[tuple[str, list[str], list[Any]] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.healthy = True
         self.live_processes = 1
         self._lost_at: float | None = None
@@ -523,37 +798,35 @@ class RedisBackend:
 
     # -- clients --------------------------------------------------------------------------
 
-    def _configure(self, client: Any) -> Any:
-        """Attach the registered scripts to a client (sync or asyncio)."""
-        client.evalsha_admit = client.register_script(_scripts.ADMIT)
-        client.script_release = client.register_script(_scripts.RELEASE)
-        client.script_gate = client.register_script(_scripts.GATE)
-        client.script_learn = client.register_script(_scripts.LEARN)
-        client.script_renew = client.register_script(_scripts.RENEW)
-        client.script_budget = client.register_script(_scripts.BUDGET)
-        client.script_heartbeat = client.register_script(_scripts.HEARTBEAT)
-        return client
-
     def sync_client(self) -> redis.Redis:
-        client: redis.Redis = self._sync
-        return client
+        return self._sync
+
+    def sync_scripts(self) -> _SyncScripts:
+        """The scripts registered on the sync client."""
+        return self._scripts
 
     def async_client(self) -> redis.asyncio.Redis:
         """A client bound to the running event loop (redis-py's asyncio pools are per loop)."""
+        return self._async_pair()[0]
+
+    def async_admit(self) -> _AsyncScript:
+        """The admission script, registered on the running event loop's client."""
+        return self._async_pair()[1]
+
+    def _async_pair(self) -> tuple[redis.asyncio.Redis, _AsyncScript]:
         import redis.asyncio
 
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._configure(
-                redis.asyncio.Redis.from_url(
-                    self.url,
-                    socket_timeout=self._socket_timeout_s,
-                    socket_connect_timeout=self._socket_timeout_s,
-                )
+        pair = self._async_clients.get(loop)
+        if pair is None:
+            client = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self._socket_timeout_s,
+                socket_connect_timeout=self._socket_timeout_s,
             )
-            self._async_clients[loop] = client
-        return client
+            pair = (client, client.register_script(_scripts.ADMIT))
+            self._async_clients[loop] = pair
+        return pair
 
     # -- lanes ----------------------------------------------------------------------------
 
@@ -600,7 +873,12 @@ class RedisBackend:
     def submit(self, op: str, keys: list[str], args: list[Any]) -> None:
         """Hand a write to the maintenance thread (never blocks the caller)."""
         if not self._closed:
-            self._ops.put((op, keys, args))
+            self._ops.put((op, keys, args, None))
+
+    def submit_control(self, lane: SharedLane) -> None:
+        """Have the maintenance thread exchange ``lane``'s learned state with the fleet."""
+        if not self._closed:
+            self._ops.put(("control", [], [], lane))
 
     def _maintain(self) -> None:
         next_tick = 0.0
@@ -609,7 +887,7 @@ class RedisBackend:
             try:
                 item = self._ops.get(timeout=timeout)
             except queue.Empty:
-                item = ("tick", [], [])
+                item = ("tick", [], [], None)
             if item is None:
                 return
             try:
@@ -631,23 +909,22 @@ class RedisBackend:
             except Exception:  # pragma: no cover (a bug must not kill the thread)
                 logger.exception("pacekeeper redis maintenance failed")
 
-    def _run(self, item: tuple[str, list[str], list[Any]]) -> None:
-        op, keys, args = item
+    def _run(self, item: _Op) -> None:
+        op, keys, args, lane = item
         if not self.healthy:
             return  # shared state is not reachable; leases expire by themselves
-        client = self._sync
-        script = {
-            "release": client.script_release,
-            "gate": client.script_gate,
-            "learn": client.script_learn,
-        }[op]
+        scripts = self._scripts
+        if lane is not None:
+            lane.exchange_control(scripts.control)
+            return
+        script = {"release": scripts.release, "gate": scripts.gate, "learn": scripts.learn}[op]
         script(keys=keys, args=args)
 
     def _tick(self) -> None:
-        client = self._sync
+        scripts = self._scripts
         try:
             self.live_processes = int(
-                client.script_heartbeat(
+                scripts.heartbeat(
                     keys=[f"{self.namespace}:procs"],
                     args=[self._process_id, max(3 * self.heartbeat_s, 2.0)],
                 )
@@ -659,15 +936,17 @@ class RedisBackend:
         for lane in list(self._lanes):
             leases = lane.held_leases()
             if leases:
-                client.script_renew(keys=[lane._slot_key], args=[self.lease_ttl_s, *leases])
+                scripts.renew(keys=[lane.slot_key], args=[self.lease_ttl_s, *leases])
             budget = lane.budget
             if isinstance(budget, _SharedBudget):
                 delta = budget.take_pending()
-                balance = client.script_budget(
-                    keys=[lane._hash_key],
+                balance = scripts.budget(
+                    keys=[lane.hash_key],
                     args=[delta, budget.initial, budget.maximum, self.key_ttl_s],
                 )
                 budget.settle(float(balance))
+            # what the fleet learned since, and what this lane learned and has not pushed yet
+            lane.exchange_control(scripts.control)
 
     def close(self) -> None:
         """Stop the maintenance thread (after the writes already handed to it)."""
@@ -693,3 +972,23 @@ def _safe_url(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _wire(value: float | None) -> str:
+    """A rate for a script: 0 for none (floats as strings: Lua would truncate numbers)."""
+    return "0" if value is None else f"{value:.6f}"
+
+
+def _number_or_none(raw: Any) -> float | None:
+    """A stored hash field: None when unset (or not positive)."""
+    if raw is None:
+        return None
+    value = float(raw)
+    return value if value > 0 else None
+
+
+def _lowered(before: float | None, after: float | None) -> bool:
+    """Whether a limit went down (None: no limit)."""
+    if after is None:
+        return False
+    return before is None or after < before

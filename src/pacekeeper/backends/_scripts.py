@@ -6,12 +6,18 @@ can lose an update under contention. Floats cross the Lua boundary as strings, b
 truncates Lua numbers to integers.
 
 Per lane there are two keys: a hash (cooldown, GCRA times, learned limits, the adaptive
-window, the retry budget) and a sorted set of slot leases scored by their expiry time.
+window, the retry budget, what the controllers learned) and a sorted set of slot leases scored
+by their expiry time.
+
+Fields of the lane hash: ``cd`` cooldown until; ``tr``/``tt`` GCRA times of the request and
+token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm`` the shared
+AIMD window; ``rb`` the retry budget; ``n`` admissions so far; and what the controllers learned
+(CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap, ``pf`` the floor.
 """
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "BUDGET", "GATE", "HEARTBEAT", "LEARN", "RELEASE", "RENEW"]
+__all__ = ["ADMIT", "BUDGET", "CONTROL", "GATE", "HEARTBEAT", "LEARN", "RELEASE", "RENEW"]
 
 _PRELUDE = """
 local function num(v, default)
@@ -24,6 +30,11 @@ local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+local function lower(a, b)
+  if a > 0 and b > 0 then return math.min(a, b) end
+  if a > 0 then return a end
+  return b
+end
 local function effective(configured, learned)
   if configured > 0 and learned > 0 then return math.min(configured, learned) end
   if configured > 0 then return configured end
@@ -35,17 +46,21 @@ ADMIT = (
     _PRELUDE
     + """
 -- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry)
--- ARGV: tokens, cfg_rpm, cfg_tpm, burst_s, utilisation, fixed_limit (0: adaptive),
---       initial, min, max, lease_id, lease_ttl_s, key_ttl_s
--- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now}
+-- ARGV: tokens, rpm, tpm (the caller's pace in force, 0: none), burst_s, utilisation,
+--       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
+--       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs)
+-- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
+-- The pace is the lower of the caller's and the fleet's (pr/pt, pushed by CONTROL), under
+-- the limits headers stated; the adaptive limit is the shared window, raised to the floor
+-- and bounded by the in-flight cap (the lower of the caller's and the fleet's).
 local tokens = num(ARGV[1], 0)
 local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
 local fixed, initial = num(ARGV[6], 0), num(ARGV[7], 4)
 local lo, hi = num(ARGV[8], 1), num(ARGV[9], 512)
 local now = clock()
-local h = redis.call('HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw')
-local rpm = effective(num(ARGV[2], 0), num(h[4], 0))
-local tpm = effective(num(ARGV[3], 0), num(h[5], 0))
+local h = redis.call('HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf')
+local rpm = effective(lower(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
+local tpm = effective(lower(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
 local wait = 0
 local cd = num(h[1], 0)
 if cd > now then wait = cd - now end
@@ -71,19 +86,26 @@ local limit
 if fixed > 0 then
   limit = fixed
 else
-  limit = math.max(lo, math.min(hi, math.floor(num(h[6], initial))))
+  limit = math.floor(num(h[6], initial))
+  limit = math.max(limit, num(ARGV[14], 0), num(h[10], 0))
+  local cap = lower(num(ARGV[13], 0), num(h[9], 0))
+  if cap > 0 then limit = math.min(limit, cap) end
+  limit = math.max(lo, math.min(hi, limit))
 end
-if wait > 0 then return {0, fmt(wait), '0', tostring(limit), fmt(now)} end
+if wait > 0 then return {0, fmt(wait), '0', tostring(limit), fmt(now), '0'} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
 local in_flight = redis.call('ZCARD', KEYS[2])
-if in_flight >= limit then return {0, '-1', tostring(in_flight), tostring(limit), fmt(now)} end
+if in_flight >= limit then
+  return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+end
 if rint > 0 then redis.call('HSET', KEYS[1], 'tr', fmt(tr + rint)) end
 if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
 redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
+local admitted = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
 redis.call('EXPIRE', KEYS[2], key_ttl)
-return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now)}
+return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now), tostring(admitted)}
 """
 )
 
@@ -100,7 +122,9 @@ local now = clock()
 local signal = num(ARGV[2], 0)
 if num(ARGV[5], 0) == 0 and signal > 0 then
   local initial, lo, hi = num(ARGV[6], 4), num(ARGV[7], 1), num(ARGV[8], 512)
-  local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld', 'wm')
+  local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld', 'wm', 'pc')
+  local cap = num(h[5], 0)
+  if cap > 0 then hi = math.min(hi, cap + 1) end  -- growing past the cap only inflates it
   local cw, ss, ld, wm = num(h[1], initial), num(h[2], 1e18), num(h[3], 0), num(h[4], 1e18)
   if signal == 2 then
     -- at most once per round trip: answers to requests sent before the last cut don't cut
@@ -155,6 +179,36 @@ if num(ARGV[1], 0) > 0 then redis.call('HSET', KEYS[1], 'lr', ARGV[1]) end
 if num(ARGV[2], 0) > 0 then redis.call('HSET', KEYS[1], 'lt', ARGV[2]) end
 redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[3], 3600)))
 return 1
+"""
+)
+
+CONTROL = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash
+-- ARGV: rpm, tpm paced at (last writer wins; '': unchanged, 0: none), cap ('': unchanged,
+--       0: forget it, n: the lower of n and the stored cap wins, or one more than the stored
+--       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s
+-- -> {pr, pt, pc, pf} as stored now (false: unset)
+local function put(field, v)
+  if v == '' then return end
+  if num(v, 0) > 0 then redis.call('HSET', KEYS[1], field, v)
+  else redis.call('HDEL', KEYS[1], field) end
+end
+put('pr', ARGV[1])
+put('pt', ARGV[2])
+if ARGV[3] ~= '' then
+  local cap, old = num(ARGV[3], 0), num(redis.call('HGET', KEYS[1], 'pc'), 0)
+  if cap <= 0 then redis.call('HDEL', KEYS[1], 'pc')
+  elseif old <= 0 or cap < old or (ARGV[4] == '1' and cap == old + 1) then
+    redis.call('HSET', KEYS[1], 'pc', tostring(math.floor(cap)))
+  end
+end
+put('pf', ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[6], 3600)))
+end
+return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf')
 """
 )
 
