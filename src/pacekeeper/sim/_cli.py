@@ -132,7 +132,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--require-api-key",
         action="store_true",
         default=None,
-        help="answer 401 to requests without an Authorization header",
+        help="answer 401 to requests without their dialect's key header (Authorization; "
+        "x-api-key on /v1/messages; api-key or Authorization on Azure routes)",
     )
 
     limits = parser.add_argument_group("limits (per model)")
@@ -151,6 +152,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--output-tpm",
         type=_number(positive=True),
         help="output tokens per minute, charged when generated (Anthropic)",
+    )
+    limits.add_argument("--rpd", type=_number(positive=True), help="requests per day")
+    limits.add_argument("--tpd", type=_number(positive=True), help="tokens per day")
+    limits.add_argument(
+        "--day-s",
+        type=_number(positive=True),
+        metavar="S",
+        help="length of a day for --rpd/--tpd, seconds (default 86400; days align to Unix time)",
+    )
+    limits.add_argument(
+        "--cached-tokens-free",
+        dest="charge_cached_tokens",
+        action="store_false",
+        default=None,
+        help="cached prompt tokens do not count against tpm (as at Groq; OpenAI counts them)",
     )
     limits.add_argument(
         "--window-s",
@@ -246,6 +262,9 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             "window_s": args.window_s,
             "input_tpm": args.input_tpm,
             "output_tpm": args.output_tpm,
+            "rpd": args.rpd,
+            "tpd": args.tpd,
+            "day_s": args.day_s,
         }
         models = dict(scenario.models)
         default = scenario.default
@@ -290,6 +309,7 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             rate_limit_headers=args.headers,
             seed=args.seed,
             require_api_key=args.require_api_key,
+            charge_cached_tokens=args.charge_cached_tokens,
         )
     except (ValueError, TypeError) as exc:
         raise ScenarioError(str(exc)) from None
