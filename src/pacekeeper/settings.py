@@ -118,6 +118,7 @@ def _string(value: object) -> tuple[Any, str | None]:
 _LIMIT_KEYS: dict[str, tuple[str, Callable[[object], tuple[Any, str | None]]]] = {
     "rpm": ("rpm", _positive),
     "tpm": ("tpm", _positive),
+    "output_tpm": ("output_tpm", _positive),
     "concurrency": ("concurrency", _concurrency),
     "burst_s": ("burst_s", _positive),
     "utilisation": ("utilisation", _fraction(zero_ok=False)),

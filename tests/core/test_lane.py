@@ -349,3 +349,36 @@ async def test_closing_cuts_a_retry_wait_short() -> None:
     with pytest.raises(AdmissionClosed):
         await sleeper
     assert time.monotonic() - started < 0.5
+
+
+def test_anthropic_input_and_output_are_paced_apart_and_output_settles_from_usage() -> None:
+    lane, clock = _clocked_lane()
+    headers = {
+        "anthropic-ratelimit-input-tokens-limit": "60000",  # 1000/s
+        "anthropic-ratelimit-input-tokens-remaining": "60000",
+        "anthropic-ratelimit-output-tokens-limit": "6000",  # 100/s
+        "anthropic-ratelimit-output-tokens-remaining": "6000",
+        "anthropic-ratelimit-tokens-limit": "6000",  # the most restrictive, repeated
+        "anthropic-ratelimit-tokens-remaining": "6000",
+    }
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
+    assert (lane.tpm, lane.output_tpm) == (60000, 6000)  # not the combined 6000 for everything
+    assert lane.tokens is not None and lane.output_tokens is not None
+    clock.now = 10.0  # both buckets full again
+    # 400 input tokens fit the input burst (500); 40 output tokens the output burst (50)
+    assert lane._try_admit(10.0, 440, output_tokens=40) == 0.0
+    permit = lane._grant(10.0, 440, 10.0, output_tokens=40)
+    # a second one waits for the output budget, not the input one
+    wait = lane._try_admit(10.0, 440, output_tokens=40)
+    assert 0.0 < wait <= 0.4 + 1e-9
+    lane.settle(permit, _verdict(200), now=10.1, max_hint_s=600.0, retry=False)
+    lane.reconcile(
+        prompt_estimated=400,
+        prompt_actual=400,
+        completion_reserved=40,
+        completion_actual=4,  # 36 reserved output tokens come back
+        prompt_charged=400,
+    )
+    assert lane.output_tokens.wait_s(now=10.1, cost=40) == 0.0  # the output budget is back

@@ -117,7 +117,7 @@ _BILLING_CODES = frozenset(
 _SCOPE_CODES = {
     "tokens": "tokens",
     "input_tokens": "tokens",
-    "output_tokens": "tokens",
+    "output_tokens": "output_tokens",
 }
 _CONCURRENCY_SCOPE_CODES = frozenset(
     {
@@ -145,8 +145,8 @@ class Verdict:
     ``hint_s`` is the server's wait hint (``retry-after-ms``, ``retry-after`` or the reset of an
     exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
     provider's error code or type, ``status`` the HTTP status (None without a response).
-    ``limit_scope`` is which limit refused a 429 when its code says so: ``"tokens"`` or
-    ``"concurrency"`` (None: the code does not say; never guessed from the
+    ``limit_scope`` is which limit refused a 429 when its code says so: ``"tokens"`` (input or
+    combined), ``"output_tokens"`` or ``"concurrency"`` (None: the code does not say; never guessed from the
     message's words).
     """
 

@@ -81,6 +81,9 @@ class Limits:
 
     rpm: float | None = None
     tpm: float | None = None
+    output_tpm: float | None = None
+    """Output tokens per minute, where the provider limits them apart from input (Anthropic's
+    OTPM); then ``tpm`` is the input limit (ITPM). Learned from headers when left as None."""
     concurrency: int | Literal["auto"] | AdaptiveConcurrency = "auto"
     burst_s: float = 0.5
     learn_from_headers: bool = True
@@ -96,6 +99,7 @@ class Limits:
     def __post_init__(self) -> None:
         _positive("rpm", self.rpm)
         _positive("tpm", self.tpm)
+        _positive("output_tpm", self.output_tpm)
         _positive("burst_s", self.burst_s, allow_none=False)
         if not 0 < self.utilisation <= 1:
             raise ConfigurationError(f"utilisation must be in (0, 1], got {self.utilisation!r}")

@@ -424,7 +424,12 @@ class Call:
         """Wait until this attempt may leave; retries go to the front of the queue."""
         cost = self._before_admit()
         try:
-            permit = await self.lane.acquire(cost, front=self.attempt > 1, deadline=self._deadline)
+            permit = await self.lane.acquire(
+                cost,
+                front=self.attempt > 1,
+                deadline=self._deadline,
+                output_tokens=self.completion_tokens,
+            )
         except QueueTimeout as exc:
             raise self._queue_timeout(exc) from None
         except asyncio.CancelledError:
@@ -437,7 +442,12 @@ class Call:
         """The blocking twin of :meth:`admit`."""
         cost = self._before_admit()
         try:
-            permit = self.lane.acquire_sync(cost, front=self.attempt > 1, deadline=self._deadline)
+            permit = self.lane.acquire_sync(
+                cost,
+                front=self.attempt > 1,
+                deadline=self._deadline,
+                output_tokens=self.completion_tokens,
+            )
         except QueueTimeout as exc:
             raise self._queue_timeout(exc) from None
         self._queued_total += permit.queued_s

@@ -159,6 +159,7 @@ class Permit:
         "filled_window",
         "in_flight_at_send",
         "lease",
+        "output_tokens",
         "queued_s",
         "released",
         "sent_at",
@@ -178,8 +179,11 @@ class Permit:
         seq: int = 0,
         charged_before: float = 0.0,
         filled_window: bool = False,
+        output_tokens: int = 0,
     ) -> None:
         self._lane = lane
+        self.output_tokens = output_tokens
+        """The part of ``tokens`` reserved for the answer."""
         self.filled_window = filled_window
         """Whether this request took the last slot of the concurrency window."""
         self.seq = seq
@@ -240,9 +244,12 @@ class Lane:
         "cooldown",
         "key",
         "latency",
+        "learned_otpm",
         "learned_rpm",
         "learned_tpm",
         "local_share",
+        "output_rate",
+        "output_tokens",
         "prompt_scale",
         "request_rate",
         "requests",
@@ -277,8 +284,13 @@ class Lane:
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
+        self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
         self.token_rate = PacedRate()
+        """Tokens per minute: all of a request's tokens, or its input alone where the
+        provider limits output apart (then :attr:`output_rate` paces the output)."""
+        self.output_rate = PacedRate()
+        self.output_tokens: TokenBucket | None = None
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
         self.prompt_scale = 1.0
@@ -329,6 +341,11 @@ class Lane:
         return self.token_rate.rpm
 
     @property
+    def output_tpm(self) -> float | None:
+        """The output-tokens-per-minute rate in force, where output is limited apart."""
+        return self.output_rate.rpm
+
+    @property
     def rpm_limit(self) -> float | None:
         """The requests-per-minute limit as known: stated (configured or from headers), else
         discovered from 429s. :attr:`rpm` is what pacing uses, which 429s may hold below it."""
@@ -348,12 +365,17 @@ class Lane:
     def _state_ceilings(self, *, now: float) -> None:
         self.request_rate.state_ceiling(_lower(self._configured.rpm, self.learned_rpm))
         self.token_rate.state_ceiling(_lower(self._configured.tpm, self.learned_tpm))
+        self.output_rate.state_ceiling(_lower(self._configured.output_tpm, self.learned_otpm))
         self._apply_rates(now=now)
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
         burst_s = self._configured.burst_s * self._burst_scale
-        for rpm, attr in ((self.rpm, "requests"), (self.tpm, "tokens")):
+        for rpm, attr in (
+            (self.rpm, "requests"),
+            (self.tpm, "tokens"),
+            (self.output_tpm, "output_tokens"),
+        ):
             if rpm is None:
                 continue
             rate = rpm * share / 60.0
@@ -388,13 +410,22 @@ class Lane:
         if not self._configured.learn_from_headers:
             return
         rpm = snapshot.limit_requests
-        # Anthropic states input and output token limits separately; without a combined one,
-        # pace the whole cost against the input limit (the stricter reading).
-        tpm = snapshot.limit_tokens or snapshot.limit_input_tokens
-        if snapshot.limit_tokens:
+        tpm: int | None
+        otpm: int | None = None
+        if snapshot.limit_input_tokens and snapshot.limit_output_tokens:
+            # Anthropic: input and output limited apart (its tokens-* headers repeat whichever
+            # is the most restrictive): input paced at admission, output reserved from
+            # max_tokens and settled from usage.
+            tpm = snapshot.limit_input_tokens
+            otpm = snapshot.limit_output_tokens
+            remaining_tokens = snapshot.remaining_input_tokens
+            reset_tokens_s = snapshot.reset_input_tokens_s
+        elif snapshot.limit_tokens:
+            tpm = snapshot.limit_tokens
             remaining_tokens = snapshot.remaining_tokens
             reset_tokens_s = snapshot.reset_tokens_s
         else:
+            tpm = snapshot.limit_input_tokens
             remaining_tokens = snapshot.remaining_input_tokens
             reset_tokens_s = snapshot.reset_input_tokens_s
         with self._lock:
@@ -405,6 +436,9 @@ class Lane:
                 changed = True
             if tpm and tpm > 0 and tpm != self.learned_tpm:
                 self.learned_tpm = float(tpm)
+                changed = True
+            if otpm and otpm > 0 and otpm != self.learned_otpm:
+                self.learned_otpm = float(otpm)
                 changed = True
             if changed:
                 self._state_ceilings(now=now)
@@ -432,6 +466,17 @@ class Lane:
                     used_since=self._charged - permit.charged_before - permit.tokens,
                     slack=float(permit.tokens),
                 )
+            if otpm and snapshot.remaining_output_tokens is not None:
+                # Output is counted as it is generated: nothing of ours to subtract.
+                _drain_to_headroom(
+                    self.output_tokens,
+                    now=now,
+                    remaining=snapshot.remaining_output_tokens,
+                    reset_s=snapshot.reset_output_tokens_s,
+                    elapsed_s=elapsed_s,
+                    used_since=0.0,
+                    slack=float(permit.output_tokens),
+                )
 
     # -- admission ------------------------------------------------------------------------
 
@@ -447,13 +492,20 @@ class Lane:
         scale = min(_SCALE_MAX, self.prompt_scale + 1.5 * math.sqrt(self._scale_variance))
         return math.ceil(prompt_tokens * scale) + completion_tokens
 
-    def _try_admit(self, now: float, tokens: int) -> float:
-        """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot)."""
+    def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
+        """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot).
+
+        ``tokens`` is the whole cost; ``output_tokens`` the part reserved for the answer, which
+        goes to the output bucket where the provider limits output apart."""
+        output = self.output_tokens
+        input_tokens = tokens - output_tokens if output is not None else tokens
         wait = self.cooldown.remaining_s(now=now)
         if self.requests is not None:
             wait = max(wait, self.requests.wait_s(now=now, cost=1))
-        if self.tokens is not None and tokens:
-            wait = max(wait, self.tokens.wait_s(now=now, cost=tokens))
+        if self.tokens is not None and input_tokens:
+            wait = max(wait, self.tokens.wait_s(now=now, cost=input_tokens))
+        if output is not None and output_tokens:
+            wait = max(wait, output.wait_s(now=now, cost=output_tokens))
         if wait > 0.0:
             return wait
         slot_wait = self._slot_wait(now)
@@ -461,8 +513,10 @@ class Lane:
             return slot_wait
         if self.requests is not None:
             self.requests.spend(now=now, cost=1)
-        if self.tokens is not None and tokens:
-            self.tokens.spend(now=now, cost=tokens)
+        if self.tokens is not None and input_tokens:
+            self.tokens.spend(now=now, cost=input_tokens)
+        if output is not None and output_tokens:
+            output.spend(now=now, cost=output_tokens)
         return 0.0
 
     def _slot_wait(self, now: float) -> float:
@@ -522,7 +576,7 @@ class Lane:
         if self._queue:
             self._queue[0].wake()
 
-    def _grant(self, now: float, tokens: int, asked_at: float) -> Permit:
+    def _grant(self, now: float, tokens: int, asked_at: float, output_tokens: int = 0) -> Permit:
         if self.slots.in_flight >= self._success_peak_in_flight:
             self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
@@ -538,6 +592,7 @@ class Lane:
             seq=self._admitted,
             charged_before=charged_before,
             filled_window=in_flight >= self.slots.limit,
+            output_tokens=output_tokens,
         )
         self._outstanding[id(permit)] = now
         return permit
@@ -570,15 +625,20 @@ class Lane:
         return "pacing to the rpm/tpm limits"
 
     def _join(
-        self, tokens: int, *, front: bool, waiter: _AsyncWaiter | _ThreadWaiter
+        self,
+        tokens: int,
+        *,
+        front: bool,
+        waiter: _AsyncWaiter | _ThreadWaiter,
+        output_tokens: int = 0,
     ) -> Permit | None:
         """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
         now = self._clock()
         with self._lock:
             if self.closed:
                 raise AdmissionClosed(self._closed_message())
-            if not self._queue and self._try_admit(now, tokens) == 0.0:
-                return self._grant(now, tokens, now)
+            if not self._queue and self._try_admit(now, tokens, output_tokens) == 0.0:
+                return self._grant(now, tokens, now, output_tokens)
             if front:
                 self._queue.appendleft(waiter)
             else:
@@ -591,6 +651,7 @@ class Lane:
         tokens: int,
         deadline: float | None,
         asked_at: float,
+        output_tokens: int = 0,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
@@ -600,11 +661,11 @@ class Lane:
                 raise AdmissionClosed(self._closed_message())
             now = self._clock()
             if self._queue and self._queue[0] is waiter:
-                wait = self._try_admit(now, tokens)
+                wait = self._try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
                     self._pop_head()
                     self._wake_head()
-                    return self._grant(now, tokens, asked_at)
+                    return self._grant(now, tokens, asked_at, output_tokens)
             else:
                 wait = math.inf
             if deadline is not None:
@@ -613,17 +674,25 @@ class Lane:
         return wait
 
     async def acquire(
-        self, tokens: int, *, front: bool = False, deadline: float | None = None
+        self,
+        tokens: int,
+        *,
+        front: bool = False,
+        deadline: float | None = None,
+        output_tokens: int = 0,
     ) -> Permit:
-        """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit."""
+        """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
+
+        ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
+        (charged to the output budget where the provider limits output apart)."""
         asked_at = self._clock()
         waiter = _AsyncWaiter()
-        permit = self._join(tokens, front=front, waiter=waiter)
+        permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
         if permit is not None:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at)
+                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
                 if isinstance(turn, Permit):
                     return turn
                 await waiter.sleep(turn)
@@ -632,17 +701,22 @@ class Lane:
             raise
 
     def acquire_sync(
-        self, tokens: int, *, front: bool = False, deadline: float | None = None
+        self,
+        tokens: int,
+        *,
+        front: bool = False,
+        deadline: float | None = None,
+        output_tokens: int = 0,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
         waiter = _ThreadWaiter()
-        permit = self._join(tokens, front=front, waiter=waiter)
+        permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
         if permit is not None:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at)
+                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
                 if isinstance(turn, Permit):
                     return turn
                 waiter.sleep(turn)
@@ -814,6 +888,20 @@ class Lane:
                 and (limits.remaining_requests is None or limits.remaining_requests >= 1)
             )
         tokens_out = tokens_out and self.token_rate.rpm is not None
+        output_out = verdict.limit_scope == "output_tokens" or (
+            verdict.limit_scope is None
+            and limits is not None
+            and limits.remaining_output_tokens is not None
+            and limits.remaining_output_tokens < 1
+        )
+        if output_out and self.output_rate.rpm is not None:
+            if self.output_rate.throttled(
+                sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
+            ):
+                self._apply_rates(now=now)
+            if self.output_tokens is not None:
+                self.output_tokens.drain_to(now=now, level=0.0)
+            return
         rate = self.token_rate if tokens_out else self.request_rate
         moved = rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None)
         if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
@@ -906,7 +994,14 @@ class Lane:
                 self.prompt_scale += weight * error
                 self._scale_variance = (1.0 - weight) * (self._scale_variance + weight * error**2)
             delta = float(prompt_actual - prompt_charged)
-            if self._configured.refund_unused_completion and completion_actual is not None:
+            if self.output_tokens is not None:
+                # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
+                # with what was generated, as the provider does.
+                if completion_actual is not None:
+                    self.output_tokens.adjust(
+                        now=self._clock(), delta=float(completion_actual - completion_reserved)
+                    )
+            elif self._configured.refund_unused_completion and completion_actual is not None:
                 delta += min(0, completion_actual - completion_reserved)
             if delta:
                 self._charge_tokens(delta)
