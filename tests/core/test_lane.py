@@ -365,7 +365,8 @@ def test_anthropic_input_and_output_are_paced_apart_and_output_settles_from_usag
     first = lane._grant(1.0, 0, 1.0)
     lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
     assert (lane.tpm, lane.output_tpm) == (60000, 6000)  # not the combined 6000 for everything
-    assert lane.tokens is not None and lane.output_tokens is not None
+    assert lane.tokens is not None
+    assert lane.output_tokens is not None
     clock.now = 10.0  # both buckets full again
     # 400 input tokens fit the input burst (500); 40 output tokens the output burst (50)
     assert lane._try_admit(10.0, 440, output_tokens=40) == 0.0

@@ -146,8 +146,8 @@ class Verdict:
     exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
     provider's error code or type, ``status`` the HTTP status (None without a response).
     ``limit_scope`` is which limit refused a 429 when its code says so: ``"tokens"`` (input or
-    combined), ``"output_tokens"`` or ``"concurrency"`` (None: the code does not say; never guessed from the
-    message's words).
+    combined), ``"output_tokens"`` or ``"concurrency"`` (None: the code does not say; never
+    guessed from the message's words).
     """
 
     kind: OutcomeKind
