@@ -16,12 +16,14 @@ import pytest
 
 from pacekeeper import AttemptRecord, Governor, RequestRecord
 from pacekeeper.proxy import Proxy, ProxyConfig
+from pacekeeper.sim import Scenario
 
 from .conftest import StartUpstream
-from .upstream import KEY, USAGE_ANTHROPIC
+from .upstream import KEY
 
 CLIENT_TOKEN = "client-token-not-the-upstream-key"
-COUNTED = USAGE_ANTHROPIC["input_tokens"] + USAGE_ANTHROPIC["cache_creation_input_tokens"]
+#: The simulator answers (upstream.py only checks the key and records what came).
+SIM = Scenario()
 
 
 class Records:
@@ -64,7 +66,7 @@ async def test_async_openai_stream_through_the_proxy_is_reconciled_without_a_vis
     start_upstream: StartUpstream, proxies: list[Proxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = start_upstream(auth="bearer")
+    server = start_upstream(auth="bearer", sim=SIM)
     proxy, records = start_proxy(proxies, server.base + "/v1", "openai")
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=CLIENT_TOKEN, max_retries=0)
     stream = await client.chat.completions.create(
@@ -76,7 +78,9 @@ async def test_async_openai_stream_through_the_proxy_is_reconciled_without_a_vis
     assert server.seen[-1].body["stream_options"] == {"include_usage": True}
     assert server.seen[-1].headers["authorization"] == f"Bearer {KEY}"
     (record,) = records.requests
-    assert (record.prompt_tokens, record.completion_tokens) == (120, 30)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    # The sim's counts: 3 + 4 + 1 prompt tokens, and 4 characters per completion token.
+    assert (record.prompt_tokens, record.completion_tokens) == (8, -(-len(text) // 4))
     metrics = httpx2.get(proxy.url + "/metrics").text
     assert KEY not in caplog.text
     assert KEY not in metrics
@@ -85,7 +89,7 @@ async def test_async_openai_stream_through_the_proxy_is_reconciled_without_a_vis
 def test_sync_openai_client_that_asks_for_usage_gets_it_through_the_proxy(
     start_upstream: StartUpstream, proxies: list[Proxy]
 ) -> None:
-    server = start_upstream(auth="bearer")
+    server = start_upstream(auth="bearer", sim=SIM)
     proxy, records = start_proxy(proxies, server.base + "/v1", "openai")
     client = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_TOKEN, max_retries=0)
     chunks = list(
@@ -97,8 +101,8 @@ def test_sync_openai_client_that_asks_for_usage_gets_it_through_the_proxy(
         )
     )
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.prompt_tokens == 120
-    assert records.requests[0].completion_tokens == 30
+    assert chunks[-1].usage.prompt_tokens == 8
+    assert records.requests[0].completion_tokens == chunks[-1].usage.completion_tokens
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -109,7 +113,7 @@ async def test_async_anthropic_sdk_through_the_proxy_to_the_messages_api(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = start_upstream(auth="x-api-key")  # strictly Anthropic's way
+    server = start_upstream(auth="x-api-key", sim=SIM)  # strictly Anthropic's way
     proxy, records = start_proxy(proxies, server.base + "/v1", "anthropic")
     client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=CLIENT_TOKEN, max_retries=0)
     kwargs: dict[str, Any] = {
@@ -120,17 +124,19 @@ async def test_async_anthropic_sdk_through_the_proxy_to_the_messages_api(
     }
     if stream:
         async with client.messages.stream(**kwargs) as events:
-            assert await events.get_final_text() == "Hello there"
+            message = await events.get_final_message()
     else:
         message = await client.messages.create(**kwargs)
-        assert message.content[0].type == "text"
+    assert message.content[0].type == "text"
     seen = server.seen[-1]
     assert seen.path == "/v1/messages"
     assert seen.headers["x-api-key"] == KEY
     assert "authorization" not in seen.headers
     assert "stream_options" not in (seen.body or {})  # Anthropic streams carry usage anyway
     (record,) = records.requests
-    assert (record.prompt_tokens, record.completion_tokens) == (COUNTED, 42)
+    usage = message.usage
+    counted = usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+    assert (record.prompt_tokens, record.completion_tokens) == (counted, usage.output_tokens)
     assert record.tokens_estimated >= 300
     assert KEY not in caplog.text
 
@@ -138,25 +144,39 @@ async def test_async_anthropic_sdk_through_the_proxy_to_the_messages_api(
 def test_sync_anthropic_sdk_through_the_proxy(
     start_upstream: StartUpstream, proxies: list[Proxy]
 ) -> None:
-    server = start_upstream(auth="x-api-key")
+    server = start_upstream(auth="x-api-key", sim=SIM)
     proxy, records = start_proxy(proxies, server.base + "/v1", "anthropic")
     client = anthropic.Anthropic(base_url=proxy.url, api_key=CLIENT_TOKEN, max_retries=0)
-    message = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
-    )
-    assert message.usage.output_tokens == 42
-    assert records.requests[0].prompt_tokens == COUNTED
+    document = "word " * 800
+    content: Any = [
+        {"type": "text", "text": document, "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "What is it about?"},
+    ]
+    for _ in range(2):  # a cache write, then a read
+        message = client.messages.create(
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": content}]
+        )
+    usage = message.usage
+    assert usage.cache_read_input_tokens == 3 + 4 + 1000
+    assert usage.input_tokens == 5
+    first, second = records.requests
+    assert first.prompt_tokens == 5 + 1007  # the write counts toward ITPM
+    assert second.prompt_tokens == 5  # the read does not
+    assert second.completion_tokens == usage.output_tokens
 
 
 def test_azure_client_through_the_proxy_gets_api_key_auth_and_deployment_lanes(
     start_upstream: StartUpstream, proxies: list[Proxy]
 ) -> None:
-    server = start_upstream(auth="api-key")
+    server = start_upstream(auth="api-key", sim=Scenario(rate_limit_headers="azure"))
     proxy, records = start_proxy(proxies, server.base, "azure", base_path="/")
     client = openai.AzureOpenAI(
         azure_endpoint=proxy.url, api_key=CLIENT_TOKEN, api_version="2024-10-21", max_retries=0
     )
-    client.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "x"}])
+    reply = client.chat.completions.create(
+        model="prod-4o", messages=[{"role": "user", "content": "x"}]
+    )
+    assert reply.model == "prod-4o"  # the sim answers for the deployment
     seen = server.seen[-1]
     assert (seen.path, seen.query) == (
         "/openai/deployments/prod-4o/chat/completions",
@@ -165,12 +185,13 @@ def test_azure_client_through_the_proxy_gets_api_key_auth_and_deployment_lanes(
     assert seen.headers["api-key"] == KEY
     assert "authorization" not in seen.headers
     assert records.requests[0].model == "prod-4o"
+    assert records.requests[0].prompt_tokens == 3 + 4 + 1
 
 
 def test_a_client_token_may_come_in_the_sdks_own_key_header(
     start_upstream: StartUpstream, proxies: list[Proxy]
 ) -> None:
-    server = start_upstream(auth="api-key")
+    server = start_upstream(auth="api-key", sim=SIM)
     proxy, _ = start_proxy(proxies, server.base, "azure", base_path="/", client_token=CLIENT_TOKEN)
     ok = openai.AzureOpenAI(
         azure_endpoint=proxy.url, api_key=CLIENT_TOKEN, api_version="2024-10-21", max_retries=0

@@ -6,9 +6,13 @@ sends the provider's rate-limit headers, streams in the provider's event format,
 like a daily limit does (429 with a retry-after far beyond the governor's max hint). It records
 every request it got (path, query, headers, body) for the tests to inspect.
 
-The simulator (pacekeeper.sim) speaks OpenAI's routes only; this stands in for the native
-Anthropic Messages route, Azure deployment routes and auth, and daily limits until the
-simulator has them.
+With `sim=Scenario(...)` the answers come from the simulator (pacekeeper.sim), which speaks
+OpenAI's, Azure's and Anthropic's dialects: this server then only checks the key strictly and
+records what it got, and the sim answers (its usage, its headers, its validation: a Messages
+call without anthropic-version or max_tokens, or an Azure deployment call without
+api-version, fails there). Its own canned answers remain for what the sim does not do: a
+daily-limit refusal with a chosen retry-after, Gemini's RetryInfo refusal, and fixed usage
+figures.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from pacekeeper.sim import Scenario
+from pacekeeper.sim._app import SimApp
 
 KEY = "sk-provtest-9d8c7b6a5f4e3d2c1b0aXYZ"
 
@@ -72,11 +79,14 @@ class Upstream:
     refuse_retry_after_s: float = 3600.0
     refuse_like_google: bool = False
     """Refuse as Gemini does: no retry-after header, the wait in the body's RetryInfo."""
+    sim: Scenario | None = None
+    """Let the simulator answer (after the key check and the recording)."""
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _refused: int = 0
+    _sim_app: SimApp | None = None
 
     @property
     def base(self) -> str:
@@ -138,6 +148,9 @@ class Upstream:
                 {"error": {"message": "daily request limit reached", "type": "requests"}},
                 {"retry-after": f"{self.refuse_retry_after_s:g}"},
             )
+            return
+        if self._sim_app is not None:
+            await self._sim_app(scope, _replay(body), send)
             return
         body_obj = parsed if isinstance(parsed, dict) else {}
         if path.endswith("/messages"):
@@ -314,6 +327,8 @@ class Upstream:
     # --- running ------------------------------------------------------------------------
 
     def start(self) -> Upstream:
+        if self.sim is not None:
+            self._sim_app = SimApp(self.sim)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -337,6 +352,21 @@ class Upstream:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+def _replay(body: bytes) -> Any:
+    """An ASGI receive that gives `body` once, then waits for a disconnect that never comes."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _openai_limits() -> dict[str, str]:
