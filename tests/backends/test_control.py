@@ -1,0 +1,176 @@
+"""What one process's controller learns is what the fleet uses: a rate discovered from bare
+429s, a cut, an in-flight cap. Real redis-server, real classification of real answers, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from pacekeeper import Governor, Limits
+from pacekeeper.backends import RedisBackend, SharedLane
+from pacekeeper.core.classify import Verdict, classify_response
+from pacekeeper.core.config import AdaptiveConcurrency
+from pacekeeper.core.lane import QueueTimeout
+
+from .redis_server import RedisServer
+
+CHAT = "/v1/chat/completions"
+
+
+def shared_gov(server: RedisServer, namespace: str, **kwargs: object) -> Governor:
+    backend = RedisBackend(server.url, namespace=namespace, lease_ttl_s=2.0, heartbeat_s=0.3)
+    return Governor(backend=backend, **kwargs)  # type: ignore[arg-type]
+
+
+def close(*govs: Governor) -> None:
+    for gov in govs:
+        if isinstance(gov.backend, RedisBackend):
+            gov.backend.close()
+
+
+def shared_lane(gov: Governor) -> SharedLane:
+    lane = gov.lane(CHAT, "m")
+    assert isinstance(lane, SharedLane)
+    return lane
+
+
+def ok() -> Verdict:
+    return classify_response(200, {}, b"{}", now_wall_s=time.time())
+
+
+def bare_429() -> Verdict:
+    return classify_response(429, {}, b"Too Many Requests", now_wall_s=time.time())
+
+
+def in_flight_429() -> Verdict:
+    body = {"error": {"code": "concurrency_limit_exceeded", "message": "too many in flight"}}
+    return classify_response(429, {}, json.dumps(body).encode(), now_wall_s=time.time())
+
+
+async def until(condition: object, timeout_s: float = 10.0) -> None:
+    """Poll ``condition()`` (a callable) until true, at most ``timeout_s``."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def stored(server: RedisServer, namespace: str, field: str) -> float | None:
+    client = server.client()
+    raw = client.hget(f"{namespace}:lane:{CHAT}|m", field)
+    client.close()
+    return None if raw is None else float(raw)
+
+
+async def discover(gov: Governor) -> float:
+    """Twenty answers accepted back to back, then a bare 429: the lane discovers a rate."""
+    lane = shared_lane(gov)
+    for _ in range(20):
+        permit = await lane.acquire(0)
+        lane.settle(permit, ok(), now=gov.clock(), max_hint_s=60, retry=False)
+    permit = await lane.acquire(0)
+    lane.settle(permit, bare_429(), now=gov.clock(), max_hint_s=60, retry=False)
+    rpm = lane.discovered_rpm
+    assert rpm is not None
+    return rpm
+
+
+async def test_a_rate_discovered_by_one_process_paces_every_process(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    lane_b = shared_lane(b)  # made before anything was discovered
+    assert lane_b.rpm is None
+    rpm = await discover(a)
+    await until(lambda: stored(redis_server, namespace, "pr") is not None)
+    assert stored(redis_server, namespace, "pr") == pytest.approx(rpm, rel=1e-3)
+    # the other process adopts it at its next heartbeat, and paces at it
+    await until(lambda: lane_b.rpm is not None)
+    assert lane_b.discovered_rpm == pytest.approx(rpm, rel=1e-3)
+    # one made later starts from it
+    c = shared_gov(redis_server, namespace)
+    assert shared_lane(c).discovered_rpm == pytest.approx(rpm, rel=1e-3)
+    # and admissions through Redis are paced at it, whoever asks: n admissions after the
+    # discovery take at least (n - burst) / rate, the burst being what refilled since
+    await asyncio.sleep(0.3)  # a little refill, not a full bucket
+    rate = rpm / 60
+    sent = []
+    for i in range(30):
+        permit = await shared_lane((b, c)[i % 2]).acquire(0)
+        sent.append(permit.sent_at)
+        permit.release()
+    burst = max(1.0, rate * Limits().burst_s)
+    assert sent[-1] - sent[0] >= (30 - burst - 1) / rate * 0.9
+    close(a, b, c)
+
+
+async def test_a_cut_by_one_process_slows_the_others(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    limits = Limits(rpm=1200, burst_s=0.1)
+    a = shared_gov(redis_server, namespace, limits=limits)
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    # two refusals, each sent after the first came back: the rate is cut below the stated one
+    for _ in range(2):
+        permit = await lane_a.acquire(0)
+        lane_a.settle(permit, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+        await asyncio.sleep(1.05)  # cuts are at most one per second
+    cut = lane_a.rpm
+    assert cut is not None
+    assert cut < 1200
+    await until(lambda: lane_b.rpm is not None and lane_b.rpm < 1200)
+    assert lane_b.rpm == pytest.approx(cut, rel=1e-3)
+    assert lane_b.rpm_limit == 1200  # the stated limit stays the ceiling
+    close(a, b)
+
+
+async def test_an_in_flight_cap_learned_by_one_process_bounds_the_others(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    limits = Limits(concurrency=AdaptiveConcurrency(initial=8))
+    a = shared_gov(redis_server, namespace, limits=limits)
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    held = [await lane_a.acquire(0) for _ in range(6)]
+    # the sixth in flight is refused as one too many in flight: at most five fit
+    lane_a.settle(held.pop(), in_flight_429(), now=a.clock(), max_hint_s=60, retry=False)
+    assert lane_a.learner is not None
+    assert lane_a.learner.learned_cap == 5
+    await until(lambda: stored(redis_server, namespace, "pc") == 5)
+    for permit in held:
+        permit.release()
+    # the other process, which never saw a refusal, takes five, not the window's eight
+    taken = [await lane_b.acquire(0, deadline=time.monotonic() + 1.0) for _ in range(5)]
+    with pytest.raises(QueueTimeout):
+        await lane_b.acquire(0, deadline=time.monotonic() + 0.3)
+    await until(lambda: lane_b.learner is not None and lane_b.learner.learned_cap == 5)
+    for permit in taken:
+        permit.release()
+    close(a, b)
+
+
+async def test_the_lowest_cap_wins_and_only_a_probe_raises_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(cap: int, probing: int = 0) -> object:
+        return control(keys=[key], args=["", "", cap, probing, "", 60])[2]
+
+    assert push(6) == b"6"
+    assert push(4) == b"4"  # lower wins
+    assert push(7) == b"4"  # a higher one from a process that did not probe does not
+    assert push(5, probing=1) == b"5"  # a probe raises it by one
+    assert push(7, probing=1) == b"5"  # but only by one
+    assert push(0) is None  # refuted: forgotten
+    client.close()
