@@ -14,10 +14,11 @@ import pytest
 from pacekeeper import AttemptRecord, Governor, RequestRecord
 from pacekeeper.batch import BatchJob, run_batch
 from pacekeeper.providers import PROVIDERS, get_provider
+from pacekeeper.sim import Scenario
 
 from .cli import base_env, read_results, run_cli, write_lines
 from .conftest import StartUpstream
-from .upstream import KEY, USAGE_ANTHROPIC
+from .upstream import KEY
 
 
 class Records:
@@ -56,11 +57,16 @@ def assert_no_key(*texts: str) -> None:
 def test_anthropic_message_batches_lines_native_auth_and_results(
     start_upstream: StartUpstream, tmp_path: Path
 ) -> None:
-    server = start_upstream(auth="x-api-key")
+    server = start_upstream(auth="x-api-key", sim=Scenario())  # the sim answers
+    document = "word " * 800
+    cached: Any = [{"type": "text", "text": document, "cache_control": {"type": "ephemeral"}}]
     rows: list[Any] = [
         message_batch_line("m1"),
-        message_batch_line("m2", system=[{"type": "text", "text": "Be terse."}]),
-        {"custom_id": "m3", "params": {"max_tokens": 5, "messages": []}},  # no model
+        message_batch_line("m2", system=[*cached, {"type": "text", "text": "Be terse."}]),
+        {  # no model
+            "custom_id": "m3",
+            "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "m3"}]},
+        },
         {"custom_id": "m4", "params": "not an object"},
         {"prompt": "a bare prompt", "custom_id": "p1"},
     ]
@@ -75,7 +81,9 @@ def test_anthropic_message_batches_lines_native_auth_and_results(
     assert done.code == 1, done.stderr  # m4 is a bad line; --model fills m3's model in
     records = {r["custom_id"]: r for r in read_any(tmp_path / "in.results.jsonl")}
     assert records["m1"]["result"]["type"] == "succeeded"
-    assert records["m1"]["result"]["message"]["usage"] == USAGE_ANTHROPIC
+    # 3 priming + 4 per message + "about m1" (2 tokens), as the sim counts.
+    assert records["m1"]["result"]["message"]["usage"]["input_tokens"] == 9
+    assert records["m2"]["result"]["message"]["usage"]["cache_creation_input_tokens"] == 1003
     assert records["m3"]["result"]["type"] == "succeeded"
     assert records["m4"]["result"]["type"] == "errored"
     assert records["m4"]["result"]["code"] == "invalid_body"
@@ -100,8 +108,15 @@ def test_anthropic_message_batches_lines_native_auth_and_results(
     )
     metrics = json.loads((tmp_path / "m.json").read_text())
     (model,) = [m for m in metrics["models"] if m["route"] == "/v1/messages"]
-    counted = USAGE_ANTHROPIC["input_tokens"] + USAGE_ANTHROPIC["cache_creation_input_tokens"]
-    assert model["prompt_tokens"] == 4 * counted  # cache reads are not charged
+    usages = [
+        r["result"]["message"]["usage"]
+        for r in records.values()
+        if r.get("result", {}).get("type") == "succeeded"
+    ]
+    assert len(usages) == 3
+    counted = sum(u["input_tokens"] + u["cache_creation_input_tokens"] for u in usages)
+    bare = records["p1"]["response"]["body"]["usage"]  # OpenAI's batch format, Anthropic's usage
+    assert model["prompt_tokens"] == counted + bare["input_tokens"] == counted + 11
     # resume: everything is done, nothing is sent again, the formats are recognised
     before = len(server.seen)
     again = run_cli(args, cwd=tmp_path, env=env)
@@ -112,7 +127,7 @@ def test_anthropic_message_batches_lines_native_auth_and_results(
 def test_azure_deployment_routes_api_key_and_lanes(
     start_upstream: StartUpstream, tmp_path: Path
 ) -> None:
-    server = start_upstream(auth="api-key")
+    server = start_upstream(auth="api-key", sim=Scenario(rate_limit_headers="azure"))
     write_lines(
         tmp_path / "in.jsonl",
         [
