@@ -239,6 +239,20 @@ class AimdLimit(FixedLimit):
         )
         return max(1e-3, due - now)
 
+    def queueing(self, *, capacity: float) -> None:
+        """The upstream queues what is past ``capacity`` in flight (estimated from swelling
+        answers): the window comes down to it, with a tenth to spare, at once (an absolute
+        target, not a factor, so answers that still show the old queue cannot cut twice),
+        and grows from there one slot per round trip."""
+        target = max(float(self._settings.min), 1.1 * capacity)
+        if target >= self._window:
+            return
+        self._loss_window = self._window
+        self._window = target
+        self._ssthresh = target
+        self.decreases += 1
+        self._update()
+
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""
         self.floor = slots

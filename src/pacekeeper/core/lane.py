@@ -67,7 +67,7 @@ _SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio (a plai
 _SCALE_MIN, _SCALE_MAX = 0.3, 3.0
 _LIMITS_READ_EVERY_S = 0.1
 _FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a quarter more
-_SWOLLEN = 1.5  # answers this much slower than unloaded: the upstream queues our requests
+_SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 _FLOOR_EVERY_S = 0.25
@@ -834,7 +834,7 @@ class Lane:
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
         self.congestion.observe(overload=False)
-        self.latency.observe(latency_s)
+        self.latency.observe(latency_s, permit.in_flight_at_send)
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if (
             permit.in_flight_at_send >= self._success_peak_in_flight
@@ -865,8 +865,11 @@ class Lane:
             reachable = min(rpm * share, 4.0 * self.request_rate.accepted_peak_rpm())
             slots.set_floor(math.ceil(reachable / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
         # Answers that swell as more are in flight: the upstream queues them (all a server
-        # that never answers 429 says about its capacity).
-        return Signal.BACKPRESSURE if self.latency.swollen(_SWOLLEN) else Signal.SUCCESS
+        # that never answers 429 says about its capacity). The window shrinks by how much.
+        if self.latency.swollen(_SWOLLEN):
+            slots.queueing(capacity=self.latency.capacity())
+            return Signal.NEUTRAL
+        return Signal.SUCCESS
 
     def _throttled(
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool

@@ -13,14 +13,21 @@ Two questions, two numbers:
   what any window of real traffic shows.
 
 >>> tracker = LatencyTracker()
->>> for _ in range(64):
+>>> for _ in range(32):
 ...     tracker.observe(1.0)
 >>> tracker.mean_s, tracker.base_s, tracker.swollen(1.5)
 (1.0, 1.0, False)
->>> for _ in range(32):
+>>> for _ in range(16):
 ...     tracker.observe(2.0)
->>> tracker.swollen(1.5)
-True
+>>> tracker.swollen(1.5), tracker.ratio
+(True, 2.0)
+
+With 40 in flight and answers twice as slow, the server serves about 20 at once:
+
+>>> for _ in range(16):
+...     tracker.observe(2.0, in_flight=40)
+>>> tracker.capacity()
+20.0
 """
 
 from __future__ import annotations
@@ -31,32 +38,45 @@ from collections import deque
 __all__ = ["LatencyTracker"]
 
 _MEAN_ALPHA = 0.05
-_JUDGE_EVERY = 8  # recompute the window's median every this many answers
+_JUDGE_EVERY = 4  # recompute the window's median every this many answers
 
 
 class LatencyTracker:
     """Mean latency of successful answers, and the median of a recent window against its lowest."""
 
-    __slots__ = ("_n", "_recent", "base_s", "mean_s", "median_s")
+    __slots__ = ("_in_flight", "_n", "_recent", "base_s", "in_flight", "mean_s", "median_s")
 
-    def __init__(self, *, window: int = 32) -> None:
+    def __init__(self, *, window: int = 16) -> None:
         self._recent: deque[float] = deque(maxlen=window)
+        self._in_flight: deque[int] = deque(maxlen=window)
         self._n = 0
+        self.in_flight = 0
+        """The median number in flight when the last window's requests were sent."""
         self.mean_s = 0.0
         self.median_s = math.nan
         """The median of the last window (NaN until a window is full)."""
         self.base_s = math.inf
         """The lowest window median seen: the latency of the unloaded upstream."""
 
-    def observe(self, latency_s: float) -> None:
+    def observe(self, latency_s: float, in_flight: int = 0) -> None:
+        """One successful answer, and how many were in flight when its request was sent."""
         self._n += 1
         self.mean_s += max(_MEAN_ALPHA, 1.0 / self._n) * (latency_s - self.mean_s)
         recent = self._recent
         recent.append(latency_s)
+        self._in_flight.append(in_flight)
         if len(recent) == recent.maxlen and self._n % _JUDGE_EVERY == 0:
             ordered = sorted(recent)
             self.median_s = ordered[len(ordered) // 2]
             self.base_s = min(self.base_s, self.median_s)
+            self.in_flight = sorted(self._in_flight)[len(ordered) // 2]
+
+    def capacity(self) -> float:
+        """How many requests the upstream serves at once, if it queues the rest: with n in
+        flight and answers ``ratio`` times slower than unloaded, about n / ratio (Little's law
+        on a server that works through its queue at a constant rate). Inf until swollen."""
+        ratio = self.ratio
+        return self.in_flight / ratio if ratio > 1.0 and self.in_flight else math.inf
 
     @property
     def known(self) -> bool:
@@ -66,6 +86,11 @@ class LatencyTracker:
     def swollen(self, tolerance: float) -> bool:
         """Whether the recent median exceeds ``tolerance`` times the unloaded latency."""
         return self.known and self.median_s > tolerance * self.base_s
+
+    @property
+    def ratio(self) -> float:
+        """The recent median over the unloaded latency (1.0 until known)."""
+        return self.median_s / self.base_s if self.known and self.base_s > 0 else 1.0
 
     def __repr__(self) -> str:
         return (
