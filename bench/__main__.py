@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.contenders import CONTENDERS
+from bench.issue_rows import MEASURES as EXTRAS
+from bench.issue_rows import measure_extras
 from bench.measures import verdicts
 from bench.overhead import measure_overhead
 from bench.overhead import summarise as summarise_overhead
@@ -82,9 +84,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
         "--only",
-        choices=[*names, "overhead", "sharing", "robustness"],
-        help="run one scenario, or only the overhead, the Redis sharing measures or the "
-        "robustness runs (every profile x seed)",
+        choices=[*names, "overhead", "sharing", "robustness", "extras"],
+        help="run one scenario, or only the overhead, the Redis sharing measures, the "
+        "robustness runs (every profile x seed) or the issue rows (extras)",
+    )
+    parser.add_argument(
+        "--extras",
+        help="extras: comma-separated rows (default all: " + ",".join(EXTRAS) + ")",
     )
     parser.add_argument(
         "--profiles",
@@ -109,7 +115,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--into",
         type=Path,
         metavar="FILE.json",
-        help="also put the robustness section measured now into FILE.json (e.g. "
+        help="also put the robustness or extras section measured now into FILE.json (e.g. "
         "bench/results/latest.json) and re-render FILE.md",
     )
     return parser.parse_args(argv)
@@ -185,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "sharing"):
             results["sharing"] = measure_sharing(quick=args.quick)
             save()
+        if args.only in (None, "extras"):
+            only = args.extras.split(",") if args.extras else None
+            results["extras"] = measure_extras(quick=args.quick, only=only)
+            results["extras"]["measured"] = {
+                key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
+            }
+            save()
         if args.only in (None, "robustness"):
 
             def save_robustness(section: dict[str, Any]) -> None:
@@ -205,9 +218,16 @@ def main(argv: list[str] | None = None) -> int:
             print(console_table(results.get("robustness", {})), flush=True)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
-    if args.into and results.get("robustness"):
+    sections = [key for key in ("robustness", "extras") if results.get(key)]
+    if args.into and sections:
         target = json.loads(args.into.read_text(encoding="utf-8"))
-        target["robustness"] = results["robustness"]
+        for key in sections:
+            if key == "extras" and args.extras and target.get("extras"):
+                # A few rows measured again replace theirs; the others stay.
+                fresh = {row["name"] for row in results["extras"]["rows"]}
+                kept = [r for r in target["extras"]["rows"] if r["name"] not in fresh]
+                results["extras"]["rows"] = kept + results["extras"]["rows"]
+            target[key] = results[key]
         args.into.write_text(json.dumps(target, indent=1, default=str) + "\n", encoding="utf-8")
         return _render(args.into)
     return 0

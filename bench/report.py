@@ -207,6 +207,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     from bench.sharing import sharing_lines
 
     lines += sharing_lines(results.get("sharing", {}))
+    from bench.issue_rows import extras_lines
+
+    lines += extras_lines(results.get("extras", {}))
     return "\n".join(lines).rstrip() + "\n"
 
 
