@@ -1,9 +1,11 @@
 """A separate process sharing limits through Redis (run by the tests as a script).
 
     python worker.py send  --redis URL --namespace NS --base-url URL --count N [--tag T]
+                           [--max-attempts A]
     python worker.py hold  --redis URL --namespace NS --slots K --lease-ttl S
 
-``send`` sends N chat requests through a governed client and prints one JSON line of counts;
+``send`` sends N chat requests through a governed client and prints one JSON line of counts
+(and when it started and finished, wall clock);
 ``hold`` takes K slots, prints "holding", and waits forever (to be killed with SIGKILL).
 """
 
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 import openai
 
@@ -37,24 +40,38 @@ class SendTimes:
 async def send(args: argparse.Namespace) -> None:
     backend = RedisBackend(args.redis, namespace=args.namespace)
     times = SendTimes()
-    gov = pacekeeper.Governor(backend=backend, hooks=[times])
+    gov = pacekeeper.Governor(
+        backend=backend,
+        hooks=[times],
+        retry=pacekeeper.RetryPolicy(max_attempts=args.max_attempts, retry_budget_ratio=1.0),
+    )
     client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=args.base_url, api_key="x"), gov)
     print("ready", flush=True)
     sys.stdin.readline()  # start together
+    started = time.time()
 
-    async def one(i: int) -> None:
-        await client.chat.completions.create(
-            model="m",
-            messages=[{"role": "user", "content": f"{args.tag} {i}"}],
-            extra_headers={"x-client-request-id": f"{args.tag}-{i}"},
-        )
+    async def one(i: int) -> bool:
+        try:
+            await client.chat.completions.create(
+                model=args.model,
+                messages=[{"role": "user", "content": f"{args.tag} {i}"}],
+                max_tokens=20,
+                extra_headers={"x-client-request-id": f"{args.tag}-{i}"},
+            )
+        except openai.APIError:
+            return False
+        return True
 
-    await asyncio.gather(*(one(i) for i in range(args.count)))
+    results = await asyncio.gather(*(one(i) for i in range(args.count)))
+    finished = time.time()
     stats = gov.stats()[0]
     report = {
         "ok": stats.ok,
+        "failed": len(results) - sum(results),
         "rate_limited": stats.rate_limited,
         "sent_at": times.started,
+        "started_at": started,
+        "finished_at": finished,
     }
     print(json.dumps(report), flush=True)
     backend.close()
@@ -79,6 +96,8 @@ def main() -> None:
     parser.add_argument("--tag", default="w")
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--lease-ttl", type=float, default=2.0)
+    parser.add_argument("--max-attempts", type=int, default=6)
+    parser.add_argument("--model", default="m")
     args = parser.parse_args()
     asyncio.run(send(args) if args.mode == "send" else hold(args))
 
