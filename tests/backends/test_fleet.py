@@ -88,7 +88,7 @@ def compare(server: RedisServer, scenario: Scenario, total: int, ideal_s: float)
         assert run["ok"] == total
         assert run["failed"] == 0
         assert run["duplicates"] == 0
-    ratio = one["wall_s"] / three["wall_s"]
+    ratio = float(one["wall_s"]) / float(three["wall_s"])
     print(  # the measured numbers, for the report (pytest -s)
         f"\n1 process: {one['wall_s']:.1f} s (efficiency {ideal_s / one['wall_s']:.2f}, "
         f"{one['server_429s']} 429s); 3 processes: {three['wall_s']:.1f} s (efficiency "
