@@ -32,7 +32,6 @@ kind moving one thing:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections import deque
@@ -45,9 +44,12 @@ from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
 from pacekeeper.core.errors import AdmissionClosed
+from pacekeeper.core.evidence import budget_exhausted, budgets_have_room, drain_to_headroom
 from pacekeeper.core.latency import LatencyTracker
 from pacekeeper.core.rate import PacedRate
+from pacekeeper.core.scale import EstimateScale
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
+from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Waiter, _resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,13 +60,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
 
+_AsyncWaiter = AsyncWaiter  # the names the Redis backend imported before waiting.py
+_ThreadWaiter = ThreadWaiter
+
 LaneKey = tuple[str, "str | None"]
 """(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
 
-_SCALE_ALPHA = 0.1  # weight of the newest actual/estimated prompt ratio (a plain mean at first)
-# The heuristic counts English at about 2x its real tokens (it must never undercount other
-# scripts), so the learned scale may go well below 1.
-_SCALE_MIN, _SCALE_MAX = 0.3, 3.0
 _LIMITS_READ_EVERY_S = 0.1
 _FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a quarter more
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
@@ -78,72 +79,6 @@ _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
-
-
-class QueueTimeout(Exception):
-    """The waiter's deadline would pass before admission; ``wait_s`` says how long it would be."""
-
-    def __init__(self, wait_s: float, reason: str) -> None:
-        super().__init__(reason)
-        self.wait_s = wait_s
-        self.reason = reason
-
-
-class _AsyncWaiter:
-    __slots__ = ("_fut", "_loop", "_thread", "cancelled")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._fut: asyncio.Future[None] | None = None
-        self.cancelled = False
-
-    def arm(self) -> asyncio.Future[None]:
-        self._fut = fut = self._loop.create_future()
-        return fut
-
-    async def sleep(self, wait_s: float) -> None:
-        """Until woken, or ``wait_s`` passed (inf: until woken). Call after :meth:`arm`."""
-        fut = self._fut
-        assert fut is not None
-        timer = self._loop.call_later(wait_s, _resolve, fut) if wait_s != math.inf else None
-        try:
-            await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def wake(self) -> None:
-        fut = self._fut
-        if fut is None or fut.done():
-            return
-        if threading.get_ident() == self._thread:
-            fut.set_result(None)
-        else:
-            self._loop.call_soon_threadsafe(_resolve, fut)
-
-
-class _ThreadWaiter:
-    __slots__ = ("_event", "cancelled")
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.cancelled = False
-
-    def arm(self) -> threading.Event:
-        self._event.clear()
-        return self._event
-
-    def sleep(self, wait_s: float) -> None:
-        self._event.wait(None if wait_s == math.inf else wait_s)
-
-    def wake(self) -> None:
-        self._event.set()
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class Permit:
@@ -232,8 +167,6 @@ class Lane:
         "_next_limits_read",
         "_outstanding",
         "_queue",
-        "_scale_samples",
-        "_scale_variance",
         "_sleepers",
         "_success_peak_at",
         "_success_peak_in_flight",
@@ -242,6 +175,7 @@ class Lane:
         "closed",
         "congestion",
         "cooldown",
+        "estimate_scale",
         "key",
         "latency",
         "learned_otpm",
@@ -250,7 +184,6 @@ class Lane:
         "local_share",
         "output_rate",
         "output_tokens",
-        "prompt_scale",
         "request_rate",
         "requests",
         "slots",
@@ -273,9 +206,9 @@ class Lane:
         # Re-entrant: a Permit dropped without release is released from __del__, which the garbage
         # collector may run while this thread already holds the lock.
         self._lock = threading.RLock()
-        self._queue: deque[_AsyncWaiter | _ThreadWaiter] = deque()
+        self._queue: deque[Waiter] = deque()
         self._cancelled_waiting = 0
-        self._sleepers: set[_AsyncWaiter | _ThreadWaiter] = set()
+        self._sleepers: set[Waiter] = set()
         self._next_limits_read = -math.inf
         self.closed = False
         self.cooldown = CooldownGate()
@@ -293,9 +226,7 @@ class Lane:
         self.output_tokens: TokenBucket | None = None
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
-        self.prompt_scale = 1.0
-        self._scale_samples = 0
-        self._scale_variance = 0.0
+        self.estimate_scale = EstimateScale()
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
@@ -406,7 +337,7 @@ class Lane:
 
         ``remaining`` is what was left when the provider counted ``permit``'s request, in a
         window of its own choosing; less what this lane sent after it, plus what the stated
-        rate refilled since, it is the headroom now (see the module docstring)."""
+        rate refilled since, it is the headroom now (see :mod:`pacekeeper.core.evidence`)."""
         if not self._configured.learn_from_headers:
             return
         rpm = snapshot.limit_requests
@@ -447,7 +378,7 @@ class Lane:
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
             if snapshot.remaining_requests is not None:
-                _drain_to_headroom(
+                drain_to_headroom(
                     self.requests,
                     now=now,
                     remaining=snapshot.remaining_requests,
@@ -457,7 +388,7 @@ class Lane:
                     slack=1.0,
                 )
             if remaining_tokens is not None:
-                _drain_to_headroom(
+                drain_to_headroom(
                     self.tokens,
                     now=now,
                     remaining=remaining_tokens,
@@ -468,7 +399,7 @@ class Lane:
                 )
             if otpm and snapshot.remaining_output_tokens is not None:
                 # Output is counted as it is generated: nothing of ours to subtract.
-                _drain_to_headroom(
+                drain_to_headroom(
                     self.output_tokens,
                     now=now,
                     remaining=snapshot.remaining_output_tokens,
@@ -482,15 +413,14 @@ class Lane:
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
-        has shown about our estimates on this lane, plus the answer's reserve.
+        has shown about our estimates on this lane (see :mod:`pacekeeper.core.scale`), plus
+        the answer's reserve."""
+        return math.ceil(prompt_tokens * self.estimate_scale.charge_factor) + completion_tokens
 
-        The correction is the mean ratio of the provider's counts to our estimates plus 1.5
-        times its spread: estimates that swing with the text (code, CJK, JSON) are charged at
-        what most requests turn out to cost, and the difference comes back when usage
-        arrives. A provider counts at admission; charging the mean would overfill its window
-        with every run of expensive prompts."""
-        scale = min(_SCALE_MAX, self.prompt_scale + 1.5 * math.sqrt(self._scale_variance))
-        return math.ceil(prompt_tokens * scale) + completion_tokens
+    @property
+    def prompt_scale(self) -> float:
+        """The mean ratio of the provider's prompt counts to our estimates on this lane."""
+        return self.estimate_scale.mean
 
     def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
         """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot).
@@ -597,7 +527,7 @@ class Lane:
         self._outstanding[id(permit)] = now
         return permit
 
-    def _leave(self, waiter: _AsyncWaiter | _ThreadWaiter) -> None:
+    def _leave(self, waiter: Waiter) -> None:
         """A waiter gives up (cancelled, deadline): forget it, and hand the head on."""
         with self._lock:
             if self._queue and self._queue[0] is waiter:
@@ -629,7 +559,7 @@ class Lane:
         tokens: int,
         *,
         front: bool,
-        waiter: _AsyncWaiter | _ThreadWaiter,
+        waiter: Waiter,
         output_tokens: int = 0,
     ) -> Permit | None:
         """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
@@ -647,7 +577,7 @@ class Lane:
 
     def _turn(
         self,
-        waiter: _AsyncWaiter | _ThreadWaiter,
+        waiter: Waiter,
         tokens: int,
         deadline: float | None,
         asked_at: float,
@@ -686,7 +616,7 @@ class Lane:
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
         (charged to the output budget where the provider limits output apart)."""
         asked_at = self._clock()
-        waiter = _AsyncWaiter()
+        waiter = AsyncWaiter()
         permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
         if permit is not None:
             return permit
@@ -710,7 +640,7 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        waiter = _ThreadWaiter()
+        waiter = ThreadWaiter()
         permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
         if permit is not None:
             return permit
@@ -735,7 +665,7 @@ class Lane:
     async def sleep(self, delay_s: float) -> None:
         """Wait before a retry; :meth:`close` cuts the wait short with AdmissionClosed, so a
         request waiting to retry does not hold up a shutdown."""
-        waiter = _AsyncWaiter()
+        waiter = AsyncWaiter()
         with self._lock:
             if self.closed:
                 raise AdmissionClosed(self._closed_message())
@@ -753,7 +683,7 @@ class Lane:
 
     def sleep_sync(self, delay_s: float) -> None:
         """The blocking twin of :meth:`sleep`."""
-        waiter = _ThreadWaiter()
+        waiter = ThreadWaiter()
         with self._lock:
             if self.closed:
                 raise AdmissionClosed(self._closed_message())
@@ -933,9 +863,9 @@ class Lane:
             return verdict.limit_scope == "concurrency"
         limits = verdict.limits
         if limits is not None:
-            if _window_exhausted(limits, permit.tokens):
+            if budget_exhausted(limits, permit.tokens):
                 return False  # its own headers say a budget ran out: the rate
-            if _windows_have_room(limits, permit.tokens):
+            if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
         if (
@@ -986,16 +916,8 @@ class Lane:
             return
         with self._lock:
             if prompt_charged is None:
-                prompt_charged = math.ceil(prompt_estimated * self.prompt_scale)
-            if prompt_estimated > 0:
-                ratio = min(_SCALE_MAX, max(_SCALE_MIN, prompt_actual / prompt_estimated))
-                # A plain mean of the first ten, so the first answers set the scale at once
-                # instead of the first dozen requests being undercharged.
-                self._scale_samples += 1
-                weight = max(_SCALE_ALPHA, 1.0 / self._scale_samples)
-                error = ratio - self.prompt_scale
-                self.prompt_scale += weight * error
-                self._scale_variance = (1.0 - weight) * (self._scale_variance + weight * error**2)
+                prompt_charged = math.ceil(prompt_estimated * self.estimate_scale.charge_factor)
+            self.estimate_scale.observe(estimated=prompt_estimated, actual=prompt_actual)
             delta = float(prompt_actual - prompt_charged)
             if self.output_tokens is not None:
                 # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
@@ -1038,64 +960,6 @@ class Lane:
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
             f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}>"
         )
-
-
-def _window_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
-    """Whether a 429's own headers show a budget too low for this request."""
-    requests = limits.remaining_requests
-    if requests is not None and requests < 1:
-        return True
-    remaining_tokens = limits.remaining_tokens
-    return remaining_tokens is not None and remaining_tokens < tokens
-
-
-def _windows_have_room(limits: RateLimitSnapshot, tokens: int) -> bool:
-    """Whether a 429's own rate-limit headers show room in both budgets: remaining at least
-    this request and (where the limit is stated) at least half of it. Half, because a provider
-    that reports a minute's budget but enforces it per second (OpenAI) refuses with some of the
-    minute left; a refusal with half of it left is not about the rate."""
-    if limits.remaining_requests is None and limits.remaining_tokens is None:
-        return False
-    for remaining, limit, need in (
-        (limits.remaining_requests, limits.limit_requests, 1),
-        (limits.remaining_tokens, limits.limit_tokens, tokens),
-    ):
-        if remaining is None:
-            continue
-        if remaining < need or (limit is not None and remaining < 0.5 * limit):
-            return False
-    return True
-
-
-def _drain_to_headroom(
-    bucket: TokenBucket | None,
-    *,
-    now: float,
-    remaining: int,
-    reset_s: float | None,
-    elapsed_s: float,
-    used_since: float,
-    slack: float,
-) -> None:
-    """Drain ``bucket`` to the provider's headroom now, when that is lower than its level.
-
-    ``remaining`` was left when the provider counted a request sent ``elapsed_s`` ago; what
-    this lane sent after it (``used_since``) has been counted since. What refilled since depends
-    on the window, whose length we never assume: with a ``reset_s`` the window is the same
-    until then and nothing is assumed refilled (exact for fixed windows, a little cautious for
-    a continuous bucket); once ``reset_s`` has passed, the snapshot describes a window that is
-    gone and says nothing. Without a reset (Azure sends none), the stated rate refills
-    continuously. ``slack`` (one request) absorbs the moment between the provider's clock and
-    ours; the level never goes below empty, since what was refused took nothing."""
-    if bucket is None:
-        return
-    if reset_s is not None:
-        if elapsed_s >= reset_s:
-            return
-        refilled = 0.0
-    else:
-        refilled = bucket.rate_per_s * elapsed_s
-    bucket.drain_to(now=now, level=max(0.0, remaining - used_since + refilled + slack))
 
 
 def _number(value: float | None) -> str:

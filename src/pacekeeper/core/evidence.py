@@ -1,0 +1,84 @@
+"""What a provider's rate-limit headers say about the budgets right now, read as evidence.
+
+``remaining`` is what a budget held when the provider counted one of our requests, in a window
+whose length it does not say (a minute at OpenAI, a second at some gateways, 10 s at Azure, a
+continuous refill at Anthropic). These functions read it without assuming the window: as the
+headroom left now (:func:`drain_to_headroom`), and, on a 429, as a sign of which limit refused
+(:func:`budget_exhausted`, :func:`budgets_have_room`).
+
+>>> from pacekeeper.core.headers import RateLimitSnapshot
+>>> budget_exhausted(RateLimitSnapshot(remaining_requests=0), tokens=100)
+True
+>>> budgets_have_room(RateLimitSnapshot(limit_requests=1200, remaining_requests=1190), tokens=1)
+True
+>>> budgets_have_room(RateLimitSnapshot(limit_requests=1200, remaining_requests=29), tokens=1)
+False
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pacekeeper.core.bucket import TokenBucket
+    from pacekeeper.core.headers import RateLimitSnapshot
+
+__all__ = ["budget_exhausted", "budgets_have_room", "drain_to_headroom"]
+
+
+def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
+    """Whether a 429's own headers show a budget too low for this request."""
+    requests = limits.remaining_requests
+    if requests is not None and requests < 1:
+        return True
+    remaining_tokens = limits.remaining_tokens
+    return remaining_tokens is not None and remaining_tokens < tokens
+
+
+def budgets_have_room(limits: RateLimitSnapshot, tokens: int) -> bool:
+    """Whether a 429's own rate-limit headers show room in both budgets: remaining at least
+    this request and (where the limit is stated) at least half of it. Half, because a provider
+    that reports a minute's budget but enforces it per second (OpenAI) refuses with some of the
+    minute left; a refusal with half of it left is not about the rate."""
+    if limits.remaining_requests is None and limits.remaining_tokens is None:
+        return False
+    for remaining, limit, need in (
+        (limits.remaining_requests, limits.limit_requests, 1),
+        (limits.remaining_tokens, limits.limit_tokens, tokens),
+    ):
+        if remaining is None:
+            continue
+        if remaining < need or (limit is not None and remaining < 0.5 * limit):
+            return False
+    return True
+
+
+def drain_to_headroom(
+    bucket: TokenBucket | None,
+    *,
+    now: float,
+    remaining: int,
+    reset_s: float | None,
+    elapsed_s: float,
+    used_since: float,
+    slack: float,
+) -> None:
+    """Drain ``bucket`` to the provider's headroom now, when that is lower than its level.
+
+    ``remaining`` was left when the provider counted a request sent ``elapsed_s`` ago; what
+    this lane sent after it (``used_since``) has been counted since. What refilled since depends
+    on the window, whose length we never assume: with a ``reset_s`` the window is the same
+    until then and nothing is assumed refilled (exact for fixed windows, a little cautious for
+    a continuous bucket); once ``reset_s`` has passed, the snapshot describes a window that is
+    gone and says nothing. Without a reset (Azure sends none), the stated rate refills
+    continuously. ``slack`` (one request) absorbs the moment between the provider's clock and
+    ours; the level never goes below empty, since what was refused took nothing."""
+    if bucket is None:
+        return
+    if reset_s is not None:
+        if elapsed_s >= reset_s:
+            return
+        refilled = 0.0
+    else:
+        refilled = bucket.rate_per_s * elapsed_s
+    bucket.drain_to(now=now, level=max(0.0, remaining - used_since + refilled + slack))

@@ -1,0 +1,61 @@
+"""How a provider's token counts compare with our estimates, and what to charge because of it.
+
+Our prompt estimate is exact for OpenAI's tokenizers and a conservative heuristic for the rest;
+the provider counts with its own tokenizer and adds its own framing. Usage tells, answer by
+answer, the ratio of its count to our estimate. :class:`EstimateScale` keeps the ratio's mean
+and spread (exponentially weighted, a plain mean over the first ten so the first answers set
+it at once). Admission charges the mean plus 1.5 times the spread: a provider counts at
+admission, and charging the mean would overfill its window with every run of prompts that cost
+more than average (code, CJK, JSON); what was overcharged comes back when usage arrives.
+
+>>> scale = EstimateScale()
+>>> scale.charge_factor
+1.0
+>>> for ratio in (1.4, 1.6) * 10:
+...     scale.observe(estimated=100, actual=round(100 * ratio))
+>>> round(scale.mean, 2), round(scale.charge_factor, 2)
+(1.5, 1.65)
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["EstimateScale"]
+
+_ALPHA = 0.1  # weight of the newest ratio, once past the first ten
+# The heuristic counts English at about 2x its real tokens (it must never undercount other
+# scripts), so the scale may go well below 1.
+_MIN, _MAX = 0.3, 3.0
+_SPREADS_CHARGED = 1.5
+
+
+class EstimateScale:
+    """The provider's token count over our estimate: its mean and spread."""
+
+    __slots__ = ("_n", "_variance", "mean")
+
+    def __init__(self) -> None:
+        self.mean = 1.0
+        self._variance = 0.0
+        self._n = 0
+
+    def observe(self, *, estimated: int, actual: int) -> None:
+        """One answer's usage: ``actual`` tokens counted for a prompt we estimated at
+        ``estimated``."""
+        if estimated <= 0:
+            return
+        ratio = min(_MAX, max(_MIN, actual / estimated))
+        self._n += 1
+        weight = max(_ALPHA, 1.0 / self._n)
+        error = ratio - self.mean
+        self.mean += weight * error
+        self._variance = (1.0 - weight) * (self._variance + weight * error**2)
+
+    @property
+    def charge_factor(self) -> float:
+        """What a prompt estimate is multiplied by at admission: mean + 1.5 x spread."""
+        return min(_MAX, self.mean + _SPREADS_CHARGED * math.sqrt(self._variance))
+
+    def __repr__(self) -> str:
+        return f"<EstimateScale mean {self.mean:.3f} charged x{self.charge_factor:.3f}>"

@@ -1,0 +1,87 @@
+"""Waiting for one's turn: the waiters a lane's queue holds, for asyncio tasks and for threads.
+
+A waiter is armed before its owner releases the lane's lock and sleeps after, so a wake that
+comes in between is not lost. A wake from another thread goes through ``call_soon_threadsafe``:
+that is what lets async tasks on any event loop and plain threads wait on one lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+
+__all__ = ["AsyncWaiter", "QueueTimeout", "ThreadWaiter", "Waiter"]
+
+
+class QueueTimeout(Exception):
+    """The waiter's deadline would pass before admission; ``wait_s`` says how long it would be."""
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+        self.reason = reason
+
+
+class AsyncWaiter:
+    """An asyncio task waiting for its turn (woken from any thread)."""
+
+    __slots__ = ("_fut", "_loop", "_thread", "cancelled")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._fut: asyncio.Future[None] | None = None
+        self.cancelled = False
+
+    def arm(self) -> asyncio.Future[None]:
+        self._fut = fut = self._loop.create_future()
+        return fut
+
+    async def sleep(self, wait_s: float) -> None:
+        """Until woken, or ``wait_s`` passed (inf: until woken). Call after :meth:`arm`."""
+        fut = self._fut
+        assert fut is not None
+        timer = self._loop.call_later(wait_s, _resolve, fut) if wait_s != math.inf else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def wake(self) -> None:
+        fut = self._fut
+        if fut is None or fut.done():
+            return
+        if threading.get_ident() == self._thread:
+            fut.set_result(None)
+        else:
+            self._loop.call_soon_threadsafe(_resolve, fut)
+
+
+class ThreadWaiter:
+    """A thread waiting for its turn."""
+
+    __slots__ = ("_event", "cancelled")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.cancelled = False
+
+    def arm(self) -> threading.Event:
+        self._event.clear()
+        return self._event
+
+    def sleep(self, wait_s: float) -> None:
+        self._event.wait(None if wait_s == math.inf else wait_s)
+
+    def wake(self) -> None:
+        self._event.set()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+Waiter = AsyncWaiter | ThreadWaiter
