@@ -43,6 +43,7 @@ PUBLIC = {
     "estimate_request_tokens",
     "is_testing",
     "set_testing",
+    "warm_up",
     "wrap",
 }
 

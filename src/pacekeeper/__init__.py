@@ -36,7 +36,7 @@ from pacekeeper.core.ordered import amap
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.stats import StatsSnapshot
 from pacekeeper.core.testing import is_testing, set_testing
-from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
+from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens, warm_up
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, SyncTransport, Transport, wrap
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ __all__ = [
     "estimate_request_tokens",
     "is_testing",
     "set_testing",
+    "warm_up",
     "wrap",
 ]
 

@@ -776,3 +776,13 @@ def test_anthropic_system_blocks_tools_and_images_all_count() -> None:
     assert system > bare + 80
     assert tools > bare + 40
     assert image >= bare + IMAGE_TOKENS
+
+
+def test_warm_up_loads_the_encodings_a_model_needs_in_the_background() -> None:
+    from pacekeeper.core import tokens
+
+    thread = tokens.warm_up(["gpt-4o-mini"], wait=False)
+    if thread is not None:
+        thread.join(timeout=60)
+    assert "o200k_base" in tokens._ENCODERS  # loaded (or found missing) ahead of any request
+    assert tokens.warm_up(["gpt-4o-mini"]) is None  # nothing left to load

@@ -61,12 +61,13 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 __all__ = [
     "use_bpe",
+    "warm_up",
     "IMAGE_TOKENS",
     "LOW_DETAIL_IMAGE_TOKENS",
     "TokenEstimate",
@@ -316,6 +317,39 @@ def use_bpe(enabled: bool) -> None:
     The environment variable ``PACEKEEPER_TOKENIZER=heuristic`` sets the same."""
     global _use_bpe
     _use_bpe = enabled
+
+
+def warm_up(
+    models: Iterable[str | None] | None = None, *, wait: bool = True
+) -> threading.Thread | None:
+    """Load the tokenizers that ``models`` need now (None: every encoding pacekeeper uses),
+    so that the first request does not pay for it: bpe_openai takes about a second and 130 MB
+    to load an encoding. With ``wait=False`` the loading runs in a daemon thread (returned);
+    a request that needs an encoding meanwhile waits for it, never loads it twice. Models
+    without a BPE encoding (and ``use_bpe(False)``) need nothing.
+
+    >>> warm_up(["claude-sonnet-4-5"]) is None  # the heuristic needs no loading
+    True
+    """
+    wanted = (
+        {"o200k_base", "cl100k_base"}
+        if models is None
+        else {name for name in map(_encoding_for, models) if name is not None}
+    )
+    names = sorted(name for name in wanted if name not in _ENCODERS) if _use_bpe else []
+    if not names:
+        return None
+
+    def load() -> None:
+        for name in names:
+            _encoder(name)
+
+    if wait:
+        load()
+        return None
+    thread = threading.Thread(target=load, name="pacekeeper-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _counter(model: str | None) -> tuple[Callable[[str], int], str]:

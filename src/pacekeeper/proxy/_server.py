@@ -18,6 +18,7 @@ import httpx2
 import uvicorn
 
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.tokens import warm_up
 from pacekeeper.proxy._app import ProxyApp
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol
@@ -53,15 +54,6 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
-
-
-def _warm_up_tokenizer() -> None:
-    """Load the token estimator's encodings now: loaded on the first request instead, they
-    would stall every request on the event loop for most of a second."""
-    from pacekeeper.core.tokens import estimate_request_tokens
-
-    for model in ("gpt-4o", "gpt-4"):  # o200k_base and cl100k_base
-        estimate_request_tokens({"messages": [{"role": "user", "content": "hi"}]}, model=model)
 
 
 def _url_host(host: str) -> str:
@@ -130,7 +122,9 @@ class Proxy:
         if self._thread is not None:
             raise RuntimeError("Proxy already started")
         config = self.config
-        _warm_up_tokenizer()
+        # Loaded on the first request instead, the encodings would stall every request on
+        # the event loop for most of a second.
+        warm_up()
         sock = _bind(config.host, config.port)
         self._port = sock.getsockname()[1]
         self._loop = _new_event_loop()
