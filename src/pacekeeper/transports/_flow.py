@@ -501,10 +501,13 @@ def _sync_stream_class(flavour: Flavour) -> Any:
     return type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
 
 
-class AsyncGovernedTransport:
-    """The library-agnostic body of the async transports; subclasses name the library."""
+class _GovernedTransport:
+    """What the async and sync transports share: the governor, the usage options, the inner
+    transport (an unbounded pool unless given) and the cap its pool puts on concurrency."""
 
     _flavour: Flavour
+    _inner_class: str
+    """The library's inner transport class: ``AsyncHTTPTransport`` or ``HTTPTransport``."""
 
     def __init__(
         self,
@@ -519,10 +522,20 @@ class AsyncGovernedTransport:
         self.governor = governor if governor is not None else Governor()
         self.usage = usage_options(include_usage=include_usage, provider=provider)
         module = self._flavour.module
-        self._inner = transport or module.AsyncHTTPTransport(limits=unbounded_pool(module))
+        inner_class = getattr(module, self._inner_class)
+        self._inner = transport or inner_class(limits=unbounded_pool(module))
         ceiling = pool_size(self._inner)
         if ceiling is not None:
             self.governor.cap_concurrency(ceiling)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
+
+
+class AsyncGovernedTransport(_GovernedTransport):
+    """The library-agnostic body of the async transports; subclasses name the library."""
+
+    _inner_class = "AsyncHTTPTransport"
 
     async def handle_async_request(self, request: Any) -> Any:
         return await handle_async(self.governor, self._inner, self._flavour, request, self.usage)
@@ -530,41 +543,17 @@ class AsyncGovernedTransport:
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
 
-
-class SyncGovernedTransport:
+class SyncGovernedTransport(_GovernedTransport):
     """The library-agnostic body of the sync transports."""
 
-    _flavour: Flavour
-
-    def __init__(
-        self,
-        governor: Governor | None = None,
-        *,
-        transport: Any = None,
-        include_usage: bool = False,
-        provider: str | Provider | None = None,
-    ) -> None:
-        from pacekeeper.core.governor import Governor
-
-        self.governor = governor if governor is not None else Governor()
-        self.usage = usage_options(include_usage=include_usage, provider=provider)
-        module = self._flavour.module
-        self._inner = transport or module.HTTPTransport(limits=unbounded_pool(module))
-        ceiling = pool_size(self._inner)
-        if ceiling is not None:
-            self.governor.cap_concurrency(ceiling)
+    _inner_class = "HTTPTransport"
 
     def handle_request(self, request: Any) -> Any:
         return handle_sync(self.governor, self._inner, self._flavour, request, self.usage)
 
     def close(self) -> None:
         self._inner.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} over {type(self._inner).__name__} {self.governor!r}>"
 
 
 def usage_options(*, include_usage: bool, provider: str | Provider | None) -> UsageOptions:
