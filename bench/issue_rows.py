@@ -305,7 +305,8 @@ def extras_lines(extras: dict[str, Any]) -> list[str]:
         "## Issue rows",
         "",
         f"Targets: share >= {TARGET_SHARE} (of the limit: ideal s / wall s; for the proxy, "
-        f"throughput with {STALLED_CLIENTS} stalled clients / without), 429s <= "
+        f"throughput with {STALLED_CLIENTS} stalled clients / without, its ideal s being the "
+        "wall s without them), 429s <= "
         f"{MAX_429_SHARE:.0%} of requests received, nothing failed.",
         "",
         "| row | issue | limit | requests | wall s | ideal s | share | 429s | failed | met |",
@@ -314,7 +315,9 @@ def extras_lines(extras: dict[str, Any]) -> list[str]:
     for row in extras["rows"]:
         if "error" in row:
             lines.append(
-                f"| {row['name']} | {row['issue']} | crashed: {row['error']} |||||||| no |"
+                f"| {row['name']} | {row['issue']} | crashed: {row['error']} | "
+                + " | ".join(["—"] * 6)
+                + " | no |"
             )
             continue
         rejected = f"{row['server_429s']} ({row['rate_429']:.1%})" if "server_429s" in row else "—"
