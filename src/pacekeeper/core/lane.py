@@ -67,7 +67,8 @@ LaneKey = tuple[str, "str | None"]
 """(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
 
 _LIMITS_READ_EVERY_S = 0.1
-_FLOOR_HEADROOM = 1.25  # slots a known rate needs: rate x mean latency, and a quarter more
+_FLOOR_HEADROOM = 1.5  # slots a known rate needs: rate x mean latency, and half again (the first
+# answers to come back are the fastest, so an early mean runs low)
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
