@@ -3,8 +3,9 @@
 Every process that uses the same ``namespace`` shares, per (route, model): the rpm/tpm pacing
 (GCRA, one atomic script call per admission, on the Redis server's clock), the concurrency
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
-the lease time), the cooldown after a 429, the adaptive limit and the learned limits, and the
-retry budget.
+the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
+the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
+in-flight cap, a floor: see :meth:`SharedLane.exchange_control`), and the retry budget.
 
 Admission is the only call made on the request's path. Releases, cooldowns, learned limits,
 lease renewals, heartbeats and the retry budget go through one maintenance thread per backend,
@@ -404,8 +405,9 @@ class SharedLane(Lane):
                     fleet_cap = int(cap)
                     if known is None or fleet_cap < known:
                         learner.learn_cap(in_flight_at_send=fleet_cap + 1, now=now)
-                    elif fleet_cap > known:
-                        learner.learned_cap = fleet_cap  # another process's probe held
+                    # One above ours is another process's probe: not adopted, since a refusal
+                    # there would read, to a learner that is not probing, as its cap refuted.
+                    # Its own probe raises ours; until then its admissions use the lower cap.
                 elif known is not None and known == self._pushed.cap:
                     learner.forget_cap()  # another process found it wrong
             self._pushed = self._control_now()
