@@ -20,7 +20,9 @@ import pacekeeper
 
 async def main(args: argparse.Namespace) -> None:
     backend = pacekeeper.RedisBackend(args.redis, namespace=args.namespace)
-    gov = pacekeeper.Governor(backend=backend)
+    gov = pacekeeper.Governor(
+        backend=backend, retry=pacekeeper.RetryPolicy(max_attempts=args.max_attempts)
+    )
     client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=args.base_url, api_key="x"), gov)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -61,4 +63,5 @@ if __name__ == "__main__":
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--tag", default="w")
+    parser.add_argument("--max-attempts", type=int, default=6)
     asyncio.run(main(parser.parse_args()))

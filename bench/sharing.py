@@ -5,6 +5,8 @@
 - Aggregate efficiency for 1, 2, 4 and 8 processes: the same total of requests split over K
   processes (``python -m bench.share_worker``), all governed through one Redis namespace,
   against one simulator limit. Ideal time is what the limit alone forces.
+- The same for 1 and 3 processes on the ``bare`` profile (an rpm limit no header states, bare
+  429s): the rate is discovered from the 429s, and what one process discovers paces all.
 
 The redis-server is started from PATH on a free loopback port and stopped afterwards; without
 one the section says so and measures nothing.
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.runner import log
-from pacekeeper.sim import Latency, ModelLimits, Scenario, SimulatorProcess
+from pacekeeper.sim import Latency, ModelLimits, Scenario, SimulatorProcess, draw_profile
 
 __all__ = ["measure_sharing", "sharing_lines"]
 
@@ -105,11 +107,20 @@ def _admission_cost(url: str | None, n: int) -> dict[str, float]:
     return asyncio.run(main())
 
 
-def _shared_run(url: str, processes: int, total: int) -> dict[str, Any]:
-    scenario = Scenario(
-        models={"m": ModelLimits(rpm=_RPM)},
-        latency=Latency(ttft_s=0.3, per_token_s=0.004, spread=0.3),
-    )
+def _shared_run(
+    url: str,
+    processes: int,
+    total: int,
+    *,
+    scenario: Scenario | None = None,
+    rpm: float = _RPM,
+    max_attempts: int = 6,
+) -> dict[str, Any]:
+    if scenario is None:
+        scenario = Scenario(
+            models={"m": ModelLimits(rpm=rpm)},
+            latency=Latency(ttft_s=0.3, per_token_s=0.004, spread=0.3),
+        )
     namespace = f"share-{processes}-{uuid.uuid4().hex[:6]}"
     with SimulatorProcess(scenario) as sim:
         share = [total // processes + (1 if k < total % processes else 0) for k in range(processes)]
@@ -129,6 +140,8 @@ def _shared_run(url: str, processes: int, total: int) -> dict[str, Any]:
                     str(n),
                     "--tag",
                     f"p{k}",
+                    "--max-attempts",
+                    str(max_attempts),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -152,7 +165,7 @@ def _shared_run(url: str, processes: int, total: int) -> dict[str, Any]:
             reports.append(json.loads(out.strip().splitlines()[-1]))
         stats = sim.stats()
     wall = max(r["finished_at"] for r in reports) - min(r["started_at"] for r in reports)
-    ideal = total / (_RPM / 60.0)
+    ideal = total / (rpm / 60.0)
     throttled = stats["by_status"].get("429", 0)
     return {
         "processes": processes,
@@ -184,7 +197,28 @@ def measure_sharing(*, quick: bool) -> dict[str, Any]:
             log(f"[sharing] {processes} processes sharing {_RPM} rpm, {total} requests ...")
             runs.append(_shared_run(redis.url, processes, total))
             log(f"[sharing] {runs[-1]}")
-        return {"admission": cost, "runs": runs, "rpm": _RPM}
+        draw = draw_profile("bare", 1)
+        bare_rpm = draw.truth["gpt-4o-mini"].rpm or 0.0
+        bare = []
+        for processes in (1, 3):
+            log(f"[sharing] {processes} processes, bare profile ({draw.summary}) ...")
+            bare.append(
+                _shared_run(
+                    redis.url,
+                    processes,
+                    total // 2 if quick else 240,
+                    scenario=draw.scenario,
+                    rpm=bare_rpm,
+                    max_attempts=20,
+                )
+            )
+            log(f"[sharing] {bare[-1]}")
+        return {
+            "admission": cost,
+            "runs": runs,
+            "rpm": _RPM,
+            "bare": {"summary": draw.summary, "runs": bare},
+        }
     finally:
         redis.close()
 
@@ -213,10 +247,25 @@ def sharing_lines(sharing: dict[str, Any]) -> list[str]:
         "failed | duplicated |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in sharing["runs"]:
-        lines.append(
-            f"| {run['processes']} | {run['requests']} | {run['wall_s']:.1f} | "
-            f"{run['ideal_s']:.1f} | {run['efficiency']:.2f} | {run['server_429s']} "
-            f"({run['rate_429']:.1%}) | {run['ok']} | {run['failed']} | {run['duplicated']} |"
-        )
+    lines += [_run_line(run) for run in sharing["runs"]]
+    bare = sharing.get("bare")
+    if bare:
+        lines += [
+            "",
+            f"The bare profile ({bare['summary']}): no header states the limit, the rate is "
+            "discovered from bare 429s, and what one process discovers paces all of them:",
+            "",
+            "| processes | requests | wall s | ideal s | efficiency | 429s (% of received) | ok | "
+            "failed | duplicated |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [_run_line(run) for run in bare["runs"]]
     return [*lines, ""]
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    return (
+        f"| {run['processes']} | {run['requests']} | {run['wall_s']:.1f} | "
+        f"{run['ideal_s']:.1f} | {run['efficiency']:.2f} | {run['server_429s']} "
+        f"({run['rate_429']:.1%}) | {run['ok']} | {run['failed']} | {run['duplicated']} |"
+    )
