@@ -40,13 +40,8 @@ from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
 from pacekeeper.core.errors import AdmissionClosed, ConfigurationError
-from pacekeeper.core.lane import (
-    Lane,
-    LaneKey,
-    Permit,
-    _AsyncWaiter,
-    _ThreadWaiter,
-)
+from pacekeeper.core.lane import Lane, LaneKey, Permit
+from pacekeeper.core.waiting import AsyncWaiter, ThreadWaiter
 
 if TYPE_CHECKING:
     import redis
@@ -537,7 +532,7 @@ class SharedLane(Lane):
 
     # -- admission ------------------------------------------------------------------------
 
-    def _enqueue(self, waiter: _AsyncWaiter | _ThreadWaiter, *, front: bool) -> None:
+    def _enqueue(self, waiter: AsyncWaiter | ThreadWaiter, *, front: bool) -> None:
         with self._lock:
             if self.closed:
                 raise AdmissionClosed(self._closed_message())
@@ -546,7 +541,7 @@ class SharedLane(Lane):
             else:
                 self._queue.append(waiter)
 
-    def _is_head(self, waiter: _AsyncWaiter | _ThreadWaiter) -> bool:
+    def _is_head(self, waiter: AsyncWaiter | ThreadWaiter) -> bool:
         """Only the head asks Redis; the others are armed to sleep until they become it."""
         with self._lock:
             if self.closed:
@@ -559,7 +554,7 @@ class SharedLane(Lane):
     def _after_admit(
         self,
         raw: list[Any],
-        waiter: _AsyncWaiter | _ThreadWaiter,
+        waiter: AsyncWaiter | ThreadWaiter,
         *,
         tokens: int,
         lease: str,
@@ -587,7 +582,7 @@ class SharedLane(Lane):
             waiter.arm()
         return wait
 
-    def _fall_back(self, exc: BaseException, waiter: _AsyncWaiter | _ThreadWaiter) -> None:
+    def _fall_back(self, exc: BaseException, waiter: AsyncWaiter | ThreadWaiter) -> None:
         self._enter_fallback(exc)
         self._leave(waiter)
         self._sync_mode()
@@ -606,7 +601,7 @@ class SharedLane(Lane):
                 tokens, front=front, deadline=deadline, output_tokens=output_tokens
             )
         asked_at = self._clock()
-        waiter = _AsyncWaiter()
+        waiter = AsyncWaiter()
         self._enqueue(waiter, front=front)
         admit = self._backend.async_admit()
         try:
@@ -648,7 +643,7 @@ class SharedLane(Lane):
                 tokens, front=front, deadline=deadline, output_tokens=output_tokens
             )
         asked_at = self._clock()
-        waiter = _ThreadWaiter()
+        waiter = ThreadWaiter()
         self._enqueue(waiter, front=front)
         admit = self._backend.sync_scripts().admit
         try:
