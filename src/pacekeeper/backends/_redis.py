@@ -266,6 +266,7 @@ class SharedLane(Lane):
         "_pushed_floor",
         "_pushed_limits",
         "_shared_slots",
+        "_slot_starved",
         "_token_delta",
         "fallback",
         "hash_key",
@@ -304,6 +305,7 @@ class SharedLane(Lane):
         self._pushed_limits: tuple[float | None, float | None] = (None, None)
         self._token_delta = 0.0
         self.fallback = False
+        self._slot_starved = False
         self._pushed = _Control(rpm=None, tpm=None, cap=None)
         self._pushed_at = -math.inf
         self._pushed_floor = 0
@@ -490,6 +492,7 @@ class SharedLane(Lane):
 
     def _granted(self, admission: _Admission, tokens: int, lease: str, asked_at: float) -> Permit:
         with self._lock:
+            self._slot_starved = False
             now = self._clock()
             self.slots.acquire(now=now)  # counts this process's in-flight requests
             self._shared_slots.shared_limit = admission.limit
@@ -572,6 +575,7 @@ class SharedLane(Lane):
             return self._granted(admission, tokens, lease, asked_at)
         self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
+        self._slot_starved = no_slot
         with self._lock:
             wait = _SLOT_POLL_S if no_slot else admission.wait_s
             if deadline is not None:
@@ -679,7 +683,9 @@ class SharedLane(Lane):
             return
         lease, server_sent_at = permit.lease
         with self._lock:
-            backlog = bool(self._queue)
+            # requests wait for a slot, not for pacing: only then is the limit in use (and
+            # may grow); a window grown while pacing holds requests back only inflates
+            backlog = bool(self._queue) and self._slot_starved
             # the learner hears every release, as a local lane's limit does
             self.slots.release(
                 now=self._clock(),
