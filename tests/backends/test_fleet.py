@@ -122,3 +122,17 @@ def test_three_processes_under_an_in_flight_cap_pace_like_one(redis_server: Redi
     ideal_s = total / (cap / ttft_s)
     ratio = compare(redis_server, scenario, total, ideal_s=ideal_s)
     assert ratio > 0.6
+
+
+@pytest.mark.slow
+def test_three_processes_on_a_self_hosted_server_pace_like_one(redis_server: RedisServer) -> None:
+    """A server that never answers 429 and queues past its capacity (answers swell): the
+    shared window, cut on swelling answers, is the fleet's."""
+    draw = draw_profile("selfhosted", 0)
+    capacity = draw.truth["gpt-4o-mini"].max_in_flight
+    assert capacity is not None
+    latency = draw.scenario.latency
+    answer_s = latency.ttft_s + 20 * latency.per_token_s  # the workers ask for 20 tokens
+    total = 240
+    ratio = compare(redis_server, draw.scenario, total, ideal_s=total * answer_s / capacity)
+    assert ratio > 0.6
