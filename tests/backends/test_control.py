@@ -109,6 +109,29 @@ async def test_a_rate_discovered_by_one_process_paces_every_process(
     close(a, b, c)
 
 
+async def test_a_rate_discovered_from_a_share_of_the_traffic_is_the_fleets(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """What one process saw accepted was its share of what the fleet sent: the rate it
+    shares is its own discovery divided by that share."""
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    for _ in range(12):  # half the fleet's admissions are a's, and a sees only its own answers
+        permit = await lane_a.acquire(0)
+        lane_a.settle(permit, ok(), now=a.clock(), max_hint_s=60, retry=False)
+        (await lane_b.acquire(0)).release()
+    permit = await lane_a.acquire(0)
+    lane_a.settle(permit, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+    await until(lambda: stored(redis_server, namespace, "pr") is not None)
+    shared = stored(redis_server, namespace, "pr")
+    assert shared is not None
+    own = 0.9 * 12 * 60  # 90% of the twelve a saw accepted within a second, per minute
+    assert 1.7 * own <= shared <= 2.1 * own
+    await until(lambda: lane_a.rpm == pytest.approx(shared, rel=1e-3))
+    close(a, b)
+
+
 async def test_a_cut_by_one_process_slows_the_others(
     redis_server: RedisServer, namespace: str
 ) -> None:
