@@ -154,23 +154,33 @@ def _stalled_proxy(quick: bool) -> dict[str, Any]:
     from pacekeeper import Governor
     from pacekeeper.proxy import Proxy, ProxyConfig
 
-    n = 300 if quick else 2000
+    n = 300 if quick else 1000
+    rounds = 1 if quick else 3
     concurrency = 32
     scenario = Scenario(latency=Latency(ttft_s=0.02))
+    base_wall = wall = 0.0
+    base_failed = failed = 0
     with SimulatorProcess(scenario) as sim:
         proxy = Proxy(ProxyConfig(upstream=sim.base_url, port=0), Governor()).start()
         try:
-            asyncio.run(_through_proxy(proxy.base_url, 50, concurrency))  # warm up
-            base_wall, base_failed = asyncio.run(_through_proxy(proxy.base_url, n, concurrency))
+            asyncio.run(_through_proxy(proxy.base_url, 200, concurrency))  # warm up
             parts = urlsplit(proxy.url)
-            stalled = _stall(parts.hostname or "127.0.0.1", parts.port or 80)
-            try:
-                wall, failed = asyncio.run(_through_proxy(proxy.base_url, n, concurrency))
-            finally:
-                for sock in stalled:
-                    sock.close()
+            # Interleaved rounds: without, then with the stalled clients, `rounds` times.
+            for _ in range(rounds):
+                spent, lost = asyncio.run(_through_proxy(proxy.base_url, n, concurrency))
+                base_wall += spent
+                base_failed += lost
+                stalled = _stall(parts.hostname or "127.0.0.1", parts.port or 80)
+                try:
+                    spent, lost = asyncio.run(_through_proxy(proxy.base_url, n, concurrency))
+                    wall += spent
+                    failed += lost
+                finally:
+                    for sock in stalled:
+                        sock.close()
         finally:
             proxy.stop()
+    n *= rounds
     baseline_rps = n / base_wall
     stalled_rps = n / wall
     return _verdict(
