@@ -397,3 +397,29 @@ async def test_an_abandoned_stream_gives_its_shared_slot_back(
         permit = await asyncio.wait_for(other.lane(CHAT, "m").acquire(0), timeout=5.0)
         permit.release()
         close(gov, other)
+
+
+async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Regression: the head asks Redis outside the lock; a retry may join the front while it
+    waits for the answer. The admitted waiter must leave the queue itself: popping the front
+    instead removed the retry and left the admitted waiter at the head for good, so every
+    other request slept forever (seen as a 3-process fleet run that never finished)."""
+    from pacekeeper.backends._redis import SharedLane
+    from pacekeeper.core.waiting import AsyncWaiter
+
+    gov = shared_gov(redis_server, namespace)
+    lane = gov.lane(CHAT, "m")
+    assert isinstance(lane, SharedLane)
+    head, retry = AsyncWaiter(), AsyncWaiter()
+    lane._enqueue(head, front=False)
+    lane._enqueue(retry, front=True)  # joined the front while the head's Redis call ran
+    admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
+    permit = lane._after_admit(admitted, head, tokens=0, lease="lease", asked_at=0.0, deadline=None)
+    assert not isinstance(permit, float)
+    assert lane._is_head(retry)  # the retry is at the front, the admitted head is gone
+    assert lane.queued == 1
+    lane._leave(retry)
+    permit.release()
+    close(gov)

@@ -569,9 +569,10 @@ class SharedLane(Lane):
         cannot wake this one."""
         admission = self._parse(raw)
         if admission.admitted:
-            with self._lock:
-                self._pop_head()
-                self._wake_head()
+            # Leave as this waiter, not as "the head": a retry may have joined the front while
+            # Redis answered, and popping it instead would strand this waiter at the head and
+            # every other waiter behind it.
+            self._leave(waiter)
             return self._granted(admission, tokens, lease, asked_at)
         self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
