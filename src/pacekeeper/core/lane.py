@@ -169,6 +169,7 @@ class Lane:
         "_outstanding",
         "_queue",
         "_sleepers",
+        "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
@@ -243,6 +244,7 @@ class Lane:
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
+        self._stated_sent_at = -math.inf
         self._successes = 0
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
@@ -362,6 +364,13 @@ class Lane:
             reset_tokens_s = snapshot.reset_input_tokens_s
         with self._lock:
             now = self._clock()
+            sent_at = permit.sent_at if permit is not None else now
+            if sent_at < self._stated_sent_at:
+                # Answers arrive out of order: one to a request sent before the last statement
+                # we took describes the limits as they were then (a limit that just halved
+                # would flip back and forth with every late answer).
+                return
+            self._stated_sent_at = sent_at
             changed = False
             if rpm and rpm > 0 and rpm != self.learned_rpm:
                 self.learned_rpm = float(rpm)
