@@ -15,6 +15,7 @@ from pacekeeper.core.classify import Verdict, classify_response
 from pacekeeper.core.concurrency import AimdLimit, Signal
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, QueueTimeout, _ThreadWaiter
+from pacekeeper.core.waiting import ThreadWaiter
 
 
 def make_lane(**limits: object) -> Lane:
@@ -383,3 +384,20 @@ def test_anthropic_input_and_output_are_paced_apart_and_output_settles_from_usag
         prompt_charged=400,
     )
     assert lane.output_tokens.wait_s(now=10.1, cost=40) == 0.0  # the output budget is back
+
+
+def test_a_cut_output_pace_recovers_like_the_others() -> None:
+    lane, clock = _clocked_lane(output_tpm=6000)
+    body = b'{"type":"error","error":{"type":"output_tokens","message":"slow down"}}'
+    clock.now = 1.0
+    permit = lane._grant(1.0, 0, 1.0)
+    refusal = classify_response(429, {}, body, now_wall_s=0.0)
+    lane.settle(permit, refusal, now=1.0, max_hint_s=600.0, retry=False)
+    assert lane.output_tpm is not None
+    assert lane.output_tpm < 6000
+    lane._queue.append(ThreadWaiter())  # a backlog: the limit is really wanted
+    t = 1.0
+    while t < 70.0:
+        t += 0.5
+        _settled(lane, clock, 200, at=t)
+    assert lane.output_tpm == 6000

@@ -387,11 +387,7 @@ class SharedLane(Lane):
                     continue
                 target = value if rate.ceiling is None else min(value, rate.ceiling)
                 if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
-                    if rate.rpm is None and rate.ceiling is None:
-                        # Discovered elsewhere: discover here too (which sets the reference
-                        # that recovery climbs back to), then take the fleet's rate.
-                        rate.throttled(sent_at=now, now=now)
-                    rate.rpm = target  # PacedRate has no method to adopt a rate
+                    rate.adopt(target)
                     moved = True
             if moved:
                 self._apply_rates(now=now)

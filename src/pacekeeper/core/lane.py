@@ -221,10 +221,10 @@ class Lane:
         self.learned_tpm: float | None = None
         self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
-        self.token_rate = PacedRate()
+        self.token_rate = PacedRate(discovers=False)
         """Tokens per minute: all of a request's tokens, or its input alone where the
         provider limits output apart (then :attr:`output_rate` paces the output)."""
-        self.output_rate = PacedRate()
+        self.output_rate = PacedRate(discovers=False)
         self.output_tokens: TokenBucket | None = None
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
@@ -785,6 +785,7 @@ class Lane:
         backlog = bool(self._queue)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
+        moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
             self._burst_cut_at = now

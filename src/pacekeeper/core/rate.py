@@ -69,13 +69,17 @@ class PacedRate:
         "_at_loss",
         "_cut_at",
         "_cuts",
+        "_discovers",
         "_hinted_at",
         "_last_success_at",
         "ceiling",
         "rpm",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, discovers: bool = True) -> None:
+        self._discovers = discovers
+        """Whether a 429 with no stated limit discovers a rate from the accepted requests
+        (requests per minute do; token budgets, with no count of tokens accepted, do not)."""
         self.ceiling: float | None = None
         """The stated limit: configured or from headers (None: not stated)."""
         self.rpm: float | None = None
@@ -117,6 +121,8 @@ class PacedRate:
                 return False
         if sent_at < self._cut_at or now - self._cut_at < _MIN_CUT_SPACING_S:
             return False
+        if self.rpm is None and not self._discovers:
+            return False
         if self.rpm is None:
             peak = self.accepted_peak_rpm()
             self._at_loss = peak
@@ -141,10 +147,11 @@ class PacedRate:
 
     def succeeded(self, *, now: float, backlog: bool) -> bool:
         """An accepted request. While requests wait, a cut rate recovers; True when it moved."""
-        accepted = self._accepted
-        accepted.append(now)
-        while now - accepted[0] > _ACCEPTED_WINDOW_S:
-            accepted.popleft()
+        if self._discovers:
+            accepted = self._accepted
+            accepted.append(now)
+            while now - accepted[0] > _ACCEPTED_WINDOW_S:
+                accepted.popleft()
         last, self._last_success_at = self._last_success_at, now
         rpm = self.rpm
         if rpm is None or last is None or not backlog:
@@ -164,6 +171,13 @@ class PacedRate:
             rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
         self.rpm = min(top, rpm)
         return True
+
+    def adopt(self, rpm: float) -> None:
+        """Pace at ``rpm``, decided elsewhere (another process of a shared fleet), within the
+        ceiling; without one, it is also the rate recovery climbs back to."""
+        self.rpm = rpm if self.ceiling is None else min(rpm, self.ceiling)
+        if self.ceiling is None:
+            self._at_loss = self.rpm
 
     def accepted_peak_rpm(self) -> float:
         """The highest rate (per minute) accepted over one second in the last five."""

@@ -85,13 +85,11 @@ def _prepare(
     return request, facts, False
 
 
-async def handle_async(
-    gov: Governor,
-    inner: Any,
-    flavour: Flavour,
-    request: Any,
-    options: UsageOptions = _DEFAULT_OPTIONS,
-) -> Any:
+def _start(
+    gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
+) -> tuple[Any, Call, bool]:
+    """One logical request begins: the request as it will be sent (with stream usage asked
+    for where the options say so), its governed call, and whether to strip the usage chunk."""
     request, facts, strip = _prepare(request, flavour, options)
     call = gov.call(
         route=facts.route,
@@ -100,6 +98,17 @@ async def handle_async(
         tag=request.extensions.get(TAG_EXTENSION),
     )
     bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    return request, call, strip
+
+
+async def handle_async(
+    gov: Governor,
+    inner: Any,
+    flavour: Flavour,
+    request: Any,
+    options: UsageOptions = _DEFAULT_OPTIONS,
+) -> Any:
+    request, call, strip = _start(gov, request, flavour, options)
     while True:
         permit = await call.admit()
         try:
@@ -162,14 +171,7 @@ def handle_sync(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    request, facts, strip = _prepare(request, flavour, options)
-    call = gov.call(
-        route=facts.route,
-        model=facts.model,
-        estimate=facts.estimate,
-        tag=request.extensions.get(TAG_EXTENSION),
-    )
-    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    request, call, strip = _start(gov, request, flavour, options)
     while True:
         permit = call.admit_sync()
         try:
