@@ -14,6 +14,7 @@ from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
 from pacekeeper.core.cooldown import CooldownGate
 from pacekeeper.core.errors import ConfigurationError
+from pacekeeper.core.rate import PacedRate
 
 rates = st.floats(min_value=0.1, max_value=1000.0)
 bursts = st.floats(min_value=1.0, max_value=100.0)
@@ -272,3 +273,38 @@ def test_before_any_answer_silence_doubles_the_window_one_slot_at_a_time() -> No
     assert 8 < aimd.limit < 16  # growing smoothly, not in a jump
     aimd.release(now=2.6, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
     assert aimd.waiting_for_slot(5.0) == math.inf  # an answer came: only outcomes move it now
+
+
+rate_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["success", "idle_success", "429", "hinted_429", "adopt", "state"]),
+        st.floats(min_value=0.0, max_value=5.0),  # seconds since the previous step
+        st.floats(min_value=1.0, max_value=100_000.0),  # a rate to adopt or state
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=300)
+@given(steps=rate_steps, discovers=st.booleans())
+def test_a_paced_rate_stays_finite_positive_and_under_its_ceiling(
+    steps: list[tuple[str, float, float]], discovers: bool
+) -> None:
+    """Whatever order successes, cuts, fleet adoptions and statements come in, the rate in
+    force is a finite positive number within the stated ceiling (a rate adopted from a fleet
+    once probed to infinity: nothing had ever cut it, so its probe had run since -inf)."""
+    rate, now = PacedRate(discovers=discovers), 0.0
+    for kind, gap_s, value in steps:
+        now += gap_s
+        if kind in ("success", "idle_success"):
+            rate.succeeded(now=now, backlog=kind == "success")
+        elif kind in ("429", "hinted_429"):
+            rate.throttled(sent_at=now - gap_s / 2, now=now, hinted=kind == "hinted_429")
+        elif kind == "adopt":
+            rate.adopt(value, now=now)
+        else:
+            rate.state_ceiling(value)
+        if rate.rpm is not None:
+            assert math.isfinite(rate.rpm) and rate.rpm > 0
+            if rate.ceiling is not None:
+                assert rate.rpm <= rate.ceiling * (1 + 1e-9)

@@ -387,7 +387,7 @@ class SharedLane(Lane):
                     continue
                 target = value if rate.ceiling is None else min(value, rate.ceiling)
                 if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
-                    rate.adopt(target)
+                    rate.adopt(target, now=now)
                     moved = True
             if moved:
                 self._apply_rates(now=now)

@@ -72,6 +72,7 @@ class PacedRate:
         "_discovers",
         "_hinted_at",
         "_last_success_at",
+        "_probe_from",
         "ceiling",
         "rpm",
     )
@@ -86,6 +87,8 @@ class PacedRate:
         """The rate in force (per minute): at most the ceiling; None: no pacing."""
         self._at_loss = math.inf
         self._cut_at = -math.inf
+        self._probe_from: float | None = None
+        """When the probe beyond the last loss began: the last cut or adoption."""
         self._hinted_at = -math.inf
         self._cuts: deque[float] = deque()
         self._last_success_at: float | None = None
@@ -129,8 +132,10 @@ class PacedRate:
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
             self._at_loss = self.rpm
-            self.rpm = max(_MIN_RPM, _CUT * self.rpm)
-        self._cut_at = now
+            # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
+            floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
+            self.rpm = max(floor, _CUT * self.rpm)
+        self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
 
@@ -167,15 +172,20 @@ class PacedRate:
         else:
             # Beyond the last loss, probe gently at first, then faster the longer no 429 says
             # no (CUBIC's convex probe): a rate seeded low, during a ramp-up, is not stuck.
-            quiet_s = max(0.0, now - self._cut_at)
+            # Timed from the last cut or adoption (never from -inf: a rate adopted from a
+            # fleet, with no cut of its own, would otherwise probe to infinity at once).
+            start = self._probe_from if self._probe_from is not None else now
+            quiet_s = max(0.0, now - start)
             rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
         self.rpm = min(top, rpm)
         return True
 
-    def adopt(self, rpm: float) -> None:
+    def adopt(self, rpm: float, *, now: float) -> None:
         """Pace at ``rpm``, decided elsewhere (another process of a shared fleet), within the
-        ceiling; without one, it is also the rate recovery climbs back to."""
+        ceiling; without one, it is also the rate recovery climbs back to, and any probe
+        beyond it starts gently again from ``now``."""
         self.rpm = rpm if self.ceiling is None else min(rpm, self.ceiling)
+        self._probe_from = now
         if self.ceiling is None:
             self._at_loss = self.rpm
 
