@@ -305,6 +305,7 @@ def test_a_paced_rate_stays_finite_positive_and_under_its_ceiling(
         else:
             rate.state_ceiling(value)
         if rate.rpm is not None:
-            assert math.isfinite(rate.rpm) and rate.rpm > 0
+            assert math.isfinite(rate.rpm)
+            assert rate.rpm > 0
             if rate.ceiling is not None:
                 assert rate.rpm <= rate.ceiling * (1 + 1e-9)
