@@ -161,7 +161,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         ("capacity_changes = 3", "capacity_changes: must be an array of tables"),
         (
             'rate_limit_headers = "x"',
-            "rate_limit_headers: must be one of openai, window, azure, anthropic, none",
+            "rate_limit_headers: must be one of openai, window, azure, anthropic, groq, none",
         ),
         ("seed = 1.5", "seed: must be a 64-bit integer"),
         ("this is = not toml", "invalid TOML"),

@@ -23,7 +23,22 @@ if TYPE_CHECKING:
     from pacekeeper.core.bucket import TokenBucket
     from pacekeeper.core.headers import RateLimitSnapshot
 
-__all__ = ["budget_exhausted", "budgets_have_room", "drain_to_headroom"]
+__all__ = ["budget_exhausted", "budgets_have_room", "drain_to_headroom", "outlasts_a_minute"]
+
+# A per-minute budget is whole again within a minute of any use, however it is enforced; a
+# reset further away than this (with room for rounding and clock skew) is a longer window.
+_LONGEST_MINUTE_RESET_S = 90.0
+
+
+def outlasts_a_minute(reset_s: float | None) -> bool:
+    """Whether a budget's reset shows a window longer than a minute: its stated limit is then
+    a quota per hour or day, not a rate to pace at. Groq's ``x-ratelimit-*-requests`` state
+    requests per day under the names OpenAI uses per minute.
+
+    >>> outlasts_a_minute(179.56), outlasts_a_minute(0.12), outlasts_a_minute(None)
+    (True, False, False)
+    """
+    return reset_s is not None and reset_s > _LONGEST_MINUTE_RESET_S
 
 
 def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:

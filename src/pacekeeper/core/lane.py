@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pacekeeper.core.bucket import TokenBucket
@@ -44,7 +45,13 @@ from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
 from pacekeeper.core.errors import AdmissionClosed
-from pacekeeper.core.evidence import budget_exhausted, budgets_have_room, drain_to_headroom
+from pacekeeper.core.evidence import (
+    budget_exhausted,
+    budgets_have_room,
+    drain_to_headroom,
+    outlasts_a_minute,
+)
+from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
 from pacekeeper.core.rate import PacedRate
 from pacekeeper.core.scale import EstimateScale
@@ -56,7 +63,6 @@ if TYPE_CHECKING:
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
-    from pacekeeper.core.headers import RateLimitSnapshot
 
 __all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
 
@@ -168,6 +174,7 @@ class Lane:
         "_next_limits_read",
         "_outstanding",
         "_queue",
+        "_quota_budgets",
         "_sleepers",
         "_stated_sent_at",
         "_success_peak_at",
@@ -245,6 +252,9 @@ class Lane:
         self._success_peak_at = -math.inf
         self._cap_refuted = False
         self._stated_sent_at = -math.inf
+        self._quota_budgets: set[str] = set()
+        """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
+        hour or day: their limit is not a rate, their remaining not a minute's headroom."""
         self._successes = 0
         adaptive = limits.adaptive
         self.slots: FixedLimit = (
@@ -311,6 +321,7 @@ class Lane:
             (self.output_tpm, "output_tokens"),
         ):
             if rpm is None:
+                setattr(self, attr, None)  # never known, or a statement withdrawn
                 continue
             rate = rpm * share / 60.0
             burst = max(1.0, rate * burst_s)
@@ -343,25 +354,31 @@ class Lane:
         rate refilled since, it is the headroom now (see :mod:`pacekeeper.core.evidence`)."""
         if not self._configured.learn_from_headers:
             return
-        rpm = snapshot.limit_requests
+        # A day's quota under a minute's header names (Groq's requests) is not a rate: its
+        # exhaustion comes back as a 429 whose hint is hours away, and the rate is found from
+        # 429s. What is left is read as below.
+        quotas = self._quota_budgets
+        minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
+        rpm = minute.limit_requests
         tpm: int | None
         otpm: int | None = None
-        if snapshot.limit_input_tokens and snapshot.limit_output_tokens:
+        if minute.limit_input_tokens and minute.limit_output_tokens:
             # Anthropic: input and output limited apart (its tokens-* headers repeat whichever
             # is the most restrictive): input paced at admission, output reserved from
             # max_tokens and settled from usage.
-            tpm = snapshot.limit_input_tokens
-            otpm = snapshot.limit_output_tokens
-            remaining_tokens = snapshot.remaining_input_tokens
-            reset_tokens_s = snapshot.reset_input_tokens_s
-        elif snapshot.limit_tokens:
-            tpm = snapshot.limit_tokens
-            remaining_tokens = snapshot.remaining_tokens
-            reset_tokens_s = snapshot.reset_tokens_s
+            tpm = minute.limit_input_tokens
+            otpm = minute.limit_output_tokens
+            remaining_tokens = minute.remaining_input_tokens
+            reset_tokens_s = minute.reset_input_tokens_s
+        elif minute.limit_tokens:
+            tpm = minute.limit_tokens
+            remaining_tokens = minute.remaining_tokens
+            reset_tokens_s = minute.reset_tokens_s
         else:
-            tpm = snapshot.limit_input_tokens
-            remaining_tokens = snapshot.remaining_input_tokens
-            reset_tokens_s = snapshot.reset_input_tokens_s
+            tpm = minute.limit_input_tokens
+            remaining_tokens = minute.remaining_input_tokens
+            reset_tokens_s = minute.reset_input_tokens_s
+        remaining_requests = minute.remaining_requests
         with self._lock:
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
@@ -372,6 +389,12 @@ class Lane:
                 return
             self._stated_sent_at = sent_at
             changed = False
+            if "requests" in quotas and self.learned_rpm is not None:
+                self.learned_rpm = None  # stated by answers that came before the quota showed
+                changed = True
+            if "tokens" in quotas and self.learned_tpm is not None:
+                self.learned_tpm = None
+                changed = True
             if rpm and rpm > 0 and rpm != self.learned_rpm:
                 self.learned_rpm = float(rpm)
                 changed = True
@@ -387,11 +410,11 @@ class Lane:
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
-            if snapshot.remaining_requests is not None:
+            if remaining_requests is not None:
                 drain_to_headroom(
                     self.requests,
                     now=now,
-                    remaining=snapshot.remaining_requests,
+                    remaining=remaining_requests,
                     reset_s=snapshot.reset_requests_s,
                     elapsed_s=elapsed_s,
                     used_since=self._admitted - permit.seq,
@@ -407,13 +430,13 @@ class Lane:
                     used_since=self._charged - permit.charged_before - permit.tokens,
                     slack=float(permit.tokens),
                 )
-            if otpm and snapshot.remaining_output_tokens is not None:
+            if otpm and minute.remaining_output_tokens is not None:
                 # Output is counted as it is generated: nothing of ours to subtract.
                 drain_to_headroom(
                     self.output_tokens,
                     now=now,
-                    remaining=snapshot.remaining_output_tokens,
-                    reset_s=snapshot.reset_output_tokens_s,
+                    remaining=minute.remaining_output_tokens,
+                    reset_s=minute.reset_output_tokens_s,
                     elapsed_s=elapsed_s,
                     used_since=0.0,
                     slack=float(permit.output_tokens),
@@ -874,6 +897,8 @@ class Lane:
             return verdict.limit_scope == "concurrency"
         limits = verdict.limits
         if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None:
             if budget_exhausted(limits, permit.tokens):
                 return False  # its own headers say a budget ran out: the rate
             if budgets_have_room(limits, permit.tokens):
@@ -905,6 +930,24 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _per_minute_part(self, limits: RateLimitSnapshot) -> RateLimitSnapshot | None:
+        """``limits`` without the budgets known to be quotas per hour or day: a day's quota
+        with plenty left says nothing about the minute's rate (None: nothing left to read)."""
+        quotas = self._quota_budgets
+        if outlasts_a_minute(limits.reset_requests_s):
+            quotas.add("requests")
+        if outlasts_a_minute(limits.reset_tokens_s):
+            quotas.add("tokens")
+        if not quotas:
+            return limits
+        if "requests" in quotas:
+            limits = replace(
+                limits, limit_requests=None, remaining_requests=None, reset_requests_s=None
+            )
+        if "tokens" in quotas:
+            limits = replace(limits, limit_tokens=None, remaining_tokens=None, reset_tokens_s=None)
+        return None if limits.is_empty else limits
 
     def close_gate(self, wait_s: float) -> None:
         """After a 429 with a hint: nobody on this lane goes before the hinted time."""

@@ -51,6 +51,9 @@ _FAST_PER_S = 0.10  # share of the reference rate regained per second, up to the
 _SLOW_PER_S = 0.02  # share of the current rate gained per second beyond it
 _NEAR_LOSS = 0.95
 _PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s every this long
+_PLATEAU_S = 10.0  # a discovered rate probes at only _PLATEAU_PER_S for this long after a cut
+_PLATEAU_PER_S = 0.005
+_SUSTAINED_SHARE = 0.97  # a discovered rate resumes this far below what was sustained
 _MIN_RPM = 6.0
 _ACCEPTED_WINDOW_S = 5.0
 _MAX_STEP_S = 1.0
@@ -100,11 +103,16 @@ class PacedRate:
         return self.ceiling is None and self.rpm is not None
 
     def state_ceiling(self, ceiling: float | None) -> None:
-        """A (new) stated limit; None forgets it. A raised ceiling is reached at once: the
-        statement is newer than the 429s that lowered the rate."""
+        """A (new) stated limit; None forgets it and the rate it set. A raised ceiling is
+        reached at once: the statement is newer than the 429s that lowered the rate."""
         old = self.ceiling
         self.ceiling = ceiling
         if ceiling is None:
+            if old is not None:
+                # The statement was withdrawn (it turned out to be a daily quota): the rate it
+                # set says nothing, and one is discovered afresh from 429s.
+                self.rpm = None
+                self._at_loss = math.inf
             return
         if self.rpm is None or old is None or ceiling > old or self.rpm > ceiling:
             self.rpm = ceiling
@@ -131,10 +139,18 @@ class PacedRate:
             self._at_loss = peak
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
-            self._at_loss = self.rpm
-            # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
-            floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
-            self.rpm = max(floor, _CUT * self.rpm)
+            sustained = self._sustained_rpm(now) if self.ceiling is None else None
+            if sustained is not None and sustained < self.rpm:
+                # Without a stated limit, what the server accepted while we sent faster than it
+                # allowed is its rate, measured: resume just under it, rather than cutting a
+                # fixed share from a pace the server never sustained (and climbing back to it).
+                self._at_loss = sustained
+                self.rpm = max(_MIN_RPM, _SUSTAINED_SHARE * sustained)
+            else:
+                self._at_loss = self.rpm
+                # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
+                floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
+                self.rpm = max(floor, _CUT * self.rpm)
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
@@ -176,7 +192,16 @@ class PacedRate:
             # fleet, with no cut of its own, would otherwise probe to infinity at once).
             start = self._probe_from if self._probe_from is not None else now
             quiet_s = max(0.0, now - start)
-            rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
+            if self.ceiling is None and self._cut_at > -math.inf:
+                # A discovered rate was measured at its last cut: hold near it a while (each
+                # probe past a real limit costs a 429), then search again, ever faster.
+                if quiet_s < _PLATEAU_S:
+                    rpm += _PLATEAU_PER_S * rpm * step_s
+                else:
+                    quiet_s -= _PLATEAU_S
+                    rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
+            else:
+                rpm += _SLOW_PER_S * (1.0 + quiet_s / _PROBE_DOUBLES_S) * rpm * step_s
         self.rpm = min(top, rpm)
         return True
 
@@ -188,6 +213,20 @@ class PacedRate:
         self._probe_from = now
         if self.ceiling is None:
             self._at_loss = self.rpm
+
+    def _sustained_rpm(self, now: float) -> float | None:
+        """The rate (per minute) accepted since the last cut, over at most the last five
+        seconds; None with too little to go by (under a second, or under five requests)."""
+        since = max(self._cut_at, now - _ACCEPTED_WINDOW_S)
+        span_s = now - since
+        if span_s < 1.0:
+            return None
+        count = 0
+        for t in reversed(self._accepted):
+            if t <= since:
+                break
+            count += 1
+        return 60.0 * count / span_s if count >= 5 else None
 
     def accepted_peak_rpm(self) -> float:
         """The highest rate (per minute) accepted over one second in the last five."""

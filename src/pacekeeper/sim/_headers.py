@@ -14,6 +14,9 @@ Header modes:
   reset}, resets as RFC 3339 UTC timestamps; a rate 429 adds retry-after (seconds) and
   Anthropic's rate_limit_error body. With input_tpm/output_tpm the input- and output-token
   headers describe those meters; without them they mirror the single token meter.
+* "groq": as Groq documents them: x-ratelimit-*-requests describe the requests-per-day budget
+  (limit = RPD, reset a Go duration that can run to hours) and x-ratelimit-*-tokens the
+  per-minute token budget; the per-minute request limit is enforced but stated nowhere.
 * "none": no hint headers at all and a bare `Too Many Requests` 429 (like many gateways).
 
 A 429 for the in-flight cap is shaped by the scenario's InFlightReply (message, code,
@@ -184,6 +187,16 @@ def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float
     if mode == "none":
         return out
     anthropic = mode == "anthropic"
+    if mode == "groq":
+        if limiter.requests_day is not None and limiter.rpd is not None:
+            _meter_headers(
+                out, "openai", _X_REQUESTS, limiter.rpd, limiter.requests_day, now=now, wall=wall
+            )
+        if limiter.tokens is not None and limiter.tpm is not None:
+            _meter_headers(
+                out, "openai", _X_TOKENS, limiter.tpm, limiter.tokens, now=now, wall=wall
+            )
+        return out
     if limiter.requests is not None and limiter.rpm is not None:
         names = _A_REQUESTS if anthropic else _X_REQUESTS
         _meter_headers(out, mode, names, limiter.rpm, limiter.requests, now=now, wall=wall)

@@ -20,8 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-HeaderMode = Literal["openai", "window", "azure", "anthropic", "none"]
-HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "none")
+HeaderMode = Literal["openai", "window", "azure", "anthropic", "groq", "none"]
+HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "groq", "none")
 
 #: Fault kinds that depend on the attempt number: a retry may fare differently.
 TRANSIENT_FAULTS: tuple[str, ...] = (

@@ -1,0 +1,81 @@
+"""A day's quota under a minute's header names (Groq: ``x-ratelimit-*-requests`` state requests
+per day) is not a rate to pace at: against the real simulator speaking Groq's headers, the
+governor paces at the unstated per-minute limit it finds from 429s, not at the daily figure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+
+import pacekeeper
+from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper.core.config import Limits
+from pacekeeper.core.headers import RateLimitSnapshot
+from pacekeeper.sim import ModelLimits, Scenario, Simulator
+
+CHAT = "/v1/chat/completions"
+
+
+class Attempts:
+    def __init__(self) -> None:
+        self.records: list[AttemptRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        self.records.append(record)
+
+    def on_request(self, record: RequestRecord) -> None:
+        pass
+
+
+def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> None:
+    gov = Governor(limits=Limits())
+    lane = gov.lane(CHAT, "m")
+    # The first answers of the day: 14,400 RPD with a reset of seconds reads like a minute.
+    lane.learn(
+        RateLimitSnapshot(limit_requests=14_400, remaining_requests=14_399, reset_requests_s=6.0)
+    )
+    assert (lane.learned_rpm, lane.requests is not None) == (14_400, True)
+    # A reset three minutes away: no per-minute budget takes that long to refill.
+    lane.learn(
+        RateLimitSnapshot(
+            limit_requests=14_400,
+            remaining_requests=14_370,
+            reset_requests_s=179.56,
+            limit_tokens=6_000,
+            remaining_tokens=5_900,
+            reset_tokens_s=1.0,
+        )
+    )
+    assert lane.learned_rpm is None
+    assert lane.requests is None, "no pacing at the day's figure"
+    assert lane.request_rate.rpm is None, "to be discovered from 429s"
+    assert lane.learned_tpm == 6_000  # the token budget is still per minute
+    lane.learn(
+        RateLimitSnapshot(limit_requests=14_400, remaining_requests=14_399, reset_requests_s=6.0)
+    )
+    assert lane.learned_rpm is None  # the quota is remembered
+
+
+async def test_groq_headers_pace_at_the_unstated_minute_limit_not_the_daily_quota() -> None:
+    # 240 rpm enforced but stated nowhere; 100,000 requests per day stated as Groq states them.
+    scenario = Scenario(default=ModelLimits(rpm=240, rpd=100_000), rate_limit_headers="groq")
+    attempts = Attempts()
+    with Simulator(scenario) as sim:
+        gov = Governor(hooks=[attempts])
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="gsk-test"), gov)
+        await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"n{i}"}], max_tokens=5
+                )
+                for i in range(120)
+            )
+        )
+    lane = gov.lane(CHAT, "m")
+    assert lane.learned_rpm is None  # the day's 100,000 never became a per-minute ceiling
+    assert lane.discovered_rpm is not None
+    assert lane.discovered_rpm < 400  # found near the real 240, far below 100,000
+    throttled = sum(1 for r in attempts.records if r.status == 429)
+    assert throttled <= 12  # finding the rate costs a few 429s, not a storm
+    assert sum(1 for r in attempts.records if r.status == 200) == 120
