@@ -174,7 +174,7 @@ def test_billing_words_in_the_message_alone_are_still_a_rate() -> None:
     verdict = classify_response(429, {}, body, now_wall_s=NOW)
     assert verdict.kind is OutcomeKind.RATE_LIMITED
     assert verdict.retryable
-    assert verdict.error_code == "429"
+    assert verdict.error_code == "EXHAUSTED"  # Google: code repeats the status; status names it
 
 
 def test_x_should_retry_overrides_both_ways() -> None:
@@ -326,3 +326,46 @@ def test_backpressure_kinds() -> None:
         k for k in OutcomeKind if Verdict(kind=k, retryable=True, reason="").is_backpressure
     }
     assert pressing == {OutcomeKind.RATE_LIMITED, OutcomeKind.OVERLOADED}
+
+
+GEMINI_429 = b"""[{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+  "message": "You exceeded your current quota, please check your plan and billing details.",
+  "details": [
+    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+      "quotaMetric":
+        "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+      "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier"}]},
+    {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37.5s"}]}}]"""
+
+
+def test_gemini_429s_give_their_retry_delay_and_token_scope_from_the_details() -> None:
+    """Gemini sends no retry-after: its hint is RetryInfo.retryDelay in the body's details, and
+    QuotaFailure names the quota; its "exceeded your current quota" is an ordinary rate limit."""
+    verdict = classify_response(429, {}, GEMINI_429, now_wall_s=0.0)
+    assert verdict.kind is OutcomeKind.RATE_LIMITED
+    assert verdict.retryable
+    assert verdict.hint_s == 37.5
+    assert verdict.limit_scope == "tokens"
+    assert verdict.error_code == "RESOURCE_EXHAUSTED"
+    headers_win = classify_response(429, {"retry-after": "3"}, GEMINI_429, now_wall_s=0.0)
+    assert headers_win.hint_s == 3.0
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "[]",
+        '[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "soon"}]',
+        '[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "-4s"}]',
+        '[{"@type": 7}, "x", null, {"@type": "type.googleapis.com/google.rpc.QuotaFailure"}]',
+        '{"not": "a list"}',
+    ],
+)
+def test_odd_google_details_are_ignored(details: str) -> None:
+    head = '{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": '
+    body = head + details + "}}"
+    verdict = classify_response(429, {}, body.encode(), now_wall_s=0.0)
+    assert verdict.kind is OutcomeKind.RATE_LIMITED
+    assert verdict.hint_s is None
+    assert verdict.limit_scope is None

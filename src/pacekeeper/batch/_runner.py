@@ -36,9 +36,9 @@ from pacekeeper.batch._output import (
     redact_text,
     redaction_list,
 )
+from pacekeeper.core.classify import classify_response
 from pacekeeper.core.errors import AdmissionClosed, PacekeeperError
 from pacekeeper.core.governor import Governor
-from pacekeeper.core.headers import retry_hint_s
 from pacekeeper.core.records import AttemptRecord, RequestRecord
 from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
@@ -632,43 +632,15 @@ async def _send(
 
 def _park_if_long(response: httpx2.Response, record: Any, max_hint_s: float) -> None:
     """Raise :class:`_Parked` for a final 429 whose wait is longer than the governor retries:
-    one the governor gave up on (``RetryWaitTooLong``, a hint in the headers), or one whose
-    only hint is in the body (Gemini's ``RetryInfo.retryDelay``, which the retries did not
-    see)."""
-    error_type = getattr(record, "error_type", None)
-    if error_type == "RetryWaitTooLong":
-        wait_s = retry_hint_s(response.headers, now_wall_s=time.time())
-    else:
-        wait_s = _body_retry_delay_s(_json_or_text(response))
-        if wait_s is not None and wait_s <= max_hint_s:
-            return
-    if wait_s is not None:
+    one it gave up on (``RetryWaitTooLong``), or one that ran out of attempts while asking for
+    more; the hint in the headers or in the body (Gemini's ``RetryInfo.retryDelay``), as the
+    classifier reads them."""
+    verdict = classify_response(429, response.headers, response.content, now_wall_s=time.time())
+    wait_s = verdict.hint_s
+    if wait_s is None:
+        return
+    if wait_s > max_hint_s or getattr(record, "error_type", None) == "RetryWaitTooLong":
         raise _Parked(wait_s, _api_error(429, _json_or_text(response))["message"])
-
-
-def _body_retry_delay_s(body: Any) -> float | None:
-    """Google's ``error.details[] {"@type": ".../google.rpc.RetryInfo", "retryDelay": "37s"}``.
-
-    >>> _body_retry_delay_s({"error": {"details": [
-    ...     {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3600s"}]}})
-    3600.0
-    """
-    body = _unwrap_list(body)
-    error = body.get("error") if isinstance(body, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
-    if not isinstance(details, list):
-        return None
-    for detail in details:
-        if not isinstance(detail, dict) or not str(detail.get("@type", "")).endswith("RetryInfo"):
-            continue
-        delay = detail.get("retryDelay")
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                seconds = float(delay[:-1])
-            except ValueError:
-                return None
-            return seconds if seconds >= 0 else None
-    return None
 
 
 def _json_or_text(response: httpx2.Response) -> Any:

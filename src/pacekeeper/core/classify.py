@@ -35,6 +35,7 @@ from typing import Any
 
 from pacekeeper.core.headers import (
     RateLimitSnapshot,
+    _non_negative_float,
     _retry_hint_from,
     _scan,
     _should_retry,
@@ -230,6 +231,10 @@ class _ErrorInfo:
     error_type: str | None = None
     message: str | None = None
     billing_code: str | None = None
+    retry_delay_s: float | None = None
+    """Google's ``google.rpc.RetryInfo`` in the error's details (Gemini), in seconds."""
+    quota_scope: str | None = None
+    """"tokens" when Google's ``google.rpc.QuotaFailure`` names a token quota."""
 
 
 _NO_INFO = _ErrorInfo()
@@ -269,12 +274,57 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
     if not isinstance(message, str):
         message = None
     error_type = obj.get("type")
+    code = obj.get("code")
+    status = obj.get("status")
+    if isinstance(code, int) and isinstance(status, str):
+        code = status  # Google: code 429 repeats the HTTP status; status names the error
+    retry_delay_s, quota_scope = _google_details(obj.get("details"))
     return _ErrorInfo(
-        code=_code_text(obj.get("code")),
+        code=_code_text(code),
         error_type=_code_text(error_type) if error_type != "error" else None,
         message=_one_line(message) if message else None,
         billing_code=_find_billing_code(obj),
+        retry_delay_s=retry_delay_s,
+        quota_scope=quota_scope,
     )
+
+
+def _google_details(details: object) -> tuple[float | None, str | None]:
+    """What Google's structured error details (Gemini) say: the ``RetryInfo`` delay, a JSON
+    protobuf Duration such as ``"37s"`` or ``"1.5s"``, and whether a ``QuotaFailure`` names a
+    token quota (its ``quotaMetric``/``quotaId`` identifiers, never the message).
+
+    >>> _google_details([{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+    ...                   "retryDelay": "37s"}])
+    (37.0, None)
+    >>> _google_details([{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+    ...   "violations": [{"quotaMetric":
+    ...     "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count"}]}])
+    (None, 'tokens')
+    """
+    if not isinstance(details, list):
+        return None, None
+    delay_s: float | None = None
+    scope: str | None = None
+    for detail in details[:8]:
+        if not isinstance(detail, dict):
+            continue
+        kind = detail.get("@type")
+        if not isinstance(kind, str):
+            continue
+        if kind.endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                delay_s = _non_negative_float(delay[:-1].strip())
+        elif kind.endswith("google.rpc.QuotaFailure"):
+            violations = detail.get("violations")
+            for violation in violations[:8] if isinstance(violations, list) else ():
+                if not isinstance(violation, dict):
+                    continue
+                names = (violation.get("quotaMetric"), violation.get("quotaId"))
+                if any(isinstance(n, str) and "token" in n.lower() for n in names):
+                    scope = "tokens"
+    return delay_s, scope
 
 
 def _kind_for(status: int, info: _ErrorInfo) -> tuple[OutcomeKind, bool]:
@@ -340,6 +390,8 @@ def classify_response(
     info = _error_info(body) if status >= 400 else _NO_INFO
     kind, retryable = _kind_for(status, info)
     hint = _retry_hint_from(found, limits, now_wall_s) if found is not None else None
+    if hint is None:
+        hint = info.retry_delay_s
     override = _should_retry(found) if found is not None else None
     if override is not None:
         retryable = override
@@ -383,7 +435,7 @@ def _limit_scope(info: _ErrorInfo) -> str | None:
         scope = _SCOPE_CODES.get(code)
         if scope is not None:
             return scope
-    return None
+    return info.quota_scope
 
 
 # Exception classes by name, anywhere in the class hierarchy: httpx and httpx2
