@@ -203,9 +203,13 @@ class WaitQueue:
             if t is None:
                 return
             cls = self._classes[t.rank]
+            # Every class with work earns its share of this admission (owed classes are
+            # chosen first, so credit never runs away); the admitted one pays for it.
             for other in self._classes[1:]:
                 if other.live:
-                    other.credit = min(other.credit + other.share, 1.0 + other.share)
+                    other.credit += other.share
+                else:
+                    other.credit = 0.0  # no work at this admission: nothing banked
             if cls.priority.rank:
                 cls.credit = max(0.0, cls.credit - 1.0)
             cls.admitted += 1
@@ -237,8 +241,6 @@ class WaitQueue:
         if t.live == 0:
             t.waiters.clear()
             cls.active.remove(t)
-            if not cls.live:
-                cls.credit = 0.0  # no banking while it has no work
         self._choose()
 
     # -- the head -----------------------------------------------------------------------
