@@ -447,7 +447,9 @@ class SharedLane(Lane):
 
     # -- the shared decision ----------------------------------------------------------------
 
-    def _admit_args(self, tokens: int, lease: str) -> list[Any]:
+    def _admit_args(
+        self, tokens: int, lease: str, priority: Priority = Priority.INTERACTIVE
+    ) -> list[Any]:
         limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         shared = self._shared_slots
@@ -475,6 +477,9 @@ class SharedLane(Lane):
             self._backend.key_ttl_s,
             0 if learner is None else learner.learned_cap or 0,
             0 if learner is None else learner.floor,
+            priority.rank,
+            limits.min_share,
+            *(self.queue.waiting(p) for p in Priority),
         ]
 
     @staticmethod
@@ -552,7 +557,8 @@ class SharedLane(Lane):
             # joined while Redis answered and be the head now.
             self.queue.admitted(waiter)
             return self._granted(admission, tokens, lease, asked_at)
-        self._shared_slots.shared_limit = admission.limit
+        if admission.limit:  # 0: held back for a higher class, the limit not read
+            self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
         self._slot_starved = no_slot
         with self.queue.lock:
@@ -603,7 +609,8 @@ class SharedLane(Lane):
                 lease = uuid.uuid4().hex
                 try:
                     raw = await admit(
-                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
+                        keys=[self.hash_key, self.slot_key],
+                        args=self._admit_args(tokens, lease, priority),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
@@ -657,7 +664,8 @@ class SharedLane(Lane):
                 lease = uuid.uuid4().hex
                 try:
                     raw = admit(
-                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
+                        keys=[self.hash_key, self.slot_key],
+                        args=self._admit_args(tokens, lease, priority),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
