@@ -40,8 +40,12 @@ TOTAL_MIN = 0.95
 MODEL = "gpt-4o-mini"
 
 
+CALLER_MAX_TOKENS = 64  # the caller's requests are told apart by their reserve (batch: 16)
+
+
 class _Waits:
-    """Queue waits of the interactive requests (a governor hook)."""
+    """Queue waits of the interactive caller's requests (a governor hook); in the row without
+    classes the run's requests are interactive too, so the caller's are told by their size."""
 
     def __init__(self) -> None:
         self.interactive: list[float] = []
@@ -52,9 +56,8 @@ class _Waits:
 
     def on_request(self, record: Any) -> None:
         if record.ok:
-            (self.interactive if record.priority == "interactive" else self.batch).append(
-                record.queued_s
-            )
+            caller = record.tokens_estimated >= CALLER_MAX_TOKENS
+            (self.interactive if caller else self.batch).append(record.queued_s)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -104,7 +107,7 @@ def _start_run(
     )
 
 
-async def _interactive(base_url: str, gov: Any, duration_s: float) -> int:
+async def _interactive(base_url: str, gov: Any, duration_s: float) -> tuple[int, list[str]]:
     """2 requests a second for ``duration_s`` (through the proxy with ``gov`` None, else
     governed by ``gov`` here); returns how many failed."""
     import openai
@@ -116,15 +119,19 @@ async def _interactive(base_url: str, gov: Any, duration_s: float) -> int:
     else:
         client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="x"), gov)
     failed = 0
+    why: list[str] = []
 
     async def one(i: int) -> None:
         nonlocal failed
         try:
             await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"chat {i}"}], max_tokens=16
+                model=MODEL,
+                messages=[{"role": "user", "content": f"chat {i}"}],
+                max_tokens=CALLER_MAX_TOKENS,
             )
-        except openai.APIError:
+        except Exception as exc:
             failed += 1
+            why.append(f"{type(exc).__name__}: {str(exc)[:200]}")
 
     tasks = []
     started = time.monotonic()
@@ -135,7 +142,7 @@ async def _interactive(base_url: str, gov: Any, duration_s: float) -> int:
         await asyncio.sleep(max(0.0, started + i / INTERACTIVE_RPS - time.monotonic()))
     await asyncio.gather(*tasks)
     await client.close()
-    return failed
+    return failed, why
 
 
 def _row(
@@ -174,7 +181,7 @@ def _row(
             time.sleep(warm_s)  # the run saturates the key first
             before = sim.stats()["by_status"].get("200", 0)
             t0 = time.monotonic()
-            failed = asyncio.run(_interactive(target, caller_gov, run_s))
+            failed, why = asyncio.run(_interactive(target, caller_gov, run_s))
             wall_s = time.monotonic() - t0
             answered = sim.stats()["by_status"].get("200", 0) - before
             run_alive = run.poll() is None
@@ -197,6 +204,7 @@ def _row(
         "total": total,
         "wall_s": wall_s,
         "batch_saturating": run_alive,
+        "failures": why[:3],
     }
     row["met"] = bool(
         row["p95_s"] <= P95_MAX_S
