@@ -84,7 +84,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
         "--only",
-        choices=[*names, "overhead", "sharing", "robustness", "extras"],
+        choices=[*names, "overhead", "sharing", "robustness", "extras", "priority"],
         help="run one scenario, or only the overhead, the Redis sharing measures, the "
         "robustness runs (every profile x seed) or the issue rows (extras)",
     )
@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             save()
         if args.only in (None, "sharing"):
             results["sharing"] = measure_sharing(quick=args.quick)
+            save()
+        if args.only in (None, "priority"):
+            from bench.priority import measure_priority
+
+            results["priority"] = measure_priority(quick=args.quick)
             save()
         if args.only in (None, "extras"):
             only = args.extras.split(",") if args.extras else None

@@ -210,6 +210,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     from bench.issue_rows import extras_lines
 
     lines += extras_lines(results.get("extras", {}))
+    from bench.priority import priority_lines
+
+    lines += priority_lines(results.get("priority", {}))
     return "\n".join(lines).rstrip() + "\n"
 
 

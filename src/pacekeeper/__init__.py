@@ -33,6 +33,7 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.governor import Admission, Call, Decision, Governor
 from pacekeeper.core.ordered import amap
+from pacekeeper.core.priority import Priority, priority
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.stats import StatsSnapshot
 from pacekeeper.core.testing import is_testing, set_testing
@@ -61,6 +62,7 @@ __all__ = [
     "Limits",
     "NonRetryableError",
     "OutcomeKind",
+    "Priority",
     "PacekeeperError",
     "RecordHook",
     "RedisBackend",
@@ -80,6 +82,7 @@ __all__ = [
     "amap",
     "estimate_request_tokens",
     "is_testing",
+    "priority",
     "set_testing",
     "warm_up",
     "wrap",

@@ -415,13 +415,13 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
     lane = gov.lane(CHAT, "m")
     assert isinstance(lane, SharedLane)
     head, retry = AsyncWaiter(), AsyncWaiter()
-    lane._enqueue(head, front=False)
-    lane._enqueue(retry, front=True)  # joined the front while the head's Redis call ran
+    lane.queue.join(head, front=False)
+    lane.queue.join(retry, front=True)  # joined the front while the head's Redis call ran
     admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
     permit = lane._after_admit(admitted, head, tokens=0, lease="lease", asked_at=0.0, deadline=None)
     assert not isinstance(permit, float)
-    assert lane._is_head(retry)  # the retry is at the front, the admitted head is gone
+    assert lane.queue.turn(retry)  # the retry is at the front, the admitted head is gone
     assert lane.queued == 1
-    lane._leave(retry)
+    lane.queue.leave(retry)
     permit.release()
     close(gov)

@@ -52,12 +52,13 @@ async def send(args: argparse.Namespace) -> None:
 
     async def one(i: int) -> bool:
         try:
-            await client.chat.completions.create(
-                model=args.model,
-                messages=[{"role": "user", "content": f"{args.tag} {i}"}],
-                max_tokens=20,
-                extra_headers={"x-client-request-id": f"{args.tag}-{i}"},
-            )
+            with pacekeeper.priority(args.priority):
+                await client.chat.completions.create(
+                    model=args.model,
+                    messages=[{"role": "user", "content": f"{args.tag} {i}"}],
+                    max_tokens=20,
+                    extra_headers={"x-client-request-id": f"{args.tag}-{i}"},
+                )
         except openai.APIError:
             return False
         return True
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--max-attempts", type=int, default=6)
     parser.add_argument("--model", default="m")
+    parser.add_argument("--priority", default="interactive")
     args = parser.parse_args()
     asyncio.run(send(args) if args.mode == "send" else hold(args))
 

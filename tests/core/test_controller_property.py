@@ -75,7 +75,7 @@ def test_with_a_backlog_and_no_429_the_stated_limit_is_reached(
     _, window_s, fixed = window
     clock = _Clock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
-    lane._queue.append(_ThreadWaiter())  # a backlog: the lane always has work waiting
+    lane.queue.join(_ThreadWaiter())  # a backlog: the lane always has work waiting
     provider = _Window(rpm, window_s, fixed)
     in_flight: list[tuple[float, Permit, int, bool]] = []
     sends: list[float] = []

@@ -271,7 +271,7 @@ def test_a_stated_limit_is_cut_by_429s_and_recovers_to_it_within_seconds() -> No
     _settled(lane, clock, 429, at=1.0)
     assert lane.rpm == pytest.approx(510)
     assert lane.discovered_rpm is None
-    lane._queue.append(_ThreadWaiter())  # a backlog: the limit is really wanted
+    lane.queue.join(_ThreadWaiter())  # a backlog: the limit is really wanted
     t = 1.0
     while lane.rpm is not None and lane.rpm < 588 and t < 10:
         t += 0.1
@@ -395,7 +395,7 @@ def test_a_cut_output_pace_recovers_like_the_others() -> None:
     lane.settle(permit, refusal, now=1.0, max_hint_s=600.0, retry=False)
     assert lane.output_tpm is not None
     assert lane.output_tpm < 6000
-    lane._queue.append(ThreadWaiter())  # a backlog: the limit is really wanted
+    lane.queue.join(ThreadWaiter())  # a backlog: the limit is really wanted
     t = 1.0
     while t < 70.0:
         t += 0.5

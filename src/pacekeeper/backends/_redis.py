@@ -39,8 +39,10 @@ from pacekeeper.backends import _scripts
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
-from pacekeeper.core.errors import AdmissionClosed, ConfigurationError
+from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.lane import Lane, LaneKey, Permit
+from pacekeeper.core.priority import Priority
+from pacekeeper.core.queue import bounded_by_deadline
 from pacekeeper.core.waiting import AsyncWaiter, ThreadWaiter
 
 if TYPE_CHECKING:
@@ -404,7 +406,7 @@ class SharedLane(Lane):
                 elif known is not None and known == self._pushed.cap:
                     learner.forget_cap()  # another process found it wrong
             self._pushed = self._control_now()
-            self._wake_head()
+            self.queue.wake_head()
 
     def _control_changed(self, now: float) -> None:
         """After an outcome: hand the exchange to the maintenance thread when the controller
@@ -445,7 +447,9 @@ class SharedLane(Lane):
 
     # -- the shared decision ----------------------------------------------------------------
 
-    def _admit_args(self, tokens: int, lease: str) -> list[Any]:
+    def _admit_args(
+        self, tokens: int, lease: str, priority: Priority = Priority.INTERACTIVE
+    ) -> list[Any]:
         limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         shared = self._shared_slots
@@ -473,6 +477,9 @@ class SharedLane(Lane):
             self._backend.key_ttl_s,
             0 if learner is None else learner.learned_cap or 0,
             0 if learner is None else learner.floor,
+            priority.rank,
+            limits.min_share,
+            *(self.queue.waiting(p) for p in Priority),
         ]
 
     @staticmethod
@@ -527,28 +534,9 @@ class SharedLane(Lane):
             else:
                 self.local_share = 1.0
             self._apply_rates(now=self._clock())
-            self._wake_head()
+            self.queue.wake_head()
 
     # -- admission ------------------------------------------------------------------------
-
-    def _enqueue(self, waiter: AsyncWaiter | ThreadWaiter, *, front: bool) -> None:
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
-
-    def _is_head(self, waiter: AsyncWaiter | ThreadWaiter) -> bool:
-        """Only the head asks Redis; the others are armed to sleep until they become it."""
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if self._queue and self._queue[0] is waiter:
-                return True
-            waiter.arm()
-            return False
 
     def _after_admit(
         self,
@@ -565,19 +553,20 @@ class SharedLane(Lane):
         cannot wake this one."""
         admission = self._parse(raw)
         if admission.admitted:
-            # Leave as this waiter, not as "the head": a retry may have joined the front while
-            # Redis answered, and popping it instead would strand this waiter at the head and
-            # every other waiter behind it.
-            self._leave(waiter)
+            # Leave as this waiter, not as "the head": a retry (or a higher class) may have
+            # joined while Redis answered and be the head now.
+            self.queue.admitted(waiter)
             return self._granted(admission, tokens, lease, asked_at)
-        self._shared_slots.shared_limit = admission.limit
+        if admission.limit:  # 0: held back for a higher class, the limit not read
+            self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
         self._slot_starved = no_slot
-        with self._lock:
+        with self.queue.lock:
             wait = _SLOT_POLL_S if no_slot else admission.wait_s
             if deadline is not None:
-                bounded = self._bounded_by_deadline(
-                    self._clock(), math.inf if no_slot else wait, deadline
+                now = self._clock()
+                bounded = bounded_by_deadline(
+                    now, math.inf if no_slot else wait, deadline, lambda: self.waiting_for(now)
                 )
                 wait = min(wait, bounded)
             waiter.arm()
@@ -585,7 +574,7 @@ class SharedLane(Lane):
 
     def _fall_back(self, exc: BaseException, waiter: AsyncWaiter | ThreadWaiter) -> None:
         self._enter_fallback(exc)
-        self._leave(waiter)
+        self.queue.leave(waiter)
         self._sync_mode()
 
     async def acquire(
@@ -595,30 +584,43 @@ class SharedLane(Lane):
         front: bool = False,
         deadline: float | None = None,
         output_tokens: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
             return await super().acquire(
-                tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                tokens,
+                front=front,
+                deadline=deadline,
+                output_tokens=output_tokens,
+                priority=priority,
+                tenant=tenant,
             )
         asked_at = self._clock()
         waiter = AsyncWaiter()
-        self._enqueue(waiter, front=front)
+        self.queue.join(waiter, front=front, priority=priority, tenant=tenant)
         admit = self._backend.async_admit()
         try:
             while True:
-                if not self._is_head(waiter):
+                if not self.queue.turn(waiter):
                     await waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
                 try:
                     raw = await admit(
-                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
+                        keys=[self.hash_key, self.slot_key],
+                        args=self._admit_args(tokens, lease, priority),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
                     return await super().acquire(
-                        tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                        tokens,
+                        front=front,
+                        deadline=deadline,
+                        output_tokens=output_tokens,
+                        priority=priority,
+                        tenant=tenant,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
@@ -627,7 +629,7 @@ class SharedLane(Lane):
                     return turn
                 await waiter.sleep(turn)
         except BaseException:
-            self._leave(waiter)
+            self.queue.leave(waiter)
             raise
 
     def acquire_sync(
@@ -637,30 +639,43 @@ class SharedLane(Lane):
         front: bool = False,
         deadline: float | None = None,
         output_tokens: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
             return super().acquire_sync(
-                tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                tokens,
+                front=front,
+                deadline=deadline,
+                output_tokens=output_tokens,
+                priority=priority,
+                tenant=tenant,
             )
         asked_at = self._clock()
         waiter = ThreadWaiter()
-        self._enqueue(waiter, front=front)
+        self.queue.join(waiter, front=front, priority=priority, tenant=tenant)
         admit = self._backend.sync_scripts().admit
         try:
             while True:
-                if not self._is_head(waiter):
+                if not self.queue.turn(waiter):
                     waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
                 try:
                     raw = admit(
-                        keys=[self.hash_key, self.slot_key], args=self._admit_args(tokens, lease)
+                        keys=[self.hash_key, self.slot_key],
+                        args=self._admit_args(tokens, lease, priority),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
                     return super().acquire_sync(
-                        tokens, front=front, deadline=deadline, output_tokens=output_tokens
+                        tokens,
+                        front=front,
+                        deadline=deadline,
+                        output_tokens=output_tokens,
+                        priority=priority,
+                        tenant=tenant,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
@@ -669,7 +684,7 @@ class SharedLane(Lane):
                     return turn
                 waiter.sleep(turn)
         except BaseException:
-            self._leave(waiter)
+            self.queue.leave(waiter)
             raise
 
     # -- outcomes -------------------------------------------------------------------------
@@ -682,7 +697,7 @@ class SharedLane(Lane):
         with self._lock:
             # requests wait for a slot, not for pacing: only then is the limit in use (and
             # may grow); a window grown while pacing holds requests back only inflates
-            backlog = bool(self._queue) and self._slot_starved
+            backlog = bool(self.queue) and self._slot_starved
             # the learner hears every release, as a local lane's limit does
             self.slots.release(
                 now=self._clock(),
@@ -693,7 +708,7 @@ class SharedLane(Lane):
             )
             self._held.discard(lease)
             delta, self._token_delta = self._token_delta, 0.0
-            self._wake_head()
+            self.queue.wake_head()
         limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         self._backend.submit(

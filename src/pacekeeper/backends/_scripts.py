@@ -12,7 +12,10 @@ by their expiry time.
 Fields of the lane hash: ``cd`` cooldown until; ``tr``/``tt`` GCRA times of the request and
 token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm`` the shared
 AIMD window; ``rb`` the retry budget; ``n`` admissions so far; and what the controllers learned
-(CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap, ``pf`` the floor.
+(CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap, ``pf`` the floor;
+priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
+class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
+background.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ ADMIT = (
 -- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry)
 -- ARGV: tokens, rpm, tpm (the caller's pace in force, 0: none), burst_s, utilisation,
 --       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
---       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs)
+--       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs),
+--       rank (the caller's class: 0 interactive, 1 batch, 2 background), min_share,
+--       waiting here per class (3 numbers, the caller included)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
+-- Classes across the fleet: each caller states the classes it has work in (fresh for a
+-- moment, longer while its head waits); a lower class goes while a higher one has work
+-- anywhere only on its credit, min_share per admission made while it had work.
 -- The pace is the lower of the caller's and the fleet's (pr/pt, pushed by CONTROL), under
 -- the limits headers stated; the adaptive limit is the shared window, raised to the floor
 -- and bounded by the in-flight cap (the lower of the caller's and the fleet's).
@@ -58,6 +66,32 @@ local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
 local fixed, initial = num(ARGV[6], 0), num(ARGV[7], 4)
 local lo, hi = num(ARGV[8], 1), num(ARGV[9], 512)
 local now = clock()
+local rank = math.floor(num(ARGV[15], 0))
+local share = num(ARGV[16], 0.1)
+local dm = redis.call('HMGET', KEYS[1], 'd0', 'd1', 'd2', 'c1', 'c2')
+local demand = {num(dm[1], 0), num(dm[2], 0), num(dm[3], 0)}
+local credit = {0, num(dm[4], 0), num(dm[5], 0)}
+for k = 1, 3 do
+  if num(ARGV[16 + k], 0) > 0 and demand[k] < now + 0.25 then
+    demand[k] = now + 0.25
+    redis.call('HSET', KEYS[1], 'd' .. (k - 1), fmt(demand[k]))
+  end
+end
+local function waiting(wait_s)
+  -- refused: the caller's class keeps its claim until it asks again
+  local k = rank + 1
+  if demand[k] < now + wait_s + 0.1 then
+    redis.call('HSET', KEYS[1], 'd' .. rank, fmt(now + wait_s + 0.1))
+  end
+end
+if rank > 0 and credit[rank + 1] < 0.999999 then
+  for k = 1, rank do
+    if demand[k] > now then
+      waiting(0.02)
+      return {0, fmt(0.02), '0', '0', fmt(now), '0'}
+    end
+  end
+end
 local h = redis.call('HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf')
 local rpm = effective(lower(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
 local tpm = effective(lower(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
@@ -92,11 +126,24 @@ else
   if cap > 0 then limit = math.min(limit, cap) end
   limit = math.max(lo, math.min(hi, limit))
 end
-if wait > 0 then return {0, fmt(wait), '0', tostring(limit), fmt(now), '0'} end
+if wait > 0 then
+  waiting(wait)
+  return {0, fmt(wait), '0', tostring(limit), fmt(now), '0'}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
 local in_flight = redis.call('ZCARD', KEYS[2])
 if in_flight >= limit then
+  waiting(0.05)
   return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+end
+for k = 2, 3 do
+  if demand[k] > now or k == rank + 1 then credit[k] = credit[k] + share else credit[k] = 0 end
+end
+if rank > 0 then credit[rank + 1] = math.max(0, credit[rank + 1] - 1) end
+redis.call('HSET', KEYS[1], 'c1', fmt(credit[2]), 'c2', fmt(credit[3]))
+if num(ARGV[17 + rank], 0) <= 1 then
+  -- nothing more of its class waits here: its claim ends (others renew theirs as they ask)
+  redis.call('HSET', KEYS[1], 'd' .. rank, fmt(now))
 end
 if rint > 0 then redis.call('HSET', KEYS[1], 'tr', fmt(tr + rint)) end
 if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end

@@ -43,6 +43,7 @@ from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch, shard_of
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.priority import Priority
 from pacekeeper.core.tokens import estimate_request_tokens, route_generates
 from pacekeeper.providers import AZURE_API_VERSION, PROVIDERS, get_provider
 from pacekeeper.report.summary import summary_lines, summary_table
@@ -159,6 +160,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shard", metavar="K/N", help="take only shard K of N (by custom_id)")
     parser.add_argument(
+        "--priority",
+        type=_priority,
+        default=Priority.BATCH,
+        help="the class of every request: interactive, batch (default) or background; a "
+        "higher class goes first on a shared governor, Redis fleet or pacekeeper proxy",
+    )
+    parser.add_argument(
+        "--tenant",
+        help="whose fair share the requests count in within their class (shared limits)",
+    )
+    parser.add_argument(
         "--redis",
         metavar="URL",
         help="share the limits with every process using the same Redis and namespace",
@@ -188,6 +200,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="live display on a terminal, plain lines elsewhere (auto)",
     )
+
+
+def _priority(value: str) -> Priority:
+    try:
+        return Priority.parse(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -290,6 +309,8 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
         timeout_s=retry.attempt_timeout_s or 600.0,
         log_path=args.log,
         shard=shard,
+        priority=args.priority,
+        tenant=args.tenant or None,
     )
     backend = None
     redis_url = args.redis or settings.redis

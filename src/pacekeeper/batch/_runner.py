@@ -39,9 +39,11 @@ from pacekeeper.batch._output import (
 from pacekeeper.core.classify import classify_response
 from pacekeeper.core.errors import AdmissionClosed, PacekeeperError
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.priority import Priority, priority
 from pacekeeper.core.records import AttemptRecord, RequestRecord
 from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
+from pacekeeper.transports._engine import PRIORITY_HEADER
 
 __all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
 
@@ -79,6 +81,12 @@ class BatchJob:
     """Azure's ``api-version`` on deployment routes (default: the provider's)."""
     default_model: str | None = None
     """The model of lines that name none (``model`` overrides every line's)."""
+    priority: Priority = Priority.BATCH
+    """The class of every request (sent to a pacekeeper proxy as ``x-pacekeeper-priority``):
+    batch by default, so that interactive traffic on the same key goes first."""
+    tenant: str | None = None
+    """Whose fair share the requests count in within their class (a governor shared with
+    other runs, or a Redis fleet)."""
     max_wait_s: float = 3600.0
     """How long the run may park when the provider refuses for longer than the governor's
     ``max_hint_s`` (a daily limit); a longer wait stops the run (resumable)."""
@@ -351,6 +359,17 @@ async def run_batch(
     Raises :class:`~pacekeeper.batch.OutputDamaged` when the output holds a line that is not
     a result, and :class:`~pacekeeper.batch.OutputBusy` when another run is writing it.
     """
+    with priority(job.priority, tenant=job.tenant):  # inherited by every task started below
+        return await _run_batch(job, gov, stop, on_progress, on_notice)
+
+
+async def _run_batch(
+    job: BatchJob,
+    gov: Governor,
+    stop: asyncio.Event | None,
+    on_progress: Callable[[BatchResult], None] | None,
+    on_notice: Callable[[str], None] | None,
+) -> BatchResult:
     result = BatchResult()
     started = time.monotonic()
     secrets = redaction_list([job.api_key])
@@ -375,7 +394,11 @@ async def run_batch(
             log_hook = _LogHook(job.log_path, secrets)
             gov.hooks.append(log_hook)
         gov.hooks.append(pauses)
-        headers = {"user-agent": "pacekeeper-run", **job.provider.auth_headers(job.api_key)}
+        headers = {
+            "user-agent": "pacekeeper-run",
+            PRIORITY_HEADER: job.priority.value,  # for a pacekeeper proxy on the way
+            **job.provider.auth_headers(job.api_key),
+        }
         park = _Park(result, stop, job.max_wait_s, on_notice)
         park.max_hint_s = gov.retry.max_hint_s
         client = httpx2.AsyncClient(

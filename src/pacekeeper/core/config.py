@@ -95,9 +95,17 @@ class Limits:
     """Give back reserved-but-unused answer tokens once usage is known. Off by default because
     OpenAI counts max_tokens toward the limit whatever the answer's length; turn it on for
     providers that count only what was generated."""
+    min_share: float = 0.1
+    """The share of the lane's admissions each priority class below ``interactive`` keeps
+    while it has work, however much the classes above send (0 to 1/3; 0: strict priority)."""
 
     def __post_init__(self) -> None:
         _positive("rpm", self.rpm)
+        if not 0.0 <= self.min_share <= 1.0 / 3.0:
+            raise ConfigurationError(
+                f"min_share must be in [0, 1/3] (batch and background each keep it), "
+                f"got {self.min_share!r}"
+            )
         _positive("tpm", self.tpm)
         _positive("output_tpm", self.output_tpm)
         _positive("burst_s", self.burst_s, allow_none=False)

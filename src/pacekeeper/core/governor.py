@@ -48,6 +48,7 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
+from pacekeeper.core.priority import Priority, current_priority, current_tenant
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
 from pacekeeper.core.tokens import route_generates
@@ -176,9 +177,18 @@ class Governor:
         estimate: TokenEstimate | None = None,
         tokens: int | None = None,
         tag: str | None = None,
+        priority: Priority | str | None = None,
+        tenant: str | None = None,
     ) -> Call:
         """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
-        ``tag`` is copied into its records (e.g. a batch line's custom_id)."""
+        ``tag`` is copied into its records (e.g. a batch line's custom_id).
+
+        ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
+        ``tenant`` whose share it counts in within that class; unset, they come from the
+        innermost :func:`pacekeeper.priority` block, else ``interactive`` and no tenant."""
+        cls = Priority.parse(priority) if priority is not None else current_priority()
+        if tenant is None:
+            tenant = current_tenant()
         lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
@@ -192,7 +202,15 @@ class Governor:
             )
         else:
             prompt, completion = (tokens or 0), 0
-        return Call(self, lane, prompt_tokens=prompt, completion_tokens=completion, tag=tag)
+        return Call(
+            self,
+            lane,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            tag=tag,
+            priority=cls,
+            tenant=tenant,
+        )
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:
         """The wait before retrying after ``verdict`` on attempt number ``attempt``."""
@@ -226,6 +244,8 @@ class Governor:
         model: str | None = None,
         tokens: int | None = None,
         estimate: TokenEstimate | None = None,
+        priority: Priority | str | None = None,
+        tenant: str | None = None,
     ) -> T:
         """Run ``fn`` under the governor, retrying what can succeed on retry.
 
@@ -234,7 +254,14 @@ class Governor:
         is classified like an HTTP answer; timeouts and connection errors are retried; other
         exceptions propagate at once. Cancellation always propagates and frees the slot.
         """
-        call = self.call(route=route, model=model, tokens=tokens, estimate=estimate)
+        call = self.call(
+            route=route,
+            model=model,
+            tokens=tokens,
+            estimate=estimate,
+            priority=priority,
+            tenant=tenant,
+        )
         while True:
             permit = await call.admit()
             try:
@@ -273,6 +300,8 @@ class Governor:
         model: str | None = None,
         tokens: int | None = None,
         estimate: TokenEstimate | None = None,
+        priority: Priority | str | None = None,
+        tenant: str | None = None,
     ) -> Admission:
         """One governed attempt for code that makes its own calls::
 
@@ -286,7 +315,16 @@ class Governor:
         (a cancellation frees the slot and is never taken for a failure). There is no retry
         here: use :meth:`run` for that. ``with gov.admit(...)`` works in threads.
         """
-        return Admission(self.call(route=route, model=model, tokens=tokens, estimate=estimate))
+        return Admission(
+            self.call(
+                route=route,
+                model=model,
+                tokens=tokens,
+                estimate=estimate,
+                priority=priority,
+                tenant=tenant,
+            )
+        )
 
     def amap(
         self,
@@ -344,8 +382,10 @@ class Call:
         "completion_tokens",
         "done",
         "lane",
+        "priority",
         "prompt_tokens",
         "tag",
+        "tenant",
     )
 
     def __init__(
@@ -356,9 +396,13 @@ class Call:
         prompt_tokens: int,
         completion_tokens: int,
         tag: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> None:
         self._gov = gov
         self.tag = tag
+        self.priority = priority
+        self.tenant = tenant
         self.lane = lane
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
@@ -429,6 +473,8 @@ class Call:
                 front=self.attempt > 1,
                 deadline=self._deadline,
                 output_tokens=self.completion_tokens,
+                priority=self.priority,
+                tenant=self.tenant,
             )
         except QueueTimeout as exc:
             raise self._queue_timeout(exc) from None
@@ -447,6 +493,8 @@ class Call:
                 front=self.attempt > 1,
                 deadline=self._deadline,
                 output_tokens=self.completion_tokens,
+                priority=self.priority,
+                tenant=self.tenant,
             )
         except QueueTimeout as exc:
             raise self._queue_timeout(exc) from None
@@ -522,6 +570,8 @@ class Call:
                 error=None if kind is OutcomeKind.OK else verdict.reason,
                 request_id=request_id,
                 tag=self.tag,
+                priority=self.priority.value,
+                tenant=self.tenant,
                 in_flight=permit.in_flight_at_send,
                 concurrency_limit=lane.slots.limit,
                 rpm_limit=lane.rpm_limit,
@@ -681,6 +731,8 @@ class Call:
             error_type=type(error).__name__ if error is not None else error_type,
             request_id=request_id,
             tag=self.tag,
+            priority=self.priority.value,
+            tenant=self.tenant,
         )
         with lane._lock:
             lane.stats.on_request(

@@ -4,9 +4,11 @@ Admission is all-or-nothing at one instant: a request leaves when the cooldown g
 the request and token buckets both have room, and a concurrency slot is free. Only then are the
 buckets charged and the slot taken, so a request that waits for a slot does not hold budget.
 
-Waiting is first come, first served. Only the head of the queue evaluates the state; the rest
-sleep until they become the head. So a release wakes one waiter, not ten thousand, and pacing
-is exact because nobody races the head. Retries join at the front: they are the oldest work.
+Who waits and who goes next is the lane's :class:`~pacekeeper.core.queue.WaitQueue`: priority
+classes with a minimum share for the lower ones, fair shares across tenants, first come first
+served within a tenant, retries at the front. Only the head of the queue evaluates the state;
+the rest sleep until they become the head. So a release wakes one waiter, not ten thousand,
+and pacing is exact because nobody races the head.
 
 The lane is thread-safe (one lock around the pure state), and its waiters may be asyncio
 tasks on any event loop or plain threads: a wake from another thread goes through
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,6 @@ from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
-from pacekeeper.core.errors import AdmissionClosed
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
@@ -53,10 +53,12 @@ from pacekeeper.core.evidence import (
 )
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
+from pacekeeper.core.priority import Priority
+from pacekeeper.core.queue import WaitQueue, bounded_by_deadline
 from pacekeeper.core.rate import PacedRate
 from pacekeeper.core.scale import EstimateScale
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
-from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Waiter, _resolve
+from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Waiter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -163,7 +165,6 @@ class Lane:
         "_admitted",
         "_burst_cut_at",
         "_burst_scale",
-        "_cancelled_waiting",
         "_cap_refuted",
         "_charged",
         "_clock",
@@ -175,13 +176,11 @@ class Lane:
         "_outstanding",
         "_queue",
         "_quota_budgets",
-        "_sleepers",
         "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
         "budget",
-        "closed",
         "congestion",
         "cooldown",
         "estimate_scale",
@@ -215,11 +214,10 @@ class Lane:
         # Re-entrant: a Permit dropped without release is released from __del__, which the garbage
         # collector may run while this thread already holds the lock.
         self._lock = threading.RLock()
-        self._queue: deque[Waiter] = deque()
-        self._cancelled_waiting = 0
-        self._sleepers: set[Waiter] = set()
+        self._queue = WaitQueue(
+            name=f"{key[0]} model={key[1]}", min_share=limits.min_share, lock=self._lock
+        )
         self._next_limits_read = -math.inf
-        self.closed = False
         self.cooldown = CooldownGate()
         self.requests: TokenBucket | None = None
         self.tokens: TokenBucket | None = None
@@ -269,6 +267,15 @@ class Lane:
         self._state_ceilings(now=clock())
 
     # -- limits ---------------------------------------------------------------------------
+
+    @property
+    def queue(self) -> WaitQueue:
+        """The requests waiting for this lane, and who goes next."""
+        return self._queue
+
+    @property
+    def closed(self) -> bool:
+        return self._queue.closed
 
     @property
     def limits(self) -> Limits:
@@ -406,7 +413,7 @@ class Lane:
                 changed = True
             if changed:
                 self._state_ceilings(now=now)
-                self._wake_head()
+                self._queue.wake_head()
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
@@ -529,16 +536,6 @@ class Lane:
             return False
         return self.requests is None or self.requests.wait_s(now=now, cost=1) == 0.0
 
-    def _pop_head(self) -> None:
-        self._queue.popleft()
-        while self._queue and self._queue[0].cancelled:
-            self._queue.popleft()
-            self._cancelled_waiting -= 1
-
-    def _wake_head(self) -> None:
-        if self._queue:
-            self._queue[0].wake()
-
     def _grant(self, now: float, tokens: int, asked_at: float, output_tokens: int = 0) -> Permit:
         if self.slots.in_flight >= self._success_peak_in_flight:
             self._new_territory_at = now
@@ -560,27 +557,8 @@ class Lane:
         self._outstanding[id(permit)] = now
         return permit
 
-    def _leave(self, waiter: Waiter) -> None:
-        """A waiter gives up (cancelled, deadline): forget it, and hand the head on."""
-        with self._lock:
-            if self._queue and self._queue[0] is waiter:
-                self._pop_head()
-                self._wake_head()
-            elif not waiter.cancelled:
-                waiter.cancelled = True
-                self._cancelled_waiting += 1
-
-    def _bounded_by_deadline(self, now: float, wait_s: float, deadline: float) -> float:
-        """Fail now when the known wait passes the deadline; never sleep past it."""
-        if wait_s == math.inf:
-            if now >= deadline:
-                raise QueueTimeout(now - deadline, self._waiting_for(now))
-            return deadline - now
-        if now + wait_s > deadline:
-            raise QueueTimeout(wait_s, self._waiting_for(now))
-        return wait_s
-
-    def _waiting_for(self, now: float) -> str:
+    def waiting_for(self, now: float) -> str:
+        """What the head waits for, in words (for a queue timeout's message)."""
         if self.cooldown.remaining_s(now=now) > 0:
             return "the cooldown after a 429"
         if not self.slots.has_room():
@@ -594,18 +572,18 @@ class Lane:
         front: bool,
         waiter: Waiter,
         output_tokens: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> Permit | None:
         """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
         now = self._clock()
+        queue = self._queue
         with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            if not self._queue and self._try_admit(now, tokens, output_tokens) == 0.0:
+            queue.check_open()
+            if not queue and self._try_admit(now, tokens, output_tokens) == 0.0:
+                queue.count_admission(priority, tenant)
                 return self._grant(now, tokens, now, output_tokens)
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
+            queue.join(waiter, front=front, priority=priority, tenant=tenant)
         return None
 
     def _turn(
@@ -620,20 +598,17 @@ class Lane:
         until woken). The waiter is armed before the lock is released, so a wake between
         this look and the sleep is not lost."""
         with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
             now = self._clock()
-            if self._queue and self._queue[0] is waiter:
+            if self._queue.turn(waiter):
                 wait = self._try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
-                    self._pop_head()
-                    self._wake_head()
+                    self._queue.admitted(waiter)
                     return self._grant(now, tokens, asked_at, output_tokens)
+                waiter.arm()
             else:
                 wait = math.inf
             if deadline is not None:
-                wait = self._bounded_by_deadline(now, wait, deadline)
-            waiter.arm()
+                wait = bounded_by_deadline(now, wait, deadline, lambda: self.waiting_for(now))
         return wait
 
     async def acquire(
@@ -643,6 +618,8 @@ class Lane:
         front: bool = False,
         deadline: float | None = None,
         output_tokens: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
@@ -650,7 +627,14 @@ class Lane:
         (charged to the output budget where the provider limits output apart)."""
         asked_at = self._clock()
         waiter = AsyncWaiter()
-        permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
+        permit = self._join(
+            tokens,
+            front=front,
+            waiter=waiter,
+            output_tokens=output_tokens,
+            priority=priority,
+            tenant=tenant,
+        )
         if permit is not None:
             return permit
         try:
@@ -660,7 +644,7 @@ class Lane:
                     return turn
                 await waiter.sleep(turn)
         except BaseException:
-            self._leave(waiter)
+            self._queue.leave(waiter)
             raise
 
     def acquire_sync(
@@ -670,11 +654,20 @@ class Lane:
         front: bool = False,
         deadline: float | None = None,
         output_tokens: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        tenant: str | None = None,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
         waiter = ThreadWaiter()
-        permit = self._join(tokens, front=front, waiter=waiter, output_tokens=output_tokens)
+        permit = self._join(
+            tokens,
+            front=front,
+            waiter=waiter,
+            output_tokens=output_tokens,
+            priority=priority,
+            tenant=tenant,
+        )
         if permit is not None:
             return permit
         try:
@@ -684,55 +677,22 @@ class Lane:
                     return turn
                 waiter.sleep(turn)
         except BaseException:
-            self._leave(waiter)
+            self._queue.leave(waiter)
             raise
 
     def close(self) -> None:
         """Stop admitting: every queued request fails with AdmissionClosed (it was not sent);
         requests in flight are not touched."""
-        with self._lock:
-            self.closed = True
-            for waiter in [*self._queue, *self._sleepers]:
-                waiter.wake()
+        self._queue.close()
 
     async def sleep(self, delay_s: float) -> None:
         """Wait before a retry; :meth:`close` cuts the wait short with AdmissionClosed, so a
         request waiting to retry does not hold up a shutdown."""
-        waiter = AsyncWaiter()
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            fut = waiter.arm()
-            self._sleepers.add(waiter)
-        timer = waiter._loop.call_later(delay_s, _resolve, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            with self._lock:
-                self._sleepers.discard(waiter)
-        if self.closed:
-            raise AdmissionClosed(self._closed_message())
+        await self._queue.pause(delay_s)
 
     def sleep_sync(self, delay_s: float) -> None:
         """The blocking twin of :meth:`sleep`."""
-        waiter = ThreadWaiter()
-        with self._lock:
-            if self.closed:
-                raise AdmissionClosed(self._closed_message())
-            event = waiter.arm()
-            self._sleepers.add(waiter)
-        try:
-            event.wait(delay_s)
-        finally:
-            with self._lock:
-                self._sleepers.discard(waiter)
-        if self.closed:
-            raise AdmissionClosed(self._closed_message())
-
-    def _closed_message(self) -> str:
-        route, model = self.key
-        return f"{route} model={model}: the governor was closed; this request was not sent"
+        self._queue.pause_sync(delay_s)
 
     def release(self, permit: Permit, signal: Signal) -> None:
         with self._lock:
@@ -744,7 +704,7 @@ class Lane:
                 signal=signal,
                 backlog=self._waiting_for_slot(),
             )
-            self._wake_head()
+            self._queue.wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -996,7 +956,7 @@ class Lane:
     @property
     def queued(self) -> int:
         """Requests waiting for admission."""
-        return len(self._queue) - self._cancelled_waiting
+        return len(self._queue)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

@@ -52,6 +52,10 @@ class AttemptRecord:
     rpm_limit: float | None = None
     """The requests-per-minute limit in force (configured or learned), if any."""
     tpm_limit: float | None = None
+    priority: str = "interactive"
+    """The request's priority class: ``interactive``, ``batch`` or ``background``."""
+    tenant: str | None = None
+    """Whose fair share the request counted in within its class (None: no tenant named)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
@@ -83,6 +87,10 @@ class RequestRecord:
     """The pacekeeper exception's class name when the request failed."""
     request_id: str | None = None
     tag: str | None = None
+    priority: str = "interactive"
+    """The request's priority class: ``interactive``, ``batch`` or ``background``."""
+    tenant: str | None = None
+    """Whose fair share the request counted in within its class (None: no tenant named)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""

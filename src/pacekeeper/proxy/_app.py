@@ -40,18 +40,20 @@ import httpx2
 from pacekeeper.core.classify import describe_exception
 from pacekeeper.core.errors import (
     AdmissionClosed,
+    ConfigurationError,
     DeadlineExceeded,
     PacekeeperError,
     RequestTooLarge,
 )
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.lane import Lane
+from pacekeeper.core.priority import Priority, priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import ConnectionGuard
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
-from pacekeeper.transports._engine import route_of
+from pacekeeper.transports._engine import PRIORITY_HEADER, route_of
 
 __all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
 
@@ -94,7 +96,17 @@ _HOP_BY_HOP = frozenset(
 )
 # Also not forwarded: the host (the upstream's is set), the length (recomputed from the body
 # read), expect (answered by the server here) and the proxy's own token.
-_REQUEST_DROP = _HOP_BY_HOP | {b"host", b"content-length", b"expect", TOKEN_HEADER.encode()}
+_REQUEST_DROP = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    TOKEN_HEADER.encode(),
+    PRIORITY_HEADER.encode(),
+}
+_PRIORITY_HEADER = PRIORITY_HEADER.encode()
+_Client = tuple["str | None", Priority]
+"""Who sent a request: its tenant (None: none bound) and the highest class it may use."""
+_ANYONE: _Client = (None, Priority.INTERACTIVE)
 _JSON = (b"content-type", b"application/json")
 _REFUSED = (REFUSED_HEADER.encode(), b"proxy")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -237,7 +249,12 @@ class ProxyApp:
             (name.encode(), value.encode())
             for name, value in self._provider.auth_headers(config.api_key).items()
         ]
-        self._token = config.client_token.encode() if config.client_token else None
+        # Every accepted token, and who presents it.
+        self._tokens: list[tuple[bytes, _Client]] = [
+            (t.token.encode(), (t.tenant, t.priority)) for t in config.tenants
+        ]
+        if config.client_token:
+            self._tokens.append((config.client_token.encode(), _ANYONE))
         self._timeout = {
             "connect": config.connect_timeout_s,
             "read": config.read_timeout_s,
@@ -455,10 +472,10 @@ class ProxyApp:
 
     # -- forwarding -----------------------------------------------------------------------
 
-    def _authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        expected = self._token
-        if expected is None:
-            return True
+    def _client(self, headers: Iterable[tuple[bytes, bytes]]) -> _Client | None:
+        """Who presents this request's token (None: no valid token where one is required)."""
+        if not self._tokens:
+            return _ANYONE
         presented = bearer = None
         for name, value in headers:
             if name == b"x-pacekeeper-token":
@@ -470,8 +487,15 @@ class ProxyApp:
             elif name in _KEY_HEADERS and self._api_key is not None and bearer is None:
                 bearer = value.strip()  # an SDK's own key header (Azure, Anthropic)
         candidate = presented if presented is not None else bearer
-        # Constant time in the token's content (the length of a wrong guess may show).
-        return candidate is not None and hmac.compare_digest(candidate, expected)
+        if candidate is None:
+            return None
+        # Constant time in the tokens' content (the length of a wrong guess may show), and
+        # every token compared, so which one matched does not show either.
+        found: _Client | None = None
+        for token, client in self._tokens:
+            if hmac.compare_digest(candidate, token):
+                found = client
+        return found
 
     def _upstream_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
         out: Headers = []
@@ -610,7 +634,8 @@ class ProxyApp:
             )
             return
         headers = scope["headers"]
-        if not self._authorized(headers):
+        client = self._client(headers)
+        if client is None:
             self.counters.refuse("invalid_proxy_token")
             await self._error(
                 send,
@@ -632,17 +657,59 @@ class ProxyApp:
                 extra=unread,
             )
             return
+        cls = self._priority(headers, client)
+        if cls is None:
+            self.counters.refuse("invalid_priority")
+            await self._error(
+                send,
+                400,
+                "invalid_priority",
+                f"pacekeeper proxy: {PRIORITY_HEADER} must be one of "
+                f"{', '.join(p.value for p in Priority)}",
+                extra=unread,
+            )
+            return
         read = await self._read_body(scope, receive, send)
         if read is None:
             return
         body, reserved = read
         try:
-            await self._forward_body(scope, receive, send, method=method, rest=rest, body=body)
+            await self._forward_body(
+                scope,
+                receive,
+                send,
+                method=method,
+                rest=rest,
+                body=body,
+                who=(client[0], cls),
+            )
         finally:
             self.counters.buffered_bytes -= reserved
 
+    @staticmethod
+    def _priority(headers: Iterable[tuple[bytes, bytes]], client: _Client) -> Priority | None:
+        """The request's class: its header's, never above the one its token is bound to
+        (default: that one). None: a header naming no class."""
+        ceiling = client[1]
+        for name, value in headers:
+            if name == _PRIORITY_HEADER:
+                try:
+                    asked = Priority.parse(value.decode("latin-1"))
+                except ConfigurationError:
+                    return None
+                return asked if asked.rank >= ceiling.rank else ceiling
+        return ceiling
+
     async def _forward_body(
-        self, scope: Scope, receive: Receive, send: Send, *, method: str, rest: bytes, body: bytes
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        method: str,
+        rest: bytes,
+        body: bytes,
+        who: _Client = _ANYONE,
     ) -> None:
         content_type = b""
         for name, value in scope["headers"]:
@@ -695,7 +762,7 @@ class ProxyApp:
             return
         route = route_of(request.url.path)  # the lane the governed transport will use
         lane = self.governor.lane(route, model)
-        refusal = self._refusal(lane)
+        refusal = self._refusal(lane, who[1])
         if refusal is not None:
             code, message, retry_after_s = refusal
             await self._error(send, 429, code, message, retry_after_s=retry_after_s)
@@ -707,33 +774,38 @@ class ProxyApp:
         exchange.timer = loop.call_later(self.config.queue_timeout_s, exchange.on_queue_timeout)
         exchange.watcher = watcher = loop.create_task(_watch(receive, exchange))
         try:
-            await self._exchange(send, request, lane, exchange)
+            with priority(who[1], tenant=who[0]):  # read by the governed transport's call
+                await self._exchange(send, request, lane, exchange)
         finally:
             counters.in_progress -= 1
             exchange.timer.cancel()
             watcher.cancel()
 
-    def _refusal(self, lane: Lane) -> tuple[str, str, float] | None:
-        """Refuse now when the lane's queue is full, or its known wait passes the deadline."""
-        queued = lane.queued
+    def _refusal(self, lane: Lane, cls: Priority) -> tuple[str, str, float] | None:
+        """Refuse now when the lane's queue is full, or its known wait passes the deadline,
+        for a request of class ``cls``: only what goes before it counts (its class and the
+        classes above), at the share of the rate it gets while they all wait. So a batch
+        request is refused long before an interactive one."""
+        queued = lane.queue.ahead_of(cls)
         config = self.config
         if queued >= config.max_queue:
             return (
                 "proxy_queue_full",
-                f"pacekeeper proxy: {queued} requests already wait for "
-                f"{lane.key[0]} model={lane.key[1]} (the limit is {config.max_queue}, "
+                f"pacekeeper proxy: {queued} requests of class {cls} or above already wait "
+                f"for {lane.key[0]} model={lane.key[1]} (the limit is {config.max_queue}, "
                 "--max-queue); retry after the time given in retry-after",
                 self._drain_time(lane, queued),
             )
         paced = lane.rpm
         if paced is not None and queued:
-            rate = paced * lane.limits.utilisation / 60.0
+            rate = paced * lane.limits.utilisation / 60.0 * lane.queue.share_of(cls)
             cooldown = lane.cooldown.remaining_s(now=self.governor.clock())
             wait = cooldown + (queued + 1) / rate
             if wait > config.queue_timeout_s:
                 return (
                     "proxy_queue_timeout",
-                    f"pacekeeper proxy: {queued} requests wait for {lane.key[0]} "
+                    f"pacekeeper proxy: {queued} requests of class {cls} or above wait for "
+                    f"{lane.key[0]} "
                     f"model={lane.key[1]}, about {wait:.0f}s at the {paced:g} requests per "
                     f"minute limit, longer than this proxy waits ({config.queue_timeout_s:g}s, "
                     "--queue-timeout)",

@@ -27,10 +27,12 @@ from typing import Any, NoReturn
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.priority import Priority
 from pacekeeper.providers import PROVIDERS, Provider, get_provider
-from pacekeeper.proxy._config import DEFAULT_PORT, ProxyConfig
+from pacekeeper.proxy._config import DEFAULT_PORT, ProxyConfig, TenantToken
 from pacekeeper.proxy._server import Proxy
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
+from pacekeeper.transports._engine import PRIORITY_HEADER
 
 __all__ = ["LISTENING_PREFIX", "build_governor", "configure_parser", "main", "run"]
 
@@ -120,6 +122,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="clients must present the token in this environment variable (x-pacekeeper-token, "
         "or as their API key when the proxy holds the upstream key)",
+    )
+    keys.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        metavar="NAME:CLASS:ENV",
+        help="a client token (in environment variable ENV) bound to tenant NAME and priority "
+        "class CLASS (interactive, batch, background): its requests share fairly with other "
+        "tenants of the class, never above it (repeat for each tenant)",
     )
 
     limits = parser.add_argument_group("limits (flags override the config file)")
@@ -292,6 +303,7 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
     )
     timeout = args.timeout or settings.retry.attempt_timeout_s or 600.0
     max_body = int(args.max_body_mb * _MB)
+    tenants = tuple(_tenant(spec) for spec in getattr(args, "tenant", []) or [])
     return ProxyConfig(
         upstream=upstream,
         host=args.host,
@@ -299,6 +311,7 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
         base_path=base_path,
         api_key=api_key,
         client_token=token,
+        tenants=tenants,
         max_body_bytes=max_body,
         max_buffered_bytes=max(max_body, int(args.max_buffered_mb * _MB)),
         max_queue=int(args.max_queue),
@@ -330,17 +343,49 @@ def _example_upstream(provider: Provider) -> str:
     return provider.base_url or "http://HOST:PORT/v1"
 
 
+def _tenant(spec: str) -> TenantToken:
+    """``NAME:CLASS:ENV`` from --tenant: the token is read from the environment."""
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigurationError(
+            f"--tenant takes NAME:CLASS:ENV (e.g. chat:interactive:CHAT_TOKEN), got {spec!r}"
+        )
+    name, cls, env = parts
+    return TenantToken(
+        tenant=name, priority=Priority.parse(cls), token=_secret_from_env(env, f"--tenant {name}")
+    )
+
+
+def describe_classes(config: ProxyConfig, min_share: float) -> str:
+    """The classes and tenants the proxy serves, for its start-up lines."""
+    lines = [
+        f"priority classes: interactive (default), batch and background each keep "
+        f"{min_share:.0%} of admissions while they wait; ask with {PRIORITY_HEADER}: CLASS"
+    ]
+    if config.tenants:
+        lines.extend(
+            f"tenant {t.tenant}: class {t.priority} or lower (fair share)" for t in config.tenants
+        )
+    else:
+        lines.append("tenants: none bound to tokens (--tenant NAME:CLASS:ENV)")
+    return "\n".join(f"{PROG}: {line}" for line in lines)
+
+
 def _describe_keys(config: ProxyConfig) -> str:
     if config.api_key:
         how = f"the proxy holds the upstream key (sent as {config.provider} expects)"
     else:
         how = "each client's own Authorization is forwarded"
-    token = "clients must present the client token" if config.client_token else "no client token"
+    token = (
+        "clients must present the client token or a tenant's"
+        if config.tokens_required
+        else "no client token"
+    )
     return f"{how}; {token}"
 
 
 def _warn_exposure(config: ProxyConfig, port: int | None = None) -> None:
-    if config.loopback_only or config.client_token:
+    if config.loopback_only or config.tokens_required:
         return
     where = f"{config.host}:{port if port is not None else config.port}"
     bar = "!" * 78
@@ -404,6 +449,7 @@ def _serve(config: ProxyConfig, governor: Governor) -> int:
         sys.stderr.write(
             f"{PROG}: forwarding to {config.upstream}; {_describe_keys(config)}{shared}\n"
         )
+        sys.stderr.write(describe_classes(config, governor.limits.min_share) + "\n")
         # Wake up now and then: a signal handler only runs when this thread runs bytecode.
         while not stop.wait(0.2):
             if not proxy.running:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pacekeeper.core.errors import ConfigurationError
+from pacekeeper.core.priority import Priority
 
-__all__ = ["DEFAULT_PORT", "ProxyConfig", "is_loopback"]
+__all__ = ["DEFAULT_PORT", "ProxyConfig", "TenantToken", "is_loopback"]
 
 DEFAULT_PORT = 8787
 
@@ -28,6 +29,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantToken:
+    """A client token bound to a tenant and a priority class: requests that present it count
+    in ``tenant``'s fair share, in ``priority`` (the highest class its header may ask for).
+
+    >>> TenantToken(tenant="chat", token="t-1", priority=Priority.INTERACTIVE)
+    TenantToken(tenant='chat', priority=<Priority.INTERACTIVE: 'interactive'>)
+    """
+
+    tenant: str
+    token: str = field(repr=False)
+    priority: Priority = Priority.INTERACTIVE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", Priority.parse(self.priority))
+        if not self.tenant or any(c.isspace() for c in self.tenant):
+            raise ConfigurationError(f"a tenant's name must be one word, got {self.tenant!r}")
+        if not self.token.strip() or "\n" in self.token or "\r" in self.token:
+            raise ConfigurationError(f"tenant {self.tenant}: its token must be a non-empty line")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +77,9 @@ class ProxyConfig:
     client_token: str | None = field(default=None, repr=False)
     """When set, clients must present it (``Authorization: Bearer`` when the proxy holds the
     key, or ``x-pacekeeper-token``), compared in constant time."""
+    tenants: tuple[TenantToken, ...] = ()
+    """Client tokens bound to a tenant and a class; any of them is accepted as well as
+    ``client_token``."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Larger request bodies get a 413 (OpenAI accepts about 20-30 MB with base64 images)."""
     max_buffered_bytes: int = 512 * 1024 * 1024
@@ -130,6 +155,18 @@ class ProxyConfig:
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\n" in value or "\r" in value):
                 raise ConfigurationError(f"{name} must be a non-empty single line")
+
+        names = [t.tenant for t in self.tenants]
+        tokens = [t.token for t in self.tenants] + (
+            [self.client_token] if self.client_token else []
+        )
+        if len(set(names)) != len(names) or len(set(tokens)) != len(tokens):
+            raise ConfigurationError("every tenant needs its own name and its own token")
+
+    @property
+    def tokens_required(self) -> bool:
+        """Whether clients must present a token (the client token or a tenant's)."""
+        return self.client_token is not None or bool(self.tenants)
 
     @property
     def loopback_only(self) -> bool:

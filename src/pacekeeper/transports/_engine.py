@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.governor import Call
 
 __all__ = [
+    "PRIORITY_HEADER",
     "Flavour",
     "RequestFacts",
     "flavour_of",
@@ -41,6 +42,9 @@ __all__ = [
     "usage_from_json",
     "usage_of",
 ]
+
+PRIORITY_HEADER = "x-pacekeeper-priority"
+"""A request's priority class, for a pacekeeper proxy (``pacekeeper run`` sends its own)."""
 
 _EMPTY_ESTIMATE = TokenEstimate(prompt_tokens=0, max_completion_tokens=0, method="none")
 _USAGE_NUMBER = re.compile(

@@ -1,0 +1,103 @@
+"""Priority classes: who goes first when several kinds of work share one limit.
+
+``interactive`` (the default for the library and the proxy: someone is waiting for the answer),
+``batch`` (the default for ``pacekeeper run``) and ``background``. A higher class goes first
+when both wait; a lower one keeps a minimum share of the lane's admissions while it has work
+(see :mod:`pacekeeper.core.queue`).
+
+Code that cannot pass ``priority=`` (an SDK client under :func:`~pacekeeper.wrap`) sets it for
+everything it does in a block::
+
+    with pacekeeper.priority("batch", tenant="nightly"):
+        await client.chat.completions.create(...)
+
+>>> Priority.parse("Batch")
+<Priority.BATCH: 'batch'>
+>>> Priority.parse("urgent")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pacekeeper.core.errors.ConfigurationError: priority must be one of interactive, batch, ...
+>>> with priority("background", tenant="t1"):
+...     current_priority(), current_tenant()
+(<Priority.BACKGROUND: 'background'>, 't1')
+>>> current_priority(), current_tenant()
+(<Priority.INTERACTIVE: 'interactive'>, None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+from collections.abc import Iterator
+
+from pacekeeper.core.errors import ConfigurationError
+
+__all__ = ["Priority", "current_priority", "current_tenant", "priority"]
+
+
+class Priority(str, enum.Enum):
+    """A request's class, highest first."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+    BACKGROUND = "background"
+
+    @property
+    def rank(self) -> int:
+        """0 for the highest class."""
+        return _RANKS[self]
+
+    @classmethod
+    def parse(cls, value: Priority | str) -> Priority:
+        """A class from its name (any case); a clear error for anything else."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        names = ", ".join(p.value for p in cls)
+        raise ConfigurationError(f"priority must be one of {names}, got {value!r}")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RANKS = {p: i for i, p in enumerate(Priority)}
+
+_PRIORITY: contextvars.ContextVar[Priority | None] = contextvars.ContextVar(
+    "pacekeeper_priority", default=None
+)
+_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pacekeeper_tenant", default=None
+)
+
+
+def current_priority(default: Priority = Priority.INTERACTIVE) -> Priority:
+    """The class set by the innermost :func:`priority` block, else ``default``."""
+    value = _PRIORITY.get()
+    return default if value is None else value
+
+
+def current_tenant() -> str | None:
+    """The tenant set by the innermost :func:`priority` block (None: none set)."""
+    return _TENANT.get()
+
+
+@contextlib.contextmanager
+def priority(cls: Priority | str, *, tenant: str | None = None) -> Iterator[Priority]:
+    """Requests made in this block (by this task or thread, and tasks it starts) go in class
+    ``cls`` and, when given, as ``tenant``. Blocks nest; leaving one restores the outer one."""
+    parsed = Priority.parse(cls)
+    if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()):
+        raise ConfigurationError(f"tenant must be a non-empty string, got {tenant!r}")
+    token = _PRIORITY.set(parsed)
+    tenant_token = _TENANT.set(tenant) if tenant is not None else None
+    try:
+        yield parsed
+    finally:
+        if tenant_token is not None:
+            _TENANT.reset(tenant_token)
+        _PRIORITY.reset(token)

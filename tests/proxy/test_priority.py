@@ -1,0 +1,149 @@
+"""Priority classes and tenants at the proxy: the header, tokens bound to a tenant and a class,
+and back-pressure per class (a batch caller is refused long before an interactive one)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2
+import pytest
+
+from pacekeeper import ConfigurationError, Governor, Limits, Priority, RequestRecord
+from pacekeeper.core.records import AttemptRecord
+from pacekeeper.proxy import ProxyConfig
+from pacekeeper.proxy._cli import describe_classes
+from pacekeeper.proxy._config import TenantToken
+from pacekeeper.sim import Latency, Scenario
+
+from .conftest import StartProxy, StartSim
+
+MODEL = "gpt-4o-mini"
+
+
+def body(i: int) -> dict[str, object]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}]}
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.requests: list[RequestRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        pass
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+
+async def test_interactive_overtakes_a_queue_of_batch_requests(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.1)))
+    records = _Records()
+    gov = Governor(limits=Limits(concurrency=1, min_share=0.0), hooks=[records])
+    proxy = start_proxy(sim, gov)
+    url = proxy.base_url + "/chat/completions"
+    batch = {"x-pacekeeper-priority": "batch"}
+    async with httpx2.AsyncClient(timeout=20) as client:
+        queued = [
+            asyncio.create_task(client.post(url, json=body(i), headers=batch)) for i in range(6)
+        ]
+        await asyncio.sleep(0.15)  # one in flight, five queued
+        chat = await client.post(url, json=body(99))  # no header: interactive
+        assert chat.status_code == 200
+        done_before_chat = sum(t.done() for t in queued)
+        answers = await asyncio.gather(*queued)
+    assert all(a.status_code == 200 for a in answers)
+    assert done_before_chat <= 2  # it went before the batch queued ahead of it
+    by_class = {r.priority for r in records.requests}
+    assert by_class == {"interactive", "batch"}
+    # the header is the proxy's own: not forwarded
+    assert sim.stats()["requests_received"] == 7
+
+
+async def test_a_batch_caller_is_refused_long_before_an_interactive_one(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    sim = start_sim()
+    # 60 rpm, no burst: one a second; the proxy waits at most 2.5 s.
+    gov = Governor(limits=Limits(rpm=60, burst_s=0.01, concurrency=8))
+    proxy = start_proxy(sim, gov, queue_timeout_s=2.5)
+    url = proxy.base_url + "/chat/completions"
+    batch = {"x-pacekeeper-priority": "batch"}
+    async with httpx2.AsyncClient(timeout=20) as client:
+        assert (await client.post(url, json=body(0), headers=batch)).status_code == 200
+        waiting = [
+            asyncio.create_task(client.post(url, json=body(i), headers=batch)) for i in (1, 2)
+        ]
+        await asyncio.sleep(0.1)
+        refused = await client.post(url, json=body(3), headers=batch)  # 3 s away: refused
+        chat = await client.post(url, json=body(4))  # interactive: next in line
+        answers = await asyncio.gather(*waiting)
+    assert refused.status_code == 429
+    assert refused.headers["x-pacekeeper-error"] == "proxy_queue_timeout"
+    assert "class batch" in refused.json()["error"]["message"]
+    assert chat.status_code == 200
+    # the interactive request took the second batch request's turn (2 s), which then passed
+    # the 2.5 s deadline: the batch caller pays for the interactive one, never the reverse
+    assert [a.status_code for a in answers] == [200, 429]
+
+
+async def test_a_token_binds_its_tenant_and_its_highest_class(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    sim = start_sim()
+    records = _Records()
+    gov = Governor(hooks=[records])
+    tenants = (
+        TenantToken(tenant="nightly", token="tok-nightly", priority=Priority.BATCH),
+        TenantToken(tenant="chat", token="tok-chat"),
+    )
+    proxy = start_proxy(sim, gov, tenants=tenants)
+    url = proxy.base_url + "/chat/completions"
+    async with httpx2.AsyncClient(timeout=20) as client:
+        none = await client.post(url, json=body(0))
+        wrong = await client.post(url, json=body(1), headers={"x-pacekeeper-token": "nope"})
+        # a batch token asking for interactive stays batch; asking lower is allowed
+        up = await client.post(
+            url,
+            json=body(2),
+            headers={"x-pacekeeper-token": "tok-nightly", "x-pacekeeper-priority": "interactive"},
+        )
+        down = await client.post(
+            url,
+            json=body(3),
+            headers={"x-pacekeeper-token": "tok-chat", "x-pacekeeper-priority": "background"},
+        )
+        bad = await client.post(
+            url,
+            json=body(4),
+            headers={"x-pacekeeper-token": "tok-chat", "x-pacekeeper-priority": "urgent"},
+        )
+    assert none.status_code == wrong.status_code == 401
+    assert up.status_code == down.status_code == 200
+    assert bad.status_code == 400
+    assert bad.headers["x-pacekeeper-error"] == "invalid_priority"
+    seen = sorted((r.tenant, r.priority) for r in records.requests)
+    assert seen == [("chat", "background"), ("nightly", "batch")]
+    assert "tok-" not in repr(proxy.app.config)
+
+
+def test_tenants_are_checked_and_listed_at_start() -> None:
+    with pytest.raises(ConfigurationError, match="own name and its own token"):
+        ProxyConfig(
+            upstream="http://x",
+            tenants=(
+                TenantToken(tenant="a", token="same"),
+                TenantToken(tenant="b", token="same"),
+            ),
+        )
+    with pytest.raises(ConfigurationError, match="priority must be one of"):
+        TenantToken(tenant="a", token="t", priority="urgent")  # type: ignore[arg-type]
+    config = ProxyConfig(
+        upstream="http://x",
+        tenants=(TenantToken(tenant="nightly", token="sekret-9", priority=Priority.BATCH),),
+    )
+    text = describe_classes(config, 0.1)
+    assert "tenant nightly: class batch or lower" in text
+    assert "10%" in text
+    assert "sekret" not in text
