@@ -342,6 +342,9 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
+    def _accepted_share(self, now: float) -> float:
+        return self._fleet_share(now)
+
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
         """Push what changed in this lane's controller since the last exchange, read what the
         fleet stored, and adopt it (called by the maintenance thread, and once at creation).

@@ -830,7 +830,12 @@ class Lane:
                 self.output_tokens.drain_to(now=now, level=0.0)
             return
         rate = self.token_rate if tokens_out else self.request_rate
-        moved = rate.throttled(sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None)
+        moved = rate.throttled(
+            sent_at=permit.sent_at,
+            now=now,
+            hinted=verdict.hint_s is not None,
+            accepted_share=self._accepted_share(now),
+        )
         if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated rate: the provider counts in windows that our
             # burst can overfill (fixed windows, a shorter window than ours). Halve the burst;
@@ -890,6 +895,11 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _accepted_share(self, now: float) -> float:
+        """This lane's share of what the provider accepted on its key: 1 alone; a process of a
+        shared fleet sees only its own acceptances."""
+        return 1.0
 
     def _per_minute_part(self, limits: RateLimitSnapshot) -> RateLimitSnapshot | None:
         """``limits`` without the budgets known to be quotas per hour or day: a day's quota

@@ -118,14 +118,17 @@ class PacedRate:
             self.rpm = ceiling
             self._at_loss = math.inf
 
-    def throttled(self, *, sent_at: float, now: float, hinted: bool = False) -> bool:
+    def throttled(
+        self, *, sent_at: float, now: float, hinted: bool = False, accepted_share: float = 1.0
+    ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
 
         A ``hinted`` 429 under a stated ceiling cuts only when it repeats: the cooldown gate
         already waits out the hint, and one refusal at a window's end (fixed windows, a burst)
         says nothing against the ceiling. One sent after an earlier hinted 429 came back does.
-        True when the rate changed."""
+        ``accepted_share`` is the share of the provider's acceptances this rate saw (a process
+        of a fleet sharing one key sees only its own). True when the rate changed."""
         if hinted and self.ceiling is not None:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
@@ -140,6 +143,8 @@ class PacedRate:
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None else None
+            if sustained is not None:
+                sustained /= accepted_share
             if sustained is not None and sustained < self.rpm:
                 # Without a stated limit, what the server accepted while we sent faster than it
                 # allowed is its rate, measured: resume just under it, rather than cutting a
