@@ -52,6 +52,8 @@ class AttemptRecord:
     rpm_limit: float | None = None
     """The requests-per-minute limit in force (configured or learned), if any."""
     tpm_limit: float | None = None
+    cost_usd: float | None = None
+    """What this attempt's usage cost at the model's price (None: no usage, or no price)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
@@ -83,6 +85,9 @@ class RequestRecord:
     """The pacekeeper exception's class name when the request failed."""
     request_id: str | None = None
     tag: str | None = None
+    cost_usd: float | None = None
+    """What the request's answers cost at the model's price; None when the model has no known
+    price (unknown, not zero)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
