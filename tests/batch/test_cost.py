@@ -153,6 +153,7 @@ def test_dry_run_forecasts_cost_and_time_and_learns_from_a_sample(
     assert row["limits_learned"]
     assert row["rpm"] == 600
     assert row["binding_limit"] == "rpm"
-    assert row["minutes"] == pytest.approx(80 / 600)
+    assert row["latency_s"] > 0
+    assert row["minutes"] == pytest.approx(80 / 600 + row["latency_s"] / 60)
     assert row["cost_low_usd"] < row["cost_expected_usd"] < row["cost_high_usd"]
     assert "after a sample of 20 sent" in sampled.stderr

@@ -5,7 +5,8 @@ Per model: requests, prompt tokens (exact where the offline tokenizer applies), 
 budget (the sum of max_tokens), the cost range (the prompt's cost, plus the answers' from zero
 to the whole budget) and, once answers are known (a sample, or the run so far), the expected
 cost (the prompt's plus the mean answer's); and the time the limits force: requests over rpm or
-tokens charged over tpm, whichever binds.
+tokens charged over tpm, whichever binds, plus one answer's latency (the last one's). The
+process's start-up (loading the tokenizer, about a second) is not in it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class ModelForecast:
     rpm: float | None = None
     tpm: float | None = None
     limits_learned: bool = False
+    latency_s: float = 0.0
+    """The mean answer's latency seen (a sample's): the last answer comes this long after the
+    last request leaves."""
     minutes: float | None = None
     binding: str | None = None
     """``rpm`` or ``tpm``: the limit that sets the time."""
@@ -75,6 +79,7 @@ class ModelForecast:
             "rpm": self.rpm,
             "tpm": self.tpm,
             "limits_learned": self.limits_learned,
+            "latency_s": self.latency_s,
             "minutes": self.minutes,
             "binding_limit": self.binding,
         }
@@ -211,6 +216,8 @@ def _time(row: ModelForecast, gov: Governor) -> None:
         )
         rpm = rpm if rpm is not None else learned_rpm
         tpm = tpm if tpm is not None else learned_tpm
+        latency = lane.stats.latency
+        row.latency_s = latency.sum_s / latency.count if latency.count else 0.0
     row.rpm, row.tpm = rpm, tpm
     charged = row.prompt_tokens + (
         row.expected_completion_tokens
@@ -223,7 +230,8 @@ def _time(row: ModelForecast, gov: Governor) -> None:
     if tpm:
         candidates.append((charged / (tpm * limits.utilisation), "tpm"))
     if candidates:
-        row.minutes, row.binding = max(candidates)
+        minutes, row.binding = max(candidates)
+        row.minutes = minutes + row.latency_s / 60.0
 
 
 def _duplicate(line_no: int, item: Any) -> BadLine:
