@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pacekeeper import Governor, Limits, Price, SpendCap, SpendCapReached
 from pacekeeper.backends import RedisBackend
 from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
+from pacekeeper.core.cost import SpendRefusal
 from pacekeeper.core.tokens import TokenEstimate
 
 from .redis_server import RedisServer
@@ -153,3 +154,24 @@ async def test_a_failed_attempt_gives_its_hold_back_to_the_fleet(
     finally:
         assert isinstance(gov.backend, RedisBackend)
         gov.backend.close()
+
+
+def test_a_dead_processs_holds_come_back_when_their_lease_runs_out(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    from pacekeeper.backends._spend import RedisSpendLedger
+
+    client = redis_server.client()
+    try:
+        dead = RedisSpendLedger(client, SpendCap(usd=1.0), namespace=namespace, hold_lease_s=0.3)
+        held = dead.reserve(hold_usd=0.6, need_usd=0.9)
+        assert not isinstance(held, SpendRefusal)
+        alive = RedisSpendLedger(client, SpendCap(usd=1.0), namespace=namespace)
+        refused = alive.reserve(hold_usd=0.5, need_usd=0.5)
+        assert isinstance(refused, SpendRefusal)
+        assert refused.wait  # the dead process's hold is still leased
+        time.sleep(0.4)
+        assert alive.totals().reserved_usd == 0  # its lease ran out: the room is back
+        assert not isinstance(alive.reserve(hold_usd=0.5, need_usd=0.5), SpendRefusal)
+    finally:
+        client.close()

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pacekeeper.backends import _scripts
 from pacekeeper.core.cost import Reservation, SpendCap, SpendRefusal, SpendTotals
@@ -122,8 +123,16 @@ class RedisSpendLedger:
                     self._unsent[:0] = unsent[sent:]
 
     def totals(self) -> SpendTotals:
-        values: list[Any] = self._client.hmget(self.keys[0], ["spent", "reserved"])
-        return SpendTotals(float(values[0] or 0), float(values[1] or 0), self.cap.usd)
+        """Spent and reserved now, after giving back the holds whose lease ran out (a waiting
+        request reads this: a dead process's holds must not keep it waiting forever)."""
+        from pacekeeper.backends._redis import _redis_errors
+
+        try:
+            spent, reserved = self._settle(keys=self.keys, args=["", "0", self.key_ttl_s])
+        except _redis_errors():
+            # Unknown while Redis is away: nothing fits (a waiting request keeps waiting).
+            return SpendTotals(math.nan, math.inf, self.cap.usd)
+        return SpendTotals(float(spent), float(reserved), self.cap.usd)
 
     def __repr__(self) -> str:
         return f"<RedisSpendLedger {self.keys[0]} cap={self.cap.usd:g}>"

@@ -500,7 +500,11 @@ class Call:
             if self._reserve(permit):
                 return permit
             try:
+                # Wait for room without taking a place in the pacing meanwhile: a permit taken
+                # on each look would spend the lane's rate on requests that do not go.
                 await self.lane.sleep(_SPEND_POLL_S)
+                while not self._spend_may_fit():
+                    await self.lane.sleep(_SPEND_POLL_S)
             except asyncio.CancelledError:
                 self.cancelled(None)
                 raise
@@ -522,6 +526,20 @@ class Call:
             if self._reserve(permit):
                 return permit
             self.lane.sleep_sync(_SPEND_POLL_S)
+            while not self._spend_may_fit():
+                self.lane.sleep_sync(_SPEND_POLL_S)
+
+    def _spend_may_fit(self) -> bool:
+        """Whether this request's worst case fits the spend cap now, or nothing in flight
+        holds room any more (then admission refuses it, or it fits): worth a permit."""
+        ledger = self._gov.spend
+        costs = self.expected_cost_usd()
+        if ledger is None or costs is None:
+            return True
+        totals = ledger.totals()
+        return totals.reserved_usd <= 0 or (
+            totals.spent_usd + totals.reserved_usd + costs[1] <= totals.cap_usd
+        )
 
     def expected_cost_usd(self) -> tuple[float, float] | None:
         """(what admission holds, the worst case) in USD for this request's next attempt: the
