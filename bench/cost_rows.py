@@ -122,6 +122,8 @@ def _forecast_one(seed: int, quick: bool) -> dict[str, Any]:
         "range_usd": [row["cost_low_usd"], row["cost_high_usd"]],
         "measured_usd": spent,
         "cost_error": round(abs(row["cost_expected_usd"] - spent) / spent, 4),
+        "margin_usd": row["cost_expected_margin_usd"],
+        "within_margin": abs(row["cost_expected_usd"] - spent) <= row["cost_expected_margin_usd"],
     }
 
 
@@ -225,8 +227,8 @@ def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
                 "run, start-up (the tokenizer's loading) included.",
                 "",
                 "| seed | requests | forecast s | measured s | run s | time error | binds | "
-                "forecast $ | range $ | measured $ | cost error |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
+                "forecast $ (± at 95%) | range $ | measured $ | cost error | in ± |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in row["runs"]:
                 low, high = r["range_usd"]
@@ -234,9 +236,9 @@ def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
                     f"| {r['seed']} | {r['requests']} | {r['forecast_s']:.1f} | "
                     f"{r['measured_s']:.1f} | {r['run_s']:.1f} | {r['time_error']:.1%} | "
                     f"{r['binding']} | "
-                    f"{r['forecast_usd']:.5f} | {low:.5f} to {high:.5f} | "
-                    f"{r['measured_usd']:.5f} | "
-                    f"{r['cost_error']:.1%} |"
+                    f"{r['forecast_usd']:.5f} ± {r['margin_usd']:.5f} | "
+                    f"{low:.5f} to {high:.5f} | {r['measured_usd']:.5f} | "
+                    f"{r['cost_error']:.1%} | {'yes' if r['within_margin'] else 'no'} |"
                 )
         else:
             lines += [

@@ -156,4 +156,7 @@ def test_dry_run_forecasts_cost_and_time_and_learns_from_a_sample(
     assert row["latency_s"] > 0
     assert row["minutes"] == pytest.approx(80 / 600 + row["latency_s"] / 60)
     assert row["cost_low_usd"] < row["cost_expected_usd"] < row["cost_high_usd"]
+    # the 20 answers' mean is an estimate: the margin is 1.96 standard errors, over 80 lines
+    assert 0 < row["cost_expected_margin_usd"] < row["cost_expected_usd"]
+    assert "± $" in sampled.stdout
     assert "after a sample of 20 sent" in sampled.stderr

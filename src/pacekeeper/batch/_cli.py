@@ -671,6 +671,7 @@ def _dry_run(
         cost = f"{usd(row.cost_low_usd)} to {usd(row.cost_high_usd)}"
         if row.expected_cost_usd is not None:
             cost += f", expected {usd(row.expected_cost_usd)}"
+            cost += f" ± {usd(row.expected_margin_usd)}" if row.expected_margin_usd else ""
         if row.cost_low_usd is None:
             cost = "unknown (no price)"
         learned = " (learned)" if row.limits_learned else ""
@@ -708,7 +709,10 @@ def _dry_run(
         if result.cost_low_usd is not None:
             expected = result.expected_cost_usd
             extra += f"; cost {usd(result.cost_low_usd)} to {usd(result.cost_high_usd)}"
-            extra += f" (expected {usd(expected)})" if expected is not None else ""
+            margin = result.expected_margin_usd
+            extra += f" (expected {usd(expected)}" if expected is not None else ""
+            extra += f" ± {usd(margin)} at 95%" if expected is not None and margin else ""
+            extra += ")" if expected is not None else ""
     if any(r.cost_low_usd is None for r in result.models.values()):
         unpriced = sorted(r.model for r in result.models.values() if r.cost_low_usd is None)
         sys.stderr.write(

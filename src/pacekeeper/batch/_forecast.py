@@ -12,6 +12,7 @@ process's start-up (loading the tokenizer, about a second) is not in it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ class ModelForecast:
     expected_completion_tokens: float | None = None
     """Known once answers are: the mean answer (capped by each line's max_tokens), summed."""
     expected_cost_usd: float | None = None
+    expected_margin_usd: float | None = None
+    """How far the expected cost may be off, at 95%: the sampled answers' mean is an estimate
+    (1.96 standard errors of it, over every line)."""
     rpm: float | None = None
     tpm: float | None = None
     limits_learned: bool = False
@@ -76,6 +80,7 @@ class ModelForecast:
             "cost_low_usd": self.cost_low_usd,
             "cost_high_usd": self.cost_high_usd,
             "cost_expected_usd": self.expected_cost_usd,
+            "cost_expected_margin_usd": self.expected_margin_usd,
             "rpm": self.rpm,
             "tpm": self.tpm,
             "limits_learned": self.limits_learned,
@@ -122,6 +127,10 @@ class Forecast:
     def expected_cost_usd(self) -> float | None:
         return self._total("expected_cost_usd")
 
+    @property
+    def expected_margin_usd(self) -> float | None:
+        return self._total("expected_margin_usd")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
@@ -132,6 +141,7 @@ class Forecast:
             "cost_low_usd": self.cost_low_usd,
             "cost_high_usd": self.cost_high_usd,
             "cost_expected_usd": self.expected_cost_usd,
+            "cost_expected_margin_usd": self.expected_margin_usd,
             "models": [m.as_dict() for m in self.models.values()],
         }
 
@@ -201,6 +211,11 @@ def _add(row: ModelForecast, gov: Governor, body: dict[str, Any], route: str, mo
     if expected is not None:
         row.expected_cost_usd = (
             (row.expected_cost_usd or 0.0) + prompt_usd + (expected * rate_out / 1e6)
+        )
+        # Every line's answer is estimated by the same mean: its error adds up, line by line.
+        standard_error = lengths.stdev / math.sqrt(lengths.count)
+        row.expected_margin_usd = (row.expected_margin_usd or 0.0) + (
+            1.96 * min(standard_error, float(reserve)) * rate_out / 1e6
         )
 
 

@@ -181,9 +181,11 @@ class CompletionLengths:
     ...     lengths.add(n)
     >>> lengths.count, lengths.quantile(0.99), lengths.quantile(0.5), lengths.mean
     (100, 99, 50, 50.5)
+    >>> round(lengths.stdev, 2)
+    29.01
     """
 
-    __slots__ = ("_lock", "_recent", "_sorted", "count", "total")
+    __slots__ = ("_lock", "_recent", "_sorted", "count", "total", "total_sq")
 
     def __init__(self, window: int = 1000) -> None:
         self._recent: deque[int] = deque(maxlen=window)
@@ -191,6 +193,7 @@ class CompletionLengths:
         self._lock = threading.Lock()
         self.count = 0
         self.total = 0
+        self.total_sq = 0
 
     def add(self, tokens: int) -> None:
         with self._lock:
@@ -201,6 +204,7 @@ class CompletionLengths:
             bisect.insort(self._sorted, tokens)
             self.count += 1
             self.total += tokens
+            self.total_sq += tokens * tokens
 
     def quantile(self, q: float) -> int:
         """The smallest length at least ``q`` of the recent answers do not exceed (0: none)."""
@@ -213,6 +217,14 @@ class CompletionLengths:
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
+
+    @property
+    def stdev(self) -> float:
+        """The sample standard deviation of every length seen (0 before two)."""
+        if self.count < 2:
+            return 0.0
+        variance = (self.total_sq - self.total * self.total / self.count) / (self.count - 1)
+        return math.sqrt(max(0.0, variance))
 
     def __repr__(self) -> str:
         return f"<CompletionLengths count={self.count} mean={self.mean:.1f}>"
