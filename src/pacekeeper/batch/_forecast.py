@@ -40,6 +40,9 @@ class ModelForecast:
     """Every prompt was counted with the model's tokenizer (else some are heuristic)."""
     completion_budget: int = 0
     """The sum of max_tokens (or the reserve of lines without one)."""
+    prompt_scale: float = 1.0
+    """The provider's prompt counts over our estimates, as answers showed (a sample's): the
+    prompt's cost and the tokens charged are forecast at the provider's count."""
     prompt_cost_usd: float | None = 0.0
     completion_budget_cost_usd: float | None = 0.0
     expected_completion_tokens: float | None = None
@@ -75,6 +78,7 @@ class ModelForecast:
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "prompt_tokens_exact": self.exact_tokens,
+            "prompt_scale": self.prompt_scale,
             "completion_budget_tokens": self.completion_budget,
             "expected_completion_tokens": self.expected_completion_tokens,
             "cost_low_usd": self.cost_low_usd,
@@ -175,6 +179,8 @@ def forecast(job: BatchJob, gov: Governor, done: DoneSet) -> Forecast:
         row = result.models.get(model)
         if row is None:
             row = result.models[model] = ModelForecast(model=model, route=item.url)
+            lane = next((ln for ln in gov.lanes if ln.key == (item.url, model)), None)
+            row.prompt_scale = lane.prompt_scale if lane is not None else 1.0
         _add(row, gov, item.body, item.url, model)
     for row in result.models.values():
         _time(row, gov)
@@ -203,8 +209,9 @@ def _add(row: ModelForecast, gov: Governor, body: dict[str, Any], route: str, mo
     if price is None:
         row.prompt_cost_usd = row.completion_budget_cost_usd = row.expected_cost_usd = None
         return
-    rate_in, _, rate_out = price.rates(estimate.prompt_tokens)
-    prompt_usd = estimate.prompt_tokens * rate_in / 1e6
+    prompt = estimate.prompt_tokens * row.prompt_scale
+    rate_in, _, rate_out = price.rates(round(prompt))
+    prompt_usd = prompt * rate_in / 1e6
     if row.prompt_cost_usd is not None and row.completion_budget_cost_usd is not None:
         row.prompt_cost_usd += prompt_usd
         row.completion_budget_cost_usd += reserve * rate_out / 1e6
@@ -234,7 +241,7 @@ def _time(row: ModelForecast, gov: Governor) -> None:
         latency = lane.stats.latency
         row.latency_s = latency.sum_s / latency.count if latency.count else 0.0
     row.rpm, row.tpm = rpm, tpm
-    charged = row.prompt_tokens + (
+    charged = row.prompt_tokens * row.prompt_scale + (
         row.expected_completion_tokens
         if limits.refund_unused_completion and row.expected_completion_tokens is not None
         else row.completion_budget
