@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pacekeeper.core.backend import SpendBackend
 from pacekeeper.core.classify import (
     OutcomeKind,
     Verdict,
@@ -147,8 +148,11 @@ class Governor:
         self.spend: SpendLedger | None = None
         """The spend cap's ledger (None without a ``budget``): spent and reserved USD."""
         if budget is not None:
-            shared = getattr(backend, "make_spend_ledger", None)
-            self.spend = shared(budget) if shared is not None else LocalSpendLedger(budget)
+            self.spend = (
+                backend.make_spend_ledger(budget)
+                if isinstance(backend, SpendBackend)
+                else LocalSpendLedger(budget)
+            )
         self._price_cache: dict[str | None, Price | None] = {}
         self._completions: dict[LaneKey, CompletionLengths] = {}
 
