@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.cost_rows import cap_row, cost_lines, cost_row_names, forecast_row
 from bench.runner import log
 from pacekeeper.sim import Latency, ModelLimits, Scenario, SimulatorProcess
 
@@ -288,6 +289,8 @@ MEASURES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "stalled": _stalled_proxy,
     "itpm": _itpm,
     "otpm": _otpm,
+    "forecast": forecast_row,
+    "cap": cap_row,
 }
 
 
@@ -311,6 +314,10 @@ def extras_lines(extras: dict[str, Any]) -> list[str]:
     """The markdown section."""
     if not extras or not extras.get("rows"):
         return []
+    cost_rows = [r for r in extras["rows"] if r["name"] in cost_row_names() or r.get("kind")]
+    rows = [r for r in extras["rows"] if r not in cost_rows]
+    if not rows:
+        return cost_lines(cost_rows)
     lines = [
         "## Issue rows",
         "",
@@ -322,7 +329,7 @@ def extras_lines(extras: dict[str, Any]) -> list[str]:
         "| row | issue | limit | requests | wall s | ideal s | share | 429s | failed | met |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in extras["rows"]:
+    for row in rows:
         if "error" in row:
             lines.append(
                 f"| {row['name']} | {row['issue']} | crashed: {row['error']} | "
@@ -336,4 +343,4 @@ def extras_lines(extras: dict[str, Any]) -> list[str]:
             f"{row['wall_s']:.2f} | {row['ideal_s']:.2f} | {row['share']:.2f} | {rejected} | "
             f"{row['failed']} | {'yes' if row['met'] else '**no**'} |"
         )
-    return [*lines, ""]
+    return [*lines, "", *cost_lines(cost_rows)]

@@ -19,6 +19,7 @@ from pacekeeper._version import __version__ as __version__
 from pacekeeper.core.classify import OutcomeKind, Verdict
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
+from pacekeeper.core.cost import BilledUsage, Price, PriceTier, SpendCap
 from pacekeeper.core.errors import (
     AdmissionClosed,
     ConfigurationError,
@@ -30,6 +31,7 @@ from pacekeeper.core.errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
     RetryWaitTooLong,
+    SpendCapReached,
 )
 from pacekeeper.core.governor import Admission, Call, Decision, Governor
 from pacekeeper.core.ordered import amap
@@ -52,6 +54,7 @@ __all__ = [
     "TAG_EXTENSION",
     "AdaptiveConcurrency",
     "AttemptRecord",
+    "BilledUsage",
     "Call",
     "ConfigurationError",
     "DeadlineExceeded",
@@ -64,6 +67,8 @@ __all__ = [
     "OutcomeKind",
     "Priority",
     "PacekeeperError",
+    "Price",
+    "PriceTier",
     "RecordHook",
     "RedisBackend",
     "RequestFailed",
@@ -74,6 +79,8 @@ __all__ = [
     "RetryPolicy",
     "RetryWaitTooLong",
     "Signal",
+    "SpendCap",
+    "SpendCapReached",
     "StatsSnapshot",
     "SyncTransport",
     "TokenEstimate",

@@ -18,6 +18,11 @@
     rpm = 5000                # come from the defaults above
     tpm = 2000000
 
+    [models."my-finetune".price]  # USD per million tokens: overrides or adds to genai-prices
+    input = 3.0
+    output = 12.0
+    cached_input = 1.5            # optional (default: the input price)
+
 Command-line flags override the file (its defaults and its per-model sections). Errors name
 the file, the key and the problem: ``pacekeeper.toml.models."gpt-4o".rpm: must be a positive
 number, got -5``.
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.cost import Price
 from pacekeeper.core.errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -155,6 +161,8 @@ class Settings:
     are the defaults; ``base_url`` and ``api_key_env`` override them)."""
     api_version: str | None = None
     """Azure OpenAI's ``api-version`` on deployment routes."""
+    prices: dict[str, Price] = field(default_factory=dict)
+    """``[models."NAME".price]``: prices that override or add to genai-prices'."""
     source: Path | None = None
 
 
@@ -231,15 +239,18 @@ def load_settings(path: Path | None) -> Settings:
             f"got {_show(models_table)}"
         )
     models = {}
+    prices = {}
     for name, table in models_table.items():
         where = _key_path("models", name)
         if not isinstance(table, dict):
             raise ConfigurationError(f"{file}.{where}: expected a table, got {_show(table)}")
+        if "price" in table:
+            prices[name] = _price(table.pop("price"), file=file, where=f"{where}.price")
         bad = sorted(set(table) - set(_LIMIT_KEYS))
         if bad:
             raise ConfigurationError(
                 f"{file}.{where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; "
-                f"known: {', '.join(sorted(_LIMIT_KEYS))}"
+                f"known: {', '.join(sorted(_LIMIT_KEYS))}, price"
             )
         model_fields = _read(table, _LIMIT_KEYS, file=file, prefix=("models", name))
         try:
@@ -261,7 +272,50 @@ def load_settings(path: Path | None) -> Settings:
         redis=other.get("redis"),
         provider=other.get("provider"),
         api_version=other.get("api_version"),
+        prices=prices,
         source=path,
+    )
+
+
+_PRICE_KEYS = {
+    "input": "input_usd_per_mtok",
+    "output": "output_usd_per_mtok",
+    "cached_input": "cached_input_usd_per_mtok",
+}
+
+
+def _price(table: object, *, file: str, where: str) -> Price:
+    """``[models."NAME".price]``: input, output (required) and cached_input, USD per million."""
+    if not isinstance(table, dict):
+        raise ConfigurationError(
+            f"{file}.{where}: expected a table (input = USD per million input tokens, output = "
+            f"USD per million output tokens), got {_show(table)}"
+        )
+    bad = sorted(set(table) - set(_PRICE_KEYS))
+    if bad:
+        raise ConfigurationError(
+            f"{file}.{where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; known: "
+            "input, output, cached_input (USD per million tokens)"
+        )
+    for key in ("input", "output"):
+        if key not in table:
+            raise ConfigurationError(
+                f"{file}.{where}: {key} is missing (USD per million {key} tokens)"
+            )
+    fields: dict[str, float] = {}
+    for key, value in table.items():
+        number = _number(value)
+        if number is None or not math.isfinite(number) or number < 0:
+            raise ConfigurationError(
+                f"{file}.{where}.{key}: must be a price in USD per million tokens >= 0, "
+                f"got {_show(value)}"
+            )
+        fields[_PRICE_KEYS[key]] = number
+    return Price(
+        input_usd_per_mtok=fields["input_usd_per_mtok"],
+        output_usd_per_mtok=fields["output_usd_per_mtok"],
+        cached_input_usd_per_mtok=fields.get("cached_input_usd_per_mtok"),
+        source=file,
     )
 
 

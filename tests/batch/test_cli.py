@@ -155,10 +155,11 @@ def test_exit_codes_are_documented() -> None:
         assert code in proc.stdout
     assert "3  interrupted" in proc.stdout
     assert "4  the output file is damaged" in proc.stdout
+    assert "5  the spend cap (--max-cost) stopped the run" in proc.stdout
     from pacekeeper.batch import _cli
 
     assert _cli.__doc__ is not None
-    for n in range(5):
+    for n in range(6):
         assert f"- {n}: " in _cli.__doc__
 
 

@@ -225,3 +225,39 @@ def test_missing_prometheus_client_says_how_to_install(monkeypatch: pytest.Monke
             monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"pip install 'pacekeeper\[prometheus\]'"):
         GovernorCollector(Governor())
+
+
+async def test_cost_is_counted_per_model_from_usage_at_its_price(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
+    from pacekeeper import Price
+
+    price = Price(input_usd_per_mtok=2.0, output_usd_per_mtok=8.0)
+    sim = start_sim(Scenario())
+    gov = Governor(prices=lambda model: price if model == MODEL else None)
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov))
+    client = client_for(sim.base_url, gov)
+    replies = await asyncio.gather(*(chat(client, i, max_tokens=50) for i in range(12)))
+    await client.chat.completions.create(
+        model="unpriced-model", messages=[{"role": "user", "content": "hi"}]
+    )
+    samples = scrape(registry)
+    expected = sum(
+        r.usage.prompt_tokens * 2.0 / 1e6 + r.usage.completion_tokens * 8.0 / 1e6 for r in replies
+    )
+    lane = {"route": CHAT, "model": MODEL}
+    assert value(samples, "pacekeeper_cost_usd_total", **lane) == pytest.approx(expected)
+    # a model without a price has no cost series (unknown, not zero)
+    assert ("model", "unpriced-model") in {
+        label
+        for (name, labels) in samples
+        if name == "pacekeeper_requests_total"
+        for label in labels
+    }
+    assert not [
+        labels
+        for (name, labels) in samples
+        if name == "pacekeeper_cost_usd_total" and ("model", "unpriced-model") in labels
+    ]
+    assert "pacekeeper_spend_usd" not in names(samples)  # no spend cap

@@ -15,6 +15,7 @@ import pytest
 
 from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
 from pacekeeper.core.governor import Governor
+from pacekeeper.prices import price_lookup
 from pacekeeper.report import ReportRecorder
 from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
 
@@ -76,7 +77,7 @@ def run_against_simulator(folder: Path) -> SimulatedRun:
     )
     recorder = ReportRecorder()
     with Simulator(scenario) as sim:
-        gov = Governor(hooks=[recorder])
+        gov = Governor(hooks=[recorder], prices=price_lookup(provider="openai"))
         job = BatchJob(
             input=batch,
             output=folder / "results.jsonl",

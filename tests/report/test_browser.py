@@ -14,7 +14,8 @@ import pytest
 from pacekeeper.report import render_report
 
 from .conftest import SimulatedRun
-from .test_render import CHARTS, Page, decode
+from .test_render import CHARTS_WITH_COST as CHARTS
+from .test_render import Page, decode
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -77,6 +78,12 @@ def test_the_verdict_of_a_real_run(simulated_run: SimulatedRun, report: Path) ->
     assert reserve.numbers["completion_p99"] <= 200  # the simulator's replies: 16..200
     assert reserve.numbers["gain"] > 3
     assert "lowering max_tokens from 1,000" in reserve.text
+    # what each model cost, from the answers' usage at genai-prices' prices
+    (cost,) = [f for f in findings if f.kind == "cost"]
+    assert cost.text.startswith("Cost: $")
+    assert "gpt-4o-mini $" in cost.text
+    assert "gpt-4o $" in cost.text
+    assert cost.numbers["cost_usd"] > 0
     # the page says the same as the hook that watched the run
     page = Page(report.read_text(encoding="utf-8"))
     assert page.findings == [f"{f.severity}{f.text}" for f in findings]

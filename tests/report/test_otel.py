@@ -268,3 +268,33 @@ def test_a_missing_opentelemetry_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'pacekeeper\[otel\]'"):
         OpenTelemetryHook()
+
+
+def test_cost_on_the_span_and_the_cost_counter(otel: Otel) -> None:
+    price = pacekeeper.Price(input_usd_per_mtok=3.0, output_usd_per_mtok=15.0)
+    gov = Governor(
+        hooks=[otel.hook()], prices=lambda model: price if model == "gpt-4o-mini" else None
+    )
+    for model, prompt, completion in (("gpt-4o-mini", 1000, 100), ("gpt-4o-mini", 2000, 0)):
+        with gov.admit(route="/v1/chat/completions", model=model, tokens=prompt) as a:
+            a.report(status=200, prompt_tokens=prompt, completion_tokens=completion)
+    with gov.admit(route="/v1/chat/completions", model="unpriced", tokens=10) as a:
+        a.report(status=200, prompt_tokens=10, completion_tokens=10)
+    costs = {
+        span.attributes.get("gen_ai.request.model"): span.attributes.get("pacekeeper.cost_usd")
+        for span in otel.finished()
+        if span.attributes is not None and span.attributes.get("pacekeeper.cost_usd") is not None
+    }
+    assert set(costs) == {"gpt-4o-mini"}  # the unpriced model's cost is unknown: not on its span
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    points = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "pacekeeper.client.cost"
+        for point in metric.data.data_points
+    ]
+    assert len(points) == 1
+    assert points[0].value == pytest.approx((3000 * 3.0 + 100 * 15.0) / 1e6)  # type: ignore[union-attr]

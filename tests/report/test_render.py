@@ -30,6 +30,7 @@ from pacekeeper.report._plots import image_size
 from .crafted import Provider, Run, every, simulate
 
 CHARTS = ("throughput", "concurrency", "errors", "tokens", "latency", "binding")
+CHARTS_WITH_COST = (*CHARTS[:-1], "cost", CHARTS[-1])  # records that carry costs
 
 
 class Page(HTMLParser):

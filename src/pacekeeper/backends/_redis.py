@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from pacekeeper.backends._spend import RedisSpendLedger
     from pacekeeper.core.classify import Verdict
+    from pacekeeper.core.cost import SpendCap
     from pacekeeper.core.headers import RateLimitSnapshot
 
 __all__ = ["RedisBackend", "SharedLane"]
@@ -863,6 +865,14 @@ class RedisBackend:
         lane = SharedLane(key, limits=limits, retry=retry, clock=clock, backend=self)
         self._lanes.add(lane)
         return lane
+
+    def make_spend_ledger(self, cap: SpendCap) -> RedisSpendLedger:
+        """The spend cap's ledger, shared by every process of this namespace: with it,
+        ``Governor(budget=...)`` caps what the whole fleet spends (and what it spent within
+        ``key_ttl_s`` before)."""
+        from pacekeeper.backends._spend import RedisSpendLedger
+
+        return RedisSpendLedger(self._sync, cap, namespace=self.namespace, key_ttl_s=self.key_ttl_s)
 
     # -- health ---------------------------------------------------------------------------
 

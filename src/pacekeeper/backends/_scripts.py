@@ -20,7 +20,18 @@ background.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "BUDGET", "CONTROL", "GATE", "HEARTBEAT", "LEARN", "RELEASE", "RENEW"]
+__all__ = [
+    "ADMIT",
+    "BUDGET",
+    "CONTROL",
+    "GATE",
+    "HEARTBEAT",
+    "LEARN",
+    "RELEASE",
+    "RENEW",
+    "SPEND_RESERVE",
+    "SPEND_SETTLE",
+]
 
 _PRELUDE = """
 local function num(v, default)
@@ -294,5 +305,73 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 redis.call('ZADD', KEYS[1], fmt(now + num(ARGV[2], 5)), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[2], 5)) + 1)
 return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+_SPEND_PRELUDE = """
+local function usd(x) return string.format('%.12f', x) end
+-- Holds whose lease ran out (a process that died with requests in flight) give their room back.
+local function purge(spend, holds, amounts, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', fmt(now))
+  if #expired == 0 then return end
+  local reserved = num(redis.call('HGET', spend, 'reserved'), 0)
+  for _, id in ipairs(expired) do
+    reserved = reserved - num(redis.call('HGET', amounts, id), 0)
+    redis.call('HDEL', amounts, id)
+  end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', fmt(now))
+  if redis.call('ZCARD', holds) == 0 then reserved = 0 end
+  redis.call('HSET', spend, 'reserved', usd(math.max(0, reserved)))
+end
+"""
+
+SPEND_RESERVE = (
+    _PRELUDE
+    + _SPEND_PRELUDE
+    + """
+-- KEYS: spend hash (spent, reserved), holds (zset: id -> lease expiry), hold amounts (hash).
+-- ARGV: cap, hold, need, id, lease_s, key_ttl. The spend cap's admission, atomic: a request
+-- goes when spent + reserved + its worst case fits; then its expected cost is held.
+local now = clock()
+purge(KEYS[1], KEYS[2], KEYS[3], now)
+local spent = num(redis.call('HGET', KEYS[1], 'spent'), 0)
+local reserved = num(redis.call('HGET', KEYS[1], 'reserved'), 0)
+local hold = num(ARGV[2], 0)
+local need = math.max(num(ARGV[3], 0), hold)
+local granted = 0
+if spent + reserved + need <= num(ARGV[1], 0) then
+  granted = 1
+  reserved = reserved + hold
+  redis.call('HSET', KEYS[1], 'reserved', usd(reserved))
+  redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[5], 900)), ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[4], usd(hold))
+end
+local ttl = math.floor(num(ARGV[6], 3600))
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {granted, usd(spent), usd(reserved), redis.call('ZCARD', KEYS[2])}
+"""
+)
+
+SPEND_SETTLE = (
+    _PRELUDE
+    + _SPEND_PRELUDE
+    + """
+-- KEYS as SPEND_RESERVE; ARGV: id, spent (0 for a release), key_ttl. The hold is dropped (if
+-- its lease has not run out) and what the answer cost is counted, whatever became of the hold.
+local now = clock()
+purge(KEYS[1], KEYS[2], KEYS[3], now)
+local reserved = num(redis.call('HGET', KEYS[1], 'reserved'), 0)
+local held = redis.call('HGET', KEYS[3], ARGV[1])
+if held then
+  reserved = reserved - num(held, 0)
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('ZCARD', KEYS[2]) == 0 then reserved = 0 end
+local spent = num(redis.call('HGET', KEYS[1], 'spent'), 0) + num(ARGV[2], 0)
+redis.call('HSET', KEYS[1], 'spent', usd(spent), 'reserved', usd(math.max(0, reserved)))
+local ttl = math.floor(num(ARGV[3], 3600))
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {usd(spent), usd(reserved)}
 """
 )

@@ -13,7 +13,10 @@ Exit codes:
 - 3: interrupted (Ctrl-C or SIGTERM, once or twice): nothing is lost, run the same command
   again to resume;
 - 4: the output file is damaged (a line in it is not a result and is not a torn last line);
-  nothing was sent.
+  nothing was sent;
+- 5: the spend cap (``--max-cost``) stopped the run: requests in flight finished, the rest were
+  not sent; the output says how many lines remain and what they are expected to cost. Run the
+  same command with a higher cap to resume (the cap counts this run's spend).
 """
 
 from __future__ import annotations
@@ -28,25 +31,26 @@ import shlex
 import signal
 import sys
 import time
-from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from pacekeeper.batch._input import BadLine, check_route, read_lines
-from pacekeeper.batch._keys import KeySet
-from pacekeeper.batch._output import OutputBusy, OutputDamaged, record_key, scan
+from pacekeeper.batch._forecast import forecast
+from pacekeeper.batch._input import check_route
+from pacekeeper.batch._output import OutputBusy, OutputDamaged, scan
 from pacekeeper.batch._progress import BatchProgress
-from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch, shard_of
+from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
 from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.cost import SpendCap
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.priority import Priority
-from pacekeeper.core.tokens import estimate_request_tokens, route_generates
+from pacekeeper.prices import price_lookup
 from pacekeeper.providers import AZURE_API_VERSION, PROVIDERS, get_provider
-from pacekeeper.report.summary import summary_lines, summary_table
+from pacekeeper.report.summary import summary_lines, summary_table, usd
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_SPEND_CAP",
     "EXIT_USAGE",
     "configure_parser",
     "run",
@@ -64,6 +69,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 EXIT_DAMAGED = 4
+EXIT_SPEND_CAP = 5
 
 _EPILOG = """\
 exit codes:
@@ -73,6 +79,8 @@ exit codes:
      (or the output could not be written during the run: free space, then resume)
   3  interrupted (Ctrl-C or SIGTERM): run the same command again to resume
   4  the output file is damaged; nothing was sent
+  5  the spend cap (--max-cost) stopped the run: run the same command with a higher cap
+     to resume (the cap counts this run's spend)
 
 Ctrl-C once stops admitting new requests and lets those in flight finish; twice exits at
 once. Either way every finished result is in the output, and the same command resumes.
@@ -138,6 +146,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(a daily limit), park the run up to this long; beyond, stop (exit 3, resumable). "
         "Default 3600",
     )
+    parser.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="never spend more than this (USD, at genai-prices' or pacekeeper.toml's prices): "
+        "requests in flight finish, the rest are not sent (exit 5, resumable)",
+    )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="with --dry-run: send N requests first (their results are written) to learn the "
+        "answers' lengths and the provider's limits, then forecast the rest",
+    )
     parser.add_argument("--rpm", type=float, help="requests per minute (default: learned)")
     parser.add_argument("--tpm", type=float, help="tokens per minute (default: learned)")
     parser.add_argument(
@@ -156,7 +178,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate the file and estimate tokens and duration; send nothing",
+        help="validate the file and forecast tokens, cost and duration per model; send "
+        "nothing (unless --sample N)",
     )
     parser.add_argument("--shard", metavar="K/N", help="take only shard K of N (by custom_id)")
     parser.add_argument(
@@ -248,6 +271,12 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     for flag, value in (("--model", args.model), ("--default-model", args.default_model)):
         if value is not None and not value:
             raise ConfigurationError(f"{flag} must not be empty")
+    if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost >= 0):
+        raise ConfigurationError(f"--max-cost must be a number of USD >= 0, got {args.max_cost}")
+    if args.sample is not None and (not args.dry_run or args.sample < 1):
+        raise ConfigurationError(
+            "--sample N needs --dry-run and N >= 1 (it sends N requests, then forecasts the rest)"
+        )
     if not args.max_wait >= 0:
         raise ConfigurationError(
             f"--max-wait must be a number of seconds >= 0, got {args.max_wait}"
@@ -318,7 +347,12 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
         from pacekeeper.backends import RedisBackend
 
         backend = RedisBackend(redis_url, namespace=args.redis_namespace)
-    return job, settings, Governor(limits=limits, models=models, retry=retry, backend=backend)
+    prices = price_lookup(provider=provider.name, overrides=settings.prices)
+    budget = SpendCap(usd=args.max_cost) if args.max_cost is not None else None
+    gov = Governor(
+        limits=limits, models=models, retry=retry, backend=backend, prices=prices, budget=budget
+    )
+    return job, settings, gov
 
 
 def _needs_key(job: BatchJob) -> bool:
@@ -404,8 +438,8 @@ def _run(args: argparse.Namespace) -> int:
         from pacekeeper.core.tokens import use_bpe
 
         use_bpe(args.tokenizer == "auto")
-    if args.dry_run:
-        return _dry_run(job, gov)
+    if args.dry_run and args.sample is None:
+        return _dry_run(job, gov, metrics=args.metrics)
     if not job.api_key and _needs_key(job):
         key_env = args.api_key_env or settings.api_key_env or job.provider.key_env
         return _fail(
@@ -422,6 +456,19 @@ def _run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         recorder = ReportRecorder()
         gov.hooks.append(recorder)
+    if args.dry_run:
+        sampled = replace(job, max_requests=args.sample)
+        try:
+            asyncio.run(_run_with_signals(sampled, gov, progress="none"))
+        except OutputDamaged as exc:
+            return _fail(str(exc), EXIT_DAMAGED)
+        except (OutputBusy, OSError) as exc:
+            return _fail(str(exc))
+        finally:
+            backend = gov.backend
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
+        return _dry_run(job, gov, metrics=args.metrics, sampled=args.sample)
     try:
         result = asyncio.run(_run_with_signals(job, gov, progress=args.progress))
     except OutputDamaged as exc:
@@ -442,6 +489,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in summary_lines(gov.stats()):
             print(f"pacekeeper run: {line}", flush=True)
     _print_outcome(job, result)
+    cost = _print_cost(job, gov, result)
     if recorder is not None:
         _write_report(recorder, args.report, job)
     if args.metrics:
@@ -449,15 +497,56 @@ def _run(args: argparse.Namespace) -> int:
             "input": str(job.input),
             "output": str(job.output),
             **result.as_dict(),
+            "cost": cost,
             "models": [s.as_dict() for s in gov.stats()],
         }
         try:
             _write_atomically(args.metrics, json.dumps(payload, indent=2) + "\n")
         except OSError as exc:
             sys.stderr.write(f"pacekeeper run: could not write --metrics: {exc.strerror}\n")
+    if result.stopped_for_cost is not None:
+        return EXIT_SPEND_CAP
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.all_succeeded else EXIT_FAILED
+
+
+def _print_cost(job: BatchJob, gov: Governor, result: BatchResult) -> dict[str, Any]:
+    """Spent, the models whose cost is unknown (said once), and, when the spend cap stopped
+    the run, what remains and what it is expected to cost."""
+    stats = gov.stats()
+    unpriced = sorted({s.model or "-" for s in stats if s.cost_usd is None})
+    spent = sum(s.cost_usd or 0.0 for s in stats)
+    cap = gov.budget.usd if gov.budget is not None else None
+    info: dict[str, Any] = {
+        "spent_usd": None if unpriced else spent,
+        "cap_usd": cap,
+        "unpriced_models": unpriced,
+    }
+    if unpriced:
+        sys.stderr.write(
+            f"pacekeeper run: cost unknown for {', '.join(unpriced)}: no price in genai-prices; "
+            'give one in pacekeeper.toml ([models."NAME".price] input = ..., output = ... USD '
+            "per million tokens)\n"
+        )
+    if result.stopped_for_cost is None and not result.interrupted:
+        return info
+    try:
+        left = forecast(job, gov, scan(job.output))
+    except OutputDamaged:
+        return info
+    expected = left.expected_cost_usd
+    info["remaining"] = left.as_dict()
+    what = f"expected {usd(expected)}, " if expected is not None else ""
+    low, high = left.cost_low_usd, left.cost_high_usd
+    if result.stopped_for_cost is not None:
+        sys.stderr.write(
+            f"pacekeeper run: stopped by the spend cap of {usd(cap)} with {usd(spent)} spent: "
+            f"{left.requests} lines remain ({what}{usd(low)} to {usd(high)}); every finished "
+            f"result is in {job.output}. Resume with a higher --max-cost:\n"
+            f"  {resume_command()}\n"
+        )
+    return info
 
 
 def _write_report(recorder: Any, path: Path, job: BatchJob) -> None:
@@ -512,7 +601,7 @@ def _print_outcome(job: BatchJob, result: BatchResult) -> None:
             f"{_hours(job.max_wait_s)} ({result.parked_reason or 'a limit is exhausted'}). "
             "Nothing is lost; run the same command after the reset (or raise --max-wait).\n"
         )
-    if result.interrupted:
+    if result.interrupted and result.stopped_for_cost is None:
         left = [f"{result.not_sent} requests not sent or not answered"]
         if result.not_reached:
             left.append(f"{result.not_reached} lines not read yet")
@@ -583,114 +672,87 @@ def _lines_of(job: BatchJob) -> int:
     return count_lines(job.input)
 
 
-def _dry_run(job: BatchJob, gov: Governor) -> int:
-    """Validate every line, estimate tokens and time; read the output (if any) without
-    changing it, to leave out what is done; send nothing."""
+def _dry_run(
+    job: BatchJob, gov: Governor, *, metrics: Path | None, sampled: int | None = None
+) -> int:
+    """Validate every line and forecast, per model, tokens, cost and time; read the output (if
+    any) without changing it, to leave out what is done; send nothing (a sample was sent
+    before, when asked)."""
     try:
         done = scan(job.output)
     except OutputDamaged as exc:
         return _fail(str(exc), EXIT_DAMAGED)
-    per_model: dict[str, dict[str, float]] = defaultdict(
-        lambda: {"requests": 0, "prompt": 0, "reserve": 0}
-    )
-    bad: list[BadLine] = []
-    seen = KeySet()
-    skipped_done = skipped_shard = 0
-    for item in read_lines(
-        job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
-    ):
-        if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
-            skipped_shard += 1
-            continue
-        id_key = record_key(item.custom_id)
-        if isinstance(item, BadLine) or id_key in seen:
-            seen.add(id_key)
-            if record_key(item.custom_id, item.line_no) in done:
-                skipped_done += 1
-                continue
-            if isinstance(item, BadLine):
-                bad.append(item)
-            else:
-                bad.append(
-                    BadLine(
-                        item.line_no,
-                        item.custom_id,
-                        "duplicate_custom_id",
-                        f"line {item.line_no}: custom_id {json.dumps(item.custom_id)[:200]} was "
-                        "already used by an earlier line",
-                    )
-                )
-            continue
-        seen.add(id_key)
-        if id_key in done:
-            skipped_done += 1
-            continue
-        model = str(item.body.get("model"))
-        estimate = estimate_request_tokens(item.body, model=model)
-        lane_limits = gov.limits_for(model)
-        row = per_model[model]
-        row["requests"] += 1
-        row["prompt"] += estimate.prompt_tokens
-        row["reserve"] += (
-            estimate.max_completion_tokens
-            if estimate.max_completion_tokens is not None
-            else lane_limits.default_completion_tokens
-            if route_generates(item.url)
-            else 0  # embeddings and the like: no answer to reserve for
-        )
+    result = forecast(job, gov, done)
     table = Table(title=f"dry run: {job.input}", title_justify="left", header_style="bold")
-    for name in ("model", "requests", "prompt tokens", "tokens charged", "rpm", "tpm", "time"):
+    names = ("model", "requests", "prompt tokens", "completion budget", "cost", "rpm", "tpm")
+    for name in (*names, "time"):
         table.add_column(name, justify="left" if name == "model" else "right")
-    longest: float | None = 0.0
-    for model, row in sorted(per_model.items()):
-        limits = gov.limits_for(model)
-        charged = row["prompt"] + row["reserve"]
-        minutes = [
-            value
-            for value in (
-                row["requests"] / (limits.rpm * limits.utilisation) if limits.rpm else None,
-                charged / (limits.tpm * limits.utilisation) if limits.tpm else None,
-            )
-            if value is not None
-        ]
-        if minutes:
-            duration = _minutes(max(minutes))
-            if longest is not None:
-                longest = max(longest, *minutes)
-        else:
-            duration = "unknown (limits are learned)"
-            longest = None
+    for row in sorted(result.models.values(), key=lambda r: r.model):
+        exact = "" if row.exact_tokens else " ~"
+        cost = f"{usd(row.cost_low_usd)} to {usd(row.cost_high_usd)}"
+        if row.expected_cost_usd is not None:
+            cost += f", expected {usd(row.expected_cost_usd)}"
+            cost += f" ± {usd(row.expected_margin_usd)}" if row.expected_margin_usd else ""
+        if row.cost_low_usd is None:
+            cost = "unknown (no price)"
+        learned = " (learned)" if row.limits_learned else ""
         table.add_row(
-            model,
-            f"{row['requests']:.0f}",
-            f"{row['prompt']:.0f}",
-            f"{charged:.0f}",
-            f"{limits.rpm:g}" if limits.rpm else "-",
-            f"{limits.tpm:g}" if limits.tpm else "-",
-            duration,
+            row.model,
+            str(row.requests),
+            f"{row.prompt_tokens}{exact}",
+            str(row.completion_budget),
+            cost,
+            f"{row.rpm:g}" if row.rpm else "-",
+            f"{row.tpm:g}" if row.tpm else "-",
+            f"{_minutes(row.minutes)}{learned}, {row.binding} binds"
+            if row.minutes is not None
+            else "unknown (limits are learned)",
         )
     Console().print(table)
-    for item in bad[:20]:
+    for item in result.bad[:20]:
         sys.stderr.write(f"pacekeeper run: {item.code}: {item.message}\n")
-    if len(bad) > 20:
-        sys.stderr.write(f"pacekeeper run: ... and {len(bad) - 20} more bad lines\n")
-    total = sum(int(r["requests"]) for r in per_model.values())
+    if len(result.bad) > 20:
+        sys.stderr.write(f"pacekeeper run: ... and {len(result.bad) - 20} more bad lines\n")
     extra = ""
-    if skipped_done:
-        extra += f", {skipped_done} already done in {job.output}"
-    if skipped_shard:
-        extra += f", {skipped_shard} in other shards"
-    if per_model:
+    if sampled is not None:
+        extra += f" after a sample of {sampled} sent"
+    if result.skipped_done:
+        extra += f", {result.skipped_done} already done in {job.output}"
+    if result.skipped_shard:
+        extra += f", {result.skipped_shard} in other shards"
+    if result.models:
+        minutes = result.minutes
         extra += (
-            f"; about {_minutes(longest)} at these limits"
-            if longest is not None
-            else "; duration unknown until the limits are learned (pass --rpm/--tpm)"
+            f"; about {_minutes(minutes)} at these limits"
+            if minutes is not None
+            else "; duration unknown until the limits are learned (pass --rpm/--tpm, or --sample N)"
+        )
+        if result.cost_low_usd is not None:
+            expected = result.expected_cost_usd
+            extra += f"; cost {usd(result.cost_low_usd)} to {usd(result.cost_high_usd)}"
+            margin = result.expected_margin_usd
+            extra += f" (expected {usd(expected)}" if expected is not None else ""
+            extra += f" ± {usd(margin)} at 95%" if expected is not None and margin else ""
+            extra += ")" if expected is not None else ""
+    if any(r.cost_low_usd is None for r in result.models.values()):
+        unpriced = sorted(r.model for r in result.models.values() if r.cost_low_usd is None)
+        sys.stderr.write(
+            f"pacekeeper run: cost unknown for {', '.join(unpriced)}: no price in genai-prices; "
+            'give one in pacekeeper.toml ([models."NAME".price] input = ..., output = ... USD '
+            "per million tokens)\n"
         )
     sys.stderr.write(
-        f"pacekeeper run: dry run: {total} requests valid, {len(bad)} bad lines{extra}; "
-        "nothing sent\n"
+        f"pacekeeper run: dry run: {result.requests} requests valid, {len(result.bad)} bad "
+        f"lines{extra}; nothing {'more ' if sampled else ''}sent\n"
     )
-    return EXIT_OK if not bad else EXIT_FAILED
+    if metrics is not None:
+        payload = {"input": str(job.input), "dry_run": True, "sampled": sampled}
+        payload.update(result.as_dict())
+        try:
+            _write_atomically(metrics, json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:
+            sys.stderr.write(f"pacekeeper run: could not write --metrics: {exc.strerror}\n")
+    return EXIT_OK if not result.bad else EXIT_FAILED
 
 
 def _hours(seconds: float) -> str:

@@ -146,6 +146,7 @@ class BatchProgress:
         else:
             eta = "-"
         failed = (result.failed + result.bad_lines) if result else 0
+        spent, projected = self._cost(remaining)
         figures: dict[str, str] = {}
         parked = result.parked_until_wall_s if result else None
         if parked is not None and parked > time.time():
@@ -163,8 +164,25 @@ class BatchProgress:
             "retries": str(retries),
             "429s": str(throttled),
             "failed": str(failed),
+            "spent": spent,
+            "projected": projected,
             "eta": eta,
         }
+
+    def _cost(self, remaining: int) -> tuple[str, str]:
+        """What was spent so far, and the total projected at the mean cost per request so far
+        for the lines left (``unknown`` when a model has no price)."""
+        from pacekeeper.report.summary import usd
+
+        lanes = self._gov.lanes
+        costs = [lane.stats.cost_usd for lane in lanes]
+        if not lanes or any(c is None for c in costs):
+            return ("unknown", "unknown") if lanes else ("-", "-")
+        spent = sum(c for c in costs if c is not None)
+        requests = sum(lane.stats.requests for lane in lanes)
+        if not requests:
+            return usd(spent), "-"
+        return usd(spent), usd(spent + spent / requests * remaining)
 
     def _render(self, result: BatchResult | None) -> Text:
         f = self.figures(result)
@@ -182,7 +200,8 @@ class BatchProgress:
         text.append(
             f"{f['done']}  rate {f['rate']} (limit {f['limit']})  in flight {f['in flight']} "
             f"(concurrency {f['concurrency']}, queued {f['queued']})  retries {f['retries']}  "
-            f"429s {f['429s']}  failed {f['failed']}  ETA {f['eta']}"
+            f"429s {f['429s']}  failed {f['failed']}  spent {f['spent']} "
+            f"(projected {f['projected']})  ETA {f['eta']}"
         )
         return text
 

@@ -37,7 +37,7 @@ from pacekeeper.batch._output import (
     redaction_list,
 )
 from pacekeeper.core.classify import classify_response
-from pacekeeper.core.errors import AdmissionClosed, PacekeeperError
+from pacekeeper.core.errors import AdmissionClosed, PacekeeperError, SpendCapReached
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.priority import Priority, priority
 from pacekeeper.core.records import AttemptRecord, RequestRecord
@@ -90,6 +90,8 @@ class BatchJob:
     max_wait_s: float = 3600.0
     """How long the run may park when the provider refuses for longer than the governor's
     ``max_hint_s`` (a daily limit); a longer wait stops the run (resumable)."""
+    max_requests: int | None = None
+    """Send at most this many requests, then stop reading (a dry run's sample)."""
 
 
 @dataclass(slots=True)
@@ -122,6 +124,8 @@ class BatchResult:
     parked_reason: str | None = None
     stopped_for_wait_s: float | None = None
     """The wait that stopped the run (longer than ``max_wait_s``); None if it did not."""
+    stopped_for_cost: str | None = None
+    """Why the spend cap stopped the run (``--max-cost``); None if it did not."""
 
     @property
     def written(self) -> int:
@@ -158,6 +162,7 @@ class BatchResult:
             "elapsed_s": self.elapsed_s,
             "errors_by_code": dict(self.errors_by_code),
             "stopped_for_wait_s": self.stopped_for_wait_s,
+            "stopped_for_cost": self.stopped_for_cost,
         }
 
 
@@ -276,6 +281,12 @@ class _Park:
         self._until = 0.0  # monotonic
         self.max_hint_s = float("inf")
         """The governor's longest retry wait: a refusal asking for more parks the run."""
+
+    def stop_for_cost(self, exc: SpendCapReached) -> None:
+        """The spend cap refused a request: nothing more is sent (in flight finishes)."""
+        if self._result.stopped_for_cost is None:
+            self._result.stopped_for_cost = str(exc)
+        self._stop.set()
 
     def hold(self, parked: _Parked) -> bool:
         """Park until the reset (True), or stop the run when it is too far (False)."""
@@ -478,6 +489,7 @@ async def _run_batch(
 
         watcher = asyncio.create_task(close_on_stop())
         seen = KeySet()
+        sent = 0
         for item in read_lines(
             job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
         ):
@@ -507,6 +519,9 @@ async def _run_batch(
                 task = asyncio.ensure_future(_process(client, job, item, secrets, park))
                 pauses.track(item.custom_id, task)
                 enqueue(task, item.size)
+                sent += 1
+                if job.max_requests is not None and sent >= job.max_requests:
+                    break
             await wait_for_room(job.window - 1)
         await wait_for_room(0)
     finally:
@@ -573,6 +588,9 @@ async def _process(
             return None  # stopped while parked: sent next run
         try:
             record, ok = await _send(client, job, line, park.max_hint_s)
+        except SpendCapReached as exc:
+            park.stop_for_cost(exc)
+            return None  # not sent: the next run (with a higher cap) sends it
         except AdmissionClosed:
             return None
         except _Parked as parked:

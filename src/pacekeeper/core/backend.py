@@ -9,13 +9,14 @@ the local machinery when it is unreachable. The core never imports a backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from pacekeeper.core.config import Limits, RetryPolicy
+    from pacekeeper.core.cost import SpendCap, SpendLedger
     from pacekeeper.core.lane import Lane, LaneKey
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "SpendBackend"]
 
 
 class Backend(Protocol):
@@ -29,3 +30,11 @@ class Backend(Protocol):
         retry: RetryPolicy,
         clock: Callable[[], float],
     ) -> Lane: ...
+
+
+@runtime_checkable
+class SpendBackend(Protocol):
+    """A backend that also keeps the spend cap's ledger (shared: every process of the backend
+    counts against one cap). Without it, the governor keeps the ledger in this process."""
+
+    def make_spend_ledger(self, cap: SpendCap) -> SpendLedger: ...

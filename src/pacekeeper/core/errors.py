@@ -6,6 +6,7 @@
     ├── ConfigurationError          a limit, policy or flag that cannot work
     ├── RequestTooLarge             one request costs more tokens than a whole minute allows
     ├── AdmissionClosed             the governor is shutting down: queued requests were not sent
+    │   └── SpendCapReached         the spend cap (``Governor(budget=...)``) refuses: not sent
     └── RequestFailed               a governed request ended without success (``.record``)
         ├── NonRetryableError       the provider's answer is one a retry cannot change
         ├── RetriesExhausted        every attempt ``RetryPolicy.max_attempts`` allows failed
@@ -35,6 +36,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryBudgetExhausted",
     "RetryWaitTooLong",
+    "SpendCapReached",
 ]
 
 
@@ -67,6 +69,31 @@ class AdmissionClosed(PacekeeperError):
     Raised to requests still queued when a batch is interrupted or a proxy shuts down, so
     that they can be resumed or refused cleanly while the ones in flight finish.
     """
+
+
+class SpendCapReached(AdmissionClosed):
+    """The spend cap refuses this request: what is spent, plus its worst-case cost, would pass
+    the cap, and no request in flight holds a reservation whose answer could free room. Also
+    raised when the request's model has no known price (a cap cannot admit an unknown cost).
+
+    The request was never sent. ``spent_usd`` and ``cap_usd`` say where the cap stands;
+    ``need_usd`` is what this request needed (None: its price is unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None,
+        spent_usd: float,
+        cap_usd: float,
+        need_usd: float | None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.spent_usd = spent_usd
+        self.cap_usd = cap_usd
+        self.need_usd = need_usd
 
 
 class RequestFailed(PacekeeperError):

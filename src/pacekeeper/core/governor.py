@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pacekeeper.core.backend import SpendBackend
 from pacekeeper.core.classify import (
     OutcomeKind,
     Verdict,
@@ -37,7 +38,18 @@ from pacekeeper.core.classify import (
 )
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.cost import (
+    BilledUsage,
+    CompletionLengths,
+    LocalSpendLedger,
+    Price,
+    PriceLookup,
+    Reservation,
+    SpendCap,
+    SpendLedger,
+)
 from pacekeeper.core.errors import (
+    ConfigurationError,
     DeadlineExceeded,
     NonRetryableError,
     RequestFailed,
@@ -45,6 +57,7 @@ from pacekeeper.core.errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
     RetryWaitTooLong,
+    SpendCapReached,
 )
 from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
@@ -64,6 +77,9 @@ logger = logging.getLogger("pacekeeper")
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_SPEND_POLL_S = 0.02
+"""How often a request the spend cap holds back looks again (answers in flight free room)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,11 @@ class Governor:
     A streamed answer holds its slot until closed, or until it sat ``stream_idle_timeout_s``
     unread and unclosed (a caller that walked away).
 
+    ``prices`` gives a model's :class:`~pacekeeper.core.cost.Price` (``pacekeeper.prices.
+    price_lookup()`` reads genai-prices): each request's cost is then computed from its usage
+    and recorded. ``budget`` caps the spend (:class:`~pacekeeper.core.cost.SpendCap`; it needs
+    ``prices``); with a backend that shares spend (Redis), the cap holds across processes.
+
     >>> gov = Governor(limits=Limits(rpm=600, concurrency=4))
     >>> gov
     <Governor lanes=0 limits rpm=600 tpm=None concurrency=4>
@@ -102,7 +123,14 @@ class Governor:
         seed: int | None = None,
         stream_idle_timeout_s: float = 60.0,
         backend: Backend | None = None,
+        prices: PriceLookup | None = None,
+        budget: SpendCap | None = None,
     ) -> None:
+        if budget is not None and prices is None:
+            raise ConfigurationError(
+                "Governor(budget=...) needs prices=...: a spend cap cannot count costs without "
+                "them (pacekeeper.prices.price_lookup() reads genai-prices)"
+            )
         self.limits = limits or Limits()
         self.models: dict[str, Limits] = dict(models or {})
         self.retry = retry or RetryPolicy()
@@ -116,6 +144,18 @@ class Governor:
         self._lanes_lock = threading.Lock()
         self._concurrency_ceiling: int | None = None
         self._closed = False
+        self.prices = prices
+        self.budget = budget
+        self.spend: SpendLedger | None = None
+        """The spend cap's ledger (None without a ``budget``): spent and reserved USD."""
+        if budget is not None:
+            self.spend = (
+                backend.make_spend_ledger(budget)
+                if isinstance(backend, SpendBackend)
+                else LocalSpendLedger(budget)
+            )
+        self._price_cache: dict[str | None, Price | None] = {}
+        self._completions: dict[LaneKey, CompletionLengths] = {}
 
     # -- lanes ----------------------------------------------------------------------------
 
@@ -142,6 +182,23 @@ class Governor:
                         lane.close()
                     self._lanes[key] = lane
         return lane
+
+    def price_of(self, model: str | None) -> Price | None:
+        """The model's price (None: unknown, or no ``prices`` given)."""
+        try:
+            return self._price_cache[model]
+        except KeyError:
+            price = self.prices(model) if self.prices is not None else None
+            self._price_cache[model] = price
+            return price
+
+    def completion_lengths(self, route: str, model: str | None) -> CompletionLengths:
+        """The completion lengths answers on (route, model) had: what admission expects."""
+        key = (route, model)
+        lengths = self._completions.get(key)
+        if lengths is None:
+            lengths = self._completions.setdefault(key, CompletionLengths())
+        return lengths
 
     def close(self) -> None:
         """Stop admitting on every lane, now and for lanes made later: queued requests fail
@@ -376,10 +433,12 @@ class Call:
         "_deadline",
         "_gov",
         "_queued_total",
+        "_reservation",
         "_started_mono",
         "_started_wall",
         "attempt",
         "completion_tokens",
+        "cost_usd",
         "done",
         "lane",
         "priority",
@@ -408,6 +467,9 @@ class Call:
         self.completion_tokens = completion_tokens
         self.attempt = 0
         self.done = False
+        self.cost_usd: float | None = 0.0 if gov.price_of(lane.key[1]) is not None else None
+        """What this request's answers cost so far (None: its model has no known price)."""
+        self._reservation: Reservation | None = None
         self._started_mono = gov.clock()
         self._started_wall = gov.wall_clock()
         self._queued_total = 0.0
@@ -465,41 +527,155 @@ class Call:
         )
 
     async def admit(self) -> Permit:
-        """Wait until this attempt may leave; retries go to the front of the queue."""
+        """Wait until this attempt may leave; retries go to the front of the queue. Under a
+        spend cap, the attempt also waits for room in it (answers in flight free room), or
+        fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough."""
         cost = self._before_admit()
-        try:
-            permit = await self.lane.acquire(
-                cost,
-                front=self.attempt > 1,
-                deadline=self._deadline,
-                output_tokens=self.completion_tokens,
-                priority=self.priority,
-                tenant=self.tenant,
-            )
-        except QueueTimeout as exc:
-            raise self._queue_timeout(exc) from None
-        except asyncio.CancelledError:
-            self.cancelled(None)
-            raise
-        self._queued_total += permit.queued_s
-        return permit
+        while True:
+            try:
+                permit = await self.lane.acquire(
+                    cost,
+                    front=self.attempt > 1,
+                    deadline=self._deadline,
+                    output_tokens=self.completion_tokens,
+                    priority=self.priority,
+                    tenant=self.tenant,
+                )
+            except QueueTimeout as exc:
+                raise self._queue_timeout(exc) from None
+            except asyncio.CancelledError:
+                self.cancelled(None)
+                raise
+            self._queued_total += permit.queued_s
+            if self._reserve(permit):
+                return permit
+            try:
+                # Wait for room without taking a place in the pacing meanwhile: a permit taken
+                # on each look would spend the lane's rate on requests that do not go.
+                await self.lane.sleep(_SPEND_POLL_S)
+                while not self._spend_may_fit():
+                    await self.lane.sleep(_SPEND_POLL_S)
+            except asyncio.CancelledError:
+                self.cancelled(None)
+                raise
 
     def admit_sync(self) -> Permit:
         """The blocking twin of :meth:`admit`."""
         cost = self._before_admit()
-        try:
-            permit = self.lane.acquire_sync(
-                cost,
-                front=self.attempt > 1,
-                deadline=self._deadline,
-                output_tokens=self.completion_tokens,
-                priority=self.priority,
-                tenant=self.tenant,
+        while True:
+            try:
+                permit = self.lane.acquire_sync(
+                    cost,
+                    front=self.attempt > 1,
+                    deadline=self._deadline,
+                    output_tokens=self.completion_tokens,
+                    priority=self.priority,
+                    tenant=self.tenant,
+                )
+            except QueueTimeout as exc:
+                raise self._queue_timeout(exc) from None
+            self._queued_total += permit.queued_s
+            if self._reserve(permit):
+                return permit
+            self.lane.sleep_sync(_SPEND_POLL_S)
+            while not self._spend_may_fit():
+                self.lane.sleep_sync(_SPEND_POLL_S)
+
+    def _spend_may_fit(self) -> bool:
+        """Whether this request's worst case fits the spend cap now, or nothing in flight
+        holds room any more (then admission refuses it, or it fits): worth a permit."""
+        ledger = self._gov.spend
+        costs = self.expected_cost_usd()
+        if ledger is None or costs is None:
+            return True
+        totals = ledger.totals()
+        return totals.reserved_usd <= 0 or (
+            totals.spent_usd + totals.reserved_usd + costs[1] <= totals.cap_usd
+        )
+
+    def expected_cost_usd(self) -> tuple[float, float] | None:
+        """(what admission holds, the worst case) in USD for this request's next attempt: the
+        prompt as charged, the answer at the lane's observed quantile of completion lengths
+        (max_tokens until enough answers are known) and at max_tokens. None: no price."""
+        gov = self._gov
+        price = gov.price_of(self.model)
+        if price is None:
+            return None
+        prompt = self.lane.cost_of(self.prompt_tokens, 0)
+        worst = self.completion_tokens
+        expected = worst
+        cap = gov.budget
+        lengths = gov.completion_lengths(self.route, self.model)
+        if cap is not None and lengths.count >= cap.learn_after:
+            expected = min(worst, lengths.quantile(cap.completion_quantile))
+        rate_in, _, rate_out = price.rates(prompt)
+        prompt_usd = prompt * rate_in / 1e6
+        return prompt_usd + expected * rate_out / 1e6, prompt_usd + worst * rate_out / 1e6
+
+    def _reserve(self, permit: Permit) -> bool:
+        """Hold this attempt's expected cost in the spend cap; False: wait and try again."""
+        ledger = self._gov.spend
+        if ledger is None:
+            return True
+        cap_usd = ledger.cap.usd
+        costs = self.expected_cost_usd()
+        if costs is None:
+            permit.release(Signal.NEUTRAL)
+            raise SpendCapReached(
+                f"{self._where()}: no price is known for model {self.model!r}, so the spend "
+                f"cap of ${cap_usd:g} cannot admit it (its cost would be unknown). Give its "
+                f'price in pacekeeper.toml: [models."{self.model}".price] input = USD per '
+                "million input tokens, output = USD per million output tokens.",
+                model=self.model,
+                spent_usd=ledger.totals().spent_usd,
+                cap_usd=cap_usd,
+                need_usd=None,
             )
-        except QueueTimeout as exc:
-            raise self._queue_timeout(exc) from None
-        self._queued_total += permit.queued_s
-        return permit
+        hold, need = costs
+        answer = ledger.reserve(hold_usd=hold, need_usd=need)
+        if isinstance(answer, Reservation):
+            self._reservation = answer
+            return True
+        permit.release(Signal.NEUTRAL)
+        if answer.wait:
+            return False
+        raise SpendCapReached(
+            f"{self._where()}: the spend cap of ${cap_usd:g} is reached: ${answer.spent_usd:.4f} "
+            f"spent, and this request may cost up to ${need:.4f}. It was not sent; raise the "
+            "cap to go on.",
+            model=self.model,
+            spent_usd=answer.spent_usd,
+            cap_usd=cap_usd,
+            need_usd=need,
+        )
+
+    def _account(
+        self,
+        ok: bool,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        billed: BilledUsage | None,
+    ) -> float | None:
+        """The attempt's cost from its usage (None: unknown); the spend cap's reservation is
+        settled to it, or released when the attempt failed without usage."""
+        gov = self._gov
+        if ok and completion_tokens is not None:
+            gov.completion_lengths(self.route, self.model).add(completion_tokens)
+        if billed is None and ok and prompt_tokens is not None and completion_tokens is not None:
+            billed = BilledUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+        price = gov.price_of(self.model)
+        cost = price.cost_usd(billed) if price is not None and billed is not None else None
+        if cost is not None and self.cost_usd is not None:
+            self.cost_usd += cost
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None and gov.spend is not None:
+            if cost is not None:
+                gov.spend.settle(reservation, cost)
+            elif ok:  # answered, usage unknown: count what was held rather than nothing
+                gov.spend.settle(reservation, reservation.usd)
+            else:
+                gov.spend.release(reservation)
+        return cost
 
     async def pause(self, decision: Decision) -> None:
         """Sleep the decision's delay (instant under :func:`~pacekeeper.set_testing`)."""
@@ -520,10 +696,13 @@ class Call:
         request_id: str | None = None,
         hold: bool = False,
         final: bool | str = False,
+        billed: BilledUsage | None = None,
     ) -> Decision:
         """Take an attempt's outcome; release its slot (unless ``hold``: a stream keeps it
         until closed) and decide what comes next. ``final`` forbids a retry (e.g. bytes of a
-        stream already reached the caller); a string says why, for the error message."""
+        stream already reached the caller); a string says why, for the error message.
+        ``billed`` is the usage as the provider bills it (cache reads apart); without it the
+        cost is that of ``prompt_tokens`` and ``completion_tokens``."""
         gov, lane = self._gov, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
@@ -546,6 +725,7 @@ class Call:
                 prompt_charged=permit.tokens - self.completion_tokens,
             )
 
+        cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)
         error: RequestFailed | None = None
         delay_s = 0.0
         retry = False
@@ -576,6 +756,7 @@ class Call:
                 concurrency_limit=lane.slots.limit,
                 rpm_limit=lane.rpm_limit,
                 tpm_limit=lane.tpm_limit,
+                cost_usd=cost_usd,
             )
             for hook in gov.hooks:
                 hook.on_attempt(attempt_record)
@@ -665,6 +846,9 @@ class Call:
 
     def cancelled(self, permit: Permit | None) -> None:
         """The caller's task was cancelled: free the slot and record it (never retried)."""
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None and self._gov.spend is not None:
+            self._gov.spend.release(reservation)
         if permit is not None:
             permit.release(Signal.NEUTRAL)
         if not self.done:
@@ -733,6 +917,7 @@ class Call:
             tag=self.tag,
             priority=self.priority.value,
             tenant=self.tenant,
+            cost_usd=self.cost_usd,
         )
         with lane._lock:
             lane.stats.on_request(
@@ -744,6 +929,7 @@ class Call:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 at=now,
+                cost_usd=self.cost_usd,
             )
         for hook in gov.hooks:
             hook.on_request(record)

@@ -56,6 +56,8 @@ class AttemptRecord:
     """The request's priority class: ``interactive``, ``batch`` or ``background``."""
     tenant: str | None = None
     """Whose fair share the request counted in within its class (None: no tenant named)."""
+    cost_usd: float | None = None
+    """What this attempt's usage cost at the model's price (None: no usage, or no price)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""
@@ -91,6 +93,9 @@ class RequestRecord:
     """The request's priority class: ``interactive``, ``batch`` or ``background``."""
     tenant: str | None = None
     """Whose fair share the request counted in within its class (None: no tenant named)."""
+    cost_usd: float | None = None
+    """What the request's answers cost at the model's price; None when the model has no known
+    price (unknown, not zero)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for JSON lines."""

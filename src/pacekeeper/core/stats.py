@@ -100,6 +100,8 @@ class StatsSnapshot:
     rpm_limit: float | None
     tpm_limit: float | None
     cooldowns: int
+    cost_usd: float | None = None
+    """What the finished requests cost; None when the model has no known price."""
 
     @property
     def elapsed_s(self) -> float:
@@ -135,6 +137,7 @@ class KeyStats:
     tokens_estimated: int = 0
     first_at: float = math.inf
     last_at: float = 0.0
+    cost_usd: float | None = 0.0
     by_status: Counter[str] = field(default_factory=Counter)
     by_outcome: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -165,8 +168,12 @@ class KeyStats:
         prompt_tokens: int | None,
         completion_tokens: int | None,
         at: float,
+        cost_usd: float | None = 0.0,
     ) -> None:
         self.requests += 1
+        self.cost_usd = (
+            None if cost_usd is None or self.cost_usd is None else self.cost_usd + cost_usd
+        )
         if ok:
             self.ok += 1
         else:
@@ -217,4 +224,5 @@ class KeyStats:
             rpm_limit=rpm_limit,
             tpm_limit=tpm_limit,
             cooldowns=cooldowns,
+            cost_usd=self.cost_usd,
         )

@@ -275,7 +275,11 @@ def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
         from pacekeeper.backends import RedisBackend
 
         backend = RedisBackend(redis_url, namespace=args.redis_namespace)
-    return Governor(limits=limits, models=models, retry=retry, backend=backend)
+    from pacekeeper.prices import price_lookup
+
+    provider = getattr(args, "provider", None) or settings.provider
+    prices = price_lookup(provider=provider, overrides=settings.prices)
+    return Governor(limits=limits, models=models, retry=retry, backend=backend, prices=prices)
 
 
 def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:

@@ -133,6 +133,7 @@ _ATTEMPT_SPEC: _Spec = (
     ("concurrency_limit", int, True),
     ("rpm_limit", float, True),
     ("tpm_limit", float, True),
+    ("cost_usd", float, True),
 )
 _REQUEST_SPEC: _Spec = (
     ("route", str, False),
@@ -152,6 +153,7 @@ _REQUEST_SPEC: _Spec = (
     ("error_type", str, True),
     ("request_id", str, True),
     ("tag", str, True),
+    ("cost_usd", float, True),
 )
 
 
@@ -510,6 +512,11 @@ class LaneTotals:
     last_rpm_limit: float | None = None
     last_tpm_limit: float | None = None
     last_limit_at: float = -math.inf
+    cost_usd: float = 0.0
+    """What the requests with a known price cost (their answers' usage at that price)."""
+    priced_requests: int = 0
+    unpriced_requests: int = 0
+    """Requests whose cost is unknown (no price for the model, or a log without costs)."""
     stats: StatsSnapshot | None = None
 
     @property
@@ -572,6 +579,8 @@ class LaneSeries:
     """Tokens charged per bin (sums)."""
     rate_limited_unknown: list[float]
     """429s per bin received while no limit was known (counts)."""
+    cost_usd: list[float]
+    """USD the requests that ended in each bin cost (sums; priced requests only)."""
 
 
 @dataclass(slots=True)
@@ -582,6 +591,7 @@ class _LaneAcc:
     succeeded: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     tokens_charged: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     tokens_used: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    cost: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     retries: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     rl_unknown: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     errors: defaultdict[str, defaultdict[int, float]] = field(
@@ -754,6 +764,12 @@ class RunAggregator:
         totals.total_s += record.total_s
         totals.total.add(record.total_s)
         totals.queued.add(record.queued_s)
+        if record.cost_usd is not None:
+            totals.cost_usd += record.cost_usd
+            totals.priced_requests += 1
+            lane.cost[math.floor(end)] += record.cost_usd
+        else:
+            totals.unpriced_requests += 1
         if record.ok:
             totals.ok += 1
         else:
@@ -771,6 +787,7 @@ class RunAggregator:
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
             at=end,
+            cost_usd=record.cost_usd,
         )
 
     def finish(self, *, max_bins: int = 150) -> RunData:
@@ -970,6 +987,7 @@ class RunData:
             sent_count=counts(acc.sent),
             tokens_charged_count=counts(acc.tokens_charged),
             rate_limited_unknown=counts(_merged(acc.rl_unknown, acc.early_429s())),
+            cost_usd=counts(acc.cost),
         )
 
 

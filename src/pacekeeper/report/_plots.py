@@ -242,6 +242,8 @@ def render_charts(
         _tokens,
         _latency,
     ]
+    if any(lane.priced_requests for lane in lanes):
+        builders.append(_cost)
     with matplotlib.rc_context(_style()):
         charts = [build(ctx) for build in builders]
         charts.append(_timeline(ctx, bindings))
@@ -494,6 +496,35 @@ def _tokens(ctx: _Ctx) -> Chart:
         "prompt plus max_tokens, which is what OpenAI counts against the limit). Dotted: "
         "tokens the answers reported using (prompt + reply). Dashed: the tpm limit. A wide "
         "gap between solid and dotted means max_tokens reserves far more than replies use.",
+        f"Line charts over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
+    )
+
+
+def _cost(ctx: _Ctx) -> Chart:
+    title = "Cost over time, spent so far"
+    fig, panels = _panels(ctx, title, "USD spent", [("spent (cumulative)", _SOLID)])
+    parts = []
+    totals = {lane.key: lane for lane in ctx.run.lanes}
+    for key, s, color, ax in panels:
+        spent, running = [], 0.0
+        for value in s.cost_usd:
+            running += value
+            spent.append(running)
+        ax.plot(ctx.axis.centres, spent, color=color, **_SOLID)
+        ax.set_ylim(bottom=0)
+        lane = totals[key]
+        parts.append(
+            f"{ctx.names[key]} spent ${running:.4f}"
+            if lane.priced_requests
+            else f"{ctx.names[key]}: cost unknown (no price)"
+        )
+    return ctx.chart(
+        fig,
+        "cost",
+        title,
+        "One panel per model: USD spent so far, from each answer's usage at the model's price "
+        "(genai-prices, or pacekeeper.toml). A model without a known price stays flat at zero "
+        "here: its cost is unknown, not zero.",
         f"Line charts over {_fmt_duration(ctx.run.duration_s)}: " + "; ".join(parts) + ".",
     )
 

@@ -83,8 +83,8 @@ class Finding:
     """One sentence of the verdict.
 
     ``kind`` is ``limit``, ``max_tokens``, ``rate_limits``, ``upstream``, ``failures``,
-    ``queueing``, ``clean`` or ``no_data``; ``severity`` is ``ok``, ``info``, ``warning`` or
-    ``problem``; ``numbers`` holds the figures the sentence quotes, unrounded.
+    ``queueing``, ``cost``, ``clean`` or ``no_data``; ``severity`` is ``ok``, ``info``,
+    ``warning`` or ``problem``; ``numbers`` holds the figures the sentence quotes, unrounded.
     """
 
     kind: str
@@ -300,10 +300,42 @@ def findings(run: RunData) -> list[Finding]:
     queueing = _queueing_finding(run, bindings)
     if queueing is not None:
         out.append(queueing)
+    cost = _cost_finding(run)
+    if cost is not None:
+        out.append(cost)
     clean = _clean_finding(run)
     if clean is not None:
         out.append(clean)
     return out
+
+
+def _cost_finding(run: RunData) -> Finding | None:
+    """What each model cost, and per request; unknown prices said as such (never $0)."""
+    lanes = [lane for lane in run.lanes if lane.requests]
+    if not any(lane.priced_requests for lane in lanes):
+        return None
+    parts = []
+    numbers: dict[str, float] = {}
+    for lane in sorted(lanes, key=lambda lane: -lane.cost_usd):
+        if lane.priced_requests:
+            per = lane.cost_usd / lane.priced_requests
+            parts.append(f"{lane.label} ${lane.cost_usd:.4f} (${per:.6f} a request)")
+            numbers[f"cost_usd:{lane.label}"] = lane.cost_usd
+        if lane.unpriced_requests:
+            parts.append(
+                f"{lane.label}: {_num(lane.unpriced_requests)} requests of unknown cost "
+                "(no price known: give one in pacekeeper.toml)"
+            )
+    total = sum(lane.cost_usd for lane in lanes)
+    numbers["cost_usd"] = total
+    known = "" if all(not lane.unpriced_requests for lane in lanes) else " at least"
+    return Finding(
+        "cost",
+        f"Cost:{known} ${total:.4f} in all: " + "; ".join(parts) + ".",
+        "info",
+        None,
+        numbers,
+    )
 
 
 def _limit_finding(

@@ -12,8 +12,9 @@ conventions (the ``pacekeeper[otel]`` extra).
 to its final answer, so queueing and retries are inside it. It carries
 ``gen_ai.operation.name``, ``gen_ai.request.model``, ``gen_ai.usage.input_tokens``,
 ``gen_ai.usage.output_tokens``, ``http.response.status_code`` (of the final attempt),
-``server.address``/``server.port`` and, when the request failed, ``error.type`` and an ERROR
-status. Each attempt becomes a span event ``pacekeeper.attempt`` at its answer (or, with
+``server.address``/``server.port``, ``pacekeeper.cost_usd`` (its cost at the model's price,
+absent when unknown) and, when the request failed, ``error.type`` and an ERROR status. Each
+attempt becomes a span event ``pacekeeper.attempt`` at its answer (or, with
 ``attempt_spans=True``, a child span over the time it was in flight). Spans are made after
 the fact from the records' times, so they are exact however long a request queued.
 
@@ -23,7 +24,8 @@ the fact from the records' times, so they are exact however long a request queue
 with the bucket boundaries the conventions advise; and two of pacekeeper's own:
 ``pacekeeper.client.attempt.duration`` (seconds from sending to the answer, per attempt, with
 ``http.response.status_code`` and ``pacekeeper.outcome``) and
-``pacekeeper.client.queue.duration`` (seconds each attempt waited for admission).
+``pacekeeper.client.queue.duration`` (seconds each attempt waited for admission), and
+``pacekeeper.client.cost`` (a counter of USD, per request whose model has a known price).
 
 Records carry no request id, so attempts are matched to their request by the caller's tag
 (the batch runner's custom_id) when there is one; without it, by thread and timing (a request's
@@ -154,6 +156,11 @@ class OpenTelemetryHook:
             description="Time an attempt waited for admission (pacing, concurrency, cooldown)",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
+        self._cost = meter.create_counter(
+            "pacekeeper.client.cost",
+            unit="USD",
+            description="What requests cost, from their usage at the model's price",
+        )
         self.server_address, self.server_port = _server(server_address)
         self.provider_name = provider_name
         self.attempt_spans = attempt_spans
@@ -211,6 +218,8 @@ class OpenTelemetryHook:
         common = self._common(record.route, record.model)
         error_type = None if record.ok else (record.error_type or record.outcome)
         self._duration.record(record.total_s, _clean({**common, "error.type": error_type}))
+        if record.cost_usd is not None:
+            self._cost.add(record.cost_usd, common)
         if record.ok:
             if record.prompt_tokens is not None:
                 self._token_usage.record(
@@ -277,6 +286,7 @@ class OpenTelemetryHook:
                 "pacekeeper.attempts": record.attempts,
                 "pacekeeper.queued_s": record.queued_s,
                 "pacekeeper.tokens_estimated": record.tokens_estimated,
+                "pacekeeper.cost_usd": record.cost_usd,
                 "pacekeeper.tag": record.tag,
                 "pacekeeper.request_id": record.request_id,
             }

@@ -24,6 +24,10 @@ path) and ``model`` (empty when the request named none).
 ``pacekeeper_rate_limited_total``                  429 rate limits received from the upstream
 ``pacekeeper_tokens_total``                        tokens the upstream reported, by ``type``
                                                    (``prompt``, ``completion``)
+``pacekeeper_cost_usd_total``                      USD the answers cost at the model's price
+                                                   (models without a known price are absent)
+``pacekeeper_spend_usd``                           gauge, under a spend cap: USD by ``state``
+                                                   (``spent``, ``reserved``, ``cap``)
 ``pacekeeper_request_duration_seconds``            histogram: arrival to final answer (streams:
                                                    to their end), queueing and retries included
 ``pacekeeper_attempt_duration_seconds``            histogram: one attempt, send to answer
@@ -202,6 +206,7 @@ class GovernorCollector:
         self._rate_limited: dict[tuple[str, str], int] = {}
         self._prompt_tokens: dict[tuple[str, str], int] = {}
         self._completion_tokens: dict[tuple[str, str], int] = {}
+        self._cost_usd: dict[tuple[str, str], float] = {}
         self._request_s: dict[tuple[str, str], _Histogram] = {}
         self._attempt_s: dict[tuple[str, str], _Histogram] = {}
         self._queue_s: dict[tuple[str, str], _Histogram] = {}
@@ -240,6 +245,8 @@ class GovernorCollector:
                 self._completion_tokens[lane] = (
                     self._completion_tokens.get(lane, 0) + record.completion_tokens
                 )
+            if record.cost_usd is not None:
+                self._cost_usd[lane] = self._cost_usd.get(lane, 0.0) + record.cost_usd
             histogram = self._request_s.get(lane)
             if histogram is None:
                 histogram = self._request_s[lane] = _Histogram(len(self._duration_bounds))
@@ -265,6 +272,7 @@ class GovernorCollector:
                 dict(self._prompt_tokens),
                 dict(self._completion_tokens),
             )
+            costs = dict(self._cost_usd)
             histograms = (
                 {
                     k: (h.cumulative(self._duration_bounds), h.sum)
@@ -276,13 +284,14 @@ class GovernorCollector:
                 },
                 {k: (h.cumulative(self._queue_bounds), h.sum) for k, h in self._queue_s.items()},
             )
-        return self._families(counters, histograms)
+        return self._families(counters, histograms, costs)
 
     def _families(
         self,
         counters: tuple[dict[Any, int], ...] | None = None,
         histograms: tuple[dict[tuple[str, str], tuple[list[tuple[str, float]], float]], ...]
         | None = None,
+        costs: dict[tuple[str, str], float] | None = None,
     ) -> Iterator[Metric]:
         core = self._core
         ns = self.namespace
@@ -303,6 +312,17 @@ class GovernorCollector:
             f"{ns}_tokens",
             "Tokens the upstream reported in usage, by type (prompt, completion).",
             labels=(*_LANE, "type"),
+        )
+        cost = core.CounterMetricFamily(
+            f"{ns}_cost_usd",
+            "USD the answers cost, from their usage at the model's price (genai-prices or "
+            "pacekeeper.toml); absent for models without a known price.",
+            labels=_LANE,
+        )
+        spend = core.GaugeMetricFamily(
+            f"{ns}_spend_usd",
+            "Under a spend cap: USD spent, reserved for requests in flight, and the cap.",
+            labels=("state",),
         )
         request_s = core.HistogramMetricFamily(
             f"{ns}_request_duration_seconds",
@@ -359,6 +379,13 @@ class GovernorCollector:
             for kind, counts in (("prompt", prompt), ("completion", completion)):
                 for labels, value in sorted(counts.items()):
                     tokens.add_metric((*labels, kind), value)
+            for labels, usd in sorted((costs or {}).items()):
+                cost.add_metric(labels, usd)
+            if self.governor.spend is not None:
+                totals = self.governor.spend.totals()
+                spend.add_metric(("spent",), totals.spent_usd)
+                spend.add_metric(("reserved",), totals.reserved_usd)
+                spend.add_metric(("cap",), totals.cap_usd)
             for family, series in zip((request_s, attempt_s, queue_s), histograms, strict=True):
                 for labels, (buckets, total) in sorted(series.items()):
                     family.add_metric(labels, buckets, total)
@@ -380,6 +407,8 @@ class GovernorCollector:
             retries,
             rate_limited,
             tokens,
+            cost,
+            spend,
             request_s,
             attempt_s,
             queue_s,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from pacekeeper.core.stats import StatsSnapshot
 
-__all__ = ["summary_lines", "summary_rows", "summary_table", "use_of_limit"]
+__all__ = ["summary_lines", "summary_rows", "summary_table", "usd", "use_of_limit"]
 
 DEFAULT_BURST_S = 0.5
 """The burst allowance assumed for providers (as :class:`~pacekeeper.Limits`' ``burst_s``)."""
@@ -27,7 +27,19 @@ _COLUMNS = (
     ("rpm", "right"),
     ("limit", "right"),
     ("use", "right"),
+    ("cost", "right"),
 )
+
+
+def usd(value: float | None) -> str:
+    """A cost for people: ``$0.0123``, ``$12.35``; ``unknown`` (no price), never ``$0``.
+
+    >>> usd(0.012345), usd(12.345), usd(None)
+    ('$0.0123', '$12.35', 'unknown')
+    """
+    if value is None:
+        return "unknown"
+    return f"${value:.2f}" if value >= 10 else f"${value:.4f}"
 
 
 def _seconds(value: float) -> str:
@@ -71,6 +83,7 @@ def summary_rows(
                 "rpm": f"{s.throughput_rpm:.0f}",
                 "limit": f"{limit:.0f}" if limit else "-",
                 "use": f"{use:.0%}" if use is not None else "-",
+                "cost": usd(s.cost_usd),
             }
         )
     return rows

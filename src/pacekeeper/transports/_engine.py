@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -24,6 +25,7 @@ from pacekeeper.core.classify import (
     verdict_for_exception,
     verdict_for_failure,
 )
+from pacekeeper.core.cost import BilledUsage
 from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     "model_of_path",
     "read_request",
     "route_of",
+    "billed_usage_of",
     "usage_from_json",
     "usage_of",
 ]
@@ -50,7 +53,8 @@ _EMPTY_ESTIMATE = TokenEstimate(prompt_tokens=0, max_completion_tokens=0, method
 _USAGE_NUMBER = re.compile(
     rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens'
     rb"|cache_creation_input_tokens|cache_read_input_tokens|promptTokenCount"
-    rb'|candidatesTokenCount|thoughtsTokenCount|toolUsePromptTokenCount)"\s*:\s*(\d+)'
+    rb"|candidatesTokenCount|thoughtsTokenCount|toolUsePromptTokenCount"
+    rb'|cachedContentTokenCount)"\s*:\s*(\d+)'
 )
 
 
@@ -297,14 +301,81 @@ def _event_end(data: bytes, start: int) -> tuple[int, int]:
 
 def usage_from_json(
     body: bytes, *, cache_reads_count: bool = True
-) -> tuple[int | None, int | None, bool]:
-    """(input tokens counted, output tokens, body is valid JSON) of a JSON answer."""
+) -> tuple[int | None, int | None, bool, BilledUsage | None]:
+    """(input tokens counted, output tokens, body is valid JSON, usage as billed) of a JSON
+    answer."""
     try:
         data = json.loads(body)
     except ValueError:
-        return None, None, False
+        return None, None, False, None
     prompt, completion = usage_of(data, cache_reads_count=cache_reads_count)
-    return prompt, completion, True
+    return prompt, completion, True, billed_usage_of(data)
+
+
+def billed_usage_of(data: object) -> BilledUsage | None:
+    """The usage as it is billed: every input token with the cache reads among them apart
+    (billed at the cached price), and every output token (reasoning included).
+
+    >>> billed_usage_of({"usage": {"prompt_tokens": 120, "completion_tokens": 30,
+    ...                  "prompt_tokens_details": {"cached_tokens": 100}}})
+    BilledUsage(input_tokens=120, output_tokens=30, cached_input_tokens=100)
+    >>> billed_usage_of({"usage": {"input_tokens": 10, "cache_creation_input_tokens": 200,
+    ...                  "cache_read_input_tokens": 5000, "output_tokens": 7}})
+    BilledUsage(input_tokens=5210, output_tokens=7, cached_input_tokens=5000)
+    """
+    if not isinstance(data, dict):
+        return None
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        inner = data.get("response")
+        usage = inner.get("usage") if isinstance(inner, dict) else None
+    if not isinstance(usage, dict):
+        meta = data.get("usageMetadata")
+        if not isinstance(meta, dict):
+            return None
+        return _billed({k.encode(): v for k, v in meta.items() if _count(v) is not None})
+    counts = {k.encode(): v for k, v in usage.items() if _count(v) is not None}
+    for details in ("prompt_tokens_details", "input_tokens_details"):
+        inner_details = usage.get(details)
+        if isinstance(inner_details, dict) and _count(inner_details.get("cached_tokens")):
+            counts[b"cached_tokens"] = inner_details["cached_tokens"]
+    return _billed(counts)
+
+
+def _billed(counts: Mapping[bytes, int]) -> BilledUsage | None:
+    """From token counts by name, as a usage object or the stream scanner holds them."""
+    if b"promptTokenCount" in counts:
+        g = counts
+        return BilledUsage(
+            input_tokens=g[b"promptTokenCount"] + g.get(b"toolUsePromptTokenCount", 0),
+            output_tokens=g.get(b"candidatesTokenCount", 0) + g.get(b"thoughtsTokenCount", 0),
+            cached_input_tokens=g.get(b"cachedContentTokenCount", 0),
+        )
+    output = counts.get(b"completion_tokens", counts.get(b"output_tokens"))
+    if b"prompt_tokens" in counts:
+        prompt = counts[b"prompt_tokens"]
+        return BilledUsage(
+            input_tokens=prompt,
+            output_tokens=output or 0,
+            cached_input_tokens=counts.get(b"cached_tokens", 0),
+        )
+    if b"input_tokens" not in counts:
+        return None
+    prompt = counts[b"input_tokens"]
+    if b"cache_creation_input_tokens" in counts or b"cache_read_input_tokens" in counts:
+        # Anthropic leaves cache reads and writes out of input_tokens.
+        reads = counts.get(b"cache_read_input_tokens", 0)
+        writes = counts.get(b"cache_creation_input_tokens", 0)
+        return BilledUsage(
+            input_tokens=prompt + reads + writes,
+            output_tokens=output or 0,
+            cached_input_tokens=reads,
+        )
+    return BilledUsage(
+        input_tokens=prompt,
+        output_tokens=output or 0,
+        cached_input_tokens=counts.get(b"cached_tokens", 0),
+    )
 
 
 def _count(value: object) -> int | None:
@@ -426,6 +497,11 @@ class UsageScanner:
         return prompt
 
     @property
+    def billed(self) -> BilledUsage | None:
+        """The usage as billed (see :func:`billed_usage_of`)."""
+        return _billed(self._counts)
+
+    @property
     def completion_tokens(self) -> int | None:
         counts = self._counts
         if b"candidatesTokenCount" in counts or b"thoughtsTokenCount" in counts:
@@ -525,4 +601,5 @@ def settle_stream(
         completion_tokens=scanner.completion_tokens,
         request_id=request_id,
         final=True,
+        billed=scanner.billed,
     )

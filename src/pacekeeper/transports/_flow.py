@@ -274,10 +274,10 @@ def _after_answer(
     status = response.status_code
     expect_json = is_json(headers)
     body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
-    prompt = completion = None
+    prompt = completion = billed = None
     valid = True
     if status < 300 and expect_json and body is not None:
-        prompt, completion, valid = usage_from_json(
+        prompt, completion, valid, billed = usage_from_json(
             body, cache_reads_count=options.cache_reads_count
         )
     verdict: Verdict = verdict_for_answer(
@@ -293,6 +293,7 @@ def _after_answer(
         prompt_tokens=prompt,
         completion_tokens=completion,
         request_id=request_id(headers),
+        billed=billed,
     )
     if decision.retry:
         return decision, None
