@@ -28,6 +28,7 @@ PUBLIC = {
     "Priority",
     "Price",
     "PriceTier",
+    "QueueWaitStats",
     "RecordHook",
     "RedisBackend",
     "RequestFailed",

@@ -37,7 +37,7 @@ from pacekeeper.core.governor import Admission, Call, Decision, Governor
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import Priority, priority
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
-from pacekeeper.core.stats import StatsSnapshot
+from pacekeeper.core.stats import QueueWaitStats, StatsSnapshot
 from pacekeeper.core.testing import is_testing, set_testing
 from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens, warm_up
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, SyncTransport, Transport, wrap
@@ -69,6 +69,7 @@ __all__ = [
     "PacekeeperError",
     "Price",
     "PriceTier",
+    "QueueWaitStats",
     "RecordHook",
     "RedisBackend",
     "RequestFailed",

@@ -22,7 +22,7 @@ from pacekeeper import Governor, Limits, RetryPolicy
 from pacekeeper.report.prometheus import DURATION_BUCKETS, GovernorCollector
 from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario
 
-from .conftest import StartSim
+from .conftest import StartProxy, StartSim
 
 CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
@@ -261,3 +261,98 @@ async def test_cost_is_counted_per_model_from_usage_at_its_price(
         if name == "pacekeeper_cost_usd_total" and ("model", "unpriced-model") in labels
     ]
     assert "pacekeeper_spend_usd" not in names(samples)  # no spend cap
+
+
+def scrape_both(url: str) -> tuple[Samples, Samples]:
+    """GET /metrics in the text format and in OpenMetrics, each read by its own parser."""
+    import httpx2
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    out: list[Samples] = []
+    for accept, parse in (
+        ("text/plain", text_string_to_metric_families),
+        ("application/openmetrics-text", openmetrics_families),
+    ):
+        response = httpx2.get(url + "/metrics", headers={"accept": accept})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(accept)
+        samples: Samples = {}
+        for family in parse(response.text):
+            for sample in family.samples:
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        out.append(samples)
+    return out[0], out[1]
+
+
+async def test_queue_wait_per_class_and_tenant_at_the_proxy(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    """Through the proxy, tenants bound to tokens: /metrics (both formats) has the queue wait
+    of each class and tenant, and the batch waited behind the interactive request."""
+    import httpx2
+
+    from pacekeeper import Priority
+    from pacekeeper.proxy._config import TenantToken
+
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.2)))
+    gov = Governor(limits=Limits(concurrency=1, min_share=0.0))
+    tenants = (
+        TenantToken(tenant="nightly", token="tok-nightly", priority=Priority.BATCH),
+        TenantToken(tenant="chat", token="tok-chat"),
+    )
+    proxy = start_proxy(sim, gov, tenants=tenants)
+    url = proxy.base_url + "/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx2.AsyncClient(timeout=20) as client:
+        batch = [
+            asyncio.create_task(
+                client.post(url, json=body, headers={"x-pacekeeper-token": "tok-nightly"})
+            )
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.1)  # one sent, three queued
+        chat_answer = await client.post(url, json=body, headers={"x-pacekeeper-token": "tok-chat"})
+        answers = await asyncio.gather(*batch)
+    assert chat_answer.status_code == 200
+    assert all(a.status_code == 200 for a in answers)
+    for samples in scrape_both(proxy.url):
+        lane = {"route": CHAT, "model": MODEL}
+        nightly = {**lane, "priority": "batch", "tenant": "nightly"}
+        chat_ = {**lane, "priority": "interactive", "tenant": "chat"}
+        assert value(samples, "pacekeeper_queue_wait_seconds_count", **nightly) == 4
+        assert value(samples, "pacekeeper_queue_wait_seconds_count", **chat_) == 1
+        assert value(samples, "pacekeeper_queue_wait_seconds_count", **lane) == 5
+        # the chat request went first: it waited for one answer, the batch for several
+        assert value(samples, "pacekeeper_queue_wait_seconds_sum", **nightly) > value(
+            samples, "pacekeeper_queue_wait_seconds_sum", **chat_
+        )
+        assert "tok-" not in repr(samples)
+
+
+async def test_tenants_past_the_cap_are_counted_as_other(
+    start_sim: StartSim, client_for: ClientFor
+) -> None:
+    sim = start_sim()
+    gov = Governor()
+    registry = CollectorRegistry()
+    registry.register(GovernorCollector(gov, max_tenants=2, tenants=["chat"]))
+    client = client_for(sim.base_url, gov)
+    for i, tenant in enumerate(["t0", "t1", "t2", "chat", "t1"]):
+        with pacekeeper.priority("batch", tenant=tenant):
+            await chat(client, i)
+    await chat(client, 9)  # no tenant: interactive, tenant label empty
+    samples = scrape(registry)
+    counts = {
+        (dict(labels)["priority"], dict(labels)["tenant"]): v
+        for (name, labels), v in samples.items()
+        if name == "pacekeeper_queue_wait_seconds_count"
+    }
+    # "chat" is configured; one more name fits under the cap of 2; later ones are "other"
+    assert counts == {
+        ("batch", "chat"): 1,
+        ("batch", "t0"): 1,
+        ("batch", "other"): 3,
+        ("interactive", ""): 1,
+    }

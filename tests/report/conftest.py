@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
+from pacekeeper.core.config import Limits
 from pacekeeper.core.governor import Governor
 from pacekeeper.prices import price_lookup
 from pacekeeper.report import ReportRecorder
@@ -87,6 +88,66 @@ def run_against_simulator(folder: Path) -> SimulatedRun:
         )
         result = asyncio.run(run_batch(job, gov))
     return SimulatedRun(log, recorder, result, mini, big)
+
+
+@dataclass(frozen=True)
+class ClassesRun:
+    log: Path
+    recorder: ReportRecorder
+    result: BatchResult
+    interactive: int
+
+
+@pytest.fixture(scope="session")
+def classes_run(tmp_path_factory: pytest.TempPathFactory) -> ClassesRun:
+    return run_with_classes(tmp_path_factory.mktemp("classes-run"))
+
+
+def run_with_classes(folder: Path) -> ClassesRun:
+    """About 4 seconds of a real run on one 1,200-rpm key: a batch (class batch, tenant
+    nightly) saturating it, and an interactive caller (tenant chat) sending now and then
+    through the same governor."""
+    import openai
+
+    import pacekeeper
+
+    batch, log = folder / "batch.jsonl", folder / "attempts.jsonl"
+    write_batch(batch, mini=80, big=0)
+    scenario = Scenario(
+        models={"gpt-4o-mini": ModelLimits(rpm=1200, tpm=10_000_000)},
+        latency=Latency(ttft_s=0.05, per_token_s=0.0005),
+        seed=3,
+    )
+    recorder = ReportRecorder()
+    interactive = 8
+
+    async def main(sim: Simulator, gov: Governor) -> BatchResult:
+        job = BatchJob(
+            input=batch,
+            output=folder / "results.jsonl",
+            base_url=sim.base_url,
+            api_key="test",
+            log_path=log,
+            tenant="nightly",
+        )
+        running = asyncio.create_task(run_batch(job, gov))
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="t"), gov)
+        try:
+            await asyncio.sleep(0.5)  # the batch's queue has built up
+            for i in range(interactive):
+                with pacekeeper.priority("interactive", tenant="chat"):
+                    await client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {i}"}]
+                    )
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+        return await running
+
+    with Simulator(scenario) as sim:
+        gov = Governor(hooks=[recorder], limits=Limits(rpm=1200, burst_s=0.1))
+        result = asyncio.run(main(sim, gov))
+    return ClassesRun(log, recorder, result, interactive)
 
 
 def find_chromium() -> str | None:

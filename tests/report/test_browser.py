@@ -13,7 +13,7 @@ import pytest
 
 from pacekeeper.report import render_report
 
-from .conftest import SimulatedRun
+from .conftest import ClassesRun, SimulatedRun
 from .test_render import CHARTS_WITH_COST as CHARTS
 from .test_render import Page, decode
 
@@ -150,3 +150,43 @@ def test_a_screenshot_is_kept(
     if artifacts_dir is not None:
         shutil.copy(shot, artifacts_dir / "report-screenshot.png")
         shutil.copy(report, artifacts_dir / "report.html")
+
+
+def test_chromium_renders_the_queue_wait_panel(
+    chromium: str, classes_run: ClassesRun, tmp_path: Path
+) -> None:
+    """Two classes on one key: the queue-wait chart decodes and is laid out in the browser,
+    under the page's CSP, next to its table and its verdict sentence."""
+    report = tmp_path / "classes.html"
+    render_report(classes_run.log, report)
+    probed = tmp_path / "probed.html"
+    text = report.read_text(encoding="utf-8")
+    text = text.replace("default-src 'none';", "default-src 'none'; script-src 'nonce-probe';")
+    probed.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    done = chromium_run(
+        chromium,
+        tmp_path / "profile",
+        "--window-size=1280,2400",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probed.as_uri(),
+    )
+    dom = done.stdout
+    assert 'data-probed="yes"' in dom, done.stderr[-2000:]
+    page = Page(dom)
+    (img,) = [i for i in page.images if "Queue wait" in i["alt"] or "interactive:" in i["alt"]]
+    natural_w, natural_h = (int(v) for v in img["data-natural"].split("x"))
+    shown_w, shown_h = (int(v) for v in img["data-shown"].split("x"))
+    assert natural_w > 1000
+    assert natural_h > 100
+    assert shown_w > 800
+    assert shown_h > 50
+    assert 'id="chart-queue_wait"' in dom
+    rows = page.tables["queue-wait-table"]
+    assert [row[1:3] for row in rows[1:]] == [
+        ["interactive", "all"],
+        ["interactive", "chat"],
+        ["batch", "all"],
+        ["batch", "nightly"],
+    ]
+    assert any(f.startswith("infoQueue wait per priority class") for f in page.findings)

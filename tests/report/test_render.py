@@ -27,6 +27,7 @@ from pacekeeper.report import (
 from pacekeeper.report._cli import default_output, main
 from pacekeeper.report._plots import image_size
 
+from .conftest import ClassesRun
 from .crafted import Provider, Run, every, simulate
 
 CHARTS = ("throughput", "concurrency", "errors", "tokens", "latency", "binding")
@@ -362,3 +363,51 @@ def test_python_dash_m_runs_the_command(tmp_path: Path, two_model_records: list[
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
     assert (tmp_path / "r.html").stat().st_size > 10_000
+
+
+def test_queue_wait_per_class_and_tenant_from_a_real_run(
+    tmp_path: Path, classes_run: ClassesRun
+) -> None:
+    """A batch and an interactive caller on one key: the page read back from the --log file
+    has the queue-wait chart, its table and a verdict sentence per class; the interactive
+    caller waited far less than the batch it overtook."""
+    assert classes_run.result.all_succeeded
+    summary = render_report(classes_run.log, tmp_path / "r.html")
+    assert summary.charts == (*CHARTS[:-1], "queue_wait", CHARTS[-1])
+    (finding,) = [f for f in summary.findings if f.kind == "queue_wait"]
+    assert finding.text.startswith("Queue wait per priority class: interactive p50 ")
+    assert "(8 requests); batch p50 " in finding.text
+    assert "Per tenant (p95): nightly (batch) " in finding.text
+    assert "chat (interactive)" in finding.text
+    interactive_p95 = finding.numbers["queue_wait_p95_s:interactive"]
+    assert interactive_p95 < finding.numbers["queue_wait_p95_s:batch"]
+    assert finding.numbers["requests:batch"] == 80
+    # the file says what the hook that watched the run says
+    (live,) = [f for f in classes_run.recorder.findings() if f.kind == "queue_wait"]
+    assert live.text == finding.text
+    page = Page(summary.output_path.read_text(encoding="utf-8"))
+    table = page.tables["queue-wait-table"]
+    assert table[0] == ["model", "class", "tenant", "reqs", "wait p50", "wait p95", "wait p99"]
+    assert [row[1:4] for row in table[1:]] == [
+        ["interactive", "all", "8"],
+        ["interactive", "chat", "8"],
+        ["batch", "all", "80"],
+        ["batch", "nightly", "80"],
+    ]
+    chart = page.images[summary.charts.index("queue_wait")]
+    assert "interactive: 8 requests, p50 " in chart["alt"]
+    assert "batch \u00b7 nightly: 80 requests" in chart["alt"]
+
+
+def test_a_log_from_before_priority_classes_reads_as_interactive(tmp_path: Path) -> None:
+    (record,) = [r for r in simulate(Run(requests=1)) if isinstance(r, RequestRecord)]
+    line = record.as_dict()
+    del line["priority"], line["tenant"]
+    log = tmp_path / "old.jsonl"
+    log.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    from pacekeeper.report import load_run
+
+    run = load_run(log)
+    assert run.bad_line_count == 0
+    assert [(w.priority, w.requests) for w in run.queue_waits.by_class()] == [("interactive", 1)]
+    assert not run.queue_waits.varied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pacekeeper.core.stats import StatsSnapshot
@@ -68,3 +69,61 @@ def test_outside_a_terminal_nothing_is_cut() -> None:
     assert "model=text-embedding-3-large route=/v1/embeddings " in lines[1]
     assert " use=100%" in lines[0]
     assert all(len(line) > 80 for line in lines)  # not cut to a terminal's width
+
+
+async def _queue_through(gov: Any, work: Sequence[tuple[str, str | None]]) -> None:
+    """One slot, work that takes 20 ms: each request waits for those admitted before it."""
+    import asyncio
+
+    async def answer() -> None:
+        await asyncio.sleep(0.02)
+
+    await asyncio.gather(
+        *(gov.run(answer, model="m", priority=cls, tenant=tenant) for cls, tenant in work)
+    )
+
+
+async def test_queue_wait_per_class_and_tenant_when_several_waited() -> None:
+    from pacekeeper import Governor, Limits
+    from pacekeeper.report.summary import queue_wait_rows, queue_wait_table
+
+    gov = Governor(limits=Limits(concurrency=1, min_share=0.0))
+    work = [("batch", "nightly")] * 4 + [("batch", "etl")] * 2 + [("interactive", None)] * 2
+    await _queue_through(gov, work)
+    stats = gov.stats()
+    rows = queue_wait_rows(stats)
+    assert [(r["class"], r["tenant"], r["reqs"]) for r in rows] == [
+        ("interactive", "all", "2"),
+        ("batch", "all", "6"),
+        ("batch", "etl", "2"),
+        ("batch", "nightly", "4"),
+    ]
+    (snap,) = stats
+    by_class = {w.priority: w for w in snap.queue_wait_by_class}
+    # the interactive requests went before every batch one still waiting
+    assert by_class["interactive"].p95_s < by_class["batch"].p95_s
+    lines = summary_lines(stats)
+    assert len(lines) == 1 + len(rows)
+    assert lines[1].startswith("queue_wait model=m route=/ class=interactive tenant=all reqs=2 ")
+    assert "wait_p99=" in lines[1]
+    table = queue_wait_table(stats)
+    assert table is not None
+    assert [c.header for c in table.columns] == [
+        "model", "class", "tenant", "reqs", "wait p50", "wait p95", "wait p99"
+    ]  # fmt: skip
+    as_json = snap.as_dict()
+    assert as_json["queue_wait_by_tenant"][0]["tenant"] == "etl"
+    import json
+
+    json.dumps(as_json)  # --metrics writes it as JSON
+
+
+async def test_one_class_of_one_tenant_shows_no_queue_wait_rows() -> None:
+    from pacekeeper import Governor, Limits
+    from pacekeeper.report.summary import queue_wait_rows, queue_wait_table
+
+    gov = Governor(limits=Limits(concurrency=1))
+    await _queue_through(gov, [("batch", "nightly")] * 3)
+    assert queue_wait_rows(gov.stats()) == []
+    assert queue_wait_table(gov.stats()) is None
+    assert len(summary_lines(gov.stats())) == 1

@@ -50,7 +50,7 @@ from pacekeeper.core.governor import Governor
 from pacekeeper.core.priority import Priority
 from pacekeeper.prices import price_lookup
 from pacekeeper.providers import AZURE_API_VERSION, PROVIDERS, get_provider
-from pacekeeper.report.summary import summary_lines, summary_table, usd
+from pacekeeper.report.summary import queue_wait_table, summary_lines, summary_table, usd
 from pacekeeper.settings import Settings, load_settings, parse_concurrency
 
 __all__ = [
@@ -484,7 +484,11 @@ def _run(args: argparse.Namespace) -> int:
             backend.close()
     console = Console()
     if console.is_terminal:
-        console.print(summary_table(gov.stats(), title=f"pacekeeper run: {job.output}"))
+        stats = gov.stats()
+        console.print(summary_table(stats, title=f"pacekeeper run: {job.output}"))
+        waits = queue_wait_table(stats)
+        if waits is not None:
+            console.print(waits)
     else:  # logs and CI: full width, one key=value line per model
         for line in summary_lines(gov.stats()):
             print(f"pacekeeper run: {line}", flush=True)

@@ -930,6 +930,8 @@ class Call:
                 completion_tokens=completion_tokens,
                 at=now,
                 cost_usd=self.cost_usd,
+                priority=record.priority,
+                tenant=record.tenant,
             )
         for hook in gov.hooks:
             hook.on_request(record)

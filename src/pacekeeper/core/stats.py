@@ -2,16 +2,37 @@
 
 Percentiles come from a log-bucketed histogram (buckets 2% wide), so memory stays constant
 however many requests pass and the reported p50/p95/p99 are within 2% of the exact ones.
+
+Queue wait is also kept per priority class and per (class, tenant) (:class:`QueueWaits`).
+Tenant names come from callers (``tenant=``, proxy tokens), so their number is bounded
+(:class:`TenantNames`): past ``max_tenants`` distinct names, the rest count as ``"other"``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KeyStats", "LatencyHistogram", "StatsSnapshot"]
+from pacekeeper.core.priority import Priority
+
+__all__ = [
+    "DEFAULT_MAX_TENANTS",
+    "OTHER_TENANTS",
+    "KeyStats",
+    "LatencyHistogram",
+    "QueueWaitStats",
+    "QueueWaits",
+    "StatsSnapshot",
+    "TenantNames",
+]
+
+DEFAULT_MAX_TENANTS = 32
+"""Distinct tenant names tracked (per lane, per metrics exporter) before the rest fold."""
+OTHER_TENANTS = "other"
+"""The name the tenants past the cap are counted under."""
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
@@ -66,6 +87,145 @@ class LatencyHistogram:
         self.max_s = max(self.max_s, other.max_s)
 
 
+class TenantNames:
+    """A bounded set of tenant names: each name as itself until ``max_tenants`` distinct names
+    were seen, then every new one as :data:`OTHER_TENANTS` (so a caller inventing names cannot
+    grow memory or metric series without end). Names in ``known`` (configured tenants) always
+    count as themselves, whatever the cap.
+
+    >>> names = TenantNames(max_tenants=2, known=["chat"])
+    >>> [names.label(t) for t in ("chat", "a", "b", "a", None)]
+    ['chat', 'a', 'other', 'a', None]
+    """
+
+    __slots__ = ("_known", "_seen", "max_tenants")
+
+    def __init__(
+        self, *, max_tenants: int = DEFAULT_MAX_TENANTS, known: Iterable[str] = ()
+    ) -> None:
+        if isinstance(max_tenants, bool) or not isinstance(max_tenants, int) or max_tenants < 1:
+            raise ValueError(f"max_tenants must be a positive integer, got {max_tenants!r}")
+        self.max_tenants = max_tenants
+        self._known = frozenset(known)
+        self._seen: set[str] = set(self._known)
+
+    def label(self, tenant: str | None) -> str | None:
+        """The name ``tenant`` is counted under (None stays None: no tenant named)."""
+        if tenant is None or tenant in self._seen:
+            return tenant
+        if len(self._seen) < self.max_tenants:
+            self._seen.add(tenant)
+            return tenant
+        return OTHER_TENANTS
+
+    def __repr__(self) -> str:
+        return f"<TenantNames {len(self._seen)} of {self.max_tenants}>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueWaitStats:
+    """How long the requests of one class (or of one tenant in it) waited for admission."""
+
+    priority: str
+    tenant: str | None
+    """The tenant; None in per-class rows (every request of the class, tenant or not)."""
+    requests: int
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    max_s: float
+    mean_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _class_order(priority: str) -> tuple[int, str]:
+    try:
+        return (Priority(priority).rank, priority)
+    except ValueError:  # a class from a newer version's records: after the known ones
+        return (len(Priority), priority)
+
+
+class QueueWaits:
+    """Queue wait per (priority class, tenant): one histogram each, tenants bounded by
+    ``tenants`` (a :class:`TenantNames`). Classes are the three of
+    :class:`~pacekeeper.Priority` (or what records say), so they need no bound.
+
+    >>> waits = QueueWaits()
+    >>> for s in (0.01, 0.02, 0.03):
+    ...     waits.add(s, priority="interactive", tenant="chat")
+    >>> waits.add(2.0, priority="batch", tenant=None)
+    >>> [(w.priority, w.requests, round(w.p50_s, 2)) for w in waits.by_class()]
+    [('interactive', 3, 0.02), ('batch', 1, 2.0)]
+    >>> [(w.priority, w.tenant) for w in waits.by_tenant()]
+    [('interactive', 'chat')]
+    >>> waits.varied
+    True
+    """
+
+    __slots__ = ("_waits", "tenants")
+
+    def __init__(self, *, tenants: TenantNames | None = None) -> None:
+        self.tenants = tenants if tenants is not None else TenantNames()
+        self._waits: dict[tuple[str, str | None], LatencyHistogram] = {}
+
+    def add(self, queued_s: float, *, priority: str, tenant: str | None) -> None:
+        key = (priority, self.tenants.label(tenant))
+        histogram = self._waits.get(key)
+        if histogram is None:
+            histogram = self._waits[key] = LatencyHistogram()
+        histogram.add(queued_s)
+
+    def merge(self, other: QueueWaits) -> None:
+        for (priority, tenant), histogram in other._waits.items():
+            key = (priority, self.tenants.label(tenant))
+            mine = self._waits.get(key)
+            if mine is None:
+                mine = self._waits[key] = LatencyHistogram()
+            mine.merge(histogram)
+
+    @property
+    def varied(self) -> bool:
+        """More than one class, or more than one tenant, was seen: worth showing apart."""
+        return len({p for p, _ in self._waits}) > 1 or len({t for _, t in self._waits}) > 1
+
+    def by_class(self) -> tuple[QueueWaitStats, ...]:
+        """One row per class seen, highest first (all its tenants together)."""
+        merged: dict[str, LatencyHistogram] = {}
+        for (priority, _), histogram in self._waits.items():
+            into = merged.get(priority)
+            if into is None:
+                into = merged[priority] = LatencyHistogram()
+            into.merge(histogram)
+        return tuple(_wait_stats(p, None, merged[p]) for p in sorted(merged, key=_class_order))
+
+    def by_tenant(self) -> tuple[QueueWaitStats, ...]:
+        """One row per (class, named tenant) seen, highest class first, then by name."""
+        keys = sorted(
+            (k for k in self._waits if k[1] is not None),
+            key=lambda k: (_class_order(k[0]), k[1]),
+        )
+        return tuple(_wait_stats(p, t, self._waits[(p, t)]) for p, t in keys)
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{w.priority} {w.requests}" for w in self.by_class())
+        return f"<QueueWaits {rows or 'empty'} {self.tenants!r}>"
+
+
+def _wait_stats(priority: str, tenant: str | None, h: LatencyHistogram) -> QueueWaitStats:
+    return QueueWaitStats(
+        priority=priority,
+        tenant=tenant,
+        requests=h.count,
+        p50_s=h.quantile(0.5),
+        p95_s=h.quantile(0.95),
+        p99_s=h.quantile(0.99),
+        max_s=h.max_s,
+        mean_s=h.sum_s / h.count if h.count else 0.0,
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatsSnapshot:
     """What happened on one (route, model), as plain data."""
@@ -102,6 +262,10 @@ class StatsSnapshot:
     cooldowns: int
     cost_usd: float | None = None
     """What the finished requests cost; None when the model has no known price."""
+    queue_wait_by_class: tuple[QueueWaitStats, ...] = ()
+    """Queue wait per priority class seen, highest first."""
+    queue_wait_by_tenant: tuple[QueueWaitStats, ...] = ()
+    """Queue wait per (class, named tenant) seen (past the cap, tenants count as "other")."""
 
     @property
     def elapsed_s(self) -> float:
@@ -112,9 +276,17 @@ class StatsSnapshot:
         """Successful requests per minute over the time this key was active."""
         return 60.0 * self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def queue_wait_varied(self) -> bool:
+        """More than one class or tenant waited here: per-class rows are worth showing."""
+        return len(self.queue_wait_by_class) > 1 or len(self.queue_wait_by_tenant) > 1
+
     def as_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("queue_wait_by_class", "queue_wait_by_tenant"):
+            out[name] = [w.as_dict() for w in out[name]]
         return {
-            **{name: getattr(self, name) for name in self.__dataclass_fields__},
+            **out,
             "elapsed_s": self.elapsed_s,
             "throughput_rpm": self.throughput_rpm,
         }
@@ -143,6 +315,7 @@ class KeyStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     queued: LatencyHistogram = field(default_factory=LatencyHistogram)
     total: LatencyHistogram = field(default_factory=LatencyHistogram)
+    queue_waits: QueueWaits = field(default_factory=QueueWaits)
 
     def on_attempt(
         self, *, status: int | None, rate_limited: bool, latency_s: float, retry: bool, at: float
@@ -169,6 +342,8 @@ class KeyStats:
         completion_tokens: int | None,
         at: float,
         cost_usd: float | None = 0.0,
+        priority: str = "interactive",
+        tenant: str | None = None,
     ) -> None:
         self.requests += 1
         self.cost_usd = (
@@ -181,6 +356,7 @@ class KeyStats:
         self.by_outcome[outcome] += 1
         self.total.add(total_s)
         self.queued.add(queued_s)
+        self.queue_waits.add(queued_s, priority=priority, tenant=tenant)
         self.tokens_estimated += tokens_estimated
         self.prompt_tokens += prompt_tokens or 0
         self.completion_tokens += completion_tokens or 0
@@ -225,4 +401,6 @@ class KeyStats:
             tpm_limit=tpm_limit,
             cooldowns=cooldowns,
             cost_usd=self.cost_usd,
+            queue_wait_by_class=self.queue_waits.by_class(),
+            queue_wait_by_tenant=self.queue_waits.by_tenant(),
         )

@@ -263,7 +263,9 @@ class ProxyApp:
         }
         # Recent answer times per lane: the observed rate, for honest retry-after values.
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
-        self.metrics = build_metrics(governor, self.counters)
+        self.metrics = build_metrics(
+            governor, self.counters, tenants=[t.tenant for t in config.tenants]
+        )
         """The Prometheus registry behind GET /metrics (None without prometheus_client)."""
         self.guard = ConnectionGuard(
             header_timeout_s=config.header_timeout_s,

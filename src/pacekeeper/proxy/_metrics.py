@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -186,9 +186,14 @@ class Metrics:
 
 
 def build_metrics(
-    governor: Governor, counters: ProxyCounters, *, namespace: str = "pacekeeper"
+    governor: Governor,
+    counters: ProxyCounters,
+    *,
+    namespace: str = "pacekeeper",
+    tenants: Iterable[str] = (),
 ) -> Metrics | None:
-    """The proxy's metrics; None (with a warning) without prometheus_client."""
+    """The proxy's metrics; None (with a warning) without prometheus_client. ``tenants``
+    (the configured ones) always get their own series; others share the bounded rest."""
     try:
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import choose_encoder
@@ -201,7 +206,7 @@ def build_metrics(
         )
         return None
     registry = CollectorRegistry(auto_describe=True)
-    collector = GovernorCollector(governor, namespace=namespace)
+    collector = GovernorCollector(governor, namespace=namespace, tenants=tenants)
     registry.register(collector)
     registry.register(_ProxyCollector(require_prometheus_client(), counters, namespace))
     return Metrics(registry, collector, choose_encoder)

@@ -19,7 +19,7 @@ from pacekeeper.report._render import (
     write_report_from_records,
 )
 from pacekeeper.report._verdict import Finding, findings
-from pacekeeper.report.summary import summary_rows, summary_table
+from pacekeeper.report.summary import queue_wait_rows, queue_wait_table, summary_rows, summary_table
 
 if TYPE_CHECKING:
     from pacekeeper.report.otel import OpenTelemetryHook
@@ -36,6 +36,8 @@ __all__ = [
     "findings",
     "iter_records",
     "load_run",
+    "queue_wait_rows",
+    "queue_wait_table",
     "render_report",
     "require_matplotlib",
     "summary_rows",

@@ -15,7 +15,7 @@ from html import escape
 from pacekeeper.report._load import BadLine, LaneKey, RunData
 from pacekeeper.report._plots import Chart
 from pacekeeper.report._verdict import BOUND_KINDS, Binding, Finding, bound_label
-from pacekeeper.report.summary import summary_rows
+from pacekeeper.report.summary import queue_wait_rows, summary_rows
 
 __all__ = ["render_html"]
 
@@ -254,7 +254,49 @@ def _tables(run: RunData, bindings: Mapping[LaneKey, Binding]) -> str:
     return (
         '<section id="summary" aria-labelledby="summary-title">'
         f'<h2 id="summary-title">Per model</h2>{summary}{_binding_table(run, bindings)}'
-        "</section>"
+        f"{_queue_wait_table(run)}</section>"
+    )
+
+
+_WAIT_HELP = {
+    "class": "the priority class: interactive, batch or background",
+    "tenant": "whose fair share within the class ('all': every request of the class)",
+    "reqs": "requests",
+    "wait p50": "median time waiting for admission in pacekeeper",
+    "wait p95": "95th percentile time waiting for admission",
+    "wait p99": "99th percentile time waiting for admission",
+}
+
+
+def _queue_wait_table(run: RunData) -> str:
+    """Queue wait per class and tenant of each model, when more than one class or tenant
+    waited."""
+    rows = queue_wait_rows(run.stats)
+    if not rows:
+        return ""
+    text = {"model", "route", "class", "tenant"}
+    columns = [
+        name for name in rows[0] if name != "route" or len({row["route"] for row in rows}) > 1
+    ]
+    head = "".join(
+        f'<th scope="col" class="{"text" if name in text else "num"}" '
+        f'title="{_e(_WAIT_HELP.get(name, _COLUMN_HELP.get(name, name)))}">{_e(name)}</th>'
+        for name in columns
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"text" if name in text else "num"}">{_e(row[name])}</td>'
+            for name in columns
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        '<table id="queue-wait-table"><caption>Queue wait per priority class (tenant '
+        "<em>all</em>) and per tenant within it, per model: how long requests waited for "
+        "admission in pacekeeper.</caption>"
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
 

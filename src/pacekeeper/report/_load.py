@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pacekeeper.core.records import AttemptRecord, RequestRecord
-from pacekeeper.core.stats import KeyStats, StatsSnapshot
+from pacekeeper.core.stats import KeyStats, QueueWaits, StatsSnapshot
 
 __all__ = [
     "BadLine",
@@ -133,6 +133,8 @@ _ATTEMPT_SPEC: _Spec = (
     ("concurrency_limit", int, True),
     ("rpm_limit", float, True),
     ("tpm_limit", float, True),
+    ("priority", str, True),
+    ("tenant", str, True),
     ("cost_usd", float, True),
 )
 _REQUEST_SPEC: _Spec = (
@@ -153,6 +155,8 @@ _REQUEST_SPEC: _Spec = (
     ("error_type", str, True),
     ("request_id", str, True),
     ("tag", str, True),
+    ("priority", str, True),
+    ("tenant", str, True),
     ("cost_usd", float, True),
 )
 
@@ -185,6 +189,8 @@ def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
         else:
             raise _Bad(f'"{name}" should be a number, got {_short(value)}')
         out[name] = value
+    if out.get("priority", "") is None:  # a log from before priority classes
+        del out["priority"]
     return out
 
 
@@ -635,6 +641,8 @@ class RunAggregator:
         self.requests = 0
         self.bad_lines: list[BadLine] = []
         self.bad_line_count = 0
+        self.queue_waits = QueueWaits()
+        """Queue wait per class and tenant over the whole run (every model)."""
 
     def _lane(self, route: str, model: str | None) -> _LaneAcc:
         key = (route, model)
@@ -788,7 +796,10 @@ class RunAggregator:
             completion_tokens=record.completion_tokens,
             at=end,
             cost_usd=record.cost_usd,
+            priority=record.priority,
+            tenant=record.tenant,
         )
+        self.queue_waits.add(record.queued_s, priority=record.priority, tenant=record.tenant)
 
     def finish(self, *, max_bins: int = 150) -> RunData:
         """The aggregates so far (the aggregator may keep taking records afterwards)."""
@@ -819,6 +830,7 @@ class RunAggregator:
             bad_line_count=self.bad_line_count,
             lanes=lanes,
             max_bins=max_bins,
+            queue_waits=self.queue_waits,
         )
 
 
@@ -865,6 +877,7 @@ class RunData:
         bad_line_count: int,
         lanes: Mapping[LaneKey, _LaneAcc],
         max_bins: int = 150,
+        queue_waits: QueueWaits | None = None,
     ) -> None:
         self.source = source
         self.start = start
@@ -879,6 +892,8 @@ class RunData:
         self.lanes: list[LaneTotals] = [acc.totals for acc in self._acc.values()]
         self.bin_s = nice_bin_width(self.duration_s, max_bins)
         """The display bins' width in seconds."""
+        self.queue_waits = queue_waits if queue_waits is not None else QueueWaits()
+        """Queue wait per priority class and tenant over every model."""
 
     @property
     def duration_s(self) -> float:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from pacekeeper.core.stats import QueueWaitStats
 from pacekeeper.report._extras import require
 from pacekeeper.report._load import ERROR_GROUPS, Histogram, LaneSeries, RunData, group_label
 from pacekeeper.report._verdict import BOUND_KINDS, Binding, bound_label
@@ -244,6 +245,8 @@ def render_charts(
     ]
     if any(lane.priced_requests for lane in lanes):
         builders.append(_cost)
+    if run.queue_waits.varied:
+        builders.append(_queue_wait)
     with matplotlib.rc_context(_style()):
         charts = [build(ctx) for build in builders]
         charts.append(_timeline(ctx, bindings))
@@ -584,6 +587,75 @@ def _latency(ctx: _Ctx) -> Chart:
         "as a share of each model's successful attempts; the dashed line is the median. "
         "Queueing in pacekeeper is not included.",
         "Histogram: " + ("; ".join(parts) if parts else "no successful answers") + ".",
+    )
+
+
+MAX_WAIT_ROWS = 12
+"""The queue-wait chart draws every class and at most this many rows in all (the busiest
+tenants); the table lists every one."""
+_WAIT_QUANTILES = (("p50", 0.5, "#9ecae1"), ("p95", 0.95, "#3182bd"), ("p99", 0.99, "#08519c"))
+
+
+def wait_rows(run: RunData) -> list[QueueWaitStats]:
+    """The rows of the queue-wait chart: each class, then its tenants (the busiest, up to
+    :data:`MAX_WAIT_ROWS` rows in all)."""
+    classes = run.queue_waits.by_class()
+    tenants = run.queue_waits.by_tenant()
+    busiest = sorted(tenants, key=lambda w: -w.requests)[: max(0, MAX_WAIT_ROWS - len(classes))]
+    kept = {(w.priority, w.tenant) for w in busiest}
+    rows: list[QueueWaitStats] = []
+    for c in classes:
+        rows.append(c)
+        rows.extend(
+            t for t in tenants if t.priority == c.priority and (t.priority, t.tenant) in kept
+        )
+    return rows
+
+
+def _wait_label(w: QueueWaitStats) -> str:
+    return w.priority if w.tenant is None else f"  {w.priority} · {w.tenant}"
+
+
+def _queue_wait(ctx: _Ctx) -> Chart:
+    rows = wait_rows(ctx.run)
+    fig = _figure(_TOP_IN + _BOTTOM_IN + 0.3 + 0.42 * len(rows))
+    ax = fig.add_subplot()
+    floor = 1e-3  # a request that did not wait shows as 1 ms on the log scale
+    height = 0.8 / len(_WAIT_QUANTILES)
+    for j, (name, _, color) in enumerate(_WAIT_QUANTILES):
+        values = [max(floor, getattr(w, f"{name}_s")) for w in rows]
+        positions = [i + (j - 1) * height for i in range(len(rows))]
+        ax.barh(positions, values, height=height, color=color, label=name, left=floor / 10)
+    # The labels go after each group's longest bar: the fixed left margin that lines the
+    # time charts up has no room for them.
+    longest = 0.0
+    for i, w in enumerate(rows):
+        end = max(floor, w.p99_s, w.p95_s, w.p50_s)
+        longest = max(longest, end)
+        ax.text(end * 1.25, i, _wait_label(w), va="center", ha="left", fontsize=9)
+    ax.set_yticks([])
+    ax.grid(axis="y", visible=False)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 10, longest * 40)
+    ax.xaxis.set_major_formatter(_seconds_label)
+    title = "Queue wait per priority class and tenant"
+    ax.set_title(title)
+    ax.set_xlabel("time waiting for admission in pacekeeper (log scale)")
+    _legend_outside(ax)
+    parts = [
+        f"{_wait_label(w)}: {_fmt(w.requests)} requests, p50 {_s(w.p50_s)}, "
+        f"p95 {_s(w.p95_s)}, p99 {_s(w.p99_s)}"
+        for w in rows
+    ]
+    return ctx.chart(
+        fig,
+        "queue_wait",
+        title,
+        "How long requests waited for admission (pacing, free slots, cooldowns), per priority "
+        "class (every model) and per tenant within it: a higher class goes first, a lower one "
+        "keeps its minimum share. Bars: p50, p95, p99; waits under 1 ms are drawn at 1 ms.",
+        "Bar chart: " + "; ".join(parts) + ".",
     )
 
 

@@ -83,7 +83,8 @@ class Finding:
     """One sentence of the verdict.
 
     ``kind`` is ``limit``, ``max_tokens``, ``rate_limits``, ``upstream``, ``failures``,
-    ``queueing``, ``cost``, ``clean`` or ``no_data``; ``severity`` is ``ok``, ``info``,
+    ``queueing``, ``queue_wait`` (per priority class and tenant), ``cost``, ``clean`` or
+    ``no_data``; ``severity`` is ``ok``, ``info``,
     ``warning`` or ``problem``; ``numbers`` holds the figures the sentence quotes, unrounded.
     """
 
@@ -300,6 +301,9 @@ def findings(run: RunData) -> list[Finding]:
     queueing = _queueing_finding(run, bindings)
     if queueing is not None:
         out.append(queueing)
+    classes = _queue_wait_finding(run)
+    if classes is not None:
+        out.append(classes)
     cost = _cost_finding(run)
     if cost is not None:
         out.append(cost)
@@ -749,6 +753,39 @@ def _queueing_finding(run: RunData, bindings: Mapping[LaneKey, Binding]) -> Find
         None,
         {"queued_share": q, "api_share": a, "retry_share": r, "queued_p50_s": queued_p50},
     )
+
+
+_VERDICT_TENANTS = 5
+
+
+def _queue_wait_finding(run: RunData) -> Finding | None:
+    """The queue wait of each priority class (and of the busiest tenants), when more than one
+    class or tenant waited."""
+    waits = run.queue_waits
+    if not waits.varied:
+        return None
+    numbers: dict[str, float] = {}
+    parts = []
+    for w in waits.by_class():
+        parts.append(
+            f"{w.priority} p50 {_secs(w.p50_s)}, p95 {_secs(w.p95_s)}, p99 {_secs(w.p99_s)} "
+            f"({_num(w.requests)} requests)"
+        )
+        for q in ("p50", "p95", "p99"):
+            numbers[f"queue_wait_{q}_s:{w.priority}"] = getattr(w, f"{q}_s")
+        numbers[f"requests:{w.priority}"] = w.requests
+    text = "Queue wait per priority class: " + "; ".join(parts)
+    tenants = sorted(waits.by_tenant(), key=lambda w: -w.requests)
+    if tenants:
+        shown = tenants[:_VERDICT_TENANTS]
+        text += ". Per tenant (p95): " + ", ".join(
+            f"{w.tenant} ({w.priority}) {_secs(w.p95_s)}" for w in shown
+        )
+        if len(tenants) > len(shown):
+            text += f" and {len(tenants) - len(shown)} more in the table"
+        for w in tenants:
+            numbers[f"queue_wait_p95_s:{w.priority}:{w.tenant}"] = w.p95_s
+    return Finding("queue_wait", text + ".", "info", None, numbers)
 
 
 def _clean_finding(run: RunData) -> Finding | None:

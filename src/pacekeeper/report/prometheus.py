@@ -32,7 +32,9 @@ path) and ``model`` (empty when the request named none).
                                                    to their end), queueing and retries included
 ``pacekeeper_attempt_duration_seconds``            histogram: one attempt, send to answer
 ``pacekeeper_queue_wait_seconds``                  histogram: time a request waited for
-                                                   admission, over all its attempts
+                                                   admission, over all its attempts, also by
+                                                   ``priority`` (its class) and ``tenant``
+                                                   (empty when none was named)
 ``pacekeeper_queue_depth``                         gauge: requests waiting for admission now
 ``pacekeeper_in_flight``                           gauge: requests sent and not yet answered
 ``pacekeeper_concurrency_limit``                   gauge: the concurrency limit in force
@@ -42,6 +44,10 @@ path) and ``model`` (empty when the request named none).
 ``pacekeeper_cooldown_remaining_seconds``          gauge: time until the gate closed by a 429
                                                    opens again (0 when open)
 =================================================  ============================================
+
+Tenant names come from callers (``tenant=``, the proxy's tokens), so the exporter tracks at
+most ``max_tenants`` of them (32 by default; the names given in ``tenants=`` always): later
+ones are counted under ``tenant="other"``, keeping the number of series bounded.
 
 prometheus_client is an optional dependency (``pip install 'pacekeeper[prometheus]'``); it is
 imported when a collector is made, and its absence is an ImportError that says so. Records
@@ -53,9 +59,11 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from pacekeeper.core.stats import DEFAULT_MAX_TENANTS, TenantNames
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -106,6 +114,7 @@ QUEUE_BUCKETS: tuple[float, ...] = (
 """Bucket bounds (seconds) of the queue-wait histogram: most requests wait not at all."""
 
 _LANE = ("route", "model")
+_WAIT = (*_LANE, "priority", "tenant")
 
 
 def require_prometheus_client() -> ModuleType:
@@ -185,6 +194,8 @@ class GovernorCollector:
         duration_buckets: Sequence[float] = DURATION_BUCKETS,
         queue_buckets: Sequence[float] = QUEUE_BUCKETS,
         attach: bool = True,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
+        tenants: Iterable[str] = (),
     ) -> None:
         self._core = require_prometheus_client()
         for name, bounds in (
@@ -209,7 +220,9 @@ class GovernorCollector:
         self._cost_usd: dict[tuple[str, str], float] = {}
         self._request_s: dict[tuple[str, str], _Histogram] = {}
         self._attempt_s: dict[tuple[str, str], _Histogram] = {}
-        self._queue_s: dict[tuple[str, str], _Histogram] = {}
+        # (route, model, priority, tenant) -> histogram
+        self._queue_s: dict[tuple[str, str, str, str], _Histogram] = {}
+        self._tenants = TenantNames(max_tenants=max_tenants, known=tenants)
         if attach:
             governor.hooks.append(self)
 
@@ -251,9 +264,11 @@ class GovernorCollector:
             if histogram is None:
                 histogram = self._request_s[lane] = _Histogram(len(self._duration_bounds))
             histogram.observe(self._duration_bounds, record.total_s)
-            histogram = self._queue_s.get(lane)
+            tenant = self._tenants.label(record.tenant)
+            wait = (*lane, record.priority, tenant if tenant is not None else "")
+            histogram = self._queue_s.get(wait)
             if histogram is None:
-                histogram = self._queue_s[lane] = _Histogram(len(self._queue_bounds))
+                histogram = self._queue_s[wait] = _Histogram(len(self._queue_bounds))
             histogram.observe(self._queue_bounds, record.queued_s)
 
     # -- Collector -------------------------------------------------------------------------
@@ -289,8 +304,7 @@ class GovernorCollector:
     def _families(
         self,
         counters: tuple[dict[Any, int], ...] | None = None,
-        histograms: tuple[dict[tuple[str, str], tuple[list[tuple[str, float]], float]], ...]
-        | None = None,
+        histograms: tuple[dict[Any, tuple[list[tuple[str, float]], float]], ...] | None = None,
         costs: dict[tuple[str, str], float] | None = None,
     ) -> Iterator[Metric]:
         core = self._core
@@ -337,8 +351,9 @@ class GovernorCollector:
         )
         queue_s = core.HistogramMetricFamily(
             f"{ns}_queue_wait_seconds",
-            "Time a request waited for admission (cooldown, pacing, a free slot), all attempts.",
-            labels=_LANE,
+            "Time a request waited for admission (cooldown, pacing, a free slot), all attempts, "
+            "by priority class and tenant.",
+            labels=_WAIT,
         )
         depth = core.GaugeMetricFamily(
             f"{ns}_queue_depth", "Requests waiting for admission.", labels=_LANE

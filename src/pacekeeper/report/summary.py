@@ -1,4 +1,5 @@
-"""The per-model summary table printed at the end of a run (and by the demo)."""
+"""The per-model summary table printed at the end of a run (and by the demo), and, when more
+than one priority class or tenant waited, the queue wait of each."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ from collections.abc import Iterable
 from rich import box
 from rich.table import Table
 
-from pacekeeper.core.stats import StatsSnapshot
+from pacekeeper.core.stats import QueueWaitStats, StatsSnapshot
 
-__all__ = ["summary_lines", "summary_rows", "summary_table", "usd", "use_of_limit"]
+__all__ = [
+    "queue_wait_rows",
+    "queue_wait_table",
+    "summary_lines",
+    "summary_rows",
+    "summary_table",
+    "usd",
+    "use_of_limit",
+]
 
 DEFAULT_BURST_S = 0.5
 """The burst allowance assumed for providers (as :class:`~pacekeeper.Limits`' ``burst_s``)."""
@@ -29,6 +38,18 @@ _COLUMNS = (
     ("use", "right"),
     ("cost", "right"),
 )
+_WAIT_COLUMNS = (
+    ("model", "left"),
+    ("route", "left"),
+    ("class", "left"),
+    ("tenant", "left"),
+    ("reqs", "right"),
+    ("wait p50", "right"),
+    ("wait p95", "right"),
+    ("wait p99", "right"),
+)
+ALL_TENANTS = "all"
+"""The tenant column of a class's own row (every request of the class)."""
 
 
 def usd(value: float | None) -> str:
@@ -89,25 +110,71 @@ def summary_rows(
     return rows
 
 
-def summary_lines(stats: Iterable[StatsSnapshot], *, burst_s: float = DEFAULT_BURST_S) -> list[str]:
-    """The summary as plain ``key=value`` lines, one per (route, model), never cut: for logs
-    and CI, where a table would be cut to 80 columns."""
+def queue_wait_rows(stats: Iterable[StatsSnapshot]) -> list[dict[str, str]]:
+    """Queue wait per priority class (tenant ``all``) and per (class, tenant) of each (route,
+    model), when more than one class or tenant was seen anywhere; else no rows (one class of
+    one tenant is the per-model table's queue wait already)."""
+    snapshots = sorted(stats, key=lambda s: (s.model or "", s.route))
+    if not any(s.queue_wait_varied for s in snapshots):
+        return []
     return [
-        " ".join(f"{name}={row[name]}" for name, _ in _COLUMNS)
-        for row in summary_rows(stats, burst_s=burst_s)
+        _wait_row(s, w)
+        for s in snapshots
+        for by_class in s.queue_wait_by_class
+        for w in (
+            by_class,
+            *(t for t in s.queue_wait_by_tenant if t.priority == by_class.priority),
+        )
     ]
 
 
-def summary_table(stats: Iterable[StatsSnapshot], *, title: str = "per model") -> Table:
-    """A rich table: requests, ok, failed, retries, 429s seen, attempt latency p50/p95, and
-    the achieved requests per minute against the limit (configured or learned) and its use
-    (successful requests against what the limit allowed over the time the model was active,
-    its burst included: see :func:`use_of_limit`). The route
-    column is shown only when more than one route was used."""
-    rows = summary_rows(stats)
+def _wait_row(s: StatsSnapshot, w: QueueWaitStats) -> dict[str, str]:
+    return {
+        "model": s.model or "-",
+        "route": s.route,
+        "class": w.priority,
+        "tenant": w.tenant if w.tenant is not None else ALL_TENANTS,
+        "reqs": str(w.requests),
+        "wait p50": _seconds(w.p50_s),
+        "wait p95": _seconds(w.p95_s),
+        "wait p99": _seconds(w.p99_s),
+    }
+
+
+def summary_lines(stats: Iterable[StatsSnapshot], *, burst_s: float = DEFAULT_BURST_S) -> list[str]:
+    """The summary as plain ``key=value`` lines, one per (route, model), never cut: for logs
+    and CI, where a table would be cut to 80 columns. When several classes or tenants waited,
+    one ``queue_wait`` line follows per class and per (class, tenant)."""
+    stats = list(stats)
+    lines = [
+        " ".join(f"{name}={row[name]}" for name, _ in _COLUMNS)
+        for row in summary_rows(stats, burst_s=burst_s)
+    ]
+    lines.extend(
+        "queue_wait "
+        + " ".join(f"{name.replace(' ', '_')}={row[name]}" for name, _ in _WAIT_COLUMNS)
+        for row in queue_wait_rows(stats)
+    )
+    return lines
+
+
+def queue_wait_table(
+    stats: Iterable[StatsSnapshot], *, title: str = "queue wait per class"
+) -> Table | None:
+    """A rich table of :func:`queue_wait_rows` (None when there are none to show): how long
+    each class, and each tenant in it, waited for admission."""
+    rows = queue_wait_rows(stats)
+    if not rows:
+        return None
+    return _table(rows, _WAIT_COLUMNS, title=title)
+
+
+def _table(
+    rows: list[dict[str, str]], all_columns: tuple[tuple[str, str], ...], *, title: str
+) -> Table:
     columns = [
         (name, justify)
-        for name, justify in _COLUMNS
+        for name, justify in all_columns
         if name != "route" or len({row["route"] for row in rows}) > 1
     ]
     table = Table(
@@ -123,3 +190,12 @@ def summary_table(stats: Iterable[StatsSnapshot], *, title: str = "per model") -
     for row in rows:
         table.add_row(*(row[name] for name, _ in columns))
     return table
+
+
+def summary_table(stats: Iterable[StatsSnapshot], *, title: str = "per model") -> Table:
+    """A rich table: requests, ok, failed, retries, 429s seen, attempt latency p50/p95, and
+    the achieved requests per minute against the limit (configured or learned) and its use
+    (successful requests against what the limit allowed over the time the model was active,
+    its burst included: see :func:`use_of_limit`). The route
+    column is shown only when more than one route was used."""
+    return _table(summary_rows(stats), _COLUMNS, title=title)
