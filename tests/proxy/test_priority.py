@@ -147,3 +147,91 @@ def test_tenants_are_checked_and_listed_at_start() -> None:
     assert "tenant nightly: class batch or lower" in text
     assert "10%" in text
     assert "sekret" not in text
+
+
+async def test_each_class_has_its_own_queue_timeout(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    """Batch waits up to 5 s, interactive up to 20 s: a batch request whose known wait is 10 s
+    is refused at once (429, retry-after the difference), where an interactive one would wait;
+    the same queue at the same moment admits an interactive request."""
+    sim = start_sim()
+    # 60 rpm, no burst: one a second; batch keeps 30% of admissions while interactive waits
+    gov = Governor(limits=Limits(rpm=60, burst_s=0.01, concurrency=8, min_share=0.3))
+    proxy = start_proxy(sim, gov, queue_timeout_s=20.0, queue_timeouts_s={"batch": 5.0})
+    assert proxy.app.config.queue_timeout_for(Priority.BACKGROUND) == 5.0  # never above batch
+    url = proxy.base_url + "/chat/completions"
+    async with httpx2.AsyncClient(timeout=30) as client:
+        assert (await client.post(url, json=body(0))).status_code == 200
+        waiting = [asyncio.create_task(client.post(url, json=body(i))) for i in (1, 2)]
+        await asyncio.sleep(0.2)  # two interactive requests queued: 1 s and 2 s away
+        batch = await client.post(url, json=body(3), headers={"x-pacekeeper-priority": "batch"})
+        chat = asyncio.create_task(client.post(url, json=body(4)))  # 3 s away: it waits
+        answers = await asyncio.gather(*waiting, chat)
+    assert batch.status_code == 429
+    assert batch.headers["x-pacekeeper-error"] == "proxy_queue_timeout"
+    message = batch.json()["error"]["message"]
+    assert "class batch" in message
+    assert "(5s, --queue-timeout batch=S)" in message
+    # 3 ahead of it at 30% of one a second: about 10 s, 5 s more than it may wait
+    assert 4 <= int(batch.headers["retry-after"]) <= 7
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert sim.stats()["requests_received"] == 4
+
+
+async def test_a_batch_request_past_its_timeout_is_told_when_its_class_drains(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    """Admitted to the queue, a batch request overtaken by interactive work is refused at its
+    class's timeout (not the interactive one's), with a retry-after for its class."""
+    sim = start_sim()
+    gov = Governor(limits=Limits(rpm=60, burst_s=0.01, concurrency=8, min_share=0.0))
+    proxy = start_proxy(sim, gov, queue_timeout_s=30.0, queue_timeouts_s={"batch": 1.5})
+    url = proxy.base_url + "/chat/completions"
+    batch = {"x-pacekeeper-priority": "batch"}
+    async with httpx2.AsyncClient(timeout=30) as client:
+        assert (await client.post(url, json=body(0))).status_code == 200
+        late = asyncio.create_task(client.post(url, json=body(1), headers=batch))
+        await asyncio.sleep(0.1)
+        chats = [asyncio.create_task(client.post(url, json=body(i))) for i in (2, 3)]
+        await asyncio.sleep(0.1)
+        # strict priority (min_share 0): behind waiting interactive work its known wait is
+        # unbounded; it is refused at once (never a division by a zero share)
+        behind = await client.post(url, json=body(5), headers=batch)
+        refused = await late
+        answers = await asyncio.gather(*chats)
+    assert behind.status_code == 429
+    assert behind.headers["x-pacekeeper-error"] == "proxy_queue_timeout"
+    assert refused.status_code == 429
+    assert refused.headers["x-pacekeeper-error"] == "proxy_queue_timeout"
+    assert "not sent after waiting 1.5s" in refused.json()["error"]["message"]
+    assert "class batch: --queue-timeout batch=S" in refused.json()["error"]["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert [a.status_code for a in answers] == [200, 200]
+
+
+def test_queue_timeouts_from_the_command_line() -> None:
+    import argparse
+
+    from pacekeeper.proxy._cli import build_config, configure_parser
+    from pacekeeper.settings import Settings
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+
+    def config(*flags: str) -> ProxyConfig:
+        return build_config(Settings(), parser.parse_args(["--upstream", "http://x/v1", *flags]))
+
+    defaults = config()
+    assert [defaults.queue_timeout_for(p) for p in Priority] == [60.0, 30.0, 10.0]
+    short = config("--queue-timeout", "8")  # lower classes never default above it
+    assert [short.queue_timeout_for(p) for p in Priority] == [8.0, 8.0, 8.0]
+    given = config("--queue-timeout", "45", "--queue-timeout", "batch=9,background=2")
+    assert [given.queue_timeout_for(p) for p in Priority] == [45.0, 9.0, 2.0]
+    assert "interactive 45s, batch 9s, background 2s" in describe_classes(given, 0.1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--queue-timeout", "batch=0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--queue-timeout", "urgent=3"])
+    with pytest.raises(ConfigurationError, match="queue timeout of class batch"):
+        ProxyConfig(upstream="http://x", queue_timeouts_s={"batch": -1.0})

@@ -6,10 +6,11 @@ For each request to ``{base_path}/...``, in this order:
 2. the body, read up to ``max_body_bytes`` (413 above it) while the bodies held by all
    requests stay under ``max_buffered_bytes`` (else a 429 refusal); a body declared JSON must
    parse (else a 400);
-3. its lane's queue: full, or a known wait past ``queue_timeout_s``? a 429 refusal, at once;
+3. its lane's queue: full, or a known wait past its class's queue timeout
+   (:meth:`ProxyConfig.queue_timeout_for`)? a 429 refusal, at once;
 4. forwarded through the governed transport (queueing, pacing, retries), with hop-by-hop
    headers dropped and, when the proxy holds the key, the client's Authorization replaced;
-   still not sent after ``queue_timeout_s``? a 429 refusal;
+   still not sent after its class's queue timeout? a 429 refusal;
 5. the answer passed back as the upstream sent it, chunk by chunk (raw: still compressed when
    it was), or a 502/504 naming the cause when the upstream could not be reached.
 
@@ -171,10 +172,11 @@ class _SentSignal(httpx2.AsyncBaseTransport):
 class _Exchange:
     """One forwarded request's state, shared with its timer and its disconnect watcher."""
 
-    __slots__ = ("answered", "cancelled_by", "sent", "task", "timer", "watcher")
+    __slots__ = ("answered", "cancelled_by", "priority", "sent", "task", "timer", "watcher")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], priority: Priority = Priority.INTERACTIVE) -> None:
         self.task = task
+        self.priority = priority  # its queue timeout, and the retry-after it is told
         self.sent = False
         self.answered = False  # the response's last byte is on its way: nothing to cancel
         self.cancelled_by: str | None = None
@@ -200,6 +202,16 @@ class _Exchange:
         uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
         if uncancel is not None:
             uncancel()
+
+
+_LEAST_SHARE = 0.01
+
+
+def _share(lane: Lane, cls: Priority) -> float:
+    """The share of the lane's admissions class ``cls`` gets now; under strict priority
+    (``min_share=0``) a lower class waiting behind a higher one gets none, counted as 1% so
+    that its wait is long and finite."""
+    return max(_LEAST_SHARE, lane.queue.share_of(cls))
 
 
 async def _watch(receive: Receive, exchange: _Exchange) -> None:
@@ -744,7 +756,7 @@ class ProxyApp:
             url += "?" + query.decode("latin-1")
         task = asyncio.current_task()
         assert task is not None
-        exchange = _Exchange(task)
+        exchange = _Exchange(task, who[1])
         try:
             request = httpx2.Request(
                 method,
@@ -773,7 +785,9 @@ class ProxyApp:
         counters = self.counters
         counters.in_progress += 1
         loop = asyncio.get_running_loop()
-        exchange.timer = loop.call_later(self.config.queue_timeout_s, exchange.on_queue_timeout)
+        exchange.timer = loop.call_later(
+            self.config.queue_timeout_for(who[1]), exchange.on_queue_timeout
+        )
         exchange.watcher = watcher = loop.create_task(_watch(receive, exchange))
         try:
             with priority(who[1], tenant=who[0]):  # read by the governed transport's call
@@ -796,27 +810,29 @@ class ProxyApp:
                 f"pacekeeper proxy: {queued} requests of class {cls} or above already wait "
                 f"for {lane.key[0]} model={lane.key[1]} (the limit is {config.max_queue}, "
                 "--max-queue); retry after the time given in retry-after",
-                self._drain_time(lane, queued),
+                self._drain_time(lane, queued, cls),
             )
         paced = lane.rpm
         if paced is not None and queued:
-            rate = paced * lane.limits.utilisation / 60.0 * lane.queue.share_of(cls)
+            rate = paced * lane.limits.utilisation / 60.0 * _share(lane, cls)
             cooldown = lane.cooldown.remaining_s(now=self.governor.clock())
             wait = cooldown + (queued + 1) / rate
-            if wait > config.queue_timeout_s:
+            timeout_s = config.queue_timeout_for(cls)
+            if wait > timeout_s:
                 return (
                     "proxy_queue_timeout",
                     f"pacekeeper proxy: {queued} requests of class {cls} or above wait for "
                     f"{lane.key[0]} "
                     f"model={lane.key[1]}, about {wait:.0f}s at the {paced:g} requests per "
-                    f"minute limit, longer than this proxy waits ({config.queue_timeout_s:g}s, "
-                    "--queue-timeout)",
-                    wait - config.queue_timeout_s,
+                    f"minute limit, longer than this proxy waits for class {cls} "
+                    f"({timeout_s:g}s, --queue-timeout {cls}=S)",
+                    wait - timeout_s,
                 )
         return None
 
-    def _drain_time(self, lane: Lane, queued: int) -> float:
-        """Seconds for ``queued`` requests to leave the lane at its observed (or paced) rate."""
+    def _drain_time(self, lane: Lane, queued: int, cls: Priority = Priority.INTERACTIVE) -> float:
+        """Seconds for ``queued`` requests of class ``cls`` or above to leave the lane at its
+        observed (or paced) rate, of which class ``cls`` gets its share."""
         now = self._clock()
         wait = lane.cooldown.remaining_s(now=self.governor.clock())
         rates = []
@@ -828,7 +844,7 @@ class ProxyApp:
             if span > 0:
                 rates.append((len(times) - 1) / span)
         if rates:
-            return wait + queued / min(rates)
+            return wait + queued / (min(rates) * _share(lane, cls))
         return wait + 1.0
 
     async def _exchange(
@@ -862,7 +878,7 @@ class ProxyApp:
                 return
             exchange.uncancel()
             if exchange.cancelled_by == "queue_timeout":
-                await self._queue_timeout(send, lane)
+                await self._queue_timeout(send, lane, exchange.priority)
             else:
                 self.counters.disconnected += 1
             return
@@ -913,15 +929,16 @@ class ProxyApp:
             return
         await self._relay(send, response, lane, exchange, started=started, method=request.method)
 
-    async def _queue_timeout(self, send: Send, lane: Lane) -> None:
-        queued = max(1, lane.queued)
+    async def _queue_timeout(self, send: Send, lane: Lane, cls: Priority) -> None:
+        queued = max(1, lane.queue.ahead_of(cls))
         await self._error(
             send,
             429,
             "proxy_queue_timeout",
-            f"pacekeeper proxy: not sent after waiting {self.config.queue_timeout_s:g}s for "
-            f"{lane.key[0]} model={lane.key[1]} (--queue-timeout); {queued} requests wait",
-            retry_after_s=self._drain_time(lane, queued),
+            f"pacekeeper proxy: not sent after waiting {self.config.queue_timeout_for(cls):g}s "
+            f"for {lane.key[0]} model={lane.key[1]} (class {cls}: --queue-timeout {cls}=S); "
+            f"{queued} requests of class {cls} or above wait",
+            retry_after_s=self._drain_time(lane, queued, cls),
         )
 
     async def _relay(

@@ -58,6 +58,16 @@ def _number(*, integer: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def _queue_timeout_arg(text: str) -> str:
+    """``--queue-timeout``'s value, checked now so a mistake is a usage error."""
+    try:
+        parse_queue_timeouts([text])
+    except ConfigurationError as exc:
+        message = str(exc)
+        raise argparse.ArgumentTypeError(message[message.find(": ") + 2 :]) from None
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -162,10 +172,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     bounds.add_argument(
         "--queue-timeout",
-        type=_number(),
-        metavar="S",
-        default=60.0,
-        help="longest wait for admission; then a 429 from the proxy (default 60)",
+        action="append",
+        type=_queue_timeout_arg,
+        default=[],
+        metavar="[CLASS=]S[,...]",
+        help="longest wait for admission, then a 429 with retry-after: S for interactive "
+        "requests, CLASS=S for a class (e.g. --queue-timeout 60 --queue-timeout "
+        "batch=10,background=2; default interactive=60, batch=30, background=10, a lower "
+        "class never above the class over it unless given)",
     )
     bounds.add_argument(
         "--max-body-mb",
@@ -308,6 +322,7 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
     timeout = args.timeout or settings.retry.attempt_timeout_s or 600.0
     max_body = int(args.max_body_mb * _MB)
     tenants = tuple(_tenant(spec) for spec in getattr(args, "tenant", []) or [])
+    timeouts = parse_queue_timeouts(getattr(args, "queue_timeout", []) or [])
     return ProxyConfig(
         upstream=upstream,
         host=args.host,
@@ -319,7 +334,8 @@ def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
         max_body_bytes=max_body,
         max_buffered_bytes=max(max_body, int(args.max_buffered_mb * _MB)),
         max_queue=int(args.max_queue),
-        queue_timeout_s=args.queue_timeout,
+        queue_timeout_s=timeouts.pop(Priority.INTERACTIVE, 60.0),
+        queue_timeouts_s=timeouts,
         drain_timeout_s=args.drain_timeout,
         read_timeout_s=timeout,
         header_timeout_s=args.header_timeout,
@@ -347,6 +363,41 @@ def _example_upstream(provider: Provider) -> str:
     return provider.base_url or "http://HOST:PORT/v1"
 
 
+def parse_queue_timeouts(specs: Sequence[str]) -> dict[Priority, float]:
+    """``--queue-timeout`` values: ``S`` (interactive) or ``CLASS=S``, comma-separated,
+    repeatable; a class given twice keeps the last.
+
+    >>> parse_queue_timeouts(["45", "batch=10,background=2.5"])
+    {<Priority.INTERACTIVE: 'interactive'>: 45.0, <Priority.BATCH: 'batch'>: 10.0, \
+<Priority.BACKGROUND: 'background'>: 2.5}
+    >>> parse_queue_timeouts(["urgent=3"])
+    Traceback (most recent call last):
+    ...
+    pacekeeper.core.errors.ConfigurationError: --queue-timeout urgent=3: priority must be one \
+of interactive, batch, background, got 'urgent'
+    """
+    out: dict[Priority, float] = {}
+    for spec in specs:
+        for part in spec.split(","):
+            name, _, number = part.rpartition("=")
+            where = f"--queue-timeout {part.strip()}"
+            try:
+                cls = Priority.parse(name) if name else Priority.INTERACTIVE
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+            try:
+                seconds = float(number)
+            except ValueError:
+                seconds = math.nan
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ConfigurationError(
+                    f"{where}: must be > 0, got {number.strip()!r} (seconds, as S or CLASS=S: "
+                    "e.g. --queue-timeout 60 --queue-timeout batch=10,background=2)"
+                )
+            out[cls] = seconds
+    return out
+
+
 def _tenant(spec: str) -> TenantToken:
     """``NAME:CLASS:ENV`` from --tenant: the token is read from the environment."""
     parts = spec.split(":")
@@ -362,9 +413,11 @@ def _tenant(spec: str) -> TenantToken:
 
 def describe_classes(config: ProxyConfig, min_share: float) -> str:
     """The classes and tenants the proxy serves, for its start-up lines."""
+    timeouts = ", ".join(f"{p} {config.queue_timeout_for(p):g}s" for p in Priority)
     lines = [
         f"priority classes: interactive (default), batch and background each keep "
-        f"{min_share:.0%} of admissions while they wait; ask with {PRIORITY_HEADER}: CLASS"
+        f"{min_share:.0%} of admissions while they wait; ask with {PRIORITY_HEADER}: CLASS",
+        f"queue timeouts (then a 429 with retry-after): {timeouts}",
     ]
     if config.tenants:
         lines.extend(

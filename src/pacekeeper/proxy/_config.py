@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.priority import Priority
 
-__all__ = ["DEFAULT_PORT", "ProxyConfig", "TenantToken", "is_loopback"]
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_QUEUE_TIMEOUTS_S",
+    "ProxyConfig",
+    "TenantToken",
+    "is_loopback",
+]
 
 DEFAULT_PORT = 8787
+DEFAULT_QUEUE_TIMEOUTS_S: Mapping[Priority, float] = {
+    Priority.INTERACTIVE: 60.0,
+    Priority.BATCH: 30.0,
+    Priority.BACKGROUND: 10.0,
+}
+"""How long a request of each class may wait for admission at the proxy by default: a batch
+caller is told to come back (429 + retry-after) long before an interactive one waits that
+long. A lower class never defaults above the class over it."""
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +102,11 @@ class ProxyConfig:
     max_queue: int = 1000
     """Requests waiting for admission per (route, model) lane; beyond, a 429 at once."""
     queue_timeout_s: float = 60.0
-    """The longest a request waits for admission; then a 429 from the proxy."""
+    """The longest an interactive request waits for admission; then a 429 from the proxy."""
+    queue_timeouts_s: Mapping[Priority, float] | Mapping[str, float] = field(default_factory=dict)
+    """The same per class (``{"batch": 10, "background": 2}``); a class not given gets its
+    default (:data:`DEFAULT_QUEUE_TIMEOUTS_S`), never above the class over it. Read it back
+    complete through :meth:`queue_timeout_for`."""
     header_timeout_s: float = 10.0
     """A request's headers must arrive within this many seconds (else a 408, and the
     connection is closed)."""
@@ -156,12 +175,44 @@ class ProxyConfig:
             if value is not None and (not value.strip() or "\n" in value or "\r" in value):
                 raise ConfigurationError(f"{name} must be a non-empty single line")
 
+        self._resolve_queue_timeouts()
         names = [t.tenant for t in self.tenants]
         tokens = [t.token for t in self.tenants] + (
             [self.client_token] if self.client_token else []
         )
         if len(set(names)) != len(names) or len(set(tokens)) != len(tokens):
             raise ConfigurationError("every tenant needs its own name and its own token")
+
+    def _resolve_queue_timeouts(self) -> None:
+        given: dict[Priority, float] = {}
+        for cls, value in dict(self.queue_timeouts_s).items():
+            parsed = Priority.parse(cls)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(
+                    f"queue timeout of class {parsed}: must be a positive number of seconds, "
+                    f"got {value!r}"
+                )
+            given[parsed] = float(value)
+        timeouts = {Priority.INTERACTIVE: given.pop(Priority.INTERACTIVE, self.queue_timeout_s)}
+        above = timeouts[Priority.INTERACTIVE]
+        for cls in list(Priority)[1:]:
+            above = timeouts[cls] = given.get(cls, min(DEFAULT_QUEUE_TIMEOUTS_S[cls], above))
+        object.__setattr__(self, "queue_timeout_s", timeouts[Priority.INTERACTIVE])
+        object.__setattr__(self, "queue_timeouts_s", timeouts)
+
+    def queue_timeout_for(self, cls: Priority) -> float:
+        """The longest a request of class ``cls`` waits for admission (then a 429).
+
+        >>> config = ProxyConfig(upstream="http://x", queue_timeouts_s={"batch": 5})
+        >>> [config.queue_timeout_for(p) for p in Priority]
+        [60.0, 5.0, 5.0]
+        """
+        return self.queue_timeouts_s[cls]
 
     @property
     def tokens_required(self) -> bool:
