@@ -23,6 +23,9 @@
     output = 12.0
     cached_input = 1.5            # optional (default: the input price)
 
+    [tenants.chat]            # a tenant's weight within its priority class (default 1): while
+    weight = 2                # chat and another tenant of its class wait, chat gets 2 of 3
+
 Command-line flags override the file (its defaults and its per-model sections). Errors name
 the file, the key and the problem: ``pacekeeper.toml.models."gpt-4o".rpm: must be a positive
 number, got -5``.
@@ -163,6 +166,8 @@ class Settings:
     """Azure OpenAI's ``api-version`` on deployment routes."""
     prices: dict[str, Price] = field(default_factory=dict)
     """``[models."NAME".price]``: prices that override or add to genai-prices'."""
+    tenant_weights: dict[str, float] = field(default_factory=dict)
+    """``[tenants.NAME] weight = W``: the tenants' weights within their class."""
     source: Path | None = None
 
 
@@ -221,12 +226,13 @@ def load_settings(path: Path | None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML ({exc})") from None
     models_table = data.pop("models", {})
+    tenant_weights = _tenant_weights(data.pop("tenants", {}), file=file)
     known = {**_LIMIT_KEYS, **_RETRY_KEYS, **_OTHER_KEYS}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigurationError(
             f"{file}: unknown key(s) {', '.join(_key_path(k) for k in unknown)}; known: "
-            f"{', '.join(sorted(known))}, [models.NAME]"
+            f"{', '.join(sorted(known))}, [models.NAME], [tenants.NAME]"
         )
     limit_fields = _read(data, _LIMIT_KEYS, file=file)
     try:
@@ -273,8 +279,35 @@ def load_settings(path: Path | None) -> Settings:
         provider=other.get("provider"),
         api_version=other.get("api_version"),
         prices=prices,
+        tenant_weights=tenant_weights,
         source=path,
     )
+
+
+def _tenant_weights(tables: object, *, file: str) -> dict[str, float]:
+    """``[tenants.NAME]`` tables: ``weight`` (a positive number) is their one key."""
+    if not isinstance(tables, dict):
+        raise ConfigurationError(
+            f"{file}.tenants: expected a table of tenant names ([tenants.NAME] weight = 2), "
+            f"got {_show(tables)}"
+        )
+    weights = {}
+    for name, table in tables.items():
+        where = _key_path("tenants", name)
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{file}.{where}: expected a table, got {_show(table)}")
+        bad = sorted(set(table) - {"weight"})
+        if bad:
+            raise ConfigurationError(
+                f"{file}.{where}: unknown key(s) {', '.join(_key_path(k) for k in bad)}; "
+                "known: weight"
+            )
+        if "weight" in table:
+            weight, problem = _positive(table["weight"])
+            if problem is not None:
+                raise ConfigurationError(f"{file}.{where}.weight: {problem}")
+            weights[name] = float(weight)
+    return weights
 
 
 _PRICE_KEYS = {

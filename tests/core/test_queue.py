@@ -244,3 +244,79 @@ def test_threads_and_tasks_of_every_class_share_one_lane() -> None:
     assert lane.queued == 0
     assert lane.queue.head is None
     assert sum(lane.queue.admissions().values()) == 90
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    weight_a=st.integers(min_value=1, max_value=6),
+    weight_b=st.integers(min_value=1, max_value=6),
+    admissions=st.integers(min_value=1, max_value=120),
+    priority=st.sampled_from(list(Priority)),
+)
+def test_weights_set_on_the_governor_share_a_class_in_proportion(
+    weight_a: int, weight_b: int, admissions: int, priority: Priority
+) -> None:
+    """``Governor(tenant_weights=...)`` reaches every lane's queue: after any number of
+    admissions while both wait, each tenant's count is its weight's share, within one turn
+    of each."""
+    gov = Governor(tenant_weights={"a": weight_a, "b": weight_b})
+    q = gov.lane("/v1/chat/completions", "m").queue
+    where: dict[ThreadWaiter, tuple[Priority, str | None]] = {}
+    for tenant in ("a", "b"):
+        for _ in range(admissions):  # both have work throughout
+            w = ThreadWaiter()
+            q.join(w, priority=priority, tenant=tenant)
+            where[w] = (priority, tenant)
+    got = Counter(_admit_head(q, where)[1] for _ in range(admissions))
+    assert abs(got["a"] * weight_b - got["b"] * weight_a) <= weight_a + weight_b, got
+
+
+def test_a_weight_given_later_applies_to_lanes_made_before_and_after() -> None:
+    gov = Governor()
+    before = gov.lane("/v1/chat/completions", "m").queue
+    gov.weigh_tenant("a", 2)
+    after = gov.lane("/v1/embeddings", "e").queue
+    for q in (before, after):
+        where: dict[ThreadWaiter, tuple[Priority, str | None]] = {}
+        for tenant in ("a", "b"):
+            for _ in range(30):
+                w = ThreadWaiter()
+                q.join(w, priority=BATCH, tenant=tenant)
+                where[w] = (BATCH, tenant)
+        got = Counter(_admit_head(q, where)[1] for _ in range(30))
+        assert (got["a"], got["b"]) == (20, 10)
+    with pytest.raises(ConfigurationError, match="tenant a: its weight must be a positive"):
+        gov.weigh_tenant("a", 0)
+    with pytest.raises(ConfigurationError, match="tenant x: its weight"):
+        Governor(tenant_weights={"x": float("inf")})
+
+
+async def test_two_tenants_at_weights_2_to_1_through_the_governor() -> None:
+    """Real calls through one slot: while both tenants have work, the one of weight 2 gets
+    two admissions for each of the other's."""
+    order: list[str | None] = []
+
+    class Hook:
+        def on_attempt(self, record: Any) -> None:
+            order.append(record.tenant)
+
+        def on_request(self, record: Any) -> None:
+            pass
+
+    gov = Governor(limits=Limits(concurrency=1), tenant_weights={"chat": 2}, hooks=[Hook()])
+
+    async def answer() -> None:
+        await asyncio.sleep(0.005)
+
+    calls = [
+        gov.run(answer, model="m", priority="batch", tenant=tenant)
+        for _ in range(12)
+        for tenant in ("chat", "etl")
+    ]
+    await asyncio.gather(*calls)
+    assert len(order) == 24
+    # the first goes before anyone waits; then 2:1 while both have work (chat's other 11
+    # against etl's first 6 or so), then etl alone
+    both = Counter(order[1:16])
+    assert (both["chat"], both["etl"]) == (10, 5), " ".join(map(str, order))
+    assert order[-6:] == ["etl"] * 6

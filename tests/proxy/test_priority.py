@@ -4,6 +4,8 @@ and back-pressure per class (a batch caller is refused long before an interactiv
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -235,3 +237,81 @@ def test_queue_timeouts_from_the_command_line() -> None:
         parser.parse_args(["--queue-timeout", "urgent=3"])
     with pytest.raises(ConfigurationError, match="queue timeout of class batch"):
         ProxyConfig(upstream="http://x", queue_timeouts_s={"batch": -1.0})
+
+
+async def test_tenant_weights_bound_to_tokens_share_a_class_2_to_1(
+    start_sim: StartSim, start_proxy: StartProxy
+) -> None:
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.05)))
+    order: list[str | None] = []
+
+    class Order(_Records):
+        def on_attempt(self, record: AttemptRecord) -> None:
+            order.append(record.tenant)
+
+    gov = Governor(limits=Limits(concurrency=1), hooks=[Order()])
+    tenants = (
+        TenantToken(tenant="chat", token="tok-chat", priority=Priority.BATCH, weight=2),
+        TenantToken(tenant="etl", token="tok-etl", priority=Priority.BATCH),
+    )
+    proxy = start_proxy(sim, gov, tenants=tenants)
+    assert gov.tenant_weights == {"chat": 2.0}
+    url = proxy.base_url + "/chat/completions"
+    async with httpx2.AsyncClient(timeout=30) as client:
+        first = asyncio.create_task(
+            client.post(url, json=body(0), headers={"x-pacekeeper-token": "tok-etl"})
+        )
+        await asyncio.sleep(0.02)  # it holds the one slot while the others queue
+        rest = [
+            asyncio.create_task(
+                client.post(url, json=body(i), headers={"x-pacekeeper-token": f"tok-{who}"})
+            )
+            for i in range(1, 13)
+            for who in ("chat", "etl")
+        ]
+        answers = await asyncio.gather(first, *rest)
+    assert all(a.status_code == 200 for a in answers)
+    # while both have work: two chat admissions for each etl one
+    both = Counter(order[1:16])
+    assert abs(both["chat"] - 10) <= 1, order
+
+
+def test_tenant_weights_from_the_command_line_and_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from pacekeeper.proxy._cli import build_config, build_governor, configure_parser
+    from pacekeeper.settings import load_settings
+
+    monkeypatch.setenv("CHAT_TOKEN", "c-1")
+    monkeypatch.setenv("ETL_TOKEN", "e-1")
+    toml = tmp_path / "pacekeeper.toml"
+    toml.write_text("[tenants.etl]\nweight = 0.5\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(
+        [
+            "--upstream",
+            "http://x/v1",
+            "--tenant",
+            "chat:interactive:CHAT_TOKEN:3",
+            "--tenant",
+            "etl:batch:ETL_TOKEN",
+        ]
+    )
+    settings = load_settings(toml)
+    assert settings.tenant_weights == {"etl": 0.5}
+    config = build_config(settings, args)
+    gov = build_governor(settings, args)
+    assert [t.weight for t in config.tenants] == [3.0, None]
+    assert gov.tenant_weights == {"etl": 0.5}
+    text = describe_classes(config, 0.1, gov.tenant_weights)
+    assert "tenant chat: class interactive or lower (fair share, weight 3)" in text
+    assert "tenant etl: class batch or lower (fair share, weight 0.5)" in text
+    bad = parser.parse_args(["--upstream", "http://x/v1", "--tenant", "chat:batch:CHAT_TOKEN:-1"])
+    with pytest.raises(ConfigurationError, match="tenant chat: its weight must be a positive"):
+        build_config(settings, bad)
+    toml.write_text('[tenants.etl]\nweight = "heavy"\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"tenants\.etl\.weight: expected a number"):
+        load_settings(toml)

@@ -350,7 +350,13 @@ def _resolve(args: argparse.Namespace) -> tuple[BatchJob, Settings, Governor]:
     prices = price_lookup(provider=provider.name, overrides=settings.prices)
     budget = SpendCap(usd=args.max_cost) if args.max_cost is not None else None
     gov = Governor(
-        limits=limits, models=models, retry=retry, backend=backend, prices=prices, budget=budget
+        limits=limits,
+        models=models,
+        retry=retry,
+        backend=backend,
+        prices=prices,
+        budget=budget,
+        tenant_weights=settings.tenant_weights,
     )
     return job, settings, gov
 

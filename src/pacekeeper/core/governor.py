@@ -62,6 +62,7 @@ from pacekeeper.core.errors import (
 from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import Priority, current_priority, current_tenant
+from pacekeeper.core.queue import check_weight
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
 from pacekeeper.core.tokens import route_generates
@@ -106,6 +107,10 @@ class Governor:
     and recorded. ``budget`` caps the spend (:class:`~pacekeeper.core.cost.SpendCap`; it needs
     ``prices``); with a backend that shares spend (Redis), the cap holds across processes.
 
+    ``tenant_weights`` weighs tenants within their priority class (default 1 each): tenants
+    ``{"chat": 2, "etl": 1}`` that both wait get admissions 2:1 (``tenant=`` on each call, or
+    :func:`pacekeeper.priority`).
+
     >>> gov = Governor(limits=Limits(rpm=600, concurrency=4))
     >>> gov
     <Governor lanes=0 limits rpm=600 tpm=None concurrency=4>
@@ -125,6 +130,7 @@ class Governor:
         backend: Backend | None = None,
         prices: PriceLookup | None = None,
         budget: SpendCap | None = None,
+        tenant_weights: Mapping[str, float] | None = None,
     ) -> None:
         if budget is not None and prices is None:
             raise ConfigurationError(
@@ -154,6 +160,12 @@ class Governor:
                 if isinstance(backend, SpendBackend)
                 else LocalSpendLedger(budget)
             )
+        self.tenant_weights: dict[str, float] = {}
+        """Tenants' weights within their class (others weigh 1): a tenant of weight 2 gets
+        twice the admissions of one of weight 1 while both wait (:meth:`weigh_tenant`)."""
+        for name, weight in (tenant_weights or {}).items():
+            check_weight(name, weight)
+            self.tenant_weights[name] = float(weight)
         self._price_cache: dict[str | None, Price | None] = {}
         self._completions: dict[LaneKey, CompletionLengths] = {}
 
@@ -178,10 +190,21 @@ class Governor:
                     )
                     if self._concurrency_ceiling is not None:
                         lane.slots.cap(self._concurrency_ceiling)
+                    for name, weight in self.tenant_weights.items():
+                        lane.queue.set_weight(name, weight)
                     if self._closed:
                         lane.close()
                     self._lanes[key] = lane
         return lane
+
+    def weigh_tenant(self, tenant: str, weight: float) -> None:
+        """Give ``tenant`` ``weight`` in every lane, now and later: within its class, tenants
+        that wait share admissions in proportion to their weights (default 1)."""
+        check_weight(tenant, weight)
+        with self._lanes_lock:
+            self.tenant_weights[tenant] = float(weight)
+            for lane in self._lanes.values():
+                lane.queue.set_weight(tenant, weight)
 
     def price_of(self, model: str | None) -> Price | None:
         """The model's price (None: unknown, or no ``prices`` given)."""

@@ -48,11 +48,34 @@ from pacekeeper.core.errors import AdmissionClosed, ConfigurationError
 from pacekeeper.core.priority import Priority
 from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Waiter, _resolve
 
-__all__ = ["DEFAULT_MIN_SHARE", "WaitQueue", "bounded_by_deadline"]
+__all__ = ["DEFAULT_MIN_SHARE", "WaitQueue", "bounded_by_deadline", "check_weight"]
 
 DEFAULT_MIN_SHARE = 0.1
 _CLASSES = tuple(Priority)
 _OWED = 1.0 - 1e-9  # a credit of one admission, give or take float error
+
+
+def check_weight(tenant: object, weight: object) -> None:
+    """A clear error unless ``tenant`` is a name and ``weight`` a positive, finite number.
+
+    >>> check_weight("nightly", 0)
+    Traceback (most recent call last):
+    ...
+    pacekeeper.core.errors.ConfigurationError: tenant nightly: its weight must be a positive \
+number (its share against the other tenants of its class), got 0
+    """
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise ConfigurationError(f"a tenant's name must be a non-empty string, got {tenant!r}")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or weight <= 0
+    ):
+        raise ConfigurationError(
+            f"tenant {tenant}: its weight must be a positive number (its share against the "
+            f"other tenants of its class), got {weight!r}"
+        )
 
 
 def bounded_by_deadline(
@@ -290,6 +313,17 @@ class WaitQueue:
             if cls.live and cls.credit >= _OWED and (best is None or cls.credit > best.credit):
                 best = cls
         return best
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        """Give ``tenant`` ``weight`` (its share against the other tenants of a class is
+        proportional to it); from its next admission on if it already waits."""
+        check_weight(tenant, weight)
+        with self._lock:
+            self.weights[tenant] = float(weight)
+            for cls in self._classes:
+                t = cls.tenants.get(tenant)
+                if t is not None:
+                    t.weight = float(weight)
 
     def _weight(self, tenant: str | None) -> float:
         weight = self.weights.get(tenant, 1.0) if tenant is not None else 1.0

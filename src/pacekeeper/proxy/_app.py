@@ -275,6 +275,9 @@ class ProxyApp:
         }
         # Recent answer times per lane: the observed rate, for honest retry-after values.
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
+        for t in config.tenants:
+            if t.weight is not None:
+                governor.weigh_tenant(t.tenant, t.weight)
         self.metrics = build_metrics(
             governor, self.counters, tenants=[t.tenant for t in config.tenants]
         )

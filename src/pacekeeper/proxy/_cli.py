@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -137,10 +137,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--tenant",
         action="append",
         default=[],
-        metavar="NAME:CLASS:ENV",
+        metavar="NAME:CLASS:ENV[:WEIGHT]",
         help="a client token (in environment variable ENV) bound to tenant NAME and priority "
         "class CLASS (interactive, batch, background): its requests share fairly with other "
-        "tenants of the class, never above it (repeat for each tenant)",
+        "tenants of the class, in proportion to WEIGHT (default 1, or [tenants.NAME] weight "
+        "in pacekeeper.toml), never above the class (repeat for each tenant)",
     )
 
     limits = parser.add_argument_group("limits (flags override the config file)")
@@ -293,7 +294,14 @@ def build_governor(settings: Settings, args: argparse.Namespace) -> Governor:
 
     provider = getattr(args, "provider", None) or settings.provider
     prices = price_lookup(provider=provider, overrides=settings.prices)
-    return Governor(limits=limits, models=models, retry=retry, backend=backend, prices=prices)
+    return Governor(
+        limits=limits,
+        models=models,
+        retry=retry,
+        backend=backend,
+        prices=prices,
+        tenant_weights=settings.tenant_weights,
+    )
 
 
 def build_config(settings: Settings, args: argparse.Namespace) -> ProxyConfig:
@@ -399,20 +407,41 @@ of interactive, batch, background, got 'urgent'
 
 
 def _tenant(spec: str) -> TenantToken:
-    """``NAME:CLASS:ENV`` from --tenant: the token is read from the environment."""
+    """``NAME:CLASS:ENV[:WEIGHT]`` from --tenant: the token is read from the environment."""
     parts = spec.split(":")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) not in (3, 4) or not all(parts):
         raise ConfigurationError(
-            f"--tenant takes NAME:CLASS:ENV (e.g. chat:interactive:CHAT_TOKEN), got {spec!r}"
+            "--tenant takes NAME:CLASS:ENV or NAME:CLASS:ENV:WEIGHT (e.g. "
+            f"chat:interactive:CHAT_TOKEN:2), got {spec!r}"
         )
-    name, cls, env = parts
+    name, cls, env = parts[:3]
+    weight: float | None = None
+    if len(parts) == 4:
+        try:
+            weight = float(parts[3])
+        except ValueError:
+            raise ConfigurationError(
+                f"--tenant {name}: WEIGHT must be a positive number, got {parts[3]!r}"
+            ) from None
     return TenantToken(
-        tenant=name, priority=Priority.parse(cls), token=_secret_from_env(env, f"--tenant {name}")
+        tenant=name,
+        priority=Priority.parse(cls),
+        token=_secret_from_env(env, f"--tenant {name}"),
+        weight=weight,
     )
 
 
-def describe_classes(config: ProxyConfig, min_share: float) -> str:
-    """The classes and tenants the proxy serves, for its start-up lines."""
+def _weight_text(t: TenantToken, weights: Mapping[str, float]) -> str:
+    weight = t.weight if t.weight is not None else weights.get(t.tenant, 1.0)
+    return f"{weight:g}"
+
+
+def describe_classes(
+    config: ProxyConfig, min_share: float, weights: Mapping[str, float] | None = None
+) -> str:
+    """The classes and tenants the proxy serves, for its start-up lines (``weights``: the
+    governor's tenant weights)."""
+    weights = weights or {}
     timeouts = ", ".join(f"{p} {config.queue_timeout_for(p):g}s" for p in Priority)
     lines = [
         f"priority classes: interactive (default), batch and background each keep "
@@ -421,7 +450,9 @@ def describe_classes(config: ProxyConfig, min_share: float) -> str:
     ]
     if config.tenants:
         lines.extend(
-            f"tenant {t.tenant}: class {t.priority} or lower (fair share)" for t in config.tenants
+            f"tenant {t.tenant}: class {t.priority} or lower (fair share, weight "
+            f"{_weight_text(t, weights)})"
+            for t in config.tenants
         )
     else:
         lines.append("tenants: none bound to tokens (--tenant NAME:CLASS:ENV)")
@@ -506,7 +537,9 @@ def _serve(config: ProxyConfig, governor: Governor) -> int:
         sys.stderr.write(
             f"{PROG}: forwarding to {config.upstream}; {_describe_keys(config)}{shared}\n"
         )
-        sys.stderr.write(describe_classes(config, governor.limits.min_share) + "\n")
+        sys.stderr.write(
+            describe_classes(config, governor.limits.min_share, governor.tenant_weights) + "\n"
+        )
         # Wake up now and then: a signal handler only runs when this thread runs bytecode.
         while not stop.wait(0.2):
             if not proxy.running:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.priority import Priority
+from pacekeeper.core.queue import check_weight
 
 __all__ = [
     "DEFAULT_PORT",
@@ -50,17 +51,22 @@ def is_loopback(host: str) -> bool:
 class TenantToken:
     """A client token bound to a tenant and a priority class: requests that present it count
     in ``tenant``'s fair share, in ``priority`` (the highest class its header may ask for).
+    ``weight`` (when given) is the tenant's weight within its class: the proxy sets it on its
+    governor (:meth:`~pacekeeper.Governor.weigh_tenant`); unset, the governor's (default 1).
 
     >>> TenantToken(tenant="chat", token="t-1", priority=Priority.INTERACTIVE)
-    TenantToken(tenant='chat', priority=<Priority.INTERACTIVE: 'interactive'>)
+    TenantToken(tenant='chat', priority=<Priority.INTERACTIVE: 'interactive'>, weight=None)
     """
 
     tenant: str
     token: str = field(repr=False)
     priority: Priority = Priority.INTERACTIVE
+    weight: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority.parse(self.priority))
+        if self.weight is not None:
+            check_weight(self.tenant, self.weight)
         if not self.tenant or any(c.isspace() for c in self.tenant):
             raise ConfigurationError(f"a tenant's name must be one word, got {self.tenant!r}")
         if not self.token.strip() or "\n" in self.token or "\r" in self.token:

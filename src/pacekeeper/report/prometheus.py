@@ -222,7 +222,9 @@ class GovernorCollector:
         self._attempt_s: dict[tuple[str, str], _Histogram] = {}
         # (route, model, priority, tenant) -> histogram
         self._queue_s: dict[tuple[str, str, str, str], _Histogram] = {}
-        self._tenants = TenantNames(max_tenants=max_tenants, known=tenants)
+        # The tenants configured on the governor (their weights) always get their own series.
+        known = {*tenants, *getattr(governor, "tenant_weights", {})}
+        self._tenants = TenantNames(max_tenants=max_tenants, known=known)
         if attach:
             governor.hooks.append(self)
 
