@@ -134,6 +134,8 @@ _ATTEMPT_SPEC: _Spec = (
     ("rpm_limit", float, True),
     ("tpm_limit", float, True),
     ("cost_usd", float, True),
+    ("priority", str, True),
+    ("tenant", str, True),
 )
 _REQUEST_SPEC: _Spec = (
     ("route", str, False),
@@ -154,7 +156,10 @@ _REQUEST_SPEC: _Spec = (
     ("request_id", str, True),
     ("tag", str, True),
     ("cost_usd", float, True),
+    ("priority", str, True),
+    ("tenant", str, True),
 )
+_CLASSES = frozenset({"interactive", "batch", "background"})
 
 
 def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
@@ -185,6 +190,11 @@ def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
         else:
             raise _Bad(f'"{name}" should be a number, got {_short(value)}')
         out[name] = value
+    priority = out.get("priority", "interactive")
+    if priority is None:
+        out["priority"] = "interactive"  # written before classes existed
+    elif priority not in _CLASSES:
+        raise _Bad(f'"priority" should be one of {", ".join(sorted(_CLASSES))}, got {priority!r}')
     return out
 
 
