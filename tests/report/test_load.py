@@ -127,6 +127,18 @@ def test_unknown_fields_are_ignored_and_fields_added_later_may_be_missing(tmp_pa
     assert isinstance(item, AttemptRecord)
     assert item.in_flight is None
     assert item.rpm_limit is None
+    assert item.priority == "interactive"  # logs written before priority classes
+
+
+def test_a_priority_class_is_read_and_an_unknown_one_is_a_bad_line(tmp_path: Path) -> None:
+    good = attempt(priority="batch", tenant="nightly")
+    bad = attempt(priority="urgent")
+    path = write_lines(tmp_path / "log.jsonl", [json.dumps(good), json.dumps(bad)])
+    first, second = iter_records(path)
+    assert isinstance(first, AttemptRecord)
+    assert (first.priority, first.tenant) == ("batch", "nightly")
+    assert isinstance(second, BadLine)
+    assert "priority" in second.reason
 
 
 def test_a_line_longer_than_the_limit_is_skipped_without_losing_the_next(tmp_path: Path) -> None:

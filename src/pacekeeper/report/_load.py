@@ -133,9 +133,9 @@ _ATTEMPT_SPEC: _Spec = (
     ("concurrency_limit", int, True),
     ("rpm_limit", float, True),
     ("tpm_limit", float, True),
+    ("cost_usd", float, True),
     ("priority", str, True),
     ("tenant", str, True),
-    ("cost_usd", float, True),
 )
 _REQUEST_SPEC: _Spec = (
     ("route", str, False),
@@ -155,10 +155,11 @@ _REQUEST_SPEC: _Spec = (
     ("error_type", str, True),
     ("request_id", str, True),
     ("tag", str, True),
+    ("cost_usd", float, True),
     ("priority", str, True),
     ("tenant", str, True),
-    ("cost_usd", float, True),
 )
+_CLASSES = frozenset({"interactive", "batch", "background"})
 
 
 def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
@@ -189,8 +190,11 @@ def _fields(obj: Mapping[str, Any], spec: _Spec) -> dict[str, Any]:
         else:
             raise _Bad(f'"{name}" should be a number, got {_short(value)}')
         out[name] = value
-    if out.get("priority", "") is None:  # a log from before priority classes
-        del out["priority"]
+    priority = out.get("priority", "interactive")
+    if priority is None:
+        out["priority"] = "interactive"  # written before classes existed
+    elif priority not in _CLASSES:
+        raise _Bad(f'"priority" should be one of {", ".join(sorted(_CLASSES))}, got {priority!r}')
     return out
 
 
