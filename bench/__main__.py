@@ -115,7 +115,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--into",
         type=Path,
         metavar="FILE.json",
-        help="also put the robustness or extras section measured now into FILE.json (e.g. "
+        help="also put the sections measured now (robustness, extras, priority, overhead, "
+        "sharing) into FILE.json (e.g. "
         "bench/results/latest.json) and re-render FILE.md",
     )
     return parser.parse_args(argv)
@@ -223,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             print(console_table(results.get("robustness", {})), flush=True)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
-    sections = [key for key in ("robustness", "extras") if results.get(key)]
+    sections = [
+        key
+        for key in ("robustness", "extras", "priority", "overhead", "sharing")
+        if results.get(key)
+    ]
     if args.into and sections:
         target = json.loads(args.into.read_text(encoding="utf-8"))
         for key in sections:
