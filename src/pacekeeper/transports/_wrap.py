@@ -108,7 +108,7 @@ def _admit_at_method(client: Any, gov: Governor) -> None:
     client.post = governed
     _repoint_resources(client, post, governed)
     for names, path in _METHODS.get(type(client).__module__.split(".")[0], ()):
-        resource = client
+        resource: Any = client
         for name in names:
             resource = getattr(resource, name, None)
         create = getattr(resource, "create", None)
