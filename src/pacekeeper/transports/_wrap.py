@@ -108,9 +108,7 @@ def _admit_at_method(client: Any, gov: Governor) -> None:
     client.post = governed
     _repoint_resources(client, post, governed)
     for names, path in _METHODS.get(type(client).__module__.split(".")[0], ()):
-        resource: Any = client
-        for name in names:
-            resource = getattr(resource, name, None)
+        resource: Any = functools.reduce(lambda obj, name: getattr(obj, name, None), names, client)
         create = getattr(resource, "create", None)
         if create is not None and getattr(create, "__self__", None) is resource:
             resource.create = _governed(create, client, gov, path=path)
