@@ -110,7 +110,8 @@ def _admit_at_method(client: Any, gov: Governor) -> None:
     for names, path in _METHODS.get(type(client).__module__.split(".")[0], ()):
         resource: Any = functools.reduce(lambda obj, name: getattr(obj, name, None), names, client)
         create = getattr(resource, "create", None)
-        if create is not None and getattr(create, "__self__", None) is resource:
+        bound = getattr(create, "__self__", None) is resource  # a method of this resource
+        if create is not None and bound:
             resource.create = _governed(create, client, gov, path=path)
 
 
