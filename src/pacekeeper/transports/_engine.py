@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from pacekeeper.core.governor import Call
 
 __all__ = [
+    "FACTS_EXTENSION",
     "Flavour",
     "RequestFacts",
+    "facts_of",
     "flavour_of",
     "model_of_path",
+    "parse_body",
     "read_request",
     "route_of",
     "usage_from_json",
@@ -160,6 +163,11 @@ def model_of_path(path: str) -> str | None:
     return None
 
 
+FACTS_EXTENSION = "pacekeeper.facts"
+"""A request extension holding the :class:`RequestFacts` its sender already worked out (the
+proxy parses each body once, for both itself and the governor)."""
+
+
 def read_request(request: Any) -> RequestFacts:
     """Route (the URL path, object ids folded), model and token estimate of a request.
 
@@ -167,22 +175,35 @@ def read_request(request: Any) -> RequestFacts:
     on the lane of (route, None). On an Azure deployment route the model is the deployment
     (its own quota), whatever the body says.
     """
+    known = request.extensions.pop(FACTS_EXTENSION, None)
+    if isinstance(known, RequestFacts):
+        return known
     path = request.url.path
-    route = route_of(path)
-    path_model = model_of_path(path)
     if request.method != "POST":
-        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
+        return facts_of("GET", path, None)
     try:
         content = request.content
     except Exception:  # a streaming upload that was not read: nothing to estimate
-        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
+        return facts_of("POST", path, None)
+    return facts_of("POST", path, parse_body(content))
+
+
+def parse_body(content: bytes) -> object:
+    """A POST body as the governor reads it: JSON when it starts as an object, else None."""
     if not content or content[:1] not in (b"{", b" ", b"\n"):
-        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
+        return None
     try:
-        body = json.loads(content)
-    except ValueError:
-        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
-    if not isinstance(body, dict):
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+
+
+def facts_of(method: str, path: str, body: object) -> RequestFacts:
+    """The facts of a request to ``path`` whose body parsed (by :func:`parse_body`) to
+    ``body``."""
+    route = route_of(path)
+    path_model = model_of_path(path)
+    if method != "POST" or not isinstance(body, dict):
         return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     model = body.get("model")
     model = path_model or (model if isinstance(model, str) else None)
