@@ -249,6 +249,10 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
     )
 
 
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
 class UsageChunkFilter:
     """Removes, from an OpenAI event stream, the usage-only chunk (``"choices": []`` with
     ``"usage"``) that ``include_usage`` added for a client that did not ask for it.
@@ -286,7 +290,9 @@ class UsageChunkFilter:
 
     @staticmethod
     def _is_usage_only(event: bytes) -> bool:
-        if b'"usage"' not in event or b'"choices"' not in event:
+        # Every chunk of a stream passes here: only one with empty choices and a usage object
+        # is parsed (a JSON parse per event was a quarter of the proxy's CPU when streaming).
+        if not _EMPTY_CHOICES.search(event) or not _USAGE_OBJECT.search(event):
             return False
         for line in event.splitlines():
             if not line.startswith(b"data:"):
