@@ -240,13 +240,17 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         for name, value in request.headers.raw
         if name.lower() not in (b"content-length", b"transfer-encoding")
     ]
-    return module.Request(
+    headers.append((b"Content-Length", str(len(content)).encode()))
+    # The body as a stream and its length set here: with content=, httpx rebuilds the headers.
+    copy = module.Request(
         request.method,
         request.url,
         headers=headers,
-        content=content,
+        stream=module.ByteStream(content),
         extensions=request.extensions,
     )
+    copy.read()
+    return copy
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
