@@ -84,9 +84,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
         "--only",
-        choices=[*names, "overhead", "sharing", "robustness", "extras", "priority"],
+        choices=[*names, "overhead", "sharing", "robustness", "extras", "priority", "cost"],
         help="run one scenario, or only the overhead, the Redis sharing measures, the "
-        "robustness runs (every profile x seed) or the issue rows (extras)",
+        "robustness runs (every profile x seed), the issue rows (extras) or the cost section "
+        "(proxy, queued calls, run memory, start-up, tokenizers)",
     )
     parser.add_argument(
         "--extras",
@@ -115,7 +116,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--into",
         type=Path,
         metavar="FILE.json",
-        help="also put the robustness or extras section measured now into FILE.json (e.g. "
+        help="also put the sections measured now (robustness, extras, priority, overhead, "
+        "sharing) into FILE.json (e.g. "
         "bench/results/latest.json) and re-render FILE.md",
     )
     return parser.parse_args(argv)
@@ -135,6 +137,10 @@ def _render(path: Path) -> int:
         results["overhead"].update(summarise_overhead(results["overhead"]))
     if results.get("robustness"):
         results["robustness"]["summary"] = summarise(results["robustness"]["runs"])
+    if results.get("cost"):
+        from bench.cost import summarise_cost
+
+        results["cost"].update(summarise_cost(results["cost"]))
     path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(render_markdown(results), encoding="utf-8")
     log(f"rendered {path.with_suffix('.md')}")
@@ -203,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }
             save()
+        if args.only in (None, "cost"):
+            from bench.cost import measure_cost
+
+            results["cost"] = measure_cost(quick=args.quick, workdir=workdir)
+            results["cost"]["measured"] = {
+                key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
+            }
+            save()
         if args.only in (None, "robustness"):
 
             def save_robustness(section: dict[str, Any]) -> None:
@@ -223,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             print(console_table(results.get("robustness", {})), flush=True)
     path = save()
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
-    sections = [key for key in ("robustness", "extras") if results.get(key)]
+    sections = [
+        key
+        for key in ("robustness", "extras", "priority", "overhead", "sharing", "cost")
+        if results.get(key)
+    ]
     if args.into and sections:
         target = json.loads(args.into.read_text(encoding="utf-8"))
         for key in sections:

@@ -234,7 +234,7 @@ def measure_overhead(*, quick: bool, workdir: Path) -> dict[str, Any]:
         with SimulatorProcess(Scenario()) as s:
             batch.append(batch_rss(s.base_url, lines, workdir, pacekeeper_command()))
         log(f"[overhead] pacekeeper run {lines:,} lines: {batch[-1]}")
-    # The same largest input without the BPE tokenizer (about 130 MB of the peak above).
+    # The same largest input without the exact token counter (about 27 MB of the peak above).
     largest_lines = batch[-1]["lines"]
     log(f"[overhead] peak RSS of pacekeeper run --tokenizer heuristic on {largest_lines:,} lines")
     with SimulatorProcess(Scenario()) as s:

@@ -63,6 +63,10 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
         ["overhead", "pacekeeper", item["target"], item["measured"], _met(item["met"])]
         for item in results.get("overhead", {}).get("targets", [])
     )
+    rows.extend(
+        ["cost", item["measure"], item["target"], item["value"], _met(item["met"])]
+        for item in results.get("cost", {}).get("rows", [])
+    )
     if not rows:
         return []
     return [
@@ -204,6 +208,9 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     lines += robustness_lines(results.get("robustness", {}))
     lines += _overhead_section(results.get("overhead", {}))
+    from bench.cost import cost_lines
+
+    lines += cost_lines(results.get("cost", {}))
     from bench.sharing import sharing_lines
 
     lines += sharing_lines(results.get("sharing", {}))

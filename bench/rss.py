@@ -92,7 +92,15 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
     warm = openai.AsyncOpenAI(base_url=base_url, api_key="x")
     stall: _Stall | None = None
     gov: pacekeeper.Governor | None = None
-    if mode == "pacekeeper":
+    gate: asyncio.Semaphore | None = None
+    waiting = 0
+    if mode == "semaphore":
+        # What a program without pacekeeper writes to bound its calls: every call waits on an
+        # asyncio.Semaphore before the SDK method (held here, so all of them wait).
+        gate = asyncio.Semaphore(1)
+        await gate.acquire()
+        client = warm
+    elif mode == "pacekeeper":
         # 1 rpm: the warm-up request spends the bucket, so every later one waits in the queue.
         gov = pacekeeper.Governor(limits=pacekeeper.Limits(rpm=1))
         client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="x"), gov)
@@ -117,6 +125,13 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
             extra_headers={"x-client-request-id": wl.request_id(i)},
         )
 
+    async def gated(i: int) -> Any:
+        nonlocal waiting
+        assert gate is not None
+        waiting += 1
+        async with gate:
+            return await create(client, i)
+
     t_first = time.monotonic()
     await create(warm, -1)  # lazy imports, the tokenizer, a connection: before the baseline
     first_request_s = time.monotonic() - t_first
@@ -126,9 +141,14 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
     peak_reset = _reset_peak()
     baseline = _now_mb()
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(create(client, i)) for i in range(n)]
+    if gate is not None:
+        tasks = [asyncio.create_task(gated(i)) for i in range(n)]
+    else:
+        tasks = [asyncio.create_task(create(client, i)) for i in range(n)]
 
     def queued() -> int:
+        if gate is not None:
+            return waiting
         if gov is not None:
             return sum(lane.queued for lane in gov.lanes)
         assert stall is not None
@@ -159,7 +179,8 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
 
 def queued_rss(base_url: str, n: int, mode: str) -> dict[str, Any]:
     """Peak RSS growth of a fresh process with ``n`` SDK calls queued at once: through
-    pacekeeper (mode "pacekeeper") or stalled at a transport that never answers ("floor")."""
+    pacekeeper (mode "pacekeeper"), waiting on a bare asyncio.Semaphore before the SDK method
+    ("semaphore"), or stalled at a transport that never answers ("floor")."""
     command = [sys.executable, "-m", "bench.rss", "queued", base_url, str(n), mode]
     proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
     if proc.returncode != 0:
@@ -174,9 +195,12 @@ def batch_rss(
     workdir: Path,
     command: list[str],
     extra_args: tuple[str, ...] = (),
+    *,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Peak RSS of `pacekeeper run` on a ``lines``-line input (the child's own ru_maxrss,
-    from wait4), and whether its output holds every custom_id exactly once."""
+    from wait4), and whether its output holds every custom_id exactly once (``dry_run``:
+    the extra arguments include --dry-run, which writes nothing)."""
     from bench.workload import Workload
 
     wl = Workload(n=lines, short=True)
@@ -197,12 +221,13 @@ def batch_rss(
     usage = json.loads(wrapper.stdout.strip().splitlines()[-1])
     ids: set[str] = set()
     written = 0
-    with out.open(encoding="utf-8") as fh:
-        for line in fh:
-            written += 1
-            ids.add(json.loads(line)["custom_id"])
+    if not dry_run:
+        with out.open(encoding="utf-8") as fh:
+            for line in fh:
+                written += 1
+                ids.add(json.loads(line)["custom_id"])
+        out.unlink()
     src.unlink()
-    out.unlink()
     return {
         "lines": lines,
         "args": " ".join(extra_args),
@@ -213,7 +238,7 @@ def batch_rss(
         "lines_per_s": round(lines / usage["wall_s"]),
         "output_lines": written,
         "distinct_ids": len(ids),
-        "exactly_once": written == lines == len(ids),
+        "exactly_once": dry_run or written == lines == len(ids),
     }
 
 
@@ -240,7 +265,7 @@ def _main() -> int:
     parser.add_argument("what", choices=["queued"])
     parser.add_argument("base_url")
     parser.add_argument("n", type=int)
-    parser.add_argument("mode", choices=["pacekeeper", "floor"])
+    parser.add_argument("mode", choices=["pacekeeper", "floor", "semaphore"])
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_queued(args.base_url, args.n, args.mode))))
     return 0

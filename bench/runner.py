@@ -52,7 +52,7 @@ def _completion_tokens(wl: Workload) -> list[int]:
 
 def warm_up() -> None:
     """One request through each kind of client before anything is timed: lazy imports, the
-    SDK's first-use work and pacekeeper's tokenizer (about 0.6 s and 130 MB on first use) would
+    SDK's first-use work and pacekeeper's tokenizer (about 0.3 s and 27 MB on first use) would
     otherwise land on whichever contender runs first. The overhead section measures that
     first-use cost separately."""
     import openai

@@ -51,7 +51,56 @@ def _sub(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     return sub
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The subcommands and their one-line help. Each one's options are configured only when it is
+# the command given (or when no command is known yet): `pacekeeper --help` and one command's
+# run import none of the other commands' stacks (the simulator, the proxy, the report).
+COMMANDS = {
+    "run": "run a JSONL batch through any compatible endpoint",
+    "demo": "a batch against the built-in simulator (no key)",
+    "sim": "serve a rate-limited OpenAI-compatible simulator",
+    "proxy": "a local OpenAI-compatible gateway for every program",
+    "report": "an HTML report of a run's records (the --log file)",
+}
+
+
+def _configure(name: str, sub: argparse.ArgumentParser) -> None:
+    if name == "run":
+        from pacekeeper.batch import _cli as run_cli
+
+        run_cli.configure_parser(sub)
+    elif name == "demo":
+        from pacekeeper import demo
+
+        demo.configure_parser(sub)
+    elif name == "sim":
+        from pacekeeper.sim import _cli as sim_cli
+
+        sim_cli.configure_parser(sub)
+    elif name == "proxy":
+        from pacekeeper.proxy import _cli as proxy_cli
+
+        proxy_cli.configure_parser(sub)
+    else:
+        from pacekeeper.report import _cli as report_cli
+
+        report_cli.configure_parser(sub)
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first argument that is not a flag), if known.
+
+    >>> command_in(["-v", "proxy", "--upstream", "x"]), command_in(["--help"])
+    ('proxy', None)
+    """
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command``, only that subcommand's options are
+    configured (the others are listed with their help, which is all ``--help`` shows)."""
     parser = argparse.ArgumentParser(
         prog="pacekeeper",
         description="Send thousands of requests to an OpenAI-compatible API as fast as its "
@@ -60,41 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pacekeeper {__version__}")
     add_global_flags(parser, dest="verbose")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    from pacekeeper.batch import _cli as run_cli
-
-    run_cli.configure_parser(
-        _sub(commands, "run", help="run a JSONL batch through any compatible endpoint")
-    )
-
-    from pacekeeper import demo
-
-    demo.configure_parser(
-        _sub(commands, "demo", help="a batch against the built-in simulator (no key)")
-    )
-
-    from pacekeeper.sim import _cli as sim_cli
-
-    sim_cli.configure_parser(
-        _sub(commands, "sim", help="serve a rate-limited OpenAI-compatible simulator")
-    )
-
-    from pacekeeper.proxy import _cli as proxy_cli
-
-    proxy_cli.configure_parser(
-        _sub(commands, "proxy", help="a local OpenAI-compatible gateway for every program")
-    )
-
-    from pacekeeper.report import _cli as report_cli
-
-    report_cli.configure_parser(
-        _sub(commands, "report", help="an HTML report of a run's records (the --log file)")
-    )
+    for name, help_text in COMMANDS.items():
+        sub = _sub(commands, name, help=help_text)
+        if command is None or command == name:
+            _configure(name, sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    command = command_in(argv)
+    # Only the command given is configured; with none known (--help, --version, a typo)
+    # none is, and argparse lists the commands or names the bad one.
+    parser = build_parser(command or "")
     args = parser.parse_args(argv)
     args.verbose = verbosity(args)
     configure_logging(args.verbose)

@@ -571,3 +571,16 @@ def test_a_second_run_on_the_same_output_is_refused(start_sim: StartSim, tmp_pat
         first.close()
     assert_exactly_once(read_results(tmp_path / "in.results.jsonl"), ids)
     assert sim.stats()["requests_received"] == 30
+
+
+def test_the_models_to_warm_up_are_those_of_the_first_lines(tmp_path: Path) -> None:
+    from pacekeeper.batch import read_lines
+    from pacekeeper.batch._cli import first_models
+
+    src = tmp_path / "in.jsonl"
+    lines = [{"model": m, "prompt": "hi"} for m in ("gpt-4", "gpt-4o", "gpt-4", "claude-x")]
+    lines += [{"model": "gpt-3.5-turbo", "prompt": "hi"}] * 5
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json\n")
+    assert first_models(read_lines(src), lines=4) == {"gpt-4", "gpt-4o", "claude-x"}
+    assert first_models(read_lines(src)) == {"gpt-4", "gpt-4o", "claude-x", "gpt-3.5-turbo"}
+    assert first_models(read_lines(src, model="o3")) == {"o3"}

@@ -326,7 +326,8 @@ async def test_the_anthropic_client_can_be_wrapped(sim: Simulator) -> None:
         await client.messages.create(
             model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
-    assert any(lane.key[1] == "claude-x" for lane in gov.lanes)
+    # One lane: the method admitted on the route the request took (base URL + /v1/messages).
+    assert [lane.key for lane in gov.lanes] == [("/v1/v1/messages", "claude-x")]
 
 
 async def test_the_httpx_transport_governs_plain_httpx(sim: Simulator) -> None:
@@ -378,3 +379,109 @@ async def test_a_malformed_answer_that_never_heals_fails_with_its_reason(sim: Si
         assert sim.stats()["requests_received"] == 3
     finally:
         pacekeeper.set_testing(False)
+
+
+def live_requests() -> int:
+    import gc
+
+    return sum(isinstance(obj, httpx2.Request) for obj in gc.get_objects())
+
+
+@pytest.mark.parametrize("sim", [Scenario(latency=Latency(ttft_s=0.2))], indirect=True)
+async def test_wrap_admits_at_the_sdk_method_so_queued_calls_hold_no_request(
+    sim: Simulator,
+) -> None:
+    records = Records()
+    gov = Governor(limits=Limits(concurrency=2), hooks=[records])
+    client = client_for(sim, gov)
+    before = live_requests()
+    tasks = [
+        asyncio.create_task(client.chat.completions.create(model="m", messages=messages(i)))
+        for i in range(20)
+    ]
+    lane = gov.lane(CHAT, "m")
+    deadline = time.monotonic() + 10
+    while lane.queued < 18 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert lane.queued == 18
+    # Only the two calls in flight have built their HTTP request.
+    assert live_requests() - before <= 2
+    await asyncio.gather(*tasks)
+    # Admitted once each: the transport sent on the permit the method took.
+    assert len(records.requests) == 20
+    assert all(r.ok and r.attempts == 1 for r in records.requests)
+    assert sim.stats()["requests_received"] == 20
+    assert lane.slots.in_flight == 0
+
+
+@pytest.mark.parametrize("sim", [Scenario(faults=Faults(http_500=0.3))], indirect=True)
+async def test_method_admission_with_one_slot_retries_without_waiting_on_itself(
+    sim: Simulator,
+) -> None:
+    records = Records()
+    gov = Governor(
+        limits=Limits(concurrency=1),
+        hooks=[records],
+        retry=RetryPolicy(max_attempts=10, retry_budget_ratio=1.0, retry_budget_initial=100.0),
+    )
+    client = client_for(sim, gov)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(client.chat.completions.create(model="m", messages=messages(i)) for i in range(20))
+        ),
+        timeout=60,
+    )
+    assert len(results) == 20
+    assert any(r.attempts > 1 for r in records.requests)  # retries were admitted again
+    assert gov.lane(CHAT, "m").slots.in_flight == 0
+
+
+async def test_the_azure_client_is_admitted_on_its_deployment_lane(sim: Simulator) -> None:
+    # The Azure client moves the path under /deployments/{model}/ as it builds the request:
+    # admitted there (by the transport), never on the method's lane.
+    records = Records()
+    gov = Governor(limits=Limits(concurrency=1), hooks=[records])
+    client = pacekeeper.wrap(
+        openai.AsyncAzureOpenAI(
+            azure_endpoint=sim.base_url.removesuffix("/v1"), api_key="k", api_version="2024-10-21"
+        ),
+        gov,
+    )
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(client.chat.completions.create(model="dep", messages=messages(i)) for i in range(5))
+        ),
+        timeout=30,
+    )
+    assert {(r.route, r.model) for r in records.requests} == {
+        ("/openai/deployments/dep/chat/completions", "dep")
+    }
+    assert len(gov.lanes) == 1  # no lane charged for a path the request never took
+    assert all(lane.slots.in_flight == 0 for lane in gov.lanes)
+
+
+async def test_resources_made_before_wrap_are_governed_at_the_method(sim: Simulator) -> None:
+    gov = Governor(limits=Limits(concurrency=1))
+    raw = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-test")
+    completions = raw.chat.completions  # created before wrap(): holds the SDK's own post
+    client = pacekeeper.wrap(raw, gov)
+    assert completions._post == client.post
+    await completions.create(model="m", messages=messages(0))
+
+
+async def test_a_call_cancelled_after_admission_before_sending_frees_its_slot(
+    sim: Simulator,
+) -> None:
+    gov = Governor(limits=Limits(concurrency=1))
+    client = client_for(sim, gov)
+    lane = gov.lane(CHAT, "m")
+    task = asyncio.create_task(client.chat.completions.create(model="m", messages=messages(0)))
+    # One loop turn: admitted (a free slot), not yet through the SDK's request building.
+    while lane.slots.in_flight == 0:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert lane.slots.in_flight == 0
+    assert lane.snapshot().by_outcome.get("cancelled") == 1
+    await client.chat.completions.create(model="m", messages=messages(1))

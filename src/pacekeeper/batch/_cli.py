@@ -31,6 +31,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pacekeeper.batch._forecast import forecast
-from pacekeeper.batch._input import check_route
+from pacekeeper.batch._input import BadLine, BatchLine, check_route, read_lines
 from pacekeeper.batch._output import OutputBusy, OutputDamaged, scan
 from pacekeeper.batch._progress import BatchProgress
 from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
@@ -48,6 +49,7 @@ from pacekeeper.core.cost import SpendCap
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.priority import Priority
+from pacekeeper.core.tokens import warm_up
 from pacekeeper.prices import price_lookup
 from pacekeeper.providers import AZURE_API_VERSION, PROVIDERS, get_provider
 from pacekeeper.report.summary import queue_wait_table, summary_lines, summary_table, usd
@@ -209,7 +211,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "heuristic"),
         default=None,
         help="count prompt tokens with the offline BPE tokenizer where it applies (auto), or "
-        "with the conservative heuristic that usage then calibrates (uses ~130 MB less memory)",
+        "with the conservative heuristic that usage then calibrates (14-27 MB less memory)",
     )
     parser.add_argument(
         "--report",
@@ -446,6 +448,7 @@ def _run(args: argparse.Namespace) -> int:
         use_bpe(args.tokenizer == "auto")
     if args.dry_run and args.sample is None:
         return _dry_run(job, gov, metrics=args.metrics)
+    _warm_up(job)
     if not job.api_key and _needs_key(job):
         key_env = args.api_key_env or settings.api_key_env or job.provider.key_env
         return _fail(
@@ -676,6 +679,37 @@ def _notice(text: str) -> None:
     sys.stderr.flush()
 
 
+def first_models(items: Iterator[BatchLine | BadLine], lines: int = 1_000) -> set[str]:
+    """The models of the first ``lines`` items: the tokenizers a run will need first.
+
+    >>> from pacekeeper.batch._input import parse_line
+    >>> first_models(iter([parse_line(1, b'{"model": "gpt-4o", "prompt": "hi"}')]))
+    {'gpt-4o'}
+    """
+    models: set[str] = set()
+    for line_no, item in enumerate(items):
+        if line_no >= lines:
+            break
+        if not isinstance(item, BadLine) and isinstance(item.body.get("model"), str):
+            models.add(item.body["model"])
+    return models
+
+
+def _warm_up(job: BatchJob) -> None:
+    """Load the first lines' tokenizers in the background while the run starts; a request
+    that needs one meanwhile waits for it."""
+    items = read_lines(
+        job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
+    )
+    try:
+        models = first_models(items)
+    except OSError:  # the run reports an unreadable input itself
+        return
+    finally:
+        items.close()
+    warm_up(models, wait=False)
+
+
 def _lines_of(job: BatchJob) -> int:
     from pacekeeper.batch._input import count_lines
 
@@ -692,7 +726,7 @@ def _dry_run(
         done = scan(job.output)
     except OutputDamaged as exc:
         return _fail(str(exc), EXIT_DAMAGED)
-    result = forecast(job, gov, done)
+    result = forecast(job, gov, done, capacity=_lines_of(job))
     table = Table(title=f"dry run: {job.input}", title_justify="left", header_style="bold")
     names = ("model", "requests", "prompt tokens", "completion budget", "cost", "rpm", "tpm")
     for name in (*names, "time"):

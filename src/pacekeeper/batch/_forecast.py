@@ -150,13 +150,15 @@ class Forecast:
         }
 
 
-def forecast(job: BatchJob, gov: Governor, done: DoneSet) -> Forecast:
+def forecast(job: BatchJob, gov: Governor, done: DoneSet, *, capacity: int = 1024) -> Forecast:
     """Read every line of ``job`` not in ``done`` (nothing is sent) and forecast it with what
-    ``gov`` knows: its prices, its limits (configured or learned) and the answers it saw."""
+    ``gov`` knows: its prices, its limits (configured or learned) and the answers it saw.
+    ``capacity``: the number of lines, when known, so that the duplicate check is sized once
+    (a growing table holds the old and the new one together at its peak)."""
     from pacekeeper.batch._runner import shard_of
 
     result = Forecast()
-    seen = KeySet()
+    seen = KeySet(capacity=capacity)
     for item in read_lines(
         job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
     ):

@@ -488,7 +488,8 @@ async def _run_batch(
             room.set()
 
         watcher = asyncio.create_task(close_on_stop())
-        seen = KeySet()
+        # Sized for every line at once: growing would hold the old and the new table together.
+        seen = KeySet(capacity=result.total_lines)
         sent = 0
         for item in read_lines(
             job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model

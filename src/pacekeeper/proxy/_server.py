@@ -122,9 +122,10 @@ class Proxy:
         if self._thread is not None:
             raise RuntimeError("Proxy already started")
         config = self.config
-        # Loaded on the first request instead, the encodings would stall every request on
-        # the event loop for most of a second.
-        warm_up()
+        # Loaded on the first request instead, an encoding would stall every request on the
+        # event loop for a third of a second. The models named in the configuration when there
+        # are any (only their encodings are loaded), else every encoding: clients pick models.
+        warm_up(list(self.governor.models) or None)
         sock = _bind(config.host, config.port)
         self._port = sock.getsockname()[1]
         self._loop = _new_event_loop()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.classify import OutcomeKind, verdict_for_failure
+from pacekeeper.core.concurrency import Signal
 from pacekeeper.transports._engine import (
     Flavour,
     UsageChunkFilter,
@@ -23,9 +25,11 @@ from pacekeeper.transports._engine import (
     essential_headers,
     is_event_stream,
     is_json,
+    model_of_path,
     plain_headers,
     read_request,
     request_id,
+    route_of,
     settle_stream,
     usage_from_json,
     verdict_for_answer,
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from pacekeeper.transports._engine import RequestFacts
 
 __all__ = [
+    "ADMITTED",
+    "Admitted",
     "UsageOptions",
     "AsyncGovernedTransport",
     "SyncGovernedTransport",
@@ -73,6 +79,57 @@ class UsageOptions:
 _DEFAULT_OPTIONS = UsageOptions()
 
 
+class Admitted:
+    """A call admitted before its request was built (``wrap()`` admits at the SDK method, so
+    a queued call holds no request), on its way to the transport, which sends its first
+    attempt on this permit instead of admitting it again. Claimed at most once."""
+
+    __slots__ = ("call", "governor", "permit")
+
+    def __init__(self, governor: Governor, call: Call, permit: Permit) -> None:
+        self.governor = governor
+        self.call = call
+        self.permit: Permit | None = permit
+
+    def claim(self, gov: Governor, request: Any) -> tuple[Call, Permit] | None:
+        """(call, permit) when ``request`` is the one admitted (same governor, route and
+        model); else None, and a permit admitted on another lane is given back at once (the
+        request is admitted on its own lane: holding both could wait on itself)."""
+        permit = self.permit
+        if permit is None or gov is not self.governor:
+            return None
+        self.permit = None
+        call = self.call
+        path = request.url.path
+        path_model = model_of_path(path)
+        if route_of(path) != call.route or (path_model is not None and path_model != call.model):
+            permit.release(Signal.NEUTRAL)
+            return None
+        if call.tag is None:
+            call.tag = request.extensions.get(TAG_EXTENSION)
+        return call, permit
+
+    def unclaimed(self, exc: BaseException | None) -> None:
+        """The method returned or failed without its request reaching the transport: free the
+        slot (a cancelled caller is recorded as cancelled, as the transport would)."""
+        permit = self.permit
+        if permit is None:
+            return
+        self.permit = None
+        if isinstance(exc, asyncio.CancelledError):
+            self.call.cancelled(permit)
+        else:
+            permit.release(Signal.NEUTRAL)
+
+    def __repr__(self) -> str:
+        state = "waiting for its request" if self.permit is not None else "claimed"
+        return f"<Admitted {self.call.route} model={self.call.model}: {state}>"
+
+
+ADMITTED: ContextVar[Admitted | None] = ContextVar("pacekeeper_admitted", default=None)
+"""The call the current task's SDK method admitted, if any (see :class:`Admitted`)."""
+
+
 def _prepare(
     request: Any, flavour: Flavour, options: UsageOptions
 ) -> tuple[Any, RequestFacts, bool]:
@@ -101,6 +158,24 @@ def _start(
     return request, call, strip
 
 
+def _start_admitted(
+    gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
+) -> tuple[Any, Call, bool, Permit | None]:
+    """As :func:`_start`, with the permit of a call admitted at the SDK method when this is
+    its request (its body is then not parsed again, unless usage must be asked for)."""
+    admitted = ADMITTED.get()
+    claimed = admitted.claim(gov, request) if admitted is not None else None
+    if claimed is None:
+        request, call, strip = _start(gov, request, flavour, options)
+        return request, call, strip, None
+    call, permit = claimed
+    strip = False
+    if options.include_usage:
+        request, _, strip = _prepare(request, flavour, options)
+    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    return request, call, strip, permit
+
+
 async def handle_async(
     gov: Governor,
     inner: Any,
@@ -108,9 +183,10 @@ async def handle_async(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    request, call, strip = _start(gov, request, flavour, options)
+    request, call, strip, admitted = _start_admitted(gov, request, flavour, options)
     while True:
-        permit = await call.admit()
+        permit = admitted if admitted is not None else await call.admit()
+        admitted = None
         try:
             response = await inner.handle_async_request(request)
         except asyncio.CancelledError:

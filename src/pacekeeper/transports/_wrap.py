@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
+from pacekeeper.core.tokens import estimate_request_tokens
 from pacekeeper.providers import Provider
-from pacekeeper.transports._flow import AsyncGovernedTransport, SyncGovernedTransport
+from pacekeeper.transports._engine import model_of_path, route_of
+from pacekeeper.transports._flow import (
+    ADMITTED,
+    Admitted,
+    AsyncGovernedTransport,
+    SyncGovernedTransport,
+)
 
 __all__ = ["wrap"]
 
@@ -31,6 +41,11 @@ def wrap(
 
     The client's connection pool is kept; the governor never admits more requests at once than
     the pool holds, so the pool never becomes the queue.
+
+    On an async openai or anthropic client, a POST is admitted at the SDK's method, before the
+    SDK builds its request: a call waiting in the queue holds its arguments and a few frames
+    (about 1 kB), not an HTTP request (about 19 kB). The transport then sends that request on
+    the permit it was admitted with; retries are admitted again, as always.
 
     ``include_usage=True`` asks every streamed chat/completions request that did not ask for
     it for its usage (``stream_options.include_usage``), so streams are reconciled with real
@@ -61,7 +76,128 @@ def wrap(
                 mounts[pattern] = cls(gov, transport=transport, **options)
     if hasattr(client, "max_retries"):
         client.max_retries = 0
+    if is_async and client is not http:
+        _admit_at_method(client, gov)
     return client
+
+
+# The SDK methods most calls go through, and the path each posts to: admitted before the
+# method runs, a queued call holds only its arguments. Every other POST is admitted at the
+# client's ``post`` (after the SDK has transformed its arguments, before it builds a request).
+_METHODS = {
+    "openai": (
+        (("chat", "completions"), "/chat/completions"),
+        (("completions",), "/completions"),
+        (("embeddings",), "/embeddings"),
+        (("responses",), "/responses"),
+    ),
+    "anthropic": ((("messages",), "/v1/messages"),),
+}
+
+
+def _admit_at_method(client: Any, gov: Governor) -> None:
+    """Put admission in front of an SDK client's methods: the call waits before the SDK has
+    built anything for it."""
+    post = getattr(client, "post", None)
+    base_url = getattr(client, "base_url", None)
+    if not inspect.iscoroutinefunction(post) or base_url is None:
+        return  # not a Stainless-style SDK client: the transport admits, as for any client
+    if "Azure" in type(client).__name__:
+        return  # the path gets its deployment only as the request is built: admitted there
+    governed = _governed(post, client, gov, path=None)
+    client.post = governed
+    _repoint_resources(client, post, governed)
+    for names, path in _METHODS.get(type(client).__module__.split(".")[0], ()):
+        resource: Any = functools.reduce(lambda obj, name: getattr(obj, name, None), names, client)
+        create = getattr(resource, "create", None)
+        bound = getattr(create, "__self__", None) is resource  # a method of this resource
+        if create is not None and bound:
+            resource.create = _governed(create, client, gov, path=path)
+
+
+def _repoint_resources(owner: Any, old: object, new: object, depth: int = 0) -> None:
+    """Resources already created (``client.chat.completions`` once used) keep the ``post`` they
+    were made with: point them at the governed one."""
+    if depth > 4:
+        return
+    for value in list(getattr(owner, "__dict__", {}).values()):
+        if getattr(value, "_post", None) == old:
+            value._post = new
+            _repoint_resources(value, old, new, depth + 1)
+
+
+def _governed(
+    method: Callable[..., Any], client: Any, gov: Governor, *, path: str | None
+) -> Callable[..., Any]:
+    """``method`` admitted first: a create() method posting to ``path`` (its keyword
+    arguments are the body), or the client's ``post`` (``path=None``: its own arguments say
+    the path and body)."""
+
+    lanes: dict[tuple[str, str], tuple[str, str | None]] = {}
+
+    def lane_of(target: str) -> tuple[str, str | None]:
+        """(route, model named by the path) of a path under the client's current base URL,
+        worked out once per path (a queued call keeps no string of its own)."""
+        key = (str(client.base_url), target)
+        found = lanes.get(key)
+        if found is None:
+            full_path = _path_of(key[0], target)
+            found = lanes[key] = (route_of(full_path), model_of_path(full_path))
+            if len(lanes) > 1024:  # paths with ids in them: keep the newest only
+                lanes.pop(next(iter(lanes)))
+        return found
+
+    @functools.wraps(method)
+    async def governed(*args: Any, **kwargs: Any) -> Any:
+        pending = ADMITTED.get()
+        if pending is not None and pending.permit is not None:
+            return await method(*args, **kwargs)  # admitted by the method that called this
+        if path is None:
+            target = args[0] if args else kwargs.get("path")
+            body = kwargs.get("body")
+            if not isinstance(target, str) or not isinstance(body, Mapping) or kwargs.get("files"):
+                return await method(*args, **kwargs)  # uploads and raw bodies: as before
+        elif args:
+            return await method(*args, **kwargs)
+        else:
+            target, body = path, kwargs
+        route, path_model = lane_of(target)
+        body_model = body.get("model")
+        model = path_model or (body_model if isinstance(body_model, str) else None)
+        call = gov.call(
+            route=route,
+            model=model,
+            estimate=estimate_request_tokens(body, model=model),
+        )
+        admitted = Admitted(gov, call, await call.admit())
+        token = ADMITTED.set(admitted)
+        try:
+            return await method(*args, **kwargs)
+        except BaseException as exc:
+            admitted.unclaimed(exc)
+            raise
+        finally:
+            ADMITTED.reset(token)
+            admitted.unclaimed(None)
+
+    return governed
+
+
+def _path_of(base_url: Any, path: str) -> str:
+    """The URL path the SDK will request: ``path`` under the client's base URL (as the SDKs
+    join them), or an absolute URL's own path.
+
+    >>> _path_of("https://api.openai.com/v1/", "/chat/completions")
+    '/v1/chat/completions'
+    >>> _path_of("http://127.0.0.1:8000/v1", "https://other.test/v2/embeddings")
+    '/v2/embeddings'
+    """
+    from urllib.parse import urlsplit
+
+    if "://" in path:
+        return urlsplit(path).path
+    base = urlsplit(str(base_url)).path
+    return base.rstrip("/") + "/" + path.lstrip("/")
 
 
 def _library_of(http: object) -> str | None:

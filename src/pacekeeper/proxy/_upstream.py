@@ -1,0 +1,276 @@
+"""The proxy's connections to a plain-HTTP upstream: HTTP/1.1 on asyncio, parsed by httptools.
+
+httpx2's transport (httpcore2 over anyio) spent about 40% of the proxy's CPU per request in the
+profile: cancel scopes, stream wrappers, and the request head and body sent in two writes (two
+loopback round trips through the kernel). This transport keeps what the proxy needs, a pool of
+keep-alive connections, one write per request, the answer handed over chunk by chunk as it
+arrives (reading paused while the caller is behind), read and connect timeouts, and httpx2's
+exceptions (so the governor classifies failures as before). Anything else goes to the httpx2
+transport given as ``fallback``: https upstreams (certificates and TLS settings stay httpx2's),
+HEAD requests, and bodies that are streamed rather than held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import httptools
+import httpx2
+
+__all__ = ["UpstreamTransport"]
+
+_PAUSE_BYTES = 256 * 1024  # answer bytes held before reading from the upstream is paused
+_MAX_IDLE = 512  # keep-alive connections kept per upstream
+_IDLE_S = 60.0  # an idle connection older than this is closed rather than reused
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self.framed = False  # a length or chunked: else the answer ends when the peer closes
+        self.keep_alive = True
+        self.paused = False
+        self._wake: asyncio.Future[None] | None = None
+
+    def begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._reset()
+        self.head = loop.create_future()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx2.RemoteProtocolError(f"malformed answer from the upstream: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head is not None and self.head.done() and not self.framed and not self.complete:
+            self.on_message_complete()  # read until close: the close ends the answer
+        elif not self.complete:
+            self._fail(
+                httpx2.RemoteProtocolError("the upstream closed the connection mid-answer")
+                if self.head is not None and self.head.done()
+                else httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+            )
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length" or (
+            lowered == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        if status in (204, 304) or 100 <= status < 200:
+            self.framed = True
+        if self.head is not None and not self.head.done():
+            self.head.set_result((status, self.headers))
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _PAUSE_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake_up()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake_up()
+
+    # -- the exchange -------------------------------------------------------------------------
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(exc)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def next_chunk(self, read_s: float | None) -> bytes | None:
+        """The next piece of the answer, None at its end."""
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.paused and self.buffered <= _PAUSE_BYTES // 2 and self.transport:
+                    self.paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            self._wake = asyncio.get_running_loop().create_future()
+            await _within(self._wake, read_s, "reading the answer")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _within(future: asyncio.Future[Any], seconds: float | None, doing: str) -> Any:
+    """Await ``future``; past ``seconds`` it fails with httpx2.ReadTimeout (one timer, no
+    task: this runs for every chunk)."""
+    if seconds is None:
+        return await future
+    loop = asyncio.get_running_loop()
+
+    def expire() -> None:
+        if not future.done():
+            future.set_exception(httpx2.ReadTimeout(f"timed out {doing} ({seconds:g}s)"))
+
+    timer = loop.call_later(seconds, expire)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+class _Answer(httpx2.AsyncByteStream):
+    """The answer's body as it arrives; closing it returns a finished connection to the pool."""
+
+    def __init__(self, pool: UpstreamTransport, key: tuple[str, int], conn: _Connection) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn: _Connection | None = conn
+        self._read_s: float | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            return
+        while True:
+            chunk = await conn.next_chunk(self._read_s)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.give_back(self._key, conn)
+
+
+class UpstreamTransport(httpx2.AsyncBaseTransport):
+    """Plain-HTTP/1.1 forwarding with a keep-alive pool; everything else through
+    ``fallback`` (see the module's docstring)."""
+
+    def __init__(self, fallback: httpx2.AsyncBaseTransport) -> None:
+        self._fallback = fallback
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+
+    def __repr__(self) -> str:
+        idle = sum(len(conns) for conns in self._idle.values())
+        return f"<UpstreamTransport {idle} idle connections, else {self._fallback!r}>"
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        if url.scheme != "http" or request.method == "HEAD":
+            return await self._fallback.handle_async_request(request)
+        try:
+            body = request.content
+        except httpx2.RequestNotRead:
+            return await self._fallback.handle_async_request(request)
+        timeout = request.extensions.get("timeout") or {}
+        key = (url.host, url.port or 80)
+        conn = self._take(key) or await self._connect(key, timeout.get("connect"))
+        loop = asyncio.get_running_loop()
+        conn.begin(loop)
+        head = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        assert conn.transport is not None
+        assert conn.head is not None
+        try:
+            conn.transport.write(b"".join(head) + body)  # one write: one trip through the kernel
+            status, headers = await _within(
+                conn.head, timeout.get("read"), "waiting for the answer's headers"
+            )
+        except BaseException:
+            conn.close()
+            raise
+        stream = _Answer(self, key, conn)
+        stream._read_s = timeout.get("read")
+        return httpx2.Response(
+            status, headers=headers, stream=stream, extensions={"http_version": b"HTTP/1.1"}
+        )
+
+    def _take(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()  # the most recent: the least likely to have been closed
+            if not conn.closed and now - conn.idle_since < _IDLE_S:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, key: tuple[str, int], connect_s: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        host, port = key
+        try:
+            connecting = loop.create_connection(_Connection, host, port)
+            _, conn = await asyncio.wait_for(connecting, connect_s)
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct in Python 3.10
+            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn
+
+    def give_back(self, key: tuple[str, int], conn: _Connection) -> None:
+        """A connection whose exchange ended: kept for the next request when its answer was
+        read to the end and both sides keep it alive, else closed."""
+        if conn.closed or not conn.complete or not conn.keep_alive or conn.error is not None:
+            conn.close()
+            return
+        conn.head = None
+        conn.idle_since = time.monotonic()
+        idle = self._idle.setdefault(key, deque())
+        if len(idle) >= _MAX_IDLE:
+            conn.close()
+            return
+        idle.append(conn)
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        await self._fallback.aclose()

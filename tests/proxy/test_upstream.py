@@ -1,0 +1,114 @@
+"""The proxy's plain-HTTP upstream transport against a real HTTP/1.1 server on loopback:
+keep-alive reuse, the framings an answer may have, timeouts, and what it leaves to httpx2."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx2
+import pytest
+
+from pacekeeper.proxy._upstream import UpstreamTransport
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections: set[int] = set()  # noqa: RUF012 - shared by the test and the server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        Handler.connections.add(id(self.connection))
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for part in (b"one ", b"two ", b"three"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/until-close":
+            self.send_response(200)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b"all of it")
+            self.close_connection = True
+        elif self.path == "/slow":
+            threading.Event().wait(1.0)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+        else:
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Handler.connections = set()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+async def send(transport: UpstreamTransport, url: str, body: bytes = b"hello") -> bytes:
+    request = httpx2.Request("POST", url, content=body, extensions={"timeout": {"read": 0.5}})
+    response = await transport.handle_async_request(request)
+    stream = response.stream
+    assert isinstance(stream, httpx2.AsyncByteStream)
+    try:
+        return b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+
+
+async def test_one_keep_alive_connection_carries_sequential_requests(server: str) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    for i in range(20):
+        assert await send(transport, server + "/echo", b"body %d" % i) == b"body %d" % i
+    assert len(Handler.connections) == 1
+    await transport.aclose()
+
+
+async def test_chunked_and_read_until_close_answers(server: str) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    assert await send(transport, server + "/chunked") == b"one two three"
+    assert await send(transport, server + "/until-close") == b"all of it"
+    assert await send(transport, server + "/echo") == b"hello"  # a new connection
+    await transport.aclose()
+
+
+async def test_a_slow_answer_times_out_as_httpx2_does(server: str) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    with pytest.raises(httpx2.ReadTimeout):
+        await send(transport, server + "/slow")
+    assert await send(transport, server + "/echo") == b"hello"  # the broken one is not reused
+    await transport.aclose()
+
+
+async def test_an_unreachable_upstream_is_a_connect_error(server: str) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    with pytest.raises(httpx2.ConnectError):
+        await send(transport, "http://127.0.0.1:9/echo")  # the discard port: nothing listens
+
+
+async def test_https_and_head_go_through_httpx2() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(f"{request.method} {request.url}")
+        return httpx2.Response(200, content=b"from httpx2")
+
+    transport = UpstreamTransport(httpx2.MockTransport(handler))
+    assert await send(transport, "https://api.example.test/v1/x") == b"from httpx2"
+    head = httpx2.Request("HEAD", "http://127.0.0.1:9/v1/x")
+    assert (await transport.handle_async_request(head)).status_code == 200
+    assert seen == ["POST https://api.example.test/v1/x", "HEAD http://127.0.0.1:9/v1/x"]
