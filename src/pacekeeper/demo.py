@@ -115,8 +115,9 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
     from pacekeeper.batch._progress import BatchProgress
     from pacekeeper.batch._runner import BatchJob, BatchResult, run_batch
     from pacekeeper.core.governor import Governor
+    from pacekeeper.prices import price_lookup
     from pacekeeper.report import ReportRecorder
-    from pacekeeper.report.summary import summary_table
+    from pacekeeper.report.summary import summary_lines, summary_table
     from pacekeeper.sim import Simulator
 
     console = Console()
@@ -132,7 +133,11 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
     )
     recorder = ReportRecorder() if args.report is not None else None
     with Simulator(scenario) as sim:
-        gov = Governor(hooks=[recorder] if recorder is not None else [])
+        # The simulator answers with OpenAI's model names: OpenAI's prices show what it cost.
+        gov = Governor(
+            hooks=[recorder] if recorder is not None else [],
+            prices=price_lookup(provider="openai"),
+        )
         job = BatchJob(input=batch, output=results, base_url=sim.base_url, api_key="demo")
 
         async def go() -> BatchResult:
@@ -141,7 +146,11 @@ def _run_in(folder: Path, args: argparse.Namespace) -> int:
 
         result = asyncio.run(go())
         server = sim.stats()
-    console.print(summary_table(gov.stats(), title="what pacekeeper saw"))
+    if console.is_terminal:
+        console.print(summary_table(gov.stats(), title="what pacekeeper saw"))
+    else:  # logs and CI: full width, one key=value line per model
+        for line in summary_lines(gov.stats()):
+            print(f"what pacekeeper saw: {line}", flush=True)
     received = server.get("requests_received", 0)
     by_status = server.get("by_status", {})
     console.print(
