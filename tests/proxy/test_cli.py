@@ -271,3 +271,36 @@ def test_two_proxies_share_one_quota_through_redis(
     seen = sim.stats()
     assert seen["peak_in_flight"] <= 2
     assert seen["by_status"] == {"200": 12}  # never more than 2 at once from both
+
+
+_WITHOUT_HTTPTOOLS = (
+    "import runpy, sys; sys.modules['httptools'] = None; "
+    "sys.argv = ['pacekeeper.proxy', *sys.argv[1:]]; "
+    "runpy.run_module('pacekeeper.proxy', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_the_proxy_forwards_without_the_fast_extra(start_sim: StartSim) -> None:
+    """httptools is the optional ``fast`` extra: without it the proxy serves on h11 and
+    forwards through httpx2 (a plain install once failed to start)."""
+    sim = start_sim(Scenario())
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", _WITHOUT_HTTPTOOLS, "--upstream", sim.base_url]
+    command += ["--port", "0"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(LISTENING_PREFIX), (line, proc.stderr and proc.stderr.read())
+        base_url = line[len(LISTENING_PREFIX) :].strip()
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+        for _ in range(3):
+            response = httpx2.post(base_url + "/chat/completions", json=body, timeout=10)
+            assert response.status_code == 200, response.text
+            assert response.json()["object"] == "chat.completion"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert sim.stats()["by_status"] == {"200": 3}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import math
 import socket
 import threading
@@ -21,7 +20,7 @@ from pacekeeper.core.governor import Governor
 from pacekeeper.core.tokens import warm_up
 from pacekeeper.proxy._app import ProxyApp
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol
+from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol, httptools_available
 
 __all__ = ["Proxy"]
 
@@ -35,7 +34,7 @@ _STOP_MARGIN_S = 10.0
 def _http_protocol(guard: ConnectionGuard) -> type[asyncio.Protocol]:
     """uvicorn's fastest HTTP protocol, reporting to ``guard`` (slow and stalled clients)."""
     base: type[asyncio.Protocol]
-    if importlib.util.find_spec("httptools") is not None:
+    if httptools_available():
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         base = HttpToolsProtocol
