@@ -309,3 +309,21 @@ def test_a_paced_rate_stays_finite_positive_and_under_its_ceiling(
             assert rate.rpm > 0
             if rate.ceiling is not None:
                 assert rate.rpm <= rate.ceiling * (1 + 1e-9)
+
+
+def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
+    """Without a stated limit, the acceptances since the previous cut measure the server's
+    rate; a process of a fleet sees only its share of them."""
+    for share, expected_rpm in ((1.0, 0.97 * 240), (1 / 3, 0.97 * 720)):
+        rate, now = PacedRate(), 0.0
+        for _ in range(40):  # 4 accepted per second for 10 s
+            now += 0.25
+            rate.succeeded(now=now, backlog=True)
+        assert rate.throttled(sent_at=now, now=now)  # discovery: 0.9 of the one-second peak
+        assert rate.rpm == pytest.approx(0.9 * 240)
+        rate.adopt(400.0, now=now)  # paced faster than the server takes (as a fleet may)
+        for _ in range(12):  # 3 s more at 4 accepted per second
+            now += 0.25
+            rate.succeeded(now=now, backlog=True)
+        assert rate.throttled(sent_at=now, now=now, accepted_share=share)
+        assert rate.rpm == pytest.approx(expected_rpm, rel=0.05)
