@@ -321,7 +321,7 @@ def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
             rate.succeeded(now=now, backlog=True)
         assert rate.throttled(sent_at=now, now=now)  # discovery: 0.9 of the one-second peak
         assert rate.rpm == pytest.approx(0.9 * 240)
-        rate.adopt(400.0, now=now)  # paced faster than the server takes (as a fleet may)
+        rate.adopt(1000.0, now=now)  # paced faster than the server takes (as a fleet may)
         for _ in range(12):  # 3 s more at 4 accepted per second
             now += 0.25
             rate.succeeded(now=now, backlog=True)
