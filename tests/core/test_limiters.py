@@ -313,8 +313,8 @@ def test_a_paced_rate_stays_finite_positive_and_under_its_ceiling(
 
 def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
     """Without a stated limit, the acceptances since the previous cut measure the server's
-    rate; a process of a fleet sees only its share of them."""
-    for share, expected_rpm in ((1.0, 0.97 * 240), (1 / 3, 0.97 * 720)):
+    rate; a rate that sees only part of them (a process of a fleet) cuts by a fixed share."""
+    for measure in (True, False):
         rate, now = PacedRate(), 0.0
         for _ in range(40):  # 4 accepted per second for 10 s
             now += 0.25
@@ -325,5 +325,8 @@ def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
         for _ in range(12):  # 3 s more at 4 accepted per second
             now += 0.25
             rate.succeeded(now=now, backlog=True)
-        assert rate.throttled(sent_at=now, now=now, accepted_share=share)
-        assert rate.rpm == pytest.approx(expected_rpm, rel=0.05)
+        before = rate.rpm
+        assert before is not None
+        assert rate.throttled(sent_at=now, now=now, measure=measure)
+        expected = 0.97 * 240 if measure else 0.85 * before
+        assert rate.rpm == pytest.approx(expected, rel=0.05)

@@ -344,8 +344,11 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
-    def _accepted_share(self, now: float) -> float:
-        return self._fleet_share(now)
+    def _sees_every_acceptance(self) -> bool:
+        # Scaling a process's measurement by its share of the fleet's recent admissions was
+        # too coarse: three processes ran at half the speed of one (tests/backends/
+        # test_fleet.py). A fleet cuts by a fixed share, as before.
+        return False
 
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
         """Push what changed in this lane's controller since the last exchange, read what the

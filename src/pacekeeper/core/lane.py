@@ -834,7 +834,7 @@ class Lane:
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
-            accepted_share=self._accepted_share(now),
+            measure=self._sees_every_acceptance(),
         )
         if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated rate: the provider counts in windows that our
@@ -896,10 +896,10 @@ class Lane:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
 
-    def _accepted_share(self, now: float) -> float:
-        """This lane's share of what the provider accepted on its key: 1 alone; a process of a
-        shared fleet sees only its own acceptances."""
-        return 1.0
+    def _sees_every_acceptance(self) -> bool:
+        """Whether this lane sees all that the provider accepts on its key (a process of a
+        shared fleet sees only its own share)."""
+        return True
 
     def _per_minute_part(self, limits: RateLimitSnapshot) -> RateLimitSnapshot | None:
         """``limits`` without the budgets known to be quotas per hour or day: a day's quota

@@ -75,6 +75,7 @@ class PacedRate:
         "_discovers",
         "_hinted_at",
         "_last_success_at",
+        "_measured_cut",
         "_probe_from",
         "ceiling",
         "rpm",
@@ -90,6 +91,7 @@ class PacedRate:
         """The rate in force (per minute): at most the ceiling; None: no pacing."""
         self._at_loss = math.inf
         self._cut_at = -math.inf
+        self._measured_cut = False
         self._probe_from: float | None = None
         """When the probe beyond the last loss began: the last cut or adoption."""
         self._hinted_at = -math.inf
@@ -119,7 +121,12 @@ class PacedRate:
             self._at_loss = math.inf
 
     def throttled(
-        self, *, sent_at: float, now: float, hinted: bool = False, accepted_share: float = 1.0
+        self,
+        *,
+        sent_at: float,
+        now: float,
+        hinted: bool = False,
+        measure: bool = True,
     ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
@@ -127,8 +134,9 @@ class PacedRate:
         A ``hinted`` 429 under a stated ceiling cuts only when it repeats: the cooldown gate
         already waits out the hint, and one refusal at a window's end (fixed windows, a burst)
         says nothing against the ceiling. One sent after an earlier hinted 429 came back does.
-        ``accepted_share`` is the share of the provider's acceptances this rate saw (a process
-        of a fleet sharing one key sees only its own). True when the rate changed."""
+        ``measure`` False when this rate sees only part of what the provider accepts on its
+        key (a process of a fleet): it then cuts by a fixed share rather than measure the
+        server's rate from its own acceptances. True when the rate changed."""
         if hinted and self.ceiling is not None:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
@@ -142,9 +150,8 @@ class PacedRate:
             self._at_loss = peak
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
-            sustained = self._sustained_rpm(now) if self.ceiling is None else None
-            if sustained is not None:
-                sustained /= accepted_share
+            sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
+            self._measured_cut = sustained is not None and sustained < self.rpm
             if sustained is not None and sustained < self.rpm:
                 # Without a stated limit, what the server accepted while we sent faster than it
                 # allowed is its rate, measured: resume just under it, rather than cutting a
@@ -197,7 +204,7 @@ class PacedRate:
             # fleet, with no cut of its own, would otherwise probe to infinity at once).
             start = self._probe_from if self._probe_from is not None else now
             quiet_s = max(0.0, now - start)
-            if self.ceiling is None and self._cut_at > -math.inf:
+            if self._measured_cut:
                 # A discovered rate was measured at its last cut: hold near it a while (each
                 # probe past a real limit costs a 429), then search again, ever faster.
                 if quiet_s < _PLATEAU_S:
