@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.contenders import pacekeeper_command
+from bench.loadgen import read_response
 from bench.rss import batch_rss, queued_rss
 from bench.runner import log
 from pacekeeper.sim import Scenario, SimulatorProcess
@@ -69,30 +70,6 @@ def _request(port: int, path: str, index: int, *, stream: bool) -> bytes:
     return head + data
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, chunked = -1, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif length >= 0:
-        await reader.readexactly(length)
-    else:  # until the connection closes
-        await reader.read()
-    return status
-
-
 async def _latencies(
     targets: dict[str, tuple[int, str]], total: int, *, stream: bool, block: int = 100
 ) -> dict[str, list[float]]:
@@ -112,7 +89,7 @@ async def _latencies(
                 for i in range(block):
                     started = time.perf_counter()
                     writer.write(payloads[name][(done + i) % 64])
-                    status = await _read_response(reader)
+                    status = await read_response(reader)
                     out[name].append(time.perf_counter() - started)
                     if status != 200:
                         raise RuntimeError(f"{name}: status {status}")
@@ -135,7 +112,7 @@ async def _flood(port: int, path: str, seconds: float, *, stream: bool) -> tuple
         try:
             while time.monotonic() < deadline:
                 writer.write(payload[done % 64])
-                if await _read_response(reader) != 200:
+                if await read_response(reader) != 200:
                     failed += 1
                 done += 1
         finally:

@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-__all__ = ["flood", "process_cpu_s"]
+__all__ = ["flood", "process_cpu_s", "read_response"]
 
 
 def _request_bytes(host: str, port: int, index: int) -> bytes:
@@ -30,14 +30,29 @@ def _request_bytes(host: str, port: int, index: int) -> bytes:
     return head + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> None:
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 answer (content-length, chunked, or until close); its status."""
     head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    status = int(head[9:12])
+    length, chunked = -1, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-    await reader.readexactly(length)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length >= 0:
+        await reader.readexactly(length)
+    else:  # until the connection closes
+        await reader.read()
+    return status
 
 
 async def _worker(host: str, port: int, deadline: float, requests: list[bytes]) -> int:
@@ -46,7 +61,7 @@ async def _worker(host: str, port: int, deadline: float, requests: list[bytes]) 
     try:
         while time.monotonic() < deadline:
             writer.write(requests[done % len(requests)])
-            await _read_response(reader)
+            await read_response(reader)
             done += 1
     finally:
         writer.close()
