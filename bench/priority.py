@@ -84,7 +84,13 @@ def _batch_file(workdir: Path, n: int) -> Path:
 
 
 def _start_run(
-    base_url: str, src: Path, workdir: Path, *, priority: str, redis: str | None
+    base_url: str,
+    src: Path,
+    workdir: Path,
+    *,
+    priority: str,
+    redis: str | None,
+    namespace: str | None = None,
 ) -> subprocess.Popen[str]:
     command = [
         *pacekeeper_command(),
@@ -100,7 +106,8 @@ def _start_run(
         priority,
     ]
     if redis is not None:
-        command += ["--redis", redis, "--redis-namespace", f"prio-{uuid.uuid4().hex[:6]}"]
+        assert namespace is not None  # the caller's: both must share the key's state
+        command += ["--redis", redis, "--redis-namespace", namespace]
     env = {**os.environ, "OPENAI_API_KEY": "x"}
     return subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -156,6 +163,9 @@ def _row(
     n_batch = int(RPM / 60 * (run_s + warm_s + 10))  # more than the key takes meanwhile
     scenario = Scenario(default=ModelLimits(rpm=RPM))
     waits = _Waits()
+    # One namespace for the run and the caller, or they share nothing: the caller would go
+    # at once into a key the run keeps full, and meet its 429s.
+    namespace = f"prio-{uuid.uuid4().hex[:6]}"
     with SimulatorProcess(scenario) as sim:
         proxy = None
         backend = None
@@ -166,7 +176,7 @@ def _row(
         else:
             from pacekeeper.backends import RedisBackend
 
-            backend = RedisBackend(redis, namespace=f"prio-{uuid.uuid4().hex[:6]}")
+            backend = RedisBackend(redis, namespace=namespace)
             caller_gov = pacekeeper.Governor(hooks=[waits], backend=backend)
             target = sim.base_url
         src = _batch_file(workdir, n_batch)
@@ -176,6 +186,7 @@ def _row(
             workdir,
             priority="batch" if classes else "interactive",
             redis=redis,
+            namespace=namespace,
         )
         try:
             time.sleep(warm_s)  # the run saturates the key first

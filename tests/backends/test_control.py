@@ -7,13 +7,16 @@ import asyncio
 import json
 import time
 
+import openai
 import pytest
 
-from pacekeeper import Governor, Limits
+import pacekeeper
+from pacekeeper import Governor, Limits, RetryPolicy
 from pacekeeper.backends import RedisBackend, SharedLane
 from pacekeeper.core.classify import Verdict, classify_response
 from pacekeeper.core.config import AdaptiveConcurrency
 from pacekeeper.core.lane import QueueTimeout
+from pacekeeper.sim import ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
 
@@ -197,3 +200,44 @@ async def test_the_lowest_cap_wins_and_only_a_probe_raises_it(
     assert push(7, probing=1) == b"5"  # but only by one
     assert push(0) is None  # refuted: forgotten
     client.close()
+
+
+async def test_a_429_to_a_process_with_a_small_share_of_the_traffic_is_about_the_rate(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A process of a fleet sees only its own acceptances: that it was accepted at under half
+    the stated rate says nothing about the key, which the others fill. Its 429 (the window
+    run out by another process's request) is the rate's: the cooldown closes for the fleet,
+    and no in-flight cap is taught to it (a cap of one in flight, for every process, was what
+    an interactive caller beside a saturating batch taught, and its retries went straight
+    back into the refusal until they ran out)."""
+    # 300 rpm counted per fifth of a second: one request per window, which the fleet's pacing
+    # burst (half a second) can overfill.
+    scenario = Scenario(default=ModelLimits(rpm=300, burst_s=0.2))
+    single = RetryPolicy(max_attempts=1)
+    with Simulator(scenario) as sim:
+        chat_gov = shared_gov(redis_server, namespace, retry=single)
+        batch_gov = shared_gov(redis_server, namespace, retry=single)
+        chat = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), chat_gov)
+        batch = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), batch_gov)
+
+        async def send(client: openai.AsyncOpenAI) -> None:
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+
+        for _ in range(12):  # under two a second: this process alone is under half of 300 rpm
+            await send(chat)
+            await asyncio.sleep(0.55)
+        await send(batch)  # another process takes the window
+        with pytest.raises(openai.RateLimitError):
+            await send(chat)
+        await chat.close()
+        await batch.close()
+    lane = shared_lane(chat_gov)
+    assert lane.rpm_limit == 300
+    assert lane.learner is not None
+    assert lane.learner.learned_cap is None
+    await until(lambda: stored(redis_server, namespace, "cd") is not None)
+    assert stored(redis_server, namespace, "pc") is None
+    close(chat_gov, batch_gov)

@@ -740,8 +740,8 @@ class SharedLane(Lane):
             ],
         )
 
-    def close_gate(self, wait_s: float) -> None:
-        super().close_gate(wait_s)
+    def close_gate(self, wait_s: float, *, now: float | None = None) -> None:
+        super().close_gate(wait_s, now=now)
         self._backend.submit("gate", [self.hash_key], [wait_s, self._backend.key_ttl_s])
 
     def learn(self, snapshot: RateLimitSnapshot, permit: Permit | None = None) -> None:

@@ -805,7 +805,8 @@ class Lane:
                 self.slots.learn_cap(in_flight_at_send=permit.in_flight_at_send, now=now)
             return
         if verdict.hint_s is not None and gate:
-            self.cooldown.close_until(now + min(verdict.hint_s, max_hint_s))
+            # through close_gate: a shared lane closes the fleet's gate, not only its own
+            self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
@@ -871,6 +872,9 @@ class Lane:
         ceiling = self.request_rate.ceiling
         if (
             ceiling is not None
+            # A process of a fleet is accepted at its own share of the key, however small;
+            # the others fill the rest. Its acceptances say nothing about the key's rate.
+            and self._sees_every_acceptance()
             and self._successes >= _SUCCESSES_TO_JUDGE
             and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
         ):
@@ -919,10 +923,11 @@ class Lane:
             limits = replace(limits, limit_tokens=None, remaining_tokens=None, reset_tokens_s=None)
         return None if limits.is_empty else limits
 
-    def close_gate(self, wait_s: float) -> None:
-        """After a 429 with a hint: nobody on this lane goes before the hinted time."""
+    def close_gate(self, wait_s: float, *, now: float | None = None) -> None:
+        """After a 429 with a hint: nobody on this lane goes before the hinted time (``wait_s``
+        from ``now``, by default the lane's clock)."""
         with self._lock:
-            self.cooldown.close_until(self._clock() + wait_s)
+            self.cooldown.close_until((self._clock() if now is None else now) + wait_s)
 
     def reconcile(
         self,
