@@ -208,9 +208,8 @@ async def test_a_429_to_a_process_with_a_small_share_of_the_traffic_is_about_the
     """A process of a fleet sees only its own acceptances: that it was accepted at under half
     the stated rate says nothing about the key, which the others fill. Its 429 (the window
     run out by another process's request) is the rate's: the cooldown closes for the fleet,
-    and no in-flight cap is taught to it (a cap of one in flight, for every process, was what
-    an interactive caller beside a saturating batch taught, and its retries went straight
-    back into the refusal until they ran out)."""
+    and no in-flight cap is taught to it (it was: one fewer than the fleet had in flight,
+    here one, for every process; and the cooldown stayed open)."""
     # 300 rpm counted per fifth of a second: one request per window, which the fleet's pacing
     # burst (half a second) can overfill.
     scenario = Scenario(default=ModelLimits(rpm=300, burst_s=0.2))
