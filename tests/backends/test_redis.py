@@ -128,9 +128,17 @@ async def test_the_concurrency_limit_holds_across_processes(
 
 
 async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace: str) -> None:
+    from pacekeeper.core.classify import classify_response
+
     a = shared_gov(redis_server, namespace)
     b = shared_gov(redis_server, namespace)
-    a.lane(CHAT, "m").close_gate(1.0)
+    lane = a.lane(CHAT, "m")
+    # a 429 asking for a second's wait, taken as any outcome is (not by closing the gate by
+    # hand: a settle that closed only its own gate went unseen that way)
+    verdict = classify_response(429, {"retry-after": "1"}, b"", now_wall_s=time.time())
+    assert verdict.hint_s == 1.0
+    permit = await lane.acquire(0)
+    lane.settle(permit, verdict, now=a.clock(), max_hint_s=60, retry=False)
     await written(redis_server, f"{namespace}:lane:{CHAT}|m", "cd")  # by the maintenance thread
     started = time.monotonic()
     permit = await b.lane(CHAT, "m").acquire(0)
