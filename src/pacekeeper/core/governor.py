@@ -747,6 +747,8 @@ class Call:
                 completion_actual=completion_tokens,
                 prompt_charged=permit.tokens - self.completion_tokens,
             )
+        elif kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
+            lane.output_not_generated(permit)
 
         cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)
         error: RequestFailed | None = None

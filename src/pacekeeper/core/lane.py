@@ -50,6 +50,7 @@ from pacekeeper.core.evidence import (
     budgets_have_room,
     drain_to_headroom,
     outlasts_a_minute,
+    output_budget_short,
 )
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
@@ -103,6 +104,7 @@ class Permit:
         "filled_window",
         "in_flight_at_send",
         "lease",
+        "output_charged_before",
         "output_tokens",
         "queued_s",
         "released",
@@ -124,10 +126,13 @@ class Permit:
         charged_before: float = 0.0,
         filled_window: bool = False,
         output_tokens: int = 0,
+        output_charged_before: float = 0.0,
     ) -> None:
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
+        self.output_charged_before = output_charged_before
+        """Output tokens the lane had charged before this one, net of what answers gave back."""
         self.filled_window = filled_window
         """Whether this request took the last slot of the concurrency window."""
         self.seq = seq
@@ -173,6 +178,7 @@ class Lane:
         "_lock",
         "_new_territory_at",
         "_next_limits_read",
+        "_output_charged",
         "_outstanding",
         "_queue",
         "_quota_budgets",
@@ -239,6 +245,8 @@ class Lane:
         lost its store gives each of N live processes 1/N)."""
         self._admitted = 0
         self._charged = 0.0
+        self._output_charged = 0.0
+        """Output tokens reserved at admission, net of what answers settled (gave back)."""
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
         self._floor_due = -math.inf
@@ -438,14 +446,19 @@ class Lane:
                     slack=float(permit.tokens),
                 )
             if otpm and minute.remaining_output_tokens is not None:
-                # Output is counted as it is generated: nothing of ours to subtract.
+                # The provider reserves max_tokens at admission and settles at the end, as we
+                # do: what we reserved after this request, net of what answers gave back since,
+                # has been counted after its remaining.
                 drain_to_headroom(
                     self.output_tokens,
                     now=now,
                     remaining=minute.remaining_output_tokens,
                     reset_s=minute.reset_output_tokens_s,
                     elapsed_s=elapsed_s,
-                    used_since=0.0,
+                    used_since=max(
+                        0.0,
+                        self._output_charged - permit.output_charged_before - permit.output_tokens,
+                    ),
                     slack=float(permit.output_tokens),
                 )
 
@@ -543,6 +556,8 @@ class Lane:
         self._admitted += 1
         charged_before = self._charged
         self._charged += tokens
+        output_charged_before = self._output_charged
+        self._output_charged += output_tokens
         permit = Permit(
             self,
             sent_at=now,
@@ -553,6 +568,7 @@ class Lane:
             charged_before=charged_before,
             filled_window=in_flight >= self.slots.limit,
             output_tokens=output_tokens,
+            output_charged_before=output_charged_before,
         )
         self._outstanding[id(permit)] = now
         return permit
@@ -819,7 +835,10 @@ class Lane:
             verdict.limit_scope is None
             and limits is not None
             and limits.remaining_output_tokens is not None
-            and limits.remaining_output_tokens < 1
+            and (
+                limits.remaining_output_tokens < 1
+                or output_budget_short(limits, permit.output_tokens)
+            )
         )
         if output_out and self.output_rate.rpm is not None:
             if self.output_rate.throttled(
@@ -866,6 +885,8 @@ class Lane:
         if limits is not None:
             if budget_exhausted(limits, permit.tokens):
                 return False  # its own headers say a budget ran out: the rate
+            if output_budget_short(limits, permit.output_tokens):
+                return False  # the output budget, which this request reserved from
             if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
@@ -943,17 +964,37 @@ class Lane:
                 prompt_charged = math.ceil(prompt_estimated * self.estimate_scale.charge_factor)
             self.estimate_scale.observe(estimated=prompt_estimated, actual=prompt_actual)
             delta = float(prompt_actual - prompt_charged)
+            given_back = delta < 0
             if self.output_tokens is not None:
                 # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
                 # with what was generated, as the provider does.
                 if completion_actual is not None:
-                    self.output_tokens.adjust(
-                        now=self._clock(), delta=float(completion_actual - completion_reserved)
-                    )
+                    output_delta = completion_actual - completion_reserved
+                    self.output_tokens.adjust(now=self._clock(), delta=float(output_delta))
+                    self._output_charged += output_delta
+                    given_back = given_back or output_delta < 0
             elif self._configured.refund_unused_completion and completion_actual is not None:
                 delta += min(0, completion_actual - completion_reserved)
+                given_back = given_back or delta < 0
             if delta:
                 self._charge_tokens(delta)
+            if given_back:
+                # The head may fit now: left asleep until the refill alone would let it go,
+                # it would let the bucket fill past its burst and the refund spill over.
+                self._queue.wake_head()
+
+    def output_not_generated(self, permit: Permit) -> None:
+        """An answered failure (a 5xx, a 529, a refused body) generated nothing: give back
+        the output it reserved, as a provider that reserves max_tokens does. A 429's reserve
+        stays: where the output budget refused, the bucket was already emptied to match."""
+        if permit.output_tokens <= 0:
+            return
+        with self._lock:
+            if self.output_tokens is None:
+                return
+            self.output_tokens.adjust(now=self._clock(), delta=-float(permit.output_tokens))
+            self._output_charged -= permit.output_tokens
+            self._queue.wake_head()
 
     def _charge_tokens(self, delta: float) -> None:
         """Charge (or give back) tokens after the fact; called with the lock held. A shared
