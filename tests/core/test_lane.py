@@ -496,3 +496,22 @@ def test_output_given_back_wakes_the_head_of_the_queue() -> None:
     assert woken.is_set()
     assert lane.output_tokens is not None
     assert lane.output_tokens.level(10.0) == pytest.approx(500)  # never past full
+
+
+def test_a_learned_bucket_holds_what_pacing_from_the_first_admission_would_have_left() -> None:
+    lane, clock = _clocked_lane(concurrency=16)  # nothing known: nothing paces
+    clock.now = 10.0
+    first, *_held = (_admitted(lane, 10.0, 100, 0) for _ in range(4))
+    headers = {"x-ratelimit-limit-tokens": "60000"}  # 1000/s: a bucket of 500, no remaining
+    clock.now = 10.3
+    lane.settle(first, _verdict(200, headers), now=10.3, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    # 400 sent at 10.0 into a bucket of 500 that refilled 300 since: 400 left, not 0.
+    assert lane.tokens.level(10.3) == pytest.approx(400)
+    lane, clock = _clocked_lane(concurrency=16)
+    clock.now = 10.0
+    first, *_held = (_admitted(lane, 10.0, 300, 0) for _ in range(4))
+    clock.now = 10.3
+    lane.settle(first, _verdict(200, headers), now=10.3, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    assert lane.tokens.level(10.3) == pytest.approx(0.0)  # 1200 sent: no room, never debt

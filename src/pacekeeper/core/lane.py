@@ -174,6 +174,7 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_first_admitted_at",
         "_floor_due",
         "_lock",
         "_new_territory_at",
@@ -244,6 +245,7 @@ class Lane:
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
         self._admitted = 0
+        self._first_admitted_at = -math.inf
         self._charged = 0.0
         self._output_charged = 0.0
         """Output tokens reserved at admission, net of what answers settled (gave back)."""
@@ -345,8 +347,17 @@ class Lane:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
                 if self._admitted:
                     # Learned from an answer: what was sent before it already counts in the
-                    # provider's window, so the new bucket starts empty, not with a burst.
-                    bucket.drain_to(now=now, level=0.0)
+                    # provider's window. The bucket holds what it would hold had it paced
+                    # everything since the first admission (never more than empty of debt):
+                    # a run's first answer comes back to a full bucket only if the requests
+                    # before it left the room.
+                    used = {
+                        "requests": float(self._admitted),
+                        "tokens": self._charged,
+                        "output_tokens": self._output_charged,
+                    }[attr]
+                    elapsed_s = max(0.0, now - self._first_admitted_at)
+                    bucket.drain_to(now=now, level=max(0.0, burst - used + rate * elapsed_s))
                 setattr(self, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
@@ -553,6 +564,8 @@ class Lane:
         if self.slots.in_flight >= self._success_peak_in_flight:
             self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
+        if not self._admitted:
+            self._first_admitted_at = now
         self._admitted += 1
         charged_before = self._charged
         self._charged += tokens
