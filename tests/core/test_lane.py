@@ -515,3 +515,27 @@ def test_a_learned_bucket_holds_what_pacing_from_the_first_admission_would_have_
     lane.settle(first, _verdict(200, headers), now=10.3, max_hint_s=600.0, retry=False)
     assert lane.tokens is not None
     assert lane.tokens.level(10.3) == pytest.approx(0.0)  # 1200 sent: no room, never debt
+
+
+def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes() -> None:
+    lane, clock = _clocked_lane(tpm=60000, concurrency=16)  # 1000/s, a bucket of 500
+    clock.now = 10.0
+    _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
+    waiters = [ThreadWaiter(), ThreadWaiter()]
+    for waiter in waiters:
+        assert lane._join(400, front=False, waiter=waiter) is None  # queued at 400
+    # The first answer: the provider counted half our estimate; 250 of its 500 come back.
+    lane.reconcile(
+        prompt_estimated=500,
+        prompt_actual=250,
+        completion_reserved=0,
+        completion_actual=0,
+        prompt_charged=500,
+    )
+    assert lane.estimate_scale.charge_factor == pytest.approx(0.5)
+    # Joined at 400, charged 200 now: it fits in the 250 that came back.
+    permit = lane._turn(waiters[0], 400, None, 10.0, prompt_tokens=400)
+    assert isinstance(permit, Permit)
+    assert permit.tokens == 200
+    # Without the estimate the cost at joining holds: 400 waits.
+    assert lane._turn(waiters[1], 400, None, 10.0) == pytest.approx(0.35)

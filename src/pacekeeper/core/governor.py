@@ -561,6 +561,7 @@ class Call:
                     front=self.attempt > 1,
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
+                    prompt_tokens=self.prompt_tokens,
                     priority=self.priority,
                     tenant=self.tenant,
                 )
@@ -592,6 +593,7 @@ class Call:
                     front=self.attempt > 1,
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
+                    prompt_tokens=self.prompt_tokens,
                     priority=self.priority,
                     tenant=self.tenant,
                 )

@@ -622,12 +622,19 @@ class Lane:
         deadline: float | None,
         asked_at: float,
         output_tokens: int = 0,
+        *,
+        prompt_tokens: int | None = None,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
-        this look and the sleep is not lost."""
+        this look and the sleep is not lost. With ``prompt_tokens`` (the prompt's estimate)
+        the cost is charged as the lane's answers scale estimates now, not as they did when
+        the request joined the queue: a queue filled before the first answer would otherwise
+        hold every prompt at the unscaled estimate until its own answer settles it."""
         with self._lock:
             now = self._clock()
+            if prompt_tokens is not None:
+                tokens = self.cost_of(prompt_tokens, output_tokens)
             if self._queue.turn(waiter):
                 wait = self._try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
@@ -649,11 +656,14 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
-        (charged to the output budget where the provider limits output apart)."""
+        (charged to the output budget where the provider limits output apart);
+        ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
+        estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
         waiter = AsyncWaiter()
         permit = self._join(
@@ -668,7 +678,9 @@ class Lane:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+                turn = self._turn(
+                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                )
                 if isinstance(turn, Permit):
                     return turn
                 await waiter.sleep(turn)
@@ -685,6 +697,7 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
@@ -701,7 +714,9 @@ class Lane:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+                turn = self._turn(
+                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                )
                 if isinstance(turn, Permit):
                     return turn
                 waiter.sleep(turn)
