@@ -15,6 +15,8 @@ process, as the client does, both with and without the stalled clients.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -203,7 +205,11 @@ def _stalled_proxy(quick: bool) -> dict[str, Any]:
 # --- issue 12: Anthropic ITPM / OTPM ----------------------------------------------------------
 
 
-async def _messages_all(url: str, prompts: list[str], max_tokens: int) -> tuple[float, int, int]:
+async def _messages_all(
+    url: str, prompts: list[str], max_tokens: int
+) -> tuple[float, int, list[int]]:
+    """Send every prompt at once through a wrapped AsyncAnthropic: the wall time, the failures
+    and each reply's output tokens (0 for a failed one), in the order of `prompts`."""
     import anthropic
 
     import pacekeeper
@@ -212,25 +218,81 @@ async def _messages_all(url: str, prompts: list[str], max_tokens: int) -> tuple[
         anthropic.AsyncAnthropic(base_url=url, api_key="x", timeout=_TIMEOUT_S)
     )
     failed = 0
-    output = 0
+    outputs = [0] * len(prompts)
 
-    async def one(text: str) -> None:
-        nonlocal failed, output
+    async def one(i: int, text: str) -> None:
+        nonlocal failed
         try:
             reply = await client.messages.create(
                 model="claude-sonnet-4-5",
                 max_tokens=max_tokens,
                 messages=[{"role": "user", "content": text}],
             )
-            output += reply.usage.output_tokens
+            outputs[i] = reply.usage.output_tokens
         except Exception:
             failed += 1
 
     started = time.monotonic()
-    await asyncio.gather(*(one(p) for p in prompts))
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     wall = time.monotonic() - started
     await client.close()
-    return wall, failed, output
+    return wall, failed, outputs
+
+
+def ideal_output_bound_s(
+    outputs: list[int],
+    *,
+    max_tokens: int,
+    rate_per_s: float,
+    capacity: float,
+    latency_s: Callable[[int], float],
+    counting: str = "max_tokens",
+) -> float:
+    """The wall time of a client that knows everything in advance, against the simulator's
+    output-token bucket counted as `counting` says: each request, in order, is sent the
+    moment the bucket admits it, and the run ends when the last answer (`latency_s(tokens)`
+    after its admission) is back.
+
+    With "max_tokens" (Anthropic's rule) a request needs `max_tokens` in the bucket and takes
+    them; its answer gives back what it did not use (never past `capacity`). With "generated"
+    a request goes while the bucket is not in debt and its answer charges what it generated.
+
+    >>> flat = lambda tokens: 1.0
+    >>> ideal_output_bound_s([50, 50, 50], max_tokens=100, rate_per_s=50, capacity=100,
+    ...                      latency_s=flat)  # at 0 s; at 1 s (50 refilled, 50 back); at 2 s
+    3.0
+    >>> ideal_output_bound_s([50, 50, 50], max_tokens=100, rate_per_s=50, capacity=100,
+    ...                      latency_s=flat, counting="generated")  # all at 0 s
+    1.0
+    """
+    reserve = float(max_tokens) if counting == "max_tokens" else 0.0
+    need = min(reserve, capacity) if reserve else min(1.0, capacity)
+    level, now, end = capacity, 0.0, 0.0
+    answers: list[tuple[float, float]] = []  # (answered at, tokens given back or charged)
+
+    def advance(to: float) -> None:
+        nonlocal level, now
+        # Refill and answers in time order up to `to`.
+        while answers and answers[0][0] <= to:
+            at, delta = heapq.heappop(answers)
+            level = min(capacity, level + (at - now) * rate_per_s) + delta
+            level = min(capacity, level)
+            now = at
+        level = min(capacity, level + (to - now) * rate_per_s)
+        now = to
+
+    for tokens in outputs:
+        while True:
+            advance(now)
+            if level >= need - 1e-6:  # float refills may stop a hair short
+                break
+            refilled_at = now + (need - level) / rate_per_s
+            advance(min(refilled_at, answers[0][0]) if answers else refilled_at)
+        level -= reserve
+        answer_at = now + latency_s(tokens)
+        heapq.heappush(answers, (answer_at, (reserve - tokens) if reserve else -tokens))
+        end = max(end, answer_at)
+    return end
 
 
 def _anthropic(bound: str, quick: bool) -> dict[str, Any]:
@@ -249,14 +311,30 @@ def _anthropic(bound: str, quick: bool) -> dict[str, Any]:
     prompts = [_prose(i, prompt_tokens) for i in range(n)]
     scenario = Scenario(default=limits, latency=latency, rate_limit_headers="anthropic")
     with SimulatorProcess(scenario) as sim:
-        wall, failed, output = asyncio.run(_messages_all(sim.url, prompts, max_tokens))
+        wall, failed, outputs = asyncio.run(_messages_all(sim.url, prompts, max_tokens))
         stats = sim.stats()
-    mean_latency = latency.ttft_s + latency.per_token_s * 108
-    # Input is charged at admission (the sim charges input + max_tokens): what was admitted
-    # counts; output counts as generated.
-    admitted_input = stats["tokens_charged"] - max_tokens * stats["accepted"]
-    total = admitted_input if bound == "itpm" else output
-    ideal = max(0.0, total - rate) / rate + mean_latency
+    # Each answer takes its expected latency: the simulator draws exp(spread * z) around
+    # ttft + per_token * its tokens (replies of 64 tokens at most in the ITPM run, not 108).
+    spread_mean = math.exp(latency.spread**2 / 2)
+    if bound == "itpm":
+        # Input is charged at admission, nothing given back (the sim's tokens_charged is
+        # input + max_tokens): the bucket's first second goes at once, the rest at the rate.
+        admitted_input = stats["tokens_charged"] - max_tokens * stats["accepted"]
+        mean_tokens = sum(outputs) / max(1, len(outputs))
+        mean_latency = (latency.ttft_s + latency.per_token_s * mean_tokens) * spread_mean
+        ideal = max(0.0, admitted_input - rate) / rate + mean_latency
+    else:
+        # Output is counted as the simulator counts it (scenario.otpm_counting: by default
+        # max_tokens held from admission to the answer): the reserves of the answers in
+        # flight are part of what the limit allows, and the ideal must hold them too.
+        ideal = ideal_output_bound_s(
+            outputs,
+            max_tokens=max_tokens,
+            rate_per_s=rate,
+            capacity=rate * limits.burst_s,
+            latency_s=lambda tokens: (latency.ttft_s + latency.per_token_s * tokens) * spread_mean,
+            counting=scenario.otpm_counting,
+        )
     received = max(1, stats["requests_received"])
     label = "ITPM" if bound == "itpm" else "OTPM"
     limit = limits.input_tpm if bound == "itpm" else limits.output_tpm

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pacekeeper.core.classify import Verdict, classify_response
 from pacekeeper.core.concurrency import AimdLimit, Signal
 from pacekeeper.core.config import Limits, RetryPolicy
-from pacekeeper.core.lane import Lane, QueueTimeout, _ThreadWaiter
+from pacekeeper.core.lane import Lane, Permit, QueueTimeout, _ThreadWaiter
 from pacekeeper.core.waiting import ThreadWaiter
 
 
@@ -401,3 +401,141 @@ def test_a_cut_output_pace_recovers_like_the_others() -> None:
         t += 0.5
         _settled(lane, clock, 200, at=t)
     assert lane.output_tpm == 6000
+
+
+# -- Anthropic's OTPM: max_tokens reserved at admission, settled at the end --------------------
+
+_ANTHROPIC_OUTPUT_HEADERS = {
+    "anthropic-ratelimit-input-tokens-limit": "600000",
+    "anthropic-ratelimit-input-tokens-remaining": "600000",
+    "anthropic-ratelimit-output-tokens-limit": "60000",  # 1000/s: a bucket of 500 here
+}
+
+
+def _admitted(lane: Lane, now: float, tokens: int, output_tokens: int) -> Permit:
+    assert lane._try_admit(now, tokens, output_tokens) == 0.0
+    return lane._grant(now, tokens, now, output_tokens)
+
+
+def test_output_headroom_counts_the_reserves_sent_since() -> None:
+    lane, clock = _clocked_lane(tpm=600000, output_tpm=60000, concurrency=16)
+    assert lane.output_tokens is not None
+    clock.now = 10.0
+    first, second, third = (_admitted(lane, 10.0, 150, 100) for _ in range(3))
+    assert lane.output_tokens.level(10.0) == pytest.approx(200)
+    # Provider: 200 left once it had taken the first one's reserve; the second and third
+    # reserves were taken after that, so 0 are left now (plus one request of slack).
+    headers = {**_ANTHROPIC_OUTPUT_HEADERS, "anthropic-ratelimit-output-tokens-remaining": "200"}
+    lane.settle(first, _verdict(200, headers), now=10.0, max_hint_s=600.0, retry=False)
+    assert lane.output_tokens.level(10.0) == pytest.approx(100)
+    # What answers gave back since counts as well: the second one's 90 unused tokens.
+    lane.reconcile(
+        prompt_estimated=50,
+        prompt_actual=50,
+        completion_reserved=100,
+        completion_actual=10,
+        prompt_charged=50,
+    )
+    lane.settle(second, _verdict(200), now=10.0, max_hint_s=600.0, retry=False)
+    assert lane.output_tokens.level(10.0) == pytest.approx(190)
+    lane.settle(third, _verdict(200, headers), now=10.0, max_hint_s=600.0, retry=False)
+    # Third's answer: 200 left after its reserve, nothing reserved since, 90 given back.
+    assert lane.output_tokens.level(10.0) == pytest.approx(190)
+
+
+def test_a_429_with_the_output_budget_short_is_the_rate_not_a_cap() -> None:
+    lane, clock = _clocked_lane()  # auto: nothing known, concurrency adaptive
+    clock.now = 1.0
+    # Sent 10 ms apart (past the most in flight that succeeded, one at a time).
+    permits = [_admitted(lane, 1.0 + 0.01 * i, 320, 256) for i in range(4)]
+    # Anthropic's 429: a 1 s output bucket (1000) holds three reserves of 256; its headers
+    # scale what is left (232 of 1000) to the minute.
+    headers = {
+        **_ANTHROPIC_OUTPUT_HEADERS,
+        "anthropic-ratelimit-output-tokens-remaining": "13920",
+        "retry-after": "1",
+    }
+    body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+    refusal = classify_response(429, headers, body, now_wall_s=0.0)
+    assert refusal.limit_scope is None  # nothing in the code says which limit
+    clock.now = 1.04
+    lane.settle(permits[3], refusal, now=1.04, max_hint_s=600.0, retry=False)
+    assert isinstance(lane.slots, AimdLimit)
+    assert lane.slots.learned_cap is None  # not read as a cap of 3 in flight
+    assert lane.output_tpm == 60000  # learned, and one hinted 429 does not cut it
+    assert lane.output_tokens is not None
+    assert lane.output_tokens.level(1.04) == pytest.approx(0.0)  # empty, as the provider's
+    assert lane.cooldown.remaining_s(now=1.04) == pytest.approx(1.0)
+
+
+def test_output_given_back_wakes_the_head_of_the_queue() -> None:
+    lane, clock = _clocked_lane(tpm=600000, output_tpm=60000, concurrency=16)
+    clock.now = 10.0
+    permit = _admitted(lane, 10.0, 550, 500)
+    waiter = ThreadWaiter()
+    lane.queue.join(waiter)
+    woken = waiter.arm()
+    lane.reconcile(  # all the reserve was used: nothing given back
+        prompt_estimated=50,
+        prompt_actual=50,
+        completion_reserved=500,
+        completion_actual=500,
+        prompt_charged=50,
+    )
+    assert not woken.is_set()
+    lane.reconcile(  # a second answer's 300 unused tokens: the head may fit now
+        prompt_estimated=50,
+        prompt_actual=50,
+        completion_reserved=500,
+        completion_actual=200,
+        prompt_charged=50,
+    )
+    assert woken.is_set()
+    woken = waiter.arm()
+    lane.output_not_generated(permit)  # an answered failure gives its reserve back
+    assert woken.is_set()
+    assert lane.output_tokens is not None
+    assert lane.output_tokens.level(10.0) == pytest.approx(500)  # never past full
+
+
+def test_a_learned_bucket_holds_what_pacing_from_the_first_admission_would_have_left() -> None:
+    lane, clock = _clocked_lane(concurrency=16)  # nothing known: nothing paces
+    clock.now = 10.0
+    first, *_held = (_admitted(lane, 10.0, 100, 0) for _ in range(4))
+    headers = {"x-ratelimit-limit-tokens": "60000"}  # 1000/s: a bucket of 500, no remaining
+    clock.now = 10.3
+    lane.settle(first, _verdict(200, headers), now=10.3, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    # 400 sent at 10.0 into a bucket of 500 that refilled 300 since: 400 left, not 0.
+    assert lane.tokens.level(10.3) == pytest.approx(400)
+    lane, clock = _clocked_lane(concurrency=16)
+    clock.now = 10.0
+    first, *_held = (_admitted(lane, 10.0, 300, 0) for _ in range(4))
+    clock.now = 10.3
+    lane.settle(first, _verdict(200, headers), now=10.3, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    assert lane.tokens.level(10.3) == pytest.approx(0.0)  # 1200 sent: no room, never debt
+
+
+def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes() -> None:
+    lane, clock = _clocked_lane(tpm=60000, concurrency=16)  # 1000/s, a bucket of 500
+    clock.now = 10.0
+    _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
+    waiters = [ThreadWaiter(), ThreadWaiter()]
+    for waiter in waiters:
+        assert lane._join(400, front=False, waiter=waiter) is None  # queued at 400
+    # The first answer: the provider counted half our estimate; 250 of its 500 come back.
+    lane.reconcile(
+        prompt_estimated=500,
+        prompt_actual=250,
+        completion_reserved=0,
+        completion_actual=0,
+        prompt_charged=500,
+    )
+    assert lane.estimate_scale.charge_factor == pytest.approx(0.5)
+    # Joined at 400, charged 200 now: it fits in the 250 that came back.
+    permit = lane._turn(waiters[0], 400, None, 10.0, prompt_tokens=400)
+    assert isinstance(permit, Permit)
+    assert permit.tokens == 200
+    # Without the estimate the cost at joining holds: 400 waits.
+    assert lane._turn(waiters[1], 400, None, 10.0) == pytest.approx(0.35)

@@ -188,6 +188,30 @@ def test_azure_client_through_the_proxy_gets_api_key_auth_and_deployment_lanes(
     assert records.requests[0].prompt_tokens == 3 + 4 + 1
 
 
+async def test_async_azure_client_through_the_proxy(
+    start_upstream: StartUpstream, proxies: list[Proxy]
+) -> None:
+    server = start_upstream(auth="api-key", sim=Scenario(rate_limit_headers="azure"))
+    proxy, records = start_proxy(proxies, server.base, "azure", base_path="/")
+    client = openai.AsyncAzureOpenAI(
+        azure_endpoint=proxy.url, api_key=CLIENT_TOKEN, api_version="2024-10-21", max_retries=0
+    )
+    stream = await client.chat.completions.create(
+        model="prod-4o", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await client.close()
+    assert text
+    seen = server.seen[-1]
+    assert seen.path == "/openai/deployments/prod-4o/chat/completions"
+    assert seen.headers["api-key"] == KEY
+    assert "authorization" not in seen.headers
+    (record,) = records.requests
+    assert record.model == "prod-4o"
+    assert record.prompt_tokens == 3 + 4 + 1  # reconciled from the usage the proxy asked for
+    assert record.completion_tokens
+
+
 def test_a_client_token_may_come_in_the_sdks_own_key_header(
     start_upstream: StartUpstream, proxies: list[Proxy]
 ) -> None:

@@ -232,16 +232,26 @@ def test_sync_anthropic_stream_is_reconciled(start_upstream: StartUpstream) -> N
     assert (record.prompt_tokens, record.completion_tokens) == (ANTHROPIC_COUNTED, 42)
 
 
-def test_azure_deployment_route_is_its_own_lane_and_sends_api_key(
-    start_upstream: StartUpstream,
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_azure_deployment_route_is_its_own_lane_and_sends_api_key(
+    start_upstream: StartUpstream, is_async: bool
 ) -> None:
     server = start_upstream(auth="api-key")
     gov, records = governed()
-    client = pacekeeper.wrap(
-        openai.AzureOpenAI(azure_endpoint=server.base, api_key=KEY, api_version="2024-10-21"),
-        gov,
-    )
-    client.chat.completions.create(model="prod-gpt4o", messages=[{"role": "user", "content": "x"}])
+    options: dict[str, Any] = {
+        "azure_endpoint": server.base,
+        "api_key": KEY,
+        "api_version": "2024-10-21",
+    }
+    messages: Any = [{"role": "user", "content": "x"}]
+    if is_async:
+        async_client = pacekeeper.wrap(openai.AsyncAzureOpenAI(**options), gov)
+        await async_client.chat.completions.create(model="prod-gpt4o", messages=messages)
+        await async_client.close()
+    else:
+        client = pacekeeper.wrap(openai.AzureOpenAI(**options), gov)
+        client.chat.completions.create(model="prod-gpt4o", messages=messages)
+    assert server.seen[-1].headers["api-key"] == KEY
     seen = server.seen[-1]
     assert seen.path == "/openai/deployments/prod-gpt4o/chat/completions"
     assert seen.query == "api-version=2024-10-21"
@@ -294,6 +304,9 @@ def test_limits_are_learned_from_each_dialects_headers(
     assert lane.key[0] == path
     assert lane.learned_rpm == expected_rpm
     assert lane.learned_tpm == expected_tpm
+    # Anthropic's output tokens are a limit of their own (OTPM), paced by their own bucket.
+    assert lane.learned_otpm == (80_000 if auth == "anthropic" else None)
+    assert (lane.output_tokens is not None) == (auth == "anthropic")
 
 
 def test_route_urls_per_provider() -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx2
 import pytest
 
-from pacekeeper.sim import Faults, ModelLimits, Scenario, Simulator
+from pacekeeper.sim import Faults, ModelLimits, Scenario, ScenarioError, Simulator
+from pacekeeper.sim._cli import build_scenario, configure_parser
 
 from .helpers import StartSim
 
@@ -153,7 +156,7 @@ def test_stream_events_in_order_with_usage(plain_sim: Simulator) -> None:
 def test_rate_limit_headers_and_429(start_sim: StartSim) -> None:
     limits = ModelLimits(rpm=120, input_tpm=60_000, output_tpm=12_000)
     sim = start_sim(Scenario(default=limits))  # openai mode: /v1/messages still Anthropic's
-    first = post(sim, message())
+    first = post(sim, message(max_tokens=50))  # the output meter holds 200: max_tokens fits
     for bucket in ("requests", "tokens", "input-tokens", "output-tokens"):
         assert first.headers[f"anthropic-ratelimit-{bucket}-limit"]
         assert int(first.headers[f"anthropic-ratelimit-{bucket}-remaining"]) >= 0
@@ -163,7 +166,8 @@ def test_rate_limit_headers_and_429(start_sim: StartSim) -> None:
     assert first.headers["anthropic-ratelimit-output-tokens-limit"] == "12000"
     assert "x-ratelimit-limit-requests" not in first.headers
     # rpm 120 with a 1 s bucket holds 2 requests.
-    second, third = post(sim, message("b")), post(sim, message("c"))
+    second = post(sim, message("b", max_tokens=50))
+    third = post(sim, message("c", max_tokens=50))
     assert second.status_code == 200
     assert third.status_code == 429
     assert int(third.headers["retry-after"]) >= 1
@@ -186,15 +190,57 @@ def test_input_tokens_charged_at_admission(start_sim: StartSim) -> None:
     assert "600 input tokens per minute" in refused.json()["error"]["message"]
 
 
-def test_output_tokens_charged_when_generated(start_sim: StartSim) -> None:
-    # 60 output tokens per minute, 1 token per second: one reply of 16+ tokens puts it in debt.
-    sim = start_sim(Scenario(default=ModelLimits(output_tpm=60)))
+@pytest.mark.parametrize("counting", ["max_tokens", "generated"])
+def test_output_tokens_put_the_meter_in_debt(start_sim: StartSim, counting: Any) -> None:
+    # 60 output tokens per minute, 1 token per second: one reply of 16+ tokens puts it in debt
+    # (a max_tokens beyond the whole budget is admitted from a full meter, as any oversize cost).
+    sim = start_sim(Scenario(default=ModelLimits(output_tpm=60), otpm_counting=counting))
     first = post(sim, message(max_tokens=20))
     assert first.status_code == 200
     refused = post(sim, message("other", max_tokens=20))
     assert refused.status_code == 429
     assert "output tokens per minute" in refused.json()["error"]["message"]
     assert int(refused.headers["anthropic-ratelimit-output-tokens-remaining"]) == 0
+
+
+# A meter of 300 output tokens (60 per minute, a 300 s bucket): refill is negligible here.
+_BIG_OUTPUT_METER = ModelLimits(output_tpm=60, burst_s=300)
+
+
+def test_max_tokens_reserved_at_admission(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(default=_BIG_OUTPUT_METER))  # the default: Anthropic's rule
+    first = post(sim, message(max_tokens=250))
+    assert first.status_code == 200
+    # 300 - 250 reserved = 50 left in the meter: 10 of the per-minute 60.
+    assert first.headers["anthropic-ratelimit-output-tokens-remaining"] == "10"
+    # The reply (16-200 tokens) gave back at least 50: 100+ left, not the 250 asked for next.
+    refused = post(sim, message("other", max_tokens=250))
+    assert refused.status_code == 429
+    assert "output tokens per minute" in refused.json()["error"]["message"]
+
+
+def test_generated_counting_reserves_nothing(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(default=_BIG_OUTPUT_METER, otpm_counting="generated"))
+    first = post(sim, message(max_tokens=250))
+    assert first.headers["anthropic-ratelimit-output-tokens-remaining"] == "60"
+    assert post(sim, message("other", max_tokens=250)).status_code == 200  # not in debt
+
+
+def test_unused_max_tokens_are_given_back(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(default=_BIG_OUTPUT_METER))
+    first = post(sim, message(max_tokens=290))
+    generated = first.json()["usage"]["output_tokens"]
+    assert generated <= 200  # replies are 16-200 tokens
+    # 10 left after the reserve; the settlement gave back 290 - generated (>= 90).
+    second = post(sim, message("other", max_tokens=300 - generated - 1))
+    assert second.status_code == 200, second.text
+
+
+def test_a_failed_request_gives_its_reserve_back(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(default=_BIG_OUTPUT_METER, faults=Faults(http_500=1.0)))
+    assert post(sim, message(max_tokens=290)).status_code == 500
+    # Nothing was generated: the whole reserve is back, so the same ask fits again.
+    assert post(sim, message("other", max_tokens=290)).status_code == 500  # not 429
 
 
 def test_529_and_500_in_anthropic_shape(start_sim: StartSim) -> None:
@@ -248,3 +294,22 @@ def test_cache_reads_are_not_charged_to_itpm(start_sim: StartSim) -> None:
         assert reply.status_code == 200, reply.text
         assert reply.json()["usage"]["cache_read_input_tokens"] > 0
     assert post(sim, _cached("new " + document, "q5")).status_code == 429
+
+
+def test_otpm_counting_in_toml_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('otpm_counting = "generated"\n[default]\noutput_tpm = 8000\n')
+    scenario = Scenario.from_toml(path)
+    assert scenario.otpm_counting == "generated"
+    path.write_text(scenario.to_toml())
+    assert Scenario.from_toml(path) == scenario
+    assert Scenario().otpm_counting == "max_tokens"  # Anthropic's documented rule
+    path.write_text('otpm_counting = "eventually"\n')
+    with pytest.raises(ScenarioError, match="otpm_counting: must be one of max_tokens, generated"):
+        Scenario.from_toml(path)
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--output-tpm", "8000", "--otpm-counting", "generated"])
+    assert build_scenario(args).otpm_counting == "generated"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--otpm-counting", "eventually"])

@@ -148,10 +148,10 @@ def test_azure_headers(start_sim: StartSim) -> None:
     assert "exceeded call rate limit" in error["message"]
 
 
-# -- Anthropic: input tokens at admission, output tokens when generated -------------------------
+# -- Anthropic: input tokens at admission, output tokens reserved and settled -------------------
 
 
-def test_anthropic_output_tokens_are_charged_when_generated(start_sim: StartSim) -> None:
+def test_anthropic_output_tokens_are_charged_apart(start_sim: StartSim) -> None:
     # 10 output tokens per second, bucket of 1 s; every reply has at least 16 tokens.
     sim = start_sim(
         Scenario(
@@ -162,14 +162,15 @@ def test_anthropic_output_tokens_are_charged_when_generated(start_sim: StartSim)
     with httpx2.Client(base_url=sim.base_url) as http:
         first = http.post("/chat/completions", json=chat("o1", max_tokens=1000))
         second = http.post("/chat/completions", json=chat("o2", max_tokens=1000))
-    # Admitted although max_tokens is far beyond the output budget: output is not charged ahead.
+    # Admitted although max_tokens is far beyond the output budget: from a full meter, as any
+    # oversize cost is; the reserve leaves the meter deep in debt.
     assert first.status_code == 200
     assert first.headers["anthropic-ratelimit-output-tokens-limit"] == "600"
     assert first.headers["anthropic-ratelimit-input-tokens-limit"] == "60000"
     # The input charge is the prompt estimate only (not max_tokens): 1000 / 1000 left nearly.
     assert int(first.headers["anthropic-ratelimit-input-tokens-remaining"]) > 59_000
     assert "anthropic-ratelimit-tokens-limit" in first.headers  # the most restrictive
-    # The reply's tokens put the output meter in debt: the next request waits for it.
+    # Settled to the reply's 16+ tokens, the output meter is still in debt: the next waits.
     assert second.status_code == 429
     assert second.headers["anthropic-ratelimit-output-tokens-remaining"] == "0"
     assert int(second.headers["retry-after"]) >= 1

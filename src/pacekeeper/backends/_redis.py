@@ -594,6 +594,7 @@ class SharedLane(Lane):
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
@@ -604,6 +605,7 @@ class SharedLane(Lane):
                 output_tokens=output_tokens,
                 priority=priority,
                 tenant=tenant,
+                prompt_tokens=prompt_tokens,
             )
         asked_at = self._clock()
         waiter = AsyncWaiter()
@@ -629,6 +631,7 @@ class SharedLane(Lane):
                         output_tokens=output_tokens,
                         priority=priority,
                         tenant=tenant,
+                        prompt_tokens=prompt_tokens,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
@@ -649,6 +652,7 @@ class SharedLane(Lane):
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
@@ -659,6 +663,7 @@ class SharedLane(Lane):
                 output_tokens=output_tokens,
                 priority=priority,
                 tenant=tenant,
+                prompt_tokens=prompt_tokens,
             )
         asked_at = self._clock()
         waiter = ThreadWaiter()
@@ -684,6 +689,7 @@ class SharedLane(Lane):
                         output_tokens=output_tokens,
                         priority=priority,
                         tenant=tenant,
+                        prompt_tokens=prompt_tokens,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from pacekeeper.core.bucket import TokenBucket
     from pacekeeper.core.headers import RateLimitSnapshot
 
-__all__ = ["budget_exhausted", "budgets_have_room", "drain_to_headroom", "outlasts_a_minute"]
+__all__ = [
+    "budget_exhausted",
+    "budgets_have_room",
+    "drain_to_headroom",
+    "outlasts_a_minute",
+    "output_budget_short",
+]
 
 # A per-minute budget is whole again within a minute of any use, however it is enforced; a
 # reset further away than this (with room for rounding and clock skew) is a longer window.
@@ -48,6 +54,27 @@ def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
         return True
     remaining_tokens = limits.remaining_tokens
     return remaining_tokens is not None and remaining_tokens < tokens
+
+
+def output_budget_short(limits: RateLimitSnapshot, output_tokens: int) -> bool:
+    """Whether a 429's own headers show the output-token budget (limited apart: Anthropic's
+    OTPM, which reserves ``max_tokens`` at admission) too low for the ``output_tokens`` this
+    request reserved: below them, or below half its limit, because a provider that states a
+    minute's budget may enforce it over a shorter window and refuse with part of the minute
+    left (as :func:`budgets_have_room` reads the other budgets).
+
+    >>> from pacekeeper.core.headers import RateLimitSnapshot
+    >>> short = RateLimitSnapshot(limit_output_tokens=60000, remaining_output_tokens=13000)
+    >>> output_budget_short(short, 256), output_budget_short(short, 0)
+    (True, False)
+    >>> output_budget_short(RateLimitSnapshot(remaining_output_tokens=40000), 256)
+    False
+    """
+    remaining = limits.remaining_output_tokens
+    if remaining is None or output_tokens <= 0:
+        return False
+    limit = limits.limit_output_tokens
+    return remaining < output_tokens or (limit is not None and remaining < 0.5 * limit)
 
 
 def budgets_have_room(limits: RateLimitSnapshot, tokens: int) -> bool:

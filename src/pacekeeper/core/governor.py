@@ -561,6 +561,7 @@ class Call:
                     front=self.attempt > 1,
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
+                    prompt_tokens=self.prompt_tokens,
                     priority=self.priority,
                     tenant=self.tenant,
                 )
@@ -592,6 +593,7 @@ class Call:
                     front=self.attempt > 1,
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
+                    prompt_tokens=self.prompt_tokens,
                     priority=self.priority,
                     tenant=self.tenant,
                 )
@@ -747,6 +749,8 @@ class Call:
                 completion_actual=completion_tokens,
                 prompt_charged=permit.tokens - self.completion_tokens,
             )
+        elif kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
+            lane.output_not_generated(permit)
 
         cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)
         error: RequestFailed | None = None

@@ -50,6 +50,7 @@ from pacekeeper.core.evidence import (
     budgets_have_room,
     drain_to_headroom,
     outlasts_a_minute,
+    output_budget_short,
 )
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
@@ -103,6 +104,7 @@ class Permit:
         "filled_window",
         "in_flight_at_send",
         "lease",
+        "output_charged_before",
         "output_tokens",
         "queued_s",
         "released",
@@ -124,10 +126,13 @@ class Permit:
         charged_before: float = 0.0,
         filled_window: bool = False,
         output_tokens: int = 0,
+        output_charged_before: float = 0.0,
     ) -> None:
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
+        self.output_charged_before = output_charged_before
+        """Output tokens the lane had charged before this one, net of what answers gave back."""
         self.filled_window = filled_window
         """Whether this request took the last slot of the concurrency window."""
         self.seq = seq
@@ -169,10 +174,12 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_first_admitted_at",
         "_floor_due",
         "_lock",
         "_new_territory_at",
         "_next_limits_read",
+        "_output_charged",
         "_outstanding",
         "_queue",
         "_quota_budgets",
@@ -238,7 +245,10 @@ class Lane:
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
         self._admitted = 0
+        self._first_admitted_at = -math.inf
         self._charged = 0.0
+        self._output_charged = 0.0
+        """Output tokens reserved at admission, net of what answers settled (gave back)."""
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
         self._floor_due = -math.inf
@@ -337,8 +347,17 @@ class Lane:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
                 if self._admitted:
                     # Learned from an answer: what was sent before it already counts in the
-                    # provider's window, so the new bucket starts empty, not with a burst.
-                    bucket.drain_to(now=now, level=0.0)
+                    # provider's window. The bucket holds what it would hold had it paced
+                    # everything since the first admission (never more than empty of debt):
+                    # a run's first answer comes back to a full bucket only if the requests
+                    # before it left the room.
+                    used = {
+                        "requests": float(self._admitted),
+                        "tokens": self._charged,
+                        "output_tokens": self._output_charged,
+                    }[attr]
+                    elapsed_s = max(0.0, now - self._first_admitted_at)
+                    bucket.drain_to(now=now, level=max(0.0, burst - used + rate * elapsed_s))
                 setattr(self, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
@@ -438,14 +457,19 @@ class Lane:
                     slack=float(permit.tokens),
                 )
             if otpm and minute.remaining_output_tokens is not None:
-                # Output is counted as it is generated: nothing of ours to subtract.
+                # The provider reserves max_tokens at admission and settles at the end, as we
+                # do: what we reserved after this request, net of what answers gave back since,
+                # has been counted after its remaining.
                 drain_to_headroom(
                     self.output_tokens,
                     now=now,
                     remaining=minute.remaining_output_tokens,
                     reset_s=minute.reset_output_tokens_s,
                     elapsed_s=elapsed_s,
-                    used_since=0.0,
+                    used_since=max(
+                        0.0,
+                        self._output_charged - permit.output_charged_before - permit.output_tokens,
+                    ),
                     slack=float(permit.output_tokens),
                 )
 
@@ -540,9 +564,13 @@ class Lane:
         if self.slots.in_flight >= self._success_peak_in_flight:
             self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
+        if not self._admitted:
+            self._first_admitted_at = now
         self._admitted += 1
         charged_before = self._charged
         self._charged += tokens
+        output_charged_before = self._output_charged
+        self._output_charged += output_tokens
         permit = Permit(
             self,
             sent_at=now,
@@ -553,6 +581,7 @@ class Lane:
             charged_before=charged_before,
             filled_window=in_flight >= self.slots.limit,
             output_tokens=output_tokens,
+            output_charged_before=output_charged_before,
         )
         self._outstanding[id(permit)] = now
         return permit
@@ -593,12 +622,19 @@ class Lane:
         deadline: float | None,
         asked_at: float,
         output_tokens: int = 0,
+        *,
+        prompt_tokens: int | None = None,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
-        this look and the sleep is not lost."""
+        this look and the sleep is not lost. With ``prompt_tokens`` (the prompt's estimate)
+        the cost is charged as the lane's answers scale estimates now, not as they did when
+        the request joined the queue: a queue filled before the first answer would otherwise
+        hold every prompt at the unscaled estimate until its own answer settles it."""
         with self._lock:
             now = self._clock()
+            if prompt_tokens is not None:
+                tokens = self.cost_of(prompt_tokens, output_tokens)
             if self._queue.turn(waiter):
                 wait = self._try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
@@ -620,11 +656,14 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
-        (charged to the output budget where the provider limits output apart)."""
+        (charged to the output budget where the provider limits output apart);
+        ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
+        estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
         waiter = AsyncWaiter()
         permit = self._join(
@@ -639,7 +678,9 @@ class Lane:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+                turn = self._turn(
+                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                )
                 if isinstance(turn, Permit):
                     return turn
                 await waiter.sleep(turn)
@@ -656,6 +697,7 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
@@ -672,7 +714,9 @@ class Lane:
             return permit
         try:
             while True:
-                turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+                turn = self._turn(
+                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                )
                 if isinstance(turn, Permit):
                     return turn
                 waiter.sleep(turn)
@@ -820,7 +864,10 @@ class Lane:
             verdict.limit_scope is None
             and limits is not None
             and limits.remaining_output_tokens is not None
-            and limits.remaining_output_tokens < 1
+            and (
+                limits.remaining_output_tokens < 1
+                or output_budget_short(limits, permit.output_tokens)
+            )
         )
         if output_out and self.output_rate.rpm is not None:
             if self.output_rate.throttled(
@@ -867,6 +914,8 @@ class Lane:
         if limits is not None:
             if budget_exhausted(limits, permit.tokens):
                 return False  # its own headers say a budget ran out: the rate
+            if output_budget_short(limits, permit.output_tokens):
+                return False  # the output budget, which this request reserved from
             if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
@@ -948,17 +997,37 @@ class Lane:
                 prompt_charged = math.ceil(prompt_estimated * self.estimate_scale.charge_factor)
             self.estimate_scale.observe(estimated=prompt_estimated, actual=prompt_actual)
             delta = float(prompt_actual - prompt_charged)
+            given_back = delta < 0
             if self.output_tokens is not None:
                 # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
                 # with what was generated, as the provider does.
                 if completion_actual is not None:
-                    self.output_tokens.adjust(
-                        now=self._clock(), delta=float(completion_actual - completion_reserved)
-                    )
+                    output_delta = completion_actual - completion_reserved
+                    self.output_tokens.adjust(now=self._clock(), delta=float(output_delta))
+                    self._output_charged += output_delta
+                    given_back = given_back or output_delta < 0
             elif self._configured.refund_unused_completion and completion_actual is not None:
                 delta += min(0, completion_actual - completion_reserved)
+                given_back = given_back or delta < 0
             if delta:
                 self._charge_tokens(delta)
+            if given_back:
+                # The head may fit now: left asleep until the refill alone would let it go,
+                # it would let the bucket fill past its burst and the refund spill over.
+                self._queue.wake_head()
+
+    def output_not_generated(self, permit: Permit) -> None:
+        """An answered failure (a 5xx, a 529, a refused body) generated nothing: give back
+        the output it reserved, as a provider that reserves max_tokens does. A 429's reserve
+        stays: where the output budget refused, the bucket was already emptied to match."""
+        if permit.output_tokens <= 0:
+            return
+        with self._lock:
+            if self.output_tokens is None:
+                return
+            self.output_tokens.adjust(now=self._clock(), delta=-float(permit.output_tokens))
+            self._output_charged -= permit.output_tokens
+            self._queue.wake_head()
 
     def _charge_tokens(self, delta: float) -> None:
         """Charge (or give back) tokens after the fact; called with the lock held. A shared

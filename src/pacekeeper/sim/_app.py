@@ -260,6 +260,7 @@ class _Exchange:
         "headers",
         "identity",
         "limiter",
+        "output_reserved",
         "receive",
         "record",
         "send",
@@ -290,6 +291,8 @@ class _Exchange:
         self.receive = receive
         self.send = send
         self.fault: str | None = None
+        #: Output tokens reserved at admission and not yet settled (None: none reserved).
+        self.output_reserved: float | None = None
 
 
 _request_ids = itertools.count(1)
@@ -544,9 +547,12 @@ class SimApp:
         now = self._clock()
         limiter = self._limits.get(call.model, now)
         headers: Headers = []
+        output_reserve: float | None = None
         if limiter is not None:
             wall = self._wall() if mode == "anthropic" else 0.0
-            rejection = limiter.admit(token_cost, now, input_cost)
+            if limiter.output_tokens is not None and self.scenario.otpm_counting == "max_tokens":
+                output_reserve = float(call.token_cost - call.prompt_tokens)  # max_tokens x n
+            rejection = limiter.admit(token_cost, now, input_cost, output_reserve)
             if rejection is not None:
                 headers, body = rejection_response(
                     mode,
@@ -579,6 +585,7 @@ class SimApp:
             send=send,
             limiter=limiter,
         )
+        ex.output_reserved = output_reserve
         record.admitted += 1
         stats.admitted(counts, token_cost)
         queue = self._queue
@@ -594,6 +601,9 @@ class SimApp:
         finally:
             stats.left()
             if limiter is not None:
+                if ex.output_reserved is not None:
+                    # Failed, or cut short before its output was counted: nothing generated.
+                    limiter.settle_output(ex.output_reserved, 0.0, self._clock())
                 limiter.release()
 
     async def _process(self, ex: _Exchange) -> None:
@@ -680,10 +690,16 @@ class SimApp:
         await self._reply(ex, body)
 
     def _charge_output(self, ex: _Exchange, choices: list[Choice]) -> None:
-        """Output tokens count against an output-token limit once they are generated."""
+        """Output tokens count against an output-token limit once they are generated: the
+        reserve taken at admission is settled to them, or (nothing reserved) they are charged."""
         limiter = ex.limiter
         if limiter is not None and limiter.output_tokens is not None:
-            limiter.charge_output(sum(c.tokens for c in choices), self._clock())
+            generated = sum(c.tokens for c in choices)
+            if ex.output_reserved is not None:
+                limiter.settle_output(ex.output_reserved, generated, self._clock())
+                ex.output_reserved = None
+            else:
+                limiter.charge_output(generated, self._clock())
 
     def _response_id(self, call: Call) -> str:
         prefix = "chatcmpl-sim" if call.kind == "chat" else "cmpl-sim"

@@ -19,6 +19,7 @@ from ._process import LISTENING_PREFIX
 from ._profiles import PROFILES, draw_profile
 from ._scenario import (
     HEADER_MODES,
+    OTPM_COUNTINGS,
     CapacityChange,
     Faults,
     Latency,
@@ -151,7 +152,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--output-tpm",
         type=_number(positive=True),
-        help="output tokens per minute, charged when generated (Anthropic)",
+        help="output tokens per minute (Anthropic); see --otpm-counting",
+    )
+    limits.add_argument(
+        "--otpm-counting",
+        choices=OTPM_COUNTINGS,
+        default=None,
+        help="how --output-tpm counts: max_tokens reserved at admission and settled to the "
+        "tokens generated (default, as Anthropic documents), or generated tokens only",
     )
     limits.add_argument("--rpd", type=_number(positive=True), help="requests per day")
     limits.add_argument("--tpd", type=_number(positive=True), help="tokens per day")
@@ -310,6 +318,7 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             seed=args.seed,
             require_api_key=args.require_api_key,
             charge_cached_tokens=args.charge_cached_tokens,
+            otpm_counting=args.otpm_counting,
         )
     except (ValueError, TypeError) as exc:
         raise ScenarioError(str(exc)) from None

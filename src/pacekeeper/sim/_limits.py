@@ -287,13 +287,24 @@ class ModelLimiter:
             if base.max_in_flight is not None:
                 self.max_in_flight = max(1, round(base.max_in_flight * self._factor))
 
-    def admit(self, token_cost: float, now: float, input_cost: float = 0.0) -> Rejection | None:
+    def admit(
+        self,
+        token_cost: float,
+        now: float,
+        input_cost: float = 0.0,
+        output_reserve: float | None = None,
+    ) -> Rejection | None:
         """Admit one request costing `token_cost` tokens (and `input_cost` input tokens) at
         `now`, or say why not.
 
+        The output-token meter, where there is one, counts in one of two ways. With an
+        `output_reserve` (Anthropic's documented rule: max_tokens), that much must fit and is
+        taken now, and `settle_output` corrects it to what was generated at the end. With None,
+        nothing is taken now and the request is admitted while the meter is not in debt;
+        `charge_output` charges what was generated.
+
         On admission the meters are charged and `in_flight` is incremented (the caller calls
-        `release` when the request is done, and `charge_output` when output is generated). A
-        rejected request spends nothing.
+        `release` when the request is done). A rejected request spends nothing.
         """
         if self._next_change < len(self._changes):
             self._apply_due_changes(now)
@@ -311,10 +322,13 @@ class ModelLimiter:
             if wait_s > worst.wait_s:
                 worst = Rejection("input_tokens", wait_s, input_cost)
         if output_tokens is not None:
-            # Output is charged as it is generated: admit while the meter is not in debt.
-            wait_s = output_tokens.wait_s(min(1.0, output_tokens.capacity), now)
+            # Reserved: the reserve must fit. Charged as generated: admit while not in debt.
+            output_need = (
+                min(1.0, output_tokens.capacity) if output_reserve is None else output_reserve
+            )
+            wait_s = output_tokens.wait_s(output_need, now)
             if wait_s > worst.wait_s:
-                worst = Rejection("output_tokens", wait_s, 1)
+                worst = Rejection("output_tokens", wait_s, output_need)
         requests_day, tokens_day = self.requests_day, self.tokens_day
         if requests_day is not None:
             wait_s = requests_day.wait_s(1, now)
@@ -333,6 +347,8 @@ class ModelLimiter:
             tokens.take(token_cost)
         if input_tokens is not None:
             input_tokens.take(input_cost)
+        if output_tokens is not None and output_reserve:
+            output_tokens.take(output_reserve)
         if requests_day is not None:
             requests_day.take(1)
         if tokens_day is not None:
@@ -345,6 +361,16 @@ class ModelLimiter:
         if self.output_tokens is not None:
             self.output_tokens.refill(now)
             self.output_tokens.take(tokens)
+
+    def settle_output(self, reserved: float, generated: float, now: float) -> None:
+        """A request that reserved `reserved` output tokens at admission generated `generated`
+        (0 if it failed or was cut short): give back the difference, never filling the meter
+        beyond its capacity (or charge the excess, had more been generated)."""
+        meter = self.output_tokens
+        if meter is not None and reserved != generated:
+            meter.refill(now)
+            level = meter.level + reserved - generated
+            meter.level = meter.capacity if level > meter.capacity else level
 
     def release(self) -> None:
         """One admitted request finished (whatever its outcome)."""

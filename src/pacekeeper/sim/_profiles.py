@@ -255,6 +255,10 @@ def _anthropic(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
             faults=faults,
             rate_limit_headers="anthropic",
             seed=seed,
+            # The robustness bench's reference pacer and ideal time count output as generated
+            # (bench/contenders.py, bench/robustness.py): the profile keeps that rule until
+            # they reserve max_tokens as Anthropic does (the simulator's default).
+            otpm_counting="generated",
         ),
         truth={
             DEFAULT_MODEL: TrueLimits(

@@ -22,6 +22,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 HeaderMode = Literal["openai", "window", "azure", "anthropic", "groq", "none"]
 HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "groq", "none")
+OtpmCounting = Literal["max_tokens", "generated"]
+OTPM_COUNTINGS: tuple[OtpmCounting, ...] = ("max_tokens", "generated")
 
 #: Fault kinds that depend on the attempt number: a retry may fare differently.
 TRANSIENT_FAULTS: tuple[str, ...] = (
@@ -296,6 +298,11 @@ class Scenario:
     #: Whether cached prompt tokens (`prompt_tokens_details.cached_tokens`) count against tpm:
     #: True at OpenAI, False at providers such as Groq.
     charge_cached_tokens: bool = True
+    #: How an output-tokens-per-minute limit (`output_tpm`) counts: "max_tokens" reserves a
+    #: request's max_tokens at admission and settles it to the tokens generated at the end
+    #: (what Anthropic documents); "generated" takes nothing at admission, admits while the
+    #: meter is not in debt, and charges output once generated.
+    otpm_counting: OtpmCounting = "max_tokens"
 
     def __post_init__(self) -> None:
         if not isinstance(self.models, Mapping):
@@ -338,6 +345,11 @@ class Scenario:
             raise ValueError(f"seed: must be a 64-bit integer, got {self.seed!r}")
         if not isinstance(self.require_api_key, bool):
             raise TypeError(f"require_api_key: must be true or false, got {self.require_api_key!r}")
+        if self.otpm_counting not in OTPM_COUNTINGS:
+            raise ValueError(
+                f"otpm_counting: must be one of {', '.join(OTPM_COUNTINGS)}, "
+                f"got {self.otpm_counting!r}"
+            )
         if not isinstance(self.charge_cached_tokens, bool):
             raise TypeError(
                 f"charge_cached_tokens: must be true or false, got {self.charge_cached_tokens!r}"
@@ -382,6 +394,7 @@ _TOP_LEVEL_SCALARS = (
     "rate_limit_headers",
     "require_api_key",
     "charge_cached_tokens",
+    "otpm_counting",
 )
 _TOP_LEVEL_TABLES = (
     "default",
@@ -513,6 +526,7 @@ def _scenario_to_toml(sc: Scenario) -> str:
         f"rate_limit_headers = {_toml_value(sc.rate_limit_headers)}",
         f"require_api_key = {_toml_value(sc.require_api_key)}",
         f"charge_cached_tokens = {_toml_value(sc.charge_cached_tokens)}",
+        f"otpm_counting = {_toml_value(sc.otpm_counting)}",
         "",
     ]
     lines += _toml_table("default", sc.default, ModelLimits())
