@@ -24,6 +24,7 @@ from pacekeeper import (
 )
 from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
 from pacekeeper.core.errors import DeadlineExceeded
+from pacekeeper.core.tokens import CHARS, TokenEstimate
 
 
 def verdict(status: int, headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
@@ -404,3 +405,47 @@ def test_admit_works_in_threads() -> None:
     with gov.admit(route="/r", model=None) as attempt:
         attempt.report(status=200)
     assert gov.stats()[0].ok == 1
+
+
+async def test_a_character_estimate_is_counted_exactly_only_where_tokens_bind() -> None:
+    """A prompt estimated in characters is counted exactly until usage taught the tokens
+    per character, and again when the token bucket runs low; in between it is charged as
+    characters times the learned ratio, and never refused as too large on characters."""
+    gov = Governor(limits=Limits(tpm=6_000_000, burst_s=1.0, concurrency=1000))
+    lane = gov.lane("/v1/chat/completions", "m")
+    exact_counts: list[int] = []
+
+    def exact() -> TokenEstimate:
+        exact_counts.append(1)
+        return TokenEstimate(prompt_tokens=100, max_completion_tokens=10, method="bpe")
+
+    chars = TokenEstimate(prompt_tokens=400, max_completion_tokens=10, method=CHARS)
+
+    async def one(*, settle: bool = True) -> int:
+        call = gov.call(route="/v1/chat/completions", model="m", estimate=chars, exact=exact)
+        permit = await call.admit()
+        if settle:
+            call.settle(permit, verdict(200), prompt_tokens=100, completion_tokens=10)
+        return permit.tokens
+
+    for _ in range(10):  # nothing learned yet: counted exactly, charged as tokens
+        assert await one() == 110
+    assert len(exact_counts) == 10
+    assert lane.cheap_scale.count == 10  # the characters learned too (ratio 0.25)
+    exact_counts.clear()
+    charged = [await one() for _ in range(20)]
+    assert len(exact_counts) <= 1  # one in 64 at most: the bucket is full
+    assert all(105 <= tokens <= 115 for tokens in charged)  # 400 chars x 0.25 + 10
+    assert lane.tokens is not None
+    lane.tokens.drain_to(now=gov.clock(), level=0.4 * lane.tokens.burst)
+    exact_counts.clear()
+    await one()
+    assert exact_counts == [1]  # the bucket decides when requests leave: exact again
+
+    small = Governor(limits=Limits(tpm=300))  # 400 characters, but 110 tokens: admitted
+    call = small.call(route="/v1/chat/completions", model="m", estimate=chars, exact=exact)
+    for _ in range(10):  # a token per character learned: 410 would be more than the limit
+        small.lane("/v1/chat/completions", "m").cheap_scale.observe(estimated=1, actual=1)
+    exact_counts.clear()
+    assert (await call.admit()).tokens == 110
+    assert exact_counts == [1]

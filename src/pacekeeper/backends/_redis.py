@@ -344,6 +344,11 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
+    def wants_exact_estimate(self, now: float) -> bool:
+        # The fleet's token bucket lives in the store: this process cannot see how full it
+        # is, so every request charged against a token limit is counted exactly.
+        return self.tpm is not None
+
     def _sees_every_acceptance(self) -> bool:
         # Scaling a process's measurement by its share of the fleet's recent admissions was
         # too coarse: three processes ran at half the speed of one (tests/backends/

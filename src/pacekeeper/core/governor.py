@@ -65,7 +65,7 @@ from pacekeeper.core.priority import Priority, current_priority, current_tenant
 from pacekeeper.core.queue import check_weight
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
-from pacekeeper.core.tokens import route_generates
+from pacekeeper.core.tokens import CHARS, route_generates
 
 if TYPE_CHECKING:
     from pacekeeper.core.backend import Backend
@@ -259,9 +259,16 @@ class Governor:
         tag: str | None = None,
         priority: Priority | str | None = None,
         tenant: str | None = None,
+        exact: Callable[[], TokenEstimate] | None = None,
     ) -> Call:
         """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
         ``tag`` is copied into its records (e.g. a batch line's custom_id).
+
+        An ``estimate`` in characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`,
+        a few microseconds) comes with ``exact``, which counts the tokens (tens of
+        microseconds): the lane calls it only where the count decides when the request may
+        leave (see :meth:`Lane.wants_exact_estimate`), and charges characters times the
+        tokens per character that usage showed everywhere else.
 
         ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
         ``tenant`` whose share it counts in within that class; unset, they come from the
@@ -282,7 +289,7 @@ class Governor:
             )
         else:
             prompt, completion = (tokens or 0), 0
-        return Call(
+        call = Call(
             self,
             lane,
             prompt_tokens=prompt,
@@ -291,6 +298,9 @@ class Governor:
             priority=cls,
             tenant=tenant,
         )
+        if exact is not None and estimate is not None and estimate.method == CHARS:
+            call._exact = exact
+        return call
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:
         """The wait before retrying after ``verdict`` on attempt number ``attempt``."""
@@ -453,7 +463,9 @@ class Call:
     """
 
     __slots__ = (
+        "_chars",
         "_deadline",
+        "_exact",
         "_gov",
         "_queued_total",
         "_reservation",
@@ -496,6 +508,10 @@ class Call:
         self._started_mono = gov.clock()
         self._started_wall = gov.wall_clock()
         self._queued_total = 0.0
+        self._exact: Callable[[], TokenEstimate] | None = None
+        """Counts the prompt exactly while ``prompt_tokens`` holds characters."""
+        self._chars: int | None = None
+        """The prompt in characters, once counted exactly too (both scales learn from it)."""
         deadline_s = gov.retry.deadline_s
         self._deadline = self._started_mono + deadline_s if deadline_s is not None else None
 
@@ -515,14 +531,29 @@ class Call:
     @property
     def cost(self) -> int:
         """Tokens charged at admission (prompt, corrected by learned scale, plus reserve)."""
-        return self.lane.cost_of(self.prompt_tokens, self.completion_tokens)
+        return self.lane.cost_of(
+            self.prompt_tokens, self.completion_tokens, cheap=self._exact is not None
+        )
 
     def _where(self) -> str:
         return f"{self.route} model={self.model}"
 
+    def _count_exactly(self) -> None:
+        """Replace the prompt's character count with its exact token count."""
+        exact, self._exact = self._exact, None
+        if exact is not None:
+            self._chars = self.prompt_tokens
+            self.prompt_tokens = exact().prompt_tokens
+
     def _before_admit(self) -> int:
+        lane = self.lane
+        if self._exact is not None and lane.wants_exact_estimate(self._gov.clock()):
+            self._count_exactly()
         cost = self.cost
-        tpm = self.lane.tpm
+        tpm = lane.tpm
+        if tpm is not None and cost > tpm and self._exact is not None:
+            self._count_exactly()  # characters overstate: never refuse on them
+            cost = self.cost
         if tpm is not None and cost > tpm:
             prompt = cost - self.completion_tokens  # as charged: the learned scale applied
             raise RequestTooLarge(
@@ -624,7 +655,7 @@ class Call:
         price = gov.price_of(self.model)
         if price is None:
             return None
-        prompt = self.lane.cost_of(self.prompt_tokens, 0)
+        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=self._exact is not None)
         worst = self.completion_tokens
         expected = worst
         cap = gov.budget
@@ -746,6 +777,8 @@ class Call:
                 completion_reserved=self.completion_tokens,
                 completion_actual=completion_tokens,
                 prompt_charged=permit.tokens - self.completion_tokens,
+                cheap=self._exact is not None,
+                chars_estimated=self._chars,
             )
 
         cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)

@@ -87,6 +87,12 @@ _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
+_EXACT_EVERY = (
+    64  # while the token budget is slack: one exact count in 64 keeps both scales learned
+)
+_CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
+_CHEAP_LOWEST = 0.02
+_TIGHT_LEVEL = 0.5  # a token bucket below half its depth decides when requests leave
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
@@ -169,6 +175,7 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_estimates",
         "_floor_due",
         "_lock",
         "_new_territory_at",
@@ -181,6 +188,7 @@ class Lane:
         "_success_peak_in_flight",
         "_successes",
         "budget",
+        "cheap_scale",
         "congestion",
         "cooldown",
         "estimate_scale",
@@ -234,6 +242,10 @@ class Lane:
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
         self.estimate_scale = EstimateScale()
+        self.cheap_scale = EstimateScale(initial=1.0, lowest=_CHEAP_LOWEST, highest=1.5)
+        """Provider's tokens per character of a character-count estimate (see
+        :meth:`wants_exact_estimate`): a separate ratio from the exact estimates'."""
+        self._estimates = 0
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
@@ -451,11 +463,30 @@ class Lane:
 
     # -- admission ------------------------------------------------------------------------
 
-    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
+    def cost_of(self, prompt_tokens: int, completion_tokens: int, *, cheap: bool = False) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
         has shown about our estimates on this lane (see :mod:`pacekeeper.core.scale`), plus
-        the answer's reserve."""
-        return math.ceil(prompt_tokens * self.estimate_scale.charge_factor) + completion_tokens
+        the answer's reserve. ``cheap``: the prompt is a character count."""
+        scale = self.cheap_scale if cheap else self.estimate_scale
+        return math.ceil(prompt_tokens * scale.charge_factor) + completion_tokens
+
+    def wants_exact_estimate(self, now: float) -> bool:
+        """Whether a request estimated in characters should be counted exactly before it is
+        admitted: when the token budget decides when requests leave (its bucket below half
+        its depth; requests queued for a slot do not count), before usage taught the tokens
+        per character, and one request in 64 otherwise (so the exact estimates' scale stays
+        learned). Without a token limit the estimate paces nothing: characters and the
+        learned ratio are enough for records and costs. An exact count costs tens of
+        microseconds a request, about as much as the rest of the governor."""
+        tokens = self.tokens
+        if tokens is None:
+            return False
+        self._estimates += 1
+        return (
+            self.cheap_scale.count < _CHEAP_LEARNED
+            or self._estimates % _EXACT_EVERY == 0
+            or tokens.level(now) < _TIGHT_LEVEL * tokens.burst
+        )
 
     @property
     def prompt_scale(self) -> float:
@@ -932,28 +963,57 @@ class Lane:
         completion_reserved: int,
         completion_actual: int | None,
         prompt_charged: int | None = None,
+        cheap: bool = False,
+        chars_estimated: int | None = None,
     ) -> None:
         """Correct the token bucket once the response's usage says what was really spent
         (``prompt_charged``: what admission charged for the prompt), and learn how our prompt
-        estimates compare with the provider's counts: their mean and their spread."""
+        estimates compare with the provider's counts: their mean and their spread.
+        ``cheap``: ``prompt_estimated`` is a character count; ``chars_estimated``: the
+        character count of a prompt also counted exactly (both ratios learn from it)."""
         if prompt_actual is None:
             return
         with self._lock:
-            if prompt_charged is None:
-                prompt_charged = math.ceil(prompt_estimated * self.estimate_scale.charge_factor)
-            self.estimate_scale.observe(estimated=prompt_estimated, actual=prompt_actual)
-            delta = float(prompt_actual - prompt_charged)
-            if self.output_tokens is not None:
-                # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
-                # with what was generated, as the provider does.
-                if completion_actual is not None:
-                    self.output_tokens.adjust(
-                        now=self._clock(), delta=float(completion_actual - completion_reserved)
-                    )
-            elif self._configured.refund_unused_completion and completion_actual is not None:
-                delta += min(0, completion_actual - completion_reserved)
-            if delta:
-                self._charge_tokens(delta)
+            self._reconcile(
+                prompt_estimated=prompt_estimated,
+                prompt_actual=prompt_actual,
+                completion_reserved=completion_reserved,
+                completion_actual=completion_actual,
+                prompt_charged=prompt_charged,
+                cheap=cheap,
+                chars_estimated=chars_estimated,
+            )
+
+    def _reconcile(
+        self,
+        *,
+        prompt_estimated: int,
+        prompt_actual: int,
+        completion_reserved: int,
+        completion_actual: int | None,
+        prompt_charged: int | None,
+        cheap: bool,
+        chars_estimated: int | None,
+    ) -> None:
+        """:meth:`reconcile`, called with the lock held."""
+        scale = self.cheap_scale if cheap else self.estimate_scale
+        if prompt_charged is None:
+            prompt_charged = math.ceil(prompt_estimated * scale.charge_factor)
+        scale.observe(estimated=prompt_estimated, actual=prompt_actual)
+        if chars_estimated is not None:
+            self.cheap_scale.observe(estimated=chars_estimated, actual=prompt_actual)
+        delta = float(prompt_actual - prompt_charged)
+        if self.output_tokens is not None:
+            # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
+            # with what was generated, as the provider does.
+            if completion_actual is not None:
+                self.output_tokens.adjust(
+                    now=self._clock(), delta=float(completion_actual - completion_reserved)
+                )
+        elif self._configured.refund_unused_completion and completion_actual is not None:
+            delta += min(0, completion_actual - completion_reserved)
+        if delta:
+            self._charge_tokens(delta)
 
     def _charge_tokens(self, delta: float) -> None:
         """Charge (or give back) tokens after the fact; called with the lock held. A shared

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CHARS",
     "use_bpe",
     "warm_up",
     "IMAGE_TOKENS",
@@ -95,6 +96,8 @@ _REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 _MAX_DEPTH = 8
 
 HEURISTIC = "heuristic"
+CHARS = "chars"
+"""The method of :func:`estimate_request_chars`: characters, not tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,7 +606,7 @@ def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int
     total = 0
     prompts = 1
     known = False
-    counted = set(_PARAMETER_KEYS)
+    counted: set[str] = set()
     for key in ("tools", "functions", "response_format"):
         if body.get(key) is not None:
             total += counter.json(body[key])
@@ -640,7 +643,11 @@ def _prompt_tokens(body: Mapping[str, Any], counter: _Counter) -> tuple[int, int
                 prompts = count if "max_output_tokens" not in body else 1
         known = True
     if not known:
-        rest = {key: value for key, value in body.items() if key not in counted}
+        rest = {
+            key: value
+            for key, value in body.items()
+            if key not in counted and key not in _PARAMETER_KEYS
+        }
         total += counter.json(rest)
     return total, prompts
 
@@ -707,3 +714,25 @@ def estimate_request_tokens(body: Mapping[str, Any], *, model: str | None = None
     except Exception:  # a shape nobody foresaw must not fail the request
         return TokenEstimate(_heuristic_tokens(_any_text(body)), None, HEURISTIC)
     return TokenEstimate(prompt_tokens, completion, method)
+
+
+_CHARS_COUNTER = _Counter(len)
+
+
+def estimate_request_chars(body: Mapping[str, Any]) -> TokenEstimate:
+    """A request's cost as :func:`estimate_request_tokens` walks it, but with each text
+    counted in characters instead of tokens (method ``"chars"``): a few microseconds where
+    an exact count takes tens. Not a token count: a lane multiplies it by the ratio usage
+    showed (about 0.25 for English, 1 for CJK; see :class:`~pacekeeper.core.lane.Lane`),
+    and counts exactly where the estimate decides when a request may leave.
+
+    >>> estimate_request_chars({"max_tokens": 64,
+    ...                         "messages": [{"role": "user", "content": "Hi there!"}]})
+    TokenEstimate(prompt_tokens=16, max_completion_tokens=64, method='chars')
+    """
+    try:
+        prompt, prompts = _prompt_tokens(body, _CHARS_COUNTER)
+        completion = _completion_budget(body, prompts)
+    except Exception:  # a shape nobody foresaw must not fail the request
+        return TokenEstimate(len(_any_text(body)), None, CHARS)
+    return TokenEstimate(prompt, completion, CHARS)

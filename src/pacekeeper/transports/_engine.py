@@ -26,7 +26,11 @@ from pacekeeper.core.classify import (
     verdict_for_failure,
 )
 from pacekeeper.core.cost import BilledUsage
-from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
+from pacekeeper.core.tokens import (
+    TokenEstimate,
+    estimate_request_chars,
+    estimate_request_tokens,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -144,6 +148,13 @@ class RequestFacts:
     body: dict[str, Any] | None = None
     """The parsed JSON body (None for anything else)."""
 
+    def exact_estimate(self) -> TokenEstimate:
+        """The exact token estimate, where :attr:`estimate` counts characters (the governor
+        asks for it only where the count decides when the request leaves)."""
+        if self.body is None:
+            return self.estimate
+        return estimate_request_tokens(self.body, model=self.model)
+
 
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 _PATH_MODEL = re.compile(r"/models/([^/:]+):")
@@ -218,7 +229,7 @@ def facts_of(method: str, path: str, body: object) -> RequestFacts:
     return RequestFacts(
         route,
         model,
-        estimate_request_tokens(body, model=model),
+        estimate_request_chars(body),
         streaming=body.get("stream") is True or route.endswith(":streamGenerateContent"),
         body=body,
     )
