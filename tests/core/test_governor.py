@@ -411,7 +411,7 @@ async def test_a_character_estimate_is_counted_exactly_only_where_tokens_bind() 
     """A prompt estimated in characters is counted exactly until usage taught the tokens
     per character, and again when the token bucket runs low; in between it is charged as
     characters times the learned ratio, and never refused as too large on characters."""
-    gov = Governor(limits=Limits(tpm=6_000_000, burst_s=1.0, concurrency=1000))
+    gov = Governor(limits=Limits(tpm=60_000_000, burst_s=1.0, concurrency=1000))
     lane = gov.lane("/v1/chat/completions", "m")
     exact_counts: list[int] = []
 
@@ -437,7 +437,7 @@ async def test_a_character_estimate_is_counted_exactly_only_where_tokens_bind() 
     assert len(exact_counts) <= 1  # one in 64 at most: the bucket is full
     assert all(105 <= tokens <= 115 for tokens in charged)  # 400 chars x 0.25 + 10
     assert lane.tokens is not None
-    lane.tokens.drain_to(now=gov.clock(), level=0.4 * lane.tokens.burst)
+    lane.tokens.drain_to(now=gov.clock(), level=50 * 110)  # room for 50 such requests
     exact_counts.clear()
     await one()
     assert exact_counts == [1]  # the bucket decides when requests leave: exact again

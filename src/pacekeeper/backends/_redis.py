@@ -344,7 +344,7 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
-    def wants_exact_estimate(self, now: float) -> bool:
+    def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
         # The fleet's token bucket lives in the store: this process cannot see how full it
         # is, so every request charged against a token limit is counted exactly.
         return self.tpm is not None

@@ -547,9 +547,10 @@ class Call:
 
     def _before_admit(self) -> int:
         lane = self.lane
-        if self._exact is not None and lane.wants_exact_estimate(self._gov.clock()):
-            self._count_exactly()
         cost = self.cost
+        if self._exact is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
+            self._count_exactly()
+            cost = self.cost
         tpm = lane.tpm
         if tpm is not None and cost > tpm and self._exact is not None:
             self._count_exactly()  # characters overstate: never refuse on them

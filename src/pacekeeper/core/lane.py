@@ -92,7 +92,7 @@ _EXACT_EVERY = (
 )
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
-_TIGHT_LEVEL = 0.5  # a token bucket below half its depth decides when requests leave
+_TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
@@ -470,11 +470,12 @@ class Lane:
         scale = self.cheap_scale if cheap else self.estimate_scale
         return math.ceil(prompt_tokens * scale.charge_factor) + completion_tokens
 
-    def wants_exact_estimate(self, now: float) -> bool:
-        """Whether a request estimated in characters should be counted exactly before it is
-        admitted: when the token budget decides when requests leave (its bucket below half
-        its depth; requests queued for a slot do not count), before usage taught the tokens
-        per character, and one request in 64 otherwise (so the exact estimates' scale stays
+    def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
+        """Whether a request estimated in characters (charged ``tokens_charged`` as such)
+        should be counted exactly before it is admitted: when the token budget decides when
+        requests leave (its bucket holds less than 64 such requests; requests queued for a
+        slot do not count), before usage taught the tokens per character, and one request
+        in 64 otherwise (so the exact estimates' scale stays
         learned). Without a token limit the estimate paces nothing: characters and the
         learned ratio are enough for records and costs. An exact count costs tens of
         microseconds a request, about as much as the rest of the governor."""
@@ -485,7 +486,7 @@ class Lane:
         return (
             self.cheap_scale.count < _CHEAP_LEARNED
             or self._estimates % _EXACT_EVERY == 0
-            or tokens.level(now) < _TIGHT_LEVEL * tokens.burst
+            or tokens.level(now) < _TIGHT_REQUESTS * tokens_charged
         )
 
     @property

@@ -345,13 +345,45 @@ def usage_from_json(
     body: bytes, *, cache_reads_count: bool = True
 ) -> tuple[int | None, int | None, bool, BilledUsage | None]:
     """(input tokens counted, output tokens, body is valid JSON, usage as billed) of a JSON
-    answer."""
+    answer.
+
+    The answer is not parsed when it is whole (an object, ``{`` to ``}``: a cut answer is
+    not) and its usage object, found from the end, names counts: they are read off as they
+    are written (every dialect puts usage last or nearly, and a count quoted inside a string
+    is escaped, so it cannot be mistaken for one). Parsing a whole answer to read three
+    numbers cost more than the rest of its handling; the caller's SDK parses it anyway.
+
+    >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, '
+    ...                 b'"completion_tokens": 3, "total_tokens": 15}}')
+    (12, 3, True, BilledUsage(input_tokens=12, output_tokens=3, cached_input_tokens=0))
+    >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, "compl')[2]
+    False
+    """
+    fast = _usage_at_end(body, cache_reads_count)
+    if fast is not None:
+        return fast
     try:
         data = json.loads(body)
     except ValueError:
         return None, None, False, None
     prompt, completion = usage_of(data, cache_reads_count=cache_reads_count)
     return prompt, completion, True, billed_usage_of(data)
+
+
+def _usage_at_end(
+    body: bytes, cache_reads_count: bool
+) -> tuple[int | None, int | None, bool, BilledUsage | None] | None:
+    """The usage of a whole JSON object read without parsing it, or None (parse it)."""
+    if body[:1] != b"{" or not (body.endswith(b"}") or body.rstrip().endswith(b"}")):
+        return None
+    start = body.rfind(b'"usage')
+    if start < 0:
+        return None
+    scanner = UsageScanner(cache_reads_count=cache_reads_count)
+    scanner.feed(body[start:])
+    if not scanner.found:
+        return None
+    return scanner.prompt_tokens, scanner.completion_tokens, True, scanner.billed
 
 
 def billed_usage_of(data: object) -> BilledUsage | None:
@@ -523,6 +555,11 @@ class UsageScanner:
             return
         for name, value in _USAGE_NUMBER.findall(window):
             self._counts[name] = int(value)
+
+    @property
+    def found(self) -> bool:
+        """Whether any count was seen."""
+        return bool(self._counts)
 
     @property
     def prompt_tokens(self) -> int | None:
