@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.cost import SpendCap
     from pacekeeper.core.headers import RateLimitSnapshot
+    from pacekeeper.core.lane import Reconciliation
+    from pacekeeper.core.records import RequestRecord
 
 __all__ = ["RedisBackend", "SharedLane"]
 
@@ -452,9 +454,19 @@ class SharedLane(Lane):
         retry: bool,
         hold: bool = False,
         gate: bool = True,
+        usage: Reconciliation | None = None,
+        finished: RequestRecord | None = None,
     ) -> None:
         super().settle(
-            permit, verdict, now=now, max_hint_s=max_hint_s, retry=retry, hold=hold, gate=gate
+            permit,
+            verdict,
+            now=now,
+            max_hint_s=max_hint_s,
+            retry=retry,
+            hold=hold,
+            gate=gate,
+            usage=usage,
+            finished=finished,
         )
         self._control_changed(now)
 

@@ -59,7 +59,7 @@ from pacekeeper.core.errors import (
     RetryWaitTooLong,
     SpendCapReached,
 )
-from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
+from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconciliation
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import Priority, current_priority, current_tenant
 from pacekeeper.core.queue import check_weight
@@ -762,17 +762,11 @@ class Call:
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
-        lane.settle(
-            permit,
-            verdict,
-            now=now,
-            max_hint_s=gov.retry.max_hint_s,
-            retry=self.attempt > 1,
-            hold=hold,
-            gate=not is_testing(),
-        )
-        if kind is OutcomeKind.OK and prompt_tokens is not None:
-            lane.reconcile(
+        ok = kind is OutcomeKind.OK
+        cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
+        usage = None
+        if ok and prompt_tokens is not None:
+            usage = Reconciliation(
                 prompt_estimated=self.prompt_tokens,
                 prompt_actual=prompt_tokens,
                 completion_reserved=self.completion_tokens,
@@ -781,49 +775,58 @@ class Call:
                 cheap=self._exact is not None,
                 chars_estimated=self._chars,
             )
-
-        cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)
+        # An answer ends the request: its record is built first, so that the lane counts
+        # the attempt, the usage and the request under one acquisition of its lock.
+        record = (
+            self._record(
+                ok=True,
+                outcome=kind.value,
+                status=verdict.status,
+                latency_s=latency_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                error=None,
+                request_id=request_id,
+                now=now,
+            )
+            if ok
+            else None
+        )
+        lane.settle(
+            permit,
+            verdict,
+            now=now,
+            max_hint_s=gov.retry.max_hint_s,
+            retry=self.attempt > 1,
+            hold=hold,
+            gate=not is_testing(),
+            usage=usage,
+            finished=record,
+        )
         error: RequestFailed | None = None
         delay_s = 0.0
         retry = False
-        if kind is not OutcomeKind.OK:
+        if not ok:
             retry, delay_s, error = self._decide(verdict, now, final)
-
         # Built only when someone reads it: this runs once per attempt on the hot path.
         if gov.hooks or logger.isEnabledFor(logging.DEBUG):
-            attempt_record = AttemptRecord(
-                route=self.route,
-                model=self.model,
-                attempt=self.attempt,
-                outcome=kind.value,
-                status=verdict.status,
-                started_at=gov.wall_clock() - latency_s,
-                queued_s=permit.queued_s,
+            self._publish_attempt(
+                permit,
+                verdict,
                 latency_s=latency_s,
-                tokens_estimated=permit.tokens,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 retry_in_s=delay_s if retry else None,
-                error=None if kind is OutcomeKind.OK else verdict.reason,
                 request_id=request_id,
-                tag=self.tag,
-                priority=self.priority.value,
-                tenant=self.tenant,
-                in_flight=permit.in_flight_at_send,
-                concurrency_limit=lane.slots.limit,
-                rpm_limit=lane.rpm_limit,
-                tpm_limit=lane.tpm_limit,
                 cost_usd=cost_usd,
             )
-            for hook in gov.hooks:
-                hook.on_attempt(attempt_record)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("attempt %s", _kv(attempt_record.as_dict()))
+        if record is not None:
+            self._publish(record)
+            return Decision(retry=False, record=record)
         if retry:
             return Decision(retry=True, delay_s=delay_s)
-
         record = self._finish(
-            ok=kind is OutcomeKind.OK,
+            ok=False,
             outcome=kind.value,
             status=verdict.status,
             latency_s=latency_s,
@@ -835,6 +838,50 @@ class Call:
         if error is not None:
             error.record = record
         return Decision(retry=False, error=error, record=record)
+
+    def _publish_attempt(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        *,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        retry_in_s: float | None,
+        request_id: str | None,
+        cost_usd: float | None,
+    ) -> None:
+        """The attempt's record to the hooks and the debug log."""
+        gov, lane = self._gov, self.lane
+        kind = verdict.kind
+        attempt_record = AttemptRecord(
+            route=self.route,
+            model=self.model,
+            attempt=self.attempt,
+            outcome=kind.value,
+            status=verdict.status,
+            started_at=gov.wall_clock() - latency_s,
+            queued_s=permit.queued_s,
+            latency_s=latency_s,
+            tokens_estimated=permit.tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            retry_in_s=retry_in_s,
+            error=None if kind is OutcomeKind.OK else verdict.reason,
+            request_id=request_id,
+            tag=self.tag,
+            priority=self.priority.value,
+            tenant=self.tenant,
+            in_flight=permit.in_flight_at_send,
+            concurrency_limit=lane.slots.limit,
+            rpm_limit=lane.rpm_limit,
+            tpm_limit=lane.tpm_limit,
+            cost_usd=cost_usd,
+        )
+        for hook in gov.hooks:
+            hook.on_attempt(attempt_record)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("attempt %s", _kv(attempt_record.as_dict()))
 
     def _decide(
         self, verdict: Verdict, now: float, final: bool | str
@@ -950,11 +997,43 @@ class Call:
         request_id: str | None,
         error_type: str | None = None,
     ) -> RequestRecord:
+        """The request ended without an answer to count (a failure, a cancellation): record
+        it, count it and publish it."""
+        now = self._gov.clock()
+        record = self._record(
+            ok=ok,
+            outcome=outcome,
+            status=status,
+            latency_s=latency_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=error,
+            request_id=request_id,
+            error_type=error_type,
+            now=now,
+        )
+        lane = self.lane
+        with lane._lock:
+            lane.stats.on_record(record, at=now)
+        self._publish(record)
+        return record
+
+    def _record(
+        self,
+        *,
+        ok: bool,
+        outcome: str,
+        status: int | None,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        error: RequestFailed | None,
+        request_id: str | None,
+        now: float,
+        error_type: str | None = None,
+    ) -> RequestRecord:
         self.done = True
-        gov, lane = self._gov, self.lane
-        now = gov.clock()
-        total_s = now - self._started_mono
-        record = RequestRecord(
+        return RequestRecord(
             route=self.route,
             model=self.model,
             outcome=outcome,
@@ -962,7 +1041,7 @@ class Call:
             ok=ok,
             attempts=self.attempt,
             started_at=self._started_wall,
-            total_s=total_s,
+            total_s=now - self._started_mono,
             queued_s=self._queued_total,
             latency_s=latency_s,
             tokens_estimated=self.cost,
@@ -976,25 +1055,13 @@ class Call:
             tenant=self.tenant,
             cost_usd=self.cost_usd,
         )
-        with lane._lock:
-            lane.stats.on_request(
-                ok=ok,
-                outcome=outcome,
-                total_s=total_s,
-                queued_s=self._queued_total,
-                tokens_estimated=record.tokens_estimated,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                at=now,
-                cost_usd=self.cost_usd,
-                priority=record.priority,
-                tenant=record.tenant,
-            )
-        for hook in gov.hooks:
+
+    def _publish(self, record: RequestRecord) -> None:
+        """The request's record to the hooks and the log."""
+        for hook in self._gov.hooks:
             hook.on_request(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
-        return record
 
 
 class Admission:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
@@ -65,8 +65,9 @@ if TYPE_CHECKING:
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
+    from pacekeeper.core.records import RequestRecord
 
-__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
+__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation"]
 
 _AsyncWaiter = AsyncWaiter  # the names the Redis backend imported before waiting.py
 _ThreadWaiter = ThreadWaiter
@@ -94,6 +95,18 @@ _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
 _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
+
+
+class Reconciliation(NamedTuple):
+    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`)."""
+
+    prompt_estimated: int
+    prompt_actual: int
+    completion_reserved: int
+    completion_actual: int | None
+    prompt_charged: int | None = None
+    cheap: bool = False
+    chars_estimated: int | None = None
 
 
 class Permit:
@@ -558,12 +571,11 @@ class Lane:
             return None
         return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
 
-    def _waiting_for_slot(self) -> bool:
+    def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
         the cooldown or pacing): only then is the limit really in use."""
         if not self._queue or self.slots.has_room():
             return False
-        now = self._clock()
         if self.cooldown.remaining_s(now=now) > 0:
             return False
         return self.requests is None or self.requests.wait_s(now=now, cost=1) == 0.0
@@ -728,15 +740,19 @@ class Lane:
 
     def release(self, permit: Permit, signal: Signal) -> None:
         with self._lock:
-            self._outstanding.pop(id(permit), None)
-            self.slots.release(
-                now=self._clock(),
-                sent_at=permit.sent_at,
-                in_flight_at_send=permit.in_flight_at_send,
-                signal=signal,
-                backlog=self._waiting_for_slot(),
-            )
-            self._queue.wake_head()
+            self._release(permit, signal, self._clock())
+
+    def _release(self, permit: Permit, signal: Signal, now: float) -> None:
+        """Free ``permit``'s slot; called with the lock held."""
+        self._outstanding.pop(id(permit), None)
+        self.slots.release(
+            now=now,
+            sent_at=permit.sent_at,
+            in_flight_at_send=permit.in_flight_at_send,
+            signal=signal,
+            backlog=self._waiting_for_slot(now),
+        )
+        self._queue.wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -750,11 +766,15 @@ class Lane:
         retry: bool,
         hold: bool = False,
         gate: bool = True,
+        usage: Reconciliation | None = None,
+        finished: RequestRecord | None = None,
     ) -> None:
         """Everything an attempt's outcome teaches the lane, under one lock: the limits its
         headers state, the rate (a 429 about the rate) or the in-flight cap (a 429 about
         requests in flight), the evidence of load, the latency; then the slot is released
-        (unless ``hold``: a stream keeps it until closed) and the attempt counted.
+        (unless ``hold``: a stream keeps it until closed) and the attempt counted; with
+        ``usage``, the tokens reconciled (:meth:`reconcile`); with ``finished``, the request
+        counted as done.
 
         ``gate`` False keeps a hinted 429 from closing the cooldown gate (tests that make
         retries instant)."""
@@ -773,11 +793,13 @@ class Lane:
                     signal = Signal.BACKPRESSURE
             else:
                 self.congestion.observe(overload=False)
+            if usage is not None:
+                self._reconcile(usage)
             if hold:
                 # A stream answered: it is no longer a candidate for a hung request.
                 self._outstanding.pop(id(permit), None)
             else:
-                permit.release(signal)
+                permit.release(signal)  # re-enters the lock (a shared lane releases its own way)
             self.stats.on_attempt(
                 status=verdict.status,
                 rate_limited=kind is OutcomeKind.RATE_LIMITED,
@@ -785,6 +807,8 @@ class Lane:
                 retry=retry,
                 at=now,
             )
+            if finished is not None:
+                self.stats.on_record(finished, at=now)
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
@@ -976,34 +1000,30 @@ class Lane:
             return
         with self._lock:
             self._reconcile(
-                prompt_estimated=prompt_estimated,
-                prompt_actual=prompt_actual,
-                completion_reserved=completion_reserved,
-                completion_actual=completion_actual,
-                prompt_charged=prompt_charged,
-                cheap=cheap,
-                chars_estimated=chars_estimated,
+                Reconciliation(
+                    prompt_estimated=prompt_estimated,
+                    prompt_actual=prompt_actual,
+                    completion_reserved=completion_reserved,
+                    completion_actual=completion_actual,
+                    prompt_charged=prompt_charged,
+                    cheap=cheap,
+                    chars_estimated=chars_estimated,
+                )
             )
 
-    def _reconcile(
-        self,
-        *,
-        prompt_estimated: int,
-        prompt_actual: int,
-        completion_reserved: int,
-        completion_actual: int | None,
-        prompt_charged: int | None,
-        cheap: bool,
-        chars_estimated: int | None,
-    ) -> None:
+    def _reconcile(self, usage: Reconciliation) -> None:
         """:meth:`reconcile`, called with the lock held."""
-        scale = self.cheap_scale if cheap else self.estimate_scale
+        prompt_actual = usage.prompt_actual
+        completion_actual = usage.completion_actual
+        scale = self.cheap_scale if usage.cheap else self.estimate_scale
+        prompt_charged = usage.prompt_charged
         if prompt_charged is None:
-            prompt_charged = math.ceil(prompt_estimated * scale.charge_factor)
-        scale.observe(estimated=prompt_estimated, actual=prompt_actual)
-        if chars_estimated is not None:
-            self.cheap_scale.observe(estimated=chars_estimated, actual=prompt_actual)
+            prompt_charged = math.ceil(usage.prompt_estimated * scale.charge_factor)
+        scale.observe(estimated=usage.prompt_estimated, actual=prompt_actual)
+        if usage.chars_estimated is not None:
+            self.cheap_scale.observe(estimated=usage.chars_estimated, actual=prompt_actual)
         delta = float(prompt_actual - prompt_charged)
+        completion_reserved = usage.completion_reserved
         if self.output_tokens is not None:
             # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
             # with what was generated, as the provider does.
