@@ -1,6 +1,7 @@
 """The governed transport's own CPU per request, and where it goes (issue 15).
 
 ``python -m bench.hotpath [--n 3000] [--rounds 3] [--network] [--profile FILE.md]``
+``python -m bench.hotpath --against DIR [--n 3000] [--rounds 5]``
 
 The same measure as bench/overhead.py's CPU rows (its client code and canned transport), on
 its own and in a minute: bare httpx2 against ``pacekeeper.Transport`` in auto mode and with a
@@ -9,6 +10,11 @@ medians reported. ``--network`` adds the same against a zero-latency simulator i
 process. ``--profile`` writes a cProfile of the governed transport's in-process run, grouped
 by what the time is spent on, as markdown (the before/after tables of
 bench/results/hotpath.md come from it).
+
+``--against DIR`` compares this tree with another copy of pacekeeper's ``src`` (say, ``git
+archive <commit> src | tar -x -C /tmp/before``, then ``--against /tmp/before/src``): each
+round runs bare, governed (auto, fixed) with this tree, then the same with the other, each in
+a fresh process, rounds interleaved so that background load hits both alike.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
+import os
 import pstats
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 from typing import Any
@@ -141,13 +150,63 @@ def _markdown(kind: str, n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_round(n: int) -> dict[str, float]:
+    """µs of CPU per request of each kind, in process, once each (in a child process)."""
+    out: dict[str, float] = {}
+    for kind in _KINDS:
+        asyncio.run(_send_all("http://canned/v1", kind, 200, offset=10_000_000, make=_canned))
+        cpu, _wall, _lanes = asyncio.run(_send_all("http://canned/v1", kind, n, 0, make=_canned))
+        out[kind] = cpu / n * 1e6
+    return out
+
+
+def against(other_src: str, n: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Per tree ("this", "other"), per kind, µs of CPU per request of each round."""
+    trees = {"this": "", "other": os.path.abspath(other_src)}
+    runs: dict[str, dict[str, list[float]]] = {t: {k: [] for k in _KINDS} for t in trees}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for r in range(rounds):
+        order = list(trees) if r % 2 == 0 else list(reversed(trees))
+        for tree in order:
+            path = os.pathsep.join(p for p in (trees[tree], root) if p)
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.hotpath", "--one-round", str(n)],
+                env={**os.environ, "PYTHONPATH": path},
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for kind, us in json.loads(child.stdout.strip().splitlines()[-1]).items():
+                runs[tree][kind].append(us)
+            print(f"round {r + 1} {tree}: {child.stdout.strip().splitlines()[-1]}", flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath")
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--network", action="store_true")
     parser.add_argument("--profile", metavar="FILE.md")
+    parser.add_argument("--against", metavar="SRC_DIR")
+    parser.add_argument("--one-round", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one_round:
+        print(json.dumps(_one_round(args.one_round)))
+        return
+    if args.against:
+        runs = against(args.against, args.n, args.rounds)
+        for tree, kinds in runs.items():
+            medians = {k: statistics.median(v) for k, v in kinds.items()}
+            bare = medians["bare"]
+            print(
+                f"{tree}: bare {bare:.0f} µs; "
+                + "; ".join(
+                    f"{k} {medians[k]:.0f} µs (+{medians[k] - bare:.0f})" for k in _KINDS[1:]
+                )
+            )
+        return
     result = measure(args.n, args.rounds, network=args.network)
     for where in ("in_process", "network"):
         if where not in result:

@@ -614,12 +614,13 @@ class Lane:
         tokens: int,
         *,
         front: bool,
-        waiter: Waiter,
+        waiter: type[AsyncWaiter] | type[ThreadWaiter],
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
-    ) -> Permit | None:
-        """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
+    ) -> Permit | Waiter:
+        """Admit at once when nobody waits and the state allows; else queue a new
+        ``waiter`` (made only then: the uncontended path allocates none) and return it."""
         now = self._clock()
         queue = self._queue
         with self._lock:
@@ -627,8 +628,9 @@ class Lane:
             if not queue and self._try_admit(now, tokens, output_tokens) == 0.0:
                 queue.count_admission(priority, tenant)
                 return self._grant(now, tokens, now, output_tokens)
-            queue.join(waiter, front=front, priority=priority, tenant=tenant)
-        return None
+            joined = waiter()
+            queue.join(joined, front=front, priority=priority, tenant=tenant)
+        return joined
 
     def _turn(
         self,
@@ -670,17 +672,17 @@ class Lane:
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
         (charged to the output budget where the provider limits output apart)."""
         asked_at = self._clock()
-        waiter = AsyncWaiter()
-        permit = self._join(
+        waiter = self._join(
             tokens,
             front=front,
-            waiter=waiter,
+            waiter=AsyncWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
         )
-        if permit is not None:
-            return permit
+        if isinstance(waiter, Permit):
+            return waiter
+        assert isinstance(waiter, AsyncWaiter)
         try:
             while True:
                 turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)
@@ -703,17 +705,17 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        waiter = ThreadWaiter()
-        permit = self._join(
+        waiter = self._join(
             tokens,
             front=front,
-            waiter=waiter,
+            waiter=ThreadWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
         )
-        if permit is not None:
-            return permit
+        if isinstance(waiter, Permit):
+            return waiter
+        assert isinstance(waiter, ThreadWaiter)
         try:
             while True:
                 turn = self._turn(waiter, tokens, deadline, asked_at, output_tokens)

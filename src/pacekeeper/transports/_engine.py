@@ -379,10 +379,11 @@ def _usage_at_end(
     start = body.rfind(b'"usage')
     if start < 0:
         return None
-    scanner = UsageScanner(cache_reads_count=cache_reads_count)
-    scanner.feed(body[start:])
-    if not scanner.found:
+    found = _USAGE_NUMBER.findall(body, start)
+    if not found:
         return None
+    scanner = UsageScanner(cache_reads_count=cache_reads_count)
+    scanner.take({name: int(value) for name, value in found})
     return scanner.prompt_tokens, scanner.completion_tokens, True, scanner.billed
 
 
@@ -556,10 +557,9 @@ class UsageScanner:
         for name, value in _USAGE_NUMBER.findall(window):
             self._counts[name] = int(value)
 
-    @property
-    def found(self) -> bool:
-        """Whether any count was seen."""
-        return bool(self._counts)
+    def take(self, counts: dict[bytes, int]) -> None:
+        """Counts found elsewhere (the last value of each wins)."""
+        self._counts.update(counts)
 
     @property
     def prompt_tokens(self) -> int | None:
