@@ -463,6 +463,7 @@ class Call:
     """
 
     __slots__ = (
+        "_charged",
         "_chars",
         "_deadline",
         "_exact",
@@ -510,6 +511,8 @@ class Call:
         self._queued_total = 0.0
         self._exact: Callable[[], TokenEstimate] | None = None
         """Counts the prompt exactly while ``prompt_tokens`` holds characters."""
+        self._charged: int | None = None
+        """Tokens charged at the last admission (what records report)."""
         self._chars: int | None = None
         """The prompt in characters, once counted exactly too (both scales learn from it)."""
         deadline_s = gov.retry.deadline_s
@@ -569,6 +572,7 @@ class Call:
         if self.attempt == 0:
             self.lane.budget.deposit()
         self.attempt += 1
+        self._charged = cost
         return cost
 
     def _queue_timeout(self, exc: QueueTimeout) -> DeadlineExceeded:
@@ -1044,7 +1048,7 @@ class Call:
             total_s=now - self._started_mono,
             queued_s=self._queued_total,
             latency_s=latency_s,
-            tokens_estimated=self.cost,
+            tokens_estimated=self._charged if self._charged is not None else self.cost,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             error=str(error) if error is not None else None,
