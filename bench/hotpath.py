@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--network", action="store_true")
     parser.add_argument("--profile", metavar="FILE.md")
+    parser.add_argument("--profile-only", action="store_true", help="no CPU runs, --profile alone")
     parser.add_argument("--against", metavar="SRC_DIR")
     parser.add_argument("--one-round", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         return
-    result = measure(args.n, args.rounds, network=args.network)
+    result = {} if args.profile_only else measure(args.n, args.rounds, network=args.network)
     for where in ("in_process", "network"):
         if where not in result:
             continue

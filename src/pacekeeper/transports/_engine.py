@@ -600,6 +600,9 @@ def request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("request-id")
 
 
+_PLAIN_OK: dict[int, Verdict] = {}
+
+
 def verdict_for_answer(
     status: int,
     headers: Mapping[str, str],
@@ -609,6 +612,13 @@ def verdict_for_answer(
     read_limits: bool = True,
 ) -> Verdict:
     """Classify a complete answer; a 2xx whose JSON does not parse is MALFORMED."""
+    if not read_limits and 200 <= status < 300 and (json_valid or body is None):
+        # The commonest answer of all: the same verdict every time, made once per status.
+        verdict = _PLAIN_OK.get(status)
+        if verdict is None:
+            verdict = classify_response(status, {}, None, now_wall_s=0.0, read_limits=False)
+            _PLAIN_OK[status] = verdict
+        return verdict
     if status < 300 and not json_valid and body is not None:
         return verdict_for_failure(
             OutcomeKind.MALFORMED,
