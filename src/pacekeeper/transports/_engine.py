@@ -370,6 +370,10 @@ def usage_from_json(
     return prompt, completion, True, billed_usage_of(data)
 
 
+_OPENAI_NAMES = frozenset({b"prompt_tokens", b"completion_tokens", b"cached_tokens"})
+_OPENAI_COUNTS = len(_OPENAI_NAMES)
+
+
 def _usage_at_end(
     body: bytes, cache_reads_count: bool
 ) -> tuple[int | None, int | None, bool, BilledUsage | None] | None:
@@ -382,8 +386,20 @@ def _usage_at_end(
     found = _USAGE_NUMBER.findall(body, start)
     if not found:
         return None
+    counts = {name: int(value) for name, value in found}
+    if len(counts) <= _OPENAI_COUNTS and _OPENAI_NAMES.issuperset(counts):
+        # OpenAI's chat, completions and embeddings: what usage_of and billed_usage_of give.
+        prompt = counts.get(b"prompt_tokens")
+        if prompt is not None:
+            completion = counts.get(b"completion_tokens")
+            cached = counts.get(b"cached_tokens", 0)
+            counted = prompt if cache_reads_count else max(0, prompt - cached)
+            billed = BilledUsage(
+                input_tokens=prompt, output_tokens=completion or 0, cached_input_tokens=cached
+            )
+            return counted, completion, True, billed
     scanner = UsageScanner(cache_reads_count=cache_reads_count)
-    scanner.take({name: int(value) for name, value in found})
+    scanner.take(counts)
     return scanner.prompt_tokens, scanner.completion_tokens, True, scanner.billed
 
 
