@@ -477,8 +477,10 @@ class Call:
         "cost_usd",
         "done",
         "lane",
+        "model",
         "priority",
         "prompt_tokens",
+        "route",
         "tag",
         "tenant",
     )
@@ -499,6 +501,8 @@ class Call:
         self.priority = priority
         self.tenant = tenant
         self.lane = lane
+        self.route: str = lane.key[0]
+        self.model: str | None = lane.key[1]
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.attempt = 0
@@ -523,13 +527,6 @@ class Call:
         """How long a streamed answer may sit unread and unclosed before its slot is freed."""
         return self._gov.stream_idle_timeout_s
 
-    @property
-    def route(self) -> str:
-        return self.lane.key[0]
-
-    @property
-    def model(self) -> str | None:
-        return self.lane.key[1]
 
     @property
     def cost(self) -> int:
