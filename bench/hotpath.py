@@ -183,6 +183,27 @@ def against(other_src: str, n: int, rounds: int) -> dict[str, dict[str, list[flo
     return runs
 
 
+def _against_table(runs: dict[str, dict[str, list[float]]], other: str, n: int) -> str:
+    """Markdown: per tree, the median µs per request of each kind and what pacekeeper adds."""
+    rounds = len(runs["this"]["bare"])
+    lines = [
+        f"In process, {rounds} interleaved rounds x {n} requests per kind, 32 workers, "
+        f"medians (µs of CPU per request); other tree: `{other}`.",
+        "",
+        "| tree | bare httpx2 | auto | added | added / bare | fixed 64 | added | added / bare |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for tree, kinds in runs.items():
+        m = {k: statistics.median(v) for k, v in kinds.items()}
+        bare = m["bare"]
+        auto, fixed = m["pacekeeper"], m["pacekeeper-fixed"]
+        lines.append(
+            f"| {tree} | {bare:.0f} | {auto:.0f} | {auto - bare:.0f} | {(auto - bare) / bare:.2f}"
+            f" | {fixed:.0f} | {fixed - bare:.0f} | {(fixed - bare) / bare:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath")
     parser.add_argument("--n", type=int, default=3000)
@@ -198,15 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.against:
         runs = against(args.against, args.n, args.rounds)
-        for tree, kinds in runs.items():
-            medians = {k: statistics.median(v) for k, v in kinds.items()}
-            bare = medians["bare"]
-            print(
-                f"{tree}: bare {bare:.0f} µs; "
-                + "; ".join(
-                    f"{k} {medians[k]:.0f} µs (+{medians[k] - bare:.0f})" for k in _KINDS[1:]
-                )
-            )
+        print(_against_table(runs, args.against, args.n))
         return
     result = {} if args.profile_only else measure(args.n, args.rounds, network=args.network)
     for where in ("in_process", "network"):
