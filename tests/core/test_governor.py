@@ -24,7 +24,7 @@ from pacekeeper import (
 )
 from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
 from pacekeeper.core.errors import DeadlineExceeded
-from pacekeeper.core.tokens import CHARS, TokenEstimate
+from pacekeeper.core.tokens import CHARS, estimate_request_chars, estimate_request_tokens
 
 
 def verdict(status: int, headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
@@ -413,39 +413,34 @@ async def test_a_character_estimate_is_counted_exactly_only_where_tokens_bind() 
     characters times the learned ratio, and never refused as too large on characters."""
     gov = Governor(limits=Limits(tpm=60_000_000, burst_s=1.0, concurrency=1000))
     lane = gov.lane("/v1/chat/completions", "m")
-    exact_counts: list[int] = []
+    body = {"max_tokens": 10, "messages": [{"role": "user", "content": "Say hello. " * 30}]}
+    chars = estimate_request_chars(body)
+    exact = estimate_request_tokens(body, model="m").prompt_tokens  # the heuristic, for "m"
+    assert chars.method == CHARS
+    assert chars.prompt_tokens > exact
 
-    def exact() -> TokenEstimate:
-        exact_counts.append(1)
-        return TokenEstimate(prompt_tokens=100, max_completion_tokens=10, method="bpe")
-
-    chars = TokenEstimate(prompt_tokens=400, max_completion_tokens=10, method=CHARS)
-
-    async def one(*, settle: bool = True) -> int:
-        call = gov.call(route="/v1/chat/completions", model="m", estimate=chars, exact=exact)
+    async def one() -> int:
+        call = gov.call(route="/v1/chat/completions", model="m", estimate=chars, body=body)
         permit = await call.admit()
-        if settle:
-            call.settle(permit, verdict(200), prompt_tokens=100, completion_tokens=10)
+        call.settle(permit, verdict(200), prompt_tokens=exact, completion_tokens=10)
         return permit.tokens
 
     for _ in range(10):  # nothing learned yet: counted exactly, charged as tokens
-        assert await one() == 110
-    assert len(exact_counts) == 10
-    assert lane.cheap_scale.count == 10  # the characters learned too (ratio 0.25)
-    exact_counts.clear()
+        assert await one() == exact + 10
+    assert lane.estimate_scale.count == lane.cheap_scale.count == 10  # both ratios learned
     charged = [await one() for _ in range(20)]
-    assert len(exact_counts) <= 1  # one in 64 at most: the bucket is full
-    assert all(105 <= tokens <= 115 for tokens in charged)  # 400 chars x 0.25 + 10
+    assert lane.estimate_scale.count <= 11  # one exact count in 64 at most: the bucket is full
+    assert lane.cheap_scale.count == 30
+    assert all(abs(tokens - (exact + 10)) <= 2 for tokens in charged)  # chars x learned ratio
     assert lane.tokens is not None
-    lane.tokens.drain_to(now=gov.clock(), level=50 * 110)  # room for 50 such requests
-    exact_counts.clear()
+    lane.tokens.drain_to(now=gov.clock(), level=50 * (exact + 10))  # room for 50 such
+    counted = lane.estimate_scale.count
     await one()
-    assert exact_counts == [1]  # the bucket decides when requests leave: exact again
+    assert lane.estimate_scale.count == counted + 1  # the bucket decides: exact again
 
-    small = Governor(limits=Limits(tpm=300))  # 400 characters, but 110 tokens: admitted
-    call = small.call(route="/v1/chat/completions", model="m", estimate=chars, exact=exact)
-    for _ in range(10):  # a token per character learned: 410 would be more than the limit
-        small.lane("/v1/chat/completions", "m").cheap_scale.observe(estimated=1, actual=1)
-    exact_counts.clear()
-    assert (await call.admit()).tokens == 110
-    assert exact_counts == [1]
+    small = Governor(limits=Limits(tpm=exact + 20))  # more characters than the limit: admitted
+    small_lane = small.lane("/v1/chat/completions", "m")
+    for _ in range(10):  # a token per character learned: the characters alone would not fit
+        small_lane.cheap_scale.observe(estimated=1, actual=1)
+    call = small.call(route="/v1/chat/completions", model="m", estimate=chars, body=body)
+    assert (await call.admit()).tokens == exact + 10

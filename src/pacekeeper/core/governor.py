@@ -65,7 +65,7 @@ from pacekeeper.core.priority import Priority, current_priority, current_tenant
 from pacekeeper.core.queue import check_weight
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
-from pacekeeper.core.tokens import CHARS, route_generates
+from pacekeeper.core.tokens import CHARS, estimate_request_tokens, route_generates
 
 if TYPE_CHECKING:
     from pacekeeper.core.backend import Backend
@@ -259,20 +259,17 @@ class Governor:
         tag: str | None = None,
         priority: Priority | str | None = None,
         tenant: str | None = None,
-        exact: Callable[[], TokenEstimate] | None = None,
+        body: Mapping[str, Any] | None = None,
     ) -> Call:
         """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
         ``tag`` is copied into its records (e.g. a batch line's custom_id).
 
         An ``estimate`` in characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`,
-        a few microseconds) comes with ``exact``, which counts the tokens (tens of
-        microseconds): the lane calls it only where the count decides when the request may
-        leave (see :meth:`Lane.wants_exact_estimate`), and charges characters times the
+        a few microseconds) comes with the ``body`` it was made from: the lane counts its
+        tokens exactly (tens of microseconds) only where the count decides when the request
+        may leave (see :meth:`Lane.wants_exact_estimate`), and charges characters times the
         tokens per character that usage showed everywhere else.
-
-        ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
-        ``tenant`` whose share it counts in within that class; unset, they come from the
-        innermost :func:`pacekeeper.priority` block, else ``interactive`` and no tenant."""
+        """
         cls = Priority.parse(priority) if priority is not None else current_priority()
         if tenant is None:
             tenant = current_tenant()
@@ -298,8 +295,8 @@ class Governor:
             priority=cls,
             tenant=tenant,
         )
-        if exact is not None and estimate is not None and estimate.method == CHARS:
-            call._exact = exact
+        if body is not None and estimate is not None and estimate.method == CHARS:
+            call._body = body
         return call
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:
@@ -463,10 +460,10 @@ class Call:
     """
 
     __slots__ = (
+        "_body",
         "_charged",
         "_chars",
         "_deadline",
-        "_exact",
         "_gov",
         "_queued_total",
         "_reservation",
@@ -513,8 +510,8 @@ class Call:
         self._started_mono = gov.clock()
         self._started_wall = gov.wall_clock()
         self._queued_total = 0.0
-        self._exact: Callable[[], TokenEstimate] | None = None
-        """Counts the prompt exactly while ``prompt_tokens`` holds characters."""
+        self._body: Mapping[str, Any] | None = None
+        """The body, to count exactly, while ``prompt_tokens`` holds its characters."""
         self._charged: int | None = None
         """Tokens charged at the last admission (what records report)."""
         self._chars: int | None = None
@@ -527,12 +524,11 @@ class Call:
         """How long a streamed answer may sit unread and unclosed before its slot is freed."""
         return self._gov.stream_idle_timeout_s
 
-
     @property
     def cost(self) -> int:
         """Tokens charged at admission (prompt, corrected by learned scale, plus reserve)."""
         return self.lane.cost_of(
-            self.prompt_tokens, self.completion_tokens, cheap=self._exact is not None
+            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
         )
 
     def _where(self) -> str:
@@ -540,19 +536,19 @@ class Call:
 
     def _count_exactly(self) -> None:
         """Replace the prompt's character count with its exact token count."""
-        exact, self._exact = self._exact, None
-        if exact is not None:
+        body, self._body = self._body, None
+        if body is not None:
             self._chars = self.prompt_tokens
-            self.prompt_tokens = exact().prompt_tokens
+            self.prompt_tokens = estimate_request_tokens(body, model=self.model).prompt_tokens
 
     def _before_admit(self) -> int:
         lane = self.lane
         cost = self.cost
-        if self._exact is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
+        if self._body is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
             self._count_exactly()
             cost = self.cost
         tpm = lane.tpm
-        if tpm is not None and cost > tpm and self._exact is not None:
+        if tpm is not None and cost > tpm and self._body is not None:
             self._count_exactly()  # characters overstate: never refuse on them
             cost = self.cost
         if tpm is not None and cost > tpm:
@@ -657,7 +653,7 @@ class Call:
         price = gov.price_of(self.model)
         if price is None:
             return None
-        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=self._exact is not None)
+        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=self._body is not None)
         worst = self.completion_tokens
         expected = worst
         cap = gov.budget
@@ -773,7 +769,7 @@ class Call:
                 completion_reserved=self.completion_tokens,
                 completion_actual=completion_tokens,
                 prompt_charged=permit.tokens - self.completion_tokens,
-                cheap=self._exact is not None,
+                cheap=self._body is not None,
                 chars_estimated=self._chars,
             )
         # An answer ends the request: its record is built first, so that the lane counts

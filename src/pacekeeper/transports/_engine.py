@@ -29,7 +29,6 @@ from pacekeeper.core.cost import BilledUsage
 from pacekeeper.core.tokens import (
     TokenEstimate,
     estimate_request_chars,
-    estimate_request_tokens,
 )
 
 if TYPE_CHECKING:
@@ -144,16 +143,11 @@ class RequestFacts:
     route: str
     model: str | None
     estimate: TokenEstimate
+    """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`): the governor
+    counts :attr:`body` exactly only where the count decides when the request leaves."""
     streaming: bool
     body: dict[str, Any] | None = None
     """The parsed JSON body (None for anything else)."""
-
-    def exact_estimate(self) -> TokenEstimate:
-        """The exact token estimate, where :attr:`estimate` counts characters (the governor
-        asks for it only where the count decides when the request leaves)."""
-        if self.body is None:
-            return self.estimate
-        return estimate_request_tokens(self.body, model=self.model)
 
 
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
