@@ -76,6 +76,7 @@ __all__ = [
     "LOW_DETAIL_IMAGE_TOKENS",
     "TokenEstimate",
     "count_text_tokens",
+    "estimate_request_chars",
     "estimate_request_tokens",
     "route_generates",
 ]
