@@ -269,7 +269,10 @@ class Governor:
         tokens exactly (tens of microseconds) only where the count decides when the request
         may leave (see :meth:`Lane.wants_exact_estimate`), and charges characters times the
         tokens per character that usage showed everywhere else.
-        """
+
+        ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
+        ``tenant`` whose share it counts in within that class; unset, they come from the
+        innermost :func:`pacekeeper.priority` block, else ``interactive`` and no tenant."""
         cls = Priority.parse(priority) if priority is not None else current_priority()
         if tenant is None:
             tenant = current_tenant()
