@@ -88,9 +88,8 @@ _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
-_EXACT_EVERY = (
-    64  # while the token budget is slack: one exact count in 64 keeps both scales learned
-)
+# While the token budget is slack, one exact count in 64 keeps both scales learned.
+_EXACT_EVERY = 64
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
 _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
