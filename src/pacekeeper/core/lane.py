@@ -488,12 +488,16 @@ class Lane:
         requests leave (its bucket holds less than 64 such requests; requests queued for a
         slot do not count), before usage taught the tokens per character, and one request
         in 64 otherwise (so the exact estimates' scale stays
-        learned). Without a token limit the estimate paces nothing: characters and the
+        learned). Before the first answer every request counts exactly (a limit may be
+        stated by it). Without a token limit the estimate paces nothing: characters and the
         learned ratio are enough for records and costs. An exact count costs tens of
         microseconds a request, about as much as the rest of the governor."""
         tokens = self.tokens
         if tokens is None:
-            return False
+            # No token limit known yet. Before the first answer, every request counts exactly:
+            # those that queue now (a burst started at once) are admitted under the limit the
+            # first answers state, with the estimate made here.
+            return self._successes == 0
         self._estimates += 1
         return (
             self.cheap_scale.count < _CHEAP_LEARNED
