@@ -36,7 +36,8 @@ from pacekeeper.sim import Scenario, SimulatorProcess
 __all__ = ["measure_overhead", "summarise"]
 
 _CONCURRENCY = 32
-_CPU_TARGET_US = 100.0
+_CPU_TARGET_US = 50.0  # issue 15: over the network
+_CPU_IN_PROCESS_TARGET_US = 25.0  # issue 15: in process, pacekeeper's own work
 _RSS_TARGET_MB = 150.0
 
 
@@ -301,12 +302,21 @@ def _summary(
             f"the fastest client run above reached {client_rate:,.0f} req/s",
         },
     ]
+    local = cpu.get("median_us_in_process", {})
+    fixed_local = local.get("pacekeeper-fixed", cpu["canned_pacekeeper_us"]) - cpu["canned_bare_us"]
     targets = [
         {
-            "target": f"CPU added per request <= {_CPU_TARGET_US:g} µs",
-            "measured": f"{cpu['added_us']:.0f} µs",
-            "met": cpu["added_us"] <= _CPU_TARGET_US,
-        }
+            "target": f"CPU added per request over the network <= {_CPU_TARGET_US:g} µs",
+            "measured": f"{cpu['added_us']:.0f} µs (fixed concurrency: "
+            f"{cpu['added_fixed_us']:.0f} µs)",
+            "met": max(cpu["added_us"], cpu["added_fixed_us"]) <= _CPU_TARGET_US,
+        },
+        {
+            "target": f"CPU added per request in process <= {_CPU_IN_PROCESS_TARGET_US:g} µs",
+            "measured": f"{cpu['canned_added_us']:.0f} µs (fixed concurrency: "
+            f"{fixed_local:.0f} µs)",
+            "met": max(cpu["canned_added_us"], fixed_local) <= _CPU_IN_PROCESS_TARGET_US,
+        },
     ]
     if "growth_mb" in queued:
         # The floor, per request, scaled to the queued count: what any queue holding SDK calls

@@ -24,6 +24,7 @@ from pacekeeper import (
 )
 from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
 from pacekeeper.core.errors import DeadlineExceeded
+from pacekeeper.core.tokens import CHARS, estimate_request_chars, estimate_request_tokens
 
 
 def verdict(status: int, headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
@@ -404,3 +405,42 @@ def test_admit_works_in_threads() -> None:
     with gov.admit(route="/r", model=None) as attempt:
         attempt.report(status=200)
     assert gov.stats()[0].ok == 1
+
+
+async def test_a_character_estimate_is_counted_exactly_only_where_tokens_bind() -> None:
+    """A prompt estimated in characters is counted exactly until usage taught the tokens
+    per character, and again when the token bucket runs low; in between it is charged as
+    characters times the learned ratio, and never refused as too large on characters."""
+    gov = Governor(limits=Limits(tpm=60_000_000, burst_s=1.0, concurrency=1000))
+    lane = gov.lane("/v1/chat/completions", "m")
+    body = {"max_tokens": 10, "messages": [{"role": "user", "content": "Say hello. " * 30}]}
+    chars = estimate_request_chars(body)
+    exact = estimate_request_tokens(body, model="m").prompt_tokens  # the heuristic, for "m"
+    assert chars.method == CHARS
+    assert chars.prompt_tokens > exact
+
+    async def one() -> int:
+        call = gov.call(route="/v1/chat/completions", model="m", estimate=chars, body=body)
+        permit = await call.admit()
+        call.settle(permit, verdict(200), prompt_tokens=exact, completion_tokens=10)
+        return permit.tokens
+
+    for _ in range(10):  # nothing learned yet: counted exactly, charged as tokens
+        assert await one() == exact + 10
+    assert lane.estimate_scale.count == lane.cheap_scale.count == 10  # both ratios learned
+    charged = [await one() for _ in range(20)]
+    assert lane.estimate_scale.count <= 11  # one exact count in 64 at most: the bucket is full
+    assert lane.cheap_scale.count == 30
+    assert all(abs(tokens - (exact + 10)) <= 2 for tokens in charged)  # chars x learned ratio
+    assert lane.tokens is not None
+    lane.tokens.drain_to(now=gov.clock(), level=50 * (exact + 10))  # room for 50 such
+    counted = lane.estimate_scale.count
+    await one()
+    assert lane.estimate_scale.count == counted + 1  # the bucket decides: exact again
+
+    small = Governor(limits=Limits(tpm=exact + 20))  # more characters than the limit: admitted
+    small_lane = small.lane("/v1/chat/completions", "m")
+    for _ in range(10):  # a token per character learned: the characters alone would not fit
+        small_lane.cheap_scale.observe(estimated=1, actual=1)
+    call = small.call(route="/v1/chat/completions", model="m", estimate=chars, body=body)
+    assert (await call.admit()).tokens == exact + 10

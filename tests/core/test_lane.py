@@ -521,9 +521,11 @@ def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes
     lane, clock = _clocked_lane(tpm=60000, concurrency=16)  # 1000/s, a bucket of 500
     clock.now = 10.0
     _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
-    waiters = [ThreadWaiter(), ThreadWaiter()]
-    for waiter in waiters:
-        assert lane._join(400, front=False, waiter=waiter) is None  # queued at 400
+    waiters = []
+    for _ in range(2):
+        waiter = lane._join(400, front=False, waiter=ThreadWaiter)
+        assert isinstance(waiter, ThreadWaiter)  # queued at 400
+        waiters.append(waiter)
     # The first answer: the provider counted half our estimate; 250 of its 500 come back.
     lane.reconcile(
         prompt_estimated=500,

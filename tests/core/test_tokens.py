@@ -25,10 +25,12 @@ from hypothesis import strategies as st
 
 from pacekeeper.core import tokens
 from pacekeeper.core.tokens import (
+    CHARS,
     IMAGE_TOKENS,
     LOW_DETAIL_IMAGE_TOKENS,
     TokenEstimate,
     count_text_tokens,
+    estimate_request_chars,
     estimate_request_tokens,
 )
 
@@ -786,3 +788,63 @@ def test_warm_up_loads_the_encodings_a_model_needs_in_the_background() -> None:
         thread.join(timeout=60)
     assert "o200k_base" in tokens._ENCODERS  # loaded (or found missing) ahead of any request
     assert tokens.warm_up(["gpt-4o-mini"]) is None  # nothing left to load
+
+
+_PLAIN_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=5000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {"model": st.just("gpt-4o-mini")},
+        optional={
+            "max_tokens": _PLAIN_VALUES,
+            "max_completion_tokens": _PLAIN_VALUES,
+            "n": st.integers(min_value=1, max_value=3),
+            "temperature": _PLAIN_VALUES,
+            "stream": st.booleans(),
+            "tools": st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=5))),
+            "messages": st.lists(
+                st.one_of(
+                    st.fixed_dictionaries(
+                        {
+                            "role": st.sampled_from(["system", "user", "a" * 17]),
+                            "content": st.text(),
+                        }
+                    ),
+                    st.fixed_dictionaries(
+                        {"role": st.just("user"), "content": st.text(), "name": st.text(max_size=5)}
+                    ),
+                    st.dictionaries(st.sampled_from(["role", "content"]), _PLAIN_VALUES),
+                ),
+                max_size=4,
+            ),
+        },
+    )
+)
+def test_a_plain_chat_is_counted_in_characters_as_the_full_walk_counts_it(
+    body: dict[str, Any],
+) -> None:
+    """The one-loop reading of the commonest body gives what walking it in full gives."""
+    fast = tokens._plain_chat_chars(body)
+    if fast is not None:
+        prompt, prompts = tokens._prompt_tokens(body, tokens._CHARS_COUNTER)
+        assert fast == TokenEstimate(prompt, tokens._completion_budget(body, prompts), CHARS)
+    assert estimate_request_chars(body).method == CHARS
+
+
+def test_a_plain_chat_takes_the_one_loop_path() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 64,
+        "temperature": 0,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    }
+    expected = TokenEstimate(3 + (3 + 1 + 9) + (3 + 1 + 2), 64, CHARS)
+    assert tokens._plain_chat_chars(body) == expected == estimate_request_chars(body)
+    assert tokens._plain_chat_chars({**body, "n": 2}) is None  # n changes the budget: walked

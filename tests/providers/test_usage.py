@@ -14,7 +14,13 @@ import pytest
 
 import pacekeeper
 from pacekeeper import AttemptRecord, Governor, RequestRecord
-from pacekeeper.transports._engine import UsageChunkFilter, UsageScanner, usage_of
+from pacekeeper.transports._engine import (
+    UsageChunkFilter,
+    UsageScanner,
+    billed_usage_of,
+    usage_from_json,
+    usage_of,
+)
 
 from .conftest import StartUpstream
 from .upstream import KEY, USAGE_ANTHROPIC, USAGE_OPENAI, USAGE_RESPONSES
@@ -64,6 +70,36 @@ def test_embeddings_and_gemini_usage() -> None:
     assert usage_of({"usage": {"prompt_tokens": 9, "total_tokens": 9}}) == (9, None)
     meta = {"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 7}
     assert usage_of({"usageMetadata": meta}) == (10, 12)
+
+
+_ANSWERS: list[dict[str, Any]] = [
+    {
+        "id": "c",
+        "choices": [{"message": {"content": '"prompt_tokens": 999'}}],
+        "usage": USAGE_OPENAI,
+    },
+    {"id": "m", "content": [{"type": "text", "text": "hi"}], "usage": USAGE_ANTHROPIC},
+    {"id": "r", "output": [], "usage": USAGE_RESPONSES, "user": None, "metadata": {}},
+    {"object": "list", "data": [{"embedding": [0.5] * 8}], "usage": {"prompt_tokens": 9}},
+    {"candidates": [], "usageMetadata": {"promptTokenCount": 10, "thoughtsTokenCount": 7}},
+    {"id": "no usage", "choices": []},
+    {"usage": {"prompt_tokens": 4, "completion_tokens": 2}, "id": "usage first"},
+]
+
+
+@pytest.mark.parametrize("answer", _ANSWERS)
+@pytest.mark.parametrize("cache_reads_count", [True, False])
+def test_usage_read_off_a_whole_answer_is_what_parsing_it_gives(
+    answer: dict[str, Any], cache_reads_count: bool
+) -> None:
+    """An answer's usage is read without parsing it where it can be (see usage_from_json):
+    the same counts as the parsed answer gives, in every dialect, however it is spaced."""
+    parsed = (*usage_of(answer, cache_reads_count=cache_reads_count), True)
+    expected = (*parsed, billed_usage_of(answer))
+    for raw in (json.dumps(answer), json.dumps(answer, separators=(",", ":")) + "\n"):
+        assert usage_from_json(raw.encode(), cache_reads_count=cache_reads_count) == expected
+    cut = json.dumps(answer).encode()[:-3]  # a truncated answer is not valid JSON
+    assert usage_from_json(cut, cache_reads_count=cache_reads_count)[2] is False
 
 
 def _sse(events: list[dict[str, Any]]) -> bytes:

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.cost import SpendCap
     from pacekeeper.core.headers import RateLimitSnapshot
+    from pacekeeper.core.lane import Reconciliation
+    from pacekeeper.core.records import RequestRecord
 
 __all__ = ["RedisBackend", "SharedLane"]
 
@@ -344,6 +346,11 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
+    def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
+        # The fleet's token bucket lives in the store: this process cannot see how full it
+        # is, so every request charged against a token limit is counted exactly.
+        return self.tpm is not None
+
     def _sees_every_acceptance(self) -> bool:
         # Scaling a process's measurement by its share of the fleet's recent admissions was
         # too coarse: three processes ran at half the speed of one (tests/backends/
@@ -447,9 +454,19 @@ class SharedLane(Lane):
         retry: bool,
         hold: bool = False,
         gate: bool = True,
+        usage: Reconciliation | None = None,
+        finished: RequestRecord | None = None,
     ) -> None:
         super().settle(
-            permit, verdict, now=now, max_hint_s=max_hint_s, retry=retry, hold=hold, gate=gate
+            permit,
+            verdict,
+            now=now,
+            max_hint_s=max_hint_s,
+            retry=retry,
+            hold=hold,
+            gate=gate,
+            usage=usage,
+            finished=finished,
         )
         self._control_changed(now)
 

@@ -189,7 +189,9 @@ class CompletionLengths:
 
     def __init__(self, window: int = 1000) -> None:
         self._recent: deque[int] = deque(maxlen=window)
-        self._sorted: list[int] = []
+        self._sorted: list[int] | None = None
+        """The recent lengths in order, kept from the first quantile asked on (a spend cap
+        asks at every admission); until then every answer costs an append alone."""
         self._lock = threading.Lock()
         self.count = 0
         self.total = 0
@@ -197,11 +199,12 @@ class CompletionLengths:
 
     def add(self, tokens: int) -> None:
         with self._lock:
-            if len(self._recent) == self._recent.maxlen:
-                old = self._recent[0]
-                del self._sorted[bisect.bisect_left(self._sorted, old)]
+            ordered = self._sorted
+            if ordered is not None:
+                if len(self._recent) == self._recent.maxlen:
+                    del ordered[bisect.bisect_left(ordered, self._recent[0])]
+                bisect.insort(ordered, tokens)
             self._recent.append(tokens)
-            bisect.insort(self._sorted, tokens)
             self.count += 1
             self.total += tokens
             self.total_sq += tokens * tokens
@@ -209,10 +212,13 @@ class CompletionLengths:
     def quantile(self, q: float) -> int:
         """The smallest length at least ``q`` of the recent answers do not exceed (0: none)."""
         with self._lock:
-            if not self._sorted:
+            ordered = self._sorted
+            if ordered is None:
+                ordered = self._sorted = sorted(self._recent)
+            if not ordered:
                 return 0
-            index = max(0, math.ceil(q * len(self._sorted)) - 1)
-            return self._sorted[min(index, len(self._sorted) - 1)]
+            index = max(0, math.ceil(q * len(ordered)) - 1)
+            return ordered[min(index, len(ordered) - 1)]
 
     @property
     def mean(self) -> float:

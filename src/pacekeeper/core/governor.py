@@ -59,13 +59,13 @@ from pacekeeper.core.errors import (
     RetryWaitTooLong,
     SpendCapReached,
 )
-from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
+from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconciliation
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import Priority, current_priority, current_tenant
 from pacekeeper.core.queue import check_weight
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
-from pacekeeper.core.tokens import route_generates
+from pacekeeper.core.tokens import CHARS, estimate_request_tokens, route_generates
 
 if TYPE_CHECKING:
     from pacekeeper.core.backend import Backend
@@ -259,9 +259,16 @@ class Governor:
         tag: str | None = None,
         priority: Priority | str | None = None,
         tenant: str | None = None,
+        body: Mapping[str, Any] | None = None,
     ) -> Call:
         """Start one logical request. Give its token ``estimate`` (or a plain ``tokens`` cost);
         ``tag`` is copied into its records (e.g. a batch line's custom_id).
+
+        An ``estimate`` in characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`,
+        a few microseconds) comes with the ``body`` it was made from: the lane counts its
+        tokens exactly (tens of microseconds) only where the count decides when the request
+        may leave (see :meth:`Lane.wants_exact_estimate`), and charges characters times the
+        tokens per character that usage showed everywhere else.
 
         ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
         ``tenant`` whose share it counts in within that class; unset, they come from the
@@ -282,7 +289,7 @@ class Governor:
             )
         else:
             prompt, completion = (tokens or 0), 0
-        return Call(
+        call = Call(
             self,
             lane,
             prompt_tokens=prompt,
@@ -291,6 +298,9 @@ class Governor:
             priority=cls,
             tenant=tenant,
         )
+        if body is not None and estimate is not None and estimate.method == CHARS:
+            call._body = body
+        return call
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:
         """The wait before retrying after ``verdict`` on attempt number ``attempt``."""
@@ -453,6 +463,9 @@ class Call:
     """
 
     __slots__ = (
+        "_body",
+        "_charged",
+        "_chars",
         "_deadline",
         "_gov",
         "_queued_total",
@@ -464,8 +477,10 @@ class Call:
         "cost_usd",
         "done",
         "lane",
+        "model",
         "priority",
         "prompt_tokens",
+        "route",
         "tag",
         "tenant",
     )
@@ -486,6 +501,8 @@ class Call:
         self.priority = priority
         self.tenant = tenant
         self.lane = lane
+        self.route: str = lane.key[0]
+        self.model: str | None = lane.key[1]
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.attempt = 0
@@ -496,6 +513,12 @@ class Call:
         self._started_mono = gov.clock()
         self._started_wall = gov.wall_clock()
         self._queued_total = 0.0
+        self._body: Mapping[str, Any] | None = None
+        """The body, to count exactly, while ``prompt_tokens`` holds its characters."""
+        self._charged: int | None = None
+        """Tokens charged at the last admission (what records report)."""
+        self._chars: int | None = None
+        """The prompt in characters, once counted exactly too (both scales learn from it)."""
         deadline_s = gov.retry.deadline_s
         self._deadline = self._started_mono + deadline_s if deadline_s is not None else None
 
@@ -505,24 +528,32 @@ class Call:
         return self._gov.stream_idle_timeout_s
 
     @property
-    def route(self) -> str:
-        return self.lane.key[0]
-
-    @property
-    def model(self) -> str | None:
-        return self.lane.key[1]
-
-    @property
     def cost(self) -> int:
         """Tokens charged at admission (prompt, corrected by learned scale, plus reserve)."""
-        return self.lane.cost_of(self.prompt_tokens, self.completion_tokens)
+        return self.lane.cost_of(
+            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
+        )
 
     def _where(self) -> str:
         return f"{self.route} model={self.model}"
 
+    def _count_exactly(self) -> None:
+        """Replace the prompt's character count with its exact token count."""
+        body, self._body = self._body, None
+        if body is not None:
+            self._chars = self.prompt_tokens
+            self.prompt_tokens = estimate_request_tokens(body, model=self.model).prompt_tokens
+
     def _before_admit(self) -> int:
+        lane = self.lane
         cost = self.cost
-        tpm = self.lane.tpm
+        if self._body is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
+            self._count_exactly()
+            cost = self.cost
+        tpm = lane.tpm
+        if tpm is not None and cost > tpm and self._body is not None:
+            self._count_exactly()  # characters overstate: never refuse on them
+            cost = self.cost
         if tpm is not None and cost > tpm:
             prompt = cost - self.completion_tokens  # as charged: the learned scale applied
             raise RequestTooLarge(
@@ -537,6 +568,7 @@ class Call:
         if self.attempt == 0:
             self.lane.budget.deposit()
         self.attempt += 1
+        self._charged = cost
         return cost
 
     def _queue_timeout(self, exc: QueueTimeout) -> DeadlineExceeded:
@@ -626,7 +658,7 @@ class Call:
         price = gov.price_of(self.model)
         if price is None:
             return None
-        prompt = self.lane.cost_of(self.prompt_tokens, 0)
+        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=self._body is not None)
         worst = self.completion_tokens
         expected = worst
         cap = gov.budget
@@ -732,6 +764,36 @@ class Call:
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
+        ok = kind is OutcomeKind.OK
+        cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
+        usage = None
+        if ok and prompt_tokens is not None:
+            usage = Reconciliation(
+                prompt_estimated=self.prompt_tokens,
+                prompt_actual=prompt_tokens,
+                completion_reserved=self.completion_tokens,
+                completion_actual=completion_tokens,
+                prompt_charged=permit.tokens - self.completion_tokens,
+                cheap=self._body is not None,
+                chars_estimated=self._chars,
+            )
+        # An answer ends the request: its record is built first, so that the lane counts
+        # the attempt, the usage and the request under one acquisition of its lock.
+        record = (
+            self._record(
+                ok=True,
+                outcome=kind.value,
+                status=verdict.status,
+                latency_s=latency_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                error=None,
+                request_id=request_id,
+                now=now,
+            )
+            if ok
+            else None
+        )
         lane.settle(
             permit,
             verdict,
@@ -740,60 +802,35 @@ class Call:
             retry=self.attempt > 1,
             hold=hold,
             gate=not is_testing(),
+            usage=usage,
+            finished=record,
         )
-        if kind is OutcomeKind.OK and prompt_tokens is not None:
-            lane.reconcile(
-                prompt_estimated=self.prompt_tokens,
-                prompt_actual=prompt_tokens,
-                completion_reserved=self.completion_tokens,
-                completion_actual=completion_tokens,
-                prompt_charged=permit.tokens - self.completion_tokens,
-            )
-        elif kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
+        if not ok and kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
             lane.output_not_generated(permit)
-
-        cost_usd = self._account(kind is OutcomeKind.OK, prompt_tokens, completion_tokens, billed)
         error: RequestFailed | None = None
         delay_s = 0.0
         retry = False
-        if kind is not OutcomeKind.OK:
+        if not ok:
             retry, delay_s, error = self._decide(verdict, now, final)
-
         # Built only when someone reads it: this runs once per attempt on the hot path.
         if gov.hooks or logger.isEnabledFor(logging.DEBUG):
-            attempt_record = AttemptRecord(
-                route=self.route,
-                model=self.model,
-                attempt=self.attempt,
-                outcome=kind.value,
-                status=verdict.status,
-                started_at=gov.wall_clock() - latency_s,
-                queued_s=permit.queued_s,
+            self._publish_attempt(
+                permit,
+                verdict,
                 latency_s=latency_s,
-                tokens_estimated=permit.tokens,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 retry_in_s=delay_s if retry else None,
-                error=None if kind is OutcomeKind.OK else verdict.reason,
                 request_id=request_id,
-                tag=self.tag,
-                priority=self.priority.value,
-                tenant=self.tenant,
-                in_flight=permit.in_flight_at_send,
-                concurrency_limit=lane.slots.limit,
-                rpm_limit=lane.rpm_limit,
-                tpm_limit=lane.tpm_limit,
                 cost_usd=cost_usd,
             )
-            for hook in gov.hooks:
-                hook.on_attempt(attempt_record)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("attempt %s", _kv(attempt_record.as_dict()))
+        if record is not None:
+            self._publish(record)
+            return Decision(retry=False, record=record)
         if retry:
             return Decision(retry=True, delay_s=delay_s)
-
         record = self._finish(
-            ok=kind is OutcomeKind.OK,
+            ok=False,
             outcome=kind.value,
             status=verdict.status,
             latency_s=latency_s,
@@ -805,6 +842,50 @@ class Call:
         if error is not None:
             error.record = record
         return Decision(retry=False, error=error, record=record)
+
+    def _publish_attempt(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        *,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        retry_in_s: float | None,
+        request_id: str | None,
+        cost_usd: float | None,
+    ) -> None:
+        """The attempt's record to the hooks and the debug log."""
+        gov, lane = self._gov, self.lane
+        kind = verdict.kind
+        attempt_record = AttemptRecord(
+            route=self.route,
+            model=self.model,
+            attempt=self.attempt,
+            outcome=kind.value,
+            status=verdict.status,
+            started_at=gov.wall_clock() - latency_s,
+            queued_s=permit.queued_s,
+            latency_s=latency_s,
+            tokens_estimated=permit.tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            retry_in_s=retry_in_s,
+            error=None if kind is OutcomeKind.OK else verdict.reason,
+            request_id=request_id,
+            tag=self.tag,
+            priority=self.priority.value,
+            tenant=self.tenant,
+            in_flight=permit.in_flight_at_send,
+            concurrency_limit=lane.slots.limit,
+            rpm_limit=lane.rpm_limit,
+            tpm_limit=lane.tpm_limit,
+            cost_usd=cost_usd,
+        )
+        for hook in gov.hooks:
+            hook.on_attempt(attempt_record)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("attempt %s", _kv(attempt_record.as_dict()))
 
     def _decide(
         self, verdict: Verdict, now: float, final: bool | str
@@ -920,11 +1001,43 @@ class Call:
         request_id: str | None,
         error_type: str | None = None,
     ) -> RequestRecord:
+        """The request ended without an answer to count (a failure, a cancellation): record
+        it, count it and publish it."""
+        now = self._gov.clock()
+        record = self._record(
+            ok=ok,
+            outcome=outcome,
+            status=status,
+            latency_s=latency_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=error,
+            request_id=request_id,
+            error_type=error_type,
+            now=now,
+        )
+        lane = self.lane
+        with lane._lock:
+            lane.stats.on_record(record, at=now)
+        self._publish(record)
+        return record
+
+    def _record(
+        self,
+        *,
+        ok: bool,
+        outcome: str,
+        status: int | None,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        error: RequestFailed | None,
+        request_id: str | None,
+        now: float,
+        error_type: str | None = None,
+    ) -> RequestRecord:
         self.done = True
-        gov, lane = self._gov, self.lane
-        now = gov.clock()
-        total_s = now - self._started_mono
-        record = RequestRecord(
+        return RequestRecord(
             route=self.route,
             model=self.model,
             outcome=outcome,
@@ -932,10 +1045,10 @@ class Call:
             ok=ok,
             attempts=self.attempt,
             started_at=self._started_wall,
-            total_s=total_s,
+            total_s=now - self._started_mono,
             queued_s=self._queued_total,
             latency_s=latency_s,
-            tokens_estimated=self.cost,
+            tokens_estimated=self._charged if self._charged is not None else self.cost,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             error=str(error) if error is not None else None,
@@ -946,25 +1059,13 @@ class Call:
             tenant=self.tenant,
             cost_usd=self.cost_usd,
         )
-        with lane._lock:
-            lane.stats.on_request(
-                ok=ok,
-                outcome=outcome,
-                total_s=total_s,
-                queued_s=self._queued_total,
-                tokens_estimated=record.tokens_estimated,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                at=now,
-                cost_usd=self.cost_usd,
-                priority=record.priority,
-                tenant=record.tenant,
-            )
-        for hook in gov.hooks:
+
+    def _publish(self, record: RequestRecord) -> None:
+        """The request's record to the hooks and the log."""
+        for hook in self._gov.hooks:
             hook.on_request(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
-        return record
 
 
 class Admission:

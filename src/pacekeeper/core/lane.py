@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
@@ -66,8 +66,9 @@ if TYPE_CHECKING:
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
+    from pacekeeper.core.records import RequestRecord
 
-__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout"]
+__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation"]
 
 _AsyncWaiter = AsyncWaiter  # the names the Redis backend imported before waiting.py
 _ThreadWaiter = ThreadWaiter
@@ -88,7 +89,24 @@ _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
+# While the token budget is slack, one exact count in 64 keeps both scales learned.
+_EXACT_EVERY = 64
+_CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
+_CHEAP_LOWEST = 0.02
+_TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
+
+
+class Reconciliation(NamedTuple):
+    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`)."""
+
+    prompt_estimated: int
+    prompt_actual: int
+    completion_reserved: int
+    completion_actual: int | None
+    prompt_charged: int | None = None
+    cheap: bool = False
+    chars_estimated: int | None = None
 
 
 class Permit:
@@ -174,6 +192,7 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_estimates",
         "_first_admitted_at",
         "_floor_due",
         "_lock",
@@ -188,6 +207,7 @@ class Lane:
         "_success_peak_in_flight",
         "_successes",
         "budget",
+        "cheap_scale",
         "congestion",
         "cooldown",
         "estimate_scale",
@@ -241,6 +261,10 @@ class Lane:
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
         self.estimate_scale = EstimateScale()
+        self.cheap_scale = EstimateScale(initial=1.0, lowest=_CHEAP_LOWEST, highest=1.5)
+        """Provider's tokens per character of a character-count estimate (see
+        :meth:`wants_exact_estimate`): a separate ratio from the exact estimates'."""
+        self._estimates = 0
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
@@ -475,11 +499,35 @@ class Lane:
 
     # -- admission ------------------------------------------------------------------------
 
-    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
+    def cost_of(self, prompt_tokens: int, completion_tokens: int, *, cheap: bool = False) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
         has shown about our estimates on this lane (see :mod:`pacekeeper.core.scale`), plus
-        the answer's reserve."""
-        return math.ceil(prompt_tokens * self.estimate_scale.charge_factor) + completion_tokens
+        the answer's reserve. ``cheap``: the prompt is a character count."""
+        scale = self.cheap_scale if cheap else self.estimate_scale
+        return math.ceil(prompt_tokens * scale.charge_factor) + completion_tokens
+
+    def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
+        """Whether a request estimated in characters (charged ``tokens_charged`` as such)
+        should be counted exactly before it is admitted: when the token budget decides when
+        requests leave (its bucket holds less than 64 such requests; requests queued for a
+        slot do not count), before usage taught the tokens per character, and one request
+        in 64 otherwise (so the exact estimates' scale stays
+        learned). Before the first answer every request counts exactly (a limit may be
+        stated by it). Without a token limit the estimate paces nothing: characters and the
+        learned ratio are enough for records and costs. An exact count costs tens of
+        microseconds a request, about as much as the rest of the governor."""
+        tokens = self.tokens
+        if tokens is None:
+            # No token limit known yet. Before the first answer, every request counts exactly:
+            # those that queue now (a burst started at once) are admitted under the limit the
+            # first answers state, with the estimate made here.
+            return self._successes == 0
+        self._estimates += 1
+        return (
+            self.cheap_scale.count < _CHEAP_LEARNED
+            or self._estimates % _EXACT_EVERY == 0
+            or tokens.level(now) < _TIGHT_REQUESTS * tokens_charged
+        )
 
     @property
     def prompt_scale(self) -> float:
@@ -550,12 +598,11 @@ class Lane:
             return None
         return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
 
-    def _waiting_for_slot(self) -> bool:
+    def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
         the cooldown or pacing): only then is the limit really in use."""
         if not self._queue or self.slots.has_room():
             return False
-        now = self._clock()
         if self.cooldown.remaining_s(now=now) > 0:
             return False
         return self.requests is None or self.requests.wait_s(now=now, cost=1) == 0.0
@@ -599,12 +646,13 @@ class Lane:
         tokens: int,
         *,
         front: bool,
-        waiter: Waiter,
+        waiter: type[AsyncWaiter] | type[ThreadWaiter],
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
-    ) -> Permit | None:
-        """Admit at once when nobody waits and the state allows; else queue ``waiter``."""
+    ) -> Permit | Waiter:
+        """Admit at once when nobody waits and the state allows; else queue a new
+        ``waiter`` (made only then: the uncontended path allocates none) and return it."""
         now = self._clock()
         queue = self._queue
         with self._lock:
@@ -612,8 +660,9 @@ class Lane:
             if not queue and self._try_admit(now, tokens, output_tokens) == 0.0:
                 queue.count_admission(priority, tenant)
                 return self._grant(now, tokens, now, output_tokens)
-            queue.join(waiter, front=front, priority=priority, tenant=tenant)
-        return None
+            joined = waiter()
+            queue.join(joined, front=front, priority=priority, tenant=tenant)
+        return joined
 
     def _turn(
         self,
@@ -665,17 +714,17 @@ class Lane:
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
         estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
-        waiter = AsyncWaiter()
-        permit = self._join(
+        waiter = self._join(
             tokens,
             front=front,
-            waiter=waiter,
+            waiter=AsyncWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
         )
-        if permit is not None:
-            return permit
+        if isinstance(waiter, Permit):
+            return waiter
+        assert isinstance(waiter, AsyncWaiter)
         try:
             while True:
                 turn = self._turn(
@@ -701,17 +750,17 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        waiter = ThreadWaiter()
-        permit = self._join(
+        waiter = self._join(
             tokens,
             front=front,
-            waiter=waiter,
+            waiter=ThreadWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
         )
-        if permit is not None:
-            return permit
+        if isinstance(waiter, Permit):
+            return waiter
+        assert isinstance(waiter, ThreadWaiter)
         try:
             while True:
                 turn = self._turn(
@@ -740,15 +789,19 @@ class Lane:
 
     def release(self, permit: Permit, signal: Signal) -> None:
         with self._lock:
-            self._outstanding.pop(id(permit), None)
-            self.slots.release(
-                now=self._clock(),
-                sent_at=permit.sent_at,
-                in_flight_at_send=permit.in_flight_at_send,
-                signal=signal,
-                backlog=self._waiting_for_slot(),
-            )
-            self._queue.wake_head()
+            self._release(permit, signal, self._clock())
+
+    def _release(self, permit: Permit, signal: Signal, now: float) -> None:
+        """Free ``permit``'s slot; called with the lock held."""
+        self._outstanding.pop(id(permit), None)
+        self.slots.release(
+            now=now,
+            sent_at=permit.sent_at,
+            in_flight_at_send=permit.in_flight_at_send,
+            signal=signal,
+            backlog=self._waiting_for_slot(now),
+        )
+        self._queue.wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -762,11 +815,15 @@ class Lane:
         retry: bool,
         hold: bool = False,
         gate: bool = True,
+        usage: Reconciliation | None = None,
+        finished: RequestRecord | None = None,
     ) -> None:
         """Everything an attempt's outcome teaches the lane, under one lock: the limits its
         headers state, the rate (a 429 about the rate) or the in-flight cap (a 429 about
         requests in flight), the evidence of load, the latency; then the slot is released
-        (unless ``hold``: a stream keeps it until closed) and the attempt counted.
+        (unless ``hold``: a stream keeps it until closed) and the attempt counted; with
+        ``usage``, the tokens reconciled (:meth:`reconcile`); with ``finished``, the request
+        counted as done.
 
         ``gate`` False keeps a hinted 429 from closing the cooldown gate (tests that make
         retries instant)."""
@@ -785,11 +842,13 @@ class Lane:
                     signal = Signal.BACKPRESSURE
             else:
                 self.congestion.observe(overload=False)
+            if usage is not None:
+                self._reconcile(usage)
             if hold:
                 # A stream answered: it is no longer a candidate for a hung request.
                 self._outstanding.pop(id(permit), None)
             else:
-                permit.release(signal)
+                permit.release(signal)  # re-enters the lock (a shared lane releases its own way)
             self.stats.on_attempt(
                 status=verdict.status,
                 rate_limited=kind is OutcomeKind.RATE_LIMITED,
@@ -797,6 +856,8 @@ class Lane:
                 retry=retry,
                 at=now,
             )
+            if finished is not None:
+                self.stats.on_record(finished, at=now)
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
@@ -986,35 +1047,60 @@ class Lane:
         completion_reserved: int,
         completion_actual: int | None,
         prompt_charged: int | None = None,
+        cheap: bool = False,
+        chars_estimated: int | None = None,
     ) -> None:
         """Correct the token bucket once the response's usage says what was really spent
         (``prompt_charged``: what admission charged for the prompt), and learn how our prompt
-        estimates compare with the provider's counts: their mean and their spread."""
+        estimates compare with the provider's counts: their mean and their spread.
+        ``cheap``: ``prompt_estimated`` is a character count; ``chars_estimated``: the
+        character count of a prompt also counted exactly (both ratios learn from it)."""
         if prompt_actual is None:
             return
         with self._lock:
-            if prompt_charged is None:
-                prompt_charged = math.ceil(prompt_estimated * self.estimate_scale.charge_factor)
-            self.estimate_scale.observe(estimated=prompt_estimated, actual=prompt_actual)
-            delta = float(prompt_actual - prompt_charged)
-            given_back = delta < 0
-            if self.output_tokens is not None:
-                # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
-                # with what was generated, as the provider does.
-                if completion_actual is not None:
-                    output_delta = completion_actual - completion_reserved
-                    self.output_tokens.adjust(now=self._clock(), delta=float(output_delta))
-                    self._output_charged += output_delta
-                    given_back = given_back or output_delta < 0
-            elif self._configured.refund_unused_completion and completion_actual is not None:
-                delta += min(0, completion_actual - completion_reserved)
-                given_back = given_back or delta < 0
-            if delta:
-                self._charge_tokens(delta)
-            if given_back:
-                # The head may fit now: left asleep until the refill alone would let it go,
-                # it would let the bucket fill past its burst and the refund spill over.
-                self._queue.wake_head()
+            self._reconcile(
+                Reconciliation(
+                    prompt_estimated=prompt_estimated,
+                    prompt_actual=prompt_actual,
+                    completion_reserved=completion_reserved,
+                    completion_actual=completion_actual,
+                    prompt_charged=prompt_charged,
+                    cheap=cheap,
+                    chars_estimated=chars_estimated,
+                )
+            )
+
+    def _reconcile(self, usage: Reconciliation) -> None:
+        """:meth:`reconcile`, called with the lock held."""
+        prompt_actual = usage.prompt_actual
+        completion_actual = usage.completion_actual
+        scale = self.cheap_scale if usage.cheap else self.estimate_scale
+        prompt_charged = usage.prompt_charged
+        if prompt_charged is None:
+            prompt_charged = math.ceil(usage.prompt_estimated * scale.charge_factor)
+        scale.observe(estimated=usage.prompt_estimated, actual=prompt_actual)
+        if usage.chars_estimated is not None:
+            self.cheap_scale.observe(estimated=usage.chars_estimated, actual=prompt_actual)
+        delta = float(prompt_actual - prompt_charged)
+        given_back = delta < 0
+        completion_reserved = usage.completion_reserved
+        if self.output_tokens is not None:
+            # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
+            # with what was generated, as the provider does.
+            if completion_actual is not None:
+                output_delta = completion_actual - completion_reserved
+                self.output_tokens.adjust(now=self._clock(), delta=float(output_delta))
+                self._output_charged += output_delta
+                given_back = given_back or output_delta < 0
+        elif self._configured.refund_unused_completion and completion_actual is not None:
+            delta += min(0, completion_actual - completion_reserved)
+            given_back = given_back or delta < 0
+        if delta:
+            self._charge_tokens(delta)
+        if given_back:
+            # The head may fit now: left asleep until the refill alone would let it go,
+            # it would let the bucket fill past its burst and the refund spill over.
+            self._queue.wake_head()
 
     def output_not_generated(self, permit: Permit) -> None:
         """An answered failure (a 5xx, a 529, a refused body) generated nothing: give back

@@ -31,21 +31,35 @@ _SPREADS_CHARGED = 1.5
 
 
 class EstimateScale:
-    """The provider's token count over our estimate: its mean and spread."""
+    """The provider's token count over our estimate: its mean and spread.
 
-    __slots__ = ("_n", "_variance", "mean")
+    ``initial``, ``lowest`` and ``highest`` bound the ratio: a scale of character counts
+    (:func:`~pacekeeper.core.tokens.estimate_request_chars`) starts at 1 token per character,
+    which no real text exceeds, and may fall to a few hundredths.
+    """
 
-    def __init__(self) -> None:
-        self.mean = 1.0
+    __slots__ = ("_high", "_low", "_n", "_variance", "mean")
+
+    def __init__(
+        self, *, initial: float = 1.0, lowest: float = _MIN, highest: float = _MAX
+    ) -> None:
+        self.mean = initial
+        self._low = lowest
+        self._high = highest
         self._variance = 0.0
         self._n = 0
+
+    @property
+    def count(self) -> int:
+        """Answers observed."""
+        return self._n
 
     def observe(self, *, estimated: int, actual: int) -> None:
         """One answer's usage: ``actual`` tokens counted for a prompt we estimated at
         ``estimated``."""
         if estimated <= 0:
             return
-        ratio = min(_MAX, max(_MIN, actual / estimated))
+        ratio = min(self._high, max(self._low, actual / estimated))
         self._n += 1
         weight = max(_ALPHA, 1.0 / self._n)
         error = ratio - self.mean
@@ -55,7 +69,7 @@ class EstimateScale:
     @property
     def charge_factor(self) -> float:
         """What a prompt estimate is multiplied by at admission: mean + 1.5 x spread."""
-        return min(_MAX, self.mean + _SPREADS_CHARGED * math.sqrt(self._variance))
+        return min(self._high, self.mean + _SPREADS_CHARGED * math.sqrt(self._variance))
 
     def __repr__(self) -> str:
         return f"<EstimateScale mean {self.mean:.3f} charged x{self.charge_factor:.3f}>"

@@ -14,9 +14,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.priority import Priority
+
+if TYPE_CHECKING:
+    from pacekeeper.core.records import RequestRecord
 
 __all__ = [
     "DEFAULT_MAX_TENANTS",
@@ -185,6 +188,10 @@ class QueueWaits:
                 mine = self._waits[key] = LatencyHistogram()
             mine.merge(histogram)
 
+    def histograms(self) -> list[LatencyHistogram]:
+        """One per (class, tenant) seen."""
+        return list(self._waits.values())
+
     @property
     def varied(self) -> bool:
         """More than one class, or more than one tenant, was seen: worth showing apart."""
@@ -313,7 +320,6 @@ class KeyStats:
     by_status: Counter[str] = field(default_factory=Counter)
     by_outcome: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    queued: LatencyHistogram = field(default_factory=LatencyHistogram)
     total: LatencyHistogram = field(default_factory=LatencyHistogram)
     queue_waits: QueueWaits = field(default_factory=QueueWaits)
 
@@ -355,13 +361,36 @@ class KeyStats:
             self.failed += 1
         self.by_outcome[outcome] += 1
         self.total.add(total_s)
-        self.queued.add(queued_s)
         self.queue_waits.add(queued_s, priority=priority, tenant=tenant)
         self.tokens_estimated += tokens_estimated
         self.prompt_tokens += prompt_tokens or 0
         self.completion_tokens += completion_tokens or 0
         self.first_at = min(self.first_at, at - total_s)
         self.last_at = max(self.last_at, at)
+
+    def on_record(self, record: RequestRecord, *, at: float) -> None:
+        """:meth:`on_request` from the request's record."""
+        self.on_request(
+            ok=record.ok,
+            outcome=record.outcome,
+            total_s=record.total_s,
+            queued_s=record.queued_s,
+            tokens_estimated=record.tokens_estimated,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            at=at,
+            cost_usd=record.cost_usd,
+            priority=record.priority,
+            tenant=record.tenant,
+        )
+
+    @property
+    def queued(self) -> LatencyHistogram:
+        """Queue wait of every request (the classes' and tenants' histograms together)."""
+        merged = LatencyHistogram()
+        for histogram in self.queue_waits.histograms():
+            merged.merge(histogram)
+        return merged
 
     def snapshot(
         self,
@@ -372,6 +401,7 @@ class KeyStats:
         tpm_limit: float | None,
         cooldowns: int,
     ) -> StatsSnapshot:
+        queued = self.queued
         return StatsSnapshot(
             route=self.route,
             model=self.model,
@@ -386,8 +416,8 @@ class KeyStats:
             latency_p50_s=self.latency.quantile(0.5),
             latency_p95_s=self.latency.quantile(0.95),
             latency_p99_s=self.latency.quantile(0.99),
-            queued_p50_s=self.queued.quantile(0.5),
-            queued_p95_s=self.queued.quantile(0.95),
+            queued_p50_s=queued.quantile(0.5),
+            queued_p95_s=queued.quantile(0.95),
             total_p50_s=self.total.quantile(0.5),
             total_p95_s=self.total.quantile(0.95),
             prompt_tokens=self.prompt_tokens,

@@ -26,7 +26,10 @@ from pacekeeper.core.classify import (
     verdict_for_failure,
 )
 from pacekeeper.core.cost import BilledUsage
-from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens
+from pacekeeper.core.tokens import (
+    TokenEstimate,
+    estimate_request_chars,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -140,6 +143,8 @@ class RequestFacts:
     route: str
     model: str | None
     estimate: TokenEstimate
+    """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`): the governor
+    counts :attr:`body` exactly only where the count decides when the request leaves."""
     streaming: bool
     body: dict[str, Any] | None = None
     """The parsed JSON body (None for anything else)."""
@@ -218,7 +223,7 @@ def facts_of(method: str, path: str, body: object) -> RequestFacts:
     return RequestFacts(
         route,
         model,
-        estimate_request_tokens(body, model=model),
+        estimate_request_chars(body),
         streaming=body.get("stream") is True or route.endswith(":streamGenerateContent"),
         body=body,
     )
@@ -334,13 +339,62 @@ def usage_from_json(
     body: bytes, *, cache_reads_count: bool = True
 ) -> tuple[int | None, int | None, bool, BilledUsage | None]:
     """(input tokens counted, output tokens, body is valid JSON, usage as billed) of a JSON
-    answer."""
+    answer.
+
+    The answer is not parsed when it is whole (an object, ``{`` to ``}``: a cut answer is
+    not) and its usage object, found from the end, names counts: they are read off as they
+    are written (every dialect puts usage last or nearly, and a count quoted inside a string
+    is escaped, so it cannot be mistaken for one). Parsing a whole answer to read three
+    numbers cost more than the rest of its handling; the caller's SDK parses it anyway.
+
+    >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, '
+    ...                 b'"completion_tokens": 3, "total_tokens": 15}}')
+    (12, 3, True, BilledUsage(input_tokens=12, output_tokens=3, cached_input_tokens=0))
+    >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, "compl')[2]
+    False
+    """
+    fast = _usage_at_end(body, cache_reads_count)
+    if fast is not None:
+        return fast
     try:
         data = json.loads(body)
     except ValueError:
         return None, None, False, None
     prompt, completion = usage_of(data, cache_reads_count=cache_reads_count)
     return prompt, completion, True, billed_usage_of(data)
+
+
+_OPENAI_NAMES = frozenset({b"prompt_tokens", b"completion_tokens", b"cached_tokens"})
+_OPENAI_COUNTS = len(_OPENAI_NAMES)
+
+
+def _usage_at_end(
+    body: bytes, cache_reads_count: bool
+) -> tuple[int | None, int | None, bool, BilledUsage | None] | None:
+    """The usage of a whole JSON object read without parsing it, or None (parse it)."""
+    if body[:1] != b"{" or not (body.endswith(b"}") or body.rstrip().endswith(b"}")):
+        return None
+    start = body.rfind(b'"usage')
+    if start < 0:
+        return None
+    found = _USAGE_NUMBER.findall(body, start)
+    if not found:
+        return None
+    counts = {name: int(value) for name, value in found}
+    if len(counts) <= _OPENAI_COUNTS and _OPENAI_NAMES.issuperset(counts):
+        # OpenAI's chat, completions and embeddings: what usage_of and billed_usage_of give.
+        prompt = counts.get(b"prompt_tokens")
+        if prompt is not None:
+            completion = counts.get(b"completion_tokens")
+            cached = counts.get(b"cached_tokens", 0)
+            counted = prompt if cache_reads_count else max(0, prompt - cached)
+            billed = BilledUsage(
+                input_tokens=prompt, output_tokens=completion or 0, cached_input_tokens=cached
+            )
+            return counted, completion, True, billed
+    scanner = UsageScanner(cache_reads_count=cache_reads_count)
+    scanner.take(counts)
+    return scanner.prompt_tokens, scanner.completion_tokens, True, scanner.billed
 
 
 def billed_usage_of(data: object) -> BilledUsage | None:
@@ -513,6 +567,10 @@ class UsageScanner:
         for name, value in _USAGE_NUMBER.findall(window):
             self._counts[name] = int(value)
 
+    def take(self, counts: dict[bytes, int]) -> None:
+        """Counts found elsewhere (the last value of each wins)."""
+        self._counts.update(counts)
+
     @property
     def prompt_tokens(self) -> int | None:
         counts = self._counts
@@ -552,6 +610,9 @@ def request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("request-id")
 
 
+_PLAIN_OK: dict[int, Verdict] = {}
+
+
 def verdict_for_answer(
     status: int,
     headers: Mapping[str, str],
@@ -561,6 +622,13 @@ def verdict_for_answer(
     read_limits: bool = True,
 ) -> Verdict:
     """Classify a complete answer; a 2xx whose JSON does not parse is MALFORMED."""
+    if not read_limits and 200 <= status < 300 and (json_valid or body is None):
+        # The commonest answer of all: the same verdict every time, made once per status.
+        verdict = _PLAIN_OK.get(status)
+        if verdict is None:
+            verdict = classify_response(status, {}, None, now_wall_s=0.0, read_limits=False)
+            _PLAIN_OK[status] = verdict
+        return verdict
     if status < 300 and not json_valid and body is not None:
         return verdict_for_failure(
             OutcomeKind.MALFORMED,

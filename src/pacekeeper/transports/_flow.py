@@ -153,6 +153,7 @@ def _start(
         model=facts.model,
         estimate=facts.estimate,
         tag=request.extensions.get(TAG_EXTENSION),
+        body=facts.body,
     )
     bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
     return request, call, strip

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
-from pacekeeper.core.tokens import estimate_request_tokens
+from pacekeeper.core.tokens import estimate_request_chars
 from pacekeeper.providers import Provider
 from pacekeeper.transports._engine import model_of_path, route_of
 from pacekeeper.transports._flow import (
@@ -164,11 +164,7 @@ def _governed(
         route, path_model = lane_of(target)
         body_model = body.get("model")
         model = path_model or (body_model if isinstance(body_model, str) else None)
-        call = gov.call(
-            route=route,
-            model=model,
-            estimate=estimate_request_tokens(body, model=model),
-        )
+        call = gov.call(route=route, model=model, estimate=estimate_request_chars(body), body=body)
         admitted = Admitted(gov, call, await call.admit())
         token = ADMITTED.set(admitted)
         try:

@@ -1,0 +1,120 @@
+"""The governed transport's own work per request, counted in operations, against a budget.
+
+Issue 15 brought what ``pacekeeper.Transport`` adds to a request from about twice the HTTP
+client's own CPU to a fraction of it. Time is no measure in a test (machines differ, load
+varies; ``python -m bench.hotpath`` measures it side by side), but the work is: the Python
+and C functions called per request, counted with ``sys.setprofile`` over many requests through
+the governed transport and through the bare client in the same test, against an inner
+transport that answers at once (no sockets). A change that makes the hot path call more
+than the budget below fails here; raise the budget only with a measured reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from types import FrameType
+from typing import Any
+
+import httpx2
+import pytest
+
+import pacekeeper
+
+_ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 80}}],
+        "usage": {"prompt_tokens": 60, "completion_tokens": 100, "total_tokens": 160},
+    }
+).encode()
+_HEADERS = [
+    ("content-type", "application/json"),
+    ("x-request-id", "req_1"),
+    ("x-ratelimit-limit-requests", "100000000"),
+    ("x-ratelimit-remaining-requests", "99999999"),
+    ("x-ratelimit-reset-requests", "1ms"),
+    ("x-ratelimit-limit-tokens", "10000000000"),
+    ("x-ratelimit-remaining-tokens", "9999999999"),
+    ("x-ratelimit-reset-tokens", "1ms"),
+]
+_PROSE = "quarterly revenue grew across regions while margins narrowed on logistics costs "
+
+# Function calls pacekeeper adds per request, on top of the bare client's (790 with httpx2
+# 1.x), measured when the budget was set: 265 with a fixed concurrency, 383-397 adaptive (its
+# window starts below the 16 workers, so requests queue and are woken). Before issue 15's
+# work: 445 and 555. The budgets leave about 10% for noise (the adaptive window's ramp, the
+# rate-limit headers read at most every 0.1 s, one exact token count in 64 requests).
+_BUDGET = {"fixed": 295, "adaptive": 430}
+_WORKERS = 16
+_REQUESTS = 400
+
+
+class _Answering(httpx2.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(0)
+        return httpx2.Response(
+            200, headers=_HEADERS, stream=httpx2.ByteStream(_ANSWER), request=request
+        )
+
+
+class _Calls:
+    """Counts every Python and C function call while on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            self.count += 1
+
+
+async def _calls_per_request(kind: str) -> float:
+    if kind == "bare":
+        transport: httpx2.AsyncBaseTransport = _Answering()
+    else:
+        limits = pacekeeper.Limits(concurrency=64) if kind == "fixed" else None
+        transport = pacekeeper.Transport(pacekeeper.Governor(limits=limits), transport=_Answering())
+    client = httpx2.AsyncClient(transport=transport, base_url="http://answering/v1")
+    bodies = [
+        {
+            "model": "gpt-4o-mini",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": f"Request {i}: " + _PROSE * (1 + i % 4)}],
+        }
+        for i in range(_REQUESTS * 2)
+    ]
+
+    async def send(indices: Any) -> None:
+        for i in indices:
+            response = await client.post("/chat/completions", json=bodies[i])
+            assert response.status_code == 200
+
+    warm = iter(range(_REQUESTS))  # the same client first: lanes, limits, tokenizer learned
+    await asyncio.gather(*(send(warm) for _ in range(_WORKERS)))
+    counter = _Calls()
+    measured = iter(range(_REQUESTS, 2 * _REQUESTS))
+    sys.setprofile(counter)
+    try:
+        await asyncio.gather(*(send(measured) for _ in range(_WORKERS)))
+    finally:
+        sys.setprofile(None)
+    await client.aclose()
+    return counter.count / _REQUESTS
+
+
+@pytest.mark.parametrize("kind", ["fixed", "adaptive"])
+def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(kind: str) -> None:
+    bare = asyncio.run(_calls_per_request("bare"))
+    governed = asyncio.run(_calls_per_request(kind))
+    added = governed - bare
+    assert added > 0  # the count is real: governing a request is not free
+    assert added <= _BUDGET[kind], (
+        f"pacekeeper.Transport ({kind} concurrency) now adds {added:.0f} function calls per "
+        f"request to the bare client's {bare:.0f}; the budget is {_BUDGET[kind]}. Profile "
+        "with `python -m bench.hotpath --profile out.md` and take the new work off the hot "
+        "path (or raise the budget with the measured reason)."
+    )
