@@ -55,7 +55,16 @@ def _timeout_response(message: str) -> bytes:
 class Connection:
     """One client connection as the guard sees it."""
 
-    __slots__ = ("on_timeout", "phase", "protocol", "since", "timer", "transport")
+    __slots__ = (
+        "lost",
+        "on_lost",
+        "on_timeout",
+        "phase",
+        "protocol",
+        "since",
+        "timer",
+        "transport",
+    )
 
     def __init__(self, protocol: Any, transport: asyncio.Transport) -> None:
         self.protocol = protocol
@@ -65,6 +74,10 @@ class Connection:
         self.timer: asyncio.TimerHandle | None = None
         self.on_timeout: Callable[[str], None] | None = None
         """Set by the application while it reads the body: answers the 408 itself."""
+        self.lost = False
+        self.on_lost: Callable[[], None] | None = None
+        """Set by the application while it answers: called when the connection is lost (the
+        client left), in place of a task per request waiting for ASGI's ``http.disconnect``."""
 
 
 class ConnectionGuard:
@@ -108,6 +121,10 @@ class ConnectionGuard:
     def closed(self, conn: Connection) -> None:
         self._by_transport.pop(id(conn.transport), None)
         self._finish(conn)
+        conn.lost = True
+        on_lost, conn.on_lost = conn.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     # -- what the application reports ----------------------------------------------------
 
