@@ -32,6 +32,7 @@ __all__ = ["Connection", "ConnectionGuard", "CorkedTransport", "guarded_protocol
 logger = logging.getLogger("pacekeeper.proxy")
 
 _HEADERS, _BODY, _DONE = 0, 1, 2
+_SLACK_S = 0.002  # a timer firing this close to its deadline has reached it (ms timers)
 
 
 def _timeout_response(message: str) -> bytes:
@@ -56,6 +57,7 @@ class Connection:
     """One client connection as the guard sees it."""
 
     __slots__ = (
+        "deadline",
         "lost",
         "on_lost",
         "on_timeout",
@@ -63,6 +65,7 @@ class Connection:
         "protocol",
         "since",
         "timer",
+        "timer_at",
         "transport",
     )
 
@@ -72,6 +75,8 @@ class Connection:
         self.phase = _DONE
         self.since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when the timer fires (loop time)
+        self.deadline = 0.0  # when the current phase times out (loop time)
         self.on_timeout: Callable[[str], None] | None = None
         """Set by the application while it reads the body: answers the 408 itself."""
         self.lost = False
@@ -121,6 +126,7 @@ class ConnectionGuard:
     def closed(self, conn: Connection) -> None:
         self._by_transport.pop(id(conn.transport), None)
         self._finish(conn)
+        self._cancel_timer(conn)
         conn.lost = True
         on_lost, conn.on_lost = conn.on_lost, None
         if on_lost is not None:
@@ -135,13 +141,12 @@ class ConnectionGuard:
         """The request's headers are in; its body now has ``body_timeout_s`` to arrive."""
         if conn.phase == _DONE:
             return
-        self._cancel_timer(conn)
         if conn not in self._unfinished:  # pipelined: its bytes came with the previous one
+            self._cancel_timer(conn)
             return
         conn.phase = _BODY
         conn.on_timeout = on_timeout
-        loop = asyncio.get_running_loop()
-        conn.timer = loop.call_later(self.body_timeout_s, self._expire, conn)
+        self._arm(conn, self.body_timeout_s)
 
     def body_done(self, conn: Connection) -> None:
         self._finish(conn)
@@ -173,8 +178,7 @@ class ConnectionGuard:
         conn.since = self._clock()
         conn.on_timeout = None
         self._unfinished[conn] = None
-        loop = asyncio.get_running_loop()
-        conn.timer = loop.call_later(self.header_timeout_s, self._expire, conn)
+        self._arm(conn, self.header_timeout_s)
         while len(self._unfinished) > self.max_unfinished:
             oldest = next(iter(self._unfinished))
             if conn.since - oldest.since < self.grace_s:
@@ -188,6 +192,30 @@ class ConnectionGuard:
                 "were unfinished (--max-unfinished); the oldest is closed to make room. Send "
                 "the request at once, or raise --max-unfinished",
             )
+
+    def _arm(self, conn: Connection, timeout_s: float) -> None:
+        """The phase ends in ``timeout_s``. A timer already set to fire sooner is kept (it sets
+        itself again when it finds the deadline later), so the requests of a kept-alive
+        connection do not each start and cancel two timers."""
+        loop = asyncio.get_running_loop()
+        conn.deadline = deadline = loop.time() + timeout_s
+        if conn.timer is not None:
+            if conn.timer_at <= deadline:
+                return
+            conn.timer.cancel()
+        conn.timer_at = deadline
+        conn.timer = loop.call_at(deadline, self._fire, conn)
+
+    def _fire(self, conn: Connection) -> None:
+        conn.timer = None
+        if conn.phase == _DONE:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < conn.deadline - _SLACK_S:  # the phase began again since it was set
+            conn.timer_at = conn.deadline
+            conn.timer = loop.call_at(conn.deadline, self._fire, conn)
+            return
+        self._expire(conn)
 
     def _expire(self, conn: Connection) -> None:
         conn.timer = None
@@ -227,7 +255,8 @@ class ConnectionGuard:
         transport.close()
 
     def _finish(self, conn: Connection) -> None:
-        self._cancel_timer(conn)
+        # The timer stays (it finds the connection done when it fires): the next request on
+        # this connection usually starts before it would fire.
         conn.phase = _DONE
         conn.on_timeout = None
         self._unfinished.pop(conn, None)
