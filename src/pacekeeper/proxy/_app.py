@@ -53,6 +53,7 @@ from pacekeeper.core.priority import Priority, priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
+from pacekeeper.proxy._headers import headers_of
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
@@ -796,7 +797,7 @@ class ProxyApp:
             request = httpx2.Request(
                 method,
                 url,
-                headers=headers,
+                headers=headers_of([(name, name.lower(), value) for name, value in headers]),
                 stream=httpx2.ByteStream(body),
                 extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )

@@ -21,6 +21,8 @@ from typing import Any, cast
 import httptools
 import httpx2
 
+from pacekeeper.proxy._headers import headers_of
+
 __all__ = ["UpstreamTransport"]
 
 _PAUSE_BYTES = 256 * 1024  # answer bytes held before reading from the upstream is paused
@@ -39,8 +41,8 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[tuple[int, list[tuple[bytes, bytes, bytes]]]] | None = None
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # name, lowercased, value
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
@@ -80,8 +82,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         lowered = name.lower()
+        self.headers.append((name, lowered, value))
         if lowered == b"content-length" or (
             lowered == b"transfer-encoding" and b"chunked" in value.lower()
         ):
@@ -229,7 +231,10 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         stream = _Answer(self, key, conn)
         stream._read_s = timeout.get("read")
         return httpx2.Response(
-            status, headers=headers, stream=stream, extensions={"http_version": b"HTTP/1.1"}
+            status,
+            headers=headers_of(headers),
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1"},
         )
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
