@@ -783,7 +783,8 @@ class ProxyApp:
         if method != "POST" or body[:1] not in _JSON_START:
             doc = None  # read as the governed transport reads a body (parse_body)
 
-        task = asyncio.current_task()
+        reading: _Reading | None = scope.get(_READING)
+        task = reading.task if reading is not None else asyncio.current_task()
         assert task is not None
         exchange = _Exchange(task, who[1])
         try:
@@ -823,7 +824,7 @@ class ProxyApp:
 
         counters = self.counters
         counters.in_progress += 1
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()  # asyncio.get_running_loop() costs a getpid() on Python 3.11
         exchange.timer = loop.call_later(
             self.config.queue_timeout_for(who[1]), exchange.on_queue_timeout
         )

@@ -58,6 +58,7 @@ class Connection:
 
     __slots__ = (
         "deadline",
+        "loop",
         "lost",
         "on_lost",
         "on_timeout",
@@ -69,9 +70,12 @@ class Connection:
         "transport",
     )
 
-    def __init__(self, protocol: Any, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, protocol: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.protocol = protocol
         self.transport = transport
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() on Python 3.11
         self.phase = _DONE
         self.since = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -113,8 +117,10 @@ class ConnectionGuard:
 
     # -- what the protocol reports --------------------------------------------------------
 
-    def opened(self, protocol: Any, transport: asyncio.Transport) -> Connection:
-        conn = Connection(protocol, transport)
+    def opened(
+        self, protocol: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> Connection:
+        conn = Connection(protocol, transport, loop)
         self._by_transport[id(transport)] = conn
         self._begin(conn)
         return conn
@@ -197,7 +203,7 @@ class ConnectionGuard:
         """The phase ends in ``timeout_s``. A timer already set to fire sooner is kept (it sets
         itself again when it finds the deadline later), so the requests of a kept-alive
         connection do not each start and cancel two timers."""
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         conn.deadline = deadline = loop.time() + timeout_s
         if conn.timer is not None:
             if conn.timer_at <= deadline:
@@ -210,7 +216,7 @@ class ConnectionGuard:
         conn.timer = None
         if conn.phase == _DONE:
             return
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         if loop.time() < conn.deadline - _SLACK_S:  # the phase began again since it was set
             conn.timer_at = conn.deadline
             conn.timer = loop.call_at(conn.deadline, self._fire, conn)
@@ -321,9 +327,10 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
         _pk_conn: Connection | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            corked: Any = CorkedTransport(transport, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            corked: Any = CorkedTransport(transport, loop)
             super().connection_made(corked)
-            self._pk_conn = guard.opened(self, corked)
+            self._pk_conn = guard.opened(self, corked, loop)
 
         def data_received(self, data: bytes) -> None:
             conn = self._pk_conn

@@ -37,6 +37,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
@@ -137,7 +139,7 @@ class _Connection(asyncio.Protocol):
                 return None
             if self.error is not None:
                 raise self.error
-            self._wake = asyncio.get_running_loop().create_future()
+            self._wake = self._loop.create_future()
             await _within(self._wake, read_s, "reading the answer")
 
     def close(self) -> None:
@@ -151,7 +153,7 @@ async def _within(future: asyncio.Future[Any], seconds: float | None, doing: str
     task: this runs for every chunk)."""
     if seconds is None:
         return await future
-    loop = asyncio.get_running_loop()
+    loop = future.get_loop()  # not asyncio.get_running_loop(): a getpid() call on Python 3.11
 
     def expire() -> None:
         if not future.done():
