@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import hmac
 import json
 import logging
@@ -51,7 +52,8 @@ from pacekeeper.core.lane import Lane
 from pacekeeper.core.priority import Priority, priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import ConnectionGuard, httptools_available
+from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
+from pacekeeper.proxy._headers import headers_of
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
@@ -172,7 +174,16 @@ class _SentSignal(httpx2.AsyncBaseTransport):
 class _Exchange:
     """One forwarded request's state, shared with its timer and its disconnect watcher."""
 
-    __slots__ = ("answered", "cancelled_by", "priority", "sent", "task", "timer", "watcher")
+    __slots__ = (
+        "answered",
+        "cancelled_by",
+        "conn",
+        "priority",
+        "sent",
+        "task",
+        "timer",
+        "watcher",
+    )
 
     def __init__(self, task: asyncio.Task[Any], priority: Priority = Priority.INTERACTIVE) -> None:
         self.task = task
@@ -182,6 +193,7 @@ class _Exchange:
         self.cancelled_by: str | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.conn: Connection | None = None  # served by the Proxy: it reports the client gone
 
     def on_sent(self) -> None:
         self.sent = True
@@ -212,6 +224,11 @@ def _share(lane: Lane, cls: Priority) -> float:
     (``min_share=0``) a lower class waiting behind a higher one gets none, counted as 1% so
     that its wait is long and finite."""
     return max(_LEAST_SHARE, lane.queue.share_of(cls))
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _watch(receive: Receive, exchange: _Exchange) -> None:
@@ -346,6 +363,7 @@ class ProxyApp:
         assert task is not None
         reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
         scope[_READING] = reading
+        scope[_CONNECTION] = conn
         for name, value in scope["headers"]:
             if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
                 name == b"transfer-encoding"
@@ -765,7 +783,8 @@ class ProxyApp:
         if method != "POST" or body[:1] not in _JSON_START:
             doc = None  # read as the governed transport reads a body (parse_body)
 
-        task = asyncio.current_task()
+        reading: _Reading | None = scope.get(_READING)
+        task = reading.task if reading is not None else asyncio.current_task()
         assert task is not None
         exchange = _Exchange(task, who[1])
         try:
@@ -779,7 +798,7 @@ class ProxyApp:
             request = httpx2.Request(
                 method,
                 url,
-                headers=headers,
+                headers=headers_of([(name, name.lower(), value) for name, value in headers]),
                 stream=httpx2.ByteStream(body),
                 extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
@@ -805,18 +824,29 @@ class ProxyApp:
 
         counters = self.counters
         counters.in_progress += 1
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()  # asyncio.get_running_loop() costs a getpid() on Python 3.11
         exchange.timer = loop.call_later(
             self.config.queue_timeout_for(who[1]), exchange.on_queue_timeout
         )
-        exchange.watcher = watcher = loop.create_task(_watch(receive, exchange))
+        conn: Connection | None = scope.get(_CONNECTION)
+        if conn is not None:  # the guard reports the client gone: no task per request
+            exchange.conn = conn
+            if conn.lost:
+                exchange.on_disconnect()
+            else:
+                conn.on_lost = exchange.on_disconnect
+        else:  # another ASGI server: wait for its http.disconnect
+            exchange.watcher = loop.create_task(_watch(receive, exchange))
         try:
             with priority(who[1], tenant=who[0]):  # read by the governed transport's call
                 await self._exchange(send, request, lane, exchange)
         finally:
             counters.in_progress -= 1
             exchange.timer.cancel()
-            watcher.cancel()
+            if conn is not None:
+                conn.on_lost = None
+            elif exchange.watcher is not None:
+                exchange.watcher.cancel()
 
     def _url(self, rest: bytes, query: bytes) -> httpx2.URL:
         """The upstream URL of a request path: parsed once per distinct path (httpx2 parses
@@ -1076,14 +1106,20 @@ class ProxyApp:
         if transport is None:
             return
         exchange.answered = True  # the watcher must not cancel this task when it sees the end
+        gone: asyncio.Future[None] | None = None
+        conn = exchange.conn
+        if conn is not None and not conn.lost:
+            gone = asyncio.get_running_loop().create_future()
+            conn.on_lost = functools.partial(_settle, gone)
         transport.close()
-        watcher = exchange.watcher
-        if watcher is not None and not watcher.done():
+        waited = gone if gone is not None else exchange.watcher
+        if waited is not None and not waited.done():
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(watcher), 2.0)
+                await asyncio.wait_for(asyncio.shield(waited), 2.0)
 
 
 _READING = "pacekeeper.reading"
+_CONNECTION = "pacekeeper.connection"
 _HAS_BODY = "pacekeeper.has_body"
 
 

@@ -32,6 +32,7 @@ __all__ = ["Connection", "ConnectionGuard", "CorkedTransport", "guarded_protocol
 logger = logging.getLogger("pacekeeper.proxy")
 
 _HEADERS, _BODY, _DONE = 0, 1, 2
+_SLACK_S = 0.002  # a timer firing this close to its deadline has reached it (ms timers)
 
 
 def _timeout_response(message: str) -> bytes:
@@ -55,16 +56,37 @@ def _timeout_response(message: str) -> bytes:
 class Connection:
     """One client connection as the guard sees it."""
 
-    __slots__ = ("on_timeout", "phase", "protocol", "since", "timer", "transport")
+    __slots__ = (
+        "deadline",
+        "loop",
+        "lost",
+        "on_lost",
+        "on_timeout",
+        "phase",
+        "protocol",
+        "since",
+        "timer",
+        "timer_at",
+        "transport",
+    )
 
-    def __init__(self, protocol: Any, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, protocol: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.protocol = protocol
         self.transport = transport
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() on Python 3.11
         self.phase = _DONE
         self.since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when the timer fires (loop time)
+        self.deadline = 0.0  # when the current phase times out (loop time)
         self.on_timeout: Callable[[str], None] | None = None
         """Set by the application while it reads the body: answers the 408 itself."""
+        self.lost = False
+        self.on_lost: Callable[[], None] | None = None
+        """Set by the application while it answers: called when the connection is lost (the
+        client left), in place of a task per request waiting for ASGI's ``http.disconnect``."""
 
 
 class ConnectionGuard:
@@ -95,8 +117,10 @@ class ConnectionGuard:
 
     # -- what the protocol reports --------------------------------------------------------
 
-    def opened(self, protocol: Any, transport: asyncio.Transport) -> Connection:
-        conn = Connection(protocol, transport)
+    def opened(
+        self, protocol: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> Connection:
+        conn = Connection(protocol, transport, loop)
         self._by_transport[id(transport)] = conn
         self._begin(conn)
         return conn
@@ -108,6 +132,11 @@ class ConnectionGuard:
     def closed(self, conn: Connection) -> None:
         self._by_transport.pop(id(conn.transport), None)
         self._finish(conn)
+        self._cancel_timer(conn)
+        conn.lost = True
+        on_lost, conn.on_lost = conn.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     # -- what the application reports ----------------------------------------------------
 
@@ -118,13 +147,12 @@ class ConnectionGuard:
         """The request's headers are in; its body now has ``body_timeout_s`` to arrive."""
         if conn.phase == _DONE:
             return
-        self._cancel_timer(conn)
         if conn not in self._unfinished:  # pipelined: its bytes came with the previous one
+            self._cancel_timer(conn)
             return
         conn.phase = _BODY
         conn.on_timeout = on_timeout
-        loop = asyncio.get_running_loop()
-        conn.timer = loop.call_later(self.body_timeout_s, self._expire, conn)
+        self._arm(conn, self.body_timeout_s)
 
     def body_done(self, conn: Connection) -> None:
         self._finish(conn)
@@ -156,8 +184,7 @@ class ConnectionGuard:
         conn.since = self._clock()
         conn.on_timeout = None
         self._unfinished[conn] = None
-        loop = asyncio.get_running_loop()
-        conn.timer = loop.call_later(self.header_timeout_s, self._expire, conn)
+        self._arm(conn, self.header_timeout_s)
         while len(self._unfinished) > self.max_unfinished:
             oldest = next(iter(self._unfinished))
             if conn.since - oldest.since < self.grace_s:
@@ -171,6 +198,30 @@ class ConnectionGuard:
                 "were unfinished (--max-unfinished); the oldest is closed to make room. Send "
                 "the request at once, or raise --max-unfinished",
             )
+
+    def _arm(self, conn: Connection, timeout_s: float) -> None:
+        """The phase ends in ``timeout_s``. A timer already set to fire sooner is kept (it sets
+        itself again when it finds the deadline later), so the requests of a kept-alive
+        connection do not each start and cancel two timers."""
+        loop = conn.loop
+        conn.deadline = deadline = loop.time() + timeout_s
+        if conn.timer is not None:
+            if conn.timer_at <= deadline:
+                return
+            conn.timer.cancel()
+        conn.timer_at = deadline
+        conn.timer = loop.call_at(deadline, self._fire, conn)
+
+    def _fire(self, conn: Connection) -> None:
+        conn.timer = None
+        if conn.phase == _DONE:
+            return
+        loop = conn.loop
+        if loop.time() < conn.deadline - _SLACK_S:  # the phase began again since it was set
+            conn.timer_at = conn.deadline
+            conn.timer = loop.call_at(conn.deadline, self._fire, conn)
+            return
+        self._expire(conn)
 
     def _expire(self, conn: Connection) -> None:
         conn.timer = None
@@ -210,7 +261,8 @@ class ConnectionGuard:
         transport.close()
 
     def _finish(self, conn: Connection) -> None:
-        self._cancel_timer(conn)
+        # The timer stays (it finds the connection done when it fires): the next request on
+        # this connection usually starts before it would fire.
         conn.phase = _DONE
         conn.on_timeout = None
         self._unfinished.pop(conn, None)
@@ -275,9 +327,10 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
         _pk_conn: Connection | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            corked: Any = CorkedTransport(transport, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            corked: Any = CorkedTransport(transport, loop)
             super().connection_made(corked)
-            self._pk_conn = guard.opened(self, corked)
+            self._pk_conn = guard.opened(self, corked, loop)
 
         def data_received(self, data: bytes) -> None:
             conn = self._pk_conn

@@ -21,11 +21,14 @@ from typing import Any, cast
 import httptools
 import httpx2
 
+from pacekeeper.proxy._headers import headers_of
+
 __all__ = ["UpstreamTransport"]
 
 _PAUSE_BYTES = 256 * 1024  # answer bytes held before reading from the upstream is paused
 _MAX_IDLE = 512  # keep-alive connections kept per upstream
 _IDLE_S = 60.0  # an idle connection older than this is closed rather than reused
+_TIMER_SLACK_S = 0.002  # a timer firing this close to its deadline has reached it (ms timers)
 
 
 class _Connection(asyncio.Protocol):
@@ -35,12 +38,21 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
+        # The read timeout: one timer per connection, kept while it fires no later than the
+        # wait's deadline (it sets itself again when it finds the deadline moved on), instead
+        # of one started and cancelled per wait.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._waiting: tuple[asyncio.Future[Any], str, float] | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[tuple[int, list[tuple[bytes, bytes, bytes]]]] | None = None
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # name, lowercased, value
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
@@ -80,8 +92,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         lowered = name.lower()
+        self.headers.append((name, lowered, value))
         if lowered == b"content-length" or (
             lowered == b"transfer-encoding" and b"chunked" in value.lower()
         ):
@@ -135,31 +147,47 @@ class _Connection(asyncio.Protocol):
                 return None
             if self.error is not None:
                 raise self.error
-            self._wake = asyncio.get_running_loop().create_future()
-            await _within(self._wake, read_s, "reading the answer")
+            self._wake = self._loop.create_future()
+            await self.within(self._wake, read_s, "reading the answer")
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
+    async def within(self, future: asyncio.Future[Any], seconds: float | None, doing: str) -> Any:
+        """Await ``future``; past ``seconds`` it fails with httpx2.ReadTimeout (no task: this
+        runs for every chunk)."""
+        if seconds is None:
+            return await future
+        loop = self._loop
+        self._deadline = deadline = loop.time() + seconds
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._on_timer)
+        self._waiting = (future, doing, seconds)
+        try:
+            return await future
+        finally:
+            self._waiting = None
 
-async def _within(future: asyncio.Future[Any], seconds: float | None, doing: str) -> Any:
-    """Await ``future``; past ``seconds`` it fails with httpx2.ReadTimeout (one timer, no
-    task: this runs for every chunk)."""
-    if seconds is None:
-        return await future
-    loop = asyncio.get_running_loop()
-
-    def expire() -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiting = self._waiting
+        if waiting is None or self.closed:
+            return
+        if self._loop.time() < self._deadline - _TIMER_SLACK_S:  # a later wait: its deadline
+            self._timer_at = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        future, doing, seconds = waiting
         if not future.done():
             future.set_exception(httpx2.ReadTimeout(f"timed out {doing} ({seconds:g}s)"))
-
-    timer = loop.call_later(seconds, expire)
-    try:
-        return await future
-    finally:
-        timer.cancel()
 
 
 class _Answer(httpx2.AsyncByteStream):
@@ -220,7 +248,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         assert conn.head is not None
         try:
             conn.transport.write(b"".join(head) + body)  # one write: one trip through the kernel
-            status, headers = await _within(
+            status, headers = await conn.within(
                 conn.head, timeout.get("read"), "waiting for the answer's headers"
             )
         except BaseException:
@@ -229,7 +257,10 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         stream = _Answer(self, key, conn)
         stream._read_s = timeout.get("read")
         return httpx2.Response(
-            status, headers=headers, stream=stream, extensions={"http_version": b"HTTP/1.1"}
+            status,
+            headers=headers_of(headers),
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1"},
         )
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
