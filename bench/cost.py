@@ -129,9 +129,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_proxy(upstream: str) -> tuple[subprocess.Popen[str], int]:
+def _start_proxy(
+    upstream: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
     command = [*pacekeeper_command(), "proxy", "--upstream", upstream, "--port", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith(_LISTENING):

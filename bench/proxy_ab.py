@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cost import _LISTENING, _cpu_s, _flood, _latencies, _quantile
+from bench.cost import _cpu_s, _flood, _latencies, _quantile, _start_proxy
 from pacekeeper.sim import Scenario, SimulatorProcess
 
 __all__ = ["main"]
@@ -29,16 +29,7 @@ def _start(upstream: str, src: str | None) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
-    command = [sys.executable, "-m", "pacekeeper", "proxy", "--upstream", upstream, "--port", "0"]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith(_LISTENING):
-        proc.kill()
-        raise RuntimeError(f"proxy did not start: {line!r}")
-    return proc, int(line[len(_LISTENING) :].strip().rsplit(":", 1)[1].split("/")[0])
+    return _start_proxy(upstream, env)
 
 
 def _kind(

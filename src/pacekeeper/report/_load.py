@@ -790,19 +790,7 @@ class RunAggregator:
             totals.failures[reason] += 1
             if reason not in totals.failure_examples and record.error:
                 totals.failure_examples[reason] = record.error
-        lane.keystats.on_request(
-            ok=record.ok,
-            outcome=record.outcome,
-            total_s=record.total_s,
-            queued_s=record.queued_s,
-            tokens_estimated=record.tokens_estimated,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            at=end,
-            cost_usd=record.cost_usd,
-            priority=record.priority,
-            tenant=record.tenant,
-        )
+        lane.keystats.on_record(record, at=end)
         self.queue_waits.add(record.queued_s, priority=record.priority, tenant=record.tenant)
 
     def finish(self, *, max_bins: int = 150) -> RunData:
