@@ -401,3 +401,57 @@ def test_a_cut_output_pace_recovers_like_the_others() -> None:
         t += 0.5
         _settled(lane, clock, 200, at=t)
     assert lane.output_tpm == 6000
+
+
+def test_a_refusal_after_a_second_of_the_stated_rate_is_the_rate_not_a_cap() -> None:
+    # Slow answers (reasoning models): the window opened by silence sends faster than a
+    # per-second bucket allows before any answer is back. The 429 shows some of the minute
+    # left (OpenAI scales remaining to the minute) and the request filled the window: that
+    # is the rate, and it must not teach an in-flight cap.
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    permits = []
+    for i in range(30):  # 30 requests in the last second, the window full at each
+        clock.now = 5.0 + i / 30
+        permits.append(lane._grant(clock.now, 0, clock.now))
+    headers = {
+        "x-ratelimit-limit-requests": "1200",
+        "x-ratelimit-remaining-requests": "40",
+        "retry-after-ms": "20",
+    }
+    lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap is None
+    assert lane.rpm == 1200  # paced at the stated rate from now on
+
+
+def test_a_refusal_at_a_peak_far_below_the_stated_rate_still_teaches_a_cap() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    permits = []
+    for i in range(5):  # 5 in flight, sent over a second: far below 1200/min
+        clock.now = 5.0 + i / 5
+        permits.append(lane._grant(clock.now, 0, clock.now))
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "40"}
+    lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap == 4
+
+
+def test_with_slow_answers_the_floor_doubles_every_second_towards_the_stated_rate() -> None:
+    # 1200/min answered in 8 s needs about 160 in flight x 1.5. The first answers come back
+    # one at a time: the accepted rate alone would hold the window near what silence opened.
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    lane.queue.join(_ThreadWaiter())  # a backlog
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1100"}
+    sent = [lane._grant(0.0, 0, 0.0) for _ in range(40)]
+    limits_at = []
+    for k, permit in enumerate(sent[:8]):  # one answer every half second from 8 s on
+        clock.now = 8.0 + 0.5 * k
+        while lane.slots.in_flight < lane.slots.limit:  # the backlog fills every slot
+            sent.append(lane._grant(clock.now, 0, clock.now))
+        lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
+        limits_at.append(lane.slots.limit)
+    assert limits_at[-1] >= 240  # past rate x latency within 4 s of the first answer
+    assert lane.slots.limit <= 1200 / 60 * 11.5 * 1.5  # never past what the rate needs
+    for permit in sent:
+        permit.release()

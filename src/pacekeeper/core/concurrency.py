@@ -173,7 +173,10 @@ class AimdLimit(FixedLimit):
         backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
-        self._answered = True
+        if signal is not Signal.NEUTRAL:
+            # A refusal or an error says nothing of how long answers take: silence about the
+            # latency ends with the first answer that carries it.
+            self._answered = True
         s = self._settings
         if signal is Signal.BACKPRESSURE:
             # Once per round trip: an answer to a request sent before the last cut describes the

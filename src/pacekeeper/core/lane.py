@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -81,12 +82,15 @@ _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues ou
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 _FLOOR_EVERY_S = 0.25
+_FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
+_SENDS_KEPT_S = 2.0
+_RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
@@ -176,6 +180,7 @@ class Lane:
         "_outstanding",
         "_queue",
         "_quota_budgets",
+        "_recent_sends",
         "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
@@ -243,6 +248,8 @@ class Lane:
         self._burst_cut_at = -math.inf
         self._floor_due = -math.inf
         self._new_territory_at = -math.inf
+        self._recent_sends: deque[float] = deque()
+        """When this lane admitted its requests over the last couple of seconds."""
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
@@ -541,6 +548,10 @@ class Lane:
             self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
         self._admitted += 1
+        sends = self._recent_sends
+        sends.append(now)
+        while now - sends[0] > _SENDS_KEPT_S:
+            sends.popleft()
         charged_before = self._charged
         self._charged += tokens
         permit = Permit(
@@ -784,10 +795,19 @@ class Lane:
             # stated limit far above what this lane reaches (gateways state 100,000 a minute)
             # must not open the window to thousands. x4 per round trip, the floor still
             # follows a long-latency lane up to its rate within a few round trips.
+            elapsed_s = min(_FLOOR_DOUBLES_S, now - (self._floor_due - _FLOOR_EVERY_S))
             self._floor_due = now + _FLOOR_EVERY_S
             share = self._configured.utilisation * self.local_share
-            reachable = min(rpm * share, 4.0 * self.request_rate.accepted_peak_rpm())
-            slots.set_floor(math.ceil(reachable / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
+            per_s = self.latency.mean_s / 60.0 * _FLOOR_HEADROOM
+            needed = rpm * share * per_s
+            achieved = 4.0 * self.request_rate.accepted_peak_rpm() * per_s
+            # Answers that take seconds lag what was sent by as long: the accepted rate says
+            # nothing yet about the last round trip's requests. While they wait, the floor
+            # may also double every second from what is in flight (no answer yet is no
+            # evidence of load, and pacing keeps the rate): reasoning models answering in
+            # 5-15 s reach the hundreds they need within seconds, not round trips.
+            ramp = slots.in_flight * 2.0 ** (elapsed_s / _FLOOR_DOUBLES_S) if backlog else 0.0
+            slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity). The window shrinks by how much.
         if self.latency.swollen(_SWOLLEN):
@@ -869,6 +889,13 @@ class Lane:
             if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
+        if ceiling is not None and self._sent_in_second_before(permit.sent_at) >= (
+            _RATE_PLAUSIBLE * ceiling / 60.0
+        ):
+            # This lane sent a second's worth of the stated rate just before: the rate explains
+            # the refusal, whatever else was in flight (a slow start or a silence that opened
+            # the window sends in bursts that a per-second bucket refuses).
+            return False
         if (
             ceiling is not None
             and self._successes >= _SUCCESSES_TO_JUDGE
@@ -895,6 +922,10 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _sent_in_second_before(self, sent_at: float) -> int:
+        """How many requests this lane admitted in the second up to ``sent_at``."""
+        return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
 
     def _sees_every_acceptance(self) -> bool:
         """Whether this lane sees all that the provider accepts on its key (a process of a
