@@ -82,6 +82,7 @@ _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues ou
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 _FLOOR_EVERY_S = 0.25
+_SERVED_SPAN_S = 2.0  # completions per second, counted over this long (one second is noisy)
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
@@ -768,7 +769,12 @@ class Lane:
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
         self.congestion.observe(overload=False)
-        self.latency.observe(latency_s, permit.in_flight_at_send)
+        slots = self.slots
+        self.latency.observe(
+            latency_s,
+            permit.in_flight_at_send,
+            judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
+        )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if (
             permit.in_flight_at_send >= self._success_peak_in_flight
@@ -786,7 +792,6 @@ class Lane:
             moved = True
         if moved:
             self._apply_rates(now=now)
-        slots = self.slots
         if not isinstance(slots, AimdLimit):
             return Signal.SUCCESS
         rpm = self.rpm
@@ -811,9 +816,23 @@ class Lane:
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity). The window shrinks by how much.
         if self.latency.swollen(_SWOLLEN):
-            slots.queueing(capacity=self.latency.capacity())
+            if slots.queueing(capacity=self._queueing_capacity(), now=now):
+                # What was judged shows the queue before the cut: judge the next window
+                # from requests sent after it (it would cut again, lower, as old answers
+                # from the deepest queue come in, slower still).
+                self.latency.restart_window()
             return Signal.NEUTRAL
         return Signal.SUCCESS
+
+    def _queueing_capacity(self) -> float:
+        """How many requests a queueing upstream serves at once: what it completed per second
+        at best (over 2 s) times its unloaded latency, or what is in flight over how much
+        slower answers come, whichever is more. The second alone runs low: a server under a
+        long queue also works slower (batching under memory pressure), and swollen answers
+        then read as a smaller capacity than it has; its completions per second do not."""
+        latency = self.latency
+        served = self.request_rate.accepted_peak_rpm(_SERVED_SPAN_S) / 60.0 * latency.base_s
+        return max(latency.capacity(), served)
 
     def _throttled(
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
