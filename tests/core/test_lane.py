@@ -455,3 +455,17 @@ def test_with_slow_answers_the_floor_doubles_every_second_towards_the_stated_rat
     assert lane.slots.limit <= 1200 / 60 * 11.5 * 1.5  # never past what the rate needs
     for permit in sent:
         permit.release()
+
+
+def test_a_429_at_a_discovered_pace_halves_the_burst() -> None:
+    # Fixed one-second windows and no headers: a full bucket's burst on top of the pace
+    # overfills a window. Refused at the discovered pace, the burst halves, as under a
+    # stated one.
+    lane, clock = _clocked_lane()
+    for i in range(40):
+        _settled(lane, clock, 200, at=i * 0.125 + 0.125, latency_s=0.125)
+    _settled(lane, clock, 429, at=5.0, latency_s=0.1)  # discovery
+    assert lane.requests is not None
+    burst = lane.requests.burst
+    _settled(lane, clock, 429, at=6.5, latency_s=0.1)  # refused at the discovered pace
+    assert lane.requests.burst < 0.6 * burst

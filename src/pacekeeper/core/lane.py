@@ -845,6 +845,7 @@ class Lane:
             return
         if verdict.hint_s is not None and gate:
             self.cooldown.close_until(now + min(verdict.hint_s, max_hint_s))
+
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
@@ -869,16 +870,17 @@ class Lane:
                 self.output_tokens.drain_to(now=now, level=0.0)
             return
         rate = self.token_rate if tokens_out else self.request_rate
+        paced = rate.rpm is not None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
             measure=self._sees_every_acceptance(),
         )
-        if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
-            # Refused at or under the stated rate: the provider counts in windows that our
-            # burst can overfill (fixed windows, a shorter window than ours). Halve the burst;
-            # a quiet half-minute doubles it back.
+        if paced and permit.sent_at >= self._burst_cut_at:
+            # Refused at or under the stated (or discovered) rate: the provider counts in
+            # windows that our burst can overfill (fixed windows, a shorter window than ours).
+            # Halve the burst; a quiet half-minute doubles it back.
             self._burst_scale = max(_MIN_BURST_SCALE, self._burst_scale / 2.0)
             self._burst_cut_at = now
             moved = True
