@@ -469,3 +469,31 @@ def test_a_429_at_a_discovered_pace_halves_the_burst() -> None:
     burst = lane.requests.burst
     _settled(lane, clock, 429, at=6.5, latency_s=0.1)  # refused at the discovered pace
     assert lane.requests.burst < 0.6 * burst
+
+
+def test_input_headroom_subtracts_only_the_input_sent_since_where_output_is_apart() -> None:
+    # Anthropic: input and output limited apart. What was sent after the answered request
+    # used the input budget by its input alone; counting its output reserve there too
+    # drained the input bucket to nothing while the provider had room.
+    lane, clock = _clocked_lane()
+    headers = {
+        "anthropic-ratelimit-input-tokens-limit": "60000",
+        "anthropic-ratelimit-input-tokens-remaining": "60000",
+        "anthropic-ratelimit-input-tokens-reset": "1970-01-01T00:01:00Z",
+        "anthropic-ratelimit-output-tokens-limit": "60000",
+        "anthropic-ratelimit-output-tokens-remaining": "60000",
+        "anthropic-ratelimit-output-tokens-reset": "1970-01-01T00:01:00Z",
+    }
+    clock.now = 1.0
+    first = lane._grant(1.0, 150, 1.0, 100)
+    lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None and lane.output_tokens is not None
+    clock.now = 2.0
+    answered = lane._grant(2.0, 150, 2.0, 100)
+    later = [lane._grant(2.0, 150, 2.0, 100) for _ in range(4)]  # 4 x 50 input sent since
+    headers["anthropic-ratelimit-input-tokens-remaining"] = "400"
+    lane.settle(answered, _verdict(200, headers), now=2.0, max_hint_s=600.0, retry=False)
+    # 400 left, 200 of input sent since, the answered request's cost as slack: 350 now
+    assert lane.tokens.level(2.0) == pytest.approx(350, abs=1)
+    for permit in later:
+        permit.release()

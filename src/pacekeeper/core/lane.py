@@ -442,7 +442,7 @@ class Lane:
                     remaining=remaining_tokens,
                     reset_s=reset_tokens_s,
                     elapsed_s=elapsed_s,
-                    used_since=self._charged - permit.charged_before - permit.tokens,
+                    used_since=self._charged - permit.charged_before - self._charged_for(permit),
                     slack=float(permit.tokens),
                 )
             if otpm and minute.remaining_output_tokens is not None:
@@ -554,7 +554,8 @@ class Lane:
         while now - sends[0] > _SENDS_KEPT_S:
             sends.popleft()
         charged_before = self._charged
-        self._charged += tokens
+        # What the token bucket was charged: the input alone where output is limited apart.
+        self._charged += tokens - output_tokens if self.output_tokens is not None else tokens
         permit = Permit(
             self,
             sent_at=now,
@@ -943,6 +944,12 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _charged_for(self, permit: Permit) -> int:
+        """What ``permit`` charged the token bucket (its input alone where output is apart)."""
+        if self.output_tokens is not None:
+            return permit.tokens - permit.output_tokens
+        return permit.tokens
 
     def _sent_in_second_before(self, sent_at: float) -> int:
         """How many requests this lane admitted in the second up to ``sent_at``."""
