@@ -487,7 +487,8 @@ def test_input_headroom_subtracts_only_the_input_sent_since_where_output_is_apar
     clock.now = 1.0
     first = lane._grant(1.0, 150, 1.0, 100)
     lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
-    assert lane.tokens is not None and lane.output_tokens is not None
+    assert lane.tokens is not None
+    assert lane.output_tokens is not None
     clock.now = 2.0
     answered = lane._grant(2.0, 150, 2.0, 100)
     later = [lane._grant(2.0, 150, 2.0, 100) for _ in range(4)]  # 4 x 50 input sent since
@@ -497,3 +498,25 @@ def test_input_headroom_subtracts_only_the_input_sent_since_where_output_is_apar
     assert lane.tokens.level(2.0) == pytest.approx(350, abs=1)
     for permit in later:
         permit.release()
+
+
+def test_a_bucket_made_from_the_first_answer_starts_as_full_as_the_provider_says() -> None:
+    # The first answer states 1200/min with 1190 left (after what we sent since): the
+    # provider's window is nearly full, and so is our new bucket, instead of empty.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1191"}
+    clock.now = 1.2
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.level(1.2) >= 0.9 * lane.requests.burst
+    # A short window's remaining (12 of 1200/min) is a sliver of the minute: nearly empty.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    headers["x-ratelimit-remaining-requests"] = "12"
+    clock.now = 1.2
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.level(1.2) <= 0.02 * lane.requests.burst

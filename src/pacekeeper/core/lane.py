@@ -419,12 +419,15 @@ class Lane:
             if otpm and otpm > 0 and otpm != self.learned_otpm:
                 self.learned_otpm = float(otpm)
                 changed = True
+            new_requests = self.requests is None
             if changed:
                 self._state_ceilings(now=now)
                 self._queue.wake_head()
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
+            if new_requests and rpm and remaining_requests is not None:
+                self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
                 drain_to_headroom(
                     self.requests,
@@ -944,6 +947,17 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _start_full_as_stated(self, left: float, limit: float) -> None:
+        """A request bucket just made from an answer's statement starts as full as the
+        provider's window is: ``left`` of ``limit`` (after what we sent since the answered
+        request), whatever the window's length, as a share of our burst. It started empty
+        (what was sent before counts in the provider's window), which left the first half
+        second of a fresh key unused: with a limit that halves soon after, that is seconds."""
+        bucket = self.requests
+        if bucket is None or left <= 0:
+            return
+        bucket.adjust(now=self._clock(), delta=-min(1.0, left / limit) * bucket.burst)
 
     def _charged_for(self, permit: Permit) -> int:
         """What ``permit`` charged the token bucket (its input alone where output is apart)."""
