@@ -541,3 +541,122 @@ def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes
     assert permit.tokens == 200
     # Without the estimate the cost at joining holds: 400 waits.
     assert lane._turn(waiters[1], 400, None, 10.0) == pytest.approx(0.35)
+
+
+def test_a_refusal_after_a_second_of_the_stated_rate_is_the_rate_not_a_cap() -> None:
+    # Slow answers (reasoning models): the window opened by silence sends faster than a
+    # per-second bucket allows before any answer is back. The 429 shows some of the minute
+    # left (OpenAI scales remaining to the minute) and the request filled the window: that
+    # is the rate, and it must not teach an in-flight cap.
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    permits = []
+    for i in range(30):  # 30 requests in the last second, the window full at each
+        clock.now = 5.0 + i / 30
+        permits.append(lane._grant(clock.now, 0, clock.now))
+    headers = {
+        "x-ratelimit-limit-requests": "1200",
+        "x-ratelimit-remaining-requests": "40",
+        "retry-after-ms": "20",
+    }
+    lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap is None
+    assert lane.rpm == 1200  # paced at the stated rate from now on
+
+
+def test_a_refusal_at_a_peak_far_below_the_stated_rate_still_teaches_a_cap() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    permits = []
+    for i in range(5):  # 5 in flight, sent over a second: far below 1200/min
+        clock.now = 5.0 + i / 5
+        permits.append(lane._grant(clock.now, 0, clock.now))
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "40"}
+    lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap == 4
+
+
+def test_with_slow_answers_the_floor_doubles_every_second_towards_the_stated_rate() -> None:
+    # 1200/min answered in 8 s needs about 160 in flight x 1.5. The first answers come back
+    # one at a time: the accepted rate alone would hold the window near what silence opened.
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    lane.queue.join(_ThreadWaiter())  # a backlog
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1100"}
+    sent = [lane._grant(0.0, 0, 0.0) for _ in range(40)]
+    limits_at = []
+    for k, permit in enumerate(sent[:8]):  # one answer every half second from 8 s on
+        clock.now = 8.0 + 0.5 * k
+        while lane.slots.in_flight < lane.slots.limit:  # the backlog fills every slot
+            sent.append(lane._grant(clock.now, 0, clock.now))
+        lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
+        limits_at.append(lane.slots.limit)
+    assert limits_at[-1] >= 240  # past rate x latency within 4 s of the first answer
+    assert lane.slots.limit <= 1200 / 60 * 11.5 * 1.5  # never past what the rate needs
+    for permit in sent:
+        permit.release()
+
+
+def test_a_429_at_a_discovered_pace_halves_the_burst() -> None:
+    # Fixed one-second windows and no headers: a full bucket's burst on top of the pace
+    # overfills a window. Refused at the discovered pace, the burst halves, as under a
+    # stated one.
+    lane, clock = _clocked_lane()
+    for i in range(40):
+        _settled(lane, clock, 200, at=i * 0.125 + 0.125, latency_s=0.125)
+    _settled(lane, clock, 429, at=5.0, latency_s=0.1)  # discovery
+    assert lane.requests is not None
+    burst = lane.requests.burst
+    _settled(lane, clock, 429, at=6.5, latency_s=0.1)  # refused at the discovered pace
+    assert lane.requests.burst < 0.6 * burst
+
+
+def test_input_headroom_subtracts_only_the_input_sent_since_where_output_is_apart() -> None:
+    # Anthropic: input and output limited apart. What was sent after the answered request
+    # used the input budget by its input alone; counting its output reserve there too
+    # drained the input bucket to nothing while the provider had room.
+    lane, clock = _clocked_lane()
+    headers = {
+        "anthropic-ratelimit-input-tokens-limit": "60000",
+        "anthropic-ratelimit-input-tokens-remaining": "60000",
+        "anthropic-ratelimit-input-tokens-reset": "1970-01-01T00:01:00Z",
+        "anthropic-ratelimit-output-tokens-limit": "60000",
+        "anthropic-ratelimit-output-tokens-remaining": "60000",
+        "anthropic-ratelimit-output-tokens-reset": "1970-01-01T00:01:00Z",
+    }
+    clock.now = 1.0
+    first = lane._grant(1.0, 150, 1.0, 100)
+    lane.settle(first, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    assert lane.output_tokens is not None
+    clock.now = 2.0
+    answered = lane._grant(2.0, 150, 2.0, 100)
+    later = [lane._grant(2.0, 150, 2.0, 100) for _ in range(4)]  # 4 x 50 input sent since
+    headers["anthropic-ratelimit-input-tokens-remaining"] = "400"
+    lane.settle(answered, _verdict(200, headers), now=2.0, max_hint_s=600.0, retry=False)
+    # 400 left, 200 of input sent since, the answered request's cost as slack: 350 now
+    assert lane.tokens.level(2.0) == pytest.approx(350, abs=1)
+    for permit in later:
+        permit.release()
+
+
+def test_a_bucket_made_from_the_first_answer_starts_as_full_as_the_provider_says() -> None:
+    # The first answer states 1200/min with 1190 left (after what we sent since): the
+    # provider's window is nearly full, and so is our new bucket, instead of empty.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1191"}
+    clock.now = 1.2
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.level(1.2) >= 0.9 * lane.requests.burst
+    # A short window's remaining (12 of 1200/min) is a sliver of the minute: nearly empty.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    headers["x-ratelimit-remaining-requests"] = "12"
+    clock.now = 1.2
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.level(1.2) <= 0.02 * lane.requests.burst

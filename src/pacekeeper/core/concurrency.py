@@ -19,6 +19,10 @@ _PROBE = 0.125
 """Growth near the last loss: one slot per eight round trips."""
 
 
+_QUEUE_CUT_WORTH = 0.9
+"""Swollen answers cut the window only to below this share of it."""
+
+
 class Signal(enum.Enum):
     SUCCESS = "success"
     BACKPRESSURE = "backpressure"
@@ -126,6 +130,7 @@ class AimdLimit(FixedLimit):
         "decreases",
         "floor",
         "learned_cap",
+        "queue_cut_at",
     )
 
     silence_double_s = 1.0
@@ -154,6 +159,8 @@ class AimdLimit(FixedLimit):
         """The server's in-flight limit, as learned from its rejections (None: none seen)."""
         self.ceiling: int | None = None
         """A hard ceiling from outside (the HTTP client's connection pool)."""
+        self.queue_cut_at = -math.inf
+        """When swollen answers last cut the window (answers sent before say nothing new)."""
         self._cap_since = math.inf
         self._probe_after_s = self.first_probe_after_s
         self._probing = False
@@ -173,7 +180,10 @@ class AimdLimit(FixedLimit):
         backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
-        self._answered = True
+        if signal is not Signal.NEUTRAL:
+            # A refusal or an error says nothing of how long answers take: silence about the
+            # latency ends with the first answer that carries it.
+            self._answered = True
         s = self._settings
         if signal is Signal.BACKPRESSURE:
             # Once per round trip: an answer to a request sent before the last cut describes the
@@ -239,19 +249,24 @@ class AimdLimit(FixedLimit):
         )
         return max(1e-3, due - now)
 
-    def queueing(self, *, capacity: float) -> None:
+    def queueing(self, *, capacity: float, now: float = 0.0) -> bool:
         """The upstream queues what is past ``capacity`` in flight (estimated from swelling
         answers): the window comes down to it, with a tenth to spare, at once (an absolute
         target, not a factor, so answers that still show the old queue cannot cut twice),
         and grows from there one slot per round trip."""
         target = max(float(self._settings.min), 1.1 * capacity)
-        if target >= self._window:
-            return
+        if target >= _QUEUE_CUT_WORTH * self._window:
+            # A cut of a few percent is within the noise of the estimate (answers vary in
+            # length, and the unloaded latency is itself a noisy median): repeated, such cuts
+            # would ratchet the window down on a server that does not queue at all.
+            return False
+        self.queue_cut_at = now
         self._loss_window = self._window
         self._window = target
         self._ssthresh = target
         self.decreases += 1
         self._update()
+        return True
 
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -83,6 +84,8 @@ _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues ou
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 _FLOOR_EVERY_S = 0.25
+_SERVED_SPAN_S = 2.0  # completions per second, counted over this long (one second is noisy)
+_FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
@@ -94,6 +97,8 @@ _EXACT_EVERY = 64
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
 _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
+_SENDS_KEPT_S = 2.0
+_RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 
 
@@ -202,6 +207,7 @@ class Lane:
         "_outstanding",
         "_queue",
         "_quota_budgets",
+        "_recent_sends",
         "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
@@ -277,6 +283,8 @@ class Lane:
         self._burst_cut_at = -math.inf
         self._floor_due = -math.inf
         self._new_territory_at = -math.inf
+        self._recent_sends: deque[float] = deque()
+        """When this lane admitted its requests over the last couple of seconds."""
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
@@ -454,12 +462,15 @@ class Lane:
             if otpm and otpm > 0 and otpm != self.learned_otpm:
                 self.learned_otpm = float(otpm)
                 changed = True
+            new_requests = self.requests is None
             if changed:
                 self._state_ceilings(now=now)
                 self._queue.wake_head()
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
+            if new_requests and rpm and remaining_requests is not None:
+                self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
                 drain_to_headroom(
                     self.requests,
@@ -477,7 +488,7 @@ class Lane:
                     remaining=remaining_tokens,
                     reset_s=reset_tokens_s,
                     elapsed_s=elapsed_s,
-                    used_since=self._charged - permit.charged_before - permit.tokens,
+                    used_since=self._charged - permit.charged_before - self._charged_for(permit),
                     slack=float(permit.tokens),
                 )
             if otpm and minute.remaining_output_tokens is not None:
@@ -614,8 +625,13 @@ class Lane:
         if not self._admitted:
             self._first_admitted_at = now
         self._admitted += 1
+        sends = self._recent_sends
+        sends.append(now)
+        while now - sends[0] > _SENDS_KEPT_S:
+            sends.popleft()
         charged_before = self._charged
-        self._charged += tokens
+        # What the token bucket was charged: the input alone where output is limited apart.
+        self._charged += tokens - output_tokens if self.output_tokens is not None else tokens
         output_charged_before = self._output_charged
         self._output_charged += output_tokens
         permit = Permit(
@@ -862,7 +878,12 @@ class Lane:
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
         self.congestion.observe(overload=False)
-        self.latency.observe(latency_s, permit.in_flight_at_send)
+        slots = self.slots
+        self.latency.observe(
+            latency_s,
+            permit.in_flight_at_send,
+            judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
+        )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if (
             permit.in_flight_at_send >= self._success_peak_in_flight
@@ -880,7 +901,6 @@ class Lane:
             moved = True
         if moved:
             self._apply_rates(now=now)
-        slots = self.slots
         if not isinstance(slots, AimdLimit):
             return Signal.SUCCESS
         rpm = self.rpm
@@ -889,16 +909,39 @@ class Lane:
             # stated limit far above what this lane reaches (gateways state 100,000 a minute)
             # must not open the window to thousands. x4 per round trip, the floor still
             # follows a long-latency lane up to its rate within a few round trips.
+            elapsed_s = min(_FLOOR_DOUBLES_S, now - (self._floor_due - _FLOOR_EVERY_S))
             self._floor_due = now + _FLOOR_EVERY_S
             share = self._configured.utilisation * self.local_share
-            reachable = min(rpm * share, 4.0 * self.request_rate.accepted_peak_rpm())
-            slots.set_floor(math.ceil(reachable / 60.0 * self.latency.mean_s * _FLOOR_HEADROOM))
+            per_s = self.latency.mean_s / 60.0 * _FLOOR_HEADROOM
+            needed = rpm * share * per_s
+            achieved = 4.0 * self.request_rate.accepted_peak_rpm() * per_s
+            # Answers that take seconds lag what was sent by as long: the accepted rate says
+            # nothing yet about the last round trip's requests. While they wait, the floor
+            # may also double every second from what is in flight (no answer yet is no
+            # evidence of load, and pacing keeps the rate): reasoning models answering in
+            # 5-15 s reach the hundreds they need within seconds, not round trips.
+            ramp = slots.in_flight * 2.0 ** (elapsed_s / _FLOOR_DOUBLES_S) if backlog else 0.0
+            slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity). The window shrinks by how much.
         if self.latency.swollen(_SWOLLEN):
-            slots.queueing(capacity=self.latency.capacity())
+            if slots.queueing(capacity=self._queueing_capacity(), now=now):
+                # What was judged shows the queue before the cut: judge the next window
+                # from requests sent after it (it would cut again, lower, as old answers
+                # from the deepest queue come in, slower still).
+                self.latency.restart_window()
             return Signal.NEUTRAL
         return Signal.SUCCESS
+
+    def _queueing_capacity(self) -> float:
+        """How many requests a queueing upstream serves at once: what it completed per second
+        at best (over 2 s) times its unloaded latency, or what is in flight over how much
+        slower answers come, whichever is more. The second alone runs low: a server under a
+        long queue also works slower (batching under memory pressure), and swollen answers
+        then read as a smaller capacity than it has; its completions per second do not."""
+        latency = self.latency
+        served = self.request_rate.accepted_peak_rpm(_SERVED_SPAN_S) / 60.0 * latency.base_s
+        return max(latency.capacity(), served)
 
     def _throttled(
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
@@ -912,6 +955,7 @@ class Lane:
         if verdict.hint_s is not None and gate:
             # through close_gate: a shared lane closes the fleet's gate, not only its own
             self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
+
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
@@ -939,16 +983,17 @@ class Lane:
                 self.output_tokens.drain_to(now=now, level=0.0)
             return
         rate = self.token_rate if tokens_out else self.request_rate
+        paced = rate.rpm is not None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
             measure=self._sees_every_acceptance(),
         )
-        if rate.ceiling is not None and permit.sent_at >= self._burst_cut_at:
-            # Refused at or under the stated rate: the provider counts in windows that our
-            # burst can overfill (fixed windows, a shorter window than ours). Halve the burst;
-            # a quiet half-minute doubles it back.
+        if paced and permit.sent_at >= self._burst_cut_at:
+            # Refused at or under the stated (or discovered) rate: the provider counts in
+            # windows that our burst can overfill (fixed windows, a shorter window than ours).
+            # Halve the burst; a quiet half-minute doubles it back.
             self._burst_scale = max(_MIN_BURST_SCALE, self._burst_scale / 2.0)
             self._burst_cut_at = now
             moved = True
@@ -980,6 +1025,13 @@ class Lane:
             if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
+        if ceiling is not None and self._sent_in_second_before(permit.sent_at) >= (
+            _RATE_PLAUSIBLE * ceiling / 60.0
+        ):
+            # This lane sent a second's worth of the stated rate just before: the rate explains
+            # the refusal, whatever else was in flight (a slow start or a silence that opened
+            # the window sends in bursts that a per-second bucket refuses).
+            return False
         if (
             ceiling is not None
             # A process of a fleet is accepted at its own share of the key, however small;
@@ -1009,6 +1061,27 @@ class Lane:
         if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
             return True  # well past the most in flight that ever succeeded
         return permit.filled_window
+
+    def _start_full_as_stated(self, left: float, limit: float) -> None:
+        """A request bucket just made from an answer's statement starts as full as the
+        provider's window is: ``left`` of ``limit`` (after what we sent since the answered
+        request), whatever the window's length, as a share of our burst. It started empty
+        (what was sent before counts in the provider's window), which left the first half
+        second of a fresh key unused: with a limit that halves soon after, that is seconds."""
+        bucket = self.requests
+        if bucket is None or left <= 0:
+            return
+        bucket.adjust(now=self._clock(), delta=-min(1.0, left / limit) * bucket.burst)
+
+    def _charged_for(self, permit: Permit) -> int:
+        """What ``permit`` charged the token bucket (its input alone where output is apart)."""
+        if self.output_tokens is not None:
+            return permit.tokens - permit.output_tokens
+        return permit.tokens
+
+    def _sent_in_second_before(self, sent_at: float) -> int:
+        """How many requests this lane admitted in the second up to ``sent_at``."""
+        return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
 
     def _sees_every_acceptance(self) -> bool:
         """Whether this lane sees all that the provider accepts on its key (a process of a

@@ -6,19 +6,19 @@ Two questions, two numbers:
   :attr:`LatencyTracker.mean_s` is an exponentially weighted mean of successful answers.
 * **Is the upstream queueing our requests?** A self-hosted server (vLLM, TGI, Ollama) never
   answers 429: past its capacity, requests wait in its queue and every answer takes longer.
-  :attr:`LatencyTracker.base_s` is the lowest median of a window of answers seen so far (the
-  latency of an unloaded server) and :meth:`LatencyTracker.swollen` says whether the latest
+  :attr:`LatencyTracker.base_s` is the median of a window of answers at the lowest load seen
+  (the latency of an unloaded server) and :meth:`LatencyTracker.swollen` says whether the latest
   window's median is well above it. Medians of windows, not single answers: an LLM's latency
   swings with the length of each answer, and the minimum of single answers would be far below
   what any window of real traffic shows.
 
 >>> tracker = LatencyTracker()
 >>> for _ in range(32):
-...     tracker.observe(1.0)
+...     tracker.observe(1.0, in_flight=10)
 >>> tracker.mean_s, tracker.base_s, tracker.swollen(1.5)
 (1.0, 1.0, False)
 >>> for _ in range(16):
-...     tracker.observe(2.0)
+...     tracker.observe(2.0, in_flight=20)
 >>> tracker.swollen(1.5), tracker.ratio
 (True, 2.0)
 
@@ -39,12 +39,24 @@ __all__ = ["LatencyTracker"]
 
 _MEAN_ALPHA = 0.05
 _JUDGE_EVERY = 4  # recompute the window's median every this many answers
+_SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
+_UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
 
 
 class LatencyTracker:
     """Mean latency of successful answers, and the median of a recent window against its lowest."""
 
-    __slots__ = ("_in_flight", "_n", "_recent", "base_s", "in_flight", "mean_s", "median_s")
+    __slots__ = (
+        "_base_windows",
+        "_in_flight",
+        "_n",
+        "_recent",
+        "base_in_flight",
+        "base_s",
+        "in_flight",
+        "mean_s",
+        "median_s",
+    )
 
     def __init__(self, *, window: int = 16) -> None:
         self._recent: deque[float] = deque(maxlen=window)
@@ -56,20 +68,43 @@ class LatencyTracker:
         self.median_s = math.nan
         """The median of the last window (NaN until a window is full)."""
         self.base_s = math.inf
-        """The lowest window median seen: the latency of the unloaded upstream."""
+        """The latency of the unloaded upstream: the mean window median at the lowest load."""
+        self.base_in_flight = 0
+        self._base_windows = 0
+        """The median number in flight of the window that set :attr:`base_s`."""
 
-    def observe(self, latency_s: float, in_flight: int = 0) -> None:
-        """One successful answer, and how many were in flight when its request was sent."""
+    def observe(self, latency_s: float, in_flight: int = 0, *, judged: bool = True) -> None:
+        """One successful answer, and how many were in flight when its request was sent.
+        ``judged`` False: it counts in the mean only (it was sent under a load that is gone)."""
         self._n += 1
         self.mean_s += max(_MEAN_ALPHA, 1.0 / self._n) * (latency_s - self.mean_s)
+        if not judged:
+            return
         recent = self._recent
         recent.append(latency_s)
         self._in_flight.append(in_flight)
         if len(recent) == recent.maxlen and self._n % _JUDGE_EVERY == 0:
             ordered = sorted(recent)
             self.median_s = ordered[len(ordered) // 2]
-            self.base_s = min(self.base_s, self.median_s)
             self.in_flight = sorted(self._in_flight)[len(ordered) // 2]
+            # The unloaded latency is the mean of the window medians at the lowest load seen,
+            # and at any load whose median stays within the noise of it (no queue there
+            # either): the lowest of many noisy medians runs a fifth below the typical one,
+            # and every ordinary window would then read as queueing.
+            load = self.in_flight
+            if not self.known or load < self.base_in_flight / _SAME_LOAD:
+                self.base_s, self.base_in_flight, self._base_windows = self.median_s, load, 1
+            elif load <= self._same_load_top() or self.median_s <= _UNLOADED * self.base_s:
+                self.base_in_flight = min(self.base_in_flight, load)
+                self._base_windows += 1
+                self.base_s += (self.median_s - self.base_s) / self._base_windows
+
+    def restart_window(self) -> None:
+        """Judge the next window from answers that come from now on."""
+        self._recent.clear()
+        self._in_flight.clear()
+        self.median_s = math.nan
+        self.in_flight = 0
 
     def capacity(self) -> float:
         """How many requests the upstream serves at once, if it queues the rest: with n in
@@ -84,8 +119,18 @@ class LatencyTracker:
         return self.base_s != math.inf
 
     def swollen(self, tolerance: float) -> bool:
-        """Whether the recent median exceeds ``tolerance`` times the unloaded latency."""
-        return self.known and self.median_s > tolerance * self.base_s
+        """Whether the recent median exceeds ``tolerance`` times the unloaded latency, with
+        more in flight than when that was measured. Queueing makes answers slower as more are
+        in flight; answers that are slower with no more in flight are noise (their lengths
+        vary), and the lowest of many noisy medians runs below the typical one."""
+        return (
+            self.known
+            and self.median_s > tolerance * self.base_s
+            and self.in_flight > self._same_load_top()
+        )
+
+    def _same_load_top(self) -> float:
+        return max(_SAME_LOAD * self.base_in_flight, self.base_in_flight + 1.0)
 
     @property
     def ratio(self) -> float:

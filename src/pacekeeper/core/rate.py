@@ -227,22 +227,24 @@ class PacedRate:
             self._at_loss = self.rpm
 
     def _sustained_rpm(self, now: float) -> float | None:
-        """The rate (per minute) accepted since the last cut, over at most the last five
-        seconds; None with too little to go by (under a second, or under five requests)."""
+        """The highest rate (per minute) accepted over one second since the last cut, within
+        the last five seconds; None with too little to go by (under a second, or under five
+        requests). The highest second, not the mean: a rate that climbed towards the limit
+        for seconds averages far below the limit it finally hit, and resuming under that
+        mean would start a slow climb all over again."""
         since = max(self._cut_at, now - _ACCEPTED_WINDOW_S)
-        span_s = now - since
-        if span_s < 1.0:
+        if now - since < 1.0:
             return None
-        count = 0
+        recent: deque[float] = deque()
         for t in reversed(self._accepted):
             if t <= since:
                 break
-            count += 1
-        return 60.0 * count / span_s if count >= 5 else None
+            recent.appendleft(t)
+        return 60.0 * _peak_per_second(recent) if len(recent) >= 5 else None
 
-    def accepted_peak_rpm(self) -> float:
-        """The highest rate (per minute) accepted over one second in the last five."""
-        return 60.0 * _peak_per_second(self._accepted)
+    def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
+        """The highest rate (per minute) accepted over ``span_s`` in the last five seconds."""
+        return 60.0 * _peak_per_second(self._accepted, span_s)
 
     def __repr__(self) -> str:
         rpm = "none" if self.rpm is None else f"{self.rpm:.0f}"
@@ -250,12 +252,12 @@ class PacedRate:
         return f"<PacedRate {rpm}/min ceiling {ceiling}>"
 
 
-def _peak_per_second(times: deque[float]) -> float:
-    """The most events in any one-second window of ``times`` (sorted), per second."""
+def _peak_per_second(times: deque[float], span_s: float = 1.0) -> float:
+    """The most events in any window of ``span_s`` of ``times`` (sorted), per second."""
     ts = list(times)  # a deque indexes in O(n)
     peak, start = 0, 0
     for end, t in enumerate(ts):
-        while t - ts[start] >= 1.0:  # the window [t - 1 s, t], half-open at the old end
+        while t - ts[start] >= span_s:  # the window [t - span, t], half-open at the old end
             start += 1
         peak = max(peak, end - start + 1)
-    return float(peak)
+    return peak / span_s
