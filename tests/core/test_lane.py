@@ -651,12 +651,15 @@ def test_a_bucket_made_from_the_first_answer_starts_as_full_as_the_provider_says
     lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
     assert lane.requests.level(1.2) >= 0.9 * lane.requests.burst
-    # A short window's remaining (12 of 1200/min) is a sliver of the minute: nearly empty.
+    # A short window with less left than our burst (3 of a 20/s second): the bucket holds
+    # no more than the provider's window does, whatever pacing alone would have left.
     lane, clock = _clocked_lane()
     clock.now = 1.0
     first = lane._grant(1.0, 0, 1.0)
-    headers["x-ratelimit-remaining-requests"] = "12"
+    headers["x-ratelimit-remaining-requests"] = "3"
     clock.now = 1.2
     lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
-    assert lane.requests.level(1.2) <= 0.02 * lane.requests.burst
+    # 3 left when it counted our request 0.2 s ago (no reset: refilled at 20/s since), plus
+    # one request of slack: 8, not the 10 of a full burst.
+    assert lane.requests.level(1.2) <= 8.0 + 1e-9

@@ -330,21 +330,3 @@ def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
         assert rate.throttled(sent_at=now, now=now, measure=measure)
         expected = 0.97 * 240 if measure else 0.85 * before
         assert rate.rpm == pytest.approx(expected, rel=0.05)
-
-
-def test_a_measured_cut_resumes_under_the_best_second_not_the_mean_of_a_climb() -> None:
-    """A discovered rate climbing for seconds towards the server's limit (24 a second) averages
-    far below it: the pace resumes under the best second the server accepted."""
-    rate, now = PacedRate(), 0.0
-    for _ in range(40):  # 8 accepted per second for 5 s
-        now += 0.125
-        rate.succeeded(now=now, backlog=True)
-    assert rate.throttled(sent_at=now, now=now)  # discovery: 0.9 x 480
-    for per_s in (10, 14, 18, 22, 24):  # then a climb, the last second at the limit
-        for _ in range(per_s):
-            now += 1.0 / per_s
-            rate.succeeded(now=now, backlog=True)
-    rate.adopt(1600.0, now=now)  # paced past the limit when the 429 comes
-    assert rate.throttled(sent_at=now, now=now)
-    assert rate.rpm is not None
-    assert rate.rpm >= 0.97 * 60 * 23

@@ -227,20 +227,21 @@ class PacedRate:
             self._at_loss = self.rpm
 
     def _sustained_rpm(self, now: float) -> float | None:
-        """The highest rate (per minute) accepted over one second since the last cut, within
-        the last five seconds; None with too little to go by (under a second, or under five
-        requests). The highest second, not the mean: a rate that climbed towards the limit
-        for seconds averages far below the limit it finally hit, and resuming under that
-        mean would start a slow climb all over again."""
+        """The rate (per minute) accepted since the last cut, over at most the last five
+        seconds; None with too little to go by (under a second, or under five requests).
+        The mean, not the best second: a second can hold a bucket's burst or the start of a
+        fixed window, which the server does not sustain (resuming under it cost more 429s
+        than the slower climb from the mean)."""
         since = max(self._cut_at, now - _ACCEPTED_WINDOW_S)
-        if now - since < 1.0:
+        span_s = now - since
+        if span_s < 1.0:
             return None
-        recent: deque[float] = deque()
+        count = 0
         for t in reversed(self._accepted):
             if t <= since:
                 break
-            recent.appendleft(t)
-        return 60.0 * _peak_per_second(recent) if len(recent) >= 5 else None
+            count += 1
+        return 60.0 * count / span_s if count >= 5 else None
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
         """The highest rate (per minute) accepted over ``span_s`` in the last five seconds."""
