@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -240,3 +241,25 @@ async def test_a_429_to_a_process_with_a_small_share_of_the_traffic_is_about_the
     await until(lambda: stored(redis_server, namespace, "cd") is not None)
     assert stored(redis_server, namespace, "pc") is None
     close(chat_gov, batch_gov)
+
+
+async def test_what_is_learned_while_an_exchange_runs_reaches_the_fleet(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The controller moves while an exchange is on the wire (here: a cap learned while the
+    script runs): that exchange did not push it, so the next one must. It used to count as
+    pushed, and the fleet never heard of it (a rate discovered under load was lost so)."""
+    a = shared_gov(redis_server, namespace)
+    lane = shared_lane(a)
+    learner = lane.learner
+    assert learner is not None
+    assert isinstance(a.backend, RedisBackend)
+    control = a.backend.sync_scripts().control
+
+    def racing(*, keys: list[str], args: list[Any]) -> Any:
+        learner.learn_cap(in_flight_at_send=6, now=a.clock())
+        return control(keys=keys, args=args)
+
+    lane.exchange_control(racing)  # type: ignore[arg-type]
+    await until(lambda: stored(redis_server, namespace, "pc") == 5)
+    close(a)

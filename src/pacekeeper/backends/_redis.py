@@ -391,10 +391,13 @@ class SharedLane(Lane):
                 self._pushed_floor = floor
             self._pushed_at = now
         stored = script(keys=[self.hash_key], args=args)
-        self._adopt(stored)
+        self._adopt(stored, sent=current if push else None)
 
-    def _adopt(self, stored: list[Any]) -> None:
-        """Make what the fleet stored this lane's own state (rates and cap)."""
+    def _adopt(self, stored: list[Any], *, sent: _Control | None) -> None:
+        """Make what the fleet stored this lane's own state (rates and cap). ``sent`` is
+        the state this exchange pushed: what the controller learned while the script ran
+        (a rate discovered meanwhile) was not pushed, and is pushed next. None (a lane just
+        made, which only reads): its configured state counts as known."""
         rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
         with self._lock:
             now = self._clock()
@@ -420,8 +423,22 @@ class SharedLane(Lane):
                     # Its own probe raises ours; until then its admissions use the lower cap.
                 elif known is not None and known == self._pushed.cap:
                     learner.forget_cap()  # another process found it wrong
-            self._pushed = self._control_now()
+            # Known to the fleet: what it stored (now adopted), else what was sent. Taking the
+            # whole current state instead marked a rate discovered during the exchange as
+            # pushed, and the fleet never heard of it.
+            after = self._control_now()
+            self._pushed = (
+                after
+                if sent is None
+                else _Control(
+                    rpm=after.rpm if rpm is not None else sent.rpm,
+                    tpm=after.tpm if tpm is not None else sent.tpm,
+                    cap=after.cap if cap is not None else sent.cap,
+                )
+            )
             self.queue.wake_head()
+        if sent is not None:
+            self._control_changed(now)
 
     def _control_changed(self, now: float) -> None:
         """After an outcome: hand the exchange to the maintenance thread when the controller
