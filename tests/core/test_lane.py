@@ -663,3 +663,18 @@ def test_a_bucket_made_from_the_first_answer_starts_as_full_as_the_provider_says
     # 3 left when it counted our request 0.2 s ago (no reset: refilled at 20/s since), plus
     # one request of slack: 8, not the 10 of a full burst.
     assert lane.requests.level(1.2) <= 8.0 + 1e-9
+
+
+def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None:
+    lane, clock = _clocked_lane(tpm=60000, concurrency=16)  # 1000/s, a bucket of 500
+    clock.now = 10.0
+    for _ in range(12):  # answers taught the lane: four characters a token
+        lane.cheap_scale.observe(estimated=400, actual=100)
+    _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
+    queued = lane._join(400, front=False, waiter=ThreadWaiter)
+    assert isinstance(queued, ThreadWaiter)
+    clock.now = 10.2  # 200 refilled: room for 400 characters, not for 400 tokens
+    permit = lane._turn(queued, 400, None, 10.0, prompt_tokens=400, prompt_cheap=True)
+    assert isinstance(permit, Permit)
+    assert permit.tokens == lane.cost_of(400, 0, cheap=True)
+    assert permit.tokens < lane.cost_of(400, 0)

@@ -629,6 +629,7 @@ class SharedLane(Lane):
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
         prompt_tokens: int | None = None,
+        prompt_cheap: bool = False,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
@@ -640,6 +641,7 @@ class SharedLane(Lane):
                 priority=priority,
                 tenant=tenant,
                 prompt_tokens=prompt_tokens,
+                prompt_cheap=prompt_cheap,
             )
         asked_at = self._clock()
         waiter = AsyncWaiter()
@@ -666,6 +668,7 @@ class SharedLane(Lane):
                         priority=priority,
                         tenant=tenant,
                         prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
@@ -687,6 +690,7 @@ class SharedLane(Lane):
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
         prompt_tokens: int | None = None,
+        prompt_cheap: bool = False,
     ) -> Permit:
         self._sync_mode()
         if self.fallback:
@@ -698,6 +702,7 @@ class SharedLane(Lane):
                 priority=priority,
                 tenant=tenant,
                 prompt_tokens=prompt_tokens,
+                prompt_cheap=prompt_cheap,
             )
         asked_at = self._clock()
         waiter = ThreadWaiter()
@@ -724,6 +729,7 @@ class SharedLane(Lane):
                         priority=priority,
                         tenant=tenant,
                         prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
                     )
                 turn = self._after_admit(
                     raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline

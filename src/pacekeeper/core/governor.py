@@ -594,6 +594,7 @@ class Call:
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
                     prompt_tokens=self.prompt_tokens,
+                    prompt_cheap=self._body is not None,
                     priority=self.priority,
                     tenant=self.tenant,
                 )
@@ -626,6 +627,7 @@ class Call:
                     deadline=self._deadline,
                     output_tokens=self.completion_tokens,
                     prompt_tokens=self.prompt_tokens,
+                    prompt_cheap=self._body is not None,
                     priority=self.priority,
                     tenant=self.tenant,
                 )

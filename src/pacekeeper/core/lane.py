@@ -689,17 +689,19 @@ class Lane:
         output_tokens: int = 0,
         *,
         prompt_tokens: int | None = None,
+        prompt_cheap: bool = False,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
         this look and the sleep is not lost. With ``prompt_tokens`` (the prompt's estimate)
         the cost is charged as the lane's answers scale estimates now, not as they did when
         the request joined the queue: a queue filled before the first answer would otherwise
-        hold every prompt at the unscaled estimate until its own answer settles it."""
+        hold every prompt at the unscaled estimate until its own answer settles it.
+        ``prompt_cheap``: that estimate is a character count (scaled as such)."""
         with self._lock:
             now = self._clock()
             if prompt_tokens is not None:
-                tokens = self.cost_of(prompt_tokens, output_tokens)
+                tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
             if self._queue.turn(waiter):
                 wait = self._try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
@@ -722,6 +724,7 @@ class Lane:
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
         prompt_tokens: int | None = None,
+        prompt_cheap: bool = False,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
@@ -744,7 +747,13 @@ class Lane:
         try:
             while True:
                 turn = self._turn(
-                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                    waiter,
+                    tokens,
+                    deadline,
+                    asked_at,
+                    output_tokens,
+                    prompt_tokens=prompt_tokens,
+                    prompt_cheap=prompt_cheap,
                 )
                 if isinstance(turn, Permit):
                     return turn
@@ -763,6 +772,7 @@ class Lane:
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
         prompt_tokens: int | None = None,
+        prompt_cheap: bool = False,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
@@ -780,7 +790,13 @@ class Lane:
         try:
             while True:
                 turn = self._turn(
-                    waiter, tokens, deadline, asked_at, output_tokens, prompt_tokens=prompt_tokens
+                    waiter,
+                    tokens,
+                    deadline,
+                    asked_at,
+                    output_tokens,
+                    prompt_tokens=prompt_tokens,
+                    prompt_cheap=prompt_cheap,
                 )
                 if isinstance(turn, Permit):
                     return turn
