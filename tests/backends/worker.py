@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -63,7 +64,16 @@ async def send(args: argparse.Namespace) -> None:
             return False
         return True
 
+    async def trace() -> None:  # PACEKEEPER_TRACE=1: the lanes' state on stderr, to debug
+        while True:
+            await asyncio.sleep(0.5)
+            for lane in gov.lanes:
+                print(f"{time.time() - started:6.2f} {args.tag} {lane!r}", file=sys.stderr)
+
+    tracer = asyncio.ensure_future(trace()) if os.environ.get("PACEKEEPER_TRACE") else None
     results = await asyncio.gather(*(one(i) for i in range(args.count)))
+    if tracer is not None:
+        tracer.cancel()
     finished = time.time()
     stats = gov.stats()[0]
     report = {

@@ -330,3 +330,32 @@ def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
         assert rate.throttled(sent_at=now, now=now, measure=measure)
         expected = 0.97 * 240 if measure else 0.85 * before
         assert rate.rpm == pytest.approx(expected, rel=0.05)
+
+
+def test_a_probe_goes_on_through_the_fleets_higher_rates() -> None:
+    """A fleet's processes adopt each other's probes several times a second: a higher rate
+    adopted keeps the probe's pace (a probe restarted at each adoption stayed at +2% a
+    second, and a rate discovered at a fifth of the limit took a minute to climb back);
+    a lower one (a cut elsewhere) starts it gently again."""
+    rate, now = PacedRate(), 0.0
+    for _ in range(20):
+        now += 0.25
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now)
+    cut_at = now
+    while now - cut_at < 10.0:  # ten seconds: our successes, and a peer's rate every 0.3 s
+        now += 0.1
+        rate.succeeded(now=now, backlog=True)
+        if round((now - cut_at) * 10) % 3 == 0:
+            assert rate.rpm is not None
+            rate.adopt(rate.rpm * 1.001, now=now)
+    assert rate.rpm is not None
+    climbed = rate.rpm
+    assert climbed > 2.0 * 0.9 * 240  # the convex probe: more than doubled in ten seconds
+    rate.adopt(0.5 * climbed, now=now)  # a cut elsewhere
+    before = rate.rpm
+    now += 1.0
+    rate.succeeded(now=now, backlog=True)
+    assert before is not None
+    assert rate.rpm is not None
+    assert rate.rpm < before * 1.04  # gently again: about +3% over that second

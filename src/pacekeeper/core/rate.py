@@ -219,10 +219,15 @@ class PacedRate:
 
     def adopt(self, rpm: float, *, now: float) -> None:
         """Pace at ``rpm``, decided elsewhere (another process of a shared fleet), within the
-        ceiling; without one, it is also the rate recovery climbs back to, and any probe
-        beyond it starts gently again from ``now``."""
+        ceiling; without one, it is also the rate recovery climbs back to. A lower rate (a
+        cut elsewhere) starts the probe beyond it gently again from ``now``; a higher one is
+        another process's probe, which goes on at the pace it had reached: restarting it at
+        every adoption (several a second in a fleet) held a fleet's probe at +2% a second,
+        and a rate discovered low took a minute to climb back (tests/backends/test_fleet.py)."""
+        old = self.rpm
         self.rpm = rpm if self.ceiling is None else min(rpm, self.ceiling)
-        self._probe_from = now
+        if self._probe_from is None or old is None or self.rpm < old:
+            self._probe_from = now
         if self.ceiling is None:
             self._at_loss = self.rpm
 
