@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -120,7 +121,11 @@ async def test_pacing_spaces_requests_evenly() -> None:
         permit.release()
 
     await asyncio.gather(*(one() for _ in range(11)))
-    assert times[-1] - times[0] == pytest.approx(0.5, abs=0.05)
+    # A burst of one: every admission waits its 50 ms after the previous one (a late wake-up
+    # on a busy machine can only make a gap longer, never let two go together).
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.045
+    assert times[-1] - times[0] < 1.0  # and the pace is the rate's, not a crawl
 
 
 async def test_cancelled_waiter_frees_its_place_at_once() -> None:

@@ -53,7 +53,7 @@ def client_for(sim: Simulator, gov: Governor, **kwargs: Any) -> openai.AsyncOpen
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sim", [Scenario(default=ModelLimits(rpm=100_000))], indirect=True)
-async def test_pacing_holds_a_configured_rpm_within_5_percent(sim: Simulator) -> None:
+async def test_pacing_holds_a_configured_rpm(sim: Simulator) -> None:
     records = Records()
     gov = Governor(limits=Limits(rpm=600, burst_s=0.1), hooks=[records])  # 10/s, burst 1
     client = client_for(sim, gov)
@@ -62,9 +62,11 @@ async def test_pacing_holds_a_configured_rpm_within_5_percent(sim: Simulator) ->
     )
     starts = sorted(r.started_at for r in records.attempts)
     elapsed = starts[-1] - starts[0]
-    assert elapsed >= 10.0
     rpm = 60 * (len(starts) - 1) / elapsed
-    assert rpm == pytest.approx(600, rel=0.05)
+    # Never faster than configured (a burst of one request); a busy machine can only make it
+    # slower, so the lower bound is loose.
+    assert rpm <= 600 * 1.02
+    assert rpm >= 600 * 0.8
 
 
 @pytest.mark.slow
