@@ -295,7 +295,7 @@ async def test_cache_reads_are_not_charged_to_itpm() -> None:
         transport=httpx2.ASGITransport(app=app), base_url="http://sim"
     ) as client:
 
-        async def post_in_process(body: dict[str, Any]) -> httpx2.Response:
+        async def post_in_process(body: dict[str, Any]) -> Any:
             return await client.post("/v1/messages", json=body, headers=VERSION)
 
         assert (await post_in_process(_cached(document, "q1"))).status_code == 200
