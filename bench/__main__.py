@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render:
         return _render(args.render)
-    contenders = list(CONTENDERS)
+    contenders = [c for c in CONTENDERS if c.key != "fleet3"]  # the robustness runs have it
     robustness_contenders = [c for c in CONTENDERS if c.key in DEFAULT_CONTENDERS]
     profiles = args.profiles.split(",") if args.profiles else None
     unknown_profiles = set(profiles or ()) - set(PROFILES)

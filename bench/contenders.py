@@ -621,6 +621,77 @@ def _attempt_answers(log: Path) -> list[tuple[float, int | None]]:
     return answers
 
 
+# -- 6. a fleet: three processes sharing one key through Redis --------------------------------
+
+FLEET_PROCESSES = 3
+
+
+def run_fleet3(ctx: RunContext) -> Outcome:
+    """The workload split over three processes (``python -m bench.fleet_worker``), each
+    ``wrap()`` with nothing configured, sharing one Redis namespace on a redis-server of its
+    own: what one process learns (a rate, a window, an in-flight cap) must pace the three, so
+    the fleet's efficiency is compared with one process's (``auto``) on the same draw."""
+    import shutil
+    import uuid
+
+    from bench.fleet_worker import workload_arg
+    from bench.sharing import LocalRedis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("the fleet3 contender needs redis-server on PATH")
+    redis = LocalRedis(binary)
+    namespace = f"fleet-{uuid.uuid4().hex[:8]}"
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.fleet_worker",
+                *("--redis", redis.url, "--namespace", namespace, "--base-url", ctx.base_url),
+                *("--workload", workload_arg(ctx.scenario.workload)),
+                *("--offset", str(k), "--stride", str(FLEET_PROCESSES)),
+                *("--timeout", f"{ctx.scenario.timeout_s:g}", "--cap", f"{ctx.cap_s:g}"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for k in range(FLEET_PROCESSES)
+    ]
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            if w.stdout.readline().strip() != "ready":
+                raise RuntimeError("a fleet worker did not start")
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        reports = [
+            json.loads(w.communicate(timeout=ctx.cap_s + 60)[0].strip().splitlines()[-1])
+            for w in workers
+        ]
+    finally:
+        for w in workers:
+            w.kill()
+        redis.close()
+    started = min(r["started_at"] for r in reports)
+    outcome = Outcome(started_at=started, wall_s=max(r["finished_at"] for r in reports) - started)
+    for r in reports:
+        outcome.ok += r["ok"]
+        outcome.failed += r["failed"]
+        outcome.lost += r["lost"]
+        outcome.unexplained += r["unexplained"]
+        outcome.reasons.update(r["reasons"])
+        for key, message in r["samples"].items():
+            outcome.samples.setdefault(key, message)
+        outcome.answers += [(t, status) for t, status in r["answers"]]
+    outcome.diagnostics = {"lanes": [lane for r in reports for lane in r["lanes"]]}
+    return outcome
+
+
 CONTENDERS: tuple[Contender, ...] = (
     Contender("auto", "pacekeeper auto (nothing configured)", run_auto),
     Contender("configured", "pacekeeper, true limits configured", run_configured),
@@ -629,4 +700,5 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("unbounded", "gather, unbounded + SDK retries (2)", run_unbounded),
     Contender("tenacity16", "Semaphore(16) + tenacity (6 attempts)", run_tenacity16),
     Contender("run", "pacekeeper run (JSONL batch)", run_batch),
+    Contender("fleet3", "pacekeeper auto, 3 processes sharing one key (Redis)", run_fleet3),
 )

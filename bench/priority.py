@@ -245,9 +245,9 @@ def measure_priority(*, quick: bool) -> dict[str, Any]:
                     if binary is None:
                         rows.append({"name": name, "error": "redis-server is not on PATH"})
                         continue
-                    from bench.sharing import _Redis
+                    from bench.sharing import LocalRedis
 
-                    redis_server = _Redis(binary)
+                    redis_server = LocalRedis(binary)
                 url = redis_server.url if redis_server is not None else None
                 row = _row(name, classes=classes, redis=url, quick=quick, workdir=workdir)
             except Exception as exc:  # one row's crash must not lose the others

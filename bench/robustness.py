@@ -48,10 +48,10 @@ __all__ = [
     "summarise",
 ]
 
-DEFAULT_CONTENDERS = ("auto", "reference", "tenacity16")
+DEFAULT_CONTENDERS = ("auto", "fleet3", "reference", "tenacity16")
 RUN_S = 10.0
-"""13 profiles x 3 seeds x 3 contenders x (10 s + latency + start-up + the slow recipes' tails)
-takes about 25 minutes on 2 cores. Shorter runs measured mostly the first round trip, which
+"""13 profiles x 3 seeds x 4 contenders x (10 s + latency + start-up + the slow recipes' tails)
+takes about 35 minutes on 2 cores. Shorter runs measured mostly the first round trip, which
 every client without the true limits pays once (a job is minutes long)."""
 QUICK_RUN_S = 3.0
 MAX_REQUESTS = 3000
@@ -522,6 +522,7 @@ def robustness_lines(section: dict[str, Any]) -> list[str]:
         for e in section["summary"]
     ]
     lines += _md_table(header, rows)
+    lines += _fleet_lines(section)
     lines += ["", "Draws:", ""]
     lines += _md_table(
         ["draw", "what was drawn", "requests", "ideal s"],
@@ -537,6 +538,57 @@ def robustness_lines(section: dict[str, Any]) -> list[str]:
     )
     lines.append("")
     return lines
+
+
+FLEET_TARGET = 0.9
+"""Three processes sharing a key through Redis should reach this share of one process's
+efficiency on the same draw (issue 10: "a fleet behaves as one client")."""
+
+
+def _fleet_lines(section: dict[str, Any]) -> list[str]:
+    """Per profile: the fleet's efficiency over one process's, worst and median seed."""
+    table = []
+    for run_group in _by_profile(section["runs"]).items():
+        profile, runs = run_group
+        ratios = sorted(
+            (ratio, run["seed"]) for run in runs if (ratio := _fleet_over_one(run)) is not None
+        )
+        if not ratios:
+            continue
+        worst, median = ratios[0], ratios[(len(ratios) - 1) // 2]
+        met = "" if worst[0] >= FLEET_TARGET else " **MISSED**"
+        table.append(
+            [
+                profile,
+                f"{worst[0]:.2f} (seed {worst[1]}){met}",
+                f"{median[0]:.2f}",
+                str(len(ratios)),
+            ]
+        )
+    if not table:
+        return []
+    return [
+        "",
+        "A fleet: the `fleet3` contender splits the same draw over three processes, each "
+        "`wrap()` with nothing configured, sharing one Redis namespace; its efficiency over one "
+        f"process's (`auto`) on the same draw (target >= {FLEET_TARGET:g}):",
+        "",
+        *_md_table(["profile", "worst: fleet / one process", "median", "seeds"], table),
+    ]
+
+
+def _fleet_over_one(run: dict[str, Any]) -> float | None:
+    """The fleet's efficiency over one process's on the same draw (None: either missing)."""
+    eff = {row["contender"]: row.get("efficiency") for row in run["rows"]}
+    one, fleet = eff.get("auto"), eff.get("fleet3")
+    return fleet / one if one and fleet is not None else None
+
+
+def _by_profile(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault(run["profile"], []).append(run)
+    return grouped
 
 
 def _target_value(verdict: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 from bench.runner import log
 from pacekeeper.sim import Latency, ModelLimits, Scenario, SimulatorProcess, draw_profile
 
-__all__ = ["measure_sharing", "sharing_lines"]
+__all__ = ["LocalRedis", "measure_sharing", "sharing_lines"]
 
 _RPM = 1200
 
@@ -41,7 +41,7 @@ def _free_port() -> int:
         return port
 
 
-class _Redis:
+class LocalRedis:
     def __init__(self, binary: str) -> None:
         self.port = _free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
@@ -186,7 +186,7 @@ def measure_sharing(*, quick: bool) -> dict[str, Any]:
     binary = shutil.which("redis-server")
     if binary is None:
         return {"skipped": "redis-server is not on PATH (apt-get install redis-server)"}
-    redis = _Redis(binary)
+    redis = LocalRedis(binary)
     try:
         n = 500 if quick else 3000
         log("[sharing] admission cost: in memory vs Redis ...")
