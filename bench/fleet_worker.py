@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -38,7 +39,10 @@ async def main(args: argparse.Namespace) -> None:
     call = _sdk_call(client, wl)
     print("ready", flush=True)
     sys.stdin.readline()
+    tracer = asyncio.ensure_future(_trace(gov)) if os.environ.get("PACEKEEPER_TRACE") else None
     outcome = await _drive(len(mine), lambda k: call(mine[k]), args.cap)
+    if tracer is not None:
+        tracer.cancel()
     finished = time.time()
     await client.close()
     backend.close()
@@ -51,6 +55,15 @@ async def main(args: argparse.Namespace) -> None:
         "lanes": [repr(lane) for lane in gov.lanes],
     }
     print(json.dumps(report), flush=True)
+
+
+async def _trace(gov: pacekeeper.Governor) -> None:
+    """PACEKEEPER_TRACE=1: every lane's state on stderr twice a second (to diagnose a run)."""
+    t0 = time.monotonic()
+    while True:
+        await asyncio.sleep(0.5)
+        for lane in gov.lanes:
+            print(f"{time.monotonic() - t0:6.2f} {lane!r}", file=sys.stderr, flush=True)
 
 
 def workload_arg(wl: Workload) -> str:
