@@ -11,6 +11,8 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import AttemptRecord, Governor, RequestRecord
@@ -138,6 +140,58 @@ def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() ->
         out = b"".join(flt.feed(stream[i : i + cut]) for i in range(0, len(stream), cut))
         assert out + flt.flush() == expected
         assert flt.removed == 1
+
+
+def _filtered_event_by_event(stream: bytes) -> bytes:
+    """The filter's answer worked out one event at a time, as it was before it passed runs
+    of events whole (the reference its fast path must match)."""
+    out, start = [], 0
+    while True:
+        lf, crlf = stream.find(b"\n\n", start), stream.find(b"\r\n\r\n", start)
+        end, sep = (crlf, 4) if crlf >= 0 and (lf < 0 or crlf < lf) else (lf, 2)
+        if end < 0:
+            break
+        event = stream[start : end + sep]
+        if not UsageChunkFilter._is_usage_only(event):
+            out.append(event)
+        start = end + sep
+    rest = stream[start:]
+    return b"".join(out) + (b"" if UsageChunkFilter._is_usage_only(rest) else rest)
+
+
+_PIECES = [
+    b'data: {"choices": [{"delta": {"content": "a"}}]}',
+    b'data: {"choices": [], "usage": {"prompt_tokens": 3}}',
+    b'data: {"choices":[]}',
+    b'"choices": [] "usage": {',
+    b"data: [DONE]",
+    b"x",
+    b"\n",
+    b"\r\n",
+    b"\n\n",
+    b"\r\n\r\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=24),
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+)
+# Runs of blank lines: where one event ends and the next begins must not move.
+@example([_PIECES[0], b"\n\n\n", _PIECES[1], b"\n\n", _PIECES[4], b"\n\n"], [500])
+@example([_PIECES[0], b"\n\r\n\r\n\r\n", _PIECES[1], b"\r\n\r\n"], [500])
+def test_the_filter_cuts_events_as_one_event_at_a_time_would(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(pieces)
+    flt = UsageChunkFilter()
+    out, i, turn = [], 0, 0
+    while i < len(stream):
+        size = cuts[turn % len(cuts)]
+        out.append(flt.feed(stream[i : i + size]))
+        i, turn = i + size, turn + 1
+    assert b"".join(out) + flt.flush() == _filtered_event_by_event(stream)
 
 
 # --- the SDKs through wrap() ----------------------------------------------------------------

@@ -285,21 +285,31 @@ class UsageChunkFilter:
         self.removed = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk
+        data = self._pending + chunk if self._pending else chunk
         out: list[bytes] = []
         start = 0
         while True:
-            end, sep = _event_end(data, start)
-            if end < 0:
+            # Only an event holding empty choices can be the usage-only one: the whole events
+            # before the next such place pass in one piece, unchecked (checking every event
+            # of a stream one by one cost more than the rest of the stream's handling).
+            hit = _EMPTY_CHOICES.search(data, start)
+            whole = _whole_events_end(data, start, hit.start() if hit else len(data))
+            if whole > start:
+                out.append(data[start:whole])
+                start = whole
+            if hit is None:
                 break
+            end, sep = _event_end(data, start)  # the event holding the hit
+            if end < 0:
+                break  # not whole yet: it waits for the rest
             event = data[start : end + sep]
-            if not self._is_usage_only(event):
-                out.append(event)
-            else:
+            if self._is_usage_only(event):
                 self.removed += 1
+            else:
+                out.append(event)
             start = end + sep
         self._pending = data[start:]
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""
@@ -324,6 +334,35 @@ class UsageChunkFilter:
                 and isinstance(data.get("usage"), dict)
             )
         return False
+
+
+def _whole_events_end(data: bytes, start: int, stop: int) -> int:
+    """Where the last whole event that ends by ``stop`` ends, events cut at their blank
+    lines from ``start`` on as :func:`_event_end` cuts them (``start``: none).
+
+    >>> _whole_events_end(b"a\\n\\nb\\n\\n\\nc", 0, 8), _whole_events_end(b"a\\n\\nb", 0, 4)
+    (6, 3)
+    """
+    last = max(data.rfind(b"\n\n", start, stop), data.rfind(b"\r\n\r\n", start, stop))
+    if last < 0:
+        return start
+    # A blank line is made of CR and LF only, so the cut within the run of them holding the
+    # last one is the same whether the events before it are cut one by one or not.
+    run = last
+    while run > start and data[run - 1] in _CRLF:
+        run -= 1
+    end = last
+    while end < stop and data[end] in _CRLF:
+        end += 1
+    cut = run
+    while True:
+        found, sep = _event_end(data, cut)
+        if found < 0 or found + sep > end:
+            return cut
+        cut = found + sep
+
+
+_CRLF = b"\r\n"
 
 
 def _event_end(data: bytes, start: int) -> tuple[int, int]:
