@@ -248,20 +248,19 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         return None
     new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
     content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    headers = [
-        (name, value)
-        for name, value in request.headers.raw
-        if name.lower() not in (b"content-length", b"transfer-encoding")
-    ]
-    headers.append((b"Content-Length", str(len(content)).encode()))
     # The body as a stream and its length set here: with content=, httpx rebuilds the headers.
+    # Headers given as Headers are copied as they are, not checked and normalised again.
     copy = module.Request(
         request.method,
         request.url,
-        headers=headers,
+        headers=request.headers,
         stream=module.ByteStream(content),
         extensions=request.extensions,
     )
+    headers = copy.headers
+    if "transfer-encoding" in headers:
+        del headers["transfer-encoding"]
+    headers["Content-Length"] = str(len(content))
     copy.read()
     return copy
 

@@ -209,6 +209,7 @@ async def handle_async(
                 request,
                 response,
                 headers=headers,
+                read_limits=read_limits,
                 sync=False,
                 strip_usage=strip,
                 options=options,
@@ -271,6 +272,7 @@ def handle_sync(
                 request,
                 response,
                 headers=headers,
+                read_limits=read_limits,
                 sync=True,
                 strip_usage=strip,
                 options=options,
@@ -393,11 +395,13 @@ def _stream_response(
     response: Any,
     *,
     headers: dict[str, str],
+    read_limits: bool,
     sync: bool,
     strip_usage: bool = False,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    headers = plain_headers(response.headers)  # a stream's limits are always learned
+    if not read_limits:  # a stream's limits are always learned
+        headers = plain_headers(response.headers)
     ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
@@ -406,14 +410,10 @@ def _stream_response(
     if strip_usage and headers.get("content-encoding", "identity") == "identity":
         state.filter = UsageChunkFilter()
     cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
-    stream = cls(response.stream, state)
-    return flavour.module.Response(
-        response.status_code,
-        headers=headers,
-        stream=stream,
-        request=request,
-        extensions=response.extensions,
-    )
+    # The inner transport's response goes back up with the governed stream, as a complete
+    # answer does: a new Response would normalise every header again.
+    response.stream = cls(response.stream, state)
+    return response
 
 
 class _StreamState:
