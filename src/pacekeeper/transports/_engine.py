@@ -258,7 +258,9 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         extensions=request.extensions,
     )
     headers = copy.headers
-    if "transfer-encoding" in headers:
+    # Scanned rather than looked up: a lookup first works out the headers' encoding, by
+    # decoding every one of them.
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers.raw):
         del headers["transfer-encoding"]
     headers["Content-Length"] = str(len(content))
     copy.read()
@@ -692,8 +694,19 @@ def essential_headers(headers: Any) -> dict[str, str]:
 
 def plain_headers(headers: Any) -> dict[str, str]:
     """The headers as a plain dict with lower-case names, read once: httpx's Headers.get is
-    a scan of the list, and an answer's headers are read several times."""
-    return dict(headers.multi_items())
+    a scan of the list, and an answer's headers are read several times.
+
+    ASCII headers (all but a rare few) are decoded at once; ``multi_items`` first works out
+    the encoding by decoding every header, then decodes each again.
+
+    >>> import httpx2
+    >>> plain_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60"}))
+    {'x-ratelimit-limit-requests': '60'}
+    """
+    try:
+        return {name.decode("ascii").lower(): value.decode("ascii") for name, value in headers.raw}
+    except UnicodeDecodeError:
+        return dict(headers.multi_items())
 
 
 def bounded_timeout(extensions: dict[str, Any], attempt_timeout_s: float | None) -> None:
