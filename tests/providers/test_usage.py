@@ -19,6 +19,7 @@ from pacekeeper import AttemptRecord, Governor, RequestRecord
 from pacekeeper.transports._engine import (
     UsageChunkFilter,
     UsageScanner,
+    _with_usage_option,
     billed_usage_of,
     usage_from_json,
     usage_of,
@@ -192,6 +193,35 @@ def test_the_filter_cuts_events_as_one_event_at_a_time_would(
         out.append(flt.feed(stream[i : i + size]))
         i, turn = i + size, turn + 1
     assert b"".join(out) + flt.flush() == _filtered_event_by_event(stream)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(), _JSON_VALUES, min_size=1, max_size=5).filter(
+        lambda d: "stream_options" not in d
+    ),
+    st.sampled_from([{}, {"indent": 2}, {"ensure_ascii": False}, {"separators": (",", ":")}]),
+)
+def test_the_usage_option_is_added_to_the_clients_bytes_as_encoding_again_would(
+    body: dict[str, Any], style: dict[str, Any]
+) -> None:
+    content = json.dumps(body, **style).encode()
+    added = _with_usage_option(content)
+    assert added is not None
+    assert added.startswith(content.rstrip()[:-1])  # the client's bytes, unchanged
+    assert json.loads(added) == {**body, "stream_options": {"include_usage": True}}
+
+
+def test_the_usage_option_is_not_spliced_into_what_is_not_a_utf8_object() -> None:
+    assert _with_usage_option(json.dumps({"stream": True}).encode("utf-16-le")) is None
+    assert _with_usage_option(b"[1, 2]") is None
 
 
 # --- the SDKs through wrap() ----------------------------------------------------------------

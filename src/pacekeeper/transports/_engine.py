@@ -246,8 +246,10 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         return None  # the client chose, either way
     if options is not None and not isinstance(options, dict):
         return None
-    new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-    content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    content = _with_usage_option(request.content) if "stream_options" not in body else None
+    if content is None:
+        new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     # The body as a stream and its length set here: with content=, httpx rebuilds the headers.
     # Headers given as Headers are copied as they are, not checked and normalised again.
     copy = module.Request(
@@ -265,6 +267,24 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
     headers["Content-Length"] = str(len(content))
     copy.read()
     return copy
+
+
+_USAGE_OPTION = b',"stream_options":{"include_usage":true}'
+
+
+def _with_usage_option(content: bytes) -> bytes | None:
+    """A JSON object's bytes (UTF-8, without ``stream_options``) with the option added before
+    its closing brace, the client's bytes otherwise unchanged: encoding the whole body again
+    cost as much as a prompt is long. None: not such an object.
+
+    >>> _with_usage_option(b'{"model": "m", "stream": true}\\n')
+    b'{"model": "m", "stream": true,"stream_options":{"include_usage":true}}\\n'
+    """
+    end = len(content.rstrip())
+    # A NUL among the first bytes: UTF-16 or UTF-32, which json reads and this would break.
+    if end < 2 or content[end - 1] != 0x7D or b"\x00" in content[:4]:  # "}"
+        return None
+    return content[: end - 1] + _USAGE_OPTION + content[end - 1 :]
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
