@@ -131,6 +131,16 @@ def _notes(exc: BaseException) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
+def _flush(exchange: _Exchange) -> None:
+    """The answer is complete: its bytes leave now rather than at the end of the event loop's
+    turn, after the bookkeeping that follows (settling a stream, counters, the server's own)."""
+    conn = exchange.conn
+    if conn is not None:
+        flush = getattr(conn.transport, "flush", None)
+        if flush is not None:
+            flush()
+
+
 def _transport_of(send: Send) -> Any:
     # ASGI cannot abort a connection; under uvicorn `send` is a bound method of the request
     # cycle, which holds the transport. Used only to cut a stream that broke midway.
@@ -1038,6 +1048,7 @@ class ProxyApp:
                 exchange.answered = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
+                _flush(exchange)
             else:
                 assert isinstance(stream, httpx2.AsyncByteStream)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -1047,6 +1058,7 @@ class ProxyApp:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 exchange.answered = True
                 await send({"type": "http.response.body", "body": b""})
+                _flush(exchange)  # before the stream is settled
         except asyncio.CancelledError:
             if exchange.cancelled_by is None and not self.draining:
                 raise
