@@ -11,12 +11,15 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import AttemptRecord, Governor, RequestRecord
 from pacekeeper.transports._engine import (
     UsageChunkFilter,
     UsageScanner,
+    _with_usage_option,
     billed_usage_of,
     usage_from_json,
     usage_of,
@@ -138,6 +141,87 @@ def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() ->
         out = b"".join(flt.feed(stream[i : i + cut]) for i in range(0, len(stream), cut))
         assert out + flt.flush() == expected
         assert flt.removed == 1
+
+
+def _filtered_event_by_event(stream: bytes) -> bytes:
+    """The filter's answer worked out one event at a time, as it was before it passed runs
+    of events whole (the reference its fast path must match)."""
+    out, start = [], 0
+    while True:
+        lf, crlf = stream.find(b"\n\n", start), stream.find(b"\r\n\r\n", start)
+        end, sep = (crlf, 4) if crlf >= 0 and (lf < 0 or crlf < lf) else (lf, 2)
+        if end < 0:
+            break
+        event = stream[start : end + sep]
+        if not UsageChunkFilter._is_usage_only(event):
+            out.append(event)
+        start = end + sep
+    rest = stream[start:]
+    return b"".join(out) + (b"" if UsageChunkFilter._is_usage_only(rest) else rest)
+
+
+_PIECES = [
+    b'data: {"choices": [{"delta": {"content": "a"}}]}',
+    b'data: {"choices": [], "usage": {"prompt_tokens": 3}}',
+    b'data: {"choices":[]}',
+    b'"choices": [] "usage": {',
+    b"data: [DONE]",
+    b"x",
+    b"\n",
+    b"\r\n",
+    b"\n\n",
+    b"\r\n\r\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=24),
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+)
+# Runs of blank lines: where one event ends and the next begins must not move.
+@example([_PIECES[0], b"\n\n\n", _PIECES[1], b"\n\n", _PIECES[4], b"\n\n"], [500])
+@example([_PIECES[0], b"\n\r\n\r\n\r\n", _PIECES[1], b"\r\n\r\n"], [500])
+def test_the_filter_cuts_events_as_one_event_at_a_time_would(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(pieces)
+    flt = UsageChunkFilter()
+    out, i, turn = [], 0, 0
+    while i < len(stream):
+        size = cuts[turn % len(cuts)]
+        out.append(flt.feed(stream[i : i + size]))
+        i, turn = i + size, turn + 1
+    assert b"".join(out) + flt.flush() == _filtered_event_by_event(stream)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(), _JSON_VALUES, min_size=1, max_size=5).filter(
+        lambda d: "stream_options" not in d
+    ),
+    st.sampled_from([{}, {"indent": 2}, {"ensure_ascii": False}, {"separators": (",", ":")}]),
+)
+def test_the_usage_option_is_added_to_the_clients_bytes_as_encoding_again_would(
+    body: dict[str, Any], style: dict[str, Any]
+) -> None:
+    content = json.dumps(body, **style).encode()
+    added = _with_usage_option(content)
+    assert added is not None
+    assert added.startswith(content.rstrip()[:-1])  # the client's bytes, unchanged
+    assert json.loads(added) == {**body, "stream_options": {"include_usage": True}}
+
+
+def test_the_usage_option_is_not_spliced_into_what_is_not_a_utf8_object() -> None:
+    assert _with_usage_option(json.dumps({"stream": True}).encode("utf-16-le")) is None
+    assert _with_usage_option(b"[1, 2]") is None
 
 
 # --- the SDKs through wrap() ----------------------------------------------------------------

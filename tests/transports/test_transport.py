@@ -201,6 +201,26 @@ async def test_a_stream_holds_its_slot_until_closed_and_reports_usage(sim: Simul
     assert records.requests[0].completion_tokens is not None
 
 
+async def test_a_closed_stream_is_not_held_until_its_idle_timeout(sim: Simulator) -> None:
+    # The idle timer of a stream that ended is cancelled: pending, it held the stream, its
+    # call and the request's parsed body for the whole idle timeout.
+    import gc
+
+    from pacekeeper.transports._flow import _GovernedAsyncStream
+
+    gov = Governor(stream_idle_timeout_s=600)
+    async with httpx2.AsyncClient(transport=pacekeeper.Transport(gov)) as client:
+        for i in range(3):
+            body = {"model": "m", "messages": messages(i), "stream": True, "max_tokens": 5}
+            async with client.stream("POST", sim.base_url + "/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                await r.aread()
+            del r
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, _GovernedAsyncStream)]
+    assert alive == []
+
+
 @pytest.mark.parametrize("sim", [Scenario(latency=Latency(per_token_s=0.01))], indirect=True)
 async def test_an_abandoned_stream_gives_its_slot_back(sim: Simulator) -> None:
     gov = Governor(limits=Limits(concurrency=1), stream_idle_timeout_s=0.5)

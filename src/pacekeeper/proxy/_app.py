@@ -53,7 +53,7 @@ from pacekeeper.core.priority import Priority, priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
-from pacekeeper.proxy._headers import headers_of
+from pacekeeper.proxy._headers import headers_of, lowered_pairs
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
@@ -129,6 +129,16 @@ def _error_body(message: str, error_type: str, code: str) -> bytes:
 def _notes(exc: BaseException) -> str:
     notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str)]
     return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _flush(exchange: _Exchange) -> None:
+    """The answer is complete: its bytes leave now rather than at the end of the event loop's
+    turn, after the bookkeeping that follows (settling a stream, counters, the server's own)."""
+    conn = exchange.conn
+    if conn is not None:
+        flush = getattr(conn.transport, "flush", None)
+        if flush is not None:
+            flush()
 
 
 def _transport_of(send: Send) -> Any:
@@ -287,7 +297,7 @@ class ProxyApp:
         self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
         # The held key, sent the provider's way (Bearer, api-key, x-api-key + version).
         self._key_headers: Headers = [
-            (name.encode(), value.encode())
+            (name.lower().encode(), value.encode())
             for name, value in self._provider.auth_headers(config.api_key).items()
         ]
         # Every accepted token, and who presents it.
@@ -798,7 +808,8 @@ class ProxyApp:
             request = httpx2.Request(
                 method,
                 url,
-                headers=headers_of([(name, name.lower(), value) for name, value in headers]),
+                # ASGI gives header names lowercased.
+                headers=headers_of([(name, name, value) for name, value in headers]),
                 stream=httpx2.ByteStream(body),
                 extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
@@ -1021,22 +1032,23 @@ class ProxyApp:
         status = response.status_code
         headers: Headers = []
         listed: set[bytes] = set()
-        for name, value in response.headers.raw:
-            lower = name.lower()
-            if lower == b"connection":
+        for name, value in lowered_pairs(response.headers):
+            if name == b"connection":
                 listed.update(t.strip().lower() for t in value.split(b","))
-            elif lower not in _HOP_BY_HOP:
-                headers.append((lower, value))
+            elif name not in _HOP_BY_HOP:
+                headers.append((name, value))
         if listed - {b"close", b"keep-alive"}:
             headers = [(n, v) for n, v in headers if n not in listed]
         stream = response.stream
+        whole = isinstance(stream, httpx2.ByteStream)  # read whole (and closed) by the governor
         sent_bytes = 0
         try:
-            if isinstance(stream, httpx2.ByteStream):  # already read whole by the governor
-                body = b"".join([chunk async for chunk in stream])
+            if isinstance(stream, httpx2.ByteStream):
+                body = b"".join(stream)  # its one chunk, without an async generator
                 exchange.answered = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
+                _flush(exchange)
             else:
                 assert isinstance(stream, httpx2.AsyncByteStream)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -1046,6 +1058,7 @@ class ProxyApp:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 exchange.answered = True
                 await send({"type": "http.response.body", "body": b""})
+                _flush(exchange)  # before the stream is settled
         except asyncio.CancelledError:
             if exchange.cancelled_by is None and not self.draining:
                 raise
@@ -1077,7 +1090,8 @@ class ProxyApp:
             await self._abort(send, exchange)
             return
         finally:
-            await response.aclose()
+            if not whole:
+                await response.aclose()
         self.counters.responded(status)
         now = self._clock()
         times = self._answered.get(lane.key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx2
 
-__all__ = ["headers_of"]
+__all__ = ["headers_of", "lowered_pairs"]
 
 
 def _layout_known() -> bool:
@@ -33,3 +33,14 @@ def headers_of(triples: list[tuple[bytes, bytes, bytes]]) -> httpx2.Headers:
     headers = httpx2.Headers()
     headers._list = triples
     return headers
+
+
+def lowered_pairs(headers: httpx2.Headers) -> list[tuple[bytes, bytes]]:
+    """(lowercased name, value) of every header, in order, without lowering each name again.
+
+    >>> lowered_pairs(headers_of([(b"X-A", b"x-a", b"1")]))
+    [(b'x-a', b'1')]
+    """
+    if not _LAYOUT_KNOWN:  # pragma: no cover - another httpx2
+        return [(name.lower(), value) for name, value in headers.raw]
+    return [(lowered, value) for _, lowered, value in headers._list]

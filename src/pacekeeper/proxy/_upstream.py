@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httptools
@@ -199,15 +198,19 @@ class _Answer(httpx2.AsyncByteStream):
         self._conn: _Connection | None = conn
         self._read_s: float | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    # An iterator object, not an async generator: the event loop's hooks register and
+    # finalise every async generator (twice a request through a weak set).
+    def __aiter__(self) -> _Answer:
+        return self
+
+    async def __anext__(self) -> bytes:
         conn = self._conn
         if conn is None:
-            return
-        while True:
-            chunk = await conn.next_chunk(self._read_s)
-            if chunk is None:
-                return
-            yield chunk
+            raise StopAsyncIteration
+        chunk = await conn.next_chunk(self._read_s)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

@@ -246,24 +246,45 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         return None  # the client chose, either way
     if options is not None and not isinstance(options, dict):
         return None
-    new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-    content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    headers = [
-        (name, value)
-        for name, value in request.headers.raw
-        if name.lower() not in (b"content-length", b"transfer-encoding")
-    ]
-    headers.append((b"Content-Length", str(len(content)).encode()))
+    content = _with_usage_option(request.content) if "stream_options" not in body else None
+    if content is None:
+        new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     # The body as a stream and its length set here: with content=, httpx rebuilds the headers.
+    # Headers given as Headers are copied as they are, not checked and normalised again.
     copy = module.Request(
         request.method,
         request.url,
-        headers=headers,
+        headers=request.headers,
         stream=module.ByteStream(content),
         extensions=request.extensions,
     )
+    headers = copy.headers
+    # Scanned rather than looked up: a lookup first works out the headers' encoding, by
+    # decoding every one of them.
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers.raw):
+        del headers["transfer-encoding"]
+    headers["Content-Length"] = str(len(content))
     copy.read()
     return copy
+
+
+_USAGE_OPTION = b',"stream_options":{"include_usage":true}'
+
+
+def _with_usage_option(content: bytes) -> bytes | None:
+    """A JSON object's bytes (UTF-8, without ``stream_options``) with the option added before
+    its closing brace, the client's bytes otherwise unchanged: encoding the whole body again
+    cost as much as a prompt is long. None: not such an object.
+
+    >>> _with_usage_option(b'{"model": "m", "stream": true}\\n')
+    b'{"model": "m", "stream": true,"stream_options":{"include_usage":true}}\\n'
+    """
+    end = len(content.rstrip())
+    # A NUL among the first bytes: UTF-16 or UTF-32, which json reads and this would break.
+    if end < 2 or content[end - 1] != 0x7D or b"\x00" in content[:4]:  # "}"
+        return None
+    return content[: end - 1] + _USAGE_OPTION + content[end - 1 :]
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
@@ -285,21 +306,31 @@ class UsageChunkFilter:
         self.removed = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk
+        data = self._pending + chunk if self._pending else chunk
         out: list[bytes] = []
         start = 0
         while True:
-            end, sep = _event_end(data, start)
-            if end < 0:
+            # Only an event holding empty choices can be the usage-only one: the whole events
+            # before the next such place pass in one piece, unchecked (checking every event
+            # of a stream one by one cost more than the rest of the stream's handling).
+            hit = _EMPTY_CHOICES.search(data, start)
+            whole = _whole_events_end(data, start, hit.start() if hit else len(data))
+            if whole > start:
+                out.append(data[start:whole])
+                start = whole
+            if hit is None:
                 break
+            end, sep = _event_end(data, start)  # the event holding the hit
+            if end < 0:
+                break  # not whole yet: it waits for the rest
             event = data[start : end + sep]
-            if not self._is_usage_only(event):
-                out.append(event)
-            else:
+            if self._is_usage_only(event):
                 self.removed += 1
+            else:
+                out.append(event)
             start = end + sep
         self._pending = data[start:]
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""
@@ -324,6 +355,35 @@ class UsageChunkFilter:
                 and isinstance(data.get("usage"), dict)
             )
         return False
+
+
+def _whole_events_end(data: bytes, start: int, stop: int) -> int:
+    """Where the last whole event that ends by ``stop`` ends, events cut at their blank
+    lines from ``start`` on as :func:`_event_end` cuts them (``start``: none).
+
+    >>> _whole_events_end(b"a\\n\\nb\\n\\n\\nc", 0, 8), _whole_events_end(b"a\\n\\nb", 0, 4)
+    (6, 3)
+    """
+    last = max(data.rfind(b"\n\n", start, stop), data.rfind(b"\r\n\r\n", start, stop))
+    if last < 0:
+        return start
+    # A blank line is made of CR and LF only, so the cut within the run of them holding the
+    # last one is the same whether the events before it are cut one by one or not.
+    run = last
+    while run > start and data[run - 1] in _CRLF:
+        run -= 1
+    end = last
+    while end < stop and data[end] in _CRLF:
+        end += 1
+    cut = run
+    while True:
+        found, sep = _event_end(data, cut)
+        if found < 0 or found + sep > end:
+            return cut
+        cut = found + sep
+
+
+_CRLF = b"\r\n"
 
 
 def _event_end(data: bytes, start: int) -> tuple[int, int]:
@@ -654,8 +714,19 @@ def essential_headers(headers: Any) -> dict[str, str]:
 
 def plain_headers(headers: Any) -> dict[str, str]:
     """The headers as a plain dict with lower-case names, read once: httpx's Headers.get is
-    a scan of the list, and an answer's headers are read several times."""
-    return dict(headers.multi_items())
+    a scan of the list, and an answer's headers are read several times.
+
+    ASCII headers (all but a rare few) are decoded at once; ``multi_items`` first works out
+    the encoding by decoding every header, then decodes each again.
+
+    >>> import httpx2
+    >>> plain_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60"}))
+    {'x-ratelimit-limit-requests': '60'}
+    """
+    try:
+        return {name.decode("ascii").lower(): value.decode("ascii") for name, value in headers.raw}
+    except UnicodeDecodeError:
+        return dict(headers.multi_items())
 
 
 def bounded_timeout(extensions: dict[str, Any], attempt_timeout_s: float | None) -> None:

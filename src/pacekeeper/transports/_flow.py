@@ -209,6 +209,7 @@ async def handle_async(
                 request,
                 response,
                 headers=headers,
+                read_limits=read_limits,
                 sync=False,
                 strip_usage=strip,
                 options=options,
@@ -271,6 +272,7 @@ def handle_sync(
                 request,
                 response,
                 headers=headers,
+                read_limits=read_limits,
                 sync=True,
                 strip_usage=strip,
                 options=options,
@@ -393,11 +395,13 @@ def _stream_response(
     response: Any,
     *,
     headers: dict[str, str],
+    read_limits: bool,
     sync: bool,
     strip_usage: bool = False,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    headers = plain_headers(response.headers)  # a stream's limits are always learned
+    if not read_limits:  # a stream's limits are always learned
+        headers = plain_headers(response.headers)
     ok = verdict_for_answer(response.status_code, headers, None)
     if ok.limits is not None:
         call.lane.learn(ok.limits)
@@ -406,18 +410,24 @@ def _stream_response(
     if strip_usage and headers.get("content-encoding", "identity") == "identity":
         state.filter = UsageChunkFilter()
     cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
-    stream = cls(response.stream, state)
-    return flavour.module.Response(
-        response.status_code,
-        headers=headers,
-        stream=stream,
-        request=request,
-        extensions=response.extensions,
-    )
+    # The inner transport's response goes back up with the governed stream, as a complete
+    # answer does: a new Response would normalise every header again.
+    response.stream = cls(response.stream, state)
+    return response
 
 
 class _StreamState:
-    __slots__ = ("call", "done", "ended", "filter", "ok", "permit", "request_id", "scanner")
+    __slots__ = (
+        "call",
+        "done",
+        "ended",
+        "filter",
+        "idle_timer",
+        "ok",
+        "permit",
+        "request_id",
+        "scanner",
+    )
 
     def __init__(self, call: Call, permit: Permit, ok: Verdict, rid: str | None) -> None:
         self.call = call
@@ -428,6 +438,9 @@ class _StreamState:
         self.filter: UsageChunkFilter | None = None
         self.ended = False
         self.done = False
+        # Cancelled when the stream ends: a pending timer holds the stream, its call and the
+        # request's parsed body for the whole idle timeout (a minute of every stream served).
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def passed(self, chunk: bytes) -> bytes:
         """Read a chunk's usage; what of it reaches the caller (b"": wait for more)."""
@@ -447,6 +460,9 @@ class _StreamState:
         if self.done:
             return
         self.done = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         settle_stream(
             self.call,
             self.permit,
@@ -476,16 +492,20 @@ class _GovernedAsyncStream:
         # A caller that walks away without closing may leave the stream in a reference
         # cycle that is never collected; the slot must come back anyway.
         self._idle_limit_s = state.call.idle_timeout_s
-        asyncio.get_running_loop().call_later(self._idle_limit_s, self._check_idle)
+        state.idle_timer = asyncio.get_running_loop().call_later(
+            self._idle_limit_s, self._check_idle
+        )
 
     def _check_idle(self) -> None:
-        if self._state.done:
+        state = self._state
+        state.idle_timer = None
+        if state.done:
             return
         idle_s = time.monotonic() - self._idle_since
         if not self._reading and idle_s >= self._idle_limit_s:
-            self._state.finish(abandoned=True)
+            state.finish(abandoned=True)
             return
-        asyncio.get_running_loop().call_later(
+        state.idle_timer = asyncio.get_running_loop().call_later(
             max(0.05, self._idle_limit_s - idle_s), self._check_idle
         )
 
