@@ -212,3 +212,30 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
         if t >= 10.0 * service_s:  # slow start's overshoot has drained by then
             assert mean <= 2.0 * capacity, f"{mean:.1f} in flight in [{t:.1f}, {t + 5:.1f}) s"
         t += 1.0
+
+
+def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_latency() -> None:
+    """A server serving 21 at once, 1.2 s an answer (lognormal spread): the first window's
+    median, the unloaded latency, reads a fifth low, and one later reading passes 1.3 x that
+    by chance. Once the lane has reached the capacity, its limit stays near it (it was cut
+    from 20 to 9 and took 12 s to climb back)."""
+    capacity = 21
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    server = _QueueingServer(capacity, 0.33, 1.2, seed=14)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    reached = False
+    lowest = math.inf
+    while clock.now < 20.0:
+        now = clock.now
+        for permit in server.done(now):
+            lane.settle(permit, ok, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            server.arrive(lane._grant(now, 0, now), now)
+        reached = reached or lane.slots.limit >= capacity
+        if reached:
+            lowest = min(lowest, lane.slots.limit)
+        clock.now = round(now + _STEP_S, 6)
+    assert reached
+    assert lowest >= 0.8 * capacity, f"cut to {lowest} on a server that serves {capacity}"

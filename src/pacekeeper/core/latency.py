@@ -41,6 +41,8 @@ _MEAN_ALPHA = 0.05
 _JUDGE_EVERY = 4  # recompute the window's median every this many answers
 _SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
 _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
+_UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
+_CONFIRMING = 3  # judgments (8 answers apart end to end) that settle a base or confirm a queue
 
 
 class LatencyTracker:
@@ -49,6 +51,7 @@ class LatencyTracker:
     __slots__ = (
         "_base_windows",
         "_in_flight",
+        "_judged_ratios",
         "_n",
         "_recent",
         "base_in_flight",
@@ -72,6 +75,9 @@ class LatencyTracker:
         self.base_in_flight = 0
         self._base_windows = 0
         """The median number in flight of the window that set :attr:`base_s`."""
+        self._judged_ratios: deque[float] = deque(maxlen=_CONFIRMING)
+        """The last few judged ratios (a swelling against an unsettled base must hold in
+        all of them)."""
 
     def observe(self, latency_s: float, in_flight: int = 0, *, judged: bool = True) -> None:
         """One successful answer, and how many were in flight when its request was sent.
@@ -87,22 +93,30 @@ class LatencyTracker:
             ordered = sorted(recent)
             self.median_s = ordered[len(ordered) // 2]
             self.in_flight = sorted(self._in_flight)[len(ordered) // 2]
-            # The unloaded latency is the mean of the window medians at the lowest load seen,
-            # and at any load whose median stays within the noise of it (no queue there
-            # either): the lowest of many noisy medians runs a fifth below the typical one,
-            # and every ordinary window would then read as queueing.
+            # The unloaded latency is the mean of the window medians at the lowest load seen.
+            # While it rests on a single reading, windows at higher loads that show no queue
+            # (up to 1.3 times slower) settle it too: one window's median can run a fifth low,
+            # and every ordinary window would then read as queueing. Once settled, only the
+            # lowest load moves it: a controller that holds a few requests past a server's
+            # capacity gets answers ~10% slower window after window, and counting those as
+            # unloaded lifted the base (30% in a minute), so that a longer queue was tolerated
+            # still.
             load = self.in_flight
             if not self.known or load < self.base_in_flight / _SAME_LOAD:
                 self.base_s, self.base_in_flight, self._base_windows = self.median_s, load, 1
-            elif load <= self._same_load_top() or self.median_s <= _UNLOADED * self.base_s:
+            elif load <= self._same_load_top() or (
+                not self._base_settled and self.median_s <= _UNSETTLED * self.base_s
+            ):
                 self.base_in_flight = min(self.base_in_flight, load)
                 self._base_windows += 1
                 self.base_s += (self.median_s - self.base_s) / self._base_windows
+            self._judged_ratios.append(self.ratio)
 
     def restart_window(self) -> None:
         """Judge the next window from answers that come from now on."""
         self._recent.clear()
         self._in_flight.clear()
+        self._judged_ratios.clear()
         self.median_s = math.nan
         self.in_flight = 0
 
@@ -122,12 +136,22 @@ class LatencyTracker:
         """Whether the recent median exceeds ``tolerance`` times the unloaded latency, with
         more in flight than when that was measured. Queueing makes answers slower as more are
         in flight; answers that are slower with no more in flight are noise (their lengths
-        vary), and the lowest of many noisy medians runs below the typical one."""
-        return (
-            self.known
-            and self.median_s > tolerance * self.base_s
-            and self.in_flight > self._same_load_top()
-        )
+        vary), and the lowest of many noisy medians runs below the typical one. Against a base
+        not yet settled, the swelling must hold over the last few judgments: one reading can
+        be a few long answers (believed at once, it cut a window from 20 to 9 on a server
+        serving 21)."""
+        if not self.known or self.in_flight <= self._same_load_top():
+            return False
+        ratios = self._judged_ratios
+        if self._base_settled:
+            return self.ratio > tolerance
+        return len(ratios) == ratios.maxlen and min(ratios) > tolerance
+
+    @property
+    def _base_settled(self) -> bool:
+        """Whether the base rests on more than one window's reading (judgments come every
+        few answers, so consecutive ones share most of their answers)."""
+        return self._base_windows >= _CONFIRMING
 
     def _same_load_top(self) -> float:
         return max(_SAME_LOAD * self.base_in_flight, self.base_in_flight + 1.0)
