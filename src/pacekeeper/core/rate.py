@@ -15,8 +15,11 @@ estimates is then a 429. So a stray 429 costs about two seconds at a little less
 limit, and a halved limit settles just under its new value.
 
 With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
-*discovered*: first 90% of the highest rate accepted over one second lately (what the server let
-through just before it refused), then the same cuts and recovery, with no ceiling.
+*discovered*: first 90% of the highest rate accepted over one second lately, climbing within
+seconds to just under what the server took in the second before it refused (answers lag what
+was sent, so during a ramp-up the first is a fraction of the server's rate), then the same cuts
+and recovery, with no ceiling; each cut resumes just under what the server took in the second
+before that refusal.
 
 All methods take ``now`` and are pure arithmetic on it.
 
@@ -71,7 +74,6 @@ class PacedRate:
 
     __slots__ = (
         "_accepted",
-        "_refused_sent",
         "_at_loss",
         "_cut_at",
         "_cuts",
@@ -80,6 +82,7 @@ class PacedRate:
         "_last_success_at",
         "_measured_cut",
         "_probe_from",
+        "_refused_sent",
         "ceiling",
         "rpm",
     )
