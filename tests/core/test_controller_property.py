@@ -77,6 +77,22 @@ def test_with_a_backlog_and_no_429_the_stated_limit_is_reached(
     _run_against_a_window(rpm, window, latency_s, stated=True)
 
 
+@given(
+    rpm=st.sampled_from([300.0, 600.0, 1200.0, 2400.0]),
+    fixed=st.booleans(),
+    latency_s=st.floats(0.05, 0.6),
+)
+@settings(max_examples=40, deadline=None)
+def test_hintless_429s_lead_to_the_true_limit_within_seconds(
+    rpm: float, fixed: bool, latency_s: float
+) -> None:
+    """No rate-limit headers, bare 429s, a one-second bucket or fixed one-second windows:
+    the rate found from the first 429 (during slow start, when few answers are in) climbs
+    back within seconds to what the server accepted in the second before it refused, and a
+    later cut resumes under what it accepted then, not under the mean of our own climb."""
+    _run_against_a_window(rpm, ("second", 1.0, fixed), latency_s, stated=False)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: a bare 429 at a new peak in flight reads as an in-flight cap (7 slots "

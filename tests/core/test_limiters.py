@@ -332,6 +332,42 @@ def test_a_discovered_rate_resumes_under_what_the_server_sustained() -> None:
         assert rate.rpm == pytest.approx(expected, rel=0.05)
 
 
+def test_a_rate_discovered_during_a_ramp_up_climbs_to_what_the_server_took() -> None:
+    """The first bare 429 comes during slow start, when few answers are in: the pace starts
+    under what was accepted, then climbs within seconds to just under what the server took
+    in the second before it refused (those sent, less those refused: a 429 comes back at
+    once, an answer a latency later)."""
+    rate, now = PacedRate(), 0.0
+    for _ in range(8):  # 4 answers a second so far
+        now += 0.25
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=25)  # 24 taken, this refused
+    assert rate.rpm == pytest.approx(0.9 * 240)
+    for _ in range(30):  # 3 s of successes with a backlog
+        now += 0.1
+        rate.succeeded(now=now, backlog=True)
+    assert rate.rpm is not None
+    assert 0.9 * 1440 <= rate.rpm <= 0.95 * 1440
+
+
+def test_a_later_cut_resumes_under_the_last_second_not_under_our_climb() -> None:
+    """A cut measures the server from what it accepted in the second before the refusal: the
+    mean of the answers since the previous cut counts our own climb towards its rate (here
+    15 a second for 2 s, then 24), and a lane resumed under it held far below the limit."""
+    rate, now = PacedRate(), 0.0
+    for _ in range(20):
+        now += 0.25
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=5)
+    rate.adopt(1600.0, now=now)  # the pace has climbed past the server's 1440
+    for per_s in (15, 15, 24):
+        for _ in range(per_s):
+            now += 1.0 / per_s
+            rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=25)
+    assert rate.rpm == pytest.approx(0.92 * 1440)
+
+
 def test_a_probe_goes_on_through_the_fleets_higher_rates() -> None:
     """A fleet's processes adopt each other's probes several times a second: a higher rate
     adopted keeps the probe's pace (a probe restarted at each adoption stayed at +2% a

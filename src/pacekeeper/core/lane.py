@@ -1005,6 +1005,7 @@ class Lane:
             now=now,
             hinted=verdict.hint_s is not None,
             measure=self._sees_every_acceptance(),
+            sent_in_second=self._sent_in_second_before(permit.sent_at),
         )
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in

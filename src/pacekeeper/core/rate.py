@@ -15,8 +15,11 @@ estimates is then a 429. So a stray 429 costs about two seconds at a little less
 limit, and a halved limit settles just under its new value.
 
 With no stated limit, nothing paces until a 429 without a hint arrives; the rate is then
-*discovered*: first 90% of the highest rate accepted over one second lately (what the server let
-through just before it refused), then the same cuts and recovery, with no ceiling.
+*discovered*: first 90% of the highest rate accepted over one second lately, climbing within
+seconds to just under what the server took in the second before it refused (answers lag what
+was sent, so during a ramp-up the first is a fraction of the server's rate), then the same cuts
+and recovery, with no ceiling; each cut resumes just under what the server took in the second
+before that refusal.
 
 All methods take ``now`` and are pure arithmetic on it.
 
@@ -54,6 +57,8 @@ _PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s ever
 _PLATEAU_S = 10.0  # a discovered rate probes at only _PLATEAU_PER_S for this long after a cut
 _PLATEAU_PER_S = 0.005
 _SUSTAINED_SHARE = 0.97  # a discovered rate resumes this far below what was sustained
+_LAST_SECOND_SHARE = 0.92  # or this far below what was accepted in the second before a 429
+_APPROACH_PER_S = 1.0  # share of the gap to just under the last loss closed per second
 _MIN_RPM = 6.0
 _ACCEPTED_WINDOW_S = 5.0
 _MAX_STEP_S = 1.0
@@ -77,6 +82,7 @@ class PacedRate:
         "_last_success_at",
         "_measured_cut",
         "_probe_from",
+        "_refused_sent",
         "ceiling",
         "rpm",
     )
@@ -98,6 +104,8 @@ class PacedRate:
         self._cuts: deque[float] = deque()
         self._last_success_at: float | None = None
         self._accepted: deque[float] = deque()
+        self._refused_sent: deque[float] = deque()
+        """When the requests refused lately (429s about the rate) were sent."""
 
     @property
     def discovered(self) -> bool:
@@ -127,6 +135,7 @@ class PacedRate:
         now: float,
         hinted: bool = False,
         measure: bool = True,
+        sent_in_second: int | None = None,
     ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
@@ -136,7 +145,10 @@ class PacedRate:
         says nothing against the ceiling. One sent after an earlier hinted 429 came back does.
         ``measure`` False when this rate sees only part of what the provider accepts on its
         key (a process of a fleet): it then cuts by a fixed share rather than measure the
-        server's rate from its own acceptances. True when the rate changed."""
+        server's rate from its own acceptances. ``sent_in_second``: how many requests this
+        rate's lane sent in the second up to ``sent_at``, this one included (see
+        :meth:`_accepted_in_second_rpm`). True when the rate changed."""
+        last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now)
         if hinted and self.ceiling is not None:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
@@ -147,17 +159,28 @@ class PacedRate:
             return False
         if self.rpm is None:
             peak = self.accepted_peak_rpm()
-            self._at_loss = peak
+            # The pace starts under what was accepted (answers lag what was sent, so during a
+            # ramp-up that is little); it climbs back quickly to what the server took in the
+            # second before it refused, which bounds its rate from above.
+            self._at_loss = max(peak, last_second or 0.0)
             self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
+            share = _SUSTAINED_SHARE
+            if sustained is not None and last_second is not None:
+                # What the server accepted in the second before it refused, counted by when
+                # the requests were sent, is its rate as it was just now. The mean since the
+                # last cut counts answers, which lag the sending by a latency: while the pace
+                # climbs towards the server's rate it measures our own climb (918 to 1545/min
+                # against 1440 measured 1188, and the lane held there).
+                sustained, share = last_second, _LAST_SECOND_SHARE
             self._measured_cut = sustained is not None and sustained < self.rpm
             if sustained is not None and sustained < self.rpm:
                 # Without a stated limit, what the server accepted while we sent faster than it
                 # allowed is its rate, measured: resume just under it, rather than cutting a
                 # fixed share from a pace the server never sustained (and climbing back to it).
                 self._at_loss = sustained
-                self.rpm = max(_MIN_RPM, _SUSTAINED_SHARE * sustained)
+                self.rpm = max(_MIN_RPM, share * sustained)
             else:
                 self._at_loss = self.rpm
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
@@ -195,7 +218,10 @@ class PacedRate:
         step_s = min(_MAX_STEP_S, max(0.0, now - last))
         if rpm < _NEAR_LOSS * self._at_loss:
             reference = self.ceiling if self.ceiling is not None else self._at_loss
-            rpm += _FAST_PER_S * reference * step_s
+            # Linear near the loss; far below it (a rate discovered during a ramp-up, at a
+            # fraction of the server's), half the gap closes in well under a second.
+            gap = _NEAR_LOSS * self._at_loss - rpm
+            rpm += max(_FAST_PER_S * reference, _APPROACH_PER_S * gap) * step_s
             rpm = min(rpm, _NEAR_LOSS * self._at_loss) if rpm < top else rpm
         else:
             # Beyond the last loss, probe gently at first, then faster the longer no 429 says
@@ -247,6 +273,23 @@ class PacedRate:
                 break
             count += 1
         return 60.0 * count / span_s if count >= 5 else None
+
+    def _accepted_in_second_rpm(
+        self, sent_at: float, sent_in_second: int | None, now: float
+    ) -> float | None:
+        """What the server accepted (per minute) of the requests sent in the second before
+        the refused one (sent at ``sent_at``): those sent, less those refused. A 429 comes
+        back at once, an answer a latency later: by the time a refusal is back, the requests
+        sent before it that were refused are known, and the others were accepted. None
+        without a count of what was sent, or when this rate does not discover."""
+        if not self._discovers or sent_in_second is None:
+            return None
+        refused = self._refused_sent
+        refused.append(sent_at)
+        while refused and now - refused[0] > 2.0:
+            refused.popleft()
+        refusals = sum(1 for t in refused if sent_at - 1.0 <= t <= sent_at)
+        return 60.0 * max(0, sent_in_second - refusals)
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
         """The highest rate (per minute) accepted over ``span_s`` in the last five seconds."""
