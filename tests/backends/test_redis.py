@@ -65,7 +65,11 @@ async def test_two_governors_share_one_request_rate(
     await asyncio.gather(*(one(a if i % 2 else b) for i in range(31)))
     close(a, b)
     elapsed = max(sent_at) - min(sent_at)
-    assert 60 * 30 / elapsed == pytest.approx(600, rel=0.05)
+    # Never faster than 600 together (each alone would allow 1,200); a busy machine can only
+    # make it slower, so the floor is loose.
+    rpm = 60 * 30 / elapsed
+    assert rpm <= 600 * 1.02
+    assert rpm >= 600 * 0.8
 
 
 @given(
@@ -320,7 +324,9 @@ def test_four_processes_share_one_simulator_limit(
     low, high = times[len(times) // 10], times[len(times) * 9 // 10]
     achieved_rpm = 60 * (len(times) * 8 // 10) / (high - low)
     assert elapsed < 30
-    assert achieved_rpm == pytest.approx(rpm, rel=0.05)
+    # Never faster than the shared limit; slower only as far as a busy machine makes it.
+    assert achieved_rpm <= rpm * 1.05
+    assert achieved_rpm >= rpm * 0.8
 
 
 async def test_a_redis_outage_mid_run_loses_nothing(
