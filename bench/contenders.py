@@ -13,9 +13,11 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -631,9 +633,6 @@ def run_fleet3(ctx: RunContext) -> Outcome:
     ``wrap()`` with nothing configured, sharing one Redis namespace on a redis-server of its
     own: what one process learns (a rate, a window, an in-flight cap) must pace the three, so
     the fleet's efficiency is compared with one process's (``auto``) on the same draw."""
-    import shutil
-    import uuid
-
     from bench.fleet_worker import workload_arg
     from bench.sharing import LocalRedis
 

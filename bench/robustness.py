@@ -548,8 +548,7 @@ efficiency on the same draw (issue 10: "a fleet behaves as one client")."""
 def _fleet_lines(section: dict[str, Any]) -> list[str]:
     """Per profile: the fleet's efficiency over one process's, worst and median seed."""
     table = []
-    for run_group in _by_profile(section["runs"]).items():
-        profile, runs = run_group
+    for profile, runs in _by_profile(section["runs"]).items():
         ratios = sorted(
             (ratio, run["seed"]) for run in runs if (ratio := _fleet_over_one(run)) is not None
         )
