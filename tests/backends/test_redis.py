@@ -442,3 +442,41 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
     lane.queue.leave(retry)
     permit.release()
     close(gov)
+
+
+async def test_a_burst_queued_before_the_first_answer_is_charged_in_tokens_not_characters(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Requests queued at start, before any limit is known, go out charged at the scale the
+    first answers taught, as in a local lane: they were charged their character counts (about
+    four times their tokens), and a fleet paced a binding tpm at a quarter of it."""
+    charged: list[tuple[int, int]] = []
+
+    class Charges:
+        def on_attempt(self, record: pacekeeper.AttemptRecord) -> None:
+            if record.status == 200 and record.prompt_tokens is not None:
+                charged.append((record.tokens_estimated, record.prompt_tokens))
+
+        def on_request(self, record: pacekeeper.RequestRecord) -> None:
+            pass
+
+    scenario = Scenario(
+        models={"m": ModelLimits(rpm=6000, tpm=600_000)}, latency=Latency(ttft_s=0.05)
+    )
+    with Simulator(scenario) as sim:
+        gov = shared_gov(redis_server, namespace, hooks=[Charges()])
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="x"), gov)
+        prompt = "pacekeeper paces requests to the limits a provider states. " * 30
+
+        async def one(i: int) -> None:
+            await client.chat.completions.create(
+                model="m", max_tokens=16, messages=[{"role": "user", "content": f"{i} {prompt}"}]
+            )
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        close(gov)
+    assert len(charged) == 40
+    # Every prompt here is about 360 tokens and 1,800 characters: charged 16 + tokens x the
+    # learned scale (around 1), never the characters.
+    worst = max(tokens_charged / (actual + 16) for tokens_charged, actual in charged)
+    assert worst < 2.0, f"charged {worst:.1f} x the prompt's tokens"

@@ -348,8 +348,21 @@ class SharedLane(Lane):
 
     def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
         # The fleet's token bucket lives in the store: this process cannot see how full it
-        # is, so every request charged against a token limit is counted exactly.
-        return self.tpm is not None
+        # is, so every request charged against a token limit is counted exactly; before a
+        # limit is known, the local rule (every request until the first answer) holds.
+        # Without it, a burst queued at start went out charged in characters, four times
+        # its tokens, and a fleet paced a binding tpm at a quarter of it.
+        return self.tpm is not None or super().wants_exact_estimate(now, tokens_charged)
+
+    def _cost_now(
+        self, tokens: int, prompt_tokens: int | None, output_tokens: int, cheap: bool
+    ) -> int:
+        """The cost charged as the lane scales estimates now (see :meth:`Lane._turn`), not as
+        it did when the request joined the queue."""
+        if prompt_tokens is None:
+            return tokens
+        with self._lock:
+            return self.cost_of(prompt_tokens, output_tokens, cheap=cheap)
 
     def _sees_every_acceptance(self) -> bool:
         # Scaling a process's measurement by its share of the fleet's recent admissions was
@@ -653,6 +666,7 @@ class SharedLane(Lane):
                     await waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
+                tokens = self._cost_now(tokens, prompt_tokens, output_tokens, prompt_cheap)
                 try:
                     raw = await admit(
                         keys=[self.hash_key, self.slot_key],
@@ -714,6 +728,7 @@ class SharedLane(Lane):
                     waiter.sleep(math.inf)
                     continue
                 lease = uuid.uuid4().hex
+                tokens = self._cost_now(tokens, prompt_tokens, output_tokens, prompt_cheap)
                 try:
                     raw = admit(
                         keys=[self.hash_key, self.slot_key],
