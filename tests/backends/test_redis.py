@@ -186,6 +186,38 @@ async def test_tokens_are_charged_at_admission_not_after_success(
     close(a, b)
 
 
+async def test_output_limited_apart_is_shared_and_given_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Where output is limited apart (Anthropic's OTPM), the fleet shares an output bucket:
+    each request's reserve is charged to it at admission (it was not charged anywhere, and a
+    fleet met 14% 429s on a binding OTPM), and what an answer did not generate is given
+    back to all."""
+    limits = Limits(output_tpm=60_000, burst_s=0.5)  # 1000 output tokens/s, 500 at once
+    a = shared_gov(redis_server, namespace, limits=limits)
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
+    started = time.monotonic()
+    held = [await lane.acquire(300, output_tokens=250) for lane in (lane_a, lane_b)]
+    third = await lane_a.acquire(300, output_tokens=250)  # 500 reserved: waits for refill
+    assert time.monotonic() - started >= 0.2
+    assert third.output_tokens == 250
+    client = redis_server.client()
+    key = f"{namespace}:lane:{CHAT}|m"
+    reserved_until = float(client.hget(key, "to") or 0)
+    # The three answers generated nothing: their reserves go back to the fleet's bucket (sent
+    # with the releases by the maintenance thread), which moves the bucket's clock back.
+    for lane, permit in ((lane_a, held[0]), (lane_b, held[1]), (lane_a, third)):
+        lane.output_not_generated(permit)
+        permit.release()
+    deadline = time.monotonic() + 5
+    while float(client.hget(key, "to") or 0) == reserved_until and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert float(client.hget(key, "to") or 0) < reserved_until
+    client.close()
+    close(a, b)
+
+
 async def test_a_request_rejected_locally_spends_no_quota(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -435,7 +467,9 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
     lane.queue.join(head, front=False)
     lane.queue.join(retry, front=True)  # joined the front while the head's Redis call ran
     admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
-    permit = lane._after_admit(admitted, head, tokens=0, lease="lease", asked_at=0.0, deadline=None)
+    permit = lane._after_admit(
+        admitted, head, tokens=0, output_tokens=0, lease="lease", asked_at=0.0, deadline=None
+    )
     assert not isinstance(permit, float)
     assert lane.queue.turn(retry)  # the retry is at the front, the admitted head is gone
     assert lane.queued == 1

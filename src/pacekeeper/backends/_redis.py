@@ -267,6 +267,7 @@ class SharedLane(Lane):
         "_control_queued",
         "_fleet_marks",
         "_held",
+        "_output_delta",
         "_pushed",
         "_pushed_at",
         "_pushed_floor",
@@ -310,6 +311,7 @@ class SharedLane(Lane):
         self._held: set[str] = set()
         self._pushed_limits: tuple[float | None, float | None] = (None, None)
         self._token_delta = 0.0
+        self._output_delta = 0.0
         self.fallback = False
         self._slot_starved = False
         self._pushed = _Control(rpm=None, tpm=None, cap=None)
@@ -503,8 +505,15 @@ class SharedLane(Lane):
     # -- the shared decision ----------------------------------------------------------------
 
     def _admit_args(
-        self, tokens: int, lease: str, priority: Priority = Priority.INTERACTIVE
+        self,
+        tokens: int,
+        lease: str,
+        priority: Priority = Priority.INTERACTIVE,
+        output_tokens: int = 0,
     ) -> list[Any]:
+        """The ADMIT script's arguments. Where output is limited apart (Anthropic's OTPM),
+        ``output_tokens`` of the cost go to the shared output bucket and the rest to the
+        input bucket, as in a local lane."""
         limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         shared = self._shared_slots
@@ -517,8 +526,9 @@ class SharedLane(Lane):
             if ceiling is not None:
                 fixed = min(fixed, ceiling)
         learner = self.learner
+        otpm = self.output_tpm or 0
         return [
-            tokens,
+            tokens - output_tokens if otpm else tokens,
             self.rpm or 0,
             self.tpm or 0,
             limits.burst_s,
@@ -535,6 +545,8 @@ class SharedLane(Lane):
             priority.rank,
             limits.min_share,
             *(self.queue.waiting(p) for p in Priority),
+            output_tokens if otpm else 0,
+            otpm,
         ]
 
     @staticmethod
@@ -548,7 +560,9 @@ class SharedLane(Lane):
             admissions=int(raw[5]),
         )
 
-    def _granted(self, admission: _Admission, tokens: int, lease: str, asked_at: float) -> Permit:
+    def _granted(
+        self, admission: _Admission, tokens: int, output_tokens: int, lease: str, asked_at: float
+    ) -> Permit:
         with self._lock:
             self._slot_starved = False
             now = self._clock()
@@ -568,6 +582,7 @@ class SharedLane(Lane):
             # the server's clock at admission: the shared AIMD compares these, never ours
             lease=(lease, admission.now),
             filled_window=admission.in_flight >= admission.limit,
+            output_tokens=output_tokens if self.output_tpm else 0,
         )
 
     def _enter_fallback(self, exc: BaseException) -> None:
@@ -599,6 +614,7 @@ class SharedLane(Lane):
         waiter: AsyncWaiter | ThreadWaiter,
         *,
         tokens: int,
+        output_tokens: int,
         lease: str,
         asked_at: float,
         deadline: float | None,
@@ -611,7 +627,7 @@ class SharedLane(Lane):
             # Leave as this waiter, not as "the head": a retry (or a higher class) may have
             # joined while Redis answered and be the head now.
             self.queue.admitted(waiter)
-            return self._granted(admission, tokens, lease, asked_at)
+            return self._granted(admission, tokens, output_tokens, lease, asked_at)
         if admission.limit:  # 0: held back for a higher class, the limit not read
             self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
@@ -670,7 +686,7 @@ class SharedLane(Lane):
                 try:
                     raw = await admit(
                         keys=[self.hash_key, self.slot_key],
-                        args=self._admit_args(tokens, lease, priority),
+                        args=self._admit_args(tokens, lease, priority, output_tokens),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
@@ -685,7 +701,13 @@ class SharedLane(Lane):
                         prompt_cheap=prompt_cheap,
                     )
                 turn = self._after_admit(
-                    raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
+                    raw,
+                    waiter,
+                    tokens=tokens,
+                    output_tokens=output_tokens,
+                    lease=lease,
+                    asked_at=asked_at,
+                    deadline=deadline,
                 )
                 if isinstance(turn, Permit):
                     return turn
@@ -732,7 +754,7 @@ class SharedLane(Lane):
                 try:
                     raw = admit(
                         keys=[self.hash_key, self.slot_key],
-                        args=self._admit_args(tokens, lease, priority),
+                        args=self._admit_args(tokens, lease, priority, output_tokens),
                     )
                 except _redis_errors() as exc:
                     self._fall_back(exc, waiter)
@@ -747,7 +769,13 @@ class SharedLane(Lane):
                         prompt_cheap=prompt_cheap,
                     )
                 turn = self._after_admit(
-                    raw, waiter, tokens=tokens, lease=lease, asked_at=asked_at, deadline=deadline
+                    raw,
+                    waiter,
+                    tokens=tokens,
+                    output_tokens=output_tokens,
+                    lease=lease,
+                    asked_at=asked_at,
+                    deadline=deadline,
                 )
                 if isinstance(turn, Permit):
                     return turn
@@ -777,6 +805,7 @@ class SharedLane(Lane):
             )
             self._held.discard(lease)
             delta, self._token_delta = self._token_delta, 0.0
+            output_delta, self._output_delta = self._output_delta, 0.0
             self.queue.wake_head()
         limits = self.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
@@ -798,6 +827,8 @@ class SharedLane(Lane):
                 limits.tpm or 0,
                 limits.utilisation,
                 1 if backlog else 0,
+                output_delta,
+                self.output_tpm or 0,
             ],
         )
 
@@ -819,6 +850,10 @@ class SharedLane(Lane):
     def _charge_tokens(self, delta: float) -> None:
         super()._charge_tokens(delta)
         self._token_delta += delta  # sent to the shared bucket with the next release
+
+    def _charge_output(self, delta: float) -> None:
+        super()._charge_output(delta)
+        self._output_delta += delta  # as for input tokens
 
     def held_leases(self) -> list[str]:
         with self._lock:

@@ -64,7 +64,9 @@ ADMIT = (
 --       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
 --       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs),
 --       rank (the caller's class: 0 interactive, 1 batch, 2 background), min_share,
---       waiting here per class (3 numbers, the caller included)
+--       waiting here per class (3 numbers, the caller included), output tokens (the part of
+--       the cost limited apart, charged to the output bucket; tokens is then the input
+--       alone), otpm (the caller's output pace, 0: output not limited apart)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
@@ -103,7 +105,8 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
     end
   end
 end
-local h = redis.call('HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf')
+local h = redis.call(
+  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to')
 local rpm = effective(lower(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
 local tpm = effective(lower(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
 local wait = 0
@@ -125,6 +128,16 @@ if tpm > 0 and tokens > 0 then
   local burst = math.max(1, rate * burst_s)
   local ready
   if tokens > burst then ready = tt else ready = tt + (tokens - burst) * tint end
+  if ready - now > wait then wait = ready - now end
+end
+local otokens, otpm = num(ARGV[20], 0), num(ARGV[21], 0)
+local to, oint = math.max(num(h[11], 0), now), 0
+if otpm > 0 and otokens > 0 then
+  local rate = otpm * util / 60
+  oint = 1 / rate
+  local burst = math.max(1, rate * burst_s)
+  local ready
+  if otokens > burst then ready = to else ready = to + (otokens - burst) * oint end
   if ready - now > wait then wait = ready - now end
 end
 local limit
@@ -158,6 +171,7 @@ if num(ARGV[17 + rank], 0) <= 1 then
 end
 if rint > 0 then redis.call('HSET', KEYS[1], 'tr', fmt(tr + rint)) end
 if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
+if oint > 0 then redis.call('HSET', KEYS[1], 'to', fmt(to + otokens * oint)) end
 redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
 local admitted = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local key_ttl = math.floor(num(ARGV[12], 3600))
@@ -174,7 +188,8 @@ RELEASE = (
 -- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure), sent_at (server time),
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
 --       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
---       backlog (1: requests were queued for a slot here)
+--       backlog (1: requests were queued for a slot here), output_delta (output tokens to
+--       charge, negative: give back), otpm (the caller's output pace, 0: none)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock()
 local signal = num(ARGV[2], 0)
@@ -210,6 +225,13 @@ if delta ~= 0 then
     if tt < now then tt = now end
     redis.call('HSET', KEYS[1], 'tt', fmt(tt))
   end
+end
+local odelta, otpm = num(ARGV[15], 0), num(ARGV[16], 0)
+if odelta ~= 0 and otpm > 0 then
+  local oint = 60 / (otpm * num(ARGV[13], 1))
+  local to = math.max(num(redis.call('HGET', KEYS[1], 'to'), 0), now) + odelta * oint
+  if to < now then to = now end
+  redis.call('HSET', KEYS[1], 'to', fmt(to))
 end
 return removed
 """

@@ -1179,7 +1179,7 @@ class Lane:
             # with what was generated, as the provider does.
             if completion_actual is not None:
                 output_delta = completion_actual - completion_reserved
-                self.output_tokens.adjust(now=self._clock(), delta=float(output_delta))
+                self._charge_output(float(output_delta))
                 self._output_charged += output_delta
                 given_back = given_back or output_delta < 0
         elif self._configured.refund_unused_completion and completion_actual is not None:
@@ -1201,7 +1201,7 @@ class Lane:
         with self._lock:
             if self.output_tokens is None:
                 return
-            self.output_tokens.adjust(now=self._clock(), delta=-float(permit.output_tokens))
+            self._charge_output(-float(permit.output_tokens))
             self._output_charged -= permit.output_tokens
             self._queue.wake_head()
 
@@ -1210,6 +1210,11 @@ class Lane:
         lane also sends the correction to the shared bucket."""
         if self.tokens is not None:
             self.tokens.adjust(now=self._clock(), delta=delta)
+
+    def _charge_output(self, delta: float) -> None:
+        """:meth:`_charge_tokens` for the output bucket, where output is limited apart."""
+        if self.output_tokens is not None:
+            self.output_tokens.adjust(now=self._clock(), delta=delta)
 
     # -- reading --------------------------------------------------------------------------
 
