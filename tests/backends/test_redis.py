@@ -514,3 +514,36 @@ async def test_a_burst_queued_before_the_first_answer_is_charged_in_tokens_not_c
     # learned scale (around 1), never the characters.
     worst = max(tokens_charged / (actual + 16) for tokens_charged, actual in charged)
     assert worst < 2.0, f"charged {worst:.1f} x the prompt's tokens"
+
+
+async def test_a_429_at_the_paced_rate_halves_the_fleets_burst(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A 429 at or under the rate in force says the provider counts in windows our burst
+    overfills: a local lane halves its burst, and so must the shared admission (it kept the
+    configured burst, and a process over Redis met twice the 429s of one in memory)."""
+    from pacekeeper.core.classify import classify_response
+
+    gov = shared_gov(redis_server, namespace, limits=Limits(rpm=600, burst_s=2.0))  # 20 at once
+    lane = gov.lane(CHAT, "m")
+
+    async def at_once() -> int:
+        """How many go without waiting for the pace (one each 0.1 s), from a full bucket."""
+        await asyncio.sleep(2.5)  # the bucket refills
+        n = 0
+        while True:
+            asked = time.monotonic()
+            permit = await lane.acquire(0)
+            permit.release()
+            if time.monotonic() - asked > 0.06:
+                return n
+            n += 1
+
+    before = await at_once()
+    permit = await lane.acquire(0)
+    refused = classify_response(429, {}, None, now_wall_s=0.0)
+    lane.settle(permit, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
+    after = await at_once()
+    assert before >= 15
+    assert after <= before // 2 + 1, f"{after} at once after the 429, {before} before"
+    close(gov)

@@ -531,7 +531,7 @@ class SharedLane(Lane):
             tokens - output_tokens if otpm else tokens,
             self.rpm or 0,
             self.tpm or 0,
-            limits.burst_s,
+            self.burst_s,  # as a local lane's: halved by 429s at a paced rate
             limits.utilisation,
             fixed,
             min(adaptive.initial, hi),

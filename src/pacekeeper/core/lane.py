@@ -324,6 +324,12 @@ class Lane:
         return self._configured
 
     @property
+    def burst_s(self) -> float:
+        """The burst in force, in seconds of each rate: the configured one, halved by 429s at
+        a paced rate (windows our burst overfills), doubled back by quiet half-minutes."""
+        return self._configured.burst_s * self._burst_scale
+
+    @property
     def rpm(self) -> float | None:
         """The requests-per-minute rate in force: the stated limit (configured or from headers,
         the lower of both) lowered by 429s, or one discovered from 429s that stated nothing."""
@@ -363,7 +369,7 @@ class Lane:
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
-        burst_s = self._configured.burst_s * self._burst_scale
+        burst_s = self.burst_s
         for rpm, attr in (
             (self.rpm, "requests"),
             (self.tpm, "tokens"),
