@@ -547,3 +547,54 @@ async def test_a_429_at_the_paced_rate_halves_the_fleets_burst(
     assert before >= 15
     assert after <= before // 2 + 1, f"{after} at once after the 429, {before} before"
     close(gov)
+
+
+async def test_a_429_after_the_fleet_sent_a_seconds_worth_is_the_rate_not_a_cap(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The fleet (not this process alone) sent a second's worth of the stated rate just
+    before a bare 429 that took the window's last slot: the rate explains it, as in a local
+    lane. A shared lane kept no send times, so it read the 429 as an in-flight cap (a cap of 72
+    held a process to 73 in flight on 5-15 s answers where 170 were needed)."""
+    from pacekeeper import AdaptiveConcurrency
+    from pacekeeper.core.classify import classify_response
+
+    limits = Limits(rpm=180, burst_s=1.0, concurrency=AdaptiveConcurrency(initial=3))
+    a = shared_gov(redis_server, namespace, limits=limits)  # 3 a second, a window of 3
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
+    assert isinstance(lane_a, SharedLane)
+    first = await lane_a.acquire(0)
+    other = await lane_b.acquire(0)
+    last = await lane_a.acquire(0)  # the fleet's third this second; this process's second
+    assert last.filled_window
+    refused = classify_response(429, {}, None, now_wall_s=0.0)
+    lane_a.settle(last, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
+    assert lane_a.learner is not None
+    assert lane_a.learner.learned_cap is None, repr(lane_a)
+    for permit in (first, other):
+        permit.release()
+    close(a, b)
+
+
+async def test_before_any_answer_silence_grows_the_fleets_window(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """No answer yet (slow answers, a reasoning model): silence grows a local lane's window
+    (x2 a second after the first two), and so must the shared one, which grew only with
+    answers: a process over Redis held its initial window until the first 5-15 s answer."""
+    from pacekeeper import AdaptiveConcurrency
+
+    gov = shared_gov(
+        redis_server, namespace, limits=Limits(concurrency=AdaptiveConcurrency(initial=2))
+    )
+    lane = gov.lane(CHAT, "m")
+    held = [await lane.acquire(0) for _ in range(2)]
+    # Held forever on the old code: nothing is ever answered.
+    held.append(await asyncio.wait_for(lane.acquire(0), timeout=10.0))
+    client = redis_server.client()
+    assert float(client.hget(f"{namespace}:lane:{CHAT}|m", "cw") or 0) >= 3
+    client.close()
+    for permit in held:
+        permit.release()
+    close(gov)

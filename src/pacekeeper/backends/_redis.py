@@ -366,6 +366,20 @@ class SharedLane(Lane):
         with self._lock:
             return self.cost_of(prompt_tokens, output_tokens, cheap=cheap)
 
+    def _key_sent_in_second_before(self, sent_at: float) -> int:
+        """The fleet's admissions in the second up to ``sent_at``, as this process saw the
+        count move across its own admissions then (a lower bound: others' admissions after
+        our last one that second are not seen). A 429 after the fleet sent a second's worth
+        of the stated rate is the rate, not an in-flight cap (read as a cap of 72 on slow
+        answers, a process over Redis held 73 in flight where 170 were needed)."""
+        inside = [n for t, n in self._fleet_marks if sent_at - 1.0 <= t <= sent_at]
+        if not inside:
+            return 0
+        before = [n for t, n in self._fleet_marks if t < sent_at - 1.0]
+        # From our last admission before the second (or the first inside it) to the last.
+        first = before[-1] if before else inside[0] - 1
+        return inside[-1] - first
+
     def _sees_every_acceptance(self) -> bool:
         # Scaling a process's measurement by its share of the fleet's recent admissions was
         # too coarse: three processes ran at half the speed of one (tests/backends/
@@ -547,6 +561,7 @@ class SharedLane(Lane):
             *(self.queue.waiting(p) for p in Priority),
             output_tokens if otpm else 0,
             otpm,
+            0 if learner is None else learner.silence_window,
         ]
 
     @staticmethod
@@ -573,12 +588,18 @@ class SharedLane(Lane):
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
+            charged_before, output_charged_before = self._count_admission(
+                now, tokens, output_tokens
+            )
         return Permit(
             self,
             sent_at=now,
             in_flight_at_send=admission.in_flight,
             tokens=tokens,
             queued_s=now - asked_at,
+            seq=self._admitted,
+            charged_before=charged_before,
+            output_charged_before=output_charged_before,
             # the server's clock at admission: the shared AIMD compares these, never ours
             lease=(lease, admission.now),
             filled_window=admission.in_flight >= admission.limit,
@@ -632,6 +653,12 @@ class SharedLane(Lane):
             self._shared_slots.shared_limit = admission.limit
         no_slot = admission.wait_s < 0
         self._slot_starved = no_slot
+        learner = self.learner
+        if no_slot and learner is not None:
+            # Before any answer, silence grows the window as in a local lane; the next
+            # admission raises the shared window to it.
+            with self._lock:
+                learner.waiting_for_slot(self._clock())
         with self.queue.lock:
             wait = _SLOT_POLL_S if no_slot else admission.wait_s
             if deadline is not None:

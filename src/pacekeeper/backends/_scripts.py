@@ -66,7 +66,9 @@ ADMIT = (
 --       rank (the caller's class: 0 interactive, 1 batch, 2 background), min_share,
 --       waiting here per class (3 numbers, the caller included), output tokens (the part of
 --       the cost limited apart, charged to the output bucket; tokens is then the input
---       alone), otpm (the caller's output pace, 0: output not limited apart)
+--       alone), otpm (the caller's output pace, 0: output not limited apart), silence
+--       window (what silence before any answer grew the caller's window to, 0: none; the
+--       shared window rises to it, as a local one grows)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
@@ -144,7 +146,13 @@ local limit
 if fixed > 0 then
   limit = fixed
 else
-  limit = math.floor(num(h[6], initial))
+  local cw = num(h[6], initial)
+  local silence = num(ARGV[22], 0)
+  if silence > cw then
+    cw = math.min(hi, silence)
+    redis.call('HSET', KEYS[1], 'cw', fmt(cw))
+  end
+  limit = math.floor(cw)
   limit = math.max(limit, num(ARGV[14], 0), num(h[10], 0))
   local cap = lower(num(ARGV[13], 0), num(h[9], 0))
   if cap > 0 then limit = math.min(limit, cap) end

@@ -249,6 +249,14 @@ class AimdLimit(FixedLimit):
         )
         return max(1e-3, due - now)
 
+    @property
+    def silence_window(self) -> int:
+        """The window silence has grown (:meth:`waiting_for_slot`) while no answer came yet;
+        0 once one did, or while silence has grown nothing."""
+        if self._answered or self._ssthresh != math.inf or self._silence_since is None:
+            return 0
+        return int(self._window)
+
     def queueing(self, *, capacity: float, now: float = 0.0) -> bool:
         """The upstream queues what is past ``capacity`` in flight (estimated from swelling
         answers): the window comes down to it, with a tenth to spare, at once (an absolute

@@ -628,18 +628,7 @@ class Lane:
         if self.slots.in_flight >= self._success_peak_in_flight:
             self._new_territory_at = now
         in_flight = self.slots.acquire(now=now)
-        if not self._admitted:
-            self._first_admitted_at = now
-        self._admitted += 1
-        sends = self._recent_sends
-        sends.append(now)
-        while now - sends[0] > _SENDS_KEPT_S:
-            sends.popleft()
-        charged_before = self._charged
-        # What the token bucket was charged: the input alone where output is limited apart.
-        self._charged += tokens - output_tokens if self.output_tokens is not None else tokens
-        output_charged_before = self._output_charged
-        self._output_charged += output_tokens
+        charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
         permit = Permit(
             self,
             sent_at=now,
@@ -654,6 +643,25 @@ class Lane:
         )
         self._outstanding[id(permit)] = now
         return permit
+
+    def _count_admission(self, now: float, tokens: int, output_tokens: int) -> tuple[float, float]:
+        """What every admission records, here or in a shared store (called with the lock
+        held): the count, the send times the controller judges 429s by, and the tokens
+        charged (what was sent after an answered request, for its headers). Returns the
+        tokens and the output tokens charged before this one."""
+        if not self._admitted:
+            self._first_admitted_at = now
+        self._admitted += 1
+        sends = self._recent_sends
+        sends.append(now)
+        while now - sends[0] > _SENDS_KEPT_S:
+            sends.popleft()
+        charged_before = self._charged
+        # What the token bucket was charged: the input alone where output is limited apart.
+        self._charged += tokens - output_tokens if self.output_tokens is not None else tokens
+        output_charged_before = self._output_charged
+        self._output_charged += output_tokens
+        return charged_before, output_charged_before
 
     def waiting_for(self, now: float) -> str:
         """What the head waits for, in words (for a queue timeout's message)."""
@@ -1048,7 +1056,7 @@ class Lane:
             if budgets_have_room(limits, permit.tokens):
                 return True
         ceiling = self.request_rate.ceiling
-        if ceiling is not None and self._sent_in_second_before(permit.sent_at) >= (
+        if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
             _RATE_PLAUSIBLE * ceiling / 60.0
         ):
             # This lane sent a second's worth of the stated rate just before: the rate explains
@@ -1105,6 +1113,11 @@ class Lane:
     def _sent_in_second_before(self, sent_at: float) -> int:
         """How many requests this lane admitted in the second up to ``sent_at``."""
         return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
+
+    def _key_sent_in_second_before(self, sent_at: float) -> int:
+        """How many requests every client of this lane's key (a fleet's processes) sent in
+        the second up to ``sent_at``: for a lane alone, :meth:`_sent_in_second_before`."""
+        return self._sent_in_second_before(sent_at)
 
     def _sees_every_acceptance(self) -> bool:
         """Whether this lane sees all that the provider accepts on its key (a process of a
