@@ -38,7 +38,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
@@ -232,6 +232,14 @@ class Lane:
         "token_rate",
         "tokens",
     )
+
+    _releases_locally: ClassVar[bool] = True
+    """Whether :meth:`release` is this class's own: :meth:`settle` then frees the slot
+    inline, under the lock it holds (a backend's lane that overrides it is left to it)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._releases_locally = cls.release is Lane.release
 
     def __init__(
         self,
@@ -612,7 +620,7 @@ class Lane:
     def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
         the cooldown or pacing): only then is the limit really in use."""
-        if not self._queue or self.slots.has_room():
+        if not self._queue.members or self.slots.has_room():
             return False
         if self.cooldown.remaining_s(now=now) > 0:
             return False
@@ -666,14 +674,17 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
+        now: float | None = None,
     ) -> Permit | Waiter:
         """Admit at once when nobody waits and the state allows; else queue a new
-        ``waiter`` (made only then: the uncontended path allocates none) and return it."""
-        now = self._clock()
+        ``waiter`` (made only then: the uncontended path allocates none) and return it.
+        ``now``: the caller's reading of the clock, when it just took one."""
+        if now is None:
+            now = self._clock()
         queue = self._queue
         with self._lock:
             queue.check_open()
-            if not queue and self._try_admit(now, tokens, output_tokens) == 0.0:
+            if not queue.members and self._try_admit(now, tokens, output_tokens) == 0.0:
                 queue.count_admission(priority, tenant)
                 return self._grant(now, tokens, now, output_tokens)
             joined = waiter()
@@ -740,6 +751,7 @@ class Lane:
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
+            now=asked_at,
         )
         if isinstance(waiter, Permit):
             return waiter
@@ -783,6 +795,7 @@ class Lane:
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
+            now=asked_at,
         )
         if isinstance(waiter, Permit):
             return waiter
@@ -879,8 +892,15 @@ class Lane:
             if hold:
                 # A stream answered: it is no longer a candidate for a hung request.
                 self._outstanding.pop(id(permit), None)
+            elif self._releases_locally:
+                if not permit.released:  # as Permit.release, without re-entering the lock
+                    permit.released = True
+                    self._release(permit, signal, now)
             else:
-                permit.release(signal)  # re-enters the lock (a shared lane releases its own way)
+                permit.release(signal)  # a shared lane releases its own way
+            if finished is not None and kind is not OutcomeKind.RATE_LIMITED:
+                self.stats.on_answer(finished, latency_s=latency_s, retry=retry, at=now)
+                return
             self.stats.on_attempt(
                 status=verdict.status,
                 rate_limited=kind is OutcomeKind.RATE_LIMITED,
@@ -907,7 +927,7 @@ class Lane:
         ):
             self._success_peak_in_flight = permit.in_flight_at_send
             self._success_peak_at = now
-        backlog = bool(self._queue)
+        backlog = bool(self._queue.members)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
