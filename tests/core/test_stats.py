@@ -69,8 +69,11 @@ def test_on_answer_counts_as_on_attempt_and_on_record(
         combined.on_answer(record, latency_s=latency_s, retry=retry, at=at)
         apart.on_attempt(status=status, rate_limited=False, latency_s=latency_s, retry=retry, at=at)
         apart.on_record(record, at=at)
-    shown = {"concurrency_limit": 4, "peak_in_flight": 2, "rpm_limit": None, "tpm_limit": None}
-    assert combined.snapshot(**shown, cooldowns=0) == apart.snapshot(**shown, cooldowns=0)
+    assert combined.snapshot(
+        concurrency_limit=4, peak_in_flight=2, rpm_limit=None, tpm_limit=None, cooldowns=0
+    ) == apart.snapshot(
+        concurrency_limit=4, peak_in_flight=2, rpm_limit=None, tpm_limit=None, cooldowns=0
+    )
     for mine, theirs in ((combined.latency, apart.latency), (combined.total, apart.total)):
         assert (mine.count, mine.max_s, dict(mine._buckets)) == (
             theirs.count,
