@@ -443,6 +443,11 @@ class Governor:
 
 _BYTES_REACHED_CALLER = "part of the answer had already reached the caller"
 
+# An enum member's .value is two Python calls (a descriptor and a property); a record is built
+# on every request.
+_OUTCOME_NAMES: dict[OutcomeKind, str] = {kind: kind.value for kind in OutcomeKind}
+_PRIORITY_NAMES: dict[Priority, str] = {cls: cls.value for cls in Priority}
+
 
 _OK = Verdict(
     kind=OutcomeKind.OK,
@@ -720,10 +725,18 @@ class Call:
         gov = self._gov
         if ok and completion_tokens is not None:
             gov.completion_lengths(self.route, self.model).add(completion_tokens)
-        if billed is None and ok and prompt_tokens is not None and completion_tokens is not None:
-            billed = BilledUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
         price = gov.price_of(self.model)
-        cost = price.cost_usd(billed) if price is not None and billed is not None else None
+        if price is None:
+            cost = None
+        else:
+            if (
+                billed is None
+                and ok
+                and prompt_tokens is not None
+                and completion_tokens is not None
+            ):
+                billed = BilledUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+            cost = price.cost_usd(billed) if billed is not None else None
         if cost is not None and self.cost_usd is not None:
             self.cost_usd += cost
         reservation, self._reservation = self._reservation, None
@@ -784,7 +797,7 @@ class Call:
         record = (
             self._record(
                 ok=True,
-                outcome=kind.value,
+                outcome=_OUTCOME_NAMES[kind],
                 status=verdict.status,
                 latency_s=latency_s,
                 prompt_tokens=prompt_tokens,
@@ -814,8 +827,10 @@ class Call:
         retry = False
         if not ok:
             retry, delay_s, error = self._decide(verdict, now, final)
-        # Built only when someone reads it: this runs once per attempt on the hot path.
-        if gov.hooks or logger.isEnabledFor(logging.DEBUG):
+        # Built only when someone reads it: this runs once per attempt on the hot path. A
+        # logger below INFO is below DEBUG too: one check of the level for both records.
+        published = bool(gov.hooks) or logger.isEnabledFor(logging.INFO)
+        if published and (gov.hooks or logger.isEnabledFor(logging.DEBUG)):
             self._publish_attempt(
                 permit,
                 verdict,
@@ -827,7 +842,8 @@ class Call:
                 cost_usd=cost_usd,
             )
         if record is not None:
-            self._publish(record)
+            if published:
+                self._publish(record)
             return Decision(retry=False, record=record)
         if retry:
             return Decision(retry=True, delay_s=delay_s)
@@ -1057,7 +1073,7 @@ class Call:
             error_type=type(error).__name__ if error is not None else error_type,
             request_id=request_id,
             tag=self.tag,
-            priority=self.priority.value,
+            priority=_PRIORITY_NAMES[self.priority],
             tenant=self.tenant,
             cost_usd=self.cost_usd,
         )
