@@ -697,18 +697,31 @@ def verdict_for_answer(
     return classify_response(status, headers, body, now_wall_s=time.time(), read_limits=read_limits)
 
 
-_ESSENTIAL = frozenset({b"content-type", b"content-encoding", b"x-request-id", b"request-id"})
+_ESSENTIAL = {
+    name.encode(): name
+    for name in ("content-type", "content-encoding", "x-request-id", "request-id")
+}
 
 
 def essential_headers(headers: Any) -> dict[str, str]:
     """Only the headers a successful answer needs when its rate-limit headers are not read
     this time (see ``Lane.limits_due``): decoding the other fifteen costs more than the rest
-    of the answer's handling."""
+    of the answer's handling.
+
+    httpx and httpx2 keep each header as (name, lower-case name, value): read there, the
+    names are neither copied into a new list nor lowered again (``raw`` does both).
+
+    >>> import httpx2
+    >>> essential_headers(httpx2.Headers({"Content-Type": "application/json", "X-A": "1"}))
+    {'content-type': 'application/json'}
+    """
     found: dict[str, str] = {}
-    for name, value in headers.raw:
-        lowered = name.lower()
+    entries = getattr(headers, "_list", None)
+    if entries is None:  # another Headers class: the public raw pairs
+        entries = [(name, name.lower(), value) for name, value in headers.raw]
+    for _, lowered, value in entries:
         if lowered in _ESSENTIAL:
-            found[lowered.decode("ascii")] = value.decode("latin-1")
+            found[_ESSENTIAL[lowered]] = value.decode("latin-1")
     return found
 
 
