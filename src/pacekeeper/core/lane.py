@@ -675,21 +675,43 @@ class Lane:
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
         now: float | None = None,
-    ) -> Permit | Waiter:
+        deadline: float | None = None,
+    ) -> Permit | tuple[Waiter, float | None]:
         """Admit at once when nobody waits and the state allows; else queue a new
-        ``waiter`` (made only then: the uncontended path allocates none) and return it.
-        ``now``: the caller's reading of the clock, when it just took one."""
+        ``waiter`` (made only then: the uncontended path allocates none) and return it with
+        how long it sleeps before its first look (None: it looks at once).
+
+        A waiter that found the queue empty is its head, and the look just made here is its
+        first: it is armed and sleeps what that look said, rather than looking again at
+        once. So is one that queued behind another head (until woken). Only one that became
+        the head of a queue that already held others (a retry or a higher class) looks at
+        once. ``now``: the caller's reading of the clock, when it just took one."""
         if now is None:
             now = self._clock()
         queue = self._queue
         with self._lock:
             queue.check_open()
-            if not queue.members and self._try_admit(now, tokens, output_tokens) == 0.0:
-                queue.count_admission(priority, tenant)
-                return self._grant(now, tokens, now, output_tokens)
+            wait = None
+            if not queue.members:
+                wait = self._try_admit(now, tokens, output_tokens)
+                if wait == 0.0:
+                    queue.count_admission(priority, tenant)
+                    return self._grant(now, tokens, now, output_tokens)
             joined = waiter()
             queue.join(joined, front=front, priority=priority, tenant=tenant)
-        return joined
+            if wait is None and queue.head is not joined:
+                wait = math.inf
+            if wait is not None:
+                joined.arm()
+                if deadline is not None:
+                    try:
+                        wait = bounded_by_deadline(
+                            now, wait, deadline, lambda: self.waiting_for(now)
+                        )
+                    except QueueTimeout:
+                        queue.leave(joined)
+                        raise
+        return joined, wait
 
     def _turn(
         self,
@@ -744,7 +766,7 @@ class Lane:
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
         estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
-        waiter = self._join(
+        joined = self._join(
             tokens,
             front=front,
             waiter=AsyncWaiter,
@@ -752,12 +774,16 @@ class Lane:
             priority=priority,
             tenant=tenant,
             now=asked_at,
+            deadline=deadline,
         )
-        if isinstance(waiter, Permit):
-            return waiter
+        if isinstance(joined, Permit):
+            return joined
+        waiter, wait = joined
         assert isinstance(waiter, AsyncWaiter)
         try:
             while True:
+                if wait is not None:
+                    await waiter.sleep(wait)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -769,7 +795,7 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                await waiter.sleep(turn)
+                wait = turn
         except BaseException:
             self._queue.leave(waiter)
             raise
@@ -788,7 +814,7 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        waiter = self._join(
+        joined = self._join(
             tokens,
             front=front,
             waiter=ThreadWaiter,
@@ -796,12 +822,16 @@ class Lane:
             priority=priority,
             tenant=tenant,
             now=asked_at,
+            deadline=deadline,
         )
-        if isinstance(waiter, Permit):
-            return waiter
+        if isinstance(joined, Permit):
+            return joined
+        waiter, wait = joined
         assert isinstance(waiter, ThreadWaiter)
         try:
             while True:
+                if wait is not None:
+                    waiter.sleep(wait)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -813,7 +843,7 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                waiter.sleep(turn)
+                wait = turn
         except BaseException:
             self._queue.leave(waiter)
             raise
