@@ -296,10 +296,19 @@ class WaitQueue:
         """Name the head; wake it when it changed (a waiter that is not armed yet ignores
         the wake and looks at once)."""
         before = self._head
-        cls = self._owed() or next((c for c in self._classes if c.live), None)
+        first_class = self._classes[0]
+        # No lower class waits (all queued are interactive): none is owed anything.
+        cls = self._owed() if len(self.members) != first_class.live else None
+        if cls is None:
+            # A loop, not next() over a generator: this runs at every join and admission.
+            for first in self._classes:
+                if first.live:
+                    cls = first
+                    break
         head: Waiter | None = None
         if cls is not None:
-            t = min(cls.active, key=_fair_key)
+            active = cls.active
+            t = active[0] if len(active) == 1 else min(active, key=_fair_key)
             waiters, where = t.waiters, self.members
             while where.get(waiters[0]) is not t:
                 waiters.popleft()  # left while not at the front
