@@ -279,14 +279,11 @@ class Governor:
         lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
-        reserve = lane.limits.default_completion_tokens if route_generates(route) else 0
         if estimate is not None:
             prompt = estimate.prompt_tokens
-            completion = (
-                estimate.max_completion_tokens
-                if estimate.max_completion_tokens is not None
-                else reserve
-            )
+            completion = estimate.max_completion_tokens
+            if completion is None:
+                completion = lane.limits.default_completion_tokens if route_generates(route) else 0
         else:
             prompt, completion = (tokens or 0), 0
         call = Call(
@@ -443,9 +440,9 @@ class Governor:
 
 _BYTES_REACHED_CALLER = "part of the answer had already reached the caller"
 
-# An enum member's .value is two Python calls (a descriptor and a property); a record is built
-# on every request.
-_OUTCOME_NAMES: dict[OutcomeKind, str] = {kind: kind.value for kind in OutcomeKind}
+# An enum member's .value is two Python calls (a descriptor and a property), and a plain
+# Enum's hash one more: a record, built on every request, reads ``_value_`` or, for the
+# str-valued Priority (hashed as a str), this table.
 _PRIORITY_NAMES: dict[Priority, str] = {cls: cls.value for cls in Priority}
 
 
@@ -725,7 +722,8 @@ class Call:
         gov = self._gov
         if ok and completion_tokens is not None:
             gov.completion_lengths(self.route, self.model).add(completion_tokens)
-        price = gov.price_of(self.model)
+        # cost_usd is None exactly when the model has no price (see __init__)
+        price = gov.price_of(self.model) if self.cost_usd is not None else None
         if price is None:
             cost = None
         else:
@@ -797,7 +795,7 @@ class Call:
         record = (
             self._record(
                 ok=True,
-                outcome=_OUTCOME_NAMES[kind],
+                outcome=kind._value_,
                 status=verdict.status,
                 latency_s=latency_s,
                 prompt_tokens=prompt_tokens,
@@ -816,7 +814,7 @@ class Call:
             max_hint_s=gov.retry.max_hint_s,
             retry=self.attempt > 1,
             hold=hold,
-            gate=not is_testing(),
+            gate=kind is not OutcomeKind.RATE_LIMITED or not is_testing(),
             usage=usage,
             finished=record,
         )
