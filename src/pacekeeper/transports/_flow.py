@@ -147,7 +147,12 @@ def _start(
 ) -> tuple[Any, Call, bool]:
     """One logical request begins: the request as it will be sent (with stream usage asked
     for where the options say so), its governed call, and whether to strip the usage chunk."""
-    request, facts, strip = _prepare(request, flavour, options)
+    facts = read_request(request)  # _prepare, inlined: this runs on every request
+    strip = False
+    if options.include_usage and facts.streaming:
+        rewritten = with_stream_usage(request, facts, flavour.module)
+        if rewritten is not None:
+            request, strip = rewritten, True
     call = gov.call(
         route=facts.route,
         model=facts.model,
@@ -155,17 +160,17 @@ def _start(
         tag=request.extensions.get(TAG_EXTENSION),
         body=facts.body,
     )
-    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    if gov.retry.attempt_timeout_s is not None:
+        bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
     return request, call, strip
 
 
 def _start_admitted(
-    gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
+    admitted: Admitted, gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
 ) -> tuple[Any, Call, bool, Permit | None]:
-    """As :func:`_start`, with the permit of a call admitted at the SDK method when this is
-    its request (its body is then not parsed again, unless usage must be asked for)."""
-    admitted = ADMITTED.get()
-    claimed = admitted.claim(gov, request) if admitted is not None else None
+    """As :func:`_start`, with the permit of the call ``admitted`` at the SDK method when
+    this is its request (its body is then not parsed again, unless usage must be asked for)."""
+    claimed = admitted.claim(gov, request)
     if claimed is None:
         request, call, strip = _start(gov, request, flavour, options)
         return request, call, strip, None
@@ -184,7 +189,12 @@ async def handle_async(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    request, call, strip, admitted = _start_admitted(gov, request, flavour, options)
+    at_sdk = ADMITTED.get()
+    if at_sdk is None:  # no call admitted at the SDK method: the common case, one call less
+        request, call, strip = _start(gov, request, flavour, options)
+        admitted = None
+    else:
+        request, call, strip, admitted = _start_admitted(at_sdk, gov, request, flavour, options)
     while True:
         permit = admitted if admitted is not None else await call.admit()
         admitted = None
