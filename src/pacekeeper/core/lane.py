@@ -869,14 +869,16 @@ class Lane:
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
         self._outstanding.pop(id(permit), None)
+        queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
         self.slots.release(
             now=now,
             sent_at=permit.sent_at,
             in_flight_at_send=permit.in_flight_at_send,
             signal=signal,
-            backlog=self._waiting_for_slot(now),
+            backlog=queued and self._waiting_for_slot(now),
         )
-        self._queue.wake_head()
+        if queued:
+            self._queue.wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
 
