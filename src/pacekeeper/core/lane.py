@@ -778,12 +778,16 @@ class Lane:
         )
         if isinstance(joined, Permit):
             return joined
-        waiter, wait = joined
+        # A queued request's frame keeps its locals while it waits: the tuple is dropped,
+        # and one name holds the wait and then the look's answer (no extra slot).
+        turn: Permit | float | None
+        waiter, turn = joined
+        del joined
         assert isinstance(waiter, AsyncWaiter)
         try:
             while True:
-                if wait is not None:
-                    await waiter.sleep(wait)
+                if turn is not None:
+                    await waiter.sleep(turn)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -795,7 +799,6 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                wait = turn
         except BaseException:
             self._queue.leave(waiter)
             raise
@@ -826,12 +829,16 @@ class Lane:
         )
         if isinstance(joined, Permit):
             return joined
-        waiter, wait = joined
+        # A queued request's frame keeps its locals while it waits: the tuple is dropped,
+        # and one name holds the wait and then the look's answer (no extra slot).
+        turn: Permit | float | None
+        waiter, turn = joined
+        del joined
         assert isinstance(waiter, ThreadWaiter)
         try:
             while True:
-                if wait is not None:
-                    waiter.sleep(wait)
+                if turn is not None:
+                    waiter.sleep(turn)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -843,7 +850,6 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                wait = turn
         except BaseException:
             self._queue.leave(waiter)
             raise
