@@ -548,7 +548,9 @@ class Call:
 
     def _before_admit(self) -> int:
         lane = self.lane
-        cost = self.cost
+        cost = lane.cost_of(
+            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
+        )
         if self._body is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
             self._count_exactly()
             cost = self.cost
@@ -606,7 +608,7 @@ class Call:
                 self.cancelled(None)
                 raise
             self._queued_total += permit.queued_s
-            if self._reserve(permit):
+            if self._gov.spend is None or self._reserve(permit):
                 return permit
             try:
                 # Wait for room without taking a place in the pacing meanwhile: a permit taken
@@ -721,7 +723,10 @@ class Call:
         settled to it, or released when the attempt failed without usage."""
         gov = self._gov
         if ok and completion_tokens is not None:
-            gov.completion_lengths(self.route, self.model).add(completion_tokens)
+            lengths = gov._completions.get(self.lane.key)  # completion_lengths, one call less
+            if lengths is None:
+                lengths = gov.completion_lengths(self.route, self.model)
+            lengths.add(completion_tokens)
         # cost_usd is None exactly when the model has no price (see __init__)
         price = gov.price_of(self.model) if self.cost_usd is not None else None
         if price is None:
