@@ -24,7 +24,6 @@ from pacekeeper.transports._engine import (
     bounded_timeout,
     essential_headers,
     is_event_stream,
-    is_json,
     model_of_path,
     plain_headers,
     read_request,
@@ -213,7 +212,8 @@ async def handle_async(
         read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
         # read once, into a dict: httpx's Headers.get scans the list every time
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
-        if status < 300 and is_event_stream(headers):
+        # is_event_stream, inlined (as the reads in _after_answer): once per request
+        if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             return _stream_response(
                 call,
                 permit,
@@ -363,8 +363,13 @@ def _after_answer(
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
     status = response.status_code
-    expect_json = is_json(headers)
-    body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
+    # is_json, request_id and the identity case of Flavour.decode, inlined: the hot path
+    expect_json = "json" in headers.get("content-type", "")
+    body = None
+    if status >= 300 or expect_json:
+        encoding = headers.get("content-encoding")
+        identity = not encoding or encoding == "identity"
+        body = raw if identity else flavour.decode(raw, headers)
     prompt = completion = billed = None
     valid = True
     if status < 300 and expect_json and body is not None:
@@ -383,7 +388,7 @@ def _after_answer(
         verdict,
         prompt_tokens=prompt,
         completion_tokens=completion,
-        request_id=request_id(headers),
+        request_id=headers.get("x-request-id") or headers.get("request-id"),
         billed=billed,
     )
     if decision.retry:
