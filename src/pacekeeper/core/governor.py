@@ -509,7 +509,11 @@ class Call:
         self.completion_tokens = completion_tokens
         self.attempt = 0
         self.done = False
-        self.cost_usd: float | None = 0.0 if gov.price_of(lane.key[1]) is not None else None
+        # price_of without its call once the model's price is cached (every request but one)
+        prices = gov._price_cache
+        model = lane.key[1]
+        price = prices[model] if model in prices else gov.price_of(model)
+        self.cost_usd: float | None = 0.0 if price is not None else None
         """What this request's answers cost so far (None: its model has no known price)."""
         self._reservation: Reservation | None = None
         self._started_mono = gov.clock()

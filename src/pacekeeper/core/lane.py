@@ -151,6 +151,7 @@ class Permit:
         output_tokens: int = 0,
         output_charged_before: float = 0.0,
     ) -> None:
+        self.released = False  # first: __del__ reads it, even of a permit half made
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
@@ -168,7 +169,6 @@ class Permit:
         self.in_flight_at_send = in_flight_at_send
         self.tokens = tokens
         self.queued_s = queued_s
-        self.released = False
 
     def release(self, signal: Signal = Signal.NEUTRAL) -> None:
         if not self.released:
@@ -178,7 +178,7 @@ class Permit:
     def __del__(self) -> None:
         # A permit dropped without release (an abandoned stream nobody closed) must not hold
         # its slot forever.
-        if not getattr(self, "released", True):
+        if not self.released:
             self.release()
 
     def __repr__(self) -> str:
