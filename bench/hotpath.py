@@ -168,6 +168,9 @@ def _one_round(n: int, batches: int = 1) -> dict[str, float]:
     return out
 
 
+_CHILD = (sys.executable, "-m", "bench.hotpath")
+
+
 def against(
     other_src: str, n: int, rounds: int, batches: int = 1
 ) -> dict[str, dict[str, list[float]]]:
@@ -181,8 +184,7 @@ def against(
         for tree in order:
             path = os.pathsep.join(p for p in (trees[tree], root) if p)
             child = subprocess.run(
-                [sys.executable, "-m", "bench.hotpath", "--one-round", str(n)]
-                + ["--batches", str(batches)],
+                [*_CHILD, "--one-round", str(n), "--batches", str(batches)],
                 env={**os.environ, "PYTHONPATH": path},
                 cwd=root,
                 capture_output=True,
