@@ -528,9 +528,9 @@ def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes
     _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
     waiters = []
     for _ in range(2):
-        waiter = lane._join(400, front=False, waiter=ThreadWaiter)
-        assert isinstance(waiter, ThreadWaiter)  # queued at 400
-        waiters.append(waiter)
+        joined = lane._join(400, front=False, waiter=ThreadWaiter)
+        assert isinstance(joined, tuple)  # queued at 400
+        waiters.append(joined[0])
     # The first answer: the provider counted half our estimate; 250 of its 500 come back.
     lane.reconcile(
         prompt_estimated=500,
@@ -676,8 +676,9 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     for _ in range(12):  # answers taught the lane: four characters a token
         lane.cheap_scale.observe(estimated=400, actual=100)
     _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
-    queued = lane._join(400, front=False, waiter=ThreadWaiter)
-    assert isinstance(queued, ThreadWaiter)
+    joined = lane._join(400, front=False, waiter=ThreadWaiter)
+    assert isinstance(joined, tuple)
+    queued = joined[0]
     clock.now = 10.2  # 200 refilled: room for 400 characters, not for 400 tokens
     permit = lane._turn(queued, 400, None, 10.0, prompt_tokens=400, prompt_cheap=True)
     assert isinstance(permit, Permit)

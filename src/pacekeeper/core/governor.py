@@ -279,14 +279,11 @@ class Governor:
         lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
-        reserve = lane.limits.default_completion_tokens if route_generates(route) else 0
         if estimate is not None:
             prompt = estimate.prompt_tokens
-            completion = (
-                estimate.max_completion_tokens
-                if estimate.max_completion_tokens is not None
-                else reserve
-            )
+            completion = estimate.max_completion_tokens
+            if completion is None:
+                completion = lane.limits.default_completion_tokens if route_generates(route) else 0
         else:
             prompt, completion = (tokens or 0), 0
         call = Call(
@@ -443,6 +440,11 @@ class Governor:
 
 _BYTES_REACHED_CALLER = "part of the answer had already reached the caller"
 
+# An enum member's .value is two Python calls (a descriptor and a property), and a plain
+# Enum's hash one more: a record, built on every request, reads ``_value_`` or, for the
+# str-valued Priority (hashed as a str), this table.
+_PRIORITY_NAMES: dict[Priority, str] = {cls: cls.value for cls in Priority}
+
 
 _OK = Verdict(
     kind=OutcomeKind.OK,
@@ -507,7 +509,11 @@ class Call:
         self.completion_tokens = completion_tokens
         self.attempt = 0
         self.done = False
-        self.cost_usd: float | None = 0.0 if gov.price_of(lane.key[1]) is not None else None
+        # price_of without its call once the model's price is cached (every request but one)
+        prices = gov._price_cache
+        model = lane.key[1]
+        price = prices[model] if model in prices else gov.price_of(model)
+        self.cost_usd: float | None = 0.0 if price is not None else None
         """What this request's answers cost so far (None: its model has no known price)."""
         self._reservation: Reservation | None = None
         self._started_mono = gov.clock()
@@ -546,7 +552,9 @@ class Call:
 
     def _before_admit(self) -> int:
         lane = self.lane
-        cost = self.cost
+        cost = lane.cost_of(
+            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
+        )
         if self._body is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
             self._count_exactly()
             cost = self.cost
@@ -604,7 +612,7 @@ class Call:
                 self.cancelled(None)
                 raise
             self._queued_total += permit.queued_s
-            if self._reserve(permit):
+            if self._gov.spend is None or self._reserve(permit):
                 return permit
             try:
                 # Wait for room without taking a place in the pacing meanwhile: a permit taken
@@ -719,11 +727,23 @@ class Call:
         settled to it, or released when the attempt failed without usage."""
         gov = self._gov
         if ok and completion_tokens is not None:
-            gov.completion_lengths(self.route, self.model).add(completion_tokens)
-        if billed is None and ok and prompt_tokens is not None and completion_tokens is not None:
-            billed = BilledUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
-        price = gov.price_of(self.model)
-        cost = price.cost_usd(billed) if price is not None and billed is not None else None
+            lengths = gov._completions.get(self.lane.key)  # completion_lengths, one call less
+            if lengths is None:
+                lengths = gov.completion_lengths(self.route, self.model)
+            lengths.add(completion_tokens)
+        # cost_usd is None exactly when the model has no price (see __init__)
+        price = gov.price_of(self.model) if self.cost_usd is not None else None
+        if price is None:
+            cost = None
+        else:
+            if (
+                billed is None
+                and ok
+                and prompt_tokens is not None
+                and completion_tokens is not None
+            ):
+                billed = BilledUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+            cost = price.cost_usd(billed) if billed is not None else None
         if cost is not None and self.cost_usd is not None:
             self.cost_usd += cost
         reservation, self._reservation = self._reservation, None
@@ -784,7 +804,7 @@ class Call:
         record = (
             self._record(
                 ok=True,
-                outcome=kind.value,
+                outcome=kind._value_,
                 status=verdict.status,
                 latency_s=latency_s,
                 prompt_tokens=prompt_tokens,
@@ -803,7 +823,7 @@ class Call:
             max_hint_s=gov.retry.max_hint_s,
             retry=self.attempt > 1,
             hold=hold,
-            gate=not is_testing(),
+            gate=kind is not OutcomeKind.RATE_LIMITED or not is_testing(),
             usage=usage,
             finished=record,
         )
@@ -814,8 +834,10 @@ class Call:
         retry = False
         if not ok:
             retry, delay_s, error = self._decide(verdict, now, final)
-        # Built only when someone reads it: this runs once per attempt on the hot path.
-        if gov.hooks or logger.isEnabledFor(logging.DEBUG):
+        # Built only when someone reads it: this runs once per attempt on the hot path. A
+        # logger below INFO is below DEBUG too: one check of the level for both records.
+        published = bool(gov.hooks) or logger.isEnabledFor(logging.INFO)
+        if published and (gov.hooks or logger.isEnabledFor(logging.DEBUG)):
             self._publish_attempt(
                 permit,
                 verdict,
@@ -827,7 +849,8 @@ class Call:
                 cost_usd=cost_usd,
             )
         if record is not None:
-            self._publish(record)
+            if published:
+                self._publish(record)
             return Decision(retry=False, record=record)
         if retry:
             return Decision(retry=True, delay_s=delay_s)
@@ -1057,7 +1080,7 @@ class Call:
             error_type=type(error).__name__ if error is not None else error_type,
             request_id=request_id,
             tag=self.tag,
-            priority=self.priority.value,
+            priority=_PRIORITY_NAMES[self.priority],
             tenant=self.tenant,
             cost_usd=self.cost_usd,
         )

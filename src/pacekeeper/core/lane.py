@@ -38,7 +38,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
@@ -151,6 +151,7 @@ class Permit:
         output_tokens: int = 0,
         output_charged_before: float = 0.0,
     ) -> None:
+        self.released = False  # first: __del__ reads it, even of a permit half made
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
@@ -168,7 +169,6 @@ class Permit:
         self.in_flight_at_send = in_flight_at_send
         self.tokens = tokens
         self.queued_s = queued_s
-        self.released = False
 
     def release(self, signal: Signal = Signal.NEUTRAL) -> None:
         if not self.released:
@@ -178,7 +178,7 @@ class Permit:
     def __del__(self) -> None:
         # A permit dropped without release (an abandoned stream nobody closed) must not hold
         # its slot forever.
-        if not getattr(self, "released", True):
+        if not self.released:
             self.release()
 
     def __repr__(self) -> str:
@@ -232,6 +232,14 @@ class Lane:
         "token_rate",
         "tokens",
     )
+
+    _releases_locally: ClassVar[bool] = True
+    """Whether :meth:`release` is this class's own: :meth:`settle` then frees the slot
+    inline, under the lock it holds (a backend's lane that overrides it is left to it)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._releases_locally = cls.release is Lane.release
 
     def __init__(
         self,
@@ -618,7 +626,7 @@ class Lane:
     def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
         the cooldown or pacing): only then is the limit really in use."""
-        if not self._queue or self.slots.has_room():
+        if not self._queue.members or self.slots.has_room():
             return False
         if self.cooldown.remaining_s(now=now) > 0:
             return False
@@ -680,19 +688,44 @@ class Lane:
         output_tokens: int = 0,
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
-    ) -> Permit | Waiter:
+        now: float | None = None,
+        deadline: float | None = None,
+    ) -> Permit | tuple[Waiter, float | None]:
         """Admit at once when nobody waits and the state allows; else queue a new
-        ``waiter`` (made only then: the uncontended path allocates none) and return it."""
-        now = self._clock()
+        ``waiter`` (made only then: the uncontended path allocates none) and return it with
+        how long it sleeps before its first look (None: it looks at once).
+
+        A waiter that found the queue empty is its head, and the look just made here is its
+        first: it is armed and sleeps what that look said, rather than looking again at
+        once. So is one that queued behind another head (until woken). Only one that became
+        the head of a queue that already held others (a retry or a higher class) looks at
+        once. ``now``: the caller's reading of the clock, when it just took one."""
+        if now is None:
+            now = self._clock()
         queue = self._queue
         with self._lock:
             queue.check_open()
-            if not queue and self._try_admit(now, tokens, output_tokens) == 0.0:
-                queue.count_admission(priority, tenant)
-                return self._grant(now, tokens, now, output_tokens)
+            wait = None
+            if not queue.members:
+                wait = self._try_admit(now, tokens, output_tokens)
+                if wait == 0.0:
+                    queue.count_admission(priority, tenant)
+                    return self._grant(now, tokens, now, output_tokens)
             joined = waiter()
             queue.join(joined, front=front, priority=priority, tenant=tenant)
-        return joined
+            if wait is None and queue.head is not joined:
+                wait = math.inf
+            if wait is not None:
+                joined.arm()
+                if deadline is not None:
+                    try:
+                        wait = bounded_by_deadline(
+                            now, wait, deadline, lambda: self.waiting_for(now)
+                        )
+                    except QueueTimeout:
+                        queue.leave(joined)
+                        raise
+        return joined, wait
 
     def _turn(
         self,
@@ -747,19 +780,28 @@ class Lane:
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
         estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
-        waiter = self._join(
+        joined = self._join(
             tokens,
             front=front,
             waiter=AsyncWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
+            now=asked_at,
+            deadline=deadline,
         )
-        if isinstance(waiter, Permit):
-            return waiter
+        if isinstance(joined, Permit):
+            return joined
+        # A queued request's frame keeps its locals while it waits: the tuple is dropped,
+        # and one name holds the wait and then the look's answer (no extra slot).
+        turn: Permit | float | None
+        waiter, turn = joined
+        del joined
         assert isinstance(waiter, AsyncWaiter)
         try:
             while True:
+                if turn is not None:
+                    await waiter.sleep(turn)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -771,7 +813,6 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                await waiter.sleep(turn)
         except BaseException:
             self._queue.leave(waiter)
             raise
@@ -790,19 +831,28 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        waiter = self._join(
+        joined = self._join(
             tokens,
             front=front,
             waiter=ThreadWaiter,
             output_tokens=output_tokens,
             priority=priority,
             tenant=tenant,
+            now=asked_at,
+            deadline=deadline,
         )
-        if isinstance(waiter, Permit):
-            return waiter
+        if isinstance(joined, Permit):
+            return joined
+        # A queued request's frame keeps its locals while it waits: the tuple is dropped,
+        # and one name holds the wait and then the look's answer (no extra slot).
+        turn: Permit | float | None
+        waiter, turn = joined
+        del joined
         assert isinstance(waiter, ThreadWaiter)
         try:
             while True:
+                if turn is not None:
+                    waiter.sleep(turn)
                 turn = self._turn(
                     waiter,
                     tokens,
@@ -814,7 +864,6 @@ class Lane:
                 )
                 if isinstance(turn, Permit):
                     return turn
-                waiter.sleep(turn)
         except BaseException:
             self._queue.leave(waiter)
             raise
@@ -840,14 +889,16 @@ class Lane:
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
         self._outstanding.pop(id(permit), None)
+        queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
         self.slots.release(
             now=now,
             sent_at=permit.sent_at,
             in_flight_at_send=permit.in_flight_at_send,
             signal=signal,
-            backlog=self._waiting_for_slot(now),
+            backlog=queued and self._waiting_for_slot(now),
         )
-        self._queue.wake_head()
+        if queued:
+            self._queue.wake_head()
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -893,8 +944,15 @@ class Lane:
             if hold:
                 # A stream answered: it is no longer a candidate for a hung request.
                 self._outstanding.pop(id(permit), None)
+            elif self._releases_locally:
+                if not permit.released:  # as Permit.release, without re-entering the lock
+                    permit.released = True
+                    self._release(permit, signal, now)
             else:
-                permit.release(signal)  # re-enters the lock (a shared lane releases its own way)
+                permit.release(signal)  # a shared lane releases its own way
+            if finished is not None and kind is not OutcomeKind.RATE_LIMITED:
+                self.stats.on_answer(finished, latency_s=latency_s, retry=retry, at=now)
+                return
             self.stats.on_attempt(
                 status=verdict.status,
                 rate_limited=kind is OutcomeKind.RATE_LIMITED,
@@ -921,7 +979,7 @@ class Lane:
         ):
             self._success_peak_in_flight = permit.in_flight_at_send
             self._success_peak_at = now
-        backlog = bool(self._queue)
+        backlog = bool(self._queue.members)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved

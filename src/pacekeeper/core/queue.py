@@ -148,8 +148,8 @@ class WaitQueue:
         "_lock",
         "_name",
         "_sleepers",
-        "_where",
         "closed",
+        "members",
         "weights",
     )
 
@@ -169,7 +169,9 @@ class WaitQueue:
         self._name = name
         self._lock = lock if lock is not None else threading.RLock()
         self._classes = tuple(_Class(p, 0.0 if p.rank == 0 else min_share) for p in _CLASSES)
-        self._where: dict[Waiter, _Tenant] = {}
+        self.members: dict[Waiter, _Tenant] = {}
+        """The waiters queued now (read it, never change it: a lane reads its truthiness on
+        every answer, where ``len()`` would be a Python call)."""
         self._head: Waiter | None = None
         self._sleepers: set[Waiter] = set()
         self._activations = 0
@@ -211,7 +213,7 @@ class WaitQueue:
                 t.waiters.append(waiter)
             t.live += 1
             cls.live += 1
-            self._where[waiter] = t
+            self.members[waiter] = t
             self._choose()
 
     def leave(self, waiter: Waiter) -> None:
@@ -222,7 +224,7 @@ class WaitQueue:
     def admitted(self, waiter: Waiter) -> None:
         """``waiter`` was admitted: it leaves, and its class and tenant are charged for it."""
         with self._lock:
-            t = self._where.get(waiter)
+            t = self.members.get(waiter)
             if t is None:
                 return
             cls = self._classes[t.rank]
@@ -253,7 +255,7 @@ class WaitQueue:
             t.admitted += 1
 
     def _remove(self, waiter: Waiter) -> None:
-        t = self._where.pop(waiter, None)
+        t = self.members.pop(waiter, None)
         if t is None:
             return
         t.live -= 1
@@ -294,11 +296,20 @@ class WaitQueue:
         """Name the head; wake it when it changed (a waiter that is not armed yet ignores
         the wake and looks at once)."""
         before = self._head
-        cls = self._owed() or next((c for c in self._classes if c.live), None)
+        first_class = self._classes[0]
+        # No lower class waits (all queued are interactive): none is owed anything.
+        cls = self._owed() if len(self.members) != first_class.live else None
+        if cls is None:
+            # A loop, not next() over a generator: this runs at every join and admission.
+            for first in self._classes:
+                if first.live:
+                    cls = first
+                    break
         head: Waiter | None = None
         if cls is not None:
-            t = min(cls.active, key=_fair_key)
-            waiters, where = t.waiters, self._where
+            active = cls.active
+            t = active[0] if len(active) == 1 else min(active, key=_fair_key)
+            waiters, where = t.waiters, self.members
             while where.get(waiters[0]) is not t:
                 waiters.popleft()  # left while not at the front
             head = waiters[0]
@@ -341,7 +352,7 @@ class WaitQueue:
         """Every waiter (and every retry pause) wakes, to find the queue closed."""
         with self._lock:
             self.closed = True
-            for waiter in [*self._where, *self._sleepers]:
+            for waiter in [*self.members, *self._sleepers]:
                 waiter.wake()
 
     async def pause(self, delay_s: float) -> None:
@@ -377,10 +388,10 @@ class WaitQueue:
     # -- reading ------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self.members)
 
     def __iter__(self) -> Iterator[Waiter]:
-        return iter(list(self._where))
+        return iter(list(self.members))
 
     def waiting(self, priority: Priority) -> int:
         """Waiters in class ``priority``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -201,9 +201,35 @@ def read_request(request: Any) -> RequestFacts:
     return facts_of("POST", path, parse_body(content))
 
 
+_JSON_SPACE = " \t\n\r"
+# set by JSONDecoder.__init__, which typeshed does not declare
+_SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""The C scanner ``json.loads`` ends in: called directly, a UTF-8 object costs no Python
+frame (``loads``, ``detect_encoding``, ``decode`` and ``raw_decode`` are four)."""
+
+
 def parse_body(content: bytes) -> object:
-    """A POST body as the governor reads it: JSON when it starts as an object, else None."""
-    if not content or content[:1] not in (b"{", b" ", b"\n"):
+    """A POST body as the governor reads it: JSON when it starts as an object, else None.
+
+    >>> parse_body(b'{"model": "m", "n": [1, 2.5, null]}')
+    {'model': 'm', 'n': [1, 2.5, None]}
+    >>> parse_body(b'{"model": "m"} trailing') is None, parse_body(b"{nope") is None
+    (True, True)
+    >>> parse_body(b' {"spaced": true} ')
+    {'spaced': True}
+    """
+    if not content:
+        return None
+    first = content[:1]
+    if first == b"{":
+        try:
+            text = content.decode()
+            body, end = _SCAN_JSON(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            pass  # not UTF-8, or not JSON: json.loads says which, below
+        else:
+            return body if end == len(text) or not text[end:].strip(_JSON_SPACE) else None
+    elif first not in (b" ", b"\n"):
         return None
     try:
         return json.loads(content)
@@ -697,18 +723,31 @@ def verdict_for_answer(
     return classify_response(status, headers, body, now_wall_s=time.time(), read_limits=read_limits)
 
 
-_ESSENTIAL = frozenset({b"content-type", b"content-encoding", b"x-request-id", b"request-id"})
+_ESSENTIAL = {
+    name.encode(): name
+    for name in ("content-type", "content-encoding", "x-request-id", "request-id")
+}
 
 
 def essential_headers(headers: Any) -> dict[str, str]:
     """Only the headers a successful answer needs when its rate-limit headers are not read
     this time (see ``Lane.limits_due``): decoding the other fifteen costs more than the rest
-    of the answer's handling."""
+    of the answer's handling.
+
+    httpx and httpx2 keep each header as (name, lower-case name, value): read there, the
+    names are neither copied into a new list nor lowered again (``raw`` does both).
+
+    >>> import httpx2
+    >>> essential_headers(httpx2.Headers({"Content-Type": "application/json", "X-A": "1"}))
+    {'content-type': 'application/json'}
+    """
     found: dict[str, str] = {}
-    for name, value in headers.raw:
-        lowered = name.lower()
+    entries = getattr(headers, "_list", None)
+    if entries is None:  # another Headers class: the public raw pairs
+        entries = [(name, name.lower(), value) for name, value in headers.raw]
+    for _, lowered, value in entries:
         if lowered in _ESSENTIAL:
-            found[lowered.decode("ascii")] = value.decode("latin-1")
+            found[_ESSENTIAL[lowered]] = value.decode("latin-1")
     return found
 
 

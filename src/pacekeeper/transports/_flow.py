@@ -24,7 +24,6 @@ from pacekeeper.transports._engine import (
     bounded_timeout,
     essential_headers,
     is_event_stream,
-    is_json,
     model_of_path,
     plain_headers,
     read_request,
@@ -37,6 +36,8 @@ from pacekeeper.transports._engine import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Call, Governor
     from pacekeeper.core.lane import Permit
@@ -147,7 +148,12 @@ def _start(
 ) -> tuple[Any, Call, bool]:
     """One logical request begins: the request as it will be sent (with stream usage asked
     for where the options say so), its governed call, and whether to strip the usage chunk."""
-    request, facts, strip = _prepare(request, flavour, options)
+    facts = read_request(request)  # _prepare, inlined: this runs on every request
+    strip = False
+    if options.include_usage and facts.streaming:
+        rewritten = with_stream_usage(request, facts, flavour.module)
+        if rewritten is not None:
+            request, strip = rewritten, True
     call = gov.call(
         route=facts.route,
         model=facts.model,
@@ -155,17 +161,17 @@ def _start(
         tag=request.extensions.get(TAG_EXTENSION),
         body=facts.body,
     )
-    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+    if gov.retry.attempt_timeout_s is not None:
+        bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
     return request, call, strip
 
 
 def _start_admitted(
-    gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
+    admitted: Admitted, gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
 ) -> tuple[Any, Call, bool, Permit | None]:
-    """As :func:`_start`, with the permit of a call admitted at the SDK method when this is
-    its request (its body is then not parsed again, unless usage must be asked for)."""
-    admitted = ADMITTED.get()
-    claimed = admitted.claim(gov, request) if admitted is not None else None
+    """As :func:`_start`, with the permit of the call ``admitted`` at the SDK method when
+    this is its request (its body is then not parsed again, unless usage must be asked for)."""
+    claimed = admitted.claim(gov, request)
     if claimed is None:
         request, call, strip = _start(gov, request, flavour, options)
         return request, call, strip, None
@@ -184,7 +190,12 @@ async def handle_async(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    request, call, strip, admitted = _start_admitted(gov, request, flavour, options)
+    at_sdk = ADMITTED.get()
+    if at_sdk is None:  # no call admitted at the SDK method: the common case, one call less
+        request, call, strip = _start(gov, request, flavour, options)
+        admitted = None
+    else:
+        request, call, strip, admitted = _start_admitted(at_sdk, gov, request, flavour, options)
     while True:
         permit = admitted if admitted is not None else await call.admit()
         admitted = None
@@ -201,7 +212,8 @@ async def handle_async(
         read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
         # read once, into a dict: httpx's Headers.get scans the list every time
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
-        if status < 300 and is_event_stream(headers):
+        # is_event_stream, inlined (as the reads in _after_answer): once per request
+        if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             return _stream_response(
                 call,
                 permit,
@@ -351,8 +363,13 @@ def _after_answer(
 ) -> tuple[Any, Any]:
     """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
     status = response.status_code
-    expect_json = is_json(headers)
-    body = flavour.decode(raw, headers) if (status >= 300 or expect_json) else None
+    # is_json, request_id and the identity case of Flavour.decode, inlined: the hot path
+    expect_json = "json" in headers.get("content-type", "")
+    body = None
+    if status >= 300 or expect_json:
+        encoding = headers.get("content-encoding")
+        identity = not encoding or encoding == "identity"
+        body = raw if identity else flavour.decode(raw, headers)
     prompt = completion = billed = None
     valid = True
     if status < 300 and expect_json and body is not None:
@@ -371,7 +388,7 @@ def _after_answer(
         verdict,
         prompt_tokens=prompt,
         completion_tokens=completion,
-        request_id=request_id(headers),
+        request_id=headers.get("x-request-id") or headers.get("request-id"),
         billed=billed,
     )
     if decision.retry:
@@ -637,8 +654,10 @@ class AsyncGovernedTransport(_GovernedTransport):
 
     _inner_class = "AsyncHTTPTransport"
 
-    async def handle_async_request(self, request: Any) -> Any:
-        return await handle_async(self.governor, self._inner, self._flavour, request, self.usage)
+    def handle_async_request(self, request: Any) -> Coroutine[Any, Any, Any]:
+        # The coroutine of handle_async itself, not one awaiting it: the client awaits it
+        # all the same, and each request runs (and resumes) one frame fewer.
+        return handle_async(self.governor, self._inner, self._flavour, request, self.usage)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
