@@ -116,31 +116,29 @@ local cd = num(h[1], 0)
 if cd > now then wait = cd - now end
 local tr = math.max(num(h[2], 0), now)
 local tt = math.max(num(h[3], 0), now)
-local rint, tint = 0, 0
-if rpm > 0 then
-  local rate = rpm * util / 60
-  rint = 1 / rate
+local otokens, otpm = num(ARGV[20], 0), num(ARGV[21], 0)
+local to = math.max(num(h[11], 0), now)
+-- A bucket (GCRA) of per_min a minute, burst_s deep, at its theoretical arrival time tat:
+-- seconds until cost fits, and the seconds each unit of cost moves tat.
+local function bucket_wait(tat, cost, per_min)
+  local rate = per_min * util / 60
   local burst = math.max(1, rate * burst_s)
-  local ready = tr + (1 - burst) * rint
-  if ready - now > wait then wait = ready - now end
+  if cost > burst then return tat - now, 1 / rate end  -- bigger than the burst: when full
+  return tat + (cost - burst) / rate - now, 1 / rate
+end
+local rint, tint, oint = 0, 0, 0
+local w
+if rpm > 0 then
+  w, rint = bucket_wait(tr, 1, rpm)
+  if w > wait then wait = w end
 end
 if tpm > 0 and tokens > 0 then
-  local rate = tpm * util / 60
-  tint = 1 / rate
-  local burst = math.max(1, rate * burst_s)
-  local ready
-  if tokens > burst then ready = tt else ready = tt + (tokens - burst) * tint end
-  if ready - now > wait then wait = ready - now end
+  w, tint = bucket_wait(tt, tokens, tpm)
+  if w > wait then wait = w end
 end
-local otokens, otpm = num(ARGV[20], 0), num(ARGV[21], 0)
-local to, oint = math.max(num(h[11], 0), now), 0
 if otpm > 0 and otokens > 0 then
-  local rate = otpm * util / 60
-  oint = 1 / rate
-  local burst = math.max(1, rate * burst_s)
-  local ready
-  if otokens > burst then ready = to else ready = to + (otokens - burst) * oint end
-  if ready - now > wait then wait = ready - now end
+  w, oint = bucket_wait(to, otokens, otpm)
+  if w > wait then wait = w end
 end
 local limit
 if fixed > 0 then
