@@ -580,6 +580,15 @@ def test_a_refusal_at_a_peak_far_below_the_stated_rate_still_teaches_a_cap() -> 
     lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
     assert lane.slots.learned_cap == 4
     assert not lane.slots.cap_provisional  # a stated rate this far off cannot explain it
+    # One answered, one more sent at the cap and refused: the refusal that taught the cap
+    # counted an answer still on the wire. The cap is lower, not refuted.
+    clock.now = 6.05
+    lane.settle(permits[0], _verdict(200, headers), now=6.05, max_hint_s=600.0, retry=False)
+    at_cap = lane._grant(6.1, 0, 6.1)
+    assert at_cap.in_flight_at_send == 4
+    clock.now = 6.2
+    lane.settle(at_cap, _verdict(429), now=6.2, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap == 3
 
 
 def test_with_slow_answers_the_floor_doubles_every_second_towards_the_stated_rate() -> None:

@@ -1123,6 +1123,13 @@ class Lane:
         in_flight = permit.in_flight_at_send
         cap = slots.learned_cap
         if cap is not None and in_flight <= cap and not (slots.probing and in_flight == cap):
+            if ceiling is not None and in_flight + _PEAK_MARGIN > cap:
+                # Within what our count runs ahead of the server's: the refusal that taught
+                # the cap counted answers still on the wire, and the cap is a little lower.
+                # A stated rate this lane is far from (above) does not explain it. (A 15-slot
+                # server refused at 17 of ours, then at 16: read as the rate, the cap was
+                # dropped and the window reopened to 80, and ten more were refused.)
+                return _Refused.IN_FLIGHT
             self._cap_refuted = True
             self._untested_refusal = None  # this refusal measures the rate, and more recently
             slots.forget_cap()
