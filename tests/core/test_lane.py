@@ -579,6 +579,16 @@ def test_a_refusal_at_a_peak_far_below_the_stated_rate_still_teaches_a_cap() -> 
     headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "40"}
     lane.settle(permits[-1], _verdict(429, headers), now=6.0, max_hint_s=600.0, retry=False)
     assert lane.slots.learned_cap == 4
+    assert not lane.slots.cap_provisional  # a stated rate this far off cannot explain it
+    # One answered, one more sent at the cap and refused: the refusal that taught the cap
+    # counted an answer still on the wire. The cap is lower, not refuted.
+    clock.now = 6.05
+    lane.settle(permits[0], _verdict(200, headers), now=6.05, max_hint_s=600.0, retry=False)
+    at_cap = lane._grant(6.1, 0, 6.1)
+    assert at_cap.in_flight_at_send == 4
+    clock.now = 6.2
+    lane.settle(at_cap, _verdict(429), now=6.2, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap == 3
 
 
 def test_with_slow_answers_the_floor_doubles_every_second_towards_the_stated_rate() -> None:
@@ -684,3 +694,82 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     assert isinstance(permit, Permit)
     assert permit.tokens == lane.cost_of(400, 0, cheap=True)
     assert permit.tokens < lane.cost_of(400, 0)
+
+
+def _refused_at_a_new_peak(lane: Lane, clock: _Clock) -> list[Permit]:
+    """No headers anywhere: 4 answered in 1 s, then 8 sent in 70 ms and the 8th refused by a
+    bare 429 (twice the most that ever succeeded in flight). Returns the 7 still in flight."""
+    lane.queue.join(_ThreadWaiter())  # a backlog
+    first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
+    clock.now = 1.0
+    for permit in first:
+        lane.settle(permit, _verdict(200), now=1.0, max_hint_s=600.0, retry=False)
+    burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
+    assert burst[-1].in_flight_at_send == 8
+    clock.now = 1.08
+    lane.settle(burst[-1], _verdict(429), now=1.08, max_hint_s=600.0, retry=False)
+    assert isinstance(lane.slots, AimdLimit)
+    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
+    assert lane.discovered_rpm is None
+    return burst[:-1]
+
+
+def _answered(lane: Lane, clock: _Clock, permits: list[Permit], at: list[float]) -> list[Permit]:
+    """``permits`` succeed at the times ``at``; the backlog takes every slot they free."""
+    sent = []
+    for permit, now in zip(permits, at, strict=True):
+        clock.now = now
+        lane.settle(permit, _verdict(200), now=now, max_hint_s=600.0, retry=False)
+        while lane.slots.in_flight < lane.slots.limit:
+            sent.append(lane._grant(now, 0, now))
+    return sent
+
+
+def test_a_bare_429_at_a_new_peak_is_a_provisional_cap_that_a_success_past_it_refutes() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    in_flight = _refused_at_a_new_peak(lane, clock)
+    # A round trip at the cap with work waiting: one more is tried at once.
+    sent = _answered(lane, clock, in_flight, [2.2] * 7)
+    assert lane.slots.probing
+    probe = max(sent, key=lambda permit: permit.in_flight_at_send)
+    assert probe.in_flight_at_send == 8
+    clock.now = 3.3
+    lane.settle(probe, _verdict(200), now=3.3, max_hint_s=600.0, retry=False)
+    # 8 in flight were fine: the 429 was the rate. Of the 8 sent in the second before it,
+    # 7 were taken: the pace resumes just under 420/min (not under the best second since).
+    assert lane.slots.learned_cap is None
+    assert lane.discovered_rpm is not None
+    assert 0.92 * 420 <= lane.discovered_rpm <= 0.95 * 420
+
+
+def test_a_provisional_cap_probe_refused_after_a_second_as_busy_is_the_rate() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    in_flight = _refused_at_a_new_peak(lane, clock)
+    sent = _answered(lane, clock, in_flight, [2.2] * 7)
+    probe = max(sent, key=lambda permit: permit.in_flight_at_send)
+    assert lane._sent_in_second_before(probe.sent_at) >= 8
+    clock.now = 2.21
+    lane.settle(probe, _verdict(429), now=2.21, max_hint_s=600.0, retry=False)
+    # Refused at 8 in flight after a second as busy as the one before the first refusal:
+    # the rate explains both, and a rate is measured from it.
+    assert lane.slots.learned_cap is None
+    assert lane.discovered_rpm is not None
+
+
+def test_a_provisional_cap_probe_refused_after_a_quieter_second_confirms_the_cap() -> None:
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    in_flight = _refused_at_a_new_peak(lane, clock)
+    # Three answers come a round trip after the refusal (the window reaches the cap), and the
+    # probe goes with the slots they free: a quieter second than the burst before the 429.
+    sent = _answered(lane, clock, in_flight[:3], [2.2] * 3)
+    probe = max(sent, key=lambda permit: permit.in_flight_at_send)
+    assert probe.in_flight_at_send == 8
+    assert lane._sent_in_second_before(probe.sent_at) < 8
+    clock.now = probe.sent_at + 0.01
+    lane.settle(probe, _verdict(429), now=clock.now, max_hint_s=600.0, retry=False)
+    # Refused at 8 in flight after a quieter second than the first refusal: the cap.
+    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, False)
+    assert lane.discovered_rpm is None

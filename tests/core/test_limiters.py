@@ -395,3 +395,43 @@ def test_a_probe_goes_on_through_the_fleets_higher_rates() -> None:
     assert before is not None
     assert rate.rpm is not None
     assert rate.rpm < before * 1.04  # gently again: about +3% over that second
+
+
+def test_a_provisional_cap_is_tried_after_a_round_trip_and_a_refused_try_confirms_it() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(20)
+    aimd.learn_cap(in_flight_at_send=9, now=0.0, provisional=True, probe_after_s=0.5)
+    assert (aimd.limit, aimd.cap_provisional) == (8, True)
+    t = 0.0
+    while aimd.limit == 8 and t < 60:
+        t += 0.1
+        aimd.in_flight += 1
+        aimd.release(
+            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
+        )
+    assert t == pytest.approx(0.5, abs=0.05)  # one round trip, not the 10 s a confirmed cap waits
+    assert aimd.limit == 9
+    assert aimd.probing
+    aimd.learn_cap(in_flight_at_send=9, now=t, provisional=True)  # the try refused
+    assert (aimd.limit, aimd.cap_provisional) == (8, False)
+    confirmed_at = t
+    while aimd.limit == 8 and t < 60:
+        t += 0.1
+        aimd.in_flight += 1
+        aimd.release(
+            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
+        )
+    # Confirmed, it is probed as any cap is: after 10 s, not ever less often for the test.
+    assert t - confirmed_at == pytest.approx(AimdLimit.first_probe_after_s, abs=0.15)
+    # A success past a confirmed cap does not refute it (our count may run ahead).
+    assert not aimd.refuted_by(in_flight_at_send=10, sent_at=t)
+
+
+def test_a_success_past_a_provisional_cap_refutes_it_but_not_one_sent_before_it() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.learn_cap(in_flight_at_send=9, now=1.0, provisional=True, probe_after_s=0.5)
+    # Sent in the burst that taught the cap: says nothing about it.
+    assert not aimd.refuted_by(in_flight_at_send=12, sent_at=0.9)
+    assert not aimd.refuted_by(in_flight_at_send=8, sent_at=1.2)  # at the cap: no test
+    assert aimd.refuted_by(in_flight_at_send=9, sent_at=1.6)
+    assert (aimd.learned_cap, aimd.cap_provisional) == (None, False)

@@ -100,6 +100,9 @@ class AimdLimit(FixedLimit):
     * **a cap** (:meth:`learn_cap`): a server's in-flight limit, learned from the number in
       flight at a structural in-flight rejection. It is probed (+1) after ``probe_after_s``
       spent at it with a backlog; each probe that is refused doubles the time to the next.
+      A cap read from a bare 429 (no code, no headers: it may as well be the rate) is
+      *provisional*: probed after one round trip at it, confirmed when that probe is refused,
+      and refuted (:meth:`refuted_by`) when a request past it succeeds.
 
     >>> aimd = AimdLimit(AdaptiveConcurrency(initial=4))
     >>> sent = [aimd.acquire(now=0.0) for _ in range(4)]
@@ -112,11 +115,27 @@ class AimdLimit(FixedLimit):
     >>> aimd.learn_cap(in_flight_at_send=3, now=1.0)
     >>> aimd.limit, aimd.learned_cap
     (2, 2)
+
+    A provisional cap, tried one slot higher after a round trip, and refuted by a success there:
+
+    >>> aimd = AimdLimit(AdaptiveConcurrency(initial=8))
+    >>> aimd.learn_cap(in_flight_at_send=8, now=0.0, provisional=True, probe_after_s=0.5)
+    >>> aimd
+    <AimdLimit 0/7 in flight (7.00, decreases 0, cap 7?)>
+    >>> for k in range(1, 8):  # a round trip of answers at the cap, with work waiting
+    ...     aimd.in_flight = 7
+    ...     aimd.release(now=0.1 * k, sent_at=0.0, in_flight_at_send=7, signal=Signal.SUCCESS,
+    ...                  backlog=True)
+    >>> aimd.limit, aimd.probing  # one more is tried
+    (8, True)
+    >>> aimd.refuted_by(in_flight_at_send=8, sent_at=0.7), aimd.learned_cap
+    (True, None)
     """
 
     __slots__ = (
         "_answered",
         "_cap_since",
+        "_cap_taught",
         "_last_decrease_at",
         "_loss_window",
         "_probe_after_s",
@@ -126,6 +145,8 @@ class AimdLimit(FixedLimit):
         "_silence_since",
         "_ssthresh",
         "_window",
+        "cap_learned_at",
+        "cap_provisional",
         "ceiling",
         "decreases",
         "floor",
@@ -161,7 +182,13 @@ class AimdLimit(FixedLimit):
         """A hard ceiling from outside (the HTTP client's connection pool)."""
         self.queue_cut_at = -math.inf
         """When swollen answers last cut the window (answers sent before say nothing new)."""
+        self.cap_provisional = False
+        """Whether the cap rests on a bare 429 alone (which the rate explains as well)."""
+        self.cap_learned_at = -math.inf
+        """When the cap was last set from a refusal (requests sent since test it)."""
         self._cap_since = math.inf
+        self._cap_taught = 0
+        """The cap the last refusal taught (probes raise :attr:`learned_cap` past it)."""
         self._probe_after_s = self.first_probe_after_s
         self._probing = False
 
@@ -284,20 +311,59 @@ class AimdLimit(FixedLimit):
         self._window = max(self._window, float(min(slots, top)))
         self._update()
 
-    def learn_cap(self, *, in_flight_at_send: int, now: float) -> None:
-        """A structural in-flight rejection of a request sent with ``in_flight_at_send`` in
-        flight (ours, this one included, which is never fewer than the server counts: it
-        freed every slot we still hold): at most one fewer fit."""
+    def learn_cap(
+        self,
+        *,
+        in_flight_at_send: int,
+        now: float,
+        provisional: bool = False,
+        probe_after_s: float | None = None,
+    ) -> None:
+        """An in-flight rejection of a request sent with ``in_flight_at_send`` in flight (ours,
+        this one included, which is never fewer than the server counts: it freed every slot
+        we still hold): at most one fewer fit.
+
+        ``provisional``: the rejection said nothing of its scope (a bare 429 at a new peak in
+        flight, which a rate refuses as well). The cap is then tried one higher after
+        ``probe_after_s`` (a round trip) at it: held for the usual ``first_probe_after_s``,
+        a wrong cap would keep a rate-limited lane under its rate for that long. A refused
+        probe confirms it; a structural rejection confirms it at once."""
         cap = max(self._settings.min, in_flight_at_send - 1)
-        if self._probing and self.learned_cap is not None and cap >= self.learned_cap - 1:
-            self._probe_after_s *= 2.0  # the probe found the real cap: probe less often
+        known = self.learned_cap
+        refused_probe = self._probing and known is not None and cap >= known - 1
+        if refused_probe:
+            if self.cap_provisional:
+                # The cap held where the rate had room: a cap, confirmed. Probed from now on
+                # as any cap is, not ever less often for a test that only confirmed it.
+                self._probe_after_s = self.first_probe_after_s
+            else:
+                self._probe_after_s *= 2.0  # the probe found the real cap: probe less often
+        if self.learned_cap is None:
+            self.cap_provisional = provisional
+        elif not provisional or refused_probe:
+            self.cap_provisional = False
+        if self.cap_provisional and probe_after_s is not None:
+            self._probe_after_s = probe_after_s
         self._probing = False
         if self.learned_cap is None or cap < self.learned_cap:
             self.learned_cap = cap
         self._ssthresh = min(self._ssthresh, float(self.learned_cap))
         self._window = min(self._window, float(self.learned_cap))
         self._cap_since = now
+        self.cap_learned_at = now
+        self._cap_taught = self.learned_cap
         self._update()
+
+    def refuted_by(self, *, in_flight_at_send: int, sent_at: float) -> bool:
+        """A success of a request sent with ``in_flight_at_send`` in flight: past a provisional
+        cap, and sent after it was set (so not a survivor of the burst that taught it), it
+        shows that the cap was not one. The cap is then forgotten; True when it was."""
+        if self.learned_cap is None or not self.cap_provisional:
+            return False
+        if sent_at < self.cap_learned_at or in_flight_at_send <= self._cap_taught:
+            return False
+        self.forget_cap()
+        return True
 
     @property
     def probing(self) -> bool:
@@ -307,8 +373,10 @@ class AimdLimit(FixedLimit):
     def forget_cap(self) -> None:
         """The learned cap was wrong (refusals came below it): limit by the window again."""
         self.learned_cap = None
+        self.cap_provisional = False
         self._probing = False
         self._cap_since = math.inf
+        self._probe_after_s = self.first_probe_after_s
         self._update()
 
     def _probe_cap(self, now: float) -> None:
@@ -321,6 +389,10 @@ class AimdLimit(FixedLimit):
             self.learned_cap = cap + 1
             self._probing = True
             self._cap_since = now
+            if self.cap_provisional:
+                # A test, not growth: the one more request goes now, not once the window
+                # has crept up to it a round trip later.
+                self._window = max(self._window, cap + 1.0)
 
     def _update(self) -> None:
         s = self._settings
@@ -341,7 +413,7 @@ class AimdLimit(FixedLimit):
         if self.floor:
             extra += f", floor {self.floor}"
         if self.learned_cap is not None:
-            extra += f", cap {self.learned_cap}"
+            extra += f", cap {self.learned_cap}{'?' if self.cap_provisional else ''}"
         return (
             f"<AimdLimit {self.in_flight}/{self._limit} in flight "
             f"({self._window:.2f}, decreases {self.decreases}{extra})>"

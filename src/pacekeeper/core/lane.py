@@ -34,6 +34,7 @@ kind moving one thing:
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from collections import deque
@@ -100,6 +101,17 @@ _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides
 _SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
+_CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
+
+
+class _Refused(enum.Enum):
+    """What a 429 was about, as its structure and the lane's state tell."""
+
+    RATE = "rate"
+    IN_FLIGHT = "in flight"
+    EITHER = "either"
+    """A bare 429 at a new peak in flight with no stated rate: a cap explains it, and so
+    does a rate that the burst reaching that peak outran."""
 
 
 class Reconciliation(NamedTuple):
@@ -212,6 +224,7 @@ class Lane:
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
+        "_untested_refusal",
         "budget",
         "cheap_scale",
         "congestion",
@@ -299,6 +312,9 @@ class Lane:
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
+        self._untested_refusal: tuple[float, int] | None = None
+        """(sent at, sent in the second before) of the bare 429 that taught a provisional
+        cap: if the cap is refuted, that refusal was the rate, and it is measured then."""
         self._stated_sent_at = -math.inf
         self._quota_budgets: set[str] = set()
         """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
@@ -979,6 +995,10 @@ class Lane:
         ):
             self._success_peak_in_flight = permit.in_flight_at_send
             self._success_peak_at = now
+        if isinstance(slots, AimdLimit) and slots.refuted_by(
+            in_flight_at_send=permit.in_flight_at_send, sent_at=permit.sent_at
+        ):
+            self._refusal_was_the_rate(now)
         backlog = bool(self._queue.members)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
@@ -1035,10 +1055,22 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
-        if self._is_in_flight_rejection(permit, verdict):
+        refused = self._refused(permit, verdict)
+        if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
-            if isinstance(self.slots, AimdLimit):
-                self.slots.learn_cap(in_flight_at_send=permit.in_flight_at_send, now=now)
+            slots = self.slots
+            if isinstance(slots, AimdLimit):
+                slots.learn_cap(
+                    in_flight_at_send=permit.in_flight_at_send,
+                    now=now,
+                    provisional=refused is _Refused.EITHER,
+                    probe_after_s=self._round_trip_s(),
+                )
+                if slots.cap_provisional and refused is _Refused.EITHER:
+                    sent_in_second = self._sent_in_second_before(permit.sent_at)
+                    self._untested_refusal = (permit.sent_at, sent_in_second)
+                elif not slots.cap_provisional:
+                    self._untested_refusal = None
             return
         if verdict.hint_s is not None and gate:
             # through close_gate: a shared lane closes the fleet's gate, not only its own
@@ -1094,25 +1126,46 @@ class Lane:
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
 
-    def _is_in_flight_rejection(self, permit: Permit, verdict: Verdict) -> bool:
-        """Whether a 429 is about requests in flight rather than the rate, read from structure,
-        never from the message's words: the code says so, or the answer's own rate-limit
-        headers show room for this request, or the lane was accepted at under half the stated
-        rate, or (with nothing else to go by) it was sent well past the most in flight that
-        ever succeeded, or at that peak taking the window's last slot. The answer's own headers
-        showing a budget run out make it the rate."""
+    def _round_trip_s(self) -> float:
+        """How long an answer takes here (a second until one is known)."""
+        if not self.latency.known:
+            return 1.0
+        return max(_CAP_TEST_MIN_S, self.latency.mean_s)
+
+    def _refusal_was_the_rate(self, now: float) -> None:
+        """A request past a provisional cap succeeded: the bare 429 that taught the cap was
+        the rate. What the server took in the second before it is measured now, as it would
+        have been then; later bare 429s are read as the rate (as after any refuted cap)."""
+        self._cap_refuted = True
+        untested, self._untested_refusal = self._untested_refusal, None
+        if untested is None:
+            return
+        sent_at, sent_in_second = untested
+        if self.request_rate.refused_earlier(
+            sent_at=sent_at, sent_in_second=sent_in_second, now=now
+        ):
+            self._apply_rates(now=now)
+
+    def _refused(self, permit: Permit, verdict: Verdict) -> _Refused:
+        """What a 429 is about, read from structure, never from the message's words: requests
+        in flight when the code says so, or the answer's own rate-limit headers show room for
+        this request, or the lane was accepted at under half the stated rate, or (with nothing
+        else to go by) it was sent well past the most in flight that ever succeeded, or at that
+        peak taking the window's last slot; but with no stated rate, such a peak says only
+        that it may be either. The answer's own headers showing a budget run out make it the
+        rate."""
         if verdict.limit_scope is not None:
-            return verdict.limit_scope == "concurrency"
+            return _Refused.IN_FLIGHT if verdict.limit_scope == "concurrency" else _Refused.RATE
         limits = verdict.limits
         if limits is not None:
             limits = self._per_minute_part(limits)
         if limits is not None:
             if budget_exhausted(limits, permit.tokens):
-                return False  # its own headers say a budget ran out: the rate
+                return _Refused.RATE  # its own headers say a budget ran out
             if output_budget_short(limits, permit.output_tokens):
-                return False  # the output budget, which this request reserved from
+                return _Refused.RATE  # the output budget, which this request reserved from
             if budgets_have_room(limits, permit.tokens):
-                return True
+                return _Refused.IN_FLIGHT
         ceiling = self.request_rate.ceiling
         if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
             _RATE_PLAUSIBLE * ceiling / 60.0
@@ -1120,7 +1173,7 @@ class Lane:
             # This lane sent a second's worth of the stated rate just before: the rate explains
             # the refusal, whatever else was in flight (a slow start or a silence that opened
             # the window sends in bursts that a per-second bucket refuses).
-            return False
+            return _Refused.RATE
         if (
             ceiling is not None
             # A process of a fleet is accepted at its own share of the key, however small;
@@ -1131,25 +1184,50 @@ class Lane:
         ):
             # Refused while accepted at under half the stated rate: not the rate. Requests in
             # flight are what this server counts.
-            return True
+            return _Refused.IN_FLIGHT
         # No word from the answer. Requests succeed lately with as many in flight, or more: the
         # rate ran out. At (or past) that peak, with the request taking the last slot of the
         # window, the number in flight is what the server refused, until a refusal at no more
         # in flight than the cap it taught refutes that: then it was the rate all along.
         slots = self.slots
         if not isinstance(slots, AimdLimit) or self._cap_refuted:
-            return False
+            return _Refused.RATE
         in_flight = permit.in_flight_at_send
         cap = slots.learned_cap
         if cap is not None and in_flight <= cap and not (slots.probing and in_flight == cap):
+            if ceiling is not None and in_flight + _PEAK_MARGIN > cap:
+                # Within what our count runs ahead of the server's: the refusal that taught
+                # the cap counted answers still on the wire, and the cap is a little lower.
+                # A stated rate this lane is far from (above) does not explain it. (A 15-slot
+                # server refused at 17 of ours, then at 16: read as the rate, the cap was
+                # dropped and the window reopened to 80, and ten more were refused.)
+                return _Refused.IN_FLIGHT
             self._cap_refuted = True
+            self._untested_refusal = None  # this refusal measures the rate, and more recently
             slots.forget_cap()
-            return False
+            return _Refused.RATE
         if in_flight + _PEAK_MARGIN <= self._success_peak_in_flight:
-            return False
-        if self._successes and in_flight > self._success_peak_in_flight + _PEAK_MARGIN:
-            return True  # well past the most in flight that ever succeeded
-        return permit.filled_window
+            return _Refused.RATE
+        at_peak = permit.filled_window or (
+            # well past the most in flight that ever succeeded
+            self._successes > 0 and in_flight > self._success_peak_in_flight + _PEAK_MARGIN
+        )
+        if not at_peak:
+            return _Refused.RATE
+        untested = self._untested_refusal
+        if slots.probing and untested is not None and cap is not None and in_flight >= cap:
+            # The probe of a provisional cap, refused. Sent after a second no busier than the
+            # one before the refusal that taught the cap, the rate explains it as well: then
+            # the rate it is, measured from this refusal. After a quieter second, only a cap.
+            if self._sent_in_second_before(permit.sent_at) >= untested[1]:
+                self._cap_refuted = True
+                self._untested_refusal = None
+                slots.forget_cap()
+                return _Refused.RATE
+            return _Refused.IN_FLIGHT
+        # A stated rate that this lane was far from (see above) leaves only the cap; with none,
+        # the burst that reached this peak may have outrun a rate just as well.
+        return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
 
     def _start_full_as_stated(self, left: float, limit: float) -> None:
         """A request bucket just made from an answer's statement starts as full as the

@@ -163,7 +163,13 @@ class PacedRate:
             # ramp-up that is little); it climbs back quickly to what the server took in the
             # second before it refused, which bounds its rate from above.
             self._at_loss = max(peak, last_second or 0.0)
-            self.rpm = max(_MIN_RPM, _DISCOVERY_SEED * peak)
+            seed = _DISCOVERY_SEED * peak
+            if last_second:
+                # Nor above just under what it took in that second: after a while at a pace
+                # held by something else (a cap on requests in flight that turned out not to
+                # be one), the answers come in bunches, and the best second holds a burst.
+                seed = min(seed, _LAST_SECOND_SHARE * last_second)
+            self.rpm = max(_MIN_RPM, seed)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
@@ -186,6 +192,37 @@ class PacedRate:
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
                 floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
                 self.rpm = max(floor, _CUT * self.rpm)
+        self._cut_at = self._probe_from = now
+        self._cuts.append(now)
+        return True
+
+    def refused_earlier(self, *, sent_at: float, sent_in_second: int, now: float) -> bool:
+        """A 429 judged to be about the rate only at ``now``, well after it came back (it was
+        taken for a cap on requests in flight until a request past that cap succeeded). What
+        the server took in the second before it (:meth:`_accepted_in_second_rpm`) measured
+        its rate then; the pace resumes just under that, as after a measured cut. Not under
+        the best second accepted since, as at a first 429: held under the supposed cap, the
+        answers came in bunches that a bucket's burst lets through (418/min for a 300/min
+        bucket answered in 2 s). True when the rate changed.
+
+        >>> rate = PacedRate()
+        >>> rate.refused_earlier(sent_at=3.0, sent_in_second=6, now=8.0)
+        True
+        >>> round(rate.rpm)  # 5 of the 6 sent in that second were taken: 300/min, less 8%
+        276
+        """
+        if not self._discovers or self.ceiling is not None:
+            return self.throttled(sent_at=sent_at, now=now, sent_in_second=sent_in_second)
+        # Counted as of then: the refusals known by the time it came back, itself included.
+        taken = self._accepted_in_second_rpm(sent_at, sent_in_second, sent_at)
+        if not taken:
+            return False
+        rpm = _LAST_SECOND_SHARE * taken
+        if self.rpm is not None and self.rpm <= rpm:
+            return False
+        self._at_loss = taken
+        self.rpm = max(_MIN_RPM, rpm)
+        self._measured_cut = True
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
