@@ -683,3 +683,56 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     assert isinstance(permit, Permit)
     assert permit.tokens == lane.cost_of(400, 0, cheap=True)
     assert permit.tokens < lane.cost_of(400, 0)
+
+
+def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, str]:
+    # Resets are RFC 3339 times; the verdicts here are read at wall time 0.
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset_s))
+    return {
+        "anthropic-ratelimit-requests-limit": str(limit),
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+
+
+def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
+    # 1500/min with 40% of it missing and full again in 2-3 s: a bucket of 5 s (125 requests),
+    # not the half second (12.5) pacing assumes without evidence.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    clock.now = 1.2
+    headers = _anthropic_requests(1500, 900, 3)
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.burst == pytest.approx(125.0)
+    # A stated minute (30% missing, full in 18 s) proves no depth: half a second, as before.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    clock.now = 1.2
+    headers = _anthropic_requests(1000, 700, 18)
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.burst == pytest.approx(1000 / 60 * 0.5)
+
+
+def test_a_refusal_halves_a_proven_depth_too() -> None:
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    clock.now = 1.2
+    lane.settle(
+        first,
+        _verdict(200, _anthropic_requests(1500, 900, 3)),
+        now=1.2,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    clock.now = 2.0
+    refused = lane._grant(2.0, 0, 2.0)
+    clock.now = 2.1
+    lane.settle(refused, _verdict(429), now=2.1, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    # The pace drops too; the burst is half of the 5 s at that pace.
+    assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.5)

@@ -1,0 +1,84 @@
+"""How deep a provider's bucket is, read from its own headers.
+
+A per-minute limit says how fast a budget refills, not how much of it may go at once. A
+provider whose bucket refills continuously (Anthropic) sends, with each answer, what is left of
+the budget as a share of the stated limit and when the bucket will be full again. Together they
+give the depth in seconds of the rate: a bucket ``depth_s`` deep that misses a share ``1 - x`` of
+its capacity is full again after ``(1 - x) * depth_s``, so ``depth_s = reset / (1 - x)``. A
+bucket of a whole minute (OpenAI's and Anthropic's stated buckets, which both say they may be
+enforced over shorter intervals) reads as 60 s; a gateway counting per second reads as about a
+second.
+
+The reading is bracketed, never trusted as one number. An RFC 3339 reset has whole seconds and
+is rounded up (and the two clocks differ a little), so the time to full lies within a second
+under the reset sent; ``remaining`` is a whole number rounded down. Each answer gives a lower and
+an upper bound; the depth used is the highest lower bound, never above the lowest upper bound.
+Depth that may be a minute is not used at all: spending a stated minute at once is what
+"enforced over shorter intervals" refuses.
+
+>>> depth = StatedDepth()
+>>> depth.observe(limit=1500, remaining=1350, reset_s=1.0)   # 10% missing, full within 1 s
+>>> depth.depth_s                                           # at most 10 s, at least 0: unknown
+>>> depth.observe(limit=1500, remaining=900, reset_s=3.0)    # 40% missing, full within 2-3 s
+>>> depth.depth_s
+5.0
+>>> depth
+<StatedDepth 5 s (5-7.51 s)>
+>>> minute = StatedDepth()
+>>> minute.observe(limit=1000, remaining=700, reset_s=18.0)  # 30% missing, 17-18 s: a minute
+>>> minute.depth_s is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["StatedDepth"]
+
+_RESET_GRAIN_S = 1.0
+"""How much sooner than its reset a bucket may really be full: an RFC 3339 reset counts whole
+seconds, rounded up, and the provider's clock and ours differ."""
+_SHORTER_THAN_A_MINUTE_S = 40.0
+"""Depth is used only once an answer shows the bucket is at most this deep: a stated minute's
+bucket reads as 60 s at least, and a reading up to here cannot be one."""
+_LEAST_MISSING = 0.02
+"""Readings of a bucket missing less than this share are too coarse to bound anything."""
+
+
+class StatedDepth:
+    """The depth of one provider budget (requests, input or output tokens) in seconds of its
+    rate, from the answers' ``limit``, ``remaining`` and ``reset``."""
+
+    __slots__ = ("_highest_lower_s", "_lowest_upper_s")
+
+    def __init__(self) -> None:
+        self._highest_lower_s = 0.0
+        self._lowest_upper_s = math.inf
+
+    @property
+    def depth_s(self) -> float | None:
+        """The depth the answers so far prove (None: nothing proven, or maybe a minute)."""
+        if self._lowest_upper_s > _SHORTER_THAN_A_MINUTE_S or self._highest_lower_s <= 0:
+            return None
+        return min(self._highest_lower_s, self._lowest_upper_s)
+
+    def observe(self, *, limit: float, remaining: float, reset_s: float | None) -> None:
+        """Take one answer's reading of the budget (its per-minute ``limit``, what is
+        ``remaining`` and the seconds until it is full again)."""
+        if reset_s is None or limit <= 0 or not math.isfinite(reset_s) or reset_s <= 0:
+            return
+        left = max(0.0, remaining) / limit
+        missing_most = 1.0 - left
+        missing_least = 1.0 - min(1.0, (remaining + 1.0) / limit)
+        if missing_least < _LEAST_MISSING:
+            return
+        self._lowest_upper_s = min(self._lowest_upper_s, reset_s / missing_least)
+        lower_s = (reset_s - _RESET_GRAIN_S) / missing_most
+        self._highest_lower_s = max(self._highest_lower_s, lower_s)
+
+    def __repr__(self) -> str:
+        upper = "inf" if math.isinf(self._lowest_upper_s) else f"{self._lowest_upper_s:.3g}"
+        depth = self.depth_s
+        shown = "unknown" if depth is None else f"{depth:.3g} s"
+        return f"<StatedDepth {shown} ({self._highest_lower_s:.3g}-{upper} s)>"
