@@ -10,44 +10,53 @@ from hypothesis import strategies as st
 from pacekeeper.core.depth import StatedDepth
 
 
-def _reading(*, limit: int, depth_s: float, missing: float, phase_s: float) -> tuple[int, float]:
-    """What a continuously refilling bucket ``depth_s`` deep, missing a share ``missing``,
-    sends: remaining as a share of the stated limit (rounded down) and its RFC 3339 reset,
-    whole seconds rounded up, counted from a wall clock ``phase_s`` into its second."""
+def _reading(
+    *, limit: int, depth_s: float, missing: float, phase_s: float, age_s: float = 0.0
+) -> tuple[int, float]:
+    """What a continuously refilling bucket ``depth_s`` deep, missing a share ``missing`` when
+    it counts a request, sends: remaining as a share of the stated limit (rounded down) and
+    its RFC 3339 reset, whole seconds rounded up, from a wall clock ``phase_s`` into its
+    second; read ``age_s`` later, when the answer comes (a reset already past reads 0)."""
     remaining = math.floor(limit * (1.0 - missing))
     full_at = phase_s + missing * depth_s
-    return remaining, math.ceil(full_at) - phase_s
+    return remaining, max(0.0, math.ceil(full_at) - phase_s - age_s)
 
 
 @given(
     limit=st.integers(60, 100_000),
     depth_s=st.floats(1.0, 30.0),
-    readings=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.999)), max_size=40),
+    readings=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.999), st.floats(0.0, 15.0)), max_size=40
+    ),
 )
 def test_the_depth_used_is_never_deeper_than_the_bucket(
-    limit: int, depth_s: float, readings: list[tuple[float, float]]
+    limit: int, depth_s: float, readings: list[tuple[float, float, float]]
 ) -> None:
     depth = StatedDepth()
-    for missing, phase_s in readings:
+    for missing, phase_s, age_s in readings:
         remaining, reset_s = _reading(
-            limit=limit, depth_s=depth_s, missing=missing, phase_s=phase_s
+            limit=limit, depth_s=depth_s, missing=missing, phase_s=phase_s, age_s=age_s
         )
-        depth.observe(limit=limit, remaining=remaining, reset_s=reset_s)
+        depth.observe(limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s)
         assert depth.depth_s is None or depth.depth_s <= depth_s + 1e-9
 
 
 @given(
     limit=st.integers(60, 100_000),
-    readings=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.999)), max_size=40),
+    readings=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.999), st.floats(0.0, 15.0)), max_size=40
+    ),
 )
 def test_a_bucket_of_a_minute_is_never_spent_at_once(
-    limit: int, readings: list[tuple[float, float]]
+    limit: int, readings: list[tuple[float, float, float]]
 ) -> None:
     # OpenAI and Anthropic state a minute's bucket and may enforce it over shorter intervals.
     depth = StatedDepth()
-    for missing, phase_s in readings:
-        remaining, reset_s = _reading(limit=limit, depth_s=60.0, missing=missing, phase_s=phase_s)
-        depth.observe(limit=limit, remaining=remaining, reset_s=reset_s)
+    for missing, phase_s, age_s in readings:
+        remaining, reset_s = _reading(
+            limit=limit, depth_s=60.0, missing=missing, phase_s=phase_s, age_s=age_s
+        )
+        depth.observe(limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s)
     assert depth.depth_s is None
 
 
@@ -57,8 +66,11 @@ def test_readings_of_a_five_second_bucket_converge_on_five_seconds() -> None:
     missing = 0.1
     for step in range(30):
         phase_s = (step * 0.37) % 1.0
-        remaining, reset_s = _reading(limit=1500, depth_s=5.0, missing=missing, phase_s=phase_s)
-        depth.observe(limit=1500, remaining=remaining, reset_s=reset_s)
+        age_s = 0.3 + (step * 0.23) % 0.6  # answers in 0.3-0.9 s
+        remaining, reset_s = _reading(
+            limit=1500, depth_s=5.0, missing=missing, phase_s=phase_s, age_s=age_s
+        )
+        depth.observe(limit=1500, remaining=remaining, reset_s=reset_s, age_s=age_s)
         proven = depth.depth_s or 0.5
         missing = min(1.0, proven / 5.0)
     assert depth.depth_s is not None

@@ -698,10 +698,10 @@ def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, s
 def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
     # 1500/min with 40% of it missing and full again in 2-3 s: a bucket of 5 s (125 requests),
     # not the half second (12.5) pacing assumes without evidence.
+    # (Answered at once: the reading is as old as the request.)
     lane, clock = _clocked_lane()
-    clock.now = 1.0
-    first = lane._grant(1.0, 0, 1.0)
     clock.now = 1.2
+    first = lane._grant(1.2, 0, 1.2)
     headers = _anthropic_requests(1500, 900, 3)
     lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
@@ -719,9 +719,8 @@ def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
 
 def test_a_refusal_halves_a_proven_depth_too() -> None:
     lane, clock = _clocked_lane()
-    clock.now = 1.0
-    first = lane._grant(1.0, 0, 1.0)
     clock.now = 1.2
+    first = lane._grant(1.2, 0, 1.2)
     lane.settle(
         first,
         _verdict(200, _anthropic_requests(1500, 900, 3)),

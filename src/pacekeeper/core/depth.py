@@ -63,19 +63,26 @@ class StatedDepth:
             return None
         return min(self._highest_lower_s, self._lowest_upper_s)
 
-    def observe(self, *, limit: float, remaining: float, reset_s: float | None) -> None:
-        """Take one answer's reading of the budget (its per-minute ``limit``, what is
-        ``remaining`` and the seconds until it is full again)."""
-        if reset_s is None or limit <= 0 or not math.isfinite(reset_s) or reset_s <= 0:
+    def observe(
+        self, *, limit: float, remaining: float, reset_s: float | None, age_s: float = 0.0
+    ) -> None:
+        """Take one answer's reading of the budget: its per-minute ``limit``, what is
+        ``remaining`` and the seconds until it is full again, counted from the answer (0: full
+        by then, or sooner). ``age_s``: how long before the answer the provider counted the
+        request the reading describes (the request's time on the wire, at most), which it sets
+        the reset from."""
+        if reset_s is None or limit <= 0 or not math.isfinite(reset_s) or reset_s < 0:
             return
         left = max(0.0, remaining) / limit
         missing_most = 1.0 - left
         missing_least = 1.0 - min(1.0, (remaining + 1.0) / limit)
         if missing_least < _LEAST_MISSING:
             return
-        self._lowest_upper_s = min(self._lowest_upper_s, reset_s / missing_least)
-        lower_s = (reset_s - _RESET_GRAIN_S) / missing_most
-        self._highest_lower_s = max(self._highest_lower_s, lower_s)
+        age_s = max(0.0, age_s)
+        self._lowest_upper_s = min(self._lowest_upper_s, (reset_s + age_s) / missing_least)
+        if reset_s > 0:  # 0 may stand for a reset already past: no lower bound
+            lower_s = (reset_s + age_s - _RESET_GRAIN_S) / missing_most
+            self._highest_lower_s = max(self._highest_lower_s, lower_s)
 
     def __repr__(self) -> str:
         upper = "inf" if math.isinf(self._lowest_upper_s) else f"{self._lowest_upper_s:.3g}"

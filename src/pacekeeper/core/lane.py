@@ -406,16 +406,16 @@ class Lane:
                 burst_s = depth_s
         return burst_s * self._burst_scale
 
-    def _observe_depths(self, readings: tuple[_Reading, ...]) -> bool:
+    def _observe_depths(self, readings: tuple[_Reading, ...], age_s: float) -> bool:
         """Read each budget's depth from its ``(limit, remaining, reset_s)``, in the order of
-        ``_BUCKETS``; True when a depth in use changed."""
+        ``_BUCKETS``, counted ``age_s`` before the answer; True when a depth in use changed."""
         changed = False
         for name, (limit, remaining, reset_s) in zip(_BUCKETS, readings, strict=True):
             if not limit or remaining is None:
                 continue
             depth = self._depths[name]
             before = depth.depth_s
-            depth.observe(limit=limit, remaining=remaining, reset_s=reset_s)
+            depth.observe(limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s)
             changed = changed or depth.depth_s != before
         return changed
 
@@ -492,7 +492,7 @@ class Lane:
                 (tpm, remaining_tokens, reset_tokens_s),
                 (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
             )
-            changed = self._observe_depths(readings) or changed
+            changed = self._observe_depths(readings, now - sent_at) or changed
             new_requests = self.requests is None
             if changed:
                 self._state_ceilings(now=now)
