@@ -697,7 +697,8 @@ def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, s
 
 def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
     # 1500/min with 40% of it missing and full again in 2-3 s: a bucket of 5 s (125 requests),
-    # not the half second (12.5) pacing assumes without evidence.
+    # of which 4 s go at once (a fifth is slack), not the half second (12.5) pacing assumes
+    # without evidence.
     # (Answered at once: the reading is as old as the request.)
     lane, clock = _clocked_lane()
     clock.now = 1.2
@@ -705,7 +706,7 @@ def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
     headers = _anthropic_requests(1500, 900, 3)
     lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
-    assert lane.requests.burst == pytest.approx(125.0)
+    assert lane.requests.burst == pytest.approx(100.0)
     # A stated minute (30% missing, full in 18 s) proves no depth: half a second, as before.
     lane, clock = _clocked_lane()
     clock.now = 1.0
@@ -733,5 +734,5 @@ def test_a_refusal_halves_a_proven_depth_too() -> None:
     clock.now = 2.1
     lane.settle(refused, _verdict(429), now=2.1, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
-    # The pace drops too; the burst is half of the 5 s at that pace.
-    assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.5)
+    # The pace drops too; the burst is half of the 4 s at that pace.
+    assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.0)

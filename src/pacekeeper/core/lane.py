@@ -102,6 +102,10 @@ _SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
+_DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one gains little
+# Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
+# not exact, so a bucket spent to exactly empty refuses the last of the burst.
+_DEPTH_SPENT = 0.8
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
@@ -402,8 +406,8 @@ class Lane:
         burst_s = self._configured.burst_s
         if self._configured.learn_from_headers:
             depth_s = self._depths[bucket].depth_s
-            if depth_s is not None and depth_s > burst_s:
-                burst_s = depth_s
+            if depth_s is not None and depth_s >= _DEEP_S:
+                burst_s = max(burst_s, depth_s * _DEPTH_SPENT)
         return burst_s * self._burst_scale
 
     def _observe_depths(self, readings: tuple[_Reading, ...], age_s: float) -> bool:
