@@ -736,3 +736,31 @@ def test_a_refusal_halves_a_proven_depth_too() -> None:
     assert lane.requests is not None
     # The pace drops too; the burst is half of the 4 s at that pace.
     assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.0)
+
+
+def test_a_fixed_window_lets_no_more_than_its_remaining_through_before_it_ends() -> None:
+    # 1200/min (20/s) counted in fixed 1-s windows: three answers whose resets all point at
+    # t=1.0 show the window; the last says 5 are left with 0.3 s to go. A bucket refilling at
+    # 20/s would let 6 more through before then (5 + the slack of one): the window refuses
+    # the sixth. Nothing refills before the window ends.
+    lane, clock = _clocked_lane()
+    for sent_at, remaining in ((0.1, 14), (0.35, 9), (0.62, 5)):
+        clock.now = sent_at
+        permit = lane._grant(sent_at, 0, sent_at)
+        clock.now = sent_at + 0.08
+        reset_ms = round((1.0 - sent_at) * 1000)
+        headers = {
+            "x-ratelimit-limit-requests": "1200",
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{reset_ms}ms",
+        }
+        lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    sent = 0
+    now = 0.7
+    while now < 1.0:
+        if lane._try_admit(now, 0) == 0.0:
+            lane._grant(now, 0, now)
+            sent += 1
+        now += 0.01
+    assert sent <= 5

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["StatedDepth"]
+__all__ = ["FixedWindows", "StatedDepth"]
 
 _RESET_GRAIN_S = 1.0
 """How much sooner than its reset a bucket may really be full: an RFC 3339 reset counts whole
@@ -44,6 +44,10 @@ _SHORTER_THAN_A_MINUTE_S = 40.0
 bucket reads as 60 s at least, and a reading up to here cannot be one."""
 _LEAST_MISSING = 0.02
 """Readings of a bucket missing less than this share are too coarse to bound anything."""
+_SAME_END_S = 0.05
+"""Two resets that point at instants this close point at one: the network moves a request's
+arrival by a few ms to tens of ms."""
+_WINDOW_AGREEMENTS = 2
 
 
 class StatedDepth:
@@ -89,3 +93,49 @@ class StatedDepth:
         depth = self.depth_s
         shown = "unknown" if depth is None else f"{depth:.3g} s"
         return f"<StatedDepth {shown} ({self._highest_lower_s:.3g}-{upper} s)>"
+
+
+class FixedWindows:
+    """Whether a budget is counted in fixed windows, from when its resets say it is whole again.
+
+    A fixed window is whole again at its end, the same instant for every request counted in it;
+    a bucket that refills continuously is full again later with every spend. Fixed windows
+    refill nothing before that instant, so a lane must not spend more than ``remaining`` until
+    then, where a continuous bucket lets the rate through meanwhile. Resets in whole seconds
+    (RFC 3339, epoch numbers) share their instants whatever the budget does, and prove nothing.
+
+    >>> windows = FixedWindows()
+    >>> for sent_at, reset_s in ((0.10, 0.90), (0.35, 0.65), (0.62, 0.38)):  # all end at 1.0
+    ...     windows.observe(sent_at=sent_at, reset_s=reset_s)
+    >>> windows.fixed
+    True
+    >>> windows.observe(sent_at=1.3, reset_s=0.9)  # a continuous bucket: full later and later
+    >>> windows.observe(sent_at=1.4, reset_s=0.9)
+    >>> windows.fixed
+    False
+    """
+
+    __slots__ = ("_agreements", "_end")
+
+    def __init__(self) -> None:
+        self._end = -math.inf
+        self._agreements = 0
+
+    @property
+    def fixed(self) -> bool:
+        return self._agreements >= _WINDOW_AGREEMENTS
+
+    def observe(self, *, sent_at: float, reset_s: float | None) -> None:
+        """Take the reset of an answer to a request sent (and counted) at ``sent_at``."""
+        if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
+            return
+        end = sent_at + reset_s
+        if sent_at < self._end - _SAME_END_S:  # counted while the last window was open
+            if abs(end - self._end) <= _SAME_END_S:
+                self._agreements += 1
+            else:
+                self._agreements = 0
+        self._end = end
+
+    def __repr__(self) -> str:
+        return f"<FixedWindows {'fixed' if self.fixed else 'not shown'}>"

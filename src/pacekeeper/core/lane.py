@@ -46,7 +46,7 @@ from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
-from pacekeeper.core.depth import StatedDepth
+from pacekeeper.core.depth import FixedWindows, StatedDepth
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
@@ -220,6 +220,7 @@ class Lane:
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
+        "_windows",
         "budget",
         "cheap_scale",
         "congestion",
@@ -291,6 +292,8 @@ class Lane:
         self._burst_cut_at = -math.inf
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
+        self._windows = {name: FixedWindows() for name in _BUCKETS}
+        """Whether the provider counts each budget in fixed windows, as its resets show."""
         self._floor_due = -math.inf
         self._new_territory_at = -math.inf
         self._recent_sends: deque[float] = deque()
@@ -504,6 +507,11 @@ class Lane:
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
+            if not minute.resets_to_the_second:
+                self._windows["requests"].observe(
+                    sent_at=permit.sent_at, reset_s=minute.reset_requests_s
+                )
+                self._windows["tokens"].observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
@@ -515,6 +523,7 @@ class Lane:
                     elapsed_s=elapsed_s,
                     used_since=self._admitted - permit.seq,
                     slack=1.0,
+                    fixed_window=self._windows["requests"].fixed,
                 )
             if remaining_tokens is not None:
                 drain_to_headroom(
@@ -525,6 +534,7 @@ class Lane:
                     elapsed_s=elapsed_s,
                     used_since=self._charged - permit.charged_before - self._charged_for(permit),
                     slack=float(permit.tokens),
+                    fixed_window=self._windows["tokens"].fixed,
                 )
             if otpm and minute.remaining_output_tokens is not None:
                 # The provider reserves max_tokens at admission and settles at the end, as we
