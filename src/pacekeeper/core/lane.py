@@ -106,6 +106,7 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
+_WINDOW_GUARD_S = 0.02
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
@@ -426,6 +427,17 @@ class Lane:
             changed = changed or depth.depth_s != before
         return changed
 
+    def _count_in_windows(self, now: float) -> None:
+        """Hold each bucket whose provider counts in fixed windows to the windows' grid, as
+        far as its resets show it. A request counts a little after we send it, so a window
+        is taken to open a moment after the instant its resets point at."""
+        for name in ("requests", "tokens"):
+            bucket: TokenBucket | None = getattr(self, name)
+            grid = self._windows[name].grid
+            if bucket is not None and grid is not None:
+                end, length_s = grid
+                bucket.count_in_windows(end=end + _WINDOW_GUARD_S, length_s=length_s, now=now)
+
     def limits_due(self, now: float) -> bool:
         """Whether a successful answer's rate-limit headers should be read now: at most every
         0.1 s per lane, because parsing them on every answer of a busy lane costs more than
@@ -512,6 +524,7 @@ class Lane:
                     sent_at=permit.sent_at, reset_s=minute.reset_requests_s
                 )
                 self._windows["tokens"].observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
+                self._count_in_windows(now)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
@@ -533,7 +546,7 @@ class Lane:
                     reset_s=reset_tokens_s,
                     elapsed_s=elapsed_s,
                     used_since=self._charged - permit.charged_before - self._charged_for(permit),
-                    slack=float(permit.tokens),
+                    slack=0.0,
                     fixed_window=self._windows["tokens"].fixed,
                 )
             if otpm and minute.remaining_output_tokens is not None:
