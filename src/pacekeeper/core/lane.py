@@ -546,7 +546,7 @@ class Lane:
                     reset_s=reset_tokens_s,
                     elapsed_s=elapsed_s,
                     used_since=self._charged - permit.charged_before - self._charged_for(permit),
-                    slack=0.0,
+                    slack=float(permit.tokens),
                     fixed_window=self._windows["tokens"].fixed,
                 )
             if otpm and minute.remaining_output_tokens is not None:
