@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import threading
 import time
@@ -739,28 +740,55 @@ def test_a_refusal_halves_a_proven_depth_too() -> None:
 
 
 def test_a_fixed_window_lets_no_more_than_its_remaining_through_before_it_ends() -> None:
-    # 1200/min (20/s) counted in fixed 1-s windows: three answers whose resets all point at
-    # t=1.0 show the window; the last says 5 are left with 0.3 s to go. A bucket refilling at
-    # 20/s would let 6 more through before then (5 + the slack of one): the window refuses
-    # the sixth. Nothing refills before the window ends.
+    # 60,000 tokens a minute (1000/s) counted in fixed 1-s windows: three answers whose resets
+    # all point at t=1.0 show the window; the last says 500 are left with 0.38 s to go. A
+    # bucket refilling at 1000/s would let 500 + one request of slack + 300 more through
+    # before then: the window refuses all past 500. Nothing refills before the window ends.
     lane, clock = _clocked_lane()
-    for sent_at, remaining in ((0.1, 14), (0.35, 9), (0.62, 5)):
+    for sent_at, remaining in ((0.1, 900), (0.35, 700), (0.62, 500)):
         clock.now = sent_at
-        permit = lane._grant(sent_at, 0, sent_at)
+        permit = lane._grant(sent_at, 100, sent_at)
         clock.now = sent_at + 0.08
         reset_ms = round((1.0 - sent_at) * 1000)
         headers = {
-            "x-ratelimit-limit-requests": "1200",
-            "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": f"{reset_ms}ms",
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": str(remaining),
+            "x-ratelimit-reset-tokens": f"{reset_ms}ms",
         }
         lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
-    assert lane.requests is not None
+    assert lane.tokens is not None
     sent = 0
     now = 0.7
     while now < 1.0:
-        if lane._try_admit(now, 0) == 0.0:
-            lane._grant(now, 0, now)
+        if lane._try_admit(now, 100) == 0.0:
+            lane._grant(now, 100, now)
             sent += 1
         now += 0.01
     assert sent <= 5
+
+
+def test_a_grid_of_fixed_windows_holds_each_to_its_budget() -> None:
+    # Once two windows' ends show their length, each window gets no more than its budget,
+    # whatever the bucket's burst would let through across a boundary.
+    lane, clock = _clocked_lane()
+    for sent_at, reset_ms in ((0.1, 900), (0.5, 500), (1.1, 900), (1.5, 500)):
+        clock.now = sent_at
+        permit = lane._grant(sent_at, 100, sent_at)
+        clock.now = sent_at + 0.05
+        headers = {
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": "900",
+            "x-ratelimit-reset-tokens": f"{reset_ms}ms",
+        }
+        lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    spent: dict[int, int] = {}
+    now = 3.0
+    while now < 8.0:
+        if lane._try_admit(now, 150) == 0.0:
+            lane._grant(now, 150, now)
+            window = math.floor(now - 0.02)  # windows open at whole seconds (+ the guard)
+            spent[window] = spent.get(window, 0) + 150
+        now += 0.005
+    assert spent
+    assert max(spent.values()) <= 1000
