@@ -14,8 +14,6 @@ from pacekeeper.core.errors import ConfigurationError
 
 __all__ = ["TokenBucket"]
 
-_SAME_WINDOW_S = 0.1
-
 
 class TokenBucket:
     """A continuously refilling budget of ``rate_per_s`` units per second, ``burst`` deep.
@@ -39,70 +37,14 @@ class TokenBucket:
     <TokenBucket 2/s burst=2 full at t=1.000>
     """
 
-    __slots__ = (
-        "_burst",
-        "_interval_s",
-        "_rate_per_s",
-        "_tat",
-        "_window_end",
-        "_window_s",
-        "_window_spent",
-    )
+    __slots__ = ("_burst", "_interval_s", "_rate_per_s", "_tat")
 
     def __init__(self, *, rate_per_s: float, burst: float) -> None:
         self._rate_per_s = 0.0
         self._interval_s = 0.0
         self._burst = 0.0
         self._tat = -math.inf
-        self._window_end = math.inf
-        self._window_s = 0.0
-        self._window_spent = 0.0
         self.set_rate(rate_per_s=rate_per_s, burst=burst, now=0.0)
-
-    def count_in_windows(self, *, end: float, length_s: float, now: float) -> None:
-        """Also hold each fixed window of ``length_s`` (one of which ends at ``end``) to the
-        rate's share of it, as a provider counting in such windows does: a bucket refilling
-        continuously lets a window's budget and part of the next one's through in one window.
-
-        >>> b = TokenBucket(rate_per_s=10.0, burst=10.0)
-        >>> b.count_in_windows(end=1.0, length_s=1.0, now=0.5)
-        >>> b.spend(now=0.5, cost=10)
-        >>> b.wait_s(now=0.6, cost=1)   # the bucket refilled one, the window has none left
-        0.4
-        """
-        if not (math.isfinite(end) and math.isfinite(length_s) and length_s > 0):
-            raise ConfigurationError(
-                f"a window needs a finite end and length, got {end}, {length_s}"
-            )
-        new_end = self._ends_after(end, length_s, now)
-        # A later reading of the same window moves its end by the network's jitter: what was
-        # spent in it still counts.
-        same = abs(self._current_end(now) - new_end) < _SAME_WINDOW_S
-        self._window_s = length_s
-        self._window_end = new_end
-        if not same:
-            self._window_spent = 0.0
-
-    @staticmethod
-    def _ends_after(end: float, length_s: float, now: float) -> float:
-        """The end of the window (of those ``length_s`` long, one ending at ``end``) that
-        ``now`` is in."""
-        return end + math.floor((now - end) / length_s + 1.0) * length_s
-
-    def _current_end(self, now: float) -> float:
-        if self._window_s <= 0:
-            return math.inf
-        return self._ends_after(self._window_end, self._window_s, now)
-
-    def _window_wait_s(self, at: float, cost: float) -> float:
-        """Seconds from ``at`` until ``cost`` fits the window then open (0.0: it fits)."""
-        if self._window_s <= 0:
-            return 0.0
-        end = self._current_end(at)
-        spent = self._window_spent if end == self._window_end else 0.0
-        if spent <= 0 or spent + cost <= self._rate_per_s * self._window_s + 1e-9:
-            return 0.0
-        return end - at
 
     @property
     def rate_per_s(self) -> float:
@@ -137,20 +79,12 @@ class TokenBucket:
         tat = self._tat if self._tat > now else now
         # Oversize spends are allowed only from a full bucket.
         ready = tat if cost > self._burst else tat + (cost - self._burst) * self._interval_s
-        ready = ready if ready > now else now
-        ready += self._window_wait_s(ready, cost)
-        return ready - now
+        return ready - now if ready > now else 0.0
 
     def spend(self, *, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
         tat = self._tat if self._tat > now else now
         self._tat = tat + cost * self._interval_s
-        if self._window_s > 0:
-            end = self._current_end(now)
-            if end != self._window_end:
-                self._window_end = end
-                self._window_spent = 0.0
-            self._window_spent += cost
 
     def adjust(self, *, now: float, delta: float) -> None:
         """Charge (``delta`` > 0) or give back (< 0) units after the fact, e.g. once the real

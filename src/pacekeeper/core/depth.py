@@ -107,36 +107,24 @@ class FixedWindows:
     >>> windows = FixedWindows()
     >>> for sent_at, reset_s in ((0.10, 0.90), (0.35, 0.65), (0.62, 0.38)):  # all end at 1.0
     ...     windows.observe(sent_at=sent_at, reset_s=reset_s)
-    >>> windows.fixed, windows.grid
-    (True, None)
+    >>> windows.fixed
+    True
     >>> windows.observe(sent_at=1.1, reset_s=0.9)  # the next window ends at 2.0
-    >>> windows.grid
-    (2.0, 1.0)
     >>> windows.observe(sent_at=1.3, reset_s=0.9)  # a continuous bucket: full later and later
     >>> windows.observe(sent_at=1.4, reset_s=0.9)
     >>> windows.fixed
     False
     """
 
-    __slots__ = ("_agreements", "_end", "_length_s")
+    __slots__ = ("_agreements", "_end")
 
     def __init__(self) -> None:
         self._end = -math.inf
         self._agreements = 0
-        self._length_s = math.inf
 
     @property
     def fixed(self) -> bool:
         return self._agreements >= _WINDOW_AGREEMENTS
-
-    @property
-    def grid(self) -> tuple[float, float] | None:
-        """When the last window seen ends and how long windows are, once both are shown (the
-        length by two windows' ends; the shortest gap, since windows without an answer in
-        them leave multiples of it)."""
-        if not self.fixed or math.isinf(self._length_s):
-            return None
-        return self._end, self._length_s
 
     def observe(self, *, sent_at: float, reset_s: float | None) -> None:
         """Take the reset of an answer to a request sent (and counted) at ``sent_at``."""
@@ -148,9 +136,6 @@ class FixedWindows:
                 self._agreements += 1
                 return
             self._agreements = 0
-            self._length_s = math.inf
-        elif self._agreements and end - self._end > _SAME_END_S:
-            self._length_s = min(self._length_s, end - self._end)
         self._end = end
 
     def __repr__(self) -> str:

@@ -106,7 +106,6 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
-_WINDOW_GUARD_S = 0.02
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
@@ -296,7 +295,7 @@ class Lane:
         self._token_windows = FixedWindows()
         """Whether the provider counts tokens in fixed windows, as its resets show. Requests
         are left to pacing: whole, even requests overfill a window rarely, and holding them to
-        the windows as seen cost 5% of the rate on 1-s windows without fewer 429s."""
+        the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
         self._floor_due = -math.inf
         self._new_territory_at = -math.inf
         self._recent_sends: deque[float] = deque()
@@ -429,17 +428,6 @@ class Lane:
             changed = changed or depth.depth_s != before
         return changed
 
-    def _count_in_windows(self, now: float) -> None:
-        """Hold the token bucket to the provider's fixed windows, as far as its resets show
-        them: one request's tokens are a tenth of a 1-s window, and a bucket that refills
-        continuously lets the last of them into a window that has no room. A request counts a
-        little after we send it, so a window is taken to open a moment after the instant the
-        resets point at."""
-        grid = self._token_windows.grid
-        if self.tokens is not None and grid is not None:
-            end, length_s = grid
-            self.tokens.count_in_windows(end=end + _WINDOW_GUARD_S, length_s=length_s, now=now)
-
     def limits_due(self, now: float) -> bool:
         """Whether a successful answer's rate-limit headers should be read now: at most every
         0.1 s per lane, because parsing them on every answer of a busy lane costs more than
@@ -523,7 +511,6 @@ class Lane:
             elapsed_s = max(0.0, now - permit.sent_at)
             if not minute.resets_to_the_second:
                 self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
-                self._count_in_windows(now)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
