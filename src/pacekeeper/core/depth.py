@@ -1,4 +1,5 @@
-"""How deep a provider's bucket is, read from its own headers.
+"""The shape of a provider's budget, read from its own headers: how deep its bucket is
+(:class:`StatedDepth`), and whether it counts in fixed windows (:class:`FixedWindows`).
 
 A per-minute limit says how fast a budget refills, not how much of it may go at once. A
 provider whose bucket refills continuously (Anthropic) sends, with each answer, what is left of
