@@ -244,6 +244,7 @@ def test_anthropic_snapshot_timestamps_from_now() -> None:
         limit_output_tokens=10000,
         remaining_output_tokens=9000,
         reset_output_tokens_s=1.0,
+        resets_to_the_second=True,
     )
 
 
@@ -379,3 +380,19 @@ def test_retry_hint_uses_a_given_snapshot() -> None:
     snap = RateLimitSnapshot(remaining_output_tokens=0, reset_output_tokens_s=4.0)
     assert retry_hint_s({}, now_wall_s=NOW, snapshot=snap) == 4.0
     assert retry_hint_s({"retry-after": "2"}, now_wall_s=NOW, snapshot=snap) == 2.0
+
+
+def test_resets_sent_as_times_of_day_are_marked_as_whole_seconds() -> None:
+    durations = parse_rate_limit_headers(
+        {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "120ms"},
+        now_wall_s=NOW,
+    )
+    epoch = parse_rate_limit_headers(
+        {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": str(int(NOW) + 3)},
+        now_wall_s=NOW,
+    )
+    assert durations is not None
+    assert not durations.resets_to_the_second
+    assert epoch is not None
+    assert epoch.resets_to_the_second
+    assert not durations.is_empty

@@ -773,3 +773,84 @@ def test_a_provisional_cap_probe_refused_after_a_quieter_second_confirms_the_cap
     # Refused at 8 in flight after a quieter second than the first refusal: the cap.
     assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, False)
     assert lane.discovered_rpm is None
+
+
+def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, str]:
+    # Resets are RFC 3339 times; the verdicts here are read at wall time 0.
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset_s))
+    return {
+        "anthropic-ratelimit-requests-limit": str(limit),
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+
+
+def test_a_bucket_the_headers_prove_deep_is_spent_at_once() -> None:
+    # 1500/min with 40% of it missing and full again in 2-3 s: a bucket of 5 s (125 requests),
+    # of which 4 s go at once (a fifth is slack), not the half second (12.5) pacing assumes
+    # without evidence.
+    # (Answered at once: the reading is as old as the request.)
+    lane, clock = _clocked_lane()
+    clock.now = 1.2
+    first = lane._grant(1.2, 0, 1.2)
+    headers = _anthropic_requests(1500, 900, 3)
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.burst == pytest.approx(100.0)
+    # A stated minute (30% missing, full in 18 s) proves no depth: half a second, as before.
+    lane, clock = _clocked_lane()
+    clock.now = 1.0
+    first = lane._grant(1.0, 0, 1.0)
+    clock.now = 1.2
+    headers = _anthropic_requests(1000, 700, 18)
+    lane.settle(first, _verdict(200, headers), now=1.2, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    assert lane.requests.burst == pytest.approx(1000 / 60 * 0.5)
+
+
+def test_a_refusal_halves_a_proven_depth_too() -> None:
+    lane, clock = _clocked_lane()
+    clock.now = 1.2
+    first = lane._grant(1.2, 0, 1.2)
+    lane.settle(
+        first,
+        _verdict(200, _anthropic_requests(1500, 900, 3)),
+        now=1.2,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    clock.now = 2.0
+    refused = lane._grant(2.0, 0, 2.0)
+    clock.now = 2.1
+    lane.settle(refused, _verdict(429), now=2.1, max_hint_s=600.0, retry=False)
+    assert lane.requests is not None
+    # The pace drops too; the burst is half of the 4 s at that pace.
+    assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.0)
+
+
+def test_a_fixed_window_lets_no_more_than_its_remaining_through_before_it_ends() -> None:
+    # 60,000 tokens a minute (1000/s) counted in fixed 1-s windows: three answers whose resets
+    # all point at t=1.0 show the window; the last says 500 are left with 0.38 s to go. A
+    # bucket refilling at 1000/s would let 500 + one request of slack + 300 more through
+    # before then: the window refuses all past 500. Nothing refills before the window ends.
+    lane, clock = _clocked_lane()
+    for sent_at, remaining in ((0.1, 900), (0.35, 700), (0.62, 500)):
+        clock.now = sent_at
+        permit = lane._grant(sent_at, 100, sent_at)
+        clock.now = sent_at + 0.08
+        reset_ms = round((1.0 - sent_at) * 1000)
+        headers = {
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": str(remaining),
+            "x-ratelimit-reset-tokens": f"{reset_ms}ms",
+        }
+        lane.settle(permit, _verdict(200, headers), now=clock.now, max_hint_s=600.0, retry=False)
+    assert lane.tokens is not None
+    sent = 0
+    now = 0.7
+    while now < 1.0:
+        if lane._try_admit(now, 100) == 0.0:
+            lane._grant(now, 100, now)
+            sent += 1
+        now += 0.01
+    assert sent <= 5

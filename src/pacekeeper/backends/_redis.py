@@ -545,7 +545,7 @@ class SharedLane(Lane):
             tokens - output_tokens if otpm else tokens,
             self.rpm or 0,
             self.tpm or 0,
-            self.burst_s,  # as a local lane's: halved by 429s at a paced rate
+            self.burst_s("requests"),  # as a local lane's (a proven depth, halved by 429s)
             limits.utilisation,
             fixed,
             min(adaptive.initial, hi),
@@ -562,6 +562,8 @@ class SharedLane(Lane):
             output_tokens if otpm else 0,
             otpm,
             0 if learner is None else learner.silence_window,
+            self.burst_s("tokens"),
+            self.burst_s("output_tokens"),
         ]
 
     @staticmethod

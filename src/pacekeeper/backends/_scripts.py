@@ -68,7 +68,8 @@ ADMIT = (
 --       the cost limited apart, charged to the output bucket; tokens is then the input
 --       alone), otpm (the caller's output pace, 0: output not limited apart), silence
 --       window (what silence before any answer grew the caller's window to, 0: none; the
---       shared window rises to it, as a local one grows)
+--       shared window rises to it, as a local one grows), the token and output buckets'
+--       bursts in seconds (burst_s is the request bucket's; each as the caller's lane has it)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
@@ -118,26 +119,26 @@ local tr = math.max(num(h[2], 0), now)
 local tt = math.max(num(h[3], 0), now)
 local otokens, otpm = num(ARGV[20], 0), num(ARGV[21], 0)
 local to = math.max(num(h[11], 0), now)
--- A bucket (GCRA) of per_min a minute, burst_s deep, at its theoretical arrival time tat:
+-- A bucket (GCRA) of per_min a minute, deep_s deep, at its theoretical arrival time tat:
 -- seconds until cost fits, and the seconds each unit of cost moves tat.
-local function bucket_wait(tat, cost, per_min)
+local function bucket_wait(tat, cost, per_min, deep_s)
   local rate = per_min * util / 60
-  local burst = math.max(1, rate * burst_s)
+  local burst = math.max(1, rate * deep_s)
   if cost > burst then return tat - now, 1 / rate end  -- bigger than the burst: when full
   return tat + (cost - burst) / rate - now, 1 / rate
 end
 local rint, tint, oint = 0, 0, 0
 local w
 if rpm > 0 then
-  w, rint = bucket_wait(tr, 1, rpm)
+  w, rint = bucket_wait(tr, 1, rpm, burst_s)
   if w > wait then wait = w end
 end
 if tpm > 0 and tokens > 0 then
-  w, tint = bucket_wait(tt, tokens, tpm)
+  w, tint = bucket_wait(tt, tokens, tpm, num(ARGV[23], burst_s))
   if w > wait then wait = w end
 end
 if otpm > 0 and otokens > 0 then
-  w, oint = bucket_wait(to, otokens, otpm)
+  w, oint = bucket_wait(to, otokens, otpm, num(ARGV[24], burst_s))
   if w > wait then wait = w end
 end
 local limit

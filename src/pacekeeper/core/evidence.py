@@ -104,6 +104,7 @@ def drain_to_headroom(
     elapsed_s: float,
     used_since: float,
     slack: float,
+    fixed_window: bool = False,
 ) -> None:
     """Drain ``bucket`` to the provider's headroom now, when that is lower than its level.
 
@@ -114,8 +115,19 @@ def drain_to_headroom(
     a continuous bucket); once ``reset_s`` has passed, the snapshot describes a window that is
     gone and says nothing. Without a reset (Azure sends none), the stated rate refills
     continuously. ``slack`` (one request) absorbs the moment between the provider's clock and
-    ours; the level never goes below empty, since what was refused took nothing."""
+    ours; the level never goes below empty, since what was refused took nothing.
+
+    With ``fixed_window`` (the resets showed windows that end at one instant), the window
+    refills nothing before its reset while our bucket refills continuously: the bucket then
+    drains to what lets no more than ``remaining`` through before the reset, a debt repaid as
+    the window ends, and without slack (a request too many is the 429 this avoids)."""
     if bucket is None:
+        return
+    if reset_s is not None and fixed_window:
+        if elapsed_s >= reset_s:
+            return
+        left = remaining - used_since - bucket.rate_per_s * (reset_s - elapsed_s)
+        bucket.drain_to(now=now, level=left)
         return
     if reset_s is not None:
         if elapsed_s >= reset_s:

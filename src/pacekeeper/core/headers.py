@@ -218,6 +218,9 @@ class RateLimitSnapshot:
     limit_output_tokens: int | None = None
     remaining_output_tokens: int | None = None
     reset_output_tokens_s: float | None = None
+    resets_to_the_second: bool = False
+    """The resets were sent as times of day in whole seconds (RFC 3339, an epoch number), not
+    as durations: they are up to a second late and several share one instant by rounding."""
 
     @property
     def is_empty(self) -> bool:
@@ -243,12 +246,12 @@ class RateLimitSnapshot:
         return longest
 
 
-_FIELD_NAMES: tuple[str, ...] = tuple(RateLimitSnapshot.__dataclass_fields__)
+_N_RATE_FIELDS = 12
+_FIELD_NAMES: tuple[str, ...] = tuple(RateLimitSnapshot.__dataclass_fields__)[:_N_RATE_FIELDS]
 
 # One slot per interesting header. Slots 0..11 are the x-ratelimit-* values and 12..23 the
 # anthropic-ratelimit-* ones, each as (limit, remaining, reset) for requests, tokens, input
 # tokens and output tokens: the order of RateLimitSnapshot's fields. Then the retry headers.
-_N_RATE_FIELDS = 12
 _ANTHROPIC = 12
 _S_RETRY_AFTER_MS = 24
 _S_RETRY_AFTER = 25
@@ -343,6 +346,14 @@ def _read_reset_s(text: str, now_wall_s: float, *, timestamp: bool) -> float | N
     return seconds
 
 
+def _is_time_of_day(text: str) -> bool:
+    """Whether a reset is a time (RFC 3339, an epoch number) rather than a duration."""
+    if "T" in text or "t" in text:
+        return True
+    seconds = parse_duration_s(text)
+    return seconds is not None and seconds >= _EPOCH_THRESHOLD_S
+
+
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
     for slot, text in found.items():
@@ -353,6 +364,8 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             continue  # OpenAI-style names win when a gateway sends both
         if what == _RESET:
             fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
+            if _is_time_of_day(text):
+                fields["resets_to_the_second"] = True
             continue
         number = _read_int(text)
         if number is not None and number < 0:

@@ -47,6 +47,7 @@ from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
 from pacekeeper.core.cooldown import CooldownGate
+from pacekeeper.core.depth import FixedWindows, StatedDepth
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
@@ -101,6 +102,12 @@ _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides
 _SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
+_BUCKETS = ("requests", "tokens", "output_tokens")
+_DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one gains little
+# Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
+# not exact, so a bucket spent to exactly empty refuses the last of the burst.
+_DEPTH_SPENT = 0.8
+_Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 _CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
 
 
@@ -209,6 +216,7 @@ class Lane:
         "_charged",
         "_clock",
         "_configured",
+        "_depths",
         "_estimates",
         "_first_admitted_at",
         "_floor_due",
@@ -224,6 +232,7 @@ class Lane:
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
+        "_token_windows",
         "_untested_refusal",
         "budget",
         "cheap_scale",
@@ -302,6 +311,12 @@ class Lane:
         """Output tokens reserved at admission, net of what answers settled (gave back)."""
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
+        self._depths = {name: StatedDepth() for name in _BUCKETS}
+        """How deep the provider's bucket behind each of ours is, as its headers show."""
+        self._token_windows = FixedWindows()
+        """Whether the provider counts tokens in fixed windows, as its resets show. Requests
+        are left to pacing: whole, even requests overfill a window rarely, and holding them to
+        the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
         self._floor_due = -math.inf
         self._new_territory_at = -math.inf
         self._recent_sends: deque[float] = deque()
@@ -348,12 +363,6 @@ class Lane:
         return self._configured
 
     @property
-    def burst_s(self) -> float:
-        """The burst in force, in seconds of each rate: the configured one, halved by 429s at
-        a paced rate (windows our burst overfills), doubled back by quiet half-minutes."""
-        return self._configured.burst_s * self._burst_scale
-
-    @property
     def rpm(self) -> float | None:
         """The requests-per-minute rate in force: the stated limit (configured or from headers,
         the lower of both) lowered by 429s, or one discovered from 429s that stated nothing."""
@@ -393,17 +402,12 @@ class Lane:
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
-        burst_s = self.burst_s
-        for rpm, attr in (
-            (self.rpm, "requests"),
-            (self.tpm, "tokens"),
-            (self.output_tpm, "output_tokens"),
-        ):
+        for rpm, attr in zip((self.rpm, self.tpm, self.output_tpm), _BUCKETS, strict=True):
             if rpm is None:
                 setattr(self, attr, None)  # never known, or a statement withdrawn
                 continue
             rate = rpm * share / 60.0
-            burst = max(1.0, rate * burst_s)
+            burst = max(1.0, rate * self.burst_s(attr))
             bucket: TokenBucket | None = getattr(self, attr)
             if bucket is None:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
@@ -423,6 +427,32 @@ class Lane:
                 setattr(self, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
+
+    def burst_s(self, bucket: str) -> float:
+        """How many seconds of its rate ``bucket`` (``"requests"``, ``"tokens"`` or
+        ``"output_tokens"``) lets go at once: the configured burst, or the depth the
+        provider's headers prove for its own bucket when that is deeper (a bucket of 5 s
+        spent from the start saves 5 s of a run), halved by 429s at a paced rate (windows
+        our burst overfills) and doubled back by quiet half-minutes."""
+        burst_s = self._configured.burst_s
+        if self._configured.learn_from_headers:
+            depth_s = self._depths[bucket].depth_s
+            if depth_s is not None and depth_s >= _DEEP_S:
+                burst_s = max(burst_s, depth_s * _DEPTH_SPENT)
+        return burst_s * self._burst_scale
+
+    def _observe_depths(self, readings: tuple[_Reading, ...], age_s: float) -> bool:
+        """Read each budget's depth from its ``(limit, remaining, reset_s)``, in the order of
+        ``_BUCKETS``, counted ``age_s`` before the answer; True when a depth in use changed."""
+        changed = False
+        for name, (limit, remaining, reset_s) in zip(_BUCKETS, readings, strict=True):
+            if not limit or remaining is None:
+                continue
+            depth = self._depths[name]
+            before = depth.depth_s
+            depth.observe(limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s)
+            changed = changed or depth.depth_s != before
+        return changed
 
     def limits_due(self, now: float) -> bool:
         """Whether a successful answer's rate-limit headers should be read now: at most every
@@ -492,6 +522,12 @@ class Lane:
             if otpm and otpm > 0 and otpm != self.learned_otpm:
                 self.learned_otpm = float(otpm)
                 changed = True
+            readings = (
+                (rpm, remaining_requests, minute.reset_requests_s),
+                (tpm, remaining_tokens, reset_tokens_s),
+                (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
+            )
+            changed = self._observe_depths(readings, now - sent_at) or changed
             new_requests = self.requests is None
             if changed:
                 self._state_ceilings(now=now)
@@ -499,6 +535,8 @@ class Lane:
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
+            if not minute.resets_to_the_second:
+                self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
@@ -520,6 +558,7 @@ class Lane:
                     elapsed_s=elapsed_s,
                     used_since=self._charged - permit.charged_before - self._charged_for(permit),
                     slack=float(permit.tokens),
+                    fixed_window=self._token_windows.fixed,
                 )
             if otpm and minute.remaining_output_tokens is not None:
                 # The provider reserves max_tokens at admission and settles at the end, as we

@@ -1,0 +1,143 @@
+"""The shape of a provider's budget, read from its own headers: how deep its bucket is
+(:class:`StatedDepth`), and whether it counts in fixed windows (:class:`FixedWindows`).
+
+A per-minute limit says how fast a budget refills, not how much of it may go at once. A
+provider whose bucket refills continuously (Anthropic) sends, with each answer, what is left of
+the budget as a share of the stated limit and when the bucket will be full again. Together they
+give the depth in seconds of the rate: a bucket ``depth_s`` deep that misses a share ``1 - x`` of
+its capacity is full again after ``(1 - x) * depth_s``, so ``depth_s = reset / (1 - x)``. A
+bucket of a whole minute (OpenAI's and Anthropic's stated buckets, which both say they may be
+enforced over shorter intervals) reads as 60 s; a gateway counting per second reads as about a
+second.
+
+The reading is bracketed, never trusted as one number. An RFC 3339 reset has whole seconds and
+is rounded up (and the two clocks differ a little), so the time to full lies within a second
+under the reset sent; ``remaining`` is a whole number rounded down. Each answer gives a lower and
+an upper bound; the depth used is the highest lower bound, never above the lowest upper bound.
+Depth that may be a minute is not used at all: spending a stated minute at once is what
+"enforced over shorter intervals" refuses.
+
+>>> depth = StatedDepth()
+>>> depth.observe(limit=1500, remaining=1350, reset_s=1.0)   # 10% missing, full within 1 s
+>>> depth.depth_s                                           # at most 10 s, at least 0: unknown
+>>> depth.observe(limit=1500, remaining=900, reset_s=3.0)    # 40% missing, full within 2-3 s
+>>> depth.depth_s
+5.0
+>>> depth
+<StatedDepth 5 s (5-7.51 s)>
+>>> minute = StatedDepth()
+>>> minute.observe(limit=1000, remaining=700, reset_s=18.0)  # 30% missing, 17-18 s: a minute
+>>> minute.depth_s is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["FixedWindows", "StatedDepth"]
+
+_RESET_GRAIN_S = 1.0
+"""How much sooner than its reset a bucket may really be full: an RFC 3339 reset counts whole
+seconds, rounded up, and the provider's clock and ours differ."""
+_SHORTER_THAN_A_MINUTE_S = 40.0
+"""Depth is used only once an answer shows the bucket is at most this deep: a stated minute's
+bucket reads as 60 s at least, and a reading up to here cannot be one."""
+_LEAST_MISSING = 0.02
+"""Readings of a bucket missing less than this share are too coarse to bound anything."""
+_SAME_END_S = 0.05
+"""Two resets that point at instants this close point at one: the network moves a request's
+arrival by a few ms to tens of ms."""
+_WINDOW_AGREEMENTS = 2
+
+
+class StatedDepth:
+    """The depth of one provider budget (requests, input or output tokens) in seconds of its
+    rate, from the answers' ``limit``, ``remaining`` and ``reset``."""
+
+    __slots__ = ("_highest_lower_s", "_lowest_upper_s")
+
+    def __init__(self) -> None:
+        self._highest_lower_s = 0.0
+        self._lowest_upper_s = math.inf
+
+    @property
+    def depth_s(self) -> float | None:
+        """The depth the answers so far prove (None: nothing proven, or maybe a minute)."""
+        if self._lowest_upper_s > _SHORTER_THAN_A_MINUTE_S or self._highest_lower_s <= 0:
+            return None
+        return min(self._highest_lower_s, self._lowest_upper_s)
+
+    def observe(
+        self, *, limit: float, remaining: float, reset_s: float | None, age_s: float = 0.0
+    ) -> None:
+        """Take one answer's reading of the budget: its per-minute ``limit``, what is
+        ``remaining`` and the seconds until it is full again, counted from the answer (0: full
+        by then, or sooner). ``age_s``: how long before the answer the provider counted the
+        request the reading describes (the request's time on the wire, at most), which it sets
+        the reset from."""
+        if reset_s is None or limit <= 0 or not math.isfinite(reset_s) or reset_s < 0:
+            return
+        left = max(0.0, remaining) / limit
+        missing_most = 1.0 - left
+        missing_least = 1.0 - min(1.0, (remaining + 1.0) / limit)
+        if missing_least < _LEAST_MISSING:
+            return
+        age_s = max(0.0, age_s)
+        self._lowest_upper_s = min(self._lowest_upper_s, (reset_s + age_s) / missing_least)
+        if reset_s > 0:  # 0 may stand for a reset already past: no lower bound
+            lower_s = (reset_s + age_s - _RESET_GRAIN_S) / missing_most
+            self._highest_lower_s = max(self._highest_lower_s, lower_s)
+
+    def __repr__(self) -> str:
+        upper = "inf" if math.isinf(self._lowest_upper_s) else f"{self._lowest_upper_s:.3g}"
+        depth = self.depth_s
+        shown = "unknown" if depth is None else f"{depth:.3g} s"
+        return f"<StatedDepth {shown} ({self._highest_lower_s:.3g}-{upper} s)>"
+
+
+class FixedWindows:
+    """Whether a budget is counted in fixed windows, from when its resets say it is whole again.
+
+    A fixed window is whole again at its end, the same instant for every request counted in it;
+    a bucket that refills continuously is full again later with every spend. Fixed windows
+    refill nothing before that instant, so a lane must not spend more than ``remaining`` until
+    then, where a continuous bucket lets the rate through meanwhile. Resets in whole seconds
+    (RFC 3339, epoch numbers) share their instants whatever the budget does, and prove nothing.
+
+    >>> windows = FixedWindows()
+    >>> for sent_at, reset_s in ((0.10, 0.90), (0.35, 0.65), (0.62, 0.38)):  # all end at 1.0
+    ...     windows.observe(sent_at=sent_at, reset_s=reset_s)
+    >>> windows.fixed
+    True
+    >>> windows.observe(sent_at=1.1, reset_s=0.9)  # the next window ends at 2.0
+    >>> windows.observe(sent_at=1.3, reset_s=0.9)  # a continuous bucket: full later and later
+    >>> windows.observe(sent_at=1.4, reset_s=0.9)
+    >>> windows.fixed
+    False
+    """
+
+    __slots__ = ("_agreements", "_end")
+
+    def __init__(self) -> None:
+        self._end = -math.inf
+        self._agreements = 0
+
+    @property
+    def fixed(self) -> bool:
+        return self._agreements >= _WINDOW_AGREEMENTS
+
+    def observe(self, *, sent_at: float, reset_s: float | None) -> None:
+        """Take the reset of an answer to a request sent (and counted) at ``sent_at``."""
+        if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
+            return
+        end = sent_at + reset_s
+        if sent_at < self._end - _SAME_END_S:  # counted while the last window was open
+            if abs(end - self._end) <= _SAME_END_S:
+                self._agreements += 1
+                return
+            self._agreements = 0
+        self._end = end
+
+    def __repr__(self) -> str:
+        return f"<FixedWindows {'fixed' if self.fixed else 'not shown'}>"
