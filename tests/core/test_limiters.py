@@ -235,29 +235,32 @@ def test_the_floor_a_rate_needs_survives_cuts() -> None:
     assert aimd.limit == 200
 
 
+def _succeed_at_the_cap_until_probed(
+    aimd: AimdLimit, *, step_s: float, start: float = 0.0, until: float = 60.0
+) -> float:
+    """Answers at a cap of 8 with a backlog, one every ``step_s`` from ``start``, until the
+    limit moves (a probe); returns when (``until`` at most)."""
+    t = start
+    while aimd.limit == 8 and t < until:
+        t += step_s
+        aimd.in_flight += 1
+        aimd.release(
+            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
+        )
+    return t
+
+
 def test_a_learned_cap_bounds_the_floor_and_is_probed_ever_less_often() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
     aimd.set_floor(20)
     aimd.learn_cap(in_flight_at_send=9, now=0.0)
     assert aimd.limit == 8
     # a backlog at the cap: after a while, one more slot is tried
-    t = 0.0
-    while aimd.limit == 8 and t < 60:
-        t += 0.5
-        aimd.in_flight += 1
-        aimd.release(
-            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
-        )
-    first_probe = t
+    first_probe = _succeed_at_the_cap_until_probed(aimd, step_s=0.5)
     assert aimd.limit == 9
-    aimd.learn_cap(in_flight_at_send=9, now=t)  # refused: the cap was right
+    aimd.learn_cap(in_flight_at_send=9, now=first_probe)  # refused: the cap was right
     assert aimd.limit == 8
-    while aimd.limit == 8 and t < 120:
-        t += 0.5
-        aimd.in_flight += 1
-        aimd.release(
-            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
-        )
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.5, start=first_probe, until=120.0)
     assert t - first_probe >= 2 * first_probe - 1
 
 
@@ -402,13 +405,7 @@ def test_a_provisional_cap_is_tried_after_a_round_trip_and_a_refused_try_confirm
     aimd.set_floor(20)
     aimd.learn_cap(in_flight_at_send=9, now=0.0, provisional=True, probe_after_s=0.5)
     assert (aimd.limit, aimd.cap_provisional) == (8, True)
-    t = 0.0
-    while aimd.limit == 8 and t < 60:
-        t += 0.1
-        aimd.in_flight += 1
-        aimd.release(
-            now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
-        )
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.1)
     assert t == pytest.approx(0.5, abs=0.05)  # one round trip, not the 10 s a confirmed cap waits
     assert aimd.limit == 9
     assert aimd.probing
