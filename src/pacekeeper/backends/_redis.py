@@ -372,13 +372,17 @@ class SharedLane(Lane):
         our last one that second are not seen). A 429 after the fleet sent a second's worth
         of the stated rate is the rate, not an in-flight cap (read as a cap of 72 on slow
         answers, a process over Redis held 73 in flight where 170 were needed)."""
-        inside = [n for t, n in self._fleet_marks if sent_at - 1.0 <= t <= sent_at]
-        if not inside:
-            return 0
-        before = [n for t, n in self._fleet_marks if t < sent_at - 1.0]
-        # From our last admission before the second (or the first inside it) to the last.
-        first = before[-1] if before else inside[0] - 1
-        return inside[-1] - first
+        # From our last admission before the second (else the one before our first inside
+        # it) to our last inside it.
+        first = last = None
+        for t, n in self._fleet_marks:  # oldest first
+            if t < sent_at - 1.0:
+                first = n
+            elif t <= sent_at:
+                if first is None:
+                    first = n - 1
+                last = n
+        return 0 if last is None or first is None else last - first
 
     def _sees_every_acceptance(self) -> bool:
         # Scaling a process's measurement by its share of the fleet's recent admissions was

@@ -223,23 +223,19 @@ if num(ARGV[5], 0) == 0 and signal > 0 then
     end
   end
 end
+-- Charge (or give back, delta < 0) a bucket of per_min a minute after the fact: its
+-- theoretical arrival time moves, never below now (a bucket holds no more than full).
+local function charge(field, delta, per_min)
+  if delta == 0 or per_min <= 0 then return end
+  local step = 60 / (per_min * num(ARGV[13], 1))
+  local tat = math.max(num(redis.call('HGET', KEYS[1], field), 0), now) + delta * step
+  redis.call('HSET', KEYS[1], field, fmt(math.max(tat, now)))
+end
 local delta = num(ARGV[11], 0)
 if delta ~= 0 then
-  local tpm = effective(num(ARGV[12], 0), num(redis.call('HGET', KEYS[1], 'lt'), 0))
-  if tpm > 0 then
-    local tint = 60 / (tpm * num(ARGV[13], 1))
-    local tt = math.max(num(redis.call('HGET', KEYS[1], 'tt'), 0), now) + delta * tint
-    if tt < now then tt = now end
-    redis.call('HSET', KEYS[1], 'tt', fmt(tt))
-  end
+  charge('tt', delta, effective(num(ARGV[12], 0), num(redis.call('HGET', KEYS[1], 'lt'), 0)))
 end
-local odelta, otpm = num(ARGV[15], 0), num(ARGV[16], 0)
-if odelta ~= 0 and otpm > 0 then
-  local oint = 60 / (otpm * num(ARGV[13], 1))
-  local to = math.max(num(redis.call('HGET', KEYS[1], 'to'), 0), now) + odelta * oint
-  if to < now then to = now end
-  redis.call('HSET', KEYS[1], 'to', fmt(to))
-end
+charge('to', num(ARGV[15], 0), num(ARGV[16], 0))
 return removed
 """
 )
