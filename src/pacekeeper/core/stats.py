@@ -39,7 +39,6 @@ OTHER_TENANTS = "other"
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
-_log = math.log
 _FLOOR_S = 1e-4  # everything below 0.1 ms shares the first bucket
 
 
@@ -66,7 +65,8 @@ class LatencyHistogram:
         self._buckets[index] += 1
         self.count += 1
         self.sum_s += value_s
-        self.max_s = max(self.max_s, value_s)
+        # a comparison, not max(): this runs three times on every answer
+        self.max_s = value_s if value_s > self.max_s else self.max_s
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile (0..1) in seconds; 0.0 when empty."""
@@ -371,8 +371,7 @@ class KeyStats:
 
     def on_answer(self, record: RequestRecord, *, latency_s: float, retry: bool, at: float) -> None:
         """:meth:`on_attempt` and :meth:`on_record` of an attempt that ended its request with
-        an answer (not a 429), in one call: it runs on every request, and the histograms'
-        additions are inlined here for it (the same as :meth:`LatencyHistogram.add`)."""
+        an answer (not a 429), in one call: it runs on every request."""
         self.attempts += 1
         self.requests += 1
         if retry:
@@ -390,23 +389,9 @@ class KeyStats:
         self.by_outcome[record.outcome] += 1
         total_s = record.total_s
         queued_s = record.queued_s
-        tenant = record.tenant
-        waits = self.queue_waits
-        key = (record.priority, tenant if tenant is None else waits.tenants.label(tenant))
-        queued = waits._waits.get(key)
-        if queued is None:
-            queued = waits._waits[key] = LatencyHistogram()
-        for histogram, value_s in (
-            (self.latency, latency_s),
-            (self.total, total_s),
-            (queued, queued_s),
-        ):
-            index = int(_log(value_s / _FLOOR_S) / _LOG_GROWTH) + 1 if value_s > _FLOOR_S else 0
-            histogram._buckets[index] += 1
-            histogram.count += 1
-            histogram.sum_s += value_s
-            # comparisons, not max(): this runs three times on every answer
-            histogram.max_s = value_s if value_s > histogram.max_s else histogram.max_s
+        self.latency.add(latency_s)
+        self.total.add(total_s)
+        self.queue_waits.add(queued_s, priority=record.priority, tenant=record.tenant)
         self.tokens_estimated += record.tokens_estimated
         self.prompt_tokens += record.prompt_tokens or 0
         self.completion_tokens += record.completion_tokens or 0
