@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
-from pacekeeper.backends import RedisBackend, SharedLane
+from pacekeeper.backends import RedisAdmission, RedisBackend
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.lane import QueueTimeout
 from pacekeeper.sim import Latency, ModelLimits, Scenario, Simulator
@@ -385,9 +385,9 @@ async def test_a_redis_outage_mid_run_loses_nothing(
             await asyncio.sleep(1.0)
             own_redis.stop()
             await asyncio.sleep(1.5)
-            lane = gov.lane(CHAT, "m")
-            assert isinstance(lane, SharedLane)
-            assert lane.fallback
+            admission = gov.lane(CHAT, "m").admission
+            assert isinstance(admission, RedisAdmission)
+            assert admission.fallback
             own_redis.start()
             await run
             deadline = time.monotonic() + 10
@@ -457,19 +457,17 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
     waits for the answer. The admitted waiter must leave the queue itself: popping the front
     instead removed the retry and left the admitted waiter at the head for good, so every
     other request slept forever (seen as a 3-process fleet run that never finished)."""
-    from pacekeeper.backends._redis import SharedLane
     from pacekeeper.core.waiting import AsyncWaiter
 
     gov = shared_gov(redis_server, namespace)
     lane = gov.lane(CHAT, "m")
-    assert isinstance(lane, SharedLane)
+    assert isinstance(lane.admission, RedisAdmission)
     head, retry = AsyncWaiter(), AsyncWaiter()
     lane.queue.join(head, front=False)
     lane.queue.join(retry, front=True)  # joined the front while the head's Redis call ran
     admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
-    permit = lane._after_admit(
-        admitted, head, tokens=0, output_tokens=0, lease="lease", asked_at=0.0, deadline=None
-    )
+    reply = ("lease", admitted)  # as RedisAdmission's ask returns it
+    permit = lane._answered(head, reply, 0, asked_at=0.0, output_tokens=0, deadline=None)
     assert not isinstance(permit, float)
     assert lane.queue.turn(retry)  # the retry is at the front, the admitted head is gone
     assert lane.queued == 1
@@ -563,15 +561,16 @@ async def test_a_429_after_the_fleet_sent_a_seconds_worth_is_the_rate_not_a_cap(
     a = shared_gov(redis_server, namespace, limits=limits)  # 3 a second, a window of 3
     b = shared_gov(redis_server, namespace, limits=limits)
     lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
-    assert isinstance(lane_a, SharedLane)
+    admission = lane_a.admission
+    assert isinstance(admission, RedisAdmission)
     first = await lane_a.acquire(0)
     other = await lane_b.acquire(0)
     last = await lane_a.acquire(0)  # the fleet's third this second; this process's second
     assert last.filled_window
     refused = classify_response(429, {}, None, now_wall_s=0.0)
     lane_a.settle(last, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
-    assert lane_a.learner is not None
-    assert lane_a.learner.learned_cap is None, repr(lane_a)
+    assert admission.learner is not None
+    assert admission.learner.learned_cap is None, repr(lane_a)
     for permit in (first, other):
         permit.release()
     close(a, b)
