@@ -5,7 +5,11 @@ Every process that uses the same ``namespace`` shares, per (route, model): the r
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
 the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
 the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
-in-flight cap, a floor: see :meth:`SharedLane.exchange_control`), and the retry budget.
+in-flight cap, a floor: see :meth:`RedisAdmission.exchange_control`), and the retry budget.
+
+The lanes are the core's :class:`~pacekeeper.core.lane.Lane` (one queue, one acquire loop, one
+controller), built with a :class:`RedisAdmission`: the lane's interface to where admission is
+decided (:mod:`pacekeeper.core.admission`), implemented here around the store.
 
 Admission is the only call made on the request's path. Releases, cooldowns, learned limits,
 lease renewals, heartbeats and the retry budget go through one maintenance thread per backend,

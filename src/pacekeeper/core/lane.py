@@ -203,7 +203,11 @@ class Permit:
 
 
 class Lane:
-    """The admission state and waiting queue of one (route, model)."""
+    """The waiting queue, the acquire loop and the controller of one (route, model).
+
+    Where its head is judged is :attr:`admission` (:mod:`pacekeeper.core.admission`): this
+    process's gate, buckets and slots by default, or a backend's shared store composed over
+    them. The lane is never subclassed: a backend supplies an admission."""
 
     __slots__ = (
         "_admitted",
@@ -346,7 +350,10 @@ class Lane:
             self.admission = made = admission(self)
             self._shared = made is not local
             if made.local is not local:
-                raise ValueError("a lane's admission must compose the lane's own local state")
+                raise ValueError(
+                    f"the admission made for lane {key!r} ({made!r}) keeps a local state of "
+                    "its own: a backend's admission must compose the lane's (`lane.local`)"
+                )
 
     # -- the local state's buckets ---------------------------------------------------------
 
@@ -1300,7 +1307,7 @@ class Lane:
                     self._untested_refusal = None
             return
         if verdict.hint_s is not None and gate:
-            # through close_gate: a shared lane closes the fleet's gate, not only its own
+            # through close_gate: a shared admission closes the fleet's gate, not only ours
             self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
 
         tokens_out = verdict.limit_scope == "tokens"
