@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
 from pacekeeper.backends import RedisAdmission, RedisBackend
 from pacekeeper.core.concurrency import Signal
-from pacekeeper.core.lane import QueueTimeout
+from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import Latency, ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
@@ -129,6 +130,43 @@ async def test_the_concurrency_limit_holds_across_processes(
     await asyncio.gather(*(one(i) for i in range(30)))
     close(*govs)
     assert peak == 3
+
+
+def test_threads_share_the_fleets_slots_through_the_blocking_path(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The sync mirror of the acquire loop asks Redis as the async one does: threads of two
+    processes never hold more than the fleet's concurrency limit, and every permit is a
+    shared lease (none admitted locally)."""
+    govs = [shared_gov(redis_server, namespace, limits=Limits(concurrency=2)) for _ in range(2)]
+    lanes = [gov.lane(CHAT, "m") for gov in govs]
+    assert all(type(lane) is Lane and isinstance(lane.admission, RedisAdmission) for lane in lanes)
+    lock = threading.Lock()
+    in_flight = peak = 0
+    leases: list[object] = []
+
+    def work(i: int) -> None:
+        nonlocal in_flight, peak
+        for _ in range(4):
+            permit = lanes[i % 2].acquire_sync(0, deadline=time.monotonic() + 30)
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                leases.append(permit.lease)
+            time.sleep(0.02)
+            with lock:
+                in_flight -= 1
+            permit.release(Signal.SUCCESS)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    close(*govs)
+    assert peak == 2
+    assert len(leases) == 24
+    assert all(isinstance(lease, tuple) for lease in leases)
 
 
 async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace: str) -> None:
