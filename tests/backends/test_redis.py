@@ -169,6 +169,29 @@ def test_threads_share_the_fleets_slots_through_the_blocking_path(
     assert all(isinstance(lease, tuple) for lease in leases)
 
 
+async def test_a_request_queued_behind_the_head_fails_at_its_deadline(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """One acquire loop for every admission: a request queued behind the head of a Redis
+    lane is held to its deadline as in memory. It used to sleep until it became the head,
+    past its deadline (here: for as long as the slot stayed taken)."""
+    gov = shared_gov(redis_server, namespace, limits=Limits(concurrency=1))
+    lane = gov.lane(CHAT, "m")
+    held = await lane.acquire(0)
+    head = asyncio.ensure_future(lane.acquire(0))  # polls Redis for the one slot
+    while lane.queued < 1:
+        await asyncio.sleep(0.01)
+    behind = lane.acquire(0, deadline=time.monotonic() + 0.3)
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(behind, timeout=10.0)  # a guard against a hang, not a timing
+    assert lane.queued == 1  # the head still waits; the one behind it left
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    held.release()
+    close(gov)
+
+
 async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace: str) -> None:
     from pacekeeper.core.classify import classify_response
 
