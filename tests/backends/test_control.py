@@ -13,10 +13,10 @@ import pytest
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
-from pacekeeper.backends import RedisBackend, SharedLane
+from pacekeeper.backends import RedisAdmission, RedisBackend
 from pacekeeper.core.classify import Verdict, classify_response
 from pacekeeper.core.config import AdaptiveConcurrency
-from pacekeeper.core.lane import QueueTimeout
+from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
@@ -35,10 +35,16 @@ def close(*govs: Governor) -> None:
             gov.backend.close()
 
 
-def shared_lane(gov: Governor) -> SharedLane:
+def shared_lane(gov: Governor) -> Lane:
     lane = gov.lane(CHAT, "m")
-    assert isinstance(lane, SharedLane)
+    assert isinstance(lane.admission, RedisAdmission)
     return lane
+
+
+def redis_admission(lane: Lane) -> RedisAdmission:
+    admission = lane.admission
+    assert isinstance(admission, RedisAdmission)
+    return admission
 
 
 def ok() -> Verdict:
@@ -167,8 +173,9 @@ async def test_an_in_flight_cap_learned_by_one_process_bounds_the_others(
     held = [await lane_a.acquire(0) for _ in range(6)]
     # the sixth in flight is refused as one too many in flight: at most five fit
     lane_a.settle(held.pop(), in_flight_429(), now=a.clock(), max_hint_s=60, retry=False)
-    assert lane_a.learner is not None
-    assert lane_a.learner.learned_cap == 5
+    learner_a = redis_admission(lane_a).learner
+    assert learner_a is not None
+    assert learner_a.learned_cap == 5
     await until(lambda: stored(redis_server, namespace, "pc") == 5)
     for permit in held:
         permit.release()
@@ -176,7 +183,9 @@ async def test_an_in_flight_cap_learned_by_one_process_bounds_the_others(
     taken = [await lane_b.acquire(0, deadline=time.monotonic() + 1.0) for _ in range(5)]
     with pytest.raises(QueueTimeout):
         await lane_b.acquire(0, deadline=time.monotonic() + 0.3)
-    await until(lambda: lane_b.learner is not None and lane_b.learner.learned_cap == 5)
+    learner_b = redis_admission(lane_b).learner
+    assert learner_b is not None
+    await until(lambda: learner_b.learned_cap == 5)
     for permit in taken:
         permit.release()
     close(a, b)
@@ -236,8 +245,9 @@ async def test_a_429_to_a_process_with_a_small_share_of_the_traffic_is_about_the
         await batch.close()
     lane = shared_lane(chat_gov)
     assert lane.rpm_limit == 300
-    assert lane.learner is not None
-    assert lane.learner.learned_cap is None
+    learner = redis_admission(lane).learner
+    assert learner is not None
+    assert learner.learned_cap is None
     await until(lambda: stored(redis_server, namespace, "cd") is not None)
     assert stored(redis_server, namespace, "pc") is None
     close(chat_gov, batch_gov)
@@ -251,7 +261,7 @@ async def test_what_is_learned_while_an_exchange_runs_reaches_the_fleet(
     pushed, and the fleet never heard of it (a rate discovered under load was lost so)."""
     a = shared_gov(redis_server, namespace)
     lane = shared_lane(a)
-    learner = lane.learner
+    learner = redis_admission(lane).learner
     assert learner is not None
     assert isinstance(a.backend, RedisBackend)
     control = a.backend.sync_scripts().control
@@ -260,6 +270,6 @@ async def test_what_is_learned_while_an_exchange_runs_reaches_the_fleet(
         learner.learn_cap(in_flight_at_send=6, now=a.clock())
         return control(keys=keys, args=args)
 
-    lane.exchange_control(racing)  # type: ignore[arg-type]
+    redis_admission(lane).exchange_control(racing)  # type: ignore[arg-type]
     await until(lambda: stored(redis_server, namespace, "pc") == 5)
     close(a)

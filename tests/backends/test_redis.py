@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
-from pacekeeper.backends import RedisBackend, SharedLane
+from pacekeeper.backends import RedisAdmission, RedisBackend
 from pacekeeper.core.concurrency import Signal
-from pacekeeper.core.lane import QueueTimeout
+from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import Latency, ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
@@ -129,6 +130,66 @@ async def test_the_concurrency_limit_holds_across_processes(
     await asyncio.gather(*(one(i) for i in range(30)))
     close(*govs)
     assert peak == 3
+
+
+def test_threads_share_the_fleets_slots_through_the_blocking_path(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The sync mirror of the acquire loop asks Redis as the async one does: threads of two
+    processes never hold more than the fleet's concurrency limit, and every permit is a
+    shared lease (none admitted locally)."""
+    govs = [shared_gov(redis_server, namespace, limits=Limits(concurrency=2)) for _ in range(2)]
+    lanes = [gov.lane(CHAT, "m") for gov in govs]
+    assert all(type(lane) is Lane and isinstance(lane.admission, RedisAdmission) for lane in lanes)
+    lock = threading.Lock()
+    in_flight = peak = 0
+    leases: list[object] = []
+
+    def work(i: int) -> None:
+        nonlocal in_flight, peak
+        for _ in range(4):
+            permit = lanes[i % 2].acquire_sync(0, deadline=time.monotonic() + 30)
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                leases.append(permit.lease)
+            time.sleep(0.02)
+            with lock:
+                in_flight -= 1
+            permit.release(Signal.SUCCESS)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    close(*govs)
+    assert peak == 2
+    assert len(leases) == 24
+    assert all(isinstance(lease, tuple) for lease in leases)
+
+
+async def test_a_request_queued_behind_the_head_fails_at_its_deadline(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """One acquire loop for every admission: a request queued behind the head of a Redis
+    lane is held to its deadline as in memory. It used to sleep until it became the head,
+    past its deadline (here: for as long as the slot stayed taken)."""
+    gov = shared_gov(redis_server, namespace, limits=Limits(concurrency=1))
+    lane = gov.lane(CHAT, "m")
+    held = await lane.acquire(0)
+    head = asyncio.ensure_future(lane.acquire(0))  # polls Redis for the one slot
+    while lane.queued < 1:
+        await asyncio.sleep(0.01)
+    behind = lane.acquire(0, deadline=time.monotonic() + 0.3)
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(behind, timeout=10.0)  # a guard against a hang, not a timing
+    assert lane.queued == 1  # the head still waits; the one behind it left
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    held.release()
+    close(gov)
 
 
 async def test_one_processes_429_pauses_all(redis_server: RedisServer, namespace: str) -> None:
@@ -385,9 +446,9 @@ async def test_a_redis_outage_mid_run_loses_nothing(
             await asyncio.sleep(1.0)
             own_redis.stop()
             await asyncio.sleep(1.5)
-            lane = gov.lane(CHAT, "m")
-            assert isinstance(lane, SharedLane)
-            assert lane.fallback
+            admission = gov.lane(CHAT, "m").admission
+            assert isinstance(admission, RedisAdmission)
+            assert admission.fallback
             own_redis.start()
             await run
             deadline = time.monotonic() + 10
@@ -457,19 +518,17 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
     waits for the answer. The admitted waiter must leave the queue itself: popping the front
     instead removed the retry and left the admitted waiter at the head for good, so every
     other request slept forever (seen as a 3-process fleet run that never finished)."""
-    from pacekeeper.backends._redis import SharedLane
     from pacekeeper.core.waiting import AsyncWaiter
 
     gov = shared_gov(redis_server, namespace)
     lane = gov.lane(CHAT, "m")
-    assert isinstance(lane, SharedLane)
+    assert isinstance(lane.admission, RedisAdmission)
     head, retry = AsyncWaiter(), AsyncWaiter()
     lane.queue.join(head, front=False)
     lane.queue.join(retry, front=True)  # joined the front while the head's Redis call ran
     admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
-    permit = lane._after_admit(
-        admitted, head, tokens=0, output_tokens=0, lease="lease", asked_at=0.0, deadline=None
-    )
+    reply = ("lease", admitted)  # as RedisAdmission's ask returns it
+    permit = lane._answered(head, reply, 0, asked_at=0.0, output_tokens=0, deadline=None)
     assert not isinstance(permit, float)
     assert lane.queue.turn(retry)  # the retry is at the front, the admitted head is gone
     assert lane.queued == 1
@@ -563,15 +622,16 @@ async def test_a_429_after_the_fleet_sent_a_seconds_worth_is_the_rate_not_a_cap(
     a = shared_gov(redis_server, namespace, limits=limits)  # 3 a second, a window of 3
     b = shared_gov(redis_server, namespace, limits=limits)
     lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
-    assert isinstance(lane_a, SharedLane)
+    admission = lane_a.admission
+    assert isinstance(admission, RedisAdmission)
     first = await lane_a.acquire(0)
     other = await lane_b.acquire(0)
     last = await lane_a.acquire(0)  # the fleet's third this second; this process's second
     assert last.filled_window
     refused = classify_response(429, {}, None, now_wall_s=0.0)
     lane_a.settle(last, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
-    assert lane_a.learner is not None
-    assert lane_a.learner.learned_cap is None, repr(lane_a)
+    assert admission.learner is not None
+    assert admission.learner.learned_cap is None, repr(lane_a)
     for permit in (first, other):
         permit.release()
     close(a, b)

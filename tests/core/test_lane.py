@@ -225,6 +225,53 @@ def test_repr_shows_live_state() -> None:
     assert "rpm=60" in text
 
 
+def test_a_lane_judges_its_head_by_its_local_admission_all_or_nothing() -> None:
+    """The local admission charges the buckets only when the request goes: a request the
+    token bucket refuses leaves the request bucket as it was."""
+    lane, clock = _clocked_lane(rpm=6000, tpm=600, burst_s=1.0, concurrency=4)
+    assert lane.admission is lane.local  # in memory: the lane's own state decides
+    clock.now = 1.0
+    assert lane._try_admit(clock.now, 10) == 0.0  # the token bucket's whole burst
+    lane._grant(clock.now, 10, clock.now)
+    requests, tokens = lane.requests, lane.tokens
+    assert requests is not None
+    assert tokens is not None
+    assert requests.level(clock.now) == pytest.approx(99.0)
+    assert lane._try_admit(clock.now, 5) == pytest.approx(0.5)  # tokens refill in 0.5 s
+    assert requests.level(clock.now) == pytest.approx(99.0)  # so nothing was charged
+    assert tokens.level(clock.now) == pytest.approx(0.0)
+    clock.now = 1.5
+    assert lane._try_admit(clock.now, 5) == 0.0
+    assert tokens.level(clock.now) == pytest.approx(0.0)
+
+
+def test_an_admission_must_compose_the_lanes_own_local_state() -> None:
+    """A backend's admission decides over the lane's local state (its buckets are what the
+    controller shapes); one that keeps a state of its own would pace with buckets nothing
+    ever resizes, so the lane refuses it at once and says what to do."""
+    from pacekeeper.core.admission import LocalAdmission
+    from pacekeeper.core.latency import LatencyTracker
+
+    def apart(lane: Lane) -> LocalAdmission:
+        return LocalAdmission(slots=lane.slots, latency=LatencyTracker(), clock=time.monotonic)
+
+    with pytest.raises(ValueError, match=r"compose the lane's \(`lane.local`\)"):
+        Lane(
+            ("/v1/chat/completions", "m"),
+            limits=Limits(),
+            retry=RetryPolicy(),
+            clock=time.monotonic,
+            admission=apart,
+        )
+
+
+def test_no_lane_is_a_subclass() -> None:
+    """Backends compose an admission: the lane keeps one acquire loop, and nothing in it
+    depends on whether a subclass overrode a method."""
+    assert "__init_subclass__" not in Lane.__dict__
+    assert not hasattr(Lane, "_releases_locally")
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0

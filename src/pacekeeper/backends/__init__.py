@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pacekeeper.backends._redis import RedisBackend, SharedLane
+    from pacekeeper.backends._redis import RedisAdmission, RedisBackend
 
-__all__ = ["RedisBackend", "SharedLane"]
+__all__ = ["RedisAdmission", "RedisBackend"]
 
 
 def __getattr__(name: str) -> Any:

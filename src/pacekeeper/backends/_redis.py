@@ -5,7 +5,11 @@ Every process that uses the same ``namespace`` shares, per (route, model): the r
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
 the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
 the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
-in-flight cap, a floor: see :meth:`SharedLane.exchange_control`), and the retry budget.
+in-flight cap, a floor: see :meth:`RedisAdmission.exchange_control`), and the retry budget.
+
+The lanes are the core's :class:`~pacekeeper.core.lane.Lane` (one queue, one acquire loop, one
+controller), built with a :class:`RedisAdmission`: the lane's interface to where admission is
+decided (:mod:`pacekeeper.core.admission`), implemented here around the store.
 
 Admission is the only call made on the request's path. Releases, cooldowns, learned limits,
 lease renewals, heartbeats and the retry budget go through one maintenance thread per backend,
@@ -36,27 +40,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pacekeeper.backends import _scripts
+from pacekeeper.core.admission import Granted, Refused
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
 from pacekeeper.core.errors import ConfigurationError
-from pacekeeper.core.lane import Lane, LaneKey, Permit
+from pacekeeper.core.lane import Lane, LaneKey
 from pacekeeper.core.priority import Priority
-from pacekeeper.core.queue import bounded_by_deadline
-from pacekeeper.core.waiting import AsyncWaiter, ThreadWaiter
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
     from pacekeeper.backends._spend import RedisSpendLedger
-    from pacekeeper.core.classify import Verdict
+    from pacekeeper.core.admission import LocalAdmission
     from pacekeeper.core.cost import SpendCap
-    from pacekeeper.core.headers import RateLimitSnapshot
-    from pacekeeper.core.lane import Reconciliation
-    from pacekeeper.core.records import RequestRecord
+    from pacekeeper.core.lane import Permit
 
-__all__ = ["RedisBackend", "SharedLane"]
+__all__ = ["RedisAdmission", "RedisBackend"]
 
 logger = logging.getLogger("pacekeeper.redis")
 
@@ -78,7 +79,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-_Op = tuple[str, list[str], list[Any], "SharedLane | None"]
+_Op = tuple[str, list[str], list[Any], "RedisAdmission | None"]
 """A job for the maintenance thread: a script's name, keys and args; or a lane to exchange
 its controller's state with the fleet ("control")."""
 
@@ -253,20 +254,57 @@ class _SharedBudget(RetryBudget):
             self._balance = max(0.0, min(self._maximum, shared_balance + self.pending))
 
 
-class SharedLane(Lane):
-    """A lane that admits through Redis (see the module docstring).
+class _RedisAsk:
+    """One ADMIT call, sent outside the lane's lock. Its reply is ``(lease, raw answer)``, or
+    the error that kept Redis from answering (returned: the admission reads it and falls
+    back)."""
 
-    The lane's controller runs here as in a local lane (``settle`` cuts and recovers the
-    pacing rates, the slots' learner finds an in-flight cap and a floor); what it decides is
-    what the shared admission uses, and is shared with the fleet through the lane hash
-    (CONTROL): a rate discovered or cut by one process paces all of them."""
+    __slots__ = ("_args", "_backend", "_keys", "_lease")
+
+    def __init__(self, backend: RedisBackend, keys: list[str], args: list[Any], lease: str) -> None:
+        self._backend = backend
+        self._keys = keys
+        self._args = args
+        self._lease = lease
+
+    async def send(self) -> object:
+        try:
+            raw = await self._backend.async_admit()(keys=self._keys, args=self._args)
+        except _redis_errors() as exc:
+            return exc
+        return self._lease, raw
+
+    def send_sync(self) -> object:
+        try:
+            raw = self._backend.sync_scripts().admit(keys=self._keys, args=self._args)
+        except _redis_errors() as exc:
+            return exc
+        return self._lease, raw
+
+
+class RedisAdmission:
+    """A lane's admission through Redis (see the module docstring): one ADMIT script call
+    per look of the queue's head, slots as leases, the gate, token corrections and what the
+    lane's controller learned shared with the fleet.
+
+    It composes the lane's :class:`~pacekeeper.core.admission.LocalAdmission` (the buckets
+    the controller shapes, at 1/N of the limits while Redis is unreachable) and reaches the
+    lane only through its public methods. The lane's controller runs in this process as in a
+    local lane (``settle`` cuts and recovers the pacing rates, the slots' learner finds an
+    in-flight cap and a floor); what it decides is what the shared admission uses, and is
+    shared with the fleet through the lane hash (CONTROL): a rate discovered or cut by one
+    process paces all of them."""
 
     __slots__ = (
         "__weakref__",
         "_backend",
+        "_clock",
         "_control_queued",
         "_fleet_marks",
         "_held",
+        "_lane",
+        "_local",
+        "_lock",
         "_output_delta",
         "_pushed",
         "_pushed_at",
@@ -275,6 +313,7 @@ class SharedLane(Lane):
         "_shared_slots",
         "_slot_starved",
         "_token_delta",
+        "budget",
         "fallback",
         "hash_key",
         "slot_key",
@@ -282,29 +321,21 @@ class SharedLane(Lane):
 
     def __init__(
         self,
-        key: LaneKey,
+        lane: Lane,
         *,
-        limits: Limits,
-        retry: RetryPolicy,
-        clock: Callable[[], float],
         backend: RedisBackend,
+        slots: _SharedSlots,
+        budget: _SharedBudget,
+        clock: Callable[[], float],
     ) -> None:
-        super().__init__(key, limits=limits, retry=retry, clock=clock)
-        adaptive = limits.adaptive
-        shared: _SharedSlots
-        if adaptive is not None:
-            shared = _SharedAdaptive(adaptive)
-        else:
-            concurrency = limits.concurrency
-            shared = _SharedFixed(concurrency if isinstance(concurrency, int) else 1)
-        self._shared_slots = shared
-        self.slots = shared
-        self.budget = _SharedBudget(
-            ratio=retry.retry_budget_ratio,
-            initial=retry.retry_budget_initial,
-            maximum=retry.retry_budget_max,
-        )
+        self._lane = lane
+        self._local = lane.local
+        self._lock = lane.queue.lock
+        self._clock = clock
+        self._shared_slots = slots
+        self.budget = budget
         self._backend = backend
+        key = lane.key
         lane_id = f"{key[0]}|{key[1] or '-'}"
         self.hash_key = f"{backend.namespace}:lane:{lane_id}"
         self.slot_key = f"{backend.namespace}:slots:{lane_id}"
@@ -325,6 +356,21 @@ class SharedLane(Lane):
         with contextlib.suppress(*_redis_errors()):
             self.exchange_control(backend.sync_scripts().control, push=False)
 
+    @property
+    def local(self) -> LocalAdmission:
+        return self._local
+
+    @property
+    def sees_every_acceptance(self) -> bool:
+        # Scaling a process's measurement by its share of the fleet's recent admissions was
+        # too coarse: three processes ran at half the speed of one (tests/backends/
+        # test_fleet.py). A fleet cuts by a fixed share, as before.
+        return False
+
+    @property
+    def sees_token_level(self) -> bool:
+        return False  # the fleet's token bucket lives in Redis
+
     # -- what the controller learned, shared ----------------------------------------------
 
     @property
@@ -336,8 +382,9 @@ class SharedLane(Lane):
 
     def _control_now(self) -> _Control:
         learner = self.learner
+        lane = self._lane
         return _Control(
-            rpm=self.rpm, tpm=self.tpm, cap=None if learner is None else learner.learned_cap
+            rpm=lane.rpm, tpm=lane.tpm, cap=None if learner is None else learner.learned_cap
         )
 
     def _fleet_share(self, now: float) -> float:
@@ -348,25 +395,7 @@ class SharedLane(Lane):
         fleet = marks[-1][1] - marks[0][1] + 1
         return min(1.0, max(_MIN_SHARE, len(marks) / fleet))
 
-    def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
-        # The fleet's token bucket lives in the store: this process cannot see how full it
-        # is, so every request charged against a token limit is counted exactly; before a
-        # limit is known, the local rule (every request until the first answer) holds.
-        # Without it, a burst queued at start went out charged in characters, four times
-        # its tokens, and a fleet paced a binding tpm at a quarter of it.
-        return self.tpm is not None or super().wants_exact_estimate(now, tokens_charged)
-
-    def _cost_now(
-        self, tokens: int, prompt_tokens: int | None, output_tokens: int, cheap: bool
-    ) -> int:
-        """The cost charged as the lane scales estimates now (see :meth:`Lane._turn`), not as
-        it did when the request joined the queue."""
-        if prompt_tokens is None:
-            return tokens
-        with self._lock:
-            return self.cost_of(prompt_tokens, output_tokens, cheap=cheap)
-
-    def _key_sent_in_second_before(self, sent_at: float) -> int:
+    def key_sent_in_second_before(self, sent_at: float) -> int | None:
         """The fleet's admissions in the second up to ``sent_at``, as this process saw the
         count move across its own admissions then (a lower bound: others' admissions after
         our last one that second are not seen). A 429 after the fleet sent a second's worth
@@ -384,14 +413,8 @@ class SharedLane(Lane):
                 last = n
         return 0 if last is None or first is None else last - first
 
-    def _sees_every_acceptance(self) -> bool:
-        # Scaling a process's measurement by its share of the fleet's recent admissions was
-        # too coarse: three processes ran at half the speed of one (tests/backends/
-        # test_fleet.py). A fleet cuts by a fixed share, as before.
-        return False
-
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
-        """Push what changed in this lane's controller since the last exchange, read what the
+        """Push what changed in the lane's controller since the last exchange, read what the
         fleet stored, and adopt it (called by the maintenance thread, and once at creation).
 
         Rates: the last writer wins. A rate discovered here from our own acceptances is
@@ -412,7 +435,7 @@ class SharedLane(Lane):
                 current = pushed
             if current.rpm != pushed.rpm:
                 rpm = current.rpm
-                if rpm is not None and pushed.rpm is None and self.request_rate.discovered:
+                if rpm is not None and pushed.rpm is None and self._lane.request_rate.discovered:
                     rpm /= self._fleet_share(now)
                 args[0] = _wire(rpm)
             if current.tpm != pushed.tpm:
@@ -427,23 +450,14 @@ class SharedLane(Lane):
         self._adopt(stored, sent=current if push else None)
 
     def _adopt(self, stored: list[Any], *, sent: _Control | None) -> None:
-        """Make what the fleet stored this lane's own state (rates and cap). ``sent`` is
+        """Make what the fleet stored the lane's own state (rates and cap). ``sent`` is
         the state this exchange pushed: what the controller learned while the script ran
         (a rate discovered meanwhile) was not pushed, and is pushed next. None (a lane just
         made, which only reads): its configured state counts as known."""
         rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
         with self._lock:
             now = self._clock()
-            moved = False
-            for rate, value in ((self.request_rate, rpm), (self.token_rate, tpm)):
-                if value is None:
-                    continue
-                target = value if rate.ceiling is None else min(value, rate.ceiling)
-                if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
-                    rate.adopt(target, now=now)
-                    moved = True
-            if moved:
-                self._apply_rates(now=now)
+            self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now)
             learner = self.learner
             if learner is not None:
                 known = learner.learned_cap
@@ -469,11 +483,11 @@ class SharedLane(Lane):
                     cap=after.cap if cap is not None else sent.cap,
                 )
             )
-            self.queue.wake_head()
+            self._lane.queue.wake_head()
         if sent is not None:
-            self._control_changed(now)
+            self.settled(now)
 
-    def _control_changed(self, now: float) -> None:
+    def settled(self, now: float) -> None:
         """After an outcome: hand the exchange to the maintenance thread when the controller
         moved: at once when it slowed down (a cut, a cap, a rate discovered), else at most
         every ``_PUSH_EVERY_S`` (recovery moves the rate on every success); the heartbeat
@@ -494,33 +508,31 @@ class SharedLane(Lane):
             self._control_queued = True
         self._backend.submit_control(self)
 
-    def settle(
-        self,
-        permit: Permit,
-        verdict: Verdict,
-        *,
-        now: float,
-        max_hint_s: float,
-        retry: bool,
-        hold: bool = False,
-        gate: bool = True,
-        usage: Reconciliation | None = None,
-        finished: RequestRecord | None = None,
-    ) -> None:
-        super().settle(
-            permit,
-            verdict,
-            now=now,
-            max_hint_s=max_hint_s,
-            retry=retry,
-            hold=hold,
-            gate=gate,
-            usage=usage,
-            finished=finished,
-        )
-        self._control_changed(now)
+    def stated(self, rpm: float | None, tpm: float | None) -> None:
+        learned = (rpm, tpm)
+        if learned != self._pushed_limits:
+            self._pushed_limits = learned
+            self._backend.submit(
+                "learn",
+                [self.hash_key],
+                [learned[0] or 0, learned[1] or 0, self._backend.key_ttl_s],
+            )
 
     # -- the shared decision ----------------------------------------------------------------
+
+    def ask(self, *, tokens: int, output_tokens: int, priority: Priority) -> _RedisAsk | None:
+        """The head's ADMIT call (None while Redis is unreachable: the lane decides with its
+        local state, at 1/N of the limits)."""
+        self._sync_mode()
+        if self.fallback:
+            return None
+        lease = uuid.uuid4().hex
+        return _RedisAsk(
+            self._backend,
+            [self.hash_key, self.slot_key],
+            self._admit_args(tokens, lease, priority, output_tokens),
+            lease,
+        )
 
     def _admit_args(
         self,
@@ -532,7 +544,8 @@ class SharedLane(Lane):
         """The ADMIT script's arguments. Where output is limited apart (Anthropic's OTPM),
         ``output_tokens`` of the cost go to the shared output bucket and the rest to the
         input bucket, as in a local lane."""
-        limits = self.limits
+        lane = self._lane
+        limits = lane.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         shared = self._shared_slots
         ceiling = shared.ceiling
@@ -544,12 +557,12 @@ class SharedLane(Lane):
             if ceiling is not None:
                 fixed = min(fixed, ceiling)
         learner = self.learner
-        otpm = self.output_tpm or 0
+        otpm = lane.output_tpm or 0
         return [
             tokens - output_tokens if otpm else tokens,
-            self.rpm or 0,
-            self.tpm or 0,
-            self.burst_s("requests"),  # as a local lane's (a proven depth, halved by 429s)
+            lane.rpm or 0,
+            lane.tpm or 0,
+            lane.burst_s("requests"),  # as a local lane's (a proven depth, halved by 429s)
             limits.utilisation,
             fixed,
             min(adaptive.initial, hi),
@@ -562,58 +575,51 @@ class SharedLane(Lane):
             0 if learner is None else learner.floor,
             priority.rank,
             limits.min_share,
-            *(self.queue.waiting(p) for p in Priority),
+            *(lane.queue.waiting(p) for p in Priority),
             output_tokens if otpm else 0,
             otpm,
             0 if learner is None else learner.silence_window,
-            self.burst_s("tokens"),
-            self.burst_s("output_tokens"),
+            lane.burst_s("tokens"),
+            lane.burst_s("output_tokens"),
         ]
 
-    @staticmethod
-    def _parse(raw: list[Any]) -> _Admission:
-        return _Admission(
-            admitted=int(raw[0]) == 1,
-            wait_s=float(raw[1]),
-            in_flight=int(raw[2]),
-            limit=int(raw[3]),
-            now=float(raw[4]),
-            admissions=int(raw[5]),
-        )
-
-    def _granted(
-        self, admission: _Admission, tokens: int, output_tokens: int, lease: str, asked_at: float
-    ) -> Permit:
-        with self._lock:
+    def answer(self, reply: object) -> Granted | Refused | None:
+        """Redis's answer: granted, or how long to sleep before asking again (with every slot
+        taken, ask again soon: other processes' releases cannot wake this one); None when
+        Redis did not answer (the lane looks again, locally)."""
+        if isinstance(reply, BaseException):
+            self._backend.lost(reply)
+            self._sync_mode()
+            return None
+        assert isinstance(reply, tuple)
+        lease, raw = reply
+        admission = _parse(raw)
+        shared = self._shared_slots
+        if admission.admitted:
             self._slot_starved = False
-            now = self._clock()
-            self.slots.acquire(now=now)  # counts this process's in-flight requests
-            self._shared_slots.shared_limit = admission.limit
+            shared.shared_limit = admission.limit
             self._held.add(lease)
+            now = self._clock()
             marks = self._fleet_marks
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
-            charged_before, output_charged_before = self._count_admission(
-                now, tokens, output_tokens
-            )
-        return Permit(
-            self,
-            sent_at=now,
-            in_flight_at_send=admission.in_flight,
-            tokens=tokens,
-            queued_s=now - asked_at,
-            seq=self._admitted,
-            charged_before=charged_before,
-            output_charged_before=output_charged_before,
             # the server's clock at admission: the shared AIMD compares these, never ours
-            lease=(lease, admission.now),
-            filled_window=admission.in_flight >= admission.limit,
-            output_tokens=output_tokens if self.output_tpm else 0,
-        )
-
-    def _enter_fallback(self, exc: BaseException) -> None:
-        self._backend.lost(exc)
+            return Granted(
+                in_flight=admission.in_flight, limit=admission.limit, lease=(lease, admission.now)
+            )
+        if admission.limit:  # 0: held back for a higher class, the limit not read
+            shared.shared_limit = admission.limit
+        no_slot = admission.wait_s < 0
+        self._slot_starved = no_slot
+        if not no_slot:
+            return Refused(sleep_s=admission.wait_s, wait_s=admission.wait_s)
+        learner = self.learner
+        if learner is not None:
+            # Before any answer, silence grows the window as in a local lane; the next
+            # admission raises the shared window to it.
+            learner.waiting_for_slot(self._clock())
+        return Refused(sleep_s=_SLOT_POLL_S, wait_s=math.inf)
 
     def _sync_mode(self) -> None:
         """Follow the backend's health: on loss, local limits at 1/N; on return, shared."""
@@ -626,221 +632,34 @@ class SharedLane(Lane):
             shared.shared_mode = healthy
             if not healthy:
                 share = 1.0 / max(1, self._backend.live_processes)
-                self.local_share = share
                 shared.set_local_limit(math.floor(shared.shared_limit * share))
+                self._lane.set_local_share(share)
             else:
-                self.local_share = 1.0
-            self._apply_rates(now=self._clock())
-            self.queue.wake_head()
-
-    # -- admission ------------------------------------------------------------------------
-
-    def _after_admit(
-        self,
-        raw: list[Any],
-        waiter: AsyncWaiter | ThreadWaiter,
-        *,
-        tokens: int,
-        output_tokens: int,
-        lease: str,
-        asked_at: float,
-        deadline: float | None,
-    ) -> Permit | float:
-        """Redis's answer: the permit, or how long to sleep (the waiter is armed) before
-        asking again. With every slot taken, ask again soon: other processes' releases
-        cannot wake this one."""
-        admission = self._parse(raw)
-        if admission.admitted:
-            # Leave as this waiter, not as "the head": a retry (or a higher class) may have
-            # joined while Redis answered and be the head now.
-            self.queue.admitted(waiter)
-            return self._granted(admission, tokens, output_tokens, lease, asked_at)
-        if admission.limit:  # 0: held back for a higher class, the limit not read
-            self._shared_slots.shared_limit = admission.limit
-        no_slot = admission.wait_s < 0
-        self._slot_starved = no_slot
-        learner = self.learner
-        if no_slot and learner is not None:
-            # Before any answer, silence grows the window as in a local lane; the next
-            # admission raises the shared window to it.
-            with self._lock:
-                learner.waiting_for_slot(self._clock())
-        with self.queue.lock:
-            wait = _SLOT_POLL_S if no_slot else admission.wait_s
-            if deadline is not None:
-                now = self._clock()
-                bounded = bounded_by_deadline(
-                    now, math.inf if no_slot else wait, deadline, lambda: self.waiting_for(now)
-                )
-                wait = min(wait, bounded)
-            waiter.arm()
-        return wait
-
-    def _fall_back(self, exc: BaseException, waiter: AsyncWaiter | ThreadWaiter) -> None:
-        self._enter_fallback(exc)
-        self.queue.leave(waiter)
-        self._sync_mode()
-
-    async def acquire(
-        self,
-        tokens: int,
-        *,
-        front: bool = False,
-        deadline: float | None = None,
-        output_tokens: int = 0,
-        priority: Priority = Priority.INTERACTIVE,
-        tenant: str | None = None,
-        prompt_tokens: int | None = None,
-        prompt_cheap: bool = False,
-    ) -> Permit:
-        self._sync_mode()
-        if self.fallback:
-            return await super().acquire(
-                tokens,
-                front=front,
-                deadline=deadline,
-                output_tokens=output_tokens,
-                priority=priority,
-                tenant=tenant,
-                prompt_tokens=prompt_tokens,
-                prompt_cheap=prompt_cheap,
-            )
-        asked_at = self._clock()
-        waiter = AsyncWaiter()
-        self.queue.join(waiter, front=front, priority=priority, tenant=tenant)
-        admit = self._backend.async_admit()
-        try:
-            while True:
-                if not self.queue.turn(waiter):
-                    await waiter.sleep(math.inf)
-                    continue
-                lease = uuid.uuid4().hex
-                tokens = self._cost_now(tokens, prompt_tokens, output_tokens, prompt_cheap)
-                try:
-                    raw = await admit(
-                        keys=[self.hash_key, self.slot_key],
-                        args=self._admit_args(tokens, lease, priority, output_tokens),
-                    )
-                except _redis_errors() as exc:
-                    self._fall_back(exc, waiter)
-                    return await super().acquire(
-                        tokens,
-                        front=front,
-                        deadline=deadline,
-                        output_tokens=output_tokens,
-                        priority=priority,
-                        tenant=tenant,
-                        prompt_tokens=prompt_tokens,
-                        prompt_cheap=prompt_cheap,
-                    )
-                turn = self._after_admit(
-                    raw,
-                    waiter,
-                    tokens=tokens,
-                    output_tokens=output_tokens,
-                    lease=lease,
-                    asked_at=asked_at,
-                    deadline=deadline,
-                )
-                if isinstance(turn, Permit):
-                    return turn
-                await waiter.sleep(turn)
-        except BaseException:
-            self.queue.leave(waiter)
-            raise
-
-    def acquire_sync(
-        self,
-        tokens: int,
-        *,
-        front: bool = False,
-        deadline: float | None = None,
-        output_tokens: int = 0,
-        priority: Priority = Priority.INTERACTIVE,
-        tenant: str | None = None,
-        prompt_tokens: int | None = None,
-        prompt_cheap: bool = False,
-    ) -> Permit:
-        self._sync_mode()
-        if self.fallback:
-            return super().acquire_sync(
-                tokens,
-                front=front,
-                deadline=deadline,
-                output_tokens=output_tokens,
-                priority=priority,
-                tenant=tenant,
-                prompt_tokens=prompt_tokens,
-                prompt_cheap=prompt_cheap,
-            )
-        asked_at = self._clock()
-        waiter = ThreadWaiter()
-        self.queue.join(waiter, front=front, priority=priority, tenant=tenant)
-        admit = self._backend.sync_scripts().admit
-        try:
-            while True:
-                if not self.queue.turn(waiter):
-                    waiter.sleep(math.inf)
-                    continue
-                lease = uuid.uuid4().hex
-                tokens = self._cost_now(tokens, prompt_tokens, output_tokens, prompt_cheap)
-                try:
-                    raw = admit(
-                        keys=[self.hash_key, self.slot_key],
-                        args=self._admit_args(tokens, lease, priority, output_tokens),
-                    )
-                except _redis_errors() as exc:
-                    self._fall_back(exc, waiter)
-                    return super().acquire_sync(
-                        tokens,
-                        front=front,
-                        deadline=deadline,
-                        output_tokens=output_tokens,
-                        priority=priority,
-                        tenant=tenant,
-                        prompt_tokens=prompt_tokens,
-                        prompt_cheap=prompt_cheap,
-                    )
-                turn = self._after_admit(
-                    raw,
-                    waiter,
-                    tokens=tokens,
-                    output_tokens=output_tokens,
-                    lease=lease,
-                    asked_at=asked_at,
-                    deadline=deadline,
-                )
-                if isinstance(turn, Permit):
-                    return turn
-                waiter.sleep(turn)
-        except BaseException:
-            self.queue.leave(waiter)
-            raise
+                self._lane.set_local_share(1.0)
 
     # -- outcomes -------------------------------------------------------------------------
 
-    def release(self, permit: Permit, signal: Signal) -> None:
-        if not isinstance(permit.lease, tuple):  # admitted locally, during a fallback
-            super().release(permit, signal)
-            return
-        lease, server_sent_at = permit.lease
-        with self._lock:
-            # requests wait for a slot, not for pacing: only then is the limit in use (and
-            # may grow); a window grown while pacing holds requests back only inflates
-            backlog = bool(self.queue) and self._slot_starved
-            # the learner hears every release, as a local lane's limit does
-            self.slots.release(
-                now=self._clock(),
-                sent_at=permit.sent_at,
-                in_flight_at_send=permit.in_flight_at_send,
-                signal=signal,
-                backlog=backlog,
-            )
-            self._held.discard(lease)
-            delta, self._token_delta = self._token_delta, 0.0
-            output_delta, self._output_delta = self._output_delta, 0.0
-            self.queue.wake_head()
-        limits = self.limits
+    def release(self, permit: Permit, signal: Signal, *, now: float, backlog: bool) -> None:
+        pair = permit.lease
+        assert isinstance(pair, tuple)
+        lease, server_sent_at = pair
+        # requests wait for a slot, not for pacing: only then is the limit in use (and may
+        # grow); a window grown while pacing holds requests back only inflates
+        backlog = backlog and self._slot_starved
+        # the learner hears every release, as a local lane's limit does
+        self._shared_slots.release(
+            now=now,
+            sent_at=permit.sent_at,
+            in_flight_at_send=permit.in_flight_at_send,
+            signal=signal,
+            backlog=backlog,
+        )
+        self._held.discard(lease)
+        delta, self._token_delta = self._token_delta, 0.0
+        output_delta, self._output_delta = self._output_delta, 0.0
+        self._lane.queue.wake_head()
+        lane = self._lane
+        limits = lane.limits
         adaptive = limits.adaptive or AdaptiveConcurrency()
         self._backend.submit(
             "release",
@@ -861,31 +680,20 @@ class SharedLane(Lane):
                 limits.utilisation,
                 1 if backlog else 0,
                 output_delta,
-                self.output_tpm or 0,
+                lane.output_tpm or 0,
             ],
         )
 
-    def close_gate(self, wait_s: float, *, now: float | None = None) -> None:
-        super().close_gate(wait_s, now=now)
+    def close_gate(self, until: float, wait_s: float) -> None:
+        self._local.close_gate(until, wait_s)
         self._backend.submit("gate", [self.hash_key], [wait_s, self._backend.key_ttl_s])
 
-    def learn(self, snapshot: RateLimitSnapshot, permit: Permit | None = None) -> None:
-        super().learn(snapshot, permit)
-        learned = (self.learned_rpm, self.learned_tpm)
-        if learned != self._pushed_limits and self.limits.learn_from_headers:
-            self._pushed_limits = learned
-            self._backend.submit(
-                "learn",
-                [self.hash_key],
-                [learned[0] or 0, learned[1] or 0, self._backend.key_ttl_s],
-            )
-
-    def _charge_tokens(self, delta: float) -> None:
-        super()._charge_tokens(delta)
+    def charge_tokens(self, delta: float) -> None:
+        self._local.charge_tokens(delta)
         self._token_delta += delta  # sent to the shared bucket with the next release
 
-    def _charge_output(self, delta: float) -> None:
-        super()._charge_output(delta)
+    def charge_output(self, delta: float) -> None:
+        self._local.charge_output(delta)
         self._output_delta += delta  # as for input tokens
 
     def held_leases(self) -> list[str]:
@@ -894,7 +702,18 @@ class SharedLane(Lane):
 
     def __repr__(self) -> str:
         mode = "local fallback" if self.fallback else f"shared via {self._backend.namespace}"
-        return f"{super().__repr__()[:-1]} ({mode})>"
+        return f"<RedisAdmission {mode}>"
+
+
+def _parse(raw: list[Any]) -> _Admission:
+    return _Admission(
+        admitted=int(raw[0]) == 1,
+        wait_s=float(raw[1]),
+        in_flight=int(raw[2]),
+        limit=int(raw[3]),
+        now=float(raw[4]),
+        admissions=int(raw[5]),
+    )
 
 
 class RedisBackend:
@@ -941,7 +760,7 @@ class RedisBackend:
         self._async_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _AsyncScript]
         ] = weakref.WeakKeyDictionary()
-        self._lanes: weakref.WeakSet[SharedLane] = weakref.WeakSet()
+        self._admissions: weakref.WeakSet[RedisAdmission] = weakref.WeakSet()
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.healthy = True
         self.live_processes = 1
@@ -994,9 +813,35 @@ class RedisBackend:
         retry: RetryPolicy,
         clock: Callable[[], float],
     ) -> Lane:
-        lane = SharedLane(key, limits=limits, retry=retry, clock=clock, backend=self)
-        self._lanes.add(lane)
-        return lane
+        """A lane that admits through Redis: a core :class:`Lane` built with a
+        :class:`RedisAdmission`, the fleet's slots and its retry budget."""
+        adaptive = limits.adaptive
+        slots: _SharedSlots
+        if adaptive is not None:
+            slots = _SharedAdaptive(adaptive)
+        else:
+            concurrency = limits.concurrency
+            slots = _SharedFixed(concurrency if isinstance(concurrency, int) else 1)
+        budget = _SharedBudget(
+            ratio=retry.retry_budget_ratio,
+            initial=retry.retry_budget_initial,
+            maximum=retry.retry_budget_max,
+        )
+
+        def admission(lane: Lane) -> RedisAdmission:
+            made = RedisAdmission(lane, backend=self, slots=slots, budget=budget, clock=clock)
+            self._admissions.add(made)
+            return made
+
+        return Lane(
+            key,
+            limits=limits,
+            retry=retry,
+            clock=clock,
+            slots=slots,
+            budget=budget,
+            admission=admission,
+        )
 
     def make_spend_ledger(self, cap: SpendCap) -> RedisSpendLedger:
         """The spend cap's ledger, shared by every process of this namespace: with it,
@@ -1039,10 +884,10 @@ class RedisBackend:
         if not self._closed:
             self._ops.put((op, keys, args, None))
 
-    def submit_control(self, lane: SharedLane) -> None:
-        """Have the maintenance thread exchange ``lane``'s learned state with the fleet."""
+    def submit_control(self, admission: RedisAdmission) -> None:
+        """Have the maintenance thread exchange ``admission``'s learned state with the fleet."""
         if not self._closed:
-            self._ops.put(("control", [], [], lane))
+            self._ops.put(("control", [], [], admission))
 
     def _maintain(self) -> None:
         next_tick = 0.0
@@ -1074,12 +919,12 @@ class RedisBackend:
                 logger.exception("pacekeeper redis maintenance failed")
 
     def _run(self, item: _Op) -> None:
-        op, keys, args, lane = item
+        op, keys, args, admission = item
         if not self.healthy:
             return  # shared state is not reachable; leases expire by themselves
         scripts = self._scripts
-        if lane is not None:
-            lane.exchange_control(scripts.control)
+        if admission is not None:
+            admission.exchange_control(scripts.control)
             return
         script = {"release": scripts.release, "gate": scripts.gate, "learn": scripts.learn}[op]
         script(keys=keys, args=args)
@@ -1097,20 +942,19 @@ class RedisBackend:
             self.lost(exc)
             return
         self._recovered()
-        for lane in list(self._lanes):
-            leases = lane.held_leases()
+        for admission in list(self._admissions):
+            leases = admission.held_leases()
             if leases:
-                scripts.renew(keys=[lane.slot_key], args=[self.lease_ttl_s, *leases])
-            budget = lane.budget
-            if isinstance(budget, _SharedBudget):
-                delta = budget.take_pending()
-                balance = scripts.budget(
-                    keys=[lane.hash_key],
-                    args=[delta, budget.initial, budget.maximum, self.key_ttl_s],
-                )
-                budget.settle(float(balance))
+                scripts.renew(keys=[admission.slot_key], args=[self.lease_ttl_s, *leases])
+            budget = admission.budget
+            delta = budget.take_pending()
+            balance = scripts.budget(
+                keys=[admission.hash_key],
+                args=[delta, budget.initial, budget.maximum, self.key_ttl_s],
+            )
+            budget.settle(float(balance))
             # what the fleet learned since, and what this lane learned and has not pushed yet
-            lane.exchange_control(scripts.control)
+            admission.exchange_control(scripts.control)
 
     def close(self) -> None:
         """Stop the maintenance thread (after the writes already handed to it)."""

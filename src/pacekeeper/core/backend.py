@@ -1,9 +1,10 @@
 """Where a governor's state lives: the seam between the core and the backends.
 
 The core's :class:`~pacekeeper.core.lane.Lane` keeps everything in this process (the default).
-A backend that shares limits across processes (``pacekeeper.backends.RedisBackend``) supplies
-lanes of its own, subclasses of ``Lane`` that admit through the shared store and fall back to
-the local machinery when it is unreachable. The core never imports a backend.
+A backend that shares limits across processes (``pacekeeper.backends.RedisBackend``) makes
+core lanes built with an :class:`~pacekeeper.core.admission.Admission` of its own, which
+decides through the shared store and falls back to the lane's local state when the store is
+unreachable: composition, not subclasses. The core never imports a backend.
 """
 
 from __future__ import annotations

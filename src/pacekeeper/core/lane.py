@@ -39,14 +39,14 @@ import math
 import threading
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from pacekeeper.core.admission import Admission, Granted, LocalAdmission
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
-from pacekeeper.core.cooldown import CooldownGate
 from pacekeeper.core.depth import FixedWindows, StatedDepth
 from pacekeeper.core.evidence import (
     budget_exhausted,
@@ -67,14 +67,14 @@ from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Wai
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pacekeeper.core.admission import Ask
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
     from pacekeeper.core.records import RequestRecord
 
 __all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation"]
 
-_AsyncWaiter = AsyncWaiter  # the names the Redis backend imported before waiting.py
-_ThreadWaiter = ThreadWaiter
+_ThreadWaiter = ThreadWaiter  # the name tests imported before waiting.py
 
 LaneKey = tuple[str, "str | None"]
 """(route, model): providers limit per model, and routes (chat, embeddings) differ in cost."""
@@ -83,12 +83,9 @@ _LIMITS_READ_EVERY_S = 0.1
 _FLOOR_HEADROOM = 1.5  # slots a known rate needs: rate x mean latency, and half again (the first
 # answers to come back are the fastest, so an early mean runs low)
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
-_STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
-_STALE_MIN_S = 2.0
 _FLOOR_EVERY_S = 0.25
 _SERVED_SPAN_S = 2.0  # completions per second, counted over this long (one second is noisy)
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
-_NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
@@ -206,7 +203,11 @@ class Permit:
 
 
 class Lane:
-    """The admission state and waiting queue of one (route, model)."""
+    """The waiting queue, the acquire loop and the controller of one (route, model).
+
+    Where its head is judged is :attr:`admission` (:mod:`pacekeeper.core.admission`): this
+    process's gate, buckets and slots by default, or a backend's shared store composed over
+    them. The lane is never subclassed: a backend supplies an admission."""
 
     __slots__ = (
         "_admitted",
@@ -220,20 +221,21 @@ class Lane:
         "_estimates",
         "_first_admitted_at",
         "_floor_due",
+        "_local",
         "_lock",
-        "_new_territory_at",
         "_next_limits_read",
         "_output_charged",
-        "_outstanding",
         "_queue",
         "_quota_budgets",
         "_recent_sends",
+        "_shared",
         "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
         "_token_windows",
         "_untested_refusal",
+        "admission",
         "budget",
         "cheap_scale",
         "congestion",
@@ -246,22 +248,11 @@ class Lane:
         "learned_tpm",
         "local_share",
         "output_rate",
-        "output_tokens",
         "request_rate",
-        "requests",
         "slots",
         "stats",
         "token_rate",
-        "tokens",
     )
-
-    _releases_locally: ClassVar[bool] = True
-    """Whether :meth:`release` is this class's own: :meth:`settle` then frees the slot
-    inline, under the lock it holds (a backend's lane that overrides it is left to it)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._releases_locally = cls.release is Lane.release
 
     def __init__(
         self,
@@ -270,7 +261,14 @@ class Lane:
         limits: Limits,
         retry: RetryPolicy,
         clock: Callable[[], float],
+        slots: FixedLimit | None = None,
+        budget: RetryBudget | None = None,
+        admission: Callable[[Lane], Admission] | None = None,
     ) -> None:
+        """``slots``, ``budget`` and ``admission`` are for backends: the concurrency limit
+        and the retry budget to use instead of this process's own, and a factory of the
+        admission to decide with (given this lane, once it is made; see
+        :mod:`pacekeeper.core.admission`). By default everything stays in this process."""
         self.key = key
         self._configured = limits
         self._clock = clock
@@ -281,9 +279,6 @@ class Lane:
             name=f"{key[0]} model={key[1]}", min_share=limits.min_share, lock=self._lock
         )
         self._next_limits_read = -math.inf
-        self.cooldown = CooldownGate()
-        self.requests: TokenBucket | None = None
-        self.tokens: TokenBucket | None = None
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
@@ -293,7 +288,6 @@ class Lane:
         """Tokens per minute: all of a request's tokens, or its input alone where the
         provider limits output apart (then :attr:`output_rate` paces the output)."""
         self.output_rate = PacedRate(discovers=False)
-        self.output_tokens: TokenBucket | None = None
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
         self.estimate_scale = EstimateScale()
@@ -318,12 +312,8 @@ class Lane:
         are left to pacing: whole, even requests overfill a window rarely, and holding them to
         the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
         self._floor_due = -math.inf
-        self._new_territory_at = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
-        # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
-        # the permits: a permit dropped without release must still be collected (and release).
-        self._outstanding: dict[int, float] = {}
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -335,17 +325,58 @@ class Lane:
         """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
         hour or day: their limit is not a rate, their remaining not a minute's headroom."""
         self._successes = 0
-        adaptive = limits.adaptive
-        self.slots: FixedLimit = (
-            AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
-        )
-        self.budget = RetryBudget(
+        if slots is None:
+            adaptive = limits.adaptive
+            slots = (
+                AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
+            )
+        self.slots = slots
+        self._local = local = LocalAdmission(slots=slots, latency=self.latency, clock=clock)
+        self.cooldown = local.cooldown
+        self.budget = budget or RetryBudget(
             ratio=retry.retry_budget_ratio,
             initial=retry.retry_budget_initial,
             maximum=retry.retry_budget_max,
         )
         self.stats = KeyStats(route=key[0], model=key[1])
+        self.admission: Admission = local
+        """Where the head of the queue is judged (:mod:`pacekeeper.core.admission`)."""
+        self._shared = False
+        """Whether :attr:`admission` is another than this process's own (a backend's)."""
         self._state_ceilings(now=clock())
+        if admission is not None:
+            # Made last: a backend's admission reads the lane (and may adopt what its fleet
+            # learned before this process started).
+            self.admission = made = admission(self)
+            self._shared = made is not local
+            if made.local is not local:
+                raise ValueError(
+                    f"the admission made for lane {key!r} ({made!r}) keeps a local state of "
+                    "its own: a backend's admission must compose the lane's (`lane.local`)"
+                )
+
+    # -- the local state's buckets ---------------------------------------------------------
+
+    @property
+    def local(self) -> LocalAdmission:
+        """This process's admission state: the gate, the buckets, the slots (a shared
+        admission's fallback, and the buckets the controller shapes either way)."""
+        return self._local
+
+    @property
+    def requests(self) -> TokenBucket | None:
+        """The request bucket (None: no request limit known)."""
+        return self._local.requests
+
+    @property
+    def tokens(self) -> TokenBucket | None:
+        """The token bucket: all of a request's tokens, or its input alone where the
+        provider limits output apart (then :attr:`output_tokens` holds the output)."""
+        return self._local.tokens
+
+    @property
+    def output_tokens(self) -> TokenBucket | None:
+        return self._local.output_tokens
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -402,13 +433,14 @@ class Lane:
 
     def _apply_rates(self, *, now: float) -> None:
         share = self._configured.utilisation * self.local_share
+        local = self._local
         for rpm, attr in zip((self.rpm, self.tpm, self.output_tpm), _BUCKETS, strict=True):
             if rpm is None:
-                setattr(self, attr, None)  # never known, or a statement withdrawn
+                setattr(local, attr, None)  # never known, or a statement withdrawn
                 continue
             rate = rpm * share / 60.0
             burst = max(1.0, rate * self.burst_s(attr))
-            bucket: TokenBucket | None = getattr(self, attr)
+            bucket: TokenBucket | None = getattr(local, attr)
             if bucket is None:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
                 if self._admitted:
@@ -424,9 +456,33 @@ class Lane:
                     }[attr]
                     elapsed_s = max(0.0, now - self._first_admitted_at)
                     bucket.drain_to(now=now, level=max(0.0, burst - used + rate * elapsed_s))
-                setattr(self, attr, bucket)
+                setattr(local, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
+
+    def adopt_rates(self, *, rpm: float | None, tpm: float | None, now: float) -> bool:
+        """Make pacing rates decided elsewhere (what a fleet's controllers stored) this
+        lane's own, each under its stated ceiling (None: nothing to adopt). True when a rate
+        moved (the buckets then follow). Called with the lock held."""
+        moved = False
+        for rate, value in ((self.request_rate, rpm), (self.token_rate, tpm)):
+            if value is None:
+                continue
+            target = value if rate.ceiling is None else min(value, rate.ceiling)
+            if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
+                rate.adopt(target, now=now)
+                moved = True
+        if moved:
+            self._apply_rates(now=now)
+        return moved
+
+    def set_local_share(self, share: float) -> None:
+        """Use ``share`` of every limit in this process (a shared admission whose store is
+        unreachable gives each of N live processes 1/N; 1.0 when it answers again)."""
+        with self._lock:
+            self.local_share = share
+            self._apply_rates(now=self._clock())
+            self._queue.wake_head()
 
     def burst_s(self, bucket: str) -> float:
         """How many seconds of its rate ``bucket`` (``"requests"``, ``"tokens"`` or
@@ -532,6 +588,8 @@ class Lane:
             if changed:
                 self._state_ceilings(now=now)
                 self._queue.wake_head()
+                if self._shared:
+                    self.admission.stated(self.learned_rpm, self.learned_tpm)
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
             elapsed_s = max(0.0, now - permit.sent_at)
@@ -595,8 +653,15 @@ class Lane:
         learned). Before the first answer every request counts exactly (a limit may be
         stated by it). Without a token limit the estimate paces nothing: characters and the
         learned ratio are enough for records and costs. An exact count costs tens of
-        microseconds a request, about as much as the rest of the governor."""
-        tokens = self.tokens
+        microseconds a request, about as much as the rest of the governor.
+
+        A shared admission whose token bucket lives in its store (this process cannot see how
+        full it is) counts every request charged against a token limit exactly: a burst
+        queued at start went out charged in characters, four times its tokens, and a fleet
+        paced a binding tpm at a quarter of it."""
+        tokens = self._local.tokens
+        if self._shared and tokens is not None and not self.admission.sees_token_level:
+            return True
         if tokens is None:
             # No token limit known yet. Before the first answer, every request counts exactly:
             # those that queue now (a burst started at once) are admitted under the limit the
@@ -615,68 +680,10 @@ class Lane:
         return self.estimate_scale.mean
 
     def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
-        """0.0 when admitted (buckets charged, slot taken); else seconds to wait (inf: a slot).
-
-        ``tokens`` is the whole cost; ``output_tokens`` the part reserved for the answer, which
-        goes to the output bucket where the provider limits output apart."""
-        output = self.output_tokens
-        input_tokens = tokens - output_tokens if output is not None else tokens
-        wait = self.cooldown.remaining_s(now=now)
-        if self.requests is not None:
-            wait = max(wait, self.requests.wait_s(now=now, cost=1))
-        if self.tokens is not None and input_tokens:
-            wait = max(wait, self.tokens.wait_s(now=now, cost=input_tokens))
-        if output is not None and output_tokens:
-            wait = max(wait, output.wait_s(now=now, cost=output_tokens))
-        if wait > 0.0:
-            return wait
-        slot_wait = self._slot_wait(now)
-        if slot_wait > 0.0:
-            return slot_wait
-        if self.requests is not None:
-            self.requests.spend(now=now, cost=1)
-        if self.tokens is not None and input_tokens:
-            self.tokens.spend(now=now, cost=input_tokens)
-        if output is not None and output_tokens:
-            output.spend(now=now, cost=output_tokens)
-        return 0.0
-
-    def _slot_wait(self, now: float) -> float:
-        """0.0 when a slot is free; else how long until one may be (inf: until a release).
-
-        Slots held far past the lane's normal latency (hung requests) stop counting against
-        an adaptive limit, and before any answer the adaptive window grows with silence."""
-        slots = self.slots
-        if not isinstance(slots, AimdLimit):
-            return 0.0 if slots.in_flight < slots.limit else math.inf
-        if slots.in_flight < slots.limit:
-            # Past the most in flight that ever succeeded, one more at a time: an in-flight cap
-            # answers the first request past it at once, before a burst could follow it.
-            if slots.in_flight >= self._success_peak_in_flight:
-                wait = self._new_territory_at + _NEW_TERRITORY_SPACING_S - now
-                if wait > 0.0:
-                    return wait
-            return 0.0
-        wait = slots.waiting_for_slot(now)
-        if slots.in_flight < slots.limit:
-            return 0.0
-        stale_after_s = self._stale_after_s()
-        if stale_after_s is not None and self._outstanding:
-            stale = 0
-            for sent_at in self._outstanding.values():
-                age = now - sent_at
-                if age < stale_after_s:
-                    wait = min(wait, stale_after_s - age)
-                    break
-                stale += 1
-            if slots.in_flight - stale < slots.limit:
-                return 0.0
-        return wait
-
-    def _stale_after_s(self) -> float | None:
-        if not self.latency.known:
-            return None
-        return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
+        """0.0 when admitted (buckets charged, slot free); else seconds to wait (inf: a slot).
+        The local admission's decision (:meth:`LocalAdmission.try_admit`), with what this
+        lane learned of the most in flight that succeeded."""
+        return self._local.try_admit(now, tokens, output_tokens, self._success_peak_in_flight)
 
     def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
@@ -685,11 +692,13 @@ class Lane:
             return False
         if self.cooldown.remaining_s(now=now) > 0:
             return False
-        return self.requests is None or self.requests.wait_s(now=now, cost=1) == 0.0
+        requests = self._local.requests
+        return requests is None or requests.wait_s(now=now, cost=1) == 0.0
 
     def _grant(self, now: float, tokens: int, asked_at: float, output_tokens: int = 0) -> Permit:
+        local = self._local
         if self.slots.in_flight >= self._success_peak_in_flight:
-            self._new_territory_at = now
+            local.new_territory_at = now
         in_flight = self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
         permit = Permit(
@@ -704,8 +713,30 @@ class Lane:
             output_tokens=output_tokens,
             output_charged_before=output_charged_before,
         )
-        self._outstanding[id(permit)] = now
+        local.outstanding[id(permit)] = now
         return permit
+
+    def _grant_shared(
+        self, granted: Granted, tokens: int, asked_at: float, output_tokens: int
+    ) -> Permit:
+        """The permit of a request a shared admission granted: its slot counted here (this
+        process's requests in flight), in flight and the window as the store counted them."""
+        now = self._clock()
+        self.slots.acquire(now=now)
+        charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
+        return Permit(
+            self,
+            sent_at=now,
+            in_flight_at_send=granted.in_flight,
+            tokens=tokens,
+            queued_s=now - asked_at,
+            seq=self._admitted,
+            charged_before=charged_before,
+            output_charged_before=output_charged_before,
+            lease=granted.lease,
+            filled_window=granted.in_flight >= granted.limit,
+            output_tokens=output_tokens if self.output_tpm else 0,
+        )
 
     def _count_admission(self, now: float, tokens: int, output_tokens: int) -> tuple[float, float]:
         """What every admission records, here or in a shared store (called with the lock
@@ -721,7 +752,7 @@ class Lane:
             sends.popleft()
         charged_before = self._charged
         # What the token bucket was charged: the input alone where output is limited apart.
-        self._charged += tokens - output_tokens if self.output_tokens is not None else tokens
+        self._charged += tokens - output_tokens if self._local.output_tokens is not None else tokens
         output_charged_before = self._output_charged
         self._output_charged += output_tokens
         return charged_before, output_charged_before
@@ -761,8 +792,12 @@ class Lane:
         with self._lock:
             queue.check_open()
             wait = None
-            if not queue.members:
-                wait = self._try_admit(now, tokens, output_tokens)
+            # A shared admission asks its store outside the lock: its newcomer queues, and
+            # looks at once when it is the head.
+            if not queue.members and not self._shared:
+                wait = self._local.try_admit(
+                    now, tokens, output_tokens, self._success_peak_in_flight
+                )
                 if wait == 0.0:
                     queue.count_admission(priority, tenant)
                     return self._grant(now, tokens, now, output_tokens)
@@ -805,7 +840,9 @@ class Lane:
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
             if self._queue.turn(waiter):
-                wait = self._try_admit(now, tokens, output_tokens)
+                wait = self._local.try_admit(
+                    now, tokens, output_tokens, self._success_peak_in_flight
+                )
                 if wait == 0.0:
                     self._queue.admitted(waiter)
                     return self._grant(now, tokens, asked_at, output_tokens)
@@ -814,6 +851,138 @@ class Lane:
                 wait = math.inf
             if deadline is not None:
                 wait = bounded_by_deadline(now, wait, deadline, lambda: self.waiting_for(now))
+        return wait
+
+    def _look(
+        self,
+        waiter: Waiter,
+        tokens: int,
+        deadline: float | None,
+        asked_at: float,
+        output_tokens: int,
+        *,
+        priority: Priority,
+        prompt_tokens: int | None,
+        prompt_cheap: bool,
+    ) -> Permit | float | tuple[Ask, int]:
+        """:meth:`_turn` for a lane whose admission is shared: the head's request to the
+        store with the cost it charges (sent by the caller, outside the lock), or the local
+        decision when the admission makes none (its store unreachable)."""
+        with self._lock:
+            if prompt_tokens is not None:
+                tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
+            if self._queue.turn(waiter):
+                ask = self.admission.ask(
+                    tokens=tokens, output_tokens=output_tokens, priority=priority
+                )
+                if ask is not None:
+                    return ask, tokens
+                return self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+            now = self._clock()
+            wait = math.inf
+            if deadline is not None:
+                wait = bounded_by_deadline(now, wait, deadline, lambda: self.waiting_for(now))
+        return wait
+
+    async def _ask(
+        self,
+        waiter: Waiter,
+        tokens: int,
+        deadline: float | None,
+        asked_at: float,
+        output_tokens: int,
+        *,
+        priority: Priority,
+        prompt_tokens: int | None,
+        prompt_cheap: bool,
+    ) -> Permit | float:
+        """One look of a shared lane's head: its permit, or how long to sleep (armed)."""
+        look = self._look(
+            waiter,
+            tokens,
+            deadline,
+            asked_at,
+            output_tokens,
+            priority=priority,
+            prompt_tokens=prompt_tokens,
+            prompt_cheap=prompt_cheap,
+        )
+        if isinstance(look, (Permit, float)):
+            return look
+        ask, charged = look
+        reply = await ask.send()
+        return self._answered(
+            waiter,
+            reply,
+            charged,
+            asked_at=asked_at,
+            output_tokens=output_tokens,
+            deadline=deadline,
+        )
+
+    def _ask_sync(
+        self,
+        waiter: Waiter,
+        tokens: int,
+        deadline: float | None,
+        asked_at: float,
+        output_tokens: int,
+        *,
+        priority: Priority,
+        prompt_tokens: int | None,
+        prompt_cheap: bool,
+    ) -> Permit | float:
+        """The blocking twin of :meth:`_ask`."""
+        look = self._look(
+            waiter,
+            tokens,
+            deadline,
+            asked_at,
+            output_tokens,
+            priority=priority,
+            prompt_tokens=prompt_tokens,
+            prompt_cheap=prompt_cheap,
+        )
+        if isinstance(look, (Permit, float)):
+            return look
+        ask, charged = look
+        return self._answered(
+            waiter,
+            ask.send_sync(),
+            charged,
+            asked_at=asked_at,
+            output_tokens=output_tokens,
+            deadline=deadline,
+        )
+
+    def _answered(
+        self,
+        waiter: Waiter,
+        reply: object,
+        tokens: int,
+        *,
+        asked_at: float,
+        output_tokens: int,
+        deadline: float | None,
+    ) -> Permit | float:
+        """The store's reply to the head: its permit, or how long to sleep (armed). An
+        admitted waiter leaves as itself, not as "the head": a retry (or a higher class) may
+        have joined the front while the store answered."""
+        with self._lock:
+            answer = self.admission.answer(reply)
+            if isinstance(answer, Granted):
+                self._queue.admitted(waiter)
+                return self._grant_shared(answer, tokens, asked_at, output_tokens)
+            waiter.arm()
+            if answer is None:
+                return 0.0  # the store failed: the admission falls back; look again at once
+            wait = answer.sleep_s
+            if deadline is not None:
+                now = self._clock()
+                bounded = bounded_by_deadline(
+                    now, answer.wait_s, deadline, lambda: self.waiting_for(now)
+                )
+                wait = min(wait, bounded)
         return wait
 
     async def acquire(
@@ -857,15 +1026,27 @@ class Lane:
             while True:
                 if turn is not None:
                     await waiter.sleep(turn)
-                turn = self._turn(
-                    waiter,
-                    tokens,
-                    deadline,
-                    asked_at,
-                    output_tokens,
-                    prompt_tokens=prompt_tokens,
-                    prompt_cheap=prompt_cheap,
-                )
+                if self._shared:
+                    turn = await self._ask(
+                        waiter,
+                        tokens,
+                        deadline,
+                        asked_at,
+                        output_tokens,
+                        priority=priority,
+                        prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
+                    )
+                else:
+                    turn = self._turn(
+                        waiter,
+                        tokens,
+                        deadline,
+                        asked_at,
+                        output_tokens,
+                        prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
+                    )
                 if isinstance(turn, Permit):
                     return turn
         except BaseException:
@@ -908,15 +1089,27 @@ class Lane:
             while True:
                 if turn is not None:
                     waiter.sleep(turn)
-                turn = self._turn(
-                    waiter,
-                    tokens,
-                    deadline,
-                    asked_at,
-                    output_tokens,
-                    prompt_tokens=prompt_tokens,
-                    prompt_cheap=prompt_cheap,
-                )
+                if self._shared:
+                    turn = self._ask_sync(
+                        waiter,
+                        tokens,
+                        deadline,
+                        asked_at,
+                        output_tokens,
+                        priority=priority,
+                        prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
+                    )
+                else:
+                    turn = self._turn(
+                        waiter,
+                        tokens,
+                        deadline,
+                        asked_at,
+                        output_tokens,
+                        prompt_tokens=prompt_tokens,
+                        prompt_cheap=prompt_cheap,
+                    )
                 if isinstance(turn, Permit):
                     return turn
         except BaseException:
@@ -943,7 +1136,10 @@ class Lane:
 
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
-        self._outstanding.pop(id(permit), None)
+        if permit.lease is not None:  # granted by a shared admission: freed its way
+            self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
+            return
+        self._local.outstanding.pop(id(permit), None)
         queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
         self.slots.release(
             now=now,
@@ -998,25 +1194,24 @@ class Lane:
                 self._reconcile(usage)
             if hold:
                 # A stream answered: it is no longer a candidate for a hung request.
-                self._outstanding.pop(id(permit), None)
-            elif self._releases_locally:
-                if not permit.released:  # as Permit.release, without re-entering the lock
-                    permit.released = True
-                    self._release(permit, signal, now)
-            else:
-                permit.release(signal)  # a shared lane releases its own way
+                self._local.outstanding.pop(id(permit), None)
+            elif not permit.released:  # as Permit.release, without re-entering the lock
+                permit.released = True
+                self._release(permit, signal, now)
             if finished is not None and kind is not OutcomeKind.RATE_LIMITED:
                 self.stats.on_answer(finished, latency_s=latency_s, retry=retry, at=now)
-                return
-            self.stats.on_attempt(
-                status=verdict.status,
-                rate_limited=kind is OutcomeKind.RATE_LIMITED,
-                latency_s=latency_s,
-                retry=retry,
-                at=now,
-            )
-            if finished is not None:
-                self.stats.on_record(finished, at=now)
+            else:
+                self.stats.on_attempt(
+                    status=verdict.status,
+                    rate_limited=kind is OutcomeKind.RATE_LIMITED,
+                    latency_s=latency_s,
+                    retry=retry,
+                    at=now,
+                )
+                if finished is not None:
+                    self.stats.on_record(finished, at=now)
+        if self._shared:
+            self.admission.settled(now)  # what the controller decided, shared
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
@@ -1112,7 +1307,7 @@ class Lane:
                     self._untested_refusal = None
             return
         if verdict.hint_s is not None and gate:
-            # through close_gate: a shared lane closes the fleet's gate, not only its own
+            # through close_gate: a shared admission closes the fleet's gate, not only ours
             self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
 
         tokens_out = verdict.limit_scope == "tokens"
@@ -1147,7 +1342,7 @@ class Lane:
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
-            measure=self._sees_every_acceptance(),
+            measure=self.admission.sees_every_acceptance,
             sent_in_second=self._sent_in_second_before(permit.sent_at),
         )
         if paced and permit.sent_at >= self._burst_cut_at:
@@ -1217,7 +1412,7 @@ class Lane:
             ceiling is not None
             # A process of a fleet is accepted at its own share of the key, however small;
             # the others fill the rest. Its acceptances say nothing about the key's rate.
-            and self._sees_every_acceptance()
+            and self.admission.sees_every_acceptance
             and self._successes >= _SUCCESSES_TO_JUDGE
             and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
         ):
@@ -1292,12 +1487,8 @@ class Lane:
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in
         the second up to ``sent_at``: for a lane alone, :meth:`_sent_in_second_before`."""
-        return self._sent_in_second_before(sent_at)
-
-    def _sees_every_acceptance(self) -> bool:
-        """Whether this lane sees all that the provider accepts on its key (a process of a
-        shared fleet sees only its own share)."""
-        return True
+        sent = self.admission.key_sent_in_second_before(sent_at)
+        return self._sent_in_second_before(sent_at) if sent is None else sent
 
     def _per_minute_part(self, limits: RateLimitSnapshot) -> RateLimitSnapshot | None:
         """``limits`` without the budgets known to be quotas per hour or day: a day's quota
@@ -1321,7 +1512,8 @@ class Lane:
         """After a 429 with a hint: nobody on this lane goes before the hinted time (``wait_s``
         from ``now``, by default the lane's clock)."""
         with self._lock:
-            self.cooldown.close_until((self._clock() if now is None else now) + wait_s)
+            until = (self._clock() if now is None else now) + wait_s
+            self.admission.close_gate(until, wait_s)
 
     def reconcile(
         self,
@@ -1368,19 +1560,19 @@ class Lane:
         delta = float(prompt_actual - prompt_charged)
         given_back = delta < 0
         completion_reserved = usage.completion_reserved
-        if self.output_tokens is not None:
+        if self._local.output_tokens is not None:
             # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
             # with what was generated, as the provider does.
             if completion_actual is not None:
                 output_delta = completion_actual - completion_reserved
-                self._charge_output(float(output_delta))
+                self.admission.charge_output(float(output_delta))
                 self._output_charged += output_delta
                 given_back = given_back or output_delta < 0
         elif self._configured.refund_unused_completion and completion_actual is not None:
             delta += min(0, completion_actual - completion_reserved)
             given_back = given_back or delta < 0
         if delta:
-            self._charge_tokens(delta)
+            self.admission.charge_tokens(delta)
         if given_back:
             # The head may fit now: left asleep until the refill alone would let it go,
             # it would let the bucket fill past its burst and the refund spill over.
@@ -1393,22 +1585,11 @@ class Lane:
         if permit.output_tokens <= 0:
             return
         with self._lock:
-            if self.output_tokens is None:
+            if self._local.output_tokens is None:
                 return
-            self._charge_output(-float(permit.output_tokens))
+            self.admission.charge_output(-float(permit.output_tokens))
             self._output_charged -= permit.output_tokens
             self._queue.wake_head()
-
-    def _charge_tokens(self, delta: float) -> None:
-        """Charge (or give back) tokens after the fact; called with the lock held. A shared
-        lane also sends the correction to the shared bucket."""
-        if self.tokens is not None:
-            self.tokens.adjust(now=self._clock(), delta=delta)
-
-    def _charge_output(self, delta: float) -> None:
-        """:meth:`_charge_tokens` for the output bucket, where output is limited apart."""
-        if self.output_tokens is not None:
-            self.output_tokens.adjust(now=self._clock(), delta=delta)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -1429,9 +1610,10 @@ class Lane:
 
     def __repr__(self) -> str:
         route, model = self.key
+        shared = f" {self.admission!r}" if self._shared else ""
         return (
             f"<Lane {route} model={model} queued={self.queued} {self.slots!r} "
-            f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}>"
+            f"rpm={_number(self.rpm)} tpm={_number(self.tpm)} {self.cooldown!r}{shared}>"
         )
 
 

@@ -1,0 +1,302 @@
+"""Admission: where a lane's head is judged, and where the limits' state lives.
+
+A :class:`~pacekeeper.core.lane.Lane` keeps one waiting queue, one acquire loop and what its
+controller learns. What the head of its queue is judged against is an :class:`Admission`:
+
+* :class:`LocalAdmission` keeps everything in this process: the cooldown gate, the request,
+  token and output buckets, and the concurrency slots. Its decision is made under the lane's
+  lock, in one call (:meth:`LocalAdmission.try_admit`): the hot path of every request.
+* A backend that shares limits across processes (``pacekeeper.backends.RedisAdmission``)
+  implements the same interface around its store, composing a ``LocalAdmission`` (the buckets
+  the lane's controller shapes, and the decision while the store is unreachable). Its decision
+  is a round trip, made outside the lane's lock: :meth:`Admission.ask` hands the lane an
+  :class:`Ask` to send, and :meth:`Admission.answer` reads the reply.
+
+The core knows no backend: a backend reaches the lane only through its public methods, and
+the lane reaches the backend only through this interface.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from pacekeeper.core.bucket import TokenBucket
+from pacekeeper.core.concurrency import AimdLimit, FixedLimit
+from pacekeeper.core.cooldown import CooldownGate
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from pacekeeper.core.concurrency import Signal
+    from pacekeeper.core.lane import Permit
+    from pacekeeper.core.latency import LatencyTracker
+    from pacekeeper.core.priority import Priority
+
+__all__ = ["Admission", "Ask", "Granted", "LocalAdmission", "Refused"]
+
+_NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
+_STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
+_STALE_MIN_S = 2.0
+
+
+class Granted(NamedTuple):
+    """A store's yes: what the permit records of it."""
+
+    in_flight: int
+    """Requests in flight on the store's count, this one included."""
+    limit: int
+    """The concurrency limit the store admitted under."""
+    lease: object
+    """The store's handle on the slot (handed back to :meth:`Admission.release`)."""
+
+
+class Refused(NamedTuple):
+    """A store's no: how long to sleep before asking again."""
+
+    sleep_s: float
+    """Ask again after this long (a store is polled: releases elsewhere cannot wake us)."""
+    wait_s: float
+    """How long the limits say it will be (inf: until a slot frees), judged by a deadline."""
+
+
+class Ask(Protocol):
+    """One admission request to a store, sent outside the lane's lock. A failure to reach the
+    store is returned, not raised: :meth:`Admission.answer` reads it (and falls back)."""
+
+    def send(self) -> Awaitable[object]: ...
+
+    def send_sync(self) -> object: ...
+
+
+class Admission(Protocol):
+    """What a lane needs from where admission is decided (see the module docstring)."""
+
+    @property
+    def local(self) -> LocalAdmission:
+        """The state in this process: the gate, the buckets and the slots the lane's
+        controller shapes (the admission itself, for a :class:`LocalAdmission`)."""
+        ...
+
+    @property
+    def sees_every_acceptance(self) -> bool:
+        """Whether this process sees all that the provider accepts on its key (a process of
+        a fleet sees only its own share)."""
+        ...
+
+    @property
+    def sees_token_level(self) -> bool:
+        """Whether this process can read how full the token bucket is (a shared one is in
+        the store: then every request charged against a token limit is counted exactly)."""
+        ...
+
+    def ask(self, *, tokens: int, output_tokens: int, priority: Priority) -> Ask | None:
+        """The head's request to the store, or None: judge it locally (in memory, or while
+        the store is unreachable). Called with the lane's lock held."""
+        ...
+
+    def answer(self, reply: object) -> Granted | Refused | None:
+        """Read :meth:`Ask.send`'s reply: granted, refused, or None when the store failed
+        (from now on admission falls back to the local state: look again at once). Called
+        with the lane's lock held."""
+        ...
+
+    def release(self, permit: Permit, signal: Signal, *, now: float, backlog: bool) -> None:
+        """Give back the slot of a permit this admission granted (its ``lease`` set), with
+        the outcome's signal. Called with the lane's lock held."""
+        ...
+
+    def charge_tokens(self, delta: float) -> None:
+        """Charge (or give back, negative) tokens after the fact: usage said what was spent."""
+        ...
+
+    def charge_output(self, delta: float) -> None:
+        """:meth:`charge_tokens` for output tokens, where the provider limits them apart."""
+        ...
+
+    def close_gate(self, until: float, wait_s: float) -> None:
+        """Nobody goes before ``until`` (``wait_s`` from now): a hinted 429."""
+        ...
+
+    def key_sent_in_second_before(self, sent_at: float) -> int | None:
+        """How many requests every client of the key sent in the second up to ``sent_at``;
+        None: this lane is the only one (it counts its own)."""
+        ...
+
+    def stated(self, rpm: float | None, tpm: float | None) -> None:
+        """The provider's headers stated new limits (the lane's ``learned_rpm``/``tpm``)."""
+        ...
+
+    def settled(self, now: float) -> None:
+        """An outcome was learned from: share what the lane's controller decided."""
+        ...
+
+
+class LocalAdmission:
+    """Admission in this process: the cooldown gate, the buckets, the slots.
+
+    The buckets are made, resized and drained by the lane's controller (from stated limits,
+    429s and headroom); this object decides with them. Slots held far past the lane's normal
+    latency (hung requests, ``outstanding``) stop counting against an adaptive limit."""
+
+    __slots__ = (
+        "_clock",
+        "cooldown",
+        "latency",
+        "new_territory_at",
+        "output_tokens",
+        "outstanding",
+        "requests",
+        "slots",
+        "tokens",
+    )
+
+    def __init__(
+        self, *, slots: FixedLimit, latency: LatencyTracker, clock: Callable[[], float]
+    ) -> None:
+        self._clock = clock
+        self.slots = slots
+        self.latency = latency
+        self.cooldown = CooldownGate()
+        self.requests: TokenBucket | None = None
+        self.tokens: TokenBucket | None = None
+        """Tokens per minute: all of a request's tokens, or its input alone where the
+        provider limits output apart (then :attr:`output_tokens` holds the output)."""
+        self.output_tokens: TokenBucket | None = None
+        self.new_territory_at = -math.inf
+        """When a request last went past the most in flight that ever succeeded."""
+        # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
+        # the permits: a permit dropped without release must still be collected (and release).
+        self.outstanding: dict[int, float] = {}
+
+    @property
+    def local(self) -> LocalAdmission:
+        return self
+
+    @property
+    def sees_every_acceptance(self) -> bool:
+        return True
+
+    @property
+    def sees_token_level(self) -> bool:
+        return True
+
+    def try_admit(
+        self, now: float, tokens: int, output_tokens: int, success_peak: int = 0
+    ) -> float:
+        """0.0 when admitted (buckets charged; the caller takes the slot); else seconds to
+        wait (inf: until a slot frees).
+
+        ``tokens`` is the whole cost; ``output_tokens`` the part reserved for the answer, which
+        goes to the output bucket where the provider limits output apart. ``success_peak``: the
+        most in flight at which a request succeeded lately (past it, one at a time)."""
+        output = self.output_tokens
+        input_tokens = tokens - output_tokens if output is not None else tokens
+        wait = self.cooldown.remaining_s(now=now)
+        requests = self.requests
+        if requests is not None:
+            wait = max(wait, requests.wait_s(now=now, cost=1))
+        token_bucket = self.tokens
+        if token_bucket is not None and input_tokens:
+            wait = max(wait, token_bucket.wait_s(now=now, cost=input_tokens))
+        if output is not None and output_tokens:
+            wait = max(wait, output.wait_s(now=now, cost=output_tokens))
+        if wait > 0.0:
+            return wait
+        slot_wait = self.slot_wait(now, success_peak)
+        if slot_wait > 0.0:
+            return slot_wait
+        if requests is not None:
+            requests.spend(now=now, cost=1)
+        if token_bucket is not None and input_tokens:
+            token_bucket.spend(now=now, cost=input_tokens)
+        if output is not None and output_tokens:
+            output.spend(now=now, cost=output_tokens)
+        return 0.0
+
+    def slot_wait(self, now: float, success_peak: int = 0) -> float:
+        """0.0 when a slot is free; else how long until one may be (inf: until a release).
+
+        Slots held far past the lane's normal latency (hung requests) stop counting against
+        an adaptive limit, and before any answer the adaptive window grows with silence."""
+        slots = self.slots
+        if not isinstance(slots, AimdLimit):
+            return 0.0 if slots.in_flight < slots.limit else math.inf
+        if slots.in_flight < slots.limit:
+            # Past the most in flight that ever succeeded, one more at a time: an in-flight cap
+            # answers the first request past it at once, before a burst could follow it.
+            if slots.in_flight >= success_peak:
+                wait = self.new_territory_at + _NEW_TERRITORY_SPACING_S - now
+                if wait > 0.0:
+                    return wait
+            return 0.0
+        wait = slots.waiting_for_slot(now)
+        if slots.in_flight < slots.limit:
+            return 0.0
+        stale_after_s = self.stale_after_s()
+        if stale_after_s is not None and self.outstanding:
+            stale = 0
+            for sent_at in self.outstanding.values():
+                age = now - sent_at
+                if age < stale_after_s:
+                    wait = min(wait, stale_after_s - age)
+                    break
+                stale += 1
+            if slots.in_flight - stale < slots.limit:
+                return 0.0
+        return wait
+
+    def stale_after_s(self) -> float | None:
+        """How long a slot may go unanswered before it stops blocking others (None: no
+        latency known yet)."""
+        if not self.latency.known:
+            return None
+        return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
+
+    def paced_now(self, now: float) -> bool:
+        """Whether neither the cooldown nor the request pacing holds a request back now."""
+        if self.cooldown.remaining_s(now=now) > 0:
+            return False
+        requests = self.requests
+        return requests is None or requests.wait_s(now=now, cost=1) == 0.0
+
+    def ask(self, *, tokens: int, output_tokens: int, priority: Priority) -> Ask | None:
+        return None
+
+    def answer(self, reply: object) -> Granted | Refused | None:
+        raise TypeError(f"a local admission sends no request to answer (got {reply!r})")
+
+    def release(self, permit: Permit, signal: Signal, *, now: float, backlog: bool) -> None:
+        """Free ``permit``'s slot (the lane releases local slots inline: this is for
+        callers that hold a permit of this admission outside a lane)."""
+        self.outstanding.pop(id(permit), None)
+        self.slots.release(
+            now=now,
+            sent_at=permit.sent_at,
+            in_flight_at_send=permit.in_flight_at_send,
+            signal=signal,
+            backlog=backlog,
+        )
+
+    def charge_tokens(self, delta: float) -> None:
+        if self.tokens is not None:
+            self.tokens.adjust(now=self._clock(), delta=delta)
+
+    def charge_output(self, delta: float) -> None:
+        if self.output_tokens is not None:
+            self.output_tokens.adjust(now=self._clock(), delta=delta)
+
+    def close_gate(self, until: float, wait_s: float) -> None:
+        self.cooldown.close_until(until)
+
+    def key_sent_in_second_before(self, sent_at: float) -> int | None:
+        return None
+
+    def stated(self, rpm: float | None, tpm: float | None) -> None:
+        return None
+
+    def settled(self, now: float) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<LocalAdmission {self.slots!r} {self.cooldown!r}>"
