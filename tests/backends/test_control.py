@@ -13,7 +13,7 @@ import pytest
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
-from pacekeeper.backends import RedisAdmission, RedisBackend
+from pacekeeper.backends import RedisAdmissionPolicy, RedisBackend
 from pacekeeper.core.classify import Verdict, classify_response
 from pacekeeper.core.config import AdaptiveConcurrency
 from pacekeeper.core.lane import Lane, QueueTimeout
@@ -37,13 +37,13 @@ def close(*govs: Governor) -> None:
 
 def shared_lane(gov: Governor) -> Lane:
     lane = gov.lane(CHAT, "m")
-    assert isinstance(lane.admission, RedisAdmission)
+    assert isinstance(lane.admission, RedisAdmissionPolicy)
     return lane
 
 
-def redis_admission(lane: Lane) -> RedisAdmission:
+def redis_admission(lane: Lane) -> RedisAdmissionPolicy:
     admission = lane.admission
-    assert isinstance(admission, RedisAdmission)
+    assert isinstance(admission, RedisAdmissionPolicy)
     return admission
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
-from pacekeeper.backends import RedisAdmission, RedisBackend
+from pacekeeper.backends import RedisAdmissionPolicy, RedisBackend
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import Latency, ModelLimits, Scenario, Simulator
@@ -140,7 +140,9 @@ def test_threads_share_the_fleets_slots_through_the_blocking_path(
     shared lease (none admitted locally)."""
     govs = [shared_gov(redis_server, namespace, limits=Limits(concurrency=2)) for _ in range(2)]
     lanes = [gov.lane(CHAT, "m") for gov in govs]
-    assert all(type(lane) is Lane and isinstance(lane.admission, RedisAdmission) for lane in lanes)
+    assert all(
+        type(lane) is Lane and isinstance(lane.admission, RedisAdmissionPolicy) for lane in lanes
+    )
     lock = threading.Lock()
     in_flight = peak = 0
     leases: list[object] = []
@@ -447,7 +449,7 @@ async def test_a_redis_outage_mid_run_loses_nothing(
             own_redis.stop()
             await asyncio.sleep(1.5)
             admission = gov.lane(CHAT, "m").admission
-            assert isinstance(admission, RedisAdmission)
+            assert isinstance(admission, RedisAdmissionPolicy)
             assert admission.fallback
             own_redis.start()
             await run
@@ -522,12 +524,12 @@ async def test_an_admitted_head_leaves_as_itself_when_a_retry_joined_the_front(
 
     gov = shared_gov(redis_server, namespace)
     lane = gov.lane(CHAT, "m")
-    assert isinstance(lane.admission, RedisAdmission)
+    assert isinstance(lane.admission, RedisAdmissionPolicy)
     head, retry = AsyncWaiter(), AsyncWaiter()
     lane.queue.join(head, front=False)
     lane.queue.join(retry, front=True)  # joined the front while the head's Redis call ran
     admitted = [1, "0", "1", "4", "0", "1"]  # as ADMIT answers an admission
-    reply = ("lease", admitted)  # as RedisAdmission's ask returns it
+    reply = ("lease", admitted)  # as RedisAdmissionPolicy's ask returns it
     permit = lane._answered(head, reply, 0, asked_at=0.0, output_tokens=0, deadline=None)
     assert not isinstance(permit, float)
     assert lane.queue.turn(retry)  # the retry is at the front, the admitted head is gone
@@ -623,7 +625,7 @@ async def test_a_429_after_the_fleet_sent_a_seconds_worth_is_the_rate_not_a_cap(
     b = shared_gov(redis_server, namespace, limits=limits)
     lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
     admission = lane_a.admission
-    assert isinstance(admission, RedisAdmission)
+    assert isinstance(admission, RedisAdmissionPolicy)
     first = await lane_a.acquire(0)
     other = await lane_b.acquire(0)
     last = await lane_a.acquire(0)  # the fleet's third this second; this process's second

@@ -249,11 +249,13 @@ def test_an_admission_must_compose_the_lanes_own_local_state() -> None:
     """A backend's admission decides over the lane's local state (its buckets are what the
     controller shapes); one that keeps a state of its own would pace with buckets nothing
     ever resizes, so the lane refuses it at once and says what to do."""
-    from pacekeeper.core.admission import LocalAdmission
+    from pacekeeper.core.admission import LocalAdmissionPolicy
     from pacekeeper.core.latency import LatencyTracker
 
-    def apart(lane: Lane) -> LocalAdmission:
-        return LocalAdmission(slots=lane.slots, latency=LatencyTracker(), clock=time.monotonic)
+    def apart(lane: Lane) -> LocalAdmissionPolicy:
+        return LocalAdmissionPolicy(
+            slots=lane.slots, latency=LatencyTracker(), clock=time.monotonic
+        )
 
     with pytest.raises(ValueError, match=r"compose the lane's \(`lane.local`\)"):
         Lane(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pacekeeper.backends._redis import RedisAdmission, RedisBackend
+    from pacekeeper.backends._redis import RedisAdmissionPolicy, RedisBackend
 
-__all__ = ["RedisAdmission", "RedisBackend"]
+__all__ = ["RedisAdmissionPolicy", "RedisBackend"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,10 +5,10 @@ Every process that uses the same ``namespace`` shares, per (route, model): the r
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
 the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
 the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
-in-flight cap, a floor: see :meth:`RedisAdmission.exchange_control`), and the retry budget.
+in-flight cap, a floor: see :meth:`RedisAdmissionPolicy.exchange_control`), and the retry budget.
 
 The lanes are the core's :class:`~pacekeeper.core.lane.Lane` (one queue, one acquire loop, one
-controller), built with a :class:`RedisAdmission`: the lane's interface to where admission is
+controller), built with a :class:`RedisAdmissionPolicy`: the lane's interface to where admission is
 decided (:mod:`pacekeeper.core.admission`), implemented here around the store.
 
 Admission is the only call made on the request's path. Releases, cooldowns, learned limits,
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pacekeeper.backends import _scripts
-from pacekeeper.core.admission import Granted, Refused
+from pacekeeper.core.admission import Deferred, Granted
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
@@ -53,11 +53,11 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from pacekeeper.backends._spend import RedisSpendLedger
-    from pacekeeper.core.admission import LocalAdmission
+    from pacekeeper.core.admission import LocalAdmissionPolicy
     from pacekeeper.core.cost import SpendCap
     from pacekeeper.core.lane import Permit
 
-__all__ = ["RedisAdmission", "RedisBackend"]
+__all__ = ["RedisAdmissionPolicy", "RedisBackend"]
 
 logger = logging.getLogger("pacekeeper.redis")
 
@@ -79,7 +79,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-_Op = tuple[str, list[str], list[Any], "RedisAdmission | None"]
+_Op = tuple[str, list[str], list[Any], "RedisAdmissionPolicy | None"]
 """A job for the maintenance thread: a script's name, keys and args; or a lane to exchange
 its controller's state with the fleet ("control")."""
 
@@ -282,12 +282,12 @@ class _RedisAsk:
         return self._lease, raw
 
 
-class RedisAdmission:
+class RedisAdmissionPolicy:
     """A lane's admission through Redis (see the module docstring): one ADMIT script call
     per look of the queue's head, slots as leases, the gate, token corrections and what the
     lane's controller learned shared with the fleet.
 
-    It composes the lane's :class:`~pacekeeper.core.admission.LocalAdmission` (the buckets
+    It composes the lane's :class:`~pacekeeper.core.admission.LocalAdmissionPolicy` (the buckets
     the controller shapes, at 1/N of the limits while Redis is unreachable) and reaches the
     lane only through its public methods. The lane's controller runs in this process as in a
     local lane (``settle`` cuts and recovers the pacing rates, the slots' learner finds an
@@ -357,7 +357,7 @@ class RedisAdmission:
             self.exchange_control(backend.sync_scripts().control, push=False)
 
     @property
-    def local(self) -> LocalAdmission:
+    def local(self) -> LocalAdmissionPolicy:
         return self._local
 
     @property
@@ -583,7 +583,7 @@ class RedisAdmission:
             lane.burst_s("output_tokens"),
         ]
 
-    def answer(self, reply: object) -> Granted | Refused | None:
+    def answer(self, reply: object) -> Granted | Deferred | None:
         """Redis's answer: granted, or how long to sleep before asking again (with every slot
         taken, ask again soon: other processes' releases cannot wake this one); None when
         Redis did not answer (the lane looks again, locally)."""
@@ -613,13 +613,13 @@ class RedisAdmission:
         no_slot = admission.wait_s < 0
         self._slot_starved = no_slot
         if not no_slot:
-            return Refused(sleep_s=admission.wait_s, wait_s=admission.wait_s)
+            return Deferred(sleep_s=admission.wait_s, wait_s=admission.wait_s)
         learner = self.learner
         if learner is not None:
             # Before any answer, silence grows the window as in a local lane; the next
             # admission raises the shared window to it.
             learner.waiting_for_slot(self._clock())
-        return Refused(sleep_s=_SLOT_POLL_S, wait_s=math.inf)
+        return Deferred(sleep_s=_SLOT_POLL_S, wait_s=math.inf)
 
     def _sync_mode(self) -> None:
         """Follow the backend's health: on loss, local limits at 1/N; on return, shared."""
@@ -702,7 +702,7 @@ class RedisAdmission:
 
     def __repr__(self) -> str:
         mode = "local fallback" if self.fallback else f"shared via {self._backend.namespace}"
-        return f"<RedisAdmission {mode}>"
+        return f"<RedisAdmissionPolicy {mode}>"
 
 
 def _parse(raw: list[Any]) -> _Admission:
@@ -760,7 +760,7 @@ class RedisBackend:
         self._async_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _AsyncScript]
         ] = weakref.WeakKeyDictionary()
-        self._admissions: weakref.WeakSet[RedisAdmission] = weakref.WeakSet()
+        self._admissions: weakref.WeakSet[RedisAdmissionPolicy] = weakref.WeakSet()
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.healthy = True
         self.live_processes = 1
@@ -814,7 +814,7 @@ class RedisBackend:
         clock: Callable[[], float],
     ) -> Lane:
         """A lane that admits through Redis: a core :class:`Lane` built with a
-        :class:`RedisAdmission`, the fleet's slots and its retry budget."""
+        :class:`RedisAdmissionPolicy`, the fleet's slots and its retry budget."""
         adaptive = limits.adaptive
         slots: _SharedSlots
         if adaptive is not None:
@@ -828,8 +828,8 @@ class RedisBackend:
             maximum=retry.retry_budget_max,
         )
 
-        def admission(lane: Lane) -> RedisAdmission:
-            made = RedisAdmission(lane, backend=self, slots=slots, budget=budget, clock=clock)
+        def admission(lane: Lane) -> RedisAdmissionPolicy:
+            made = RedisAdmissionPolicy(lane, backend=self, slots=slots, budget=budget, clock=clock)
             self._admissions.add(made)
             return made
 
@@ -884,7 +884,7 @@ class RedisBackend:
         if not self._closed:
             self._ops.put((op, keys, args, None))
 
-    def submit_control(self, admission: RedisAdmission) -> None:
+    def submit_control(self, admission: RedisAdmissionPolicy) -> None:
         """Have the maintenance thread exchange ``admission``'s learned state with the fleet."""
         if not self._closed:
             self._ops.put(("control", [], [], admission))

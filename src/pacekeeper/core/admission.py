@@ -1,16 +1,16 @@
-"""Admission: where a lane's head is judged, and where the limits' state lives.
+"""Admission policies: where a lane's head is judged, and where the limits' state lives.
 
 A :class:`~pacekeeper.core.lane.Lane` keeps one waiting queue, one acquire loop and what its
-controller learns. What the head of its queue is judged against is an :class:`Admission`:
+controller learns. What the head of its queue is judged against is an :class:`AdmissionPolicy`:
 
-* :class:`LocalAdmission` keeps everything in this process: the cooldown gate, the request,
+* :class:`LocalAdmissionPolicy` keeps everything in this process: the cooldown gate, the request,
   token and output buckets, and the concurrency slots. Its decision is made under the lane's
-  lock, in one call (:meth:`LocalAdmission.try_admit`): the hot path of every request.
-* A backend that shares limits across processes (``pacekeeper.backends.RedisAdmission``)
-  implements the same interface around its store, composing a ``LocalAdmission`` (the buckets
+  lock, in one call (:meth:`LocalAdmissionPolicy.try_admit`): the hot path of every request.
+* A backend that shares limits across processes (``pacekeeper.backends.RedisAdmissionPolicy``)
+  implements the same interface around its store, composing a ``LocalAdmissionPolicy`` (the buckets
   the lane's controller shapes, and the decision while the store is unreachable). Its decision
-  is a round trip, made outside the lane's lock: :meth:`Admission.ask` hands the lane an
-  :class:`Ask` to send, and :meth:`Admission.answer` reads the reply.
+  is a round trip, made outside the lane's lock: :meth:`AdmissionPolicy.ask` hands the lane an
+  :class:`Ask` to send, and :meth:`AdmissionPolicy.answer` reads the reply.
 
 The core knows no backend: a backend reaches the lane only through its public methods, and
 the lane reaches the backend only through this interface.
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.latency import LatencyTracker
     from pacekeeper.core.priority import Priority
 
-__all__ = ["Admission", "Ask", "Granted", "LocalAdmission", "Refused"]
+__all__ = ["AdmissionPolicy", "Ask", "Granted", "LocalAdmissionPolicy", "Deferred"]
 
 _NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
@@ -48,10 +48,10 @@ class Granted(NamedTuple):
     limit: int
     """The concurrency limit the store admitted under."""
     lease: object
-    """The store's handle on the slot (handed back to :meth:`Admission.release`)."""
+    """The store's handle on the slot (handed back to :meth:`AdmissionPolicy.release`)."""
 
 
-class Refused(NamedTuple):
+class Deferred(NamedTuple):
     """A store's no: how long to sleep before asking again."""
 
     sleep_s: float
@@ -62,20 +62,20 @@ class Refused(NamedTuple):
 
 class Ask(Protocol):
     """One admission request to a store, sent outside the lane's lock. A failure to reach the
-    store is returned, not raised: :meth:`Admission.answer` reads it (and falls back)."""
+    store is returned, not raised: :meth:`AdmissionPolicy.answer` reads it (and falls back)."""
 
     def send(self) -> Awaitable[object]: ...
 
     def send_sync(self) -> object: ...
 
 
-class Admission(Protocol):
+class AdmissionPolicy(Protocol):
     """What a lane needs from where admission is decided (see the module docstring)."""
 
     @property
-    def local(self) -> LocalAdmission:
+    def local(self) -> LocalAdmissionPolicy:
         """The state in this process: the gate, the buckets and the slots the lane's
-        controller shapes (the admission itself, for a :class:`LocalAdmission`)."""
+        controller shapes (the admission itself, for a :class:`LocalAdmissionPolicy`)."""
         ...
 
     @property
@@ -95,7 +95,7 @@ class Admission(Protocol):
         the store is unreachable). Called with the lane's lock held."""
         ...
 
-    def answer(self, reply: object) -> Granted | Refused | None:
+    def answer(self, reply: object) -> Granted | Deferred | None:
         """Read :meth:`Ask.send`'s reply: granted, refused, or None when the store failed
         (from now on admission falls back to the local state: look again at once). Called
         with the lane's lock held."""
@@ -132,7 +132,7 @@ class Admission(Protocol):
         ...
 
 
-class LocalAdmission:
+class LocalAdmissionPolicy:
     """Admission in this process: the cooldown gate, the buckets, the slots.
 
     The buckets are made, resized and drained by the lane's controller (from stated limits,
@@ -170,7 +170,7 @@ class LocalAdmission:
         self.outstanding: dict[int, float] = {}
 
     @property
-    def local(self) -> LocalAdmission:
+    def local(self) -> LocalAdmissionPolicy:
         return self
 
     @property
@@ -263,7 +263,7 @@ class LocalAdmission:
     def ask(self, *, tokens: int, output_tokens: int, priority: Priority) -> Ask | None:
         return None
 
-    def answer(self, reply: object) -> Granted | Refused | None:
+    def answer(self, reply: object) -> Granted | Deferred | None:
         raise TypeError(f"a local admission sends no request to answer (got {reply!r})")
 
     def release(self, permit: Permit, signal: Signal, *, now: float, backlog: bool) -> None:
@@ -299,4 +299,4 @@ class LocalAdmission:
         return None
 
     def __repr__(self) -> str:
-        return f"<LocalAdmission {self.slots!r} {self.cooldown!r}>"
+        return f"<LocalAdmissionPolicy {self.slots!r} {self.cooldown!r}>"

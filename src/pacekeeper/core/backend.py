@@ -2,7 +2,7 @@
 
 The core's :class:`~pacekeeper.core.lane.Lane` keeps everything in this process (the default).
 A backend that shares limits across processes (``pacekeeper.backends.RedisBackend``) makes
-core lanes built with an :class:`~pacekeeper.core.admission.Admission` of its own, which
+core lanes built with an :class:`~pacekeeper.core.admission.AdmissionPolicy` of its own, which
 decides through the shared store and falls back to the lane's local state when the store is
 unreachable: composition, not subclasses. The core never imports a backend.
 """

@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
-from pacekeeper.core.admission import Admission, Granted, LocalAdmission
+from pacekeeper.core.admission import AdmissionPolicy, Granted, LocalAdmissionPolicy
 from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
@@ -263,7 +263,7 @@ class Lane:
         clock: Callable[[], float],
         slots: FixedLimit | None = None,
         budget: RetryBudget | None = None,
-        admission: Callable[[Lane], Admission] | None = None,
+        admission: Callable[[Lane], AdmissionPolicy] | None = None,
     ) -> None:
         """``slots``, ``budget`` and ``admission`` are for backends: the concurrency limit
         and the retry budget to use instead of this process's own, and a factory of the
@@ -331,7 +331,7 @@ class Lane:
                 AimdLimit(adaptive) if adaptive is not None else FixedLimit(int(limits.concurrency))  # type: ignore[arg-type]
             )
         self.slots = slots
-        self._local = local = LocalAdmission(slots=slots, latency=self.latency, clock=clock)
+        self._local = local = LocalAdmissionPolicy(slots=slots, latency=self.latency, clock=clock)
         self.cooldown = local.cooldown
         self.budget = budget or RetryBudget(
             ratio=retry.retry_budget_ratio,
@@ -339,7 +339,7 @@ class Lane:
             maximum=retry.retry_budget_max,
         )
         self.stats = KeyStats(route=key[0], model=key[1])
-        self.admission: Admission = local
+        self.admission: AdmissionPolicy = local
         """Where the head of the queue is judged (:mod:`pacekeeper.core.admission`)."""
         self._shared = False
         """Whether :attr:`admission` is another than this process's own (a backend's)."""
@@ -358,7 +358,7 @@ class Lane:
     # -- the local state's buckets ---------------------------------------------------------
 
     @property
-    def local(self) -> LocalAdmission:
+    def local(self) -> LocalAdmissionPolicy:
         """This process's admission state: the gate, the buckets, the slots (a shared
         admission's fallback, and the buckets the controller shapes either way)."""
         return self._local
@@ -681,7 +681,7 @@ class Lane:
 
     def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
         """0.0 when admitted (buckets charged, slot free); else seconds to wait (inf: a slot).
-        The local admission's decision (:meth:`LocalAdmission.try_admit`), with what this
+        The local admission's decision (:meth:`LocalAdmissionPolicy.try_admit`), with what this
         lane learned of the most in flight that succeeded."""
         return self._local.try_admit(now, tokens, output_tokens, self._success_peak_in_flight)
 
