@@ -115,7 +115,11 @@ class Attempts:
                 raise StopAsyncIteration
             self.decision = None
             if decision.delay_s > 0 and not is_testing():
-                await call.lane.sleep(decision.delay_s)
+                try:
+                    await call.lane.sleep(decision.delay_s)
+                except asyncio.CancelledError:  # recorded as cancelled, as in the queue
+                    call.cancelled(None)
+                    raise
         elif self.permit is not None:  # admitted ahead: its first attempt
             return self.permit
         # Admission, here rather than in a method of the call: one frame fewer on every
@@ -163,7 +167,11 @@ class Attempts:
                 raise StopIteration
             self.decision = None
             if decision.delay_s > 0 and not is_testing():
-                call.lane.sleep_sync(decision.delay_s)
+                try:
+                    call.lane.sleep_sync(decision.delay_s)
+                except BaseException:  # KeyboardInterrupt: recorded as cancelled
+                    call.cancelled(None)
+                    raise
         elif self.permit is not None:
             return self.permit
         cost = call._before_admit()
