@@ -274,8 +274,12 @@ class Attempts:
     ) -> Decision:
         """A streamed answer ended (closed, broken, abandoned): settled as final, since its
         bytes reached the caller."""
+        permit = self.permit  # _take, inlined: once per stream
+        if permit is None:
+            raise RuntimeError("no attempt in progress: its outcome was already reported")
+        self.permit = None
         decision = self.decision = self.call.settle(
-            self._take(),
+            permit,
             verdict,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -11,9 +11,10 @@
         within max_attempts, the deadline, max_hint_s and the retry budget;
         record the attempt (and the request when final) to stats, hooks and the log.
 
-Nothing here does network I/O or knows HTTP libraries: transports (and ``Governor.run``) turn
-their outcomes into a :class:`~pacekeeper.core.classify.Verdict` and act on the
-:class:`Decision`.
+Nothing here does network I/O or knows HTTP libraries: every surface (the transports,
+``Governor.run``, ``Governor.admit``) drives the attempt loop of
+:mod:`pacekeeper.core.attempts`, which admits, pauses and stops on the :class:`Decision`; the
+surface turns its outcomes into a :class:`~pacekeeper.core.classify.Verdict`.
 """
 
 from __future__ import annotations
@@ -259,7 +260,9 @@ class Governor:
         cls = Priority.parse(priority) if priority is not None else current_priority()
         if tenant is None:
             tenant = current_tenant()
-        lane = self.lane(route, model)
+        lane = self._lanes.get((route, model))  # self.lane, one call fewer once it exists
+        if lane is None:
+            lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
         if estimate is not None:
@@ -435,8 +438,9 @@ _OK = Verdict(
 class Call:
     """One logical request: its attempts, waits and records.
 
-    Use :meth:`admit` (or :meth:`admit_sync`) before each attempt and :meth:`settle` after it;
-    act on the returned :class:`Decision`.
+    :class:`~pacekeeper.core.attempts.Attempts` drives it in a loop; by hand, use
+    :meth:`admit` (or :meth:`admit_sync`) before each attempt and :meth:`settle` after it,
+    and act on the returned :class:`Decision`.
     """
 
     __slots__ = (

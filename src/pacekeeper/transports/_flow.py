@@ -12,7 +12,6 @@ import asyncio
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.attempts import Attempts
@@ -28,7 +27,6 @@ from pacekeeper.transports._engine import (
     model_of_path,
     plain_headers,
     read_request,
-    request_id,
     route_of,
     stream_failure,
     usage_from_json,
@@ -386,11 +384,17 @@ def _stream_response(
         headers = plain_headers(response.headers)
     ok = verdict_for_answer(response.status_code, headers, None)
     attempts.streaming(ok.limits)
-    state = _StreamState(attempts, ok, request_id(headers))
+    # request_id, inlined (as in _after_answer): once per stream
+    state = _StreamState(attempts, ok, headers.get("x-request-id") or headers.get("request-id"))
     state.scanner.cache_reads_count = options.cache_reads_count
     if strip_usage and headers.get("content-encoding", "identity") == "identity":
         state.filter = UsageChunkFilter()
-    cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
+    # Looked up by the library's module, whose hash is C's: a Flavour's (a dataclass's) is
+    # a Python call, and functools.cache another.
+    try:
+        cls = (_SYNC_STREAMS if sync else _ASYNC_STREAMS)[flavour.module]
+    except KeyError:
+        cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
     # The inner transport's response goes back up with the governed stream, as a complete
     # answer does: a new Response would normalise every header again.
     response.stream = cls(response.stream, state)
@@ -569,15 +573,19 @@ class _GovernedSyncStream:
             state.finish(abandoned=True)
 
 
-@cache
+_ASYNC_STREAMS: dict[Any, Any] = {}
+_SYNC_STREAMS: dict[Any, Any] = {}
+
+
 def _async_stream_class(flavour: Flavour) -> Any:
     # The library checks isinstance(stream, AsyncByteStream) of its own module.
-    return type("GovernedAsyncStream", (_GovernedAsyncStream, flavour.module.AsyncByteStream), {})
+    cls = type("GovernedAsyncStream", (_GovernedAsyncStream, flavour.module.AsyncByteStream), {})
+    return _ASYNC_STREAMS.setdefault(flavour.module, cls)
 
 
-@cache
 def _sync_stream_class(flavour: Flavour) -> Any:
-    return type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
+    cls = type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
+    return _SYNC_STREAMS.setdefault(flavour.module, cls)
 
 
 class _GovernedTransport:
