@@ -574,11 +574,11 @@ class Call:
         fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough.
 
         The primitive: :class:`~pacekeeper.core.attempts.Attempts` drives it in a loop."""
-        return await anext(Attempts(self))
+        return await Attempts(self).__anext__()
 
     def admit_sync(self) -> Permit:
         """The blocking twin of :meth:`admit`."""
-        return next(Attempts(self))
+        return Attempts(self).__next__()
 
     def _spend_may_fit(self) -> bool:
         """Whether this request's worst case fits the spend cap now, or nothing in flight
