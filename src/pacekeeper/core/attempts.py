@@ -70,26 +70,26 @@ class Attempts:
     Each turn of ``async for`` (or ``for``) pauses the last decision's delay (none under
     :func:`~pacekeeper.set_testing`) and admits the next attempt; the loop ends when an outcome
     was reported that is not retried. ``permit`` is an attempt admitted before the loop (at an
-    SDK's method): the first turn sends on it. ``final`` forbids retries (a string says why).
+    SDK's method): the first turn sends on it. A subclass that sets ``final`` (a string that
+    says why) never retries.
 
     >>> from pacekeeper.core.governor import Governor
     >>> Attempts(Governor().call(route="/v1/embeddings", model="m", tokens=10))
     <Attempts /v1/embeddings model=m: attempt 0, not admitted>
     """
 
-    __slots__ = ("call", "decision", "error", "final", "permit")
+    # Three slots: one of these lives as long as each queued request.
+    __slots__ = ("call", "decision", "permit")
 
-    def __init__(
-        self, call: Call, *, permit: Permit | None = None, final: bool | str = False
-    ) -> None:
+    final: bool | str = False
+    """Whether (and why) no outcome is retried."""
+
+    def __init__(self, call: Call, *, permit: Permit | None = None) -> None:
         self.call = call
         self.permit = permit
         """The attempt in progress (or admitted ahead), until its outcome is reported."""
         self.decision: Decision | None = None
         """What the last reported outcome decided (None: nothing reported yet)."""
-        self.final = final
-        self.error: RequestFailed | None = None
-        """Why a known failure raised by the send was not retried (see :meth:`raised`)."""
 
     def __repr__(self) -> str:
         call = self.call
@@ -228,9 +228,10 @@ class Attempts:
     def raised(self, exc: BaseException, classify: Classify) -> bool:
         """The send raised ``exc``. True: retried (the loop goes round again). False: the
         surface re-raises; a cancellation (or KeyboardInterrupt) freed the slot and was
-        recorded as cancelled, and an exception ``classify`` does not know was recorded; what
-        it knows was settled, and the final decision's error is noted on ``exc`` and kept in
-        :attr:`error` (a surface may raise it instead, from ``exc``)."""
+        recorded as cancelled, and an exception ``classify`` does not know was recorded (its
+        decision carries no error: ``exc`` is the error); what it knows was settled, and the
+        final decision's error is noted on ``exc`` (a surface may raise it instead, from
+        ``exc``)."""
         permit = self._take()
         call = self.call
         if not isinstance(exc, Exception):
@@ -239,16 +240,16 @@ class Attempts:
             return False
         verdict = classify(exc)
         if verdict is None:  # not a failure the governor knows: recorded, never retried
-            self.decision = call.settle(
+            record = call.settle(
                 permit,
                 verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)),
                 final=True,
-            )
-            return False  # ``exc`` itself is what the caller gets: no error of ours
+            ).record
+            self.decision = Decision(retry=False, record=record)  # ``exc`` is the error
+            return False
         decision = self.decision = call.settle(permit, verdict, final=self.final)
         if decision.retry:
             return True
-        self.error = decision.error
         if decision.error is not None and hasattr(exc, "add_note"):
             exc.add_note(f"pacekeeper: {decision.error}")
         return False

@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pacekeeper.core.attempts import _OVER, Attempts, Decision
@@ -342,8 +342,9 @@ class Governor:
             except BaseException as exc:
                 if attempts.raised(exc, self._classify):
                     continue
-                if attempts.error is not None:
-                    raise attempts.error from exc
+                decision = attempts.decision
+                if decision is not None and decision.error is not None:
+                    raise decision.error from exc
                 raise
             usage = getattr(result, "usage", None)
             attempts.answered(
@@ -568,13 +569,14 @@ class Call:
             outcome="deadline_exceeded",
         )
 
-    async def admit(self) -> Permit:
+    def admit(self) -> Coroutine[Any, Any, Permit]:
         """Wait until one attempt may leave; retries go to the front of the queue. Under a
         spend cap, the attempt also waits for room in it (answers in flight free room), or
         fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough.
 
-        The primitive: :class:`~pacekeeper.core.attempts.Attempts` drives it in a loop."""
-        return await Attempts(self).__anext__()
+        One turn of :class:`~pacekeeper.core.attempts.Attempts`, whose coroutine this hands
+        back rather than awaiting it: a queued request holds one frame fewer."""
+        return Attempts(self).__anext__()
 
     def admit_sync(self) -> Permit:
         """The blocking twin of :meth:`admit`."""
@@ -1026,6 +1028,11 @@ class Call:
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
 
 
+class _SingleAttempt(Attempts):
+    __slots__ = ()
+    final = "a single admission does not retry"
+
+
 class Admission:
     """One attempt admitted by :meth:`Governor.admit`; report what happened with :meth:`report`.
 
@@ -1034,7 +1041,7 @@ class Admission:
     __slots__ = ("_attempts",)
 
     def __init__(self, call: Call) -> None:
-        self._attempts = Attempts(call, final="a single admission does not retry")
+        self._attempts = _SingleAttempt(call)
 
     @property
     def call(self) -> Call:
