@@ -321,18 +321,19 @@ async def test_an_admission_is_one_turn_of_the_loop() -> None:
 
 
 @pytest.mark.usefixtures("instant")
-async def test_the_loop_alone_retries_pauses_and_stops() -> None:
+@pytest.mark.usefixtures("instant")
+async def test_the_loop_alone_retries_and_stops() -> None:
     gov = Governor(retry=RetryPolicy(max_attempts=4))
     attempts = Attempts(gov.call(route=CHAT, model="m", tokens=10))
     assert repr(attempts).endswith("attempt 0, not admitted>")
-    statuses = iter([429, 503, 200])
+    statuses = iter([502, 503, 200])
     seen = []
     async for permit in attempts:
         assert attempts.permit is permit
         status = next(statuses)
         seen.append(status)
         attempts.answered(classify_response(status, {}, None, now_wall_s=0.0))
-    assert seen == [429, 503, 200]
+    assert seen == [502, 503, 200]
     assert attempts.decision is not None
     assert attempts.decision.record is not None
     assert attempts.decision.record.attempts == 3
