@@ -13,6 +13,7 @@ PUBLIC = {
     "Admission",
     "AdmissionClosed",
     "AttemptRecord",
+    "Attempts",
     "BilledUsage",
     "Call",
     "ConfigurationError",

@@ -19,6 +19,7 @@ from pacekeeper._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from pacekeeper.backends import RedisBackend
+    from pacekeeper.core.attempts import Attempts, Decision
     from pacekeeper.core.classify import OutcomeKind, Verdict
     from pacekeeper.core.concurrency import Signal
     from pacekeeper.core.config import AdaptiveConcurrency, Limits, RetryPolicy
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
         RetryWaitTooLong,
         SpendCapReached,
     )
-    from pacekeeper.core.governor import Admission, Call, Decision, Governor
+    from pacekeeper.core.governor import Admission, Call, Governor
     from pacekeeper.core.ordered import amap
     from pacekeeper.core.priority import Priority, priority
     from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
@@ -61,6 +62,7 @@ __all__ = [
     "TAG_EXTENSION",
     "AdaptiveConcurrency",
     "AttemptRecord",
+    "Attempts",
     "BilledUsage",
     "Call",
     "ConfigurationError",
@@ -133,7 +135,8 @@ _HOMES = {
     "priority": "pacekeeper.core.priority",
     "Admission": "pacekeeper.core.governor",
     "Call": "pacekeeper.core.governor",
-    "Decision": "pacekeeper.core.governor",
+    "Attempts": "pacekeeper.core.attempts",
+    "Decision": "pacekeeper.core.attempts",
     "Governor": "pacekeeper.core.governor",
     "amap": "pacekeeper.core.ordered",
     "AttemptRecord": "pacekeeper.core.records",

@@ -22,6 +22,7 @@ from pacekeeper import (
     RetryPolicy,
     RetryWaitTooLong,
 )
+from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.classify import OutcomeKind, classify_response, verdict_for_failure
 from pacekeeper.core.errors import DeadlineExceeded
 from pacekeeper.core.tokens import CHARS, estimate_request_chars, estimate_request_tokens
@@ -103,15 +104,8 @@ async def test_retries_stop_at_max_attempts() -> None:
     pacekeeper.set_testing(True)
     try:
         gov = Governor(retry=RetryPolicy(max_attempts=3))
-        call = gov.call(route="/r", model=None, tokens=0)
-        decisions = []
-        while True:
-            permit = await call.admit()
-            decision = call.settle(permit, verdict(502))
-            decisions.append(decision)
-            if not decision.retry:
-                break
-            await call.pause(decision)
+        attempts = Attempts(gov.call(route="/r", model=None, tokens=0))
+        decisions = [attempts.answered(verdict(502)) async for _ in attempts]
         assert len(decisions) == 3
         assert isinstance(decisions[-1].error, RetriesExhausted)
         assert "3 attempts" in str(decisions[-1].error)
@@ -119,21 +113,19 @@ async def test_retries_stop_at_max_attempts() -> None:
         pacekeeper.set_testing(False)
 
 
-async def test_the_retry_budget_stops_a_storm() -> None:
+async def test_the_retry_budget_stops_a_storm(request: pytest.FixtureRequest) -> None:
+    pacekeeper.set_testing(True)
+    request.addfinalizer(lambda: pacekeeper.set_testing(False))
     gov = Governor(
         retry=RetryPolicy(max_attempts=10, retry_budget_ratio=0.1, retry_budget_initial=5)
     )
     requests, retries, budget_failures = 200, 0, 0
     for _ in range(requests):
-        call = gov.call(route="/r", model=None, tokens=0)
-        while True:
-            permit = await call.admit()
-            decision = call.settle(permit, verdict(503))
-            if not decision.retry:
-                if isinstance(decision.error, RetryBudgetExhausted):
-                    budget_failures += 1
-                break
-            retries += 1
+        attempts = Attempts(gov.call(route="/r", model=None, tokens=0))
+        async for _ in attempts:  # the pauses are skipped: testing mode
+            retries += attempts.answered(verdict(503)).retry
+        assert attempts.decision is not None
+        budget_failures += isinstance(attempts.decision.error, RetryBudgetExhausted)
     # every request fails (the upstream is down), but retries stay near 10% of requests
     assert retries <= 5 + 0.1 * requests + 1
     assert budget_failures > 150

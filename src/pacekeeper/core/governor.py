@@ -11,30 +11,28 @@
         within max_attempts, the deadline, max_hint_s and the retry budget;
         record the attempt (and the request when final) to stats, hooks and the log.
 
-Nothing here does network I/O or knows HTTP libraries: transports (and ``Governor.run``) turn
-their outcomes into a :class:`~pacekeeper.core.classify.Verdict` and act on the
-:class:`Decision`.
+Nothing here does network I/O or knows HTTP libraries: every surface (the transports,
+``Governor.run``, ``Governor.admit``) drives the attempt loop of
+:mod:`pacekeeper.core.attempts`, which admits, pauses and stops on the :class:`Decision`; the
+surface turns its outcomes into a :class:`~pacekeeper.core.classify.Verdict`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pacekeeper.core.attempts import _OVER, Attempts, Decision
 from pacekeeper.core.backend import SpendBackend
 from pacekeeper.core.classify import (
     OutcomeKind,
     Verdict,
     classify_response,
-    describe_exception,
     verdict_for_exception,
-    verdict_for_failure,
 )
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.config import Limits, RetryPolicy
@@ -78,20 +76,6 @@ logger = logging.getLogger("pacekeeper")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_SPEND_POLL_S = 0.02
-"""How often a request the spend cap holds back looks again (answers in flight free room)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do after an attempt: retry after ``delay_s``, or stop (``error`` None: success)."""
-
-    retry: bool
-    delay_s: float = 0.0
-    error: RequestFailed | None = None
-    record: RequestRecord | None = None
-    """The final record, when this decision ends the request."""
 
 
 class Governor:
@@ -276,7 +260,9 @@ class Governor:
         cls = Priority.parse(priority) if priority is not None else current_priority()
         if tenant is None:
             tenant = current_tenant()
-        lane = self.lane(route, model)
+        lane = self._lanes.get((route, model))  # self.lane, one call fewer once it exists
+        if lane is None:
+            lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
         if estimate is not None:
@@ -349,36 +335,29 @@ class Governor:
             priority=priority,
             tenant=tenant,
         )
-        while True:
-            permit = await call.admit()
+        attempts = Attempts(call)
+        async for _ in attempts:
             try:
                 result = await fn()
-            except asyncio.CancelledError:
-                call.cancelled(permit)
-                raise
-            except Exception as exc:
-                verdict = verdict_for_exception(exc, now_wall_s=self.wall_clock())
-                if verdict is None:
-                    call.settle(
-                        permit,
-                        verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)),
-                        final=True,
-                    )
-                    raise
-                decision = call.settle(permit, verdict)
-                if decision.retry:
-                    await call.pause(decision)
+            except BaseException as exc:
+                if attempts.raised(exc, self._classify):
                     continue
-                assert decision.error is not None
-                raise decision.error from exc
+                decision = attempts.decision
+                if decision is not None and decision.error is not None:
+                    raise decision.error from exc
+                raise
             usage = getattr(result, "usage", None)
-            call.settle(
-                permit,
+            attempts.answered(
                 _OK,
                 prompt_tokens=_int_attr(usage, "prompt_tokens", "input_tokens"),
                 completion_tokens=_int_attr(usage, "completion_tokens", "output_tokens"),
             )
             return result
+        raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
+
+    def _classify(self, exc: Exception) -> Verdict | None:
+        """What an exception ``fn`` raised means (:meth:`run`): SDK errors by their status."""
+        return verdict_for_exception(exc, now_wall_s=self.wall_clock())
 
     def admit(
         self,
@@ -460,8 +439,9 @@ _OK = Verdict(
 class Call:
     """One logical request: its attempts, waits and records.
 
-    Use :meth:`admit` (or :meth:`admit_sync`) before each attempt and :meth:`settle` after it;
-    act on the returned :class:`Decision`.
+    :class:`~pacekeeper.core.attempts.Attempts` drives it in a loop; by hand, use
+    :meth:`admit` (or :meth:`admit_sync`) before each attempt and :meth:`settle` after it,
+    and act on the returned :class:`Decision`.
     """
 
     __slots__ = (
@@ -589,64 +569,18 @@ class Call:
             outcome="deadline_exceeded",
         )
 
-    async def admit(self) -> Permit:
-        """Wait until this attempt may leave; retries go to the front of the queue. Under a
+    def admit(self) -> Coroutine[Any, Any, Permit]:
+        """Wait until one attempt may leave; retries go to the front of the queue. Under a
         spend cap, the attempt also waits for room in it (answers in flight free room), or
-        fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough."""
-        cost = self._before_admit()
-        while True:
-            try:
-                permit = await self.lane.acquire(
-                    cost,
-                    front=self.attempt > 1,
-                    deadline=self._deadline,
-                    output_tokens=self.completion_tokens,
-                    prompt_tokens=self.prompt_tokens,
-                    prompt_cheap=self._body is not None,
-                    priority=self.priority,
-                    tenant=self.tenant,
-                )
-            except QueueTimeout as exc:
-                raise self._queue_timeout(exc) from None
-            except asyncio.CancelledError:
-                self.cancelled(None)
-                raise
-            self._queued_total += permit.queued_s
-            if self._gov.spend is None or self._reserve(permit):
-                return permit
-            try:
-                # Wait for room without taking a place in the pacing meanwhile: a permit taken
-                # on each look would spend the lane's rate on requests that do not go.
-                await self.lane.sleep(_SPEND_POLL_S)
-                while not self._spend_may_fit():
-                    await self.lane.sleep(_SPEND_POLL_S)
-            except asyncio.CancelledError:
-                self.cancelled(None)
-                raise
+        fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough.
+
+        One turn of :class:`~pacekeeper.core.attempts.Attempts`, whose coroutine this hands
+        back rather than awaiting it: a queued request holds one frame fewer."""
+        return Attempts(self).__anext__()
 
     def admit_sync(self) -> Permit:
         """The blocking twin of :meth:`admit`."""
-        cost = self._before_admit()
-        while True:
-            try:
-                permit = self.lane.acquire_sync(
-                    cost,
-                    front=self.attempt > 1,
-                    deadline=self._deadline,
-                    output_tokens=self.completion_tokens,
-                    prompt_tokens=self.prompt_tokens,
-                    prompt_cheap=self._body is not None,
-                    priority=self.priority,
-                    tenant=self.tenant,
-                )
-            except QueueTimeout as exc:
-                raise self._queue_timeout(exc) from None
-            self._queued_total += permit.queued_s
-            if self._reserve(permit):
-                return permit
-            self.lane.sleep_sync(_SPEND_POLL_S)
-            while not self._spend_may_fit():
-                self.lane.sleep_sync(_SPEND_POLL_S)
+        return Attempts(self).__next__()
 
     def _spend_may_fit(self) -> bool:
         """Whether this request's worst case fits the spend cap now, or nothing in flight
@@ -756,15 +690,6 @@ class Call:
                 gov.spend.release(reservation)
         return cost
 
-    async def pause(self, decision: Decision) -> None:
-        """Sleep the decision's delay (instant under :func:`~pacekeeper.set_testing`)."""
-        if decision.delay_s > 0 and not is_testing():
-            await self.lane.sleep(decision.delay_s)
-
-    def pause_sync(self, decision: Decision) -> None:
-        if decision.delay_s > 0 and not is_testing():
-            self.lane.sleep_sync(decision.delay_s)
-
     def settle(
         self,
         permit: Permit,
@@ -787,7 +712,17 @@ class Call:
         latency_s = now - permit.sent_at
         kind = verdict.kind
         ok = kind is OutcomeKind.OK
-        cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
+        if self.cost_usd is None and self._reservation is None:
+            # No price, nothing held under a spend cap: _account would only count the
+            # answer's length (inlined: a frame fewer on every request of an unpriced model).
+            cost_usd = None
+            if ok and completion_tokens is not None:
+                lengths = gov._completions.get(lane.key)
+                if lengths is None:
+                    lengths = gov.completion_lengths(self.route, self.model)
+                lengths.add(completion_tokens)
+        else:
+            cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
         usage = None
         if ok and prompt_tokens is not None:
             usage = Reconciliation(
@@ -1093,19 +1028,30 @@ class Call:
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
 
 
-class Admission:
-    """One attempt admitted by :meth:`Governor.admit`; report what happened with :meth:`report`."""
+class _SingleAttempt(Attempts):
+    __slots__ = ()
+    final = "a single admission does not retry"
 
-    __slots__ = ("_call", "_permit", "decision")
+
+class Admission:
+    """One attempt admitted by :meth:`Governor.admit`; report what happened with :meth:`report`.
+
+    A one-turn drive of the call's :class:`~pacekeeper.core.attempts.Attempts` (no retry)."""
+
+    __slots__ = ("_attempts",)
 
     def __init__(self, call: Call) -> None:
-        self._call = call
-        self._permit: Permit | None = None
-        self.decision: Decision | None = None
+        self._attempts = _SingleAttempt(call)
 
     @property
     def call(self) -> Call:
-        return self._call
+        return self._attempts.call
+
+    @property
+    def decision(self) -> Decision | None:
+        """What the reported outcome decided (None until it is reported)."""
+        decision = self._attempts.decision
+        return decision if decision is not _OVER else None
 
     def report(
         self,
@@ -1118,46 +1064,39 @@ class Admission:
         request_id: str | None = None,
     ) -> Decision:
         """The answer's status, headers and (for errors) body; usage when known."""
+        attempts = self._attempts
+        if attempts.permit is None:
+            if attempts.decision is not None:
+                raise RuntimeError("this attempt's outcome was already reported")
+            raise RuntimeError("report() belongs inside the `async with gov.admit(...)` block")
         verdict = classify_response(
-            status, headers or {}, body, now_wall_s=self._call._gov.wall_clock()
+            status, headers or {}, body, now_wall_s=attempts.call._gov.wall_clock()
         )
-        return self._settle(
+        return attempts.answered(
             verdict,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             request_id=request_id,
         )
 
-    def _settle(self, verdict: Verdict, **usage: Any) -> Decision:
-        if self._permit is None:
-            raise RuntimeError("report() belongs inside the `async with gov.admit(...)` block")
-        if self.decision is not None:
-            raise RuntimeError("this attempt's outcome was already reported")
-        self.decision = self._call.settle(
-            self._permit, verdict, final="a single admission does not retry", **usage
-        )
-        return self.decision
-
     def _exit(self, exc: BaseException | None) -> None:
-        if self.decision is not None or self._permit is None:
+        attempts = self._attempts
+        if attempts.permit is None:  # reported already, or never admitted
             return
         if exc is None:
-            self._settle(_OK)
-        elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-            self._call.cancelled(self._permit)
+            attempts.answered(_OK)
         else:
-            verdict = verdict_for_exception(exc, now_wall_s=self._call._gov.wall_clock())
-            self._settle(verdict or verdict_for_failure(OutcomeKind.OTHER, describe_exception(exc)))
+            attempts.raised(exc, attempts.call._gov._classify)
 
     async def __aenter__(self) -> Admission:
-        self._permit = await self._call.admit()
+        await anext(self._attempts)
         return self
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._exit(exc)
 
     def __enter__(self) -> Admission:
-        self._permit = self._call.admit_sync()
+        next(self._attempts)
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:

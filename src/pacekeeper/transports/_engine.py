@@ -34,7 +34,6 @@ from pacekeeper.core.tokens import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from pacekeeper.core.governor import Call
 
 __all__ = [
     "PRIORITY_HEADER",
@@ -781,34 +780,14 @@ def bounded_timeout(extensions: dict[str, Any], attempt_timeout_s: float | None)
     }
 
 
-def settle_stream(
-    call: Call,
-    permit: Any,
-    *,
-    scanner: UsageScanner,
-    ok: Verdict,
-    error: BaseException | None,
-    request_id: str | None,
-    abandoned: bool = False,
-) -> None:
-    """A streamed answer ended (closed, broken or abandoned): record it and free the slot."""
+def stream_failure(error: BaseException | None) -> Verdict:
+    """What a streamed answer that did not end well means: it broke (``error``), or it was
+    abandoned (None: the caller stopped reading without closing it)."""
     if error is not None:
-        verdict = verdict_for_failure(
+        return verdict_for_failure(
             OutcomeKind.CONNECTION_ERROR,
             f"stream broke after the answer began: {describe_exception(error)}",
         )
-    elif abandoned:
-        verdict = verdict_for_failure(
-            OutcomeKind.OTHER, "stream abandoned: the caller stopped reading without closing it"
-        )
-    else:
-        verdict = ok
-    call.settle(
-        permit,
-        verdict,
-        prompt_tokens=scanner.prompt_tokens,
-        completion_tokens=scanner.completion_tokens,
-        request_id=request_id,
-        final=True,
-        billed=scanner.billed,
+    return verdict_for_failure(
+        OutcomeKind.OTHER, "stream abandoned: the caller stopped reading without closing it"
     )

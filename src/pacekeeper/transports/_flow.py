@@ -12,10 +12,10 @@ import asyncio
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from pacekeeper.core.classify import OutcomeKind, verdict_for_failure
+from pacekeeper.core.attempts import Attempts
+from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.transports._engine import (
     Flavour,
@@ -27,9 +27,8 @@ from pacekeeper.transports._engine import (
     model_of_path,
     plain_headers,
     read_request,
-    request_id,
     route_of,
-    settle_stream,
+    stream_failure,
     usage_from_json,
     verdict_for_answer,
     with_stream_usage,
@@ -191,23 +190,35 @@ async def handle_async(
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
     at_sdk = ADMITTED.get()
-    if at_sdk is None:  # no call admitted at the SDK method: the common case, one call less
-        request, call, strip = _start(gov, request, flavour, options)
-        admitted = None
+    if at_sdk is None:  # no call admitted at the SDK method: the common case
+        # _start, inlined: a frame fewer on every request
+        facts = read_request(request)
+        strip = False
+        if options.include_usage and facts.streaming:
+            rewritten = with_stream_usage(request, facts, flavour.module)
+            if rewritten is not None:
+                request, strip = rewritten, True
+        call = gov.call(
+            route=facts.route,
+            model=facts.model,
+            estimate=facts.estimate,
+            tag=request.extensions.get(TAG_EXTENSION),
+            body=facts.body,
+        )
+        if gov.retry.attempt_timeout_s is not None:
+            bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+        attempts = Attempts(call)
     else:
         request, call, strip, admitted = _start_admitted(at_sdk, gov, request, flavour, options)
-    while True:
-        permit = admitted if admitted is not None else await call.admit()
-        admitted = None
+        attempts = Attempts(call, permit=admitted)
+    classify = flavour.verdict_for_exception
+    async for _ in attempts:
         try:
             response = await inner.handle_async_request(request)
-        except asyncio.CancelledError:
-            call.cancelled(permit)
+        except BaseException as exc:
+            if attempts.raised(exc, classify):
+                continue
             raise
-        except Exception as exc:
-            if not await _after_exception_async(call, permit, flavour, exc):
-                raise
-            continue
         status = response.status_code
         read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
         # read once, into a dict: httpx's Headers.get scans the list every time
@@ -215,8 +226,7 @@ async def handle_async(
         # is_event_stream, inlined (as the reads in _after_answer): once per request
         if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             return _stream_response(
-                call,
-                permit,
+                attempts,
                 flavour,
                 request,
                 response,
@@ -228,19 +238,15 @@ async def handle_async(
             )
         try:
             raw = b"".join([chunk async for chunk in response.stream])
-        except asyncio.CancelledError:
-            call.cancelled(permit)
+        except BaseException as exc:
+            retried = attempts.raised(exc, classify)  # the slot is freed before the close
             await response.stream.aclose()
+            if retried:
+                continue
             raise
-        except Exception as exc:
-            await response.stream.aclose()
-            if not await _after_exception_async(call, permit, flavour, exc):
-                raise
-            continue
         await response.stream.aclose()
-        decision_retry, result = _after_answer(
-            call,
-            permit,
+        if not _after_answer(
+            attempts,
             flavour,
             request,
             response,
@@ -248,10 +254,9 @@ async def handle_async(
             raw=raw,
             read_limits=read_limits,
             options=options,
-        )
-        if decision_retry is None:
-            return result
-        await call.pause(decision_retry)
+        ):
+            return response
+    raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
 
 
 def handle_sync(
@@ -262,24 +267,21 @@ def handle_sync(
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
     request, call, strip = _start(gov, request, flavour, options)
-    while True:
-        permit = call.admit_sync()
+    attempts = Attempts(call)
+    classify = flavour.verdict_for_exception
+    for _ in attempts:
         try:
             response = inner.handle_request(request)
-        except Exception as exc:
-            if not _after_exception_sync(call, permit, flavour, exc):
-                raise
-            continue
-        except BaseException:  # KeyboardInterrupt: free the slot, never retry
-            call.cancelled(permit)
+        except BaseException as exc:  # KeyboardInterrupt: the slot freed, never retried
+            if attempts.raised(exc, classify):
+                continue
             raise
         status = response.status_code
         read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
-                call,
-                permit,
+                attempts,
                 flavour,
                 request,
                 response,
@@ -291,19 +293,15 @@ def handle_sync(
             )
         try:
             raw = b"".join(list(response.stream))
-        except Exception as exc:
+        except BaseException as exc:
+            retried = attempts.raised(exc, classify)
             response.stream.close()
-            if not _after_exception_sync(call, permit, flavour, exc):
-                raise
-            continue
-        except BaseException:
-            call.cancelled(permit)
-            response.stream.close()
+            if retried:
+                continue
             raise
         response.stream.close()
-        decision_retry, result = _after_answer(
-            call,
-            permit,
+        if not _after_answer(
+            attempts,
             flavour,
             request,
             response,
@@ -311,47 +309,13 @@ def handle_sync(
             raw=raw,
             read_limits=read_limits,
             options=options,
-        )
-        if decision_retry is None:
-            return result
-        call.pause_sync(decision_retry)
-
-
-async def _after_exception_async(
-    call: Call, permit: Permit, flavour: Flavour, exc: Exception
-) -> bool:
-    """Settle a failed attempt; True when it is retried (after the pause)."""
-    decision = _settle_exception(call, permit, flavour, exc)
-    if decision is None:
-        return False
-    await call.pause(decision)
-    return True
-
-
-def _after_exception_sync(call: Call, permit: Permit, flavour: Flavour, exc: Exception) -> bool:
-    decision = _settle_exception(call, permit, flavour, exc)
-    if decision is None:
-        return False
-    call.pause_sync(decision)
-    return True
-
-
-def _settle_exception(call: Call, permit: Permit, flavour: Flavour, exc: Exception) -> Any:
-    verdict = flavour.verdict_for_exception(exc)
-    if verdict is None:
-        call.settle(permit, verdict_for_failure(OutcomeKind.OTHER, repr(exc)[:200]), final=True)
-        return None
-    decision = call.settle(permit, verdict)
-    if decision.retry:
-        return decision
-    if decision.error is not None and hasattr(exc, "add_note"):
-        exc.add_note(f"pacekeeper: {decision.error}")
-    return None
+        ):
+            return response
+    raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
 
 
 def _after_answer(
-    call: Call,
-    permit: Permit,
+    attempts: Attempts,
     flavour: Flavour,
     request: Any,
     response: Any,
@@ -360,8 +324,9 @@ def _after_answer(
     raw: bytes,
     read_limits: bool,
     options: UsageOptions = _DEFAULT_OPTIONS,
-) -> tuple[Any, Any]:
-    """Settle a complete answer: (decision to retry, None) or (None, the response to return)."""
+) -> bool:
+    """Report a complete answer; True: it is retried, else ``response`` (its body read here)
+    goes back to the caller."""
     status = response.status_code
     # is_json, request_id and the identity case of Flavour.decode, inlined: the hot path
     expect_json = "json" in headers.get("content-type", "")
@@ -383,8 +348,7 @@ def _after_answer(
         json_valid=valid,
         read_limits=read_limits,
     )
-    decision = call.settle(
-        permit,
+    decision = attempts.answered(
         verdict,
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -392,7 +356,7 @@ def _after_answer(
         billed=billed,
     )
     if decision.retry:
-        return decision, None
+        return True
     if verdict.kind is OutcomeKind.MALFORMED and decision.error is not None:
         # Handing the unreadable 200 over would make the SDK fail on a bare JSONDecodeError
         # and lose why; the error says what happened and how often it was tried.
@@ -401,12 +365,11 @@ def _after_answer(
     # building a new Response would normalise every header again, on every request.
     response.stream = flavour.module.ByteStream(raw)
     response.extensions[RECORD_EXTENSION] = decision.record
-    return None, response
+    return False
 
 
 def _stream_response(
-    call: Call,
-    permit: Permit,
+    attempts: Attempts,
     flavour: Flavour,
     request: Any,
     response: Any,
@@ -420,13 +383,18 @@ def _stream_response(
     if not read_limits:  # a stream's limits are always learned
         headers = plain_headers(response.headers)
     ok = verdict_for_answer(response.status_code, headers, None)
-    if ok.limits is not None:
-        call.lane.learn(ok.limits)
-    state = _StreamState(call, permit, ok, request_id(headers))
+    attempts.streaming(ok.limits)
+    # request_id, inlined (as in _after_answer): once per stream
+    state = _StreamState(attempts, ok, headers.get("x-request-id") or headers.get("request-id"))
     state.scanner.cache_reads_count = options.cache_reads_count
     if strip_usage and headers.get("content-encoding", "identity") == "identity":
         state.filter = UsageChunkFilter()
-    cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
+    # Looked up by the library's module, whose hash is C's: a Flavour's (a dataclass's) is
+    # a Python call, and functools.cache another.
+    try:
+        cls = (_SYNC_STREAMS if sync else _ASYNC_STREAMS)[flavour.module]
+    except KeyError:
+        cls = _sync_stream_class(flavour) if sync else _async_stream_class(flavour)
     # The inner transport's response goes back up with the governed stream, as a complete
     # answer does: a new Response would normalise every header again.
     response.stream = cls(response.stream, state)
@@ -435,20 +403,18 @@ def _stream_response(
 
 class _StreamState:
     __slots__ = (
-        "call",
+        "attempts",
         "done",
         "ended",
         "filter",
         "idle_timer",
         "ok",
-        "permit",
         "request_id",
         "scanner",
     )
 
-    def __init__(self, call: Call, permit: Permit, ok: Verdict, rid: str | None) -> None:
-        self.call = call
-        self.permit = permit
+    def __init__(self, attempts: Attempts, ok: Verdict, rid: str | None) -> None:
+        self.attempts = attempts
         self.ok = ok
         self.request_id = rid
         self.scanner = UsageScanner()
@@ -480,14 +446,14 @@ class _StreamState:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-        settle_stream(
-            self.call,
-            self.permit,
-            scanner=self.scanner,
-            ok=self.ok,
-            error=error,
+        # The stream's outcome, reported to its attempt loop: it ended, broke or was abandoned.
+        scanner = self.scanner
+        self.attempts.ended(
+            self.ok if error is None and not abandoned else stream_failure(error),
+            prompt_tokens=scanner.prompt_tokens,
+            completion_tokens=scanner.completion_tokens,
             request_id=self.request_id,
-            abandoned=abandoned,
+            billed=scanner.billed,
         )
 
 
@@ -508,7 +474,7 @@ class _GovernedAsyncStream:
         self._idle_since = time.monotonic()
         # A caller that walks away without closing may leave the stream in a reference
         # cycle that is never collected; the slot must come back anyway.
-        self._idle_limit_s = state.call.idle_timeout_s
+        self._idle_limit_s = state.attempts.call.idle_timeout_s
         state.idle_timer = asyncio.get_running_loop().call_later(
             self._idle_limit_s, self._check_idle
         )
@@ -607,15 +573,19 @@ class _GovernedSyncStream:
             state.finish(abandoned=True)
 
 
-@cache
+_ASYNC_STREAMS: dict[Any, Any] = {}
+_SYNC_STREAMS: dict[Any, Any] = {}
+
+
 def _async_stream_class(flavour: Flavour) -> Any:
     # The library checks isinstance(stream, AsyncByteStream) of its own module.
-    return type("GovernedAsyncStream", (_GovernedAsyncStream, flavour.module.AsyncByteStream), {})
+    cls = type("GovernedAsyncStream", (_GovernedAsyncStream, flavour.module.AsyncByteStream), {})
+    return _ASYNC_STREAMS.setdefault(flavour.module, cls)
 
 
-@cache
 def _sync_stream_class(flavour: Flavour) -> Any:
-    return type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
+    cls = type("GovernedSyncStream", (_GovernedSyncStream, flavour.module.SyncByteStream), {})
+    return _SYNC_STREAMS.setdefault(flavour.module, cls)
 
 
 class _GovernedTransport:
