@@ -151,27 +151,31 @@ class _SharedFixed(FixedLimit):
     """A fixed limit shared by the fleet: counts this process's requests in flight, reports
     the shared limit while Redis is reachable, and limits locally (to 1/N of it) while not."""
 
-    __slots__ = ("ceiling", "shared_limit", "shared_mode")
+    __slots__ = ("ceiling", "local_limit", "shared_limit", "shared_mode")
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.shared_limit = limit
         self.shared_mode = True
+        self.local_limit = limit
         self.ceiling: int | None = None
 
     @property
     def limit(self) -> int:
-        return self.shared_limit if self.shared_mode else self._limit
+        if self.shared_mode:
+            return self.shared_limit
+        # the configured limit, capped by the pool (FixedLimit.cap), and this process's share
+        return max(1, min(super().limit, self.local_limit))
 
     def has_room(self) -> bool:
         return self.in_flight < self.limit
 
     def set_local_limit(self, limit: int) -> None:
-        self._limit = max(1, limit if self.ceiling is None else min(limit, self.ceiling))
+        self.local_limit = max(1, limit)
 
     def cap(self, ceiling: int) -> None:
         self.ceiling = ceiling if self.ceiling is None else min(ceiling, self.ceiling)
-        self._limit = min(self._limit, ceiling)
+        super().cap(ceiling)
 
     def __repr__(self) -> str:
         where = "shared" if self.shared_mode else "local fallback"
@@ -197,7 +201,7 @@ class _SharedAdaptive(AimdLimit):
     def limit(self) -> int:
         if self.shared_mode:
             return self.shared_limit
-        return max(1, min(self._limit, self.local_limit))
+        return max(1, min(super().limit, self.local_limit))
 
     def has_room(self) -> bool:
         return self.in_flight < self.limit
@@ -226,15 +230,11 @@ class _SharedBudget(RetryBudget):
         self.pending = 0.0
         self._lock = threading.Lock()
 
-    @property
-    def maximum(self) -> float:
-        return self._maximum
-
     def deposit(self) -> None:
         with self._lock:
-            before = self._balance
+            before = self.balance
             super().deposit()
-            self.pending += self._balance - before
+            self.pending += self.balance - before
 
     def try_spend(self) -> bool:
         with self._lock:
@@ -251,7 +251,7 @@ class _SharedBudget(RetryBudget):
     def settle(self, shared_balance: float) -> None:
         with self._lock:
             # what this process did since the delta was taken stays on top of the new balance
-            self._balance = max(0.0, min(self._maximum, shared_balance + self.pending))
+            self.set_balance(shared_balance + self.pending)
 
 
 class _RedisAsk:

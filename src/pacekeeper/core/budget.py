@@ -37,6 +37,20 @@ class RetryBudget:
     def balance(self) -> float:
         return self._balance
 
+    @property
+    def maximum(self) -> float:
+        return self._maximum
+
+    def set_balance(self, balance: float) -> None:
+        """Replace the balance (kept within 0 and ``maximum``): a budget shared with other
+        processes settles to the store's.
+
+        >>> budget = RetryBudget(ratio=0.2, initial=1.0, maximum=3.0)
+        >>> budget.set_balance(7.5); budget.balance
+        3.0
+        """
+        self._balance = max(0.0, min(self._maximum, balance))
+
     def deposit(self) -> None:
         """A new request (first attempt) was sent."""
         balance = self._balance + self._ratio
