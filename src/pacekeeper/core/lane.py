@@ -1022,9 +1022,12 @@ class Lane:
         self._successes += 1
         self.congestion.observe(overload=False)
         slots = self.slots
+        self._outstanding.pop(id(permit), None)  # answered: no longer holds a window open
         self.latency.observe(
             latency_s,
             permit.in_flight_at_send,
+            sent_at=permit.sent_at,
+            unanswered_sent_at=self._outstanding.values(),
             judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
         )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
