@@ -132,3 +132,14 @@ def test_answers_to_requests_sent_before_a_restart_are_not_judged() -> None:
     for i in range(16):  # a deep queue's answers come in, sent before the cut
         tracker.observe(3.0, 40, sent_at=i * 0.01)
     assert tracker.median_s != 3.0
+
+
+def test_the_mean_is_known_before_the_first_window_has_answered() -> None:
+    # What a hung request's slot and a cap's probe are timed by: a window's worth of
+    # answers, whatever the first requests sent still take (here more than half of them).
+    tracker = LatencyTracker()
+    for i in range(16):
+        tracker.observe(1.0, 8, sent_at=0.1 + 0.01 * i, unanswered_sent_at=[0.0] * 9)
+    assert tracker.mean_known
+    assert not tracker.known
+    assert tracker.mean_s == 1.0

@@ -196,6 +196,12 @@ class LatencyTracker:
         return self.in_flight / ratio if ratio > 1.0 and self.in_flight else math.inf
 
     @property
+    def mean_known(self) -> bool:
+        """Whether :attr:`mean_s` rests on a window's worth of answers (the unloaded latency
+        comes later: its window must have answered in full)."""
+        return self._n >= self._size
+
+    @property
     def known(self) -> bool:
         """Whether at least one window of answers has been judged."""
         return self.base_s != math.inf
