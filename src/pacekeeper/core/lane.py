@@ -674,7 +674,7 @@ class Lane:
         return wait
 
     def _stale_after_s(self) -> float | None:
-        if not self.latency.known:
+        if not self.latency.mean_known:
             return None
         return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
 
@@ -1170,7 +1170,7 @@ class Lane:
 
     def _round_trip_s(self) -> float:
         """How long an answer takes here (a second until one is known)."""
-        if not self.latency.known:
+        if not self.latency.mean_known:
             return 1.0
         return max(_CAP_TEST_MIN_S, self.latency.mean_s)
 
