@@ -115,14 +115,17 @@ def test_the_unloaded_latency_is_not_read_from_the_first_answers_back() -> None:
 def test_a_request_still_unanswered_counts_as_at_least_its_age() -> None:
     # A window whose median is known before its slowest request answers is judged at once:
     # the request unanswered (a hung one, say) is longer than the median whatever it takes.
-    tracker = LatencyTracker(window=4)
-    for i in range(3):
-        tracker.observe(1.0, 4, sent_at=0.01 * i, unanswered_sent_at=[0.03])
-    assert math.isnan(tracker.median_s)  # the unanswered one (0.99 s old) could be the median
-    tracker.observe(0.5, 4, sent_at=0.04, unanswered_sent_at=[0.03])
-    assert math.isnan(tracker.median_s)  # the short answer sent later is not in that window
-    tracker.observe(1.0, 4, sent_at=0.05, unanswered_sent_at=[0.03, 1.2, 1.3])
-    assert tracker.median_s == 1.0
+    def tracker_after(latency_s: float, sent_at: float) -> LatencyTracker:
+        tracker = LatencyTracker(window=4)
+        for i in range(3):
+            tracker.observe(1.0, 4, sent_at=0.01 * i, unanswered_sent_at=[0.03])
+        tracker.observe(latency_s, 4, sent_at=sent_at, unanswered_sent_at=[0.03])
+        return tracker
+
+    # 0.51 s old, the request unanswered could still be the median of the first four sent
+    assert math.isnan(tracker_after(0.5, sent_at=0.04).median_s)
+    # 1.02 s old, it cannot: the median of the first four is the answered 1.0 s
+    assert tracker_after(1.0, sent_at=0.05).median_s == 1.0
 
 
 def test_answers_to_requests_sent_before_a_restart_are_not_judged() -> None:

@@ -36,15 +36,15 @@ With 40 in flight and answers twice as slow, the server serves about 20 at once:
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection
+from itertools import islice
 
 __all__ = ["LatencyTracker"]
 
 _MEAN_ALPHA = 0.05
-_JUDGE_EVERY = 4  # consecutive windows start this many sends apart
+_JUDGE_EVERY = 4  # windows start this many sends apart, tried every this many answers
 _SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
 _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
 _UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
@@ -103,12 +103,13 @@ class LatencyTracker:
         in_flight: int = 0,
         *,
         sent_at: float | None = None,
-        unanswered_sent_at: Iterable[float] = (),
+        unanswered_sent_at: Collection[float] = (),
         judged: bool = True,
     ) -> None:
         """One successful answer, how many were in flight when its request was sent, and when
         (without ``sent_at``: just after the previous answer came). ``unanswered_sent_at``:
-        when each request still unanswered was sent (requests that failed are not in it);
+        when each request still unanswered was sent, in send order (requests that failed are
+        not in it);
         a window is judged only once they cannot change its median. ``judged`` False: it
         counts in the mean only (it was sent under a load that is gone)."""
         self._n += 1
@@ -120,24 +121,29 @@ class LatencyTracker:
         if not judged or sent_at < self._next_window_at:
             return
         bisect.insort(self._answered, ((sent_at, float(self._n)), latency_s, in_flight))
-        first_at = self._next_window_at
-        unanswered = sorted(s for s in unanswered_sent_at if s >= first_at)
-        while self._judge_next_window(unanswered, now):
-            pass
+        if self._n % _JUDGE_EVERY == 0:  # a few answers apart: each try costs ~20 us
+            while self._judge_next_window(unanswered_sent_at, now):
+                pass
 
-    def _judge_next_window(self, unanswered: list[float], now: float) -> bool:
+    def _judge_next_window(self, unanswered_sent_at: Collection[float], now: float) -> bool:
         """Judge the window of requests sent from :attr:`_next_window_at` on, if its median is
         known: every window in send order, each once, when enough of it has answered. Windows
         of the first answers back would be biased: early in a run those are the short ones of
         what was sent, and the unloaded latency would read low (ordinary windows then read as
         queueing)."""
+        size = self._size
+        if len(self._answered) <= size // 2:
+            return False  # more than half of any window is still unanswered
         first_at = self._next_window_at
-        pending = [((s, math.inf), math.inf, _UNANSWERED) for s in unanswered if s >= first_at]
-        window = list(heapq.merge(self._answered, pending))[: self._size]
-        if len(window) < self._size:
+        unanswered = islice((s for s in unanswered_sent_at if s >= first_at), size)
+        window = self._answered[:size]
+        window.extend(((s, math.inf), math.inf, _UNANSWERED) for s in unanswered)
+        if len(window) < size:
             return False
+        window.sort()
+        del window[size:]
         known = sorted(latency_s for _, latency_s, n in window if n != _UNANSWERED)
-        middle = self._size // 2
+        middle = size // 2
         if len(known) <= middle:
             return False
         median_s = known[middle]
