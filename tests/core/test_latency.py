@@ -146,3 +146,14 @@ def test_the_mean_is_known_before_the_first_window_has_answered() -> None:
     assert tracker.mean_known
     assert not tracker.known
     assert tracker.mean_s == 1.0
+
+
+def test_requests_that_never_answer_do_not_hold_the_windows_open() -> None:
+    # Nine of the first sixteen hang with no timeout: that window can never be judged, and
+    # every answer since would be kept. The tracker judges on from the latest answers.
+    tracker = LatencyTracker()
+    hung = [0.01 * i for i in range(9)]
+    for i in range(200):
+        tracker.observe(1.0, 8, sent_at=1.0 + 0.01 * i, unanswered_sent_at=hung)
+    assert tracker.median_s == 1.0
+    assert len(tracker._answered) <= 8 * 16

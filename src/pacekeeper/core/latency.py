@@ -44,11 +44,13 @@ from itertools import islice
 __all__ = ["LatencyTracker"]
 
 _MEAN_ALPHA = 0.05
+_MEAN_SETTLES = 20  # answers after which the mean weighs each new one by _MEAN_ALPHA (1 / 20)
 _JUDGE_EVERY = 4  # windows start this many sends apart, tried every this many answers
 _SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
 _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
 _UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
 _CONFIRMING = 3  # judgments (8 sends apart end to end) that settle a base or confirm a queue
+_HELD_OPEN = 8  # windows' worth of answers kept while a window waits for its requests
 
 _Order = tuple[float, float]
 """Where a request stands in send order: its send time, then the order its answer came in
@@ -109,58 +111,78 @@ class LatencyTracker:
         """One successful answer, how many were in flight when its request was sent, and when
         (without ``sent_at``: just after the previous answer came). ``unanswered_sent_at``:
         when each request still unanswered was sent, in send order (requests that failed are
-        not in it);
-        a window is judged only once they cannot change its median. ``judged`` False: it
-        counts in the mean only (it was sent under a load that is gone)."""
+        not in it; this one may be); a window is judged only once they cannot change its
+        median. ``judged`` False: it counts in the mean only (it was sent under a load that is
+        gone)."""
         self._n += 1
-        self.mean_s += max(_MEAN_ALPHA, 1.0 / self._n) * (latency_s - self.mean_s)
+        weight = 1.0 / self._n if self._n < _MEAN_SETTLES else _MEAN_ALPHA  # no call: hot path
+        self.mean_s += weight * (latency_s - self.mean_s)
         if sent_at is None:
             sent_at = self._last_answer_at
         now = sent_at + latency_s
-        self._last_answer_at = max(self._last_answer_at, now)
+        self._last_answer_at = now if now > self._last_answer_at else self._last_answer_at
         if not judged or sent_at < self._next_window_at:
             return
-        bisect.insort(self._answered, ((sent_at, float(self._n)), latency_s, in_flight))
-        if self._n % _JUDGE_EVERY == 0:  # a few answers apart: each try costs ~20 us
-            while self._judge_next_window(unanswered_sent_at, now):
-                pass
+        answered = self._answered
+        bisect.insort(answered, ((sent_at, self._n), latency_s, in_flight))
+        if self._n % _JUDGE_EVERY:
+            return  # a window is tried every few answers: each try sorts one
+        if len(answered) > _HELD_OPEN * self._size:
+            # Requests that never answer (hung, with no timeout) hold a window open: judge on
+            # from the latest answers rather than keep every answer since.
+            self._next_window_at = answered[-self._size][0][0]
+            del answered[: -self._size]
+        # Another window only while a window's worth has answered past the last one: a try
+        # that fails costs a dozen calls, on every few answers.
+        while (
+            self._judge_next_window(unanswered_sent_at, sent_at, now)
+            and len(answered) >= self._size
+        ):
+            pass
 
-    def _judge_next_window(self, unanswered_sent_at: Collection[float], now: float) -> bool:
+    def _judge_next_window(
+        self, unanswered_sent_at: Collection[float], sent_at: float, now: float
+    ) -> bool:
         """Judge the window of requests sent from :attr:`_next_window_at` on, if its median is
         known: every window in send order, each once, when enough of it has answered. Windows
         of the first answers back would be biased: early in a run those are the short ones of
         what was sent, and the unloaded latency would read low (ordinary windows then read as
         queueing)."""
         size = self._size
-        if len(self._answered) <= size // 2:
+        answered = self._answered
+        if len(answered) <= size // 2:
             return False  # more than half of any window is still unanswered
         first_at = self._next_window_at
-        unanswered = islice((s for s in unanswered_sent_at if s >= first_at), size)
-        window = self._answered[:size]
-        window.extend(((s, math.inf), math.inf, _UNANSWERED) for s in unanswered)
+        # Comprehensions and C iterators, not generators: this runs on every few answers, and
+        # the per-request budget of calls (tests/transports/test_cost_budget.py) counts each
+        # generator step.
+        pending = list(islice(filter(first_at.__le__, unanswered_sent_at), size + 1))
+        if sent_at in pending:  # the request just answered, if the caller still counts it
+            pending.remove(sent_at)
+        window = answered[:size]
+        window.extend([((s, math.inf), math.inf, _UNANSWERED) for s in pending])
         if len(window) < size:
             return False
         window.sort()
         del window[size:]
-        known = sorted(latency_s for _, latency_s, n in window if n != _UNANSWERED)
+        known = sorted([latency_s for _, latency_s, n in window if n != _UNANSWERED])
         middle = size // 2
         if len(known) <= middle:
             return False
         median_s = known[middle]
         # An unanswered request takes at least its age: once the youngest is older than the
         # median of the answered, the median of them all is that one.
-        youngest_sent_at = max(
-            (order[0] for order, _, n in window if n == _UNANSWERED), default=-math.inf
-        )
-        if median_s > now - youngest_sent_at:
+        unanswered = [order[0] for order, _, n in window if n == _UNANSWERED]
+        if unanswered and median_s > now - unanswered[-1]:
             return False
-        loads = sorted(n for _, _, n in window if n != _UNANSWERED)
-        self._judge(median_s, loads[len(loads) // 2])
+        loads = sorted([n for _, _, n in window if n != _UNANSWERED])
+        self._judge(median_s, loads[len(known) // 2])  # as many as known: no len() call
         # The next window starts a few sends on, and at a later send time than this one's
         # first (requests sent at one instant are judged together).
         step = window[min(_JUDGE_EVERY, len(window) - 1)][0][0]
         self._next_window_at = max(step, math.nextafter(first_at, math.inf))
-        del self._answered[: bisect.bisect_left(self._answered, self._next_window_at, key=_sent_at)]
+        start = ((self._next_window_at, -math.inf), -math.inf, 0)  # before any sent then
+        del answered[: bisect.bisect_left(answered, start)]
         return True
 
     def _judge(self, median_s: float, load: int) -> None:
@@ -246,7 +268,3 @@ class LatencyTracker:
             f"<LatencyTracker mean {self.mean_s:.3f}s median {self.median_s:.3f}s "
             f"base {self.base_s:.3f}s>"
         )
-
-
-def _sent_at(answer: tuple[_Order, float, int]) -> float:
-    return answer[0][0]
