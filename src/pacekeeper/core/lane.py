@@ -225,6 +225,7 @@ class Lane:
         "_next_limits_read",
         "_output_charged",
         "_outstanding",
+        "_outstanding_sent_at",
         "_queue",
         "_quota_budgets",
         "_recent_sends",
@@ -324,6 +325,7 @@ class Lane:
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self._outstanding: dict[int, float] = {}
+        self._outstanding_sent_at = self._outstanding.values()  # live, made once: hot path
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -1022,12 +1024,11 @@ class Lane:
         self._successes += 1
         self.congestion.observe(overload=False)
         slots = self.slots
-        self._outstanding.pop(id(permit), None)  # answered: no longer holds a window open
         self.latency.observe(
             latency_s,
             permit.in_flight_at_send,
             sent_at=permit.sent_at,
-            unanswered_sent_at=self._outstanding.values(),
+            unanswered_sent_at=self._outstanding_sent_at,
             judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
         )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
