@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pacekeeper.core.classify import classify_response
@@ -206,6 +206,13 @@ class _QueueingServer:
     seed=st.integers(0, 1000),
 )
 @settings(max_examples=30, deadline=None)
+# The first answers back are the short ones of what was sent: an unloaded latency read from
+# them ran low, and ordinary answers read as a queue (held at 15.2 of 20; 10.4 of 13). Settling
+# it on more windows of the first answers back fixed those and held this server's first queue
+# too long (capacity 8, answers of 2 s).
+@example(capacity=20, slowdown=0.25, service_s=1.5, seed=742)
+@example(capacity=13, slowdown=0.25, service_s=1.0, seed=200)
+@example(capacity=8, slowdown=0.125, service_s=1.95, seed=4)
 def test_a_queueing_server_without_429s_is_held_near_its_capacity(
     capacity: int, slowdown: float, service_s: float, seed: int
 ) -> None:

@@ -3,6 +3,8 @@ answers swell. Pure: answers are fed with the number in flight when each was sen
 
 from __future__ import annotations
 
+import math
+
 from pacekeeper.core.latency import LatencyTracker
 
 
@@ -61,3 +63,97 @@ def test_against_a_settled_base_one_slow_window_is_a_queue_at_once() -> None:
     _window(tracker, 1.0, in_flight=6, n=48)
     _window(tracker, 1.5, in_flight=30)
     assert tracker.swollen(1.3)
+
+
+def _closed_loop(
+    tracker: LatencyTracker, cycle_s: list[float], in_flight: int, until_s: float
+) -> float:
+    """Keep ``in_flight`` requests outstanding from time 0, each answered after the next
+    latency of ``cycle_s``, and feed the answers with their send times and those of the
+    requests still unanswered. Returns the base after the first judged window."""
+    sent: list[tuple[float, float]] = []  # (answered_at, sent_at) of unanswered requests
+    drawn = 0
+
+    def send(at: float) -> None:
+        nonlocal drawn
+        sent.append((at + cycle_s[drawn % len(cycle_s)], at))
+        drawn += 1
+
+    for _ in range(in_flight):
+        send(0.0)
+    first_base_s = math.nan
+    while sent:
+        sent.sort()
+        answered_at, sent_at = sent.pop(0)
+        if answered_at > until_s:
+            break
+        tracker.observe(
+            answered_at - sent_at,
+            in_flight,
+            sent_at=sent_at,
+            unanswered_sent_at=sorted(s for _, s in sent),
+        )
+        if tracker.known and math.isnan(first_base_s):
+            first_base_s = tracker.base_s
+        send(answered_at)
+    return first_base_s
+
+
+def test_the_unloaded_latency_is_not_read_from_the_first_answers_back() -> None:
+    # Sixteen sent at once: the short ones answer first. A window of the first sixteen
+    # answers back reads the median of the short ones (0.7 s here, where the answers' median
+    # is 1.0 s), and ordinary windows then read 40% slower: a queue that is not there. Judged
+    # by send time once every request of the window has answered, the first window reads the
+    # true median.
+    tracker = LatencyTracker()
+    first_base_s = _closed_loop(tracker, [0.4, 0.7, 1.0, 1.3, 1.6], in_flight=16, until_s=30.0)
+    assert first_base_s == 1.0
+    assert tracker.base_s == 1.0
+    assert not tracker.swollen(1.3)
+
+
+def test_a_request_still_unanswered_counts_as_at_least_its_age() -> None:
+    # A window whose median is known before its slowest request answers is judged at once:
+    # the request unanswered (a hung one, say) is longer than the median whatever it takes.
+    def tracker_after(latency_s: float, sent_at: float) -> LatencyTracker:
+        tracker = LatencyTracker(window=4)
+        for i in range(3):
+            tracker.observe(1.0, 4, sent_at=0.01 * i, unanswered_sent_at=[0.03])
+        tracker.observe(latency_s, 4, sent_at=sent_at, unanswered_sent_at=[0.03])
+        return tracker
+
+    # 0.51 s old, the request unanswered could still be the median of the first four sent
+    assert math.isnan(tracker_after(0.5, sent_at=0.04).median_s)
+    # 1.02 s old, it cannot: the median of the first four is the answered 1.0 s
+    assert tracker_after(1.0, sent_at=0.05).median_s == 1.0
+
+
+def test_answers_to_requests_sent_before_a_restart_are_not_judged() -> None:
+    tracker = LatencyTracker()
+    _window(tracker, 1.0, in_flight=6, n=48)
+    tracker.restart_window()
+    for i in range(16):  # a deep queue's answers come in, sent before the cut
+        tracker.observe(3.0, 40, sent_at=i * 0.01)
+    assert tracker.median_s != 3.0
+
+
+def test_the_mean_is_known_before_the_first_window_has_answered() -> None:
+    # What a hung request's slot and a cap's probe are timed by: a window's worth of
+    # answers, whatever the first requests sent still take (here more than half of them).
+    tracker = LatencyTracker()
+    for i in range(16):
+        tracker.observe(1.0, 8, sent_at=0.1 + 0.01 * i, unanswered_sent_at=[0.0] * 9)
+    assert tracker.mean_known
+    assert not tracker.known
+    assert tracker.mean_s == 1.0
+
+
+def test_requests_that_never_answer_do_not_hold_the_windows_open() -> None:
+    # Nine of the first sixteen hang with no timeout: that window can never be judged, and
+    # every answer since would be kept. The tracker judges on from the latest answers.
+    tracker = LatencyTracker()
+    hung = [0.01 * i for i in range(9)]
+    for i in range(200):
+        tracker.observe(1.0, 8, sent_at=1.0 + 0.01 * i, unanswered_sent_at=hung)
+    assert tracker.median_s == 1.0
+    assert len(tracker._answered) <= 8 * 16

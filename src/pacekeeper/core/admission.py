@@ -249,7 +249,7 @@ class LocalAdmissionPolicy:
     def stale_after_s(self) -> float | None:
         """How long a slot may go unanswered before it stops blocking others (None: no
         latency known yet)."""
-        if not self.latency.known:
+        if not self.latency.mean_known:
             return None
         return max(_STALE_MIN_S, _STALE_LATENCIES * self.latency.mean_s)
 

@@ -225,6 +225,7 @@ class Lane:
         "_lock",
         "_next_limits_read",
         "_output_charged",
+        "_outstanding_sent_at",
         "_queue",
         "_quota_budgets",
         "_recent_sends",
@@ -332,6 +333,9 @@ class Lane:
             )
         self.slots = slots
         self._local = local = LocalAdmissionPolicy(slots=slots, latency=self.latency, clock=clock)
+        # the send times of admitted attempts with no answer yet, oldest first: a live view,
+        # made once (the latency tracker reads it on every answer)
+        self._outstanding_sent_at = local.outstanding.values()
         self.cooldown = local.cooldown
         self.budget = budget or RetryBudget(
             ratio=retry.retry_budget_ratio,
@@ -724,7 +728,7 @@ class Lane:
         now = self._clock()
         self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
-        return Permit(
+        permit = Permit(
             self,
             sent_at=now,
             in_flight_at_send=granted.in_flight,
@@ -737,6 +741,9 @@ class Lane:
             filled_window=granted.in_flight >= granted.limit,
             output_tokens=output_tokens if self.output_tpm else 0,
         )
+        # unanswered, as a local grant is: the latency windows judge the fleet's lane by them
+        self._local.outstanding[id(permit)] = now
+        return permit
 
     def _count_admission(self, now: float, tokens: int, output_tokens: int) -> tuple[float, float]:
         """What every admission records, here or in a shared store (called with the lock
@@ -1136,10 +1143,10 @@ class Lane:
 
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
+        self._local.outstanding.pop(id(permit), None)
         if permit.lease is not None:  # granted by a shared admission: freed its way
             self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
             return
-        self._local.outstanding.pop(id(permit), None)
         queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
         self.slots.release(
             now=now,
@@ -1220,6 +1227,8 @@ class Lane:
         self.latency.observe(
             latency_s,
             permit.in_flight_at_send,
+            sent_at=permit.sent_at,
+            unanswered_sent_at=self._outstanding_sent_at,
             judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
         )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
@@ -1362,7 +1371,7 @@ class Lane:
 
     def _round_trip_s(self) -> float:
         """How long an answer takes here (a second until one is known)."""
-        if not self.latency.known:
+        if not self.latency.mean_known:
             return 1.0
         return max(_CAP_TEST_MIN_S, self.latency.mean_s)
 

@@ -10,7 +10,10 @@ Two questions, two numbers:
   (the latency of an unloaded server) and :meth:`LatencyTracker.swollen` says whether the latest
   window's median is well above it. Medians of windows, not single answers: an LLM's latency
   swings with the length of each answer, and the minimum of single answers would be far below
-  what any window of real traffic shows.
+  what any window of real traffic shows. A window is 16 requests in the order they were sent,
+  judged once its median is known (a request still unanswered takes at least its age), not the
+  last 16 answers back: early in a run those are the short ones of what was sent, and an
+  unloaded latency read from them runs low (ordinary answers then read as a queue).
 
 >>> tracker = LatencyTracker()
 >>> for _ in range(32):
@@ -32,28 +35,40 @@ With 40 in flight and answers twice as slow, the server serves about 20 at once:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
+from collections.abc import Collection
+from itertools import islice
 
 __all__ = ["LatencyTracker"]
 
 _MEAN_ALPHA = 0.05
-_JUDGE_EVERY = 4  # recompute the window's median every this many answers
+_MEAN_SETTLES = 20  # answers after which the mean weighs each new one by _MEAN_ALPHA (1 / 20)
+_JUDGE_EVERY = 4  # windows start this many sends apart, tried every this many answers
 _SAME_LOAD = 1.25  # windows with up to this many times the lowest load in flight
 _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queue at its load
 _UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
-_CONFIRMING = 3  # judgments (8 answers apart end to end) that settle a base or confirm a queue
+_CONFIRMING = 3  # judgments (8 sends apart end to end) that settle a base or confirm a queue
+_HELD_OPEN = 8  # windows' worth of answers kept while a window waits for its requests
+
+_Order = tuple[float, float]
+"""Where a request stands in send order: its send time, then the order its answer came in
+(an unanswered request sorts after the answered ones sent at the same time)."""
+_UNANSWERED = -1  # in place of the number in flight at send: not known for unanswered requests
 
 
 class LatencyTracker:
     """Mean latency of successful answers, and the median of a recent window against its lowest."""
 
     __slots__ = (
+        "_answered",
         "_base_windows",
-        "_in_flight",
         "_judged_ratios",
+        "_last_answer_at",
         "_n",
-        "_recent",
+        "_next_window_at",
+        "_size",
         "base_in_flight",
         "base_s",
         "in_flight",
@@ -62,60 +77,141 @@ class LatencyTracker:
     )
 
     def __init__(self, *, window: int = 16) -> None:
-        self._recent: deque[float] = deque(maxlen=window)
-        self._in_flight: deque[int] = deque(maxlen=window)
+        self._size = window
+        self._answered: list[tuple[_Order, float, int]] = []
+        """(send order, latency, in flight at send) of the answers to requests sent since the
+        next window's first, in send order."""
+        self._next_window_at = -math.inf
+        """When the first request of the next window to judge was sent."""
+        self._last_answer_at = 0.0
         self._n = 0
         self.in_flight = 0
         """The median number in flight when the last window's requests were sent."""
         self.mean_s = 0.0
         self.median_s = math.nan
-        """The median of the last window (NaN until a window is full)."""
+        """The median of the last window (NaN until a window is judged)."""
         self.base_s = math.inf
         """The latency of the unloaded upstream: the mean window median at the lowest load."""
         self.base_in_flight = 0
+        """The median number in flight of the windows that set :attr:`base_s`."""
         self._base_windows = 0
-        """The median number in flight of the window that set :attr:`base_s`."""
         self._judged_ratios: deque[float] = deque(maxlen=_CONFIRMING)
         """The last few judged ratios (a swelling against an unsettled base must hold in
         all of them)."""
 
-    def observe(self, latency_s: float, in_flight: int = 0, *, judged: bool = True) -> None:
-        """One successful answer, and how many were in flight when its request was sent.
-        ``judged`` False: it counts in the mean only (it was sent under a load that is gone)."""
+    def observe(
+        self,
+        latency_s: float,
+        in_flight: int = 0,
+        *,
+        sent_at: float | None = None,
+        unanswered_sent_at: Collection[float] = (),
+        judged: bool = True,
+    ) -> None:
+        """One successful answer, how many were in flight when its request was sent, and when
+        (without ``sent_at``: just after the previous answer came). ``unanswered_sent_at``:
+        when each request still unanswered was sent, in send order (requests that failed are
+        not in it; this one may be); a window is judged only once they cannot change its
+        median. ``judged`` False: it counts in the mean only (it was sent under a load that is
+        gone)."""
         self._n += 1
-        self.mean_s += max(_MEAN_ALPHA, 1.0 / self._n) * (latency_s - self.mean_s)
-        if not judged:
+        weight = 1.0 / self._n if self._n < _MEAN_SETTLES else _MEAN_ALPHA  # no call: hot path
+        self.mean_s += weight * (latency_s - self.mean_s)
+        if sent_at is None:
+            sent_at = self._last_answer_at
+        now = sent_at + latency_s
+        self._last_answer_at = now if now > self._last_answer_at else self._last_answer_at
+        if not judged or sent_at < self._next_window_at:
             return
-        recent = self._recent
-        recent.append(latency_s)
-        self._in_flight.append(in_flight)
-        if len(recent) == recent.maxlen and self._n % _JUDGE_EVERY == 0:
-            ordered = sorted(recent)
-            self.median_s = ordered[len(ordered) // 2]
-            self.in_flight = sorted(self._in_flight)[len(ordered) // 2]
-            # The unloaded latency is the mean of the window medians at the lowest load seen.
-            # While it rests on a single reading, windows at higher loads that show no queue
-            # (up to 1.3 times slower) settle it too: one window's median can run a fifth low,
-            # and every ordinary window would then read as queueing. Once settled, only the
-            # lowest load moves it: a controller that holds a few requests past a server's
-            # capacity gets answers ~10% slower window after window, and counting those as
-            # unloaded lifted the base (30% in a minute), so that a longer queue was tolerated
-            # still.
-            load = self.in_flight
-            if not self.known or load < self.base_in_flight / _SAME_LOAD:
-                self.base_s, self.base_in_flight, self._base_windows = self.median_s, load, 1
-            elif load <= self._same_load_top() or (
-                not self._base_settled and self.median_s <= _UNSETTLED * self.base_s
-            ):
-                self.base_in_flight = min(self.base_in_flight, load)
-                self._base_windows += 1
-                self.base_s += (self.median_s - self.base_s) / self._base_windows
-            self._judged_ratios.append(self.ratio)
+        answered = self._answered
+        bisect.insort(answered, ((sent_at, self._n), latency_s, in_flight))
+        if self._n % _JUDGE_EVERY:
+            return  # a window is tried every few answers: each try sorts one
+        if len(answered) > _HELD_OPEN * self._size:
+            # Requests that never answer (hung, with no timeout) hold a window open: judge on
+            # from the latest answers rather than keep every answer since.
+            self._next_window_at = answered[-self._size][0][0]
+            del answered[: -self._size]
+        # Another window only while a window's worth has answered past the last one: a try
+        # that fails costs a dozen calls, on every few answers.
+        while (
+            self._judge_next_window(unanswered_sent_at, sent_at, now)
+            and len(answered) >= self._size
+        ):
+            pass
+
+    def _judge_next_window(
+        self, unanswered_sent_at: Collection[float], sent_at: float, now: float
+    ) -> bool:
+        """Judge the window of requests sent from :attr:`_next_window_at` on, if its median is
+        known: every window in send order, each once, when enough of it has answered. Windows
+        of the first answers back would be biased: early in a run those are the short ones of
+        what was sent, and the unloaded latency would read low (ordinary windows then read as
+        queueing)."""
+        size = self._size
+        answered = self._answered
+        if len(answered) <= size // 2:
+            return False  # more than half of any window is still unanswered
+        first_at = self._next_window_at
+        # Comprehensions and C iterators, not generators: this runs on every few answers, and
+        # the per-request budget of calls (tests/transports/test_cost_budget.py) counts each
+        # generator step.
+        pending = list(islice(filter(first_at.__le__, unanswered_sent_at), size + 1))
+        if sent_at in pending:  # the request just answered, if the caller still counts it
+            pending.remove(sent_at)
+        window = answered[:size]
+        window.extend([((s, math.inf), math.inf, _UNANSWERED) for s in pending])
+        if len(window) < size:
+            return False
+        window.sort()
+        del window[size:]
+        known = sorted([latency_s for _, latency_s, n in window if n != _UNANSWERED])
+        middle = size // 2
+        if len(known) <= middle:
+            return False
+        median_s = known[middle]
+        # An unanswered request takes at least its age: once the youngest is older than the
+        # median of the answered, the median of them all is that one.
+        unanswered = [order[0] for order, _, n in window if n == _UNANSWERED]
+        if unanswered and median_s > now - unanswered[-1]:
+            return False
+        loads = sorted([n for _, _, n in window if n != _UNANSWERED])
+        self._judge(median_s, loads[len(known) // 2])  # as many as known: no len() call
+        # The next window starts a few sends on, and at a later send time than this one's
+        # first (requests sent at one instant are judged together).
+        step = window[min(_JUDGE_EVERY, len(window) - 1)][0][0]
+        self._next_window_at = max(step, math.nextafter(first_at, math.inf))
+        start = ((self._next_window_at, -math.inf), -math.inf, 0)  # before any sent then
+        del answered[: bisect.bisect_left(answered, start)]
+        return True
+
+    def _judge(self, median_s: float, load: int) -> None:
+        """One window's median latency and the median in flight its requests were sent at."""
+        self.median_s = median_s
+        self.in_flight = load
+        # The unloaded latency is the mean of the window medians at the lowest load seen.
+        # While it rests on a single reading, windows at higher loads that show no queue
+        # (up to 1.3 times slower) settle it too: one window's median can run a fifth low,
+        # and every ordinary window would then read as queueing. Once settled, only the
+        # lowest load moves it: a controller that holds a few requests past a server's
+        # capacity gets answers ~10% slower window after window, and counting those as
+        # unloaded lifted the base (30% in a minute), so that a longer queue was tolerated
+        # still.
+        if not self.known or load < self.base_in_flight / _SAME_LOAD:
+            self.base_s, self.base_in_flight, self._base_windows = median_s, load, 1
+        elif load <= self._same_load_top() or (
+            not self._base_settled and median_s <= _UNSETTLED * self.base_s
+        ):
+            self.base_in_flight = min(self.base_in_flight, load)
+            self._base_windows += 1
+            self.base_s += (median_s - self.base_s) / self._base_windows
+        self._judged_ratios.append(self.ratio)
 
     def restart_window(self) -> None:
-        """Judge the next window from answers that come from now on."""
-        self._recent.clear()
-        self._in_flight.clear()
+        """Judge the next window from requests sent from now on (the time of the latest
+        answer)."""
+        self._next_window_at = self._last_answer_at
+        self._answered.clear()
         self._judged_ratios.clear()
         self.median_s = math.nan
         self.in_flight = 0
@@ -126,6 +222,12 @@ class LatencyTracker:
         on a server that works through its queue at a constant rate). Inf until swollen."""
         ratio = self.ratio
         return self.in_flight / ratio if ratio > 1.0 and self.in_flight else math.inf
+
+    @property
+    def mean_known(self) -> bool:
+        """Whether :attr:`mean_s` rests on a window's worth of answers (the unloaded latency
+        comes later: its window must have answered in full)."""
+        return self._n >= self._size
 
     @property
     def known(self) -> bool:
