@@ -91,6 +91,7 @@ _MIN_BURST_SCALE = 1 / 16
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
+_AS_BUSY_MARGIN = 2  # sends in a second: as busy as another within this many
 # While the token budget is slack, one exact count in 64 keeps both scales learned.
 _EXACT_EVERY = 64
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
@@ -1459,10 +1460,14 @@ class Lane:
             return _Refused.RATE
         untested = self._untested_refusal
         if slots.probing and untested is not None and cap is not None and in_flight >= cap:
-            # The probe of a provisional cap, refused. Sent after a second no busier than the
-            # one before the refusal that taught the cap, the rate explains it as well: then
-            # the rate it is, measured from this refusal. After a quieter second, only a cap.
-            if self._sent_in_second_before(permit.sent_at) >= untested[1]:
+            # The probe of a provisional cap, refused. Sent after a second as busy as the one
+            # before the refusal that taught the cap, the rate explains it as well: then the
+            # rate it is, measured from this refusal. After a clearly quieter second, only a
+            # cap. "As busy" within two: answers come back in clumps, and where a clump falls
+            # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
+            # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
+            # was confirmed from: the lane then held 8.2/s of 10).
+            if self._sent_in_second_before(permit.sent_at) >= untested[1] - _AS_BUSY_MARGIN:
                 self._cap_refuted = True
                 self._untested_refusal = None
                 slots.forget_cap()
