@@ -35,6 +35,7 @@ __all__ = [
     "parse_duration_s",
     "parse_rate_limit_headers",
     "parse_retry_after_s",
+    "reset_grain_s",
     "retry_hint_s",
 ]
 
@@ -221,6 +222,9 @@ class RateLimitSnapshot:
     resets_to_the_second: bool = False
     """The resets were sent as times of day in whole seconds (RFC 3339, an epoch number), not
     as durations: they are up to a second late and several share one instant by rounding."""
+    reset_grain_s: float = 1.0
+    """How precise the coarsest reset read is (:func:`reset_grain_s`): a duration in ms ("49ms",
+    OpenAI's) is exact to the ms, a time of day to the second. 1 when no reset was read."""
 
     @property
     def is_empty(self) -> bool:
@@ -354,6 +358,33 @@ def _is_time_of_day(text: str) -> bool:
     return seconds is not None and seconds >= _EPOCH_THRESHOLD_S
 
 
+def reset_grain_s(text: str) -> float:
+    """How precise a reset header is, in seconds: the unit of its last digit. A time of day
+    (RFC 3339, an epoch number) counts whole seconds; a duration says as much as it prints.
+
+    >>> reset_grain_s("49ms"), reset_grain_s("1.25s"), reset_grain_s("6m0s")
+    (0.001, 0.01, 1.0)
+    >>> reset_grain_s("2026-11-30T12:00:01Z"), reset_grain_s("3"), reset_grain_s("0.5")
+    (1.0, 1.0, 0.1)
+    """
+    text = text.strip()
+    if _is_time_of_day(text):
+        return 1.0
+    unit_start = len(text)
+    while unit_start > 0 and not ("0" <= text[unit_start - 1] <= "9"):
+        unit_start -= 1
+    multiplier, divisor = _UNIT_S.get(text[unit_start:], (1.0, 1.0))
+    unit = multiplier / divisor
+    number = text[:unit_start]
+    digits_start = unit_start
+    while digits_start > 0 and (
+        number[digits_start - 1].isdigit() or number[digits_start - 1] == "."
+    ):
+        digits_start -= 1
+    _, dot, decimals = number[digits_start:].partition(".")
+    return unit * 10.0 ** -len(decimals) if dot else unit
+
+
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
     for slot, text in found.items():
@@ -366,6 +397,9 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
             if _is_time_of_day(text):
                 fields["resets_to_the_second"] = True
+            grain_s = reset_grain_s(text)
+            if grain_s > fields.get("reset_grain_s", 0.0):
+                fields["reset_grain_s"] = grain_s
             continue
         number = _read_int(text)
         if number is not None and number < 0:
