@@ -61,7 +61,13 @@ class StatedDepth:
     """The depth of one provider budget (requests, input or output tokens) in seconds of its
     rate, from the answers' ``limit``, ``remaining`` and ``reset``."""
 
-    __slots__ = ("_highest_lower_s", "_lowest_upper_s", "_missing_least", "_missing_most")
+    __slots__ = (
+        "_highest_lower_s",
+        "_lowest_upper_s",
+        "_missing_least",
+        "_missing_most",
+        "continuous",
+    )
 
     def __init__(self) -> None:
         self._highest_lower_s = 0.0
@@ -69,6 +75,14 @@ class StatedDepth:
         self._missing_least = 1.0
         self._missing_most = 0.0
         """The least and the most of the budget missing that the readings saw."""
+        self.continuous = False
+        """Whether the answers show a bucket that refills continuously: a proven depth whose
+        readings agree, seen differently full. A fixed window's resets do not scale with what
+        is missing (a second into a 1-s window, as empty as at its start, is full in 0 s), and
+        its bounds cross: it refills nothing before its reset, where a continuous bucket
+        refills at its rate all along. (An attribute: a lane reads it with every answer's
+        headers it reads.)
+        """
 
     @property
     def depth_s(self) -> float | None:
@@ -77,13 +91,9 @@ class StatedDepth:
             return None
         return min(self._highest_lower_s, self._lowest_upper_s)
 
-    @property
-    def continuous(self) -> bool:
-        """Whether the answers show a bucket that refills continuously: a proven depth whose
-        readings agree (every lower bound under every upper one, within a tenth). A fixed
-        window's resets do not scale with what is missing (a second into a 1-s window, as
-        empty as at its start, is full in 0 s), and its bounds cross: it refills nothing
-        before its reset, where a continuous bucket refills at its rate all along.
+    def _agrees(self) -> bool:
+        """A proven depth whose readings agree (every lower bound under every upper one,
+        within a tenth) and saw the budget differently full: see :attr:`continuous`.
 
         >>> bucket = StatedDepth()
         >>> bucket.observe(limit=1200, remaining=1140, reset_s=0.05, grain_s=0.001)
@@ -96,10 +106,11 @@ class StatedDepth:
         >>> window.continuous
         False
         """
+        lower, upper = self._highest_lower_s, self._lowest_upper_s
         return (
-            self.depth_s is not None
-            and self._missing_most - self._missing_least >= _SPREAD_TO_AGREE
-            and self._highest_lower_s <= self._lowest_upper_s * _AGREEMENT
+            self._missing_most - self._missing_least >= _SPREAD_TO_AGREE
+            and 0.0 < lower <= upper * _AGREEMENT
+            and upper <= _SHORTER_THAN_A_MINUTE_S
         )
 
     def observe(
@@ -145,6 +156,7 @@ class StatedDepth:
         if reset_s > 0:  # 0 may stand for a reset already past: no lower bound
             lower_s = (reset_s + age_s - grain_s) / missing_most
             self._highest_lower_s = max(self._highest_lower_s, lower_s)
+        self.continuous = self._agrees()
 
     def __repr__(self) -> str:
         upper = "inf" if math.isinf(self._lowest_upper_s) else f"{self._lowest_upper_s:.3g}"

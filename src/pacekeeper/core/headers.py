@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -39,6 +39,11 @@ __all__ = [
     "retry_hint_s",
 ]
 
+_UNIT_LETTERS = "hmsunµμ"
+# The precision of the resets seen, by their texts: read for every answer, and resets repeat
+# ("1ms", "6m0s").
+_GRAINS_S: dict[tuple[str, ...], float] = {}
+_GRAINS_KEPT = 4096
 # Go's time.ParseDuration units as (multiplier, divisor): dividing by 1000 rather than
 # multiplying by 1e-3 keeps "120ms" exactly 0.12. Go accepts both the micro sign (U+00B5) and
 # the Greek mu (U+03BC) for microseconds.
@@ -222,7 +227,7 @@ class RateLimitSnapshot:
     resets_to_the_second: bool = False
     """The resets were sent as times of day in whole seconds (RFC 3339, an epoch number), not
     as durations: they are up to a second late and several share one instant by rounding."""
-    reset_grain_s: float = 1.0
+    reset_grain_s: float = field(default=1.0, compare=False)
     """How precise the coarsest reset read is (:func:`reset_grain_s`): a duration in ms ("49ms",
     OpenAI's) is exact to the ms, a time of day to the second. 1 when no reset was read."""
 
@@ -368,25 +373,21 @@ def reset_grain_s(text: str) -> float:
     (1.0, 1.0, 0.1)
     """
     text = text.strip()
-    if _is_time_of_day(text):
-        return 1.0
-    unit_start = len(text)
-    while unit_start > 0 and not ("0" <= text[unit_start - 1] <= "9"):
-        unit_start -= 1
-    multiplier, divisor = _UNIT_S.get(text[unit_start:], (1.0, 1.0))
-    unit = multiplier / divisor
-    number = text[:unit_start]
-    digits_start = unit_start
-    while digits_start > 0 and (
-        number[digits_start - 1].isdigit() or number[digits_start - 1] == "."
-    ):
-        digits_start -= 1
-    _, dot, decimals = number[digits_start:].partition(".")
-    return unit * 10.0 ** -len(decimals) if dot else unit
+    return 1.0 if _is_time_of_day(text) else _duration_grain_s(text)
+
+
+def _duration_grain_s(text: str) -> float:
+    number = text.rstrip(_UNIT_LETTERS)
+    multiplier, divisor = _UNIT_S.get(text[len(number) :], (1.0, 1.0))
+    dot = number.rfind(".")
+    if dot < 0:
+        return multiplier / divisor
+    return multiplier / divisor * 10.0 ** (dot + 1 - len(number))
 
 
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
+    reset_texts: tuple[str, ...] = ()
     for slot, text in found.items():
         if slot >= _S_RETRY_AFTER_MS:
             continue
@@ -397,9 +398,7 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
             if _is_time_of_day(text):
                 fields["resets_to_the_second"] = True
-            grain_s = reset_grain_s(text)
-            if grain_s > fields.get("reset_grain_s", 0.0):
-                fields["reset_grain_s"] = grain_s
+            reset_texts += (text,)  # no call: this runs for every answer
             continue
         number = _read_int(text)
         if number is not None and number < 0:
@@ -409,7 +408,19 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
         fields[name] = number
     if not fields:
         return None
+    if reset_texts:
+        grain_s = _GRAINS_S.get(reset_texts)  # one call: this runs for every answer
+        if grain_s is None:
+            grain_s = _coarsest_grain_s(reset_texts)
+        fields["reset_grain_s"] = grain_s
     return RateLimitSnapshot(**fields)
+
+
+def _coarsest_grain_s(reset_texts: tuple[str, ...]) -> float:
+    if len(_GRAINS_S) >= _GRAINS_KEPT:
+        _GRAINS_S.clear()
+    grain_s = _GRAINS_S[reset_texts] = max(reset_grain_s(text) for text in reset_texts)
+    return grain_s
 
 
 def parse_rate_limit_headers(
