@@ -84,3 +84,33 @@ def test_a_full_or_unstated_bucket_proves_nothing() -> None:
     depth.observe(limit=1000, remaining=500, reset_s=None)  # Azure sends no reset
     assert depth.depth_s is None
     assert repr(depth) == "<StatedDepth unknown (0-inf s)>"
+
+
+def test_a_reset_to_the_ms_proves_a_bucket_of_a_second() -> None:
+    # OpenAI's format: 1222/min, one request missing (60 of the limit scaled to a minute),
+    # full again in 50 ms. Whole-second grain proved nothing here (a lower bound below 0).
+    depth = StatedDepth()
+    depth.observe(limit=1222, remaining=1162, reset_s=0.050, grain_s=0.001)
+    assert depth.depth_s is not None
+    assert 0.95 <= depth.depth_s <= 1.05
+    assert not depth.continuous  # one reading: a window at that instant reads the same
+    depth.observe(limit=1222, remaining=611, reset_s=0.5, grain_s=0.001)  # half, in 0.5 s
+    assert depth.continuous
+
+
+@given(
+    per_window=st.integers(5, 40),
+    counts=st.lists(st.floats(0.05, 0.95), min_size=2, max_size=6),
+)
+def test_fixed_windows_never_read_as_a_continuous_bucket(
+    per_window: int, counts: list[float]
+) -> None:
+    # A 1-s window of ``per_window`` under a per-minute limit, remaining unscaled: a window
+    # refills nothing before its end, so its readings must not pass for a continuous bucket
+    # (which a lane lets refill between the count and the answer).
+    limit = per_window * 60
+    depth = StatedDepth()
+    for i, at in enumerate(sorted(counts)):
+        left = max(0, per_window - 1 - i)
+        depth.observe(limit=limit, remaining=left, reset_s=round(1.0 - at, 3), grain_s=0.001)
+    assert not depth.continuous

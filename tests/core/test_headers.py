@@ -396,3 +396,19 @@ def test_resets_sent_as_times_of_day_are_marked_as_whole_seconds() -> None:
     assert epoch is not None
     assert epoch.resets_to_the_second
     assert not durations.is_empty
+
+
+def test_a_snapshot_says_how_precise_its_coarsest_reset_is() -> None:
+    # A depth read from a reset is bracketed by the reset's precision: OpenAI's durations
+    # count ms, a time of day whole seconds. The coarsest reset of a snapshot sets it.
+    def grain(headers: dict[str, str]) -> float:
+        snap = parse_rate_limit_headers(headers, now_wall_s=0.0)
+        assert snap is not None
+        return snap.reset_grain_s
+
+    assert grain({"x-ratelimit-reset-requests": "49ms"}) == pytest.approx(0.001)
+    assert grain({"x-ratelimit-reset-requests": "1.25s"}) == pytest.approx(0.01)
+    both = {"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "6m0s"}
+    assert grain(both) == pytest.approx(1.0)
+    assert grain({"anthropic-ratelimit-requests-reset": "1970-01-01T00:00:03Z"}) == 1.0
+    assert grain({"x-ratelimit-limit-requests": "100"}) == 1.0  # no reset: as before

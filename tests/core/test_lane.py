@@ -903,3 +903,72 @@ def test_a_fixed_window_lets_no_more_than_its_remaining_through_before_it_ends()
             sent += 1
         now += 0.01
     assert sent <= 5
+
+
+def _openai_requests(limit: int, remaining: int, reset: str) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": reset,
+    }
+
+
+def test_a_limit_that_halves_leaves_a_drained_bucket_empty_not_in_debt() -> None:
+    # 1200/min, a burst of 10; drained at 0.5 s, 2 refilled by 0.6 s. The limit halves to 600:
+    # the burst halves to 5 with it, and the bucket keeps its 2 (the provider's own bucket
+    # shrank with its limit). Keeping the debt of 8 made it 3 in debt: a third of a second
+    # without a request, on top of the round trip the halving already cost.
+    lane, clock = _clocked_lane()
+    first = lane._grant(0.0, 0, 0.0)
+    clock.now = 0.5
+    lane.settle(
+        first,
+        _verdict(200, _openai_requests(1200, 1199, "50ms")),
+        now=0.5,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    assert lane.requests is not None
+    assert lane.requests.burst == pytest.approx(10.0)
+    second = lane._grant(0.5, 0, 0.5)
+    lane.requests.drain_to(now=0.5, level=0.0)
+    clock.now = 0.6
+    lane.settle(
+        second,
+        _verdict(200, _openai_requests(600, 300, "500ms")),
+        now=0.6,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    assert lane.requests.rate_per_s == pytest.approx(10.0)
+    assert lane.requests.level(0.6) == pytest.approx(2.0)
+
+
+def test_a_continuous_bucket_refills_between_the_count_and_the_answer() -> None:
+    # 1200/min in a bucket of 1 s, resets to the ms (OpenAI's format): the answers prove a
+    # bucket that refills all along. One that says "empty, full in 1 s" 0.9 s after the
+    # request was counted describes a bucket that has refilled 18 since: ours is not drained.
+    # Read as a window (nothing refills before the reset), every such answer pinned the lane
+    # at empty and let it send one request per answer.
+    lane, clock = _clocked_lane()
+    first = lane._grant(0.0, 0, 0.0)
+    clock.now = 0.5
+    lane.settle(
+        first,
+        _verdict(200, _openai_requests(1200, 900, "250ms")),
+        now=0.5,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    sent = lane._grant(0.5, 0, 0.5)
+    clock.now = 1.4
+    lane.settle(
+        sent,
+        _verdict(200, _openai_requests(1200, 0, "1s")),
+        now=1.4,
+        max_hint_s=600.0,
+        retry=False,
+    )
+    assert lane._depths["requests"].continuous
+    assert lane.requests is not None
+    assert lane.requests.level(1.4) == pytest.approx(lane.requests.burst)

@@ -432,3 +432,21 @@ def test_a_success_past_a_provisional_cap_refutes_it_but_not_one_sent_before_it(
     assert not aimd.refuted_by(in_flight_at_send=8, sent_at=1.2)  # at the cap: no test
     assert aimd.refuted_by(in_flight_at_send=9, sent_at=1.6)
     assert (aimd.learned_cap, aimd.cap_provisional) == (None, False)
+
+
+def test_a_rate_change_that_keeps_the_level_takes_a_lost_burst_out_of_the_debt() -> None:
+    bucket = TokenBucket(rate_per_s=20.0, burst=10.0)
+    bucket.spend(now=0.0, cost=10)  # empty
+    bucket.set_rate(rate_per_s=10.0, burst=5.0, now=0.0, keep_level=True)
+    assert bucket.level(0.0) == pytest.approx(0.0)  # still empty, not 5 in debt
+    assert bucket.wait_s(now=0.0, cost=1) == pytest.approx(0.1)
+    # A debt beyond the burst (an oversize spend) is kept.
+    bucket = TokenBucket(rate_per_s=20.0, burst=10.0)
+    bucket.spend(now=0.0, cost=30)
+    bucket.set_rate(rate_per_s=10.0, burst=5.0, now=0.0, keep_level=True)
+    assert bucket.level(0.0) == pytest.approx(-20.0)
+    # Without keep_level (a burst halved by a 429), the debt in units is kept.
+    bucket = TokenBucket(rate_per_s=20.0, burst=10.0)
+    bucket.spend(now=0.0, cost=10)
+    bucket.set_rate(rate_per_s=10.0, burst=5.0, now=0.0)
+    assert bucket.level(0.0) == pytest.approx(-5.0)

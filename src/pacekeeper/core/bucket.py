@@ -54,13 +54,30 @@ class TokenBucket:
     def burst(self) -> float:
         return self._burst
 
-    def set_rate(self, *, rate_per_s: float, burst: float, now: float) -> None:
-        """Change the rate, keeping the current debt in units (not in seconds)."""
+    def set_rate(
+        self, *, rate_per_s: float, burst: float, now: float, keep_level: bool = False
+    ) -> None:
+        """Change the rate, keeping the current debt in units (not in seconds).
+
+        With ``keep_level``, a burst that shrinks takes its loss out of the debt first: a
+        bucket as empty as it was stays empty, not in debt by the burst it lost. For a new
+        statement of the provider's, whose own bucket shrank with its limit: a limit that
+        halved stalled a lane for half a second that the provider's bucket did not. (A burst
+        halved by a 429 keeps the debt: the window that refused is empty for a while yet.)
+
+        >>> b = TokenBucket(rate_per_s=20.0, burst=16.0)
+        >>> b.spend(now=0.0, cost=15.0)
+        >>> b.set_rate(rate_per_s=10.0, burst=8.0, now=0.0, keep_level=True)
+        >>> round(b.level(0.0), 6)  # 1 left of 16: 1 left of 8, not 7 owed
+        1.0
+        """
         if not (math.isfinite(rate_per_s) and rate_per_s > 0):
             raise ConfigurationError(f"rate must be a positive number, got {rate_per_s!r}")
         if not (math.isfinite(burst) and burst > 0):
             raise ConfigurationError(f"burst must be a positive number, got {burst!r}")
         debt = self.debt(now) if self._interval_s else 0.0
+        if keep_level and burst < self._burst:
+            debt = max(0.0, debt - (self._burst - burst))
         self._rate_per_s = rate_per_s
         self._interval_s = 1.0 / rate_per_s
         self._burst = burst

@@ -49,17 +49,40 @@ _SAME_END_S = 0.05
 """Two resets that point at instants this close point at one: the network moves a request's
 arrival by a few ms to tens of ms."""
 _WINDOW_AGREEMENTS = 2
+_AGREEMENT = 1.1
+"""Bounds that cross by less than this factor still agree (clocks, the network, rounding)."""
+_SPREAD_TO_AGREE = 0.1
+"""Readings agree on a continuous bucket only when they saw it this differently full (a share
+of the limit): readings of one fixed window at about one instant agree with any bucket, and a
+window counted apart from a per-minute limit always looks all but empty."""
 
 
 class StatedDepth:
     """The depth of one provider budget (requests, input or output tokens) in seconds of its
     rate, from the answers' ``limit``, ``remaining`` and ``reset``."""
 
-    __slots__ = ("_highest_lower_s", "_lowest_upper_s")
+    __slots__ = (
+        "_highest_lower_s",
+        "_lowest_upper_s",
+        "_missing_least",
+        "_missing_most",
+        "continuous",
+    )
 
     def __init__(self) -> None:
         self._highest_lower_s = 0.0
         self._lowest_upper_s = math.inf
+        self._missing_least = 1.0
+        self._missing_most = 0.0
+        """The least and the most of the budget missing that the readings saw."""
+        self.continuous = False
+        """Whether the answers show a bucket that refills continuously: a proven depth whose
+        readings agree, seen differently full. A fixed window's resets do not scale with what
+        is missing (a second into a 1-s window, as empty as at its start, is full in 0 s), and
+        its bounds cross: it refills nothing before its reset, where a continuous bucket
+        refills at its rate all along. (An attribute: a lane reads it with every answer's
+        headers it reads.)
+        """
 
     @property
     def depth_s(self) -> float | None:
@@ -68,14 +91,53 @@ class StatedDepth:
             return None
         return min(self._highest_lower_s, self._lowest_upper_s)
 
+    def _agrees(self) -> bool:
+        """A proven depth whose readings agree (every lower bound under every upper one,
+        within a tenth) and saw the budget differently full: see :attr:`continuous`.
+
+        >>> bucket = StatedDepth()
+        >>> bucket.observe(limit=1200, remaining=1140, reset_s=0.05, grain_s=0.001)
+        >>> bucket.observe(limit=1200, remaining=600, reset_s=0.5, grain_s=0.001)
+        >>> bucket.continuous
+        True
+        >>> window = StatedDepth()  # 1200/min stated, 20 a window of 1 s, counted unscaled
+        >>> window.observe(limit=1200, remaining=19, reset_s=0.99, grain_s=0.001)
+        >>> window.observe(limit=1200, remaining=10, reset_s=0.4, grain_s=0.001)
+        >>> window.continuous
+        False
+        """
+        lower, upper = self._highest_lower_s, self._lowest_upper_s
+        return (
+            self._missing_most - self._missing_least >= _SPREAD_TO_AGREE
+            and 0.0 < lower <= upper * _AGREEMENT
+            and upper <= _SHORTER_THAN_A_MINUTE_S
+        )
+
     def observe(
-        self, *, limit: float, remaining: float, reset_s: float | None, age_s: float = 0.0
+        self,
+        *,
+        limit: float,
+        remaining: float,
+        reset_s: float | None,
+        age_s: float = 0.0,
+        grain_s: float = _RESET_GRAIN_S,
     ) -> None:
         """Take one answer's reading of the budget: its per-minute ``limit``, what is
         ``remaining`` and the seconds until it is full again, counted from the answer (0: full
         by then, or sooner). ``age_s``: how long before the answer the provider counted the
         request the reading describes (the request's time on the wire, at most), which it sets
-        the reset from."""
+        the reset from; 0 for a reset sent as a duration, which counts from then already.
+        ``grain_s``: how much sooner than ``reset_s`` the bucket may be full (a time of day in
+        whole seconds: 1; a duration in ms: its last digit, plus the clocks' drift).
+
+        A duration to the ms proves a bucket of a second (OpenAI's format, a gateway that
+        enforces per second): one request of 1222/min missing and full again in 50 ms.
+
+        >>> second = StatedDepth()  # (one reading: not yet shown continuous, see below)
+        >>> second.observe(limit=1222, remaining=1162, reset_s=0.050, grain_s=0.002)
+        >>> round(second.depth_s, 2)
+        0.98
+        """
         if reset_s is None or limit <= 0 or not math.isfinite(reset_s) or reset_s < 0:
             return
         left = max(0.0, remaining) / limit
@@ -84,10 +146,17 @@ class StatedDepth:
         if missing_least < _LEAST_MISSING:
             return
         age_s = max(0.0, age_s)
-        self._lowest_upper_s = min(self._lowest_upper_s, (reset_s + age_s) / missing_least)
+        self._missing_least = min(self._missing_least, missing_most)
+        self._missing_most = max(self._missing_most, missing_most)
+        # A time of day is rounded up (full by then at the latest); a finer duration may be
+        # rounded either way, by its grain.
+        late_s = 0.0 if grain_s >= _RESET_GRAIN_S else grain_s
+        upper_s = (reset_s + age_s + late_s) / missing_least
+        self._lowest_upper_s = min(self._lowest_upper_s, upper_s)
         if reset_s > 0:  # 0 may stand for a reset already past: no lower bound
-            lower_s = (reset_s + age_s - _RESET_GRAIN_S) / missing_most
+            lower_s = (reset_s + age_s - grain_s) / missing_most
             self._highest_lower_s = max(self._highest_lower_s, lower_s)
+        self.continuous = self._agrees()
 
     def __repr__(self) -> str:
         upper = "inf" if math.isinf(self._lowest_upper_s) else f"{self._lowest_upper_s:.3g}"

@@ -105,6 +105,7 @@ def drain_to_headroom(
     used_since: float,
     slack: float,
     fixed_window: bool = False,
+    continuous: bool = False,
 ) -> None:
     """Drain ``bucket`` to the provider's headroom now, when that is lower than its level.
 
@@ -120,7 +121,14 @@ def drain_to_headroom(
     With ``fixed_window`` (the resets showed windows that end at one instant), the window
     refills nothing before its reset while our bucket refills continuously: the bucket then
     drains to what lets no more than ``remaining`` through before the reset, a debt repaid as
-    the window ends, and without slack (a request too many is the 429 this avoids)."""
+    the window ends, and without slack (a request too many is the 429 this avoids).
+
+    With ``continuous`` (the answers proved a bucket that refills all along,
+    :attr:`~pacekeeper.core.depth.StatedDepth.continuous`), the reset is when it is full
+    again, not when it starts to refill: the rate refilled it since the count, as with no
+    reset. Assuming nothing refilled pinned a drained 1-s bucket at empty on every answer
+    (its reset is a second away, its answers 0.9 s late) and held the lane to a few requests
+    a second after a limit halved."""
     if bucket is None:
         return
     if reset_s is not None and fixed_window:
@@ -129,7 +137,7 @@ def drain_to_headroom(
         left = remaining - used_since - bucket.rate_per_s * (reset_s - elapsed_s)
         bucket.drain_to(now=now, level=left)
         return
-    if reset_s is not None:
+    if reset_s is not None and not continuous:
         if elapsed_s >= reset_s:
             return
         refilled = 0.0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -35,9 +35,15 @@ __all__ = [
     "parse_duration_s",
     "parse_rate_limit_headers",
     "parse_retry_after_s",
+    "reset_grain_s",
     "retry_hint_s",
 ]
 
+_UNIT_LETTERS = "hmsunµμ"
+# The precision of the resets seen, by their texts: read for every answer, and resets repeat
+# ("1ms", "6m0s").
+_GRAINS_S: dict[tuple[str, ...], float] = {}
+_GRAINS_KEPT = 4096
 # Go's time.ParseDuration units as (multiplier, divisor): dividing by 1000 rather than
 # multiplying by 1e-3 keeps "120ms" exactly 0.12. Go accepts both the micro sign (U+00B5) and
 # the Greek mu (U+03BC) for microseconds.
@@ -221,6 +227,9 @@ class RateLimitSnapshot:
     resets_to_the_second: bool = False
     """The resets were sent as times of day in whole seconds (RFC 3339, an epoch number), not
     as durations: they are up to a second late and several share one instant by rounding."""
+    reset_grain_s: float = field(default=1.0, compare=False)
+    """How precise the coarsest reset read is (:func:`reset_grain_s`): a duration in ms ("49ms",
+    OpenAI's) is exact to the ms, a time of day to the second. 1 when no reset was read."""
 
     @property
     def is_empty(self) -> bool:
@@ -354,8 +363,31 @@ def _is_time_of_day(text: str) -> bool:
     return seconds is not None and seconds >= _EPOCH_THRESHOLD_S
 
 
+def reset_grain_s(text: str) -> float:
+    """How precise a reset header is, in seconds: the unit of its last digit. A time of day
+    (RFC 3339, an epoch number) counts whole seconds; a duration says as much as it prints.
+
+    >>> reset_grain_s("49ms"), reset_grain_s("1.25s"), reset_grain_s("6m0s")
+    (0.001, 0.01, 1.0)
+    >>> reset_grain_s("2026-11-30T12:00:01Z"), reset_grain_s("3"), reset_grain_s("0.5")
+    (1.0, 1.0, 0.1)
+    """
+    text = text.strip()
+    return 1.0 if _is_time_of_day(text) else _duration_grain_s(text)
+
+
+def _duration_grain_s(text: str) -> float:
+    number = text.rstrip(_UNIT_LETTERS)
+    multiplier, divisor = _UNIT_S.get(text[len(number) :], (1.0, 1.0))
+    dot = number.rfind(".")
+    if dot < 0:
+        return multiplier / divisor
+    return multiplier / divisor * 10.0 ** (dot + 1 - len(number))
+
+
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
+    reset_texts: tuple[str, ...] = ()
     for slot, text in found.items():
         if slot >= _S_RETRY_AFTER_MS:
             continue
@@ -366,6 +398,7 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             fields[name] = _read_reset_s(text, now_wall_s, timestamp=anthropic)
             if _is_time_of_day(text):
                 fields["resets_to_the_second"] = True
+            reset_texts += (text,)  # no call: this runs for every answer
             continue
         number = _read_int(text)
         if number is not None and number < 0:
@@ -375,7 +408,19 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
         fields[name] = number
     if not fields:
         return None
+    if reset_texts:
+        grain_s = _GRAINS_S.get(reset_texts)  # one call: this runs for every answer
+        if grain_s is None:
+            grain_s = _coarsest_grain_s(reset_texts)
+        fields["reset_grain_s"] = grain_s
     return RateLimitSnapshot(**fields)
+
+
+def _coarsest_grain_s(reset_texts: tuple[str, ...]) -> float:
+    if len(_GRAINS_S) >= _GRAINS_KEPT:
+        _GRAINS_S.clear()
+    grain_s = _GRAINS_S[reset_texts] = max(reset_grain_s(text) for text in reset_texts)
+    return grain_s
 
 
 def parse_rate_limit_headers(

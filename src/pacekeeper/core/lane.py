@@ -434,9 +434,9 @@ class Lane:
         self.request_rate.state_ceiling(_lower(self._configured.rpm, self.learned_rpm))
         self.token_rate.state_ceiling(_lower(self._configured.tpm, self.learned_tpm))
         self.output_rate.state_ceiling(_lower(self._configured.output_tpm, self.learned_otpm))
-        self._apply_rates(now=now)
+        self._apply_rates(now=now, keep_level=True)
 
-    def _apply_rates(self, *, now: float) -> None:
+    def _apply_rates(self, *, now: float, keep_level: bool = False) -> None:
         share = self._configured.utilisation * self.local_share
         local = self._local
         for rpm, attr in zip((self.rpm, self.tpm, self.output_tpm), _BUCKETS, strict=True):
@@ -463,7 +463,7 @@ class Lane:
                     bucket.drain_to(now=now, level=max(0.0, burst - used + rate * elapsed_s))
                 setattr(local, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
-                bucket.set_rate(rate_per_s=rate, burst=burst, now=now)
+                bucket.set_rate(rate_per_s=rate, burst=burst, now=now, keep_level=keep_level)
 
     def adopt_rates(self, *, rpm: float | None, tpm: float | None, now: float) -> bool:
         """Make pacing rates decided elsewhere (what a fleet's controllers stored) this
@@ -502,16 +502,19 @@ class Lane:
                 burst_s = max(burst_s, depth_s * _DEPTH_SPENT)
         return burst_s * self._burst_scale
 
-    def _observe_depths(self, readings: tuple[_Reading, ...], age_s: float) -> bool:
+    def _observe_depths(self, readings: tuple[_Reading, ...], age_s: float, grain_s: float) -> bool:
         """Read each budget's depth from its ``(limit, remaining, reset_s)``, in the order of
-        ``_BUCKETS``, counted ``age_s`` before the answer; True when a depth in use changed."""
+        ``_BUCKETS``, counted ``age_s`` before the answer, resets precise to ``grain_s``; True
+        when a depth in use changed."""
         changed = False
         for name, (limit, remaining, reset_s) in zip(_BUCKETS, readings, strict=True):
             if not limit or remaining is None:
                 continue
             depth = self._depths[name]
             before = depth.depth_s
-            depth.observe(limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s)
+            depth.observe(
+                limit=limit, remaining=remaining, reset_s=reset_s, age_s=age_s, grain_s=grain_s
+            )
             changed = changed or depth.depth_s != before
         return changed
 
@@ -588,7 +591,10 @@ class Lane:
                 (tpm, remaining_tokens, reset_tokens_s),
                 (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
             )
-            changed = self._observe_depths(readings, now - sent_at) or changed
+            # A duration counts from when the provider counted the request; a time of day was
+            # turned into a wait from now, the answer, a time on the wire later.
+            age_s = now - sent_at if minute.resets_to_the_second else 0.0
+            changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
             new_requests = self.requests is None
             if changed:
                 self._state_ceilings(now=now)
@@ -611,6 +617,7 @@ class Lane:
                     elapsed_s=elapsed_s,
                     used_since=self._admitted - permit.seq,
                     slack=1.0,
+                    continuous=self._depths["requests"].continuous,
                 )
             if remaining_tokens is not None:
                 drain_to_headroom(
@@ -622,6 +629,7 @@ class Lane:
                     used_since=self._charged - permit.charged_before - self._charged_for(permit),
                     slack=float(permit.tokens),
                     fixed_window=self._token_windows.fixed,
+                    continuous=self._depths["tokens"].continuous,
                 )
             if otpm and minute.remaining_output_tokens is not None:
                 # The provider reserves max_tokens at admission and settles at the end, as we
