@@ -47,8 +47,12 @@ def test_counts_match_the_reference(name: str, text: str) -> None:
     assert COUNTERS[name](text) == REFERENCES[name](text)
 
 
+# Characters this Python's Unicode database does not know ("Cn": U+31350 on 3.11's Unicode 14)
+# are left out: the pretokenizer's regex classes come from that database, the Rust reference's
+# from a newer one, and the two split such a character differently (one token apart). That is
+# the Python's, not the counter's; docs/TOKENS.md says so.
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=200))
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs", "Cn"]), max_size=200))
 def test_any_text_counts_as_the_reference_does(text: str) -> None:
     for name in bpe.ENCODINGS:
         assert COUNTERS[name](text) == REFERENCES[name](text), name
