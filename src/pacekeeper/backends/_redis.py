@@ -763,6 +763,9 @@ class RedisBackend:
         self._admissions: weakref.WeakSet[RedisAdmissionPolicy] = weakref.WeakSet()
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.healthy = True
+        # lost() runs on the event loop's thread and on the maintenance thread: one of them
+        # turns the health over (and warns), not both
+        self._health_lock = threading.Lock()
         self.live_processes = 1
         self._lost_at: float | None = None
         self._closed = False
@@ -855,27 +858,31 @@ class RedisBackend:
 
     def lost(self, exc: BaseException) -> None:
         """Redis did not answer: every lane falls back to 1/N of its limits (one warning)."""
-        if self.healthy:
+        with self._health_lock:
+            if not self.healthy:
+                return
             self.healthy = False
             self._lost_at = time.monotonic()
-            logger.warning(
-                "Redis at %s is unreachable (%s): falling back to local limits, 1/%d of each "
-                "(the live processes at the last heartbeat); retrying every %.1fs",
-                _safe_url(self.url),
-                type(exc).__name__,
-                self.live_processes,
-                self.heartbeat_s,
-            )
+        logger.warning(
+            "Redis at %s is unreachable (%s): falling back to local limits, 1/%d of each "
+            "(the live processes at the last heartbeat); retrying every %.1fs",
+            _safe_url(self.url),
+            type(exc).__name__,
+            self.live_processes,
+            self.heartbeat_s,
+        )
 
     def _recovered(self) -> None:
-        if not self.healthy:
+        with self._health_lock:
+            if self.healthy:
+                return
             self.healthy = True
-            lost_for = time.monotonic() - (self._lost_at or time.monotonic())
-            logger.warning(
-                "Redis at %s answers again after %.1fs: shared limits restored",
-                _safe_url(self.url),
-                lost_for,
-            )
+        lost_for = time.monotonic() - (self._lost_at or time.monotonic())
+        logger.warning(
+            "Redis at %s answers again after %.1fs: shared limits restored",
+            _safe_url(self.url),
+            lost_for,
+        )
 
     # -- the maintenance thread -----------------------------------------------------------
 
