@@ -752,8 +752,17 @@ class RedisBackend:
         self.key_ttl_s = key_ttl_s
         self._socket_timeout_s = socket_timeout_s
         self._process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # One retry on a fresh connection: after Redis restarts, every pooled connection is
+        # dead, and without it the first command on each fails and flaps the health (redis-py's
+        # from_url retries nothing). A Redis that is really down fails both at once.
         self._sync: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1),
         )
         self._scripts = _SyncScripts.register(self._sync)
         # per event loop: its client, and the admission script registered on it
@@ -797,10 +806,14 @@ class RedisBackend:
         loop = asyncio.get_running_loop()
         pair = self._async_clients.get(loop)
         if pair is None:
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
             client = redis.asyncio.Redis.from_url(
                 self.url,
                 socket_timeout=self._socket_timeout_s,
                 socket_connect_timeout=self._socket_timeout_s,
+                retry=Retry(NoBackoff(), 1),  # as the sync client's (see __init__)
             )
             pair = (client, client.register_script(_scripts.ADMIT))
             self._async_clients[loop] = pair
