@@ -757,12 +757,13 @@ class RedisBackend:
 
         # One retry on a fresh connection: after Redis restarts, every pooled connection is
         # dead, and without it the first command on each fails and flaps the health (redis-py's
-        # from_url retries nothing). A Redis that is really down fails both at once.
+        # from_url retries nothing). A Redis that is really down fails both at once. Not on a
+        # timeout: the script may have run (an ADMIT twice would hold two leases).
         self._sync: redis.Redis = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self._scripts = _SyncScripts.register(self._sync)
         # per event loop: its client, and the admission script registered on it
@@ -813,7 +814,8 @@ class RedisBackend:
                 self.url,
                 socket_timeout=self._socket_timeout_s,
                 socket_connect_timeout=self._socket_timeout_s,
-                retry=Retry(NoBackoff(), 1),  # as the sync client's (see __init__)
+                # as the sync client's (see __init__)
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             )
             pair = (client, client.register_script(_scripts.ADMIT))
             self._async_clients[loop] = pair
