@@ -1385,6 +1385,12 @@ class Lane:
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
 
+    @property
+    def round_trip_s(self) -> float:
+        """How long an answer takes here (a second until one is known): how soon a
+        provisional in-flight cap is tried one higher."""
+        return self._round_trip_s()
+
     def _round_trip_s(self) -> float:
         """How long an answer takes here (a second until one is known)."""
         if not self.latency.mean_known:
