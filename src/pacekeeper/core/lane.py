@@ -1323,14 +1323,7 @@ class Lane:
                     self._untested_refusal = (permit.sent_at, sent_in_second)
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
-            if refused is _Refused.IN_FLIGHT:
-                return
-            # EITHER: until the cap is tested, the rate is the other hypothesis, and it is
-            # paced too. Left to the cap alone, the slots that the refusals of the same burst
-            # freed went to more requests into a window that had just run dry (a 1440/min
-            # server in 1-s windows refused 10 of a 10-s run, 8 of them in the 0.1 s after
-            # its first refusal). Its hint is about either: the gate stays open.
-            gate = False
+            return
         if verdict.hint_s is not None and gate:
             # through close_gate: a shared admission closes the fleet's gate, not only ours
             self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
@@ -1399,29 +1392,17 @@ class Lane:
 
     def _refusal_was_the_rate(self, now: float) -> None:
         """A request past a provisional cap succeeded: the bare 429 that taught the cap was
-        the rate; later bare 429s are read as the rate (as after any refuted cap). The rate
-        was measured from the second before it when it came back (the other hypothesis,
-        paced since): measured again now, its own refusal would count twice. Only a lane
-        that paces nothing yet measures it now, as it would have been then."""
+        the rate. What the server took in the second before it is measured now, as it would
+        have been then; later bare 429s are read as the rate (as after any refuted cap)."""
         self._cap_refuted = True
         untested, self._untested_refusal = self._untested_refusal, None
-        if untested is None or self.request_rate.rpm is not None:
+        if untested is None:
             return
         sent_at, sent_in_second = untested
         if self.request_rate.refused_earlier(
             sent_at=sent_at, sent_in_second=sent_in_second, now=now
         ):
             self._apply_rates(now=now)
-
-    def _rate_was_a_cap(self) -> None:
-        """A provisional cap's probe was refused after a quieter second: a cap, confirmed. The
-        rate paced meanwhile (the other hypothesis of the same bare 429s, and no 429 has been
-        read as the rate since, or the cap would be refuted) is withdrawn: nothing shows that
-        the server limits a rate, and pacing would hold the lane under its cap."""
-        if not self.request_rate.discovered:
-            return
-        self.request_rate = PacedRate()
-        self._apply_rates(now=self._clock())
 
     def _refused(self, permit: Permit, verdict: Verdict) -> _Refused:
         """What a 429 is about, read from structure, never from the message's words: requests
@@ -1505,7 +1486,6 @@ class Lane:
                 self._untested_refusal = None
                 slots.forget_cap()
                 return _Refused.RATE
-            self._rate_was_a_cap()
             return _Refused.IN_FLIGHT
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
