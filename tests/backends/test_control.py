@@ -273,3 +273,50 @@ async def test_what_is_learned_while_an_exchange_runs_reaches_the_fleet(
     redis_admission(lane).exchange_control(racing)  # type: ignore[arg-type]
     await until(lambda: stored(redis_server, namespace, "pc") == 5)
     close(a)
+
+
+async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confirmed_cap(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(cap: int, provisional: int, probing: int = 0) -> tuple[object, object]:
+        stored = control(keys=[key], args=["", "", cap, probing, "", 60, provisional])
+        return stored[2], stored[4]
+
+    assert push(6, provisional=1) == (b"6", b"1")
+    assert push(7, provisional=0) == (b"6", b"1")  # a higher cap neither sets nor confirms
+    assert push(6, provisional=0) == (b"6", None)  # the same cap, tested elsewhere: confirmed
+    assert push(5, provisional=1) == (b"5", b"1")  # a lower one wins, with its flag
+    assert push(0, provisional=0) == (None, None)  # refuted: forgotten, flag and all
+    client.close()
+
+
+async def test_a_cap_taught_by_bare_429s_stays_provisional_in_the_other_processes(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A bare 429 at a new peak in flight, with no stated rate, may be a cap or a rate: the
+    cap it suggests is a hypothesis, tried within a round trip. Another process adopted it
+    as a confirmed cap (CONTROL had no flag for it) and held under it until its first probe,
+    10 s on."""
+    limits = Limits(concurrency=AdaptiveConcurrency(initial=8))
+    a = shared_gov(redis_server, namespace, limits=limits)
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    held = [await lane_a.acquire(0) for _ in range(8)]
+    # the eighth, which filled the window, refused with nothing to say why
+    lane_a.settle(held.pop(), bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+    learner_a, learner_b = redis_admission(lane_a).learner, redis_admission(lane_b).learner
+    assert learner_a is not None
+    assert learner_b is not None
+    assert (learner_a.learned_cap, learner_a.cap_provisional) == (7, True)
+    await until(lambda: stored(redis_server, namespace, "pp") == 1)
+    await until(lambda: learner_b.learned_cap == 7)
+    assert learner_b.cap_provisional
+    for permit in held:
+        permit.release()
+    close(a, b)

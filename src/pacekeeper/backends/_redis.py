@@ -140,11 +140,13 @@ class _Admission:
 
 @dataclass(frozen=True, slots=True)
 class _Control:
-    """What a lane's controller decided, as shared: the paces and the in-flight cap."""
+    """What a lane's controller decided, as shared: the paces and the in-flight cap (and
+    whether that cap is provisional: a hypothesis of bare 429s, tried within a round trip)."""
 
     rpm: float | None
     tpm: float | None
     cap: int | None
+    provisional: bool = False
 
 
 class _SharedFixed(FixedLimit):
@@ -383,8 +385,12 @@ class RedisAdmissionPolicy:
     def _control_now(self) -> _Control:
         learner = self.learner
         lane = self._lane
+        cap = None if learner is None else learner.learned_cap
         return _Control(
-            rpm=lane.rpm, tpm=lane.tpm, cap=None if learner is None else learner.learned_cap
+            rpm=lane.rpm,
+            tpm=lane.tpm,
+            cap=cap,
+            provisional=cap is not None and learner is not None and learner.cap_provisional,
         )
 
     def _fleet_share(self, now: float) -> float:
@@ -430,7 +436,7 @@ class RedisAdmissionPolicy:
             learner = self.learner
             probing = learner is not None and learner.probing
             floor = 0 if learner is None else learner.floor
-            args: list[Any] = ["", "", "", 1 if probing else 0, "", self._backend.key_ttl_s]
+            args: list[Any] = ["", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0]
             if not push:
                 current = pushed
             if current.rpm != pushed.rpm:
@@ -440,8 +446,9 @@ class RedisAdmissionPolicy:
                 args[0] = _wire(rpm)
             if current.tpm != pushed.tpm:
                 args[1] = _wire(current.tpm)
-            if current.cap != pushed.cap:
+            if current.cap != pushed.cap or current.provisional != pushed.provisional:
                 args[2] = current.cap or 0
+                args[6] = 1 if current.provisional else 0
             if push and floor != self._pushed_floor:
                 args[4] = floor
                 self._pushed_floor = floor
@@ -455,6 +462,7 @@ class RedisAdmissionPolicy:
         (a rate discovered meanwhile) was not pushed, and is pushed next. None (a lane just
         made, which only reads): its configured state counts as known."""
         rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
+        provisional = len(stored) > 4 and stored[4] is not None
         with self._lock:
             now = self._clock()
             self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now)
@@ -464,6 +472,17 @@ class RedisAdmissionPolicy:
                 if cap is not None:
                     fleet_cap = int(cap)
                     if known is None or fleet_cap < known:
+                        # A provisional cap stays one here, tried within a round trip as
+                        # where it was taught: adopted as confirmed, it held every other
+                        # process under a rate's burst mistaken for a cap for 10 s.
+                        learner.learn_cap(
+                            in_flight_at_send=fleet_cap + 1,
+                            now=now,
+                            provisional=provisional,
+                            probe_after_s=self._lane.round_trip_s if provisional else None,
+                        )
+                    elif fleet_cap == known and learner.cap_provisional and not provisional:
+                        # another process's test confirmed it
                         learner.learn_cap(in_flight_at_send=fleet_cap + 1, now=now)
                     # One above ours is another process's probe: not adopted, since a refusal
                     # there would read, to a learner that is not probing, as its cap refuted.
@@ -481,6 +500,7 @@ class RedisAdmissionPolicy:
                     rpm=after.rpm if rpm is not None else sent.rpm,
                     tpm=after.tpm if tpm is not None else sent.tpm,
                     cap=after.cap if cap is not None else sent.cap,
+                    provisional=after.provisional if cap is not None else sent.provisional,
                 )
             )
             self._lane.queue.wake_head()

@@ -12,7 +12,9 @@ by their expiry time.
 Fields of the lane hash: ``cd`` cooldown until; ``tr``/``tt`` GCRA times of the request and
 token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm`` the shared
 AIMD window; ``rb`` the retry budget; ``n`` admissions so far; and what the controllers learned
-(CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap, ``pf`` the floor;
+(CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap (``pp`` set while it is
+provisional: taught by bare 429s that a rate explains as well, and not yet tested), ``pf`` the
+floor;
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -271,8 +273,10 @@ CONTROL = (
 -- KEYS[1] lane hash
 -- ARGV: rpm, tpm paced at (last writer wins; '': unchanged, 0: none), cap ('': unchanged,
 --       0: forget it, n: the lower of n and the stored cap wins, or one more than the stored
---       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s
--- -> {pr, pt, pc, pf} as stored now (false: unset)
+--       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s,
+--       provisional (1/0: whether the cap sent is a hypothesis yet; a cap stored keeps the
+--       flag of the writer that set it, and a confirmed one equal to it confirms it)
+-- -> {pr, pt, pc, pf, pp} as stored now (false: unset)
 local function put(field, v)
   if v == '' then return end
   if num(v, 0) > 0 then redis.call('HSET', KEYS[1], field, v)
@@ -282,16 +286,20 @@ put('pr', ARGV[1])
 put('pt', ARGV[2])
 if ARGV[3] ~= '' then
   local cap, old = num(ARGV[3], 0), num(redis.call('HGET', KEYS[1], 'pc'), 0)
-  if cap <= 0 then redis.call('HDEL', KEYS[1], 'pc')
+  if cap <= 0 then redis.call('HDEL', KEYS[1], 'pc', 'pp')
   elseif old <= 0 or cap < old or (ARGV[4] == '1' and cap == old + 1) then
     redis.call('HSET', KEYS[1], 'pc', tostring(math.floor(cap)))
+    if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'pp', '1')
+    else redis.call('HDEL', KEYS[1], 'pp') end
+  elseif cap == old and ARGV[7] ~= '1' then
+    redis.call('HDEL', KEYS[1], 'pp')
   end
 end
 put('pf', ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[6], 3600)))
 end
-return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf')
+return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp')
 """
 )
 

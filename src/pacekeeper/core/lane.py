@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -1378,6 +1378,12 @@ class Lane:
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
 
+    @property
+    def round_trip_s(self) -> float:
+        """How long an answer takes here (a second until one is known): how soon a
+        provisional in-flight cap is tried one higher."""
+        return self._round_trip_s()
+
     def _round_trip_s(self) -> float:
         """How long an answer takes here (a second until one is known)."""
         if not self.latency.mean_known:
@@ -1475,7 +1481,10 @@ class Lane:
             # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
             # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
             # was confirmed from: the lane then held 8.2/s of 10).
-            if self._sent_in_second_before(permit.sent_at) >= untested[1] - _AS_BUSY_MARGIN:
+            busy = untested[1] - _AS_BUSY_MARGIN
+            if self._sent_in_second_before(permit.sent_at) >= busy and not self._took_as_busy(
+                busy, since=slots.cap_learned_at, before=permit.sent_at
+            ):
                 self._cap_refuted = True
                 self._untested_refusal = None
                 slots.forget_cap()
@@ -1484,6 +1493,23 @@ class Lane:
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
         return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
+
+    def _took_as_busy(self, busy: int, *, since: float, before: float) -> bool:
+        """Whether the server took a request sent between ``since`` (a provisional cap was
+        learned) and ``before`` after a second in which this lane sent at least ``busy``:
+        then no rate refuses such a second, and a refusal after one is about something
+        else. Held under a cap, a lane sends as much a second as it did before the cap's
+        refusal (the cap is what limited it). Every request sent since then and answered
+        was taken: a refusal at no more in flight than the cap would have refuted it."""
+        unanswered = Counter(self._outstanding_sent_at)
+        for sent_at in self._recent_sends:
+            if not since <= sent_at < before:
+                continue
+            if unanswered[sent_at] > 0:
+                unanswered[sent_at] -= 1
+            elif self._sent_in_second_before(sent_at) >= busy:
+                return True
+        return False
 
     def _start_full_as_stated(self, left: float, limit: float) -> None:
         """A request bucket just made from an answer's statement starts as full as the
