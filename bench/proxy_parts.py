@@ -84,7 +84,7 @@ def _proxies(upstream: str) -> dict[str, Proxy]:
         no_metrics.app.metrics.detach()
     ungoverned = Proxy(ProxyConfig(upstream=upstream, port=0)).start()
     # What the governed transport wraps: the proxy's own signal over the upstream pool.
-    ungoverned.app._transport = ungoverned.app._transport._inner  # type: ignore[assignment]
+    ungoverned.app._transport = ungoverned.app._transport._inner
     return {"governed": governed, "no metrics": no_metrics, "ungoverned": ungoverned}
 
 
