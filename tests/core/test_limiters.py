@@ -150,6 +150,27 @@ def test_aimd_cuts_at_most_once_per_round_trip() -> None:
     assert aimd.decreases == 2
 
 
+def test_slow_start_doubles_per_round_trip_when_answers_come_back_in_clumps() -> None:
+    """A round trip's answers arrive together: after the first, the freed slots are not
+    taken yet (the waiters are being woken), so only that first one sees requests waiting
+    for a slot. The window was full while they were all in flight: each grows it by one.
+    (It grew by two per clump: 4 -> 6 -> 9.)"""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    sent_at = 0.0
+    for expected in (8, 16, 32):
+        sends = [aimd.acquire(now=sent_at) for _ in range(aimd.limit)]
+        for k, at_send in enumerate(sends):
+            aimd.release(
+                now=sent_at + 1.0,
+                sent_at=sent_at,
+                in_flight_at_send=at_send,
+                signal=Signal.SUCCESS,
+                backlog=k == 0,
+            )
+        sent_at += 1.0
+        assert aimd.limit == expected
+
+
 def test_aimd_does_not_grow_when_the_limit_is_not_used() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=10))
     for _ in range(100):

@@ -136,6 +136,7 @@ class AimdLimit(FixedLimit):
         "_answered",
         "_cap_since",
         "_cap_taught",
+        "_filled_at",
         "_last_decrease_at",
         "_loss_window",
         "_probe_after_s",
@@ -191,6 +192,16 @@ class AimdLimit(FixedLimit):
         """The cap the last refusal taught (probes raise :attr:`learned_cap` past it)."""
         self._probe_after_s = self.first_probe_after_s
         self._probing = False
+        self._filled_at = -math.inf
+        """When an admission last took the window's last slot (the window was in use then)."""
+
+    def acquire(self, *, now: float) -> int:
+        in_flight = self.in_flight = self.in_flight + 1
+        if in_flight > self.peak_in_flight:
+            self.peak_in_flight = in_flight
+        if in_flight >= self._limit:
+            self._filled_at = now
+        return in_flight
 
     @property
     def window(self) -> float:
@@ -222,7 +233,13 @@ class AimdLimit(FixedLimit):
                 self._last_decrease_at = now
                 self.decreases += 1
         elif signal is Signal.SUCCESS and (
-            backlog or in_flight_at_send >= s.utilisation_to_grow * self._limit
+            # The window was in use while this request was in flight: answers come back in
+            # clumps, and after the first of a clump the freed slots are not taken yet (the
+            # waiters are only being woken), so "requests wait for a slot" alone grew the
+            # window by about two per clump instead of one per answer.
+            backlog
+            or self._filled_at >= sent_at
+            or in_flight_at_send >= s.utilisation_to_grow * self._limit
         ):
             self._grow()
             if backlog:
