@@ -204,6 +204,11 @@ class AimdLimit(FixedLimit):
         return in_flight
 
     @property
+    def slow_start(self) -> bool:
+        """Whether the window still grows one slot per answer (no sign of load yet)."""
+        return self._window < self._ssthresh
+
+    @property
     def window(self) -> float:
         """The exact (fractional) window; ``limit`` also honours the floor and the cap."""
         return self._window

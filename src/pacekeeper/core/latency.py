@@ -255,6 +255,10 @@ class LatencyTracker:
         few answers, so consecutive ones share most of their answers)."""
         return self._base_windows >= _CONFIRMING
 
+    def loaded(self, in_flight: int) -> bool:
+        """Whether ``in_flight`` is past the load the unloaded latency was read at."""
+        return self.known and in_flight > self._same_load_top()
+
     def _same_load_top(self) -> float:
         return max(_SAME_LOAD * self.base_in_flight, self.base_in_flight + 1.0)
 
