@@ -171,6 +171,17 @@ def test_slow_start_doubles_per_round_trip_when_answers_come_back_in_clumps() ->
         assert aimd.limit == expected
 
 
+def test_a_refuted_queueing_cut_gives_the_window_back_to_the_load_that_swelled() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=17, max=256))
+    assert aimd.queueing(capacity=10.5, now=5.0)  # swollen answers at 17: down to 11
+    assert aimd.limit == 11
+    aimd.undo_queueing(17)  # as slow at 11: no queue at 17 after all
+    assert aimd.limit == 17
+    assert not aimd.slow_start  # it grows on from there one slot per round trip
+    aimd.undo_queueing(12)  # never lowers it
+    assert aimd.limit == 17
+
+
 def test_aimd_does_not_grow_when_the_limit_is_not_used() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=10))
     for _ in range(100):

@@ -197,8 +197,7 @@ class AimdLimit(FixedLimit):
 
     def acquire(self, *, now: float) -> int:
         in_flight = self.in_flight = self.in_flight + 1
-        if in_flight > self.peak_in_flight:
-            self.peak_in_flight = in_flight
+        self.peak_in_flight = max(self.peak_in_flight, in_flight)
         if in_flight >= self._limit:
             self._filled_at = now
         return in_flight
@@ -324,6 +323,14 @@ class AimdLimit(FixedLimit):
         self.decreases += 1
         self._update()
         return True
+
+    def undo_queueing(self, load: int) -> None:
+        """Swollen answers at ``load`` in flight cut the window, and later answers showed no
+        queue there (as slow with far fewer in flight: the unloaded latency had been read
+        low): the window goes back to that load at least."""
+        if load > self._window:
+            self._window = self._ssthresh = self._loss_window = float(load)
+            self._update()
 
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""
