@@ -84,8 +84,9 @@ class AimdLimit(FixedLimit):
 
     Four things move it, each on its own evidence:
 
-    * **growth**: slow start (one slot per success while requests wait for a slot, so it
-      doubles every round trip) until the first sign of load, then one slot per round trip,
+    * **growth**: slow start (one slot per success of a request that flew while the window
+      was full or requests waited for a slot, so it doubles every round trip) until the
+      first sign of load, then one slot per round trip,
       approaching the window of the last cut quickly and probing beyond it slowly (CUBIC's
       plateau). Before any answer has come back, it also doubles every ``silence_double_s``
       of silence (the first after ``silence_first_s``, up to ``silence_max``): no answer yet
