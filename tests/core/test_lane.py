@@ -972,3 +972,28 @@ def test_a_continuous_bucket_refills_between_the_count_and_the_answer() -> None:
     assert lane._depths["requests"].continuous
     assert lane.requests is not None
     assert lane.requests.level(1.4) == pytest.approx(lane.requests.burst)
+
+
+def test_an_answer_slowed_by_a_queue_does_not_grow_the_window() -> None:
+    """Slow start grows the window by one per answer while answers come back at the unloaded
+    latency. An answer 1.5 times slower, to a request sent with well more in flight than when
+    that latency was read, waited in the server's queue (a self-hosted server never answers
+    429): it grows nothing, where an answer at the unloaded latency still does."""
+    lane, clock = _clocked_lane()
+    lane.queue.join(_ThreadWaiter())  # work waits: the window is in use
+    assert isinstance(lane.slots, AimdLimit)
+    ok = _verdict(200)
+    for round_ in range(12):  # answers of 1 s, four in flight: the unloaded latency
+        sent_at = float(round_)
+        permits = [lane._grant(sent_at, 0, sent_at) for _ in range(4)]
+        for permit in permits:
+            lane.settle(permit, ok, now=sent_at + 1.0, max_hint_s=600.0, retry=False)
+    assert lane.latency.base_s == pytest.approx(1.0)
+    clock.now = 20.0
+    loaded = [lane._grant(20.0, 0, 20.0) for _ in range(24)]
+    window = lane.slots.window
+    lane.settle(loaded[0], ok, now=21.0, max_hint_s=600.0, retry=False)  # at the floor
+    assert lane.slots.window == window + 1.0
+    lane.settle(loaded[-1], ok, now=21.5, max_hint_s=600.0, retry=False)  # queued
+    lane.settle(loaded[-2], ok, now=21.5, max_hint_s=600.0, retry=False)
+    assert lane.slots.window == window + 1.0

@@ -157,3 +157,30 @@ def test_requests_that_never_answer_do_not_hold_the_windows_open() -> None:
         tracker.observe(1.0, 8, sent_at=1.0 + 0.01 * i, unanswered_sent_at=hung)
     assert tracker.median_s == 1.0
     assert len(tracker._answered) <= 8 * 16
+
+
+def test_answers_as_slow_at_the_capacity_a_cut_implied_refute_it_and_the_base_is_reread() -> None:
+    # The first windows read the unloaded latency a fifth low (0.65 s where answers take
+    # 0.9): ordinary windows at 17 in flight then read 1.4 times slower, a queue with a
+    # capacity of about 12, and the window was cut. Windows sent with 11 in flight, under
+    # that capacity, are as slow: no queue explains them. (Cut after cut held a modelled
+    # server at half its capacity of 20 for a minute.)
+    tracker = LatencyTracker()
+    _window(tracker, 0.65, in_flight=4, n=48)
+    _window(tracker, 0.91, in_flight=17, n=32)
+    assert tracker.swollen(1.3)
+    tracker.restart_window(cut=True)
+    _window(tracker, 0.9, in_flight=11, n=48)
+    assert tracker.refuted_load == 17
+    assert math.isclose(tracker.base_s, 0.9)
+    assert not tracker.swollen(1.3)
+
+
+def test_answers_at_the_unloaded_latency_after_a_cut_confirm_the_queue() -> None:
+    tracker = LatencyTracker()
+    _window(tracker, 1.0, in_flight=4, n=48)
+    _window(tracker, 2.0, in_flight=30, n=32)  # twice as slow at 30: a capacity of 15
+    tracker.restart_window(cut=True)
+    _window(tracker, 1.05, in_flight=15, n=64)
+    assert tracker.refuted_load is None
+    assert math.isclose(tracker.base_s, 1.0)

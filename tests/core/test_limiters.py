@@ -150,6 +150,38 @@ def test_aimd_cuts_at_most_once_per_round_trip() -> None:
     assert aimd.decreases == 2
 
 
+def test_slow_start_doubles_per_round_trip_when_answers_come_back_in_clumps() -> None:
+    """A round trip's answers arrive together: after the first, the freed slots are not
+    taken yet (the waiters are being woken), so only that first one sees requests waiting
+    for a slot. The window was full while they were all in flight: each grows it by one.
+    (It grew by two per clump: 4 -> 6 -> 9.)"""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    sent_at = 0.0
+    for expected in (8, 16, 32):
+        sends = [aimd.acquire(now=sent_at) for _ in range(aimd.limit)]
+        for k, at_send in enumerate(sends):
+            aimd.release(
+                now=sent_at + 1.0,
+                sent_at=sent_at,
+                in_flight_at_send=at_send,
+                signal=Signal.SUCCESS,
+                backlog=k == 0,
+            )
+        sent_at += 1.0
+        assert aimd.limit == expected
+
+
+def test_a_refuted_queueing_cut_gives_the_window_back_to_the_load_that_swelled() -> None:
+    aimd = AimdLimit(AdaptiveConcurrency(initial=17, max=256))
+    assert aimd.queueing(capacity=10.5, now=5.0)  # swollen answers at 17: down to 11
+    assert aimd.limit == 11
+    aimd.undo_queueing(17)  # as slow at 11: no queue at 17 after all
+    assert aimd.limit == 17
+    assert not aimd.slow_start  # it grows on from there one slot per round trip
+    aimd.undo_queueing(12)  # never lowers it
+    assert aimd.limit == 17
+
+
 def test_aimd_does_not_grow_when_the_limit_is_not_used() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=10))
     for _ in range(100):

@@ -84,8 +84,9 @@ class AimdLimit(FixedLimit):
 
     Four things move it, each on its own evidence:
 
-    * **growth**: slow start (one slot per success while requests wait for a slot, so it
-      doubles every round trip) until the first sign of load, then one slot per round trip,
+    * **growth**: slow start (one slot per success of a request that flew while the window
+      was full or requests waited for a slot, so it doubles every round trip) until the
+      first sign of load, then one slot per round trip,
       approaching the window of the last cut quickly and probing beyond it slowly (CUBIC's
       plateau). Before any answer has come back, it also doubles every ``silence_double_s``
       of silence (the first after ``silence_first_s``, up to ``silence_max``): no answer yet
@@ -136,6 +137,7 @@ class AimdLimit(FixedLimit):
         "_answered",
         "_cap_since",
         "_cap_taught",
+        "_filled_at",
         "_last_decrease_at",
         "_loss_window",
         "_probe_after_s",
@@ -191,6 +193,20 @@ class AimdLimit(FixedLimit):
         """The cap the last refusal taught (probes raise :attr:`learned_cap` past it)."""
         self._probe_after_s = self.first_probe_after_s
         self._probing = False
+        self._filled_at = -math.inf
+        """When an admission last took the window's last slot (the window was in use then)."""
+
+    def acquire(self, *, now: float) -> int:
+        in_flight = self.in_flight = self.in_flight + 1
+        self.peak_in_flight = max(self.peak_in_flight, in_flight)
+        if in_flight >= self._limit:
+            self._filled_at = now
+        return in_flight
+
+    @property
+    def slow_start(self) -> bool:
+        """Whether the window still grows one slot per answer (no sign of load yet)."""
+        return self._window < self._ssthresh
 
     @property
     def window(self) -> float:
@@ -222,7 +238,13 @@ class AimdLimit(FixedLimit):
                 self._last_decrease_at = now
                 self.decreases += 1
         elif signal is Signal.SUCCESS and (
-            backlog or in_flight_at_send >= s.utilisation_to_grow * self._limit
+            # The window was in use while this request was in flight: answers come back in
+            # clumps, and after the first of a clump the freed slots are not taken yet (the
+            # waiters are only being woken), so "requests wait for a slot" alone grew the
+            # window by about two per clump instead of one per answer.
+            backlog
+            or self._filled_at >= sent_at
+            or in_flight_at_send >= s.utilisation_to_grow * self._limit
         ):
             self._grow()
             if backlog:
@@ -302,6 +324,14 @@ class AimdLimit(FixedLimit):
         self.decreases += 1
         self._update()
         return True
+
+    def undo_queueing(self, load: int) -> None:
+        """Swollen answers at ``load`` in flight cut the window, and later answers showed no
+        queue there (as slow with far fewer in flight: the unloaded latency had been read
+        low): the window goes back to that load at least."""
+        if load > self._window:
+            self._window = self._ssthresh = self._loss_window = float(load)
+            self._update()
 
     def set_floor(self, slots: int) -> None:
         """What a known rate needs in flight: the limit stays at least this (below the cap)."""

@@ -1284,12 +1284,22 @@ class Lane:
             slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity). The window shrinks by how much.
-        if self.latency.swollen(_SWOLLEN):
+        latency = self.latency
+        if latency.refuted_load is not None:
+            slots.undo_queueing(latency.refuted_load)
+            latency.refuted_load = None
+        if latency.swollen(_SWOLLEN):
             if slots.queueing(capacity=self._queueing_capacity(), now=now):
                 # What was judged shows the queue before the cut: judge the next window
                 # from requests sent after it (it would cut again, lower, as old answers
                 # from the deepest queue come in, slower still).
-                self.latency.restart_window()
+                latency.restart_window(cut=True)
+            return Signal.NEUTRAL
+        if (
+            slots.slow_start
+            and latency_s > _SWOLLEN * latency.base_s
+            and latency.loaded(permit.in_flight_at_send)
+        ):
             return Signal.NEUTRAL
         return Signal.SUCCESS
 

@@ -51,6 +51,8 @@ _UNLOADED = 1.15  # a window median within this of the unloaded latency: no queu
 _UNSETTLED = 1.3  # while the base is unsettled, window medians up to this much above it join it
 _CONFIRMING = 3  # judgments (8 sends apart end to end) that settle a base or confirm a queue
 _HELD_OPEN = 8  # windows' worth of answers kept while a window waits for its requests
+_REFUTING = 4  # windows at no more than the capacity a cut implied, that judge it
+_STILL_SWOLLEN = 1.2  # their mean ratio from which no queue explains them
 
 _Order = tuple[float, float]
 """Where a request stands in send order: its send time, then the order its answer came in
@@ -64,6 +66,7 @@ class LatencyTracker:
     __slots__ = (
         "_answered",
         "_base_windows",
+        "_cut",
         "_judged_ratios",
         "_last_answer_at",
         "_n",
@@ -74,6 +77,7 @@ class LatencyTracker:
         "in_flight",
         "mean_s",
         "median_s",
+        "refuted_load",
     )
 
     def __init__(self, *, window: int = 16) -> None:
@@ -98,6 +102,13 @@ class LatencyTracker:
         self._judged_ratios: deque[float] = deque(maxlen=_CONFIRMING)
         """The last few judged ratios (a swelling against an unsettled base must hold in
         all of them)."""
+        self._cut: tuple[float, int, float, int] | None = None
+        """Of a series of cuts on swollen answers: the most capacity any implied, the highest
+        load that swelled, and the sum and number of ratios judged since at no more in
+        flight than that capacity."""
+        self.refuted_load: int | None = None
+        """The load of a swelling that later answers refuted (the unloaded latency was read
+        again): no queue there after all. The caller takes it back and clears this."""
 
     def observe(
         self,
@@ -205,11 +216,38 @@ class LatencyTracker:
             self.base_in_flight = min(self.base_in_flight, load)
             self._base_windows += 1
             self.base_s += (median_s - self.base_s) / self._base_windows
-        self._judged_ratios.append(self.ratio)
+        ratio = self.ratio
+        cut = self._cut
+        if cut is not None and load <= cut[0]:
+            self._cut = cut = (cut[0], cut[1], cut[2] + ratio, cut[3] + 1)
+            if cut[3] >= _REFUTING:
+                self._cut = None
+                if cut[2] / cut[3] >= _STILL_SWOLLEN:
+                    # Answers still swollen with no more in flight than the capacity the
+                    # swelling implied: no queue explains them, so the unloaded latency was
+                    # read low (the first windows' medians can run a fifth low; ordinary
+                    # answers then read as a queue, and cut after cut held a server at half
+                    # its capacity). Read it again here; the loads that swelled were no queue.
+                    self.refuted_load = cut[1]
+                    self.base_s, self.base_in_flight, self._base_windows = median_s, load, 1
+                    self._judged_ratios.clear()
+                    ratio = self.ratio
+        self._judged_ratios.append(ratio)
 
-    def restart_window(self) -> None:
+    def restart_window(self, *, cut: bool = False) -> None:
         """Judge the next window from requests sent from now on (the time of the latest
-        answer)."""
+        answer). ``cut``: the swelling last judged cut the window. With n in flight and
+        answers r times slower, a queue means a capacity of about n / r: windows sent with
+        no more in flight than that (the most any of a series of cuts implied) must show
+        no queue, and when they still do, :attr:`refuted_load` is the highest load of the
+        series."""
+        if cut and self.known and self.in_flight:
+            capacity = self.in_flight / self.ratio
+            old = self._cut
+            if old is None:
+                self._cut = (capacity, self.in_flight, 0.0, 0)
+            else:
+                self._cut = (max(old[0], capacity), max(old[1], self.in_flight), old[2], old[3])
         self._next_window_at = self._last_answer_at
         self._answered.clear()
         self._judged_ratios.clear()
@@ -254,6 +292,10 @@ class LatencyTracker:
         """Whether the base rests on more than one window's reading (judgments come every
         few answers, so consecutive ones share most of their answers)."""
         return self._base_windows >= _CONFIRMING
+
+    def loaded(self, in_flight: int) -> bool:
+        """Whether ``in_flight`` is past the load the unloaded latency was read at."""
+        return self.known and in_flight > self._same_load_top()
 
     def _same_load_top(self) -> float:
         return max(_SAME_LOAD * self.base_in_flight, self.base_in_flight + 1.0)
