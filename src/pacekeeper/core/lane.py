@@ -1037,10 +1037,10 @@ class Lane:
         return await self.wait(
             waiter,
             wait,
-            tokens,
-            deadline,
-            asked_at,
-            output_tokens,
+            tokens=tokens,
+            deadline=deadline,
+            asked_at=asked_at,
+            output_tokens=output_tokens,
             priority=priority,
             prompt_tokens=prompt_tokens,
             prompt_cheap=prompt_cheap,
@@ -1049,19 +1049,21 @@ class Lane:
     async def wait(
         self,
         waiter: AsyncWaiter,
-        turn: Permit | float | None,
+        sleep_s: float | None,
+        *,
         tokens: int,
         deadline: float | None,
         asked_at: float,
         output_tokens: int,
-        *,
         priority: Priority,
         prompt_tokens: int | None,
         prompt_cheap: bool,
     ) -> Permit:
-        """The wait of a ``waiter`` that :meth:`join` queued (``turn``: how long it sleeps
-        first, None: it looks at once), to its permit; it leaves the queue if the wait
-        fails or is cancelled."""
+        """The wait of a ``waiter`` that :meth:`join` queued (``sleep_s``: how long it
+        sleeps first, None: it looks at once), to its permit; it leaves the queue if the
+        wait fails or is cancelled."""
+        turn: Permit | float | None
+        turn = sleep_s
         try:
             while True:
                 if turn is not None:
