@@ -190,7 +190,7 @@ class Attempts:
                         return turn  # the future to sleep on
             else:
                 turn = self._waited(pending, None)
-                if not isinstance(turn, Permit):
+                if turn.__class__ is not Permit:
                     return turn
         except QueueTimeout as exc:
             self._left()
@@ -211,16 +211,17 @@ class Attempts:
     ) -> Any:
         """A queued admission's step: its permit, or the future to sleep on (``sleep_s``:
         how long, before the look; None: look now)."""
-        if not isinstance(pending, AsyncWaiter):
+        # Classes compared, not isinstance (a C call each): this runs on every wake.
+        if pending.__class__ is not AsyncWaiter:
             try:
-                return pending.send(None)
+                return pending.send(None)  # type: ignore[union-attr]
             except StopIteration as done:
                 return done.value
         call = self.call
         turn: Permit | float | None = sleep_s
-        while not isinstance(turn, Permit):
+        while turn.__class__ is not Permit:
             if turn is not None:
-                fut = pending.sleep(turn)
+                fut = pending.sleep(turn)  # type: ignore[arg-type]
                 fut._asyncio_future_blocking = True  # as Future.__await__ yields it
                 return fut
             turn = call.lane.turn(
