@@ -125,9 +125,9 @@ class Attempts:
         if decision is not None:
             if not decision.retry:
                 raise StopAsyncIteration
+            self.decision = None
             if decision.delay_s > 0 and not is_testing():
                 return self._admit_after(decision.delay_s)
-            self.decision = None
         elif self.permit is not None:  # admitted ahead: its first attempt
             return self
         if self.call.governor.spend is not None:
@@ -247,6 +247,23 @@ class Attempts:
         """The awaiting task was cancelled (or the await closed): leave the queue, and a
         cancellation is recorded (never retried)."""
         exc = typ if isinstance(typ, BaseException) else (val if val is not None else typ())
+        pending = self._waiter
+        if pending is not None and pending.__class__ is not AsyncWaiter:
+            # A shared lane's wait: thrown into, as an awaited coroutine is (it leaves the
+            # queue itself); should it still return its permit, the admission goes on.
+            try:
+                return pending.throw(exc)  # type: ignore[union-attr]
+            except StopIteration as done:
+                permit: Permit = done.value
+                self._waiter = None
+                self.permit = permit
+                self.call.queued_s += permit.queued_s
+                raise StopIteration(permit) from None
+            except BaseException as raised:
+                self._waiter = None
+                if isinstance(raised, asyncio.CancelledError):
+                    self.call.cancelled(None)
+                raise
         self._left()
         if isinstance(exc, asyncio.CancelledError):
             self.call.cancelled(None)
