@@ -118,9 +118,9 @@ class Attempts:
 
     def __anext__(self) -> Awaitable[Permit]:
         """The next attempt's admission, to await: the loop itself on the common path (a
-        first attempt, or a retry without a pause, on a lane of this process's own with no
-        spend cap), else a coroutine that pauses, asks a shared store or waits for room in
-        the spend cap."""
+        first attempt, or a retry without a pause, with no spend cap; on a shared lane it
+        steps the lane's wait, which asks the store), else a coroutine that pauses or
+        waits for room in the spend cap."""
         decision = self.decision
         if decision is not None:
             if not decision.retry:
