@@ -94,7 +94,7 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
     gov: pacekeeper.Governor | None = None
     gate: asyncio.Semaphore | None = None
     waiting = 0
-    if mode == "semaphore":
+    if mode in ("semaphore", "semaphore-args"):
         # What a program without pacekeeper writes to bound its calls: every call waits on an
         # asyncio.Semaphore before the SDK method (held here, so all of them wait).
         gate = asyncio.Semaphore(1)
@@ -117,13 +117,16 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
             ),
         )
 
+    def arguments(i: int) -> dict[str, Any]:
+        return {
+            "model": wl.model,
+            "messages": [{"role": "user", "content": wl.prompt(i)}],
+            "max_tokens": wl.max_tokens,
+            "extra_headers": {"x-client-request-id": wl.request_id(i)},
+        }
+
     def create(c: openai.AsyncOpenAI, i: int) -> Any:
-        return c.chat.completions.create(
-            model=wl.model,
-            messages=[{"role": "user", "content": wl.prompt(i)}],
-            max_tokens=wl.max_tokens,
-            extra_headers={"x-client-request-id": wl.request_id(i)},
-        )
+        return c.chat.completions.create(**arguments(i))
 
     async def gated(i: int) -> Any:
         nonlocal waiting
@@ -131,6 +134,14 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
         waiting += 1
         async with gate:
             return await create(client, i)
+
+    async def gated_with_arguments(kwargs: dict[str, Any]) -> Any:
+        # The call's arguments built before the wait, as a queued SDK call holds them.
+        nonlocal waiting
+        assert gate is not None
+        waiting += 1
+        async with gate:
+            return await client.chat.completions.create(**kwargs)
 
     t_first = time.monotonic()
     await create(warm, -1)  # lazy imports, the tokenizer, a connection: before the baseline
@@ -141,7 +152,9 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
     peak_reset = _reset_peak()
     baseline = _now_mb()
     t0 = time.monotonic()
-    if gate is not None:
+    if mode == "semaphore-args":
+        tasks = [asyncio.create_task(gated_with_arguments(arguments(i))) for i in range(n)]
+    elif gate is not None:
         tasks = [asyncio.create_task(gated(i)) for i in range(n)]
     else:
         tasks = [asyncio.create_task(create(client, i)) for i in range(n)]
@@ -180,7 +193,9 @@ async def _queued(base_url: str, n: int, mode: str) -> dict[str, Any]:
 def queued_rss(base_url: str, n: int, mode: str) -> dict[str, Any]:
     """Peak RSS growth of a fresh process with ``n`` SDK calls queued at once: through
     pacekeeper (mode "pacekeeper"), waiting on a bare asyncio.Semaphore before the SDK method
-    ("semaphore"), or stalled at a transport that never answers ("floor")."""
+    ("semaphore": the arguments are built after the wait; "semaphore-args": before it, as a
+    call queued in pacekeeper holds them), or stalled at a transport that never answers
+    ("floor")."""
     command = [sys.executable, "-m", "bench.rss", "queued", base_url, str(n), mode]
     proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
     if proc.returncode != 0:
@@ -265,7 +280,7 @@ def _main() -> int:
     parser.add_argument("what", choices=["queued"])
     parser.add_argument("base_url")
     parser.add_argument("n", type=int)
-    parser.add_argument("mode", choices=["pacekeeper", "floor", "semaphore"])
+    parser.add_argument("mode", choices=["pacekeeper", "floor", "semaphore", "semaphore-args"])
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_queued(args.base_url, args.n, args.mode))))
     return 0

@@ -340,3 +340,47 @@ async def test_the_loop_alone_retries_and_stops() -> None:
     assert repr(attempts).endswith("attempt 3, done>")
     with pytest.raises(RuntimeError, match="already reported"):
         attempts.answered(verdict_for_failure(OutcomeKind.TIMEOUT, "late"))
+
+
+async def test_a_queued_admission_is_the_loop_itself_woken_in_turn_or_cancelled() -> None:
+    """While it waits, a queued request's task awaits its Attempts (no coroutine of the loop's
+    or of the lane's, whose frames would hold their locals); a release wakes the next in
+    line, which is admitted; a cancelled one leaves the queue and is recorded once."""
+    records = Records()
+    gov = Governor(limits=Limits(concurrency=1), hooks=[records])
+    first = Attempts(gov.call(route=CHAT, model="m", tokens=10))
+    await anext(first)
+    queued = [Attempts(gov.call(route=CHAT, model="m", tokens=10)) for _ in range(3)]
+    admitted: list[Attempts] = []
+
+    async def wait(attempts: Attempts) -> None:
+        async for _ in attempts:
+            admitted.append(attempts)
+            return
+
+    tasks = [asyncio.create_task(wait(a)) for a in queued]
+    await asyncio.sleep(0.01)
+    (lane,) = gov.lanes
+    assert lane.queued == 3
+    for task, attempts in zip(tasks, queued, strict=True):
+        coro = task.get_coro()
+        assert coro is not None
+        assert getattr(coro, "cr_await", None) is attempts  # no frame between task and loop
+        assert repr(attempts).endswith("attempt 1, queued>")
+    tasks[1].cancel()
+    await asyncio.gather(tasks[1], return_exceptions=True)
+    assert lane.queued == 2
+    assert [r.outcome for r in records.requests] == ["cancelled"]
+    first.answered(classify_response(200, {}, None, now_wall_s=0.0))
+    await asyncio.wait_for(tasks[0], 5)
+    assert admitted == [queued[0]]
+    assert queued[0].permit is not None
+    assert queued[0].call.queued_s > 0
+    assert lane.queued == 1
+    queued[0].answered(classify_response(200, {}, None, now_wall_s=0.0))
+    await asyncio.wait_for(tasks[2], 5)
+    assert admitted == [queued[0], queued[2]]
+    queued[2].answered(classify_response(200, {}, None, now_wall_s=0.0))
+    assert lane.queued == 0
+    assert in_flight(gov) == 0
+    assert sorted(r.outcome for r in records.requests) == ["cancelled", "ok", "ok", "ok"]

@@ -577,7 +577,7 @@ def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes
     _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
     waiters = []
     for _ in range(2):
-        joined = lane._join(400, front=False, waiter=ThreadWaiter)
+        joined = lane.join(400, front=False, waiter=ThreadWaiter)
         assert isinstance(joined, tuple)  # queued at 400
         waiters.append(joined[0])
     # The first answer: the provider counted half our estimate; 250 of its 500 come back.
@@ -590,11 +590,11 @@ def test_a_queued_request_is_charged_at_the_estimate_scale_in_force_when_it_goes
     )
     assert lane.estimate_scale.charge_factor == pytest.approx(0.5)
     # Joined at 400, charged 200 now: it fits in the 250 that came back.
-    permit = lane._turn(waiters[0], 400, None, 10.0, prompt_tokens=400)
+    permit = lane.turn(waiters[0], 400, None, 10.0, prompt_tokens=400)
     assert isinstance(permit, Permit)
     assert permit.tokens == 200
     # Without the estimate the cost at joining holds: 400 waits.
-    assert lane._turn(waiters[1], 400, None, 10.0) == pytest.approx(0.35)
+    assert lane.turn(waiters[1], 400, None, 10.0) == pytest.approx(0.35)
 
 
 def test_a_refusal_after_a_second_of_the_stated_rate_is_the_rate_not_a_cap() -> None:
@@ -735,11 +735,11 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     for _ in range(12):  # answers taught the lane: four characters a token
         lane.cheap_scale.observe(estimated=400, actual=100)
     _first = _admitted(lane, 10.0, 500, 0)  # the bucket is empty
-    joined = lane._join(400, front=False, waiter=ThreadWaiter)
+    joined = lane.join(400, front=False, waiter=ThreadWaiter)
     assert isinstance(joined, tuple)
     queued = joined[0]
     clock.now = 10.2  # 200 refilled: room for 400 characters, not for 400 tokens
-    permit = lane._turn(queued, 400, None, 10.0, prompt_tokens=400, prompt_cheap=True)
+    permit = lane.turn(queued, 400, None, 10.0, prompt_tokens=400, prompt_cheap=True)
     assert isinstance(permit, Permit)
     assert permit.tokens == lane.cost_of(400, 0, cheap=True)
     assert permit.tokens < lane.cost_of(400, 0)

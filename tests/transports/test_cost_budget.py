@@ -48,8 +48,10 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # window starts below the 16 workers, so requests queue and are woken). Before issue 15's
 # work: 445 and 555; after its first round, 263 and 381. The budgets leave about 10% for
 # noise (the adaptive window's ramp, the rate-limit headers read at most every 0.1 s, one
-# exact token count in 64 requests).
-_BUDGET = {"fixed": 205, "adaptive": 312}
+# exact token count in 64 requests). Issue 15's queued-memory work (no frame while queued,
+# one attempt loop per request): fixed 194.8, adaptive 298-308 over four runs (one run in
+# a loaded test session read 323, as main's tree can: the window's ramp); fixed lowered.
+_BUDGET = {"fixed": 200, "adaptive": 312}
 _WORKERS = 16
 _REQUESTS = 400
 
@@ -167,8 +169,10 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # the usage chunk asked for with include_usage and removed again), fixed concurrency: 702
 # before the stream path was trimmed (a new Response per stream, every header decoded twice,
 # every event checked one by one, the body encoded again), 495 after, 423 after the second
-# round on the hot path (settle, admission, request reading); about 10% for noise.
-_STREAM_BUDGET = 465
+# round on the hot path (settle, admission, request reading); about 10% for noise. 464 when
+# the transport's start was inlined for want of room; 462.4 with it a function again (the
+# queue's class found without Priority.rank, the idle timeout read without a property).
+_STREAM_BUDGET = 463
 
 
 def test_a_governed_stream_adds_no_more_calls_per_request_than_its_budget() -> None:

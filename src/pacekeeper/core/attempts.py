@@ -22,20 +22,22 @@ the blocking twin (threads).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.classify import OutcomeKind, Verdict, describe_exception, verdict_for_failure
+from pacekeeper.core.lane import Permit
 from pacekeeper.core.testing import is_testing
-from pacekeeper.core.waiting import QueueTimeout
+from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from pacekeeper.core.cost import BilledUsage
     from pacekeeper.core.errors import RequestFailed
     from pacekeeper.core.governor import Call
     from pacekeeper.core.headers import RateLimitSnapshot
-    from pacekeeper.core.lane import Permit
     from pacekeeper.core.records import RequestRecord
 
 __all__ = ["Attempts", "Classify", "Decision"]
@@ -78,8 +80,10 @@ class Attempts:
     <Attempts /v1/embeddings model=m: attempt 0, not admitted>
     """
 
-    # Three slots: one of these lives as long as each queued request.
-    __slots__ = ("call", "decision", "permit")
+    # One of these lives as long as each queued request, and it is all that request's
+    # admission holds while it waits: the loop awaits the queue's future itself (see
+    # __next__), with no coroutine frame of its own or of the lane's.
+    __slots__ = ("_asked_at", "_waiter", "call", "decision", "permit")
 
     final: bool | str = False
     """Whether (and why) no outcome is retried."""
@@ -90,6 +94,9 @@ class Attempts:
         """The attempt in progress (or admitted ahead), until its outcome is reported."""
         self.decision: Decision | None = None
         """What the last reported outcome decided (None: nothing reported yet)."""
+        self._waiter: AsyncWaiter | Coroutine[Any, Any, Permit] | None = None
+        """While queued: its waiter (or, on a shared lane, the lane's wait)."""
+        self._asked_at = 0.0
 
     def __repr__(self) -> str:
         call = self.call
@@ -98,6 +105,8 @@ class Attempts:
             state = "streaming"
         elif decision is not None:
             state = "retrying" if decision.retry else "done"
+        elif self._waiter is not None:
+            state = "queued"
         else:
             state = "admitted" if self.permit is not None else "not admitted"
         return f"<Attempts {call.route} model={call.model}: attempt {call.attempt}, {state}>"
@@ -107,64 +116,228 @@ class Attempts:
     def __aiter__(self) -> Attempts:
         return self
 
-    async def __anext__(self) -> Permit:
-        call = self.call
+    def __anext__(self) -> Awaitable[Permit]:
+        """The next attempt's admission, to await: the loop itself on the common path (a
+        first attempt, or a retry without a pause, with no spend cap; on a shared lane it
+        steps the lane's wait, which asks the store), else a coroutine that pauses or
+        waits for room in the spend cap."""
         decision = self.decision
         if decision is not None:
             if not decision.retry:
                 raise StopAsyncIteration
             self.decision = None
             if decision.delay_s > 0 and not is_testing():
-                try:
-                    await call.lane.sleep(decision.delay_s)
-                except asyncio.CancelledError:  # recorded as cancelled, as in the queue
-                    call.cancelled(None)
-                    raise
+                return self._admit_after(decision.delay_s)
         elif self.permit is not None:  # admitted ahead: its first attempt
-            return self.permit
-        # Admission, here rather than in a method of the call: one frame fewer on every
-        # request, and on every wake of a queued one.
-        cost = call._before_admit()
+            return self
+        if self.call.governor.spend is not None:
+            return self._admit_after(0.0)
+        return self
+
+    # The awaitable of one admission, stepped by the task that awaits it (as an
+    # asyncio.Future is): a queued request holds this object and its waiter's future, not
+    # the frames of coroutines (a frame keeps every local while it waits).
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        return self  # type: ignore[return-value]  # an iterator stepped as a generator is
+
+    def __next__(self) -> Any:
+        """One step of the admission: its permit (as StopIteration's value), or the future
+        the task sleeps on until the queue wakes it."""
+        call = self.call
+        lane = call.lane
+        pending = self._waiter
+        try:
+            if pending is None:
+                permit = self.permit
+                if permit is not None:  # admitted ahead
+                    raise StopIteration(permit)
+                cost = call.next_attempt()
+                self._asked_at = asked_at = call.governor.clock()
+                joined = lane.join(
+                    cost,
+                    front=call.attempt > 1,
+                    waiter=AsyncWaiter,
+                    output_tokens=call.completion_tokens,
+                    priority=call.priority,
+                    tenant=call.tenant,
+                    now=asked_at,
+                    deadline=call.deadline,
+                )
+                if isinstance(joined, Permit):  # at once: the common case
+                    turn: Permit | float | None = joined
+                else:
+                    waiter, turn = joined
+                    assert isinstance(waiter, AsyncWaiter)
+                    # A shared lane's head asks its store: that wait is the lane's coroutine.
+                    self._waiter = pending = (
+                        waiter
+                        if not lane.shared
+                        else lane.wait(
+                            waiter,
+                            turn,
+                            tokens=cost,
+                            deadline=call.deadline,
+                            asked_at=asked_at,
+                            output_tokens=call.completion_tokens,
+                            priority=call.priority,
+                            prompt_tokens=call.prompt_tokens,
+                            prompt_cheap=call.prompt_cheap,
+                        )
+                    )
+                    turn = self._waited(pending, turn)
+                    if not isinstance(turn, Permit):
+                        return turn  # the future to sleep on
+            else:
+                turn = self._waited(pending, None)
+                if turn.__class__ is not Permit:
+                    return turn
+        except QueueTimeout as exc:
+            self._left()
+            raise call.gave_up_waiting(exc) from None
+        except StopIteration:
+            raise
+        except BaseException:
+            self._left()
+            raise
+        admitted: Permit = turn  # type: ignore[assignment]  # the loops end on a Permit
+        self._waiter = None
+        self.permit = admitted
+        call.queued_s += admitted.queued_s
+        raise StopIteration(admitted)
+
+    def _waited(
+        self, pending: AsyncWaiter | Coroutine[Any, Any, Permit], sleep_s: float | None
+    ) -> Any:
+        """A queued admission's step: its permit, or the future to sleep on (``sleep_s``:
+        how long, before the look; None: look now)."""
+        # Classes compared, not isinstance (a C call each): this runs on every wake.
+        if pending.__class__ is not AsyncWaiter:
+            try:
+                return pending.send(None)  # type: ignore[union-attr]
+            except StopIteration as done:
+                return done.value
+        call = self.call
+        turn: Permit | float | None = sleep_s
+        while turn.__class__ is not Permit:
+            if turn is not None:
+                fut = pending.sleep(turn)  # type: ignore[arg-type]
+                fut._asyncio_future_blocking = True  # as Future.__await__ yields it
+                return fut
+            turn = call.lane.turn(
+                pending,
+                call.charged or 0,
+                call.deadline,
+                self._asked_at,
+                call.completion_tokens,
+                prompt_tokens=call.prompt_tokens,
+                prompt_cheap=call.prompt_cheap,
+            )
+        return turn
+
+    def send(self, value: object) -> Any:
+        return self.__next__()
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: BaseException | None = None,
+        tb: object = None,
+    ) -> Any:
+        """The awaiting task was cancelled (or the await closed): leave the queue, and a
+        cancellation is recorded (never retried)."""
+        exc = typ if isinstance(typ, BaseException) else (val if val is not None else typ())
+        pending = self._waiter
+        if pending is not None and pending.__class__ is not AsyncWaiter:
+            # A shared lane's wait: thrown into, as an awaited coroutine is (it leaves the
+            # queue itself); should it still return its permit, the admission goes on.
+            try:
+                return pending.throw(exc)  # type: ignore[union-attr]
+            except StopIteration as done:
+                permit: Permit = done.value
+                self._waiter = None
+                self.permit = permit
+                self.call.queued_s += permit.queued_s
+                raise StopIteration(permit) from None
+            except BaseException as raised:
+                self._waiter = None
+                if isinstance(raised, asyncio.CancelledError):
+                    self.call.cancelled(None)
+                raise
+        self._left()
+        if isinstance(exc, asyncio.CancelledError):
+            self.call.cancelled(None)
+        raise exc
+
+    def close(self) -> None:
+        self._left()
+
+    def _left(self) -> None:
+        """The admission ends without a permit: its waiter leaves the queue (a shared lane's
+        wait, closed, leaves it itself)."""
+        pending = self._waiter
+        self._waiter = None
+        if isinstance(pending, AsyncWaiter):
+            self.call.lane.leave(pending)
+        elif pending is not None:
+            pending.close()
+
+    async def _admit_after(self, delay_s: float) -> Permit:
+        """An admission that pauses ``delay_s`` first, or waits for room in a spend cap."""
+        call = self.call
+        if delay_s > 0:
+            try:
+                await call.lane.sleep(delay_s)
+            except asyncio.CancelledError:  # recorded as cancelled, as in the queue
+                call.cancelled(None)
+                raise
+        if call.governor.spend is None:
+            return await self
+        cost = call.next_attempt()
         while True:
             try:
                 permit = await call.lane.acquire(
                     cost,
                     front=call.attempt > 1,
-                    deadline=call._deadline,
+                    deadline=call.deadline,
                     output_tokens=call.completion_tokens,
                     prompt_tokens=call.prompt_tokens,
-                    prompt_cheap=call._body is not None,
+                    prompt_cheap=call.prompt_cheap,
                     priority=call.priority,
                     tenant=call.tenant,
                 )
             except QueueTimeout as exc:
-                raise call._queue_timeout(exc) from None
+                raise call.gave_up_waiting(exc) from None
             except asyncio.CancelledError:
                 call.cancelled(None)
                 raise
-            call._queued_total += permit.queued_s
-            if call._gov.spend is None or call._reserve(permit):
+            call.queued_s += permit.queued_s
+            if call.reserve(permit):
                 self.permit = permit
                 return permit
             try:
                 # Wait for room without taking a place in the pacing meanwhile: a permit taken
                 # on each look would spend the lane's rate on requests that do not go.
                 await call.lane.sleep(SPEND_POLL_S)
-                while not call._spend_may_fit():
+                while not call.spend_may_fit():
                     await call.lane.sleep(SPEND_POLL_S)
             except asyncio.CancelledError:
                 call.cancelled(None)
                 raise
 
-    def __iter__(self) -> Attempts:
-        return self
+    def __iter__(self) -> Iterator[Permit]:
+        """The blocking loop (threads): each turn is :meth:`next_sync`."""
+        while (permit := self.next_sync()) is not None:
+            yield permit
 
-    def __next__(self) -> Permit:
+    def next_sync(self) -> Permit | None:
+        """The blocking twin of one turn of ``async for``: the next attempt's permit, or None
+        when the loop is over."""
         call = self.call
         decision = self.decision
         if decision is not None:
             if not decision.retry:
-                raise StopIteration
+                return None
             self.decision = None
             if decision.delay_s > 0 and not is_testing():
                 try:
@@ -174,27 +347,27 @@ class Attempts:
                     raise
         elif self.permit is not None:
             return self.permit
-        cost = call._before_admit()
+        cost = call.next_attempt()
         while True:
             try:
                 permit = call.lane.acquire_sync(
                     cost,
                     front=call.attempt > 1,
-                    deadline=call._deadline,
+                    deadline=call.deadline,
                     output_tokens=call.completion_tokens,
                     prompt_tokens=call.prompt_tokens,
-                    prompt_cheap=call._body is not None,
+                    prompt_cheap=call.prompt_cheap,
                     priority=call.priority,
                     tenant=call.tenant,
                 )
             except QueueTimeout as exc:
-                raise call._queue_timeout(exc) from None
-            call._queued_total += permit.queued_s
-            if call._reserve(permit):
+                raise call.gave_up_waiting(exc) from None
+            call.queued_s += permit.queued_s
+            if call.reserve(permit):
                 self.permit = permit
                 return permit
             call.lane.sleep_sync(SPEND_POLL_S)
-            while not call._spend_may_fit():
+            while not call.spend_may_fit():
                 call.lane.sleep_sync(SPEND_POLL_S)
 
     # -- what the surface reports ---------------------------------------------------------

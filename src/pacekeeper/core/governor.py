@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pacekeeper.core.attempts import _OVER, Attempts, Decision
@@ -446,22 +446,22 @@ class Call:
 
     __slots__ = (
         "_body",
-        "_charged",
         "_chars",
-        "_deadline",
-        "_gov",
-        "_queued_total",
         "_reservation",
         "_started_mono",
         "_started_wall",
         "attempt",
+        "charged",
         "completion_tokens",
         "cost_usd",
+        "deadline",
         "done",
+        "governor",
         "lane",
         "model",
         "priority",
         "prompt_tokens",
+        "queued_s",
         "route",
         "tag",
         "tenant",
@@ -478,7 +478,8 @@ class Call:
         priority: Priority = Priority.INTERACTIVE,
         tenant: str | None = None,
     ) -> None:
-        self._gov = gov
+        self.governor = gov
+        """The governor this request runs under."""
         self.tag = tag
         self.priority = priority
         self.tenant = tenant
@@ -498,20 +499,22 @@ class Call:
         self._reservation: Reservation | None = None
         self._started_mono = gov.clock()
         self._started_wall = gov.wall_clock()
-        self._queued_total = 0.0
+        self.queued_s = 0.0
+        """Seconds its attempts waited in the queue, so far."""
         self._body: Mapping[str, Any] | None = None
         """The body, to count exactly, while ``prompt_tokens`` holds its characters."""
-        self._charged: int | None = None
-        """Tokens charged at the last admission (what records report)."""
+        self.charged: int | None = None
+        """Tokens charged at the last admission (what records report; None: not admitted)."""
         self._chars: int | None = None
         """The prompt in characters, once counted exactly too (both scales learn from it)."""
         deadline_s = gov.retry.deadline_s
-        self._deadline = self._started_mono + deadline_s if deadline_s is not None else None
+        self.deadline = self._started_mono + deadline_s if deadline_s is not None else None
+        """When (on the governor's monotonic clock) it gives up; None: never."""
 
     @property
     def idle_timeout_s(self) -> float:
         """How long a streamed answer may sit unread and unclosed before its slot is freed."""
-        return self._gov.stream_idle_timeout_s
+        return self.governor.stream_idle_timeout_s
 
     @property
     def cost(self) -> int:
@@ -530,12 +533,21 @@ class Call:
             self._chars = self.prompt_tokens
             self.prompt_tokens = estimate_request_tokens(body, model=self.model).prompt_tokens
 
-    def _before_admit(self) -> int:
+    @property
+    def prompt_cheap(self) -> bool:
+        """Whether ``prompt_tokens`` is still a count of characters (its body kept, to count
+        exactly where the count decides when the request may leave)."""
+        return self._body is not None
+
+    def next_attempt(self) -> int:
+        """The next attempt begins: the tokens it is admitted at (counted exactly first where
+        that decides; :class:`~pacekeeper.RequestTooLarge` if no admission could ever take
+        them), and it is counted. What an attempt loop calls before each admission."""
         lane = self.lane
         cost = lane.cost_of(
             self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
         )
-        if self._body is not None and lane.wants_exact_estimate(self._gov.clock(), cost):
+        if self._body is not None and lane.wants_exact_estimate(self.governor.clock(), cost):
             self._count_exactly()
             cost = self.cost
         tpm = lane.tpm
@@ -556,36 +568,39 @@ class Call:
         if self.attempt == 0:
             self.lane.budget.deposit()
         self.attempt += 1
-        self._charged = cost
+        self.charged = cost
         return cost
 
-    def _queue_timeout(self, exc: QueueTimeout) -> DeadlineExceeded:
-        deadline_s = self._gov.retry.deadline_s
+    def gave_up_waiting(self, exc: QueueTimeout) -> DeadlineExceeded:
+        """The error (recorded, final) of an admission that gave up at the deadline."""
+        deadline_s = self.governor.retry.deadline_s
         return self._final_failure(
             DeadlineExceeded,
-            f"{self._where()}: gave up after {self._gov.clock() - self._started_mono:.1f}s in "
+            f"{self._where()}: gave up after {self.governor.clock() - self._started_mono:.1f}s in "
             f"the queue waiting for {exc.reason} (about {exc.wait_s:.1f}s more), beyond the "
             f"{deadline_s:g}s deadline. Raise RetryPolicy.deadline_s or the limits.",
             outcome="deadline_exceeded",
         )
 
-    def admit(self) -> Coroutine[Any, Any, Permit]:
+    def admit(self) -> Awaitable[Permit]:
         """Wait until one attempt may leave; retries go to the front of the queue. Under a
         spend cap, the attempt also waits for room in it (answers in flight free room), or
         fails with :class:`~pacekeeper.SpendCapReached` when nothing can free enough.
 
-        One turn of :class:`~pacekeeper.core.attempts.Attempts`, whose coroutine this hands
-        back rather than awaiting it: a queued request holds one frame fewer."""
+        One turn of :class:`~pacekeeper.core.attempts.Attempts`, whose awaitable this hands
+        back (a queued request holds no frame of its own)."""
         return Attempts(self).__anext__()
 
     def admit_sync(self) -> Permit:
         """The blocking twin of :meth:`admit`."""
-        return Attempts(self).__next__()
+        permit = Attempts(self).next_sync()
+        assert permit is not None  # a first turn always admits (or raises)
+        return permit
 
-    def _spend_may_fit(self) -> bool:
+    def spend_may_fit(self) -> bool:
         """Whether this request's worst case fits the spend cap now, or nothing in flight
         holds room any more (then admission refuses it, or it fits): worth a permit."""
-        ledger = self._gov.spend
+        ledger = self.governor.spend
         costs = self.expected_cost_usd()
         if ledger is None or costs is None:
             return True
@@ -598,7 +613,7 @@ class Call:
         """(what admission holds, the worst case) in USD for this request's next attempt: the
         prompt as charged, the answer at the lane's observed quantile of completion lengths
         (max_tokens until enough answers are known) and at max_tokens. None: no price."""
-        gov = self._gov
+        gov = self.governor
         price = gov.price_of(self.model)
         if price is None:
             return None
@@ -613,9 +628,10 @@ class Call:
         prompt_usd = prompt * rate_in / 1e6
         return prompt_usd + expected * rate_out / 1e6, prompt_usd + worst * rate_out / 1e6
 
-    def _reserve(self, permit: Permit) -> bool:
-        """Hold this attempt's expected cost in the spend cap; False: wait and try again."""
-        ledger = self._gov.spend
+    def reserve(self, permit: Permit) -> bool:
+        """Hold this attempt's expected cost in the spend cap (True at once without one);
+        False: ``permit`` was given back, wait (:meth:`spend_may_fit`) and admit again."""
+        ledger = self.governor.spend
         if ledger is None:
             return True
         cap_usd = ledger.cap.usd
@@ -659,7 +675,7 @@ class Call:
     ) -> float | None:
         """The attempt's cost from its usage (None: unknown); the spend cap's reservation is
         settled to it, or released when the attempt failed without usage."""
-        gov = self._gov
+        gov = self.governor
         if ok and completion_tokens is not None:
             lengths = gov._completions.get(self.lane.key)  # completion_lengths, one call less
             if lengths is None:
@@ -707,7 +723,7 @@ class Call:
         stream already reached the caller); a string says why, for the error message.
         ``billed`` is the usage as the provider bills it (cache reads apart); without it the
         cost is that of ``prompt_tokens`` and ``completion_tokens``."""
-        gov, lane = self._gov, self.lane
+        gov, lane = self.governor, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
@@ -816,7 +832,7 @@ class Call:
         cost_usd: float | None,
     ) -> None:
         """The attempt's record to the hooks and the debug log."""
-        gov, lane = self._gov, self.lane
+        gov, lane = self.governor, self.lane
         kind = verdict.kind
         attempt_record = AttemptRecord(
             route=self.route,
@@ -850,7 +866,7 @@ class Call:
     def _decide(
         self, verdict: Verdict, now: float, final: bool | str
     ) -> tuple[bool, float, RequestFailed | None]:
-        policy = self._gov.retry
+        policy = self.governor.retry
         where = self._where()
         if not verdict.retryable:
             return (
@@ -888,8 +904,8 @@ class Call:
                     "instead of sleeping)"
                 ),
             )
-        delay_s = self._gov.delay_for(verdict, self.attempt)
-        if self._deadline is not None and now + delay_s > self._deadline:
+        delay_s = self.governor.delay_for(verdict, self.attempt)
+        if self.deadline is not None and now + delay_s > self.deadline:
             return (
                 False,
                 0.0,
@@ -915,8 +931,8 @@ class Call:
     def cancelled(self, permit: Permit | None) -> None:
         """The caller's task was cancelled: free the slot and record it (never retried)."""
         reservation, self._reservation = self._reservation, None
-        if reservation is not None and self._gov.spend is not None:
-            self._gov.spend.release(reservation)
+        if reservation is not None and self.governor.spend is not None:
+            self.governor.spend.release(reservation)
         if permit is not None:
             permit.release(Signal.NEUTRAL)
         if not self.done:
@@ -924,7 +940,7 @@ class Call:
                 ok=False,
                 outcome="cancelled",
                 status=None,
-                latency_s=self._gov.clock() - permit.sent_at if permit else 0.0,
+                latency_s=self.governor.clock() - permit.sent_at if permit else 0.0,
                 prompt_tokens=None,
                 completion_tokens=None,
                 error=None,
@@ -963,7 +979,7 @@ class Call:
     ) -> RequestRecord:
         """The request ended without an answer to count (a failure, a cancellation): record
         it, count it and publish it."""
-        now = self._gov.clock()
+        now = self.governor.clock()
         record = self._record(
             ok=ok,
             outcome=outcome,
@@ -1006,9 +1022,9 @@ class Call:
             attempts=self.attempt,
             started_at=self._started_wall,
             total_s=now - self._started_mono,
-            queued_s=self._queued_total,
+            queued_s=self.queued_s,
             latency_s=latency_s,
-            tokens_estimated=self._charged if self._charged is not None else self.cost,
+            tokens_estimated=self.charged if self.charged is not None else self.cost,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             error=str(error) if error is not None else None,
@@ -1022,7 +1038,7 @@ class Call:
 
     def _publish(self, record: RequestRecord) -> None:
         """The request's record to the hooks and the log."""
-        for hook in self._gov.hooks:
+        for hook in self.governor.hooks:
             hook.on_request(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info("request %s", _kv(record.as_dict()), extra={"pacekeeper": record})
@@ -1070,7 +1086,7 @@ class Admission:
                 raise RuntimeError("this attempt's outcome was already reported")
             raise RuntimeError("report() belongs inside the `async with gov.admit(...)` block")
         verdict = classify_response(
-            status, headers or {}, body, now_wall_s=attempts.call._gov.wall_clock()
+            status, headers or {}, body, now_wall_s=attempts.call.governor.wall_clock()
         )
         return attempts.answered(
             verdict,
@@ -1086,7 +1102,7 @@ class Admission:
         if exc is None:
             attempts.answered(_OK)
         else:
-            attempts.raised(exc, attempts.call._gov._classify)
+            attempts.raised(exc, attempts.call.governor._classify)
 
     async def __aenter__(self) -> Admission:
         await anext(self._attempts)
@@ -1096,7 +1112,7 @@ class Admission:
         self._exit(exc)
 
     def __enter__(self) -> Admission:
-        next(self._attempts)
+        self._attempts.next_sync()
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:

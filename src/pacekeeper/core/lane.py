@@ -781,7 +781,7 @@ class Lane:
             return f"a free slot ({self.slots.in_flight} in flight, limit {self.slots.limit})"
         return "pacing to the rpm/tpm limits"
 
-    def _join(
+    def join(
         self,
         tokens: int,
         *,
@@ -833,7 +833,7 @@ class Lane:
                         raise
         return joined, wait
 
-    def _turn(
+    def turn(
         self,
         waiter: Waiter,
         tokens: int,
@@ -881,7 +881,7 @@ class Lane:
         prompt_tokens: int | None,
         prompt_cheap: bool,
     ) -> Permit | float | tuple[Ask, int]:
-        """:meth:`_turn` for a lane whose admission is shared: the head's request to the
+        """:meth:`turn` for a lane whose admission is shared: the head's request to the
         store with the cost it charges (sent by the caller, outside the lock), or the local
         decision when the admission makes none (its store unreachable)."""
         with self._lock:
@@ -893,7 +893,7 @@ class Lane:
                 )
                 if ask is not None:
                     return ask, tokens
-                return self._turn(waiter, tokens, deadline, asked_at, output_tokens)
+                return self.turn(waiter, tokens, deadline, asked_at, output_tokens)
             now = self._clock()
             wait = math.inf
             if deadline is not None:
@@ -1020,7 +1020,7 @@ class Lane:
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
         estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
         asked_at = self._clock()
-        joined = self._join(
+        joined = self.join(
             tokens,
             front=front,
             waiter=AsyncWaiter,
@@ -1032,12 +1032,38 @@ class Lane:
         )
         if isinstance(joined, Permit):
             return joined
-        # A queued request's frame keeps its locals while it waits: the tuple is dropped,
-        # and one name holds the wait and then the look's answer (no extra slot).
-        turn: Permit | float | None
-        waiter, turn = joined
-        del joined
+        waiter, wait = joined
         assert isinstance(waiter, AsyncWaiter)
+        return await self.wait(
+            waiter,
+            wait,
+            tokens=tokens,
+            deadline=deadline,
+            asked_at=asked_at,
+            output_tokens=output_tokens,
+            priority=priority,
+            prompt_tokens=prompt_tokens,
+            prompt_cheap=prompt_cheap,
+        )
+
+    async def wait(
+        self,
+        waiter: AsyncWaiter,
+        sleep_s: float | None,
+        *,
+        tokens: int,
+        deadline: float | None,
+        asked_at: float,
+        output_tokens: int,
+        priority: Priority,
+        prompt_tokens: int | None,
+        prompt_cheap: bool,
+    ) -> Permit:
+        """The wait of a ``waiter`` that :meth:`join` queued (``sleep_s``: how long it
+        sleeps first, None: it looks at once), to its permit; it leaves the queue if the
+        wait fails or is cancelled."""
+        turn: Permit | float | None
+        turn = sleep_s
         try:
             while True:
                 if turn is not None:
@@ -1054,7 +1080,7 @@ class Lane:
                         prompt_cheap=prompt_cheap,
                     )
                 else:
-                    turn = self._turn(
+                    turn = self.turn(
                         waiter,
                         tokens,
                         deadline,
@@ -1068,6 +1094,16 @@ class Lane:
         except BaseException:
             self._queue.leave(waiter)
             raise
+
+    @property
+    def shared(self) -> bool:
+        """Whether :attr:`admission` is another than this process's own (a backend's): the
+        head's look then asks a store (:meth:`wait` does; :meth:`turn` does not)."""
+        return self._shared
+
+    def leave(self, waiter: Waiter) -> None:
+        """``waiter``, which :meth:`join` queued, gives up (cancelled, deadline passed)."""
+        self._queue.leave(waiter)
 
     def acquire_sync(
         self,
@@ -1083,7 +1119,7 @@ class Lane:
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
-        joined = self._join(
+        joined = self.join(
             tokens,
             front=front,
             waiter=ThreadWaiter,
@@ -1117,7 +1153,7 @@ class Lane:
                         prompt_cheap=prompt_cheap,
                     )
                 else:
-                    turn = self._turn(
+                    turn = self.turn(
                         waiter,
                         tokens,
                         deadline,

@@ -143,6 +143,7 @@ class WaitQueue:
 
     __slots__ = (
         "_activations",
+        "_class_of",
         "_classes",
         "_head",
         "_lock",
@@ -169,6 +170,9 @@ class WaitQueue:
         self._name = name
         self._lock = lock if lock is not None else threading.RLock()
         self._classes = tuple(_Class(p, 0.0 if p.rank == 0 else min_share) for p in _CLASSES)
+        # Looked up by the class itself (a str's hash, in C): Priority.rank is a Python call,
+        # and joining and admitting run on every request.
+        self._class_of = dict(zip(_CLASSES, self._classes, strict=True))
         self.members: dict[Waiter, _Tenant] = {}
         """The waiters queued now (read it, never change it: a lane reads its truthiness on
         every answer, where ``len()`` would be a Python call)."""
@@ -197,7 +201,7 @@ class WaitQueue:
         A waiter joins once."""
         with self._lock:
             self.check_open()
-            cls = self._classes[priority.rank]
+            cls = self._class_of[priority]
             t = cls.tenants.get(tenant)
             if t is None:
                 t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
@@ -247,7 +251,7 @@ class WaitQueue:
         """An admission that never waited (nobody was queued): counted for its class and
         tenant, owing nothing to anyone."""
         with self._lock:
-            cls = self._classes[priority.rank]
+            cls = self._class_of[priority]
             cls.admitted += 1
             t = cls.tenants.get(tenant)
             if t is None:

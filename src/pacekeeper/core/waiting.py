@@ -26,11 +26,12 @@ class QueueTimeout(Exception):
 class AsyncWaiter:
     """An asyncio task waiting for its turn (woken from any thread)."""
 
-    __slots__ = ("_fut", "_loop", "_thread", "cancelled")
+    # No thread id of its own: its loop says whether a wake comes from its thread (a queue
+    # of 100,000 holds an int fewer each).
+    __slots__ = ("_fut", "_loop", "cancelled")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
         self._fut: asyncio.Future[None] | None = None
         self.cancelled = False
 
@@ -53,7 +54,7 @@ class AsyncWaiter:
         fut = self._fut
         if fut is None or fut.done():
             return
-        if threading.get_ident() == self._thread:
+        if asyncio._get_running_loop() is self._loop:  # its own thread
             fut.set_result(None)
         else:
             self._loop.call_soon_threadsafe(_resolve, fut)

@@ -38,8 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
     from pacekeeper.core.classify import Verdict
-    from pacekeeper.core.governor import Call, Governor
-    from pacekeeper.core.lane import Permit
+    from pacekeeper.core.governor import Governor
     from pacekeeper.providers import Provider
     from pacekeeper.transports._engine import RequestFacts
 
@@ -82,48 +81,58 @@ _DEFAULT_OPTIONS = UsageOptions()
 class Admitted:
     """A call admitted before its request was built (``wrap()`` admits at the SDK method, so
     a queued call holds no request), on its way to the transport, which sends its first
-    attempt on this permit instead of admitting it again. Claimed at most once."""
+    attempt in the same attempt loop instead of admitting it again. Claimed at most once."""
 
-    __slots__ = ("call", "governor", "permit")
+    __slots__ = ("attempts", "governor")
 
-    def __init__(self, governor: Governor, call: Call, permit: Permit) -> None:
+    def __init__(self, governor: Governor, attempts: Attempts) -> None:
         self.governor = governor
-        self.call = call
-        self.permit: Permit | None = permit
+        self.attempts: Attempts | None = attempts
+        """The loop, its first attempt admitted (None: claimed or given back)."""
 
-    def claim(self, gov: Governor, request: Any) -> tuple[Call, Permit] | None:
-        """(call, permit) when ``request`` is the one admitted (same governor, route and
-        model); else None, and a permit admitted on another lane is given back at once (the
+    def claim(self, gov: Governor, request: Any) -> Attempts | None:
+        """The loop, when ``request`` is the one admitted (same governor, route and model);
+        else None, and a permit admitted on another lane is given back at once (the
         request is admitted on its own lane: holding both could wait on itself)."""
-        permit = self.permit
-        if permit is None or gov is not self.governor:
+        attempts = self.attempts
+        if attempts is None or gov is not self.governor:
             return None
-        self.permit = None
-        call = self.call
+        self.attempts = None
+        call = attempts.call
         path = request.url.path
         path_model = model_of_path(path)
         if route_of(path) != call.route or (path_model is not None and path_model != call.model):
-            permit.release(Signal.NEUTRAL)
+            permit = attempts.permit
+            attempts.permit = None
+            if permit is not None:
+                permit.release(Signal.NEUTRAL)
             return None
         if call.tag is None:
             call.tag = request.extensions.get(TAG_EXTENSION)
-        return call, permit
+        return attempts
 
     def unclaimed(self, exc: BaseException | None) -> None:
         """The method returned or failed without its request reaching the transport: free the
         slot (a cancelled caller is recorded as cancelled, as the transport would)."""
-        permit = self.permit
+        attempts = self.attempts
+        if attempts is None:
+            return
+        self.attempts = None
+        permit = attempts.permit
+        attempts.permit = None
         if permit is None:
             return
-        self.permit = None
         if isinstance(exc, asyncio.CancelledError):
-            self.call.cancelled(permit)
+            attempts.call.cancelled(permit)
         else:
             permit.release(Signal.NEUTRAL)
 
     def __repr__(self) -> str:
-        state = "waiting for its request" if self.permit is not None else "claimed"
-        return f"<Admitted {self.call.route} model={self.call.model}: {state}>"
+        attempts = self.attempts
+        if attempts is None:
+            return "<Admitted: claimed>"
+        call = attempts.call
+        return f"<Admitted {call.route} model={call.model}: waiting for its request>"
 
 
 ADMITTED: ContextVar[Admitted | None] = ContextVar("pacekeeper_admitted", default=None)
@@ -144,9 +153,20 @@ def _prepare(
 
 def _start(
     gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
-) -> tuple[Any, Call, bool]:
+) -> tuple[Any, Attempts, bool]:
     """One logical request begins: the request as it will be sent (with stream usage asked
-    for where the options say so), its governed call, and whether to strip the usage chunk."""
+    for where the options say so), its attempt loop, and whether to strip the usage chunk.
+    The loop is the one ``wrap()`` admitted at the SDK method when this is its request (its
+    body is then not parsed again, unless usage must be asked for)."""
+    at_sdk = ADMITTED.get()
+    if at_sdk is not None:
+        attempts = at_sdk.claim(gov, request)
+        if attempts is not None:
+            strip = False
+            if options.include_usage:
+                request, _, strip = _prepare(request, flavour, options)
+            bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
+            return request, attempts, strip
     facts = read_request(request)  # _prepare, inlined: this runs on every request
     strip = False
     if options.include_usage and facts.streaming:
@@ -162,24 +182,7 @@ def _start(
     )
     if gov.retry.attempt_timeout_s is not None:
         bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
-    return request, call, strip
-
-
-def _start_admitted(
-    admitted: Admitted, gov: Governor, request: Any, flavour: Flavour, options: UsageOptions
-) -> tuple[Any, Call, bool, Permit | None]:
-    """As :func:`_start`, with the permit of the call ``admitted`` at the SDK method when
-    this is its request (its body is then not parsed again, unless usage must be asked for)."""
-    claimed = admitted.claim(gov, request)
-    if claimed is None:
-        request, call, strip = _start(gov, request, flavour, options)
-        return request, call, strip, None
-    call, permit = claimed
-    strip = False
-    if options.include_usage:
-        request, _, strip = _prepare(request, flavour, options)
-    bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
-    return request, call, strip, permit
+    return request, Attempts(call), strip
 
 
 async def handle_async(
@@ -189,30 +192,13 @@ async def handle_async(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    at_sdk = ADMITTED.get()
-    if at_sdk is None:  # no call admitted at the SDK method: the common case
-        # _start, inlined: a frame fewer on every request
-        facts = read_request(request)
-        strip = False
-        if options.include_usage and facts.streaming:
-            rewritten = with_stream_usage(request, facts, flavour.module)
-            if rewritten is not None:
-                request, strip = rewritten, True
-        call = gov.call(
-            route=facts.route,
-            model=facts.model,
-            estimate=facts.estimate,
-            tag=request.extensions.get(TAG_EXTENSION),
-            body=facts.body,
-        )
-        if gov.retry.attempt_timeout_s is not None:
-            bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
-        attempts = Attempts(call)
-    else:
-        request, call, strip, admitted = _start_admitted(at_sdk, gov, request, flavour, options)
-        attempts = Attempts(call, permit=admitted)
+    request, attempts, strip = _start(gov, request, flavour, options)
+    lane = attempts.call.lane
     classify = flavour.verdict_for_exception
-    async for _ in attempts:
+    # `async for _ in attempts`, without its __aiter__ call: the loop ends only by a return
+    # or a raise below (an outcome not retried returns or raises), never by StopAsyncIteration.
+    while True:
+        await attempts.__anext__()
         try:
             response = await inner.handle_async_request(request)
         except BaseException as exc:
@@ -220,7 +206,7 @@ async def handle_async(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
+        read_limits = status >= 300 or lane.limits_due(time.monotonic())
         # read once, into a dict: httpx's Headers.get scans the list every time
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         # is_event_stream, inlined (as the reads in _after_answer): once per request
@@ -256,7 +242,6 @@ async def handle_async(
             options=options,
         ):
             return response
-    raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
 
 
 def handle_sync(
@@ -266,8 +251,8 @@ def handle_sync(
     request: Any,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    request, call, strip = _start(gov, request, flavour, options)
-    attempts = Attempts(call)
+    request, attempts, strip = _start(gov, request, flavour, options)
+    lane = attempts.call.lane
     classify = flavour.verdict_for_exception
     for _ in attempts:
         try:
@@ -277,7 +262,7 @@ def handle_sync(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or call.lane.limits_due(time.monotonic())
+        read_limits = status >= 300 or lane.limits_due(time.monotonic())
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
@@ -474,7 +459,7 @@ class _GovernedAsyncStream:
         self._idle_since = time.monotonic()
         # A caller that walks away without closing may leave the stream in a reference
         # cycle that is never collected; the slot must come back anyway.
-        self._idle_limit_s = state.attempts.call.idle_timeout_s
+        self._idle_limit_s = state.attempts.call.governor.stream_idle_timeout_s
         state.idle_timer = asyncio.get_running_loop().call_later(
             self._idle_limit_s, self._check_idle
         )

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.tokens import estimate_request_chars
@@ -147,25 +148,35 @@ def _governed(
                 lanes.pop(next(iter(lanes)))
         return found
 
-    @functools.wraps(method)
-    async def governed(*args: Any, **kwargs: Any) -> Any:
+    def attempts_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Attempts | None:
+        """The attempt loop of a call admitted here (None: the transport admits it)."""
         pending = ADMITTED.get()
-        if pending is not None and pending.permit is not None:
-            return await method(*args, **kwargs)  # admitted by the method that called this
+        if pending is not None and pending.attempts is not None:
+            return None  # admitted by the method that called this
         if path is None:
             target = args[0] if args else kwargs.get("path")
             body = kwargs.get("body")
             if not isinstance(target, str) or not isinstance(body, Mapping) or kwargs.get("files"):
-                return await method(*args, **kwargs)  # uploads and raw bodies: as before
+                return None  # uploads and raw bodies: as before
         elif args:
-            return await method(*args, **kwargs)
+            return None
         else:
             target, body = path, kwargs
         route, path_model = lane_of(target)
         body_model = body.get("model")
         model = path_model or (body_model if isinstance(body_model, str) else None)
-        call = gov.call(route=route, model=model, estimate=estimate_request_chars(body), body=body)
-        admitted = Admitted(gov, call, await call.admit())
+        estimate = estimate_request_chars(body)
+        return Attempts(gov.call(route=route, model=model, estimate=estimate, body=body))
+
+    # The frame of this coroutine is what a queued call holds beside its arguments (the
+    # loop awaits the queue's future without one of its own): few locals, all small.
+    @functools.wraps(method)
+    async def governed(*args: Any, **kwargs: Any) -> Any:
+        attempts = attempts_of(args, kwargs)
+        if attempts is None:
+            return await method(*args, **kwargs)
+        await anext(attempts)
+        admitted = Admitted(gov, attempts)
         token = ADMITTED.set(admitted)
         try:
             return await method(*args, **kwargs)
