@@ -105,6 +105,10 @@ def test_hintless_429s_with_slow_answers_reach_the_true_limit() -> None:
     fixed=st.booleans(),
     latency_s=st.floats(1.0, 3.0),
 )
+# Read as a cap because a request after a second as busy within two was taken (a one-second
+# bucket or fixed window of 10/s takes 9-13 in a second, refills included): 39 of 40 sent.
+@example(rpm=600.0, fixed=False, latency_s=1.625)
+@example(rpm=600.0, fixed=True, latency_s=1.45)
 @settings(max_examples=20, deadline=None)
 def test_hintless_429s_with_answers_of_seconds_reach_the_true_limit(
     rpm: float, fixed: bool, latency_s: float

@@ -1526,10 +1526,15 @@ class Lane:
             # cap. "As busy" within two: answers come back in clumps, and where a clump falls
             # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
             # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
-            # was confirmed from: the lane then held 8.2/s of 10).
-            busy = untested[1] - _AS_BUSY_MARGIN
-            if self._sent_in_second_before(permit.sent_at) >= busy and not self._took_as_busy(
-                busy, since=slots.cap_learned_at, before=permit.sent_at
+            # was confirmed from: the lane then held 8.2/s of 10). But the cap it is when the
+            # server took, since the cap was learned, a request after a second as busy as
+            # that one (no margin: a rate that refused 11 takes 10), or when the lane's pace
+            # over the round trip was as busy as the refused second (a rate refuses clumps
+            # above the pace it takes; a cap refuses the pace itself).
+            sent_in_second = self._sent_in_second_before(permit.sent_at)
+            if sent_in_second >= untested[1] - _AS_BUSY_MARGIN and not (
+                self._took_as_busy(untested[1], since=slots.cap_learned_at, before=permit.sent_at)
+                or self._paced_as_busy(sent_in_second, before=permit.sent_at)
             ):
                 self._cap_refuted = True
                 self._untested_refusal = None
@@ -1542,11 +1547,14 @@ class Lane:
 
     def _took_as_busy(self, busy: int, *, since: float, before: float) -> bool:
         """Whether the server took a request sent between ``since`` (a provisional cap was
-        learned) and ``before`` after a second in which this lane sent at least ``busy``:
-        then no rate refuses such a second, and a refusal after one is about something
-        else. Held under a cap, a lane sends as much a second as it did before the cap's
-        refusal (the cap is what limited it). Every request sent since then and answered
-        was taken: a refusal at no more in flight than the cap would have refuted it."""
+        learned) and ``before`` after a second in which this lane sent at least ``busy`` (as
+        many as in the second before the refusal that taught the cap, not within a margin:
+        a rate that refused 11 in a second takes 10, and a one-second bucket or fixed
+        window, refilled during the second, takes one as busy as it refused now and then,
+        so this alone is not enough). Held under a cap, a lane sends as much a second as it
+        did before the cap's refusal (the cap is what limited it). Every request sent since
+        then and answered was taken: a refusal at no more in flight than the cap would have
+        refuted it."""
         unanswered = Counter(self._outstanding_sent_at)
         for sent_at in self._recent_sends:
             if not since <= sent_at < before:
@@ -1556,6 +1564,21 @@ class Lane:
             elif self._sent_in_second_before(sent_at) >= busy:
                 return True
         return False
+
+    def _paced_as_busy(self, sent_in_second: int, *, before: float) -> bool:
+        """Whether this lane sent, over the round trip up to ``before``, at least
+        ``sent_in_second`` a second: its pace under the cap (what is in flight over how long
+        an answer takes, all of it taken) was as busy as the refused second. A rate refuses a
+        second well above the pace it takes (a clump: with answers of a constant 1.6 s, a
+        lane held at 13 in flight by 10/s sent 13 in a third of a second, 8.9/s over the
+        round trip); a cap refuses the lane's steady pace. And were it a rate after all, a
+        cap that lets through as much a second as the rate refused costs nothing. Unknown
+        (False) until the latency is."""
+        if not self.latency.mean_known:
+            return False
+        round_trip_s = self._round_trip_s()
+        sent = sum(1 for t in self._recent_sends if before - round_trip_s < t <= before)
+        return sent >= sent_in_second * round_trip_s
 
     def _start_full_as_stated(self, left: float, limit: float) -> None:
         """A request bucket just made from an answer's statement starts as full as the
