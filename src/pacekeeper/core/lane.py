@@ -567,7 +567,11 @@ class Lane:
             if sent_at < self._stated_sent_at:
                 # Answers arrive out of order: one to a request sent before the last statement
                 # we took describes the limits as they were then (a limit that just halved
-                # would flip back and forth with every late answer).
+                # would flip back and forth with every late answer). Its reset still shows
+                # where its window ended: a 429 comes back at once, and the slower answers
+                # sent before it would all go unseen.
+                if permit is not None and permit.seq and not minute.resets_to_the_second:
+                    self._token_windows.observe(sent_at=sent_at, reset_s=reset_tokens_s)
                 return
             self._stated_sent_at = sent_at
             changed = False
@@ -606,6 +610,13 @@ class Lane:
             elapsed_s = max(0.0, now - permit.sent_at)
             if not minute.resets_to_the_second:
                 self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
+                # Fixed windows shown: the token bucket keeps to them, so what a window left
+                # is not carried into the next (see TokenBucket.set_windows).
+                grid = self._token_windows.grid()
+                if self.tokens is not None and grid is not None:
+                    self.tokens.set_windows(start_s=grid[0], length_s=grid[1], now=now)
+                elif self.tokens is not None:
+                    self.tokens.clear_windows(now=now)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
