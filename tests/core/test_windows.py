@@ -64,10 +64,16 @@ def _go_duration(seconds: float) -> str:
 
 
 def _run(
-    *, tpm: float, origin_s: float, seed: int, run_s: float = 20.0, trip_s: float = 0.004
-) -> tuple[list[float], float]:
+    *,
+    tpm: float,
+    origin_s: float,
+    seed: int,
+    run_s: float = 20.0,
+    trip_s: float = 0.004,
+    first_trip_s: float = 0.004,
+) -> tuple[list[float], float, float]:
     """A lane with a backlog against token windows; (when refusals came, the tokens accepted
-    from 5 s on). Requests reach the provider ``trip_s`` (+ up to 10 ms)
+    from 5 s on, when the first answer came). Requests reach the provider ``trip_s`` (+ up to 10 ms)
     after they leave; answers take 0.3-0.9 s, a refusal comes back at once."""
     rng = random.Random(seed)
     clock = _Clock()
@@ -77,17 +83,20 @@ def _run(
     answers: list[tuple[float, Permit, dict[str, str], bool]] = []
     refusals: list[float] = []
     accepted_late = 0.0
+    first_answer_at = math.inf
     cost = _MAX_TOKENS + rng.randint(50, 500)
     while clock.now < run_s:
         now = clock.now
         answers.sort(key=lambda answer: answer[0])
         while answers and answers[0][0] <= now:
             _, permit, headers, accepted = answers.pop(0)
+            first_answer_at = min(first_answer_at, now)
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
         while lane._try_admit(now, cost) == 0.0:
             permit = lane._grant(now, cost, now)
-            counted_at = now + trip_s + rng.uniform(0.0, 0.01)
+            trip = first_trip_s if lane._admitted == 1 else trip_s
+            counted_at = now + trip + rng.uniform(0.0, 0.01)
             accepted, remaining, reset_s = provider.take(cost, counted_at)
             headers = {
                 "x-ratelimit-limit-tokens": str(int(tpm)),
@@ -105,7 +114,7 @@ def _run(
             answers.append((answer_at, permit, headers, accepted))
             cost = _MAX_TOKENS + rng.randint(50, 500)
         clock.now = round(now + _STEP_S, 6)
-    return refusals, accepted_late
+    return refusals, accepted_late, first_answer_at
 
 
 @given(
@@ -119,9 +128,10 @@ def test_once_the_windows_show_no_window_is_overfilled(
 ) -> None:
     """From the third second on (the resets of two windows show them), no request is refused,
     and the windows still carry at least 0.85 of what they hold (a window wastes what is left
-    under one more request: 300-750 tokens of 3000-5000). On main before the bucket kept to
-    the windows, 3-8 refusals per 20 s."""
-    refusals, accepted_late = _run(tpm=tpm, origin_s=origin_s, seed=seed)
+    under one more request: 300-750 tokens of 3000-5000). On main, 2 of 40 such draws were
+    refused after 3 s (here the estimates are exact: in the simulator, where they are not,
+    1-3 per 10-s run)."""
+    refusals, accepted_late, _ = _run(tpm=tpm, origin_s=origin_s, seed=seed)
     late = [t for t in refusals if t >= 3.0]
     assert not late, f"refused at {[round(t, 2) for t in late]} s"
     assert accepted_late >= 0.85 * tpm / 60.0 * 15.0
@@ -169,3 +179,28 @@ def test_a_window_length_needs_three_gaps_that_agree() -> None:
     assert windows.length_s is None  # 3 windows closed, 2 gaps
     windows.observe(sent_at=4.2, reset_s=0.8)
     assert windows.length_s == 1.0
+
+
+@given(
+    tpm=st.sampled_from([180_000.0, 240_000.0, 300_000.0]),
+    origin_s=st.floats(0.0, 0.999),
+    first_trip_s=st.floats(0.004, 0.1),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_the_window_of_the_first_answer_is_not_overfilled(
+    tpm: float, origin_s: float, first_trip_s: float, seed: int
+) -> None:
+    """Before the first answer a lane knows no limit and sends its first 4 requests; the first
+    answer states the limit per minute and what was left of a window that has often ended by
+    then. The token bucket made from it starts as the window allows (empty, if it ended), not
+    full: full, it sent half a second's burst into the window that had just begun and paced
+    the rate through the rest of it, and the window refused (on main, 16 of 30 such draws;
+    with the windows kept but the bucket made full, 10)."""
+    refusals, _, first_answer_at = _run(
+        tpm=tpm, origin_s=origin_s, seed=seed, run_s=3.0, first_trip_s=first_trip_s
+    )
+    # Up to the end of the window the first answer came in.
+    window_ends_at = origin_s + math.floor(first_answer_at - origin_s) + 1.0
+    early = [t for t in refusals if t < window_ends_at]
+    assert not early, f"refused at {[round(t, 2) for t in early]} s"

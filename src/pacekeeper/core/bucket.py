@@ -111,11 +111,17 @@ class TokenBucket:
                 f"fixed windows need a finite start and a positive length, got "
                 f"start_s={start_s!r}, length_s={length_s!r}"
             )
-        # A window already closed stays closed: a start seen a few ms later does not take
-        # back what refilled since.
+        closed_at = self._window_closed_at
         self._window_start = start_s
         self._window_s = length_s
         self._windowed = True
+        started_at = self._window_started_at(now)
+        if length_s is not None and closed_at < started_at < closed_at + length_s / 2:
+            # The window closed a little early (its start is seen later now): what refilled
+            # before the start belonged to the window before, whatever was spent since.
+            self._tat = max(self._tat, closed_at + self._burst * self._interval_s)
+            self._tat += started_at - closed_at
+            self._window_closed_at = started_at
         self._set_burst(self._asked_burst, now=now)
 
     def clear_windows(self, *, now: float) -> None:

@@ -200,7 +200,15 @@ class FixedWindows:
     True
     """
 
-    __slots__ = ("_agreements", "_confirmed_end", "_end", "_gaps", "_seen_twice")
+    __slots__ = (
+        "_agreements",
+        "_confirmed_end",
+        "_end",
+        "_gaps",
+        "_length_s",
+        "_seen_twice",
+        "first_answer_at",
+    )
 
     def __init__(self) -> None:
         self._end = -math.inf
@@ -208,6 +216,10 @@ class FixedWindows:
         self._seen_twice = False
         self._confirmed_end = -math.inf
         self._gaps: deque[float] = deque(maxlen=_GAPS_KEPT)
+        self._length_s: float | None = None
+        self.first_answer_at = math.inf
+        """When the first reading of the budget came (the requests sent before it were sent
+        blind to its windows)."""
 
     @property
     def fixed(self) -> bool:
@@ -216,11 +228,24 @@ class FixedWindows:
     @property
     def length_s(self) -> float | None:
         """How long a window lasts: the middle one of the last gaps between the ends of
-        windows each seen twice, once they agree (within a tenth); None until they do."""
-        gaps = self._gaps
-        if len(gaps) < _GAPS_KEPT or max(gaps) > min(gaps) * _AGREEMENT:
-            return None
-        return sorted(gaps)[len(gaps) // 2]
+        windows each seen twice, once three agree (within a tenth); None until they do. Once
+        known, a gap of a few windows (those between were not seen twice) counts as that
+        many gaps of one."""
+        return self._length_s
+
+    def _gap(self, gap_s: float) -> None:
+        gaps, length_s = self._gaps, self._length_s
+        if length_s is not None:
+            windows = round(gap_s / length_s)
+            if windows >= 1 and abs(gap_s - windows * length_s) <= length_s * (_AGREEMENT - 1):
+                gaps.append(gap_s / windows)
+                self._length_s = sorted(gaps)[len(gaps) // 2]
+                return
+            gaps.clear()
+            self._length_s = None
+        gaps.append(gap_s)
+        if len(gaps) == _GAPS_KEPT and max(gaps) <= min(gaps) * _AGREEMENT:
+            self._length_s = sorted(gaps)[len(gaps) // 2]
 
     def grid(self) -> tuple[float, float | None] | None:
         """``(start_s, length_s)``: when the latest window seen ends, on the clock of
@@ -252,19 +277,22 @@ class FixedWindows:
             # A window before the latest (answers come back out of order): it shows nothing
             # about the latest one.
             return
-        if sent_at < self._end - _SAME_END_S:  # counted while the last window was open
-            if abs(end - self._end) <= _SAME_END_S:
+        counted_in_it = sent_at < self._end - _SAME_END_S  # while the last window was open
+        if abs(end - self._end) <= _SAME_END_S:
+            if counted_in_it:  # (sent at its very end, it agrees with any bucket)
                 self._agreements += 1
                 self._seen_twice = True
-                # The latest end is the nearest to the true one (see grid).
-                self._end = max(self._end, end)
-                return
+            # The latest end is the nearest to the true one (see grid).
+            self._end = max(self._end, end)
+            return
+        if counted_in_it:
             self._agreements = 0
             self._gaps.clear()
+            self._length_s = None
             self._confirmed_end = -math.inf
         elif self._seen_twice:
             if math.isfinite(self._confirmed_end):
-                self._gaps.append(self._end - self._confirmed_end)
+                self._gap(self._end - self._confirmed_end)
             self._confirmed_end = self._end
         self._seen_twice = False
         self._end = end
