@@ -51,6 +51,7 @@ from pacekeeper.core.depth import FixedWindows, StatedDepth
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
+    drain_to_first_window,
     drain_to_headroom,
     outlasts_a_minute,
     output_budget_short,
@@ -600,6 +601,7 @@ class Lane:
             age_s = now - sent_at if minute.resets_to_the_second else 0.0
             changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
             new_requests = self.requests is None
+            new_tokens = self.tokens is None
             if changed:
                 self._state_ceilings(now=now)
                 self._queue.wake_head()
@@ -642,6 +644,27 @@ class Lane:
                     fixed_window=self._token_windows.fixed,
                     continuous=self._depths["tokens"].continuous,
                 )
+                # The answers to the requests sent before the first came back describe the
+                # window that was blind to us; each says when it ends a little differently
+                # (the first connection delays the first request), and the latest counts.
+                windows = self._token_windows
+                if new_tokens:
+                    windows.first_answer_at = now
+                if (
+                    permit.sent_at < windows.first_answer_at
+                    and reset_tokens_s is not None
+                    and not minute.resets_to_the_second
+                ):
+                    drain_to_first_window(
+                        self.tokens,
+                        now=now,
+                        remaining=remaining_tokens,
+                        reset_s=reset_tokens_s,
+                        elapsed_s=elapsed_s,
+                        used_since=self._charged
+                        - permit.charged_before
+                        - self._charged_for(permit),
+                    )
             if otpm and minute.remaining_output_tokens is not None:
                 # The provider reserves max_tokens at admission and settles at the end, as we
                 # do: what we reserved after this request, net of what answers gave back since,
