@@ -204,3 +204,80 @@ def test_the_window_of_the_first_answer_is_not_overfilled(
     window_ends_at = origin_s + math.floor(first_answer_at - origin_s) + 1.0
     early = [t for t in refusals if t < window_ends_at]
     assert not early, f"refused at {[round(t, 2) for t in early]} s"
+
+
+class _HalvingBucket:
+    """A continuously refilling bucket of one second of ``rpm``, stated OpenAI's way
+    (remaining scaled to the minute's limit, reset to full in ms), halved at ``halve_at``."""
+
+    def __init__(self, rpm: float, halve_at: float) -> None:
+        self.rpm = rpm
+        self.level = rpm / 60.0
+        self.updated = 0.0
+        self.halve_at = halve_at
+
+    def _refill(self, now: float) -> None:
+        if self.halve_at <= now and self.rpm > 0 and self.halve_at >= 0:
+            self._top_up(self.halve_at)
+            self.rpm /= 2.0
+            self.level = min(self.level, self.rpm / 60.0)
+            self.halve_at = -1.0
+        self._top_up(now)
+
+    def _top_up(self, now: float) -> None:
+        rate = self.rpm / 60.0
+        self.level = min(rate, self.level + (now - self.updated) * rate)
+        self.updated = now
+
+    def take(self, now: float) -> dict[str, str]:
+        """Headers of the answer to a request counted at ``now``; a refusal's add
+        ``retry-after-ms``."""
+        self._refill(now)
+        rate = self.rpm / 60.0
+        accepted = self.level >= 1.0
+        if accepted:
+            self.level -= 1.0
+        headers = {
+            "x-ratelimit-limit-requests": str(round(self.rpm)),
+            "x-ratelimit-remaining-requests": str(math.floor(self.level / rate * self.rpm)),
+            "x-ratelimit-reset-requests": _go_duration((rate - self.level) / rate),
+        }
+        if not accepted:
+            headers["retry-after-ms"] = str(math.ceil((1.0 - self.level) / rate * 1000))
+        return headers
+
+
+def test_a_hinted_429_from_a_continuous_bucket_holds_the_lane_for_the_hint_not_the_burst() -> None:
+    """A 1-s bucket of 940/min that halves while answers take a second: the lane sends at the
+    old rate for a round trip and one request is refused, with a hint of a few ms. The burst
+    it then halves owes no debt to a bucket that refills all along: the next request goes a
+    request's time (1/7.8 s) after the hint, where the halved burst's debt held the lane
+    0.37 s."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    provider = _HalvingBucket(940.0, halve_at=4.0)
+    answers: list[tuple[float, Permit, dict[str, str]]] = []
+    sends: list[float] = []
+    refused_at: list[float] = []
+    while clock.now < 8.0:
+        now = clock.now
+        answers.sort(key=lambda answer: answer[0])
+        while answers and answers[0][0] <= now:
+            _, permit, headers = answers.pop(0)
+            status = 429 if "retry-after-ms" in headers else 200
+            if status == 429:
+                refused_at.append(now)
+            verdict = classify_response(status, headers, None, now_wall_s=0.0)
+            lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            permit = lane._grant(now, 0, now)
+            sends.append(now)
+            headers = provider.take(now)
+            late_s = 0.005 if "retry-after-ms" in headers else 1.0
+            answers.append((now + late_s, permit, headers))
+        clock.now = round(now + _STEP_S, 6)
+    assert refused_at, "the halving drew no 429: the test shows nothing"
+    first = refused_at[0]
+    resumed = min(s for s in sends if s > first)
+    assert resumed - first < 0.2, f"held {resumed - first:.2f} s after a 429 hinted a few ms"

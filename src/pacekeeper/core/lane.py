@@ -1405,7 +1405,14 @@ class Lane:
             self._burst_cut_at = now
             moved = True
         if moved:
-            self._apply_rates(now=now)
+            # The halved burst keeps its debt (the window that refused stays empty a while:
+            # dropping it cost 35% more 429s on hintless fixed windows), unless the provider's
+            # bucket refills all along and said when the next request fits (the hint, which
+            # the gate waits out): then its bucket is as empty as ours, not emptier. Kept, the
+            # debt of a 1-s bucket of 940/min held the lane 0.37 s where the hint said 5 ms.
+            name = "tokens" if tokens_out else "requests"
+            hinted = verdict.hint_s is not None and self._depths[name].continuous
+            self._apply_rates(now=now, keep_level=hinted)
         # The provider's window is empty right now: so is ours (a bucket just made for a
         # discovered rate starts full, and would send its burst into the refusal).
         bucket = self.tokens if tokens_out else self.requests
