@@ -46,7 +46,7 @@ class TokenBucket:
         "_window_closed_at",
         "_window_s",
         "_window_start",
-        "_windowed",
+        "keeps_windows",
     )
 
     def __init__(self, *, rate_per_s: float, burst: float) -> None:
@@ -58,7 +58,8 @@ class TokenBucket:
         self._window_s: float | None = None
         self._window_start = 0.0
         self._window_closed_at = -math.inf
-        self._windowed = False
+        self.keeps_windows = False
+        """Whether it keeps to a provider's fixed windows (:meth:`set_windows`)."""
         self.set_rate(rate_per_s=rate_per_s, burst=burst, now=0.0)
 
     @property
@@ -114,7 +115,7 @@ class TokenBucket:
         closed_at = self._window_closed_at
         self._window_start = start_s
         self._window_s = length_s
-        self._windowed = True
+        self.keeps_windows = True
         started_at = self._window_started_at(now)
         if length_s is not None and closed_at < started_at < closed_at + length_s / 2:
             # The window closed a little early (its start is seen later now): what refilled
@@ -126,8 +127,8 @@ class TokenBucket:
 
     def clear_windows(self, *, now: float) -> None:
         """Refill continuously again (the windows were not shown after all)."""
-        if self._windowed:
-            self._windowed = False
+        if self.keeps_windows:
+            self.keeps_windows = False
             self._window_s = None
             self._set_burst(self._asked_burst, now=now)
 
@@ -142,7 +143,7 @@ class TokenBucket:
 
     def _close_window(self, now: float) -> None:
         """At the first look in a new window, drop what the last one left."""
-        if not self._windowed:
+        if not self.keeps_windows:
             return
         started_at = self._window_started_at(now)
         if started_at <= self._window_closed_at:
@@ -160,7 +161,8 @@ class TokenBucket:
             self._burst = burst
             debt = burst - level
             self._tat = now + debt * self._interval_s if debt > 0 else -math.inf
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
 
     def _oversize_wait_s(self, now: float) -> float:
         """A spend larger than a window's share goes at once if nothing went in this window
@@ -196,7 +198,8 @@ class TokenBucket:
             raise ConfigurationError(f"rate must be a positive number, got {rate_per_s!r}")
         if not (math.isfinite(burst) and burst > 0):
             raise ConfigurationError(f"burst must be a positive number, got {burst!r}")
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
         asked = burst
         if self._window_s is not None:
             burst = rate_per_s * self._window_s
@@ -211,7 +214,8 @@ class TokenBucket:
 
     def debt(self, now: float) -> float:
         """Units spent and not yet refilled (0 when the bucket is full)."""
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
         return max(0.0, self._tat - now) * self._rate_per_s
 
     def level(self, now: float) -> float:
@@ -220,7 +224,8 @@ class TokenBucket:
 
     def wait_s(self, *, now: float, cost: float) -> float:
         """Seconds until ``cost`` units may be spent (0.0: now)."""
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
         if self._window_s is not None and cost > self._burst:
             return self._oversize_wait_s(now)
         tat = self._tat if self._tat > now else now
@@ -230,16 +235,18 @@ class TokenBucket:
 
     def spend(self, *, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
         tat = self._tat if self._tat > now else now
         self._tat = tat + cost * self._interval_s
 
     def adjust(self, *, now: float, delta: float) -> None:
         """Charge (``delta`` > 0) or give back (< 0) units after the fact, e.g. once the real
         token usage is known. Giving back never makes the bucket fuller than full."""
-        if delta < 0 and self._windowed:
+        if delta < 0 and self.keeps_windows:
             return
-        self._close_window(now)
+        if self.keeps_windows:
+            self._close_window(now)
         tat = self._tat if self._tat > now else now
         self._tat = tat + delta * self._interval_s
         if self._tat < now:
@@ -257,7 +264,7 @@ class TokenBucket:
     def __repr__(self) -> str:
         full = f"full at t={self._tat:.3f}" if math.isfinite(self._tat) else "full"
         windows = ""
-        if self._windowed:
+        if self.keeps_windows:
             windows = f" windows from t={self._window_start:.3f}"
             if self._window_s is not None:
                 windows += f" every {self._window_s:g} s"

@@ -208,6 +208,7 @@ class FixedWindows:
         "_length_s",
         "_seen_twice",
         "first_answer_at",
+        "fixed",
     )
 
     def __init__(self) -> None:
@@ -218,12 +219,10 @@ class FixedWindows:
         self._gaps: deque[float] = deque(maxlen=_GAPS_KEPT)
         self._length_s: float | None = None
         self.first_answer_at = math.inf
+        self.fixed = False
+        """Whether the resets show fixed windows (set as readings come: read per answer)."""
         """When the first reading of the budget came (the requests sent before it were sent
         blind to its windows)."""
-
-    @property
-    def fixed(self) -> bool:
-        return self._agreements >= _WINDOW_AGREEMENTS
 
     @property
     def length_s(self) -> float | None:
@@ -281,12 +280,14 @@ class FixedWindows:
         if abs(end - self._end) <= _SAME_END_S:
             if counted_in_it:  # (sent at its very end, it agrees with any bucket)
                 self._agreements += 1
+                self.fixed = self._agreements >= _WINDOW_AGREEMENTS
                 self._seen_twice = True
             # The latest end is the nearest to the true one (see grid).
             self._end = max(self._end, end)
             return
         if counted_in_it:
             self._agreements = 0
+            self.fixed = False
             self._gaps.clear()
             self._length_s = None
             self._confirmed_end = -math.inf

@@ -569,9 +569,15 @@ class Lane:
                 # Answers arrive out of order: one to a request sent before the last statement
                 # we took describes the limits as they were then (a limit that just halved
                 # would flip back and forth with every late answer). Its reset still shows
-                # where its window ended: a 429 comes back at once, and the slower answers
-                # sent before it would all go unseen.
-                if permit is not None and permit.seq and not minute.resets_to_the_second:
+                # where a window that is not over yet ends: a 429 comes back at once, and the
+                # slower answers sent before it would all go unseen.
+                if (
+                    permit is not None
+                    and permit.seq
+                    and reset_tokens_s is not None
+                    and reset_tokens_s > now - sent_at
+                    and not minute.resets_to_the_second
+                ):
                     self._token_windows.observe(sent_at=sent_at, reset_s=reset_tokens_s)
                 return
             self._stated_sent_at = sent_at
@@ -601,7 +607,7 @@ class Lane:
             age_s = now - sent_at if minute.resets_to_the_second else 0.0
             changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
             new_requests = self.requests is None
-            new_tokens = self.tokens is None
+            new_tokens = self._local.tokens is None
             if changed:
                 self._state_ceilings(now=now)
                 self._queue.wake_head()
@@ -614,11 +620,12 @@ class Lane:
                 self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
                 # Fixed windows shown: the token bucket keeps to them, so what a window left
                 # is not carried into the next (see TokenBucket.set_windows).
-                grid = self._token_windows.grid()
-                if self.tokens is not None and grid is not None:
-                    self.tokens.set_windows(start_s=grid[0], length_s=grid[1], now=now)
-                elif self.tokens is not None:
-                    self.tokens.clear_windows(now=now)
+                tokens = self._local.tokens
+                if tokens is not None and self._token_windows.fixed:
+                    start_s, length_s = self._token_windows.grid() or (now, None)
+                    tokens.set_windows(start_s=start_s, length_s=length_s, now=now)
+                elif tokens is not None and tokens.keeps_windows:
+                    tokens.clear_windows(now=now)
             if new_requests and rpm and remaining_requests is not None:
                 self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
             if remaining_requests is not None:
