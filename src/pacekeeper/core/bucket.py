@@ -37,13 +37,29 @@ class TokenBucket:
     <TokenBucket 2/s burst=2 full at t=1.000>
     """
 
-    __slots__ = ("_burst", "_interval_s", "_rate_per_s", "_tat")
+    __slots__ = (
+        "_asked_burst",
+        "_burst",
+        "_interval_s",
+        "_rate_per_s",
+        "_tat",
+        "_window_closed_at",
+        "_window_s",
+        "_window_start",
+        "keeps_windows",
+    )
 
     def __init__(self, *, rate_per_s: float, burst: float) -> None:
         self._rate_per_s = 0.0
         self._interval_s = 0.0
         self._burst = 0.0
+        self._asked_burst = 0.0
         self._tat = -math.inf
+        self._window_s: float | None = None
+        self._window_start = 0.0
+        self._window_closed_at = -math.inf
+        self.keeps_windows = False
+        """Whether it keeps to a provider's fixed windows (:meth:`set_windows`)."""
         self.set_rate(rate_per_s=rate_per_s, burst=burst, now=0.0)
 
     @property
@@ -53,6 +69,113 @@ class TokenBucket:
     @property
     def burst(self) -> float:
         return self._burst
+
+    @property
+    def window_s(self) -> float | None:
+        """The length of the provider's fixed windows this bucket keeps to (None: none, or
+        only one window's start is known)."""
+        return self._window_s
+
+    def set_windows(self, *, start_s: float, length_s: float | None, now: float) -> None:
+        """Keep to a provider that counts in fixed windows, one of which starts at ``start_s``
+        (on this bucket's clock), each ``length_s`` long (None: not known, only that start):
+        nothing refills before a window ends, and what a window left unspent is gone when it
+        ends. So at each window's start the bucket keeps no more than empty, and a window gets
+        no more than the rate's share of it. A bucket that refills continuously carries a
+        window's leftover into the next one (a request's worth on top of a full window: a
+        429); this one sends into a window, before any answer from it is back, what it knows
+        it sent there (its own charges), never more than the window holds.
+
+        With a length, the burst is a window's share: deeper, a spend would wait for a level
+        the window never reaches; shallower, a spend larger than it would go from a full
+        bucket, past the window's budget. A spend larger than a whole window goes first in a
+        window (as a provider admits it into a full one). A give-back (:meth:`adjust`) is not
+        taken: the provider counted the spend in a window that may be gone.
+
+        >>> b = TokenBucket(rate_per_s=1000.0, burst=500.0)
+        >>> b.set_windows(start_s=0.0, length_s=1.0, now=0.0)
+        >>> b.spend(now=0.1, cost=100)  # the window of [0, 1) starts empty: 100 refilled
+        >>> round(b.level(0.99))  # 990 refilled by now, 100 spent
+        890
+        >>> round(b.level(1.01))  # the next window: the 890 left is gone, 10 refilled
+        10
+        >>> b.wait_s(now=1.01, cost=2500)  # more than a window: nothing went in this one yet
+        0.0
+        >>> b.spend(now=1.01, cost=2500)
+        >>> round(b.wait_s(now=1.5, cost=100), 6)  # the debt is repaid into the window of 3 s
+        2.1
+        """
+        if not math.isfinite(start_s) or (
+            length_s is not None and not (math.isfinite(length_s) and length_s > 0)
+        ):
+            raise ConfigurationError(
+                f"fixed windows need a finite start and a positive length, got "
+                f"start_s={start_s!r}, length_s={length_s!r}"
+            )
+        closed_at = self._window_closed_at
+        self._window_start = start_s
+        self._window_s = length_s
+        self.keeps_windows = True
+        started_at = self._window_started_at(now)
+        if length_s is not None and closed_at < started_at < closed_at + length_s / 2:
+            # The window closed a little early (its start is seen later now): what refilled
+            # before the start belonged to the window before, whatever was spent since.
+            self._tat = max(self._tat, closed_at + self._burst * self._interval_s)
+            self._tat += started_at - closed_at
+            self._window_closed_at = started_at
+        self._set_burst(self._asked_burst, now=now)
+
+    def clear_windows(self, *, now: float) -> None:
+        """Refill continuously again (the windows were not shown after all)."""
+        if self.keeps_windows:
+            self.keeps_windows = False
+            self._window_s = None
+            self._set_burst(self._asked_burst, now=now)
+
+    def _window_started_at(self, now: float) -> float:
+        """When the window holding ``now`` started (-inf: before the first known start)."""
+        start, length_s = self._window_start, self._window_s
+        if now < start:
+            return -math.inf
+        if length_s is None:
+            return start
+        return start + math.floor((now - start) / length_s) * length_s
+
+    def _close_window(self, now: float) -> None:
+        """At the first look in a new window, drop what the last one left."""
+        if not self.keeps_windows:
+            return
+        started_at = self._window_started_at(now)
+        if started_at <= self._window_closed_at:
+            return
+        self._window_closed_at = started_at
+        self._tat = max(self._tat, started_at + self._burst * self._interval_s)
+
+    def _set_burst(self, burst: float, *, now: float) -> None:
+        self._asked_burst = burst
+        if self._window_s is not None:
+            burst = self._rate_per_s * self._window_s
+        if burst != self._burst:
+            # As full as it was: a deeper burst is room for later, not a refill now.
+            level = self._burst - max(0.0, self._tat - now) * self._rate_per_s
+            self._burst = burst
+            debt = burst - level
+            self._tat = now + debt * self._interval_s if debt > 0 else -math.inf
+        if self.keeps_windows:
+            self._close_window(now)
+
+    def _oversize_wait_s(self, now: float) -> float:
+        """A spend larger than a window's share goes at once if nothing went in this window
+        yet, else first in the window that starts once the debt is repaid."""
+        started_at = self._window_started_at(now)
+        empty_at_start = started_at + self._burst * self._interval_s
+        if self._tat <= empty_at_start + 1e-9:
+            return 0.0
+        assert self._window_s is not None  # (only with a length)
+        repaid_at = self._tat - self._burst * self._interval_s
+        start, length_s = self._window_start, self._window_s
+        next_start = start + math.ceil((repaid_at - start) / length_s - 1e-9) * length_s
+        return max(next_start, started_at + length_s) - now
 
     def set_rate(
         self, *, rate_per_s: float, burst: float, now: float, keep_level: bool = False
@@ -75,16 +198,24 @@ class TokenBucket:
             raise ConfigurationError(f"rate must be a positive number, got {rate_per_s!r}")
         if not (math.isfinite(burst) and burst > 0):
             raise ConfigurationError(f"burst must be a positive number, got {burst!r}")
+        if self.keeps_windows:
+            self._close_window(now)
+        asked = burst
+        if self._window_s is not None:
+            burst = rate_per_s * self._window_s
         debt = self.debt(now) if self._interval_s else 0.0
         if keep_level and burst < self._burst:
             debt = max(0.0, debt - (self._burst - burst))
         self._rate_per_s = rate_per_s
         self._interval_s = 1.0 / rate_per_s
         self._burst = burst
+        self._asked_burst = asked
         self._tat = now + debt * self._interval_s if debt > 0 else -math.inf
 
     def debt(self, now: float) -> float:
         """Units spent and not yet refilled (0 when the bucket is full)."""
+        if self.keeps_windows:
+            self._close_window(now)
         return max(0.0, self._tat - now) * self._rate_per_s
 
     def level(self, now: float) -> float:
@@ -93,6 +224,10 @@ class TokenBucket:
 
     def wait_s(self, *, now: float, cost: float) -> float:
         """Seconds until ``cost`` units may be spent (0.0: now)."""
+        if self.keeps_windows:
+            self._close_window(now)
+        if self._window_s is not None and cost > self._burst:
+            return self._oversize_wait_s(now)
         tat = self._tat if self._tat > now else now
         # Oversize spends are allowed only from a full bucket.
         ready = tat if cost > self._burst else tat + (cost - self._burst) * self._interval_s
@@ -100,12 +235,18 @@ class TokenBucket:
 
     def spend(self, *, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
+        if self.keeps_windows:
+            self._close_window(now)
         tat = self._tat if self._tat > now else now
         self._tat = tat + cost * self._interval_s
 
     def adjust(self, *, now: float, delta: float) -> None:
         """Charge (``delta`` > 0) or give back (< 0) units after the fact, e.g. once the real
         token usage is known. Giving back never makes the bucket fuller than full."""
+        if delta < 0 and self.keeps_windows:
+            return
+        if self.keeps_windows:
+            self._close_window(now)
         tat = self._tat if self._tat > now else now
         self._tat = tat + delta * self._interval_s
         if self._tat < now:
@@ -117,9 +258,14 @@ class TokenBucket:
         Used when the provider's headers say its bucket is emptier than ours (another client on
         the same key spends from it too): we then wait as it would make us wait.
         """
-        if self.level(now) > level:
+        if self.level(now) > level:  # (level() closed a window that ended)
             self._tat = now + (self._burst - level) * self._interval_s
 
     def __repr__(self) -> str:
         full = f"full at t={self._tat:.3f}" if math.isfinite(self._tat) else "full"
-        return f"<TokenBucket {self._rate_per_s:g}/s burst={self._burst:g} {full}>"
+        windows = ""
+        if self.keeps_windows:
+            windows = f" windows from t={self._window_start:.3f}"
+            if self._window_s is not None:
+                windows += f" every {self._window_s:g} s"
+        return f"<TokenBucket {self._rate_per_s:g}/s burst={self._burst:g} {full}{windows}>"

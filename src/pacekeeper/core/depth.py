@@ -34,6 +34,7 @@ True
 from __future__ import annotations
 
 import math
+from collections import deque
 
 __all__ = ["FixedWindows", "StatedDepth"]
 
@@ -49,6 +50,10 @@ _SAME_END_S = 0.05
 """Two resets that point at instants this close point at one: the network moves a request's
 arrival by a few ms to tens of ms."""
 _WINDOW_AGREEMENTS = 2
+_GAPS_KEPT = 3
+"""Gaps between the ends of successive windows that must agree before they give a length."""
+_GUARD_S = 0.02
+"""How much later than the quickest a request may reach the provider (see FixedWindows.grid)."""
 _AGREEMENT = 1.1
 """Bounds that cross by less than this factor still agree (clocks, the network, rounding)."""
 _SPREAD_TO_AGREE = 0.1
@@ -184,28 +189,113 @@ class FixedWindows:
     >>> windows.observe(sent_at=1.4, reset_s=0.9)
     >>> windows.fixed
     False
+
+    An answer to a request of an earlier window (it took longer than the later ones) is about
+    a window already gone, and neither agrees nor disagrees:
+
+    >>> windows = FixedWindows()
+    >>> for sent_at, reset_s in ((1.10, 0.90), (1.35, 0.65), (0.30, 0.70), (1.62, 0.38)):
+    ...     windows.observe(sent_at=sent_at, reset_s=reset_s)
+    >>> windows.fixed
+    True
     """
 
-    __slots__ = ("_agreements", "_end")
+    __slots__ = (
+        "_agreements",
+        "_confirmed_end",
+        "_end",
+        "_gaps",
+        "_length_s",
+        "_seen_twice",
+        "first_answer_at",
+        "fixed",
+    )
 
     def __init__(self) -> None:
         self._end = -math.inf
         self._agreements = 0
+        self._seen_twice = False
+        self._confirmed_end = -math.inf
+        self._gaps: deque[float] = deque(maxlen=_GAPS_KEPT)
+        self._length_s: float | None = None
+        self.first_answer_at = math.inf
+        self.fixed = False
+        """Whether the resets show fixed windows (set as readings come: read per answer)."""
+        """When the first reading of the budget came (the requests sent before it were sent
+        blind to its windows)."""
 
     @property
-    def fixed(self) -> bool:
-        return self._agreements >= _WINDOW_AGREEMENTS
+    def length_s(self) -> float | None:
+        """How long a window lasts: the middle one of the last gaps between the ends of
+        windows each seen twice, once three agree (within a tenth); None until they do. Once
+        known, a gap of a few windows (those between were not seen twice) counts as that
+        many gaps of one."""
+        return self._length_s
+
+    def _gap(self, gap_s: float) -> None:
+        gaps, length_s = self._gaps, self._length_s
+        if length_s is not None:
+            windows = round(gap_s / length_s)
+            if windows >= 1 and abs(gap_s - windows * length_s) <= length_s * (_AGREEMENT - 1):
+                gaps.append(gap_s / windows)
+                self._length_s = sorted(gaps)[len(gaps) // 2]
+                return
+            gaps.clear()
+            self._length_s = None
+        gaps.append(gap_s)
+        if len(gaps) == _GAPS_KEPT and max(gaps) <= min(gaps) * _AGREEMENT:
+            self._length_s = sorted(gaps)[len(gaps) // 2]
+
+    def grid(self) -> tuple[float, float | None] | None:
+        """``(start_s, length_s)``: when the latest window seen ends, on the clock of
+        ``sent_at`` (the next one starts then), a guard early, and how long windows last
+        (None: not shown yet, only that end is known); None until windows are shown.
+
+        The end seen is the latest of ``sent_at + reset_s`` in a window: each request reaches
+        the provider a little after we sent it, so the true end is later by at least the
+        quickest trip. The guard covers trips slower than that: a request sent within it may
+        be counted in either window, so it is counted in the later one.
+
+        >>> windows = FixedWindows()
+        >>> for k in range(5):
+        ...     windows.observe(sent_at=k + 0.10, reset_s=0.90)
+        ...     windows.observe(sent_at=k + 0.35, reset_s=0.65)
+        >>> windows.grid()
+        (4.98, 1.0)
+        """
+        if not self.fixed:
+            return None
+        return round(self._end - _GUARD_S, 9), self.length_s
 
     def observe(self, *, sent_at: float, reset_s: float | None) -> None:
         """Take the reset of an answer to a request sent (and counted) at ``sent_at``."""
         if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
             return
         end = sent_at + reset_s
-        if sent_at < self._end - _SAME_END_S:  # counted while the last window was open
-            if abs(end - self._end) <= _SAME_END_S:
+        if end < self._end - _SAME_END_S:
+            # A window before the latest (answers come back out of order): it shows nothing
+            # about the latest one.
+            return
+        counted_in_it = sent_at < self._end - _SAME_END_S  # while the last window was open
+        if abs(end - self._end) <= _SAME_END_S:
+            if counted_in_it:  # (sent at its very end, it agrees with any bucket)
                 self._agreements += 1
-                return
+                self.fixed = self._agreements >= _WINDOW_AGREEMENTS
+                self._seen_twice = True
+            # The latest end is the nearest to the true one (see grid).
+            self._end = max(self._end, end)
+            return
+        if counted_in_it:
             self._agreements = 0
+            self.fixed = False
+            self._gaps.clear()
+            self._length_s = None
+            self._confirmed_end = -math.inf
+        elif self._seen_twice:
+            if math.isfinite(self._confirmed_end):
+                self._gap(self._end - self._confirmed_end)
+            self._confirmed_end = self._end
+        self._seen_twice = False
         self._end = end
 
     def __repr__(self) -> str:

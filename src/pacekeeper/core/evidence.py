@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "budget_exhausted",
     "budgets_have_room",
+    "drain_to_first_window",
     "drain_to_headroom",
     "outlasts_a_minute",
     "output_budget_short",
@@ -34,6 +35,9 @@ __all__ = [
 # A per-minute budget is whole again within a minute of any use, however it is enforced; a
 # reset further away than this (with room for rounding and clock skew) is a longer window.
 _LONGEST_MINUTE_RESET_S = 90.0
+_SHORT_WINDOW_S = 40.0
+"""A budget whose remaining and reset add up to less than this many seconds of its stated
+rate is counted over a short window: a minute's bucket always adds up to a minute."""
 
 
 def outlasts_a_minute(reset_s: float | None) -> bool:
@@ -144,3 +148,51 @@ def drain_to_headroom(
     else:
         refilled = bucket.rate_per_s * elapsed_s
     bucket.drain_to(now=now, level=max(0.0, remaining - used_since + refilled + slack))
+
+
+def drain_to_first_window(
+    bucket: TokenBucket | None,
+    *,
+    now: float,
+    remaining: int,
+    reset_s: float,
+    elapsed_s: float,
+    used_since: float,
+) -> None:
+    """Drain a ``bucket`` just made from the first statement of its limit to what a careful
+    client knows of the provider's window, when that window is short.
+
+    ``remaining + rate x reset`` is about the provider's capacity: a minute's worth for a
+    bucket of a minute (OpenAI's), about a second's for a gateway that counts one-second
+    windows. Only the short one matters here: our burst (half a second) is then a large part
+    of the window, and before any answer from a window is back, nothing says how much of it
+    is left. So: while the counted window lasts (its reset not yet passed), no more than
+    ``remaining``, less what this lane sent after the counted request (``used_since``),
+    goes before it ends, and nothing refills before then (a fixed window's rule, cautious for
+    a bucket); once it has passed, the next window started at some moment since, as late as
+    now, and the bucket starts empty. A bucket made full spent its burst into a window that
+    had just started and then paced the rate through all of it: a window and a half.
+
+    >>> from pacekeeper.core.bucket import TokenBucket
+    >>> b = TokenBucket(rate_per_s=3300.0, burst=1650.0)  # 198,000 tpm, counted per second
+    >>> drain_to_first_window(
+    ...     b, now=0.0, remaining=2987, reset_s=0.38, elapsed_s=0.485, used_since=1301
+    ... )
+    >>> b.level(0.0)
+    0.0
+    >>> minute = TokenBucket(rate_per_s=3300.0, burst=1650.0)  # a minute's bucket: untouched
+    >>> drain_to_first_window(
+    ...     minute, now=0.0, remaining=196_000, reset_s=0.6, elapsed_s=0.7, used_since=1301
+    ... )
+    >>> minute.level(0.0)
+    1650.0
+    """
+    if bucket is None:
+        return
+    rate = bucket.rate_per_s
+    if max(0.0, remaining) / rate + reset_s > _SHORT_WINDOW_S:
+        return
+    if elapsed_s >= reset_s:
+        bucket.drain_to(now=now, level=0.0)
+        return
+    bucket.drain_to(now=now, level=remaining - used_since - rate * (reset_s - elapsed_s))

@@ -1,0 +1,283 @@
+"""Tokens counted in fixed windows: what a lane sends into a window it has no answer from yet.
+
+A provider that counts tokens in fixed one-second windows and says so through its headers
+(``remaining`` of the window, ``reset`` to its end, the limit per minute) refuses the request
+that would overfill a window. A token bucket that refills continuously carries what one window
+left into the next: a request's worth on top of a full window. Once the resets show the
+windows, the bucket keeps to them (:meth:`pacekeeper.core.bucket.TokenBucket.set_windows`).
+Driven on a simulated clock, as tests/core/test_controller_property.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacekeeper.core.bucket import TokenBucket
+from pacekeeper.core.classify import classify_response
+from pacekeeper.core.config import Limits, RetryPolicy
+from pacekeeper.core.depth import FixedWindows
+from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
+
+_STEP_S = 0.005
+_MAX_TOKENS = 256
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TokenWindows:
+    """Tokens in fixed windows of ``window_s`` from ``origin_s``, ``tpm`` a minute."""
+
+    def __init__(self, tpm: float, window_s: float, origin_s: float) -> None:
+        self.capacity = tpm / 60.0 * window_s
+        self.window_s = window_s
+        self.origin_s = origin_s
+        self.window = -1
+        self.spent = 0.0
+
+    def _roll(self, now: float) -> None:
+        window = math.floor((now - self.origin_s) / self.window_s)
+        if window != self.window:
+            self.window, self.spent = window, 0.0
+
+    def take(self, cost: float, now: float) -> tuple[bool, int, float]:
+        """Count a request at ``now``: (accepted, remaining after it, seconds to the end)."""
+        self._roll(now)
+        accepted = self.spent + cost <= self.capacity
+        if accepted:
+            self.spent += cost
+        end = self.origin_s + (self.window + 1) * self.window_s
+        return accepted, max(0, math.floor(self.capacity - self.spent)), end - now
+
+
+def _go_duration(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds * 1000.0 - 1e-6))}ms"
+
+
+def _run(
+    *,
+    tpm: float,
+    origin_s: float,
+    seed: int,
+    run_s: float = 20.0,
+    trip_s: float = 0.004,
+    first_trip_s: float = 0.004,
+) -> tuple[list[float], float, float]:
+    """A lane with a backlog against token windows; (when refusals came, the tokens accepted
+    from 5 s on, when the first answer came). Requests reach the provider ``trip_s`` (+ up to 10 ms)
+    after they leave; answers take 0.3-0.9 s, a refusal comes back at once."""
+    rng = random.Random(seed)
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    provider = _TokenWindows(tpm, 1.0, origin_s)
+    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    refusals: list[float] = []
+    accepted_late = 0.0
+    first_answer_at = math.inf
+    cost = _MAX_TOKENS + rng.randint(50, 500)
+    while clock.now < run_s:
+        now = clock.now
+        answers.sort(key=lambda answer: answer[0])
+        while answers and answers[0][0] <= now:
+            _, permit, headers, accepted = answers.pop(0)
+            first_answer_at = min(first_answer_at, now)
+            verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
+            lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
+        while lane._try_admit(now, cost) == 0.0:
+            permit = lane._grant(now, cost, now)
+            trip = first_trip_s if lane._admitted == 1 else trip_s
+            counted_at = now + trip + rng.uniform(0.0, 0.01)
+            accepted, remaining, reset_s = provider.take(cost, counted_at)
+            headers = {
+                "x-ratelimit-limit-tokens": str(int(tpm)),
+                "x-ratelimit-remaining-tokens": str(remaining),
+                "x-ratelimit-reset-tokens": _go_duration(reset_s),
+            }
+            if accepted:
+                answer_at = counted_at + rng.uniform(0.3, 0.9)
+                if counted_at >= 5.0:
+                    accepted_late += cost
+            else:
+                headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
+                refusals.append(counted_at)
+                answer_at = counted_at + trip_s
+            answers.append((answer_at, permit, headers, accepted))
+            cost = _MAX_TOKENS + rng.randint(50, 500)
+        clock.now = round(now + _STEP_S, 6)
+    return refusals, accepted_late, first_answer_at
+
+
+@given(
+    tpm=st.sampled_from([180_000.0, 240_000.0, 300_000.0]),
+    origin_s=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=12, deadline=None)
+def test_once_the_windows_show_no_window_is_overfilled(
+    tpm: float, origin_s: float, seed: int
+) -> None:
+    """From the third second on (the resets of two windows show them), no request is refused,
+    and the windows still carry at least 0.85 of what they hold (a window wastes what is left
+    under one more request: 300-750 tokens of 3000-5000). On main, 2 of 40 such draws were
+    refused after 3 s (here the estimates are exact: in the simulator, where they are not,
+    1-3 per 10-s run)."""
+    refusals, accepted_late, _ = _run(tpm=tpm, origin_s=origin_s, seed=seed)
+    late = [t for t in refusals if t >= 3.0]
+    assert not late, f"refused at {[round(t, 2) for t in late]} s"
+    assert accepted_late >= 0.85 * tpm / 60.0 * 15.0
+
+
+def test_a_window_s_leftover_is_not_carried_into_the_next() -> None:
+    bucket = TokenBucket(rate_per_s=3000.0, burst=1500.0)
+    bucket.set_windows(start_s=0.5, length_s=1.0, now=0.0)
+    spent = 0.0
+    now = 0.5
+    while now < 1.5:  # paced through one window, 700 at a time: 4 fit, 200 left
+        if bucket.wait_s(now=now, cost=700.0) == 0.0:
+            bucket.spend(now=now, cost=700.0)
+            spent += 700.0
+        now = round(now + 0.001, 6)
+    assert spent == 2800.0
+    # At the window's end the 200 left are gone: the next window holds 3000 again, no more.
+    assert bucket.level(1.5) <= 1e-6
+    assert bucket.wait_s(now=1.5, cost=700.0) > 0.2
+
+
+def test_a_spend_larger_than_a_window_goes_first_in_a_window() -> None:
+    bucket = TokenBucket(rate_per_s=100.0, burst=50.0)
+    bucket.set_windows(start_s=0.0, length_s=1.0, now=0.0)
+    bucket.spend(now=0.2, cost=20.0)
+    assert bucket.wait_s(now=0.3, cost=250.0) == 1.0 - 0.3  # never starves: the next window
+    bucket.spend(now=1.0, cost=250.0)
+    assert bucket.wait_s(now=1.0, cost=10.0) > 1.0  # its debt is repaid by later windows
+
+
+def test_out_of_order_answers_neither_agree_nor_disagree() -> None:
+    windows = FixedWindows()
+    windows.observe(sent_at=10.1, reset_s=0.9)
+    windows.observe(sent_at=10.6, reset_s=0.4)
+    windows.observe(sent_at=9.5, reset_s=0.5)  # a slow answer from the window before
+    windows.observe(sent_at=10.8, reset_s=0.2)
+    assert windows.fixed
+
+
+def test_a_window_length_needs_three_gaps_that_agree() -> None:
+    windows = FixedWindows()
+    for k, length_s in enumerate((1.0, 1.0, 1.0, 1.0)):
+        windows.observe(sent_at=k * length_s + 0.2, reset_s=0.8)
+        windows.observe(sent_at=k * length_s + 0.5, reset_s=0.5)
+    assert windows.length_s is None  # 3 windows closed, 2 gaps
+    windows.observe(sent_at=4.2, reset_s=0.8)
+    assert windows.length_s == 1.0
+
+
+@given(
+    tpm=st.sampled_from([180_000.0, 240_000.0, 300_000.0]),
+    origin_s=st.floats(0.0, 0.999),
+    first_trip_s=st.floats(0.004, 0.1),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_the_window_of_the_first_answer_is_not_overfilled(
+    tpm: float, origin_s: float, first_trip_s: float, seed: int
+) -> None:
+    """Before the first answer a lane knows no limit and sends its first 4 requests; the first
+    answer states the limit per minute and what was left of a window that has often ended by
+    then. The token bucket made from it starts as the window allows (empty, if it ended), not
+    full: full, it sent half a second's burst into the window that had just begun and paced
+    the rate through the rest of it, and the window refused (on main, 16 of 30 such draws;
+    with the windows kept but the bucket made full, 10)."""
+    refusals, _, first_answer_at = _run(
+        tpm=tpm, origin_s=origin_s, seed=seed, run_s=3.0, first_trip_s=first_trip_s
+    )
+    # Up to the end of the window the first answer came in.
+    window_ends_at = origin_s + math.floor(first_answer_at - origin_s) + 1.0
+    early = [t for t in refusals if t < window_ends_at]
+    assert not early, f"refused at {[round(t, 2) for t in early]} s"
+
+
+class _HalvingBucket:
+    """A continuously refilling bucket of one second of ``rpm``, stated OpenAI's way
+    (remaining scaled to the minute's limit, reset to full in ms), halved at ``halve_at``."""
+
+    def __init__(self, rpm: float, halve_at: float) -> None:
+        self.rpm = rpm
+        self.level = rpm / 60.0
+        self.updated = 0.0
+        self.halve_at = halve_at
+
+    def _refill(self, now: float) -> None:
+        if self.halve_at <= now and self.rpm > 0 and self.halve_at >= 0:
+            self._top_up(self.halve_at)
+            self.rpm /= 2.0
+            self.level = min(self.level, self.rpm / 60.0)
+            self.halve_at = -1.0
+        self._top_up(now)
+
+    def _top_up(self, now: float) -> None:
+        rate = self.rpm / 60.0
+        self.level = min(rate, self.level + (now - self.updated) * rate)
+        self.updated = now
+
+    def take(self, now: float) -> dict[str, str]:
+        """Headers of the answer to a request counted at ``now``; a refusal's add
+        ``retry-after-ms``."""
+        self._refill(now)
+        rate = self.rpm / 60.0
+        accepted = self.level >= 1.0
+        if accepted:
+            self.level -= 1.0
+        headers = {
+            "x-ratelimit-limit-requests": str(round(self.rpm)),
+            "x-ratelimit-remaining-requests": str(math.floor(self.level / rate * self.rpm)),
+            "x-ratelimit-reset-requests": _go_duration((rate - self.level) / rate),
+        }
+        if not accepted:
+            headers["retry-after-ms"] = str(math.ceil((1.0 - self.level) / rate * 1000))
+        return headers
+
+
+def test_a_hinted_429_from_a_continuous_bucket_holds_the_lane_for_the_hint_not_the_burst() -> None:
+    """A 1-s bucket of 940/min that halves while answers take a second: the lane sends at the
+    old rate for a round trip and one request is refused, with a hint of a few ms. The burst
+    it then halves owes no debt to a bucket that refills all along: the next request goes a
+    request's time (1/7.8 s) after the hint, where the halved burst's debt held the lane
+    0.37 s."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    provider = _HalvingBucket(940.0, halve_at=4.0)
+    answers: list[tuple[float, Permit, dict[str, str]]] = []
+    sends: list[float] = []
+    refused_at: list[float] = []
+    while clock.now < 8.0:
+        now = clock.now
+        answers.sort(key=lambda answer: answer[0])
+        while answers and answers[0][0] <= now:
+            _, permit, headers = answers.pop(0)
+            status = 429 if "retry-after-ms" in headers else 200
+            if status == 429:
+                refused_at.append(now)
+            verdict = classify_response(status, headers, None, now_wall_s=0.0)
+            lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            permit = lane._grant(now, 0, now)
+            sends.append(now)
+            headers = provider.take(now)
+            late_s = 0.005 if "retry-after-ms" in headers else 1.0
+            answers.append((now + late_s, permit, headers))
+        clock.now = round(now + _STEP_S, 6)
+    assert refused_at, "the halving drew no 429: the test shows nothing"
+    first = refused_at[0]
+    resumed = min(s for s in sends if s > first)
+    assert resumed - first < 0.2, f"held {resumed - first:.2f} s after a 429 hinted a few ms"
