@@ -63,7 +63,14 @@ from pacekeeper.core.queue import WaitQueue, bounded_by_deadline
 from pacekeeper.core.rate import PacedRate
 from pacekeeper.core.scale import EstimateScale
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
-from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout, ThreadWaiter, Waiter
+from pacekeeper.core.waiting import (
+    AsyncWaiter,
+    QueueTimeout,
+    ThreadWaiter,
+    Waiter,
+    cancels_requested,
+    raise_if_cancelled_since,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -967,8 +974,9 @@ class Lane:
         if isinstance(look, (Permit, float)):
             return look
         ask, charged = look
+        cancels = cancels_requested()
         reply = await ask.send()
-        return self._answered(
+        turn = self._answered(
             waiter,
             reply,
             charged,
@@ -976,6 +984,13 @@ class Lane:
             output_tokens=output_tokens,
             deadline=deadline,
         )
+        try:
+            raise_if_cancelled_since(cancels)
+        except BaseException:
+            if isinstance(turn, Permit):
+                turn.release()
+            raise
+        return turn
 
     def _ask_sync(
         self,

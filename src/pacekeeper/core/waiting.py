@@ -80,6 +80,23 @@ class ThreadWaiter:
         self._event.set()
 
 
+def cancels_requested() -> int:
+    """How many times the running task was asked to cancel (0 where asyncio cannot say:
+    Python 3.10, or outside a task)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return 0 if cancelling is None else int(cancelling())
+
+
+def raise_if_cancelled_since(cancels: int) -> None:
+    """Raise CancelledError if the running task was asked to cancel since it counted
+    ``cancels`` (:func:`cancels_requested`) and the request did not reach it: a store's client
+    that finishes its command through a cancellation (redis-py can) must not turn a
+    cancelled request into one that waits on."""
+    if cancels_requested() > cancels:
+        raise asyncio.CancelledError
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
