@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             save()  # a crash later still leaves every finished scenario on disk
         if args.only in (None, "overhead"):
             results["overhead"] = measure_overhead(quick=args.quick, workdir=workdir)
+            results["overhead"]["measured"] = {
+                key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
+            }
             save()
         if args.only in (None, "sharing"):
             results["sharing"] = measure_sharing(quick=args.quick)

@@ -339,8 +339,7 @@ def _summary(
                     "measure": f"floor: {floor['requests']:,} plain SDK calls stalled at a "
                     "transport that never answers",
                     "value": f"{floor['growth_mb']:.0f} MB ({floor['per_request_kb']:.2f} kB "
-                    f"each): pacekeeper adds "
-                    f"{queued['per_request_kb'] - floor['per_request_kb']:.2f} kB per request",
+                    f"each): {_against_floor(queued['per_request_kb'], floor['per_request_kb'])}",
                 }
             )
             lines.append(
@@ -357,8 +356,12 @@ def _summary(
                 f"{_RSS_TARGET_MB:g} MB",
                 "measured": f"{queued['growth_mb']:.0f} MB"
                 + (
-                    f" (the SDK calls themselves: {own_floor_mb:.0f} MB; pacekeeper's own: "
-                    f"{queued['growth_mb'] - own_floor_mb:.0f} MB)"
+                    f" (as many calls stalled inside the SDK: {own_floor_mb:.0f} MB; "
+                    + (
+                        f"pacekeeper's own: {queued['growth_mb'] - own_floor_mb:.0f} MB)"
+                        if queued["growth_mb"] >= own_floor_mb
+                        else "a call queued in pacekeeper waits before the SDK builds its request)"
+                    )
                     if own_floor_mb is not None
                     else ""
                 ),
@@ -394,3 +397,14 @@ def _summary(
         }
     )
     return {"lines": lines, "targets": targets}
+
+
+def _against_floor(queued_kb: float, floor_kb: float) -> str:
+    """A queued call against one stalled inside the SDK: before issue 15's admission at the
+    SDK method a queued call held the SDK's request and more; now it waits before it."""
+    if queued_kb >= floor_kb:
+        return f"pacekeeper adds {queued_kb - floor_kb:.2f} kB per request"
+    return (
+        f"a call queued in pacekeeper holds {floor_kb - queued_kb:.2f} kB less (it waits before "
+        "the SDK builds its request)"
+    )
