@@ -37,6 +37,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
+from asyncio import CancelledError
 from collections import Counter, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
@@ -68,8 +69,8 @@ from pacekeeper.core.waiting import (
     QueueTimeout,
     ThreadWaiter,
     Waiter,
+    cancelled_since,
     cancels_requested,
-    raise_if_cancelled_since,
 )
 
 if TYPE_CHECKING:
@@ -984,12 +985,10 @@ class Lane:
             output_tokens=output_tokens,
             deadline=deadline,
         )
-        try:
-            raise_if_cancelled_since(cancels)
-        except BaseException:
+        if cancelled_since(cancels):
             if isinstance(turn, Permit):
-                turn.release()
-            raise
+                turn.release()  # granted in the reply to a request already cancelled
+            raise CancelledError
         return turn
 
     def _ask_sync(

@@ -88,13 +88,11 @@ def cancels_requested() -> int:
     return 0 if cancelling is None else int(cancelling())
 
 
-def raise_if_cancelled_since(cancels: int) -> None:
-    """Raise CancelledError if the running task was asked to cancel since it counted
-    ``cancels`` (:func:`cancels_requested`) and the request did not reach it: a store's client
-    that finishes its command through a cancellation (redis-py can) must not turn a
-    cancelled request into one that waits on."""
-    if cancels_requested() > cancels:
-        raise asyncio.CancelledError
+def cancelled_since(cancels: int) -> bool:
+    """Whether the running task was asked to cancel since it counted ``cancels``
+    (:func:`cancels_requested`): a store's client that finishes its command through a
+    cancellation (redis-py can) must not turn a cancelled request into one that waits on."""
+    return cancels_requested() > cancels
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
