@@ -30,6 +30,7 @@ PUBLIC = {
     "Price",
     "PriceTier",
     "QueueWaitStats",
+    "RecordCollector",
     "RecordHook",
     "RedisBackend",
     "RequestFailed",

@@ -40,7 +40,12 @@ if TYPE_CHECKING:
     from pacekeeper.core.governor import Admission, Call, Governor
     from pacekeeper.core.ordered import amap
     from pacekeeper.core.priority import Priority, priority
-    from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
+    from pacekeeper.core.records import (
+        AttemptRecord,
+        RecordCollector,
+        RecordHook,
+        RequestRecord,
+    )
     from pacekeeper.core.stats import QueueWaitStats, StatsSnapshot
     from pacekeeper.core.testing import is_testing, set_testing
     from pacekeeper.core.tokens import TokenEstimate, estimate_request_tokens, warm_up
@@ -79,6 +84,7 @@ __all__ = [
     "Price",
     "PriceTier",
     "QueueWaitStats",
+    "RecordCollector",
     "RecordHook",
     "RedisBackend",
     "RequestFailed",
@@ -140,6 +146,7 @@ _HOMES = {
     "Governor": "pacekeeper.core.governor",
     "amap": "pacekeeper.core.ordered",
     "AttemptRecord": "pacekeeper.core.records",
+    "RecordCollector": "pacekeeper.core.records",
     "RecordHook": "pacekeeper.core.records",
     "RequestRecord": "pacekeeper.core.records",
     "QueueWaitStats": "pacekeeper.core.stats",

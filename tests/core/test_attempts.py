@@ -19,12 +19,11 @@ import pytest
 
 import pacekeeper
 from pacekeeper import (
-    AttemptRecord,
     Attempts,
     Governor,
     Limits,
     NonRetryableError,
-    RequestRecord,
+    RecordCollector,
     RetriesExhausted,
     RetryPolicy,
 )
@@ -128,18 +127,6 @@ class Scripted:
         self.server.server_close()
 
 
-class Records:
-    def __init__(self) -> None:
-        self.attempts: list[AttemptRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        self.attempts.append(record)
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
 @pytest.fixture
 def instant() -> Iterator[None]:
     pacekeeper.set_testing(True)
@@ -157,7 +144,7 @@ def in_flight(gov: Governor) -> int:
 
 @pytest.mark.usefixtures("instant")
 async def test_the_transport_retries_through_the_loop_until_an_answer() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     with Scripted(error(503), drop, answer(200)) as server:
         async with governed(gov, server) as client:
@@ -173,7 +160,7 @@ async def test_the_transport_retries_through_the_loop_until_an_answer() -> None:
 
 @pytest.mark.usefixtures("instant")
 async def test_an_answer_a_retry_cannot_change_ends_the_loop_at_once() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     with Scripted(error(400)) as server:
         async with governed(gov, server) as client:
@@ -185,7 +172,7 @@ async def test_an_answer_a_retry_cannot_change_ends_the_loop_at_once() -> None:
 
 
 async def test_a_request_cancelled_in_its_retry_pause_frees_everything_and_is_recorded() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])  # real pauses: the server asks for 30 s
     with Scripted(error(503, retry_after="30")) as server:
         async with governed(gov, server) as client:
@@ -222,7 +209,7 @@ async def test_a_dropped_connection_that_is_not_retried_carries_the_loops_reason
 
 
 async def test_a_stream_is_settled_when_it_ends_not_when_it_is_handed_over() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     gate = threading.Event()
     body = {**BODY, "stream": True}
@@ -245,7 +232,7 @@ async def test_a_stream_is_settled_when_it_ends_not_when_it_is_handed_over() -> 
 
 @pytest.mark.usefixtures("instant")
 def test_the_sync_transport_drives_the_blocking_twin() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     with Scripted(error(502), answer(200)) as server:
         transport = pacekeeper.SyncTransport(gov)
@@ -265,7 +252,7 @@ class SdkError(Exception):
 
 @pytest.mark.usefixtures("instant")
 async def test_run_maps_what_fn_raises_through_the_loop() -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     with Scripted(error(503), answer(200), error(400)) as server:
         async with httpx2.AsyncClient(base_url=server.url) as client:
@@ -346,7 +333,7 @@ async def test_a_queued_admission_is_the_loop_itself_woken_in_turn_or_cancelled(
     """While it waits, a queued request's task awaits its Attempts (no coroutine of the loop's
     or of the lane's, whose frames would hold their locals); a release wakes the next in
     line, which is admitted; a cancelled one leaves the queue and is recorded once."""
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(concurrency=1), hooks=[records])
     first = Attempts(gov.call(route=CHAT, model="m", tokens=10))
     await anext(first)

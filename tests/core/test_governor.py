@@ -11,11 +11,10 @@ import pytest
 
 import pacekeeper
 from pacekeeper import (
-    AttemptRecord,
     Governor,
     Limits,
     NonRetryableError,
-    RequestRecord,
+    RecordCollector,
     RequestTooLarge,
     RetriesExhausted,
     RetryBudgetExhausted,
@@ -32,20 +31,8 @@ def verdict(status: int, headers: dict[str, str] | None = None, body: bytes | No
     return classify_response(status, headers or {}, body, now_wall_s=time.time())
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.attempts: list[AttemptRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        self.attempts.append(record)
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
 async def test_a_non_retryable_answer_ends_the_request_after_one_attempt() -> None:
-    hooks = Collect()
+    hooks = RecordCollector()
     gov = Governor(hooks=[hooks])
     call = gov.call(route="/v1/chat/completions", model="m", tokens=10)
     permit = await call.admit()
@@ -355,7 +342,7 @@ async def test_a_bare_429_that_filled_the_window_teaches_a_cap_not_a_rate() -> N
 
 
 async def test_admit_reports_an_outcome_for_code_without_httpx() -> None:
-    hooks = Collect()
+    hooks = RecordCollector()
     gov = Governor(limits=Limits(concurrency=1), hooks=[hooks])
     async with gov.admit(route="/v1/chat/completions", model="m", tokens=100) as attempt:
         assert gov.lane("/v1/chat/completions", "m").slots.in_flight == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper import Governor, RecordCollector
 from pacekeeper.batch import BatchJob, run_batch
 from pacekeeper.providers import PROVIDERS, get_provider
 from pacekeeper.sim import Scenario
@@ -19,17 +19,6 @@ from pacekeeper.sim import Scenario
 from .cli import base_env, read_results, run_cli, write_lines
 from .conftest import StartUpstream
 from .upstream import KEY
-
-
-class Records:
-    def __init__(self) -> None:
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        pass
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
 
 
 def read_any(path: Path) -> list[dict[str, Any]]:
@@ -199,7 +188,7 @@ async def test_bearer_providers_send_their_key_and_join_their_routes(
         provider=provider,
         model="some-model",
     )
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     result = await run_batch(job, gov)
     assert result.succeeded == 1

@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper import Governor, RecordCollector
 from pacekeeper.proxy import Proxy, ProxyConfig
 from pacekeeper.sim import Scenario
 
@@ -24,17 +24,6 @@ from .upstream import KEY
 CLIENT_TOKEN = "client-token-not-the-upstream-key"
 #: The simulator answers (upstream.py only checks the key and records what came).
 SIM = Scenario()
-
-
-class Records:
-    def __init__(self) -> None:
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        pass
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
 
 
 @pytest.fixture
@@ -47,8 +36,8 @@ def proxies() -> Iterator[list[Proxy]]:
 
 def start_proxy(
     started: list[Proxy], upstream: str, provider: str, **options: Any
-) -> tuple[Proxy, Records]:
-    records = Records()
+) -> tuple[Proxy, RecordCollector]:
+    records = RecordCollector()
     config = ProxyConfig(
         upstream=upstream,
         port=0,

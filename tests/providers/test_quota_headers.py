@@ -9,23 +9,12 @@ import asyncio
 import openai
 
 import pacekeeper
-from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper import Governor, RecordCollector
 from pacekeeper.core.config import Limits
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.sim import ModelLimits, Scenario, Simulator
 
 CHAT = "/v1/chat/completions"
-
-
-class Attempts:
-    def __init__(self) -> None:
-        self.records: list[AttemptRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        self.records.append(record)
-
-    def on_request(self, record: RequestRecord) -> None:
-        pass
 
 
 def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> None:
@@ -60,7 +49,7 @@ def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> No
 async def test_groq_headers_pace_at_the_unstated_minute_limit_not_the_daily_quota() -> None:
     # 240 rpm enforced but stated nowhere; 100,000 requests per day stated as Groq states them.
     scenario = Scenario(default=ModelLimits(rpm=240, rpd=100_000), rate_limit_headers="groq")
-    attempts = Attempts()
+    attempts = RecordCollector()
     with Simulator(scenario) as sim:
         gov = Governor(hooks=[attempts])
         client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="gsk-test"), gov)
@@ -76,6 +65,6 @@ async def test_groq_headers_pace_at_the_unstated_minute_limit_not_the_daily_quot
     assert lane.learned_rpm is None  # the day's 100,000 never became a per-minute ceiling
     assert lane.discovered_rpm is not None
     assert lane.discovered_rpm < 400  # found near the real 240, far below 100,000
-    throttled = sum(1 for r in attempts.records if r.status == 429)
+    throttled = sum(1 for r in attempts.attempts if r.status == 429)
     assert throttled <= 12  # finding the rate costs a few 429s, not a storm
-    assert sum(1 for r in attempts.records if r.status == 200) == 120
+    assert sum(1 for r in attempts.attempts if r.status == 200) == 120

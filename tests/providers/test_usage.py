@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import pacekeeper
-from pacekeeper import AttemptRecord, Governor, RequestRecord
+from pacekeeper import Governor, RecordCollector
 from pacekeeper.transports._engine import (
     UsageChunkFilter,
     UsageScanner,
@@ -29,20 +29,8 @@ from .conftest import StartUpstream
 from .upstream import KEY, USAGE_ANTHROPIC, USAGE_OPENAI, USAGE_RESPONSES
 
 
-class Records:
-    def __init__(self) -> None:
-        self.attempts: list[AttemptRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        self.attempts.append(record)
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
-def governed() -> tuple[Governor, Records]:
-    records = Records()
+def governed() -> tuple[Governor, RecordCollector]:
+    records = RecordCollector()
     return Governor(hooks=[records]), records
 
 

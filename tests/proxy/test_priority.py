@@ -10,7 +10,13 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from pacekeeper import ConfigurationError, Governor, Limits, Priority, RequestRecord
+from pacekeeper import (
+    ConfigurationError,
+    Governor,
+    Limits,
+    Priority,
+    RecordCollector,
+)
 from pacekeeper.core.records import AttemptRecord
 from pacekeeper.proxy import ProxyConfig
 from pacekeeper.proxy._cli import describe_classes
@@ -26,22 +32,11 @@ def body(i: int) -> dict[str, object]:
     return {"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}]}
 
 
-class _Records:
-    def __init__(self) -> None:
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        pass
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
 async def test_interactive_overtakes_a_queue_of_batch_requests(
     start_sim: StartSim, start_proxy: StartProxy
 ) -> None:
     sim = start_sim(Scenario(latency=Latency(ttft_s=0.1)))
-    records = _Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(concurrency=1, min_share=0.0), hooks=[records])
     proxy = start_proxy(sim, gov)
     url = proxy.base_url + "/chat/completions"
@@ -94,7 +89,7 @@ async def test_a_token_binds_its_tenant_and_its_highest_class(
     start_sim: StartSim, start_proxy: StartProxy
 ) -> None:
     sim = start_sim()
-    records = _Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     tenants = (
         TenantToken(tenant="nightly", token="tok-nightly", priority=Priority.BATCH),
@@ -245,7 +240,7 @@ async def test_tenant_weights_bound_to_tokens_share_a_class_2_to_1(
     sim = start_sim(Scenario(latency=Latency(ttft_s=0.05)))
     order: list[str | None] = []
 
-    class Order(_Records):
+    class Order(RecordCollector):
         def on_attempt(self, record: AttemptRecord) -> None:
             order.append(record.tenant)
 

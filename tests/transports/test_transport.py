@@ -18,22 +18,10 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 import pacekeeper
-from pacekeeper import AttemptRecord, Governor, Limits, RequestRecord, RetryPolicy
+from pacekeeper import Governor, Limits, RecordCollector, RetryPolicy
 from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
 
 CHAT = "/v1/chat/completions"
-
-
-class Records:
-    def __init__(self) -> None:
-        self.attempts: list[AttemptRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    def on_attempt(self, record: AttemptRecord) -> None:
-        self.attempts.append(record)
-
-    def on_request(self, record: RequestRecord) -> None:
-        self.requests.append(record)
 
 
 def messages(i: int) -> list[ChatCompletionMessageParam]:
@@ -54,7 +42,7 @@ def client_for(sim: Simulator, gov: Governor, **kwargs: Any) -> openai.AsyncOpen
 @pytest.mark.slow
 @pytest.mark.parametrize("sim", [Scenario(default=ModelLimits(rpm=100_000))], indirect=True)
 async def test_pacing_holds_a_configured_rpm(sim: Simulator) -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(rpm=600, burst_s=0.1), hooks=[records])  # 10/s, burst 1
     client = client_for(sim, gov)
     await asyncio.gather(
@@ -102,7 +90,7 @@ async def test_a_non_retryable_status_is_sent_exactly_once(sim: Simulator) -> No
 
 @pytest.mark.parametrize("sim", [Scenario(faults=Faults(insufficient_quota=1.0))], indirect=True)
 async def test_insufficient_quota_is_reported_and_not_retried(sim: Simulator) -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     client = client_for(sim, gov)
     with pytest.raises(openai.RateLimitError):
@@ -117,7 +105,7 @@ async def test_insufficient_quota_is_reported_and_not_retried(sim: Simulator) ->
 async def test_retry_after_is_honoured(sim: Simulator) -> None:
     # Learning is off, so the governor does not pace and the second request meets a 429
     # whose retry-after-ms says when the bucket has room again.
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(learn_from_headers=False, concurrency=2), hooks=[records])
     client = client_for(sim, gov)
     await asyncio.gather(
@@ -137,7 +125,7 @@ async def test_retry_after_is_honoured(sim: Simulator) -> None:
 async def test_the_retry_budget_stops_a_storm_against_a_dead_upstream(sim: Simulator) -> None:
     pacekeeper.set_testing(True)  # no backoff sleeps; the budget alone must bound retries
     try:
-        records = Records()
+        records = RecordCollector()
         policy = RetryPolicy(max_attempts=6, retry_budget_ratio=0.2, retry_budget_initial=10)
         gov = Governor(limits=Limits(concurrency=10), retry=policy, hooks=[records])
         client = client_for(sim, gov)
@@ -178,7 +166,7 @@ async def test_cancelling_callers_frees_their_slots_and_queue_places(sim: Simula
 
 @pytest.mark.parametrize("sim", [Scenario(latency=Latency(per_token_s=0.002))], indirect=True)
 async def test_a_stream_holds_its_slot_until_closed_and_reports_usage(sim: Simulator) -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(concurrency=1), hooks=[records])
     client = client_for(sim, gov)
     lane = gov.lane(CHAT, "m")
@@ -326,7 +314,7 @@ async def test_no_key_in_logs_records_or_errors(
     sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "sk-live-THIS-MUST-NOT-LEAK-1234567890"
-    records = Records()
+    records = RecordCollector()
     gov = Governor(hooks=[records])
     client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key=secret), gov)
     with caplog.at_level(logging.DEBUG):
@@ -413,7 +401,7 @@ def live_requests() -> int:
 async def test_wrap_admits_at_the_sdk_method_so_queued_calls_hold_no_request(
     sim: Simulator,
 ) -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(concurrency=2), hooks=[records])
     client = client_for(sim, gov)
     before = live_requests()
@@ -440,7 +428,7 @@ async def test_wrap_admits_at_the_sdk_method_so_queued_calls_hold_no_request(
 async def test_method_admission_with_one_slot_retries_without_waiting_on_itself(
     sim: Simulator,
 ) -> None:
-    records = Records()
+    records = RecordCollector()
     gov = Governor(
         limits=Limits(concurrency=1),
         hooks=[records],
@@ -461,7 +449,7 @@ async def test_method_admission_with_one_slot_retries_without_waiting_on_itself(
 async def test_the_azure_client_is_admitted_on_its_deployment_lane(sim: Simulator) -> None:
     # The Azure client moves the path under /deployments/{model}/ as it builds the request:
     # admitted there (by the transport), never on the method's lane.
-    records = Records()
+    records = RecordCollector()
     gov = Governor(limits=Limits(concurrency=1), hooks=[records])
     client = pacekeeper.wrap(
         openai.AsyncAzureOpenAI(

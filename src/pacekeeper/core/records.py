@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["AttemptRecord", "RecordHook", "RequestRecord"]
+__all__ = ["AttemptRecord", "RecordCollector", "RecordHook", "RequestRecord"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,3 +108,37 @@ class RecordHook(Protocol):
     def on_attempt(self, record: AttemptRecord) -> None: ...
 
     def on_request(self, record: RequestRecord) -> None: ...
+
+
+class RecordCollector:
+    """A hook that keeps every record it is handed, in order: for tests and notebooks.
+
+    >>> from pacekeeper import Governor
+    >>> collector = RecordCollector()
+    >>> gov = Governor(hooks=[collector])
+    >>> collector
+    <RecordCollector attempts=0 requests=0>
+
+    It holds every record it is given, so it grows with the work: for a long run, write a hook
+    that aggregates (or use the reports and metrics) instead.
+    """
+
+    __slots__ = ("attempts", "requests")
+
+    def __init__(self) -> None:
+        self.attempts: list[AttemptRecord] = []
+        self.requests: list[RequestRecord] = []
+
+    def on_attempt(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+    def clear(self) -> None:
+        """Forget what was collected so far."""
+        self.attempts.clear()
+        self.requests.clear()
+
+    def __repr__(self) -> str:
+        return f"<RecordCollector attempts={len(self.attempts)} requests={len(self.requests)}>"
