@@ -450,8 +450,9 @@ def test_a_provisional_cap_is_tried_after_a_round_trip_and_a_refused_try_confirm
         aimd.release(
             now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
         )
-    # Confirmed, it is probed as any cap is: after 10 s, not ever less often for the test.
-    assert t - confirmed_at == pytest.approx(AimdLimit.first_probe_after_s, abs=0.15)
+    # Confirmed by a refused try one above it: that was a probe, refused, so the next one
+    # waits twice the first (it was 10 s, and each probe past a real cap is a 429).
+    assert t - confirmed_at == pytest.approx(2 * AimdLimit.first_probe_after_s, abs=0.15)
     # A success past a confirmed cap does not refute it (our count may run ahead).
     assert not aimd.refuted_by(in_flight_at_send=10, sent_at=t)
 
