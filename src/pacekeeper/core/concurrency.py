@@ -373,6 +373,10 @@ class AimdLimit(FixedLimit):
         if self.learned_cap is None:
             self.cap_provisional = provisional
         elif not provisional or refused_probe:
+            if self.cap_provisional and not refused_probe:
+                # Confirmed before its try (a refusal that names its scope, another process's
+                # test): probed as any cap, not every round trip its test was due in.
+                self._probe_after_s = self.first_probe_after_s
             self.cap_provisional = False
         if self.cap_provisional and probe_after_s is not None:
             self._probe_after_s = probe_after_s
