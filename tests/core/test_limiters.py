@@ -450,10 +450,25 @@ def test_a_provisional_cap_is_tried_after_a_round_trip_and_a_refused_try_confirm
         aimd.release(
             now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True
         )
-    # Confirmed, it is probed as any cap is: after 10 s, not ever less often for the test.
-    assert t - confirmed_at == pytest.approx(AimdLimit.first_probe_after_s, abs=0.15)
+    # Confirmed by a refused try one above it: that was a probe, refused, so the next one
+    # waits twice the first (it was 10 s, and each probe past a real cap is a 429).
+    assert t - confirmed_at == pytest.approx(2 * AimdLimit.first_probe_after_s, abs=0.15)
     # A success past a confirmed cap does not refute it (our count may run ahead).
     assert not aimd.refuted_by(in_flight_at_send=10, sent_at=t)
+
+
+def test_a_provisional_cap_confirmed_otherwise_is_not_probed_every_round_trip() -> None:
+    """A provisional cap tried after a round trip, then confirmed before its try by a refusal
+    that names its scope (or, in a fleet, by another process's test): it is a cap like any
+    other, probed after 10 s. It kept the round trip its test was due in as the time between
+    probes, and each probe past a real cap is a 429: one every 0.5 s, then 1, 2, 4 s."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(20)
+    aimd.learn_cap(in_flight_at_send=9, now=0.0, provisional=True, probe_after_s=0.5)
+    aimd.learn_cap(in_flight_at_send=9, now=0.1)  # confirmed: scope stated, or the fleet's test
+    assert (aimd.learned_cap, aimd.cap_provisional) == (8, False)
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.1, start=0.1)
+    assert t - 0.1 >= AimdLimit.first_probe_after_s - 0.15
 
 
 def test_a_success_past_a_provisional_cap_refutes_it_but_not_one_sent_before_it() -> None:

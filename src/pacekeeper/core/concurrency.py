@@ -363,14 +363,20 @@ class AimdLimit(FixedLimit):
         refused_probe = self._probing and known is not None and cap >= known - 1
         if refused_probe:
             if self.cap_provisional:
-                # The cap held where the rate had room: a cap, confirmed. Probed from now on
-                # as any cap is, not ever less often for a test that only confirmed it.
-                self._probe_after_s = self.first_probe_after_s
+                # The cap held where the rate had room: a cap, confirmed. The refused test was
+                # a probe one above it, refused like any other: the next waits twice the first
+                # (it waited the first, and each probe past a real cap is a 429: a 10-s run
+                # paid the first refusal, the test, and a probe at 10 s).
+                self._probe_after_s = 2.0 * self.first_probe_after_s
             else:
                 self._probe_after_s *= 2.0  # the probe found the real cap: probe less often
         if self.learned_cap is None:
             self.cap_provisional = provisional
         elif not provisional or refused_probe:
+            if self.cap_provisional and not refused_probe:
+                # Confirmed before its try (a refusal that names its scope, another process's
+                # test): probed as any cap, not every round trip its test was due in.
+                self._probe_after_s = self.first_probe_after_s
             self.cap_provisional = False
         if self.cap_provisional and probe_after_s is not None:
             self._probe_after_s = probe_after_s

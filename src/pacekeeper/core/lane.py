@@ -115,6 +115,7 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
+_PACE_KNOWN_AFTER = 4  # answers before their mean round trip says how busy a pace was
 _CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
 
 
@@ -1635,10 +1636,13 @@ class Lane:
         lane held at 13 in flight by 10/s sent 13 in a third of a second, 8.9/s over the
         round trip); a cap refuses the lane's steady pace. And were it a rate after all, a
         cap that lets through as much a second as the rate refused costs nothing. Unknown
-        (False) until the latency is."""
-        if not self.latency.mean_known:
+        (False) before a few answers."""
+        if self._successes < _PACE_KNOWN_AFTER:
             return False
-        round_trip_s = self._round_trip_s()
+        # The mean of the answers so far, not only once a window of 16 is in: a cap of 4
+        # answered in 0.8 s has 5 answers when its test is refused, and read as the rate
+        # then, the lane was paced at 0.6 of what the cap allowed.
+        round_trip_s = max(_CAP_TEST_MIN_S, self.latency.mean_s)
         sent = sum(1 for t in self._recent_sends if before - round_trip_s < t <= before)
         return sent >= sent_in_second * round_trip_s
 
