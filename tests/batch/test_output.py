@@ -204,11 +204,19 @@ def test_damage_anywhere_but_the_torn_tail_is_reported_with_its_line(
     assert path.read_bytes() == content
 
 
-@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=3000))
-def test_the_compact_key_set_behaves_like_a_set(keys: list[int]) -> None:
+@given(
+    st.lists(
+        st.integers(min_value=0, max_value=2**64 - 1)
+        # clustered keys too: multiples of one number land on few slots of any table size
+        | st.integers(min_value=0, max_value=4000).map(lambda k: 21 * k),
+        max_size=3000,
+    ),
+    st.integers(min_value=0, max_value=64),
+)
+def test_the_compact_key_set_behaves_like_a_set(keys: list[int], capacity: int) -> None:
     from pacekeeper.batch._keys import KeySet
 
-    compact = KeySet(capacity=4)  # small, so that it grows many times
+    compact = KeySet(capacity=capacity)  # small, so that it grows many times
     for key in keys:
         compact.add(key)
     expected = {key or 1 for key in keys}
@@ -216,3 +224,14 @@ def test_the_compact_key_set_behaves_like_a_set(keys: list[int]) -> None:
     assert set(compact) == expected
     assert all(key in compact for key in keys)
     assert not any(key in compact for key in range(2, 50) if key not in expected)
+
+
+def test_a_key_set_sized_for_its_lines_holds_them_in_about_11_bytes_each() -> None:
+    from pacekeeper.batch._keys import KeySet
+
+    keys = KeySet(capacity=100_000)
+    nbytes = keys.nbytes
+    for key in range(1, 100_001):
+        keys.add(key * 0x9E3779B97F4A7C15 % 2**64)
+    assert len(keys) == 100_000
+    assert keys.nbytes == nbytes <= 11 * 100_000  # sized once: it never grew
