@@ -550,7 +550,7 @@ class Call:
         if self._body is not None and lane.wants_exact_estimate(self.governor.clock(), cost):
             self._count_exactly()
             cost = self.cost
-        tpm = lane.tpm
+        tpm = lane.token_rate.rpm  # Lane.tpm without the property's call
         if tpm is not None and cost > tpm and self._body is not None:
             self._count_exactly()  # characters overstate: never refuse on them
             cost = self.cost
