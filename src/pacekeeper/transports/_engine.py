@@ -416,10 +416,8 @@ class UsageChunkFilter:
         for line in event.splitlines():
             if not line.startswith(b"data:"):
                 continue
-            try:
-                data = json.loads(line[5:])
-            except ValueError:
-                return False
+            # json's C scanner (parse_body): json.loads adds four Python frames
+            data = parse_body(line[5:].lstrip())
             return (
                 isinstance(data, dict)
                 and data.get("choices") == []
@@ -807,7 +805,11 @@ def plain_headers(headers: Any) -> dict[str, str]:
     >>> plain_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60"}))
     {'x-ratelimit-limit-requests': '60'}
     """
+    # httpx's own (name, lower-case name, value) entries: no list copied, no name lowered.
+    entries = getattr(headers, "_list", None)
     try:
+        if entries is not None:
+            return {lowered.decode("ascii"): value.decode("ascii") for _, lowered, value in entries}
         return {name.decode("ascii").lower(): value.decode("ascii") for name, value in headers.raw}
     except UnicodeDecodeError:
         return dict(headers.multi_items())
