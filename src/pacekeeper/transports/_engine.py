@@ -311,7 +311,7 @@ def _spliced(request: Any, content: bytes, module: ModuleType) -> Any | None:
     the URL again and checks every header: about a hundred calls per stream), the header
     entries are copied as they are with the length set and no ``transfer-encoding``. None
     for a Request class whose insides are not the library's own (the slower copy then)."""
-    cls = module.Request
+    cls: Any = module.Request
     headers = request.headers
     entries = getattr(headers, "_list", None)
     if type(request) is not cls or type(headers) is not module.Headers or entries is None:
