@@ -332,7 +332,7 @@ def _spliced(request: Any, content: bytes, module: ModuleType) -> Any | None:
     copied = module.Headers()
     copied._list = kept
     copied._encoding = headers._encoding
-    copy = cls.__new__(cls)
+    copy: Any = object.__new__(cls)
     copy.__dict__.update(request.__dict__)
     copy.headers = copied
     copy.stream = module.ByteStream(content)
