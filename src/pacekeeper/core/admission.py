@@ -194,18 +194,27 @@ class LocalAdmissionPolicy:
         input_tokens = tokens - output_tokens if output is not None else tokens
         wait = self.cooldown.remaining_s(now=now)
         requests = self.requests
+        # Comparisons, not max(): this runs on every admission and every queued look.
         if requests is not None:
-            wait = max(wait, requests.wait_s(now=now, cost=1))
+            paced_s = requests.wait_s(now=now, cost=1)
+            wait = paced_s if paced_s > wait else wait
         token_bucket = self.tokens
         if token_bucket is not None and input_tokens:
-            wait = max(wait, token_bucket.wait_s(now=now, cost=input_tokens))
+            paced_s = token_bucket.wait_s(now=now, cost=input_tokens)
+            wait = paced_s if paced_s > wait else wait
         if output is not None and output_tokens:
-            wait = max(wait, output.wait_s(now=now, cost=output_tokens))
+            paced_s = output.wait_s(now=now, cost=output_tokens)
+            wait = paced_s if paced_s > wait else wait
         if wait > 0.0:
             return wait
-        slot_wait = self.slot_wait(now, success_peak)
-        if slot_wait > 0.0:
-            return slot_wait
+        slots = self.slots
+        if slots.__class__ is FixedLimit:  # slot_wait's first case, inlined
+            if slots.in_flight >= slots.limit:
+                return math.inf
+        else:
+            slot_wait = self.slot_wait(now, success_peak)
+            if slot_wait > 0.0:
+                return slot_wait
         if requests is not None:
             requests.spend(now=now, cost=1)
         if token_bucket is not None and input_tokens:

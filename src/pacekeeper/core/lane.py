@@ -1756,7 +1756,7 @@ class Lane:
             given_back = given_back or delta < 0
         if delta:
             self.admission.charge_tokens(delta)
-        if given_back:
+        if given_back and self._queue.members:
             # The head may fit now: left asleep until the refill alone would let it go,
             # it would let the bucket fill past its burst and the refund spill over.
             self._queue.wake_head()

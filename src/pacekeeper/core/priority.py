@@ -74,6 +74,12 @@ _TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+PRIORITY_SET = _PRIORITY
+"""The context variable :func:`current_priority` reads (read directly on the hot path)."""
+TENANT_SET = _TENANT
+"""The context variable :func:`current_tenant` reads."""
+
+
 def current_priority(default: Priority = Priority.INTERACTIVE) -> Priority:
     """The class set by the innermost :func:`priority` block, else ``default``."""
     value = _PRIORITY.get()

@@ -38,7 +38,7 @@ class EstimateScale:
     which no real text exceeds, and may fall to a few hundredths.
     """
 
-    __slots__ = ("_high", "_low", "_n", "_variance", "mean")
+    __slots__ = ("_high", "_low", "_n", "_variance", "charge_factor", "mean")
 
     def __init__(
         self, *, initial: float = 1.0, lowest: float = _MIN, highest: float = _MAX
@@ -48,6 +48,9 @@ class EstimateScale:
         self._high = highest
         self._variance = 0.0
         self._n = 0
+        self.charge_factor = initial if initial < highest else highest
+        """What a prompt estimate is multiplied by at admission: mean + 1.5 x spread (kept
+        up to date by :meth:`observe`: admission reads it on every request)."""
 
     @property
     def count(self) -> int:
@@ -59,17 +62,18 @@ class EstimateScale:
         ``estimated``."""
         if estimated <= 0:
             return
-        ratio = min(self._high, max(self._low, actual / estimated))
+        # Comparisons, not min()/max(): every answer with usage comes here.
+        ratio = actual / estimated
+        ratio = self._low if ratio < self._low else ratio
+        ratio = self._high if ratio > self._high else ratio
         self._n += 1
-        weight = max(_ALPHA, 1.0 / self._n)
+        weight = 1.0 / self._n
+        weight = _ALPHA if weight < _ALPHA else weight
         error = ratio - self.mean
         self.mean += weight * error
         self._variance = (1.0 - weight) * (self._variance + weight * error**2)
-
-    @property
-    def charge_factor(self) -> float:
-        """What a prompt estimate is multiplied by at admission: mean + 1.5 x spread."""
-        return min(self._high, self.mean + _SPREADS_CHARGED * math.sqrt(self._variance))
+        charged = self.mean + _SPREADS_CHARGED * math.sqrt(self._variance)
+        self.charge_factor = charged if charged < self._high else self._high
 
     def __repr__(self) -> str:
         return f"<EstimateScale mean {self.mean:.3f} charged x{self.charge_factor:.3f}>"

@@ -61,11 +61,11 @@ class LatencyHistogram:
         self.max_s = 0.0
 
     def add(self, value_s: float) -> None:
+        # KeyStats.on_answer fills its three histograms as this does, inlined: keep in step.
         index = int(math.log(value_s / _FLOOR_S) / _LOG_GROWTH) + 1 if value_s > _FLOOR_S else 0
         self._buckets[index] += 1
         self.count += 1
         self.sum_s += value_s
-        # a comparison, not max(): this runs three times on every answer
         self.max_s = value_s if value_s > self.max_s else self.max_s
 
     def quantile(self, q: float) -> float:
@@ -175,11 +175,16 @@ class QueueWaits:
         self._waits: dict[tuple[str, str | None], LatencyHistogram] = {}
 
     def add(self, queued_s: float, *, priority: str, tenant: str | None) -> None:
-        key = (priority, self.tenants.label(tenant))
+        self.of(priority, tenant).add(queued_s)
+
+    def of(self, priority: str, tenant: str | None) -> LatencyHistogram:
+        """The histogram a request of ``priority`` and ``tenant`` is counted in."""
+        # No tenant (most requests) needs no label: None stays None.
+        key = (priority, None if tenant is None else self.tenants.label(tenant))
         histogram = self._waits.get(key)
         if histogram is None:
             histogram = self._waits[key] = LatencyHistogram()
-        histogram.add(queued_s)
+        return histogram
 
     def merge(self, other: QueueWaits) -> None:
         for (priority, tenant), histogram in other._waits.items():
@@ -389,9 +394,18 @@ class KeyStats:
         self.by_outcome[record.outcome] += 1
         total_s = record.total_s
         queued_s = record.queued_s
-        self.latency.add(latency_s)
-        self.total.add(total_s)
-        self.queue_waits.add(queued_s, priority=record.priority, tenant=record.tenant)
+        # Three histograms, filled as LatencyHistogram.add does, inlined: every request.
+        floor_s = _FLOOR_S
+        for histogram, value_s in (
+            (self.latency, latency_s),
+            (self.total, total_s),
+            (self.queue_waits.of(record.priority, record.tenant), queued_s),
+        ):
+            index = int(math.log(value_s / floor_s) / _LOG_GROWTH) + 1 if value_s > floor_s else 0
+            histogram._buckets[index] += 1
+            histogram.count += 1
+            histogram.sum_s += value_s
+            histogram.max_s = value_s if value_s > histogram.max_s else histogram.max_s
         self.tokens_estimated += record.tokens_estimated
         self.prompt_tokens += record.prompt_tokens or 0
         self.completion_tokens += record.completion_tokens or 0

@@ -777,16 +777,24 @@ def _plain_chat_chars(body: Mapping[str, Any]) -> TokenEstimate | None:
         return None
     total = _REPLY_PRIMING
     for message in messages:
-        if type(message) is not dict or len(message) != 2:
+        # Subscripts after the key tests, not .get(): C calls fewer on every request.
+        if (
+            type(message) is not dict
+            or len(message) != 2
+            or "role" not in message
+            or "content" not in message
+        ):
             return None
-        role = message.get("role")
-        content = message.get("content")
+        role = message["role"]
+        content = message["content"]
         if type(role) is not str or type(content) is not str or len(role) > 16:
             return None
         total += _PER_MESSAGE + 1 + len(content)
     budget = None
     for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
+        if key not in body:
+            continue
+        value = body[key]
         if value is None:
             continue
         if type(value) is not int or value < 0:

@@ -175,6 +175,9 @@ def model_of_path(path: str) -> str | None:
     return None
 
 
+_PATH_FACTS: dict[str, tuple[str, str | None]] = {}
+"""(route, model named by the path) of the paths seen, a bounded number of them."""
+
 FACTS_EXTENSION = "pacekeeper.facts"
 """A request extension holding the :class:`RequestFacts` its sender already worked out (the
 proxy parses each body once, for both itself and the governor)."""
@@ -239,8 +242,13 @@ def parse_body(content: bytes) -> object:
 def facts_of(method: str, path: str, body: object) -> RequestFacts:
     """The facts of a request to ``path`` whose body parsed (by :func:`parse_body`) to
     ``body``."""
-    route = route_of(path)
-    path_model = model_of_path(path)
+    # The route and the path's model at once, for a path seen before (as route_of's cache).
+    known = _PATH_FACTS.get(path)
+    if known is None:
+        known = (route_of(path), model_of_path(path))
+        if len(_PATH_FACTS) < _ROUTES_CACHED:
+            _PATH_FACTS[path] = known
+    route, path_model = known
     if method != "POST" or not isinstance(body, dict):
         return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     model = body.get("model")
@@ -275,6 +283,9 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
     if content is None:
         new_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         content = json.dumps(new_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    spliced = _spliced(request, content, module)
+    if spliced is not None:
+        return spliced
     # The body as a stream and its length set here: with content=, httpx rebuilds the headers.
     # Headers given as Headers are copied as they are, not checked and normalised again.
     copy = module.Request(
@@ -291,6 +302,41 @@ def with_stream_usage(request: Any, facts: RequestFacts, module: ModuleType) -> 
         del headers["transfer-encoding"]
     headers["Content-Length"] = str(len(content))
     copy.read()
+    return copy
+
+
+def _spliced(request: Any, content: bytes, module: ModuleType) -> Any | None:
+    """A copy of an httpx/httpx2 ``request`` with ``content`` as its body, made without
+    building a new Request: the URL, method and extensions are shared (a new Request parses
+    the URL again and checks every header: about a hundred calls per stream), the header
+    entries are copied as they are with the length set and no ``transfer-encoding``. None
+    for a Request class whose insides are not the library's own (the slower copy then)."""
+    cls: Any = module.Request
+    headers = request.headers
+    entries = getattr(headers, "_list", None)
+    if type(request) is not cls or type(headers) is not module.Headers or entries is None:
+        return None
+    length = str(len(content)).encode("ascii")
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    placed = False
+    for entry in entries:
+        lowered = entry[1]
+        if lowered == b"content-length":
+            if not placed:  # where it was, as Headers.__setitem__ puts it
+                kept.append((b"Content-Length", lowered, length))
+                placed = True
+        elif lowered != b"transfer-encoding":
+            kept.append(entry)
+    if not placed:
+        kept.append((b"Content-Length", b"content-length", length))
+    copied = module.Headers()
+    copied._list = kept
+    copied._encoding = headers._encoding
+    copy: Any = object.__new__(cls)
+    copy.__dict__.update(request.__dict__)
+    copy.headers = copied
+    copy.stream = module.ByteStream(content)
+    copy._content = content
     return copy
 
 
@@ -370,10 +416,8 @@ class UsageChunkFilter:
         for line in event.splitlines():
             if not line.startswith(b"data:"):
                 continue
-            try:
-                data = json.loads(line[5:])
-            except ValueError:
-                return False
+            # json's C scanner (parse_body): json.loads adds four Python frames
+            data = parse_body(line[5:].lstrip())
             return (
                 isinstance(data, dict)
                 and data.get("choices") == []
@@ -761,7 +805,11 @@ def plain_headers(headers: Any) -> dict[str, str]:
     >>> plain_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60"}))
     {'x-ratelimit-limit-requests': '60'}
     """
+    # httpx's own (name, lower-case name, value) entries: no list copied, no name lowered.
+    entries = getattr(headers, "_list", None)
     try:
+        if entries is not None:
+            return {lowered.decode("ascii"): value.decode("ascii") for _, lowered, value in entries}
         return {name.decode("ascii").lower(): value.decode("ascii") for name, value in headers.raw}
     except UnicodeDecodeError:
         return dict(headers.multi_items())

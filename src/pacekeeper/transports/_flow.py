@@ -206,7 +206,7 @@ async def handle_async(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or lane.limits_due(time.monotonic())
+        read_limits = status >= 300 or lane.limits_due(gov.clock())
         # read once, into a dict: httpx's Headers.get scans the list every time
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         # is_event_stream, inlined (as the reads in _after_answer): once per request
@@ -262,7 +262,7 @@ def handle_sync(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or lane.limits_due(time.monotonic())
+        read_limits = status >= 300 or lane.limits_due(gov.clock())
         headers = (plain_headers if read_limits else essential_headers)(response.headers)
         if status < 300 and is_event_stream(headers):
             return _stream_response(
