@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import Signal
+from pacekeeper.core.tokens import estimate_request_chars
 from pacekeeper.transports._engine import (
     Flavour,
     UsageChunkFilter,
@@ -35,7 +36,7 @@ from pacekeeper.transports._engine import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Mapping
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Governor
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADMITTED",
     "Admitted",
+    "attempts_for",
     "UsageOptions",
     "AsyncGovernedTransport",
     "SyncGovernedTransport",
@@ -137,6 +139,18 @@ class Admitted:
 
 ADMITTED: ContextVar[Admitted | None] = ContextVar("pacekeeper_admitted", default=None)
 """The call the current task's SDK method admitted, if any (see :class:`Admitted`)."""
+
+
+def attempts_for(
+    gov: Governor, route: str, path_model: str | None, body: Mapping[str, Any]
+) -> Attempts:
+    """The attempt loop of a JSON request to ``route`` not built yet, on the lane the
+    transport would put it on (the model in the path, else the body's), so that it can be
+    admitted first and hold no request while it queues (see :class:`Admitted`)."""
+    body_model = body.get("model")
+    model = path_model or (body_model if isinstance(body_model, str) else None)
+    estimate = estimate_request_chars(body)
+    return Attempts(gov.call(route=route, model=model, estimate=estimate, body=body))
 
 
 def _prepare(

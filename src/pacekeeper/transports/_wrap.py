@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
-from pacekeeper.core.tokens import estimate_request_chars
 from pacekeeper.providers import Provider
 from pacekeeper.transports._engine import model_of_path, route_of
 from pacekeeper.transports._flow import (
@@ -19,6 +18,7 @@ from pacekeeper.transports._flow import (
     Admitted,
     AsyncGovernedTransport,
     SyncGovernedTransport,
+    attempts_for,
 )
 
 __all__ = ["wrap"]
@@ -163,10 +163,7 @@ def _governed(
         else:
             target, body = path, kwargs
         route, path_model = lane_of(target)
-        body_model = body.get("model")
-        model = path_model or (body_model if isinstance(body_model, str) else None)
-        estimate = estimate_request_chars(body)
-        return Attempts(gov.call(route=route, model=model, estimate=estimate, body=body))
+        return attempts_for(gov, route, path_model, body)
 
     # The frame of this coroutine is what a queued call holds beside its arguments (the
     # loop awaits the queue's future without one of its own): few locals, all small.
