@@ -281,3 +281,68 @@ def test_a_hinted_429_from_a_continuous_bucket_holds_the_lane_for_the_hint_not_t
     first = refused_at[0]
     resumed = min(s for s in sends if s > first)
     assert resumed - first < 0.2, f"held {resumed - first:.2f} s after a 429 hinted a few ms"
+
+
+def _window_answer(
+    lane: Lane, permit: Permit, *, at: float, remaining: int, reset_s: float
+) -> None:
+    headers = {
+        "x-ratelimit-limit-tokens": "198000",
+        "x-ratelimit-remaining-tokens": str(remaining),
+        "x-ratelimit-reset-tokens": _go_duration(reset_s),
+    }
+    verdict = classify_response(200, headers, None, now_wall_s=0.0)
+    lane.settle(permit, verdict, now=at, max_hint_s=600.0, retry=False, gate=False)
+
+
+def test_an_answer_older_than_the_last_statement_still_shows_its_window() -> None:
+    """The answers of the `tpm` profile's seed 3 (198,000 tpm in 1-s windows ending at
+    x.48, answers of 0.4-2 s), in the order they came back: request 9 (sent at 1.50) was
+    answered after request 10 (sent at 1.68), and both say their window ends at 2.48. That
+    agreement is the second one, and shows the windows. An answer sent before the last one
+    read was dropped unless its window was still open when it came back (this one's had
+    ended 0.7 s before), and the windows showed only from a later answer, after the lane had
+    sent a window and a half's budget on a bucket that carried one window's leftover into
+    the next."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    sends = {1: 0.0, 3: 0.08, 6: 0.975, 7: 1.128, 9: 1.501, 10: 1.681}
+    permits: dict[int, Permit] = {}
+    for seq, sent_at in sorted(sends.items(), key=lambda item: item[1]):
+        clock.now = sent_at
+        permits[seq] = lane._grant(sent_at, 500, sent_at)
+    answers = (  # (request, answered at, remaining, reset)
+        (1, 0.51, 2987, 0.384),
+        (3, 0.695, 1824, 0.382),
+        (6, 1.928, 1965, 0.512),
+        (7, 2.467, 1480, 0.354),
+        (10, 2.826, 2336, 0.795),
+        (9, 3.207, 2907, 0.986),
+    )
+    for seq, at, remaining, reset_s in answers:
+        clock.now = at
+        _window_answer(lane, permits[seq], at=at, remaining=remaining, reset_s=reset_s)
+    assert lane.tokens is not None
+    assert lane.tokens.keeps_windows
+
+
+def test_an_answer_older_than_the_last_statement_still_drains_the_headroom() -> None:
+    """A 429 comes back at once and its headers are the latest statement; the answers to
+    requests sent before it come back later. What each says was left, less what was sent
+    after it, still bounds the headroom now (here another client on the key spent the
+    window after our first request was counted). Such an answer was dropped whole, not only
+    its statement of the limit."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    early = lane._grant(0.0, 500, 0.0)
+    clock.now = 0.05
+    late = lane._grant(0.05, 500, 0.05)
+    clock.now = 0.1
+    _window_answer(lane, late, at=0.1, remaining=196_000, reset_s=0.6)  # a minute's bucket
+    assert lane.tokens is not None
+    level = lane.tokens.level(0.1)
+    clock.now = 0.3
+    _window_answer(lane, early, at=0.3, remaining=600, reset_s=0.95)
+    # 600 left when the first was counted, 500 sent after it, nothing refilled before the
+    # reset, one request of slack: 600 at most now.
+    assert lane.tokens.level(0.3) <= 600.0 + 1e-6 < level
