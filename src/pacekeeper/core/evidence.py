@@ -125,7 +125,9 @@ def drain_to_headroom(
     With ``fixed_window`` (the resets showed windows that end at one instant), the window
     refills nothing before its reset while our bucket refills continuously: the bucket then
     drains to what lets no more than ``remaining`` through before the reset, a debt repaid as
-    the window ends, and without slack (a request too many is the 429 this avoids).
+    the window ends, and without slack (a request too many is the 429 this avoids). A bucket
+    that keeps to windows of a known length (:meth:`TokenBucket.set_windows`) refills
+    nothing within one: it drains to ``remaining`` itself.
 
     With ``continuous`` (the answers proved a bucket that refills all along,
     :attr:`~pacekeeper.core.depth.StatedDepth.continuous`), the reset is when it is full
@@ -137,6 +139,11 @@ def drain_to_headroom(
         return
     if reset_s is not None and fixed_window:
         if elapsed_s >= reset_s:
+            return
+        if bucket.window_s is not None:
+            # It keeps to the windows: what is left of this one is all it holds until it ends
+            # (less than nothing: the provider refuses the excess, and carries none over).
+            bucket.drain_to(now=now, level=max(0.0, remaining - used_since))
             return
         left = remaining - used_since - bucket.rate_per_s * (reset_s - elapsed_s)
         bucket.drain_to(now=now, level=left)

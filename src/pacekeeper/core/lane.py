@@ -121,6 +121,30 @@ _TokenReading = tuple[int | None, int | None, int | None, float | None]
 """What an answer says of its token budgets: (tpm, output tpm, remaining, reset_s)."""
 
 
+def _keep_windows(
+    bucket: TokenBucket | None, windows: FixedWindows, *, now: float, unknown_length: bool
+) -> None:
+    """Keep ``bucket`` to the fixed windows its budget's resets show, so what a window left
+    is not carried into the next (see :meth:`TokenBucket.set_windows`), or refill it
+    continuously again once they are not shown after all. ``unknown_length``: keep to the
+    windows from the first end seen (tokens: a request is a tenth to a quarter of a window,
+    and a window's leftover carried into the next is a 429), not only once their length is
+    known (requests: paced from empty within a window, a window's last request waited for
+    its very end and fell into the next, ~5% of the rate)."""
+    if bucket is None:
+        return
+    grid = windows.grid()
+    if grid is not None and (unknown_length or grid[1] is not None):
+        start_s, length_s = grid
+        # A window's budget goes at its start: not before the latest end seen, and a guard
+        # after it, since a request's trip varies by that much (a burst whose first requests
+        # arrive early lands in the window before, which is full).
+        guard_s = 2.0 * windows.guard_s
+        bucket.set_windows(start_s=start_s, length_s=length_s, now=now, guard_s=guard_s)
+    elif bucket.keeps_windows:
+        bucket.clear_windows(now=now)
+
+
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     """The token budget an answer's per-minute headers describe: Anthropic limits input and
     output apart (its tokens-* headers repeat whichever is the most restrictive): input is
@@ -266,6 +290,7 @@ class Lane:
         "_queue",
         "_quota_budgets",
         "_recent_sends",
+        "_request_windows",
         "_shared",
         "_stated_sent_at",
         "_success_peak_at",
@@ -346,6 +371,7 @@ class Lane:
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
         self._token_windows = FixedWindows()
+        self._request_windows = FixedWindows()
         """Whether the provider counts tokens in fixed windows, as its resets show. Requests
         are left to pacing: whole, even requests overfill a window rarely, and holding them to
         the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
@@ -661,14 +687,9 @@ class Lane:
         elapsed_s = max(0.0, now - permit.sent_at)
         if not minute.resets_to_the_second:
             self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
-            # Fixed windows shown: the token bucket keeps to them, so what a window left
-            # is not carried into the next (see TokenBucket.set_windows).
-            bucket = self._local.tokens
-            if bucket is not None and self._token_windows.fixed:
-                start_s, length_s = self._token_windows.grid() or (now, None)
-                bucket.set_windows(start_s=start_s, length_s=length_s, now=now)
-            elif bucket is not None and bucket.keeps_windows:
-                bucket.clear_windows(now=now)
+            _keep_windows(self._local.tokens, self._token_windows, now=now, unknown_length=True)
+            self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
+            _keep_windows(self.requests, self._request_windows, now=now, unknown_length=False)
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
         if remaining_requests is not None:
@@ -680,6 +701,7 @@ class Lane:
                 elapsed_s=elapsed_s,
                 used_since=self._admitted - permit.seq,
                 slack=1.0,
+                fixed_window=self.requests is not None and self.requests.window_s is not None,
                 continuous=self._depths["requests"].continuous,
             )
         if remaining_tokens is not None:
