@@ -446,3 +446,26 @@ def test_once_request_windows_show_each_goes_whole_at_its_start(
         assert len(counted) >= budget - 1, f"window from {start:.2f} s: {len(counted)} of {budget}"
         # (In-flight growth past its peak spaces them 5-10 ms apart.)
         assert max(counted) - start < 0.25 * window_s, f"window from {start:.2f} s paced"
+
+
+def test_a_window_holds_the_stated_limit_not_a_pace_cut_under_it() -> None:
+    """900/min stated in windows of 1 s: 15 a window. A 429 keeps the pace 2% under the limit
+    for a minute (14.7/s); a window of whole requests paced at that holds 14, one in fifteen
+    lost for a minute. The window holds what the provider states."""
+    bucket = TokenBucket(rate_per_s=14.7, burst=7.35)
+    bucket.set_windows(start_s=0.0, length_s=1.0, now=0.0, budget_per_s=15.0)
+    sent = 0
+    while bucket.wait_s(now=1.0, cost=1.0) == 0.0:
+        bucket.spend(now=1.0, cost=1.0)
+        sent += 1
+    assert sent == 15
+
+
+def test_the_window_of_the_switch_gets_what_pacing_would_have_let_through() -> None:
+    """The length shows mid-window: that window's use is not known, and it gets what the
+    continuous bucket would have let through by its end (its level and the refill until
+    then), not nothing: taken as full, 0.4 s of a 1-s window went unsent (`window` seed 3)."""
+    bucket = TokenBucket(rate_per_s=20.0, burst=10.0)
+    bucket.spend(now=0.0, cost=10.0)  # drained at 0.0, full again by 0.5
+    bucket.set_windows(start_s=0.0, length_s=1.0, now=0.5, budget_per_s=20.0)
+    assert bucket.level(0.5) == pytest.approx(10.0 + 10.0)  # 10 refilled, 10 more by 1.0

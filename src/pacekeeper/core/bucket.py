@@ -46,6 +46,7 @@ class TokenBucket:
         "_spent",
         "_spent_in",
         "_tat",
+        "_window_budget_per_s",
         "_window_closed_at",
         "_window_s",
         "_window_start",
@@ -62,6 +63,7 @@ class TokenBucket:
         self._window_start = 0.0
         self._window_closed_at = -math.inf
         self._guard_s = 0.0
+        self._window_budget_per_s: float | None = None
         self._spent = 0.0
         self._spent_in = -math.inf
         """Once the windows' length is known: what went into the window that starts at
@@ -85,7 +87,13 @@ class TokenBucket:
         return self._window_s
 
     def set_windows(
-        self, *, start_s: float, length_s: float | None, now: float, guard_s: float = 0.0
+        self,
+        *,
+        start_s: float,
+        length_s: float | None,
+        now: float,
+        guard_s: float = 0.0,
+        budget_per_s: float | None = None,
     ) -> None:
         """Keep to a provider that counts in fixed windows, one of which starts at ``start_s``
         (on this bucket's clock), each ``length_s`` long (None: not known, only that start):
@@ -105,8 +113,11 @@ class TokenBucket:
         the next one (with whole requests, about one in twenty). No spend goes in the first
         ``guard_s`` of a window: ``start_s`` is the earliest a window may end (see
         :meth:`pacekeeper.core.depth.FixedWindows.grid`), and a request sent then may be
-        counted in either. A spend larger than a whole window goes first in a window (as a
-        provider admits it into a full one), and later windows repay what it took beyond it.
+        counted in either. A window holds ``budget_per_s`` (the provider's stated rate, when
+        it states one) times its length, not the pace: a pace 2% under a limit of 15 a
+        window, kept for a minute after a 429, is 14.7 a window, and 14 whole requests. A
+        spend larger than a whole window goes first in a window (as a provider admits it
+        into a full one), and later windows repay what it took beyond it.
         A give-back (:meth:`adjust`) is not taken: the provider counted the spend in a window
         that may be gone.
 
@@ -116,8 +127,8 @@ class TokenBucket:
         >>> round(b.level(0.3))  # 300 refilled by now, 100 spent
         200
         >>> b.set_windows(start_s=0.0, length_s=1.0, now=0.3)  # now the length is known
-        >>> round(b.level(0.3))  # a window's budget, less what went in it (at most)
-        200
+        >>> round(b.level(0.3))  # as the bucket would refill by the window's end: 200 + 700
+        900
         >>> round(b.level(1.01))  # the next window: the 200 left is gone, 1000 from its start
         1000
         >>> b.wait_s(now=1.01, cost=2500)  # more than a window: nothing went in this one yet
@@ -136,6 +147,7 @@ class TokenBucket:
         if length_s is None and self._window_s is not None:
             self.clear_windows(now=now)  # the length is not known after all
         if length_s is not None:
+            self._window_budget_per_s = budget_per_s
             self._keep_length(start_s=start_s, length_s=length_s, now=now, guard_s=guard_s)
             return
         self._window_start = start_s
@@ -145,22 +157,28 @@ class TokenBucket:
 
     def _keep_length(self, *, start_s: float, length_s: float, now: float, guard_s: float) -> None:
         """Windows of a known length (see :meth:`set_windows`). On the switch, what the
-        window holding ``now`` has taken is not known: it is taken as at least what the
-        continuous bucket was short of full."""
+        window holding ``now`` has taken is not known: it gets what the bucket refilling
+        continuously would have let through until it ends, no more (taken as full, it lost
+        the rest of its window: 0.4 s of a 1-s window's requests)."""
         known = self._window_s is not None
         level = self.level(now) if not known else 0.0
         self._window_start = start_s
         self._window_s = length_s
         self._guard_s = min(max(0.0, guard_s), length_s / 2)
         self.keeps_windows = True
-        self._burst = self._rate_per_s * length_s
+        self._burst = self._window_budget(length_s)
         self._tat = -math.inf
         started_at = self._window_started_at(now)
         if not known:
-            self._spent = self._burst - min(self._burst, max(0.0, level))
+            ends_at = started_at + length_s if math.isfinite(started_at) else start_s
+            allowed = max(0.0, level) + self._rate_per_s * max(0.0, ends_at - now)
+            self._spent = self._burst - min(self._burst, allowed)
             self._spent_in = started_at
         elif abs(started_at - self._spent_in) < length_s / 2:
             self._spent_in = started_at  # the same window, its start seen a little apart
+
+    def _window_budget(self, length_s: float) -> float:
+        return (self._window_budget_per_s or self._rate_per_s) * length_s
 
     def _roll(self, now: float) -> None:
         """Move what was spent on to the window holding ``now``: the windows between repay
@@ -230,7 +248,7 @@ class TokenBucket:
         self._asked_burst = burst
         if self._window_s is not None:
             self._roll(now)
-            self._burst = self._rate_per_s * self._window_s
+            self._burst = self._window_budget(self._window_s)
             return
         if burst != self._burst:
             # As full as it was: a deeper burst is room for later, not a refill now.
@@ -266,7 +284,7 @@ class TokenBucket:
             self._roll(now)
             self._rate_per_s = rate_per_s
             self._interval_s = 1.0 / rate_per_s
-            self._burst = rate_per_s * self._window_s
+            self._burst = self._window_budget(self._window_s)
             self._asked_burst = burst
             return
         if self.keeps_windows:

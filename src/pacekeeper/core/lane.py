@@ -122,7 +122,12 @@ _TokenReading = tuple[int | None, int | None, int | None, float | None]
 
 
 def _keep_windows(
-    bucket: TokenBucket | None, windows: FixedWindows, *, now: float, unknown_length: bool
+    bucket: TokenBucket | None,
+    windows: FixedWindows,
+    *,
+    now: float,
+    unknown_length: bool,
+    budget_per_s: float | None,
 ) -> None:
     """Keep ``bucket`` to the fixed windows its budget's resets show, so what a window left
     is not carried into the next (see :meth:`TokenBucket.set_windows`), or refill it
@@ -130,7 +135,8 @@ def _keep_windows(
     windows from the first end seen (tokens: a request is a tenth to a quarter of a window,
     and a window's leftover carried into the next is a 429), not only once their length is
     known (requests: paced from empty within a window, a window's last request waited for
-    its very end and fell into the next, ~5% of the rate)."""
+    its very end and fell into the next, ~5% of the rate). A window holds ``budget_per_s``
+    (the stated limit) times its length, whatever the pace."""
     if bucket is None:
         return
     grid = windows.grid()
@@ -140,7 +146,13 @@ def _keep_windows(
         # after it, since a request's trip varies by that much (a burst whose first requests
         # arrive early lands in the window before, which is full).
         guard_s = 2.0 * windows.guard_s
-        bucket.set_windows(start_s=start_s, length_s=length_s, now=now, guard_s=guard_s)
+        bucket.set_windows(
+            start_s=start_s,
+            length_s=length_s,
+            now=now,
+            guard_s=guard_s,
+            budget_per_s=budget_per_s,
+        )
     elif bucket.keeps_windows:
         bucket.clear_windows(now=now)
 
@@ -687,9 +699,21 @@ class Lane:
         elapsed_s = max(0.0, now - permit.sent_at)
         if not minute.resets_to_the_second:
             self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
-            _keep_windows(self._local.tokens, self._token_windows, now=now, unknown_length=True)
+            _keep_windows(
+                self._local.tokens,
+                self._token_windows,
+                now=now,
+                unknown_length=True,
+                budget_per_s=self._stated_per_s(self.token_rate.ceiling),
+            )
             self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
-            _keep_windows(self.requests, self._request_windows, now=now, unknown_length=False)
+            _keep_windows(
+                self.requests,
+                self._request_windows,
+                now=now,
+                unknown_length=False,
+                budget_per_s=self._stated_per_s(self.request_rate.ceiling),
+            )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
         if remaining_requests is not None:
@@ -729,6 +753,12 @@ class Lane:
                 ),
                 slack=float(permit.output_tokens),
             )
+
+    def _stated_per_s(self, ceiling_per_min: float | None) -> float | None:
+        """This process's share of a stated per-minute limit, per second (None: none)."""
+        if ceiling_per_min is None:
+            return None
+        return ceiling_per_min * self._configured.utilisation * self.local_share / 60.0
 
     def _drain_tokens(
         self,
