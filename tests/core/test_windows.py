@@ -21,6 +21,7 @@ from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.depth import FixedWindows
+from pacekeeper.core.evidence import drain_to_headroom
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
 _STEP_S = 0.005
@@ -469,3 +470,34 @@ def test_the_window_of_the_switch_gets_what_pacing_would_have_let_through() -> N
     bucket.spend(now=0.0, cost=10.0)  # drained at 0.0, full again by 0.5
     bucket.set_windows(start_s=0.0, length_s=1.0, now=0.5, budget_per_s=20.0)
     assert bucket.level(0.5) == pytest.approx(10.0 + 10.0)  # 10 refilled, 10 more by 1.0
+
+
+def test_what_was_left_of_the_window_before_does_not_drain_the_next() -> None:
+    """Our windows start a guard before the latest end seen, so an answer may describe a
+    window the provider still counts while ours has moved on: 657 left of a window that
+    ends in 11 ms is about that window, not the one just begun (which held a whole window
+    of a `tpm` run at 4716 of 4717 tokens spent)."""
+    bucket = TokenBucket(rate_per_s=4716.67, burst=2358.0)
+    bucket.set_windows(start_s=0.0, length_s=1.0, now=0.5, budget_per_s=4716.67)
+    drain_to_headroom(
+        bucket,
+        now=1.005,
+        remaining=657,
+        reset_s=0.979,
+        elapsed_s=0.968,
+        used_since=423.0,
+        slack=0.0,
+        fixed_window=True,
+    )
+    assert bucket.level(1.005) == pytest.approx(4716.67)
+    drain_to_headroom(  # an answer about this window drains it
+        bucket,
+        now=1.3,
+        remaining=657,
+        reset_s=0.9,
+        elapsed_s=0.2,
+        used_since=423.0,
+        slack=0.0,
+        fixed_window=True,
+    )
+    assert bucket.level(1.3) == pytest.approx(234.0)

@@ -143,7 +143,8 @@ def drain_to_headroom(
         if bucket.window_s is not None:
             # It keeps to the windows: what is left of this one is all it holds until it ends
             # (less than nothing: the provider refuses the excess, and carries none over).
-            bucket.drain_to(now=now, level=max(0.0, remaining - used_since))
+            ends_at = now + reset_s - elapsed_s
+            bucket.drain_window_to(now=now, level=max(0.0, remaining - used_since), ends_at=ends_at)
             return
         left = remaining - used_since - bucket.rate_per_s * (reset_s - elapsed_s)
         bucket.drain_to(now=now, level=left)
