@@ -30,6 +30,7 @@ __all__ = [
     "drain_to_headroom",
     "outlasts_a_minute",
     "output_budget_short",
+    "short_window",
 ]
 
 # A per-minute budget is whole again within a minute of any use, however it is enforced; a
@@ -49,6 +50,22 @@ def outlasts_a_minute(reset_s: float | None) -> bool:
     (True, False, False)
     """
     return reset_s is not None and reset_s > _LONGEST_MINUTE_RESET_S
+
+
+def short_window(*, remaining: float, rate_per_s: float, reset_s: float | None) -> bool:
+    """Whether ``remaining`` and ``reset`` describe a short window (or bucket), not a
+    minute's: ``remaining + rate x reset`` is about the budget's capacity, a minute's worth
+    for OpenAI's buckets (remaining scaled to the per-minute limit), a second's for a gateway
+    that counts per second.
+
+    >>> short_window(remaining=12, rate_per_s=20.0, reset_s=0.4)
+    True
+    >>> short_window(remaining=1180, rate_per_s=20.0, reset_s=1.0)
+    False
+    """
+    if reset_s is None or rate_per_s <= 0:
+        return False
+    return max(0.0, remaining) / rate_per_s + reset_s <= _SHORT_WINDOW_S
 
 
 def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
@@ -198,7 +215,7 @@ def drain_to_first_window(
     if bucket is None:
         return
     rate = bucket.rate_per_s
-    if max(0.0, remaining) / rate + reset_s > _SHORT_WINDOW_S:
+    if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s):
         return
     if elapsed_s >= reset_s:
         bucket.drain_to(now=now, level=0.0)

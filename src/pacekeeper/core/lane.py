@@ -110,6 +110,9 @@ _SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
+_APART_FROM_THE_MINUTE = 0.5
+"""A budget never seen more than this share full is counted apart from its per-minute limit
+(a window of a few seconds), not scaled to it."""
 _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one gains little
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
@@ -619,7 +622,8 @@ class Lane:
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
             new_requests = new_tokens = False
-            if sent_at >= self._stated_sent_at:
+            current = sent_at >= self._stated_sent_at
+            if current:
                 self._stated_sent_at = sent_at
                 new_requests = self.requests is None
                 new_tokens = self._local.tokens is None
@@ -640,6 +644,7 @@ class Lane:
                 reset_requests_s=snapshot.reset_requests_s,
                 new_requests=new_requests,
                 new_tokens=new_tokens,
+                current=current,
             )
 
     def _take_statement(
@@ -691,9 +696,14 @@ class Lane:
         reset_requests_s: float | None,
         new_requests: bool,
         new_tokens: bool,
+        current: bool,
     ) -> None:
         """Drain the buckets to what ``permit``'s answer says was left (less what was sent
-        after it), and read where its windows end (called with the lock held)."""
+        after it), and read where its windows end (called with the lock held). ``current``:
+        not an answer to a request sent before the latest one read, which still bounds the
+        headroom but does not start the first window over (drained to empty by each late
+        answer whose window had ended, a lane on a simulated clock drew a refusal that
+        main's code did not)."""
         _, otpm, remaining_tokens, reset_tokens_s = tokens
         rpm, remaining_requests = minute.limit_requests, minute.remaining_requests
         elapsed_s = max(0.0, now - permit.sent_at)
@@ -706,7 +716,13 @@ class Lane:
                 unknown_length=True,
                 budget_per_s=self._stated_per_s(self.token_rate.ceiling),
             )
-            self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
+            # Only a window counted apart from the per-minute limit (at most half of it
+            # ever left): a continuous bucket of a minute (OpenAI's, remaining scaled to the
+            # limit) drained near empty is full again 1/rate later with each request, and at
+            # 1200/min and more its resets agree within 50 ms like a window's.
+            short = self._depths["requests"].least_missing >= _APART_FROM_THE_MINUTE
+            if short:
+                self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
             _keep_windows(
                 self.requests,
                 self._request_windows,
@@ -734,7 +750,9 @@ class Lane:
                 now=now,
                 remaining=remaining_tokens,
                 reset_s=reset_tokens_s,
-                first_window=reset_tokens_s is not None and not minute.resets_to_the_second,
+                first_window=current
+                and reset_tokens_s is not None
+                and not minute.resets_to_the_second,
                 new_tokens=new_tokens,
             )
         if otpm and minute.remaining_output_tokens is not None:
