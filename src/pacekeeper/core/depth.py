@@ -82,7 +82,6 @@ class StatedDepth:
 
     __slots__ = (
         "_highest_lower_s",
-        "_least_missing_seen",
         "_lowest_upper_s",
         "_missing_least",
         "_missing_most",
@@ -91,7 +90,6 @@ class StatedDepth:
 
     def __init__(self) -> None:
         self._highest_lower_s = 0.0
-        self._least_missing_seen = 1.0
         self._lowest_upper_s = math.inf
         self._missing_least = 1.0
         self._missing_most = 0.0
@@ -104,12 +102,6 @@ class StatedDepth:
         refills at its rate all along. (An attribute: a lane reads it with every answer's
         headers it reads.)
         """
-
-    @property
-    def least_missing(self) -> float:
-        """The least share of the stated limit any reading saw missing (1.0: none read). A
-        window counted apart from a per-minute limit always looks all but empty."""
-        return self._least_missing_seen
 
     @property
     def depth_s(self) -> float | None:
@@ -169,7 +161,6 @@ class StatedDepth:
             return
         left = max(0.0, remaining) / limit
         missing_most = 1.0 - left
-        self._least_missing_seen = min(self._least_missing_seen, max(0.0, missing_most))
         missing_least = 1.0 - min(1.0, (remaining + 1.0) / limit)
         if missing_least < _LEAST_MISSING:
             return

@@ -110,9 +110,6 @@ _SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
-_APART_FROM_THE_MINUTE = 0.5
-"""A budget never seen more than this share full is counted apart from its per-minute limit
-(a window of a few seconds), not scaled to it."""
 _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one gains little
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
@@ -129,21 +126,18 @@ def _keep_windows(
     windows: FixedWindows,
     *,
     now: float,
-    unknown_length: bool,
     budget_per_s: float | None,
 ) -> None:
     """Keep ``bucket`` to the fixed windows its budget's resets show, so what a window left
     is not carried into the next (see :meth:`TokenBucket.set_windows`), or refill it
-    continuously again once they are not shown after all. ``unknown_length``: keep to the
-    windows from the first end seen (tokens: a request is a tenth to a quarter of a window,
-    and a window's leftover carried into the next is a 429), not only once their length is
-    known (requests: paced from empty within a window, a window's last request waited for
-    its very end and fell into the next, ~5% of the rate). A window holds ``budget_per_s``
-    (the stated limit) times its length, whatever the pace."""
+    continuously again once they are not shown after all: from the first end seen (a
+    request is a tenth to a quarter of a window, and a window's leftover carried into the
+    next is a 429), whole windows at their start once their length is known. A window holds
+    ``budget_per_s`` (the stated limit) times its length, whatever the pace."""
     if bucket is None:
         return
     grid = windows.grid()
-    if grid is not None and (unknown_length or grid[1] is not None):
+    if grid is not None:
         start_s, length_s = grid
         # A window's budget goes at its start: not before the latest end seen, and a guard
         # after it, since a request's trip varies by that much (a burst whose first requests
@@ -305,7 +299,6 @@ class Lane:
         "_queue",
         "_quota_budgets",
         "_recent_sends",
-        "_request_windows",
         "_shared",
         "_stated_sent_at",
         "_success_peak_at",
@@ -386,7 +379,6 @@ class Lane:
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
         self._token_windows = FixedWindows()
-        self._request_windows = FixedWindows()
         """Whether the provider counts tokens in fixed windows, as its resets show. Requests
         are left to pacing: whole, even requests overfill a window rarely, and holding them to
         the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
@@ -713,22 +705,7 @@ class Lane:
                 self._local.tokens,
                 self._token_windows,
                 now=now,
-                unknown_length=True,
                 budget_per_s=self._stated_per_s(self.token_rate.ceiling),
-            )
-            # Only a window counted apart from the per-minute limit (at most half of it
-            # ever left): a continuous bucket of a minute (OpenAI's, remaining scaled to the
-            # limit) drained near empty is full again 1/rate later with each request, and at
-            # 1200/min and more its resets agree within 50 ms like a window's.
-            short = self._depths["requests"].least_missing >= _APART_FROM_THE_MINUTE
-            if short:
-                self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
-            _keep_windows(
-                self.requests,
-                self._request_windows,
-                now=now,
-                unknown_length=False,
-                budget_per_s=self._stated_per_s(self.request_rate.ceiling),
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
@@ -741,7 +718,6 @@ class Lane:
                 elapsed_s=elapsed_s,
                 used_since=self._admitted - permit.seq,
                 slack=1.0,
-                fixed_window=self.requests is not None and self.requests.window_s is not None,
                 continuous=self._depths["requests"].continuous,
             )
         if remaining_tokens is not None:
