@@ -52,6 +52,8 @@ arrival by a few ms to tens of ms."""
 _WINDOW_AGREEMENTS = 2
 _GAPS_KEPT = 3
 """Gaps between the ends of successive windows that must agree before they give a length."""
+_WHOLE_WITHIN = 0.05
+"""A window length measured this close to a whole number of seconds is that number."""
 _GUARD_S = 0.02
 """How much later than the quickest a request may reach the provider (see FixedWindows.grid)."""
 _AGREEMENT = 1.1
@@ -60,6 +62,18 @@ _SPREAD_TO_AGREE = 0.1
 """Readings agree on a continuous bucket only when they saw it this differently full (a share
 of the limit): readings of one fixed window at about one instant agree with any bucket, and a
 window counted apart from a per-minute limit always looks all but empty."""
+
+
+def _whole(length_s: float) -> float:
+    """A window's length as providers set it, a whole number of seconds, when the gaps
+    measured are that within 5%: a window's budget is the rate times its length, and a
+    length read 0.1% long put one request's worth too many into a window.
+
+    >>> _whole(1.001), _whole(9.93), _whole(0.5), _whole(1.3)
+    (1.0, 10.0, 0.5, 1.3)
+    """
+    whole = float(round(length_s))
+    return whole if whole >= 1 and abs(length_s - whole) <= _WHOLE_WITHIN * whole else length_s
 
 
 class StatedDepth:
@@ -206,6 +220,7 @@ class FixedWindows:
         "_end",
         "_gaps",
         "_length_s",
+        "_longest_reset_s",
         "_seen_twice",
         "first_answer_at",
         "fixed",
@@ -218,22 +233,40 @@ class FixedWindows:
         self._confirmed_end = -math.inf
         self._gaps: deque[float] = deque(maxlen=_GAPS_KEPT)
         self._length_s: float | None = None
+        self._longest_reset_s = 0.0
         self.first_answer_at = math.inf
         self.fixed = False
         """Whether the resets show fixed windows (set as readings come: read per answer)."""
         """When the first reading of the budget came (the requests sent before it were sent
         blind to its windows)."""
 
+    guard_s = _GUARD_S
+    """How much earlier than the latest end seen a window may end (see :meth:`grid`)."""
+
     @property
     def length_s(self) -> float | None:
         """How long a window lasts: the middle one of the last gaps between the ends of
-        windows each seen twice, once three agree (within a tenth); None until they do. Once
-        known, a gap of a few windows (those between were not seen twice) counts as that
-        many gaps of one."""
+        windows each seen twice, once three agree (within a tenth), or the first such gap
+        when it is shorter than twice the longest reset seen (a window is at least as long
+        as any reset it gives, so that gap is one window); None until then. Once known, a
+        gap of a few windows (those between were not seen twice) counts as that many gaps
+        of one. A length within 5% of a whole number of seconds is that number."""
         return self._length_s
 
     def _gap(self, gap_s: float) -> None:
+        self._take_gap(gap_s)
+        if self._length_s is not None:
+            self._length_s = _whole(self._length_s)
+
+    def _take_gap(self, gap_s: float) -> None:
         gaps, length_s = self._gaps, self._length_s
+        if length_s is None and self._longest_reset_s > gap_s / 2:
+            # No window is longer than a reset it gave: a gap between the ends of two windows
+            # that is shorter than twice the longest reset is one window, not several.
+            gaps.clear()
+            gaps.append(gap_s)
+            self._length_s = gap_s
+            return
         if length_s is not None:
             windows = round(gap_s / length_s)
             if windows >= 1 and abs(gap_s - windows * length_s) <= length_s * (_AGREEMENT - 1):
@@ -272,6 +305,7 @@ class FixedWindows:
         if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
             return
         end = sent_at + reset_s
+        self._longest_reset_s = max(self._longest_reset_s, reset_s)
         if end < self._end - _SAME_END_S:
             # A window before the latest (answers come back out of order): it shows nothing
             # about the latest one.

@@ -30,6 +30,7 @@ __all__ = [
     "drain_to_headroom",
     "outlasts_a_minute",
     "output_budget_short",
+    "short_window",
 ]
 
 # A per-minute budget is whole again within a minute of any use, however it is enforced; a
@@ -49,6 +50,22 @@ def outlasts_a_minute(reset_s: float | None) -> bool:
     (True, False, False)
     """
     return reset_s is not None and reset_s > _LONGEST_MINUTE_RESET_S
+
+
+def short_window(*, remaining: float, rate_per_s: float, reset_s: float | None) -> bool:
+    """Whether ``remaining`` and ``reset`` describe a short window (or bucket), not a
+    minute's: ``remaining + rate x reset`` is about the budget's capacity, a minute's worth
+    for OpenAI's buckets (remaining scaled to the per-minute limit), a second's for a gateway
+    that counts per second.
+
+    >>> short_window(remaining=12, rate_per_s=20.0, reset_s=0.4)
+    True
+    >>> short_window(remaining=1180, rate_per_s=20.0, reset_s=1.0)
+    False
+    """
+    if reset_s is None or rate_per_s <= 0:
+        return False
+    return max(0.0, remaining) / rate_per_s + reset_s <= _SHORT_WINDOW_S
 
 
 def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
@@ -125,7 +142,9 @@ def drain_to_headroom(
     With ``fixed_window`` (the resets showed windows that end at one instant), the window
     refills nothing before its reset while our bucket refills continuously: the bucket then
     drains to what lets no more than ``remaining`` through before the reset, a debt repaid as
-    the window ends, and without slack (a request too many is the 429 this avoids).
+    the window ends, and without slack (a request too many is the 429 this avoids). A bucket
+    that keeps to windows of a known length (:meth:`TokenBucket.set_windows`) refills
+    nothing within one: it drains to ``remaining`` itself.
 
     With ``continuous`` (the answers proved a bucket that refills all along,
     :attr:`~pacekeeper.core.depth.StatedDepth.continuous`), the reset is when it is full
@@ -137,6 +156,12 @@ def drain_to_headroom(
         return
     if reset_s is not None and fixed_window:
         if elapsed_s >= reset_s:
+            return
+        if bucket.window_s is not None:
+            # It keeps to the windows: what is left of this one is all it holds until it ends
+            # (less than nothing: the provider refuses the excess, and carries none over).
+            ends_at = now + reset_s - elapsed_s
+            bucket.drain_window_to(now=now, level=max(0.0, remaining - used_since), ends_at=ends_at)
             return
         left = remaining - used_since - bucket.rate_per_s * (reset_s - elapsed_s)
         bucket.drain_to(now=now, level=left)
@@ -190,7 +215,7 @@ def drain_to_first_window(
     if bucket is None:
         return
     rate = bucket.rate_per_s
-    if max(0.0, remaining) / rate + reset_s > _SHORT_WINDOW_S:
+    if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s):
         return
     if elapsed_s >= reset_s:
         bucket.drain_to(now=now, level=0.0)

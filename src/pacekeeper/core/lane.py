@@ -115,6 +115,66 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
+
+
+_TokenReading = tuple[int | None, int | None, int | None, float | None]
+"""What an answer says of its token budgets: (tpm, output tpm, remaining, reset_s)."""
+
+
+def _keep_windows(
+    bucket: TokenBucket | None,
+    windows: FixedWindows,
+    *,
+    now: float,
+    budget_per_s: float | None,
+) -> None:
+    """Keep ``bucket`` to the fixed windows its budget's resets show, so what a window left
+    is not carried into the next (see :meth:`TokenBucket.set_windows`), or refill it
+    continuously again once they are not shown after all: from the first end seen (a
+    request is a tenth to a quarter of a window, and a window's leftover carried into the
+    next is a 429), whole windows at their start once their length is known. A window holds
+    ``budget_per_s`` (the stated limit) times its length, whatever the pace."""
+    if bucket is None:
+        return
+    grid = windows.grid()
+    if grid is not None:
+        start_s, length_s = grid
+        # A window's budget goes at its start: not before the latest end seen, and a guard
+        # after it, since a request's trip varies by that much (a burst whose first requests
+        # arrive early lands in the window before, which is full).
+        guard_s = 2.0 * windows.guard_s
+        bucket.set_windows(
+            start_s=start_s,
+            length_s=length_s,
+            now=now,
+            guard_s=guard_s,
+            budget_per_s=budget_per_s,
+        )
+    elif bucket.keeps_windows:
+        bucket.clear_windows(now=now)
+
+
+def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
+    """The token budget an answer's per-minute headers describe: Anthropic limits input and
+    output apart (its tokens-* headers repeat whichever is the most restrictive): input is
+    paced at admission, output reserved from max_tokens and settled from usage."""
+    if minute.limit_input_tokens and minute.limit_output_tokens:
+        return (
+            minute.limit_input_tokens,
+            minute.limit_output_tokens,
+            minute.remaining_input_tokens,
+            minute.reset_input_tokens_s,
+        )
+    if minute.limit_tokens:
+        return minute.limit_tokens, None, minute.remaining_tokens, minute.reset_tokens_s
+    return (
+        minute.limit_input_tokens,
+        None,
+        minute.remaining_input_tokens,
+        minute.reset_input_tokens_s,
+    )
+
+
 _PACE_KNOWN_AFTER = 4  # answers before their mean round trip says how busy a pace was
 _CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
 
@@ -549,154 +609,191 @@ class Lane:
         # A day's quota under a minute's header names (Groq's requests) is not a rate: its
         # exhaustion comes back as a 429 whose hint is hours away, and the rate is found from
         # 429s. What is left is read as below.
-        quotas = self._quota_budgets
         minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
-        rpm = minute.limit_requests
-        tpm: int | None
-        otpm: int | None = None
-        if minute.limit_input_tokens and minute.limit_output_tokens:
-            # Anthropic: input and output limited apart (its tokens-* headers repeat whichever
-            # is the most restrictive): input paced at admission, output reserved from
-            # max_tokens and settled from usage.
-            tpm = minute.limit_input_tokens
-            otpm = minute.limit_output_tokens
-            remaining_tokens = minute.remaining_input_tokens
-            reset_tokens_s = minute.reset_input_tokens_s
-        elif minute.limit_tokens:
-            tpm = minute.limit_tokens
-            remaining_tokens = minute.remaining_tokens
-            reset_tokens_s = minute.reset_tokens_s
-        else:
-            tpm = minute.limit_input_tokens
-            remaining_tokens = minute.remaining_input_tokens
-            reset_tokens_s = minute.reset_input_tokens_s
-        remaining_requests = minute.remaining_requests
+        tokens = _token_reading(minute)
         with self._lock:
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
-            if sent_at < self._stated_sent_at:
-                # Answers arrive out of order: one to a request sent before the last statement
-                # we took describes the limits as they were then (a limit that just halved
-                # would flip back and forth with every late answer). Its reset still shows
-                # where a window that is not over yet ends: a 429 comes back at once, and the
-                # slower answers sent before it would all go unseen.
-                if (
-                    permit is not None
-                    and permit.seq
-                    and reset_tokens_s is not None
-                    and reset_tokens_s > now - sent_at
-                    and not minute.resets_to_the_second
-                ):
-                    self._token_windows.observe(sent_at=sent_at, reset_s=reset_tokens_s)
-                return
-            self._stated_sent_at = sent_at
-            changed = False
-            if "requests" in quotas and self.learned_rpm is not None:
-                self.learned_rpm = None  # stated by answers that came before the quota showed
-                changed = True
-            if "tokens" in quotas and self.learned_tpm is not None:
-                self.learned_tpm = None
-                changed = True
-            if rpm and rpm > 0 and rpm != self.learned_rpm:
-                self.learned_rpm = float(rpm)
-                changed = True
-            if tpm and tpm > 0 and tpm != self.learned_tpm:
-                self.learned_tpm = float(tpm)
-                changed = True
-            if otpm and otpm > 0 and otpm != self.learned_otpm:
-                self.learned_otpm = float(otpm)
-                changed = True
-            readings = (
-                (rpm, remaining_requests, minute.reset_requests_s),
-                (tpm, remaining_tokens, reset_tokens_s),
-                (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
-            )
-            # A duration counts from when the provider counted the request; a time of day was
-            # turned into a wait from now, the answer, a time on the wire later.
-            age_s = now - sent_at if minute.resets_to_the_second else 0.0
-            changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
-            new_requests = self.requests is None
-            new_tokens = self._local.tokens is None
-            if changed:
-                self._state_ceilings(now=now)
-                self._queue.wake_head()
-                if self._shared:
-                    self.admission.stated(self.learned_rpm, self.learned_tpm)
+            new_requests = new_tokens = False
+            current = sent_at >= self._stated_sent_at
+            if current:
+                self._stated_sent_at = sent_at
+                new_requests = self.requests is None
+                new_tokens = self._local.tokens is None
+                self._take_statement(minute, tokens, now=now, sent_at=sent_at)
+            # else: answers arrive out of order, and one to a request sent before the last
+            # statement we took describes the limits as they were then (a limit that just
+            # halved would flip back and forth with every late answer). What it says was left
+            # is still evidence: less what was sent after it, it bounds the headroom now, and
+            # its reset shows where a window ends (a 429 comes back at once, and the slower
+            # answers sent before it went unread, the drains with them).
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
-            elapsed_s = max(0.0, now - permit.sent_at)
-            if not minute.resets_to_the_second:
-                self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
-                # Fixed windows shown: the token bucket keeps to them, so what a window left
-                # is not carried into the next (see TokenBucket.set_windows).
-                tokens = self._local.tokens
-                if tokens is not None and self._token_windows.fixed:
-                    start_s, length_s = self._token_windows.grid() or (now, None)
-                    tokens.set_windows(start_s=start_s, length_s=length_s, now=now)
-                elif tokens is not None and tokens.keeps_windows:
-                    tokens.clear_windows(now=now)
-            if new_requests and rpm and remaining_requests is not None:
-                self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
-            if remaining_requests is not None:
-                drain_to_headroom(
-                    self.requests,
-                    now=now,
-                    remaining=remaining_requests,
-                    reset_s=snapshot.reset_requests_s,
-                    elapsed_s=elapsed_s,
-                    used_since=self._admitted - permit.seq,
-                    slack=1.0,
-                    continuous=self._depths["requests"].continuous,
-                )
-            if remaining_tokens is not None:
-                drain_to_headroom(
-                    self.tokens,
-                    now=now,
-                    remaining=remaining_tokens,
-                    reset_s=reset_tokens_s,
-                    elapsed_s=elapsed_s,
-                    used_since=self._charged - permit.charged_before - self._charged_for(permit),
-                    slack=float(permit.tokens),
-                    fixed_window=self._token_windows.fixed,
-                    continuous=self._depths["tokens"].continuous,
-                )
-                # The answers to the requests sent before the first came back describe the
-                # window that was blind to us; each says when it ends a little differently
-                # (the first connection delays the first request), and the latest counts.
-                windows = self._token_windows
-                if new_tokens:
-                    windows.first_answer_at = now
-                if (
-                    permit.sent_at < windows.first_answer_at
-                    and reset_tokens_s is not None
-                    and not minute.resets_to_the_second
-                ):
-                    drain_to_first_window(
-                        self.tokens,
-                        now=now,
-                        remaining=remaining_tokens,
-                        reset_s=reset_tokens_s,
-                        elapsed_s=elapsed_s,
-                        used_since=self._charged
-                        - permit.charged_before
-                        - self._charged_for(permit),
-                    )
-            if otpm and minute.remaining_output_tokens is not None:
-                # The provider reserves max_tokens at admission and settles at the end, as we
-                # do: what we reserved after this request, net of what answers gave back since,
-                # has been counted after its remaining.
-                drain_to_headroom(
-                    self.output_tokens,
-                    now=now,
-                    remaining=minute.remaining_output_tokens,
-                    reset_s=minute.reset_output_tokens_s,
-                    elapsed_s=elapsed_s,
-                    used_since=max(
-                        0.0,
-                        self._output_charged - permit.output_charged_before - permit.output_tokens,
-                    ),
-                    slack=float(permit.output_tokens),
-                )
+            self._read_headroom(
+                minute,
+                tokens,
+                permit,
+                now=now,
+                reset_requests_s=snapshot.reset_requests_s,
+                new_requests=new_requests,
+                new_tokens=new_tokens,
+                current=current,
+            )
+
+    def _take_statement(
+        self, minute: RateLimitSnapshot, tokens: _TokenReading, *, now: float, sent_at: float
+    ) -> None:
+        """Adopt the per-minute limits the latest answer states, and the depths its
+        resets show (called with the lock held)."""
+        tpm, otpm, remaining_tokens, reset_tokens_s = tokens
+        rpm = minute.limit_requests
+        quotas = self._quota_budgets
+        changed = False
+        if "requests" in quotas and self.learned_rpm is not None:
+            self.learned_rpm = None  # stated by answers that came before the quota showed
+            changed = True
+        if "tokens" in quotas and self.learned_tpm is not None:
+            self.learned_tpm = None
+            changed = True
+        if rpm and rpm > 0 and rpm != self.learned_rpm:
+            self.learned_rpm = float(rpm)
+            changed = True
+        if tpm and tpm > 0 and tpm != self.learned_tpm:
+            self.learned_tpm = float(tpm)
+            changed = True
+        if otpm and otpm > 0 and otpm != self.learned_otpm:
+            self.learned_otpm = float(otpm)
+            changed = True
+        readings = (
+            (rpm, minute.remaining_requests, minute.reset_requests_s),
+            (tpm, remaining_tokens, reset_tokens_s),
+            (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
+        )
+        # A duration counts from when the provider counted the request; a time of day was
+        # turned into a wait from now, the answer, a time on the wire later.
+        age_s = now - sent_at if minute.resets_to_the_second else 0.0
+        changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
+        if changed:
+            self._state_ceilings(now=now)
+            self._queue.wake_head()
+            if self._shared:
+                self.admission.stated(self.learned_rpm, self.learned_tpm)
+
+    def _read_headroom(
+        self,
+        minute: RateLimitSnapshot,
+        tokens: _TokenReading,
+        permit: Permit,
+        *,
+        now: float,
+        reset_requests_s: float | None,
+        new_requests: bool,
+        new_tokens: bool,
+        current: bool,
+    ) -> None:
+        """Drain the buckets to what ``permit``'s answer says was left (less what was sent
+        after it), and read where its windows end (called with the lock held). ``current``:
+        not an answer to a request sent before the latest one read, which still bounds the
+        headroom but does not start the first window over (drained to empty by each late
+        answer whose window had ended, a lane on a simulated clock drew a refusal that
+        main's code did not)."""
+        _, otpm, remaining_tokens, reset_tokens_s = tokens
+        rpm, remaining_requests = minute.limit_requests, minute.remaining_requests
+        elapsed_s = max(0.0, now - permit.sent_at)
+        if not minute.resets_to_the_second:
+            self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
+            _keep_windows(
+                self._local.tokens,
+                self._token_windows,
+                now=now,
+                budget_per_s=self._stated_per_s(self.token_rate.ceiling),
+            )
+        if new_requests and rpm and remaining_requests is not None:
+            self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
+        if remaining_requests is not None:
+            drain_to_headroom(
+                self.requests,
+                now=now,
+                remaining=remaining_requests,
+                reset_s=reset_requests_s,
+                elapsed_s=elapsed_s,
+                used_since=self._admitted - permit.seq,
+                slack=1.0,
+                continuous=self._depths["requests"].continuous,
+            )
+        if remaining_tokens is not None:
+            self._drain_tokens(
+                permit,
+                now=now,
+                remaining=remaining_tokens,
+                reset_s=reset_tokens_s,
+                first_window=current
+                and reset_tokens_s is not None
+                and not minute.resets_to_the_second,
+                new_tokens=new_tokens,
+            )
+        if otpm and minute.remaining_output_tokens is not None:
+            # The provider reserves max_tokens at admission and settles at the end, as we
+            # do: what we reserved after this request, net of what answers gave back since,
+            # has been counted after its remaining.
+            drain_to_headroom(
+                self.output_tokens,
+                now=now,
+                remaining=minute.remaining_output_tokens,
+                reset_s=minute.reset_output_tokens_s,
+                elapsed_s=elapsed_s,
+                used_since=max(
+                    0.0,
+                    self._output_charged - permit.output_charged_before - permit.output_tokens,
+                ),
+                slack=float(permit.output_tokens),
+            )
+
+    def _stated_per_s(self, ceiling_per_min: float | None) -> float | None:
+        """This process's share of a stated per-minute limit, per second (None: none)."""
+        if ceiling_per_min is None:
+            return None
+        return ceiling_per_min * self._configured.utilisation * self.local_share / 60.0
+
+    def _drain_tokens(
+        self,
+        permit: Permit,
+        *,
+        now: float,
+        remaining: int,
+        reset_s: float | None,
+        first_window: bool,
+        new_tokens: bool,
+    ) -> None:
+        """The token bucket's share of :meth:`_read_headroom`."""
+        elapsed_s = max(0.0, now - permit.sent_at)
+        used_since = self._charged - permit.charged_before - self._charged_for(permit)
+        drain_to_headroom(
+            self.tokens,
+            now=now,
+            remaining=remaining,
+            reset_s=reset_s,
+            elapsed_s=elapsed_s,
+            used_since=used_since,
+            slack=float(permit.tokens),
+            fixed_window=self._token_windows.fixed,
+            continuous=self._depths["tokens"].continuous,
+        )
+        # The answers to the requests sent before the first came back describe the window
+        # that was blind to us; each says when it ends a little differently (the first
+        # connection delays the first request), and the latest counts.
+        windows = self._token_windows
+        if new_tokens:
+            windows.first_answer_at = now
+        if first_window and reset_s is not None and permit.sent_at < windows.first_answer_at:
+            drain_to_first_window(
+                self.tokens,
+                now=now,
+                remaining=remaining,
+                reset_s=reset_s,
+                elapsed_s=elapsed_s,
+                used_since=used_since,
+            )
 
     # -- admission ------------------------------------------------------------------------
 
