@@ -191,7 +191,11 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # queue's class found without Priority.rank, the idle timeout read without a property).
 # Third round: 397.2 (the include_usage copy no longer builds a second Request, the headers
 # read from httpx's lower-cased entries, the usage-only event parsed by json's C scanner).
-_STREAM_BUDGET = 405
+# Raised knowingly to 425 at 418.2: learning a token bucket's fixed windows (branch
+# `windows`, issue 10) drains the token bucket and keeps its windows on each answer whose
+# headers are read, 21 calls more a stream here (a stream's headers are read on every answer
+# of this harness; a plain answer's every 0.1 s of the lane's clock, so its count is unmoved).
+_STREAM_BUDGET = 425
 
 
 def test_a_governed_stream_adds_no_more_calls_per_request_than_its_budget() -> None:
