@@ -93,7 +93,7 @@ _FLOOR_HEADROOM = 1.5  # slots a known rate needs: rate x mean latency, and half
 # answers to come back are the fastest, so an early mean runs low)
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
 _FLOOR_EVERY_S = 0.25
-_SERVED_SPAN_S = 2.0  # completions per second, counted over this long (one second is noisy)
+_SERVED_SPAN_S = 4.0  # completions per second, counted over this long (shorter ones are noisy)
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
