@@ -158,7 +158,9 @@ class AimdLimit(FixedLimit):
         "decreases",
         "floor",
         "learned_cap",
+        "outgrew_served",
         "queue_cut_at",
+        "served_top",
     )
 
     silence_double_s = 1.0
@@ -199,6 +201,11 @@ class AimdLimit(FixedLimit):
         self.ceiling: int | None = None
         """A hard ceiling from outside (the HTTP client's connection pool)."""
         self.queue_cut_at = -math.inf
+        self.served_top = -math.inf
+        """Where :meth:`served` last bounded slow start."""
+        self.outgrew_served = False
+        """Slow start grew the window past :attr:`served_top`: time for a new reading (one
+        under it needs none, and what a server serves at once changes slowly)."""
         """When swollen answers last cut the window (answers sent before say nothing new)."""
         self.cap_provisional = False
         """Whether the cap rests on a bare 429 alone (which the rate explains as well)."""
@@ -283,6 +290,8 @@ class AimdLimit(FixedLimit):
         if self.learned_cap is not None:
             top = min(top, self.learned_cap + 1.0)
         self._window = min(top, self._window + step)
+        if step == 1.0 and self._window > self.served_top:
+            self.outgrew_served = True
 
     def served(self, at_once: float) -> None:
         """The upstream answered ``at_once`` requests per unloaded latency at best lately
@@ -299,9 +308,10 @@ class AimdLimit(FixedLimit):
         >>> aimd.window, aimd.limit  # the floor still holds the limit
         (19.0, 40)
         """
+        self.outgrew_served = False
         if not self.slow_start:
             return
-        top = max(self.ramp_max, _PAST_SERVED * at_once + 1.0)
+        top = self.served_top = max(self.ramp_max, _PAST_SERVED * at_once + 1.0)
         if self._window > top:
             self._window = top
             self._update()

@@ -1378,7 +1378,7 @@ class Lane:
             ramp = slots.in_flight * 2.0 ** (elapsed_s / _FLOOR_DOUBLES_S) if backlog else 0.0
             slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
         latency = self.latency
-        if slots.slow_start and latency.mean_known and now >= self._served_due:
+        if slots.outgrew_served and now >= self._served_due and latency.mean_known:
             # What the upstream serves at once (Little's law): answers per second at best over
             # an unloaded latency (at most the 5 s of answers kept), times that latency. The
             # mean would count time spent queueing, and so what is in flight, not served.
