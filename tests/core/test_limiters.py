@@ -301,10 +301,12 @@ def test_before_any_answer_a_paced_ramp_then_silence_grows_the_window_one_slot_a
     for _ in range(4):
         aimd.acquire(now=0.0)
     wait = aimd.waiting_for_slot(0.0)
-    assert wait == pytest.approx(0.1)  # the ramp: a slot a tenth of a second (was 1-2 s)
-    aimd.waiting_for_slot(0.1)
+    assert wait == pytest.approx(0.6)  # the ramp: from half a second on (was 1-2 s)
+    aimd.waiting_for_slot(0.6)
     assert aimd.limit == 5
-    aimd.waiting_for_slot(0.45)
+    aimd.waiting_for_slot(0.75)
+    assert aimd.limit == 6  # a slot a tenth of a second
+    aimd.waiting_for_slot(0.95)
     assert aimd.limit == 8  # up to 8, one at a time
     wait = aimd.waiting_for_slot(1.0)
     assert aimd.limit == 8
@@ -324,13 +326,13 @@ def test_an_in_flight_refusal_in_the_ramp_stops_it_at_the_cap() -> None:
     for _ in range(4):
         aimd.acquire(now=0.0)
     aimd.waiting_for_slot(0.0)
-    aimd.waiting_for_slot(0.1)
+    aimd.waiting_for_slot(0.6)
     assert aimd.has_room()
-    aimd.acquire(now=0.1)
+    aimd.acquire(now=0.6)
     assert not aimd.has_room()
-    aimd.learn_cap(in_flight_at_send=5, now=0.15)
-    aimd.release(now=0.15, sent_at=0.1, in_flight_at_send=5, signal=Signal.NEUTRAL)
-    assert aimd.waiting_for_slot(0.5) == math.inf
+    aimd.learn_cap(in_flight_at_send=5, now=0.65)
+    aimd.release(now=0.65, sent_at=0.6, in_flight_at_send=5, signal=Signal.NEUTRAL)
+    assert aimd.waiting_for_slot(1.0) == math.inf
     assert aimd.limit == 4
 
 

@@ -167,12 +167,16 @@ class AimdLimit(FixedLimit):
     silence_first_s = 2.0
     """The first doubling comes after this much silence, the next every ``silence_double_s``."""
     """Before any answer, the window doubles every this many seconds of silence."""
+    ramp_after_s = 0.5
     ramp_spacing_s = 0.1
-    """Before any answer, the window also gains a slot every this many seconds from the first
-    wait for one, up to ``ramp_max``: a server that queues answers late, and a first window
-    of 4 leaves one of capacity 24 a sixth full for a round trip, while an in-flight cap
-    refuses the first request past it within tens of milliseconds, before the next slot
-    opens (a first burst of 8 drew 1.7-5% 429s from the `inflight` profile's caps of 4-16)."""
+    """With no answer ``ramp_after_s`` after the first wait for a slot, the window gains a slot
+    every ``ramp_spacing_s``, up to ``ramp_max``: a server that queues answers late, and a
+    first window of 4 leaves one of capacity 24 a sixth full for a round trip, while an
+    in-flight cap refuses the first request past it within tens of milliseconds, before the
+    next slot opens (a first burst of 8 drew 1.7-5% 429s from the `inflight` profile's caps
+    of 4-16). Most APIs answer within the first half second, and a limit their first answer
+    states then governs: a ramp from the first instant overfilled one-second token windows
+    before their first answer (tests/core/test_windows.py)."""
     ramp_max = 8.0
     """The paced ramp before any answer stops here; past it, answers say how far to go (with
     a ramp to 12, 5 of the 36 bare-429 in-flight caps of the property tests held a 5 s window
@@ -319,7 +323,8 @@ class AimdLimit(FixedLimit):
     def waiting_for_slot(self, now: float) -> float:
         """The head of the queue waits for a slot: before any answer, silence grows the window.
 
-        From the first wait, one slot every ``ramp_spacing_s`` up to ``ramp_max``; after
+        From ``ramp_after_s`` after the first wait, one slot every ``ramp_spacing_s`` up to
+        ``ramp_max``; after
         ``silence_first_s``, doubling every ``silence_double_s``. The growth is smooth (one
         slot at a time), not a jump:
         a jump would send its new slots' requests all at once, and a rate limit's refusals
@@ -332,7 +337,7 @@ class AimdLimit(FixedLimit):
         if self._window >= top:
             return math.inf
         if self._silence_since is None:
-            self._ramp_from = now
+            self._ramp_from = now + self.ramp_after_s
             # Doubling starts once the first silence_first_s is mostly over: most answers come
             # within it, and then the answers, not the silence, say how far to go.
             self._silence_since = now + self.silence_first_s - self.silence_double_s
