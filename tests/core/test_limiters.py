@@ -336,6 +336,22 @@ def test_an_in_flight_refusal_in_the_ramp_stops_it_at_the_cap() -> None:
     assert aimd.limit == 4
 
 
+def test_any_refusal_before_an_answer_ends_the_ramp_but_not_the_silence() -> None:
+    """A 429 read as a rate (a code or headers a cap shares) teaches no cap: the ramp must
+    still stop, or it goes on sending into the cap a slot a tenth of a second."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    for _ in range(4):
+        aimd.acquire(now=0.0)
+    aimd.waiting_for_slot(0.0)
+    aimd.waiting_for_slot(0.6)
+    aimd.acquire(now=0.6)
+    aimd.release(now=0.65, sent_at=0.6, in_flight_at_send=5, signal=Signal.NEUTRAL)
+    aimd.waiting_for_slot(0.95)
+    assert aimd.limit == 5  # no more ramp
+    aimd.waiting_for_slot(2.5)
+    assert aimd.limit > 8  # silence still doubles the window
+
+
 def test_slow_start_runs_at_most_half_again_past_what_the_upstream_served() -> None:
     """Little's law on the answers: a server that queues serves its capacity however many are
     sent, so slow start stops at 1.5 times that plus one, not at the 2.5-3 times that the

@@ -254,6 +254,11 @@ class AimdLimit(FixedLimit):
             # A refusal or an error says nothing of how long answers take: silence about the
             # latency ends with the first answer that carries it.
             self._answered = True
+        elif not self._answered:
+            # But a refusal ends the paced ramp: the ramp bets that no cap is in the way, and
+            # a refusal read as a rate (with a code or headers a cap shares) let it go on
+            # past a cap of 7 (6 of 61 requests refused).
+            self._ramp_from = math.inf
         s = self._settings
         if signal is Signal.BACKPRESSURE:
             # Once per round trip: an answer to a request sent before the last cut describes the
@@ -337,7 +342,8 @@ class AimdLimit(FixedLimit):
         if self._window >= top:
             return math.inf
         if self._silence_since is None:
-            self._ramp_from = now + self.ramp_after_s
+            if self._ramp_from == -math.inf:  # inf: a refusal ended the ramp already
+                self._ramp_from = now + self.ramp_after_s
             # Doubling starts once the first silence_first_s is mostly over: most answers come
             # within it, and then the answers, not the silence, say how far to go.
             self._silence_since = now + self.silence_first_s - self.silence_double_s
