@@ -254,6 +254,58 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
         t += 1.0
 
 
+def _slow_start_against_a_queueing_server(
+    capacity: int, service_s: float, seed: int
+) -> tuple[int, int]:
+    """A lane with a backlog against the queueing server for 12 s: how many were in flight
+    when the first answer came, and the most ever in flight."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    server = _QueueingServer(capacity, 0.3, service_s, seed)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    first: int | None = None
+    peak = 0
+    while clock.now < 12.0:
+        now = clock.now
+        for permit in server.done(now):
+            first = lane.slots.in_flight if first is None else first
+            lane.settle(permit, ok, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            server.arrive(lane._grant(now, 0, now), now)
+        peak = max(peak, lane.slots.in_flight)
+        clock.now = round(now + _STEP_S, 6)
+    assert first is not None
+    return first, peak
+
+
+def test_a_queueing_server_is_filled_within_a_round_trip_without_running_to_3x_its_capacity() -> (
+    None
+):
+    """The robustness row is lost at the start: a first window of 4 left a server of
+    capacity 12-24 a third to a sixth full for a round trip, then doubling ran the window to
+    2.0-2.9 times the capacity in the round trip before the queue showed in answers (a 10-s
+    run: 0.74 of a pacer told the capacity at worst). Now answers of 1.2 s find 7 in flight
+    (a paced ramp from half a second on; 4 before) and slow start stops at 1.5 times what
+    the server served at once."""
+    runs = [
+        (
+            capacity,
+            service_s,
+            seed,
+            *_slow_start_against_a_queueing_server(capacity, service_s, seed),
+        )
+        for capacity in (12, 16, 20, 24)
+        for service_s in (0.6, 1.2, 2.0)
+        for seed in (1, 2)
+    ]
+    assert all(first >= 7 for _, service_s, _, first, _ in runs if service_s >= 1.2), runs
+    overshoots = [
+        (c, s, seed, round(peak / c, 2)) for c, s, seed, _, peak in runs if peak > 2.2 * c
+    ]
+    assert not overshoots, f"ran past 2.2 x the capacity: {overshoots}"
+
+
 def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_latency() -> None:
     """A server serving 21 at once, 1.2 s an answer (lognormal spread): the first window's
     median, the unloaded latency, reads a fifth low, and one later reading passes 1.3 x that

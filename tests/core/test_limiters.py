@@ -296,18 +296,84 @@ def test_a_learned_cap_bounds_the_floor_and_is_probed_ever_less_often() -> None:
     assert t - first_probe >= 2 * first_probe - 1
 
 
-def test_before_any_answer_silence_doubles_the_window_one_slot_at_a_time() -> None:
+def test_before_any_answer_a_paced_ramp_then_silence_grows_the_window_one_slot_at_a_time() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
     for _ in range(4):
         aimd.acquire(now=0.0)
     wait = aimd.waiting_for_slot(0.0)
-    assert 1.0 < wait < 2.0  # the first slot opens within the second second of silence
+    assert wait == pytest.approx(0.6)  # the ramp: from half a second on (was 1-2 s)
+    aimd.waiting_for_slot(0.6)
+    assert aimd.limit == 5
+    aimd.waiting_for_slot(0.75)
+    assert aimd.limit == 6  # a slot a tenth of a second
+    aimd.waiting_for_slot(0.95)
+    assert aimd.limit == 8  # up to 8, one at a time
+    wait = aimd.waiting_for_slot(1.0)
+    assert aimd.limit == 8
+    assert 1.0 < wait < 1.5  # then silence: the window doubles from 4 in the third second
     aimd.waiting_for_slot(2.0)
-    assert aimd.limit == 8  # doubled after 2 s of silence
+    assert aimd.limit == 8
     aimd.waiting_for_slot(2.5)
     assert 8 < aimd.limit < 16  # growing smoothly, not in a jump
     aimd.release(now=2.6, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
     assert aimd.waiting_for_slot(5.0) == math.inf  # an answer came: only outcomes move it now
+
+
+def test_an_in_flight_refusal_in_the_ramp_stops_it_at_the_cap() -> None:
+    """A cap of 4 refuses the ramp's first request past it in milliseconds, before the next
+    slot opens: one refusal, and the window stays at the cap."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    for _ in range(4):
+        aimd.acquire(now=0.0)
+    aimd.waiting_for_slot(0.0)
+    aimd.waiting_for_slot(0.6)
+    assert aimd.has_room()
+    aimd.acquire(now=0.6)
+    assert not aimd.has_room()
+    aimd.learn_cap(in_flight_at_send=5, now=0.65)
+    aimd.release(now=0.65, sent_at=0.6, in_flight_at_send=5, signal=Signal.NEUTRAL)
+    assert aimd.waiting_for_slot(1.0) == math.inf
+    assert aimd.limit == 4
+
+
+def test_any_refusal_before_an_answer_ends_the_ramp_but_not_the_silence() -> None:
+    """A 429 read as a rate (a code or headers a cap shares) teaches no cap: the ramp must
+    still stop, or it goes on sending into the cap a slot a tenth of a second."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    for _ in range(4):
+        aimd.acquire(now=0.0)
+    aimd.waiting_for_slot(0.0)
+    aimd.waiting_for_slot(0.6)
+    aimd.acquire(now=0.6)
+    aimd.release(now=0.65, sent_at=0.6, in_flight_at_send=5, signal=Signal.NEUTRAL)
+    aimd.waiting_for_slot(0.95)
+    assert aimd.limit == 5  # no more ramp
+    aimd.waiting_for_slot(2.5)
+    assert aimd.limit > 8  # silence still doubles the window
+
+
+def test_slow_start_runs_at_most_half_again_past_what_the_upstream_served() -> None:
+    """Little's law on the answers: a server that queues serves its capacity however many are
+    sent, so slow start stops at 1.5 times that plus one, not at the 2.5-3 times that the
+    round trip its queue takes to show in answers let it reach."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    t = 0.0
+    while aimd.window < 40:
+        aimd.acquire(now=t)
+        aimd.release(now=t, sent_at=t, in_flight_at_send=aimd.limit, signal=Signal.SUCCESS)
+        t += 0.01
+    assert aimd.slow_start
+    aimd.served(12.0)
+    assert (aimd.window, aimd.limit) == (19.0, 19)
+    aimd.served(30.0)
+    assert aimd.window == 19.0  # a bound, not growth
+    aimd.served(2.0)
+    assert aimd.window == 8.0  # never under the ramp before any answer
+    aimd.release(now=t, sent_at=t, in_flight_at_send=8, signal=Signal.BACKPRESSURE)
+    aimd.acquire(now=t)
+    window = aimd.window
+    aimd.served(1.0)
+    assert aimd.window == window  # past slow start, cuts and growth move it, not this
 
 
 rate_steps = st.lists(

@@ -30,8 +30,9 @@ class AdaptiveConcurrency:
     """An adaptive concurrency limit.
 
     It starts at ``initial`` and, like TCP, grows fast at first (one more slot per success, so
-    it doubles every round trip; before any answer, it doubles every second of silence, up to
-    128) until the first sign of load, then by one slot per round trip. It is cut by
+    it doubles every round trip, up to 1.5 times what the upstream served at once; before any
+    answer, a slot every 0.1 s up to 8, then it doubles every second of silence, up to 128)
+    until the first sign of load, then by one slot per round trip. It is cut by
     ``decrease_factor``, at most once per round trip, on evidence of load: overload answers
     (503, 529, timeouts) whose recent share rises above the upstream's baseline, or answers that
     swell as more are in flight (a server queueing our requests). A single 503 does not cut it,

@@ -93,7 +93,9 @@ _FLOOR_HEADROOM = 1.5  # slots a known rate needs: rate x mean latency, and half
 # answers to come back are the fastest, so an early mean runs low)
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
 _FLOOR_EVERY_S = 0.25
-_SERVED_SPAN_S = 2.0  # completions per second, counted over this long (one second is noisy)
+_SERVED_SPAN_S = 4.0  # completions per second, counted over this long (shorter ones are noisy)
+_SERVED_SPAN_MAX_S = 5.0  # the answers a lane keeps the times of
+_SERVED_EVERY_S = 0.1
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
@@ -300,6 +302,7 @@ class Lane:
         "_queue",
         "_quota_budgets",
         "_recent_sends",
+        "_served_due",
         "_shared",
         "_stated_sent_at",
         "_success_peak_at",
@@ -384,6 +387,7 @@ class Lane:
         are left to pacing: whole, even requests overfill a window rarely, and holding them to
         the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
         self._floor_due = -math.inf
+        self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
         self._success_peak_in_flight = 0
@@ -1471,9 +1475,18 @@ class Lane:
             # 5-15 s reach the hundreds they need within seconds, not round trips.
             ramp = slots.in_flight * 2.0 ** (elapsed_s / _FLOOR_DOUBLES_S) if backlog else 0.0
             slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
+        latency = self.latency
+        if slots.outgrew_served and now >= self._served_due and latency.mean_known:
+            # What the upstream serves at once (Little's law): answers per second at best over
+            # an unloaded latency (at most the 5 s of answers kept), times that latency. The
+            # mean would count time spent queueing, and so what is in flight, not served.
+            self._served_due = now + _SERVED_EVERY_S  # a scan of 5 s of answers: not each one
+            latency_s = min(latency.mean_s, latency.base_s)
+            span_s = min(latency_s, _SERVED_SPAN_MAX_S)
+            served = self.request_rate.accepted_peak_rpm(span_s) / 60.0 * latency_s
+            slots.served(served)
         # Answers that swell as more are in flight: the upstream queues them (all a server
         # that never answers 429 says about its capacity). The window shrinks by how much.
-        latency = self.latency
         if latency.refuted_load is not None:
             slots.undo_queueing(latency.refuted_load)
             latency.refuted_load = None
