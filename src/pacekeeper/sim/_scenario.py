@@ -20,8 +20,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-HeaderMode = Literal["openai", "window", "azure", "anthropic", "groq", "none"]
-HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "groq", "none")
+HeaderMode = Literal[
+    "openai", "window", "azure", "anthropic", "groq", "gemini", "gateway", "openrouter", "none"
+]
+HEADER_MODES: tuple[HeaderMode, ...] = (
+    "openai",
+    "window",
+    "azure",
+    "anthropic",
+    "groq",
+    "gemini",
+    "gateway",
+    "openrouter",
+    "none",
+)
 OtpmCounting = Literal["max_tokens", "generated"]
 OTPM_COUNTINGS: tuple[OtpmCounting, ...] = ("max_tokens", "generated")
 

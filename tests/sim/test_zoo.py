@@ -1,0 +1,238 @@
+"""The providers the governor has no special case for, over real HTTP on loopback: Gemini
+(no headers, RESOURCE_EXHAUSTED with RetryInfo), Groq (limit-requests is per day), and
+OpenRouter-like gateways (unsuffixed X-RateLimit-* with a reset in Unix milliseconds, or the
+same values only in the 429's body). Each answer's structure is compared with the documented
+or reported one in fixtures/provider_shapes.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from pacekeeper.sim import ModelLimits, Scenario, draw_profile
+
+from .helpers import StartSim, chat
+
+SHAPES: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "fixtures" / "provider_shapes.json").read_text(encoding="utf-8")
+)
+
+
+def _same_structure(got: object, documented: object, where: str = "body") -> None:
+    """`got` has the documented keys, value types and (for typed details) the same kinds."""
+    if isinstance(documented, dict):
+        assert isinstance(got, dict), f"{where}: expected an object, got {got!r}"
+        assert set(got) == set(documented), f"{where}: keys {sorted(got)} != {sorted(documented)}"
+        for key, value in documented.items():
+            _same_structure(got[key], value, f"{where}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(got, list), f"{where}: expected a list, got {got!r}"
+        if documented and isinstance(documented[0], dict) and "@type" in documented[0]:
+            by_type = {d["@type"]: d for d in documented}
+            assert sorted(g["@type"] for g in got) == sorted(by_type), where
+            for item in got:
+                _same_structure(item, by_type[item["@type"]], f"{where}[{item['@type']}]")
+        else:
+            assert len(got) == len(documented), f"{where}: {len(got)} items"
+            for i, (g, d) in enumerate(zip(got, documented, strict=True)):
+                _same_structure(g, d, f"{where}[{i}]")
+    else:
+        assert type(got) is type(documented), f"{where}: {got!r} is not like {documented!r}"
+
+
+def _burst(base_url: str, n: int, model: str = "gpt-4o-mini") -> list[httpx2.Response]:
+    with httpx2.Client(base_url=base_url, timeout=10) as http:
+        return [http.post("/chat/completions", json=chat(f"z{i}", model=model)) for i in range(n)]
+
+
+# -- Gemini ------------------------------------------------------------------------------------
+
+
+def test_gemini_answers_no_headers_and_a_google_429_with_retry_info(start_sim: StartSim) -> None:
+    sim = start_sim(
+        Scenario(default=ModelLimits(rpm=300, rpd=10_000), rate_limit_headers="gemini")
+    )  # 5 requests per second, a bucket of 1 s
+    answers = _burst(sim.base_url, 8, model="gemini-2.5-flash")
+    assert [a.status_code for a in answers[:5]] == [200] * 5
+    assert not [h for h in answers[0].headers if "ratelimit" in h]
+    rejected = next(a for a in answers if a.status_code == 429)
+    shape = SHAPES["gemini_429"]
+    for name in shape["headers_absent"]:
+        assert name not in rejected.headers
+    body = rejected.json()
+    _same_structure(body, shape["body"])
+    error = body[0]["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    details = {d["@type"].rsplit(".", 1)[-1]: d for d in error["details"]}
+    (violation,) = details["QuotaFailure"]["violations"]
+    assert violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    assert violation["quotaValue"] == "300"
+    assert violation["quotaDimensions"]["model"] == "gemini-2.5-flash"
+    # Whole seconds, rounded up: a 0.2 s wait is stated as "1s".
+    assert details["RetryInfo"]["retryDelay"] == "1s"
+
+
+def test_gemini_input_tokens_and_daily_quota_name_their_quota(start_sim: StartSim) -> None:
+    sim = start_sim(
+        Scenario(
+            models={
+                "tokens": ModelLimits(input_tpm=3000),  # 50 input tokens per second
+                "daily": ModelLimits(rpd=2),
+            },
+            rate_limit_headers="gemini",
+        )
+    )
+    with httpx2.Client(base_url=sim.base_url, timeout=10) as http:
+        long = [
+            http.post("/chat/completions", json=chat("y" * 160 + str(i), model="tokens"))
+            for i in range(3)
+        ]
+        daily = [
+            http.post("/chat/completions", json=chat(f"d{i}", model="daily")) for i in range(3)
+        ]
+    quota_ids = {
+        a.json()[0]["error"]["details"][0]["violations"][0]["quotaId"]
+        for a in long + daily
+        if a.status_code == 429
+    }
+    assert quota_ids == {
+        "GenerateContentInputTokensPerModelPerMinute",
+        "GenerateRequestsPerDayPerProjectPerModel",
+    }
+    day_429 = daily[-1].json()[0]["error"]["details"][-1]
+    assert int(day_429["retryDelay"].removesuffix("s")) > 60  # until the day ends
+
+
+# -- Groq ----------------------------------------------------------------------------------------
+
+
+def test_groq_states_the_daily_requests_and_hides_the_per_minute_limit(
+    start_sim: StartSim,
+) -> None:
+    sim = start_sim(
+        Scenario(default=ModelLimits(rpm=120, tpm=60_000, rpd=14_400), rate_limit_headers="groq")
+    )  # 2 requests per second
+    answers = _burst(sim.base_url, 4, model="llama-3.1-8b-instant")
+    first = answers[0]
+    documented = SHAPES["groq_200"]["headers"]
+    assert {h for h in first.headers if h.startswith("x-ratelimit-")} == set(documented)
+    assert first.headers["x-ratelimit-limit-requests"] == "14400"  # per day, not per minute
+    assert first.headers["x-ratelimit-remaining-requests"] == "14399"
+    assert first.headers["x-ratelimit-limit-tokens"] == "60000"  # per minute
+    assert first.headers["x-ratelimit-reset-requests"].endswith("s")  # a Go duration
+    rejected = next(a for a in answers if a.status_code == 429)
+    shape = SHAPES["groq_429"]
+    for name in shape["headers_present"]:
+        assert name in rejected.headers
+    assert "retry-after-ms" not in rejected.headers
+    assert int(rejected.headers["retry-after"]) >= 1
+    _same_structure(rejected.json(), shape["body"])
+    error = rejected.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    # The per-minute request limit is stated only here.
+    assert "requests per min (RPM): Limit 120" in error["message"]
+
+
+# -- OpenRouter-like gateways --------------------------------------------------------------------
+
+
+def test_gateway_headers_count_a_window_and_reset_in_epoch_milliseconds(
+    start_sim: StartSim,
+) -> None:
+    sim = start_sim(
+        Scenario(default=ModelLimits(rpm=30, window_s=10.0), rate_limit_headers="gateway")
+    )  # 5 requests per 10 s window
+    before_ms = time.time() * 1000
+    answers = _burst(sim.base_url, 7)
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+    first = answers[0]
+    assert first.headers["x-ratelimit-limit"] == "5"  # per window, not per minute
+    assert first.headers["x-ratelimit-remaining"] == "4"
+    reset_ms = int(first.headers["x-ratelimit-reset"])
+    assert before_ms < reset_ms <= before_ms + 10_500  # the window's end, in milliseconds
+    assert not [h for h in first.headers if h.startswith("x-ratelimit-") and h.count("-") > 2]
+    rejected = answers[-1]
+    assert rejected.headers["x-ratelimit-remaining"] == "0"
+    assert "retry-after" not in rejected.headers
+    _same_structure(rejected.json(), SHAPES["openrouter_429"]["body"])
+    assert rejected.json()["error"]["metadata"]["headers"]["X-RateLimit-Reset"] == str(reset_ms)
+
+
+def test_openrouter_states_its_limit_only_in_the_429_body(start_sim: StartSim) -> None:
+    sim = start_sim(
+        Scenario(default=ModelLimits(rpm=30, window_s=10.0), rate_limit_headers="openrouter")
+    )
+    answers = _burst(sim.base_url, 6)
+    assert not [h for h in answers[0].headers if "ratelimit" in h]
+    rejected = answers[-1]
+    assert rejected.status_code == 429
+    shape = SHAPES["openrouter_429"]
+    for name in shape["headers_absent"]:
+        assert name not in rejected.headers
+    _same_structure(rejected.json(), shape["body"])
+    stated = rejected.json()["error"]["metadata"]["headers"]
+    assert stated["X-RateLimit-Limit"] == "5"
+    assert stated["X-RateLimit-Remaining"] == "0"
+    assert int(stated["X-RateLimit-Reset"]) > time.time() * 1000
+
+
+# -- the profiles --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_zoo_profiles_draw_within_documented_ranges(seed: int) -> None:
+    gemini = draw_profile("gemini", seed)
+    limits = gemini.scenario.default
+    assert gemini.scenario.rate_limit_headers == "gemini"
+    assert limits.rpm is not None
+    assert 600 <= limits.rpm <= 1500
+    assert limits.input_tpm is not None
+    assert limits.tpm is None  # Gemini's TPM counts input tokens
+    assert gemini.truth["gemini-2.5-flash"].input_tpm == limits.input_tpm
+    groq = draw_profile("groq", seed)
+    assert groq.scenario.rate_limit_headers == "groq"
+    assert groq.scenario.default.rpd is not None
+    assert groq.truth["llama-3.1-8b-instant"].rpm == groq.scenario.default.rpm
+    gateway = draw_profile("gateway", seed)
+    assert gateway.scenario.rate_limit_headers in ("gateway", "openrouter")
+    assert gateway.scenario.default.window_s == 10.0
+    per_window = gateway.scenario.default.rpm * 10 / 60  # type: ignore[operator]
+    assert per_window == round(per_window)  # a whole number of requests per window
+
+
+def test_gateway_profile_draws_both_styles() -> None:
+    styles = {draw_profile("gateway", seed).scenario.rate_limit_headers for seed in range(1, 9)}
+    assert styles == {"gateway", "openrouter"}
+
+
+async def test_gemini_profile_serves_its_drawn_limits(start_sim: StartSim) -> None:
+    draw = draw_profile("gemini", 1)
+    sim = start_sim(draw.scenario)
+    started = time.monotonic()
+    async with httpx2.AsyncClient(base_url=sim.base_url, timeout=10) as http:
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    http.post("/chat/completions", json=chat(f"p{i}", model=draw.models[0]))
+                    for i in range(120)
+                )
+            ),
+            timeout=30,
+        )
+    elapsed_s = time.monotonic() - started
+    statuses = [a.status_code for a in answers]
+    rpm = draw.truth[draw.models[0]].rpm
+    assert rpm is not None
+    depth = rpm / 60 * draw.truth[draw.models[0]].burst_s
+    # A bucket admits its depth at once plus what refills meanwhile (503s are admitted too),
+    # then refuses with Google's 429.
+    assert statuses.count(200) + statuses.count(503) <= depth + rpm / 60 * elapsed_s + 1
+    assert 429 in statuses
+    rejected = next(a for a in answers if a.status_code == 429)
+    assert rejected.json()[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
