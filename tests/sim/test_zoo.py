@@ -125,7 +125,10 @@ def test_groq_states_the_daily_requests_and_hides_the_per_minute_limit(
     assert first.headers["x-ratelimit-limit-requests"] == "14400"  # per day, not per minute
     assert first.headers["x-ratelimit-remaining-requests"] == "14399"
     assert first.headers["x-ratelimit-limit-tokens"] == "60000"  # per minute
-    assert first.headers["x-ratelimit-reset-requests"].endswith("s")  # a Go duration
+    # The time to regain the one request used at the day's rate (86400 s / 14400), not the
+    # time to midnight; the next answers' resets grow by as much per request.
+    assert first.headers["x-ratelimit-reset-requests"] == "6s"
+    assert answers[1].headers["x-ratelimit-reset-requests"] == "12s"
     rejected = next(a for a in answers if a.status_code == 429)
     shape = SHAPES["groq_429"]
     for name in shape["headers_present"]:
