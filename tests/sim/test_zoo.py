@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pacekeeper.sim import ModelLimits, Scenario, draw_profile
+from pacekeeper.sim._headers import go_duration, rate_limit_headers
+from pacekeeper.sim._limits import ModelLimiter
 
 from .helpers import StartSim, chat
 
@@ -239,3 +244,52 @@ async def test_gemini_profile_serves_its_drawn_limits(start_sim: StartSim) -> No
     assert 429 in statuses
     rejected = next(a for a in answers if a.status_code == 429)
     assert rejected.json()[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+# -- invariants of the new header modes, on an injected clock -------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_window=st.integers(min_value=1, max_value=300),
+    window_s=st.sampled_from([1.0, 10.0, 60.0]),
+    gaps_s=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=60),
+)
+def test_gateway_headers_state_the_window_truthfully(
+    per_window: int, window_s: float, gaps_s: list[float]
+) -> None:
+    rpm = per_window * 60 / window_s
+    limiter = ModelLimiter("m", ModelLimits(rpm=rpm, window_s=window_s), now=0.0)
+    wall0 = 1_764_000_000.0
+    now = 0.0
+    for gap_s in gaps_s:
+        now += gap_s
+        admitted = limiter.admit(1.0, now) is None
+        if admitted:
+            limiter.release()
+        values = dict(rate_limit_headers("gateway", limiter, now, wall0 + now))
+        limit = int(values[b"x-ratelimit-limit"])
+        remaining = int(values[b"x-ratelimit-remaining"])
+        reset_ms = int(values[b"x-ratelimit-reset"])
+        assert limit == per_window  # the window's budget, never the minute's
+        assert 0 <= remaining < limit if admitted else remaining == 0
+        # The end of the current window, in Unix milliseconds.
+        window_end_s = (now // window_s + 1) * window_s
+        assert reset_ms == math.ceil((wall0 + window_end_s) * 1000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rpd=st.sampled_from([1000.0, 14_400.0, 500_000.0]),
+    used=st.integers(min_value=0, max_value=50),
+)
+def test_groq_day_reset_is_the_time_to_regain_what_was_used(rpd: float, used: int) -> None:
+    limiter = ModelLimiter("m", ModelLimits(rpd=rpd), now=0.0, day_origin=0.0)
+    for _ in range(used):
+        assert limiter.admit(1.0, 1.0) is None
+    values = dict(rate_limit_headers("groq", limiter, 1.0, 0.0))
+    assert values[b"x-ratelimit-limit-requests"] == str(round(rpd)).encode()
+    assert int(values[b"x-ratelimit-remaining-requests"]) == rpd - used
+    reset_text = values[b"x-ratelimit-reset-requests"].decode()
+    expected_s = used * 86400 / rpd
+    assert reset_text == go_duration(expected_s)
