@@ -6,6 +6,7 @@ or reported one in fixtures/provider_shapes.json."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacekeeper.sim import ModelLimits, Scenario, draw_profile
+from pacekeeper.sim._cli import build_scenario, configure_parser
 from pacekeeper.sim._headers import go_duration, rate_limit_headers
 from pacekeeper.sim._limits import ModelLimiter
 
@@ -121,7 +123,10 @@ def test_groq_states_the_daily_requests_and_hides_the_per_minute_limit(
     start_sim: StartSim,
 ) -> None:
     sim = start_sim(
-        Scenario(default=ModelLimits(rpm=120, tpm=60_000, rpd=14_400), rate_limit_headers="groq")
+        Scenario(
+            default=ModelLimits(rpm=120, tpm=60_000, rpd=14_400, day_refill=True),
+            rate_limit_headers="groq",
+        )
     )  # 2 requests per second
     answers = _burst(sim.base_url, 4, model="llama-3.1-8b-instant")
     first = answers[0]
@@ -131,9 +136,10 @@ def test_groq_states_the_daily_requests_and_hides_the_per_minute_limit(
     assert first.headers["x-ratelimit-remaining-requests"] == "14399"
     assert first.headers["x-ratelimit-limit-tokens"] == "60000"  # per minute
     # The time to regain the one request used at the day's rate (86400 s / 14400), not the
-    # time to midnight; the next answers' resets grow by as much per request.
+    # time to midnight; the next answer's reset grows by as much.
     assert first.headers["x-ratelimit-reset-requests"] == "6s"
-    assert answers[1].headers["x-ratelimit-reset-requests"] == "12s"
+    second_reset_s = float(answers[1].headers["x-ratelimit-reset-requests"].removesuffix("s"))
+    assert 10.0 < second_reset_s <= 12.0  # two used, less what refilled meanwhile
     rejected = next(a for a in answers if a.status_code == 429)
     shape = SHAPES["groq_429"]
     for name in shape["headers_present"]:
@@ -284,7 +290,7 @@ def test_gateway_headers_state_the_window_truthfully(
     used=st.integers(min_value=0, max_value=50),
 )
 def test_groq_day_reset_is_the_time_to_regain_what_was_used(rpd: float, used: int) -> None:
-    limiter = ModelLimiter("m", ModelLimits(rpd=rpd), now=0.0, day_origin=0.0)
+    limiter = ModelLimiter("m", ModelLimits(rpd=rpd, day_refill=True), now=0.0, day_origin=0.0)
     for _ in range(used):
         assert limiter.admit(1.0, 1.0) is None
     values = dict(rate_limit_headers("groq", limiter, 1.0, 0.0))
@@ -293,3 +299,34 @@ def test_groq_day_reset_is_the_time_to_regain_what_was_used(rpd: float, used: in
     reset_text = values[b"x-ratelimit-reset-requests"].decode()
     expected_s = used * 86400 / rpd
     assert reset_text == go_duration(expected_s)
+
+
+def test_a_refilling_day_budget_comes_back_a_little_at_a_time() -> None:
+    refilling = ModelLimiter("m", ModelLimits(rpd=2, day_s=10.0, day_refill=True), now=0.0)
+    fixed = ModelLimiter("m", ModelLimits(rpd=2, day_s=10.0), now=0.0, day_origin=0.0)
+    for limiter in (refilling, fixed):
+        assert limiter.admit(1.0, 0.0) is None
+        assert limiter.admit(1.0, 0.0) is None
+    refused = refilling.admit(1.0, 0.0)
+    assert refused is not None
+    assert (refused.kind, refused.wait_s) == ("requests_day", 5.0)  # one of two per 10 s
+    assert refilling.admit(1.0, 5.0) is None
+    refused = fixed.admit(1.0, 5.0)
+    assert refused is not None
+    assert refused.wait_s == 5.0  # the fixed day ends at 10 s
+    # Without day_refill, Groq's reset-requests is the time to the day's end.
+    values = dict(rate_limit_headers("groq", fixed, 5.0, 0.0))
+    assert values[b"x-ratelimit-reset-requests"] == b"5s"
+
+
+def test_cli_day_refill_and_the_zoo_profiles() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--rpd", "100", "--day-refill", "--headers", "groq"])
+    scenario = build_scenario(args)
+    assert scenario.default.day_refill
+    assert scenario.rate_limit_headers == "groq"
+    assert not build_scenario(parser.parse_args(["--rpd", "100"])).default.day_refill
+    for name in ("gemini", "groq", "gateway"):
+        args = parser.parse_args(["--profile", name, "--seed", "2"])
+        assert build_scenario(args) == draw_profile(name, 2).scenario

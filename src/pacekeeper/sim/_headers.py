@@ -15,9 +15,10 @@ Header modes:
   Anthropic's rate_limit_error body. With input_tpm/output_tpm the input- and output-token
   headers describe those meters; without them they mirror the single token meter.
 * "groq": as Groq documents them: x-ratelimit-*-requests describe the requests-per-day budget
-  (limit = RPD; reset the time to regain what was used at the day's rate, "2m59.56s" after 30
-  of 14400) and x-ratelimit-*-tokens the per-minute token budget; the per-minute request
-  limit is enforced but stated nowhere (only in its 429's message).
+  (limit = RPD; reset the time to the day's end, or with `day_refill` as at Groq the time to
+  regain what was used, "2m59.56s" after 30 of 14400) and x-ratelimit-*-tokens the
+  per-minute token budget; the per-minute request limit is enforced but stated nowhere (only
+  in its 429's message).
 * "gemini": no rate-limit headers at all (Gemini sends none); a 429 is Google's error shape as
   the OpenAI-compatible endpoint returns it, a JSON *list* holding one
   `{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [...]}}` whose details
@@ -43,7 +44,7 @@ import json
 import math
 import time
 
-from ._limits import FixedWindow, Meter, ModelLimiter, Rejection
+from ._limits import Meter, ModelLimiter, Rejection
 from ._scenario import DEFAULT_IN_FLIGHT_MESSAGE, InFlightReply
 
 __all__ = [
@@ -195,18 +196,6 @@ def _anthropic_token_headers(
         _meter_headers(out, "anthropic", names, per_minute, meter, now=now, wall=wall)
 
 
-def _groq_day_headers(out: Headers, meter: FixedWindow, per_day: float, now: float) -> None:
-    # Groq's reset of the day's budget is the time to regain what was used at the day's
-    # rate ("2m59.56s" after 30 of 14400), not the time to midnight.
-    meter.refill(now)
-    used = meter.capacity - meter.level
-    reset_s = used / meter.rate_per_s if used > 0 else 0.0
-    ((limit_name, remaining_name, reset_name),) = _X_REQUESTS
-    out.append((limit_name, str(_per_minute(per_day)).encode()))
-    out.append((remaining_name, str(_left(meter)).encode()))
-    out.append((reset_name, go_duration(reset_s).encode()))
-
-
 def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float) -> Headers:
     """The informational rate-limit headers of `limiter` at `now` (wall: Unix time of `now`)."""
     out: Headers = []
@@ -217,7 +206,11 @@ def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float
     anthropic = mode == "anthropic"
     if mode == "groq":
         if limiter.requests_day is not None and limiter.rpd is not None:
-            _groq_day_headers(out, limiter.requests_day, limiter.rpd, now)
+            # A day's budget under a minute's names; its reset is the time to the day's end,
+            # or with day_refill (as Groq documents) the time to regain what was used.
+            _meter_headers(
+                out, "openai", _X_REQUESTS, limiter.rpd, limiter.requests_day, now=now, wall=wall
+            )
         if limiter.tokens is not None and limiter.tpm is not None:
             _meter_headers(
                 out, "openai", _X_TOKENS, limiter.tpm, limiter.tokens, now=now, wall=wall

@@ -421,7 +421,7 @@ def _groq(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     tpm = _u(rng, 150, 400) * 1000
     rpd = rng.choice((14_400.0, 50_000.0, 500_000.0))
     latency = _latency(rng, (0.1, 0.4))  # Groq answers fast
-    limits = ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
+    limits = ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd, day_refill=True)
     model = "llama-3.1-8b-instant"
     return ProfileDraw(
         profile="groq",
