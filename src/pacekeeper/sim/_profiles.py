@@ -421,6 +421,8 @@ def _groq(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     tpm = _u(rng, 150, 400) * 1000
     rpd = rng.choice((14_400.0, 50_000.0, 500_000.0))
     latency = _latency(rng, (0.1, 0.4))  # Groq answers fast
+    # Short answers let the unstated rpm bind; long ones the stated tpm.
+    max_tokens = rng.choice((64, 256))
     limits = ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd, day_refill=True)
     model = "llama-3.1-8b-instant"
     return ProfileDraw(
@@ -436,11 +438,11 @@ def _groq(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
         truth={model: TrueLimits(rpm=rpm, tpm=tpm)},
         models=(model,),
         prompts="mixed",
-        max_tokens=256,
-        timeout_s=_timeout_s(latency, 256),
+        max_tokens=max_tokens,
+        timeout_s=_timeout_s(latency, max_tokens),
         summary=(
             f"{rpm:.0f} rpm (stated nowhere), {tpm:,.0f} tpm; limit-requests states {rpd:,.0f} "
-            f"per day, ttft {latency.ttft_s:g} s"
+            f"per day (refilling), max_tokens {max_tokens}, ttft {latency.ttft_s:g} s"
         ),
     )
 
