@@ -50,8 +50,8 @@ __all__ = [
 
 DEFAULT_CONTENDERS = ("auto", "fleet3", "reference", "tenacity16")
 RUN_S = 10.0
-"""13 profiles x 3 seeds x 4 contenders x (10 s + latency + start-up + the slow recipes' tails)
-takes about 35 minutes on 2 cores. Shorter runs measured mostly the first round trip, which
+"""16 profiles x 3 seeds x 4 contenders x (10 s + latency + start-up + the slow recipes' tails)
+takes about 45 minutes on 2 cores. Shorter runs measured mostly the first round trip, which
 every client without the true limits pays once (a job is minutes long)."""
 QUICK_RUN_S = 3.0
 MAX_REQUESTS = 3000

@@ -101,7 +101,7 @@ def test_cli_sigint_exits_zero() -> None:
         (["--fault-500", "1.5"], "argument --fault-500: must be in [0, 1]"),
         (["--capacity-change", "30"], "argument --capacity-change: expected AT_S:FACTOR"),
         (["--capacity-change", "30:0"], "argument --capacity-change: expected AT_S:FACTOR"),
-        (["--headers", "gemini"], "argument --headers: invalid choice"),
+        (["--headers", "bedrock"], "argument --headers: invalid choice"),
         (["--port", "70000"], "argument --port: must be in [0, 65535]"),
         (["--spread", "nan"], "argument --spread: expected a finite number"),
         (["--fault-500", "0.6", "--fault-drop", "0.6"], "fault rates must sum to <= 1"),

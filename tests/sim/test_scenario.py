@@ -59,7 +59,7 @@ def test_dataclasses_are_frozen_and_keyword_only() -> None:
         (lambda: Faults(hang_s=0), "hang_s"),
         (lambda: CapacityChange(at_s=-1, factor=0.5), "at_s"),
         (lambda: CapacityChange(at_s=1, factor=0), "factor"),
-        (lambda: Scenario(rate_limit_headers="gemini"), "rate_limit_headers"),  # type: ignore[arg-type]
+        (lambda: Scenario(rate_limit_headers="bedrock"), "rate_limit_headers"),  # type: ignore[arg-type]
         (lambda: Scenario(seed=2**64), "seed"),
     ],
 )
@@ -161,7 +161,8 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         ("capacity_changes = 3", "capacity_changes: must be an array of tables"),
         (
             'rate_limit_headers = "x"',
-            "rate_limit_headers: must be one of openai, window, azure, anthropic, groq, none",
+            "rate_limit_headers: must be one of openai, window, azure, anthropic, groq, gemini, "
+            "gateway, openrouter, none",
         ),
         ("seed = 1.5", "seed: must be a 64-bit integer"),
         ("this is = not toml", "invalid TOML"),

@@ -78,6 +78,8 @@ _AZURE_V1 = {
     "/openai/v1/responses": "responses",
 }
 _DEPLOYMENTS = "/openai/deployments/"
+# Header modes whose headers or bodies state times of day (RFC 3339, epoch milliseconds).
+_WALL_CLOCK_MODES = frozenset({"anthropic", "gateway", "openrouter"})
 _CACHE_ENTRIES = 100_000
 _DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
 _MAX_CLIENT_ID_CHARS = 200
@@ -549,7 +551,7 @@ class SimApp:
         headers: Headers = []
         output_reserve: float | None = None
         if limiter is not None:
-            wall = self._wall() if mode == "anthropic" else 0.0
+            wall = self._wall() if mode in _WALL_CLOCK_MODES else 0.0
             if limiter.output_tokens is not None and self.scenario.otpm_counting == "max_tokens":
                 output_reserve = float(call.token_cost - call.prompt_tokens)  # max_tokens x n
             rejection = limiter.admit(token_cost, now, input_cost, output_reserve)

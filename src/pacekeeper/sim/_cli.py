@@ -170,6 +170,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="length of a day for --rpd/--tpd, seconds (default 86400; days align to Unix time)",
     )
     limits.add_argument(
+        "--day-refill",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--rpd/--tpd refill continuously over the day (Groq) instead of resetting at its end",
+    )
+    limits.add_argument(
         "--cached-tokens-free",
         dest="charge_cached_tokens",
         action="store_false",
@@ -273,6 +280,7 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             "rpd": args.rpd,
             "tpd": args.tpd,
             "day_s": args.day_s,
+            "day_refill": args.day_refill,
         }
         models = dict(scenario.models)
         default = scenario.default

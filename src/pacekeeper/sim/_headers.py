@@ -15,8 +15,23 @@ Header modes:
   Anthropic's rate_limit_error body. With input_tpm/output_tpm the input- and output-token
   headers describe those meters; without them they mirror the single token meter.
 * "groq": as Groq documents them: x-ratelimit-*-requests describe the requests-per-day budget
-  (limit = RPD, reset a Go duration that can run to hours) and x-ratelimit-*-tokens the
-  per-minute token budget; the per-minute request limit is enforced but stated nowhere.
+  (limit = RPD; reset the time to the day's end, or with `day_refill` as at Groq the time to
+  regain what was used, "2m59.56s" after 30 of 14400) and x-ratelimit-*-tokens the
+  per-minute token budget; the per-minute request limit is enforced but stated nowhere (only
+  in its 429's message).
+* "gemini": no rate-limit headers at all (Gemini sends none); a 429 is Google's error shape as
+  the OpenAI-compatible endpoint returns it, a JSON *list* holding one
+  `{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [...]}}` whose details
+  carry a `google.rpc.QuotaFailure` (which quota: per minute or per day, requests or input
+  tokens, and its value) and a `google.rpc.RetryInfo` `retryDelay` in whole seconds ("37s"),
+  and no retry-after header.
+* "gateway": unsuffixed X-RateLimit-Limit / -Remaining / -Reset on every response of a model
+  with an rpm, as many gateways send them: the limit is the requests per *window* (or bucket
+  depth), remaining what is left of it, and reset the window's end as a Unix time in
+  *milliseconds*; a 429 carries the same three headers, no retry-after, and OpenRouter's body
+  (`{"error": {"message", "code": 429, "metadata": {"headers": {...}}}}`).
+* "openrouter": as "gateway", but the three values appear only inside the 429's body
+  (`error.metadata.headers`), never as headers: the only statement of the limit is in the body.
 * "none": no hint headers at all and a bare `Too Many Requests` 429 (like many gateways).
 
 A 429 for the in-flight cap is shaped by the scenario's InFlightReply (message, code,
@@ -184,11 +199,15 @@ def _anthropic_token_headers(
 def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float) -> Headers:
     """The informational rate-limit headers of `limiter` at `now` (wall: Unix time of `now`)."""
     out: Headers = []
-    if mode == "none":
+    if mode in ("none", "gemini", "openrouter"):
         return out
+    if mode == "gateway":
+        return _gateway_headers(limiter, now, wall)
     anthropic = mode == "anthropic"
     if mode == "groq":
         if limiter.requests_day is not None and limiter.rpd is not None:
+            # A day's budget under a minute's names; its reset is the time to the day's end,
+            # or with day_refill (as Groq documents) the time to regain what was used.
             _meter_headers(
                 out, "openai", _X_REQUESTS, limiter.rpd, limiter.requests_day, now=now, wall=wall
             )
@@ -205,6 +224,90 @@ def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float
     elif limiter.tokens is not None and limiter.tpm is not None:
         _meter_headers(out, mode, _X_TOKENS, limiter.tpm, limiter.tokens, now=now, wall=wall)
     return out
+
+
+def _gateway_values(limiter: ModelLimiter, now: float, wall: float) -> tuple[str, str, str]:
+    """(limit, remaining, reset) of the request meter: the budget of one window (or the
+    bucket's depth), what is left of it, and when it is full again as Unix milliseconds."""
+    meter = limiter.requests
+    if meter is None:
+        return "", "", ""
+    reset_ms = math.ceil((wall + meter.full_in_s(now)) * 1000.0)
+    return str(max(1, round(meter.capacity))), str(_left(meter)), str(reset_ms)
+
+
+_GATEWAY_NAMES = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+
+
+def _gateway_headers(limiter: ModelLimiter, now: float, wall: float) -> Headers:
+    values = _gateway_values(limiter, now, wall)
+    if not values[0]:
+        return []
+    return [(name, value.encode()) for name, value in zip(_GATEWAY_NAMES, values, strict=True)]
+
+
+def _openrouter_body(limiter: ModelLimiter, rejection: Rejection, now: float, wall: float) -> bytes:
+    limit, remaining, reset = _gateway_values(limiter, now, wall)
+    error: dict[str, object] = {
+        "message": f"Rate limit exceeded: {rejection.kind} of {limiter.model}.",
+        "code": 429,
+    }
+    if limit:
+        error["metadata"] = {
+            "headers": {
+                "X-RateLimit-Limit": limit,
+                "X-RateLimit-Remaining": remaining,
+                "X-RateLimit-Reset": reset,
+            }
+        }
+    return _dumps({"error": error})
+
+
+# (quota metric, quota id) of each meter, as Google names them in QuotaFailure violations.
+_GEMINI_QUOTAS = {
+    "requests": ("generate_content_requests", "GenerateRequestsPerMinutePerProjectPerModel"),
+    "requests_day": ("generate_content_requests", "GenerateRequestsPerDayPerProjectPerModel"),
+    "input_tokens": (
+        "generate_content_input_token_count",
+        "GenerateContentInputTokensPerModelPerMinute",
+    ),
+    "tokens": ("generate_content_input_token_count", "GenerateContentInputTokensPerModelPerMinute"),
+    "tokens_day": (
+        "generate_content_input_token_count",
+        "GenerateContentInputTokensPerModelPerDay",
+    ),
+}
+
+
+def _gemini_body(limiter: ModelLimiter, rejection: Rejection) -> bytes:
+    _, per_period, _ = _meter_of(limiter, rejection.kind)
+    metric, quota_id = _GEMINI_QUOTAS.get(rejection.kind, _GEMINI_QUOTAS["requests"])
+    # Google states retry delays in whole seconds: waiting them over-waits a refilling bucket.
+    delay_s = max(1, math.ceil(rejection.wait_s - 1e-9))
+    violation = {
+        "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
+        "quotaId": quota_id,
+        "quotaDimensions": {"location": "global", "model": limiter.model},
+        "quotaValue": str(_per_minute(per_period or 0)),
+    }
+    error = {
+        "code": 429,
+        "message": (
+            f"Quota {quota_id} of model {limiter.model} exhausted (limit {violation['quotaValue']}"
+            f"). Please retry in {delay_s}s. See https://ai.google.dev/gemini-api/docs/rate-limits."
+        ),
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]},
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [{"url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay_s}s"},
+        ],
+    }
+    # The OpenAI-compatible endpoint wraps Google's error in a list.
+    return _dumps([{"error": error}])
 
 
 def _dumps(obj: object) -> bytes:
@@ -318,6 +421,19 @@ def rejection_response(
         return [TEXT_CONTENT_TYPE], b"Too Many Requests"
     headers = rate_limit_headers(mode, limiter, now, wall)
     headers.append(JSON_CONTENT_TYPE)
+    if mode == "gemini":
+        return headers, _gemini_body(limiter, rejection)
+    if mode in ("gateway", "openrouter"):
+        return headers, _openrouter_body(limiter, rejection, now, wall)
+    if mode == "groq":
+        # Groq: OpenAI's body (the limit stated in its message), retry-after in whole seconds.
+        headers.append((b"retry-after", str(max(1, math.ceil(rejection.wait_s - 1e-9))).encode()))
+        body = error_body(
+            _openai_rejection_message(limiter, rejection),
+            "requests" if rejection.kind.startswith("requests") else "tokens",
+            "rate_limit_exceeded",
+        )
+        return headers, body
     if mode in ("openai", "window"):
         wait_ms = max(1, math.ceil(rejection.wait_s * 1000.0 - 1e-6))
         headers.append((b"retry-after-ms", str(wait_ms).encode()))

@@ -164,11 +164,13 @@ def _meter(
 
 
 def _day_meter(
-    per_day: float | None, day_s: float, now: float, day_origin: float | None
-) -> FixedWindow | None:
+    per_day: float | None, limits: ModelLimits, now: float, day_origin: float | None
+) -> Meter | None:
     if per_day is None:
         return None
-    return FixedWindow(per_day, per_day / day_s, now, day_s, origin=day_origin)
+    if limits.day_refill:
+        return TokenBucket(per_day, per_day / limits.day_s, now)
+    return FixedWindow(per_day, per_day / limits.day_s, now, limits.day_s, origin=day_origin)
 
 
 def _window_of(limits: ModelLimits) -> float:
@@ -258,8 +260,8 @@ class ModelLimiter:
         self.rpd = limits.rpd
         self.tpd = limits.tpd
         day_start = day_origin if day_origin is not None else origin
-        self.requests_day = _day_meter(limits.rpd, limits.day_s, now, day_start)
-        self.tokens_day = _day_meter(limits.tpd, limits.day_s, now, day_start)
+        self.requests_day = _day_meter(limits.rpd, limits, now, day_start)
+        self.tokens_day = _day_meter(limits.tpd, limits, now, day_start)
 
     def _apply_due_changes(self, now: float) -> None:
         changes = self._changes

@@ -382,6 +382,94 @@ def _cjk(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     )
 
 
+def _gemini(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
+    # Gemini: RPM, input TPM and RPD per project and model, no rate-limit headers, the wait
+    # only in the 429 body's RetryInfo. Google does not say how the minute is enforced: a
+    # refilling bucket of a drawn depth stands for it.
+    rpm = _u(rng, 600, 1500)
+    input_tpm = _u(rng, 120, 300) * 1000
+    rpd = rng.choice((10_000.0, 50_000.0, 100_000.0))
+    burst_s = rng.choice((1.0, 5.0))
+    latency = _latency(rng, (0.3, 0.9))
+    faults = Faults(http_503=_u(rng, 0.0, 0.01, digits=3))  # "The model is overloaded."
+    limits = ModelLimits(rpm=rpm, input_tpm=input_tpm, rpd=rpd, burst_s=burst_s)
+    model = "gemini-2.5-flash"
+    return ProfileDraw(
+        profile="gemini",
+        seed=seed,
+        scenario=Scenario(
+            default=limits, latency=latency, faults=faults, rate_limit_headers="gemini", seed=seed
+        ),
+        truth={model: TrueLimits(rpm=rpm, input_tpm=input_tpm, burst_s=burst_s)},
+        models=(model,),
+        prompts="mixed",
+        max_tokens=256,
+        timeout_s=_timeout_s(latency, 256),
+        summary=(
+            f"{rpm:.0f} rpm, {input_tpm:,.0f} input tpm (bucket of {burst_s:g} s), {rpd:,.0f} "
+            f"rpd; no headers, RESOURCE_EXHAUSTED with retryDelay in whole seconds, "
+            f"{faults.http_503:.1%} 503"
+        ),
+    )
+
+
+def _groq(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
+    # Groq: x-ratelimit-*-requests state the per-day budget, *-tokens the per-minute one;
+    # the per-minute request limit binds too but is stated only in its 429's message.
+    # With ~530 tokens charged per request either limit may bind, depending on the draw.
+    rpm = _u(rng, 300, 700)
+    tpm = _u(rng, 150, 400) * 1000
+    rpd = rng.choice((14_400.0, 50_000.0, 500_000.0))
+    latency = _latency(rng, (0.1, 0.4))  # Groq answers fast
+    # Short answers let the unstated rpm bind; long ones the stated tpm.
+    max_tokens = rng.choice((64, 256))
+    limits = ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd, day_refill=True)
+    model = "llama-3.1-8b-instant"
+    return ProfileDraw(
+        profile="groq",
+        seed=seed,
+        scenario=Scenario(
+            default=limits,
+            latency=latency,
+            rate_limit_headers="groq",
+            charge_cached_tokens=False,
+            seed=seed,
+        ),
+        truth={model: TrueLimits(rpm=rpm, tpm=tpm)},
+        models=(model,),
+        prompts="mixed",
+        max_tokens=max_tokens,
+        timeout_s=_timeout_s(latency, max_tokens),
+        summary=(
+            f"{rpm:.0f} rpm (stated nowhere), {tpm:,.0f} tpm; limit-requests states {rpd:,.0f} "
+            f"per day (refilling), max_tokens {max_tokens}, ttft {latency.ttft_s:g} s"
+        ),
+    )
+
+
+def _gateway(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
+    # OpenRouter-like gateways: N requests per 10 s window, X-RateLimit-Limit/-Remaining/-Reset
+    # without a suffix, the reset a Unix time in milliseconds, no retry-after; some send them
+    # as headers, OpenRouter only inside the 429's body.
+    headers: HeaderMode = "gateway" if rng.random() < 0.5 else "openrouter"
+    window_s = 10.0
+    per_window = rng.randint(100, 250)
+    rpm = per_window * 60 / window_s
+    latency = _latency(rng)
+    limits = ModelLimits(rpm=rpm, tpm=_NON_BINDING_TPM, window_s=window_s)
+    return ProfileDraw(
+        profile="gateway",
+        seed=seed,
+        scenario=Scenario(default=limits, latency=latency, rate_limit_headers=headers, seed=seed),
+        truth={DEFAULT_MODEL: TrueLimits(rpm=rpm, tpm=_NON_BINDING_TPM, window_s=window_s)},
+        timeout_s=_timeout_s(latency, 100),
+        summary=(
+            f"{per_window} requests per {window_s:g} s window ({rpm:.0f} rpm), reset in epoch ms, "
+            f"headers {headers}, ttft {latency.ttft_s:g} s"
+        ),
+    )
+
+
 def _with_summary(draw: ProfileDraw, summary: str) -> ProfileDraw:
     return ProfileDraw(
         profile=draw.profile,
@@ -415,6 +503,16 @@ PROFILES: Mapping[str, _Profile] = {
     "halving": _Profile("rpm halved 35-55% into the run", _halving),
     "multimodel": _Profile("three models with their own limits", _multimodel),
     "cjk": _Profile("binding tpm, prompts chars/4 undercounts (CJK, JSON, code)", _cjk),
+    "gemini": _Profile(
+        "Gemini: rpm + input tpm + rpd, no headers, RESOURCE_EXHAUSTED with retryDelay", _gemini
+    ),
+    "groq": _Profile(
+        "Groq: limit-requests is per day, tokens per minute; the rpm is stated nowhere", _groq
+    ),
+    "gateway": _Profile(
+        "requests per 10 s window, X-RateLimit-* unsuffixed with epoch-ms reset (or body only)",
+        _gateway,
+    ),
 }
 
 

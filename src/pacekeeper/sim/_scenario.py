@@ -20,8 +20,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-HeaderMode = Literal["openai", "window", "azure", "anthropic", "groq", "none"]
-HEADER_MODES: tuple[HeaderMode, ...] = ("openai", "window", "azure", "anthropic", "groq", "none")
+HeaderMode = Literal[
+    "openai", "window", "azure", "anthropic", "groq", "gemini", "gateway", "openrouter", "none"
+]
+HEADER_MODES: tuple[HeaderMode, ...] = (
+    "openai",
+    "window",
+    "azure",
+    "anthropic",
+    "groq",
+    "gemini",
+    "gateway",
+    "openrouter",
+    "none",
+)
 OtpmCounting = Literal["max_tokens", "generated"]
 OTPM_COUNTINGS: tuple[OtpmCounting, ...] = ("max_tokens", "generated")
 
@@ -90,6 +102,9 @@ class ModelLimits:
     `rpd` and `tpd` are daily budgets (requests and tokens per day), counted in fixed days of
     `day_s` seconds (86400 by default; shorter in tests) aligned to Unix time, so a real day
     ends at midnight UTC. A daily 429's retry-after is the time to the day's end.
+    With `day_refill` they are instead buckets holding a day's budget that refill
+    continuously at budget / `day_s` (Groq): what was used comes back a little at a time, and
+    a reset header states the time to regain it ("2m59.56s" after 30 of 14400), not midnight.
     """
 
     rpm: float | None = None
@@ -102,12 +117,15 @@ class ModelLimits:
     rpd: float | None = None
     tpd: float | None = None
     day_s: float = 86400.0
+    day_refill: bool = False
 
     def __post_init__(self) -> None:
         _check_number("rpm", self.rpm, positive=True, optional=True)
         _check_number("rpd", self.rpd, positive=True, optional=True)
         _check_number("tpd", self.tpd, positive=True, optional=True)
         _check_number("day_s", self.day_s, positive=True)
+        if not isinstance(self.day_refill, bool):
+            raise TypeError(f"day_refill: must be true or false, got {self.day_refill!r}")
         _check_number("tpm", self.tpm, positive=True, optional=True)
         _check_number("window_s", self.window_s, positive=True, optional=True)
         _check_number("input_tpm", self.input_tpm, positive=True, optional=True)
