@@ -284,6 +284,16 @@ def test_epoch_reset_from_a_gateway_is_a_time_not_a_wait() -> None:
     assert snap.reset_requests_s == pytest.approx(20.0, abs=1.0)
 
 
+def test_an_epoch_reset_in_milliseconds_is_a_time_not_a_wait() -> None:
+    # OpenRouter's X-RateLimit-Reset: milliseconds since the epoch (read as seconds, a wait
+    # of 54,000 years)
+    snap = parse_rate_limit_headers(
+        {"x-ratelimit-reset-requests": str(int(NOW * 1000) + 20_000)}, now_wall_s=NOW
+    )
+    assert snap is not None
+    assert snap.reset_requests_s == pytest.approx(20.0, abs=0.01)
+
+
 def test_absent_is_none_and_garbage_is_empty() -> None:
     assert parse_rate_limit_headers({"content-type": "application/json"}, now_wall_s=NOW) is None
     assert parse_rate_limit_headers({"retry-after": "3"}, now_wall_s=NOW) is None

@@ -62,6 +62,9 @@ _NUMBER_CHARS = frozenset("0123456789.")
 # A bare number this large in a *reset* header is an epoch timestamp (some gateways send one),
 # not a wait: 1e9 seconds is 31 years, 1e9 as a timestamp is September 2001.
 _EPOCH_THRESHOLD_S = 1e9
+# And one this large is an epoch in milliseconds (OpenRouter's X-RateLimit-Reset): 1e12 seconds
+# is 31,000 years away, 1e12 milliseconds September 2001.
+_EPOCH_MS_THRESHOLD = 1e12
 
 
 def _non_negative_float(text: str) -> float | None:
@@ -348,6 +351,8 @@ def _read_reset_s(text: str, now_wall_s: float, *, timestamp: bool) -> float | N
     if timestamp and ("T" in text or "t" in text):
         return _rfc3339_delay_s(text, now_wall_s)
     seconds = parse_duration_s(text)
+    if seconds is not None and seconds >= _EPOCH_MS_THRESHOLD:
+        seconds /= 1000.0
     if seconds is not None and seconds >= _EPOCH_THRESHOLD_S:
         return max(0.0, seconds - now_wall_s)  # an epoch timestamp, not a wait
     if seconds is None and ("T" in text or "t" in text):
