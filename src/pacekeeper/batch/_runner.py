@@ -44,7 +44,7 @@ from pacekeeper.core.records import AttemptRecord, RequestRecord
 from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
 from pacekeeper.transports._engine import PRIORITY_HEADER, model_of_path, route_of
-from pacekeeper.transports._flow import ADMITTED, Admitted, attempts_for
+from pacekeeper.transports._flow import attempts_for, run_admitted
 
 __all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
 
@@ -690,18 +690,15 @@ async def _post_admitted(
     path = httpx2.URL(url).path
     attempts = attempts_for(gov, route_of(path), model_of_path(path), line.body)
     await anext(attempts)
-    admitted = Admitted(gov, attempts)
-    token = ADMITTED.set(admitted)
-    try:
-        return await client.post(
-            url, json=line.body, headers=headers, extensions={TAG_EXTENSION: line.custom_id}
-        )
-    except BaseException as exc:
-        admitted.unclaimed(exc)
-        raise
-    finally:
-        ADMITTED.reset(token)
-        admitted.unclaimed(None)
+    return await run_admitted(
+        gov,
+        attempts,
+        client.post,
+        url,
+        json=line.body,
+        headers=headers,
+        extensions={TAG_EXTENSION: line.custom_id},
+    )
 
 
 def _park_if_long(response: httpx2.Response, record: Any, max_hint_s: float) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.classify import OutcomeKind
@@ -36,17 +36,20 @@ from pacekeeper.transports._engine import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Governor
     from pacekeeper.providers import Provider
     from pacekeeper.transports._engine import RequestFacts
 
+_T = TypeVar("_T")
+
 __all__ = [
     "ADMITTED",
     "Admitted",
     "attempts_for",
+    "run_admitted",
     "UsageOptions",
     "AsyncGovernedTransport",
     "SyncGovernedTransport",
@@ -139,6 +142,29 @@ class Admitted:
 
 ADMITTED: ContextVar[Admitted | None] = ContextVar("pacekeeper_admitted", default=None)
 """The call the current task's SDK method admitted, if any (see :class:`Admitted`)."""
+
+
+async def run_admitted(
+    gov: Governor,
+    attempts: Attempts,
+    send: Callable[..., Awaitable[_T]],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> _T:
+    """Await ``send(*args, **kwargs)`` with ``attempts`` (its first attempt admitted) handed
+    to the transport that sends its request; a slot the request never reached the transport
+    with is given back."""
+    admitted = Admitted(gov, attempts)
+    token = ADMITTED.set(admitted)
+    try:
+        return await send(*args, **kwargs)
+    except BaseException as exc:
+        admitted.unclaimed(exc)
+        raise
+    finally:
+        ADMITTED.reset(token)
+        admitted.unclaimed(None)
 
 
 def attempts_for(

@@ -15,10 +15,10 @@ from pacekeeper.providers import Provider
 from pacekeeper.transports._engine import model_of_path, route_of
 from pacekeeper.transports._flow import (
     ADMITTED,
-    Admitted,
     AsyncGovernedTransport,
     SyncGovernedTransport,
     attempts_for,
+    run_admitted,
 )
 
 __all__ = ["wrap"]
@@ -173,16 +173,7 @@ def _governed(
         if attempts is None:
             return await method(*args, **kwargs)
         await anext(attempts)
-        admitted = Admitted(gov, attempts)
-        token = ADMITTED.set(admitted)
-        try:
-            return await method(*args, **kwargs)
-        except BaseException as exc:
-            admitted.unclaimed(exc)
-            raise
-        finally:
-            ADMITTED.reset(token)
-            admitted.unclaimed(None)
+        return await run_admitted(gov, attempts, method, *args, **kwargs)
 
     return governed
 
