@@ -141,12 +141,14 @@ class _Admission:
 @dataclass(frozen=True, slots=True)
 class _Control:
     """What a lane's controller decided, as shared: the paces and the in-flight cap (and
-    whether that cap is provisional: a hypothesis of bare 429s, tried within a round trip)."""
+    whether that cap is provisional: a hypothesis of bare 429s, tried within a round trip),
+    and the rate a discovered pace climbs back to (``loss``)."""
 
     rpm: float | None
     tpm: float | None
     cap: int | None
     provisional: bool = False
+    loss: float | None = None
 
 
 class _SharedFixed(FixedLimit):
@@ -386,11 +388,13 @@ class RedisAdmissionPolicy:
         learner = self.learner
         lane = self._lane
         cap = None if learner is None else learner.learned_cap
+        rate = lane.request_rate
         return _Control(
             rpm=lane.rpm,
             tpm=lane.tpm,
             cap=cap,
             provisional=cap is not None and learner is not None and learner.cap_provisional,
+            loss=rate.loss_rpm if rate.discovered else None,
         )
 
     def _fleet_share(self, now: float) -> float:
@@ -436,14 +440,25 @@ class RedisAdmissionPolicy:
             learner = self.learner
             probing = learner is not None and learner.probing
             floor = 0 if learner is None else learner.floor
-            args: list[Any] = ["", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0]
+            args: list[Any] = [
+                *("", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0, "", 0)
+            ]
             if not push:
                 current = pushed
+            # A rate discovered here measured our share of what the key took: the fleet's
+            # is that divided by the share, and so is the rate it climbs back to. (Later
+            # cuts here are of the fleet's pace, adopted: no scaling.)
+            scale = 1.0
+            discovering = pushed.rpm is None and self._lane.request_rate.discovered
+            if discovering:
+                scale = 1.0 / self._fleet_share(now)
+                args[8] = 1
             if current.rpm != pushed.rpm:
                 rpm = current.rpm
-                if rpm is not None and pushed.rpm is None and self._lane.request_rate.discovered:
-                    rpm /= self._fleet_share(now)
-                args[0] = _wire(rpm)
+                args[0] = _wire(None if rpm is None else rpm * scale)
+            if current.loss != pushed.loss:
+                loss = current.loss
+                args[7] = _wire(None if loss is None else loss * scale)
             if current.tpm != pushed.tpm:
                 args[1] = _wire(current.tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:
@@ -463,9 +478,10 @@ class RedisAdmissionPolicy:
         made, which only reads): its configured state counts as known."""
         rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
         provisional = len(stored) > 4 and stored[4] is not None
+        loss = _number_or_none(stored[5]) if len(stored) > 5 else None
         with self._lock:
             now = self._clock()
-            self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now)
+            self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now, rpm_loss=loss)
             learner = self.learner
             if learner is not None:
                 known = learner.learned_cap
@@ -501,6 +517,7 @@ class RedisAdmissionPolicy:
                     tpm=after.tpm if tpm is not None else sent.tpm,
                     cap=after.cap if cap is not None else sent.cap,
                     provisional=after.provisional if cap is not None else sent.provisional,
+                    loss=after.loss if loss is not None else sent.loss,
                 )
             )
             self._lane.queue.wake_head()

@@ -14,7 +14,8 @@ token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm
 AIMD window; ``rb`` the retry budget; ``n`` admissions so far; and what the controllers learned
 (CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap (``pp`` set while it is
 provisional: taught by bare 429s that a rate explains as well, and not yet tested), ``pf`` the
-floor;
+floor, ``pl`` the rate a discovered pace climbs back to (what the key took when it was last
+refused) and ``pla`` when that refusal's measurements began;
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -76,8 +77,12 @@ ADMIT = (
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
 -- anywhere only on its credit, min_share per admission made while it had work.
--- The pace is the lower of the caller's and the fleet's (pr/pt, pushed by CONTROL), under
--- the limits headers stated; the adaptive limit is the shared window, raised to the floor
+-- The pace is the fleet's (pr/pt, pushed by CONTROL; the caller's until one is), under the
+-- limits headers stated: every caller judges the one bucket at one rate. (The lower of the
+-- caller's and the fleet's starved a process whose pace lagged the others' recovery, as it
+-- adopts the fleet's only when it exchanges: a lower rate sees the shared bucket fuller,
+-- and the others took each opening first; one process of three waited 6 s.)
+-- The adaptive limit is the shared window, raised to the floor
 -- and bounded by the in-flight cap (the lower of the caller's and the fleet's).
 local tokens = num(ARGV[1], 0)
 local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
@@ -112,8 +117,12 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
 end
 local h = redis.call(
   'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to')
-local rpm = effective(lower(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
-local tpm = effective(lower(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
+local function fleet_or(own, fleet)
+  if fleet > 0 then return fleet end
+  return own
+end
+local rpm = effective(fleet_or(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
+local tpm = effective(fleet_or(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
 local wait = 0
 local cd = num(h[1], 0)
 if cd > now then wait = cd - now end
@@ -275,8 +284,18 @@ CONTROL = (
 --       0: forget it, n: the lower of n and the stored cap wins, or one more than the stored
 --       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s,
 --       provisional (1/0: whether the cap sent is a hypothesis yet; a cap stored keeps the
---       flag of the writer that set it, and a confirmed one equal to it confirms it)
--- -> {pr, pt, pc, pf, pp} as stored now (false: unset)
+--       flag of the writer that set it, and a confirmed one equal to it confirms it),
+--       loss ('': unchanged, 0: forget it; what a discovered pace climbs back to), measured
+--       (1: the loss is a discovery's measure, scaled from the writer's share of the
+--       traffic; 0: the fleet's pace when it was refused). Every process refused in the
+--       burst that discovers a rate measures it, each from its share (an estimate that
+--       runs high): the lowest measure within LOSS_EVENT_S of the first is kept; a later
+--       one is a new discovery. A pace refused well under the stored loss (a process cut
+--       the pace it adopted for a refusal of a request sent before, in the same burst) is
+--       no news; refused near it or above, it is the loss from then on.
+-- -> {pr, pt, pc, pf, pp, pl} as stored now (false: unset)
+local LOSS_EVENT_S = 2.0
+local LOSS_NEAR = 0.9
 local function put(field, v)
   if v == '' then return end
   if num(v, 0) > 0 then redis.call('HSET', KEYS[1], field, v)
@@ -296,10 +315,27 @@ if ARGV[3] ~= '' then
   end
 end
 put('pf', ARGV[5])
+local loss = ARGV[8] or ''
+if loss ~= '' then
+  local v = num(loss, 0)
+  if v <= 0 then redis.call('HDEL', KEYS[1], 'pl', 'pla')
+  else
+    local now = clock()
+    local h = redis.call('HMGET', KEYS[1], 'pl', 'pla')
+    local old = num(h[1], 0)
+    if old <= 0 or (ARGV[9] == '1' and now - num(h[2], -1e18) > LOSS_EVENT_S) then
+      redis.call('HSET', KEYS[1], 'pl', loss, 'pla', fmt(now))
+    elseif ARGV[9] == '1' then
+      if v < old then redis.call('HSET', KEYS[1], 'pl', loss) end
+    elseif v >= LOSS_NEAR * old then
+      redis.call('HSET', KEYS[1], 'pl', loss, 'pla', fmt(now))
+    end
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[6], 3600)))
 end
-return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp')
+return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp', 'pl')
 """
 )
 
