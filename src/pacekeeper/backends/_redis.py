@@ -304,6 +304,7 @@ class RedisAdmissionPolicy:
         "_backend",
         "_clock",
         "_control_queued",
+        "_epoch",
         "_fleet_marks",
         "_held",
         "_lane",
@@ -353,6 +354,8 @@ class RedisAdmissionPolicy:
         self._pushed_at = -math.inf
         self._pushed_floor = 0
         self._control_queued = False
+        self._epoch = 0
+        """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
         # (our clock, the fleet's admission count) at each of our admissions lately: our share
         # of the fleet's traffic, which scales a rate discovered from our own acceptances.
         self._fleet_marks: deque[tuple[float, int]] = deque()
@@ -441,7 +444,8 @@ class RedisAdmissionPolicy:
             probing = learner is not None and learner.probing
             floor = 0 if learner is None else learner.floor
             args: list[Any] = [
-                *("", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0, "", 0)
+                *("", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0, "", 0, 0),
+                self._epoch,
             ]
             if not push:
                 current = pushed
@@ -459,6 +463,9 @@ class RedisAdmissionPolicy:
             if current.loss != pushed.loss:
                 loss = current.loss
                 args[7] = _wire(None if loss is None else loss * scale)
+                # a cut here of the fleet's discovered pace: the key's acceptances measure it
+                cut = _lowered(pushed.rpm, current.rpm) and pushed.rpm is not None
+                args[9] = 1 if cut and not discovering and loss is not None else 0
             if current.tpm != pushed.tpm:
                 args[1] = _wire(current.tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:
@@ -480,6 +487,8 @@ class RedisAdmissionPolicy:
         provisional = len(stored) > 4 and stored[4] is not None
         loss = _number_or_none(stored[5]) if len(stored) > 5 else None
         with self._lock:
+            if len(stored) > 6 and stored[6] is not None:
+                self._epoch = int(stored[6])
             now = self._clock()
             self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now, rpm_loss=loss)
             learner = self.learner
