@@ -4,8 +4,9 @@ Every process that uses the same ``namespace`` shares, per (route, model): the r
 (GCRA, one atomic script call per admission, on the Redis server's clock), the concurrency
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
 the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
-the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
-in-flight cap, a floor: see :meth:`RedisAdmissionPolicy.exchange_control`), and the retry budget.
+the lane's controller learned (the pace in force, a rate discovered from bare 429s and the
+rate it climbs back to, an in-flight cap, a floor: see
+:meth:`RedisAdmissionPolicy.exchange_control`), and the retry budget.
 
 The lanes are the core's :class:`~pacekeeper.core.lane.Lane` (one queue, one acquire loop, one
 controller), built with a :class:`RedisAdmissionPolicy`: the lane's interface to where admission is
@@ -430,12 +431,15 @@ class RedisAdmissionPolicy:
         """Push what changed in the lane's controller since the last exchange, read what the
         fleet stored, and adopt it (called by the maintenance thread, and once at creation).
 
-        Rates: the last writer wins. A rate discovered here from our own acceptances is
-        scaled up by our share of the fleet's traffic (the fleet was accepted at that rate
-        divided by the share). The cap: the lowest wins, except that a probing learner may
-        raise it by one; a cap forgotten (refuted) here is forgotten by all. ``push`` False
-        only reads (a lane just made: its configured limits must not overwrite what the
-        fleet learned)."""
+        Rates: the last writer wins among rises made since the latest cut or discovery (a
+        rise from before it is dropped: its epoch is older), and a cut never raises the
+        stored pace. A rate discovered here from our own acceptances, and the rate it
+        climbs back to, are scaled up by our share of the fleet's traffic (the fleet was
+        accepted at that rate divided by the share); a cut of the fleet's discovered pace
+        is measured in Redis on the key's acceptances (see ``_scripts.CONTROL``). The cap:
+        the lowest wins, except that a probing learner may raise it by one; a cap forgotten
+        (refuted) here is forgotten by all. ``push`` False only reads (a lane just made: its
+        configured limits must not overwrite what the fleet learned)."""
         with self._lock:
             self._control_queued = False
             now = self._clock()
