@@ -320,3 +320,170 @@ async def test_a_cap_taught_by_bare_429s_stays_provisional_in_the_other_processe
     for permit in held:
         permit.release()
     close(a, b)
+
+
+async def test_the_rate_a_discovery_climbs_to_is_kept_against_cuts_of_a_lower_pace(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Every process refused in the burst that discovers a rate measures what the key took,
+    each from its share (an estimate that runs high): the lowest measure of that burst is
+    kept. A cut of a pace well under it (a process that adopted a low seed, refused for a
+    request sent in the same burst) does not lower it: the last writer used to win, and a
+    process that measured 250/min overwrote another's 960 a tenth of a second later. A pace
+    refused a little under it is the loss from then on."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(loss: str, measured: int) -> object:
+        return control(keys=[key], args=["", "", "", 0, "", 60, 0, loss, measured])[5]
+
+    assert push("1200", 1) == b"1200"  # one process's measure of the refusal
+    assert push("1000", 1) == b"1000"  # another's, lower: the lowest of the burst is kept
+    assert push("1500", 1) == b"1000"
+    assert push("250", 0) == b"1000"  # a cut of a low pace: no news
+    assert push("", 0) == b"1000"  # unchanged
+    assert push("950", 0) == b"950"  # the pace was refused near it: the loss from then on
+    assert push("990", 0) == b"950"  # refused above it: it was past what the key took
+    client.hset(key, "pla", "0")  # the discovery was long ago: a new one replaces it
+    assert push("2000", 1) == b"2000"
+    assert push("0", 0) is None  # forgotten
+    client.close()
+
+
+async def test_a_process_that_adopts_a_low_pace_climbs_to_what_the_key_took(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """One process discovers a rate; another, whose own 429 came from the same burst, cuts
+    the pace it adopted and shares the cut. The first adopts that lower pace, but the rate it
+    climbs back to stays what the key took when it refused: it regains it within seconds.
+    (An adopted pace used to become that aim, and a fleet seeded low took 16 s to climb from
+    162 to 1023/min at +2%/s.)"""
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    # twenty accepted within a second; a second later three more, then a bare 429: the pace
+    # starts under what that last second took (the seed, 3/s), the aim is the best second
+    for k in range(24):
+        if k == 20:
+            await asyncio.sleep(1.1)
+        permit = await asyncio.wait_for(lane_a.acquire(0), 10)
+        verdict = bare_429() if k == 23 else ok()
+        lane_a.settle(permit, verdict, now=a.clock(), max_hint_s=60, retry=False)
+    loss = lane_a.request_rate.loss_rpm
+    assert loss is not None
+    assert lane_a.rpm is not None
+    assert lane_a.rpm < 0.5 * loss
+    await until(lambda: lane_b.rpm is not None)  # b adopts a's discovery
+    permit = await asyncio.wait_for(lane_b.acquire(0), 10)
+    lane_b.settle(permit, bare_429(), now=b.clock(), max_hint_s=60, retry=False)
+    cut = lane_b.rpm
+    assert cut is not None
+    assert cut < 0.9 * loss
+    await until(lambda: lane_a.rpm == pytest.approx(cut, rel=1e-3))  # a adopts the cut
+    rate = lane_a.request_rate
+    assert rate.loss_rpm == pytest.approx(loss, rel=1e-3)
+    # three seconds of successes with a backlog, on a clock of our own: just under the loss
+    for i in range(31):
+        rate.succeeded(now=1e6 + 0.1 * i, backlog=True)
+    assert rate.rpm is not None
+    assert rate.rpm > 0.85 * loss
+    close(a, b)
+
+
+async def test_every_caller_paces_at_the_fleets_rate_whatever_its_own(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The shared bucket is judged at the fleet's pace (pr), not at the lower of it and the
+    caller's: a process whose pace lags the fleet's (it adopts at its next exchange) saw the
+    bucket fuller than the others did, and they took every opening first (one process of
+    three waited 6 s with work queued)."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    control = client.register_script(_scripts.CONTROL)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+    control(keys=[key], args=["6000", "", "", 0, "", 60, 0, "", 0])  # the fleet: 100/s
+
+    def ask(lease: str) -> list[Any]:
+        # tokens, rpm 60 (this caller's own, lagging), tpm, burst 0.5 s, utilisation, fixed
+        # 100 slots, initial/min/max, lease, ttls, cap, floor, rank, share, waiting x3,
+        # output tokens, otpm, silence, token and output bursts
+        args: list[Any] = [0, 60, 0, 0.5, 1, 100, 4, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5]
+        reply: list[Any] = admit(keys=[key, slots], args=args)
+        return reply
+
+    admitted = [int(ask(f"l{k}")[0]) for k in range(5)]
+    assert admitted == [1, 1, 1, 1, 1]  # a burst of half a second at 100/s holds 50
+    client.close()
+
+
+async def test_a_cut_pace_is_not_overwritten_by_a_rise_from_before_the_cut(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The fleet's pace: the last writer wins among rises, but a rise from a process that
+    has not adopted the latest cut (its epoch is older) is dropped, and a cut never raises
+    the pace. A process climbing from its own old pace used to overwrite another's cut a
+    tenth of a second later, and the fleet paced at 1.5 times what the key took."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(rpm: str, *, cut: int = 0, discovery: int = 0, epoch: int = 0) -> list[Any]:
+        loss = "" if not (cut or discovery) else str(float(rpm) / 0.85)
+        reply: list[Any] = control(
+            keys=[key], args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch]
+        )
+        return reply
+
+    def pace(reply: list[Any]) -> float:
+        return float(reply[0])
+
+    first = push("900", discovery=1)  # a discovery: epoch 1
+    assert (pace(first), int(first[6])) == (900, 1)
+    assert pace(push("950", epoch=1)) == 950  # a rise by a process that adopted it
+    cut = push("800", cut=1, epoch=1)  # a cut: epoch 2
+    assert (pace(cut), int(cut[6])) == (800, 2)
+    assert pace(push("1000", epoch=1)) == 800  # a rise from before the cut: dropped
+    assert pace(push("1100", cut=1, epoch=1)) == 800  # a cut of a higher pace: no higher
+    assert pace(push("820", epoch=3)) == 820  # a rise after adopting the last cut
+    client.close()
+
+
+async def test_a_cut_of_a_fleets_discovered_pace_is_measured_on_the_keys_acceptances(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A process of a fleet sees only its share of what the key accepts, so it cuts its pace
+    by a fixed share; past the burst that discovered the rate, the cut it shares is measured
+    on the key's successes, which every process's releases count in Redis: the pace resumes
+    just under what the key took (a fleet whose discovery ran high paced at 1.5 times the
+    server's rate, cut after fixed cut)."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    release = client.register_script(_scripts.RELEASE)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(rpm: str, loss: str, *, cut: int, discovery: int, epoch: int) -> list[Any]:
+        reply: list[Any] = control(
+            keys=[key], args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch]
+        )
+        return reply
+
+    push("1000", "1200", cut=0, discovery=1, epoch=0)  # a discovery that ran high
+    # four successes a second for a little over three whole seconds (240/min), from any
+    # process: the fixed limit's releases (no window to adapt) still count them
+    for k in range(15):
+        release(keys=[key, f"{namespace}:slots:{CHAT}|m"], args=[f"l{k}", 1, 0, 1, 1])
+        await asyncio.sleep(0.25)
+    stored = push("1020", "1200", cut=1, discovery=0, epoch=1)  # refused at 1200/min
+    assert 150 <= float(stored[5]) <= 330  # what the key took: the loss from now on
+    assert float(stored[0]) == pytest.approx(0.97 * float(stored[5]), rel=1e-3)
+    client.close()

@@ -4,8 +4,9 @@ Every process that uses the same ``namespace`` shares, per (route, model): the r
 (GCRA, one atomic script call per admission, on the Redis server's clock), the concurrency
 limit (slots are leases that expire unless renewed, so a dead process's slots come back within
 the lease time), the cooldown after a 429, the adaptive limit and the learned limits, what
-the lane's controller learned (the pace in force, a rate discovered from bare 429s, an
-in-flight cap, a floor: see :meth:`RedisAdmissionPolicy.exchange_control`), and the retry budget.
+the lane's controller learned (the pace in force, a rate discovered from bare 429s and the
+rate it climbs back to, an in-flight cap, a floor: see
+:meth:`RedisAdmissionPolicy.exchange_control`), and the retry budget.
 
 The lanes are the core's :class:`~pacekeeper.core.lane.Lane` (one queue, one acquire loop, one
 controller), built with a :class:`RedisAdmissionPolicy`: the lane's interface to where admission is
@@ -141,12 +142,14 @@ class _Admission:
 @dataclass(frozen=True, slots=True)
 class _Control:
     """What a lane's controller decided, as shared: the paces and the in-flight cap (and
-    whether that cap is provisional: a hypothesis of bare 429s, tried within a round trip)."""
+    whether that cap is provisional: a hypothesis of bare 429s, tried within a round trip),
+    and the rate a discovered pace climbs back to (``loss``)."""
 
     rpm: float | None
     tpm: float | None
     cap: int | None
     provisional: bool = False
+    loss: float | None = None
 
 
 class _SharedFixed(FixedLimit):
@@ -302,6 +305,7 @@ class RedisAdmissionPolicy:
         "_backend",
         "_clock",
         "_control_queued",
+        "_epoch",
         "_fleet_marks",
         "_held",
         "_lane",
@@ -351,6 +355,8 @@ class RedisAdmissionPolicy:
         self._pushed_at = -math.inf
         self._pushed_floor = 0
         self._control_queued = False
+        self._epoch = 0
+        """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
         # (our clock, the fleet's admission count) at each of our admissions lately: our share
         # of the fleet's traffic, which scales a rate discovered from our own acceptances.
         self._fleet_marks: deque[tuple[float, int]] = deque()
@@ -386,11 +392,13 @@ class RedisAdmissionPolicy:
         learner = self.learner
         lane = self._lane
         cap = None if learner is None else learner.learned_cap
+        rate = lane.request_rate
         return _Control(
             rpm=lane.rpm,
             tpm=lane.tpm,
             cap=cap,
             provisional=cap is not None and learner is not None and learner.cap_provisional,
+            loss=rate.loss_rpm if rate.discovered else None,
         )
 
     def _fleet_share(self, now: float) -> float:
@@ -423,12 +431,15 @@ class RedisAdmissionPolicy:
         """Push what changed in the lane's controller since the last exchange, read what the
         fleet stored, and adopt it (called by the maintenance thread, and once at creation).
 
-        Rates: the last writer wins. A rate discovered here from our own acceptances is
-        scaled up by our share of the fleet's traffic (the fleet was accepted at that rate
-        divided by the share). The cap: the lowest wins, except that a probing learner may
-        raise it by one; a cap forgotten (refuted) here is forgotten by all. ``push`` False
-        only reads (a lane just made: its configured limits must not overwrite what the
-        fleet learned)."""
+        Rates: the last writer wins among rises made since the latest cut or discovery (a
+        rise from before it is dropped: its epoch is older), and a cut never raises the
+        stored pace. A rate discovered here from our own acceptances, and the rate it
+        climbs back to, are scaled up by our share of the fleet's traffic (the fleet was
+        accepted at that rate divided by the share); a cut of the fleet's discovered pace
+        is measured in Redis on the key's acceptances (see ``_scripts.CONTROL``). The cap:
+        the lowest wins, except that a probing learner may raise it by one; a cap forgotten
+        (refuted) here is forgotten by all. ``push`` False only reads (a lane just made: its
+        configured limits must not overwrite what the fleet learned)."""
         with self._lock:
             self._control_queued = False
             now = self._clock()
@@ -436,14 +447,29 @@ class RedisAdmissionPolicy:
             learner = self.learner
             probing = learner is not None and learner.probing
             floor = 0 if learner is None else learner.floor
-            args: list[Any] = ["", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0]
+            args: list[Any] = [
+                *("", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0, "", 0, 0),
+                self._epoch,
+            ]
             if not push:
                 current = pushed
+            # A rate discovered here measured our share of what the key took: the fleet's
+            # is that divided by the share, and so is the rate it climbs back to. (Later
+            # cuts here are of the fleet's pace, adopted: no scaling.)
+            scale = 1.0
+            discovering = pushed.rpm is None and self._lane.request_rate.discovered
+            if discovering:
+                scale = 1.0 / self._fleet_share(now)
+                args[8] = 1
             if current.rpm != pushed.rpm:
                 rpm = current.rpm
-                if rpm is not None and pushed.rpm is None and self._lane.request_rate.discovered:
-                    rpm /= self._fleet_share(now)
-                args[0] = _wire(rpm)
+                args[0] = _wire(None if rpm is None else rpm * scale)
+            if current.loss != pushed.loss:
+                loss = current.loss
+                args[7] = _wire(None if loss is None else loss * scale)
+                # a cut here of the fleet's discovered pace: the key's acceptances measure it
+                cut = _lowered(pushed.rpm, current.rpm) and pushed.rpm is not None
+                args[9] = 1 if cut and not discovering and loss is not None else 0
             if current.tpm != pushed.tpm:
                 args[1] = _wire(current.tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:
@@ -463,9 +489,12 @@ class RedisAdmissionPolicy:
         made, which only reads): its configured state counts as known."""
         rpm, tpm, cap = (_number_or_none(v) for v in stored[:3])
         provisional = len(stored) > 4 and stored[4] is not None
+        loss = _number_or_none(stored[5]) if len(stored) > 5 else None
         with self._lock:
+            if len(stored) > 6 and stored[6] is not None:
+                self._epoch = int(stored[6])
             now = self._clock()
-            self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now)
+            self._lane.adopt_rates(rpm=rpm, tpm=tpm, now=now, rpm_loss=loss)
             learner = self.learner
             if learner is not None:
                 known = learner.learned_cap
@@ -501,6 +530,7 @@ class RedisAdmissionPolicy:
                     tpm=after.tpm if tpm is not None else sent.tpm,
                     cap=after.cap if cap is not None else sent.cap,
                     provisional=after.provisional if cap is not None else sent.provisional,
+                    loss=after.loss if loss is not None else sent.loss,
                 )
             )
             self._lane.queue.wake_head()

@@ -14,7 +14,10 @@ token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm
 AIMD window; ``rb`` the retry budget; ``n`` admissions so far; and what the controllers learned
 (CONTROL): ``pr``/``pt`` the rpm/tpm paced at, ``pc`` the in-flight cap (``pp`` set while it is
 provisional: taught by bare 429s that a rate explains as well, and not yet tested), ``pf`` the
-floor;
+floor, ``pl`` the rate a discovered pace climbs back to (what the key took when it was last
+refused) and ``pla`` when that refusal's measurements began; ``os<k>``/``oc<k>`` (k: the
+second mod 8) the key's successes answered in that second (RELEASE counts them, CONTROL
+measures the key's accepted rate from them);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -76,8 +79,12 @@ ADMIT = (
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
 -- anywhere only on its credit, min_share per admission made while it had work.
--- The pace is the lower of the caller's and the fleet's (pr/pt, pushed by CONTROL), under
--- the limits headers stated; the adaptive limit is the shared window, raised to the floor
+-- The pace is the fleet's (pr/pt, pushed by CONTROL; the caller's until one is), under the
+-- limits headers stated: every caller judges the one bucket at one rate. (The lower of the
+-- caller's and the fleet's starved a process whose pace lagged the others' recovery, as it
+-- adopts the fleet's only when it exchanges: a lower rate sees the shared bucket fuller,
+-- and the others took each opening first; one process of three waited 6 s.)
+-- The adaptive limit is the shared window, raised to the floor
 -- and bounded by the in-flight cap (the lower of the caller's and the fleet's).
 local tokens = num(ARGV[1], 0)
 local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
@@ -112,8 +119,12 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
 end
 local h = redis.call(
   'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to')
-local rpm = effective(lower(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
-local tpm = effective(lower(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
+local function fleet_or(own, fleet)
+  if fleet > 0 then return fleet end
+  return own
+end
+local rpm = effective(fleet_or(num(ARGV[2], 0), num(h[7], 0)), num(h[4], 0))
+local tpm = effective(fleet_or(num(ARGV[3], 0), num(h[8], 0)), num(h[5], 0))
 local wait = 0
 local cd = num(h[1], 0)
 if cd > now then wait = cd - now end
@@ -202,6 +213,16 @@ RELEASE = (
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock()
 local signal = num(ARGV[2], 0)
+if signal == 1 then
+  -- what the key accepted, per second of answers (CONTROL measures its rate from them)
+  local sec = math.floor(now)
+  local k = sec % 8
+  if num(redis.call('HGET', KEYS[1], 'os' .. k), -1) == sec then
+    redis.call('HINCRBY', KEYS[1], 'oc' .. k, 1)
+  else
+    redis.call('HSET', KEYS[1], 'os' .. k, tostring(sec), 'oc' .. k, '1')
+  end
+end
 if num(ARGV[5], 0) == 0 and signal > 0 then
   local initial, lo, hi = num(ARGV[6], 4), num(ARGV[7], 1), num(ARGV[8], 512)
   local h = redis.call('HMGET', KEYS[1], 'cw', 'ss', 'ld', 'wm', 'pc')
@@ -275,8 +296,68 @@ CONTROL = (
 --       0: forget it, n: the lower of n and the stored cap wins, or one more than the stored
 --       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s,
 --       provisional (1/0: whether the cap sent is a hypothesis yet; a cap stored keeps the
---       flag of the writer that set it, and a confirmed one equal to it confirms it)
--- -> {pr, pt, pc, pf, pp} as stored now (false: unset)
+--       flag of the writer that set it, and a confirmed one equal to it confirms it),
+--       loss ('': unchanged, 0: forget it; what a discovered pace climbs back to), measured
+--       (1: the loss is a discovery's measure, scaled from the writer's share of the
+--       traffic; 0: the fleet's pace when it was refused). Every process refused in the
+--       burst that discovers a rate measures it, each from its share (an estimate that
+--       runs high): the lowest measure within LOSS_EVENT_S of the first is kept; a later
+--       one is a new discovery. A pace refused well under the stored loss (a process cut
+--       the pace it adopted for a refusal of a request sent before, in the same burst) is
+--       no news; refused a little under it, it is the loss from then on. Past that burst,
+--       every cut is measured (below).
+--       cut (1: the rpm and loss sent are a cut of the fleet's discovered pace: when the
+--       key accepted less than the loss over the whole seconds since the last loss (at
+--       least 2, at most MEASURE_S), what it accepted is the loss, and the pace resumes
+--       MEASURED_SHARE under it, as a process alone measures its cuts; a process of a
+--       fleet sees only its share of what the key took; else the lower of the pace sent
+--       and the one stored: a cut never raises the fleet's pace), epoch (the ``pe`` the
+--       writer last adopted: every cut and discovery starts a new one, and a rise of the
+--       pace from an older one is dropped: it was climbing from a pace cut since, and the
+--       last writer overwrote the cut)
+-- -> {pr, pt, pc, pf, pp, pl, pe} as stored now (false: unset)
+local LOSS_EVENT_S = 2.0
+local LOSS_NEAR = 0.9
+local MEASURE_S = 3
+local MEASURED_SHARE = 0.97
+local function accepted_rpm(now, since)
+  local sec, total = math.floor(now), 0
+  local first = math.max(sec - MEASURE_S, math.ceil(since))
+  if sec - first < 2 then return nil end
+  for s = first, sec - 1 do
+    local k = s % 8
+    local f = redis.call('HMGET', KEYS[1], 'os' .. k, 'oc' .. k)
+    if num(f[1], -1) ~= s then return nil end  -- a second without an answer: too little
+    total = total + num(f[2], 0)
+  end
+  if total < 5 then return nil end
+  return 60 * total / (sec - first)
+end
+local epoch = num(redis.call('HGET', KEYS[1], 'pe'), 0)
+local cut = ARGV[10] == '1'
+if ARGV[1] ~= '' and num(ARGV[1], 0) > 0 then
+  local stored = num(redis.call('HGET', KEYS[1], 'pr'), 0)
+  if cut or ARGV[9] == '1' then
+    if cut and stored > 0 then ARGV[1] = fmt(math.min(num(ARGV[1], 0), stored)) end
+    redis.call('HSET', KEYS[1], 'pe', tostring(epoch + 1))
+  elseif num(ARGV[11], 0) < epoch then
+    ARGV[1] = ''  -- a rise from a pace cut since
+  end
+end
+if cut and ARGV[1] ~= '' and (ARGV[8] or '') ~= '' then
+  local h = redis.call('HMGET', KEYS[1], 'pl', 'pla')
+  local old = num(h[1], 0)
+  local taken = nil
+  local since = num(h[2], 0)
+  if old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
+    taken = accepted_rpm(clock(), since)  -- else no news (below)
+  end
+  if taken ~= nil and taken < num(ARGV[8], 0) then
+    ARGV[1] = fmt(math.max(6, math.min(num(ARGV[1], 0), MEASURED_SHARE * taken)))
+    ARGV[8] = fmt(taken)
+    ARGV[9] = 'measured'
+  end
+end
 local function put(field, v)
   if v == '' then return end
   if num(v, 0) > 0 then redis.call('HSET', KEYS[1], field, v)
@@ -296,10 +377,29 @@ if ARGV[3] ~= '' then
   end
 end
 put('pf', ARGV[5])
+local loss = ARGV[8] or ''
+if loss ~= '' then
+  local v = num(loss, 0)
+  if v <= 0 then redis.call('HDEL', KEYS[1], 'pl', 'pla')
+  else
+    local now = clock()
+    local h = redis.call('HMGET', KEYS[1], 'pl', 'pla')
+    local old = num(h[1], 0)
+    if old <= 0 or ARGV[9] == 'measured'
+        or (ARGV[9] == '1' and now - num(h[2], -1e18) > LOSS_EVENT_S) then
+      redis.call('HSET', KEYS[1], 'pl', loss, 'pla', fmt(now))
+    elseif ARGV[9] == '1' then
+      if v < old then redis.call('HSET', KEYS[1], 'pl', loss) end
+    elseif v >= LOSS_NEAR * old and v < old then
+      -- the acceptances since the last loss measure the next cut: not reset by this one
+      redis.call('HSET', KEYS[1], 'pl', loss)
+    end
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[6], 3600)))
 end
-return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp')
+return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp', 'pl', 'pe')
 """
 )
 

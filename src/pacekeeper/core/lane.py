@@ -539,10 +539,19 @@ class Lane:
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now, keep_level=keep_level)
 
-    def adopt_rates(self, *, rpm: float | None, tpm: float | None, now: float) -> bool:
+    def adopt_rates(
+        self,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        now: float,
+        rpm_loss: float | None = None,
+    ) -> bool:
         """Make pacing rates decided elsewhere (what a fleet's controllers stored) this
-        lane's own, each under its stated ceiling (None: nothing to adopt). True when a rate
-        moved (the buckets then follow). Called with the lock held."""
+        lane's own, each under its stated ceiling (None: nothing to adopt). ``rpm_loss``: the
+        rate a discovered request rate climbs back to (what the fleet's key took when it was
+        last refused), else the adopted rate is that aim. True when a rate moved (the
+        buckets then follow). Called with the lock held."""
         moved = False
         for rate, value in ((self.request_rate, rpm), (self.token_rate, tpm)):
             if value is None:
@@ -551,6 +560,8 @@ class Lane:
             if rate.rpm is None or abs(rate.rpm - target) > 1e-6 * target:
                 rate.adopt(target, now=now)
                 moved = True
+        if rpm_loss is not None:
+            self.request_rate.aim(rpm_loss)
         if moved:
             self._apply_rates(now=now)
         return moved

@@ -294,6 +294,34 @@ class PacedRate:
         if self.ceiling is None:
             self._at_loss = self.rpm
 
+    @property
+    def loss_rpm(self) -> float | None:
+        """The rate recovery climbs back to (just under it): what the server took when it
+        last refused, or the pace at the last cut; None when no loss is known."""
+        return None if math.isinf(self._at_loss) else self._at_loss
+
+    def aim(self, loss_rpm: float) -> None:
+        """Climb towards just under ``loss_rpm``, evidence gathered elsewhere (what a fleet's
+        key was measured to take when it refused), as after a loss measured here. Only a
+        discovered rate has no other aim: under a stated ceiling, nothing changes.
+
+        >>> def climb(rate):  # three seconds of successes with a backlog
+        ...     for i in range(31):
+        ...         _ = rate.succeeded(now=0.1 * i, backlog=True)
+        ...     return round(rate.rpm)
+        >>> rate = PacedRate()
+        >>> rate.adopt(250.0, now=0.0)  # another process's discovery, seeded low
+        >>> climb(rate)  # the adopted rate is its aim: it only probes beyond it
+        282
+        >>> rate = PacedRate()
+        >>> rate.adopt(250.0, now=0.0)
+        >>> rate.aim(960.0)  # the key refused at 960/min
+        >>> climb(rate)  # just under it within three seconds, then probing
+        917
+        """
+        if self.ceiling is None and self.rpm is not None:
+            self._at_loss = max(loss_rpm, self.rpm)
+
     def _sustained_rpm(self, now: float) -> float | None:
         """The rate (per minute) accepted since the last cut, over at most the last five
         seconds; None with too little to go by (under a second, or under five requests).
