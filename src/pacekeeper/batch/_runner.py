@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
@@ -677,6 +678,14 @@ async def _send(
     }, False
 
 
+@functools.lru_cache(maxsize=1024)
+def _lane_of_url(url: str) -> tuple[str, str | None]:
+    """(route, model named by the path) of a request URL, worked out once per URL (a batch
+    has one per route and model) instead of parsing it again for every line."""
+    path = httpx2.URL(url).path
+    return route_of(path), model_of_path(path)
+
+
 async def _post_admitted(
     client: httpx2.AsyncClient,
     gov: Governor,
@@ -687,8 +696,7 @@ async def _post_admitted(
     """POST the line once the governor admits it: a line waiting for its turn holds its body
     and a small call, not a built request and httpx's frames (about 11 kB more each, with up
     to ``window`` lines in progress)."""
-    path = httpx2.URL(url).path
-    attempts = attempts_for(gov, route_of(path), model_of_path(path), line.body)
+    attempts = attempts_for(gov, *_lane_of_url(url), line.body)
     await anext(attempts)
     return await run_admitted(
         gov,

@@ -205,12 +205,12 @@ class AimdLimit(FixedLimit):
         self.ceiling: int | None = None
         """A hard ceiling from outside (the HTTP client's connection pool)."""
         self.queue_cut_at = -math.inf
+        """When swollen answers last cut the window (answers sent before say nothing new)."""
         self.served_top = -math.inf
         """Where :meth:`served` last bounded slow start."""
         self.outgrew_served = False
         """Slow start grew the window past :attr:`served_top`: time for a new reading (one
         under it needs none, and what a server serves at once changes slowly)."""
-        """When swollen answers last cut the window (answers sent before say nothing new)."""
         self.cap_provisional = False
         """Whether the cap rests on a bare 429 alone (which the rate explains as well)."""
         self.cap_learned_at = -math.inf
@@ -329,11 +329,10 @@ class AimdLimit(FixedLimit):
         """The head of the queue waits for a slot: before any answer, silence grows the window.
 
         From ``ramp_after_s`` after the first wait, one slot every ``ramp_spacing_s`` up to
-        ``ramp_max``; after
-        ``silence_first_s``, doubling every ``silence_double_s``. The growth is smooth (one
-        slot at a time), not a jump:
-        a jump would send its new slots' requests all at once, and a rate limit's refusals
-        would then come back for all of them before the first could slow anything down.
+        ``ramp_max``; after ``silence_first_s``, doubling every ``silence_double_s``. The
+        growth is smooth (one slot at a time), not a jump: a jump would send its new slots'
+        requests all at once, and a rate limit's refusals would then come back for all of
+        them before the first could slow anything down.
         Returns seconds until the next slot opens (inf: none will); call again then."""
         if self._answered or self._ssthresh != math.inf:
             self._silence_since = None

@@ -59,7 +59,7 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconciliation
 from pacekeeper.core.ordered import amap
-from pacekeeper.core.priority import PRIORITY_SET, TENANT_SET, Priority
+from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.core.queue import check_weight
 from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
@@ -258,11 +258,11 @@ class Governor:
         ``tenant`` whose share it counts in within that class; unset, they come from the
         innermost :func:`pacekeeper.priority` block, else ``interactive`` and no tenant."""
         # current_priority() and current_tenant(), inlined: two frames on every request
-        cls = Priority.parse(priority) if priority is not None else PRIORITY_SET.get()
+        cls = Priority.parse(priority) if priority is not None else PRIORITY_VAR.get()
         if cls is None:
             cls = Priority.INTERACTIVE
         if tenant is None:
-            tenant = TENANT_SET.get()
+            tenant = TENANT_VAR.get()
         lane = self._lanes.get((route, model))  # self.lane, one call fewer once it exists
         if lane is None:
             lane = self.lane(route, model)

@@ -74,9 +74,9 @@ _TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-PRIORITY_SET = _PRIORITY
+PRIORITY_VAR = _PRIORITY
 """The context variable :func:`current_priority` reads (read directly on the hot path)."""
-TENANT_SET = _TENANT
+TENANT_VAR = _TENANT
 """The context variable :func:`current_tenant` reads."""
 
 
