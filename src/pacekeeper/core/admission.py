@@ -173,7 +173,7 @@ class LocalAdmissionPolicy:
         answer says whether a window began; a 429 says when one does). Set by the lane."""
         self.stated_tokens_left = math.inf
         """The same for tokens (the request's whole estimate, or its input where output is
-        limited apart)."""
+        limited apart), with a request's worth kept in hand."""
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self.outstanding: dict[int, float] = {}
@@ -224,7 +224,11 @@ class LocalAdmissionPolicy:
             slot_wait = self.slot_wait(now, success_peak)
             if slot_wait > 0.0:
                 return slot_wait
-        if (self.stated_left < 1.0 or self.stated_tokens_left < input_tokens) and slots.in_flight:
+        # Tokens keep a request's worth in hand: what we charge is an estimate, and over a
+        # window of estimates the provider's count runs a request ahead of ours now and then.
+        if (
+            self.stated_left < 1.0 or self.stated_tokens_left < 2 * input_tokens
+        ) and slots.in_flight:
             return math.inf
         self.stated_left -= 1.0
         self.stated_tokens_left -= input_tokens
