@@ -157,3 +157,31 @@ def test_a_token_window_stated_by_remaining_alone_is_refused_at_most_once(
         seed=seed,
     )
     assert all(n <= 1 for n in refused.values()), f"429s per window: {refused}"
+
+
+def test_a_budget_whose_statements_stop_does_not_hold_the_lane_to_one_request() -> None:
+    """A server that stated ``remaining`` and then stops (a gateway that strips headers
+    after a while): once nothing is left by the last statement, one request goes; accepted
+    with nothing said, it shows the budget is not the provider's, and the lane sends on."""
+    clock = _Clock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    assert lane._try_admit(0.0, 100) == 0.0
+    first = lane._grant(0.0, 100, 0.0)
+    stated = classify_response(200, {"x-ratelimit-remaining-requests": "2"}, None, now_wall_s=0.0)
+    lane.settle(first, stated, now=0.2, max_hint_s=600.0, retry=False)
+    held = []
+    for _ in range(2):
+        assert lane._try_admit(0.2, 100) == 0.0
+        held.append(lane._grant(0.2, 100, 0.2))
+    # two sent of two left: the rest wait
+    assert all(lane._try_admit(0.2 + k * 0.01, 100) > 0.0 for k in range(20))
+    bare = classify_response(200, {}, None, now_wall_s=0.0)
+    for permit in held:
+        lane.settle(permit, bare, now=0.4, max_hint_s=600.0, retry=False)
+    assert lane._try_admit(0.4, 100) == 0.0  # nothing in flight: one goes
+    probe = lane._grant(0.4, 100, 0.4)
+    assert all(lane._try_admit(0.4 + k * 0.01, 100) > 0.0 for k in range(20))
+    lane.settle(probe, bare, now=0.6, max_hint_s=600.0, retry=False)
+    for _ in range(2):  # accepted, stating nothing: the lane sends on
+        assert lane._try_admit(0.6, 100) == 0.0
+        lane._grant(0.6, 100, 0.6)

@@ -328,6 +328,7 @@ class Lane:
         "_next_limits_read",
         "_output_charged",
         "_outstanding_sent_at",
+        "_probe_seq",
         "_queue",
         "_quota_budgets",
         "_recent_sends",
@@ -412,6 +413,7 @@ class Lane:
         # request admitted as ``_window_from_seq``): what the next such window holds.
         self._window_from_seq = 0
         self._window_intake = 0
+        self._probe_seq = -1
         self._window_intake_tokens = 0
         self._first_admitted_at = -math.inf
         self._charged = 0.0
@@ -963,6 +965,8 @@ class Lane:
             output_charged_before=output_charged_before,
         )
         local.outstanding[id(permit)] = now
+        if local.stated_left < 0.0 or local.stated_tokens_left < tokens:
+            self._probe_seq = permit.seq  # sent with nothing left (see _note_left)
         return permit
 
     def _grant_shared(
@@ -1512,6 +1516,10 @@ class Lane:
         if permit.seq >= self._window_from_seq:
             self._window_intake += 1
             self._window_intake_tokens += self._charged_for(permit)
+            if permit.seq == self._probe_seq and permit.seq > self._stated_left_seq:
+                # Sent alone with nothing left, and accepted stating nothing newer: the
+                # budget it was held to is not the provider's (any more).
+                self._local.stated_left = self._local.stated_tokens_left = math.inf
         self.congestion.observe(overload=False)
         slots = self.slots
         self.latency.observe(
