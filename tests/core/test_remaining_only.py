@@ -182,6 +182,7 @@ def test_a_budget_whose_statements_stop_does_not_hold_the_lane_to_one_request() 
     probe = lane._grant(0.4, 100, 0.4)
     assert all(lane._try_admit(0.4 + k * 0.01, 100) > 0.0 for k in range(20))
     lane.settle(probe, bare, now=0.6, max_hint_s=600.0, retry=False)
+    sent = []  # held: a dropped permit frees its slot
     for _ in range(2):  # accepted, stating nothing: the lane sends on
         assert lane._try_admit(0.6, 100) == 0.0
-        lane._grant(0.6, 100, 0.6)
+        sent.append(lane._grant(0.6, 100, 0.6))
