@@ -148,6 +148,8 @@ class LocalAdmissionPolicy:
         "outstanding",
         "requests",
         "slots",
+        "stated_left",
+        "stated_tokens_left",
         "tokens",
     )
 
@@ -165,6 +167,13 @@ class LocalAdmissionPolicy:
         self.output_tokens: TokenBucket | None = None
         self.new_territory_at = -math.inf
         """When a request last went past the most in flight that ever succeeded."""
+        self.stated_left = math.inf
+        """Requests a provider's ``remaining`` says are left where it states no limit to pace
+        at (Azure: a window of unknown length): at none, one request at a time goes (its
+        answer says whether a window began; a 429 says when one does). Set by the lane."""
+        self.stated_tokens_left = math.inf
+        """The same for tokens (the request's whole estimate, or its input where output is
+        limited apart), with a request's worth kept in hand."""
         # id(permit) -> sent_at of admitted attempts with no answer yet, oldest first. Ids, not
         # the permits: a permit dropped without release must still be collected (and release).
         self.outstanding: dict[int, float] = {}
@@ -215,6 +224,14 @@ class LocalAdmissionPolicy:
             slot_wait = self.slot_wait(now, success_peak)
             if slot_wait > 0.0:
                 return slot_wait
+        # Tokens keep a request's worth in hand: what we charge is an estimate, and over a
+        # window of estimates the provider's count runs a request ahead of ours now and then.
+        if (
+            self.stated_left < 1.0 or self.stated_tokens_left < 2 * input_tokens
+        ) and slots.in_flight:
+            return math.inf
+        self.stated_left -= 1.0
+        self.stated_tokens_left -= input_tokens
         if requests is not None:
             requests.spend(now=now, cost=1)
         if token_bucket is not None and input_tokens:

@@ -156,6 +156,35 @@ def _keep_windows(
         bucket.clear_windows(now=now)
 
 
+def _spent_unstated_budget(limits: RateLimitSnapshot | None, tokens: int) -> str | None:
+    """Which budget a 429's own headers show spent without stating its limit: "requests",
+    "tokens" or None.
+
+    >>> _spent_unstated_budget(RateLimitSnapshot(remaining_requests=0), tokens=900)
+    'requests'
+    >>> _spent_unstated_budget(RateLimitSnapshot(remaining_tokens=300), tokens=900)
+    'tokens'
+    >>> _spent_unstated_budget(
+    ...     RateLimitSnapshot(limit_requests=600, remaining_requests=0), tokens=900
+    ... ) is None
+    True
+    """
+    if limits is None:
+        return None
+    requests = limits.remaining_requests
+    if limits.limit_requests is None and requests is not None and requests < 1:
+        return "requests"
+    tokens_left = limits.remaining_tokens
+    if (
+        limits.limit_tokens is None
+        and limits.limit_input_tokens is None
+        and tokens_left is not None
+        and tokens_left < tokens
+    ):
+        return "tokens"
+    return None
+
+
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     """The token budget an answer's per-minute headers describe: Anthropic limits input and
     output apart (its tokens-* headers repeat whichever is the most restrictive): input is
@@ -299,17 +328,22 @@ class Lane:
         "_next_limits_read",
         "_output_charged",
         "_outstanding_sent_at",
+        "_probe_seq",
         "_queue",
         "_quota_budgets",
         "_recent_sends",
         "_served_due",
         "_shared",
+        "_stated_left_seq",
         "_stated_sent_at",
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
         "_token_windows",
         "_untested_refusal",
+        "_window_from_seq",
+        "_window_intake",
+        "_window_intake_tokens",
         "admission",
         "budget",
         "cheap_scale",
@@ -374,6 +408,13 @@ class Lane:
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
         self._admitted = 0
+        self._stated_left_seq = 0
+        # Successes since a window stated by remaining alone was last spent (from the
+        # request admitted as ``_window_from_seq``): what the next such window holds.
+        self._window_from_seq = 0
+        self._window_intake = 0
+        self._probe_seq = -1
+        self._window_intake_tokens = 0
         self._first_admitted_at = -math.inf
         self._charged = 0.0
         self._output_charged = 0.0
@@ -644,6 +685,8 @@ class Lane:
             # answers sent before it went unread, the drains with them).
             if permit is None or permit.seq == 0:  # 0: not admitted by this lane's buckets
                 return
+            if permit.seq >= self._stated_left_seq:
+                self._note_left(minute, unstated_tokens=tokens[0] is None, permit=permit)
             self._read_headroom(
                 minute,
                 tokens,
@@ -763,6 +806,39 @@ class Lane:
                 ),
                 slack=float(permit.output_tokens),
             )
+
+    def _note_left(
+        self, minute: RateLimitSnapshot, *, unstated_tokens: bool, permit: Permit
+    ) -> None:
+        """What is left of a budget whose limit is not stated (Azure's ``remaining`` of a
+        10-s window, with no limit and no reset): ``remaining`` less what this lane sent
+        after ``permit``, and nothing more until an answer says otherwise (tokens: less what
+        it charged since, estimates that the provider counts its own way). Only the latest
+        statement in send order counts (an earlier one was counted before requests it does
+        not show), and none about a request sent before the last 429 (its window may be
+        over: the 429's hint says when the next begins).
+
+        Spending a window's budget and finding its end from a 429 costs one 429 a window;
+        sending on with none left cost every request in flight (4-7 a window at 10-s
+        windows, 30-50 in flight)."""
+        self._stated_left_seq = permit.seq
+        local = self._local
+        began = False
+        if minute.limit_requests is None and minute.remaining_requests is not None:
+            left = float(minute.remaining_requests - (self._admitted - permit.seq))
+            began = left > local.stated_left + 1.0
+            local.stated_left = left
+        if unstated_tokens and minute.remaining_tokens is not None:
+            used_since = self._charged - permit.charged_before - self._charged_for(permit)
+            tokens_left = minute.remaining_tokens - used_since
+            # (our estimates drift from the provider's count by a request's worth or so)
+            began = began or tokens_left > local.stated_tokens_left + 2.0 * permit.tokens
+            local.stated_tokens_left = tokens_left
+        if began:
+            # More is left than was: a window began, at a request sent since the last
+            # statement. What the windows hold is counted from this one (a little under).
+            self._window_from_seq = permit.seq
+            self._window_intake = self._window_intake_tokens = 0
 
     def _stated_per_s(self, ceiling_per_min: float | None) -> float | None:
         """This process's share of a stated per-minute limit, per second (None: none)."""
@@ -889,6 +965,8 @@ class Lane:
             output_charged_before=output_charged_before,
         )
         local.outstanding[id(permit)] = now
+        if local.stated_left < 0.0 or local.stated_tokens_left < tokens:
+            self._probe_seq = permit.seq  # sent with nothing left (see _note_left)
         return permit
 
     def _grant_shared(
@@ -1435,6 +1513,13 @@ class Lane:
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
+        if permit.seq >= self._window_from_seq:
+            self._window_intake += 1
+            self._window_intake_tokens += self._charged_for(permit)
+            if permit.seq == self._probe_seq and permit.seq > self._stated_left_seq:
+                # Sent alone with nothing left, and accepted stating nothing newer: the
+                # budget it was held to is not the provider's (any more).
+                self._local.stated_left = self._local.stated_tokens_left = math.inf
         self.congestion.observe(overload=False)
         slots = self.slots
         self.latency.observe(
@@ -1530,6 +1615,12 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
+        if permit.seq >= self._window_from_seq:
+            # What answers said was left is of a window that a 429 may have ended (or that
+            # was not the limit that refused): the next answers tell. (A 429 to a request
+            # sent before the last window was found spent is about that window.)
+            self._local.stated_left = self._local.stated_tokens_left = math.inf
+            self._stated_left_seq = self._admitted + 1
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
@@ -1550,6 +1641,15 @@ class Lane:
         if verdict.hint_s is not None and gate:
             # through close_gate: a shared admission closes the fleet's gate, not only ours
             self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
+            spent = _spent_unstated_budget(verdict.limits, permit.tokens)
+            if spent is not None:
+                # The window that answers counted down (no limit stated: Azure) is spent, and
+                # the hint says when the next begins: that is all this 429 says. Read as a
+                # rate, the second before it (one request, sent when nothing was left) cut
+                # the pace to a few requests a second.
+                if permit.seq >= self._window_from_seq:
+                    self._next_window_holds(spent)
+                return
 
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
@@ -1607,6 +1707,19 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _next_window_holds(self, spent: str) -> None:
+        """A window stated by ``remaining`` alone is spent (``spent``: "requests" or
+        "tokens"): the next holds what this one took, as far as this lane saw (its successes
+        since the last window was spent), until its own answers say what is left. Nothing
+        goes before the hint anyway; after it, with nothing held, the whole window in flight
+        went at once, a request or two over a window the rounded hint opened late."""
+        if spent == "requests" and self._window_intake:
+            self._local.stated_left = float(self._window_intake)
+        elif spent == "tokens" and self._window_intake_tokens:
+            self._local.stated_tokens_left = float(self._window_intake_tokens)
+        self._window_from_seq = self._admitted + 1
+        self._window_intake = self._window_intake_tokens = 0
 
     @property
     def round_trip_s(self) -> float:
