@@ -322,6 +322,7 @@ class Lane:
         "_depths",
         "_estimates",
         "_first_admitted_at",
+        "_first_success_at",
         "_floor_due",
         "_local",
         "_lock",
@@ -340,6 +341,7 @@ class Lane:
         "_success_peak_in_flight",
         "_successes",
         "_token_windows",
+        "_untested_after_start",
         "_untested_refusal",
         "_window_from_seq",
         "_window_intake",
@@ -437,6 +439,11 @@ class Lane:
         self._untested_refusal: tuple[float, int] | None = None
         """(sent at, sent in the second before) of the bare 429 that taught a provisional
         cap: if the cap is refuted, that refusal was the rate, and it is measured then."""
+        self._untested_after_start = False
+        """The second before that refusal was mostly the start's burst
+        (:meth:`_start_held_second`), whose count says what was held in flight, not a pace
+        a rate took."""
+        self._first_success_at = math.inf
         self._stated_sent_at = -math.inf
         self._quota_budgets: set[str] = set()
         """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
@@ -1520,6 +1527,7 @@ class Lane:
                 # Sent alone with nothing left, and accepted stating nothing newer: the
                 # budget it was held to is not the provider's (any more).
                 self._local.stated_left = self._local.stated_tokens_left = math.inf
+        self._first_success_at = min(self._first_success_at, now)
         self.congestion.observe(overload=False)
         slots = self.slots
         self.latency.observe(
@@ -1635,6 +1643,7 @@ class Lane:
                 if slots.cap_provisional and refused is _Refused.EITHER:
                     sent_in_second = self._sent_in_second_before(permit.sent_at)
                     self._untested_refusal = (permit.sent_at, sent_in_second)
+                    self._untested_after_start = self._start_held_second(permit.sent_at)
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
             return
@@ -1829,9 +1838,24 @@ class Lane:
             # over the round trip was as busy as the refused second (a rate refuses clumps
             # above the pace it takes; a cap refuses the pace itself).
             sent_in_second = self._sent_in_second_before(permit.sent_at)
-            if sent_in_second >= untested[1] - _AS_BUSY_MARGIN and not (
+            # The second before a refusal at the start held the start's burst, nearly all
+            # still in flight: no clump fell across its edge, so no margin (a cap of 3
+            # refused the first window's fourth; a second of 2 sends under it was "as busy").
+            margin = 0 if self._untested_after_start else _AS_BUSY_MARGIN
+            if sent_in_second >= untested[1] - margin and not (
                 self._took_as_busy(untested[1], since=slots.cap_learned_at, before=permit.sent_at)
                 or self._paced_as_busy(sent_in_second, before=permit.sent_at)
+                or (
+                    # A start's second, judged against the pace less the refused test (what
+                    # a rate reading would measure): a cap refuses the pace (a cap of 6 with
+                    # 1-s answers: 7 sends before the first refusal, 6-7 a second under the
+                    # cap; read as the rate, the lane paced at 0.44 of what the cap allowed,
+                    # and the in-flight refusals that followed cut it again), a rate a clump
+                    # above it (fixed windows of 5 a second that refused the ramp's sixth,
+                    # then a clump of 5 answers with a pace of 2.5 a second).
+                    self._untested_after_start
+                    and self._paced_as_busy(sent_in_second - 1, before=permit.sent_at)
+                )
             ):
                 self._cap_refuted = True
                 self._untested_refusal = None
@@ -1841,6 +1865,15 @@ class Lane:
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
         return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
+
+    def _start_held_second(self, sent_at: float) -> bool:
+        """Whether half or more of the requests sent in the second up to ``sent_at`` went
+        before the first answer came back: the start's burst (the first window, the paced
+        ramp, silence's doubling), not a pace that answers set. One straggler of the ramp
+        among slow start's clumps is not."""
+        second = [t for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at]
+        early = sum(1 for t in second if t < self._first_success_at)
+        return 2 * early >= len(second)
 
     def _took_as_busy(self, busy: int, *, since: float, before: float) -> bool:
         """Whether the server took a request sent between ``since`` (a provisional cap was

@@ -67,6 +67,7 @@ class LatencyTracker:
         "_answered",
         "_base_windows",
         "_cut",
+        "_cut_once",
         "_judged_ratios",
         "_last_answer_at",
         "_n",
@@ -106,6 +107,9 @@ class LatencyTracker:
         """Of a series of cuts on swollen answers: the most capacity any implied, the highest
         load that swelled, and the sum and number of ratios judged since at no more in
         flight than that capacity."""
+        self._cut_once = False
+        """Swollen answers cut the window once already: the load now sits near the
+        capacity, where one window's noise reads as a swelling."""
         self.refuted_load: int | None = None
         """The load of a swelling that later answers refuted (the unloaded latency was read
         again): no queue there after all. The caller takes it back and clears this."""
@@ -241,6 +245,7 @@ class LatencyTracker:
         no more in flight than that (the most any of a series of cuts implied) must show
         no queue, and when they still do, :attr:`refuted_load` is the highest load of the
         series."""
+        self._cut_once = self._cut_once or cut
         if cut and self.known and self.in_flight:
             capacity = self.in_flight / self.ratio
             old = self._cut
@@ -279,11 +284,14 @@ class LatencyTracker:
         vary), and the lowest of many noisy medians runs below the typical one. Against a base
         not yet settled, the swelling must hold over the last few judgments: one reading can
         be a few long answers (believed at once, it cut a window from 20 to 9 on a server
-        serving 21)."""
+        serving 21). So too after a first cut: the load then sits near the capacity, where
+        one window's median runs 1.3 times a base read a seventh low now and then (cut on
+        each such reading, servers of 18 and 11 were held at 13.1 and 8.7; the first cut,
+        slow start's queue, still comes at once)."""
         if not self.known or self.in_flight <= self._same_load_top():
             return False
         ratios = self._judged_ratios
-        if self._base_settled:
+        if self._base_settled and not self._cut_once:
             return self.ratio > tolerance
         return len(ratios) == ratios.maxlen and min(ratios) > tolerance
 
