@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.config import Limits, RetryPolicy
     from pacekeeper.core.records import RequestRecord
 
-__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation"]
+__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation", "UserPermit"]
 
 _ThreadWaiter = ThreadWaiter  # the name tests imported before waiting.py
 
@@ -208,6 +208,11 @@ class Permit:
 
     Release it exactly once with the outcome's :class:`Signal`; further releases are ignored,
     so a ``finally`` can always release without double-counting.
+
+    This class is what the surfaces that always report their attempts hold (the transports,
+    ``Governor.run``, ``wrap()``, ``pacekeeper run``): it has no finaliser, whose call on
+    every request's permit was pure cost there. A permit handed to user code is a
+    :class:`UserPermit`, which frees its slot when dropped unreleased.
     """
 
     __slots__ = (
@@ -240,7 +245,7 @@ class Permit:
         output_tokens: int = 0,
         output_charged_before: float = 0.0,
     ) -> None:
-        self.released = False  # first: __del__ reads it, even of a permit half made
+        self.released = False  # first: UserPermit.__del__ reads it, even of one half made
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
@@ -264,15 +269,26 @@ class Permit:
             self.released = True
             self._lane.release(self, signal)
 
-    def __del__(self) -> None:
-        # A permit dropped without release (an abandoned stream nobody closed) must not hold
-        # its slot forever.
-        if not self.released:
-            self.release()
-
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
         return f"<Permit {state} tokens={self.tokens} queued={self.queued_s:.3f}s>"
+
+
+class UserPermit(Permit):
+    """A :class:`Permit` handed to user code (``Lane.acquire``, ``Call.admit``,
+    ``gov.admit``), or granted by a shared admission: dropped without release (an abandoned
+    stream nobody closed, a forgotten permit), it frees its slot when collected."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        if not self.released:
+            self.release()
+
+
+_PERMITS = (Permit, UserPermit)
+"""Both permit classes: ``turn.__class__ in _PERMITS`` tells a permit from a wait without
+the C call of ``isinstance`` (the attempt loop does so on every wake)."""
 
 
 class Lane:
@@ -870,13 +886,20 @@ class Lane:
         requests = self._local.requests
         return requests is None or requests.wait_s(now=now, cost=1) == 0.0
 
-    def _grant(self, now: float, tokens: int, asked_at: float, output_tokens: int = 0) -> Permit:
+    def _grant(
+        self,
+        now: float,
+        tokens: int,
+        asked_at: float,
+        output_tokens: int = 0,
+        permit_class: type[Permit] = UserPermit,
+    ) -> Permit:
         local = self._local
         if self.slots.in_flight >= self._success_peak_in_flight:
             local.new_territory_at = now
         in_flight = self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
-        permit = Permit(
+        permit = permit_class(
             self,
             sent_at=now,
             in_flight_at_send=in_flight,
@@ -899,7 +922,9 @@ class Lane:
         now = self._clock()
         self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
-        permit = Permit(
+        # With a finaliser whatever the caller: a shared lane's path is not worth the plumbing
+        # (its store's round trip costs far more than a finaliser's call).
+        permit = UserPermit(
             self,
             sent_at=now,
             in_flight_at_send=granted.in_flight,
@@ -954,6 +979,7 @@ class Lane:
         tenant: str | None = None,
         now: float | None = None,
         deadline: float | None = None,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit | tuple[Waiter, float | None]:
         """Admit at once when nobody waits and the state allows; else queue a new
         ``waiter`` (made only then: the uncontended path allocates none) and return it with
@@ -963,7 +989,9 @@ class Lane:
         first: it is armed and sleeps what that look said, rather than looking again at
         once. So is one that queued behind another head (until woken). Only one that became
         the head of a queue that already held others (a retry or a higher class) looks at
-        once. ``now``: the caller's reading of the clock, when it just took one."""
+        once. ``now``: the caller's reading of the clock, when it just took one.
+        ``permit_class``: :class:`Permit` for a caller that always releases what it is
+        granted (no finaliser), else :class:`UserPermit`."""
         if now is None:
             now = self._clock()
         queue = self._queue
@@ -978,7 +1006,7 @@ class Lane:
                 )
                 if wait == 0.0:
                     queue.count_admission(priority, tenant)
-                    return self._grant(now, tokens, now, output_tokens)
+                    return self._grant(now, tokens, now, output_tokens, permit_class)
             joined = waiter()
             queue.join(joined, front=front, priority=priority, tenant=tenant)
             if wait is None and queue.head is not joined:
@@ -1005,6 +1033,7 @@ class Lane:
         *,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
@@ -1012,7 +1041,8 @@ class Lane:
         the cost is charged as the lane's answers scale estimates now, not as they did when
         the request joined the queue: a queue filled before the first answer would otherwise
         hold every prompt at the unscaled estimate until its own answer settles it.
-        ``prompt_cheap``: that estimate is a character count (scaled as such)."""
+        ``prompt_cheap``: that estimate is a character count (scaled as such);
+        ``permit_class`` as :meth:`join`'s."""
         with self._lock:
             now = self._clock()
             if prompt_tokens is not None:
@@ -1023,7 +1053,7 @@ class Lane:
                 )
                 if wait == 0.0:
                     self._queue.admitted(waiter)
-                    return self._grant(now, tokens, asked_at, output_tokens)
+                    return self._grant(now, tokens, asked_at, output_tokens, permit_class)
                 waiter.arm()
             else:
                 wait = math.inf
@@ -1180,13 +1210,16 @@ class Lane:
         tenant: str | None = None,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
         (charged to the output budget where the provider limits output apart);
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
-        estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
+        estimate scale in force when it goes (``tokens`` is then the cost at joining).
+        ``permit_class`` as :meth:`join`'s: a :class:`UserPermit` unless the caller always
+        releases it."""
         asked_at = self._clock()
         joined = self.join(
             tokens,
@@ -1197,6 +1230,7 @@ class Lane:
             tenant=tenant,
             now=asked_at,
             deadline=deadline,
+            permit_class=permit_class,
         )
         if isinstance(joined, Permit):
             return joined
@@ -1212,6 +1246,7 @@ class Lane:
             priority=priority,
             prompt_tokens=prompt_tokens,
             prompt_cheap=prompt_cheap,
+            permit_class=permit_class,
         )
 
     async def wait(
@@ -1226,6 +1261,7 @@ class Lane:
         priority: Priority,
         prompt_tokens: int | None,
         prompt_cheap: bool,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """The wait of a ``waiter`` that :meth:`join` queued (``sleep_s``: how long it
         sleeps first, None: it looks at once), to its permit; it leaves the queue if the
@@ -1256,6 +1292,7 @@ class Lane:
                         output_tokens,
                         prompt_tokens=prompt_tokens,
                         prompt_cheap=prompt_cheap,
+                        permit_class=permit_class,
                     )
                 if isinstance(turn, Permit):
                     return turn
@@ -1284,6 +1321,7 @@ class Lane:
         tenant: str | None = None,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
@@ -1296,6 +1334,7 @@ class Lane:
             tenant=tenant,
             now=asked_at,
             deadline=deadline,
+            permit_class=permit_class,
         )
         if isinstance(joined, Permit):
             return joined
@@ -1329,6 +1368,7 @@ class Lane:
                         output_tokens,
                         prompt_tokens=prompt_tokens,
                         prompt_cheap=prompt_cheap,
+                        permit_class=permit_class,
                     )
                 if isinstance(turn, Permit):
                     return turn

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pacekeeper.core.attempts import Attempts
+from pacekeeper.core.attempts import Attempts, SurfaceAttempts
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.tokens import estimate_request_chars
@@ -176,7 +176,7 @@ def attempts_for(
     body_model = body.get("model")
     model = path_model or (body_model if isinstance(body_model, str) else None)
     estimate = estimate_request_chars(body)
-    return Attempts(gov.call(route=route, model=model, estimate=estimate, body=body))
+    return SurfaceAttempts(gov.call(route=route, model=model, estimate=estimate, body=body))
 
 
 def _prepare(
@@ -222,7 +222,7 @@ def _start(
     )
     if gov.retry.attempt_timeout_s is not None:
         bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
-    return request, Attempts(call), strip
+    return request, SurfaceAttempts(call), strip
 
 
 async def handle_async(
@@ -405,9 +405,9 @@ def _stream_response(
     strip_usage: bool = False,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    if not read_limits:  # a stream's limits are always learned
-        headers = plain_headers(response.headers)
-    ok = verdict_for_answer(response.status_code, headers, None)
+    # A stream's rate-limit headers are read as a complete answer's are: at most every 0.1 s
+    # of its lane's clock (``Lane.limits_due``), not on every stream of a busy lane.
+    ok = verdict_for_answer(response.status_code, headers, None, read_limits=read_limits)
     attempts.streaming(ok.limits)
     # request_id, inlined (as in _after_answer): once per stream
     state = _StreamState(attempts, ok, headers.get("x-request-id") or headers.get("request-id"))
