@@ -382,9 +382,13 @@ async def test_user_permits_free_their_slot_when_dropped_and_a_surfaces_have_no_
     from pacekeeper.core.lane import Permit, UserPermit
 
     gov = Governor(limits=Limits(concurrency=1))
-    permit = await asyncio.wait_for(gov.call(route=CHAT, model="m", tokens=10).admit(), 5)
+
+    async def admit_call() -> Permit:
+        return await gov.call(route=CHAT, model="m", tokens=10).admit()
+
+    permit = await asyncio.wait_for(admit_call(), 5)
     assert type(permit) is UserPermit
-    queued = asyncio.create_task(gov.call(route=CHAT, model="m", tokens=10).admit())
+    queued = asyncio.create_task(admit_call())
     await asyncio.sleep(0.01)
     del permit  # never released: collected at once (no cycle holds it)
     again = await asyncio.wait_for(queued, 5)  # woken by the dropped permit's finaliser
@@ -397,7 +401,11 @@ async def test_user_permits_free_their_slot_when_dropped_and_a_surfaces_have_no_
     assert type(plain) is Permit
     assert not hasattr(plain, "__del__")
     waiting = SurfaceAttempts(gov.call(route=CHAT, model="m", tokens=10))
-    queued_plain = asyncio.create_task(anext(waiting))
+
+    async def admit(attempts: Attempts) -> Permit:
+        return await anext(attempts)
+
+    queued_plain = asyncio.create_task(admit(waiting))
     await asyncio.sleep(0.01)
     surface.answered(classify_response(200, {}, None, now_wall_s=0.0))
     assert type(await asyncio.wait_for(queued_plain, 5)) is Permit  # granted on its turn
