@@ -996,7 +996,8 @@ class Lane:
             now = self._clock()
         queue = self._queue
         with self._lock:
-            queue.check_open()
+            if queue.closed:
+                queue.check_open()
             wait = None
             # A shared admission asks its store outside the lock: its newcomer queues, and
             # looks at once when it is the head.
@@ -1005,10 +1006,10 @@ class Lane:
                     now, tokens, output_tokens, self._success_peak_in_flight
                 )
                 if wait == 0.0:
-                    queue.count_admission(priority, tenant)
+                    queue.count_admission_held(priority, tenant)
                     return self._grant(now, tokens, now, output_tokens, permit_class)
             joined = waiter()
-            queue.join(joined, front=front, priority=priority, tenant=tenant)
+            queue.join_held(joined, front, priority, tenant)
             if wait is None and queue.head is not joined:
                 wait = math.inf
             if wait is not None:
@@ -1047,12 +1048,12 @@ class Lane:
             now = self._clock()
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
-            if self._queue.turn(waiter):
+            if self._queue.turn_held(waiter):
                 wait = self._local.try_admit(
                     now, tokens, output_tokens, self._success_peak_in_flight
                 )
                 if wait == 0.0:
-                    self._queue.admitted(waiter)
+                    self._queue.admitted_held(waiter)
                     return self._grant(now, tokens, asked_at, output_tokens, permit_class)
                 waiter.arm()
             else:
@@ -1079,7 +1080,7 @@ class Lane:
         with self._lock:
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
-            if self._queue.turn(waiter):
+            if self._queue.turn_held(waiter):
                 ask = self.admission.ask(
                     tokens=tokens, output_tokens=output_tokens, priority=priority
                 )
@@ -1185,7 +1186,7 @@ class Lane:
         with self._lock:
             answer = self.admission.answer(reply)
             if isinstance(answer, Granted):
-                self._queue.admitted(waiter)
+                self._queue.admitted_held(waiter)
                 return self._grant_shared(answer, tokens, asked_at, output_tokens)
             waiter.arm()
             if answer is None:

@@ -200,25 +200,35 @@ class WaitQueue:
         """Queue ``waiter`` (``front``: a retry, before the others of its class and tenant).
         A waiter joins once."""
         with self._lock:
+            self.join_held(waiter, front, priority, tenant)
+
+    # The *_held methods are what the lane calls, deciding under the lock it shares with its
+    # queue: re-entering the lock would cost two C calls each, on every request.
+
+    def join_held(
+        self, waiter: Waiter, front: bool, priority: Priority, tenant: str | None
+    ) -> None:
+        """:meth:`join`, by a caller that holds :attr:`lock`."""
+        if self.closed:
             self.check_open()
-            cls = self._class_of[priority]
-            t = cls.tenants.get(tenant)
-            if t is None:
-                t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
-            if t.live == 0:
-                # Back from idle: it starts now, not where it stopped (no banked turns).
-                t.start = max(t.start, cls.vtime)
-                self._activations += 1
-                t.order = self._activations
-                cls.active.append(t)
-            if front:
-                t.waiters.appendleft(waiter)
-            else:
-                t.waiters.append(waiter)
-            t.live += 1
-            cls.live += 1
-            self.members[waiter] = t
-            self._choose()
+        cls = self._class_of[priority]
+        t = cls.tenants.get(tenant)
+        if t is None:
+            t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
+        if t.live == 0:
+            # Back from idle: it starts now, not where it stopped (no banked turns).
+            t.start = max(t.start, cls.vtime)
+            self._activations += 1
+            t.order = self._activations
+            cls.active.append(t)
+        if front:
+            t.waiters.appendleft(waiter)
+        else:
+            t.waiters.append(waiter)
+        t.live += 1
+        cls.live += 1
+        self.members[waiter] = t
+        self._choose()
 
     def leave(self, waiter: Waiter) -> None:
         """``waiter`` gives up (cancelled, deadline, closed): forget it, hand the head on."""
@@ -228,35 +238,43 @@ class WaitQueue:
     def admitted(self, waiter: Waiter) -> None:
         """``waiter`` was admitted: it leaves, and its class and tenant are charged for it."""
         with self._lock:
-            t = self.members.get(waiter)
-            if t is None:
-                return
-            cls = self._classes[t.rank]
-            # Every class with work earns its share of this admission (owed classes are
-            # chosen first, so credit never runs away); the admitted one pays for it.
-            for other in self._classes[1:]:
-                if other.live:
-                    other.credit += other.share
-                else:
-                    other.credit = 0.0  # no work at this admission: nothing banked
-            if cls.priority.rank:
-                cls.credit = max(0.0, cls.credit - 1.0)
-            cls.admitted += 1
-            t.admitted += 1
-            cls.vtime = max(cls.vtime, t.start)
-            t.start += 1.0 / t.weight
-            self._remove(waiter)
+            self.admitted_held(waiter)
+
+    def admitted_held(self, waiter: Waiter) -> None:
+        """:meth:`admitted`, by a caller that holds :attr:`lock`."""
+        t = self.members.get(waiter)
+        if t is None:
+            return
+        cls = self._classes[t.rank]
+        # Every class with work earns its share of this admission (owed classes are chosen
+        # first, so credit never runs away); the admitted one pays for it.
+        for other in self._classes[1:]:
+            if other.live:
+                other.credit += other.share
+            else:
+                other.credit = 0.0  # no work at this admission: nothing banked
+        if cls.priority.rank:
+            cls.credit = max(0.0, cls.credit - 1.0)
+        cls.admitted += 1
+        t.admitted += 1
+        cls.vtime = max(cls.vtime, t.start)
+        t.start += 1.0 / t.weight
+        self._remove(waiter)
 
     def count_admission(self, priority: Priority, tenant: str | None = None) -> None:
         """An admission that never waited (nobody was queued): counted for its class and
         tenant, owing nothing to anyone."""
         with self._lock:
-            cls = self._class_of[priority]
-            cls.admitted += 1
-            t = cls.tenants.get(tenant)
-            if t is None:
-                t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
-            t.admitted += 1
+            self.count_admission_held(priority, tenant)
+
+    def count_admission_held(self, priority: Priority, tenant: str | None) -> None:
+        """:meth:`count_admission`, by a caller that holds :attr:`lock`."""
+        cls = self._class_of[priority]
+        cls.admitted += 1
+        t = cls.tenants.get(tenant)
+        if t is None:
+            t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
+        t.admitted += 1
 
     def _remove(self, waiter: Waiter) -> None:
         t = self.members.pop(waiter, None)
@@ -284,11 +302,16 @@ class WaitQueue:
         the lock is released, so a wake in between is not lost). Raises
         :class:`~pacekeeper.AdmissionClosed` once the queue is closed."""
         with self._lock:
+            return self.turn_held(waiter)
+
+    def turn_held(self, waiter: Waiter) -> bool:
+        """:meth:`turn`, by a caller that holds :attr:`lock`."""
+        if self.closed:
             self.check_open()
-            if self._head is waiter:
-                return True
-            waiter.arm()
-            return False
+        if self._head is waiter:
+            return True
+        waiter.arm()
+        return False
 
     def wake_head(self) -> None:
         """The lane's state changed (a release, new limits): the head looks again."""
