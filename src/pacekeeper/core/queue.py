@@ -147,6 +147,7 @@ class WaitQueue:
         "_classes",
         "_head",
         "_lock",
+        "_lower",
         "_name",
         "_sleepers",
         "closed",
@@ -170,6 +171,7 @@ class WaitQueue:
         self._name = name
         self._lock = lock if lock is not None else threading.RLock()
         self._classes = tuple(_Class(p, 0.0 if p.rank == 0 else min_share) for p in _CLASSES)
+        self._lower = self._classes[1:]
         # Looked up by the class itself (a str's hash, in C): Priority.rank is a Python call,
         # and joining and admitting run on every request.
         self._class_of = dict(zip(_CLASSES, self._classes, strict=True))
@@ -248,7 +250,7 @@ class WaitQueue:
         cls = self._classes[t.rank]
         # Every class with work earns its share of this admission (owed classes are chosen
         # first, so credit never runs away); the admitted one pays for it.
-        for other in self._classes[1:]:
+        for other in self._lower:
             if other.live:
                 other.credit += other.share
             else:
@@ -323,9 +325,13 @@ class WaitQueue:
         """Name the head; wake it when it changed (a waiter that is not armed yet ignores
         the wake and looks at once)."""
         before = self._head
-        first_class = self._classes[0]
-        # No lower class waits (all queued are interactive): none is owed anything.
-        cls = self._owed() if len(self.members) != first_class.live else None
+        cls = None
+        # Only while a lower class waits can one be owed (read without len(): a C call, and
+        # this runs at every join and admission).
+        for lower in self._lower:
+            if lower.live:
+                cls = self._owed()
+                break
         if cls is None:
             # A loop, not next() over a generator: this runs at every join and admission.
             for first in self._classes:
@@ -347,7 +353,7 @@ class WaitQueue:
     def _owed(self) -> _Class | None:
         """The lower class owed an admission, if any (the most owed; ties to the higher)."""
         best: _Class | None = None
-        for cls in self._classes[1:]:
+        for cls in self._lower:
             if cls.live and cls.credit >= _OWED and (best is None or cls.credit > best.credit):
                 best = cls
         return best
