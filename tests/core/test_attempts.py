@@ -371,3 +371,43 @@ async def test_a_queued_admission_is_the_loop_itself_woken_in_turn_or_cancelled(
     assert lane.queued == 0
     assert in_flight(gov) == 0
     assert sorted(r.outcome for r in records.requests) == ["cancelled", "ok", "ok", "ok"]
+
+
+async def test_user_permits_free_their_slot_when_dropped_and_a_surfaces_have_no_finaliser() -> None:
+    """``Call.admit`` hands its permit to user code: dropped unreleased (at once, or after a
+    wait in the queue), it frees its slot when collected. A surface's loop
+    (``SurfaceAttempts``: the transports, ``Governor.run``, ``wrap()``) always reports its
+    outcome, so its permits carry no finaliser (one call fewer on every request)."""
+    from pacekeeper.core.attempts import SurfaceAttempts
+    from pacekeeper.core.lane import Permit, UserPermit
+
+    gov = Governor(limits=Limits(concurrency=1))
+
+    async def admit_call() -> Permit:
+        return await gov.call(route=CHAT, model="m", tokens=10).admit()
+
+    permit = await asyncio.wait_for(admit_call(), 5)
+    assert type(permit) is UserPermit
+    queued = asyncio.create_task(admit_call())
+    await asyncio.sleep(0.01)
+    del permit  # never released: collected at once (no cycle holds it)
+    again = await asyncio.wait_for(queued, 5)  # woken by the dropped permit's finaliser
+    assert type(again) is UserPermit
+    again.release()
+    assert in_flight(gov) == 0
+
+    surface = SurfaceAttempts(gov.call(route=CHAT, model="m", tokens=10))
+    plain = await asyncio.wait_for(anext(surface), 5)
+    assert type(plain) is Permit
+    assert not hasattr(plain, "__del__")
+    waiting = SurfaceAttempts(gov.call(route=CHAT, model="m", tokens=10))
+
+    async def admit(attempts: Attempts) -> Permit:
+        return await anext(attempts)
+
+    queued_plain = asyncio.create_task(admit(waiting))
+    await asyncio.sleep(0.01)
+    surface.answered(classify_response(200, {}, None, now_wall_s=0.0))
+    assert type(await asyncio.wait_for(queued_plain, 5)) is Permit  # granted on its turn
+    waiting.answered(classify_response(200, {}, None, now_wall_s=0.0))
+    assert in_flight(gov) == 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import re
 import time
@@ -44,7 +43,7 @@ from pacekeeper.core.priority import Priority, priority
 from pacekeeper.core.records import AttemptRecord, RequestRecord
 from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
-from pacekeeper.transports._engine import PRIORITY_HEADER, model_of_path, route_of
+from pacekeeper.transports._engine import PRIORITY_HEADER, path_facts
 from pacekeeper.transports._flow import attempts_for, run_admitted
 
 __all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
@@ -678,14 +677,6 @@ async def _send(
     }, False
 
 
-@functools.lru_cache(maxsize=1024)
-def _lane_of_url(url: str) -> tuple[str, str | None]:
-    """(route, model named by the path) of a request URL, worked out once per URL (a batch
-    has one per route and model) instead of parsing it again for every line."""
-    path = httpx2.URL(url).path
-    return route_of(path), model_of_path(path)
-
-
 async def _post_admitted(
     client: httpx2.AsyncClient,
     gov: Governor,
@@ -696,7 +687,8 @@ async def _post_admitted(
     """POST the line once the governor admits it: a line waiting for its turn holds its body
     and a small call, not a built request and httpx's frames (about 11 kB more each, with up
     to ``window`` lines in progress)."""
-    attempts = attempts_for(gov, *_lane_of_url(url), line.body)
+    # the route and model by the transports' cache, keyed by the URL (one per route and model)
+    attempts = attempts_for(gov, *path_facts(url), line.body)
     await anext(attempts)
     return await run_admitted(
         gov,

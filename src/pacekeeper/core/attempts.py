@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacekeeper.core.classify import OutcomeKind, Verdict, describe_exception, verdict_for_failure
-from pacekeeper.core.lane import Permit
+from pacekeeper.core.lane import _PERMITS, Permit, UserPermit
 from pacekeeper.core.testing import is_testing
 from pacekeeper.core.waiting import AsyncWaiter, QueueTimeout
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.headers import RateLimitSnapshot
     from pacekeeper.core.records import RequestRecord
 
-__all__ = ["Attempts", "Classify", "Decision"]
+__all__ = ["Attempts", "Classify", "Decision", "SurfaceAttempts"]
 
 Classify = Callable[[Exception], "Verdict | None"]
 """What an exception the send raised means (None: not a failure the governor knows: it is
@@ -87,6 +87,10 @@ class Attempts:
 
     final: bool | str = False
     """Whether (and why) no outcome is retried."""
+
+    permit_class: type[Permit] = UserPermit
+    """What the lane grants: a permit with a finaliser (freed when dropped unreleased), as
+    this loop's permits may reach user code (``Call.admit``, ``gov.admit``)."""
 
     def __init__(self, call: Call, *, permit: Permit | None = None) -> None:
         self.call = call
@@ -163,6 +167,7 @@ class Attempts:
                     tenant=call.tenant,
                     now=asked_at,
                     deadline=call.deadline,
+                    permit_class=self.permit_class,
                 )
                 if isinstance(joined, Permit):  # at once: the common case
                     turn: Permit | float | None = joined
@@ -190,7 +195,7 @@ class Attempts:
                         return turn  # the future to sleep on
             else:
                 turn = self._waited(pending, None)
-                if turn.__class__ is not Permit:
+                if turn.__class__ not in _PERMITS:
                     return turn
         except QueueTimeout as exc:
             self._left()
@@ -219,7 +224,7 @@ class Attempts:
                 return done.value
         call = self.call
         turn: Permit | float | None = sleep_s
-        while turn.__class__ is not Permit:
+        while turn.__class__ not in _PERMITS:
             if turn is not None:
                 fut = pending.sleep(turn)  # type: ignore[arg-type]
                 fut._asyncio_future_blocking = True  # as Future.__await__ yields it
@@ -232,6 +237,7 @@ class Attempts:
                 call.completion_tokens,
                 prompt_tokens=call.prompt_tokens,
                 prompt_cheap=call.prompt_cheap,
+                permit_class=self.permit_class,
             )
         return turn
 
@@ -305,6 +311,7 @@ class Attempts:
                     prompt_cheap=call.prompt_cheap,
                     priority=call.priority,
                     tenant=call.tenant,
+                    permit_class=self.permit_class,
                 )
             except QueueTimeout as exc:
                 raise call.gave_up_waiting(exc) from None
@@ -359,6 +366,7 @@ class Attempts:
                     prompt_cheap=call.prompt_cheap,
                     priority=call.priority,
                     tenant=call.tenant,
+                    permit_class=self.permit_class,
                 )
             except QueueTimeout as exc:
                 raise call.gave_up_waiting(exc) from None
@@ -469,3 +477,15 @@ class Attempts:
             raise RuntimeError("no attempt in progress: its outcome was already reported")
         self.permit = None
         return permit
+
+
+class SurfaceAttempts(Attempts):
+    """The loop of a surface that always reports its attempts' outcomes itself (the
+    transports, ``Governor.run``, ``wrap()``, ``pacekeeper run``): no permit of its reaches
+    user code, and each is released by an outcome, a cancellation or an abandoned stream's
+    own finaliser, so it is a plain :class:`~pacekeeper.core.lane.Permit`, without the
+    finaliser whose call every request's permit paid."""
+
+    __slots__ = ()
+
+    permit_class = Permit

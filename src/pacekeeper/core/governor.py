@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pacekeeper.core.attempts import _OVER, Attempts, Decision
+from pacekeeper.core.attempts import _OVER, Attempts, Decision, SurfaceAttempts
 from pacekeeper.core.backend import SpendBackend
 from pacekeeper.core.classify import (
     OutcomeKind,
@@ -338,7 +338,7 @@ class Governor:
             priority=priority,
             tenant=tenant,
         )
-        attempts = Attempts(call)
+        attempts = SurfaceAttempts(call)
         async for _ in attempts:
             try:
                 result = await fn()

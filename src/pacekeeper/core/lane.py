@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.config import Limits, RetryPolicy
     from pacekeeper.core.records import RequestRecord
 
-__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation"]
+__all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation", "UserPermit"]
 
 _ThreadWaiter = ThreadWaiter  # the name tests imported before waiting.py
 
@@ -237,6 +237,11 @@ class Permit:
 
     Release it exactly once with the outcome's :class:`Signal`; further releases are ignored,
     so a ``finally`` can always release without double-counting.
+
+    This class is what the surfaces that always report their attempts hold (the transports,
+    ``Governor.run``, ``wrap()``, ``pacekeeper run``): it has no finaliser, whose call on
+    every request's permit was pure cost there. A permit handed to user code is a
+    :class:`UserPermit`, which frees its slot when dropped unreleased.
     """
 
     __slots__ = (
@@ -269,7 +274,7 @@ class Permit:
         output_tokens: int = 0,
         output_charged_before: float = 0.0,
     ) -> None:
-        self.released = False  # first: __del__ reads it, even of a permit half made
+        self.released = False  # first: UserPermit.__del__ reads it, even of one half made
         self._lane = lane
         self.output_tokens = output_tokens
         """The part of ``tokens`` reserved for the answer."""
@@ -293,15 +298,26 @@ class Permit:
             self.released = True
             self._lane.release(self, signal)
 
-    def __del__(self) -> None:
-        # A permit dropped without release (an abandoned stream nobody closed) must not hold
-        # its slot forever.
-        if not self.released:
-            self.release()
-
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
         return f"<Permit {state} tokens={self.tokens} queued={self.queued_s:.3f}s>"
+
+
+class UserPermit(Permit):
+    """A :class:`Permit` handed to user code (``Lane.acquire``, ``Call.admit``,
+    ``gov.admit``), or granted by a shared admission: dropped without release (an abandoned
+    stream nobody closed, a forgotten permit), it frees its slot when collected."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        if not self.released:
+            self.release()
+
+
+_PERMITS = (Permit, UserPermit)
+"""Both permit classes: ``turn.__class__ in _PERMITS`` tells a permit from a wait without
+the C call of ``isinstance`` (the attempt loop does so on every wake)."""
 
 
 class Lane:
@@ -953,13 +969,20 @@ class Lane:
         requests = self._local.requests
         return requests is None or requests.wait_s(now=now, cost=1) == 0.0
 
-    def _grant(self, now: float, tokens: int, asked_at: float, output_tokens: int = 0) -> Permit:
+    def _grant(
+        self,
+        now: float,
+        tokens: int,
+        asked_at: float,
+        output_tokens: int = 0,
+        permit_class: type[Permit] = UserPermit,
+    ) -> Permit:
         local = self._local
         if self.slots.in_flight >= self._success_peak_in_flight:
             local.new_territory_at = now
         in_flight = self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
-        permit = Permit(
+        permit = permit_class(
             self,
             sent_at=now,
             in_flight_at_send=in_flight,
@@ -984,7 +1007,9 @@ class Lane:
         now = self._clock()
         self.slots.acquire(now=now)
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
-        permit = Permit(
+        # With a finaliser whatever the caller: a shared lane's path is not worth the plumbing
+        # (its store's round trip costs far more than a finaliser's call).
+        permit = UserPermit(
             self,
             sent_at=now,
             in_flight_at_send=granted.in_flight,
@@ -1039,6 +1064,7 @@ class Lane:
         tenant: str | None = None,
         now: float | None = None,
         deadline: float | None = None,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit | tuple[Waiter, float | None]:
         """Admit at once when nobody waits and the state allows; else queue a new
         ``waiter`` (made only then: the uncontended path allocates none) and return it with
@@ -1048,12 +1074,15 @@ class Lane:
         first: it is armed and sleeps what that look said, rather than looking again at
         once. So is one that queued behind another head (until woken). Only one that became
         the head of a queue that already held others (a retry or a higher class) looks at
-        once. ``now``: the caller's reading of the clock, when it just took one."""
+        once. ``now``: the caller's reading of the clock, when it just took one.
+        ``permit_class``: :class:`Permit` for a caller that always releases what it is
+        granted (no finaliser), else :class:`UserPermit`."""
         if now is None:
             now = self._clock()
         queue = self._queue
         with self._lock:
-            queue.check_open()
+            if queue.closed:
+                queue.check_open()
             wait = None
             # A shared admission asks its store outside the lock: its newcomer queues, and
             # looks at once when it is the head.
@@ -1062,10 +1091,10 @@ class Lane:
                     now, tokens, output_tokens, self._success_peak_in_flight
                 )
                 if wait == 0.0:
-                    queue.count_admission(priority, tenant)
-                    return self._grant(now, tokens, now, output_tokens)
+                    queue.count_admission_held(priority, tenant)
+                    return self._grant(now, tokens, now, output_tokens, permit_class)
             joined = waiter()
-            queue.join(joined, front=front, priority=priority, tenant=tenant)
+            queue.join_held(joined, front, priority, tenant)
             if wait is None and queue.head is not joined:
                 wait = math.inf
             if wait is not None:
@@ -1090,6 +1119,7 @@ class Lane:
         *,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit | float:
         """One look at the state by a queued waiter: its permit, or how long to sleep (inf:
         until woken). The waiter is armed before the lock is released, so a wake between
@@ -1097,18 +1127,19 @@ class Lane:
         the cost is charged as the lane's answers scale estimates now, not as they did when
         the request joined the queue: a queue filled before the first answer would otherwise
         hold every prompt at the unscaled estimate until its own answer settles it.
-        ``prompt_cheap``: that estimate is a character count (scaled as such)."""
+        ``prompt_cheap``: that estimate is a character count (scaled as such);
+        ``permit_class`` as :meth:`join`'s."""
         with self._lock:
             now = self._clock()
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
-            if self._queue.turn(waiter):
+            if self._queue.turn_held(waiter):
                 wait = self._local.try_admit(
                     now, tokens, output_tokens, self._success_peak_in_flight
                 )
                 if wait == 0.0:
-                    self._queue.admitted(waiter)
-                    return self._grant(now, tokens, asked_at, output_tokens)
+                    self._queue.admitted_held(waiter)
+                    return self._grant(now, tokens, asked_at, output_tokens, permit_class)
                 waiter.arm()
             else:
                 wait = math.inf
@@ -1134,7 +1165,7 @@ class Lane:
         with self._lock:
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
-            if self._queue.turn(waiter):
+            if self._queue.turn_held(waiter):
                 ask = self.admission.ask(
                     tokens=tokens, output_tokens=output_tokens, priority=priority
                 )
@@ -1240,7 +1271,7 @@ class Lane:
         with self._lock:
             answer = self.admission.answer(reply)
             if isinstance(answer, Granted):
-                self._queue.admitted(waiter)
+                self._queue.admitted_held(waiter)
                 return self._grant_shared(answer, tokens, asked_at, output_tokens)
             waiter.arm()
             if answer is None:
@@ -1265,13 +1296,16 @@ class Lane:
         tenant: str | None = None,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """Wait for admission (cooldown, pacing, a slot), FIFO, and return the permit.
 
         ``tokens`` is the whole cost, ``output_tokens`` the part of it reserved for the answer
         (charged to the output budget where the provider limits output apart);
         ``prompt_tokens``, the prompt's estimate, lets a queued request be charged at the
-        estimate scale in force when it goes (``tokens`` is then the cost at joining)."""
+        estimate scale in force when it goes (``tokens`` is then the cost at joining).
+        ``permit_class`` as :meth:`join`'s: a :class:`UserPermit` unless the caller always
+        releases it."""
         asked_at = self._clock()
         joined = self.join(
             tokens,
@@ -1282,6 +1316,7 @@ class Lane:
             tenant=tenant,
             now=asked_at,
             deadline=deadline,
+            permit_class=permit_class,
         )
         if isinstance(joined, Permit):
             return joined
@@ -1297,6 +1332,7 @@ class Lane:
             priority=priority,
             prompt_tokens=prompt_tokens,
             prompt_cheap=prompt_cheap,
+            permit_class=permit_class,
         )
 
     async def wait(
@@ -1311,6 +1347,7 @@ class Lane:
         priority: Priority,
         prompt_tokens: int | None,
         prompt_cheap: bool,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """The wait of a ``waiter`` that :meth:`join` queued (``sleep_s``: how long it
         sleeps first, None: it looks at once), to its permit; it leaves the queue if the
@@ -1341,6 +1378,7 @@ class Lane:
                         output_tokens,
                         prompt_tokens=prompt_tokens,
                         prompt_cheap=prompt_cheap,
+                        permit_class=permit_class,
                     )
                 if isinstance(turn, Permit):
                     return turn
@@ -1369,6 +1407,7 @@ class Lane:
         tenant: str | None = None,
         prompt_tokens: int | None = None,
         prompt_cheap: bool = False,
+        permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         """The blocking twin of :meth:`acquire`, for threads."""
         asked_at = self._clock()
@@ -1381,6 +1420,7 @@ class Lane:
             tenant=tenant,
             now=asked_at,
             deadline=deadline,
+            permit_class=permit_class,
         )
         if isinstance(joined, Permit):
             return joined
@@ -1414,6 +1454,7 @@ class Lane:
                         output_tokens,
                         prompt_tokens=prompt_tokens,
                         prompt_cheap=prompt_cheap,
+                        permit_class=permit_class,
                     )
                 if isinstance(turn, Permit):
                     return turn
@@ -1530,12 +1571,14 @@ class Lane:
         self._first_success_at = min(self._first_success_at, now)
         self.congestion.observe(overload=False)
         slots = self.slots
+        # isinstance once: three C calls were one per answer
+        aimd = slots if isinstance(slots, AimdLimit) else None
         self.latency.observe(
             latency_s,
             permit.in_flight_at_send,
             sent_at=permit.sent_at,
             unanswered_sent_at=self._outstanding_sent_at,
-            judged=not isinstance(slots, AimdLimit) or permit.sent_at >= slots.queue_cut_at,
+            judged=aimd is None or permit.sent_at >= aimd.queue_cut_at,
         )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if (
@@ -1544,11 +1587,11 @@ class Lane:
         ):
             self._success_peak_in_flight = permit.in_flight_at_send
             self._success_peak_at = now
-        if isinstance(slots, AimdLimit) and slots.refuted_by(
+        if aimd is not None and aimd.refuted_by(
             in_flight_at_send=permit.in_flight_at_send, sent_at=permit.sent_at
         ):
             self._refusal_was_the_rate(now)
-        backlog = bool(self._queue.members)
+        backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
         moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
@@ -1558,8 +1601,9 @@ class Lane:
             moved = True
         if moved:
             self._apply_rates(now=now)
-        if not isinstance(slots, AimdLimit):
+        if aimd is None:
             return Signal.SUCCESS
+        slots = aimd
         rpm = self.rpm
         if rpm is not None and now >= self._floor_due:
             # What the rate needs in flight, but never more than 4x what was achieved: a

@@ -147,6 +147,7 @@ class WaitQueue:
         "_classes",
         "_head",
         "_lock",
+        "_lower",
         "_name",
         "_sleepers",
         "closed",
@@ -170,6 +171,7 @@ class WaitQueue:
         self._name = name
         self._lock = lock if lock is not None else threading.RLock()
         self._classes = tuple(_Class(p, 0.0 if p.rank == 0 else min_share) for p in _CLASSES)
+        self._lower = self._classes[1:]
         # Looked up by the class itself (a str's hash, in C): Priority.rank is a Python call,
         # and joining and admitting run on every request.
         self._class_of = dict(zip(_CLASSES, self._classes, strict=True))
@@ -200,25 +202,35 @@ class WaitQueue:
         """Queue ``waiter`` (``front``: a retry, before the others of its class and tenant).
         A waiter joins once."""
         with self._lock:
+            self.join_held(waiter, front, priority, tenant)
+
+    # The *_held methods are what the lane calls, deciding under the lock it shares with its
+    # queue: re-entering the lock would cost two C calls each, on every request.
+
+    def join_held(
+        self, waiter: Waiter, front: bool, priority: Priority, tenant: str | None
+    ) -> None:
+        """:meth:`join`, by a caller that holds :attr:`lock`."""
+        if self.closed:
             self.check_open()
-            cls = self._class_of[priority]
-            t = cls.tenants.get(tenant)
-            if t is None:
-                t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
-            if t.live == 0:
-                # Back from idle: it starts now, not where it stopped (no banked turns).
-                t.start = max(t.start, cls.vtime)
-                self._activations += 1
-                t.order = self._activations
-                cls.active.append(t)
-            if front:
-                t.waiters.appendleft(waiter)
-            else:
-                t.waiters.append(waiter)
-            t.live += 1
-            cls.live += 1
-            self.members[waiter] = t
-            self._choose()
+        cls = self._class_of[priority]
+        t = cls.tenants.get(tenant)
+        if t is None:
+            t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
+        if t.live == 0:
+            # Back from idle: it starts now, not where it stopped (no banked turns).
+            t.start = max(t.start, cls.vtime)
+            self._activations += 1
+            t.order = self._activations
+            cls.active.append(t)
+        if front:
+            t.waiters.appendleft(waiter)
+        else:
+            t.waiters.append(waiter)
+        t.live += 1
+        cls.live += 1
+        self.members[waiter] = t
+        self._choose()
 
     def leave(self, waiter: Waiter) -> None:
         """``waiter`` gives up (cancelled, deadline, closed): forget it, hand the head on."""
@@ -228,35 +240,43 @@ class WaitQueue:
     def admitted(self, waiter: Waiter) -> None:
         """``waiter`` was admitted: it leaves, and its class and tenant are charged for it."""
         with self._lock:
-            t = self.members.get(waiter)
-            if t is None:
-                return
-            cls = self._classes[t.rank]
-            # Every class with work earns its share of this admission (owed classes are
-            # chosen first, so credit never runs away); the admitted one pays for it.
-            for other in self._classes[1:]:
-                if other.live:
-                    other.credit += other.share
-                else:
-                    other.credit = 0.0  # no work at this admission: nothing banked
-            if cls.priority.rank:
-                cls.credit = max(0.0, cls.credit - 1.0)
-            cls.admitted += 1
-            t.admitted += 1
-            cls.vtime = max(cls.vtime, t.start)
-            t.start += 1.0 / t.weight
-            self._remove(waiter)
+            self.admitted_held(waiter)
+
+    def admitted_held(self, waiter: Waiter) -> None:
+        """:meth:`admitted`, by a caller that holds :attr:`lock`."""
+        t = self.members.get(waiter)
+        if t is None:
+            return
+        cls = self._classes[t.rank]
+        # Every class with work earns its share of this admission (owed classes are chosen
+        # first, so credit never runs away); the admitted one pays for it.
+        for other in self._lower:
+            if other.live:
+                other.credit += other.share
+            else:
+                other.credit = 0.0  # no work at this admission: nothing banked
+        if cls.priority.rank:
+            cls.credit = max(0.0, cls.credit - 1.0)
+        cls.admitted += 1
+        t.admitted += 1
+        cls.vtime = max(cls.vtime, t.start)
+        t.start += 1.0 / t.weight
+        self._remove(waiter)
 
     def count_admission(self, priority: Priority, tenant: str | None = None) -> None:
         """An admission that never waited (nobody was queued): counted for its class and
         tenant, owing nothing to anyone."""
         with self._lock:
-            cls = self._class_of[priority]
-            cls.admitted += 1
-            t = cls.tenants.get(tenant)
-            if t is None:
-                t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
-            t.admitted += 1
+            self.count_admission_held(priority, tenant)
+
+    def count_admission_held(self, priority: Priority, tenant: str | None) -> None:
+        """:meth:`count_admission`, by a caller that holds :attr:`lock`."""
+        cls = self._class_of[priority]
+        cls.admitted += 1
+        t = cls.tenants.get(tenant)
+        if t is None:
+            t = cls.tenants[tenant] = _Tenant(tenant, cls.priority.rank, self._weight(tenant))
+        t.admitted += 1
 
     def _remove(self, waiter: Waiter) -> None:
         t = self.members.pop(waiter, None)
@@ -284,11 +304,16 @@ class WaitQueue:
         the lock is released, so a wake in between is not lost). Raises
         :class:`~pacekeeper.AdmissionClosed` once the queue is closed."""
         with self._lock:
+            return self.turn_held(waiter)
+
+    def turn_held(self, waiter: Waiter) -> bool:
+        """:meth:`turn`, by a caller that holds :attr:`lock`."""
+        if self.closed:
             self.check_open()
-            if self._head is waiter:
-                return True
-            waiter.arm()
-            return False
+        if self._head is waiter:
+            return True
+        waiter.arm()
+        return False
 
     def wake_head(self) -> None:
         """The lane's state changed (a release, new limits): the head looks again."""
@@ -300,9 +325,13 @@ class WaitQueue:
         """Name the head; wake it when it changed (a waiter that is not armed yet ignores
         the wake and looks at once)."""
         before = self._head
-        first_class = self._classes[0]
-        # No lower class waits (all queued are interactive): none is owed anything.
-        cls = self._owed() if len(self.members) != first_class.live else None
+        cls = None
+        # Only while a lower class waits can one be owed (read without len(): a C call, and
+        # this runs at every join and admission).
+        for lower in self._lower:
+            if lower.live:
+                cls = self._owed()
+                break
         if cls is None:
             # A loop, not next() over a generator: this runs at every join and admission.
             for first in self._classes:
@@ -324,7 +353,7 @@ class WaitQueue:
     def _owed(self) -> _Class | None:
         """The lower class owed an admission, if any (the most owed; ties to the higher)."""
         best: _Class | None = None
-        for cls in self._classes[1:]:
+        for cls in self._lower:
             if cls.live and cls.credit >= _OWED and (best is None or cls.credit > best.credit):
                 best = cls
         return best

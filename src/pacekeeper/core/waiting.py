@@ -44,7 +44,11 @@ class AsyncWaiter:
         :meth:`arm`. The armed future itself, not a coroutine around it: a queued request
         holds one frame fewer (a queue of 100,000 holds 24 MB less)."""
         fut = self._fut
-        assert fut is not None
+        if fut is None:
+            # Woken (from another thread) between its arming and this sleep: it looks again.
+            fut = self._loop.create_future()
+            fut.set_result(None)
+            return fut
         if wait_s != math.inf:
             timer = self._loop.call_later(wait_s, _resolve, fut)
             fut.add_done_callback(lambda _: timer.cancel())
@@ -52,7 +56,13 @@ class AsyncWaiter:
 
     def wake(self) -> None:
         fut = self._fut
-        if fut is None or fut.done():
+        if fut is None:
+            # Not armed, or woken since it was: it looks before it sleeps again. Most wakes of
+            # a busy queue's head come to one already woken (the head just named, then a
+            # release before it ran): they stop here, without asking the future.
+            return
+        self._fut = None
+        if fut.done():  # its sleep ran out: it looks already
             return
         if asyncio._get_running_loop() is self._loop:  # its own thread
             fut.set_result(None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from pacekeeper.core.classify import (
     OutcomeKind,
@@ -44,6 +45,7 @@ __all__ = [
     "flavour_of",
     "model_of_path",
     "parse_body",
+    "path_facts",
     "read_request",
     "route_of",
     "billed_usage_of",
@@ -176,7 +178,33 @@ def model_of_path(path: str) -> str | None:
 
 
 _PATH_FACTS: dict[str, tuple[str, str | None]] = {}
-"""(route, model named by the path) of the paths seen, a bounded number of them."""
+"""(route, model named by the path) of the paths and URLs seen, a bounded number of them:
+the one cache of :func:`path_facts`, read inline by :func:`facts_of`."""
+
+
+def path_facts(target: str) -> tuple[str, str | None]:
+    """(route, model named by the path) of a URL path or an absolute URL, worked out once per
+    distinct string (a bounded number of them): the transports (by the request's path),
+    ``wrap()`` (by the URL an SDK call posts to) and ``pacekeeper run`` (by its URL) share
+    this one cache. An absolute URL's path is read percent-decoded, as httpx reads it.
+
+    >>> path_facts("/openai/deployments/gpt4o-prod/chat/completions")
+    ('/openai/deployments/gpt4o-prod/chat/completions', 'gpt4o-prod')
+    >>> path_facts("https://api.test/v1/files/file-AbC123dEf456GhI789/content")
+    ('/v1/files/{id}/content', None)
+    >>> path_facts("http://127.0.0.1:8000/v1beta/models/gemini-2.0-flash%3AgenerateContent")
+    ('/v1beta/models/gemini-2.0-flash:generateContent', 'gemini-2.0-flash')
+    """
+    known = _PATH_FACTS.get(target)
+    if known is None:
+        path = target
+        if "://" in target:
+            path = unquote(urlsplit(target).path) or "/"
+        known = (route_of(path), model_of_path(path))
+        if len(_PATH_FACTS) < _ROUTES_CACHED:  # paths repeat: remember a bounded number
+            _PATH_FACTS[target] = known
+    return known
+
 
 FACTS_EXTENSION = "pacekeeper.facts"
 """A request extension holding the :class:`RequestFacts` its sender already worked out (the
@@ -242,13 +270,9 @@ def parse_body(content: bytes) -> object:
 def facts_of(method: str, path: str, body: object) -> RequestFacts:
     """The facts of a request to ``path`` whose body parsed (by :func:`parse_body`) to
     ``body``."""
-    # The route and the path's model at once, for a path seen before (as route_of's cache).
+    # path_facts, its cache read inline: this runs on every request
     known = _PATH_FACTS.get(path)
-    if known is None:
-        known = (route_of(path), model_of_path(path))
-        if len(_PATH_FACTS) < _ROUTES_CACHED:
-            _PATH_FACTS[path] = known
-    route, path_model = known
+    route, path_model = known if known is not None else path_facts(path)
     if method != "POST" or not isinstance(body, dict):
         return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
     model = body.get("model")

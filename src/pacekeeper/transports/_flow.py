@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pacekeeper.core.attempts import Attempts
+from pacekeeper.core.attempts import Attempts, SurfaceAttempts
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.tokens import estimate_request_chars
@@ -176,7 +177,7 @@ def attempts_for(
     body_model = body.get("model")
     model = path_model or (body_model if isinstance(body_model, str) else None)
     estimate = estimate_request_chars(body)
-    return Attempts(gov.call(route=route, model=model, estimate=estimate, body=body))
+    return SurfaceAttempts(gov.call(route=route, model=model, estimate=estimate, body=body))
 
 
 def _prepare(
@@ -222,7 +223,7 @@ def _start(
     )
     if gov.retry.attempt_timeout_s is not None:
         bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
-    return request, Attempts(call), strip
+    return request, SurfaceAttempts(call), strip
 
 
 async def handle_async(
@@ -405,9 +406,9 @@ def _stream_response(
     strip_usage: bool = False,
     options: UsageOptions = _DEFAULT_OPTIONS,
 ) -> Any:
-    if not read_limits:  # a stream's limits are always learned
-        headers = plain_headers(response.headers)
-    ok = verdict_for_answer(response.status_code, headers, None)
+    # A stream's rate-limit headers are read as a complete answer's are: at most every 0.1 s
+    # of its lane's clock (``Lane.limits_due``), not on every stream of a busy lane.
+    ok = verdict_for_answer(response.status_code, headers, None, read_limits=read_limits)
     attempts.streaming(ok.limits)
     # request_id, inlined (as in _after_answer): once per stream
     state = _StreamState(attempts, ok, headers.get("x-request-id") or headers.get("request-id"))
@@ -432,10 +433,10 @@ class _StreamState:
         "done",
         "ended",
         "filter",
-        "idle_timer",
         "ok",
         "request_id",
         "scanner",
+        "watch",
     )
 
     def __init__(self, attempts: Attempts, ok: Verdict, rid: str | None) -> None:
@@ -446,9 +447,9 @@ class _StreamState:
         self.filter: UsageChunkFilter | None = None
         self.ended = False
         self.done = False
-        # Cancelled when the stream ends: a pending timer holds the stream, its call and the
-        # request's parsed body for the whole idle timeout (a minute of every stream served).
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # Left when the stream ends: the watch holds the stream, its call and the request's
+        # parsed body for as long as it is there (a minute of every stream served).
+        self.watch: _IdleWatch | None = None
 
     def passed(self, chunk: bytes) -> bytes:
         """Read a chunk's usage; what of it reaches the caller (b"": wait for more)."""
@@ -468,9 +469,9 @@ class _StreamState:
         if self.done:
             return
         self.done = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.watch is not None:
+            self.watch.streams.pop(self, None)
+            self.watch = None
         # The stream's outcome, reported to its attempt loop: it ended, broke or was abandoned.
         scanner = self.scanner
         self.attempts.ended(
@@ -498,24 +499,20 @@ class _GovernedAsyncStream:
         self._reading = False
         self._idle_since = time.monotonic()
         # A caller that walks away without closing may leave the stream in a reference
-        # cycle that is never collected; the slot must come back anyway.
-        self._idle_limit_s = state.attempts.call.governor.stream_idle_timeout_s
-        state.idle_timer = asyncio.get_running_loop().call_later(
-            self._idle_limit_s, self._check_idle
-        )
+        # cycle that is never collected; the slot must come back anyway: its loop's watch
+        # finishes it once it sat idle this long.
+        self._idle_limit_s = limit_s = state.attempts.call.governor.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        watch = _WATCHES.get(loop)
+        if watch is None:
+            watch = _WATCHES[loop] = _IdleWatch()
+        state.watch = watch
+        watch.add(loop, state, self, limit_s)
 
-    def _check_idle(self) -> None:
-        state = self._state
-        state.idle_timer = None
-        if state.done:
-            return
-        idle_s = time.monotonic() - self._idle_since
-        if not self._reading and idle_s >= self._idle_limit_s:
-            state.finish(abandoned=True)
-            return
-        state.idle_timer = asyncio.get_running_loop().call_later(
-            max(0.05, self._idle_limit_s - idle_s), self._check_idle
-        )
+    def check_idle(self, now: float) -> None:
+        """Finish the stream as abandoned when nobody read it for its idle limit."""
+        if not self._reading and now - self._idle_since >= self._idle_limit_s:
+            self._state.finish(abandoned=True)
 
     def __aiter__(self) -> _GovernedAsyncStream:
         if self._chunks is None:
@@ -555,6 +552,52 @@ class _GovernedAsyncStream:
         state = getattr(self, "_state", None)
         if state is not None and not state.done:
             state.finish(abandoned=True)
+
+
+class _IdleWatch:
+    """The unfinished streams of one event loop, looked at by one timer for those nobody
+    reads any more (:meth:`_GovernedAsyncStream.check_idle`), every quarter of the shortest
+    idle limit seen (at most every second): a timer of each stream's own, made and cancelled,
+    cost about twenty calls a stream. It holds each stream until it ends, as that timer did."""
+
+    __slots__ = ("every_s", "streams", "timer")
+
+    def __init__(self) -> None:
+        self.streams: dict[_StreamState, _GovernedAsyncStream] = {}
+        self.every_s = _WATCH_EVERY_MAX_S
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        state: _StreamState,
+        stream: _GovernedAsyncStream,
+        idle_limit_s: float,
+    ) -> None:
+        self.streams[state] = stream
+        if idle_limit_s < 4.0 * self.every_s:
+            self.every_s = max(_WATCH_EVERY_MIN_S, idle_limit_s / 4.0)
+        if self.timer is None:
+            self.timer = loop.call_later(self.every_s, self._look, loop)
+
+    def _look(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        now = time.monotonic()
+        for stream in list(self.streams.values()):
+            stream.check_idle(now)  # an abandoned one finishes, and leaves
+        if self.streams:
+            self.timer = loop.call_later(self.every_s, self._look, loop)
+
+    def __repr__(self) -> str:
+        return f"<_IdleWatch streams={len(self.streams)} every={self.every_s:g}s>"
+
+
+_WATCH_EVERY_MAX_S = 1.0
+_WATCH_EVERY_MIN_S = 0.05
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleWatch] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each event loop's watch (gone with its loop)."""
 
 
 class _GovernedSyncStream:

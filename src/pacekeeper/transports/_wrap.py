@@ -12,7 +12,7 @@ from pacekeeper.core.attempts import Attempts
 from pacekeeper.core.errors import ConfigurationError
 from pacekeeper.core.governor import Governor
 from pacekeeper.providers import Provider
-from pacekeeper.transports._engine import model_of_path, route_of
+from pacekeeper.transports._engine import path_facts
 from pacekeeper.transports._flow import (
     ADMITTED,
     AsyncGovernedTransport,
@@ -134,19 +134,12 @@ def _governed(
     arguments are the body), or the client's ``post`` (``path=None``: its own arguments say
     the path and body)."""
 
-    lanes: dict[tuple[str, str], tuple[str, str | None]] = {}
-
     def lane_of(target: str) -> tuple[str, str | None]:
-        """(route, model named by the path) of a path under the client's current base URL,
-        worked out once per path (a queued call keeps no string of its own)."""
-        key = (str(client.base_url), target)
-        found = lanes.get(key)
-        if found is None:
-            full_path = _path_of(key[0], target)
-            found = lanes[key] = (route_of(full_path), model_of_path(full_path))
-            if len(lanes) > 1024:  # paths with ids in them: keep the newest only
-                lanes.pop(next(iter(lanes)))
-        return found
+        """(route, model named by the path) of a path under the client's current base URL
+        (as the SDKs join them), or of an absolute URL: the transports' cache, by URL."""
+        if "://" not in target:
+            target = str(client.base_url).rstrip("/") + "/" + target.lstrip("/")
+        return path_facts(target)
 
     def attempts_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Attempts | None:
         """The attempt loop of a call admitted here (None: the transport admits it)."""
@@ -176,23 +169,6 @@ def _governed(
         return await run_admitted(gov, attempts, method, *args, **kwargs)
 
     return governed
-
-
-def _path_of(base_url: Any, path: str) -> str:
-    """The URL path the SDK will request: ``path`` under the client's base URL (as the SDKs
-    join them), or an absolute URL's own path.
-
-    >>> _path_of("https://api.openai.com/v1/", "/chat/completions")
-    '/v1/chat/completions'
-    >>> _path_of("http://127.0.0.1:8000/v1", "https://other.test/v2/embeddings")
-    '/v2/embeddings'
-    """
-    from urllib.parse import urlsplit
-
-    if "://" in path:
-        return urlsplit(path).path
-    base = urlsplit(str(base_url)).path
-    return base.rstrip("/") + "/" + path.lstrip("/")
 
 
 def _library_of(http: object) -> str | None:
