@@ -301,6 +301,7 @@ class Lane:
         "_outstanding_sent_at",
         "_queue",
         "_quota_budgets",
+        "_recent_charges",
         "_recent_sends",
         "_served_due",
         "_shared",
@@ -359,9 +360,10 @@ class Lane:
         self.learned_tpm: float | None = None
         self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
-        self.token_rate = PacedRate(discovers=False)
+        self.token_rate = PacedRate()
         """Tokens per minute: all of a request's tokens, or its input alone where the
-        provider limits output apart (then :attr:`output_rate` paces the output)."""
+        provider limits output apart (then :attr:`output_rate` paces the output). With no
+        token limit stated, a 429 that says tokens ran out discovers one."""
         self.output_rate = PacedRate(discovers=False)
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
@@ -390,6 +392,8 @@ class Lane:
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
+        self._recent_charges: deque[float] = deque()
+        """What each of :attr:`_recent_sends` charged the token bucket."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -925,12 +929,16 @@ class Lane:
             self._first_admitted_at = now
         self._admitted += 1
         sends = self._recent_sends
+        charge = tokens - output_tokens if self._local.output_tokens is not None else tokens
         sends.append(now)
+        charges = self._recent_charges
+        charges.append(charge)
         while now - sends[0] > _SENDS_KEPT_S:
             sends.popleft()
+            charges.popleft()
         charged_before = self._charged
         # What the token bucket was charged: the input alone where output is limited apart.
-        self._charged += tokens - output_tokens if self._local.output_tokens is not None else tokens
+        self._charged += charge
         output_charged_before = self._output_charged
         self._output_charged += output_tokens
         return charged_before, output_charged_before
@@ -1457,7 +1465,8 @@ class Lane:
             self._refusal_was_the_rate(now)
         backlog = bool(self._queue.members)
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
-        moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
+        tokens = float(self._charged_for(permit))
+        moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=tokens) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
@@ -1559,7 +1568,6 @@ class Lane:
                 and limits.remaining_tokens < permit.tokens
                 and (limits.remaining_requests is None or limits.remaining_requests >= 1)
             )
-        tokens_out = tokens_out and self.token_rate.rpm is not None
         output_out = verdict.limit_scope == "output_tokens" or (
             verdict.limit_scope is None
             and limits is not None
@@ -1577,6 +1585,8 @@ class Lane:
             if self.output_tokens is not None:
                 self.output_tokens.drain_to(now=now, level=0.0)
             return
+        # Tokens ran out, as the answer says by its structure: pace tokens, a stated rate or
+        # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
         paced = rate.rpm is not None
         moved = rate.throttled(
@@ -1584,7 +1594,12 @@ class Lane:
             now=now,
             hinted=verdict.hint_s is not None,
             measure=self.admission.sees_every_acceptance,
-            sent_in_second=self._sent_in_second_before(permit.sent_at),
+            sent_in_second=(
+                self._charged_in_second_before(permit.sent_at)
+                if tokens_out
+                else self._sent_in_second_before(permit.sent_at)
+            ),
+            amount=float(self._charged_for(permit)) if tokens_out else 1.0,
         )
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
@@ -1787,6 +1802,14 @@ class Lane:
     def _sent_in_second_before(self, sent_at: float) -> int:
         """How many requests this lane admitted in the second up to ``sent_at``."""
         return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
+
+    def _charged_in_second_before(self, sent_at: float) -> float:
+        """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
+        return sum(
+            c
+            for t, c in zip(self._recent_sends, self._recent_charges, strict=True)
+            if sent_at - 1.0 <= t <= sent_at
+        )
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in
