@@ -126,7 +126,7 @@ def _run(*, tpm: float, depth_s: float, seed: int, run_s: float = 20.0) -> tuple
     depth_s=st.sampled_from([1.0, 5.0]),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)
 def test_an_input_token_429_with_no_stated_limit_paces_tokens_not_requests(
     tpm: float, depth_s: float, seed: int
 ) -> None:
@@ -134,8 +134,9 @@ def test_an_input_token_429_with_no_stated_limit_paces_tokens_not_requests(
     assert lane.tpm is not None  # a token rate was discovered
     assert lane.rpm is None  # and the requests, never refused, are not paced
     late = [t for t in refusals if t >= 5.0]
-    # Paced in requests, prompts of 50-500 tokens drew a refusal every ~1-2 s here.
-    assert len(late) <= 3, late
+    # The probe past a measured rate costs a 429 now and then (a cluster of a few when it
+    # finds the limit again), not one every second or two.
+    assert len(late) <= 6, late
 
 
 @pytest.mark.parametrize(
@@ -188,3 +189,60 @@ def test_a_discovered_token_rate_measures_tokens_refused_in_the_second_before() 
         rate.succeeded(now=2.1 + 0.1 * i, backlog=True, amount=200.0)
     assert rate.rpm is not None
     assert rate.rpm > 0.9 * 60 * 5400  # from a third of it
+
+
+def _lane_after_answers(clock: _Clock, **limits: float) -> Lane:
+    """A lane that had 20 requests of 400 tokens accepted over the last second."""
+    lane = Lane(
+        ("/v1/chat/completions", "m"),
+        limits=Limits(**limits),  # type: ignore[arg-type]
+        retry=RetryPolicy(),
+        clock=clock,
+    )
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    for i in range(20):
+        clock.now = 0.05 * i
+        permit = lane._grant(clock.now, 400, clock.now)
+        lane.settle(permit, ok, now=clock.now + 0.01, max_hint_s=600.0, retry=False)
+    return lane
+
+
+def _refuse(lane: Lane, clock: _Clock, at: float, delay_s: float) -> float:
+    """A Gemini 429 with ``retryDelay`` ``delay_s`` to a request sent at ``at``; the gate's
+    remaining wait right after."""
+    clock.now = at
+    permit = lane._grant(at, 400, at)
+    headers, body = _gemini_429(delay_s)
+    verdict = classify_response(429, headers, body, now_wall_s=0.0)
+    lane.settle(permit, verdict, now=at + 0.005, max_hint_s=600.0, retry=False)
+    return lane.cooldown.remaining_s(now=at + 0.005)
+
+
+def test_a_whole_second_hint_for_an_unstated_budget_holds_only_the_certain_part() -> None:
+    # Google rounds retryDelay up to whole seconds: "1s" for a bucket short of 0.1 s. The
+    # budget that refused is paced from empty now; the gate holds only the hint less a second.
+    clock = _Clock()
+    lane = _lane_after_answers(clock)
+    assert _refuse(lane, clock, 1.0, 0.1) == 0.0  # "1s": the wait may be anything under it
+    assert lane.tpm is not None
+    assert lane.tokens is not None
+    assert lane.tokens.wait_s(now=1.005, cost=400) > 0.0  # pacing holds what the gate does not
+    assert _refuse(lane, clock, 4.0, 2.5) == pytest.approx(2.0)  # "3s": at least 2
+
+
+def test_a_stated_budget_s_whole_second_hint_is_waited_whole() -> None:
+    clock = _Clock()
+    lane = _lane_after_answers(clock, tpm=300_000.0)
+    assert _refuse(lane, clock, 1.0, 0.1) == pytest.approx(1.0)
+
+
+def test_refusals_inside_two_hints_waited_short_make_every_hint_whole() -> None:
+    # Fixed windows refuse until they end: what the rest of a hint held back is refused.
+    clock = _Clock()
+    lane = _lane_after_answers(clock)
+    assert _refuse(lane, clock, 1.0, 2.5) == pytest.approx(2.0)  # the first: rate unknown
+    assert _refuse(lane, clock, 3.2, 0.5) == 0.0  # sent in its rest: says nothing yet
+    assert _refuse(lane, clock, 3.5, 0.5) == 0.0  # in the rest of a hint: one
+    assert lane.cooldown.hints_tight is False
+    assert _refuse(lane, clock, 3.7, 0.5) == pytest.approx(1.0)  # another hint's rest: two
+    assert lane.cooldown.hints_tight is True

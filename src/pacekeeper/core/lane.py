@@ -1556,10 +1556,6 @@ class Lane:
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
             return
-        if verdict.hint_s is not None and gate:
-            # through close_gate: a shared admission closes the fleet's gate, not only ours
-            self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
-
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
@@ -1577,7 +1573,17 @@ class Lane:
                 or output_budget_short(limits, permit.output_tokens)
             )
         )
-        if output_out and self.output_rate.rpm is not None:
+        output_out = output_out and self.output_rate.rpm is not None
+        if verdict.hint_s is not None and gate:
+            refusing = (
+                self.output_rate
+                if output_out
+                else self.token_rate
+                if tokens_out
+                else self.request_rate
+            )
+            self._close_for_hint(permit, verdict.hint_s, refusing, now, max_hint_s=max_hint_s)
+        if output_out:
             if self.output_rate.throttled(
                 sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
             ):
@@ -1622,6 +1628,23 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _close_for_hint(
+        self, permit: Permit, hint_s: float, refusing: PacedRate, now: float, *, max_hint_s: float
+    ) -> None:
+        """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
+        and no limit of the budget that refused is stated (the lane paces that budget from
+        empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`). A
+        ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane idle a second
+        per 429, a third of a 10-s run."""
+        hint_s = min(hint_s, max_hint_s)
+        whole = hint_s >= 1.0 and hint_s == math.floor(hint_s) and refusing.ceiling is None
+        wait_s = self.cooldown.hinted_wait_s(
+            hint_s, sent_at=permit.sent_at, now=now, whole_seconds=whole, first=refusing.rpm is None
+        )
+        if wait_s > 0.0:
+            # through close_gate: a shared admission closes the fleet's gate, not only ours
+            self.close_gate(wait_s, now=now)
 
     @property
     def round_trip_s(self) -> float:
