@@ -246,3 +246,22 @@ def test_refusals_inside_two_hints_waited_short_make_every_hint_whole() -> None:
     assert lane.cooldown.hints_tight is False
     assert _refuse(lane, clock, 3.7, 0.5) == pytest.approx(1.0)  # another hint's rest: two
     assert lane.cooldown.hints_tight is True
+
+
+def test_a_second_in_which_no_token_was_taken_measures_nothing() -> None:
+    # A fixed window run dry (Azure's 10-s windows) refuses everything sent in the second
+    # before: that is no measure of the rate, and a token rate is never paced at 6 a minute.
+    rate = PacedRate()
+    for i in range(10):
+        rate.succeeded(now=0.1 * i, backlog=True, amount=300.0)
+    assert rate.throttled(sent_at=1.0, now=1.01, sent_in_second=3600.0, amount=400.0)
+    for i in range(6):  # 1,800 tokens taken since that cut
+        rate.succeeded(now=1.5 + 0.25 * i, backlog=False, amount=300.0)
+    # the refused request is all that was sent in the second before it
+    assert rate.throttled(sent_at=3.0, now=3.01, sent_in_second=400.0, amount=400.0)
+    # resumed under what was taken since the last cut, over the 2 s since
+    assert rate.rpm == pytest.approx(0.97 * 60 * 1800 / 2.0)
+    for k in range(5):  # nothing taken at all, cut after cut: never under 6 requests' worth
+        rate.throttled(sent_at=4.5 + 1.5 * k, now=4.5 + 1.5 * k, amount=400.0)
+    assert rate.rpm is not None
+    assert rate.rpm >= 6 * 400

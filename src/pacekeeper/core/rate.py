@@ -176,6 +176,13 @@ class PacedRate:
         162000
         """
         last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now, amount)
+        # The least it paces at: six requests a minute, in the units of ``amount`` (six
+        # tokens a minute held an Azure lane still for minutes).
+        least = _MIN_RPM * amount
+        if self._weighed and not last_second:
+            # Tokens of which nothing was taken in that second: a window run dry (Azure's
+            # 10-s windows) measures nothing of the rate, and 0 is no pace.
+            last_second = None
         if hinted and self.ceiling is not None:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
@@ -196,7 +203,7 @@ class PacedRate:
                 # held by something else (a cap on requests in flight that turned out not to
                 # be one), the answers come in bunches, and the best second holds a burst.
                 seed = min(seed, _LAST_SECOND_SHARE * last_second)
-            self.rpm = max(_MIN_RPM, seed)
+            self.rpm = max(least, seed)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
@@ -213,11 +220,11 @@ class PacedRate:
                 # allowed is its rate, measured: resume just under it, rather than cutting a
                 # fixed share from a pace the server never sustained (and climbing back to it).
                 self._at_loss = sustained
-                self.rpm = max(_MIN_RPM, share * sustained)
+                self.rpm = max(least, share * sustained)
             else:
                 self._at_loss = self.rpm
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
-                floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
+                floor = least if self.ceiling is None else min(least, self.ceiling)
                 self.rpm = max(floor, _CUT * self.rpm)
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
