@@ -242,10 +242,13 @@ def test_refusals_inside_two_hints_waited_short_make_every_hint_whole() -> None:
     lane = _lane_after_answers(clock)
     assert _refuse(lane, clock, 1.0, 2.5) == pytest.approx(2.0)  # the first: rate unknown
     assert _refuse(lane, clock, 3.2, 0.5) == 0.0  # sent in its rest: says nothing yet
-    assert _refuse(lane, clock, 3.5, 0.5) == 0.0  # in the rest of a hint: one
+    # in the rest of a hint: hints are waited whole for 10 s (our pace may have run ahead)
+    assert _refuse(lane, clock, 3.5, 0.5) == pytest.approx(1.0)
     assert lane.cooldown.hints_tight is False
-    assert _refuse(lane, clock, 3.7, 0.5) == pytest.approx(1.0)  # another hint's rest: two
+    assert _refuse(lane, clock, 14.0, 0.5) == 0.0  # short again
+    assert _refuse(lane, clock, 14.5, 0.5) == pytest.approx(1.0)  # in its rest: two
     assert lane.cooldown.hints_tight is True
+    assert _refuse(lane, clock, 40.0, 0.5) == pytest.approx(1.0)  # for good
 
 
 def test_a_second_in_which_no_token_was_taken_measures_nothing() -> None:

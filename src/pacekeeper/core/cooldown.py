@@ -17,6 +17,7 @@ from __future__ import annotations
 __all__ = ["CooldownGate"]
 
 _TIGHT_AFTER = 2  # refusals inside hints waited short before hints are waited whole
+_WHOLE_FOR_S = 10.0  # after one, hints are waited whole this long
 
 
 class CooldownGate:
@@ -40,6 +41,7 @@ class CooldownGate:
         "_judges_hint",
         "_times_closed",
         "_until",
+        "_whole_until",
     )
 
     def __init__(self) -> None:
@@ -51,6 +53,8 @@ class CooldownGate:
         self._judges_hint = False
         """Whether a refusal in the rest of that hint would show hints to be tight."""
         self._early_refusals = 0
+        self._whole_until = 0.0
+        """Until when hints are waited whole after a refusal in the rest of one."""
 
     @property
     def until(self) -> float:
@@ -78,25 +82,31 @@ class CooldownGate:
         """How long to close for a 429 with a wait hint of ``hint_s``, to a request sent at
         ``sent_at``. ``whole_seconds``: the hint is rounded up to a whole second and nothing
         states the limit that refused (its budget is paced from empty now): only the hint
-        less a second is certain. Refusals of requests sent in the rest of two such hints
-        show the hints to be tight: from then on every hint is waited whole. ``first``: the
-        first refusal of a budget nothing was known of, whose pace is a first guess:
-        refusals in the rest of its hint say more about that guess than about the hint.
+        less a second is certain. A refusal of a request sent in the rest of such a hint
+        has every hint waited whole for 10 s; after two, for good: the hints are tight
+        (fixed windows refuse until they end). ``first``: the first refusal of a budget
+        nothing was known of, whose pace is a first guess: refusals in the rest of its hint
+        say more about that guess than about the hint.
 
         >>> gate = CooldownGate()
         >>> gate.hinted_wait_s(1.0, sent_at=0.0, now=0.1, whole_seconds=True)
         0.0
         >>> gate.hinted_wait_s(3.0, sent_at=0.5, now=0.6, whole_seconds=True)  # sent in it
+        3.0
+        >>> gate.hinted_wait_s(3.0, sent_at=12.0, now=12.1, whole_seconds=True)  # 10 s on
         2.0
-        >>> gate.hinted_wait_s(1.0, sent_at=2.7, now=2.8, whole_seconds=True)  # again: tight
+        >>> gate.hinted_wait_s(1.0, sent_at=13.0, now=13.1, whole_seconds=True)  # again
         1.0
-        >>> gate.hints_tight, gate.hinted_wait_s(0.25, sent_at=5.0, now=5.1, whole_seconds=False)
+        >>> gate.hints_tight, gate.hinted_wait_s(0.25, sent_at=50, now=50.1, whole_seconds=False)
         (True, 0.25)
         """
         if self._judges_hint and self._closed_at <= sent_at < self._hint_ends_at:
             self._early_refusals += 1
             self._judges_hint = False  # one refusal per hint: a burst in flight is one
-        if not whole_seconds or self._early_refusals >= _TIGHT_AFTER:
+            # Our pace may be what ran ahead (a rate measured on a deep bucket's burst): for
+            # a while, every hint is waited whole, which lets a measured cut settle it.
+            self._whole_until = now + _WHOLE_FOR_S
+        if not whole_seconds or self._early_refusals >= _TIGHT_AFTER or now < self._whole_until:
             return hint_s
         if sent_at >= self._closed_at:
             self._closed_at = now
