@@ -1563,6 +1563,10 @@ class Lane:
                 limits.remaining_tokens is not None
                 and limits.remaining_tokens < permit.tokens
                 and (limits.remaining_requests is None or limits.remaining_requests >= 1)
+                # Headers showing the token budget short, with no token limit stated (Azure's
+                # `remaining` of 10-s windows): a token rate discovered from them, measured
+                # per second, held a lane at 0.3 of its windows' rate; requests it is, as before.
+                and self.token_rate.rpm is not None
             )
         output_out = verdict.limit_scope == "output_tokens" or (
             verdict.limit_scope is None
