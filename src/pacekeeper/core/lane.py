@@ -1637,12 +1637,19 @@ class Lane:
         self, permit: Permit, hint_s: float, refusing: PacedRate, now: float, *, max_hint_s: float
     ) -> None:
         """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
-        and no limit of the budget that refused is stated (the lane paces that budget from
-        empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`). A
-        ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
-        second per 429 (four in a 12-s trace, in flight falling to 0-4 each time)."""
+        and the budget that refused is tokens of which no limit is stated (the lane paces
+        them from empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`).
+        A ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
+        second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). Requests
+        keep the whole hint: waited short, Azure's 10-s windows drew 429s at each window's
+        end whose cuts held a lane at a third of its rate."""
         hint_s = min(hint_s, max_hint_s)
-        whole = hint_s >= 1.0 and hint_s == math.floor(hint_s) and refusing.ceiling is None
+        whole = (
+            hint_s >= 1.0
+            and hint_s == math.floor(hint_s)
+            and refusing is self.token_rate
+            and refusing.ceiling is None
+        )
         wait_s = self.cooldown.hinted_wait_s(
             hint_s, sent_at=permit.sent_at, now=now, whole_seconds=whole, first=refusing.rpm is None
         )
