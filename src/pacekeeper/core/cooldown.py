@@ -5,9 +5,9 @@ the provider's budget to learn what the first one already knew.
 
 A hint in whole seconds, rounded up (Google's ``retryDelay: "1s"``, ``retry-after: 1``), says
 the wait is anywhere over a second less: a refilling bucket short of one request's tokens needs
-a tenth of a second and was told a second. Where no limit is stated, the lane paces the budget
-that refused from empty anyway (:mod:`pacekeeper.core.rate`), so the gate waits only the part
-of the hint that is certain (:meth:`CooldownGate.hinted_wait_s`); refusals of requests sent in
+a tenth of a second and was told a second. Where no token limit is stated, the lane paces the
+tokens from empty anyway (:mod:`pacekeeper.core.rate`), so the gate waits only the part of the
+hint that is certain (:meth:`CooldownGate.hinted_wait_s`); refusals of requests sent in
 the rest of a hint show that the hints are tight (fixed windows), and from the second one on
 they are waited out whole.
 """

@@ -22,8 +22,8 @@ and recovery, with no ceiling; each cut resumes just under what the server took 
 before that refusal.
 
 A rate of tokens is discovered the same way when a 429 says structurally that tokens ran out
-(OpenAI's ``type: tokens``, Google's QuotaFailure naming an input-token quota, headers showing
-the token budget short) and no token limit is stated: each success counts what it was charged
+(OpenAI's ``type: tokens``, Google's QuotaFailure naming an input-token quota) and no token
+limit is stated: each success counts what it was charged
 (``amount``), and the second before a refusal is measured in tokens sent less tokens refused.
 Paced in requests instead, a token limit is never learned: prompts that vary tenfold make a
 request rate wrong tenfold.
