@@ -471,7 +471,11 @@ class RedisAdmissionPolicy:
                 cut = _lowered(pushed.rpm, current.rpm) and pushed.rpm is not None
                 args[9] = 1 if cut and not discovering and loss is not None else 0
             if current.tpm != pushed.tpm:
-                args[1] = _wire(current.tpm)
+                tpm = current.tpm
+                # A token rate discovered here, as a request rate is: from our share.
+                if pushed.tpm is None and self._lane.token_rate.discovered and tpm is not None:
+                    tpm /= self._fleet_share(now)
+                args[1] = _wire(tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:
                 args[2] = current.cap or 0
                 args[6] = 1 if current.provisional else 0

@@ -348,6 +348,7 @@ class Lane:
         "_probe_seq",
         "_queue",
         "_quota_budgets",
+        "_recent_charges",
         "_recent_sends",
         "_served_due",
         "_shared",
@@ -411,9 +412,10 @@ class Lane:
         self.learned_tpm: float | None = None
         self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
-        self.token_rate = PacedRate(discovers=False)
+        self.token_rate = PacedRate()
         """Tokens per minute: all of a request's tokens, or its input alone where the
-        provider limits output apart (then :attr:`output_rate` paces the output)."""
+        provider limits output apart (then :attr:`output_rate` paces the output). With no
+        token limit stated, a 429 that says tokens ran out discovers one."""
         self.output_rate = PacedRate(discovers=False)
         self.congestion = CongestionDetector()
         self.latency = LatencyTracker()
@@ -449,6 +451,8 @@ class Lane:
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
+        self._recent_charges: deque[float] = deque()
+        """What each of :attr:`_recent_sends` charged the token bucket."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -1035,12 +1039,16 @@ class Lane:
             self._first_admitted_at = now
         self._admitted += 1
         sends = self._recent_sends
+        charge = tokens - output_tokens if self._local.output_tokens is not None else tokens
         sends.append(now)
+        charges = self._recent_charges
+        charges.append(charge)
         while now - sends[0] > _SENDS_KEPT_S:
             sends.popleft()
+            charges.popleft()
         charged_before = self._charged
         # What the token bucket was charged: the input alone where output is limited apart.
-        self._charged += tokens - output_tokens if self._local.output_tokens is not None else tokens
+        self._charged += charge
         output_charged_before = self._output_charged
         self._output_charged += output_tokens
         return charged_before, output_charged_before
@@ -1593,7 +1601,8 @@ class Lane:
             self._refusal_was_the_rate(now)
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
-        moved = self.token_rate.succeeded(now=now, backlog=backlog) or moved
+        tokens = float(self._charged_for(permit))
+        moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=tokens) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
@@ -1691,19 +1700,22 @@ class Lane:
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
             return
-        if verdict.hint_s is not None and gate:
-            # through close_gate: a shared admission closes the fleet's gate, not only ours
-            self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
-            spent = _spent_unstated_budget(verdict.limits, permit.tokens)
-            if spent is not None:
-                # The window that answers counted down (no limit stated: Azure) is spent, and
-                # the hint says when the next begins: that is all this 429 says. Read as a
-                # rate, the second before it (one request, sent when nothing was left) cut
-                # the pace to a few requests a second.
-                if permit.seq >= self._window_from_seq:
-                    self._next_window_holds(spent)
-                return
-
+        spent = (
+            _spent_unstated_budget(verdict.limits, permit.tokens)
+            if verdict.hint_s is not None
+            else None
+        )
+        if spent is not None:
+            # The window that answers counted down (no limit stated: Azure) is spent, and the
+            # hint says when the next begins: that is all this 429 says. Read as a rate, the
+            # second before it (one request, sent when nothing was left) cut the pace to a
+            # few requests a second.
+            if gate:
+                # through close_gate: a shared admission closes the fleet's gate, not only ours
+                self.close_gate(min(verdict.hint_s or 0.0, max_hint_s), now=now)
+            if permit.seq >= self._window_from_seq:
+                self._next_window_holds(spent)
+            return
         tokens_out = verdict.limit_scope == "tokens"
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
@@ -1711,8 +1723,11 @@ class Lane:
                 limits.remaining_tokens is not None
                 and limits.remaining_tokens < permit.tokens
                 and (limits.remaining_requests is None or limits.remaining_requests >= 1)
+                # Headers showing the token budget short, with no token limit stated (Azure's
+                # `remaining` of 10-s windows): a token rate discovered from them, measured
+                # per second, held a lane at 0.3 of its windows' rate; requests it is, as before.
+                and self.token_rate.rpm is not None
             )
-        tokens_out = tokens_out and self.token_rate.rpm is not None
         output_out = verdict.limit_scope == "output_tokens" or (
             verdict.limit_scope is None
             and limits is not None
@@ -1722,7 +1737,17 @@ class Lane:
                 or output_budget_short(limits, permit.output_tokens)
             )
         )
-        if output_out and self.output_rate.rpm is not None:
+        output_out = output_out and self.output_rate.rpm is not None
+        if verdict.hint_s is not None and gate:
+            refusing = (
+                self.output_rate
+                if output_out
+                else self.token_rate
+                if tokens_out
+                else self.request_rate
+            )
+            self._close_for_hint(permit, verdict.hint_s, refusing, now, max_hint_s=max_hint_s)
+        if output_out:
             if self.output_rate.throttled(
                 sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
             ):
@@ -1730,6 +1755,8 @@ class Lane:
             if self.output_tokens is not None:
                 self.output_tokens.drain_to(now=now, level=0.0)
             return
+        # Tokens ran out, as the answer says by its structure: pace tokens, a stated rate or
+        # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
         paced = rate.rpm is not None
         moved = rate.throttled(
@@ -1737,7 +1764,12 @@ class Lane:
             now=now,
             hinted=verdict.hint_s is not None,
             measure=self.admission.sees_every_acceptance,
-            sent_in_second=self._sent_in_second_before(permit.sent_at),
+            sent_in_second=(
+                self._charged_in_second_before(permit.sent_at)
+                if tokens_out
+                else self._sent_in_second_before(permit.sent_at)
+            ),
+            amount=float(self._charged_for(permit)) if tokens_out else 1.0,
         )
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
@@ -1773,6 +1805,30 @@ class Lane:
             self._local.stated_tokens_left = float(self._window_intake_tokens)
         self._window_from_seq = self._admitted + 1
         self._window_intake = self._window_intake_tokens = 0
+
+    def _close_for_hint(
+        self, permit: Permit, hint_s: float, refusing: PacedRate, now: float, *, max_hint_s: float
+    ) -> None:
+        """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
+        and the budget that refused is tokens of which no limit is stated (the lane paces
+        them from empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`).
+        A ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
+        second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). Requests
+        keep the whole hint: waited short, Azure's 10-s windows drew 429s at each window's
+        end whose cuts held a lane at a third of its rate."""
+        hint_s = min(hint_s, max_hint_s)
+        whole = (
+            hint_s >= 1.0
+            and hint_s == math.floor(hint_s)
+            and refusing is self.token_rate
+            and refusing.ceiling is None
+        )
+        wait_s = self.cooldown.hinted_wait_s(
+            hint_s, sent_at=permit.sent_at, now=now, whole_seconds=whole, first=refusing.rpm is None
+        )
+        if wait_s > 0.0:
+            # through close_gate: a shared admission closes the fleet's gate, not only ours
+            self.close_gate(wait_s, now=now)
 
     @property
     def round_trip_s(self) -> float:
@@ -1977,6 +2033,14 @@ class Lane:
     def _sent_in_second_before(self, sent_at: float) -> int:
         """How many requests this lane admitted in the second up to ``sent_at``."""
         return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
+
+    def _charged_in_second_before(self, sent_at: float) -> float:
+        """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
+        return sum(
+            c
+            for t, c in zip(self._recent_sends, self._recent_charges, strict=True)
+            if sent_at - 1.0 <= t <= sent_at
+        )
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in

@@ -21,6 +21,13 @@ was sent, so during a ramp-up the first is a fraction of the server's rate), the
 and recovery, with no ceiling; each cut resumes just under what the server took in the second
 before that refusal.
 
+A rate of tokens is discovered the same way when a 429 says structurally that tokens ran out
+(OpenAI's ``type: tokens``, Google's QuotaFailure naming an input-token quota) and no token
+limit is stated: each success counts what it was charged
+(``amount``), and the second before a refusal is measured in tokens sent less tokens refused.
+Paced in requests instead, a token limit is never learned: prompts that vary tenfold make a
+request rate wrong tenfold.
+
 All methods take ``now`` and are pure arithmetic on it.
 
 >>> rate = PacedRate()
@@ -74,6 +81,7 @@ class PacedRate:
 
     __slots__ = (
         "_accepted",
+        "_accepted_amounts",
         "_at_loss",
         "_cut_at",
         "_cuts",
@@ -83,14 +91,15 @@ class PacedRate:
         "_measured_cut",
         "_probe_from",
         "_refused_sent",
+        "_weighed",
         "ceiling",
         "rpm",
     )
 
     def __init__(self, *, discovers: bool = True) -> None:
         self._discovers = discovers
-        """Whether a 429 with no stated limit discovers a rate from the accepted requests
-        (requests per minute do; token budgets, with no count of tokens accepted, do not)."""
+        """Whether a 429 with no stated limit discovers a rate from what was accepted: the
+        requests, or the tokens (each success's ``amount``)."""
         self.ceiling: float | None = None
         """The stated limit: configured or from headers (None: not stated)."""
         self.rpm: float | None = None
@@ -104,8 +113,13 @@ class PacedRate:
         self._cuts: deque[float] = deque()
         self._last_success_at: float | None = None
         self._accepted: deque[float] = deque()
-        self._refused_sent: deque[float] = deque()
-        """When the requests refused lately (429s about the rate) were sent."""
+        self._accepted_amounts: deque[float] = deque()
+        """What each of :attr:`_accepted` counted (1 a request, or its tokens)."""
+        self._weighed = False
+        """Whether a success counted other than 1 (the peak then sums amounts)."""
+        self._refused_sent: deque[tuple[float, float]] = deque()
+        """When the requests refused lately (429s about the rate) were sent, and what each
+        would have counted."""
 
     @property
     def discovered(self) -> bool:
@@ -135,7 +149,8 @@ class PacedRate:
         now: float,
         hinted: bool = False,
         measure: bool = True,
-        sent_in_second: int | None = None,
+        sent_in_second: float | None = None,
+        amount: float = 1.0,
     ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
@@ -147,8 +162,27 @@ class PacedRate:
         key (a process of a fleet): it then cuts by a fixed share rather than measure the
         server's rate from its own acceptances. ``sent_in_second``: how many requests this
         rate's lane sent in the second up to ``sent_at``, this one included (see
-        :meth:`_accepted_in_second_rpm`). True when the rate changed."""
-        last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now)
+        :meth:`_accepted_in_second_rpm`), in the units of ``amount``: what the refused
+        request would have counted (1 a request, or its tokens). True when the rate changed.
+
+        A rate of tokens with nothing stated is discovered from tokens accepted:
+
+        >>> rate = PacedRate()
+        >>> for i in range(10):  # 10 answers in a second, 300 tokens each: 180,000/min
+        ...     _ = rate.succeeded(now=0.1 * i, backlog=True, amount=300.0)
+        >>> rate.throttled(sent_at=1.0, now=1.05, sent_in_second=3600.0, amount=400.0)
+        True
+        >>> round(rate.rpm)  # 90% of the best second accepted (the last one measured 192,000)
+        162000
+        """
+        last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now, amount)
+        # The least it paces at: six requests a minute, in the units of ``amount`` (six
+        # tokens a minute held an Azure lane still for minutes).
+        least = _MIN_RPM * amount
+        if self._weighed and not last_second:
+            # Tokens of which nothing was taken in that second: a window run dry (Azure's
+            # 10-s windows) measures nothing of the rate, and 0 is no pace.
+            last_second = None
         if hinted and self.ceiling is not None:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
@@ -169,7 +203,7 @@ class PacedRate:
                 # held by something else (a cap on requests in flight that turned out not to
                 # be one), the answers come in bunches, and the best second holds a burst.
                 seed = min(seed, _LAST_SECOND_SHARE * last_second)
-            self.rpm = max(_MIN_RPM, seed)
+            self.rpm = max(least, seed)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
@@ -186,11 +220,11 @@ class PacedRate:
                 # allowed is its rate, measured: resume just under it, rather than cutting a
                 # fixed share from a pace the server never sustained (and climbing back to it).
                 self._at_loss = sustained
-                self.rpm = max(_MIN_RPM, share * sustained)
+                self.rpm = max(least, share * sustained)
             else:
                 self._at_loss = self.rpm
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
-                floor = _MIN_RPM if self.ceiling is None else min(_MIN_RPM, self.ceiling)
+                floor = least if self.ceiling is None else min(least, self.ceiling)
                 self.rpm = max(floor, _CUT * self.rpm)
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
@@ -214,7 +248,7 @@ class PacedRate:
         if not self._discovers or self.ceiling is not None:
             return self.throttled(sent_at=sent_at, now=now, sent_in_second=sent_in_second)
         # Counted as of then: the refusals known by the time it came back, itself included.
-        taken = self._accepted_in_second_rpm(sent_at, sent_in_second, sent_at)
+        taken = self._accepted_in_second_rpm(sent_at, sent_in_second, sent_at, 1.0)
         if not taken:
             return False
         rpm = _LAST_SECOND_SHARE * taken
@@ -238,13 +272,19 @@ class PacedRate:
             cuts.popleft()
         return self.ceiling * (1.0 - min(_MAX_MARGIN, _MARGIN_PER_CUT * len(cuts)))
 
-    def succeeded(self, *, now: float, backlog: bool) -> bool:
-        """An accepted request. While requests wait, a cut rate recovers; True when it moved."""
+    def succeeded(self, *, now: float, backlog: bool, amount: float = 1.0) -> bool:
+        """An accepted request, which counted ``amount`` (1 a request, or its tokens). While
+        requests wait, a cut rate recovers; True when it moved."""
         if self._discovers:
             accepted = self._accepted
             accepted.append(now)
+            amounts = self._accepted_amounts
+            amounts.append(amount)
+            if amount != 1.0:
+                self._weighed = True
             while now - accepted[0] > _ACCEPTED_WINDOW_S:
                 accepted.popleft()
+                amounts.popleft()
         last, self._last_success_at = self._last_success_at, now
         rpm = self.rpm
         if rpm is None or last is None or not backlog:
@@ -332,33 +372,38 @@ class PacedRate:
         span_s = now - since
         if span_s < 1.0:
             return None
-        count = 0
-        for t in reversed(self._accepted):
+        count, total = 0, 0.0
+        pairs = zip(reversed(self._accepted), reversed(self._accepted_amounts), strict=True)
+        for t, amount in pairs:
             if t <= since:
                 break
             count += 1
-        return 60.0 * count / span_s if count >= 5 else None
+            total += amount
+        return 60.0 * total / span_s if count >= 5 else None
 
     def _accepted_in_second_rpm(
-        self, sent_at: float, sent_in_second: int | None, now: float
+        self, sent_at: float, sent_in_second: float | None, now: float, amount: float
     ) -> float | None:
         """What the server accepted (per minute) of the requests sent in the second before
-        the refused one (sent at ``sent_at``): those sent, less those refused. A 429 comes
-        back at once, an answer a latency later: by the time a refusal is back, the requests
-        sent before it that were refused are known, and the others were accepted. None
-        without a count of what was sent, or when this rate does not discover."""
+        the refused one (sent at ``sent_at``, counting ``amount``): those sent, less those
+        refused. A 429 comes back at once, an answer a latency later: by the time a refusal
+        is back, the requests sent before it that were refused are known, and the others
+        were accepted. None without a count of what was sent, or when this rate does not
+        discover."""
         if not self._discovers or sent_in_second is None:
             return None
         refused = self._refused_sent
-        refused.append(sent_at)
-        while refused and now - refused[0] > 2.0:
+        refused.append((sent_at, amount))
+        while refused and now - refused[0][0] > 2.0:
             refused.popleft()
-        refusals = sum(1 for t in refused if sent_at - 1.0 <= t <= sent_at)
-        return 60.0 * max(0, sent_in_second - refusals)
+        refusals = sum(a for t, a in refused if sent_at - 1.0 <= t <= sent_at)
+        return 60.0 * max(0.0, sent_in_second - refusals)
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
-        """The highest rate (per minute) accepted over ``span_s`` in the last five seconds."""
-        return 60.0 * _peak_per_second(self._accepted, span_s)
+        """The highest rate (per minute) accepted over ``span_s`` in the last five seconds,
+        in the units of the successes' ``amount``."""
+        amounts = self._accepted_amounts if self._weighed else None
+        return 60.0 * _peak_per_second(self._accepted, span_s, amounts)
 
     def __repr__(self) -> str:
         rpm = "none" if self.rpm is None else f"{self.rpm:.0f}"
@@ -366,9 +411,22 @@ class PacedRate:
         return f"<PacedRate {rpm}/min ceiling {ceiling}>"
 
 
-def _peak_per_second(times: deque[float], span_s: float = 1.0) -> float:
-    """The most events in any window of ``span_s`` of ``times`` (sorted), per second."""
+def _peak_per_second(
+    times: deque[float], span_s: float = 1.0, amounts: deque[float] | None = None
+) -> float:
+    """The most events (or the most of their ``amounts``) in any window of ``span_s`` of
+    ``times`` (sorted), per second."""
     ts = list(times)  # a deque indexes in O(n)
+    if amounts is not None:
+        weights = list(amounts)
+        best, total, first = 0.0, 0.0, 0
+        for end, t in enumerate(ts):
+            total += weights[end]
+            while t - ts[first] >= span_s:
+                total -= weights[first]
+                first += 1
+            best = total if total > best else best
+        return best / span_s
     peak, start = 0, 0
     for end, t in enumerate(ts):
         while t - ts[start] >= span_s:  # the window [t - span, t], half-open at the old end

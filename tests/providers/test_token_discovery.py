@@ -1,0 +1,53 @@
+"""A limit on input tokens that nothing states (Gemini): against the real simulator speaking
+Google's errors (no rate-limit headers, a 429 whose ``QuotaFailure`` names the input-token
+quota), the governor paces tokens at a rate it discovers, not requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+
+import pacekeeper
+from pacekeeper import Governor, RecordCollector
+from pacekeeper.sim import ModelLimits, Scenario, Simulator
+
+CHAT = "/v1/chat/completions"
+_WORDS = ("quarterly", "revenue", "grew", "across", "regions", "while", "margins", "narrowed")
+
+
+def _prompt(i: int) -> str:
+    """A prompt of 30 to 300 words (about 40 to 400 tokens): ten times apart."""
+    words = 30 + (i * 7919) % 271
+    return f"Request {i}: " + " ".join(_WORDS[(i + k) % len(_WORDS)] for k in range(words))
+
+
+async def test_an_unstated_input_token_limit_is_discovered_and_paced_in_tokens() -> None:
+    # 150,000 input tokens a minute bind (2,500 a second, a bucket of a second); requests do not.
+    scenario = Scenario(
+        default=ModelLimits(rpm=100_000, input_tpm=150_000, burst_s=1.0),
+        rate_limit_headers="gemini",
+    )
+    attempts = RecordCollector()
+    with Simulator(scenario) as sim:
+        gov = Governor(hooks=[attempts])
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="g-test"), gov)
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="gemini-2.5-flash",
+                        messages=[{"role": "user", "content": _prompt(i)}],
+                        max_tokens=8,
+                    )
+                    for i in range(90)
+                )
+            ),
+            timeout=120,
+        )
+    lane = gov.lane(CHAT, "gemini-2.5-flash")
+    assert lane.tpm is not None, "a token rate was discovered from the input-token 429s"
+    assert lane.request_rate.rpm is None, "the requests, never refused, are not paced"
+    assert sum(1 for r in attempts.attempts if r.status == 200) == 90
+    throttled = sum(1 for r in attempts.attempts if r.status == 429)
+    assert throttled <= 12  # finding the rate costs a few 429s, not a storm
