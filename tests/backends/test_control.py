@@ -487,3 +487,46 @@ async def test_a_cut_of_a_fleets_discovered_pace_is_measured_on_the_keys_accepta
     assert 150 <= float(stored[5]) <= 330  # what the key took: the loss from now on
     assert float(stored[0]) == pytest.approx(0.97 * float(stored[5]), rel=1e-3)
     client.close()
+
+
+async def test_a_discovery_is_measured_on_the_keys_admissions_less_its_refusals(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Each process sees only its share of what the key accepts: divided by that share, its
+    own measure of a discovery ran 1.1-2.5 times the server's rate. The key's admissions in
+    the second before the 429, less the fleet's refusals of requests sent then (each
+    process's release counts its own in Redis), are what the server took: the rate the
+    discovered pace climbs to, and the pace starts no higher than just under it."""
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    b_refused: list[pacekeeper.Permit] = []
+    for i in range(12):  # 18 accepted in all: a sees 12 of them, b sees 6 and 6 refusals
+        permit = await lane_a.acquire(0)
+        lane_a.settle(permit, ok(), now=a.clock(), max_hint_s=60, retry=False)
+        permit = await lane_b.acquire(0)
+        if i % 2:
+            b_refused.append(permit)  # refused below, once a has seen its answers
+        else:
+            lane_b.settle(permit, ok(), now=b.clock(), max_hint_s=60, retry=False)
+    for permit in b_refused:
+        lane_b.settle(permit, bare_429(), now=b.clock(), max_hint_s=60, retry=False)
+    client = redis_server.client()
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def refusals_counted() -> int:
+        fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+        return sum(int(v) for f, v in fields.items() if f.startswith(b"rc"))
+
+    await until(lambda: refusals_counted() == len(b_refused))
+    permit = await lane_a.acquire(0)
+    lane_a.settle(permit, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+    await until(lambda: lane_a.discovered_rpm is not None)
+    took = 60 * (25 - 7)  # 25 admitted in that second, 7 of them refused
+    await until(lambda: stored(redis_server, namespace, "pl") == pytest.approx(took, rel=0.01))
+    pace = stored(redis_server, namespace, "pr")
+    assert pace is not None
+    assert pace <= 0.92 * took * 1.001
+    await until(lambda: lane_a.rpm is not None and lane_a.rpm <= 0.92 * took * 1.001)
+    client.close()
+    close(a, b)

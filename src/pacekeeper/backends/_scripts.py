@@ -17,7 +17,9 @@ provisional: taught by bare 429s that a rate explains as well, and not yet teste
 floor, ``pl`` the rate a discovered pace climbs back to (what the key took when it was last
 refused) and ``pla`` when that refusal's measurements began; ``os<k>``/``oc<k>`` (k: the
 second mod 8) the key's successes answered in that second (RELEASE counts them, CONTROL
-measures the key's accepted rate from them);
+measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/``rc<k>``
+(k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
+rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -45,6 +47,17 @@ local function num(v, default)
   return n
 end
 local function fmt(x) return string.format('%.6f', x) end
+-- Count one in the tenth of a second of server time t, in a ring of 80 (8 s) of fields
+-- <stamp><k>/<count><k> of the lane hash (KEYS[1]).
+local function tally(stamp, count, t)
+  local slot = math.floor(t * 10)
+  local k = slot % 80
+  if tonumber(redis.call('HGET', KEYS[1], stamp .. k)) == slot then
+    redis.call('HINCRBY', KEYS[1], count .. k, 1)
+  else
+    redis.call('HSET', KEYS[1], stamp .. k, tostring(slot), count .. k, '1')
+  end
+end
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -194,6 +207,7 @@ if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
 if oint > 0 then redis.call('HSET', KEYS[1], 'to', fmt(to + otokens * oint)) end
 redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
 local admitted = redis.call('HINCRBY', KEYS[1], 'n', 1)
+tally('as', 'ac', now)  -- the key's admissions by time: a discovery is measured on them
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
 redis.call('EXPIRE', KEYS[2], key_ttl)
@@ -205,7 +219,8 @@ RELEASE = (
     _PRELUDE
     + """
 -- KEYS[1] lane hash, KEYS[2] slot leases
--- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure), sent_at (server time),
+-- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure, 3 a 429 about the rate:
+--       neutral, and counted by when it was sent), sent_at (server time),
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
 --       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
@@ -213,6 +228,10 @@ RELEASE = (
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock()
 local signal = num(ARGV[2], 0)
+if signal == 3 then
+  tally('rs', 'rc', num(ARGV[3], now))
+  signal = 0
+end
 if signal == 1 then
   -- what the key accepted, per second of answers (CONTROL measures its rate from them)
   local sec = math.floor(now)
@@ -314,7 +333,11 @@ CONTROL = (
 --       and the one stored: a cut never raises the fleet's pace), epoch (the ``pe`` the
 --       writer last adopted: every cut and discovery starts a new one, and a rise of the
 --       pace from an older one is dropped: it was climbing from a pace cut since, and the
---       last writer overwrote the cut)
+--       last writer overwrote the cut), refused_at (server time: when the 429 a discovery
+--       measures was sent; '': not a discovery. What the key took in the second before it,
+--       its admissions less the refusals of requests sent then, is the loss, and the pace
+--       starts no higher than DISCOVERY_SHARE of it: a process's own measure, divided by its
+--       share of the traffic, ran 1.1-2.5 times the server's rate)
 -- -> {pr, pt, pc, pf, pp, pl, pe} as stored now (false: unset)
 local LOSS_EVENT_S = 2.0
 local LOSS_NEAR = 0.9
@@ -333,8 +356,30 @@ local function accepted_rpm(now, since)
   if total < 5 then return nil end
   return 60 * total / (sec - first)
 end
+local DISCOVERY_SHARE = 0.92
+-- What the key took (per minute) in the second up to server time t: its admissions then,
+-- less the refusals of requests sent then (nil: fewer than 5 admissions, too little).
+local function key_took_rpm(t)
+  local last = math.floor(t * 10)
+  local admitted, refused = 0, 0
+  for s = last - 9, last do
+    local k = s % 80
+    local f = redis.call('HMGET', KEYS[1], 'as' .. k, 'ac' .. k, 'rs' .. k, 'rc' .. k)
+    if num(f[1], -1) == s then admitted = admitted + num(f[2], 0) end
+    if num(f[3], -1) == s then refused = refused + num(f[4], 0) end
+  end
+  if admitted < 5 or admitted <= refused then return nil end
+  return 60 * (admitted - refused)
+end
 local epoch = num(redis.call('HGET', KEYS[1], 'pe'), 0)
 local cut = ARGV[10] == '1'
+if ARGV[9] == '1' and (ARGV[12] or '') ~= '' and num(ARGV[1], 0) > 0 then
+  local took = key_took_rpm(num(ARGV[12], 0))
+  if took ~= nil then
+    ARGV[1] = fmt(math.max(6, math.min(num(ARGV[1], 0), DISCOVERY_SHARE * took)))
+    ARGV[8] = fmt(took)
+  end
+end
 if ARGV[1] ~= '' and num(ARGV[1], 0) > 0 then
   local stored = num(redis.call('HGET', KEYS[1], 'pr'), 0)
   if cut or ARGV[9] == '1' then
