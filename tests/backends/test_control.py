@@ -530,3 +530,41 @@ async def test_a_discovery_is_measured_on_the_keys_admissions_less_its_refusals(
     await until(lambda: lane_a.rpm is not None and lane_a.rpm <= 0.92 * took * 1.001)
     client.close()
     close(a, b)
+
+
+async def test_a_cut_of_a_fleets_pace_is_measured_at_once_on_the_second_before_the_429(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A cut measured on the key's successes waits for two whole seconds of answers after
+    the last loss, while the fleet climbs past the server. The key's admissions less its
+    refusals in the second before the 429 measure it at once: the pace resumes just under
+    what the key took, as a process alone resumes under its own measure."""
+    from pacekeeper.backends import _scripts
+
+    gov = shared_gov(redis_server, namespace)
+    lane = shared_lane(gov)
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    release = client.register_script(_scripts.RELEASE)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+
+    def push(rpm: str, loss: str, *, cut: int, discovery: int, epoch: int, at: str) -> list[Any]:
+        args: list[str | int] = [rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch, at]
+        reply: list[Any] = control(keys=[key], args=args)
+        return reply
+
+    push("1000", "1200", cut=0, discovery=1, epoch=0, at="")  # a discovery that ran high
+    server_sent = []
+    for k in range(10):  # ten admitted within a second, the last four refused
+        permit = await lane.acquire(0)
+        permit.release()  # this process's count (its release to Redis counts nothing)
+        assert isinstance(permit.lease, tuple)
+        lease, sent_at = permit.lease  # (the lease's id, the server's clock at admission)
+        server_sent.append(float(sent_at))
+        release(keys=[key, slots], args=[str(lease), 3 if k >= 6 else 1, sent_at, 1, 1])
+    assert server_sent[-1] - server_sent[0] < 0.9
+    stored = push("850", "1000", cut=1, discovery=0, epoch=1, at=repr(server_sent[-1]))
+    assert float(stored[5]) == pytest.approx(360, rel=1e-3)  # the loss: what the key took
+    assert float(stored[0]) == pytest.approx(0.92 * 360, rel=1e-3)  # resumed just under it
+    client.close()
+    close(gov)

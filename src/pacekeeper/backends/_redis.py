@@ -481,6 +481,8 @@ class RedisAdmissionPolicy:
                 # a cut here of the fleet's discovered pace: the key's acceptances measure it
                 cut = _lowered(pushed.rpm, current.rpm) and pushed.rpm is not None
                 args[9] = 1 if cut and not discovering and loss is not None else 0
+                if args[9]:  # measured again on the key (the second before the 429)
+                    args[11] = _wire(self._server_time_of_refusal())
             if current.tpm != pushed.tpm:
                 args[1] = _wire(current.tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:

@@ -337,7 +337,10 @@ CONTROL = (
 --       measures was sent; '': not a discovery. What the key took in the second before it,
 --       its admissions less the refusals of requests sent then, is the loss, and the pace
 --       starts no higher than DISCOVERY_SHARE of it: a process's own measure, divided by its
---       share of the traffic, ran 1.1-2.5 times the server's rate)
+--       share of the traffic, ran 1.1-2.5 times the server's rate; sent with a cut too:
+--       when the key took less than the pace refused, the pace resumes DISCOVERY_SHARE
+--       under what it took, at once, rather than cut by a fixed share until two whole
+--       seconds of answers measure it)
 -- -> {pr, pt, pc, pf, pp, pl, pe} as stored now (false: unset)
 local LOSS_EVENT_S = 2.0
 local LOSS_NEAR = 0.9
@@ -394,7 +397,19 @@ if cut and ARGV[1] ~= '' and (ARGV[8] or '') ~= '' then
   local old = num(h[1], 0)
   local taken = nil
   local since = num(h[2], 0)
-  if old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
+  local took = nil
+  if (ARGV[12] or '') ~= '' then took = key_took_rpm(num(ARGV[12], 0)) end
+  if took ~= nil and took < num(ARGV[8], 0) then
+    -- What the key took in the second before this 429, counted at once by when requests
+    -- were sent: the pace resumes just under it, as a process alone resumes under its own
+    -- measure (never above the fleet's stored pace: a cut never raises it).
+    local stored = num(redis.call('HGET', KEYS[1], 'pr'), 0)
+    local pace = DISCOVERY_SHARE * took
+    if stored > 0 then pace = math.min(pace, stored) end
+    ARGV[1] = fmt(math.max(6, pace))
+    ARGV[8] = fmt(took)
+    ARGV[9] = 'measured'
+  elseif old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
     taken = accepted_rpm(clock(), since)  -- else no news (below)
   end
   if taken ~= nil and taken < num(ARGV[8], 0) then
