@@ -568,3 +568,35 @@ async def test_a_cut_of_a_fleets_pace_is_measured_at_once_on_the_second_before_t
     assert float(stored[0]) == pytest.approx(0.92 * 360, rel=1e-3)  # resumed just under it
     client.close()
     close(gov)
+
+
+async def test_a_429_about_the_rate_anywhere_empties_the_fleets_bucket(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A local lane drains its bucket at a 429 about the rate (the provider's window is
+    empty now). The fleet's bucket in Redis is drained by any process's refusal: left full,
+    the other processes spent its burst into the window that had just refused (nine more
+    429s within 60 ms of a fleet's first, on 1-s windows)."""
+    from pacekeeper.backends import _scripts
+
+    gov = shared_gov(redis_server, namespace)
+    lane = shared_lane(gov)
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    release = client.register_script(_scripts.RELEASE)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+    # the fleet paces at 600/min (10/s): a full bucket holds half a second's five
+    control(keys=[key], args=["600", "", "", 0, "", 60, 0, "", 1, 0, 0, ""])
+    await asyncio.sleep(1.0)
+    # another process's request refused about the rate (its lease, its send time)
+    server_now = float(client.time()[0])
+    release(keys=[key, slots], args=["elsewhere", 3, server_now, 1, 1])
+    sent = []
+    for _ in range(3):
+        permit = await asyncio.wait_for(lane.acquire(0), timeout=10)
+        sent.append(permit.sent_at)
+        permit.release()
+    # from empty, each waits its tenth of a second (less a margin for clock reads)
+    assert sent[-1] - sent[0] >= 0.15
+    client.close()
+    close(gov)

@@ -19,7 +19,8 @@ refused) and ``pla`` when that refusal's measurements began; ``os<k>``/``oc<k>``
 second mod 8) the key's successes answered in that second (RELEASE counts them, CONTROL
 measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/``rc<k>``
 (k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
-rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL);
+rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
+when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -131,7 +132,7 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
   end
 end
 local h = redis.call(
-  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to')
+  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr')
 local function fleet_or(own, fleet)
   if fleet > 0 then return fleet end
   return own
@@ -155,6 +156,15 @@ local function bucket_wait(tat, cost, per_min, deep_s)
 end
 local rint, tint, oint = 0, 0, 0
 local w
+local drained = num(h[12], 0)
+if rpm > 0 and drained > 0 then
+  -- A 429 about the rate anywhere in the fleet (RELEASE) left the provider's window empty:
+  -- so is the fleet's bucket from then, as a local lane drains its own. (Left full, the
+  -- others spent its burst into the window that had just refused: nine more 429s within
+  -- 60 ms of a fleet's first, on 1-s windows.)
+  local rate = rpm * util / 60
+  tr = math.max(tr, drained + math.max(1, rate * burst_s) / rate)
+end
 if rpm > 0 then
   w, rint = bucket_wait(tr, 1, rpm, burst_s)
   if w > wait then wait = w end
@@ -230,6 +240,7 @@ local now = clock()
 local signal = num(ARGV[2], 0)
 if signal == 3 then
   tally('rs', 'rc', num(ARGV[3], now))
+  redis.call('HSET', KEYS[1], 'dr', fmt(now))  -- the fleet's request bucket is empty (ADMIT)
   signal = 0
 end
 if signal == 1 then
