@@ -509,6 +509,7 @@ async def test_a_discovery_is_measured_on_the_keys_admissions_less_its_refusals(
             b_refused.append(permit)  # refused below, once a has seen its answers
         else:
             lane_b.settle(permit, ok(), now=b.clock(), max_hint_s=60, retry=False)
+    last = await lane_a.acquire(0)  # sent before b's refusals empty the fleet's bucket
     for permit in b_refused:
         lane_b.settle(permit, bare_429(), now=b.clock(), max_hint_s=60, retry=False)
     client = redis_server.client()
@@ -519,8 +520,7 @@ async def test_a_discovery_is_measured_on_the_keys_admissions_less_its_refusals(
         return sum(int(v) for f, v in fields.items() if f.startswith(b"rc"))
 
     await until(lambda: refusals_counted() == len(b_refused))
-    permit = await lane_a.acquire(0)
-    lane_a.settle(permit, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+    lane_a.settle(last, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
     await until(lambda: lane_a.discovered_rpm is not None)
     took = 60 * (25 - 7)  # 25 admitted in that second, 7 of them refused
     await until(lambda: stored(redis_server, namespace, "pl") == pytest.approx(took, rel=0.01))
