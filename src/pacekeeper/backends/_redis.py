@@ -321,6 +321,7 @@ class RedisAdmissionPolicy:
         "_pushed_floor",
         "_pushed_limits",
         "_refusals",
+        "_server_ahead_s",
         "_shared_slots",
         "_slot_starved",
         "_token_delta",
@@ -368,6 +369,8 @@ class RedisAdmissionPolicy:
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
+        self._server_ahead_s: float | None = None
+        """The server's clock less ours, as of our last admission (None: none yet)."""
         # What the fleet learned before this process started: start from it.
         with contextlib.suppress(*_redis_errors()):
             self.exchange_control(backend.sync_scripts().control, push=False)
@@ -504,7 +507,11 @@ class RedisAdmissionPolicy:
         for ours, server in reversed(self._refusals):
             if ours == sent_at:
                 return server
-        return None
+        # Judged about the rate only later (a provisional cap refuted: ``refused_earlier``),
+        # it was released as a refusal about a cap, uncounted: its second is measured all the
+        # same, on the server's clock (a little high, by the refusals then read as the cap).
+        ahead = self._server_ahead_s
+        return None if ahead is None else sent_at + ahead
 
     def _adopt(self, stored: list[Any], *, sent: _Control | None) -> None:
         """Make what the fleet stored the lane's own state (rates and cap). ``sent`` is
@@ -674,6 +681,7 @@ class RedisAdmissionPolicy:
             shared.shared_limit = admission.limit
             self._held.add(lease)
             now = self._clock()
+            self._server_ahead_s = admission.now - now
             marks = self._fleet_marks
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
