@@ -66,6 +66,10 @@ _SLOT_POLL_S = 0.02
 """How often the head of a lane's queue asks again when every shared slot is taken (other
 processes' releases cannot wake it)."""
 _SIGNAL_CODES = {Signal.NEUTRAL: 0, Signal.SUCCESS: 1, Signal.BACKPRESSURE: 2}
+_RATE_REFUSAL = 3
+"""RELEASE's signal for a 429 about the rate: neutral, and counted on the key by when it was
+sent (a discovery is measured on the key's admissions less these)."""
+_REFUSALS_KEPT = 64
 _PUSH_EVERY_S = 0.1
 """A controller that speeds up (recovery moves the rate on every success) is shared at most
 this often; one that slows down is shared at once."""
@@ -316,6 +320,8 @@ class RedisAdmissionPolicy:
         "_pushed_at",
         "_pushed_floor",
         "_pushed_limits",
+        "_refusals",
+        "_server_ahead_s",
         "_shared_slots",
         "_slot_starved",
         "_token_delta",
@@ -360,6 +366,11 @@ class RedisAdmissionPolicy:
         # (our clock, the fleet's admission count) at each of our admissions lately: our share
         # of the fleet's traffic, which scales a rate discovered from our own acceptances.
         self._fleet_marks: deque[tuple[float, int]] = deque()
+        # (our clock, the server's) when each of our recent 429s about the rate was sent:
+        # the second before one is measured on the key, on the server's clock
+        self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
+        self._server_ahead_s: float | None = None
+        """The server's clock less ours, as of our last admission (None: none yet)."""
         # What the fleet learned before this process started: start from it.
         with contextlib.suppress(*_redis_errors()):
             self.exchange_control(backend.sync_scripts().control, push=False)
@@ -450,6 +461,7 @@ class RedisAdmissionPolicy:
             args: list[Any] = [
                 *("", "", "", 1 if probing else 0, "", self._backend.key_ttl_s, 0, "", 0, 0),
                 self._epoch,
+                "",
             ]
             if not push:
                 current = pushed
@@ -461,6 +473,8 @@ class RedisAdmissionPolicy:
             if discovering:
                 scale = 1.0 / self._fleet_share(now)
                 args[8] = 1
+                # measured again on the key: what it took in the second before the 429
+                args[11] = _wire(self._server_time_of_refusal())
             if current.rpm != pushed.rpm:
                 rpm = current.rpm
                 args[0] = _wire(None if rpm is None else rpm * scale)
@@ -470,6 +484,8 @@ class RedisAdmissionPolicy:
                 # a cut here of the fleet's discovered pace: the key's acceptances measure it
                 cut = _lowered(pushed.rpm, current.rpm) and pushed.rpm is not None
                 args[9] = 1 if cut and not discovering and loss is not None else 0
+                if args[9]:  # measured again on the key (the second before the 429)
+                    args[11] = _wire(self._server_time_of_refusal())
             if current.tpm != pushed.tpm:
                 tpm = current.tpm
                 # A token rate discovered here, as a request rate is: from our share.
@@ -485,6 +501,21 @@ class RedisAdmissionPolicy:
             self._pushed_at = now
         stored = script(keys=[self.hash_key], args=args)
         self._adopt(stored, sent=current if push else None)
+
+    def _server_time_of_refusal(self) -> float | None:
+        """When the 429 that the lane's discovery measured was sent, on the server's clock
+        (None: not one sent through this admission lately)."""
+        sent_at = self._lane.request_rate.refused_sent_at
+        if sent_at is None:
+            return None
+        for ours, server in reversed(self._refusals):
+            if ours == sent_at:
+                return server
+        # Judged about the rate only later (a provisional cap refuted: ``refused_earlier``),
+        # it was released as a refusal about a cap, uncounted: its second is measured all the
+        # same, on the server's clock (a little high, by the refusals then read as the cap).
+        ahead = self._server_ahead_s
+        return None if ahead is None else sent_at + ahead
 
     def _adopt(self, stored: list[Any], *, sent: _Control | None) -> None:
         """Make what the fleet stored the lane's own state (rates and cap). ``sent`` is
@@ -654,6 +685,7 @@ class RedisAdmissionPolicy:
             shared.shared_limit = admission.limit
             self._held.add(lease)
             now = self._clock()
+            self._server_ahead_s = admission.now - now
             marks = self._fleet_marks
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
@@ -709,6 +741,10 @@ class RedisAdmissionPolicy:
             backlog=backlog,
         )
         self._held.discard(lease)
+        code = _SIGNAL_CODES[signal]
+        if signal is Signal.NEUTRAL and _refused_about_the_rate(self._lane, permit):
+            code = _RATE_REFUSAL
+            self._refusals.append((permit.sent_at, server_sent_at))
         delta, self._token_delta = self._token_delta, 0.0
         output_delta, self._output_delta = self._output_delta, 0.0
         self._lane.queue.wake_head()
@@ -720,7 +756,7 @@ class RedisAdmissionPolicy:
             [self.hash_key, self.slot_key],
             [
                 lease,
-                _SIGNAL_CODES[signal],
+                code,
                 server_sent_at,
                 permit.in_flight_at_send,
                 0 if limits.adaptive is not None else 1,
@@ -757,6 +793,12 @@ class RedisAdmissionPolicy:
     def __repr__(self) -> str:
         mode = "local fallback" if self.fallback else f"shared via {self._backend.namespace}"
         return f"<RedisAdmissionPolicy {mode}>"
+
+
+def _refused_about_the_rate(lane: Lane, permit: Permit) -> bool:
+    """Whether the lane's request rate just heard ``permit`` refused by a 429 about the rate
+    (its settle runs the rate before it releases the slot, under the lane's lock)."""
+    return lane.request_rate.refused_sent_at == permit.sent_at
 
 
 def _parse(raw: list[Any]) -> _Admission:

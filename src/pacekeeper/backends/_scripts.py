@@ -17,7 +17,10 @@ provisional: taught by bare 429s that a rate explains as well, and not yet teste
 floor, ``pl`` the rate a discovered pace climbs back to (what the key took when it was last
 refused) and ``pla`` when that refusal's measurements began; ``os<k>``/``oc<k>`` (k: the
 second mod 8) the key's successes answered in that second (RELEASE counts them, CONTROL
-measures the key's accepted rate from them);
+measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/``rc<k>``
+(k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
+rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
+when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -45,6 +48,17 @@ local function num(v, default)
   return n
 end
 local function fmt(x) return string.format('%.6f', x) end
+-- Count one in the tenth of a second of server time t, in a ring of 80 (8 s) of fields
+-- <stamp><k>/<count><k> of the lane hash (KEYS[1]).
+local function tally(stamp, count, t)
+  local slot = math.floor(t * 10)
+  local k = slot % 80
+  if tonumber(redis.call('HGET', KEYS[1], stamp .. k)) == slot then
+    redis.call('HINCRBY', KEYS[1], count .. k, 1)
+  else
+    redis.call('HSET', KEYS[1], stamp .. k, tostring(slot), count .. k, '1')
+  end
+end
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -118,7 +132,7 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
   end
 end
 local h = redis.call(
-  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to')
+  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr')
 local function fleet_or(own, fleet)
   if fleet > 0 then return fleet end
   return own
@@ -142,6 +156,15 @@ local function bucket_wait(tat, cost, per_min, deep_s)
 end
 local rint, tint, oint = 0, 0, 0
 local w
+local drained = num(h[12], 0)
+if rpm > 0 and drained > 0 then
+  -- A 429 about the rate anywhere in the fleet (RELEASE) left the provider's window empty:
+  -- so is the fleet's bucket from then, as a local lane drains its own. (Left full, the
+  -- others spent its burst into the window that had just refused: nine more 429s within
+  -- 60 ms of a fleet's first, on 1-s windows.)
+  local rate = rpm * util / 60
+  tr = math.max(tr, drained + math.max(1, rate * burst_s) / rate)
+end
 if rpm > 0 then
   w, rint = bucket_wait(tr, 1, rpm, burst_s)
   if w > wait then wait = w end
@@ -194,6 +217,7 @@ if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
 if oint > 0 then redis.call('HSET', KEYS[1], 'to', fmt(to + otokens * oint)) end
 redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
 local admitted = redis.call('HINCRBY', KEYS[1], 'n', 1)
+tally('as', 'ac', now)  -- the key's admissions by time: a discovery is measured on them
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
 redis.call('EXPIRE', KEYS[2], key_ttl)
@@ -205,7 +229,8 @@ RELEASE = (
     _PRELUDE
     + """
 -- KEYS[1] lane hash, KEYS[2] slot leases
--- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure), sent_at (server time),
+-- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure, 3 a 429 about the rate:
+--       neutral, and counted by when it was sent), sent_at (server time),
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
 --       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
@@ -213,6 +238,11 @@ RELEASE = (
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock()
 local signal = num(ARGV[2], 0)
+if signal == 3 then
+  tally('rs', 'rc', num(ARGV[3], now))
+  redis.call('HSET', KEYS[1], 'dr', fmt(now))  -- the fleet's request bucket is empty (ADMIT)
+  signal = 0
+end
 if signal == 1 then
   -- what the key accepted, per second of answers (CONTROL measures its rate from them)
   local sec = math.floor(now)
@@ -314,7 +344,14 @@ CONTROL = (
 --       and the one stored: a cut never raises the fleet's pace), epoch (the ``pe`` the
 --       writer last adopted: every cut and discovery starts a new one, and a rise of the
 --       pace from an older one is dropped: it was climbing from a pace cut since, and the
---       last writer overwrote the cut)
+--       last writer overwrote the cut), refused_at (server time: when the 429 a discovery
+--       measures was sent; '': not a discovery. What the key took in the second before it,
+--       its admissions less the refusals of requests sent then, is the loss, and the pace
+--       starts no higher than DISCOVERY_SHARE of it: a process's own measure, divided by its
+--       share of the traffic, ran 1.1-2.5 times the server's rate; sent with a cut too:
+--       when the key took less than the pace refused, the pace resumes DISCOVERY_SHARE
+--       under what it took, at once, rather than cut by a fixed share until two whole
+--       seconds of answers measure it)
 -- -> {pr, pt, pc, pf, pp, pl, pe} as stored now (false: unset)
 local LOSS_EVENT_S = 2.0
 local LOSS_NEAR = 0.9
@@ -333,8 +370,32 @@ local function accepted_rpm(now, since)
   if total < 5 then return nil end
   return 60 * total / (sec - first)
 end
+local DISCOVERY_SHARE = 0.92
+-- What the key took (per minute) in the second before server time t: its admissions then,
+-- less the refusals of requests sent then (nil: fewer than 5 admissions, too little). The
+-- second ends where t's tenth begins: that tenth holds admissions after t as well (a
+-- fleet's next ones, counted with it, read 52 a second where 38 were sent).
+local function key_took_rpm(t)
+  local last = math.floor(t * 10)
+  local admitted, refused = 0, 0
+  for s = last - 10, last - 1 do
+    local k = s % 80
+    local f = redis.call('HMGET', KEYS[1], 'as' .. k, 'ac' .. k, 'rs' .. k, 'rc' .. k)
+    if num(f[1], -1) == s then admitted = admitted + num(f[2], 0) end
+    if num(f[3], -1) == s then refused = refused + num(f[4], 0) end
+  end
+  if admitted < 5 or admitted <= refused then return nil end
+  return 60 * (admitted - refused)
+end
 local epoch = num(redis.call('HGET', KEYS[1], 'pe'), 0)
 local cut = ARGV[10] == '1'
+if ARGV[9] == '1' and (ARGV[12] or '') ~= '' and num(ARGV[1], 0) > 0 then
+  local took = key_took_rpm(num(ARGV[12], 0))
+  if took ~= nil then
+    ARGV[1] = fmt(math.max(6, math.min(num(ARGV[1], 0), DISCOVERY_SHARE * took)))
+    ARGV[8] = fmt(took)
+  end
+end
 if ARGV[1] ~= '' and num(ARGV[1], 0) > 0 then
   local stored = num(redis.call('HGET', KEYS[1], 'pr'), 0)
   if cut or ARGV[9] == '1' then
@@ -349,7 +410,19 @@ if cut and ARGV[1] ~= '' and (ARGV[8] or '') ~= '' then
   local old = num(h[1], 0)
   local taken = nil
   local since = num(h[2], 0)
-  if old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
+  local took = nil
+  if (ARGV[12] or '') ~= '' then took = key_took_rpm(num(ARGV[12], 0)) end
+  if took ~= nil and took < num(ARGV[8], 0) then
+    -- What the key took in the second before this 429, counted at once by when requests
+    -- were sent: the pace resumes just under it, as a process alone resumes under its own
+    -- measure (never above the fleet's stored pace: a cut never raises it).
+    local stored = num(redis.call('HGET', KEYS[1], 'pr'), 0)
+    local pace = DISCOVERY_SHARE * took
+    if stored > 0 then pace = math.min(pace, stored) end
+    ARGV[1] = fmt(math.max(6, pace))
+    ARGV[8] = fmt(took)
+    ARGV[9] = 'measured'
+  elseif old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
     taken = accepted_rpm(clock(), since)  -- else no news (below)
   end
   if taken ~= nil and taken < num(ARGV[8], 0) then

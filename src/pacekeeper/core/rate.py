@@ -335,6 +335,22 @@ class PacedRate:
             self._at_loss = self.rpm
 
     @property
+    def refused_sent_at(self) -> float | None:
+        """When the latest 429 this rate measured was sent (None: none in the last two
+        seconds): the second before it is what a discovery or a measured cut counts, which a
+        fleet measures again on its key (``backends._redis``).
+
+        >>> rate = PacedRate()
+        >>> rate.refused_sent_at is None
+        True
+        >>> _ = rate.throttled(sent_at=2.5, now=2.6, sent_in_second=10)
+        >>> rate.refused_sent_at
+        2.5
+        """
+        refused = self._refused_sent
+        return refused[-1][0] if refused else None
+
+    @property
     def loss_rpm(self) -> float | None:
         """The rate recovery climbs back to (just under it): what the server took when it
         last refused, or the pace at the last cut; None when no loss is known."""
