@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx2
@@ -49,7 +49,7 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.lane import Lane
-from pacekeeper.core.priority import Priority, priority
+from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
 from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
@@ -114,6 +114,9 @@ _JSON = (b"content-type", b"application/json")
 _REFUSED = (REFUSED_HEADER.encode(), b"proxy")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_START = (b"{", b" ", b"\n")  # as the transport reads a model: the same lane
+_JSON_SPACE = " \t\n\r"
+# Set by JSONDecoder.__init__ (typeshed does not declare it): the C scanner json.loads ends in.
+_SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 _KEY_HEADERS = frozenset({b"api-key", b"x-api-key", b"x-goog-api-key"})
@@ -124,6 +127,30 @@ def _error_body(message: str, error_type: str, code: str) -> bytes:
     return json.dumps(
         {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     ).encode()
+
+
+def _json_of(body: bytes) -> object:
+    """``json.loads(body)``, for a UTF-8 object without its four Python frames (``loads``,
+    ``detect_encoding``, ``decode``, ``raw_decode``); anything else (another encoding, leading
+    space, an error to describe) goes to ``json.loads`` itself.
+
+    >>> _json_of(b'{"model": "m", "stream": true} ')
+    {'model': 'm', 'stream': True}
+    >>> _json_of(b'{"model": "m"} trailing')
+    Traceback (most recent call last):
+    ...
+    json.decoder.JSONDecodeError: Extra data: line 1 column 16 (char 15)
+    """
+    if body[:1] == b"{":
+        try:
+            text = body.decode()
+            doc, end = _SCAN_JSON(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            pass  # json.loads says what is wrong, below
+        else:
+            if end == len(text) or not text[end:].strip(_JSON_SPACE):
+                return doc
+    return json.loads(body)
 
 
 def _notes(exc: BaseException) -> str:
@@ -777,7 +804,7 @@ class ProxyApp:
         declared_json = b"json" in content_type
         if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
             try:
-                doc = json.loads(body)
+                doc = _json_of(body)
             except (ValueError, RecursionError) as exc:
                 if declared_json and method in _BODY_METHODS:
                     self.counters.refuse("invalid_json")
@@ -848,10 +875,16 @@ class ProxyApp:
                 conn.on_lost = exchange.on_disconnect
         else:  # another ASGI server: wait for its http.disconnect
             exchange.watcher = loop.create_task(_watch(receive, exchange))
+        # Read by the governed transport's call; set here rather than with a priority()
+        # block (this task's own context: nothing outside it sees them).
+        priority_token = PRIORITY_VAR.set(who[1])
+        tenant_token = TENANT_VAR.set(who[0]) if who[0] is not None else None
         try:
-            with priority(who[1], tenant=who[0]):  # read by the governed transport's call
-                await self._exchange(send, request, lane, exchange)
+            await self._exchange(send, request, lane, exchange)
         finally:
+            if tenant_token is not None:
+                TENANT_VAR.reset(tenant_token)
+            PRIORITY_VAR.reset(priority_token)
             counters.in_progress -= 1
             exchange.timer.cancel()
             if conn is not None:
@@ -1043,16 +1076,15 @@ class ProxyApp:
         whole = isinstance(stream, httpx2.ByteStream)  # read whole (and closed) by the governor
         sent_bytes = 0
         try:
-            if isinstance(stream, httpx2.ByteStream):
-                body = b"".join(stream)  # its one chunk, without an async generator
+            if whole:
+                body = b"".join(cast(httpx2.ByteStream, stream))  # its one chunk, no generator
                 exchange.answered = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 _flush(exchange)
             else:
-                assert isinstance(stream, httpx2.AsyncByteStream)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                async for chunk in stream:
+                async for chunk in cast(httpx2.AsyncByteStream, stream):
                     if chunk:
                         sent_bytes += len(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -1090,8 +1122,11 @@ class ProxyApp:
             await self._abort(send, exchange)
             return
         finally:
-            if not whole:
-                await response.aclose()
+            if not whole and not response.is_closed:
+                # response.aclose() without its exception-mapping context manager (the
+                # governor's stream raises none of httpx2's exceptions when closed).
+                response.is_closed = True
+                await cast(httpx2.AsyncByteStream, stream).aclose()
         self.counters.responded(status)
         now = self._clock()
         times = self._answered.get(lane.key)
