@@ -52,7 +52,12 @@ from pacekeeper.core.lane import Lane
 from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
+from pacekeeper.proxy._guard import (
+    CONNECTION_KEY,
+    Connection,
+    ConnectionGuard,
+    httptools_available,
+)
 from pacekeeper.proxy._headers import headers_of, lowered_pairs
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
@@ -392,15 +397,17 @@ class ProxyApp:
                 await self._lifespan(receive, send)
             return
         guard = self.guard
-        conn = guard.find(_transport_of(send))
-        if conn is None:  # not served by the Proxy (another ASGI server)
-            await self._http(scope, receive, send)
-            return
+        conn: Connection | None = scope.get(_CONNECTION)  # set by the guarded protocol
+        if conn is None:
+            conn = guard.find(_transport_of(send))  # h11's protocol
+            if conn is None:  # not served by the Proxy (another ASGI server)
+                await self._http(scope, receive, send)
+                return
+            scope[_CONNECTION] = conn
         task = asyncio.current_task()
         assert task is not None
         reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
         scope[_READING] = reading
-        scope[_CONNECTION] = conn
         for name, value in scope["headers"]:
             if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
                 name == b"transfer-encoding"
@@ -1168,7 +1175,7 @@ class ProxyApp:
 
 
 _READING = "pacekeeper.reading"
-_CONNECTION = "pacekeeper.connection"
+_CONNECTION = CONNECTION_KEY
 _HAS_BODY = "pacekeeper.has_body"
 
 
