@@ -58,7 +58,7 @@ from pacekeeper.proxy._guard import (
     ConnectionGuard,
     httptools_available,
 )
-from pacekeeper.proxy._headers import headers_of, lowered_pairs
+from pacekeeper.proxy._headers import lowered_pairs, request_of
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
@@ -839,15 +839,14 @@ class ProxyApp:
             headers.append((b"host", url.netloc))
             if body or method in _BODY_METHODS:
                 headers.append((b"content-length", str(len(body)).encode()))
-            request = httpx2.Request(
+            request = request_of(
                 method,
                 url,
                 # ASGI gives header names lowercased.
-                headers=headers_of([(name, name, value) for name, value in headers]),
-                stream=httpx2.ByteStream(body),
-                extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
+                [(name, name, value) for name, value in headers],
+                body,  # held: request.content, as with content=
+                {"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
-            request.read()  # the body is held: request.content, as with content=
         except (httpx2.InvalidURL, ValueError) as exc:
             self.counters.refuse("invalid_url")
             await self._error(

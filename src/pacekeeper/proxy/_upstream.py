@@ -20,7 +20,7 @@ from typing import Any, cast
 import httptools
 import httpx2
 
-from pacekeeper.proxy._headers import headers_of
+from pacekeeper.proxy._headers import response_of
 
 __all__ = ["UpstreamTransport"]
 
@@ -266,12 +266,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
             raise
         stream = _Answer(self, key, conn)
         stream._read_s = timeout.get("read")
-        return httpx2.Response(
-            status,
-            headers=headers_of(headers),
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        return response_of(status, headers, stream, {"http_version": b"HTTP/1.1"})
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
