@@ -8,17 +8,18 @@ import httpx2
 from pacekeeper.proxy import _headers
 
 
+def _plain(value: object) -> object:
+    if isinstance(value, httpx2.Headers):
+        return value.raw
+    if isinstance(value, httpx2.ByteStream):
+        return b"".join(value)
+    if isinstance(value, httpx2.URL):
+        return str(value)
+    return value
+
+
 def _state(obj: object) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, value in vars(obj).items():
-        if isinstance(value, httpx2.Headers):
-            value = value.raw
-        elif isinstance(value, httpx2.ByteStream):
-            value = b"".join(value)
-        elif isinstance(value, httpx2.URL):
-            value = str(value)
-        out[name] = value
-    return out
+    return {name: _plain(value) for name, value in vars(obj).items()}
 
 
 def test_the_installed_httpx2_takes_the_fast_path() -> None:
