@@ -115,6 +115,8 @@ _PRIORITY_HEADER = PRIORITY_HEADER.encode()
 _Client = tuple["str | None", Priority]
 """Who sent a request: its tenant (None: none bound) and the highest class it may use."""
 _ANYONE: _Client = (None, Priority.INTERACTIVE)
+_Target = tuple[httpx2.URL, bytes, str]
+"""An upstream URL, its Host header's value and its path."""
 _JSON = (b"content-type", b"application/json")
 _REFUSED = (REFUSED_HEADER.encode(), b"proxy")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -344,7 +346,7 @@ class ProxyApp:
             "write": config.read_timeout_s,
             "pool": None,
         }
-        self._urls: dict[tuple[bytes, bytes], httpx2.URL] = {}
+        self._urls: dict[tuple[bytes, bytes], _Target] = {}
         # Recent answer times per lane: the observed rate, for honest retry-after values.
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
         for t in config.tenants:
@@ -832,11 +834,11 @@ class ProxyApp:
         assert task is not None
         exchange = _Exchange(task, who[1])
         try:
-            url = self._url(rest, scope.get("query_string", b""))
+            url, host, url_path = self._url(rest, scope.get("query_string", b""))
             headers = self._upstream_headers(scope["headers"])
             # Host and length set here, the body given as a stream: httpx2 would otherwise
             # rebuild the headers once more to add them.
-            headers.append((b"host", url.netloc))
+            headers.append((b"host", host))
             if body or method in _BODY_METHODS:
                 headers.append((b"content-length", str(len(body)).encode()))
             request = request_of(
@@ -857,7 +859,7 @@ class ProxyApp:
             )
             return
         # The governed transport takes these facts instead of parsing the body again.
-        facts = facts_of(method, request.url.path, doc)
+        facts = facts_of(method, url_path, doc)
         request.extensions[FACTS_EXTENSION] = facts
         lane = self.governor.lane(facts.route, facts.model)
         refusal = self._refusal(lane, who[1])
@@ -898,20 +900,22 @@ class ProxyApp:
             elif exchange.watcher is not None:
                 exchange.watcher.cancel()
 
-    def _url(self, rest: bytes, query: bytes) -> httpx2.URL:
-        """The upstream URL of a request path: parsed once per distinct path (httpx2 parses
-        and checks a URL string character by character, a tenth of the proxy's CPU)."""
+    def _url(self, rest: bytes, query: bytes) -> _Target:
+        """The upstream URL of a request path, its Host header and its path: parsed once per
+        distinct path (httpx2 parses and checks a URL string character by character, a tenth
+        of the proxy's CPU)."""
         key = (rest, query)
-        url = self._urls.get(key)
-        if url is None:
+        target = self._urls.get(key)
+        if target is None:
             text = self._prefix + rest.decode("latin-1")
             if query:
                 text += "?" + query.decode("latin-1")
             url = httpx2.URL(text)
+            target = (url, url.netloc, url.path)
             if len(self._urls) >= 1024:  # paths with ids: keep the newest
                 self._urls.pop(next(iter(self._urls)))
-            self._urls[key] = url
-        return url
+            self._urls[key] = target
+        return target
 
     def _refusal(self, lane: Lane, cls: Priority) -> tuple[str, str, float] | None:
         """Refuse now when the lane's queue is full, or its known wait passes the deadline,

@@ -232,25 +232,37 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
     def __init__(self, fallback: httpx2.AsyncBaseTransport) -> None:
         self._fallback = fallback
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._targets: dict[int, tuple[httpx2.URL, bool, tuple[str, int], bytes]] = {}
 
     def __repr__(self) -> str:
         idle = sum(len(conns) for conns in self._idle.values())
         return f"<UpstreamTransport {idle} idle connections, else {self._fallback!r}>"
 
+    def _target(self, url: httpx2.URL) -> tuple[httpx2.URL, bool, tuple[str, int], bytes]:
+        """(url, plain HTTP?, (host, port), the request line's target), read once per URL
+        object: the proxy sends every request to a path through one, and each of httpx2's
+        URL properties is a call or two. The entry holds the URL, so its id is not reused."""
+        target = self._targets.get(id(url))
+        if target is None or target[0] is not url:
+            target = (url, url.scheme == "http", (url.host, url.port or 80), url.raw_path)
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            self._targets[id(url)] = target
+        return target
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        url = request.url
-        if url.scheme != "http" or request.method == "HEAD":
+        _, plain, key, raw_path = self._target(request.url)
+        if not plain or request.method == "HEAD":
             return await self._fallback.handle_async_request(request)
         try:
             body = request.content
         except httpx2.RequestNotRead:
             return await self._fallback.handle_async_request(request)
         timeout = request.extensions.get("timeout") or {}
-        key = (url.host, url.port or 80)
         conn = self._take(key) or await self._connect(key, timeout.get("connect"))
         loop = asyncio.get_running_loop()
         conn.begin(loop)
-        head = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+        head = [request.method.encode(), b" ", raw_path, b" HTTP/1.1\r\n"]
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
