@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -406,7 +406,7 @@ class ProxyApp:
                 await self._http(scope, receive, send)
                 return
             scope[_CONNECTION] = conn
-        task = asyncio.current_task()
+        task = asyncio.current_task(conn.loop)  # the loop given: no get_running_loop()
         assert task is not None
         reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
         scope[_READING] = reading
@@ -1082,19 +1082,19 @@ class ProxyApp:
                 headers.append((name, value))
         if listed - {b"close", b"keep-alive"}:
             headers = [(n, v) for n, v in headers if n not in listed]
-        stream = response.stream
+        stream: Any = response.stream  # typed Any: no cast() call per request
         whole = isinstance(stream, httpx2.ByteStream)  # read whole (and closed) by the governor
         sent_bytes = 0
         try:
             if whole:
-                body = b"".join(cast(httpx2.ByteStream, stream))  # its one chunk, no generator
+                body = b"".join(stream)  # its one chunk, without an async generator
                 exchange.answered = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 _flush(exchange)
             else:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                async for chunk in cast(httpx2.AsyncByteStream, stream):
+                async for chunk in stream:
                     if chunk:
                         sent_bytes += len(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -1136,7 +1136,7 @@ class ProxyApp:
                 # response.aclose() without its exception-mapping context manager (the
                 # governor's stream raises none of httpx2's exceptions when closed).
                 response.is_closed = True
-                await cast(httpx2.AsyncByteStream, stream).aclose()
+                await stream.aclose()
         self.counters.responded(status)
         now = self._clock()
         times = self._answered.get(lane.key)
