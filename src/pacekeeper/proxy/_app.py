@@ -328,6 +328,7 @@ class ProxyApp:
         upstream = urlsplit(config.upstream)
         self._upstream_origin = f"{upstream.scheme}://{upstream.netloc}"
         self._base = config.base_path.encode()
+        self._base_len = len(self._base)
         self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
         # The held key, sent the provider's way (Bearer, api-key, x-api-key + version).
         self._key_headers: Headers = [
@@ -434,10 +435,11 @@ class ProxyApp:
             await self._metrics(scope, send)
         elif method == "GET" and path == "/healthz":
             await self._healthz(send)
-        elif raw_path.startswith(base) and (
-            len(raw_path) == len(base) or raw_path[len(base)] == 0x2F  # "/"
+        elif raw_path.startswith(base) and raw_path[self._base_len : self._base_len + 1] in (
+            b"",
+            b"/",
         ):
-            await self._forward(scope, receive, send, method, raw_path[len(base) :])
+            await self._forward(scope, receive, send, method, raw_path[self._base_len :])
         else:
             await self._error(
                 send,
@@ -644,12 +646,13 @@ class ProxyApp:
                     raise _ClientGone
                 part: bytes = message.get("body", b"")
                 if part:
-                    size = held + len(part)
+                    length = len(part)
+                    size = held + length
                     if size > limit:
                         raise _TooLarge(size)
-                    if counters.buffered_bytes + len(part) > cap:
+                    if counters.buffered_bytes + length > cap:
                         raise _BufferFull
-                    counters.buffered_bytes += len(part)
+                    counters.buffered_bytes += length
                     held = size
                     parts.append(part)
                 if not message.get("more_body", False):

@@ -260,8 +260,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
             return await self._fallback.handle_async_request(request)
         timeout = request.extensions.get("timeout") or {}
         conn = self._take(key) or await self._connect(key, timeout.get("connect"))
-        loop = asyncio.get_running_loop()
-        conn.begin(loop)
+        conn.begin(conn._loop)
         head = [request.method.encode(), b" ", raw_path, b" HTTP/1.1\r\n"]
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
@@ -270,14 +269,15 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         assert conn.head is not None
         try:
             conn.transport.write(b"".join(head) + body)  # one write: one trip through the kernel
+            read_s = timeout.get("read")
             status, headers = await conn.within(
-                conn.head, timeout.get("read"), "waiting for the answer's headers"
+                conn.head, read_s, "waiting for the answer's headers"
             )
         except BaseException:
             conn.close()
             raise
         stream = _Answer(self, key, conn)
-        stream._read_s = timeout.get("read")
+        stream._read_s = read_s
         return response_of(status, headers, stream, {"http_version": b"HTTP/1.1"})
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
