@@ -166,7 +166,8 @@ class ConnectionGuard:
         self._arm(conn, self.body_timeout_s)
 
     def body_done(self, conn: Connection) -> None:
-        self._finish(conn)
+        if conn.phase != _DONE:  # told twice a request: after the body, and at its end
+            self._finish(conn)
 
     # -- state ----------------------------------------------------------------------------
 
