@@ -308,9 +308,18 @@ def test_malformed_requests_get_a_clear_400(start_proxy: StartProxy) -> None:
     assert b"invalid_path" in dots
     garbage = raw_http(proxy.port, b"NONSENSE\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400")  # the HTTP parser's own answer
+    trailing = httpx2.post(
+        proxy.base_url + "/chat/completions",
+        content=b'{"model": "gpt-4o-mini"} {"a": 1}',  # an object, then more: not JSON
+        headers={"content-type": "application/json"},
+    )
+    assert trailing.status_code == 400
+    assert "Extra data" in str(error_of(trailing)["message"])
     outside = httpx2.get(proxy.url + "/v2/models")
     assert outside.status_code == 404
     assert "base_url" in str(error_of(outside)["message"])
+    beside = httpx2.get(proxy.url + "/v1x/models")  # the base path as a prefix, not a segment
+    assert beside.status_code == 404
     assert upstream.requests == []
 
 

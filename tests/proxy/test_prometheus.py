@@ -356,3 +356,58 @@ async def test_tenants_past_the_cap_are_counted_as_other(
         ("batch", "other"): 3,
         ("interactive", ""): 1,
     }
+
+
+def test_records_without_model_or_status_share_their_labels_and_bounds_count_below() -> None:
+    """Records fed straight to the hooks: labels are looked up from a cache per (route,
+    model, status, outcome), so the same labels must come out as the first time, and a
+    value on a bucket's bound counts in that bucket."""
+    from pacekeeper.core.records import AttemptRecord, RequestRecord
+
+    registry = CollectorRegistry()
+    collector = GovernorCollector(Governor(), attach=False)
+    registry.register(collector)
+    for attempt, status in ((1, None), (2, 429), (3, None)):
+        collector.on_attempt(
+            AttemptRecord(
+                route=CHAT,
+                model=None,
+                attempt=attempt,
+                outcome="timeout" if status is None else "rate_limited",
+                status=status,
+                started_at=0.0,
+                queued_s=0.0,
+                latency_s=DURATION_BUCKETS[0],
+                tokens_estimated=1,
+            )
+        )
+    for _ in range(2):
+        collector.on_request(
+            RequestRecord(
+                route=CHAT,
+                model=None,
+                outcome="timeout",
+                status=None,
+                ok=False,
+                attempts=3,
+                started_at=0.0,
+                total_s=1.0,
+                queued_s=0.0,
+                latency_s=1.0,
+                tokens_estimated=1,
+            )
+        )
+    samples = scrape(registry)
+    lane = {("route", CHAT), ("model", "")}
+    none = frozenset({*lane, ("status", "none"), ("outcome", "timeout")})
+    assert samples[("pacekeeper_attempts_total", none)] == 2
+    limited = frozenset({*lane, ("status", "429"), ("outcome", "rate_limited")})
+    assert samples[("pacekeeper_attempts_total", limited)] == 1
+    assert samples[("pacekeeper_requests_total", none)] == 2
+    assert samples[("pacekeeper_retries_total", frozenset(lane))] == 2
+    first_bucket = frozenset({*lane, ("le", repr(float(DURATION_BUCKETS[0])))})
+    assert samples[("pacekeeper_attempt_duration_seconds_bucket", first_bucket)] == 3
+    one_s = frozenset({*lane, ("le", "1.0")})
+    assert samples[("pacekeeper_request_duration_seconds_bucket", one_s)] == 2
+    queue = frozenset({*lane, ("priority", "interactive"), ("tenant", ""), ("le", "0.001")})
+    assert samples[("pacekeeper_queue_wait_seconds_bucket", queue)] == 2

@@ -3,6 +3,7 @@ keep-alive reuse, the framings an answer may have, timeouts, and what it leaves 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from pacekeeper.proxy._upstream import UpstreamTransport
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections: set[int] = set()  # noqa: RUF012 - shared by the test and the server
+    first_read = threading.Event()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -30,6 +32,15 @@ class Handler(BaseHTTPRequestHandler):
             for part in (b"one ", b"two ", b"three"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/pieces":
+            # Three chunks in one write, then (once the client has the first piece) two more.
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"a", b"b", b"c")))
+            if not Handler.first_read.wait(5.0):
+                return
+            self.wfile.write(b"1\r\nd\r\n1\r\ne\r\n0\r\n\r\n")
         elif self.path == "/until-close":
             self.send_response(200)
             self.send_header("connection", "close")
@@ -51,6 +62,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Handler.connections = set()
+    Handler.first_read = threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -112,3 +124,24 @@ async def test_https_and_head_go_through_httpx2() -> None:
     head = httpx2.Request("HEAD", "http://127.0.0.1:9/v1/x")
     assert (await transport.handle_async_request(head)).status_code == 200
     assert seen == ["POST https://api.example.test/v1/x", "HEAD http://127.0.0.1:9/v1/x"]
+
+
+async def test_what_has_arrived_is_handed_over_in_one_piece_without_waiting_for_more(
+    server: str,
+) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    request = httpx2.Request("POST", server + "/pieces", content=b"x")
+    response = await asyncio.wait_for(transport.handle_async_request(request), 5.0)
+    stream = response.stream
+    assert isinstance(stream, httpx2.AsyncByteStream)
+    pieces = aiter(stream)
+    try:
+        # The three chunks written at once (one segment on loopback) come as one piece.
+        assert await asyncio.wait_for(anext(pieces), 5.0) == b"abc"
+        Handler.first_read.set()  # only now does the server send the rest
+        rest = [piece async for piece in pieces]
+        assert b"".join(rest) == b"de"
+    finally:
+        Handler.first_read.set()
+        await stream.aclose()
+    await transport.aclose()

@@ -49,11 +49,16 @@ from pacekeeper.core.errors import (
 )
 from pacekeeper.core.governor import Governor
 from pacekeeper.core.lane import Lane
-from pacekeeper.core.priority import Priority, priority
+from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import Connection, ConnectionGuard, httptools_available
-from pacekeeper.proxy._headers import headers_of, lowered_pairs
+from pacekeeper.proxy._guard import (
+    CONNECTION_KEY,
+    Connection,
+    ConnectionGuard,
+    httptools_available,
+)
+from pacekeeper.proxy._headers import lowered_pairs, request_of
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
@@ -110,10 +115,15 @@ _PRIORITY_HEADER = PRIORITY_HEADER.encode()
 _Client = tuple["str | None", Priority]
 """Who sent a request: its tenant (None: none bound) and the highest class it may use."""
 _ANYONE: _Client = (None, Priority.INTERACTIVE)
+_Target = tuple[httpx2.URL, bytes, str]
+"""An upstream URL, its Host header's value and its path."""
 _JSON = (b"content-type", b"application/json")
 _REFUSED = (REFUSED_HEADER.encode(), b"proxy")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_START = (b"{", b" ", b"\n")  # as the transport reads a model: the same lane
+_JSON_SPACE = " \t\n\r"
+# Set by JSONDecoder.__init__ (typeshed does not declare it): the C scanner json.loads ends in.
+_SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 _KEY_HEADERS = frozenset({b"api-key", b"x-api-key", b"x-goog-api-key"})
@@ -124,6 +134,30 @@ def _error_body(message: str, error_type: str, code: str) -> bytes:
     return json.dumps(
         {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     ).encode()
+
+
+def _json_of(body: bytes) -> object:
+    """``json.loads(body)``, for a UTF-8 object without its four Python frames (``loads``,
+    ``detect_encoding``, ``decode``, ``raw_decode``); anything else (another encoding, leading
+    space, an error to describe) goes to ``json.loads`` itself.
+
+    >>> _json_of(b'{"model": "m", "stream": true} ')
+    {'model': 'm', 'stream': True}
+    >>> _json_of(b'{"model": "m"} trailing')
+    Traceback (most recent call last):
+    ...
+    json.decoder.JSONDecodeError: Extra data: line 1 column 16 (char 15)
+    """
+    if body[:1] == b"{":
+        try:
+            text = body.decode()
+            doc, end = _SCAN_JSON(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            pass  # json.loads says what is wrong, below
+        else:
+            if end == len(text) or not text[end:].strip(_JSON_SPACE):
+                return doc
+    return json.loads(body)
 
 
 def _notes(exc: BaseException) -> str:
@@ -294,6 +328,7 @@ class ProxyApp:
         upstream = urlsplit(config.upstream)
         self._upstream_origin = f"{upstream.scheme}://{upstream.netloc}"
         self._base = config.base_path.encode()
+        self._base_len = len(self._base)
         self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
         # The held key, sent the provider's way (Bearer, api-key, x-api-key + version).
         self._key_headers: Headers = [
@@ -312,7 +347,7 @@ class ProxyApp:
             "write": config.read_timeout_s,
             "pool": None,
         }
-        self._urls: dict[tuple[bytes, bytes], httpx2.URL] = {}
+        self._urls: dict[tuple[bytes, bytes], _Target] = {}
         # Recent answer times per lane: the observed rate, for honest retry-after values.
         self._answered: dict[tuple[str, str | None], deque[float]] = {}
         for t in config.tenants:
@@ -365,15 +400,17 @@ class ProxyApp:
                 await self._lifespan(receive, send)
             return
         guard = self.guard
-        conn = guard.find(_transport_of(send))
-        if conn is None:  # not served by the Proxy (another ASGI server)
-            await self._http(scope, receive, send)
-            return
-        task = asyncio.current_task()
+        conn: Connection | None = scope.get(_CONNECTION)  # set by the guarded protocol
+        if conn is None:
+            conn = guard.find(_transport_of(send))  # h11's protocol
+            if conn is None:  # not served by the Proxy (another ASGI server)
+                await self._http(scope, receive, send)
+                return
+            scope[_CONNECTION] = conn
+        task = asyncio.current_task(conn.loop)  # the loop given: no get_running_loop()
         assert task is not None
         reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
         scope[_READING] = reading
-        scope[_CONNECTION] = conn
         for name, value in scope["headers"]:
             if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
                 name == b"transfer-encoding"
@@ -398,10 +435,11 @@ class ProxyApp:
             await self._metrics(scope, send)
         elif method == "GET" and path == "/healthz":
             await self._healthz(send)
-        elif raw_path.startswith(base) and (
-            len(raw_path) == len(base) or raw_path[len(base)] == 0x2F  # "/"
+        elif raw_path.startswith(base) and raw_path[self._base_len : self._base_len + 1] in (
+            b"",
+            b"/",
         ):
-            await self._forward(scope, receive, send, method, raw_path[len(base) :])
+            await self._forward(scope, receive, send, method, raw_path[self._base_len :])
         else:
             await self._error(
                 send,
@@ -608,12 +646,13 @@ class ProxyApp:
                     raise _ClientGone
                 part: bytes = message.get("body", b"")
                 if part:
-                    size = held + len(part)
+                    length = len(part)
+                    size = held + length
                     if size > limit:
                         raise _TooLarge(size)
-                    if counters.buffered_bytes + len(part) > cap:
+                    if counters.buffered_bytes + length > cap:
                         raise _BufferFull
-                    counters.buffered_bytes += len(part)
+                    counters.buffered_bytes += length
                     held = size
                     parts.append(part)
                 if not message.get("more_body", False):
@@ -777,7 +816,7 @@ class ProxyApp:
         declared_json = b"json" in content_type
         if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
             try:
-                doc = json.loads(body)
+                doc = _json_of(body)
             except (ValueError, RecursionError) as exc:
                 if declared_json and method in _BODY_METHODS:
                     self.counters.refuse("invalid_json")
@@ -798,22 +837,21 @@ class ProxyApp:
         assert task is not None
         exchange = _Exchange(task, who[1])
         try:
-            url = self._url(rest, scope.get("query_string", b""))
+            url, host, url_path = self._url(rest, scope.get("query_string", b""))
             headers = self._upstream_headers(scope["headers"])
             # Host and length set here, the body given as a stream: httpx2 would otherwise
             # rebuild the headers once more to add them.
-            headers.append((b"host", url.netloc))
+            headers.append((b"host", host))
             if body or method in _BODY_METHODS:
                 headers.append((b"content-length", str(len(body)).encode()))
-            request = httpx2.Request(
+            request = request_of(
                 method,
                 url,
                 # ASGI gives header names lowercased.
-                headers=headers_of([(name, name, value) for name, value in headers]),
-                stream=httpx2.ByteStream(body),
-                extensions={"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
+                [(name, name, value) for name, value in headers],
+                body,  # held: request.content, as with content=
+                {"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
-            request.read()  # the body is held: request.content, as with content=
         except (httpx2.InvalidURL, ValueError) as exc:
             self.counters.refuse("invalid_url")
             await self._error(
@@ -824,7 +862,7 @@ class ProxyApp:
             )
             return
         # The governed transport takes these facts instead of parsing the body again.
-        facts = facts_of(method, request.url.path, doc)
+        facts = facts_of(method, url_path, doc)
         request.extensions[FACTS_EXTENSION] = facts
         lane = self.governor.lane(facts.route, facts.model)
         refusal = self._refusal(lane, who[1])
@@ -848,10 +886,16 @@ class ProxyApp:
                 conn.on_lost = exchange.on_disconnect
         else:  # another ASGI server: wait for its http.disconnect
             exchange.watcher = loop.create_task(_watch(receive, exchange))
+        # Read by the governed transport's call; set here rather than with a priority()
+        # block (this task's own context: nothing outside it sees them).
+        priority_token = PRIORITY_VAR.set(who[1])
+        tenant_token = TENANT_VAR.set(who[0]) if who[0] is not None else None
         try:
-            with priority(who[1], tenant=who[0]):  # read by the governed transport's call
-                await self._exchange(send, request, lane, exchange)
+            await self._exchange(send, request, lane, exchange)
         finally:
+            if tenant_token is not None:
+                TENANT_VAR.reset(tenant_token)
+            PRIORITY_VAR.reset(priority_token)
             counters.in_progress -= 1
             exchange.timer.cancel()
             if conn is not None:
@@ -859,20 +903,22 @@ class ProxyApp:
             elif exchange.watcher is not None:
                 exchange.watcher.cancel()
 
-    def _url(self, rest: bytes, query: bytes) -> httpx2.URL:
-        """The upstream URL of a request path: parsed once per distinct path (httpx2 parses
-        and checks a URL string character by character, a tenth of the proxy's CPU)."""
+    def _url(self, rest: bytes, query: bytes) -> _Target:
+        """The upstream URL of a request path, its Host header and its path: parsed once per
+        distinct path (httpx2 parses and checks a URL string character by character, a tenth
+        of the proxy's CPU)."""
         key = (rest, query)
-        url = self._urls.get(key)
-        if url is None:
+        target = self._urls.get(key)
+        if target is None:
             text = self._prefix + rest.decode("latin-1")
             if query:
                 text += "?" + query.decode("latin-1")
             url = httpx2.URL(text)
+            target = (url, url.netloc, url.path)
             if len(self._urls) >= 1024:  # paths with ids: keep the newest
                 self._urls.pop(next(iter(self._urls)))
-            self._urls[key] = url
-        return url
+            self._urls[key] = target
+        return target
 
     def _refusal(self, lane: Lane, cls: Priority) -> tuple[str, str, float] | None:
         """Refuse now when the lane's queue is full, or its known wait passes the deadline,
@@ -1039,18 +1085,17 @@ class ProxyApp:
                 headers.append((name, value))
         if listed - {b"close", b"keep-alive"}:
             headers = [(n, v) for n, v in headers if n not in listed]
-        stream = response.stream
+        stream: Any = response.stream  # typed Any: no cast() call per request
         whole = isinstance(stream, httpx2.ByteStream)  # read whole (and closed) by the governor
         sent_bytes = 0
         try:
-            if isinstance(stream, httpx2.ByteStream):
+            if whole:
                 body = b"".join(stream)  # its one chunk, without an async generator
                 exchange.answered = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 _flush(exchange)
             else:
-                assert isinstance(stream, httpx2.AsyncByteStream)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 async for chunk in stream:
                     if chunk:
@@ -1090,8 +1135,11 @@ class ProxyApp:
             await self._abort(send, exchange)
             return
         finally:
-            if not whole:
-                await response.aclose()
+            if not whole and not response.is_closed:
+                # response.aclose() without its exception-mapping context manager (the
+                # governor's stream raises none of httpx2's exceptions when closed).
+                response.is_closed = True
+                await stream.aclose()
         self.counters.responded(status)
         now = self._clock()
         times = self._answered.get(lane.key)
@@ -1133,7 +1181,7 @@ class ProxyApp:
 
 
 _READING = "pacekeeper.reading"
-_CONNECTION = "pacekeeper.connection"
+_CONNECTION = CONNECTION_KEY
 _HAS_BODY = "pacekeeper.has_body"
 
 

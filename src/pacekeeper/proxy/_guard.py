@@ -27,7 +27,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Connection", "ConnectionGuard", "CorkedTransport", "guarded_protocol"]
+__all__ = [
+    "CONNECTION_KEY",
+    "Connection",
+    "ConnectionGuard",
+    "CorkedTransport",
+    "guarded_protocol",
+]
+
+CONNECTION_KEY = "pacekeeper.connection"
+"""The ASGI scope's key for the request's :class:`Connection`, where the guarded protocol
+sets it (uvicorn's httptools protocol; under h11 the application asks
+:meth:`ConnectionGuard.find`)."""
 
 logger = logging.getLogger("pacekeeper.proxy")
 
@@ -155,7 +166,8 @@ class ConnectionGuard:
         self._arm(conn, self.body_timeout_s)
 
     def body_done(self, conn: Connection) -> None:
-        self._finish(conn)
+        if conn.phase != _DONE:  # told twice a request: after the body, and at its end
+            self._finish(conn)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -311,6 +323,16 @@ class CorkedTransport:
         self.flush()
         self._transport.write_eof()
 
+    # Asked for every request (uvicorn, the flush): explicit rather than through __getattr__.
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 
@@ -333,6 +355,10 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
             corked: Any = CorkedTransport(transport, loop)
             super().connection_made(corked)
             self._pk_conn = guard.opened(self, corked, loop)
+
+        def on_message_begin(self) -> None:  # httptools only: h11's protocol has none
+            super().on_message_begin()
+            self.scope[CONNECTION_KEY] = self._pk_conn
 
         def data_received(self, data: bytes) -> None:
             conn = self._pk_conn

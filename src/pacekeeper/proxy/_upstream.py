@@ -20,7 +20,7 @@ from typing import Any, cast
 import httptools
 import httpx2
 
-from pacekeeper.proxy._headers import headers_of
+from pacekeeper.proxy._headers import response_of
 
 __all__ = ["UpstreamTransport"]
 
@@ -133,12 +133,19 @@ class _Connection(asyncio.Protocol):
             wake.set_result(None)
 
     async def next_chunk(self, read_s: float | None) -> bytes | None:
-        """The next piece of the answer, None at its end."""
+        """What arrived of the answer since the last call, in one piece (never waiting for
+        more once there is some); None at its end.
+
+        One piece rather than one per parsed chunk: each piece costs the governor's stream,
+        the proxy and the server a pass of their own (a zero-latency upstream's stream comes
+        in three), and the client a write."""
         while True:
-            if self.chunks:
-                chunk = self.chunks.popleft()
-                self.buffered -= len(chunk)
-                if self.paused and self.buffered <= _PAUSE_BYTES // 2 and self.transport:
+            chunks = self.chunks
+            if chunks:
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
+                if self.paused and self.transport:
                     self.paused = False
                     self.transport.resume_reading()
                 return chunk
@@ -225,25 +232,36 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
     def __init__(self, fallback: httpx2.AsyncBaseTransport) -> None:
         self._fallback = fallback
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._targets: dict[int, tuple[httpx2.URL, bool, tuple[str, int], bytes]] = {}
 
     def __repr__(self) -> str:
         idle = sum(len(conns) for conns in self._idle.values())
         return f"<UpstreamTransport {idle} idle connections, else {self._fallback!r}>"
 
+    def _target(self, url: httpx2.URL) -> tuple[httpx2.URL, bool, tuple[str, int], bytes]:
+        """(url, plain HTTP?, (host, port), the request line's target), read once per URL
+        object: the proxy sends every request to a path through one, and each of httpx2's
+        URL properties is a call or two. The entry holds the URL, so its id is not reused."""
+        target = self._targets.get(id(url))
+        if target is None or target[0] is not url:
+            target = (url, url.scheme == "http", (url.host, url.port or 80), url.raw_path)
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            self._targets[id(url)] = target
+        return target
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        url = request.url
-        if url.scheme != "http" or request.method == "HEAD":
+        _, plain, key, raw_path = self._target(request.url)
+        if not plain or request.method == "HEAD":
             return await self._fallback.handle_async_request(request)
         try:
             body = request.content
         except httpx2.RequestNotRead:
             return await self._fallback.handle_async_request(request)
         timeout = request.extensions.get("timeout") or {}
-        key = (url.host, url.port or 80)
         conn = self._take(key) or await self._connect(key, timeout.get("connect"))
-        loop = asyncio.get_running_loop()
-        conn.begin(loop)
-        head = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+        conn.begin(conn._loop)
+        head = [request.method.encode(), b" ", raw_path, b" HTTP/1.1\r\n"]
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
@@ -251,20 +269,16 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         assert conn.head is not None
         try:
             conn.transport.write(b"".join(head) + body)  # one write: one trip through the kernel
+            read_s = timeout.get("read")
             status, headers = await conn.within(
-                conn.head, timeout.get("read"), "waiting for the answer's headers"
+                conn.head, read_s, "waiting for the answer's headers"
             )
         except BaseException:
             conn.close()
             raise
         stream = _Answer(self, key, conn)
-        stream._read_s = timeout.get("read")
-        return httpx2.Response(
-            status,
-            headers=headers_of(headers),
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        stream._read_s = read_s
+        return response_of(status, headers, stream, {"http_version": b"HTTP/1.1"})
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)

@@ -114,6 +114,7 @@ QUEUE_BUCKETS: tuple[float, ...] = (
 """Bucket bounds (seconds) of the queue-wait histogram: most requests wait not at all."""
 
 _LANE = ("route", "model")
+_LABELS_CACHED = 4096  # label sets of records kept (routes x models x statuses x outcomes)
 _WAIT = (*_LANE, "priority", "tenant")
 
 
@@ -131,18 +132,15 @@ def require_prometheus_client() -> ModuleType:
 
 
 class _Histogram:
-    """Cumulative-on-read bucket counts of one label set (the caller holds the lock)."""
+    """Cumulative-on-read bucket counts of one label set (the caller holds the lock and
+    counts a value in ``counts[bisect_left(bounds, value)]``: Prometheus buckets are "less
+    than or equal", a value on a bound belongs to it)."""
 
     __slots__ = ("counts", "sum")
 
     def __init__(self, size: int) -> None:
         self.counts = [0] * (size + 1)  # the last one is +Inf
         self.sum = 0.0
-
-    def observe(self, bounds: Sequence[float], value: float) -> None:
-        # Prometheus buckets are "less than or equal": a value on a bound belongs to it.
-        self.counts[bisect.bisect_left(bounds, value)] += 1
-        self.sum += value
 
     def cumulative(self, bounds: Sequence[float]) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
@@ -222,6 +220,10 @@ class GovernorCollector:
         self._attempt_s: dict[tuple[str, str], _Histogram] = {}
         # (route, model, priority, tenant) -> histogram
         self._queue_s: dict[tuple[str, str, str, str], _Histogram] = {}
+        # (route, model, status, outcome) as records carry them -> as labels
+        self._label_cache: dict[
+            tuple[str, str | None, int | None, str], tuple[str, str, str, str]
+        ] = {}
         # The tenants configured on the governor (their weights) always get their own series.
         known = {*tenants, *getattr(governor, "tenant_weights", {})}
         self._tenants = TenantNames(max_tenants=max_tenants, known=known)
@@ -235,9 +237,25 @@ class GovernorCollector:
 
     # -- RecordHook ------------------------------------------------------------------------
 
+    # Per record: one lookup of its labels (made once per route, model, status and outcome)
+    # and the histograms' buckets counted inline; a hook runs inline on every request.
+
+    def _labels(
+        self, route: str, model: str | None, status: int | None, outcome: str
+    ) -> tuple[str, str, str, str]:
+        raw = (route, model, status, outcome)
+        labels = self._label_cache.get(raw)
+        if labels is None:
+            labels = (route, _model(model), _status(status), outcome)
+            if len(self._label_cache) < _LABELS_CACHED:
+                self._label_cache[raw] = labels
+        return labels
+
     def on_attempt(self, record: AttemptRecord) -> None:
-        lane = (record.route, _model(record.model))
-        key = (*lane, _status(record.status), record.outcome)
+        key = self._label_cache.get((record.route, record.model, record.status, record.outcome))
+        if key is None:
+            key = self._labels(record.route, record.model, record.status, record.outcome)
+        lane = key[:2]
         with self._lock:
             self._attempts[key] = self._attempts.get(key, 0) + 1
             if record.attempt > 1:
@@ -247,11 +265,15 @@ class GovernorCollector:
             histogram = self._attempt_s.get(lane)
             if histogram is None:
                 histogram = self._attempt_s[lane] = _Histogram(len(self._duration_bounds))
-            histogram.observe(self._duration_bounds, record.latency_s)
+            latency_s = record.latency_s
+            histogram.counts[bisect.bisect_left(self._duration_bounds, latency_s)] += 1
+            histogram.sum += latency_s
 
     def on_request(self, record: RequestRecord) -> None:
-        lane = (record.route, _model(record.model))
-        key = (*lane, _status(record.status), record.outcome)
+        key = self._label_cache.get((record.route, record.model, record.status, record.outcome))
+        if key is None:
+            key = self._labels(record.route, record.model, record.status, record.outcome)
+        lane = key[:2]
         with self._lock:
             self._requests[key] = self._requests.get(key, 0) + 1
             if record.prompt_tokens:
@@ -265,13 +287,19 @@ class GovernorCollector:
             histogram = self._request_s.get(lane)
             if histogram is None:
                 histogram = self._request_s[lane] = _Histogram(len(self._duration_bounds))
-            histogram.observe(self._duration_bounds, record.total_s)
-            tenant = self._tenants.label(record.tenant)
+            total_s = record.total_s
+            histogram.counts[bisect.bisect_left(self._duration_bounds, total_s)] += 1
+            histogram.sum += total_s
+            tenant = record.tenant
+            if tenant is not None:
+                tenant = self._tenants.label(tenant)
             wait = (*lane, record.priority, tenant if tenant is not None else "")
             histogram = self._queue_s.get(wait)
             if histogram is None:
                 histogram = self._queue_s[wait] = _Histogram(len(self._queue_bounds))
-            histogram.observe(self._queue_bounds, record.queued_s)
+            queued_s = record.queued_s
+            histogram.counts[bisect.bisect_left(self._queue_bounds, queued_s)] += 1
+            histogram.sum += queued_s
 
     # -- Collector -------------------------------------------------------------------------
 
