@@ -1569,14 +1569,21 @@ class Lane:
 
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
+        # what it charged the token bucket (_charged_for, inline: this runs on every answer)
+        charged = (
+            permit.tokens - permit.output_tokens
+            if self._local.output_tokens is not None
+            else permit.tokens
+        )
         if permit.seq >= self._window_from_seq:
             self._window_intake += 1
-            self._window_intake_tokens += self._charged_for(permit)
+            self._window_intake_tokens += charged
             if permit.seq == self._probe_seq and permit.seq > self._stated_left_seq:
                 # Sent alone with nothing left, and accepted stating nothing newer: the
                 # budget it was held to is not the provider's (any more).
                 self._local.stated_left = self._local.stated_tokens_left = math.inf
-        self._first_success_at = min(self._first_success_at, now)
+        if now < self._first_success_at:  # not min(): a call on every answer
+            self._first_success_at = now
         self.congestion.observe(overload=False)
         slots = self.slots
         # isinstance once: three C calls were one per answer
@@ -1601,8 +1608,7 @@ class Lane:
             self._refusal_was_the_rate(now)
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
         moved = self.request_rate.succeeded(now=now, backlog=backlog)
-        tokens = float(self._charged_for(permit))
-        moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=tokens) or moved
+        moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=charged) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
