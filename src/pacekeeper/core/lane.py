@@ -48,7 +48,7 @@ from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
-from pacekeeper.core.depth import FixedWindows, StatedDepth
+from pacekeeper.core.depth import FixedWindows, RefillingQuota, StatedDepth, StatedWindow
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
@@ -301,7 +301,9 @@ class Lane:
         "_outstanding_sent_at",
         "_queue",
         "_quota_budgets",
+        "_quota_refills",
         "_recent_sends",
+        "_request_window",
         "_served_due",
         "_shared",
         "_stated_sent_at",
@@ -400,6 +402,11 @@ class Lane:
         self._quota_budgets: set[str] = set()
         """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
         hour or day: their limit is not a rate, their remaining not a minute's headroom."""
+        self._quota_refills = {"requests": RefillingQuota(), "tokens": RefillingQuota()}
+        """Whether a budget refills over hours or a day while its reset reads seconds."""
+        self._request_window = StatedWindow()
+        """How long the window of a request budget stated without one (a gateway's
+        unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
         if slots is None:
             adaptive = limits.adaptive
@@ -621,16 +628,17 @@ class Lane:
         rate refilled since, it is the headroom now (see :mod:`pacekeeper.core.evidence`)."""
         if not self._configured.learn_from_headers:
             return
-        # A day's quota under a minute's header names (Groq's requests) is not a rate: its
-        # exhaustion comes back as a 429 whose hint is hours away, and the rate is found from
-        # 429s. What is left is read as below.
-        minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
-        tokens = _token_reading(minute)
         with self._lock:
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
-            new_requests = new_tokens = False
             current = sent_at >= self._stated_sent_at
+            self._observe_windows(snapshot, now=now, sent_at=sent_at, current=current)
+            # A day's quota under a minute's header names (Groq's requests) is not a rate: its
+            # exhaustion comes back as a 429 whose hint is hours away, and the rate is found
+            # from 429s. What is left is read as below.
+            minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
+            tokens = _token_reading(minute)
+            new_requests = new_tokens = False
             if current:
                 self._stated_sent_at = sent_at
                 new_requests = self.requests is None
@@ -655,13 +663,56 @@ class Lane:
                 current=current,
             )
 
+    def _observe_windows(
+        self, snapshot: RateLimitSnapshot, *, now: float, sent_at: float, current: bool
+    ) -> None:
+        """Read from an answer's resets how long its budgets' windows are: the window of a
+        request budget stated without one, and (in send order) whether a budget refills over
+        a day while its reset reads seconds (called with the lock held)."""
+        # A time of day was turned into a wait from now, the answer; a duration counts from
+        # when the provider counted the request.
+        age_s = now - sent_at if snapshot.resets_to_the_second else 0.0
+        if snapshot.requests_window_unknown:
+            self._request_window.observe(reset_s=snapshot.reset_requests_s, age_s=age_s)
+        if not current:
+            return
+        for name, limit, remaining, reset_s in (
+            (
+                "requests",
+                snapshot.limit_requests,
+                snapshot.remaining_requests,
+                snapshot.reset_requests_s,
+            ),
+            ("tokens", snapshot.limit_tokens, snapshot.remaining_tokens, snapshot.reset_tokens_s),
+        ):
+            if not limit or remaining is None or reset_s is None:
+                continue
+            refill = self._quota_refills[name]
+            refill.observe(
+                limit=limit,
+                remaining=remaining,
+                reset_s=reset_s,
+                end_at=(now if snapshot.resets_to_the_second else sent_at) + reset_s,
+                grain_s=snapshot.reset_grain_s,
+            )
+            if refill.proven:
+                self._quota_budgets.add(name)
+
     def _take_statement(
         self, minute: RateLimitSnapshot, tokens: _TokenReading, *, now: float, sent_at: float
     ) -> None:
         """Adopt the per-minute limits the latest answer states, and the depths its
         resets show (called with the lock held)."""
         tpm, otpm, remaining_tokens, reset_tokens_s = tokens
-        rpm = minute.limit_requests
+        limit_requests = minute.limit_requests
+        rpm: float | None = limit_requests
+        if rpm and minute.requests_window_unknown:
+            # N a window nobody stated: a rate only once the resets bound the window.
+            depth = self._depths["requests"]
+            window_rpm = self._request_window.per_minute(
+                rpm, depth_s=depth.depth_s if depth.continuous else None
+            )
+            rpm = None if window_rpm is None else round(window_rpm, 6)
         quotas = self._quota_budgets
         changed = False
         if "requests" in quotas and self.learned_rpm is not None:
@@ -680,7 +731,7 @@ class Lane:
             self.learned_otpm = float(otpm)
             changed = True
         readings = (
-            (rpm, minute.remaining_requests, minute.reset_requests_s),
+            (limit_requests, minute.remaining_requests, minute.reset_requests_s),
             (tpm, remaining_tokens, reset_tokens_s),
             (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
         )
@@ -1802,6 +1853,9 @@ class Lane:
             quotas.add("requests")
         if outlasts_a_minute(limits.reset_tokens_s):
             quotas.add("tokens")
+        # A budget whose latest reading bounds its refill beyond a minute is set aside too
+        # until the readings show a quota or a window (core/depth.py RefillingQuota).
+        quotas = quotas | {name for name, refill in self._quota_refills.items() if refill.suspect}
         if not quotas:
             return limits
         if "requests" in quotas:
