@@ -61,6 +61,15 @@ def test_a_gateway_budget_per_unstated_window_is_paced_over_the_window_its_reset
     assert lane.learned_rpm == pytest.approx(900.0)
     _answer(lane, clock, 200, _gateway(150, 100, 10.0), sent=4.0, at=4.25)
     assert lane.learned_rpm == pytest.approx(900.0)  # later in the window: still 10 s
+    requests = lane.requests
+    assert requests is not None
+    assert requests.keeps_windows
+    # What is left of this window is all it holds until it ends (nothing refills before):
+    # 100 counted at 4 s, less the one sent since.
+    assert requests.level(4.25) <= 100
+    # The next window's whole budget is there from its start, as the provider allows, not a
+    # half-second burst paced through the window.
+    assert requests.level(10.1) == pytest.approx(150.0)
     assert lane.rpm == pytest.approx(900.0)
 
 

@@ -6,6 +6,7 @@ window's budget over the window's length, not over a minute, and waits a spent w
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import openai
 import pytest
@@ -18,7 +19,9 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.mark.parametrize("headers", ["gateway", "openrouter"])
-async def test_a_gateway_window_budget_is_paced_over_its_window(headers: str) -> None:
+async def test_a_gateway_window_budget_is_paced_over_its_window(
+    headers: Literal["gateway", "openrouter"],
+) -> None:
     # 30 requests per fixed 2-s window: 900/min. Read as 30 a minute the run would take 3 min.
     scenario = Scenario(
         default=ModelLimits(rpm=900, window_s=2.0), rate_limit_headers=headers, seed=3

@@ -362,24 +362,42 @@ class StatedWindow:
     (10.0, 900.0)
     >>> window.per_minute(150, depth_s=12.0)  # a bucket proven 12 s deep: its depth
     750.0
+    >>> window.observe(reset_s=9.0, end_at=20.0)
+    >>> window.grid()                      # the latest window's end, and the length
+    (20.0, 10.0)
     """
 
-    __slots__ = ("_longest_s",)
+    __slots__ = ("_end_at", "_longest_s")
 
     def __init__(self) -> None:
         self._longest_s = 0.0
+        self._end_at = -math.inf
 
     @property
     def length_s(self) -> float | None:
         """The window the resets so far bound from below (None: no reset yet)."""
         return _whole(self._longest_s) if self._longest_s > 0 else None
 
-    def observe(self, *, reset_s: float | None, age_s: float = 0.0) -> None:
+    def observe(
+        self, *, reset_s: float | None, age_s: float = 0.0, end_at: float | None = None
+    ) -> None:
         """Take a reset ``reset_s`` from the answer, counted ``age_s`` before it (a time of
-        day turned into a wait from the answer; 0 for a duration, counted from then)."""
+        day turned into a wait from the answer; 0 for a duration, counted from then), that
+        ends at ``end_at`` on the reader's clock (when known)."""
         if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
             return
         self._longest_s = max(self._longest_s, reset_s + max(0.0, age_s))
+        if end_at is not None and math.isfinite(end_at):
+            self._end_at = max(self._end_at, end_at)
+
+    def grid(self) -> tuple[float, float] | None:
+        """``(end_s, length_s)``: the latest end of a window seen and the length, for a
+        budget shown to count in fixed windows (see :meth:`TokenBucket.set_windows`); None
+        until both are known."""
+        length = self.length_s
+        if length is None or not math.isfinite(self._end_at):
+            return None
+        return self._end_at, length
 
     def per_minute(self, limit: float, *, depth_s: float | None = None) -> float | None:
         """``limit`` per window as a rate per minute: over ``depth_s`` when the answers proved

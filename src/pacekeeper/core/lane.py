@@ -672,8 +672,12 @@ class Lane:
         # A time of day was turned into a wait from now, the answer; a duration counts from
         # when the provider counted the request.
         age_s = now - sent_at if snapshot.resets_to_the_second else 0.0
-        if snapshot.requests_window_unknown:
-            self._request_window.observe(reset_s=snapshot.reset_requests_s, age_s=age_s)
+        reset_from = now if snapshot.resets_to_the_second else sent_at
+        window_reset_s = snapshot.reset_requests_s
+        if snapshot.requests_window_unknown and window_reset_s is not None:
+            self._request_window.observe(
+                reset_s=window_reset_s, age_s=age_s, end_at=reset_from + window_reset_s
+            )
         if not current:
             return
         for name, limit, remaining, reset_s in (
@@ -692,7 +696,7 @@ class Lane:
                 limit=limit,
                 remaining=remaining,
                 reset_s=reset_s,
-                end_at=(now if snapshot.resets_to_the_second else sent_at) + reset_s,
+                end_at=reset_from + reset_s,
                 grain_s=snapshot.reset_grain_s,
             )
             if refill.proven:
@@ -776,6 +780,9 @@ class Lane:
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
+        windowed = self._keep_request_windows(minute, now=now)
+        if windowed and reset_requests_s is not None and minute.resets_to_the_second:
+            reset_requests_s += elapsed_s  # a time of day, measured from the answer
         if remaining_requests is not None:
             drain_to_headroom(
                 self.requests,
@@ -785,6 +792,7 @@ class Lane:
                 elapsed_s=elapsed_s,
                 used_since=self._admitted - permit.seq,
                 slack=1.0,
+                fixed_window=windowed,
                 continuous=self._depths["requests"].continuous,
             )
         if remaining_tokens is not None:
@@ -814,6 +822,31 @@ class Lane:
                 ),
                 slack=float(permit.output_tokens),
             )
+
+    def _keep_request_windows(self, minute: RateLimitSnapshot, *, now: float) -> bool:
+        """Keep the request bucket to the fixed windows of a budget stated per window (a
+        gateway's unsuffixed X-RateLimit-*) once its readings show one end for a window's
+        requests: each window's budget from its start, as the provider allows, not paced
+        through it (10-s windows paced evenly took 0.83 of a client spending each at its
+        start). True when the bucket keeps to them (called with the lock held)."""
+        bucket = self.requests
+        grid = self._request_window.grid()
+        if (
+            bucket is None
+            or grid is None
+            or not minute.requests_window_unknown
+            or not self._quota_refills["requests"].windowed
+        ):
+            return False
+        end_s, length_s = grid
+        bucket.set_windows(
+            start_s=end_s - FixedWindows.guard_s,
+            length_s=length_s,
+            now=now,
+            guard_s=2.0 * FixedWindows.guard_s,
+            budget_per_s=self._stated_per_s(self.request_rate.ceiling),
+        )
+        return True
 
     def _stated_per_s(self, ceiling_per_min: float | None) -> float | None:
         """This process's share of a stated per-minute limit, per second (None: none)."""
