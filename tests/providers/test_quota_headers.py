@@ -21,9 +21,9 @@ CHAT = "/v1/chat/completions"
 def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> None:
     gov = Governor(limits=Limits())
     lane = gov.lane(CHAT, "m")
-    # The first answers of the day: 14,400 RPD with a reset of seconds reads like a minute.
+    # A reading that looks like a minute: 1,000 of 14,400 used, whole again in 6 s.
     lane.learn(
-        RateLimitSnapshot(limit_requests=14_400, remaining_requests=14_399, reset_requests_s=6.0)
+        RateLimitSnapshot(limit_requests=14_400, remaining_requests=13_400, reset_requests_s=6.0)
     )
     assert (lane.learned_rpm, lane.requests is not None) == (14_400, True)
     # A reset three minutes away: no per-minute budget takes that long to refill.
