@@ -450,8 +450,9 @@ class RefillingQuota:
 
     def __init__(self) -> None:
         self._agreements = 0
-        self._last: tuple[float, float] | None = None
-        """(remaining, end_at) of the last reading that bounded the refill beyond a minute."""
+        self._last: tuple[float, float, float] | None = None
+        """(remaining, end_at, refill_s) of the last reading, when it bounded the refill
+        beyond a minute."""
         self.proven = False
         self.windowed = False
         """Shown to be whole again at one instant while more was used: a window, not a
@@ -484,23 +485,23 @@ class RefillingQuota:
         # remaining is rounded down: the bucket misses at most `missing`, so this is a bound
         # from below on the time it takes to refill `limit`.
         refill_s = (reset_s - grain_s) * limit / missing
-        if refill_s <= _LONGEST_MINUTE_S:
-            self._last = None
-            self._agreements = 0
-            return
         last = self._last
-        self._last = (remaining, end_at)
+        self._last = (remaining, end_at, refill_s) if refill_s > _LONGEST_MINUTE_S else None
         if last is None or remaining >= last[0]:
+            if self._last is None:
+                self._agreements = 0
             return
+        # Under a slow refill every request used moves the end on by limit / refill seconds,
+        # as much as either reading's bound says at least.
         moved_s = end_at - last[1]
-        implied_s = (last[0] - remaining) * refill_s / limit
+        implied_s = (last[0] - remaining) * max(refill_s, last[2]) / limit
         distinct_s = 2.0 * grain_s + _SAME_END_S  # ends this far apart are not one end
-        if moved_s >= 0.5 * implied_s and moved_s > distinct_s:
+        if self._last is not None and moved_s >= 0.5 * implied_s and moved_s > distinct_s:
             self._agreements += 1
             self.proven = self._agreements >= _QUOTA_AGREEMENTS
             return
         self._agreements = 0
-        if 0.5 * implied_s > distinct_s:
+        if moved_s < 0.5 * implied_s and 0.5 * implied_s > distinct_s:
             self.windowed = True  # a slow refill would have moved its end further
 
     def __repr__(self) -> str:

@@ -116,6 +116,7 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
+_CLOCKS_APART_S = 1.0  # how far a provider's clock may be from ours (a time-of-day reset)
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
@@ -697,7 +698,9 @@ class Lane:
                 remaining=remaining,
                 reset_s=reset_s,
                 end_at=reset_from + reset_s,
-                grain_s=snapshot.reset_grain_s,
+                # a time of day is also off by the difference between the two clocks
+                grain_s=snapshot.reset_grain_s
+                + (_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0),
             )
             if refill.proven:
                 self._quota_budgets.add(name)
