@@ -446,7 +446,7 @@ class RefillingQuota:
     (False, True, False)
     """
 
-    __slots__ = ("_agreements", "_last", "proven", "windowed")
+    __slots__ = ("_agreements", "_last", "proven", "suspect", "windowed")
 
     def __init__(self) -> None:
         self._agreements = 0
@@ -457,12 +457,10 @@ class RefillingQuota:
         self.windowed = False
         """Shown to be whole again at one instant while more was used: a window, not a
         slow refill (never suspect again)."""
-
-    @property
-    def suspect(self) -> bool:
+        self.suspect = False
         """Whether the latest reading bounds the refill beyond a minute and the readings have
-        not yet shown a quota (then :attr:`proven`) or a window."""
-        return self._last is not None and not (self.proven or self.windowed)
+        not yet shown a quota (then :attr:`proven`) or a window. (Attributes, not
+        properties: a lane reads them with every answer's headers it reads.)"""
 
     def observe(
         self,
@@ -475,18 +473,18 @@ class RefillingQuota:
     ) -> None:
         """Take one reading, in send order: ``remaining`` of ``limit``, whole again in
         ``reset_s`` (precise to ``grain_s``), at ``end_at`` on the lane's clock."""
-        if self.proven or self.windowed:
+        # (Comparisons, not calls: this runs for every answer's headers a lane reads.)
+        if self.proven or self.windowed or reset_s is None or not 0 < limit < math.inf:
             return
-        if reset_s is None or not math.isfinite(reset_s) or limit <= 0:
-            return
-        missing = limit - max(0.0, remaining)
-        if missing <= 0 or reset_s <= grain_s:
+        missing = limit - (remaining if remaining > 0 else 0.0)
+        if missing <= 0 or not grain_s < reset_s < math.inf:
             return  # full, or a reset too coarse to bound anything
         # remaining is rounded down: the bucket misses at most `missing`, so this is a bound
         # from below on the time it takes to refill `limit`.
         refill_s = (reset_s - grain_s) * limit / missing
         last = self._last
         self._last = (remaining, end_at, refill_s) if refill_s > _LONGEST_MINUTE_S else None
+        self.suspect = self._last is not None
         if last is None or remaining >= last[0]:
             if self._last is None:
                 self._agreements = 0
@@ -494,15 +492,17 @@ class RefillingQuota:
         # Under a slow refill every request used moves the end on by limit / refill seconds,
         # as much as either reading's bound says at least.
         moved_s = end_at - last[1]
-        implied_s = (last[0] - remaining) * max(refill_s, last[2]) / limit
+        implied_s = (last[0] - remaining) * (refill_s if refill_s > last[2] else last[2]) / limit
         distinct_s = 2.0 * grain_s + _SAME_END_S  # ends this far apart are not one end
         if self._last is not None and moved_s >= 0.5 * implied_s and moved_s > distinct_s:
             self._agreements += 1
             self.proven = self._agreements >= _QUOTA_AGREEMENTS
+            self.suspect = not self.proven
             return
         self._agreements = 0
         if moved_s < 0.5 * implied_s and 0.5 * implied_s > distinct_s:
             self.windowed = True  # a slow refill would have moved its end further
+            self.suspect = False
 
     def __repr__(self) -> str:
         return f"<RefillingQuota {'proven' if self.proven else 'not shown'}>"

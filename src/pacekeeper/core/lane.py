@@ -783,7 +783,7 @@ class Lane:
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
-        windowed = self._keep_request_windows(minute, now=now)
+        windowed = minute.requests_window_unknown and self._keep_request_windows(now=now)
         if windowed and reset_requests_s is not None and minute.resets_to_the_second:
             reset_requests_s += elapsed_s  # a time of day, measured from the answer
         if remaining_requests is not None:
@@ -826,20 +826,17 @@ class Lane:
                 slack=float(permit.output_tokens),
             )
 
-    def _keep_request_windows(self, minute: RateLimitSnapshot, *, now: float) -> bool:
+    def _keep_request_windows(self, *, now: float) -> bool:
         """Keep the request bucket to the fixed windows of a budget stated per window (a
         gateway's unsuffixed X-RateLimit-*) once its readings show one end for a window's
         requests: each window's budget from its start, as the provider allows, not paced
         through it (10-s windows paced evenly took 0.83 of a client spending each at its
         start). True when the bucket keeps to them (called with the lock held)."""
         bucket = self.requests
+        if bucket is None or not self._quota_refills["requests"].windowed:
+            return False
         grid = self._request_window.grid()
-        if (
-            bucket is None
-            or grid is None
-            or not minute.requests_window_unknown
-            or not self._quota_refills["requests"].windowed
-        ):
+        if grid is None:
             return False
         end_s, length_s = grid
         bucket.set_windows(
@@ -1891,7 +1888,11 @@ class Lane:
             quotas.add("tokens")
         # A budget whose latest reading bounds its refill beyond a minute is set aside too
         # until the readings show a quota or a window (core/depth.py RefillingQuota).
-        quotas = quotas | {name for name, refill in self._quota_refills.items() if refill.suspect}
+        refills = self._quota_refills
+        if refills["requests"].suspect:
+            quotas = quotas | {"requests"}
+        if refills["tokens"].suspect:
+            quotas = quotas | {"tokens"}
         if not quotas:
             return limits
         if "requests" in quotas:
