@@ -369,3 +369,38 @@ def test_odd_google_details_are_ignored(details: str) -> None:
     assert verdict.kind is OutcomeKind.RATE_LIMITED
     assert verdict.hint_s is None
     assert verdict.limit_scope is None
+
+
+def test_openrouter_limit_stated_only_in_the_429_body_is_read() -> None:
+    # OpenRouter's 429 (tests/sim/fixtures/provider_shapes.json): no rate-limit header, the
+    # limit, remaining and reset (Unix ms) inside error.metadata.headers, no retry-after.
+    now_wall_s = 1741305590.0
+    body = json.dumps(
+        {
+            "error": {
+                "message": "Rate limit exceeded: free-models-per-min.",
+                "code": 429,
+                "metadata": {
+                    "headers": {
+                        "X-RateLimit-Limit": "20",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset": "1741305600000",
+                    }
+                },
+            }
+        }
+    ).encode()
+    verdict = classify_response(429, {}, body, now_wall_s=now_wall_s)
+    assert verdict.kind is OutcomeKind.RATE_LIMITED
+    assert verdict.limits is not None
+    assert (verdict.limits.limit_requests, verdict.limits.remaining_requests) == (20, 0)
+    assert verdict.limits.requests_window_unknown
+    assert verdict.hint_s == pytest.approx(10.0)  # the exhausted budget's reset
+    # Real headers win where both say something; a 2xx body is never read.
+    both = classify_response(
+        429, {"x-ratelimit-remaining": "3", "retry-after": "2"}, body, now_wall_s=now_wall_s
+    )
+    assert both.limits is not None
+    assert (both.limits.limit_requests, both.limits.remaining_requests) == (20, 3)
+    assert both.hint_s == 2.0
+    assert classify_response(200, {}, body, now_wall_s=now_wall_s).limits is None

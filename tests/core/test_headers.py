@@ -422,3 +422,50 @@ def test_a_snapshot_says_how_precise_its_coarsest_reset_is() -> None:
     assert grain(both) == pytest.approx(1.0)
     assert grain({"anthropic-ratelimit-requests-reset": "1970-01-01T00:00:03Z"}) == 1.0
     assert grain({"x-ratelimit-limit-requests": "100"}) == 1.0  # no reset: as before
+
+
+# --- unsuffixed X-RateLimit-* (gateways) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reset", "expected_s"),
+    [
+        ("4", 4.0),  # seconds
+        ("1.5s", 1.5),  # a duration
+        (str(int(NOW) + 7), 7.0),  # a Unix time in seconds
+        (str(int(NOW * 1000) + 8250), 8.25),  # in milliseconds (OpenRouter)
+    ],
+)
+def test_unsuffixed_gateway_headers_are_a_request_budget_of_unstated_window(
+    reset: str, expected_s: float
+) -> None:
+    snap = parse_rate_limit_headers(
+        {"X-RateLimit-Limit": "150", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert (snap.limit_requests, snap.remaining_requests) == (150, 0)
+    assert snap.reset_requests_s == pytest.approx(expected_s, abs=1e-3)
+    assert snap.requests_window_unknown  # 150 per a window nobody stated, not per minute
+    assert snap.exhausted_reset_s() == pytest.approx(expected_s, abs=1e-3)  # the hint
+
+
+def test_suffixed_request_headers_win_over_unsuffixed_ones() -> None:
+    snap = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit": "10",
+            "x-ratelimit-remaining": "1",
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+        },
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert (snap.limit_requests, snap.remaining_requests) == (500, 499)
+    assert not snap.requests_window_unknown
+    tokens_only = parse_rate_limit_headers(
+        {"x-ratelimit-limit": "10", "x-ratelimit-limit-tokens": "9000"}, now_wall_s=NOW
+    )
+    assert tokens_only is not None
+    assert (tokens_only.limit_requests, tokens_only.limit_tokens) == (10, 9000)
+    assert tokens_only.requests_window_unknown

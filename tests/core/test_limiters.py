@@ -469,6 +469,25 @@ def test_a_later_cut_resumes_under_the_last_second_not_under_our_climb() -> None
     assert rate.rpm == pytest.approx(0.92 * 1440)
 
 
+def test_a_second_in_which_the_server_took_nothing_is_not_its_rate() -> None:
+    """A fixed window that ran dry refuses everything until it ends: the second before a
+    refusal then took nothing, which measures the window, not the rate (the pace fell to the
+    6/min floor, and a 10-s window's gateway took a minute to finish 10 s of work)."""
+    rate, now = PacedRate(), 0.0
+    for _ in range(20):
+        now += 0.25
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=5)
+    discovered = rate.rpm
+    assert discovered is not None
+    for _ in range(40):
+        now += 0.1
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=1)  # refused, alone
+    assert rate.rpm is not None
+    assert rate.rpm >= 0.5 * discovered
+
+
 def test_a_probe_goes_on_through_the_fleets_higher_rates() -> None:
     """A fleet's processes adopt each other's probes several times a second: a higher rate
     adopted keeps the probe's pace (a probe restarted at each adoption stayed at +2% a

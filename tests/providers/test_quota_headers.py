@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import openai
+import pytest
 
 import pacekeeper
 from pacekeeper import Governor, RecordCollector
@@ -20,9 +21,9 @@ CHAT = "/v1/chat/completions"
 def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> None:
     gov = Governor(limits=Limits())
     lane = gov.lane(CHAT, "m")
-    # The first answers of the day: 14,400 RPD with a reset of seconds reads like a minute.
+    # A reading that looks like a minute: 1,000 of 14,400 used, whole again in 6 s.
     lane.learn(
-        RateLimitSnapshot(limit_requests=14_400, remaining_requests=14_399, reset_requests_s=6.0)
+        RateLimitSnapshot(limit_requests=14_400, remaining_requests=13_400, reset_requests_s=6.0)
     )
     assert (lane.learned_rpm, lane.requests is not None) == (14_400, True)
     # A reset three minutes away: no per-minute budget takes that long to refill.
@@ -46,9 +47,17 @@ def test_a_reset_hours_away_withdraws_a_limit_taken_from_earlier_answers() -> No
     assert lane.learned_rpm is None  # the quota is remembered
 
 
-async def test_groq_headers_pace_at_the_unstated_minute_limit_not_the_daily_quota() -> None:
-    # 240 rpm enforced but stated nowhere; 100,000 requests per day stated as Groq states them.
-    scenario = Scenario(default=ModelLimits(rpm=240, rpd=100_000), rate_limit_headers="groq")
+@pytest.mark.parametrize("day_refill", [False, True], ids=["reset-at-day-end", "refilling"])
+async def test_groq_headers_pace_at_the_unstated_minute_limit_not_the_daily_quota(
+    day_refill: bool,
+) -> None:
+    # 240 rpm enforced but stated nowhere; 100,000 requests per day stated as Groq states them:
+    # reset at the day's end, or (as Groq documents) refilling all day, when the reset reads
+    # seconds ("0.864s" after one request) and only its refill rate shows a day.
+    scenario = Scenario(
+        default=ModelLimits(rpm=240, rpd=100_000, day_refill=day_refill),
+        rate_limit_headers="groq",
+    )
     attempts = RecordCollector()
     with Simulator(scenario) as sim:
         gov = Governor(hooks=[attempts])

@@ -382,7 +382,9 @@ def _openai_limits() -> dict[str, str]:
 
 
 def _anthropic_limits() -> dict[str, str]:
-    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    # Anthropic's buckets refill continuously: one request of 4,000/min is back in 15 ms,
+    # which its whole-second reset rounds up to the next second.
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
     return {
         "anthropic-ratelimit-requests-limit": "4000",
         "anthropic-ratelimit-requests-remaining": "3999",

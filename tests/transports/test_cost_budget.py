@@ -59,7 +59,11 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # Fourth round (no finaliser on the surfaces' permits, the queue's lock not re-entered, a
 # waiter woken once not asked again, the head named without len()): fixed 164.9, adaptive
 # 255.8; about 2% over.
-_BUDGET = {"fixed": 168, "adaptive": 261}
+# Raised knowingly to 172 at 168.9 (fixed; adaptive and stream still under theirs): a lane
+# that discovers a token rate from token-scoped 429s (issue 10, Gemini) measures the tokens
+# sent in the second before one, so every send's charge is kept beside its time (a deque's
+# append and pop per request), and the success hands its charge to the token rate.
+_BUDGET = {"fixed": 172, "adaptive": 261}
 _WORKERS = 16
 _REQUESTS = 400
 

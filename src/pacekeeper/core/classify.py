@@ -235,6 +235,9 @@ class _ErrorInfo:
     """Google's ``google.rpc.RetryInfo`` in the error's details (Gemini), in seconds."""
     quota_scope: str | None = None
     """"tokens" when Google's ``google.rpc.QuotaFailure`` names a token quota."""
+    stated_headers: Mapping[str, object] | None = None
+    """Rate-limit headers a gateway put in the body instead (OpenRouter's
+    ``error.metadata.headers``)."""
 
 
 _NO_INFO = _ErrorInfo()
@@ -279,6 +282,8 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
     if isinstance(code, int) and isinstance(status, str):
         code = status  # Google: code 429 repeats the HTTP status; status names the error
     retry_delay_s, quota_scope = _google_details(obj.get("details"))
+    metadata = obj.get("metadata")
+    stated = metadata.get("headers") if isinstance(metadata, dict) else None
     return _ErrorInfo(
         code=_code_text(code),
         error_type=_code_text(error_type) if error_type != "error" else None,
@@ -286,6 +291,7 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
         billing_code=_find_billing_code(obj),
         retry_delay_s=retry_delay_s,
         quota_scope=quota_scope,
+        stated_headers=stated if isinstance(stated, dict) and stated else None,
     )
 
 
@@ -388,6 +394,13 @@ def classify_response(
         )
 
     info = _error_info(body) if status >= 400 else _NO_INFO
+    if info.stated_headers is not None:
+        # OpenRouter states its limit only here: read as if sent as headers (the real
+        # headers win where both say something).
+        in_body = _scan(info.stated_headers)
+        if in_body is not None:
+            found = in_body if found is None else {**in_body, **found}
+            limits = _snapshot(found, now_wall_s)
     kind, retryable = _kind_for(status, info)
     hint = _retry_hint_from(found, limits, now_wall_s) if found is not None else None
     if hint is None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-__all__ = ["FixedWindows", "StatedDepth"]
+__all__ = ["FixedWindows", "RefillingQuota", "StatedDepth", "StatedWindow"]
 
 _RESET_GRAIN_S = 1.0
 """How much sooner than its reset a bucket may really be full: an RFC 3339 reset counts whole
@@ -59,6 +59,11 @@ _GUARD_S = 0.02
 _AGREEMENT = 1.1
 """Bounds that cross by less than this factor still agree (clocks, the network, rounding)."""
 _SPREAD_TO_AGREE = 0.1
+_LONGEST_MINUTE_S = 90.0
+"""A budget refilled in more than this (a minute's, with room for rounding and skew) is a quota
+per hour or day, not a rate."""
+_QUOTA_AGREEMENTS = 2
+"""Pairs of readings whose ends move as a slow refill says before a budget is read as a quota."""
 """Readings agree on a continuous bucket only when they saw it this differently full (a share
 of the limit): readings of one fixed window at about one instant agree with any bucket, and a
 window counted apart from a per-minute limit always looks all but empty."""
@@ -334,3 +339,170 @@ class FixedWindows:
 
     def __repr__(self) -> str:
         return f"<FixedWindows {'fixed' if self.fixed else 'not shown'}>"
+
+
+class StatedWindow:
+    """How long the window is of a budget stated without one: a gateway's unsuffixed
+    ``X-RateLimit-Limit`` says N requests, not per what (10 s at some), and no reading may
+    assume a minute.
+
+    A budget is whole again within its window: a fixed window ends within its length, a bucket
+    is full again within its depth. So the longest time to reset seen, counted from when the
+    provider counted the request, bounds the window from below, and reaches it as soon as one
+    answer is counted at a window's start or from an empty bucket (a rate read from the bound
+    is high until then, and the budget's own ``remaining`` holds the lane meanwhile). A length
+    within 5% of a whole number of seconds is that number.
+
+    >>> window = StatedWindow()
+    >>> window.per_minute(150) is None     # no reset seen: nothing to say
+    True
+    >>> window.observe(reset_s=6.2)        # counted 3.8 s into a 10-s window
+    >>> window.observe(reset_s=9.71)       # counted just after the next one began
+    >>> window.length_s, window.per_minute(150)
+    (10.0, 900.0)
+    >>> window.per_minute(150, depth_s=12.0)  # a bucket proven 12 s deep: its depth
+    750.0
+    >>> window.observe(reset_s=9.0, end_at=20.0)
+    >>> window.grid()                      # the latest window's end, and the length
+    (20.0, 10.0)
+    """
+
+    __slots__ = ("_end_at", "_longest_s")
+
+    def __init__(self) -> None:
+        self._longest_s = 0.0
+        self._end_at = -math.inf
+
+    @property
+    def length_s(self) -> float | None:
+        """The window the resets so far bound from below (None: no reset yet)."""
+        return _whole(self._longest_s) if self._longest_s > 0 else None
+
+    def observe(
+        self, *, reset_s: float | None, age_s: float = 0.0, end_at: float | None = None
+    ) -> None:
+        """Take a reset ``reset_s`` from the answer, counted ``age_s`` before it (a time of
+        day turned into a wait from the answer; 0 for a duration, counted from then), that
+        ends at ``end_at`` on the reader's clock (when known)."""
+        if reset_s is None or not math.isfinite(reset_s) or reset_s <= 0:
+            return
+        self._longest_s = max(self._longest_s, reset_s + max(0.0, age_s))
+        if end_at is not None and math.isfinite(end_at):
+            self._end_at = max(self._end_at, end_at)
+
+    def grid(self) -> tuple[float, float] | None:
+        """``(end_s, length_s)``: the latest end of a window seen and the length, for a
+        budget shown to count in fixed windows (see :meth:`TokenBucket.set_windows`); None
+        until both are known."""
+        length = self.length_s
+        if length is None or not math.isfinite(self._end_at):
+            return None
+        return self._end_at, length
+
+    def per_minute(self, limit: float, *, depth_s: float | None = None) -> float | None:
+        """``limit`` per window as a rate per minute: over ``depth_s`` when the answers proved
+        a continuous bucket that deep (:attr:`StatedDepth.continuous`), else over
+        :attr:`length_s`; None while neither is known."""
+        window_s = depth_s if depth_s is not None else self.length_s
+        if window_s is None or window_s <= 0:
+            return None
+        return limit * 60.0 / window_s
+
+    def __repr__(self) -> str:
+        length = self.length_s
+        return f"<StatedWindow {'unknown' if length is None else f'>= {length:.3g} s'}>"
+
+
+class RefillingQuota:
+    """Whether a budget is a quota per hour or day that refills continuously (Groq's
+    ``x-ratelimit-*-requests``: a day's requests, stated under the names OpenAI uses per
+    minute, whose reset is the time to regain what was used: ``6s`` after one of 14,400).
+
+    A continuous bucket that misses ``limit - remaining`` and is full in ``reset`` refills
+    ``limit`` in ``reset * limit / (limit - remaining)``: a day there, a minute at most for a
+    rate. But a fixed window just begun reads the same (one used of 500, whole again in 59 s:
+    "8 hours"), and its quota is a minute's. What tells them apart is where each reading says
+    the budget is whole again: in a fixed window, at one instant for every request counted in
+    it; in a slowly refilling bucket, later by ``limit / refill`` seconds for every request
+    used (6 s each at 14,400 a day). So the budget is a quota once two pairs of successive
+    readings (in send order, each using more) both bound the refill beyond 90 s and show
+    their ends moving on by at least half what that refill implies, and a window once a pair
+    shows its end moving by less than that. Until one or the other, a budget whose latest
+    reading bounds its refill beyond 90 s is :attr:`suspect`: neither its limit nor its room
+    is a minute's (read as one, Groq's 100,000 a day was a ceiling of 100,000 a minute, and
+    every refusal of the rpm it does not state read as a cap on requests in flight).
+
+    >>> day = RefillingQuota()
+    >>> for remaining, reset_s, at in ((14399, 6.0, 0.0), (14398, 12.0, 0.1), (14396, 24.0, 0.2)):
+    ...     day.observe(limit=14400, remaining=remaining, reset_s=reset_s, end_at=at + reset_s,
+    ...                 grain_s=1.0)
+    >>> day.proven
+    True
+    >>> minute = RefillingQuota()  # 500 a fixed minute: every end at 59 s
+    >>> for remaining, at in ((499, 0.0), (497, 0.1), (494, 0.2), (490, 0.3)):
+    ...     minute.observe(limit=500, remaining=remaining, reset_s=59.0 - at, end_at=59.0,
+    ...                    grain_s=1.0)
+    >>> minute.proven, minute.windowed, minute.suspect
+    (False, True, False)
+    """
+
+    __slots__ = ("_agreements", "_last", "proven", "suspect", "windowed")
+
+    def __init__(self) -> None:
+        self._agreements = 0
+        self._last: tuple[float, float, float] | None = None
+        """(remaining, end_at, refill_s) of the last reading, when it bounded the refill
+        beyond a minute."""
+        self.proven = False
+        self.windowed = False
+        """Shown to be whole again at one instant while more was used: a window, not a
+        slow refill (never suspect again)."""
+        self.suspect = False
+        """Whether the latest reading bounds the refill beyond a minute and the readings have
+        not yet shown a quota (then :attr:`proven`) or a window. (Attributes, not
+        properties: a lane reads them with every answer's headers it reads.)"""
+
+    def observe(
+        self,
+        *,
+        limit: float,
+        remaining: float,
+        reset_s: float | None,
+        end_at: float,
+        grain_s: float = _RESET_GRAIN_S,
+    ) -> None:
+        """Take one reading, in send order: ``remaining`` of ``limit``, whole again in
+        ``reset_s`` (precise to ``grain_s``), at ``end_at`` on the lane's clock."""
+        # (Comparisons, not calls: this runs for every answer's headers a lane reads.)
+        if self.proven or self.windowed or reset_s is None or not 0 < limit < math.inf:
+            return
+        missing = limit - (remaining if remaining > 0 else 0.0)
+        if missing <= 0 or not grain_s < reset_s < math.inf:
+            return  # full, or a reset too coarse to bound anything
+        # remaining is rounded down: the bucket misses at most `missing`, so this is a bound
+        # from below on the time it takes to refill `limit`.
+        refill_s = (reset_s - grain_s) * limit / missing
+        last = self._last
+        self._last = (remaining, end_at, refill_s) if refill_s > _LONGEST_MINUTE_S else None
+        self.suspect = self._last is not None
+        if last is None or remaining >= last[0]:
+            if self._last is None:
+                self._agreements = 0
+            return
+        # Under a slow refill every request used moves the end on by limit / refill seconds,
+        # as much as either reading's bound says at least.
+        moved_s = end_at - last[1]
+        implied_s = (last[0] - remaining) * (refill_s if refill_s > last[2] else last[2]) / limit
+        distinct_s = 2.0 * grain_s + _SAME_END_S  # ends this far apart are not one end
+        if self._last is not None and moved_s >= 0.5 * implied_s and moved_s > distinct_s:
+            self._agreements += 1
+            self.proven = self._agreements >= _QUOTA_AGREEMENTS
+            self.suspect = not self.proven
+            return
+        self._agreements = 0
+        if moved_s < 0.5 * implied_s and 0.5 * implied_s > distinct_s:
+            self.windowed = True  # a slow refill would have moved its end further
+            self.suspect = False
+
+    def __repr__(self) -> str:
+        return f"<RefillingQuota {'proven' if self.proven else 'not shown'}>"

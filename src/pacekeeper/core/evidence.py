@@ -102,8 +102,15 @@ def budgets_have_room(limits: RateLimitSnapshot, tokens: int) -> bool:
     """Whether a 429's own rate-limit headers show room in both budgets: remaining at least
     this request and (where the limit is stated) at least half of it. Half, because a provider
     that reports a minute's budget but enforces it per second (OpenAI) refuses with some of the
-    minute left; a refusal with half of it left is not about the rate."""
-    if limits.remaining_requests is None and limits.remaining_tokens is None:
+    minute left; a refusal with half of it left is not about the rate. With no reading of the
+    requests budget (none stated, or a quota per day set aside) room in tokens says nothing of
+    a request rate stated nowhere (Groq's rpm).
+
+    >>> from pacekeeper.core.headers import RateLimitSnapshot
+    >>> budgets_have_room(RateLimitSnapshot(limit_tokens=6000, remaining_tokens=5900), tokens=9)
+    False
+    """
+    if limits.remaining_requests is None:
         return False
     for remaining, limit, need in (
         (limits.remaining_requests, limits.limit_requests, 1),

@@ -7,6 +7,10 @@ Providers describe their limits in headers on every response, not only on 429s:
   (``"6m0s"``, ``"120ms"``) as OpenAI writes them, or plain seconds (``"33"``) as Azure does.
 * Anthropic sends ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
   {limit,remaining,reset}`` whose resets are RFC 3339 timestamps.
+* Gateways (OpenRouter and many others) send unsuffixed ``X-RateLimit-{Limit,Remaining,Reset}``:
+  a request budget per window whose length they do not say, the reset in seconds, a duration, or
+  a Unix time in seconds or milliseconds. They fill the requests fields, with
+  :attr:`RateLimitSnapshot.requests_window_unknown` set.
 * Anyone may send ``retry-after`` (seconds or an HTTP date, RFC 9110) and the OpenAI/Anthropic
   extension ``retry-after-ms``; the SDKs prefer the latter because it is more precise.
 
@@ -233,6 +237,10 @@ class RateLimitSnapshot:
     reset_grain_s: float = field(default=1.0, compare=False)
     """How precise the coarsest reset read is (:func:`reset_grain_s`): a duration in ms ("49ms",
     OpenAI's) is exact to the ms, a time of day to the second. 1 when no reset was read."""
+    requests_window_unknown: bool = False
+    """The requests fields came from unsuffixed ``X-RateLimit-Limit/-Remaining/-Reset`` (a
+    gateway's): ``limit_requests`` is what one window holds, a window whose length nobody
+    stated (10 s at some gateways), not a minute's budget. The reader infers the window."""
 
     @property
     def is_empty(self) -> bool:
@@ -268,6 +276,9 @@ _ANTHROPIC = 12
 _S_RETRY_AFTER_MS = 24
 _S_RETRY_AFTER = 25
 _S_SHOULD_RETRY = 26
+# Unsuffixed X-RateLimit-Limit/-Remaining/-Reset (gateways): read as the requests budget when
+# the suffixed requests headers are absent.
+_S_UNSUFFIXED = 27
 
 _SLOT_OF: dict[str, int] = {
     "retry-after-ms": _S_RETRY_AFTER_MS,
@@ -286,9 +297,12 @@ for _i, _budget in enumerate(("requests", "tokens", "input-tokens", "output-toke
         _SLOT_OF[f"x-ratelimit-{_what}-{_budget}"] = _i * 3 + _j
         _SLOT_OF[f"anthropic-ratelimit-{_budget}-{_what}"] = _ANTHROPIC + _i * 3 + _j
 del _i, _j, _budget, _what
+for _j, _what in enumerate(("limit", "remaining", "reset")):
+    _SLOT_OF[f"x-ratelimit-{_what}"] = _S_UNSUFFIXED + _j
+del _j, _what
 
 
-def _scan(headers: Mapping[str, str]) -> dict[int, str] | None:
+def _scan(headers: Mapping[str, object]) -> dict[int, str] | None:
     """One pass over the headers: the interesting values by slot, or None if there are none."""
     found: dict[int, str] | None = None
     slot_of = _SLOT_OF
@@ -393,8 +407,15 @@ def _duration_grain_s(text: str) -> float:
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
     reset_texts: tuple[str, ...] = ()
-    for slot, text in found.items():
-        if slot >= _S_RETRY_AFTER_MS:
+    for found_slot, text in found.items():
+        slot = found_slot
+        if slot >= _S_UNSUFFIXED:
+            # The requests slots (0-2) hold them, unless suffixed requests headers were sent.
+            if any(requests in found for requests in range(3)):
+                continue
+            slot -= _S_UNSUFFIXED
+            fields["requests_window_unknown"] = True
+        elif slot >= _S_RETRY_AFTER_MS:
             continue
         name, what, anthropic = _SLOT_META[slot]
         if anthropic and slot - _ANTHROPIC in found:

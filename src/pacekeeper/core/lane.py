@@ -48,7 +48,7 @@ from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
 from pacekeeper.core.congestion import CongestionDetector
-from pacekeeper.core.depth import FixedWindows, StatedDepth
+from pacekeeper.core.depth import FixedWindows, RefillingQuota, StatedDepth, StatedWindow
 from pacekeeper.core.evidence import (
     budget_exhausted,
     budgets_have_room,
@@ -116,6 +116,7 @@ _DEEP_S = 2.0  # a provider's bucket this deep is spent at once; a shallower one
 # Of it, this share: a burst reaches the provider spread over a few ms and token estimates are
 # not exact, so a bucket spent to exactly empty refuses the last of the burst.
 _DEPTH_SPENT = 0.8
+_CLOCKS_APART_S = 1.0  # how far a provider's clock may be from ours (a time-of-day reset)
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
@@ -348,8 +349,10 @@ class Lane:
         "_probe_seq",
         "_queue",
         "_quota_budgets",
+        "_quota_refills",
         "_recent_charges",
         "_recent_sends",
+        "_request_window",
         "_served_due",
         "_shared",
         "_stated_left_seq",
@@ -468,6 +471,11 @@ class Lane:
         self._quota_budgets: set[str] = set()
         """Budgets ("requests", "tokens") whose headers turned out to describe a quota per
         hour or day: their limit is not a rate, their remaining not a minute's headroom."""
+        self._quota_refills = {"requests": RefillingQuota(), "tokens": RefillingQuota()}
+        """Whether a budget refills over hours or a day while its reset reads seconds."""
+        self._request_window = StatedWindow()
+        """How long the window of a request budget stated without one (a gateway's
+        unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
         if slots is None:
             adaptive = limits.adaptive
@@ -689,16 +697,17 @@ class Lane:
         rate refilled since, it is the headroom now (see :mod:`pacekeeper.core.evidence`)."""
         if not self._configured.learn_from_headers:
             return
-        # A day's quota under a minute's header names (Groq's requests) is not a rate: its
-        # exhaustion comes back as a 429 whose hint is hours away, and the rate is found from
-        # 429s. What is left is read as below.
-        minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
-        tokens = _token_reading(minute)
         with self._lock:
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
-            new_requests = new_tokens = False
             current = sent_at >= self._stated_sent_at
+            self._observe_windows(snapshot, now=now, sent_at=sent_at, current=current)
+            # A day's quota under a minute's header names (Groq's requests) is not a rate: its
+            # exhaustion comes back as a 429 whose hint is hours away, and the rate is found
+            # from 429s. What is left is read as below.
+            minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
+            tokens = _token_reading(minute)
+            new_requests = new_tokens = False
             if current:
                 self._stated_sent_at = sent_at
                 new_requests = self.requests is None
@@ -725,13 +734,62 @@ class Lane:
                 current=current,
             )
 
+    def _observe_windows(
+        self, snapshot: RateLimitSnapshot, *, now: float, sent_at: float, current: bool
+    ) -> None:
+        """Read from an answer's resets how long its budgets' windows are: the window of a
+        request budget stated without one, and (in send order) whether a budget refills over
+        a day while its reset reads seconds (called with the lock held)."""
+        # A time of day was turned into a wait from now, the answer; a duration counts from
+        # when the provider counted the request.
+        age_s = now - sent_at if snapshot.resets_to_the_second else 0.0
+        reset_from = now if snapshot.resets_to_the_second else sent_at
+        window_reset_s = snapshot.reset_requests_s
+        if snapshot.requests_window_unknown and window_reset_s is not None:
+            self._request_window.observe(
+                reset_s=window_reset_s, age_s=age_s, end_at=reset_from + window_reset_s
+            )
+        if not current:
+            return
+        for name, limit, remaining, reset_s in (
+            (
+                "requests",
+                snapshot.limit_requests,
+                snapshot.remaining_requests,
+                snapshot.reset_requests_s,
+            ),
+            ("tokens", snapshot.limit_tokens, snapshot.remaining_tokens, snapshot.reset_tokens_s),
+        ):
+            if not limit or remaining is None or reset_s is None:
+                continue
+            refill = self._quota_refills[name]
+            refill.observe(
+                limit=limit,
+                remaining=remaining,
+                reset_s=reset_s,
+                end_at=reset_from + reset_s,
+                # a time of day is also off by the difference between the two clocks
+                grain_s=snapshot.reset_grain_s
+                + (_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0),
+            )
+            if refill.proven:
+                self._quota_budgets.add(name)
+
     def _take_statement(
         self, minute: RateLimitSnapshot, tokens: _TokenReading, *, now: float, sent_at: float
     ) -> None:
         """Adopt the per-minute limits the latest answer states, and the depths its
         resets show (called with the lock held)."""
         tpm, otpm, remaining_tokens, reset_tokens_s = tokens
-        rpm = minute.limit_requests
+        limit_requests = minute.limit_requests
+        rpm: float | None = limit_requests
+        if rpm and minute.requests_window_unknown:
+            # N a window nobody stated: a rate only once the resets bound the window.
+            depth = self._depths["requests"]
+            window_rpm = self._request_window.per_minute(
+                rpm, depth_s=depth.depth_s if depth.continuous else None
+            )
+            rpm = None if window_rpm is None else round(window_rpm, 6)
         quotas = self._quota_budgets
         changed = False
         if "requests" in quotas and self.learned_rpm is not None:
@@ -750,7 +808,7 @@ class Lane:
             self.learned_otpm = float(otpm)
             changed = True
         readings = (
-            (rpm, minute.remaining_requests, minute.reset_requests_s),
+            (limit_requests, minute.remaining_requests, minute.reset_requests_s),
             (tpm, remaining_tokens, reset_tokens_s),
             (otpm, minute.remaining_output_tokens, minute.reset_output_tokens_s),
         )
@@ -795,6 +853,9 @@ class Lane:
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
+        windowed = minute.requests_window_unknown and self._keep_request_windows(now=now)
+        if windowed and reset_requests_s is not None and minute.resets_to_the_second:
+            reset_requests_s += elapsed_s  # a time of day, measured from the answer
         if remaining_requests is not None:
             drain_to_headroom(
                 self.requests,
@@ -804,6 +865,7 @@ class Lane:
                 elapsed_s=elapsed_s,
                 used_since=self._admitted - permit.seq,
                 slack=1.0,
+                fixed_window=windowed,
                 continuous=self._depths["requests"].continuous,
             )
         if remaining_tokens is not None:
@@ -866,6 +928,28 @@ class Lane:
             # statement. What the windows hold is counted from this one (a little under).
             self._window_from_seq = permit.seq
             self._window_intake = self._window_intake_tokens = 0
+
+    def _keep_request_windows(self, *, now: float) -> bool:
+        """Keep the request bucket to the fixed windows of a budget stated per window (a
+        gateway's unsuffixed X-RateLimit-*) once its readings show one end for a window's
+        requests: each window's budget from its start, as the provider allows, not paced
+        through it (10-s windows paced evenly took 0.83 of a client spending each at its
+        start). True when the bucket keeps to them (called with the lock held)."""
+        bucket = self.requests
+        if bucket is None or not self._quota_refills["requests"].windowed:
+            return False
+        grid = self._request_window.grid()
+        if grid is None:
+            return False
+        end_s, length_s = grid
+        bucket.set_windows(
+            start_s=end_s - FixedWindows.guard_s,
+            length_s=length_s,
+            now=now,
+            guard_s=2.0 * FixedWindows.guard_s,
+            budget_per_s=self._stated_per_s(self.request_rate.ceiling),
+        )
+        return True
 
     def _stated_per_s(self, ceiling_per_min: float | None) -> float | None:
         """This process's share of a stated per-minute limit, per second (None: none)."""
@@ -1582,7 +1666,7 @@ class Lane:
                 # Sent alone with nothing left, and accepted stating nothing newer: the
                 # budget it was held to is not the provider's (any more).
                 self._local.stated_left = self._local.stated_tokens_left = math.inf
-        if now < self._first_success_at:  # not min(): a call on every answer
+        if now < self._first_success_at:  # noqa: PLR1730  # min() is a call, on every answer
             self._first_success_at = now
         self.congestion.observe(overload=False)
         slots = self.slots
@@ -2062,6 +2146,13 @@ class Lane:
             quotas.add("requests")
         if outlasts_a_minute(limits.reset_tokens_s):
             quotas.add("tokens")
+        # A budget whose latest reading bounds its refill beyond a minute is set aside too
+        # until the readings show a quota or a window (core/depth.py RefillingQuota).
+        refills = self._quota_refills
+        if refills["requests"].suspect:
+            quotas = quotas | {"requests"}
+        if refills["tokens"].suspect:
+            quotas = quotas | {"tokens"}
         if not quotas:
             return limits
         if "requests" in quotas:

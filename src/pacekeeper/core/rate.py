@@ -207,12 +207,15 @@ class PacedRate:
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
-            if sustained is not None and last_second is not None:
+            if sustained is not None and last_second:
                 # What the server accepted in the second before it refused, counted by when
                 # the requests were sent, is its rate as it was just now. The mean since the
                 # last cut counts answers, which lag the sending by a latency: while the pace
                 # climbs towards the server's rate it measures our own climb (918 to 1545/min
-                # against 1440 measured 1188, and the lane held there).
+                # against 1440 measured 1188, and the lane held there). A second in which it
+                # took nothing measures a window that ran dry, not a rate: read as one, the
+                # pace fell to the 6/min floor and took a minute to climb back (a gateway's
+                # 10-s windows, found by the `gateway` profile).
                 sustained, share = last_second, _LAST_SECOND_SHARE
             self._measured_cut = sustained is not None and sustained < self.rpm
             if sustained is not None and sustained < self.rpm:
