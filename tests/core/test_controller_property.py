@@ -19,16 +19,10 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
+from .simclock import SimClock
+
 _STEP_S = 0.01
 _RUN_S = 25.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Window:
@@ -125,7 +119,7 @@ def _run_against_a_window(
     then found from the 429s, and every 5 s window that no 429 explains must still hold 0.8
     of it."""
     _, window_s, fixed = window
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())  # a backlog: the lane always has work waiting
     provider = _Window(rpm, window_s, fixed)
@@ -231,7 +225,7 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
     5 s window (once the first answers are in) holds fewer than 0.8 of it in flight on
     average, and once slow start's overshoot has drained, none holds more than twice as many
     (past that, requests only queue)."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     server = _QueueingServer(capacity, slowdown, service_s, seed)
@@ -263,7 +257,7 @@ def _slow_start_against_a_queueing_server(
 ) -> tuple[int, int]:
     """A lane with a backlog against the queueing server for 12 s: how many were in flight
     when the first answer came, and the most ever in flight."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     server = _QueueingServer(capacity, 0.3, service_s, seed)
@@ -316,7 +310,7 @@ def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_lat
     by chance. Once the lane has reached the capacity, its limit stays near it (it was cut
     from 20 to 9 and took 12 s to climb back)."""
     capacity = 21
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     server = _QueueingServer(capacity, 0.33, 1.2, seed=14)
@@ -343,7 +337,7 @@ def _held_under_an_in_flight_cap(cap: int, service_s: float, seed: int) -> float
     backlog. Returns the lowest mean in flight over a 5 s window, as a share of the cap,
     once slow start and the cap's test are behind (3 answers and 2 s in)."""
     rng = random.Random(seed)
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     ok = classify_response(200, {}, None, now_wall_s=0.0)

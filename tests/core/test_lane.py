@@ -18,6 +18,8 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, QueueTimeout, _ThreadWaiter
 from pacekeeper.core.waiting import ThreadWaiter
 
+from .simclock import SimClock
+
 
 def make_lane(**limits: object) -> Lane:
     return Lane(
@@ -274,15 +276,9 @@ def test_no_lane_is_a_subclass() -> None:
     assert not hasattr(Lane, "_releases_locally")
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _settled(lane: Lane, clock: _Clock, status: int, *, at: float, latency_s: float = 0.1) -> None:
+def _settled(
+    lane: Lane, clock: SimClock, status: int, *, at: float, latency_s: float = 0.1
+) -> None:
     """One attempt admitted at ``at - latency_s`` and answered with ``status`` at ``at``."""
     clock.now = at - latency_s
     permit = lane._grant(clock.now, 0, clock.now)
@@ -294,8 +290,8 @@ def _verdict(status: int, headers: dict[str, str] | None = None) -> Verdict:
     return classify_response(status, headers or {}, None, now_wall_s=0.0)
 
 
-def _clocked_lane(**limits: object) -> tuple[Lane, _Clock]:
-    clock = _Clock()
+def _clocked_lane(**limits: object) -> tuple[Lane, SimClock]:
+    clock = SimClock()
     lane = Lane(
         ("/v1/chat/completions", "m"),
         limits=Limits(**limits),  # type: ignore[arg-type]
@@ -745,7 +741,7 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     assert permit.tokens < lane.cost_of(400, 0)
 
 
-def _refused_at_a_new_peak(lane: Lane, clock: _Clock) -> list[Permit]:
+def _refused_at_a_new_peak(lane: Lane, clock: SimClock) -> list[Permit]:
     """No headers anywhere: 4 answered in 1 s, then 8 sent in 70 ms and the 8th refused by a
     bare 429 (twice the most that ever succeeded in flight). Returns the 7 still in flight."""
     lane.queue.join(_ThreadWaiter())  # a backlog
@@ -763,7 +759,7 @@ def _refused_at_a_new_peak(lane: Lane, clock: _Clock) -> list[Permit]:
     return burst[:-1]
 
 
-def _answered(lane: Lane, clock: _Clock, permits: list[Permit], at: list[float]) -> list[Permit]:
+def _answered(lane: Lane, clock: SimClock, permits: list[Permit], at: list[float]) -> list[Permit]:
     """``permits`` succeed at the times ``at``; the backlog takes every slot they free."""
     sent = []
     for permit, now in zip(permits, at, strict=True):

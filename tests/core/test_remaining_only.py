@@ -20,15 +20,9 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
+from .simclock import SimClock
+
 _STEP_S = 0.01
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _AzureWindows:
@@ -76,7 +70,7 @@ def _run(
     """A lane with a backlog against the windows: (429s per window, requests accepted per
     window), windows numbered from the first."""
     rng = random.Random(seed)
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _AzureWindows(
@@ -163,7 +157,7 @@ def test_a_budget_whose_statements_stop_does_not_hold_the_lane_to_one_request() 
     """A server that stated ``remaining`` and then stops (a gateway that strips headers
     after a while): once nothing is left by the last statement, one request goes; accepted
     with nothing said, it shows the budget is not the provider's, and the lane sends on."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     assert lane._try_admit(0.0, 100) == 0.0
     first = lane._grant(0.0, 100, 0.0)

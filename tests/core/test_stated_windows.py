@@ -12,25 +12,19 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.depth import RefillingQuota, StatedWindow
 from pacekeeper.core.lane import Lane
 
+from .simclock import SimClock
+
 WALL0 = 1_800_000_000.0  # the lane's clock 0 on the wall clock
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _lane() -> tuple[Lane, _Clock]:
-    clock = _Clock()
+def _lane() -> tuple[Lane, SimClock]:
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     return lane, clock
 
 
 def _answer(
-    lane: Lane, clock: _Clock, status: int, headers: dict[str, str], *, sent: float, at: float
+    lane: Lane, clock: SimClock, status: int, headers: dict[str, str], *, sent: float, at: float
 ) -> Verdict:
     clock.now = sent
     permit = lane._grant(sent, 0, sent)

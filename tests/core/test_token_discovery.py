@@ -24,16 +24,10 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 from pacekeeper.core.rate import PacedRate
 
+from .simclock import SimClock
+
 _STEP_S = 0.005
 _MAX_TOKENS = 256
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _InputTokenBucket:
@@ -88,7 +82,7 @@ def _run(*, tpm: float, depth_s: float, seed: int, run_s: float = 20.0) -> tuple
     Answers take 0.3-0.9 s, a refusal comes back at once. The gate is left open: the
     refusals counted are what pacing let through."""
     rng = random.Random(seed)
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _InputTokenBucket(tpm, depth_s)
@@ -152,7 +146,7 @@ def test_an_input_token_429_with_no_stated_limit_paces_tokens_not_requests(
 def test_a_token_429_of_every_shape_discovers_a_token_rate(
     headers: dict[str, str], body: bytes
 ) -> None:
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     permits = []
     for i in range(20):  # 20 requests of 400 tokens in a second, all answered by 1.5 s
@@ -174,7 +168,7 @@ def test_a_token_429_of_every_shape_discovers_a_token_rate(
 def test_headers_showing_an_unstated_token_budget_short_still_discover_requests() -> None:
     # Azure's `remaining` of 10-s windows, no limit: a token rate measured per second from
     # them held a lane at 0.3 of the windows' rate. Until windows are located, requests.
-    clock = _Clock()
+    clock = SimClock()
     lane = _lane_after_answers(clock)
     clock.now = 1.5
     refused = lane._grant(clock.now, 400, clock.now)
@@ -201,7 +195,7 @@ def test_a_discovered_token_rate_measures_tokens_refused_in_the_second_before() 
     assert rate.rpm > 0.9 * 60 * 5400  # from a third of it
 
 
-def _lane_after_answers(clock: _Clock, **limits: float) -> Lane:
+def _lane_after_answers(clock: SimClock, **limits: float) -> Lane:
     """A lane that had 20 requests of 400 tokens accepted over the last second."""
     lane = Lane(
         ("/v1/chat/completions", "m"),
@@ -217,7 +211,7 @@ def _lane_after_answers(clock: _Clock, **limits: float) -> Lane:
     return lane
 
 
-def _refuse(lane: Lane, clock: _Clock, at: float, delay_s: float) -> float:
+def _refuse(lane: Lane, clock: SimClock, at: float, delay_s: float) -> float:
     """A Gemini 429 with ``retryDelay`` ``delay_s`` to a request sent at ``at``; the gate's
     remaining wait right after."""
     clock.now = at
@@ -231,7 +225,7 @@ def _refuse(lane: Lane, clock: _Clock, at: float, delay_s: float) -> float:
 def test_a_whole_second_hint_for_an_unstated_budget_holds_only_the_certain_part() -> None:
     # Google rounds retryDelay up to whole seconds: "1s" for a bucket short of 0.1 s. The
     # budget that refused is paced from empty now; the gate holds only the hint less a second.
-    clock = _Clock()
+    clock = SimClock()
     lane = _lane_after_answers(clock)
     assert _refuse(lane, clock, 1.0, 0.1) == 0.0  # "1s": the wait may be anything under it
     assert lane.tpm is not None
@@ -241,14 +235,14 @@ def test_a_whole_second_hint_for_an_unstated_budget_holds_only_the_certain_part(
 
 
 def test_a_stated_budget_s_whole_second_hint_is_waited_whole() -> None:
-    clock = _Clock()
+    clock = SimClock()
     lane = _lane_after_answers(clock, tpm=300_000.0)
     assert _refuse(lane, clock, 1.0, 0.1) == pytest.approx(1.0)
 
 
 def test_refusals_inside_two_hints_waited_short_make_every_hint_whole() -> None:
     # Fixed windows refuse until they end: what the rest of a hint held back is refused.
-    clock = _Clock()
+    clock = SimClock()
     lane = _lane_after_answers(clock)
     assert _refuse(lane, clock, 1.0, 2.5) == pytest.approx(2.0)  # the first: rate unknown
     assert _refuse(lane, clock, 3.2, 0.5) == 0.0  # sent in its rest: says nothing yet

@@ -24,16 +24,10 @@ from pacekeeper.core.depth import FixedWindows
 from pacekeeper.core.evidence import drain_to_headroom
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
+from .simclock import SimClock
+
 _STEP_S = 0.005
 _MAX_TOKENS = 256
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _TokenWindows:
@@ -78,7 +72,7 @@ def _run(
     from 5 s on, when the first answer came). Requests reach the provider ``trip_s`` (+ up to 10 ms)
     after they leave; answers take 0.3-0.9 s, a refusal comes back at once."""
     rng = random.Random(seed)
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _TokenWindows(tpm, 1.0, origin_s)
@@ -281,7 +275,7 @@ def test_a_hinted_429_from_a_continuous_bucket_holds_the_lane_for_the_hint_not_t
     it then halves owes no debt to a bucket that refills all along: the next request goes a
     request's time (1/7.8 s) after the hint, where the halved burst's debt held the lane
     0.37 s."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _HalvingBucket(940.0, halve_at=4.0)
@@ -332,7 +326,7 @@ def test_an_answer_older_than_the_last_statement_still_shows_its_window() -> Non
     ended 0.7 s before), and the windows showed only from a later answer, after the lane had
     sent a window and a half's budget on a bucket that carried one window's leftover into
     the next."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     sends = {1: 0.0, 3: 0.08, 6: 0.975, 7: 1.128, 9: 1.501, 10: 1.681}
     permits: dict[int, Permit] = {}
@@ -360,7 +354,7 @@ def test_an_answer_older_than_the_last_statement_still_drains_the_headroom() -> 
     after it, still bounds the headroom now (here another client on the key spent the
     window after our first request was counted). Such an answer was dropped whole, not only
     its statement of the limit."""
-    clock = _Clock()
+    clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     early = lane._grant(0.0, 500, 0.0)
     clock.now = 0.05

@@ -1,0 +1,1 @@
+"""Tests of the core: pure pieces, and lanes driven on a simulated clock."""
