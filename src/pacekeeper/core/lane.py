@@ -918,7 +918,7 @@ class Lane:
             began = left > local.stated_left + 1.0
             local.stated_left = left
         if unstated_tokens and minute.remaining_tokens is not None:
-            used_since = self._charged - permit.charged_before - self._charged_for(permit)
+            used_since = self._charged_since(permit)
             tokens_left = minute.remaining_tokens - used_since
             # (our estimates drift from the provider's count by a request's worth or so)
             began = began or tokens_left > local.stated_tokens_left + 2.0 * permit.tokens
@@ -969,7 +969,7 @@ class Lane:
     ) -> None:
         """The token bucket's share of :meth:`_read_headroom`."""
         elapsed_s = max(0.0, now - permit.sent_at)
-        used_since = self._charged - permit.charged_before - self._charged_for(permit)
+        used_since = self._charged_since(permit)
         drain_to_headroom(
             self.tokens,
             now=now,
@@ -2113,6 +2113,11 @@ class Lane:
         if bucket is None or left <= 0:
             return
         bucket.adjust(now=self._clock(), delta=-min(1.0, left / limit) * bucket.burst)
+
+    def _charged_since(self, permit: Permit) -> float:
+        """What this lane charged the token bucket after ``permit`` (what an answer's
+        ``remaining`` of tokens has not counted yet)."""
+        return self._charged - permit.charged_before - self._charged_for(permit)
 
     def _charged_for(self, permit: Permit) -> int:
         """What ``permit`` charged the token bucket (its input alone where output is apart)."""
