@@ -16,6 +16,7 @@ Every run is sized to ``run_s`` seconds of ideal time (10 s; 3 s with ``--quick`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -119,7 +120,6 @@ def ideal_s(
     completions: Sequence[float],
     *,
     offset_s: float = 0.0,
-    window_offset_s: float | None = None,
     fixed_windows: bool = True,
 ) -> float:
     """What the true limits alone force (models run side by side: the slowest one sets it).
@@ -132,9 +132,7 @@ def ideal_s(
     request's completion length (or an estimate). A bucket's depth (burst_s of the rate) may
     go at once at the start. With fixed windows (unless
     ``fixed_windows`` is False: the per-minute rate alone) each window's budget can be spent
-    as it opens (see ``_window_time``), counted from ``window_offset_s`` into the windows
-    (``offset_s`` unless given: a fleet's windows are counted where one process met them,
-    see ``_window_offset_s``)."""
+    as it opens (see ``_window_time``), counted from ``offset_s`` into the windows."""
     latency = draw.scenario.latency
     spread_factor = math.exp(latency.spread**2 / 2)
     mean_completion = sum(completions) / len(completions) if completions else 0.0
@@ -167,8 +165,7 @@ def ideal_s(
                 continue
             budget = per_minute / 60 * window_s
             budget = math.floor(budget + 1e-9) if whole else budget
-            phase_s = offset_s if window_offset_s is None else window_offset_s
-            rate_bounds.append(_window_time(units, budget, window_s, phase_s))
+            rate_bounds.append(_window_time(units, budget, window_s, offset_s))
         if truth.max_in_flight is not None:
             busy_s = sum(
                 (latency.ttft_s + latency.per_token_s * completions[i]) * spread_factor for i in ids
@@ -293,7 +290,6 @@ def _run_draw(
     # a recipe backing off for minutes must not hold up the whole run.
     cap_s = 3 * nominal + draw.timeout_s + 10
     rows: list[dict[str, Any]] = []
-    offsets: dict[str, float] = {}
     for contender in contenders:
         with SimulatorProcess(draw.scenario) as sim:
             started_at = float(sim.stats()["started_at"])
@@ -307,14 +303,13 @@ def _run_draw(
             )
             outcome = contender.run(ctx)
             stats = _wait_idle(sim, limit_s=min(30.0, draw.timeout_s))
-        offset = offsets[contender.key] = outcome.started_at - started_at
-        ideal = ideal_s(
-            draw,
-            wl,
-            completions,
-            offset_s=offset,
-            window_offset_s=_window_offset_s(contender.key, offsets),
-        )
+        # A contender that restarted the simulator (a fleet, once its processes were ready)
+        # is timed from that start: windows and capacity changes count from it.
+        restarted_at = outcome.diagnostics.get("sim_restarted_at")
+        if restarted_at is not None:
+            ctx = dataclasses.replace(ctx, sim_started_at=float(restarted_at))
+        offset = outcome.started_at - ctx.sim_started_at
+        ideal = ideal_s(draw, wl, completions, offset_s=offset)
         row = row_for(scenario, outcome, stats, ideal=ideal, change_wall=ctx.change_wall)
         row = {"contender": contender.key, "label": contender.label, **row}
         # The per-second timelines and samples are for diagnosing the scenario runs; here they
@@ -351,28 +346,6 @@ def _run_draw(
         "ideal_s": nominal,
         "rows": rows,
     }
-
-
-def _window_offset_s(contender: str, offsets: dict[str, float]) -> float | None:
-    """Where in the simulator's fixed windows a contender's ideal starts (None: where it
-    started). The fleet's processes start seconds after the simulator (each imports openai
-    and connects before the go): timed from there, a 10-s window had 1-9 s left, and the
-    fleet's ideal fell to 1.1-6.6 s where one process's was ~10.5 (fleet/one read 0.11-0.87
-    while its wall time was 1.01-1.64 times one process's). A client cannot know where a
-    window it never saw began, so the fleet's ideal is timed from its own start as one
-    process's is: at the phase one process met (``auto``, the row it is compared with; at a
-    window's start without one). Capacity changes still count from the simulator's start.
-
-    >>> _window_offset_s("fleet3", {"auto": 0.3, "fleet3": 4.2})
-    0.3
-    >>> _window_offset_s("fleet3", {"fleet3": 4.2})
-    0.0
-    >>> _window_offset_s("auto", {"auto": 0.3}) is None
-    True
-    """
-    if contender != "fleet3":
-        return None
-    return offsets.get("auto", 0.0)
 
 
 def _rank_key(row: dict[str, Any]) -> float:

@@ -9,6 +9,7 @@ process so it has its own CPU core.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -111,7 +112,11 @@ def run_scenario(
             )
             outcome = contender.run(ctx)
             stats = _wait_idle(sim)
-        ideal = ideal_s(scenario, offset_s=outcome.started_at - started_at, latencies_s=latencies)
+        restarted_at = outcome.diagnostics.get("sim_restarted_at")  # a fleet restarts it
+        if restarted_at is not None:
+            ctx = dataclasses.replace(ctx, sim_started_at=float(restarted_at))
+        offset_s = outcome.started_at - ctx.sim_started_at
+        ideal = ideal_s(scenario, offset_s=offset_s, latencies_s=latencies)
         row = row_for(scenario, outcome, stats, ideal=ideal, change_wall=ctx.change_wall)
         row = {"contender": contender.key, "label": contender.label, **row}
         row["diagnostics"] = outcome.diagnostics

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 
-from pacekeeper.sim import Faults, ModelLimits, Scenario
+from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario
 
 from .helpers import StartSim, chat
 
@@ -106,3 +107,38 @@ def test_api_keys_are_never_kept(start_sim: StartSim) -> None:
     stats = sim.stats()
     assert secret not in json.dumps(stats)
     assert stats["by_status"] == {"200": 1, "401": 1}
+
+
+def test_restart_starts_the_limits_and_windows_over(start_sim: StartSim) -> None:
+    # One request per fixed 10-s window: spent, then a restart gives a full window that ends
+    # 10 s after the restart (as on a server that just started), and clears the stats.
+    sim = start_sim(Scenario(default=ModelLimits(rpm=6, window_s=10.0)))
+    with httpx2.Client(base_url=sim.base_url) as http:
+        assert http.post("/chat/completions", json=chat()).status_code == 200
+        assert http.post("/chat/completions", json=chat()).status_code == 429
+        time.sleep(1.0)
+        before = time.time()
+        restart = http.post(sim.url + "/_restart").json()
+        assert restart["restarted"] is True
+        assert before - 0.5 <= restart["started_at"] <= time.time() + 0.5
+        answer = http.post("/chat/completions", json=chat())
+        assert answer.status_code == 200
+        reset_s = float(answer.headers["x-ratelimit-reset-requests"].removesuffix("s"))
+        assert 9.0 < reset_s <= 10.0  # the window began at the restart, not a second earlier
+    stats = sim.stats()
+    assert stats["requests_received"] == 1
+    assert stats["started_at"] == restart["started_at"]
+
+
+def test_restart_is_refused_while_a_request_is_in_flight(start_sim: StartSim) -> None:
+    sim = start_sim(Scenario(latency=Latency(ttft_s=1.0)))
+    with httpx2.Client(base_url=sim.base_url) as http, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(http.post, "/chat/completions", json=chat())
+        deadline = time.monotonic() + 5
+        while sim.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = http.post(sim.url + "/_restart")
+        assert refused.status_code == 409
+        assert "in flight" in refused.json()["error"]["message"]
+        assert slow.result().status_code == 200
+        assert http.post(sim.url + "/_restart").status_code == 200

@@ -388,6 +388,24 @@ class SimApp:
         """Clear the stats (and with them the per-identity attempt numbers); limits stay."""
         self.stats.clear()
 
+    def restart(self) -> bool:
+        """Start over as if the server had just started: full limits, fixed windows and the
+        capacity-change clock counted from now, the fault draws from their start, the stats
+        cleared. A client that connects long after the server started (several processes,
+        each importing an SDK first) then meets the windows at the phase a prompt client
+        does. Refused (False) while a request is in flight: its answer belongs to the old
+        start."""
+        if self.stats.in_flight or (self._queue is not None and self._queue.processing):
+            return False
+        self._started_mono = self._clock()
+        self._started_wall = self._wall()
+        self._limits = LimiterRegistry(
+            self.scenario, self._started_mono, started_wall=self._started_wall
+        )
+        self._faults = FaultPlan(self.scenario.faults, self.scenario.seed)
+        self.stats.clear()
+        return True
+
     def limiters(self) -> list[ModelLimiter]:
         """The per-model limiters created so far (for inspection and debugging)."""
         return self._limits.limiters()
@@ -411,6 +429,14 @@ class SimApp:
         elif method == "POST" and path == "/_reset":
             self.reset_stats()
             await _send(send, 200, [JSON_CONTENT_TYPE], b'{"reset":true}')
+        elif method == "POST" and path == "/_restart":
+            if self.restart():
+                body = _json({"restarted": True, "started_at": self._started_wall})
+                await _send(send, 200, [JSON_CONTENT_TYPE], body)
+            else:
+                message = "requests are in flight: restart the simulator when it is idle"
+                body = error_body(message, "invalid_request_error")
+                await _send(send, 409, [JSON_CONTENT_TYPE], body)
         else:
             body = error_body(f"Invalid URL ({method} {path})", "invalid_request_error")
             await _send(send, 404, [JSON_CONTENT_TYPE], body)

@@ -201,6 +201,11 @@ class SimulatorProcess(StartStop):
         """POST /_reset."""
         self._request("POST", "/_reset")
 
+    def restart(self) -> float:
+        """POST /_restart: start over as if just started (see ``SimApp.restart``); returns the
+        new start, wall clock. Raises ``urllib.error.HTTPError`` (409) while busy."""
+        return float(self._request("POST", "/_restart")["started_at"])
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"SimulatorProcess({self._base_url or 'not listening'}, {state})"

@@ -245,6 +245,11 @@ class Simulator(StartStop):
         """Clear the stats (and the per-identity attempt numbers), as POST /_reset does."""
         self._on_loop(self.app.reset_stats)
 
+    def restart(self) -> bool:
+        """Start over as if just started, as POST /_restart does (False: busy, not restarted)."""
+        restarted: bool = self._on_loop(self.app.restart)
+        return restarted
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         where = base_url_for(self.host, self._port) if self._port is not None else "unbound"
