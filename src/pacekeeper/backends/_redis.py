@@ -643,6 +643,8 @@ class RedisAdmissionPolicy:
                 fixed = min(fixed, ceiling)
         learner = self.learner
         otpm = lane.output_tpm or 0
+        requests = lane.requests
+        grid = None if requests is None else requests.window_grid(self._clock())
         return [
             tokens - output_tokens if otpm else tokens,
             lane.rpm or 0,
@@ -666,6 +668,7 @@ class RedisAdmissionPolicy:
             0 if learner is None else learner.silence_window,
             lane.burst_s("tokens"),
             lane.burst_s("output_tokens"),
+            *(grid or (0, 0, 0, 0)),
         ]
 
     def answer(self, reply: object) -> Granted | Deferred | None:

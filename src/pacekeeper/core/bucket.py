@@ -225,6 +225,26 @@ class TokenBucket:
             self._window_s = None
             self._set_burst(self._asked_burst, now=now)
 
+    def window_grid(self, now: float) -> tuple[float, float, float, float] | None:
+        """Where the fixed windows this bucket keeps to fall, for a store that keeps them for
+        several processes: (seconds from ``now`` until the window holding it ends, the
+        windows' length, a window's budget, the guard at a window's start); None unless it
+        keeps windows of a known length.
+
+        >>> b = TokenBucket(rate_per_s=10.0, burst=10.0)
+        >>> b.window_grid(now=0.0) is None
+        True
+        >>> b.set_windows(start_s=2.0, length_s=10.0, now=4.5, guard_s=0.05)
+        >>> b.window_grid(now=4.5)
+        (7.5, 10.0, 100.0, 0.05)
+        """
+        length_s = self._window_s
+        if length_s is None:
+            return None
+        started_at = self._window_started_at(now)
+        ends_at = started_at + length_s if math.isfinite(started_at) else self._window_start
+        return (ends_at - now, length_s, self._burst, self._guard_s)
+
     def _window_started_at(self, now: float) -> float:
         """When the window holding ``now`` started (-inf: before the first known start)."""
         start, length_s = self._window_start, self._window_s
