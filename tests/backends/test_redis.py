@@ -696,3 +696,35 @@ async def test_a_fleet_spends_each_fixed_window_from_its_start(
     assert first[-1] - first[0] < 0.15, [round(t - sent_at[0], 3) for t in sent_at]
     assert second[-1] - second[0] < 0.15, [round(t - sent_at[0], 3) for t in sent_at]
     assert 0.8 < second[0] - first[0] < 1.2  # one window apart, never two windows' worth in one
+
+
+async def test_a_budget_stated_without_a_limit_holds_the_whole_fleet(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Azure states what is left of a 10-s window and no limit: what an answer says is left,
+    less what the fleet admitted after it, is all the fleet sends (then one at a time). Each
+    process held only to its own sends, and a fleet of three met 4-6 429s a run where one
+    process met one. A 429 ends the window: the fleet's budget is forgotten with it."""
+    from pacekeeper.core.classify import classify_response
+    from pacekeeper.core.headers import RateLimitSnapshot
+
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    lane_a, lane_b = a.lane(CHAT, "m"), b.lane(CHAT, "m")
+    admission = lane_a.admission
+    assert isinstance(admission, RedisAdmissionPolicy)
+    first = await lane_a.acquire(0)
+    lane_a.learn(RateLimitSnapshot(remaining_requests=1), first)  # one more may go
+    await written(redis_server, admission.hash_key, "bq")
+    second = await lane_b.acquire(0)  # the one left: the other process's
+    with pytest.raises(QueueTimeout):
+        await lane_b.acquire(0, deadline=time.monotonic() + 0.5)
+    # The window ends with a 429 (its hint says when the next begins): the budget goes.
+    refused = classify_response(
+        429, {"x-ratelimit-remaining-requests": "0", "retry-after": "0"}, None, now_wall_s=0.0
+    )
+    lane_a.settle(first, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
+    third = await lane_b.acquire(0, deadline=time.monotonic() + 5.0)
+    for permit in (second, third):
+        permit.release(Signal.SUCCESS)
+    close(a, b)

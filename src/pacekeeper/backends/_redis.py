@@ -38,7 +38,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pacekeeper.backends import _scripts
 from pacekeeper.core.admission import Deferred, Granted
@@ -111,6 +111,7 @@ class _SyncScripts:
     release: _SyncScript
     gate: _SyncScript
     learn: _SyncScript
+    left: _SyncScript
     control: _SyncScript
     renew: _SyncScript
     budget: _SyncScript
@@ -123,6 +124,7 @@ class _SyncScripts:
             release=client.register_script(_scripts.RELEASE),
             gate=client.register_script(_scripts.GATE),
             learn=client.register_script(_scripts.LEARN),
+            left=client.register_script(_scripts.LEFT),
             control=client.register_script(_scripts.CONTROL),
             renew=client.register_script(_scripts.RENEW),
             budget=client.register_script(_scripts.BUDGET),
@@ -141,6 +143,20 @@ class _Admission:
     """The Redis server's clock at the decision."""
     admissions: int
     """The fleet's admissions on this lane so far, this one included (0: not admitted)."""
+    tokens_admitted: float
+    """The tokens of those admissions (0: not admitted)."""
+
+
+class _Lease(NamedTuple):
+    """A shared admission's hold on a slot (a permit's ``lease``)."""
+
+    lease_id: str
+    server_sent_at: float
+    """The Redis server's clock at admission: the shared AIMD compares these, never ours."""
+    admissions: int
+    """The fleet's admissions up to this one, this one included."""
+    tokens_admitted: float
+    """Their tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,6 +609,29 @@ class RedisAdmissionPolicy:
             self._control_queued = True
         self._backend.submit_control(self)
 
+    def budget_left(
+        self, permit: Permit, *, requests_left: float | None, tokens_left: float | None
+    ) -> None:
+        """The fleet's budget: what the answer to ``permit`` says is left, counted from the
+        fleet's admissions up to it (LEFT), so that every process holds to what the provider
+        counts down for all of them (each holding to its own share, a fleet of three met four
+        to six 429s a run on Azure's 10-s windows where one process met one)."""
+        held = permit.lease
+        if not isinstance(held, _Lease) or self.fallback:
+            return
+        forget = math.inf in (requests_left, tokens_left)
+        self._backend.submit(
+            "left",
+            [self.hash_key],
+            [
+                held.admissions,
+                _wire(held.tokens_admitted),
+                "inf" if forget else "" if requests_left is None else _wire(requests_left),
+                "inf" if forget else "" if tokens_left is None else _wire(tokens_left),
+                self._backend.key_ttl_s,
+            ],
+        )
+
     def stated(self, rpm: float | None, tpm: float | None) -> None:
         learned = (rpm, tpm)
         if learned != self._pushed_limits:
@@ -693,9 +732,10 @@ class RedisAdmissionPolicy:
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
-            # the server's clock at admission: the shared AIMD compares these, never ours
             return Granted(
-                in_flight=admission.in_flight, limit=admission.limit, lease=(lease, admission.now)
+                in_flight=admission.in_flight,
+                limit=admission.limit,
+                lease=_Lease(lease, admission.now, admission.admissions, admission.tokens_admitted),
             )
         if admission.limit:  # 0: held back for a higher class, the limit not read
             shared.shared_limit = admission.limit
@@ -729,9 +769,9 @@ class RedisAdmissionPolicy:
     # -- outcomes -------------------------------------------------------------------------
 
     def release(self, permit: Permit, signal: Signal, *, now: float, backlog: bool) -> None:
-        pair = permit.lease
-        assert isinstance(pair, tuple)
-        lease, server_sent_at = pair
+        held = permit.lease
+        assert isinstance(held, _Lease)
+        lease, server_sent_at = held.lease_id, held.server_sent_at
         # requests wait for a slot, not for pacing: only then is the limit in use (and may
         # grow); a window grown while pacing holds requests back only inflates
         backlog = backlog and self._slot_starved
@@ -812,6 +852,7 @@ def _parse(raw: list[Any]) -> _Admission:
         limit=int(raw[3]),
         now=float(raw[4]),
         admissions=int(raw[5]),
+        tokens_admitted=float(raw[6]) if len(raw) > 6 else 0.0,
     )
 
 
@@ -1047,7 +1088,12 @@ class RedisBackend:
         if admission is not None:
             admission.exchange_control(scripts.control)
             return
-        script = {"release": scripts.release, "gate": scripts.gate, "learn": scripts.learn}[op]
+        script = {
+            "release": scripts.release,
+            "gate": scripts.gate,
+            "learn": scripts.learn,
+            "left": scripts.left,
+        }[op]
         script(keys=keys, args=args)
 
     def _tick(self) -> None:

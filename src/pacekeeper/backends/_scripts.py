@@ -21,6 +21,9 @@ measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/`
 (k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
 rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
 when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
+``nt`` tokens admitted so far; ``bq``/``tq`` where a budget counted down with no limit
+stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that statement is
+about;
 ``we``/``wl``/``wu`` the fixed windows a provider counts requests in, where the lanes keep to
 them: when the current one ends, their length, the requests that went into it (ADMIT);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
@@ -37,6 +40,7 @@ __all__ = [
     "GATE",
     "HEARTBEAT",
     "LEARN",
+    "LEFT",
     "RELEASE",
     "RENEW",
     "SPEND_RESERVE",
@@ -93,7 +97,8 @@ ADMIT = (
 --       bursts in seconds (burst_s is the request bucket's; each as the caller's lane has it),
 --       the request bucket's fixed windows (seconds until the current one ends, length,
 --       budget, guard; zeros: none)
--- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far}
+-- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
+--     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
 -- anywhere only on its credit, min_share per admission made while it had work.
@@ -244,6 +249,18 @@ if in_flight >= limit then
   waiting(0.05)
   return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
 end
+-- A budget the provider counts down with no limit stated (Azure's remaining, LEFT): what the
+-- latest answer in admission order said was left, less what the fleet admitted after it, is
+-- all that goes; with none left, one request at a time (its answer says whether a window
+-- began; a 429's hint says when one does). Tokens keep a request's worth in hand.
+local left = redis.call('HMGET', KEYS[1], 'bq', 'tq', 'n', 'nt')
+local bq, tq = num(left[1], 0), num(left[2], 0)
+local admissions, admitted_tokens = num(left[3], 0), num(left[4], 0)
+if in_flight > 0 and ((bq > 0 and admissions + 1 > bq)
+    or (tq > 0 and tokens > 0 and admitted_tokens + 2 * tokens > tq)) then
+  waiting(0.05)
+  return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+end
 for k = 2, 3 do
   if demand[k] > now or k == rank + 1 then credit[k] = credit[k] + share else credit[k] = 0 end
 end
@@ -259,11 +276,16 @@ if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
 if oint > 0 then redis.call('HSET', KEYS[1], 'to', fmt(to + otokens * oint)) end
 redis.call('ZADD', KEYS[2], fmt(now + num(ARGV[11], 15)), ARGV[10])
 local admitted = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if tokens > 0 then
+  admitted_tokens = admitted_tokens + tokens
+  redis.call('HSET', KEYS[1], 'nt', fmt(admitted_tokens))
+end
 tally('as', 'ac', now)  -- the key's admissions by time: a discovery is measured on them
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
 redis.call('EXPIRE', KEYS[2], key_ttl)
-return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now), tostring(admitted)}
+return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now), tostring(admitted),
+  fmt(admitted_tokens)}
 """
 )
 
@@ -356,6 +378,32 @@ LEARN = (
 if num(ARGV[1], 0) > 0 then redis.call('HSET', KEYS[1], 'lr', ARGV[1]) end
 if num(ARGV[2], 0) > 0 then redis.call('HSET', KEYS[1], 'lt', ARGV[2]) end
 redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[3], 3600)))
+return 1
+"""
+)
+
+LEFT = (
+    _PRELUDE
+    + """
+-- KEYS[1] lane hash; ARGV: the fleet's admissions up to the request answered, its tokens
+-- admitted up to it, requests left, tokens left ('': not stated; 'inf': forget the budget:
+-- a 429 ended its window, or a request sent with none left was accepted stating none),
+-- key_ttl_s. Only the latest statement in admission order counts (an earlier one was made
+-- before requests it does not show); a forgotten budget ignores statements about requests
+-- admitted before it was forgotten.
+local at = num(ARGV[1], 0)
+if at < num(redis.call('HGET', KEYS[1], 'bm'), 0) then return 0 end
+if ARGV[3] == 'inf' or ARGV[4] == 'inf' then
+  local n = num(redis.call('HGET', KEYS[1], 'n'), 0)
+  redis.call('HSET', KEYS[1], 'bq', '0', 'tq', '0', 'bm', tostring(n + 1))
+else
+  redis.call('HSET', KEYS[1], 'bm', tostring(at))
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'bq', tostring(at + num(ARGV[3], 0))) end
+  if ARGV[4] ~= '' then
+    redis.call('HSET', KEYS[1], 'tq', fmt(num(ARGV[2], 0) + num(ARGV[4], 0)))
+  end
+end
+redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[5], 3600)))
 return 1
 """
 )

@@ -127,6 +127,15 @@ class AdmissionPolicy(Protocol):
         """The provider's headers stated new limits (the lane's ``learned_rpm``/``tpm``)."""
         ...
 
+    def budget_left(
+        self, permit: Permit, *, requests_left: float | None, tokens_left: float | None
+    ) -> None:
+        """What the answer to ``permit`` says is left of a budget the provider counts down
+        with no limit stated (None: not stated; inf in either: forget the budget). A local
+        admission's budget is the lane's (:attr:`LocalAdmissionPolicy.stated_left`); a shared
+        one counts it for every process of the key."""
+        ...
+
     def settled(self, now: float) -> None:
         """An outcome was learned from: share what the lane's controller decided."""
         ...
@@ -320,6 +329,11 @@ class LocalAdmissionPolicy:
 
     def stated(self, rpm: float | None, tpm: float | None) -> None:
         return None
+
+    def budget_left(
+        self, permit: Permit, *, requests_left: float | None, tokens_left: float | None
+    ) -> None:
+        return None  # the lane sets stated_left and stated_tokens_left itself
 
     def settled(self, now: float) -> None:
         return None

@@ -913,6 +913,12 @@ class Lane:
         self._stated_left_seq = permit.seq
         local = self._local
         began = False
+        if self.admission is not local:
+            self.admission.budget_left(
+                permit,
+                requests_left=minute.remaining_requests if minute.limit_requests is None else None,
+                tokens_left=minute.remaining_tokens if unstated_tokens else None,
+            )
         if minute.limit_requests is None and minute.remaining_requests is not None:
             left = float(minute.remaining_requests - (self._admitted - permit.seq))
             began = left > local.stated_left + 1.0
@@ -928,6 +934,15 @@ class Lane:
             # statement. What the windows hold is counted from this one (a little under).
             self._window_from_seq = permit.seq
             self._window_intake = self._window_intake_tokens = 0
+
+    def _forget_stated_left(self, permit: Permit) -> None:
+        """What answers said was left of an unstated budget no longer holds (see
+        :meth:`_note_left`): here and, for a shared admission, for the whole fleet."""
+        local = self._local
+        local.stated_left = local.stated_tokens_left = math.inf
+        if self.admission is not local:
+            # (another process may have set the fleet's budget where this one read none)
+            self.admission.budget_left(permit, requests_left=math.inf, tokens_left=math.inf)
 
     def _keep_request_windows(self, *, now: float) -> bool:
         """Keep the request bucket to the fixed windows of a budget stated per window (a
@@ -1665,7 +1680,7 @@ class Lane:
             if permit.seq == self._probe_seq and permit.seq > self._stated_left_seq:
                 # Sent alone with nothing left, and accepted stating nothing newer: the
                 # budget it was held to is not the provider's (any more).
-                self._local.stated_left = self._local.stated_tokens_left = math.inf
+                self._forget_stated_left(permit)
         if now < self._first_success_at:  # noqa: PLR1730  # min() is a call, on every answer
             self._first_success_at = now
         self.congestion.observe(overload=False)
@@ -1770,7 +1785,7 @@ class Lane:
             # What answers said was left is of a window that a 429 may have ended (or that
             # was not the limit that refused): the next answers tell. (A 429 to a request
             # sent before the last window was found spent is about that window.)
-            self._local.stated_left = self._local.stated_tokens_left = math.inf
+            self._forget_stated_left(permit)
             self._stated_left_seq = self._admitted + 1
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
