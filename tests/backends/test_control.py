@@ -652,3 +652,33 @@ async def test_a_refusal_judged_about_the_rate_later_is_measured_on_the_key(
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
     close(a, b)
+
+
+async def test_one_callers_floor_is_the_fleets_at_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The floor (the slots the rate needs) bounds every caller's limit alike: each caller's
+    own floor in its own decision let a process whose answers showed more latency take every
+    slot over the others' limit (one held 22 of 25 while two sat with 33-35 queued and none in
+    flight)."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+
+    def ask(lease: str, floor: int) -> list[Any]:
+        # tokens, no rpm/tpm, burst, utilisation, adaptive (fixed 0), initial 2, min 1, max
+        # 512, lease, ttls, cap, floor, rank, share, waiting x3, output tokens, otpm, silence,
+        # token and output bursts
+        args: list[Any] = [0, 0, 0, 0.5, 1, 0, 2, 1, 512, lease, 15, 60, 0, floor, 0, 0.1]
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5]
+        reply: list[Any] = admit(keys=[key, slots], args=args)
+        return reply
+
+    high = [ask(f"a{k}", floor=6) for k in range(6)]
+    assert [int(r[0]) for r in high] == [1] * 6  # the window is 2; the floor lets 6 go
+    low = ask("b0", floor=0)  # another process, whose own answers need no more than 2
+    assert int(low[3]) == 6, low  # the limit it is judged by: the fleet's floor
+    assert int(low[0]) == 0  # six in flight: no slot
+    client.close()

@@ -234,7 +234,16 @@ else
     redis.call('HSET', KEYS[1], 'cw', fmt(cw))
   end
   limit = math.floor(cw)
-  limit = math.max(limit, num(ARGV[14], 0), num(h[10], 0))
+  -- The floor (the slots the rate needs) is the fleet's: one caller's higher floor raises
+  -- it for all at once. Each caller's own floor in its own decision let a process whose
+  -- answers showed more latency take every slot over the others' limit: one held 22 of
+  -- 25 while two sat with 33-35 queued and none in flight.
+  local floor, own_floor = num(h[10], 0), num(ARGV[14], 0)
+  if own_floor > floor then
+    floor = own_floor
+    redis.call('HSET', KEYS[1], 'pf', tostring(own_floor))
+  end
+  limit = math.max(limit, floor)
   local cap = lower(num(ARGV[13], 0), num(h[9], 0))
   if cap > 0 then limit = math.min(limit, cap) end
   limit = math.max(lo, math.min(hi, limit))
