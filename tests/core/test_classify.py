@@ -359,6 +359,8 @@ def test_gemini_429s_give_their_retry_delay_and_token_scope_from_the_details() -
         ("generativelanguage.googleapis.com/generate_content_input_token_count", "input_tokens"),
         ("GenerateContentTokensPerModelPerMinute", "tokens"),
         ("GenerateRequestsPerMinutePerProjectPerModel", None),
+        ("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "daily"),
+        ("GenerateContentInputTokensPerModelPerDay", "daily"),
     ],
 )
 def test_a_google_quota_names_which_tokens_it_counts(quota: str, scope: str | None) -> None:

@@ -182,6 +182,28 @@ def test_counting_input_alone_rescales_what_the_token_rate_learned() -> None:
     assert lane._charged_in_second_before(5.0) == pytest.approx(900, abs=100)
 
 
+def test_a_quota_per_day_run_out_closes_the_gate_and_teaches_no_rate() -> None:
+    # Gemini's requests (or input tokens) per day: the 429 names the quota and says when
+    # it refills. Read as the rate, the second before it set a pace for after the refill.
+    lane, clock = _clocked_lane_at(0.0)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    for i in range(40):
+        clock.now = 0.125 * i
+        permit = lane._grant(clock.now, 400, clock.now, 300)
+        clock.now += 0.1
+        lane.settle(permit, ok, now=clock.now, max_hint_s=600.0, retry=False)
+    clock.now = 5.0
+    refused = lane._grant(5.0, 400, 5.0, 300)
+    headers, body = _gemini_429(
+        7200.0, "GenerateRequestsPerDayPerProjectPerModel", "generate_content_requests"
+    )
+    verdict = classify_response(429, headers, body, now_wall_s=0.0)
+    lane.settle(refused, verdict, now=5.01, max_hint_s=600.0, retry=False)
+    assert (lane.rpm, lane.tpm) == (None, None)
+    assert verdict.limit_scope == "daily"
+    assert lane.cooldown.remaining_s(now=5.01) == pytest.approx(600.0)
+
+
 def _clocked_lane_at(now: float) -> tuple[Lane, SimClock]:
     clock = SimClock()
     clock.now = now

@@ -341,8 +341,9 @@ def _google_details(details: object) -> tuple[float | None, str | None]:
     return delay_s, scope
 
 
-# Which scope a QuotaFailure naming several quotas gives: input tokens say the most.
-_SCOPE_RANK = {"tokens": 0, "input_tokens": 1}
+# Which scope a QuotaFailure naming several quotas gives: a quota per day or hour run out
+# says the most (no rate to learn, nothing to send before it refills), then input tokens.
+_SCOPE_RANK = {"tokens": 0, "input_tokens": 1, "daily": 2}
 
 
 def _quota_name_scope(name: str) -> str | None:
@@ -355,8 +356,12 @@ def _quota_name_scope(name: str) -> str | None:
     'input_tokens'
     >>> _quota_name_scope("generate_content_token_count"), _quota_name_scope("requests")
     ('tokens', None)
+    >>> _quota_name_scope("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
+    'daily'
     """
     flat = name.lower().replace("_", "").replace("-", "")
+    if "perday" in flat or "perhour" in flat:
+        return "daily"
     if "inputtoken" in flat:
         return "input_tokens"
     return "tokens" if "token" in flat else None

@@ -1781,6 +1781,13 @@ class Lane:
             # sent before the last window was found spent is about that window.)
             self._local.stated_left = self._local.stated_tokens_left = math.inf
             self._stated_left_seq = self._admitted + 1
+        if verdict.limit_scope == "daily":
+            # A quota per day (or hour) ran out: nothing goes before it refills, as the hint
+            # says, and no rate is learned. Read as the rate, the second before it cut the
+            # pace to a fraction of the minute's limit for when the quota is back.
+            if verdict.hint_s is not None and gate:
+                self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
+            return
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
