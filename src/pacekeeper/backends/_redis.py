@@ -644,8 +644,7 @@ class RedisAdmissionPolicy:
         learner = self.learner
         otpm = lane.output_tpm or 0
         return [
-            # the input alone where output is apart or the provider counts input alone
-            tokens - output_tokens if otpm or lane.local.input_only else tokens,
+            tokens - output_tokens if otpm else tokens,
             lane.rpm or 0,
             lane.tpm or 0,
             lane.burst_s("requests"),  # as a local lane's (a proven depth, halved by 429s)

@@ -1825,7 +1825,10 @@ class Lane:
         tokens_out = verdict.limit_scope == "tokens"
         if verdict.limit_scope == "input_tokens":
             tokens_out = True
-            if not self._charges_input_alone:
+            # Not in a fleet: its processes share one token rate and bucket, and one that saw
+            # no such 429 would charge them prompt and reserve (its store does not carry the
+            # unit: a 3-process `gemini` run fell to 0.66 of the reference).
+            if not self._charges_input_alone and not self._shared:
                 self._count_input_alone(now)
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
