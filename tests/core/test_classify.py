@@ -346,10 +346,30 @@ def test_gemini_429s_give_their_retry_delay_and_token_scope_from_the_details() -
     assert verdict.kind is OutcomeKind.RATE_LIMITED
     assert verdict.retryable
     assert verdict.hint_s == 37.5
-    assert verdict.limit_scope == "tokens"
+    assert verdict.limit_scope == "input_tokens"  # Gemini's TPM counts the prompt alone
     assert verdict.error_code == "RESOURCE_EXHAUSTED"
     headers_win = classify_response(429, {"retry-after": "3"}, GEMINI_429, now_wall_s=0.0)
     assert headers_win.hint_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("quota", "scope"),
+    [
+        ("GenerateContentPaidTierInputTokensPerModelPerMinute", "input_tokens"),
+        ("generativelanguage.googleapis.com/generate_content_input_token_count", "input_tokens"),
+        ("GenerateContentTokensPerModelPerMinute", "tokens"),
+        ("GenerateRequestsPerMinutePerProjectPerModel", None),
+        ("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "daily"),
+        ("GenerateContentInputTokensPerModelPerDay", "daily"),
+    ],
+)
+def test_a_google_quota_names_which_tokens_it_counts(quota: str, scope: str | None) -> None:
+    violation = json.dumps({"quotaId": quota})
+    body = (
+        '{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [{"@type": '
+        f'"type.googleapis.com/google.rpc.QuotaFailure", "violations": [{violation}]}}]}}}}'
+    )
+    assert classify_response(429, {}, body.encode(), now_wall_s=0.0).limit_scope == scope
 
 
 @pytest.mark.parametrize(

@@ -49,9 +49,13 @@ class _InputTokenBucket:
         return False, (cost - self.level) / self.rate_per_s
 
 
-def _gemini_429(wait_s: float) -> tuple[dict[str, str], bytes]:
-    """Google's 429 for an input-token quota: no headers, a whole-second retryDelay."""
-    quota = "GenerateContentInputTokensPerModelPerMinute"
+def _gemini_429(
+    wait_s: float,
+    quota: str = "GenerateContentInputTokensPerModelPerMinute",
+    metric: str = "generate_content_input_token_count",
+) -> tuple[dict[str, str], bytes]:
+    """Google's 429 for an input-token quota (or ``quota`` of ``metric``): no headers, a
+    whole-second retryDelay."""
     error = {
         "code": 429,
         "message": f"Quota {quota} exhausted. Please retry in 1s.",
@@ -61,8 +65,7 @@ def _gemini_429(wait_s: float) -> tuple[dict[str, str], bytes]:
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [
                     {
-                        "quotaMetric": "generativelanguage.googleapis.com/"
-                        "generate_content_input_token_count",
+                        "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
                         "quotaId": quota,
                     }
                 ],
@@ -100,8 +103,9 @@ def _run(*, tpm: float, depth_s: float, seed: int, run_s: float = 20.0) -> tuple
                 headers, body = _gemini_429(wait_s)
                 verdict = classify_response(429, headers, body, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
-        while lane._try_admit(now, prompt + _MAX_TOKENS) == 0.0:
-            permit = lane._grant(now, prompt + _MAX_TOKENS, now)
+        # The answer's reserve is named apart, as the transports name it.
+        while lane._try_admit(now, prompt + _MAX_TOKENS, _MAX_TOKENS) == 0.0:
+            permit = lane._grant(now, prompt + _MAX_TOKENS, now, _MAX_TOKENS)
             counted_at = now + rng.uniform(0.002, 0.012)
             accepted, wait_s = provider.take(prompt, counted_at)
             if accepted:
@@ -131,6 +135,81 @@ def test_an_input_token_429_with_no_stated_limit_paces_tokens_not_requests(
     # The probe past a measured rate costs a 429 now and then (a cluster of a few when it
     # finds the limit again), not one every second or two.
     assert len(late) <= 6, late
+
+
+@given(
+    tpm=st.sampled_from([120_000.0, 180_000.0, 300_000.0]),
+    depth_s=st.sampled_from([1.0, 5.0]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_a_429_naming_an_input_token_quota_paces_input_tokens_alone(
+    tpm: float, depth_s: float, seed: int
+) -> None:
+    # Gemini's TPM counts the prompt alone. Charged prompt and max_tokens (256 against
+    # prompts of 50-500), the lane discovered about twice the limit in its own units, and
+    # paced a 50-token prompt as if it cost 306.
+    lane, refusals = _run(tpm=tpm, depth_s=depth_s, seed=seed)
+    assert lane.tpm is not None
+    # In input tokens (a probe past the limit after 15 quiet seconds may be above it; in
+    # prompt and reserve, 1.8-2.8 times it)
+    assert 0.75 * tpm <= lane.tpm <= 1.5 * tpm, lane.tpm
+    assert lane.tokens is not None
+    assert lane._charged_for(lane._grant(20.0, 50 + _MAX_TOKENS, 20.0, _MAX_TOKENS)) == 50
+    late = [t for t in refusals if t >= 5.0]
+    assert len(late) <= 6, late
+
+
+def test_counting_input_alone_rescales_what_the_token_rate_learned() -> None:
+    # The switch comes with the first input-token 429: what was accepted before it counted
+    # prompt and reserve, and the discovery must read it as input.
+    lane, clock = _clocked_lane_at(0.0)
+    for i in range(40):  # 8 answers a second for 5 s: 100 input + 300 reserve each
+        clock.now = 0.125 * i
+        permit = lane._grant(clock.now, 400, clock.now, 300)
+        clock.now += 0.1
+        ok = classify_response(200, {}, None, now_wall_s=0.0)
+        lane.settle(permit, ok, now=clock.now, max_hint_s=600.0, retry=False, gate=False)
+    clock.now = 5.0
+    refused = lane._grant(5.0, 400, 5.0, 300)
+    headers, body = _gemini_429(1.0)
+    verdict = classify_response(429, headers, body, now_wall_s=0.0)
+    assert verdict.limit_scope == "input_tokens"
+    lane.settle(refused, verdict, now=5.01, max_hint_s=600.0, retry=False, gate=False)
+    # 800 input tokens a second were taken: 48,000 a minute, paced at 90% or so of it
+    assert lane.tpm == pytest.approx(0.9 * 48_000, rel=0.1)
+    assert lane.token_rate.accepted_peak_rpm() == pytest.approx(48_000, rel=0.15)  # not 4x
+    assert lane._charged_in_second_before(5.0) == pytest.approx(900, abs=100)
+
+
+def test_a_quota_per_day_run_out_closes_the_gate_and_teaches_no_rate() -> None:
+    # Gemini's requests (or input tokens) per day: the 429 names the quota and says when
+    # it refills. Read as the rate, the second before it set a pace for after the refill.
+    lane, clock = _clocked_lane_at(0.0)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    for i in range(40):
+        clock.now = 0.125 * i
+        permit = lane._grant(clock.now, 400, clock.now, 300)
+        clock.now += 0.1
+        lane.settle(permit, ok, now=clock.now, max_hint_s=600.0, retry=False)
+    clock.now = 5.0
+    refused = lane._grant(5.0, 400, 5.0, 300)
+    headers, body = _gemini_429(
+        7200.0, "GenerateRequestsPerDayPerProjectPerModel", "generate_content_requests"
+    )
+    verdict = classify_response(429, headers, body, now_wall_s=0.0)
+    lane.settle(refused, verdict, now=5.01, max_hint_s=600.0, retry=False)
+    assert (lane.rpm, lane.tpm) == (None, None)
+    assert verdict.limit_scope == "daily"
+    assert lane.cooldown.remaining_s(now=5.01) == pytest.approx(600.0)
+
+
+def _clocked_lane_at(now: float) -> tuple[Lane, SimClock]:
+    clock = SimClock()
+    clock.now = now
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    return lane, clock
 
 
 @pytest.mark.parametrize(

@@ -51,3 +51,36 @@ async def test_an_unstated_input_token_limit_is_discovered_and_paced_in_tokens()
     assert sum(1 for r in attempts.attempts if r.status == 200) == 90
     throttled = sum(1 for r in attempts.attempts if r.status == 429)
     assert throttled <= 12  # finding the rate costs a few 429s, not a storm
+
+
+async def test_an_input_token_limit_is_discovered_in_input_tokens_not_prompt_and_reserve() -> None:
+    # Gemini's TPM counts the prompt alone; every request reserves 256 for its answer. Charged
+    # prompt and reserve, the lane found about twice the limit in its own units (a 50-token
+    # prompt then paced as 306, a 400-token one as 656: wrong both ways).
+    scenario = Scenario(
+        default=ModelLimits(rpm=100_000, input_tpm=120_000, burst_s=1.0),
+        rate_limit_headers="gemini",
+    )
+    attempts = RecordCollector()
+    with Simulator(scenario) as sim:
+        gov = Governor(hooks=[attempts])
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="g-test"), gov)
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="gemini-2.5-flash",
+                        messages=[{"role": "user", "content": _prompt(i)}],
+                        max_tokens=256,
+                    )
+                    for i in range(90)
+                )
+            ),
+            timeout=120,
+        )
+    lane = gov.lane(CHAT, "gemini-2.5-flash")
+    assert lane.tpm is not None
+    assert lane.tpm <= 1.5 * 120_000, f"paced at {lane.tpm:.0f} input tokens a minute"
+    assert lane.local.input_only, "the 429 named an input-token quota"
+    assert sum(1 for r in attempts.attempts if r.status == 200) == 90
+    assert sum(1 for r in attempts.attempts if r.status == 429) <= 12

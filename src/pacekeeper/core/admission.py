@@ -151,6 +151,7 @@ class LocalAdmissionPolicy:
     __slots__ = (
         "_clock",
         "cooldown",
+        "input_only",
         "latency",
         "new_territory_at",
         "output_tokens",
@@ -174,6 +175,10 @@ class LocalAdmissionPolicy:
         """Tokens per minute: all of a request's tokens, or its input alone where the
         provider limits output apart (then :attr:`output_tokens` holds the output)."""
         self.output_tokens: TokenBucket | None = None
+        self.input_only = False
+        """Whether :attr:`tokens` holds a request's input alone though output is not limited
+        apart: the provider's token quota counts the prompt alone, as a 429 naming an
+        input-token quota said (Gemini's). Set by the lane."""
         self.new_territory_at = -math.inf
         """When a request last went past the most in flight that ever succeeded."""
         self.stated_left = math.inf
@@ -209,7 +214,7 @@ class LocalAdmissionPolicy:
         goes to the output bucket where the provider limits output apart. ``success_peak``: the
         most in flight at which a request succeeded lately (past it, one at a time)."""
         output = self.output_tokens
-        input_tokens = tokens - output_tokens if output is not None else tokens
+        input_tokens = tokens - output_tokens if output is not None or self.input_only else tokens
         wait = self.cooldown.remaining_s(now=now)
         requests = self.requests
         # Comparisons, not max(): this runs on every admission and every queued look.

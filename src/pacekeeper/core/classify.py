@@ -117,7 +117,7 @@ _BILLING_CODES = frozenset(
 # reads the scope from the answer's structure instead.
 _SCOPE_CODES = {
     "tokens": "tokens",
-    "input_tokens": "tokens",
+    "input_tokens": "input_tokens",
     "output_tokens": "output_tokens",
 }
 _CONCURRENCY_SCOPE_CODES = frozenset(
@@ -147,7 +147,9 @@ class Verdict:
     exhausted budget), ``limits`` what the rate-limit headers said, ``error_code`` the
     provider's error code or type, ``status`` the HTTP status (None without a response).
     ``limit_scope`` is which limit refused a 429 when its code says so: ``"tokens"`` (input or
-    combined), ``"output_tokens"`` or ``"concurrency"`` (None: the code does not say; never
+    combined: the code does not say which), ``"input_tokens"`` (a quota named as counting
+    the input alone: Gemini's), ``"output_tokens"``, ``"concurrency"`` or ``"daily"`` (a
+    quota per day or hour ran out: no rate to learn) (None: the code does not say; never
     guessed from the message's words).
     """
 
@@ -234,7 +236,8 @@ class _ErrorInfo:
     retry_delay_s: float | None = None
     """Google's ``google.rpc.RetryInfo`` in the error's details (Gemini), in seconds."""
     quota_scope: str | None = None
-    """"tokens" when Google's ``google.rpc.QuotaFailure`` names a token quota."""
+    """What Google's ``google.rpc.QuotaFailure`` names: "daily" a quota per day or hour,
+    "input_tokens" an input-token quota, "tokens" another token quota."""
     stated_headers: Mapping[str, object] | None = None
     """Rate-limit headers a gateway put in the body instead (OpenRouter's
     ``error.metadata.headers``)."""
@@ -298,7 +301,8 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
 def _google_details(details: object) -> tuple[float | None, str | None]:
     """What Google's structured error details (Gemini) say: the ``RetryInfo`` delay, a JSON
     protobuf Duration such as ``"37s"`` or ``"1.5s"``, and whether a ``QuotaFailure`` names a
-    token quota (its ``quotaMetric``/``quotaId`` identifiers, never the message).
+    token quota, and which (:func:`_quota_name_scope`: its ``quotaMetric``/``quotaId``
+    identifiers, never the message).
 
     >>> _google_details([{"@type": "type.googleapis.com/google.rpc.RetryInfo",
     ...                   "retryDelay": "37s"}])
@@ -306,7 +310,7 @@ def _google_details(details: object) -> tuple[float | None, str | None]:
     >>> _google_details([{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
     ...   "violations": [{"quotaMetric":
     ...     "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count"}]}])
-    (None, 'tokens')
+    (None, 'input_tokens')
     """
     if not isinstance(details, list):
         return None, None
@@ -328,9 +332,39 @@ def _google_details(details: object) -> tuple[float | None, str | None]:
                 if not isinstance(violation, dict):
                     continue
                 names = (violation.get("quotaMetric"), violation.get("quotaId"))
-                if any(isinstance(n, str) and "token" in n.lower() for n in names):
-                    scope = "tokens"
+                for name in names:
+                    found = _quota_name_scope(name) if isinstance(name, str) else None
+                    if found is not None and (
+                        scope is None or _SCOPE_RANK[found] > _SCOPE_RANK[scope]
+                    ):
+                        scope = found
     return delay_s, scope
+
+
+# Which scope a QuotaFailure naming several quotas gives: a quota per day or hour run out
+# says the most (no rate to learn, nothing to send before it refills), then input tokens.
+_SCOPE_RANK = {"tokens": 0, "input_tokens": 1, "daily": 2}
+
+
+def _quota_name_scope(name: str) -> str | None:
+    """Which limit a Google quota identifier names: ``"daily"`` a quota per day or hour
+    (``GenerateRequestsPerDayPerProjectPerModel``), ``"input_tokens"`` input tokens
+    (``..._input_token_count``, ``...InputTokensPerModelPerMinute``: Gemini's TPM counts the
+    prompt alone), ``"tokens"`` another token quota, None anything else (requests per minute).
+
+    >>> _quota_name_scope("GenerateContentPaidTierInputTokensPerModelPerMinute")
+    'input_tokens'
+    >>> _quota_name_scope("generate_content_token_count"), _quota_name_scope("requests")
+    ('tokens', None)
+    >>> _quota_name_scope("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
+    'daily'
+    """
+    flat = name.lower().replace("_", "").replace("-", "")
+    if "perday" in flat or "perhour" in flat:
+        return "daily"
+    if "inputtoken" in flat:
+        return "input_tokens"
+    return "tokens" if "token" in flat else None
 
 
 def _kind_for(status: int, info: _ErrorInfo) -> tuple[OutcomeKind, bool]:

@@ -454,8 +454,8 @@ class Lane:
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
-        self._recent_charges: deque[float] = deque()
-        """What each of :attr:`_recent_sends` charged the token bucket."""
+        self._recent_charges: deque[tuple[int, int]] = deque()
+        """What each of :attr:`_recent_sends` cost: (tokens, of which output reserved)."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -1138,15 +1138,23 @@ class Lane:
             self._first_admitted_at = now
         self._admitted += 1
         sends = self._recent_sends
-        charge = tokens - output_tokens if self._local.output_tokens is not None else tokens
+        local = self._local
+        charge = (
+            tokens - output_tokens
+            if local.output_tokens is not None or local.input_only
+            else tokens
+        )
         sends.append(now)
         charges = self._recent_charges
-        charges.append(charge)
+        # Both parts, not the charge: a 429 naming an input-token quota changes what the
+        # bucket charges, and the second before it is then counted in the new units.
+        charges.append((tokens, output_tokens))
         while now - sends[0] > _SENDS_KEPT_S:
             sends.popleft()
             charges.popleft()
         charged_before = self._charged
-        # What the token bucket was charged: the input alone where output is limited apart.
+        # What the token bucket was charged: the input alone where output is limited apart
+        # or the provider counts input alone.
         self._charged += charge
         output_charged_before = self._output_charged
         self._output_charged += output_tokens
@@ -1669,9 +1677,10 @@ class Lane:
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
         # what it charged the token bucket (_charged_for, inline: this runs on every answer)
+        local = self._local
         charged = (
             permit.tokens - permit.output_tokens
-            if self._local.output_tokens is not None
+            if local.output_tokens is not None or local.input_only
             else permit.tokens
         )
         if permit.seq >= self._window_from_seq:
@@ -1787,6 +1796,13 @@ class Lane:
             # sent before the last window was found spent is about that window.)
             self._forget_stated_left(permit)
             self._stated_left_seq = self._admitted + 1
+        if verdict.limit_scope == "daily":
+            # A quota per day (or hour) ran out: nothing goes before it refills, as the hint
+            # says, and no rate is learned. Read as the rate, the second before it cut the
+            # pace to a fraction of the minute's limit for when the quota is back.
+            if verdict.hint_s is not None and gate:
+                self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
+            return
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
@@ -1822,6 +1838,13 @@ class Lane:
                 self._next_window_holds(spent)
             return
         tokens_out = verdict.limit_scope == "tokens"
+        if verdict.limit_scope == "input_tokens":
+            tokens_out = True
+            # Not in a fleet: its processes share one token rate and bucket, and one that saw
+            # no such 429 would charge them prompt and reserve (its store does not carry the
+            # unit: a 3-process `gemini` run fell to 0.66 of the reference).
+            if not self._charges_input_alone and not self._shared:
+                self._count_input_alone(now)
         limits = verdict.limits
         if verdict.limit_scope is None and limits is not None:
             tokens_out = (
@@ -1897,6 +1920,23 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _count_input_alone(self, now: float) -> None:
+        """A 429 named the token quota as counting input alone (Gemini's TPM): from now on
+        the token bucket charges a request's input alone, as where output is limited apart.
+        Charged prompt and max_tokens, a lane discovered about twice the input limit, and
+        paced prompts ten times apart at one share of the answer's reserve each. What the
+        token rate learned in the old units (its acceptances, a rate) is rescaled by the
+        input's share of what was sent lately; the second before this 429 is counted anew."""
+        local = self._local
+        local.input_only = True
+        whole = sum(tokens for tokens, _ in self._recent_charges)
+        output = sum(output_tokens for _, output_tokens in self._recent_charges)
+        if whole > 0 and output > 0:
+            self.token_rate.rescale((whole - output) / whole)
+        # Without an output bucket, every admission's reserve is still in the count.
+        self._charged -= self._output_charged
+        self._apply_rates(now=now)
 
     def _next_window_holds(self, spent: str) -> None:
         """A window stated by ``remaining`` alone is spent (``spent``: "requests" or
@@ -2135,10 +2175,18 @@ class Lane:
         return self._charged - permit.charged_before - self._charged_for(permit)
 
     def _charged_for(self, permit: Permit) -> int:
-        """What ``permit`` charged the token bucket (its input alone where output is apart)."""
-        if self.output_tokens is not None:
+        """What ``permit`` charged the token bucket (its input alone where output is apart or
+        the provider counts input alone)."""
+        if self._charges_input_alone:
             return permit.tokens - permit.output_tokens
         return permit.tokens
+
+    @property
+    def _charges_input_alone(self) -> bool:
+        """Whether the token bucket charges a request's input alone: output is limited apart
+        (its own bucket), or a 429 named the token quota as counting input alone."""
+        local = self._local
+        return local.output_tokens is not None or local.input_only
 
     def _sent_in_second_before(self, sent_at: float) -> int:
         """How many requests this lane admitted in the second up to ``sent_at``."""
@@ -2146,9 +2194,12 @@ class Lane:
 
     def _charged_in_second_before(self, sent_at: float) -> float:
         """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
+        input_alone = self._charges_input_alone
         return sum(
-            c
-            for t, c in zip(self._recent_sends, self._recent_charges, strict=True)
+            tokens - output_tokens if input_alone else tokens
+            for t, (tokens, output_tokens) in zip(
+                self._recent_sends, self._recent_charges, strict=True
+            )
             if sent_at - 1.0 <= t <= sent_at
         )
 
@@ -2243,7 +2294,11 @@ class Lane:
                 self.admission.charge_output(float(output_delta))
                 self._output_charged += output_delta
                 given_back = given_back or output_delta < 0
-        elif self._configured.refund_unused_completion and completion_actual is not None:
+        elif (
+            self._configured.refund_unused_completion
+            and completion_actual is not None
+            and not self._local.input_only  # the output was never charged
+        ):
             delta += min(0, completion_actual - completion_reserved)
             given_back = given_back or delta < 0
         if delta:

@@ -337,6 +337,28 @@ class PacedRate:
         if self.ceiling is None:
             self._at_loss = self.rpm
 
+    def rescale(self, factor: float) -> None:
+        """The units of ``amount`` changed: each is now ``factor`` times what it was (a lane
+        that learns its provider counts input tokens alone, not prompt and answer). What was
+        accepted and refused lately, and a rate discovered in the old units, are rescaled; a
+        stated ceiling is in the provider's own units already, and stays.
+
+        >>> rate = PacedRate()
+        >>> for i in range(10):
+        ...     _ = rate.succeeded(now=0.1 * i, backlog=True, amount=300.0)
+        >>> rate.rescale(0.5)
+        >>> round(rate.accepted_peak_rpm())
+        90000
+        """
+        amounts = self._accepted_amounts
+        for i, amount in enumerate(amounts):
+            amounts[i] = amount * factor
+        self._refused_sent = deque((t, a * factor) for t, a in self._refused_sent)
+        if self.ceiling is None and self.rpm is not None:
+            self.rpm = max(_MIN_RPM, self.rpm * factor)
+            if not math.isinf(self._at_loss):
+                self._at_loss *= factor
+
     @property
     def refused_sent_at(self) -> float | None:
         """When the latest 429 this rate measured was sent (None: none in the last two
