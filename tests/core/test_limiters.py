@@ -451,6 +451,26 @@ def test_a_rate_discovered_during_a_ramp_up_climbs_to_what_the_server_took() -> 
     assert 0.9 * 1440 <= rate.rpm <= 0.95 * 1440
 
 
+def test_a_discovered_rate_holds_near_the_second_it_measured() -> None:
+    """The second before the first bare 429 bounds the server's rate from above (its burst
+    or a window's tail at most on top): once the pace has climbed to just under it, it
+    probes as gently as after a measured cut, not ever faster from the discovery. (A lane
+    that had measured a 960/min window exactly passed it 2 s after reaching it, 1.5 times
+    it 8 s on, and every probe past a real limit is a 429.)"""
+    rate, now = PacedRate(), 0.0
+    for _ in range(8):  # 4 answers a second so far
+        now += 0.25
+        rate.succeeded(now=now, backlog=True)
+    assert rate.throttled(sent_at=now, now=now, sent_in_second=17)  # 16 taken: 960/min
+    highest = 0.0
+    for _ in range(16 * 8):  # 8 s of successes at the server's 16 a second
+        now += 1.0 / 16
+        rate.succeeded(now=now, backlog=True)
+        assert rate.rpm is not None
+        highest = max(highest, rate.rpm)
+    assert 0.9 * 960 <= highest <= 960
+
+
 def test_a_later_cut_resumes_under_the_last_second_not_under_our_climb() -> None:
     """A cut measures the server from what it accepted in the second before the refusal: the
     mean of the answers since the previous cut counts our own climb towards its rate (here

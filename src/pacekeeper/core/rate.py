@@ -204,6 +204,11 @@ class PacedRate:
                 # be one), the answers come in bunches, and the best second holds a burst.
                 seed = min(seed, _LAST_SECOND_SHARE * last_second)
             self.rpm = max(least, seed)
+            # What the server took in that second bounds its rate from above (a bucket's
+            # burst or a window's tail at most on top): near it, probe as gently as after a
+            # measured cut. Probed ever faster from the discovery, a lane that had found a
+            # 960/min window's rate exactly passed it 4 s later (1009/min) and was refused.
+            self._measured_cut = bool(last_second)
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
