@@ -17,11 +17,12 @@ False
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pacekeeper.core.headers import RateLimitSnapshot
 
 if TYPE_CHECKING:
     from pacekeeper.core.bucket import TokenBucket
-    from pacekeeper.core.headers import RateLimitSnapshot
 
 __all__ = [
     "budget_exhausted",
@@ -31,6 +32,7 @@ __all__ = [
     "outlasts_a_minute",
     "output_budget_short",
     "short_window",
+    "spent_budget",
 ]
 
 # A per-minute budget is whole again within a minute of any use, however it is enforced; a
@@ -68,13 +70,36 @@ def short_window(*, remaining: float, rate_per_s: float, reset_s: float | None) 
     return max(0.0, remaining) / rate_per_s + reset_s <= _SHORT_WINDOW_S
 
 
+def spent_budget(
+    limits: RateLimitSnapshot | None, tokens: int, *, unstated: bool = False
+) -> Literal["requests", "tokens"] | None:
+    """Which budget a 429's own headers show too low for this request (``tokens`` its
+    cost): "requests", "tokens" or None. With ``unstated``, only a budget whose limit the
+    headers do not state (Azure's ``remaining`` of a 10-s window): its 429 says only that
+    the window is spent, and its hint when the next begins.
+
+    >>> spent_budget(RateLimitSnapshot(remaining_tokens=300), tokens=900)
+    'tokens'
+    >>> stated = RateLimitSnapshot(limit_requests=600, remaining_requests=0)
+    >>> spent_budget(stated, tokens=900), spent_budget(stated, tokens=900, unstated=True)
+    ('requests', None)
+    """
+    if limits is None:
+        return None
+    requests = limits.remaining_requests
+    if requests is not None and requests < 1 and not (unstated and limits.limit_requests):
+        return "requests"
+    tokens_left = limits.remaining_tokens
+    if tokens_left is None or tokens_left >= tokens:
+        return None
+    if unstated and (limits.limit_tokens is not None or limits.limit_input_tokens is not None):
+        return None
+    return "tokens"
+
+
 def budget_exhausted(limits: RateLimitSnapshot, tokens: int) -> bool:
     """Whether a 429's own headers show a budget too low for this request."""
-    requests = limits.remaining_requests
-    if requests is not None and requests < 1:
-        return True
-    remaining_tokens = limits.remaining_tokens
-    return remaining_tokens is not None and remaining_tokens < tokens
+    return spent_budget(limits, tokens) is not None
 
 
 def output_budget_short(limits: RateLimitSnapshot, output_tokens: int) -> bool:

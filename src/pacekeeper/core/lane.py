@@ -56,6 +56,7 @@ from pacekeeper.core.evidence import (
     drain_to_headroom,
     outlasts_a_minute,
     output_budget_short,
+    spent_budget,
 )
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
@@ -155,35 +156,6 @@ def _keep_windows(
         )
     elif bucket.keeps_windows:
         bucket.clear_windows(now=now)
-
-
-def _spent_unstated_budget(limits: RateLimitSnapshot | None, tokens: int) -> str | None:
-    """Which budget a 429's own headers show spent without stating its limit: "requests",
-    "tokens" or None.
-
-    >>> _spent_unstated_budget(RateLimitSnapshot(remaining_requests=0), tokens=900)
-    'requests'
-    >>> _spent_unstated_budget(RateLimitSnapshot(remaining_tokens=300), tokens=900)
-    'tokens'
-    >>> _spent_unstated_budget(
-    ...     RateLimitSnapshot(limit_requests=600, remaining_requests=0), tokens=900
-    ... ) is None
-    True
-    """
-    if limits is None:
-        return None
-    requests = limits.remaining_requests
-    if limits.limit_requests is None and requests is not None and requests < 1:
-        return "requests"
-    tokens_left = limits.remaining_tokens
-    if (
-        limits.limit_tokens is None
-        and limits.limit_input_tokens is None
-        and tokens_left is not None
-        and tokens_left < tokens
-    ):
-        return "tokens"
-    return None
 
 
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
@@ -1822,7 +1794,7 @@ class Lane:
                     self._untested_refusal = None
             return
         spent = (
-            _spent_unstated_budget(verdict.limits, permit.tokens)
+            spent_budget(verdict.limits, permit.tokens, unstated=True)
             if verdict.hint_s is not None
             else None
         )
