@@ -1043,9 +1043,8 @@ class Lane:
 
     def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
         """0.0 when admitted (buckets charged, slot free); else seconds to wait (inf: a slot).
-        The local admission's decision (:meth:`LocalAdmissionPolicy.try_admit`), with what this
-        lane learned of the most in flight that succeeded."""
-        return self._local.try_admit(now, tokens, output_tokens, self._success_peak_in_flight)
+        The local admission's decision (:meth:`LocalAdmissionPolicy.try_admit`)."""
+        return self._local.try_admit(now, tokens, output_tokens)
 
     def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
@@ -1066,9 +1065,11 @@ class Lane:
         permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         local = self._local
-        if self.slots.in_flight >= self._success_peak_in_flight:
-            local.new_territory_at = now
         in_flight = self.slots.acquire(now=now)
+        if in_flight > local.sent_peak:
+            local.sent_peak = in_flight
+            local.new_territory_at = now
+            local.new_territory_answered = False
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
         permit = permit_class(
             self,
@@ -1179,9 +1180,7 @@ class Lane:
             # A shared admission asks its store outside the lock: its newcomer queues, and
             # looks at once when it is the head.
             if not queue.members and not self._shared:
-                wait = self._local.try_admit(
-                    now, tokens, output_tokens, self._success_peak_in_flight
-                )
+                wait = self._local.try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
                     queue.count_admission_held(priority, tenant)
                     return self._grant(now, tokens, now, output_tokens, permit_class)
@@ -1226,9 +1225,7 @@ class Lane:
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
             if self._queue.turn_held(waiter):
-                wait = self._local.try_admit(
-                    now, tokens, output_tokens, self._success_peak_in_flight
-                )
+                wait = self._local.try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
                     self._queue.admitted_held(waiter)
                     return self._grant(now, tokens, asked_at, output_tokens, permit_class)
@@ -1574,7 +1571,9 @@ class Lane:
 
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
-        self._local.outstanding.pop(id(permit), None)
+        local = self._local
+        local.outstanding.pop(id(permit), None)
+        local.answered = local.new_territory_answered = True
         if permit.lease is not None:  # granted by a shared admission: freed its way
             self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
             return
@@ -1776,6 +1775,9 @@ class Lane:
         if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
             slots = self.slots
+            local = self._local
+            # Refused at this many in flight: the way up to it is new territory again.
+            local.sent_peak = min(local.sent_peak, permit.in_flight_at_send - 1)
             if isinstance(slots, AimdLimit):
                 slots.learn_cap(
                     in_flight_at_send=permit.in_flight_at_send,
