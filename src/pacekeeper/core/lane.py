@@ -254,6 +254,7 @@ class Permit:
         "output_charged_before",
         "output_tokens",
         "queued_s",
+        "refused_for_slot",
         "released",
         "sent_at",
         "seq",
@@ -293,6 +294,9 @@ class Permit:
         self.in_flight_at_send = in_flight_at_send
         self.tokens = tokens
         self.queued_s = queued_s
+        self.refused_for_slot = False
+        """Refused for the number in flight under a cap this lane knows: its retry waits for
+        a slot under the cap (an answer of ours frees one), not for the 429's hint."""
 
     def release(self, signal: Signal = Signal.NEUTRAL) -> None:
         if not self.released:
@@ -1791,6 +1795,13 @@ class Lane:
                     self._untested_after_start = self._start_held_second(permit.sent_at)
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
+                    # A hint on a refusal of the count says nothing about when a slot frees:
+                    # one of ours does, with its answer. Waited out, a 2-s retry-after on the
+                    # cap's probe at 11 s held one request to the end of a 13-s run (1.7 s of
+                    # a 15-slot lane's tail). Not in a fleet: the others hold slots we do not see.
+                    permit.refused_for_slot = (
+                        refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
+                    )
             return
         spent = (
             _spent_unstated_budget(verdict.limits, permit.tokens)
