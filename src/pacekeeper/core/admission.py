@@ -38,8 +38,9 @@ __all__ = ["AdmissionPolicy", "Ask", "Granted", "LocalAdmissionPolicy", "Deferre
 _NEW_TERRITORY_SPACING_S = 0.005  # before any answer, sends to a new most in flight: 200 a second
 _NEW_TERRITORY_DOUBLING_S = 1.0
 """With answers coming back, a new most in flight goes after an answer (slow start's pace),
-or else the most in flight doubles in this long at most (the pace of the floor and of silence,
-which slow answers need: 5-15 s answers want hundreds in flight within seconds)."""
+or else the most in flight doubles in a mean answer's time, or in this long where answers take
+longer (the pace of the floor and of silence, which slow answers need: 5-15 s answers want
+hundreds in flight within seconds)."""
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 
@@ -287,14 +288,20 @@ class LocalAdmissionPolicy:
         refuses the first request past it within a network round trip, and a window that
         jumped (a floor read from a stated rate doubles what is in flight) sent its new slots'
         requests 5 ms apart, six of them past a cap of 7 before its refusal was back. Without
-        an answer, the most in flight still doubles every :data:`_NEW_TERRITORY_DOUBLING_S`;
-        before the first answer, 5 ms apart (the start's ramp and silence pace themselves)."""
+        an answer, the most in flight still doubles in a mean answer's time (at most
+        :data:`_NEW_TERRITORY_DOUBLING_S`): the first answers are few, and one more per answer
+        alone cost `openai` seed 3 0.03 of the reference in its climb. Before the first
+        answer, 5 ms apart (the start's ramp and silence pace themselves)."""
         if not self.answered:
             spacing_s = _NEW_TERRITORY_SPACING_S
         elif self.new_territory_answered:
             return 0.0
         else:
-            spacing_s = _NEW_TERRITORY_DOUBLING_S / max(1, in_flight)
+            doubling_s = _NEW_TERRITORY_DOUBLING_S
+            mean_s = self.latency.mean_s  # of the successes so far (0.0: none yet)
+            if 0.0 < mean_s < doubling_s:
+                doubling_s = mean_s
+            spacing_s = doubling_s / max(1, in_flight)
         wait = self.new_territory_at + spacing_s - now
         return wait if wait > 0.0 else 0.0
 
