@@ -325,6 +325,32 @@ async def test_an_in_flight_429_is_told_by_its_headers_not_its_words() -> None:
         call.settle(permit, verdict(200))
 
 
+async def test_a_refusal_of_the_count_is_retried_on_a_slot_not_after_its_hint() -> None:
+    """A 429 that says by its code that requests in flight are counted, with a retry-after
+    of 2 s: the retry waits for a slot under the cap it taught (one of ours frees it with its
+    answer), not 2 s. Waited out, the hint on the cap's probe held one request past the end
+    of the rest of a run (1.7 s of a 13-s run). A 429 that may be the rate keeps its hint."""
+    gov = Governor(seed=1)
+    lane = gov.lane("/r", "m")
+    calls = [gov.call(route="/r", model="m", tokens=0) for _ in range(3)]
+    permits = [await call.admit() for call in calls]
+    body = b'{"error": {"message": "busy", "code": "concurrency_limit_exceeded"}}'
+    decision = calls[2].settle(permits[2], verdict(429, {"retry-after": "2"}, body))
+    assert decision.retry
+    assert decision.delay_s == 0.0
+    assert isinstance(lane.slots, pacekeeper.core.concurrency.AimdLimit)
+    assert lane.slots.learned_cap == 2
+    assert not lane.slots.has_room()  # the retry waits in the queue for a slot
+    calls[0].settle(permits[0], verdict(200))
+    assert lane.slots.has_room()
+    calls[1].settle(permits[1], verdict(200))
+    rate = gov.call(route="/r", model="m", tokens=0)
+    body = b'{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}'
+    headers = {"x-ratelimit-remaining-requests": "0", "retry-after": "2"}
+    decision = rate.settle(await rate.admit(), verdict(429, headers, body))
+    assert decision.delay_s >= 2.0
+
+
 async def test_a_bare_429_that_filled_the_window_teaches_a_cap_not_a_rate() -> None:
     gov = Governor(limits=Limits(concurrency=pacekeeper.AdaptiveConcurrency(initial=3)))
     lane = gov.lane("/r", "m")

@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = ["AdmissionPolicy", "Ask", "Granted", "LocalAdmissionPolicy", "Deferred"]
 
-_NEW_TERRITORY_SPACING_S = 0.005  # admissions past the peak that succeeded: 200 a second
+_NEW_TERRITORY_SPACING_S = 0.005  # before any answer, sends to a new most in flight: 200 a second
+_NEW_TERRITORY_DOUBLING_S = 1.0
+"""With answers coming back, a new most in flight goes after an answer (slow start's pace),
+or else the most in flight doubles in a mean answer's time, or in this long where answers take
+longer (the pace of the floor and of silence, which slow answers need: 5-15 s answers want
+hundreds in flight within seconds)."""
 _STALE_LATENCIES = 4.0  # a slot unanswered for this many mean latencies stops blocking others
 _STALE_MIN_S = 2.0
 
@@ -150,13 +155,16 @@ class LocalAdmissionPolicy:
 
     __slots__ = (
         "_clock",
+        "answered",
         "cooldown",
         "input_only",
         "latency",
+        "new_territory_answered",
         "new_territory_at",
         "output_tokens",
         "outstanding",
         "requests",
+        "sent_peak",
         "slots",
         "stated_left",
         "stated_tokens_left",
@@ -180,7 +188,15 @@ class LocalAdmissionPolicy:
         apart: the provider's token quota counts the prompt alone, as a 429 naming an
         input-token quota said (Gemini's). Set by the lane."""
         self.new_territory_at = -math.inf
-        """When a request last went past the most in flight that ever succeeded."""
+        """When a request last raised :attr:`sent_peak`."""
+        self.sent_peak = 0
+        """The most in flight a request was ever sent at and not refused for it (an in-flight
+        refusal lowers it): past it, an in-flight cap may refuse, and a cap answers at once,
+        before a burst into it could be held back. Below it, the way back is free."""
+        self.answered = False
+        """Whether any answer came back yet (before one, the start's ramp paces itself)."""
+        self.new_territory_answered = True
+        """Whether an answer came back since :attr:`sent_peak` was last raised."""
         self.stated_left = math.inf
         """Requests a provider's ``remaining`` says are left where it states no limit to pace
         at (Azure: a window of unknown length): at none, one request at a time goes (its
@@ -204,15 +220,12 @@ class LocalAdmissionPolicy:
     def sees_token_level(self) -> bool:
         return True
 
-    def try_admit(
-        self, now: float, tokens: int, output_tokens: int, success_peak: int = 0
-    ) -> float:
+    def try_admit(self, now: float, tokens: int, output_tokens: int) -> float:
         """0.0 when admitted (buckets charged; the caller takes the slot); else seconds to
         wait (inf: until a slot frees).
 
         ``tokens`` is the whole cost; ``output_tokens`` the part reserved for the answer, which
-        goes to the output bucket where the provider limits output apart. ``success_peak``: the
-        most in flight at which a request succeeded lately (past it, one at a time)."""
+        goes to the output bucket where the provider limits output apart."""
         output = self.output_tokens
         input_tokens = tokens - output_tokens if output is not None or self.input_only else tokens
         wait = self.cooldown.remaining_s(now=now)
@@ -235,7 +248,7 @@ class LocalAdmissionPolicy:
             if slots.in_flight >= slots.limit:
                 return math.inf
         else:
-            slot_wait = self.slot_wait(now, success_peak)
+            slot_wait = self.slot_wait(now)
             if slot_wait > 0.0:
                 return slot_wait
         # Tokens keep a request's worth in hand: what we charge is an estimate, and over a
@@ -254,7 +267,7 @@ class LocalAdmissionPolicy:
             output.spend(now=now, cost=output_tokens)
         return 0.0
 
-    def slot_wait(self, now: float, success_peak: int = 0) -> float:
+    def slot_wait(self, now: float) -> float:
         """0.0 when a slot is free; else how long until one may be (inf: until a release).
 
         Slots held far past the lane's normal latency (hung requests) stop counting against
@@ -263,12 +276,8 @@ class LocalAdmissionPolicy:
         if not isinstance(slots, AimdLimit):
             return 0.0 if slots.in_flight < slots.limit else math.inf
         if slots.in_flight < slots.limit:
-            # Past the most in flight that ever succeeded, one more at a time: an in-flight cap
-            # answers the first request past it at once, before a burst could follow it.
-            if slots.in_flight >= success_peak:
-                wait = self.new_territory_at + _NEW_TERRITORY_SPACING_S - now
-                if wait > 0.0:
-                    return wait
+            if slots.in_flight >= self.sent_peak:
+                return self._new_territory_wait(now, slots.in_flight)
             return 0.0
         wait = slots.waiting_for_slot(now)
         if slots.in_flight < slots.limit:
@@ -285,6 +294,30 @@ class LocalAdmissionPolicy:
             if slots.in_flight - stale < slots.limit:
                 return 0.0
         return wait
+
+    def _new_territory_wait(self, now: float, in_flight: int) -> float:
+        """How long before a request may raise :attr:`sent_peak` (0.0: now).
+
+        One more at a time, each after an answer came back since the last: an in-flight cap
+        refuses the first request past it within a network round trip, and a window that
+        jumped (a floor read from a stated rate doubles what is in flight) sent its new slots'
+        requests 5 ms apart, six of them past a cap of 7 before its refusal was back. Without
+        an answer, the most in flight still doubles in a mean answer's time (at most
+        :data:`_NEW_TERRITORY_DOUBLING_S`): the first answers are few, and one more per answer
+        alone cost `openai` seed 3 0.03 of the reference in its climb. Before the first
+        answer, 5 ms apart (the start's ramp and silence pace themselves)."""
+        if not self.answered:
+            spacing_s = _NEW_TERRITORY_SPACING_S
+        elif self.new_territory_answered:
+            return 0.0
+        else:
+            doubling_s = _NEW_TERRITORY_DOUBLING_S
+            mean_s = self.latency.mean_s  # of the successes so far (0.0: none yet)
+            if 0.0 < mean_s < doubling_s:
+                doubling_s = mean_s
+            spacing_s = doubling_s / max(1, in_flight)
+        wait = self.new_territory_at + spacing_s - now
+        return wait if wait > 0.0 else 0.0
 
     def stale_after_s(self) -> float | None:
         """How long a slot may go unanswered before it stops blocking others (None: no

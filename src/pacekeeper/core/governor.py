@@ -788,6 +788,8 @@ class Call:
         retry = False
         if not ok:
             retry, delay_s, error = self._decide(verdict, now, final)
+            if permit.refused_for_slot:
+                delay_s = 0.0  # it waits in the queue for a slot under the learned cap
         # Built only when someone reads it: this runs once per attempt on the hot path. A
         # logger below INFO is below DEBUG too: one check of the level for both records.
         published = bool(gov.hooks) or logger.isEnabledFor(logging.INFO)

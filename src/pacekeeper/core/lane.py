@@ -226,6 +226,7 @@ class Permit:
         "output_charged_before",
         "output_tokens",
         "queued_s",
+        "refused_for_slot",
         "released",
         "sent_at",
         "seq",
@@ -265,6 +266,9 @@ class Permit:
         self.in_flight_at_send = in_flight_at_send
         self.tokens = tokens
         self.queued_s = queued_s
+        self.refused_for_slot = False
+        """Refused for the number in flight under a cap this lane knows: its retry waits for
+        a slot under the cap (an answer of ours frees one), not for the 429's hint."""
 
     def release(self, signal: Signal = Signal.NEUTRAL) -> None:
         if not self.released:
@@ -1030,9 +1034,8 @@ class Lane:
 
     def _try_admit(self, now: float, tokens: int, output_tokens: int = 0) -> float:
         """0.0 when admitted (buckets charged, slot free); else seconds to wait (inf: a slot).
-        The local admission's decision (:meth:`LocalAdmissionPolicy.try_admit`), with what this
-        lane learned of the most in flight that succeeded."""
-        return self._local.try_admit(now, tokens, output_tokens, self._success_peak_in_flight)
+        The local admission's decision (:meth:`LocalAdmissionPolicy.try_admit`)."""
+        return self._local.try_admit(now, tokens, output_tokens)
 
     def _waiting_for_slot(self, now: float) -> bool:
         """Whether the head of the queue is held back by the concurrency limit alone (not by
@@ -1053,9 +1056,11 @@ class Lane:
         permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         local = self._local
-        if self.slots.in_flight >= self._success_peak_in_flight:
-            local.new_territory_at = now
         in_flight = self.slots.acquire(now=now)
+        if in_flight > local.sent_peak:
+            local.sent_peak = in_flight
+            local.new_territory_at = now
+            local.new_territory_answered = False
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
         permit = permit_class(
             self,
@@ -1174,9 +1179,7 @@ class Lane:
             # A shared admission asks its store outside the lock: its newcomer queues, and
             # looks at once when it is the head.
             if not queue.members and not self._shared:
-                wait = self._local.try_admit(
-                    now, tokens, output_tokens, self._success_peak_in_flight
-                )
+                wait = self._local.try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
                     queue.count_admission_held(priority, tenant)
                     return self._grant(now, tokens, now, output_tokens, permit_class)
@@ -1221,9 +1224,7 @@ class Lane:
             if prompt_tokens is not None:
                 tokens = self.cost_of(prompt_tokens, output_tokens, cheap=prompt_cheap)
             if self._queue.turn_held(waiter):
-                wait = self._local.try_admit(
-                    now, tokens, output_tokens, self._success_peak_in_flight
-                )
+                wait = self._local.try_admit(now, tokens, output_tokens)
                 if wait == 0.0:
                     self._queue.admitted_held(waiter)
                     return self._grant(now, tokens, asked_at, output_tokens, permit_class)
@@ -1569,7 +1570,9 @@ class Lane:
 
     def _release(self, permit: Permit, signal: Signal, now: float) -> None:
         """Free ``permit``'s slot; called with the lock held."""
-        self._local.outstanding.pop(id(permit), None)
+        local = self._local
+        local.outstanding.pop(id(permit), None)
+        local.answered = local.new_territory_answered = True
         if permit.lease is not None:  # granted by a shared admission: freed its way
             self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
             return
@@ -1779,6 +1782,9 @@ class Lane:
         if refused is not _Refused.RATE:
             # Only this request waits: its hint is about a slot, not about the rate.
             slots = self.slots
+            local = self._local
+            # Refused at this many in flight: the way up to it is new territory again.
+            local.sent_peak = min(local.sent_peak, permit.in_flight_at_send - 1)
             if isinstance(slots, AimdLimit):
                 slots.learn_cap(
                     in_flight_at_send=permit.in_flight_at_send,
@@ -1792,6 +1798,13 @@ class Lane:
                     self._untested_after_start = self._start_held_second(permit.sent_at)
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
+                    # A hint on a refusal of the count says nothing about when a slot frees:
+                    # one of ours does, with its answer. Waited out, a 2-s retry-after on the
+                    # cap's probe at 11 s held one request to the end of a 13-s run (1.7 s of
+                    # a 15-slot lane's tail). Not in a fleet: the others hold slots we do not see.
+                    permit.refused_for_slot = (
+                        refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
+                    )
             return
         spent = (
             spent_budget(verdict.limits, permit.tokens, unstated=True)
