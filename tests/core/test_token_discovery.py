@@ -151,13 +151,27 @@ def test_a_429_naming_an_input_token_quota_paces_input_tokens_alone(
     # paced a 50-token prompt as if it cost 306.
     lane, refusals = _run(tpm=tpm, depth_s=depth_s, seed=seed)
     assert lane.tpm is not None
-    # In input tokens (a probe past the limit after 15 quiet seconds may be above it; in
-    # prompt and reserve, 1.8-2.8 times it)
-    assert 0.75 * tpm <= lane.tpm <= 1.5 * tpm, lane.tpm
+    # In input tokens (a probe past the limit after 15 quiet seconds may be above it, and the
+    # second before a 429 holds a deep bucket's stored tokens: 1.75 times it at worst over
+    # 240 draws; in prompt and reserve, 1.8-2.8 times it on most draws)
+    assert 0.75 * tpm <= lane.tpm <= 1.8 * tpm, lane.tpm
     assert lane.tokens is not None
     assert lane._charged_for(lane._grant(20.0, 50 + _MAX_TOKENS, 20.0, _MAX_TOKENS)) == 50
     late = [t for t in refusals if t >= 5.0]
     assert len(late) <= 6, late
+
+
+def test_the_rate_learned_in_input_tokens_is_near_the_input_limit() -> None:
+    """Over a fixed grid of draws the rate learned in input tokens sits near the input limit
+    (median of 36 draws: 1.07 times it, 0.81-1.46), where charged in prompt and reserve it sat at
+    about twice it."""
+    ratios = sorted(
+        (_run(tpm=tpm, depth_s=depth_s, seed=seed)[0].tpm or 0.0) / tpm
+        for tpm in (120_000.0, 180_000.0, 300_000.0)
+        for depth_s in (1.0, 5.0)
+        for seed in range(6)
+    )
+    assert ratios[len(ratios) // 2] <= 1.25, ratios
 
 
 def test_counting_input_alone_rescales_what_the_token_rate_learned() -> None:
