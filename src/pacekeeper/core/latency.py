@@ -13,7 +13,11 @@ Two questions, two numbers:
   what any window of real traffic shows. A window is 16 requests in the order they were sent,
   judged once its median is known (a request still unanswered takes at least its age), not the
   last 16 answers back: early in a run those are the short ones of what was sent, and an
-  unloaded latency read from them runs low (ordinary answers then read as a queue).
+  unloaded latency read from them runs low (ordinary answers then read as a queue). Slow
+  start's first window, sent at loads 1 to 16, is itself queued by a server smaller than
+  that (Ollama serves one at a time): its latencies grow with the load each was sent at, and
+  the unloaded latency is read as a FIFO server of the capacity that fits would have
+  answered them unqueued (:func:`_unqueued_median`).
 
 >>> tracker = LatencyTracker()
 >>> for _ in range(32):
