@@ -252,6 +252,44 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
         t += 1.0
 
 
+@given(
+    capacity=st.integers(1, 8),
+    slowdown=st.floats(0.1, 0.4),
+    service_s=st.floats(0.3, 2.0),
+    seed=st.integers(0, 1000),
+)
+@settings(max_examples=30, deadline=None)
+def test_a_server_smaller_than_slow_starts_first_window_is_held_near_its_capacity(
+    capacity: int, slowdown: float, service_s: float, seed: int
+) -> None:
+    """Ollama serves one request at a time by default, small vLLM/TGI deployments a few. Slow
+    start's first window (sent at loads 1 to 16) then queues, and its median, read as the
+    unloaded latency, held servers of 1, 2 and 4 at 9-37, 4.5-8 and 2-3.4 times their
+    capacity for good. Once the start has drained (after 40 unloaded latencies), the lane
+    holds at most about twice the capacity, plus a few (one slot is all of a server of 1), and
+    keeps the server busy."""
+    clock = SimClock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    server = _QueueingServer(capacity, slowdown, service_s, seed)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    in_flight: list[int] = []
+    busy: list[int] = []
+    while clock.now < 80.0 * service_s:
+        now = clock.now
+        for permit in server.done(now):
+            lane.settle(permit, ok, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            server.arrive(lane._grant(now, 0, now), now)
+        if now >= 40.0 * service_s:
+            in_flight.append(lane.slots.in_flight)
+            busy.append(len(server.processing))
+        clock.now = round(now + 2 * _STEP_S, 6)
+    mean = sum(in_flight) / len(in_flight)
+    assert mean <= 2.0 * capacity + 4.0, f"{mean:.1f} in flight on average, capacity {capacity}"
+    assert sum(busy) / len(busy) >= 0.7 * capacity, f"{sum(busy) / len(busy):.1f} served"
+
+
 def _slow_start_against_a_queueing_server(
     capacity: int, service_s: float, seed: int
 ) -> tuple[int, int]:

@@ -203,3 +203,31 @@ def test_after_a_cut_one_slow_window_near_the_capacity_is_not_yet_a_queue() -> N
     assert not tracker.swollen(1.3)  # one window over: noise
     _window(tracker, 1.4, in_flight=16)
     assert tracker.swollen(1.3)  # held over three judgments: a queue
+
+
+def _first_window(tracker: LatencyTracker, latency_s: list[float]) -> None:
+    """Slow start's first window: request i sent at load i + 1 (nothing answered yet)."""
+    for i, took_s in sorted(enumerate(latency_s), key=lambda sent: sent[0] * 0.001 + sent[1]):
+        tracker.observe(took_s, i + 1, sent_at=i * 0.001)
+
+
+def test_the_unloaded_latency_is_not_read_from_a_first_window_the_server_queued() -> None:
+    # A server of 2 answers 1.0 s unloaded: sent at load n, a request waits for the n - 2
+    # before it. The plain median (4.0 s at load 8) read as unloaded held such a server at
+    # 4.5-8 times its capacity for good; latencies that grow with the load they were sent at
+    # say where the queue starts.
+    tracker = LatencyTracker()
+    _first_window(tracker, [max(1.0, n / 2) for n in range(1, 17)])
+    assert tracker.base_s == 1.0
+    assert tracker.base_in_flight == 2
+    assert tracker.swollen(1.3)  # the queue it was read from: at once
+    assert 1.0 < tracker.capacity() < 3.0
+
+
+def test_latencies_that_do_not_grow_with_load_are_read_as_they_are() -> None:
+    # Answers of varied length in no order of load: no queue shows, the median stands.
+    tracker = LatencyTracker()
+    lengths_s = [1.3, 0.6, 1.1, 0.9, 1.6, 0.7, 1.0, 1.2, 0.8, 1.4, 0.5, 1.0, 1.5, 0.9, 1.1, 0.7]
+    _first_window(tracker, lengths_s)
+    assert tracker.base_s == sorted(lengths_s)[8]
+    assert not tracker.swollen(1.3)

@@ -93,6 +93,7 @@ _LIMITS_READ_EVERY_S = 0.1
 _FLOOR_HEADROOM = 1.5  # slots a known rate needs: rate x mean latency, and half again (the first
 # answers to come back are the fastest, so an early mean runs low)
 _SWOLLEN = 1.3  # answers this much slower than unloaded: the upstream queues our requests
+_QUEUED_ANSWER = 1.6  # one answer this much slower, past slow start: grows no window
 _FLOOR_EVERY_S = 0.25
 _SERVED_SPAN_S = 4.0  # completions per second, counted over this long (shorter ones are noisy)
 _SERVED_SPAN_MAX_S = 5.0  # the answers a lane keeps the times of
@@ -1743,10 +1744,15 @@ class Lane:
                 # from the deepest queue come in, slower still).
                 latency.restart_window(cut=True)
             return Signal.NEUTRAL
+        # An answer this much slower, sent past the load the unloaded latency was read at,
+        # grows no window: in slow start, 1.3 times; after, 1.6 (one answer is noisy, and the
+        # window near a capacity must still grow). Without it, a server of 1-2 is pushed a slot
+        # or more a round trip past its capacity (100% for a server of 1) for the 16 answers a
+        # window of them takes to judge.
         if (
-            slots.slow_start
-            and latency_s > _SWOLLEN * latency.base_s
+            latency_s > _SWOLLEN * latency.base_s
             and latency.loaded(permit.in_flight_at_send)
+            and (slots.slow_start or latency_s > _QUEUED_ANSWER * latency.base_s)
         ):
             return Signal.NEUTRAL
         return Signal.SUCCESS

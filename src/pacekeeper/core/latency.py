@@ -13,7 +13,11 @@ Two questions, two numbers:
   what any window of real traffic shows. A window is 16 requests in the order they were sent,
   judged once its median is known (a request still unanswered takes at least its age), not the
   last 16 answers back: early in a run those are the short ones of what was sent, and an
-  unloaded latency read from them runs low (ordinary answers then read as a queue).
+  unloaded latency read from them runs low (ordinary answers then read as a queue). Slow
+  start's first window, sent at loads 1 to 16, is itself queued by a server smaller than
+  that (Ollama serves one at a time): its latencies grow with the load each was sent at, and
+  the unloaded latency is read as a FIFO server of the capacity that fits would have
+  answered them unqueued (:func:`_unqueued_median`).
 
 >>> tracker = LatencyTracker()
 >>> for _ in range(32):
@@ -53,6 +57,9 @@ _CONFIRMING = 3  # judgments (8 sends apart end to end) that settle a base or co
 _HELD_OPEN = 8  # windows' worth of answers kept while a window waits for its requests
 _REFUTING = 4  # windows at no more than the capacity a cut implied, that judge it
 _STILL_SWOLLEN = 1.2  # their mean ratio from which no queue explains them
+_SPREAD = 2  # a window sent at loads this far apart may show a queue by load alone
+_RISES_WITH_LOAD = 1.2  # a base window whose higher-load half answers this much slower queued
+_FITS_A_QUEUE = 0.7  # ... if a queue's latencies explain its spread this much better
 
 _Order = tuple[float, float]
 """Where a request stands in send order: its send time, then the order its answer came in
@@ -191,7 +198,14 @@ class LatencyTracker:
         if unanswered and median_s > now - unanswered[-1]:
             return False
         loads = sorted([n for _, _, n in window if n != _UNANSWERED])
-        self._judge(median_s, loads[len(known) // 2])  # as many as known: no len() call
+        load = loads[len(known) // 2]  # as many as known: no len() call
+        if loads[-1] >= _SPREAD * loads[0] and (
+            self.base_s == math.inf or load < self.base_in_flight / _SAME_LOAD
+        ):  # `known` and the like are calls, on every judgment
+            answers = [(n, s) for _, s, n in window if n != _UNANSWERED]
+            self._judge_base_window(answers, median_s, load)
+        else:
+            self._judge(median_s, load)
         # The next window starts a few sends on, and at a later send time than this one's
         # first (requests sent at one instant are judged together).
         step = window[min(_JUDGE_EVERY, len(window) - 1)][0][0]
@@ -199,6 +213,24 @@ class LatencyTracker:
         start = ((self._next_window_at, -math.inf), -math.inf, 0)  # before any sent then
         del answered[: bisect.bisect_left(answered, start)]
         return True
+
+    def _judge_base_window(
+        self, answers: list[tuple[int, float]], median_s: float, load: int
+    ) -> None:
+        """Judge a window that sets the unloaded latency and was sent at loads that differ
+        (slow start's first: 1 to 16), from ``(in flight at send, latency)`` of its answers."""
+        base_s, unqueued = _unqueued_median(answers, median_s)
+        self._judge(base_s, load)
+        if base_s < median_s:
+            # Latency rose with load as a queue's does: the queue is as plain as against a
+            # settled base (judged at once, the lane need not wait three more judgments, a
+            # round trip of the whole queue on a small server), and only loads up to the
+            # capacity that fit are unloaded.
+            self.base_in_flight = unqueued
+            self._base_windows = _CONFIRMING
+            self.median_s = median_s
+            self._judged_ratios.clear()
+            self._judged_ratios.append(self.ratio)
 
     def _judge(self, median_s: float, load: int) -> None:
         """One window's median latency and the median in flight its requests were sent at."""
@@ -318,3 +350,39 @@ class LatencyTracker:
             f"<LatencyTracker mean {self.mean_s:.3f}s median {self.median_s:.3f}s "
             f"base {self.base_s:.3f}s>"
         )
+
+
+def _unqueued_median(answers: list[tuple[int, float]], plain: float) -> tuple[float, int]:
+    """The median latency of a window's answers, ``(in flight at send, latency)`` (``plain``:
+    as they came, its requests still unanswered counted as the slowest), as a server
+    that queues past its capacity would have answered them unqueued, and the most in flight
+    it holds for. Slow start's first window is sent at loads 1, 2, ... 16: a server smaller
+    than that queues most of it, and its plain median, read as the unloaded latency, held
+    servers of 1, 2 and 4 at 10-37, 4.5-8 and 2-3.4 times their capacity (every later cut
+    scales with the misreading, and the load never falls low enough to read it again).
+    A FIFO server of capacity c answers a request sent at load n > c about n / c times
+    slower, and one sent at n <= c unqueued (the one sent alone, at load 1, is never queued
+    behind our own). When the higher-load half of the window answers much slower than the
+    lower half, latency rises with load: each answer is scaled by min(1, c / n) for the c
+    that fits best (least absolute log deviation from the scaled median). Latency that does
+    not rise with load is left as it is: no queue, or one this window cannot show."""
+    loads = sorted([n for n, _ in answers])
+    pivot = loads[len(loads) // 2]  # the halves: sent at fewer, and at more, in flight
+    low = sorted([s for n, s in answers if n < pivot])
+    high = sorted([s for n, s in answers if n > pivot])
+    if not low or not high or high[len(high) // 2] <= _RISES_WITH_LOAD * low[len(low) // 2]:
+        return plain, loads[-1]
+    logs = [(math.log(n), math.log(s)) for n, s in answers if s > 0]
+    fits = []  # (misfit, median, capacity), from the largest capacity down
+    for capacity in sorted({n for n, _ in answers}, reverse=True):
+        top = math.log(capacity)
+        scaled = sorted([s - max(0.0, n - top) for n, s in logs])
+        middle = scaled[len(scaled) // 2]
+        fits.append((sum([abs(s - middle) for s in scaled]), math.exp(middle), capacity))
+    least = min(fits)[0]
+    if least > _FITS_A_QUEUE * fits[0][0]:  # fits[0] scales nothing: the plain median
+        return plain, loads[-1]  # lengths that vary, not a queue
+    # The largest capacity that fits best: below the true one, the queued answers all scale
+    # alike and the fit worsens only slowly (a base read low cuts a server short).
+    best = next(fit for fit in fits if fit[0] <= least)
+    return best[1], best[2]
