@@ -190,6 +190,7 @@ def drain_to_first_window(
     reset_s: float,
     elapsed_s: float,
     used_since: float,
+    late_s: float = 0.0,
 ) -> None:
     """Drain a ``bucket`` just made from the first statement of its limit to what a careful
     client knows of the provider's window, when that window is short.
@@ -204,6 +205,11 @@ def drain_to_first_window(
     a bucket); once it has passed, the next window started at some moment since, as late as
     now, and the bucket starts empty. A bucket made full spent its burst into a window that
     had just started and then paced the rate through all of it: a window and a half.
+    ``late_s``: how much later than sent the counted request may have reached the provider
+    (its first connection's handshakes): the reset counts from then, so the window may end
+    that much later than ``reset_s`` after the send, and nothing refills before (counted from
+    the send, a request sent 0.05 s after the end read went into the window it had refilled
+    for, which was full).
 
     >>> from pacekeeper.core.bucket import TokenBucket
     >>> b = TokenBucket(rate_per_s=3300.0, burst=1650.0)  # 198,000 tpm, counted per second
@@ -224,7 +230,10 @@ def drain_to_first_window(
     rate = bucket.rate_per_s
     if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s):
         return
-    if elapsed_s >= reset_s:
+    if elapsed_s >= reset_s + late_s:
         bucket.drain_to(now=now, level=0.0)
         return
-    bucket.drain_to(now=now, level=remaining - used_since - rate * (reset_s - elapsed_s))
+    level = remaining - used_since - rate * (reset_s + late_s - elapsed_s)
+    if elapsed_s >= reset_s:  # the window may be over: the next began as late as now
+        level = min(level, 0.0)
+    bucket.drain_to(now=now, level=level)

@@ -120,6 +120,13 @@ _CLOCKS_APART_S = 1.0  # how far a provider's clock may be from ours (a time-of-
 _Reading = tuple[int | None, int | None, float | None]  # a budget's limit, remaining, reset_s
 
 
+_FIRST_TRIP_S = 0.1
+"""How much later than sent a request sent before any answer may reach the provider: it opens
+a connection (TCP and TLS handshakes, a few round trips), where later ones reuse one. Its
+answer's reset counts from then, and the window it describes may end that much later than
+the reset says, counted from the send."""
+
+
 _TokenReading = tuple[int | None, int | None, int | None, float | None]
 """What an answer says of its token budgets: (tpm, output tpm, remaining, reset_s)."""
 
@@ -995,6 +1002,7 @@ class Lane:
                 reset_s=reset_s,
                 elapsed_s=elapsed_s,
                 used_since=used_since,
+                late_s=_FIRST_TRIP_S,
             )
 
     # -- admission ------------------------------------------------------------------------
