@@ -433,3 +433,75 @@ def test_what_was_left_of_the_window_before_does_not_drain_the_next() -> None:
         fixed_window=True,
     )
     assert bucket.level(1.3) == pytest.approx(234.0)
+
+
+def test_a_window_first_seen_from_a_slow_request_ends_where_the_windows_before_did() -> None:
+    """Each reading puts a window's end early by its request's trip, and the first reading
+    of a window may be the slowest: once the length is known, a new window ends no earlier
+    than the last one's end a whole window on (`window` seed 1, on a loaded machine: a window
+    first seen from a request 70 ms on the wire, three requests sent into its guard went into
+    the full window before)."""
+    windows = FixedWindows()
+    for k in range(4):
+        windows.observe(sent_at=k + 0.2, reset_s=0.8)
+        windows.observe(sent_at=k + 0.5, reset_s=0.5)
+    assert windows.grid() == (3.98, 1.0)
+    windows.observe(sent_at=4.2, reset_s=0.73)  # counted 70 ms after it left
+    assert windows.grid() == (4.98, 1.0)
+    windows.observe(sent_at=5.2, reset_s=0.3)  # 0.5 s off: not the same windows, not carried
+    assert windows.grid() == (5.48, 1.0)
+
+
+def _run_requests(*, rpm: float, origin_s: float, seed: int, run_s: float = 12.0) -> list[float]:
+    """A lane with a backlog against requests counted in fixed windows of 1 s and stated per
+    minute (``remaining`` of the window, unscaled; ``reset`` to its end): when refusals were
+    counted. Trips of 4-14 ms, answers of 0.3-0.9 s, a refusal at once."""
+    rng = random.Random(seed)
+    clock = SimClock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    provider = _TokenWindows(rpm, 1.0, origin_s)
+    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    refusals: list[float] = []
+    while clock.now < run_s:
+        now = clock.now
+        answers.sort(key=lambda answer: answer[0])
+        while answers and answers[0][0] <= now:
+            _, permit, headers, accepted = answers.pop(0)
+            verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
+            lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
+        while lane._try_admit(now, 0) == 0.0:
+            permit = lane._grant(now, 0, now)
+            counted_at = now + 0.004 + rng.uniform(0.0, 0.01)
+            accepted, remaining, reset_s = provider.take(1.0, counted_at)
+            headers = {
+                "x-ratelimit-limit-requests": str(int(rpm)),
+                "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": _go_duration(reset_s),
+            }
+            answer_at = counted_at + rng.uniform(0.3, 0.9)
+            if not accepted:
+                headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
+                refusals.append(counted_at)
+                answer_at = counted_at + 0.004
+            answers.append((answer_at, permit, headers, accepted))
+        clock.now = round(now + _STEP_S, 6)
+    return refusals
+
+
+@given(
+    rpm=st.sampled_from([600.0, 900.0, 1200.0]),
+    origin_s=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=10, deadline=None)
+def test_requests_stated_per_minute_and_counted_in_windows_keep_to_them(
+    rpm: float, origin_s: float, seed: int
+) -> None:
+    """Requests of a per-minute limit counted in 1-s windows (the `window` profile): once
+    the resets show the windows, each window gets its budget from its start and no more.
+    Paced continuously at the stated rate, a request held back a little let the next two go
+    close together, and now and then sixteen of fifteen went into a window."""
+    refusals = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed)
+    late = [t for t in refusals if t >= 3.0]
+    assert not late, f"refused at {[round(t, 2) for t in late]} s"

@@ -360,6 +360,7 @@ class Lane:
         "_recent_charges",
         "_recent_sends",
         "_request_window",
+        "_request_windows",
         "_served_due",
         "_shared",
         "_stated_left_seq",
@@ -454,9 +455,9 @@ class Lane:
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
         self._token_windows = FixedWindows()
-        """Whether the provider counts tokens in fixed windows, as its resets show. Requests
-        are left to pacing: whole, even requests overfill a window rarely, and holding them to
-        the windows as seen cost ~5% of the rate on 1-s windows without fewer 429s."""
+        """Whether the provider counts tokens in fixed windows, as its resets show."""
+        self._request_windows = FixedWindows()
+        """The same for requests of a per-minute limit counted in short windows."""
         self._floor_due = -math.inf
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
@@ -851,6 +852,14 @@ class Lane:
         rpm, remaining_requests = minute.limit_requests, minute.remaining_requests
         elapsed_s = max(0.0, now - permit.sent_at)
         if not minute.resets_to_the_second:
+            if not minute.requests_window_unknown:
+                self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
+                _keep_windows(
+                    self._local.requests,
+                    self._request_windows,
+                    now=now,
+                    budget_per_s=self._stated_per_s(self.request_rate.ceiling),
+                )
             self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
             _keep_windows(
                 self._local.tokens,
@@ -860,7 +869,9 @@ class Lane:
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
-        windowed = minute.requests_window_unknown and self._keep_request_windows(now=now)
+        windowed = (
+            minute.requests_window_unknown and self._keep_request_windows(now=now)
+        ) or self._request_windows.fixed
         if windowed and reset_requests_s is not None and minute.resets_to_the_second:
             reset_requests_s += elapsed_s  # a time of day, measured from the answer
         if remaining_requests is not None:
