@@ -452,22 +452,27 @@ def test_a_window_first_seen_from_a_slow_request_ends_where_the_windows_before_d
     assert windows.grid() == (5.48, 1.0)
 
 
-def _run_requests(*, rpm: float, origin_s: float, seed: int, run_s: float = 12.0) -> list[float]:
+def _run_requests(
+    *, rpm: float, origin_s: float, seed: int, run_s: float = 12.0
+) -> tuple[list[tuple[float, float]], float]:
     """A lane with a backlog against requests counted in fixed windows of 1 s and stated per
-    minute (``remaining`` of the window, unscaled; ``reset`` to its end): when refusals were
-    counted. Trips of 4-14 ms, answers of 0.3-0.9 s, a refusal at once."""
+    minute (``remaining`` of the window, unscaled; ``reset`` to its end): (when refused
+    requests were counted and sent, when the first answer came). Trips of 4-14 ms, answers
+    of 0.3-0.9 s, a refusal at once."""
     rng = random.Random(seed)
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _TokenWindows(rpm, 1.0, origin_s)
     answers: list[tuple[float, Permit, dict[str, str], bool]] = []
-    refusals: list[float] = []
+    refusals: list[tuple[float, float]] = []
+    first_answer_at = math.inf
     while clock.now < run_s:
         now = clock.now
         answers.sort(key=lambda answer: answer[0])
         while answers and answers[0][0] <= now:
             _, permit, headers, accepted = answers.pop(0)
+            first_answer_at = min(first_answer_at, now)
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
         while lane._try_admit(now, 0) == 0.0:
@@ -482,11 +487,11 @@ def _run_requests(*, rpm: float, origin_s: float, seed: int, run_s: float = 12.0
             answer_at = counted_at + rng.uniform(0.3, 0.9)
             if not accepted:
                 headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
-                refusals.append(counted_at)
+                refusals.append((counted_at, now))
                 answer_at = counted_at + 0.004
             answers.append((answer_at, permit, headers, accepted))
         clock.now = round(now + _STEP_S, 6)
-    return refusals
+    return refusals, first_answer_at
 
 
 @given(
@@ -502,6 +507,25 @@ def test_requests_stated_per_minute_and_counted_in_windows_keep_to_them(
     the resets show the windows, each window gets its budget from its start and no more.
     Paced continuously at the stated rate, a request held back a little let the next two go
     close together, and now and then sixteen of fifteen went into a window."""
-    refusals = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed)
-    late = [t for t in refusals if t >= 3.0]
+    refusals, _ = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed)
+    late = [t for t, _ in refusals if t >= 3.0]
     assert not late, f"refused at {[round(t, 2) for t in late]} s"
+
+
+@given(
+    rpm=st.sampled_from([600.0, 900.0, 1200.0]),
+    origin_s=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_the_request_window_of_the_first_answer_is_not_overfilled(
+    rpm: float, origin_s: float, seed: int
+) -> None:
+    """The first answer states a request limit per minute and what was left of a 1-s window
+    that has often ended by then (the `window` profile): the request bucket made from it
+    starts as the window allows, as the token bucket does. Made full, it sent half a
+    second's burst into the window just begun and paced the rate through the rest of it
+    (`window` seed 1: sixteen of fifteen)."""
+    refusals, first_answer_at = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed, run_s=3.0)
+    early = [t for t, sent_at in refusals if first_answer_at <= sent_at]
+    assert not early, f"refused at {[round(t, 2) for t in early]} s"

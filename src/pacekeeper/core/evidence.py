@@ -202,9 +202,11 @@ def drain_to_first_window(
     is left. So: while the counted window lasts (its reset not yet passed), no more than
     ``remaining``, less what this lane sent after the counted request (``used_since``),
     goes before it ends, and nothing refills before then (a fixed window's rule, cautious for
-    a bucket); once it has passed, the next window started at some moment since, as late as
-    now, and the bucket starts empty. A bucket made full spent its burst into a window that
-    had just started and then paced the rate through all of it: a window and a half.
+    a bucket); once it has passed, the next window started then, and the bucket holds what
+    the rate refilled since, less ``used_since`` (started empty at the first answer instead,
+    the first whole window lost half its requests: `window` seed 1). A bucket made full
+    spent its burst into a window that had just started and then paced the rate through all
+    of it: a window and a half.
     ``late_s``: how much later than sent the counted request may have reached the provider
     (its first connection's handshakes): the reset counts from then, so the window may end
     that much later than ``reset_s`` after the send, and nothing refills before (counted from
@@ -231,7 +233,10 @@ def drain_to_first_window(
     if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s):
         return
     if elapsed_s >= reset_s + late_s:
-        bucket.drain_to(now=now, level=0.0)
+        # The next window began at the latest then, and refills from empty as the rate
+        # would since, less what went after the counted request (in it, at worst).
+        since_s = elapsed_s - reset_s - late_s
+        bucket.drain_to(now=now, level=max(0.0, rate * since_s - used_since))
         return
     level = remaining - used_since - rate * (reset_s + late_s - elapsed_s)
     if elapsed_s >= reset_s:  # the window may be over: the next began as late as now

@@ -852,20 +852,12 @@ class Lane:
         rpm, remaining_requests = minute.limit_requests, minute.remaining_requests
         elapsed_s = max(0.0, now - permit.sent_at)
         if not minute.resets_to_the_second:
-            if not minute.requests_window_unknown:
-                self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
-                _keep_windows(
-                    self._local.requests,
-                    self._request_windows,
-                    now=now,
-                    budget_per_s=self._stated_per_s(self.request_rate.ceiling),
-                )
-            self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
-            _keep_windows(
-                self._local.tokens,
-                self._token_windows,
+            self._observe_fixed_windows(
+                minute,
+                permit,
                 now=now,
-                budget_per_s=self._stated_per_s(self.token_rate.ceiling),
+                reset_requests_s=reset_requests_s,
+                reset_tokens_s=reset_tokens_s,
             )
         if new_requests and rpm and remaining_requests is not None:
             self._start_full_as_stated(remaining_requests - (self._admitted - permit.seq), rpm)
@@ -885,6 +877,15 @@ class Lane:
                 slack=1.0,
                 fixed_window=windowed,
                 continuous=self._depths["requests"].continuous,
+            )
+        if current and remaining_requests is not None and reset_requests_s is not None:
+            self._drain_first_request_window(
+                minute,
+                permit,
+                now=now,
+                remaining=remaining_requests,
+                reset_s=reset_requests_s,
+                new_requests=new_requests,
             )
         if remaining_tokens is not None:
             self._drain_tokens(
@@ -974,6 +975,66 @@ class Lane:
         if ceiling_per_min is None:
             return None
         return ceiling_per_min * self._configured.utilisation * self.local_share / 60.0
+
+    def _observe_fixed_windows(
+        self,
+        minute: RateLimitSnapshot,
+        permit: Permit,
+        *,
+        now: float,
+        reset_requests_s: float | None,
+        reset_tokens_s: float | None,
+    ) -> None:
+        """Read from resets sent as durations whether the requests and tokens of per-minute
+        limits are counted in fixed windows, and keep the buckets to them (called with the
+        lock held). A request budget stated per window (a gateway's) has its own reading
+        (:meth:`_keep_request_windows`)."""
+        if not minute.requests_window_unknown:
+            self._request_windows.observe(sent_at=permit.sent_at, reset_s=reset_requests_s)
+            _keep_windows(
+                self._local.requests,
+                self._request_windows,
+                now=now,
+                budget_per_s=self._stated_per_s(self.request_rate.ceiling),
+            )
+        self._token_windows.observe(sent_at=permit.sent_at, reset_s=reset_tokens_s)
+        _keep_windows(
+            self._local.tokens,
+            self._token_windows,
+            now=now,
+            budget_per_s=self._stated_per_s(self.token_rate.ceiling),
+        )
+
+    def _drain_first_request_window(
+        self,
+        minute: RateLimitSnapshot,
+        permit: Permit,
+        *,
+        now: float,
+        remaining: int,
+        reset_s: float,
+        new_requests: bool,
+    ) -> None:
+        """The request bucket's :func:`drain_to_first_window`, as the token bucket's (see
+        :meth:`_drain_tokens`): a per-minute limit counted in short windows (the `window`
+        profile) was read from an answer about a window already gone, and the bucket made
+        full from it sent half a second's burst into the window just begun and paced the
+        rate through the rest: sixteen of fifteen (called with the lock held)."""
+        if minute.resets_to_the_second or minute.requests_window_unknown:
+            return  # (a time of day bounds no short window; a gateway's has its own reading)
+        windows = self._request_windows
+        if new_requests:
+            windows.first_answer_at = now
+        if permit.sent_at < windows.first_answer_at:
+            drain_to_first_window(
+                self.requests,
+                now=now,
+                remaining=remaining,
+                reset_s=reset_s,
+                elapsed_s=max(0.0, now - permit.sent_at),
+                used_since=self._admitted - permit.seq,
+                late_s=_FIRST_TRIP_S,
+            )
 
     def _drain_tokens(
         self,
