@@ -14,7 +14,7 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pacekeeper.core.bucket import TokenBucket
@@ -67,17 +67,18 @@ def _run(
     run_s: float = 20.0,
     trip_s: float = 0.004,
     first_trip_s: float = 0.004,
-) -> tuple[list[float], float, float]:
-    """A lane with a backlog against token windows; (when refusals came, the tokens accepted
-    from 5 s on, when the first answer came). Requests reach the provider ``trip_s`` (+ up to 10 ms)
-    after they leave; answers take 0.3-0.9 s, a refusal comes back at once."""
+) -> tuple[list[tuple[float, float]], float, float]:
+    """A lane with a backlog against token windows; (when refused requests were counted and
+    sent, the tokens accepted from 5 s on, when the first answer came). Requests reach the
+    provider ``trip_s`` (+ up to 10 ms) after they leave; answers take 0.3-0.9 s, a refusal
+    comes back at once."""
     rng = random.Random(seed)
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _TokenWindows(tpm, 1.0, origin_s)
     answers: list[tuple[float, Permit, dict[str, str], bool]] = []
-    refusals: list[float] = []
+    refusals: list[tuple[float, float]] = []
     accepted_late = 0.0
     first_answer_at = math.inf
     cost = _MAX_TOKENS + rng.randint(50, 500)
@@ -105,7 +106,7 @@ def _run(
                     accepted_late += cost
             else:
                 headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
-                refusals.append(counted_at)
+                refusals.append((counted_at, now))
                 answer_at = counted_at + trip_s
             answers.append((answer_at, permit, headers, accepted))
             cost = _MAX_TOKENS + rng.randint(50, 500)
@@ -128,7 +129,7 @@ def test_once_the_windows_show_no_window_is_overfilled(
     refused after 3 s (here the estimates are exact: in the simulator, where they are not,
     1-3 per 10-s run)."""
     refusals, accepted_late, _ = _run(tpm=tpm, origin_s=origin_s, seed=seed)
-    late = [t for t in refusals if t >= 3.0]
+    late = [t for t, _ in refusals if t >= 3.0]
     assert not late, f"refused at {[round(t, 2) for t in late]} s"
     assert accepted_late >= 0.85 * tpm / 60.0 * 15.0
 
@@ -209,6 +210,9 @@ def test_a_window_length_from_one_gap_shorter_than_twice_the_longest_reset() -> 
     first_trip_s=st.floats(0.004, 0.1),
     seed=st.integers(0, 2**16),
 )
+@example(tpm=180_000.0, origin_s=0.6, first_trip_s=0.05, seed=172)
+@example(tpm=180_000.0, origin_s=0.528, first_trip_s=0.06, seed=4038)
+@example(tpm=180_000.0, origin_s=0.0, first_trip_s=0.004, seed=437)
 @settings(max_examples=30, deadline=None)
 def test_the_window_of_the_first_answer_is_not_overfilled(
     tpm: float, origin_s: float, first_trip_s: float, seed: int
@@ -218,13 +222,20 @@ def test_the_window_of_the_first_answer_is_not_overfilled(
     then. The token bucket made from it starts as the window allows (empty, if it ended), not
     full: full, it sent half a second's burst into the window that had just begun and paced
     the rate through the rest of it, and the window refused (on main, 16 of 30 such draws;
-    with the windows kept but the bucket made full, 10)."""
+    with the windows kept but the bucket made full, 10).
+
+    The first request opens a connection and reaches the provider up to 0.1 s after it
+    left, and its reset counts from then: the window it states ends up to that much later
+    than its reset after the send (seed 172: a request sent 6 ms after that went into the
+    full window). What the lane sent before the first answer (when no answer comes for half a
+    second, silence grows the window of requests in flight: seed 437's fifth and sixth, at
+    0.6 s) it sent knowing nothing, and is not what this tests."""
     refusals, _, first_answer_at = _run(
         tpm=tpm, origin_s=origin_s, seed=seed, run_s=3.0, first_trip_s=first_trip_s
     )
     # Up to the end of the window the first answer came in.
     window_ends_at = origin_s + math.floor(first_answer_at - origin_s) + 1.0
-    early = [t for t in refusals if t < window_ends_at]
+    early = [t for t, sent_at in refusals if first_answer_at <= sent_at and t < window_ends_at]
     assert not early, f"refused at {[round(t, 2) for t in early]} s"
 
 
@@ -422,3 +433,99 @@ def test_what_was_left_of_the_window_before_does_not_drain_the_next() -> None:
         fixed_window=True,
     )
     assert bucket.level(1.3) == pytest.approx(234.0)
+
+
+def test_a_window_first_seen_from_a_slow_request_ends_where_the_windows_before_did() -> None:
+    """Each reading puts a window's end early by its request's trip, and the first reading
+    of a window may be the slowest: once the length is known, a new window ends no earlier
+    than the last one's end a whole window on (`window` seed 1, on a loaded machine: a window
+    first seen from a request 70 ms on the wire, three requests sent into its guard went into
+    the full window before)."""
+    windows = FixedWindows()
+    for k in range(4):
+        windows.observe(sent_at=k + 0.2, reset_s=0.8)
+        windows.observe(sent_at=k + 0.5, reset_s=0.5)
+    assert windows.grid() == (3.98, 1.0)
+    windows.observe(sent_at=4.2, reset_s=0.73)  # counted 70 ms after it left
+    assert windows.grid() == (4.98, 1.0)
+    windows.observe(sent_at=5.2, reset_s=0.3)  # 0.5 s off: not the same windows, not carried
+    assert windows.grid() == (5.48, 1.0)
+
+
+def _run_requests(
+    *, rpm: float, origin_s: float, seed: int, run_s: float = 12.0
+) -> tuple[list[tuple[float, float]], float]:
+    """A lane with a backlog against requests counted in fixed windows of 1 s and stated per
+    minute (``remaining`` of the window, unscaled; ``reset`` to its end): (when refused
+    requests were counted and sent, when the first answer came). Trips of 4-14 ms, answers
+    of 0.3-0.9 s, a refusal at once."""
+    rng = random.Random(seed)
+    clock = SimClock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    provider = _TokenWindows(rpm, 1.0, origin_s)
+    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    refusals: list[tuple[float, float]] = []
+    first_answer_at = math.inf
+    while clock.now < run_s:
+        now = clock.now
+        answers.sort(key=lambda answer: answer[0])
+        while answers and answers[0][0] <= now:
+            _, permit, headers, accepted = answers.pop(0)
+            first_answer_at = min(first_answer_at, now)
+            verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
+            lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
+        while lane._try_admit(now, 0) == 0.0:
+            permit = lane._grant(now, 0, now)
+            counted_at = now + 0.004 + rng.uniform(0.0, 0.01)
+            accepted, remaining, reset_s = provider.take(1.0, counted_at)
+            headers = {
+                "x-ratelimit-limit-requests": str(int(rpm)),
+                "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": _go_duration(reset_s),
+            }
+            answer_at = counted_at + rng.uniform(0.3, 0.9)
+            if not accepted:
+                headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
+                refusals.append((counted_at, now))
+                answer_at = counted_at + 0.004
+            answers.append((answer_at, permit, headers, accepted))
+        clock.now = round(now + _STEP_S, 6)
+    return refusals, first_answer_at
+
+
+@given(
+    rpm=st.sampled_from([600.0, 900.0, 1200.0]),
+    origin_s=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=10, deadline=None)
+def test_requests_stated_per_minute_and_counted_in_windows_keep_to_them(
+    rpm: float, origin_s: float, seed: int
+) -> None:
+    """Requests of a per-minute limit counted in 1-s windows (the `window` profile): once
+    the resets show the windows, each window gets its budget from its start and no more.
+    Paced continuously at the stated rate, a request held back a little let the next two go
+    close together, and now and then sixteen of fifteen went into a window."""
+    refusals, _ = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed)
+    late = [t for t, _ in refusals if t >= 3.0]
+    assert not late, f"refused at {[round(t, 2) for t in late]} s"
+
+
+@given(
+    rpm=st.sampled_from([600.0, 900.0, 1200.0]),
+    origin_s=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_the_request_window_of_the_first_answer_is_not_overfilled(
+    rpm: float, origin_s: float, seed: int
+) -> None:
+    """The first answer states a request limit per minute and what was left of a 1-s window
+    that has often ended by then (the `window` profile): the request bucket made from it
+    starts as the window allows, as the token bucket does. Made full, it sent half a
+    second's burst into the window just begun and paced the rate through the rest of it
+    (`window` seed 1: sixteen of fifteen)."""
+    refusals, first_answer_at = _run_requests(rpm=rpm, origin_s=origin_s, seed=seed, run_s=3.0)
+    early = [t for t, sent_at in refusals if first_answer_at <= sent_at]
+    assert not early, f"refused at {[round(t, 2) for t in early]} s"

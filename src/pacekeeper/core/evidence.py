@@ -54,7 +54,9 @@ def outlasts_a_minute(reset_s: float | None) -> bool:
     return reset_s is not None and reset_s > _LONGEST_MINUTE_RESET_S
 
 
-def short_window(*, remaining: float, rate_per_s: float, reset_s: float | None) -> bool:
+def short_window(
+    *, remaining: float, rate_per_s: float, reset_s: float | None, within_s: float = _SHORT_WINDOW_S
+) -> bool:
     """Whether ``remaining`` and ``reset`` describe a short window (or bucket), not a
     minute's: ``remaining + rate x reset`` is about the budget's capacity, a minute's worth
     for OpenAI's buckets (remaining scaled to the per-minute limit), a second's for a gateway
@@ -67,7 +69,7 @@ def short_window(*, remaining: float, rate_per_s: float, reset_s: float | None) 
     """
     if reset_s is None or rate_per_s <= 0:
         return False
-    return max(0.0, remaining) / rate_per_s + reset_s <= _SHORT_WINDOW_S
+    return max(0.0, remaining) / rate_per_s + reset_s <= within_s
 
 
 def spent_budget(
@@ -215,6 +217,8 @@ def drain_to_first_window(
     reset_s: float,
     elapsed_s: float,
     used_since: float,
+    late_s: float = 0.0,
+    short_s: float = _SHORT_WINDOW_S,
 ) -> None:
     """Drain a ``bucket`` just made from the first statement of its limit to what a careful
     client knows of the provider's window, when that window is short.
@@ -226,9 +230,18 @@ def drain_to_first_window(
     is left. So: while the counted window lasts (its reset not yet passed), no more than
     ``remaining``, less what this lane sent after the counted request (``used_since``),
     goes before it ends, and nothing refills before then (a fixed window's rule, cautious for
-    a bucket); once it has passed, the next window started at some moment since, as late as
-    now, and the bucket starts empty. A bucket made full spent its burst into a window that
-    had just started and then paced the rate through all of it: a window and a half.
+    a bucket); once it has passed, the next window started then, and the bucket holds what
+    the rate refilled since, less ``used_since`` (started empty at the first answer instead,
+    the first whole window lost half its requests: `window` seed 1). A bucket made full
+    spent its burst into a window that had just started and then paced the rate through all
+    of it: a window and a half.
+    ``short_s``: the longest window read as short (a minute's bucket scaled to its limit
+    and drained below its share of that reads short too). ``late_s``: how much later than
+    sent the counted request may have reached the provider
+    (its first connection's handshakes): the reset counts from then, so the window may end
+    that much later than ``reset_s`` after the send, and nothing refills before (counted from
+    the send, a request sent 0.05 s after the end read went into the window it had refilled
+    for, which was full).
 
     >>> from pacekeeper.core.bucket import TokenBucket
     >>> b = TokenBucket(rate_per_s=3300.0, burst=1650.0)  # 198,000 tpm, counted per second
@@ -247,9 +260,15 @@ def drain_to_first_window(
     if bucket is None:
         return
     rate = bucket.rate_per_s
-    if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s):
+    if not short_window(remaining=remaining, rate_per_s=rate, reset_s=reset_s, within_s=short_s):
         return
-    if elapsed_s >= reset_s:
-        bucket.drain_to(now=now, level=0.0)
+    if elapsed_s >= reset_s + late_s:
+        # The next window began at the latest then, and refills from empty as the rate
+        # would since, less what went after the counted request (in it, at worst).
+        since_s = elapsed_s - reset_s - late_s
+        bucket.drain_to(now=now, level=max(0.0, rate * since_s - used_since))
         return
-    bucket.drain_to(now=now, level=remaining - used_since - rate * (reset_s - elapsed_s))
+    level = remaining - used_since - rate * (reset_s + late_s - elapsed_s)
+    if elapsed_s >= reset_s:  # the window may be over: the next began as late as now
+        level = min(level, 0.0)
+    bucket.drain_to(now=now, level=level)
