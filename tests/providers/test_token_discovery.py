@@ -22,10 +22,13 @@ def _prompt(i: int) -> str:
     return f"Request {i}: " + " ".join(_WORDS[(i + k) % len(_WORDS)] for k in range(words))
 
 
-async def test_an_unstated_input_token_limit_is_discovered_and_paced_in_tokens() -> None:
-    # 150,000 input tokens a minute bind (2,500 a second, a bucket of a second); requests do not.
+async def _gemini_run(
+    *, input_tpm: int, max_tokens: int, n: int = 90
+) -> tuple[Governor, RecordCollector]:
+    """``n`` chat calls through ``wrap()`` against Gemini's errors (no headers, 429s naming
+    the quota), an input-token limit binding, requests not (a bucket of a second)."""
     scenario = Scenario(
-        default=ModelLimits(rpm=100_000, input_tpm=150_000, burst_s=1.0),
+        default=ModelLimits(rpm=100_000, input_tpm=input_tpm, burst_s=1.0),
         rate_limit_headers="gemini",
     )
     attempts = RecordCollector()
@@ -38,13 +41,19 @@ async def test_an_unstated_input_token_limit_is_discovered_and_paced_in_tokens()
                     client.chat.completions.create(
                         model="gemini-2.5-flash",
                         messages=[{"role": "user", "content": _prompt(i)}],
-                        max_tokens=8,
+                        max_tokens=max_tokens,
                     )
-                    for i in range(90)
+                    for i in range(n)
                 )
             ),
             timeout=120,
         )
+    return gov, attempts
+
+
+async def test_an_unstated_input_token_limit_is_discovered_and_paced_in_tokens() -> None:
+    # 150,000 input tokens a minute bind (2,500 a second, a bucket of a second); requests do not.
+    gov, attempts = await _gemini_run(input_tpm=150_000, max_tokens=8)
     lane = gov.lane(CHAT, "gemini-2.5-flash")
     assert lane.tpm is not None, "a token rate was discovered from the input-token 429s"
     assert lane.request_rate.rpm is None, "the requests, never refused, are not paced"
@@ -57,27 +66,7 @@ async def test_an_input_token_limit_is_discovered_in_input_tokens_not_prompt_and
     # Gemini's TPM counts the prompt alone; every request reserves 256 for its answer. Charged
     # prompt and reserve, the lane found about twice the limit in its own units (a 50-token
     # prompt then paced as 306, a 400-token one as 656: wrong both ways).
-    scenario = Scenario(
-        default=ModelLimits(rpm=100_000, input_tpm=120_000, burst_s=1.0),
-        rate_limit_headers="gemini",
-    )
-    attempts = RecordCollector()
-    with Simulator(scenario) as sim:
-        gov = Governor(hooks=[attempts])
-        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="g-test"), gov)
-        await asyncio.wait_for(
-            asyncio.gather(
-                *(
-                    client.chat.completions.create(
-                        model="gemini-2.5-flash",
-                        messages=[{"role": "user", "content": _prompt(i)}],
-                        max_tokens=256,
-                    )
-                    for i in range(90)
-                )
-            ),
-            timeout=120,
-        )
+    gov, attempts = await _gemini_run(input_tpm=120_000, max_tokens=256)
     lane = gov.lane(CHAT, "gemini-2.5-flash")
     assert lane.tpm is not None
     assert lane.tpm <= 1.5 * 120_000, f"paced at {lane.tpm:.0f} input tokens a minute"
