@@ -265,7 +265,9 @@ async def test_queueing_server_slows_down_while_the_queue_is_long(start_sim: Sta
     plain_worst = max(latency for _, latency in await _timed_burst(plain.base_url, 8))
     slowed_worst = max(latency for _, latency in await _timed_burst(slowed.base_url, 8))
     # 4 rounds of 0.2 s; with the slowdown the rounds that start with a queue take up to 2x.
-    assert 0.75 <= plain_worst < 1.1
+    # (The upper bound leaves room for a loaded machine: 1.24 s was seen beside a benchmark.
+    # A slowdown applied to the plain server too is caught by the comparison below.)
+    assert 0.75 <= plain_worst < 1.5
     assert slowed_worst >= plain_worst + 0.3
 
 
