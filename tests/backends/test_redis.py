@@ -672,17 +672,17 @@ async def test_a_fleet_spends_each_fixed_window_from_its_start(
 ) -> None:
     """A provider that counts requests in fixed windows lets each window's budget go at its
     start, and a lane that has seen the windows keeps to them (its request bucket's
-    ``set_windows``). Shared through Redis the fleet paced them evenly instead (one request
-    each 0.1 s at 10 a second): a fleet of three took 0.82-0.91 of one process's efficiency on
-    the gateway profile's 10-s windows."""
-    limits = Limits(rpm=600, burst_s=0.1, concurrency=50)  # 10 a second, 10 a 1-s window
+    ``set_windows``). Shared through Redis the fleet paced them evenly instead: a fleet of
+    three took 0.82-0.91 of one process's efficiency on the gateway profile's 10-s windows.
+    (Windows under 5 s stay paced: each process reads the grid a little apart.)"""
+    limits = Limits(rpm=120, burst_s=0.1, concurrency=50)  # 2 a second, 10 a 5-s window
     a = shared_gov(redis_server, namespace, limits=limits)
     b = shared_gov(redis_server, namespace, limits=limits)
     lanes = [a.lane(CHAT, "m"), b.lane(CHAT, "m")]
     now = time.monotonic()
     for lane in lanes:
         assert lane.requests is not None
-        lane.requests.set_windows(start_s=now + 0.05, length_s=1.0, now=now)
+        lane.requests.set_windows(start_s=now + 0.05, length_s=5.0, now=now)
     sent_at: list[float] = []
     for k in range(21):
         permit = await lanes[k % 2].acquire(0)
@@ -690,12 +690,13 @@ async def test_a_fleet_spends_each_fixed_window_from_its_start(
         permit.release(Signal.SUCCESS)
     close(a, b)
     sent_at.sort()
+    shown = [round(t - sent_at[0], 3) for t in sent_at]
     # The switch lets through what the paced bucket would have until the first window ends
-    # (its burst of 1, and half a request): then each window's 10 at its start.
+    # (its burst of 1): then each window's 10 at its start.
     first, second = sent_at[1:11], sent_at[11:21]
-    assert first[-1] - first[0] < 0.15, [round(t - sent_at[0], 3) for t in sent_at]
-    assert second[-1] - second[0] < 0.15, [round(t - sent_at[0], 3) for t in sent_at]
-    assert 0.8 < second[0] - first[0] < 1.2  # one window apart, never two windows' worth in one
+    assert first[-1] - first[0] < 0.15, shown
+    assert second[-1] - second[0] < 0.15, shown
+    assert 4.8 < second[0] - first[0] < 5.2, shown  # never two windows' worth in one
 
 
 async def test_a_budget_stated_without_a_limit_holds_the_whole_fleet(
