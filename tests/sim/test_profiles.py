@@ -233,6 +233,9 @@ def test_in_flight_style_of_the_observed_server_reads_like_it() -> None:
 
 async def _timed_burst(base_url: str, count: int) -> list[tuple[int, float]]:
     async with httpx2.AsyncClient(base_url=base_url, timeout=30) as http:
+        # One request first, timed by nobody: the first answer pays for lazy set-up on both
+        # sides (a clean CI run once read the first of a burst 0.3 s late).
+        await http.post("/chat/completions", json=chat("warm-up", max_tokens=1))
 
         async def one(i: int) -> tuple[int, float]:
             started = time.monotonic()
@@ -250,8 +253,9 @@ async def test_queueing_server_never_429s_and_latency_grows_past_capacity(
     assert [status for status, _ in answers] == [200] * 6
     latencies = sorted(latency for _, latency in answers)
     # Two at a time: the first pair in about 0.3 s, the last pair waited for two rounds.
-    assert latencies[0] < 0.5
+    assert latencies[0] < 0.6
     assert latencies[-1] >= 0.85
+    assert latencies[-1] >= latencies[0] + 0.5
     stats = sim.stats()
     assert stats["rejected_rate_limited"] == 0
     assert stats["peak_in_flight"] == 6  # all admitted: the queue is inside the server
