@@ -37,7 +37,8 @@ __all__ = ["main"]
 
 # The first pattern found in a function's file names its part.
 _PARTS: tuple[tuple[str, str], ...] = (
-    ("pacekeeper/proxy/_upstream", "upstream client (lean HTTP/1.1 pool)"),
+    ("pacekeeper/transports/_upstream", "upstream client (lean HTTP/1.1 pool)"),
+    ("pacekeeper/transports/_objects", "proxy app (_app: body, JSON, headers, records)"),
     ("httpx2", "upstream client (httpx2 request/response objects)"),
     ("pacekeeper/proxy/_guard", "server (uvicorn + guard)"),
     ("uvicorn", "server (uvicorn + guard)"),

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pacekeeper.proxy import Proxy, ProxyConfig, _guard, _server, _upstream
+from pacekeeper.proxy import Proxy, ProxyConfig, _guard, _server
 from pacekeeper.sim import Scenario, SimulatorProcess
+from pacekeeper.transports import _upstream
 
 __all__ = ["main"]
 

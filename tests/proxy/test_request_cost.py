@@ -14,8 +14,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from pacekeeper.proxy._guard import httptools_available
 from pacekeeper.sim import Simulator
+from pacekeeper.transports._httpx2 import httptools_available
 
 from .conftest import StartProxy
 

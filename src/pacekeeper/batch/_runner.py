@@ -45,6 +45,7 @@ from pacekeeper.providers import PROVIDERS, Provider
 from pacekeeper.transports import RECORD_EXTENSION, TAG_EXTENSION, Transport
 from pacekeeper.transports._engine import PRIORITY_HEADER, path_facts
 from pacekeeper.transports._flow import attempts_for, run_admitted
+from pacekeeper.transports._httpx2 import sending_transport
 
 __all__ = ["BatchJob", "BatchResult", "join_url", "run_batch", "shard_of"]
 
@@ -414,7 +415,7 @@ async def _run_batch(
         park = _Park(result, stop, job.max_wait_s, on_notice)
         park.max_hint_s = gov.retry.max_hint_s
         client = httpx2.AsyncClient(
-            transport=Transport(gov, provider=job.provider),
+            transport=Transport(gov, transport=sending_transport(), provider=job.provider),
             headers=headers,
             timeout=httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
         )

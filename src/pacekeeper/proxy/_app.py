@@ -52,16 +52,12 @@ from pacekeeper.core.lane import Lane
 from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.providers import get_provider
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import (
-    CONNECTION_KEY,
-    Connection,
-    ConnectionGuard,
-    httptools_available,
-)
-from pacekeeper.proxy._headers import lowered_pairs, request_of
+from pacekeeper.proxy._guard import CONNECTION_KEY, Connection, ConnectionGuard
 from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
+from pacekeeper.transports._httpx2 import sending_transport
+from pacekeeper.transports._objects import lowered_pairs, request_of
 
 __all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
 
@@ -281,20 +277,6 @@ async def _watch(receive: Receive, exchange: _Exchange) -> None:
     exchange.on_disconnect()
 
 
-def _upstream_transport() -> httpx2.AsyncBaseTransport:
-    """httpx2's pool, behind the lean HTTP/1.1 transport for plain-HTTP upstreams when
-    httptools is installed (the ``fast`` extra); without it, httpx2 alone (slower, same
-    behaviour)."""
-    pool = httpx2.AsyncHTTPTransport(
-        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=512)
-    )
-    if not httptools_available():
-        return pool
-    from pacekeeper.proxy._upstream import UpstreamTransport
-
-    return UpstreamTransport(pool)
-
-
 class ProxyApp:
     """The proxy's ASGI application: forwards through ``governor`` to ``config.upstream``.
 
@@ -316,7 +298,7 @@ class ProxyApp:
         self.counters = ProxyCounters(clock)
         self.draining = False
         self._clock = clock
-        inner = transport or _upstream_transport()
+        inner = transport or sending_transport(keepalive=512)
         self._provider = get_provider(config.provider)
         self._transport = Transport(
             governor,

@@ -374,13 +374,3 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded
-
-
-def httptools_available() -> bool:
-    """Whether httptools (the ``fast`` extra) can be imported: the faster HTTP parser for
-    uvicorn's protocol and the proxy's upstream connections; without it, h11 and httpx2."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return False
-    return True

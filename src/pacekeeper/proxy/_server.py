@@ -20,7 +20,8 @@ from pacekeeper.core.governor import Governor
 from pacekeeper.core.tokens import warm_up
 from pacekeeper.proxy._app import ProxyApp
 from pacekeeper.proxy._config import ProxyConfig
-from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol, httptools_available
+from pacekeeper.proxy._guard import ConnectionGuard, guarded_protocol
+from pacekeeper.transports._httpx2 import httptools_available
 
 __all__ = ["Proxy"]
 

@@ -4,6 +4,7 @@ keep-alive reuse, the framings an answer may have, timeouts, and what it leaves 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,13 +12,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx2
 import pytest
 
-from pacekeeper.proxy._upstream import UpstreamTransport
+from pacekeeper.transports._httpx2 import sending_transport
+from pacekeeper.transports._upstream import UpstreamTransport
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections: set[int] = set()  # noqa: RUF012 - shared by the test and the server
     first_read = threading.Event()
+    opened = 0
+
+    def setup(self) -> None:
+        Handler.opened += 1
+        super().setup()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -47,6 +54,16 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"all of it")
             self.close_connection = True
+        elif self.path == "/idle-close":
+            # Kept alive by the answer, then closed while idle (uvicorn, as under vLLM,
+            # closes idle keep-alive connections after 5 s).
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.wfile.flush()
+            threading.Event().wait(0.1)
+            self.close_connection = True
         elif self.path == "/slow":
             threading.Event().wait(1.0)
             self.send_response(200)
@@ -62,6 +79,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Handler.connections = set()
+    Handler.opened = 0
     Handler.first_read = threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -88,6 +106,23 @@ async def test_one_keep_alive_connection_carries_sequential_requests(server: str
         assert await send(transport, server + "/echo", b"body %d" % i) == b"body %d" % i
     assert len(Handler.connections) == 1
     await transport.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(server: str) -> None:
+    transport = UpstreamTransport(httpx2.AsyncHTTPTransport())
+    assert await send(transport, server + "/idle-close") == b"ok"
+    await asyncio.sleep(0.5)  # the server has closed it by now
+    assert await send(transport, server + "/echo", b"next") == b"next"
+    assert Handler.opened == 2
+    await transport.aclose()
+
+
+def test_pacekeepers_own_clients_send_through_the_lean_transport_when_httptools_is_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert isinstance(sending_transport(), UpstreamTransport)
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if the fast extra were missing
+    assert isinstance(sending_transport(), httpx2.AsyncHTTPTransport)
 
 
 async def test_chunked_and_read_until_close_answers(server: str) -> None:

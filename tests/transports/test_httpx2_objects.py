@@ -1,11 +1,11 @@
 """The proxy builds httpx2's Request and Response objects without their constructors
-(proxy/_headers.py): they must hold what the constructors would have made."""
+(transports/_objects.py): they must hold what the constructors would have made."""
 
 from __future__ import annotations
 
 import httpx2
 
-from pacekeeper.proxy import _headers
+from pacekeeper.transports import _objects as _headers
 
 
 def _plain(value: object) -> object:

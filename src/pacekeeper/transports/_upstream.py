@@ -1,4 +1,5 @@
-"""The proxy's connections to a plain-HTTP upstream: HTTP/1.1 on asyncio, parsed by httptools.
+"""Connections to a plain-HTTP server for pacekeeper's own clients (the proxy, `pacekeeper run`):
+HTTP/1.1 on asyncio, parsed by httptools.
 
 httpx2's transport (httpcore2 over anyio) spent about 40% of the proxy's CPU per request in the
 profile: cancel scopes, stream wrappers, and the request head and body sent in two writes (two
@@ -20,7 +21,7 @@ from typing import Any, cast
 import httptools
 import httpx2
 
-from pacekeeper.proxy._headers import response_of
+from pacekeeper.transports._objects import response_of
 
 __all__ = ["UpstreamTransport"]
 
