@@ -4,7 +4,9 @@ order, bounded buffering, resume, API errors, faults, stopping."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,9 +191,16 @@ async def test_non_retryable_api_errors_are_records_sent_once(
     assert stats["received_more_than_once"] == 0
 
 
+@pytest.mark.parametrize("httptools", [True, False], ids=["lean-transport", "httpx2-pool"])
 async def test_transient_faults_are_retried_and_every_line_gets_one_result(
-    start_sim: StartSim, tmp_path: Path, instant_retries: None
+    start_sim: StartSim,
+    tmp_path: Path,
+    instant_retries: None,
+    httptools: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if not httptools:  # as without the fast extra: httpx2's own pool sends
+        monkeypatch.setitem(sys.modules, "httptools", None)
     faults = Faults(http_500=0.1, http_503=0.05, drop=0.05, malformed=0.05)
     sim = start_sim(Scenario(faults=faults, seed=11))
     ids = write_batch(tmp_path / "in.jsonl", 150)
@@ -222,6 +231,20 @@ async def test_exhausted_retries_and_malformed_answers_are_error_records(
         assert "not valid JSON" in r["error"]["message"]
         assert "gave up after 2 attempts" in r["error"]["message"]
     assert result.failed == 3
+
+
+async def test_a_key_with_a_line_break_is_refused_before_anything_is_sent(
+    plain_sim: Simulator, tmp_path: Path
+) -> None:
+    write_batch(tmp_path / "in.jsonl", 2)
+    sim = plain_sim
+    job = dataclasses.replace(
+        job_for(sim, tmp_path, tmp_path / "in.jsonl"), api_key="sk-secret-1\r\nX-Injected: yes"
+    )
+    with pytest.raises(ValueError, match="'authorization' holds a line break") as caught:
+        await run(job)
+    assert "sk-secret-1" not in str(caught.value)
+    assert sim.stats()["requests_received"] == 0
 
 
 async def test_an_unexpected_client_error_is_a_record_not_a_lost_line(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from pacekeeper.batch._output import (
     redact_text,
     redaction_list,
 )
+from pacekeeper.batch._sender import LineSender
 from pacekeeper.core.classify import classify_response
 from pacekeeper.core.errors import AdmissionClosed, PacekeeperError, SpendCapReached
 from pacekeeper.core.governor import Governor
@@ -392,7 +393,7 @@ async def _run_batch(
     stop = stop or asyncio.Event()
     pauses = _Pauses(stop)
     log_hook: _LogHook | None = None
-    client: httpx2.AsyncClient | None = None
+    client: LineSender | None = None
     # Results are written the moment they can be: as they finish, or (ordered) as soon as
     # everything before them has finished. These hold what is not written yet.
     ordered_queue: deque[asyncio.Future[_Outcome | None]] = deque()
@@ -414,10 +415,10 @@ async def _run_batch(
         }
         park = _Park(result, stop, job.max_wait_s, on_notice)
         park.max_hint_s = gov.retry.max_hint_s
-        client = httpx2.AsyncClient(
-            transport=Transport(gov, transport=sending_transport(), provider=job.provider),
-            headers=headers,
-            timeout=httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
+        client = LineSender(
+            Transport(gov, transport=sending_transport(), provider=job.provider),
+            headers,
+            httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
         )
 
         def write(fut: asyncio.Future[_Outcome | None]) -> None:
@@ -582,7 +583,7 @@ def _duplicate(line: BatchLine) -> BadLine:
 
 
 async def _process(
-    client: httpx2.AsyncClient,
+    client: LineSender,
     gov: Governor,
     job: BatchJob,
     line: BatchLine,
@@ -615,7 +616,7 @@ def _reject_constant(name: str) -> Any:
 
 
 async def _send(
-    client: httpx2.AsyncClient,
+    client: LineSender,
     gov: Governor,
     job: BatchJob,
     line: BatchLine,
@@ -679,7 +680,7 @@ async def _send(
 
 
 async def _post_admitted(
-    client: httpx2.AsyncClient,
+    client: LineSender,
     gov: Governor,
     url: str,
     line: BatchLine,
@@ -696,9 +697,9 @@ async def _post_admitted(
         attempts,
         client.post,
         url,
-        json=line.body,
-        headers=headers,
-        extensions={TAG_EXTENSION: line.custom_id},
+        line.body,
+        headers,
+        {TAG_EXTENSION: line.custom_id},
     )
 
 
