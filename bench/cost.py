@@ -393,6 +393,16 @@ def summarise_cost(cost: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _run_remeasured(run_measured: dict[str, Any] | None) -> str:
+    if not run_measured:
+        return "."
+    return (
+        f"; the `pacekeeper run` rows were measured again on {run_measured['date']} at git "
+        f"{run_measured['git']} (load average {run_measured['load_at_start']} at start), after "
+        "the run path changed."
+    )
+
+
 def cost_lines(cost: dict[str, Any]) -> list[str]:
     """The markdown section."""
     if not cost or not cost.get("rows"):
@@ -402,8 +412,8 @@ def cost_lines(cost: dict[str, Any]) -> list[str]:
     if measured:
         lines += [
             f"Measured {measured['date']} ({measured['mode']} run, git {measured['git']}, load "
-            f"average {measured['load_at_start']} at start), with `python -m bench --only cost`; "
-            "the real run of a million lines was measured after it (the run path unchanged since).",
+            f"average {measured['load_at_start']} at start), with `python -m bench --only cost`"
+            + _run_remeasured(cost.get("run_measured")),
             "",
         ]
     lines += ["| measure | target | measured | |", "|---|---|---|---|"]
