@@ -761,9 +761,9 @@ class Lane:
                 remaining=remaining,
                 reset_s=reset_s,
                 end_at=reset_from + reset_s,
+                grain_s=snapshot.reset_grain_s,
                 # a time of day is also off by the difference between the two clocks
-                grain_s=snapshot.reset_grain_s
-                + (_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0),
+                clocks_apart_s=_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0,
             )
             if refill.proven:
                 self._quota_budgets.add(name)
@@ -808,7 +808,12 @@ class Lane:
         # A duration counts from when the provider counted the request; a time of day was
         # turned into a wait from now, the answer, a time on the wire later.
         age_s = now - sent_at if minute.resets_to_the_second else 0.0
-        changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
+        grain_s = minute.reset_grain_s
+        if minute.resets_to_the_second:
+            # A time of day's depth is off by the clocks' difference as well: an epoch in ms
+            # is read as coarsely as one in seconds.
+            grain_s = max(grain_s, _CLOCKS_APART_S)
+        changed = self._observe_depths(readings, age_s, grain_s) or changed
         if changed:
             self._state_ceilings(now=now)
             self._queue.wake_head()
