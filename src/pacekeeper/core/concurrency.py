@@ -140,13 +140,13 @@ class AimdLimit(FixedLimit):
 
     __slots__ = (
         "_answered",
+        "_answers_at_cap",
         "_cap_since",
         "_cap_taught",
-        "_answers_at_cap",
-        "_probe_after_answers",
         "_filled_at",
         "_last_decrease_at",
         "_loss_window",
+        "_probe_after_answers",
         "_probe_after_s",
         "_probing",
         "_ramp_from",
