@@ -97,6 +97,32 @@ def test_a_gateway_429_with_the_budget_spent_waits_its_reset_and_is_the_rate() -
     assert slots.learned_cap is None  # the rate, not a cap on requests in flight
 
 
+def test_the_window_after_a_spent_one_holds_the_stated_budget() -> None:
+    """OpenRouter states its window (150 requests, reset a Unix time in ms) only in a 429's
+    body: nothing else shows what a window holds. The next window holds the 150 the refusal
+    states, counted from the admissions after it; paced at a rate read from the hint (a bound
+    below the window), a lane spent each window before it ended, and every request sent
+    until a refusal came back was refused too."""
+    clock = SimClock()
+    lane = Lane(
+        ("/v1/chat/completions", "m"),
+        limits=Limits(concurrency=1000),
+        retry=RetryPolicy(),
+        clock=clock,
+    )
+    for k in range(20):
+        _answer(lane, clock, 200, {}, sent=0.3 * k, at=0.3 * k + 0.2)
+    _answer(lane, clock, 429, _gateway(150, 0, 10.0), sent=6.0, at=6.02)
+    assert lane.cooldown.until == pytest.approx(10.0)
+    in_flight, now = [], 10.0
+    while now < 19.5:  # nothing answered (the slots are many)
+        clock.now = now
+        while lane._try_admit(now, 0) == 0.0:
+            in_flight.append(lane._grant(now, 0, now))
+        now = round(now + 0.01, 6)
+    assert len(in_flight) == 150
+
+
 def _groq(remaining: int, reset: str) -> dict[str, str]:
     return {
         "x-ratelimit-limit-requests": "100000",

@@ -1922,6 +1922,8 @@ class Lane:
             if permit.seq >= self._window_from_seq:
                 self._next_window_holds(spent)
             return
+        if permit.seq >= self._window_from_seq:
+            self._next_window_holds_stated(verdict)
         tokens_out = verdict.limit_scope == "tokens"
         if verdict.limit_scope == "input_tokens":
             tokens_out = True
@@ -2033,6 +2035,30 @@ class Lane:
             self._local.stated_left = float(self._window_intake)
         elif spent == "tokens" and self._window_intake_tokens:
             self._local.stated_tokens_left = float(self._window_intake_tokens)
+        self._window_from_seq = self._admitted + 1
+        self._window_intake = self._window_intake_tokens = 0
+
+    def _next_window_holds_stated(self, verdict: Verdict) -> None:
+        """A 429 shows a gateway's window spent (N requests per a window it does not name,
+        none left) and says when it ends: the next holds N, counted from the admissions
+        after this refusal, as the provider counts it. OpenRouter states its window only in
+        a 429's body, so nothing else holds the lane to it: paced at a rate read from the
+        hint (a bound below the window, so high), it spent each window before it ended and
+        every request sent until the refusal came back was refused too (5-6 429s in 200
+        requests, two windows). With none left, one goes at a time (its 429 ends the window,
+        its success shows a new one and forgets the count). Not in a fleet: the others'
+        admissions are not counted here."""
+        limits = verdict.limits
+        if (
+            limits is None
+            or not limits.requests_window_unknown
+            or not limits.limit_requests
+            or limits.remaining_requests != 0
+            or verdict.hint_s is None
+            or self.admission is not self._local
+        ):
+            return
+        self._local.stated_left = float(limits.limit_requests)
         self._window_from_seq = self._admitted + 1
         self._window_intake = self._window_intake_tokens = 0
 
