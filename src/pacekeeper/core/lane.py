@@ -374,6 +374,7 @@ class Lane:
         "output_rate",
         "request_rate",
         "slots",
+        "stated_limit_text",
         "stats",
         "token_rate",
     )
@@ -403,6 +404,11 @@ class Lane:
             name=f"{key[0]} model={key[1]}", min_share=limits.min_share, lock=self._lock
         )
         self._next_limits_read = -math.inf
+        self.stated_limit_text: tuple[str, str] | None = None
+        """Where the last answer whose limits were read stated the requests limit, and how
+        (a header's name and text; set by the transports): an answer between reads (see
+        :meth:`limits_due`) that states it otherwise is read at once. A limit that halved
+        showed on two answers a tenth of a second before the 429 that taught it, unread."""
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
