@@ -287,13 +287,31 @@ def test_a_learned_cap_bounds_the_floor_and_is_probed_ever_less_often() -> None:
     aimd.set_floor(20)
     aimd.learn_cap(in_flight_at_send=9, now=0.0)
     assert aimd.limit == 8
-    # a backlog at the cap: after a while, one more slot is tried
-    first_probe = _succeed_at_the_cap_until_probed(aimd, step_s=0.5)
+    # a backlog at the cap: after a while, one more slot is tried (20 answers a second: the
+    # time binds, not the answers' count)
+    first_probe = _succeed_at_the_cap_until_probed(aimd, step_s=0.05)
     assert aimd.limit == 9
+    assert first_probe == pytest.approx(AimdLimit.first_probe_after_s, abs=0.1)
     aimd.learn_cap(in_flight_at_send=9, now=first_probe)  # refused: the cap was right
     assert aimd.limit == 8
-    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.5, start=first_probe, until=120.0)
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.05, start=first_probe, until=120.0)
     assert t - first_probe >= 2 * first_probe - 1
+
+
+def test_a_confirmed_cap_is_probed_only_after_enough_answers_at_it() -> None:
+    """Each probe past a real cap is a 429: a cap answered 5 times a second is probed after
+    200 answers at it (40 s), not after 10 s (a 10-s run of a cap of 9 then drew 2 429s in
+    118 requests: the refusal that taught the cap, and the probe)."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(20)
+    aimd.learn_cap(in_flight_at_send=9, now=0.0)
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.2, until=120.0)
+    assert aimd.limit == 9
+    answers = round(t / 0.2)
+    assert answers == AimdLimit.first_probe_after_answers
+    aimd.learn_cap(in_flight_at_send=9, now=t)  # refused: the next waits twice as many
+    second = _succeed_at_the_cap_until_probed(aimd, step_s=0.2, start=t, until=t + 200.0)
+    assert round((second - t) / 0.2) == 2 * AimdLimit.first_probe_after_answers
 
 
 def test_before_any_answer_a_paced_ramp_then_silence_grows_the_window_one_slot_at_a_time() -> None:
@@ -550,7 +568,7 @@ def test_a_provisional_cap_is_tried_after_a_round_trip_and_a_refused_try_confirm
     assert (aimd.limit, aimd.cap_provisional) == (8, False)
     confirmed_at = t
     while aimd.limit == 8 and t < 60:
-        t += 0.1
+        t += 0.05
         aimd.in_flight += 1
         aimd.release(
             now=t, sent_at=t - 0.5, in_flight_at_send=8, signal=Signal.SUCCESS, backlog=True

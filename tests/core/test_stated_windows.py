@@ -67,6 +67,25 @@ def test_a_gateway_budget_per_unstated_window_is_paced_over_the_window_its_reset
     assert lane.rpm == pytest.approx(900.0)
 
 
+def test_a_gateway_window_in_epoch_ms_is_shown_by_answers_one_request_apart() -> None:
+    """A reset stated as a Unix time in ms is compared to the ms between two readings (the
+    clocks' difference, a second at most, is the same in both). Read at a whole second's
+    grain plus a second for the clocks, two ends had to be 4 s apart to be told apart: the
+    answers of a 10-s window's first requests, one apart, never showed the window, the bucket
+    refilled continuously through it, and its last requests went past the budget (1-2 429s a
+    run of the `gateway` profile, in the first window)."""
+    lane, clock = _lane()
+    for k, remaining in enumerate((149, 148, 147)):
+        sent = 0.2 + 0.05 * k
+        _answer(lane, clock, 200, _gateway(150, remaining, 10.0), sent=sent, at=sent + 0.3)
+    requests = lane.requests
+    assert requests is not None
+    assert requests.keeps_windows
+    _answer(lane, clock, 200, _gateway(150, 3, 10.0), sent=6.0, at=6.3)
+    # Three left: nothing refills before the window ends.
+    assert requests.level(9.5) <= 3.0
+
+
 def test_a_gateway_429_with_the_budget_spent_waits_its_reset_and_is_the_rate() -> None:
     lane, clock = _lane()
     _answer(lane, clock, 200, _gateway(150, 100, 10.0), sent=0.25, at=0.5)
@@ -76,6 +95,32 @@ def test_a_gateway_429_with_the_budget_spent_waits_its_reset_and_is_the_rate() -
     slots = lane.slots
     assert isinstance(slots, AimdLimit)
     assert slots.learned_cap is None  # the rate, not a cap on requests in flight
+
+
+def test_the_window_after_a_spent_one_holds_the_stated_budget() -> None:
+    """OpenRouter states its window (150 requests, reset a Unix time in ms) only in a 429's
+    body: nothing else shows what a window holds. The next window holds the 150 the refusal
+    states, counted from the admissions after it; paced at a rate read from the hint (a bound
+    below the window), a lane spent each window before it ended, and every request sent
+    until a refusal came back was refused too."""
+    clock = SimClock()
+    lane = Lane(
+        ("/v1/chat/completions", "m"),
+        limits=Limits(concurrency=1000),
+        retry=RetryPolicy(),
+        clock=clock,
+    )
+    for k in range(20):
+        _answer(lane, clock, 200, {}, sent=0.3 * k, at=0.3 * k + 0.2)
+    _answer(lane, clock, 429, _gateway(150, 0, 10.0), sent=6.0, at=6.02)
+    assert lane.cooldown.until == pytest.approx(10.0)
+    in_flight, now = [], 10.0
+    while now < 19.5:  # nothing answered (the slots are many)
+        clock.now = now
+        while lane._try_admit(now, 0) == 0.0:
+            in_flight.append(lane._grant(now, 0, now))
+        now = round(now + 0.01, 6)
+    assert len(in_flight) == 150
 
 
 def _groq(remaining: int, reset: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RecordCollector, RetryPolicy
-from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
+from pacekeeper.sim import CapacityChange, Faults, Latency, ModelLimits, Scenario, Simulator
 
 CHAT = "/v1/chat/completions"
 
@@ -74,6 +74,36 @@ async def test_a_per_second_enforced_limit_sees_almost_no_429s(sim: Simulator) -
     assert stats["by_status"].get("200") == n
     assert stats["by_status"].get("429", 0) <= 0.01 * n
     assert gov.lane(CHAT, "m").rpm == 3000
+
+
+@pytest.mark.parametrize(
+    "sim",
+    [
+        Scenario(
+            default=ModelLimits(rpm=600),
+            capacity_changes=(CapacityChange(at_s=3.0, factor=0.5),),
+        )
+    ],
+    indirect=True,
+)
+async def test_a_limit_stated_otherwise_between_reads_of_the_headers_is_read_at_once(
+    sim: Simulator,
+) -> None:
+    """A lane reads an answer's rate-limit headers at most every 0.1 s of its clock (issue
+    15), but looks at the stated requests limit on every answer: one that says otherwise is
+    read at once. A limit halved on the `halving` profile (seed 2) showed on two answers
+    0.16 s before the 429 that taught it, both unread."""
+    start = time.monotonic()
+    # The lane's clock runs a thousand times slower: both answers fall in one tenth of it.
+    gov = Governor(clock=lambda: start + (time.monotonic() - start) / 1000.0)
+    client = client_for(sim, gov)
+    await client.chat.completions.create(model="m", messages=messages(0))
+    lane = gov.lane(CHAT, "m")
+    assert lane.learned_rpm == 600
+    halved_at = float(sim.stats()["started_at"]) + 3.0
+    await asyncio.sleep(max(0.0, halved_at + 0.2 - time.time()))
+    await client.chat.completions.create(model="m", messages=messages(1))
+    assert lane.learned_rpm == 300
 
 
 @pytest.mark.parametrize("sim", [Scenario(faults=Faults(invalid_request=1.0))], indirect=True)

@@ -486,18 +486,23 @@ class RefillingQuota:
         reset_s: float | None,
         end_at: float,
         grain_s: float = _RESET_GRAIN_S,
+        clocks_apart_s: float = 0.0,
     ) -> None:
         """Take one reading, in send order: ``remaining`` of ``limit``, whole again in
-        ``reset_s`` (precise to ``grain_s``), at ``end_at`` on the lane's clock."""
+        ``reset_s`` (precise to ``grain_s``, and off by up to ``clocks_apart_s`` for a time
+        of day read on a provider's clock), at ``end_at`` on the lane's clock. The clocks'
+        difference bounds the refill, but not how far two readings' ends are apart: it is
+        the same in both."""
         # (Comparisons, not calls: this runs for every answer's headers a lane reads.)
         if self.proven or self.windowed or reset_s is None or not 0 < limit < math.inf:
             return
         missing = limit - (remaining if remaining > 0 else 0.0)
-        if missing <= 0 or not grain_s < reset_s < math.inf:
+        off_s = grain_s + clocks_apart_s
+        if missing <= 0 or not off_s < reset_s < math.inf:
             return  # full, or a reset too coarse to bound anything
         # remaining is rounded down: the bucket misses at most `missing`, so this is a bound
         # from below on the time it takes to refill `limit`.
-        refill_s = (reset_s - grain_s) * limit / missing
+        refill_s = (reset_s - off_s) * limit / missing
         last = self._last
         self._last = (remaining, end_at, refill_s) if refill_s > _LONGEST_MINUTE_S else None
         self.suspect = self._last is not None

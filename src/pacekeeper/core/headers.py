@@ -384,15 +384,23 @@ def _is_time_of_day(text: str) -> bool:
 
 def reset_grain_s(text: str) -> float:
     """How precise a reset header is, in seconds: the unit of its last digit. A time of day
-    (RFC 3339, an epoch number) counts whole seconds; a duration says as much as it prints.
+    counts whole seconds (RFC 3339, an epoch in seconds) or milliseconds (an epoch in
+    milliseconds: OpenRouter's); a duration says as much as it prints. (A time of day is
+    also off by the difference between the provider's clock and ours, which its readers add
+    where it matters: it cancels between two readings.)
 
     >>> reset_grain_s("49ms"), reset_grain_s("1.25s"), reset_grain_s("6m0s")
     (0.001, 0.01, 1.0)
     >>> reset_grain_s("2026-11-30T12:00:01Z"), reset_grain_s("3"), reset_grain_s("0.5")
     (1.0, 1.0, 0.1)
+    >>> reset_grain_s("1764590410000"), reset_grain_s("1764590410")
+    (0.001, 1.0)
     """
     text = text.strip()
-    return 1.0 if _is_time_of_day(text) else _duration_grain_s(text)
+    if not _is_time_of_day(text):
+        return _duration_grain_s(text)
+    seconds = _non_negative_float(text)
+    return 0.001 if seconds is not None and seconds >= _EPOCH_MS_THRESHOLD else 1.0
 
 
 def _duration_grain_s(text: str) -> float:

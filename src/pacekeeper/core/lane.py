@@ -374,6 +374,7 @@ class Lane:
         "output_rate",
         "request_rate",
         "slots",
+        "stated_limit_text",
         "stats",
         "token_rate",
     )
@@ -403,6 +404,11 @@ class Lane:
             name=f"{key[0]} model={key[1]}", min_share=limits.min_share, lock=self._lock
         )
         self._next_limits_read = -math.inf
+        self.stated_limit_text: tuple[str, str] | None = None
+        """Where the last answer whose limits were read stated the requests limit, and how
+        (a header's name and text; set by the transports): an answer between reads (see
+        :meth:`limits_due`) that states it otherwise is read at once. A limit that halved
+        showed on two answers a tenth of a second before the 429 that taught it, unread."""
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
@@ -761,9 +767,9 @@ class Lane:
                 remaining=remaining,
                 reset_s=reset_s,
                 end_at=reset_from + reset_s,
+                grain_s=snapshot.reset_grain_s,
                 # a time of day is also off by the difference between the two clocks
-                grain_s=snapshot.reset_grain_s
-                + (_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0),
+                clocks_apart_s=_CLOCKS_APART_S if snapshot.resets_to_the_second else 0.0,
             )
             if refill.proven:
                 self._quota_budgets.add(name)
@@ -808,7 +814,12 @@ class Lane:
         # A duration counts from when the provider counted the request; a time of day was
         # turned into a wait from now, the answer, a time on the wire later.
         age_s = now - sent_at if minute.resets_to_the_second else 0.0
-        changed = self._observe_depths(readings, age_s, minute.reset_grain_s) or changed
+        grain_s = minute.reset_grain_s
+        if minute.resets_to_the_second:
+            # A time of day's depth is off by the clocks' difference as well: an epoch in ms
+            # is read as coarsely as one in seconds.
+            grain_s = max(grain_s, _CLOCKS_APART_S)
+        changed = self._observe_depths(readings, age_s, grain_s) or changed
         if changed:
             self._state_ceilings(now=now)
             self._queue.wake_head()
@@ -1917,6 +1928,8 @@ class Lane:
             if permit.seq >= self._window_from_seq:
                 self._next_window_holds(spent)
             return
+        if permit.seq >= self._window_from_seq:
+            self._next_window_holds_stated(verdict)
         tokens_out = verdict.limit_scope == "tokens"
         if verdict.limit_scope == "input_tokens":
             tokens_out = True
@@ -2028,6 +2041,30 @@ class Lane:
             self._local.stated_left = float(self._window_intake)
         elif spent == "tokens" and self._window_intake_tokens:
             self._local.stated_tokens_left = float(self._window_intake_tokens)
+        self._window_from_seq = self._admitted + 1
+        self._window_intake = self._window_intake_tokens = 0
+
+    def _next_window_holds_stated(self, verdict: Verdict) -> None:
+        """A 429 shows a gateway's window spent (N requests per a window it does not name,
+        none left) and says when it ends: the next holds N, counted from the admissions
+        after this refusal, as the provider counts it. OpenRouter states its window only in
+        a 429's body, so nothing else holds the lane to it: paced at a rate read from the
+        hint (a bound below the window, so high), it spent each window before it ended and
+        every request sent until the refusal came back was refused too (5-6 429s in 200
+        requests, two windows). With none left, one goes at a time (its 429 ends the window,
+        its success shows a new one and forgets the count). Not in a fleet: the others'
+        admissions are not counted here."""
+        limits = verdict.limits
+        if (
+            limits is None
+            or not limits.requests_window_unknown
+            or not limits.limit_requests
+            or limits.remaining_requests != 0
+            or verdict.hint_s is None
+            or self.admission is not self._local
+        ):
+            return
+        self._local.stated_left = float(limits.limit_requests)
         self._window_from_seq = self._admitted + 1
         self._window_intake = self._window_intake_tokens = 0
 

@@ -790,10 +790,30 @@ def verdict_for_answer(
     return classify_response(status, headers, body, now_wall_s=time.time(), read_limits=read_limits)
 
 
+_STATED_LIMITS = (
+    "x-ratelimit-limit-requests",
+    "anthropic-ratelimit-requests-limit",
+    "x-ratelimit-limit",
+)
+"""Where a requests limit is stated: read on every answer, to see it change between reads."""
+
 _ESSENTIAL = {
     name.encode(): name
-    for name in ("content-type", "content-encoding", "x-request-id", "request-id")
+    for name in ("content-type", "content-encoding", "x-request-id", "request-id", *_STATED_LIMITS)
 }
+
+
+def stated_limit(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """Which header states the requests limit, and its text (None: none does).
+
+    >>> stated_limit({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit": "60"})
+    ('x-ratelimit-limit-requests', '600')
+    """
+    for name in _STATED_LIMITS:
+        text = headers.get(name)
+        if text is not None:
+            return name, text
+    return None
 
 
 def essential_headers(headers: Any) -> dict[str, str]:
