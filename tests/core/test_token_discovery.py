@@ -181,7 +181,7 @@ def test_a_refusal_on_the_climb_from_a_discovery_is_measured_from_it() -> None:
     the climb went on and the next 429s came a few tenths of a second apart. Measured instead
     from the discovery (the server was empty then: what it took since is its rate), the pace
     settles under it at once. On this grid of 5-s buckets, the refusals after the first burst
-    fell from 116 (6-15 a draw) to 35 (2-4); the rate learned stays near the limit."""
+    fell from 116 (6-15 a draw) to 34 (1-4); the rate learned stays near the limit."""
     late: list[int] = []
     for tpm in (120_000.0, 180_000.0, 300_000.0):
         for seed in range(4):
