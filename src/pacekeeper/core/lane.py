@@ -113,8 +113,9 @@ _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides
 _SENDS_KEPT_S = 2.0
 _CLIMB_MEASURED_SENDS = 8
 """A refusal on the climb from a discovery is measured from it only over at least this many
-sends: a span holds the server's refill give or take a request at either end, and over 3 of a
-300/min bucket answered in 1.75 s it read 234/min (the pace then held at 215 for seconds)."""
+sends: a span holds the server's refill give or take a request at either end (while it
+applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s read 234/min,
+and the pace held at 215 for seconds)."""
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
