@@ -111,6 +111,11 @@ _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
 _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
 _SENDS_KEPT_S = 2.0
+_CLIMB_MEASURED_SENDS = 8
+"""A refusal on the climb from a discovery is measured from it only over at least this many
+sends: a span holds the server's refill give or take a request at either end (while it
+applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s read 234/min,
+and the pace held at 215 for seconds)."""
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -1980,6 +1985,11 @@ class Lane:
         # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
         paced = rate.rpm is not None
+        since = rate.measured_since(permit.sent_at)
+        if since is not None and (
+            self._sent_in_second_before(permit.sent_at, since=since) < _CLIMB_MEASURED_SENDS
+        ):
+            since = None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
@@ -1991,6 +2001,14 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at)
             ),
             amount=float(self._charged_for(permit)) if tokens_out else 1.0,
+            since=since,
+            sent_since=(
+                None
+                if since is None
+                else self._charged_in_second_before(permit.sent_at, since=since)
+                if tokens_out
+                else self._sent_in_second_before(permit.sent_at, since=since)
+            ),
         )
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
@@ -2305,19 +2323,23 @@ class Lane:
         local = self._local
         return local.output_tokens is not None or local.input_only
 
-    def _sent_in_second_before(self, sent_at: float) -> int:
-        """How many requests this lane admitted in the second up to ``sent_at``."""
-        return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
+    def _sent_in_second_before(self, sent_at: float, *, since: float | None = None) -> int:
+        """How many requests this lane admitted in the second up to ``sent_at`` (or from
+        ``since``)."""
+        start = sent_at - 1.0 if since is None else since
+        return sum(1 for t in self._recent_sends if start <= t <= sent_at)
 
-    def _charged_in_second_before(self, sent_at: float) -> float:
-        """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
+    def _charged_in_second_before(self, sent_at: float, *, since: float | None = None) -> float:
+        """The tokens this lane charged the token bucket in the second up to ``sent_at`` (or
+        from ``since``)."""
         input_alone = self._charges_input_alone
+        start = sent_at - 1.0 if since is None else since
         return sum(
             tokens - output_tokens if input_alone else tokens
             for t, (tokens, output_tokens) in zip(
                 self._recent_sends, self._recent_charges, strict=True
             )
-            if sent_at - 1.0 <= t <= sent_at
+            if start <= t <= sent_at
         )
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:

@@ -74,6 +74,7 @@ _CUT_MEMORY_S = 60.0
 _MARGIN_PER_CUT = 0.02
 _MAX_MARGIN = 0.1
 _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
+_CLIMB_MEASURED_AFTER_S = 0.25  # a refusal sent this long after a discovery measures the climb
 
 
 class PacedRate:
@@ -83,6 +84,7 @@ class PacedRate:
         "_accepted",
         "_accepted_amounts",
         "_at_loss",
+        "_climb_from",
         "_cut_at",
         "_cuts",
         "_discovers",
@@ -110,6 +112,9 @@ class PacedRate:
         self._probe_from: float | None = None
         """When the probe beyond the last loss began: the last cut or adoption."""
         self._hinted_at = -math.inf
+        self._climb_from: float | None = None
+        """When the request a discovery was made from was sent, while the pace climbs from
+        that discovery and nothing has cut it since (None: no such climb)."""
         self._cuts: deque[float] = deque()
         self._last_success_at: float | None = None
         self._accepted: deque[float] = deque()
@@ -151,6 +156,8 @@ class PacedRate:
         measure: bool = True,
         sent_in_second: float | None = None,
         amount: float = 1.0,
+        since: float | None = None,
+        sent_since: float | None = None,
     ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
@@ -163,7 +170,8 @@ class PacedRate:
         server's rate from its own acceptances. ``sent_in_second``: how many requests this
         rate's lane sent in the second up to ``sent_at``, this one included (see
         :meth:`_accepted_in_second_rpm`), in the units of ``amount``: what the refused
-        request would have counted (1 a request, or its tokens). True when the rate changed.
+        request would have counted (1 a request, or its tokens). ``sent_since``: the same
+        counted from ``since`` (:meth:`measured_since`). True when the rate changed.
 
         A rate of tokens with nothing stated is discovered from tokens accepted:
 
@@ -187,8 +195,12 @@ class PacedRate:
             earlier, self._hinted_at = self._hinted_at, now
             if not (sent_at > earlier and now - earlier < _REPEAT_S):
                 return False
-        if sent_at < self._cut_at or now - self._cut_at < _MIN_CUT_SPACING_S:
+        if sent_at < self._cut_at:
             return False
+        if now - self._cut_at < _MIN_CUT_SPACING_S:
+            taken_since = self._accepted_since_rpm(sent_at, since, sent_since)
+            return self._cut_on_the_climb(now, last_second, taken_since, least)
+        self._climb_from = None
         if self.rpm is None and not self._discovers:
             return False
         if self.rpm is None:
@@ -209,6 +221,7 @@ class PacedRate:
             # measured cut. Probed ever faster from the discovery, a lane that had found a
             # 960/min window's rate exactly passed it 4 s later (1009/min) and was refused.
             self._measured_cut = bool(last_second)
+            self._climb_from = sent_at
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
@@ -234,6 +247,57 @@ class PacedRate:
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
                 floor = least if self.ceiling is None else min(least, self.ceiling)
                 self.rpm = max(floor, _CUT * self.rpm)
+        self._cut_at = self._probe_from = now
+        self._cuts.append(now)
+        return True
+
+    def measured_since(self, sent_at: float) -> float | None:
+        """When a request sent at ``sent_at`` and refused is also measured from, besides the
+        second before it (None: not): the discovery this rate climbs from, refused at least
+        a quarter of a second earlier (:meth:`_cut_on_the_climb`).
+
+        >>> rate = PacedRate()
+        >>> for i in range(10):  # 10 answers in a second, 300 tokens each
+        ...     _ = rate.succeeded(now=0.1 * i, backlog=True, amount=300.0)
+        >>> _ = rate.throttled(sent_at=1.0, now=1.01, sent_in_second=3600.0, amount=400.0)
+        >>> rate.measured_since(1.1) is None, rate.measured_since(1.8)
+        (True, 1.0)
+        """
+        climb_from = self._climb_from
+        if climb_from is None or sent_at - climb_from < _CLIMB_MEASURED_AFTER_S:
+            return None
+        # Tokens only: a request rate may be kept in fixed windows (gateways, `bare`), which
+        # refill at their end, not all along, and a window run dry at the discovery refuses
+        # what is sent until it ends (read as a rate, 1200/min windows answered in 50 ms
+        # held the pace at 455/min). Token limits discovered from 429s are buckets.
+        return climb_from if self._weighed else None
+
+    def _cut_on_the_climb(
+        self, now: float, last_second: float | None, taken_since: float | None, least: float
+    ) -> bool:
+        """A refusal within a second of a discovery, of a request sent after it came back,
+        at the pace climbing from it: new evidence all the same. The second that
+        discovery measured held what the server had stored on top of its rate (a bucket full
+        at the start: one second's worth for a 1-s bucket, five for a 5-s one), and the climb
+        towards it overshoots. Waited out as a refusal of the same round trip, the climb went
+        on and drew another 429 before the cut (a trace of `gemini`: 4 429s a run, the last
+        two 0.3-0.5 s apart). The server was empty when it refused the discovery, so what it
+        took since (``taken_since``) is its rate, give or take a request at either end, with
+        nothing stored in it; the second before this refusal is the bound it always is. The
+        pace resumes under the lower of the two, as after a measured cut. Nothing moves
+        without both (a fixed window run dry took nothing since). True when it moved."""
+        if self._climb_from is None or not last_second or not taken_since or self.rpm is None:
+            return False
+        # Taken since an empty server, the mean is the rate (as sustained, after a cut);
+        # the second before may hold a window's start or a bucket's last burst.
+        share = _SUSTAINED_SHARE if taken_since < last_second else _LAST_SECOND_SHARE
+        taken = min(last_second, taken_since)
+        if share * taken >= self.rpm:
+            return False
+        self._climb_from = None
+        self._at_loss = taken
+        self.rpm = max(least, share * taken)
+        self._measured_cut = True
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
@@ -444,6 +508,17 @@ class PacedRate:
             refused.popleft()
         refusals = sum(a for t, a in refused if sent_at - 1.0 <= t <= sent_at)
         return 60.0 * max(0.0, sent_in_second - refusals)
+
+    def _accepted_since_rpm(
+        self, sent_at: float, since: float | None, sent_since: float | None
+    ) -> float | None:
+        """What the server accepted (per minute) of the requests sent from ``since`` up to
+        the refused one (``sent_since``, in the units of its ``amount``): those sent, less
+        those refused. None without a span or a count."""
+        if since is None or sent_since is None or sent_at <= since:
+            return None
+        refusals = sum(a for t, a in self._refused_sent if since <= t <= sent_at)
+        return 60.0 * max(0.0, sent_since - refusals) / (sent_at - since)
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
         """The highest rate (per minute) accepted over ``span_s`` in the last five seconds,
