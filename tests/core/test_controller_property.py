@@ -230,8 +230,8 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
 ) -> None:
     """The true limit of a server that never answers 429 is its capacity: with a backlog, no
     5 s window (once the first answers are in) holds fewer than 0.8 of it in flight on
-    average, and once slow start's overshoot has drained, none holds more than twice as many
-    (past that, requests only queue)."""
+    average, and once slow start's overshoot has drained, none holds more than about twice as
+    many (past that, requests only queue)."""
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
@@ -255,7 +255,12 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
             f"{mean:.1f} in flight on average in [{t:.1f}, {t + 5:.1f}) s, capacity {capacity}"
         )
         if t >= 10.0 * service_s:  # slow start's overshoot has drained by then
-            assert mean <= 2.0 * capacity, f"{mean:.1f} in flight in [{t:.1f}, {t + 5:.1f}) s"
+            # 2.2, not 2: with the start's ramp going on to 16 after the first answer, a server
+            # of 8 answering in 1.65-2 s (a spread of 0.3) gets 16 in its first window, whose
+            # 12 answers back cannot tell its queue from that spread, and the base read 1.3x
+            # high holds 2.03-2.1 times it (1.75-1.82 before) for 0.01-0.02 of the reference
+            # on the robustness row (see docs/CONTROLLER.md, session 26).
+            assert mean <= 2.2 * capacity, f"{mean:.1f} in flight in [{t:.1f}, {t + 5:.1f}) s"
         t += 1.0
 
 
