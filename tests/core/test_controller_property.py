@@ -218,13 +218,20 @@ class _QueueingServer:
 # little low (a seventh), and each cut again: held at 13.1 of 18, 8.7 of 11.
 @example(capacity=18, slowdown=0.25, service_s=0.3125, seed=382)
 @example(capacity=11, slowdown=0.25, service_s=0.5, seed=335)
+# Slow start's first window fit a queue past 7 on a server of 8, 32% slower under it: the
+# cut read from the slowed answers went to 6.5 (a capacity of 5.9), under the load that
+# window had shown unqueued, and the window held 0.67 of the capacity for 5 s. And with the
+# ramp going on after the first answer, 8 at 37% slower answering in 1.75-2 s (the two below).
+@example(capacity=8, slowdown=0.32, service_s=1.84, seed=105)
+@example(capacity=8, slowdown=0.375, service_s=2.0, seed=186)
+@example(capacity=8, slowdown=0.390625, service_s=1.75, seed=744)
 def test_a_queueing_server_without_429s_is_held_near_its_capacity(
     capacity: int, slowdown: float, service_s: float, seed: int
 ) -> None:
     """The true limit of a server that never answers 429 is its capacity: with a backlog, no
     5 s window (once the first answers are in) holds fewer than 0.8 of it in flight on
-    average, and once slow start's overshoot has drained, none holds more than twice as many
-    (past that, requests only queue)."""
+    average, and once slow start's overshoot has drained, none holds more than about twice as
+    many (past that, requests only queue)."""
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
@@ -248,7 +255,12 @@ def test_a_queueing_server_without_429s_is_held_near_its_capacity(
             f"{mean:.1f} in flight on average in [{t:.1f}, {t + 5:.1f}) s, capacity {capacity}"
         )
         if t >= 10.0 * service_s:  # slow start's overshoot has drained by then
-            assert mean <= 2.0 * capacity, f"{mean:.1f} in flight in [{t:.1f}, {t + 5:.1f}) s"
+            # 2.2, not 2: with the start's ramp going on to 16 after the first answer, a server
+            # of 8 answering in 1.65-2 s (a spread of 0.3) gets 16 in its first window, whose
+            # 12 answers back cannot tell its queue from that spread, and the base read 1.3x
+            # high holds 2.03-2.1 times it (1.75-1.82 before) for 0.01-0.02 of the reference
+            # on the robustness row (see docs/CONTROLLER.md, session 26).
+            assert mean <= 2.2 * capacity, f"{mean:.1f} in flight in [{t:.1f}, {t + 5:.1f}) s"
         t += 1.0
 
 
@@ -340,6 +352,41 @@ def test_a_queueing_server_is_filled_within_a_round_trip_without_running_to_3x_i
         (c, s, seed, round(peak / c, 2)) for c, s, seed, _, peak in runs if peak > 2.2 * c
     ]
     assert not overshoots, f"ran past 2.2 x the capacity: {overshoots}"
+
+
+def _time_to_fill(capacity: int, service_s: float, seed: int, target: int) -> tuple[float, float]:
+    """A lane with a backlog against the queueing server: when the first answer came, and
+    when ``target`` were first in flight."""
+    clock = SimClock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    lane.queue.join(_ThreadWaiter())
+    server = _QueueingServer(capacity, 0.25, service_s, seed)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+    first = math.inf
+    while clock.now < 20.0 and lane.slots.in_flight < target:
+        now = clock.now
+        for permit in server.done(now):
+            first = min(first, now)
+            lane.settle(permit, ok, now=now, max_hint_s=600.0, retry=False)
+        while lane._try_admit(now, 0) == 0.0:
+            server.arrive(lane._grant(now, 0, now), now)
+        clock.now = round(now + _STEP_S, 6)
+    return first, clock.now
+
+
+def test_a_slow_queueing_server_is_filled_within_a_second_of_its_first_answer() -> None:
+    """With answers of 1.5-2 s, slow start's first round trip brings back only the 8 the
+    start sent, and doubling on them took 1.4-1.9 s after the first answer to reach 16 in
+    flight (a server of 22 answering in 1.6 s was filled 4 s into a 14-s run). The start's
+    paced ramp now goes on to 16 after an answer that states no limit: 0.4-0.6 s."""
+    late = {}
+    for capacity in (16, 24):
+        for service_s in (1.5, 2.0):
+            for seed in (1, 2):
+                first, filled = _time_to_fill(capacity, service_s, seed, 16)
+                if filled - first > 1.0:
+                    late[(capacity, service_s, seed)] = round(filled - first, 2)
+    assert not late, f"16 in flight more than 1 s after the first answer: {late}"
 
 
 def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_latency() -> None:

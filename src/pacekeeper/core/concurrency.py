@@ -149,7 +149,9 @@ class AimdLimit(FixedLimit):
         "_probe_after_answers",
         "_probe_after_s",
         "_probing",
+        "_ramp_ended",
         "_ramp_from",
+        "_ramp_lift",
         "_settings",
         "_silence_base",
         "_silence_since",
@@ -184,6 +186,14 @@ class AimdLimit(FixedLimit):
     """The paced ramp before any answer stops here; past it, answers say how far to go (with
     a ramp to 12, 5 of the 36 bare-429 in-flight caps of the property tests held a 5 s window
     under 0.8 of the cap, all of 4 or 8)."""
+    ramp_answered_max = 16.0
+    """A ramp that began before the first answer goes on at its pace up to here while answers
+    state nothing and show no load (:meth:`end_ramp`), within what slow start allows
+    (:meth:`served`). Slow start doubles per round trip, and in the first round trip of a
+    server answering in 1.5 s only the 8 of the start come back: a server of 22 was reached
+    3 s in, a fifth of a 14-s run at half its capacity. A server that queues shows no
+    stated limit and no refusal; an API that states a limit ends it with its first answer, and
+    a refusal or a queued answer ends it at once."""
     silence_max = 128
     """Silence alone grows the window this far at most: more in flight before a single answer
     is a bet on a server we know nothing about yet."""
@@ -205,6 +215,11 @@ class AimdLimit(FixedLimit):
         self._loss_window = math.inf
         self._last_decrease_at = -math.inf
         self._answered = False
+        self._ramp_ended = False
+        self._ramp_lift = 0.0
+        """What the ramp after the first answer added to the window that successes have not
+        caught up with: slow start's growth goes into it first (the window is the larger of
+        the two, not their sum: added up, a server of 12 answering in 2 s saw 34 in flight)."""
         self._silence_since: float | None = None
         self._silence_base = float(settings.initial)
         self._ramp_from = -math.inf
@@ -263,9 +278,15 @@ class AimdLimit(FixedLimit):
         backlog: bool = False,
     ) -> None:
         self.in_flight -= 1
+        if signal is not Signal.SUCCESS:
+            # Load, a refusal, an error or a queued answer: the ramp bet on none.
+            self._ramp_ended = True
         if signal is not Signal.NEUTRAL:
             # A refusal or an error says nothing of how long answers take: silence about the
             # latency ends with the first answer that carries it.
+            if not self._answered and now < self._ramp_from:
+                # Answered before the ramp began: answers, not time, say how far to go.
+                self._ramp_ended = True
             self._answered = True
         elif not self._answered:
             # But a refusal ends the paced ramp: the ramp bets that no cap is in the way, and
@@ -303,6 +324,9 @@ class AimdLimit(FixedLimit):
         # probe beyond it slowly: each probe past a real ceiling costs one 429.
         if self._window < self._ssthresh:
             step = 1.0
+            if self._ramp_lift > 0.0:
+                self._ramp_lift = max(0.0, self._ramp_lift - step)
+                return
         elif self._window + 1.0 < self._loss_window:
             step = 1.0 / self._window
         else:
@@ -336,6 +360,7 @@ class AimdLimit(FixedLimit):
         top = self.served_top = max(self.ramp_max, _PAST_SERVED * at_once + 1.0)
         if self._window > top:
             self._window = top
+            self._ramp_lift = 0.0  # what the ramp added is gone: successes grow the window
             self._update()
 
     def waiting_for_slot(self, now: float) -> float:
@@ -349,7 +374,7 @@ class AimdLimit(FixedLimit):
         Returns seconds until the next slot opens (inf: none will); call again then."""
         if self._answered or self._ssthresh != math.inf:
             self._silence_since = None
-            return math.inf
+            return self._ramp_on(now)
         top = float(min(self._settings.max, self.silence_max))
         if self._window >= top:
             return math.inf
@@ -373,6 +398,39 @@ class AimdLimit(FixedLimit):
         if next_slot <= self.ramp_max:
             due = min(due, self._ramp_from + (next_slot - base) * self.ramp_spacing_s)
         return max(1e-3, due - now)
+
+    def _ramp_on(self, now: float) -> float:
+        """After the first answer, the ramp of :meth:`waiting_for_slot` goes on at its pace up
+        to :attr:`ramp_answered_max` (within slow start's bound by what was served), until
+        :meth:`end_ramp`, a signal other than a success, a cut, a cap or a floor (a known
+        rate) ends it. Returns seconds until its next slot (inf: none)."""
+        if (
+            self._ramp_ended
+            or self._ssthresh != math.inf
+            or self.floor
+            or self.learned_cap is not None
+            or not -math.inf < self._ramp_from < math.inf  # no ramp began, or one ended
+        ):
+            return math.inf
+        top = min(self.ramp_answered_max, float(self._settings.max))
+        if self.served_top > 0.0:
+            top = min(top, self.served_top)
+        base = self._silence_base
+        grown = min(top, base + (now - self._ramp_from) / self.ramp_spacing_s)
+        if grown >= self._window + 1.0:
+            self._ramp_lift += grown - self._window
+            self._window = grown
+            self._update()
+        next_slot = math.floor(self._window) + 1.0
+        if next_slot > top:
+            return math.inf
+        due = self._ramp_from + (next_slot - base) * self.ramp_spacing_s
+        return max(1e-3, due - now)
+
+    def end_ramp(self) -> None:
+        """The answers state a limit: the rate it implies sets the window from now on, and a
+        window ramped up by time would only let the start's burst run past it."""
+        self._ramp_ended = True
 
     @property
     def silence_window(self) -> int:

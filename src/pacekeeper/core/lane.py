@@ -597,6 +597,8 @@ class Lane:
             if rpm is None:
                 setattr(local, attr, None)  # never known, or a statement withdrawn
                 continue
+            if isinstance(self.slots, AimdLimit):
+                self.slots.end_ramp()  # a rate paces from here, not the start's ramp
             rate = rpm * share / 60.0
             burst = max(1.0, rate * self.burst_s(attr))
             bucket: TokenBucket | None = getattr(local, attr)
@@ -1870,7 +1872,7 @@ class Lane:
         then read as a smaller capacity than it has; its completions per second do not."""
         latency = self.latency
         served = self.request_rate.accepted_peak_rpm(_SERVED_SPAN_S) / 60.0 * latency.base_s
-        return max(latency.capacity(), served)
+        return max(latency.capacity(), served, float(latency.base_in_flight))
 
     def _throttled(
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
