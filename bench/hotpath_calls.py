@@ -35,7 +35,8 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
         ("request: include_usage copy", "with_stream_usage _with_usage_option _spliced"),
         (
             "request: JSON, facts, token estimate",
-            "read_request facts_of parse_body route_of model_of_path core/tokens.py core/bpe.py"
+            "read_request facts_of RequestFacts parse_body route_of model_of_path core/tokens.py"
+            " core/bpe.py"
             " estimate_request charge_factor cost_of wants_exact EstimateScale.count",
         ),
         (

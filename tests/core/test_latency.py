@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 
-from pacekeeper.core.latency import LatencyTracker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacekeeper.core.latency import _JUDGE_EVERY, LatencyTracker, _window_split
 
 
 def _window(tracker: LatencyTracker, latency_s: float, in_flight: int, n: int = 16) -> None:
@@ -231,3 +234,33 @@ def test_latencies_that_do_not_grow_with_load_are_read_as_they_are() -> None:
     _first_window(tracker, lengths_s)
     assert tracker.base_s == sorted(lengths_s)[8]
     assert not tracker.swollen(1.3)
+
+
+_TIMES = st.integers(min_value=0, max_value=12).map(lambda tenth: tenth / 10)  # ties likely
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    size=st.sampled_from([4, 8, 16]),
+    answered_at=st.lists(_TIMES, max_size=40),
+    pending=st.lists(_TIMES, max_size=17),
+)
+def test_a_window_is_the_first_requests_in_send_order_as_one_sort_made_it(
+    size: int, answered_at: list[float], pending: list[float]
+) -> None:
+    # The window was one sort of the answered and the unanswered as nested tuples (an
+    # unanswered request after the answered sent at the same time); the merge that replaced
+    # it (a hundred tuple comparisons a window) picks the same requests and the same start
+    # of the next window.
+    answered: list[tuple[tuple[float, float], float, int]] = sorted(
+        ((at, float(n)), 0.1 * n, n) for n, at in enumerate(answered_at)
+    )
+    if len(answered) + len(pending) < size:
+        return
+    window = answered[:size] + [((at, math.inf), math.inf, -1) for at in pending]
+    window.sort()
+    del window[size:]
+    answered_in, pending_in, step = _window_split(answered, list(pending), size)
+    assert answered[:answered_in] == [w for w in window if w[2] != -1]
+    assert sorted(pending)[:pending_in] == [w[0][0] for w in window if w[2] == -1]
+    assert step == window[min(_JUDGE_EVERY, size - 1)][0][0]

@@ -66,7 +66,14 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # The stated requests limit compared on every answer (a limit that changes is read at once,
 # not up to 0.1 s later): one C call more (its header decoded), fixed 169.9, adaptive 259.9,
 # stream 259.9 (was 258.9).
-_BUDGET = {"fixed": 172, "adaptive": 261}
+# Fifth round (issue 15, branch `hotpath`): the latency tracker merges a window's answered
+# and unanswered requests instead of sorting them together (its extend and its list of the
+# unanswered gone), the request's facts a plain class, the usage digits read without a
+# comprehension, no BilledUsage for an answer without cache reads: fixed 168.9 -> 166.4,
+# adaptive 258.7 -> 256.2, stream 259.0 -> 258.5. The frozen records' object.__setattr__
+# calls (slot wrappers) are no profile events, so this count does not see most of the CPU
+# saved (bench/results/hotpath.md). Fixed lowered to 1% over (the count is exact).
+_BUDGET = {"fixed": 168, "adaptive": 261}
 _WORKERS = 16
 _REQUESTS = 400
 

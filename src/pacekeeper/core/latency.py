@@ -146,7 +146,13 @@ class LatencyTracker:
         if not judged or sent_at < self._next_window_at:
             return
         answered = self._answered
-        bisect.insort(answered, ((sent_at, self._n), latency_s, in_flight))
+        entry = ((sent_at, self._n), latency_s, in_flight)
+        # Most answers come back after those sent before them: one comparison, not a bisection
+        # of nested tuples.
+        if not answered or answered[-1] < entry:
+            answered.append(entry)
+        else:
+            bisect.insort(answered, entry)
         if self._n % _JUDGE_EVERY:
             return  # a window is tried every few answers: each try sorts one
         if len(answered) > _HELD_OPEN * self._size:
@@ -181,34 +187,30 @@ class LatencyTracker:
         pending = list(islice(filter(first_at.__le__, unanswered_sent_at), size + 1))
         if sent_at in pending:  # the request just answered, if the caller still counts it
             pending.remove(sent_at)
-        window = answered[:size]
-        window.extend([((s, math.inf), math.inf, _UNANSWERED) for s in pending])
-        if len(window) < size:
+        if len(answered) + len(pending) < size:
             return False
-        window.sort()
-        del window[size:]
-        known = sorted([latency_s for _, latency_s, n in window if n != _UNANSWERED])
+        answered_in, pending_in, step = _window_split(answered, pending, size)
+        window = answered[:answered_in]
+        known = sorted([latency_s for _, latency_s, _ in window])
         middle = size // 2
-        if len(known) <= middle:
+        if answered_in <= middle:
             return False
         median_s = known[middle]
         # An unanswered request takes at least its age: once the youngest is older than the
         # median of the answered, the median of them all is that one.
-        unanswered = [order[0] for order, _, n in window if n == _UNANSWERED]
-        if unanswered and median_s > now - unanswered[-1]:
+        if pending_in and median_s > now - pending[pending_in - 1]:
             return False
-        loads = sorted([n for _, _, n in window if n != _UNANSWERED])
-        load = loads[len(known) // 2]  # as many as known: no len() call
+        loads = sorted([n for _, _, n in window])
+        load = loads[answered_in // 2]
         if loads[-1] >= _SPREAD * loads[0] and (
             self.base_s == math.inf or load < self.base_in_flight / _SAME_LOAD
         ):  # `known` and the like are calls, on every judgment
-            answers = [(n, s) for _, s, n in window if n != _UNANSWERED]
+            answers = [(n, s) for _, s, n in window]
             self._judge_base_window(answers, median_s, load)
         else:
             self._judge(median_s, load)
         # The next window starts a few sends on, and at a later send time than this one's
         # first (requests sent at one instant are judged together).
-        step = window[min(_JUDGE_EVERY, len(window) - 1)][0][0]
         self._next_window_at = max(step, math.nextafter(first_at, math.inf))
         start = ((self._next_window_at, -math.inf), -math.inf, 0)  # before any sent then
         del answered[: bisect.bisect_left(answered, start)]
@@ -350,6 +352,34 @@ class LatencyTracker:
             f"<LatencyTracker mean {self.mean_s:.3f}s median {self.median_s:.3f}s "
             f"base {self.base_s:.3f}s>"
         )
+
+
+def _window_split(
+    answered: list[tuple[_Order, float, int]], pending: list[float], size: int
+) -> tuple[int, int, float]:
+    """The window: the first ``size`` requests in send order of the ``answered`` (in send
+    order) and the unanswered sent at ``pending`` (sorted here), an unanswered one after
+    the answered sent at the same time. Returns how many of each it holds (the first of
+    each list) and when its request number ``_JUDGE_EVERY`` was sent (where the next window
+    starts). A merge of the two sorted lists: sorting them together compared nested tuples,
+    about a hundred times per window, the larger part of the latency tracker's work."""
+    pending.sort()
+    answered_in = pending_in = 0
+    step_index = min(_JUDGE_EVERY, size - 1)
+    step = math.nan
+    left, answers = len(pending), len(answered)
+    for index in range(size):
+        if pending_in < left and (
+            answered_in == answers or pending[pending_in] < answered[answered_in][0][0]
+        ):
+            at = pending[pending_in]
+            pending_in += 1
+        else:
+            at = answered[answered_in][0][0]
+            answered_in += 1
+        if index == step_index:
+            step = at
+    return answered_in, pending_in, step
 
 
 def _unqueued_median(answers: list[tuple[int, float]], plain: float) -> tuple[float, int]:

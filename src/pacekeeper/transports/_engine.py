@@ -137,18 +137,38 @@ def _fold_ids(path: str) -> str:
     return "/".join(segments) if changed else path
 
 
-@dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """What the governor needs to know of a request before it leaves."""
+    """What the governor needs to know of a request before it leaves.
 
-    route: str
-    model: str | None
-    estimate: TokenEstimate
-    """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`): the governor
-    counts :attr:`body` exactly only where the count decides when the request leaves."""
-    streaming: bool
-    body: dict[str, Any] | None = None
-    """The parsed JSON body (None for anything else)."""
+    A plain slotted class, not a frozen dataclass: one is made on every request, and a frozen
+    dataclass's ``__init__`` calls ``object.__setattr__`` once per field (about a microsecond
+    more); it is internal, read once by the transport, and never handed to user code."""
+
+    __slots__ = ("body", "estimate", "model", "route", "streaming")
+
+    def __init__(
+        self,
+        route: str,
+        model: str | None,
+        estimate: TokenEstimate,
+        streaming: bool,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        self.route = route
+        self.model = model
+        self.estimate = estimate
+        """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`): the
+        governor counts :attr:`body` exactly only where the count decides when the request
+        leaves."""
+        self.streaming = streaming
+        self.body = body
+        """The parsed JSON body (None for anything else)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestFacts(route={self.route!r}, model={self.model!r}, "
+            f"estimate={self.estimate!r}, streaming={self.streaming!r})"
+        )
 
 
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
@@ -492,7 +512,8 @@ def usage_from_json(
     body: bytes, *, cache_reads_count: bool = True
 ) -> tuple[int | None, int | None, bool, BilledUsage | None]:
     """(input tokens counted, output tokens, body is valid JSON, usage as billed) of a JSON
-    answer.
+    answer. The usage as billed is None when it is no more than the two counts (no cache
+    reads): :meth:`~pacekeeper.core.governor.Call.settle` bills those counts itself.
 
     The answer is not parsed when it is whole (an object, ``{`` to ``}``: a cut answer is
     not) and its usage object, found from the end, names counts: they are read off as they
@@ -502,7 +523,10 @@ def usage_from_json(
 
     >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, '
     ...                 b'"completion_tokens": 3, "total_tokens": 15}}')
-    (12, 3, True, BilledUsage(input_tokens=12, output_tokens=3, cached_input_tokens=0))
+    (12, 3, True, None)
+    >>> usage_from_json(b'{"usage": {"prompt_tokens": 12, "completion_tokens": 3, '
+    ...                 b'"prompt_tokens_details": {"cached_tokens": 10}}}')
+    (12, 3, True, BilledUsage(input_tokens=12, output_tokens=3, cached_input_tokens=10))
     >>> usage_from_json(b'{"choices": [], "usage": {"prompt_tokens": 12, "compl')[2]
     False
     """
@@ -533,20 +557,29 @@ def _usage_at_end(
     found = _USAGE_NUMBER.findall(body, start)
     if not found:
         return None
-    counts = {name: int(value) for name, value in found}
-    if len(counts) <= _OPENAI_COUNTS and _OPENAI_NAMES.issuperset(counts):
+    # The names and their digits as written (the last of a repeated name wins, as in a
+    # parse); only the counts read are converted: no comprehension's frame on every answer.
+    written = dict(found)
+    if len(written) <= _OPENAI_COUNTS and _OPENAI_NAMES.issuperset(written):
         # OpenAI's chat, completions and embeddings: what usage_of and billed_usage_of give.
-        prompt = counts.get(b"prompt_tokens")
-        if prompt is not None:
-            completion = counts.get(b"completion_tokens")
-            cached = counts.get(b"cached_tokens", 0)
+        digits = written.get(b"prompt_tokens")
+        if digits is not None:
+            prompt = int(digits)
+            digits = written.get(b"completion_tokens")
+            completion = int(digits) if digits is not None else None
+            digits = written.get(b"cached_tokens")
+            cached = int(digits) if digits is not None else 0
             counted = prompt if cache_reads_count else max(0, prompt - cached)
-            billed = BilledUsage(
-                input_tokens=prompt, output_tokens=completion or 0, cached_input_tokens=cached
-            )
-            return counted, completion, True, billed
+            if cached or completion is None:
+                billed = BilledUsage(
+                    input_tokens=prompt, output_tokens=completion or 0, cached_input_tokens=cached
+                )
+                return counted, completion, True, billed
+            # No cache reads: the bill is the counts, which the settle prices itself (and only
+            # for a model with a price): no object made on every answer for nobody.
+            return counted, completion, True, None
     scanner = UsageScanner(cache_reads_count=cache_reads_count)
-    scanner.take(counts)
+    scanner.take({name: int(value) for name, value in found})
     return scanner.prompt_tokens, scanner.completion_tokens, True, scanner.billed
 
 
