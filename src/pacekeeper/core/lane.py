@@ -1967,16 +1967,18 @@ class Lane:
         # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
         paced = rate.rpm is not None
+        sent_in = self._charged_in_second_before if tokens_out else self._sent_in_second_before
+        measure = self.admission.sees_every_acceptance
+        # Since an earlier refusal, net of the burst the server had stored: only where this
+        # lane's sends are all the key's (a fleet's share would read as the server's rate).
+        since = rate.refused_before(permit.sent_at) if measure else None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
-            measure=self.admission.sees_every_acceptance,
-            sent_in_second=(
-                self._charged_in_second_before(permit.sent_at)
-                if tokens_out
-                else self._sent_in_second_before(permit.sent_at)
-            ),
+            measure=measure,
+            sent_in_second=sent_in(permit.sent_at),
+            sent_since_refusal=None if since is None else sent_in(permit.sent_at, since=since),
             amount=float(self._charged_for(permit)) if tokens_out else 1.0,
         )
         if paced and permit.sent_at >= self._burst_cut_at:
@@ -2268,19 +2270,23 @@ class Lane:
         local = self._local
         return local.output_tokens is not None or local.input_only
 
-    def _sent_in_second_before(self, sent_at: float) -> int:
-        """How many requests this lane admitted in the second up to ``sent_at``."""
-        return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
+    def _sent_in_second_before(self, sent_at: float, *, since: float | None = None) -> int:
+        """How many requests this lane admitted in the second up to ``sent_at`` (or from
+        ``since``, at most two seconds before it)."""
+        since = sent_at - 1.0 if since is None else since
+        return sum(1 for t in self._recent_sends if since <= t <= sent_at)
 
-    def _charged_in_second_before(self, sent_at: float) -> float:
-        """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
+    def _charged_in_second_before(self, sent_at: float, *, since: float | None = None) -> float:
+        """The tokens this lane charged the token bucket in the second up to ``sent_at`` (or
+        from ``since``, at most two seconds before it)."""
+        since = sent_at - 1.0 if since is None else since
         input_alone = self._charges_input_alone
         return sum(
             tokens - output_tokens if input_alone else tokens
             for t, (tokens, output_tokens) in zip(
                 self._recent_sends, self._recent_charges, strict=True
             )
-            if sent_at - 1.0 <= t <= sent_at
+            if since <= t <= sent_at
         )
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
