@@ -75,6 +75,7 @@ _MARGIN_PER_CUT = 0.02
 _MAX_MARGIN = 0.1
 _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 _NET_SPAN_S = (0.4, 1.0)  # a refusal this long before another one starts its measure
+_NET_HINTED_S = 1.8  # or this long, if it said when to come back (the lane stopped till then)
 
 
 class PacedRate:
@@ -88,6 +89,7 @@ class PacedRate:
         "_cuts",
         "_discovers",
         "_hinted_at",
+        "_last_refusal_hinted",
         "_last_refused_at",
         "_last_success_at",
         "_measured_cut",
@@ -124,6 +126,8 @@ class PacedRate:
         would have counted."""
         self._last_refused_at = -math.inf
         """When the latest request refused about this rate was sent."""
+        self._last_refusal_hinted = False
+        """Whether that refusal said when to come back."""
 
     @property
     def discovered(self) -> bool:
@@ -182,8 +186,15 @@ class PacedRate:
         >>> round(rate.rpm)  # 90% of the best second accepted (the last one measured 192,000)
         162000
         """
-        net = self._accepted_since_refusal_rpm(sent_at, sent_since_refusal, amount)
+        # Under a stated ceiling, 429s cut by a share: a measure would override the statement.
+        net = (
+            self._accepted_since_refusal_rpm(sent_at, sent_since_refusal, amount)
+            if self.ceiling is None
+            else None
+        )
         last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now, amount)
+        if self._last_refused_at == sent_at:
+            self._last_refusal_hinted = hinted
         if net is not None and last_second is not None:
             last_second = min(last_second, net)
         # The least it paces at: six requests a minute, in the units of ``amount`` (six
@@ -203,7 +214,7 @@ class PacedRate:
             # Measured from an earlier refusal, a second 429 soon after a cut says how much
             # the server took since it was empty: below the pace, the last measure was high
             # (a bucket's burst in the second before the discovery: 2040/min for 1140).
-            net is not None and self.rpm is not None and self.ceiling is None and net < self.rpm
+            net is not None and self.rpm is not None and net < self.rpm
         ):
             return False
         if self.rpm is None and not self._discovers:
@@ -465,11 +476,12 @@ class PacedRate:
 
     def refused_before(self, sent_at: float) -> float | None:
         """When the latest refusal about this rate before a request sent at ``sent_at`` was
-        sent, if it was 0.4 s to a second before it: the server had nothing left then (nor
-        at ``sent_at``), so what a bucket took in between is its rate, net of any burst it
-        had stored. Not from further back: fixed windows take nothing from the refusal to
-        their end, and a span of 1.2 s holding one window's budget read 1219/min for 1500.
-        None otherwise (the second before ``sent_at`` is measured instead).
+        sent, if it was 0.4 s to a second before it (1.8 s if it said when to come back):
+        the server had nothing left then (nor at ``sent_at``), so what a bucket took in
+        between is its rate, net of any burst it had stored. Not from further back without
+        a hint: fixed windows take nothing from the refusal to their end, and a span of 1.2 s
+        holding one window's budget read 1219/min for 1500. None otherwise (the second
+        before ``sent_at`` is measured instead).
 
         >>> rate = PacedRate()
         >>> _ = rate.throttled(sent_at=2.0, now=2.05, sent_in_second=40)
@@ -481,6 +493,11 @@ class PacedRate:
         if not self._discovers:
             return None
         least_s, most_s = _NET_SPAN_S
+        if self._last_refusal_hinted:
+            # The lane waited the hint out: the server's bucket refilled meanwhile, and the
+            # second before the next refusal holds that store (Groq's whole-second
+            # retry-after: 600/min measured for 434).
+            most_s = _NET_HINTED_S
         before = self._last_refused_at
         return before if least_s <= sent_at - before <= most_s else None
 
