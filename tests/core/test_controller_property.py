@@ -570,17 +570,17 @@ def test_a_bucket_is_measured_net_of_its_burst_after_the_discovery() -> None:
 def test_a_bucket_whose_429s_say_wait_a_second_is_measured_net_of_its_burst() -> None:
     """Groq answers a 429 of its unstated rpm with a retry-after in whole seconds (1 s for a
     wait of a tenth), and the lane waits it out: meanwhile the server's one-second bucket
-    refills, and the second before the next 429 holds that store as well as the rate (600/min
-    for 434, the pace resumed at 552 and was refused again 3 s later). Measured from the
-    earlier refusal (up to 1.8 s back when it was hinted), it is the rate: on this grid of 12
-    buckets (400-700/min, answers of 0.2-0.6 s), the 429s more than half a second after the
-    first fell from 32 to 16, and those at which the lane took the server's rate for more
-    than 1.1 times it from 27 to 9."""
+    refills, and the second before the next 429 holds some of that store as well as the rate
+    (600/min for 434: the pace resumed at 552 and was refused again 3 s later). Measured from
+    the earlier refusal (up to 6 s back when it was hinted), it is the rate: on this grid of
+    12 buckets (400-700/min, answers of 0.2-0.6 s), the 429s more than half a second after
+    the first fell from 34 to 19, and those at which the lane took the server's rate for
+    more than 1.1 times it from 32 to 9."""
     late = over = 0
     for rpm in (400.0, 450.0, 550.0, 700.0):
         for latency_s in (0.2, 0.4, 0.6):
             losses = _losses_after_the_discovery(rpm, latency_s, hinted=True)
             late += len(losses)
             over += sum(1 for loss in losses if loss > 1.1 * rpm)
-    assert late <= 30, late
-    assert over <= 27, over
+    assert late <= 24, late
+    assert over <= 14, over

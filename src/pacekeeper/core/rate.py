@@ -19,7 +19,8 @@ With no stated limit, nothing paces until a 429 without a hint arrives; the rate
 seconds to just under what the server took in the second before it refused (answers lag what
 was sent, so during a ramp-up the first is a fraction of the server's rate), then the same cuts
 and recovery, with no ceiling; each cut resumes just under what the server took in the second
-before that refusal.
+before that refusal, or since an earlier refusal shortly before it (the server was empty at
+both: a bucket's rate net of the burst it had stored, which the second before holds too).
 
 A rate of tokens is discovered the same way when a 429 says structurally that tokens ran out
 (OpenAI's ``type: tokens``, Google's QuotaFailure naming an input-token quota) and no token
@@ -75,7 +76,7 @@ _MARGIN_PER_CUT = 0.02
 _MAX_MARGIN = 0.1
 _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 _NET_SPAN_S = (0.4, 1.0)  # a refusal this long before another one starts its measure
-_NET_HINTED_S = 1.8  # or this long, if it said when to come back (the lane stopped till then)
+_NET_HINTED_S = 6.0  # or this long if it said when to come back (the lane stopped till then)
 
 
 class PacedRate:
@@ -476,7 +477,7 @@ class PacedRate:
 
     def refused_before(self, sent_at: float) -> float | None:
         """When the latest refusal about this rate before a request sent at ``sent_at`` was
-        sent, if it was 0.4 s to a second before it (1.8 s if it said when to come back):
+        sent, if it was 0.4 s to a second before it (6 s if it said when to come back):
         the server had nothing left then (nor at ``sent_at``), so what a bucket took in
         between is its rate, net of any burst it had stored. Not from further back without
         a hint: fixed windows take nothing from the refusal to their end, and a span of 1.2 s
@@ -495,8 +496,9 @@ class PacedRate:
         least_s, most_s = _NET_SPAN_S
         if self._last_refusal_hinted:
             # The lane waited the hint out: the server's bucket refilled meanwhile, and the
-            # second before the next refusal holds that store (Groq's whole-second
-            # retry-after: 600/min measured for 434).
+            # second before the next refusal, when the pace has used that store up seconds
+            # later, holds some of it (Groq's whole-second retry-after: 600/min measured for
+            # 434, and a lane paced at 520/min for 434-451 to the end of its run).
             most_s = _NET_HINTED_S
         before = self._last_refused_at
         return before if least_s <= sent_at - before <= most_s else None
