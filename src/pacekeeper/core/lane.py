@@ -2272,13 +2272,13 @@ class Lane:
 
     def _sent_in_second_before(self, sent_at: float, *, since: float | None = None) -> int:
         """How many requests this lane admitted in the second up to ``sent_at`` (or from
-        ``since``, at most two seconds before it)."""
+        ``since``: sends are kept :data:`_SENDS_KEPT_S`)."""
         since = sent_at - 1.0 if since is None else since
         return sum(1 for t in self._recent_sends if since <= t <= sent_at)
 
     def _charged_in_second_before(self, sent_at: float, *, since: float | None = None) -> float:
         """The tokens this lane charged the token bucket in the second up to ``sent_at`` (or
-        from ``since``, at most two seconds before it)."""
+        from ``since``: sends are kept :data:`_SENDS_KEPT_S`)."""
         since = sent_at - 1.0 if since is None else since
         input_alone = self._charges_input_alone
         return sum(
