@@ -110,7 +110,7 @@ _EXACT_EVERY = 64
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
 _CHEAP_LOWEST = 0.02
 _TIGHT_REQUESTS = 64  # a token bucket with room for fewer such requests decides when they leave
-_SENDS_KEPT_S = 6.5  # a hinted 429 is measured from one up to 6 s before it (core/rate.py)
+_SENDS_KEPT_S = 2.0
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -344,6 +344,7 @@ class Lane:
         "_quota_refills",
         "_recent_charges",
         "_recent_sends",
+        "_refusal_marks",
         "_request_window",
         "_request_windows",
         "_served_due",
@@ -449,6 +450,9 @@ class Lane:
         """When this lane admitted its requests over the last couple of seconds."""
         self._recent_charges: deque[tuple[int, int]] = deque()
         """What each of :attr:`_recent_sends` cost: (tokens, of which output reserved)."""
+        self._refusal_marks: dict[str, tuple[float, int, float]] = {}
+        """Per rate ("requests", "tokens"): the latest refusal it measured, as (sent at, its
+        admission's number, the tokens charged before it)."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -1967,7 +1971,7 @@ class Lane:
         # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
         paced = rate.rpm is not None
-        sent_in = self._charged_in_second_before if tokens_out else self._sent_in_second_before
+        name = "tokens" if tokens_out else "requests"
         measure = self.admission.sees_every_acceptance
         # Since an earlier refusal, net of the burst the server had stored: only where this
         # lane's sends are all the key's (a fleet's share would read as the server's rate).
@@ -1977,10 +1981,16 @@ class Lane:
             now=now,
             hinted=verdict.hint_s is not None,
             measure=measure,
-            sent_in_second=sent_in(permit.sent_at),
-            sent_since_refusal=None if since is None else sent_in(permit.sent_at, since=since),
+            sent_in_second=(
+                self._charged_in_second_before(permit.sent_at)
+                if tokens_out
+                else self._sent_in_second_before(permit.sent_at)
+            ),
+            sent_since_refusal=self._sent_since_refusal(permit, name, since),
             amount=float(self._charged_for(permit)) if tokens_out else 1.0,
         )
+        if rate.refused_sent_at == permit.sent_at:
+            self._refusal_marks[name] = (permit.sent_at, permit.seq, permit.charged_before)
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
             # windows that our burst can overfill (fixed windows, a shorter window than ours).
@@ -2270,24 +2280,32 @@ class Lane:
         local = self._local
         return local.output_tokens is not None or local.input_only
 
-    def _sent_in_second_before(self, sent_at: float, *, since: float | None = None) -> int:
-        """How many requests this lane admitted in the second up to ``sent_at`` (or from
-        ``since``: sends are kept :data:`_SENDS_KEPT_S`)."""
-        since = sent_at - 1.0 if since is None else since
-        return sum(1 for t in self._recent_sends if since <= t <= sent_at)
+    def _sent_in_second_before(self, sent_at: float) -> int:
+        """How many requests this lane admitted in the second up to ``sent_at``."""
+        return sum(1 for t in self._recent_sends if sent_at - 1.0 <= t <= sent_at)
 
-    def _charged_in_second_before(self, sent_at: float, *, since: float | None = None) -> float:
-        """The tokens this lane charged the token bucket in the second up to ``sent_at`` (or
-        from ``since``: sends are kept :data:`_SENDS_KEPT_S`)."""
-        since = sent_at - 1.0 if since is None else since
+    def _charged_in_second_before(self, sent_at: float) -> float:
+        """The tokens this lane charged the token bucket in the second up to ``sent_at``."""
         input_alone = self._charges_input_alone
         return sum(
             tokens - output_tokens if input_alone else tokens
             for t, (tokens, output_tokens) in zip(
                 self._recent_sends, self._recent_charges, strict=True
             )
-            if since <= t <= sent_at
+            if sent_at - 1.0 <= t <= sent_at
         )
+
+    def _sent_since_refusal(self, permit: Permit, name: str, since: float | None) -> float | None:
+        """What this lane sent (requests, or tokens charged for ``name`` "tokens") from the
+        refusal its rate last measured, sent at ``since``, up to ``permit`` (both included),
+        counted from the admissions' running totals: any span, at no cost per request."""
+        mark = self._refusal_marks.get(name)
+        if since is None or mark is None or mark[0] != since:
+            return None
+        _, seq, charged_before = mark
+        if name == "tokens":
+            return permit.charged_before + self._charged_for(permit) - charged_before
+        return float(permit.seq - seq + 1)
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in
