@@ -349,6 +349,7 @@ class Lane:
         "_quota_refills",
         "_recent_charges",
         "_recent_sends",
+        "_refusal_marks",
         "_request_window",
         "_request_windows",
         "_served_due",
@@ -460,6 +461,9 @@ class Lane:
         """When this lane admitted its requests over the last couple of seconds."""
         self._recent_charges: deque[tuple[int, int]] = deque()
         """What each of :attr:`_recent_sends` cost: (tokens, of which output reserved)."""
+        self._refusal_marks: dict[str, tuple[float, int, float]] = {}
+        """Per rate ("requests", "tokens"): the latest refusal it measured, as (sent at, its
+        admission's number, the tokens charged before it)."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
         self._cap_refuted = False
@@ -1992,16 +1996,22 @@ class Lane:
             self._sent_in_second_before(permit.sent_at, since=since) < _CLIMB_MEASURED_SENDS
         ):
             since = None
+        name = "tokens" if tokens_out else "requests"
+        measure = self.admission.sees_every_acceptance
+        # Since an earlier refusal, net of the burst the server had stored: only where this
+        # lane's sends are all the key's (a fleet's share would read as the server's rate).
+        refused_at = rate.refused_before(permit.sent_at) if measure else None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
             hinted=verdict.hint_s is not None,
-            measure=self.admission.sees_every_acceptance,
+            measure=measure,
             sent_in_second=(
                 self._charged_in_second_before(permit.sent_at)
                 if tokens_out
                 else self._sent_in_second_before(permit.sent_at)
             ),
+            sent_since_refusal=self._sent_since_refusal(permit, name, refused_at),
             amount=float(self._charged_for(permit)) if tokens_out else 1.0,
             since=since,
             sent_since=(
@@ -2012,6 +2022,8 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
+        if rate.refused_sent_at == permit.sent_at:
+            self._refusal_marks[name] = (permit.sent_at, permit.seq, permit.charged_before)
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
             # windows that our burst can overfill (fixed windows, a shorter window than ours).
@@ -2343,6 +2355,18 @@ class Lane:
             )
             if start <= t <= sent_at
         )
+
+    def _sent_since_refusal(self, permit: Permit, name: str, since: float | None) -> float | None:
+        """What this lane sent (requests, or tokens charged for ``name`` "tokens") from the
+        refusal its rate last measured, sent at ``since``, up to ``permit`` (both included),
+        counted from the admissions' running totals: any span, at no cost per request."""
+        mark = self._refusal_marks.get(name)
+        if since is None or mark is None or mark[0] != since:
+            return None
+        _, seq, charged_before = mark
+        if name == "tokens":
+            return permit.charged_before + self._charged_for(permit) - charged_before
+        return float(permit.seq - seq + 1)
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in

@@ -19,7 +19,8 @@ With no stated limit, nothing paces until a 429 without a hint arrives; the rate
 seconds to just under what the server took in the second before it refused (answers lag what
 was sent, so during a ramp-up the first is a fraction of the server's rate), then the same cuts
 and recovery, with no ceiling; each cut resumes just under what the server took in the second
-before that refusal.
+before that refusal, or since an earlier refusal shortly before it (the server was empty at
+both: a bucket's rate net of the burst it had stored, which the second before holds too).
 
 A rate of tokens is discovered the same way when a 429 says structurally that tokens ran out
 (OpenAI's ``type: tokens``, Google's QuotaFailure naming an input-token quota) and no token
@@ -75,6 +76,8 @@ _MARGIN_PER_CUT = 0.02
 _MAX_MARGIN = 0.1
 _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 _CLIMB_MEASURED_AFTER_S = 0.25  # a refusal sent this long after a discovery measures the climb
+_NET_SPAN_S = (0.4, 1.0)  # a refusal this long before another one starts its measure
+_NET_HINTED_S = 6.0  # or this long if it said when to come back (the lane stopped till then)
 
 
 class PacedRate:
@@ -89,6 +92,8 @@ class PacedRate:
         "_cuts",
         "_discovers",
         "_hinted_at",
+        "_last_refusal_hinted",
+        "_last_refused_at",
         "_last_success_at",
         "_measured_cut",
         "_probe_from",
@@ -125,6 +130,10 @@ class PacedRate:
         self._refused_sent: deque[tuple[float, float]] = deque()
         """When the requests refused lately (429s about the rate) were sent, and what each
         would have counted."""
+        self._last_refused_at = -math.inf
+        """When the latest request refused about this rate was sent."""
+        self._last_refusal_hinted = False
+        """Whether that refusal said when to come back."""
 
     @property
     def discovered(self) -> bool:
@@ -155,6 +164,7 @@ class PacedRate:
         hinted: bool = False,
         measure: bool = True,
         sent_in_second: float | None = None,
+        sent_since_refusal: float | None = None,
         amount: float = 1.0,
         since: float | None = None,
         sent_since: float | None = None,
@@ -171,7 +181,9 @@ class PacedRate:
         rate's lane sent in the second up to ``sent_at``, this one included (see
         :meth:`_accepted_in_second_rpm`), in the units of ``amount``: what the refused
         request would have counted (1 a request, or its tokens). ``sent_since``: the same
-        counted from ``since`` (:meth:`measured_since`). True when the rate changed.
+        counted from ``since`` (:meth:`measured_since`). ``sent_since_refusal``: what it sent
+        from :meth:`refused_before` up to ``sent_at`` (a measure net of any burst,
+        :meth:`_accepted_since_refusal_rpm`). True when the rate changed.
 
         A rate of tokens with nothing stated is discovered from tokens accepted:
 
@@ -183,7 +195,17 @@ class PacedRate:
         >>> round(rate.rpm)  # 90% of the best second accepted (the last one measured 192,000)
         162000
         """
+        # Under a stated ceiling, 429s cut by a share: a measure would override the statement.
+        net = (
+            self._accepted_since_refusal_rpm(sent_at, sent_since_refusal, amount)
+            if self.ceiling is None
+            else None
+        )
         last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now, amount)
+        if self._last_refused_at == sent_at:
+            self._last_refusal_hinted = hinted
+        if net is not None and last_second is not None:
+            last_second = min(last_second, net)
         # The least it paces at: six requests a minute, in the units of ``amount`` (six
         # tokens a minute held an Azure lane still for minutes).
         least = _MIN_RPM * amount
@@ -199,7 +221,13 @@ class PacedRate:
             return False
         if now - self._cut_at < _MIN_CUT_SPACING_S:
             taken_since = self._accepted_since_rpm(sent_at, since, sent_since)
-            return self._cut_on_the_climb(now, last_second, taken_since, least)
+            if self._cut_on_the_climb(now, last_second, taken_since, least):
+                return True
+            if not (net is not None and self.rpm is not None and net < self.rpm):
+                return False
+            # Measured from an earlier refusal, a second 429 soon after a cut says how much
+            # the server took since it was empty: below the pace, the last measure was high
+            # (a bucket's burst in the second before the discovery: 2040/min for 1140).
         self._climb_from = None
         if self.rpm is None and not self._discovers:
             return False
@@ -225,7 +253,7 @@ class PacedRate:
         else:
             sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
-            if sustained is not None and last_second:
+            if (sustained is not None or net is not None) and last_second:
                 # What the server accepted in the second before it refused, counted by when
                 # the requests were sent, is its rate as it was just now. The mean since the
                 # last cut counts answers, which lag the sending by a latency: while the pace
@@ -502,6 +530,7 @@ class PacedRate:
         discover."""
         if not self._discovers or sent_in_second is None:
             return None
+        self._last_refused_at = max(self._last_refused_at, sent_at)
         refused = self._refused_sent
         refused.append((sent_at, amount))
         while refused and now - refused[0][0] > 2.0:
@@ -519,6 +548,58 @@ class PacedRate:
             return None
         refusals = sum(a for t, a in self._refused_sent if since <= t <= sent_at)
         return 60.0 * max(0.0, sent_since - refusals) / (sent_at - since)
+
+    def refused_before(self, sent_at: float) -> float | None:
+        """When the latest refusal about this rate before a request sent at ``sent_at`` was
+        sent, if it was 0.4 s to a second before it (6 s if it said when to come back):
+        the server had nothing left then (nor at ``sent_at``), so what a bucket took in
+        between is its rate, net of any burst it had stored. Not from further back without
+        a hint: fixed windows take nothing from the refusal to their end, and a span of 1.2 s
+        holding one window's budget read 1219/min for 1500. None otherwise (the second
+        before ``sent_at`` is measured instead).
+
+        >>> rate = PacedRate()
+        >>> _ = rate.throttled(sent_at=2.0, now=2.05, sent_in_second=40)
+        >>> rate.refused_before(3.0)
+        2.0
+        >>> rate.refused_before(2.2) is None  # too close to measure a rate
+        True
+        """
+        if not self._discovers:
+            return None
+        least_s, most_s = _NET_SPAN_S
+        if self._last_refusal_hinted:
+            # The lane waited the hint out: the server's bucket refilled meanwhile, and the
+            # second before the next refusal, when the pace has used that store up seconds
+            # later, holds some of it (Groq's whole-second retry-after: 600/min measured for
+            # 434, and a lane paced at 520/min for 434-451 to the end of its run).
+            most_s = _NET_HINTED_S
+        before = self._last_refused_at
+        return before if least_s <= sent_at - before <= most_s else None
+
+    def _accepted_since_refusal_rpm(
+        self, sent_at: float, sent: float | None, amount: float
+    ) -> float | None:
+        """The most the server can have taken (per minute) between the refusal
+        :meth:`refused_before` names and the one sent at ``sent_at`` (counting ``amount``),
+        given the ``sent`` requests (or tokens) sent from the first up to the second, both
+        included: those less the refusals among them, plus one request's worth (what each
+        refusal may have left short of a whole request). Empty at both ends, a bucket took
+        its rate in between, whatever it had stored before; the second before a refusal holds
+        that store as well (up to twice a 1-s bucket's rate, at a discovery). None without
+        such a refusal.
+
+        >>> rate = PacedRate()
+        >>> _ = rate.throttled(sent_at=2.0, now=2.05, sent_in_second=40)
+        >>> round(rate._accepted_since_refusal_rpm(2.8, 17.0, 1.0))  # 15 taken in 0.8 s, +1
+        1200
+        """
+        since = self.refused_before(sent_at)
+        if sent is None or since is None:
+            return None
+        refusals = amount + sum(a for t, a in self._refused_sent if since <= t <= sent_at)
+        taken = sent - refusals
+        return 60.0 * (taken + amount) / (sent_at - since) if taken > 0 else None
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
         """The highest rate (per minute) accepted over ``span_s`` in the last five seconds,
