@@ -40,7 +40,7 @@ import threading
 from asyncio import CancelledError
 from collections import Counter, deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pacekeeper.core.admission import AdmissionPolicy, Granted, LocalAdmissionPolicy
 from pacekeeper.core.bucket import TokenBucket
@@ -214,16 +214,40 @@ class _Refused(enum.Enum):
     does a rate that the burst reaching that peak outran."""
 
 
-class Reconciliation(NamedTuple):
-    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`)."""
+class Reconciliation:
+    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`).
 
-    prompt_estimated: int
-    prompt_actual: int
-    completion_reserved: int
-    completion_actual: int | None
-    prompt_charged: int | None = None
-    cheap: bool = False
-    chars_estimated: int | None = None
+    A plain slotted class: one is made for every answer with usage, and a named tuple's
+    ``__new__`` adds a call to ``tuple.__new__``; it is read once, under the lane's lock."""
+
+    __slots__ = (
+        "chars_estimated",
+        "cheap",
+        "completion_actual",
+        "completion_reserved",
+        "prompt_actual",
+        "prompt_charged",
+        "prompt_estimated",
+    )
+
+    def __init__(
+        self,
+        *,
+        prompt_estimated: int,
+        prompt_actual: int,
+        completion_reserved: int,
+        completion_actual: int | None,
+        prompt_charged: int | None = None,
+        cheap: bool = False,
+        chars_estimated: int | None = None,
+    ) -> None:
+        self.prompt_estimated = prompt_estimated
+        self.prompt_actual = prompt_actual
+        self.completion_reserved = completion_reserved
+        self.completion_actual = completion_actual
+        self.prompt_charged = prompt_charged
+        self.cheap = cheap
+        self.chars_estimated = chars_estimated
 
 
 class Permit:
