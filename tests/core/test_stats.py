@@ -1,4 +1,5 @@
-"""A lane's running aggregates: the hot path's combined count equals the two it replaces."""
+"""A lane's running aggregates: the hot path's combined count (from a success's fields, no
+record) equals the two it replaces (from its record)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,20 @@ def test_on_answer_counts_as_on_attempt_and_on_record(
             prompt_tokens=tokens,
             completion_tokens=tokens,
         )
-        combined.on_answer(record, latency_s=latency_s, retry=retry, at=at)
+        combined.on_answer(
+            status=status,
+            total_s=total_s,
+            queued_s=queued_s,
+            priority=priority,
+            tenant=tenant,
+            tokens_estimated=record.tokens_estimated,
+            prompt_tokens=tokens,
+            completion_tokens=tokens,
+            cost_usd=cost,
+            latency_s=latency_s,
+            retry=retry,
+            at=at,
+        )
         apart.on_attempt(status=status, rate_limited=False, latency_s=latency_s, retry=retry, at=at)
         apart.on_record(record, at=at)
     assert combined.snapshot(

@@ -73,7 +73,14 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # adaptive 258.7 -> 256.2, stream 259.0 -> 258.5. The frozen records' object.__setattr__
 # calls (slot wrappers) are no profile events, so this count does not see most of the CPU
 # saved (bench/results/hotpath.md). Fixed lowered to 1% over (the count is exact).
-_BUDGET = {"fixed": 168, "adaptive": 261}
+# Sixth round (branch `records15`): a success's frozen record built only when something
+# reads it (a hook, the INFO log, the response's extension), the lane's stats fed from the
+# call's fields, no Decision per answer for the surfaces, the usage reconciliation a slotted
+# class: fixed 167.4 -> 165.4, adaptive 257.2 -> 255.2, stream 259.5 -> 255.5. Most of the
+# CPU saved is again the record's object.__setattr__ calls, unseen here; the response's lazy
+# extensions add 2 calls in this harness (httpx reads http_version and reason_phrase, which
+# its inner transport does not set, as httpcore's does). Budgets: the count rounded up.
+_BUDGET = {"fixed": 166, "adaptive": 256}
 _WORKERS = 16
 _REQUESTS = 400
 
@@ -214,8 +221,9 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # 144 calls in this harness against a plain answer's 19, whose count is unmoved).
 # Fourth round: 255.1, a stream's headers read at most every 0.1 s of its lane's clock as a
 # complete answer's are (-140), one idle watch per event loop instead of a timer per stream
-# (-20); about 2% over.
-_STREAM_BUDGET = 260
+# (-20); about 2% over. Sixth round (the record built when read, no Decision per stream's
+# end): 255.5, the count rounded up.
+_STREAM_BUDGET = 256
 
 
 def test_a_governed_stream_adds_no_more_calls_per_request_than_its_budget() -> None:

@@ -92,6 +92,10 @@ class Attempts:
     """What the lane grants: a permit with a finaliser (freed when dropped unreleased), as
     this loop's permits may reach user code (``Call.admit``, ``gov.admit``)."""
 
+    decision_record: bool = True
+    """Whether a success's decision carries the request's record (the decisions of this loop
+    may reach user code); False: the surface reads ``call.record`` when it needs it."""
+
     def __init__(self, call: Call, *, permit: Permit | None = None) -> None:
         self.call = call
         self.permit = permit
@@ -403,6 +407,7 @@ class Attempts:
             request_id=request_id,
             final=self.final,
             billed=billed,
+            with_record=self.decision_record,
         )
         return decision
 
@@ -468,6 +473,7 @@ class Attempts:
             request_id=request_id,
             final=True,
             billed=billed,
+            with_record=self.decision_record,
         )
         return decision
 
@@ -489,3 +495,5 @@ class SurfaceAttempts(Attempts):
     __slots__ = ()
 
     permit_class = Permit
+    # Its decisions stay inside the surface: a success's record is built only when read.
+    decision_record = False

@@ -428,6 +428,13 @@ _BYTES_REACHED_CALLER = "part of the answer had already reached the caller"
 _PRIORITY_NAMES: dict[Priority, str] = {cls: cls.value for cls in Priority}
 
 
+_ANSWERED = Decision(retry=False)
+"""A success's decision for a surface that reads the record from the call (one for all)."""
+
+_Answered = tuple[int | None, float, int | None, int | None, str | None, float]
+"""An answer that ended its request: status, latency, prompt and completion tokens, request
+id, and when (on the governor's clock)."""
+
 _OK = Verdict(
     kind=OutcomeKind.OK,
     retryable=False,
@@ -450,6 +457,8 @@ class Call:
     __slots__ = (
         "_body",
         "_chars",
+        "_end",
+        "_made",
         "_reservation",
         "_started_mono",
         "_started_wall",
@@ -510,9 +519,41 @@ class Call:
         """Tokens charged at the last admission (what records report; None: not admitted)."""
         self._chars: int | None = None
         """The prompt in characters, once counted exactly too (both scales learn from it)."""
+        self._end: _Answered | None = None
+        """What the answer that ended the request said, for its record (built when read)."""
+        self._made: RequestRecord | None = None
+        """The final record, once built."""
         deadline_s = gov.retry.deadline_s
         self.deadline = self._started_mono + deadline_s if deadline_s is not None else None
         """When (on the governor's monotonic clock) it gives up; None: never."""
+
+    @property
+    def record(self) -> RequestRecord | None:
+        """The request's final record (None: it has not ended). An answered request's is
+        built when first read: most requests have no hook, log or surface that reads it."""
+        made = self._made
+        if made is None and self._end is not None:
+            made = self._answered_record()
+        return made
+
+    def _answered_record(self) -> RequestRecord:
+        made = self._made
+        if made is None:
+            end = self._end
+            assert end is not None  # only an answered request's record is built late
+            status, latency_s, prompt_tokens, completion_tokens, request_id, now = end
+            made = self._made = self._record(
+                ok=True,
+                outcome="ok",
+                status=status,
+                latency_s=latency_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                error=None,
+                request_id=request_id,
+                now=now,
+            )
+        return made
 
     @property
     def idle_timeout_s(self) -> float:
@@ -720,12 +761,15 @@ class Call:
         hold: bool = False,
         final: bool | str = False,
         billed: BilledUsage | None = None,
+        with_record: bool = True,
     ) -> Decision:
         """Take an attempt's outcome; release its slot (unless ``hold``: a stream keeps it
         until closed) and decide what comes next. ``final`` forbids a retry (e.g. bytes of a
         stream already reached the caller); a string says why, for the error message.
         ``billed`` is the usage as the provider bills it (cache reads apart); without it the
-        cost is that of ``prompt_tokens`` and ``completion_tokens``."""
+        cost is that of ``prompt_tokens`` and ``completion_tokens``. ``with_record`` False: a
+        success's decision carries no record (a surface that reads :attr:`record` itself,
+        when at all)."""
         gov, lane = self.governor, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
@@ -753,23 +797,19 @@ class Call:
                 cheap=self._body is not None,
                 chars_estimated=self._chars,
             )
-        # An answer ends the request: its record is built first, so that the lane counts
-        # the attempt, the usage and the request under one acquisition of its lock.
-        record = (
-            self._record(
-                ok=True,
-                outcome=kind._value_,
-                status=verdict.status,
-                latency_s=latency_s,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                error=None,
-                request_id=request_id,
-                now=now,
+        # An answer ends the request: the lane counts the attempt, the usage and the request
+        # under one acquisition of its lock, from the call's fields. Its frozen record (20
+        # object.__setattr__ calls) waits until a hook, the log or a surface reads it.
+        if ok:
+            self.done = True
+            self._end = (
+                verdict.status,
+                latency_s,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                now,
             )
-            if ok
-            else None
-        )
         lane.settle(
             permit,
             verdict,
@@ -779,7 +819,9 @@ class Call:
             hold=hold,
             gate=kind is not OutcomeKind.RATE_LIMITED or not is_testing(),
             usage=usage,
-            finished=record,
+            finished=self if ok else None,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
         if not ok and kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
             lane.output_not_generated(permit)
@@ -804,10 +846,12 @@ class Call:
                 request_id=request_id,
                 cost_usd=cost_usd,
             )
-        if record is not None:
+        if ok:
             if published:
-                self._publish(record)
-            return Decision(retry=False, record=record)
+                self._publish(self._answered_record())
+            if with_record:
+                return Decision(retry=False, record=self._answered_record())
+            return _ANSWERED
         if retry:
             return Decision(retry=True, delay_s=delay_s)
         record = self._finish(
@@ -997,6 +1041,7 @@ class Call:
             error_type=error_type,
             now=now,
         )
+        self._made = record
         lane = self.lane
         with lane._lock:
             lane.stats.on_record(record, at=now)

@@ -40,7 +40,7 @@ import threading
 from asyncio import CancelledError
 from collections import Counter, deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pacekeeper.core.admission import AdmissionPolicy, Granted, LocalAdmissionPolicy
 from pacekeeper.core.bucket import TokenBucket
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from pacekeeper.core.admission import Ask
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.config import Limits, RetryPolicy
-    from pacekeeper.core.records import RequestRecord
+    from pacekeeper.core.governor import Call
 
 __all__ = ["Lane", "LaneKey", "Permit", "QueueTimeout", "Reconciliation", "UserPermit"]
 
@@ -214,16 +214,40 @@ class _Refused(enum.Enum):
     does a rate that the burst reaching that peak outran."""
 
 
-class Reconciliation(NamedTuple):
-    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`)."""
+class Reconciliation:
+    """An answer's usage against what admission charged (see :meth:`Lane.reconcile`).
 
-    prompt_estimated: int
-    prompt_actual: int
-    completion_reserved: int
-    completion_actual: int | None
-    prompt_charged: int | None = None
-    cheap: bool = False
-    chars_estimated: int | None = None
+    A plain slotted class: one is made for every answer with usage, and a named tuple's
+    ``__new__`` adds a call to ``tuple.__new__``; it is read once, under the lane's lock."""
+
+    __slots__ = (
+        "chars_estimated",
+        "cheap",
+        "completion_actual",
+        "completion_reserved",
+        "prompt_actual",
+        "prompt_charged",
+        "prompt_estimated",
+    )
+
+    def __init__(
+        self,
+        *,
+        prompt_estimated: int,
+        prompt_actual: int,
+        completion_reserved: int,
+        completion_actual: int | None,
+        prompt_charged: int | None = None,
+        cheap: bool = False,
+        chars_estimated: int | None = None,
+    ) -> None:
+        self.prompt_estimated = prompt_estimated
+        self.prompt_actual = prompt_actual
+        self.completion_reserved = completion_reserved
+        self.completion_actual = completion_actual
+        self.prompt_charged = prompt_charged
+        self.cheap = cheap
+        self.chars_estimated = chars_estimated
 
 
 class Permit:
@@ -1712,14 +1736,16 @@ class Lane:
         hold: bool = False,
         gate: bool = True,
         usage: Reconciliation | None = None,
-        finished: RequestRecord | None = None,
+        finished: Call | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
     ) -> None:
         """Everything an attempt's outcome teaches the lane, under one lock: the limits its
         headers state, the rate (a 429 about the rate) or the in-flight cap (a 429 about
         requests in flight), the evidence of load, the latency; then the slot is released
         (unless ``hold``: a stream keeps it until closed) and the attempt counted; with
-        ``usage``, the tokens reconciled (:meth:`reconcile`); with ``finished``, the request
-        counted as done.
+        ``usage``, the tokens reconciled (:meth:`reconcile`); with ``finished`` (the call a
+        success ends, with the answer's usage), the request counted as done.
 
         ``gate`` False keeps a hinted 429 from closing the cooldown gate (tests that make
         retries instant)."""
@@ -1746,8 +1772,23 @@ class Lane:
             elif not permit.released:  # as Permit.release, without re-entering the lock
                 permit.released = True
                 self._release(permit, signal, now)
-            if finished is not None and kind is not OutcomeKind.RATE_LIMITED:
-                self.stats.on_answer(finished, latency_s=latency_s, retry=retry, at=now)
+            if finished is not None:
+                # Counted from the call's own fields: its record is built only when read.
+                charged = finished.charged
+                self.stats.on_answer(
+                    status=verdict.status,
+                    total_s=now - finished._started_mono,
+                    queued_s=finished.queued_s,
+                    priority=finished.priority._value_,
+                    tenant=finished.tenant,
+                    tokens_estimated=charged if charged is not None else finished.cost,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cost_usd=finished.cost_usd,
+                    latency_s=latency_s,
+                    retry=retry,
+                    at=now,
+                )
             else:
                 self.stats.on_attempt(
                     status=verdict.status,
@@ -1756,8 +1797,6 @@ class Lane:
                     retry=retry,
                     at=now,
                 )
-                if finished is not None:
-                    self.stats.on_record(finished, at=now)
         if self._shared:
             self.admission.settled(now)  # what the controller decided, shared
 

@@ -374,41 +374,50 @@ class KeyStats:
         self.first_at = min(self.first_at, at - total_s)
         self.last_at = max(self.last_at, at)
 
-    def on_answer(self, record: RequestRecord, *, latency_s: float, retry: bool, at: float) -> None:
-        """:meth:`on_attempt` and :meth:`on_record` of an attempt that ended its request with
-        an answer (not a 429), in one call: it runs on every request."""
+    def on_answer(
+        self,
+        *,
+        status: int | None,
+        total_s: float,
+        queued_s: float,
+        priority: str,
+        tenant: str | None,
+        tokens_estimated: int,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost_usd: float | None,
+        latency_s: float,
+        retry: bool,
+        at: float,
+    ) -> None:
+        """:meth:`on_attempt` and :meth:`on_request` of an attempt that ended its request with
+        a success, in one call: it runs on every request, from the settle's own values (its
+        record is built only when something reads it)."""
         self.attempts += 1
         self.requests += 1
         if retry:
             self.retries += 1
-        status = record.status
         self.by_status["none" if status is None else str(status)] += 1
-        cost_usd = record.cost_usd
         self.cost_usd = (
             None if cost_usd is None or self.cost_usd is None else self.cost_usd + cost_usd
         )
-        if record.ok:
-            self.ok += 1
-        else:
-            self.failed += 1
-        self.by_outcome[record.outcome] += 1
-        total_s = record.total_s
-        queued_s = record.queued_s
+        self.ok += 1
+        self.by_outcome["ok"] += 1
         # Three histograms, filled as LatencyHistogram.add does, inlined: every request.
         floor_s = _FLOOR_S
         for histogram, value_s in (
             (self.latency, latency_s),
             (self.total, total_s),
-            (self.queue_waits.of(record.priority, record.tenant), queued_s),
+            (self.queue_waits.of(priority, tenant), queued_s),
         ):
             index = int(math.log(value_s / floor_s) / _LOG_GROWTH) + 1 if value_s > floor_s else 0
             histogram._buckets[index] += 1
             histogram.count += 1
             histogram.sum_s += value_s
             histogram.max_s = value_s if value_s > histogram.max_s else histogram.max_s
-        self.tokens_estimated += record.tokens_estimated
-        self.prompt_tokens += record.prompt_tokens or 0
-        self.completion_tokens += record.completion_tokens or 0
+        self.tokens_estimated += tokens_estimated
+        self.prompt_tokens += prompt_tokens or 0
+        self.completion_tokens += completion_tokens or 0
         first_at = at - (total_s if total_s > latency_s else latency_s)
         self.first_at = first_at if first_at < self.first_at else self.first_at
         self.last_at = at if at > self.last_at else self.last_at

@@ -38,7 +38,16 @@ from pacekeeper.transports._engine import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping
+    from collections.abc import (
+        Awaitable,
+        Callable,
+        Coroutine,
+        ItemsView,
+        Iterator,
+        KeysView,
+        Mapping,
+        ValuesView,
+    )
 
     from pacekeeper.core.classify import Verdict
     from pacekeeper.core.governor import Governor
@@ -83,6 +92,112 @@ class UsageOptions:
 
 
 _DEFAULT_OPTIONS = UsageOptions()
+
+
+class _RecordExtensions(dict[str, Any]):
+    """A response's extensions whose :data:`RECORD_EXTENSION` is the request's record, built
+    when first looked at.
+
+    A frozen record (and the decision that carried it) cost about an eighth of what the
+    governed transport adds to a request, and most responses' extensions are never read for
+    it (httpx itself reads only ``http_version`` and ``reason_phrase``, which the C lookup
+    finds without a call here when the inner transport set them). Until then the key is
+    missing from the dict's own storage: a lookup reaches :meth:`__missing__`, and every other
+    way of reading the whole mapping (``in``, ``len``, iteration, views, copies, ``==``)
+    builds it first, so the mapping reads as a plain dict holding the record.
+    """
+
+    __slots__ = ("_call",)
+
+    _call: Any  # the Call whose record is pending; None once it is in the dict
+
+    def _settle(self) -> None:
+        call = self._call
+        if call is not None:
+            self._call = None
+            if not dict.__contains__(self, RECORD_EXTENSION):  # one set by hand stays
+                dict.__setitem__(self, RECORD_EXTENSION, call.record)
+
+    def __missing__(self, key: str) -> Any:
+        if key == RECORD_EXTENSION and self._call is not None:
+            self._settle()
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._settle()
+        return dict.get(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._settle()
+        return dict.__contains__(self, key)
+
+    def __len__(self) -> int:
+        self._settle()
+        return dict.__len__(self)
+
+    def __iter__(self) -> Iterator[str]:
+        # Defined so that dict(), {**...} and update() read through keys() and lookups
+        # rather than the storage, which may still lack the record.
+        self._settle()
+        return dict.__iter__(self)
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        self._settle()
+        return dict.keys(self)
+
+    def values(self) -> ValuesView[Any]:  # type: ignore[override]
+        self._settle()
+        return dict.values(self)
+
+    def items(self) -> ItemsView[str, Any]:  # type: ignore[override]
+        self._settle()
+        return dict.items(self)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._settle()
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._settle()
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._settle()
+        return dict.setdefault(self, key, default)
+
+    def __delitem__(self, key: str) -> None:
+        self._settle()
+        dict.__delitem__(self, key)
+
+    def copy(self) -> dict[str, Any]:
+        self._settle()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._settle()
+        if isinstance(other, _RecordExtensions):
+            other._settle()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # as dict's
+
+    def __repr__(self) -> str:
+        self._settle()
+        return dict.__repr__(self)
+
+    def __or__(self, other: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        return self.copy() | other
+
+    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        self._settle()
+        return other | dict(dict.items(self))  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (self.copy(),)
 
 
 class Admitted:
@@ -415,7 +530,14 @@ def _after_answer(
     # The inner transport's response goes back up with its body, read here, as a byte stream:
     # building a new Response would normalise every header again, on every request.
     response.stream = flavour.module.ByteStream(raw)
-    response.extensions[RECORD_EXTENSION] = decision.record
+    call = attempts.call
+    record = decision.record or call._made
+    if record is not None:
+        response.extensions[RECORD_EXTENSION] = record
+    else:
+        extensions = _RecordExtensions(response.extensions)
+        extensions._call = call
+        response.extensions = extensions
     return False
 
 
