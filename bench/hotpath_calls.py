@@ -45,7 +45,7 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
             " Lane.turn _grant _count_admission core/admission.py core/queue.py core/waiting.py"
             " core/cooldown.py TokenBucket.wait_s TokenBucket.spend Limit.acquire Limit.limit"
             " Limit.has_room Permit.__init__ budget.py priority.py Lane.shared"
-            " Call.prompt_cheap TokenBucket.level TokenBucket.debt",
+            " Call.prompt_cheap TokenBucket.level TokenBucket.debt _waiting_for_slot",
         ),
         (
             "answer: headers, limits learned, verdict, usage",
@@ -55,13 +55,15 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
         ),
         (
             "settle: controller observers (rate, latency, AIMD, congestion)",
-            "core/rate.py core/latency.py core/congestion.py AimdLimit _succeeded Lane.rpm",
+            "core/rate.py core/latency.py core/congestion.py AimdLimit _succeeded Lane.rpm"
+            " _observe_fixed_windows",
         ),
         (
             "settle: slot release, reconcile, stats, record, decision",
             "Call.settle Call._record Lane.settle _release Limit.release _reconcile"
             " EstimateScale.observe TokenBucket.adjust charge_tokens core/stats.py core/cost.py"
-            " Permit.__del__ Attempts.answered wake_head",
+            " Permit.__del__ Attempts.answered wake_head Reconciliation Call._count_exactly"
+            " Call.cost",
         ),
         ("the transport's loop", "transports/_flow.py"),
     )

@@ -35,6 +35,8 @@ from pacekeeper.core.tokens import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from pacekeeper.core.lane import Lane
+
 
 __all__ = [
     "PRIORITY_HEADER",
@@ -849,26 +851,55 @@ def stated_limit(headers: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def essential_headers(headers: Any) -> dict[str, str]:
-    """Only the headers a successful answer needs when its rate-limit headers are not read
-    this time (see ``Lane.limits_due``): decoding the other fifteen costs more than the rest
-    of the answer's handling.
+def answer_headers(
+    raw: Any, lane: Lane, *, status: int, read_limits: bool
+) -> tuple[dict[str, str], bool]:
+    """An answer's headers as a plain dict with lower-case names, and whether its rate-limit
+    headers are read this time (``read_limits``: an error, or ``Lane.limits_due``).
+
+    Not read this time, only the few a successful answer needs: decoding the other fifteen
+    costs more than the rest of the answer's handling. Those few include the stated requests
+    limit: an answer stating another than the last read is read whole at once (a limit
+    halved shows on the next answers, and waiting for the next read cost a 429).
 
     httpx and httpx2 keep each header as (name, lower-case name, value): read there, the
     names are neither copied into a new list nor lowered again (``raw`` does both).
 
     >>> import httpx2
-    >>> essential_headers(httpx2.Headers({"Content-Type": "application/json", "X-A": "1"}))
-    {'content-type': 'application/json'}
+    >>> import time
+    >>> from pacekeeper import Limits, RetryPolicy
+    >>> from pacekeeper.core.lane import Lane
+    >>> lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(),
+    ...     clock=time.monotonic)
+    >>> answer_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60", "X-A": "1"}),
+    ...     lane, status=200, read_limits=True)
+    ({'x-ratelimit-limit-requests': '60', 'x-a': '1'}, True)
+    >>> answer_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "60", "X-A": "1"}),
+    ...     lane, status=200, read_limits=False)
+    ({'x-ratelimit-limit-requests': '60'}, False)
+    >>> answer_headers(httpx2.Headers({"X-Ratelimit-Limit-Requests": "30", "X-A": "1"}),
+    ...     lane, status=200, read_limits=False)
+    ({'x-ratelimit-limit-requests': '30', 'x-a': '1'}, True)
     """
-    found: dict[str, str] = {}
-    entries = getattr(headers, "_list", None)
+    if read_limits:
+        headers = plain_headers(raw)
+        if status < 300:
+            lane.stated_limit_text = stated_limit(headers)
+        return headers, True
+    # essential headers only, inlined: one call fewer on every answer between reads
+    headers = {}
+    entries = getattr(raw, "_list", None)
     if entries is None:  # another Headers class: the public raw pairs
-        entries = [(name, name.lower(), value) for name, value in headers.raw]
+        entries = [(name, name.lower(), value) for name, value in raw.raw]
     for _, lowered, value in entries:
         if lowered in _ESSENTIAL:
-            found[_ESSENTIAL[lowered]] = value.decode("latin-1")
-    return found
+            headers[_ESSENTIAL[lowered]] = value.decode("latin-1")
+    stated = lane.stated_limit_text
+    if stated is not None and stated[0] in headers and headers[stated[0]] != stated[1]:
+        headers = plain_headers(raw)
+        lane.stated_limit_text = stated_limit(headers)
+        return headers, True
+    return headers, False
 
 
 def plain_headers(headers: Any) -> dict[str, str]:

@@ -23,14 +23,12 @@ from pacekeeper.transports._engine import (
     Flavour,
     UsageChunkFilter,
     UsageScanner,
+    answer_headers,
     bounded_timeout,
-    essential_headers,
     is_event_stream,
     model_of_path,
-    plain_headers,
     read_request,
     route_of,
-    stated_limit,
     stream_failure,
     usage_from_json,
     verdict_for_answer,
@@ -363,21 +361,13 @@ async def handle_async(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or lane.limits_due(gov.clock())
         # read once, into a dict: httpx's Headers.get scans the list every time
-        headers = (plain_headers if read_limits else essential_headers)(response.headers)
-        if read_limits:
-            if status < 300:
-                lane.stated_limit_text = stated_limit(headers)
-        elif (
-            (stated := lane.stated_limit_text) is not None
-            and stated[0] in headers
-            and headers[stated[0]] != stated[1]
-        ):
-            # The limit changed since the last read (halved): read it now, not a tenth later.
-            read_limits = True
-            headers = plain_headers(response.headers)
-            lane.stated_limit_text = stated_limit(headers)
+        headers, read_limits = answer_headers(
+            response.headers,
+            lane,
+            status=status,
+            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        )
         # is_event_stream, inlined (as the reads in _after_answer): once per request
         if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
             return _stream_response(
@@ -431,20 +421,13 @@ def handle_sync(
                 continue
             raise
         status = response.status_code
-        read_limits = status >= 300 or lane.limits_due(gov.clock())
-        headers = (plain_headers if read_limits else essential_headers)(response.headers)
-        if read_limits:
-            if status < 300:
-                lane.stated_limit_text = stated_limit(headers)
-        elif (
-            (stated := lane.stated_limit_text) is not None
-            and stated[0] in headers
-            and headers[stated[0]] != stated[1]
-        ):
-            # The limit changed since the last read (halved): read it now, not a tenth later.
-            read_limits = True
-            headers = plain_headers(response.headers)
-            lane.stated_limit_text = stated_limit(headers)
+        # read once, into a dict: httpx's Headers.get scans the list every time
+        headers, read_limits = answer_headers(
+            response.headers,
+            lane,
+            status=status,
+            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        )
         if status < 300 and is_event_stream(headers):
             return _stream_response(
                 attempts,
