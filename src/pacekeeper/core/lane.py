@@ -58,6 +58,7 @@ from pacekeeper.core.evidence import (
     output_budget_short,
     spent_budget,
 )
+from pacekeeper.core.grid import FixedGrid
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
 from pacekeeper.core.priority import Priority
@@ -101,6 +102,8 @@ _SERVED_EVERY_S = 0.1
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
+_GRID_SHORT = 1.0  # fixed windows' count is paced this many requests a window short of it
+_GRID_BURST = 1.5  # with this burst: at most the count in a window, late sends absorbed
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
@@ -338,6 +341,7 @@ class Lane:
         "_first_admitted_at",
         "_first_success_at",
         "_floor_due",
+        "_grid",
         "_local",
         "_lock",
         "_next_limits_read",
@@ -449,6 +453,10 @@ class Lane:
         """Output tokens reserved at admission, net of what answers settled (gave back)."""
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
+        self._grid: FixedGrid | None = FixedGrid()
+        """Where a discovered request rate's bare 429s give way to acceptances: fixed
+        windows told from a bucket (None once a 429 said when to come back, or stated a
+        limit: no longer a hintless server)."""
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
         self._token_windows = FixedWindows()
@@ -605,6 +613,12 @@ class Lane:
                 self.slots.end_ramp()  # a rate paces from here, not the start's ramp
             rate = rpm * share / 60.0
             burst = max(1.0, rate * self.burst_s(attr))
+            if attr == "requests" and self.request_rate.held(now):
+                # Paced to fixed windows' count, evenly: a burst of b on a pace of N - 1 a
+                # window puts at most floor(N - 1 + b) = N in any window, whatever its phase,
+                # and half a request absorbs a send dispatched late (with b = 1, every late
+                # send was lost: 16-17 a second went at a pace of 19.5).
+                burst = _GRID_BURST
             bucket: TokenBucket | None = getattr(local, attr)
             if bucket is None:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
@@ -1802,7 +1816,13 @@ class Lane:
         ):
             self._refusal_was_the_rate(now)
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
-        moved = self.request_rate.succeeded(now=now, backlog=backlog)
+        grid = self._grid
+        moved = (
+            self._note_grid(permit, now, accepted=True)
+            if grid is not None and grid.active
+            else False
+        )
+        moved = self.request_rate.succeeded(now=now, backlog=backlog) or moved
         moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=charged) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
@@ -1897,6 +1917,7 @@ class Lane:
             return
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
+            self._grid_refused(permit, verdict, now)
             # Only this request waits: its hint is about a slot, not about the rate.
             slots = self.slots
             local = self._local
@@ -2031,6 +2052,8 @@ class Lane:
             self._burst_scale = max(_MIN_BURST_SCALE, self._burst_scale / 2.0)
             self._burst_cut_at = now
             moved = True
+        if not tokens_out:
+            moved = self._grid_refused(permit, verdict, now) or moved
         if moved:
             # The halved burst keeps its debt (the window that refused stays empty a while:
             # dropping it cost 35% more 429s on hintless fixed windows), unless the provider's
@@ -2045,6 +2068,50 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _grid_refused(self, permit: Permit, verdict: Verdict, now: float) -> bool:
+        """A 429 for :class:`FixedGrid`: a bare one is noted (a rate or a cap on requests
+        in flight, told apart elsewhere); any other ends the grid for good (the server
+        says more than refusals, or this lane does not see all its key's acceptances).
+        True when the pace moved."""
+        grid = self._grid
+        if grid is None or verdict.limit_scope is not None:
+            return False
+        if (
+            verdict.hint_s is not None
+            or verdict.limits is not None
+            or self.request_rate.ceiling is not None
+            or self._shared
+            or not self.admission.sees_every_acceptance
+        ):
+            self._grid = None
+            return False
+        return self._note_grid(permit, now, accepted=False)
+
+    def _note_grid(self, permit: Permit, now: float, *, accepted: bool) -> bool:
+        """Note an outcome of a discovered request rate for :class:`FixedGrid`; when fixed
+        windows show, with the count each took, hold the pace to that count, evenly, half a
+        request short of it (:meth:`PacedRate.hold`). True when the pace moved."""
+        grid = self._grid
+        assert grid is not None
+        rate = self.request_rate
+        if not accepted and grid.held_at is not None and permit.sent_at >= grid.held_at:
+            # Refused at the windows' pace: they changed, or were misread. The cut (already
+            # made) ends the hold; what was seen before it is shown afresh or not at all.
+            grid.forget()
+            return False
+        shown = grid.note(seq=permit.seq, sent_at=permit.sent_at, accepted=accepted, now=now)
+        if shown is None or rate.held(now) or not rate.discovered:
+            return False
+        grid.held_at = now
+        length_s, count = shown
+        share = self._configured.utilisation * self.local_share
+        rate.hold(
+            60.0 * max(0.5, count - _GRID_SHORT) / length_s / share,
+            loss=60.0 * count / length_s / share,
+            now=now,
+        )
+        return True
 
     def _count_input_alone(self, now: float) -> None:
         """A 429 named the token quota as counting input alone (Gemini's TPM): from now on
