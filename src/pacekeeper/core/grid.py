@@ -22,8 +22,8 @@ pace just over its rate), that is the bucket's rate less half a request a second
 ...     for i in range(20):
 ...         t = w + 0.3 + 0.05 * i
 ...         shown = grid.note(seq=20 * w + i, sent_at=t, accepted=i < 10, now=t) or shown
->>> shown
-(1.0, 10)
+>>> shown.length_s, shown.budget, round(shown.origin, 2)  # a boundary between 1.25 and 1.3
+(1.0, 10, 0.28)
 
 One refusal a second proves nothing: a bucket refills 4 a second as well as windows of 4.
 
@@ -40,8 +40,22 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
-__all__ = ["FixedGrid"]
+__all__ = ["FixedGrid", "Windows"]
+
+
+class Windows(NamedTuple):
+    """Fixed windows shown by bare 429s."""
+
+    length_s: float
+    budget: int
+    """What each window takes."""
+    origin: float
+    """A boundary, on the lane's clock as it sends (the trip to the provider included)."""
+    spread_s: float
+    """How far from ``origin`` the boundary may be, either way."""
+
 
 _LENGTHS_S = (1.0,)
 """The window lengths tried: a second, the grain of gateways' and servers' request windows
@@ -63,7 +77,7 @@ class FixedGrid:
     """The outcomes of a lane's requests in send order (by admission number) while it
     discovers its rate from bare 429s, and the fixed windows they show, if any."""
 
-    __slots__ = ("_judge_until", "_outcomes", "active", "held_at")
+    __slots__ = ("_judge_until", "_outcomes", "active", "held_at", "windows")
 
     def __init__(self) -> None:
         self._outcomes: dict[int, tuple[float, bool]] = {}
@@ -73,15 +87,15 @@ class FixedGrid:
         the last refusals (sent before them, answered a latency later)."""
         self.active = False
         """Whether a bare 429 came: outcomes are noted from then on."""
+        self.windows: Windows | None = None
+        """The windows the lane holds its pace to (None: none)."""
         self.held_at: float | None = None
         """When the lane last held its pace to the windows shown (None: not since
         :meth:`forget`)."""
 
-    def note(
-        self, *, seq: int, sent_at: float, accepted: bool, now: float
-    ) -> tuple[float, int] | None:
+    def note(self, *, seq: int, sent_at: float, accepted: bool, now: float) -> Windows | None:
         """Record request ``seq``'s outcome (accepted, or refused by a bare 429); the windows
-        shown, as ``(length_s, count)``, or None. Judged at a refusal, and at the answers
+        shown, or None. Judged at a refusal, and at the answers
         that come back for a couple of seconds after one (the rest shows nothing new); not
         while the lane holds its pace to windows shown."""
         self.active = True
@@ -101,9 +115,10 @@ class FixedGrid:
         """A refusal at the pace the windows set: what was shown no longer holds."""
         self._outcomes.clear()
         self.held_at = None
+        self.windows = None
 
-    def shown(self) -> tuple[float, int] | None:
-        """The fixed windows the outcomes show, ``(length_s, count)``; None if none."""
+    def shown(self) -> Windows | None:
+        """The fixed windows the outcomes show; None if none."""
         outcomes = self._outcomes
         seqs = sorted(outcomes)
         allowed: list[tuple[float, float]] = []
@@ -120,15 +135,16 @@ class FixedGrid:
         if len(allowed) < _MIN_BOUNDARIES or not _no_bucket(outcomes, seqs):
             return None
         for length_s in _LENGTHS_S:
-            phase = _common_phase(allowed, forbidden, length_s)
-            if phase is None:
+            found = _common_phase(allowed, forbidden, length_s)
+            if found is None:
                 continue
+            phase, spread_s = found
             boundaries = {int((hi - phase) // length_s) for _, hi in allowed}
             if len(boundaries) < _MIN_BOUNDARIES:
                 continue
-            count = _window_count(outcomes, seqs, phase, length_s)
+            count = _window_count(outcomes, seqs, length_s, phase, spread_s)
             if count is not None:
-                return length_s, count
+                return Windows(length_s, count, phase, spread_s)
         return None
 
 
@@ -166,9 +182,10 @@ def _no_bucket(outcomes: dict[int, tuple[float, bool]], seqs: list[int]) -> bool
 
 def _common_phase(
     allowed: list[tuple[float, float]], forbidden: list[tuple[float, float]], length_s: float
-) -> float | None:
+) -> tuple[float, float] | None:
     """A phase in ``[0, length_s)`` such that every ``allowed`` span holds a boundary
-    ``phase + k length_s`` and no ``forbidden`` one does; None if there is none."""
+    ``phase + k length_s`` and no ``forbidden`` one does, and how far either way the
+    phases possible reach (the middle of the widest range); None if there is none."""
     # The phases still possible, as sorted disjoint [lo, hi) pieces of [0, length_s).
     pieces = [(0.0, length_s)]
     for lo, hi in allowed:
@@ -186,7 +203,7 @@ def _common_phase(
         if not pieces:
             return None
     lo, hi = max(pieces, key=lambda piece: piece[1] - piece[0])
-    return (lo + hi) / 2.0
+    return (lo + hi) / 2.0, (hi - lo) / 2.0
 
 
 def _arc(lo: float, hi: float, length_s: float) -> list[tuple[float, float]]:
@@ -228,24 +245,41 @@ def _subtract(
 
 
 def _window_count(
-    outcomes: dict[int, tuple[float, bool]], seqs: list[int], phase: float, length_s: float
+    outcomes: dict[int, tuple[float, bool]],
+    seqs: list[int],
+    length_s: float,
+    phase: float,
+    spread_s: float,
 ) -> int | None:
-    """The count every wholly seen window with a refusal took (at least
-    ``_MIN_SATURATED`` of them), when they agree and no window took more; else None."""
-    windows: dict[int, list[int]] = {}
-    for seq in seqs:
-        sent_at, _ = outcomes[seq]
-        windows.setdefault(int((sent_at - phase) // length_s), []).append(seq)
-    counts: list[int] = []
-    most = 0
-    for members in windows.values():
-        first, last = members[0], members[-1]
-        # Wholly seen: every request sent in it is known, and so are its neighbours.
-        whole = last - first + 1 == len(members) and first - 1 in outcomes and last + 1 in outcomes
-        taken = sum(1 for seq in members if outcomes[seq][1])
-        most = max(most, taken)
-        if whole and taken < len(members):
-            counts.append(taken)
-    if len(counts) < _MIN_SATURATED or min(counts) != max(counts) or most > counts[0]:
+    """What every window pinned at both ends took, when they agree (else None). A refused
+    request followed by an accepted one puts a boundary between them; the accepted ones
+    from there up to the next refusal, sent before the next boundary can be (the boundaries
+    are ``phase`` give or take ``spread_s``), are all of that window's (after a refusal it takes
+    nothing more): its whole budget, wherever exactly the boundary is."""
+    certain: set[int] = set()
+    likely: set[int] = set()
+    for i, seq in enumerate(seqs[:-1]):
+        if outcomes[seq][1] or seqs[i + 1] != seq + 1 or not outcomes[seq + 1][1]:
+            continue
+        refused_at = outcomes[seq][0]
+        after = seq + 1
+        while after in outcomes and outcomes[after][1]:
+            after += 1
+        if after not in outcomes:
+            continue  # not yet answered, or not yet sent
+        # The boundary after the refusal, and the next one, at the earliest it may be: a
+        # refusal sent before it is in the window. One sent later may be in the next (the
+        # count is then more than a window's, the next one's whole budget and some): taken
+        # when it is before the likeliest boundary and nothing certain says otherwise (a
+        # misread budget is refused within a window, which ends the lane's hold).
+        ends_at = phase + (math.ceil((refused_at - _SLACK_S - phase) / length_s) + 1) * length_s
+        next_sent_at = outcomes[after][0]
+        if next_sent_at < ends_at - spread_s - _SLACK_S:
+            certain.add(after - seq - 1)
+        elif next_sent_at < ends_at - _SLACK_S:
+            likely.add(after - seq - 1)
+    counts = certain or likely
+    if len(counts) != 1:
         return None
-    return counts[0] if counts[0] >= 1 else None
+    count = counts.pop()
+    return count if count >= 1 else None

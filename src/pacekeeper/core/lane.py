@@ -102,8 +102,7 @@ _SERVED_EVERY_S = 0.1
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
-_GRID_SHORT = 1.0  # fixed windows' count is paced this many requests a window short of it
-_GRID_BURST = 1.5  # with this burst: at most the count in a window, late sends absorbed
+_SLOT_MARGIN_S = 0.015  # kept clear of fixed windows' boundaries beyond where they may be
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
@@ -613,12 +612,12 @@ class Lane:
                 self.slots.end_ramp()  # a rate paces from here, not the start's ramp
             rate = rpm * share / 60.0
             burst = max(1.0, rate * self.burst_s(attr))
-            if attr == "requests" and self.request_rate.held(now):
-                # Paced to fixed windows' count, evenly: a burst of b on a pace of N - 1 a
-                # window puts at most floor(N - 1 + b) = N in any window, whatever its phase,
-                # and half a request absorbs a send dispatched late (with b = 1, every late
-                # send was lost: 16-17 a second went at a pace of 19.5).
-                burst = _GRID_BURST
+            slotted = attr == "requests" and self._grid is not None and self.request_rate.held(now)
+            if slotted and self._grid is not None and self._grid.windows is not None:
+                # Fixed windows' count, each request in a slot of its own (set below): the
+                # bucket must not bind within a window, where the slots go faster than its
+                # mean (a burst of 2 let 22 of a window's 25 go).
+                burst = float(self._grid.windows.budget)
             bucket: TokenBucket | None = getattr(local, attr)
             if bucket is None:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
@@ -638,6 +637,8 @@ class Lane:
                 setattr(local, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now, keep_level=keep_level)
+            if attr == "requests":
+                self._slot_requests(bucket, now, slotted=slotted)
 
     def adopt_rates(
         self,
@@ -2069,6 +2070,23 @@ class Lane:
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
 
+    def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
+        """Spread the requests over fixed windows' slots while the pace is held to them
+        (:meth:`TokenBucket.set_slots`), or no longer."""
+        grid = self._grid
+        windows = grid.windows if grid is not None else None
+        if not slotted or windows is None:
+            bucket.clear_slots()
+            return
+        if bucket.slotted:
+            return
+        bucket.set_slots(
+            origin=windows.origin,
+            length_s=windows.length_s,
+            count=windows.budget,
+            margin_s=windows.spread_s + _SLOT_MARGIN_S,
+        )
+
     def _grid_refused(self, permit: Permit, verdict: Verdict, now: float) -> bool:
         """A 429 for :class:`FixedGrid`: a bare one is noted (a rate or a cap on requests
         in flight, told apart elsewhere); any other ends the grid for good (the server
@@ -2104,13 +2122,10 @@ class Lane:
         if shown is None or rate.held(now) or not rate.discovered:
             return False
         grid.held_at = now
-        length_s, count = shown
+        grid.windows = shown
         share = self._configured.utilisation * self.local_share
-        rate.hold(
-            60.0 * max(0.5, count - _GRID_SHORT) / length_s / share,
-            loss=60.0 * count / length_s / share,
-            now=now,
-        )
+        rpm = 60.0 * shown.budget / shown.length_s / share
+        rate.hold(rpm, loss=rpm, now=now)
         return True
 
     def _count_input_alone(self, now: float) -> None:
