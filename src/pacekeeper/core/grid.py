@@ -23,7 +23,7 @@ pace just over its rate), that is the bucket's rate less half a request a second
 ...         t = w + 0.3 + 0.05 * i
 ...         shown = grid.note(seq=20 * w + i, sent_at=t, accepted=i < 10, now=t) or shown
 >>> shown.length_s, shown.budget, round(shown.origin, 2)  # a boundary between 1.25 and 1.3
-(1.0, 10, 0.28)
+(1.0, 10, 0.27)
 
 One refusal a second proves nothing: a bucket refills 4 a second as well as windows of 4.
 
