@@ -339,7 +339,16 @@ class TokenBucket:
         """Units that could be spent right now (negative while a large spend is repaid)."""
         return self._burst - self.debt(now)
 
-    def set_slots(self, *, origin: float, length_s: float, count: int, margin_s: float) -> None:
+    def set_slots(
+        self,
+        *,
+        origin: float,
+        length_s: float,
+        count: int,
+        margin_s: float,
+        now: float = -math.inf,
+        spent: int = 0,
+    ) -> None:
         """Spread single spends evenly over fixed windows, ``count`` a window, each in the
         middle of its own slot: the windows (``length_s`` long, one starting at ``origin``)
         are cut into ``count`` slots between margins of ``margin_s`` at either end, and one
@@ -348,6 +357,7 @@ class TokenBucket:
         provider a little late or early still counts in its window. (A bucket alone puts
         ``count`` in a window only at ``count`` less its burst a window: a second-long
         window of 24 paced at 23.) On top of the rate and burst, which still apply.
+        ``spent``: what already went into the window ``now`` is in (its first slots).
 
         >>> b = TokenBucket(rate_per_s=10.0, burst=2.0)
         >>> b.set_slots(origin=0.3, length_s=1.0, count=4, margin_s=0.1)
@@ -359,6 +369,9 @@ class TokenBucket:
         """
         self._slot_grid = (origin, length_s, count, margin_s)
         self._slot_used = -math.inf
+        if spent > 0 and math.isfinite(now):
+            window = math.floor((now - origin) / length_s)
+            self._slot_used = float(window * count + spent - 1)
 
     @property
     def slotted(self) -> bool:

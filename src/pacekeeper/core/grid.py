@@ -278,8 +278,48 @@ def _window_count(
             certain.add(after - seq - 1)
         elif next_sent_at < ends_at - _SLACK_S:
             likely.add(after - seq - 1)
+    certain |= _refused_window_counts(outcomes, seqs, length_s, phase, spread_s + _SLACK_S)
+    if not certain and not likely:
+        # Counted on the likeliest boundaries alone: a request or so may be misplaced.
+        likely = _refused_window_counts(outcomes, seqs, length_s, phase, 0.0)
     counts = certain or likely
     if len(counts) != 1:
         return None
     count = counts.pop()
     return count if count >= 1 else None
+
+
+def _refused_window_counts(
+    outcomes: dict[int, tuple[float, bool]],
+    seqs: list[int],
+    length_s: float,
+    phase: float,
+    near_s: float,
+) -> set[int]:
+    """What each window with a refusal took, counted between its boundaries (``phase``
+    give or take ``near_s``): each window wholly seen (every request sent in it
+    answered, and one on either side) with no request sent where a boundary may be. A
+    window that refused took its whole budget, however late it refused."""
+    windows: dict[int, list[int]] = {}
+    for seq in seqs:
+        windows.setdefault(math.floor((outcomes[seq][0] - phase) / length_s), []).append(seq)
+    counts: set[int] = set()
+    near = near_s
+    for index, members in windows.items():
+        first, last = members[0], members[-1]
+        if (
+            last - first + 1 != len(members)
+            or first - 1 not in outcomes
+            or last + 1 not in outcomes
+            or all(outcomes[seq][1] for seq in members)
+        ):
+            continue
+        starts_at = phase + index * length_s
+        ends_at = starts_at + length_s
+        if any(
+            abs(outcomes[seq][0] - starts_at) < near or abs(outcomes[seq][0] - ends_at) < near
+            for seq in (first - 1, first, last, last + 1)
+        ):
+            continue
+        counts.add(sum(1 for seq in members if outcomes[seq][1]))
+    return counts

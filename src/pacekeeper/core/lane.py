@@ -2080,11 +2080,18 @@ class Lane:
             return
         if bucket.slotted:
             return
+        length_s = windows.length_s
+        margin_s = windows.spread_s + _SLOT_MARGIN_S
+        # What went into this window before the slots, from where it may have begun: a
+        # window's budget in slots on top of it drew a 429 within the window.
+        began_at = windows.origin + math.floor((now - windows.origin) / length_s) * length_s
         bucket.set_slots(
             origin=windows.origin,
-            length_s=windows.length_s,
+            length_s=length_s,
             count=windows.budget,
-            margin_s=windows.spread_s + _SLOT_MARGIN_S,
+            margin_s=margin_s,
+            now=now,
+            spent=sum(1 for t in self._recent_sends if t >= began_at - margin_s),
         )
 
     def _grid_refused(self, permit: Permit, verdict: Verdict, now: float) -> bool:
