@@ -209,3 +209,13 @@ def test_refusals_answered_out_of_order_measure_from_the_latest() -> None:
                 losses = _hinted_losses(rpm, latency_s, seed)
                 over += sum(1 for loss in losses if loss > 1.1 * rpm)
     assert over <= 1, over
+
+
+def test_what_is_kept_stays_bounded_while_held() -> None:
+    """Held to windows shown, outcomes are noted and never judged: the oldest go, not
+    kept for the rest of a run of a million requests."""
+    grid = FixedGrid()
+    grid.held_at = 0.0
+    for seq in range(10_000):
+        grid.note(seq=seq, sent_at=seq / 25, accepted=True, now=seq / 25)
+    assert len(grid._outcomes) <= 2048

@@ -63,6 +63,7 @@ _LENGTHS_S = (1.0,)
 _SLACK_S = 0.02
 """How far a request's arrival at the provider may drift from when it was sent."""
 _KEEP_S = 8.0
+_MOST_KEPT = 2048
 _MIN_BOUNDARIES = 2
 """Refusal runs that ended (a refused request, then an accepted one) in distinct windows."""
 _JUDGED_AFTER_S = 2.0
@@ -101,6 +102,10 @@ class FixedGrid:
         self.active = True
         outcomes = self._outcomes
         outcomes[seq] = (sent_at, accepted)
+        if len(outcomes) > _MOST_KEPT:
+            # Held for long (nothing judged, so nothing pruned): the oldest half goes.
+            for stale in list(itertools.islice(outcomes, _MOST_KEPT // 2)):
+                del outcomes[stale]
         if self.held_at is not None:
             return None
         if not accepted:
