@@ -67,6 +67,9 @@ _MOST_KEPT = 2048
 _MIN_BOUNDARIES = 2
 """Refusal runs that ended (a refused request, then an accepted one) in distinct windows."""
 _JUDGED_AFTER_S = 2.0
+_CHANCE = 0.01
+"""Windows are shown by where refusal runs end alone when a bucket's would end so only
+this seldom."""
 _FEW_TAKEN = 2
 _NO_BUCKET_MARGIN = 1.5
 """How far the rates two pairs of refusals allow a bucket must be apart to rule one out."""
@@ -137,8 +140,9 @@ class FixedGrid:
                 allowed.append((sent_a - _SLACK_S, sent_b + _SLACK_S))
             elif not ok_b:
                 forbidden.append((sent_a + _SLACK_S, sent_b - _SLACK_S))
-        if len(allowed) < _MIN_BOUNDARIES or not _no_bucket(outcomes, seqs):
+        if len(allowed) < _MIN_BOUNDARIES:
             return None
+        no_bucket = _no_bucket(outcomes, seqs)
         for length_s in _LENGTHS_S:
             found = _common_phase(allowed, forbidden, length_s)
             if found is None:
@@ -147,10 +151,23 @@ class FixedGrid:
             boundaries = {int((hi - phase) // length_s) for _, hi in allowed}
             if len(boundaries) < _MIN_BOUNDARIES:
                 continue
+            if not no_bucket and _by_chance(allowed, length_s) > _CHANCE:
+                # Single refusals fit a bucket as well (a pace just over its rate): only
+                # their ends falling on one grid, as a bucket's refills would not, shows
+                # windows.
+                continue
             count = _window_count(outcomes, seqs, length_s, phase, spread_s)
             if count is not None:
                 return Windows(length_s, count, phase, spread_s)
         return None
+
+
+def _by_chance(allowed: list[tuple[float, float]], length_s: float) -> float:
+    """How likely refusal runs ending at no particular phase (a bucket's) would end on
+    one grid as these do: each span after the first holds a boundary of the first's grid
+    by chance as often as it is long against a window."""
+    widths = sorted(min(1.0, (hi - lo) / length_s) for lo, hi in allowed)
+    return math.prod(widths[:-1])
 
 
 def _no_bucket(outcomes: dict[int, tuple[float, bool]], seqs: list[int]) -> bool:
