@@ -400,21 +400,20 @@ class TokenBucket:
 
     def wait_s(self, *, now: float, cost: float) -> float:
         """Seconds until ``cost`` units may be spent (0.0: now)."""
+        # Inline, not a helper's call: this runs on every admission.
+        slot_s = 0.0
         if self._slot_grid is not None and cost <= 1.0:
-            _, at = self._slot(now)
-            if at > now:
-                return max(at - now, self._wait_s(now, cost))
-        return self._wait_s(now, cost)
-
-    def _wait_s(self, now: float, cost: float) -> float:
+            slot_s = self._slot(now)[1] - now
         if self._window_s is not None:
-            return self._windowed_wait_s(now, cost)
+            wait = self._windowed_wait_s(now, cost)
+            return wait if wait >= slot_s else slot_s
         if self.keeps_windows:
             self._close_window(now)
         tat = self._tat if self._tat > now else now
         # Oversize spends are allowed only from a full bucket.
         ready = tat if cost > self._burst else tat + (cost - self._burst) * self._interval_s
-        return ready - now if ready > now else 0.0
+        wait = ready - now if ready > now else 0.0
+        return wait if wait >= slot_s else slot_s
 
     def spend(self, *, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
