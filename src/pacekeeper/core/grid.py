@@ -302,8 +302,15 @@ def _window_count(
             likely.add(after - seq - 1)
     certain |= _refused_window_counts(outcomes, seqs, length_s, phase, spread_s + _SLACK_S)
     if not certain and not likely:
-        # Counted on the likeliest boundaries alone: a request or so may be misplaced.
-        likely = _refused_window_counts(outcomes, seqs, length_s, phase, 0.0)
+        # Counted on the likeliest boundaries, and on either end of where they may be: the
+        # same count all three ways (else a request is misplaced: 11 read for 10 on the
+        # middle of boundaries known to 0.19 s, the true ones at its end).
+        ways = [
+            _refused_window_counts(outcomes, seqs, length_s, at, 0.0)
+            for at in (phase - 0.99 * spread_s, phase, phase + 0.99 * spread_s)
+        ]
+        if all(len(way) == 1 for way in ways) and ways[0] == ways[1] == ways[2]:
+            likely = ways[1]
     counts = certain or likely
     if len(counts) != 1:
         return None
