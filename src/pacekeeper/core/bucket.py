@@ -43,6 +43,8 @@ class TokenBucket:
         "_guard_s",
         "_interval_s",
         "_rate_per_s",
+        "_slot_grid",
+        "_slot_used",
         "_spent",
         "_spent_in",
         "_tat",
@@ -70,6 +72,11 @@ class TokenBucket:
         ``_spent_in`` (more than the window holds: a debt that later windows repay)."""
         self.keeps_windows = False
         """Whether it keeps to a provider's fixed windows (:meth:`set_windows`)."""
+        self._slot_grid: tuple[float, float, int, float] | None = None
+        """Fixed windows' slots spends are spread over (:meth:`set_slots`): a boundary,
+        the windows' length, the count a window takes, the margin kept at either end."""
+        self._slot_used = -math.inf
+        """The last slot spent in (numbered from the boundary)."""
         self.set_rate(rate_per_s=rate_per_s, burst=burst, now=0.0)
 
     @property
@@ -332,19 +339,86 @@ class TokenBucket:
         """Units that could be spent right now (negative while a large spend is repaid)."""
         return self._burst - self.debt(now)
 
+    def set_slots(
+        self,
+        *,
+        origin: float,
+        length_s: float,
+        count: int,
+        margin_s: float,
+        now: float = -math.inf,
+        spent: int = 0,
+    ) -> None:
+        """Spread single spends evenly over fixed windows, ``count`` a window, each in the
+        middle of its own slot: the windows (``length_s`` long, one starting at ``origin``)
+        are cut into ``count`` slots between margins of ``margin_s`` at either end, and one
+        spend goes in each slot, no earlier than its middle. A window thus takes its whole
+        count and never more, and nothing goes near a boundary: a send that reaches the
+        provider a little late or early still counts in its window. (A bucket alone puts
+        ``count`` in a window only at ``count`` less its burst a window: a second-long
+        window of 24 paced at 23.) On top of the rate and burst, which still apply.
+        ``spent``: what already went into the window ``now`` is in (its first slots).
+
+        >>> b = TokenBucket(rate_per_s=10.0, burst=2.0)
+        >>> b.set_slots(origin=0.3, length_s=1.0, count=4, margin_s=0.1)
+        >>> [round(b.wait_s(now=t, cost=1), 3) for t in (0.35, 0.5)]  # slot 0 is [0.4, 0.6)
+        [0.15, 0.0]
+        >>> b.spend(now=0.5, cost=1)
+        >>> round(b.wait_s(now=0.5, cost=1), 3)  # the next slot's middle: 0.7
+        0.2
+        """
+        self._slot_grid = (origin, length_s, count, margin_s)
+        self._slot_used = -math.inf
+        if spent > 0 and math.isfinite(now):
+            window = math.floor((now - origin) / length_s)
+            self._slot_used = float(window * count + spent - 1)
+
+    @property
+    def slotted(self) -> bool:
+        """Whether spends are spread over fixed windows' slots (:meth:`set_slots`)."""
+        return self._slot_grid is not None
+
+    def clear_slots(self) -> None:
+        """No longer spread spends over fixed windows' slots (:meth:`set_slots`)."""
+        self._slot_grid = None
+
+    def _slot(self, now: float) -> tuple[float, float]:
+        """The slot a single spend at ``now`` goes in, and when (its middle, at the
+        earliest): the slot ``now`` falls in, or the next one free."""
+        grid = self._slot_grid
+        assert grid is not None
+        origin, length_s, count, margin_s = grid
+        width_s = (length_s - 2.0 * margin_s) / count
+        window = math.floor((now - origin) / length_s)
+        into_s = now - origin - window * length_s - margin_s
+        index = float(window * count + min(count, max(0, math.floor(into_s / width_s))))
+        if index <= self._slot_used:
+            index = self._slot_used + 1.0
+        window, index_in = divmod(int(index), count)
+        at = origin + window * length_s + margin_s + (index_in + 0.5) * width_s
+        return float(index), at
+
     def wait_s(self, *, now: float, cost: float) -> float:
         """Seconds until ``cost`` units may be spent (0.0: now)."""
+        # Inline, not a helper's call: this runs on every admission.
+        slot_s = 0.0
+        if self._slot_grid is not None and cost <= 1.0:
+            slot_s = self._slot(now)[1] - now
         if self._window_s is not None:
-            return self._windowed_wait_s(now, cost)
+            wait = self._windowed_wait_s(now, cost)
+            return wait if wait >= slot_s else slot_s
         if self.keeps_windows:
             self._close_window(now)
         tat = self._tat if self._tat > now else now
         # Oversize spends are allowed only from a full bucket.
         ready = tat if cost > self._burst else tat + (cost - self._burst) * self._interval_s
-        return ready - now if ready > now else 0.0
+        wait = ready - now if ready > now else 0.0
+        return wait if wait >= slot_s else slot_s
 
     def spend(self, *, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
+        if self._slot_grid is not None:
+            self._slot_used = self._slot(now)[0]
         if self._window_s is not None:
             self._roll(now)
             self._spent += cost

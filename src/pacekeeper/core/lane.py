@@ -58,6 +58,7 @@ from pacekeeper.core.evidence import (
     output_budget_short,
     spent_budget,
 )
+from pacekeeper.core.grid import FixedGrid
 from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
 from pacekeeper.core.priority import Priority
@@ -101,6 +102,7 @@ _SERVED_EVERY_S = 0.1
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
+_SLOT_MARGIN_S = 0.015  # kept clear of fixed windows' boundaries beyond where they may be
 _BURST_QUIET_S = 30.0
 _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
@@ -362,6 +364,7 @@ class Lane:
         "_first_admitted_at",
         "_first_success_at",
         "_floor_due",
+        "_grid",
         "_local",
         "_lock",
         "_next_limits_read",
@@ -473,6 +476,10 @@ class Lane:
         """Output tokens reserved at admission, net of what answers settled (gave back)."""
         self._burst_scale = 1.0
         self._burst_cut_at = -math.inf
+        self._grid: FixedGrid | None = FixedGrid()
+        """Where a discovered request rate's bare 429s give way to acceptances: fixed
+        windows told from a bucket (None once a 429 said when to come back, or stated a
+        limit: no longer a hintless server)."""
         self._depths = {name: StatedDepth() for name in _BUCKETS}
         """How deep the provider's bucket behind each of ours is, as its headers show."""
         self._token_windows = FixedWindows()
@@ -629,6 +636,12 @@ class Lane:
                 self.slots.end_ramp()  # a rate paces from here, not the start's ramp
             rate = rpm * share / 60.0
             burst = max(1.0, rate * self.burst_s(attr))
+            slotted = attr == "requests" and self._grid is not None and self.request_rate.held(now)
+            if slotted and self._grid is not None and self._grid.windows is not None:
+                # Fixed windows' count, each request in a slot of its own (set below): the
+                # bucket must not bind within a window, where the slots go faster than its
+                # mean (a burst of 2 let 22 of a window's 25 go).
+                burst = float(self._grid.windows.budget)
             bucket: TokenBucket | None = getattr(local, attr)
             if bucket is None:
                 bucket = TokenBucket(rate_per_s=rate, burst=burst)
@@ -648,6 +661,8 @@ class Lane:
                 setattr(local, attr, bucket)
             elif rate != bucket.rate_per_s or burst != bucket.burst:
                 bucket.set_rate(rate_per_s=rate, burst=burst, now=now, keep_level=keep_level)
+            if attr == "requests":
+                self._slot_requests(bucket, now, slotted=slotted)
 
     def adopt_rates(
         self,
@@ -1841,7 +1856,13 @@ class Lane:
         ):
             self._refusal_was_the_rate(now)
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
-        moved = self.request_rate.succeeded(now=now, backlog=backlog)
+        grid = self._grid
+        moved = (
+            self._note_grid(permit, now, accepted=True)
+            if grid is not None and grid.active
+            else False
+        )
+        moved = self.request_rate.succeeded(now=now, backlog=backlog) or moved
         moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=charged) or moved
         moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
@@ -1936,6 +1957,7 @@ class Lane:
             return
         refused = self._refused(permit, verdict)
         if refused is not _Refused.RATE:
+            self._grid_refused(permit, verdict, now)
             # Only this request waits: its hint is about a slot, not about the rate.
             slots = self.slots
             local = self._local
@@ -2061,7 +2083,12 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
-        if rate.refused_sent_at == permit.sent_at:
+        mark = self._refusal_marks.get(name)
+        if rate.refused_sent_at == permit.sent_at and (mark is None or mark[0] <= permit.sent_at):
+            # Not one sent before the latest marked, answered after it (refusals of one burst
+            # come back out of order): the rate measures from the latest one sent, and a mark
+            # left on an earlier one measured nothing from it (Groq: the 429 2 s later read
+            # the bucket's burst again, 840/min for 500).
             self._refusal_marks[name] = (permit.sent_at, permit.seq, permit.charged_before)
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
@@ -2070,6 +2097,8 @@ class Lane:
             self._burst_scale = max(_MIN_BURST_SCALE, self._burst_scale / 2.0)
             self._burst_cut_at = now
             moved = True
+        if not tokens_out:
+            moved = self._grid_refused(permit, verdict, now) or moved
         if moved:
             # The halved burst keeps its debt (the window that refused stays empty a while:
             # dropping it cost 35% more 429s on hintless fixed windows), unless the provider's
@@ -2084,6 +2113,71 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
+        """Spread the requests over fixed windows' slots while the pace is held to them
+        (:meth:`TokenBucket.set_slots`), or no longer."""
+        grid = self._grid
+        windows = grid.windows if grid is not None else None
+        if not slotted or windows is None:
+            bucket.clear_slots()
+            return
+        if bucket.slotted:
+            return
+        length_s = windows.length_s
+        margin_s = windows.spread_s + _SLOT_MARGIN_S
+        # What went into this window before the slots, from where it may have begun: a
+        # window's budget in slots on top of it drew a 429 within the window.
+        began_at = windows.origin + math.floor((now - windows.origin) / length_s) * length_s
+        bucket.set_slots(
+            origin=windows.origin,
+            length_s=length_s,
+            count=windows.budget,
+            margin_s=margin_s,
+            now=now,
+            spent=sum(1 for t in self._recent_sends if t >= began_at - margin_s),
+        )
+
+    def _grid_refused(self, permit: Permit, verdict: Verdict, now: float) -> bool:
+        """A 429 for :class:`FixedGrid`: a bare one is noted (a rate or a cap on requests
+        in flight, told apart elsewhere); any other ends the grid for good (the server
+        says more than refusals, or this lane does not see all its key's acceptances).
+        True when the pace moved."""
+        grid = self._grid
+        if grid is None or verdict.limit_scope is not None:
+            return False
+        if (
+            verdict.hint_s is not None
+            or verdict.limits is not None
+            or self.request_rate.ceiling is not None
+            or self._shared
+            or not self.admission.sees_every_acceptance
+        ):
+            self._grid = None
+            return False
+        return self._note_grid(permit, now, accepted=False)
+
+    def _note_grid(self, permit: Permit, now: float, *, accepted: bool) -> bool:
+        """Note an outcome of a discovered request rate for :class:`FixedGrid`; when fixed
+        windows show, with the count each took, hold the pace to that count, evenly, half a
+        request short of it (:meth:`PacedRate.hold`). True when the pace moved."""
+        grid = self._grid
+        assert grid is not None
+        rate = self.request_rate
+        if not accepted and grid.held_at is not None and permit.sent_at >= grid.held_at:
+            # Refused at the windows' pace: they changed, or were misread. The cut (already
+            # made) ends the hold; what was seen before it is shown afresh or not at all.
+            grid.forget()
+            return False
+        shown = grid.note(seq=permit.seq, sent_at=permit.sent_at, accepted=accepted, now=now)
+        if shown is None or rate.held(now) or not rate.discovered:
+            return False
+        grid.held_at = now
+        grid.windows = shown
+        share = self._configured.utilisation * self.local_share
+        rpm = 60.0 * shown.budget / shown.length_s / share
+        rate.hold(rpm, loss=rpm, now=now)
+        return True
 
     def _count_input_alone(self, now: float) -> None:
         """A 429 named the token quota as counting input alone (Gemini's TPM): from now on

@@ -78,6 +78,7 @@ _REPEAT_S = 10.0  # a pause in successes is not time the rate was proven at
 _CLIMB_MEASURED_AFTER_S = 0.25  # a refusal sent this long after a discovery measures the climb
 _NET_SPAN_S = (0.4, 1.0)  # a refusal this long before another one starts its measure
 _NET_HINTED_S = 6.0  # or this long if it said when to come back (the lane stopped till then)
+_HELD_S = 30.0  # a pace held to fixed windows' count does not probe beyond it this long
 
 
 class PacedRate:
@@ -91,6 +92,7 @@ class PacedRate:
         "_cut_at",
         "_cuts",
         "_discovers",
+        "_held",
         "_hinted_at",
         "_last_refusal_hinted",
         "_last_refused_at",
@@ -134,6 +136,8 @@ class PacedRate:
         """When the latest request refused about this rate was sent."""
         self._last_refusal_hinted = False
         """Whether that refusal said when to come back."""
+        self._held: tuple[float, float] | None = None
+        """A pace held to fixed windows' count (:meth:`hold`), and until when."""
 
     @property
     def discovered(self) -> bool:
@@ -219,6 +223,7 @@ class PacedRate:
                 return False
         if sent_at < self._cut_at:
             return False
+        self._held = None  # refused at the pace the windows set: they no longer hold
         if now - self._cut_at < _MIN_CUT_SPACING_S:
             taken_since = self._accepted_since_rpm(sent_at, since, sent_since)
             if self._cut_on_the_climb(now, last_second, taken_since, least):
@@ -278,6 +283,29 @@ class PacedRate:
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
+
+    def hold(self, rpm: float, *, loss: float, now: float) -> None:
+        """Pace at ``rpm`` and probe no further for a while: fixed windows were shown to
+        take ``loss`` (their count, per minute) exactly (:class:`~pacekeeper.core.grid.
+        FixedGrid`). Probed past it, each window ends with a refusal or two. A refusal of a
+        request sent from now on ends the hold (the windows changed, or were misread).
+
+        >>> rate = PacedRate()
+        >>> rate.hold(1170.0, loss=1200.0, now=5.0)
+        >>> rate.held(6.0), rate.succeeded(now=6.0, backlog=True), rate.rpm
+        (True, False, 1170.0)
+        """
+        self.rpm = rpm
+        self._at_loss = loss
+        self._held = (rpm, now + _HELD_S)
+        self._measured_cut = True
+        self._climb_from = None
+        self._cut_at = self._probe_from = now
+
+    def held(self, now: float) -> bool:
+        """Whether the pace is held to fixed windows' count (:meth:`hold`) at ``now``."""
+        held = self._held
+        return held is not None and now < held[1]
 
     def measured_since(self, sent_at: float) -> float | None:
         """When a request sent at ``sent_at`` and refused is also measured from, besides the
@@ -388,6 +416,9 @@ class PacedRate:
         last, self._last_success_at = self._last_success_at, now
         rpm = self.rpm
         if rpm is None or last is None or not backlog:
+            return False
+        held = self._held
+        if held is not None and now < held[1] and rpm >= held[0]:
             return False
         top = self._top(now)
         if rpm >= top:
