@@ -1,6 +1,17 @@
-"""The clock the simulated-time tests drive: set ``clock.now``, and the lane reads it."""
+"""The clock the simulated-time tests drive (set ``clock.now``, and the lane reads it), and
+the pieces of their loop: the steps of the run, the answers on their way back, and what a
+lane with a backlog admits at a step."""
 
 from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from pacekeeper.core.lane import Lane, Permit
+
+T = TypeVar("T")
 
 
 class SimClock:
@@ -19,3 +30,52 @@ class SimClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def steps(clock: SimClock, *, until_s: float, step_s: float) -> Iterator[float]:
+    """Each step's time until ``until_s``; the clock moves on when the loop's body is done
+    (rounded, so that a thousand steps of 0.01 s land on 10.0).
+
+    >>> clock = SimClock()
+    >>> [now for now in steps(clock, until_s=0.03, step_s=0.01)], clock.now
+    ([0.0, 0.01, 0.02], 0.03)
+    """
+    while clock.now < until_s:
+        now = clock.now
+        yield now
+        clock.now = round(now + step_s, 6)
+
+
+class Answers(Generic[T]):
+    """Answers on their way back, each due at a time: they come back in the order they are
+    due (a refusal overtakes earlier answers), ties in the order they were sent.
+
+    >>> answers: Answers[str] = Answers()
+    >>> answers.add(0.5, "slow"); answers.add(0.1, "refused"); answers.add(0.5, "next")
+    >>> list(answers.due(0.5)), len(answers)
+    (['refused', 'slow', 'next'], 0)
+    """
+
+    __slots__ = ("_heap", "_sent")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._sent = 0
+
+    def add(self, due_s: float, answer: T) -> None:
+        self._sent += 1
+        heapq.heappush(self._heap, (due_s, self._sent, answer))
+
+    def due(self, now: float) -> Iterator[T]:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            yield heapq.heappop(heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+def admitted(lane: Lane, now: float) -> Iterator[Permit]:
+    """Every request (of no tokens) that ``lane``, with a backlog, admits at ``now``."""
+    while lane._try_admit(now, 0) == 0.0:
+        yield lane._grant(now, 0, now)

@@ -19,7 +19,7 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, admitted, steps
 
 _STEP_S = 0.01
 _RUN_S = 25.0
@@ -123,15 +123,12 @@ def _run_against_a_window(
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())  # a backlog: the lane always has work waiting
     provider = _Window(rpm, window_s, fixed)
-    in_flight: list[tuple[float, Permit, int, bool]] = []
+    in_flight: Answers[tuple[Permit, int, bool]] = Answers()
     sends: list[float] = []
     refusals: list[float] = []
     headers_base = {"x-ratelimit-limit-requests": str(int(rpm))}
-    while clock.now < _RUN_S:
-        now = clock.now
-        in_flight.sort(key=lambda answer: answer[0])  # a refusal overtakes earlier answers
-        while in_flight and in_flight[0][0] <= now:
-            _, permit, remaining, accepted = in_flight.pop(0)
+    for now in steps(clock, until_s=_RUN_S, step_s=_STEP_S):
+        for permit, remaining, accepted in in_flight.due(now):
             headers = {**headers_base, "x-ratelimit-remaining-requests": str(remaining)}
             if not accepted:
                 headers["retry-after-ms"] = str(round(1000 / provider.rate_per_s))
@@ -140,15 +137,13 @@ def _run_against_a_window(
                 headers = {}
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             # Counted on arrival; the answer reports what was left then. A refusal comes back
             # at once, an answer after the latency.
             accepted = provider.take(now)
             sends.append(now)
             answer_at = now + (latency_s if accepted else _STEP_S)
-            in_flight.append((answer_at, permit, provider.remaining(now), accepted))
-        clock.now = round(now + _STEP_S, 6)
+            in_flight.add(answer_at, (permit, provider.remaining(now), accepted))
     # Every 5 s window that no 429 explains (none in it, nor within a round trip before it)
     # holds at least 0.8 of what the stated limit allows in 5 s, once the first answers are in
     # and what was sent before them (blind: nothing is known until then) is answered.
@@ -427,25 +422,20 @@ def _held_under_an_in_flight_cap(cap: int, service_s: float, seed: int) -> float
     lane.queue.join(_ThreadWaiter())
     ok = classify_response(200, {}, None, now_wall_s=0.0)
     bare = classify_response(429, {}, None, now_wall_s=0.0)
-    answers: list[tuple[float, Permit, bool]] = []
+    answers: Answers[tuple[Permit, bool]] = Answers()
     held = 0
     samples: list[tuple[float, int]] = []
     run_s = 20.0
-    while clock.now < run_s:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, accepted = answers.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, accepted in answers.due(now):
             held -= 1 if accepted else 0
             lane.settle(permit, ok if accepted else bare, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             accepted = held < cap
             held += 1 if accepted else 0
             took_s = service_s * rng.lognormvariate(0.0, 0.3) if accepted else 0.01
-            answers.append((now + took_s, permit, accepted))
+            answers.add(now + took_s, (permit, accepted))
         samples.append((now, held))
-        clock.now = round(now + _STEP_S, 6)
     lowest = math.inf
     t = 3.0 * service_s + 2.0
     while t + 5.0 <= run_s:
@@ -515,21 +505,16 @@ def _refusals_after_the_discovery(rpm: float, fixed: bool, latency_s: float) -> 
     provider = _Window(rpm, 1.0, fixed)
     bare = classify_response(429, {}, None, now_wall_s=0.0)
     ok = classify_response(200, {}, None, now_wall_s=0.0)
-    in_flight: list[tuple[float, Permit, bool]] = []
+    in_flight: Answers[tuple[Permit, bool]] = Answers()
     refusals: list[float] = []
-    while clock.now < 12.0:
-        now = clock.now
-        in_flight.sort(key=lambda answer: answer[0])
-        while in_flight and in_flight[0][0] <= now:
-            _, permit, accepted = in_flight.pop(0)
+    for now in steps(clock, until_s=12.0, step_s=_STEP_S):
+        for permit, accepted in in_flight.due(now):
             if not accepted:
                 refusals.append(now)
             lane.settle(permit, ok if accepted else bare, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             accepted = provider.take(now)
-            in_flight.append((now + (latency_s if accepted else _STEP_S), permit, accepted))
-        clock.now = round(now + _STEP_S, 6)
+            in_flight.add(now + (latency_s if accepted else _STEP_S), (permit, accepted))
     return sum(1 for r in refusals if r > refusals[0] + 2.0) if refusals else 0
 
 
@@ -571,14 +556,11 @@ def _losses_after_the_discovery(
         else classify_response(429, {}, None, now_wall_s=0.0)
     )
     ok = classify_response(200, {}, None, now_wall_s=0.0)
-    in_flight: list[tuple[float, Permit, bool]] = []
+    in_flight: Answers[tuple[Permit, bool]] = Answers()
     first: float | None = None
     losses: list[float] = []
-    while clock.now < 10.0:
-        now = clock.now
-        in_flight.sort(key=lambda answer: answer[0])
-        while in_flight and in_flight[0][0] <= now:
-            _, permit, accepted = in_flight.pop(0)
+    for now in steps(clock, until_s=10.0, step_s=_STEP_S):
+        for permit, accepted in in_flight.due(now):
             lane.settle(permit, ok if accepted else bare, now=now, max_hint_s=600.0, retry=False)
             if accepted:
                 continue
@@ -586,11 +568,9 @@ def _losses_after_the_discovery(
             loss = lane.request_rate.loss_rpm
             if now > first + 0.5 and loss is not None:
                 losses.append(loss)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             accepted = provider.take(now)
-            in_flight.append((now + (latency_s if accepted else _STEP_S), permit, accepted))
-        clock.now = round(now + _STEP_S, 6)
+            in_flight.add(now + (latency_s if accepted else _STEP_S), (permit, accepted))
     return losses
 
 

@@ -17,7 +17,7 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.grid import FixedGrid
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, admitted, steps
 
 _STEP_S = 0.01
 
@@ -69,21 +69,16 @@ def _run(
     lane.queue.join(_ThreadWaiter())
     bare = classify_response(429, {}, None, now_wall_s=0.0)
     ok = classify_response(200, {}, None, now_wall_s=0.0)
-    in_flight: list[tuple[float, Permit, bool]] = []
+    in_flight: Answers[tuple[Permit, bool]] = Answers()
     sends: list[tuple[float, bool]] = []
-    while clock.now < run_s:
-        now = clock.now
-        in_flight.sort(key=lambda answer: answer[0])
-        while in_flight and in_flight[0][0] <= now:
-            _, permit, taken = in_flight.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, taken in in_flight.due(now):
             lane.settle(permit, ok if taken else bare, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             taken = provider.take(now)
             sends.append((now, taken))
             spread = 0.1 * latency_s * ((len(sends) % 7) - 3) / 3
-            in_flight.append((now + (latency_s + spread if taken else 0.02), permit, taken))
-        clock.now = round(now + _STEP_S, 6)
+            in_flight.add(now + (latency_s + spread if taken else 0.02), (permit, taken))
     return lane, sends
 
 
@@ -169,14 +164,11 @@ def _hinted_losses(rpm: float, latency_s: float, seed: int) -> list[float]:
     body = b'{"error": {"type": "requests", "code": "rate_limit_exceeded", "message": ""}}'
     hinted = classify_response(429, {"retry-after": "1"}, body, now_wall_s=0.0)
     ok = classify_response(200, {}, None, now_wall_s=0.0)
-    in_flight: list[tuple[float, Permit, bool]] = []
+    in_flight: Answers[tuple[Permit, bool]] = Answers()
     first: float | None = None
     losses: list[float] = []
-    while clock.now < 10.0:
-        now = clock.now
-        in_flight.sort(key=lambda answer: answer[0])
-        while in_flight and in_flight[0][0] <= now:
-            _, permit, taken = in_flight.pop(0)
+    for now in steps(clock, until_s=10.0, step_s=_STEP_S):
+        for permit, taken in in_flight.due(now):
             lane.settle(permit, ok if taken else hinted, now=now, max_hint_s=600.0, retry=False)
             if taken:
                 continue
@@ -184,12 +176,10 @@ def _hinted_losses(rpm: float, latency_s: float, seed: int) -> list[float]:
             loss = lane.request_rate.loss_rpm
             if now > first + 1.0 and loss is not None:
                 losses.append(loss)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             taken = provider.take(now)
             back_s = latency_s * rng.uniform(0.7, 1.3) if taken else rng.uniform(0.01, 0.05)
-            in_flight.append((now + back_s, permit, taken))
-        clock.now = round(now + _STEP_S, 6)
+            in_flight.add(now + back_s, (permit, taken))
     return losses
 
 

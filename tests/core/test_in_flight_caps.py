@@ -16,7 +16,7 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, admitted, steps
 
 _STEP_S = 0.002
 _RUN_S = 9.0  # before the learned cap's first probe (10 s at it)
@@ -48,30 +48,25 @@ def _against_a_cap(cap: int, latency_s: float, refusal_s: float, seed: int) -> _
     lane.queue.join(_ThreadWaiter())  # a backlog all along
     ok = classify_response(200, _STATED, None, now_wall_s=0.0)
     refused = classify_response(429, {}, _REFUSAL, now_wall_s=0.0)
-    answers: list[tuple[float, Permit, bool]] = []
+    answers: Answers[tuple[Permit, bool]] = Answers()
     held = refusals = 0
     reached_s: float | None = None
     late: list[int] = []
-    while clock.now < _RUN_S:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, accepted = answers.pop(0)
+    for now in steps(clock, until_s=_RUN_S, step_s=_STEP_S):
+        for permit, accepted in answers.due(now):
             held -= 1 if accepted else 0
             verdict = ok if accepted else refused
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             accepted = held < cap
             held += 1 if accepted else 0
             refusals += 0 if accepted else 1
             took_s = latency_s * rng.lognormvariate(0.0, 0.3) if accepted else refusal_s
-            answers.append((now + took_s, permit, accepted))
+            answers.add(now + took_s, (permit, accepted))
         if reached_s is None and held >= cap:
             reached_s = now
         if now >= 3 * latency_s:
             late.append(held)
-        clock.now = round(now + _STEP_S, 6)
     return _Run(refusals, reached_s, sum(late) / len(late) / cap)
 
 

@@ -20,7 +20,7 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, steps
 
 _STEP_S = 0.01
 
@@ -76,15 +76,12 @@ def _run(
     provider = _AzureWindows(
         requests=requests, tokens=tokens_per_window, window_s=10.0, origin_s=origin_s
     )
-    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    answers: Answers[tuple[Permit, dict[str, str], bool]] = Answers()
     refused: dict[int, int] = {}
     accepted_in: dict[int, int] = {}
     cost = rng.randint(300, 1200)
-    while clock.now < run_s:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, headers, accepted = answers.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, headers, accepted in answers.due(now):
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
         while lane._try_admit(now, cost) == 0.0:
@@ -94,14 +91,11 @@ def _run(
             window = provider.index(arrives_at)
             if accepted:
                 accepted_in[window] = accepted_in.get(window, 0) + 1
-                answers.append(
-                    (arrives_at + latency_s * rng.uniform(0.8, 1.2), permit, headers, True)
-                )
+                answers.add(arrives_at + latency_s * rng.uniform(0.8, 1.2), (permit, headers, True))
             else:
                 refused[window] = refused.get(window, 0) + 1
-                answers.append((arrives_at + 0.002, permit, headers, False))
+                answers.add(arrives_at + 0.002, (permit, headers, False))
             cost = rng.randint(300, 1200)
-        clock.now = round(now + _STEP_S, 6)
     return refused, accepted_in
 
 

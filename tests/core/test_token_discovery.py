@@ -24,7 +24,7 @@ from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 from pacekeeper.core.rate import PacedRate
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, steps
 
 _STEP_S = 0.005
 _MAX_TOKENS = 256
@@ -89,14 +89,11 @@ def _run(*, tpm: float, depth_s: float, seed: int, run_s: float = 20.0) -> tuple
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _InputTokenBucket(tpm, depth_s)
-    answers: list[tuple[float, Permit, bool, float]] = []
+    answers: Answers[tuple[Permit, bool, float]] = Answers()
     refusals: list[float] = []
     prompt = rng.randint(50, 500)
-    while clock.now < run_s:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, accepted, wait_s = answers.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, accepted, wait_s in answers.due(now):
             if accepted:
                 verdict = classify_response(200, {}, None, now_wall_s=0.0)
             else:
@@ -113,9 +110,8 @@ def _run(*, tpm: float, depth_s: float, seed: int, run_s: float = 20.0) -> tuple
             else:
                 refusals.append(counted_at)
                 answer_at = counted_at + 0.005
-            answers.append((answer_at, permit, accepted, wait_s))
+            answers.add(answer_at, (permit, accepted, wait_s))
             prompt = rng.randint(50, 500)
-        clock.now = round(now + _STEP_S, 6)
     return lane, refusals
 
 

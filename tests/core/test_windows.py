@@ -24,7 +24,7 @@ from pacekeeper.core.depth import FixedWindows
 from pacekeeper.core.evidence import drain_to_headroom
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import SimClock
+from .simclock import Answers, SimClock, admitted, steps
 
 _STEP_S = 0.005
 _MAX_TOKENS = 256
@@ -77,16 +77,13 @@ def _run(
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _TokenWindows(tpm, 1.0, origin_s)
-    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    answers: Answers[tuple[Permit, dict[str, str], bool]] = Answers()
     refusals: list[tuple[float, float]] = []
     accepted_late = 0.0
     first_answer_at = math.inf
     cost = _MAX_TOKENS + rng.randint(50, 500)
-    while clock.now < run_s:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, headers, accepted = answers.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, headers, accepted in answers.due(now):
             first_answer_at = min(first_answer_at, now)
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
@@ -108,9 +105,8 @@ def _run(
                 headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
                 refusals.append((counted_at, now))
                 answer_at = counted_at + trip_s
-            answers.append((answer_at, permit, headers, accepted))
+            answers.add(answer_at, (permit, headers, accepted))
             cost = _MAX_TOKENS + rng.randint(50, 500)
-        clock.now = round(now + _STEP_S, 6)
     return refusals, accepted_late, first_answer_at
 
 
@@ -290,26 +286,21 @@ def test_a_hinted_429_from_a_continuous_bucket_holds_the_lane_for_the_hint_not_t
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _HalvingBucket(940.0, halve_at=4.0)
-    answers: list[tuple[float, Permit, dict[str, str]]] = []
+    answers: Answers[tuple[Permit, dict[str, str]]] = Answers()
     sends: list[float] = []
     refused_at: list[float] = []
-    while clock.now < 8.0:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, headers = answers.pop(0)
+    for now in steps(clock, until_s=8.0, step_s=_STEP_S):
+        for permit, headers in answers.due(now):
             status = 429 if "retry-after-ms" in headers else 200
             if status == 429:
                 refused_at.append(now)
             verdict = classify_response(status, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             sends.append(now)
             headers = provider.take(now)
             late_s = 0.005 if "retry-after-ms" in headers else 1.0
-            answers.append((now + late_s, permit, headers))
-        clock.now = round(now + _STEP_S, 6)
+            answers.add(now + late_s, (permit, headers))
     assert refused_at, "the halving drew no 429: the test shows nothing"
     first = refused_at[0]
     resumed = min(s for s in sends if s > first)
@@ -464,19 +455,15 @@ def _run_requests(
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
     provider = _TokenWindows(rpm, 1.0, origin_s)
-    answers: list[tuple[float, Permit, dict[str, str], bool]] = []
+    answers: Answers[tuple[Permit, dict[str, str], bool]] = Answers()
     refusals: list[tuple[float, float]] = []
     first_answer_at = math.inf
-    while clock.now < run_s:
-        now = clock.now
-        answers.sort(key=lambda answer: answer[0])
-        while answers and answers[0][0] <= now:
-            _, permit, headers, accepted = answers.pop(0)
+    for now in steps(clock, until_s=run_s, step_s=_STEP_S):
+        for permit, headers, accepted in answers.due(now):
             first_answer_at = min(first_answer_at, now)
             verdict = classify_response(200 if accepted else 429, headers, None, now_wall_s=0.0)
             lane.settle(permit, verdict, now=now, max_hint_s=600.0, retry=False, gate=False)
-        while lane._try_admit(now, 0) == 0.0:
-            permit = lane._grant(now, 0, now)
+        for permit in admitted(lane, now):
             counted_at = now + 0.004 + rng.uniform(0.0, 0.01)
             accepted, remaining, reset_s = provider.take(1.0, counted_at)
             headers = {
@@ -489,8 +476,7 @@ def _run_requests(
                 headers["retry-after-ms"] = str(math.ceil(reset_s * 1000))
                 refusals.append((counted_at, now))
                 answer_at = counted_at + 0.004
-            answers.append((answer_at, permit, headers, accepted))
-        clock.now = round(now + _STEP_S, 6)
+            answers.add(answer_at, (permit, headers, accepted))
     return refusals, first_answer_at
 
 

@@ -11,10 +11,12 @@ length ``L`` put every such boundary on one grid ``phase + k L``, which a bucket
 no particular phase, soon contradict. On that grid, every window in which something was refused
 took exactly its budget: the same count each time, whatever our pace was.
 
-Once the grid and the count are shown, the lane paces the count evenly, half a request short of
-it, with no burst: evenly spaced sends at ``(N - 0.5) / L`` put at most ``N`` in any span of
-``L``, whatever the windows' phase. Misread (a bucket refused once a second at one phase by a
-pace just over its rate), that is the bucket's rate less half a request a second: no harm.
+Once the grid and the count are shown, the lane spreads each window's whole count over it, one
+request in the middle of each of ``N`` slots kept clear of the boundaries
+(``TokenBucket.set_slots``): a window takes its budget and never more, where a pace alone puts
+``N`` in a window only at ``N`` less its burst. Any later 429 ends the hold. Misread (a bucket
+refused once a second at one phase by a pace just over its rate), the slots hold about the
+bucket's rate, and its next 429 ends them.
 
 >>> grid = FixedGrid()
 >>> shown = None
