@@ -117,6 +117,43 @@ def test_the_scanner_finds_counts_split_between_chunks(cut: int) -> None:
     assert (scanner.prompt_tokens, scanner.completion_tokens) == (211, 42)
 
 
+_COUNT_NAMES = [
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "toolUsePromptTokenCount",
+    "cachedContentTokenCount",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.sampled_from(['"', '_tokens"', "TokenCount", "a", ":", " ", "\n\n"])),
+    counts=st.lists(st.tuples(st.sampled_from(_COUNT_NAMES), st.integers(0, 10**9))),
+    cuts=st.lists(st.integers(1, 400), max_size=6),
+)
+def test_the_scanner_reads_every_count_however_it_is_cut(
+    text: list[str], counts: list[tuple[str, int]], cuts: list[int]
+) -> None:
+    # It searches from where a count can first be named, not from the start: the same
+    # counts as a search of the whole stream (the last value of each name wins), with
+    # quotes and names' pieces in the text before and the stream cut anywhere.
+    body = "".join(text) + "".join(f'"{name}": {value}, "x_tokens": 1, ' for name, value in counts)
+    stream = f"data: {body}\n\n".encode()
+    scanner = UsageScanner()
+    start = 0
+    for cut in sorted(set(cuts)):
+        scanner.feed(stream[start:cut])
+        start = max(start, cut)
+    scanner.feed(stream[start:])
+    assert scanner._counts == {name.encode(): value for name, value in counts}
+
+
 def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() -> None:
     events: list[dict[str, Any]] = [
         {"choices": [{"index": 0, "delta": {"content": "hi"}}]},

@@ -222,8 +222,12 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # Fourth round: 255.1, a stream's headers read at most every 0.1 s of its lane's clock as a
 # complete answer's are (-140), one idle watch per event loop instead of a timer per stream
 # (-20); about 2% over. Sixth round (the record built when read, no Decision per stream's
-# end): 255.5, the count rounded up.
-_STREAM_BUDGET = 256
+# end): 255.5, the count rounded up. Raised knowingly to 257 at 256.4 (issue 15, proxy
+# round): the usage scanner finds where a count can first be named (one bytes.find, the
+# call added) and searches from there, instead of trying its twelve names at every quote
+# of the stream before: 31 -> 8 µs a 5-kB stream in one chunk (the regex's work, which no
+# call counts, was a fifth of the proxy's instructions per stream).
+_STREAM_BUDGET = 257
 
 
 def test_a_governed_stream_adds_no_more_calls_per_request_than_its_budget() -> None:

@@ -729,6 +729,11 @@ count as it is written (`"cache_creation_input_tokens": ` and ten digits), so a 
 between two chunks is found whole in the second search."""
 
 
+_NAME_LEAD = 32
+"""Bytes from a count's opening quote to its ``_tokens`` or ``TokenCount``, at most: more
+than the longest name's lead (``"cache_creation_input`` and ``"cachedContent``)."""
+
+
 class UsageScanner:
     """Picks the token counts out of a server-sent event stream as it passes.
 
@@ -750,9 +755,21 @@ class UsageScanner:
     def feed(self, chunk: bytes) -> None:
         window = self._tail + chunk
         self._tail = window[-_SCAN_TAIL:]
-        if b"_tokens" not in window and b"TokenCount" not in window:
+        # Searched from just before the first place a count can be named: every count's
+        # name holds one of these two, at most _NAME_LEAD bytes after its opening quote.
+        # The same counts as searching the whole window, without trying the names at every
+        # quote of the text before (a whole stream in one chunk: most of its quotes).
+        # A chunk naming none (most of a stream that comes event by event) costs no call.
+        if b"_tokens" in window:
+            first = window.find(b"_tokens")
+            if b"TokenCount" in window:
+                first = min(first, window.find(b"TokenCount"))
+        elif b"TokenCount" in window:
+            first = window.find(b"TokenCount")
+        else:
             return
-        for name, value in _USAGE_NUMBER.findall(window):
+        first -= _NAME_LEAD
+        for name, value in _USAGE_NUMBER.findall(window, first if first > 0 else 0):
             self._counts[name] = int(value)
 
     def take(self, counts: dict[bytes, int]) -> None:
