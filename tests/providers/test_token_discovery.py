@@ -69,7 +69,12 @@ async def test_an_input_token_limit_is_discovered_in_input_tokens_not_prompt_and
     gov, attempts = await _gemini_run(input_tpm=120_000, max_tokens=256)
     lane = gov.lane(CHAT, "gemini-2.5-flash")
     assert lane.tpm is not None
-    assert lane.tpm <= 1.5 * 120_000, f"paced at {lane.tpm:.0f} input tokens a minute"
+    # Charged prompt and reserve, a lane read about twice the limit in its own units.
+    # Counted in input tokens it reads 0.8-1.1 times, and up to 1.6 when the second before
+    # a 429 held much of the bucket's stored second on top of its rate: a faster client (the
+    # per-request cost's sixth round) sends more of a burst into that second (94-131k over
+    # 20 runs before it; 91-189k over 38 runs since, and 183k once in CI).
+    assert lane.tpm <= 1.8 * 120_000, f"paced at {lane.tpm:.0f} input tokens a minute"
     assert lane.local.input_only, "the 429 named an input-token quota"
     assert sum(1 for r in attempts.attempts if r.status == 200) == 90
     assert sum(1 for r in attempts.attempts if r.status == 429) <= 12

@@ -2083,12 +2083,7 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
-        mark = self._refusal_marks.get(name)
-        if rate.refused_sent_at == permit.sent_at and (mark is None or mark[0] <= permit.sent_at):
-            # Not one sent before the latest marked, answered after it (refusals of one burst
-            # come back out of order): the rate measures from the latest one sent, and a mark
-            # left on an earlier one measured nothing from it (Groq: the 429 2 s later read
-            # the bucket's burst again, 840/min for 500).
+        if rate.refused_sent_at == permit.sent_at:
             self._refusal_marks[name] = (permit.sent_at, permit.seq, permit.charged_before)
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
