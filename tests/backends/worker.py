@@ -5,7 +5,8 @@
     python worker.py hold  --redis URL --namespace NS --slots K --lease-ttl S
 
 ``send`` sends N chat requests through a governed client and prints one JSON line of counts
-(and when it started and finished, wall clock);
+(and when it started and finished: `time.monotonic()`, one clock for every process of the
+machine, so that a step of the wall clock during a run cannot stretch the rates measured);
 ``hold`` takes K slots, prints "holding", and waits forever (to be killed with SIGKILL).
 """
 
@@ -25,14 +26,16 @@ from pacekeeper.backends import RedisBackend
 
 
 class SendTimes:
-    """Keeps when each attempt was sent (wall clock), to measure the aggregate rate."""
+    """Keeps when each accepted attempt was sent, to measure the aggregate rate: on the
+    monotonic clock (the hook runs as the answer is taken, so now less the latency), not the
+    record's wall-clock `started_at`, which a clock step (a fresh CI machine's NTP) moves."""
 
     def __init__(self) -> None:
         self.started: list[float] = []
 
     def on_attempt(self, record: pacekeeper.AttemptRecord) -> None:
         if record.status == 200:
-            self.started.append(record.started_at)
+            self.started.append(time.monotonic() - record.latency_s)
 
     def on_request(self, record: pacekeeper.RequestRecord) -> None:
         pass
@@ -49,7 +52,7 @@ async def send(args: argparse.Namespace) -> None:
     client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=args.base_url, api_key="x"), gov)
     print("ready", flush=True)
     sys.stdin.readline()  # start together
-    started = time.time()
+    started = time.monotonic()
 
     async def one(i: int) -> bool:
         try:
@@ -68,13 +71,13 @@ async def send(args: argparse.Namespace) -> None:
         while True:
             await asyncio.sleep(0.5)
             for lane in gov.lanes:
-                print(f"{time.time() - started:6.2f} {args.tag} {lane!r}", file=sys.stderr)
+                print(f"{time.monotonic() - started:6.2f} {args.tag} {lane!r}", file=sys.stderr)
 
     tracer = asyncio.ensure_future(trace()) if os.environ.get("PACEKEEPER_TRACE") else None
     results = await asyncio.gather(*(one(i) for i in range(args.count)))
     if tracer is not None:
         tracer.cancel()
-    finished = time.time()
+    finished = time.monotonic()
     stats = gov.stats()[0]
     report = {
         "ok": stats.ok,
