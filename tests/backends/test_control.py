@@ -224,7 +224,7 @@ async def test_the_lowest_cap_wins_and_only_a_probe_raises_it(
     key = f"{namespace}:lane:{CHAT}|m"
 
     def push(cap: int, probing: int = 0) -> object:
-        return control(keys=[key], args=["", "", cap, probing, "", 60])[2]
+        return control(keys=[key, f"{namespace}:clock"], args=["", "", cap, probing, "", 60])[2]
 
     assert push(6) == b"6"
     assert push(4) == b"4"  # lower wins
@@ -308,7 +308,9 @@ async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confir
     key = f"{namespace}:lane:{CHAT}|m"
 
     def push(cap: int, provisional: int, probing: int = 0) -> tuple[object, object]:
-        stored = control(keys=[key], args=["", "", cap, probing, "", 60, provisional])
+        stored = control(
+            keys=[key, f"{namespace}:clock"], args=["", "", cap, probing, "", 60, provisional]
+        )
         return stored[2], stored[4]
 
     assert push(6, provisional=1) == (b"6", b"1")
@@ -361,7 +363,9 @@ async def test_the_rate_a_discovery_climbs_to_is_kept_against_cuts_of_a_lower_pa
     key = f"{namespace}:lane:{CHAT}|m"
 
     def push(loss: str, measured: int) -> object:
-        return control(keys=[key], args=["", "", "", 0, "", 60, 0, loss, measured])[5]
+        return control(
+            keys=[key, f"{namespace}:clock"], args=["", "", "", 0, "", 60, 0, loss, measured]
+        )[5]
 
     assert push("1200", 1) == b"1200"  # one process's measure of the refusal
     assert push("1000", 1) == b"1000"  # another's, lower: the lowest of the burst is kept
@@ -429,7 +433,9 @@ async def test_every_caller_paces_at_the_fleets_rate_whatever_its_own(
     admit = client.register_script(_scripts.ADMIT)
     control = client.register_script(_scripts.CONTROL)
     key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
-    control(keys=[key], args=["6000", "", "", 0, "", 60, 0, "", 0])  # the fleet: 100/s
+    control(
+        keys=[key, f"{namespace}:clock"], args=["6000", "", "", 0, "", 60, 0, "", 0]
+    )  # the fleet: 100/s
 
     def ask(lease: str) -> list[Any]:
         # tokens, rpm 60 (this caller's own, lagging), tpm, burst 0.5 s, utilisation, fixed
@@ -437,7 +443,7 @@ async def test_every_caller_paces_at_the_fleets_rate_whatever_its_own(
         # output tokens, otpm, silence, token and output bursts
         args: list[Any] = [0, 60, 0, 0.5, 1, 100, 4, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
         args += [1, 0, 0, 0, 0, 0, 0.5, 0.5]
-        reply: list[Any] = admit(keys=[key, slots], args=args)
+        reply: list[Any] = admit(keys=[key, slots, f"{namespace}:clock"], args=args)
         return reply
 
     admitted = [int(ask(f"l{k}")[0]) for k in range(5)]
@@ -461,7 +467,8 @@ async def test_a_cut_pace_is_not_overwritten_by_a_rise_from_before_the_cut(
     def push(rpm: str, *, cut: int = 0, discovery: int = 0, epoch: int = 0) -> list[Any]:
         loss = "" if not (cut or discovery) else str(float(rpm) / 0.85)
         reply: list[Any] = control(
-            keys=[key], args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch]
+            keys=[key, f"{namespace}:clock"],
+            args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch],
         )
         return reply
 
@@ -496,7 +503,8 @@ async def test_a_cut_of_a_fleets_discovered_pace_is_measured_on_the_keys_accepta
 
     def push(rpm: str, loss: str, *, cut: int, discovery: int, epoch: int) -> list[Any]:
         reply: list[Any] = control(
-            keys=[key], args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch]
+            keys=[key, f"{namespace}:clock"],
+            args=[rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch],
         )
         return reply
 
@@ -504,7 +512,10 @@ async def test_a_cut_of_a_fleets_discovered_pace_is_measured_on_the_keys_accepta
     # four successes a second for a little over three whole seconds (240/min), from any
     # process: the fixed limit's releases (no window to adapt) still count them
     for k in range(15):
-        release(keys=[key, f"{namespace}:slots:{CHAT}|m"], args=[f"l{k}", 1, 0, 1, 1])
+        release(
+            keys=[key, f"{namespace}:slots:{CHAT}|m", f"{namespace}:clock"],
+            args=[f"l{k}", 1, 0, 1, 1],
+        )
         await asyncio.sleep(0.25)
     stored = push("1020", "1200", cut=1, discovery=0, epoch=1)  # refused at 1200/min
     assert 150 <= float(stored[5]) <= 330  # what the key took: the loss from now on
@@ -535,7 +546,10 @@ async def test_a_discovery_is_measured_on_the_keys_admissions_less_its_refusals(
         permit.release()  # b's own count; what became of it, as b's release tells Redis:
         assert isinstance(permit.lease, tuple)
         lease, sent_at = permit.lease[:2]
-        release(keys=[key, slots], args=[str(lease), 3 if i % 2 else 1, sent_at, 1, 1])
+        release(
+            keys=[key, slots, f"{namespace}:clock"],
+            args=[str(lease), 3 if i % 2 else 1, sent_at, 1, 1],
+        )
     await asyncio.sleep(0.15)  # (the key counts by tenths of a second)
     permit = await asyncio.wait_for(lane_a.acquire(0), timeout=10)
     lane_a.settle(permit, bare_429(), now=a.clock(), max_hint_s=60, retry=False)
@@ -573,7 +587,7 @@ async def test_a_cut_of_a_fleets_pace_is_measured_at_once_on_the_second_before_t
 
     def push(rpm: str, loss: str, *, cut: int, discovery: int, epoch: int, at: str) -> list[Any]:
         args: list[str | int] = [rpm, "", "", 0, "", 60, 0, loss, discovery, cut, epoch, at]
-        reply: list[Any] = control(keys=[key], args=args)
+        reply: list[Any] = control(keys=[key, f"{namespace}:clock"], args=args)
         return reply
 
     push("1000", "1200", cut=0, discovery=1, epoch=0, at="")  # a discovery that ran high
@@ -584,7 +598,10 @@ async def test_a_cut_of_a_fleets_pace_is_measured_at_once_on_the_second_before_t
         assert isinstance(permit.lease, tuple)
         lease, sent_at = permit.lease[:2]  # (the lease's id, the server's clock at admission)
         server_sent.append(float(sent_at))
-        release(keys=[key, slots], args=[str(lease), 3 if k >= 6 else 1, sent_at, 1, 1])
+        release(
+            keys=[key, slots, f"{namespace}:clock"],
+            args=[str(lease), 3 if k >= 6 else 1, sent_at, 1, 1],
+        )
     assert server_sent[-1] - server_sent[0] < 0.7
     # refused: a request sent a little later (the second before it holds the ten)
     stored = push("850", "1000", cut=1, discovery=0, epoch=1, at=repr(server_sent[-1] + 0.2))
@@ -610,11 +627,11 @@ async def test_a_429_about_the_rate_anywhere_empties_the_fleets_bucket(
     release = client.register_script(_scripts.RELEASE)
     key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
     # the fleet paces at 600/min (10/s): a full bucket holds half a second's five
-    control(keys=[key], args=["600", "", "", 0, "", 60, 0, "", 1, 0, 0, ""])
+    control(keys=[key, f"{namespace}:clock"], args=["600", "", "", 0, "", 60, 0, "", 1, 0, 0, ""])
     await asyncio.sleep(1.0)
     # another process's request refused about the rate (its lease, its send time)
     server_now = float(client.time()[0])
-    release(keys=[key, slots], args=["elsewhere", 3, server_now, 1, 1])
+    release(keys=[key, slots, f"{namespace}:clock"], args=["elsewhere", 3, server_now, 1, 1])
     sent = []
     for _ in range(3):
         permit = await asyncio.wait_for(lane.acquire(0), timeout=10)
@@ -689,7 +706,7 @@ async def test_one_callers_floor_is_the_fleets_at_once(
         # token and output bursts
         args: list[Any] = [0, 0, 0, 0.5, 1, 0, 2, 1, 512, lease, 15, 60, 0, floor, 0, 0.1]
         args += [1, 0, 0, 0, 0, 0, 0.5, 0.5]
-        reply: list[Any] = admit(keys=[key, slots], args=args)
+        reply: list[Any] = admit(keys=[key, slots, f"{namespace}:clock"], args=args)
         return reply
 
     high = [ask(f"a{k}", floor=6) for k in range(6)]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
@@ -729,3 +730,89 @@ async def test_a_budget_stated_without_a_limit_holds_the_whole_fleet(
     for permit in (second, third):
         permit.release(Signal.SUCCESS)
     close(a, b)
+
+
+# -- the Redis server's wall clock steps back ------------------------------------------------
+
+_TIME = "redis.call('TIME')"
+
+
+@pytest.fixture
+def step_back(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, namespace: str
+) -> Iterator[Callable[[int], None]]:
+    """Steps the Redis server's clock back, as NTP at boot or a resumed VM does, by reading
+    ``TIME`` in the scripts as ``TIME`` minus a number of seconds kept in Redis.
+
+    This is the one substitute in these tests: a real step needs root over the machine's
+    clock, and libfaketime cannot be preloaded into Debian's redis-server (its jemalloc calls
+    ``clock_gettime`` while libfaketime initialises). Everything but the clock's source runs as
+    it does in production."""
+    from pacekeeper.backends import _scripts
+
+    step_key = f"{namespace}:test-step-back"
+    stepped = (
+        f"(function() local t = redis.call('TIME'); local back = tonumber("
+        f"redis.call('GET', '{step_key}') or '0'); return {{tostring(tonumber(t[1]) - back), "
+        f"t[2]}} end)()"
+    )
+    timed = [name for name in _scripts.__all__ if "clock(KEYS" in getattr(_scripts, name)]
+    assert len(timed) == 8  # every script that reads the clock
+    for name in timed:
+        text = getattr(_scripts, name)
+        assert text.count(_TIME) == 1
+        monkeypatch.setattr(_scripts, name, text.replace(_TIME, stepped))
+    client = redis_server.client()
+    yield lambda seconds: client.set(step_key, str(seconds)) and None
+    client.close()
+
+
+async def test_a_step_back_of_the_servers_clock_does_not_stall_the_pace(
+    redis_server: RedisServer, namespace: str, step_back: Callable[[int], None]
+) -> None:
+    """Every time Redis stores (a bucket's next free moment, leases, windows) is on the
+    server's clock: a step back of 30 s put them all 30 s ahead and the next admission waited
+    30 s (seen in CI: a fresh machine's wall clock stepped by tens of seconds mid-run). The
+    namespace's clock takes the step in and goes on from where it was."""
+    gov = shared_gov(redis_server, namespace, limits=Limits(rpm=600, burst_s=0.1))
+    lane = gov.lane(CHAT, "m")
+
+    async def send(n: int) -> list[float]:
+        sent = []
+        for _ in range(n):
+            permit = await lane.acquire(0)
+            sent.append(permit.sent_at)  # the server's clock, as the lane sees it
+            permit.release(Signal.SUCCESS)
+        return sent
+
+    before = await send(10)
+    step_back(30)
+    started = time.monotonic()
+    after = await asyncio.wait_for(send(10), timeout=15)  # before: about 31 s
+    elapsed = time.monotonic() - started
+    close(gov)
+    assert elapsed < 5  # ten at 10/s: about a second
+    assert after[0] >= before[-1]  # the lane's timeline never runs backwards
+    # and the pace holds across the step: no burst from buckets that looked full or empty
+    sent = before + after
+    assert 60 * (len(sent) - 1) / (sent[-1] - sent[0]) <= 600 * 1.1
+
+
+async def test_a_cooldown_set_before_a_step_back_lasts_what_it_said(
+    redis_server: RedisServer, namespace: str, step_back: Callable[[int], None]
+) -> None:
+    a = shared_gov(redis_server, namespace)
+    b = shared_gov(redis_server, namespace)
+    # the fleet's gate, as a 429 asking for a second's wait closes it (a settled 429 would
+    # also teach a rate: the wait to measure here would be the pace's, not the gate's)
+    admission = a.lane(CHAT, "m").admission
+    assert isinstance(admission, RedisAdmissionPolicy)
+    admission.close_gate(a.clock() + 1.0, 1.0)
+    await written(redis_server, f"{namespace}:lane:{CHAT}|m", "cd")
+    step_back(30)
+    started = time.monotonic()
+    permit = await asyncio.wait_for(b.lane(CHAT, "m").acquire(0), timeout=15)  # before: 31 s
+    permit.release()
+    waited = time.monotonic() - started
+    close(a, b)
+    assert 0.6 <= waited < 5

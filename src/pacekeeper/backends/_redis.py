@@ -520,7 +520,7 @@ class RedisAdmissionPolicy:
                 args[4] = floor
                 self._pushed_floor = floor
             self._pushed_at = now
-        stored = script(keys=[self.hash_key], args=args)
+        stored = script(keys=[self.hash_key, self._backend.clock_key], args=args)
         self._adopt(stored, sent=current if push else None)
 
     def _server_time_of_refusal(self) -> float | None:
@@ -658,7 +658,7 @@ class RedisAdmissionPolicy:
         lease = uuid.uuid4().hex
         return _RedisAsk(
             self._backend,
-            [self.hash_key, self.slot_key],
+            [self.hash_key, self.slot_key, self._backend.clock_key],
             self._admit_args(tokens, lease, priority, output_tokens),
             lease,
         )
@@ -803,7 +803,7 @@ class RedisAdmissionPolicy:
         adaptive = limits.adaptive or AdaptiveConcurrency()
         self._backend.submit(
             "release",
-            [self.hash_key, self.slot_key],
+            [self.hash_key, self.slot_key, self._backend.clock_key],
             [
                 lease,
                 code,
@@ -826,7 +826,9 @@ class RedisAdmissionPolicy:
 
     def close_gate(self, until: float, wait_s: float) -> None:
         self._local.close_gate(until, wait_s)
-        self._backend.submit("gate", [self.hash_key], [wait_s, self._backend.key_ttl_s])
+        self._backend.submit(
+            "gate", [self.hash_key, self._backend.clock_key], [wait_s, self._backend.key_ttl_s]
+        )
 
     def charge_tokens(self, delta: float) -> None:
         self._local.charge_tokens(delta)
@@ -894,6 +896,8 @@ class RedisBackend:
             raise ConfigurationError("lease_ttl_s and heartbeat_s must be positive")
         self.url = url
         self.namespace = namespace
+        self.clock_key = f"{namespace}:clock"
+        """The namespace's clock in Redis: the server's, never running backwards (see _scripts)."""
         self.lease_ttl_s = lease_ttl_s
         self.heartbeat_s = heartbeat_s
         self.key_ttl_s = key_ttl_s
@@ -1108,7 +1112,7 @@ class RedisBackend:
         try:
             self.live_processes = int(
                 scripts.heartbeat(
-                    keys=[f"{self.namespace}:procs"],
+                    keys=[f"{self.namespace}:procs", self.clock_key],
                     args=[self._process_id, max(3 * self.heartbeat_s, 2.0)],
                 )
             )
@@ -1119,7 +1123,9 @@ class RedisBackend:
         for admission in list(self._admissions):
             leases = admission.held_leases()
             if leases:
-                scripts.renew(keys=[admission.slot_key], args=[self.lease_ttl_s, *leases])
+                scripts.renew(
+                    keys=[admission.slot_key, self.clock_key], args=[self.lease_ttl_s, *leases]
+                )
             budget = admission.budget
             delta = budget.take_pending()
             balance = scripts.budget(

@@ -1,8 +1,9 @@
 """The Lua scripts that make shared admission atomic in Redis.
 
-Every decision is taken inside Redis, on the Redis server's clock (``TIME``), in one script
-call: clients whose clocks disagree cannot disagree about the limits, and no read-modify-write
-can lose an update under contention. Floats cross the Lua boundary as strings, because Redis
+Every decision is taken inside Redis, on the Redis server's clock (``TIME``, kept from running
+backwards by the namespace's clock key: ``clock`` below), in one script call: clients whose
+clocks disagree cannot disagree about the limits, and no read-modify-write can lose an update
+under contention. Floats cross the Lua boundary as strings, because Redis
 truncates Lua numbers to integers.
 
 Per lane there are two keys: a hash (cooldown, GCRA times, learned limits, the adaptive
@@ -65,9 +66,29 @@ local function tally(stamp, count, t)
     redis.call('HSET', KEYS[1], stamp .. k, tostring(slot), count .. k, '1')
   end
 end
-local function clock()
+-- The namespace's clock (a hash: 't' a recent time it gave, 's' the skew): the Redis
+-- server's TIME, never running backwards. Every time stored here (buckets' arrival times,
+-- cooldowns, windows, leases, holds) is a point on it, so a step back of the server's wall
+-- clock (NTP at boot, a VM resumed) would put each of them that far ahead and stall
+-- admissions as long; the step is taken into a skew added to TIME from then on. 't' is
+-- written a tenth of a second apart at most (a write on every call doubled the cost of a
+-- clock read), so the time given may go back by as much, which stalls nothing longer. A step
+-- forward cannot be told from a pause and counts as one (buckets full, leases expired).
+local function clock(key)
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local raw = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local c = redis.call('HMGET', key, 't', 's')
+  local last, skew = num(c[1], 0), num(c[2], 0)
+  local now = raw + skew
+  if now < last then
+    skew = last - raw
+    now = last
+  end
+  if now > last + 0.1 or c[2] == false or num(c[2], 0) ~= skew then
+    redis.call('HSET', key, 't', fmt(now), 's', fmt(skew))
+    redis.call('EXPIRE', key, 604800)  -- a week: longer than the keys whose times it keeps
+  end
+  return now
 end
 local function lower(a, b)
   if a > 0 and b > 0 then return math.min(a, b) end
@@ -84,7 +105,7 @@ end
 ADMIT = (
     _PRELUDE
     + """
--- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry)
+-- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry), KEYS[3] the clock
 -- ARGV: tokens, rpm, tpm (the caller's pace in force, 0: none), burst_s, utilisation,
 --       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
 --       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs),
@@ -113,7 +134,7 @@ local tokens = num(ARGV[1], 0)
 local burst_s, util = num(ARGV[4], 0.5), num(ARGV[5], 1)
 local fixed, initial = num(ARGV[6], 0), num(ARGV[7], 4)
 local lo, hi = num(ARGV[8], 1), num(ARGV[9], 512)
-local now = clock()
+local now = clock(KEYS[3])
 local rank = math.floor(num(ARGV[15], 0))
 local share = num(ARGV[16], 0.1)
 local dm = redis.call('HMGET', KEYS[1], 'd0', 'd1', 'd2', 'c1', 'c2')
@@ -301,7 +322,7 @@ return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now), tostring(adm
 RELEASE = (
     _PRELUDE
     + """
--- KEYS[1] lane hash, KEYS[2] slot leases
+-- KEYS[1] lane hash, KEYS[2] slot leases, KEYS[3] the clock
 -- ARGV: lease_id, signal (0 neutral, 1 success, 2 back-pressure, 3 a 429 about the rate:
 --       neutral, and counted by when it was sent), sent_at (server time),
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
@@ -309,7 +330,7 @@ RELEASE = (
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
 --       charge, negative: give back), otpm (the caller's output pace, 0: none)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
-local now = clock()
+local now = clock(KEYS[3])
 local signal = num(ARGV[2], 0)
 if signal == 3 then
   tally('rs', 'rc', num(ARGV[3], now))
@@ -369,8 +390,9 @@ return removed
 GATE = (
     _PRELUDE
     + """
--- KEYS[1] lane hash; ARGV: wait_s, key_ttl_s. Never shortens a longer cooldown.
-local now = clock()
+-- KEYS[1] lane hash, KEYS[2] the clock; ARGV: wait_s, key_ttl_s. Never shortens a longer
+-- cooldown.
+local now = clock(KEYS[2])
 local until_ = now + num(ARGV[1], 0)
 if until_ > num(redis.call('HGET', KEYS[1], 'cd'), 0) then
   redis.call('HSET', KEYS[1], 'cd', fmt(until_))
@@ -420,7 +442,7 @@ return 1
 CONTROL = (
     _PRELUDE
     + """
--- KEYS[1] lane hash
+-- KEYS[1] lane hash, KEYS[2] the clock
 -- ARGV: rpm, tpm paced at (last writer wins; '': unchanged, 0: none), cap ('': unchanged,
 --       0: forget it, n: the lower of n and the stored cap wins, or one more than the stored
 --       cap when probing), probing (1/0), floor ('': unchanged; last writer wins), key_ttl_s,
@@ -521,8 +543,11 @@ if cut and ARGV[1] ~= '' and (ARGV[8] or '') ~= '' then
     ARGV[1] = fmt(math.max(6, pace))
     ARGV[8] = fmt(took)
     ARGV[9] = 'measured'
-  elseif old > 0 and (num(ARGV[8], 0) >= LOSS_NEAR * old or clock() - since > LOSS_EVENT_S) then
-    taken = accepted_rpm(clock(), since)  -- else no news (below)
+  elseif old > 0 then
+    local now = clock(KEYS[2])
+    if num(ARGV[8], 0) >= LOSS_NEAR * old or now - since > LOSS_EVENT_S then
+      taken = accepted_rpm(now, since)  -- else no news (below)
+    end
   end
   if taken ~= nil and taken < num(ARGV[8], 0) then
     ARGV[1] = fmt(math.max(6, math.min(num(ARGV[1], 0), MEASURED_SHARE * taken)))
@@ -554,7 +579,7 @@ if loss ~= '' then
   local v = num(loss, 0)
   if v <= 0 then redis.call('HDEL', KEYS[1], 'pl', 'pla')
   else
-    local now = clock()
+    local now = clock(KEYS[2])
     local h = redis.call('HMGET', KEYS[1], 'pl', 'pla')
     local old = num(h[1], 0)
     if old <= 0 or ARGV[9] == 'measured'
@@ -578,9 +603,10 @@ return redis.call('HMGET', KEYS[1], 'pr', 'pt', 'pc', 'pf', 'pp', 'pl', 'pe')
 RENEW = (
     _PRELUDE
     + """
--- KEYS[1] slot leases; ARGV: lease_ttl_s, lease ids... Only leases still present are renewed
--- (XX): a lease that expired meanwhile was given back and must not come back to life.
-local expiry = fmt(clock() + num(ARGV[1], 15))
+-- KEYS[1] slot leases, KEYS[2] the clock; ARGV: lease_ttl_s, lease ids... Only leases still
+-- present are renewed (XX): a lease that expired meanwhile was given back and must not come
+-- back to life.
+local expiry = fmt(clock(KEYS[2]) + num(ARGV[1], 15))
 local renewed = 0
 for i = 2, #ARGV do
   renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
@@ -604,8 +630,9 @@ return fmt(balance)
 HEARTBEAT = (
     _PRELUDE
     + """
--- KEYS[1] live processes (zset: process id -> expiry); ARGV: process id, ttl_s
-local now = clock()
+-- KEYS[1] live processes (zset: process id -> expiry), KEYS[2] the clock; ARGV: process id,
+-- ttl_s
+local now = clock(KEYS[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 redis.call('ZADD', KEYS[1], fmt(now + num(ARGV[2], 5)), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[2], 5)) + 1)
@@ -634,10 +661,11 @@ SPEND_RESERVE = (
     _PRELUDE
     + _SPEND_PRELUDE
     + """
--- KEYS: spend hash (spent, reserved), holds (zset: id -> lease expiry), hold amounts (hash).
+-- KEYS: spend hash (spent, reserved), holds (zset: id -> lease expiry), hold amounts (hash),
+-- the clock.
 -- ARGV: cap, hold, need, id, lease_s, key_ttl. The spend cap's admission, atomic: a request
 -- goes when spent + reserved + its worst case fits; then its expected cost is held.
-local now = clock()
+local now = clock(KEYS[4])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local spent = num(redis.call('HGET', KEYS[1], 'spent'), 0)
 local reserved = num(redis.call('HGET', KEYS[1], 'reserved'), 0)
@@ -663,7 +691,7 @@ SPEND_SETTLE = (
     + """
 -- KEYS as SPEND_RESERVE; ARGV: id, spent (0 for a release), key_ttl. The hold is dropped (if
 -- its lease has not run out) and what the answer cost is counted, whatever became of the hold.
-local now = clock()
+local now = clock(KEYS[4])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local reserved = num(redis.call('HGET', KEYS[1], 'reserved'), 0)
 local held = redis.call('HGET', KEYS[3], ARGV[1])

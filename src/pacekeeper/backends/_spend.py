@@ -58,7 +58,12 @@ class RedisSpendLedger:
     ) -> None:
         self.cap = cap
         self._client = client
-        self.keys = [f"{namespace}:spend", f"{namespace}:spend:holds", f"{namespace}:spend:held"]
+        self.keys = [
+            f"{namespace}:spend",
+            f"{namespace}:spend:holds",
+            f"{namespace}:spend:held",
+            f"{namespace}:clock",  # the backend's clock_key: one timeline for the namespace
+        ]
         self.hold_lease_s = hold_lease_s
         self.key_ttl_s = key_ttl_s
         self._reserve = client.register_script(_scripts.SPEND_RESERVE)
