@@ -763,7 +763,11 @@ def step_back(
         assert text.count(_TIME) == 1
         monkeypatch.setattr(_scripts, name, text.replace(_TIME, stepped))
     client = redis_server.client()
-    yield lambda seconds: client.set(step_key, str(seconds)) and None
+
+    def step(seconds: int) -> None:
+        client.set(step_key, str(seconds))
+
+    yield step
     client.close()
 
 
