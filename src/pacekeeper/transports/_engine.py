@@ -409,6 +409,7 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_ARRAY = re.compile(rb"\[\s*\]")
 _SPACE = b" \t\n\r\x0b\x0c"  # what \s matches in a bytes pattern
 _CHOICES = b'"choices"'
+_CHOICES_LEN = len(_CHOICES)
 
 
 def _empty_choices(data: bytes, start: int) -> int:
@@ -431,8 +432,9 @@ def _empty_choices(data: bytes, start: int) -> int:
             end -= 1
             while end > start and data[end - 1] in _SPACE:
                 end -= 1
-            if data.endswith(_CHOICES, start, end):
-                return end - len(_CHOICES)
+            begin = end - _CHOICES_LEN
+            if begin >= start and data[begin:end] == _CHOICES:
+                return begin
     return -1
 
 
@@ -508,8 +510,10 @@ def _whole_events_end(data: bytes, start: int, stop: int) -> int:
     (6, 3)
     """
     # A CRLF blank line matters only after the last LF one: looked for from there.
-    lf = data.rfind(b"\n\n", start, stop)
-    last = max(lf, data.rfind(b"\r\n\r\n", lf if lf > start else start, stop))
+    last = data.rfind(b"\n\n", start, stop)
+    crlf = data.rfind(b"\r\n\r\n", last if last > start else start, stop)
+    if crlf > last:  # noqa: PLR1730 - max() is a call, on every stream
+        last = crlf
     if last < 0:
         return start
     # A blank line is made of CR and LF only, so the cut within the run of them holding the
