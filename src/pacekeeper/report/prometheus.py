@@ -169,7 +169,9 @@ class GovernorCollector:
     Making it adds it to ``governor.hooks`` (``attach=False`` leaves that to you); register it
     with ``prometheus_client.REGISTRY.register(collector)`` or with your own
     ``CollectorRegistry``. ``namespace`` prefixes every metric name. Hooks run inline on the
-    request path: each record costs a lock and a few dictionary updates.
+    request path: each record costs a lock and a few dictionary updates. When it is the
+    governor's only hook (and the ``pacekeeper`` log is below INFO), a successful request is
+    counted from its values (:meth:`count_answer`) and no record is built for it.
 
     >>> from pacekeeper import Governor
     >>> from prometheus_client import CollectorRegistry, generate_latest
