@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 import pacekeeper
 from pacekeeper import Governor, RecordCollector
 from pacekeeper.transports._engine import (
+    _EMPTY_CHOICES,
     UsageChunkFilter,
     UsageScanner,
+    _empty_choices,
     _with_usage_option,
     billed_usage_of,
     usage_from_json,
@@ -218,6 +220,27 @@ def test_the_filter_cuts_events_as_one_event_at_a_time_would(
         out.append(flt.feed(stream[i : i + size]))
         i, turn = i + size, turn + 1
     assert b"".join(out) + flt.flush() == _filtered_event_by_event(stream)
+
+
+_CHOICES_PIECES = [b'"choices"', b'"choices', b'choices"', b":", b" ", b"\n", b"\x0b", b"["]
+_CHOICES_PIECES += [b"]", b"[]", b'"', b"x", b"{"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(_CHOICES_PIECES),
+        max_size=16,
+    ),
+    st.integers(min_value=0, max_value=60),
+)
+def test_the_empty_choices_search_finds_where_the_pattern_first_matches(
+    pieces: list[bytes], start: int
+) -> None:
+    data = b"".join(pieces)
+    start = min(start, len(data))
+    found = _EMPTY_CHOICES.search(data, start)
+    assert _empty_choices(data, start) == (found.start() if found else -1)
 
 
 _JSON_VALUES = st.recursive(

@@ -215,3 +215,46 @@ async def test_no_record_is_built_until_the_extension_is_read(
     assert response.extensions[_KEY] is built[0]
     assert response.extensions[_KEY] is built[0]
     assert len(built) == 1
+
+
+@pytest.mark.parametrize("priced", [False, True])
+async def test_the_prometheus_collector_counts_answers_without_records(
+    priced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on a governor, the collector takes a success's fields (no record is built for
+    it); beside a record hook it is fed the records: the scrapes are the same, to the byte."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import pacekeeper.core.governor as governor_module
+    from pacekeeper.report.prometheus import GovernorCollector
+
+    built: list[str] = []
+
+    def counting(cls: Any) -> Any:
+        def make(**fields: Any) -> Any:
+            built.append(cls.__name__)
+            return cls(**fields)
+
+        return make
+
+    monkeypatch.setattr(governor_module, "AttemptRecord", counting(AttemptRecord))
+    monkeypatch.setattr(governor_module, "RequestRecord", counting(RequestRecord))
+    scrapes = []
+    for alone in (True, False):
+        gov = _governor(hooks=[] if alone else [RecordCollector()], priced=priced)
+        registry = CollectorRegistry()
+        collector = GovernorCollector(gov)
+        registry.register(collector)
+        built.clear()
+        for tag in ("a", "b", "c"):
+            await _send(gov, tag=tag)
+        if alone:
+            assert built == []
+            assert gov._counting[1] == (collector,)
+        else:
+            assert built == ["AttemptRecord", "RequestRecord"] * 3
+            assert gov._counting[1] is None
+        scrapes.append(generate_latest(registry).decode())
+    assert scrapes[0] == scrapes[1]
+    ok = 'model="m",outcome="ok",route="/v1/chat/completions",status="200"'
+    assert f"pacekeeper_requests_total{{{ok}}} 3.0" in scrapes[0]

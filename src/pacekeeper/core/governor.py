@@ -61,7 +61,7 @@ from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconcilia
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.core.queue import check_weight
-from pacekeeper.core.records import AttemptRecord, RecordHook, RequestRecord
+from pacekeeper.core.records import AnswerCounter, AttemptRecord, RecordHook, RequestRecord
 from pacekeeper.core.testing import is_testing
 from pacekeeper.core.tokens import CHARS, estimate_request_tokens, route_generates
 
@@ -152,6 +152,18 @@ class Governor:
             self.tenant_weights[name] = float(weight)
         self._price_cache: dict[str | None, Price | None] = {}
         self._completions: dict[LaneKey, CompletionLengths] = {}
+        # The hooks as last seen, and they again when each is an AnswerCounter (None: not),
+        # in one tuple: read together by every thread that settles.
+        self._counting: tuple[list[RecordHook], tuple[AnswerCounter, ...] | None] = ([], None)
+
+    def _counters_of(self, hooks: list[RecordHook]) -> tuple[AnswerCounter, ...] | None:
+        """``hooks`` when every one counts a successful request's fields (an
+        :class:`~pacekeeper.core.records.AnswerCounter`), else None; worked out again only when
+        the list changed."""
+        counters = tuple(hook for hook in hooks if isinstance(hook, AnswerCounter))
+        counting = counters if len(counters) == len(hooks) else None
+        self._counting = (list(hooks), counting)
+        return counting
 
     # -- lanes ----------------------------------------------------------------------------
 
@@ -832,10 +844,39 @@ class Call:
             retry, delay_s, error = self._decide(verdict, now, final)
             if permit.refused_for_slot:
                 delay_s = 0.0  # it waits in the queue for a slot under the learned cap
+        hooks = gov.hooks
+        if ok and hooks:
+            seen, counters = gov._counting
+            if hooks != seen:
+                counters = gov._counters_of(hooks)
+            if counters is not None and not logger.isEnabledFor(logging.INFO):
+                # Every hook counts (the Prometheus collector): it takes the fields, and the
+                # two records wait until something reads them, as without hooks.
+                status = verdict.status
+                total_s = now - self._started_mono
+                priority = _PRIORITY_NAMES[self.priority]
+                for counter in counters:
+                    counter.count_answer(
+                        self.route,
+                        self.model,
+                        status,
+                        attempt=self.attempt,
+                        latency_s=latency_s,
+                        total_s=total_s,
+                        queued_s=self.queued_s,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cost_usd=self.cost_usd,
+                        priority=priority,
+                        tenant=self.tenant,
+                    )
+                if with_record:
+                    return Decision(retry=False, record=self._answered_record())
+                return _ANSWERED
         # Built only when someone reads it: this runs once per attempt on the hot path. A
         # logger below INFO is below DEBUG too: one check of the level for both records.
-        published = bool(gov.hooks) or logger.isEnabledFor(logging.INFO)
-        if published and (gov.hooks or logger.isEnabledFor(logging.DEBUG)):
+        published = bool(hooks) or logger.isEnabledFor(logging.INFO)
+        if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
             self._publish_attempt(
                 permit,
                 verdict,

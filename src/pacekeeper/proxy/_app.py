@@ -57,7 +57,7 @@ from pacekeeper.proxy._metrics import ProxyCounters, build_metrics
 from pacekeeper.transports import RECORD_EXTENSION, Transport
 from pacekeeper.transports._engine import FACTS_EXTENSION, PRIORITY_HEADER, facts_of, route_of
 from pacekeeper.transports._httpx2 import sending_transport
-from pacekeeper.transports._objects import lowered_pairs, request_of
+from pacekeeper.transports._objects import Triples, request_of, triples_of
 
 __all__ = ["REFUSED_HEADER", "TOKEN_HEADER", "ProxyApp"]
 
@@ -575,8 +575,10 @@ class ProxyApp:
                 found = client
         return found
 
-    def _upstream_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        out: Headers = []
+    def _upstream_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Triples:
+        """The headers forwarded, as httpx2 keeps them: (name, lowercased name, value), the
+        two names the same (ASGI gives them lowercased)."""
+        out: Triples = []
         listed: set[bytes] = set()
         for name, value in headers:
             if name == b"connection":
@@ -586,12 +588,12 @@ class ProxyApp:
             ):
                 continue
             else:
-                out.append((name, value))
+                out.append((name, name, value))
         if listed - {b"close", b"keep-alive"}:
-            out = [(n, v) for n, v in out if n not in listed]
+            out = [header for header in out if header[1] not in listed]
         if self._api_key is not None:
-            present = {name for name, _ in out}
-            out.extend((n, v) for n, v in self._key_headers if n not in present)
+            present = {name for _, name, _ in out}
+            out.extend((n, n, v) for n, v in self._key_headers if n not in present)
         return out
 
     async def _read_body(
@@ -823,14 +825,13 @@ class ProxyApp:
             headers = self._upstream_headers(scope["headers"])
             # Host and length set here, the body given as a stream: httpx2 would otherwise
             # rebuild the headers once more to add them.
-            headers.append((b"host", host))
+            headers.append((b"host", b"host", host))
             if body or method in _BODY_METHODS:
-                headers.append((b"content-length", str(len(body)).encode()))
+                headers.append((b"content-length", b"content-length", str(len(body)).encode()))
             request = request_of(
                 method,
                 url,
-                # ASGI gives header names lowercased.
-                [(name, name, value) for name, value in headers],
+                headers,
                 body,  # held: request.content, as with content=
                 {"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
             )
@@ -1060,7 +1061,7 @@ class ProxyApp:
         status = response.status_code
         headers: Headers = []
         listed: set[bytes] = set()
-        for name, value in lowered_pairs(response.headers):
+        for _, name, value in triples_of(response.headers):
             if name == b"connection":
                 listed.update(t.strip().lower() for t in value.split(b","))
             elif name not in _HOP_BY_HOP:

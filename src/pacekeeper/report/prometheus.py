@@ -169,7 +169,9 @@ class GovernorCollector:
     Making it adds it to ``governor.hooks`` (``attach=False`` leaves that to you); register it
     with ``prometheus_client.REGISTRY.register(collector)`` or with your own
     ``CollectorRegistry``. ``namespace`` prefixes every metric name. Hooks run inline on the
-    request path: each record costs a lock and a few dictionary updates.
+    request path: each record costs a lock and a few dictionary updates. When it is the
+    governor's only hook (and the ``pacekeeper`` log is below INFO), a successful request is
+    counted from its values (:meth:`count_answer`) and no record is built for it.
 
     >>> from pacekeeper import Governor
     >>> from prometheus_client import CollectorRegistry, generate_latest
@@ -255,51 +257,109 @@ class GovernorCollector:
         key = self._label_cache.get((record.route, record.model, record.status, record.outcome))
         if key is None:
             key = self._labels(record.route, record.model, record.status, record.outcome)
-        lane = key[:2]
         with self._lock:
-            self._attempts[key] = self._attempts.get(key, 0) + 1
-            if record.attempt > 1:
-                self._retries[lane] = self._retries.get(lane, 0) + 1
-            if record.outcome == "rate_limited":
-                self._rate_limited[lane] = self._rate_limited.get(lane, 0) + 1
-            histogram = self._attempt_s.get(lane)
-            if histogram is None:
-                histogram = self._attempt_s[lane] = _Histogram(len(self._duration_bounds))
-            latency_s = record.latency_s
-            histogram.counts[bisect.bisect_left(self._duration_bounds, latency_s)] += 1
-            histogram.sum += latency_s
+            self._add_attempt(key, record.attempt, record.latency_s)
 
     def on_request(self, record: RequestRecord) -> None:
         key = self._label_cache.get((record.route, record.model, record.status, record.outcome))
         if key is None:
             key = self._labels(record.route, record.model, record.status, record.outcome)
-        lane = key[:2]
         with self._lock:
-            self._requests[key] = self._requests.get(key, 0) + 1
-            if record.prompt_tokens:
-                self._prompt_tokens[lane] = self._prompt_tokens.get(lane, 0) + record.prompt_tokens
-            if record.completion_tokens:
-                self._completion_tokens[lane] = (
-                    self._completion_tokens.get(lane, 0) + record.completion_tokens
-                )
-            if record.cost_usd is not None:
-                self._cost_usd[lane] = self._cost_usd.get(lane, 0.0) + record.cost_usd
-            histogram = self._request_s.get(lane)
-            if histogram is None:
-                histogram = self._request_s[lane] = _Histogram(len(self._duration_bounds))
-            total_s = record.total_s
-            histogram.counts[bisect.bisect_left(self._duration_bounds, total_s)] += 1
-            histogram.sum += total_s
-            tenant = record.tenant
-            if tenant is not None:
-                tenant = self._tenants.label(tenant)
-            wait = (*lane, record.priority, tenant if tenant is not None else "")
-            histogram = self._queue_s.get(wait)
-            if histogram is None:
-                histogram = self._queue_s[wait] = _Histogram(len(self._queue_bounds))
-            queued_s = record.queued_s
-            histogram.counts[bisect.bisect_left(self._queue_bounds, queued_s)] += 1
-            histogram.sum += queued_s
+            self._add_request(
+                key,
+                total_s=record.total_s,
+                queued_s=record.queued_s,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost_usd=record.cost_usd,
+                priority=record.priority,
+                tenant=record.tenant,
+            )
+
+    def count_answer(
+        self,
+        route: str,
+        model: str | None,
+        status: int | None,
+        *,
+        attempt: int,
+        latency_s: float,
+        total_s: float,
+        queued_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost_usd: float | None,
+        priority: str,
+        tenant: str | None,
+    ) -> None:
+        """A successful request, counted as its attempt's record and its own would be
+        (:class:`~pacekeeper.core.records.AnswerCounter`: the governor builds neither record
+        when every hook counts this way)."""
+        key = self._label_cache.get((route, model, status, "ok"))
+        if key is None:
+            key = self._labels(route, model, status, "ok")
+        with self._lock:
+            self._add_attempt(key, attempt, latency_s)
+            self._add_request(
+                key,
+                total_s=total_s,
+                queued_s=queued_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost_usd,
+                priority=priority,
+                tenant=tenant,
+            )
+
+    # Under the lock: one attempt or request counted, by its labels (route, model, status,
+    # outcome).
+
+    def _add_attempt(self, key: tuple[str, str, str, str], attempt: int, latency_s: float) -> None:
+        lane = key[:2]
+        self._attempts[key] = self._attempts.get(key, 0) + 1
+        if attempt > 1:
+            self._retries[lane] = self._retries.get(lane, 0) + 1
+        if key[3] == "rate_limited":
+            self._rate_limited[lane] = self._rate_limited.get(lane, 0) + 1
+        histogram = self._attempt_s.get(lane)
+        if histogram is None:
+            histogram = self._attempt_s[lane] = _Histogram(len(self._duration_bounds))
+        histogram.counts[bisect.bisect_left(self._duration_bounds, latency_s)] += 1
+        histogram.sum += latency_s
+
+    def _add_request(
+        self,
+        key: tuple[str, str, str, str],
+        *,
+        total_s: float,
+        queued_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost_usd: float | None,
+        priority: str,
+        tenant: str | None,
+    ) -> None:
+        lane = key[:2]
+        self._requests[key] = self._requests.get(key, 0) + 1
+        if prompt_tokens:
+            self._prompt_tokens[lane] = self._prompt_tokens.get(lane, 0) + prompt_tokens
+        if completion_tokens:
+            self._completion_tokens[lane] = self._completion_tokens.get(lane, 0) + completion_tokens
+        if cost_usd is not None:
+            self._cost_usd[lane] = self._cost_usd.get(lane, 0.0) + cost_usd
+        histogram = self._request_s.get(lane)
+        if histogram is None:
+            histogram = self._request_s[lane] = _Histogram(len(self._duration_bounds))
+        histogram.counts[bisect.bisect_left(self._duration_bounds, total_s)] += 1
+        histogram.sum += total_s
+        if tenant is not None:
+            tenant = self._tenants.label(tenant)
+        wait = (*lane, priority, tenant if tenant is not None else "")
+        histogram = self._queue_s.get(wait)
+        if histogram is None:
+            histogram = self._queue_s[wait] = _Histogram(len(self._queue_bounds))
+        histogram.counts[bisect.bisect_left(self._queue_bounds, queued_s)] += 1
+        histogram.sum += queued_s
 
     # -- Collector -------------------------------------------------------------------------
 

@@ -406,6 +406,36 @@ def _with_usage_option(content: bytes) -> bytes | None:
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EMPTY_ARRAY = re.compile(rb"\[\s*\]")
+_SPACE = b" \t\n\r\x0b\x0c"  # what \s matches in a bytes pattern
+_CHOICES = b'"choices"'
+_CHOICES_LEN = len(_CHOICES)
+
+
+def _empty_choices(data: bytes, start: int) -> int:
+    """Where the first match of ``_EMPTY_CHOICES`` at or after ``start`` begins (-1: none).
+
+    Found from its empty array back: a stream's events each hold ``"choices"`` and a dozen
+    quotes (each of which the pattern is tried at), but an empty array is rare, so the
+    search runs over the text at a single byte's pace.
+
+    >>> _empty_choices(b'{"choices": [{}]} {"choices" :\\n[ ]}', 0)
+    19
+    >>> _empty_choices(b'{"choices": [{}]} {"choices" :\\n[ ]}', 20), _empty_choices(b"[]", 0)
+    (-1, -1)
+    """
+    for array in _EMPTY_ARRAY.finditer(data, start):
+        end = array.start()
+        while end > start and data[end - 1] in _SPACE:
+            end -= 1
+        if end > start and data[end - 1] == 0x3A:  # ":"
+            end -= 1
+            while end > start and data[end - 1] in _SPACE:
+                end -= 1
+            begin = end - _CHOICES_LEN
+            if begin >= start and data[begin:end] == _CHOICES:
+                return begin
+    return -1
 
 
 class UsageChunkFilter:
@@ -430,12 +460,12 @@ class UsageChunkFilter:
             # Only an event holding empty choices can be the usage-only one: the whole events
             # before the next such place pass in one piece, unchecked (checking every event
             # of a stream one by one cost more than the rest of the stream's handling).
-            hit = _EMPTY_CHOICES.search(data, start)
-            whole = _whole_events_end(data, start, hit.start() if hit else len(data))
+            hit = _empty_choices(data, start)
+            whole = _whole_events_end(data, start, hit if hit >= 0 else len(data))
             if whole > start:
                 out.append(data[start:whole])
                 start = whole
-            if hit is None:
+            if hit < 0:
                 break
             end, sep = _event_end(data, start)  # the event holding the hit
             if end < 0:
@@ -479,7 +509,11 @@ def _whole_events_end(data: bytes, start: int, stop: int) -> int:
     >>> _whole_events_end(b"a\\n\\nb\\n\\n\\nc", 0, 8), _whole_events_end(b"a\\n\\nb", 0, 4)
     (6, 3)
     """
-    last = max(data.rfind(b"\n\n", start, stop), data.rfind(b"\r\n\r\n", start, stop))
+    # A CRLF blank line matters only after the last LF one: looked for from there.
+    last = data.rfind(b"\n\n", start, stop)
+    crlf = data.rfind(b"\r\n\r\n", last if last > start else start, stop)
+    if crlf > last:  # noqa: PLR1730 - max() is a call, on every stream
+        last = crlf
     if last < 0:
         return start
     # A blank line is made of CR and LF only, so the cut within the run of them holding the

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx2
 
-__all__ = ["headers_of", "lowered_pairs", "request_of", "response_of"]
+__all__ = ["Triples", "headers_of", "request_of", "response_of", "triples_of"]
 
 Triples = list[tuple[bytes, bytes, bytes]]
 
@@ -45,15 +45,16 @@ def headers_of(triples: Triples) -> httpx2.Headers:
     return headers
 
 
-def lowered_pairs(headers: httpx2.Headers) -> list[tuple[bytes, bytes]]:
-    """(lowercased name, value) of every header, in order, without lowering each name again.
+def triples_of(headers: httpx2.Headers) -> Triples:
+    """(name, lowercased name, value) of every header, in order: httpx2's own list, not
+    copied (do not change it), so no name is lowered again.
 
-    >>> lowered_pairs(headers_of([(b"X-A", b"x-a", b"1")]))
-    [(b'x-a', b'1')]
+    >>> triples_of(headers_of([(b"X-A", b"x-a", b"1")]))
+    [(b'X-A', b'x-a', b'1')]
     """
     if not _LAYOUT_KNOWN:  # pragma: no cover - another httpx2
-        return [(name.lower(), value) for name, value in headers.raw]
-    return [(lowered, value) for _, lowered, value in headers._list]
+        return [(name, name.lower(), value) for name, value in headers.raw]
+    return headers._list
 
 
 def _request_fast(
