@@ -511,9 +511,9 @@ class AimdLimit(FixedLimit):
                 # the probe found the real cap: probe less often
                 self._probe_after_s *= 2.0
                 self._probe_after_answers *= 2
+        self.hold_test = False
         if self.learned_cap is None:
             self.cap_provisional = provisional
-            self.hold_test = False
         elif not provisional or refused_probe:
             if self.cap_provisional and not refused_probe:
                 # Confirmed before its try (a refusal that names its scope, another process's
@@ -568,6 +568,7 @@ class AimdLimit(FixedLimit):
         """The learned cap was wrong (refusals came below it): limit by the window again."""
         self.learned_cap = None
         self.cap_provisional = False
+        self.hold_test = False
         self._probing = False
         self._cap_since = math.inf
         self._probe_after_s = self.first_probe_after_s
