@@ -594,6 +594,34 @@ def test_a_provisional_cap_confirmed_otherwise_is_not_probed_every_round_trip() 
     assert t - 0.1 >= AimdLimit.first_probe_after_s - 0.15
 
 
+def test_a_provisional_cap_retested_stays_provisional_and_its_test_waits_while_held() -> None:
+    """A refused test that told nothing (the lane's ``_Refused.UNTOLD``): back at the cap,
+    still provisional, tried again a round trip on, but not while its owner holds the test
+    (a second too busy for it to tell); a success past it still refutes the cap."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    aimd.set_floor(20)
+    aimd.learn_cap(in_flight_at_send=9, now=0.0, provisional=True, probe_after_s=0.5)
+    t = _succeed_at_the_cap_until_probed(aimd, step_s=0.1)
+    assert (aimd.limit, aimd.probing) == (9, True)
+    aimd.retest_cap(now=t, after_s=0.5)
+    assert (aimd.limit, aimd.learned_cap, aimd.cap_provisional, aimd.probing) == (
+        8,
+        8,
+        True,
+        False,
+    )
+    aimd.hold_test = True
+    held = _succeed_at_the_cap_until_probed(aimd, step_s=0.1, start=t, until=t + 2.0)
+    assert held == pytest.approx(t + 2.0, abs=0.15)  # held: no test
+    assert aimd.limit == 8
+    aimd.hold_test = False
+    tried = _succeed_at_the_cap_until_probed(aimd, step_s=0.1, start=held)
+    assert tried == pytest.approx(held + 0.1, abs=0.05)  # due long since: at the next answer
+    assert aimd.probing
+    assert aimd.refuted_by(in_flight_at_send=9, sent_at=tried)
+    assert (aimd.learned_cap, aimd.cap_provisional) == (None, False)
+
+
 def test_a_success_past_a_provisional_cap_refutes_it_but_not_one_sent_before_it() -> None:
     aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
     aimd.learn_cap(in_flight_at_send=9, now=1.0, provisional=True, probe_after_s=0.5)

@@ -162,6 +162,7 @@ class AimdLimit(FixedLimit):
         "ceiling",
         "decreases",
         "floor",
+        "hold_test",
         "learned_cap",
         "outgrew_served",
         "queue_cut_at",
@@ -241,6 +242,9 @@ class AimdLimit(FixedLimit):
         """Whether the cap rests on a bare 429 alone (which the rate explains as well)."""
         self.cap_learned_at = -math.inf
         """When the cap was last set from a refusal (requests sent since test it)."""
+        self.hold_test = False
+        """A provisional cap's test waits while this is set (its owner sets it while the test
+        would tell nothing: :meth:`retest_cap`)."""
         self._cap_since = math.inf
         self._cap_taught = 0
         """The cap the last refusal taught (probes raise :attr:`learned_cap` past it)."""
@@ -507,6 +511,7 @@ class AimdLimit(FixedLimit):
                 # the probe found the real cap: probe less often
                 self._probe_after_s *= 2.0
                 self._probe_after_answers *= 2
+        self.hold_test = False
         if self.learned_cap is None:
             self.cap_provisional = provisional
         elif not provisional or refused_probe:
@@ -540,6 +545,20 @@ class AimdLimit(FixedLimit):
         self.forget_cap()
         return True
 
+    def retest_cap(self, *, now: float, after_s: float) -> None:
+        """A provisional cap's test was refused, but says no more than the refusal that
+        taught the cap (a rate refuses it as well): back at the cap, still provisional, and
+        tried one higher again after ``after_s`` at it. What was learned when stays."""
+        if self.learned_cap is None or not self.cap_provisional:
+            return
+        self.learned_cap = self._cap_taught
+        self._probing = False
+        self._probe_after_s = after_s
+        self._cap_since = now
+        self._answers_at_cap = 0
+        self._window = min(self._window, float(self.learned_cap))
+        self._update()
+
     @property
     def probing(self) -> bool:
         """Whether the cap was just raised by one to probe it (a refusal there is expected)."""
@@ -549,6 +568,7 @@ class AimdLimit(FixedLimit):
         """The learned cap was wrong (refusals came below it): limit by the window again."""
         self.learned_cap = None
         self.cap_provisional = False
+        self.hold_test = False
         self._probing = False
         self._cap_since = math.inf
         self._probe_after_s = self.first_probe_after_s
@@ -568,6 +588,8 @@ class AimdLimit(FixedLimit):
             return
         # A provisional cap's try is a test due within a round trip, not growth.
         if not self.cap_provisional and self._answers_at_cap < self._probe_after_answers:
+            return
+        if self.cap_provisional and self.hold_test:
             return
         self.learned_cap = cap + 1
         self._probing = True

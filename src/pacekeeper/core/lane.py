@@ -202,6 +202,7 @@ def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     )
 
 
+_RETEST_WAITS_RT = 3.0  # a provisional cap's second test waits this many round trips at most
 _PACE_KNOWN_AFTER = 4  # answers before their mean round trip says how busy a pace was
 _CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
 
@@ -214,6 +215,11 @@ class _Refused(enum.Enum):
     EITHER = "either"
     """A bare 429 at a new peak in flight with no stated rate: a cap explains it, and so
     does a rate that the burst reaching that peak outran."""
+    UNTOLD = "untold"
+    """A provisional cap's test refused where only the start's burst (sent before the first
+    answer) made the lane's pace as busy as the refused second: a cap and a rate refuse such
+    a test alike. The cap stays provisional and is tested once more, after a second quiet
+    enough to tell (:meth:`Lane._retest_untold`)."""
 
 
 class Reconciliation:
@@ -356,6 +362,8 @@ class Lane:
         "_burst_cut_at",
         "_burst_scale",
         "_cap_refuted",
+        "_cap_retest_by",
+        "_cap_retested",
         "_charged",
         "_clock",
         "_configured",
@@ -505,6 +513,10 @@ class Lane:
         """The second before that refusal was mostly the start's burst
         (:meth:`_start_held_second`), whose count says what was held in flight, not a pace
         a rate took."""
+        self._cap_retested = False
+        """Whether the provisional cap's test was tried again (:attr:`_Refused.UNTOLD`)."""
+        self._cap_retest_by = -math.inf
+        """Until when that second test waits for a second quiet enough to tell."""
         self._first_success_at = math.inf
         self._stated_sent_at = -math.inf
         self._quota_budgets: set[str] = set()
@@ -1855,6 +1867,8 @@ class Lane:
             in_flight_at_send=permit.in_flight_at_send, sent_at=permit.sent_at
         ):
             self._refusal_was_the_rate(now)
+        elif aimd is not None and aimd.cap_provisional and self._cap_retested:
+            aimd.hold_test = self._retest_untold(now)
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
         grid = self._grid
         moved = (
@@ -1963,7 +1977,14 @@ class Lane:
             local = self._local
             # Refused at this many in flight: the way up to it is new territory again.
             local.sent_peak = min(local.sent_peak, permit.in_flight_at_send - 1)
-            if isinstance(slots, AimdLimit):
+            if refused is _Refused.UNTOLD and isinstance(slots, AimdLimit):
+                # Back at the cap, still provisional, tried again a round trip on.
+                round_trip_s = max(_CAP_TEST_MIN_S, self.latency.mean_s)
+                slots.retest_cap(now=now, after_s=round_trip_s)
+                if not self._cap_retested:
+                    self._cap_retested = True
+                    self._cap_retest_by = now + _RETEST_WAITS_RT * round_trip_s
+            elif isinstance(slots, AimdLimit):
                 slots.learn_cap(
                     in_flight_at_send=permit.in_flight_at_send,
                     now=now,
@@ -1974,6 +1995,7 @@ class Lane:
                     sent_in_second = self._sent_in_second_before(permit.sent_at)
                     self._untested_refusal = (permit.sent_at, sent_in_second)
                     self._untested_after_start = self._start_held_second(permit.sent_at)
+                    self._cap_retested = False
                 elif not slots.cap_provisional:
                     self._untested_refusal = None
                     # A hint on a refusal of the count says nothing about when a slot frees:
@@ -2364,9 +2386,17 @@ class Lane:
             # still in flight: no clump fell across its edge, so no margin (a cap of 3
             # refused the first window's fourth; a second of 2 sends under it was "as busy").
             margin = 0 if self._untested_after_start else _AS_BUSY_MARGIN
-            if sent_in_second >= untested[1] - margin and not (
+            as_busy = sent_in_second >= untested[1] - margin
+            if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
+                # Not the second test (that one goes after a quieter second), but a request
+                # sent at its level while it was out: the rate refuses it as well (fixed
+                # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
+                # third of its clump's replacements refused). The test's answer decides.
+                return _Refused.UNTOLD
+            since = self._first_success_at  # the pace counts no send of the start's burst
+            if as_busy and not (
                 self._took_as_busy(untested[1], since=slots.cap_learned_at, before=permit.sent_at)
-                or self._paced_as_busy(sent_in_second, before=permit.sent_at)
+                or self._paced_as_busy(sent_in_second, since=since, before=permit.sent_at)
                 or (
                     # A start's second, judged against the pace less the refused test (what
                     # a rate reading would measure): a cap refuses the pace (a cap of 6 with
@@ -2376,9 +2406,27 @@ class Lane:
                     # above it (fixed windows of 5 a second that refused the ramp's sixth,
                     # then a clump of 5 answers with a pace of 2.5 a second).
                     self._untested_after_start
-                    and self._paced_as_busy(sent_in_second - 1, before=permit.sent_at)
+                    and self._paced_as_busy(sent_in_second - 1, since=since, before=permit.sent_at)
                 )
             ):
+                if not self._cap_retested and (
+                    self._paced_as_busy(sent_in_second, since=-math.inf, before=permit.sent_at)
+                    or (
+                        self._untested_after_start
+                        and self._paced_as_busy(
+                            sent_in_second - 1, since=-math.inf, before=permit.sent_at
+                        )
+                    )
+                ):
+                    # Only the start's burst made the pace as busy: sends from before the
+                    # first answer, which are no pace under the cap (nothing had come back
+                    # to pace them). Counted, they confirmed a cap of 5 on fixed windows of
+                    # 5/s with answers of 1.3125 s (the ramp's 0.63 and the refused 0.73 in
+                    # the round trip before the test at 1.95: 8 sends for 7.9), and the lane
+                    # held 3.8/s of 5 for the run. A cap of 5 with such answers sends the
+                    # very same requests at the very same times up to that refusal: nothing
+                    # seen tells them apart. Tested once more, after a quieter second.
+                    return _Refused.UNTOLD
                 self._cap_refuted = True
                 self._untested_refusal = None
                 slots.forget_cap()
@@ -2387,6 +2435,19 @@ class Lane:
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
         return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
+
+    def _retest_untold(self, now: float) -> bool:
+        """Whether the second test of a provisional cap (:attr:`_Refused.UNTOLD`) should wait:
+        sent now, after this answer's replacement, it would follow a second as busy as the
+        one before the refusal that taught the cap, which a rate refuses as well. Sent after
+        a quieter one, it tells: a rate has room then, so a refusal is the cap, and a success
+        refutes it. Not past :attr:`_cap_retest_by` (a cap with fast answers is never that
+        quiet: then the test goes, and is judged as the first was)."""
+        untested = self._untested_refusal
+        if untested is None or now >= self._cap_retest_by:
+            return False
+        margin = 0 if self._untested_after_start else _AS_BUSY_MARGIN
+        return self._sent_in_second_before(now) + 2 >= untested[1] - margin
 
     def _start_held_second(self, sent_at: float) -> bool:
         """Whether half or more of the requests sent in the second up to ``sent_at`` went
@@ -2417,22 +2478,23 @@ class Lane:
                 return True
         return False
 
-    def _paced_as_busy(self, sent_in_second: int, *, before: float) -> bool:
-        """Whether this lane sent, over the round trip up to ``before``, at least
-        ``sent_in_second`` a second: its pace under the cap (what is in flight over how long
-        an answer takes, all of it taken) was as busy as the refused second. A rate refuses a
-        second well above the pace it takes (a clump: with answers of a constant 1.6 s, a
-        lane held at 13 in flight by 10/s sent 13 in a third of a second, 8.9/s over the
-        round trip); a cap refuses the lane's steady pace. And were it a rate after all, a
-        cap that lets through as much a second as the rate refused costs nothing. Unknown
-        (False) before a few answers."""
+    def _paced_as_busy(self, sent_in_second: int, *, since: float, before: float) -> bool:
+        """Whether this lane sent, over the round trip up to ``before`` (no send from before
+        ``since`` counted), at least ``sent_in_second`` a second: its pace under the cap
+        (what is in flight over how long an answer takes, all of it taken) was as busy as
+        the refused second. A rate refuses a second well above the pace it takes (a clump:
+        with answers of a constant 1.6 s, a lane held at 13 in flight by 10/s sent 13 in a
+        third of a second, 8.9/s over the round trip); a cap refuses the lane's steady pace.
+        And were it a rate after all, a cap that lets through as much a second as the rate
+        refused costs nothing. Unknown (False) before a few answers."""
         if self._successes < _PACE_KNOWN_AFTER:
             return False
         # The mean of the answers so far, not only once a window of 16 is in: a cap of 4
         # answered in 0.8 s has 5 answers when its test is refused, and read as the rate
         # then, the lane was paced at 0.6 of what the cap allowed.
         round_trip_s = max(_CAP_TEST_MIN_S, self.latency.mean_s)
-        sent = sum(1 for t in self._recent_sends if before - round_trip_s < t <= before)
+        start = before - round_trip_s
+        sent = sum(1 for t in self._recent_sends if start < t <= before and t >= since)
         return sent >= sent_in_second * round_trip_s
 
     def _start_full_as_stated(self, left: float, limit: float) -> None:
