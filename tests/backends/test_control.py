@@ -100,9 +100,9 @@ async def discover(gov: Governor) -> float:
     One at a time in the fleet too: each waits until the release before it reached Redis.
     Asked sooner, the admission counts the releases still queued in the maintenance thread
     as in flight (its first calls on a fresh Redis load the scripts), and a refusal at a new
-    peak in flight is first taken for an in-flight cap: the likely cause of this file's first
-    test failing 1 run in 3-8 alone on a fresh Redis (the lane discovered no rate), and once
-    in CI."""
+    peak in flight is first taken for an in-flight cap: the likely cause (not confirmed) of
+    this file's first test discovering no rate once in CI, and in 1 of 30 and 1 of 8 runs
+    alone on a fresh Redis."""
     lane = shared_lane(gov)
     for _ in range(20):
         permit = await lane.acquire(0)
