@@ -80,11 +80,13 @@ local function clock(key)
   local c = redis.call('HMGET', key, 't', 's')
   local last, skew = num(c[1], 0), num(c[2], 0)
   local now = raw + skew
+  local write = now > last + 0.1  -- (a new clock too: last 0)
   if now < last then
     skew = last - raw
     now = last
+    write = true
   end
-  if now > last + 0.1 or c[2] == false or num(c[2], 0) ~= skew then
+  if write then
     redis.call('HSET', key, 't', fmt(now), 's', fmt(skew))
     redis.call('EXPIRE', key, 604800)  -- a week: longer than the keys whose times it keeps
   end

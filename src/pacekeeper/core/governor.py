@@ -845,37 +845,14 @@ class Call:
             if permit.refused_for_slot:
                 delay_s = 0.0  # it waits in the queue for a slot under the learned cap
         hooks = gov.hooks
-        if ok and hooks:
-            seen, counters = gov._counting
-            if hooks != seen:
-                counters = gov._counters_of(hooks)
-            if counters is not None and not logger.isEnabledFor(logging.INFO):
-                # Every hook counts (the Prometheus collector): it takes the fields, and the
-                # two records wait until something reads them, as without hooks.
-                status = verdict.status
-                total_s = now - self._started_mono
-                priority = _PRIORITY_NAMES[self.priority]
-                for counter in counters:
-                    counter.count_answer(
-                        self.route,
-                        self.model,
-                        status,
-                        attempt=self.attempt,
-                        latency_s=latency_s,
-                        total_s=total_s,
-                        queued_s=self.queued_s,
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        cost_usd=self.cost_usd,
-                        priority=priority,
-                        tenant=self.tenant,
-                    )
-                if with_record:
-                    return Decision(retry=False, record=self._answered_record())
-                return _ANSWERED
         # Built only when someone reads it: this runs once per attempt on the hot path. A
-        # logger below INFO is below DEBUG too: one check of the level for both records.
-        published = bool(hooks) or logger.isEnabledFor(logging.INFO)
+        # logger below INFO is below DEBUG too: one check of the level for both records. A
+        # success that every hook counted from its fields (:meth:`_counted`) builds none.
+        published = (bool(hooks) or logger.isEnabledFor(logging.INFO)) and not (
+            ok
+            and hooks
+            and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
+        )
         if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
             self._publish_attempt(
                 permit,
@@ -908,6 +885,44 @@ class Call:
         if error is not None:
             error.record = record
         return Decision(retry=False, error=error, record=record)
+
+    def _counted(
+        self,
+        status: int | None,
+        now: float,
+        latency_s: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> bool:
+        """A success counted by every hook from its fields, when every hook counts that way
+        (the Prometheus collector, :class:`~pacekeeper.core.records.AnswerCounter`) and the
+        log is below INFO: then its two records wait until something reads them, as without
+        hooks."""
+        gov = self.governor
+        hooks = gov.hooks
+        seen, counters = gov._counting
+        if hooks != seen:
+            counters = gov._counters_of(hooks)
+        if counters is None or logger.isEnabledFor(logging.INFO):
+            return False
+        total_s = now - self._started_mono
+        priority = _PRIORITY_NAMES[self.priority]
+        for counter in counters:
+            counter.count_answer(
+                self.route,
+                self.model,
+                status,
+                attempt=self.attempt,
+                latency_s=latency_s,
+                total_s=total_s,
+                queued_s=self.queued_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=self.cost_usd,
+                priority=priority,
+                tenant=self.tenant,
+            )
+        return True
 
     def _publish_attempt(
         self,

@@ -2382,41 +2382,21 @@ class Lane:
             # over the round trip was as busy as the refused second (a rate refuses clumps
             # above the pace it takes; a cap refuses the pace itself).
             sent_in_second = self._sent_in_second_before(permit.sent_at)
-            # The second before a refusal at the start held the start's burst, nearly all
-            # still in flight: no clump fell across its edge, so no margin (a cap of 3
-            # refused the first window's fourth; a second of 2 sends under it was "as busy").
-            margin = 0 if self._untested_after_start else _AS_BUSY_MARGIN
-            as_busy = sent_in_second >= untested[1] - margin
+            as_busy = sent_in_second >= untested[1] - self._as_busy_margin()
             if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
                 # Not the second test (that one goes after a quieter second), but a request
                 # sent at its level while it was out: the rate refuses it as well (fixed
                 # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
                 # third of its clump's replacements refused). The test's answer decides.
                 return _Refused.UNTOLD
-            since = self._first_success_at  # the pace counts no send of the start's burst
+            # the pace counts no send of the start's burst
+            since, before = self._first_success_at, permit.sent_at
             if as_busy and not (
-                self._took_as_busy(untested[1], since=slots.cap_learned_at, before=permit.sent_at)
-                or self._paced_as_busy(sent_in_second, since=since, before=permit.sent_at)
-                or (
-                    # A start's second, judged against the pace less the refused test (what
-                    # a rate reading would measure): a cap refuses the pace (a cap of 6 with
-                    # 1-s answers: 7 sends before the first refusal, 6-7 a second under the
-                    # cap; read as the rate, the lane paced at 0.44 of what the cap allowed,
-                    # and the in-flight refusals that followed cut it again), a rate a clump
-                    # above it (fixed windows of 5 a second that refused the ramp's sixth,
-                    # then a clump of 5 answers with a pace of 2.5 a second).
-                    self._untested_after_start
-                    and self._paced_as_busy(sent_in_second - 1, since=since, before=permit.sent_at)
-                )
+                self._took_as_busy(untested[1], since=slots.cap_learned_at, before=before)
+                or self._pace_matched(sent_in_second, since=since, before=before)
             ):
-                if not self._cap_retested and (
-                    self._paced_as_busy(sent_in_second, since=-math.inf, before=permit.sent_at)
-                    or (
-                        self._untested_after_start
-                        and self._paced_as_busy(
-                            sent_in_second - 1, since=-math.inf, before=permit.sent_at
-                        )
-                    )
+                if not self._cap_retested and self._pace_matched(
+                    sent_in_second, since=-math.inf, before=before
                 ):
                     # Only the start's burst made the pace as busy: sends from before the
                     # first answer, which are no pace under the cap (nothing had come back
@@ -2446,8 +2426,15 @@ class Lane:
         untested = self._untested_refusal
         if untested is None or now >= self._cap_retest_by:
             return False
-        margin = 0 if self._untested_after_start else _AS_BUSY_MARGIN
-        return self._sent_in_second_before(now) + 2 >= untested[1] - margin
+        return self._sent_in_second_before(now) + 2 >= untested[1] - self._as_busy_margin()
+
+    def _as_busy_margin(self) -> int:
+        """How many sends fewer than the second before the refusal that taught a provisional
+        cap still count as "as busy". The second before a refusal at the start held the
+        start's burst, nearly all still in flight: no clump fell across its edge, so none (a
+        cap of 3 refused the first window's fourth; a second of 2 sends under it was "as
+        busy")."""
+        return 0 if self._untested_after_start else _AS_BUSY_MARGIN
 
     def _start_held_second(self, sent_at: float) -> bool:
         """Whether half or more of the requests sent in the second up to ``sent_at`` went
@@ -2477,6 +2464,20 @@ class Lane:
             elif self._sent_in_second_before(sent_at) >= busy:
                 return True
         return False
+
+    def _pace_matched(self, sent_in_second: int, *, since: float, before: float) -> bool:
+        """Whether the lane's pace (:meth:`_paced_as_busy`) was as busy as a refused second of
+        ``sent_in_second`` sends; a start's second is judged against the pace less the refused
+        test (what a rate reading would measure): a cap refuses the pace (a cap of 6 with 1-s
+        answers: 7 sends before the first refusal, 6-7 a second under the cap; read as the
+        rate, the lane paced at 0.44 of what the cap allowed, and the in-flight refusals that
+        followed cut it again), a rate a clump above it (fixed windows of 5 a second that
+        refused the ramp's sixth, then a clump of 5 answers with a pace of 2.5 a second)."""
+        if self._paced_as_busy(sent_in_second, since=since, before=before):
+            return True
+        return self._untested_after_start and self._paced_as_busy(
+            sent_in_second - 1, since=since, before=before
+        )
 
     def _paced_as_busy(self, sent_in_second: int, *, since: float, before: float) -> bool:
         """Whether this lane sent, over the round trip up to ``before`` (no send from before
