@@ -279,7 +279,12 @@ def test_an_answer_cut_at_the_drain_deadline_is_not_called_a_refusal(
         )
     )
     asking.start()
-    time.sleep(0.3)  # sent, waiting for the upstream
+    # Stop once the upstream holds it (a fixed sleep raced a busy machine: the request had
+    # not reached the proxy, so the proxy rightly called it refused).
+    deadline = time.monotonic() + 10
+    while sim.stats()["requests_received"] < 1:
+        assert time.monotonic() < deadline, "the request never reached the upstream"
+        time.sleep(0.01)
     proxy.begin_stop()
     asking.join(5)
     assert proxy.wait(5)
