@@ -394,7 +394,11 @@ class AimdLimit(FixedLimit):
         grown = min(self.ramp_max, base + (now - self._ramp_from) / self.ramp_spacing_s)
         if elapsed_s > 0:
             grown = max(grown, base * 2.0 ** (elapsed_s / self.silence_double_s))
-        if grown >= self._window + 1.0 or grown >= top:
+        # The next whole slot, not the window plus one: woken a little late (as an event loop
+        # wakes a sleeper), the window takes a fraction past the slot, and "one more than
+        # that" piled the lateness up until the ramp's top was out of reach (held at 7 until
+        # the first answer, asking again every millisecond).
+        if grown >= math.floor(self._window) + 1.0 or grown >= top:
             self._window = min(top, grown)
             self._update()
         next_slot = math.floor(self._window) + 1.0
@@ -421,7 +425,7 @@ class AimdLimit(FixedLimit):
             top = min(top, self.served_top)
         base = self._silence_base
         grown = min(top, base + (now - self._ramp_from) / self.ramp_spacing_s)
-        if grown >= self._window + 1.0:
+        if grown >= math.floor(self._window) + 1.0:  # the next whole slot (as above)
             self._ramp_lift += grown - self._window
             self._window = grown
             self._update()
