@@ -330,7 +330,9 @@ RELEASE = (
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
 --       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
---       charge, negative: give back), otpm (the caller's output pace, 0: none)
+--       charge, negative: give back), otpm (the caller's output pace, 0: none), cut_to
+--       (with back-pressure: the window swollen answers showed a queueing server serves,
+--       which the window goes down to instead of decrease_factor of itself; 0: none)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock(KEYS[3])
 local signal = num(ARGV[2], 0)
@@ -359,6 +361,8 @@ if num(ARGV[5], 0) == 0 and signal > 0 then
     -- at most once per round trip: answers to requests sent before the last cut don't cut
     if num(ARGV[3], 0) >= ld then
       local cut = math.max(lo, cw * num(ARGV[9], 0.7))
+      local cut_to = num(ARGV[17], 0)
+      if cut_to > 0 then cut = math.max(lo, math.min(cw, cut_to)) end
       redis.call('HSET', KEYS[1], 'cw', fmt(cut), 'ss', fmt(cut), 'ld', fmt(now), 'wm', fmt(cw))
     end
   else
