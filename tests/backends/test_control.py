@@ -16,6 +16,7 @@ import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
 from pacekeeper.backends import RedisAdmissionPolicy, RedisBackend
 from pacekeeper.core.classify import Verdict, classify_response
+from pacekeeper.core.concurrency import AimdLimit
 from pacekeeper.core.config import AdaptiveConcurrency
 from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import ModelLimits, Scenario, Simulator
@@ -774,3 +775,27 @@ async def test_a_cut_on_swollen_answers_is_the_fleets_window(
     for permit in taken:
         permit.release()
     close(a, b)
+
+
+async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A self-hosted server states nothing: after its first answer, a local lane's ramp goes
+    on to 16 (a slot every 0.1 s) where slow start alone waits a round trip per doubling. In
+    a fleet only silence before any answer raised the shared window: the ramp after it grew
+    the learner's window alone, and three processes on a server of 22 answering in 1.6 s
+    doubled from 8 on answers."""
+    a = shared_gov(redis_server, namespace)
+    lane = shared_lane(a)
+    first = await lane.acquire(0)
+    backlog = [asyncio.ensure_future(lane.acquire(0)) for _ in range(30)]  # the ramp runs
+    await until(lambda: lane.slots.limit >= 8, timeout_s=5.0, about=lane.slots)
+    lane.settle(first, ok(), now=a.clock(), max_hint_s=60, retry=False)  # states nothing
+    await until(
+        lambda: (stored(redis_server, namespace, "cw") or 0) >= AimdLimit.ramp_answered_max - 1,
+        timeout_s=5.0,
+        about=lane.slots,
+    )
+    for task in backlog:
+        task.cancel()
+    close(a)

@@ -728,7 +728,7 @@ class RedisAdmissionPolicy:
             *(lane.queue.waiting(p) for p in Priority),
             output_tokens if otpm else 0,
             otpm,
-            0 if learner is None else learner.silence_window,
+            0 if learner is None else learner.ramp_window,
             lane.burst_s("tokens"),
             lane.burst_s("output_tokens"),
             *(grid or (0, 0, 0, 0)),

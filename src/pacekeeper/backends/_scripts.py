@@ -114,8 +114,9 @@ ADMIT = (
 --       rank (the caller's class: 0 interactive, 1 batch, 2 background), min_share,
 --       waiting here per class (3 numbers, the caller included), output tokens (the part of
 --       the cost limited apart, charged to the output bucket; tokens is then the input
---       alone), otpm (the caller's output pace, 0: output not limited apart), silence
---       window (what silence before any answer grew the caller's window to, 0: none; the
+--       alone), otpm (the caller's output pace, 0: output not limited apart), ramp
+--       window (what the start's ramp grew the caller's window to: silence before any
+--       answer, and the ramp that goes on after answers that state nothing; 0: none; the
 --       shared window rises to it, as a local one grows), the token and output buckets'
 --       bursts in seconds (burst_s is the request bucket's; each as the caller's lane has it),
 --       the request bucket's fixed windows (seconds until the current one ends, length,

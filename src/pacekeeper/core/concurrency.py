@@ -412,17 +412,9 @@ class AimdLimit(FixedLimit):
         to :attr:`ramp_answered_max` (within slow start's bound by what was served), until
         :meth:`end_ramp`, a signal other than a success, a cut, a cap or a floor (a known
         rate) ends it. Returns seconds until its next slot (inf: none)."""
-        if (
-            self._ramp_ended
-            or self._ssthresh != math.inf
-            or self.floor
-            or self.learned_cap is not None
-            or not -math.inf < self._ramp_from < math.inf  # no ramp began, or one ended
-        ):
+        top = self._answered_ramp_top()
+        if top is None:
             return math.inf
-        top = min(self.ramp_answered_max, float(self._settings.max))
-        if self.served_top > 0.0:
-            top = min(top, self.served_top)
         base = self._silence_base
         grown = min(top, base + (now - self._ramp_from) / self.ramp_spacing_s)
         if grown >= self._window + 1.0:
@@ -443,6 +435,21 @@ class AimdLimit(FixedLimit):
         due = self._ramp_from + (step_to - base) * self.ramp_spacing_s
         return max(1e-3, due - now)
 
+    def _answered_ramp_top(self) -> float | None:
+        """How far the ramp goes on after the first answer (None: it does not)."""
+        if (
+            self._ramp_ended
+            or self._ssthresh != math.inf
+            or self.floor
+            or self.learned_cap is not None
+            or not -math.inf < self._ramp_from < math.inf  # no ramp began, or one ended
+        ):
+            return None
+        top = min(self.ramp_answered_max, float(self._settings.max))
+        if self.served_top > 0.0:
+            top = min(top, self.served_top)
+        return top
+
     def end_ramp(self) -> None:
         """The answers state a limit: the rate it implies sets the window from now on, and a
         window ramped up by time would only let the start's burst run past it."""
@@ -455,6 +462,19 @@ class AimdLimit(FixedLimit):
         if self._answered or self._ssthresh != math.inf or self._silence_since is None:
             return 0
         return int(self._window)
+
+    @property
+    def ramp_window(self) -> int:
+        """The window the start's ramp has grown: :attr:`silence_window` before any answer,
+        and while the ramp goes on after answers that state nothing (:meth:`_ramp_on`), the
+        window within its top; 0 once it ended. A fleet's shared window is raised to it."""
+        silence = self.silence_window
+        if silence or not self._answered:
+            return silence
+        top = self._answered_ramp_top()
+        if top is None:
+            return 0
+        return int(min(self._window, top))
 
     def queueing(self, *, capacity: float, now: float = 0.0) -> bool:
         """The upstream queues what is past ``capacity`` in flight (estimated from swelling
