@@ -796,6 +796,13 @@ async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
         timeout_s=5.0,
         about=lane.slots,
     )
+    # Another process cuts the fleet's window (its answers swelled, say): this process's
+    # ramp, still running, must not undo it.
+    client = redis_server.client()
+    client.hset(f"{namespace}:lane:{CHAT}|m", mapping={"cw": "6", "ss": "6"})
+    client.close()
+    await asyncio.sleep(0.5)
+    assert stored(redis_server, namespace, "cw") == 6
     for task in backlog:
         task.cancel()
     close(a)

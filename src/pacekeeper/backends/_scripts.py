@@ -117,10 +117,10 @@ ADMIT = (
 --       alone), otpm (the caller's output pace, 0: output not limited apart), ramp
 --       window (what the start's ramp grew the caller's window to: silence before any
 --       answer, and the ramp that goes on after answers that state nothing; 0: none; the
---       shared window rises to it, as a local one grows), the token and output buckets'
---       bursts in seconds (burst_s is the request bucket's; each as the caller's lane has it),
---       the request bucket's fixed windows (seconds until the current one ends, length,
---       budget, guard; zeros: none)
+--       shared window rises to it, as a local one grows, until the first cut), the token
+--       and output buckets' bursts in seconds (burst_s is the request bucket's; each as
+--       the caller's lane has it), the request bucket's fixed windows (seconds until the
+--       current one ends, length, budget, guard; zeros: none)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
 --     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
@@ -165,7 +165,8 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
   end
 end
 local h = redis.call(
-  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr')
+  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr',
+  'ss')
 local function fleet_or(own, fleet)
   if fleet > 0 then return fleet end
   return own
@@ -253,7 +254,9 @@ if fixed > 0 then
 else
   local cw = num(h[6], initial)
   local silence = num(ARGV[22], 0)
-  if silence > cw then
+  -- Only while the fleet's window was never cut: a process whose own ramp still runs (its
+  -- answers judged nothing yet) must not undo another's cut (RELEASE sets ss).
+  if silence > cw and h[13] == false then
     cw = math.min(hi, silence)
     redis.call('HSET', KEYS[1], 'cw', fmt(cw))
   end
