@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
 from pacekeeper.backends import RedisAdmissionPolicy, RedisBackend
 from pacekeeper.core.classify import Verdict, classify_response
+from pacekeeper.core.concurrency import AimdLimit
 from pacekeeper.core.config import AdaptiveConcurrency
 from pacekeeper.core.lane import Lane, QueueTimeout
 from pacekeeper.sim import ModelLimits, Scenario, Simulator
@@ -735,3 +737,72 @@ async def test_one_callers_floor_is_the_fleets_at_once(
     assert int(low[3]) == 6, low  # the limit it is judged by: the fleet's floor
     assert int(low[0]) == 0  # six in flight: no slot
     client.close()
+
+
+async def test_a_cut_on_swollen_answers_is_the_fleets_window(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A self-hosted server (no 429s) queues past its capacity: answers swell, and the
+    process that judges them cuts the window to the capacity they show. The window cut must
+    be the fleet's: kept in the learner alone, it cut nothing, and the fleet's window grew on
+    every answer not yet judged swollen (three processes held a queue one process cuts).
+    Answers of a FIFO server of 12, 1 s unqueued, to 48 sent at once."""
+    limits = Limits(concurrency=AdaptiveConcurrency(initial=48))
+    a = shared_gov(redis_server, namespace, limits=limits)
+    b = shared_gov(redis_server, namespace, limits=limits)
+    lane_a, lane_b = shared_lane(a), shared_lane(b)
+    first = await lane_b.acquire(0)  # answered: no silence of b's grows the window later
+    lane_b.settle(first, ok(), now=first.sent_at + 1.0, max_hint_s=60, retry=False)
+    await released(b, lane_b)
+    permits = [await lane_a.acquire(0) for _ in range(48)]
+    loads = [p.in_flight_at_send for p in permits]
+    assert loads == sorted(loads)
+    assert loads[-1] == 48
+    for permit in permits:  # in the order a FIFO server answers them
+        latency_s = max(1.0, permit.in_flight_at_send / 12)
+        lane_a.settle(permit, ok(), now=permit.sent_at + latency_s, max_hint_s=60, retry=False)
+    learner = redis_admission(lane_a).learner
+    assert learner is not None
+    assert learner.queue_cut_at > -math.inf, lane_a.latency  # the swelling was judged
+    await until(lambda: (stored(redis_server, namespace, "cw") or 48) < 20, about=learner)
+    window = stored(redis_server, namespace, "cw")
+    assert window is not None
+    assert 12 <= window < 20  # the capacity, a tenth to spare: not 0.7 of 48
+    # the other process, which judged nothing, is held to it
+    taken = [await lane_b.acquire(0, deadline=time.monotonic() + 1.0) for _ in range(int(window))]
+    with pytest.raises(QueueTimeout):
+        await lane_b.acquire(0, deadline=time.monotonic() + 0.3)
+    for permit in taken:
+        permit.release()
+    close(a, b)
+
+
+async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A self-hosted server states nothing: after its first answer, a local lane's ramp goes
+    on to 16 (a slot every 0.1 s) where slow start alone waits a round trip per doubling. In
+    a fleet only silence before any answer raised the shared window: the ramp after it grew
+    the learner's window alone, and three processes on a server of 22 answering in 1.6 s
+    doubled from 8 on answers."""
+    a = shared_gov(redis_server, namespace)
+    lane = shared_lane(a)
+    first = await lane.acquire(0)
+    backlog = [asyncio.ensure_future(lane.acquire(0)) for _ in range(30)]  # the ramp runs
+    await until(lambda: lane.slots.limit >= 8, timeout_s=5.0, about=lane.slots)
+    lane.settle(first, ok(), now=a.clock(), max_hint_s=60, retry=False)  # states nothing
+    await until(
+        lambda: (stored(redis_server, namespace, "cw") or 0) >= AimdLimit.ramp_answered_max - 1,
+        timeout_s=5.0,
+        about=lane.slots,
+    )
+    # Another process cuts the fleet's window (its answers swelled, say): this process's
+    # ramp, still running, must not undo it.
+    client = redis_server.client()
+    client.hset(f"{namespace}:lane:{CHAT}|m", mapping={"cw": "6", "ss": "6"})
+    client.close()
+    await asyncio.sleep(0.5)
+    assert stored(redis_server, namespace, "cw") == 6
+    for task in backlog:
+        task.cancel()
+    close(a)

@@ -337,6 +337,40 @@ def test_before_any_answer_a_paced_ramp_then_silence_grows_the_window_one_slot_a
     assert aimd.waiting_for_slot(5.0) == math.inf  # an answer came: only outcomes move it now
 
 
+def _ramp_woken_late(aimd: AimdLimit, *, start: float, until: float, late_s: float) -> int:
+    """Calls ``waiting_for_slot`` when it says the next slot opens, ``late_s`` after (an event
+    loop wakes a sleeper a little late); returns how many calls came back sooner than 5 ms."""
+    now, spins = start, 0
+    while now < until:
+        while aimd.in_flight < aimd.limit:
+            aimd.acquire(now=now)
+        wait = aimd.waiting_for_slot(now)
+        if wait == math.inf:
+            break
+        spins += wait < 0.005
+        now += wait + late_s
+    return spins
+
+
+@pytest.mark.parametrize("late_s", [0.0, 0.001, 0.004, 0.013])
+def test_the_ramp_reaches_its_top_when_woken_late(late_s: float) -> None:
+    """The start's ramp grew the window to the (fractional) slot count the clock gave, then
+    asked for a whole slot more: woken a few ms late at each step, the lateness piled up,
+    the last step to 8 (the top) never came, and it asked again every millisecond until the
+    first answer (traced on a model of the `selfhosted` row: 7 in flight from 0.8 s to the
+    first answer). After the first answer the ramp goes on to a slot under its top, a
+    fraction past it (as measured), without asking every millisecond either."""
+    aimd = AimdLimit(AdaptiveConcurrency(initial=4, max=256))
+    spins = _ramp_woken_late(aimd, start=0.0, until=1.0, late_s=late_s)
+    assert aimd.limit == 8
+    assert spins <= 2  # a rounding of the clock's arithmetic, not a wait every millisecond
+    for _ in range(3):  # answers that state nothing: the ramp goes on
+        aimd.release(now=1.0, sent_at=0.0, in_flight_at_send=4, signal=Signal.SUCCESS)
+    spins = _ramp_woken_late(aimd, start=1.0, until=3.0, late_s=late_s)
+    assert aimd.limit >= AimdLimit.ramp_answered_max - 1
+    assert spins <= 2
+
+
 def test_an_in_flight_refusal_in_the_ramp_stops_it_at_the_cap() -> None:
     """A cap of 4 refuses the ramp's first request past it in milliseconds, before the next
     slot opens: one refusal, and the window stays at the cap."""

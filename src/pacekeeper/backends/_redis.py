@@ -219,13 +219,16 @@ class _SharedAdaptive(AimdLimit):
     It counts this process's requests in flight and reports the shared limit while Redis is
     reachable; while not, it limits locally, to at most 1/N of the last shared limit."""
 
-    __slots__ = ("local_limit", "shared_limit", "shared_mode")
+    __slots__ = ("cut_to", "local_limit", "shared_limit", "shared_mode")
 
     def __init__(self, settings: AdaptiveConcurrency) -> None:
         super().__init__(settings)
         self.shared_limit = settings.initial
         self.shared_mode = True
         self.local_limit = settings.max
+        self.cut_to: float | None = None
+        """A cut on swollen answers (a queueing server) not yet sent: the fleet's window
+        goes down to this with the next release."""
 
     @property
     def limit(self) -> int:
@@ -238,6 +241,20 @@ class _SharedAdaptive(AimdLimit):
 
     def set_local_limit(self, limit: int) -> None:
         self.local_limit = max(1, limit)
+
+    def queueing(self, *, capacity: float, now: float = 0.0) -> bool:
+        """Swollen answers say the server queues past ``capacity``: the window to cut is the
+        fleet's (the learner's own grows only with this process's answers), and the cut goes
+        to Redis with the next release. Kept here alone, it cut nothing: the fleet's window
+        grew on every answer not yet judged swollen, and three processes held a queue that
+        one process cuts (`selfhosted` fleet3 0.75-0.84 of the reference, one process
+        0.85-0.91)."""
+        if self.shared_mode and self.shared_limit > self._window:
+            self._window = float(self.shared_limit)
+        cut = super().queueing(capacity=capacity, now=now)
+        if cut and self.shared_mode:
+            self.cut_to = self._window
+        return cut
 
     def __repr__(self) -> str:
         where = "shared" if self.shared_mode else "local fallback"
@@ -711,7 +728,7 @@ class RedisAdmissionPolicy:
             *(lane.queue.waiting(p) for p in Priority),
             output_tokens if otpm else 0,
             otpm,
-            0 if learner is None else learner.silence_window,
+            0 if learner is None else learner.ramp_window,
             lane.burst_s("tokens"),
             lane.burst_s("output_tokens"),
             *(grid or (0, 0, 0, 0)),
@@ -795,6 +812,12 @@ class RedisAdmissionPolicy:
         if signal is Signal.NEUTRAL and _refused_about_the_rate(self._lane, permit):
             code = _RATE_REFUSAL
             self._refusals.append((permit.sent_at, server_sent_at))
+        shared = self._shared_slots
+        cut_to = shared.cut_to if isinstance(shared, _SharedAdaptive) else None
+        if cut_to is not None:
+            assert isinstance(shared, _SharedAdaptive)
+            shared.cut_to = None
+            code = _SIGNAL_CODES[Signal.BACKPRESSURE]  # to the window it says, not a share
         delta, self._token_delta = self._token_delta, 0.0
         output_delta, self._output_delta = self._output_delta, 0.0
         self._lane.queue.wake_head()
@@ -821,6 +844,7 @@ class RedisAdmissionPolicy:
                 1 if backlog else 0,
                 output_delta,
                 lane.output_tpm or 0,
+                _wire(cut_to) if cut_to is not None else 0,
             ],
         )
 

@@ -114,12 +114,13 @@ ADMIT = (
 --       rank (the caller's class: 0 interactive, 1 batch, 2 background), min_share,
 --       waiting here per class (3 numbers, the caller included), output tokens (the part of
 --       the cost limited apart, charged to the output bucket; tokens is then the input
---       alone), otpm (the caller's output pace, 0: output not limited apart), silence
---       window (what silence before any answer grew the caller's window to, 0: none; the
---       shared window rises to it, as a local one grows), the token and output buckets'
---       bursts in seconds (burst_s is the request bucket's; each as the caller's lane has it),
---       the request bucket's fixed windows (seconds until the current one ends, length,
---       budget, guard; zeros: none)
+--       alone), otpm (the caller's output pace, 0: output not limited apart), ramp
+--       window (what the start's ramp grew the caller's window to: silence before any
+--       answer, and the ramp that goes on after answers that state nothing; 0: none; the
+--       shared window rises to it, as a local one grows, until the first cut), the token
+--       and output buckets' bursts in seconds (burst_s is the request bucket's; each as
+--       the caller's lane has it), the request bucket's fixed windows (seconds until the
+--       current one ends, length, budget, guard; zeros: none)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
 --     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
@@ -164,7 +165,8 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
   end
 end
 local h = redis.call(
-  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr')
+  'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr',
+  'ss')
 local function fleet_or(own, fleet)
   if fleet > 0 then return fleet end
   return own
@@ -252,7 +254,9 @@ if fixed > 0 then
 else
   local cw = num(h[6], initial)
   local silence = num(ARGV[22], 0)
-  if silence > cw then
+  -- Only while the fleet's window was never cut: a process whose own ramp still runs (its
+  -- answers judged nothing yet) must not undo another's cut (RELEASE sets ss).
+  if silence > cw and h[13] == false then
     cw = math.min(hi, silence)
     redis.call('HSET', KEYS[1], 'cw', fmt(cw))
   end
@@ -330,7 +334,9 @@ RELEASE = (
 --       in_flight_at_send, fixed (1: fixed limit, no AIMD), initial, min, max,
 --       decrease_factor, utilisation_to_grow, token_delta, cfg_tpm, utilisation,
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
---       charge, negative: give back), otpm (the caller's output pace, 0: none)
+--       charge, negative: give back), otpm (the caller's output pace, 0: none), cut_to
+--       (with back-pressure: the window swollen answers showed a queueing server serves,
+--       which the window goes down to instead of decrease_factor of itself; 0: none)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock(KEYS[3])
 local signal = num(ARGV[2], 0)
@@ -359,6 +365,8 @@ if num(ARGV[5], 0) == 0 and signal > 0 then
     -- at most once per round trip: answers to requests sent before the last cut don't cut
     if num(ARGV[3], 0) >= ld then
       local cut = math.max(lo, cw * num(ARGV[9], 0.7))
+      local cut_to = num(ARGV[17], 0)
+      if cut_to > 0 then cut = math.max(lo, math.min(cw, cut_to)) end
       redis.call('HSET', KEYS[1], 'cw', fmt(cut), 'ss', fmt(cut), 'ld', fmt(now), 'wm', fmt(cw))
     end
   else
