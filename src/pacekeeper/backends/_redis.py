@@ -813,10 +813,9 @@ class RedisAdmissionPolicy:
             code = _RATE_REFUSAL
             self._refusals.append((permit.sent_at, server_sent_at))
         shared = self._shared_slots
-        cut_to = shared.cut_to if isinstance(shared, _SharedAdaptive) else None
-        if cut_to is not None:
-            assert isinstance(shared, _SharedAdaptive)
-            shared.cut_to = None
+        cut_to: float | None = None
+        if isinstance(shared, _SharedAdaptive) and shared.cut_to is not None:
+            cut_to, shared.cut_to = shared.cut_to, None
             code = _SIGNAL_CODES[Signal.BACKPRESSURE]  # to the window it says, not a share
         delta, self._token_delta = self._token_delta, 0.0
         output_delta, self._output_delta = self._output_delta, 0.0
