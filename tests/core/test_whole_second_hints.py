@@ -109,3 +109,32 @@ def test_the_discovery_waits_its_hint_whole_and_a_later_cut_only_the_certain_par
         answer(2.1 + 0.08 * k, 2.15 + 0.08 * k, ok)
     answer(4.0, 4.02, hinted)
     assert lane.cooldown.until == 2.02  # a discovered rate, cut: nothing certain in "1"
+
+
+def test_a_hint_of_seconds_on_a_discovered_request_rate_is_waited_whole() -> None:
+    """A hint of 2 s or more on a request rate says more than one request's refill (a rate
+    of a request a second rounds up to 1 s): a window that runs until then. Waited short,
+    16 fixed 10-s windows with whole-second hints (600-1500/min, answers of 0.2-0.8 s, 20 s
+    of work, a simulated clock) drew 313 429s where 153 were drawn waiting them whole: the
+    second before each window's end went into a dry window at the discovered pace."""
+    clock = SimClock()
+    lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
+    ok = classify_response(200, {}, None, now_wall_s=0.0)
+
+    def answer(sent: float, at: float, hint: str | None) -> None:
+        clock.now = sent
+        permit = lane._grant(sent, 0, sent)
+        clock.now = at
+        verdict = ok
+        if hint is not None:
+            verdict = classify_response(429, {"retry-after": hint}, None, now_wall_s=0.0)
+        lane.settle(permit, verdict, now=at, max_hint_s=600.0, retry=False)
+
+    for k in range(12):
+        answer(0.08 * k, 0.08 * k + 0.05, None)
+    answer(1.0, 1.02, "1")
+    assert lane.request_rate.discovered
+    for k in range(20):
+        answer(2.1 + 0.08 * k, 2.15 + 0.08 * k, None)
+    answer(4.0, 4.02, "6")
+    assert lane.cooldown.until == 10.02

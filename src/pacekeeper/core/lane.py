@@ -2262,8 +2262,11 @@ class Lane:
         nowhere and rounds ``retry-after`` up to the second): the lane paces them from empty
         as well, and the whole second after each measured cut was a tenth of a 10-s run (on
         a simulated clock, 12 Groq-like 1-s buckets took 0.875 of what they allow, 0.913 now,
-        at the same 429s, tests/core/test_whole_second_hints.py). Not the discovery's own
-        hint: its pace is a first guess. Nor a budget its headers show spent (Azure's 10-s
+        at the same 429s, tests/core/test_whole_second_hints.py). A hint of 1 s only: any
+        rate of a request a second or more rounds a bucket's wait for one request up to it,
+        while 2 s or more is a window running until then (waited short, 10-s fixed windows
+        with such hints drew twice the 429s). Not the discovery's own hint: its pace is a
+        first guess. Nor a budget its headers show spent (Azure's 10-s
         windows: waited short, they drew 429s at each window's end, whose cuts held a lane at
         a third of its rate), which waits in :meth:`_throttled` before this."""
         hint_s = min(hint_s, max_hint_s)
@@ -2273,7 +2276,7 @@ class Lane:
             and refusing.ceiling is None
             and (
                 refusing is self.token_rate
-                or (refusing is self.request_rate and refusing.rpm is not None)
+                or (refusing is self.request_rate and refusing.rpm is not None and hint_s == 1.0)
             )
         )
         wait_s = self.cooldown.hinted_wait_s(
