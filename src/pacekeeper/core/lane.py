@@ -2257,15 +2257,27 @@ class Lane:
         and the budget that refused is tokens of which no limit is stated (the lane paces
         them from empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`).
         A ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
-        second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). Requests
-        keep the whole hint: waited short, Azure's 10-s windows drew 429s at each window's
-        end whose cuts held a lane at a third of its rate."""
+        second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). So too
+        for requests at a rate discovered already (Groq states its per-minute request limit
+        nowhere and rounds ``retry-after`` up to the second): the lane paces them from empty
+        as well, and the whole second after each measured cut was a tenth of a 10-s run (on
+        a simulated clock, 12 Groq-like 1-s buckets took 0.875 of what they allow, 0.913 now,
+        at the same 429s, tests/core/test_whole_second_hints.py). A hint of 1 s only: any
+        rate of a request a second or more rounds a bucket's wait for one request up to it,
+        while 2 s or more is a window running until then (waited short, 10-s fixed windows
+        with such hints drew twice the 429s). Not the discovery's own hint: its pace is a
+        first guess. Nor a budget its headers show spent (Azure's 10-s
+        windows: waited short, they drew 429s at each window's end, whose cuts held a lane at
+        a third of its rate), which waits in :meth:`_throttled` before this."""
         hint_s = min(hint_s, max_hint_s)
         whole = (
             hint_s >= 1.0
             and hint_s == math.floor(hint_s)
-            and refusing is self.token_rate
             and refusing.ceiling is None
+            and (
+                refusing is self.token_rate
+                or (refusing is self.request_rate and refusing.rpm is not None and hint_s == 1.0)
+            )
         )
         wait_s = self.cooldown.hinted_wait_s(
             hint_s, sent_at=permit.sent_at, now=now, whole_seconds=whole, first=refusing.rpm is None
