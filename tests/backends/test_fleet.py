@@ -153,8 +153,8 @@ def test_three_processes_keep_to_token_windows(redis_server: RedisServer) -> Non
     the gate waited out a refused window, let its burst and the rate into the next one: a
     429 every one to three seconds (4-8 in a run of this length).
 
-    Measured on this machine (busy, three other test runs): 5 runs before, 5-8 429s each;
-    after, 0-2."""
+    Measured on a busy machine (load 8-20): 429s 4 and 6 in two runs before, 1 and 1
+    after."""
     tpm = 18_000  # 300 tokens a window: ten of the worker's requests (~30 tokens each)
     scenario = Scenario(
         models={"m": ModelLimits(rpm=100_000, tpm=tpm, window_s=1.0)},
