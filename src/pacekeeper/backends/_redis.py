@@ -81,6 +81,8 @@ and the shared count is not drained to what answers say is left, as a local buck
 _SHARE_WINDOW_S = 5.0
 """Our share of the fleet's admissions is measured over this long."""
 _MIN_SHARE = 0.02
+_AHEADS_KEPT = 32
+"""How many of the latest admissions' clock readings the server's clock less ours is read from."""
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -360,6 +362,7 @@ class RedisAdmissionPolicy:
         "_pushed_limits",
         "_refusals",
         "_server_ahead_s",
+        "_server_aheads",
         "_shared_slots",
         "_slot_starved",
         "_token_delta",
@@ -409,6 +412,10 @@ class RedisAdmissionPolicy:
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
         self._server_ahead_s: float | None = None
         """The server's clock less ours, as of our last admission (None: none yet)."""
+        self._server_aheads: deque[float] = deque(maxlen=_AHEADS_KEPT)
+        """The same, as of each of our latest admissions: each is low by how late its reply
+        was read (a busy event loop reads it tens to hundreds of ms late), so the highest is
+        the nearest."""
         # What the fleet learned before this process started: start from it.
         with contextlib.suppress(*_redis_errors()):
             self.exchange_control(backend.sync_scripts().control, push=False)
@@ -708,6 +715,18 @@ class RedisAdmissionPolicy:
         grid = None if requests is None else requests.window_grid(self._clock())
         if grid is not None and grid[1] < _FLEET_WINDOW_MIN_S:
             grid = None
+        tokens_bucket = self._local.tokens
+        now = self._clock()
+        token_grid = None if tokens_bucket is None else tokens_bucket.window_grid(now)
+        token_grid_at = 0
+        aheads = self._server_aheads
+        if token_grid is not None and aheads:
+            ahead_s = max(aheads)
+            # When the window ends on the server's clock: the ask runs a moment after its
+            # arguments are made (tens of ms on a busy loop), and seconds from then counted
+            # from the script's time put the end that much late.
+            token_grid = (now + token_grid[0] + ahead_s, *token_grid[1:])
+            token_grid_at = 1
         return [
             tokens - output_tokens if otpm else tokens,
             lane.rpm or 0,
@@ -732,6 +751,8 @@ class RedisAdmissionPolicy:
             lane.burst_s("tokens"),
             lane.burst_s("output_tokens"),
             *(grid or (0, 0, 0, 0)),
+            *(token_grid or (0, 0, 0, 0)),
+            token_grid_at,
         ]
 
     def answer(self, reply: object) -> Granted | Deferred | None:
@@ -752,6 +773,7 @@ class RedisAdmissionPolicy:
             self._held.add(lease)
             now = self._clock()
             self._server_ahead_s = admission.now - now
+            self._server_aheads.append(admission.now - now)
             marks = self._fleet_marks
             marks.append((now, admission.admissions))
             while now - marks[0][0] > _SHARE_WINDOW_S:
@@ -847,10 +869,12 @@ class RedisAdmissionPolicy:
             ],
         )
 
-    def close_gate(self, until: float, wait_s: float) -> None:
+    def close_gate(self, until: float, wait_s: float, *, tokens: bool = False) -> None:
         self._local.close_gate(until, wait_s)
         self._backend.submit(
-            "gate", [self.hash_key, self._backend.clock_key], [wait_s, self._backend.key_ttl_s]
+            "gate",
+            [self.hash_key, self._backend.clock_key],
+            [wait_s, self._backend.key_ttl_s, 1 if tokens else 0],
         )
 
     def charge_tokens(self, delta: float) -> None:

@@ -27,6 +27,7 @@ stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that s
 about;
 ``we``/``wl``/``wu`` the fixed windows a provider counts requests in, where the lanes keep to
 them: when the current one ends, their length, the requests that went into it (ADMIT);
+``te``/``tl``/``tu`` the same for tokens (the tokens that went into it);
 priority classes (ADMIT): ``d0``/``d1``/``d2`` until when some process has work waiting in
 class interactive/batch/background, ``c1``/``c2`` the credit (owed admissions) of batch and
 background.
@@ -120,7 +121,8 @@ ADMIT = (
 --       shared window rises to it, as a local one grows, until the first cut), the token
 --       and output buckets' bursts in seconds (burst_s is the request bucket's; each as
 --       the caller's lane has it), the request bucket's fixed windows (seconds until the
---       current one ends, length, budget, guard; zeros: none)
+--       current one ends, length, budget, guard; zeros: none), the token bucket's (the same
+--       four, then 1 when the first is the end as a time on this clock, not seconds from now)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
 --     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
@@ -166,7 +168,7 @@ if rank > 0 and credit[rank + 1] < 0.999999 then
 end
 local h = redis.call(
   'HMGET', KEYS[1], 'cd', 'tr', 'tt', 'lr', 'lt', 'cw', 'pr', 'pt', 'pc', 'pf', 'to', 'dr',
-  'ss')
+  'ss', 'ct')
 local function fleet_or(own, fleet)
   if fleet > 0 then return fleet end
   return own
@@ -240,7 +242,76 @@ elseif rpm > 0 then
   w, rint = bucket_wait(tr, 1, rpm, burst_s)
   if w > wait then wait = w end
 end
+-- A provider that counts tokens in fixed windows (ARGV[29..32], as the request windows'):
+-- each window's budget goes from its start, and no more (te: when the current one ends, tu:
+-- the tokens that went into it). The shared bucket refilled continuously: filled again while
+-- the gate waited out a refused window, it let its burst and the rate into the next one, half
+-- a second's worth too many, and drew the next 429 (a fleet's 429 every ~1-3 s on 1-s windows).
+local tlen, tbudget, guard = num(ARGV[30], 0), num(ARGV[31], 0), num(ARGV[32], 0)
+local tu, tn, tlate = 0, 0, false
+local g = nil
+local seen = num(ARGV[29], 0)
+if ARGV[33] ~= '1' then seen = now + seen end  -- (seconds from the caller's ask, not a time)
 if tpm > 0 and tokens > 0 then
+  g = redis.call('HMGET', KEYS[1], 'te', 'tl', 'tu', 'tn', 'tb', 'tg', 'tw')
+  local stated_len = num(g[2], 0)
+  if not (tlen > 0 and tbudget > 0) and stated_len > 0
+      and now - num(g[7], 0) < 10 * stated_len then
+    -- A caller whose own answers do not show the windows yet (or any more) keeps to those
+    -- another stated lately: its admissions count in the windows too.
+    tlen, tbudget, guard, seen = num(g[2], 0), num(g[5], 0), num(g[6], 0), num(g[1], 0)
+  elseif tlen > 0 and tbudget > 0 then
+    redis.call('HSET', KEYS[1], 'tb', fmt(tbudget), 'tg', fmt(guard), 'tw', fmt(now))
+  end
+end
+local twindowed = g ~= nil and tlen > 0 and tbudget > 0
+if twindowed then
+  local te = num(g[1], 0)
+  tu, tn = num(g[3], 0), num(g[4], 0)
+  if te <= 0 or math.abs(num(g[2], 0) - tlen) > 1e-6 then
+    -- The switch: the window holding now gets what the paced bucket would have let through
+    -- until it ends, no more (as a local lane's).
+    te = seen
+    local rate = tpm * util / 60
+    local level = math.max(1, rate * num(ARGV[23], burst_s)) - math.max(0, tt - now) * rate
+    tu = tbudget - math.min(tbudget, math.max(0, level) + rate * math.max(0, te - now))
+  else
+    -- Every caller sees the windows end a trip early (its send time plus the reset): the
+    -- latest end any of them states, within half a window, is the nearest to the provider's.
+    local d = (seen - te) % tlen
+    if d > tlen / 2 then d = d - tlen end
+    if d > 0 then te = te + d end
+  end
+  if now >= te then
+    local passed = math.floor((now - te) / tlen) + 1
+    te = te + passed * tlen
+    -- a spend larger than a window: later ones repay it; what went in the last guard of the
+    -- window before may have reached the provider in this one
+    tu = math.max(0, tu - passed * tbudget)
+    if passed == 1 then tu = tu + tn end
+    tn = 0
+  end
+  if now < te - tlen + guard then
+    w = te - tlen + guard - now
+  elseif tu + tokens > tbudget + 1e-9 and not (tokens > tbudget and tu <= 1e-9) then
+    local owed = tu - tbudget + math.min(tokens, tbudget)
+    w = te + (math.max(1, math.ceil(owed / tbudget - 1e-9)) - 1) * tlen + guard - now
+  else
+    w = 0
+  end
+  if w > wait then wait = w end
+  tlate = now >= te - guard
+  redis.call('HSET', KEYS[1], 'te', fmt(te), 'tl', fmt(tlen), 'tu', fmt(tu), 'tn', fmt(tn))
+elseif tpm > 0 and tokens > 0 then
+  local ct = num(h[14], 0)
+  if ct > 0 then
+    -- A 429 about tokens (GATE) left the provider's budget empty until its hint: so is the
+    -- fleet's bucket when the gate opens, as a local lane's at a window's start. (Full by
+    -- then, it let its burst and the rate into the window that began, and drew the next 429:
+    -- a fleet's 429 every ~1-3 s on 1-s token windows.)
+    local rate = tpm * util / 60
+    tt = math.max(tt, ct + math.max(1, rate * num(ARGV[23], burst_s)) / rate)
+  end
   w, tint = bucket_wait(tt, tokens, tpm, num(ARGV[23], burst_s))
   if w > wait then wait = w end
 end
@@ -307,6 +378,10 @@ if num(ARGV[17 + rank], 0) <= 1 then
   redis.call('HSET', KEYS[1], 'd' .. rank, fmt(now))
 end
 if windowed then redis.call('HSET', KEYS[1], 'wu', fmt(wu + 1)) end
+if twindowed then
+  redis.call('HSET', KEYS[1], 'tu', fmt(tu + tokens))
+  if tlate then redis.call('HSET', KEYS[1], 'tn', fmt(tn + tokens)) end
+end
 if rint > 0 then redis.call('HSET', KEYS[1], 'tr', fmt(tr + rint)) end
 if tint > 0 then redis.call('HSET', KEYS[1], 'tt', fmt(tt + tokens * tint)) end
 if oint > 0 then redis.call('HSET', KEYS[1], 'to', fmt(to + otokens * oint)) end
@@ -400,12 +475,16 @@ return removed
 GATE = (
     _PRELUDE
     + """
--- KEYS[1] lane hash, KEYS[2] the clock; ARGV: wait_s, key_ttl_s. Never shortens a longer
--- cooldown.
+-- KEYS[1] lane hash, KEYS[2] the clock; ARGV: wait_s, key_ttl_s, tokens (1: a 429 about
+-- tokens: the shared token bucket is empty when the gate opens, ADMIT). Never shortens a
+-- longer cooldown.
 local now = clock(KEYS[2])
 local until_ = now + num(ARGV[1], 0)
 if until_ > num(redis.call('HGET', KEYS[1], 'cd'), 0) then
   redis.call('HSET', KEYS[1], 'cd', fmt(until_))
+end
+if ARGV[3] == '1' and until_ > num(redis.call('HGET', KEYS[1], 'ct'), 0) then
+  redis.call('HSET', KEYS[1], 'ct', fmt(until_))
 end
 redis.call('EXPIRE', KEYS[1], math.floor(num(ARGV[2], 3600)))
 return fmt(until_)

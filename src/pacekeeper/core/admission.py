@@ -119,8 +119,9 @@ class AdmissionPolicy(Protocol):
         """:meth:`charge_tokens` for output tokens, where the provider limits them apart."""
         ...
 
-    def close_gate(self, until: float, wait_s: float) -> None:
-        """Nobody goes before ``until`` (``wait_s`` from now): a hinted 429."""
+    def close_gate(self, until: float, wait_s: float, *, tokens: bool = False) -> None:
+        """Nobody goes before ``until`` (``wait_s`` from now): a hinted 429 (``tokens``: one
+        about tokens, whose budget is empty until then)."""
         ...
 
     def key_sent_in_second_before(self, sent_at: float) -> int | None:
@@ -359,7 +360,7 @@ class LocalAdmissionPolicy:
         if self.output_tokens is not None:
             self.output_tokens.adjust(now=self._clock(), delta=delta)
 
-    def close_gate(self, until: float, wait_s: float) -> None:
+    def close_gate(self, until: float, wait_s: float, *, tokens: bool = False) -> None:
         self.cooldown.close_until(until)
 
     def key_sent_in_second_before(self, sent_at: float) -> int | None:

@@ -2284,7 +2284,7 @@ class Lane:
         )
         if wait_s > 0.0:
             # through close_gate: a shared admission closes the fleet's gate, not only ours
-            self.close_gate(wait_s, now=now)
+            self.close_gate(wait_s, now=now, tokens=refusing is self.token_rate)
 
     @property
     def round_trip_s(self) -> float:
@@ -2602,12 +2602,12 @@ class Lane:
             limits = replace(limits, limit_tokens=None, remaining_tokens=None, reset_tokens_s=None)
         return None if limits.is_empty else limits
 
-    def close_gate(self, wait_s: float, *, now: float | None = None) -> None:
+    def close_gate(self, wait_s: float, *, now: float | None = None, tokens: bool = False) -> None:
         """After a 429 with a hint: nobody on this lane goes before the hinted time (``wait_s``
-        from ``now``, by default the lane's clock)."""
+        from ``now``, by default the lane's clock). ``tokens``: the 429 was about tokens."""
         with self._lock:
             until = (self._clock() if now is None else now) + wait_s
-            self.admission.close_gate(until, wait_s)
+            self.admission.close_gate(until, wait_s, tokens=tokens)
 
     def reconcile(
         self,
