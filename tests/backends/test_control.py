@@ -702,7 +702,10 @@ async def test_a_refusal_judged_about_the_rate_later_is_measured_on_the_key(
     # its traffic lately, read 420/min
     loss = stored(redis_server, namespace, "pl")
     assert loss is not None
-    assert 60 * 30 <= loss <= 60 * 37
+    # (38: the refused one's own admission, when its send time, read a moment after the
+    # admission on a busy loop, falls in the next tenth of the key's clock: once in 4 runs of
+    # this file and 5 of this test, at load 1-2)
+    assert 60 * 30 <= loss <= 60 * 38
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
