@@ -361,7 +361,6 @@ class RedisAdmissionPolicy:
         "_pushed_floor",
         "_pushed_limits",
         "_refusals",
-        "_server_ahead_s",
         "_server_aheads",
         "_shared_slots",
         "_slot_starved",
@@ -410,12 +409,10 @@ class RedisAdmissionPolicy:
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
-        self._server_ahead_s: float | None = None
-        """The server's clock less ours, as of our last admission (None: none yet)."""
         self._server_aheads: deque[float] = deque(maxlen=_AHEADS_KEPT)
-        """The same, as of each of our latest admissions: each is low by how late its reply
-        was read (a busy event loop reads it tens to hundreds of ms late), so the highest is
-        the nearest."""
+        """The server's clock less ours, as of each of our latest admissions (the last is
+        the newest): each is low by how late its reply was read (a busy event loop reads it
+        tens to hundreds of ms late), so the highest is the nearest."""
         # What the fleet learned before this process started: start from it.
         with contextlib.suppress(*_redis_errors()):
             self.exchange_control(backend.sync_scripts().control, push=False)
@@ -559,8 +556,8 @@ class RedisAdmissionPolicy:
         # Judged about the rate only later (a provisional cap refuted: ``refused_earlier``),
         # it was released as a refusal about a cap, uncounted: its second is measured all the
         # same, on the server's clock (a little high, by the refusals then read as the cap).
-        ahead = self._server_ahead_s
-        return None if ahead is None else sent_at + ahead
+        aheads = self._server_aheads
+        return sent_at + aheads[-1] if aheads else None
 
     def _adopt(self, stored: list[Any], *, sent: _Control | None) -> None:
         """Make what the fleet stored the lane's own state (rates and cap). ``sent`` is
@@ -712,11 +709,11 @@ class RedisAdmissionPolicy:
         learner = self.learner
         otpm = lane.output_tpm or 0
         requests = lane.requests
-        grid = None if requests is None else requests.window_grid(self._clock())
+        now = self._clock()
+        grid = None if requests is None else requests.window_grid(now)
         if grid is not None and grid[1] < _FLEET_WINDOW_MIN_S:
             grid = None
         tokens_bucket = self._local.tokens
-        now = self._clock()
         token_grid = None if tokens_bucket is None else tokens_bucket.window_grid(now)
         token_grid_at = 0
         aheads = self._server_aheads
@@ -772,7 +769,6 @@ class RedisAdmissionPolicy:
             shared.shared_limit = admission.limit
             self._held.add(lease)
             now = self._clock()
-            self._server_ahead_s = admission.now - now
             self._server_aheads.append(admission.now - now)
             marks = self._fleet_marks
             marks.append((now, admission.admissions))

@@ -190,6 +190,20 @@ local function bucket_wait(tat, cost, per_min, deep_s)
   if cost > burst then return tat - now, 1 / rate end  -- bigger than the burst: when full
   return tat + (cost - burst) / rate - now, 1 / rate
 end
+-- The same bucket's arrival time once a refusal at `since` left the provider's budget empty:
+-- it holds nothing then, as a local lane's bucket drained by the refusal.
+local function emptied(tat, since, per_min, deep_s)
+  local rate = per_min * util / 60
+  return math.max(tat, since + math.max(1, rate * deep_s) / rate)
+end
+-- What a fixed window ending at `ends` is taken to hold already when a fleet starts counting
+-- it (what it took is not known): its budget less what the paced bucket would still let
+-- through until it ends, no more (as a local lane's).
+local function taken_at_switch(tat, per_min, deep_s, budget, ends)
+  local rate = per_min * util / 60
+  local level = math.max(1, rate * deep_s) - math.max(0, tat - now) * rate
+  return budget - math.min(budget, math.max(0, level) + rate * math.max(0, ends - now))
+end
 local rint, tint, oint = 0, 0, 0
 local w
 local drained = num(h[12], 0)
@@ -207,12 +221,8 @@ if windowed then
   local we = num(g[1], 0)
   wu = num(g[3], 0)
   if we <= 0 or math.abs(num(g[2], 0) - wlen) > 1e-6 then
-    -- The switch: what the window holding now has taken is not known; it gets what the
-    -- paced bucket would have let through until it ends, no more (as a local lane's).
     we = now + num(ARGV[25], 0)
-    local rate = rpm * util / 60
-    local level = math.max(1, rate * burst_s) - math.max(0, tr - now) * rate
-    wu = wbudget - math.min(wbudget, math.max(0, level) + rate * math.max(0, we - now))
+    wu = taken_at_switch(tr, rpm, burst_s, wbudget, we)
   end
   if now >= we then
     we = we + (math.floor((now - we) / wlen) + 1) * wlen
@@ -236,8 +246,7 @@ elseif rpm > 0 then
     -- empty: so is the fleet's bucket from then, as a local lane drains its own. (Left
     -- full, the others spent its burst into the window that had just refused: nine more
     -- 429s within 60 ms of a fleet's first, on 1-s windows.)
-    local rate = rpm * util / 60
-    tr = math.max(tr, drained + math.max(1, rate * burst_s) / rate)
+    tr = emptied(tr, drained, rpm, burst_s)
   end
   w, rint = bucket_wait(tr, 1, rpm, burst_s)
   if w > wait then wait = w end
@@ -248,6 +257,7 @@ end
 -- the gate waited out a refused window, it let its burst and the rate into the next one, half
 -- a second's worth too many, and drew the next 429 (a fleet's 429 every ~1-3 s on 1-s windows).
 local tlen, tbudget, guard = num(ARGV[30], 0), num(ARGV[31], 0), num(ARGV[32], 0)
+local tburst_s = num(ARGV[23], burst_s)
 local tu, tn, tlate = 0, 0, false
 local g = nil
 local seen = num(ARGV[29], 0)
@@ -269,12 +279,8 @@ if twindowed then
   local te = num(g[1], 0)
   tu, tn = num(g[3], 0), num(g[4], 0)
   if te <= 0 or math.abs(num(g[2], 0) - tlen) > 1e-6 then
-    -- The switch: the window holding now gets what the paced bucket would have let through
-    -- until it ends, no more (as a local lane's).
     te = seen
-    local rate = tpm * util / 60
-    local level = math.max(1, rate * num(ARGV[23], burst_s)) - math.max(0, tt - now) * rate
-    tu = tbudget - math.min(tbudget, math.max(0, level) + rate * math.max(0, te - now))
+    tu = taken_at_switch(tt, tpm, tburst_s, tbudget, te)
   else
     -- Every caller sees the windows end a trip early (its send time plus the reset): the
     -- latest end any of them states, within half a window, is the nearest to the provider's.
@@ -309,10 +315,9 @@ elseif tpm > 0 and tokens > 0 then
     -- fleet's bucket when the gate opens, as a local lane's at a window's start. (Full by
     -- then, it let its burst and the rate into the window that began, and drew the next 429:
     -- a fleet's 429 every ~1-3 s on 1-s token windows.)
-    local rate = tpm * util / 60
-    tt = math.max(tt, ct + math.max(1, rate * num(ARGV[23], burst_s)) / rate)
+    tt = emptied(tt, ct, tpm, tburst_s)
   end
-  w, tint = bucket_wait(tt, tokens, tpm, num(ARGV[23], burst_s))
+  w, tint = bucket_wait(tt, tokens, tpm, tburst_s)
   if w > wait then wait = w end
 end
 if otpm > 0 and otokens > 0 then
