@@ -51,7 +51,7 @@ __all__ = [
 
 DEFAULT_CONTENDERS = ("auto", "fleet3", "reference", "tenacity16")
 RUN_S = 10.0
-"""16 profiles x 3 seeds x 4 contenders x (10 s + latency + start-up + the slow recipes' tails)
+"""17 profiles x 3 seeds x 4 contenders x (10 s + latency + start-up + the slow recipes' tails)
 takes about 45 minutes on 2 cores. Shorter runs measured mostly the first round trip, which
 every client without the true limits pays once (a job is minutes long)."""
 QUICK_RUN_S = 3.0

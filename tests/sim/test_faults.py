@@ -262,3 +262,39 @@ def test_faults_and_lifecycle_log_nothing(caplog: pytest.LogCaptureFixture) -> N
         for i in range(20):
             outcome(http, chat(f"q{i}", stream=i % 2 == 0))
     assert [r for r in caplog.records if r.name.startswith("uvicorn")] == []
+
+
+@pytest.mark.parametrize(
+    ("retry_after_s", "with_headers"), [(1.0, False), (2.0, True), (None, False)]
+)
+def test_busy_429_looks_like_a_rate_limit_but_counts_as_a_fault(
+    start_sim: StartSim, retry_after_s: float | None, with_headers: bool
+) -> None:
+    faults = Faults(
+        busy_429=1.0, busy_429_retry_after_s=retry_after_s, busy_429_headers=with_headers
+    )
+    sim = start_sim(Scenario(faults=faults, default=ModelLimits(rpm=6000)))
+    with httpx2.Client(base_url=sim.base_url) as http:
+        response = http.post("/chat/completions", json=chat())
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"  # as a real limit's
+    expected = None if retry_after_s is None else str(int(retry_after_s))
+    assert response.headers.get("retry-after") == expected
+    remaining = response.headers.get("x-ratelimit-remaining-requests")
+    assert (remaining is not None) == with_headers
+    if remaining is not None:
+        assert int(remaining) > 5000  # the client's budget had room: not its rate
+    stats = sim.stats()
+    assert stats["faults_injected"] == {"busy_429": 1}
+    assert stats["rejected_rate_limited"] == 0
+
+
+def test_busy_429_speaks_each_dialect(start_sim: StartSim) -> None:
+    gemini = start_sim(Scenario(faults=Faults(busy_429=1.0), rate_limit_headers="gemini"))
+    bare = start_sim(Scenario(faults=Faults(busy_429=1.0), rate_limit_headers="none"))
+    with httpx2.Client(base_url=gemini.base_url) as http:
+        body = http.post("/chat/completions", json=chat()).json()
+    assert body[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
+    with httpx2.Client(base_url=bare.base_url) as http:
+        response = http.post("/chat/completions", json=chat())
+    assert (response.status_code, response.text) == (429, "Too Many Requests")

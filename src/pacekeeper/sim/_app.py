@@ -23,6 +23,7 @@ from ._headers import (
     JSON_CONTENT_TYPE,
     Headers,
     anthropic_error_body,
+    busy_response,
     error_body,
     rate_limit_headers,
     rejection_response,
@@ -769,6 +770,20 @@ class SimApp:
                 stats.answered(ex.counts, ex.record, 504)
             elif outcome == "closing":
                 await self._abort(ex)
+            return
+        if fault == "busy_429":
+            faults = self.scenario.faults
+            mode = self._mode
+            if ex.call.kind == "messages" and mode != "none":
+                mode = "anthropic"  # the Messages route speaks Anthropic's errors
+            headers, body = busy_response(
+                mode,
+                ex.headers,
+                faults.busy_429_retry_after_s,
+                with_headers=faults.busy_429_headers,
+            )
+            await _send(ex.send, 429, headers, body)
+            stats.answered(ex.counts, ex.record, 429)
             return
         ex.headers.append(JSON_CONTENT_TYPE)
         if ex.call.kind == "messages" and fault != "invalid_request":

@@ -43,6 +43,7 @@ _FAULT_FLAGS = {
     "drop": "drop",
     "hang": "hang",
     "malformed": "malformed",
+    "busy-429": "busy_429",
     "insufficient-quota": "insufficient_quota",
     "invalid-request": "invalid_request",
 }
@@ -253,6 +254,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds a hang lasts before a 504 (default 3600)",
     )
+    faults.add_argument(
+        "--busy-429-retry-after-s",
+        type=_number(),
+        metavar="S",
+        help="retry-after of the busy_429 fault's 429s, in whole seconds (default: none)",
+    )
+    faults.add_argument(
+        "--busy-429-headers",
+        action="store_true",
+        default=None,
+        help="send the rate-limit headers (the room left) on the busy_429 fault's 429s",
+    )
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -295,7 +308,13 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
             spread=args.spread,
         )
         fault_changes = {f: getattr(args, f"fault_{f}") for f in _FAULT_FLAGS.values()}
-        faults: Faults = _replace(scenario.faults, hang_s=args.hang_s, **fault_changes)
+        faults: Faults = _replace(
+            scenario.faults,
+            hang_s=args.hang_s,
+            busy_429_retry_after_s=args.busy_429_retry_after_s,
+            busy_429_headers=args.busy_429_headers,
+            **fault_changes,
+        )
         changes = scenario.capacity_changes + tuple(
             CapacityChange(at_s=at_s, factor=factor, model=args.model or None)
             for at_s, factor in args.capacity_change or ()

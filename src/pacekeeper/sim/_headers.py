@@ -404,6 +404,37 @@ def _in_flight_response(
     return headers, body
 
 
+_BUSY_MESSAGE = "The service is busy right now. Please retry your request after a brief wait."
+
+
+def busy_response(
+    mode: str, headers: Headers, retry_after_s: float | None, *, with_headers: bool
+) -> tuple[Headers, bytes]:
+    """Headers and body of a 429 that the client's rate did not cause (the `busy_429` fault):
+    the rate-limit 429 of header `mode` in its body and code, so that nothing but the
+    evidence around it tells the two apart. `headers` are the rate-limit headers the request
+    was admitted with (kept only `with_headers`)."""
+    out: Headers = list(headers) if with_headers else []
+    if retry_after_s is not None:
+        out.append((b"retry-after", str(max(0, math.ceil(retry_after_s - 1e-9))).encode()))
+    if mode == "none":
+        out.append(TEXT_CONTENT_TYPE)
+        return out, b"Too Many Requests"
+    out.append(JSON_CONTENT_TYPE)
+    if mode == "anthropic":
+        return out, anthropic_error_body("rate_limit_error", _BUSY_MESSAGE)
+    if mode == "gemini":
+        error = {
+            "code": 429,
+            "message": "Resource exhausted. Please try again later.",
+            "status": "RESOURCE_EXHAUSTED",
+        }
+        return out, _dumps([{"error": error}])
+    if mode == "azure":
+        return out, _dumps({"error": {"code": "429", "message": _BUSY_MESSAGE}})
+    return out, error_body(_BUSY_MESSAGE, "requests", "rate_limit_exceeded")
+
+
 def rejection_response(
     mode: str,
     limiter: ModelLimiter,

@@ -205,6 +205,25 @@ def _flaky(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     )
 
 
+def _busy(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
+    # 429s that the client's rate does not cause, in the body and code of a rate limit's: a
+    # provider's shared capacity busy (Gemini's dynamic shared quota, an Azure deployment at
+    # capacity, a gateway passing on an upstream's 429); llmock's --error-rate 429 sends such
+    # 429s with retry-after 1 and no rate-limit headers. The real limit binds as well.
+    share = _u(rng, 0.02, 0.08, digits=3)
+    retry_after_s = rng.choice((1.0, 2.0, None))
+    with_headers = rng.random() < 0.5
+    faults = Faults(
+        busy_429=share, busy_429_retry_after_s=retry_after_s, busy_429_headers=with_headers
+    )
+    draw = _rpm_profile("busy", seed, rng, headers="openai", faults=faults)
+    hint = "no retry-after" if retry_after_s is None else f"retry-after {retry_after_s:g}"
+    headers = "with" if with_headers else "without"
+    return _with_summary(
+        draw, f"{draw.summary}, {share:.1%} busy 429s ({hint}, {headers} rate-limit headers)"
+    )
+
+
 def _tpm(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     rpm = _u(rng, 1000, 1500)
     tpm = _u(rng, 180, 300) * 1000
@@ -498,6 +517,7 @@ PROFILES: Mapping[str, _Profile] = {
     "bare": _Profile("rpm, no rate-limit headers, bare 429s", _bare),
     "inflight": _Profile("in-flight cap answered in one of several 429 styles", _inflight),
     "flaky": _Profile("rpm plus 6-10% 5xx/529, 1-3% drops, 0.5-1.5% hangs", _flaky),
+    "busy": _Profile("rpm plus 2-8% 429s the client's rate does not cause", _busy),
     "selfhosted": _Profile("no 429s: a queue past capacity, slower when long", _selfhosted),
     "slow": _Profile("rpm with 4-10 s to first token (reasoning models)", _slow),
     "halving": _Profile("rpm halved 35-55% into the run", _halving),

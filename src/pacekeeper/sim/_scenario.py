@@ -46,6 +46,7 @@ TRANSIENT_FAULTS: tuple[str, ...] = (
     "drop",
     "hang",
     "malformed",
+    "busy_429",
 )
 #: Fault kinds that depend on the request identity only: a retry fares the same.
 PERMANENT_FAULTS: tuple[str, ...] = ("insufficient_quota", "invalid_request")
@@ -182,9 +183,16 @@ class Latency:
 class Faults:
     """Probabilities in [0, 1] of each injected fault, plus how long a hang lasts.
 
-    Transient faults (5xx, 529, drop, hang, malformed) are drawn per attempt; their rates must
-    sum to <= 1. Permanent faults (insufficient_quota, invalid_request) are drawn per request
-    identity, so a retried bad request stays bad; their rates must also sum to <= 1.
+    Transient faults (5xx, 529, drop, hang, malformed, busy_429) are drawn per attempt; their
+    rates must sum to <= 1. Permanent faults (insufficient_quota, invalid_request) are drawn per
+    request identity, so a retried bad request stays bad; their rates must also sum to <= 1.
+
+    `busy_429` is a 429 that the client's own rate does not cause: the provider's shared
+    capacity is busy (Gemini's dynamic shared quota, an Azure deployment at capacity, a gateway
+    passing on an upstream's 429). It is the header mode's rate-limit 429 (its body and code),
+    with `busy_429_retry_after_s` as `retry-after` in whole seconds (None: no hint), and the
+    rate-limit headers (showing the room the client's budget still has) only when
+    `busy_429_headers` is true. The request was admitted first: it counts against the limits.
     """
 
     http_500: float = 0.0
@@ -196,12 +204,20 @@ class Faults:
     malformed: float = 0.0
     insufficient_quota: float = 0.0
     invalid_request: float = 0.0
+    busy_429: float = 0.0
     hang_s: float = 3600.0
+    busy_429_retry_after_s: float | None = None
+    busy_429_headers: bool = False
 
     def __post_init__(self) -> None:
         for name in TRANSIENT_FAULTS + PERMANENT_FAULTS:
             _check_number(name, getattr(self, name), maximum=1.0)
         _check_number("hang_s", self.hang_s, positive=True)
+        _check_number("busy_429_retry_after_s", self.busy_429_retry_after_s, optional=True)
+        if not isinstance(self.busy_429_headers, bool):
+            raise TypeError(
+                f"busy_429_headers: must be true or false, got {self.busy_429_headers!r}"
+            )
         for group, label in ((TRANSIENT_FAULTS, "transient"), (PERMANENT_FAULTS, "permanent")):
             total = sum(float(getattr(self, name)) for name in group)
             if total > 1.0 + 1e-9:
