@@ -40,7 +40,15 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# llmock, a mock server written by others, in a virtual environment of its own: the bench
+# measures auto mode against it too (bench/independent.py). Skipped when it cannot install.
+LLMOCK := $(VENV)/llmock/bin/llmock
+$(LLMOCK):
+	$(PYTHON) -m venv $(VENV)/llmock
+	$(VENV)/llmock/bin/python -m pip install --quiet llmock==0.2.2
+
 bench: $(STAMP)
+	-$(MAKE) --no-print-directory $(LLMOCK)
 	$(BIN)/python -m bench
 
 clean:

@@ -5,7 +5,8 @@ bench/results/latest.{md,json} and a dated copy.
 ``--only NAME`` runs one scenario or ``overhead`` (written to only-NAME.{md,json});
 ``--only robustness`` runs every contender on every simulator profile with several seeds and
 reports the worst case (written to robustness.{md,json}; ``--profiles`` and ``--seeds`` narrow
-it);
+it); ``--only independent`` runs auto mode against llmock, a mock server written by others
+(bench/independent.py);
 ``--render FILE.json`` rewrites FILE.md from stored results (after a change to the report's
 presentation or to a target's wording), measuring nothing.
 """
@@ -84,7 +85,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
         "--only",
-        choices=[*names, "overhead", "sharing", "robustness", "extras", "priority", "cost"],
+        choices=[
+            *names,
+            *("overhead", "sharing", "robustness", "extras", "priority", "cost", "independent"),
+        ],
         help="run one scenario, or only the overhead, the Redis sharing measures, the "
         "robustness runs (every profile x seed), the issue rows (extras) or the cost section "
         "(proxy, queued calls, run memory, start-up, tokenizers)",
@@ -220,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }
             save()
+        if args.only in (None, "independent"):
+            from bench.independent import measure_independent
+
+            results["independent"] = measure_independent(quick=args.quick)
+            results["independent"]["measured"] = {
+                key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
+            }
+            save()
         if args.only in (None, "robustness"):
 
             def save_robustness(section: dict[str, Any]) -> None:
@@ -242,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"results: {path} (and .json), {time.monotonic() - started:.0f} s")
     sections = [
         key
-        for key in ("robustness", "extras", "priority", "overhead", "sharing", "cost")
+        for key in (
+            "robustness",
+            "independent",
+            "extras",
+            "priority",
+            "overhead",
+            "sharing",
+            "cost",
+        )
         if results.get(key)
     ]
     if args.into and sections:

@@ -216,6 +216,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     from bench.robustness import robustness_lines
 
     lines += robustness_lines(results.get("robustness", {}))
+    from bench.independent import independent_lines
+
+    lines += independent_lines(results.get("independent", {}))
     lines += _overhead_section(results.get("overhead", {}))
     from bench.cost import cost_lines
 

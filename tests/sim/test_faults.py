@@ -44,7 +44,9 @@ def outcome(http: httpx2.Client, body: dict[str, Any], **headers: str) -> str:
     ],
 )
 def test_error_status_faults(start_sim: StartSim, fault: str, status: int, error_type: str) -> None:
-    sim = start_sim(Scenario(faults=Faults(**{fault: 1.0}), default=ModelLimits(rpm=6000)))
+    rates: dict[str, Any] = {fault: 1.0}
+    faults = Faults(**rates)
+    sim = start_sim(Scenario(faults=faults, default=ModelLimits(rpm=6000)))
     with httpx2.Client(base_url=sim.base_url) as http:
         response = http.post("/chat/completions", json=chat())
     assert response.status_code == status

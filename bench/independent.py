@@ -1,0 +1,346 @@
+"""Auto mode against a server we did not write: llmock (``python -m bench --only independent``).
+
+A result on pacekeeper's own simulator proves little unless the simulator disagrees with the
+governor's assumptions; this section asks a mock server written by others. llmock
+(https://pypi.org/project/llmock/, pinned below) rate-limits the way its authors read the
+providers' documents: a bucket per API key of a whole minute's capacity, refilling
+continuously, `x-ratelimit-*` (or `anthropic-ratelimit-*`) headers on every answer, and
+`retry-after` with the real wait on its 429s. Its chaos options add random errors of any
+status, random 429s among them, with `retry-after: 1` and no rate-limit headers.
+
+It runs from its own virtual environment (``make bench`` makes ``.venv/llmock``; or set
+``PACEKEEPER_LLMOCK`` to its ``llmock`` command), so nothing of it is imported here.
+
+Each case runs pacekeeper auto (``wrap()``, nothing configured) and a reference pacer told the
+stated limits (an even schedule at the stated rate, raw httpx2, retrying 429s and 5xx in its
+next slot), each on a fresh API key (fresh buckets). llmock's buckets start full with a
+minute's capacity, which neither spends: the reference is the even pace, not the burst.
+llmock draws its random errors unseeded, so each case runs ``reps`` times and the worst is
+reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from bench.runner import log
+
+__all__ = ["LLMOCK_VERSION", "independent_lines", "measure_independent"]
+
+LLMOCK_VERSION = "0.2.2"
+_ROOT = Path(__file__).resolve().parent.parent
+_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
+_MAX_ATTEMPTS = 8
+_PROMPT = "Summarise the history of rate limiting in distributed systems. " * 6
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    summary: str
+    args: tuple[str, ...]
+    rpm: float
+    requests: int
+    dialect: str = "openai"  # or "anthropic"
+    tpm: float | None = None
+    max_tokens: int = 64
+
+
+CASES: tuple[Case, ...] = (
+    Case("rpm", "1200 rpm, latency 0.3 s", ("--rpm", "1200", "--latency-ms", "300"), 1200, 400),
+    Case(
+        "errors",
+        "1200 rpm + 2% 500, 3% 503, 2% 529 at random",
+        (
+            *("--rpm", "1200", "--latency-ms", "300"),
+            *("--error-rate", "500=0.02", "--error-rate", "503=0.03", "--error-rate", "529=0.02"),
+        ),
+        1200,
+        400,
+    ),
+    Case(
+        "busy429",
+        "1200 rpm + 5% 429 at random (retry-after 1, no rate-limit headers)",
+        ("--rpm", "1200", "--latency-ms", "300", "--error-rate", "429=0.05"),
+        1200,
+        400,
+    ),
+    Case(
+        "tpm",
+        "60k tpm binding (prompt bytes / 4 + max_tokens), rpm 3000",
+        ("--rpm", "3000", "--tpm", "60000", "--latency-ms", "300"),
+        3000,
+        250,
+        tpm=60_000,
+    ),
+    Case(
+        "anthropic",
+        "Messages API, 1200 rpm, anthropic-ratelimit-* headers (resets in whole seconds)",
+        ("--rpm", "1200", "--latency-ms", "300"),
+        1200,
+        400,
+        dialect="anthropic",
+    ),
+)
+
+
+def llmock_command() -> list[str] | None:
+    """How to start llmock, or None when it is not installed."""
+    given = os.environ.get("PACEKEEPER_LLMOCK")
+    if given:
+        return [given]
+    local = _ROOT / ".venv" / "llmock" / "bin" / "llmock"
+    return [str(local)] if local.exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Server:
+    """One llmock process on loopback for the life of a ``with`` block."""
+
+    def __init__(self, command: list[str], case: Case) -> None:
+        self.port = _free_port()
+        argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += [*case.args, "--log-level", "warning", "--tool-mode", "off"]
+        self._argv = argv
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Server:
+        self._proc = subprocess.Popen(
+            self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env()
+        )
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise RuntimeError(f"llmock exited at start: {err[-500:]}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("llmock did not listen within 30 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _server_env() -> dict[str, str]:
+    # Its own virtual environment: not the benchmark's PYTHONPATH.
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def _body(case: Case, i: int) -> dict[str, Any]:
+    content = f"{i}: {_PROMPT}"
+    if case.dialect == "anthropic":
+        return {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": case.max_tokens,
+            "messages": [{"role": "user", "content": content}],
+        }
+    return {
+        "model": "gpt-4o-mini",
+        "max_tokens": case.max_tokens,
+        "messages": [{"role": "user", "content": content}],
+    }
+
+
+async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
+    import anthropic
+    import openai
+
+    import pacekeeper
+
+    gov = pacekeeper.Governor()
+    client: Any
+    if case.dialect == "anthropic":
+        client = pacekeeper.wrap(anthropic.AsyncAnthropic(base_url=base_url, api_key=key), gov)
+        create = client.messages.create
+    else:
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key), gov)
+        create = client.chat.completions.create
+
+    async def one(i: int) -> None:
+        await create(**_body(case, i))
+
+    started = time.monotonic()
+    tasks = [asyncio.create_task(one(i)) for i in range(case.requests)]
+    done, pending = await asyncio.wait(tasks, timeout=limit_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    wall_s = time.monotonic() - started
+    failures = Counter(type(t.exception()).__name__ for t in done if t.exception() is not None)
+    statuses: Counter[str] = Counter()
+    for snapshot in gov.stats():
+        statuses.update(snapshot.by_status)
+    await client.close()
+    gov.close()
+    return {
+        "wall_s": wall_s,
+        "ok": len(done) - sum(failures.values()),
+        "failed": sum(failures.values()),
+        "unfinished": len(pending),
+        "failures": dict(failures),
+        "statuses": dict(statuses),
+    }
+
+
+async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
+    """The stated limits on an even schedule; a retry takes the next free slot."""
+    if case.dialect == "anthropic":
+        url = f"{base_url}/v1/messages"
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    else:
+        url = f"{base_url}/v1/chat/completions"
+        headers = {"authorization": f"Bearer {key}"}
+    statuses: Counter[str] = Counter()
+    todo = list(range(case.requests))[::-1]
+    attempts: Counter[int] = Counter()
+    ok = failed = 0
+    tasks: set[asyncio.Task[None]] = set()
+    started = time.monotonic()
+    next_at = started
+
+    async def send(http: httpx2.AsyncClient, i: int) -> None:
+        nonlocal ok, failed
+        attempts[i] += 1
+        try:
+            response = await http.post(url, json=_body(case, i), headers=headers)
+            status = response.status_code
+        except httpx2.HTTPError:
+            status = 0
+        statuses[str(status or "none")] += 1
+        if status == 200:
+            ok += 1
+        elif (status in _RETRYABLE or status == 0) and attempts[i] < _MAX_ATTEMPTS:
+            todo.append(i)
+        else:
+            failed += 1
+
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx2.AsyncClient(limits=limits, timeout=60.0) as http:
+        while (todo or tasks) and time.monotonic() - started < limit_s:
+            if not todo:
+                await asyncio.sleep(0.005)
+                continue
+            i = todo[-1]
+            gap_s = 60.0 / case.rpm
+            if case.tpm is not None:
+                charged = len(httpx2.Request("POST", url, json=_body(case, i)).content) // 4
+                gap_s = max(gap_s, (charged + case.max_tokens) * 60.0 / case.tpm)
+            now = time.monotonic()
+            next_at = max(next_at, now - gap_s)  # no catching up in a burst after a pause
+            if next_at + gap_s > now:
+                await asyncio.sleep(next_at + gap_s - now)
+            next_at += gap_s
+            todo.pop()
+            task = asyncio.create_task(send(http, i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "wall_s": time.monotonic() - started,
+        "ok": ok,
+        "failed": failed,
+        "unfinished": case.requests - ok - failed,
+        "failures": {},
+        "statuses": dict(statuses),
+    }
+
+
+def _ideal_s(case: Case) -> float:
+    return case.requests * 60.0 / case.rpm
+
+
+def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
+    """Every case ``reps`` times, auto and the reference side by side on one server."""
+    command = llmock_command()
+    if command is None:
+        log("[independent] llmock not installed (make .venv/llmock/bin/llmock): skipped")
+        return {"skipped": f"llmock {LLMOCK_VERSION} not installed: make .venv/llmock/bin/llmock"}
+    cases = [Case(**{**c.__dict__, "requests": 40}) for c in CASES[:2]] if quick else CASES
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        with _Server(command, case) as server:
+            base_url = f"http://127.0.0.1:{server.port}"
+            for rep in range(1, (1 if quick else reps) + 1):
+                pair: dict[str, dict[str, Any]] = {}
+                for contender, run in (("reference", _run_reference), ("auto", _run_auto)):
+                    key = f"sk-bench-{case.name}-{contender}-{rep}"
+                    limit_s = 6 * _ideal_s(case) + 20
+                    pair[contender] = asyncio.run(run(base_url, case, key, limit_s))
+                ref_wall = pair["reference"]["wall_s"]
+                for contender, result in pair.items():
+                    row = {"case": case.name, "rep": rep, "contender": contender, **result}
+                    row["x_ref"] = ref_wall / result["wall_s"] if result["wall_s"] else None
+                    rows.append(row)
+                    log(
+                        f"[independent {case.name}#{rep}] {contender}: {result['wall_s']:.1f} s"
+                        f" ({row['x_ref']:.2f} x ref), statuses {result['statuses']}, "
+                        f"failed {result['failed']}, unfinished {result['unfinished']}"
+                    )
+    return {
+        "server": f"llmock {LLMOCK_VERSION}",
+        "cases": {c.name: c.summary for c in cases},
+        "requests": {c.name: c.requests for c in cases},
+        "rows": rows,
+    }
+
+
+def independent_lines(section: dict[str, Any]) -> list[str]:
+    """The section's markdown: per case, auto's worst repetition against the reference."""
+    if not section:
+        return []
+    lines = ["## Against a server we did not write (llmock)", ""]
+    if "skipped" in section:
+        return [*lines, f"Not measured: {section['skipped']}.", ""]
+    measured = section.get("measured", {})
+    lines += [
+        f"Measured {measured.get('date', '?')} (git {measured.get('git', '?')}, load average "
+        f"{measured.get('load_at_start', '?')} at start) against {section['server']}: see "
+        "bench/independent.py. x ref = the reference's wall / auto's, in the same repetition; "
+        "429s are all the 429s the client met (llmock's random ones included).",
+        "",
+        "| case | requests | auto worst x ref | auto 429s | auto failed / unfinished "
+        "| reference wall s | auto wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, summary in section["cases"].items():
+        autos = [r for r in section["rows"] if r["case"] == name and r["contender"] == "auto"]
+        if not autos:
+            continue
+        worst = min(autos, key=lambda r: r["x_ref"] or 0.0)
+        ref = next(
+            r
+            for r in section["rows"]
+            if r["case"] == name and r["contender"] == "reference" and r["rep"] == worst["rep"]
+        )
+        lines.append(
+            f"| {name}: {summary} | {section['requests'][name]} | {worst['x_ref']:.2f} "
+            f"| {worst['statuses'].get('429', 0)} | {worst['failed']} / {worst['unfinished']} "
+            f"| {ref['wall_s']:.1f} | {worst['wall_s']:.1f} |"
+        )
+    return [*lines, ""]
