@@ -174,7 +174,8 @@ async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict
     gov = pacekeeper.Governor()
     client: Any
     if case.dialect == "anthropic":
-        client = pacekeeper.wrap(anthropic.AsyncAnthropic(base_url=base_url, api_key=key), gov)
+        anthropic_url = f"{base_url}/anthropic"  # llmock's prefix for the Messages API
+        client = pacekeeper.wrap(anthropic.AsyncAnthropic(base_url=anthropic_url, api_key=key), gov)
         create = client.messages.create
     else:
         client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key), gov)
@@ -209,7 +210,7 @@ async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict
 async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
     """The stated limits on an even schedule; a retry takes the next free slot."""
     if case.dialect == "anthropic":
-        url = f"{base_url}/v1/messages"
+        url = f"{base_url}/anthropic/v1/messages"
         headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     else:
         url = f"{base_url}/v1/chat/completions"
