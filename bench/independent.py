@@ -150,6 +150,21 @@ def _server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
+def _clear_journal(base_url: str) -> None:
+    httpx2.delete(f"{base_url}/_llmock/requests", timeout=10.0).raise_for_status()
+
+
+def _server_view(base_url: str) -> dict[str, Any]:
+    """What llmock saw since the journal was cleared: statuses, and its rate-limit 429s apart
+    from the random ones (its journal labels a quota's refusal ``ratelimit:<kind>``)."""
+    response = httpx2.get(f"{base_url}/_llmock/requests", timeout=30.0)
+    response.raise_for_status()
+    records = response.json()["requests"]
+    statuses = Counter(str(r["status"]) for r in records)
+    limit_429s = sum(1 for r in records if str(r.get("fault") or "").startswith("ratelimit"))
+    return {"server_statuses": dict(statuses), "server_limit_429s": limit_429s}
+
+
 def _body(case: Case, i: int) -> dict[str, Any]:
     content = f"{i}: {_PROMPT}"
     if case.dialect == "anthropic":
@@ -165,20 +180,23 @@ def _body(case: Case, i: int) -> dict[str, Any]:
     }
 
 
-async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
+def _sdk_client(case: Case, base_url: str, key: str, *, proxied: bool) -> Any:
+    """The SDK's async client for ``case``: at llmock, or at a proxy in front of it."""
     import anthropic
     import openai
 
-    import pacekeeper
-
-    gov = pacekeeper.Governor()
-    client: Any
     if case.dialect == "anthropic":
-        anthropic_url = f"{base_url}/anthropic"  # llmock's prefix for the Messages API
-        client = pacekeeper.wrap(anthropic.AsyncAnthropic(base_url=anthropic_url, api_key=key), gov)
+        # llmock serves the Messages API under /anthropic; the proxy's base path is /v1.
+        url = base_url if proxied else f"{base_url}/anthropic"
+        return anthropic.AsyncAnthropic(base_url=url, api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
+
+
+async def _send_all(client: Any, case: Case, limit_s: float) -> dict[str, Any]:
+    """Every request of ``case`` at once through ``client``; what came of them."""
+    if case.dialect == "anthropic":
         create = client.messages.create
     else:
-        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key), gov)
         create = client.chat.completions.create
 
     async def one(i: int) -> None:
@@ -192,19 +210,38 @@ async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict
     await asyncio.gather(*pending, return_exceptions=True)
     wall_s = time.monotonic() - started
     failures = Counter(type(t.exception()).__name__ for t in done if t.exception() is not None)
-    statuses: Counter[str] = Counter()
-    for snapshot in gov.stats():
-        statuses.update(snapshot.by_status)
     await client.close()
-    gov.close()
     return {
         "wall_s": wall_s,
         "ok": len(done) - sum(failures.values()),
         "failed": sum(failures.values()),
         "unfinished": len(pending),
         "failures": dict(failures),
-        "statuses": dict(statuses),
     }
+
+
+async def _run_auto(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
+    import pacekeeper
+
+    gov = pacekeeper.Governor()
+    client = pacekeeper.wrap(_sdk_client(case, base_url, key, proxied=False), gov)
+    result = await _send_all(client, case, limit_s)
+    gov.close()
+    return result
+
+
+async def _run_proxy(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
+    """``pacekeeper proxy`` (nothing configured) in front of llmock; a plain SDK client."""
+    from bench.cost import _start_proxy
+
+    upstream = f"{base_url}/anthropic/v1" if case.dialect == "anthropic" else f"{base_url}/v1"
+    proc, port = _start_proxy(upstream)
+    try:
+        client = _sdk_client(case, f"http://127.0.0.1:{port}", key, proxied=True)
+        return await _send_all(client, case, limit_s)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) -> dict[str, Any]:
@@ -215,7 +252,6 @@ async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) ->
     else:
         url = f"{base_url}/v1/chat/completions"
         headers = {"authorization": f"Bearer {key}"}
-    statuses: Counter[str] = Counter()
     todo = list(range(case.requests))[::-1]
     attempts: Counter[int] = Counter()
     ok = failed = 0
@@ -231,7 +267,6 @@ async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) ->
             status = response.status_code
         except httpx2.HTTPError:
             status = 0
-        statuses[str(status or "none")] += 1
         if status == 200:
             ok += 1
         elif (status in _RETRYABLE or status == 0) and attempts[i] < _MAX_ATTEMPTS:
@@ -268,12 +303,14 @@ async def _run_reference(base_url: str, case: Case, key: str, limit_s: float) ->
         "failed": failed,
         "unfinished": case.requests - ok - failed,
         "failures": {},
-        "statuses": dict(statuses),
     }
 
 
 def _ideal_s(case: Case) -> float:
     return case.requests * 60.0 / case.rpm
+
+
+_CONTENDERS = (("reference", _run_reference), ("auto", _run_auto), ("proxy", _run_proxy))
 
 
 def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
@@ -289,10 +326,12 @@ def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
             base_url = f"http://127.0.0.1:{server.port}"
             for rep in range(1, (1 if quick else reps) + 1):
                 pair: dict[str, dict[str, Any]] = {}
-                for contender, run in (("reference", _run_reference), ("auto", _run_auto)):
+                for contender, run in _CONTENDERS:
                     key = f"sk-bench-{case.name}-{contender}-{rep}"
                     limit_s = 6 * _ideal_s(case) + 20
-                    pair[contender] = asyncio.run(run(base_url, case, key, limit_s))
+                    _clear_journal(base_url)
+                    result = asyncio.run(run(base_url, case, key, limit_s))
+                    pair[contender] = {**result, **_server_view(base_url)}
                 ref_wall = pair["reference"]["wall_s"]
                 for contender, result in pair.items():
                     row = {"case": case.name, "rep": rep, "contender": contender, **result}
@@ -300,7 +339,8 @@ def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
                     rows.append(row)
                     log(
                         f"[independent {case.name}#{rep}] {contender}: {result['wall_s']:.1f} s"
-                        f" ({row['x_ref']:.2f} x ref), statuses {result['statuses']}, "
+                        f" ({row['x_ref']:.2f} x ref), server saw {result['server_statuses']}"
+                        f" ({result['server_limit_429s']} rate-limit 429s), "
                         f"failed {result['failed']}, unfinished {result['unfinished']}"
                     )
     return {
@@ -311,8 +351,22 @@ def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
     }
 
 
+def _cells(rows: list[dict[str, Any]], name: str, contender: str) -> str:
+    """The worst repetition of ``contender`` on case ``name``: x ref, 429s, failures."""
+    mine = [r for r in rows if r["case"] == name and r["contender"] == contender]
+    if not mine:
+        return "- | - | -"
+    worst = min(mine, key=lambda r: r["x_ref"] or 0.0)
+    seen = worst["server_statuses"]
+    return (
+        f"{worst['x_ref']:.2f} ({worst['wall_s']:.1f} s) "
+        f"| {seen.get('429', 0)} ({worst['server_limit_429s']} of the limit) "
+        f"| {worst['failed']} / {worst['unfinished']}"
+    )
+
+
 def independent_lines(section: dict[str, Any]) -> list[str]:
-    """The section's markdown: per case, auto's worst repetition against the reference."""
+    """The section's markdown: per case, the worst repetition of auto and of the proxy."""
     if not section:
         return []
     lines = ["## Against a server we did not write (llmock)", ""]
@@ -321,27 +375,25 @@ def independent_lines(section: dict[str, Any]) -> list[str]:
     measured = section.get("measured", {})
     lines += [
         f"Measured {measured.get('date', '?')} (git {measured.get('git', '?')}, load average "
-        f"{measured.get('load_at_start', '?')} at start) against {section['server']}: see "
-        "bench/independent.py. x ref = the reference's wall / auto's, in the same repetition; "
-        "429s are all the 429s the client met (llmock's random ones included).",
+        f"{measured.get('load_at_start', '?')} at start) against {section['server']}, "
+        "bench/independent.py: pacekeeper auto through `wrap()`, and `pacekeeper proxy` with "
+        "a plain SDK client, each against a pacer told the stated limits in the same "
+        "repetition (x ref = the reference's wall / its own); the worst of the repetitions. "
+        "429s: all that llmock answered (its random ones included), of them those its "
+        "rate limit refused. Failed / unfinished: requests the caller did not get answered.",
         "",
-        "| case | requests | auto worst x ref | auto 429s | auto failed / unfinished "
-        "| reference wall s | auto wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| case | requests | reference s | auto x ref | auto 429s | auto failed / unfinished "
+        "| proxy x ref | proxy 429s | proxy failed / unfinished |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = section["rows"]
     for name, summary in section["cases"].items():
-        autos = [r for r in section["rows"] if r["case"] == name and r["contender"] == "auto"]
-        if not autos:
+        refs = [r["wall_s"] for r in rows if r["case"] == name and r["contender"] == "reference"]
+        if not refs:
             continue
-        worst = min(autos, key=lambda r: r["x_ref"] or 0.0)
-        ref = next(
-            r
-            for r in section["rows"]
-            if r["case"] == name and r["contender"] == "reference" and r["rep"] == worst["rep"]
-        )
         lines.append(
-            f"| {name}: {summary} | {section['requests'][name]} | {worst['x_ref']:.2f} "
-            f"| {worst['statuses'].get('429', 0)} | {worst['failed']} / {worst['unfinished']} "
-            f"| {ref['wall_s']:.1f} | {worst['wall_s']:.1f} |"
+            f"| {name}: {summary} | {section['requests'][name]} | "
+            f"{min(refs):.1f}-{max(refs):.1f} | {_cells(rows, name, 'auto')} "
+            f"| {_cells(rows, name, 'proxy')} |"
         )
     return [*lines, ""]
