@@ -498,10 +498,10 @@ class Lane:
         self._floor_due = -math.inf
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
+        """When this lane admitted its requests over the last couple of seconds."""
         self._input_alone_from_seq = 0
         """The admissions before the token bucket charged input alone (their charges in
         :attr:`_charged`'s old units)."""
-        """When this lane admitted its requests over the last couple of seconds."""
         self._recent_charges: deque[tuple[int, int]] = deque()
         """What each of :attr:`_recent_sends` cost: (tokens, of which output reserved)."""
         self._refusal_marks: dict[str, tuple[float, int, float]] = {}
@@ -2218,6 +2218,8 @@ class Lane:
         local = self._local
         local.input_only = True
         self._input_alone_from_seq = self._admitted
+        # A refusal marked before counts in the old units: nothing is measured from it.
+        self._refusal_marks.pop("tokens", None)
         whole = sum(tokens for tokens, _ in self._recent_charges)
         output = sum(output_tokens for _, output_tokens in self._recent_charges)
         if whole > 0 and output > 0:
