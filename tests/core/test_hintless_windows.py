@@ -157,3 +157,21 @@ def test_what_is_kept_stays_bounded_while_held() -> None:
     for seq in range(10_000):
         grid.note(seq=seq, sent_at=seq / 25, accepted=True, now=seq / 25)
     assert len(grid._outcomes) <= 2048
+
+
+def test_a_bucket_refusing_and_taking_by_turns_shows_one_boundary_not_four() -> None:
+    """A bucket paced just over its rate refuses and takes by turns, a request apart: the
+    brackets of one such stretch fall together because they are one stretch, not by chance.
+    Counted one by one, three of them (20-55 ms wide) and one a second later read as windows
+    with chance 0.0007, of a budget of 1 (a refusal, one taken, a refusal): a 2018/min
+    bucket was held at 60/min. Counted once per boundary, they are two spans of 0.02-0.3 of
+    a window, which a bucket's refills fit often enough."""
+    sent = [(6.0 + 0.03 * i, True) for i in range(31)]
+    sent += [(6.965, False), (6.98, True), (6.995, False), (6.995, True), (7.0, False)]
+    sent += [(7.26 + 0.03 * i, True) for i in range(23)]
+    sent += [(7.975, False), (8.23, True), (8.26, True), (8.295, True)]
+    grid = FixedGrid()
+    shown = None
+    for seq, (t, taken) in enumerate(sent):
+        shown = grid.note(seq=seq, sent_at=t, accepted=taken, now=t) or shown
+    assert shown is None, shown

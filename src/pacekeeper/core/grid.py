@@ -153,7 +153,7 @@ class FixedGrid:
             boundaries = {int((hi - phase) // length_s) for _, hi in allowed}
             if len(boundaries) < _MIN_BOUNDARIES:
                 continue
-            if not no_bucket and _by_chance(allowed, length_s) > _CHANCE:
+            if not no_bucket and _by_chance(allowed, length_s, phase) > _CHANCE:
                 # Single refusals fit a bucket as well (a pace just over its rate): only
                 # their ends falling on one grid, as a bucket's refills would not, shows
                 # windows.
@@ -164,11 +164,20 @@ class FixedGrid:
         return None
 
 
-def _by_chance(allowed: list[tuple[float, float]], length_s: float) -> float:
+def _by_chance(allowed: list[tuple[float, float]], length_s: float, phase: float) -> float:
     """How likely refusal runs ending at no particular phase (a bucket's) would end on
-    one grid as these do: each span after the first holds a boundary of the first's grid
-    by chance as often as it is long against a window."""
-    widths = sorted(min(1.0, (hi - lo) / length_s) for lo, hi in allowed)
+    one grid as these do: each boundary's spans after the first boundary's hold a boundary
+    of its grid by chance as often as they reach across a window. The spans at one
+    boundary count once, over all they reach: a bucket paced just over its rate refuses
+    and takes by turns, a request apart, and those brackets fall together because they
+    are one stretch, not by chance (a 2018/min bucket's three, 20-55 ms wide, and one at
+    the next second read as chance 0.0007: windows of 1 shown, held at 60/min)."""
+    reach: dict[int, tuple[float, float]] = {}
+    for lo, hi in allowed:
+        k = math.floor((hi - phase) / length_s)
+        a, b = reach.get(k, (lo, hi))
+        reach[k] = (min(a, lo), max(b, hi))
+    widths = sorted(min(1.0, (hi - lo) / length_s) for lo, hi in reach.values())
     return math.prod(widths[:-1])
 
 

@@ -373,6 +373,7 @@ class Lane:
         "_first_success_at",
         "_floor_due",
         "_grid",
+        "_input_alone_from_seq",
         "_local",
         "_lock",
         "_next_limits_read",
@@ -498,6 +499,9 @@ class Lane:
         self._served_due = -math.inf
         self._recent_sends: deque[float] = deque()
         """When this lane admitted its requests over the last couple of seconds."""
+        self._input_alone_from_seq = 0
+        """The admissions before the token bucket charged input alone (their charges in
+        :attr:`_charged`'s old units)."""
         self._recent_charges: deque[tuple[int, int]] = deque()
         """What each of :attr:`_recent_sends` cost: (tokens, of which output reserved)."""
         self._refusal_marks: dict[str, tuple[float, int, float]] = {}
@@ -2105,8 +2109,16 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
-        if rate.refused_sent_at == permit.sent_at:
-            self._refusal_marks[name] = (permit.sent_at, permit.seq, permit.charged_before)
+        mark = self._refusal_marks.get(name)
+        if rate.refused_sent_at == permit.sent_at and (
+            mark is None or mark[0] != permit.sent_at or permit.seq < mark[1]
+        ):
+            # The first of the refusals sent at that instant (a clump goes out at once, and
+            # its refusals come back one by one): the count since starts at it, and every
+            # refusal sent then is among those subtracted. Marked at the last, the others
+            # were subtracted and not counted: 7 of a clump of 8, which read a 2400/min
+            # bucket as 1846 and held the pace at 0.75 of it for 19 s.
+            self._refusal_marks[name] = (permit.sent_at, permit.seq, self._counted_before(permit))
         if paced and permit.sent_at >= self._burst_cut_at:
             # Refused at or under the stated (or discovered) rate: the provider counts in
             # windows that our burst can overfill (fixed windows, a shorter window than ours).
@@ -2205,6 +2217,9 @@ class Lane:
         input's share of what was sent lately; the second before this 429 is counted anew."""
         local = self._local
         local.input_only = True
+        self._input_alone_from_seq = self._admitted
+        # A refusal marked before counts in the old units: nothing is measured from it.
+        self._refusal_marks.pop("tokens", None)
         whole = sum(tokens for tokens, _ in self._recent_charges)
         output = sum(output_tokens for _, output_tokens in self._recent_charges)
         if whole > 0 and output > 0:
@@ -2568,8 +2583,18 @@ class Lane:
             return None
         _, seq, charged_before = mark
         if name == "tokens":
-            return permit.charged_before + self._charged_for(permit) - charged_before
+            return self._counted_before(permit) + self._charged_for(permit) - charged_before
         return float(permit.seq - seq + 1)
+
+    def _counted_before(self, permit: Permit) -> float:
+        """What the token bucket was charged before ``permit``, in the units it charges now:
+        admitted before it switched to counting input alone, less the reserves charged
+        before it then (the running total dropped them at the switch). Counted in both units
+        at once, the tokens sent since a refusal at the switch were short of every reserve
+        before it: a 150k input-token bucket measured at 41k, paced at 0.25 of it for 10 s."""
+        if self._charges_input_alone and permit.seq <= self._input_alone_from_seq:
+            return permit.charged_before - permit.output_charged_before
+        return permit.charged_before
 
     def _key_sent_in_second_before(self, sent_at: float) -> int:
         """How many requests every client of this lane's key (a fleet's processes) sent in
