@@ -864,10 +864,13 @@ def test_a_refusal_halves_a_proven_depth_too() -> None:
         max_hint_s=600.0,
         retry=False,
     )
-    clock.now = 2.0
-    refused = lane._grant(2.0, 0, 2.0)
-    clock.now = 2.1
-    lane.settle(refused, _verdict(429), now=2.1, max_hint_s=600.0, retry=False)
+    # Two refusals in three answers: no busy provider's background share of 429s (one alone,
+    # at a pace far under the stated limit, would be: core/lane.py Lane._unexplained).
+    for at in (2.0, 2.05):
+        clock.now = at
+        refused = lane._grant(at, 0, at)
+        clock.now = at + 0.1
+        lane.settle(refused, _verdict(429), now=at + 0.1, max_hint_s=600.0, retry=False)
     assert lane.requests is not None
     # The pace drops too; the burst is half of the 4 s at that pace.
     assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * 2.0)

@@ -47,7 +47,7 @@ from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
-from pacekeeper.core.congestion import CongestionDetector
+from pacekeeper.core.congestion import CongestionDetector, RefusalShare
 from pacekeeper.core.depth import FixedWindows, RefillingQuota, StatedDepth, StatedWindow
 from pacekeeper.core.evidence import (
     budget_exhausted,
@@ -414,6 +414,7 @@ class Lane:
         "learned_tpm",
         "local_share",
         "output_rate",
+        "refusals",
         "request_rate",
         "slots",
         "stated_limit_text",
@@ -462,6 +463,10 @@ class Lane:
         token limit stated, a 429 that says tokens ran out discovers one."""
         self.output_rate = PacedRate(discovers=False)
         self.congestion = CongestionDetector()
+        self.refusals = RefusalShare()
+        """The share of 429s among recent outcomes against this lane's long-run share: a
+        steady background of them (a busy provider's) is noise, not the rate
+        (:meth:`_unexplained`)."""
         self.latency = LatencyTracker()
         self.estimate_scale = EstimateScale()
         self.cheap_scale = EstimateScale(initial=1.0, lowest=_CHEAP_LOWEST, highest=1.5)
@@ -1850,6 +1855,7 @@ class Lane:
         if now < self._first_success_at:  # noqa: PLR1730  # min() is a call, on every answer
             self._first_success_at = now
         self.congestion.observe(overload=False)
+        self.refusals.observe(refused=False)
         slots = self.slots
         # isinstance once: three C calls were one per answer
         aimd = slots if isinstance(slots, AimdLimit) else None
@@ -1960,6 +1966,11 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
+        load = self.refusals.observe(refused=True)
+        if self._unexplained(permit, verdict, load=load):
+            # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
+            # that answers counted down stays as they said).
+            return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
             # was not the limit that refused): the next answers tell. (A 429 to a request
@@ -2142,6 +2153,50 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _unexplained(self, permit: Permit, verdict: Verdict, *, load: bool) -> bool:
+        """Whether a 429 is noise: a provider's shared capacity busy (OpenAI's "overloaded"
+        429s, a gateway passing on an upstream's), which no pace of ours causes or cures.
+        Taken as the rate, 5% of them held a lane at 0.2-0.5 of its stated limit (each a 15%
+        cut and a halved burst, and the next came before the climb back). Noise only when
+        everything says so:
+
+        * their share of the last outcomes is this lane's usual one (``load`` False,
+          :class:`~pacekeeper.core.congestion.RefusalShare`): a limit the pace outruns
+          refuses more the further it goes, noise the same share at any pace;
+        * the 429 names no limit (a code saying tokens, requests in flight, a day's quota);
+        * a limit is stated (headers or configured) and this lane sees every acceptance of
+          its key (a fleet's process does not: the others' sends may have outrun it);
+        * its own headers, if any, show no budget short;
+        * it went at no more in flight than succeeded lately (past that, a cap may refuse);
+        * the second before it held no more than the stated rate plus our burst: a bucket
+          of the stated rate as deep as ours had room for it (nor did tokens outrun theirs).
+        """
+        if load or verdict.limit_scope is not None:
+            return False
+        ceiling = self.request_rate.ceiling
+        if ceiling is None or self._shared or not self.admission.sees_every_acceptance:
+            return False
+        limits = verdict.limits
+        if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None and (
+            budget_exhausted(limits, permit.tokens)
+            or output_budget_short(limits, permit.output_tokens)
+        ):
+            return False
+        share = self._configured.utilisation * self.local_share
+        requests = self.requests
+        burst = requests.burst if requests is not None else 1.0
+        if self._sent_in_second_before(permit.sent_at) > ceiling * share / 60.0 + burst:
+            return False
+        tpm = self.token_rate.ceiling
+        tokens = self.tokens
+        if tpm is not None and tokens is not None:
+            charged = self._charged_in_second_before(permit.sent_at)
+            if charged > tpm * share / 60.0 + tokens.burst:
+                return False
+        return True
 
     def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
         """Spread the requests over fixed windows' slots while the pace is held to them
