@@ -23,14 +23,23 @@ True
 :class:`RefusalShare` does the same for 429s: a provider whose shared capacity is busy answers
 a steady few percent of 429s whatever the client's pace (OpenAI's "overloaded" 429s, llmock's
 ``--error-rate 429``), while a limit the pace outruns refuses more of it the further the pace
-goes past it. Only the second says anything about the rate (:meth:`Lane._unexplained
-<pacekeeper.core.lane.Lane._unexplained>`).
+goes past it. Only the second says anything about the rate (``Lane._unexplained`` in
+:mod:`pacekeeper.core.lane`).
 
 >>> share = RefusalShare()
->>> [share.observe(refused=(i % 20 == 0)) for i in range(400)].count(True)  # 5% at random
+>>> def send(seq, refused):
+...     share.sent(seq)
+...     if not refused:
+...         return False
+...     load = share.refused(seq)
+...     share.judged(seq, noise=not load)
+...     return load
+>>> [send(seq, seq % 20 == 0) for seq in range(1, 1001)].count(True)  # 5% at random
 0
->>> any(share.observe(refused=(i % 3 == 0)) for i in range(24))  # a third refused: load
+>>> any(send(seq, seq % 3 == 0) for seq in range(1001, 1031))  # then a third refused: load
 True
+>>> share
+<RefusalShare 12/64 sends refused, baseline 0.05>
 """
 
 from __future__ import annotations
@@ -39,65 +48,16 @@ from collections import deque
 
 __all__ = ["CongestionDetector", "RefusalShare"]
 
-
-class _ShareOverBaseline:
-    """The share of one kind of outcome among the last ``window``, against its long-run
-    baseline: :meth:`_observe` says when the recent share rises above what this upstream
-    always sends (at least ``min_events`` of them, above twice the baseline plus ``margin``)."""
-
-    __slots__ = ("_baseline", "_margin", "_min_events", "_recent", "_recent_events")
-
-    def __init__(
-        self,
-        *,
-        window: int,
-        min_events: int,
-        margin: float,
-        baseline_alpha: float,
-        prior: int = 0,
-    ) -> None:
-        self._recent: deque[bool] = deque(maxlen=window)
-        self._recent_events = 0
-        self._min_events = min_events
-        self._margin = margin
-        self._baseline = _Ewma(baseline_alpha, prior)
-
-    @property
-    def baseline(self) -> float:
-        """The long-run share of these outcomes (the noise floor)."""
-        return self._baseline.value
-
-    @property
-    def recent_share(self) -> float:
-        """Their share of the last ``window`` outcomes (0.0 before any)."""
-        return self._recent_events / len(self._recent) if self._recent else 0.0
-
-    def _observe(self, event: bool) -> bool:
-        recent = self._recent
-        if len(recent) == recent.maxlen and recent[0]:
-            self._recent_events -= 1
-        recent.append(event)
-        if event:
-            self._recent_events += 1
-        # The baseline is judged before this outcome joins it, so a burst is measured against
-        # the noise that came before it, not against itself.
-        baseline = self._baseline.value
-        self._baseline.add(1.0 if event else 0.0)
-        if not event or self._recent_events < self._min_events:
-            return False
-        return self._recent_events / len(recent) > 2.0 * baseline + self._margin
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} recent {self._recent_events}/{len(self._recent)} "
-            f"baseline {self.baseline:.2f}>"
-        )
+_MOST_NOISE = 0.08
+"""The most of a lane's requests a busy provider's 429s are taken to be: a higher share that
+stays is a limit's (one a fifth under the pace refuses a fifth), however steady it is."""
+_UNREFUSED, _REFUSED, _NOISE = 0, 1, 2
 
 
-class CongestionDetector(_ShareOverBaseline):
+class CongestionDetector:
     """Counts overload outcomes; says when their recent share rises above the baseline."""
 
-    __slots__ = ()
+    __slots__ = ("_baseline", "_margin", "_min_events", "_recent", "_recent_overload")
 
     def __init__(
         self,
@@ -107,46 +67,123 @@ class CongestionDetector(_ShareOverBaseline):
         margin: float = 0.1,
         baseline_alpha: float = 1 / 256,
     ) -> None:
-        super().__init__(
-            window=window, min_events=min_events, margin=margin, baseline_alpha=baseline_alpha
-        )
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._recent_overload = 0
+        self._min_events = min_events
+        self._margin = margin
+        self._baseline = _Ewma(baseline_alpha)
+
+    @property
+    def baseline(self) -> float:
+        """The long-run share of overload outcomes (the noise floor)."""
+        return self._baseline.value
 
     def observe(self, *, overload: bool) -> bool:
         """Record one outcome; True when the recent window now says *load*."""
-        return self._observe(overload)
+        recent = self._recent
+        if len(recent) == recent.maxlen and recent[0]:
+            self._recent_overload -= 1
+        recent.append(overload)
+        if overload:
+            self._recent_overload += 1
+        # The baseline is judged before this outcome joins it, so a burst is measured against
+        # the noise that came before it, not against itself.
+        baseline = self._baseline.value
+        self._baseline.add(1.0 if overload else 0.0)
+        if not overload or self._recent_overload < self._min_events:
+            return False
+        return self._recent_overload / len(recent) > 2.0 * baseline + self._margin
+
+    def __repr__(self) -> str:
+        return (
+            f"<CongestionDetector recent {self._recent_overload}/{len(self._recent)} "
+            f"baseline {self.baseline:.2f}>"
+        )
 
 
-class RefusalShare(_ShareOverBaseline):
-    """Counts 429s among all outcomes; says when their recent share rises above the
-    baseline: refusals that grow with the pace, not a busy provider's steady background.
-    Two at least: one 429 alone is never load by its share (the first of a run reads as a
-    share of one in however few answers came before it). The baseline starts as a window of
-    outcomes with no 429 (``prior``): as a plain mean, a 429 among the first answers set it
-    at a third or a half, and the refusals of a limit outrun at the start read as noise."""
+class RefusalShare:
+    """The share of the last ``window`` requests sent that were refused (429), against the
+    long-run share of those taken as noise (the baseline): :meth:`refused` says when a 429
+    comes with that share risen above the baseline (capped at 8%) by ``margin``.
 
-    __slots__ = ()
+    Counted by the order the requests were sent, not the order their answers came: a 429
+    comes back at once and a success a latency later, so among the answers, refusals run
+    ahead while the pace rises (at the start, all of the first second's answers with 1.5-s
+    latencies: 12 of 45 busy 429s read as load at 8%). Unanswered sends count as refusing
+    nothing until they are. Only the 429s taken as noise join the baseline
+    (:meth:`judged`): counted there, a limit that refused half of a lane's pace raised the
+    baseline to a third within seconds, and its refusals then read as noise. Two at least:
+    one 429 alone is never load. The baseline starts as a window of sends with no 429
+    (``prior``)."""
+
+    __slots__ = ("_baseline", "_first_seq", "_flags", "_margin", "_min_events", "_refused")
 
     def __init__(
         self,
         *,
-        window: int = 32,
+        window: int = 64,
         min_events: int = 2,
         margin: float = 0.1,
         baseline_alpha: float = 1 / 256,
-        prior: int = 32,
+        prior: int = 64,
     ) -> None:
-        super().__init__(
-            window=window,
-            min_events=min_events,
-            margin=margin,
-            baseline_alpha=baseline_alpha,
-            prior=prior,
-        )
+        self._flags: deque[int] = deque(maxlen=window)
+        self._first_seq = 0
+        """The admission number of the oldest send in :attr:`_flags`."""
+        self._refused = 0
+        self._min_events = min_events
+        self._margin = margin
+        self._baseline = _Ewma(baseline_alpha, prior)
 
-    def observe(self, *, refused: bool) -> bool:
-        """Record one outcome (``refused``: a 429); True when this 429 comes with the recent
-        share risen above the baseline."""
-        return self._observe(refused)
+    @property
+    def baseline(self) -> float:
+        """The long-run share of sends refused as noise."""
+        return self._baseline.value
+
+    def sent(self, seq: int) -> None:
+        """A request admitted as number ``seq`` (one more than the last)."""
+        flags = self._flags
+        if not flags:
+            self._first_seq = seq
+        elif len(flags) == flags.maxlen:
+            oldest = flags[0]  # pushed out by the append below
+            self._first_seq += 1
+            if oldest:
+                self._refused -= 1
+            self._baseline.add(1.0 if oldest == _NOISE else 0.0)
+        flags.append(_UNREFUSED)
+
+    def refused(self, seq: int) -> bool:
+        """A 429 to the request admitted as ``seq``: True when the share of refusals among the
+        last sends has risen above the baseline (load, not noise)."""
+        flags = self._flags
+        i = seq - self._first_seq
+        if 0 <= i < len(flags) and flags[i] == _UNREFUSED:
+            flags[i] = _REFUSED
+            self._refused += 1
+        if self._refused < self._min_events or flags.maxlen is None:
+            return False
+        # The window's own noise counts as soon as it is judged (the long-run share learns
+        # it only as its sends leave the window: 7 busy 429s in 64 sends read as load at 8%
+        # while the baseline still read 0).
+        noise = sum(1 for flag in flags if flag == _NOISE) / flags.maxlen
+        baseline = min(max(self._baseline.value, noise), _MOST_NOISE)
+        # Above the baseline by the margin, not twice it (as overload answers): a limit a
+        # fifth under the pace refuses a steady fifth, which twice a floor of 8% let through.
+        return self._refused / flags.maxlen > baseline + self._margin
+
+    def judged(self, seq: int, *, noise: bool) -> None:
+        """What the 429 to ``seq`` was taken as: noise joins the baseline as the send leaves
+        the window; a limit's refusal counts there as a send refused by no noise."""
+        i = seq - self._first_seq
+        if noise and 0 <= i < len(self._flags) and self._flags[i] == _REFUSED:
+            self._flags[i] = _NOISE
+
+    def __repr__(self) -> str:
+        return (
+            f"<RefusalShare {self._refused}/{len(self._flags)} sends refused, "
+            f"baseline {self.baseline:.2f}>"
+        )
 
 
 class _Ewma:

@@ -118,6 +118,8 @@ _CLIMB_MEASURED_SENDS = 8
 sends: a span holds the server's refill give or take a request at either end (while it
 applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s read 234/min,
 and the pace held at 215 for seconds)."""
+_LIMIT_REMEMBERED_S = 10.0
+_LIMIT_PACE_SHARE = 0.9
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -374,6 +376,7 @@ class Lane:
         "_floor_due",
         "_grid",
         "_input_alone_from_seq",
+        "_limit_found",
         "_local",
         "_lock",
         "_next_limits_read",
@@ -537,6 +540,9 @@ class Lane:
         """How long the window of a request budget stated without one (a gateway's
         unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
+        self._limit_found: tuple[float, float] | None = None
+        """(when, at what pace) 429s last read as a limit's by their share: refusals soon
+        after at a pace near it are that limit's again (:meth:`_unexplained`)."""
         if slots is None:
             adaptive = limits.adaptive
             slots = (
@@ -1286,6 +1292,7 @@ class Lane:
         if not self._admitted:
             self._first_admitted_at = now
         self._admitted += 1
+        self.refusals.sent(self._admitted)
         sends = self._recent_sends
         local = self._local
         charge = (
@@ -1855,7 +1862,6 @@ class Lane:
         if now < self._first_success_at:  # noqa: PLR1730  # min() is a call, on every answer
             self._first_success_at = now
         self.congestion.observe(overload=False)
-        self.refusals.observe(refused=False)
         slots = self.slots
         # isinstance once: three C calls were one per answer
         aimd = slots if isinstance(slots, AimdLimit) else None
@@ -1966,8 +1972,10 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
-        load = self.refusals.observe(refused=True)
-        if self._unexplained(permit, verdict, load=load):
+        load = self.refusals.refused(permit.seq)
+        noise = self._unexplained(permit, verdict, load=load, now=now)
+        self.refusals.judged(permit.seq, noise=noise)
+        if noise:
             # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
             # that answers counted down stays as they said).
             return
@@ -2154,7 +2162,7 @@ class Lane:
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
 
-    def _unexplained(self, permit: Permit, verdict: Verdict, *, load: bool) -> bool:
+    def _unexplained(self, permit: Permit, verdict: Verdict, *, load: bool, now: float) -> bool:
         """Whether a 429 is noise: a provider's shared capacity busy (OpenAI's "overloaded"
         429s, a gateway passing on an upstream's), which no pace of ours causes or cures.
         Taken as the rate, 5% of them held a lane at 0.2-0.5 of its stated limit (each a 15%
@@ -2172,7 +2180,21 @@ class Lane:
         * the second before it held no more than the stated rate plus our burst: a bucket
           of the stated rate as deep as ours had room for it (nor did tokens outrun theirs).
         """
-        if load or verdict.limit_scope is not None:
+        rpm = self.request_rate.rpm
+        found = self._limit_found
+        if load:
+            self._limit_found = (now, rpm if rpm is not None else math.inf)
+            return False
+        if (
+            found is not None
+            and rpm is not None
+            and now - found[0] < _LIMIT_REMEMBERED_S
+            and rpm >= _LIMIT_PACE_SHARE * found[1]
+        ):
+            # A limit whose refusals rose with the pace refuses again as the pace comes back,
+            # one by one, before their share shows it again.
+            return False
+        if verdict.limit_scope is not None:
             return False
         ceiling = self.request_rate.ceiling
         if ceiling is None or self._shared or not self.admission.sees_every_acceptance:
