@@ -36,10 +36,10 @@ goes past it. Only the second says anything about the rate (``Lane._unexplained`
 ...     return load
 >>> [send(seq, seq % 20 == 0) for seq in range(1, 1001)].count(True)  # 5% at random
 0
->>> any(send(seq, seq % 3 == 0) for seq in range(1001, 1031))  # then a third refused: load
+>>> any(send(seq, seq % 3 == 0) for seq in range(1001, 1041))  # then a third refused: load
 True
 >>> share
-<RefusalShare 12/64 sends refused, baseline 0.05>
+<RefusalShare 13/64 sends refused, baseline 0.05>
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from collections import deque
 
 __all__ = ["CongestionDetector", "RefusalShare"]
 
-_MOST_NOISE = 0.08
+_MOST_NOISE = 0.1
 """The most of a lane's requests a busy provider's 429s are taken to be: a higher share that
 stays is a limit's (one a fifth under the pace refuses a fifth), however steady it is."""
 _UNREFUSED, _REFUSED, _NOISE = 0, 1, 2
@@ -104,7 +104,7 @@ class CongestionDetector:
 class RefusalShare:
     """The share of the last ``window`` requests sent that were refused (429), against the
     long-run share of those taken as noise (the baseline): :meth:`refused` says when a 429
-    comes with that share risen above the baseline (capped at 8%) by ``margin``.
+    comes with that share risen above the baseline (capped at 10%) by ``margin``.
 
     Counted by the order the requests were sent, not the order their answers came: a 429
     comes back at once and a success a latency later, so among the answers, refusals run
@@ -169,7 +169,7 @@ class RefusalShare:
         noise = sum(1 for flag in flags if flag == _NOISE) / flags.maxlen
         baseline = min(max(self._baseline.value, noise), _MOST_NOISE)
         # Above the baseline by the margin, not twice it (as overload answers): a limit a
-        # fifth under the pace refuses a steady fifth, which twice a floor of 8% let through.
+        # fifth under the pace refuses a steady fifth, which twice a floor of 10% let through.
         return self._refused / flags.maxlen > baseline + self._margin
 
     def judged(self, seq: int, *, noise: bool) -> None:
