@@ -1973,9 +1973,13 @@ class Lane:
     ) -> None:
         self.congestion.observe(overload=False)
         load = self.refusals.refused(permit.seq)
-        noise = self._unexplained(permit, verdict, load=load, now=now)
-        self.refusals.judged(permit.seq, noise=noise)
-        if noise:
+        unexplained = self._unexplained(permit, verdict, load=load, now=now)
+        at_peak = unexplained and permit.in_flight_at_send > self._success_peak_in_flight
+        # Into the share of noise even at a peak: a cap refuses only while the window
+        # outgrows it (a few), and noise counted out of the baseline at each new peak of a
+        # growing window left it at 0, and 7 busy 429s in 64 sends (6%) read as load.
+        self.refusals.judged(permit.seq, noise=unexplained)
+        if unexplained and not at_peak:
             # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
             # that answers counted down stays as they said).
             return
@@ -1993,6 +1997,25 @@ class Lane:
                 self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
             return
         refused = self._refused(permit, verdict)
+        if at_peak:
+            # Nothing but the count in flight explains it: a cap may (it refuses all past
+            # it), or it is noise that came back before the answers of the burst it went in
+            # (a 429 comes at once). A cap it is only once its test is refused too
+            # (provisional); a success there refutes it and measures nothing. Taken as a
+            # confirmed cap (the headers said there was room), a busy 429 to the start's
+            # eleventh request held a 1206/min lane at 10 in flight for good: 0.53 of the
+            # reference. Read as the rate, it is noise (nothing else refused it).
+            slots = self.slots
+            if refused is _Refused.RATE:
+                return
+            if isinstance(slots, AimdLimit) and slots.probing and slots.cap_provisional:
+                # A provisional cap's test, refused as noise refuses any request now and then:
+                # tried once more before the cap stands (a busy 429 to the test of one that
+                # noise had taught held a 600/min lane with 2-s answers at 8 in flight).
+                if not self._cap_retested:
+                    refused = _Refused.UNTOLD
+            elif refused is _Refused.IN_FLIGHT:
+                refused = _Refused.EITHER
         if refused is not _Refused.RATE:
             self._grid_refused(permit, verdict, now)
             # Only this request waits: its hint is about a slot, not about the rate.
@@ -2014,7 +2037,10 @@ class Lane:
                     provisional=refused is _Refused.EITHER,
                     probe_after_s=self._round_trip_s(),
                 )
-                if slots.cap_provisional and refused is _Refused.EITHER:
+                if at_peak:
+                    self._untested_refusal = None  # refuted, it measures no rate
+                    self._cap_retested = False
+                elif slots.cap_provisional and refused is _Refused.EITHER:
                     sent_in_second = self._sent_in_second_before(permit.sent_at)
                     self._untested_refusal = (permit.sent_at, sent_in_second)
                     self._untested_after_start = self._start_held_second(permit.sent_at)
@@ -2176,10 +2202,13 @@ class Lane:
         * a limit is stated (headers or configured) and this lane sees every acceptance of
           its key (a fleet's process does not: the others' sends may have outrun it);
         * its own headers, if any, show no budget short;
-        * it went at no more in flight than succeeded lately (past that, a cap may refuse);
         * the second before it held no more than the stated rate plus our burst: a bucket
-          of the stated rate as deep as ours had room for it (nor did tokens outrun theirs).
-        """
+          of the stated rate as deep as ours had room for it (nor did tokens outrun theirs);
+        * it does not come back as a limit found by its share within 10 s did, at a pace
+          near the one it was found at (such a limit refuses again as the pace comes back).
+
+        Sent at more in flight than succeeded lately, it may also be a cap's: see
+        :meth:`_throttled` (a provisional cap, which a success past it refutes)."""
         rpm = self.request_rate.rpm
         found = self._limit_found
         if load:
