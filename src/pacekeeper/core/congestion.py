@@ -28,10 +28,9 @@ goes past it. Only the second says anything about the rate (``Lane._unexplained`
 
 >>> share = RefusalShare()
 >>> def send(seq, refused):
-...     share.sent(seq)
 ...     if not refused:
 ...         return False
-...     load = share.refused(seq)
+...     load = share.refused(seq, latest=seq)
 ...     share.judged(seq, noise=not load)
 ...     return load
 >>> [send(seq, seq % 20 == 0) for seq in range(1, 1001)].count(True)  # 5% at random
@@ -39,7 +38,7 @@ goes past it. Only the second says anything about the rate (``Lane._unexplained`
 >>> any(send(seq, seq % 3 == 0) for seq in range(1001, 1041))  # then a third refused: load
 True
 >>> share
-<RefusalShare 13/64 sends refused, baseline 0.05>
+<RefusalShare 13 of the last 64 sent refused, baseline 0.09>
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ __all__ = ["CongestionDetector", "RefusalShare"]
 _MOST_NOISE = 0.1
 """The most of a lane's requests a busy provider's 429s are taken to be: a higher share that
 stays is a limit's (one a fifth under the pace refuses a fifth), however steady it is."""
-_UNREFUSED, _REFUSED, _NOISE = 0, 1, 2
 
 
 class CongestionDetector:
@@ -103,98 +101,102 @@ class CongestionDetector:
 
 class RefusalShare:
     """The share of the last ``window`` requests sent that were refused (429), against the
-    long-run share of those taken as noise (the baseline): :meth:`refused` says when a 429
-    comes with that share risen above the baseline (capped at 10%) by ``margin``.
+    share of the last ``long`` sent that were refused as noise (the baseline): :meth:`refused`
+    says when a 429 comes with that share risen above the baseline (at most 10%) by
+    ``margin``.
 
-    Counted by the order the requests were sent, not the order their answers came: a 429
-    comes back at once and a success a latency later, so among the answers, refusals run
-    ahead while the pace rises (at the start, all of the first second's answers with 1.5-s
-    latencies: 12 of 45 busy 429s read as load at 8%). Unanswered sends count as refusing
-    nothing until they are. Only the 429s taken as noise join the baseline
-    (:meth:`judged`): counted there, a limit that refused half of a lane's pace raised the
-    baseline to a third within seconds, and its refusals then read as noise. Two at least:
-    one 429 alone is never load. The baseline starts as a window of sends with no 429
-    (``prior``)."""
+    Counted by the order the requests were sent (their admission numbers), not the order
+    their answers came: a 429 comes back at once and a success a latency later, so among the
+    answers, refusals run ahead while the pace rises (at the start, with 1.5-s answers, 12 of
+    the first 45 answers were busy 429s at 8%). Unanswered sends count as refusing nothing
+    until they are. Only the 429s taken as noise make the baseline (:meth:`judged`): counted
+    there, a limit that refused half of a lane's pace raised the baseline to a third within
+    seconds, and its refusals then read as noise. The window's own noise counts at once (a
+    baseline that learned it only as its sends left the window read 7 busy 429s in 64 sends,
+    8%, as load). Two at least: one 429 alone is never load. Until ``long`` requests are sent,
+    the baseline is over ``prior`` at least. Nothing is counted per request sent: the
+    admission numbers say how many went between refusals."""
 
-    __slots__ = ("_baseline", "_first_seq", "_flags", "_margin", "_min_events", "_refused")
+    __slots__ = (
+        "_judged",
+        "_latest",
+        "_long",
+        "_margin",
+        "_min_events",
+        "_prior",
+        "_window",
+    )
 
     def __init__(
         self,
         *,
         window: int = 64,
+        long: int = 256,
         min_events: int = 2,
         margin: float = 0.1,
-        baseline_alpha: float = 1 / 256,
         prior: int = 64,
     ) -> None:
-        self._flags: deque[int] = deque(maxlen=window)
-        self._first_seq = 0
-        """The admission number of the oldest send in :attr:`_flags`."""
-        self._refused = 0
+        self._judged: deque[tuple[int, bool]] = deque()
+        """The 429s to the last ``long`` requests sent: (admission number, noise)."""
+        self._latest = 0
+        self._window = window
+        self._long = long
         self._min_events = min_events
         self._margin = margin
-        self._baseline = _Ewma(baseline_alpha, prior)
+        self._prior = prior
 
     @property
     def baseline(self) -> float:
-        """The long-run share of sends refused as noise."""
-        return self._baseline.value
+        """The share of the last ``long`` requests sent that were refused as noise."""
+        since = self._latest - self._long
+        noise = sum(1 for seq, is_noise in self._judged if is_noise and seq > since)
+        return noise / max(min(self._latest, self._long), self._prior)
 
-    def sent(self, seq: int) -> None:
-        """A request admitted as number ``seq`` (one more than the last)."""
-        flags = self._flags
-        if not flags:
-            self._first_seq = seq
-        elif len(flags) == flags.maxlen:
-            oldest = flags[0]  # pushed out by the append below
-            self._first_seq += 1
-            if oldest:
-                self._refused -= 1
-            self._baseline.add(1.0 if oldest == _NOISE else 0.0)
-        flags.append(_UNREFUSED)
-
-    def refused(self, seq: int) -> bool:
-        """A 429 to the request admitted as ``seq``: True when the share of refusals among the
-        last sends has risen above the baseline (load, not noise)."""
-        flags = self._flags
-        i = seq - self._first_seq
-        if 0 <= i < len(flags) and flags[i] == _UNREFUSED:
-            flags[i] = _REFUSED
-            self._refused += 1
-        if self._refused < self._min_events or flags.maxlen is None:
+    def refused(self, seq: int, *, latest: int) -> bool:
+        """A 429 to the request admitted as number ``seq``, the latest admitted being number
+        ``latest``: True when the share of refusals among the last ``window`` sent has risen
+        above the baseline (load, not noise)."""
+        self._latest = latest
+        judged = self._judged
+        while judged and judged[0][0] <= latest - self._long:
+            judged.popleft()
+        since = latest - self._window
+        refused = noise = 0
+        for judged_seq, is_noise in judged:
+            if judged_seq > since:
+                refused += 1
+                noise += is_noise
+        if seq > since:
+            refused += 1
+        if refused < self._min_events:
             return False
-        # The window's own noise counts as soon as it is judged (the long-run share learns
-        # it only as its sends leave the window: 7 busy 429s in 64 sends read as load at 8%
-        # while the baseline still read 0).
-        noise = sum(1 for flag in flags if flag == _NOISE) / flags.maxlen
-        baseline = min(max(self._baseline.value, noise), _MOST_NOISE)
+        baseline = min(max(self.baseline, noise / self._window), _MOST_NOISE)
         # Above the baseline by the margin, not twice it (as overload answers): a limit a
         # fifth under the pace refuses a steady fifth, which twice a floor of 10% let through.
-        return self._refused / flags.maxlen > baseline + self._margin
+        return refused / self._window > baseline + self._margin
 
     def judged(self, seq: int, *, noise: bool) -> None:
-        """What the 429 to ``seq`` was taken as: noise joins the baseline as the send leaves
-        the window; a limit's refusal counts there as a send refused by no noise."""
-        i = seq - self._first_seq
-        if noise and 0 <= i < len(self._flags) and self._flags[i] == _REFUSED:
-            self._flags[i] = _NOISE
+        """What the 429 to ``seq`` was taken as: noise makes the baseline; a limit's refusal
+        counts in the window's share alone."""
+        self._judged.append((seq, noise))
 
     def __repr__(self) -> str:
+        since = self._latest - self._window
+        refused = sum(1 for seq, _ in self._judged if seq > since)
         return (
-            f"<RefusalShare {self._refused}/{len(self._flags)} sends refused, "
+            f"<RefusalShare {refused} of the last {self._window} sent refused, "
             f"baseline {self.baseline:.2f}>"
         )
 
 
 class _Ewma:
-    """An exponentially weighted mean that starts as a plain mean (no bias towards zero), or
-    as one of ``prior`` zeros and what came since."""
+    """An exponentially weighted mean that starts as a plain mean (no bias towards zero)."""
 
     __slots__ = ("_alpha", "_n", "value")
 
-    def __init__(self, alpha: float, prior: int = 0) -> None:
+    def __init__(self, alpha: float) -> None:
         self._alpha = alpha
-        self._n = prior
+        self._n = 0
         self.value = 0.0
 
     def add(self, x: float) -> None:

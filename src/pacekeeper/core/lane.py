@@ -1292,7 +1292,6 @@ class Lane:
         if not self._admitted:
             self._first_admitted_at = now
         self._admitted += 1
-        self.refusals.sent(self._admitted)
         sends = self._recent_sends
         local = self._local
         charge = (
@@ -1972,7 +1971,7 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
-        load = self.refusals.refused(permit.seq)
+        load = self.refusals.refused(permit.seq, latest=self._admitted)
         unexplained = self._unexplained(permit, verdict, load=load, now=now)
         at_peak = unexplained and permit.in_flight_at_send > self._success_peak_in_flight
         # Into the share of noise even at a peak: a cap refuses only while the window
