@@ -137,12 +137,10 @@ def test_a_busy_providers_random_429s_leave_the_stated_limit_in_force(
     seed: int,
 ) -> None:
     """2-8% of 429s at random, bare or with the headers showing room, with or without a
-    hint: the lane sends at least 0.75 of the stated limit. On 40 random draws, the worst
-    0.80 (the next 0.99) and the median 1.0, where main's were 0.08 and 0.76. The worst are
-    slow answers (~2 s): a busy 429 to a request sent at more in flight than any answer yet
-    back teaches a provisional cap, which a success past it refutes, and the lane then takes
-    seconds to fill the window again. A steadier share than 10% is taken as a limit's
-    (core/congestion.py RefusalShare)."""
+    hint: the lane sends at least 0.8 of the stated limit. On 40 random draws, the worst
+    0.98 and the median 1.0, where main's were 0.08 and 0.76; near 8%, a run of them now and
+    then reads as a limit's (one cut: 0.85). A steadier share than 10% is taken as a
+    limit's (core/congestion.py RefusalShare)."""
     run = _run(
         stated_rpm=rpm,
         true_rpm=rpm,
@@ -155,8 +153,8 @@ def test_a_busy_providers_random_429s_leave_the_stated_limit_in_force(
     )
     span_s = _RUN_S - _JUDGED_FROM_S
     sent = run.sent_between(_JUDGED_FROM_S, _RUN_S)
-    assert sent >= 0.75 * rpm / 60.0 * span_s, (
-        f"{sent} sent in [{_JUDGED_FROM_S:g}, {_RUN_S:g}) s, below 0.75 of {rpm:g}/min "
+    assert sent >= 0.8 * rpm / 60.0 * span_s, (
+        f"{sent} sent in [{_JUDGED_FROM_S:g}, {_RUN_S:g}) s, below 0.8 of {rpm:g}/min "
         f"({len(run.busy_refusals)} busy 429s, pace {run.lane.rpm})"
     )
 
