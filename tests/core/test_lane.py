@@ -637,14 +637,17 @@ def test_a_refusal_at_a_peak_far_below_the_stated_rate_still_teaches_a_cap() -> 
     # cap, or a busy provider's noise that came back before the answers sent with it. A cap
     # until a success past it says otherwise.
     assert lane.slots.cap_provisional
-    # One answered, one more sent at the cap and refused: the refusal that taught the cap
-    # counted an answer still on the wire. The cap is lower, not refuted.
+    # One answered, one more sent at the cap and refused for the count (its code says so: a
+    # bare one at a provisional cap would be noise, requests under a cap fit): the refusal
+    # that taught the cap counted an answer still on the wire. The cap is lower, not refuted.
     clock.now = 6.05
     lane.settle(permits[0], _verdict(200, headers), now=6.05, max_hint_s=600.0, retry=False)
     at_cap = lane._grant(6.1, 0, 6.1)
     assert at_cap.in_flight_at_send == 4
     clock.now = 6.2
-    lane.settle(at_cap, _verdict(429), now=6.2, max_hint_s=600.0, retry=False)
+    body = b'{"error": {"code": "concurrency_limit_exceeded"}}'
+    in_flight = classify_response(429, {}, body, now_wall_s=0.0)
+    lane.settle(at_cap, in_flight, now=6.2, max_hint_s=600.0, retry=False)
     assert lane.slots.learned_cap == 3
 
 
