@@ -1976,20 +1976,10 @@ class Lane:
         # Once a cap it suggested was refuted, no longer: while the window grows back, every
         # request goes at a new peak, and each busy 429 taught another provisional cap (a
         # 2400/min lane with 2-s answers held at 12-17 in flight of the 80 it needs, for 20 s).
-        # Nor at or under a provisional cap it suggested: requests under a cap fit, and the
-        # answers that would show it lag (a busy 429 at 16 of a provisional 16, then one at
-        # 15, kept a 1200/min lane with 1.6-s answers at 15 of the 49 it needs).
-        slots = self.slots
         at_peak = (
             unexplained
             and permit.in_flight_at_send > self._success_peak_in_flight
             and not self._cap_refuted
-            and not (
-                isinstance(slots, AimdLimit)
-                and slots.cap_provisional
-                and slots.learned_cap is not None
-                and permit.in_flight_at_send <= slots.learned_cap
-            )
         )
         # Into the share of noise even at a peak: a cap refuses only while the window
         # outgrows it (a few), and noise counted out of the baseline at each new peak of a
