@@ -730,7 +730,9 @@ class ProxyApp:
             return
         # bytes.find, not `in`: a bytes needle `in` bytes first tries it as an int, and the
         # TypeError it makes and drops costs more than the search (about 1,800 instructions)
-        if rest.find(b"/.") >= 0 and any(segment in (".", "..") for segment in scope["path"].split("/")):
+        if rest.find(b"/.") >= 0 and any(
+            segment in (".", "..") for segment in scope["path"].split("/")
+        ):
             self.counters.refuse("invalid_path")
             await self._error(
                 send,

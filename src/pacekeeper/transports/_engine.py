@@ -457,19 +457,18 @@ def _is_usage_only(event: bytes) -> bool:
         for eol in (event.find(b"\n"), event.find(b"\r")):
             if 0 <= eol < cut:
                 cut = eol
-        data = parse_body(event[5:cut].lstrip())
-        return (
-            isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
-        )
-    for line in event.splitlines():
-        if not line.startswith(b"data:"):
-            continue
-        # json's C scanner (parse_body): json.loads adds four Python frames
-        data = parse_body(line[5:].lstrip())
-        return (
-            isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
-        )
-    return False
+        line = event[:cut]
+    else:
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                break
+        else:
+            return False
+    # json's C scanner (parse_body): json.loads adds four Python frames
+    data = parse_body(line[5:].lstrip())
+    return (
+        isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
+    )
 
 
 def _whole_events_end(data: bytes, start: int, stop: int) -> int:
