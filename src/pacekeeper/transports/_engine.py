@@ -425,9 +425,13 @@ def _empty_choices(data: bytes, start: int) -> int:
     (-1, -1)
     """
     size = len(data)
-    opening = data.find(b"[", start)
+    find = data.find
+    opening = find(b"[", start)
     while opening >= 0:
         close = opening + 1
+        if close < size and data[close] == 0x7B:  # "{": an array of objects, most of them
+            opening = find(b"[", close)
+            continue
         while close < size and data[close] in _SPACE:
             close += 1
         if close < size and data[close] == 0x5D:  # "]": an empty array
@@ -441,7 +445,7 @@ def _empty_choices(data: bytes, start: int) -> int:
                 begin = end - _CHOICES_LEN
                 if begin >= start and data[begin:end] == _CHOICES:
                     return begin
-        opening = data.find(b"[", opening + 1)
+        opening = find(b"[", opening + 1)
     return -1
 
 
