@@ -29,7 +29,8 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     for area, names in (
         (
             "stream: pass-through, usage scan, usage-chunk filter",
-            "_Governed _StreamState UsageChunkFilter UsageScanner _event_end _whole_events_end"
+            "_Governed _StreamState UsageScanner _empty_choices _is_usage_only _event_end"
+            " _whole_events_end"
             " _stream_response Attempts.streaming Attempts.ended",
         ),
         ("request: include_usage copy", "with_stream_usage _with_usage_option _spliced"),

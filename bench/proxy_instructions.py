@@ -1,6 +1,6 @@
 """Two proxies' CPU instructions per request, counted (callgrind), not timed (issue 15).
 
-``python -m bench.proxy_instructions OTHER_SRC [--requests N] [--out FILE.md]``
+``python -m bench.proxy_instructions OTHER_SRC [--requests N] [--per-token-ms MS] [--out FILE.md]``
 
 CPU time per request spreads by ±15-25% from round to round on the shared 2-core machine, so
 a change worth a few percent does not show in ``bench.proxy_ab``. Instructions do not move
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.cost import _latencies
-from pacekeeper.sim import Scenario, SimulatorProcess
+from pacekeeper.sim import Latency, Scenario, SimulatorProcess
 
 __all__ = ["main"]
 
@@ -58,10 +58,15 @@ def _totals(out: Path, name: str, part: int) -> int:
     return int(found.group(1))
 
 
-def measure(other_src: str, requests: int) -> dict[str, dict[str, float]]:
-    """Instructions per request: {kind: {"base": ..., "this": ...}}."""
+def measure(other_src: str, requests: int, per_token_s: float = 0.0) -> dict[str, dict[str, float]]:
+    """Instructions per request: {kind: {"base": ..., "this": ...}}. ``per_token_s``: the
+    simulator's time per completion token (0: the whole answer at once, a stream in one
+    chunk; above it, a stream arrives event by event, as from a real upstream)."""
     trees = {"base": other_src, "this": str(Path(__file__).resolve().parents[1] / "src")}
-    with tempfile.TemporaryDirectory() as tmp, SimulatorProcess(Scenario()) as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorProcess(Scenario(latency=Latency(per_token_s=per_token_s))) as sim,
+    ):
         out = Path(tmp)
         serve = out / "serve.py"
         serve.write_text(_SERVE, encoding="utf-8")
@@ -119,6 +124,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("other_src", help="the other tree's src directory (the baseline)")
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--per-token-ms",
+        type=float,
+        default=0.0,
+        help="the simulator's time per completion token (default 0: a stream in one chunk)",
+    )
     parser.add_argument("--out", type=Path, help="also write the lines to this markdown file")
     args = parser.parse_args()
     lines = [
@@ -128,7 +139,7 @@ def main() -> int:
         "sequential requests each way and kind (user space; the kernel's work not counted).",
         "",
     ]
-    for kind, row in measure(args.other_src, args.requests).items():
+    for kind, row in measure(args.other_src, args.requests, args.per_token_ms / 1000.0).items():
         base, this = row["base"], row["this"]
         lines.append(
             f"- {kind}: base {base / 1e3:,.0f}k, this {this / 1e3:,.0f}k instructions per "

@@ -18,9 +18,9 @@ import pacekeeper
 from pacekeeper import Governor, RecordCollector
 from pacekeeper.transports._engine import (
     _EMPTY_CHOICES,
-    UsageChunkFilter,
     UsageScanner,
     _empty_choices,
+    _is_usage_only,
     _with_usage_option,
     billed_usage_of,
     usage_from_json,
@@ -164,7 +164,7 @@ def test_the_filter_removes_only_the_usage_only_chunk_whatever_the_chunking() ->
     stream = _sse(events) + b"data: [DONE]\n\n"
     expected = _sse(events[:1]) + b"data: [DONE]\n\n"
     for cut in (1, 5, 50, len(stream)):
-        flt = UsageChunkFilter()
+        flt = UsageScanner(strip=True)
         out = b"".join(flt.feed(stream[i : i + cut]) for i in range(0, len(stream), cut))
         assert out + flt.flush() == expected
         assert flt.removed == 1
@@ -180,11 +180,11 @@ def _filtered_event_by_event(stream: bytes) -> bytes:
         if end < 0:
             break
         event = stream[start : end + sep]
-        if not UsageChunkFilter._is_usage_only(event):
+        if not _is_usage_only(event):
             out.append(event)
         start = end + sep
     rest = stream[start:]
-    return b"".join(out) + (b"" if UsageChunkFilter._is_usage_only(rest) else rest)
+    return b"".join(out) + (b"" if _is_usage_only(rest) else rest)
 
 
 _PIECES = [
@@ -213,7 +213,7 @@ def test_the_filter_cuts_events_as_one_event_at_a_time_would(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    flt = UsageChunkFilter()
+    flt = UsageScanner(strip=True)
     out, i, turn = [], 0, 0
     while i < len(stream):
         size = cuts[turn % len(cuts)]

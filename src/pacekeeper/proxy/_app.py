@@ -728,7 +728,11 @@ class ProxyApp:
                 extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *unread],
             )
             return
-        if b"/." in rest and any(segment in (".", "..") for segment in scope["path"].split("/")):
+        # bytes.find, not `in`: a bytes needle `in` bytes first tries it as an int, and the
+        # TypeError it makes and drops costs more than the search (about 1,800 instructions)
+        if rest.find(b"/.") >= 0 and any(
+            segment in (".", "..") for segment in scope["path"].split("/")
+        ):
             self.counters.refuse("invalid_path")
             await self._error(
                 send,
@@ -797,7 +801,7 @@ class ProxyApp:
             if name == b"content-type":
                 content_type = value
         doc: object = None
-        declared_json = b"json" in content_type
+        declared_json = content_type.find(b"json") >= 0  # not `in`: see the path check
         if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
             try:
                 doc = _json_of(body)

@@ -399,14 +399,13 @@ def _with_usage_option(content: bytes) -> bytes | None:
     """
     end = len(content.rstrip())
     # A NUL among the first bytes: UTF-16 or UTF-32, which json reads and this would break.
-    if end < 2 or content[end - 1] != 0x7D or b"\x00" in content[:4]:  # "}"
+    if end < 2 or content[end - 1] != 0x7D or content.find(b"\x00", 0, 4) >= 0:  # "}"
         return None
     return content[: end - 1] + _USAGE_OPTION + content[end - 1 :]
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_EMPTY_ARRAY = re.compile(rb"\[\s*\]")
 _SPACE = b" \t\n\r\x0b\x0c"  # what \s matches in a bytes pattern
 _CHOICES = b'"choices"'
 _CHOICES_LEN = len(_CHOICES)
@@ -415,91 +414,65 @@ _CHOICES_LEN = len(_CHOICES)
 def _empty_choices(data: bytes, start: int) -> int:
     """Where the first match of ``_EMPTY_CHOICES`` at or after ``start`` begins (-1: none).
 
-    Found from its empty array back: a stream's events each hold ``"choices"`` and a dozen
-    quotes (each of which the pattern is tried at), but an empty array is rare, so the
-    search runs over the text at a single byte's pace.
+    Found from its empty array back, the arrays' openings found by ``bytes.find`` of one
+    byte (memchr: a few hundred instructions over a whole stream in one chunk, where a
+    regular expression's search for ``[`` cost about 30,000): a stream's events each hold
+    ``"choices"`` and a dozen quotes, but one array or two, and an empty one is rare.
 
     >>> _empty_choices(b'{"choices": [{}]} {"choices" :\\n[ ]}', 0)
     19
     >>> _empty_choices(b'{"choices": [{}]} {"choices" :\\n[ ]}', 20), _empty_choices(b"[]", 0)
     (-1, -1)
     """
-    for array in _EMPTY_ARRAY.finditer(data, start):
-        end = array.start()
-        while end > start and data[end - 1] in _SPACE:
-            end -= 1
-        if end > start and data[end - 1] == 0x3A:  # ":"
-            end -= 1
+    size = len(data)
+    find = data.find
+    opening = find(b"[", start)
+    while opening >= 0:
+        close = opening + 1
+        if close < size and data[close] == 0x7B:  # "{": an array of objects, most of them
+            opening = find(b"[", close)
+            continue
+        while close < size and data[close] in _SPACE:
+            close += 1
+        if close < size and data[close] == 0x5D:  # "]": an empty array
+            end = opening
             while end > start and data[end - 1] in _SPACE:
                 end -= 1
-            begin = end - _CHOICES_LEN
-            if begin >= start and data[begin:end] == _CHOICES:
-                return begin
+            if end > start and data[end - 1] == 0x3A:  # ":"
+                end -= 1
+                while end > start and data[end - 1] in _SPACE:
+                    end -= 1
+                begin = end - _CHOICES_LEN
+                if begin >= start and data[begin:end] == _CHOICES:
+                    return begin
+        opening = find(b"[", opening + 1)
     return -1
 
 
-class UsageChunkFilter:
-    """Removes, from an OpenAI event stream, the usage-only chunk (``"choices": []`` with
-    ``"usage"``) that ``include_usage`` added for a client that did not ask for it.
-
-    Events are cut at their blank line; a partial event waits for the rest of it (a few
-    hundred bytes at most), every other byte passes unchanged and in order.
-    """
-
-    __slots__ = ("_pending", "removed")
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self.removed = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk if self._pending else chunk
-        out: list[bytes] = []
-        start = 0
-        while True:
-            # Only an event holding empty choices can be the usage-only one: the whole events
-            # before the next such place pass in one piece, unchecked (checking every event
-            # of a stream one by one cost more than the rest of the stream's handling).
-            hit = _empty_choices(data, start)
-            whole = _whole_events_end(data, start, hit if hit >= 0 else len(data))
-            if whole > start:
-                out.append(data[start:whole])
-                start = whole
-            if hit < 0:
-                break
-            end, sep = _event_end(data, start)  # the event holding the hit
-            if end < 0:
-                break  # not whole yet: it waits for the rest
-            event = data[start : end + sep]
-            if self._is_usage_only(event):
-                self.removed += 1
-            else:
-                out.append(event)
-            start = end + sep
-        self._pending = data[start:]
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def flush(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        return b"" if self._is_usage_only(rest) else rest
-
-    @staticmethod
-    def _is_usage_only(event: bytes) -> bool:
-        # Every chunk of a stream passes here: only one with empty choices and a usage object
-        # is parsed (a JSON parse per event was a quarter of the proxy's CPU when streaming).
-        if not _EMPTY_CHOICES.search(event) or not _USAGE_OBJECT.search(event):
-            return False
-        for line in event.splitlines():
-            if not line.startswith(b"data:"):
-                continue
-            # json's C scanner (parse_body): json.loads adds four Python frames
-            data = parse_body(line[5:].lstrip())
-            return (
-                isinstance(data, dict)
-                and data.get("choices") == []
-                and isinstance(data.get("usage"), dict)
-            )
+def _is_usage_only(event: bytes) -> bool:
+    """Whether an event is an OpenAI usage-only chunk: its first ``data:`` line a JSON object
+    with empty ``choices`` and a ``usage`` object."""
+    # Only an event with empty choices and a usage object is parsed (a JSON parse per event
+    # was a quarter of the proxy's CPU when streaming).
+    if not _EMPTY_CHOICES.search(event) or not _USAGE_OBJECT.search(event):
         return False
+    if event.startswith(b"data:"):  # the first line is the data line: no splitlines
+        cut = len(event)
+        for eol in (event.find(b"\n"), event.find(b"\r")):
+            if 0 <= eol < cut:
+                cut = eol
+        line = event[:cut]
+    else:
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                break
+        else:
+            return False
+    # json's C scanner (parse_body): json.loads adds four Python frames
+    data = parse_body(line[5:].lstrip())
+    return (
+        isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
+    )
 
 
 def _whole_events_end(data: bytes, start: int, stop: int) -> int:
@@ -767,44 +740,124 @@ _NAME_LEAD = 32
 """Bytes from a count's opening quote to its ``_tokens`` or ``TokenCount``, at most: more
 than the longest name's lead (``"cache_creation_input`` and ``"cachedContent``)."""
 
+_NAMED_OVERLAP = len(b"TokenCount") - 1
+"""How far past the first ``_tokens`` a ``TokenCount`` is looked for: one starting before it."""
+
 
 class UsageScanner:
-    """Picks the token counts out of a server-sent event stream as it passes.
+    """Picks the token counts out of a server-sent event stream as it passes and, with
+    ``strip``, removes the usage-only chunk that ``include_usage`` added for a client that did
+    not ask for it (from an OpenAI stream: ``"choices": []`` with ``"usage"``), in one pass
+    over each chunk: both read the same window, made once.
 
-    OpenAI sends usage in the last chunk (with ``stream_options.include_usage``), the Responses
-    API in ``response.completed``, Anthropic in ``message_start`` (input, cache writes and
-    reads) and ``message_delta`` (output), Gemini in every chunk's ``usageMetadata``. Only
-    chunks that name a count are searched, and the end of the previous chunk is searched with
-    each one, so a count split between two chunks is still found. The last value of each count
-    wins; the counted input follows :func:`usage_of`.
+    Counts: OpenAI sends usage in the last chunk (with ``stream_options.include_usage``), the
+    Responses API in ``response.completed``, Anthropic in ``message_start`` (input, cache
+    writes and reads) and ``message_delta`` (output), Gemini in every chunk's
+    ``usageMetadata``. Only chunks that name a count are searched, and the end of the previous
+    chunk is searched with each one, so a count split between two chunks is still found. The
+    last value of each count wins; the counted input follows :func:`usage_of`.
+
+    The usage-only chunk: events are cut at their blank line; a partial event waits for the
+    rest of it (a few hundred bytes at most), every other byte passes unchanged and in order.
+    Only an event holding empty choices can be the one: the whole events before the next such
+    place pass in one piece, unchecked (checking every event of a stream one by one cost more
+    than the rest of the stream's handling).
     """
 
-    __slots__ = ("_counts", "_tail", "cache_reads_count")
+    __slots__ = ("_counts", "_held", "_waiting", "cache_reads_count", "removed", "strip")
 
-    def __init__(self, *, cache_reads_count: bool = True) -> None:
+    def __init__(self, *, cache_reads_count: bool = True, strip: bool = False) -> None:
         self._counts: dict[bytes, int] = {}
-        self._tail = b""
+        self._held = b""
+        """The bytes searched again with the next chunk: the last ``_SCAN_TAIL`` of the
+        stream, or the event waiting for its end (``_waiting``, a suffix) if longer."""
+        self._waiting = 0
         self.cache_reads_count = cache_reads_count
+        self.strip = strip
+        self.removed = 0
+        """Usage-only chunks removed."""
 
-    def feed(self, chunk: bytes) -> None:
-        window = self._tail + chunk
-        self._tail = window[-_SCAN_TAIL:]
+    def feed(self, chunk: bytes) -> bytes:
+        """Read a chunk; what of the stream reaches the caller now (b"": wait for more)."""
+        held = self._held
+        window = held + chunk if held else chunk
         # Searched from just before the first place a count can be named: every count's
         # name holds one of these two, at most _NAME_LEAD bytes after its opening quote.
         # The same counts as searching the whole window, without trying the names at every
-        # quote of the text before (a whole stream in one chunk: most of its quotes).
-        # A chunk naming none (most of a stream that comes event by event) costs no call.
-        if b"_tokens" in window:
-            first = window.find(b"_tokens")
-            if b"TokenCount" in window:
-                first = min(first, window.find(b"TokenCount"))
-        elif b"TokenCount" in window:
-            first = window.find(b"TokenCount")
+        # quote of the text before (a whole stream in one chunk: most of its quotes). The
+        # second name is looked for only before the first one's place: each byte is looked
+        # at once per name. bytes.find, never `in`: a bytes needle `in` bytes is first tried
+        # as an int, and the TypeError made and dropped costs about 1,800 instructions.
+        first = window.find(b"_tokens")
+        if first >= 0:
+            named = window.find(b"TokenCount", 0, first + _NAMED_OVERLAP)
+            if 0 <= named < first:
+                first = named
         else:
-            return
-        first -= _NAME_LEAD
-        for name, value in _USAGE_NUMBER.findall(window, first if first > 0 else 0):
-            self._counts[name] = int(value)
+            first = window.find(b"TokenCount")
+        if first >= 0:
+            first -= _NAME_LEAD
+            counts = self._counts
+            for name, value in _USAGE_NUMBER.findall(window, first if first > 0 else 0):
+                counts[name] = int(value)
+        if not self.strip:
+            self._held = window[-_SCAN_TAIL:]
+            return chunk
+        # The usage-only chunk, from the first byte not passed yet.
+        start = len(held) - self._waiting
+        out: list[bytes] = []
+        # Without a CR (a memchr), events end at their first "\n\n": cut as _whole_events_end
+        # and _event_end cut them, with a find or two instead of their ten.
+        lf_only = window.find(b"\r") < 0
+        while True:
+            hit = _empty_choices(window, start)
+            stop = hit if hit >= 0 else len(window)
+            if lf_only:
+                last = window.rfind(b"\n\n", start, stop)
+                if last < 0:
+                    whole = start
+                elif last == start or window[last - 1] != 0x0A:
+                    # A blank line of two LFs just after a byte of an event's: the event
+                    # holding that byte ends there, however the events before were cut.
+                    whole = last + 2
+                else:  # a longer run of LFs: where it is cut depends on the events before
+                    whole = _whole_events_end(window, start, stop)
+            else:
+                whole = _whole_events_end(window, start, stop)
+            if whole > start:
+                out.append(window[start:whole])
+                start = whole
+            if hit < 0:
+                break
+            # the event holding the hit
+            if lf_only:
+                end = window.find(b"\n\n", start)
+                sep = 2
+            else:
+                end, sep = _event_end(window, start)
+            if end < 0:
+                break  # not whole yet: it waits for the rest
+            event = window[start : end + sep]
+            if _is_usage_only(event):
+                self.removed += 1
+            else:
+                out.append(event)
+            start = end + sep
+        waiting = len(window) - start
+        self._waiting = waiting
+        self._held = window[start:] if waiting > _SCAN_TAIL else window[-_SCAN_TAIL:]
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """At the end of the stream: what waits for the end of its event (once)."""
+        waiting, self._waiting = self._waiting, 0
+        if not waiting:
+            return b""
+        rest = self._held[-waiting:]
+        self._held = self._held[-_SCAN_TAIL:]
+        return b"" if _is_usage_only(rest) else rest
 
     def take(self, counts: dict[bytes, int]) -> None:
         """Counts found elsewhere (the last value of each wins)."""

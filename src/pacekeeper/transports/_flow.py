@@ -21,7 +21,6 @@ from pacekeeper.core.concurrency import Signal
 from pacekeeper.core.tokens import estimate_request_chars
 from pacekeeper.transports._engine import (
     Flavour,
-    UsageChunkFilter,
     UsageScanner,
     answer_headers,
     bounded_timeout,
@@ -542,9 +541,10 @@ def _stream_response(
     attempts.streaming(ok.limits)
     # request_id, inlined (as in _after_answer): once per stream
     state = _StreamState(attempts, ok, headers.get("x-request-id") or headers.get("request-id"))
-    state.scanner.cache_reads_count = options.cache_reads_count
+    usage = state.usage
+    usage.cache_reads_count = options.cache_reads_count
     if strip_usage and headers.get("content-encoding", "identity") == "identity":
-        state.filter = UsageChunkFilter()
+        usage.strip = True
     # Looked up by the library's module, whose hash is C's: a Flavour's (a dataclass's) is
     # a Python call, and functools.cache another.
     try:
@@ -562,10 +562,9 @@ class _StreamState:
         "attempts",
         "done",
         "ended",
-        "filter",
         "ok",
         "request_id",
-        "scanner",
+        "usage",
         "watch",
     )
 
@@ -573,27 +572,20 @@ class _StreamState:
         self.attempts = attempts
         self.ok = ok
         self.request_id = rid
-        self.scanner = UsageScanner()
-        self.filter: UsageChunkFilter | None = None
+        # The counts read and, when asked, the added usage chunk removed: one pass a chunk.
+        self.usage = UsageScanner()
         self.ended = False
         self.done = False
         # Left when the stream ends: the watch holds the stream, its call and the request's
         # parsed body for as long as it is there (a minute of every stream served).
         self.watch: _IdleWatch | None = None
 
-    def passed(self, chunk: bytes) -> bytes:
-        """Read a chunk's usage; what of it reaches the caller (b"": wait for more)."""
-        self.scanner.feed(chunk)
-        if self.filter is None:
-            return chunk
-        return self.filter.feed(chunk)
-
     def rest(self) -> bytes:
-        """At the end of the stream: what the filter still holds (once)."""
-        if self.filter is None or self.ended:
+        """At the end of the stream: what the usage chunk's filter still holds (once)."""
+        if not self.usage.strip or self.ended:
             return b""
         self.ended = True
-        return self.filter.flush()
+        return self.usage.flush()
 
     def finish(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
         if self.done:
@@ -603,13 +595,13 @@ class _StreamState:
             self.watch.streams.pop(self, None)
             self.watch = None
         # The stream's outcome, reported to its attempt loop: it ended, broke or was abandoned.
-        scanner = self.scanner
+        usage = self.usage
         self.attempts.ended(
             self.ok if error is None and not abandoned else stream_failure(error),
-            prompt_tokens=scanner.prompt_tokens,
-            completion_tokens=scanner.completion_tokens,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
             request_id=self.request_id,
-            billed=scanner.billed,
+            billed=usage.billed,
         )
 
 
@@ -668,7 +660,7 @@ class _GovernedAsyncStream:
             finally:
                 self._reading = False
                 self._idle_since = time.monotonic()
-            passed = self._state.passed(chunk)
+            passed = self._state.usage.feed(chunk)
             if passed or not chunk:
                 return passed
 
@@ -755,7 +747,7 @@ class _GovernedSyncStream:
             except Exception as exc:
                 self._state.finish(exc)
                 raise
-            passed = self._state.passed(chunk)
+            passed = self._state.usage.feed(chunk)
             if passed or not chunk:
                 return passed
 
