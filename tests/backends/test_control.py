@@ -809,3 +809,48 @@ async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
     for task in backlog:
         task.cancel()
     close(a)
+
+
+async def test_past_the_fleets_most_in_flight_one_more_at_a_time(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Past the most the fleet has had in flight answered, the shared admission lets one more
+    go per answer come back, or per spacing (the window at most doubling per mean answer
+    time): slow start for the fleet as a whole. Each process's window, cap and floor let it
+    take the limit at once, and three processes opening their windows together overshot an
+    in-flight cap that one process approaches a step at a time."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    release = client.register_script(_scripts.RELEASE)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+    keys = [key, slots, f"{namespace}:clock"]
+
+    def ask(lease: str) -> list[Any]:
+        # tokens, no rpm/tpm, burst, utilisation, adaptive (fixed 0), initial 8, min 1, max
+        # 512, lease, ttls, cap, floor, rank, share, waiting x3, output tokens, otpm, silence,
+        # token and output bursts, no request or token windows (4 + 4 + 1), mean answer 60 s
+        args: list[Any] = [0, 0, 0, 0.5, 1, 0, 8, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5, *([0] * 9), 60.0]
+        reply: list[Any] = admit(keys=keys, args=args)
+        return reply
+
+    def answered(lease: str, in_flight_at_send: int) -> None:
+        # a success, sent at server time 0, adaptive (initial 8, min 1, max 512), no backlog
+        args: list[Any] = [lease, 1, 0, in_flight_at_send, 0, 8, 1, 512, 0.7, 0.8]
+        args += [0, 0, 1, 0, 0, 0, 0]
+        release(keys=keys, args=args)
+
+    start = [ask(f"a{k}") for k in range(4)]
+    assert [int(r[0]) for r in start] == [1] * 4  # before any answer: the start's window
+    answered("a3", in_flight_at_send=4)  # four in flight were answered: the fleet's most
+    assert [int(ask(f"b{k}")[0]) for k in range(3)] == [1, 1, 0]  # back to 4, one past it
+    refused = ask("b2")
+    assert float(refused[1]) < 0  # held as with no free slot, asked again soon
+    assert int(refused[2]) == 5 < int(refused[3])  # the limit has room: the step held it
+    answered("a0", in_flight_at_send=1)  # an answer came back: one more step
+    assert [int(ask(f"c{k}")[0]) for k in range(2)] == [1, 0]
+    client.hset(key, "ft", "0")  # as if a spacing (60 s / (ln 2 x 5)) had passed
+    assert [int(ask(f"d{k}")[0]) for k in range(2)] == [1, 0]
+    client.close()
