@@ -614,8 +614,7 @@ class RedisAdmissionPolicy:
                     elif fleet_cap == known and learner.cap_provisional and not provisional:
                         # another process's test confirmed it
                         learner.learn_cap(in_flight_at_send=fleet_cap + 1, now=now)
-                    if isinstance(learner, _SharedAdaptive):
-                        learner.refused_in_flight = False  # adopted: no refusal of ours
+                    learner.refused_in_flight = False  # adopted: no refusal of ours
                     # One above ours is another process's probe: not adopted, since a refusal
                     # there would read, to a learner that is not probing, as its cap refuted.
                     # Its own probe raises ours; until then its admissions use the lower cap.

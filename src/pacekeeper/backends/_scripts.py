@@ -24,9 +24,9 @@ rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL);
 when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
 ``nt`` tokens admitted so far; ``fp`` the most the fleet ever sent in flight (ADMIT; lowered by
 an in-flight refusal: RELEASE), ``fa`` its answers so far (RELEASE), ``fs``/``ft`` those
-answers and the time at the latest admission past ``fp`` (ADMIT: one more at a time);
-``bq``/``tq`` where a budget counted down with no limit stated runs out (admissions, tokens
-admitted: LEFT), ``bm`` the admission that statement is about;
+answers and the time at the latest admission past ``fp`` (ADMIT: one more at a time); ``bq``/``tq`` where a budget counted down with no limit
+stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that statement is
+about;
 ``we``/``wl``/``wu`` the fixed windows a provider counts requests in, where the lanes keep to
 them: when the current one ends, their length, the requests that went into it (ADMIT);
 ``te``/``tl``/``tu`` the same for tokens (the tokens that went into it);
