@@ -814,49 +814,43 @@ async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
 async def test_past_the_fleets_most_in_flight_one_more_at_a_time(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    """Past the most the fleet ever sent in flight, the shared admission lets one more go
-    per answer come back, or per spacing (the most in flight at most doubling per mean
-    answer time), as a local lane goes past its own; an in-flight refusal makes the way up
-    to it new again. Each process let its window, cap and floor go at once, and three
-    opening theirs together overshot an in-flight cap that one process approaches a step at
-    a time. A fixed limit is not held so."""
+    """Past the most the fleet has had in flight answered, the shared admission lets one more
+    go per answer come back, or per spacing (the window at most doubling per mean answer
+    time): slow start for the fleet as a whole. Each process's window, cap and floor let it
+    take the limit at once, and three processes opening their windows together overshot an
+    in-flight cap that one process approaches a step at a time."""
     from pacekeeper.backends import _scripts
 
     client = redis_server.client()
     admit = client.register_script(_scripts.ADMIT)
     release = client.register_script(_scripts.RELEASE)
-    key = f"{namespace}:lane:{CHAT}|m"
-    keys = [key, f"{key}:slots", f"{namespace}:clock"]
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+    keys = [key, slots, f"{namespace}:clock"]
 
-    def ask(lease: str, fixed: int = 0, lane: str = key) -> int:
-        # tokens, no rpm/tpm, burst, utilisation, fixed (0: adaptive), initial 8, min 1, max
+    def ask(lease: str) -> list[Any]:
+        # tokens, no rpm/tpm, burst, utilisation, adaptive (fixed 0), initial 8, min 1, max
         # 512, lease, ttls, cap, floor, rank, share, waiting x3, output tokens, otpm, silence,
         # token and output bursts, no request or token windows (4 + 4 + 1), mean answer 60 s
-        args: list[Any] = [0, 0, 0, 0.5, 1, fixed, 8, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
+        args: list[Any] = [0, 0, 0, 0.5, 1, 0, 8, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
         args += [1, 0, 0, 0, 0, 0, 0.5, 0.5, *([0] * 9), 60.0]
-        reply: list[Any] = admit(keys=[lane, f"{lane}:slots", keys[2]], args=args)
-        if not int(reply[0]):
-            assert float(reply[1]) < 0  # held as with no free slot: asked again soon
-            assert int(reply[2]) < int(reply[3])  # the limit had room: the step held it
-        client.hset(key, "ft", "1e12")  # the last step was just now, however slow this runs
-        return int(reply[0])
+        reply: list[Any] = admit(keys=keys, args=args)
+        return reply
 
-    def answered(lease: str, in_flight_at_send: int, *, refused: bool = False) -> None:
-        # a success (or a 429 about the number in flight), sent at server time 0, adaptive
-        # (initial 8, min 1, max 512), no backlog
-        args: list[Any] = [lease, 0 if refused else 1, 0, in_flight_at_send, 0, 8, 1, 512]
-        args += [0.7, 0.8, 0, 0, 1, 0, 0, 0, 0, 1 if refused else 0]
+    def answered(lease: str, in_flight_at_send: int) -> None:
+        # a success, sent at server time 0, adaptive (initial 8, min 1, max 512), no backlog
+        args: list[Any] = [lease, 1, 0, in_flight_at_send, 0, 8, 1, 512, 0.7, 0.8]
+        args += [0, 0, 1, 0, 0, 0, 0]
         release(keys=keys, args=args)
 
-    assert ask("a0") == 1
-    answered("a0", in_flight_at_send=1)
-    assert [ask(f"b{k}") for k in range(3)] == [1, 1, 0]  # back to 1 freely, one past it
-    answered("b0", in_flight_at_send=1)  # an answer came back: one more step
-    assert [ask(f"c{k}") for k in range(3)] == [1, 1, 0]  # b1, c0; c1 the step
-    answered("c1", in_flight_at_send=3, refused=True)
-    assert stored(redis_server, namespace, "fp") == 2  # the way up to 3 is new again
-    assert [ask(f"d{k}") for k in range(2)] == [1, 0]  # b1, c0; d0 the step (an answer)
-    client.hset(key, "ft", "0")  # as if the spacing (1 s / 3 at most) had passed
-    assert [ask(f"e{k}") for k in range(2)] == [1, 0]
-    assert [ask(f"f{k}", fixed=8, lane=f"{key}-fixed") for k in range(8)] == [1] * 8
+    start = [ask(f"a{k}") for k in range(4)]
+    assert [int(r[0]) for r in start] == [1] * 4  # before any answer: the start's window
+    answered("a3", in_flight_at_send=4)  # four in flight were answered: the fleet's most
+    assert [int(ask(f"b{k}")[0]) for k in range(3)] == [1, 1, 0]  # back to 4, one past it
+    refused = ask("b2")
+    assert float(refused[1]) < 0  # held as with no free slot, asked again soon
+    assert int(refused[2]) == 5 < int(refused[3])  # the limit has room: the step held it
+    answered("a0", in_flight_at_send=1)  # an answer came back: one more step
+    assert [int(ask(f"c{k}")[0]) for k in range(2)] == [1, 0]
+    client.hset(key, "ft", "0")  # as if a spacing (60 s / (ln 2 x 5)) had passed
+    assert [int(ask(f"d{k}")[0]) for k in range(2)] == [1, 0]
     client.close()

@@ -221,7 +221,7 @@ class _SharedAdaptive(AimdLimit):
     It counts this process's requests in flight and reports the shared limit while Redis is
     reachable; while not, it limits locally, to at most 1/N of the last shared limit."""
 
-    __slots__ = ("cut_to", "local_limit", "refused_in_flight", "shared_limit", "shared_mode")
+    __slots__ = ("cut_to", "local_limit", "shared_limit", "shared_mode")
 
     def __init__(self, settings: AdaptiveConcurrency) -> None:
         super().__init__(settings)
@@ -231,30 +231,6 @@ class _SharedAdaptive(AimdLimit):
         self.cut_to: float | None = None
         """A cut on swollen answers (a queueing server) not yet sent: the fleet's window
         goes down to this with the next release."""
-        self.refused_in_flight = False
-        """The lane's settle just heard a 429 about the number in flight (it taught or
-        retested the cap): the release that follows tells the fleet (RELEASE lowers the
-        most in flight ADMIT lets go past only a step at a time)."""
-
-    def learn_cap(
-        self,
-        *,
-        in_flight_at_send: int,
-        now: float,
-        provisional: bool = False,
-        probe_after_s: float | None = None,
-    ) -> None:
-        self.refused_in_flight = True  # (a cap adopted from the fleet clears it: _adopt)
-        super().learn_cap(
-            in_flight_at_send=in_flight_at_send,
-            now=now,
-            provisional=provisional,
-            probe_after_s=probe_after_s,
-        )
-
-    def retest_cap(self, *, now: float, after_s: float) -> None:
-        self.refused_in_flight = True
-        super().retest_cap(now=now, after_s=after_s)
 
     @property
     def limit(self) -> int:
@@ -614,7 +590,6 @@ class RedisAdmissionPolicy:
                     elif fleet_cap == known and learner.cap_provisional and not provisional:
                         # another process's test confirmed it
                         learner.learn_cap(in_flight_at_send=fleet_cap + 1, now=now)
-                    learner.refused_in_flight = False  # adopted: no refusal of ours
                     # One above ours is another process's probe: not adopted, since a refusal
                     # there would read, to a learner that is not probing, as its cap refuted.
                     # Its own probe raises ours; until then its admissions use the lower cap.
@@ -858,12 +833,9 @@ class RedisAdmissionPolicy:
             self._refusals.append((permit.sent_at, server_sent_at))
         shared = self._shared_slots
         cut_to: float | None = None
-        refused_in_flight = False
-        if isinstance(shared, _SharedAdaptive):
-            if shared.cut_to is not None:
-                cut_to, shared.cut_to = shared.cut_to, None
-                code = _SIGNAL_CODES[Signal.BACKPRESSURE]  # to the window it says, not a share
-            refused_in_flight, shared.refused_in_flight = shared.refused_in_flight, False
+        if isinstance(shared, _SharedAdaptive) and shared.cut_to is not None:
+            cut_to, shared.cut_to = shared.cut_to, None
+            code = _SIGNAL_CODES[Signal.BACKPRESSURE]  # to the window it says, not a share
         delta, self._token_delta = self._token_delta, 0.0
         output_delta, self._output_delta = self._output_delta, 0.0
         self._lane.queue.wake_head()
@@ -891,7 +863,6 @@ class RedisAdmissionPolicy:
                 output_delta,
                 lane.output_tpm or 0,
                 _wire(cut_to) if cut_to is not None else 0,
-                1 if refused_in_flight else 0,
             ],
         )
 

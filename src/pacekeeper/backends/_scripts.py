@@ -22,9 +22,9 @@ measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/`
 (k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
 rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
 when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
-``nt`` tokens admitted so far; ``fp`` the most the fleet ever sent in flight (ADMIT; lowered by
-an in-flight refusal: RELEASE), ``fa`` its answers so far (RELEASE), ``fs``/``ft`` those
-answers and the time at the latest admission past ``fp`` (ADMIT: one more at a time); ``bq``/``tq`` where a budget counted down with no limit
+``nt`` tokens admitted so far; ``fp`` the most the fleet has had in flight answered (RELEASE),
+``fa`` its answers so far, ``fs``/``ft`` those answers and the time at the latest admission
+past ``fp`` (ADMIT: one more at a time); ``bq``/``tq`` where a budget counted down with no limit
 stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that statement is
 about;
 ``we``/``wl``/``wu`` the fixed windows a provider counts requests in, where the lanes keep to
@@ -126,7 +126,7 @@ ADMIT = (
 --       current one ends, length, budget, guard; zeros: none), the token bucket's (the same
 --       four, then 1 when the first is the end as a time on this clock, not seconds from now),
 --       the caller's mean answer time in seconds (0: none known; steps past the fleet's most
---       sent in flight are spaced by it)
+--       in flight are spaced by it)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
 --     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
@@ -365,32 +365,26 @@ if in_flight >= limit then
   waiting(0.05)
   return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
 end
--- Past the most the fleet has ever sent in flight (fp; an in-flight refusal lowers it,
--- RELEASE), one more at a time, as a local lane's admission goes past its own: each after an
--- answer came back since the last (fa answers so far, fs at the last step), or else spaced
--- (ft: that step's time) so that the most in flight at most doubles in a mean answer time
--- (ARGV[34], the caller's; at most a second); before the fleet's first answer, 5 ms apart.
--- Slow start for the fleet as a whole: each process let its window, learned cap and floor
--- go at once, and three opening theirs together overshot an in-flight cap that one process
--- approaches a step at a time (inflight fleet3: 12 429s on a cap of 9 where one process drew 1).
+-- Past the most the fleet has had in flight answered (fp, RELEASE), one more at a time: after
+-- an answer came back since the last step past it (fa answers so far, fs at that step), or
+-- spaced (ft: that step's time) so that the fleet's window at most doubles per mean answer
+-- time (ARGV[34], the caller's; 0: none known yet, answers alone step). Slow start for the
+-- fleet as a whole: each process's window, learned cap and floor let it go up to the limit at
+-- once, and three processes opening their windows together overshot an in-flight cap
+-- (inflight fleet3: 47 429s where one process drew far fewer). Before any answer the start's
+-- window alone bounds the fleet, as it bounds one process.
 if fixed <= 0 then
   local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
-  local peak, answers = num(p[1], 0), num(p[2], 0)
-  if in_flight >= peak then
-    local spacing = 0
-    if answers <= 0 then
-      spacing = 0.005
-    elseif answers <= num(p[3], -1) then
-      local doubling, mean = 1.0, num(ARGV[34], 0)
-      if mean > 0 and mean < doubling then doubling = mean end
-      spacing = doubling / math.max(1, in_flight)
-    end
-    if spacing > 0 and now < num(p[4], 0) + spacing then
+  local peak = num(p[1], 0)
+  if peak > 0 and in_flight + 1 > peak then
+    local answers, mean = num(p[2], 0), num(ARGV[34], 0)
+    local spacing = math.huge
+    if mean > 0 then spacing = mean / (math.log(2) * math.max(1, in_flight)) end
+    if answers <= num(p[3], -1) and now < num(p[4], 0) + spacing then
       waiting(0.05)
       return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
     end
-    redis.call('HSET', KEYS[1], 'fp', tostring(in_flight + 1), 'fs', tostring(answers),
-      'ft', fmt(now))
+    redis.call('HSET', KEYS[1], 'fs', tostring(answers), 'ft', fmt(now))
   end
 end
 -- A budget the provider counts down with no limit stated (Azure's remaining, LEFT): what the
@@ -448,9 +442,7 @@ RELEASE = (
 --       backlog (1: requests were queued for a slot here), output_delta (output tokens to
 --       charge, negative: give back), otpm (the caller's output pace, 0: none), cut_to
 --       (with back-pressure: the window swollen answers showed a queueing server serves,
---       which the window goes down to instead of decrease_factor of itself; 0: none),
---       refused_in_flight (1: a 429 about the number in flight: ADMIT's way past the
---       fleet's most in flight starts below it again)
+--       which the window goes down to instead of decrease_factor of itself; 0: none)
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 local now = clock(KEYS[3])
 local signal = num(ARGV[2], 0)
@@ -459,16 +451,14 @@ if signal == 3 then
   redis.call('HSET', KEYS[1], 'dr', fmt(now))  -- the fleet's request bucket is empty (ADMIT)
   signal = 0
 end
--- An answer: the fleet may step past its most in flight once more (ADMIT); refused for the
--- number in flight (ARGV[18]: 1), the way up to that number is new territory again.
-redis.call('HINCRBY', KEYS[1], 'fa', 1)
-if ARGV[18] == '1' then
-  local below = math.max(0, num(ARGV[4], 0) - 1)
-  if below < num(redis.call('HGET', KEYS[1], 'fp'), 0) then
-    redis.call('HSET', KEYS[1], 'fp', tostring(below))
-  end
-end
 if signal == 1 then
+  -- An answer (ADMIT steps past the fleet's most in flight once per answer), and that most
+  -- in flight: what this request was sent with, answered without a refusal.
+  redis.call('HINCRBY', KEYS[1], 'fa', 1)
+  local at_send = num(ARGV[4], 0)
+  if at_send > num(redis.call('HGET', KEYS[1], 'fp'), 0) then
+    redis.call('HSET', KEYS[1], 'fp', tostring(math.floor(at_send)))
+  end
   -- what the key accepted, per second of answers (CONTROL measures its rate from them)
   local sec = math.floor(now)
   local k = sec % 8
