@@ -7,10 +7,13 @@ import asyncio
 import json
 import math
 import time
+import uuid
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
@@ -853,4 +856,58 @@ async def test_past_the_fleets_most_in_flight_one_more_at_a_time(
     assert [int(ask(f"c{k}")[0]) for k in range(2)] == [1, 0]
     client.hset(key, "ft", "0")  # as if a spacing (60 s / (ln 2 x 5)) had passed
     assert [int(ask(f"d{k}")[0]) for k in range(2)] == [1, 0]
+    client.close()
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.just(("ask", 0, False)),
+            st.tuples(st.just("answer"), st.integers(0, 63), st.booleans()),
+        ),
+        min_size=1,
+        max_size=80,
+    )
+)
+@settings(max_examples=40, deadline=None)
+def test_the_fleets_way_past_its_most_in_flight_answered(
+    redis_server: RedisServer, steps: list[tuple[str, int, bool]]
+) -> None:
+    """Whatever the order of asks and answers (successes, and refusals that raise nothing),
+    with answers too slow for any spacing to pass (a mean of a day): an admission that takes
+    the fleet past the most it had in flight answered comes after a success since the last
+    such admission, and below that most the way is free (no rate here: only the window
+    holds it)."""
+    from pacekeeper.backends import _scripts
+
+    namespace = f"past-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    release = client.register_script(_scripts.RELEASE)
+    keys = [f"{namespace}:lane", f"{namespace}:slots", f"{namespace}:clock"]
+    held: list[tuple[str, int]] = []  # (lease, in flight at send)
+    peak, answered_since_step, stepped_before = 0, False, False
+    for k, (op, pick, success) in enumerate(steps):
+        if op == "answer":
+            if not held:
+                continue
+            lease, at_send = held.pop(pick % len(held))
+            args: list[Any] = [lease, 1 if success else 0, 0, at_send, 0, 32, 1, 64, 0.7, 0.8]
+            release(keys=keys, args=[*args, 0, 0, 1, 0, 0, 0, 0])
+            if success:
+                peak, answered_since_step = max(peak, at_send), True
+            continue
+        args = [0, 0, 0, 0.5, 1, 0, 32, 1, 64, f"l{k}", 15, 60, 0, 0, 0, 0.1]  # a window of 32
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5, *([0] * 9), 86_400.0]
+        reply: list[Any] = admit(keys=keys, args=args)
+        in_flight, limit = int(reply[2]), int(reply[3])
+        if int(reply[0]):
+            assert in_flight == len(held) + 1
+            if peak > 0 and in_flight > peak:
+                assert answered_since_step or not stepped_before, (k, in_flight, peak)
+                answered_since_step, stepped_before = False, True
+            held.append((f"l{k}", in_flight))
+        else:
+            assert in_flight == len(held)
+            assert in_flight >= limit or (peak > 0 and in_flight + 1 > peak), (k, peak)
     client.close()

@@ -23,7 +23,7 @@ measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/`
 rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
 when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
 ``nt`` tokens admitted so far; ``fp`` the most the fleet has had in flight answered (RELEASE),
-``fa`` its answers so far, ``fs``/``ft`` those answers and the time at the latest admission
+``fa`` its successes so far, ``fs``/``ft`` those and the time at the latest admission
 past ``fp`` (ADMIT: one more at a time); ``bq``/``tq`` where a budget counted down with no limit
 stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that statement is
 about;
@@ -366,13 +366,13 @@ if in_flight >= limit then
   return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
 end
 -- Past the most the fleet has had in flight answered (fp, RELEASE), one more at a time: after
--- an answer came back since the last step past it (fa answers so far, fs at that step), or
+-- a success came back since the last step past it (fa: successes so far, fs at that step), or
 -- spaced (ft: that step's time) so that the fleet's window at most doubles per mean answer
 -- time (ARGV[34], the caller's; 0: none known yet, answers alone step). Slow start for the
 -- fleet as a whole: each process's window, learned cap and floor let it go up to the limit at
 -- once, and three processes opening their windows together overshot an in-flight cap
--- (inflight fleet3: 47 429s where one process drew far fewer). Before any answer the start's
--- window alone bounds the fleet, as it bounds one process.
+-- (the bench's inflight draws 1-6: 23 fleet 429s, 12 on a cap of 9, where one process drew
+-- 6). Before any answer the start's window alone bounds the fleet, as it bounds one process.
 if fixed <= 0 then
   local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
   local peak = num(p[1], 0)
