@@ -367,19 +367,21 @@ if in_flight >= limit then
 end
 -- Past the most the fleet has had in flight answered (fp, RELEASE), one more at a time: after
 -- a success came back since the last step past it (fa: successes so far, fs at that step), or
--- spaced (ft: that step's time) so that the fleet's window at most doubles per mean answer
--- time (ARGV[34], the caller's; 0: none known yet, answers alone step). Slow start for the
--- fleet as a whole: each process's window, learned cap and floor let it go up to the limit at
--- once, and three processes opening their windows together overshot an in-flight cap
+-- spaced (ft: that step's time) so that the fleet's in flight at most doubles per mean answer
+-- time (ARGV[34], the caller's), or per second if that is longer or not known yet, as a local
+-- lane goes past its own peak (on answers alone, a process holding its first requests
+-- unanswered waited forever). Slow start for the fleet as a whole: each process's window,
+-- learned cap and floor let it go up to the limit at once, and three processes opening their
+-- windows together overshot an in-flight cap
 -- (the bench's inflight draws 1-6: 23 fleet 429s, 12 on a cap of 9, where one process drew
 -- 6). Before any answer the start's window alone bounds the fleet, as it bounds one process.
 if fixed <= 0 then
   local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
   local peak = num(p[1], 0)
   if peak > 0 and in_flight + 1 > peak then
-    local answers, mean = num(p[2], 0), num(ARGV[34], 0)
-    local spacing = math.huge
-    if mean > 0 then spacing = mean / (math.log(2) * math.max(1, in_flight)) end
+    local doubling, mean = 1.0, num(ARGV[34], 0)
+    if mean > 0 and mean < doubling then doubling = mean end
+    local answers, spacing = num(p[2], 0), doubling / math.max(1, in_flight)
     if answers <= num(p[3], -1) and now < num(p[4], 0) + spacing then
       waiting(0.05)
       return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
