@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.contenders import CONTENDERS
+from bench.independent import CASES as INDEPENDENT_CASES
 from bench.issue_rows import MEASURES as EXTRAS
 from bench.issue_rows import measure_extras
 from bench.measures import verdicts
@@ -96,6 +97,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--extras",
         help="extras: comma-separated rows (default all: " + ",".join(EXTRAS) + ")",
+    )
+    parser.add_argument(
+        "--cases",
+        help="independent: comma-separated llmock cases (default all: "
+        + ",".join(c.name for c in INDEPENDENT_CASES)
+        + ")",
     )
     parser.add_argument(
         "--profiles",
@@ -227,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "independent"):
             from bench.independent import measure_independent
 
-            results["independent"] = measure_independent(quick=args.quick)
+            cases = args.cases.split(",") if args.cases else None
+            results["independent"] = measure_independent(quick=args.quick, only=cases)
             results["independent"]["measured"] = {
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }

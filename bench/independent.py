@@ -313,13 +313,25 @@ def _ideal_s(case: Case) -> float:
 _CONTENDERS = (("reference", _run_reference), ("auto", _run_auto), ("proxy", _run_proxy))
 
 
-def measure_independent(*, quick: bool, reps: int = 2) -> dict[str, Any]:
-    """Every case ``reps`` times, auto and the reference side by side on one server."""
+def measure_independent(
+    *, quick: bool, reps: int = 2, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Every case (or those named in ``only``) ``reps`` times, auto and the reference side by
+    side on one server."""
     command = llmock_command()
     if command is None:
         log("[independent] llmock not installed (make .venv/llmock/bin/llmock): skipped")
         return {"skipped": f"llmock {LLMOCK_VERSION} not installed: make .venv/llmock/bin/llmock"}
-    cases = [Case(**{**c.__dict__, "requests": 40}) for c in CASES[:2]] if quick else CASES
+    if only:
+        unknown = set(only) - {c.name for c in CASES}
+        if unknown:
+            known = ", ".join(c.name for c in CASES)
+            raise SystemExit(f"--cases: no case {', '.join(sorted(unknown))} (the cases: {known})")
+        cases = [c for c in CASES if c.name in only]
+    else:
+        cases = list(CASES[:2] if quick else CASES)
+    if quick:
+        cases = [Case(**{**c.__dict__, "requests": 40}) for c in cases]
     rows: list[dict[str, Any]] = []
     for case in cases:
         with _Server(command, case) as server:

@@ -47,7 +47,7 @@ from pacekeeper.core.bucket import TokenBucket
 from pacekeeper.core.budget import RetryBudget
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import AimdLimit, FixedLimit, Signal
-from pacekeeper.core.congestion import CongestionDetector
+from pacekeeper.core.congestion import CongestionDetector, RefusalShare
 from pacekeeper.core.depth import FixedWindows, RefillingQuota, StatedDepth, StatedWindow
 from pacekeeper.core.evidence import (
     budget_exhausted,
@@ -118,6 +118,8 @@ _CLIMB_MEASURED_SENDS = 8
 sends: a span holds the server's refill give or take a request at either end (while it
 applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s read 234/min,
 and the pace held at 215 for seconds)."""
+_LIMIT_REMEMBERED_S = 10.0
+_LIMIT_PACE_SHARE = 0.9
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -374,6 +376,7 @@ class Lane:
         "_floor_due",
         "_grid",
         "_input_alone_from_seq",
+        "_limit_found",
         "_local",
         "_lock",
         "_next_limits_read",
@@ -414,6 +417,7 @@ class Lane:
         "learned_tpm",
         "local_share",
         "output_rate",
+        "refusals",
         "request_rate",
         "slots",
         "stated_limit_text",
@@ -462,6 +466,10 @@ class Lane:
         token limit stated, a 429 that says tokens ran out discovers one."""
         self.output_rate = PacedRate(discovers=False)
         self.congestion = CongestionDetector()
+        self.refusals = RefusalShare()
+        """The share of 429s among recent outcomes against this lane's long-run share: a
+        steady background of them (a busy provider's) is noise, not the rate
+        (:meth:`_unexplained`)."""
         self.latency = LatencyTracker()
         self.estimate_scale = EstimateScale()
         self.cheap_scale = EstimateScale(initial=1.0, lowest=_CHEAP_LOWEST, highest=1.5)
@@ -532,6 +540,9 @@ class Lane:
         """How long the window of a request budget stated without one (a gateway's
         unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
+        self._limit_found: tuple[float, float] | None = None
+        """(when, at what pace) 429s last read as a limit's by their share: refusals soon
+        after at a pace near it are that limit's again (:meth:`_unexplained`)."""
         if slots is None:
             adaptive = limits.adaptive
             slots = (
@@ -1960,6 +1971,24 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
+        load = self.refusals.refused(permit.seq, latest=self._admitted)
+        unexplained = self._unexplained(permit, verdict, load=load, now=now)
+        # Once a cap it suggested was refuted, no longer: while the window grows back, every
+        # request goes at a new peak, and each busy 429 taught another provisional cap (a
+        # 2400/min lane with 2-s answers held at 12-17 in flight of the 80 it needs, for 20 s).
+        at_peak = (
+            unexplained
+            and permit.in_flight_at_send > self._success_peak_in_flight
+            and not self._cap_refuted
+        )
+        # Into the share of noise even at a peak: a cap refuses only while the window
+        # outgrows it (a few), and noise counted out of the baseline at each new peak of a
+        # growing window left it at 0, and 7 busy 429s in 64 sends (6%) read as load.
+        self.refusals.judged(permit.seq, noise=unexplained)
+        if unexplained and not at_peak:
+            # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
+            # that answers counted down stays as they said).
+            return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
             # was not the limit that refused): the next answers tell. (A 429 to a request
@@ -1974,6 +2003,25 @@ class Lane:
                 self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
             return
         refused = self._refused(permit, verdict)
+        if at_peak:
+            # Nothing but the count in flight explains it: a cap may (it refuses all past
+            # it), or it is noise that came back before the answers of the burst it went in
+            # (a 429 comes at once). A cap it is only once its test is refused too
+            # (provisional); a success there refutes it and measures nothing. Taken as a
+            # confirmed cap (the headers said there was room), a busy 429 to the start's
+            # eleventh request held a 1206/min lane at 10 in flight for good: 0.53 of the
+            # reference. Read as the rate, it is noise (nothing else refused it).
+            slots = self.slots
+            if refused is _Refused.RATE:
+                return
+            if isinstance(slots, AimdLimit) and slots.probing and slots.cap_provisional:
+                # A provisional cap's test, refused as noise refuses any request now and then:
+                # tried once more before the cap stands (a busy 429 to the test of one that
+                # noise had taught held a 600/min lane with 2-s answers at 8 in flight).
+                if not self._cap_retested:
+                    refused = _Refused.UNTOLD
+            elif refused is _Refused.IN_FLIGHT:
+                refused = _Refused.EITHER
         if refused is not _Refused.RATE:
             self._grid_refused(permit, verdict, now)
             # Only this request waits: its hint is about a slot, not about the rate.
@@ -1995,7 +2043,10 @@ class Lane:
                     provisional=refused is _Refused.EITHER,
                     probe_after_s=self._round_trip_s(),
                 )
-                if slots.cap_provisional and refused is _Refused.EITHER:
+                if at_peak:
+                    self._untested_refusal = None  # refuted, it measures no rate
+                    self._cap_retested = False
+                elif slots.cap_provisional and refused is _Refused.EITHER:
                     sent_in_second = self._sent_in_second_before(permit.sent_at)
                     self._untested_refusal = (permit.sent_at, sent_in_second)
                     self._untested_after_start = self._start_held_second(permit.sent_at)
@@ -2142,6 +2193,67 @@ class Lane:
         bucket = self.tokens if tokens_out else self.requests
         if bucket is not None:
             bucket.drain_to(now=now, level=0.0)
+
+    def _unexplained(self, permit: Permit, verdict: Verdict, *, load: bool, now: float) -> bool:
+        """Whether a 429 is noise: a provider's shared capacity busy (OpenAI's "overloaded"
+        429s, a gateway passing on an upstream's), which no pace of ours causes or cures.
+        Taken as the rate, 5% of them held a lane at 0.2-0.5 of its stated limit (each a 15%
+        cut and a halved burst, and the next came before the climb back). Noise only when
+        everything says so:
+
+        * their share of the last outcomes is this lane's usual one (``load`` False,
+          :class:`~pacekeeper.core.congestion.RefusalShare`): a limit the pace outruns
+          refuses more the further it goes, noise the same share at any pace;
+        * the 429 names no limit (a code saying tokens, requests in flight, a day's quota);
+        * a limit is stated (headers or configured) and this lane sees every acceptance of
+          its key (a fleet's process does not: the others' sends may have outrun it);
+        * its own headers, if any, show no budget short;
+        * the second before it held no more than the stated rate plus our burst: a bucket
+          of the stated rate as deep as ours had room for it (nor did tokens outrun theirs);
+        * it does not come back as a limit found by its share within 10 s did, at a pace
+          near the one it was found at (such a limit refuses again as the pace comes back).
+
+        Sent at more in flight than succeeded lately, it may also be a cap's: see
+        :meth:`_throttled` (a provisional cap, which a success past it refutes)."""
+        rpm = self.request_rate.rpm
+        found = self._limit_found
+        if load:
+            self._limit_found = (now, rpm if rpm is not None else math.inf)
+            return False
+        if (
+            found is not None
+            and rpm is not None
+            and now - found[0] < _LIMIT_REMEMBERED_S
+            and rpm >= _LIMIT_PACE_SHARE * found[1]
+        ):
+            # A limit whose refusals rose with the pace refuses again as the pace comes back,
+            # one by one, before their share shows it again.
+            return False
+        if verdict.limit_scope is not None:
+            return False
+        ceiling = self.request_rate.ceiling
+        if ceiling is None or self._shared or not self.admission.sees_every_acceptance:
+            return False
+        limits = verdict.limits
+        if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None and (
+            budget_exhausted(limits, permit.tokens)
+            or output_budget_short(limits, permit.output_tokens)
+        ):
+            return False
+        share = self._configured.utilisation * self.local_share
+        requests = self.requests
+        burst = requests.burst if requests is not None else 1.0
+        if self._sent_in_second_before(permit.sent_at) > ceiling * share / 60.0 + burst:
+            return False
+        tpm = self.token_rate.ceiling
+        tokens = self.tokens
+        if tpm is not None and tokens is not None:
+            charged = self._charged_in_second_before(permit.sent_at)
+            if charged > tpm * share / 60.0 + tokens.burst:
+                return False
+        return True
 
     def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
         """Spread the requests over fixed windows' slots while the pace is held to them
