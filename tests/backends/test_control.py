@@ -7,10 +7,13 @@ import asyncio
 import json
 import math
 import time
+import uuid
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RetryPolicy
@@ -809,3 +812,104 @@ async def test_the_ramp_after_an_answer_that_states_nothing_is_the_fleets(
     for task in backlog:
         task.cancel()
     close(a)
+
+
+async def test_past_the_fleets_most_in_flight_one_more_at_a_time(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Past the most the fleet has had in flight answered, the shared admission lets one more
+    go per answer come back, or per spacing (the window at most doubling per mean answer
+    time): slow start for the fleet as a whole. Each process's window, cap and floor let it
+    take the limit at once, and three processes opening their windows together overshot an
+    in-flight cap that one process approaches a step at a time."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    release = client.register_script(_scripts.RELEASE)
+    key, slots = f"{namespace}:lane:{CHAT}|m", f"{namespace}:slots:{CHAT}|m"
+    keys = [key, slots, f"{namespace}:clock"]
+
+    def ask(lease: str) -> list[Any]:
+        # tokens, no rpm/tpm, burst, utilisation, adaptive (fixed 0), initial 8, min 1, max
+        # 512, lease, ttls, cap, floor, rank, share, waiting x3, output tokens, otpm, silence,
+        # token and output bursts, no request or token windows (4 + 4 + 1), mean answer 60 s
+        args: list[Any] = [0, 0, 0, 0.5, 1, 0, 8, 1, 512, lease, 15, 60, 0, 0, 0, 0.1]
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5, *([0] * 9), 60.0]
+        reply: list[Any] = admit(keys=keys, args=args)
+        client.hset(key, "ft", "1e12")  # the last step was just now, however slow this runs
+        return reply
+
+    def answered(lease: str, in_flight_at_send: int) -> None:
+        # a success, sent at server time 0, adaptive (initial 8, min 1, max 512), no backlog
+        args: list[Any] = [lease, 1, 0, in_flight_at_send, 0, 8, 1, 512, 0.7, 0.8]
+        args += [0, 0, 1, 0, 0, 0, 0]
+        release(keys=keys, args=args)
+
+    start = [ask(f"a{k}") for k in range(4)]
+    assert [int(r[0]) for r in start] == [1] * 4  # before any answer: the start's window
+    answered("a3", in_flight_at_send=4)  # four in flight were answered: the fleet's most
+    assert [int(ask(f"b{k}")[0]) for k in range(3)] == [1, 1, 0]  # back to 4, one past it
+    refused = ask("b2")
+    assert float(refused[1]) < 0  # held as with no free slot, asked again soon
+    assert int(refused[2]) == 5 < int(refused[3])  # the limit has room: the step held it
+    answered("a0", in_flight_at_send=1)  # an answer came back: one more step
+    assert [int(ask(f"c{k}")[0]) for k in range(2)] == [1, 0]
+    client.hset(key, "ft", "0")  # as if a spacing (1 s / 5) had passed
+    assert [int(ask(f"d{k}")[0]) for k in range(2)] == [1, 0]
+    client.close()
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.just(("ask", 0, False)),
+            st.tuples(st.just("answer"), st.integers(0, 63), st.booleans()),
+        ),
+        min_size=1,
+        max_size=80,
+    )
+)
+@settings(max_examples=40, deadline=None)
+def test_the_fleets_way_past_its_most_in_flight_answered(
+    redis_server: RedisServer, steps: list[tuple[str, int, bool]]
+) -> None:
+    """Whatever the order of asks and answers (successes, and refusals that raise nothing),
+    with no spacing passing: an admission that takes
+    the fleet past the most it had in flight answered comes after a success since the last
+    such admission, and below that most the way is free (no rate here: only the window
+    holds it)."""
+    from pacekeeper.backends import _scripts
+
+    namespace = f"past-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    admit = client.register_script(_scripts.ADMIT)
+    release = client.register_script(_scripts.RELEASE)
+    keys = [f"{namespace}:lane", f"{namespace}:slots", f"{namespace}:clock"]
+    held: list[tuple[str, int]] = []  # (lease, in flight at send)
+    peak, answered_since_step, stepped_before = 0, False, False
+    for k, (op, pick, success) in enumerate(steps):
+        if op == "answer":
+            if not held:
+                continue
+            lease, at_send = held.pop(pick % len(held))
+            args: list[Any] = [lease, 1 if success else 0, 0, at_send, 0, 32, 1, 64, 0.7, 0.8]
+            release(keys=keys, args=[*args, 0, 0, 1, 0, 0, 0, 0])
+            if success:
+                peak, answered_since_step = max(peak, at_send), True
+            continue
+        args = [0, 0, 0, 0.5, 1, 0, 32, 1, 64, f"l{k}", 15, 60, 0, 0, 0, 0.1]  # a window of 32
+        args += [1, 0, 0, 0, 0, 0, 0.5, 0.5, *([0] * 9), 86_400.0]
+        reply: list[Any] = admit(keys=keys, args=args)
+        client.hset(keys[0], "ft", "1e12")  # no spacing passes, however slow this runs
+        in_flight, limit = int(reply[2]), int(reply[3])
+        if int(reply[0]):
+            assert in_flight == len(held) + 1
+            if peak > 0 and in_flight > peak:
+                assert answered_since_step or not stepped_before, (k, in_flight, peak)
+                answered_since_step, stepped_before = False, True
+            held.append((f"l{k}", in_flight))
+        else:
+            assert in_flight == len(held)
+            assert in_flight >= limit or (peak > 0 and in_flight + 1 > peak), (k, peak)
+    client.close()

@@ -750,6 +750,7 @@ class RedisAdmissionPolicy:
             *(grid or (0, 0, 0, 0)),
             *(token_grid or (0, 0, 0, 0)),
             token_grid_at,
+            lane.latency.mean_s,  # spaces the fleet's steps past its most in flight
         ]
 
     def answer(self, reply: object) -> Granted | Deferred | None:

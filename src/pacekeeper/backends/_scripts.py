@@ -22,7 +22,9 @@ measures the key's accepted rate from them); ``as<k>``/``ac<k>`` and ``rs<k>``/`
 (k: the tenth of a second mod 80) the key's admissions (ADMIT) and the refusals about the
 rate of requests sent then (RELEASE): a discovery is measured on them (CONTROL); ``dr``
 when the latest of those refusals came back (the request bucket is empty from then: ADMIT);
-``nt`` tokens admitted so far; ``bq``/``tq`` where a budget counted down with no limit
+``nt`` tokens admitted so far; ``fp`` the most the fleet has had in flight answered (RELEASE),
+``fa`` its successes so far, ``fs``/``ft`` those and the time at the latest admission
+past ``fp`` (ADMIT: one more at a time); ``bq``/``tq`` where a budget counted down with no limit
 stated runs out (admissions, tokens admitted: LEFT), ``bm`` the admission that statement is
 about;
 ``we``/``wl``/``wu`` the fixed windows a provider counts requests in, where the lanes keep to
@@ -122,7 +124,9 @@ ADMIT = (
 --       and output buckets' bursts in seconds (burst_s is the request bucket's; each as
 --       the caller's lane has it), the request bucket's fixed windows (seconds until the
 --       current one ends, length, budget, guard; zeros: none), the token bucket's (the same
---       four, then 1 when the first is the end as a time on this clock, not seconds from now)
+--       four, then 1 when the first is the end as a time on this clock, not seconds from now),
+--       the caller's mean answer time in seconds (0: none known; steps past the fleet's most
+--       in flight are spaced by it)
 -- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
 --     tokens admitted so far (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
@@ -361,6 +365,30 @@ if in_flight >= limit then
   waiting(0.05)
   return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
 end
+-- Past the most the fleet has had in flight answered (fp, RELEASE), one more at a time: after
+-- a success came back since the last step past it (fa: successes so far, fs at that step), or
+-- spaced (ft: that step's time) so that the fleet's in flight at most doubles per mean answer
+-- time (ARGV[34], the caller's), or per second if that is longer or not known yet, as a local
+-- lane goes past its own peak (on answers alone, a process holding its first requests
+-- unanswered waited forever). Slow start for the fleet as a whole: each process's window,
+-- learned cap and floor let it go up to the limit at once, and three processes opening their
+-- windows together overshot an in-flight cap
+-- (the bench's inflight draws 1-6: 23 fleet 429s, 12 on a cap of 9, where one process drew
+-- 6). Before any answer the start's window alone bounds the fleet, as it bounds one process.
+if fixed <= 0 then
+  local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
+  local peak = num(p[1], 0)
+  if peak > 0 and in_flight + 1 > peak then
+    local doubling, mean = 1.0, num(ARGV[34], 0)
+    if mean > 0 and mean < doubling then doubling = mean end
+    local answers, spacing = num(p[2], 0), doubling / math.max(1, in_flight)
+    if answers <= num(p[3], -1) and now < num(p[4], 0) + spacing then
+      waiting(0.05)
+      return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+    end
+    redis.call('HSET', KEYS[1], 'fs', tostring(answers), 'ft', fmt(now))
+  end
+end
 -- A budget the provider counts down with no limit stated (Azure's remaining, LEFT): what the
 -- latest answer in admission order said was left, less what the fleet admitted after it, is
 -- all that goes; with none left, one request at a time (its answer says whether a window
@@ -426,6 +454,13 @@ if signal == 3 then
   signal = 0
 end
 if signal == 1 then
+  -- An answer (ADMIT steps past the fleet's most in flight once per answer), and that most
+  -- in flight: what this request was sent with, answered without a refusal.
+  redis.call('HINCRBY', KEYS[1], 'fa', 1)
+  local at_send = num(ARGV[4], 0)
+  if at_send > num(redis.call('HGET', KEYS[1], 'fp'), 0) then
+    redis.call('HSET', KEYS[1], 'fp', tostring(math.floor(at_send)))
+  end
   -- what the key accepted, per second of answers (CONTROL measures its rate from them)
   local sec = math.floor(now)
   local k = sec % 8
