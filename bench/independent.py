@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx2
 
-from bench.runner import log
+from bench.runner import free_port, log
 
 __all__ = ["LLMOCK_VERSION", "independent_lines", "measure_independent"]
 
@@ -103,18 +103,11 @@ def llmock_command() -> list[str] | None:
     return [str(local)] if local.exists() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class _Server:
     """One llmock process on loopback for the life of a ``with`` block."""
 
     def __init__(self, command: list[str], case: Case) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         argv += [*case.args, "--log-level", "warning", "--tool-mode", "off"]
         self._argv = argv

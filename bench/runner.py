@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -24,11 +25,19 @@ from bench.scenarios import BenchScenario
 from bench.workload import Workload
 from pacekeeper.sim import Scenario, SimulatorProcess
 
-__all__ = ["log", "run_scenario", "warm_up"]
+__all__ = ["free_port", "log", "run_scenario", "warm_up"]
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server the bench starts (llmock, redis-server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _completion_tokens(wl: Workload) -> list[int]:

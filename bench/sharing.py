@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.runner import log
+from bench.runner import free_port, log
 from pacekeeper.sim import Latency, ModelLimits, Scenario, SimulatorProcess, draw_profile
 
 __all__ = ["LocalRedis", "measure_sharing", "sharing_lines"]
@@ -34,16 +34,9 @@ __all__ = ["LocalRedis", "measure_sharing", "sharing_lines"]
 _RPM = 1200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class LocalRedis:
     def __init__(self, binary: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
         self._proc = subprocess.Popen(
             [

@@ -5,6 +5,7 @@ lane with a backlog admits at a step."""
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -79,3 +80,34 @@ def admitted(lane: Lane, now: float) -> Iterator[Permit]:
     """Every request (of no tokens) that ``lane``, with a backlog, admits at ``now``."""
     while lane._try_admit(now, 0) == 0.0:
         yield lane._grant(now, 0, now)
+
+
+class ProviderWindow:
+    """A provider's request counter: a refilling bucket of ``window_s`` of the limit, or fixed
+    windows of ``window_s`` that start full (``fixed``)."""
+
+    def __init__(self, rpm: float, window_s: float, fixed: bool) -> None:
+        self.rate_per_s = rpm / 60.0
+        self.capacity = self.rate_per_s * window_s
+        self.window_s = window_s
+        self.fixed = fixed
+        self.level = self.capacity
+        self.window_start = 0.0
+        self.updated = 0.0
+
+    def remaining(self, now: float) -> int:
+        if self.fixed:
+            if now - self.window_start >= self.window_s:
+                self.window_start = now - (now - self.window_start) % self.window_s
+                self.level = self.capacity
+        else:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
+            self.updated = now
+        return max(0, math.floor(self.level))
+
+    def take(self, now: float) -> bool:
+        """Count a request that arrives at ``now``; False: refused (429)."""
+        if self.remaining(now) < 1:
+            return False
+        self.level -= 1
+        return True

@@ -19,41 +19,10 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import Answers, SimClock, admitted, steps
+from .simclock import Answers, ProviderWindow, SimClock, admitted, steps
 
 _STEP_S = 0.01
 _RUN_S = 25.0
-
-
-class _Window:
-    """A provider's request counter: a refilling bucket of ``window_s`` of the limit, or fixed
-    windows of ``window_s`` that start full (``fixed``)."""
-
-    def __init__(self, rpm: float, window_s: float, fixed: bool) -> None:
-        self.rate_per_s = rpm / 60.0
-        self.capacity = self.rate_per_s * window_s
-        self.window_s = window_s
-        self.fixed = fixed
-        self.level = self.capacity
-        self.window_start = 0.0
-        self.updated = 0.0
-
-    def remaining(self, now: float) -> int:
-        if self.fixed:
-            if now - self.window_start >= self.window_s:
-                self.window_start = now - (now - self.window_start) % self.window_s
-                self.level = self.capacity
-        else:
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
-            self.updated = now
-        return max(0, math.floor(self.level))
-
-    def take(self, now: float) -> bool:
-        """Count a request that arrives at ``now``; False: refused (429)."""
-        if self.remaining(now) < 1:
-            return False
-        self.level -= 1
-        return True
 
 
 @given(
@@ -136,7 +105,7 @@ def _run_against_a_window(
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())  # a backlog: the lane always has work waiting
-    provider = _Window(rpm, window_s, fixed)
+    provider = ProviderWindow(rpm, window_s, fixed)
     in_flight: Answers[tuple[Permit, int, bool]] = Answers()
     sends: list[float] = []
     refusals: list[float] = []
@@ -528,7 +497,7 @@ def _refusals_after_the_discovery(rpm: float, fixed: bool, latency_s: float) -> 
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
-    provider = _Window(rpm, 1.0, fixed)
+    provider = ProviderWindow(rpm, 1.0, fixed)
     bare = classify_response(429, {}, None, now_wall_s=0.0)
     ok = classify_response(200, {}, None, now_wall_s=0.0)
     in_flight: Answers[tuple[Permit, bool]] = Answers()
@@ -574,7 +543,7 @@ def _losses_after_the_discovery(
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())
-    provider = _Window(rpm, 1.0, fixed=False)
+    provider = ProviderWindow(rpm, 1.0, fixed=False)
     body = b'{"error": {"type": "requests", "code": "rate_limit_exceeded", "message": ""}}'
     bare = (
         classify_response(429, {"retry-after": "1"}, body, now_wall_s=0.0)

@@ -890,7 +890,9 @@ def test_a_refusal_halves_a_proven_depth_too() -> None:
     # The pace drops too; the burst is half of the depth proven (which the 429's own reading
     # of 3 s for the whole budget lowered), at that pace.
     assert lane._burst_scale == 0.5
-    assert lane.burst_s("requests") == pytest.approx(0.5 * lane._depths["requests"].depth_s * 0.8)
+    depth_s = lane._depths["requests"].depth_s
+    assert depth_s is not None
+    assert lane.burst_s("requests") == pytest.approx(0.5 * depth_s * 0.8)
     assert lane.requests.burst == pytest.approx(lane.requests.rate_per_s * lane.burst_s("requests"))
 
 

@@ -12,7 +12,6 @@ found from its 429s, which grow with the pace.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from pacekeeper.core.classify import classify_response
 from pacekeeper.core.config import Limits, RetryPolicy
 from pacekeeper.core.lane import Lane, Permit, _ThreadWaiter
 
-from .simclock import Answers, SimClock, admitted, steps
+from .simclock import Answers, ProviderWindow, SimClock, admitted, steps
 
 _STEP_S = 0.01
 _RUN_S = 25.0
@@ -42,26 +41,6 @@ class _Run:
 
     def refused_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.limit_refusals if start <= t < end)
-
-
-class _Bucket:
-    """The provider's request counter: a bucket of a second of ``rpm``, refilling all along."""
-
-    def __init__(self, rpm: float) -> None:
-        self.rate_per_s = rpm / 60.0
-        self.level = self.capacity = self.rate_per_s
-        self.updated = 0.0
-
-    def remaining(self, now: float) -> int:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
-        self.updated = now
-        return max(0, math.floor(self.level))
-
-    def take(self, now: float) -> bool:
-        if self.remaining(now) < 1:
-            return False
-        self.level -= 1
-        return True
 
 
 def _run(
@@ -84,7 +63,7 @@ def _run(
     clock = SimClock()
     lane = Lane(("/v1/chat/completions", "m"), limits=Limits(), retry=RetryPolicy(), clock=clock)
     lane.queue.join(_ThreadWaiter())  # a backlog: the lane always has work waiting
-    bucket = _Bucket(true_rpm)
+    bucket = ProviderWindow(true_rpm, 1.0, fixed=False)
     answers: Answers[tuple[Permit, int, str]] = Answers()
     run = _Run(sent=[], limit_refusals=[], busy_refusals=[], lane=lane)
     stated = {"x-ratelimit-limit-requests": str(int(stated_rpm))}
