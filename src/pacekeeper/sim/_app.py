@@ -79,8 +79,6 @@ _AZURE_V1 = {
     "/openai/v1/responses": "responses",
 }
 _DEPLOYMENTS = "/openai/deployments/"
-# Header modes whose headers or bodies state times of day (RFC 3339, epoch milliseconds).
-_WALL_CLOCK_MODES = frozenset({"anthropic", "gateway", "openrouter"})
 _CACHE_ENTRIES = 100_000
 _DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
 _MAX_CLIENT_ID_CHARS = 200
@@ -578,7 +576,9 @@ class SimApp:
         headers: Headers = []
         output_reserve: float | None = None
         if limiter is not None:
-            wall = self._wall() if mode in _WALL_CLOCK_MODES else 0.0
+            # Unix time of `now`, from one offset: read apart from `now`, the two clocks' gap
+            # moved a window's stated end from answer to answer (a ms apart under load).
+            wall = self._started_wall + (now - self._started_mono)
             if limiter.output_tokens is not None and self.scenario.otpm_counting == "max_tokens":
                 output_reserve = float(call.token_cost - call.prompt_tokens)  # max_tokens x n
             rejection = limiter.admit(token_cost, now, input_cost, output_reserve)

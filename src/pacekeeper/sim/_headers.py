@@ -232,7 +232,9 @@ def _gateway_values(limiter: ModelLimiter, now: float, wall: float) -> tuple[str
     meter = limiter.requests
     if meter is None:
         return "", "", ""
-    reset_ms = math.ceil((wall + meter.full_in_s(now)) * 1000.0)
+    # Rounded to 10 µs before the ceiling: answers about one window must state one end, and
+    # the float sum is off by a few tenths of a µs from one `now` to the next.
+    reset_ms = math.ceil(round((wall + meter.full_in_s(now)) * 1000.0, 2))
     return str(max(1, round(meter.capacity))), str(_left(meter)), str(reset_ms)
 
 
