@@ -804,7 +804,11 @@ class UsageScanner:
             self._held = window[-_SCAN_TAIL:]
             return chunk
         # The usage-only chunk, from the first byte not passed yet.
-        start = len(held) - self._waiting
+        return self._strip(window, len(held) - self._waiting)
+
+    def _strip(self, window: bytes, start: int) -> bytes:
+        """What of ``window`` from ``start`` reaches the caller now, the usage-only event
+        removed; the rest (an event not whole yet) is held for the next chunk."""
         out: list[bytes] = []
         # Without a CR (a memchr), events end at their first "\n\n": cut as _whole_events_end
         # and _event_end cut them, with a find or two instead of their ten.
