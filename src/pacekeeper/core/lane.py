@@ -99,6 +99,7 @@ _FLOOR_EVERY_S = 0.25
 _SERVED_SPAN_S = 4.0  # completions per second, counted over this long (shorter ones are noisy)
 _SERVED_SPAN_MAX_S = 5.0  # the answers a lane keeps the times of
 _SERVED_EVERY_S = 0.1
+_WINDOW_IN_FLIGHT = 32  # two windows of the latency tracker (16 requests each)
 _FLOOR_DOUBLES_S = 1.0  # with answers still to come, the floor doubles this often at most
 _SUCCESSES_TO_JUDGE = 10  # before these, the accepted rate says nothing
 _MIN_BURST_SCALE = 1 / 16
@@ -1923,7 +1924,25 @@ class Lane:
             ramp = slots.in_flight * 2.0 ** (elapsed_s / _FLOOR_DOUBLES_S) if backlog else 0.0
             slots.set_floor(math.ceil(min(needed, max(achieved, ramp))))
         latency = self.latency
-        if slots.outgrew_served and now >= self._served_due and latency.mean_known:
+        if (
+            slots.outgrew_served
+            and now >= self._served_due
+            # A window's worth of answers, or a round trip since the first with two windows'
+            # worth in flight (the answers not back then say as much as those back): a server
+            # that serves one at a time answers a window's worth in 16 round trips, and slow
+            # start grew by one slot per answer all that while (silence had sent 37 to a
+            # server of 1 answering in 2-4.5 s; it grew to 47, and the server queued for two
+            # minutes). Not with one window in flight: a rate's ramp sends about that many,
+            # its answers come back at the ramp's pace, and its top read from them cost late
+            # 429s on the rate's discovery (tests/core/test_controller_property.py).
+            and (
+                latency.mean_known
+                or (
+                    slots.in_flight >= _WINDOW_IN_FLIGHT
+                    and now - self._first_success_at >= latency.mean_s
+                )
+            )
+        ):
             # What the upstream serves at once (Little's law): answers per second at best over
             # an unloaded latency (at most the 5 s of answers kept), times that latency. The
             # mean would count time spent queueing, and so what is in flight, not served.
