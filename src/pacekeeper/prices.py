@@ -114,6 +114,14 @@ def price_lookup(
     (2, 'genai-prices openai/gpt-4o', None)
     """
     table = dict(overrides or {})
+    if GENAI_PRICES_PROVIDER.get(provider or "compatible", provider) != "":
+        # Loaded now, where the governor is built, not by the first request that is priced:
+        # genai-prices' import and data take 0.15-0.3 s of CPU, which at the first request
+        # stalled a proxy's event loop while a burst waited behind it (issue 10: the proxy's
+        # first upstream send came 0.16 s after its first request arrived, later ones 0.3 ms).
+        from genai_prices import data_snapshot
+
+        data_snapshot.get_snapshot()
 
     def lookup(model: str | None) -> Price | None:
         if model is None:

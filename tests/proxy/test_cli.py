@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -304,3 +305,49 @@ def test_the_proxy_forwards_without_the_fast_extra(start_sim: StartSim) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     assert sim.stats()["by_status"] == {"200": 3}
+
+
+_FIRST_REQUEST = """
+import argparse, json, sys
+import httpx2
+from pacekeeper.proxy import Proxy
+from pacekeeper.proxy._cli import build_config, build_governor, configure_parser
+from pacekeeper.settings import load_settings
+
+upstream = sys.argv[1]
+parser = argparse.ArgumentParser()
+configure_parser(parser)
+args = parser.parse_args(["--upstream", upstream, "--port", "0"])
+settings = load_settings(None)
+proxy = Proxy(build_config(settings, args), build_governor(settings, args)).start()
+body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+httpx2.post(upstream + "/chat/completions", json=body, timeout=10)  # the client's own first use
+before = set(sys.modules)
+status = httpx2.post(proxy.base_url + "/chat/completions", json=body, timeout=10).status_code
+loaded = sorted(set(sys.modules) - before)
+proxy.stop()
+print(json.dumps({"status": status, "loaded": loaded}))
+"""
+
+
+def test_the_first_request_does_not_load_the_price_data(start_sim: StartSim, in_tmp: Path) -> None:
+    """Issue 10: genai-prices' data (0.15-0.3 s of CPU to import) is loaded as the proxy is
+    built, not by its first request: that import ran on the serving loop at the first
+    request, while every request of a starting burst waited behind it (and the lane's first
+    answer, which teaches it the limits, came that much later)."""
+    sim = start_sim(Scenario())
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_REQUEST, sim.base_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=in_tmp,
+        check=False,  # its stderr is in the assertion's message
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["status"] == 200
+    priced = [name for name in seen["loaded"] if name.split(".")[0] in ("genai_prices", "pydantic")]
+    assert priced == [], priced
