@@ -403,9 +403,10 @@ class RedisAdmissionPolicy:
         self._control_queued = False
         self._epoch = 0
         """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
-        # (our clock, the fleet's admission count) at each of our admissions lately: our share
-        # of the fleet's traffic, which scales a rate discovered from our own acceptances.
-        self._fleet_marks: deque[tuple[float, int]] = deque()
+        # (our clock, the fleet's admission count, its tokens admitted) at each of our
+        # admissions lately: our share of the fleet's traffic, which scales a rate discovered
+        # from our own acceptances, and what the fleet sent before a 429 (key_sent_at_most).
+        self._fleet_marks: deque[tuple[float, int, float]] = deque()
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
@@ -471,7 +472,7 @@ class RedisAdmissionPolicy:
         # From our last admission before the second (else the one before our first inside
         # it) to our last inside it.
         first = last = None
-        for t, n in self._fleet_marks:  # oldest first
+        for t, n, _ in self._fleet_marks:  # oldest first
             if t < sent_at - 1.0:
                 first = n
             elif t <= sent_at:
@@ -479,6 +480,32 @@ class RedisAdmissionPolicy:
                     first = n - 1
                 last = n
         return 0 if last is None or first is None else last - first
+
+    def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
+        """At most what the fleet sent in the second up to ``sent_at`` (requests, tokens
+        admitted), from the store's running counts at our own admissions: from our last one
+        before that second (which counts the fleet's admissions between it and the second's
+        start too: high, never low) to our last one up to ``sent_at``. With none of ours
+        before that second within the marks kept (this process just started, or was idle),
+        from none: all the key ever admitted (a fleet just started has sent little). With
+        none inside it (its mark dropped), not known: inf. In local fallback the lane counts
+        its own: None."""
+        if self.fallback:
+            return None
+        start = sent_at - 1.0
+        first: tuple[float, int, float] = (-math.inf, 0, 0.0)
+        last: tuple[float, int, float] | None = None
+        for mark in self._fleet_marks:  # oldest first
+            t = mark[0]
+            if t < start:
+                first = mark
+            elif t <= sent_at:
+                last = mark
+            else:
+                break
+        if last is None:
+            return math.inf, math.inf
+        return float(last[1] - first[1]), last[2] - first[2]
 
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
         """Push what changed in the lane's controller since the last exchange, read what the
@@ -772,7 +799,7 @@ class RedisAdmissionPolicy:
             now = self._clock()
             self._server_aheads.append(admission.now - now)
             marks = self._fleet_marks
-            marks.append((now, admission.admissions))
+            marks.append((now, admission.admissions, admission.tokens_admitted))
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
             return Granted(

@@ -2232,7 +2232,7 @@ class Lane:
         if verdict.limit_scope is not None:
             return False
         ceiling = self.request_rate.ceiling
-        if ceiling is None or self._shared or not self.admission.sees_every_acceptance:
+        if ceiling is None:
             return False
         limits = verdict.limits
         if limits is not None:
@@ -2245,12 +2245,18 @@ class Lane:
         share = self._configured.utilisation * self.local_share
         requests = self.requests
         burst = requests.burst if requests is not None else 1.0
-        if self._sent_in_second_before(permit.sent_at) > ceiling * share / 60.0 + burst:
+        # A fleet's process counts what every process sent (the store's counts, high rather
+        # than low): its own share of the key says nothing of whether the key outran the
+        # limit. Its share of refusals (``load``) is its own: noise refuses the same share
+        # of any process's sends, a limit the fleet outruns refuses each process's too.
+        fleet = self.admission.key_sent_at_most(permit.sent_at)
+        sent = self._sent_in_second_before(permit.sent_at) if fleet is None else fleet[0]
+        if sent > ceiling * share / 60.0 + burst:
             return False
         tpm = self.token_rate.ceiling
         tokens = self.tokens
         if tpm is not None and tokens is not None:
-            charged = self._charged_in_second_before(permit.sent_at)
+            charged = self._charged_in_second_before(permit.sent_at) if fleet is None else fleet[1]
             if charged > tpm * share / 60.0 + tokens.burst:
                 return False
         return True

@@ -1,0 +1,129 @@
+"""429s that the fleet's rate does not cause (a provider's shared capacity busy) teach a
+fleet nothing, as they teach one process nothing: no cut of the shared pace, no gate closed
+for every process. A fleet that outruns a real limit still backs off. Three governors on one
+key through a real redis-server, against the simulator (real HTTP, real classification); no
+timed assertions: what is asserted is what the fleet decided, not how fast it went."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import openai
+import pytest
+
+import pacekeeper
+from pacekeeper import Governor
+from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
+
+from .redis_server import RedisServer
+from .test_control import close, shared_gov, shared_lane, stored
+
+_STATED_RPM = 3000  # 50 a second: a few hundred requests take seconds
+
+
+async def _fleet_sends(
+    govs: list[Governor],
+    base_url: str,
+    *,
+    per_process: int,
+    workers: int,
+    tolerate_429s: bool = False,
+) -> None:
+    """``per_process`` requests from each governor, ``workers`` at a time (a backlog: every
+    process sends as fast as the shared pacing lets it); ``tolerate_429s``: a request that
+    runs out of retries on 429s is not an error."""
+
+    async def process(gov: Governor) -> None:
+        client = pacekeeper.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="x"), gov)
+        left = [per_process]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                try:
+                    await client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+                    )
+                except openai.RateLimitError:
+                    if not tolerate_429s:
+                        raise
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        await client.close()
+
+    await asyncio.gather(*(process(gov) for gov in govs))
+
+
+@pytest.mark.slow
+async def test_busy_429s_do_not_cut_a_fleets_pace(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A stated limit of 3000/min in a 1-s bucket and 6% of requests refused at random with
+    `retry-after: 1` and no headers (llmock's and a busy gateway's kind): the three processes
+    keep the stated pace and close no gate. On main every such 429 was the rate's in a
+    fleet (its noise was never judged): each cut the shared pace 15% and closed the
+    fleet's gate for a second, and three processes ran at 0.23-0.37 of one."""
+    scenario = Scenario(
+        default=ModelLimits(rpm=_STATED_RPM, burst_s=1.0),
+        latency=Latency(ttft_s=0.05),
+        faults=Faults(busy_429=0.06, busy_429_retry_after_s=1.0),
+        seed=7,
+    )
+    govs = [shared_gov(redis_server, namespace) for _ in range(3)]
+    try:
+        with Simulator(scenario) as sim:
+            await _fleet_sends(govs, sim.base_url, per_process=100, workers=6)
+            stats = sim.stats()
+        busy = stats["faults_injected"].get("busy_429", 0)
+        assert busy >= 6, stats  # the run met the noise it is about
+        for gov in govs:
+            lane = shared_lane(gov)
+            assert lane.rpm_limit == _STATED_RPM
+            # the pace in force is the stated one: no 429 cut it, here or through the fleet
+            assert lane.rpm == _STATED_RPM, (lane, lane.request_rate)
+        pace = stored(redis_server, namespace, "pr")
+        assert pace is None or pace >= _STATED_RPM, pace
+        assert stored(redis_server, namespace, "cd") is None  # no fleet-wide gate closed
+    finally:
+        close(*govs)
+
+
+@pytest.mark.slow
+async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The same noise, and another client (not of the fleet) sending 15 a second of the
+    key's 20: the fleet's 429s outgrow the noise, their headers show the budget spent, and
+    the fleet's pace comes down (through the shared gate or a cut)."""
+    scenario = Scenario(
+        default=ModelLimits(rpm=1200, burst_s=1.0),
+        latency=Latency(ttft_s=0.05),
+        faults=Faults(busy_429=0.06, busy_429_retry_after_s=1.0),
+        seed=3,
+    )
+    govs = [shared_gov(redis_server, namespace) for _ in range(3)]
+    try:
+        with Simulator(scenario) as sim:
+            other = openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
+            stop = asyncio.Event()
+
+            async def another_client() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(openai.RateLimitError):
+                        await other.chat.completions.create(
+                            model="m", messages=[{"role": "user", "content": "x"}], max_tokens=8
+                        )
+                    await asyncio.sleep(1 / 15)
+
+            task = asyncio.create_task(another_client())
+            await _fleet_sends(govs, sim.base_url, per_process=40, workers=4, tolerate_429s=True)
+            stop.set()
+            await task
+            await other.close()
+        cut = [shared_lane(gov).rpm for gov in govs]
+        gate = stored(redis_server, namespace, "cd")
+        pace = stored(redis_server, namespace, "pr")
+        assert gate is not None or (pace is not None and pace < 1200), (cut, gate, pace)
+    finally:
+        close(*govs)
