@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor
+from pacekeeper.backends._redis import _sent_at_most
 from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
@@ -127,3 +131,44 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
         assert gate is not None or (pace is not None and pace < 1200), (cut, gate, pace)
     finally:
         close(*govs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 0.5),  # time since the fleet's previous admission
+            st.booleans(),  # ours
+            st.floats(0.0, 0.3),  # how late our reply was read
+            st.integers(1, 2000),  # its tokens
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.floats(0.0, 0.05),  # from the reply read to the permit's send time
+)
+def test_what_a_fleet_sent_before_a_429_is_never_counted_low(
+    admissions: list[tuple[float, bool, float, int]], granted_after_s: float
+) -> None:
+    """The fleet's admissions in the second before one of ours, as the store counted them
+    (on its clock, up to ours, ours included), are never more than what our marks say: a
+    fleet that outran the stated rate is never read as one that kept to it (its 429 would be
+    taken as noise)."""
+    server_t, tokens, read_t = 0.0, 0.0, -math.inf
+    fleet: list[tuple[float, int]] = []  # (server time, tokens) of every admission
+    marks: list[tuple[float, int, float]] = []
+    ours: list[tuple[float, int]] = []  # (sent at, the store's count) of each of ours
+    for count, (gap_s, mine, late_s, cost) in enumerate(admissions, start=1):
+        server_t += gap_s
+        tokens += cost
+        fleet.append((server_t, cost))
+        if mine:
+            read_t = max(read_t, server_t + late_s)  # our replies are read in order
+            marks.append((read_t, count, tokens))
+            ours.append((read_t + granted_after_s, count))
+    for k, (sent_at, admitted) in enumerate(ours):
+        # the marks this process holds when the 429 to it is judged (later ones too)
+        requests, charged = _sent_at_most(marks, sent_at)
+        inside = [cost for t, cost in fleet[:admitted] if t >= sent_at - 1.0]
+        assert requests >= len(inside), (k, requests, inside)
+        assert charged >= sum(inside), (k, charged, inside)

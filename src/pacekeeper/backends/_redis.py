@@ -483,29 +483,11 @@ class RedisAdmissionPolicy:
 
     def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
         """At most what the fleet sent in the second up to ``sent_at`` (requests, tokens
-        admitted), from the store's running counts at our own admissions: from our last one
-        before that second (which counts the fleet's admissions between it and the second's
-        start too: high, never low) to our last one up to ``sent_at``. With none of ours
-        before that second within the marks kept (this process just started, or was idle),
-        from none: all the key ever admitted (a fleet just started has sent little). With
-        none inside it (its mark dropped), not known: inf. In local fallback the lane counts
-        its own: None."""
+        admitted): :func:`_sent_at_most` over the store's running counts at our own
+        admissions. In local fallback the lane counts its own: None."""
         if self.fallback:
             return None
-        start = sent_at - 1.0
-        first: tuple[float, int, float] = (-math.inf, 0, 0.0)
-        last: tuple[float, int, float] | None = None
-        for mark in self._fleet_marks:  # oldest first
-            t = mark[0]
-            if t < start:
-                first = mark
-            elif t <= sent_at:
-                last = mark
-            else:
-                break
-        if last is None:
-            return math.inf, math.inf
-        return float(last[1] - first[1]), last[2] - first[2]
+        return _sent_at_most(self._fleet_marks, sent_at)
 
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
         """Push what changed in the lane's controller since the last exchange, read what the
@@ -922,6 +904,32 @@ def _refused_about_the_rate(lane: Lane, permit: Permit) -> bool:
     """Whether the lane's request rate just heard ``permit`` refused by a 429 about the rate
     (its settle runs the rate before it releases the slot, under the lane's lock)."""
     return lane.request_rate.refused_sent_at == permit.sent_at
+
+
+def _sent_at_most(marks: Iterable[tuple[float, int, float]], sent_at: float) -> tuple[float, float]:
+    """At most how many requests, and tokens, a fleet admitted in the second up to
+    ``sent_at`` (one of ours), from ``marks``: (our clock when the store's reply was read,
+    the store's count of admissions then, its tokens admitted), oldest first, one per
+    admission of ours. From our last mark before that second to our last one up to
+    ``sent_at``: a mark is read after the store counted it, so the first counts nothing of
+    the second, and the count between runs high (the fleet's admissions between that mark
+    and the second's start), never low. With no mark of ours before the second (this
+    process just started, or its marks were dropped), from nothing: all the key ever
+    admitted (a fleet just started has sent little). With none inside it, not known: inf."""
+    start = sent_at - 1.0
+    first: tuple[float, int, float] = (-math.inf, 0, 0.0)
+    last: tuple[float, int, float] | None = None
+    for mark in marks:  # oldest first
+        t = mark[0]
+        if t < start:
+            first = mark
+        elif t <= sent_at:
+            last = mark
+        else:
+            break
+    if last is None:
+        return math.inf, math.inf
+    return float(last[1] - first[1]), last[2] - first[2]
 
 
 def _parse(raw: list[Any]) -> _Admission:
