@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import pacekeeper
 from pacekeeper import Governor
 from pacekeeper.backends._redis import _sent_at_most
-from pacekeeper.sim import Faults, Latency, ModelLimits, Scenario, Simulator
+from pacekeeper.sim import Faults, InFlightReply, Latency, ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
 from .test_control import close, shared_gov, shared_lane, stored
@@ -129,6 +129,55 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
         gate = stored(redis_server, namespace, "cd")
         pace = stored(redis_server, namespace, "pr")
         assert gate is not None or (pace is not None and pace < 1200), (cut, gate, pace)
+    finally:
+        close(*govs)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="known gap: in about 1 run in 4 here the fleet's window outgrows what is in "
+    "flight, no refused request takes its last slot, and the cap's 429s read as noise "
+    "(12-41 429s; main 1-9; the bench's `inflight` fleet3 1-2)",
+)
+async def test_a_fleet_under_a_bare_in_flight_cap_does_not_take_its_429s_for_noise(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A high stated rate (100,000/min on every answer) and a cap of 8 in flight answered
+    with bare 429s (`too_many_requests`, `retry-after: 2`, no headers): nothing about the
+    rate explains them, but they come to the requests that take the fleet's last slot, where
+    a cap refuses. The fleet's count in flight runs ahead of the server's (releases on their
+    way to the store): taken as noise there, they neither lowered the provisional cap they
+    taught nor kept it from being refuted, and three processes drew 8-24 429s on the bench's
+    `inflight` seed 1 where one process draws 1. Now those that take the fleet's last slot
+    are not noise; but the fleet's window grows on every answer while its steps past its
+    most in flight hold requests back (`backends/_redis.py` counts those as waiting for a
+    slot), and when it outgrows what is in flight no refused request takes its last slot.
+    Tried against it: counting only a full window as waiting for a slot (a window that
+    tight made busy 429s fill it: `busy` fleet3 0.21-0.60), and taking every 429 of a fleet
+    sending under half the stated rate as not noise (busy 429s at the start taught caps
+    that lowered the pace, then the next ones lower caps: 5, 4, ..., 1)."""
+    cap = 8
+    scenario = Scenario(
+        default=ModelLimits(rpm=100_000, max_in_flight=cap),
+        latency=Latency(ttft_s=0.3),
+        in_flight_reply=InFlightReply(
+            message="Too many concurrent requests.",
+            code="too_many_requests",
+            retry_after_s=2.0,
+            rate_limit_headers=False,
+        ),
+        seed=1,
+    )
+    govs = [shared_gov(redis_server, namespace) for _ in range(3)]
+    try:
+        with Simulator(scenario) as sim:
+            await _fleet_sends(govs, sim.base_url, per_process=60, workers=8)
+            stats = sim.stats()
+        refused = stats["rejected_in_flight"]
+        print(f"\n{refused} 429s of the cap of {cap} in {stats['requests_received']} requests")
+        assert stats["peak_in_flight"] <= cap
+        assert refused <= 6, stats
     finally:
         close(*govs)
 

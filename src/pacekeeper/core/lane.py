@@ -2205,11 +2205,13 @@ class Lane:
           :class:`~pacekeeper.core.congestion.RefusalShare`): a limit the pace outruns
           refuses more the further it goes, noise the same share at any pace;
         * the 429 names no limit (a code saying tokens, requests in flight, a day's quota);
-        * a limit is stated (headers or configured) and this lane sees every acceptance of
-          its key (a fleet's process does not: the others' sends may have outrun it);
+        * a limit is stated (headers or configured);
         * its own headers, if any, show no budget short;
         * the second before it held no more than the stated rate plus our burst: a bucket
           of the stated rate as deep as ours had room for it (nor did tokens outrun theirs);
+          in a fleet, counted on every process's sends
+          (:meth:`~pacekeeper.core.admission.AdmissionPolicy.key_sent_at_most`), and the
+          request did not take the fleet's last slot;
         * it does not come back as a limit found by its share within 10 s did, at a pace
           near the one it was found at (such a limit refuses again as the pace comes back).
 
@@ -2250,6 +2252,13 @@ class Lane:
         # limit. Its share of refusals (``load``) is its own: noise refuses the same share
         # of any process's sends, a limit the fleet outruns refuses each process's too.
         fleet = self.admission.key_sent_at_most(permit.sent_at)
+        if fleet is not None and permit.filled_window:
+            # Not a request that took the fleet's last slot: a cap refuses those, and the
+            # fleet's count in flight runs ahead of the server's (releases on their way to
+            # the store), so successes past a cap make its refusals look like no new peak and
+            # refute the provisional cap they teach. Taken as noise, a fleet of three drew
+            # 8-24 429s on `inflight` seed 1 (cap 15), where one process draws 1.
+            return False
         sent = self._sent_in_second_before(permit.sent_at) if fleet is None else fleet[0]
         if sent > ceiling * share / 60.0 + burst:
             return False
