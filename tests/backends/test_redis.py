@@ -608,7 +608,10 @@ async def test_a_429_at_the_paced_rate_halves_the_fleets_burst(
 
     before = await at_once()
     permit = await lane.acquire(0)
-    refused = classify_response(429, {}, None, now_wall_s=0.0)
+    # Its headers show the budget spent: the rate (a bare 429 alone, far under 600/min, is a
+    # busy provider's noise, in a fleet as in one process: core/lane.py Lane._unexplained).
+    spent = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0"}
+    refused = classify_response(429, spent, None, now_wall_s=0.0)
     lane.settle(permit, refused, now=time.monotonic(), max_hint_s=600.0, retry=False)
     after = await at_once()
     assert before >= 15

@@ -403,9 +403,10 @@ class RedisAdmissionPolicy:
         self._control_queued = False
         self._epoch = 0
         """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
-        # (our clock, the fleet's admission count) at each of our admissions lately: our share
-        # of the fleet's traffic, which scales a rate discovered from our own acceptances.
-        self._fleet_marks: deque[tuple[float, int]] = deque()
+        # (our clock, the fleet's admission count, its tokens admitted) at each of our
+        # admissions lately: our share of the fleet's traffic, which scales a rate discovered
+        # from our own acceptances, and what the fleet sent before a 429 (key_sent_at_most).
+        self._fleet_marks: deque[tuple[float, int, float]] = deque()
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
@@ -471,7 +472,7 @@ class RedisAdmissionPolicy:
         # From our last admission before the second (else the one before our first inside
         # it) to our last inside it.
         first = last = None
-        for t, n in self._fleet_marks:  # oldest first
+        for t, n, _ in self._fleet_marks:  # oldest first
             if t < sent_at - 1.0:
                 first = n
             elif t <= sent_at:
@@ -479,6 +480,14 @@ class RedisAdmissionPolicy:
                     first = n - 1
                 last = n
         return 0 if last is None or first is None else last - first
+
+    def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
+        """At most what the fleet sent in the second up to ``sent_at`` (requests, tokens
+        admitted): :func:`_sent_at_most` over the store's running counts at our own
+        admissions. In local fallback the lane counts its own: None."""
+        if self.fallback:
+            return None
+        return _sent_at_most(self._fleet_marks, sent_at)
 
     def exchange_control(self, script: _SyncScript, *, push: bool = True) -> None:
         """Push what changed in the lane's controller since the last exchange, read what the
@@ -772,7 +781,7 @@ class RedisAdmissionPolicy:
             now = self._clock()
             self._server_aheads.append(admission.now - now)
             marks = self._fleet_marks
-            marks.append((now, admission.admissions))
+            marks.append((now, admission.admissions, admission.tokens_admitted))
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
             return Granted(
@@ -895,6 +904,32 @@ def _refused_about_the_rate(lane: Lane, permit: Permit) -> bool:
     """Whether the lane's request rate just heard ``permit`` refused by a 429 about the rate
     (its settle runs the rate before it releases the slot, under the lane's lock)."""
     return lane.request_rate.refused_sent_at == permit.sent_at
+
+
+def _sent_at_most(marks: Iterable[tuple[float, int, float]], sent_at: float) -> tuple[float, float]:
+    """At most how many requests, and tokens, a fleet admitted in the second up to
+    ``sent_at`` (one of ours), from ``marks``: (our clock when the store's reply was read,
+    the store's count of admissions then, its tokens admitted), oldest first, one per
+    admission of ours. From our last mark before that second to our last one up to
+    ``sent_at``: a mark is read after the store counted it, so the first counts nothing of
+    the second, and the count between runs high (the fleet's admissions between that mark
+    and the second's start), never low. With no mark of ours before the second (this
+    process just started, or its marks were dropped), from nothing: all the key ever
+    admitted (a fleet just started has sent little). With none inside it, not known: inf."""
+    start = sent_at - 1.0
+    first: tuple[float, int, float] = (-math.inf, 0, 0.0)
+    last: tuple[float, int, float] | None = None
+    for mark in marks:  # oldest first
+        t = mark[0]
+        if t < start:
+            first = mark
+        elif t <= sent_at:
+            last = mark
+        else:
+            break
+    if last is None:
+        return math.inf, math.inf
+    return float(last[1] - first[1]), last[2] - first[2]
 
 
 def _parse(raw: list[Any]) -> _Admission:

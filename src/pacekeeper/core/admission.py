@@ -129,6 +129,14 @@ class AdmissionPolicy(Protocol):
         None: this lane is the only one (it counts its own)."""
         ...
 
+    def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
+        """At most how many requests, and tokens charged, every client of the key sent in
+        the second up to ``sent_at`` (a count that may run high, never low: inf where it
+        cannot be told); None: this lane is the only one (it counts its own). What a 429
+        is judged noise against: a fleet that outran the stated rate must never read as
+        one that kept to it."""
+        ...
+
     def stated(self, rpm: float | None, tpm: float | None) -> None:
         """The provider's headers stated new limits (the lane's ``learned_rpm``/``tpm``)."""
         ...
@@ -364,6 +372,9 @@ class LocalAdmissionPolicy:
         self.cooldown.close_until(until)
 
     def key_sent_in_second_before(self, sent_at: float) -> int | None:
+        return None
+
+    def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
         return None
 
     def stated(self, rpm: float | None, tpm: float | None) -> None:

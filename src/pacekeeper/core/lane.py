@@ -2224,11 +2224,13 @@ class Lane:
           :class:`~pacekeeper.core.congestion.RefusalShare`): a limit the pace outruns
           refuses more the further it goes, noise the same share at any pace;
         * the 429 names no limit (a code saying tokens, requests in flight, a day's quota);
-        * a limit is stated (headers or configured) and this lane sees every acceptance of
-          its key (a fleet's process does not: the others' sends may have outrun it);
+        * a limit is stated (headers or configured);
         * its own headers, if any, show no budget short;
         * the second before it held no more than the stated rate plus our burst: a bucket
           of the stated rate as deep as ours had room for it (nor did tokens outrun theirs);
+          in a fleet, counted on every process's sends
+          (:meth:`~pacekeeper.core.admission.AdmissionPolicy.key_sent_at_most`), and the
+          request did not take the fleet's last slot;
         * it does not come back as a limit found by its share within 10 s did, at a pace
           near the one it was found at (such a limit refuses again as the pace comes back).
 
@@ -2251,7 +2253,7 @@ class Lane:
         if verdict.limit_scope is not None:
             return False
         ceiling = self.request_rate.ceiling
-        if ceiling is None or self._shared or not self.admission.sees_every_acceptance:
+        if ceiling is None:
             return False
         limits = verdict.limits
         if limits is not None:
@@ -2264,12 +2266,25 @@ class Lane:
         share = self._configured.utilisation * self.local_share
         requests = self.requests
         burst = requests.burst if requests is not None else 1.0
-        if self._sent_in_second_before(permit.sent_at) > ceiling * share / 60.0 + burst:
+        # A fleet's process counts what every process sent (the store's counts, high rather
+        # than low): its own share of the key says nothing of whether the key outran the
+        # limit. Its share of refusals (``load``) is its own: noise refuses the same share
+        # of any process's sends, a limit the fleet outruns refuses each process's too.
+        fleet = self.admission.key_sent_at_most(permit.sent_at)
+        if fleet is not None and permit.filled_window:
+            # Not a request that took the fleet's last slot: a cap refuses those, and the
+            # fleet's count in flight runs ahead of the server's (releases on their way to
+            # the store), so successes past a cap make its refusals look like no new peak and
+            # refute the provisional cap they teach. Taken as noise, a fleet of three drew
+            # 8-24 429s on `inflight` seed 1 (cap 15), where one process draws 1.
+            return False
+        sent = self._sent_in_second_before(permit.sent_at) if fleet is None else fleet[0]
+        if sent > ceiling * share / 60.0 + burst:
             return False
         tpm = self.token_rate.ceiling
         tokens = self.tokens
         if tpm is not None and tokens is not None:
-            charged = self._charged_in_second_before(permit.sent_at)
+            charged = self._charged_in_second_before(permit.sent_at) if fleet is None else fleet[1]
             if charged > tpm * share / 60.0 + tokens.burst:
                 return False
         return True
