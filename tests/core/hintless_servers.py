@@ -73,6 +73,10 @@ class Server:
     phase_s: float = 0.0
     input_tpm: float | None = None
     p503: float = 0.0
+    p_busy: float = 0.0
+    """The share of requests refused at random whatever the pace (a busy upstream: llmock's
+    ``--error-rate 429``): a 429 with ``retry-after: 1`` and no headers, counted against the
+    limit (the request was admitted first, as ``pacekeeper.sim`` counts its busy 429s)."""
     seed: int = 0
     summary: str = field(default="")
 
@@ -185,8 +189,12 @@ class Result:
     wall_s: float
     sent: int
     refusals: list[tuple[float, float, str]]
-    """(sent at, answered at, what refused) per 429."""
+    """(sent at, answered at, what refused) per 429 of a limit."""
     lane: Lane
+    busy: list[float] = field(default_factory=list)
+    """When each busy 429 (noise) was sent."""
+    sends: list[float] = field(default_factory=list)
+    """When each request was sent."""
 
     @property
     def efficiency(self) -> float:
@@ -209,7 +217,9 @@ def _workload(server: Server, rng: random.Random, run_s: float) -> tuple[list[in
     prompts = [rng.randint(low, high) for _ in range(n)]
     last_answer_s = (server.ttft_s + server.per_token_s * 60) * math.exp(0.3**2 / 2)
     bounds = []
-    for units, minute in ((float(n), server.rpm), (float(sum(prompts)), server.input_tpm)):
+    # Busy 429s count against the limit: n accepted take n / (1 - p_busy) sends of it.
+    sends = n / (1.0 - server.p_busy)
+    for units, minute in ((sends, server.rpm), (float(sum(prompts)), server.input_tpm)):
         if minute is None:
             continue
         rate = minute / 60.0
@@ -241,6 +251,8 @@ def run(server: Server, *, run_s: float = 10.0, max_tokens: int = 100) -> Result
     answers: Answers[tuple[Permit, int, int, str, float]] = Answers()
     ready: list[tuple[float, int, int]] = [(0.0, i, 1) for i in range(n)]  # (at, index, attempt)
     refusals: list[tuple[float, float, str]] = []
+    busy: list[float] = []
+    sends: list[float] = []
     sent = done = 0
     last_answer = 0.0
     gemini = server.input_tpm is not None
@@ -254,6 +266,8 @@ def run(server: Server, *, run_s: float = 10.0, max_tokens: int = 100) -> Result
                 done += 1
             elif status == "503":
                 verdict = classify_response(503, {}, None, now_wall_s=0.0)
+            elif status == "busy":
+                verdict = classify_response(429, {"retry-after": "1"}, None, now_wall_s=0.0)
             elif gemini:
                 verdict = classify_response(
                     429,
@@ -285,6 +299,7 @@ def run(server: Server, *, run_s: float = 10.0, max_tokens: int = 100) -> Result
             ready.pop(0)
             permit = lane._grant(*permit_args)
             sent += 1
+            sends.append(now)
             arrive = now + rng.uniform(0.002, 0.012)
             wait_r = requests.wait_s(1, arrive)
             wait_t = 0.0 if tokens is None else tokens.wait_s(prompt, arrive)
@@ -296,6 +311,11 @@ def run(server: Server, *, run_s: float = 10.0, max_tokens: int = 100) -> Result
                 )
                 refusals.append((now, arrive + 0.005, "tokens" if wait_t > wait_r else "requests"))
                 answers.add(arrive + 0.005, (permit, index, attempt, what, max(wait_r, wait_t)))
+                continue
+            if server.p_busy and rng.random() < server.p_busy:
+                requests.take(1)
+                busy.append(now)
+                answers.add(arrive + 0.005, (permit, index, attempt, "busy", 1.0))
                 continue
             if rng.random() < server.p503:
                 answers.add(arrive + 0.05, (permit, index, attempt, "503", 0.0))
@@ -309,4 +329,4 @@ def run(server: Server, *, run_s: float = 10.0, max_tokens: int = 100) -> Result
             )
             answers.add(arrive + latency, (permit, index, attempt, "ok", 0.0))
         now = round(now + STEP_S, 6)
-    return Result(server, n, ideal, max(last_answer, 1e-9), sent, refusals, lane)
+    return Result(server, n, ideal, max(last_answer, 1e-9), sent, refusals, lane, busy, sends)
