@@ -293,9 +293,12 @@ def test_a_server_smaller_than_slow_starts_first_window_is_held_near_its_capacit
             in_flight.append(lane.slots.in_flight)
             busy.append(len(server.processing))
         clock.now = round(now + 2 * _STEP_S, 6)
-    # After the first answer, the window grows only by what the server was seen to serve.
+    # After the first answer, with two windows' worth in flight (32: fewer is a rate's ramp,
+    # whose answers come at the ramp's pace), the window grows only by what the server was
+    # seen to serve. Below that, slow start still grows by one per answer until a window is
+    # judged (12 -> 23 against a server of 1 answering in 2 s).
     assert at_first_answer is not None
-    assert peak <= max(16, at_first_answer) + 2 * capacity + 4, f"{at_first_answer} -> {peak}"
+    assert peak <= max(32, at_first_answer) + 2 * capacity + 4, f"{at_first_answer} -> {peak}"
     mean = sum(in_flight) / len(in_flight)
     assert mean <= 2.0 * capacity + 4.0, f"{mean:.1f} in flight on average, capacity {capacity}"
     assert sum(busy) / len(busy) >= 0.7 * capacity, f"{sum(busy) / len(busy):.1f} served"
