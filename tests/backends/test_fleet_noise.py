@@ -59,6 +59,17 @@ async def _fleet_sends(
     await asyncio.gather(*(process(gov) for gov in govs))
 
 
+def _busy(*, rpm: int, seed: int) -> Scenario:
+    """A 1-s bucket of ``rpm`` stated in headers, and 6% of requests refused at random with
+    `retry-after: 1` and no headers."""
+    return Scenario(
+        default=ModelLimits(rpm=rpm, burst_s=1.0),
+        latency=Latency(ttft_s=0.05),
+        faults=Faults(busy_429=0.06, busy_429_retry_after_s=1.0),
+        seed=seed,
+    )
+
+
 @pytest.mark.slow
 async def test_busy_429s_do_not_cut_a_fleets_pace(
     redis_server: RedisServer, namespace: str
@@ -71,12 +82,7 @@ async def test_busy_429s_do_not_cut_a_fleets_pace(
     at a time per process: the pace holds the fleet, not its window (with six, the window
     filled, and a busy 429 to the request that took its last slot is taken as a cap's or
     the rate's, as a fleet must take a cap's: a known cost, 2 runs in 3 cut the pace)."""
-    scenario = Scenario(
-        default=ModelLimits(rpm=_STATED_RPM, burst_s=1.0),
-        latency=Latency(ttft_s=0.05),
-        faults=Faults(busy_429=0.06, busy_429_retry_after_s=1.0),
-        seed=7,
-    )
+    scenario = _busy(rpm=_STATED_RPM, seed=7)
     govs = [shared_gov(redis_server, namespace) for _ in range(3)]
     try:
         with Simulator(scenario) as sim:
@@ -103,12 +109,7 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
     """The same noise, and another client (not of the fleet) sending 15 a second of the
     key's 20: the fleet's 429s outgrow the noise, their headers show the budget spent, and
     the fleet's pace comes down (through the shared gate or a cut)."""
-    scenario = Scenario(
-        default=ModelLimits(rpm=1200, burst_s=1.0),
-        latency=Latency(ttft_s=0.05),
-        faults=Faults(busy_429=0.06, busy_429_retry_after_s=1.0),
-        seed=3,
-    )
+    scenario = _busy(rpm=1200, seed=3)
     govs = [shared_gov(redis_server, namespace) for _ in range(3)]
     try:
         with Simulator(scenario) as sim:
