@@ -50,6 +50,12 @@ def _at(value: Any, input_tokens: int) -> float:
 
 
 @functools.lru_cache(maxsize=512)
+def _provider_id(provider: str | None) -> str | None:
+    """genai-prices' id for a pacekeeper provider name: None to infer it from the model's
+    name, "" for none (self-hosted)."""
+    return GENAI_PRICES_PROVIDER.get(provider or "compatible", provider)
+
+
 def genai_price(model: str, provider: str | None = None) -> Price | None:
     """The price genai-prices knows for ``model`` at ``provider`` (a pacekeeper provider
     name; None or ``compatible``: inferred from the model's name), or None.
@@ -61,7 +67,7 @@ def genai_price(model: str, provider: str | None = None) -> Price | None:
     """
     from genai_prices import data_snapshot
 
-    provider_id = GENAI_PRICES_PROVIDER.get(provider or "compatible", provider)
+    provider_id = _provider_id(provider)
     if provider_id == "":
         return None
     try:
@@ -114,7 +120,7 @@ def price_lookup(
     (2, 'genai-prices openai/gpt-4o', None)
     """
     table = dict(overrides or {})
-    if GENAI_PRICES_PROVIDER.get(provider or "compatible", provider) != "":
+    if _provider_id(provider) != "":
         # Loaded now, where the governor is built, not by the first request that is priced:
         # genai-prices' import and data take 0.15-0.3 s of CPU, which at the first request
         # stalled a proxy's event loop while a burst waited behind it (issue 10: the proxy's
