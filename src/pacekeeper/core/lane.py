@@ -121,6 +121,11 @@ applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s rea
 and the pace held at 215 for seconds)."""
 _LIMIT_REMEMBERED_S = 10.0
 _LIMIT_PACE_SHARE = 0.9
+_DISCOVERED_HELD = 0.7
+"""A 429 to a discovered rate after a second the server took under this share of the most it
+took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
+_SUSTAINED_BEST_S = 30.0  # how long that most is remembered
+_FAST_PROBE_AFTER_LIMIT_S = 30.0  # no doubling probe this long after a limit found by share
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -399,6 +404,7 @@ class Lane:
         "_success_peak_at",
         "_success_peak_in_flight",
         "_successes",
+        "_sustained_best",
         "_token_windows",
         "_untested_after_start",
         "_untested_refusal",
@@ -542,6 +548,9 @@ class Lane:
         unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
         self._limit_found: tuple[float, float] | None = None
+        self._sustained_best: tuple[float, float] = (0.0, -math.inf)
+        """(per minute, when) the most a discovered rate's server was seen to take over five
+        seconds lately, sampled at its 429s (:meth:`_unexplained_discovered`)."""
         """(when, at what pace) 429s last read as a limit's by their share: refusals soon
         after at a pace near it are that limit's again (:meth:`_unexplained`)."""
         if slots is None:
@@ -2007,6 +2016,9 @@ class Lane:
         if unexplained and not at_peak:
             # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
             # that answers counted down stays as they said).
+            if self.request_rate.ceiling is None and not self._limit_found_lately(now):
+                # A discovered rate: the loss it climbs back to may have been noise as well.
+                self.request_rate.unproven()
             return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
@@ -2154,7 +2166,9 @@ class Lane:
         ):
             since = None
         name = "tokens" if tokens_out else "requests"
-        measure = self.admission.sees_every_acceptance
+        measure = self.admission.sees_every_acceptance and not (
+            rate is self.request_rate and self._held_low(permit)
+        )
         # Since an earlier refusal, net of the burst the server had stored: only where this
         # lane's sends are all the key's (a fleet's share would read as the server's rate).
         refused_at = rate.refused_before(permit.sent_at) if measure else None
@@ -2254,7 +2268,7 @@ class Lane:
             return False
         ceiling = self.request_rate.ceiling
         if ceiling is None:
-            return False
+            return self._unexplained_discovered(permit, verdict, now=now)
         limits = verdict.limits
         if limits is not None:
             limits = self._per_minute_part(limits)
@@ -2288,6 +2302,65 @@ class Lane:
             if charged > tpm * share / 60.0 + tokens.burst:
                 return False
         return True
+
+    def _held_low(self, permit: Permit) -> bool:
+        """Whether a discovered rate's lane sent, in the second before ``permit``, under
+        ``_DISCOVERED_HELD`` of the most its server was seen to take sustained lately: that
+        second measures our own pace (a gate waited out, an idle spell), not the server's.
+        A refusal then cuts by a share, unmeasured: measured, a 429 after a second of 2
+        sends cut a 1080/min lane to 55/min."""
+        if self.request_rate.ceiling is not None:
+            return False
+        best = self._sustained_best[0]
+        return self._sent_in_second_before(permit.sent_at) * 60.0 < _DISCOVERED_HELD * best
+
+    def _limit_found_lately(self, now: float) -> bool:
+        """Whether 429s were read as a limit's by their share within the last
+        ``_FAST_PROBE_AFTER_LIMIT_S`` (a discovered rate then probes as usual past it)."""
+        found = self._limit_found
+        return found is not None and now - found[0] < _FAST_PROBE_AFTER_LIMIT_S
+
+    def _unexplained_discovered(self, permit: Permit, verdict: Verdict, *, now: float) -> bool:
+        """:meth:`_unexplained` where no request limit is stated or configured, once a rate
+        was discovered from 429s (no rate-limit headers: vLLM-style and many OpenAI-compatible
+        gateways). Their busy 429s (``retry-after: 1``, no headers) taken as the rate held a
+        lane at 0.15 of its limit (median of 20 simulated draws at 2-8%): each cut measured
+        the second before it, already held low by the cut before or emptied by its hint.
+        Noise (besides the share of refusals, ``load``, judged by the caller) when either:
+
+        * the second before it took under ``_DISCOVERED_HELD`` of the most the server was
+          seen to take sustained over five seconds lately: a limit refuses only a pace past
+          what it takes (a bucket's burst can lift the five seconds a fifth past its rate at
+          most), so this refusal measures our own pace, not the server's; or
+        * noise was seen so already (the share of 429s taken as noise is above 0): then a
+          429 at the pace's edge is a limit's only when refusals rose above that share.
+
+        A fleet's process judges none so (the others' sends may have outrun the rate)."""
+        rate = self.request_rate
+        if rate.rpm is None or self._shared or not self.admission.sees_every_acceptance:
+            return False
+        if verdict.hint_s is not None and verdict.hint_s > 1.0:
+            # A hint of seconds says a window runs until then (a bucket's next request, or a
+            # busy upstream, says 1 s at most in whole seconds).
+            return False
+        limits = verdict.limits
+        if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None and (
+            budget_exhausted(limits, permit.tokens)
+            or output_budget_short(limits, permit.output_tokens)
+        ):
+            return False
+        sustained = rate.sustained_rpm(now) or 0.0
+        best, best_at = self._sustained_best
+        if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
+            best, best_at = sustained, now
+            self._sustained_best = (best, best_at)
+        if self.refusals.baseline > 0.0:
+            return True
+        sent = self._sent_in_second_before(permit.sent_at)
+        taken = rate.accepted_in_second_rpm(permit.sent_at, sent)
+        return taken < _DISCOVERED_HELD * best
 
     def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
         """Spread the requests over fixed windows' slots while the pace is held to them

@@ -64,6 +64,8 @@ _NEAR_LOSS = 0.95
 _PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s every this long
 _PLATEAU_S = 10.0  # a discovered rate probes at only _PLATEAU_PER_S for this long after a cut
 _PLATEAU_PER_S = 0.005
+_FEW_SENDS = 8  # a discovery from a second of fewer sends measures the lane's start
+_FAST_PROBE_PER_S = 1.0  # a discovered rate's loss shown to be noise: the probe doubles in ~1 s
 _SUSTAINED_SHARE = 0.97  # a discovered rate resumes this far below what was sustained
 _LAST_SECOND_SHARE = 0.92  # or this far below what was accepted in the second before a 429
 _APPROACH_PER_S = 1.0  # share of the gap to just under the last loss closed per second
@@ -92,6 +94,7 @@ class PacedRate:
         "_cut_at",
         "_cuts",
         "_discovers",
+        "_fast_probe",
         "_held",
         "_hinted_at",
         "_last_refusal_hinted",
@@ -116,6 +119,9 @@ class PacedRate:
         self._at_loss = math.inf
         self._cut_at = -math.inf
         self._measured_cut = False
+        self._fast_probe = False
+        """Whether the probe beyond the last loss doubles about every second: a discovered
+        rate whose last loss was a busy upstream's noise (:meth:`unproven`)."""
         self._probe_from: float | None = None
         """When the probe beyond the last loss began: the last cut or adoption."""
         self._hinted_at = -math.inf
@@ -234,6 +240,7 @@ class PacedRate:
             # the server took since it was empty: below the pace, the last measure was high
             # (a bucket's burst in the second before the discovery: 2040/min for 1140).
         self._climb_from = None
+        self._fast_probe = False
         if self.rpm is None and not self._discovers:
             return False
         if self.rpm is None:
@@ -255,8 +262,19 @@ class PacedRate:
             # 960/min window's rate exactly passed it 4 s later (1009/min) and was refused.
             self._measured_cut = bool(last_second)
             self._climb_from = sent_at
+            few = sent_in_second is not None and sent_in_second < _FEW_SENDS
+            if few and not self._weighed:
+                # A second of a few sends measures our start, not the server: a busy
+                # upstream's 429 to the start's third request discovered 120/min against
+                # 1489, held near it for ten seconds. Past it, the pace doubles about every
+                # second until a cut (a limit there refuses it at once: one 429).
+                self._fast_probe = True
+                self._measured_cut = False
+                # Nor is the server known to have been empty then: no later refusal is
+                # measured net from this one (:meth:`refused_before`).
+                self._last_refused_at = -math.inf
         else:
-            sustained = self._sustained_rpm(now) if self.ceiling is None and measure else None
+            sustained = self.sustained_rpm(now) if self.ceiling is None and measure else None
             share = _SUSTAINED_SHARE
             if (sustained is not None or net is not None) and last_second:
                 # What the server accepted in the second before it refused, counted by when
@@ -283,6 +301,32 @@ class PacedRate:
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
+
+    def unproven(self) -> None:
+        """A 429 to this discovered rate was a busy upstream's noise, not a limit's: the
+        loss it climbs back to may have been noise too (a refusal to the start's third
+        request discovered 120/min against 1489). Beyond it, the pace doubles about every
+        second until the next cut, rather than hold near it for ten seconds and probe at
+        +2% a second (from 0.1 of the limit, 25 s to reach it). A limit past it then refuses
+        a rising share, which the lane reads as load (a cut, measured, ends the doubling).
+
+        >>> def climb(rate):  # four seconds of successes with a backlog
+        ...     for i in range(40):
+        ...         _ = rate.succeeded(now=1.1 + 0.1 * i, backlog=True)
+        ...     return round(rate.rpm)
+        >>> rate = PacedRate()
+        >>> _ = rate.throttled(sent_at=1.0, now=1.02, sent_in_second=12)  # 11 taken: 660/min
+        >>> climb(rate)  # just under it in three seconds, then held near it
+        629
+        >>> rate = PacedRate()
+        >>> _ = rate.throttled(sent_at=1.0, now=1.02, sent_in_second=12)
+        >>> rate.unproven()  # that 429 was noise
+        >>> climb(rate)  # past it, doubling
+        1222
+        """
+        if self.ceiling is None and self.rpm is not None:
+            self._fast_probe = True
+            self._measured_cut = False
 
     def hold(self, rpm: float, *, loss: float, now: float) -> None:
         """Pace at ``rpm`` and probe no further for a while: fixed windows were shown to
@@ -356,6 +400,7 @@ class PacedRate:
         self._measured_cut = True
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
+        self._fast_probe = False
         return True
 
     def refused_earlier(self, *, sent_at: float, sent_in_second: int, now: float) -> bool:
@@ -382,11 +427,17 @@ class PacedRate:
         rpm = _LAST_SECOND_SHARE * taken
         if self.rpm is not None and self.rpm <= rpm:
             return False
+        if self.rpm is not None and (self.sustained_rpm(now) or 0.0) >= taken:
+            # The server has taken as much since, sustained: that second measured no limit
+            # (a busy upstream's 429 to the start, read as a cap and refuted, cut a lane
+            # that had climbed to 755/min back to 342).
+            return False
         self._at_loss = taken
         self.rpm = max(_MIN_RPM, rpm)
         self._measured_cut = True
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
+        self._fast_probe = False
         return True
 
     def _top(self, now: float) -> float:
@@ -438,7 +489,9 @@ class PacedRate:
             # fleet, with no cut of its own, would otherwise probe to infinity at once).
             start = self._probe_from if self._probe_from is not None else now
             quiet_s = max(0.0, now - start)
-            if self._measured_cut:
+            if self._fast_probe:
+                rpm += _FAST_PROBE_PER_S * rpm * step_s
+            elif self._measured_cut:
                 # A discovered rate was measured at its last cut: hold near it a while (each
                 # probe past a real limit costs a 429), then search again, ever faster.
                 if quiet_s < _PLATEAU_S:
@@ -531,7 +584,7 @@ class PacedRate:
         if self.ceiling is None and self.rpm is not None:
             self._at_loss = max(loss_rpm, self.rpm)
 
-    def _sustained_rpm(self, now: float) -> float | None:
+    def sustained_rpm(self, now: float) -> float | None:
         """The rate (per minute) accepted since the last cut, over at most the last five
         seconds; None with too little to go by (under a second, or under five requests).
         The mean, not the best second: a second can hold a bucket's burst or the start of a
@@ -631,6 +684,16 @@ class PacedRate:
         refusals = amount + sum(a for t, a in self._refused_sent if since <= t <= sent_at)
         taken = sent - refusals
         return 60.0 * (taken + amount) / (sent_at - since) if taken > 0 else None
+
+    def accepted_in_second_rpm(self, sent_at: float, sent_in_second: float) -> float:
+        """What the server took (per minute) of the ``sent_in_second`` requests sent in the
+        second up to ``sent_at``: those less the ones refused (as known now), less the one
+        sent at ``sent_at`` if it was not counted yet."""
+        refused = self._refused_sent
+        refusals = sum(a for t, a in refused if sent_at - 1.0 <= t <= sent_at)
+        if not any(t == sent_at for t, _ in refused):
+            refusals += 1.0
+        return 60.0 * max(0.0, sent_in_second - refusals)
 
     def accepted_peak_rpm(self, span_s: float = 1.0) -> float:
         """The highest rate (per minute) accepted over ``span_s`` in the last five seconds,
