@@ -1999,6 +1999,13 @@ class Lane:
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
         self.congestion.observe(overload=False)
+        rate = self.request_rate
+        if rate.ceiling is None and rate.rpm is not None:
+            # Sampled at each 429 (not on the hot path of successes), noise or not.
+            sustained = rate.accepted_mean_rpm(now)
+            best, best_at = self._sustained_best
+            if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
+                self._sustained_best = (sustained, now)
         load = self.refusals.refused(permit.seq, latest=self._admitted)
         unexplained = self._unexplained(permit, verdict, load=load, now=now)
         # Once a cap it suggested was refuted, no longer: while the window grows back, every
@@ -2016,9 +2023,12 @@ class Lane:
         if unexplained and not at_peak:
             # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
             # that answers counted down stays as they said).
-            if self.request_rate.ceiling is None and not self._limit_found_lately(now):
+            if self.request_rate.ceiling is None:
                 # A discovered rate: the loss it climbs back to may have been noise as well.
-                self.request_rate.unproven()
+                # Soon after a limit was found by its share, only up to what the server was
+                # shown to take lately.
+                lately = self._limit_found_lately(now)
+                self.request_rate.unproven(self._sustained_best[0] if lately else math.inf)
             return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
@@ -2166,9 +2176,7 @@ class Lane:
         ):
             since = None
         name = "tokens" if tokens_out else "requests"
-        measure = self.admission.sees_every_acceptance and not (
-            rate is self.request_rate and self._held_low(permit)
-        )
+        measure = self.admission.sees_every_acceptance
         # Since an earlier refusal, net of the burst the server had stored: only where this
         # lane's sends are all the key's (a fleet's share would read as the server's rate).
         refused_at = rate.refused_before(permit.sent_at) if measure else None
@@ -2185,6 +2193,9 @@ class Lane:
             sent_since_refusal=self._sent_since_refusal(permit, name, refused_at),
             amount=float(self._charged_for(permit)) if tokens_out else 1.0,
             since=since,
+            least_measure=(
+                _DISCOVERED_HELD * self._sustained_best[0] if rate is self.request_rate else 0.0
+            ),
             sent_since=(
                 None
                 if since is None
@@ -2258,6 +2269,9 @@ class Lane:
         if (
             found is not None
             and rpm is not None
+            # A discovered rate's limit found so was measured as it was cut: the edge of the
+            # pace is judged by the share (:meth:`_unexplained_discovered`).
+            and self.request_rate.ceiling is not None
             and now - found[0] < _LIMIT_REMEMBERED_S
             and rpm >= _LIMIT_PACE_SHARE * found[1]
         ):
@@ -2303,17 +2317,6 @@ class Lane:
                 return False
         return True
 
-    def _held_low(self, permit: Permit) -> bool:
-        """Whether a discovered rate's lane sent, in the second before ``permit``, under
-        ``_DISCOVERED_HELD`` of the most its server was seen to take sustained lately: that
-        second measures our own pace (a gate waited out, an idle spell), not the server's.
-        A refusal then cuts by a share, unmeasured: measured, a 429 after a second of 2
-        sends cut a 1080/min lane to 55/min."""
-        if self.request_rate.ceiling is not None:
-            return False
-        best = self._sustained_best[0]
-        return self._sent_in_second_before(permit.sent_at) * 60.0 < _DISCOVERED_HELD * best
-
     def _limit_found_lately(self, now: float) -> bool:
         """Whether 429s were read as a limit's by their share within the last
         ``_FAST_PROBE_AFTER_LIMIT_S`` (a discovered rate then probes as usual past it)."""
@@ -2351,11 +2354,7 @@ class Lane:
             or output_budget_short(limits, permit.output_tokens)
         ):
             return False
-        sustained = rate.sustained_rpm(now) or 0.0
-        best, best_at = self._sustained_best
-        if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
-            best, best_at = sustained, now
-            self._sustained_best = (best, best_at)
+        best = self._sustained_best[0]
         if self.refusals.baseline > 0.0:
             return True
         sent = self._sent_in_second_before(permit.sent_at)

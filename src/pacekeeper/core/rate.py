@@ -95,6 +95,7 @@ class PacedRate:
         "_cuts",
         "_discovers",
         "_fast_probe",
+        "_fast_to",
         "_held",
         "_hinted_at",
         "_last_refusal_hinted",
@@ -122,6 +123,8 @@ class PacedRate:
         self._fast_probe = False
         """Whether the probe beyond the last loss doubles about every second: a discovered
         rate whose last loss was a busy upstream's noise (:meth:`unproven`)."""
+        self._fast_to = math.inf
+        """Up to where it doubles."""
         self._probe_from: float | None = None
         """When the probe beyond the last loss began: the last cut or adoption."""
         self._hinted_at = -math.inf
@@ -178,6 +181,7 @@ class PacedRate:
         amount: float = 1.0,
         since: float | None = None,
         sent_since: float | None = None,
+        least_measure: float = 0.0,
     ) -> bool:
         """A 429 about the rate: cut, at most once per round trip and per second (a window
         that ran dry refuses everything until it refills, however much we slow down).
@@ -193,7 +197,9 @@ class PacedRate:
         request would have counted (1 a request, or its tokens). ``sent_since``: the same
         counted from ``since`` (:meth:`measured_since`). ``sent_since_refusal``: what it sent
         from :meth:`refused_before` up to ``sent_at`` (a measure net of any burst,
-        :meth:`_accepted_since_refusal_rpm`). True when the rate changed.
+        :meth:`_accepted_since_refusal_rpm`). ``least_measure``: a discovered rate's
+        measures under it are not taken (the server took more than that lately). True when
+        the rate changed.
 
         A rate of tokens with nothing stated is discovered from tokens accepted:
 
@@ -214,6 +220,13 @@ class PacedRate:
         last_second = self._accepted_in_second_rpm(sent_at, sent_in_second, now, amount)
         if self._last_refused_at == sent_at:
             self._last_refusal_hinted = hinted
+        if self.ceiling is None and self.rpm is not None:
+            # Under what the server was shown to take lately, a measure counts our own pace
+            # (a gate waited out, an idle spell, a busy upstream's 429): it measures nothing.
+            if net is not None and net < least_measure:
+                net = None
+            if last_second is not None and last_second < least_measure:
+                last_second = None
         if net is not None and last_second is not None:
             last_second = min(last_second, net)
         # The least it paces at: six requests a minute, in the units of ``amount`` (six
@@ -269,12 +282,15 @@ class PacedRate:
                 # 1489, held near it for ten seconds. Past it, the pace doubles about every
                 # second until a cut (a limit there refuses it at once: one 429).
                 self._fast_probe = True
+                self._fast_to = math.inf
                 self._measured_cut = False
                 # Nor is the server known to have been empty then: no later refusal is
                 # measured net from this one (:meth:`refused_before`).
                 self._last_refused_at = -math.inf
         else:
             sustained = self.sustained_rpm(now) if self.ceiling is None and measure else None
+            if sustained is not None and sustained < least_measure:
+                sustained = None
             share = _SUSTAINED_SHARE
             if (sustained is not None or net is not None) and last_second:
                 # What the server accepted in the second before it refused, counted by when
@@ -302,7 +318,7 @@ class PacedRate:
         self._cuts.append(now)
         return True
 
-    def unproven(self) -> None:
+    def unproven(self, up_to: float = math.inf) -> None:
         """A 429 to this discovered rate was a busy upstream's noise, not a limit's: the
         loss it climbs back to may have been noise too (a refusal to the start's third
         request discovered 120/min against 1489). Beyond it, the pace doubles about every
@@ -325,8 +341,11 @@ class PacedRate:
         1222
         """
         if self.ceiling is None and self.rpm is not None:
+            if not self._fast_probe or up_to > self._fast_to:
+                self._fast_to = up_to
             self._fast_probe = True
-            self._measured_cut = False
+            if math.isinf(up_to):
+                self._measured_cut = False
 
     def hold(self, rpm: float, *, loss: float, now: float) -> None:
         """Pace at ``rpm`` and probe no further for a while: fixed windows were shown to
@@ -489,8 +508,8 @@ class PacedRate:
             # fleet, with no cut of its own, would otherwise probe to infinity at once).
             start = self._probe_from if self._probe_from is not None else now
             quiet_s = max(0.0, now - start)
-            if self._fast_probe:
-                rpm += _FAST_PROBE_PER_S * rpm * step_s
+            if self._fast_probe and rpm < self._fast_to:
+                rpm = min(self._fast_to, rpm + _FAST_PROBE_PER_S * rpm * step_s)
             elif self._measured_cut:
                 # A discovered rate was measured at its last cut: hold near it a while (each
                 # probe past a real limit costs a 429), then search again, ever faster.
@@ -583,6 +602,18 @@ class PacedRate:
         """
         if self.ceiling is None and self.rpm is not None:
             self._at_loss = max(loss_rpm, self.rpm)
+
+    def accepted_mean_rpm(self, now: float) -> float:
+        """The rate (per minute) accepted over the five seconds up to ``now``, whatever cut
+        them (a bucket's store lifts it a fifth past its rate at most, a 1-s bucket's)."""
+        total = 0.0
+        for t, amount in zip(
+            reversed(self._accepted), reversed(self._accepted_amounts), strict=True
+        ):
+            if now - t > _ACCEPTED_WINDOW_S:
+                break
+            total += amount
+        return 60.0 * total / _ACCEPTED_WINDOW_S
 
     def sustained_rpm(self, now: float) -> float | None:
         """The rate (per minute) accepted since the last cut, over at most the last five
