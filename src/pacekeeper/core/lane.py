@@ -124,6 +124,8 @@ _LIMIT_PACE_SHARE = 0.9
 _DISCOVERED_HELD = 0.7
 """A 429 to a discovered rate after a second the server took under this share of the most it
 took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
+_SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
+_SHORT_MEAN_AFTER_S = 4.0
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
 _FAST_PROBE_AFTER_LIMIT_S = 30.0  # no doubling probe this long after a limit found by share
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
@@ -378,6 +380,7 @@ class Lane:
         "_depths",
         "_estimates",
         "_first_admitted_at",
+        "_first_discovery_at",
         "_first_success_at",
         "_floor_due",
         "_grid",
@@ -548,6 +551,8 @@ class Lane:
         unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
         self._limit_found: tuple[float, float] | None = None
+        self._first_discovery_at = math.inf
+        """When the first 429 found a discovered rate in force (sampled then)."""
         self._sustained_best: tuple[float, float] = (0.0, -math.inf)
         """(per minute, when) the most a discovered rate's server was seen to take over five
         seconds lately, sampled at its 429s (:meth:`_unexplained_discovered`)."""
@@ -2001,8 +2006,11 @@ class Lane:
         self.congestion.observe(overload=False)
         rate = self.request_rate
         if rate.ceiling is None and rate.rpm is not None:
+            self._first_discovery_at = min(self._first_discovery_at, now)
             # Sampled at each 429 (not on the hot path of successes), noise or not.
             sustained = rate.accepted_mean_rpm(now)
+            if now - self._first_discovery_at >= _SHORT_MEAN_AFTER_S:
+                sustained = max(sustained, rate.accepted_mean_rpm(now, _SHORT_MEAN_S))
             best, best_at = self._sustained_best
             if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
                 self._sustained_best = (sustained, now)

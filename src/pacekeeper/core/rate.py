@@ -64,7 +64,8 @@ _NEAR_LOSS = 0.95
 _PROBE_DOUBLES_S = 1.5  # the probe beyond the last loss speeds up by +2%/s every this long
 _PLATEAU_S = 10.0  # a discovered rate probes at only _PLATEAU_PER_S for this long after a cut
 _PLATEAU_PER_S = 0.005
-_FEW_SENDS = 8  # a discovery from a second of fewer sends measures the lane's start
+_FEW_SENDS = 8
+_FEW_SENDS_CUT = 5  # nor a cut from fewer, while the pace still doubles from such a discovery
 _FAST_PROBE_PER_S = 1.0  # a discovered rate's loss shown to be noise: the probe doubles in ~1 s
 _SUSTAINED_SHARE = 0.97  # a discovered rate resumes this far below what was sustained
 _LAST_SECOND_SHARE = 0.92  # or this far below what was accepted in the second before a 429
@@ -253,7 +254,7 @@ class PacedRate:
             # the server took since it was empty: below the pace, the last measure was high
             # (a bucket's burst in the second before the discovery: 2040/min for 1140).
         self._climb_from = None
-        self._fast_probe = False
+        unproven, self._fast_probe = self._fast_probe, False
         if self.rpm is None and not self._discovers:
             return False
         if self.rpm is None:
@@ -314,6 +315,15 @@ class PacedRate:
                 # never above a stated ceiling, even one below the floor (a 1-rpm free tier)
                 floor = least if self.ceiling is None else min(least, self.ceiling)
                 self.rpm = max(floor, _CUT * self.rpm)
+            few = sent_in_second is not None and sent_in_second < _FEW_SENDS_CUT
+            if unproven and few and self.ceiling is None and not self._weighed:
+                # Nor does a cut from a second of a few sends while the pace still doubles
+                # from such a discovery (a busy 429 there held a lane at a quarter of its limit
+                # for 30 s). Fewer than from a discovery: 300/min windows' cuts from 5-7 sends
+                # doubled past them and drew 2-4 429s more.
+                self._fast_probe = True
+                self._fast_to = math.inf
+                self._measured_cut = False
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
         return True
@@ -603,17 +613,18 @@ class PacedRate:
         if self.ceiling is None and self.rpm is not None:
             self._at_loss = max(loss_rpm, self.rpm)
 
-    def accepted_mean_rpm(self, now: float) -> float:
-        """The rate (per minute) accepted over the five seconds up to ``now``, whatever cut
-        them (a bucket's store lifts it a fifth past its rate at most, a 1-s bucket's)."""
+    def accepted_mean_rpm(self, now: float, span_s: float = _ACCEPTED_WINDOW_S) -> float:
+        """The rate (per minute) accepted over the ``span_s`` (at most five) seconds up to
+        ``now``, whatever cut them (a bucket's store lifts it by its depth over the span at
+        most)."""
         total = 0.0
         for t, amount in zip(
             reversed(self._accepted), reversed(self._accepted_amounts), strict=True
         ):
-            if now - t > _ACCEPTED_WINDOW_S:
+            if now - t > span_s:
                 break
             total += amount
-        return 60.0 * total / _ACCEPTED_WINDOW_S
+        return 60.0 * total / span_s
 
     def sustained_rpm(self, now: float) -> float | None:
         """The rate (per minute) accepted since the last cut, over at most the last five
