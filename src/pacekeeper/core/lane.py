@@ -2188,6 +2188,7 @@ class Lane:
         # Since an earlier refusal, net of the burst the server had stored: only where this
         # lane's sends are all the key's (a fleet's share would read as the server's rate).
         refused_at = rate.refused_before(permit.sent_at) if measure else None
+        discovered = rate.rpm is not None
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
@@ -2212,6 +2213,20 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
+        loss = rate.loss_rpm
+        if (
+            moved
+            and discovered
+            and rate is self.request_rate
+            and rate.ceiling is None
+            and rate.measured
+            and loss is not None
+            and loss > self._sustained_best[0]
+        ):
+            # What the server took in the second before a refusal after the discovery (whose
+            # second holds the start's burst) is what it takes: a noise 429 at 0.7 of it is
+            # one, where the 5-s mean still lagged the climb (1008 for a 1380/min lane).
+            self._sustained_best = (loss, now)
         mark = self._refusal_marks.get(name)
         if rate.refused_sent_at == permit.sent_at and (
             mark is None or mark[0] != permit.sent_at or permit.seq < mark[1]

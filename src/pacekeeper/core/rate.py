@@ -586,6 +586,11 @@ class PacedRate:
         return refused[-1][0] if refused else None
 
     @property
+    def measured(self) -> bool:
+        """Whether the last cut was measured from what the server took (not a share)."""
+        return self._measured_cut
+
+    @property
     def loss_rpm(self) -> float | None:
         """The rate recovery climbs back to (just under it): what the server took when it
         last refused, or the pace at the last cut; None when no loss is known."""
