@@ -127,6 +127,7 @@ took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
 _SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
 _SHORT_MEAN_AFTER_S = 4.0
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
+_FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
 _FAST_PROBE_AFTER_LIMIT_S = 30.0  # no doubling probe this long after a limit found by share
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
@@ -2035,8 +2036,11 @@ class Lane:
                 # A discovered rate: the loss it climbs back to may have been noise as well.
                 # Soon after a limit was found by its share, only up to what the server was
                 # shown to take lately.
+                best = self._sustained_best[0]
                 lately = self._limit_found_lately(now)
-                self.request_rate.unproven(self._sustained_best[0] if lately else math.inf)
+                self.request_rate.unproven(
+                    best if lately else _FAST_PAST_BEST * best if best else math.inf
+                )
             return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
