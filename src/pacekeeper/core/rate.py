@@ -277,7 +277,7 @@ class PacedRate:
             self._measured_cut = bool(last_second)
             self._climb_from = sent_at
             few = sent_in_second is not None and sent_in_second < _FEW_SENDS
-            if few and not self._weighed:
+            if few and not self._weighed and sent_in_second is not None:
                 # A second of a few sends measures our start, not the server: a busy
                 # upstream's 429 to the start's third request discovered 120/min against
                 # 1489, held near it for ten seconds. Past it, the pace doubles about every
@@ -285,6 +285,10 @@ class PacedRate:
                 self._fast_probe = True
                 self._fast_to = math.inf
                 self._measured_cut = False
+                # From just under what was sent then, not from the floor: with nothing
+                # accepted yet, a 429 to the first request paced a lane at 6/min, and the
+                # doubling (per answer) took 25 s to reach its 1411/min.
+                self.rpm = max(self.rpm, _LAST_SECOND_SHARE * 60.0 * sent_in_second)
                 # Nor is the server known to have been empty then: no later refusal is
                 # measured net from this one (:meth:`refused_before`).
                 self._last_refused_at = -math.inf
@@ -449,6 +453,10 @@ class PacedRate:
         """
         if not self._discovers or self.ceiling is not None:
             return self.throttled(sent_at=sent_at, now=now, sent_in_second=sent_in_second)
+        if self._fast_probe:
+            # The pace still doubles from a discovery that measured nothing: a second from
+            # before it measures nothing either (the start's climb: 420/min of 1080).
+            return False
         # Counted as of then: the refusals known by the time it came back, itself included.
         taken = self._accepted_in_second_rpm(sent_at, sent_in_second, sent_at, 1.0)
         if not taken:
