@@ -152,15 +152,16 @@ class RefusalShare:
         noise = sum(1 for seq, is_noise in self._judged if is_noise and seq > since)
         return noise / max(min(self._latest, self._long), self._prior)
 
-    def refused(self, seq: int, *, latest: int) -> bool:
+    def refused(self, seq: int, *, latest: int, after: int = 0) -> bool:
         """A 429 to the request admitted as number ``seq``, the latest admitted being number
         ``latest``: True when the share of refusals among the last ``window`` sent has risen
-        above the baseline (load, not noise)."""
+        above the baseline (load, not noise). Refusals of requests numbered ``after`` or
+        before are not counted in that share (a cut answered them)."""
         self._latest = latest
         judged = self._judged
         while judged and judged[0][0] <= latest - self._long:
             judged.popleft()
-        since = latest - self._window
+        since = max(latest - self._window, after)
         refused = noise = 0
         for judged_seq, is_noise in judged:
             if judged_seq > since:

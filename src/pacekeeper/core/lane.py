@@ -127,6 +127,7 @@ took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
 _SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
 _SHORT_MEAN_AFTER_S = 4.0
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
+_LOSS_OVER_MEAN = 1.4
 _FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
 _FAST_PROBE_AFTER_LIMIT_S = 30.0  # no doubling probe this long after a limit found by share
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
@@ -370,6 +371,7 @@ class Lane:
 
     __slots__ = (
         "_admitted",
+        "_at_edge",
         "_burst_cut_at",
         "_burst_scale",
         "_cap_refuted",
@@ -396,6 +398,7 @@ class Lane:
         "_queue",
         "_quota_budgets",
         "_quota_refills",
+        "_rate_cut_seq",
         "_recent_charges",
         "_recent_sends",
         "_refusal_marks",
@@ -552,6 +555,10 @@ class Lane:
         unsuffixed X-RateLimit-Limit) is, as its resets bound it."""
         self._successes = 0
         self._limit_found: tuple[float, float] | None = None
+        self._at_edge = False
+        """Whether the 429 being judged was taken as noise at a discovered pace's edge."""
+        self._rate_cut_seq = 0
+        """The latest admission number when the request rate was last cut."""
         self._first_discovery_at = math.inf
         """When the first 429 found a discovered rate in force (sampled then)."""
         self._sustained_best: tuple[float, float] = (0.0, -math.inf)
@@ -2015,7 +2022,15 @@ class Lane:
             best, best_at = self._sustained_best
             if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
                 self._sustained_best = (sustained, now)
-        load = self.refusals.refused(permit.seq, latest=self._admitted)
+        load = self.refusals.refused(
+            permit.seq,
+            latest=self._admitted,
+            # A discovered rate's cut answered the refusals sent before it: counted on, the
+            # share read load for 64 sends more, and each busy 429 then cut again and closed
+            # the gate for its hint.
+            after=self._rate_cut_seq if rate.ceiling is None else 0,
+        )
+        self._at_edge = False
         unexplained = self._unexplained(permit, verdict, load=load, now=now)
         # Once a cap it suggested was refuted, no longer: while the window grows back, every
         # request goes at a new peak, and each busy 429 taught another provisional cap (a
@@ -2028,7 +2043,7 @@ class Lane:
         # Into the share of noise even at a peak: a cap refuses only while the window
         # outgrows it (a few), and noise counted out of the baseline at each new peak of a
         # growing window left it at 0, and 7 busy 429s in 64 sends (6%) read as load.
-        self.refusals.judged(permit.seq, noise=unexplained)
+        self.refusals.judged(permit.seq, noise=unexplained and not self._at_edge)
         if unexplained and not at_peak:
             # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
             # that answers counted down stays as they said).
@@ -2192,7 +2207,7 @@ class Lane:
         # Since an earlier refusal, net of the burst the server had stored: only where this
         # lane's sends are all the key's (a fleet's share would read as the server's rate).
         refused_at = rate.refused_before(permit.sent_at) if measure else None
-        discovered = rate.rpm is not None
+        pace_before = rate.rpm
         moved = rate.throttled(
             sent_at=permit.sent_at,
             now=now,
@@ -2217,20 +2232,30 @@ class Lane:
                 else self._sent_in_second_before(permit.sent_at, since=since)
             ),
         )
+        if (
+            rate is self.request_rate
+            and pace_before is not None
+            and rate.rpm is not None
+            and rate.rpm < pace_before
+        ):
+            self._rate_cut_seq = self._admitted
         loss = rate.loss_rpm
         if (
             moved
-            and discovered
+            and pace_before is not None
             and rate is self.request_rate
             and rate.ceiling is None
             and rate.measured
             and loss is not None
-            and loss > self._sustained_best[0]
         ):
             # What the server took in the second before a refusal after the discovery (whose
             # second holds the start's burst) is what it takes: a noise 429 at 0.7 of it is
-            # one, where the 5-s mean still lagged the climb (1008 for a 1380/min lane).
-            self._sustained_best = (loss, now)
+            # one, where the 5-s mean still lagged the climb (1008 for a 1380/min lane). Not
+            # far past that mean: a second after a gate holds the bucket's store as well
+            # (2640/min of a 1489/min bucket, and its true measures then went unheard).
+            loss = min(loss, _LOSS_OVER_MEAN * rate.accepted_mean_rpm(now))
+            if loss > self._sustained_best[0]:
+                self._sustained_best = (loss, now)
         mark = self._refusal_marks.get(name)
         if rate.refused_sent_at == permit.sent_at and (
             mark is None or mark[0] != permit.sent_at or permit.seq < mark[1]
@@ -2382,11 +2407,17 @@ class Lane:
         ):
             return False
         best = self._sustained_best[0]
-        if self.refusals.baseline > 0.0:
-            return True
         sent = self._sent_in_second_before(permit.sent_at)
         taken = rate.accepted_in_second_rpm(permit.sent_at, sent)
-        return taken < _DISCOVERED_HELD * best
+        if taken < _DISCOVERED_HELD * best:
+            return True
+        # At the pace's edge: noise only once some was seen under it, and counted in the
+        # share of refusals as a limit's (not in the baseline of noise, which only those
+        # under it make): a limit the pace passed refuses a share that rises above the
+        # noise seen under it, where counted as noise, it raised the baseline with it and
+        # the lane ran a fifth past its limit for seconds.
+        self._at_edge = self.refusals.baseline > 0.0
+        return self._at_edge
 
     def _slot_requests(self, bucket: TokenBucket, now: float, *, slotted: bool) -> None:
         """Spread the requests over fixed windows' slots while the pace is held to them
