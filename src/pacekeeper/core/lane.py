@@ -126,6 +126,7 @@ _DISCOVERED_HELD = 0.7
 took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
 _SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
 _SHORT_MEAN_AFTER_S = 4.0
+_HELD_BY_SENDING = 0.8  # of the others sent in that second, the server took this share at least
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
 _LOSS_OVER_MEAN = 1.4
 _FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
@@ -2409,7 +2410,9 @@ class Lane:
         best = self._sustained_best[0]
         sent = self._sent_in_second_before(permit.sent_at)
         taken = rate.accepted_in_second_rpm(permit.sent_at, sent)
-        if taken < _DISCOVERED_HELD * best:
+        # Held low by our sending, not by refusals: fixed windows of 2 s run dry in their
+        # first second, and the next refuses all that is sent (it took nothing: not noise).
+        if taken < _DISCOVERED_HELD * best and taken >= _HELD_BY_SENDING * (sent - 1) * 60.0:
             return True
         # At the pace's edge: noise only once some was seen under it, and counted in the
         # share of refusals as a limit's (not in the baseline of noise, which only those
