@@ -121,12 +121,12 @@ applied to request rates too, 3 sends to a 300/min bucket answered in 1.75 s rea
 and the pace held at 215 for seconds)."""
 _LIMIT_REMEMBERED_S = 10.0
 _LIMIT_PACE_SHARE = 0.9
-_DISCOVERED_HELD = 0.7
+_DISCOVERED_HELD = 0.8
 """A 429 to a discovered rate after a second the server took under this share of the most it
 took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
 _SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
 _SHORT_MEAN_AFTER_S = 4.0
-_HELD_BY_SENDING = 0.8  # of the others sent in that second, the server took this share at least
+_HELD_REFUSED = 2  # refused in that second, this one included, at most
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
 _LOSS_OVER_MEAN = 1.4
 _FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
@@ -2412,7 +2412,7 @@ class Lane:
         taken = rate.accepted_in_second_rpm(permit.sent_at, sent)
         # Held low by our sending, not by refusals: fixed windows of 2 s run dry in their
         # first second, and the next refuses all that is sent (it took nothing: not noise).
-        if taken < _DISCOVERED_HELD * best and taken >= _HELD_BY_SENDING * (sent - 1) * 60.0:
+        if taken < _DISCOVERED_HELD * best and taken >= (sent - _HELD_REFUSED) * 60.0:
             return True
         # At the pace's edge: noise only once some was seen under it, and counted in the
         # share of refusals as a limit's (not in the baseline of noise, which only those
