@@ -181,6 +181,15 @@ class RefusalShare:
         counts in the window's share alone."""
         self._judged.append((seq, noise))
 
+    def noise_after_all(self, seq: int) -> None:
+        """The 429 to ``seq``, judged a limit's, was noise after all (what was learned from it
+        later was refuted): it makes the baseline."""
+        judged = self._judged
+        for i, (judged_seq, _) in enumerate(judged):
+            if judged_seq == seq:
+                judged[i] = (seq, True)
+                return
+
     def __repr__(self) -> str:
         since = self._latest - self._window
         refused = sum(1 for seq, _ in self._judged if seq > since)

@@ -127,6 +127,7 @@ took sustained lately is noise (:meth:`Lane._unexplained_discovered`)."""
 _SHORT_MEAN_S = 2.0  # and over this span, once the start's burst is this far behind:
 _SHORT_MEAN_AFTER_S = 4.0
 _HELD_REFUSED = 2  # refused in that second, this one included, at most
+_REFUTED_PEAK = 1.3  # a refuted cap's refusal is noise when a second since took this much more
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
 _LOSS_OVER_MEAN = 1.4
 _FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
@@ -416,6 +417,7 @@ class Lane:
         "_token_windows",
         "_untested_after_start",
         "_untested_refusal",
+        "_untested_seq",
         "_window_from_seq",
         "_window_intake",
         "_window_intake_tokens",
@@ -536,6 +538,8 @@ class Lane:
         self._untested_refusal: tuple[float, int] | None = None
         """(sent at, sent in the second before) of the bare 429 that taught a provisional
         cap: if the cap is refuted, that refusal was the rate, and it is measured then."""
+        self._untested_seq = 0
+        """The admission number of the request that refusal refused."""
         self._untested_after_start = False
         """The second before that refusal was mostly the start's burst
         (:meth:`_start_held_second`), whose count says what was held in flight, not a pace
@@ -2118,6 +2122,7 @@ class Lane:
                 elif slots.cap_provisional and refused is _Refused.EITHER:
                     sent_in_second = self._sent_in_second_before(permit.sent_at)
                     self._untested_refusal = (permit.sent_at, sent_in_second)
+                    self._untested_seq = permit.seq
                     self._untested_after_start = self._start_held_second(permit.sent_at)
                     self._cap_retested = False
                 elif not slots.cap_provisional:
@@ -2393,7 +2398,9 @@ class Lane:
 
         A fleet's process judges none so (the others' sends may have outrun the rate)."""
         rate = self.request_rate
-        if rate.rpm is None or self._shared or not self.admission.sees_every_acceptance:
+        if self._shared or not self.admission.sees_every_acceptance:
+            return False
+        if rate.rpm is None and self.refusals.baseline == 0.0:
             return False
         if verdict.hint_s is not None and verdict.hint_s > 1.0:
             # A hint of seconds says a window runs until then (a bucket's next request, or a
@@ -2407,6 +2414,11 @@ class Lane:
             or output_budget_short(limits, permit.output_tokens)
         ):
             return False
+        if rate.rpm is None:
+            # No rate found yet, and noise seen: the share of refusals decides (the start's
+            # climb past a limit refuses most of what it sends).
+            self._at_edge = True
+            return True
         best = self._sustained_best[0]
         sent = self._sent_in_second_before(permit.sent_at)
         taken = rate.accepted_in_second_rpm(permit.sent_at, sent)
@@ -2601,6 +2613,20 @@ class Lane:
         if untested is None:
             return
         sent_at, sent_in_second = untested
+        rate = self.request_rate
+        if (
+            rate.rpm is None
+            and rate.ceiling is None
+            and not self._shared
+            and self.admission.sees_every_acceptance
+            and rate.accepted_peak_rpm()
+            >= _REFUTED_PEAK * rate.accepted_in_second_rpm(sent_at, sent_in_second)
+        ):
+            # Nor the rate: the server took far more in a second since than in the one
+            # before it (a busy upstream's 429 to slow start's peak, read as the rate, held a
+            # 1427/min lane at 840 for 20 s). Noise, which makes the baseline.
+            self.refusals.noise_after_all(self._untested_seq)
+            return
         if self.request_rate.refused_earlier(
             sent_at=sent_at, sent_in_second=sent_in_second, now=now
         ):
