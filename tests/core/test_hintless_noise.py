@@ -10,7 +10,10 @@ Measured (20 draws of the ``bare`` bench class, 2-8% busy 429s, 20 s of work): t
 start for good (the window then grows one a round trip: 7-11 in flight for 25 s where the
 limit needs about 12-34); the discovery then measures the second before a later busy 429 at
 that held pace, and each 1-s hint waited whole empties the next second, whose measure cuts
-again (1512 -> 552 -> 435 -> ... -> 55/min). Left open: see docs/CONTROLLER.md.
+again (1512 -> 552 -> 435 -> ... -> 55/min). Since session 35 (``Lane._unexplained_discovered``)
+the same draws hold 0.74 at worst, 0.91 at the median; the draw left (3% busy, a 1427/min
+bucket) takes its first busy 429, at slow start's peak, for the rate, and with so little
+noise judges none as such for 20 s. Left open: see docs/CONTROLLER.md.
 """
 
 from __future__ import annotations
@@ -32,13 +35,9 @@ def _held(result: Result) -> float:
     return sent / ((end - _JUDGED_FROM_S) * result.server.rpm / 60.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #10: with no limit stated, random 429s are taken as the rate (0.08-0.15)",
-)
-def test_random_429s_with_no_limit_stated_leave_the_limit_in_reach() -> None:
-    """2-8% busy 429s on a ``bare`` server (no headers): the lane sends at least 0.8 of the
-    true limit after its start, on each of 8 draws."""
+def _noisy_draws() -> list[tuple[float, str, float]]:
+    """(share of the limit held, server, share busy) on each of 8 draws: 2-8% busy 429s on
+    a ``bare`` server (no headers), 20 s of work."""
     held = []
     for seed in range(8):
         rng = random.Random(f"noise:{seed}")
@@ -47,8 +46,26 @@ def test_random_429s_with_no_limit_stated_leave_the_limit_in_reach() -> None:
         result = run(server, run_s=20.0)
         assert result.busy, server.summary  # the noise was drawn
         held.append((_held(result), server.summary, server.p_busy))
-    worst = min(held)
+    return held
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #10: with no limit stated, a busy 429 at slow start's peak is taken for the "
+    "rate, and a draw with 3% busy 429s judges none noise for 20 s (0.74)",
+)
+def test_random_429s_with_no_limit_stated_leave_the_limit_in_reach() -> None:
+    """The lane sends at least 0.8 of the true limit after its start, on each draw."""
+    worst = min(_noisy_draws())
     assert worst[0] >= 0.8, f"{worst[0]:.2f} of the limit on {worst[1]} at {worst[2]:.1%} busy"
+
+
+def test_random_429s_with_no_limit_stated_are_mostly_told_from_the_limit() -> None:
+    """What is in reach already: most draws near the limit (median 0.91 measured, 0.09 when
+    every busy 429 was taken as the rate), none held to a fraction (0.74 at worst, 0.07)."""
+    held = sorted(h for h, _, _ in _noisy_draws())
+    assert held[0] >= 0.6, held
+    assert held[len(held) // 2] >= 0.8, held
 
 
 def test_a_bare_limit_without_noise_is_found_as_before() -> None:
