@@ -2255,7 +2255,7 @@ class Lane:
             and loss is not None
         ):
             # What the server took in the second before a refusal after the discovery (whose
-            # second holds the start's burst) is what it takes: a noise 429 at 0.7 of it is
+            # second holds the start's burst) is what it takes: a noise 429 at 0.8 of it is
             # one, where the 5-s mean still lagged the climb (1008 for a 1380/min lane). Not
             # far past that mean: a second after a gate holds the bucket's store as well
             # (2640/min of a 1489/min bucket, and its true measures then went unheard).
@@ -2390,13 +2390,17 @@ class Lane:
         Noise (besides the share of refusals, ``load``, judged by the caller) when either:
 
         * the second before it took under ``_DISCOVERED_HELD`` of the most the server was
-          seen to take sustained over five seconds lately: a limit refuses only a pace past
-          what it takes (a bucket's burst can lift the five seconds a fifth past its rate at
-          most), so this refusal measures our own pace, not the server's; or
+          seen to take lately (:attr:`_sustained_best`: the mean accepted over 5 s, or 2 s,
+          or a measured loss, sampled at each 429), held low by our sending (at most
+          ``_HELD_REFUSED`` refused in it): a limit refuses only a pace past what it takes,
+          so this refusal measures our own pace, not the server's; or
         * noise was seen so already (the share of 429s taken as noise is above 0): then a
-          429 at the pace's edge is a limit's only when refusals rose above that share.
+          429 at the pace's edge is a limit's only when refusals since the last cut rose
+          above that share (counted there as a limit's, not in the baseline). With no rate
+          found yet, the share decides alone.
 
-        A fleet's process judges none so (the others' sends may have outrun the rate)."""
+        Docs: docs/CONTROLLER.md, known gap "Random 429s with no limit stated". A fleet's
+        process judges none so (the others' sends may have outrun the rate)."""
         rate = self.request_rate
         if self._shared or not self.admission.sees_every_acceptance:
             return False
