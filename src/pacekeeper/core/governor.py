@@ -57,7 +57,7 @@ from pacekeeper.core.errors import (
     RetryWaitTooLong,
     SpendCapReached,
 )
-from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconciliation
+from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.core.queue import check_weight
@@ -798,21 +798,11 @@ class Call:
                 lengths.add(completion_tokens)
         else:
             cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
-        usage = None
-        if ok and prompt_tokens is not None:
-            usage = Reconciliation(
-                prompt_estimated=self.prompt_tokens,
-                prompt_actual=prompt_tokens,
-                completion_reserved=self.completion_tokens,
-                completion_actual=completion_tokens,
-                prompt_charged=permit.tokens - self.completion_tokens,
-                cheap=self._body is not None,
-                chars_estimated=self._chars,
-            )
-        # An answer ends the request: the lane counts the attempt, the usage and the request
-        # under one acquisition of its lock, from the call's fields. Its frozen record (20
-        # object.__setattr__ calls) waits until a hook, the log or a surface reads it.
         if ok:
+            # A success ends the request: the lane counts the attempt, the usage and the
+            # request in one step (Lane.settle_success), from the call's own fields. Its
+            # frozen record (20 object.__setattr__ calls) waits until a hook, the log or a
+            # surface reads it.
             self.done = True
             self._end = (
                 verdict.status,
@@ -822,6 +812,47 @@ class Call:
                 request_id,
                 now,
             )
+            lane.settle_success(
+                permit,
+                verdict.limits,
+                now,
+                latency_s,
+                self,
+                prompt_tokens,
+                completion_tokens,
+                verdict.status,
+                hold,
+            )
+            hooks = gov.hooks
+            if not hooks and not logger.isEnabledFor(logging.INFO):
+                # Nobody reads the record now (the commonest case by far).
+                if with_record:
+                    return Decision(retry=False, record=self._answered_record())
+                return _ANSWERED
+            # A success that every hook counted from its fields (:meth:`_counted`) builds no
+            # record; else, as below.
+            published = not (
+                hooks
+                and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
+            )
+            if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
+                self._publish_attempt(
+                    permit,
+                    verdict,
+                    latency_s=latency_s,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    retry_in_s=None,
+                    request_id=request_id,
+                    cost_usd=cost_usd,
+                )
+            if published:
+                self._publish(self._answered_record())
+            if with_record:
+                return Decision(retry=False, record=self._answered_record())
+            return _ANSWERED
+        # What is left is an attempt that failed: counted by the lane under one acquisition of
+        # its lock (a success ended above, in Lane.settle_success).
         lane.settle(
             permit,
             verdict,
@@ -830,30 +861,20 @@ class Call:
             retry=self.attempt > 1,
             hold=hold,
             gate=kind is not OutcomeKind.RATE_LIMITED or not is_testing(),
-            usage=usage,
-            finished=self if ok else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-        if not ok and kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
+        if kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
             lane.output_not_generated(permit)
-        error: RequestFailed | None = None
-        delay_s = 0.0
-        retry = False
-        if not ok:
-            retry, delay_s, error = self._decide(verdict, now, final)
-            if permit.refused_for_slot:
-                delay_s = 0.0  # it waits in the queue for a slot under the learned cap
+        retry, delay_s, error = self._decide(verdict, now, final)
+        if permit.refused_for_slot:
+            delay_s = 0.0  # it waits in the queue for a slot under the learned cap
         hooks = gov.hooks
-        # Built only when someone reads it: this runs once per attempt on the hot path. A
-        # logger below INFO is below DEBUG too: one check of the level for both records. A
-        # success that every hook counted from its fields (:meth:`_counted`) builds none.
-        published = (bool(hooks) or logger.isEnabledFor(logging.INFO)) and not (
-            ok
-            and hooks
-            and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
-        )
-        if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
+        # Built only when someone reads it: this runs once per attempt. A logger below INFO
+        # is below DEBUG too: one check of the level for both records.
+        if (hooks or logger.isEnabledFor(logging.INFO)) and (
+            hooks or logger.isEnabledFor(logging.DEBUG)
+        ):
             self._publish_attempt(
                 permit,
                 verdict,
@@ -864,12 +885,6 @@ class Call:
                 request_id=request_id,
                 cost_usd=cost_usd,
             )
-        if ok:
-            if published:
-                self._publish(self._answered_record())
-            if with_record:
-                return Decision(retry=False, record=self._answered_record())
-            return _ANSWERED
         if retry:
             return Decision(retry=True, delay_s=delay_s)
         record = self._finish(

@@ -351,8 +351,12 @@ async def handle_async(
     classify = flavour.verdict_for_exception
     # `async for _ in attempts`, without its __aiter__ call: the loop ends only by a return
     # or a raise below (an outcome not retried returns or raises), never by StopAsyncIteration.
+    # The first turn is stepped without an await when it needs no wait (Attempts.first_turn).
+    admitted = attempts.first_turn() is not None
     while True:
-        await attempts.__anext__()
+        if not admitted:
+            await attempts.__anext__()
+        admitted = False
         try:
             response = await inner.handle_async_request(request)
         except BaseException as exc:
