@@ -433,28 +433,42 @@ class Attempts:
     def answered(
         self,
         verdict: Verdict,
-        *,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         request_id: str | None = None,
         billed: BilledUsage | None = None,
     ) -> Decision:
         """The attempt got an answer (its ``verdict``, and usage when known): settled, its
-        slot freed; the decision says whether the loop goes round again."""
+        slot freed; the decision says whether the loop goes round again. (Positional or
+        keyword: the transport passes them positionally, on every request.)"""
         permit = self.permit  # _take, inlined: once per request
         if permit is None:
             raise RuntimeError("no attempt in progress: its outcome was already reported")
         self.permit = None
-        decision = self.decision = self.call.settle(
-            permit,
-            verdict,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            request_id=request_id,
-            final=self.final,
-            billed=billed,
-            with_record=self.decision_record,
-        )
+        call = self.call
+        if verdict.kind is OutcomeKind.OK:  # a success: settled in one step, positionally
+            decision = call.settle_success(
+                permit,
+                verdict,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                billed,
+                False,
+                self.decision_record,
+            )
+        else:
+            decision = call.settle(
+                permit,
+                verdict,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                request_id=request_id,
+                final=self.final,
+                billed=billed,
+                with_record=self.decision_record,
+            )
+        self.decision = decision
         return decision
 
     def raised(self, exc: BaseException, classify: Classify) -> bool:
@@ -511,16 +525,30 @@ class Attempts:
         if permit is None:
             raise RuntimeError("no attempt in progress: its outcome was already reported")
         self.permit = None
-        decision = self.decision = self.call.settle(
-            permit,
-            verdict,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            request_id=request_id,
-            final=True,
-            billed=billed,
-            with_record=self.decision_record,
-        )
+        call = self.call
+        if verdict.kind is OutcomeKind.OK:  # ended well: settled in one step, positionally
+            decision = call.settle_success(
+                permit,
+                verdict,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                billed,
+                False,
+                self.decision_record,
+            )
+        else:
+            decision = call.settle(
+                permit,
+                verdict,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                request_id=request_id,
+                final=True,
+                billed=billed,
+                with_record=self.decision_record,
+            )
+        self.decision = decision
         return decision
 
     def _take(self) -> Permit:

@@ -782,77 +782,27 @@ class Call:
         cost is that of ``prompt_tokens`` and ``completion_tokens``. ``with_record`` False: a
         success's decision carries no record (a surface that reads :attr:`record` itself,
         when at all)."""
+        if verdict.kind is OutcomeKind.OK:
+            return self.settle_success(
+                permit,
+                verdict,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                billed,
+                hold,
+                with_record,
+            )
         gov, lane = self.governor, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
-        ok = kind is OutcomeKind.OK
         if self.cost_usd is None and self._reservation is None:
-            # No price, nothing held under a spend cap: _account would only count the
-            # answer's length (inlined: a frame fewer on every request of an unpriced model).
-            cost_usd = None
-            if ok and completion_tokens is not None:
-                lengths = gov._completions.get(lane.key)
-                if lengths is None:
-                    lengths = gov.completion_lengths(self.route, self.model)
-                lengths.add(completion_tokens)
+            cost_usd = None  # no price, nothing held under a spend cap: nothing to account
         else:
-            cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
-        if ok:
-            # A success ends the request: the lane counts the attempt, the usage and the
-            # request in one step (Lane.settle_success), from the call's own fields. Its
-            # frozen record (20 object.__setattr__ calls) waits until a hook, the log or a
-            # surface reads it.
-            self.done = True
-            self._end = (
-                verdict.status,
-                latency_s,
-                prompt_tokens,
-                completion_tokens,
-                request_id,
-                now,
-            )
-            lane.settle_success(
-                permit,
-                verdict.limits,
-                now,
-                latency_s,
-                self,
-                prompt_tokens,
-                completion_tokens,
-                verdict.status,
-                hold,
-            )
-            hooks = gov.hooks
-            if not hooks and not logger.isEnabledFor(logging.INFO):
-                # Nobody reads the record now (the commonest case by far).
-                if with_record:
-                    return Decision(retry=False, record=self._answered_record())
-                return _ANSWERED
-            # A success that every hook counted from its fields (:meth:`_counted`) builds no
-            # record; else, as below.
-            published = not (
-                hooks
-                and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
-            )
-            if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
-                self._publish_attempt(
-                    permit,
-                    verdict,
-                    latency_s=latency_s,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    retry_in_s=None,
-                    request_id=request_id,
-                    cost_usd=cost_usd,
-                )
-            if published:
-                self._publish(self._answered_record())
-            if with_record:
-                return Decision(retry=False, record=self._answered_record())
-            return _ANSWERED
+            cost_usd = self._account(False, prompt_tokens, completion_tokens, billed)
         # What is left is an attempt that failed: counted by the lane under one acquisition of
-        # its lock (a success ended above, in Lane.settle_success).
+        # its lock (a success ends in settle_success).
         lane.settle(
             permit,
             verdict,
@@ -900,6 +850,79 @@ class Call:
         if error is not None:
             error.record = record
         return Decision(retry=False, error=error, record=record)
+
+    def settle_success(  # noqa: PLR0917  # positional: every request's settle
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        request_id: str | None = None,
+        billed: BilledUsage | None = None,
+        hold: bool = False,
+        with_record: bool = True,
+    ) -> Decision:
+        """:meth:`settle` of a success (``verdict`` OK), whose arguments it takes
+        positionally: it ends the request, and the lane counts the attempt, the usage and
+        the request in one step (:meth:`Lane.settle_success`) from the call's own fields.
+        Its frozen record (20 ``object.__setattr__`` calls) waits until a hook, the log or a
+        surface reads it."""
+        gov, lane = self.governor, self.lane
+        now = gov.clock()
+        latency_s = now - permit.sent_at
+        if self.cost_usd is None and self._reservation is None:
+            # No price, nothing held under a spend cap: _account would only count the
+            # answer's length (inlined: a frame fewer on every request of an unpriced model).
+            cost_usd = None
+            if completion_tokens is not None:
+                lengths = gov._completions.get(lane.key)
+                if lengths is None:
+                    lengths = gov.completion_lengths(self.route, self.model)
+                lengths.add(completion_tokens)
+        else:
+            cost_usd = self._account(True, prompt_tokens, completion_tokens, billed)
+        self.done = True
+        self._end = (verdict.status, latency_s, prompt_tokens, completion_tokens, request_id, now)
+        lane.settle_success(
+            permit,
+            verdict.limits,
+            now,
+            latency_s,
+            self,
+            prompt_tokens,
+            completion_tokens,
+            verdict.status,
+            hold,
+        )
+        hooks = gov.hooks
+        if not hooks and not logger.isEnabledFor(logging.INFO):
+            # Nobody reads the record now (the commonest case by far).
+            if with_record:
+                return Decision(retry=False, record=self._answered_record())
+            return _ANSWERED
+        # A success that every hook counted from its fields (:meth:`_counted`) builds no
+        # record; else its attempt's record goes to the hooks and the debug log, and the
+        # request's to the hooks and the log.
+        published = not (
+            hooks
+            and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
+        )
+        if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
+            self._publish_attempt(
+                permit,
+                verdict,
+                latency_s=latency_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                retry_in_s=None,
+                request_id=request_id,
+                cost_usd=cost_usd,
+            )
+        if published:
+            self._publish(self._answered_record())
+        if with_record:
+            return Decision(retry=False, record=self._answered_record())
+        return _ANSWERED
 
     def _counted(
         self,

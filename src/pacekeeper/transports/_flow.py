@@ -393,16 +393,7 @@ async def handle_async(
                 continue
             raise
         await response.stream.aclose()
-        if not _after_answer(
-            attempts,
-            flavour,
-            request,
-            response,
-            headers=headers,
-            raw=raw,
-            read_limits=read_limits,
-            options=options,
-        ):
+        if not _after_answer(attempts, flavour, response, headers, raw, read_limits, options):
             return response
 
 
@@ -452,30 +443,19 @@ def handle_sync(
                 continue
             raise
         response.stream.close()
-        if not _after_answer(
-            attempts,
-            flavour,
-            request,
-            response,
-            headers=headers,
-            raw=raw,
-            read_limits=read_limits,
-            options=options,
-        ):
+        if not _after_answer(attempts, flavour, response, headers, raw, read_limits, options):
             return response
     raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
 
 
-def _after_answer(
+def _after_answer(  # noqa: PLR0917  # positional: every request
     attempts: Attempts,
     flavour: Flavour,
-    request: Any,
     response: Any,
-    *,
     headers: dict[str, str],
     raw: bytes,
     read_limits: bool,
-    options: UsageOptions = _DEFAULT_OPTIONS,
+    options: UsageOptions,
 ) -> bool:
     """Report a complete answer; True: it is retried, else ``response`` (its body read here)
     goes back to the caller."""
@@ -500,12 +480,12 @@ def _after_answer(
         json_valid=valid,
         read_limits=read_limits,
     )
-    decision = attempts.answered(
+    decision = attempts.answered(  # positionally: every request
         verdict,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        request_id=headers.get("x-request-id") or headers.get("request-id"),
-        billed=billed,
+        prompt,
+        completion,
+        headers.get("x-request-id") or headers.get("request-id"),
+        billed,
     )
     if decision.retry:
         return True
