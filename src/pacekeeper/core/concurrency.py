@@ -65,9 +65,8 @@ class FixedLimit:
             self.peak_in_flight = in_flight
         return in_flight
 
-    def release(
+    def release(  # positional from the lane's release: every request
         self,
-        *,
         now: float,
         sent_at: float,
         in_flight_at_send: int,
@@ -274,9 +273,8 @@ class AimdLimit(FixedLimit):
         """The exact (fractional) window; ``limit`` also honours the floor and the cap."""
         return self._window
 
-    def release(
+    def release(  # positional from the lane's release: every request
         self,
-        *,
         now: float,
         sent_at: float,
         in_flight_at_send: int,

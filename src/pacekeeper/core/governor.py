@@ -287,15 +287,7 @@ class Governor:
                 completion = lane.limits.default_completion_tokens if route_generates(route) else 0
         else:
             prompt, completion = (tokens or 0), 0
-        call = Call(
-            self,
-            lane,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            tag=tag,
-            priority=cls,
-            tenant=tenant,
-        )
+        call = Call(self, lane, prompt, completion, tag, cls, tenant)  # positionally
         if body is not None and estimate is not None and estimate.method == CHARS:
             call._body = body
         return call
@@ -491,11 +483,10 @@ class Call:
         "tenant",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # Governor.call passes them positionally: every request
         self,
         gov: Governor,
         lane: Lane,
-        *,
         prompt_tokens: int,
         completion_tokens: int,
         tag: str | None = None,
@@ -600,9 +591,7 @@ class Call:
         that decides; :class:`~pacekeeper.RequestTooLarge` if no admission could ever take
         them), and it is counted. What an attempt loop calls before each admission."""
         lane = self.lane
-        cost = lane.cost_of(
-            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
-        )
+        cost = lane.cost_of(self.prompt_tokens, self.completion_tokens, self._body is not None)
         if self._body is not None and lane.wants_exact_estimate(self.governor.clock(), cost):
             self._count_exactly()
             cost = self.cost

@@ -1169,7 +1169,7 @@ class Lane:
 
     # -- admission ------------------------------------------------------------------------
 
-    def cost_of(self, prompt_tokens: int, completion_tokens: int, *, cheap: bool = False) -> int:
+    def cost_of(self, prompt_tokens: int, completion_tokens: int, cheap: bool = False) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
         has shown about our estimates on this lane (see :mod:`pacekeeper.core.scale`), plus
         the answer's reserve. ``cheap``: the prompt is a character count."""
@@ -1759,12 +1759,12 @@ class Lane:
             self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
             return
         queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
-        self.slots.release(
-            now=now,
-            sent_at=permit.sent_at,
-            in_flight_at_send=permit.in_flight_at_send,
-            signal=signal,
-            backlog=queued and self._waiting_for_slot(now),
+        self.slots.release(  # positionally: every request
+            now,
+            permit.sent_at,
+            permit.in_flight_at_send,
+            signal,
+            queued and self._waiting_for_slot(now),
         )
         if queued:
             self._queue.wake_head()
