@@ -365,11 +365,8 @@ async def handle_async(
             raise
         status = response.status_code
         # read once, into a dict: httpx's Headers.get scans the list every time
-        headers, read_limits = answer_headers(
-            response.headers,
-            lane,
-            status=status,
-            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        headers, read_limits = answer_headers(  # positionally: every request
+            response.headers, lane, status, status >= 300 or lane.limits_due(gov.clock())
         )
         # is_event_stream, inlined (as the reads in _after_answer): once per request
         if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
@@ -416,11 +413,8 @@ def handle_sync(
             raise
         status = response.status_code
         # read once, into a dict: httpx's Headers.get scans the list every time
-        headers, read_limits = answer_headers(
-            response.headers,
-            lane,
-            status=status,
-            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        headers, read_limits = answer_headers(  # positionally: every request
+            response.headers, lane, status, status >= 300 or lane.limits_due(gov.clock())
         )
         if status < 300 and is_event_stream(headers):
             return _stream_response(
@@ -470,16 +464,8 @@ def _after_answer(  # noqa: PLR0917  # positional: every request
     prompt = completion = billed = None
     valid = True
     if status < 300 and expect_json and body is not None:
-        prompt, completion, valid, billed = usage_from_json(
-            body, cache_reads_count=options.cache_reads_count
-        )
-    verdict: Verdict = verdict_for_answer(
-        status,
-        headers,
-        body,
-        json_valid=valid,
-        read_limits=read_limits,
-    )
+        prompt, completion, valid, billed = usage_from_json(body, options.cache_reads_count)
+    verdict: Verdict = verdict_for_answer(status, headers, body, valid, read_limits)
     decision = attempts.answered(  # positionally: every request
         verdict,
         prompt,
