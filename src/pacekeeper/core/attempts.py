@@ -441,35 +441,9 @@ class Attempts:
         """The attempt got an answer (its ``verdict``, and usage when known): settled, its
         slot freed; the decision says whether the loop goes round again. (Positional or
         keyword: the transport passes them positionally, on every request.)"""
-        permit = self.permit  # _take, inlined: once per request
-        if permit is None:
-            raise RuntimeError("no attempt in progress: its outcome was already reported")
-        self.permit = None
-        call = self.call
-        if verdict.kind is OutcomeKind.OK:  # a success: settled in one step, positionally
-            decision = call.settle_success(
-                permit,
-                verdict,
-                prompt_tokens,
-                completion_tokens,
-                request_id,
-                billed,
-                False,
-                self.decision_record,
-            )
-        else:
-            decision = call.settle(
-                permit,
-                verdict,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                request_id=request_id,
-                final=self.final,
-                billed=billed,
-                with_record=self.decision_record,
-            )
-        self.decision = decision
-        return decision
+        return self._report(
+            verdict, prompt_tokens, completion_tokens, request_id, billed, self.final
+        )
 
     def raised(self, exc: BaseException, classify: Classify) -> bool:
         """The send raised ``exc``. True: retried (the loop goes round again). False: the
@@ -521,12 +495,25 @@ class Attempts:
     ) -> Decision:
         """A streamed answer ended (closed, broken, abandoned): settled as final, since its
         bytes reached the caller."""
-        permit = self.permit  # _take, inlined: once per stream
+        return self._report(verdict, prompt_tokens, completion_tokens, request_id, billed, True)
+
+    def _report(  # noqa: PLR0917  # positional: every request's answer
+        self,
+        verdict: Verdict,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        request_id: str | None,
+        billed: BilledUsage | None,
+        final: bool | str,
+    ) -> Decision:
+        """Settle the attempt's answer: a success in one step, positionally (it ends the
+        request whatever ``final`` says), anything else by the general settle."""
+        permit = self.permit  # _take, inlined: once per request
         if permit is None:
             raise RuntimeError("no attempt in progress: its outcome was already reported")
         self.permit = None
         call = self.call
-        if verdict.kind is OutcomeKind.OK:  # ended well: settled in one step, positionally
+        if verdict.kind is OutcomeKind.OK:
             decision = call.settle_success(
                 permit,
                 verdict,
@@ -544,7 +531,7 @@ class Attempts:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 request_id=request_id,
-                final=True,
+                final=final,
                 billed=billed,
                 with_record=self.decision_record,
             )
