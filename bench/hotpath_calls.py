@@ -42,7 +42,8 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
         ),
         (
             "admission: call, queue, slot, buckets",
-            "Governor.call Call.__init__ next_attempt Attempts.__ Attempts._waited Lane.join"
+            "Governor.call Call.__init__ next_attempt Attempts.__ Attempts._waited"
+            " Attempts._join Attempts.first_turn Lane.join"
             " Lane.turn _grant _count_admission core/admission.py core/queue.py core/waiting.py"
             " core/cooldown.py TokenBucket.wait_s TokenBucket.spend Limit.acquire Limit.limit"
             " Limit.has_room Permit.__init__ budget.py priority.py Lane.shared"

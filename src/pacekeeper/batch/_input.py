@@ -210,18 +210,16 @@ def _json_line(
             'body), a request body (with messages, input or prompt) or {"prompt": ...}',
         )
     # a bare request body
-    body = dict(obj)
-    _set_model(body, model, default_model)
-    if not _is_model(body.get("model")):
-        return BadLine(
-            line_no,
-            fallback_id,
-            "missing_model",
-            f"line {line_no}: the request body names no model; add one or pass --default-model",
-        )
-    if body.get("stream") is True:
-        return BadLine(line_no, fallback_id, "invalid_body", f"line {line_no}: {_NO_STREAM}")
-    return BatchLine(line_no, fallback_id, url, body, size)
+    return _request_line(
+        line_no,
+        fallback_id,
+        f"line {line_no}",
+        url=url,
+        body=dict(obj),
+        size=size,
+        model=model,
+        default_model=default_model,
+    )
 
 
 def _set_model(body: dict[str, Any], model: str | None, default_model: str | None) -> None:
@@ -384,7 +382,26 @@ def _batch_api_line(
             "invalid_body",
             f"{where}: body must be a JSON object, got {_json_type(body)}",
         )
-    _set_model(body, model, default)
+    return _request_line(
+        line_no, custom_id, where, url=url, body=body, size=size, model=model, default_model=default
+    )
+
+
+def _request_line(
+    line_no: int,
+    custom_id: str,
+    where: str,
+    *,
+    url: str,
+    body: dict[str, Any],
+    size: int,
+    model: str | None,
+    default_model: str | None,
+) -> BatchLine | BadLine:
+    """A request body, read from a bare body line or a Batch API line's ``body`` (``where``
+    names it in errors), with --model and --default-model applied: it must name a model
+    and must not stream."""
+    _set_model(body, model, default_model)
     if not _is_model(body.get("model")):
         return BadLine(
             line_no,

@@ -237,18 +237,19 @@ class LocalAdmissionPolicy:
         goes to the output bucket where the provider limits output apart."""
         output = self.output_tokens
         input_tokens = tokens - output_tokens if output is not None or self.input_only else tokens
-        wait = self.cooldown.remaining_s(now=now)
+        wait = self.cooldown.remaining_s(now)
         requests = self.requests
-        # Comparisons, not max(): this runs on every admission and every queued look.
+        # Comparisons, not max(), and arguments passed positionally: this runs on every
+        # admission and every queued look.
         if requests is not None:
-            paced_s = requests.wait_s(now=now, cost=1)
+            paced_s = requests.wait_s(now, 1)
             wait = paced_s if paced_s > wait else wait
         token_bucket = self.tokens
         if token_bucket is not None and input_tokens:
-            paced_s = token_bucket.wait_s(now=now, cost=input_tokens)
+            paced_s = token_bucket.wait_s(now, input_tokens)
             wait = paced_s if paced_s > wait else wait
         if output is not None and output_tokens:
-            paced_s = output.wait_s(now=now, cost=output_tokens)
+            paced_s = output.wait_s(now, output_tokens)
             wait = paced_s if paced_s > wait else wait
         if wait > 0.0:
             return wait
@@ -269,11 +270,11 @@ class LocalAdmissionPolicy:
         self.stated_left -= 1.0
         self.stated_tokens_left -= input_tokens
         if requests is not None:
-            requests.spend(now=now, cost=1)
+            requests.spend(now, 1)
         if token_bucket is not None and input_tokens:
-            token_bucket.spend(now=now, cost=input_tokens)
+            token_bucket.spend(now, input_tokens)
         if output is not None and output_tokens:
-            output.spend(now=now, cost=output_tokens)
+            output.spend(now, output_tokens)
         return 0.0
 
     def slot_wait(self, now: float) -> float:
@@ -361,8 +362,9 @@ class LocalAdmissionPolicy:
         )
 
     def charge_tokens(self, delta: float) -> None:
-        if self.tokens is not None:
-            self.tokens.adjust(now=self._clock(), delta=delta)
+        tokens = self.tokens
+        if tokens is not None:
+            tokens.adjust(self._clock(), delta)  # positionally: every answer with usage
 
     def charge_output(self, delta: float) -> None:
         if self.output_tokens is not None:

@@ -83,7 +83,7 @@ class Attempts:
     # One of these lives as long as each queued request, and it is all that request's
     # admission holds while it waits: the loop awaits the queue's future itself (see
     # __next__), with no coroutine frame of its own or of the lane's.
-    __slots__ = ("_asked_at", "_waiter", "call", "decision", "permit")
+    __slots__ = ("_asked_at", "_sleep_on", "_waiter", "call", "decision", "permit")
 
     final: bool | str = False
     """Whether (and why) no outcome is retried."""
@@ -105,6 +105,9 @@ class Attempts:
         self._waiter: AsyncWaiter | Coroutine[Any, Any, Permit] | None = None
         """While queued: its waiter (or, on a shared lane, the lane's wait)."""
         self._asked_at = 0.0
+        self._sleep_on: Any = None
+        """The future a :meth:`first_turn` that queued left to sleep on: the next step of
+        the awaited loop yields it."""
 
     def __repr__(self) -> str:
         call = self.call
@@ -153,51 +156,20 @@ class Attempts:
         """One step of the admission: its permit (as StopIteration's value), or the future
         the task sleeps on until the queue wakes it."""
         call = self.call
-        lane = call.lane
         pending = self._waiter
         try:
             if pending is None:
                 permit = self.permit
                 if permit is not None:  # admitted ahead
                     raise StopIteration(permit)
-                cost = call.next_attempt()
-                self._asked_at = asked_at = call.governor.clock()
-                joined = lane.join(
-                    cost,
-                    front=call.attempt > 1,
-                    waiter=AsyncWaiter,
-                    output_tokens=call.completion_tokens,
-                    priority=call.priority,
-                    tenant=call.tenant,
-                    now=asked_at,
-                    deadline=call.deadline,
-                    permit_class=self.permit_class,
-                )
-                if isinstance(joined, Permit):  # at once: the common case
-                    turn: Permit | float | None = joined
-                else:
-                    waiter, turn = joined
-                    assert isinstance(waiter, AsyncWaiter)
-                    # A shared lane's head asks its store: that wait is the lane's coroutine.
-                    self._waiter = pending = (
-                        waiter
-                        if not lane.shared
-                        else lane.wait(
-                            waiter,
-                            turn,
-                            tokens=cost,
-                            deadline=call.deadline,
-                            asked_at=asked_at,
-                            output_tokens=call.completion_tokens,
-                            priority=call.priority,
-                            prompt_tokens=call.prompt_tokens,
-                            prompt_cheap=call.prompt_cheap,
-                        )
-                    )
-                    turn = self._waited(pending, turn)
-                    if not isinstance(turn, Permit):
-                        return turn  # the future to sleep on
+                turn = self._join()
+                if turn.__class__ not in _PERMITS:
+                    return turn  # the future to sleep on
             else:
+                sleep_on = self._sleep_on
+                if sleep_on is not None:  # queued by first_turn: its sleep first
+                    self._sleep_on = None
+                    return sleep_on
                 turn = self._waited(pending, None)
                 if turn.__class__ not in _PERMITS:
                     return turn
@@ -209,11 +181,85 @@ class Attempts:
         except BaseException:
             self._left()
             raise
-        admitted: Permit = turn  # type: ignore[assignment]  # the loops end on a Permit
         self._waiter = None
-        self.permit = admitted
-        call.queued_s += admitted.queued_s
-        raise StopIteration(admitted)
+        self.permit = turn
+        call.queued_s += turn.queued_s
+        raise StopIteration(turn)
+
+    def _join(self) -> Any:
+        """An attempt's first look: counted (:meth:`Call.next_attempt`) and admitted at once
+        (its permit), or queued (its waiter kept; the future to sleep on, or its permit when
+        a shared lane's store granted it at once)."""
+        call = self.call
+        lane = call.lane
+        cost = call.next_attempt()
+        self._asked_at = asked_at = call.governor.clock()
+        joined = lane.join(  # positionally (see Lane.join): every request
+            cost,
+            call.attempt > 1,
+            AsyncWaiter,
+            call.completion_tokens,
+            call.priority,
+            call.tenant,
+            asked_at,
+            call.deadline,
+            self.permit_class,
+        )
+        if joined.__class__ in _PERMITS:  # at once: the common case
+            return joined
+        waiter, turn = joined  # type: ignore[misc]
+        assert isinstance(waiter, AsyncWaiter)
+        # A shared lane's head asks its store: that wait is the lane's coroutine.
+        self._waiter = pending = (
+            waiter
+            if not lane.shared
+            else lane.wait(
+                waiter,
+                turn,
+                tokens=cost,
+                deadline=call.deadline,
+                asked_at=asked_at,
+                output_tokens=call.completion_tokens,
+                priority=call.priority,
+                prompt_tokens=call.prompt_tokens,
+                prompt_cheap=call.prompt_cheap,
+            )
+        )
+        return self._waited(pending, turn)
+
+    def first_turn(self) -> Permit | None:
+        """The first attempt's admission without an ``await`` when it needs no wait: its
+        permit (the loop's first turn is then over), else None, and the caller awaits
+        :meth:`__anext__` as usual (the attempt queued here sleeps first, as it would have).
+
+        What the transport calls once per request: awaiting the loop raises its permit as
+        StopIteration's value through three frames, which cost about as much as the rest
+        of an uncontended admission. Only a fresh loop on a lane of this process without a
+        spend cap is stepped here (anything else: None at once, nothing done)."""
+        call = self.call
+        if (
+            self.decision is not None
+            or self.permit is not None
+            or self._waiter is not None
+            or call.governor.spend is not None
+            or call.lane._shared  # Lane.shared without the property's call
+        ):
+            return None
+        try:
+            turn = self._join()
+        except QueueTimeout as exc:
+            self._left()
+            raise call.gave_up_waiting(exc) from None
+        except BaseException:
+            self._left()
+            raise
+        if turn.__class__ not in _PERMITS:
+            self._sleep_on = turn  # queued: the awaited loop sleeps on it first
+            return None
+        self._waiter = None
+        self.permit = turn
+        call.queued_s += turn.queued_s
+        return turn
 
     def _waited(
         self, pending: AsyncWaiter | Coroutine[Any, Any, Permit], sleep_s: float | None
@@ -387,29 +433,17 @@ class Attempts:
     def answered(
         self,
         verdict: Verdict,
-        *,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         request_id: str | None = None,
         billed: BilledUsage | None = None,
     ) -> Decision:
         """The attempt got an answer (its ``verdict``, and usage when known): settled, its
-        slot freed; the decision says whether the loop goes round again."""
-        permit = self.permit  # _take, inlined: once per request
-        if permit is None:
-            raise RuntimeError("no attempt in progress: its outcome was already reported")
-        self.permit = None
-        decision = self.decision = self.call.settle(
-            permit,
-            verdict,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            request_id=request_id,
-            final=self.final,
-            billed=billed,
-            with_record=self.decision_record,
+        slot freed; the decision says whether the loop goes round again. (Positional or
+        keyword: the transport passes them positionally, on every request.)"""
+        return self._report(
+            verdict, prompt_tokens, completion_tokens, request_id, billed, self.final
         )
-        return decision
 
     def raised(self, exc: BaseException, classify: Classify) -> bool:
         """The send raised ``exc``. True: retried (the loop goes round again). False: the
@@ -461,20 +495,47 @@ class Attempts:
     ) -> Decision:
         """A streamed answer ended (closed, broken, abandoned): settled as final, since its
         bytes reached the caller."""
-        permit = self.permit  # _take, inlined: once per stream
+        return self._report(verdict, prompt_tokens, completion_tokens, request_id, billed, True)
+
+    def _report(  # noqa: PLR0917  # positional: every request's answer
+        self,
+        verdict: Verdict,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        request_id: str | None,
+        billed: BilledUsage | None,
+        final: bool | str,
+    ) -> Decision:
+        """Settle the attempt's answer: a success in one step, positionally (it ends the
+        request whatever ``final`` says), anything else by the general settle."""
+        permit = self.permit  # _take, inlined: once per request
         if permit is None:
             raise RuntimeError("no attempt in progress: its outcome was already reported")
         self.permit = None
-        decision = self.decision = self.call.settle(
-            permit,
-            verdict,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            request_id=request_id,
-            final=True,
-            billed=billed,
-            with_record=self.decision_record,
-        )
+        call = self.call
+        if verdict.kind is OutcomeKind.OK:
+            decision = call.settle_success(
+                permit,
+                verdict,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                billed,
+                False,
+                self.decision_record,
+            )
+        else:
+            decision = call.settle(
+                permit,
+                verdict,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                request_id=request_id,
+                final=final,
+                billed=billed,
+                with_record=self.decision_record,
+            )
+        self.decision = decision
         return decision
 
     def _take(self) -> Permit:

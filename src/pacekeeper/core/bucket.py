@@ -398,7 +398,7 @@ class TokenBucket:
         at = origin + window * length_s + margin_s + (index_in + 0.5) * width_s
         return float(index), at
 
-    def wait_s(self, *, now: float, cost: float) -> float:
+    def wait_s(self, now: float, cost: float) -> float:
         """Seconds until ``cost`` units may be spent (0.0: now)."""
         # Inline, not a helper's call: this runs on every admission.
         slot_s = 0.0
@@ -415,7 +415,7 @@ class TokenBucket:
         wait = ready - now if ready > now else 0.0
         return wait if wait >= slot_s else slot_s
 
-    def spend(self, *, now: float, cost: float) -> None:
+    def spend(self, now: float, cost: float) -> None:
         """Record a spend of ``cost`` units (call after ``wait_s`` returned 0)."""
         if self._slot_grid is not None:
             self._slot_used = self._slot(now)[0]
@@ -428,7 +428,7 @@ class TokenBucket:
         tat = self._tat if self._tat > now else now
         self._tat = tat + cost * self._interval_s
 
-    def adjust(self, *, now: float, delta: float) -> None:
+    def adjust(self, now: float, delta: float) -> None:
         """Charge (``delta`` > 0) or give back (< 0) units after the fact, e.g. once the real
         token usage is known. Giving back never makes the bucket fuller than full."""
         if delta < 0 and self.keeps_windows:

@@ -58,15 +58,15 @@ class FixedLimit:
     def has_room(self) -> bool:
         return self.in_flight < self._limit
 
-    def acquire(self, *, now: float) -> int:
+    def acquire(self, now: float) -> int:
         """Take a slot; returns the number in flight including this one."""
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        return self.in_flight
+        in_flight = self.in_flight = self.in_flight + 1
+        if in_flight > self.peak_in_flight:  # noqa: PLR1730  # max() is a call, every admission
+            self.peak_in_flight = in_flight
+        return in_flight
 
-    def release(
+    def release(  # positional from the lane's release: every request
         self,
-        *,
         now: float,
         sent_at: float,
         in_flight_at_send: int,
@@ -255,9 +255,10 @@ class AimdLimit(FixedLimit):
         self._filled_at = -math.inf
         """When an admission last took the window's last slot (the window was in use then)."""
 
-    def acquire(self, *, now: float) -> int:
+    def acquire(self, now: float) -> int:
         in_flight = self.in_flight = self.in_flight + 1
-        self.peak_in_flight = max(self.peak_in_flight, in_flight)
+        if in_flight > self.peak_in_flight:  # noqa: PLR1730  # max() is a call, every admission
+            self.peak_in_flight = in_flight
         if in_flight >= self._limit:
             self._filled_at = now
         return in_flight
@@ -272,9 +273,8 @@ class AimdLimit(FixedLimit):
         """The exact (fractional) window; ``limit`` also honours the floor and the cap."""
         return self._window
 
-    def release(
+    def release(  # positional from the lane's release: every request
         self,
-        *,
         now: float,
         sent_at: float,
         in_flight_at_send: int,

@@ -76,7 +76,7 @@ class CongestionDetector:
         """The long-run share of overload outcomes (the noise floor)."""
         return self._baseline.value
 
-    def observe(self, *, overload: bool) -> bool:
+    def observe(self, overload: bool) -> bool:
         """Record one outcome; True when the recent window now says *load*."""
         recent = self._recent
         if len(recent) == recent.maxlen and recent[0]:

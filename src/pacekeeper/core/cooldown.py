@@ -119,7 +119,7 @@ class CooldownGate:
         """Whether refusals inside whole-second hints waited short showed them to be tight."""
         return self._early_refusals >= _TIGHT_AFTER
 
-    def remaining_s(self, *, now: float) -> float:
+    def remaining_s(self, now: float) -> float:
         """Seconds until the gate opens (0.0 when open)."""
         return self._until - now if self._until > now else 0.0
 

@@ -57,7 +57,7 @@ from pacekeeper.core.errors import (
     RetryWaitTooLong,
     SpendCapReached,
 )
-from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout, Reconciliation
+from pacekeeper.core.lane import Lane, LaneKey, Permit, QueueTimeout
 from pacekeeper.core.ordered import amap
 from pacekeeper.core.priority import PRIORITY_VAR, TENANT_VAR, Priority
 from pacekeeper.core.queue import check_weight
@@ -287,15 +287,7 @@ class Governor:
                 completion = lane.limits.default_completion_tokens if route_generates(route) else 0
         else:
             prompt, completion = (tokens or 0), 0
-        call = Call(
-            self,
-            lane,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            tag=tag,
-            priority=cls,
-            tenant=tenant,
-        )
+        call = Call(self, lane, prompt, completion, tag, cls, tenant)  # positionally
         if body is not None and estimate is not None and estimate.method == CHARS:
             call._body = body
         return call
@@ -491,11 +483,10 @@ class Call:
         "tenant",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # Governor.call passes them positionally: every request
         self,
         gov: Governor,
         lane: Lane,
-        *,
         prompt_tokens: int,
         completion_tokens: int,
         tag: str | None = None,
@@ -600,9 +591,7 @@ class Call:
         that decides; :class:`~pacekeeper.RequestTooLarge` if no admission could ever take
         them), and it is counted. What an attempt loop calls before each admission."""
         lane = self.lane
-        cost = lane.cost_of(
-            self.prompt_tokens, self.completion_tokens, cheap=self._body is not None
-        )
+        cost = lane.cost_of(self.prompt_tokens, self.completion_tokens, self._body is not None)
         if self._body is not None and lane.wants_exact_estimate(self.governor.clock(), cost):
             self._count_exactly()
             cost = self.cost
@@ -782,46 +771,27 @@ class Call:
         cost is that of ``prompt_tokens`` and ``completion_tokens``. ``with_record`` False: a
         success's decision carries no record (a surface that reads :attr:`record` itself,
         when at all)."""
+        if verdict.kind is OutcomeKind.OK:
+            return self.settle_success(
+                permit,
+                verdict,
+                prompt_tokens,
+                completion_tokens,
+                request_id,
+                billed,
+                hold,
+                with_record,
+            )
         gov, lane = self.governor, self.lane
         now = gov.clock()
         latency_s = now - permit.sent_at
         kind = verdict.kind
-        ok = kind is OutcomeKind.OK
         if self.cost_usd is None and self._reservation is None:
-            # No price, nothing held under a spend cap: _account would only count the
-            # answer's length (inlined: a frame fewer on every request of an unpriced model).
-            cost_usd = None
-            if ok and completion_tokens is not None:
-                lengths = gov._completions.get(lane.key)
-                if lengths is None:
-                    lengths = gov.completion_lengths(self.route, self.model)
-                lengths.add(completion_tokens)
+            cost_usd = None  # no price, nothing held under a spend cap: nothing to account
         else:
-            cost_usd = self._account(ok, prompt_tokens, completion_tokens, billed)
-        usage = None
-        if ok and prompt_tokens is not None:
-            usage = Reconciliation(
-                prompt_estimated=self.prompt_tokens,
-                prompt_actual=prompt_tokens,
-                completion_reserved=self.completion_tokens,
-                completion_actual=completion_tokens,
-                prompt_charged=permit.tokens - self.completion_tokens,
-                cheap=self._body is not None,
-                chars_estimated=self._chars,
-            )
-        # An answer ends the request: the lane counts the attempt, the usage and the request
-        # under one acquisition of its lock, from the call's fields. Its frozen record (20
-        # object.__setattr__ calls) waits until a hook, the log or a surface reads it.
-        if ok:
-            self.done = True
-            self._end = (
-                verdict.status,
-                latency_s,
-                prompt_tokens,
-                completion_tokens,
-                request_id,
-                now,
-            )
+            cost_usd = self._account(False, prompt_tokens, completion_tokens, billed)
+        # What is left is an attempt that failed: counted by the lane under one acquisition of
+        # its lock (a success ends in settle_success).
         lane.settle(
             permit,
             verdict,
@@ -830,30 +800,20 @@ class Call:
             retry=self.attempt > 1,
             hold=hold,
             gate=kind is not OutcomeKind.RATE_LIMITED or not is_testing(),
-            usage=usage,
-            finished=self if ok else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-        if not ok and kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
+        if kind is not OutcomeKind.RATE_LIMITED and (verdict.status or 0) >= 400:
             lane.output_not_generated(permit)
-        error: RequestFailed | None = None
-        delay_s = 0.0
-        retry = False
-        if not ok:
-            retry, delay_s, error = self._decide(verdict, now, final)
-            if permit.refused_for_slot:
-                delay_s = 0.0  # it waits in the queue for a slot under the learned cap
+        retry, delay_s, error = self._decide(verdict, now, final)
+        if permit.refused_for_slot:
+            delay_s = 0.0  # it waits in the queue for a slot under the learned cap
         hooks = gov.hooks
-        # Built only when someone reads it: this runs once per attempt on the hot path. A
-        # logger below INFO is below DEBUG too: one check of the level for both records. A
-        # success that every hook counted from its fields (:meth:`_counted`) builds none.
-        published = (bool(hooks) or logger.isEnabledFor(logging.INFO)) and not (
-            ok
-            and hooks
-            and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
-        )
-        if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
+        # Built only when someone reads it: this runs once per attempt. A logger below INFO
+        # is below DEBUG too: one check of the level for both records.
+        if (hooks or logger.isEnabledFor(logging.INFO)) and (
+            hooks or logger.isEnabledFor(logging.DEBUG)
+        ):
             self._publish_attempt(
                 permit,
                 verdict,
@@ -864,12 +824,6 @@ class Call:
                 request_id=request_id,
                 cost_usd=cost_usd,
             )
-        if ok:
-            if published:
-                self._publish(self._answered_record())
-            if with_record:
-                return Decision(retry=False, record=self._answered_record())
-            return _ANSWERED
         if retry:
             return Decision(retry=True, delay_s=delay_s)
         record = self._finish(
@@ -885,6 +839,79 @@ class Call:
         if error is not None:
             error.record = record
         return Decision(retry=False, error=error, record=record)
+
+    def settle_success(  # noqa: PLR0917  # positional: every request's settle
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        request_id: str | None = None,
+        billed: BilledUsage | None = None,
+        hold: bool = False,
+        with_record: bool = True,
+    ) -> Decision:
+        """:meth:`settle` of a success (``verdict`` OK), whose arguments it takes
+        positionally: it ends the request, and the lane counts the attempt, the usage and
+        the request in one step (:meth:`Lane.settle_success`) from the call's own fields.
+        Its frozen record (20 ``object.__setattr__`` calls) waits until a hook, the log or a
+        surface reads it."""
+        gov, lane = self.governor, self.lane
+        now = gov.clock()
+        latency_s = now - permit.sent_at
+        if self.cost_usd is None and self._reservation is None:
+            # No price, nothing held under a spend cap: _account would only count the
+            # answer's length (inlined: a frame fewer on every request of an unpriced model).
+            cost_usd = None
+            if completion_tokens is not None:
+                lengths = gov._completions.get(lane.key)
+                if lengths is None:
+                    lengths = gov.completion_lengths(self.route, self.model)
+                lengths.add(completion_tokens)
+        else:
+            cost_usd = self._account(True, prompt_tokens, completion_tokens, billed)
+        self.done = True
+        self._end = (verdict.status, latency_s, prompt_tokens, completion_tokens, request_id, now)
+        lane.settle_success(
+            permit,
+            verdict.limits,
+            now,
+            latency_s,
+            self,
+            prompt_tokens,
+            completion_tokens,
+            verdict.status,
+            hold,
+        )
+        hooks = gov.hooks
+        if not hooks and not logger.isEnabledFor(logging.INFO):
+            # Nobody reads the record now (the commonest case by far).
+            if with_record:
+                return Decision(retry=False, record=self._answered_record())
+            return _ANSWERED
+        # A success that every hook counted from its fields (:meth:`_counted`) builds no
+        # record; else its attempt's record goes to the hooks and the debug log, and the
+        # request's to the hooks and the log.
+        published = not (
+            hooks
+            and self._counted(verdict.status, now, latency_s, prompt_tokens, completion_tokens)
+        )
+        if published and (hooks or logger.isEnabledFor(logging.DEBUG)):
+            self._publish_attempt(
+                permit,
+                verdict,
+                latency_s=latency_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                retry_in_s=None,
+                request_id=request_id,
+                cost_usd=cost_usd,
+            )
+        if published:
+            self._publish(self._answered_record())
+        if with_record:
+            return Decision(retry=False, record=self._answered_record())
+        return _ANSWERED
 
     def _counted(
         self,

@@ -300,10 +300,10 @@ class Permit:
         "tokens",
     )
 
-    def __init__(
+    # Positional or keyword: the lane's grant passes them positionally (every request).
+    def __init__(  # noqa: PLR0917
         self,
         lane: Lane,
-        *,
         sent_at: float,
         in_flight_at_send: int,
         tokens: int,
@@ -1196,7 +1196,7 @@ class Lane:
 
     # -- admission ------------------------------------------------------------------------
 
-    def cost_of(self, prompt_tokens: int, completion_tokens: int, *, cheap: bool = False) -> int:
+    def cost_of(self, prompt_tokens: int, completion_tokens: int, cheap: bool = False) -> int:
         """The token cost charged at admission: the prompt estimate corrected by what usage
         has shown about our estimates on this lane (see :mod:`pacekeeper.core.scale`), plus
         the answer's reserve. ``cheap``: the prompt is a character count."""
@@ -1262,23 +1262,27 @@ class Lane:
         permit_class: type[Permit] = UserPermit,
     ) -> Permit:
         local = self._local
-        in_flight = self.slots.acquire(now=now)
+        slots = self.slots
+        in_flight = slots.acquire(now)
         if in_flight > local.sent_peak:
             local.sent_peak = in_flight
             local.new_territory_at = now
             local.new_territory_answered = False
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
+        # Positionally (see Permit.__init__): sent_at, in_flight_at_send, tokens, queued_s,
+        # lease, seq, charged_before, filled_window, output_tokens, output_charged_before.
         permit = permit_class(
             self,
-            sent_at=now,
-            in_flight_at_send=in_flight,
-            tokens=tokens,
-            queued_s=now - asked_at,
-            seq=self._admitted,
-            charged_before=charged_before,
-            filled_window=in_flight >= self.slots.limit,
-            output_tokens=output_tokens,
-            output_charged_before=output_charged_before,
+            now,
+            in_flight,
+            tokens,
+            now - asked_at,
+            None,
+            self._admitted,
+            charged_before,
+            in_flight >= slots.limit,
+            output_tokens,
+            output_charged_before,
         )
         local.outstanding[id(permit)] = now
         if local.stated_left < 0.0 or local.stated_tokens_left < tokens:
@@ -1351,10 +1355,9 @@ class Lane:
             return f"a free slot ({self.slots.in_flight} in flight, limit {self.slots.limit})"
         return "pacing to the rpm/tpm limits"
 
-    def join(
+    def join(  # noqa: PLR0917  # the attempt loop passes its arguments positionally
         self,
         tokens: int,
-        *,
         front: bool,
         waiter: type[AsyncWaiter] | type[ThreadWaiter],
         output_tokens: int = 0,
@@ -1783,12 +1786,12 @@ class Lane:
             self.admission.release(permit, signal, now=now, backlog=bool(self._queue.members))
             return
         queued = bool(self._queue.members)  # mostly nobody: then nothing to judge or wake
-        self.slots.release(
-            now=now,
-            sent_at=permit.sent_at,
-            in_flight_at_send=permit.in_flight_at_send,
-            signal=signal,
-            backlog=queued and self._waiting_for_slot(now),
+        self.slots.release(  # positionally: every request
+            now,
+            permit.sent_at,
+            permit.in_flight_at_send,
+            signal,
+            queued and self._waiting_for_slot(now),
         )
         if queued:
             self._queue.wake_head()
@@ -1870,6 +1873,62 @@ class Lane:
         if self._shared:
             self.admission.settled(now)  # what the controller decided, shared
 
+    def settle_success(  # noqa: PLR0917  # positional on the hot path (below)
+        self,
+        permit: Permit,
+        limits: RateLimitSnapshot | None,
+        now: float,
+        latency_s: float,
+        call: Call,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        status: int | None,
+        hold: bool,
+    ) -> None:
+        """:meth:`settle` of a success that ends ``call`` (what every answered request is),
+        in one step: the same work in the same order under one acquisition of the lock, with
+        the usage reconciled from the call's own fields (no :class:`Reconciliation` made)
+        and no branch for the other outcomes. Arguments are positional: this runs on every
+        request, and binding a dozen keywords costs as much as a small observer."""
+        with self._lock:
+            if limits is not None:
+                self.learn(limits, permit)
+            signal = self._succeeded(permit, now, latency_s)
+            if prompt_tokens is not None:
+                reserved = call.completion_tokens
+                self._reconcile_counts(
+                    call.prompt_tokens,
+                    prompt_tokens,
+                    reserved,
+                    completion_tokens,
+                    permit.tokens - reserved,
+                    call._body is not None,
+                    call._chars,
+                )
+            if hold:
+                # A stream answered: it is no longer a candidate for a hung request.
+                self._local.outstanding.pop(id(permit), None)
+            elif not permit.released:  # as Permit.release, without re-entering the lock
+                permit.released = True
+                self._release(permit, signal, now)
+            charged = call.charged
+            self.stats.on_answer(
+                status,
+                now - call._started_mono,
+                call.queued_s,
+                call.priority._value_,
+                call.tenant,
+                charged if charged is not None else call.cost,
+                prompt_tokens,
+                completion_tokens,
+                call.cost_usd,
+                latency_s,
+                call.attempt > 1,
+                now,
+            )
+        if self._shared:
+            self.admission.settled(now)  # what the controller decided, shared
+
     def _succeeded(self, permit: Permit, now: float, latency_s: float) -> Signal:
         self._successes += 1
         # what it charged the token bucket (_charged_for, inline: this runs on every answer)
@@ -1888,16 +1947,16 @@ class Lane:
                 self._forget_stated_left(permit)
         if now < self._first_success_at:  # noqa: PLR1730  # min() is a call, on every answer
             self._first_success_at = now
-        self.congestion.observe(overload=False)
+        self.congestion.observe(False)
         slots = self.slots
         # isinstance once: three C calls were one per answer
         aimd = slots if isinstance(slots, AimdLimit) else None
-        self.latency.observe(
+        self.latency.observe(  # positionally: every answer
             latency_s,
             permit.in_flight_at_send,
-            sent_at=permit.sent_at,
-            unanswered_sent_at=self._outstanding_sent_at,
-            judged=aimd is None or permit.sent_at >= aimd.queue_cut_at,
+            permit.sent_at,
+            self._outstanding_sent_at,
+            aimd is None or permit.sent_at >= aimd.queue_cut_at,
         )
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if (
@@ -1919,9 +1978,10 @@ class Lane:
             if grid is not None and grid.active
             else False
         )
-        moved = self.request_rate.succeeded(now=now, backlog=backlog) or moved
-        moved = self.token_rate.succeeded(now=now, backlog=backlog, amount=charged) or moved
-        moved = self.output_rate.succeeded(now=now, backlog=backlog) or moved
+        # Positionally (now, backlog, amount): three calls on every answer.
+        moved = self.request_rate.succeeded(now, backlog) or moved
+        moved = self.token_rate.succeeded(now, backlog, charged) or moved
+        moved = self.output_rate.succeeded(now, backlog) or moved
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
             self._burst_cut_at = now
@@ -2976,18 +3036,36 @@ class Lane:
 
     def _reconcile(self, usage: Reconciliation) -> None:
         """:meth:`reconcile`, called with the lock held."""
-        prompt_actual = usage.prompt_actual
-        completion_actual = usage.completion_actual
-        scale = self.cheap_scale if usage.cheap else self.estimate_scale
-        prompt_charged = usage.prompt_charged
+        self._reconcile_counts(
+            usage.prompt_estimated,
+            usage.prompt_actual,
+            usage.completion_reserved,
+            usage.completion_actual,
+            usage.prompt_charged,
+            usage.cheap,
+            usage.chars_estimated,
+        )
+
+    def _reconcile_counts(  # noqa: PLR0917  # positional on the hot path
+        self,
+        prompt_estimated: int,
+        prompt_actual: int,
+        completion_reserved: int,
+        completion_actual: int | None,
+        prompt_charged: int | None,
+        cheap: bool,
+        chars_estimated: int | None,
+    ) -> None:
+        """:meth:`_reconcile` from its fields (positional): a success's settle passes the
+        call's own, with no :class:`Reconciliation` made for it."""
+        scale = self.cheap_scale if cheap else self.estimate_scale
         if prompt_charged is None:
-            prompt_charged = math.ceil(usage.prompt_estimated * scale.charge_factor)
-        scale.observe(estimated=usage.prompt_estimated, actual=prompt_actual)
-        if usage.chars_estimated is not None:
-            self.cheap_scale.observe(estimated=usage.chars_estimated, actual=prompt_actual)
+            prompt_charged = math.ceil(prompt_estimated * scale.charge_factor)
+        scale.observe(prompt_estimated, prompt_actual)
+        if chars_estimated is not None:
+            self.cheap_scale.observe(chars_estimated, prompt_actual)
         delta = float(prompt_actual - prompt_charged)
         given_back = delta < 0
-        completion_reserved = usage.completion_reserved
         if self._local.output_tokens is not None:
             # Output limited apart (Anthropic's OTPM): reserved from max_tokens, settled
             # with what was generated, as the provider does.

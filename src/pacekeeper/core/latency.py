@@ -125,7 +125,6 @@ class LatencyTracker:
         self,
         latency_s: float,
         in_flight: int = 0,
-        *,
         sent_at: float | None = None,
         unanswered_sent_at: Collection[float] = (),
         judged: bool = True,

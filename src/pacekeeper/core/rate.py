@@ -488,7 +488,7 @@ class PacedRate:
             cuts.popleft()
         return self.ceiling * (1.0 - min(_MAX_MARGIN, _MARGIN_PER_CUT * len(cuts)))
 
-    def succeeded(self, *, now: float, backlog: bool, amount: float = 1.0) -> bool:
+    def succeeded(self, now: float, backlog: bool, amount: float = 1.0) -> bool:
         """An accepted request, which counted ``amount`` (1 a request, or its tokens). While
         requests wait, a cut rate recovers; True when it moved."""
         if self._discovers:

@@ -57,7 +57,7 @@ class EstimateScale:
         """Answers observed."""
         return self._n
 
-    def observe(self, *, estimated: int, actual: int) -> None:
+    def observe(self, estimated: int, actual: int) -> None:
         """One answer's usage: ``actual`` tokens counted for a prompt we estimated at
         ``estimated``."""
         if estimated <= 0:

@@ -305,6 +305,10 @@ class StatsSnapshot:
         }
 
 
+_STATUS_LABELS: dict[int | None, str] = {}
+"""Each status's label in ``by_status``, made once (``str()`` is a call per answer)."""
+
+
 @dataclass(slots=True)
 class KeyStats:
     """The running aggregates of one key (mutable; read it through :meth:`snapshot`)."""
@@ -374,9 +378,8 @@ class KeyStats:
         self.first_at = min(self.first_at, at - total_s)
         self.last_at = max(self.last_at, at)
 
-    def on_answer(
+    def on_answer(  # noqa: PLR0917  # positional on the hot path (below)
         self,
-        *,
         status: int | None,
         total_s: float,
         queued_s: float,
@@ -392,32 +395,54 @@ class KeyStats:
     ) -> None:
         """:meth:`on_attempt` and :meth:`on_request` of an attempt that ended its request with
         a success, in one call: it runs on every request, from the settle's own values (its
-        record is built only when something reads it)."""
+        record is built only when something reads it). Positional on the hot path (the lane's
+        settle): a dozen keywords bound by name cost as much as the counting."""
         self.attempts += 1
         self.requests += 1
         if retry:
             self.retries += 1
-        self.by_status["none" if status is None else str(status)] += 1
-        self.cost_usd = (
-            None if cost_usd is None or self.cost_usd is None else self.cost_usd + cost_usd
-        )
+        try:  # the status's label, made once per status: str() is a call on every answer
+            label = _STATUS_LABELS[status]
+        except KeyError:
+            label = _STATUS_LABELS[status] = "none" if status is None else str(status)
+        self.by_status[label] += 1
+        if cost_usd is None or self.cost_usd is None:
+            self.cost_usd = None
+        else:
+            self.cost_usd += cost_usd
         self.ok += 1
         self.by_outcome["ok"] += 1
-        # Three histograms, filled as LatencyHistogram.add does, inlined: every request.
+        # Three histograms, filled as LatencyHistogram.add does, inlined and unrolled (no
+        # tuple of pairs built and walked): every request.
         floor_s = _FLOOR_S
-        for histogram, value_s in (
-            (self.latency, latency_s),
-            (self.total, total_s),
-            (self.queue_waits.of(priority, tenant), queued_s),
-        ):
-            index = int(math.log(value_s / floor_s) / _LOG_GROWTH) + 1 if value_s > floor_s else 0
-            histogram._buckets[index] += 1
-            histogram.count += 1
-            histogram.sum_s += value_s
-            histogram.max_s = value_s if value_s > histogram.max_s else histogram.max_s
+        histogram = self.latency
+        index = int(math.log(latency_s / floor_s) / _LOG_GROWTH) + 1 if latency_s > floor_s else 0
+        histogram._buckets[index] += 1
+        histogram.count += 1
+        histogram.sum_s += latency_s
+        histogram.max_s = latency_s if latency_s > histogram.max_s else histogram.max_s
+        histogram = self.total
+        index = int(math.log(total_s / floor_s) / _LOG_GROWTH) + 1 if total_s > floor_s else 0
+        histogram._buckets[index] += 1
+        histogram.count += 1
+        histogram.sum_s += total_s
+        histogram.max_s = total_s if total_s > histogram.max_s else histogram.max_s
+        waits = self.queue_waits
+        # QueueWaits.of, inlined for a request without a tenant (most): no label to look up
+        queued = waits._waits.get((priority, None)) if tenant is None else None
+        if queued is None:
+            queued = waits.of(priority, tenant)
+        histogram = queued
+        index = int(math.log(queued_s / floor_s) / _LOG_GROWTH) + 1 if queued_s > floor_s else 0
+        histogram._buckets[index] += 1
+        histogram.count += 1
+        histogram.sum_s += queued_s
+        histogram.max_s = queued_s if queued_s > histogram.max_s else histogram.max_s
         self.tokens_estimated += tokens_estimated
-        self.prompt_tokens += prompt_tokens or 0
-        self.completion_tokens += completion_tokens or 0
+        if prompt_tokens:
+            self.prompt_tokens += prompt_tokens
+        if completion_tokens:
+            self.completion_tokens += completion_tokens
         first_at = at - (total_s if total_s > latency_s else latency_s)
         self.first_at = first_at if first_at < self.first_at else self.first_at
         self.last_at = at if at > self.last_at else self.last_at

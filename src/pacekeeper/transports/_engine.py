@@ -518,7 +518,7 @@ def _event_end(data: bytes, start: int) -> tuple[int, int]:
 
 
 def usage_from_json(
-    body: bytes, *, cache_reads_count: bool = True
+    body: bytes, cache_reads_count: bool = True
 ) -> tuple[int | None, int | None, bool, BilledUsage | None]:
     """(input tokens counted, output tokens, body is valid JSON, usage as billed) of a JSON
     answer. The usage as billed is None when it is no more than the two counts (no cache
@@ -913,7 +913,6 @@ def verdict_for_answer(
     status: int,
     headers: Mapping[str, str],
     body: bytes | None,
-    *,
     json_valid: bool = True,
     read_limits: bool = True,
 ) -> Verdict:
@@ -960,7 +959,7 @@ def stated_limit(headers: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 def answer_headers(
-    raw: Any, lane: Lane, *, status: int, read_limits: bool
+    raw: Any, lane: Lane, status: int, read_limits: bool
 ) -> tuple[dict[str, str], bool]:
     """An answer's headers as a plain dict with lower-case names, and whether its rate-limit
     headers are read this time (``read_limits``: an error, or ``Lane.limits_due``).

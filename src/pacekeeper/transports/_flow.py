@@ -351,8 +351,12 @@ async def handle_async(
     classify = flavour.verdict_for_exception
     # `async for _ in attempts`, without its __aiter__ call: the loop ends only by a return
     # or a raise below (an outcome not retried returns or raises), never by StopAsyncIteration.
+    # The first turn is stepped without an await when it needs no wait (Attempts.first_turn).
+    admitted = attempts.first_turn() is not None
     while True:
-        await attempts.__anext__()
+        if not admitted:
+            await attempts.__anext__()
+        admitted = False
         try:
             response = await inner.handle_async_request(request)
         except BaseException as exc:
@@ -361,11 +365,8 @@ async def handle_async(
             raise
         status = response.status_code
         # read once, into a dict: httpx's Headers.get scans the list every time
-        headers, read_limits = answer_headers(
-            response.headers,
-            lane,
-            status=status,
-            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        headers, read_limits = answer_headers(  # positionally: every request
+            response.headers, lane, status, status >= 300 or lane.limits_due(gov.clock())
         )
         # is_event_stream, inlined (as the reads in _after_answer): once per request
         if status < 300 and headers.get("content-type", "").startswith("text/event-stream"):
@@ -389,16 +390,7 @@ async def handle_async(
                 continue
             raise
         await response.stream.aclose()
-        if not _after_answer(
-            attempts,
-            flavour,
-            request,
-            response,
-            headers=headers,
-            raw=raw,
-            read_limits=read_limits,
-            options=options,
-        ):
+        if not _after_answer(attempts, flavour, response, headers, raw, read_limits, options):
             return response
 
 
@@ -421,11 +413,8 @@ def handle_sync(
             raise
         status = response.status_code
         # read once, into a dict: httpx's Headers.get scans the list every time
-        headers, read_limits = answer_headers(
-            response.headers,
-            lane,
-            status=status,
-            read_limits=status >= 300 or lane.limits_due(gov.clock()),
+        headers, read_limits = answer_headers(  # positionally: every request
+            response.headers, lane, status, status >= 300 or lane.limits_due(gov.clock())
         )
         if status < 300 and is_event_stream(headers):
             return _stream_response(
@@ -448,30 +437,19 @@ def handle_sync(
                 continue
             raise
         response.stream.close()
-        if not _after_answer(
-            attempts,
-            flavour,
-            request,
-            response,
-            headers=headers,
-            raw=raw,
-            read_limits=read_limits,
-            options=options,
-        ):
+        if not _after_answer(attempts, flavour, response, headers, raw, read_limits, options):
             return response
     raise AssertionError("the attempt loop ended without an outcome")  # pragma: no cover
 
 
-def _after_answer(
+def _after_answer(  # noqa: PLR0917  # positional: every request
     attempts: Attempts,
     flavour: Flavour,
-    request: Any,
     response: Any,
-    *,
     headers: dict[str, str],
     raw: bytes,
     read_limits: bool,
-    options: UsageOptions = _DEFAULT_OPTIONS,
+    options: UsageOptions,
 ) -> bool:
     """Report a complete answer; True: it is retried, else ``response`` (its body read here)
     goes back to the caller."""
@@ -486,22 +464,14 @@ def _after_answer(
     prompt = completion = billed = None
     valid = True
     if status < 300 and expect_json and body is not None:
-        prompt, completion, valid, billed = usage_from_json(
-            body, cache_reads_count=options.cache_reads_count
-        )
-    verdict: Verdict = verdict_for_answer(
-        status,
-        headers,
-        body,
-        json_valid=valid,
-        read_limits=read_limits,
-    )
-    decision = attempts.answered(
+        prompt, completion, valid, billed = usage_from_json(body, options.cache_reads_count)
+    verdict: Verdict = verdict_for_answer(status, headers, body, valid, read_limits)
+    decision = attempts.answered(  # positionally: every request
         verdict,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        request_id=headers.get("x-request-id") or headers.get("request-id"),
-        billed=billed,
+        prompt,
+        completion,
+        headers.get("x-request-id") or headers.get("request-id"),
+        billed,
     )
     if decision.retry:
         return True
