@@ -57,6 +57,7 @@ _CONFIRMING = 3  # judgments (8 sends apart end to end) that settle a base or co
 _HELD_OPEN = 8  # windows' worth of answers kept while a window waits for its requests
 _REFUTING = 4  # windows at no more than the capacity a cut implied, that judge it
 _STILL_SWOLLEN = 1.2  # their mean ratio from which no queue explains them
+_READ_UNLOADED = 1.05  # a window this close to the base showed no queue at its load
 _SPREAD = 2  # a window sent at loads this far apart may show a queue by load alone
 _RISES_WITH_LOAD = 1.2  # a base window whose higher-load half answers this much slower queued
 _FITS_A_QUEUE = 0.7  # ... if a queue's latencies explain its spread this much better
@@ -80,6 +81,7 @@ class LatencyTracker:
         "_n",
         "_next_window_at",
         "_size",
+        "_unloaded_top",
         "base_in_flight",
         "base_s",
         "in_flight",
@@ -114,6 +116,9 @@ class LatencyTracker:
         """Of a series of cuts on swollen answers: the most capacity any implied, the highest
         load that swelled, and the sum and number of ratios judged since at no more in
         flight than that capacity."""
+        self._unloaded_top = 0
+        """The highest load of a window that read unloaded against the current base: no queue
+        there, so later windows at no more in flight that read swollen refute a cut too."""
         self._cut_once = False
         """Swollen answers cut the window once already: the load now sits near the
         capacity, where one window's noise reads as a swelling."""
@@ -247,6 +252,7 @@ class LatencyTracker:
         # still.
         if not self.known or load < self.base_in_flight / _SAME_LOAD:
             self.base_s, self.base_in_flight, self._base_windows = median_s, load, 1
+            self._unloaded_top = load
         elif load <= self._same_load_top() or (
             not self._base_settled and median_s <= _UNSETTLED * self.base_s
         ):
@@ -254,8 +260,10 @@ class LatencyTracker:
             self._base_windows += 1
             self.base_s += (median_s - self.base_s) / self._base_windows
         ratio = self.ratio
+        if ratio <= _READ_UNLOADED and load > self._unloaded_top:
+            self._unloaded_top = load
         cut = self._cut
-        if cut is not None and load <= cut[0]:
+        if cut is not None and load <= max(cut[0], self._unloaded_top):
             self._cut = cut = (cut[0], cut[1], cut[2] + ratio, cut[3] + 1)
             if cut[3] >= _REFUTING:
                 self._cut = None
@@ -267,6 +275,7 @@ class LatencyTracker:
                     # its capacity). Read it again here; the loads that swelled were no queue.
                     self.refuted_load = cut[1]
                     self.base_s, self.base_in_flight, self._base_windows = median_s, load, 1
+                    self._unloaded_top = load
                     self._judged_ratios.clear()
                     ratio = self.ratio
         self._judged_ratios.append(ratio)
