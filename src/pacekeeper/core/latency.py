@@ -260,7 +260,7 @@ class LatencyTracker:
             self._base_windows += 1
             self.base_s += (median_s - self.base_s) / self._base_windows
         ratio = self.ratio
-        if ratio <= _READ_UNLOADED and load > self._unloaded_top:
+        if ratio <= _READ_UNLOADED and load > self._unloaded_top and not self._cut_once:
             self._unloaded_top = load
         cut = self._cut
         if cut is not None and load <= max(cut[0], self._unloaded_top):
