@@ -421,7 +421,17 @@ def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_lat
 
 @pytest.mark.parametrize(
     ("capacity", "slowdown", "service_s", "seed"),
-    [(18, 0.2833, 1.8521, 989), (15, 0.1454, 0.3617, 352)],
+    [
+        (18, 0.2833, 1.8521, 989),
+        (15, 0.1454, 0.3617, 352),
+        # Not yet: the same short first answers, but slow start's windows read unloaded only
+        # up to 13 and 10, and after the cut the window sits at 14-17 and 11-13, answers
+        # 1.2-1.3 times the base: a queue of 11-12 and 9-10 fits them too (0.80 and 0.73
+        # busy, as on main). The slope of latency against load would tell, but loads span
+        # 1.2x at most there, and windows of 16 answers vary 10%.
+        pytest.param(20, 0.1095, 1.5589, 352, marks=pytest.mark.xfail(strict=True)),
+        pytest.param(16, 0.1111, 0.7701, 352, marks=pytest.mark.xfail(strict=True)),
+    ],
 )
 def test_a_server_that_never_queues_is_not_held_under_its_capacity_on_a_base_read_low(
     capacity: int, slowdown: float, service_s: float, seed: int
