@@ -234,8 +234,9 @@ class LatencyTracker:
             # Latency rose with load as a queue's does: the queue is as plain as against a
             # settled base (judged at once, the lane need not wait three more judgments, a
             # round trip of the whole queue on a small server), and only loads up to the
-            # capacity that fit are unloaded.
-            self.base_in_flight = unqueued
+            # capacity that fit are unloaded (not the window's median load: taken as read
+            # unloaded, 7 on a server of 3 refuted the start's cut and held 10 in flight).
+            self.base_in_flight = self._unloaded_top = unqueued
             self._base_windows = _CONFIRMING
             self.median_s = median_s
             self._judged_ratios.clear()
