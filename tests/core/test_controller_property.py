@@ -434,6 +434,12 @@ def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_lat
         # 1.2x at most there, and windows of 16 answers vary 10%.
         pytest.param(20, 0.1095, 1.5589, 352, marks=pytest.mark.xfail(strict=True)),
         pytest.param(16, 0.1111, 0.7701, 352, marks=pytest.mark.xfail(strict=True)),
+        # Draws that fail the property above, on main as here, of the same kind: a base read
+        # 16-20% low, the last load read unloaded (9 on a server of 19) far under the load
+        # the window is cut back to (0.82, 0.78, 0.80 busy).
+        pytest.param(19, 0.25, 1.0, 489, marks=pytest.mark.xfail(strict=True)),
+        pytest.param(23, 0.1389, 1.7498, 335, marks=pytest.mark.xfail(strict=True)),
+        pytest.param(20, 0.2941, 0.5745, 953, marks=pytest.mark.xfail(strict=True)),
     ],
 )
 def test_a_server_that_never_queues_is_not_held_under_its_capacity_on_a_base_read_low(
