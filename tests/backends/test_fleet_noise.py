@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import pacekeeper
 from pacekeeper import Governor
-from pacekeeper.backends._redis import _sent_at_most
+from pacekeeper.backends._redis import _marks_around, _sent_at_most
 from pacekeeper.sim import Faults, InFlightReply, Latency, ModelLimits, Scenario, Simulator
 
 from .redis_server import RedisServer
@@ -231,3 +231,27 @@ def test_what_a_fleet_sent_before_a_429_is_never_counted_low(
         inside = [cost for t, cost in fleet[:admitted] if t >= sent_at - 1.0]
         assert requests >= len(inside), (k, requests, inside)
         assert charged >= sum(inside), (k, charged, inside)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 0.4), max_size=40),  # gaps between our marks
+    st.floats(0.0, 8.0),  # the request's send time
+)
+def test_the_marks_around_a_second_are_the_ones_in_and_before_it(
+    gaps: list[float], sent_at: float
+) -> None:
+    """:func:`_marks_around` (the lower and the upper bound on what a fleet sent both read
+    it) finds, of marks oldest first, the last before the second up to ``sent_at`` and the
+    first and last inside it."""
+    marks: list[tuple[float, int, float]] = []
+    t = 0.0
+    for n, gap in enumerate(gaps, start=1):
+        t += gap
+        marks.append((t, 3 * n, 10.0 * n))
+    before, first, last = _marks_around(marks, sent_at)
+    earlier = [m for m in marks if m[0] < sent_at - 1.0]
+    inside = [m for m in marks if sent_at - 1.0 <= m[0] <= sent_at]
+    assert before == (earlier[-1] if earlier else None)
+    assert first == (inside[0] if inside else None)
+    assert last == (inside[-1] if inside else None)

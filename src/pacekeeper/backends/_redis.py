@@ -406,7 +406,7 @@ class RedisAdmissionPolicy:
         # (our clock, the fleet's admission count, its tokens admitted) at each of our
         # admissions lately: our share of the fleet's traffic, which scales a rate discovered
         # from our own acceptances, and what the fleet sent before a 429 (key_sent_at_most).
-        self._fleet_marks: deque[tuple[float, int, float]] = deque()
+        self._fleet_marks: deque[_Mark] = deque()
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
@@ -469,17 +469,13 @@ class RedisAdmissionPolicy:
         our last one that second are not seen). A 429 after the fleet sent a second's worth
         of the stated rate is the rate, not an in-flight cap (read as a cap of 72 on slow
         answers, a process over Redis held 73 in flight where 170 were needed)."""
+        before, first, last = _marks_around(self._fleet_marks, sent_at)
+        if first is None or last is None:
+            return 0
         # From our last admission before the second (else the one before our first inside
         # it) to our last inside it.
-        first = last = None
-        for t, n, _ in self._fleet_marks:  # oldest first
-            if t < sent_at - 1.0:
-                first = n
-            elif t <= sent_at:
-                if first is None:
-                    first = n - 1
-                last = n
-        return 0 if last is None or first is None else last - first
+        start = before[1] if before is not None else first[1] - 1
+        return last[1] - start
 
     def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
         """At most what the fleet sent in the second up to ``sent_at`` (requests, tokens
@@ -906,30 +902,51 @@ def _refused_about_the_rate(lane: Lane, permit: Permit) -> bool:
     return lane.request_rate.refused_sent_at == permit.sent_at
 
 
-def _sent_at_most(marks: Iterable[tuple[float, int, float]], sent_at: float) -> tuple[float, float]:
+_Mark = tuple[float, int, float]
+"""(our clock when the store's reply to one of our admissions was read, the store's count of
+the fleet's admissions then, its tokens admitted then)."""
+
+
+def _marks_around(
+    marks: Iterable[_Mark], sent_at: float
+) -> tuple[_Mark | None, _Mark | None, _Mark | None]:
+    """Of ``marks`` (oldest first), around the second up to ``sent_at``: our last mark before
+    that second, our first inside it and our last inside it (None: no such mark). What the
+    fleet sent in that second is read between them, as a bound from below
+    (:meth:`RedisAdmissionPolicy.key_sent_in_second_before`) or from above
+    (:func:`_sent_at_most`)."""
+    start = sent_at - 1.0
+    before: _Mark | None = None
+    first: _Mark | None = None
+    last: _Mark | None = None
+    for mark in marks:
+        t = mark[0]
+        if t < start:
+            before = mark
+        elif t <= sent_at:
+            if first is None:
+                first = mark
+            last = mark
+        else:
+            break
+    return before, first, last
+
+
+def _sent_at_most(marks: Iterable[_Mark], sent_at: float) -> tuple[float, float]:
     """At most how many requests, and tokens, a fleet admitted in the second up to
-    ``sent_at`` (one of ours), from ``marks``: (our clock when the store's reply was read,
-    the store's count of admissions then, its tokens admitted), oldest first, one per
+    ``sent_at`` (one of ours), from ``marks`` (:data:`_Mark`), oldest first, one per
     admission of ours. From our last mark before that second to our last one up to
     ``sent_at``: a mark is read after the store counted it, so the first counts nothing of
     the second, and the count between runs high (the fleet's admissions between that mark
     and the second's start), never low. With no mark of ours before the second (this
     process just started, or its marks were dropped), from nothing: all the key ever
     admitted (a fleet just started has sent little). With none inside it, not known: inf."""
-    start = sent_at - 1.0
-    first: tuple[float, int, float] = (-math.inf, 0, 0.0)
-    last: tuple[float, int, float] | None = None
-    for mark in marks:  # oldest first
-        t = mark[0]
-        if t < start:
-            first = mark
-        elif t <= sent_at:
-            last = mark
-        else:
-            break
+    before, _, last = _marks_around(marks, sent_at)
     if last is None:
         return math.inf, math.inf
-    return float(last[1] - first[1]), last[2] - first[2]
+    if before is None:
+        return float(last[1]), last[2]
+    return float(last[1] - before[1]), last[2] - before[2]
 
 
 def _parse(raw: list[Any]) -> _Admission:
