@@ -215,7 +215,7 @@ def test_what_a_fleet_sent_before_a_429_is_never_counted_low(
     taken as noise)."""
     server_t, tokens, read_t = 0.0, 0.0, -math.inf
     fleet: list[tuple[float, int]] = []  # (server time, tokens) of every admission
-    marks: list[tuple[float, int, float]] = []
+    marks: list[tuple[float, int, float, int]] = []
     ours: list[tuple[float, int]] = []  # (sent at, the store's count) of each of ours
     for count, (gap_s, mine, late_s, cost) in enumerate(admissions, start=1):
         server_t += gap_s
@@ -223,7 +223,10 @@ def test_what_a_fleet_sent_before_a_429_is_never_counted_low(
         fleet.append((server_t, cost))
         if mine:
             read_t = max(read_t, server_t + late_s)  # our replies are read in order
-            marks.append((read_t, count, tokens))
+            # the store's count in the second up to it, in whole tenths (ADMIT's tally)
+            tenth = math.floor(server_t * 10)
+            in_second = sum(1 for t, _ in fleet if math.floor(t * 10) >= tenth - 10)
+            marks.append((read_t, count, tokens, in_second))
             ours.append((read_t + granted_after_s, count))
     for k, (sent_at, admitted) in enumerate(ours):
         # the marks this process holds when the 429 to it is judged (later ones too)
@@ -244,11 +247,11 @@ def test_the_marks_around_a_second_are_the_ones_in_and_before_it(
     """:func:`_marks_around` (the lower and the upper bound on what a fleet sent both read
     it) finds, of marks oldest first, the last before the second up to ``sent_at`` and the
     first and last inside it."""
-    marks: list[tuple[float, int, float]] = []
+    marks: list[tuple[float, int, float, int]] = []
     t = 0.0
     for n, gap in enumerate(gaps, start=1):
         t += gap
-        marks.append((t, 3 * n, 10.0 * n))
+        marks.append((t, 3 * n, 10.0 * n, n))
     before, first, last = _marks_around(marks, sent_at)
     earlier = [m for m in marks if m[0] < sent_at - 1.0]
     inside = [m for m in marks if sent_at - 1.0 <= m[0] <= sent_at]
