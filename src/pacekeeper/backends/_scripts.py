@@ -393,11 +393,17 @@ end
 -- Such a hold is not "no slot" (-2, as a local lane's: its window has room): answered as one,
 -- every success grew the shared window as if requests waited for a slot, and the window ran
 -- past what was in flight, so that no refusal of a cap took its last slot.
+-- The fleet's edge (returned): the last slot where a server's cap would refuse, as a local
+-- lane's last slot. A full window is one under a learned cap, or past the most the fleet had
+-- in flight answered (before any answer, the start's window), and so is a step past that
+-- most. A full window below it is not: the fleet had as many in flight answered.
+local full = in_flight + 1 >= limit
 local edge = 0
-if capped and in_flight + 1 >= limit then edge = 1 end
+if full and (capped or fixed > 0) then edge = 1 end
 if fixed <= 0 then
   local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
   local peak = num(p[1], 0)
+  if full and in_flight + 1 > peak then edge = 1 end
   if peak > 0 and in_flight + 1 > peak then
     edge = 1
     local doubling, mean = 1.0, num(ARGV[34], 0)
