@@ -2278,11 +2278,13 @@ class Lane:
             and isinstance(slots, AimdLimit)
             and slots.probing
         ):
-            # The test of a provisional cap, refused at the fleet's edge (the last slot under
-            # the cap raised by one: `backends/_redis.py`): the cap's test, judged as such. A
-            # success there (the store's count runs a little ahead of the server's) may have
-            # set this process's peak as high, and as noise it was neither confirmed nor
-            # refuted: three lanes under a bare cap of 8 drew 7-37 429s in 7 runs of 8.
+            # A learned cap's test (the cap raised by one), refused at the fleet's edge (its
+            # last slot under that cap: `backends/_redis.py`): judged as the test. A success
+            # there (the store's count runs a little ahead of the server's) may have set this
+            # process's peak as high, and as noise it was neither confirmed nor refuted:
+            # three lanes under a bare cap of 8 drew 7-37 429s in 7 runs of 8. Any other 429
+            # to the fleet's last slot is judged as one process judges its own last slot's
+            # (every one taken as not noise, busy 429s there cut the pace 1 run in 8).
             return False
         sent = self._sent_in_second_before(permit.sent_at) if fleet is None else fleet[0]
         if sent > ceiling * share / 60.0 + burst:
