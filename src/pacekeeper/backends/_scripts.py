@@ -396,7 +396,10 @@ end
 -- The fleet's edge (returned): the last slot where a server's cap would refuse, as a local
 -- lane's last slot. A full window is one under a learned cap, or past the most the fleet had
 -- in flight answered (before any answer, the start's window), and so is a step past that
--- most. A full window below it is not: the fleet had as many in flight answered.
+-- most while the caller has more waiting (the hold binds it). A full window below that most
+-- is not: the fleet had as many in flight answered. Nor is a step with nothing behind it:
+-- a process sending one at a time stepped past the others' release still on its way (the
+-- fleet's count 2 where the server had 1), and its 429 taught a cap of 1.
 local full = in_flight + 1 >= limit
 local edge = 0
 if full and (capped or fixed > 0) then edge = 1 end
@@ -405,7 +408,7 @@ if fixed <= 0 then
   local peak = num(p[1], 0)
   if full and in_flight + 1 > peak then edge = 1 end
   if peak > 0 and in_flight + 1 > peak then
-    edge = 1
+    if num(ARGV[17 + rank], 0) > 1 then edge = 1 end
     local doubling, mean = 1.0, num(ARGV[34], 0)
     if mean > 0 and mean < doubling then doubling = mean end
     local answers, spacing = num(p[2], 0), doubling / math.max(1, in_flight)
