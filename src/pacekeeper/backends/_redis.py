@@ -160,8 +160,8 @@ class _Admission:
     refuse it: a step past the most the fleet has had in flight answered (the last it lets go
     before an answer), or the last slot under a learned cap."""
     in_second: int = -1
-    """The key's admissions in the second up to this one, this one included, counted by the
-    store in whole tenths of a second (-1: not admitted)."""
+    """The key's admissions in the second up to this one, this one included (-1: not
+    admitted)."""
 
 
 class _Lease(NamedTuple):
@@ -379,6 +379,7 @@ class RedisAdmissionPolicy:
         "budget",
         "fallback",
         "hash_key",
+        "sent_key",
         "slot_key",
     )
 
@@ -402,6 +403,8 @@ class RedisAdmissionPolicy:
         lane_id = f"{key[0]}|{key[1] or '-'}"
         self.hash_key = f"{backend.namespace}:lane:{lane_id}"
         self.slot_key = f"{backend.namespace}:slots:{lane_id}"
+        self.sent_key = f"{backend.namespace}:sent:{lane_id}"
+        """The lane's admissions of the last second, by time (ADMIT)."""
         self._held: set[str] = set()
         self._releasing: set[str] = set()
         """Leases released here whose RELEASE has not run yet: each ADMIT frees them first,
@@ -698,7 +701,7 @@ class RedisAdmissionPolicy:
         lease = uuid.uuid4().hex
         return _RedisAsk(
             self._backend,
-            [self.hash_key, self.slot_key, self._backend.clock_key],
+            [self.hash_key, self.slot_key, self._backend.clock_key, self.sent_key],
             self._admit_args(tokens, lease, priority, output_tokens),
             lease,
         )

@@ -110,7 +110,8 @@ end
 ADMIT = (
     _PRELUDE
     + """
--- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry), KEYS[3] the clock
+-- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry), KEYS[3] the clock,
+-- KEYS[4] the lane's admissions of the last second (zset: lease -> time; optional)
 -- ARGV: tokens, rpm, tpm (the caller's pace in force, 0: none), burst_s, utilisation,
 --       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
 --       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs),
@@ -133,7 +134,7 @@ ADMIT = (
 --     so far, edge (1: the last slot of the fleet's window where a server's cap would refuse:
 --     a step past the fleet's most in flight answered, the last it lets go before an answer,
 --     or the last under a learned cap), the key's admissions in the second up to this one
---     (this one included: the tenths that second spans, whole) (admitted only)}
+--     (this one included; -1 without KEYS[4]) (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
 -- anywhere only on its credit, min_share per admission made while it had work.
@@ -455,23 +456,18 @@ if tokens > 0 then
   redis.call('HSET', KEYS[1], 'nt', fmt(admitted_tokens))
 end
 tally('as', 'ac', now)  -- the key's admissions by time: a discovery is measured on them
--- What the key admitted in the second up to now, whole tenths (at most 1.1 s): a bound from
--- above on what it sent in the second before any request admitted now, however long since
--- the caller's previous admission (its own count between them ran high by that gap: a
--- busy 429 after a quiet spell read as the fleet outrunning the stated rate).
-local in_second = 0
-do
-  local last = math.floor(now * 10)
-  local fields = {}
-  for t = last - 10, last do
-    local k = t % 80
-    fields[#fields + 1] = 'as' .. k
-    fields[#fields + 1] = 'ac' .. k
-  end
-  local f = redis.call('HMGET', KEYS[1], unpack(fields))
-  for i = 1, #f, 2 do
-    if num(f[i], -1) == last - 10 + (i - 1) / 2 then in_second = in_second + num(f[i + 1], 0) end
-  end
+-- What the key admitted in the second up to now, this one included: a bound from above on
+-- what it sent in the second before any request admitted now (that second began no later),
+-- however long since the caller's previous admission (its own count between them ran high
+-- by that gap: a busy 429 after a quiet spell read as the fleet outrunning the stated rate).
+-- By time, not by tenths: 1.1 s of a fleet paced at the stated rate with its burst ran past
+-- the rate and the burst, and still closed the gate for a busy 429.
+local in_second = -1
+if KEYS[4] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. fmt(now - 1))
+  redis.call('ZADD', KEYS[4], fmt(now), ARGV[10])
+  in_second = redis.call('ZCARD', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], 10)
 end
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
