@@ -158,7 +158,8 @@ class _Admission:
     edge: bool = False
     """Admitted to the last slot of the fleet's window where a server's in-flight cap would
     refuse it: a step past the most the fleet has had in flight answered (the last it lets go
-    before an answer), or the last slot under a learned cap."""
+    before an answer) with more of the caller's waiting, the last slot under a learned cap,
+    or a full window past that most (see ADMIT)."""
     in_second: int = -1
     """The key's admissions in the second up to this one, this one included (-1: not
     admitted)."""
@@ -420,9 +421,9 @@ class RedisAdmissionPolicy:
         self._control_queued = False
         self._epoch = 0
         """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
-        # (our clock, the fleet's admission count, its tokens admitted) at each of our
-        # admissions lately: our share of the fleet's traffic, which scales a rate discovered
-        # from our own acceptances, and what the fleet sent before a 429 (key_sent_at_most).
+        # What the store said at each of our admissions lately (`_Mark`): our share of the
+        # fleet's traffic, which scales a rate discovered from our own acceptances, and what
+        # the fleet sent before a 429 (key_sent_at_most).
         self._fleet_marks: deque[_Mark] = deque()
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
@@ -801,10 +802,10 @@ class RedisAdmissionPolicy:
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
             # The permit took the fleet's last slot (`Permit.filled_window`) only at its
-            # edge: a step past its most in flight answered, or the last slot under a cap.
-            # A full shared window below that is not one: the fleet had as many in flight
-            # answered, and a bare 429 there (a busy provider's) taken as the last slot's was
-            # read as the rate's and cut the fleet's pace (1 run in 8).
+            # edge (`_Admission.edge`). A full shared window below the fleet's most in flight
+            # answered is not one: the fleet had as many in flight answered, and a bare 429
+            # there (a busy provider's) taken as the last slot's was read as the rate's and
+            # cut the fleet's pace (1 run in 8).
             limit = admission.in_flight if admission.edge else admission.in_flight + 1
             return Granted(
                 in_flight=admission.in_flight,

@@ -6,9 +6,10 @@ clocks disagree cannot disagree about the limits, and no read-modify-write can l
 under contention. Floats cross the Lua boundary as strings, because Redis
 truncates Lua numbers to integers.
 
-Per lane there are two keys: a hash (cooldown, GCRA times, learned limits, the adaptive
-window, the retry budget, what the controllers learned) and a sorted set of slot leases scored
-by their expiry time.
+Per lane there are three keys: a hash (cooldown, GCRA times, learned limits, the adaptive
+window, the retry budget, what the controllers learned), a sorted set of slot leases scored
+by their expiry time, and a sorted set of the last second's admissions scored by their time
+(ADMIT: what the fleet sent in the second before a 429).
 
 Fields of the lane hash: ``cd`` cooldown until; ``tr``/``tt`` GCRA times of the request and
 token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm`` the shared
