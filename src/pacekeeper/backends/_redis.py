@@ -92,8 +92,9 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 _Op = tuple[str, list[str], list[Any], "RedisAdmissionPolicy | None"]
-"""A job for the maintenance thread: a script's name, keys and args; or a lane to exchange
-its controller's state with the fleet ("control")."""
+"""A job for the maintenance thread: a script's name, keys and args (and for "release", the
+lane's admission, told when its lease is freed); or a lane to exchange its controller's state
+with the fleet ("control")."""
 
 
 class _SyncScript(Protocol):
@@ -143,7 +144,9 @@ class _SyncScripts:
 class _Admission:
     admitted: bool
     wait_s: float
-    """Seconds until the limits allow it; -1: every slot is taken."""
+    """Seconds until the limits allow it; -1: every slot is taken; -2: held back with a slot
+    free (one more past the fleet's most in flight waits for an answer, or a stated budget
+    is spent): not waiting for a slot."""
     in_flight: int
     limit: int
     now: float
@@ -152,6 +155,14 @@ class _Admission:
     """The fleet's admissions on this lane so far, this one included (0: not admitted)."""
     tokens_admitted: float
     """The tokens of those admissions (0: not admitted)."""
+    edge: bool = False
+    """Admitted to the last slot of the fleet's window where a server's in-flight cap would
+    refuse it: a step past the most the fleet has had in flight answered (the last it lets go
+    before an answer) with more of the caller's waiting, the last slot under a learned cap,
+    or a full window past that most (see ADMIT)."""
+    in_second: int = -1
+    """The key's admissions in the second up to this one, this one included (-1: not
+    admitted)."""
 
 
 class _Lease(NamedTuple):
@@ -361,6 +372,7 @@ class RedisAdmissionPolicy:
         "_pushed_floor",
         "_pushed_limits",
         "_refusals",
+        "_releasing",
         "_server_aheads",
         "_shared_slots",
         "_slot_starved",
@@ -368,6 +380,7 @@ class RedisAdmissionPolicy:
         "budget",
         "fallback",
         "hash_key",
+        "sent_key",
         "slot_key",
     )
 
@@ -391,7 +404,12 @@ class RedisAdmissionPolicy:
         lane_id = f"{key[0]}|{key[1] or '-'}"
         self.hash_key = f"{backend.namespace}:lane:{lane_id}"
         self.slot_key = f"{backend.namespace}:slots:{lane_id}"
+        self.sent_key = f"{backend.namespace}:sent:{lane_id}"
+        """The lane's admissions of the last second, by time (ADMIT)."""
         self._held: set[str] = set()
+        self._releasing: set[str] = set()
+        """Leases released here whose RELEASE has not run yet: each ADMIT frees them first,
+        so that the fleet's count in flight is not ahead of the server's by them."""
         self._pushed_limits: tuple[float | None, float | None] = (None, None)
         self._token_delta = 0.0
         self._output_delta = 0.0
@@ -403,10 +421,10 @@ class RedisAdmissionPolicy:
         self._control_queued = False
         self._epoch = 0
         """The fleet's pace epoch last adopted (CONTROL's ``pe``: a cut or a discovery)."""
-        # (our clock, the fleet's admission count, its tokens admitted) at each of our
-        # admissions lately: our share of the fleet's traffic, which scales a rate discovered
-        # from our own acceptances, and what the fleet sent before a 429 (key_sent_at_most).
-        self._fleet_marks: deque[tuple[float, int, float]] = deque()
+        # What the store said at each of our admissions lately (`_Mark`): our share of the
+        # fleet's traffic, which scales a rate discovered from our own acceptances, and what
+        # the fleet sent before a 429 (key_sent_at_most).
+        self._fleet_marks: deque[_Mark] = deque()
         # (our clock, the server's) when each of our recent 429s about the rate was sent:
         # the second before one is measured on the key, on the server's clock
         self._refusals: deque[tuple[float, float]] = deque(maxlen=_REFUSALS_KEPT)
@@ -469,17 +487,13 @@ class RedisAdmissionPolicy:
         our last one that second are not seen). A 429 after the fleet sent a second's worth
         of the stated rate is the rate, not an in-flight cap (read as a cap of 72 on slow
         answers, a process over Redis held 73 in flight where 170 were needed)."""
+        before, first, last = _marks_around(self._fleet_marks, sent_at)
+        if first is None or last is None:
+            return 0
         # From our last admission before the second (else the one before our first inside
         # it) to our last inside it.
-        first = last = None
-        for t, n, _ in self._fleet_marks:  # oldest first
-            if t < sent_at - 1.0:
-                first = n
-            elif t <= sent_at:
-                if first is None:
-                    first = n - 1
-                last = n
-        return 0 if last is None or first is None else last - first
+        start = before[1] if before is not None else first[1] - 1
+        return last[1] - start
 
     def key_sent_at_most(self, sent_at: float) -> tuple[float, float] | None:
         """At most what the fleet sent in the second up to ``sent_at`` (requests, tokens
@@ -688,7 +702,7 @@ class RedisAdmissionPolicy:
         lease = uuid.uuid4().hex
         return _RedisAsk(
             self._backend,
-            [self.hash_key, self.slot_key, self._backend.clock_key],
+            [self.hash_key, self.slot_key, self._backend.clock_key, self.sent_key],
             self._admit_args(tokens, lease, priority, output_tokens),
             lease,
         )
@@ -760,6 +774,7 @@ class RedisAdmissionPolicy:
             *(token_grid or (0, 0, 0, 0)),
             token_grid_at,
             lane.latency.mean_s,  # spaces the fleet's steps past its most in flight
+            *self._releasing,  # freed first: their answers are in, the server's slots free
         ]
 
     def answer(self, reply: object) -> Granted | Deferred | None:
@@ -781,18 +796,31 @@ class RedisAdmissionPolicy:
             now = self._clock()
             self._server_aheads.append(admission.now - now)
             marks = self._fleet_marks
-            marks.append((now, admission.admissions, admission.tokens_admitted))
+            marks.append(
+                (now, admission.admissions, admission.tokens_admitted, admission.in_second)
+            )
             while now - marks[0][0] > _SHARE_WINDOW_S:
                 marks.popleft()
+            # The permit took the fleet's last slot (`Permit.filled_window`) only at its
+            # edge (`_Admission.edge`). A full shared window below the fleet's most in flight
+            # answered is not one: the fleet had as many in flight answered, and a bare 429
+            # there (a busy provider's) taken as the last slot's was read as the rate's and
+            # cut the fleet's pace (1 run in 8).
+            limit = admission.in_flight if admission.edge else admission.in_flight + 1
             return Granted(
                 in_flight=admission.in_flight,
-                limit=admission.limit,
+                limit=limit,
                 lease=_Lease(lease, admission.now, admission.admissions, admission.tokens_admitted),
             )
         if admission.limit:  # 0: held back for a higher class, the limit not read
             shared.shared_limit = admission.limit
-        no_slot = admission.wait_s < 0
+        no_slot = admission.wait_s == -1.0
         self._slot_starved = no_slot
+        if admission.wait_s == -2.0:
+            # Held back with a slot free (a step past the fleet's most in flight, a budget):
+            # the window is not what holds it, and grows on no answer for it, as a local
+            # lane's. Others' answers cannot wake it: it asks again soon.
+            return Deferred(sleep_s=_SLOT_POLL_S, wait_s=math.inf)
         if not no_slot:
             return Deferred(sleep_s=admission.wait_s, wait_s=admission.wait_s)
         learner = self.learner
@@ -836,6 +864,7 @@ class RedisAdmissionPolicy:
             backlog=backlog,
         )
         self._held.discard(lease)
+        self._releasing.add(lease)
         code = _SIGNAL_CODES[signal]
         if signal is Signal.NEUTRAL and _refused_about_the_rate(self._lane, permit):
             code = _RATE_REFUSAL
@@ -873,6 +902,7 @@ class RedisAdmissionPolicy:
                 lane.output_tpm or 0,
                 _wire(cut_to) if cut_to is not None else 0,
             ],
+            admission=self,
         )
 
     def close_gate(self, until: float, wait_s: float, *, tokens: bool = False) -> None:
@@ -891,6 +921,11 @@ class RedisAdmissionPolicy:
         self._local.charge_output(delta)
         self._output_delta += delta  # as for input tokens
 
+    def freed(self, lease: str) -> None:
+        """RELEASE ran for ``lease`` (or was dropped, Redis unreachable: then it expires)."""
+        with self._lock:
+            self._releasing.discard(lease)
+
     def held_leases(self) -> list[str]:
         with self._lock:
             return list(self._held)
@@ -906,30 +941,60 @@ def _refused_about_the_rate(lane: Lane, permit: Permit) -> bool:
     return lane.request_rate.refused_sent_at == permit.sent_at
 
 
-def _sent_at_most(marks: Iterable[tuple[float, int, float]], sent_at: float) -> tuple[float, float]:
+_Mark = tuple[float, int, float, int]
+"""(our clock when the store's reply to one of our admissions was read, the store's count of
+the fleet's admissions then, its tokens admitted then, its admissions in the second up to
+that one: -1 not known)."""
+
+
+def _marks_around(
+    marks: Iterable[_Mark], sent_at: float
+) -> tuple[_Mark | None, _Mark | None, _Mark | None]:
+    """Of ``marks`` (oldest first), around the second up to ``sent_at``: our last mark before
+    that second, our first inside it and our last inside it (None: no such mark). What the
+    fleet sent in that second is read between them, as a bound from below
+    (:meth:`RedisAdmissionPolicy.key_sent_in_second_before`) or from above
+    (:func:`_sent_at_most`)."""
+    start = sent_at - 1.0
+    before: _Mark | None = None
+    first: _Mark | None = None
+    last: _Mark | None = None
+    for mark in marks:
+        t = mark[0]
+        if t < start:
+            before = mark
+        elif t <= sent_at:
+            if first is None:
+                first = mark
+            last = mark
+        else:
+            break
+    return before, first, last
+
+
+def _sent_at_most(marks: Iterable[_Mark], sent_at: float) -> tuple[float, float]:
     """At most how many requests, and tokens, a fleet admitted in the second up to
-    ``sent_at`` (one of ours), from ``marks``: (our clock when the store's reply was read,
-    the store's count of admissions then, its tokens admitted), oldest first, one per
+    ``sent_at`` (one of ours), from ``marks`` (:data:`_Mark`), oldest first, one per
     admission of ours. From our last mark before that second to our last one up to
     ``sent_at``: a mark is read after the store counted it, so the first counts nothing of
     the second, and the count between runs high (the fleet's admissions between that mark
     and the second's start), never low. With no mark of ours before the second (this
     process just started, or its marks were dropped), from nothing: all the key ever
-    admitted (a fleet just started has sent little). With none inside it, not known: inf."""
-    start = sent_at - 1.0
-    first: tuple[float, int, float] = (-math.inf, 0, 0.0)
-    last: tuple[float, int, float] | None = None
-    for mark in marks:  # oldest first
-        t = mark[0]
-        if t < start:
-            first = mark
-        elif t <= sent_at:
-            last = mark
-        else:
-            break
+    admitted (a fleet just started has sent little). With none inside it, not known: inf.
+    Requests are also at most what the store counted in the second up to our last mark
+    inside it: that second began no later than ``sent_at``'s, so it holds every admission
+    of ``sent_at``'s second up to that mark (our last mark before the second may be long
+    before it, and the count since then runs high by the gap)."""
+    before, _, last = _marks_around(marks, sent_at)
     if last is None:
         return math.inf, math.inf
-    return float(last[1] - first[1]), last[2] - first[2]
+    if before is None:
+        requests, tokens = float(last[1]), last[2]
+    else:
+        requests, tokens = float(last[1] - before[1]), last[2] - before[2]
+    if last[3] >= 0:
+        requests = min(requests, float(last[3]))
+    return requests, tokens
 
 
 def _parse(raw: list[Any]) -> _Admission:
@@ -941,6 +1006,8 @@ def _parse(raw: list[Any]) -> _Admission:
         now=float(raw[4]),
         admissions=int(raw[5]),
         tokens_admitted=float(raw[6]) if len(raw) > 6 else 0.0,
+        edge=len(raw) > 7 and int(raw[7]) == 1,
+        in_second=int(raw[8]) if len(raw) > 8 else -1,
     )
 
 
@@ -1131,10 +1198,20 @@ class RedisBackend:
 
     # -- the maintenance thread -----------------------------------------------------------
 
-    def submit(self, op: str, keys: list[str], args: list[Any]) -> None:
-        """Hand a write to the maintenance thread (never blocks the caller)."""
+    def submit(
+        self,
+        op: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        admission: RedisAdmissionPolicy | None = None,
+    ) -> None:
+        """Hand a write to the maintenance thread (never blocks the caller); a release's
+        ``admission`` is told when it ran (:meth:`RedisAdmissionPolicy.freed`)."""
         if not self._closed:
-            self._ops.put((op, keys, args, None))
+            self._ops.put((op, keys, args, admission))
+        elif admission is not None and op == "release":
+            admission.freed(args[0])
 
     def submit_control(self, admission: RedisAdmissionPolicy) -> None:
         """Have the maintenance thread exchange ``admission``'s learned state with the fleet."""
@@ -1172,12 +1249,22 @@ class RedisBackend:
 
     def _run(self, item: _Op) -> None:
         op, keys, args, admission = item
+        if op == "release" and admission is not None:
+            try:
+                self._run_script(op, keys, args)
+            finally:
+                admission.freed(args[0])
+            return
+        if op == "control" and admission is not None:
+            if self.healthy:
+                admission.exchange_control(self._scripts.control)
+            return
+        self._run_script(op, keys, args)
+
+    def _run_script(self, op: str, keys: list[str], args: list[Any]) -> None:
         if not self.healthy:
             return  # shared state is not reachable; leases expire by themselves
         scripts = self._scripts
-        if admission is not None:
-            admission.exchange_control(scripts.control)
-            return
         script = {
             "release": scripts.release,
             "gate": scripts.gate,

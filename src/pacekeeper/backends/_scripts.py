@@ -6,9 +6,10 @@ clocks disagree cannot disagree about the limits, and no read-modify-write can l
 under contention. Floats cross the Lua boundary as strings, because Redis
 truncates Lua numbers to integers.
 
-Per lane there are two keys: a hash (cooldown, GCRA times, learned limits, the adaptive
-window, the retry budget, what the controllers learned) and a sorted set of slot leases scored
-by their expiry time.
+Per lane there are three keys: a hash (cooldown, GCRA times, learned limits, the adaptive
+window, the retry budget, what the controllers learned), a sorted set of slot leases scored
+by their expiry time, and a sorted set of the last second's admissions scored by their time
+(ADMIT: what the fleet sent in the second before a 429).
 
 Fields of the lane hash: ``cd`` cooldown until; ``tr``/``tt`` GCRA times of the request and
 token buckets; ``lr``/``lt`` limits stated by headers; ``cw``/``ss``/``ld``/``wm`` the shared
@@ -110,7 +111,8 @@ end
 ADMIT = (
     _PRELUDE
     + """
--- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry), KEYS[3] the clock
+-- KEYS[1] lane hash, KEYS[2] slot leases (zset: lease -> expiry), KEYS[3] the clock,
+-- KEYS[4] the lane's admissions of the last second (zset: lease -> time; optional)
 -- ARGV: tokens, rpm, tpm (the caller's pace in force, 0: none), burst_s, utilisation,
 --       fixed_limit (0: adaptive), initial, min, max, lease_id, lease_ttl_s, key_ttl_s,
 --       cap (the caller's learned in-flight cap, 0: none), floor (slots its rate needs),
@@ -126,9 +128,14 @@ ADMIT = (
 --       current one ends, length, budget, guard; zeros: none), the token bucket's (the same
 --       four, then 1 when the first is the end as a time on this clock, not seconds from now),
 --       the caller's mean answer time in seconds (0: none known; steps past the fleet's most
---       in flight are spaced by it)
--- -> {admitted 0/1, wait_s (-1: no free slot), in_flight, limit, now, admissions so far,
---     tokens admitted so far (admitted only)}
+--       in flight are spaced by it), then the leases the caller released that RELEASE has
+--       not freed yet (any number: freed here first)
+-- -> {admitted 0/1, wait_s (-1: no free slot; -2: held back under the limit, for an answer
+--     or a budget, not for a slot), in_flight, limit, now, admissions so far, tokens admitted
+--     so far, edge (1: the last slot of the fleet's window where a server's cap would refuse:
+--     a step past the fleet's most in flight answered, the last it lets go before an answer,
+--     or the last under a learned cap), the key's admissions in the second up to this one
+--     (this one included; -1 without KEYS[4]) (admitted only)}
 -- Classes across the fleet: each caller states the classes it has work in (fresh for a
 -- moment, longer while its head waits); a lower class goes while a higher one has work
 -- anywhere only on its credit, min_share per admission made while it had work.
@@ -329,6 +336,7 @@ if otpm > 0 and otokens > 0 then
   if w > wait then wait = w end
 end
 local limit
+local capped = false  -- the limit is a learned in-flight cap (or its probe)
 if fixed > 0 then
   limit = fixed
 else
@@ -352,13 +360,22 @@ else
   end
   limit = math.max(limit, floor)
   local cap = lower(num(ARGV[13], 0), num(h[9], 0))
-  if cap > 0 then limit = math.min(limit, cap) end
+  if cap > 0 and cap <= limit then
+    limit = cap
+    capped = true
+  end
   limit = math.max(lo, math.min(hi, limit))
 end
 if wait > 0 then
   waiting(wait)
   return {0, fmt(wait), '0', tostring(limit), fmt(now), '0'}
 end
+-- The caller's releases still on their way (its RELEASE runs on its maintenance thread, a
+-- few ms to tens of ms after the answer): those slots are free at the server already. Counted
+-- as held, the fleet's count in flight ran ahead of the server's, and successes sent past an
+-- in-flight cap (at the server's count under it) read as no cap there: the cap's refusals
+-- then looked like noise (three lanes under a bare cap of 8 drew 12-41 429s in 1 run of 4).
+for i = 35, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
 local in_flight = redis.call('ZCARD', KEYS[2])
 if in_flight >= limit then
@@ -375,16 +392,31 @@ end
 -- windows together overshot an in-flight cap
 -- (the bench's inflight draws 1-6: 23 fleet 429s, 12 on a cap of 9, where one process drew
 -- 6). Before any answer the start's window alone bounds the fleet, as it bounds one process.
+-- Such a hold is not "no slot" (-2, as a local lane's: its window has room): answered as one,
+-- every success grew the shared window as if requests waited for a slot, and the window ran
+-- past what was in flight, so that no refusal of a cap took its last slot.
+-- The fleet's edge (returned): the last slot where a server's cap would refuse, as a local
+-- lane's last slot. A full window is one under a learned cap, or past the most the fleet had
+-- in flight answered (before any answer, the start's window), and so is a step past that
+-- most while the caller has more waiting (the hold binds it). A full window below that most
+-- is not: the fleet had as many in flight answered. Nor is a step with nothing behind it:
+-- a process sending one at a time stepped past the others' release still on its way (the
+-- fleet's count 2 where the server had 1), and its 429 taught a cap of 1.
+local full = in_flight + 1 >= limit
+local edge = 0
+if full and (capped or fixed > 0) then edge = 1 end
 if fixed <= 0 then
   local p = redis.call('HMGET', KEYS[1], 'fp', 'fa', 'fs', 'ft')
   local peak = num(p[1], 0)
+  if full and in_flight + 1 > peak then edge = 1 end
   if peak > 0 and in_flight + 1 > peak then
+    if num(ARGV[17 + rank], 0) > 1 then edge = 1 end
     local doubling, mean = 1.0, num(ARGV[34], 0)
     if mean > 0 and mean < doubling then doubling = mean end
     local answers, spacing = num(p[2], 0), doubling / math.max(1, in_flight)
     if answers <= num(p[3], -1) and now < num(p[4], 0) + spacing then
       waiting(0.05)
-      return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+      return {0, '-2', tostring(in_flight), tostring(limit), fmt(now), '0'}
     end
     redis.call('HSET', KEYS[1], 'fs', tostring(answers), 'ft', fmt(now))
   end
@@ -399,7 +431,7 @@ local admissions, admitted_tokens = num(left[3], 0), num(left[4], 0)
 if in_flight > 0 and ((bq > 0 and admissions + 1 > bq)
     or (tq > 0 and tokens > 0 and admitted_tokens + 2 * tokens > tq)) then
   waiting(0.05)
-  return {0, '-1', tostring(in_flight), tostring(limit), fmt(now), '0'}
+  return {0, '-2', tostring(in_flight), tostring(limit), fmt(now), '0'}
 end
 for k = 2, 3 do
   if demand[k] > now or k == rank + 1 then credit[k] = credit[k] + share else credit[k] = 0 end
@@ -425,11 +457,24 @@ if tokens > 0 then
   redis.call('HSET', KEYS[1], 'nt', fmt(admitted_tokens))
 end
 tally('as', 'ac', now)  -- the key's admissions by time: a discovery is measured on them
+-- What the key admitted in the second up to now, this one included: a bound from above on
+-- what it sent in the second before any request admitted now (that second began no later),
+-- however long since the caller's previous admission (its own count between them ran high
+-- by that gap: a busy 429 after a quiet spell read as the fleet outrunning the stated rate).
+-- By time, not by tenths: 1.1 s of a fleet paced at the stated rate with its burst ran past
+-- the rate and the burst, and still closed the gate for a busy 429.
+local in_second = -1
+if KEYS[4] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. fmt(now - 1))
+  redis.call('ZADD', KEYS[4], fmt(now), ARGV[10])
+  in_second = redis.call('ZCARD', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], 10)
+end
 local key_ttl = math.floor(num(ARGV[12], 3600))
 redis.call('EXPIRE', KEYS[1], key_ttl)
 redis.call('EXPIRE', KEYS[2], key_ttl)
 return {1, '0', tostring(in_flight + 1), tostring(limit), fmt(now), tostring(admitted),
-  fmt(admitted_tokens)}
+  fmt(admitted_tokens), edge, in_second}
 """
 )
 
