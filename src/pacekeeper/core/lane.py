@@ -2401,13 +2401,7 @@ class Lane:
         ceiling = self.request_rate.ceiling
         if ceiling is None:
             return self._unexplained_discovered(permit, verdict, now=now)
-        limits = verdict.limits
-        if limits is not None:
-            limits = self._per_minute_part(limits)
-        if limits is not None and (
-            budget_exhausted(limits, permit.tokens)
-            or output_budget_short(limits, permit.output_tokens)
-        ):
+        if self._headers_show_budget_short(permit, verdict):
             return False
         share = self._configured.utilisation * self.local_share
         requests = self.requests
@@ -2442,6 +2436,18 @@ class Lane:
             if charged > tpm * share / 60.0 + tokens.burst:
                 return False
         return True
+
+    def _headers_show_budget_short(self, permit: Permit, verdict: Verdict) -> bool:
+        """Whether the 429's own rate-limit headers, if any, show the budget of a minute too
+        short for this request (then it is a limit's, never noise)."""
+        limits = verdict.limits
+        if limits is None:
+            return False
+        limits = self._per_minute_part(limits)
+        return limits is not None and (
+            budget_exhausted(limits, permit.tokens)
+            or output_budget_short(limits, permit.output_tokens)
+        )
 
     def _limit_found_lately(self, now: float) -> bool:
         """Whether 429s were read as a limit's by their share within the last
@@ -2478,13 +2484,7 @@ class Lane:
             # A hint of seconds says a window runs until then (a bucket's next request, or a
             # busy upstream, says 1 s at most in whole seconds).
             return False
-        limits = verdict.limits
-        if limits is not None:
-            limits = self._per_minute_part(limits)
-        if limits is not None and (
-            budget_exhausted(limits, permit.tokens)
-            or output_budget_short(limits, permit.output_tokens)
-        ):
+        if self._headers_show_budget_short(permit, verdict):
             return False
         if rate.rpm is None:
             # No rate found yet, and noise seen: the share of refusals decides (the start's
