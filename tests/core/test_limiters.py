@@ -682,3 +682,28 @@ def test_a_rate_change_that_keeps_the_level_takes_a_lost_burst_out_of_the_debt()
     bucket.spend(now=0.0, cost=10)
     bucket.set_rate(rate_per_s=10.0, burst=5.0, now=0.0)
     assert bucket.level(0.0) == pytest.approx(-5.0)
+
+
+def test_a_cut_from_a_few_sends_keeps_the_bound_of_a_doubling_after_noise() -> None:
+    """After a busy 429 taken as noise, a discovered rate doubles past its loss only up to
+    what the server was seen to take (here 700/min). A cut from a second of a few sends (as
+    after a hinted gate) re-arms the doubling: with its bound, not without (a lane ran to
+    31,555/min in six seconds)."""
+    rate = PacedRate()
+    rate.throttled(sent_at=1.0, now=1.02, sent_in_second=12)  # discovered: 11 taken
+    t = 1.1
+    for _ in range(30):
+        rate.succeeded(t, True)
+        t += 0.1
+    rate.unproven(700.0)
+    t += 2.0
+    assert rate.throttled(sent_at=t, now=t + 0.02, sent_in_second=3)
+    for _ in range(20):  # two seconds: doubling from the cut reaches the bound, not past it
+        t += 0.1
+        rate.succeeded(t, True)
+    assert rate.rpm is not None
+    assert rate.rpm <= 700.0
+    for _ in range(40):
+        t += 0.1
+        rate.succeeded(t, True)
+    assert rate.rpm < 2 * 700.0

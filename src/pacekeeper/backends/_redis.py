@@ -62,6 +62,7 @@ __all__ = ["RedisAdmissionPolicy", "RedisBackend"]
 
 logger = logging.getLogger("pacekeeper.redis")
 
+_ADMIT_FIXED_ARGS = 34  # ARGV[1..34] of the ADMIT script (_scripts.py); the releases follow
 _SLOT_POLL_S = 0.02
 """How often the head of a lane's queue asks again when every shared slot is taken (other
 processes' releases cannot wake it)."""
@@ -747,7 +748,7 @@ class RedisAdmissionPolicy:
             # from the script's time put the end that much late.
             token_grid = (now + token_grid[0] + ahead_s, *token_grid[1:])
             token_grid_at = 1
-        return [
+        args = [
             tokens - output_tokens if otpm else tokens,
             lane.rpm or 0,
             lane.tpm or 0,
@@ -774,8 +775,12 @@ class RedisAdmissionPolicy:
             *(token_grid or (0, 0, 0, 0)),
             token_grid_at,
             lane.latency.mean_s,  # spaces the fleet's steps past its most in flight
-            *self._releasing,  # freed first: their answers are in, the server's slots free
         ]
+        # ADMIT reads the releases in transit from ARGV[35] on: one argument more above,
+        # and it would free the mean latency as a lease.
+        assert len(args) == _ADMIT_FIXED_ARGS, len(args)
+        args += self._releasing  # freed first: their answers are in, the server's slots free
+        return args
 
     def answer(self, reply: object) -> Granted | Deferred | None:
         """Redis's answer: granted, or how long to sleep before asking again (with every slot

@@ -130,8 +130,8 @@ _HELD_REFUSED = 2  # refused in that second, this one included, at most
 _REFUTED_PEAK = 1.3  # a refuted cap's refusal is noise when a second since took this much more
 _SUSTAINED_BEST_S = 30.0  # how long that most is remembered
 _LOSS_OVER_MEAN = 1.4
-_FAST_PAST_BEST = 1.5  # else up to twice it (each noise 429 moves that on)
-_FAST_PROBE_AFTER_LIMIT_S = 30.0  # no doubling probe this long after a limit found by share
+_FAST_PAST_BEST = 1.5  # past a noise 429, doubling up to this times the best sustained
+_FAST_PROBE_AFTER_LIMIT_S = 30.0  # and only up to that best this long after a limit found by share
 _RATE_PLAUSIBLE = 0.8  # sent this share of a second's stated budget in the second before
 _OVERLOAD_KINDS = frozenset({OutcomeKind.OVERLOADED, OutcomeKind.TIMEOUT})
 _BUCKETS = ("requests", "tokens", "output_tokens")
@@ -2117,10 +2117,10 @@ class Lane:
                 # Soon after a limit was found by its share, only up to what the server was
                 # shown to take lately.
                 best = self._sustained_best[0]
-                lately = self._limit_found_lately(now)
-                self.request_rate.unproven(
-                    best if lately else _FAST_PAST_BEST * best if best else math.inf
-                )
+                if not self._limit_found_lately(now):
+                    self.request_rate.unproven(_FAST_PAST_BEST * best if best else math.inf)
+                elif best:  # nothing taken lately bounds no doubling: none
+                    self.request_rate.unproven(best)
             return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
@@ -2367,13 +2367,14 @@ class Lane:
           :class:`~pacekeeper.core.congestion.RefusalShare`): a limit the pace outruns
           refuses more the further it goes, noise the same share at any pace;
         * the 429 names no limit (a code saying tokens, requests in flight, a day's quota);
-        * a limit is stated (headers or configured);
+        * a limit is stated (headers or configured): else a discovered rate judges it
+          (:meth:`_unexplained_discovered`);
         * its own headers, if any, show no budget short;
         * the second before it held no more than the stated rate plus our burst: a bucket
           of the stated rate as deep as ours had room for it (nor did tokens outrun theirs);
           in a fleet, counted on every process's sends
           (:meth:`~pacekeeper.core.admission.AdmissionPolicy.key_sent_at_most`), and the
-          request did not take the fleet's last slot;
+          request was not a learned cap's test refused at the fleet's last slot;
         * it does not come back as a limit found by its share within 10 s did, at a pace
           near the one it was found at (such a limit refuses again as the pace comes back).
 
@@ -2451,7 +2452,8 @@ class Lane:
 
     def _limit_found_lately(self, now: float) -> bool:
         """Whether 429s were read as a limit's by their share within the last
-        ``_FAST_PROBE_AFTER_LIMIT_S`` (a discovered rate then probes as usual past it)."""
+        ``_FAST_PROBE_AFTER_LIMIT_S`` (past a noise 429, a discovered rate then doubles only
+        up to the most the server took lately)."""
         found = self._limit_found
         return found is not None and now - found[0] < _FAST_PROBE_AFTER_LIMIT_S
 
@@ -2691,12 +2693,14 @@ class Lane:
             and rate.ceiling is None
             and not self._shared
             and self.admission.sees_every_acceptance
-            and rate.accepted_peak_rpm()
-            >= _REFUTED_PEAK * rate.accepted_in_second_rpm(sent_at, sent_in_second)
+            and 0.0
+            < _REFUTED_PEAK * rate.accepted_in_second_rpm(sent_at, sent_in_second)
+            <= rate.accepted_peak_rpm()
         ):
             # Nor the rate: the server took far more in a second since than in the one
             # before it (a busy upstream's 429 to slow start's peak, read as the rate, held a
-            # 1427/min lane at 840 for 20 s). Noise, which makes the baseline.
+            # 1427/min lane at 840 for 20 s). Noise, which makes the baseline. Not when that
+            # second took nothing: so looks a window run dry, which refuses everything.
             self.refusals.noise_after_all(self._untested_seq)
             return
         if self.request_rate.refused_earlier(
