@@ -2693,14 +2693,12 @@ class Lane:
             and rate.ceiling is None
             and not self._shared
             and self.admission.sees_every_acceptance
-            and 0.0
-            < _REFUTED_PEAK * rate.accepted_in_second_rpm(sent_at, sent_in_second)
-            <= rate.accepted_peak_rpm()
+            and rate.accepted_peak_rpm()
+            >= _REFUTED_PEAK * rate.accepted_in_second_rpm(sent_at, sent_in_second)
         ):
             # Nor the rate: the server took far more in a second since than in the one
             # before it (a busy upstream's 429 to slow start's peak, read as the rate, held a
-            # 1427/min lane at 840 for 20 s). Noise, which makes the baseline. Not when that
-            # second took nothing: so looks a window run dry, which refuses everything.
+            # 1427/min lane at 840 for 20 s). Noise, which makes the baseline.
             self.refusals.noise_after_all(self._untested_seq)
             return
         if self.request_rate.refused_earlier(

@@ -324,10 +324,9 @@ class PacedRate:
                 # Nor does a cut from a second of a few sends while the pace still doubles
                 # from such a discovery (a busy 429 there held a lane at a quarter of its limit
                 # for 30 s). Fewer than from a discovery: 300/min windows' cuts from 5-7 sends
-                # doubled past them and drew 2-4 429s more. Up to the bound the doubling
-                # had (none from a discovery; a noise 429's from :meth:`unproven`): re-armed
-                # without it, a lane doubling up to 700/min after noise ran to 31,555.
+                # doubled past them and drew 2-4 429s more.
                 self._fast_probe = True
+                self._fast_to = math.inf
                 self._measured_cut = False
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
