@@ -412,32 +412,23 @@ class KeyStats:
             self.cost_usd += cost_usd
         self.ok += 1
         self.by_outcome["ok"] += 1
-        # Three histograms, filled as LatencyHistogram.add does, inlined and unrolled (no
-        # tuple of pairs built and walked): every request.
-        floor_s = _FLOOR_S
-        histogram = self.latency
-        index = int(math.log(latency_s / floor_s) / _LOG_GROWTH) + 1 if latency_s > floor_s else 0
-        histogram._buckets[index] += 1
-        histogram.count += 1
-        histogram.sum_s += latency_s
-        histogram.max_s = latency_s if latency_s > histogram.max_s else histogram.max_s
-        histogram = self.total
-        index = int(math.log(total_s / floor_s) / _LOG_GROWTH) + 1 if total_s > floor_s else 0
-        histogram._buckets[index] += 1
-        histogram.count += 1
-        histogram.sum_s += total_s
-        histogram.max_s = total_s if total_s > histogram.max_s else histogram.max_s
         waits = self.queue_waits
         # QueueWaits.of, inlined for a request without a tenant (most): no label to look up
         queued = waits._waits.get((priority, None)) if tenant is None else None
         if queued is None:
             queued = waits.of(priority, tenant)
-        histogram = queued
-        index = int(math.log(queued_s / floor_s) / _LOG_GROWTH) + 1 if queued_s > floor_s else 0
-        histogram._buckets[index] += 1
-        histogram.count += 1
-        histogram.sum_s += queued_s
-        histogram.max_s = queued_s if queued_s > histogram.max_s else histogram.max_s
+        # Three histograms, filled as LatencyHistogram.add does, inlined: every request.
+        floor_s = _FLOOR_S
+        for histogram, value_s in (
+            (self.latency, latency_s),
+            (self.total, total_s),
+            (queued, queued_s),
+        ):
+            index = int(math.log(value_s / floor_s) / _LOG_GROWTH) + 1 if value_s > floor_s else 0
+            histogram._buckets[index] += 1
+            histogram.count += 1
+            histogram.sum_s += value_s
+            histogram.max_s = value_s if value_s > histogram.max_s else histogram.max_s
         self.tokens_estimated += tokens_estimated
         if prompt_tokens:
             self.prompt_tokens += prompt_tokens
