@@ -33,7 +33,7 @@ class AttemptRecord:
     queued_s: float
     """Time from asking for admission to being admitted (cooldown, pacing, concurrency)."""
     latency_s: float
-    """Time from sending to the answer (for streams: to the response headers)."""
+    """Time from sending to the end of the answer (for streams: of the stream)."""
     tokens_estimated: int
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

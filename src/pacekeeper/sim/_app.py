@@ -28,6 +28,7 @@ from ._headers import (
     rate_limit_headers,
     rejection_response,
 )
+from ._held import HeldOpen
 from ._limits import LimiterRegistry, ModelLimiter
 from ._replies import (
     CHARS_PER_TOKEN,
@@ -206,17 +207,23 @@ class _ProcessingQueue:
     """A self-hosted server's batch: at most `capacity` requests processed at once, the
     others waiting in FIFO order (see Queueing)."""
 
-    __slots__ = ("capacity", "processing", "slowdown", "waiting")
+    __slots__ = ("capacity", "keep_alive_s", "processing", "slowdown", "waiting")
 
     def __init__(self, queueing: Queueing) -> None:
         self.capacity = queueing.capacity
         self.slowdown = queueing.slowdown
+        self.keep_alive_s = queueing.keep_alive_s
         self.processing = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def must_wait(self) -> bool:
+        """Whether a request arriving now waits for a slot."""
+        return self.processing >= self.capacity or bool(self.waiting)
+
     async def enter(self) -> float:
         """Wait for a processing slot; returns the latency factor the request runs at."""
-        if self.processing < self.capacity and not self.waiting:
+        if not self.must_wait:
             self.processing += 1
         else:
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -622,11 +629,19 @@ class SimApp:
             if queue is None:
                 await self._process(ex)
             else:
-                ex.slowdown = await queue.enter()
+                held = None
+                every_s = queue.keep_alive_s
+                if every_s is not None and queue.must_wait:
+                    held = await self._hold_open(ex, every_s)
                 try:
-                    await self._process(ex)
+                    ex.slowdown = await queue.enter()
+                    try:
+                        await self._process(ex)
+                    finally:
+                        queue.leave()
                 finally:
-                    queue.leave()
+                    if held is not None:
+                        held.stop()
         finally:
             stats.left()
             if limiter is not None:
@@ -634,6 +649,15 @@ class SimApp:
                     # Failed, or cut short before its output was counted: nothing generated.
                     limiter.settle_output(ex.output_reserved, 0.0, self._clock())
                 limiter.release()
+
+    async def _hold_open(self, ex: _Exchange, every_s: float) -> HeldOpen:
+        """Answer 200 now and keep the line busy until the answer (Queueing.keep_alive_s):
+        the request's own sends go through the returned object from here on."""
+        held = HeldOpen(ex.send, _transport_of(ex.send), stream=ex.call.stream)
+        content_type = _SSE_HEADERS if ex.call.stream else [JSON_CONTENT_TYPE]
+        await held.open([*ex.headers, *content_type, _request_id()], every_s)
+        ex.send = held.send
+        return held
 
     async def _process(self, ex: _Exchange) -> None:
         """Answer an admitted call: an injected fault, or the reply after its latency."""

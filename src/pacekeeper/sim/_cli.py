@@ -221,6 +221,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="with --queue-capacity: up to (1 + X) times slower while requests queue",
     )
+    limits.add_argument(
+        "--queue-keep-alive-s",
+        type=_number(positive=True),
+        metavar="S",
+        help=(
+            "with --queue-capacity: answer a request that must wait at once (200) and hold it "
+            "open with a blank line or ': keep-alive' every S seconds, as DeepSeek does"
+        ),
+    )
 
     latency = parser.add_argument_group("latency")
     latency.add_argument(
@@ -321,18 +330,18 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
         )
         queueing = scenario.queueing
         if args.queue_capacity is not None:
-            queueing = Queueing(
-                capacity=args.queue_capacity,
-                slowdown=(
-                    args.queue_slowdown
-                    if args.queue_slowdown is not None
-                    else (queueing.slowdown if queueing else 0.0)
-                ),
+            queueing = (
+                Queueing(capacity=args.queue_capacity)
+                if queueing is None
+                else dataclasses.replace(queueing, capacity=args.queue_capacity)
             )
+        queue_flags = {"slowdown": args.queue_slowdown, "keep_alive_s": args.queue_keep_alive_s}
+        if queueing is not None:
+            queueing = _replace(queueing, **queue_flags)
         elif args.queue_slowdown is not None:
-            if queueing is None:
-                raise ValueError("--queue-slowdown needs --queue-capacity")
-            queueing = Queueing(capacity=queueing.capacity, slowdown=args.queue_slowdown)
+            raise ValueError("--queue-slowdown needs --queue-capacity")
+        elif args.queue_keep_alive_s is not None:
+            raise ValueError("--queue-keep-alive-s needs --queue-capacity")
         result: Scenario = _replace(
             scenario,
             queueing=queueing,

@@ -363,6 +363,35 @@ def _selfhosted(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     )
 
 
+def _deepseek(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
+    """DeepSeek states and enforces no rate limit; under load a request waits, answered 200 at
+    once and held open with empty lines (streams: ``: keep-alive`` comments) until its answer:
+    the time to the headers says nothing of the queue, only the answer's end does."""
+    capacity = rng.randint(8, 32)
+    slowdown = _u(rng, 0.0, 0.2, digits=2)
+    keep_alive_s = _u(rng, 0.2, 1.0, digits=2)
+    latency = Latency(
+        ttft_s=_u(rng, 0.5, 1.5, digits=2), per_token_s=_u(rng, 0.005, 0.02, digits=4), spread=0.3
+    )
+    return ProfileDraw(
+        profile="deepseek",
+        seed=seed,
+        scenario=Scenario(
+            latency=latency,
+            rate_limit_headers="none",
+            queueing=Queueing(capacity=capacity, slowdown=slowdown, keep_alive_s=keep_alive_s),
+            seed=seed,
+        ),
+        truth={DEFAULT_MODEL: TrueLimits(max_in_flight=capacity)},
+        timeout_s=_timeout_s(latency, 100, slowdown) * 4,
+        summary=(
+            f"no limit; serves {capacity} at once, the rest answered 200 at once and held open "
+            f"(a blank line every {keep_alive_s:g} s), {slowdown:.0%} slower when the queue is "
+            f"long, ttft {latency.ttft_s:g} s"
+        ),
+    )
+
+
 def _multimodel(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     models = {
         "gpt-4o-mini": ModelLimits(rpm=_u(rng, 900, 1500), tpm=_NON_BINDING_TPM),
@@ -519,6 +548,10 @@ PROFILES: Mapping[str, _Profile] = {
     "flaky": _Profile("rpm plus 6-10% 5xx/529, 1-3% drops, 0.5-1.5% hangs", _flaky),
     "busy": _Profile("rpm plus 2-8% 429s the client's rate does not cause", _busy),
     "selfhosted": _Profile("no 429s: a queue past capacity, slower when long", _selfhosted),
+    "deepseek": _Profile(
+        "DeepSeek: no limit; a request that waits is answered 200 at once and held open",
+        _deepseek,
+    ),
     "slow": _Profile("rpm with 4-10 s to first token (reasoning models)", _slow),
     "halving": _Profile("rpm halved 35-55% into the run", _halving),
     "multimodel": _Profile("three models with their own limits", _multimodel),

@@ -292,10 +292,17 @@ class Queueing:
     servers are under memory pressure: a request that starts processing while `q` others wait
     takes (1 + slowdown * min(1, q / capacity)) times its nominal latency, so throughput falls
     by up to 1 / (1 + slowdown) past capacity.
+
+    `keep_alive_s` set: a request that has to wait is answered at once and held open, as
+    DeepSeek documents for its servers under load: status 200 and its headers straight away,
+    then a blank line (JSON answers) or an SSE comment ``: keep-alive`` (streams) every
+    `keep_alive_s` until the answer's first bytes. The time to the headers then says nothing
+    of the load; an error found once the 200 is out can only cut the connection.
     """
 
     capacity: int
     slowdown: float = 0.0
+    keep_alive_s: float | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -305,6 +312,7 @@ class Queueing:
         ):
             raise ValueError(f"capacity: must be an integer >= 1, got {self.capacity!r}")
         _check_number("slowdown", self.slowdown)
+        _check_number("keep_alive_s", self.keep_alive_s, positive=True, optional=True)
 
 
 def _default_models() -> dict[str, ModelLimits]:
@@ -570,7 +578,10 @@ def _scenario_to_toml(sc: Scenario) -> str:
     if sc.queueing is not None:
         # capacity has no default, so it is always written.
         lines += ["[queueing]", f"capacity = {sc.queueing.capacity}"]
-        lines += [f"slowdown = {_toml_value(sc.queueing.slowdown)}", ""]
+        lines.append(f"slowdown = {_toml_value(sc.queueing.slowdown)}")
+        if sc.queueing.keep_alive_s is not None:
+            lines.append(f"keep_alive_s = {_toml_value(sc.queueing.keep_alive_s)}")
+        lines.append("")
     for name, limits in sc.models.items():
         header = f"models.{json.dumps(name)}"
         # An all-default model still needs its (empty) table so it round-trips.
