@@ -338,28 +338,34 @@ def _inflight(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     )
 
 
+def _queueing_draw(
+    profile: str, seed: int, queueing: Queueing, latency: Latency, summary: str
+) -> ProfileDraw:
+    """A server that never answers 429 and queues past its capacity (its best concurrency)."""
+    return ProfileDraw(
+        profile=profile,
+        seed=seed,
+        scenario=Scenario(latency=latency, rate_limit_headers="none", queueing=queueing, seed=seed),
+        truth={DEFAULT_MODEL: TrueLimits(max_in_flight=queueing.capacity)},
+        # A queue of the whole workload must not time out: the client is what is measured.
+        timeout_s=_timeout_s(latency, 100, queueing.slowdown) * 4,
+        summary=summary,
+    )
+
+
 def _selfhosted(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     capacity = rng.randint(8, 24)
     slowdown = _u(rng, 0.1, 0.4, digits=2)
     latency = Latency(
         ttft_s=_u(rng, 0.3, 1.0, digits=2), per_token_s=_u(rng, 0.005, 0.015, digits=4), spread=0.2
     )
-    return ProfileDraw(
-        profile="selfhosted",
-        seed=seed,
-        scenario=Scenario(
-            latency=latency,
-            rate_limit_headers="none",
-            queueing=Queueing(capacity=capacity, slowdown=slowdown),
-            seed=seed,
-        ),
-        truth={DEFAULT_MODEL: TrueLimits(max_in_flight=capacity)},
-        # A queue of the whole workload must not time out: the client is what is measured.
-        timeout_s=_timeout_s(latency, 100, slowdown) * 4,
-        summary=(
-            f"queueing server, no 429s: processes {capacity} at once, {slowdown:.0%} slower "
-            f"when the queue is long, ttft {latency.ttft_s:g} s"
-        ),
+    return _queueing_draw(
+        "selfhosted",
+        seed,
+        Queueing(capacity=capacity, slowdown=slowdown),
+        latency,
+        f"queueing server, no 429s: processes {capacity} at once, {slowdown:.0%} slower "
+        f"when the queue is long, ttft {latency.ttft_s:g} s",
     )
 
 
@@ -373,22 +379,14 @@ def _deepseek(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     latency = Latency(
         ttft_s=_u(rng, 0.5, 1.5, digits=2), per_token_s=_u(rng, 0.005, 0.02, digits=4), spread=0.3
     )
-    return ProfileDraw(
-        profile="deepseek",
-        seed=seed,
-        scenario=Scenario(
-            latency=latency,
-            rate_limit_headers="none",
-            queueing=Queueing(capacity=capacity, slowdown=slowdown, keep_alive_s=keep_alive_s),
-            seed=seed,
-        ),
-        truth={DEFAULT_MODEL: TrueLimits(max_in_flight=capacity)},
-        timeout_s=_timeout_s(latency, 100, slowdown) * 4,
-        summary=(
-            f"no limit; serves {capacity} at once, the rest answered 200 at once and held open "
-            f"(a blank line every {keep_alive_s:g} s), {slowdown:.0%} slower when the queue is "
-            f"long, ttft {latency.ttft_s:g} s"
-        ),
+    return _queueing_draw(
+        "deepseek",
+        seed,
+        Queueing(capacity=capacity, slowdown=slowdown, keep_alive_s=keep_alive_s),
+        latency,
+        f"no limit; serves {capacity} at once, the rest answered 200 at once and held open "
+        f"(a blank line every {keep_alive_s:g} s), {slowdown:.0%} slower when the queue is "
+        f"long, ttft {latency.ttft_s:g} s",
     )
 
 
