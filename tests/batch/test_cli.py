@@ -557,9 +557,11 @@ def test_progress_live_on_a_terminal(start_sim: StartSim, tmp_path: Path) -> Non
 
 
 def test_a_second_run_on_the_same_output_is_refused(start_sim: StartSim, tmp_path: Path) -> None:
-    sim = start_sim(Scenario(latency=Latency(ttft_s=0.3)))
+    # The first run takes about 5 s, so that the second meets it running: at 0.9 s, a CI run
+    # on a loaded machine started the second only after the first had finished.
+    sim = start_sim(Scenario(latency=Latency(ttft_s=0.6)))
     ids = write_batch(tmp_path / "in.jsonl", 30)
-    args = ["run", "in.jsonl", "--base-url", sim.base_url, "--concurrency", "10"]
+    args = ["run", "in.jsonl", "--base-url", sim.base_url, "--concurrency", "4"]
     first = Running(args, cwd=tmp_path)
     try:
         wait_until((tmp_path / "in.results.jsonl").exists)
