@@ -421,24 +421,6 @@ async def test_a_process_whose_test_was_taken_adopts_the_cap_the_fleet_confirmed
     close(a)
 
 
-def test_a_success_one_past_a_provisional_cap_does_not_refute_it_in_a_fleet() -> None:
-    """The fleet's count at send runs ahead of the server's by the other processes' releases
-    on their way: a success one past a provisional cap was the server's cap or under it.
-    Two past refutes it; so does one past while Redis is away (the count is this process's
-    own)."""
-    from pacekeeper.backends._redis import _SharedAdaptive
-
-    for shared_mode, refuted_at in ((True, 9), (False, 8)):
-        learner = _SharedAdaptive(AdaptiveConcurrency(initial=8))
-        learner.shared_mode = shared_mode
-        learner.learn_cap(in_flight_at_send=8, now=0.0, provisional=True)
-        assert learner.learned_cap == 7
-        assert not learner.refuted_by(in_flight_at_send=refuted_at - 1, sent_at=1.0)
-        assert learner.learned_cap == 7
-        assert learner.refuted_by(in_flight_at_send=refuted_at, sent_at=1.0)
-        assert learner.learned_cap is None
-
-
 async def test_a_cap_taught_by_bare_429s_stays_provisional_in_the_other_processes(
     redis_server: RedisServer, namespace: str
 ) -> None:

@@ -64,9 +64,6 @@ logger = logging.getLogger("pacekeeper.redis")
 
 _ADMIT_FIXED_ARGS = 34  # ARGV[1..34] of the ADMIT script (_scripts.py); the releases follow
 _SLOT_POLL_S = 0.02
-_FLEET_COUNT_AHEAD = 1
-"""How far the fleet's count in flight may run ahead of the server's (the other processes'
-releases on their way): a success this far past a provisional cap does not refute it."""
 """How often the head of a lane's queue asks again when every shared slot is taken (other
 processes' releases cannot wake it)."""
 _SIGNAL_CODES = {Signal.NEUTRAL: 0, Signal.SUCCESS: 1, Signal.BACKPRESSURE: 2}
@@ -258,17 +255,6 @@ class _SharedAdaptive(AimdLimit):
 
     def set_local_limit(self, limit: int) -> None:
         self.local_limit = max(1, limit)
-
-    def refuted_by(self, *, in_flight_at_send: int, sent_at: float) -> bool:
-        """As one process's, on the server's count: the fleet's count at send (ADMIT's) runs
-        ahead of it by the other processes' releases still on their way (a few ms to tens of
-        ms each, on their maintenance threads), so a success one past a provisional cap says
-        nothing (traced: under load, a test sent at the fleet's 9 against a cap of 8 was
-        taken while the server held 8 or fewer; the cap was forgotten by all, and the fleet
-        drew 20-44 429s where it draws 2-4). Two past it refutes it."""
-        if self.shared_mode:
-            in_flight_at_send -= _FLEET_COUNT_AHEAD
-        return super().refuted_by(in_flight_at_send=in_flight_at_send, sent_at=sent_at)
 
     def queueing(self, *, capacity: float, now: float = 0.0) -> bool:
         """Swollen answers say the server queues past ``capacity``: the window to cut is the
