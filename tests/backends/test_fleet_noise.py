@@ -142,9 +142,12 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="issue #10: flaky under CI's parallel load: a clean-clone .ci/run drew 41 429s "
-    "(180 ok) where 12 local runs, 6 of them beside two CPU burners, drew at most 6; the "
-    "cause under load is not traced (ADMIT's edge or the releases in transit)",
+    reason="issue #10: flaky under heavy load. Traced: (1) a test taken where the cap held "
+    "(the fleet's count ahead of the server's by releases in transit) erased the confirmed cap "
+    "for all: fixed (a confirmed cap stands; 24 traced runs beside burners 2-3 429s, 10 of 10 "
+    "beside burners); (2) left: with five fleets' runs beside burners the count runs 2-3 ahead, "
+    "a cap is learned at 10 for 8 and successes at inflated counts make the refusals at its "
+    "last slot look like noise for 2-3 s (10-55 429s in 5 of 20 runs; 1 of 10 under -n 2)",
 )
 async def test_a_fleet_under_a_bare_in_flight_cap_does_not_take_its_429s_for_noise(
     redis_server: RedisServer, namespace: str
