@@ -357,6 +357,70 @@ async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confir
     client.close()
 
 
+async def test_a_confirmed_cap_stands_against_a_hypothesis_refuted_or_tested_elsewhere(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Every process tests a provisional cap within its round trip. One test refused
+    confirms it; another process's test, sent at the fleet's count (which runs ahead of the
+    server's by releases on their way), may be taken all the same. Traced under load: that
+    process then forgot the cap for the whole fleet, after a third had raised the confirmed
+    cap back to a hypothesis with its own test, and 20-44 429s followed where 2-4 do. A
+    confirmed cap stands against both; a confirmed cap's own probe and a refutation of a
+    confirmed cap still move it. Storing a cap brings the fleet's window down to it."""
+    from pacekeeper.backends import _scripts
+
+    client = redis_server.client()
+    control = client.register_script(_scripts.CONTROL)
+    key = f"{namespace}:lane:{CHAT}|m"
+
+    def push(cap: int, provisional: int, probing: int = 0) -> tuple[object, object]:
+        stored = control(
+            keys=[key, f"{namespace}:clock"], args=["", "", cap, probing, "", 60, provisional]
+        )
+        return stored[2], stored[4]
+
+    client.hset(key, "cw", "26")  # the start's ramp grew the window
+    assert push(8, provisional=1) == (b"8", b"1")
+    assert stored(redis_server, namespace, "cw") == 8  # down to the cap, as one process's
+    assert stored(redis_server, namespace, "ss") == 8  # and slow start ends there
+    assert push(8, provisional=0) == (b"8", None)  # a refused test confirmed it
+    assert push(9, provisional=1, probing=1) == (b"8", None)  # another's test: not raised
+    assert push(0, provisional=1) == (b"8", None)  # another's hypothesis refuted: it stands
+    assert push(9, provisional=0, probing=1) == (b"9", None)  # a confirmed cap's probe
+    assert push(0, provisional=0) == (None, None)  # refusals below a confirmed cap: gone
+    client.close()
+
+
+async def test_a_process_whose_test_was_taken_adopts_the_cap_the_fleet_confirmed(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Its provisional cap refuted here (its test taken), a process does not make the fleet
+    forget a cap another's refused test confirmed: it adopts it, confirmed."""
+    limits = Limits(concurrency=AdaptiveConcurrency(initial=8))
+    a = shared_gov(redis_server, namespace, limits=limits)
+    lane_a = shared_lane(a)
+    held = [await lane_a.acquire(0) for _ in range(8)]
+    lane_a.settle(held.pop(), bare_429(), now=a.clock(), max_hint_s=60, retry=False)
+    admission = redis_admission(lane_a)
+    learner = admission.learner
+    assert learner is not None
+    assert (learner.learned_cap, learner.cap_provisional) == (7, True)
+    await until(lambda: stored(redis_server, namespace, "pp") == 1)
+    for permit in held:
+        permit.release()
+    # another process's test of it was refused: confirmed in the store
+    backend = a.backend
+    assert isinstance(backend, RedisBackend)
+    scripts = backend.sync_scripts()
+    scripts.control(keys=[admission.hash_key, backend.clock_key], args=["", "", 7, 0, "", 60, 0])
+    learner.forget_cap()  # this process's test was taken
+    admission.exchange_control(scripts.control)
+    assert stored(redis_server, namespace, "pc") == 7
+    assert stored(redis_server, namespace, "pp") is None
+    assert (learner.learned_cap, learner.cap_provisional) == (7, False)
+    close(a)
+
+
 async def test_a_cap_taught_by_bare_429s_stays_provisional_in_the_other_processes(
     redis_server: RedisServer, namespace: str
 ) -> None:

@@ -142,9 +142,13 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="issue #10: flaky under CI's parallel load: a clean-clone .ci/run drew 41 429s "
-    "(180 ok) where 12 local runs, 6 of them beside two CPU burners, drew at most 6; the "
-    "cause under load is not traced (ADMIT's edge or the releases in transit)",
+    reason="issue #10: flaky under heavy load. Traced: (1) a test taken where the cap held "
+    "(the fleet's count ahead of the server's by releases in transit) erased the confirmed cap "
+    "for all: fixed (a confirmed cap stands; side by side beside a burner main failed 4 of 8, "
+    "this 1 of 8); (2) left: under heavier load the count runs 2-3 ahead for seconds: the first "
+    "test taken before any confirmation forgets the cap for all, or a cap is learned at 10 for "
+    "8 and successes at inflated counts make the refusals at its last slot look like noise "
+    "(10-57 429s in about 1 run of 5 then; 1 of 10 under -n 2)",
 )
 async def test_a_fleet_under_a_bare_in_flight_cap_does_not_take_its_429s_for_noise(
     redis_server: RedisServer, namespace: str

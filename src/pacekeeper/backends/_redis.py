@@ -560,7 +560,11 @@ class RedisAdmissionPolicy:
                 args[1] = _wire(tpm)
             if current.cap != pushed.cap or current.provisional != pushed.provisional:
                 args[2] = current.cap or 0
-                args[6] = 1 if current.provisional else 0
+                # A forgotten cap sends the flag of the one forgotten: a hypothesis refuted
+                # here (its test succeeded) does not forget a cap the fleet has confirmed
+                # since (CONTROL keeps it, and this process adopts it below).
+                provisional = current.provisional if current.cap else pushed.provisional
+                args[6] = 1 if provisional else 0
             if push and floor != self._pushed_floor:
                 args[4] = floor
                 self._pushed_floor = floor

@@ -737,12 +737,30 @@ end
 put('pr', ARGV[1])
 put('pt', ARGV[2])
 if ARGV[3] ~= '' then
-  local cap, old = num(ARGV[3], 0), num(redis.call('HGET', KEYS[1], 'pc'), 0)
-  if cap <= 0 then redis.call('HDEL', KEYS[1], 'pc', 'pp')
-  elseif old <= 0 or cap < old or (ARGV[4] == '1' and cap == old + 1) then
+  local c = redis.call('HMGET', KEYS[1], 'pc', 'pp', 'cw', 'ss')
+  local cap, old = num(ARGV[3], 0), num(c[1], 0)
+  -- A cap another process's refused test confirmed (stored without pp) stands against a
+  -- hypothesis: neither forgotten because the writer's provisional cap was refuted (its test,
+  -- sent at the fleet's count, which runs ahead of the server's, was taken), nor raised by
+  -- the writer's test of it (ADMIT would let that test go, past the cap). The writer adopts
+  -- it from the reply. (Forgotten, the fleet's limit jumped to its window and drew 20-44
+  -- 429s from a cap of 8 where it draws 2-4.)
+  local confirmed = old > 0 and c[2] == false and ARGV[7] == '1'
+  if cap <= 0 then
+    if not confirmed then redis.call('HDEL', KEYS[1], 'pc', 'pp') end
+  elseif old <= 0 or cap < old or (ARGV[4] == '1' and cap == old + 1 and not confirmed) then
     redis.call('HSET', KEYS[1], 'pc', tostring(math.floor(cap)))
     if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'pp', '1')
     else redis.call('HDEL', KEYS[1], 'pp') end
+    -- The window comes down to the cap and slow start ends there, as a process's own
+    -- window does when it learns a cap (concurrency.py, learn_cap): left where the start
+    -- had grown it (26-31 over a cap of 8), a cap forgotten later let the fleet's limit
+    -- jump there at once, where one process climbs from the cap.
+    if old <= 0 or cap < old then
+      local cw, ss = num(c[3], 0), num(c[4], 1e18)
+      if cw > cap then redis.call('HSET', KEYS[1], 'cw', fmt(cap)) end
+      if ss > cap then redis.call('HSET', KEYS[1], 'ss', fmt(cap)) end
+    end
   elseif cap == old and ARGV[7] ~= '1' then
     redis.call('HDEL', KEYS[1], 'pp')
   end
