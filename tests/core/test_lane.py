@@ -876,6 +876,9 @@ def test_a_provisional_caps_test_taken_beside_a_refusal_refutes_nothing() -> Non
     lane.settle(test, _verdict(200, room), now=3.3, max_hint_s=600.0, retry=False)
     assert lane.slots.learned_cap is not None
     assert lane.slots.limit <= 8
+    # Nor is it a peak of 8: a refusal at 8 after it is the cap's, not noise under a peak
+    # that succeeded (each slot freed was taken again at once, and refused).
+    assert lane._success_peak_in_flight == 7
     # A test that went with nothing refused beside it, past the cap, is taken: no cap.
     while lane.slots.in_flight < lane.slots.limit:
         sent.append(lane._grant(3.3, 0, 3.3))

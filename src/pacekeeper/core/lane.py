@@ -1964,22 +1964,22 @@ class Lane:
             self._outstanding_sent_at,
             aimd is None or permit.sent_at >= aimd.queue_cut_at,
         )
-        # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
-        if (
-            permit.in_flight_at_send >= self._success_peak_in_flight
-            or now - self._success_peak_at > _PEAK_FADES_S
-        ):
-            self._success_peak_in_flight = permit.in_flight_at_send
-            self._success_peak_at = now
-        if (
-            aimd is not None
-            and (passed := aimd.passed_cap_by(permit.in_flight_at_send, permit.sent_at))
-            and self._not_held_at(permit) < passed
-        ):
-            aimd.forget_cap()
-            self._refusal_was_the_rate(now)
-        elif aimd is not None and aimd.cap_provisional and self._cap_retested:
+        in_flight = permit.in_flight_at_send
+        if aimd is not None and (passed := aimd.passed_cap_by(in_flight, permit.sent_at)):
+            # Past a provisional cap: a refutation, unless the server did not hold that many
+            # (:meth:`_not_held_at`); then it proves only the peak it held.
+            not_held = self._not_held_at(permit)
+            if not_held < passed:
+                aimd.forget_cap()
+                self._refusal_was_the_rate(now)
+            else:
+                in_flight -= not_held
+        if aimd is not None and aimd.cap_provisional and self._cap_retested:
             aimd.hold_test = self._retest_untold(now)
+        # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
+        if in_flight >= self._success_peak_in_flight or now - self._success_peak_at > _PEAK_FADES_S:
+            self._success_peak_in_flight = in_flight
+            self._success_peak_at = now
         backlog = True if self._queue.members else False  # noqa: SIM210  # bool() is a call
         grid = self._grid
         moved = (
@@ -2694,11 +2694,15 @@ class Lane:
         refused (a 429 back after it went: no slot was ever theirs), and those whose answers
         came back within a refusal's round trip after it went (they may have left the server
         before it arrived). Past a provisional cap by no more than these, its success
-        refutes nothing. A cap of 7 refused as `rate_limit_exceeded` (the bench's `inflight`
-        seed 3): the test went at 8 of ours 9 ms after a request at 7 that was refused (the
-        server still held an answer that had reached us); the test was taken, at 7 of the
-        server's, and refuted the cap. The window opened to the floor the stated rate set
-        (54), and 20-25 requests were refused in 0.1 s, 1 run in 4-8."""
+        refutes nothing, and the peak in flight it proves is what the server held.
+
+        A cap of 7 refused as `rate_limit_exceeded` (the bench's `inflight` seed 3): the test
+        went at 8 of ours 9 ms after a request at 7 that was refused (the server still held
+        an answer that had reached us), was taken at 7 of the server's, and refuted the cap:
+        the window opened to the floor the stated rate set (54), and 20-25 requests were
+        refused in 0.1 s, 1 run in 4-8. Not refuted but counted as a peak of 8, it made
+        every refusal at 8 after it noise (no new peak): 10 in 30 ms, each freed slot taken
+        again at once."""
         seq, sent_at = permit.seq, permit.sent_at
         not_held = 0
         round_trip_s = 0.0
