@@ -109,8 +109,6 @@ _PEAK_FADES_S = 2.0
 _PEAK_MARGIN = 2  # our count runs ahead of the server's by the answers still on the wire
 _AS_BUSY_MARGIN = 2  # sends in a second: as busy as another within this many
 _REFUSALS_KEPT = 16  # the latest 429s whose requests held no slot at the server
-_TEST_TAKEN_TRIPS = 4.0  # a cap's test not refused in this many refusals' round trips was taken
-_TEST_TAKEN_LEAST_S = 0.25  # nor in this long (a loaded event loop delays a refusal by tens of ms)
 # While the token budget is slack, one exact count in 64 keeps both scales learned.
 _EXACT_EVERY = 64
 _CHEAP_LEARNED = 10  # answers before a character-count estimate is trusted
@@ -399,7 +397,6 @@ class Lane:
         "_next_limits_read",
         "_output_charged",
         "_outstanding_sent_at",
-        "_peak_seq",
         "_probe_seq",
         "_queue",
         "_quota_budgets",
@@ -539,8 +536,6 @@ class Lane:
         admission's number, the tokens charged before it)."""
         self._success_peak_in_flight = 0
         self._success_peak_at = -math.inf
-        self._peak_seq = 0
-        """The admission number of the request that last raised the most sent in flight."""
         self._refusals_back: deque[tuple[int, float, float]] = deque(maxlen=_REFUSALS_KEPT)
         """The latest 429s as (admission number, when back, how long it took): a request
         refused held no slot at the server, however long our count held it
@@ -1279,7 +1274,6 @@ class Lane:
             local.sent_peak = in_flight
             local.new_territory_at = now
             local.new_territory_answered = False
-            self._peak_seq = self._admitted + 1  # this one's, counted below
         charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
         # Positionally (see Permit.__init__): sent_at, in_flight_at_send, tokens, queued_s,
         # lease, seq, charged_before, filled_window, output_tokens, output_charged_before.
@@ -1980,12 +1974,8 @@ class Lane:
                 self._refusal_was_the_rate(now)
             else:
                 in_flight -= not_held
-        if aimd is not None and aimd.cap_provisional:
-            if self._cap_retested:
-                aimd.hold_test = self._retest_untold(now)
-            if aimd.probing and self._test_taken(aimd, now):
-                aimd.forget_cap()
-                self._refusal_was_the_rate(now)
+        if aimd is not None and aimd.cap_provisional and self._cap_retested:
+            aimd.hold_test = self._retest_untold(now)
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).
         if in_flight >= self._success_peak_in_flight or now - self._success_peak_at > _PEAK_FADES_S:
             self._success_peak_in_flight = in_flight
@@ -2697,34 +2687,6 @@ class Lane:
         if not self.latency.mean_known:
             return 1.0
         return max(_CAP_TEST_MIN_S, self.latency.mean_s)
-
-    def _test_taken(self, slots: AimdLimit, now: float) -> bool:
-        """Whether a provisional cap's test (the request that went past it) was taken, its
-        answer still to come: a cap refuses the first request past it within a network round
-        trip, as the refusal that taught it came back, and none came in four of the slowest
-        lately (nor for a request sent after it). Its answer takes a whole latency more, all
-        of it at the cap: a busy 429 to slow start's 11th request taught a cap of 10 where a
-        1206/min lane answered in 1.4 s needs 28, held 1.7 s till the test's success (the
-        bench's `busy` seed 1: 0.82 of the reference). Counted as the server held it
-        (:meth:`_not_held_at`). Not in a fleet (the others' refusals are not seen here)."""
-        local = self._local
-        sent_at = local.new_territory_at
-        passed = slots.passed_cap_by(local.sent_peak, sent_at)
-        if not passed or self._shared or not self.admission.sees_every_acceptance:
-            return False
-        seq = self._peak_seq
-        round_trip_s = 0.0
-        not_held = 0
-        for refused_seq, back_at, took_s in self._refusals_back:
-            if refused_seq >= seq:
-                return False  # it, or one sent after it, was refused: judged there
-            round_trip_s = max(round_trip_s, took_s)
-            if back_at > sent_at:
-                not_held += 1
-        if now - sent_at < max(_TEST_TAKEN_LEAST_S, _TEST_TAKEN_TRIPS * round_trip_s):
-            return False
-        not_held += self.request_rate.accepted_between(sent_at, sent_at + round_trip_s)
-        return not_held < passed
 
     def _not_held_at(self, permit: Permit) -> int:
         """How many of the requests counted in flight when ``permit``'s was sent (ours, itself
