@@ -842,6 +842,52 @@ def test_a_provisional_cap_probe_refused_after_a_quieter_second_confirms_the_cap
     assert lane.discovered_rpm is None
 
 
+def test_a_provisional_caps_test_taken_beside_a_refusal_refutes_nothing() -> None:
+    # The bench's `inflight` seed 3: a cap of 7 refused as `rate_limit_exceeded`, its 429s
+    # stating a rate of 100,000/min with room. The 8th request of the start is refused at a
+    # new peak: a provisional cap of 7. A round trip on, an answer frees a slot; its
+    # replacement goes at 7 of ours and the cap's test at 8, 10 ms apart. The server still
+    # held the answered request (its answer reached us before it let the slot go): it
+    # refuses the replacement, and takes the test at 7 of its own. That success past the
+    # cap counted a request that held no slot: it refutes nothing (taken as a refutation,
+    # the window opened to the 54 the stated rate needs, and 20-25 were refused in 0.1 s).
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    room = {
+        "x-ratelimit-limit-requests": "100000",
+        "x-ratelimit-remaining-requests": "99990",
+        "x-ratelimit-reset-requests": "1ms",
+    }
+    lane.queue.join(_ThreadWaiter())  # a backlog
+    first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
+    clock.now = 1.0
+    for permit in first:
+        lane.settle(permit, _verdict(200, room), now=1.0, max_hint_s=600.0, retry=False)
+    burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
+    clock.now = 1.08
+    lane.settle(burst[-1], _verdict(429, room), now=1.08, max_hint_s=600.0, retry=False)
+    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
+    sent = _answered(lane, clock, burst[:1], [2.2])
+    assert [permit.in_flight_at_send for permit in sent] == [7, 8]
+    replacement, test = sent
+    clock.now = 2.22
+    lane.settle(replacement, _verdict(429, room), now=2.22, max_hint_s=600.0, retry=False)
+    clock.now = 3.3
+    lane.settle(test, _verdict(200, room), now=3.3, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap is not None
+    assert lane.slots.limit <= 8
+    # Nor is it a peak of 8: a refusal at 8 after it is the cap's, not noise under a peak
+    # that succeeded (each slot freed was taken again at once, and refused).
+    assert lane._success_peak_in_flight == 7
+    # A test that went with nothing refused beside it, past the cap, is taken: no cap.
+    while lane.slots.in_flight < lane.slots.limit:
+        sent.append(lane._grant(3.3, 0, 3.3))
+    past = [permit for permit in sent if permit.in_flight_at_send == 8][-1]
+    clock.now = 4.5
+    lane.settle(past, _verdict(200, room), now=4.5, max_hint_s=600.0, retry=False)
+    assert lane.slots.learned_cap is None
+
+
 def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, str]:
     # Resets are RFC 3339 times; the verdicts here are read at wall time 0.
     reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset_s))

@@ -684,13 +684,6 @@ def test_a_rate_change_that_keeps_the_level_takes_a_lost_burst_out_of_the_debt()
     assert bucket.level(0.0) == pytest.approx(-5.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #10, known defect: the re-armed doubling loses its bound. Keeping the bound "
-    "(rate.py, the cut from a few sends) was tried: the bench's `inflight` seed 3 (a cap of 7 "
-    "refused as `rate_limit_exceeded` with headers) then drew 28 429s and failed a request in "
-    "3 runs of 6 (3 429s in 10 of 10 without it); not traced",
-)
 def test_a_cut_from_a_few_sends_keeps_the_bound_of_a_doubling_after_noise() -> None:
     """After a busy 429 taken as noise, a discovered rate doubles past its loss only up to
     what the server was seen to take (here 700/min). A cut from a second of a few sends (as

@@ -569,13 +569,21 @@ class AimdLimit(FixedLimit):
     def refuted_by(self, *, in_flight_at_send: int, sent_at: float) -> bool:
         """A success of a request sent with ``in_flight_at_send`` in flight: past a provisional
         cap, and sent after it was set (so not a survivor of the burst that taught it), it
-        shows that the cap was not one. The cap is then forgotten; True when it was."""
-        if self.learned_cap is None or not self.cap_provisional:
-            return False
-        if sent_at < self.cap_learned_at or in_flight_at_send <= self._cap_taught:
+        shows that the cap was not one. The cap is then forgotten; True when it was. (The
+        lane first discounts what the server did not hold of that count:
+        :meth:`passed_cap_by`.)"""
+        if not self.passed_cap_by(in_flight_at_send, sent_at):
             return False
         self.forget_cap()
         return True
+
+    def passed_cap_by(self, in_flight_at_send: int, sent_at: float) -> int:
+        """By how many a success of a request sent with ``in_flight_at_send`` in flight (ours,
+        as counted then) went past a provisional cap, sent after it was set; 0 when not (no
+        such cap, or within it). Positional: every answer asks."""
+        if self.learned_cap is None or not self.cap_provisional or sent_at < self.cap_learned_at:
+            return 0
+        return max(0, in_flight_at_send - self._cap_taught)
 
     def retest_cap(self, *, now: float, after_s: float) -> None:
         """A provisional cap's test was refused, but says no more than the refusal that

@@ -324,9 +324,10 @@ class PacedRate:
                 # Nor does a cut from a second of a few sends while the pace still doubles
                 # from such a discovery (a busy 429 there held a lane at a quarter of its limit
                 # for 30 s). Fewer than from a discovery: 300/min windows' cuts from 5-7 sends
-                # doubled past them and drew 2-4 429s more.
+                # doubled past them and drew 2-4 429s more. Up to the bound the doubling
+                # had (none from a discovery; a noise 429's from :meth:`unproven`): re-armed
+                # without it, a lane doubling up to 700/min after noise ran to 31,555.
                 self._fast_probe = True
-                self._fast_to = math.inf
                 self._measured_cut = False
         self._cut_at = self._probe_from = now
         self._cuts.append(now)
@@ -625,6 +626,23 @@ class PacedRate:
         """
         if self.ceiling is None and self.rpm is not None:
             self._at_loss = max(loss_rpm, self.rpm)
+
+    def accepted_between(self, start: float, end: float) -> int:
+        """How many successes came back after ``start`` up to ``end`` (within the last five
+        seconds).
+
+        >>> rate = PacedRate()
+        >>> for t in (1.0, 1.01, 1.02, 1.5):
+        ...     _ = rate.succeeded(now=t, backlog=False)
+        >>> rate.accepted_between(1.0, 1.02)
+        2
+        """
+        count = 0
+        for t in reversed(self._accepted):
+            if t <= start:
+                break
+            count += 1 if t <= end else 0
+        return count
 
     def accepted_mean_rpm(self, now: float, span_s: float = _ACCEPTED_WINDOW_S) -> float:
         """The rate (per minute) accepted over the ``span_s`` (at most five) seconds up to
