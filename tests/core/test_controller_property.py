@@ -440,6 +440,10 @@ def test_a_queueing_server_is_not_cut_below_its_capacity_on_a_noisy_unloaded_lat
         pytest.param(19, 0.25, 1.0, 489, marks=pytest.mark.xfail(strict=True)),
         pytest.param(23, 0.1389, 1.7498, 335, marks=pytest.mark.xfail(strict=True)),
         pytest.param(20, 0.2941, 0.5745, 953, marks=pytest.mark.xfail(strict=True)),
+        # Found by the property test above in a local run (17.0 in flight for 5 s where 17.6
+        # is 0.8 of it): a base read at 0.69 of answers taking 0.75 s cut slow start's 23 on a
+        # server of 22 that never queued down to 10.9, whence it grows one a round trip.
+        pytest.param(22, 0.25, 0.75, 159, marks=pytest.mark.xfail(strict=True)),
     ],
 )
 def test_a_server_that_never_queues_is_not_held_under_its_capacity_on_a_base_read_low(
