@@ -327,12 +327,13 @@ def _start(
         rewritten = with_stream_usage(request, facts, flavour.module)
         if rewritten is not None:
             request, strip = rewritten, True
-    call = gov.call(
-        route=facts.route,
-        model=facts.model,
-        estimate=facts.estimate,
-        tag=request.extensions.get(TAG_EXTENSION),
-        body=facts.body,
+    call = gov._open(  # Governor.call from the facts' counts, positionally
+        facts.route,
+        facts.model,
+        facts.prompt,
+        facts.completion,
+        request.extensions.get(TAG_EXTENSION),
+        facts.body,
     )
     if gov.retry.attempt_timeout_s is not None:
         bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
