@@ -42,7 +42,7 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
         ),
         (
             "admission: call, queue, slot, buckets",
-            "Governor.call Call.__init__ next_attempt Attempts.__ Attempts._waited"
+            "Governor.call Governor._open Call.__init__ next_attempt Attempts.__ Attempts._waited"
             " Attempts._join Attempts.first_turn Lane.join"
             " Lane.turn _grant _count_admission core/admission.py core/queue.py core/waiting.py"
             " core/cooldown.py TokenBucket.wait_s TokenBucket.spend Limit.acquire Limit.limit"

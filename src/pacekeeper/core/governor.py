@@ -269,6 +269,34 @@ class Governor:
         ``priority`` is its class (``"interactive"``, ``"batch"``, ``"background"``) and
         ``tenant`` whose share it counts in within that class; unset, they come from the
         innermost :func:`pacekeeper.priority` block, else ``interactive`` and no tenant."""
+        if estimate is not None:
+            return self._open(
+                route,
+                model,
+                estimate.prompt_tokens,
+                estimate.max_completion_tokens,
+                tag,
+                body if estimate.method == CHARS else None,
+                priority,
+                tenant,
+            )
+        return self._open(route, model, tokens or 0, 0, tag, None, priority, tenant)
+
+    def _open(  # noqa: PLR0917  # positional: the transports call it on every request
+        self,
+        route: str,
+        model: str | None,
+        prompt: int,
+        completion: int | None,
+        tag: str | None,
+        chars_of: Mapping[str, Any] | None,
+        priority: Priority | str | None = None,
+        tenant: str | None = None,
+    ) -> Call:
+        """:meth:`call` from an estimate's fields (``completion`` None: the body set no
+        budget), positionally: ``chars_of`` is the body ``prompt`` counted the characters
+        of (None: ``prompt`` is tokens). The transports read a request's counts without a
+        :class:`TokenEstimate` and pass them here."""
         # current_priority() and current_tenant(), inlined: two frames on every request
         cls = Priority.parse(priority) if priority is not None else PRIORITY_VAR.get()
         if cls is None:
@@ -280,16 +308,11 @@ class Governor:
             lane = self.lane(route, model)
         # Only routes that generate reserve an answer; embeddings, moderations and the like
         # cost their input alone.
-        if estimate is not None:
-            prompt = estimate.prompt_tokens
-            completion = estimate.max_completion_tokens
-            if completion is None:
-                completion = lane.limits.default_completion_tokens if route_generates(route) else 0
-        else:
-            prompt, completion = (tokens or 0), 0
+        if completion is None:
+            completion = lane.limits.default_completion_tokens if route_generates(route) else 0
         call = Call(self, lane, prompt, completion, tag, cls, tenant)  # positionally
-        if body is not None and estimate is not None and estimate.method == CHARS:
-            call._body = body
+        if chars_of is not None:
+            call._body = chars_of
         return call
 
     def delay_for(self, verdict: Verdict, attempt: int) -> float:

@@ -731,9 +731,9 @@ def estimate_request_chars(body: Mapping[str, Any]) -> TokenEstimate:
     ...                         "messages": [{"role": "user", "content": "Hi there!"}]})
     TokenEstimate(prompt_tokens=16, max_completion_tokens=64, method='chars')
     """
-    plain = _plain_chat_chars(body)
+    plain = plain_chat_chars(body)
     if plain is not None:
-        return plain
+        return TokenEstimate(plain[0], plain[1], CHARS)
     try:
         prompt, prompts = _prompt_tokens(body, _CHARS_COUNTER)
         completion = _completion_budget(body, prompts)
@@ -772,6 +772,14 @@ def _plain_chat_chars(body: Mapping[str, Any]) -> TokenEstimate | None:
     """:func:`estimate_request_chars` of the commonest body, a chat of text messages with
     plain parameters, in one loop (None: any other shape, walked in full). The same
     numbers as the full walk (tests/core/test_tokens.py checks it)."""
+    plain = plain_chat_chars(body)
+    return TokenEstimate(plain[0], plain[1], CHARS) if plain is not None else None
+
+
+def plain_chat_chars(body: Mapping[str, Any]) -> tuple[int, int | None] | None:
+    """:func:`_plain_chat_chars` as ``(prompt characters, completion budget)``, without the
+    frozen :class:`TokenEstimate` (its three ``object.__setattr__`` calls cost about as much
+    as the walk): what the transports read on every request."""
     messages = body.get("messages")
     if type(messages) is not list or not _PLAIN_CHAT_KEYS.issuperset(body):
         return None
@@ -800,4 +808,4 @@ def _plain_chat_chars(body: Mapping[str, Any]) -> TokenEstimate | None:
         if type(value) is not int or value < 0:
             return None
         budget = value if budget is None else max(budget, value)
-    return TokenEstimate(total, budget, CHARS)
+    return total, budget

@@ -28,8 +28,10 @@ from pacekeeper.core.classify import (
 )
 from pacekeeper.core.cost import BilledUsage
 from pacekeeper.core.tokens import (
+    CHARS,
     TokenEstimate,
     estimate_request_chars,
+    plain_chat_chars,
 )
 
 if TYPE_CHECKING:
@@ -146,25 +148,41 @@ class RequestFacts:
     dataclass's ``__init__`` calls ``object.__setattr__`` once per field (about a microsecond
     more); it is internal, read once by the transport, and never handed to user code."""
 
-    __slots__ = ("body", "estimate", "model", "route", "streaming")
+    __slots__ = ("_estimate", "body", "completion", "model", "prompt", "route", "streaming")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # positional: every request
         self,
         route: str,
         model: str | None,
-        estimate: TokenEstimate,
+        estimate: TokenEstimate | None,
         streaming: bool,
         body: dict[str, Any] | None = None,
+        prompt: int = 0,
+        completion: int | None = 0,
     ) -> None:
         self.route = route
         self.model = model
-        self.estimate = estimate
-        """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`): the
-        governor counts :attr:`body` exactly only where the count decides when the request
-        leaves."""
+        self._estimate = estimate
         self.streaming = streaming
         self.body = body
         """The parsed JSON body (None for anything else)."""
+        if estimate is not None:
+            prompt, completion = estimate.prompt_tokens, estimate.max_completion_tokens
+        self.prompt = prompt
+        """The prompt in characters when :attr:`body` is set (else tokens, 0 for no body)."""
+        self.completion = completion
+        """The completion budget the body sets (None: none)."""
+
+    @property
+    def estimate(self) -> TokenEstimate:
+        """In characters (:func:`~pacekeeper.core.tokens.estimate_request_chars`) when
+        :attr:`body` is set: the governor counts the body exactly only where the count
+        decides when the request leaves. Made when read: the transports pass
+        :attr:`prompt` and :attr:`completion` on (``Governor._open``)."""
+        estimate = self._estimate
+        if estimate is None:
+            estimate = self._estimate = TokenEstimate(self.prompt, self.completion, CHARS)
+        return estimate
 
     def __repr__(self) -> str:
         return (
@@ -296,16 +314,15 @@ def facts_of(method: str, path: str, body: object) -> RequestFacts:
     known = _PATH_FACTS.get(path)
     route, path_model = known if known is not None else path_facts(path)
     if method != "POST" or not isinstance(body, dict):
-        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, streaming=False)
+        return RequestFacts(route, path_model, _EMPTY_ESTIMATE, False)
     model = body.get("model")
     model = path_model or (model if isinstance(model, str) else None)
-    return RequestFacts(
-        route,
-        model,
-        estimate_request_chars(body),
-        streaming=body.get("stream") is True or route.endswith(":streamGenerateContent"),
-        body=body,
-    )
+    streaming = body.get("stream") is True or route.endswith(":streamGenerateContent")
+    # The commonest body's counts without a TokenEstimate (see RequestFacts.estimate).
+    plain = plain_chat_chars(body)
+    if plain is not None:
+        return RequestFacts(route, model, None, streaming, body, plain[0], plain[1])
+    return RequestFacts(route, model, estimate_request_chars(body), streaming, body)
 
 
 _USAGE_OPTION_ROUTES = ("/chat/completions", "/completions")

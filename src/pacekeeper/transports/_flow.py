@@ -327,12 +327,13 @@ def _start(
         rewritten = with_stream_usage(request, facts, flavour.module)
         if rewritten is not None:
             request, strip = rewritten, True
-    call = gov.call(
-        route=facts.route,
-        model=facts.model,
-        estimate=facts.estimate,
-        tag=request.extensions.get(TAG_EXTENSION),
-        body=facts.body,
+    call = gov._open(  # Governor.call from the facts' counts, positionally
+        facts.route,
+        facts.model,
+        facts.prompt,
+        facts.completion,
+        request.extensions.get(TAG_EXTENSION),
+        facts.body,
     )
     if gov.retry.attempt_timeout_s is not None:
         bounded_timeout(request.extensions, gov.retry.attempt_timeout_s)
@@ -481,7 +482,11 @@ def _after_answer(  # noqa: PLR0917  # positional: every request
         raise decision.error
     # The inner transport's response goes back up with its body, read here, as a byte stream:
     # building a new Response would normalise every header again, on every request.
-    response.stream = flavour.module.ByteStream(raw)
+    module = flavour.module
+    try:
+        response.stream = _WHOLE_BODIES[module](raw)
+    except KeyError:
+        response.stream = _whole_body_class(module)(raw)
     call = attempts.call
     record = decision.record or call._made
     if record is not None:
@@ -491,6 +496,54 @@ def _after_answer(  # noqa: PLR0917  # positional: every request
         extensions._call = call
         response.extensions = extensions
     return False
+
+
+class _WholeBody:
+    """A body read whole, handed back as the library's ``ByteStream`` (its subclass, made per
+    library by :func:`_whole_body_class`: the library and the proxy check for that class)
+    whose async iteration is an iterator object, not an async generator.
+
+    The event loop registers every async generator in a weak set when it starts and removes
+    it when it is collected (two Python calls and a weak reference), and the client closes
+    one it iterated (an ``athrow`` round): a ``ByteStream``'s one chunk cost that on every
+    answer. This yields the same one chunk, from each ``__aiter__`` anew, as it does."""
+
+    __slots__ = ()
+
+    _stream: bytes  # ByteStream's
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter((self._stream,))
+
+    def __aiter__(self) -> _OneChunk:
+        return _OneChunk(self._stream)
+
+
+class _OneChunk:
+    """One chunk, then the end: an async iterator without a generator (see :class:`_WholeBody`)."""
+
+    __slots__ = ("_chunk", "_given")
+
+    def __init__(self, chunk: bytes) -> None:
+        self._chunk = chunk
+        self._given = False
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._given:
+            raise StopAsyncIteration
+        self._given = True
+        return self._chunk
+
+
+_WHOLE_BODIES: dict[Any, Any] = {}
+
+
+def _whole_body_class(module: Any) -> Any:
+    cls = type("WholeBody", (_WholeBody, module.ByteStream), {})
+    return _WHOLE_BODIES.setdefault(module, cls)
 
 
 def _stream_response(
