@@ -97,6 +97,23 @@ async def test_a_request_waits_for_answers_in_flight_then_goes() -> None:
     assert gov.spend.totals().spent_usd == pytest.approx(0.002)
 
 
+async def test_the_worst_case_bills_the_prompt_at_the_most_seen_over_its_estimate() -> None:
+    """Prompts billed mostly as estimated and one a quarter over: the worst case that must fit
+    the cap counts a prompt at that quarter over, not at the charged mean-and-spread (with it,
+    a batch run once ended $0.00008 past its cap)."""
+    gov = governor(1.0)
+    for billed in (1000,) * 9 + (1250,):
+        call = gov.call(route=ROUTE, model="priced", estimate=estimate(max_tokens=1))
+        permit = await call.admit()
+        call.settle(permit, OK, prompt_tokens=billed, completion_tokens=1)
+    call = gov.call(route=ROUTE, model="priced", estimate=estimate())
+    costs = call.expected_cost_usd()
+    assert costs is not None
+    held_usd, worst_usd = costs
+    assert worst_usd == pytest.approx((1250 * 1.0 + 1000 * 10.0) / 1e6)
+    assert held_usd < (1250 * 1.0 + 1000 * 10.0) / 1e6  # the hold stays at the usual factor
+
+
 async def test_a_failed_attempt_without_usage_releases_its_reservation() -> None:
     gov = governor(1.0)
     call = gov.call(route=ROUTE, model="priced", estimate=estimate())

@@ -679,13 +679,16 @@ class Call:
 
     def expected_cost_usd(self) -> tuple[float, float] | None:
         """(what admission holds, the worst case) in USD for this request's next attempt: the
-        prompt as charged, the answer at the lane's observed quantile of completion lengths
-        (max_tokens until enough answers are known) and at max_tokens. None: no price."""
+        prompt as charged and the answer at the lane's observed quantile of completion lengths
+        (max_tokens until enough answers are known); the prompt at the most it was seen billed
+        over our estimate (:meth:`Lane.worst_prompt_of`) and the answer at max_tokens. None: no
+        price."""
         gov = self.governor
         price = gov.price_of(self.model)
         if price is None:
             return None
-        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=self._body is not None)
+        cheap = self._body is not None
+        prompt = self.lane.cost_of(self.prompt_tokens, 0, cheap=cheap)
         worst = self.completion_tokens
         expected = worst
         cap = gov.budget
@@ -693,8 +696,12 @@ class Call:
         if cap is not None and lengths.count >= cap.learn_after:
             expected = min(worst, lengths.quantile(cap.completion_quantile))
         rate_in, _, rate_out = price.rates(prompt)
-        prompt_usd = prompt * rate_in / 1e6
-        return prompt_usd + expected * rate_out / 1e6, prompt_usd + worst * rate_out / 1e6
+        held_usd = (prompt * rate_in + expected * rate_out) / 1e6
+        # The worst case bills the prompt at the highest ratio to our estimate seen: charged
+        # at the usual factor, a run once ended $0.00008 past its cap.
+        prompt = self.lane.worst_prompt_of(self.prompt_tokens, cheap=cheap)
+        rate_in, _, rate_out = price.rates(prompt)
+        return held_usd, (prompt * rate_in + worst * rate_out) / 1e6
 
     def reserve(self, permit: Permit) -> bool:
         """Hold this attempt's expected cost in the spend cap (True at once without one);

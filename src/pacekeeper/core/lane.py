@@ -1209,6 +1209,21 @@ class Lane:
         scale = self.cheap_scale if cheap else self.estimate_scale
         return math.ceil(prompt_tokens * scale.charge_factor) + completion_tokens
 
+    def worst_prompt_of(self, prompt_tokens: int, cheap: bool = False) -> int:
+        """The most the prompt estimate ``prompt_tokens`` may be billed, as far as usage on
+        this lane has shown: the highest ratio of billed to estimated seen so far (never below
+        what :meth:`cost_of` charges). What a spend cap's worst case counts.
+
+        >>> from pacekeeper import Limits, RetryPolicy
+        >>> lane = Lane(("/v1/chat", "m"), limits=Limits(), retry=RetryPolicy(), clock=float)
+        >>> for billed in (100,) * 9 + (125,):  # one prompt billed a quarter over
+        ...     lane.estimate_scale.observe(estimated=100, actual=billed)
+        >>> lane.cost_of(100, 0), lane.worst_prompt_of(100)
+        (114, 125)
+        """
+        scale = self.cheap_scale if cheap else self.estimate_scale
+        return math.ceil(prompt_tokens * max(scale.highest_seen, scale.charge_factor))
+
     def wants_exact_estimate(self, now: float, tokens_charged: int) -> bool:
         """Whether a request estimated in characters (charged ``tokens_charged`` as such)
         should be counted exactly before it is admitted: when the token budget decides when

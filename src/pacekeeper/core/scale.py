@@ -38,7 +38,7 @@ class EstimateScale:
     which no real text exceeds, and may fall to a few hundredths.
     """
 
-    __slots__ = ("_high", "_low", "_n", "_variance", "charge_factor", "mean")
+    __slots__ = ("_high", "_low", "_n", "_variance", "charge_factor", "highest_seen", "mean")
 
     def __init__(
         self, *, initial: float = 1.0, lowest: float = _MIN, highest: float = _MAX
@@ -51,6 +51,10 @@ class EstimateScale:
         self.charge_factor = initial if initial < highest else highest
         """What a prompt estimate is multiplied by at admission: mean + 1.5 x spread (kept
         up to date by :meth:`observe`: admission reads it on every request)."""
+        self.highest_seen = self.charge_factor
+        """The highest ratio one answer showed (or the initial factor): the spend cap's worst
+        case charges it, since a prompt charged at the mean-and-spread factor can still be
+        billed a few tokens more, and a run then ended a few tokens past its cap."""
 
     @property
     def count(self) -> int:
@@ -66,6 +70,8 @@ class EstimateScale:
         ratio = actual / estimated
         ratio = self._low if ratio < self._low else ratio
         ratio = self._high if ratio > self._high else ratio
+        highest = self.highest_seen
+        self.highest_seen = ratio if ratio > highest else highest
         self._n += 1
         weight = 1.0 / self._n
         weight = _ALPHA if weight < _ALPHA else weight
