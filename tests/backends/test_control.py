@@ -8,6 +8,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -334,12 +335,11 @@ async def test_what_is_learned_while_an_exchange_runs_reaches_the_fleet(
     close(a)
 
 
-async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confirmed_cap(
-    redis_server: RedisServer, namespace: str
-) -> None:
+def _cap_pusher(client: Any, namespace: str) -> Callable[..., tuple[object, object]]:
+    """CONTROL's cap exchange, called as a process pushes its cap: (the stored cap, its
+    provisional flag)."""
     from pacekeeper.backends import _scripts
 
-    client = redis_server.client()
     control = client.register_script(_scripts.CONTROL)
     key = f"{namespace}:lane:{CHAT}|m"
 
@@ -348,6 +348,15 @@ async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confir
             keys=[key, f"{namespace}:clock"], args=["", "", cap, probing, "", 60, provisional]
         )
         return stored[2], stored[4]
+
+    return push
+
+
+async def test_a_provisional_cap_is_stored_as_one_and_confirmed_only_by_a_confirmed_cap(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    client = redis_server.client()
+    push = _cap_pusher(client, namespace)
 
     assert push(6, provisional=1) == (b"6", b"1")
     assert push(7, provisional=0) == (b"6", b"1")  # a higher cap neither sets nor confirms
@@ -367,17 +376,9 @@ async def test_a_confirmed_cap_stands_against_a_hypothesis_refuted_or_tested_els
     cap back to a hypothesis with its own test, and 20-44 429s followed where 2-4 do. A
     confirmed cap stands against both; a confirmed cap's own probe and a refutation of a
     confirmed cap still move it. Storing a cap brings the fleet's window down to it."""
-    from pacekeeper.backends import _scripts
-
     client = redis_server.client()
-    control = client.register_script(_scripts.CONTROL)
     key = f"{namespace}:lane:{CHAT}|m"
-
-    def push(cap: int, provisional: int, probing: int = 0) -> tuple[object, object]:
-        stored = control(
-            keys=[key, f"{namespace}:clock"], args=["", "", cap, probing, "", 60, provisional]
-        )
-        return stored[2], stored[4]
+    push = _cap_pusher(client, namespace)
 
     client.hset(key, "cw", "26")  # the start's ramp grew the window
     assert push(8, provisional=1) == (b"8", b"1")
