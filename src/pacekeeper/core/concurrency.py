@@ -570,8 +570,8 @@ class AimdLimit(FixedLimit):
         """A success of a request sent with ``in_flight_at_send`` in flight: past a provisional
         cap, and sent after it was set (so not a survivor of the burst that taught it), it
         shows that the cap was not one. The cap is then forgotten; True when it was. (The
-        lane first discounts what the server did not hold of that count:
-        :meth:`passed_cap_by`.)"""
+        lane passes the count the server held: ours, less the requests that held no slot
+        there, ``Lane._not_held_at``.)"""
         if not self.passed_cap_by(in_flight_at_send, sent_at):
             return False
         self.forget_cap()

@@ -1980,15 +1980,14 @@ class Lane:
             aimd is None or permit.sent_at >= aimd.queue_cut_at,
         )
         in_flight = permit.in_flight_at_send
-        if aimd is not None and (passed := aimd.passed_cap_by(in_flight, permit.sent_at)):
+        if aimd is not None and aimd.passed_cap_by(in_flight, permit.sent_at):
             # Past a provisional cap: a refutation, unless the server did not hold that many
             # (:meth:`_not_held_at`); then it proves only the peak it held.
-            not_held = self._not_held_at(permit)
-            if not_held < passed:
-                aimd.forget_cap()
+            held = in_flight - self._not_held_at(permit)
+            if aimd.refuted_by(in_flight_at_send=held, sent_at=permit.sent_at):
                 self._refusal_was_the_rate(now)
             else:
-                in_flight -= not_held
+                in_flight = held
         if aimd is not None and aimd.cap_provisional and self._cap_retested:
             aimd.hold_test = self._retest_untold(now)
         # The most in flight at which a request succeeded lately (a peak that fades in 2 s).

@@ -37,7 +37,6 @@ OTHER_TENANTS = "other"
 """The name the tenants past the cap are counted under."""
 
 _GROWTH = 1.02
-_LOG_GROWTH = math.log(_GROWTH)
 _FLOOR_S = 1e-4  # everything below 0.1 ms shares the first bucket
 _log2 = math.log2
 _LOG2_GROWTH = math.log2(_GROWTH)
@@ -204,8 +203,6 @@ class QueueWaits:
         histogram = self._waits.get(key)
         if histogram is None:
             histogram = self._waits[key] = LatencyHistogram()
-            if key[1] is None:  # a label is never None; kept in step all the same
-                self._untenanted[priority] = histogram
         return histogram
 
     def merge(self, other: QueueWaits) -> None:
