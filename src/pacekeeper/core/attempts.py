@@ -207,7 +207,15 @@ class Attempts:
         )
         if joined.__class__ in _PERMITS:  # at once: the common case
             return joined
-        waiter, turn = joined  # type: ignore[misc]
+        return self._queued(joined, cost, asked_at)
+
+    def _queued(self, joined: Any, cost: int, asked_at: float) -> Any:
+        """:meth:`_join`'s attempt that queued (``joined``: its waiter and how long it sleeps
+        first): its waiter kept; the future to sleep on, or its permit when a shared lane's
+        store granted it at once."""
+        call = self.call
+        lane = call.lane
+        waiter, turn = joined
         assert isinstance(waiter, AsyncWaiter)
         # A shared lane's head asks its store: that wait is the lane's coroutine.
         self._waiter = pending = (
@@ -246,7 +254,22 @@ class Attempts:
         ):
             return None
         try:
-            turn = self._join()
+            # _join, inlined: its admission at once is the common case, on every request
+            cost = call.next_attempt()
+            self._asked_at = asked_at = call.governor.clock()
+            turn = call.lane.join(  # positionally (see Lane.join)
+                cost,
+                call.attempt > 1,
+                AsyncWaiter,
+                call.completion_tokens,
+                call.priority,
+                call.tenant,
+                asked_at,
+                call.deadline,
+                self.permit_class,
+            )
+            if turn.__class__ not in _PERMITS:
+                turn = self._queued(turn, cost, asked_at)
         except QueueTimeout as exc:
             self._left()
             raise call.gave_up_waiting(exc) from None

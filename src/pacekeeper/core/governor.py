@@ -20,6 +20,7 @@ surface turns its outcomes into a :class:`~pacekeeper.core.classify.Verdict`.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -614,8 +615,11 @@ class Call:
         that decides; :class:`~pacekeeper.RequestTooLarge` if no admission could ever take
         them), and it is counted. What an attempt loop calls before each admission."""
         lane = self.lane
-        cost = lane.cost_of(self.prompt_tokens, self.completion_tokens, self._body is not None)
-        if self._body is not None and lane.wants_exact_estimate(self.governor.clock(), cost):
+        cheap = self._body is not None
+        # Lane.cost_of, inlined: every attempt
+        scale = lane.cheap_scale if cheap else lane.estimate_scale
+        cost = math.ceil(self.prompt_tokens * scale.charge_factor) + self.completion_tokens
+        if cheap and lane.wants_exact_estimate(self.governor.clock(), cost):
             self._count_exactly()
             cost = self.cost
         tpm = lane.token_rate.rpm  # Lane.tpm without the property's call

@@ -63,7 +63,7 @@ from pacekeeper.core.headers import RateLimitSnapshot
 from pacekeeper.core.latency import LatencyTracker
 from pacekeeper.core.priority import Priority
 from pacekeeper.core.queue import WaitQueue, bounded_by_deadline
-from pacekeeper.core.rate import PacedRate
+from pacekeeper.core.rate import PacedRate, succeeded_together
 from pacekeeper.core.scale import EstimateScale
 from pacekeeper.core.stats import KeyStats, StatsSnapshot
 from pacekeeper.core.waiting import (
@@ -381,6 +381,7 @@ class Lane:
         "_cap_retest_by",
         "_cap_retested",
         "_charged",
+        "_cheap_learned",
         "_clock",
         "_configured",
         "_depths",
@@ -495,6 +496,9 @@ class Lane:
         """Provider's tokens per character of a character-count estimate (see
         :meth:`wants_exact_estimate`): a separate ratio from the exact estimates'."""
         self._estimates = 0
+        self._cheap_learned = False
+        """Whether :attr:`cheap_scale` has seen enough answers (it never forgets them): read
+        on every request, its count is a property's call until then, and none after."""
         self.local_share = 1.0
         """The share of the limits this process may use on its own (a shared backend that
         lost its store gives each of N live processes 1/N)."""
@@ -1248,9 +1252,12 @@ class Lane:
             # first answers state, with the estimate made here.
             return self._successes == 0
         self._estimates += 1
+        if not self._cheap_learned:
+            if self.cheap_scale.count < _CHEAP_LEARNED:
+                return True
+            self._cheap_learned = True
         return (
-            self.cheap_scale.count < _CHEAP_LEARNED
-            or self._estimates % _EXACT_EVERY == 0
+            self._estimates % _EXACT_EVERY == 0
             or tokens.level(now) < _TIGHT_REQUESTS * tokens_charged
         )
 
@@ -1289,7 +1296,25 @@ class Lane:
             local.sent_peak = in_flight
             local.new_territory_at = now
             local.new_territory_answered = False
-        charged_before, output_charged_before = self._count_admission(now, tokens, output_tokens)
+        # _count_admission, inlined (the same work in the same order): every request
+        if not self._admitted:
+            self._first_admitted_at = now
+        seq = self._admitted = self._admitted + 1
+        sends = self._recent_sends
+        sends.append(now)
+        charges = self._recent_charges
+        charges.append((tokens, output_tokens))
+        while now - sends[0] > _SENDS_KEPT_S:
+            sends.popleft()
+            charges.popleft()
+        charged_before = self._charged
+        self._charged = charged_before + (
+            tokens - output_tokens
+            if local.output_tokens is not None or local.input_only
+            else tokens
+        )
+        output_charged_before = self._output_charged
+        self._output_charged = output_charged_before + output_tokens
         # Positionally (see Permit.__init__): sent_at, in_flight_at_send, tokens, queued_s,
         # lease, seq, charged_before, filled_window, output_tokens, output_charged_before.
         permit = permit_class(
@@ -1299,7 +1324,7 @@ class Lane:
             tokens,
             now - asked_at,
             None,
-            self._admitted,
+            seq,
             charged_before,
             in_flight >= slots.limit,
             output_tokens,
@@ -1931,7 +1956,16 @@ class Lane:
                 self._local.outstanding.pop(id(permit), None)
             elif not permit.released:  # as Permit.release, without re-entering the lock
                 permit.released = True
-                self._release(permit, signal, now)
+                if permit.lease is None and not self._queue.members:
+                    # _release of a local slot with nobody queued, inlined: every request
+                    local = self._local
+                    local.outstanding.pop(id(permit), None)
+                    local.answered = local.new_territory_answered = True
+                    self.slots.release(  # positionally: every request
+                        now, permit.sent_at, permit.in_flight_at_send, signal, False
+                    )
+                else:
+                    self._release(permit, signal, now)
             charged = call.charged
             self.stats.on_answer(
                 status,
@@ -2001,10 +2035,11 @@ class Lane:
             if grid is not None and grid.active
             else False
         )
-        # Positionally (now, backlog, amount): three calls on every answer.
-        moved = self.request_rate.succeeded(now, backlog) or moved
-        moved = self.token_rate.succeeded(now, backlog, charged) or moved
-        moved = self.output_rate.succeeded(now, backlog) or moved
+        # The three rates' succeeded() in one pass (one call, not three, on every answer).
+        if succeeded_together(
+            self.request_rate, self.token_rate, self.output_rate, now, backlog, charged
+        ):
+            moved = True
         if self._burst_scale < 1.0 and now - self._burst_cut_at > _BURST_QUIET_S:
             self._burst_scale = min(1.0, self._burst_scale * 2.0)
             self._burst_cut_at = now
@@ -3141,7 +3176,13 @@ class Lane:
             delta += min(0, completion_actual - completion_reserved)
             given_back = given_back or delta < 0
         if delta:
-            self.admission.charge_tokens(delta)
+            admission = self.admission
+            if admission is self._local:  # its charge_tokens, inlined: every answer
+                tokens = self._local.tokens
+                if tokens is not None:
+                    tokens.adjust(self._clock(), delta)
+            else:
+                admission.charge_tokens(delta)
         if given_back and self._queue.members:
             # The head may fit now: left asleep until the refill alone would let it go,
             # it would let the bucket fill past its burst and the refund spill over.

@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-__all__ = ["PacedRate"]
+__all__ = ["PacedRate", "succeeded_together"]
 
 _CUT = 0.85
 _DISCOVERY_SEED = 0.9
@@ -493,19 +493,17 @@ class PacedRate:
         """An accepted request, which counted ``amount`` (1 a request, or its tokens). While
         requests wait, a cut rate recovers; True when it moved."""
         if self._discovers:
-            accepted = self._accepted
-            accepted.append(now)
-            amounts = self._accepted_amounts
-            amounts.append(amount)
-            if amount != 1.0:
-                self._weighed = True
-            while now - accepted[0] > _ACCEPTED_WINDOW_S:
-                accepted.popleft()
-                amounts.popleft()
+            _accepted(self, now, amount)
         last, self._last_success_at = self._last_success_at, now
-        rpm = self.rpm
-        if rpm is None or last is None or not backlog:
+        if self.rpm is None or last is None or not backlog:
             return False
+        return self._recover(now, last)
+
+    def _recover(self, now: float, last: float) -> bool:
+        """:meth:`succeeded`'s recovery of a cut rate (requests wait, the rate is set and a
+        success came before, at ``last``): True when it moved."""
+        rpm = self.rpm
+        assert rpm is not None  # the caller checked
         held = self._held
         if held is not None and now < held[1] and rpm >= held[0]:
             return False
@@ -778,6 +776,70 @@ class PacedRate:
         rpm = "none" if self.rpm is None else f"{self.rpm:.0f}"
         ceiling = "none" if self.ceiling is None else f"{self.ceiling:.0f}"
         return f"<PacedRate {rpm}/min ceiling {ceiling}>"
+
+
+def succeeded_together(  # noqa: PLR0917  # positional: every answer
+    requests: PacedRate,
+    tokens: PacedRate,
+    output: PacedRate,
+    now: float,
+    backlog: bool,
+    charged: float,
+) -> bool:
+    """:meth:`PacedRate.succeeded` of a lane's three rates in one call, unrolled: ``requests``
+    and ``output`` counted 1, ``tokens`` the ``charged`` tokens; True when any moved. The
+    same work in the same order as the three calls a success made on every answer (their
+    frames cost more than the bookkeeping); the recovery (:meth:`PacedRate._recover`) runs
+    only when requests wait under a rate already set."""
+    moved = False
+    # _accepted, inlined for the two rates that discover (every lane's): every answer
+    if requests._discovers:
+        accepted = requests._accepted
+        accepted.append(now)
+        amounts = requests._accepted_amounts
+        amounts.append(1.0)
+        while now - accepted[0] > _ACCEPTED_WINDOW_S:
+            accepted.popleft()
+            amounts.popleft()
+    last = requests._last_success_at
+    requests._last_success_at = now
+    if backlog and last is not None and requests.rpm is not None:
+        moved = requests._recover(now, last)
+    if tokens._discovers:
+        accepted = tokens._accepted
+        accepted.append(now)
+        amounts = tokens._accepted_amounts
+        amounts.append(charged)
+        if charged != 1.0:
+            tokens._weighed = True
+        while now - accepted[0] > _ACCEPTED_WINDOW_S:
+            accepted.popleft()
+            amounts.popleft()
+    last = tokens._last_success_at
+    tokens._last_success_at = now
+    if backlog and last is not None and tokens.rpm is not None and tokens._recover(now, last):
+        moved = True
+    if output._discovers:
+        _accepted(output, now, 1.0)
+    last = output._last_success_at
+    output._last_success_at = now
+    if backlog and last is not None and output.rpm is not None and output._recover(now, last):
+        moved = True
+    return moved
+
+
+def _accepted(rate: PacedRate, now: float, amount: float) -> None:
+    """A success counted in ``rate``'s accepted window (:meth:`PacedRate.succeeded`'s
+    first part)."""
+    accepted = rate._accepted
+    accepted.append(now)
+    amounts = rate._accepted_amounts
+    amounts.append(amount)
+    if amount != 1.0:
+        rate._weighed = True
+    while now - accepted[0] > _ACCEPTED_WINDOW_S:
+        accepted.popleft()
+        amounts.popleft()
 
 
 def _peak_per_second(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pacekeeper.core.attempts import Attempts, SurfaceAttempts
 from pacekeeper.core.classify import OutcomeKind
 from pacekeeper.core.concurrency import Signal
-from pacekeeper.core.tokens import estimate_request_chars
+from pacekeeper.core.tokens import estimate_request_chars, plain_chat_chars
 from pacekeeper.transports._engine import (
     Flavour,
     UsageScanner,
@@ -289,8 +289,13 @@ def attempts_for(
     admitted first and hold no request while it queues (see :class:`Admitted`)."""
     body_model = body.get("model")
     model = path_model or (body_model if isinstance(body_model, str) else None)
-    estimate = estimate_request_chars(body)
-    return SurfaceAttempts(gov.call(route=route, model=model, estimate=estimate, body=body))
+    # The counts in characters without a frozen TokenEstimate (as facts_of reads them), the
+    # call opened positionally from them (Governor.call with a "chars" estimate and its body)
+    plain = plain_chat_chars(body)
+    if plain is None:
+        estimate = estimate_request_chars(body)
+        plain = estimate.prompt_tokens, estimate.max_completion_tokens
+    return SurfaceAttempts(gov._open(route, model, plain[0], plain[1], None, body))
 
 
 def _prepare(
@@ -467,12 +472,13 @@ def _after_answer(  # noqa: PLR0917  # positional: every request
     if status < 300 and expect_json and body is not None:
         prompt, completion, valid, billed = usage_from_json(body, options.cache_reads_count)
     verdict: Verdict = verdict_for_answer(status, headers, body, valid, read_limits)
-    decision = attempts.answered(  # positionally: every request
+    decision = attempts._report(  # Attempts.answered without its frame: every request
         verdict,
         prompt,
         completion,
         headers.get("x-request-id") or headers.get("request-id"),
         billed,
+        attempts.final,
     )
     if decision.retry:
         return True
