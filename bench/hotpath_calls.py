@@ -43,7 +43,7 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
         (
             "admission: call, queue, slot, buckets",
             "Governor.call Governor._open Call.__init__ next_attempt Attempts.__ Attempts._waited"
-            " Attempts._join Attempts.first_turn Lane.join"
+            " Attempts._join Attempts._queued Attempts.first_turn Lane.join"
             " Lane.turn _grant _count_admission core/admission.py core/queue.py core/waiting.py"
             " core/cooldown.py TokenBucket.wait_s TokenBucket.spend Limit.acquire Limit.limit"
             " Limit.has_room Permit.__init__ budget.py priority.py Lane.shared"
@@ -64,7 +64,8 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
             "settle: slot release, reconcile, stats, record, decision",
             "Call.settle Call._record Lane.settle _release Limit.release _reconcile"
             " EstimateScale.observe TokenBucket.adjust charge_tokens core/stats.py core/cost.py"
-            " Permit.__del__ Attempts.answered wake_head Reconciliation Call._count_exactly"
+            " Permit.__del__ Attempts.answered Attempts._report wake_head Reconciliation"
+            " Call._count_exactly"
             " Call.cost",
         ),
         ("the transport's loop", "transports/_flow.py"),
