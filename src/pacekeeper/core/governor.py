@@ -623,22 +623,23 @@ class Call:
             self._count_exactly()
             cost = self.cost
         tpm = lane.token_rate.rpm  # Lane.tpm without the property's call
-        if tpm is not None and cost > tpm and self._body is not None:
-            self._count_exactly()  # characters overstate: never refuse on them
-            cost = self.cost
-        if tpm is not None and cost > tpm:
-            prompt = cost - self.completion_tokens  # as charged: the learned scale applied
-            raise RequestTooLarge(
-                f"{self._where()}: this request needs about {cost} tokens (prompt "
-                f"{prompt} + {self.completion_tokens} reserved for the answer), more "
-                f"than the whole limit of {tpm:g} tokens per minute, so it can never be admitted. "
-                "Lower max_tokens or split the input.",
-                route=self.route,
-                model=self.model,
-                tokens=cost,
-            )
+        if tpm is not None and cost > tpm:  # one test on every attempt, not two
+            if self._body is not None:
+                self._count_exactly()  # characters overstate: never refuse on them
+                cost = self.cost
+            if cost > tpm:
+                prompt = cost - self.completion_tokens  # as charged: the learned scale applied
+                raise RequestTooLarge(
+                    f"{self._where()}: this request needs about {cost} tokens (prompt "
+                    f"{prompt} + {self.completion_tokens} reserved for the answer), more than "
+                    f"the whole limit of {tpm:g} tokens per minute, so it can never be "
+                    "admitted. Lower max_tokens or split the input.",
+                    route=self.route,
+                    model=self.model,
+                    tokens=cost,
+                )
         if self.attempt == 0:
-            self.lane.budget.deposit()
+            lane.budget.deposit()
         self.attempt += 1
         self.charged = cost
         return cost
