@@ -97,7 +97,13 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # iterator's two __anext__ calls count here; the generator's hooks and close did not):
 # fixed 159.4, adaptive 251.2 (callgrind: 241k -> 229k instructions added a fixed request,
 # bench/results/hotpath.md). Budgets: the count rounded up, plus one.
-_BUDGET = {"fixed": 161, "adaptive": 253}
+# Ninth round (issue 15, branch `s37-hotcpu`): frames fused on the admission and the settle
+# (the first turn steps Lane.join itself, cost_of and _count_admission inlined, a local
+# slot released inline, the three PacedRate.succeeded one call, the transport settling
+# through Attempts._report): fixed 159.4 -> 150.4, adaptive 251.2 -> 246.2 (bytecodes,
+# bench.hotpath_ops: 3,659 -> 3,487 and 4,774 -> 4,682 in pacekeeper). Budgets: about 2%
+# over.
+_BUDGET = {"fixed": 154, "adaptive": 251}
 _WORKERS = 16
 _REQUESTS = 400
 
@@ -254,7 +260,8 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # (Attempts._report, above); rounded up.
 # Eighth round (issue 15, branch `s36-hotcpu`): 256.6 (the stats' three add() calls, the
 # facts' counts without a TokenEstimate); rounded up, plus one.
-_STREAM_BUDGET = 258
+# Ninth round (issue 15, branch `s37-hotcpu`, the frames fused above): 248.7; about 2% over.
+_STREAM_BUDGET = 254
 
 
 def test_a_governed_stream_adds_no_more_calls_per_request_than_its_budget() -> None:
