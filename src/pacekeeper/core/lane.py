@@ -196,6 +196,21 @@ def _keep_windows(
         bucket.clear_windows(now=now)
 
 
+def _input_alone_stated(minute: RateLimitSnapshot) -> bool:
+    """Whether the only token limit stated counts input tokens alone (no output limit beside
+    it, as Anthropic's, nor a limit of all tokens)."""
+    return bool(
+        minute.limit_input_tokens
+        and minute.limit_output_tokens is None
+        and minute.limit_tokens is None
+    )
+
+
+def _tells_tokens_left(limits: RateLimitSnapshot) -> bool:
+    """Whether an answer said what was left of a token budget (not only its limit)."""
+    return limits.remaining_tokens is not None or limits.remaining_input_tokens is not None
+
+
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     """The token budget an answer's per-minute headers describe: Anthropic limits input and
     output apart (its tokens-* headers repeat whichever is the most restrictive): input is
@@ -817,6 +832,10 @@ class Lane:
             # from 429s. What is left is read as below.
             minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
             tokens = _token_reading(minute)
+            if self._shared and _input_alone_stated(minute):
+                # A limit of input tokens alone (Gemini's quotaValue): a fleet's shared bucket
+                # charges prompt and reserve (see _throttled), in which units it is no rate.
+                tokens = (None, *tokens[1:])
             new_requests = new_tokens = False
             if current:
                 self._stated_sent_at = sent_at
@@ -2274,7 +2293,14 @@ class Lane:
                 if tokens_out
                 else self.request_rate
             )
-            self._close_for_hint(permit, verdict.hint_s, refusing, now, max_hint_s=max_hint_s)
+            self._close_for_hint(
+                permit,
+                verdict.hint_s,
+                refusing,
+                now,
+                max_hint_s=max_hint_s,
+                told_left=limits is not None and _tells_tokens_left(limits),
+            )
         if output_out:
             if self.output_rate.throttled(
                 sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
@@ -2655,11 +2681,20 @@ class Lane:
         self._window_intake = self._window_intake_tokens = 0
 
     def _close_for_hint(
-        self, permit: Permit, hint_s: float, refusing: PacedRate, now: float, *, max_hint_s: float
+        self,
+        permit: Permit,
+        hint_s: float,
+        refusing: PacedRate,
+        now: float,
+        *,
+        max_hint_s: float,
+        told_left: bool,
     ) -> None:
         """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
-        and the budget that refused is tokens of which no limit is stated (the lane paces
-        them from empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`).
+        and the budget that refused is tokens of which no limit is stated, or only the
+        server's limit with nothing said of what is left (Gemini's ``quotaValue``: the lane
+        paces them from empty now, at the limit), the part that is certain
+        (:meth:`CooldownGate.hinted_wait_s`).
         A ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
         second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). So too
         for requests at a rate discovered already (Groq states its per-minute request limit
@@ -2677,10 +2712,19 @@ class Lane:
         whole = (
             hint_s >= 1.0
             and hint_s == math.floor(hint_s)
-            and refusing.ceiling is None
             and (
-                refusing is self.token_rate
-                or (refusing is self.request_rate and refusing.rpm is not None and hint_s == 1.0)
+                (
+                    refusing is self.token_rate
+                    and (
+                        refusing.ceiling is None or (not told_left and self._configured.tpm is None)
+                    )
+                )
+                or (
+                    refusing is self.request_rate
+                    and refusing.ceiling is None
+                    and refusing.rpm is not None
+                    and hint_s == 1.0
+                )
             )
         )
         wait_s = self.cooldown.hinted_wait_s(
