@@ -2873,37 +2873,10 @@ class Lane:
         peak taking the window's last slot; but with no stated rate, such a peak says only
         that it may be either. The answer's own headers showing a budget run out make it the
         rate."""
-        if verdict.limit_scope is not None:
-            return _Refused.IN_FLIGHT if verdict.limit_scope == "concurrency" else _Refused.RATE
-        limits = verdict.limits
-        if limits is not None:
-            limits = self._per_minute_part(limits)
-        if limits is not None:
-            if budget_exhausted(limits, permit.tokens):
-                return _Refused.RATE  # its own headers say a budget ran out
-            if output_budget_short(limits, permit.output_tokens):
-                return _Refused.RATE  # the output budget, which this request reserved from
-            if budgets_have_room(limits, permit.tokens):
-                return _Refused.IN_FLIGHT
+        told = self._refused_by_structure(permit, verdict)
+        if told is not None:
+            return told
         ceiling = self.request_rate.ceiling
-        if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
-            _RATE_PLAUSIBLE * ceiling / 60.0
-        ):
-            # This lane sent a second's worth of the stated rate just before: the rate explains
-            # the refusal, whatever else was in flight (a slow start or a silence that opened
-            # the window sends in bursts that a per-second bucket refuses).
-            return _Refused.RATE
-        if (
-            ceiling is not None
-            # A process of a fleet is accepted at its own share of the key, however small;
-            # the others fill the rest. Its acceptances say nothing about the key's rate.
-            and self.admission.sees_every_acceptance
-            and self._successes >= _SUCCESSES_TO_JUDGE
-            and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
-        ):
-            # Refused while accepted at under half the stated rate: not the rate. Requests in
-            # flight are what this server counts.
-            return _Refused.IN_FLIGHT
         # No word from the answer. Requests succeed lately with as many in flight, or more: the
         # rate ran out. At (or past) that peak, with the request taking the last slot of the
         # window, the number in flight is what the server refused, until a refusal at no more
@@ -2935,51 +2908,93 @@ class Lane:
             return _Refused.RATE
         untested = self._untested_refusal
         if slots.probing and untested is not None and cap is not None and in_flight >= cap:
-            # The probe of a provisional cap, refused. Sent after a second as busy as the one
-            # before the refusal that taught the cap, the rate explains it as well: then the
-            # rate it is, measured from this refusal. After a clearly quieter second, only a
-            # cap. "As busy" within two: answers come back in clumps, and where a clump falls
-            # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
-            # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
-            # was confirmed from: the lane then held 8.2/s of 10). But the cap it is when the
-            # server took, since the cap was learned, a request after a second as busy as
-            # that one (no margin: a rate that refused 11 takes 10), or when the lane's pace
-            # over the round trip was as busy as the refused second (a rate refuses clumps
-            # above the pace it takes; a cap refuses the pace itself).
-            sent_in_second = self._sent_in_second_before(permit.sent_at)
-            as_busy = sent_in_second >= untested[1] - self._as_busy_margin()
-            if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
-                # Not the second test (that one goes after a quieter second), but a request
-                # sent at its level while it was out: the rate refuses it as well (fixed
-                # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
-                # third of its clump's replacements refused). The test's answer decides.
-                return _Refused.UNTOLD
-            # the pace counts no send of the start's burst
-            since, before = self._first_success_at, permit.sent_at
-            if as_busy and not (
-                self._took_as_busy(untested[1], since=slots.cap_learned_at, before=before)
-                or self._pace_matched(sent_in_second, since=since, before=before)
-            ):
-                if not self._cap_retested and self._pace_matched(
-                    sent_in_second, since=-math.inf, before=before
-                ):
-                    # Only the start's burst made the pace as busy: sends from before the
-                    # first answer, which are no pace under the cap (nothing had come back
-                    # to pace them). Counted, they confirmed a cap of 5 on fixed windows of
-                    # 5/s with answers of 1.3125 s (the ramp's 0.63 and the refused 0.73 in
-                    # the round trip before the test at 1.95: 8 sends for 7.9), and the lane
-                    # held 3.8/s of 5 for the run. A cap of 5 with such answers sends the
-                    # very same requests at the very same times up to that refusal: nothing
-                    # seen tells them apart. Tested once more, after a quieter second.
-                    return _Refused.UNTOLD
-                self._cap_refuted = True
-                self._untested_refusal = None
-                slots.forget_cap()
-                return _Refused.RATE
-            return _Refused.IN_FLIGHT
+            return self._refused_probe(permit, slots, untested)
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
         return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
+
+    def _refused_by_structure(self, permit: Permit, verdict: Verdict) -> _Refused | None:
+        """What a 429 is about by what the answer says (its code, its own headers) and by
+        what this lane sent against a stated rate; None when neither tells."""
+        if verdict.limit_scope is not None:
+            return _Refused.IN_FLIGHT if verdict.limit_scope == "concurrency" else _Refused.RATE
+        limits = verdict.limits
+        if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None:
+            if budget_exhausted(limits, permit.tokens):
+                return _Refused.RATE  # its own headers say a budget ran out
+            if output_budget_short(limits, permit.output_tokens):
+                return _Refused.RATE  # the output budget, which this request reserved from
+            if budgets_have_room(limits, permit.tokens):
+                return _Refused.IN_FLIGHT
+        ceiling = self.request_rate.ceiling
+        if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
+            _RATE_PLAUSIBLE * ceiling / 60.0
+        ):
+            # This lane sent a second's worth of the stated rate just before: the rate explains
+            # the refusal, whatever else was in flight (a slow start or a silence that opened
+            # the window sends in bursts that a per-second bucket refuses).
+            return _Refused.RATE
+        if (
+            ceiling is not None
+            # A process of a fleet is accepted at its own share of the key, however small;
+            # the others fill the rest. Its acceptances say nothing about the key's rate.
+            and self.admission.sees_every_acceptance
+            and self._successes >= _SUCCESSES_TO_JUDGE
+            and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
+        ):
+            # Refused while accepted at under half the stated rate: not the rate. Requests in
+            # flight are what this server counts.
+            return _Refused.IN_FLIGHT
+        return None
+
+    def _refused_probe(
+        self, permit: Permit, slots: AimdLimit, untested: tuple[float, int]
+    ) -> _Refused:
+        """A provisional cap's probe, refused: the cap, the rate, or untold yet."""
+        # The probe of a provisional cap, refused. Sent after a second as busy as the one
+        # before the refusal that taught the cap, the rate explains it as well: then the
+        # rate it is, measured from this refusal. After a clearly quieter second, only a
+        # cap. "As busy" within two: answers come back in clumps, and where a clump falls
+        # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
+        # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
+        # was confirmed from: the lane then held 8.2/s of 10). But the cap it is when the
+        # server took, since the cap was learned, a request after a second as busy as
+        # that one (no margin: a rate that refused 11 takes 10), or when the lane's pace
+        # over the round trip was as busy as the refused second (a rate refuses clumps
+        # above the pace it takes; a cap refuses the pace itself).
+        sent_in_second = self._sent_in_second_before(permit.sent_at)
+        as_busy = sent_in_second >= untested[1] - self._as_busy_margin()
+        if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
+            # Not the second test (that one goes after a quieter second), but a request
+            # sent at its level while it was out: the rate refuses it as well (fixed
+            # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
+            # third of its clump's replacements refused). The test's answer decides.
+            return _Refused.UNTOLD
+        # the pace counts no send of the start's burst
+        since, before = self._first_success_at, permit.sent_at
+        if as_busy and not (
+            self._took_as_busy(untested[1], since=slots.cap_learned_at, before=before)
+            or self._pace_matched(sent_in_second, since=since, before=before)
+        ):
+            if not self._cap_retested and self._pace_matched(
+                sent_in_second, since=-math.inf, before=before
+            ):
+                # Only the start's burst made the pace as busy: sends from before the
+                # first answer, which are no pace under the cap (nothing had come back
+                # to pace them). Counted, they confirmed a cap of 5 on fixed windows of
+                # 5/s with answers of 1.3125 s (the ramp's 0.63 and the refused 0.73 in
+                # the round trip before the test at 1.95: 8 sends for 7.9), and the lane
+                # held 3.8/s of 5 for the run. A cap of 5 with such answers sends the
+                # very same requests at the very same times up to that refusal: nothing
+                # seen tells them apart. Tested once more, after a quieter second.
+                return _Refused.UNTOLD
+            self._cap_refuted = True
+            self._untested_refusal = None
+            slots.forget_cap()
+            return _Refused.RATE
+        return _Refused.IN_FLIGHT
 
     def _retest_untold(self, now: float) -> bool:
         """Whether the second test of a provisional cap (:attr:`_Refused.UNTOLD`) should wait:
