@@ -407,15 +407,14 @@ class ProxyApp:
         assert task is not None
         reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
         scope[_READING] = reading
-        for name, value in scope["headers"]:
-            if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
-                name == b"transfer-encoding"
-            ):
-                guard.headers_done(conn, reading.on_timeout)
-                scope[_HAS_BODY] = True
-                break
-        else:  # no body to wait for: the request is whole
-            guard.body_done(conn)
+        # The server read the request to its end already (its body came with its headers, as
+        # clients send it): nothing to wait for, and no pass over the headers to know it. The
+        # latest request's end means this one's too (requests arrive in order).
+        cycle = getattr(conn.protocol, "cycle", None)
+        if getattr(cycle, "more_body", True) is False or not _has_body(scope):
+            guard.body_done(conn)  # the request is whole
+        else:
+            guard.headers_done(conn, reading.on_timeout)
         try:
             await self._http(scope, receive, send)
         finally:
@@ -731,9 +730,6 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, send: Send, method: str, rest: bytes
     ) -> None:
         self.counters.recent.received()
-        # Answered without reading the body: close the connection, or the rest of the body
-        # would sit on it (and count as the next request, never finished).
-        unread: Headers = [(b"connection", b"close")] if scope.get(_HAS_BODY) else []
         if self.draining:
             await self._error(
                 send,
@@ -741,7 +737,7 @@ class ProxyApp:
                 "proxy_shutting_down",
                 "pacekeeper proxy: shutting down; this request was not sent",
                 retry_after_s=1.0,
-                extra=unread,
+                extra=_unread(scope),
             )
             return
         client = self._client(scope["headers"])
@@ -754,7 +750,7 @@ class ProxyApp:
                 "pacekeeper proxy: missing or wrong client token: send it as "
                 f"'{TOKEN_HEADER}: TOKEN'"
                 + (" or as the API key (Authorization: Bearer TOKEN)" if self._api_key else ""),
-                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *unread],
+                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *_unread(scope)],
             )
             return
         # bytes.find, not `in`: a bytes needle `in` bytes first tries it as an int, and the
@@ -768,7 +764,7 @@ class ProxyApp:
                 400,
                 "invalid_path",
                 "pacekeeper proxy: '.' and '..' path segments are refused",
-                extra=unread,
+                extra=_unread(scope),
             )
             return
         headers, declared, content_type, asked = self._head(scope["headers"])
@@ -781,7 +777,7 @@ class ProxyApp:
                 "invalid_priority",
                 f"pacekeeper proxy: {PRIORITY_HEADER} must be one of "
                 f"{', '.join(p.value for p in Priority)}",
-                extra=unread,
+                extra=_unread(scope),
             )
             return
         read = await self._read_body(scope, receive, send, declared)
@@ -1173,7 +1169,25 @@ class ProxyApp:
 
 _READING = "pacekeeper.reading"
 _CONNECTION = CONNECTION_KEY
-_HAS_BODY = "pacekeeper.has_body"
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a length other than 0, or a transfer coding)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
+            name == b"transfer-encoding"
+        ):
+            return True
+    return False
+
+
+def _unread(scope: Scope) -> Headers:
+    """The headers of an answer made without reading the request's body: served by the Proxy,
+    the connection is closed, or the rest of the body would sit on it (and count as the next
+    request, never finished)."""
+    if scope.get(_CONNECTION) is not None and _has_body(scope):
+        return [(b"connection", b"close")]
+    return []
 
 
 class _Reading:
