@@ -410,8 +410,11 @@ class ProxyApp:
         # The server read the request to its end already (its body came with its headers, as
         # clients send it): nothing to wait for, and no pass over the headers to know it. The
         # latest request's end means this one's too (requests arrive in order).
-        cycle = getattr(conn.protocol, "cycle", None)
-        if getattr(cycle, "more_body", True) is False or not _has_body(scope):
+        try:
+            whole = conn.protocol.cycle.more_body is False  # uvicorn's, either protocol
+        except AttributeError:  # no cycle (yet), or another protocol
+            whole = False
+        if whole or not _has_body(scope):
             guard.body_done(conn)  # the request is whole
         else:
             guard.headers_done(conn, reading.on_timeout)
@@ -604,10 +607,11 @@ class ProxyApp:
         asked: bytes | None = None
         held_key = self._api_key is not None
         for name, value in headers:
-            kind = _REQUEST_KIND.get(name)
-            if kind is None:
+            if name not in _REQUEST_KIND:  # `in` and [], not .get(): no method call
                 out.append((name, name, value))
-            elif kind == _KIND_TYPE:
+                continue
+            kind = _REQUEST_KIND[name]
+            if kind == _KIND_TYPE:
                 content_type = value
                 out.append((name, name, value))
             elif kind == _KIND_LENGTH:
