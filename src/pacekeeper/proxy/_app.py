@@ -405,8 +405,6 @@ class ProxyApp:
             scope[_CONNECTION] = conn
         task = asyncio.current_task(conn.loop)  # the loop given: no get_running_loop()
         assert task is not None
-        reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
-        scope[_READING] = reading
         # The server read the request to its end already (its body came with its headers, as
         # clients send it): nothing to wait for, and no pass over the headers to know it. The
         # latest request's end means this one's too (requests arrive in order).
@@ -415,8 +413,11 @@ class ProxyApp:
         except AttributeError:  # no cycle (yet), or another protocol
             whole = False
         if whole or not _has_body(scope):
-            guard.body_done(conn)  # the request is whole
+            guard.body_done(conn)  # the request is whole: nothing to tell when it is read
+            scope[_READING] = _Reading(task, conn.transport, None)
         else:
+            reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
+            scope[_READING] = reading
             guard.headers_done(conn, reading.on_timeout)
         try:
             await self._http(scope, receive, send)
@@ -703,7 +704,8 @@ class ProxyApp:
         finally:
             if reading is not None:
                 reading.active = False
-                reading.done()
+                if reading.done is not None:
+                    reading.done()
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         return body, held
 
@@ -1199,10 +1201,13 @@ class _Reading:
 
     __slots__ = ("active", "done", "expired", "task", "transport")
 
-    def __init__(self, task: asyncio.Task[Any], transport: Any, done: Callable[[], None]) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], transport: Any, done: Callable[[], None] | None
+    ) -> None:
         self.task = task
         self.transport = transport
         self.done = done
+        """Told when the body has been read (None: nothing to tell)."""
         self.active = False
         self.expired: str | None = None
 
