@@ -611,25 +611,27 @@ class ProxyApp:
             if name not in _REQUEST_KIND:  # `in` and [], not .get(): no method call
                 out.append((name, name, value))
                 continue
-            kind = _REQUEST_KIND[name]
-            if kind == _KIND_TYPE:
-                content_type = value
-                out.append((name, name, value))
-            elif kind == _KIND_LENGTH:
+            kind = _REQUEST_KIND[name]  # the kinds tested in the order requests carry them
+            if kind == _KIND_DROP:  # hop-by-hop, host, expect, the proxy's token
+                continue
+            if kind == _KIND_LENGTH:
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
+            elif kind == _KIND_TYPE:
+                content_type = value
+                out.append((name, name, value))
+            elif kind == _KIND_KEY:
+                if not held_key:  # the proxy holds no key: the client's goes on
+                    out.append((name, name, value))
             elif kind == _KIND_PRIORITY:
                 if asked is None:
                     asked = value
-            elif kind == _KIND_CONNECTION:
+            else:  # _KIND_CONNECTION
                 if listed is None:
                     listed = set()
                 listed.update(t.strip().lower() for t in value.split(b","))
-            elif kind == _KIND_KEY and not held_key:  # the proxy holds no key: the client's
-                out.append((name, name, value))
-            # else: _KIND_DROP (hop-by-hop, host, expect, the proxy's token)
         if listed is not None and listed - {b"close", b"keep-alive"}:
             out = [header for header in out if header[1] not in listed]
         if held_key:
