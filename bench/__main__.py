@@ -125,6 +125,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="overhead: measure only the CPU per request (minutes, not the half hour of the "
         "memory rows) and keep the other rows of the section in --into FILE.json",
     )
+    parser.add_argument(
+        "--parts",
+        help="cost: comma-separated parts to measure again (startup, proxy, queued, "
+        "tokenizers, run), the others kept from --into FILE.json",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument(
         "--render", type=Path, metavar="FILE.json", help="rewrite FILE.md from FILE.json"
@@ -171,6 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_only and (args.only != "overhead" or args.into is None):
         log("--cpu-only goes with --only overhead --into FILE.json (the rows it keeps)")
         return 2
+    if args.parts is not None:
+        from bench.cost import COST_PARTS
+
+        unknown_parts = set(args.parts.split(",")) - set(COST_PARTS)
+        if args.only != "cost" or args.into is None or unknown_parts:
+            log(
+                "--parts goes with --only cost --into FILE.json (the rows it keeps), and names "
+                f"parts among {', '.join(COST_PARTS)}"
+                + (f" (not: {', '.join(sorted(unknown_parts))})" if unknown_parts else "")
+            )
+            return 2
     contenders = [c for c in CONTENDERS if c.key != "fleet3"]  # the robustness runs have it
     robustness_contenders = [c for c in CONTENDERS if c.key in DEFAULT_CONTENDERS]
     profiles = args.profiles.split(",") if args.profiles else None
@@ -241,10 +257,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "cost"):
             from bench.cost import measure_cost
 
-            results["cost"] = measure_cost(quick=args.quick, workdir=workdir)
-            results["cost"]["measured"] = {
+            measured = {
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }
+            if args.parts:
+                parts = tuple(args.parts.split(","))
+                stored = json.loads(args.into.read_text(encoding="utf-8"))["cost"]
+                results["cost"] = measure_cost(
+                    quick=args.quick, workdir=workdir, parts=parts, stored=stored
+                )
+                results["cost"]["parts_measured"] = {
+                    **results["cost"].get("parts_measured", {}),
+                    **dict.fromkeys(parts, measured),
+                }
+            else:
+                results["cost"] = measure_cost(quick=args.quick, workdir=workdir)
+                results["cost"]["measured"] = measured
             save()
         if args.only in (None, "independent"):
             from bench.independent import measure_independent
