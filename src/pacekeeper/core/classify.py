@@ -357,6 +357,11 @@ def _google_details(details: object) -> _GoogleDetails:
                 quota = _minute_quota(violation)
                 if quota is not None:
                     minute_quotas.append(quota)
+    if scope != "input_tokens":
+        # An input-token limit is paced in input tokens alone, a unit the lane switches to
+        # only on a 429 scoped to it: beside a day's quota (scope "daily") it would be taken
+        # in prompt and reserve, a fraction of the limit.
+        minute_quotas = [quota for quota in minute_quotas if quota[0] != "input_tokens"]
     return _GoogleDetails(delay_s, scope, tuple(minute_quotas))
 
 
@@ -525,7 +530,9 @@ def _with_minute_quotas(
     250000
     """
     snapshot = limits if limits is not None else RateLimitSnapshot()
-    stated = dict(quotas)
+    stated: dict[str, int] = {}
+    for budget, value in quotas:  # two quotas of one budget (per model, per project): both bind
+        stated[budget] = min(value, stated.get(budget, value))
     return replace(
         snapshot,
         limit_requests=_first(snapshot.limit_requests, stated.get("requests")),
