@@ -173,8 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render:
         return _render(args.render)
-    if args.cpu_only and (args.only != "overhead" or args.into is None):
-        log("--cpu-only goes with --only overhead --into FILE.json (the rows it keeps)")
+    if args.cpu_only and (
+        args.only != "overhead"
+        or args.into is None
+        or not args.into.exists()
+        or "overhead" not in json.loads(args.into.read_text(encoding="utf-8"))
+    ):
+        log(
+            "--cpu-only goes with --only overhead --into FILE.json, a results file with an "
+            "overhead section (the rows it keeps)"
+        )
         return 2
     if args.parts is not None:
         from bench.cost import COST_PARTS

@@ -184,7 +184,8 @@ def _overhead_section(overhead: dict[str, Any]) -> list[str]:
     if cpu_measured:
         lines += [
             f"The CPU rows (and the simulator's rate) were measured again on "
-            f"{cpu_measured['date']} at git {cpu_measured['git']} (load average "
+            f"{cpu_measured['date']} ({cpu_measured['mode']} run) at git {cpu_measured['git']} "
+            "(load average "
             f"{cpu_measured['load_at_start']} at start), with `python -m bench --only overhead "
             "--cpu-only`; the memory rows are the run's above.",
             "",

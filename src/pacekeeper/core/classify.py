@@ -368,12 +368,14 @@ def _google_details(details: object) -> _GoogleDetails:
 def _minute_quota(violation: dict[str, Any]) -> tuple[str, int] | None:
     """The per-minute limit a ``QuotaFailure`` violation states: which budget (its
     ``quotaId`` must say "PerMinute": a day's quota is no rate, and a metric alone names no
-    period) and its ``quotaValue``. A value of 0 (the model is not in the plan) states no rate.
+    period; and "PerModel": a lane is one model's) and its ``quotaValue``. A value of 0 (the
+    model is not in the plan) states no rate.
 
     >>> _minute_quota({"quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
     ...                "quotaValue": "15"})
     ('requests', 15)
     >>> _minute_quota({"quotaId": "GenerateRequestsPerDayPerProjectPerModel", "quotaValue": "50"})
+    >>> _minute_quota({"quotaId": "GenerateRequestsPerMinutePerProject", "quotaValue": "50"})
     >>> _minute_quota({"quotaMetric": "x/generate_content_input_token_count", "quotaValue": "9"})
     """
     quota_id = violation.get("quotaId")
@@ -382,6 +384,12 @@ def _minute_quota(violation: dict[str, Any]) -> tuple[str, int] | None:
     flat = quota_id.lower().replace("_", "").replace("-", "")
     if "perminute" not in flat or "perday" in flat or "perhour" in flat:
         return None
+    if "permodel" not in flat:
+        # A lane is one model's: a quota over the project or a region would be taken by
+        # every model's lane whole.
+        return None
+    if "outputtoken" in flat or "counttoken" in flat:
+        return None  # not a budget the lane paces under this name
     raw = violation.get("quotaValue")
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         return None
@@ -533,9 +541,12 @@ def _with_minute_quotas(
     stated: dict[str, int] = {}
     for budget, value in quotas:  # two quotas of one budget (per model, per project): both bind
         stated[budget] = min(value, stated.get(budget, value))
+    # A gateway's window of unknown length (unsuffixed X-RateLimit-*) is not a minute: its
+    # count with a minute's limit would read as a window that holds a minute's requests.
+    requests = None if snapshot.requests_window_unknown else stated.get("requests")
     return replace(
         snapshot,
-        limit_requests=_first(snapshot.limit_requests, stated.get("requests")),
+        limit_requests=_first(snapshot.limit_requests, requests),
         limit_input_tokens=_first(snapshot.limit_input_tokens, stated.get("input_tokens")),
         limit_tokens=_first(snapshot.limit_tokens, stated.get("tokens")),
     )

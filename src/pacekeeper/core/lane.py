@@ -206,11 +206,6 @@ def _input_alone_stated(minute: RateLimitSnapshot) -> bool:
     )
 
 
-def _tells_tokens_left(limits: RateLimitSnapshot) -> bool:
-    """Whether an answer said what was left of a token budget (not only its limit)."""
-    return limits.remaining_tokens is not None or limits.remaining_input_tokens is not None
-
-
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     """The token budget an answer's per-minute headers describe: Anthropic limits input and
     output apart (its tokens-* headers repeat whichever is the most restrictive): input is
@@ -449,6 +444,7 @@ class Lane:
         "learned_otpm",
         "learned_rpm",
         "learned_tpm",
+        "learned_tpm_alone",
         "local_share",
         "output_rate",
         "refusals",
@@ -492,6 +488,9 @@ class Lane:
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
+        # The token limit was stated with nothing said of what is left (a 429 body's quota:
+        # Gemini's quotaValue), not by headers that count a window down.
+        self.learned_tpm_alone = False
         self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
         self.token_rate = PacedRate()
@@ -932,6 +931,7 @@ class Lane:
             changed = True
         if tpm and tpm > 0 and tpm != self.learned_tpm:
             self.learned_tpm = float(tpm)
+            self.learned_tpm_alone = remaining_tokens is None
             changed = True
         if otpm and otpm > 0 and otpm != self.learned_otpm:
             self.learned_otpm = float(otpm)
@@ -2155,7 +2155,6 @@ class Lane:
         if permit.seq >= self._window_from_seq:
             self._next_window_holds_stated(verdict)
         tokens_out, output_out = self._refused_budget(permit, verdict, now)
-        limits = verdict.limits
         if verdict.hint_s is not None and gate:
             refusing = (
                 self.output_rate
@@ -2170,7 +2169,6 @@ class Lane:
                 refusing,
                 now,
                 max_hint_s=max_hint_s,
-                told_left=limits is not None and _tells_tokens_left(limits),
             )
         if output_out:
             if self.output_rate.throttled(
@@ -2754,7 +2752,6 @@ class Lane:
         now: float,
         *,
         max_hint_s: float,
-        told_left: bool,
     ) -> None:
         """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
         and the budget that refused is tokens of which no limit is stated, or only the
@@ -2782,7 +2779,8 @@ class Lane:
                 (
                     refusing is self.token_rate
                     and (
-                        refusing.ceiling is None or (not told_left and self._configured.tpm is None)
+                        refusing.ceiling is None
+                        or (self.learned_tpm_alone and self._configured.tpm is None)
                     )
                 )
                 or (

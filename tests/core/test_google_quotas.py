@@ -1,5 +1,6 @@
-"""Review s37: a Google 429 body listing a day's quota beside a minute's input-token quota
-(as free-tier bodies list several violations in one QuotaFailure)."""
+"""A Google 429 body's QuotaFailure states its quotas' values (Gemini sends no rate-limit
+headers): which of them a lane takes as its limits, and in which units. Free-tier bodies list
+several violations in one QuotaFailure; a quota may be per model, per project or per day."""
 
 from __future__ import annotations
 
@@ -69,19 +70,13 @@ def test_a_day_and_a_minute_s_input_quota_in_one_body_keep_their_units() -> None
 def test_two_minute_quotas_of_one_budget_take_the_lower() -> None:
     body = _body(
         ("generate_content_requests", "GenerateRequestsPerMinutePerProjectPerModel", 10),
-        ("generate_content_requests", "GenerateRequestsPerMinutePerProject", 1000),
+        ("generate_content_requests", "GenerateRequestsPerMinutePerProjectPerModel-Tier2", 1000),
     )
     verdict = classify_response(429, {}, body, now_wall_s=0.0)
     assert verdict.limits is not None
     assert verdict.limits.limit_requests == 10, verdict.limits.limit_requests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review s37: 6cbfaed waits a header-stated token budget's whole-second hint short "
-    "when the 429 itself carries no remaining-tokens header (docs/CONTROLLER.md: stated "
-    "budgets' hints are waited whole); left for the lead to decide",
-)
 def test_a_header_stated_token_budget_s_hint_is_waited_whole() -> None:
     # OpenAI-shaped: the 2xx answers state the token limit; a 429 that names tokens comes
     # with retry-after: 3 and no rate-limit headers (a gateway that strips them on errors).
@@ -108,4 +103,27 @@ def test_a_header_stated_token_budget_s_hint_is_waited_whole() -> None:
     ).encode()
     verdict = classify_response(429, {"retry-after": "3"}, body, now_wall_s=0.0)
     lane.settle(permit, verdict, now=1.005, max_hint_s=600.0, retry=False)
-    assert lane.cooldown.remaining_s(now=1.005) == pytest.approx(3.0)  # 2.0 since 6cbfaed
+    # stated by headers that count a window down: waited whole (a body's quota is not)
+    assert lane.cooldown.remaining_s(now=1.005) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    "quota_id",
+    [
+        "GenerateRequestsPerMinutePerProject",  # the project's, not this model's lane
+        "GenerateContentOutputTokensPerModelPerMinute",  # no such budget paced by this name
+        "CountTokensRequestsPerMinutePerProjectPerModel",
+    ],
+)
+def test_a_quota_not_of_one_model_s_paced_budget_states_no_limit(quota_id: str) -> None:
+    body = _body(("generate_content_requests", quota_id, 30))
+    assert classify_response(429, {}, body, now_wall_s=0.0).limits is None
+
+
+def test_a_gateway_s_window_of_unknown_length_is_not_given_a_minute_s_quota() -> None:
+    body = _body(("generate_content_requests", "GenerateRequestsPerMinutePerProjectPerModel", 15))
+    headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "3"}
+    verdict = classify_response(429, headers, body, now_wall_s=0.0)
+    assert verdict.limits is not None
+    assert verdict.limits.requests_window_unknown
+    assert verdict.limits.limit_requests is None
