@@ -31,7 +31,7 @@ from bench.independent import CASES as INDEPENDENT_CASES
 from bench.issue_rows import MEASURES as EXTRAS
 from bench.issue_rows import measure_extras
 from bench.measures import verdicts
-from bench.overhead import measure_overhead
+from bench.overhead import measure_overhead, remeasure_cpu
 from bench.overhead import summarise as summarise_overhead
 from bench.report import render_markdown, write_results
 from bench.robustness import DEFAULT_CONTENDERS, console_table, run_robustness, summarise
@@ -119,6 +119,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         + ",".join(c.key for c in CONTENDERS)
         + ")",
     )
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="overhead: measure only the CPU per request (minutes, not the half hour of the "
+        "memory rows) and keep the other rows of the section in --into FILE.json",
+    )
+    parser.add_argument(
+        "--parts",
+        help="cost: comma-separated parts to measure again (startup, proxy, queued, "
+        "tokenizers, run), the others kept from --into FILE.json",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument(
         "--render", type=Path, metavar="FILE.json", help="rewrite FILE.md from FILE.json"
@@ -162,6 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render:
         return _render(args.render)
+    if args.cpu_only and (
+        args.only != "overhead"
+        or args.into is None
+        or not args.into.exists()
+        or "overhead" not in json.loads(args.into.read_text(encoding="utf-8"))
+    ):
+        log(
+            "--cpu-only goes with --only overhead --into FILE.json, a results file with an "
+            "overhead section (the rows it keeps)"
+        )
+        return 2
+    if args.parts is not None:
+        from bench.cost import COST_PARTS
+
+        unknown_parts = set(args.parts.split(",")) - set(COST_PARTS)
+        if args.only != "cost" or args.into is None or unknown_parts:
+            log(
+                "--parts goes with --only cost --into FILE.json (the rows it keeps), and names "
+                f"parts among {', '.join(COST_PARTS)}"
+                + (f" (not: {', '.join(sorted(unknown_parts))})" if unknown_parts else "")
+            )
+            return 2
     contenders = [c for c in CONTENDERS if c.key != "fleet3"]  # the robustness runs have it
     robustness_contenders = [c for c in CONTENDERS if c.key in DEFAULT_CONTENDERS]
     profiles = args.profiles.split(",") if args.profiles else None
@@ -203,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
             results["scenarios"].append(run_scenario(scenario, contenders, workdir))
             save()  # a crash later still leaves every finished scenario on disk
         if args.only in (None, "overhead"):
-            results["overhead"] = measure_overhead(quick=args.quick, workdir=workdir)
-            results["overhead"]["measured"] = {
+            measured = {
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }
+            if args.cpu_only:
+                stored = json.loads(args.into.read_text(encoding="utf-8"))["overhead"]
+                results["overhead"] = remeasure_cpu(stored, quick=args.quick)
+                results["overhead"]["cpu_measured"] = measured
+            else:
+                results["overhead"] = measure_overhead(quick=args.quick, workdir=workdir)
+                results["overhead"]["measured"] = measured
             save()
         if args.only in (None, "sharing"):
             results["sharing"] = measure_sharing(quick=args.quick)
@@ -226,10 +265,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "cost"):
             from bench.cost import measure_cost
 
-            results["cost"] = measure_cost(quick=args.quick, workdir=workdir)
-            results["cost"]["measured"] = {
+            measured = {
                 key: results["meta"][key] for key in ("date", "mode", "git", "load_at_start")
             }
+            if args.parts:
+                parts = tuple(args.parts.split(","))
+                stored = json.loads(args.into.read_text(encoding="utf-8"))["cost"]
+                results["cost"] = measure_cost(
+                    quick=args.quick, workdir=workdir, parts=parts, stored=stored
+                )
+                results["cost"]["parts_measured"] = {
+                    **results["cost"].get("parts_measured", {}),
+                    **dict.fromkeys(parts, measured),
+                }
+            else:
+                results["cost"] = measure_cost(quick=args.quick, workdir=workdir)
+                results["cost"]["measured"] = measured
             save()
         if args.only in (None, "independent"):
             from bench.independent import measure_independent

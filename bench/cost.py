@@ -275,26 +275,40 @@ def measure_tokenizers() -> list[dict[str, Any]]:
     return measure_all()
 
 
-def measure_cost(*, quick: bool, workdir: Path) -> dict[str, Any]:
-    log("[cost] start-up ...")
-    startup = measure_startup(quick)
-    log(f"[cost] {startup}")
-    log("[cost] proxy: direct vs proxied ...")
-    proxy = measure_proxy(quick)
-    log(f"[cost] {proxy}")
-    log("[cost] queued SDK calls: semaphore vs wrap() ...")
-    queued = measure_queued(quick)
-    log(f"[cost] {queued}")
-    log("[cost] offline tokenizers ...")
-    tokenizers = measure_tokenizers()
-    runs = measure_run_rss(quick, workdir)
-    cost = {
-        "startup": startup,
-        "proxy": proxy,
-        "queued": queued,
-        "tokenizers": tokenizers,
-        "run": runs,
-    }
+COST_PARTS = ("startup", "proxy", "queued", "tokenizers", "run")
+
+
+def measure_cost(
+    *,
+    quick: bool,
+    workdir: Path,
+    parts: tuple[str, ...] = COST_PARTS,
+    stored: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The cost section; with ``parts``, only those measured and the others kept from
+    ``stored`` (a section measured before: the 1,000,000-line runs take half an hour)."""
+    cost: dict[str, Any] = {key: (stored or {}).get(key) for key in COST_PARTS}
+    if "startup" in parts:
+        log("[cost] start-up ...")
+        cost["startup"] = measure_startup(quick)
+        log(f"[cost] {cost['startup']}")
+    if "proxy" in parts:
+        log("[cost] proxy: direct vs proxied ...")
+        cost["proxy"] = measure_proxy(quick)
+        log(f"[cost] {cost['proxy']}")
+    if "queued" in parts:
+        log("[cost] queued SDK calls: semaphore vs wrap() ...")
+        cost["queued"] = measure_queued(quick)
+        log(f"[cost] {cost['queued']}")
+    if "tokenizers" in parts:
+        log("[cost] offline tokenizers ...")
+        cost["tokenizers"] = measure_tokenizers()
+    if "run" in parts:
+        cost["run"] = measure_run_rss(quick, workdir)
+    for key in ("measured", "run_measured", "parts_measured"):
+        if stored and key in stored:
+            cost[key] = stored[key]
+    cost = {key: value for key, value in cost.items() if value is not None}
     cost.update(summarise_cost(cost))
     return cost
 
@@ -408,6 +422,20 @@ def _run_remeasured(run_measured: dict[str, Any] | None) -> str:
     )
 
 
+def _parts_remeasured(parts_measured: dict[str, Any] | None) -> list[str]:
+    if not parts_measured:
+        return []
+    lines = []
+    for part, measured in parts_measured.items():
+        lines += [
+            f"The {part} rows were measured again on {measured['date']} at git "
+            f"{measured['git']} (load average {measured['load_at_start']} at start), with "
+            f"`python -m bench --only cost --parts {part}`.",
+            "",
+        ]
+    return lines
+
+
 def cost_lines(cost: dict[str, Any]) -> list[str]:
     """The markdown section."""
     if not cost or not cost.get("rows"):
@@ -421,6 +449,7 @@ def cost_lines(cost: dict[str, Any]) -> list[str]:
             + _run_remeasured(cost.get("run_measured")),
             "",
         ]
+    lines += _parts_remeasured(cost.get("parts_measured"))
     lines += ["| measure | target | measured | |", "|---|---|---|---|"]
     for row in cost["rows"]:
         met = "met" if row["met"] else "**MISSED**"

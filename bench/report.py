@@ -180,6 +180,16 @@ def _overhead_section(overhead: dict[str, Any]) -> list[str]:
             "the ratios of one run.",
             "",
         ]
+    cpu_measured = overhead.get("cpu_measured")
+    if cpu_measured:
+        lines += [
+            f"The CPU rows (and the simulator's rate) were measured again on "
+            f"{cpu_measured['date']} ({cpu_measured['mode']} run) at git {cpu_measured['git']} "
+            "(load average "
+            f"{cpu_measured['load_at_start']} at start), with `python -m bench --only overhead "
+            "--cpu-only`; the memory rows are the run's above.",
+            "",
+        ]
     rows = [[item["measure"], item["value"]] for item in overhead.get("lines", [])]
     lines += _table(["measure", "value"], rows)
     lines.append("")

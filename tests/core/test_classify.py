@@ -372,6 +372,53 @@ def test_a_google_quota_names_which_tokens_it_counts(quota: str, scope: str | No
     assert classify_response(429, {}, body.encode(), now_wall_s=0.0).limit_scope == scope
 
 
+def _google_quota(quota_id: str, value: object) -> bytes:
+    violation = json.dumps({"quotaId": quota_id, "quotaValue": value})
+    return (
+        '{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [{"@type": '
+        f'"type.googleapis.com/google.rpc.QuotaFailure", "violations": [{violation}]}}]}}}}'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("quota", "value", "field", "expected"),
+    [
+        ("GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "15", "limit_requests", 15),
+        (
+            "GenerateContentInputTokensPerModelPerMinute",
+            "250000",
+            "limit_input_tokens",
+            250000,
+        ),
+        ("GenerateContentTokensPerModelPerMinute", 90000, "limit_tokens", 90000),
+        # a day's quota is no rate; 0 (not in the plan) states none; nor does junk
+        ("GenerateRequestsPerDayPerProjectPerModel", "50", None, None),
+        ("GenerateRequestsPerMinutePerProjectPerModel", "0", None, None),
+        ("GenerateRequestsPerMinutePerProjectPerModel", "many", None, None),
+        ("GenerateRequestsPerMinutePerProjectPerModel", True, None, None),
+        ("generate_content_requests", "15", None, None),  # no period named
+    ],
+)
+def test_a_google_quota_states_its_per_minute_limit(
+    quota: str, value: object, field: str | None, expected: int | None
+) -> None:
+    """Gemini sends no rate-limit headers: a QuotaFailure's quotaValue is where it states a
+    limit, read as the limit header of the same budget."""
+    verdict = classify_response(429, {}, _google_quota(quota, value), now_wall_s=0.0)
+    if field is None:
+        assert verdict.limits is None
+    else:
+        assert verdict.limits is not None
+        assert getattr(verdict.limits, field) == expected
+
+
+def test_a_limit_header_wins_over_a_quota_in_the_body() -> None:
+    body = _google_quota("GenerateRequestsPerMinutePerProjectPerModel", "15")
+    verdict = classify_response(429, {"x-ratelimit-limit-requests": "30"}, body, now_wall_s=0.0)
+    assert verdict.limits is not None
+    assert verdict.limits.limit_requests == 30
+
+
 @pytest.mark.parametrize(
     "details",
     [

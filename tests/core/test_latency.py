@@ -51,6 +51,32 @@ def test_a_base_read_a_fifth_low_from_one_window_is_corrected_by_ordinary_window
     assert not tracker.swollen(1.3)
 
 
+def test_a_base_read_high_is_read_again_from_faster_windows_at_more_in_flight() -> None:
+    # The first windows can be drawn long (2.37 s on a modelled server answering in 1.84 s).
+    # Against that base a queue reads 1.3 only once answers are 1.7 times slower, and slow
+    # start ran on to 1.65 times the server's capacity before its first cut. A queue only
+    # adds latency: faster answers with more in flight show the base was read high.
+    tracker = LatencyTracker()
+    _window(tracker, 1.3, in_flight=6, n=48)  # settled, high
+    assert tracker.base_s == 1.3
+    _window(tracker, 1.0, in_flight=12, n=16)  # two judgments read it: not yet
+    assert tracker.base_s == 1.3
+    _window(tracker, 1.0, in_flight=12, n=4)  # the third
+    assert tracker.base_s == 1.0
+    assert tracker.base_in_flight == 6  # the load it was read at stays the lowest
+    _window(tracker, 1.3, in_flight=24, n=32)  # a queue now shows against it
+    assert tracker.swollen(1.25)
+
+
+def test_windows_a_little_faster_than_the_base_leave_it() -> None:
+    # Medians of 16 lognormal answers vary by about a tenth: within that, a settled base
+    # stands (the lowest of many noisy medians runs low).
+    tracker = LatencyTracker()
+    _window(tracker, 1.0, in_flight=6, n=48)
+    _window(tracker, 0.9, in_flight=12, n=64)
+    assert tracker.base_s == 1.0
+
+
 def test_one_slow_reading_against_a_base_from_one_window_is_not_yet_a_queue() -> None:
     tracker = LatencyTracker()
     _window(tracker, 1.0, in_flight=6)

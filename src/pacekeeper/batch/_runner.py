@@ -377,6 +377,120 @@ async def run_batch(
         return await _run_batch(job, gov, stop, on_progress, on_notice)
 
 
+_Pending = asyncio.Future[_Outcome | None]
+
+
+class _Window:
+    """The lines sent and not yet written, and their writing: the moment each finishes, or
+    (``ordered``) as soon as every line before it has. Bounds how many lines are out at once
+    and how many bytes of input they hold; a write that fails stops the run (what is not
+    written is sent next run)."""
+
+    __slots__ = (
+        "_buffered",
+        "_max_buffer_bytes",
+        "_ordered",
+        "_out",
+        "_result",
+        "_room",
+        "_sizes",
+        "_stop",
+        "on_progress",
+        "ordered_queue",
+        "pending",
+        "write_error",
+    )
+
+    def __init__(
+        self,
+        out: ResultFile,
+        result: BatchResult,
+        *,
+        ordered: bool,
+        max_buffer_bytes: int,
+        stop: asyncio.Event,
+        on_progress: Callable[[BatchResult], None] | None,
+    ) -> None:
+        self._out = out
+        self._result = result
+        self._ordered = ordered
+        self._max_buffer_bytes = max_buffer_bytes
+        self._stop = stop
+        self.on_progress = on_progress
+        self.ordered_queue: deque[_Pending] = deque()
+        self.pending: set[_Pending] = set()
+        self._sizes: dict[_Pending, int] = {}
+        self._buffered = 0  # bytes of input held by pending lines
+        self._room = asyncio.Event()
+        self.write_error: OSError | None = None
+
+    def enqueue(self, fut: _Pending, size: int) -> None:
+        self.pending.add(fut)
+        self._sizes[fut] = size
+        self._buffered += size
+        if self._ordered:
+            self.ordered_queue.append(fut)
+        fut.add_done_callback(self._on_done)
+
+    def enqueue_done(self, outcome: _Outcome) -> None:
+        fut: _Pending = asyncio.get_running_loop().create_future()
+        self.enqueue(fut, 0)
+        fut.set_result(outcome)  # its callback runs on the next loop turn
+
+    async def wait_for_room(self, limit: int) -> None:
+        """Until at most ``limit`` lines are out and their input is under the buffer's size."""
+        while self.pending and (
+            len(self.pending) > limit or self._buffered >= self._max_buffer_bytes
+        ):
+            self._room.clear()
+            await self._room.wait()
+
+    def wake(self) -> None:
+        self._room.set()
+
+    def _on_done(self, fut: _Pending) -> None:
+        try:
+            if self._ordered:
+                queue = self.ordered_queue
+                while queue and queue[0].done():
+                    self._settle(queue.popleft())
+            else:
+                self._settle(fut)
+        finally:
+            self._room.set()
+        if self.on_progress is not None:
+            self.on_progress(self._result)
+
+    def _settle(self, fut: _Pending) -> None:
+        self.pending.discard(fut)
+        self._buffered -= self._sizes.pop(fut, 0)
+        self._write(fut)
+
+    def _write(self, fut: _Pending) -> None:
+        result = self._result
+        # _process turns every error into a record, so a result is an outcome or None.
+        outcome = None if fut.cancelled() else fut.result()
+        if outcome is None or self.write_error is not None:  # left for the next run
+            result.not_sent += 1
+            return
+        try:
+            self._out.write(outcome.record)
+        except OSError as exc:
+            # Cannot write (a full disk...): stop; what is not written is sent next run.
+            self.write_error = exc
+            result.not_sent += 1
+            self._stop.set()
+            return
+        if outcome.kind == "ok":
+            result.succeeded += 1
+        else:
+            if outcome.kind == "bad":
+                result.bad_lines += 1
+            else:
+                result.failed += 1
+            result.errors_by_code[outcome.code or "unknown"] += 1
+
+
 async def _run_batch(
     job: BatchJob,
     gov: Governor,
@@ -394,14 +508,14 @@ async def _run_batch(
     pauses = _Pauses(stop)
     log_hook: _LogHook | None = None
     client: LineSender | None = None
-    # Results are written the moment they can be: as they finish, or (ordered) as soon as
-    # everything before them has finished. These hold what is not written yet.
-    ordered_queue: deque[asyncio.Future[_Outcome | None]] = deque()
-    pending: set[asyncio.Future[_Outcome | None]] = set()
-    sizes: dict[asyncio.Future[_Outcome | None], int] = {}
-    buffered = [0]  # bytes of input held by pending lines
-    room = asyncio.Event()
-    write_error: list[OSError] = []
+    window = _Window(
+        out,
+        result,
+        ordered=job.ordered,
+        max_buffer_bytes=job.max_buffer_bytes,
+        stop=stop,
+        on_progress=on_progress,
+    )
     watcher: asyncio.Task[None] | None = None
     try:
         if job.log_path is not None:
@@ -421,119 +535,31 @@ async def _run_batch(
             httpx2.Timeout(job.timeout_s, connect=min(job.timeout_s, 30.0)),
         )
 
-        def write(fut: asyncio.Future[_Outcome | None]) -> None:
-            # _process turns every error into a record, so a result is an outcome or None.
-            outcome = None if fut.cancelled() else fut.result()
-            if outcome is None or write_error:  # left for the next run
-                result.not_sent += 1
-                return
-            try:
-                out.write(outcome.record)
-            except OSError as exc:
-                # Cannot write (a full disk...): stop; what is not written is sent next run.
-                write_error.append(exc)
-                result.not_sent += 1
-                stop.set()
-                return
-            if outcome.kind == "ok":
-                result.succeeded += 1
-            else:
-                if outcome.kind == "bad":
-                    result.bad_lines += 1
-                else:
-                    result.failed += 1
-                result.errors_by_code[outcome.code or "unknown"] += 1
-
-        def settle(fut: asyncio.Future[_Outcome | None]) -> None:
-            pending.discard(fut)
-            buffered[0] -= sizes.pop(fut, 0)
-            write(fut)
-
-        def on_done(fut: asyncio.Future[_Outcome | None]) -> None:
-            try:
-                if job.ordered:
-                    while ordered_queue and ordered_queue[0].done():
-                        settle(ordered_queue.popleft())
-                else:
-                    settle(fut)
-            finally:
-                room.set()
-            if on_progress is not None:
-                on_progress(result)
-
-        def has_room(limit: int) -> bool:
-            if not pending:
-                return True
-            return len(pending) <= limit and buffered[0] < job.max_buffer_bytes
-
-        async def wait_for_room(limit: int) -> None:
-            while not has_room(limit):
-                room.clear()
-                await room.wait()
-
-        def enqueue(fut: asyncio.Future[_Outcome | None], size: int) -> None:
-            pending.add(fut)
-            sizes[fut] = size
-            buffered[0] += size
-            if job.ordered:
-                ordered_queue.append(fut)
-            fut.add_done_callback(on_done)
-
-        def enqueue_done(outcome: _Outcome) -> None:
-            fut: asyncio.Future[_Outcome | None] = asyncio.get_running_loop().create_future()
-            enqueue(fut, 0)
-            fut.set_result(outcome)  # its callback runs on the next loop turn
-
         async def close_on_stop() -> None:
             await stop.wait()
             gov.close()  # queued requests fail with AdmissionClosed: not sent, left for next run
             pauses.cancel_pausing()
-            room.set()
+            window.wake()
 
         watcher = asyncio.create_task(close_on_stop())
-        # Sized for every line at once: growing would hold the old and the new table together.
-        seen = KeySet(capacity=result.total_lines)
-        sent = 0
-        for item in read_lines(
-            job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
-        ):
-            if result.lines_read % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-                if on_progress is not None and result.lines_read:
-                    on_progress(result)
-            if stop.is_set():
-                break
-            result.lines_read += 1
-            if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
-                result.skipped_shard += 1
-                continue
-            id_key = record_key(item.custom_id)
-            if isinstance(item, BadLine) or id_key in seen:
-                # A bad line, or a duplicate: an error record keyed by its line too.
-                key = record_key(item.custom_id, item.line_no)
-                seen.add(id_key)
-                if _skip_done(key, done, result):
-                    continue
-                bad = item if isinstance(item, BadLine) else _duplicate(item)
-                enqueue_done(_outcome(_bad_record(bad), "bad", bad.dialect))
-            else:
-                seen.add(id_key)
-                if _skip_done(id_key, done, result):
-                    continue
-                task = asyncio.ensure_future(
-                    _process(client, gov, job, item, secrets=secrets, park=park)
-                )
-                pauses.track(item.custom_id, task)
-                enqueue(task, item.size)
-                sent += 1
-                if job.max_requests is not None and sent >= job.max_requests:
-                    break
-            await wait_for_room(job.window - 1)
-        await wait_for_room(0)
+        await _send_lines(
+            job,
+            gov=gov,
+            client=client,
+            window=window,
+            done=done,
+            result=result,
+            stop=stop,
+            pauses=pauses,
+            park=park,
+            secrets=secrets,
+        )
+        await window.wait_for_room(0)
     finally:
         if watcher is not None:
             watcher.cancel()
         result.interrupted = stop.is_set()
+        pending = window.pending
         for fut in list(pending):
             fut.cancel()
         if pending:
@@ -557,10 +583,67 @@ async def _run_batch(
         result.elapsed_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(result)
-    if write_error:
-        exc = write_error[0]
+    exc = window.write_error
+    if exc is not None:
         raise OSError(exc.errno, f"cannot write the results: {exc.strerror}", str(job.output))
     return result
+
+
+async def _send_lines(
+    job: BatchJob,
+    *,
+    gov: Governor,
+    client: LineSender,
+    window: _Window,
+    done: DoneSet,
+    result: BatchResult,
+    stop: asyncio.Event,
+    pauses: _Pauses,
+    park: _Park,
+    secrets: tuple[str, ...],
+) -> None:
+    """Read the input and send each line not done yet (a bad or duplicate line gets its error
+    record), as the window has room; until the input ends, ``stop`` is set, or
+    ``--max-requests`` lines were sent."""
+    # Sized for every line at once: growing would hold the old and the new table together.
+    seen = KeySet(capacity=result.total_lines)
+    sent = 0
+    on_progress = window.on_progress
+    for item in read_lines(
+        job.input, fmt=job.fmt, model=job.model, url=job.url, default_model=job.default_model
+    ):
+        if result.lines_read % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+            if on_progress is not None and result.lines_read:
+                on_progress(result)
+        if stop.is_set():
+            break
+        result.lines_read += 1
+        if job.shard is not None and shard_of(item.custom_id, job.shard[1]) != job.shard[0]:
+            result.skipped_shard += 1
+            continue
+        id_key = record_key(item.custom_id)
+        if isinstance(item, BadLine) or id_key in seen:
+            # A bad line, or a duplicate: an error record keyed by its line too.
+            key = record_key(item.custom_id, item.line_no)
+            seen.add(id_key)
+            if _skip_done(key, done, result):
+                continue
+            bad = item if isinstance(item, BadLine) else _duplicate(item)
+            window.enqueue_done(_outcome(_bad_record(bad), "bad", bad.dialect))
+        else:
+            seen.add(id_key)
+            if _skip_done(id_key, done, result):
+                continue
+            task = asyncio.ensure_future(
+                _process(client, gov, job, item, secrets=secrets, park=park)
+            )
+            pauses.track(item.custom_id, task)
+            window.enqueue(task, item.size)
+            sent += 1
+            if job.max_requests is not None and sent >= job.max_requests:
+                break
+        await window.wait_for_room(job.window - 1)
 
 
 def _skip_done(key: int, done: DoneSet, result: BatchResult) -> bool:

@@ -30,7 +30,7 @@ import enum
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pacekeeper.core.headers import (
@@ -241,6 +241,9 @@ class _ErrorInfo:
     stated_headers: Mapping[str, object] | None = None
     """Rate-limit headers a gateway put in the body instead (OpenRouter's
     ``error.metadata.headers``)."""
+    minute_quotas: tuple[tuple[str, int], ...] = ()
+    """Per-minute quotas a ``google.rpc.QuotaFailure`` states with their ``quotaValue``
+    (Gemini): ``("requests" | "input_tokens" | "tokens", limit per minute)``."""
 
 
 _NO_INFO = _ErrorInfo()
@@ -284,7 +287,7 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
     status = obj.get("status")
     if isinstance(code, int) and isinstance(status, str):
         code = status  # Google: code 429 repeats the HTTP status; status names the error
-    retry_delay_s, quota_scope = _google_details(obj.get("details"))
+    google = _google_details(obj.get("details"))
     metadata = obj.get("metadata")
     stated = metadata.get("headers") if isinstance(metadata, dict) else None
     return _ErrorInfo(
@@ -292,30 +295,43 @@ def _error_info(body: bytes | None) -> _ErrorInfo:
         error_type=_code_text(error_type) if error_type != "error" else None,
         message=_one_line(message) if message else None,
         billing_code=_find_billing_code(obj),
-        retry_delay_s=retry_delay_s,
-        quota_scope=quota_scope,
+        retry_delay_s=google.delay_s,
+        quota_scope=google.scope,
         stated_headers=stated if isinstance(stated, dict) and stated else None,
+        minute_quotas=google.minute_quotas,
     )
 
 
-def _google_details(details: object) -> tuple[float | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class _GoogleDetails:
+    delay_s: float | None = None
+    scope: str | None = None
+    minute_quotas: tuple[tuple[str, int], ...] = ()
+
+
+def _google_details(details: object) -> _GoogleDetails:
     """What Google's structured error details (Gemini) say: the ``RetryInfo`` delay, a JSON
-    protobuf Duration such as ``"37s"`` or ``"1.5s"``, and whether a ``QuotaFailure`` names a
+    protobuf Duration such as ``"37s"`` or ``"1.5s"``; whether a ``QuotaFailure`` names a
     token quota, and which (:func:`_quota_name_scope`: its ``quotaMetric``/``quotaId``
-    identifiers, never the message).
+    identifiers, never the message); and the per-minute quotas it states with their
+    ``quotaValue`` (:func:`_minute_quota`): Gemini sends no rate-limit headers, and this is
+    the one place it states a limit.
 
     >>> _google_details([{"@type": "type.googleapis.com/google.rpc.RetryInfo",
     ...                   "retryDelay": "37s"}])
-    (37.0, None)
+    _GoogleDetails(delay_s=37.0, scope=None, minute_quotas=())
     >>> _google_details([{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
     ...   "violations": [{"quotaMetric":
-    ...     "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count"}]}])
-    (None, 'input_tokens')
+    ...     "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
+    ...     "quotaId": "GenerateContentPaidTierInputTokensPerModelPerMinute",
+    ...     "quotaValue": "1000000"}]}])
+    _GoogleDetails(delay_s=None, scope='input_tokens', minute_quotas=(('input_tokens', 1000000),))
     """
     if not isinstance(details, list):
-        return None, None
+        return _GoogleDetails()
     delay_s: float | None = None
     scope: str | None = None
+    minute_quotas: list[tuple[str, int]] = []
     for detail in details[:8]:
         if not isinstance(detail, dict):
             continue
@@ -338,7 +354,52 @@ def _google_details(details: object) -> tuple[float | None, str | None]:
                         scope is None or _SCOPE_RANK[found] > _SCOPE_RANK[scope]
                     ):
                         scope = found
-    return delay_s, scope
+                quota = _minute_quota(violation)
+                if quota is not None:
+                    minute_quotas.append(quota)
+    if scope != "input_tokens":
+        # An input-token limit is paced in input tokens alone, a unit the lane switches to
+        # only on a 429 scoped to it: beside a day's quota (scope "daily") it would be taken
+        # in prompt and reserve, a fraction of the limit.
+        minute_quotas = [quota for quota in minute_quotas if quota[0] != "input_tokens"]
+    return _GoogleDetails(delay_s, scope, tuple(minute_quotas))
+
+
+def _minute_quota(violation: dict[str, Any]) -> tuple[str, int] | None:
+    """The per-minute limit a ``QuotaFailure`` violation states: which budget (its
+    ``quotaId`` must say "PerMinute": a day's quota is no rate, and a metric alone names no
+    period; and "PerModel": a lane is one model's) and its ``quotaValue``. A value of 0 (the
+    model is not in the plan) states no rate.
+
+    >>> _minute_quota({"quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+    ...                "quotaValue": "15"})
+    ('requests', 15)
+    >>> _minute_quota({"quotaId": "GenerateRequestsPerDayPerProjectPerModel", "quotaValue": "50"})
+    >>> _minute_quota({"quotaId": "GenerateRequestsPerMinutePerProject", "quotaValue": "50"})
+    >>> _minute_quota({"quotaMetric": "x/generate_content_input_token_count", "quotaValue": "9"})
+    """
+    quota_id = violation.get("quotaId")
+    if not isinstance(quota_id, str):
+        return None
+    flat = quota_id.lower().replace("_", "").replace("-", "")
+    if "perminute" not in flat or "perday" in flat or "perhour" in flat:
+        return None
+    if "permodel" not in flat:
+        # A lane is one model's: a quota over the project or a region would be taken by
+        # every model's lane whole.
+        return None
+    if "outputtoken" in flat or "counttoken" in flat:
+        return None  # not a budget the lane paces under this name
+    raw = violation.get("quotaValue")
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    if value <= 0:
+        return None
+    return _quota_name_scope(quota_id) or "requests", value
 
 
 # Which scope a QuotaFailure naming several quotas gives: a quota per day or hour run out
@@ -435,6 +496,8 @@ def classify_response(
         if in_body is not None:
             found = in_body if found is None else {**in_body, **found}
             limits = _snapshot(found, now_wall_s)
+    if info.minute_quotas:
+        limits = _with_minute_quotas(limits, info.minute_quotas)
     kind, retryable = _kind_for(status, info)
     hint = _retry_hint_from(found, limits, now_wall_s) if found is not None else None
     if hint is None:
@@ -463,6 +526,34 @@ def classify_response(
         status=status,
         limit_scope=_limit_scope(info) if kind is OutcomeKind.RATE_LIMITED else None,
     )
+
+
+def _with_minute_quotas(
+    limits: RateLimitSnapshot | None, quotas: tuple[tuple[str, int], ...]
+) -> RateLimitSnapshot:
+    """``limits`` with the per-minute quotas an error body states, as if sent as limit
+    headers (a header that says the same wins): a stated limit is the ceiling to aim at.
+
+    >>> _with_minute_quotas(None, (("input_tokens", 250000),)).limit_input_tokens
+    250000
+    """
+    snapshot = limits if limits is not None else RateLimitSnapshot()
+    stated: dict[str, int] = {}
+    for budget, value in quotas:  # two quotas of one budget (per model, per project): both bind
+        stated[budget] = min(value, stated.get(budget, value))
+    # A gateway's window of unknown length (unsuffixed X-RateLimit-*) is not a minute: its
+    # count with a minute's limit would read as a window that holds a minute's requests.
+    requests = None if snapshot.requests_window_unknown else stated.get("requests")
+    return replace(
+        snapshot,
+        limit_requests=_first(snapshot.limit_requests, requests),
+        limit_input_tokens=_first(snapshot.limit_input_tokens, stated.get("input_tokens")),
+        limit_tokens=_first(snapshot.limit_tokens, stated.get("tokens")),
+    )
+
+
+def _first(a: int | None, b: int | None) -> int | None:
+    return a if a is not None else b
 
 
 def _limit_scope(info: _ErrorInfo) -> str | None:

@@ -80,10 +80,11 @@ class CooldownGate:
         first: bool = False,
     ) -> float:
         """How long to close for a 429 with a wait hint of ``hint_s``, to a request sent at
-        ``sent_at``. ``whole_seconds``: the hint is rounded up to a whole second and nothing
-        states the limit that refused (its budget is paced from empty now): only the hint
-        less a second is certain. A refusal of a request sent in the rest of such a hint
-        has every hint waited whole for 10 s; after two, for good: the hints are tight
+        ``sent_at``. ``whole_seconds``: the hint is rounded up to a whole second and the
+        budget that refused is paced from empty now (no limit stated, or a limit with nothing
+        said of what is left): only the hint less a second is certain. A refusal of a
+        request sent in the rest of such a hint has every hint waited whole for 10 s; after
+        two, for good: the hints are tight
         (fixed windows refuse until they end). ``first``: the first refusal of a budget
         nothing was known of, whose pace is a first guess: refusals in the rest of its hint
         say more about that guess than about the hint.

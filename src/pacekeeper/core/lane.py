@@ -196,6 +196,16 @@ def _keep_windows(
         bucket.clear_windows(now=now)
 
 
+def _input_alone_stated(minute: RateLimitSnapshot) -> bool:
+    """Whether the only token limit stated counts input tokens alone (no output limit beside
+    it, as Anthropic's, nor a limit of all tokens)."""
+    return bool(
+        minute.limit_input_tokens
+        and minute.limit_output_tokens is None
+        and minute.limit_tokens is None
+    )
+
+
 def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
     """The token budget an answer's per-minute headers describe: Anthropic limits input and
     output apart (its tokens-* headers repeat whichever is the most restrictive): input is
@@ -435,6 +445,7 @@ class Lane:
         "learned_otpm",
         "learned_rpm",
         "learned_tpm",
+        "learned_tpm_alone",
         "local_share",
         "output_rate",
         "refusals",
@@ -478,6 +489,9 @@ class Lane:
         self.learned_rpm: float | None = None
         """The requests-per-minute limit the provider's headers state (None: not stated)."""
         self.learned_tpm: float | None = None
+        # The token limit was stated with nothing said of what is left (a 429 body's quota:
+        # Gemini's quotaValue), not by headers that count a window down.
+        self.learned_tpm_alone = False
         self.learned_otpm: float | None = None
         self.request_rate = PacedRate()
         self.token_rate = PacedRate()
@@ -821,6 +835,10 @@ class Lane:
             # from 429s. What is left is read as below.
             minute = self._per_minute_part(snapshot) or RateLimitSnapshot()
             tokens = _token_reading(minute)
+            if self._shared and _input_alone_stated(minute):
+                # A limit of input tokens alone (Gemini's quotaValue): a fleet's shared bucket
+                # charges prompt and reserve (see _refused_budget), in which units it is no rate.
+                tokens = (None, *tokens[1:])
             new_requests = new_tokens = False
             if current:
                 self._stated_sent_at = sent_at
@@ -917,6 +935,7 @@ class Lane:
             changed = True
         if tpm and tpm > 0 and tpm != self.learned_tpm:
             self.learned_tpm = float(tpm)
+            self.learned_tpm_alone = remaining_tokens is None
             changed = True
         if otpm and otpm > 0 and otpm != self.learned_otpm:
             self.learned_otpm = float(otpm)
@@ -2134,52 +2153,15 @@ class Lane:
     def _throttled(
         self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
     ) -> None:
+        """What a 429 teaches, in order: whether it is noise (nothing learned), a day's quota
+        (the gate waits, no rate), a refusal of the count in flight (a cap), a window the
+        answers counted down and now spent, or a rate's: of requests, tokens or output."""
         self.congestion.observe(overload=False)
         self._refusals_back.append((permit.seq, now, now - permit.sent_at))
-        rate = self.request_rate
-        if rate.ceiling is None and rate.rpm is not None:
-            self._first_discovery_at = min(self._first_discovery_at, now)
-            # Sampled at each 429 (not on the hot path of successes), noise or not.
-            sustained = rate.accepted_mean_rpm(now)
-            if now - self._first_discovery_at >= _SHORT_MEAN_AFTER_S:
-                sustained = max(sustained, rate.accepted_mean_rpm(now, _SHORT_MEAN_S))
-            best, best_at = self._sustained_best
-            if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
-                self._sustained_best = (sustained, now)
-        load = self.refusals.refused(
-            permit.seq,
-            latest=self._admitted,
-            # A discovered rate's cut answered the refusals sent before it: counted on, the
-            # share read load for 64 sends more, and each busy 429 then cut again and closed
-            # the gate for its hint.
-            after=self._rate_cut_seq if rate.ceiling is None else 0,
-        )
-        self._at_edge = False
-        unexplained = self._unexplained(permit, verdict, load=load, now=now)
-        # Once a cap it suggested was refuted, no longer: while the window grows back, every
-        # request goes at a new peak, and each busy 429 taught another provisional cap (a
-        # 2400/min lane with 2-s answers held at 12-17 in flight of the 80 it needs, for 20 s).
-        at_peak = (
-            unexplained
-            and permit.in_flight_at_send > self._success_peak_in_flight
-            and not self._cap_refuted
-        )
-        # Into the share of noise even at a peak: a cap refuses only while the window
-        # outgrows it (a few), and noise counted out of the baseline at each new peak of a
-        # growing window left it at 0, and 7 busy 429s in 64 sends (6%) read as load.
-        self.refusals.judged(permit.seq, noise=unexplained and not self._at_edge)
+        self._sample_sustained(now)
+        unexplained, at_peak = self._judge_refusal(permit, verdict, now)
         if unexplained and not at_peak:
-            # Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
-            # that answers counted down stays as they said).
-            if self.request_rate.ceiling is None:
-                # A discovered rate: the loss it climbs back to may have been noise as well.
-                # Soon after a limit was found by its share, only up to what the server was
-                # shown to take lately.
-                best = self._sustained_best[0]
-                if not self._limit_found_lately(now):
-                    self.request_rate.unproven(_FAST_PAST_BEST * best if best else math.inf)
-                elif best:  # nothing taken lately bounds no doubling: none
-                    self.request_rate.unproven(best)
+            self._noise_refused(now)
             return
         if permit.seq >= self._window_from_seq:
             # What answers said was left is of a window that a 429 may have ended (or that
@@ -2196,82 +2178,188 @@ class Lane:
             return
         refused = self._refused(permit, verdict)
         if at_peak:
-            # Nothing but the count in flight explains it: a cap may (it refuses all past
-            # it), or it is noise that came back before the answers of the burst it went in
-            # (a 429 comes at once). A cap it is only once its test is refused too
-            # (provisional); a success there refutes it and measures nothing. Taken as a
-            # confirmed cap (the headers said there was room), a busy 429 to the start's
-            # eleventh request held a 1206/min lane at 10 in flight for good: 0.53 of the
-            # reference. Read as the rate, it is noise (nothing else refused it).
-            slots = self.slots
-            if refused is _Refused.RATE:
+            at_peak_read = self._refused_at_peak(refused)
+            if at_peak_read is None:
                 return
-            if isinstance(slots, AimdLimit) and slots.probing and slots.cap_provisional:
-                # A provisional cap's test, refused as noise refuses any request now and then:
-                # tried once more before the cap stands (a busy 429 to the test of one that
-                # noise had taught held a 600/min lane with 2-s answers at 8 in flight).
-                if not self._cap_retested:
-                    refused = _Refused.UNTOLD
-            elif refused is _Refused.IN_FLIGHT:
-                refused = _Refused.EITHER
+            refused = at_peak_read
         if refused is not _Refused.RATE:
-            self._grid_refused(permit, verdict, now)
-            # Only this request waits: its hint is about a slot, not about the rate.
-            slots = self.slots
-            local = self._local
-            # Refused at this many in flight: the way up to it is new territory again.
-            local.sent_peak = min(local.sent_peak, permit.in_flight_at_send - 1)
-            if refused is _Refused.UNTOLD and isinstance(slots, AimdLimit):
-                # Back at the cap, still provisional, tried again a round trip on.
-                round_trip_s = max(_CAP_TEST_MIN_S, self.latency.mean_s)
-                slots.retest_cap(now=now, after_s=round_trip_s)
-                if not self._cap_retested:
-                    self._cap_retested = True
-                    self._cap_retest_by = now + _RETEST_WAITS_RT * round_trip_s
-            elif isinstance(slots, AimdLimit):
-                slots.learn_cap(
-                    in_flight_at_send=permit.in_flight_at_send,
-                    now=now,
-                    provisional=refused is _Refused.EITHER,
-                    probe_after_s=self._round_trip_s(),
-                )
-                if at_peak:
-                    self._untested_refusal = None  # refuted, it measures no rate
-                    self._cap_retested = False
-                elif slots.cap_provisional and refused is _Refused.EITHER:
-                    sent_in_second = self._sent_in_second_before(permit.sent_at)
-                    self._untested_refusal = (permit.sent_at, sent_in_second)
-                    self._untested_seq = permit.seq
-                    self._untested_after_start = self._start_held_second(permit.sent_at)
-                    self._cap_retested = False
-                elif not slots.cap_provisional:
-                    self._untested_refusal = None
-                    # A hint on a refusal of the count says nothing about when a slot frees:
-                    # one of ours does, with its answer. Waited out, a 2-s retry-after on the
-                    # cap's probe at 11 s held one request to the end of a 13-s run (1.7 s of
-                    # a 15-slot lane's tail). Not in a fleet: the others hold slots we do not see.
-                    permit.refused_for_slot = (
-                        refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
-                    )
+            self._refused_in_flight(permit, verdict, refused, at_peak=at_peak, now=now)
             return
-        spent = (
-            spent_budget(verdict.limits, permit.tokens, unstated=True)
-            if verdict.hint_s is not None
-            else None
-        )
-        if spent is not None:
-            # The window that answers counted down (no limit stated: Azure) is spent, and the
-            # hint says when the next begins: that is all this 429 says. Read as a rate, the
-            # second before it (one request, sent when nothing was left) cut the pace to a
-            # few requests a second.
-            if gate:
-                # through close_gate: a shared admission closes the fleet's gate, not only ours
-                self.close_gate(min(verdict.hint_s or 0.0, max_hint_s), now=now)
-            if permit.seq >= self._window_from_seq:
-                self._next_window_holds(spent)
+        if self._window_spent(permit, verdict, now, max_hint_s=max_hint_s, gate=gate):
             return
         if permit.seq >= self._window_from_seq:
             self._next_window_holds_stated(verdict)
+        tokens_out, output_out = self._refused_budget(permit, verdict, now)
+        if verdict.hint_s is not None and gate:
+            refusing = (
+                self.output_rate
+                if output_out
+                else self.token_rate
+                if tokens_out
+                else self.request_rate
+            )
+            self._close_for_hint(
+                permit,
+                verdict.hint_s,
+                refusing,
+                now,
+                max_hint_s=max_hint_s,
+            )
+        if output_out:
+            if self.output_rate.throttled(
+                sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
+            ):
+                self._apply_rates(now=now)
+            if self.output_tokens is not None:
+                self.output_tokens.drain_to(now=now, level=0.0)
+            return
+        self._cut_pace(permit, verdict, now, tokens_out=tokens_out)
+
+    def _sample_sustained(self, now: float) -> None:
+        """At each 429 (not on the hot path of successes), noise or not: the most a
+        discovered request rate was shown to take lately (``_sustained_best``)."""
+        rate = self.request_rate
+        if rate.ceiling is None and rate.rpm is not None:
+            self._first_discovery_at = min(self._first_discovery_at, now)
+            sustained = rate.accepted_mean_rpm(now)
+            if now - self._first_discovery_at >= _SHORT_MEAN_AFTER_S:
+                sustained = max(sustained, rate.accepted_mean_rpm(now, _SHORT_MEAN_S))
+            best, best_at = self._sustained_best
+            if sustained >= best or now - best_at > _SUSTAINED_BEST_S:
+                self._sustained_best = (sustained, now)
+
+    def _judge_refusal(self, permit: Permit, verdict: Verdict, now: float) -> tuple[bool, bool]:
+        """(unexplained, at_peak): whether nothing about our sending explains the 429
+        (:meth:`_unexplained`), and whether it may yet be a cap's (sent at more in flight
+        than any success lately); the share of noise counts it either way."""
+        load = self.refusals.refused(
+            permit.seq,
+            latest=self._admitted,
+            # A discovered rate's cut answered the refusals sent before it: counted on, the
+            # share read load for 64 sends more, and each busy 429 then cut again and closed
+            # the gate for its hint.
+            after=self._rate_cut_seq if self.request_rate.ceiling is None else 0,
+        )
+        self._at_edge = False
+        unexplained = self._unexplained(permit, verdict, load=load, now=now)
+        # Once a cap it suggested was refuted, no longer: while the window grows back, every
+        # request goes at a new peak, and each busy 429 taught another provisional cap (a
+        # 2400/min lane with 2-s answers held at 12-17 in flight of the 80 it needs, for 20 s).
+        at_peak = (
+            unexplained
+            and permit.in_flight_at_send > self._success_peak_in_flight
+            and not self._cap_refuted
+        )
+        # Into the share of noise even at a peak: a cap refuses only while the window
+        # outgrows it (a few), and noise counted out of the baseline at each new peak of a
+        # growing window left it at 0, and 7 busy 429s in 64 sends (6%) read as load.
+        self.refusals.judged(permit.seq, noise=unexplained and not self._at_edge)
+        return unexplained, at_peak
+
+    def _noise_refused(self, now: float) -> None:
+        """Noise: nothing is learned from it (no cut, no halved burst, no cap, the window
+        that answers counted down stays as they said)."""
+        if self.request_rate.ceiling is None:
+            # A discovered rate: the loss it climbs back to may have been noise as well.
+            # Soon after a limit was found by its share, only up to what the server was
+            # shown to take lately.
+            best = self._sustained_best[0]
+            if not self._limit_found_lately(now):
+                self.request_rate.unproven(_FAST_PAST_BEST * best if best else math.inf)
+            elif best:  # nothing taken lately bounds no doubling: none
+                self.request_rate.unproven(best)
+
+    def _refused_at_peak(self, refused: _Refused) -> _Refused | None:
+        """How a 429 at a new peak in flight that nothing else explains is read (None:
+        nothing is learned from it).
+
+        Nothing but the count in flight explains it: a cap may (it refuses all past it), or
+        it is noise that came back before the answers of the burst it went in (a 429 comes
+        at once). A cap it is only once its test is refused too (provisional); a success
+        there refutes it and measures nothing. Taken as a confirmed cap (the headers said
+        there was room), a busy 429 to the start's eleventh request held a 1206/min lane at
+        10 in flight for good: 0.53 of the reference. Read as the rate, it is noise (nothing
+        else refused it)."""
+        if refused is _Refused.RATE:
+            return None
+        slots = self.slots
+        if isinstance(slots, AimdLimit) and slots.probing and slots.cap_provisional:
+            # A provisional cap's test, refused as noise refuses any request now and then:
+            # tried once more before the cap stands (a busy 429 to the test of one that
+            # noise had taught held a 600/min lane with 2-s answers at 8 in flight).
+            return refused if self._cap_retested else _Refused.UNTOLD
+        if refused is _Refused.IN_FLIGHT:
+            return _Refused.EITHER
+        return refused
+
+    def _refused_in_flight(
+        self, permit: Permit, verdict: Verdict, refused: _Refused, *, at_peak: bool, now: float
+    ) -> None:
+        """A 429 read as a refusal of the count in flight: a cap learned (or its test tried
+        again), and only this request waits: its hint is about a slot, not about the rate."""
+        self._grid_refused(permit, verdict, now)
+        slots = self.slots
+        local = self._local
+        # Refused at this many in flight: the way up to it is new territory again.
+        local.sent_peak = min(local.sent_peak, permit.in_flight_at_send - 1)
+        if not isinstance(slots, AimdLimit):
+            return
+        if refused is _Refused.UNTOLD:
+            # Back at the cap, still provisional, tried again a round trip on.
+            round_trip_s = max(_CAP_TEST_MIN_S, self.latency.mean_s)
+            slots.retest_cap(now=now, after_s=round_trip_s)
+            if not self._cap_retested:
+                self._cap_retested = True
+                self._cap_retest_by = now + _RETEST_WAITS_RT * round_trip_s
+            return
+        slots.learn_cap(
+            in_flight_at_send=permit.in_flight_at_send,
+            now=now,
+            provisional=refused is _Refused.EITHER,
+            probe_after_s=self._round_trip_s(),
+        )
+        if at_peak:
+            self._untested_refusal = None  # refuted, it measures no rate
+            self._cap_retested = False
+        elif slots.cap_provisional and refused is _Refused.EITHER:
+            sent_in_second = self._sent_in_second_before(permit.sent_at)
+            self._untested_refusal = (permit.sent_at, sent_in_second)
+            self._untested_seq = permit.seq
+            self._untested_after_start = self._start_held_second(permit.sent_at)
+            self._cap_retested = False
+        elif not slots.cap_provisional:
+            self._untested_refusal = None
+            # A hint on a refusal of the count says nothing about when a slot frees: one of
+            # ours does, with its answer. Waited out, a 2-s retry-after on the cap's probe at
+            # 11 s held one request to the end of a 13-s run (1.7 s of a 15-slot lane's
+            # tail). Not in a fleet: the others hold slots we do not see.
+            permit.refused_for_slot = (
+                refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
+            )
+
+    def _window_spent(
+        self, permit: Permit, verdict: Verdict, now: float, *, max_hint_s: float, gate: bool
+    ) -> bool:
+        """Whether the 429's headers show the window they counted down spent, with no limit
+        stated (Azure): then the hint says when the next begins, and that is all this 429
+        says. Read as a rate, the second before it (one request, sent when nothing was
+        left) cut the pace to a few requests a second."""
+        if verdict.hint_s is None:
+            return False
+        spent = spent_budget(verdict.limits, permit.tokens, unstated=True)
+        if spent is None:
+            return False
+        if gate:
+            # through close_gate: a shared admission closes the fleet's gate, not only ours
+            self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
+        if permit.seq >= self._window_from_seq:
+            self._next_window_holds(spent)
+        return True
+
+    def _refused_budget(self, permit: Permit, verdict: Verdict, now: float) -> tuple[bool, bool]:
+        """(tokens_out, output_out): whether the 429 says, by its structure, that tokens or
+        output tokens ran out rather than requests. An input-token quota's also makes the
+        token bucket charge the prompt alone from now on."""
         tokens_out = verdict.limit_scope == "tokens"
         if verdict.limit_scope == "input_tokens":
             tokens_out = True
@@ -2300,24 +2388,11 @@ class Lane:
                 or output_budget_short(limits, permit.output_tokens)
             )
         )
-        output_out = output_out and self.output_rate.rpm is not None
-        if verdict.hint_s is not None and gate:
-            refusing = (
-                self.output_rate
-                if output_out
-                else self.token_rate
-                if tokens_out
-                else self.request_rate
-            )
-            self._close_for_hint(permit, verdict.hint_s, refusing, now, max_hint_s=max_hint_s)
-        if output_out:
-            if self.output_rate.throttled(
-                sent_at=permit.sent_at, now=now, hinted=verdict.hint_s is not None
-            ):
-                self._apply_rates(now=now)
-            if self.output_tokens is not None:
-                self.output_tokens.drain_to(now=now, level=0.0)
-            return
+        return tokens_out, output_out and self.output_rate.rpm is not None
+
+    def _cut_pace(self, permit: Permit, verdict: Verdict, now: float, *, tokens_out: bool) -> None:
+        """A 429 about a rate: the pace of requests or tokens is cut (or discovered), measured
+        on what the server took before it; then :meth:`_after_cut`."""
         # Tokens ran out, as the answer says by its structure: pace tokens, a stated rate or
         # one discovered now (cutting requests instead never learns a token limit).
         rate = self.token_rate if tokens_out else self.request_rate
@@ -2381,6 +2456,22 @@ class Lane:
             loss = min(loss, _LOSS_OVER_MEAN * rate.accepted_mean_rpm(now))
             if loss > self._sustained_best[0]:
                 self._sustained_best = (loss, now)
+        self._after_cut(permit, verdict, now, rate=rate, name=name, paced=paced, moved=moved)
+
+    def _after_cut(
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        now: float,
+        *,
+        rate: PacedRate,
+        name: str,
+        paced: bool,
+        moved: bool,
+    ) -> None:
+        """What follows a rate's 429 whatever the cut: the count since the refusal marked,
+        the burst halved when refused at or under the pace, the buckets set and drained."""
+        tokens_out = name == "tokens"
         mark = self._refusal_marks.get(name)
         if rate.refused_sent_at == permit.sent_at and (
             mark is None or mark[0] != permit.sent_at or permit.seq < mark[1]
@@ -2406,7 +2497,6 @@ class Lane:
             # bucket refills all along and said when the next request fits (the hint, which
             # the gate waits out): then its bucket is as empty as ours, not emptier. Kept, the
             # debt of a 1-s bucket of 940/min held the lane 0.37 s where the hint said 5 ms.
-            name = "tokens" if tokens_out else "requests"
             hinted = verdict.hint_s is not None and self._depths[name].continuous
             self._apply_rates(now=now, keep_level=hinted)
         # The provider's window is empty right now: so is ours (a bucket just made for a
@@ -2438,7 +2528,7 @@ class Lane:
           near the one it was found at (such a limit refuses again as the pace comes back).
 
         Sent at more in flight than succeeded lately, it may also be a cap's: see
-        :meth:`_throttled` (a provisional cap, which a success past it refutes)."""
+        :meth:`_refused_at_peak` (a provisional cap, which a success past it refutes)."""
         rpm = self.request_rate.rpm
         found = self._limit_found
         if load:
@@ -2690,11 +2780,19 @@ class Lane:
         self._window_intake = self._window_intake_tokens = 0
 
     def _close_for_hint(
-        self, permit: Permit, hint_s: float, refusing: PacedRate, now: float, *, max_hint_s: float
+        self,
+        permit: Permit,
+        hint_s: float,
+        refusing: PacedRate,
+        now: float,
+        *,
+        max_hint_s: float,
     ) -> None:
         """Close the gate for a 429's wait hint: all of it, or where it is in whole seconds
-        and the budget that refused is tokens of which no limit is stated (the lane paces
-        them from empty now), the part that is certain (:meth:`CooldownGate.hinted_wait_s`).
+        and the budget that refused is tokens of which no limit is stated, or only the
+        server's limit with nothing said of what is left (Gemini's ``quotaValue``: the lane
+        paces them from empty now, at the limit), the part that is certain
+        (:meth:`CooldownGate.hinted_wait_s`).
         A ``retryDelay: "1s"`` for a bucket short of 0.1 s held a Gemini lane near idle a
         second per 429 (four in a 12-s trace, in flight falling to 0-4 each time). So too
         for requests at a rate discovered already (Groq states its per-minute request limit
@@ -2707,15 +2805,25 @@ class Lane:
         with such hints drew twice the 429s). Not the discovery's own hint: its pace is a
         first guess. Nor a budget its headers show spent (Azure's 10-s
         windows: waited short, they drew 429s at each window's end, whose cuts held a lane at
-        a third of its rate), which waits in :meth:`_throttled` before this."""
+        a third of its rate), which waits in :meth:`_window_spent` before this."""
         hint_s = min(hint_s, max_hint_s)
         whole = (
             hint_s >= 1.0
             and hint_s == math.floor(hint_s)
-            and refusing.ceiling is None
             and (
-                refusing is self.token_rate
-                or (refusing is self.request_rate and refusing.rpm is not None and hint_s == 1.0)
+                (
+                    refusing is self.token_rate
+                    and (
+                        refusing.ceiling is None
+                        or (self.learned_tpm_alone and self._configured.tpm is None)
+                    )
+                )
+                or (
+                    refusing is self.request_rate
+                    and refusing.ceiling is None
+                    and refusing.rpm is not None
+                    and hint_s == 1.0
+                )
             )
         )
         wait_s = self.cooldown.hinted_wait_s(
@@ -2798,37 +2906,10 @@ class Lane:
         peak taking the window's last slot; but with no stated rate, such a peak says only
         that it may be either. The answer's own headers showing a budget run out make it the
         rate."""
-        if verdict.limit_scope is not None:
-            return _Refused.IN_FLIGHT if verdict.limit_scope == "concurrency" else _Refused.RATE
-        limits = verdict.limits
-        if limits is not None:
-            limits = self._per_minute_part(limits)
-        if limits is not None:
-            if budget_exhausted(limits, permit.tokens):
-                return _Refused.RATE  # its own headers say a budget ran out
-            if output_budget_short(limits, permit.output_tokens):
-                return _Refused.RATE  # the output budget, which this request reserved from
-            if budgets_have_room(limits, permit.tokens):
-                return _Refused.IN_FLIGHT
+        told = self._refused_by_structure(permit, verdict)
+        if told is not None:
+            return told
         ceiling = self.request_rate.ceiling
-        if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
-            _RATE_PLAUSIBLE * ceiling / 60.0
-        ):
-            # This lane sent a second's worth of the stated rate just before: the rate explains
-            # the refusal, whatever else was in flight (a slow start or a silence that opened
-            # the window sends in bursts that a per-second bucket refuses).
-            return _Refused.RATE
-        if (
-            ceiling is not None
-            # A process of a fleet is accepted at its own share of the key, however small;
-            # the others fill the rest. Its acceptances say nothing about the key's rate.
-            and self.admission.sees_every_acceptance
-            and self._successes >= _SUCCESSES_TO_JUDGE
-            and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
-        ):
-            # Refused while accepted at under half the stated rate: not the rate. Requests in
-            # flight are what this server counts.
-            return _Refused.IN_FLIGHT
         # No word from the answer. Requests succeed lately with as many in flight, or more: the
         # rate ran out. At (or past) that peak, with the request taking the last slot of the
         # window, the number in flight is what the server refused, until a refusal at no more
@@ -2860,51 +2941,93 @@ class Lane:
             return _Refused.RATE
         untested = self._untested_refusal
         if slots.probing and untested is not None and cap is not None and in_flight >= cap:
-            # The probe of a provisional cap, refused. Sent after a second as busy as the one
-            # before the refusal that taught the cap, the rate explains it as well: then the
-            # rate it is, measured from this refusal. After a clearly quieter second, only a
-            # cap. "As busy" within two: answers come back in clumps, and where a clump falls
-            # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
-            # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
-            # was confirmed from: the lane then held 8.2/s of 10). But the cap it is when the
-            # server took, since the cap was learned, a request after a second as busy as
-            # that one (no margin: a rate that refused 11 takes 10), or when the lane's pace
-            # over the round trip was as busy as the refused second (a rate refuses clumps
-            # above the pace it takes; a cap refuses the pace itself).
-            sent_in_second = self._sent_in_second_before(permit.sent_at)
-            as_busy = sent_in_second >= untested[1] - self._as_busy_margin()
-            if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
-                # Not the second test (that one goes after a quieter second), but a request
-                # sent at its level while it was out: the rate refuses it as well (fixed
-                # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
-                # third of its clump's replacements refused). The test's answer decides.
-                return _Refused.UNTOLD
-            # the pace counts no send of the start's burst
-            since, before = self._first_success_at, permit.sent_at
-            if as_busy and not (
-                self._took_as_busy(untested[1], since=slots.cap_learned_at, before=before)
-                or self._pace_matched(sent_in_second, since=since, before=before)
-            ):
-                if not self._cap_retested and self._pace_matched(
-                    sent_in_second, since=-math.inf, before=before
-                ):
-                    # Only the start's burst made the pace as busy: sends from before the
-                    # first answer, which are no pace under the cap (nothing had come back
-                    # to pace them). Counted, they confirmed a cap of 5 on fixed windows of
-                    # 5/s with answers of 1.3125 s (the ramp's 0.63 and the refused 0.73 in
-                    # the round trip before the test at 1.95: 8 sends for 7.9), and the lane
-                    # held 3.8/s of 5 for the run. A cap of 5 with such answers sends the
-                    # very same requests at the very same times up to that refusal: nothing
-                    # seen tells them apart. Tested once more, after a quieter second.
-                    return _Refused.UNTOLD
-                self._cap_refuted = True
-                self._untested_refusal = None
-                slots.forget_cap()
-                return _Refused.RATE
-            return _Refused.IN_FLIGHT
+            return self._refused_probe(permit, slots, untested)
         # A stated rate that this lane was far from (see above) leaves only the cap; with none,
         # the burst that reached this peak may have outrun a rate just as well.
         return _Refused.IN_FLIGHT if ceiling is not None else _Refused.EITHER
+
+    def _refused_by_structure(self, permit: Permit, verdict: Verdict) -> _Refused | None:
+        """What a 429 is about by what the answer says (its code, its own headers) and by
+        what this lane sent against a stated rate; None when neither tells."""
+        if verdict.limit_scope is not None:
+            return _Refused.IN_FLIGHT if verdict.limit_scope == "concurrency" else _Refused.RATE
+        limits = verdict.limits
+        if limits is not None:
+            limits = self._per_minute_part(limits)
+        if limits is not None:
+            if budget_exhausted(limits, permit.tokens):
+                return _Refused.RATE  # its own headers say a budget ran out
+            if output_budget_short(limits, permit.output_tokens):
+                return _Refused.RATE  # the output budget, which this request reserved from
+            if budgets_have_room(limits, permit.tokens):
+                return _Refused.IN_FLIGHT
+        ceiling = self.request_rate.ceiling
+        if ceiling is not None and self._key_sent_in_second_before(permit.sent_at) >= (
+            _RATE_PLAUSIBLE * ceiling / 60.0
+        ):
+            # This lane sent a second's worth of the stated rate just before: the rate explains
+            # the refusal, whatever else was in flight (a slow start or a silence that opened
+            # the window sends in bursts that a per-second bucket refuses).
+            return _Refused.RATE
+        if (
+            ceiling is not None
+            # A process of a fleet is accepted at its own share of the key, however small;
+            # the others fill the rest. Its acceptances say nothing about the key's rate.
+            and self.admission.sees_every_acceptance
+            and self._successes >= _SUCCESSES_TO_JUDGE
+            and self.request_rate.accepted_peak_rpm() < 0.5 * ceiling
+        ):
+            # Refused while accepted at under half the stated rate: not the rate. Requests in
+            # flight are what this server counts.
+            return _Refused.IN_FLIGHT
+        return None
+
+    def _refused_probe(
+        self, permit: Permit, slots: AimdLimit, untested: tuple[float, int]
+    ) -> _Refused:
+        """A provisional cap's probe, refused: the cap, the rate, or untold yet."""
+        # The probe of a provisional cap, refused. Sent after a second as busy as the one
+        # before the refusal that taught the cap, the rate explains it as well: then the
+        # rate it is, measured from this refusal. After a clearly quieter second, only a
+        # cap. "As busy" within two: answers come back in clumps, and where a clump falls
+        # across a second's edge moves the count by one or two (a 1-s bucket of 10/s with
+        # 1.6-s answers refused a clump of 14, then one counted at 13, which a cap of 13
+        # was confirmed from: the lane then held 8.2/s of 10). But the cap it is when the
+        # server took, since the cap was learned, a request after a second as busy as
+        # that one (no margin: a rate that refused 11 takes 10), or when the lane's pace
+        # over the round trip was as busy as the refused second (a rate refuses clumps
+        # above the pace it takes; a cap refuses the pace itself).
+        sent_in_second = self._sent_in_second_before(permit.sent_at)
+        as_busy = sent_in_second >= untested[1] - self._as_busy_margin()
+        if as_busy and self._cap_retested and permit.sent_at < self._cap_retest_by:
+            # Not the second test (that one goes after a quieter second), but a request
+            # sent at its level while it was out: the rate refuses it as well (fixed
+            # windows of 5/s, answers of 1.295 s: the test at 3.90 s was taken, the
+            # third of its clump's replacements refused). The test's answer decides.
+            return _Refused.UNTOLD
+        # the pace counts no send of the start's burst
+        since, before = self._first_success_at, permit.sent_at
+        if as_busy and not (
+            self._took_as_busy(untested[1], since=slots.cap_learned_at, before=before)
+            or self._pace_matched(sent_in_second, since=since, before=before)
+        ):
+            if not self._cap_retested and self._pace_matched(
+                sent_in_second, since=-math.inf, before=before
+            ):
+                # Only the start's burst made the pace as busy: sends from before the
+                # first answer, which are no pace under the cap (nothing had come back
+                # to pace them). Counted, they confirmed a cap of 5 on fixed windows of
+                # 5/s with answers of 1.3125 s (the ramp's 0.63 and the refused 0.73 in
+                # the round trip before the test at 1.95: 8 sends for 7.9), and the lane
+                # held 3.8/s of 5 for the run. A cap of 5 with such answers sends the
+                # very same requests at the very same times up to that refusal: nothing
+                # seen tells them apart. Tested once more, after a quieter second.
+                return _Refused.UNTOLD
+            self._cap_refuted = True
+            self._untested_refusal = None
+            slots.forget_cap()
+            return _Refused.RATE
+        return _Refused.IN_FLIGHT
 
     def _retest_untold(self, now: float) -> bool:
         """Whether the second test of a provisional cap (:attr:`_Refused.UNTOLD`) should wait:

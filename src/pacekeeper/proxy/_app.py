@@ -33,7 +33,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,6 +124,18 @@ _SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_o
 
 _KEY_HEADERS = frozenset({b"api-key", b"x-api-key", b"x-goog-api-key"})
 """Headers other than Authorization that carry a client's key (Azure, Anthropic, Gemini)."""
+# What the one pass over a request's headers (ProxyApp._head) does with each name; a name not
+# listed is forwarded as it is.
+_KIND_DROP, _KIND_TYPE, _KIND_LENGTH, _KIND_PRIORITY, _KIND_CONNECTION, _KIND_KEY = range(6)
+_REQUEST_KIND: dict[bytes, int] = {
+    **dict.fromkeys(_REQUEST_DROP, _KIND_DROP),
+    b"content-type": _KIND_TYPE,  # forwarded
+    b"content-length": _KIND_LENGTH,  # dropped: recomputed from the body read
+    _PRIORITY_HEADER: _KIND_PRIORITY,  # dropped
+    b"connection": _KIND_CONNECTION,  # dropped, and so are the headers it names
+    b"authorization": _KIND_KEY,  # dropped when the proxy holds the key
+    **dict.fromkeys(_KEY_HEADERS, _KIND_KEY),
+}
 
 
 def _error_body(message: str, error_type: str, code: str) -> bytes:
@@ -201,11 +213,13 @@ class _SentSignal(httpx2.AsyncBaseTransport):
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self._inner = inner
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+    # A plain function returning the inner transport's coroutine, not a coroutine of its
+    # own: the request's task resumes through every frame of its await chain at each wait.
+    def handle_async_request(self, request: httpx2.Request) -> Coroutine[Any, Any, httpx2.Response]:
         signal = request.extensions.pop(_SENT_EXTENSION, None)
         if signal is not None:
             signal()
-        return await self._inner.handle_async_request(request)
+        return self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -391,46 +405,50 @@ class ProxyApp:
             scope[_CONNECTION] = conn
         task = asyncio.current_task(conn.loop)  # the loop given: no get_running_loop()
         assert task is not None
-        reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
-        scope[_READING] = reading
-        for name, value in scope["headers"]:
-            if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
-                name == b"transfer-encoding"
-            ):
-                guard.headers_done(conn, reading.on_timeout)
-                scope[_HAS_BODY] = True
-                break
-        else:  # no body to wait for: the request is whole
-            guard.body_done(conn)
+        # The server read the request to its end already (its body came with its headers, as
+        # clients send it): nothing to wait for, and no pass over the headers to know it. The
+        # latest request's end means this one's too (requests arrive in order).
+        try:
+            whole = conn.protocol.cycle.more_body is False  # uvicorn's, either protocol
+        except AttributeError:  # no cycle (yet), or another protocol
+            whole = False
+        if whole or not _has_body(scope):
+            guard.body_done(conn)  # the request is whole: nothing to tell when it is read
+            scope[_READING] = _Reading(task, conn.transport, None)
+        else:
+            reading = _Reading(task, conn.transport, lambda: guard.body_done(conn))
+            scope[_READING] = reading
+            guard.headers_done(conn, reading.on_timeout)
         try:
             await self._http(scope, receive, send)
         finally:
             guard.body_done(conn)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What answers the request, to be awaited: a plain function returning the answering
+        coroutine, so the request's task resumes through one frame fewer at every wait."""
         path: str = scope["path"]
         method: str = scope["method"]
         _CURRENT.set((method, path, self._clock()))
         raw_path: bytes = scope.get("raw_path") or path.encode()
         base = self._base
         if method == "GET" and path == "/metrics":
-            await self._metrics(scope, send)
-        elif method == "GET" and path == "/healthz":
-            await self._healthz(send)
-        elif raw_path.startswith(base) and raw_path[self._base_len : self._base_len + 1] in (
+            return self._metrics(scope, send)
+        if method == "GET" and path == "/healthz":
+            return self._healthz(send)
+        if raw_path.startswith(base) and raw_path[self._base_len : self._base_len + 1] in (
             b"",
             b"/",
         ):
-            await self._forward(scope, receive, send, method, raw_path[self._base_len :])
-        else:
-            await self._error(
-                send,
-                404,
-                "unknown_url",
-                f"pacekeeper proxy: {path} is not under {self.config.base_path or '/'}, where "
-                f"the upstream is served: set your client's base_url to "
-                f"http://HOST:PORT{self.config.base_path}",
-            )
+            return self._forward(scope, receive, send, method, raw_path[self._base_len :])
+        return self._error(
+            send,
+            404,
+            "unknown_url",
+            f"pacekeeper proxy: {path} is not under {self.config.base_path or '/'}, where "
+            f"the upstream is served: set your client's base_url to "
+            f"http://HOST:PORT{self.config.base_path}",
+        )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -575,29 +593,54 @@ class ProxyApp:
                 found = client
         return found
 
-    def _upstream_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Triples:
-        """The headers forwarded, as httpx2 keeps them: (name, lowercased name, value), the
-        two names the same (ASGI gives them lowercased)."""
+    def _head(
+        self, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Triples, int, bytes, bytes | None]:
+        """One pass over the request's headers (each was read four times: its length, its
+        type, its class, the copy): the headers forwarded, as httpx2 keeps them (name,
+        lowercased name, value; the two names the same, ASGI gives them lowercased); the
+        declared length (-1: none, or not a number; the last one counts); the content type
+        (the last one); the x-pacekeeper-priority value (the first; None: absent)."""
         out: Triples = []
-        listed: set[bytes] = set()
+        listed: set[bytes] | None = None
+        declared = -1
+        content_type = b""
+        asked: bytes | None = None
+        held_key = self._api_key is not None
         for name, value in headers:
-            if name == b"connection":
-                listed.update(t.strip().lower() for t in value.split(b","))
-            elif name in _REQUEST_DROP or (
-                self._api_key is not None and (name == b"authorization" or name in _KEY_HEADERS)
-            ):
-                continue
-            else:
+            if name not in _REQUEST_KIND:  # `in` and [], not .get(): no method call
                 out.append((name, name, value))
-        if listed - {b"close", b"keep-alive"}:
+                continue
+            kind = _REQUEST_KIND[name]  # the kinds tested in the order requests carry them
+            if kind == _KIND_DROP:  # hop-by-hop, host, expect, the proxy's token
+                continue
+            if kind == _KIND_LENGTH:
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+            elif kind == _KIND_TYPE:
+                content_type = value
+                out.append((name, name, value))
+            elif kind == _KIND_KEY:
+                if not held_key:  # the proxy holds no key: the client's goes on
+                    out.append((name, name, value))
+            elif kind == _KIND_PRIORITY:
+                if asked is None:
+                    asked = value
+            else:  # _KIND_CONNECTION
+                if listed is None:
+                    listed = set()
+                listed.update(t.strip().lower() for t in value.split(b","))
+        if listed is not None and listed - {b"close", b"keep-alive"}:
             out = [header for header in out if header[1] not in listed]
-        if self._api_key is not None:
+        if held_key:
             present = {name for _, name, _ in out}
             out.extend((n, n, v) for n, v in self._key_headers if n not in present)
-        return out
+        return out, declared, content_type, asked
 
     async def _read_body(
-        self, scope: Scope, receive: Receive, send: Send
+        self, scope: Scope, receive: Receive, send: Send, declared: int
     ) -> tuple[bytes, int] | None:
         """The whole body and the bytes it holds in the buffer count; None when already
         answered (408, 413, 429) or the client left.
@@ -606,13 +649,6 @@ class ProxyApp:
         reserves nothing: a client announcing 32 MiB and sending nothing holds nothing), and
         the body must arrive within ``body_timeout_s`` (the guard's timer answers 408)."""
         limit = self.config.max_body_bytes
-        declared = -1
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
         if declared > limit:
             await self._too_large(send, declared)
             return None
@@ -670,7 +706,8 @@ class ProxyApp:
         finally:
             if reading is not None:
                 reading.active = False
-                reading.done()
+                if reading.done is not None:
+                    reading.done()
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         return body, held
 
@@ -701,9 +738,6 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, send: Send, method: str, rest: bytes
     ) -> None:
         self.counters.recent.received()
-        # Answered without reading the body: close the connection, or the rest of the body
-        # would sit on it (and count as the next request, never finished).
-        unread: Headers = [(b"connection", b"close")] if scope.get(_HAS_BODY) else []
         if self.draining:
             await self._error(
                 send,
@@ -711,11 +745,10 @@ class ProxyApp:
                 "proxy_shutting_down",
                 "pacekeeper proxy: shutting down; this request was not sent",
                 retry_after_s=1.0,
-                extra=unread,
+                extra=_unread(scope),
             )
             return
-        headers = scope["headers"]
-        client = self._client(headers)
+        client = self._client(scope["headers"])
         if client is None:
             self.counters.refuse("invalid_proxy_token")
             await self._error(
@@ -725,7 +758,7 @@ class ProxyApp:
                 "pacekeeper proxy: missing or wrong client token: send it as "
                 f"'{TOKEN_HEADER}: TOKEN'"
                 + (" or as the API key (Authorization: Bearer TOKEN)" if self._api_key else ""),
-                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *unread],
+                extra=[(b"www-authenticate", b'Bearer realm="pacekeeper proxy"'), *_unread(scope)],
             )
             return
         # bytes.find, not `in`: a bytes needle `in` bytes first tries it as an int, and the
@@ -739,10 +772,11 @@ class ProxyApp:
                 400,
                 "invalid_path",
                 "pacekeeper proxy: '.' and '..' path segments are refused",
-                extra=unread,
+                extra=_unread(scope),
             )
             return
-        cls = self._priority(headers, client)
+        headers, declared, content_type, asked = self._head(scope["headers"])
+        cls = self._priority(asked, client)
         if cls is None:
             self.counters.refuse("invalid_priority")
             await self._error(
@@ -751,144 +785,118 @@ class ProxyApp:
                 "invalid_priority",
                 f"pacekeeper proxy: {PRIORITY_HEADER} must be one of "
                 f"{', '.join(p.value for p in Priority)}",
-                extra=unread,
+                extra=_unread(scope),
             )
             return
-        read = await self._read_body(scope, receive, send)
+        read = await self._read_body(scope, receive, send, declared)
         if read is None:
             return
         body, reserved = read
         try:
-            await self._forward_body(
-                scope,
-                receive,
-                send,
-                method=method,
-                rest=rest,
-                body=body,
-                who=(client[0], cls),
+            doc: object = None
+            declared_json = content_type.find(b"json") >= 0  # not `in`: see the path check
+            if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
+                try:
+                    doc = _json_of(body)
+                except (ValueError, RecursionError) as exc:
+                    if declared_json and method in _BODY_METHODS:
+                        self.counters.refuse("invalid_json")
+                        await self._error(
+                            send,
+                            400,
+                            "invalid_json",
+                            "pacekeeper proxy: the request body is not valid JSON "
+                            f"({describe_exception(exc)})",
+                        )
+                        return
+                    doc = None
+            if method != "POST" or body[:1] not in _JSON_START:
+                doc = None  # read as the governed transport reads a body (parse_body)
+
+            reading: _Reading | None = scope.get(_READING)
+            task = reading.task if reading is not None else asyncio.current_task()
+            assert task is not None
+            exchange = _Exchange(task, cls)
+            try:
+                url, host, url_path = self._url(rest, scope.get("query_string", b""))
+                # Host and length set here, the body given as a stream: httpx2 would otherwise
+                # rebuild the headers once more to add them.
+                headers.append((b"host", b"host", host))
+                if body or method in _BODY_METHODS:
+                    headers.append((b"content-length", b"content-length", str(len(body)).encode()))
+                request = request_of(
+                    method,
+                    url,
+                    headers,
+                    body,  # held: request.content, as with content=
+                    {"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
+                )
+            except (httpx2.InvalidURL, ValueError) as exc:
+                self.counters.refuse("invalid_url")
+                await self._error(
+                    send,
+                    400,
+                    "invalid_url",
+                    f"pacekeeper proxy: bad request URL ({describe_exception(exc)})",
+                )
+                return
+            # The governed transport takes these facts instead of parsing the body again.
+            facts = facts_of(method, url_path, doc)
+            request.extensions[FACTS_EXTENSION] = facts
+            lane = self.governor.lane(facts.route, facts.model)
+            refusal = self._refusal(lane, cls)
+            if refusal is not None:
+                code, message, retry_after_s = refusal
+                await self._error(send, 429, code, message, retry_after_s=retry_after_s)
+                return
+
+            counters = self.counters
+            counters.in_progress += 1
+            loop = task.get_loop()  # asyncio.get_running_loop() costs a getpid() on Python 3.11
+            exchange.timer = loop.call_later(
+                self.config.queue_timeout_for(cls), exchange.on_queue_timeout
             )
+            conn: Connection | None = scope.get(_CONNECTION)
+            if conn is not None:  # the guard reports the client gone: no task per request
+                exchange.conn = conn
+                if conn.lost:
+                    exchange.on_disconnect()
+                else:
+                    conn.on_lost = exchange.on_disconnect
+            else:  # another ASGI server: wait for its http.disconnect
+                exchange.watcher = loop.create_task(_watch(receive, exchange))
+            # Read by the governed transport's call; set here rather than with a priority()
+            # block (this task's own context: nothing outside it sees them).
+            priority_token = PRIORITY_VAR.set(cls)
+            tenant = client[0]
+            tenant_token = TENANT_VAR.set(tenant) if tenant is not None else None
+            try:
+                await self._exchange(send, request, lane, exchange)
+            finally:
+                if tenant_token is not None:
+                    TENANT_VAR.reset(tenant_token)
+                PRIORITY_VAR.reset(priority_token)
+                counters.in_progress -= 1
+                exchange.timer.cancel()
+                if conn is not None:
+                    conn.on_lost = None
+                elif exchange.watcher is not None:
+                    exchange.watcher.cancel()
         finally:
             self.counters.buffered_bytes -= reserved
 
     @staticmethod
-    def _priority(headers: Iterable[tuple[bytes, bytes]], client: _Client) -> Priority | None:
-        """The request's class: its header's, never above the one its token is bound to
-        (default: that one). None: a header naming no class."""
+    def _priority(asked: bytes | None, client: _Client) -> Priority | None:
+        """The request's class: its header's (``asked``), never above the one its token is
+        bound to (default: that one). None: a header naming no class."""
         ceiling = client[1]
-        for name, value in headers:
-            if name == _PRIORITY_HEADER:
-                try:
-                    asked = Priority.parse(value.decode("latin-1"))
-                except ConfigurationError:
-                    return None
-                return asked if asked.rank >= ceiling.rank else ceiling
-        return ceiling
-
-    async def _forward_body(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        method: str,
-        rest: bytes,
-        body: bytes,
-        who: _Client = _ANYONE,
-    ) -> None:
-        content_type = b""
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-        doc: object = None
-        declared_json = content_type.find(b"json") >= 0  # not `in`: see the path check
-        if body and (declared_json or (method == "POST" and body[:1] in _JSON_START)):
-            try:
-                doc = _json_of(body)
-            except (ValueError, RecursionError) as exc:
-                if declared_json and method in _BODY_METHODS:
-                    self.counters.refuse("invalid_json")
-                    await self._error(
-                        send,
-                        400,
-                        "invalid_json",
-                        "pacekeeper proxy: the request body is not valid JSON "
-                        f"({describe_exception(exc)})",
-                    )
-                    return
-                doc = None
-        if method != "POST" or body[:1] not in _JSON_START:
-            doc = None  # read as the governed transport reads a body (parse_body)
-
-        reading: _Reading | None = scope.get(_READING)
-        task = reading.task if reading is not None else asyncio.current_task()
-        assert task is not None
-        exchange = _Exchange(task, who[1])
+        if asked is None:
+            return ceiling
         try:
-            url, host, url_path = self._url(rest, scope.get("query_string", b""))
-            headers = self._upstream_headers(scope["headers"])
-            # Host and length set here, the body given as a stream: httpx2 would otherwise
-            # rebuild the headers once more to add them.
-            headers.append((b"host", b"host", host))
-            if body or method in _BODY_METHODS:
-                headers.append((b"content-length", b"content-length", str(len(body)).encode()))
-            request = request_of(
-                method,
-                url,
-                headers,
-                body,  # held: request.content, as with content=
-                {"timeout": self._timeout, _SENT_EXTENSION: exchange.on_sent},
-            )
-        except (httpx2.InvalidURL, ValueError) as exc:
-            self.counters.refuse("invalid_url")
-            await self._error(
-                send,
-                400,
-                "invalid_url",
-                f"pacekeeper proxy: bad request URL ({describe_exception(exc)})",
-            )
-            return
-        # The governed transport takes these facts instead of parsing the body again.
-        facts = facts_of(method, url_path, doc)
-        request.extensions[FACTS_EXTENSION] = facts
-        lane = self.governor.lane(facts.route, facts.model)
-        refusal = self._refusal(lane, who[1])
-        if refusal is not None:
-            code, message, retry_after_s = refusal
-            await self._error(send, 429, code, message, retry_after_s=retry_after_s)
-            return
-
-        counters = self.counters
-        counters.in_progress += 1
-        loop = task.get_loop()  # asyncio.get_running_loop() costs a getpid() on Python 3.11
-        exchange.timer = loop.call_later(
-            self.config.queue_timeout_for(who[1]), exchange.on_queue_timeout
-        )
-        conn: Connection | None = scope.get(_CONNECTION)
-        if conn is not None:  # the guard reports the client gone: no task per request
-            exchange.conn = conn
-            if conn.lost:
-                exchange.on_disconnect()
-            else:
-                conn.on_lost = exchange.on_disconnect
-        else:  # another ASGI server: wait for its http.disconnect
-            exchange.watcher = loop.create_task(_watch(receive, exchange))
-        # Read by the governed transport's call; set here rather than with a priority()
-        # block (this task's own context: nothing outside it sees them).
-        priority_token = PRIORITY_VAR.set(who[1])
-        tenant_token = TENANT_VAR.set(who[0]) if who[0] is not None else None
-        try:
-            await self._exchange(send, request, lane, exchange)
-        finally:
-            if tenant_token is not None:
-                TENANT_VAR.reset(tenant_token)
-            PRIORITY_VAR.reset(priority_token)
-            counters.in_progress -= 1
-            exchange.timer.cancel()
-            if conn is not None:
-                conn.on_lost = None
-            elif exchange.watcher is not None:
-                exchange.watcher.cancel()
+            cls = Priority.parse(asked.decode("latin-1"))
+        except ConfigurationError:
+            return None
+        return cls if cls.rank >= ceiling.rank else ceiling
 
     def _url(self, rest: bytes, query: bytes) -> _Target:
         """The upstream URL of a request path, its Host header and its path: parsed once per
@@ -1063,15 +1071,15 @@ class ProxyApp:
     ) -> None:
         """Pass the answer on as it comes; close it (freeing its slot) whatever happens."""
         status = response.status_code
-        headers: Headers = []
-        listed: set[bytes] = set()
-        for _, name, value in triples_of(response.headers):
-            if name == b"connection":
-                listed.update(t.strip().lower() for t in value.split(b","))
-            elif name not in _HOP_BY_HOP:
-                headers.append((name, value))
-        if listed - {b"close", b"keep-alive"}:
-            headers = [(n, v) for n, v in headers if n not in listed]
+        triples = triples_of(response.headers)
+        headers: Headers = [(n, v) for _, n, v in triples if n not in _HOP_BY_HOP]
+        if len(headers) < len(triples):  # hop-by-hop headers came: Connection may name more
+            listed: set[bytes] = set()
+            for _, name, value in triples:
+                if name == b"connection":
+                    listed.update(t.strip().lower() for t in value.split(b","))
+            if listed - {b"close", b"keep-alive"}:
+                headers = [(n, v) for n, v in headers if n not in listed]
         stream: Any = response.stream  # typed Any: no cast() call per request
         whole = isinstance(stream, httpx2.ByteStream)  # read whole (and closed) by the governor
         sent_bytes = 0
@@ -1169,7 +1177,25 @@ class ProxyApp:
 
 _READING = "pacekeeper.reading"
 _CONNECTION = CONNECTION_KEY
-_HAS_BODY = "pacekeeper.has_body"
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a length other than 0, or a transfer coding)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
+            name == b"transfer-encoding"
+        ):
+            return True
+    return False
+
+
+def _unread(scope: Scope) -> Headers:
+    """The headers of an answer made without reading the request's body: served by the Proxy,
+    the connection is closed, or the rest of the body would sit on it (and count as the next
+    request, never finished)."""
+    if scope.get(_CONNECTION) is not None and _has_body(scope):
+        return [(b"connection", b"close")]
+    return []
 
 
 class _Reading:
@@ -1177,10 +1203,13 @@ class _Reading:
 
     __slots__ = ("active", "done", "expired", "task", "transport")
 
-    def __init__(self, task: asyncio.Task[Any], transport: Any, done: Callable[[], None]) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], transport: Any, done: Callable[[], None] | None
+    ) -> None:
         self.task = task
         self.transport = transport
         self.done = done
+        """Told when the body has been read (None: nothing to tell)."""
         self.active = False
         self.expired: str | None = None
 

@@ -362,8 +362,9 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
 
         def data_received(self, data: bytes) -> None:
             conn = self._pk_conn
-            if conn is not None:
-                guard.received(conn)
+            # guard.received, inlined (every read): the first bytes of the next request
+            if conn is not None and conn.phase == _DONE:
+                guard._begin(conn)
             super().data_received(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
