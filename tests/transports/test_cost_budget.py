@@ -101,9 +101,9 @@ _PROSE = "quarterly revenue grew across regions while margins narrowed on logist
 # (the first turn steps Lane.join itself, cost_of and _count_admission inlined, a local
 # slot released inline, the three PacedRate.succeeded one call, the transport settling
 # through Attempts._report): fixed 159.4 -> 150.4, adaptive 251.2 -> 246.2 (bytecodes,
-# bench.hotpath_ops: 3,659 -> 3,487 and 4,774 -> 4,682 in pacekeeper). Budgets: about 2%
-# over.
-_BUDGET = {"fixed": 154, "adaptive": 251}
+# bench.hotpath_ops: 3,626 -> 3,487 and 4,741 -> 4,682 in pacekeeper); adaptive 248.0 once
+# merged with main's latency changes of the same session. Budgets: about 2% over.
+_BUDGET = {"fixed": 154, "adaptive": 253}
 _WORKERS = 16
 _REQUESTS = 400
 
@@ -260,7 +260,7 @@ def test_the_governed_transport_adds_no_more_calls_per_request_than_its_budget(k
 # (Attempts._report, above); rounded up.
 # Eighth round (issue 15, branch `s36-hotcpu`): 256.6 (the stats' three add() calls, the
 # facts' counts without a TokenEstimate); rounded up, plus one.
-# Ninth round (issue 15, branch `s37-hotcpu`, the frames fused above): 248.7; about 2% over.
+# Ninth round (issue 15, branch `s37-hotcpu`, the frames fused above): 248.5; about 2% over.
 _STREAM_BUDGET = 254
 
 
