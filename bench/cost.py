@@ -287,24 +287,20 @@ def measure_cost(
 ) -> dict[str, Any]:
     """The cost section; with ``parts``, only those measured and the others kept from
     ``stored`` (a section measured before: the 1,000,000-line runs take half an hour)."""
+    measures: dict[str, tuple[str, Any]] = {
+        "startup": ("start-up", lambda: measure_startup(quick)),
+        "proxy": ("proxy: direct vs proxied", lambda: measure_proxy(quick)),
+        "queued": ("queued SDK calls: semaphore vs wrap()", lambda: measure_queued(quick)),
+        "tokenizers": ("offline tokenizers", measure_tokenizers),
+        "run": ("pacekeeper run's memory", lambda: measure_run_rss(quick, workdir)),
+    }
     cost: dict[str, Any] = {key: (stored or {}).get(key) for key in COST_PARTS}
-    if "startup" in parts:
-        log("[cost] start-up ...")
-        cost["startup"] = measure_startup(quick)
-        log(f"[cost] {cost['startup']}")
-    if "proxy" in parts:
-        log("[cost] proxy: direct vs proxied ...")
-        cost["proxy"] = measure_proxy(quick)
-        log(f"[cost] {cost['proxy']}")
-    if "queued" in parts:
-        log("[cost] queued SDK calls: semaphore vs wrap() ...")
-        cost["queued"] = measure_queued(quick)
-        log(f"[cost] {cost['queued']}")
-    if "tokenizers" in parts:
-        log("[cost] offline tokenizers ...")
-        cost["tokenizers"] = measure_tokenizers()
-    if "run" in parts:
-        cost["run"] = measure_run_rss(quick, workdir)
+    for part in COST_PARTS:
+        if part in parts:
+            label, measure = measures[part]
+            log(f"[cost] {label} ...")
+            cost[part] = measure()
+            log(f"[cost] {part}: {cost[part]}")
     for key in ("measured", "run_measured", "parts_measured"):
         if stored and key in stored:
             cost[key] = stored[key]

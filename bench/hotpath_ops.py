@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections import Counter
 from pathlib import Path
-from types import CodeType, FrameType
-from typing import Any
+
+from bench.opcodes import opcode_counter
 
 __all__ = ["main", "measure"]
 
@@ -31,16 +30,7 @@ def measure(kind: str) -> tuple[float, float, list[tuple[str, float]]]:
     sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "transports"))
     import test_cost_budget as harness
 
-    counts: Counter[CodeType] = Counter()
-
-    def each(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "opcode":
-            counts[frame.f_code] += 1
-        return each
-
-    def entered(frame: FrameType, event: str, arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        return each
+    counts, entered = opcode_counter()
 
     class _Tracing:
         """Stands in for the harness's ``sys``: its ``setprofile(counter)`` around the

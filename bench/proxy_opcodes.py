@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from types import CodeType, FrameType
+from types import CodeType
 from typing import Any
 
 __all__ = ["count", "main"]
@@ -61,20 +61,12 @@ def _sequential(port: int, total: int, *, stream: bool) -> int:
 
 def count(*, stream: bool, requests: int) -> tuple[int, Counter[CodeType]]:
     """(requests sent, bytecodes executed per code object) of this process's proxy."""
+    from bench.opcodes import opcode_counter
     from bench.proxy_parts import _on_loop
     from pacekeeper.proxy import Proxy, ProxyConfig
     from pacekeeper.sim import Scenario, SimulatorProcess
 
-    counts: Counter[CodeType] = Counter()
-
-    def local(frame: FrameType, event: str, _arg: Any) -> Any:
-        if event == "opcode":
-            counts[frame.f_code] += 1
-        return local
-
-    def start(frame: FrameType, _event: str, _arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        return local
+    counts, start = opcode_counter()
 
     with (
         SimulatorProcess(Scenario()) as sim,
