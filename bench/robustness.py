@@ -27,6 +27,7 @@ import httpx2
 
 from bench.contenders import Contender, RunContext
 from bench.measures import row_for
+from bench.outcome import Outcome
 from bench.runner import log
 from bench.scenarios import BenchScenario, Target, Truth
 from bench.workload import Workload
@@ -248,12 +249,19 @@ def _wait_idle(sim: SimulatorProcess, limit_s: float) -> dict[str, Any]:
     return stats
 
 
-def _run_draw(
-    draw: ProfileDraw,
-    run_s: float,
-    contenders: Sequence[Contender],
-    workdir: Path,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class DrawRun:
+    """What every contender on one draw is given: the scenario, the completions the
+    simulator will give, and the ideal time the limits alone force."""
+
+    scenario: BenchScenario
+    completions: list[float]
+    exact: bool
+    nominal_s: float
+
+
+def draw_run(draw: ProfileDraw, run_s: float) -> DrawRun:
+    """The bench scenario of one profile draw, sized to ``run_s`` seconds of ideal time."""
     wl = _workload(draw, run_s)
     completions: list[float]
     exact = _needs_completions(draw)
@@ -285,35 +293,54 @@ def _run_draw(
         truth=truth,
         timeout_s=draw.timeout_s,
     )
-    nominal = ideal_s(draw, wl, completions)
+    return DrawRun(scenario, completions, exact, ideal_s(draw, wl, completions))
+
+
+def run_contender(
+    draw: ProfileDraw, run: DrawRun, contender: Contender, workdir: Path
+) -> tuple[dict[str, Any], Outcome]:
+    """One contender on a fresh simulator of ``draw``: its table row (the per-second
+    timeline left in) and its outcome (the governor's lane samples in its diagnostics)."""
+    scenario = run.scenario
     # A contender still busy after this is cut off (its unfinished requests count as lost):
     # a recipe backing off for minutes must not hold up the whole run.
-    cap_s = 3 * nominal + draw.timeout_s + 10
+    cap_s = 3 * run.nominal_s + draw.timeout_s + 10
+    with SimulatorProcess(draw.scenario) as sim:
+        started_at = float(sim.stats()["started_at"])
+        ctx = RunContext(
+            base_url=sim.base_url,
+            scenario=scenario,
+            sim_started_at=started_at,
+            workdir=workdir,
+            cap_s=cap_s,
+            completion_tokens=tuple(int(c) for c in run.completions) if run.exact else (),
+        )
+        outcome = contender.run(ctx)
+        stats = _wait_idle(sim, limit_s=min(30.0, draw.timeout_s))
+    # A contender that restarted the simulator (a fleet, once its processes were ready)
+    # is timed from that start: windows and capacity changes count from it.
+    restarted_at = outcome.diagnostics.get("sim_restarted_at")
+    if restarted_at is not None:
+        ctx = dataclasses.replace(ctx, sim_started_at=float(restarted_at))
+    offset = outcome.started_at - ctx.sim_started_at
+    ideal = ideal_s(draw, scenario.workload, run.completions, offset_s=offset)
+    row = row_for(scenario, outcome, stats, ideal=ideal, change_wall=ctx.change_wall)
+    return {"contender": contender.key, "label": contender.label, **row}, outcome
+
+
+def _run_draw(
+    draw: ProfileDraw,
+    run_s: float,
+    contenders: Sequence[Contender],
+    workdir: Path,
+) -> dict[str, Any]:
+    run = draw_run(draw, run_s)
+    scenario, wl = run.scenario, run.scenario.workload
     rows: list[dict[str, Any]] = []
     for contender in contenders:
-        with SimulatorProcess(draw.scenario) as sim:
-            started_at = float(sim.stats()["started_at"])
-            ctx = RunContext(
-                base_url=sim.base_url,
-                scenario=scenario,
-                sim_started_at=started_at,
-                workdir=workdir,
-                cap_s=cap_s,
-                completion_tokens=tuple(int(c) for c in completions) if exact else (),
-            )
-            outcome = contender.run(ctx)
-            stats = _wait_idle(sim, limit_s=min(30.0, draw.timeout_s))
-        # A contender that restarted the simulator (a fleet, once its processes were ready)
-        # is timed from that start: windows and capacity changes count from it.
-        restarted_at = outcome.diagnostics.get("sim_restarted_at")
-        if restarted_at is not None:
-            ctx = dataclasses.replace(ctx, sim_started_at=float(restarted_at))
-        offset = outcome.started_at - ctx.sim_started_at
-        ideal = ideal_s(draw, wl, completions, offset_s=offset)
-        row = row_for(scenario, outcome, stats, ideal=ideal, change_wall=ctx.change_wall)
-        row = {"contender": contender.key, "label": contender.label, **row}
+        row, outcome = run_contender(draw, run, contender, workdir)
         # The per-second timelines and samples are for diagnosing the scenario runs; here they
-        # would make the JSON huge. The learned limits stay.
+        # would make the JSON huge (bench/trace.py shows them). The learned limits stay.
         row.pop("per_second", None)
         learned = outcome.diagnostics.get("learned")
         if learned is not None:
@@ -343,7 +370,7 @@ def _run_draw(
         "max_tokens": wl.max_tokens,
         "models": list(draw.models),
         "timeout_s": draw.timeout_s,
-        "ideal_s": nominal,
+        "ideal_s": run.nominal_s,
         "rows": rows,
     }
 

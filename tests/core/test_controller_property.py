@@ -53,7 +53,7 @@ def test_with_a_backlog_and_no_429_the_stated_limit_is_reached(
 # A clump of 8 refused at one instant, the count since it started at the last of them and
 # all 8 subtracted: measured 1846/min for 2400, held at 0.75 of it for 19 s.
 @example(rpm=2400.0, fixed=False, latency_s=0.4)
-@settings(max_examples=40, deadline=None, derandomize=False)
+@settings(max_examples=40, deadline=None)
 def test_hintless_429s_lead_to_the_true_limit_within_seconds(
     rpm: float, fixed: bool, latency_s: float
 ) -> None:

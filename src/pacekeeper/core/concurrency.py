@@ -136,6 +136,21 @@ class AimdLimit(FixedLimit):
     (8, True)
     >>> aimd.refuted_by(in_flight_at_send=8, sent_at=0.7), aimd.learned_cap
     (True, None)
+
+    A test taken, but counted at no more than the cap (an answer came back as it went, so
+    the server may have held one fewer), neither refutes nor confirms it; each next test goes
+    twice as far past it:
+
+    >>> aimd.learn_cap(in_flight_at_send=8, now=1.0, provisional=True, probe_after_s=0.5)
+    >>> tried = []
+    >>> for k in range(1, 20):
+    ...     aimd.in_flight = aimd.limit
+    ...     aimd.release(now=1.0 + 0.1 * k, sent_at=1.0, in_flight_at_send=aimd.limit,
+    ...                  signal=Signal.SUCCESS, backlog=True)
+    ...     if aimd.learned_cap not in tried:
+    ...         tried.append(aimd.learned_cap)
+    >>> tried  # not 7, 8, 9, 10: one more a round trip
+    [7, 8, 9, 11]
     """
 
     __slots__ = (
@@ -631,14 +646,21 @@ class AimdLimit(FixedLimit):
             return
         if self.cap_provisional and self.hold_test:
             return
-        self.learned_cap = cap + 1
+        if self.cap_provisional and self._probing:
+            # The last test was taken, but proved no more than the cap: the answers that came
+            # back as it went may have left the server before it arrived. The next goes twice
+            # as far past it. One further each time, a busy 429 at 11 in flight held a 1206/min
+            # lane that needs 27 at 11-13 for 3 s, one test a round trip.
+            self.learned_cap = min(2 * cap - self._cap_taught, self._settings.max)
+        else:
+            self.learned_cap = cap + 1
         self._probing = True
         self._cap_since = now
         self._answers_at_cap = 0
         if self.cap_provisional:
-            # A test, not growth: the one more request goes now, not once the window
-            # has crept up to it a round trip later.
-            self._window = max(self._window, cap + 1.0)
+            # A test, not growth: the requests past the cap go now, not once the window
+            # has crept up to them a round trip later.
+            self._window = max(self._window, float(self.learned_cap))
 
     def _update(self) -> None:
         s = self._settings
