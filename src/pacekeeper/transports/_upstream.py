@@ -21,7 +21,7 @@ from typing import Any, cast
 import httptools
 import httpx2
 
-from pacekeeper.transports._objects import response_of
+from pacekeeper.transports._objects import response_of, triples_of
 
 __all__ = ["UpstreamTransport"]
 
@@ -57,7 +57,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.error: Exception | None = None
-        self.framed = False  # a length or chunked: else the answer ends when the peer closes
+        self.status = 0
         self.keep_alive = True
         self.paused = False
         self._wake: asyncio.Future[None] | None = None
@@ -80,7 +80,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.head is not None and self.head.done() and not self.framed and not self.complete:
+        if self.head is not None and self.head.done() and not self.complete and not self._framed():
             self.on_message_complete()  # read until close: the close ends the answer
         elif not self.complete:
             self._fail(
@@ -92,20 +92,29 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lowered = name.lower()
-        self.headers.append((name, lowered, value))
-        if lowered == b"content-length" or (
-            lowered == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self.framed = True
+        # Only kept: whether the answer is framed matters only if the upstream closes before
+        # its end (_framed), not on each of its headers.
+        self.headers.append((name, name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        self.keep_alive = self._parser.should_keep_alive()
-        if status in (204, 304) or 100 <= status < 200:
-            self.framed = True
+        parser = self._parser
+        self.status = status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         if self.head is not None and not self.head.done():
             self.head.set_result((status, self.headers))
+
+    def _framed(self) -> bool:
+        """Whether the answer says where it ends (no body, a length, or chunked); else it
+        ends when the upstream closes the connection."""
+        status = self.status
+        if status in (204, 304) or 100 <= status < 200:
+            return True
+        for _, lowered, value in self.headers:
+            if lowered == b"content-length" or (
+                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                return True
+        return False
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -263,7 +272,8 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         conn = self._take(key) or await self._connect(key, timeout.get("connect"))
         conn.begin(conn._loop)
         head = [request.method.encode(), b" ", raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
+        # The headers' own triples (headers.raw builds a list of pairs on every request).
+        for name, _, value in triples_of(request.headers):
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         assert conn.transport is not None
