@@ -426,7 +426,10 @@ def _parts_remeasured(parts_measured: dict[str, Any] | None) -> list[str]:
         lines += [
             f"The {part} rows were measured again on {measured['date']} at git "
             f"{measured['git']} (load average {measured['load_at_start']} at start), with "
-            f"`python -m bench --only cost --parts {part}`.",
+            f"`python -m bench --only cost --parts {part}`."
+            # What a reader needs to weigh the rows (another machine, a side-by-side run),
+            # written into the results by hand.
+            + (f" {measured['note']}" if measured.get("note") else ""),
             "",
         ]
     return lines
