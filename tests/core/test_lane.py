@@ -888,6 +888,36 @@ def test_a_provisional_caps_test_taken_beside_a_refusal_refutes_nothing() -> Non
     assert lane.slots.learned_cap is None
 
 
+def test_a_provisional_cap_below_a_stated_rate_with_room_is_tested_at_once() -> None:
+    # The bench's `busy` seed 1: 1206/min stated, answers of about a second, and a busy 429
+    # (its headers showing room) to the 8th request of the start, at a new peak in flight.
+    # The rate is ruled out, so the cap is provisional only because noise may have sent it:
+    # its test goes with the first answer at it, not a round trip later (a round trip at 7
+    # held a lane that needs 20 in flight at a third of its rate for a second).
+    lane, clock = _clocked_lane()
+    assert isinstance(lane.slots, AimdLimit)
+    room = {
+        "x-ratelimit-limit-requests": "1206",
+        "x-ratelimit-remaining-requests": "1190",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    lane.queue.join(_ThreadWaiter())  # a backlog
+    first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
+    clock.now = 1.0
+    for permit in first:
+        lane.settle(permit, _verdict(200, room), now=1.0, max_hint_s=600.0, retry=False)
+    burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
+    assert burst[-1].in_flight_at_send == 8
+    clock.now = 1.08
+    lane.settle(burst[-1], _verdict(429, room), now=1.08, max_hint_s=600.0, retry=False)
+    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
+    assert lane.round_trip_s >= 0.9
+    # 0.3 s on, the first answer at the cap: the test goes with the slot it frees.
+    sent = _answered(lane, clock, burst[:1], [1.3])
+    assert lane.slots.probing
+    assert max(permit.in_flight_at_send for permit in sent) == 8
+
+
 def _anthropic_requests(limit: int, remaining: int, reset_s: int) -> dict[str, str]:
     # Resets are RFC 3339 times; the verdicts here are read at wall time 0.
     reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset_s))

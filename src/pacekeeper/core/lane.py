@@ -229,7 +229,10 @@ def _token_reading(minute: RateLimitSnapshot) -> _TokenReading:
 
 _RETEST_WAITS_RT = 3.0  # a provisional cap's second test waits this many round trips at most
 _PACE_KNOWN_AFTER = 4  # answers before their mean round trip says how busy a pace was
-_CAP_TEST_MIN_S = 0.2  # a provisional cap is tried one higher after a round trip, at least this
+# A provisional cap is tried one higher after a round trip, at least this; after only this
+# when a stated rate with room ruled the rate out (a window the burst outran needs the round
+# trip to pass; noise does not).
+_CAP_TEST_MIN_S = 0.2
 
 
 class _Refused(enum.Enum):
@@ -2177,13 +2180,17 @@ class Lane:
                 self.close_gate(min(verdict.hint_s, max_hint_s), now=now)
             return
         refused = self._refused(permit, verdict)
+        # A stated rate with room left rules the rate out: only the count in flight, or noise.
+        rate_ruled_out = refused is _Refused.IN_FLIGHT
         if at_peak:
             at_peak_read = self._refused_at_peak(refused)
             if at_peak_read is None:
                 return
             refused = at_peak_read
         if refused is not _Refused.RATE:
-            self._refused_in_flight(permit, verdict, refused, at_peak=at_peak, now=now)
+            self._refused_in_flight(
+                permit, verdict, refused, at_peak=at_peak, rate_ruled_out=rate_ruled_out, now=now
+            )
             return
         if self._window_spent(permit, verdict, now, max_hint_s=max_hint_s, gate=gate):
             return
@@ -2293,7 +2300,14 @@ class Lane:
         return refused
 
     def _refused_in_flight(
-        self, permit: Permit, verdict: Verdict, refused: _Refused, *, at_peak: bool, now: float
+        self,
+        permit: Permit,
+        verdict: Verdict,
+        refused: _Refused,
+        *,
+        at_peak: bool,
+        rate_ruled_out: bool,
+        now: float,
     ) -> None:
         """A 429 read as a refusal of the count in flight: a cap learned (or its test tried
         again), and only this request waits: its hint is about a slot, not about the rate."""
@@ -2316,7 +2330,7 @@ class Lane:
             in_flight_at_send=permit.in_flight_at_send,
             now=now,
             provisional=refused is _Refused.EITHER,
-            probe_after_s=self._round_trip_s(),
+            probe_after_s=_CAP_TEST_MIN_S if rate_ruled_out else self._round_trip_s(),
         )
         if at_peak:
             self._untested_refusal = None  # refuted, it measures no rate
