@@ -2181,7 +2181,9 @@ class Lane:
             return
         refused = self._refused(permit, verdict)
         # A stated rate with room left rules the rate out: only the count in flight, or noise.
-        rate_ruled_out = refused is _Refused.IN_FLIGHT
+        # Not in a fleet: its count in flight is the fleet's, which runs ahead of the server's
+        # by what the others have not reported yet, and a test then confirms what is not a cap.
+        rate_ruled_out = refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
         if at_peak:
             at_peak_read = self._refused_at_peak(refused)
             if at_peak_read is None:
