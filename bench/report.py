@@ -187,7 +187,9 @@ def _overhead_section(overhead: dict[str, Any]) -> list[str]:
             f"{cpu_measured['date']} ({cpu_measured['mode']} run) at git {cpu_measured['git']} "
             "(load average "
             f"{cpu_measured['load_at_start']} at start), with `python -m bench --only overhead "
-            "--cpu-only`; the memory rows are the run's above.",
+            "--cpu-only`; the memory rows are the run's above."
+            # What a reader needs to weigh them (another run's figures), written in by hand.
+            + (f" {cpu_measured['note']}" if cpu_measured.get("note") else ""),
             "",
         ]
     rows = [[item["measure"], item["value"]] for item in overhead.get("lines", [])]
