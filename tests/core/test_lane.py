@@ -763,22 +763,34 @@ def test_a_queued_character_estimate_is_charged_at_the_character_scale() -> None
     assert permit.tokens < lane.cost_of(400, 0)
 
 
-def _refused_at_a_new_peak(lane: Lane, clock: SimClock) -> list[Permit]:
-    """No headers anywhere: 4 answered in 1 s, then 8 sent in 70 ms and the 8th refused by a
-    bare 429 (twice the most that ever succeeded in flight). Returns the 7 still in flight."""
+def _refused_at_a_new_peak(
+    lane: Lane, clock: SimClock, headers: dict[str, str] | None = None
+) -> list[Permit]:
+    """4 answered in 1 s, then 8 sent in 70 ms and the 8th refused by a 429 (twice the most
+    that ever succeeded in flight), every answer with ``headers`` (none: bare). Returns the 7
+    still in flight."""
     lane.queue.join(_ThreadWaiter())  # a backlog
     first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
     clock.now = 1.0
     for permit in first:
-        lane.settle(permit, _verdict(200), now=1.0, max_hint_s=600.0, retry=False)
+        lane.settle(permit, _verdict(200, headers), now=1.0, max_hint_s=600.0, retry=False)
     burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
     assert burst[-1].in_flight_at_send == 8
     clock.now = 1.08
-    lane.settle(burst[-1], _verdict(429), now=1.08, max_hint_s=600.0, retry=False)
+    lane.settle(burst[-1], _verdict(429, headers), now=1.08, max_hint_s=600.0, retry=False)
     assert isinstance(lane.slots, AimdLimit)
     assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
     assert lane.discovered_rpm is None
     return burst[:-1]
+
+
+def _room(limit: int, *, reset: str) -> dict[str, str]:
+    """OpenAI's request headers stating ``limit`` a minute with all but 10 of it left."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(limit - 10),
+        "x-ratelimit-reset-requests": reset,
+    }
 
 
 def _answered(lane: Lane, clock: SimClock, permits: list[Permit], at: list[float]) -> list[Permit]:
@@ -853,20 +865,8 @@ def test_a_provisional_caps_test_taken_beside_a_refusal_refutes_nothing() -> Non
     # the window opened to the 54 the stated rate needs, and 20-25 were refused in 0.1 s).
     lane, clock = _clocked_lane()
     assert isinstance(lane.slots, AimdLimit)
-    room = {
-        "x-ratelimit-limit-requests": "100000",
-        "x-ratelimit-remaining-requests": "99990",
-        "x-ratelimit-reset-requests": "1ms",
-    }
-    lane.queue.join(_ThreadWaiter())  # a backlog
-    first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
-    clock.now = 1.0
-    for permit in first:
-        lane.settle(permit, _verdict(200, room), now=1.0, max_hint_s=600.0, retry=False)
-    burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
-    clock.now = 1.08
-    lane.settle(burst[-1], _verdict(429, room), now=1.08, max_hint_s=600.0, retry=False)
-    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
+    room = _room(100_000, reset="1ms")
+    burst = _refused_at_a_new_peak(lane, clock, room)
     sent = _answered(lane, clock, burst[:1], [2.2])
     assert [permit.in_flight_at_send for permit in sent] == [7, 8]
     replacement, test = sent
@@ -896,21 +896,7 @@ def test_a_provisional_cap_below_a_stated_rate_with_room_is_tested_at_once() -> 
     # held a lane that needs 20 in flight at a third of its rate for a second).
     lane, clock = _clocked_lane()
     assert isinstance(lane.slots, AimdLimit)
-    room = {
-        "x-ratelimit-limit-requests": "1206",
-        "x-ratelimit-remaining-requests": "1190",
-        "x-ratelimit-reset-requests": "1s",
-    }
-    lane.queue.join(_ThreadWaiter())  # a backlog
-    first = [lane._grant(0.01 * i, 0, 0.01 * i) for i in range(4)]
-    clock.now = 1.0
-    for permit in first:
-        lane.settle(permit, _verdict(200, room), now=1.0, max_hint_s=600.0, retry=False)
-    burst = [lane._grant(1.0 + 0.01 * i, 0, 1.0 + 0.01 * i) for i in range(8)]
-    assert burst[-1].in_flight_at_send == 8
-    clock.now = 1.08
-    lane.settle(burst[-1], _verdict(429, room), now=1.08, max_hint_s=600.0, retry=False)
-    assert (lane.slots.learned_cap, lane.slots.cap_provisional) == (7, True)
+    burst = _refused_at_a_new_peak(lane, clock, _room(1206, reset="1s"))
     assert lane.round_trip_s >= 0.9
     # 0.3 s on, the first answer at the cap: the test goes with the slot it frees.
     sent = _answered(lane, clock, burst[:1], [1.3])
