@@ -118,13 +118,23 @@ async def test_a_fleet_that_outruns_a_real_limit_still_backs_off(
             other = openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
             stop = asyncio.Event()
 
+            async def one() -> None:
+                with contextlib.suppress(openai.RateLimitError):
+                    await other.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": "x"}], max_tokens=8
+                    )
+
             async def another_client() -> None:
+                # 15 sends a second whatever the answers take: one after another (each
+                # awaited, then 1/15 s) made about 8, and fewer on a loaded machine, where
+                # once the fleet and this client together did not outrun the key's 20.
+                sending: set[asyncio.Task[None]] = set()
                 while not stop.is_set():
-                    with contextlib.suppress(openai.RateLimitError):
-                        await other.chat.completions.create(
-                            model="m", messages=[{"role": "user", "content": "x"}], max_tokens=8
-                        )
+                    send = asyncio.create_task(one())
+                    sending.add(send)
+                    send.add_done_callback(sending.discard)
                     await asyncio.sleep(1 / 15)
+                await asyncio.gather(*sending)
 
             task = asyncio.create_task(another_client())
             await _fleet_sends(govs, sim.base_url, per_process=40, workers=4, tolerate_429s=True)
