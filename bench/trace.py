@@ -6,7 +6,8 @@ robustness row lost its time.
 
 Prints the row's figures, then per ``--step`` seconds: answers by status, the 429s' times,
 and the lane's last sample in that step (auto and configured contenders only; a fleet's
-lanes live in other processes).
+lanes live in other processes: with ``PACEKEEPER_TRACE=1`` the ``fleet3`` workers print
+every lane's state to stderr twice a second, bench/fleet_worker.py).
 """
 
 from __future__ import annotations
