@@ -2181,8 +2181,9 @@ class Lane:
             return
         refused = self._refused(permit, verdict)
         # A stated rate with room left rules the rate out: only the count in flight, or noise.
-        # Not in a fleet: its count in flight is the fleet's, which runs ahead of the server's
-        # by what the others have not reported yet, and a test then confirms what is not a cap.
+        # Not in a fleet, as a precaution: its count in flight runs ahead of the server's, and
+        # its tests were not measured apart from the way a fleet confirms a busy 429's cap
+        # (docs/CONTROLLER.md, known gaps).
         rate_ruled_out = refused is _Refused.IN_FLIGHT and self.admission.sees_every_acceptance
         if at_peak:
             at_peak_read = self._refused_at_peak(refused)
