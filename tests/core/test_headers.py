@@ -450,6 +450,80 @@ def test_unsuffixed_gateway_headers_are_a_request_budget_of_unstated_window(
     assert snap.exhausted_reset_s() == pytest.approx(expected_s, abs=1e-3)  # the hint
 
 
+@pytest.mark.parametrize(
+    "limit",
+    [
+        "6",  # Kong's RateLimit-Limit
+        "6, 6;w=60",  # the IETF draft's quota policy after the number (Envoy)
+        '6, 6;w=60;comment="sliding window", 1000;w=3600',
+    ],
+)
+def test_the_ietf_drafts_ratelimit_headers_are_a_request_budget_of_unstated_window(
+    limit: str,
+) -> None:
+    # Kong's rate-limiting plugin, Envoy and other API gateways in front of a model:
+    # RateLimit-Limit / -Remaining / -Reset (seconds to the window's end), unsuffixed.
+    snap = parse_rate_limit_headers(
+        {"RateLimit-Limit": limit, "RateLimit-Remaining": "4", "RateLimit-Reset": "47"},
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert (snap.limit_requests, snap.remaining_requests) == (6, 4)
+    assert snap.reset_requests_s == 47.0
+    assert snap.requests_window_unknown
+
+
+def test_the_minute_named_in_the_header_is_read_as_openais_minute() -> None:
+    # Mistral (no reset sent) and Cerebras (float seconds to the refill).
+    mistral = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-req-minute": "720",
+            "x-ratelimit-remaining-req-minute": "717",
+            "x-ratelimit-limit-tokens-minute": "5000000",
+            "x-ratelimit-remaining-tokens-minute": "4999911",
+            "x-ratelimit-tokens-query-cost": "52",
+        },
+        now_wall_s=NOW,
+    )
+    assert mistral is not None
+    assert (mistral.limit_requests, mistral.remaining_requests) == (720, 717)
+    assert (mistral.limit_tokens, mistral.remaining_tokens) == (5_000_000, 4_999_911)
+    assert not mistral.requests_window_unknown
+    cerebras = parse_rate_limit_headers(
+        {
+            # a day's budget is no pace: not read as a minute's
+            "x-ratelimit-limit-requests-day": "14400",
+            "x-ratelimit-remaining-requests-day": "14399",
+            "x-ratelimit-reset-requests-day": "33011.382867097855",
+            "x-ratelimit-limit-tokens-minute": "60000",
+            "x-ratelimit-remaining-tokens-minute": "59000",
+            "x-ratelimit-reset-tokens-minute": "11.382867097854614",
+        },
+        now_wall_s=NOW,
+    )
+    assert cerebras is not None
+    assert (cerebras.limit_requests, cerebras.remaining_requests) == (None, None)
+    assert (cerebras.limit_tokens, cerebras.remaining_tokens) == (60_000, 59_000)
+    assert cerebras.reset_tokens_s == pytest.approx(11.383, abs=1e-3)
+
+
+def test_a_limit_and_remaining_of_minus_one_say_nothing() -> None:
+    # Azure OpenAI's Responses API: -1 for both, "not known"; a negative remaining under a
+    # real limit is over budget.
+    unknown = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-tokens": "-1",
+            "x-ratelimit-remaining-tokens": "-1",
+            "x-ratelimit-limit-requests": "100",
+            "x-ratelimit-remaining-requests": "-2",
+        },
+        now_wall_s=NOW,
+    )
+    assert unknown is not None
+    assert (unknown.limit_tokens, unknown.remaining_tokens) == (None, None)
+    assert (unknown.limit_requests, unknown.remaining_requests) == (100, 0)
+
+
 def test_suffixed_request_headers_win_over_unsuffixed_ones() -> None:
     snap = parse_rate_limit_headers(
         {

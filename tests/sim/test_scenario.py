@@ -162,7 +162,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         (
             'rate_limit_headers = "x"',
             "rate_limit_headers: must be one of openai, window, azure, anthropic, groq, gemini, "
-            "gateway, openrouter, none",
+            "gateway, openrouter, ietf, none",
         ),
         ("seed = 1.5", "seed: must be a 64-bit integer"),
         ("this is = not toml", "invalid TOML"),

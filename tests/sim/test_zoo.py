@@ -181,6 +181,23 @@ def test_gateway_headers_count_a_window_and_reset_in_epoch_milliseconds(
     assert rejected.json()["error"]["metadata"]["headers"]["X-RateLimit-Reset"] == str(reset_ms)
 
 
+def test_ietf_headers_state_the_window_in_the_policy_and_reset_in_whole_seconds(
+    start_sim: StartSim,
+) -> None:
+    sim = start_sim(Scenario(default=ModelLimits(rpm=30, window_s=10.0), rate_limit_headers="ietf"))
+    answers = _burst(sim.base_url, 7)
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+    first = answers[0]
+    assert first.headers["ratelimit-limit"] == "5, 5;w=10"  # per window, its policy after it
+    assert first.headers["ratelimit-remaining"] == "4"
+    assert 1 <= int(first.headers["ratelimit-reset"]) <= 10  # whole seconds to the window's end
+    assert not [h for h in first.headers if h.startswith("x-ratelimit")]
+    rejected = answers[-1]
+    assert rejected.headers["ratelimit-remaining"] == "0"
+    assert 1 <= int(rejected.headers["retry-after"]) <= 10
+    assert rejected.json() == {"message": "API rate limit exceeded"}  # Kong's
+
+
 def test_openrouter_states_its_limit_only_in_the_429_body(start_sim: StartSim) -> None:
     sim = start_sim(
         Scenario(default=ModelLimits(rpm=30, window_s=10.0), rate_limit_headers="openrouter")
@@ -217,7 +234,7 @@ def test_zoo_profiles_draw_within_documented_ranges(seed: int) -> None:
     assert groq.scenario.default.rpd is not None
     assert groq.truth["llama-3.1-8b-instant"].rpm == groq.scenario.default.rpm
     gateway = draw_profile("gateway", seed)
-    assert gateway.scenario.rate_limit_headers in ("gateway", "openrouter")
+    assert gateway.scenario.rate_limit_headers in ("gateway", "ietf", "openrouter")
     assert gateway.scenario.default.window_s == 10.0
     per_window = gateway.scenario.default.rpm * 10 / 60  # type: ignore[operator]
     assert per_window == round(per_window)  # a whole number of requests per window
@@ -225,7 +242,7 @@ def test_zoo_profiles_draw_within_documented_ranges(seed: int) -> None:
 
 def test_gateway_profile_draws_both_styles() -> None:
     styles = {draw_profile("gateway", seed).scenario.rate_limit_headers for seed in range(1, 9)}
-    assert styles == {"gateway", "openrouter"}
+    assert styles == {"gateway", "ietf", "openrouter"}
 
 
 async def test_gemini_profile_serves_its_drawn_limits(start_sim: StartSim) -> None:

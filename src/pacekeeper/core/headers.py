@@ -10,7 +10,13 @@ Providers describe their limits in headers on every response, not only on 429s:
 * Gateways (OpenRouter and many others) send unsuffixed ``X-RateLimit-{Limit,Remaining,Reset}``:
   a request budget per window whose length they do not say, the reset in seconds, a duration, or
   a Unix time in seconds or milliseconds. They fill the requests fields, with
-  :attr:`RateLimitSnapshot.requests_window_unknown` set.
+  :attr:`RateLimitSnapshot.requests_window_unknown` set. So do the IETF draft's
+  ``RateLimit-{Limit,Remaining,Reset}`` (Kong, Envoy and other API gateways), whose limit may
+  carry its policy after the number (``"10, 10;w=60"``: the number is read).
+* Some name the minute in the header: Mistral's ``x-ratelimit-{limit,remaining}-req-minute``
+  and ``-tokens-minute``, Cerebras's ``x-ratelimit-{limit,remaining,reset}-tokens-minute``.
+  They fill the requests and tokens fields as OpenAI's names do. A day's budget
+  (``-requests-day``) is no pace and is not read.
 * Anyone may send ``retry-after`` (seconds or an HTTP date, RFC 9110) and the OpenAI/Anthropic
   extension ``retry-after-ms``; the SDKs prefer the latter because it is more precise.
 
@@ -299,6 +305,10 @@ for _i, _budget in enumerate(("requests", "tokens", "input-tokens", "output-toke
 del _i, _j, _budget, _what
 for _j, _what in enumerate(("limit", "remaining", "reset")):
     _SLOT_OF[f"x-ratelimit-{_what}"] = _S_UNSUFFIXED + _j
+    _SLOT_OF[f"ratelimit-{_what}"] = _S_UNSUFFIXED + _j  # the IETF draft's (Kong, Envoy)
+    _SLOT_OF[f"x-ratelimit-{_what}-tokens-minute"] = 3 + _j  # Cerebras, Mistral
+    if _what != "reset":
+        _SLOT_OF[f"x-ratelimit-{_what}-req-minute"] = _j  # Mistral
 del _j, _what
 
 
@@ -321,7 +331,11 @@ def _read_int(text: str) -> int | None:
         return int(text)
     except ValueError:
         number = _non_negative_float(text.strip())
-        if number is None or not number.is_integer():
+        if number is None:
+            # The IETF draft's limit followed by its policies ("10, 10;w=60"): the number.
+            head = text.partition(",")[0].partition(";")[0]
+            return _read_int(head) if head != text else None
+        if not number.is_integer():
             return None
         return int(number)
 
@@ -436,9 +450,11 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             continue
         number = _read_int(text)
         if number is not None and number < 0:
-            # A negative remaining means over budget: as good as none left. A negative limit
-            # means nothing.
-            number = 0 if what == _REMAINING else None
+            # A negative remaining means over budget: as good as none left, but -1 under a
+            # limit of -1 is Azure's Responses API saying "not known". A negative limit means
+            # nothing.
+            unknown = what != _REMAINING or (number == -1 and found.get(found_slot - 1) == "-1")
+            number = None if unknown else 0
         fields[name] = number
     if not fields:
         return None

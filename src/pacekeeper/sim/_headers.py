@@ -32,6 +32,11 @@ Header modes:
   (`{"error": {"message", "code": 429, "metadata": {"headers": {...}}}}`).
 * "openrouter": as "gateway", but the three values appear only inside the 429's body
   (`error.metadata.headers`), never as headers: the only statement of the limit is in the body.
+* "ietf": the IETF draft's RateLimit-Limit / -Remaining / -Reset, as Kong's rate-limiting
+  plugin and Envoy send them in front of a model: the limit is the requests per window
+  followed by its policy (``"124, 124;w=10"``), remaining what is left of it, and reset the
+  whole seconds to the window's end (rounded up); a 429 carries them, retry-after in whole
+  seconds and Kong's body (``{"message": "API rate limit exceeded"}``).
 * "none": no hint headers at all and a bare `Too Many Requests` 429 (like many gateways).
 
 A 429 for the in-flight cap is shaped by the scenario's InFlightReply (message, code,
@@ -44,7 +49,7 @@ import json
 import math
 import time
 
-from ._limits import Meter, ModelLimiter, Rejection
+from ._limits import FixedWindow, Meter, ModelLimiter, Rejection
 from ._scenario import DEFAULT_IN_FLIGHT_MESSAGE, InFlightReply
 
 __all__ = [
@@ -203,6 +208,8 @@ def rate_limit_headers(mode: str, limiter: ModelLimiter, now: float, wall: float
         return out
     if mode == "gateway":
         return _gateway_headers(limiter, now, wall)
+    if mode == "ietf":
+        return _ietf_headers(limiter, now)
     anthropic = mode == "anthropic"
     if mode == "groq":
         if limiter.requests_day is not None and limiter.rpd is not None:
@@ -246,6 +253,27 @@ def _gateway_headers(limiter: ModelLimiter, now: float, wall: float) -> Headers:
     if not values[0]:
         return []
     return [(name, value.encode()) for name, value in zip(_GATEWAY_NAMES, values, strict=True)]
+
+
+_IETF_NAMES = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
+
+
+def _ietf_headers(limiter: ModelLimiter, now: float) -> Headers:
+    meter = limiter.requests
+    if meter is None:
+        return []
+    limit = max(1, round(meter.capacity))
+    # The window a fixed window counts, or the time a bucket takes to fill from empty.
+    if isinstance(meter, FixedWindow):
+        window_s = meter.window_s
+    else:
+        window_s = meter.capacity / meter.rate_per_s
+    values = (
+        f"{limit}, {limit};w={max(1, round(window_s))}",
+        str(_left(meter)),
+        str(math.ceil(meter.full_in_s(now) - 1e-9)),
+    )
+    return [(name, value.encode()) for name, value in zip(_IETF_NAMES, values, strict=True)]
 
 
 def _openrouter_body(limiter: ModelLimiter, rejection: Rejection, now: float, wall: float) -> bytes:
@@ -458,6 +486,10 @@ def rejection_response(
         return headers, _gemini_body(limiter, rejection)
     if mode in ("gateway", "openrouter"):
         return headers, _openrouter_body(limiter, rejection, now, wall)
+    if mode == "ietf":
+        # Kong: retry-after in whole seconds, and its own one-line body.
+        headers.append((b"retry-after", str(max(1, math.ceil(rejection.wait_s - 1e-9))).encode()))
+        return headers, _dumps({"message": "API rate limit exceeded"})
     if mode == "groq":
         # Groq: OpenAI's body (the limit stated in its message), retry-after in whole seconds.
         headers.append((b"retry-after", str(max(1, math.ceil(rejection.wait_s - 1e-9))).encode()))

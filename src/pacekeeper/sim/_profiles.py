@@ -496,8 +496,11 @@ def _groq(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
 def _gateway(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
     # OpenRouter-like gateways: N requests per 10 s window, X-RateLimit-Limit/-Remaining/-Reset
     # without a suffix, the reset a Unix time in milliseconds, no retry-after; some send them
-    # as headers, OpenRouter only inside the 429's body.
-    headers: HeaderMode = "gateway" if rng.random() < 0.5 else "openrouter"
+    # as headers, OpenRouter only inside the 429's body; API gateways the IETF draft's.
+    # API gateways in front of a model (Kong, Envoy) send the IETF draft's names, the reset in
+    # whole seconds: a quarter of the draws, taken from the plain gateway's half.
+    style = rng.random()
+    headers: HeaderMode = "gateway" if style < 0.25 else "ietf" if style < 0.5 else "openrouter"
     window_s = 10.0
     per_window = rng.randint(100, 250)
     rpm = per_window * 60 / window_s
@@ -510,8 +513,9 @@ def _gateway(rng: random.Random, seed: int, run_s: float) -> ProfileDraw:
         truth={DEFAULT_MODEL: TrueLimits(rpm=rpm, tpm=_NON_BINDING_TPM, window_s=window_s)},
         timeout_s=_timeout_s(latency, 100),
         summary=(
-            f"{per_window} requests per {window_s:g} s window ({rpm:.0f} rpm), reset in epoch ms, "
-            f"headers {headers}, ttft {latency.ttft_s:g} s"
+            f"{per_window} requests per {window_s:g} s window ({rpm:.0f} rpm), reset in "
+            f"{'whole seconds' if headers == 'ietf' else 'epoch ms'}, headers {headers}, "
+            f"ttft {latency.ttft_s:g} s"
         ),
     )
 

@@ -21,7 +21,16 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 HeaderMode = Literal[
-    "openai", "window", "azure", "anthropic", "groq", "gemini", "gateway", "openrouter", "none"
+    "openai",
+    "window",
+    "azure",
+    "anthropic",
+    "groq",
+    "gemini",
+    "gateway",
+    "openrouter",
+    "ietf",
+    "none",
 ]
 HEADER_MODES: tuple[HeaderMode, ...] = (
     "openai",
@@ -32,6 +41,7 @@ HEADER_MODES: tuple[HeaderMode, ...] = (
     "gemini",
     "gateway",
     "openrouter",
+    "ietf",
     "none",
 )
 OtpmCounting = Literal["max_tokens", "generated"]
