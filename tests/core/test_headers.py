@@ -473,6 +473,40 @@ def test_the_ietf_drafts_ratelimit_headers_are_a_request_budget_of_unstated_wind
     assert snap.requests_window_unknown
 
 
+def test_the_ietf_drafts_structured_ratelimit_is_the_named_policys_request_budget() -> None:
+    # draft-ietf-httpapi-ratelimit-headers from -07 (Cloudflare's API): RateLimit names the
+    # policy nearest its limit, RateLimit-Policy states each one's quota and window.
+    minute = parse_rate_limit_headers(
+        {
+            "RateLimit-Policy": '"burst";q=100;w=60, "daily";q=1000;w=86400',
+            "RateLimit": '"burst";r=50;t=30',
+        },
+        now_wall_s=NOW,
+    )
+    assert minute is not None
+    assert (minute.limit_requests, minute.remaining_requests) == (100, 50)
+    assert minute.reset_requests_s == 30.0
+    assert not minute.requests_window_unknown  # a window of 60 s: a minute's, as OpenAI's
+    spent = parse_rate_limit_headers(
+        {
+            # a quota of bytes is no request budget; the one of requests is spent
+            "RateLimit-Policy": '"bytes";q=9000;w=10;qu="content-bytes", "req";q=20;w=10',
+            "RateLimit": '"bytes";r=50;t=3, "req";r=0;t=4',
+        },
+        now_wall_s=NOW,
+    )
+    assert spent is not None
+    assert (spent.limit_requests, spent.remaining_requests) == (20, 0)
+    assert spent.requests_window_unknown  # 20 per 10 s: its window is inferred
+    assert spent.exhausted_reset_s() == 4.0  # the hint
+    # The older names win when a server sends both.
+    both = parse_rate_limit_headers(
+        {"RateLimit-Remaining": "7", "RateLimit": '"x";r=5;t=1'}, now_wall_s=NOW
+    )
+    assert both is not None
+    assert both.remaining_requests == 7
+
+
 def test_the_minute_named_in_the_header_is_read_as_openais_minute() -> None:
     # Mistral (no reset sent) and Cerebras (float seconds to the refill).
     mistral = parse_rate_limit_headers(

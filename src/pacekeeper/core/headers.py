@@ -12,7 +12,9 @@ Providers describe their limits in headers on every response, not only on 429s:
   a Unix time in seconds or milliseconds. They fill the requests fields, with
   :attr:`RateLimitSnapshot.requests_window_unknown` set. So do the IETF draft's
   ``RateLimit-{Limit,Remaining,Reset}`` (Kong, Envoy and other API gateways), whose limit may
-  carry its policy after the number (``"10, 10;w=60"``: the number is read).
+  carry its policy after the number (``"10, 10;w=60"``: the number is read), and its later
+  structured ``RateLimit`` with ``RateLimit-Policy`` (Cloudflare), whose window, when a
+  minute, makes the budget a minute's.
 * Some name the minute in the header: Mistral's ``x-ratelimit-{limit,remaining}-req-minute``
   and ``-tokens-minute``, Cerebras's ``x-ratelimit-{limit,remaining,reset}-tokens-minute``.
   They fill the requests and tokens fields as OpenAI's names do. A day's budget
@@ -285,6 +287,10 @@ _S_SHOULD_RETRY = 26
 # Unsuffixed X-RateLimit-Limit/-Remaining/-Reset (gateways): read as the requests budget when
 # the suffixed requests headers are absent.
 _S_UNSUFFIXED = 27
+# The IETF draft's structured RateLimit-Policy and RateLimit (its versions from -07): read as
+# the requests budget when nothing above states one.
+_S_IETF_POLICY = 30
+_S_IETF = 31
 
 _SLOT_OF: dict[str, int] = {
     "retry-after-ms": _S_RETRY_AFTER_MS,
@@ -310,6 +316,8 @@ for _j, _what in enumerate(("limit", "remaining", "reset")):
     if _what != "reset":
         _SLOT_OF[f"x-ratelimit-{_what}-req-minute"] = _j  # Mistral
 del _j, _what
+_SLOT_OF["ratelimit-policy"] = _S_IETF_POLICY
+_SLOT_OF["ratelimit"] = _S_IETF
 
 
 def _scan(headers: Mapping[str, object]) -> dict[int, str] | None:
@@ -432,6 +440,8 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
     for found_slot, text in found.items():
         slot = found_slot
         if slot >= _S_UNSUFFIXED:
+            if slot >= _S_IETF_POLICY:
+                continue  # read after the others (below)
             # The requests slots (0-2) hold them, unless suffixed requests headers were sent.
             if any(requests in found for requests in range(3)):
                 continue
@@ -456,6 +466,8 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             unknown = what != _REMAINING or (number == -1 and found.get(found_slot - 1) == "-1")
             number = None if unknown else 0
         fields[name] = number
+    if _S_IETF in found and "remaining_requests" not in fields:
+        reset_texts += _read_ietf_structured(found[_S_IETF], found.get(_S_IETF_POLICY), fields)
     if not fields:
         return None
     if reset_texts:
@@ -464,6 +476,50 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             grain_s = _coarsest_grain_s(reset_texts)
         fields["reset_grain_s"] = grain_s
     return RateLimitSnapshot(**fields)
+
+
+def _structured_items(text: str) -> list[tuple[str, dict[str, str]]]:
+    """The members of a structured-field list (RFC 8941), simply read: each a name (a string
+    or a token) and its parameters' values as text. A comma inside a quoted name splits it
+    (no policy name seen so far holds one).
+
+    >>> _structured_items('"burst";q=100;w=60, "daily";q=1000;w=86400')
+    [('burst', {'q': '100', 'w': '60'}), ('daily', {'q': '1000', 'w': '86400'})]
+    """
+    items = []
+    for member in text.split(","):
+        name, *params = member.split(";")
+        values = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            values[key.strip()] = value.strip().strip('"')
+        items.append((name.strip().strip('"'), values))
+    return items
+
+
+def _read_ietf_structured(
+    ratelimit: str, policy: str | None, fields: dict[str, Any]
+) -> tuple[str, ...]:
+    """The IETF draft's ``RateLimit: "default";r=50;t=30`` with its ``RateLimit-Policy:
+    "default";q=100;w=60`` (Cloudflare's API sends them): the requests budget of the first
+    policy it reports whose quota counts requests (``qu`` absent or ``requests``), into
+    ``fields``. A window of 60 s is a minute's, as OpenAI's names state; any other is left
+    to be inferred. Returns the reset's text (for its grain), or nothing."""
+    quotas = dict(_structured_items(policy)) if policy else {}
+    for name, values in _structured_items(ratelimit):
+        quota = quotas.get(name, {})
+        remaining = _read_int(values.get("r", ""))
+        if quota.get("qu", "requests") != "requests" or remaining is None:
+            continue
+        fields["remaining_requests"] = max(remaining, 0)
+        fields["limit_requests"] = _read_int(quota.get("q", ""))
+        fields["requests_window_unknown"] = quota.get("w") != "60"
+        reset = values.get("t")
+        if reset is None:
+            return ()
+        fields["reset_requests_s"] = _non_negative_float(reset)
+        return (reset,)
+    return ()
 
 
 def _coarsest_grain_s(reset_texts: tuple[str, ...]) -> float:
