@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,18 +32,7 @@ HeaderMode = Literal[
     "ietf",
     "none",
 ]
-HEADER_MODES: tuple[HeaderMode, ...] = (
-    "openai",
-    "window",
-    "azure",
-    "anthropic",
-    "groq",
-    "gemini",
-    "gateway",
-    "openrouter",
-    "ietf",
-    "none",
-)
+HEADER_MODES: tuple[HeaderMode, ...] = get_args(HeaderMode)
 OtpmCounting = Literal["max_tokens", "generated"]
 OTPM_COUNTINGS: tuple[OtpmCounting, ...] = ("max_tokens", "generated")
 
