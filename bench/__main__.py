@@ -114,6 +114,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--seeds", type=int, default=3, help="robustness: seeds 1..N per profile (default 3)"
     )
     parser.add_argument(
+        "--run-s",
+        type=float,
+        help="robustness: size each run to this many seconds of ideal time (default 10; 3 "
+        "with --quick): longer runs tell a start's cost from a steady one",
+    )
+    parser.add_argument(
         "--contenders",
         help="comma-separated contender keys (default all: "
         + ",".join(c.key for c in CONTENDERS)
@@ -306,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdir=workdir,
                 profiles=profiles,
                 seeds=args.seeds,
+                run_s=args.run_s,
                 save=save_robustness,
             )
             print(console_table(results.get("robustness", {})), flush=True)

@@ -454,11 +454,14 @@ def run_robustness(
     workdir: Path,
     profiles: Sequence[str] | None = None,
     seeds: int = 3,
+    run_s: float | None = None,
     save: Any = None,
 ) -> dict[str, Any]:
-    """Run every contender on every profile for seeds 1..``seeds``; returns the section of
-    the results (``save(section)`` is called after every draw, so a crash keeps the rest)."""
-    run_s = QUICK_RUN_S if quick else RUN_S
+    """Run every contender on every profile for seeds 1..``seeds``, each run sized to
+    ``run_s`` seconds of ideal time (by default 10, or 3 when ``quick``); returns the section
+    of the results (``save(section)`` is called after every draw, so a crash keeps the rest)."""
+    if run_s is None:
+        run_s = QUICK_RUN_S if quick else RUN_S
     names = list(profiles) if profiles else list(PROFILES)
     section: dict[str, Any] = {
         "run_s": run_s,
