@@ -520,7 +520,8 @@ def robustness_lines(section: dict[str, Any]) -> list[str]:
     if measured:
         lines += [
             f"Measured {measured['date']} ({measured['mode']} run, git {measured['git']}, "
-            f"load average {measured['load_at_start']} at start).",
+            f"load average {measured['load_at_start']} at start)."
+            + (f" {measured['note']}" if measured.get("note") else ""),
             "",
         ]
     targets = [
