@@ -507,6 +507,28 @@ def test_the_ietf_drafts_structured_ratelimit_is_the_named_policys_request_budge
     assert both.remaining_requests == 7
 
 
+def test_litellms_max_parallel_requests_is_the_least_stated_in_flight_limit() -> None:
+    # LiteLLM's proxy, one statement per descriptor of the key (its v3 limiter).
+    snap = parse_rate_limit_headers(
+        {
+            "x-ratelimit-api_key-limit-max_parallel_requests": "10",
+            "x-ratelimit-api_key-remaining-max_parallel_requests": "7",
+            "x-ratelimit-team-limit-max_parallel_requests": "8",
+            "x-ratelimit-team-remaining-max_parallel_requests": "5",
+        },
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert snap.limit_in_flight == 8  # the team's is the tighter
+    assert snap.limit_requests is None  # no rate stated
+    alone = parse_rate_limit_headers(
+        {"X-RateLimit-Team-Limit-Max_Parallel_Requests": "0"}, now_wall_s=NOW
+    )
+    assert alone is not None
+    assert alone.limit_in_flight is None  # 0 in flight is no limit to pace at
+    assert parse_rate_limit_headers({"x-ratelimit-team-limit-tokens": "9"}, now_wall_s=NOW) is None
+
+
 def test_the_minute_named_in_the_header_is_read_as_openais_minute() -> None:
     # Mistral (no reset sent) and Cerebras (float seconds to the refill).
     mistral = parse_rate_limit_headers(

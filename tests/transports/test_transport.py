@@ -19,7 +19,15 @@ from openai.types.chat import ChatCompletionMessageParam
 
 import pacekeeper
 from pacekeeper import Governor, Limits, RecordCollector, RetryPolicy
-from pacekeeper.sim import CapacityChange, Faults, Latency, ModelLimits, Scenario, Simulator
+from pacekeeper.sim import (
+    CapacityChange,
+    Faults,
+    InFlightReply,
+    Latency,
+    ModelLimits,
+    Scenario,
+    Simulator,
+)
 
 CHAT = "/v1/chat/completions"
 
@@ -525,3 +533,33 @@ async def test_a_call_cancelled_after_admission_before_sending_frees_its_slot(
     assert lane.slots.in_flight == 0
     assert lane.snapshot().by_outcome.get("cancelled") == 1
     await client.chat.completions.create(model="m", messages=messages(1))
+
+
+@pytest.mark.parametrize("stated", [True, False])
+async def test_an_in_flight_cap_stated_on_every_answer_is_held_from_the_first(
+    stated: bool,
+) -> None:
+    # LiteLLM's proxy states a key's max_parallel_requests on every answer
+    # (x-ratelimit-api_key-limit-max_parallel_requests): held from the first answer, the cap
+    # refuses nothing. Unstated, the same server teaches it by refusing the window's growth.
+    scenario = Scenario(
+        default=ModelLimits(rpm=100_000, max_in_flight=6),
+        latency=Latency(ttft_s=0.15),
+        in_flight_reply=InFlightReply(
+            code="too_many_requests", retry_after_s=1.0, rate_limit_headers=False, stated=stated
+        ),
+    )
+    records = RecordCollector()
+    gov = Governor(hooks=[records])
+    with Simulator(scenario) as sim:
+        client = client_for(sim, gov)
+        await asyncio.gather(
+            *(client.chat.completions.create(model="m", messages=messages(i)) for i in range(60))
+        )
+    refused = [r for r in records.attempts if r.status == 429]
+    assert len(records.requests) == 60
+    if stated:
+        assert refused == []
+        assert max(r.in_flight or 0 for r in records.attempts) <= 6
+    else:
+        assert refused  # what the stated limit spares

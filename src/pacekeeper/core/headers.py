@@ -19,6 +19,10 @@ Providers describe their limits in headers on every response, not only on 429s:
   and ``-tokens-minute``, Cerebras's ``x-ratelimit-{limit,remaining,reset}-tokens-minute``.
   They fill the requests and tokens fields as OpenAI's names do. A day's budget
   (``-requests-day``) is no pace and is not read.
+* LiteLLM's proxy states a key's limits per descriptor, ``x-ratelimit-{descriptor}-{limit,
+  remaining}-{requests,tokens,max_parallel_requests}`` (``api_key``, ``team``, ...): the
+  least ``max_parallel_requests`` limit is read as the requests it takes in flight
+  (:attr:`RateLimitSnapshot.limit_in_flight`).
 * Anyone may send ``retry-after`` (seconds or an HTTP date, RFC 9110) and the OpenAI/Anthropic
   extension ``retry-after-ms``; the SDKs prefer the latter because it is more precise.
 
@@ -249,6 +253,9 @@ class RateLimitSnapshot:
     """The requests fields came from unsuffixed ``X-RateLimit-Limit/-Remaining/-Reset`` (a
     gateway's): ``limit_requests`` is what one window holds, a window whose length nobody
     stated (10 s at some gateways), not a minute's budget. The reader infers the window."""
+    limit_in_flight: int | None = None
+    """How many requests the server takes in flight at once, stated (LiteLLM's
+    ``max_parallel_requests``; the least of its descriptors'): None when not stated."""
 
     @property
     def is_empty(self) -> bool:
@@ -292,11 +299,38 @@ _S_UNSUFFIXED = 27
 _S_IETF_POLICY = 30
 _S_IETF = 31
 
-_SLOT_OF: dict[str, int] = {
-    "retry-after-ms": _S_RETRY_AFTER_MS,
-    "retry-after": _S_RETRY_AFTER,
-    "x-should-retry": _S_SHOULD_RETRY,
-}
+# LiteLLM's in-flight limits, one slot per descriptor from here on (the least is read).
+_S_IN_FLIGHT = 40
+_NAMES_KEPT = 1024
+_IN_FLIGHT_SUFFIX = "-limit-max_parallel_requests"
+
+
+class _SlotOf(dict[str, "int | None"]):
+    """The slot of each lower-cased header name: the fixed names below, and the names read
+    by their shape (LiteLLM's descriptors), judged once when first seen and kept (None: not
+    of interest), so that a response's headers cost one lookup each however they are
+    named. Past ``_NAMES_KEPT`` names (a server that names a header anew per response) a
+    new one is judged each time it comes."""
+
+    def __missing__(self, name: str) -> int | None:
+        slot = None
+        if name.startswith("x-ratelimit-") and name.endswith(_IN_FLIGHT_SUFFIX):
+            in_flight = sum(
+                1 for kept in self.values() if kept is not None and kept >= _S_IN_FLIGHT
+            )
+            slot = _S_IN_FLIGHT + in_flight
+        if len(self) < _NAMES_KEPT:
+            self[name] = slot
+        return slot
+
+
+_SLOT_OF = _SlotOf(
+    {
+        "retry-after-ms": _S_RETRY_AFTER_MS,
+        "retry-after": _S_RETRY_AFTER,
+        "x-should-retry": _S_SHOULD_RETRY,
+    }
+)
 _LIMIT, _REMAINING, _RESET = 0, 1, 2
 # Per rate slot: (RateLimitSnapshot field, which value, whether it is an Anthropic header).
 _SLOT_META: list[tuple[str, int, bool]] = [
@@ -325,7 +359,7 @@ def _scan(headers: Mapping[str, object]) -> dict[int, str] | None:
     found: dict[int, str] | None = None
     slot_of = _SLOT_OF
     for key, value in headers.items():
-        slot = slot_of.get(key.lower())
+        slot = slot_of[key.lower()]
         if slot is None:
             continue
         if found is None:
@@ -440,6 +474,14 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
     for found_slot, text in found.items():
         slot = found_slot
         if slot >= _S_UNSUFFIXED:
+            if slot >= _S_IN_FLIGHT:
+                stated = _read_int(text)
+                least = fields.get("limit_in_flight")
+                if stated is None or stated <= 0:  # no limit to pace at: as not sent
+                    fields["limit_in_flight"] = least
+                else:
+                    fields["limit_in_flight"] = stated if least is None else min(least, stated)
+                continue
             if slot >= _S_IETF_POLICY:
                 continue  # read after the others (below)
             # The requests slots (0-2) hold them, unless suffixed requests headers were sent.

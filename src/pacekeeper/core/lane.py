@@ -829,6 +829,12 @@ class Lane:
         if not self._configured.learn_from_headers:
             return
         with self._lock:
+            if snapshot.limit_in_flight is not None:
+                # A stated in-flight limit (LiteLLM's max_parallel_requests) is a ceiling from
+                # the first answer: nothing to learn from 429s past it, nor to probe. Only
+                # ever lowered (as a connection pool's): a limit raised mid-run is not taken.
+                # In a fleet the window is the store's, and the cap is learned as before.
+                self.slots.cap(snapshot.limit_in_flight)
             now = self._clock()
             sent_at = permit.sent_at if permit is not None else now
             current = sent_at >= self._stated_sent_at

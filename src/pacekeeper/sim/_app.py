@@ -27,6 +27,7 @@ from ._headers import (
     error_body,
     rate_limit_headers,
     rejection_response,
+    stated_in_flight_headers,
 )
 from ._held import HeldOpen
 from ._limits import LimiterRegistry, ModelLimiter
@@ -604,6 +605,8 @@ class SimApp:
                 return
             if mode != "none":
                 headers = rate_limit_headers(mode, limiter, now, wall)
+            if self.scenario.in_flight_reply.stated:
+                headers += stated_in_flight_headers(limiter)
         if call.cache_key and not hit:
             cache = self._cache
             if len(cache) >= _CACHE_ENTRIES:

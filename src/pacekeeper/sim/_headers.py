@@ -59,6 +59,7 @@ __all__ = [
     "rate_limit_headers",
     "rejection_response",
     "rfc3339",
+    "stated_in_flight_headers",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -407,6 +408,22 @@ def _azure_rejection_message(rejection: Rejection, wait_s: int) -> str:
     )
 
 
+_STATED_IN_FLIGHT = (
+    b"x-ratelimit-api_key-limit-max_parallel_requests",
+    b"x-ratelimit-api_key-remaining-max_parallel_requests",
+)
+
+
+def stated_in_flight_headers(limiter: ModelLimiter) -> Headers:
+    """LiteLLM's statement of a key's in-flight cap (InFlightReply.stated), and what is left
+    of it as the request was counted."""
+    cap = limiter.max_in_flight
+    if cap is None:
+        return []
+    left = max(0, cap - limiter.in_flight)
+    return [(_STATED_IN_FLIGHT[0], str(cap).encode()), (_STATED_IN_FLIGHT[1], str(left).encode())]
+
+
 def _in_flight_response(
     mode: str,
     limiter: ModelLimiter,
@@ -417,6 +434,8 @@ def _in_flight_response(
     headers: Headers = []
     if reply.rate_limit_headers:
         headers = rate_limit_headers(mode, limiter, now, wall)
+    if reply.stated:
+        headers += stated_in_flight_headers(limiter)
     headers.append(JSON_CONTENT_TYPE)
     if reply.retry_after_s is not None:
         seconds = max(0, math.ceil(reply.retry_after_s - 1e-9))

@@ -262,13 +262,16 @@ class InFlightReply:
     `message` may use `{model}` and `{limit}`. `code` is the error code in the body (OpenAI
     shape; in anthropic mode the body is Anthropic's and `code` is its error type).
     `retry_after_s` None sends no retry-after; `rate_limit_headers` False leaves out the
-    informational rate-limit headers on these 429s.
+    informational rate-limit headers on these 429s. `stated` True states the cap on every
+    answer, as LiteLLM's proxy states a key's `max_parallel_requests`
+    (`x-ratelimit-api_key-limit-max_parallel_requests`, and what is left of it).
     """
 
     message: str = DEFAULT_IN_FLIGHT_MESSAGE
     code: str = "rate_limit_exceeded"
     retry_after_s: float | None = None
     rate_limit_headers: bool = True
+    stated: bool = False
 
     def __post_init__(self) -> None:
         for name in ("message", "code"):
@@ -276,10 +279,9 @@ class InFlightReply:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name}: must be a non-empty string, got {value!r}")
         _check_number("retry_after_s", self.retry_after_s, optional=True)
-        if not isinstance(self.rate_limit_headers, bool):
-            raise TypeError(
-                f"rate_limit_headers: must be true or false, got {self.rate_limit_headers!r}"
-            )
+        for name in ("rate_limit_headers", "stated"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
