@@ -526,7 +526,36 @@ def test_litellms_max_parallel_requests_is_the_least_stated_in_flight_limit() ->
     )
     assert alone is not None
     assert alone.limit_in_flight is None  # 0 in flight is no limit to pace at
-    assert parse_rate_limit_headers({"x-ratelimit-team-limit-tokens": "9"}, now_wall_s=NOW) is None
+
+
+def test_litellms_per_key_rates_are_the_tightest_of_its_descriptors() -> None:
+    # A key's rpm_limit and its team's: the pace is held to the slower, the headroom to the
+    # emptier. Per minute, as LiteLLM's rpm_limit and tpm_limit are.
+    snap = parse_rate_limit_headers(
+        {
+            "x-ratelimit-api_key-limit-requests": "100",
+            "x-ratelimit-api_key-remaining-requests": "40",
+            "x-ratelimit-team-limit-requests": "1000",
+            "x-ratelimit-team-remaining-requests": "20",
+            "x-ratelimit-api_key-limit-tokens": "50000",
+        },
+        now_wall_s=NOW,
+    )
+    assert snap is not None
+    assert (snap.limit_requests, snap.remaining_requests) == (100, 20)
+    assert (snap.limit_tokens, snap.remaining_tokens) == (50_000, None)
+    assert not snap.requests_window_unknown
+    # OpenAI's own names, where sent (LiteLLM passes the upstream's on), come first.
+    both = parse_rate_limit_headers(
+        {
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-api_key-limit-requests": "100",
+            "x-ratelimit-api_key-remaining-requests": "3",
+        },
+        now_wall_s=NOW,
+    )
+    assert both is not None
+    assert (both.limit_requests, both.remaining_requests) == (None, 499)
 
 
 def test_the_minute_named_in_the_header_is_read_as_openais_minute() -> None:

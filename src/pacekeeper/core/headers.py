@@ -22,7 +22,8 @@ Providers describe their limits in headers on every response, not only on 429s:
 * LiteLLM's proxy states a key's limits per descriptor, ``x-ratelimit-{descriptor}-{limit,
   remaining}-{requests,tokens,max_parallel_requests}`` (``api_key``, ``team``, ...): the
   least ``max_parallel_requests`` limit is read as the requests it takes in flight
-  (:attr:`RateLimitSnapshot.limit_in_flight`).
+  (:attr:`RateLimitSnapshot.limit_in_flight`), and of its per-minute requests and tokens
+  the descriptor with the least left, where no other header states them.
 * Anyone may send ``retry-after`` (seconds or an HTTP date, RFC 9110) and the OpenAI/Anthropic
   extension ``retry-after-ms``; the SDKs prefer the latter because it is more precise.
 
@@ -40,6 +41,7 @@ these functions pure and testable.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -299,26 +301,45 @@ _S_UNSUFFIXED = 27
 _S_IETF_POLICY = 30
 _S_IETF = 31
 
-# LiteLLM's in-flight limits, one slot per descriptor from here on (the least is read).
-_S_IN_FLIGHT = 40
+# LiteLLM's statements per descriptor of a key (its v3 limiter): 8 slots per descriptor from
+# here on, in the order of _DESCRIBED (the remaining of max_parallel_requests is not read).
+_S_DESCRIBED = 40
+_DESCRIBED = (
+    "limit-requests",
+    "remaining-requests",
+    "limit-tokens",
+    "remaining-tokens",
+    "limit-max_parallel_requests",
+)
+_DESCRIPTORS_READ = 8
 _NAMES_KEPT = 1024
-_IN_FLIGHT_SUFFIX = "-limit-max_parallel_requests"
+_DESCRIBED_NAME = re.compile(
+    r"x-ratelimit-(?P<descriptor>[a-z0-9_]+)"
+    r"-(?P<what>(?:limit|remaining)-(?:requests|tokens|max_parallel_requests))"
+)
 
 
 class _SlotOf(dict[str, "int | None"]):
     """The slot of each lower-cased header name: the fixed names below, and the names read
-    by their shape (LiteLLM's descriptors), judged once when first seen and kept (None: not
-    of interest), so that a response's headers cost one lookup each however they are
-    named. Past ``_NAMES_KEPT`` names (a server that names a header anew per response) a
-    new one is judged each time it comes."""
+    by their shape (LiteLLM's descriptors: ``x-ratelimit-api_key-limit-requests``), judged
+    once when first seen and kept (None: not of interest), so that a response's headers
+    cost one lookup each however they are named. Past ``_NAMES_KEPT`` names (a server that
+    names a header anew per response) a new one is judged each time it comes."""
+
+    __slots__ = ("_descriptors",)
+
+    def __init__(self, fixed: dict[str, int]) -> None:
+        super().__init__(fixed)
+        self._descriptors: dict[str, int] = {}
 
     def __missing__(self, name: str) -> int | None:
         slot = None
-        if name.startswith("x-ratelimit-") and name.endswith(_IN_FLIGHT_SUFFIX):
-            in_flight = sum(
-                1 for kept in self.values() if kept is not None and kept >= _S_IN_FLIGHT
-            )
-            slot = _S_IN_FLIGHT + in_flight
+        matched = _DESCRIBED_NAME.fullmatch(name)
+        if matched is not None and matched["what"] in _DESCRIBED:
+            descriptors = self._descriptors
+            k = descriptors.setdefault(matched["descriptor"], len(descriptors))
+            if k < _DESCRIPTORS_READ:
+                slot = _S_DESCRIBED + 8 * k + _DESCRIBED.index(matched["what"])
         if len(self) < _NAMES_KEPT:
             self[name] = slot
         return slot
@@ -471,16 +492,15 @@ def _duration_grain_s(text: str) -> float:
 def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | None:
     fields: dict[str, Any] = {}
     reset_texts: tuple[str, ...] = ()
+    described: dict[int, dict[int, str]] | None = None
     for found_slot, text in found.items():
         slot = found_slot
         if slot >= _S_UNSUFFIXED:
-            if slot >= _S_IN_FLIGHT:
-                stated = _read_int(text)
-                least = fields.get("limit_in_flight")
-                if stated is None or stated <= 0:  # no limit to pace at: as not sent
-                    fields["limit_in_flight"] = least
-                else:
-                    fields["limit_in_flight"] = stated if least is None else min(least, stated)
+            if slot >= _S_DESCRIBED:
+                k, what = divmod(slot - _S_DESCRIBED, 8)
+                if described is None:
+                    described = {}
+                described.setdefault(k, {})[what] = text
                 continue
             if slot >= _S_IETF_POLICY:
                 continue  # read after the others (below)
@@ -508,6 +528,8 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             unknown = what != _REMAINING or (number == -1 and found.get(found_slot - 1) == "-1")
             number = None if unknown else 0
         fields[name] = number
+    if described is not None:
+        _read_described(described, fields)
     if _S_IETF in found and "remaining_requests" not in fields:
         reset_texts += _read_ietf_structured(found[_S_IETF], found.get(_S_IETF_POLICY), fields)
     if not fields:
@@ -518,6 +540,25 @@ def _snapshot(found: dict[int, str], now_wall_s: float) -> RateLimitSnapshot | N
             grain_s = _coarsest_grain_s(reset_texts)
         fields["reset_grain_s"] = grain_s
     return RateLimitSnapshot(**fields)
+
+
+def _read_described(described: dict[int, dict[int, str]], fields: dict[str, Any]) -> None:
+    """LiteLLM's limits per descriptor of a key (``api_key``, ``team``, ...), into
+    ``fields``: the least in-flight limit, and for requests and tokens (per minute, as its
+    ``rpm_limit`` and ``tpm_limit`` are), where no other header stated that budget, the
+    least limit and the least left, each the tightest of its kind (of two windows, the
+    pace is held to the slower and the headroom to the emptier)."""
+
+    def least(at: int, *, positive: bool) -> int | None:
+        read = [_read_int(d[at]) for d in described.values() if at in d]
+        numbers = [n for n in read if n is not None and (n > 0 or not positive)]
+        return max(0, min(numbers)) if numbers else None
+
+    fields["limit_in_flight"] = least(4, positive=True)  # what is left: the lane counts it
+    for at, budget in ((0, "requests"), (2, "tokens")):
+        if f"limit_{budget}" not in fields and f"remaining_{budget}" not in fields:
+            fields[f"limit_{budget}"] = least(at, positive=True)
+            fields[f"remaining_{budget}"] = least(at + 1, positive=False)
 
 
 def _structured_items(text: str) -> list[tuple[str, dict[str, str]]]:
